@@ -1,0 +1,41 @@
+//! Types shared by `megaplan-cloudd` and `megaplan-cloudctl`.
+//!
+//! Everything both ends must agree on lives here and nowhere else: the wire types, the route
+//! paths, the error codes, the API version, and the one resolver for the socket path and the
+//! state root (two resolvers drifting apart is how clients end up talking to nobody).
+//! Deliberately free of tokio, sqlx and the scheduler so the client stays thin.
+
+pub mod error;
+pub mod paths;
+pub mod wire;
+
+pub use error::{ErrorBody, ErrorCode};
+
+/// Crate version of the binaries built from this workspace.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Bumped whenever a wire type changes incompatibly. The client warns (on stderr) on a mismatch.
+pub const API_VERSION: u32 = 1;
+
+/// The commented cloud.yaml written by `megaplan-cloudctl init`.
+pub const CLOUD_YAML_SCAFFOLD: &str = include_str!("scaffold.cloud.yaml");
+
+/// Route paths, versioned under `/v1`.
+pub mod routes {
+    pub const HEALTH: &str = "/v1/health";
+    pub const CLOUDS: &str = "/v1/clouds";
+    /// `DELETE /v1/clouds/{key}` unregisters; `POST /v1/clouds/{key}/tick` ticks now.
+    pub const CLOUD: &str = "/v1/clouds/{key}";
+    pub const CLOUD_TICK: &str = "/v1/clouds/{key}/tick";
+    pub const TICKS: &str = "/v1/ticks";
+    pub const TICKS_WATCH: &str = "/v1/ticks/watch";
+    pub const MARKERS: &str = "/v1/markers";
+    pub const RUN: &str = "/v1/run";
+
+    pub fn cloud(key: &str) -> String {
+        format!("/v1/clouds/{key}")
+    }
+    pub fn cloud_tick(key: &str) -> String {
+        format!("/v1/clouds/{key}/tick")
+    }
+}

@@ -1,0 +1,249 @@
+//! Request and response bodies of the `/v1` API.
+//!
+//! Long operations answer `POST /v1/run` with a stream of newline-delimited JSON [`Frame`]s:
+//! zero or more `stdout`/`stderr` frames as output arrives (already redacted), then exactly one
+//! `result` frame carrying the JSON payload and the exit code (or a `terminal` frame for
+//! `attach`, which the client executes on the user's terminal).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    pub version: String,
+    pub api_version: u32,
+    pub pid: u32,
+    pub started_at: String,
+    pub uptime_secs: u64,
+    pub socket: String,
+    pub database: String,
+    pub cloud_home: String,
+    pub registrations: u64,
+    pub ticks: TickCounters,
+    /// Which external CLIs the daemon can see on its PATH (name → resolved path or null).
+    pub tools: BTreeMap<String, Option<String>>,
+    /// Held ssh master connections (one per target).
+    pub ssh_sessions: u64,
+    pub shutting_down: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TickCounters {
+    pub run: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+/// `POST /v1/clouds`: register a cloud.yaml for unattended ticks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RegisterRequest {
+    /// Absolute path of the cloud.yaml.
+    pub cloud_yaml: String,
+    /// Interval in seconds (`--every 5m`). Exclusive with `cron`.
+    #[serde(default)]
+    pub every_secs: Option<u64>,
+    /// 6-field cron expression with seconds (`--cron "0 */5 * * * *"`).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// Optional `--remote-spec` used by every tick of this registration.
+    #[serde(default)]
+    pub remote_spec: Option<String>,
+}
+
+/// One registration as listed by `GET /v1/clouds`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    pub key: String,
+    pub cloud_yaml: String,
+    /// `every:<secs>` or `cron:<expr>`.
+    pub schedule: String,
+    pub remote_spec: Option<String>,
+    pub created_at: String,
+    pub last_tick_at: Option<String>,
+    pub last_event: Option<String>,
+    pub last_success: Option<bool>,
+    pub ticks_run: u64,
+    pub ticks_skipped: u64,
+}
+
+/// Query of `GET /v1/ticks` and `GET /v1/ticks/watch`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TicksQuery {
+    /// Absolute cloud.yaml path; all registrations when absent.
+    pub cloud_yaml: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// A stored tick report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TickRecord {
+    pub id: i64,
+    pub key: String,
+    pub cloud_yaml: String,
+    /// `schedule`, `manual` (API tick-now) or `cli` (`supervise --chain`).
+    pub trigger: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    pub success: bool,
+    pub event: String,
+    pub next_action: String,
+    pub acted: bool,
+    pub refused_reason: Option<String>,
+    /// The full tick report as printed by `supervise --chain` (redacted).
+    pub report: Value,
+}
+
+/// `POST /v1/run`: one cloud command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRequest {
+    /// Absolute path of the cloud.yaml (the client resolves it).
+    pub cloud_yaml: String,
+    /// The client's working directory (for relative paths in arguments).
+    pub cwd: String,
+    /// Values of the secret env vars named in cloud.yaml, read from the client's environment.
+    /// Held in daemon memory only; never written to disk or the database.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    pub command: Command,
+}
+
+/// Repo overrides accepted by `bootstrap` and `chain` (in memory only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RepoOverrides {
+    pub repo_url: Option<String>,
+    pub repo_branch: Option<String>,
+    pub repo_workspace: Option<String>,
+}
+
+/// Every cloud command of the seed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum Command {
+    Build,
+    Deploy,
+    Bootstrap {
+        idea: String,
+        plan_name: Option<String>,
+        robustness: Option<String>,
+        #[serde(default)]
+        overrides: RepoOverrides,
+    },
+    Chain {
+        spec: String,
+        idea_dir: Option<String>,
+        #[serde(default)]
+        fresh: bool,
+        #[serde(default)]
+        no_git_refresh: bool,
+        #[serde(default)]
+        overrides: RepoOverrides,
+    },
+    Status {
+        #[serde(default)]
+        chain: bool,
+        #[serde(default)]
+        all: bool,
+        remote_spec: Option<String>,
+        plan: Option<String>,
+    },
+    Logs {
+        #[serde(default)]
+        follow: bool,
+    },
+    Attach {
+        session: Option<String>,
+    },
+    Exec {
+        cmd: String,
+    },
+    Resume {
+        plan: Option<String>,
+    },
+    Down,
+    Destroy {
+        #[serde(default)]
+        yes: bool,
+    },
+    Supervise {
+        remote_spec: Option<String>,
+    },
+    Chains,
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Build => "build",
+            Command::Deploy => "deploy",
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::Chain { .. } => "chain",
+            Command::Status { .. } => "status",
+            Command::Logs { .. } => "logs",
+            Command::Attach { .. } => "attach",
+            Command::Exec { .. } => "exec",
+            Command::Resume { .. } => "resume",
+            Command::Down => "down",
+            Command::Destroy { .. } => "destroy",
+            Command::Supervise { .. } => "supervise",
+            Command::Chains => "chains",
+        }
+    }
+}
+
+/// One line of a streamed `/v1/run` or `/v1/ticks/watch` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "frame", rename_all = "snake_case")]
+pub enum Frame {
+    /// Redacted output for the client's stdout.
+    Stdout { data: String },
+    /// Redacted output (or a progress note) for the client's stderr.
+    Stderr { data: String },
+    /// `attach`: run this argv on the user's terminal (not redacted, as documented).
+    Terminal { argv: Vec<String> },
+    /// A stored tick report (watch stream).
+    Tick { tick: Box<TickRecord> },
+    /// The end: the JSON payload for stdout and the process exit code.
+    Result { payload: Value, exit_code: i32 },
+}
+
+impl Frame {
+    /// One NDJSON line, newline included.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"frame":"result","payload":{"success":false,"error":"internal","message":"unserializable frame"},"exit_code":1}"#.to_string()
+        });
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_tagged_by_name() {
+        let c = Command::Exec {
+            cmd: "echo hi".into(),
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["name"], "exec");
+        assert_eq!(v["cmd"], "echo hi");
+        let back: Command = serde_json::from_value(v).unwrap();
+        assert_eq!(back.name(), "exec");
+    }
+
+    #[test]
+    fn frames_round_trip_as_single_lines() {
+        let f = Frame::Stdout {
+            data: "a\nb\n".into(),
+        };
+        let line = f.to_line();
+        assert_eq!(line.matches('\n').count(), 1);
+        let back: Frame = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(back, f);
+    }
+}

@@ -1,0 +1,10 @@
+//! The chain domain: spec and state parsing, the one-round-trip observation, effective-status
+//! classification, the chain summary, and the supervise decision. Everything here except the
+//! remote script text is a pure function of its inputs.
+
+pub mod classify;
+pub mod decide;
+pub mod observe;
+pub mod spec;
+pub mod state;
+pub mod summary;

@@ -1,0 +1,871 @@
+//! cloud.yaml: the model, its defaults, and the loader that checks every rule.
+//!
+//! Loading goes text → `serde_json::Value` (via [`crate::yaml`]) → a field-by-field walk that
+//! applies defaults and names the exact field in every error (`repo.url is required`). A typed
+//! serde derive would report "invalid type at line 3" instead of the field and its fix.
+
+use crate::yaml;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The remote launcher of the core tool (the seed: "reuse that verified module launcher for
+/// every cloud command"). One default, overridable per cloud.yaml as `megaplan.launcher`.
+pub const DEFAULT_LAUNCHER: &str = "python -m arnold.pipelines.megaplan";
+
+pub const TOOLCHAIN_ALIASES: [&str; 3] = ["rust", "go", "java"];
+pub const PROVIDERS: [&str; 3] = ["railway", "local", "ssh"];
+pub const REASONING_LEVELS: [&str; 4] = ["minimal", "low", "medium", "high"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Railway,
+    Local,
+    Ssh,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Railway => "railway",
+            ProviderKind::Local => "local",
+            ProviderKind::Ssh => "ssh",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Auto,
+    Chain,
+    Idle,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Chain => "chain",
+            Mode::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Toolchain {
+    Alias(String),
+    Custom { name: String, install: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Repo {
+    pub url: String,
+    pub branch: String,
+    pub workspace: String,
+}
+
+/// An additional repository cloned next to the main one (`extra_repos:` list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtraRepo {
+    pub url: String,
+    pub branch: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Agents {
+    pub default: String,
+    /// Per-step overrides (`plan`, `review`, `execute`, `loop_execute`, ...).
+    pub steps: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Codex {
+    pub model: String,
+    pub reasoning: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Megaplan {
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub codex_auth: String,
+    pub launcher: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Auto {
+    pub plan_name: Option<String>,
+    pub idea_file: Option<String>,
+    pub robustness: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainCfg {
+    pub spec: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub volume: Option<String>,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Railway {
+    pub service: String,
+    pub session: String,
+    pub project: Option<String>,
+    pub environment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Local {
+    pub compose_project: String,
+    pub workdir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ssh {
+    pub host: String,
+    pub user: Option<String>,
+    pub port: u16,
+    pub identity_file: Option<String>,
+    pub remote_dir: String,
+    pub container: String,
+}
+
+/// Image options beyond the seed (documented in docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Image {
+    /// Base image of the rendered Dockerfile.
+    pub base: String,
+    /// A Dockerfile of the operator's own, used instead of the rendered one (absolute, or
+    /// relative to the cloud.yaml's folder). entrypoint.sh and health_server.py are still
+    /// rendered next to it so it can COPY them.
+    pub dockerfile: Option<PathBuf>,
+}
+
+pub const DEFAULT_BASE_IMAGE: &str = "python:3.11-slim-bookworm";
+
+/// A validated cloud.yaml with every default applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloudSpec {
+    /// Absolute path of the file this came from.
+    pub path: PathBuf,
+    pub provider: ProviderKind,
+    pub mode: Mode,
+    pub secrets: Vec<String>,
+    pub toolchains: Vec<Toolchain>,
+    pub repo: Repo,
+    pub extra_repos: Vec<ExtraRepo>,
+    pub agents: Agents,
+    pub codex: Codex,
+    pub megaplan: Megaplan,
+    pub auto: Auto,
+    pub chain: ChainCfg,
+    pub resources: Resources,
+    pub railway: Railway,
+    pub local: Local,
+    pub ssh: Option<Ssh>,
+    pub image: Image,
+    /// Non-fatal findings (unknown keys), reported on stderr by commands.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+impl CloudSpec {
+    /// The marker key of this cloud.yaml.
+    pub fn key(&self) -> String {
+        megaplan_cloud_api::paths::marker_key(&self.path)
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(ErrorCode::InvalidSpec, message)
+}
+
+fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> ErrorBody {
+    invalid(format!("{}: {message}", file.display())).with("field", field)
+}
+
+/// Read and validate the cloud.yaml at `path` (must be absolute).
+pub fn load(path: &Path) -> Result<CloudSpec, ErrorBody> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        invalid(format!(
+            "cannot read cloud.yaml at {}: {e}; pass --cloud-yaml PATH or run `megaplan-cloudctl init` to create one",
+            path.display()
+        ))
+        .with("file", path.display().to_string())
+    })?;
+    parse_bytes(&bytes, path)
+}
+
+/// Validate cloud.yaml content; `path` names the file in errors and anchors relative paths.
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<CloudSpec, ErrorBody> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        invalid(format!(
+            "{} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
+            path.display(),
+            e.valid_up_to()
+        ))
+        .with("file", path.display().to_string())
+    })?;
+    let doc = yaml::parse(text).map_err(|e| {
+        invalid(format!("{} is not valid YAML: {e}", path.display()))
+            .with("file", path.display().to_string())
+    })?;
+    let root = match doc {
+        Value::Null => Map::new(),
+        Value::Object(m) => m,
+        other => {
+            return Err(invalid(format!(
+                "{} must be a YAML mapping of fields (provider:, repo:, ...), found {}",
+                path.display(),
+                type_name(&other)
+            ))
+            .with("file", path.display().to_string()));
+        }
+    };
+    Walker {
+        file: path,
+        warnings: Vec::new(),
+    }
+    .spec(&root)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "provider",
+    "mode",
+    "secrets",
+    "toolchains",
+    "repo",
+    "extra_repos",
+    "agents",
+    "codex",
+    "megaplan",
+    "auto",
+    "chain",
+    "resources",
+    "railway",
+    "local",
+    "ssh",
+    "image",
+];
+
+struct Walker<'a> {
+    file: &'a Path,
+    warnings: Vec<String>,
+}
+
+impl Walker<'_> {
+    fn err(&self, field: &str, message: impl std::fmt::Display) -> ErrorBody {
+        invalid_field(self.file, field, message)
+    }
+
+    /// A sub-mapping; absent or null = empty.
+    fn section<'v>(
+        &mut self,
+        root: &'v Map<String, Value>,
+        name: &str,
+        known: &[&str],
+    ) -> Result<Option<&'v Map<String, Value>>, ErrorBody> {
+        match root.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => {
+                for k in m.keys() {
+                    if !known.is_empty() && !known.contains(&k.as_str()) {
+                        self.warnings.push(format!(
+                            "unknown field {name}.{k} in {} (ignored); known: {}",
+                            self.file.display(),
+                            known.join(", ")
+                        ));
+                    }
+                }
+                Ok(Some(m))
+            }
+            Some(other) => Err(self.err(
+                name,
+                format!("{name} must be a mapping, found {}", type_name(other)),
+            )),
+        }
+    }
+
+    /// An optional string; numbers and booleans are refused so `branch: 1.0` is not silently
+    /// turned into "1". Empty strings count as absent only when `allow_empty` is false.
+    fn opt_str(
+        &self,
+        sec: Option<&Map<String, Value>>,
+        field: &str,
+    ) -> Result<Option<String>, ErrorBody> {
+        let key = field.rsplit('.').next().unwrap_or(field);
+        match sec.and_then(|m| m.get(key)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Err(self.err(
+                field,
+                format!("{field} must not be empty; remove it to use the default"),
+            )),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(self.err(
+                field,
+                format!(
+                    "{field} must be a string, found {}; quote it, e.g. {key}: \"...\"",
+                    type_name(other)
+                ),
+            )),
+        }
+    }
+
+    fn str_or(
+        &self,
+        sec: Option<&Map<String, Value>>,
+        field: &str,
+        default: &str,
+    ) -> Result<String, ErrorBody> {
+        Ok(self
+            .opt_str(sec, field)?
+            .unwrap_or_else(|| default.to_string()))
+    }
+
+    fn choice(
+        &self,
+        sec: Option<&Map<String, Value>>,
+        field: &str,
+        default: &str,
+        allowed: &[&str],
+    ) -> Result<String, ErrorBody> {
+        let v = self.str_or(sec, field, default)?;
+        if allowed.contains(&v.as_str()) {
+            Ok(v)
+        } else {
+            Err(self.err(
+                field,
+                format!("{field} must be one of {}, found {v:?}", allowed.join(", ")),
+            ))
+        }
+    }
+
+    fn abs_path(&self, field: &str, v: Option<String>) -> Result<Option<String>, ErrorBody> {
+        match v {
+            Some(p) if !p.starts_with('/') => Err(self.err(
+                field,
+                format!("{field} must be an absolute POSIX path on the runner (starting with /), found {p:?}"),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    fn port(
+        &self,
+        sec: Option<&Map<String, Value>>,
+        field: &str,
+        default: u16,
+    ) -> Result<u16, ErrorBody> {
+        let key = field.rsplit('.').next().unwrap_or(field);
+        match sec.and_then(|m| m.get(key)) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
+                _ => Err(self.err(
+                    field,
+                    format!("{field} must be a positive integer between 1 and 65535, found {n}"),
+                )),
+            },
+            Some(other) => Err(self.err(
+                field,
+                format!(
+                    "{field} must be a positive integer, found {}",
+                    type_name(other)
+                ),
+            )),
+        }
+    }
+
+    fn string_list(
+        &self,
+        root: &Map<String, Value>,
+        field: &str,
+    ) -> Result<Vec<String>, ErrorBody> {
+        match root.get(field) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+                    other => Err(self.err(
+                        &format!("{field}[{i}]"),
+                        format!(
+                            "{field}[{i}] must be a non-empty string (an env var name), found {}",
+                            type_name(other)
+                        ),
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(self.err(
+                field,
+                format!("{field} must be a list, found {}", type_name(other)),
+            )),
+        }
+    }
+
+    fn spec(mut self, root: &Map<String, Value>) -> Result<CloudSpec, ErrorBody> {
+        for k in root.keys() {
+            if !TOP_LEVEL_KEYS.contains(&k.as_str()) {
+                self.warnings.push(format!(
+                    "unknown top-level field {k:?} in {} (ignored)",
+                    self.file.display()
+                ));
+            }
+        }
+        let top = Some(root);
+
+        let provider_name = self.str_or(top, "provider", "railway")?;
+        let provider = match provider_name.as_str() {
+            "railway" => ProviderKind::Railway,
+            "local" => ProviderKind::Local,
+            "ssh" => ProviderKind::Ssh,
+            "fly" => {
+                return Err(ErrorBody::new(
+                    ErrorCode::FutureProvider,
+                    format!(
+                        "{}: provider: fly is reserved for a future release; use one of {}",
+                        self.file.display(),
+                        PROVIDERS.join(", ")
+                    ),
+                )
+                .with("field", "provider"));
+            }
+            other => {
+                return Err(self.err(
+                    "provider",
+                    format!(
+                        "provider must be one of {}, found {other:?}",
+                        PROVIDERS.join(", ")
+                    ),
+                ));
+            }
+        };
+        let mode = match self
+            .choice(top, "mode", "idle", &["auto", "chain", "idle"])?
+            .as_str()
+        {
+            "auto" => Mode::Auto,
+            "chain" => Mode::Chain,
+            _ => Mode::Idle,
+        };
+        let secrets = self.string_list(root, "secrets")?;
+        for (i, s) in secrets.iter().enumerate() {
+            if !is_env_name(s) {
+                return Err(self.err(
+                    &format!("secrets[{i}]"),
+                    format!("secrets[{i}] must be an environment variable name (letters, digits, _), found {s:?}"),
+                ));
+            }
+        }
+        let toolchains = self.toolchains(root)?;
+
+        let repo_sec = self.section(root, "repo", &["url", "branch", "workspace"])?;
+        let url = self.opt_str(repo_sec, "repo.url")?.ok_or_else(|| {
+            self.err(
+                "repo.url",
+                "repo.url is required: the git URL cloned into the remote workspace (add repo:\\n  url: ...)",
+            )
+        })?;
+        let workspace = self
+            .abs_path(
+                "repo.workspace",
+                Some(self.str_or(repo_sec, "repo.workspace", "/workspace/app")?),
+            )?
+            .unwrap_or_default();
+        let repo = Repo {
+            url,
+            branch: self.str_or(repo_sec, "repo.branch", "main")?,
+            workspace,
+        };
+        let extra_repos = self.extra_repos(root, &repo)?;
+
+        let agents_sec = self.section(root, "agents", &[])?;
+        let mut steps = BTreeMap::new();
+        if let Some(m) = agents_sec {
+            for k in m.keys() {
+                if k != "default" {
+                    let field = format!("agents.{k}");
+                    if let Some(v) = self.opt_str(agents_sec, &field)? {
+                        steps.insert(k.clone(), v);
+                    }
+                }
+            }
+        }
+        let agents = Agents {
+            default: self.str_or(agents_sec, "agents.default", "codex")?,
+            steps,
+        };
+
+        let codex_sec = self.section(root, "codex", &["model", "reasoning"])?;
+        let codex = Codex {
+            model: self.str_or(codex_sec, "codex.model", "gpt-5.4")?,
+            reasoning: self.choice(codex_sec, "codex.reasoning", "high", &REASONING_LEVELS)?,
+        };
+        let mp_sec = self.section(root, "megaplan", &["ref", "codex_auth", "launcher"])?;
+        let megaplan = Megaplan {
+            git_ref: self.str_or(mp_sec, "megaplan.ref", "main")?,
+            codex_auth: self.choice(
+                mp_sec,
+                "megaplan.codex_auth",
+                "chatgpt",
+                &["chatgpt", "apikey"],
+            )?,
+            launcher: self.str_or(mp_sec, "megaplan.launcher", DEFAULT_LAUNCHER)?,
+        };
+
+        let auto_sec = self.section(root, "auto", &["plan_name", "idea_file", "robustness"])?;
+        let auto = Auto {
+            plan_name: self.opt_str(auto_sec, "auto.plan_name")?,
+            idea_file: self
+                .abs_path("auto.idea_file", self.opt_str(auto_sec, "auto.idea_file")?)?,
+            robustness: self.str_or(auto_sec, "auto.robustness", "standard")?,
+        };
+        if mode == Mode::Auto {
+            if auto.plan_name.is_none() {
+                return Err(self.err(
+                    "auto.plan_name",
+                    "auto.plan_name is required when mode: auto",
+                ));
+            }
+            if auto.idea_file.is_none() {
+                return Err(self.err(
+                    "auto.idea_file",
+                    "auto.idea_file is required when mode: auto (absolute remote path of the staged idea file)",
+                ));
+            }
+        }
+        let chain_sec = self.section(root, "chain", &["spec"])?;
+        let chain = ChainCfg {
+            spec: self.abs_path("chain.spec", self.opt_str(chain_sec, "chain.spec")?)?,
+        };
+        if mode == Mode::Chain && chain.spec.is_none() {
+            return Err(self.err(
+                "chain.spec",
+                "chain.spec is required when mode: chain (absolute remote path of the staged chain spec)",
+            ));
+        }
+
+        let res_sec = self.section(root, "resources", &["volume", "port"])?;
+        let resources = Resources {
+            volume: self.opt_str(res_sec, "resources.volume")?,
+            port: self.port(res_sec, "resources.port", 8080)?,
+        };
+        let rw_sec = self.section(
+            root,
+            "railway",
+            &["service", "session", "project", "environment"],
+        )?;
+        let railway = Railway {
+            service: self.str_or(rw_sec, "railway.service", "agent")?,
+            session: self.str_or(rw_sec, "railway.session", "agent")?,
+            project: self.opt_str(rw_sec, "railway.project")?,
+            environment: self.opt_str(rw_sec, "railway.environment")?,
+        };
+        let local_sec = self.section(root, "local", &["compose_project", "workdir"])?;
+        let compose_project = self.str_or(local_sec, "local.compose_project", "megaplan-cloud")?;
+        if !compose_project
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            || !compose_project.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return Err(self.err(
+                "local.compose_project",
+                format!("local.compose_project must be lowercase letters, digits, - and _ (a Docker Compose project name), found {compose_project:?}"),
+            ));
+        }
+        let workdir = self.str_or(local_sec, "local.workdir", "workspace")?;
+        if workdir.starts_with('/') || workdir.split('/').any(|c| c == "..") {
+            return Err(self.err(
+                "local.workdir",
+                format!("local.workdir must be a relative folder inside the deploy dir, found {workdir:?}"),
+            ));
+        }
+        let local = Local {
+            compose_project,
+            workdir,
+        };
+
+        let ssh_sec = self.section(
+            root,
+            "ssh",
+            &[
+                "host",
+                "user",
+                "port",
+                "identity_file",
+                "remote_dir",
+                "container",
+            ],
+        )?;
+        let ssh = if provider == ProviderKind::Ssh || ssh_sec.is_some() {
+            let host = self.opt_str(ssh_sec, "ssh.host")?;
+            match host {
+                None if provider == ProviderKind::Ssh => {
+                    return Err(self.err(
+                        "ssh.host",
+                        "ssh.host is required when provider: ssh (add ssh:\\n  host: <docker host>)",
+                    ));
+                }
+                None => None,
+                Some(host) => {
+                    if host.starts_with('-') || host.chars().any(|c| c.is_whitespace()) {
+                        return Err(self.err(
+                            "ssh.host",
+                            format!("ssh.host must be a host name or address, found {host:?}"),
+                        ));
+                    }
+                    let user = self.opt_str(ssh_sec, "ssh.user")?;
+                    if let Some(u) = &user
+                        && (u.starts_with('-')
+                            || u.contains('@')
+                            || u.chars().any(char::is_whitespace))
+                    {
+                        return Err(self.err(
+                            "ssh.user",
+                            format!("ssh.user must be a plain user name, found {u:?}"),
+                        ));
+                    }
+                    let container =
+                        self.str_or(ssh_sec, "ssh.container", "megaplan-cloud-agent")?;
+                    if !is_docker_name(&container) {
+                        return Err(self.err(
+                            "ssh.container",
+                            format!("ssh.container must be a Docker container name and image tag ([a-z0-9][a-z0-9_.-]*), found {container:?}"),
+                        ));
+                    }
+                    Some(Ssh {
+                        host,
+                        user,
+                        port: self.port(ssh_sec, "ssh.port", 22)?,
+                        identity_file: self
+                            .opt_str(ssh_sec, "ssh.identity_file")?
+                            .map(|p| expand_tilde(&p)),
+                        remote_dir: self
+                            .abs_path(
+                                "ssh.remote_dir",
+                                Some(self.str_or(
+                                    ssh_sec,
+                                    "ssh.remote_dir",
+                                    "/tmp/megaplan-cloud",
+                                )?),
+                            )?
+                            .unwrap_or_default(),
+                        container,
+                    })
+                }
+            }
+        } else {
+            None
+        };
+
+        let image_sec = self.section(root, "image", &["base", "dockerfile"])?;
+        let base_dir = self.file.parent().unwrap_or(Path::new("/"));
+        let image = Image {
+            base: self.str_or(image_sec, "image.base", DEFAULT_BASE_IMAGE)?,
+            dockerfile: self.opt_str(image_sec, "image.dockerfile")?.map(|p| {
+                megaplan_cloud_api::paths::absolutize(Path::new(&expand_tilde(&p)), base_dir)
+            }),
+        };
+
+        Ok(CloudSpec {
+            path: self.file.to_path_buf(),
+            provider,
+            mode,
+            secrets,
+            toolchains,
+            repo,
+            extra_repos,
+            agents,
+            codex,
+            megaplan,
+            auto,
+            chain,
+            resources,
+            railway,
+            local,
+            ssh,
+            image,
+            warnings: self.warnings,
+        })
+    }
+
+    fn toolchains(&self, root: &Map<String, Value>) -> Result<Vec<Toolchain>, ErrorBody> {
+        let items = match root.get("toolchains") {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(self.err(
+                    "toolchains",
+                    format!("toolchains must be a list, found {}", type_name(other)),
+                ));
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("toolchains[{i}]");
+            match item {
+                Value::String(s) if TOOLCHAIN_ALIASES.contains(&s.as_str()) => {
+                    out.push(Toolchain::Alias(s.clone()))
+                }
+                Value::String(s) => {
+                    return Err(self.err(
+                        &field,
+                        format!(
+                            "{field} is an unknown toolchain alias {s:?}; known aliases: {} (or use a mapping with name and install)",
+                            TOOLCHAIN_ALIASES.join(", ")
+                        ),
+                    ));
+                }
+                Value::Object(m) => {
+                    let name = m.get("name").and_then(Value::as_str).unwrap_or("").trim();
+                    let install = m.get("install").and_then(Value::as_str).unwrap_or("");
+                    if name.is_empty() {
+                        return Err(self.err(
+                            &format!("{field}.name"),
+                            format!("{field}.name must be a non-empty string"),
+                        ));
+                    }
+                    if install.trim().is_empty() {
+                        return Err(self.err(
+                            &format!("{field}.install"),
+                            format!("{field}.install must be a non-empty Dockerfile snippet"),
+                        ));
+                    }
+                    out.push(Toolchain::Custom {
+                        name: name.to_string(),
+                        install: install.to_string(),
+                    });
+                }
+                other => {
+                    return Err(self.err(
+                        &field,
+                        format!(
+                            "{field} must be an alias ({}) or a mapping with name and install, found {}",
+                            TOOLCHAIN_ALIASES.join(", "),
+                            type_name(other)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn extra_repos(
+        &self,
+        root: &Map<String, Value>,
+        repo: &Repo,
+    ) -> Result<Vec<ExtraRepo>, ErrorBody> {
+        let items = match root.get("extra_repos") {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(self.err(
+                    "extra_repos",
+                    format!("extra_repos must be a list, found {}", type_name(other)),
+                ));
+            }
+        };
+        let parent = Path::new(&repo.workspace)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".to_string());
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("extra_repos[{i}]");
+            let m = match item {
+                Value::String(url) => {
+                    let mut m = Map::new();
+                    m.insert("url".into(), Value::String(url.clone()));
+                    m
+                }
+                Value::Object(m) => m.clone(),
+                other => {
+                    return Err(self.err(
+                        &field,
+                        format!(
+                            "{field} must be a URL or a mapping with url, branch, path; found {}",
+                            type_name(other)
+                        ),
+                    ));
+                }
+            };
+            let sec = Some(&m);
+            let url = self.opt_str(sec, &format!("{field}.url"))?.ok_or_else(|| {
+                self.err(&format!("{field}.url"), format!("{field}.url is required"))
+            })?;
+            let default_name = url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("repo")
+                .trim_end_matches(".git")
+                .to_string();
+            let path = self
+                .abs_path(
+                    &format!("{field}.path"),
+                    Some(self.str_or(
+                        sec,
+                        &format!("{field}.path"),
+                        &format!("{}/{default_name}", parent.trim_end_matches('/')),
+                    )?),
+                )?
+                .unwrap_or_default();
+            out.push(ExtraRepo {
+                url,
+                branch: self.str_or(sec, &format!("{field}.branch"), "main")?,
+                path,
+            });
+        }
+        Ok(out)
+    }
+}
+
+pub fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub fn is_docker_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+}
+
+fn expand_tilde(p: &str) -> String {
+    if p == "~" {
+        return megaplan_cloud_api::paths::home_dir()
+            .to_string_lossy()
+            .into_owned();
+    }
+    match p.strip_prefix("~/") {
+        Some(rest) => megaplan_cloud_api::paths::home_dir()
+            .join(rest)
+            .to_string_lossy()
+            .into_owned(),
+        None => p.to_string(),
+    }
+}

@@ -1,0 +1,16 @@
+//! megaplan-cloudd: the resident daemon behind `megaplan-cloudctl`.
+//!
+//! Module map (one job each):
+//! - [`yaml`]: the only YAML parser wrapper.
+//! - [`cloud_yaml`]: cloud.yaml model, defaults and validation.
+//! - [`shell`]: POSIX quoting for every remote command string.
+//! - [`redact`]: the redaction rules applied to all remote output.
+//! - [`render`]: deploy-dir rendering (Dockerfile, entrypoint, compose, railway.toml).
+//! - [`chain`]: chain spec/state, observation, classification, supervise decision.
+
+pub mod chain;
+pub mod cloud_yaml;
+pub mod redact;
+pub mod render;
+pub mod shell;
+pub mod yaml;
