@@ -7,10 +7,16 @@
 //! - [`redact`]: the redaction rules applied to all remote output.
 //! - [`render`]: deploy-dir rendering (Dockerfile, entrypoint, compose, railway.toml).
 //! - [`chain`]: chain spec/state, observation, classification, supervise decision.
+//! - [`process`]: running local processes with deadlines and redacted streaming.
+//! - [`provider`]: ssh, local and railway transports behind one trait.
+//! - [`store`]: the SQLite store (registrations, markers, tick reports).
 
 pub mod chain;
 pub mod cloud_yaml;
+pub mod process;
+pub mod provider;
 pub mod redact;
 pub mod render;
 pub mod shell;
+pub mod store;
 pub mod yaml;
