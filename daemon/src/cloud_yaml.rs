@@ -114,6 +114,9 @@ pub struct ChainCfg {
 pub struct Resources {
     pub volume: Option<String>,
     pub port: u16,
+    /// Docker network for the runner container (`docker run --network`, compose `network_mode`).
+    /// `none` also drops the port mapping. Unset = the engine's default bridge.
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -567,11 +570,28 @@ impl Walker<'_> {
             ));
         }
 
-        let res_sec = self.section(root, "resources", &["volume", "port"])?;
+        let res_sec = self.section(root, "resources", &["volume", "port", "network"])?;
         let resources = Resources {
             volume: self.opt_str(res_sec, "resources.volume")?,
             port: self.port(res_sec, "resources.port", 8080)?,
+            network: self.opt_str(res_sec, "resources.network")?,
         };
+        if let Some(v) = &resources.volume
+            && !is_docker_name(v)
+        {
+            return Err(self.err(
+                "resources.volume",
+                format!("resources.volume must be a volume name ([a-z0-9][a-z0-9_.-]*), found {v:?}"),
+            ));
+        }
+        if let Some(n) = &resources.network
+            && !is_docker_name(n)
+        {
+            return Err(self.err(
+                "resources.network",
+                format!("resources.network must be a Docker network name such as none, bridge or host, found {n:?}"),
+            ));
+        }
         let rw_sec = self.section(
             root,
             "railway",

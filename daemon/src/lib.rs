@@ -10,13 +10,21 @@
 //! - [`process`]: running local processes with deadlines and redacted streaming.
 //! - [`provider`]: ssh, local and railway transports behind one trait.
 //! - [`store`]: the SQLite store (registrations, markers, tick reports).
+//! - [`settings`], [`server`], [`daemon`], [`scheduler`], [`tick`]: the resident service.
+//! - [`workflow`]: what each cloud command does.
 
 pub mod chain;
 pub mod cloud_yaml;
+// LEAD-WIP pub mod daemon;
 pub mod process;
 pub mod provider;
 pub mod redact;
 pub mod render;
+pub mod scheduler;
+pub mod server;
+pub mod settings;
 pub mod shell;
 pub mod store;
+// LEAD-WIP pub mod tick;
+// LEAD-WIP pub mod workflow;
 pub mod yaml;

@@ -1,0 +1,551 @@
+//! The daemon process: shared state, start-up, the router, graceful shutdown.
+
+use crate::provider::ssh_master::SshSessions;
+use crate::scheduler::{self, Scheduler};
+use crate::server::{self, Peer};
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::{cloud_yaml, tick, workflow};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path as AxPath, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use megaplan_cloud_api::wire::{
+    Frame, Health, RegisterRequest, Registration, RunRequest, TickRecord, TicksQuery,
+};
+use megaplan_cloud_api::{ErrorBody, ErrorCode, paths, routes};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Mutex, Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest request body accepted (a RunRequest with paths and secret values is tiny).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Store,
+    pub started_at: DateTime<Utc>,
+    pub started: Instant,
+    pub ssh: SshSessions,
+    pub scheduler: Scheduler,
+    /// One lock per registration key: two ticks of one cloud.yaml never overlap.
+    pub tick_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Bounded concurrency of ticks across registrations.
+    pub tick_permits: Arc<Semaphore>,
+    pub tick_feed: broadcast::Sender<TickRecord>,
+    /// Secret values last handed over by a client, per marker key: memory only, so unattended
+    /// ticks can redact literal values too. Never written anywhere.
+    pub secrets: std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>,
+    pub shutdown: CancellationToken,
+    /// Fired one grace period after `shutdown`: whatever still runs is cancelled.
+    pub hard_stop: CancellationToken,
+    /// Ticks and commands in flight, awaited (up to the grace period) on shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    pub fn tick_lock(&self, key: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.tick_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(key.to_string()).or_default().clone()
+    }
+
+    pub fn remember_secrets(&self, key: &str, values: &BTreeMap<String, String>) {
+        if values.is_empty() {
+            return;
+        }
+        let mut s = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        s.entry(key.to_string()).or_default().extend(values.clone());
+    }
+
+    /// Secret values known for a key: the last client's, then the daemon's own environment.
+    pub fn secret_values(&self, key: &str, names: &[String]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for n in names {
+            if let Ok(v) = std::env::var(n)
+                && !v.is_empty()
+            {
+                out.insert(n.clone(), v);
+            }
+        }
+        let s = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = s.get(key) {
+            out.extend(known.clone());
+        }
+        out
+    }
+}
+
+/// Start the daemon and serve until SIGTERM/SIGINT. Returns the process exit code.
+pub async fn run(settings: Settings) -> i32 {
+    let (listener, _lock) = match server::bind(&settings.socket) {
+        Ok(v) => v,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            eprintln!("megaplan-cloudd: {msg}");
+            return 1;
+        }
+    };
+    let store = match Store::open(&settings.db, settings.keep_ticks).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("megaplan-cloudd: {e}");
+            let _ = std::fs::remove_file(&settings.socket);
+            return 1;
+        }
+    };
+    if let Err(msg) = server::ensure_private_dir(&settings.ssh_control_dir) {
+        eprintln!("megaplan-cloudd: {msg}");
+        return 1;
+    }
+    let ssh = SshSessions::new(settings.ssh_control_dir.clone(), settings.ssh_config.clone());
+
+    // The scheduler's callback needs the state, and the state owns the scheduler: close the
+    // loop with a OnceLock filled right after construction.
+    let cell: Arc<std::sync::OnceLock<std::sync::Weak<AppState>>> =
+        Arc::new(std::sync::OnceLock::new());
+    let cb_cell = cell.clone();
+    let on_tick: scheduler::TickFn = Arc::new(move |key: String| {
+        let cell = cb_cell.clone();
+        Box::pin(async move {
+            if let Some(state) = cell.get().and_then(std::sync::Weak::upgrade) {
+                tick::scheduled(state, key).await;
+            }
+        })
+    });
+    let sched = match Scheduler::new(on_tick).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("megaplan-cloudd: {e}");
+            return 1;
+        }
+    };
+    let (tick_feed, _) = broadcast::channel(1024);
+    let state = Arc::new(AppState {
+        tick_permits: Arc::new(Semaphore::new(settings.max_concurrent_ticks)),
+        settings,
+        store,
+        started_at: Utc::now(),
+        started: Instant::now(),
+        ssh,
+        scheduler: sched,
+        tick_locks: Default::default(),
+        tick_feed,
+        secrets: Default::default(),
+        shutdown: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    let _ = cell.set(Arc::downgrade(&state));
+
+    match state.store.list_registrations().await {
+        Ok(regs) => {
+            for r in regs {
+                if let Err(e) = state.scheduler.schedule(&r.key, &cron_of(&r.schedule)).await {
+                    tracing::error!(key = %r.key, "cannot schedule stored registration: {e}");
+                }
+            }
+        }
+        Err(e) => tracing::error!("cannot list registrations: {e}"),
+    }
+
+    let app = router(state.clone());
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(wait_for_signal(
+        shutdown.clone(),
+        state.hard_stop.clone(),
+        state.settings.shutdown_grace,
+    ));
+    tracing::info!(
+        socket = %state.settings.socket.display(),
+        db = %state.settings.db.display(),
+        version = megaplan_cloud_api::VERSION,
+        "megaplan-cloudd ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = serve.await;
+
+    // Stop accepting work, let running ticks finish up to the grace period, then cancel.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    state.scheduler.shutdown().await;
+    state.tasks.close();
+    tokio::select! {
+        _ = state.tasks.wait() => {}
+        _ = state.hard_stop.cancelled() => {
+            tracing::warn!("work still running after the grace period; cancelling it");
+        }
+    }
+    state.ssh.close_all().await;
+    state.store.close().await;
+    let _ = std::fs::remove_file(&state.settings.socket);
+    match served {
+        Ok(()) => {
+            tracing::info!("megaplan-cloudd stopped");
+            0
+        }
+        Err(e) => {
+            tracing::error!("server error: {e}");
+            1
+        }
+    }
+}
+
+async fn wait_for_signal(
+    token: CancellationToken,
+    hard_stop: CancellationToken,
+    grace: std::time::Duration,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+    tokio::time::sleep(grace).await;
+    hard_stop.cancel();
+}
+
+/// Stored schedules are `every:<secs>` or `cron:<expr>`; both become cron for the scheduler.
+pub fn cron_of(schedule: &str) -> String {
+    match schedule.split_once(':') {
+        Some(("cron", expr)) => expr.to_string(),
+        Some(("every", secs)) => {
+            let secs = secs.parse().unwrap_or(300);
+            scheduler::every_to_cron(secs, 0).unwrap_or_else(|_| "0 */5 * * * *".to_string())
+        }
+        _ => "0 */5 * * * *".to_string(),
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(routes::HEALTH, get(health))
+        .route(routes::CLOUDS, get(list_clouds).post(register))
+        .route(routes::CLOUD, axum::routing::delete(unregister))
+        .route(routes::CLOUD_TICK, post(tick_now))
+        .route(routes::TICKS, get(list_ticks))
+        .route(routes::TICKS_WATCH, get(watch_ticks))
+        .route(routes::MARKERS, get(get_marker))
+        .route(routes::RUN, post(run_command))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(server::require_same_uid))
+        .with_state(state)
+}
+
+pub fn error_response(status: StatusCode, body: ErrorBody) -> Response {
+    (status, axum::Json(body.to_value())).into_response()
+}
+
+fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::NotRegistered => StatusCode::NOT_FOUND,
+        ErrorCode::StorageFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn err(body: ErrorBody) -> Response {
+    error_response(status_for(body.error), body)
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            "no such endpoint; see docs/api.md for the /v1 routes",
+        ),
+    )
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let registrations = state
+        .store
+        .list_registrations()
+        .await
+        .map(|r| r.len() as u64)
+        .unwrap_or(0);
+    let ticks = state.store.tick_counters().await.unwrap_or_default();
+    let tools = ["ssh", "docker", "docker-compose", "rsync", "scp", "railway"]
+        .iter()
+        .map(|t| {
+            (
+                t.to_string(),
+                crate::process::which(t).map(|p| p.display().to_string()),
+            )
+        })
+        .collect();
+    let h = Health {
+        version: megaplan_cloud_api::VERSION.to_string(),
+        api_version: megaplan_cloud_api::API_VERSION,
+        pid: std::process::id(),
+        started_at: state.started_at.to_rfc3339(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        socket: state.settings.socket.display().to_string(),
+        database: state.settings.db.display().to_string(),
+        cloud_home: state.settings.cloud_home.display().to_string(),
+        registrations,
+        ticks,
+        tools,
+        ssh_sessions: state.ssh.count() as u64,
+        shutting_down: state.shutdown.is_cancelled(),
+    };
+    axum::Json(h).into_response()
+}
+
+/// Resolve a client-given cloud.yaml path: absolute, normalised.
+fn abs_cloud_yaml(p: &str) -> Result<PathBuf, ErrorBody> {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            format!("cloud_yaml must be an absolute path, got {p:?}"),
+        ));
+    }
+    Ok(paths::absolutize(path, Path::new("/")))
+}
+
+async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let req: RegisterRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(bad_json(e)),
+    };
+    let path = match abs_cloud_yaml(&req.cloud_yaml) {
+        Ok(p) => p,
+        Err(e) => return err(e),
+    };
+    // Refuse a bad cloud.yaml with the loader's own error.
+    let spec = match cloud_yaml::load(&path) {
+        Ok(s) => s,
+        Err(e) => return err(e),
+    };
+    let key = spec.key();
+    let (schedule, cron) = match (req.every_secs, req.cron.as_deref()) {
+        (Some(_), Some(_)) => {
+            return err(ErrorBody::new(
+                ErrorCode::InvalidArgs,
+                "give --every or --cron, not both",
+            ));
+        }
+        (_, Some(expr)) => {
+            if let Err(e) = scheduler::validate_cron(expr) {
+                return err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "cron"));
+            }
+            (format!("cron:{expr}"), expr.to_string())
+        }
+        (every, None) => {
+            let secs = every.unwrap_or(300);
+            match scheduler::every_to_cron(secs, scheduler::jitter_seed(&key)) {
+                Ok(c) => (format!("every:{secs}"), c),
+                Err(e) => {
+                    return err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "every"));
+                }
+            }
+        }
+    };
+    let new = crate::store::NewRegistration {
+        key: key.clone(),
+        cloud_yaml: path.display().to_string(),
+        schedule,
+        remote_spec: req.remote_spec.clone(),
+    };
+    let reg = match state.store.upsert_registration(&new).await {
+        Ok(r) => r,
+        Err(e) => return err(e.into()),
+    };
+    if let Err(e) = state.scheduler.schedule(&key, &cron).await {
+        return err(ErrorBody::new(ErrorCode::Internal, e));
+    }
+    tracing::info!(key = %key, cloud_yaml = %path.display(), cron = %cron, "registered");
+    let mut v = serde_json::to_value(&reg).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("success".into(), true.into());
+        o.insert("cron".into(), cron.into());
+        o.insert(
+            "warnings".into(),
+            serde_json::to_value(&spec.warnings).unwrap_or_default(),
+        );
+    }
+    axum::Json(v).into_response()
+}
+
+fn bad_json(e: serde_json::Error) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::InvalidArgs,
+        format!("request body is not valid JSON for this endpoint: {e}"),
+    )
+}
+
+/// `{key}` may be the marker key itself, or an absolute cloud.yaml path percent-encoded.
+fn key_of(k: &str) -> String {
+    if k.starts_with('/') {
+        paths::marker_key(Path::new(k))
+    } else {
+        k.to_string()
+    }
+}
+
+async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
+    let key = key_of(&k);
+    state.scheduler.unschedule(&key).await;
+    match state.store.delete_registration(&key).await {
+        Ok(true) => {
+            tracing::info!(key = %key, "unregistered");
+            axum::Json(serde_json::json!({"success": true, "key": key, "unregistered": true}))
+                .into_response()
+        }
+        Ok(false) => err(ErrorBody::new(
+            ErrorCode::NotRegistered,
+            format!("no registration with key {key}; see `megaplan-cloudctl registrations`"),
+        )),
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn list_clouds(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.list_registrations().await {
+        Ok(regs) => axum::Json::<Vec<Registration>>(regs).into_response(),
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
+    let key = key_of(&k);
+    match state.store.get_registration(&key).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return err(ErrorBody::new(
+                ErrorCode::NotRegistered,
+                format!("no registration with key {key}; register it first"),
+            ));
+        }
+        Err(e) => return err(e.into()),
+    }
+    match tick::run_registered(state.clone(), key, "manual").await {
+        tick::TickOutcome::Ran(rec) => axum::Json(*rec).into_response(),
+        tick::TickOutcome::Skipped => axum::Json(serde_json::json!({
+            "success": false, "skipped": true,
+            "message": "a tick for this registration is already running; this one was skipped"
+        }))
+        .into_response(),
+        tick::TickOutcome::Failed(e) => err(e),
+    }
+}
+
+fn query_key(q: &TicksQuery) -> Option<String> {
+    q.cloud_yaml.as_deref().map(|p| key_of(p))
+}
+
+async fn list_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
+    let key = query_key(&q);
+    let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
+    match state.store.list_ticks(key.as_deref(), limit).await {
+        Ok(t) => axum::Json(t).into_response(),
+        Err(e) => err(e.into()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MarkerQuery {
+    cloud_yaml: String,
+}
+
+async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQuery>) -> Response {
+    let key = key_of(&q.cloud_yaml);
+    match workflow::markers::load(&state, &key).await {
+        Ok(Some(m)) => axum::Json(m).into_response(),
+        Ok(None) => err(ErrorBody::new(
+            ErrorCode::MissingRemoteSpec,
+            format!("no last-chain marker for key {key}; run `megaplan-cloudctl chain <spec>` first"),
+        )),
+        Err(e) => err(e),
+    }
+}
+
+/// NDJSON response body fed by a channel; ends when the sender is dropped or `stop` fires.
+fn ndjson_body(rx: mpsc::Receiver<Frame>, stop: CancellationToken) -> Response {
+    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, stop)| async move {
+        let frame = tokio::select! {
+            f = rx.recv() => f,
+            _ = stop.cancelled() => None,
+        };
+        frame.map(|f| {
+            let line = bytes::Bytes::from(f.to_line());
+            (Ok::<_, std::io::Error>(line), (rx, stop))
+        })
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
+    let key = query_key(&q);
+    let mut feed = state.tick_feed.subscribe();
+    let (tx, rx) = mpsc::channel::<Frame>(64);
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tx.closed() => break,
+                r = feed.recv() => match r {
+                    Ok(rec) => {
+                        if key.as_deref().is_some_and(|k| k != rec.key) {
+                            continue;
+                        }
+                        if tx.send(Frame::Tick { tick: Box::new(rec) }).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let note = Frame::Stderr { data: format!("watch: {n} tick reports were dropped (slow reader)\n") };
+                        if tx.send(note).await.is_err() { break; }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    });
+    ndjson_body(rx, state.shutdown.clone())
+}
+
+async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    if state.shutdown.is_cancelled() {
+        return err(ErrorBody::new(
+            ErrorCode::ShuttingDown,
+            "megaplan-cloudd is shutting down; retry once it is back",
+        ));
+    }
+    let req: RunRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(bad_json(e)),
+    };
+    let (tx, rx) = mpsc::channel::<Frame>(256);
+    let st = state.clone();
+    state.tasks.spawn(async move {
+        workflow::run(st, req, tx).await;
+    });
+    ndjson_body(rx, state.hard_stop.clone())
+}

@@ -1,0 +1,129 @@
+//! Daemon settings: command-line flags and environment, resolved once at start-up.
+//! Paths come from `megaplan_cloud_api::paths` so the daemon and the client agree on them.
+
+use clap::Parser;
+use megaplan_cloud_api::paths::{self, SocketSource};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "megaplan-cloudd",
+    version,
+    about = "Resident daemon for megaplan cloud runners: registry, held ssh sessions, scheduled supervise ticks"
+)]
+pub struct Args {
+    /// Unix socket to serve on [env: MEGAPLAN_CLOUDD_SOCKET; default $XDG_RUNTIME_DIR/megaplan-cloudd/cloudd.sock,
+    /// else ~/.megaplan/cloud/cloudd.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// SQLite database [default: <state root>/cloudd.db].
+    #[arg(long, env = "MEGAPLAN_CLOUDD_DB")]
+    pub db: Option<PathBuf>,
+    /// At most this many ticks run at once across all registrations.
+    #[arg(long, env = "MEGAPLAN_CLOUDD_MAX_TICKS", default_value_t = 8)]
+    pub max_concurrent_ticks: usize,
+    /// Deadline of one tick (remote commands still running then are killed), e.g. 90s, 10m.
+    #[arg(long, env = "MEGAPLAN_CLOUDD_TICK_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub tick_timeout: Duration,
+    /// Deadline of one remote command run on behalf of a client command (not logs --follow / build).
+    #[arg(long, env = "MEGAPLAN_CLOUDD_COMMAND_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+    /// Tick reports kept per registration (older ones are deleted).
+    #[arg(long, env = "MEGAPLAN_CLOUDD_KEEP_TICKS", default_value_t = 500)]
+    pub keep_ticks: u32,
+    /// ssh client config passed as `ssh -F` (default: the user's ~/.ssh/config).
+    #[arg(long, env = "MEGAPLAN_CLOUDD_SSH_CONFIG")]
+    pub ssh_config: Option<PathBuf>,
+    /// How long running ticks may take to finish after SIGTERM before they are cancelled.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Do not write the daily log file under <state root>/logs (stderr only).
+    #[arg(long)]
+    pub no_log_file: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub socket: PathBuf,
+    pub socket_source: SocketSource,
+    pub cloud_home: PathBuf,
+    pub db: PathBuf,
+    pub log_dir: PathBuf,
+    /// Private folder for ssh ControlMaster sockets (short path: sockaddr_un is 108 bytes).
+    pub ssh_control_dir: PathBuf,
+    pub ssh_config: Option<PathBuf>,
+    pub max_concurrent_ticks: usize,
+    pub tick_timeout: Duration,
+    pub command_timeout: Duration,
+    pub keep_ticks: u32,
+    pub shutdown_grace: Duration,
+    pub log_file: bool,
+}
+
+impl Settings {
+    pub fn from_args(args: Args) -> Settings {
+        let (socket, socket_source) = paths::resolve_socket(args.socket.as_deref());
+        let cloud_home = paths::cloud_home();
+        let cwd = paths::current_dir();
+        let db = args
+            .db
+            .map(|p| paths::absolutize(&p, &cwd))
+            .unwrap_or_else(|| cloud_home.join("cloudd.db"));
+        let socket_dir = socket
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cloud_home.clone());
+        Settings {
+            ssh_control_dir: socket_dir.join("ssh"),
+            log_dir: cloud_home.join("logs"),
+            socket,
+            socket_source,
+            cloud_home,
+            db,
+            ssh_config: args.ssh_config.map(|p| paths::absolutize(&p, &cwd)),
+            max_concurrent_ticks: args.max_concurrent_ticks.max(1),
+            tick_timeout: args.tick_timeout,
+            command_timeout: args.command_timeout,
+            keep_ticks: args.keep_ticks.max(1),
+            shutdown_grace: args.shutdown_grace,
+            log_file: !args.no_log_file,
+        }
+    }
+}
+
+/// `90s`, `5m`, `2h`, `1d`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; use e.g. 30s, 5m, 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{text:?} has an unknown unit; use s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+"""STAND-IN package root for the megaplan core (test double for the offline e2e bench; see tests/bench/README.md)."""

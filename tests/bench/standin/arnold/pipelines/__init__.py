@@ -1,0 +1,1 @@
+"""STAND-IN: namespace of the megaplan core test double."""

@@ -1,0 +1,183 @@
+"""STAND-IN command line of the megaplan core (test double, offline e2e bench).
+
+Subcommands: chain start, status, init, auto, and the plan steps (plan, execute,
+review, ...). Errors are JSON on stdout `{"success": false, "error", "message"}`
+with exit 1; unknown or unsupported commands exit 2.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from arnold.pipelines.megaplan import chain
+
+STEPS = ("plan", "research", "critique", "revise", "gate", "finalize", "execute", "review", "loop_execute")
+_DONE_STATES = {"done", "aborted", "cancelled", "complete", "completed"}
+
+
+def _emit(payload):
+    print(json.dumps(payload), flush=True)
+
+
+def _error(code, message):
+    _emit({"success": False, "error": code, "message": message})
+    return 1
+
+
+def _plans_root(project):
+    return Path(project) / ".megaplan" / "plans"
+
+
+def _read_plan(project, plan):
+    path = _plans_root(project) / plan / "state.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _newest_plan(project):
+    root = _plans_root(project)
+    if not root.is_dir():
+        return None
+    candidates = [
+        (p.stat().st_mtime, p.parent.name)
+        for p in root.glob("*/state.json")
+        if not p.parent.name.startswith(".")
+    ]
+    return max(candidates)[1] if candidates else None
+
+
+def next_step_for(state):
+    if state in _DONE_STATES:
+        return None
+    if isinstance(state, str) and state.startswith("awaiting"):
+        return "review"
+    if state == "initialized":
+        return "plan"
+    return "execute"
+
+
+def cmd_status(args):
+    project = Path.cwd()
+    plan = args.plan or _newest_plan(project)
+    if plan is None:
+        return _error("no_plans", f"no plans under {_plans_root(project)}; run init first")
+    data = _read_plan(project, plan)
+    if data is None:
+        return _error("plan_not_found", f"plan {plan!r} not found under {_plans_root(project)}")
+    state = data.get("current_state")
+    _emit({"success": True, "plan": plan, "state": state, "next_step": next_step_for(state)})
+    return 0
+
+
+def _slug(text):
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
+    return slug or "plan"
+
+
+def cmd_init(args):
+    project = Path(args.project_dir)
+    idea_file = Path(args.idea_file)
+    if not idea_file.is_file():
+        return _error("missing_idea_file", f"idea file not found: {args.idea_file}")
+    idea = idea_file.read_text(encoding="utf-8")
+    name = args.name or _slug(idea)
+    existed = _read_plan(project, name) is not None
+    state = "running" if args.auto_start else "initialized"
+    chain.write_plan_state(project, name, state, idea=idea, robustness=args.robustness, auto_start=args.auto_start)
+    chain.exclude_megaplan_dir(project)
+    record = {"argv": sys.argv[1:], "cwd": os.getcwd(), "name": name}
+    (project / ".megaplan" / "standin-init.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    _emit({"success": True, "plan": name, "state": state, "reinitialized": existed,
+           "plan_dir": str(chain.plan_dir(project, name))})
+    return 0
+
+
+def cmd_auto(args):
+    project = Path.cwd()
+    if _read_plan(project, args.plan) is None:
+        return _error("plan_not_found", f"plan {args.plan!r} not found under {_plans_root(project)}")
+    chain.write_plan_state(project, args.plan, "running")
+    record = {"argv": sys.argv[1:], "pid": os.getpid(), "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    (project / ".megaplan" / "standin-auto.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    print(f"auto: plan {args.plan} running", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def cmd_step(args):
+    project = Path.cwd()
+    if _read_plan(project, args.plan) is None:
+        return _error("plan_not_found", f"plan {args.plan!r} not found under {_plans_root(project)}")
+    (project / ".megaplan").mkdir(parents=True, exist_ok=True)
+    with (project / ".megaplan" / "standin-steps.jsonl").open("a", encoding="utf-8") as log:
+        log.write(json.dumps({"step": args.step, "plan": args.plan, "argv": sys.argv[1:]}) + "\n")
+    _emit({"success": True, "step": args.step, "plan": args.plan})
+    return 0
+
+
+def cmd_chain_start(args):
+    try:
+        return chain.run_chain(args.spec, one=args.one, git_refresh=not args.no_git_refresh)
+    except chain.ChainError as exc:
+        return _error(exc.code, str(exc))
+    except chain.ChainStateError as exc:
+        return _error(exc.code, str(exc))
+
+
+def _unsupported(args):
+    print(f"stand-in megaplan core: `{args.command_name}` is not implemented by the test double", file=sys.stderr)
+    return 2
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="megaplan", description="STAND-IN megaplan core (test double)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("status")
+    p.add_argument("--plan")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("init")
+    p.add_argument("--project-dir", required=True)
+    p.add_argument("--idea-file", required=True)
+    p.add_argument("--auto-start", action="store_true")
+    p.add_argument("--robustness", default="standard")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("auto")
+    p.add_argument("--plan", required=True)
+    p.set_defaults(func=cmd_auto)
+
+    for step in STEPS:
+        p = sub.add_parser(step)
+        p.add_argument("--plan", required=True)
+        p.set_defaults(func=cmd_step, step=step)
+
+    p = sub.add_parser("chain")
+    chain_sub = p.add_subparsers(dest="chain_command", required=True)
+    s = chain_sub.add_parser("start")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--one", action="store_true")
+    s.add_argument("--no-git-refresh", action="store_true")
+    s.set_defaults(func=cmd_chain_start)
+    s = chain_sub.add_parser("override")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_unsupported, command_name="chain override")
+
+    p = sub.add_parser("user-action")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_unsupported, command_name="user-action")
+    return parser
+
+
+def main(argv):
+    args = build_parser().parse_args(argv)
+    return args.func(args)

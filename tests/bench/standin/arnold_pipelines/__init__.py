@@ -1,0 +1,1 @@
+"""STAND-IN alias: newer core versions spell the package `arnold_pipelines`."""

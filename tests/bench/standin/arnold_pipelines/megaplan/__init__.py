@@ -1,0 +1,1 @@
+"""STAND-IN alias of arnold.pipelines.megaplan (newer package spelling)."""
