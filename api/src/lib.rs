@@ -31,6 +31,9 @@ pub mod routes {
     pub const TICKS_WATCH: &str = "/v1/ticks/watch";
     pub const MARKERS: &str = "/v1/markers";
     pub const RUN: &str = "/v1/run";
+    /// `GET /v1/secret-names?cloud_yaml=P`: the secret names of a cloud.yaml, so the client
+    /// knows which of its env vars to hand over (it never parses YAML itself).
+    pub const SECRET_NAMES: &str = "/v1/secret-names";
 
     pub fn cloud(key: &str) -> String {
         format!("/v1/clouds/{key}")

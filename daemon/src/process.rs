@@ -1,1 +1,642 @@
+//! Running local processes (ssh, docker, railway, rsync) with deadlines, process-group kills and
+//! redacted line streaming.
+//!
+//! Every child is spawned in its own process group so a deadline (or a client that went away)
+//! kills the whole tree: `rsync` spawns `ssh`, `docker compose` spawns plugins, and killing only
+//! the direct child would leave those running and holding our pipes open.
 
+use crate::redact::Redactor;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// How long we keep reading a child's pipes after it exited. A child that left a daemon behind
+/// (which inherited the pipes) must not make us wait for that daemon's death.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// What [`Cmd::display`] shows instead of a masked argument's value (the redaction token).
+const MASK: &str = "***REDACTED***";
+
+/// Read buffer for streamed output: memory stays bounded whatever the volume.
+const CHUNK: usize = 8 * 1024;
+
+/// A command to run: program, arguments, working dir, extra environment and optional stdin.
+#[derive(Debug, Clone, Default)]
+pub struct Cmd {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<Vec<u8>>,
+    /// Indexes into `args` whose value must never be shown (`railway variables --set N=v`).
+    pub masked: Vec<usize>,
+}
+
+impl Cmd {
+    pub fn new(program: &str) -> Self {
+        Cmd {
+            program: program.to_string(),
+            ..Cmd::default()
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, it: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    /// An argument holding a secret (`NAME=value`): passed to the program, but [`Cmd::display`]
+    /// shows only `NAME=***REDACTED***`.
+    pub fn secret_arg(mut self, a: impl Into<String>) -> Self {
+        self.masked.push(self.args.len());
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn stdin(mut self, bytes: Vec<u8>) -> Self {
+        self.stdin = Some(bytes);
+        self
+    }
+
+    /// The argv, shell-quoted and joined, for messages. Never includes stdin; masked arguments
+    /// keep only their `NAME=` part.
+    pub fn display(&self) -> String {
+        let mut words = Vec::with_capacity(self.args.len() + 1);
+        words.push(self.program.clone());
+        for (i, a) in self.args.iter().enumerate() {
+            if self.masked.contains(&i) {
+                words.push(match a.split_once('=') {
+                    Some((name, _)) => format!("{name}={MASK}"),
+                    None => MASK.to_string(),
+                });
+            } else {
+                words.push(a.clone());
+            }
+        }
+        crate::shell::join(&words)
+    }
+
+    /// The full argv (program first), for callers that hand it to another process.
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.program.clone())
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(dir) = &self.cwd {
+            c.current_dir(dir);
+        }
+        c.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        c
+    }
+}
+
+/// The captured result of a finished command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Exit status; -1 when the process was killed by a signal.
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The program is not installed (not on PATH).
+    NotFound { program: String },
+    /// The deadline passed; the whole process group was killed.
+    Timeout { after: Duration },
+    /// The receiver of streamed output went away (the client disconnected); the process group
+    /// was killed.
+    Cancelled,
+    Io(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::NotFound { program } => write!(f, "{program}: command not found"),
+            RunError::Timeout { after } => {
+                write!(f, "timed out after {}s and was killed", after.as_secs())
+            }
+            RunError::Cancelled => f.write_str("cancelled: the output receiver went away"),
+            RunError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Which pipe a streamed chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// Kills the child's process group when dropped while still armed: a future dropped mid-run
+/// (client gone, deadline, task abort) must not leave grandchildren behind.
+struct GroupGuard {
+    pgid: Option<libc::pid_t>,
+}
+
+impl GroupGuard {
+    fn new(child: &Child) -> Self {
+        GroupGuard {
+            pgid: child.id().and_then(|p| libc::pid_t::try_from(p).ok()),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // SAFETY: killpg only sends a signal. The group id is our child's pid, spawned with
+            // process_group(0); a pid cannot be reused while its process group still exists.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_error(program: &str, e: std::io::Error) -> RunError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        RunError::NotFound {
+            program: program.to_string(),
+        }
+    } else {
+        RunError::Io(format!("cannot start {program}: {e}"))
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or(-1)
+}
+
+/// Feed stdin in its own task so a child that writes a lot before reading cannot deadlock us.
+fn feed_stdin(child: &mut Child, bytes: Option<Vec<u8>>) {
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), bytes) {
+        tokio::spawn(async move {
+            // A child that exits without reading all of stdin closes the pipe: not our error.
+            let _ = pipe.write_all(&bytes).await;
+            let _ = pipe.shutdown().await;
+        });
+    }
+}
+
+async fn read_all<R: AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>) {
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Run to completion and capture stdout and stderr. On `deadline` the process group is killed
+/// and [`RunError::Timeout`] returned.
+pub async fn run(cmd: &Cmd, deadline: Duration) -> Result<Output, RunError> {
+    let mut command = cmd.command();
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|e| spawn_error(&cmd.program, e))?;
+    let mut guard = GroupGuard::new(&child);
+    feed_stdin(&mut child, cmd.stdin.clone());
+    let (Some(out_pipe), Some(err_pipe)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(RunError::Io(format!("{}: pipes unavailable", cmd.program)));
+    };
+
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let work = async {
+        let reading = async {
+            tokio::join!(read_all(out_pipe, &mut stdout), read_all(err_pipe, &mut stderr));
+        };
+        tokio::pin!(reading);
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = &mut reading => {
+                return child.wait().await.map(|s| (s, true));
+            }
+        };
+        // The child exited; finish reading what it left, but do not wait for a daemon that
+        // inherited the pipes.
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reading).await;
+        status.map(|s| (s, false))
+    };
+    let result = tokio::time::timeout(deadline, work).await;
+    match result {
+        Err(_) => {
+            guard.kill();
+            Err(RunError::Timeout { after: deadline })
+        }
+        Ok(Err(e)) => Err(RunError::Io(format!("waiting for {}: {e}", cmd.program))),
+        Ok(Ok((status, _))) => {
+            guard.disarm();
+            Ok(Output {
+                code: exit_code(status),
+                stdout,
+                stderr,
+            })
+        }
+    }
+}
+
+/// Run a command that leaves a daemon behind (`ssh -M -f`): stdout goes to /dev/null and stderr
+/// to `log`, so no pipe of ours stays open in the daemon. Returns the exit code.
+pub async fn run_detached(
+    cmd: &Cmd,
+    deadline: Duration,
+    log: std::fs::File,
+) -> Result<i32, RunError> {
+    let mut command = cmd.command();
+    command.stdout(Stdio::null()).stderr(Stdio::from(log));
+    let mut child = command
+        .spawn()
+        .map_err(|e| spawn_error(&cmd.program, e))?;
+    let mut guard = GroupGuard::new(&child);
+    feed_stdin(&mut child, cmd.stdin.clone());
+    match tokio::time::timeout(deadline, child.wait()).await {
+        Err(_) => {
+            guard.kill();
+            Err(RunError::Timeout { after: deadline })
+        }
+        Ok(Err(e)) => Err(RunError::Io(format!("waiting for {}: {e}", cmd.program))),
+        Ok(Ok(status)) => {
+            guard.disarm();
+            Ok(exit_code(status))
+        }
+    }
+}
+
+/// Run while streaming output to `tx` as redacted complete lines; each message is one or more
+/// whole lines (the last message of a stream may lack its newline). Memory stays bounded
+/// whatever the volume. If `tx` closes (the client went away) the process group is killed and
+/// [`RunError::Cancelled`] returned. Returns the exit code.
+pub async fn run_streaming(
+    cmd: &Cmd,
+    deadline: Option<Duration>,
+    redactor: &Redactor,
+    tx: &mpsc::Sender<(StreamKind, String)>,
+) -> Result<i32, RunError> {
+    let mut command = cmd.command();
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|e| spawn_error(&cmd.program, e))?;
+    let mut guard = GroupGuard::new(&child);
+    feed_stdin(&mut child, cmd.stdin.clone());
+    let (Some(out_pipe), Some(err_pipe)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(RunError::Io(format!("{}: pipes unavailable", cmd.program)));
+    };
+
+    let work = async {
+        let pumps = async {
+            tokio::try_join!(
+                pump(out_pipe, StreamKind::Stdout, redactor, tx),
+                pump(err_pipe, StreamKind::Stderr, redactor, tx),
+            )
+        };
+        tokio::pin!(pumps);
+        let status = tokio::select! {
+            status = child.wait() => status,
+            done = &mut pumps => {
+                done?;
+                return child.wait().await.map_err(|e| RunError::Io(e.to_string()));
+            }
+            () = tx.closed() => return Err(RunError::Cancelled),
+        };
+        match tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pumps).await {
+            Ok(done) => {
+                done?;
+            }
+            Err(_) => {}
+        }
+        status.map_err(|e| RunError::Io(e.to_string()))
+    };
+    let result = match deadline {
+        Some(d) => tokio::time::timeout(d, work)
+            .await
+            .unwrap_or(Err(RunError::Timeout { after: d })),
+        None => work.await,
+    };
+    match result {
+        Ok(status) => {
+            guard.disarm();
+            Ok(exit_code(status))
+        }
+        Err(e) => {
+            guard.kill();
+            Err(e)
+        }
+    }
+}
+
+/// Copy one pipe to `tx` as redacted lines.
+async fn pump<R: AsyncRead + Unpin>(
+    mut r: R,
+    kind: StreamKind,
+    redactor: &Redactor,
+    tx: &mpsc::Sender<(StreamKind, String)>,
+) -> Result<(), RunError> {
+    let mut lines = redactor.line_redactor();
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let text = lines.push(&chunk[..n]);
+        if !text.is_empty() && tx.send((kind, text)).await.is_err() {
+            return Err(RunError::Cancelled);
+        }
+    }
+    let rest = lines.finish();
+    if !rest.is_empty() && tx.send((kind, rest)).await.is_err() {
+        return Err(RunError::Cancelled);
+    }
+    Ok(())
+}
+
+/// Look a program up the way `execvp` would: a name with a `/` is checked as given, anything
+/// else is searched on `$PATH`. Only executable regular files count.
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = Path::new(program);
+        return is_executable(p).then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    fn sh(script: &str) -> Cmd {
+        Cmd::new("sh").arg("-c").arg(script)
+    }
+
+    #[tokio::test]
+    async fn captures_stdout_stderr_and_exit_code() {
+        let out = run(&sh("printf out; printf err >&2; exit 3"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(out.code, 3);
+        assert_eq!(out.stdout, b"out");
+        assert_eq!(out.stderr, b"err");
+    }
+
+    #[tokio::test]
+    async fn stdin_reaches_the_child_byte_for_byte() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        let out = run(&Cmd::new("cat").stdin(bytes.clone()), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(out.code, 0);
+        assert_eq!(out.stdout, bytes);
+    }
+
+    #[tokio::test]
+    async fn signal_death_is_minus_one() {
+        let out = run(&sh("kill -9 $$"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(out.code, -1);
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_not_found() {
+        let err = run(&Cmd::new("no-such-program-xyz"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            RunError::NotFound {
+                program: "no-such-program-xyz".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn deadline_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("grandchild-survived");
+        // The grandchild would write the marker after 2s if it outlived the kill.
+        let script = format!(
+            "(sleep 2; touch {}) & sleep 30",
+            crate::shell::quote(&marker.to_string_lossy())
+        );
+        let started = Instant::now();
+        let err = run(&sh(&script), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            RunError::Timeout {
+                after: Duration::from_millis(300)
+            }
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "a grandchild outlived the deadline kill");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_holding_the_pipes_does_not_hang_run() {
+        let started = Instant::now();
+        let out = run(&sh("(sleep 20) & echo done"), Duration::from_secs(15))
+            .await
+            .unwrap();
+        assert_eq!(out.code, 0);
+        assert_eq!(out.stdout, b"done\n");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn run_detached_leaves_no_pipe_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let started = Instant::now();
+        let code = run_detached(
+            &sh("(sleep 20) & echo to-log >&2; exit 4"),
+            Duration::from_secs(15),
+            log,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 4);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).unwrap(),
+            "to-log\n"
+        );
+    }
+
+    fn redactor_for(name: &str, value: &str) -> Redactor {
+        let mut values = BTreeMap::new();
+        values.insert(name.to_string(), value.to_string());
+        Redactor::new(&[name.to_string()], &values)
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<(StreamKind, String)>) -> (String, String) {
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some((kind, text)) = rx.recv().await {
+            match kind {
+                StreamKind::Stdout => out.push_str(&text),
+                StreamKind::Stderr => err.push_str(&text),
+            }
+        }
+        (out, err)
+    }
+
+    #[tokio::test]
+    async fn streaming_redacts_whole_lines_and_returns_the_code() {
+        let redactor = redactor_for("MY_TOKEN", "supersecretvalue123");
+        let (tx, rx) = mpsc::channel(4);
+        let reader = tokio::spawn(collect(rx));
+        // The secret is written in two pieces so it is split across reads.
+        let script = "printf 'a supersec'; sleep 0.2; printf 'retvalue123 b\\nlast'; echo oops >&2; exit 5";
+        let code = run_streaming(&sh(script), None, &redactor, &tx)
+            .await
+            .unwrap();
+        drop(tx);
+        let (out, err) = reader.await.unwrap();
+        assert_eq!(code, 5);
+        assert_eq!(out, "a ***REDACTED*** b\nlast");
+        assert_eq!(err, "oops\n");
+    }
+
+    #[tokio::test]
+    async fn streaming_a_large_volume_completes() {
+        let (tx, rx) = mpsc::channel(4);
+        let reader = tokio::spawn(async move {
+            let mut rx = rx;
+            let mut total = 0usize;
+            while let Some((_, text)) = rx.recv().await {
+                total += text.len();
+            }
+            total
+        });
+        let code = run_streaming(
+            &sh("yes 0123456789 | head -c 20000000"),
+            Some(Duration::from_secs(60)),
+            &Redactor::none(),
+            &tx,
+        )
+        .await
+        .unwrap();
+        drop(tx);
+        assert_eq!(code, 0);
+        assert_eq!(reader.await.unwrap(), 20_000_000);
+    }
+
+    #[tokio::test]
+    async fn streaming_stops_when_the_receiver_goes_away() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let started = Instant::now();
+        let err = run_streaming(&sh("sleep 30"), None, &Redactor::none(), &tx)
+            .await
+            .unwrap_err();
+        assert_eq!(err, RunError::Cancelled);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn streaming_deadline_is_a_timeout() {
+        let (tx, _rx) = mpsc::channel(1);
+        let err = run_streaming(
+            &sh("sleep 30"),
+            Some(Duration::from_millis(200)),
+            &Redactor::none(),
+            &tx,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err,
+            RunError::Timeout {
+                after: Duration::from_millis(200)
+            }
+        );
+    }
+
+    #[test]
+    fn display_quotes_and_masks() {
+        let cmd = Cmd::new("railway")
+            .args(["variables", "--service", "my svc"])
+            .arg("--set")
+            .secret_arg("OPENAI_API_KEY=sk-live-value")
+            .stdin(b"never shown".to_vec());
+        assert_eq!(
+            cmd.display(),
+            "railway variables --service 'my svc' --set 'OPENAI_API_KEY=***REDACTED***'"
+        );
+        assert_eq!(cmd.argv()[5], "OPENAI_API_KEY=sk-live-value");
+    }
+
+    #[test]
+    fn which_finds_programs_on_path_and_rejects_others() {
+        assert!(which("sh").is_some());
+        assert_eq!(which("/bin/sh").as_deref(), Some(Path::new("/bin/sh")));
+        assert_eq!(which("no-such-program-xyz"), None);
+        assert_eq!(which(""), None);
+        assert_eq!(which("/etc/passwd"), None, "not executable");
+    }
+}

@@ -1,1 +1,94 @@
+//! Offline end-to-end test bench for megaplan-cloudd.
+//!
+//! What it provides (see `tests/bench/README.md`):
+//! - [`bench()`]: a Docker engine plus the test runner image (debootstrap'd Debian with tmux, git, python3 and
+//!   the STAND-IN megaplan core, `gh`, `pip`, `codex`, `npm`), built once per machine and cached by content hash.
+//! - [`Container`]: throw-away runner containers (`--network none`).
+//! - [`Sshd`]: a private OpenSSH server on loopback whose "remote host" is this machine.
+//! - [`Daemon`] / [`bin`]: the real `megaplan-cloudd` / `megaplan-cloudctl` binaries on a temp socket.
+//! - [`git_bare_repo`] / [`repo_in_container`]: tiny git remotes for `repo.url`.
+//! - [`railway_standin_dir`]: a directory holding only the `railway` CLI stand-in, for `PATH`.
+//!
+//! Tests call [`bench()`] first: when the machine cannot provide Docker it returns `None` after printing
+//! `SKIP: <why>` — unless `MEGAPLAN_E2E_REQUIRED=1` (set by `.ci/run`), where it panics instead.
 
+mod container;
+mod daemon;
+mod git;
+mod image;
+mod sshd;
+mod util;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub use container::Container;
+pub use daemon::{Daemon, bin};
+pub use git::{git_bare_repo, repo_in_container};
+pub use sshd::Sshd;
+pub use util::{unique_suffix, wait_until};
+
+/// Environment variable that turns every "cannot provide the bench" skip into a failure.
+pub const E2E_REQUIRED_ENV: &str = "MEGAPLAN_E2E_REQUIRED";
+
+/// True when `MEGAPLAN_E2E_REQUIRED=1`: missing prerequisites fail the test instead of skipping it.
+pub fn e2e_required() -> bool {
+    std::env::var(E2E_REQUIRED_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The shared bench: the Docker engine is answering and the runner image exists.
+#[derive(Debug)]
+pub struct Bench {
+    /// Docker image tag of the test runner image (`megaplan-e2e:<hash>`).
+    pub image: String,
+}
+
+/// The shared bench, built once per machine (see the module docs). `None` means "skip this test".
+pub fn bench() -> Option<&'static Bench> {
+    static BENCH: OnceLock<Result<Bench, String>> = OnceLock::new();
+    let result = BENCH.get_or_init(|| image::ensure_bench().map(|image| Bench { image }));
+    match result {
+        Ok(b) => Some(b),
+        Err(why) => {
+            skip_or_panic(why);
+            None
+        }
+    }
+}
+
+/// Panics with `why` when the bench is required, else prints the skip line.
+pub fn skip_or_panic(why: &str) {
+    if e2e_required() {
+        panic!("the e2e bench is required ({E2E_REQUIRED_ENV}=1) but unavailable: {why}");
+    }
+    eprintln!("SKIP: {why}");
+}
+
+impl Bench {
+    /// A running container of the bench image (`sleep infinity`), removed on drop.
+    pub fn container(&self, prefix: &str) -> Container {
+        Container::run(&self.image, prefix, &[], &["sleep", "infinity"])
+    }
+
+    /// A running container with extra `docker run` arguments (placed before the image) and a command.
+    /// `--network none` is always added.
+    pub fn container_with(&self, prefix: &str, docker_args: &[&str], command: &[&str]) -> Container {
+        Container::run(&self.image, prefix, docker_args, command)
+    }
+}
+
+/// Directory of the bench sources (`tests/bench`).
+pub fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench")
+}
+
+/// Directory whose only executable is the `railway` CLI stand-in: prepend it to `PATH`.
+pub fn railway_standin_dir() -> PathBuf {
+    bench_dir()
+}
+
+/// `PATH` with the railway stand-in directory first.
+pub fn path_with_railway_standin() -> String {
+    let current = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
+    format!("{}:{current}", railway_standin_dir().display())
+}

@@ -2,7 +2,7 @@
 RUN set -eux; \
     mkdir -p /usr/share/man/man1; \
     apt-get update; \
-    apt-get install -y --no-install-recommends default-jdk-headless maven; \
+    apt-get install -y --no-install-recommends default-jdk-headless; \
     rm -rf /var/lib/apt/lists/*; \
     java -version
 ENV JAVA_HOME=/usr/lib/jvm/default-java

@@ -1,0 +1,193 @@
+//! Command-line surface of `megaplan-cloudctl`: the seed's cloud commands plus the daemon's own.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "megaplan-cloudctl",
+    version,
+    about = "Drive megaplan cloud runners through the megaplan-cloudd daemon",
+    long_about = "Every cloud command asks megaplan-cloudd over its Unix socket and renders the answer: \
+                  structured JSON on stdout, the human summary on stderr, exit 0 on success."
+)]
+pub struct Cli {
+    /// Path of cloud.yaml (resolved to an absolute path before use).
+    #[arg(long, global = true, default_value = "cloud.yaml")]
+    pub cloud_yaml: PathBuf,
+    /// Daemon socket [env: MEGAPLAN_CLOUDD_SOCKET].
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct RepoOverrideArgs {
+    /// Override repo.url for this run (in memory only).
+    #[arg(long)]
+    pub repo_url: Option<String>,
+    /// Override repo.branch for this run.
+    #[arg(long)]
+    pub repo_branch: Option<String>,
+    /// Override repo.workspace for this run.
+    #[arg(long)]
+    pub repo_workspace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Write a commented cloud.yaml scaffold (works without the daemon).
+    Init {
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Render the deploy dir and build the runner image.
+    Build,
+    /// Deploy the runner with the secrets named in cloud.yaml (read from this environment).
+    Deploy,
+    /// Upload an idea file and start `megaplan init --auto-start` on the runner.
+    Bootstrap {
+        idea: PathBuf,
+        #[arg(long)]
+        plan_name: Option<String>,
+        #[arg(long)]
+        robustness: Option<String>,
+        #[command(flatten)]
+        overrides: RepoOverrideArgs,
+    },
+    /// Upload a chain spec and its idea files, then start the chain in tmux session megaplan-chain.
+    Chain {
+        spec: PathBuf,
+        /// Folder holding the idea files (default: the spec's folder).
+        #[arg(long)]
+        idea_dir: Option<PathBuf>,
+        /// Delete the remote chain state first.
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long)]
+        no_git_refresh: bool,
+        #[command(flatten)]
+        overrides: RepoOverrideArgs,
+    },
+    /// Remote `megaplan status`, or the chain status with --chain.
+    Status {
+        #[arg(long)]
+        chain: bool,
+        /// List every megaplan-chain* session with its marker.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        remote_spec: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Runner logs (redacted); follows by default.
+    Logs {
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Attach to the runner's tmux session on this terminal (raw, not redacted).
+    Attach {
+        /// Railway SSH session name (railway only).
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Run a shell command in the runner; exits with its exit code.
+    Exec {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Run the next step the remote status names.
+    Resume {
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Stop the runner.
+    Down,
+    /// Remove the runner, its volume (when set) and the persistent deploy dir.
+    Destroy {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// One supervise tick against the remote chain.
+    Supervise {
+        /// Required: the chain supervisor is the only one there is.
+        #[arg(long)]
+        chain: bool,
+        #[arg(long)]
+        remote_spec: Option<String>,
+    },
+    /// List megaplan-chain* sessions on the runner with their session markers.
+    Chains,
+    /// Register this cloud.yaml for unattended ticks.
+    Register {
+        /// Interval such as 30s, 5m, 1h (default 5m).
+        #[arg(long, conflicts_with = "cron")]
+        every: Option<String>,
+        /// 6-field cron expression with seconds first, e.g. "0 */5 * * * *".
+        #[arg(long)]
+        cron: Option<String>,
+        #[arg(long)]
+        remote_spec: Option<String>,
+    },
+    /// Stop ticking this cloud.yaml.
+    Unregister,
+    /// List registrations.
+    Registrations {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stored tick reports, newest first.
+    Ticks {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// All registrations, not only --cloud-yaml.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tick a registered cloud.yaml now.
+    Tick,
+    /// Follow new tick reports as they are stored.
+    Watch {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon itself.
+    Daemon {
+        #[command(subcommand)]
+        what: DaemonCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCmd {
+    /// Version, pid, uptime, socket, database, registrations, tick counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `5m` → 300. Kept here (not in the api crate) because only the client parses it.
+pub fn parse_every(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("--every {text:?}: use e.g. 30s, 5m, 1h"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("--every {text:?}: unknown unit; use s, m, h or d")),
+    };
+    Ok(n * mult)
+}

@@ -1,0 +1,150 @@
+//! Throw-away runner containers of the bench image.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::util::unique_suffix;
+
+/// Label put on every bench container so leftovers of a crashed run can be found (`docker ps -a --filter`).
+pub const CONTAINER_LABEL: &str = "megaplan-e2e=1";
+
+/// A running container, removed (`docker rm -f`) on drop.
+#[derive(Debug)]
+pub struct Container {
+    pub name: String,
+}
+
+fn sanitize(prefix: &str) -> String {
+    let cleaned: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
+        .collect();
+    if cleaned.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        cleaned
+    } else {
+        format!("e2e{cleaned}")
+    }
+}
+
+impl Container {
+    /// `docker run -d --network none --label megaplan-e2e=1 --name <prefix>-<unique> [docker_args] image command`.
+    pub fn run(image: &str, prefix: &str, docker_args: &[&str], command: &[&str]) -> Container {
+        let name = format!("{}-{}", sanitize(prefix), unique_suffix());
+        let out = Command::new("docker")
+            .args(["run", "-d", "--network", "none", "--label", CONTAINER_LABEL, "--name", &name])
+            .args(docker_args)
+            .arg(image)
+            .args(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run docker: {e}"));
+        assert!(
+            out.status.success(),
+            "docker run {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Container { name }
+    }
+
+    /// `docker exec -i NAME bash -lc SCRIPT` with empty stdin.
+    pub fn exec(&self, script: &str) -> Output {
+        self.exec_with_stdin(script, b"")
+    }
+
+    /// Like [`Container::exec`], feeding `stdin` to the script.
+    pub fn exec_with_stdin(&self, script: &str, stdin: &[u8]) -> Output {
+        let mut child = Command::new("docker")
+            .args(["exec", "-i", &self.name, "bash", "-lc", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run docker exec: {e}"));
+        let mut input = child.stdin.take();
+        let data = stdin.to_vec();
+        // A writer thread, so a script that does not read its stdin cannot deadlock us on a full pipe.
+        let writer = std::thread::spawn(move || {
+            if let Some(pipe) = input.as_mut() {
+                let _ = pipe.write_all(&data);
+            }
+            drop(input);
+        });
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("docker exec in {} failed: {e}", self.name));
+        let _ = writer.join();
+        out
+    }
+
+    /// Runs `script` and panics (with both streams) unless it exits 0; returns stdout as text.
+    pub fn exec_ok(&self, script: &str) -> String {
+        let out = self.exec(script);
+        assert!(
+            out.status.success(),
+            "script failed in {} ({}):\n{script}\n--- stdout\n{}\n--- stderr\n{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `content` to `path` in the container (parent directories created).
+    pub fn write_file(&self, path: &str, content: &[u8]) {
+        let out = Command::new("docker")
+            .args([
+                "exec",
+                "-i",
+                &self.name,
+                "sh",
+                "-c",
+                "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"",
+                "sh",
+                path,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                if let Some(mut pipe) = child.stdin.take() {
+                    pipe.write_all(content)?;
+                }
+                child.wait_with_output()
+            })
+            .unwrap_or_else(|e| panic!("cannot write {path} in {}: {e}", self.name));
+        assert!(
+            out.status.success(),
+            "writing {path} in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Contents of `path` in the container, or `None` when it cannot be read.
+    pub fn read_file(&self, path: &str) -> Option<Vec<u8>> {
+        let out = Command::new("docker")
+            .args(["exec", &self.name, "cat", "--", path])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then_some(out.stdout)
+    }
+
+    /// `read_file` parsed as JSON.
+    pub fn read_json(&self, path: &str) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.read_file(path)?).ok()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
