@@ -88,7 +88,6 @@ pub async fn run(settings: Settings) -> i32 {
         Ok(v) => v,
         Err(msg) => {
             tracing::error!("{msg}");
-            eprintln!("megaplan-cloudd: {msg}");
             return 1;
         }
     };
@@ -96,13 +95,12 @@ pub async fn run(settings: Settings) -> i32 {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("megaplan-cloudd: {e}");
             let _ = std::fs::remove_file(&settings.socket);
             return 1;
         }
     };
     if let Err(msg) = server::ensure_private_dir(&settings.ssh_control_dir) {
-        eprintln!("megaplan-cloudd: {msg}");
+        tracing::error!("{msg}");
         return 1;
     }
     let ssh = SshSessions::new(settings.ssh_control_dir.clone(), settings.ssh_config.clone());
@@ -123,7 +121,7 @@ pub async fn run(settings: Settings) -> i32 {
     let sched = match Scheduler::new(on_tick).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("megaplan-cloudd: {e}");
+            tracing::error!("{e}");
             return 1;
         }
     };
@@ -244,6 +242,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route(routes::TICKS_WATCH, get(watch_ticks))
         .route(routes::MARKERS, get(get_marker))
         .route(routes::RUN, post(run_command))
+        .route(routes::SECRET_NAMES, get(secret_names))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(server::require_same_uid))
@@ -461,6 +460,22 @@ async fn list_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQue
     match state.store.list_ticks(key.as_deref(), limit).await {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => err(e.into()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CloudYamlQuery {
+    cloud_yaml: String,
+}
+
+async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
+    let path = match abs_cloud_yaml(&q.cloud_yaml) {
+        Ok(p) => p,
+        Err(e) => return err(e),
+    };
+    match cloud_yaml::load(&path) {
+        Ok(spec) => axum::Json(serde_json::json!({"success": true, "names": spec.secrets})).into_response(),
+        Err(e) => err(e),
     }
 }
 

@@ -15,7 +15,7 @@
 
 pub mod chain;
 pub mod cloud_yaml;
-// LEAD-WIP pub mod daemon;
+pub mod daemon;
 pub mod process;
 pub mod provider;
 pub mod redact;
@@ -25,6 +25,6 @@ pub mod server;
 pub mod settings;
 pub mod shell;
 pub mod store;
-// LEAD-WIP pub mod tick;
-// LEAD-WIP pub mod workflow;
+pub mod tick;
+pub mod workflow;
 pub mod yaml;

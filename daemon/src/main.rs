@@ -62,7 +62,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = runtime.block_on(async { drop(settings); 1 }); // LEAD-WIP: megaplan_cloudd::daemon::run(settings)
+    let code = runtime.block_on(megaplan_cloudd::daemon::run(settings));
     drop(_guard);
     std::process::exit(code);
 }

@@ -564,7 +564,7 @@ mod tests {
 
     #[tokio::test]
     async fn streaming_a_large_volume_completes() {
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel::<(StreamKind, String)>(4);
         let reader = tokio::spawn(async move {
             let mut rx = rx;
             let mut total = 0usize;

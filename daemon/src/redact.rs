@@ -111,7 +111,8 @@ impl Redactor {
         let mut literals: Vec<String> = Vec::new();
         let mut assignments = Vec::new();
         let mut longest_name = 0;
-        for name in names {
+        let unique_names: std::collections::BTreeSet<&String> = names.iter().collect();
+        for name in unique_names {
             if name.is_empty() {
                 continue;
             }
@@ -176,7 +177,9 @@ impl Redactor {
     pub fn redact_json(&self, v: &Value) -> Value {
         match v {
             Value::String(s) => Value::String(self.redact(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|i| self.redact_json(i)).collect()),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|i| self.redact_json(i)).collect())
+            }
             Value::Object(map) => Value::Object(
                 map.iter()
                     .map(|(k, v)| (k.clone(), self.redact_json(v)))
@@ -484,6 +487,14 @@ mod tests {
     }
 
     #[test]
+    fn redactors_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Redactor>();
+        fn assert_send<T: Send>() {}
+        assert_send::<LineRedactor>();
+    }
+
+    #[test]
     fn literal_values_are_replaced_everywhere() {
         let r = redactor(&[("API_TOKEN", "s3cr3t-value-123")]);
         assert_eq!(
@@ -511,12 +522,18 @@ mod tests {
     fn overlapping_secrets_are_replaced_as_one_region() {
         let r = redactor(&[("A", "abcdefgh"), ("B", "efghijkl")]);
         assert_eq!(r.redact("<abcdefghijkl>"), "<***REDACTED***>");
+        // Overlapping occurrences of one secret are all covered, not just every other one.
+        let r = redactor(&[("A", "abababab")]);
+        assert_eq!(r.redact("<ababababab>"), "<***REDACTED***>");
     }
 
     #[test]
     fn name_equals_value_replaces_only_the_value() {
         let r = redactor(&[("API_TOKEN", "")]);
-        assert_eq!(r.redact("API_TOKEN=abc123 next"), "API_TOKEN=***REDACTED*** next");
+        assert_eq!(
+            r.redact("API_TOKEN=abc123 next"),
+            "API_TOKEN=***REDACTED*** next"
+        );
         assert_eq!(
             r.redact("export API_TOKEN=abc123"),
             "export API_TOKEN=***REDACTED***"
@@ -528,13 +545,19 @@ mod tests {
     fn name_colon_value_is_redacted() {
         let r = redactor(&[("GH_TOKEN", "")]);
         assert_eq!(r.redact("GH_TOKEN: hunter2"), "GH_TOKEN: ***REDACTED***");
-        assert_eq!(r.redact("  GH_TOKEN:hunter2\n"), "  GH_TOKEN:***REDACTED***\n");
+        assert_eq!(
+            r.redact("  GH_TOKEN:hunter2\n"),
+            "  GH_TOKEN:***REDACTED***\n"
+        );
     }
 
     #[test]
     fn quotes_around_the_value_are_kept() {
         let r = redactor(&[("GH_TOKEN", "")]);
-        assert_eq!(r.redact(r#"GH_TOKEN="abc""#), r#"GH_TOKEN="***REDACTED***""#);
+        assert_eq!(
+            r.redact(r#"GH_TOKEN="abc""#),
+            r#"GH_TOKEN="***REDACTED***""#
+        );
         assert_eq!(r.redact("GH_TOKEN: 'abc'"), "GH_TOKEN: '***REDACTED***'");
     }
 
@@ -663,7 +686,10 @@ mod tests {
         assert!(!out.contains("secret"), "{out}");
         assert!(peak <= 64 + 20, "buffered {peak} bytes");
         // Nothing but secrets was removed.
-        assert_eq!(out.replace(REPLACEMENT, ""), r.redact(&text).replace(REPLACEMENT, ""));
+        assert_eq!(
+            out.replace(REPLACEMENT, ""),
+            r.redact(&text).replace(REPLACEMENT, "")
+        );
     }
 
     #[test]
@@ -722,6 +748,21 @@ mod tests {
         .prop_map(|v| v.into_iter().collect())
     }
 
+    /// Like [`secret_strategy`] but without `a`-`z` and spaces (the filler of the split test).
+    fn disjoint_secret_strategy() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                proptest::char::range('!', ')'),
+                proptest::char::range('+', '`'),
+                proptest::char::range('{', '~'),
+                Just('é'),
+                Just('€'),
+            ],
+            8..40,
+        )
+        .prop_map(|v| v.into_iter().collect())
+    }
+
     fn text_strategy() -> impl Strategy<Value = String> {
         proptest::collection::vec(
             prop_oneof![
@@ -766,7 +807,7 @@ mod tests {
 
         #[test]
         fn split_long_lines_never_leak(
-            secret in secret_strategy(),
+            secret in disjoint_secret_strategy(),
             pieces in proptest::collection::vec("[a-z ]{0,200}", 1..8),
             chunk in 1usize..50,
         ) {
@@ -778,7 +819,9 @@ mod tests {
                 out.push_str(&lr.push(c));
             }
             out.push_str(&lr.finish());
-            prop_assert!(!out.contains(&secret), "{out:?}");
+            // Secrets share no character with the surrounding text, so any leaked fragment of
+            // one would show, and nothing else may be lost.
+            prop_assert_eq!(out.replace(REPLACEMENT, ""), pieces.concat());
         }
     }
 }

@@ -1,1 +1,976 @@
+//! The daemon's SQLite store: registrations, tick reports, chain markers and lifetime counters.
+//!
+//! One database file (`--db`), WAL mode, schema from the root `migrations/` directory embedded
+//! at build time. Timestamps are stored as RFC 3339 UTC text. Secrets are never stored: tick
+//! reports arrive already redacted.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use megaplan_cloud_api::wire::{Registration, TickCounters, TickRecord};
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+const POOL_CONNECTIONS: u32 = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A storage failure; the message names the database file and what to do.
+#[derive(Debug)]
+pub struct StoreError {
+    pub message: String,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<StoreError> for ErrorBody {
+    fn from(e: StoreError) -> Self {
+        ErrorBody::new(ErrorCode::StorageFailed, e.message)
+    }
+}
+
+/// A registration to create or replace.
+#[derive(Debug, Clone)]
+pub struct NewRegistration {
+    pub key: String,
+    pub cloud_yaml: String,
+    pub schedule: String,
+    pub remote_spec: Option<String>,
+}
+
+/// A finished tick to store (its report already redacted).
+#[derive(Debug, Clone)]
+pub struct NewTick {
+    pub key: String,
+    pub cloud_yaml: String,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub success: bool,
+    pub event: String,
+    pub next_action: String,
+    pub acted: bool,
+    pub refused_reason: Option<String>,
+    pub report: Value,
+}
+
+/// Handle to the database; cheap to clone (a connection pool inside).
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+    keep_ticks_per_key: u32,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("keep_ticks_per_key", &self.keep_ticks_per_key)
+            .finish()
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn now() -> String {
+    rfc3339(Utc::now())
+}
+
+fn non_negative(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// Open (creating if missing) the database at `path` and bring its schema up to date.
+    ///
+    /// Refuses, without modifying the file, a database written by a newer daemon (it records a
+    /// migration this binary does not know) and a file that is not a SQLite database.
+    /// `keep_ticks_per_key` (at least 1) bounds the stored ticks of each registration.
+    pub async fn open(path: &Path, keep_ticks_per_key: u32) -> Result<Store, StoreError> {
+        let shown = path.display();
+        prepare_file(path)?;
+        check_not_newer(path).await?;
+
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError {
+                message: format!(
+                    "cannot open database {shown}: {e}; check that the file and its directory are readable and writable, or use another --db"
+                ),
+            })?;
+        if let Err(e) = MIGRATOR.run(&pool).await {
+            pool.close().await;
+            return Err(StoreError {
+                message: format!(
+                    "cannot bring database {shown} up to date: {e}; restore a backup or use another --db"
+                ),
+            });
+        }
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+            keep_ticks_per_key: keep_ticks_per_key.max(1),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            message: format!(
+                "database {}: {what} failed: {e}; check free disk space and that the file is writable",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// SQLite's `PRAGMA integrity_check`: `"ok"` when the file is sound, else the problems found.
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        let rows = sqlx::query("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed("integrity check", e))?;
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed("integrity check", e))?;
+        Ok(lines.join("\n"))
+    }
+
+    /// Create or replace a registration. Re-registering keeps `created_at`, the counters and
+    /// the last-tick fields; only the path, schedule and remote spec change.
+    pub async fn upsert_registration(
+        &self,
+        r: &NewRegistration,
+    ) -> Result<Registration, StoreError> {
+        let now = now();
+        let row = sqlx::query(
+            "INSERT INTO registrations (key, cloud_yaml, schedule, remote_spec, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (key) DO UPDATE SET
+                 cloud_yaml = excluded.cloud_yaml,
+                 schedule = excluded.schedule,
+                 remote_spec = excluded.remote_spec,
+                 updated_at = excluded.updated_at
+             RETURNING *",
+        )
+        .bind(&r.key)
+        .bind(&r.cloud_yaml)
+        .bind(&r.schedule)
+        .bind(&r.remote_spec)
+        .bind(&now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.failed("saving the registration", e))?;
+        registration_from_row(&row).map_err(|e| self.failed("reading the registration", e))
+    }
+
+    /// Remove a registration and its stored ticks (they describe a schedule that no longer
+    /// exists). Its chain marker is kept: it describes the remote chain, not the schedule.
+    /// Lifetime counters are not lowered. Returns whether the registration existed.
+    pub async fn delete_registration(&self, key: &str) -> Result<bool, StoreError> {
+        let what = "removing the registration";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        let deleted = sqlx::query("DELETE FROM registrations WHERE key = ?1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(what, e))?
+            .rows_affected();
+        sqlx::query("DELETE FROM ticks WHERE key = ?1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        tx.commit().await.map_err(|e| self.failed(what, e))?;
+        Ok(deleted > 0)
+    }
+
+    pub async fn get_registration(&self, key: &str) -> Result<Option<Registration>, StoreError> {
+        let what = "reading the registration";
+        let row = sqlx::query("SELECT * FROM registrations WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        row.as_ref()
+            .map(registration_from_row)
+            .transpose()
+            .map_err(|e| self.failed(what, e))
+    }
+
+    /// All registrations, oldest first.
+    pub async fn list_registrations(&self) -> Result<Vec<Registration>, StoreError> {
+        let what = "listing registrations";
+        let rows = sqlx::query("SELECT * FROM registrations ORDER BY created_at, key")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        rows.iter()
+            .map(registration_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(what, e))
+    }
+
+    /// Store a tick. In one transaction: insert it, update its registration's last-tick fields
+    /// and counter (when registered), bump the lifetime counters, and drop the key's oldest
+    /// ticks beyond the retention limit.
+    pub async fn insert_tick(&self, t: &NewTick) -> Result<TickRecord, StoreError> {
+        let what = "saving the tick report";
+        let started_at = rfc3339(t.started_at);
+        let finished_at = rfc3339(t.finished_at);
+        let duration_ms = non_negative((t.finished_at - t.started_at).num_milliseconds());
+        let report = serde_json::to_string(&t.report)
+            .map_err(|e| self.failed("encoding the tick report", e))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO ticks (key, cloud_yaml, tick_trigger, started_at, finished_at, duration_ms,
+                                success, event, next_action, acted, refused_reason, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             RETURNING id",
+        )
+        .bind(&t.key)
+        .bind(&t.cloud_yaml)
+        .bind(&t.trigger)
+        .bind(&started_at)
+        .bind(&finished_at)
+        .bind(i64::try_from(duration_ms).unwrap_or(i64::MAX))
+        .bind(t.success)
+        .bind(&t.event)
+        .bind(&t.next_action)
+        .bind(t.acted)
+        .bind(&t.refused_reason)
+        .bind(&report)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| self.failed(what, e))?;
+        sqlx::query(
+            "UPDATE registrations
+             SET last_tick_at = ?2, last_event = ?3, last_success = ?4, ticks_run = ticks_run + 1
+             WHERE key = ?1",
+        )
+        .bind(&t.key)
+        .bind(&finished_at)
+        .bind(&t.event)
+        .bind(t.success)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        sqlx::query(
+            "UPDATE counters SET value = value + 1
+             WHERE name = 'ticks_run' OR (name = 'ticks_failed' AND ?1 = 0)",
+        )
+        .bind(t.success)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        sqlx::query(
+            "DELETE FROM ticks WHERE key = ?1 AND id NOT IN
+                 (SELECT id FROM ticks WHERE key = ?1 ORDER BY id DESC LIMIT ?2)",
+        )
+        .bind(&t.key)
+        .bind(i64::from(self.keep_ticks_per_key))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed("applying tick retention", e))?;
+        tx.commit().await.map_err(|e| self.failed(what, e))?;
+        Ok(TickRecord {
+            id,
+            key: t.key.clone(),
+            cloud_yaml: t.cloud_yaml.clone(),
+            trigger: t.trigger.clone(),
+            started_at,
+            finished_at,
+            duration_ms,
+            success: t.success,
+            event: t.event.clone(),
+            next_action: t.next_action.clone(),
+            acted: t.acted,
+            refused_reason: t.refused_reason.clone(),
+            report: t.report.clone(),
+        })
+    }
+
+    /// Count a tick that was skipped because the previous one for `key` was still running.
+    pub async fn record_skip(&self, key: &str) -> Result<(), StoreError> {
+        let what = "counting a skipped tick";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        sqlx::query("UPDATE registrations SET ticks_skipped = ticks_skipped + 1 WHERE key = ?1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'ticks_skipped'")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        tx.commit().await.map_err(|e| self.failed(what, e))
+    }
+
+    /// The newest `limit` ticks (of `key`, or of every key), newest first.
+    pub async fn list_ticks(
+        &self,
+        key: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TickRecord>, StoreError> {
+        let what = "listing ticks";
+        let query = match key {
+            Some(key) => {
+                sqlx::query("SELECT * FROM ticks WHERE key = ?1 ORDER BY id DESC LIMIT ?2")
+                    .bind(key)
+            }
+            None => sqlx::query("SELECT * FROM ticks ORDER BY id DESC LIMIT ?1"),
+        };
+        let rows = query
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        rows.iter()
+            .map(tick_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(what, e))
+    }
+
+    /// Ticks with an id above `after_id` (of `key`, or of every key), oldest first.
+    pub async fn ticks_after(
+        &self,
+        after_id: i64,
+        key: Option<&str>,
+    ) -> Result<Vec<TickRecord>, StoreError> {
+        let what = "reading new ticks";
+        let rows = sqlx::query(
+            "SELECT * FROM ticks WHERE id > ?1 AND (?2 IS NULL OR key = ?2) ORDER BY id",
+        )
+        .bind(after_id)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        rows.iter()
+            .map(tick_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(what, e))
+    }
+
+    /// Lifetime counters: every tick ever stored, the failed ones, and the skipped ones.
+    pub async fn tick_counters(&self) -> Result<TickCounters, StoreError> {
+        let what = "reading tick counters";
+        let rows = sqlx::query("SELECT name, value FROM counters")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        let mut counters = TickCounters::default();
+        for row in rows {
+            let name: String = row.try_get(0).map_err(|e| self.failed(what, e))?;
+            let value = non_negative(row.try_get(1).map_err(|e| self.failed(what, e))?);
+            match name.as_str() {
+                "ticks_run" => counters.run = value,
+                "ticks_failed" => counters.failed = value,
+                "ticks_skipped" => counters.skipped = value,
+                _ => {}
+            }
+        }
+        Ok(counters)
+    }
+
+    /// Save the chain marker of a cloud.yaml (replacing the previous one).
+    pub async fn put_marker(
+        &self,
+        key: &str,
+        cloud_yaml: &str,
+        marker: &Value,
+    ) -> Result<(), StoreError> {
+        let what = "saving the chain marker";
+        let text = serde_json::to_string(marker).map_err(|e| self.failed(what, e))?;
+        sqlx::query(
+            "INSERT INTO markers (key, cloud_yaml, marker, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET
+                 cloud_yaml = excluded.cloud_yaml,
+                 marker = excluded.marker,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(cloud_yaml)
+        .bind(&text)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        Ok(())
+    }
+
+    pub async fn get_marker(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        let what = "reading the chain marker";
+        let text: Option<String> = sqlx::query("SELECT marker FROM markers WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+            .map_err(|e| self.failed(what, e))?;
+        text.map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| self.failed(what, format!("stored marker is not JSON: {e}")))
+    }
+
+    /// Close every connection (checkpointing the WAL). Further calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
+    Ok(Registration {
+        key: row.try_get("key")?,
+        cloud_yaml: row.try_get("cloud_yaml")?,
+        schedule: row.try_get("schedule")?,
+        remote_spec: row.try_get("remote_spec")?,
+        created_at: row.try_get("created_at")?,
+        last_tick_at: row.try_get("last_tick_at")?,
+        last_event: row.try_get("last_event")?,
+        last_success: row.try_get("last_success")?,
+        ticks_run: non_negative(row.try_get("ticks_run")?),
+        ticks_skipped: non_negative(row.try_get("ticks_skipped")?),
+    })
+}
+
+fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
+    let report: String = row.try_get("report")?;
+    let report = serde_json::from_str(&report).map_err(|e| sqlx::Error::ColumnDecode {
+        index: "report".into(),
+        source: Box::new(e),
+    })?;
+    Ok(TickRecord {
+        id: row.try_get("id")?,
+        key: row.try_get("key")?,
+        cloud_yaml: row.try_get("cloud_yaml")?,
+        trigger: row.try_get("tick_trigger")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        duration_ms: non_negative(row.try_get("duration_ms")?),
+        success: row.try_get("success")?,
+        event: row.try_get("event")?,
+        next_action: row.try_get("next_action")?,
+        acted: row.try_get("acted")?,
+        refused_reason: row.try_get("refused_reason")?,
+        report,
+    })
+}
+
+/// Create the parent directory (0700) and the database file (0600) when missing, so SQLite's
+/// own files (and their WAL companions, which copy the mode) are private from the start. An
+/// existing non-empty file must carry the SQLite header.
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+    let shown = path.display();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| StoreError {
+                message: format!(
+                    "cannot create the directory {} for database {shown}: {e}; create it or use another --db",
+                    parent.display()
+                ),
+            })?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(StoreError {
+                message: format!(
+                    "cannot create database {shown}: {e}; check the directory's permissions or use another --db"
+                ),
+            });
+        }
+    }
+    let mut header = Vec::with_capacity(SQLITE_HEADER.len());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(SQLITE_HEADER.len() as u64).read_to_end(&mut header))
+        .map_err(|e| StoreError {
+            message: format!(
+                "cannot read database {shown}: {e}; check its permissions or use another --db"
+            ),
+        })?;
+    if !header.is_empty() && header.as_slice() != SQLITE_HEADER.as_slice() {
+        return Err(StoreError {
+            message: format!(
+                "{shown} is not a SQLite database; move it aside or point --db at another file"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a database whose schema is newer than this binary, or that another program created,
+/// before anything writes to it: the check runs on a read-only connection.
+async fn check_not_newer(path: &Path) -> Result<(), StoreError> {
+    let shown = path.display();
+    let cannot_read = |e: sqlx::Error| StoreError {
+        message: format!(
+            "cannot read database {shown}: {e}; it may be corrupt or not a SQLite database; move it aside or use another --db"
+        ),
+    };
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(cannot_read)?;
+    let result = schema_problem(&mut conn).await;
+    // Closing is best effort: nothing was written on this connection.
+    let _ = conn.close().await;
+    match result.map_err(cannot_read)? {
+        Some(SchemaProblem::Newer(version)) => Err(StoreError {
+            message: format!(
+                "database {shown} was written by a newer megaplan-cloudd (migration {version}); upgrade megaplan-cloudd or use another --db"
+            ),
+        }),
+        Some(SchemaProblem::Foreign) => Err(StoreError {
+            message: format!(
+                "{shown} is a SQLite database that megaplan-cloudd did not create (it has tables but no migration history); point --db at another file"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+enum SchemaProblem {
+    /// A recorded migration this binary does not know (the newest such version).
+    Newer(i64),
+    /// Tables, but no migration history: someone else's database.
+    Foreign,
+}
+
+async fn schema_problem(conn: &mut SqliteConnection) -> Result<Option<SchemaProblem>, sqlx::Error> {
+    let has_history: i64 = sqlx::query(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    if has_history == 0 {
+        let tables: i64 = sqlx::query(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        return Ok((tables > 0).then_some(SchemaProblem::Foreign));
+    }
+    let rows = sqlx::query("SELECT version FROM _sqlx_migrations ORDER BY version DESC")
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in rows {
+        let version: i64 = row.try_get(0)?;
+        if !MIGRATOR.version_exists(version) {
+            return Ok(Some(SchemaProblem::Newer(version)));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn reg(key: &str, schedule: &str) -> NewRegistration {
+        NewRegistration {
+            key: key.to_string(),
+            cloud_yaml: format!("/work/{key}/cloud.yaml"),
+            schedule: schedule.to_string(),
+            remote_spec: None,
+        }
+    }
+
+    fn tick(key: &str, n: i64, success: bool) -> NewTick {
+        let started_at =
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::seconds(n * 60);
+        NewTick {
+            key: key.to_string(),
+            cloud_yaml: format!("/work/{key}/cloud.yaml"),
+            trigger: "schedule".to_string(),
+            started_at,
+            finished_at: started_at + chrono::Duration::milliseconds(1500),
+            success,
+            event: format!("event-{n}"),
+            next_action: "none".to_string(),
+            acted: n % 2 == 0,
+            refused_reason: (!success).then(|| "provider mismatch".to_string()),
+            report: json!({"n": n, "nested": {"list": [1, "two", null]}}),
+        }
+    }
+
+    async fn open(dir: &tempfile::TempDir, keep: u32) -> Store {
+        Store::open(&dir.path().join("state/cloudd.db"), keep)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn open_creates_private_dir_and_file_and_is_sound() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 5).await;
+        assert_eq!(store.integrity_check().await.unwrap(), "ok");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        assert_eq!(store.path(), dir.path().join("state/cloudd.db"));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn registrations_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 5).await;
+        let mut new = reg("aaaa", "every:300");
+        new.remote_spec = Some("/workspace/chain.yaml".to_string());
+        let r = store.upsert_registration(&new).await.unwrap();
+        assert_eq!(r.key, "aaaa");
+        assert_eq!(r.cloud_yaml, "/work/aaaa/cloud.yaml");
+        assert_eq!(r.schedule, "every:300");
+        assert_eq!(r.remote_spec.as_deref(), Some("/workspace/chain.yaml"));
+        assert_eq!((r.ticks_run, r.ticks_skipped), (0, 0));
+        assert_eq!(r.last_tick_at, None);
+        assert!(DateTime::parse_from_rfc3339(&r.created_at).is_ok());
+        assert_eq!(
+            store.get_registration("aaaa").await.unwrap(),
+            Some(r.clone())
+        );
+        assert_eq!(store.get_registration("nope").await.unwrap(), None);
+
+        store
+            .upsert_registration(&reg("bbbb", "cron:0 * * * * *"))
+            .await
+            .unwrap();
+        let keys: Vec<String> = store
+            .list_registrations()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(keys, ["aaaa", "bbbb"]);
+
+        assert!(store.delete_registration("aaaa").await.unwrap());
+        assert!(!store.delete_registration("aaaa").await.unwrap());
+        assert_eq!(store.get_registration("aaaa").await.unwrap(), None);
+        assert_eq!(store.list_registrations().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reregistering_keeps_counters_and_created_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 5).await;
+        let first = store
+            .upsert_registration(&reg("k", "every:60"))
+            .await
+            .unwrap();
+        store.insert_tick(&tick("k", 1, false)).await.unwrap();
+        store.record_skip("k").await.unwrap();
+        let again = store
+            .upsert_registration(&reg("k", "every:120"))
+            .await
+            .unwrap();
+        assert_eq!(again.schedule, "every:120");
+        assert_eq!(again.created_at, first.created_at);
+        assert_eq!((again.ticks_run, again.ticks_skipped), (1, 1));
+        assert_eq!(again.last_event.as_deref(), Some("event-1"));
+        assert_eq!(again.last_success, Some(false));
+        assert_eq!(
+            again.last_tick_at.as_deref(),
+            Some("2026-01-02T03:05:06.500Z")
+        );
+    }
+
+    #[tokio::test]
+    async fn ticks_round_trip_and_list_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 10).await;
+        store
+            .upsert_registration(&reg("k", "every:60"))
+            .await
+            .unwrap();
+        let rec = store.insert_tick(&tick("k", 1, true)).await.unwrap();
+        assert_eq!(rec.duration_ms, 1500);
+        assert_eq!(rec.started_at, "2026-01-02T03:05:05.000Z");
+        assert_eq!(rec.finished_at, "2026-01-02T03:05:06.500Z");
+        let other = store.insert_tick(&tick("other", 2, false)).await.unwrap();
+        let third = store.insert_tick(&tick("k", 3, true)).await.unwrap();
+        assert!(rec.id < other.id && other.id < third.id);
+
+        let all = store.list_ticks(None, 10).await.unwrap();
+        assert_eq!(all, vec![third.clone(), other.clone(), rec.clone()]);
+        assert_eq!(
+            store.list_ticks(Some("k"), 10).await.unwrap(),
+            vec![third.clone(), rec.clone()]
+        );
+        assert_eq!(
+            store.list_ticks(None, 1).await.unwrap(),
+            vec![third.clone()]
+        );
+
+        assert_eq!(
+            store.ticks_after(rec.id, None).await.unwrap(),
+            vec![other.clone(), third.clone()]
+        );
+        assert_eq!(
+            store.ticks_after(rec.id, Some("k")).await.unwrap(),
+            vec![third.clone()]
+        );
+        assert!(store.ticks_after(third.id, None).await.unwrap().is_empty());
+
+        // An unregistered key's ticks are stored but touch no registration.
+        let k = store.get_registration("k").await.unwrap().unwrap();
+        assert_eq!(k.ticks_run, 2);
+        assert_eq!(k.last_event.as_deref(), Some("event-3"));
+        assert_eq!(k.last_success, Some(true));
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_per_key_and_counters_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 3).await;
+        let mut ids = Vec::new();
+        for n in 0..7 {
+            ids.push(
+                store
+                    .insert_tick(&tick("k", n, n % 3 != 0))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        store.insert_tick(&tick("other", 100, true)).await.unwrap();
+        store.record_skip("k").await.unwrap();
+        store.record_skip("unregistered").await.unwrap();
+
+        let kept: Vec<i64> = store
+            .list_ticks(Some("k"), 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(kept, vec![ids[6], ids[5], ids[4]]);
+        assert_eq!(store.list_ticks(Some("other"), 100).await.unwrap().len(), 1);
+        // 8 ticks stored ever, 3 failed (n = 0, 3, 6), 2 skips.
+        assert_eq!(
+            store.tick_counters().await.unwrap(),
+            TickCounters {
+                run: 8,
+                failed: 3,
+                skipped: 2
+            }
+        );
+
+        // Deleting a registration drops its ticks but not the lifetime counters.
+        store
+            .upsert_registration(&reg("k", "every:60"))
+            .await
+            .unwrap();
+        store.delete_registration("k").await.unwrap();
+        assert!(store.list_ticks(Some("k"), 100).await.unwrap().is_empty());
+        assert_eq!(store.tick_counters().await.unwrap().run, 8);
+    }
+
+    #[tokio::test]
+    async fn tick_ids_are_not_reused_after_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 1).await;
+        let a = store.insert_tick(&tick("k", 1, true)).await.unwrap();
+        store.delete_registration("k").await.unwrap();
+        let b = store.insert_tick(&tick("k", 2, true)).await.unwrap();
+        assert!(b.id > a.id);
+    }
+
+    #[tokio::test]
+    async fn markers_round_trip_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 3).await;
+        assert_eq!(store.get_marker("k").await.unwrap(), None);
+        let m1 =
+            json!({"remote_spec": "/w/chain.yaml", "extra_repos": [], "provider_identity": null});
+        store.put_marker("k", "/w/cloud.yaml", &m1).await.unwrap();
+        assert_eq!(store.get_marker("k").await.unwrap(), Some(m1));
+        let m2 = json!({"remote_spec": "/w/other.yaml"});
+        store.put_marker("k", "/w/cloud.yaml", &m2).await.unwrap();
+        assert_eq!(store.get_marker("k").await.unwrap(), Some(m2));
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 5).await;
+        let r = store
+            .upsert_registration(&reg("k", "every:60"))
+            .await
+            .unwrap();
+        let t = store.insert_tick(&tick("k", 1, false)).await.unwrap();
+        store
+            .put_marker("k", "/w/cloud.yaml", &json!({"a": 1}))
+            .await
+            .unwrap();
+        store.close().await;
+
+        let store = open(&dir, 5).await;
+        let again = store.get_registration("k").await.unwrap().unwrap();
+        assert_eq!(again.created_at, r.created_at);
+        assert_eq!(again.ticks_run, 1);
+        assert_eq!(store.list_ticks(None, 10).await.unwrap(), vec![t]);
+        assert_eq!(store.get_marker("k").await.unwrap(), Some(json!({"a": 1})));
+        assert_eq!(store.tick_counters().await.unwrap().failed, 1);
+        assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_daemon_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/cloudd.db");
+        let store = open(&dir, 5).await;
+        store
+            .upsert_registration(&reg("k", "every:60"))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (999999, 'from the future', 1, x'00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        store.close().await;
+        let before = std::fs::read(&path).unwrap();
+
+        let err = Store::open(&path, 5).await.unwrap_err();
+        assert_eq!(
+            err.message,
+            format!(
+                "database {} was written by a newer megaplan-cloudd (migration 999999); upgrade megaplan-cloudd or use another --db",
+                path.display()
+            )
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let body: ErrorBody = err.into();
+        assert_eq!(body.error, ErrorCode::StorageFailed);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_sqlite_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "just some text, definitely not a database\n").unwrap();
+        let err = Store::open(&path, 5).await.unwrap_err();
+        assert!(err.message.contains(&path.display().to_string()), "{err}");
+        assert!(err.message.contains("not a SQLite database"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "just some text, definitely not a database\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_sqlite_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.db");
+        let mut bytes = SQLITE_HEADER.to_vec();
+        bytes.extend(std::iter::repeat_n(0xAB, 4096));
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Store::open(&path, 5).await.unwrap_err();
+        assert!(err.message.contains(&path.display().to_string()), "{err}");
+        assert!(err.message.contains("corrupt"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn another_programs_sqlite_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("CREATE TABLE registrations (x TEXT)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path, 5).await.unwrap_err();
+        assert!(err.message.contains("did not create"), "{err}");
+        assert!(err.message.contains(&path.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn an_empty_existing_file_becomes_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.db");
+        std::fs::write(&path, b"").unwrap();
+        let store = Store::open(&path, 5).await.unwrap();
+        assert_eq!(store.integrity_check().await.unwrap(), "ok");
+        assert_eq!(
+            store.tick_counters().await.unwrap(),
+            TickCounters::default()
+        );
+    }
+}

@@ -17,7 +17,13 @@ pub struct Container {
 fn sanitize(prefix: &str) -> String {
     let cleaned: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if cleaned.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         cleaned
@@ -31,7 +37,16 @@ impl Container {
     pub fn run(image: &str, prefix: &str, docker_args: &[&str], command: &[&str]) -> Container {
         let name = format!("{}-{}", sanitize(prefix), unique_suffix());
         let out = Command::new("docker")
-            .args(["run", "-d", "--network", "none", "--label", CONTAINER_LABEL, "--name", &name])
+            .args([
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--label",
+                CONTAINER_LABEL,
+                "--name",
+                &name,
+            ])
             .args(docker_args)
             .arg(image)
             .args(command)
@@ -146,5 +161,18 @@ impl Drop for Container {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn container_names_are_docker_safe() {
+        assert_eq!(sanitize("smoke-ssh_1.x"), "smoke-ssh_1.x");
+        assert_eq!(sanitize("a b/c:d"), "a-b-c-d");
+        assert_eq!(sanitize("-lead"), "e2e-lead");
+        assert_eq!(sanitize(""), "e2e");
     }
 }

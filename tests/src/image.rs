@@ -20,7 +20,8 @@ pub const CACHE_DIR: &str = "/var/tmp/megaplan-e2e";
 const DOCKERD: &str = "/usr/sbin/dockerd";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Bump when the rootfs post-processing below changes, so cached tarballs are rebuilt.
-const ROOTFS_RECIPE: &str = "rootfs-v1: debootstrap minbase bookworm; python -> python3; apt caches removed";
+const ROOTFS_RECIPE: &str =
+    "rootfs-v1: debootstrap minbase bookworm; python -> python3; apt caches removed";
 const IMAGE_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Makes sure the engine answers and the runner image exists; returns its tag.
@@ -138,8 +139,10 @@ pub fn content_hash(dir: &Path) -> Result<String, String> {
     hasher.update(ROOTFS_RECIPE.as_bytes());
     for path in bench_files(dir)? {
         let rel = path.strip_prefix(dir).unwrap_or(&path);
-        let meta = fs::metadata(&path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-        let content = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let meta =
+            fs::metadata(&path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        let content =
+            fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         hasher.update(rel.to_string_lossy().as_bytes());
         hasher.update([0, u8::from(meta.permissions().mode() & 0o111 != 0)]);
         hasher.update((content.len() as u64).to_le_bytes());
@@ -149,7 +152,8 @@ pub fn content_hash(dir: &Path) -> Result<String, String> {
 }
 
 fn read_packages(path: &Path) -> Result<Vec<String>, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -194,7 +198,8 @@ fn debootstrap_tarball(packages: &[String], key: &str, tarball: &Path) -> Result
     if root.exists() {
         fs::remove_dir_all(&root).map_err(|e| format!("cannot clear {}: {e}", root.display()))?;
     }
-    let mirror = std::env::var("MEGAPLAN_E2E_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.to_owned());
+    let mirror =
+        std::env::var("MEGAPLAN_E2E_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.to_owned());
     eprintln!(
         "megaplan-e2e: debootstrapping the runner rootfs into {} (once per machine)",
         root.display()
@@ -272,16 +277,22 @@ fn build_standin_layer(base: &str, bench: &Path, tag: &str) -> Result<(), String
     let root = staging.path();
     let bin_dir = root.join("usr/local/bin");
     copy_tree(&bench.join("image/bin"), &bin_dir)?;
-    for entry in fs::read_dir(&bin_dir).map_err(|e| format!("cannot list {}: {e}", bin_dir.display()))? {
+    for entry in
+        fs::read_dir(&bin_dir).map_err(|e| format!("cannot list {}: {e}", bin_dir.display()))?
+    {
         let path = entry.map_err(|e| e.to_string())?.path();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
     }
-    copy_tree(&bench.join("standin"), &root.join("usr/lib/python3/dist-packages"))?;
+    copy_tree(
+        &bench.join("standin"),
+        &root.join("usr/lib/python3/dist-packages"),
+    )?;
     fs::create_dir_all(root.join("var/lib/gh-standin")).map_err(|e| e.to_string())?;
     set_dir_modes(root)?;
 
-    let created = run_ok(Command::new("docker").args(["create", "--network", "none", base, "true"]))?;
+    let created =
+        run_ok(Command::new("docker").args(["create", "--network", "none", base, "true"]))?;
     let id = String::from_utf8_lossy(&created.stdout).trim().to_owned();
     let result = run_ok(Command::new("docker").args([
         "cp",
@@ -315,9 +326,80 @@ fn set_dir_modes(dir: &Path) -> Result<(), String> {
             set_dir_modes(&path)?;
         } else {
             let meta = fs::metadata(&path).map_err(|e| e.to_string())?;
-            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_tracks_content_exec_bit_and_ignores_bytecode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("standin/__pycache__")).expect("mkdir");
+        fs::write(root.join("standin/a.py"), "print(1)\n").expect("write");
+        let h1 = content_hash(root).expect("hash");
+        assert_eq!(h1.len(), 12);
+        fs::write(root.join("standin/__pycache__/a.cpython-311.pyc"), "junk").expect("write");
+        assert_eq!(
+            content_hash(root).expect("hash"),
+            h1,
+            "byte-code is ignored"
+        );
+        fs::set_permissions(root.join("standin/a.py"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let h2 = content_hash(root).expect("hash");
+        assert_ne!(h2, h1, "exec bit matters");
+        fs::write(root.join("standin/a.py"), "print(2)\n").expect("write");
+        assert_ne!(content_hash(root).expect("hash"), h2, "content matters");
+    }
+
+    #[test]
+    fn package_list_skips_blanks_and_comments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("packages.txt");
+        fs::write(&path, "# runner\nbash\n\n  git  \n").expect("write");
+        assert_eq!(read_packages(&path).expect("read"), ["bash", "git"]);
+    }
+
+    #[test]
+    fn the_shipped_bench_has_every_standin() {
+        let bench = bench_dir();
+        for file in ["gh", "pip", "pip3", "codex", "npm"] {
+            let meta = fs::metadata(bench.join("image/bin").join(file)).expect(file);
+            assert!(
+                meta.permissions().mode() & 0o111 != 0,
+                "{file} must be executable"
+            );
+        }
+        let railway = fs::metadata(bench.join("railway")).expect("railway stand-in");
+        assert!(railway.permissions().mode() & 0o111 != 0);
+        assert!(
+            bench
+                .join("standin/arnold/pipelines/megaplan/__main__.py")
+                .is_file()
+        );
+        assert!(
+            bench
+                .join("standin/arnold_pipelines/megaplan/chain.py")
+                .is_file()
+        );
+        let packages = read_packages(&bench.join("packages.txt")).expect("packages");
+        for needed in ["tmux", "python3", "python3-yaml", "git"] {
+            assert!(
+                packages.iter().any(|p| p == needed),
+                "{needed} missing from packages.txt"
+            );
+        }
+    }
 }

@@ -72,7 +72,12 @@ impl Bench {
 
     /// A running container with extra `docker run` arguments (placed before the image) and a command.
     /// `--network none` is always added.
-    pub fn container_with(&self, prefix: &str, docker_args: &[&str], command: &[&str]) -> Container {
+    pub fn container_with(
+        &self,
+        prefix: &str,
+        docker_args: &[&str],
+        command: &[&str],
+    ) -> Container {
         Container::run(&self.image, prefix, docker_args, command)
     }
 }
@@ -89,6 +94,7 @@ pub fn railway_standin_dir() -> PathBuf {
 
 /// `PATH` with the railway stand-in directory first.
 pub fn path_with_railway_standin() -> String {
-    let current = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
+    let current =
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
     format!("{}:{current}", railway_standin_dir().display())
 }

@@ -81,3 +81,63 @@ impl FileLock {
         Ok(FileLock { _file: file })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn unique_suffixes_do_not_repeat_within_a_process() {
+        let all: HashSet<String> = (0..1000).map(|_| unique_suffix()).collect();
+        assert_eq!(all.len(), 1000);
+        assert!(
+            all.iter()
+                .all(|s| s.starts_with(&format!("{}-", std::process::id())))
+        );
+    }
+
+    #[test]
+    fn wait_until_reports_timeout_and_success() {
+        assert!(!wait_until(Duration::from_millis(120), || false));
+        let mut n = 0;
+        assert!(wait_until(Duration::from_secs(5), || {
+            n += 1;
+            n == 3
+        }));
+    }
+
+    #[test]
+    fn file_lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.lock");
+        let held = FileLock::acquire(&path).expect("first lock");
+        let probe = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let try_lock = || {
+            // SAFETY: flock on an owned, open descriptor.
+            unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }
+        };
+        assert_ne!(
+            try_lock(),
+            0,
+            "second lock must fail while the first is held"
+        );
+        drop(held);
+        assert_eq!(try_lock(), 0, "lock is free after drop");
+    }
+
+    #[test]
+    fn run_ok_reports_program_status_and_stderr() {
+        let err =
+            run_ok(Command::new("sh").args(["-c", "echo nope >&2; exit 4"])).expect_err("fails");
+        assert!(
+            err.contains("\"sh\"") && err.contains("nope") && err.contains('4'),
+            "{err}"
+        );
+        assert!(run(&mut Command::new("/nonexistent/binary")).is_err());
+    }
+}

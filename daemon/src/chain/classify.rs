@@ -147,28 +147,158 @@ mod tests {
         let b = base();
         let rows: Vec<(&str, ClassifyInput, EffectiveStatus)> = vec![
             ("base falls through to running", b, Running),
-            ("index == count is complete", ClassifyInput { current_milestone_index: 3, ..b }, Complete),
-            ("index > count is complete", ClassifyInput { current_milestone_index: 7, ..b }, Complete),
+            (
+                "index == count is complete",
+                ClassifyInput {
+                    current_milestone_index: 3,
+                    ..b
+                },
+                Complete,
+            ),
+            (
+                "index > count is complete",
+                ClassifyInput {
+                    current_milestone_index: 7,
+                    ..b
+                },
+                Complete,
+            ),
             (
                 "zero milestones is never complete",
-                ClassifyInput { milestone_count: 0, current_milestone_index: 0, current_plan: None, runner: Dead, ..b },
+                ClassifyInput {
+                    milestone_count: 0,
+                    current_milestone_index: 0,
+                    current_plan: None,
+                    runner: Dead,
+                    ..b
+                },
                 StaleBookkeeping,
             ),
-            ("awaiting merge", ClassifyInput { last_state: Some("awaiting_pr_merge"), ..b }, AwaitingPrMerge),
-            ("running plan + alive", ClassifyInput { plan_status: Some("running"), ..b }, Running),
-            ("active plan + alive", ClassifyInput { plan_status: Some("active"), ..b }, Running),
-            ("in_progress plan + alive", ClassifyInput { plan_status: Some("in_progress"), ..b }, Running),
-            ("plan status is case-insensitive", ClassifyInput { plan_status: Some("Running"), ..b }, Running),
-            ("unknown runner is running", ClassifyInput { runner: Unknown, plan_status: None, current_plan: None, ..b }, Running),
-            ("stale sync", ClassifyInput { sync_state: Some("stale"), ..b }, StaleBookkeeping),
-            ("dirty sync", ClassifyInput { sync_state: Some("dirty"), ..b }, StaleBookkeeping),
-            ("prerequisite required", ClassifyInput { prerequisite_policy: "required", ..b }, HumanPrerequisite),
-            ("validation required", ClassifyInput { validation_policy: "required", ..b }, QualityGate),
-            ("plan + dead runner (section 8 fix)", ClassifyInput { runner: Dead, ..b }, StaleBookkeeping),
-            ("no plan + dead runner", ClassifyInput { current_plan: None, runner: Dead, ..b }, StaleBookkeeping),
-            ("blank plan name counts as no plan", ClassifyInput { current_plan: Some("  "), runner: Dead, prerequisite_policy: "required", ..b }, StaleBookkeeping),
-            ("no plan + alive runner", ClassifyInput { current_plan: None, ..b }, Running),
-            ("not started, nothing running", ClassifyInput { current_milestone_index: -1, current_plan: None, plan_status: None, runner: Dead, ..b }, StaleBookkeeping),
+            (
+                "awaiting merge",
+                ClassifyInput {
+                    last_state: Some("awaiting_pr_merge"),
+                    ..b
+                },
+                AwaitingPrMerge,
+            ),
+            (
+                "running plan + alive",
+                ClassifyInput {
+                    plan_status: Some("running"),
+                    ..b
+                },
+                Running,
+            ),
+            (
+                "active plan + alive",
+                ClassifyInput {
+                    plan_status: Some("active"),
+                    ..b
+                },
+                Running,
+            ),
+            (
+                "in_progress plan + alive",
+                ClassifyInput {
+                    plan_status: Some("in_progress"),
+                    ..b
+                },
+                Running,
+            ),
+            (
+                "plan status is case-insensitive",
+                ClassifyInput {
+                    plan_status: Some("Running"),
+                    ..b
+                },
+                Running,
+            ),
+            (
+                "unknown runner is running",
+                ClassifyInput {
+                    runner: Unknown,
+                    plan_status: None,
+                    current_plan: None,
+                    ..b
+                },
+                Running,
+            ),
+            (
+                "stale sync",
+                ClassifyInput {
+                    sync_state: Some("stale"),
+                    ..b
+                },
+                StaleBookkeeping,
+            ),
+            (
+                "dirty sync",
+                ClassifyInput {
+                    sync_state: Some("dirty"),
+                    ..b
+                },
+                StaleBookkeeping,
+            ),
+            (
+                "prerequisite required",
+                ClassifyInput {
+                    prerequisite_policy: "required",
+                    ..b
+                },
+                HumanPrerequisite,
+            ),
+            (
+                "validation required",
+                ClassifyInput {
+                    validation_policy: "required",
+                    ..b
+                },
+                QualityGate,
+            ),
+            (
+                "plan + dead runner (section 8 fix)",
+                ClassifyInput { runner: Dead, ..b },
+                StaleBookkeeping,
+            ),
+            (
+                "no plan + dead runner",
+                ClassifyInput {
+                    current_plan: None,
+                    runner: Dead,
+                    ..b
+                },
+                StaleBookkeeping,
+            ),
+            (
+                "blank plan name counts as no plan",
+                ClassifyInput {
+                    current_plan: Some("  "),
+                    runner: Dead,
+                    prerequisite_policy: "required",
+                    ..b
+                },
+                StaleBookkeeping,
+            ),
+            (
+                "no plan + alive runner",
+                ClassifyInput {
+                    current_plan: None,
+                    ..b
+                },
+                Running,
+            ),
+            (
+                "not started, nothing running",
+                ClassifyInput {
+                    current_milestone_index: -1,
+                    current_plan: None,
+                    plan_status: None,
+                    runner: Dead,
+                    ..b
+                },
+                StaleBookkeeping,
+            ),
         ];
         for (name, input, want) in rows {
             assert_eq!(classify(&input), want, "{name}: {input:?}");
@@ -181,67 +311,124 @@ mod tests {
         let rows: Vec<(&str, ClassifyInput, EffectiveStatus)> = vec![
             (
                 "complete beats awaiting_pr_merge",
-                ClassifyInput { current_milestone_index: 3, last_state: Some("awaiting_pr_merge"), ..b },
+                ClassifyInput {
+                    current_milestone_index: 3,
+                    last_state: Some("awaiting_pr_merge"),
+                    ..b
+                },
                 Complete,
             ),
             (
                 "complete beats a dead runner",
-                ClassifyInput { current_milestone_index: 3, runner: Dead, current_plan: None, ..b },
+                ClassifyInput {
+                    current_milestone_index: 3,
+                    runner: Dead,
+                    current_plan: None,
+                    ..b
+                },
                 Complete,
             ),
             (
                 "awaiting beats running",
-                ClassifyInput { last_state: Some("awaiting_pr_merge"), plan_status: Some("running"), ..b },
+                ClassifyInput {
+                    last_state: Some("awaiting_pr_merge"),
+                    plan_status: Some("running"),
+                    ..b
+                },
                 AwaitingPrMerge,
             ),
             (
                 "awaiting beats a dead runner",
-                ClassifyInput { last_state: Some("awaiting_pr_merge"), runner: Dead, ..b },
+                ClassifyInput {
+                    last_state: Some("awaiting_pr_merge"),
+                    runner: Dead,
+                    ..b
+                },
                 AwaitingPrMerge,
             ),
             (
                 "running beats stale sync",
-                ClassifyInput { plan_status: Some("running"), sync_state: Some("stale"), ..b },
+                ClassifyInput {
+                    plan_status: Some("running"),
+                    sync_state: Some("stale"),
+                    ..b
+                },
                 Running,
             ),
             (
                 "running beats required policies",
-                ClassifyInput { plan_status: Some("running"), prerequisite_policy: "required", validation_policy: "required", ..b },
+                ClassifyInput {
+                    plan_status: Some("running"),
+                    prerequisite_policy: "required",
+                    validation_policy: "required",
+                    ..b
+                },
                 Running,
             ),
             (
                 "unknown runner beats stale sync and policies",
-                ClassifyInput { runner: Unknown, sync_state: Some("dirty"), prerequisite_policy: "required", ..b },
+                ClassifyInput {
+                    runner: Unknown,
+                    sync_state: Some("dirty"),
+                    prerequisite_policy: "required",
+                    ..b
+                },
                 Running,
             ),
             (
                 "sync beats prerequisite",
-                ClassifyInput { sync_state: Some("stale"), prerequisite_policy: "required", ..b },
+                ClassifyInput {
+                    sync_state: Some("stale"),
+                    prerequisite_policy: "required",
+                    ..b
+                },
                 StaleBookkeeping,
             ),
             (
                 "prerequisite beats validation",
-                ClassifyInput { prerequisite_policy: "required", validation_policy: "required", ..b },
+                ClassifyInput {
+                    prerequisite_policy: "required",
+                    validation_policy: "required",
+                    ..b
+                },
                 HumanPrerequisite,
             ),
             (
                 "validation beats a dead runner",
-                ClassifyInput { validation_policy: "required", runner: Dead, ..b },
+                ClassifyInput {
+                    validation_policy: "required",
+                    runner: Dead,
+                    ..b
+                },
                 QualityGate,
             ),
             (
                 "prerequisite beats a dead runner",
-                ClassifyInput { prerequisite_policy: "required", runner: Dead, ..b },
+                ClassifyInput {
+                    prerequisite_policy: "required",
+                    runner: Dead,
+                    ..b
+                },
                 HumanPrerequisite,
             ),
             (
                 "dead runner + running plan is not running",
-                ClassifyInput { plan_status: Some("running"), runner: Dead, ..b },
+                ClassifyInput {
+                    plan_status: Some("running"),
+                    runner: Dead,
+                    ..b
+                },
                 StaleBookkeeping,
             ),
             (
                 "no plan: policies do not apply, dead runner is stale",
-                ClassifyInput { current_plan: None, runner: Dead, prerequisite_policy: "required", validation_policy: "required", ..b },
+                ClassifyInput {
+                    current_plan: None,
+                    runner: Dead,
+                    prerequisite_policy: "required",
+                    validation_policy: "required",
+                    ..b
+                },
                 StaleBookkeeping,
             ),
         ];
@@ -253,7 +440,10 @@ mod tests {
     #[test]
     fn names_are_snake_case() {
         assert_eq!(AwaitingPrMerge.as_str(), "awaiting_pr_merge");
-        assert_eq!(serde_json::to_value(StaleBookkeeping).unwrap(), "stale_bookkeeping");
+        assert_eq!(
+            serde_json::to_value(StaleBookkeeping).unwrap(),
+            "stale_bookkeeping"
+        );
         assert_eq!(HumanPrerequisite.to_string(), "human_prerequisite");
         assert_eq!(Liveness::from_status("connected"), Alive);
         assert_eq!(Liveness::from_status("dead"), Dead);

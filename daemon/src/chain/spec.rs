@@ -74,7 +74,12 @@ impl Checker<'_> {
             .with("field", field)
     }
 
-    fn milestone_err(&self, index: usize, field: &str, message: impl std::fmt::Display) -> ErrorBody {
+    fn milestone_err(
+        &self,
+        index: usize,
+        field: &str,
+        message: impl std::fmt::Display,
+    ) -> ErrorBody {
         self.err(field, message).with("milestone_index", index)
     }
 
@@ -116,7 +121,10 @@ impl Checker<'_> {
             Some(Value::Object(m)) => Ok(Some(m)),
             Some(other) => Err(self.err(
                 key,
-                format!("`{key}` must be a mapping, found {}; {hint}", type_name(other)),
+                format!(
+                    "`{key}` must be a mapping, found {}; {hint}",
+                    type_name(other)
+                ),
             )),
         }
     }
@@ -137,19 +145,23 @@ impl Checker<'_> {
             let field = format!("{at}.{key}");
             match m.get(key) {
                 Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-                None | Some(Value::Null) | Some(Value::String(_)) => Err(self.milestone_err(
-                    index,
-                    &field,
-                    format!("{field} is required; {hint}"),
-                )),
+                None | Some(Value::Null) | Some(Value::String(_)) => {
+                    Err(self.milestone_err(index, &field, format!("{field} is required; {hint}")))
+                }
                 Some(other) => Err(self.milestone_err(
                     index,
                     &field,
-                    format!("{field} must be a string, found {}; {hint}", type_name(other)),
+                    format!(
+                        "{field} must be a string, found {}; {hint}",
+                        type_name(other)
+                    ),
                 )),
             }
         };
-        let label = required("label", "give every milestone a short unique name such as m1")?;
+        let label = required(
+            "label",
+            "give every milestone a short unique name such as m1",
+        )?;
         let idea = required(
             "idea",
             "set it to the idea file's path as the runner sees it (relative to the workspace)",
@@ -319,20 +331,21 @@ pub fn parse_chain_spec(text: &str, file: &str) -> Result<ChainSpec, ErrorBody> 
         milestones.push(milestone);
     }
 
-    let seed_plan = match ck.optional_mapping(&raw, "seed", "write it as `seed: {plan: <plan-name>}`")? {
-        None => None,
-        Some(seed) => match seed.get("plan") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.trim().is_empty() => None,
-            Some(Value::String(s)) => Some(s.trim().to_string()),
-            Some(other) => {
-                return Err(ck.err(
-                    "seed.plan",
-                    format!("`seed.plan` must be a string, found {}", type_name(other)),
-                ));
-            }
-        },
-    };
+    let seed_plan =
+        match ck.optional_mapping(&raw, "seed", "write it as `seed: {plan: <plan-name>}`")? {
+            None => None,
+            Some(seed) => match seed.get("plan") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.trim().is_empty() => None,
+                Some(Value::String(s)) => Some(s.trim().to_string()),
+                Some(other) => {
+                    return Err(ck.err(
+                        "seed.plan",
+                        format!("`seed.plan` must be a string, found {}", type_name(other)),
+                    ));
+                }
+            },
+        };
 
     let base_branch = match raw.get("base_branch") {
         None | Some(Value::Null) => None,
@@ -345,7 +358,13 @@ pub fn parse_chain_spec(text: &str, file: &str) -> Result<ChainSpec, ErrorBody> 
         }
     };
 
-    let merge_policy = ck.choice(&raw, "merge_policy", "merge_policy", "auto", &MERGE_POLICIES)?;
+    let merge_policy = ck.choice(
+        &raw,
+        "merge_policy",
+        "merge_policy",
+        "auto",
+        &MERGE_POLICIES,
+    )?;
     let prerequisite_policy = ck.choice(
         &raw,
         "prerequisite_policy",
@@ -374,7 +393,11 @@ pub fn parse_chain_spec(text: &str, file: &str) -> Result<ChainSpec, ErrorBody> 
             &REVIEW_POLICIES,
         )?,
     };
-    ck.optional_mapping(&raw, "driver", "write driver settings as `driver: {key: value}`")?;
+    ck.optional_mapping(
+        &raw,
+        "driver",
+        "write driver settings as `driver: {key: value}`",
+    )?;
     for section in ["on_failure", "on_escalate"] {
         match raw.get(section) {
             None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Object(_)) => {}
@@ -500,13 +523,24 @@ mod tests {
         assert_eq!(e.extra["field"], "merge_policy");
 
         let e = err("prerequisite_policy: maybe\n");
-        assert!(e.message.contains("prerequisite_policy must be one of none, required"), "{e}");
+        assert!(
+            e.message
+                .contains("prerequisite_policy must be one of none, required"),
+            "{e}"
+        );
         let e = err("validation_policy: 3\n");
-        assert!(e.message.contains("validation_policy must be one of none, required; got a number"), "{e}");
+        assert!(
+            e.message
+                .contains("validation_policy must be one of none, required; got a number"),
+            "{e}"
+        );
         let e = err("review_policy:\n  clean_milestone_pr: never\n");
         assert_eq!(e.extra["field"], "review_policy.clean_milestone_pr");
         let e = err("review_policy: manual\n");
-        assert!(e.message.contains("`review_policy` must be a mapping"), "{e}");
+        assert!(
+            e.message.contains("`review_policy` must be a mapping"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -529,18 +563,30 @@ mod tests {
         let e = err("milestones:\n  - just-a-string\n");
         assert!(e.message.contains("milestones[0] must be a mapping"), "{e}");
         let e = err("milestones:\n  - label: m1\n    idea: a.md\n    branch: 3\n");
-        assert!(e.message.contains("milestones[0].branch must be a string"), "{e}");
+        assert!(
+            e.message.contains("milestones[0].branch must be a string"),
+            "{e}"
+        );
         let e = err("milestones:\n  - label: m1\n    idea: a.md\n    with_prep: 'yes'\n");
-        assert!(e.message.contains("milestones[0].with_prep must be a boolean"), "{e}");
+        assert!(
+            e.message
+                .contains("milestones[0].with_prep must be a boolean"),
+            "{e}"
+        );
         let e = err("milestones:\n  - label: m1\n    idea: a.md\n    vendor: [x]\n");
-        assert!(e.message.contains("milestones[0].vendor must be a string"), "{e}");
+        assert!(
+            e.message.contains("milestones[0].vendor must be a string"),
+            "{e}"
+        );
         let e = err("milestones: {m1: a}\n");
         assert!(e.message.contains("`milestones` must be a list"), "{e}");
     }
 
     #[test]
     fn labels_must_be_unique() {
-        let e = err("milestones:\n  - {label: m1, idea: a}\n  - {label: m2, idea: b}\n  - {label: m1, idea: c}\n");
+        let e = err(
+            "milestones:\n  - {label: m1, idea: a}\n  - {label: m2, idea: b}\n  - {label: m1, idea: c}\n",
+        );
         assert!(
             e.message
                 .contains("milestones[2].label \"m1\" is already used by milestones[0]"),
@@ -552,23 +598,39 @@ mod tests {
     #[test]
     fn depends_on_rules() {
         let ok = parse(
-            "milestones:\n  - {label: a, idea: x}\n  - {label: b, idea: y, depends_on: [a]}\n  - {label: c, idea: z, depends_on: [a, b]}\n",
+            "milestones:\n  - {label: a, idea: x}\n  - {label: b, idea: y.md, depends_on: [a]}\n  - {label: c, idea: z.md, depends_on: [a, b]}\n",
         );
         assert!(ok.is_ok(), "{ok:?}");
         let e = err("milestones:\n  - {label: a, idea: x, depends_on: a}\n");
-        assert!(e.message.contains("milestones[0] (\"a\") cannot depend on itself"), "{e}");
-        let e = err("milestones:\n  - {label: a, idea: x, depends_on: b}\n  - {label: b, idea: y}\n");
+        assert!(
+            e.message
+                .contains("milestones[0] (\"a\") cannot depend on itself"),
+            "{e}"
+        );
+        let e = err(
+            "milestones:\n  - {label: a, idea: x, depends_on: b}\n  - {label: b, idea: y.md}\n",
+        );
         assert!(e.message.contains("which is not listed before it"), "{e}");
         let e = err("milestones:\n  - {label: a, idea: x, depends_on: ghost}\n");
-        assert!(e.message.contains("depends_on unknown milestone \"ghost\""), "{e}");
+        assert!(
+            e.message.contains("depends_on unknown milestone \"ghost\""),
+            "{e}"
+        );
         let e = err("milestones:\n  - {label: a, idea: x, depends_on: [1]}\n");
-        assert!(e.message.contains("must be a label or list of non-empty labels"), "{e}");
+        assert!(
+            e.message
+                .contains("must be a label or list of non-empty labels"),
+            "{e}"
+        );
     }
 
     #[test]
     fn top_level_shape_errors() {
         let e = err("- a\n- b\n");
-        assert!(e.message.contains("chain spec must be a YAML mapping"), "{e}");
+        assert!(
+            e.message.contains("chain spec must be a YAML mapping"),
+            "{e}"
+        );
         let e = err("a: [\n");
         assert!(e.message.contains("YAML parse error"), "{e}");
         let e = err("base_branch: ''\n");
@@ -580,7 +642,11 @@ mod tests {
         let e = err("driver: fast\n");
         assert!(e.message.contains("`driver` must be a mapping"), "{e}");
         let e = err("on_failure: [stop_chain]\n");
-        assert!(e.message.contains("`on_failure` must be a string or a mapping"), "{e}");
+        assert!(
+            e.message
+                .contains("`on_failure` must be a string or a mapping"),
+            "{e}"
+        );
         assert_eq!(parse("seed:\n  plan: '  '\n").unwrap().seed_plan, None);
     }
 
@@ -606,6 +672,9 @@ mod tests {
             d,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_ne!(identity_digest("base_branch: a\n"), identity_digest("base_branch: b\n"));
+        assert_ne!(
+            identity_digest("base_branch: a\n"),
+            identity_digest("base_branch: b\n")
+        );
     }
 }

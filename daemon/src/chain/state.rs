@@ -396,9 +396,14 @@ mod tests {
     #[test]
     fn runtime_policy_parsing() {
         let f = "/w/.megaplan/plans/.chains/chain-x.runtime_policy.json";
-        assert_eq!(parse_runtime_policy(None, f), (PolicyOverrides::default(), None));
+        assert_eq!(
+            parse_runtime_policy(None, f),
+            (PolicyOverrides::default(), None)
+        );
         let (o, w) = parse_runtime_policy(
-            Some(r#"{"prerequisite_policy": "required", "review_policy": {"clean_milestone_pr": "manual"}, "x": 1}"#),
+            Some(
+                r#"{"prerequisite_policy": "required", "review_policy": {"clean_milestone_pr": "manual"}, "x": 1}"#,
+            ),
             f,
         );
         assert_eq!(w, None);

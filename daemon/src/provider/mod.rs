@@ -1,7 +1,699 @@
 //! Providers: one trait, one file per transport. Command construction (argv and remote shell
 //! strings) is pure and unit-tested; execution goes through [`crate::process`].
+//!
+//! Error mapping shared by every provider:
+//! - a missing CLI is `provider_unavailable` naming the binary and its install page;
+//! - a step that exits non-zero is `provider_failed`, quoting the step's redacted stderr (or its
+//!   stdout when stderr is empty: a refused remote command often explains itself there);
+//! - a deadline is `deadline_exceeded`.
 
 pub mod local;
 pub mod railway;
 pub mod ssh;
 pub mod ssh_master;
+
+use crate::cloud_yaml::{CloudSpec, ProviderKind};
+use crate::process::{Cmd, Output, RunError, StreamKind};
+use crate::redact::Redactor;
+use base64::Engine as _;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where streamed, already-redacted output goes: (stream, one or more complete lines).
+pub type OutTx = tokio::sync::mpsc::Sender<(StreamKind, String)>;
+
+/// The captured result of a command run in the runner. Both texts are already redacted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One step of a deploy, for the JSON report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeployStep {
+    pub name: String,
+    /// `ok`, `failed` or `skipped`.
+    pub status: String,
+    pub detail: String,
+    /// Redacted, last [`TAIL_LINES`] lines.
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// What deploy did, printed as JSON with the verdict line on stderr.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeployReport {
+    pub success: bool,
+    pub provider: String,
+    pub verdict: String,
+    /// `triggered`, `not_triggered` or `unknown`.
+    pub image_rebuild: String,
+    pub steps: Vec<DeployStep>,
+    pub warnings: Vec<String>,
+}
+
+/// Everything a provider needs for one request.
+#[derive(Debug, Clone)]
+pub struct ProviderCtx {
+    pub spec: Arc<CloudSpec>,
+    /// The rendered deploy dir (persistent for local and ssh, temporary for railway).
+    pub deploy_dir: PathBuf,
+    /// Secret values sent by the client for this request; held in memory only.
+    pub secrets: BTreeMap<String, String>,
+    pub redactor: Redactor,
+    /// Deadline of each remote command (not of builds or followed logs).
+    pub deadline: Duration,
+}
+
+/// Lines kept of a deploy step's output.
+pub const TAIL_LINES: usize = 20;
+
+/// The operations every transport offers.
+#[allow(async_fn_in_trait)]
+pub trait Provider {
+    fn name(&self) -> &'static str;
+
+    /// Whether the runner can run commands (supervise refuses without it).
+    fn has_exec(&self) -> bool {
+        true
+    }
+
+    /// Build the image from the deploy dir, which the caller has already rendered.
+    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody>;
+
+    /// Start (or restart) the runner with the secret values of [`ProviderCtx::secrets`].
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody>;
+
+    /// Run `bash -lc <script>` in the runner and capture its output. A non-zero exit is a
+    /// result, not an error; errors are transport failures.
+    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody>;
+
+    /// Like [`Provider::exec`] for a script without side effects: a transport that lost its
+    /// connection may reconnect and run it again.
+    async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
+        self.exec(script, None).await
+    }
+
+    /// Run `bash -lc <script>` in the runner, streaming redacted output; returns the exit code.
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody>;
+
+    /// Write `content` to `remote_path` in the runner (parents created).
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody>;
+
+    /// The exact bytes of `remote_path` in the runner. Not redacted: callers redact whatever
+    /// part of it they show.
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody>;
+
+    /// The argv the client runs on the user's terminal for `attach`. `session` (`--session`) is
+    /// railway-only; other providers answer `invalid_args`.
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody>;
+
+    /// Stream the runner's logs: followed until the receiver goes away, or the last 200 lines.
+    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody>;
+
+    /// Stop the runner, keeping its state.
+    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody>;
+
+    /// Remove the runner and its provider-side state.
+    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody>;
+}
+
+/// The provider chosen by cloud.yaml.
+#[derive(Debug)]
+pub enum AnyProvider {
+    Ssh(ssh::SshProvider),
+    Local(local::LocalProvider),
+    Railway(railway::RailwayProvider),
+}
+
+macro_rules! delegate {
+    ($self:ident, $p:ident => $e:expr) => {
+        match $self {
+            AnyProvider::Ssh($p) => $e,
+            AnyProvider::Local($p) => $e,
+            AnyProvider::Railway($p) => $e,
+        }
+    };
+}
+
+impl Provider for AnyProvider {
+    fn name(&self) -> &'static str {
+        delegate!(self, p => p.name())
+    }
+    fn has_exec(&self) -> bool {
+        delegate!(self, p => p.has_exec())
+    }
+    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        delegate!(self, p => p.build(out).await)
+    }
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+        delegate!(self, p => p.deploy(out).await)
+    }
+    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+        delegate!(self, p => p.exec(script, stdin).await)
+    }
+    async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
+        delegate!(self, p => p.observe(script).await)
+    }
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+        delegate!(self, p => p.exec_streaming(script, out).await)
+    }
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+        delegate!(self, p => p.upload(remote_path, content).await)
+    }
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+        delegate!(self, p => p.read(remote_path).await)
+    }
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+        delegate!(self, p => p.attach_argv(session))
+    }
+    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
+        delegate!(self, p => p.logs(follow, out).await)
+    }
+    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        delegate!(self, p => p.down(out).await)
+    }
+    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        delegate!(self, p => p.destroy(out).await)
+    }
+}
+
+/// The provider for `ctx.spec`, after checking that its CLI is installed.
+pub fn for_spec(
+    ctx: ProviderCtx,
+    sessions: &ssh_master::SshSessions,
+) -> Result<AnyProvider, ErrorBody> {
+    match ctx.spec.provider {
+        ProviderKind::Ssh => {
+            require_cli("ssh")?;
+            Ok(AnyProvider::Ssh(ssh::SshProvider::new(
+                ctx,
+                sessions.clone(),
+            )?))
+        }
+        ProviderKind::Local => {
+            require_cli("docker")?;
+            Ok(AnyProvider::Local(local::LocalProvider::new(ctx)))
+        }
+        ProviderKind::Railway => {
+            let p = railway::RailwayProvider::new(ctx);
+            require_cli(&p.program)?;
+            Ok(AnyProvider::Railway(p))
+        }
+    }
+}
+
+/// Where to get a CLI we shell out to.
+pub fn install_page(program: &str) -> &'static str {
+    let base = program.rsplit('/').next().unwrap_or(program);
+    match base {
+        "railway" => "https://docs.railway.app/develop/cli",
+        "docker" => "https://docs.docker.com/get-docker/",
+        "docker-compose" => "https://docs.docker.com/compose/install/",
+        "rsync" => "https://rsync.samba.org/",
+        _ => "https://www.openssh.com/",
+    }
+}
+
+pub(crate) fn unavailable(program: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::ProviderUnavailable,
+        format!(
+            "Missing required CLI '{program}'. Install: {}",
+            install_page(program)
+        ),
+    )
+    .with("binary", program)
+}
+
+/// `provider_unavailable` unless `program` is on PATH.
+pub(crate) fn require_cli(program: &str) -> Result<PathBuf, ErrorBody> {
+    crate::process::which(program).ok_or_else(|| unavailable(program))
+}
+
+/// Map a failure to start or finish a command.
+pub(crate) fn run_error(cmd: &Cmd, e: RunError) -> ErrorBody {
+    match e {
+        RunError::NotFound { program } => unavailable(&program),
+        RunError::Timeout { after } => ErrorBody::new(
+            ErrorCode::DeadlineExceeded,
+            format!(
+                "`{}` did not finish within {}s and was killed; the runner may be slow or unreachable: check it, then retry",
+                cmd.display(),
+                after.as_secs()
+            ),
+        ),
+        RunError::Cancelled => ErrorBody::new(
+            ErrorCode::Internal,
+            format!(
+                "`{}` was stopped because the client went away",
+                cmd.display()
+            ),
+        ),
+        RunError::Io(msg) => ErrorBody::new(
+            ErrorCode::ProviderFailed,
+            format!("`{}` could not run: {msg}", cmd.display()),
+        ),
+    }
+}
+
+/// The last `n` lines of `text`.
+pub(crate) fn tail(text: &str, n: usize) -> String {
+    let trimmed = text.trim_end_matches('\n');
+    let lines: Vec<&str> = trimmed.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The redacted explanation of a failed command: stderr, else stdout, else a note.
+pub(crate) fn explanation(stdout: &str, stderr: &str) -> String {
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
+    let t = tail(text, TAIL_LINES);
+    if t.trim().is_empty() {
+        "(no output)".to_string()
+    } else {
+        t
+    }
+}
+
+/// `provider_failed` for a step that exited non-zero. `what` names the step in plain words; the
+/// message carries the step's own (redacted) explanation rather than the command line.
+pub(crate) fn step_failed(what: &str, out: &Output, redactor: &Redactor) -> ErrorBody {
+    let stdout = redactor.redact(&String::from_utf8_lossy(&out.stdout));
+    let stderr = redactor.redact(&String::from_utf8_lossy(&out.stderr));
+    ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!(
+            "{what} failed (exit {}): {}",
+            out.code,
+            explanation(&stdout, &stderr)
+        ),
+    )
+    .with("exit_code", out.code)
+}
+
+/// An [`ExecResult`] with both streams redacted.
+pub(crate) fn exec_result(out: &Output, redactor: &Redactor) -> ExecResult {
+    ExecResult {
+        code: out.code,
+        stdout: redactor.redact(&String::from_utf8_lossy(&out.stdout)),
+        stderr: redactor.redact(&String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// A deploy step built from a finished command.
+pub(crate) fn step_from(name: &str, detail: &str, out: &Output, redactor: &Redactor) -> DeployStep {
+    DeployStep {
+        name: name.to_string(),
+        status: if out.code == 0 { "ok" } else { "failed" }.to_string(),
+        detail: detail.to_string(),
+        stdout_tail: tail(
+            &redactor.redact(&String::from_utf8_lossy(&out.stdout)),
+            TAIL_LINES,
+        ),
+        stderr_tail: tail(
+            &redactor.redact(&String::from_utf8_lossy(&out.stderr)),
+            TAIL_LINES,
+        ),
+    }
+}
+
+/// A step that ran no command.
+pub(crate) fn plain_step(name: &str, status: &str, detail: &str) -> DeployStep {
+    DeployStep {
+        name: name.to_string(),
+        status: status.to_string(),
+        detail: detail.to_string(),
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+    }
+}
+
+/// Turn a failed deploy into `provider_failed` carrying the steps so far, so the client can
+/// still print which step broke.
+pub(crate) fn deploy_failed(mut err: ErrorBody, provider: &str, steps: &[DeployStep]) -> ErrorBody {
+    if let Ok(v) = serde_json::to_value(steps) {
+        err = err.with("steps", v).with("provider", provider);
+    }
+    err
+}
+
+/// Refuse a deploy when a secret named in cloud.yaml has no value from the client.
+pub(crate) fn check_secrets(
+    spec: &CloudSpec,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(), ErrorBody> {
+    let missing: Vec<&str> = spec
+        .secrets
+        .iter()
+        .filter(|name| secrets.get(*name).is_none_or(|v| v.is_empty()))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ErrorBody::new(
+        ErrorCode::MissingSecrets,
+        format!(
+            "Missing required secrets: {}; export them in the shell that runs megaplan-cloudctl (they are listed under secrets: in {})",
+            missing.join(", "),
+            spec.path.display()
+        ),
+    )
+    .with("missing", missing))
+}
+
+/// The runner's env file: `PORT=<port>` then `NAME=value` per secret, in cloud.yaml order.
+/// Docker env files have no quoting, so a value with a line break cannot be carried.
+pub(crate) fn env_file_content(
+    spec: &CloudSpec,
+    secrets: &BTreeMap<String, String>,
+) -> Result<String, ErrorBody> {
+    let mut out = format!("PORT={}\n", spec.resources.port);
+    for name in &spec.secrets {
+        let value = secrets.get(name).map(String::as_str).unwrap_or("");
+        if value.contains(['\n', '\r']) {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidArgs,
+                format!(
+                    "secret {name} contains a line break, which a Docker env file cannot carry; store it without line breaks (e.g. base64) and decode it in the runner"
+                ),
+            ));
+        }
+        out.push_str(name);
+        out.push('=');
+        out.push_str(value);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The parent folder of a remote path, for `mkdir -p`.
+pub(crate) fn remote_parent(path: &str) -> Result<String, ErrorBody> {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            format!("remote path {path:?} names no file; give a file path such as /workspace/app/idea.txt"),
+        ));
+    }
+    Ok(match trimmed.rfind('/') {
+        Some(0) => "/".to_string(),
+        Some(i) => trimmed[..i].to_string(),
+        None => ".".to_string(),
+    })
+}
+
+/// The runner-side script of an upload: base64 on stdin, decoded into `remote_path`.
+pub(crate) fn upload_script(remote_path: &str) -> Result<String, ErrorBody> {
+    let parent = remote_parent(remote_path)?;
+    Ok(format!(
+        "mkdir -p {} && base64 -d > {}",
+        crate::shell::quote(&parent),
+        crate::shell::quote(remote_path)
+    ))
+}
+
+/// Base64 text wrapped at 76 columns with a final newline (what `base64 -d` reads everywhere).
+pub(crate) fn base64_lines(content: &[u8]) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(content);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 + 1);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out
+}
+
+/// Decode base64 text that may contain line breaks.
+pub(crate) fn decode_base64_text(text: &[u8]) -> Result<Vec<u8>, String> {
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|e| e.to_string())
+}
+
+/// What [`stream_capture`] returns: the exit code and the redacted tails of both streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Streamed {
+    pub code: i32,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// Run `cmd` streaming its redacted output to `out` while keeping the last [`TAIL_LINES`] lines
+/// of each stream (for deploy step reports and failure messages). Memory stays bounded.
+pub(crate) async fn stream_capture(
+    cmd: &Cmd,
+    deadline: Option<Duration>,
+    redactor: &Redactor,
+    out: &OutTx,
+) -> Result<Streamed, ErrorBody> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, String)>(16);
+    let forward = async move {
+        let mut tails = [
+            std::collections::VecDeque::new(),
+            std::collections::VecDeque::new(),
+        ];
+        while let Some((kind, text)) = rx.recv().await {
+            let t = &mut tails[kind as usize];
+            for line in text.lines() {
+                if t.len() == TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line.to_string());
+            }
+            if out.send((kind, text)).await.is_err() {
+                // Dropping rx makes run_streaming see the client gone and kill the process.
+                break;
+            }
+        }
+        tails.map(|t| Vec::from(t).join("\n"))
+    };
+    let run = async {
+        let r = crate::process::run_streaming(cmd, deadline, redactor, &tx).await;
+        drop(tx);
+        r
+    };
+    let (code, [stdout_tail, stderr_tail]) = tokio::join!(run, forward);
+    let code = code.map_err(|e| run_error(cmd, e))?;
+    Ok(Streamed {
+        code,
+        stdout_tail,
+        stderr_tail,
+    })
+}
+
+/// Send one informational line to the output stream (stderr side). A closed receiver is not an
+/// error here: the operation itself decides what to do when the client is gone.
+pub(crate) async fn note(out: &OutTx, line: &str) {
+    let _ = out.send((StreamKind::Stderr, format!("{line}\n"))).await;
+}
+
+/// `invalid_args` for `attach --session` on a provider without named sessions.
+pub(crate) fn session_not_supported(provider: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::InvalidArgs,
+        format!(
+            "--session is only supported by the railway provider; this cloud.yaml uses provider: {provider} (drop --session)"
+        ),
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::cloud_yaml::{self, CloudSpec};
+    use std::path::Path;
+
+    /// A spec parsed from YAML text, as the loader would produce it.
+    pub fn spec(yaml: &str) -> CloudSpec {
+        cloud_yaml::parse_bytes(yaml.as_bytes(), Path::new("/home/op/proj/cloud.yaml"))
+            .unwrap_or_else(|e| panic!("test spec must parse: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_support::spec;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let text: String = (1..=30).map(|i| format!("l{i}\n")).collect();
+        let t = tail(&text, 3);
+        assert_eq!(t, "l28\nl29\nl30");
+        assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn explanation_prefers_stderr_then_stdout() {
+        assert_eq!(explanation("out", "err"), "err");
+        assert_eq!(explanation("refused: busy\n", " \n"), "refused: busy");
+        assert_eq!(explanation("", ""), "(no output)");
+    }
+
+    #[test]
+    fn step_failed_reports_redacted_stdout_when_stderr_is_empty() {
+        let mut values = BTreeMap::new();
+        values.insert("TOK".to_string(), "verysecretvalue".to_string());
+        let r = Redactor::new(&["TOK".to_string()], &values);
+        let out = Output {
+            code: 17,
+            stdout: b"session busy; token verysecretvalue\n".to_vec(),
+            stderr: Vec::new(),
+        };
+        let e = step_failed("chain start", &out, &r);
+        assert_eq!(e.error, ErrorCode::ProviderFailed);
+        assert_eq!(
+            e.message,
+            "chain start failed (exit 17): session busy; token ***REDACTED***"
+        );
+        assert_eq!(e.extra["exit_code"], 17);
+    }
+
+    #[test]
+    fn missing_secrets_names_each_missing_one() {
+        let s = spec("repo: {url: u}\nsecrets: [A_KEY, B_KEY, C_KEY]\n");
+        let mut values = BTreeMap::new();
+        values.insert("A_KEY".to_string(), "x".to_string());
+        values.insert("C_KEY".to_string(), String::new());
+        let e = check_secrets(&s, &values).unwrap_err();
+        assert_eq!(e.error, ErrorCode::MissingSecrets);
+        assert!(
+            e.message.starts_with("Missing required secrets: B_KEY, C_KEY;"),
+            "{}",
+            e.message
+        );
+        values.insert("B_KEY".to_string(), "y".to_string());
+        values.insert("C_KEY".to_string(), "z".to_string());
+        assert!(check_secrets(&s, &values).is_ok());
+    }
+
+    #[test]
+    fn env_file_has_port_then_secrets_in_order() {
+        let s = spec("repo: {url: u}\nsecrets: [Z_KEY, A_KEY]\nresources: {port: 9000}\n");
+        let mut values = BTreeMap::new();
+        values.insert("A_KEY".to_string(), "a b=c'\"$x".to_string());
+        values.insert("Z_KEY".to_string(), "z".to_string());
+        assert_eq!(
+            env_file_content(&s, &values).unwrap(),
+            "PORT=9000\nZ_KEY=z\nA_KEY=a b=c'\"$x\n"
+        );
+        values.insert("A_KEY".to_string(), "two\nlines".to_string());
+        assert_eq!(
+            env_file_content(&s, &values).unwrap_err().error,
+            ErrorCode::InvalidArgs
+        );
+    }
+
+    #[test]
+    fn upload_script_quotes_parent_and_dest() {
+        assert_eq!(
+            upload_script("/workspace/app/idea.txt").unwrap(),
+            "mkdir -p /workspace/app && base64 -d > /workspace/app/idea.txt"
+        );
+        assert_eq!(
+            upload_script("/w s/it's $(x)/f`y`").unwrap(),
+            "mkdir -p '/w s/it'\\''s $(x)' && base64 -d > '/w s/it'\\''s $(x)/f`y`'"
+        );
+        assert_eq!(
+            upload_script("/top").unwrap(),
+            "mkdir -p / && base64 -d > /top"
+        );
+        assert_eq!(
+            upload_script("rel").unwrap(),
+            "mkdir -p . && base64 -d > rel"
+        );
+        assert_eq!(upload_script("/").unwrap_err().error, ErrorCode::InvalidArgs);
+        assert_eq!(upload_script("").unwrap_err().error, ErrorCode::InvalidArgs);
+    }
+
+    #[test]
+    fn base64_round_trips_every_byte() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let text = base64_lines(&bytes);
+        assert!(text.lines().all(|l| l.len() <= 76));
+        assert!(text.ends_with('\n'));
+        assert_eq!(decode_base64_text(text.as_bytes()).unwrap(), bytes);
+        assert_eq!(base64_lines(b""), "");
+    }
+
+    #[test]
+    fn upload_script_writes_the_exact_bytes_through_sh() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a dir/with 'quote'/$(x)/file\nname");
+        let dest = dest.to_string_lossy().into_owned();
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(upload_script(&dest).unwrap())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(base64_lines(&bytes).as_bytes())?;
+                c.wait()
+            })
+            .unwrap();
+        assert!(out.success());
+        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    }
+
+    #[test]
+    fn install_pages_per_binary() {
+        assert_eq!(
+            unavailable("railway").message,
+            "Missing required CLI 'railway'. Install: https://docs.railway.app/develop/cli"
+        );
+        assert_eq!(
+            unavailable("docker").message,
+            "Missing required CLI 'docker'. Install: https://docs.docker.com/get-docker/"
+        );
+        assert_eq!(
+            unavailable("ssh").message,
+            "Missing required CLI 'ssh'. Install: https://www.openssh.com/"
+        );
+        assert_eq!(unavailable("ssh").error, ErrorCode::ProviderUnavailable);
+    }
+
+    #[test]
+    fn run_errors_map_to_codes() {
+        let cmd = Cmd::new("ssh").arg("host");
+        assert_eq!(
+            run_error(
+                &cmd,
+                RunError::Timeout {
+                    after: Duration::from_secs(7)
+                }
+            )
+            .error,
+            ErrorCode::DeadlineExceeded
+        );
+        assert_eq!(
+            run_error(
+                &cmd,
+                RunError::NotFound {
+                    program: "ssh".into()
+                }
+            )
+            .error,
+            ErrorCode::ProviderUnavailable
+        );
+    }
+}

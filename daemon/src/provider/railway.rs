@@ -1,1 +1,762 @@
+//! railway provider: the `railway` CLI.
+//!
+//! `--environment <env>` (when `railway.environment` is set) goes where the CLI takes it: at the
+//! end of `link`, after `service status`, and right after the subcommand everywhere else.
+//!
+//! Commands, in order per operation (the e2e test checks these exact argv):
+//! - build: `docker build -t megaplan-cloud-<service> <deploy_dir>` (local docker)
+//! - deploy: [`railway link --project P`, `railway service status --all --json`] when
+//!   `railway.project` is set; `railway variables --service S --set NAME=value` per secret;
+//!   `railway up --service S --detach --ci` in the deploy dir
+//! - exec: `railway ssh --service S -- "bash -lc <script>"` (stdin, when given, travels as a
+//!   base64 here-document: the CLI does not forward stdin)
+//! - upload: `railway ssh --service S -- "mkdir -p <dir> && base64 -d > <dest> <<'MEGAPLAN_UPLOAD' ..."`
+//!   (large files in several appends, then a rename)
+//! - read: `railway ssh --service S -- "base64 < <path>"` (decoded here: the CLI's terminal
+//!   channel is not binary-safe)
+//! - attach: `railway ssh --service S --session <session>`
+//! - logs: `railway logs --service S [--lines 200]`
+//! - down: `railway down --service S`; destroy: down, then `railway volume delete <volume>`
+//!
+//! Secret values are in the argv of `railway variables --set` (the CLI has no other input);
+//! [`crate::process::Cmd::display`] masks them in every message.
 
+use super::{
+    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
+    check_secrets, decode_base64_text, deploy_failed, exec_result, explanation, note, plain_step,
+    remote_parent, run_error, step_failed, step_from, stream_capture,
+};
+use crate::process::{self, Cmd, Output};
+use crate::shell::quote;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Raw bytes per upload command: keeps each argv well under the kernel's 128 KiB per-argument
+/// limit. A multiple of 3, so every chunk is standalone base64.
+pub const UPLOAD_CHUNK: usize = 48 * 1024;
+
+/// Building and deploying can take far longer than one command.
+const MIN_DEPLOY_DEADLINE: Duration = Duration::from_secs(1800);
+
+/// Output of `railway up` that means no image was rebuilt.
+const NO_REBUILD_MARKERS: [&str; 5] = [
+    "no changes",
+    "nothing to deploy",
+    "already up to date",
+    "unchanged",
+    "skipping build",
+];
+
+// ---------------------------------------------------------------------------------------------
+// argv (pure). `env` is `railway.environment`.
+
+fn w(words: &[&str]) -> Vec<String> {
+    words.iter().map(|s| s.to_string()).collect()
+}
+
+/// `<sub...> [--environment E] <rest...>`.
+fn scoped(sub: &[&str], env: Option<&str>, rest: &[&str]) -> Vec<String> {
+    let mut v = w(sub);
+    if let Some(e) = env {
+        v.extend(w(&["--environment", e]));
+    }
+    v.extend(w(rest));
+    v
+}
+
+/// `link --project P [--environment E]` (the environment goes last here).
+pub fn link_args(project: &str, env: Option<&str>) -> Vec<String> {
+    let mut v = w(&["link", "--project", project]);
+    if let Some(e) = env {
+        v.extend(w(&["--environment", e]));
+    }
+    v
+}
+
+pub fn service_status_args(env: Option<&str>) -> Vec<String> {
+    scoped(&["service", "status"], env, &["--all", "--json"])
+}
+
+pub fn variables_args(service: &str, env: Option<&str>, name_value: &str) -> Vec<String> {
+    scoped(
+        &["variables"],
+        env,
+        &["--service", service, "--set", name_value],
+    )
+}
+
+pub fn up_args(service: &str, env: Option<&str>) -> Vec<String> {
+    scoped(&["up"], env, &["--service", service, "--detach", "--ci"])
+}
+
+pub fn ssh_args(service: &str, env: Option<&str>, command: &str) -> Vec<String> {
+    scoped(&["ssh"], env, &["--service", service, "--", command])
+}
+
+pub fn attach_args(service: &str, env: Option<&str>, session: &str) -> Vec<String> {
+    scoped(&["ssh"], env, &["--service", service, "--session", session])
+}
+
+pub fn logs_args(service: &str, env: Option<&str>, follow: bool) -> Vec<String> {
+    if follow {
+        scoped(&["logs"], env, &["--service", service])
+    } else {
+        scoped(&["logs"], env, &["--service", service, "--lines", "200"])
+    }
+}
+
+pub fn down_args(service: &str, env: Option<&str>) -> Vec<String> {
+    scoped(&["down"], env, &["--service", service])
+}
+
+pub fn volume_delete_args(volume: &str, env: Option<&str>) -> Vec<String> {
+    scoped(&["volume"], env, &["delete", volume])
+}
+
+pub fn image_tag(service: &str) -> String {
+    format!("megaplan-cloud-{service}")
+}
+
+pub fn build_argv(service: &str, deploy_dir: &Path) -> Vec<String> {
+    vec![
+        "docker".to_string(),
+        "build".to_string(),
+        "-t".to_string(),
+        image_tag(service),
+        deploy_dir.to_string_lossy().into_owned(),
+    ]
+}
+
+/// The command string of `exec`: `bash -lc <script>`, with stdin as a here-document.
+pub fn exec_command(script: &str, stdin: Option<&[u8]>) -> String {
+    match stdin {
+        None => format!("bash -lc {}", quote(script)),
+        Some(bytes) => format!(
+            "base64 -d <<'MEGAPLAN_STDIN' | bash -lc {}\n{}MEGAPLAN_STDIN",
+            quote(script),
+            base64_lines(bytes)
+        ),
+    }
+}
+
+/// The command strings of an upload: one when the content fits a chunk (the original's form),
+/// else appends to `<dest>.part` and a final rename.
+pub fn upload_commands(remote_path: &str, content: &[u8]) -> Result<Vec<String>, ErrorBody> {
+    let parent = quote(&remote_parent(remote_path)?);
+    let dest = quote(remote_path);
+    if content.len() <= UPLOAD_CHUNK {
+        return Ok(vec![format!(
+            "mkdir -p {parent} && base64 -d > {dest} <<'MEGAPLAN_UPLOAD'\n{}MEGAPLAN_UPLOAD",
+            base64_lines(content)
+        )]);
+    }
+    let part = quote(&format!("{remote_path}.part"));
+    let mut v = Vec::new();
+    for (i, chunk) in content.chunks(UPLOAD_CHUNK).enumerate() {
+        let head = if i == 0 {
+            format!("mkdir -p {parent} && base64 -d > {part}")
+        } else {
+            format!("base64 -d >> {part}")
+        };
+        v.push(format!(
+            "{head} <<'MEGAPLAN_UPLOAD'\n{}MEGAPLAN_UPLOAD",
+            base64_lines(chunk)
+        ));
+    }
+    v.push(format!("mv -f {part} {dest}"));
+    Ok(v)
+}
+
+/// The command string of `read`.
+pub fn read_command(path: &str) -> String {
+    format!("base64 < {}", quote(path))
+}
+
+/// `not_triggered` when `railway up` said nothing was rebuilt, else `triggered`.
+pub fn classify_up(output: &str) -> &'static str {
+    let lower = output.to_lowercase();
+    if NO_REBUILD_MARKERS.iter().any(|m| lower.contains(m)) {
+        "not_triggered"
+    } else {
+        "triggered"
+    }
+}
+
+/// The deploy verdict line.
+pub fn verdict(image_rebuild: &str, secret_count: usize, service: &str) -> String {
+    match (image_rebuild, secret_count) {
+        ("not_triggered", 0) => "deploy: no-op (nothing changed)".to_string(),
+        ("not_triggered", _) => "deploy: vars updated, no image rebuild".to_string(),
+        _ => format!("deploy: triggered Railway build/deploy for service {service}"),
+    }
+}
+
+/// Whether `railway service status --all --json` lists `service`. The CLI's JSON shape has
+/// changed over versions, so any object naming it (`name` or `serviceName`) counts.
+pub fn service_listed(json: &Value, service: &str) -> bool {
+    match json {
+        Value::Object(m) => {
+            ["name", "serviceName", "service"]
+                .iter()
+                .any(|k| m.get(*k).and_then(Value::as_str) == Some(service))
+                || m.values().any(|v| service_listed(v, service))
+        }
+        Value::Array(items) => items.iter().any(|v| service_listed(v, service)),
+        _ => false,
+    }
+}
+
+fn service_missing(service: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::RailwayServiceMissing,
+        format!(
+            "Railway service '{service}' was not found after project link. Run this command from the deploy directory, then rerun deploy: railway add --service {service}"
+        ),
+    )
+    .with("service", service)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execution.
+
+#[derive(Debug)]
+pub struct RailwayProvider {
+    ctx: ProviderCtx,
+    /// The railway CLI to run (`railway` on PATH unless overridden).
+    pub program: String,
+}
+
+impl RailwayProvider {
+    pub fn new(ctx: ProviderCtx) -> Self {
+        Self::with_program(ctx, "railway")
+    }
+
+    pub fn with_program(ctx: ProviderCtx, program: &str) -> Self {
+        RailwayProvider {
+            ctx,
+            program: program.to_string(),
+        }
+    }
+
+    fn service(&self) -> &str {
+        &self.ctx.spec.railway.service
+    }
+
+    fn env(&self) -> Option<&str> {
+        self.ctx.spec.railway.environment.as_deref()
+    }
+
+    /// Commands other than deploy run where the operator's own `railway link` applies: the
+    /// cloud.yaml's folder. Deploy steps run in the deploy dir (what `railway up` uploads).
+    fn project_dir(&self) -> PathBuf {
+        self.ctx
+            .spec
+            .path
+            .parent()
+            .map_or_else(|| self.ctx.deploy_dir.clone(), Path::to_path_buf)
+    }
+
+    fn cmd(&self, args: Vec<String>, cwd: PathBuf) -> Cmd {
+        Cmd::new(&self.program).args(args).cwd(cwd)
+    }
+
+    async fn run(&self, cmd: &Cmd, deadline: Duration) -> Result<Output, ErrorBody> {
+        process::run(cmd, deadline)
+            .await
+            .map_err(|e| run_error(cmd, e))
+    }
+
+    async fn ssh(&self, command: &str) -> Result<Output, ErrorBody> {
+        let cmd = self.cmd(
+            ssh_args(self.service(), self.env(), command),
+            self.project_dir(),
+        );
+        self.run(&cmd, self.ctx.deadline).await
+    }
+
+    /// A captured deploy step: recorded in `steps`, failing the deploy on a non-zero exit.
+    async fn deploy_step(
+        &self,
+        cmd: &Cmd,
+        name: &str,
+        detail: &str,
+        steps: &mut Vec<DeployStep>,
+    ) -> Result<Output, ErrorBody> {
+        let o = self
+            .run(cmd, self.ctx.deadline)
+            .await
+            .map_err(|e| deploy_failed(e, "railway", steps))?;
+        steps.push(step_from(name, detail, &o, &self.ctx.redactor));
+        if o.code != 0 {
+            return Err(deploy_failed(
+                step_failed(name, &o, &self.ctx.redactor),
+                "railway",
+                steps,
+            ));
+        }
+        Ok(o)
+    }
+
+    /// Run a streamed step; a non-zero exit fails with the tail of its output.
+    async fn stream_step(
+        &self,
+        what: &str,
+        cmd: &Cmd,
+        deadline: Option<Duration>,
+        out: &OutTx,
+    ) -> Result<(), ErrorBody> {
+        let s = stream_capture(cmd, deadline, &self.ctx.redactor, out).await?;
+        if s.code != 0 {
+            return Err(ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "{what} failed (exit {}): {}",
+                    s.code,
+                    explanation(&s.stdout_tail, &s.stderr_tail)
+                ),
+            )
+            .with("exit_code", s.code));
+        }
+        Ok(())
+    }
+}
+
+impl Provider for RailwayProvider {
+    fn name(&self) -> &'static str {
+        "railway"
+    }
+
+    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        super::require_cli("docker")?;
+        let argv = build_argv(self.service(), &self.ctx.deploy_dir);
+        let cmd = Cmd::new("docker").args(argv.into_iter().skip(1));
+        self.stream_step("docker build", &cmd, None, out).await
+    }
+
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+        let spec = &self.ctx.spec;
+        check_secrets(spec, &self.ctx.secrets)?;
+        let service = self.service().to_string();
+        let env = self.env();
+        let dir = self.ctx.deploy_dir.clone();
+        let mut steps: Vec<DeployStep> = Vec::new();
+
+        if let Some(project) = &spec.railway.project {
+            self.deploy_step(
+                &self.cmd(link_args(project, env), dir.clone()),
+                "railway link",
+                &format!("linked project {project}"),
+                &mut steps,
+            )
+            .await?;
+            let o = self
+                .deploy_step(
+                    &self.cmd(service_status_args(env), dir.clone()),
+                    "verify Railway service",
+                    &format!("service {service} is configured"),
+                    &mut steps,
+                )
+                .await?;
+            let listed = serde_json::from_slice::<Value>(&o.stdout)
+                .map(|v| service_listed(&v, &service))
+                .unwrap_or(false);
+            if !listed {
+                if let Some(last) = steps.last_mut() {
+                    last.status = "failed".to_string();
+                    last.detail = format!("service {service} is not in the project");
+                }
+                return Err(deploy_failed(service_missing(&service), "railway", &steps));
+            }
+        }
+
+        let mut last_output = None;
+        for name in &spec.secrets {
+            let value = self.ctx.secrets.get(name).cloned().unwrap_or_default();
+            let mut args = variables_args(&service, env, &format!("{name}={value}"));
+            // The NAME=value word goes in last, marked so messages never show the value.
+            let name_value = args.pop().unwrap_or_default();
+            let cmd = self.cmd(args, dir.clone()).secret_arg(name_value);
+            let o = self
+                .run(&cmd, self.ctx.deadline)
+                .await
+                .map_err(|e| deploy_failed(e, "railway", &steps))?;
+            if o.code != 0 {
+                steps.push(step_from(
+                    "set Railway service variables",
+                    &format!("setting {name} failed"),
+                    &o,
+                    &self.ctx.redactor,
+                ));
+                return Err(deploy_failed(
+                    step_failed(
+                        &format!("railway variables --set {name}"),
+                        &o,
+                        &self.ctx.redactor,
+                    ),
+                    "railway",
+                    &steps,
+                ));
+            }
+            last_output = Some(o);
+        }
+        let count = spec.secrets.len();
+        let detail = format!("set {count} service var(s)");
+        steps.push(match &last_output {
+            Some(o) => step_from("set Railway service variables", &detail, o, &self.ctx.redactor),
+            None => plain_step("set Railway service variables", "ok", &detail),
+        });
+
+        let cmd = self.cmd(up_args(&service, env), dir.clone());
+        let deadline = Some(self.ctx.deadline.max(MIN_DEPLOY_DEADLINE));
+        let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out)
+            .await
+            .map_err(|e| deploy_failed(e, "railway", &steps))?;
+        let combined = format!("{}\n{}", s.stdout_tail, s.stderr_tail);
+        let image_rebuild = classify_up(&combined);
+        let silent = combined.trim().is_empty();
+        let detail = if image_rebuild == "not_triggered" {
+            "railway reported no image rebuild"
+        } else if silent {
+            "ran railway up --detach --ci; provider returned no stdout/stderr"
+        } else {
+            "ran railway up --detach --ci"
+        };
+        steps.push(DeployStep {
+            name: "railway up".to_string(),
+            status: if s.code == 0 { "ok" } else { "failed" }.to_string(),
+            detail: detail.to_string(),
+            stdout_tail: s.stdout_tail.clone(),
+            stderr_tail: s.stderr_tail.clone(),
+        });
+        if s.code != 0 {
+            let e = ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "railway up failed (exit {}): {}",
+                    s.code,
+                    explanation(&s.stdout_tail, &s.stderr_tail)
+                ),
+            )
+            .with("exit_code", s.code);
+            return Err(deploy_failed(e, "railway", &steps));
+        }
+        let mut warnings = Vec::new();
+        if image_rebuild == "triggered" && silent {
+            let w = "railway up returned no stdout/stderr; verify the Railway deployment logs for build outcome";
+            note(out, &format!("warning: {w}")).await;
+            warnings.push(w.to_string());
+        }
+        Ok(DeployReport {
+            success: true,
+            provider: "railway".to_string(),
+            verdict: verdict(image_rebuild, count, &service),
+            image_rebuild: image_rebuild.to_string(),
+            steps,
+            warnings,
+        })
+    }
+
+    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+        let o = self.ssh(&exec_command(script, stdin.as_deref())).await?;
+        Ok(exec_result(&o, &self.ctx.redactor))
+    }
+
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+        let cmd = self.cmd(
+            ssh_args(self.service(), self.env(), &exec_command(script, None)),
+            self.project_dir(),
+        );
+        process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
+            .await
+            .map_err(|e| run_error(&cmd, e))
+    }
+
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+        for command in upload_commands(remote_path, content)? {
+            let o = self.ssh(&command).await?;
+            if o.code != 0 {
+                return Err(step_failed(
+                    &format!("upload to {remote_path} in the runner"),
+                    &o,
+                    &self.ctx.redactor,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+        let o = self.ssh(&read_command(remote_path)).await?;
+        if o.code != 0 {
+            return Err(step_failed(
+                &format!("reading {remote_path} in the runner"),
+                &o,
+                &self.ctx.redactor,
+            ));
+        }
+        decode_base64_text(&o.stdout).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "reading {remote_path}: railway ssh returned text that is not base64 ({e}); check that the runner has base64 (coreutils)"
+                ),
+            )
+        })
+    }
+
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+        let session = session.unwrap_or(&self.ctx.spec.railway.session);
+        let mut v = vec![self.program.clone()];
+        v.extend(attach_args(self.service(), self.env(), session));
+        Ok(v)
+    }
+
+    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
+        let cmd = self.cmd(
+            logs_args(self.service(), self.env(), follow),
+            self.project_dir(),
+        );
+        let deadline = (!follow).then_some(self.ctx.deadline);
+        process::run_streaming(&cmd, deadline, &self.ctx.redactor, out)
+            .await
+            .map_err(|e| run_error(&cmd, e))
+    }
+
+    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        let cmd = self.cmd(down_args(self.service(), self.env()), self.project_dir());
+        self.stream_step("railway down", &cmd, Some(self.ctx.deadline), out)
+            .await
+    }
+
+    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        self.down(out).await?;
+        if let Some(volume) = &self.ctx.spec.resources.volume {
+            let cmd = self.cmd(volume_delete_args(volume, self.env()), self.project_dir());
+            self.stream_step("railway volume delete", &cmd, Some(self.ctx.deadline), out)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shell::join;
+    use proptest::prelude::*;
+
+    #[test]
+    fn argv_without_environment() {
+        assert_eq!(join(&link_args("proj", None)), "link --project proj");
+        assert_eq!(
+            join(&service_status_args(None)),
+            "service status --all --json"
+        );
+        assert_eq!(
+            join(&variables_args("agent", None, "K=v")),
+            "variables --service agent --set K=v"
+        );
+        assert_eq!(
+            join(&up_args("agent", None)),
+            "up --service agent --detach --ci"
+        );
+        assert_eq!(
+            join(&ssh_args("agent", None, "bash -lc true")),
+            "ssh --service agent -- 'bash -lc true'"
+        );
+        assert_eq!(
+            join(&attach_args("agent", None, "s1")),
+            "ssh --service agent --session s1"
+        );
+        assert_eq!(join(&logs_args("agent", None, true)), "logs --service agent");
+        assert_eq!(
+            join(&logs_args("agent", None, false)),
+            "logs --service agent --lines 200"
+        );
+        assert_eq!(join(&down_args("agent", None)), "down --service agent");
+        assert_eq!(join(&volume_delete_args("vol", None)), "volume delete vol");
+        assert_eq!(
+            join(&build_argv("agent", Path::new("/tmp/d x"))),
+            "docker build -t megaplan-cloud-agent '/tmp/d x'"
+        );
+    }
+
+    #[test]
+    fn environment_placement() {
+        let e = Some("staging");
+        assert_eq!(
+            join(&link_args("proj", e)),
+            "link --project proj --environment staging"
+        );
+        assert_eq!(
+            join(&service_status_args(e)),
+            "service status --environment staging --all --json"
+        );
+        assert_eq!(
+            join(&variables_args("agent", e, "K=v")),
+            "variables --environment staging --service agent --set K=v"
+        );
+        assert_eq!(
+            join(&up_args("agent", e)),
+            "up --environment staging --service agent --detach --ci"
+        );
+        assert_eq!(
+            join(&ssh_args("agent", e, "x")),
+            "ssh --environment staging --service agent -- x"
+        );
+        assert_eq!(
+            join(&attach_args("agent", e, "s")),
+            "ssh --environment staging --service agent --session s"
+        );
+        assert_eq!(
+            join(&logs_args("agent", e, false)),
+            "logs --environment staging --service agent --lines 200"
+        );
+        assert_eq!(
+            join(&down_args("agent", e)),
+            "down --environment staging --service agent"
+        );
+        assert_eq!(
+            join(&volume_delete_args("vol", e)),
+            "volume --environment staging delete vol"
+        );
+    }
+
+    #[test]
+    fn no_rebuild_classification() {
+        for text in [
+            "No changes to deploy",
+            "Nothing to deploy",
+            "Service is ALREADY UP TO DATE",
+            "image unchanged",
+            "Skipping build: cached",
+        ] {
+            assert_eq!(classify_up(text), "not_triggered", "{text}");
+        }
+        assert_eq!(
+            classify_up("Indexing...\nUploading...\nBuild Logs: https://railway.app/x"),
+            "triggered"
+        );
+        assert_eq!(classify_up(""), "triggered");
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(
+            verdict("not_triggered", 0, "agent"),
+            "deploy: no-op (nothing changed)"
+        );
+        assert_eq!(
+            verdict("not_triggered", 2, "agent"),
+            "deploy: vars updated, no image rebuild"
+        );
+        assert_eq!(
+            verdict("triggered", 2, "agent"),
+            "deploy: triggered Railway build/deploy for service agent"
+        );
+    }
+
+    #[test]
+    fn service_listing_in_either_json_shape() {
+        let flat = serde_json::json!([{"name": "agent", "id": "1"}, {"name": "db"}]);
+        assert!(service_listed(&flat, "agent"));
+        assert!(!service_listed(&flat, "web"));
+        let nested = serde_json::json!({"services": {"edges": [{"node": {"serviceName": "agent"}}]}});
+        assert!(service_listed(&nested, "agent"));
+        assert!(!service_listed(&serde_json::json!({"name": 1}), "agent"));
+        let e = service_missing("agent");
+        assert_eq!(e.error, ErrorCode::RailwayServiceMissing);
+        assert_eq!(
+            e.message,
+            "Railway service 'agent' was not found after project link. Run this command from the deploy directory, then rerun deploy: railway add --service agent"
+        );
+    }
+
+    #[test]
+    fn exec_command_strings() {
+        assert_eq!(exec_command("echo hi", None), "bash -lc 'echo hi'");
+        assert_eq!(
+            exec_command("cat", Some(b"abc")),
+            "base64 -d <<'MEGAPLAN_STDIN' | bash -lc cat\nYWJj\nMEGAPLAN_STDIN"
+        );
+        assert_eq!(read_command("/w/it's"), "base64 < '/w/it'\\''s'");
+    }
+
+    #[test]
+    fn small_upload_is_one_command_in_the_original_form() {
+        assert_eq!(
+            upload_commands("/workspace/app/idea.txt", b"hi").unwrap(),
+            ["mkdir -p /workspace/app && base64 -d > /workspace/app/idea.txt <<'MEGAPLAN_UPLOAD'\naGk=\nMEGAPLAN_UPLOAD"]
+        );
+    }
+
+    #[test]
+    fn large_upload_is_chunked_then_renamed() {
+        let content = vec![7u8; UPLOAD_CHUNK * 2 + 5];
+        let cmds = upload_commands("/w/big file", &content).unwrap();
+        assert_eq!(cmds.len(), 4);
+        assert!(cmds[0].starts_with("mkdir -p /w && base64 -d > '/w/big file.part' <<'MEGAPLAN_UPLOAD'\n"));
+        assert!(cmds[1].starts_with("base64 -d >> '/w/big file.part' <<'MEGAPLAN_UPLOAD'\n"));
+        assert_eq!(cmds[3], "mv -f '/w/big file.part' '/w/big file'");
+        assert!(cmds.iter().all(|c| c.len() < 100_000));
+    }
+
+    /// Run command strings the way `railway ssh` would (a shell in the runner), in a temp dir.
+    fn run_in_sh(commands: &[String]) {
+        for c in commands {
+            let st = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{c}");
+        }
+    }
+
+    #[test]
+    fn uploads_and_reads_round_trip_through_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let all: Vec<u8> = (0..=255u8).collect();
+        let big: Vec<u8> = (0..=255u8).cycle().take(UPLOAD_CHUNK * 3 + 17).collect();
+        for (name, content) in [("small 'q' $x", &all), ("big`f`", &big)] {
+            let dest = dir.path().join("sub dir").join(name);
+            let dest = dest.to_string_lossy().into_owned();
+            run_in_sh(&upload_commands(&dest, content).unwrap());
+            assert_eq!(&std::fs::read(&dest).unwrap(), content);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(read_command(&dest))
+                .output()
+                .unwrap();
+            assert_eq!(&decode_base64_text(&out.stdout).unwrap(), content);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn exec_script_words_survive_the_runner_shell_and_bash(words in proptest::collection::vec("[^\\x00]{0,16}", 1..4), stdin in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let script = format!("cat >/dev/null; printf '%s\\0' {}", join(&words));
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(exec_command(&script, Some(&stdin)))
+                .output()
+                .unwrap();
+            let mut seen: Vec<String> = String::from_utf8(out.stdout).unwrap().split('\0').map(str::to_string).collect();
+            seen.pop();
+            prop_assert_eq!(seen, words);
+        }
+
+        #[test]
+        fn exec_stdin_arrives_byte_exact(stdin in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(exec_command("cat", Some(&stdin)))
+                .output()
+                .unwrap();
+            prop_assert_eq!(out.stdout, stdin);
+        }
+    }
+}

@@ -1,1 +1,918 @@
+//! ssh provider: any Docker host reachable over ssh, through the daemon's held master.
+//!
+//! The deploy dir is synced to `ssh.remote_dir` (rsync, or `scp -r` when rsync is missing
+//! locally or on the host), built there with `docker build -t <container>`, and run as one
+//! long-lived container named `ssh.container`. Every remote string below is built from
+//! [`crate::shell`] quoting: it goes through the host's login shell, and scripts run in the
+//! runner go through `bash -lc` as well, so hostile names and paths arrive as literal words.
 
+use super::ssh_master::{SSH_FAILURE, SshMaster, SshSessions, SshTarget};
+use super::{
+    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
+    check_secrets, deploy_failed, env_file_content, exec_result, note, run_error,
+    session_not_supported, step_failed, step_from, upload_script,
+};
+use crate::cloud_yaml::{CloudSpec, Ssh};
+use crate::process::{self, Cmd, Output, StreamKind};
+use crate::shell::{join, quote};
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Lines of `docker logs` without `--follow`.
+pub const LOG_TAIL: &str = "200";
+
+/// Syncing the deploy dir may take longer than one remote command.
+const MIN_SYNC_DEADLINE: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
+pub struct SshProvider {
+    ctx: ProviderCtx,
+    ssh: Ssh,
+    target: SshTarget,
+    sessions: SshSessions,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remote strings (pure).
+
+/// `docker exec -i <container> bash -lc <script>`.
+pub fn remote_exec(container: &str, script: &str) -> String {
+    format!(
+        "docker exec -i {} bash -lc {}",
+        quote(container),
+        quote(script)
+    )
+}
+
+/// `docker exec -it <container> tmux attach -t agent` (run with a TTY).
+pub fn remote_attach(container: &str) -> String {
+    format!("docker exec -it {} tmux attach -t agent", quote(container))
+}
+
+/// `docker build -t <container> <remote_dir>`.
+pub fn remote_build(container: &str, remote_dir: &str) -> String {
+    join(&["docker", "build", "-t", container, remote_dir])
+}
+
+/// `mkdir -p <dir>...`.
+pub fn remote_mkdir(dirs: &[&str]) -> String {
+    let mut words = vec!["mkdir", "-p", "--"];
+    words.extend(dirs);
+    join(&words)
+}
+
+/// The env file of the runner.
+pub fn env_path(remote_dir: &str) -> String {
+    format!("{}/.env", remote_dir.trim_end_matches('/'))
+}
+
+/// Writes stdin to `<remote_dir>/.env`, private from the first byte (umask) and replaced
+/// atomically, so the secret values never appear in any argv.
+pub fn remote_write_env(remote_dir: &str) -> String {
+    let env = env_path(remote_dir);
+    let tmp = format!("{env}.tmp");
+    format!(
+        "umask 077 && cat > {tmp} && mv -f {tmp} {env}",
+        tmp = quote(&tmp),
+        env = quote(&env)
+    )
+}
+
+/// `docker rm -f <container>` when it exists (old engines fail `rm -f` on a missing name).
+pub fn remote_remove_container(container: &str) -> String {
+    let c = quote(container);
+    format!("if docker container inspect {c} >/dev/null 2>&1; then docker rm -f {c}; fi")
+}
+
+/// Host folder (or volume) mounted as the parent of `repo.workspace`, so the runner's
+/// clone-if-missing can create the workspace and extra repos beside it.
+pub fn workspace_mount(spec: &CloudSpec, ssh: &Ssh) -> (String, String) {
+    let source = match &spec.resources.volume {
+        Some(v) => v.clone(),
+        None => host_workspace_dir(ssh),
+    };
+    let ws = spec.repo.workspace.trim_end_matches('/');
+    let target = match ws.rfind('/') {
+        // The parent of /app is /, which cannot be a mount point: mount the workspace itself.
+        Some(0) | None => ws.to_string(),
+        Some(i) => ws[..i].to_string(),
+    };
+    (source, target)
+}
+
+/// `<remote_dir>/workspace`: the bind-mounted workspace when no volume is configured.
+pub fn host_workspace_dir(ssh: &Ssh) -> String {
+    format!("{}/workspace", ssh.remote_dir.trim_end_matches('/'))
+}
+
+/// The `docker run` argv of the runner.
+pub fn docker_run_args(spec: &CloudSpec, ssh: &Ssh) -> Vec<String> {
+    let c = ssh.container.clone();
+    let port = spec.resources.port;
+    let mut v: Vec<String> = [
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        &c,
+        "--restart",
+        "unless-stopped",
+        "--env-file",
+        &env_path(&ssh.remote_dir),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let network = spec.resources.network.as_deref();
+    // `none` has nothing to publish on and `host` shares the host's ports: docker refuses or
+    // discards a mapping there (the rendered compose file drops it the same way).
+    if !matches!(network, Some("none" | "host")) {
+        v.extend(["-p".to_string(), format!("{port}:{port}")]);
+    }
+    if let Some(n) = network {
+        v.extend(["--network".to_string(), n.to_string()]);
+    }
+    let (source, target) = workspace_mount(spec, ssh);
+    v.extend(["-v".to_string(), format!("{source}:{target}")]);
+    v.push(c);
+    v
+}
+
+/// `docker logs -f <c>` or `docker logs --tail 200 <c>`.
+pub fn remote_logs(container: &str, follow: bool) -> String {
+    if follow {
+        join(&["docker", "logs", "-f", container])
+    } else {
+        join(&["docker", "logs", "--tail", LOG_TAIL, container])
+    }
+}
+
+/// `docker stop <c>`.
+pub fn remote_stop(container: &str) -> String {
+    join(&["docker", "stop", container])
+}
+
+/// Whether removing `dir` recursively could hit the host's root: empty, `/`, `//`, `/./`, or any
+/// path with `..` (which could climb there).
+pub fn unsafe_to_remove(dir: &str) -> bool {
+    let parts: Vec<&str> = dir
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    parts.is_empty() || parts.contains(&"..") || !dir.starts_with('/')
+}
+
+/// Remove the container, the volume when one is configured, and `remote_dir`.
+pub fn remote_destroy(spec: &CloudSpec, ssh: &Ssh) -> Result<String, ErrorBody> {
+    if unsafe_to_remove(&ssh.remote_dir) {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidSpec,
+            format!(
+                "{}: ssh.remote_dir {:?} is not a folder destroy can safely remove; set it to a dedicated absolute folder such as /tmp/megaplan-cloud",
+                spec.path.display(),
+                ssh.remote_dir
+            ),
+        )
+        .with("field", "ssh.remote_dir"));
+    }
+    let mut script = remote_remove_container(&ssh.container);
+    if let Some(v) = &spec.resources.volume {
+        let v = quote(v);
+        script.push_str(&format!(
+            " && if docker volume inspect {v} >/dev/null 2>&1; then docker volume rm {v}; fi"
+        ));
+    }
+    script.push_str(&format!(" && rm -rf -- {}", quote(&ssh.remote_dir)));
+    Ok(script)
+}
+
+/// The script that prints a runner file.
+pub fn read_script(path: &str) -> String {
+    format!("cat -- {}", quote(path))
+}
+
+/// Whether rsync failed because the host has no rsync (then scp is the fallback).
+pub fn remote_lacks_rsync(stderr: &str) -> bool {
+    let s = stderr.to_lowercase();
+    s.contains("rsync: command not found")
+        || s.contains("rsync: not found")
+        || s.contains("rsync: no such file or directory")
+}
+
+/// `rsync -az -e <transport> <dir>/ <target>:<remote_dir>/` (no `--delete`: the host keeps its
+/// `.env` and workspace).
+pub fn rsync_args(master: &SshMaster, deploy_dir: &Path, remote_dir: &str) -> Vec<String> {
+    vec![
+        "rsync".to_string(),
+        "-az".to_string(),
+        "-e".to_string(),
+        master.rsync_transport(),
+        format!("{}/", deploy_dir.to_string_lossy().trim_end_matches('/')),
+        format!(
+            "{}{}/",
+            master.target().copy_prefix(),
+            remote_dir.trim_end_matches('/')
+        ),
+    ]
+}
+
+/// `scp <opts> -r <entries...> <target>:<remote_dir>/`.
+pub fn scp_args(master: &SshMaster, entries: &[String], remote_dir: &str) -> Vec<String> {
+    let mut v = vec!["scp".to_string()];
+    v.extend(master.scp_options());
+    v.push("-r".to_string());
+    v.extend(entries.iter().cloned());
+    v.push(format!(
+        "{}{}/",
+        master.target().copy_prefix(),
+        remote_dir.trim_end_matches('/')
+    ));
+    v
+}
+
+fn cmd_of(argv: &[String]) -> Cmd {
+    match argv.split_first() {
+        Some((program, rest)) => Cmd::new(program).args(rest.iter().cloned()),
+        None => Cmd::new(""),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execution.
+
+impl SshProvider {
+    pub fn new(ctx: ProviderCtx, sessions: SshSessions) -> Result<Self, ErrorBody> {
+        let ssh = ctx.spec.ssh.clone().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "{}: provider: ssh needs an ssh: section with host (add ssh:\\n  host: <docker host>)",
+                    ctx.spec.path.display()
+                ),
+            )
+            .with("field", "ssh.host")
+        })?;
+        let target = SshTarget::from_spec(&ssh);
+        Ok(SshProvider {
+            ctx,
+            ssh,
+            target,
+            sessions,
+        })
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    fn host(&self) -> String {
+        self.target.describe()
+    }
+
+    /// Run a remote string captured, through the held master.
+    async fn run(
+        &self,
+        remote: &str,
+        stdin: Option<Vec<u8>>,
+        idempotent: bool,
+    ) -> Result<Output, ErrorBody> {
+        self.sessions
+            .run(&self.target, remote, stdin, self.ctx.deadline, idempotent)
+            .await
+    }
+
+    /// Run a mutating step captured, relay its redacted output, and fail on a non-zero exit.
+    async fn step(&self, what: &str, remote: &str, out: &OutTx) -> Result<Output, ErrorBody> {
+        let o = self.run(remote, None, false).await?;
+        relay(&o, &self.ctx.redactor, out).await;
+        if o.code != 0 {
+            return Err(step_failed(
+                &format!("{what} on {}", self.host()),
+                &o,
+                &self.ctx.redactor,
+            ));
+        }
+        Ok(o)
+    }
+
+    /// Stream a remote string's output; returns its exit code.
+    async fn stream(
+        &self,
+        remote: &str,
+        deadline: Option<Duration>,
+        out: &OutTx,
+    ) -> Result<i32, ErrorBody> {
+        let master = self.sessions.master(&self.target).await?;
+        let cmd = master.command(remote);
+        let code = process::run_streaming(&cmd, deadline, &self.ctx.redactor, out)
+            .await
+            .map_err(|e| run_error(&cmd, e))?;
+        if code == SSH_FAILURE && !master.is_alive().await {
+            return Err(ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "the ssh connection to {} was lost while `{remote}` ran; check the host, then retry",
+                    self.host()
+                ),
+            ));
+        }
+        Ok(code)
+    }
+
+    async fn sync(&self, master: &Arc<SshMaster>, out: &OutTx) -> Result<(), ErrorBody> {
+        let remote_dir = &self.ssh.remote_dir;
+        self.step(
+            "creating the remote deploy dir",
+            &remote_mkdir(&[remote_dir]),
+            out,
+        )
+        .await?;
+        let deadline = self.ctx.deadline.max(MIN_SYNC_DEADLINE);
+        if process::which("rsync").is_some() {
+            let cmd = cmd_of(&rsync_args(master, &self.ctx.deploy_dir, remote_dir));
+            let o = process::run(&cmd, deadline)
+                .await
+                .map_err(|e| run_error(&cmd, e))?;
+            if o.code == 0 {
+                return Ok(());
+            }
+            if !remote_lacks_rsync(&String::from_utf8_lossy(&o.stderr)) {
+                return Err(step_failed(
+                    &format!("rsync of the deploy dir to {}", self.host()),
+                    &o,
+                    &self.ctx.redactor,
+                ));
+            }
+            note(
+                out,
+                &format!(
+                    "warning: rsync not found on {}; falling back to scp -r",
+                    self.host()
+                ),
+            )
+            .await;
+        } else {
+            note(out, "warning: rsync not found; falling back to scp -r").await;
+        }
+        let entries = deploy_dir_entries(&self.ctx.deploy_dir)?;
+        if entries.is_empty() {
+            return Err(ErrorBody::new(
+                ErrorCode::Internal,
+                format!(
+                    "the deploy dir {} is empty; render it before build",
+                    self.ctx.deploy_dir.display()
+                ),
+            ));
+        }
+        let cmd = cmd_of(&scp_args(master, &entries, remote_dir));
+        let o = process::run(&cmd, deadline)
+            .await
+            .map_err(|e| run_error(&cmd, e))?;
+        if o.code != 0 {
+            return Err(step_failed(
+                &format!("scp of the deploy dir to {}", self.host()),
+                &o,
+                &self.ctx.redactor,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Top-level entries of the deploy dir, for `scp -r`.
+fn deploy_dir_entries(dir: &Path) -> Result<Vec<String>, ErrorBody> {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("cannot list the deploy dir {}: {e}", dir.display()),
+        )
+    })?;
+    let mut v: Vec<String> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Send a finished command's redacted output to the stream.
+async fn relay(o: &Output, redactor: &crate::redact::Redactor, out: &OutTx) {
+    for (kind, bytes) in [(StreamKind::Stdout, &o.stdout), (StreamKind::Stderr, &o.stderr)] {
+        if bytes.is_empty() {
+            continue;
+        }
+        let mut text = redactor.redact(&String::from_utf8_lossy(bytes));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let _ = out.send((kind, text)).await;
+    }
+}
+
+impl Provider for SshProvider {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        let master = self.sessions.master(&self.target).await?;
+        self.sync(&master, out).await?;
+        let code = self
+            .stream(
+                &remote_build(&self.ssh.container, &self.ssh.remote_dir),
+                None,
+                out,
+            )
+            .await?;
+        if code != 0 {
+            return Err(ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "docker build on {} failed (exit {code}); its output is above",
+                    self.host()
+                ),
+            )
+            .with("exit_code", code));
+        }
+        Ok(())
+    }
+
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+        let spec = &self.ctx.spec;
+        check_secrets(spec, &self.ctx.secrets)?;
+        let env = env_file_content(spec, &self.ctx.secrets)?;
+        let r = &self.ctx.redactor;
+        let c = &self.ssh.container;
+        let mut steps: Vec<DeployStep> = Vec::new();
+        let fail = |e: ErrorBody, steps: &[DeployStep]| deploy_failed(e, "ssh", steps);
+
+        let ws_dir = host_workspace_dir(&self.ssh);
+        let mut dirs = vec![self.ssh.remote_dir.as_str()];
+        if spec.resources.volume.is_none() {
+            dirs.push(&ws_dir);
+        }
+        let o = self
+            .run(&remote_mkdir(&dirs), None, false)
+            .await
+            .map_err(|e| fail(e, &steps))?;
+        steps.push(step_from(
+            "create remote dirs",
+            &format!("mkdir -p {}", dirs.join(" ")),
+            &o,
+            r,
+        ));
+        if o.code != 0 {
+            return Err(fail(step_failed("creating the remote dirs", &o, r), &steps));
+        }
+
+        let o = self
+            .run(
+                &remote_write_env(&self.ssh.remote_dir),
+                Some(env.into_bytes()),
+                false,
+            )
+            .await
+            .map_err(|e| fail(e, &steps))?;
+        steps.push(step_from(
+            "write .env",
+            &format!(
+                "wrote {} (PORT + {} secret(s), mode 0600)",
+                env_path(&self.ssh.remote_dir),
+                spec.secrets.len()
+            ),
+            &o,
+            r,
+        ));
+        if o.code != 0 {
+            return Err(fail(step_failed("writing the .env file", &o, r), &steps));
+        }
+
+        let o = self
+            .run(&remote_remove_container(c), None, false)
+            .await
+            .map_err(|e| fail(e, &steps))?;
+        steps.push(step_from(
+            "remove old container",
+            &format!("docker rm -f {c}"),
+            &o,
+            r,
+        ));
+        if o.code != 0 {
+            return Err(fail(step_failed("removing the old container", &o, r), &steps));
+        }
+
+        let run_args = docker_run_args(spec, &self.ssh);
+        let o = self
+            .run(&join(&run_args), None, false)
+            .await
+            .map_err(|e| fail(e, &steps))?;
+        steps.push(step_from(
+            "docker run",
+            &format!("started container {c}"),
+            &o,
+            r,
+        ));
+        if o.code != 0 {
+            let mut e = step_failed("docker run", &o, r);
+            if String::from_utf8_lossy(&o.stderr).contains("Unable to find image") {
+                e.message
+                    .push_str("; build the image first: megaplan-cloudctl build");
+            }
+            return Err(fail(e, &steps));
+        }
+        relay(
+            &Output {
+                code: 0,
+                stdout: Vec::new(),
+                stderr: format!("container {c} started on {}\n", self.host()).into_bytes(),
+            },
+            r,
+            out,
+        )
+        .await;
+        Ok(DeployReport {
+            success: true,
+            provider: "ssh".to_string(),
+            verdict: format!("deploy: started container {c} on {}", self.target.host),
+            image_rebuild: "not_triggered".to_string(),
+            steps,
+            warnings: Vec::new(),
+        })
+    }
+
+    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+        let o = self
+            .run(&remote_exec(&self.ssh.container, script), stdin, false)
+            .await?;
+        Ok(exec_result(&o, &self.ctx.redactor))
+    }
+
+    async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
+        let o = self
+            .run(&remote_exec(&self.ssh.container, script), None, true)
+            .await?;
+        Ok(exec_result(&o, &self.ctx.redactor))
+    }
+
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+        self.stream(
+            &remote_exec(&self.ssh.container, script),
+            Some(self.ctx.deadline),
+            out,
+        )
+        .await
+    }
+
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+        let script = upload_script(remote_path)?;
+        let o = self
+            .run(
+                &remote_exec(&self.ssh.container, &script),
+                Some(base64_lines(content).into_bytes()),
+                false,
+            )
+            .await?;
+        if o.code != 0 {
+            return Err(step_failed(
+                &format!("upload to {remote_path} in the runner"),
+                &o,
+                &self.ctx.redactor,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+        // ssh and `docker exec` without a TTY carry bytes unchanged: no encoding needed.
+        let o = self
+            .run(
+                &remote_exec(&self.ssh.container, &read_script(remote_path)),
+                None,
+                true,
+            )
+            .await?;
+        if o.code != 0 {
+            return Err(step_failed(
+                &format!("reading {remote_path} in the runner"),
+                &o,
+                &self.ctx.redactor,
+            ));
+        }
+        Ok(o.stdout)
+    }
+
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+        if session.is_some() {
+            return Err(session_not_supported("ssh"));
+        }
+        Ok(self
+            .sessions
+            .handle(&self.target)?
+            .interactive_argv(&remote_attach(&self.ssh.container)))
+    }
+
+    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
+        let deadline = (!follow).then_some(self.ctx.deadline);
+        self.stream(&remote_logs(&self.ssh.container, follow), deadline, out)
+            .await
+    }
+
+    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        self.step(
+            &format!("docker stop {}", self.ssh.container),
+            &remote_stop(&self.ssh.container),
+            out,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+        let script = remote_destroy(&self.ctx.spec, &self.ssh)?;
+        self.step("destroy", &script, out).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::test_support::spec;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    fn ssh_spec(extra: &str) -> (CloudSpec, Ssh) {
+        let s = spec(&format!(
+            "provider: ssh\nrepo: {{url: u}}\nssh: {{host: box, container: agent-1, remote_dir: /srv/mp}}\n{extra}"
+        ));
+        let ssh = s.ssh.clone().unwrap();
+        (s, ssh)
+    }
+
+    #[test]
+    fn exec_and_attach_strings_are_exact() {
+        assert_eq!(
+            remote_exec("agent-1", "echo \"$HOME\" 'x'"),
+            "docker exec -i agent-1 bash -lc 'echo \"$HOME\" '\\''x'\\'''"
+        );
+        assert_eq!(
+            remote_exec("a b;rm -rf /", "true"),
+            "docker exec -i 'a b;rm -rf /' bash -lc true"
+        );
+        assert_eq!(
+            remote_attach("agent-1"),
+            "docker exec -it agent-1 tmux attach -t agent"
+        );
+        assert_eq!(
+            remote_attach("$(x)"),
+            "docker exec -it '$(x)' tmux attach -t agent"
+        );
+    }
+
+    #[test]
+    fn build_logs_stop_strings_are_exact() {
+        assert_eq!(
+            remote_build("agent-1", "/srv/mp"),
+            "docker build -t agent-1 /srv/mp"
+        );
+        assert_eq!(
+            remote_build("agent-1", "/srv/my dir`x`"),
+            "docker build -t agent-1 '/srv/my dir`x`'"
+        );
+        assert_eq!(remote_logs("agent-1", true), "docker logs -f agent-1");
+        assert_eq!(
+            remote_logs("agent-1", false),
+            "docker logs --tail 200 agent-1"
+        );
+        assert_eq!(remote_stop("a'b"), "docker stop 'a'\\''b'");
+        assert_eq!(
+            remote_mkdir(&["/srv/mp", "/srv/mp/workspace"]),
+            "mkdir -p -- /srv/mp /srv/mp/workspace"
+        );
+    }
+
+    #[test]
+    fn env_write_keeps_values_out_of_argv() {
+        assert_eq!(
+            remote_write_env("/srv/mp/"),
+            "umask 077 && cat > /srv/mp/.env.tmp && mv -f /srv/mp/.env.tmp /srv/mp/.env"
+        );
+        assert_eq!(
+            remote_write_env("/srv/m p"),
+            "umask 077 && cat > '/srv/m p/.env.tmp' && mv -f '/srv/m p/.env.tmp' '/srv/m p/.env'"
+        );
+    }
+
+    #[test]
+    fn remove_container_is_guarded() {
+        assert_eq!(
+            remote_remove_container("agent-1"),
+            "if docker container inspect agent-1 >/dev/null 2>&1; then docker rm -f agent-1; fi"
+        );
+    }
+
+    #[test]
+    fn docker_run_default_network_publishes_the_port() {
+        let (s, ssh) = ssh_spec("resources: {port: 9090}\n");
+        assert_eq!(
+            join(&docker_run_args(&s, &ssh)),
+            "docker run -d --name agent-1 --restart unless-stopped --env-file /srv/mp/.env -p 9090:9090 -v /srv/mp/workspace:/workspace agent-1"
+        );
+    }
+
+    #[test]
+    fn docker_run_network_none_has_no_port_mapping() {
+        let (s, ssh) = ssh_spec("resources: {network: none, volume: agent-vol}\n");
+        assert_eq!(
+            docker_run_args(&s, &ssh),
+            [
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                "agent-1",
+                "--restart",
+                "unless-stopped",
+                "--env-file",
+                "/srv/mp/.env",
+                "--network",
+                "none",
+                "-v",
+                "agent-vol:/workspace",
+                "agent-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_run_named_network_and_top_level_workspace() {
+        let s = spec(
+            "provider: ssh\nrepo: {url: u, workspace: /app}\nssh: {host: box, container: agent-1, remote_dir: /srv/mp}\nresources: {network: mynet}\n",
+        );
+        let ssh = s.ssh.clone().unwrap();
+        assert_eq!(
+            join(&docker_run_args(&s, &ssh)),
+            "docker run -d --name agent-1 --restart unless-stopped --env-file /srv/mp/.env -p 8080:8080 --network mynet -v /srv/mp/workspace:/app agent-1"
+        );
+    }
+
+    #[test]
+    fn destroy_removes_container_volume_and_dir() {
+        let (s, ssh) = ssh_spec("");
+        assert_eq!(
+            remote_destroy(&s, &ssh).unwrap(),
+            "if docker container inspect agent-1 >/dev/null 2>&1; then docker rm -f agent-1; fi && rm -rf -- /srv/mp"
+        );
+        let (s, ssh) = ssh_spec("resources: {volume: vol-1}\n");
+        assert_eq!(
+            remote_destroy(&s, &ssh).unwrap(),
+            "if docker container inspect agent-1 >/dev/null 2>&1; then docker rm -f agent-1; fi && if docker volume inspect vol-1 >/dev/null 2>&1; then docker volume rm vol-1; fi && rm -rf -- /srv/mp"
+        );
+    }
+
+    #[test]
+    fn destroy_refuses_root_like_dirs() {
+        for bad in ["/", "//", "/./", "/.", "", "/srv/../", "relative/dir"] {
+            assert!(unsafe_to_remove(bad), "{bad:?}");
+        }
+        for ok in ["/srv/mp", "/tmp/megaplan-cloud/", "/a b/c"] {
+            assert!(!unsafe_to_remove(ok), "{ok:?}");
+        }
+        let (s, mut ssh) = ssh_spec("");
+        ssh.remote_dir = "/".into();
+        assert_eq!(
+            remote_destroy(&s, &ssh).unwrap_err().error,
+            ErrorCode::InvalidSpec
+        );
+    }
+
+    #[test]
+    fn rsync_and_scp_argv_are_exact() {
+        let sessions = SshSessions::new(PathBuf::from("/run/c"), None);
+        let t = SshTarget {
+            host: "box".into(),
+            user: Some("me".into()),
+            port: 2200,
+            identity_file: None,
+        };
+        let m = sessions.handle(&t).unwrap();
+        let ctl = m.control_path().to_string_lossy().into_owned();
+        assert_eq!(
+            rsync_args(&m, Path::new("/home/op/.megaplan/cloud/ssh-box"), "/srv/mp/"),
+            [
+                "rsync",
+                "-az",
+                "-e",
+                &format!(
+                    "ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -p 2200 -o ConnectTimeout=10"
+                ),
+                "/home/op/.megaplan/cloud/ssh-box/",
+                "me@box:/srv/mp/"
+            ]
+        );
+        assert_eq!(
+            scp_args(&m, &["/d/Dockerfile".to_string(), "/d/sub".to_string()], "/srv/mp"),
+            [
+                "scp",
+                "-o",
+                &format!("ControlPath={ctl}"),
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "BatchMode=yes",
+                "-P",
+                "2200",
+                "-r",
+                "/d/Dockerfile",
+                "/d/sub",
+                "me@box:/srv/mp/"
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_rsync_absence_is_recognised() {
+        assert!(remote_lacks_rsync("bash: line 1: rsync: command not found\nrsync: connection unexpectedly closed"));
+        assert!(remote_lacks_rsync("sh: 1: rsync: not found"));
+        assert!(!remote_lacks_rsync("rsync: [sender] write error: Broken pipe"));
+    }
+
+    #[test]
+    fn read_script_protects_dash_paths() {
+        assert_eq!(read_script("-n"), "cat -- -n");
+        assert_eq!(read_script("/a b"), "cat -- '/a b'");
+    }
+
+    /// Run `remote` the way the host would: the login shell (`sh -c`) parses it and runs
+    /// `docker exec -i C bash -lc SCRIPT`; a stand-in `docker` checks the fixed words, prints
+    /// the container, then lets bash run SCRIPT with stand-ins for `cat`, `mkdir` and `printf`
+    /// that print their arguments. Returns every printed word.
+    fn through_two_shells(remote: &str) -> Vec<String> {
+        let prelude = r#"docker() {
+  [ "$#" -eq 6 ] && [ "$1" = exec ] && [ "$2" = -i ] && [ "$4" = bash ] && [ "$5" = -lc ] || exit 90
+  printf 'container=%s\0' "$3"
+  bash -c 'cat() { for a in "$@"; do printf "cat=%s\0" "$a"; done; }; word() { for a in "$@"; do printf "word=%s\0" "$a"; done; }; eval "$1"' _ "$6"
+}
+"#;
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{prelude}{remote}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut v: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split('\0')
+            .map(str::to_string)
+            .collect();
+        v.pop();
+        v
+    }
+
+    #[test]
+    fn hostile_words_survive_both_shells() {
+        let hostile = [
+            "with space",
+            "it's",
+            "\"dq\"",
+            "$HOME",
+            "$(touch /tmp/pwned)",
+            "`id`",
+            "new\nline",
+            "back\\slash",
+            "*",
+            "-rf",
+            "",
+        ];
+        for w in hostile {
+            let remote = remote_exec(w, &read_script(w));
+            assert_eq!(
+                through_two_shells(&remote),
+                [format!("container={w}"), "cat=--".into(), format!("cat={w}")],
+                "{w:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn any_container_and_path_survive_both_shells(container in "[^\\x00]{0,16}", path in "[^\\x00]{0,24}") {
+            let remote = remote_exec(&container, &read_script(&path));
+            prop_assert_eq!(
+                through_two_shells(&remote),
+                vec![format!("container={container}"), "cat=--".to_string(), format!("cat={path}")]
+            );
+        }
+
+        #[test]
+        fn any_command_argument_survives_both_shells(words in proptest::collection::vec("[^\\x00]{0,16}", 1..4)) {
+            let script = format!("word {}", join(&words));
+            let remote = remote_exec("agent", &script);
+            let mut expected = vec!["container=agent".to_string()];
+            expected.extend(words.iter().map(|w| format!("word={w}")));
+            prop_assert_eq!(through_two_shells(&remote), expected);
+        }
+    }
+}

@@ -1,1 +1,743 @@
+//! Held OpenSSH sessions: one ControlMaster connection per target, reused by every action and
+//! supervise tick (research §4, option A, hand-rolled on `tokio::process`).
+//!
+//! A master is `ssh -M -N -f -o ControlPersist=yes` with its control socket in a private folder
+//! of ours; every command is a mux client (`ssh -S <socket> -o ControlMaster=no`) so N commands
+//! cost one TCP connection and one authentication. Liveness is checked by connecting to the
+//! control socket (no process spawned). Masters outlive a daemon restart and are adopted.
+//!
+//! Host keys: ssh's own defaults apply (`StrictHostKeyChecking=ask`, which `BatchMode=yes` turns
+//! into "refuse unknown hosts"); the operator's ssh config (`-F`) and agent are used as is.
 
+use crate::cloud_yaml::Ssh;
+use crate::process::{self, Cmd, Output};
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `sockaddr_un.sun_path` holds 107 bytes plus NUL, and ssh first binds `<ControlPath>.<16
+/// random chars>` before renaming it into place: the path itself may have at most 90 bytes.
+pub const MAX_CONTROL_PATH: usize = 107 - 17;
+
+/// Ceiling for opening a master: TCP connect (ConnectTimeout=10) plus authentication.
+const MASTER_START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long to wait for the control socket to appear after `ssh -f` returned.
+const SOCKET_APPEAR_WAIT: Duration = Duration::from_secs(3);
+
+/// exit status ssh uses for its own failures (connection, authentication, lost master).
+pub const SSH_FAILURE: i32 = 255;
+
+/// One ssh destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SshTarget {
+    pub host: String,
+    pub user: Option<String>,
+    pub port: u16,
+    pub identity_file: Option<String>,
+}
+
+impl SshTarget {
+    pub fn from_spec(ssh: &Ssh) -> Self {
+        SshTarget {
+            host: ssh.host.clone(),
+            user: ssh.user.clone(),
+            port: ssh.port,
+            identity_file: ssh.identity_file.clone(),
+        }
+    }
+
+    /// `[user@]host`, as ssh takes it.
+    pub fn destination(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{u}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// `[user@]host:` prefix for rsync/scp paths; IPv6 literals need brackets there.
+    pub fn copy_prefix(&self) -> String {
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match &self.user {
+            Some(u) => format!("{u}@{host}:"),
+            None => format!("{host}:"),
+        }
+    }
+
+    /// Human name for messages.
+    pub fn describe(&self) -> String {
+        format!("{} port {}", self.destination(), self.port)
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.user.as_deref().unwrap_or(""),
+            self.host,
+            self.port,
+            self.identity_file.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// One held master connection. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct SshMaster {
+    target: SshTarget,
+    control_path: PathBuf,
+    ssh_config: Option<PathBuf>,
+}
+
+impl SshMaster {
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    pub fn control_path(&self) -> &Path {
+        &self.control_path
+    }
+
+    /// The ssh options shared by every client of this master (no destination): the mux socket,
+    /// plus what a direct connection needs if the socket vanished meanwhile.
+    fn client_options(&self, batch: bool) -> Vec<String> {
+        let mut v = vec![
+            "-S".to_string(),
+            self.control_path.to_string_lossy().into_owned(),
+            "-o".to_string(),
+            "ControlMaster=no".to_string(),
+        ];
+        if batch {
+            v.extend(["-o".to_string(), "BatchMode=yes".to_string()]);
+        }
+        v.extend(common_options(&self.target, self.ssh_config.as_deref()));
+        v
+    }
+
+    /// `ssh -S <ctl> -o ControlMaster=no -o BatchMode=yes [-F cfg] -p P [-i id] [user@]host --
+    /// <remote>`: the remote login shell runs `remote`, so it must be built with
+    /// [`crate::shell`] quoting.
+    pub fn command(&self, remote: &str) -> Cmd {
+        Cmd::new("ssh")
+            .args(self.client_options(true))
+            .arg(self.target.destination())
+            .arg("--")
+            .arg(remote)
+    }
+
+    /// The transport for `rsync -e`, one shell-quoted string (rsync splits it honouring quotes).
+    pub fn rsync_transport(&self) -> String {
+        let mut words = vec!["ssh".to_string()];
+        words.extend(self.client_options(true));
+        crate::shell::join(&words)
+    }
+
+    /// `scp` options using this master (scp's `-S` names a program, so the socket goes in `-o`).
+    pub fn scp_options(&self) -> Vec<String> {
+        let mut v = vec![
+            "-o".to_string(),
+            format!("ControlPath={}", self.control_path.to_string_lossy()),
+            "-o".to_string(),
+            "ControlMaster=no".to_string(),
+            "-o".to_string(),
+            "BatchMode=yes".to_string(),
+        ];
+        if let Some(cfg) = &self.ssh_config {
+            v.extend(["-F".to_string(), cfg.to_string_lossy().into_owned()]);
+        }
+        v.extend(["-P".to_string(), self.target.port.to_string()]);
+        if let Some(id) = &self.target.identity_file {
+            v.extend([
+                "-i".to_string(),
+                id.clone(),
+                "-o".to_string(),
+                "IdentitiesOnly=yes".to_string(),
+            ]);
+        }
+        v
+    }
+
+    /// The argv the client runs on the user's terminal: like [`SshMaster::command`] with a TTY
+    /// (`-t`) and without BatchMode, so a fallback direct connection may still prompt.
+    pub fn interactive_argv(&self, remote: &str) -> Vec<String> {
+        let mut v = vec!["ssh".to_string()];
+        v.extend(self.client_options(false));
+        v.push("-t".to_string());
+        v.push(self.target.destination());
+        v.push("--".to_string());
+        v.push(remote.to_string());
+        v
+    }
+
+    /// Whether the master accepts connections on its control socket.
+    pub async fn is_alive(&self) -> bool {
+        socket_alive(&self.control_path).await
+    }
+}
+
+/// `[-F cfg] -p P [-i id -o IdentitiesOnly=yes] -o ConnectTimeout=10`.
+fn common_options(t: &SshTarget, ssh_config: Option<&Path>) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(cfg) = ssh_config {
+        v.extend(["-F".to_string(), cfg.to_string_lossy().into_owned()]);
+    }
+    v.extend(["-p".to_string(), t.port.to_string()]);
+    if let Some(id) = &t.identity_file {
+        v.extend([
+            "-i".to_string(),
+            id.clone(),
+            "-o".to_string(),
+            "IdentitiesOnly=yes".to_string(),
+        ]);
+    }
+    v.extend(["-o".to_string(), "ConnectTimeout=10".to_string()]);
+    v
+}
+
+async fn socket_alive(path: &Path) -> bool {
+    tokio::net::UnixStream::connect(path).await.is_ok()
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<SshMaster>>>>;
+
+struct Inner {
+    control_dir: PathBuf,
+    ssh_config: Option<PathBuf>,
+    slots: Mutex<HashMap<String, Slot>>,
+    /// Keys of targets whose master is held (what [`SshSessions::count`] reports).
+    held: Mutex<std::collections::HashSet<String>>,
+}
+
+/// The daemon's held sessions, one master per target.
+#[derive(Clone)]
+pub struct SshSessions {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SshSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSessions")
+            .field("control_dir", &self.inner.control_dir)
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+impl SshSessions {
+    /// `control_dir` must be a short private (0700) folder; `ssh_config` is passed as `-F`.
+    pub fn new(control_dir: PathBuf, ssh_config: Option<PathBuf>) -> Self {
+        SshSessions {
+            inner: Arc::new(Inner {
+                control_dir,
+                ssh_config,
+                slots: Mutex::new(HashMap::new()),
+                held: Mutex::new(std::collections::HashSet::new()),
+            }),
+        }
+    }
+
+    /// The control socket path of `t` (deterministic, so masters survive daemon restarts).
+    pub fn control_path(&self, t: &SshTarget) -> PathBuf {
+        let digest = Sha256::digest(t.key().as_bytes());
+        let name = hex::encode(&digest[..8]);
+        self.inner.control_dir.join(name)
+    }
+
+    /// A master handle for `t` without checking or starting it: for argv that must be built
+    /// synchronously (attach). Its clients fall back to a direct connection if no master runs.
+    pub fn handle(&self, t: &SshTarget) -> Result<SshMaster, ErrorBody> {
+        let control_path = self.control_path(t);
+        check_control_path(&control_path)?;
+        Ok(SshMaster {
+            target: t.clone(),
+            control_path,
+            ssh_config: self.inner.ssh_config.clone(),
+        })
+    }
+
+    fn slot(&self, t: &SshTarget) -> Slot {
+        let mut slots = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.entry(t.key()).or_default().clone()
+    }
+
+    /// The live master for `t`: reused when its socket answers, else (re)started. Starts are
+    /// serialized per target, so concurrent callers share one connection.
+    pub async fn master(&self, t: &SshTarget) -> Result<Arc<SshMaster>, ErrorBody> {
+        let slot = self.slot(t);
+        let mut held = slot.lock().await;
+        if let Some(m) = held.as_ref()
+            && m.is_alive().await
+        {
+            return Ok(m.clone());
+        }
+        *held = None;
+        self.mark_held(t, false);
+        let master = Arc::new(self.handle(t)?);
+        ensure_dir(&self.inner.control_dir)?;
+        if !master.is_alive().await {
+            // A socket file nobody listens on (master died, host rebooted) blocks a new master.
+            let _ = std::fs::remove_file(&master.control_path);
+            self.start(&master).await?;
+        }
+        *held = Some(master.clone());
+        self.mark_held(t, true);
+        Ok(master)
+    }
+
+    fn mark_held(&self, t: &SshTarget, held: bool) {
+        let mut set = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if held {
+            set.insert(t.key());
+        } else {
+            set.remove(&t.key());
+        }
+    }
+
+    async fn start(&self, m: &SshMaster) -> Result<(), ErrorBody> {
+        let log_path = m.control_path.with_extension("log");
+        let log = std::fs::File::create(&log_path).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("cannot create {}: {e}", log_path.display()),
+            )
+        })?;
+        let cmd = master_command(m);
+        let code = process::run_detached(&cmd, MASTER_START_DEADLINE, log)
+            .await
+            .map_err(|e| super::run_error(&cmd, e))?;
+        let why = || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            super::tail(&text, 10)
+        };
+        if code != 0 {
+            return Err(connect_failed(&m.target, code, &why()));
+        }
+        // `ssh -f` returns once authenticated; the socket follows within moments.
+        let started = tokio::time::Instant::now();
+        while !m.is_alive().await {
+            if started.elapsed() > SOCKET_APPEAR_WAIT {
+                return Err(connect_failed(&m.target, code, &why()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Number of masters currently held.
+    pub fn count(&self) -> usize {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    /// Close every master (`ssh -O exit`): graceful daemon shutdown.
+    pub async fn close_all(&self) {
+        let slots: Vec<Slot> = {
+            let mut map = self
+                .inner
+                .slots
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            map.drain().map(|(_, s)| s).collect()
+        };
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+        for slot in slots {
+            let mut held = slot.lock().await;
+            if let Some(m) = held.take() {
+                let cmd = exit_command(&m);
+                if let Err(e) = process::run(&cmd, Duration::from_secs(10)).await {
+                    tracing::warn!("closing ssh master {}: {e}", m.target.describe());
+                }
+            }
+        }
+    }
+
+    /// Run `remote` through the held master of `t`. When ssh itself fails (exit 255) and the
+    /// master turns out dead, an `idempotent` command (a read or an observation) gets a fresh
+    /// master and one more try; anything else is reported as "may or may not have run" and
+    /// never re-run.
+    pub async fn run(
+        &self,
+        t: &SshTarget,
+        remote: &str,
+        stdin: Option<Vec<u8>>,
+        deadline: Duration,
+        idempotent: bool,
+    ) -> Result<Output, ErrorBody> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let master = self.master(t).await?;
+            let mut cmd = master.command(remote);
+            if let Some(bytes) = &stdin {
+                cmd = cmd.stdin(bytes.clone());
+            }
+            let out = process::run(&cmd, deadline)
+                .await
+                .map_err(|e| super::run_error(&cmd, e))?;
+            if out.code != SSH_FAILURE || master.is_alive().await {
+                return Ok(out);
+            }
+            if !idempotent {
+                return Err(connection_lost(t, &out));
+            }
+            if attempt >= 2 {
+                return Err(connection_lost(t, &out));
+            }
+        }
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), ErrorBody> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("cannot create the ssh control folder {}: {e}", dir.display()),
+            )
+        })
+}
+
+/// Refuse control paths ssh cannot bind or would misread (`%` is a token, spaces split options).
+pub fn check_control_path(p: &Path) -> Result<(), ErrorBody> {
+    let s = p.to_string_lossy();
+    if s.len() > MAX_CONTROL_PATH {
+        return Err(ErrorBody::new(
+            ErrorCode::Internal,
+            format!(
+                "the ssh control socket path {s} is {} bytes; Unix sockets allow {} here (ssh adds 17 while creating one). Start the daemon with a shorter socket folder (--socket or $MEGAPLAN_CLOUDD_SOCKET; the ssh control folder sits beside the socket)",
+                s.len(),
+                MAX_CONTROL_PATH
+            ),
+        ));
+    }
+    if s.chars()
+        .any(|c| c.is_whitespace() || matches!(c, '%' | '"' | '\''))
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::Internal,
+            format!(
+                "the ssh control socket path {s:?} contains a space, quote or %, which ssh options cannot carry; start the daemon with a socket folder without them (--socket or $MEGAPLAN_CLOUDD_SOCKET)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `ssh -M -N -f -o ControlPersist=yes -o ControlPath=<ctl> -o BatchMode=yes
+/// -o ServerAliveInterval=15 [-F cfg] -p P [-i id -o IdentitiesOnly=yes] -o ConnectTimeout=10
+/// [user@]host`.
+fn master_command(m: &SshMaster) -> Cmd {
+    Cmd::new("ssh")
+        .args(["-M", "-N", "-f", "-o", "ControlPersist=yes", "-o"])
+        .arg(format!("ControlPath={}", m.control_path.to_string_lossy()))
+        .args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15"])
+        .args(common_options(&m.target, m.ssh_config.as_deref()))
+        .arg(m.target.destination())
+}
+
+fn exit_command(m: &SshMaster) -> Cmd {
+    let mut cmd = Cmd::new("ssh")
+        .arg("-S")
+        .arg(m.control_path.to_string_lossy().into_owned())
+        .args(["-O", "exit"]);
+    if let Some(cfg) = &m.ssh_config {
+        cmd = cmd.arg("-F").arg(cfg.to_string_lossy().into_owned());
+    }
+    cmd.arg("-p")
+        .arg(m.target.port.to_string())
+        .arg(m.target.destination())
+}
+
+fn connect_failed(t: &SshTarget, code: i32, why: &str) -> ErrorBody {
+    let why = if why.trim().is_empty() {
+        "(ssh printed nothing)".to_string()
+    } else {
+        why.to_string()
+    };
+    ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!(
+            "cannot open an ssh connection to {} (exit {code}): {why}. Check that `ssh -p {} {} true` works without any prompt: the daemon needs a key file or agent (BatchMode) and the host in known_hosts",
+            t.describe(),
+            t.port,
+            t.destination()
+        ),
+    )
+    .with("host", t.host.clone())
+}
+
+fn connection_lost(t: &SshTarget, out: &Output) -> ErrorBody {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!(
+            "the ssh connection to {} was lost while a command ran ({}); it may or may not have completed on the runner, so it was not retried: check the runner, then run it again",
+            t.describe(),
+            super::tail(stderr.trim(), 5)
+        ),
+    )
+    .with("host", t.host.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> SshTarget {
+        SshTarget {
+            host: "box.example".into(),
+            user: Some("deploy".into()),
+            port: 2222,
+            identity_file: Some("/home/op/.ssh/id_ed25519".into()),
+        }
+    }
+
+    fn sessions() -> SshSessions {
+        SshSessions::new(
+            PathBuf::from("/run/user/1000/megaplan-cloudd/ssh"),
+            Some(PathBuf::from("/home/op/.ssh/config")),
+        )
+    }
+
+    #[test]
+    fn control_path_is_sixteen_hex_of_the_target() {
+        let s = sessions();
+        let p = s.control_path(&target());
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name.len(), 16);
+        assert!(name.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(p.parent().unwrap(), Path::new("/run/user/1000/megaplan-cloudd/ssh"));
+        let mut other = target();
+        other.port = 22;
+        assert_ne!(s.control_path(&other), p);
+        assert_eq!(s.control_path(&target()), p, "deterministic");
+    }
+
+    #[test]
+    fn master_argv_is_exact() {
+        let m = sessions().handle(&target()).unwrap();
+        let ctl = m.control_path().to_string_lossy().into_owned();
+        assert_eq!(
+            master_command(&m).argv(),
+            [
+                "ssh",
+                "-M",
+                "-N",
+                "-f",
+                "-o",
+                "ControlPersist=yes",
+                "-o",
+                &format!("ControlPath={ctl}"),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ServerAliveInterval=15",
+                "-F",
+                "/home/op/.ssh/config",
+                "-p",
+                "2222",
+                "-i",
+                "/home/op/.ssh/id_ed25519",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "deploy@box.example",
+            ]
+        );
+    }
+
+    #[test]
+    fn client_argv_is_exact_and_keeps_the_remote_string_whole() {
+        let m = sessions().handle(&target()).unwrap();
+        let ctl = m.control_path().to_string_lossy().into_owned();
+        let remote = "docker exec -i c bash -lc 'echo $HOME'";
+        assert_eq!(
+            m.command(remote).argv(),
+            [
+                "ssh",
+                "-S",
+                &ctl,
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "BatchMode=yes",
+                "-F",
+                "/home/op/.ssh/config",
+                "-p",
+                "2222",
+                "-i",
+                "/home/op/.ssh/id_ed25519",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "deploy@box.example",
+                "--",
+                remote,
+            ]
+        );
+        assert_eq!(
+            m.interactive_argv("docker exec -it c tmux attach -t agent"),
+            [
+                "ssh",
+                "-S",
+                &ctl,
+                "-o",
+                "ControlMaster=no",
+                "-F",
+                "/home/op/.ssh/config",
+                "-p",
+                "2222",
+                "-i",
+                "/home/op/.ssh/id_ed25519",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-t",
+                "deploy@box.example",
+                "--",
+                "docker exec -it c tmux attach -t agent",
+            ]
+        );
+    }
+
+    #[test]
+    fn minimal_target_has_no_user_identity_or_config() {
+        let s = SshSessions::new(PathBuf::from("/tmp/c"), None);
+        let t = SshTarget {
+            host: "h".into(),
+            user: None,
+            port: 22,
+            identity_file: None,
+        };
+        let m = s.handle(&t).unwrap();
+        let ctl = m.control_path().to_string_lossy().into_owned();
+        assert_eq!(
+            m.command("true").argv(),
+            [
+                "ssh",
+                "-S",
+                &ctl,
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "BatchMode=yes",
+                "-p",
+                "22",
+                "-o",
+                "ConnectTimeout=10",
+                "h",
+                "--",
+                "true"
+            ]
+        );
+        assert_eq!(
+            m.rsync_transport(),
+            format!(
+                "ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -p 22 -o ConnectTimeout=10"
+            )
+        );
+        assert_eq!(
+            m.scp_options(),
+            [
+                "-o",
+                &format!("ControlPath={ctl}"),
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "BatchMode=yes",
+                "-P",
+                "22"
+            ]
+        );
+        assert_eq!(
+            exit_command(&m).argv(),
+            ["ssh", "-S", &ctl, "-O", "exit", "-p", "22", "h"]
+        );
+    }
+
+    #[test]
+    fn copy_prefix_brackets_ipv6() {
+        let mut t = target();
+        assert_eq!(t.copy_prefix(), "deploy@box.example:");
+        t.host = "::1".into();
+        t.user = None;
+        assert_eq!(t.copy_prefix(), "[::1]:");
+    }
+
+    #[test]
+    fn long_or_odd_control_dirs_are_refused_with_a_fix() {
+        let long = SshSessions::new(PathBuf::from(format!("/{}", "d".repeat(80))), None);
+        let e = long.handle(&target()).unwrap_err();
+        assert!(e.message.contains("bytes"), "{}", e.message);
+        assert!(e.message.contains("--socket"), "{}", e.message);
+        let odd = SshSessions::new(PathBuf::from("/tmp/with space"), None);
+        assert!(odd.handle(&target()).is_err());
+        let pct = SshSessions::new(PathBuf::from("/tmp/100%"), None);
+        assert!(pct.handle(&target()).is_err());
+        // Exactly at the limit is accepted.
+        let dir_len = MAX_CONTROL_PATH - 17;
+        let ok = SshSessions::new(PathBuf::from(format!("/{}", "d".repeat(dir_len - 1))), None);
+        let p = ok.handle(&target()).unwrap();
+        assert_eq!(p.control_path().to_string_lossy().len(), MAX_CONTROL_PATH);
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_dead_and_a_listening_one_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        assert!(!socket_alive(&path).await);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        assert!(socket_alive(&path).await);
+        drop(listener);
+        assert!(!socket_alive(&path).await, "stale socket file");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_host_fails_with_the_ssh_explanation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SshSessions::new(dir.path().join("ssh"), None);
+        let t = SshTarget {
+            host: "127.0.0.1".into(),
+            user: None,
+            // Nothing listens on port 1.
+            port: 1,
+            identity_file: None,
+        };
+        let e = s.master(&t).await.unwrap_err();
+        assert_eq!(e.error, ErrorCode::ProviderFailed);
+        assert!(e.message.contains("127.0.0.1 port 1"), "{}", e.message);
+        assert!(e.message.to_lowercase().contains("refused"), "{}", e.message);
+        assert_eq!(s.count(), 0);
+    }
+}

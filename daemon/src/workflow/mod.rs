@@ -1,20 +1,306 @@
 //! Workflows: what each cloud command does, gluing cloud.yaml, providers and the chain domain.
-//! `run` is the single entry of `POST /v1/run`; it always ends the stream with one result frame.
+//! [`run`] is the single entry of `POST /v1/run`; it always ends the stream with exactly one
+//! `result` (or `terminal`) frame, whatever happens.
 
+pub mod chain;
 pub mod markers;
+pub mod ops;
+pub mod status;
 pub mod supervise;
 
+use crate::cloud_yaml::{self, CloudSpec, ProviderKind};
 use crate::daemon::AppState;
-use megaplan_cloud_api::wire::{Frame, RunRequest};
+use crate::process::StreamKind;
+use crate::provider::{self, AnyProvider, OutTx, ProviderCtx};
+use crate::redact::Redactor;
+use megaplan_cloud_api::wire::{Command, Frame, RepoOverrides, RunRequest};
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// The client's stream.
+#[derive(Clone)]
+pub struct Out {
+    tx: mpsc::Sender<Frame>,
+}
+
+impl Out {
+    pub fn new(tx: mpsc::Sender<Frame>) -> Self {
+        Out { tx }
+    }
+
+    pub async fn stdout(&self, data: impl Into<String>) {
+        let _ = self.tx.send(Frame::Stdout { data: data.into() }).await;
+    }
+
+    pub async fn stderr(&self, data: impl Into<String>) {
+        let _ = self.tx.send(Frame::Stderr { data: data.into() }).await;
+    }
+
+    pub async fn frame(&self, f: Frame) {
+        let _ = self.tx.send(f).await;
+    }
+
+    /// A provider-shaped sender whose lines are forwarded to this stream. Await the returned
+    /// handle after the provider call so every line is out before the result frame.
+    pub fn provider_tx(&self) -> (OutTx, tokio::task::JoinHandle<()>) {
+        let (ptx, mut prx) = mpsc::channel::<(StreamKind, String)>(256);
+        let tx = self.tx.clone();
+        let handle = tokio::spawn(async move {
+            while let Some((kind, data)) = prx.recv().await {
+                let f = match kind {
+                    StreamKind::Stdout => Frame::Stdout { data },
+                    StreamKind::Stderr => Frame::Stderr { data },
+                };
+                if tx.send(f).await.is_err() {
+                    // The client went away; dropping `prx` tells the provider to stop.
+                    break;
+                }
+            }
+        });
+        (ptx, handle)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// One command's context: the validated cloud.yaml, secrets, redactor and client stream.
+pub struct Ctx {
+    pub state: Arc<AppState>,
+    pub spec: Arc<CloudSpec>,
+    pub key: String,
+    pub cwd: PathBuf,
+    /// Secret values for this request (client's, else remembered, else the daemon's env).
+    pub secrets: BTreeMap<String, String>,
+    pub redactor: Redactor,
+    pub out: Out,
+}
+
+impl Ctx {
+    /// Build the provider; `deploy_dir` is where the rendered files are (or will be).
+    pub fn provider(&self, deploy_dir: PathBuf) -> Result<AnyProvider, ErrorBody> {
+        provider::for_spec(
+            ProviderCtx {
+                spec: self.spec.clone(),
+                deploy_dir,
+                secrets: self.secrets.clone(),
+                redactor: self.redactor.clone(),
+                deadline: self.state.settings.command_timeout,
+            },
+            &self.state.ssh,
+        )
+    }
+
+    /// The provider for commands that never touch the deploy dir.
+    pub fn runner(&self) -> Result<AnyProvider, ErrorBody> {
+        self.provider(self.persistent_deploy_dir().unwrap_or_else(std::env::temp_dir))
+    }
+
+    pub fn persistent_deploy_dir(&self) -> Option<PathBuf> {
+        crate::render::persistent_deploy_dir(&self.spec, &self.state.settings.cloud_home)
+    }
+
+    /// Secret names listed in cloud.yaml without a value from the client.
+    pub fn missing_secrets(&self) -> Vec<String> {
+        self.spec
+            .secrets
+            .iter()
+            .filter(|n| !self.secrets.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+
+    pub fn require_secrets(&self) -> Result<(), ErrorBody> {
+        let missing = self.missing_secrets();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ErrorBody::new(
+            ErrorCode::MissingSecrets,
+            format!(
+                "Missing required secrets: {}; export them in the shell that runs megaplan-cloudctl",
+                missing.join(", ")
+            ),
+        )
+        .with("missing", missing))
+    }
+
+    /// Redact a JSON payload before it leaves the daemon.
+    pub fn redact(&self, v: &Value) -> Value {
+        self.redactor.redact_json(v)
+    }
+}
+
+/// A command's outcome: the stdout payload (null = print nothing) and the exit code.
+pub struct Done {
+    pub payload: Value,
+    pub exit_code: i32,
+}
+
+impl Done {
+    pub fn ok(payload: Value) -> Self {
+        Done {
+            payload,
+            exit_code: 0,
+        }
+    }
+    pub fn code(payload: Value, exit_code: i32) -> Self {
+        Done { payload, exit_code }
+    }
+}
+
 pub async fn run(state: Arc<AppState>, req: RunRequest, tx: mpsc::Sender<Frame>) {
-    let _ = (&state, &req);
-    let _ = tx
-        .send(Frame::Result {
-            payload: serde_json::json!({"success": false, "error": "internal", "message": "not wired yet"}),
-            exit_code: 1,
-        })
-        .await;
+    let out = Out::new(tx);
+    let name = req.command.name();
+    let started = std::time::Instant::now();
+    let result = execute(state, req, out.clone()).await;
+    let (payload, exit_code) = match result {
+        Ok(Done { payload, exit_code }) => (payload, exit_code),
+        Err(e) => {
+            out.stderr(format!("error: {}: {}\n", e.error, e.message)).await;
+            (e.to_value(), 1)
+        }
+    };
+    tracing::info!(
+        command = name,
+        exit_code,
+        ms = started.elapsed().as_millis() as u64,
+        "command finished"
+    );
+    out.frame(Frame::Result { payload, exit_code }).await;
+}
+
+fn apply_overrides(spec: &mut CloudSpec, o: &RepoOverrides) -> Result<(), ErrorBody> {
+    if let Some(u) = &o.repo_url {
+        spec.repo.url = u.clone();
+    }
+    if let Some(b) = &o.repo_branch {
+        spec.repo.branch = b.clone();
+    }
+    if let Some(w) = &o.repo_workspace {
+        if !w.starts_with('/') {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidArgs,
+                format!("--repo-workspace must be an absolute remote path, got {w:?}"),
+            ));
+        }
+        spec.repo.workspace = w.clone();
+    }
+    Ok(())
+}
+
+async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done, ErrorBody> {
+    let path = Path::new(&req.cloud_yaml);
+    if !path.is_absolute() {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            format!("cloud_yaml must be an absolute path, got {:?}", req.cloud_yaml),
+        ));
+    }
+    let mut spec = cloud_yaml::load(path)?;
+    for w in &spec.warnings {
+        out.stderr(format!("warning: {w}\n")).await;
+    }
+    match &req.command {
+        Command::Bootstrap { overrides, .. } | Command::Chain { overrides, .. } => {
+            apply_overrides(&mut spec, overrides)?
+        }
+        _ => {}
+    }
+    let key = spec.key();
+    // Remember what the client handed over (memory only) so unattended ticks redact too.
+    let wanted: BTreeMap<String, String> = req
+        .secrets
+        .iter()
+        .filter(|(k, v)| spec.secrets.contains(k) && !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    state.remember_secrets(&key, &wanted);
+    let mut secrets = state.secret_values(&key, &spec.secrets);
+    secrets.extend(wanted);
+    let redactor = Redactor::new(&spec.secrets, &secrets);
+    let ctx = Ctx {
+        state,
+        spec: Arc::new(spec),
+        key,
+        cwd: PathBuf::from(&req.cwd),
+        secrets,
+        redactor,
+        out,
+    };
+    match req.command {
+        Command::Build => ops::build(&ctx).await,
+        Command::Deploy => ops::deploy(&ctx).await,
+        Command::Exec { cmd } => ops::exec(&ctx, &cmd).await,
+        Command::Logs { follow } => ops::logs(&ctx, follow).await,
+        Command::Attach { session } => ops::attach(&ctx, session.as_deref()).await,
+        Command::Down => ops::down(&ctx).await,
+        Command::Destroy { yes } => ops::destroy(&ctx, yes).await,
+        Command::Status {
+            chain: true,
+            remote_spec,
+            ..
+        } => status::chain_status(&ctx, remote_spec.as_deref()).await,
+        Command::Status { all: true, .. } | Command::Chains => status::chains(&ctx).await,
+        Command::Status { plan, .. } => status::plain_status(&ctx, plan.as_deref()).await,
+        Command::Resume { plan } => status::resume(&ctx, plan.as_deref()).await,
+        Command::Bootstrap {
+            idea,
+            plan_name,
+            robustness,
+            ..
+        } => chain::bootstrap(&ctx, &idea, plan_name.as_deref(), robustness.as_deref()).await,
+        Command::Chain {
+            spec,
+            idea_dir,
+            fresh,
+            no_git_refresh,
+            ..
+        } => {
+            chain::launch(
+                &ctx,
+                &chain::LaunchArgs {
+                    spec: PathBuf::from(spec),
+                    idea_dir: idea_dir.map(PathBuf::from),
+                    fresh,
+                    no_git_refresh,
+                },
+            )
+            .await
+        }
+        Command::Supervise { remote_spec } => supervise::cli(&ctx, remote_spec.as_deref()).await,
+    }
+}
+
+/// Identity of the provider target for markers (railway: service + project/environment).
+pub fn provider_identity(spec: &CloudSpec) -> Value {
+    match spec.provider {
+        ProviderKind::Railway => serde_json::json!({
+            "service": spec.railway.service,
+            "project": spec.railway.project,
+            "environment": spec.railway.environment,
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// A remote command's failure as `provider_failed`, quoting its (redacted) explanation.
+pub fn remote_failure(what: &str, r: &crate::provider::ExecResult) -> ErrorBody {
+    let said = if r.stderr.trim().is_empty() {
+        r.stdout.trim()
+    } else {
+        r.stderr.trim()
+    };
+    let tail: Vec<&str> = said.lines().rev().take(8).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!("{what} failed (exit {}): {}", r.code, tail.join("\n")),
+    )
+    .with("exit_code", r.code)
 }

@@ -1,12 +1,216 @@
-//! The supervise tick.
+//! The supervise tick: observe (with the sync refresh and PR probe, in ONE remote execution)
+//! → classify → decide (a pure function) → at most one mutation (a second remote execution)
+//! → report. Used by `supervise --chain` and by every scheduled tick.
+
+use super::{Ctx, Done, markers, status};
+use crate::chain::classify::Liveness;
+use crate::chain::decide::{self, MutationTarget, TickFacts};
+use crate::chain::observe::{self, ObserveRequest, SESSION_MARKER_DIR};
+use crate::chain::summary;
+use crate::cloud_yaml::{self, CloudSpec};
 use crate::daemon::AppState;
-use serde_json::Value;
+use crate::provider::{self, Provider, ProviderCtx};
+use crate::redact::Redactor;
+use crate::tick;
+use chrono::Utc;
+use megaplan_cloud_api::ErrorBody;
+use serde_json::{Value, json};
+use std::path::Path;
 use std::sync::Arc;
 
+/// `supervise --chain`: a tick now, stored like scheduled ones; report on stdout, one line on
+/// stderr, exit 0 when the tick succeeded.
+pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
+    let cloud_yaml = ctx.spec.path.display().to_string();
+    let rec = tick::run_for_cli(&ctx.state, &ctx.key, &cloud_yaml, remote_spec).await?;
+    ctx.out
+        .stderr(format!("{}\n", decide::stderr_line(&rec.report)))
+        .await;
+    let code = i32::from(!rec.success);
+    Ok(Done::code(rec.report, code))
+}
+
+/// One tick for a cloud.yaml. Never fails: every problem becomes a `supervisor_error` report.
+/// The report is redacted before it is returned.
 pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&str>) -> Value {
-    let _ = (state, remote_spec);
-    match crate::cloud_yaml::load(std::path::Path::new(cloud_yaml)) {
-        Ok(_) => crate::tick::error_report("not wired yet"),
-        Err(e) => crate::tick::error_report(&e.message),
+    let started_at = Utc::now();
+    let spec = match cloud_yaml::load(Path::new(cloud_yaml)) {
+        Ok(s) => s,
+        Err(e) => return finish(tick::error_report(&e.to_string()), started_at, 0, &Redactor::none()),
+    };
+    let key = spec.key();
+    let secrets = state.secret_values(&key, &spec.secrets);
+    let redactor = Redactor::new(&spec.secrets, &secrets);
+    let mut round_trips = 0u32;
+    let report = match observe_and_act(state, &spec, &key, remote_spec, &mut round_trips, &redactor, secrets).await {
+        Ok(r) => r,
+        Err(e) => tick::error_report(&e.to_string()),
+    };
+    finish(report, started_at, round_trips, &redactor)
+}
+
+fn finish(mut report: Value, started_at: chrono::DateTime<Utc>, round_trips: u32, r: &Redactor) -> Value {
+    if let Some(o) = report.as_object_mut() {
+        o.insert("started_at".into(), started_at.to_rfc3339().into());
+        o.insert("finished_at".into(), Utc::now().to_rfc3339().into());
+        o.insert("remote_round_trips".into(), round_trips.into());
     }
+    r.redact_json(&report)
+}
+
+async fn observe_and_act(
+    state: &Arc<AppState>,
+    spec: &CloudSpec,
+    key: &str,
+    remote_spec: Option<&str>,
+    round_trips: &mut u32,
+    redactor: &Redactor,
+    secrets: std::collections::BTreeMap<String, String>,
+) -> Result<Value, ErrorBody> {
+    let marker = markers::load(state, key).await?;
+    let target = status::chain_target(remote_spec, marker.as_ref(), spec)?;
+    let spec_arc = Arc::new(spec.clone());
+    let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
+        .unwrap_or_else(std::env::temp_dir);
+    let p = provider::for_spec(
+        ProviderCtx {
+            spec: spec_arc,
+            deploy_dir,
+            secrets,
+            redactor: redactor.clone(),
+            deadline: state.settings.tick_timeout,
+        },
+        &state.ssh,
+    )?;
+    let consistency = summary::provider_consistency(
+        spec.provider.as_str(),
+        &super::provider_identity(spec),
+        marker.as_ref(),
+    );
+    if !p.has_exec() {
+        let d = decide::decide(&TickFacts {
+            effective_status: "unknown".into(),
+            provider_consistency: consistency.clone(),
+            has_exec: false,
+            liveness: Liveness::Unknown,
+            pr_number: None,
+            pr_probe: None,
+        });
+        return Ok(report(&d, &target.spec, "unknown", &json!({}), consistency, None));
+    }
+
+    // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
+    let script = observe::observe_script(&ObserveRequest {
+        spec: target.spec.clone(),
+        session: target.session.clone(),
+        workspace: target.workspace.clone(),
+        launcher: spec.megaplan.launcher.clone(),
+        log_path: target.log_path.clone(),
+        sync_refresh: true,
+        pr_probe: true,
+    });
+    *round_trips += 1;
+    let r = p.observe(&script).await?;
+    let obs = observe::parse_observation(&r.stdout)?;
+    if let Some(e) = &obs.state_error {
+        return Err(e.clone());
+    }
+    let Some(chain_spec) = obs.spec.clone() else {
+        return Err(obs.spec_error.clone().unwrap_or_else(|| {
+            ErrorBody::new(
+                megaplan_cloud_api::ErrorCode::ProviderFailed,
+                format!("remote chain spec {} could not be read", target.spec),
+            )
+        }));
+    };
+    let payload = summary::status_payload(
+        &obs,
+        &chain_spec,
+        consistency.clone(),
+        &target.session,
+        &target.workspace,
+    );
+    let effective = payload
+        .get("effective_status")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    let chain_state = obs.state_or_default();
+    let d = decide::decide(&TickFacts {
+        effective_status: effective.clone(),
+        provider_consistency: consistency.clone(),
+        has_exec: true,
+        liveness: obs.liveness,
+        pr_number: chain_state.pr_number,
+        pr_probe: obs.pr_probe.clone(),
+    });
+
+    let mut out = report(&d, &target.spec, &effective, &payload, consistency, obs.sync_refresh.clone());
+    if let Some(kind) = d.mutation {
+        // Round trip 2: the one mutation, from the closed set in `decide`.
+        let digest = marker
+            .as_ref()
+            .filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(target.spec.as_str()))
+            .and_then(|m| m.get("identity_digest"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let script = decide::mutation_script(
+            kind,
+            &MutationTarget {
+                session: target.session.clone(),
+                workspace: target.workspace.clone(),
+                spec: target.spec.clone(),
+                launcher: spec.megaplan.launcher.clone(),
+                log_path: target.log_path.clone(),
+                marker_dir: SESSION_MARKER_DIR.to_string(),
+                identity_digest: digest,
+            },
+        );
+        *round_trips += 1;
+        let applied = p.exec(&script, None).await;
+        let failure = match applied {
+            Ok(r) if r.code == 0 => None,
+            Ok(r) => Some(super::remote_failure("the supervisor mutation", &r).message),
+            Err(e) => Some(e.message),
+        };
+        if let Some(why) = failure
+            && let Some(o) = out.as_object_mut()
+        {
+            o.insert("success".into(), false.into());
+            o.insert("event".into(), "supervisor_error".into());
+            o.insert("next_action".into(), "blocked".into());
+            o.insert("acted".into(), false.into());
+            o.insert(
+                "refused_reason".into(),
+                format!("{} failed: {why}", d.next_action).into(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn report(
+    d: &decide::Decision,
+    spec: &str,
+    effective_status: &str,
+    payload: &Value,
+    provider_consistency: Value,
+    sync_refresh: Option<Value>,
+) -> Value {
+    let pick = |k: &str| payload.get(k).cloned().unwrap_or_else(|| json!({}));
+    json!({
+        "success": true,
+        "event": d.event,
+        "spec": spec,
+        "effective_status": effective_status,
+        "next_action": d.next_action,
+        "acted": d.acted,
+        "refused_reason": d.refused_reason,
+        "runner": pick("runner"),
+        "sync": pick("sync"),
+        "pr": pick("pr"),
+        "logs": pick("logs"),
+        "sync_refresh": sync_refresh,
+        "provider_consistency": provider_consistency,
+    })
 }

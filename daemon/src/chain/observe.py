@@ -1,0 +1,454 @@
+# megaplan-cloudd chain observation: runs ON THE RUNNER, once per status/tick, and gathers every
+# fact the daemon needs in one round trip. It is read-only except for the core's own sync-state
+# refresh (when asked). It never raises: every failure becomes a field of the one output line
+#     MEGAPLAN_OBSERVATION <json>
+# printed last on stdout, so login-shell noise before it is skipped by the daemon.
+#
+# Input: one JSON argument with spec, session, workspace, launcher, log_path, sync_refresh,
+# pr_probe, marker_dir. Runs under the launcher's interpreter (python 3.8+).
+
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+VERSION = 1
+MAX_FILE_BYTES = 4 * 1024 * 1024
+REASON_CHARS = 600
+SESSION_PREFIX = "megaplan-chain"
+SIDECAR_SUFFIXES = (
+    ".repair-progress.json",
+    ".reap-progress.json",
+    ".chain-health.progress.json",
+    ".progress.json",
+    ".liveness-lease.json",
+)
+TMUX_GONE = (
+    "can't find session",
+    "session not found",
+    "no server running",
+    "no sessions",
+    "no such file or directory",
+)
+
+# Runs in a child interpreter so a hung git call can be timed out and the core's own prints
+# cannot reach our stdout. argv[1] is a JSON object of plain values (no code is built from it).
+SYNC_SNIPPET = r"""
+import importlib, json, sys
+from pathlib import Path
+a = json.loads(sys.argv[1])
+chain = importlib.import_module(a["module"] + ".chain")
+chain._capture_sync_state(Path(a["workspace"]), Path(a["spec"]), branch=None,
+                          pr_number=a["pr_number"], extra_repos=a["extra_repos"])
+state = chain.load_chain_state(Path(a["spec"]))
+state.resolved_workspace = a["workspace"]
+state.chain_session = a["session"]
+chain.save_chain_state(Path(a["spec"]), state)
+"""
+
+
+def tail(text, limit=REASON_CHARS):
+    text = (text or "").strip()
+    if len(text) > limit:
+        text = "..." + text[-limit:]
+    return text
+
+
+def explain(proc):
+    """The refusal's own words: stderr, else stdout (a CLI may print its error there)."""
+    return tail(proc.stderr) or tail(proc.stdout) or "no output"
+
+
+def split_launcher(launcher):
+    """(env assignments, argv, -m module or None) of the launcher setting."""
+    try:
+        words = shlex.split(launcher or "")
+    except ValueError:
+        words = (launcher or "").split()
+    env = {}
+    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    module = None
+    if "-m" in words:
+        at = words.index("-m")
+        if at + 1 < len(words):
+            module = words[at + 1]
+    return env, words, module
+
+
+def run(argv, cwd=None, timeout=60, env_extra=None):
+    """subprocess.run that reports instead of raising: (proc or None, error text or None)."""
+    env = None
+    if env_extra:
+        env = dict(os.environ)
+        env.update(env_extra)
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd or None,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+            errors="replace",
+            timeout=timeout,
+            env=env,
+        )
+        return proc, None
+    except (FileNotFoundError, NotADirectoryError):
+        if cwd and not os.path.isdir(cwd):
+            return None, "working directory %s does not exist on the runner" % cwd
+        return None, "%s is not installed on the runner" % argv[0]
+    except subprocess.TimeoutExpired:
+        return None, "%s timed out after %ss" % (argv[0], timeout)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a field
+        return None, "%s failed: %s: %s" % (argv[0], type(exc).__name__, exc)
+
+
+def read_text(path):
+    """(text or None, error or None); a missing file is (None, None)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None, None
+    except Exception as exc:  # noqa: BLE001
+        return None, "cannot read %s: %s" % (path, exc)
+    if len(data) > MAX_FILE_BYTES:
+        return None, "%s is larger than %d bytes" % (path, MAX_FILE_BYTES)
+    return data.decode("utf-8", "replace"), None
+
+
+def read_json_object(path):
+    text, err = read_text(path)
+    if text is None:
+        return None, err
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return None, "%s is not valid JSON: %s" % (path, exc)
+    if not isinstance(value, dict):
+        return None, "%s is not a JSON object" % path
+    return value, None
+
+
+def state_paths(resolved_spec):
+    """The core's chain-state and runtime-policy paths for a spec resolved on this machine."""
+    p = pathlib.PurePosixPath(resolved_spec)
+    digest = hashlib.sha1(resolved_spec.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    chains = p.parent / ".megaplan" / "plans" / ".chains"
+    return (
+        str(chains / ("%s-%s.json" % (p.stem, digest))),
+        str(chains / ("%s-%s.runtime_policy.json" % (p.stem, digest))),
+        str(p.parent / "chain_state.json"),
+    )
+
+
+def parse_state(text):
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def pr_number_of(state):
+    value = state.get("pr_number")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def sync_refresh(module, workspace, spec, session, state):
+    if not module:
+        return {
+            "status": "failed",
+            "reason": "the launcher has no `-m <module>`, so the core's chain module cannot be imported",
+        }
+    extra = state.get("extra_repos")
+    if not (isinstance(extra, list) and extra and all(isinstance(x, str) and x for x in extra)):
+        extra = None
+    arg = json.dumps(
+        {
+            "module": module,
+            "workspace": workspace,
+            "spec": spec,
+            "session": session,
+            "pr_number": pr_number_of(state),
+            "extra_repos": extra,
+        }
+    )
+    proc, err = run([sys.executable, "-c", SYNC_SNIPPET, arg], cwd=workspace, timeout=180)
+    if err:
+        return {"status": "failed", "reason": err}
+    if proc.returncode != 0:
+        return {"status": "failed", "reason": explain(proc)}
+    return {"status": "ok"}
+
+
+def first_json_object(text):
+    """The whole output as JSON, else the last line that is a JSON object."""
+    text = (text or "").strip()
+    try:
+        value = json.loads(text)
+        if isinstance(value, dict):
+            return value
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def status_word(obj):
+    # The core names it `state`; older fixtures say `status` (behavior.md section 8).
+    for key in ("state", "status", "current_state"):
+        value = obj.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def plan_status(launcher, workspace, plan):
+    if not plan:
+        return {"status": "missing", "reason": "no current plan"}
+    env, argv, _ = split_launcher(launcher)
+    reason = "the launcher setting is empty"
+    if argv:
+        proc, err = run(argv + ["status", "--plan", plan], cwd=workspace, timeout=60, env_extra=env)
+        if err:
+            reason = err
+        else:
+            obj = first_json_object(proc.stdout)
+            word = status_word(obj) if obj is not None else None
+            if proc.returncode == 0 and word:
+                out = {"status": word, "plan": plan, "source": "megaplan status"}
+                if isinstance(obj.get("next_step"), str):
+                    out["next_step"] = obj["next_step"]
+                return out
+            if proc.returncode != 0:
+                reason = "megaplan status exited %d: %s" % (proc.returncode, explain(proc))
+            else:
+                reason = "megaplan status printed no JSON object with a state: %s" % explain(proc)
+    # Fall back to the plan's own state file, which the core keeps current.
+    state_file = os.path.join(workspace or ".", ".megaplan", "plans", plan, "state.json")
+    obj, _ = read_json_object(state_file)
+    if obj is not None and status_word(obj):
+        return {"status": status_word(obj), "plan": plan, "source": "state_file", "reason": reason}
+    return {"status": "unavailable", "plan": plan, "reason": reason}
+
+
+def runner_probe(session):
+    out = {"session": session}
+    if not session:
+        out.update(status="unknown", reason="no session name")
+        return out
+    proc, err = run(["tmux", "has-session", "-t", "=" + session], timeout=15)
+    if err:
+        out.update(status="unknown", reason=err)
+    elif proc.returncode == 0:
+        out["status"] = "alive"
+    else:
+        said = (proc.stderr or "").strip()
+        if not said or any(s in said.lower() for s in TMUX_GONE):
+            out["status"] = "dead"
+            if said:
+                out["detail"] = tail(said, 200)
+        else:
+            out.update(status="unknown", reason="tmux has-session failed: " + tail(said, 200))
+    return out
+
+
+def log_stat(workspace, log_path):
+    path = log_path if os.path.isabs(log_path) else os.path.join(workspace or ".", log_path)
+    out = {"path": path, "exists": False, "mtime": None, "size": None}
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return out
+    except Exception as exc:  # noqa: BLE001
+        out["error"] = "cannot stat %s: %s" % (path, exc)
+        return out
+    out["exists"] = True
+    out["size"] = st.st_size
+    out["mtime"] = (
+        datetime.datetime.fromtimestamp(st.st_mtime, tz=datetime.timezone.utc)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
+    return out
+
+
+def safe_session_name(name):
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+
+
+def marker_of(marker_dir, session):
+    if not safe_session_name(session):
+        return None, "session name %r cannot name a marker file" % session
+    return read_json_object(os.path.join(marker_dir, session + ".json"))
+
+
+def list_sessions(marker_dir):
+    """(sessions, error): live megaplan-chain* tmux sessions plus marker-only (dead) ones."""
+    sessions = []
+    error = None
+    live = []
+    proc, err = run(["tmux", "ls", "-F", "#{session_name}"], timeout=15)
+    if err:
+        error = err
+    elif proc.returncode == 0:
+        live = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    elif not any(s in (proc.stderr or "").lower() for s in TMUX_GONE):
+        error = "tmux ls failed: " + tail(proc.stderr, 200)
+    live = [name for name in live if name.startswith(SESSION_PREFIX)]
+    for name in sorted(live):
+        marker, merr = marker_of(marker_dir, name)
+        entry = {"session": name, "alive": True, "marker": marker}
+        if merr:
+            entry["marker_error"] = merr
+        sessions.append(entry)
+    try:
+        names = sorted(os.listdir(marker_dir))
+    except FileNotFoundError:
+        names = []
+    except Exception as exc:  # noqa: BLE001
+        names = []
+        error = error or "cannot list %s: %s" % (marker_dir, exc)
+    for fname in names:
+        if not fname.endswith(".json") or fname.endswith(SIDECAR_SUFFIXES):
+            continue
+        name = fname[: -len(".json")]
+        if not name.startswith(SESSION_PREFIX) or name in live:
+            continue
+        marker, merr = marker_of(marker_dir, name)
+        entry = {"session": name, "alive": False, "marker": marker}
+        if merr:
+            entry["marker_error"] = merr
+        sessions.append(entry)
+    return sessions, error
+
+
+def pr_probe(workspace, number):
+    proc, err = run(
+        ["gh", "pr", "view", str(number), "--json", "state", "--jq", ".state"],
+        cwd=workspace,
+        timeout=60,
+    )
+    if err:
+        return "unknown", err
+    if proc.returncode != 0:
+        return "unknown", "gh pr view exited %d: %s" % (proc.returncode, explain(proc))
+    word = (proc.stdout or "").strip().lower()
+    return (word or "unknown"), (None if word else "gh pr view printed nothing")
+
+
+def observe(req):
+    out = {"version": VERSION, "errors": []}
+    spec = req.get("spec") or ""
+    session = req.get("session") or ""
+    workspace = req.get("workspace") or ""
+    launcher = req.get("launcher") or ""
+    log_path = req.get("log_path") or ".megaplan/cloud-chain.log"
+    marker_dir = req.get("marker_dir") or "/workspace/.megaplan/cloud-sessions"
+    out["spec_path"] = spec
+    out["session"] = session
+    out["workspace"] = workspace
+
+    if workspace:
+        try:
+            os.chdir(workspace)
+        except Exception as exc:  # noqa: BLE001
+            out["errors"].append("cannot enter workspace %s: %s" % (workspace, exc))
+
+    state = {}
+    if spec:
+        if not os.path.isabs(spec):
+            spec = os.path.join(workspace or os.getcwd(), spec)
+        resolved = os.path.realpath(spec)
+        state_path, policy_path, legacy_path = state_paths(resolved)
+        out["resolved_spec"] = resolved
+        out["policy_path"] = policy_path
+        out["spec_text"], out["spec_error"] = read_text(resolved)
+
+        def read_state():
+            path = state_path
+            if not os.path.exists(state_path) and os.path.exists(legacy_path):
+                path = legacy_path
+            text, err = read_text(path)
+            return path, text, err
+
+        path, text, err = read_state()
+        state = parse_state(text)
+        if req.get("sync_refresh"):
+            if out["spec_text"] is None:
+                out["sync_refresh"] = {"status": "skipped", "reason": "remote spec %s not found" % resolved}
+            else:
+                out["sync_refresh"] = sync_refresh(
+                    split_launcher(launcher)[2], workspace, spec, session, state
+                )
+            # Re-observe: everything below reads the refreshed state.
+            path, text, err = read_state()
+            state = parse_state(text)
+        out["state_path"] = path
+        out["state_text"], out["state_error"] = text, err
+        out["policy_text"], out["policy_error"] = read_text(policy_path)
+    else:
+        out.update(resolved_spec="", state_path="", policy_path="", spec_text=None, state_text=None)
+
+    plan = state.get("current_plan_name")
+    plan = plan.strip() if isinstance(plan, str) else ""
+    out["plan_status"] = plan_status(launcher, workspace, plan) if spec else {
+        "status": "missing",
+        "reason": "no chain spec",
+    }
+    out["runner"] = runner_probe(session)
+    out["logs"] = log_stat(workspace, log_path)
+    out["session_marker"], out["session_marker_error"] = (
+        marker_of(marker_dir, session) if session else (None, None)
+    )
+    out["sessions"], out["sessions_error"] = list_sessions(marker_dir)
+
+    number = pr_number_of(state)
+    if req.get("pr_probe") and state.get("last_state") == "awaiting_pr_merge":
+        if number is None:
+            out["pr_probe"], out["pr_probe_error"] = "unknown", "chain state has no pr_number"
+        else:
+            out["pr_probe"], out["pr_probe_error"] = pr_probe(workspace, number)
+    return out
+
+
+def main(argv):
+    try:
+        req = json.loads(argv[1]) if len(argv) > 1 else None
+        if not isinstance(req, dict):
+            out = {"version": VERSION, "fatal": "observation input must be one JSON object argument"}
+        else:
+            out = observe(req)
+    except Exception as exc:  # noqa: BLE001 - report, never raise
+        out = {"version": VERSION, "fatal": "observation failed: %s: %s" % (type(exc).__name__, exc)}
+    sys.stdout.write("\nMEGAPLAN_OBSERVATION " + json.dumps(out, ensure_ascii=True, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,466 @@
+//! Starting work on the runner: `bootstrap` (one plan) and `chain` (a milestone chain).
+//!
+//! `chain` resolves every idea file locally before touching the runner, then makes one
+//! preflight round trip (collision check FIRST, so a refused launch changes nothing; then
+//! clone-if-missing), uploads the ideas and the normalised spec, starts tmux session
+//! `megaplan-chain`, writes the session marker, verifies the session, and stores the
+//! last-chain marker (SQLite + legacy file).
+
+use super::{Ctx, Done, markers, remote_failure};
+use crate::chain::observe::{SESSION_MARKER_DIR, python_prelude};
+use crate::chain::spec::{self, ChainSpec};
+use crate::cloud_yaml::CloudSpec;
+use crate::provider::Provider;
+use crate::shell::quote;
+use chrono::Utc;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+pub use super::status::CHAIN_SESSION;
+
+/// Exit status of the preflight when the session runs a different chain (as the original).
+pub const COLLISION_EXIT: i32 = 17;
+
+pub struct LaunchArgs {
+    pub spec: PathBuf,
+    pub idea_dir: Option<PathBuf>,
+    pub fresh: bool,
+    pub no_git_refresh: bool,
+}
+
+/// Shell that clones the repo and every extra repo when missing (idempotent).
+pub fn checkout_script(spec: &CloudSpec) -> String {
+    let mut s = String::from(
+        "clone_if_missing() { \
+           if [ -d \"$3/.git\" ]; then return 0; fi; \
+           mkdir -p \"$3\" && git clone --branch \"$2\" -- \"$1\" \"$3\"; \
+         }",
+    );
+    s.push_str(&format!(
+        "; clone_if_missing {} {} {}",
+        quote(&spec.repo.url),
+        quote(&spec.repo.branch),
+        quote(&spec.repo.workspace)
+    ));
+    for r in &spec.extra_repos {
+        s.push_str(&format!(
+            " && clone_if_missing {} {} {}",
+            quote(&r.url),
+            quote(&r.branch),
+            quote(&r.path)
+        ));
+    }
+    s
+}
+
+/// Local candidates for a milestone's idea file, in the order they are tried:
+/// `<idea-dir>/<idea relative to the workspace>`, the same under the project root, then
+/// `<idea-dir>/<basename>`.
+pub fn idea_candidates(idea: &str, workspace: &str, idea_dir: &Path, project_root: &Path) -> Vec<PathBuf> {
+    let ws = format!("{}/", workspace.trim_end_matches('/'));
+    let rel = idea
+        .strip_prefix(&ws)
+        .unwrap_or(idea)
+        .trim_start_matches('/')
+        .to_string();
+    let mut out = vec![idea_dir.join(&rel), project_root.join(&rel)];
+    if let Some(base) = Path::new(&rel).file_name() {
+        out.push(idea_dir.join(base));
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
+    out
+}
+
+/// Where a milestone's idea goes on the runner: absolute as written, else under the workspace.
+pub fn remote_idea_path(idea: &str, workspace: &str) -> String {
+    if idea.starts_with('/') {
+        idea.to_string()
+    } else {
+        format!("{}/{}", workspace.trim_end_matches('/'), idea.trim_start_matches("./"))
+    }
+}
+
+/// The preflight: collision check first, then checkout, then (with --fresh) state removal.
+/// Prints `MEGAPLAN_ALREADY_RUNNING` when the live session already runs this chain.
+pub fn preflight_script(spec: &CloudSpec, session: &str, digest: &str, remote_spec: &str, fresh: bool) -> String {
+    let marker = format!("{SESSION_MARKER_DIR}/{session}.json");
+    let mut s = format!(
+        "{prelude}; s={s}; m={m}; d={d}; \
+         if tmux has-session -t \"=$s\" 2>/dev/null; then \
+           running=$(\"$py\" -c 'import json,sys\ntry:\n    print(json.load(open(sys.argv[1])).get(\"identity_digest\") or \"\")\nexcept Exception:\n    print(\"\")' \"$m\" 2>/dev/null); \
+           if [ \"$running\" = \"$d\" ]; then echo MEGAPLAN_ALREADY_RUNNING; exit 0; fi; \
+           echo \"tmux session $s is already running a different chain (marker $m); refusing to disturb it\" >&2; exit {code}; \
+         fi; {checkout}",
+        prelude = python_prelude(&spec.megaplan.launcher),
+        s = quote(session),
+        m = quote(&marker),
+        d = quote(digest),
+        code = COLLISION_EXIT,
+        checkout = checkout_script(spec),
+    );
+    if fresh {
+        s.push_str(&format!(
+            " && \"$py\" -c 'import hashlib,os,sys\np=os.path.realpath(sys.argv[1]); d=os.path.dirname(p); stem=os.path.splitext(os.path.basename(p))[0]\nh=hashlib.sha1(p.encode()).hexdigest()[:12]\nfor f in (os.path.join(d,\".megaplan\",\"plans\",\".chains\",stem+\"-\"+h+\".json\"), os.path.join(d,\"chain_state.json\")):\n    if os.path.exists(f):\n        os.remove(f); print(\"removed \"+f)' {}",
+            quote(remote_spec)
+        ));
+    }
+    s.push_str(" && echo MEGAPLAN_PREFLIGHT_OK");
+    s
+}
+
+/// Start the chain in tmux, write the session marker, and report whether the session lives.
+pub fn start_script(
+    spec: &CloudSpec,
+    session: &str,
+    remote_spec: &str,
+    log_path: &str,
+    digest: &str,
+    no_git_refresh: bool,
+) -> String {
+    let ws = &spec.repo.workspace;
+    let mut inner = format!(
+        "MEGAPLAN_TRUSTED_CONTAINER=1 {} chain start --spec {}",
+        spec.megaplan.launcher,
+        quote(remote_spec)
+    );
+    if no_git_refresh {
+        inner.push_str(" --no-git-refresh");
+    }
+    inner.push_str(&format!(" >> {} 2>&1", quote(log_path)));
+    let log_dir = Path::new(log_path)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| ws.clone());
+    let marker = json!({
+        "session": session,
+        "workspace": ws,
+        "remote_spec": remote_spec,
+        "identity_digest": digest,
+        "chain_log": log_path,
+        "started_at": Utc::now().to_rfc3339(),
+        "run_kind": "chain",
+    });
+    format!(
+        "{prelude}; mkdir -p {log_dir} {mdir} && cd {ws} && \
+         tmux new-session -d -s {s} -c {ws} {inner} && \
+         \"$py\" -c 'import json,os,sys\nm=json.loads(sys.argv[2])\ntmp=sys.argv[1]+\".tmp\"\nopen(tmp,\"w\").write(json.dumps(m,sort_keys=True)+\"\\n\")\nos.replace(tmp,sys.argv[1])' {mfile} {mjson} && \
+         sleep 1 && if tmux has-session -t ={s} 2>/dev/null; then echo MEGAPLAN_SESSION_ALIVE; \
+         else echo MEGAPLAN_SESSION_EXITED; tail -n 20 {log} 2>/dev/null; fi",
+        prelude = python_prelude(&spec.megaplan.launcher),
+        log_dir = quote(&log_dir),
+        mdir = quote(SESSION_MARKER_DIR),
+        ws = quote(ws),
+        s = quote(session),
+        inner = quote(&inner),
+        mfile = quote(&format!("{SESSION_MARKER_DIR}/{session}.json")),
+        mjson = quote(&marker.to_string()),
+        log = quote(log_path),
+    )
+}
+
+fn read_local(path: &Path, what: &str, code: ErrorCode) -> Result<Vec<u8>, ErrorBody> {
+    std::fs::read(path).map_err(|e| {
+        ErrorBody::new(code, format!("cannot read {what} {}: {e}", path.display()))
+            .with("path", path.display().to_string())
+    })
+}
+
+/// `bootstrap IDEA`: checkout, upload the idea to `<ws>/idea.txt`, run remote init.
+pub async fn bootstrap(
+    ctx: &Ctx,
+    idea: &str,
+    plan_name: Option<&str>,
+    robustness: Option<&str>,
+) -> Result<Done, ErrorBody> {
+    let content = read_local(Path::new(idea), "idea file", ErrorCode::MissingIdeaFile)?;
+    let ws = ctx.spec.repo.workspace.clone();
+    let p = ctx.runner()?;
+    let r = p.exec(&checkout_script(&ctx.spec), None).await?;
+    if r.code != 0 {
+        return Err(remote_failure("repo checkout", &r));
+    }
+    let remote_idea = format!("{}/idea.txt", ws.trim_end_matches('/'));
+    p.upload(&remote_idea, &content).await?;
+    let robustness = robustness.unwrap_or(&ctx.spec.auto.robustness);
+    let mut cmd = format!(
+        "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
+        ws = quote(&ws),
+        launcher = ctx.spec.megaplan.launcher,
+        idea = quote(&remote_idea),
+        rob = quote(robustness),
+    );
+    if let Some(n) = plan_name {
+        cmd.push_str(&format!(" --name {}", quote(n)));
+    }
+    let (tx, fwd) = ctx.out.provider_tx();
+    let code = p.exec_streaming(&cmd, &tx).await;
+    drop(tx);
+    let _ = fwd.await;
+    let code = code?;
+    Ok(Done::code(
+        json!({
+            "success": code == 0,
+            "workspace": ws,
+            "idea_file": remote_idea,
+            "plan_name": plan_name,
+            "robustness": robustness,
+            "exit_code": code,
+        }),
+        i32::from(code != 0),
+    ))
+}
+
+struct Upload {
+    local: PathBuf,
+    remote: String,
+    content: Vec<u8>,
+}
+
+/// Resolve every milestone's idea file; all misses are reported together.
+fn resolve_ideas(ctx: &Ctx, chain: &ChainSpec, idea_dir: &Path) -> Result<Vec<Upload>, ErrorBody> {
+    let project_root = ctx.spec.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let ws = &ctx.spec.repo.workspace;
+    let mut uploads = Vec::new();
+    let mut missing = Vec::new();
+    for m in &chain.milestones {
+        let tried = idea_candidates(&m.idea, ws, idea_dir, &project_root);
+        match tried.iter().find(|p| p.is_file()) {
+            Some(found) => uploads.push(Upload {
+                local: found.clone(),
+                remote: remote_idea_path(&m.idea, ws),
+                content: read_local(found, "idea file", ErrorCode::MissingIdeaFile)?,
+            }),
+            None => missing.push(json!({
+                "milestone": m.label,
+                "index": m.index,
+                "idea": m.idea,
+                "tried": tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            })),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(uploads);
+    }
+    let detail: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            format!(
+                "milestone {} idea {} not found; tried: {}",
+                m["milestone"],
+                m["idea"],
+                m["tried"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    Err(ErrorBody::new(
+        ErrorCode::MissingIdeaFile,
+        format!("{}; pass --idea-dir or fix the idea paths", detail.join("; ")),
+    )
+    .with("missing", missing))
+}
+
+/// `chain SPEC`.
+pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
+    let spec_text = read_local(&args.spec, "chain spec", ErrorCode::InvalidSpec)?;
+    let spec_text = String::from_utf8(spec_text).map_err(|_| {
+        ErrorBody::new(
+            ErrorCode::InvalidSpec,
+            format!("{} is not UTF-8 text", args.spec.display()),
+        )
+    })?;
+    let chain = spec::parse_chain_spec(&spec_text, &args.spec.display().to_string())?;
+    let idea_dir = args
+        .idea_dir
+        .clone()
+        .or_else(|| args.spec.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| ctx.cwd.clone());
+    // Everything local is checked before the runner is touched.
+    let uploads = resolve_ideas(ctx, &chain, &idea_dir)?;
+    ctx.require_secrets()?;
+    let normalised = spec::normalised_yaml(&chain, &ctx.spec.repo.branch)?;
+    let digest = spec::identity_digest(&normalised);
+    let ws = ctx.spec.repo.workspace.clone();
+    let remote_spec = format!("{}/chain.yaml", ws.trim_end_matches('/'));
+    let log_path = format!("{}/.megaplan/cloud-chain.log", ws.trim_end_matches('/'));
+    let session = CHAIN_SESSION;
+
+    let p = ctx.runner()?;
+    let pre = p
+        .exec(&preflight_script(&ctx.spec, session, &digest, &remote_spec, args.fresh), None)
+        .await?;
+    if pre.code == COLLISION_EXIT {
+        return Err(ErrorBody::new(
+            ErrorCode::ChainSessionCollision,
+            format!(
+                "tmux session {session} on the runner is running a different chain; it was left untouched. \
+                 Wait for it to finish, or inspect it with `megaplan-cloudctl chains`"
+            ),
+        )
+        .with("session", session));
+    }
+    if pre.stdout.contains("MEGAPLAN_ALREADY_RUNNING") {
+        ctx.out
+            .stderr(format!("chain already running in tmux session {session}; nothing to do\n"))
+            .await;
+        return Ok(Done::ok(json!({
+            "success": true,
+            "already_running": true,
+            "session": session,
+            "remote_spec": remote_spec,
+        })));
+    }
+    if pre.code != 0 || !pre.stdout.contains("MEGAPLAN_PREFLIGHT_OK") {
+        return Err(remote_failure("chain preflight (repo checkout)", &pre));
+    }
+    for line in pre.stdout.lines().filter(|l| l.starts_with("removed ")) {
+        ctx.out.stderr(format!("fresh: {line}\n")).await;
+    }
+    for u in &uploads {
+        p.upload(&u.remote, &u.content).await?;
+        ctx.out
+            .stderr(format!("uploaded {} -> {}\n", u.local.display(), u.remote))
+            .await;
+    }
+    p.upload(&remote_spec, normalised.as_bytes()).await?;
+    ctx.out
+        .stderr(format!("uploaded {} -> {remote_spec}\n", args.spec.display()))
+        .await;
+
+    let started = p
+        .exec(
+            &start_script(&ctx.spec, session, &remote_spec, &log_path, &digest, args.no_git_refresh),
+            None,
+        )
+        .await?;
+    if started.code != 0 {
+        return Err(remote_failure("starting the chain session", &started));
+    }
+    let alive = started.stdout.contains("MEGAPLAN_SESSION_ALIVE");
+    if alive {
+        ctx.out
+            .stderr(format!("chain started in tmux session {session}; log {log_path}\n"))
+            .await;
+    } else {
+        ctx.out
+            .stderr(format!(
+                "chain session {session} started and has already exited; see {log_path}:\n{}\n",
+                started
+                    .stdout
+                    .lines()
+                    .filter(|l| !l.starts_with("MEGAPLAN_"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+            .await;
+    }
+    let marker = json!({
+        "remote_spec": remote_spec,
+        "started_at": Utc::now().to_rfc3339(),
+        "base_branch": chain.base_branch.clone().unwrap_or_else(|| ctx.spec.repo.branch.clone()),
+        "workspace": ws,
+        "chain_session": session,
+        "chain_log": log_path,
+        "extra_repos": ctx.spec.extra_repos.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+        "provider": ctx.spec.provider.as_str(),
+        "provider_identity": super::provider_identity(&ctx.spec),
+        "identity_digest": digest,
+    });
+    markers::save(&ctx.state, &ctx.key, &ctx.spec.path.display().to_string(), &marker).await?;
+    Ok(Done::ok(ctx.redact(&json!({
+        "success": true,
+        "session": session,
+        "session_alive": alive,
+        "remote_spec": remote_spec,
+        "milestones": chain.milestones.len(),
+        "uploaded": uploads.iter().map(|u| u.remote.clone()).collect::<Vec<_>>(),
+        "marker": marker,
+    }))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> CloudSpec {
+        crate::cloud_yaml::parse_bytes(
+            b"repo: {url: \"/srv/it's repo.git\", workspace: /w/app}\nextra_repos: [{url: /srv/lib.git, path: '/w/my lib'}]\n",
+            Path::new("/p/cloud.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn idea_candidates_order() {
+        let c = idea_candidates(
+            ".megaplan/briefs/m1.md",
+            "/w/app",
+            Path::new("/local/ideas"),
+            Path::new("/local/proj"),
+        );
+        assert_eq!(
+            c,
+            vec![
+                PathBuf::from("/local/ideas/.megaplan/briefs/m1.md"),
+                PathBuf::from("/local/proj/.megaplan/briefs/m1.md"),
+                PathBuf::from("/local/ideas/m1.md"),
+            ]
+        );
+        let c = idea_candidates("/w/app/ideas/m2.md", "/w/app", Path::new("/i"), Path::new("/p"));
+        assert_eq!(c[0], PathBuf::from("/i/ideas/m2.md"));
+        assert_eq!(c[2], PathBuf::from("/i/m2.md"));
+    }
+
+    #[test]
+    fn remote_idea_paths() {
+        assert_eq!(remote_idea_path("ideas/a.md", "/w/app"), "/w/app/ideas/a.md");
+        assert_eq!(remote_idea_path("./a.md", "/w/app/"), "/w/app/a.md");
+        assert_eq!(remote_idea_path("/abs/a.md", "/w/app"), "/abs/a.md");
+    }
+
+    #[test]
+    fn scripts_are_valid_shell_and_quote_hostile_values() {
+        let s = spec();
+        for script in [
+            checkout_script(&s),
+            preflight_script(&s, "megaplan-chain", "abc", "/w/app/chain.yaml", true),
+            start_script(&s, "megaplan-chain", "/w/app/chain.yaml", "/w/app/.megaplan/cloud-chain.log", "abc", true),
+        ] {
+            let out = std::process::Command::new("bash").arg("-n").arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "bash -n failed: {script}\n{out:?}");
+        }
+        assert!(checkout_script(&s).contains("'/srv/it'\\''s repo.git'"));
+        assert!(checkout_script(&s).contains("'/w/my lib'"));
+    }
+
+    #[test]
+    fn checkout_clones_only_when_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = tmp.path().join("origin");
+        let run = |args: &[&str], dir: &Path| {
+            let o = std::process::Command::new("git").args(args).current_dir(dir).output().unwrap();
+            assert!(o.status.success(), "{o:?}");
+        };
+        std::fs::create_dir(&origin).unwrap();
+        run(&["init", "-q", "-b", "main"], &origin);
+        std::fs::write(origin.join("README"), "x").unwrap();
+        run(&["-c", "user.email=a@b", "-c", "user.name=a", "add", "."], &origin);
+        run(&["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init"], &origin);
+        let ws = tmp.path().join("ws space");
+        let text = format!(
+            "repo: {{url: '{}', workspace: '{}'}}\n",
+            origin.display(),
+            ws.display()
+        );
+        let s = crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap();
+        for _ in 0..2 {
+            let o = std::process::Command::new("bash").arg("-c").arg(checkout_script(&s)).output().unwrap();
+            assert!(o.status.success(), "{o:?}");
+        }
+        assert!(ws.join("README").exists());
+    }
+}

@@ -1,0 +1,142 @@
+//! Runner lifecycle commands: build, deploy, exec, logs, attach, down, destroy.
+
+use super::{Ctx, Done};
+use crate::cloud_yaml::ProviderKind;
+use crate::provider::Provider;
+use crate::render;
+use megaplan_cloud_api::wire::Frame;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// The rendered deploy dir: persistent for local/ssh, a temporary dir for railway (removed when
+/// the returned guard drops).
+fn deploy_dir(ctx: &Ctx) -> Result<(PathBuf, Option<tempfile::TempDir>), ErrorBody> {
+    match ctx.persistent_deploy_dir() {
+        Some(dir) => {
+            render::write_deploy_dir(&ctx.spec, &dir)?;
+            Ok((dir, None))
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("megaplan-cloud-deploy-")
+                .tempdir()
+                .map_err(|e| {
+                    ErrorBody::new(
+                        ErrorCode::Internal,
+                        format!("cannot create a temporary deploy dir: {e}"),
+                    )
+                })?;
+            render::write_deploy_dir(&ctx.spec, tmp.path())?;
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
+        }
+    }
+}
+
+pub async fn build(ctx: &Ctx) -> Result<Done, ErrorBody> {
+    let (dir, _guard) = deploy_dir(ctx)?;
+    let p = ctx.provider(dir.clone())?;
+    ctx.out
+        .stderr(format!("building {} runner from {}\n", p.name(), dir.display()))
+        .await;
+    let (tx, fwd) = ctx.out.provider_tx();
+    let r = p.build(&tx).await;
+    drop(tx);
+    let _ = fwd.await;
+    r?;
+    ctx.out.stderr("build: ok\n").await;
+    Ok(Done::ok(json!({
+        "success": true,
+        "provider": p.name(),
+        "deploy_dir": dir.display().to_string(),
+    })))
+}
+
+pub async fn deploy(ctx: &Ctx) -> Result<Done, ErrorBody> {
+    ctx.require_secrets()?;
+    let (dir, _guard) = deploy_dir(ctx)?;
+    let p = ctx.provider(dir)?;
+    let (tx, fwd) = ctx.out.provider_tx();
+    let r = p.deploy(&tx).await;
+    drop(tx);
+    let _ = fwd.await;
+    let report = r?;
+    ctx.out.stderr(format!("{}\n", report.verdict)).await;
+    let payload = ctx.redact(&serde_json::to_value(&report).unwrap_or_default());
+    Ok(Done::code(payload, i32::from(!report.success)))
+}
+
+pub async fn exec(ctx: &Ctx, cmd: &str) -> Result<Done, ErrorBody> {
+    let p = ctx.runner()?;
+    let (tx, fwd) = ctx.out.provider_tx();
+    let r = p.exec_streaming(cmd, &tx).await;
+    drop(tx);
+    let _ = fwd.await;
+    // exec relays the command's own output and exit code; no JSON payload.
+    Ok(Done::code(serde_json::Value::Null, r?))
+}
+
+pub async fn logs(ctx: &Ctx, follow: bool) -> Result<Done, ErrorBody> {
+    let p = ctx.runner()?;
+    let (tx, fwd) = ctx.out.provider_tx();
+    let r = tokio::select! {
+        r = p.logs(follow, &tx) => r,
+        _ = ctx.state.hard_stop.cancelled() => Ok(0),
+    };
+    drop(tx);
+    let _ = fwd.await;
+    Ok(Done::code(serde_json::Value::Null, r?))
+}
+
+pub async fn attach(ctx: &Ctx, session: Option<&str>) -> Result<Done, ErrorBody> {
+    let p = ctx.runner()?;
+    let argv = p.attach_argv(session)?;
+    ctx.out.frame(Frame::Terminal { argv }).await;
+    Ok(Done::ok(serde_json::Value::Null))
+}
+
+pub async fn down(ctx: &Ctx) -> Result<Done, ErrorBody> {
+    let p = ctx.runner()?;
+    let (tx, fwd) = ctx.out.provider_tx();
+    let r = p.down(&tx).await;
+    drop(tx);
+    let _ = fwd.await;
+    r?;
+    ctx.out.stderr("down: runner stopped\n").await;
+    Ok(Done::ok(json!({"success": true, "provider": p.name()})))
+}
+
+pub async fn destroy(ctx: &Ctx, yes: bool) -> Result<Done, ErrorBody> {
+    if !yes {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            "destroy needs --yes (or a confirmation on a terminal)",
+        ));
+    }
+    let p = ctx.runner()?;
+    let (tx, fwd) = ctx.out.provider_tx();
+    let r = p.destroy(&tx).await;
+    drop(tx);
+    let _ = fwd.await;
+    r?;
+    let mut removed = None;
+    if ctx.spec.provider != ProviderKind::Railway
+        && let Some(dir) = ctx.persistent_deploy_dir()
+        && dir.exists()
+    {
+        std::fs::remove_dir_all(&dir).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("runner destroyed, but cannot remove {}: {e}", dir.display()),
+            )
+        })?;
+        removed = Some(dir.display().to_string());
+    }
+    ctx.out.stderr("destroy: runner removed\n").await;
+    Ok(Done::ok(json!({
+        "success": true,
+        "provider": p.name(),
+        "deploy_dir_removed": removed,
+        "volume_deleted": ctx.spec.resources.volume,
+    })))
+}

@@ -1,0 +1,394 @@
+//! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
+
+use super::{Ctx, Done, markers, remote_failure};
+use crate::chain::observe::{self, DEFAULT_CHAIN_LOG, ObserveRequest, SESSION_MARKER_DIR};
+use crate::chain::summary;
+use crate::cloud_yaml::{CloudSpec, Mode};
+use crate::provider::Provider;
+use crate::shell;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use serde_json::{Value, json};
+
+/// Default tmux session of chain runs.
+pub const CHAIN_SESSION: &str = "megaplan-chain";
+
+/// Where the remote spec came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecSource {
+    Flag,
+    Marker,
+    CloudYaml,
+}
+
+impl SpecSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpecSource::Flag => "--remote-spec",
+            SpecSource::Marker => "last_chain marker",
+            SpecSource::CloudYaml => "cloud.yaml chain.spec",
+        }
+    }
+}
+
+/// Remote spec precedence: `--remote-spec`, the last-chain marker, `chain.spec` when
+/// `mode: chain`, else `missing_remote_spec`.
+pub fn resolve_remote_spec(
+    flag: Option<&str>,
+    marker: Option<&Value>,
+    spec: &CloudSpec,
+) -> Result<(String, SpecSource), ErrorBody> {
+    if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
+        return Ok((f.to_string(), SpecSource::Flag));
+    }
+    if let Some(m) = marker.and_then(|m| m.get("remote_spec")).and_then(Value::as_str) {
+        return Ok((m.to_string(), SpecSource::Marker));
+    }
+    if spec.mode == Mode::Chain
+        && let Some(s) = &spec.chain.spec
+    {
+        return Ok((s.clone(), SpecSource::CloudYaml));
+    }
+    Err(ErrorBody::new(
+        ErrorCode::MissingRemoteSpec,
+        format!(
+            "no remote chain spec for {}: pass --remote-spec, run `megaplan-cloudctl chain <spec>` first, or set mode: chain with chain.spec",
+            spec.path.display()
+        ),
+    ))
+}
+
+/// The session, workspace and log a chain status/tick looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainTarget {
+    pub spec: String,
+    pub source: SpecSource,
+    pub session: String,
+    pub workspace: String,
+    pub log_path: String,
+}
+
+/// Marker fields apply when the marker describes the spec being looked at.
+pub fn chain_target(
+    flag: Option<&str>,
+    marker: Option<&Value>,
+    spec: &CloudSpec,
+) -> Result<ChainTarget, ErrorBody> {
+    let (remote_spec, source) = resolve_remote_spec(flag, marker, spec)?;
+    let m = marker.filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(&remote_spec));
+    let field = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
+    let workspace = field("workspace").unwrap_or_else(|| spec.repo.workspace.clone());
+    let log_path = field("chain_log")
+        .unwrap_or_else(|| format!("{}/{DEFAULT_CHAIN_LOG}", workspace.trim_end_matches('/')));
+    Ok(ChainTarget {
+        spec: remote_spec,
+        source,
+        session: field("chain_session").unwrap_or_else(|| CHAIN_SESSION.to_string()),
+        workspace,
+        log_path,
+    })
+}
+
+/// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
+pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
+    let marker = markers::load(&ctx.state, &ctx.key).await?;
+    let target = chain_target(remote_spec, marker.as_ref(), &ctx.spec)?;
+    let p = ctx.runner()?;
+    let script = observe::observe_script(&ObserveRequest {
+        spec: target.spec.clone(),
+        session: target.session.clone(),
+        workspace: target.workspace.clone(),
+        launcher: ctx.spec.megaplan.launcher.clone(),
+        log_path: target.log_path.clone(),
+        sync_refresh: false,
+        pr_probe: false,
+    });
+    let r = p.observe(&script).await?;
+    let obs = observe::parse_observation(&r.stdout)?;
+    if let Some(e) = &obs.state_error {
+        return Err(e.clone());
+    }
+    let Some(chain_spec) = obs.spec.clone() else {
+        return Err(obs.spec_error.clone().unwrap_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!("remote chain spec {} could not be read", target.spec),
+            )
+        }));
+    };
+    let consistency = summary::provider_consistency(
+        ctx.spec.provider.as_str(),
+        &super::provider_identity(&ctx.spec),
+        marker.as_ref(),
+    );
+    let mut payload = summary::status_payload(
+        &obs,
+        &chain_spec,
+        consistency,
+        &target.session,
+        &target.workspace,
+    );
+    if let Some(o) = payload.as_object_mut() {
+        o.insert("spec_source".into(), target.source.as_str().into());
+    }
+    let payload = ctx.redact(&payload);
+    for w in &obs.warnings {
+        ctx.out.stderr(format!("warning: {}\n", ctx.redactor.redact(w))).await;
+    }
+    ctx.out.stderr(summary::summary_text(&payload)).await;
+    ctx.out.stderr(summary::cloud_lines(&payload)).await;
+    Ok(Done::ok(payload))
+}
+
+/// Lists `megaplan-chain*` tmux sessions and session markers in one remote round trip.
+pub fn chains_script() -> String {
+    format!(
+        "d={dir}; \
+         tmux ls -F '#{{session_name}}' 2>/dev/null | while IFS= read -r s; do \
+           case \"$s\" in megaplan-chain*) printf 'LIVE\\t%s\\n' \"$s\";; esac; \
+         done; \
+         for f in \"$d\"/*.json; do [ -f \"$f\" ] || continue; \
+           printf 'MARKER\\t%s\\t' \"$(basename \"$f\" .json)\"; tr -d '\\n' < \"$f\"; printf '\\n'; \
+         done",
+        dir = shell::quote(SESSION_MARKER_DIR)
+    )
+}
+
+/// Parse [`chains_script`] output into `[{session, alive, marker}]`, sorted by session.
+pub fn parse_chains(stdout: &str) -> Vec<Value> {
+    let mut live = std::collections::BTreeSet::new();
+    let mut markers = std::collections::BTreeMap::new();
+    for line in stdout.lines() {
+        let mut parts = line.splitn(3, '\t');
+        match (parts.next(), parts.next()) {
+            (Some("LIVE"), Some(s)) => {
+                live.insert(s.to_string());
+            }
+            (Some("MARKER"), Some(s)) => {
+                let m = parts
+                    .next()
+                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                    .unwrap_or(Value::Null);
+                markers.insert(s.to_string(), m);
+            }
+            _ => {}
+        }
+    }
+    let mut names: std::collections::BTreeSet<String> = live.clone();
+    names.extend(
+        markers
+            .keys()
+            .filter(|k| k.starts_with("megaplan-chain"))
+            .cloned(),
+    );
+    names
+        .into_iter()
+        .map(|s| {
+            json!({
+                "session": s,
+                "alive": live.contains(&s),
+                "marker": markers.get(&s).cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}
+
+/// `chains` and `status --all`.
+pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
+    let p = ctx.runner()?;
+    let r = p.observe(&chains_script()).await?;
+    if r.code != 0 {
+        return Err(remote_failure("listing chain sessions", &r));
+    }
+    let sessions = parse_chains(&r.stdout);
+    if sessions.is_empty() {
+        ctx.out.stderr("no megaplan-chain sessions on the runner\n").await;
+    }
+    for s in &sessions {
+        let m = &s["marker"];
+        ctx.out
+            .stderr(format!(
+                "[{}] {}  spec={}  started={}\n",
+                if s["alive"].as_bool() == Some(true) { "alive" } else { "dead" },
+                s["session"].as_str().unwrap_or("?"),
+                m["remote_spec"].as_str().unwrap_or("-"),
+                m["started_at"].as_str().unwrap_or("-"),
+            ))
+            .await;
+    }
+    Ok(Done::ok(ctx.redact(&json!({"success": true, "sessions": sessions}))))
+}
+
+fn status_command(spec: &CloudSpec, plan: Option<&str>) -> String {
+    let mut cmd = format!(
+        "cd {} && {} status",
+        shell::quote(&spec.repo.workspace),
+        spec.megaplan.launcher
+    );
+    if let Some(p) = plan {
+        cmd.push_str(&format!(" --plan {}", shell::quote(p)));
+    }
+    cmd
+}
+
+/// The JSON object in a core command's stdout (login shells may print noise first).
+pub fn json_in(stdout: &str) -> Option<Value> {
+    if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(stdout.trim()) {
+        return Some(v);
+    }
+    let start = stdout.find('{')?;
+    let end = stdout.rfind('}')?;
+    match serde_json::from_str::<Value>(stdout.get(start..=end)?) {
+        Ok(v @ Value::Object(_)) => Some(v),
+        _ => None,
+    }
+}
+
+async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody> {
+    let p = ctx.runner()?;
+    let r = p.observe(&status_command(&ctx.spec, plan)).await?;
+    match json_in(&r.stdout) {
+        Some(v) => Ok(v),
+        None if r.code != 0 => Err(remote_failure("remote status", &r)),
+        None => Err(ErrorBody::new(
+            ErrorCode::ProviderFailed,
+            format!(
+                "remote status did not return a JSON object; it printed: {}",
+                r.stdout.trim().chars().take(400).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// `status`: the core's status JSON, unchanged.
+pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
+    let v = remote_status(ctx, plan).await?;
+    let state = v.get("state").or_else(|| v.get("status")).and_then(Value::as_str);
+    ctx.out
+        .stderr(format!(
+            "plan {}: {}\n",
+            v.get("plan").and_then(Value::as_str).unwrap_or("-"),
+            state.unwrap_or("unknown")
+        ))
+        .await;
+    Ok(Done::ok(v))
+}
+
+/// `resume`: run the step the remote status names next.
+pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
+    let status = remote_status(ctx, plan).await?;
+    let Some(step) = status.get("next_step").and_then(Value::as_str) else {
+        ctx.out.stderr("nothing to resume: the status names no next step\n").await;
+        return Ok(Done::ok(json!({"success": true, "next_step": null, "status": status})));
+    };
+    if !step
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidStatus,
+            format!("remote status names an unexpected next_step {step:?}; refusing to run it"),
+        ));
+    }
+    let plan_name = plan
+        .map(str::to_string)
+        .or_else(|| status.get("plan").and_then(Value::as_str).map(str::to_string));
+    let mut cmd = format!(
+        "cd {} && {} {}",
+        shell::quote(&ctx.spec.repo.workspace),
+        ctx.spec.megaplan.launcher,
+        shell::quote(step)
+    );
+    if let Some(p) = &plan_name {
+        cmd.push_str(&format!(" --plan {}", shell::quote(p)));
+    }
+    ctx.out.stderr(format!("resuming: {step}\n")).await;
+    let p = ctx.runner()?;
+    let (tx, fwd) = ctx.out.provider_tx();
+    let code = p.exec_streaming(&cmd, &tx).await;
+    drop(tx);
+    let _ = fwd.await;
+    let code = code?;
+    Ok(Done::code(
+        json!({"success": code == 0, "next_step": step, "plan": plan_name, "exit_code": code}),
+        i32::from(code != 0),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec(text: &str) -> CloudSpec {
+        crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap()
+    }
+
+    #[test]
+    fn remote_spec_precedence_has_four_outcomes() {
+        let chain_mode = spec("repo: {url: /r}\nmode: chain\nchain: {spec: /w/app/c.yaml}\n");
+        let idle = spec("repo: {url: /r}\n");
+        let marker = json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain"});
+        // 1. flag wins over everything.
+        let (s, src) = resolve_remote_spec(Some("/x.yaml"), Some(&marker), &chain_mode).unwrap();
+        assert_eq!((s.as_str(), src), ("/x.yaml", SpecSource::Flag));
+        // 2. marker next.
+        let (s, src) = resolve_remote_spec(None, Some(&marker), &chain_mode).unwrap();
+        assert_eq!((s.as_str(), src), ("/w/app/chain.yaml", SpecSource::Marker));
+        // 3. chain.spec in chain mode.
+        let (s, src) = resolve_remote_spec(None, None, &chain_mode).unwrap();
+        assert_eq!((s.as_str(), src), ("/w/app/c.yaml", SpecSource::CloudYaml));
+        // 4. otherwise missing_remote_spec.
+        let e = resolve_remote_spec(None, None, &idle).unwrap_err();
+        assert_eq!(e.error, ErrorCode::MissingRemoteSpec);
+        // chain.spec is ignored outside chain mode.
+        let idle_with_spec = spec("repo: {url: /r}\nchain: {spec: /w/c.yaml}\n");
+        assert!(resolve_remote_spec(None, None, &idle_with_spec).is_err());
+    }
+
+    #[test]
+    fn target_uses_marker_fields_only_for_its_spec() {
+        let s = spec("repo: {url: /r, workspace: /w/app}\n");
+        let marker = json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain-x",
+                            "workspace": "/w/other", "chain_log": "/w/other/log"});
+        let t = chain_target(None, Some(&marker), &s).unwrap();
+        assert_eq!(t.session, "megaplan-chain-x");
+        assert_eq!(t.workspace, "/w/other");
+        assert_eq!(t.log_path, "/w/other/log");
+        let t = chain_target(Some("/elsewhere.yaml"), Some(&marker), &s).unwrap();
+        assert_eq!(t.session, CHAIN_SESSION);
+        assert_eq!(t.workspace, "/w/app");
+        assert_eq!(t.log_path, "/w/app/.megaplan/cloud-chain.log");
+    }
+
+    #[test]
+    fn chains_output_parses() {
+        let out = "noise\nLIVE\tmegaplan-chain\nLIVE\tagent\nMARKER\tmegaplan-chain\t{\"remote_spec\":\"/w/c.yaml\"}\nMARKER\tmegaplan-chain-old\tnot json\nMARKER\tagent\t{}\n";
+        let v = parse_chains(out);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0]["session"], "megaplan-chain");
+        assert_eq!(v[0]["alive"], true);
+        assert_eq!(v[0]["marker"]["remote_spec"], "/w/c.yaml");
+        assert_eq!(v[1]["session"], "megaplan-chain-old");
+        assert_eq!(v[1]["alive"], false);
+        assert_eq!(v[1]["marker"], Value::Null);
+    }
+
+    #[test]
+    fn chains_script_is_valid_sh() {
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(chains_script())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    #[test]
+    fn json_in_skips_noise() {
+        assert_eq!(json_in("{\"a\":1}").unwrap()["a"], 1);
+        assert_eq!(json_in("motd line\n{\n \"state\": \"running\"\n}\n").unwrap()["state"], "running");
+        assert!(json_in("no json here").is_none());
+        assert!(json_in("[1,2]").is_none());
+    }
+}
