@@ -135,9 +135,13 @@ pub struct Output {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunError {
     /// The program is not installed (not on PATH).
-    NotFound { program: String },
+    NotFound {
+        program: String,
+    },
     /// The deadline passed; the whole process group was killed.
-    Timeout { after: Duration },
+    Timeout {
+        after: Duration,
+    },
     /// The receiver of streamed output went away (the client disconnected); the process group
     /// was killed.
     Cancelled,
@@ -238,9 +242,7 @@ async fn read_all<R: AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>) {
 pub async fn run(cmd: &Cmd, deadline: Duration) -> Result<Output, RunError> {
     let mut command = cmd.command();
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .map_err(|e| spawn_error(&cmd.program, e))?;
+    let mut child = command.spawn().map_err(|e| spawn_error(&cmd.program, e))?;
     let mut guard = GroupGuard::new(&child);
     feed_stdin(&mut child, cmd.stdin.clone());
     let (Some(out_pipe), Some(err_pipe)) = (child.stdout.take(), child.stderr.take()) else {
@@ -251,7 +253,10 @@ pub async fn run(cmd: &Cmd, deadline: Duration) -> Result<Output, RunError> {
     let mut stderr = Vec::new();
     let work = async {
         let reading = async {
-            tokio::join!(read_all(out_pipe, &mut stdout), read_all(err_pipe, &mut stderr));
+            tokio::join!(
+                read_all(out_pipe, &mut stdout),
+                read_all(err_pipe, &mut stderr)
+            );
         };
         tokio::pin!(reading);
         let status = tokio::select! {
@@ -292,9 +297,7 @@ pub async fn run_detached(
 ) -> Result<i32, RunError> {
     let mut command = cmd.command();
     command.stdout(Stdio::null()).stderr(Stdio::from(log));
-    let mut child = command
-        .spawn()
-        .map_err(|e| spawn_error(&cmd.program, e))?;
+    let mut child = command.spawn().map_err(|e| spawn_error(&cmd.program, e))?;
     let mut guard = GroupGuard::new(&child);
     feed_stdin(&mut child, cmd.stdin.clone());
     match tokio::time::timeout(deadline, child.wait()).await {
@@ -322,9 +325,7 @@ pub async fn run_streaming(
 ) -> Result<i32, RunError> {
     let mut command = cmd.command();
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .map_err(|e| spawn_error(&cmd.program, e))?;
+    let mut child = command.spawn().map_err(|e| spawn_error(&cmd.program, e))?;
     let mut guard = GroupGuard::new(&child);
     feed_stdin(&mut child, cmd.stdin.clone());
     let (Some(out_pipe), Some(err_pipe)) = (child.stdout.take(), child.stderr.take()) else {
@@ -347,11 +348,8 @@ pub async fn run_streaming(
             }
             () = tx.closed() => return Err(RunError::Cancelled),
         };
-        match tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pumps).await {
-            Ok(done) => {
-                done?;
-            }
-            Err(_) => {}
+        if let Ok(done) = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut pumps).await {
+            done?;
         }
         status.map_err(|e| RunError::Io(e.to_string()))
     };
@@ -434,9 +432,12 @@ mod tests {
 
     #[tokio::test]
     async fn captures_stdout_stderr_and_exit_code() {
-        let out = run(&sh("printf out; printf err >&2; exit 3"), Duration::from_secs(10))
-            .await
-            .unwrap();
+        let out = run(
+            &sh("printf out; printf err >&2; exit 3"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.code, 3);
         assert_eq!(out.stdout, b"out");
         assert_eq!(out.stderr, b"err");
@@ -445,9 +446,12 @@ mod tests {
     #[tokio::test]
     async fn stdin_reaches_the_child_byte_for_byte() {
         let bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
-        let out = run(&Cmd::new("cat").stdin(bytes.clone()), Duration::from_secs(10))
-            .await
-            .unwrap();
+        let out = run(
+            &Cmd::new("cat").stdin(bytes.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.code, 0);
         assert_eq!(out.stdout, bytes);
     }
@@ -551,7 +555,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let reader = tokio::spawn(collect(rx));
         // The secret is written in two pieces so it is split across reads.
-        let script = "printf 'a supersec'; sleep 0.2; printf 'retvalue123 b\\nlast'; echo oops >&2; exit 5";
+        let script =
+            "printf 'a supersec'; sleep 0.2; printf 'retvalue123 b\\nlast'; echo oops >&2; exit 5";
         let code = run_streaming(&sh(script), None, &redactor, &tx)
             .await
             .unwrap();

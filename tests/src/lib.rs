@@ -17,7 +17,7 @@ mod daemon;
 mod git;
 mod image;
 mod sshd;
-mod util;
+pub mod util;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

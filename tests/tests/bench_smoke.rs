@@ -720,3 +720,44 @@ fn daemon_harness_starts_restarts_and_stops_a_socket_server() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn real_daemon_answers_ctl_and_survives_kill9_restart_on_the_same_dirs() {
+    use megaplan_cloud_e2e::Daemon;
+
+    let mut d = Daemon::start(&[], &[]);
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let out = d.ctl(cwd.path(), &[], &["daemon", "status", "--json"]);
+    assert!(out.status.success(), "{}\n{}", describe(&out), d.log_text());
+    let status: Value = serde_json::from_slice(&out.stdout).expect("daemon status JSON");
+    assert_eq!(status["pid"], d.pid());
+    assert_eq!(status["socket"], d.socket.display().to_string());
+    assert_eq!(status["cloud_home"], d.home.display().to_string());
+
+    d.kill9();
+    let dir = d.keep_dir();
+    drop(d);
+    let mut again = Daemon::start_in(dir.clone(), &[], &[]);
+    let out = again.ctl(cwd.path(), &[], &["daemon", "status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        again.log_text()
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("daemon status JSON");
+    assert_eq!(status["pid"], again.pid());
+    assert!(
+        again.terminate().success(),
+        "SIGTERM is a clean shutdown:\n{}",
+        again.log_text()
+    );
+
+    // With the daemon gone, ctl reports it unreachable (exit non-zero, JSON error on stdout).
+    let out = again.ctl(cwd.path(), &[], &["daemon", "status", "--json"]);
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+    assert_eq!(err["success"], false);
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}

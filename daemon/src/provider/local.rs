@@ -166,9 +166,9 @@ impl LocalProvider {
             &compose_file(&self.ctx.deploy_dir),
             args,
         );
-        let (program, rest) = argv.split_first().map_or(("docker", &[][..]), |(p, r)| {
-            (p.as_str(), r)
-        });
+        let (program, rest) = argv
+            .split_first()
+            .map_or(("docker", &[][..]), |(p, r)| (p.as_str(), r));
         Cmd::new(program)
             .args(rest.iter().cloned())
             .cwd(self.ctx.deploy_dir.clone())
@@ -207,7 +207,11 @@ impl LocalProvider {
         }
         remember(ComposeFlavor::Standalone);
         if let Some(out) = out {
-            note(out, "note: docker has no compose plugin; using docker-compose").await;
+            note(
+                out,
+                "note: docker has no compose plugin; using docker-compose",
+            )
+            .await;
         }
         Ok(ComposeFlavor::Standalone)
     }

@@ -403,7 +403,9 @@ pub(crate) fn remote_parent(path: &str) -> Result<String, ErrorBody> {
     if trimmed.is_empty() {
         return Err(ErrorBody::new(
             ErrorCode::InvalidArgs,
-            format!("remote path {path:?} names no file; give a file path such as /workspace/app/idea.txt"),
+            format!(
+                "remote path {path:?} names no file; give a file path such as /workspace/app/idea.txt"
+            ),
         ));
     }
     Ok(match trimmed.rfind('/') {
@@ -573,7 +575,8 @@ mod tests {
         let e = check_secrets(&s, &values).unwrap_err();
         assert_eq!(e.error, ErrorCode::MissingSecrets);
         assert!(
-            e.message.starts_with("Missing required secrets: B_KEY, C_KEY;"),
+            e.message
+                .starts_with("Missing required secrets: B_KEY, C_KEY;"),
             "{}",
             e.message
         );
@@ -617,7 +620,10 @@ mod tests {
             upload_script("rel").unwrap(),
             "mkdir -p . && base64 -d > rel"
         );
-        assert_eq!(upload_script("/").unwrap_err().error, ErrorCode::InvalidArgs);
+        assert_eq!(
+            upload_script("/").unwrap_err().error,
+            ErrorCode::InvalidArgs
+        );
         assert_eq!(upload_script("").unwrap_err().error, ErrorCode::InvalidArgs);
     }
 

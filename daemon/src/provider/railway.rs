@@ -404,7 +404,12 @@ impl Provider for RailwayProvider {
         let count = spec.secrets.len();
         let detail = format!("set {count} service var(s)");
         steps.push(match &last_output {
-            Some(o) => step_from("set Railway service variables", &detail, o, &self.ctx.redactor),
+            Some(o) => step_from(
+                "set Railway service variables",
+                &detail,
+                o,
+                &self.ctx.redactor,
+            ),
             None => plain_step("set Railway service variables", "ok", &detail),
         });
 
@@ -570,7 +575,10 @@ mod tests {
             join(&attach_args("agent", None, "s1")),
             "ssh --service agent --session s1"
         );
-        assert_eq!(join(&logs_args("agent", None, true)), "logs --service agent");
+        assert_eq!(
+            join(&logs_args("agent", None, true)),
+            "logs --service agent"
+        );
         assert_eq!(
             join(&logs_args("agent", None, false)),
             "logs --service agent --lines 200"
@@ -663,7 +671,8 @@ mod tests {
         let flat = serde_json::json!([{"name": "agent", "id": "1"}, {"name": "db"}]);
         assert!(service_listed(&flat, "agent"));
         assert!(!service_listed(&flat, "web"));
-        let nested = serde_json::json!({"services": {"edges": [{"node": {"serviceName": "agent"}}]}});
+        let nested =
+            serde_json::json!({"services": {"edges": [{"node": {"serviceName": "agent"}}]}});
         assert!(service_listed(&nested, "agent"));
         assert!(!service_listed(&serde_json::json!({"name": 1}), "agent"));
         let e = service_missing("agent");
@@ -688,7 +697,9 @@ mod tests {
     fn small_upload_is_one_command_in_the_original_form() {
         assert_eq!(
             upload_commands("/workspace/app/idea.txt", b"hi").unwrap(),
-            ["mkdir -p /workspace/app && base64 -d > /workspace/app/idea.txt <<'MEGAPLAN_UPLOAD'\naGk=\nMEGAPLAN_UPLOAD"]
+            [
+                "mkdir -p /workspace/app && base64 -d > /workspace/app/idea.txt <<'MEGAPLAN_UPLOAD'\naGk=\nMEGAPLAN_UPLOAD"
+            ]
         );
     }
 
@@ -697,7 +708,10 @@ mod tests {
         let content = vec![7u8; UPLOAD_CHUNK * 2 + 5];
         let cmds = upload_commands("/w/big file", &content).unwrap();
         assert_eq!(cmds.len(), 4);
-        assert!(cmds[0].starts_with("mkdir -p /w && base64 -d > '/w/big file.part' <<'MEGAPLAN_UPLOAD'\n"));
+        assert!(
+            cmds[0]
+                .starts_with("mkdir -p /w && base64 -d > '/w/big file.part' <<'MEGAPLAN_UPLOAD'\n")
+        );
         assert!(cmds[1].starts_with("base64 -d >> '/w/big file.part' <<'MEGAPLAN_UPLOAD'\n"));
         assert_eq!(cmds[3], "mv -f '/w/big file.part' '/w/big file'");
         assert!(cmds.iter().all(|c| c.len() < 100_000));

@@ -399,7 +399,10 @@ fn deploy_dir_entries(dir: &Path) -> Result<Vec<String>, ErrorBody> {
 
 /// Send a finished command's redacted output to the stream.
 async fn relay(o: &Output, redactor: &crate::redact::Redactor, out: &OutTx) {
-    for (kind, bytes) in [(StreamKind::Stdout, &o.stdout), (StreamKind::Stderr, &o.stderr)] {
+    for (kind, bytes) in [
+        (StreamKind::Stdout, &o.stdout),
+        (StreamKind::Stderr, &o.stderr),
+    ] {
         if bytes.is_empty() {
             continue;
         }
@@ -500,7 +503,10 @@ impl Provider for SshProvider {
             r,
         ));
         if o.code != 0 {
-            return Err(fail(step_failed("removing the old container", &o, r), &steps));
+            return Err(fail(
+                step_failed("removing the old container", &o, r),
+                &steps,
+            ));
         }
 
         let run_args = docker_run_args(spec, &self.ssh);
@@ -799,7 +805,11 @@ mod tests {
         let m = sessions.handle(&t).unwrap();
         let ctl = m.control_path().to_string_lossy().into_owned();
         assert_eq!(
-            rsync_args(&m, Path::new("/home/op/.megaplan/cloud/ssh-box"), "/srv/mp/"),
+            rsync_args(
+                &m,
+                Path::new("/home/op/.megaplan/cloud/ssh-box"),
+                "/srv/mp/"
+            ),
             [
                 "rsync",
                 "-az",
@@ -812,7 +822,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            scp_args(&m, &["/d/Dockerfile".to_string(), "/d/sub".to_string()], "/srv/mp"),
+            scp_args(
+                &m,
+                &["/d/Dockerfile".to_string(), "/d/sub".to_string()],
+                "/srv/mp"
+            ),
             [
                 "scp",
                 "-o",
@@ -833,9 +847,13 @@ mod tests {
 
     #[test]
     fn remote_rsync_absence_is_recognised() {
-        assert!(remote_lacks_rsync("bash: line 1: rsync: command not found\nrsync: connection unexpectedly closed"));
+        assert!(remote_lacks_rsync(
+            "bash: line 1: rsync: command not found\nrsync: connection unexpectedly closed"
+        ));
         assert!(remote_lacks_rsync("sh: 1: rsync: not found"));
-        assert!(!remote_lacks_rsync("rsync: [sender] write error: Broken pipe"));
+        assert!(!remote_lacks_rsync(
+            "rsync: [sender] write error: Broken pipe"
+        ));
     }
 
     #[test]
@@ -889,7 +907,11 @@ mod tests {
             let remote = remote_exec(w, &read_script(w));
             assert_eq!(
                 through_two_shells(&remote),
-                [format!("container={w}"), "cat=--".into(), format!("cat={w}")],
+                [
+                    format!("container={w}"),
+                    "cat=--".into(),
+                    format!("cat={w}")
+                ],
                 "{w:?}"
             );
         }

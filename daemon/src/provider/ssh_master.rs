@@ -420,7 +420,10 @@ fn ensure_dir(dir: &Path) -> Result<(), ErrorBody> {
         .map_err(|e| {
             ErrorBody::new(
                 ErrorCode::Internal,
-                format!("cannot create the ssh control folder {}: {e}", dir.display()),
+                format!(
+                    "cannot create the ssh control folder {}: {e}",
+                    dir.display()
+                ),
             )
         })
 }
@@ -534,7 +537,10 @@ mod tests {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(name.len(), 16);
         assert!(name.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(p.parent().unwrap(), Path::new("/run/user/1000/megaplan-cloudd/ssh"));
+        assert_eq!(
+            p.parent().unwrap(),
+            Path::new("/run/user/1000/megaplan-cloudd/ssh")
+        );
         let mut other = target();
         other.port = 22;
         assert_ne!(s.control_path(&other), p);
@@ -663,9 +669,7 @@ mod tests {
         );
         assert_eq!(
             m.rsync_transport(),
-            format!(
-                "ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -p 22 -o ConnectTimeout=10"
-            )
+            format!("ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -p 22 -o ConnectTimeout=10")
         );
         assert_eq!(
             m.scp_options(),
@@ -737,7 +741,11 @@ mod tests {
         let e = s.master(&t).await.unwrap_err();
         assert_eq!(e.error, ErrorCode::ProviderFailed);
         assert!(e.message.contains("127.0.0.1 port 1"), "{}", e.message);
-        assert!(e.message.to_lowercase().contains("refused"), "{}", e.message);
+        assert!(
+            e.message.to_lowercase().contains("refused"),
+            "{}",
+            e.message
+        );
         assert_eq!(s.count(), 0);
     }
 }

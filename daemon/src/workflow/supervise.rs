@@ -44,7 +44,14 @@ pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&
     let mut round_trips = 0u32;
     let report = match observe_and_act(state, &spec, &key, remote_spec, &mut round_trips, &redactor, secrets).await {
         Ok(r) => r,
-        Err(e) => tick::error_report(&e.to_string()),
+        Err(e) => {
+            let d = decide::status_read_failed(&e.to_string());
+            let mut r = tick::error_report(d.refused_reason.as_deref().unwrap_or_default());
+            if let Some(o) = r.as_object_mut() {
+                o.insert("error".into(), e.error.as_str().into());
+            }
+            r
+        }
     };
     finish(report, started_at, round_trips, &redactor)
 }
@@ -145,7 +152,7 @@ async fn observe_and_act(
         pr_probe: obs.pr_probe.clone(),
     });
 
-    let mut out = report(&d, &target.spec, &effective, &payload, consistency, obs.sync_refresh.clone());
+    let mut out = report(&d, &target.spec, &effective, &payload, consistency.clone(), obs.sync_refresh.clone());
     if let Some(kind) = d.mutation {
         // Round trip 2: the one mutation, from the closed set in `decide`.
         let digest = marker
@@ -167,24 +174,14 @@ async fn observe_and_act(
             },
         );
         *round_trips += 1;
-        let applied = p.exec(&script, None).await;
-        let failure = match applied {
-            Ok(r) if r.code == 0 => None,
-            Ok(r) => Some(super::remote_failure("the supervisor mutation", &r).message),
-            Err(e) => Some(e.message),
+        let applied = match p.exec(&script, None).await {
+            Ok(r) => {
+                let said = if r.stderr.trim().is_empty() { r.stdout.trim() } else { r.stderr.trim() };
+                decide::mutation_outcome(kind, Ok(r.code), said)
+            }
+            Err(e) => decide::mutation_outcome(kind, Err(e.message), ""),
         };
-        if let Some(why) = failure
-            && let Some(o) = out.as_object_mut()
-        {
-            o.insert("success".into(), false.into());
-            o.insert("event".into(), "supervisor_error".into());
-            o.insert("next_action".into(), "blocked".into());
-            o.insert("acted".into(), false.into());
-            o.insert(
-                "refused_reason".into(),
-                format!("{} failed: {why}", d.next_action).into(),
-            );
-        }
+        out = report(&applied, &target.spec, &effective, &payload, consistency, obs.sync_refresh.clone());
     }
     Ok(out)
 }
@@ -199,7 +196,7 @@ fn report(
 ) -> Value {
     let pick = |k: &str| payload.get(k).cloned().unwrap_or_else(|| json!({}));
     json!({
-        "success": true,
+        "success": d.success(),
         "event": d.event,
         "spec": spec,
         "effective_status": effective_status,

@@ -1,0 +1,364 @@
+//! The daemon as a service, tested against the real binaries on real sockets and SQLite files:
+//! restarts and crashes lose nothing, only our uid gets in, one daemon per socket, a thousand
+//! registrations tick without starving or overlapping, garbage input is refused, SIGTERM is
+//! clean, and the service files validate.
+
+use megaplan_cloud_e2e::{Daemon, bin, util::wait_until};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn ok(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&out)
+}
+
+/// A cloud.yaml that validates and needs no runner (ticks stop at missing_remote_spec).
+fn write_cloud_yaml(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("cloud.yaml");
+    std::fs::write(&p, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    p
+}
+
+/// Raw HTTP/1.1 over the socket, for requests the client would never send.
+fn raw_http(socket: &Path, request: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer (413) and close before a huge body is fully written.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 must be installed (.ci/run installs it)");
+    assert!(out.status.success(), "sqlite3 failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn restart_keeps_registrations_markers_and_ticks() {
+    let mut d = Daemon::start(&[], &[]);
+    let work = d.dir.join("work");
+    let cy = write_cloud_yaml(&work, "a");
+    let cys = cy.to_str().unwrap();
+    ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "register", "--every", "1h"]));
+    let tick = d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]);
+    let tick = json(&tick);
+    assert_eq!(tick["event"], "supervisor_error");
+    assert!(tick["refused_reason"].as_str().unwrap().contains("missing_remote_spec"));
+
+    // A legacy marker file is imported into SQLite on first use.
+    let key = ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "registrations", "--json"]))[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let legacy = d.home.join("markers").join(&key).join("last_chain.json");
+    std::fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+    std::fs::write(&legacy, r#"{"remote_spec": "/workspace/app/chain.yaml", "chain_session": "megaplan-chain"}"#).unwrap();
+    let t2 = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    // With a marker the tick gets past spec resolution (and then fails on the absent runner).
+    assert!(!t2["refused_reason"].as_str().unwrap().contains("missing_remote_spec"), "{t2}");
+    std::fs::remove_file(&legacy).unwrap();
+
+    d.restart();
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
+    assert_eq!(regs.as_array().unwrap().len(), 1);
+    assert_eq!(regs[0]["cloud_yaml"], cys);
+    assert_eq!(regs[0]["schedule"], "every:3600");
+    assert_eq!(regs[0]["ticks_run"], 2);
+    let ticks = ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "ticks", "--json"]));
+    assert_eq!(ticks.as_array().unwrap().len(), 2);
+    // The marker survived in SQLite although the legacy file is gone.
+    let t3 = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    assert!(!t3["refused_reason"].as_str().unwrap().contains("missing_remote_spec"), "{t3}");
+    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"]));
+    assert_eq!(st["registrations"], 1);
+    assert_eq!(st["ticks"]["run"], 3);
+}
+
+#[test]
+fn kill9_during_a_tick_loses_nothing() {
+    // A TCP listener that accepts and never speaks: the ssh handshake of the tick hangs there.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let mut d = Daemon::start(&[], &[]);
+    let work = d.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(
+        &cy,
+        format!("provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"),
+    )
+    .unwrap();
+    let cys = cy.to_str().unwrap();
+    let other = write_cloud_yaml(&work, "b");
+    ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "register", "--every", "1h", "--remote-spec", "/w/chain.yaml"]));
+    ok(d.ctl(&work, &[], &["--cloud-yaml", other.to_str().unwrap(), "register", "--every", "1h"]));
+    let _ = d.ctl(&work, &[], &["--cloud-yaml", other.to_str().unwrap(), "tick"]);
+
+    // Start a tick that blocks in the ssh handshake, then crash the daemon under it.
+    let socket = d.socket.clone();
+    let cy_thread = cy.clone();
+    let ticker = std::thread::spawn(move || {
+        let _ = Command::new(bin("megaplan-cloudctl"))
+            .arg("--cloud-yaml")
+            .arg(&cy_thread)
+            .arg("tick")
+            .env("MEGAPLAN_CLOUDD_SOCKET", &socket)
+            .output();
+    });
+    let (conn, _) = blackhole.accept().unwrap();
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(10)));
+    d.kill9();
+    let _ = ticker.join();
+    drop(conn);
+
+    let db = d.home.join("cloudd.db");
+    assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
+    let mut d2 = Daemon::start_in(d.keep_dir(), &[], &[]);
+    let regs = ok(d2.ctl(&work, &[], &["registrations", "--json"]));
+    assert_eq!(regs.as_array().unwrap().len(), 2);
+    let t = json(&d2.ctl(&work, &[], &["--cloud-yaml", other.to_str().unwrap(), "tick"]));
+    assert_eq!(t["key"].as_str().unwrap().len(), 16, "{t}");
+    assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
+    d2.terminate();
+}
+
+#[test]
+fn socket_is_private_and_other_uids_are_refused() {
+    let d = Daemon::start(&[], &[]);
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
+    let dir = std::fs::metadata(d.socket.parent().unwrap()).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700, "socket folder mode");
+
+    // Another uid cannot even reach the socket (the folder is 0700): the client says so, exit 2.
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(bin("megaplan-cloudctl"))
+        .args(["daemon", "status"])
+        .env("MEGAPLAN_CLOUDD_SOCKET", &d.socket)
+        .current_dir("/")
+        .output()
+        .expect("runuser (util-linux) must be installed");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(json(&out)["error"], "daemon_unreachable");
+
+    // A daemon run by `nobody`, reached by root (who can traverse the folder): 403 + log line.
+    let tmp = tempfile::Builder::new().prefix("mp-nobody").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let home = tmp.path().join("home");
+    let sock = tmp.path().join("run").join("cloudd.sock");
+    let log = std::fs::File::create(tmp.path().join("nobody.log")).unwrap();
+    std::fs::set_permissions(tmp.path().join("nobody.log"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut child = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(bin("megaplan-cloudd"))
+        .arg("--no-log-file")
+        .env("MEGAPLAN_CLOUD_HOME", &home)
+        .env("MEGAPLAN_CLOUDD_SOCKET", &sock)
+        .env("HOME", tmp.path())
+        .env_remove("XDG_RUNTIME_DIR")
+        .current_dir("/")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok()), "nobody's daemon did not start: {}", std::fs::read_to_string(tmp.path().join("nobody.log")).unwrap_or_default());
+    let resp = raw_http(&sock, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.contains("permission denied"), "{resp}");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let logged = std::fs::read_to_string(tmp.path().join("nobody.log")).unwrap();
+    assert!(logged.contains("refused connection from another user"), "{logged}");
+}
+
+#[test]
+fn second_daemon_on_the_same_socket_is_refused() {
+    let d = Daemon::start(&[], &[]);
+    let out = Command::new(bin("megaplan-cloudd"))
+        .arg("--no-log-file")
+        .env("MEGAPLAN_CLOUD_HOME", &d.home)
+        .env("MEGAPLAN_CLOUDD_SOCKET", &d.socket)
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another megaplan-cloudd is already serving"), "{err}");
+    // The first one still serves.
+    let st = ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
+    assert_eq!(st["socket"], d.socket.to_str().unwrap());
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let mut d = Daemon::start(&[], &[]);
+    let dir = d.keep_dir();
+    d.kill9();
+    assert!(d.socket.exists(), "a crashed daemon leaves its socket file");
+    let d2 = Daemon::start_in(dir, &[], &[]);
+    ok(d2.ctl(&d2.dir, &[], &["daemon", "status", "--json"]));
+}
+
+#[test]
+fn unreachable_daemon_names_the_socket_and_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("nothing.sock");
+    let out = Command::new(bin("megaplan-cloudctl"))
+        .args(["status"])
+        .env("MEGAPLAN_CLOUDD_SOCKET", &sock)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v = json(&out);
+    assert_eq!(v["error"], "daemon_unreachable");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains(sock.to_str().unwrap()) && msg.contains("megaplan-cloudd"), "{msg}");
+}
+
+#[test]
+fn garbage_input_is_refused_and_the_daemon_keeps_serving() {
+    let d = Daemon::start(&[], &[]);
+    let bad = raw_http(&d.socket, b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(bad.contains("invalid_args"), "{bad}");
+    let huge = vec![b'a'; 2 * 1024 * 1024];
+    let mut req = format!("POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", huge.len()).into_bytes();
+    req.extend_from_slice(&huge);
+    let resp = raw_http(&d.socket, &req);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{}", &resp[..resp.len().min(200)]);
+    let nf = raw_http(&d.socket, b"GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
+    // A bad cloud.yaml is refused at registration with the loader's error.
+    let work = d.dir.join("w");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("cloud.yaml"), "provider: fly\nrepo: {url: /r}\n").unwrap();
+    let out = d.ctl(&work, &[], &["register"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["error"], "future_provider");
+    ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
+}
+
+#[test]
+fn a_cloud_yaml_that_breaks_later_gets_error_reports() {
+    let d = Daemon::start(&[], &[]);
+    let work = d.dir.join("w");
+    let cy = write_cloud_yaml(&work, "x");
+    let cys = cy.to_str().unwrap();
+    ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "register", "--every", "1h"]));
+    std::fs::write(&cy, "repo: [broken\n").unwrap();
+    let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    assert_eq!(t["event"], "supervisor_error");
+    assert!(t["refused_reason"].as_str().unwrap().contains("not valid YAML"), "{t}");
+    std::fs::remove_file(&cy).unwrap();
+    let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    assert!(t["refused_reason"].as_str().unwrap().contains("cannot read cloud.yaml"), "{t}");
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
+    assert_eq!(regs[0]["ticks_run"], 2);
+    assert_eq!(regs[0]["last_success"], false);
+}
+
+#[test]
+fn sigterm_exits_zero_and_removes_the_socket() {
+    let mut d = Daemon::start(&[], &[]);
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    assert!(!d.socket.exists());
+    assert!(d.log_text().contains("megaplan-cloudd stopped"));
+}
+
+#[test]
+fn thousand_registrations_all_tick_without_overlap() {
+    let d = Daemon::start(&[], &["--max-concurrent-ticks", "8"]);
+    let work = d.dir.join("many");
+    let interval = 5u64;
+    let started = Instant::now();
+    // Register through the API directly (1,000 client processes would measure fork, not us).
+    for i in 0..1000 {
+        let cy = write_cloud_yaml(&work, &format!("c{i:04}"));
+        let body = format!(r#"{{"cloud_yaml": "{}", "every_secs": {interval}}}"#, cy.display());
+        let resp = raw_http(
+            &d.socket,
+            format!("POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+        );
+        assert!(resp.starts_with("HTTP/1.1 200"), "registration {i}: {resp}");
+    }
+    let registered = started.elapsed();
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
+    assert_eq!(regs.as_array().unwrap().len(), 1000);
+    // Every registration must have ticked within two intervals of the last registration.
+    let deadline = Duration::from_secs(2 * interval + 2);
+    let all_ticked = wait_until(deadline, || {
+        let regs = json(&d.ctl(&work, &[], &["registrations", "--json"]));
+        regs.as_array().unwrap().iter().all(|r| r["ticks_run"].as_u64().unwrap_or(0) >= 1)
+    });
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
+    let starved: Vec<&Value> = regs.as_array().unwrap().iter().filter(|r| r["ticks_run"] == 0).collect();
+    assert!(all_ticked, "{} of 1000 registrations never ticked within {deadline:?} (registration took {registered:?})", starved.len());
+    // No two ticks of one registration overlap in time.
+    let db = d.home.join("cloudd.db");
+    let overlaps = sqlite(
+        &db,
+        "SELECT count(*) FROM ticks a JOIN ticks b ON a.key = b.key AND a.id < b.id \
+         AND b.started_at < a.finished_at;",
+    );
+    assert_eq!(overlaps, "0");
+    let skipped: u64 = regs.as_array().unwrap().iter().map(|r| r["ticks_skipped"].as_u64().unwrap()).sum();
+    assert_eq!(skipped, 0, "ticks were skipped: they overlapped their own schedule");
+}
+
+#[test]
+fn service_files_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // systemd-analyze wants the ExecStart binary to exist: point it at the built daemon.
+    let unit = std::fs::read_to_string(root.join("systemd/megaplan-cloudd.service")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_unit = tmp.path().join("megaplan-cloudd.service");
+    std::fs::write(&test_unit, unit.replace("/usr/local/bin/megaplan-cloudd", bin("megaplan-cloudd").to_str().unwrap())).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&test_unit).output().expect("systemd-analyze (package systemd) must be installed");
+    assert!(out.status.success(), "systemd-analyze verify failed: {}", String::from_utf8_lossy(&out.stderr));
+    for needed in ["Type=notify", "Restart=on-failure", "--socket %t/megaplan-cloudd/cloudd.sock", "RuntimeDirectoryMode=0700"] {
+        assert!(unit.contains(needed), "unit lacks {needed}");
+    }
+    let plist = root.join("launchd/com.megaplan.cloudd.plist");
+    let wellformed = Command::new("xmllint").arg("--noout").arg(&plist).output().expect("xmllint (libxml2-utils) must be installed");
+    assert!(wellformed.status.success(), "plist is not well-formed XML: {}", String::from_utf8_lossy(&wellformed.stderr));
+    // plutil -lint equivalent: Python's plistlib parses the property list itself (types and all).
+    let lint = Command::new("python3")
+        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '--socket'; print(d['Label'])"])
+        .arg(&plist)
+        .output()
+        .unwrap();
+    assert!(lint.status.success(), "plist lint failed: {}", String::from_utf8_lossy(&lint.stderr));
+    assert_eq!(String::from_utf8_lossy(&lint.stdout).trim(), "com.megaplan.cloudd");
+    let text = std::fs::read_to_string(&plist).unwrap();
+    for needed in ["<key>RunAtLoad</key>", "<key>KeepAlive</key>", "<key>ProgramArguments</key>", "--socket"] {
+        assert!(text.contains(needed), "plist lacks {needed}");
+    }
+}
