@@ -194,14 +194,14 @@ pub async fn bootstrap(
     if let Some(n) = plan_name {
         cmd.push_str(&format!(" --name {}", quote(n)));
     }
-    let (tx, fwd) = ctx.out.provider_tx();
-    let code = p.exec_streaming(&cmd, &tx).await;
-    drop(tx);
-    let _ = fwd.await;
-    let code = code?;
+    let r = p.exec(&cmd, None).await?;
+    ctx.out.stderr(r.stderr.clone()).await;
+    ctx.out.stderr(r.stdout.clone()).await;
+    let code = r.code;
     Ok(Done::code(
         json!({
             "success": code == 0,
+            "init": super::status::json_in(&r.stdout),
             "workspace": ws,
             "idea_file": remote_idea,
             "plan_name": plan_name,

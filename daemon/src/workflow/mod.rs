@@ -47,13 +47,23 @@ impl Out {
     /// A provider-shaped sender whose lines are forwarded to this stream. Await the returned
     /// handle after the provider call so every line is out before the result frame.
     pub fn provider_tx(&self) -> (OutTx, tokio::task::JoinHandle<()>) {
+        self.forward(false)
+    }
+
+    /// Like [`Out::provider_tx`] with both streams sent to the client's stderr: wrapper output of
+    /// `bootstrap`/`resume` must not mix with the JSON payload on stdout.
+    pub fn provider_tx_to_stderr(&self) -> (OutTx, tokio::task::JoinHandle<()>) {
+        self.forward(true)
+    }
+
+    fn forward(&self, all_to_stderr: bool) -> (OutTx, tokio::task::JoinHandle<()>) {
         let (ptx, mut prx) = mpsc::channel::<(StreamKind, String)>(256);
         let tx = self.tx.clone();
         let handle = tokio::spawn(async move {
             while let Some((kind, data)) = prx.recv().await {
                 let f = match kind {
-                    StreamKind::Stdout => Frame::Stdout { data },
-                    StreamKind::Stderr => Frame::Stderr { data },
+                    StreamKind::Stdout if !all_to_stderr => Frame::Stdout { data },
+                    StreamKind::Stdout | StreamKind::Stderr => Frame::Stderr { data },
                 };
                 if tx.send(f).await.is_err() {
                     // The client went away; dropping `prx` tells the provider to stop.

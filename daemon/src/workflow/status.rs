@@ -303,7 +303,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     }
     ctx.out.stderr(format!("resuming: {step}\n")).await;
     let p = ctx.runner()?;
-    let (tx, fwd) = ctx.out.provider_tx();
+    let (tx, fwd) = ctx.out.provider_tx_to_stderr();
     let code = p.exec_streaming(&cmd, &tx).await;
     drop(tx);
     let _ = fwd.await;

@@ -1,0 +1,120 @@
+//! A whole remote setup for workflow tests: a bench runner container, a cloud.yaml pointing at
+//! it (ssh via the private sshd, local via docker compose, or railway via the stand-in), a
+//! daemon, and helpers to drive `megaplan-cloudctl` and read its JSON.
+
+use crate::{Container, Daemon, Sshd, bench, repo_in_container};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// What one client invocation printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn from_output(o: &Output) -> Run {
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        Run {
+            code: o.status.code(),
+            json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+            stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with everything printed when the exit code is not 0.
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// An ssh rig: sshd on loopback, a runner container behind it, a daemon using the sshd's config.
+pub struct SshRig {
+    pub sshd: Sshd,
+    pub container: Container,
+    pub daemon: Daemon,
+    /// The operator's project folder (holds cloud.yaml).
+    pub project: PathBuf,
+    pub cloud_yaml: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl SshRig {
+    /// `None` when the bench is unavailable and not required (the test then returns early).
+    pub fn start(extra_yaml: &str, daemon_args: &[&str]) -> Option<SshRig> {
+        let b = bench()?;
+        let sshd = Sshd::start();
+        let container = b.container("mp-ssh");
+        let repo = repo_in_container(&container);
+        let ssh_config = sshd.ssh_config.display().to_string();
+        let daemon = Daemon::start(&[("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config)], daemon_args);
+        let project = daemon.dir.join("project");
+        std::fs::create_dir_all(&project).expect("project dir");
+        let cloud_yaml = project.join("cloud.yaml");
+        let text = format!(
+            "provider: ssh\nrepo:\n  url: {repo}\n  workspace: /workspace/app\nssh:\n  host: 127.0.0.1\n  user: root\n  port: {port}\n  identity_file: {key}\n  container: {container}\n  remote_dir: /tmp/mp-e2e-{container}\nresources:\n  network: none\n{extra_yaml}",
+            port = sshd.port,
+            key = sshd.client_key.display(),
+            container = container.name,
+        );
+        std::fs::write(&cloud_yaml, text).expect("cloud.yaml");
+        Some(SshRig {
+            sshd,
+            container,
+            daemon,
+            project,
+            cloud_yaml,
+            env: Vec::new(),
+        })
+    }
+
+    /// `megaplan-cloudctl --cloud-yaml <rig's> args...` from the project folder.
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        let mut full = vec!["--cloud-yaml", self.cloud_yaml.to_str().unwrap_or_default()];
+        full.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Run::from_output(&self.daemon.ctl(&self.project, &env, &full))
+    }
+
+    /// Clone the repo into the workspace ahead of time (so control files can be placed there).
+    pub fn precreate_workspace(&self) {
+        self.container
+            .exec_ok("git clone -q /srv/repo.git /workspace/app && mkdir -p /workspace/app/.megaplan");
+    }
+
+    /// Write the stand-in core's control file.
+    pub fn control(&self, json: &str) {
+        self.container
+            .write_file("/workspace/app/.megaplan/standin-control.json", json.as_bytes());
+    }
+}
+
+/// Write a local chain spec with `labels` milestones and their idea files under `dir`.
+pub fn write_chain(dir: &Path, name: &str, labels: &[&str]) -> PathBuf {
+    let ideas = dir.join("ideas");
+    std::fs::create_dir_all(&ideas).expect("ideas dir");
+    let mut spec = String::from("milestones:\n");
+    for l in labels {
+        std::fs::write(ideas.join(format!("{l}.md")), format!("Idea for {l}\n")).expect("idea");
+        spec.push_str(&format!("  - label: {l}\n    idea: ideas/{l}.md\n"));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, spec).expect("spec");
+    path
+}

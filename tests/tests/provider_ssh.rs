@@ -1,0 +1,477 @@
+//! ssh provider end to end: a real sshd on loopback (the "Docker host" is this machine), the
+//! daemon's held ControlMaster session, a runner image built from a fixture Dockerfile.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_e2e::{Sshd, bench, unique_suffix};
+use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
+use megaplan_cloudd::process::StreamKind;
+use megaplan_cloudd::provider::ssh::{SshProvider, scp_args};
+use megaplan_cloudd::provider::ssh_master::{SshSessions, SshTarget};
+use megaplan_cloudd::provider::{OutTx, Provider, ProviderCtx};
+use megaplan_cloudd::redact::Redactor;
+use megaplan_cloudd::render;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const SECRET_NAME: &str = "E2E_TOKEN";
+const SECRET_VALUE: &str = "tok-e2e-0123456789abcdef";
+
+/// Removes the runner container, its image and the host folders, whatever the test outcome.
+struct Cleanup {
+    container: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .output();
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.container])
+            .output();
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    sshd: Sshd,
+    sessions: SshSessions,
+    cloud_dir: PathBuf,
+    deploy_dir: PathBuf,
+    remote_dir: String,
+    container: String,
+    image: String,
+    _cleanup: Cleanup,
+}
+
+impl Fixture {
+    fn new(image: &str) -> Fixture {
+        let tmp = tempfile::Builder::new()
+            .prefix("mpssh")
+            .tempdir()
+            .expect("temp dir");
+        let sshd = Sshd::start();
+        // A short private control folder, as the daemon uses (socket paths are length-limited).
+        let sessions = SshSessions::new(tmp.path().join("c"), Some(sshd.ssh_config.clone()));
+        let suffix = unique_suffix();
+        let container = format!("mp-e2e-ssh-{suffix}");
+        let remote_root = std::env::temp_dir().join(format!("mp-e2e-remote-{suffix}"));
+        let remote_dir = remote_root.join("deploy dir").to_string_lossy().into_owned();
+        let cloud_dir = tmp.path().join("project");
+        std::fs::create_dir_all(&cloud_dir).expect("project dir");
+        let deploy_dir = tmp.path().join("deploy");
+        Fixture {
+            _cleanup: Cleanup {
+                container: container.clone(),
+                dirs: vec![remote_root],
+            },
+            _tmp: tmp,
+            sshd,
+            sessions,
+            cloud_dir,
+            deploy_dir,
+            remote_dir,
+            container,
+            image: image.to_string(),
+        }
+    }
+
+    /// Write cloud.yaml plus the fixture Dockerfile and load it.
+    fn spec(&self, network: Option<&str>, port: u16) -> Arc<CloudSpec> {
+        std::fs::write(
+            self.cloud_dir.join("Fixture.Dockerfile"),
+            format!(
+                "FROM {}\nCOPY health_server.py /opt/fixture/health_server.py\nCMD [\"sh\", \"-c\", \"echo runner-started; exec sleep infinity\"]\n",
+                self.image
+            ),
+        )
+        .expect("write Dockerfile");
+        let network = network
+            .map(|n| format!("  network: {n}\n"))
+            .unwrap_or_default();
+        let yaml = format!(
+            "provider: ssh\nrepo:\n  url: /srv/repo.git\n  workspace: /workspace/app\nsecrets: [{SECRET_NAME}]\nresources:\n  port: {port}\n{network}ssh:\n  host: 127.0.0.1\n  user: root\n  port: {sshd_port}\n  identity_file: {key}\n  remote_dir: \"{remote}\"\n  container: {c}\nimage:\n  dockerfile: Fixture.Dockerfile\n",
+            sshd_port = self.sshd.port,
+            key = self.sshd.client_key.display(),
+            remote = self.remote_dir,
+            c = self.container,
+        );
+        let path = self.cloud_dir.join("cloud.yaml");
+        std::fs::write(&path, yaml).expect("write cloud.yaml");
+        let spec = cloud_yaml::load(&path).unwrap_or_else(|e| panic!("cloud.yaml: {e}"));
+        render::write_deploy_dir(&spec, &self.deploy_dir)
+            .unwrap_or_else(|e| panic!("render: {e}"));
+        Arc::new(spec)
+    }
+
+    fn provider(&self, spec: Arc<CloudSpec>, with_secret: bool) -> SshProvider {
+        let mut secrets = BTreeMap::new();
+        if with_secret {
+            secrets.insert(SECRET_NAME.to_string(), SECRET_VALUE.to_string());
+        }
+        let redactor = Redactor::new(&spec.secrets, &secrets);
+        SshProvider::new(
+            ProviderCtx {
+                spec,
+                deploy_dir: self.deploy_dir.clone(),
+                secrets,
+                redactor,
+                deadline: Duration::from_secs(120),
+            },
+            self.sessions.clone(),
+        )
+        .unwrap_or_else(|e| panic!("provider: {e}"))
+    }
+}
+
+/// An output channel whose text is collected by a task.
+fn collector() -> (OutTx, JoinHandle<(String, String)>) {
+    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(64);
+    let task = tokio::spawn(async move {
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some((kind, text)) = rx.recv().await {
+            match kind {
+                StreamKind::Stdout => out.push_str(&text),
+                StreamKind::Stderr => err.push_str(&text),
+            }
+        }
+        (out, err)
+    });
+    (tx, task)
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_provider_full_lifecycle_over_one_held_connection() {
+    let Some(b) = bench() else { return };
+    let fx = Fixture::new(&b.image);
+    let spec = fx.spec(Some("none"), 18081);
+    let p = fx.provider(spec.clone(), true);
+    let connections_at_start = fx.sshd.accepted_connections();
+
+    // build: rsync through the held master, then docker build streamed.
+    let (tx, task) = collector();
+    p.build(&tx).await.unwrap_or_else(|e| panic!("build: {e}"));
+    drop(tx);
+    let (out, err) = task.await.expect("collector");
+    assert!(
+        Path::new(&fx.remote_dir).join("Dockerfile").is_file(),
+        "deploy dir synced to remote_dir; build output:\n{out}\n{err}"
+    );
+    assert!(
+        Path::new(&fx.remote_dir)
+            .join("entrypoint.sh")
+            .metadata()
+            .map(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.permissions().mode() & 0o111 != 0
+            })
+            .unwrap_or(false),
+        "modes kept by rsync -a"
+    );
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Id}}", &fx.container]).is_empty(),
+        false,
+        "image tagged with the container name"
+    );
+
+    // deploy without the secret's value: refused before anything changes.
+    let bare = fx.provider(spec.clone(), false);
+    let (tx, _task) = collector();
+    let e = bare.deploy(&tx).await.expect_err("missing secret refused");
+    assert_eq!(e.error, ErrorCode::MissingSecrets);
+    assert!(e.message.contains(SECRET_NAME), "{}", e.message);
+    assert!(
+        !Path::new(&fx.remote_dir).join(".env").exists(),
+        "nothing written on refusal"
+    );
+
+    // deploy.
+    let (tx, task) = collector();
+    let report = p.deploy(&tx).await.unwrap_or_else(|e| panic!("deploy: {e}"));
+    drop(tx);
+    let _ = task.await;
+    assert!(report.success);
+    assert_eq!(report.provider, "ssh");
+    assert_eq!(
+        report
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.status.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("create remote dirs", "ok"),
+            ("write .env", "ok"),
+            ("remove old container", "ok"),
+            ("docker run", "ok")
+        ]
+    );
+    let report_json = serde_json::to_string(&report).expect("report json");
+    assert!(!report_json.contains(SECRET_VALUE), "{report_json}");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &fx.container]),
+        "true"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &fx.container]),
+        "none"
+    );
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "-f",
+            "{{json .HostConfig.PortBindings}}",
+            &fx.container
+        ]),
+        "{}",
+        "no port mapping with network none"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &fx.container]),
+        "unless-stopped"
+    );
+    let env_file = Path::new(&fx.remote_dir).join(".env");
+    let env_text = std::fs::read_to_string(&env_file).expect("remote .env");
+    assert_eq!(env_text, format!("PORT=18081\n{SECRET_NAME}={SECRET_VALUE}\n"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = env_file.metadata().expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "remote .env is private");
+    }
+    let mounts = docker(&["inspect", "-f", "{{json .Mounts}}", &fx.container]);
+    assert!(
+        mounts.contains(&format!("{}/workspace", fx.remote_dir)) && mounts.contains("\"/workspace\""),
+        "workspace parent bind-mounted: {mounts}"
+    );
+
+    // exec: the env file reached the container; the value comes back redacted.
+    let r = p
+        .exec(&format!("printenv {SECRET_NAME}; printenv PORT"), None)
+        .await
+        .expect("exec");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "***REDACTED***\n18081\n");
+    let r = p
+        .exec(
+            &format!("printf %s \"${SECRET_NAME}\" | sha256sum | cut -c1-64"),
+            None,
+        )
+        .await
+        .expect("exec");
+    assert_eq!(r.stdout.trim(), sha256_hex(SECRET_VALUE));
+
+    // exec: exit code and stderr are relayed; stdin reaches the script.
+    let r = p
+        .exec("echo out; echo 'err line' >&2; exit 7", None)
+        .await
+        .expect("exec");
+    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (7, "out\n", "err line\n"));
+    let r = p
+        .exec("tr a-z A-Z", Some(b"piped stdin\n".to_vec()))
+        .await
+        .expect("exec with stdin");
+    assert_eq!(r.stdout, "PIPED STDIN\n");
+    let r = p.observe("echo \"$0\" '$HOME' `echo x`").await.expect("observe");
+    assert_eq!(r.stdout, "bash $HOME x\n");
+
+    // upload/read: all 256 byte values, also under a hostile path.
+    let all: Vec<u8> = (0..=255u8).collect();
+    for path in [
+        "/workspace/app/bytes.bin",
+        "/workspace/it's a $(dir)/f`x` \"y\"\nname",
+    ] {
+        p.upload(path, &all).await.unwrap_or_else(|e| panic!("upload {path:?}: {e}"));
+        let back = p.read(path).await.unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        assert_eq!(back, all, "{path:?}");
+    }
+    let big: Vec<u8> = (0..=255u8).cycle().take(3 * 1024 * 1024 + 7).collect();
+    p.upload("/workspace/app/big.bin", &big).await.expect("big upload");
+    assert_eq!(p.read("/workspace/app/big.bin").await.expect("big read"), big);
+    let e = p.read("/workspace/app/missing").await.expect_err("missing file");
+    assert_eq!(e.error, ErrorCode::ProviderFailed);
+    assert!(e.message.contains("No such file"), "{}", e.message);
+
+    // logs --no-follow.
+    let (tx, task) = collector();
+    let code = p.logs(false, &tx).await.expect("logs");
+    drop(tx);
+    let (out, _) = task.await.expect("collector");
+    assert_eq!(code, 0);
+    assert!(out.contains("runner-started"), "{out}");
+
+    // logs --follow, cancelled by dropping the receiver after a line.
+    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(8);
+    let p = Arc::new(p);
+    let follower = {
+        let p = p.clone();
+        tokio::spawn(async move { p.logs(true, &tx).await })
+    };
+    let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("a followed line in time")
+        .expect("a line");
+    assert!(first.1.contains("runner-started"), "{first:?}");
+    drop(rx);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(20), follower)
+        .await
+        .expect("follow stops when the client goes away")
+        .expect("join");
+    assert!(ended.is_err(), "cancelled follow reports it");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // scp fallback transport through the same master (no new connection).
+    let master = fx
+        .sessions
+        .master(&SshTarget {
+            host: "127.0.0.1".into(),
+            user: Some("root".into()),
+            port: fx.sshd.port,
+            identity_file: Some(fx.sshd.client_key.display().to_string()),
+        })
+        .await
+        .expect("master");
+    let scp_dest = format!("{}/scp-copy", fx.remote_dir);
+    std::fs::create_dir_all(&scp_dest).expect("scp dest");
+    let entries = vec![fx.deploy_dir.join("Dockerfile").display().to_string()];
+    let argv = scp_args(&master, &entries, &scp_dest);
+    let out = Command::new(&argv[0]).args(&argv[1..]).output().expect("scp");
+    assert!(out.status.success(), "{out:?}");
+    assert!(Path::new(&scp_dest).join("Dockerfile").is_file());
+
+    // Everything so far used one TCP connection: the held master.
+    assert_eq!(
+        fx.sshd.accepted_connections() - connections_at_start,
+        1,
+        "one held connection for build, deploy, exec, upload, read, logs and scp"
+    );
+    assert_eq!(fx.sessions.count(), 1);
+
+    // attach argv reuses the master's socket.
+    let argv = p.attach_argv(None).expect("attach argv");
+    assert!(argv.contains(&master.control_path().display().to_string()));
+    assert_eq!(
+        argv.last().map(String::as_str),
+        Some(format!("docker exec -it {} tmux attach -t agent", fx.container).as_str())
+    );
+    assert_eq!(
+        p.attach_argv(Some("s")).expect_err("--session refused").error,
+        ErrorCode::InvalidArgs
+    );
+
+    // down.
+    let (tx, _task) = collector();
+    p.down(&tx).await.expect("down");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &fx.container]),
+        "false"
+    );
+
+    // redeploy on the default network: the port is published.
+    let spec = fx.spec(None, 18082);
+    let p = fx.provider(spec, true);
+    let (tx, _task) = collector();
+    p.deploy(&tx).await.unwrap_or_else(|e| panic!("redeploy: {e}"));
+    assert_eq!(
+        docker(&["port", &fx.container, "18082/tcp"])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .rsplit(':')
+            .next(),
+        Some("18082"),
+        "published {}",
+        docker(&["port", &fx.container])
+    );
+
+    // destroy: container and remote_dir gone.
+    let (tx, _task) = collector();
+    p.destroy(&tx).await.expect("destroy");
+    assert_eq!(
+        docker(&["ps", "-a", "-q", "--filter", &format!("name=^{}$", fx.container)]),
+        ""
+    );
+    assert!(!Path::new(&fx.remote_dir).exists(), "remote_dir removed");
+
+    fx.sessions.close_all().await;
+    assert_eq!(fx.sessions.count(), 0);
+    assert!(!master.control_path().exists(), "master exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_execs_cost_one_connection_and_a_dead_master_is_replaced() {
+    let Some(b) = bench() else { return };
+    let mut fx = Fixture::new(&b.image);
+    let spec = fx.spec(Some("none"), 18083);
+    // The runner here is a plain bench container named like the spec's container.
+    let _ = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--label",
+            "megaplan-e2e=1",
+            "--name",
+            &fx.container,
+            &b.image,
+            "sleep",
+            "infinity",
+        ])
+        .output()
+        .expect("docker run");
+    let p = fx.provider(spec, true);
+
+    let before = fx.sshd.accepted_connections();
+    let execs_before = fx.sshd.exec_requests();
+    for i in 0..10 {
+        let r = p.exec(&format!("echo {i}"), None).await.expect("exec");
+        assert_eq!(r.stdout, format!("{i}\n"));
+    }
+    assert_eq!(
+        fx.sshd.accepted_connections() - before,
+        1,
+        "10 execs over one held connection"
+    );
+    assert_eq!(fx.sshd.exec_requests() - execs_before, 10);
+
+    // The host goes away and comes back: the dead master is noticed and replaced once.
+    fx.sshd.restart();
+    let r = p.observe("echo again").await.expect("observe after restart");
+    assert_eq!(r.stdout, "again\n");
+    let r = p.exec("echo mutation", None).await.expect("exec after restart");
+    assert_eq!(r.stdout, "mutation\n");
+    assert_eq!(fx.sshd.accepted_connections() - before, 2);
+    assert_eq!(fx.sessions.count(), 1);
+
+    // Unreachable host: a clear provider_failed, no hang.
+    fx.sshd.stop();
+    let started = Instant::now();
+    let e = p.exec("true", None).await.expect_err("host down");
+    assert_eq!(e.error, ErrorCode::ProviderFailed);
+    assert!(e.message.contains("127.0.0.1"), "{}", e.message);
+    assert!(started.elapsed() < Duration::from_secs(40));
+    fx.sessions.close_all().await;
+}
