@@ -153,7 +153,11 @@ async fn run(cli: Cli) -> i32 {
         } => return register(&client, &cy, every, cron, remote_spec).await,
         Cmd::Unregister => {
             return match client
-                .json(Method::DELETE, &routes::cloud(&paths::marker_key(&cloud_yaml)), None)
+                .json(
+                    Method::DELETE,
+                    &routes::cloud(&paths::marker_key(&cloud_yaml)),
+                    None,
+                )
                 .await
             {
                 Ok(v) => {
@@ -250,14 +254,19 @@ fn confirm_destroy(cloud_yaml: &str) -> bool {
     if !std::io::stdin().is_terminal() {
         return false;
     }
-    eprint!("Destroy the runner of {cloud_yaml}, its volume and deploy dir? Type 'yes' to confirm: ");
+    eprint!(
+        "Destroy the runner of {cloud_yaml}, its volume and deploy dir? Type 'yes' to confirm: "
+    );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
 }
 
 /// Ask the daemon which secret names the cloud.yaml lists and read their values here.
-async fn secrets_for(client: &DaemonClient, cloud_yaml: &str) -> Result<BTreeMap<String, String>, ClientError> {
+async fn secrets_for(
+    client: &DaemonClient,
+    cloud_yaml: &str,
+) -> Result<BTreeMap<String, String>, ClientError> {
     let v = client
         .json(
             Method::GET,
@@ -266,7 +275,12 @@ async fn secrets_for(client: &DaemonClient, cloud_yaml: &str) -> Result<BTreeMap
         )
         .await?;
     let mut out = BTreeMap::new();
-    for name in v.get("names").and_then(Value::as_array).into_iter().flatten() {
+    for name in v
+        .get("names")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(n) = name.as_str()
             && let Ok(val) = std::env::var(n)
             && !val.is_empty()
@@ -308,7 +322,10 @@ async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) 
                     let _ = e.flush();
                 }
                 Ok(Frame::Terminal { argv }) => terminal = Some(argv),
-                Ok(Frame::Result { payload, exit_code: c }) => {
+                Ok(Frame::Result {
+                    payload,
+                    exit_code: c,
+                }) => {
                     if !payload.is_null() {
                         print_json(&payload);
                     }
@@ -369,7 +386,12 @@ async fn register(
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
         Ok(v) => {
             print_json(&v);
-            for w in v.get("warnings").and_then(Value::as_array).into_iter().flatten() {
+            for w in v
+                .get("warnings")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 eprintln!("warning: {}", w.as_str().unwrap_or_default());
             }
             eprintln!(

@@ -9,9 +9,17 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 
 pub fn health(v: &Value) {
     let t = &v["ticks"];
-    println!("megaplan-cloudd {} (API v{})", s(v, "version"), v["api_version"]);
+    println!(
+        "megaplan-cloudd {} (API v{})",
+        s(v, "version"),
+        v["api_version"]
+    );
     println!("  pid:           {}", v["pid"]);
-    println!("  uptime:        {}s (since {})", v["uptime_secs"], s(v, "started_at"));
+    println!(
+        "  uptime:        {}s (since {})",
+        v["uptime_secs"],
+        s(v, "started_at")
+    );
     println!("  socket:        {}", s(v, "socket"));
     println!("  database:      {}", s(v, "database"));
     println!("  state root:    {}", s(v, "cloud_home"));

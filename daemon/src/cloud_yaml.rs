@@ -581,7 +581,9 @@ impl Walker<'_> {
         {
             return Err(self.err(
                 "resources.volume",
-                format!("resources.volume must be a volume name ([a-z0-9][a-z0-9_.-]*), found {v:?}"),
+                format!(
+                    "resources.volume must be a volume name ([a-z0-9][a-z0-9_.-]*), found {v:?}"
+                ),
             ));
         }
         if let Some(n) = &resources.network

@@ -103,7 +103,10 @@ pub async fn run(settings: Settings) -> i32 {
         tracing::error!("{msg}");
         return 1;
     }
-    let ssh = SshSessions::new(settings.ssh_control_dir.clone(), settings.ssh_config.clone());
+    let ssh = SshSessions::new(
+        settings.ssh_control_dir.clone(),
+        settings.ssh_config.clone(),
+    );
 
     // The scheduler's callback needs the state, and the state owns the scheduler: close the
     // loop with a OnceLock filled right after construction.
@@ -146,7 +149,11 @@ pub async fn run(settings: Settings) -> i32 {
     match state.store.list_registrations().await {
         Ok(regs) => {
             for r in regs {
-                if let Err(e) = state.scheduler.schedule(&r.key, &cron_of(&r.schedule)).await {
+                if let Err(e) = state
+                    .scheduler
+                    .schedule(&r.key, &cron_of(&r.schedule))
+                    .await
+                {
                     tracing::error!(key = %r.key, "cannot schedule stored registration: {e}");
                 }
             }
@@ -169,11 +176,8 @@ pub async fn run(settings: Settings) -> i32 {
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = serve.await;
 
     // Stop accepting work, let running ticks finish up to the grace period, then cancel.
@@ -474,7 +478,9 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
         Err(e) => return err(e),
     };
     match cloud_yaml::load(&path) {
-        Ok(spec) => axum::Json(serde_json::json!({"success": true, "names": spec.secrets})).into_response(),
+        Ok(spec) => {
+            axum::Json(serde_json::json!({"success": true, "names": spec.secrets})).into_response()
+        }
         Err(e) => err(e),
     }
 }
@@ -490,7 +496,9 @@ async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQu
         Ok(Some(m)) => axum::Json(m).into_response(),
         Ok(None) => err(ErrorBody::new(
             ErrorCode::MissingRemoteSpec,
-            format!("no last-chain marker for key {key}; run `megaplan-cloudctl chain <spec>` first"),
+            format!(
+                "no last-chain marker for key {key}; run `megaplan-cloudctl chain <spec>` first"
+            ),
         )),
         Err(e) => err(e),
     }

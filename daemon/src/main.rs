@@ -2,9 +2,9 @@
 
 use clap::Parser;
 use megaplan_cloudd::settings::{Args, Settings};
-use tracing_subscriber::{EnvFilter, Layer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 fn main() {
     let args = Args::parse();

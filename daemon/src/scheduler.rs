@@ -118,7 +118,10 @@ pub fn every_to_cron(secs: u64, seed: u64) -> Result<String, String> {
         if secs % 3600 != 0 || 24 % h != 0 {
             return Err(refuse());
         }
-        return Ok(format!("{sec_off} {min_off} {}/{h} * * *", (seed / 3600) % h));
+        return Ok(format!(
+            "{sec_off} {min_off} {}/{h} * * *",
+            (seed / 3600) % h
+        ));
     }
     if secs == 86400 {
         return Ok(format!("{sec_off} {min_off} {} * * *", (seed / 3600) % 24));
@@ -177,7 +180,11 @@ mod tests {
         let seen = hits.load(std::sync::atomic::Ordering::SeqCst);
         assert!(seen >= 1, "job never fired");
         tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), seen, "fired after removal");
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            seen,
+            "fired after removal"
+        );
         s.shutdown().await;
     }
 }

@@ -145,7 +145,11 @@ pub fn bind(socket: &Path) -> Result<(UnixListener, InstanceLock), String> {
     // Record who holds the lock, for the message above.
     let _ = std::fs::write(
         &lock_path,
-        format!("pid {} version {}\n", std::process::id(), megaplan_cloud_api::VERSION),
+        format!(
+            "pid {} version {}\n",
+            std::process::id(),
+            megaplan_cloud_api::VERSION
+        ),
     );
 
     if socket.exists() {

@@ -21,7 +21,9 @@ pub async fn scheduled(state: Arc<AppState>, key: String) {
     if state.shutdown.is_cancelled() {
         return;
     }
-    let tracked = state.tasks.track_future(run_registered(state.clone(), key, "schedule"));
+    let tracked = state
+        .tasks
+        .track_future(run_registered(state.clone(), key, "schedule"));
     let _ = tracked.await;
 }
 
@@ -118,17 +120,29 @@ async fn store_report(
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .map(|d| d.with_timezone(&Utc))
         .unwrap_or_else(Utc::now);
-    let s = |k: &str| report.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |k: &str| {
+        report
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let new = crate::store::NewTick {
         key: key.to_string(),
         cloud_yaml: cloud_yaml.to_string(),
         trigger: trigger.to_string(),
         started_at,
         finished_at: Utc::now(),
-        success: report.get("success").and_then(Value::as_bool).unwrap_or(false),
+        success: report
+            .get("success")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         event: s("event"),
         next_action: s("next_action"),
-        acted: report.get("acted").and_then(Value::as_bool).unwrap_or(false),
+        acted: report
+            .get("acted")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         refused_reason: report
             .get("refused_reason")
             .and_then(Value::as_str)

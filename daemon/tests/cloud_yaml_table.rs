@@ -28,12 +28,18 @@ fn defaults_for_every_field() {
         ("secrets = []", s.secrets.is_empty()),
         ("toolchains = []", s.toolchains.is_empty()),
         ("repo.branch = main", s.repo.branch == "main"),
-        ("repo.workspace = /workspace/app", s.repo.workspace == "/workspace/app"),
+        (
+            "repo.workspace = /workspace/app",
+            s.repo.workspace == "/workspace/app",
+        ),
         ("agents.default = codex", s.agents.default == "codex"),
         ("agents.<step> inherits", s.agents.steps.is_empty()),
         ("codex.model = gpt-5.4", s.codex.model == "gpt-5.4"),
         ("codex.reasoning = high", s.codex.reasoning == "high"),
-        ("megaplan.codex_auth = chatgpt", s.megaplan.codex_auth == "chatgpt"),
+        (
+            "megaplan.codex_auth = chatgpt",
+            s.megaplan.codex_auth == "chatgpt",
+        ),
         ("megaplan.ref = main", s.megaplan.git_ref == "main"),
         (
             "megaplan.launcher",
@@ -41,7 +47,10 @@ fn defaults_for_every_field() {
         ),
         ("auto.plan_name unset", s.auto.plan_name.is_none()),
         ("auto.idea_file unset", s.auto.idea_file.is_none()),
-        ("auto.robustness = standard", s.auto.robustness == "standard"),
+        (
+            "auto.robustness = standard",
+            s.auto.robustness == "standard",
+        ),
         ("chain.spec unset", s.chain.spec.is_none()),
         ("resources.volume unset", s.resources.volume.is_none()),
         ("resources.port = 8080", s.resources.port == 8080),
@@ -82,61 +91,264 @@ fn bad_rows() -> Vec<(&'static str, String, ErrorCode)> {
     let with = |extra: &str| format!("repo:\n  url: /srv/repo.git\n{extra}");
     vec![
         ("provider", with("provider: 3\n"), ErrorCode::InvalidSpec),
-        ("provider", with("provider: heroku\n"), ErrorCode::InvalidSpec),
-        ("provider", with("provider: fly\n"), ErrorCode::FutureProvider),
+        (
+            "provider",
+            with("provider: heroku\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "provider",
+            with("provider: fly\n"),
+            ErrorCode::FutureProvider,
+        ),
         ("mode", with("mode: turbo\n"), ErrorCode::InvalidSpec),
         ("mode", with("mode: [auto]\n"), ErrorCode::InvalidSpec),
-        ("secrets", with("secrets: OPENAI_API_KEY\n"), ErrorCode::InvalidSpec),
-        ("secrets[0]", with("secrets: ['']\n"), ErrorCode::InvalidSpec),
-        ("secrets[1]", with("secrets: [A, 7]\n"), ErrorCode::InvalidSpec),
-        ("secrets[0]", with("secrets: ['NOT A NAME']\n"), ErrorCode::InvalidSpec),
-        ("toolchains", with("toolchains: rust\n"), ErrorCode::InvalidSpec),
-        ("toolchains[0]", with("toolchains: [cobol]\n"), ErrorCode::InvalidSpec),
-        ("toolchains[0].name", with("toolchains: [{install: 'RUN x'}]\n"), ErrorCode::InvalidSpec),
-        ("toolchains[0].install", with("toolchains: [{name: x}]\n"), ErrorCode::InvalidSpec),
-        ("toolchains[0]", with("toolchains: [5]\n"), ErrorCode::InvalidSpec),
-        ("repo.url", "repo:\n  branch: main\n".to_string(), ErrorCode::InvalidSpec),
-        ("repo.url", "repo:\n  url: 5\n".to_string(), ErrorCode::InvalidSpec),
-        ("repo", "repo: /srv/x.git\n".to_string(), ErrorCode::InvalidSpec),
-        ("repo.branch", with("").replace("url: /srv/repo.git\n", "url: /srv/repo.git\n  branch: [x]\n"), ErrorCode::InvalidSpec),
-        ("repo.workspace", "repo:\n  url: /r.git\n  workspace: relative/path\n".to_string(), ErrorCode::InvalidSpec),
+        (
+            "secrets",
+            with("secrets: OPENAI_API_KEY\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "secrets[0]",
+            with("secrets: ['']\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "secrets[1]",
+            with("secrets: [A, 7]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "secrets[0]",
+            with("secrets: ['NOT A NAME']\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "toolchains",
+            with("toolchains: rust\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "toolchains[0]",
+            with("toolchains: [cobol]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "toolchains[0].name",
+            with("toolchains: [{install: 'RUN x'}]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "toolchains[0].install",
+            with("toolchains: [{name: x}]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "toolchains[0]",
+            with("toolchains: [5]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "repo.url",
+            "repo:\n  branch: main\n".to_string(),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "repo.url",
+            "repo:\n  url: 5\n".to_string(),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "repo",
+            "repo: /srv/x.git\n".to_string(),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "repo.branch",
+            with("").replace(
+                "url: /srv/repo.git\n",
+                "url: /srv/repo.git\n  branch: [x]\n",
+            ),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "repo.workspace",
+            "repo:\n  url: /r.git\n  workspace: relative/path\n".to_string(),
+            ErrorCode::InvalidSpec,
+        ),
         ("agents", with("agents: codex\n"), ErrorCode::InvalidSpec),
-        ("agents.default", with("agents:\n  default: 1\n"), ErrorCode::InvalidSpec),
-        ("agents.plan", with("agents:\n  plan: [a]\n"), ErrorCode::InvalidSpec),
-        ("codex.model", with("codex:\n  model: 5\n"), ErrorCode::InvalidSpec),
-        ("codex.reasoning", with("codex:\n  reasoning: extreme\n"), ErrorCode::InvalidSpec),
-        ("megaplan.codex_auth", with("megaplan:\n  codex_auth: oauth\n"), ErrorCode::InvalidSpec),
-        ("megaplan.ref", with("megaplan:\n  ref: {a: 1}\n"), ErrorCode::InvalidSpec),
-        ("auto.plan_name", with("mode: auto\nauto:\n  idea_file: /w/idea.txt\n"), ErrorCode::InvalidSpec),
-        ("auto.idea_file", with("mode: auto\nauto:\n  plan_name: p\n"), ErrorCode::InvalidSpec),
-        ("auto.idea_file", with("auto:\n  idea_file: idea.txt\n"), ErrorCode::InvalidSpec),
-        ("auto.robustness", with("auto:\n  robustness: 3\n"), ErrorCode::InvalidSpec),
+        (
+            "agents.default",
+            with("agents:\n  default: 1\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "agents.plan",
+            with("agents:\n  plan: [a]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "codex.model",
+            with("codex:\n  model: 5\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "codex.reasoning",
+            with("codex:\n  reasoning: extreme\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "megaplan.codex_auth",
+            with("megaplan:\n  codex_auth: oauth\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "megaplan.ref",
+            with("megaplan:\n  ref: {a: 1}\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "auto.plan_name",
+            with("mode: auto\nauto:\n  idea_file: /w/idea.txt\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "auto.idea_file",
+            with("mode: auto\nauto:\n  plan_name: p\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "auto.idea_file",
+            with("auto:\n  idea_file: idea.txt\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "auto.robustness",
+            with("auto:\n  robustness: 3\n"),
+            ErrorCode::InvalidSpec,
+        ),
         ("chain.spec", with("mode: chain\n"), ErrorCode::InvalidSpec),
-        ("chain.spec", with("chain:\n  spec: chain.yaml\n"), ErrorCode::InvalidSpec),
-        ("resources.port", with("resources:\n  port: 0\n"), ErrorCode::InvalidSpec),
-        ("resources.port", with("resources:\n  port: 70000\n"), ErrorCode::InvalidSpec),
-        ("resources.port", with("resources:\n  port: '8080'\n"), ErrorCode::InvalidSpec),
-        ("resources.volume", with("resources:\n  volume: 12\n"), ErrorCode::InvalidSpec),
-        ("resources.network", with("resources:\n  network: 'a b'\n"), ErrorCode::InvalidSpec),
-        ("railway.service", with("railway:\n  service: [a]\n"), ErrorCode::InvalidSpec),
-        ("railway.session", with("railway:\n  session: 1\n"), ErrorCode::InvalidSpec),
-        ("railway.project", with("railway:\n  project: true\n"), ErrorCode::InvalidSpec),
-        ("railway.environment", with("railway:\n  environment: {}\n"), ErrorCode::InvalidSpec),
-        ("local.compose_project", with("local:\n  compose_project: 'Has Spaces'\n"), ErrorCode::InvalidSpec),
-        ("local.workdir", with("local:\n  workdir: /abs\n"), ErrorCode::InvalidSpec),
-        ("local.workdir", with("local:\n  workdir: ../up\n"), ErrorCode::InvalidSpec),
+        (
+            "chain.spec",
+            with("chain:\n  spec: chain.yaml\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "resources.port",
+            with("resources:\n  port: 0\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "resources.port",
+            with("resources:\n  port: 70000\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "resources.port",
+            with("resources:\n  port: '8080'\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "resources.volume",
+            with("resources:\n  volume: 12\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "resources.network",
+            with("resources:\n  network: 'a b'\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "railway.service",
+            with("railway:\n  service: [a]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "railway.session",
+            with("railway:\n  session: 1\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "railway.project",
+            with("railway:\n  project: true\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "railway.environment",
+            with("railway:\n  environment: {}\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "local.compose_project",
+            with("local:\n  compose_project: 'Has Spaces'\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "local.workdir",
+            with("local:\n  workdir: /abs\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "local.workdir",
+            with("local:\n  workdir: ../up\n"),
+            ErrorCode::InvalidSpec,
+        ),
         ("ssh.host", with("provider: ssh\n"), ErrorCode::InvalidSpec),
-        ("ssh.host", with("provider: ssh\nssh:\n  host: 5\n"), ErrorCode::InvalidSpec),
-        ("ssh.host", with("provider: ssh\nssh:\n  host: -oProxyCommand=x\n"), ErrorCode::InvalidSpec),
-        ("ssh.user", with("provider: ssh\nssh:\n  host: h\n  user: 'a@b'\n"), ErrorCode::InvalidSpec),
-        ("ssh.port", with("provider: ssh\nssh:\n  host: h\n  port: -1\n"), ErrorCode::InvalidSpec),
-        ("ssh.port", with("provider: ssh\nssh:\n  host: h\n  port: twenty\n"), ErrorCode::InvalidSpec),
-        ("ssh.identity_file", with("provider: ssh\nssh:\n  host: h\n  identity_file: 1\n"), ErrorCode::InvalidSpec),
-        ("ssh.remote_dir", with("provider: ssh\nssh:\n  host: h\n  remote_dir: rel\n"), ErrorCode::InvalidSpec),
-        ("ssh.container", with("provider: ssh\nssh:\n  host: h\n  container: 'Bad Name'\n"), ErrorCode::InvalidSpec),
-        ("extra_repos", with("extra_repos: x\n"), ErrorCode::InvalidSpec),
-        ("extra_repos[0].url", with("extra_repos: [{branch: b}]\n"), ErrorCode::InvalidSpec),
-        ("image.dockerfile", with("image:\n  dockerfile: 3\n"), ErrorCode::InvalidSpec),
+        (
+            "ssh.host",
+            with("provider: ssh\nssh:\n  host: 5\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "ssh.host",
+            with("provider: ssh\nssh:\n  host: -oProxyCommand=x\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "ssh.user",
+            with("provider: ssh\nssh:\n  host: h\n  user: 'a@b'\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "ssh.port",
+            with("provider: ssh\nssh:\n  host: h\n  port: -1\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "ssh.port",
+            with("provider: ssh\nssh:\n  host: h\n  port: twenty\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "ssh.identity_file",
+            with("provider: ssh\nssh:\n  host: h\n  identity_file: 1\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "ssh.remote_dir",
+            with("provider: ssh\nssh:\n  host: h\n  remote_dir: rel\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "ssh.container",
+            with("provider: ssh\nssh:\n  host: h\n  container: 'Bad Name'\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "extra_repos",
+            with("extra_repos: x\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "extra_repos[0].url",
+            with("extra_repos: [{branch: b}]\n"),
+            ErrorCode::InvalidSpec,
+        ),
+        (
+            "image.dockerfile",
+            with("image:\n  dockerfile: 3\n"),
+            ErrorCode::InvalidSpec,
+        ),
     ]
 }
 
@@ -153,7 +365,10 @@ fn bad_values_are_rejected_naming_the_field() {
             Some(field),
             "error does not name {field}: {err}"
         );
-        assert!(err.message.contains(FILE), "error does not name the file: {err}");
+        assert!(
+            err.message.contains(FILE),
+            "error does not name the file: {err}"
+        );
         let short = field.split('[').next().unwrap_or(field);
         assert!(
             err.message.contains(short),
@@ -189,7 +404,10 @@ fn values_are_read() {
         ]
     );
     assert_eq!(s.repo.branch, "dev");
-    assert_eq!(s.agents.steps.get("plan").map(String::as_str), Some("codex"));
+    assert_eq!(
+        s.agents.steps.get("plan").map(String::as_str),
+        Some("codex")
+    );
     assert_eq!(s.codex.reasoning, "low");
     assert_eq!(s.megaplan.codex_auth, "apikey");
     assert_eq!(s.chain.spec.as_deref(), Some("/w/app/chain.yaml"));

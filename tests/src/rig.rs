@@ -94,14 +94,17 @@ impl SshRig {
 
     /// Clone the repo into the workspace ahead of time (so control files can be placed there).
     pub fn precreate_workspace(&self) {
-        self.container
-            .exec_ok("git clone -q /srv/repo.git /workspace/app && mkdir -p /workspace/app/.megaplan");
+        self.container.exec_ok(
+            "git clone -q /srv/repo.git /workspace/app && mkdir -p /workspace/app/.megaplan",
+        );
     }
 
     /// Write the stand-in core's control file.
     pub fn control(&self, json: &str) {
-        self.container
-            .write_file("/workspace/app/.megaplan/standin-control.json", json.as_bytes());
+        self.container.write_file(
+            "/workspace/app/.megaplan/standin-control.json",
+            json.as_bytes(),
+        );
     }
 }
 

@@ -54,7 +54,11 @@ fn raw_http(socket: &Path, request: &[u8]) -> String {
 }
 
 fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 must be installed (.ci/run installs it)");
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 must be installed (.ci/run installs it)");
     assert!(out.status.success(), "sqlite3 failed: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -65,23 +69,46 @@ fn restart_keeps_registrations_markers_and_ticks() {
     let work = d.dir.join("work");
     let cy = write_cloud_yaml(&work, "a");
     let cys = cy.to_str().unwrap();
-    ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "register", "--every", "1h"]));
+    ok(d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    ));
     let tick = d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]);
     let tick = json(&tick);
     assert_eq!(tick["event"], "supervisor_error");
-    assert!(tick["refused_reason"].as_str().unwrap().contains("missing_remote_spec"));
+    assert!(
+        tick["refused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing_remote_spec")
+    );
 
     // A legacy marker file is imported into SQLite on first use.
-    let key = ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "registrations", "--json"]))[0]["key"]
+    let key = ok(d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "registrations", "--json"],
+    ))[0]["key"]
         .as_str()
         .unwrap()
         .to_string();
     let legacy = d.home.join("markers").join(&key).join("last_chain.json");
     std::fs::create_dir_all(legacy.parent().unwrap()).unwrap();
-    std::fs::write(&legacy, r#"{"remote_spec": "/workspace/app/chain.yaml", "chain_session": "megaplan-chain"}"#).unwrap();
+    std::fs::write(
+        &legacy,
+        r#"{"remote_spec": "/workspace/app/chain.yaml", "chain_session": "megaplan-chain"}"#,
+    )
+    .unwrap();
     let t2 = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
     // With a marker the tick gets past spec resolution (and then fails on the absent runner).
-    assert!(!t2["refused_reason"].as_str().unwrap().contains("missing_remote_spec"), "{t2}");
+    assert!(
+        !t2["refused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing_remote_spec"),
+        "{t2}"
+    );
     std::fs::remove_file(&legacy).unwrap();
 
     d.restart();
@@ -94,7 +121,13 @@ fn restart_keeps_registrations_markers_and_ticks() {
     assert_eq!(ticks.as_array().unwrap().len(), 2);
     // The marker survived in SQLite although the legacy file is gone.
     let t3 = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
-    assert!(!t3["refused_reason"].as_str().unwrap().contains("missing_remote_spec"), "{t3}");
+    assert!(
+        !t3["refused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing_remote_spec"),
+        "{t3}"
+    );
     let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"]));
     assert_eq!(st["registrations"], 1);
     assert_eq!(st["ticks"]["run"], 3);
@@ -111,14 +144,42 @@ fn kill9_during_a_tick_loses_nothing() {
     let cy = work.join("cloud.yaml");
     std::fs::write(
         &cy,
-        format!("provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"),
+        format!(
+            "provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"
+        ),
     )
     .unwrap();
     let cys = cy.to_str().unwrap();
     let other = write_cloud_yaml(&work, "b");
-    ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "register", "--every", "1h", "--remote-spec", "/w/chain.yaml"]));
-    ok(d.ctl(&work, &[], &["--cloud-yaml", other.to_str().unwrap(), "register", "--every", "1h"]));
-    let _ = d.ctl(&work, &[], &["--cloud-yaml", other.to_str().unwrap(), "tick"]);
+    ok(d.ctl(
+        &work,
+        &[],
+        &[
+            "--cloud-yaml",
+            cys,
+            "register",
+            "--every",
+            "1h",
+            "--remote-spec",
+            "/w/chain.yaml",
+        ],
+    ));
+    ok(d.ctl(
+        &work,
+        &[],
+        &[
+            "--cloud-yaml",
+            other.to_str().unwrap(),
+            "register",
+            "--every",
+            "1h",
+        ],
+    ));
+    let _ = d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", other.to_str().unwrap(), "tick"],
+    );
 
     // Start a tick that blocks in the ssh handshake, then crash the daemon under it.
     let socket = d.socket.clone();
@@ -142,7 +203,11 @@ fn kill9_during_a_tick_loses_nothing() {
     let mut d2 = Daemon::start_in(d.keep_dir(), &[], &[]);
     let regs = ok(d2.ctl(&work, &[], &["registrations", "--json"]));
     assert_eq!(regs.as_array().unwrap().len(), 2);
-    let t = json(&d2.ctl(&work, &[], &["--cloud-yaml", other.to_str().unwrap(), "tick"]));
+    let t = json(&d2.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", other.to_str().unwrap(), "tick"],
+    ));
     assert_eq!(t["key"].as_str().unwrap().len(), 16, "{t}");
     assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
     d2.terminate();
@@ -154,7 +219,11 @@ fn socket_is_private_and_other_uids_are_refused() {
     let meta = std::fs::metadata(&d.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
     let dir = std::fs::metadata(d.socket.parent().unwrap()).unwrap();
-    assert_eq!(dir.permissions().mode() & 0o777, 0o700, "socket folder mode");
+    assert_eq!(
+        dir.permissions().mode() & 0o777,
+        0o700,
+        "socket folder mode"
+    );
 
     // Another uid cannot even reach the socket (the folder is 0700): the client says so, exit 2.
     let out = Command::new("runuser")
@@ -169,12 +238,19 @@ fn socket_is_private_and_other_uids_are_refused() {
     assert_eq!(json(&out)["error"], "daemon_unreachable");
 
     // A daemon run by `nobody`, reached by root (who can traverse the folder): 403 + log line.
-    let tmp = tempfile::Builder::new().prefix("mp-nobody").tempdir_in("/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("mp-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let home = tmp.path().join("home");
     let sock = tmp.path().join("run").join("cloudd.sock");
     let log = std::fs::File::create(tmp.path().join("nobody.log")).unwrap();
-    std::fs::set_permissions(tmp.path().join("nobody.log"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        tmp.path().join("nobody.log"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     let mut child = Command::new("runuser")
         .args(["-u", "nobody", "--"])
         .arg(bin("megaplan-cloudd"))
@@ -187,14 +263,25 @@ fn socket_is_private_and_other_uids_are_refused() {
         .stderr(log)
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(20), || UnixStream::connect(&sock).is_ok()), "nobody's daemon did not start: {}", std::fs::read_to_string(tmp.path().join("nobody.log")).unwrap_or_default());
-    let resp = raw_http(&sock, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        wait_until(Duration::from_secs(20), || UnixStream::connect(&sock)
+            .is_ok()),
+        "nobody's daemon did not start: {}",
+        std::fs::read_to_string(tmp.path().join("nobody.log")).unwrap_or_default()
+    );
+    let resp = raw_http(
+        &sock,
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(resp.contains("permission denied"), "{resp}");
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     let logged = std::fs::read_to_string(tmp.path().join("nobody.log")).unwrap();
-    assert!(logged.contains("refused connection from another user"), "{logged}");
+    assert!(
+        logged.contains("refused connection from another user"),
+        "{logged}"
+    );
 }
 
 #[test]
@@ -209,7 +296,10 @@ fn second_daemon_on_the_same_socket_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another megaplan-cloudd is already serving"), "{err}");
+    assert!(
+        err.contains("another megaplan-cloudd is already serving"),
+        "{err}"
+    );
     // The first one still serves.
     let st = ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
     assert_eq!(st["socket"], d.socket.to_str().unwrap());
@@ -239,7 +329,10 @@ fn unreachable_daemon_names_the_socket_and_exits_2() {
     let v = json(&out);
     assert_eq!(v["error"], "daemon_unreachable");
     let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains(sock.to_str().unwrap()) && msg.contains("megaplan-cloudd"), "{msg}");
+    assert!(
+        msg.contains(sock.to_str().unwrap()) && msg.contains("megaplan-cloudd"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -249,11 +342,22 @@ fn garbage_input_is_refused_and_the_daemon_keeps_serving() {
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(bad.contains("invalid_args"), "{bad}");
     let huge = vec![b'a'; 2 * 1024 * 1024];
-    let mut req = format!("POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", huge.len()).into_bytes();
+    let mut req = format!(
+        "POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        huge.len()
+    )
+    .into_bytes();
     req.extend_from_slice(&huge);
     let resp = raw_http(&d.socket, &req);
-    assert!(resp.starts_with("HTTP/1.1 413"), "{}", &resp[..resp.len().min(200)]);
-    let nf = raw_http(&d.socket, b"GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        resp.starts_with("HTTP/1.1 413"),
+        "{}",
+        &resp[..resp.len().min(200)]
+    );
+    let nf = raw_http(
+        &d.socket,
+        b"GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
     // A bad cloud.yaml is refused at registration with the loader's error.
     let work = d.dir.join("w");
@@ -271,14 +375,30 @@ fn a_cloud_yaml_that_breaks_later_gets_error_reports() {
     let work = d.dir.join("w");
     let cy = write_cloud_yaml(&work, "x");
     let cys = cy.to_str().unwrap();
-    ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "register", "--every", "1h"]));
+    ok(d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    ));
     std::fs::write(&cy, "repo: [broken\n").unwrap();
     let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
     assert_eq!(t["event"], "supervisor_error");
-    assert!(t["refused_reason"].as_str().unwrap().contains("not valid YAML"), "{t}");
+    assert!(
+        t["refused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("not valid YAML"),
+        "{t}"
+    );
     std::fs::remove_file(&cy).unwrap();
     let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
-    assert!(t["refused_reason"].as_str().unwrap().contains("cannot read cloud.yaml"), "{t}");
+    assert!(
+        t["refused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read cloud.yaml"),
+        "{t}"
+    );
     let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
     assert_eq!(regs[0]["ticks_run"], 2);
     assert_eq!(regs[0]["last_success"], false);
@@ -302,7 +422,10 @@ fn thousand_registrations_all_tick_without_overlap() {
     // Register through the API directly (1,000 client processes would measure fork, not us).
     for i in 0..1000 {
         let cy = write_cloud_yaml(&work, &format!("c{i:04}"));
-        let body = format!(r#"{{"cloud_yaml": "{}", "every_secs": {interval}}}"#, cy.display());
+        let body = format!(
+            r#"{{"cloud_yaml": "{}", "every_secs": {interval}}}"#,
+            cy.display()
+        );
         let resp = raw_http(
             &d.socket,
             format!("POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
@@ -316,11 +439,23 @@ fn thousand_registrations_all_tick_without_overlap() {
     let deadline = Duration::from_secs(2 * interval + 2);
     let all_ticked = wait_until(deadline, || {
         let regs = json(&d.ctl(&work, &[], &["registrations", "--json"]));
-        regs.as_array().unwrap().iter().all(|r| r["ticks_run"].as_u64().unwrap_or(0) >= 1)
+        regs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ticks_run"].as_u64().unwrap_or(0) >= 1)
     });
     let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
-    let starved: Vec<&Value> = regs.as_array().unwrap().iter().filter(|r| r["ticks_run"] == 0).collect();
-    assert!(all_ticked, "{} of 1000 registrations never ticked within {deadline:?} (registration took {registered:?})", starved.len());
+    let starved: Vec<&Value> = regs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["ticks_run"] == 0)
+        .collect();
+    assert!(
+        all_ticked,
+        "{} of 1000 registrations never ticked within {deadline:?} (registration took {registered:?})",
+        starved.len()
+    );
     // No two ticks of one registration overlap in time.
     let db = d.home.join("cloudd.db");
     let overlaps = sqlite(
@@ -329,8 +464,16 @@ fn thousand_registrations_all_tick_without_overlap() {
          AND b.started_at < a.finished_at;",
     );
     assert_eq!(overlaps, "0");
-    let skipped: u64 = regs.as_array().unwrap().iter().map(|r| r["ticks_skipped"].as_u64().unwrap()).sum();
-    assert_eq!(skipped, 0, "ticks were skipped: they overlapped their own schedule");
+    let skipped: u64 = regs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ticks_skipped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        skipped, 0,
+        "ticks were skipped: they overlapped their own schedule"
+    );
 }
 
 #[test]
@@ -340,25 +483,65 @@ fn service_files_validate() {
     let unit = std::fs::read_to_string(root.join("systemd/megaplan-cloudd.service")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let test_unit = tmp.path().join("megaplan-cloudd.service");
-    std::fs::write(&test_unit, unit.replace("/usr/local/bin/megaplan-cloudd", bin("megaplan-cloudd").to_str().unwrap())).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&test_unit).output().expect("systemd-analyze (package systemd) must be installed");
-    assert!(out.status.success(), "systemd-analyze verify failed: {}", String::from_utf8_lossy(&out.stderr));
-    for needed in ["Type=notify", "Restart=on-failure", "--socket %t/megaplan-cloudd/cloudd.sock", "RuntimeDirectoryMode=0700"] {
+    std::fs::write(
+        &test_unit,
+        unit.replace(
+            "/usr/local/bin/megaplan-cloudd",
+            bin("megaplan-cloudd").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&test_unit)
+        .output()
+        .expect("systemd-analyze (package systemd) must be installed");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needed in [
+        "Type=notify",
+        "Restart=on-failure",
+        "--socket %t/megaplan-cloudd/cloudd.sock",
+        "RuntimeDirectoryMode=0700",
+    ] {
         assert!(unit.contains(needed), "unit lacks {needed}");
     }
     let plist = root.join("launchd/com.megaplan.cloudd.plist");
-    let wellformed = Command::new("xmllint").arg("--noout").arg(&plist).output().expect("xmllint (libxml2-utils) must be installed");
-    assert!(wellformed.status.success(), "plist is not well-formed XML: {}", String::from_utf8_lossy(&wellformed.stderr));
+    let wellformed = Command::new("xmllint")
+        .arg("--noout")
+        .arg(&plist)
+        .output()
+        .expect("xmllint (libxml2-utils) must be installed");
+    assert!(
+        wellformed.status.success(),
+        "plist is not well-formed XML: {}",
+        String::from_utf8_lossy(&wellformed.stderr)
+    );
     // plutil -lint equivalent: Python's plistlib parses the property list itself (types and all).
     let lint = Command::new("python3")
         .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '--socket'; print(d['Label'])"])
         .arg(&plist)
         .output()
         .unwrap();
-    assert!(lint.status.success(), "plist lint failed: {}", String::from_utf8_lossy(&lint.stderr));
-    assert_eq!(String::from_utf8_lossy(&lint.stdout).trim(), "com.megaplan.cloudd");
+    assert!(
+        lint.status.success(),
+        "plist lint failed: {}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&lint.stdout).trim(),
+        "com.megaplan.cloudd"
+    );
     let text = std::fs::read_to_string(&plist).unwrap();
-    for needed in ["<key>RunAtLoad</key>", "<key>KeepAlive</key>", "<key>ProgramArguments</key>", "--socket"] {
+    for needed in [
+        "<key>RunAtLoad</key>",
+        "<key>KeepAlive</key>",
+        "<key>ProgramArguments</key>",
+        "--socket",
+    ] {
         assert!(text.contains(needed), "plist lacks {needed}");
     }
 }

@@ -67,7 +67,10 @@ impl Fixture {
         let suffix = unique_suffix();
         let container = format!("mp-e2e-ssh-{suffix}");
         let remote_root = std::env::temp_dir().join(format!("mp-e2e-remote-{suffix}"));
-        let remote_dir = remote_root.join("deploy dir").to_string_lossy().into_owned();
+        let remote_dir = remote_root
+            .join("deploy dir")
+            .to_string_lossy()
+            .into_owned();
         let cloud_dir = tmp.path().join("project");
         std::fs::create_dir_all(&cloud_dir).expect("project dir");
         let deploy_dir = tmp.path().join("deploy");
@@ -110,8 +113,7 @@ impl Fixture {
         let path = self.cloud_dir.join("cloud.yaml");
         std::fs::write(&path, yaml).expect("write cloud.yaml");
         let spec = cloud_yaml::load(&path).unwrap_or_else(|e| panic!("cloud.yaml: {e}"));
-        render::write_deploy_dir(&spec, &self.deploy_dir)
-            .unwrap_or_else(|e| panic!("render: {e}"));
+        render::write_deploy_dir(&spec, &self.deploy_dir).unwrap_or_else(|e| panic!("render: {e}"));
         Arc::new(spec)
     }
 
@@ -210,7 +212,10 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
 
     // deploy.
     let (tx, task) = collector();
-    let report = p.deploy(&tx).await.unwrap_or_else(|e| panic!("deploy: {e}"));
+    let report = p
+        .deploy(&tx)
+        .await
+        .unwrap_or_else(|e| panic!("deploy: {e}"));
     drop(tx);
     let _ = task.await;
     assert!(report.success);
@@ -235,7 +240,12 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
         "true"
     );
     assert_eq!(
-        docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &fx.container]),
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.NetworkMode}}",
+            &fx.container
+        ]),
         "none"
     );
     assert_eq!(
@@ -249,12 +259,20 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
         "no port mapping with network none"
     );
     assert_eq!(
-        docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &fx.container]),
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}",
+            &fx.container
+        ]),
         "unless-stopped"
     );
     let env_file = Path::new(&fx.remote_dir).join(".env");
     let env_text = std::fs::read_to_string(&env_file).expect("remote .env");
-    assert_eq!(env_text, format!("PORT=18081\n{SECRET_NAME}={SECRET_VALUE}\n"));
+    assert_eq!(
+        env_text,
+        format!("PORT=18081\n{SECRET_NAME}={SECRET_VALUE}\n")
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = env_file.metadata().expect("meta").permissions().mode() & 0o777;
@@ -262,7 +280,8 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     }
     let mounts = docker(&["inspect", "-f", "{{json .Mounts}}", &fx.container]);
     assert!(
-        mounts.contains(&format!("{}/workspace", fx.remote_dir)) && mounts.contains("\"/workspace\""),
+        mounts.contains(&format!("{}/workspace", fx.remote_dir))
+            && mounts.contains("\"/workspace\""),
         "workspace parent bind-mounted: {mounts}"
     );
 
@@ -287,13 +306,19 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
         .exec("echo out; echo 'err line' >&2; exit 7", None)
         .await
         .expect("exec");
-    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (7, "out\n", "err line\n"));
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (7, "out\n", "err line\n")
+    );
     let r = p
         .exec("tr a-z A-Z", Some(b"piped stdin\n".to_vec()))
         .await
         .expect("exec with stdin");
     assert_eq!(r.stdout, "PIPED STDIN\n");
-    let r = p.observe("echo \"$0\" '$HOME' `echo x`").await.expect("observe");
+    let r = p
+        .observe("echo \"$0\" '$HOME' `echo x`")
+        .await
+        .expect("observe");
     assert_eq!(r.stdout, "bash $HOME x\n");
 
     // upload/read: all 256 byte values, also under a hostile path.
@@ -302,14 +327,27 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
         "/workspace/app/bytes.bin",
         "/workspace/it's a $(dir)/f`x` \"y\"\nname",
     ] {
-        p.upload(path, &all).await.unwrap_or_else(|e| panic!("upload {path:?}: {e}"));
-        let back = p.read(path).await.unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        p.upload(path, &all)
+            .await
+            .unwrap_or_else(|e| panic!("upload {path:?}: {e}"));
+        let back = p
+            .read(path)
+            .await
+            .unwrap_or_else(|e| panic!("read {path:?}: {e}"));
         assert_eq!(back, all, "{path:?}");
     }
     let big: Vec<u8> = (0..=255u8).cycle().take(3 * 1024 * 1024 + 7).collect();
-    p.upload("/workspace/app/big.bin", &big).await.expect("big upload");
-    assert_eq!(p.read("/workspace/app/big.bin").await.expect("big read"), big);
-    let e = p.read("/workspace/app/missing").await.expect_err("missing file");
+    p.upload("/workspace/app/big.bin", &big)
+        .await
+        .expect("big upload");
+    assert_eq!(
+        p.read("/workspace/app/big.bin").await.expect("big read"),
+        big
+    );
+    let e = p
+        .read("/workspace/app/missing")
+        .await
+        .expect_err("missing file");
     assert_eq!(e.error, ErrorCode::ProviderFailed);
     assert!(e.message.contains("No such file"), "{}", e.message);
 
@@ -357,7 +395,10 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     std::fs::create_dir_all(&scp_dest).expect("scp dest");
     let entries = vec![fx.deploy_dir.join("Dockerfile").display().to_string()];
     let argv = scp_args(&master, &entries, &scp_dest);
-    let out = Command::new(&argv[0]).args(&argv[1..]).output().expect("scp");
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("scp");
     assert!(out.status.success(), "{out:?}");
     assert!(Path::new(&scp_dest).join("Dockerfile").is_file());
 
@@ -377,7 +418,9 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
         Some(format!("docker exec -it {} tmux attach -t agent", fx.container).as_str())
     );
     assert_eq!(
-        p.attach_argv(Some("s")).expect_err("--session refused").error,
+        p.attach_argv(Some("s"))
+            .expect_err("--session refused")
+            .error,
         ErrorCode::InvalidArgs
     );
 
@@ -393,7 +436,9 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     let spec = fx.spec(None, 18082);
     let p = fx.provider(spec, true);
     let (tx, _task) = collector();
-    p.deploy(&tx).await.unwrap_or_else(|e| panic!("redeploy: {e}"));
+    p.deploy(&tx)
+        .await
+        .unwrap_or_else(|e| panic!("redeploy: {e}"));
     assert_eq!(
         docker(&["port", &fx.container, "18082/tcp"])
             .lines()
@@ -410,7 +455,13 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     let (tx, _task) = collector();
     p.destroy(&tx).await.expect("destroy");
     assert_eq!(
-        docker(&["ps", "-a", "-q", "--filter", &format!("name=^{}$", fx.container)]),
+        docker(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("name=^{}$", fx.container)
+        ]),
         ""
     );
     assert!(!Path::new(&fx.remote_dir).exists(), "remote_dir removed");
@@ -459,9 +510,15 @@ async fn ten_execs_cost_one_connection_and_a_dead_master_is_replaced() {
 
     // The host goes away and comes back: the dead master is noticed and replaced once.
     fx.sshd.restart();
-    let r = p.observe("echo again").await.expect("observe after restart");
+    let r = p
+        .observe("echo again")
+        .await
+        .expect("observe after restart");
     assert_eq!(r.stdout, "again\n");
-    let r = p.exec("echo mutation", None).await.expect("exec after restart");
+    let r = p
+        .exec("echo mutation", None)
+        .await
+        .expect("exec after restart");
     assert_eq!(r.stdout, "mutation\n");
     assert_eq!(fx.sshd.accepted_connections() - before, 2);
     assert_eq!(fx.sessions.count(), 1);

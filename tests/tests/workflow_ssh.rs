@@ -12,7 +12,9 @@ fn chain_status(rig: &SshRig) -> megaplan_cloud_e2e::rig::Run {
 
 #[test]
 fn chain_runs_to_completion_with_collision_and_fresh() {
-    let Some(rig) = SshRig::start("", &[]) else { return };
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.3, "stall": ["m2"]}"#);
     let epic = rig.project.join("epic");
@@ -21,21 +23,54 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     let launched = rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert_eq!(launched.json["success"], true, "{}", launched.stdout);
     assert_eq!(launched.json["session"], "megaplan-chain");
-    assert!(launched.stderr.contains("chain started in tmux session megaplan-chain"), "{}", launched.stderr);
+    assert!(
+        launched
+            .stderr
+            .contains("chain started in tmux session megaplan-chain"),
+        "{}",
+        launched.stderr
+    );
     // Ideas and the normalised spec were uploaded where the spec names them.
-    let idea = rig.container.read_file("/workspace/app/ideas/m2.md").expect("idea uploaded");
+    let idea = rig
+        .container
+        .read_file("/workspace/app/ideas/m2.md")
+        .expect("idea uploaded");
     assert_eq!(idea, b"Idea for m2\n");
-    let uploaded = String::from_utf8(rig.container.read_file("/workspace/app/chain.yaml").unwrap()).unwrap();
+    let uploaded = String::from_utf8(
+        rig.container
+            .read_file("/workspace/app/chain.yaml")
+            .unwrap(),
+    )
+    .unwrap();
     assert!(uploaded.contains("base_branch: main"), "{uploaded}");
 
     // The legacy marker file is valid JSON with the documented fields.
     let key = rig.ctl(&["registrations", "--json"]); // any call works; the key is derived locally
     drop(key);
     let markers_dir = rig.daemon.home.join("markers");
-    let entry = std::fs::read_dir(&markers_dir).unwrap().next().unwrap().unwrap();
-    let legacy: Value = serde_json::from_slice(&std::fs::read(entry.path().join("last_chain.json")).unwrap()).unwrap();
-    for field in ["remote_spec", "started_at", "base_branch", "workspace", "chain_session", "chain_log", "extra_repos", "provider", "provider_identity"] {
-        assert!(legacy.get(field).is_some(), "legacy marker lacks {field}: {legacy}");
+    let entry = std::fs::read_dir(&markers_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let legacy: Value =
+        serde_json::from_slice(&std::fs::read(entry.path().join("last_chain.json")).unwrap())
+            .unwrap();
+    for field in [
+        "remote_spec",
+        "started_at",
+        "base_branch",
+        "workspace",
+        "chain_session",
+        "chain_log",
+        "extra_repos",
+        "provider",
+        "provider_identity",
+    ] {
+        assert!(
+            legacy.get(field).is_some(),
+            "legacy marker lacks {field}: {legacy}"
+        );
     }
     assert_eq!(legacy["remote_spec"], "/workspace/app/chain.yaml");
     assert_eq!(legacy["provider"], "ssh");
@@ -43,47 +78,86 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     assert!(chrono_like(legacy["started_at"].as_str().unwrap()));
 
     // Running, stalled in m2; status --chain is ONE remote execution.
-    assert!(wait_until(Duration::from_secs(30), || {
-        let s = chain_status(&rig);
-        s.json["summary"]["current_milestone"]["label"] == "m2"
-    }), "never reached m2");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = chain_status(&rig);
+            s.json["summary"]["current_milestone"]["label"] == "m2"
+        }),
+        "never reached m2"
+    );
     let before = rig.sshd.exec_requests();
     let s = chain_status(&rig).ok();
-    assert_eq!(rig.sshd.exec_requests() - before, 1, "status --chain must be one remote round trip");
+    assert_eq!(
+        rig.sshd.exec_requests() - before,
+        1,
+        "status --chain must be one remote round trip"
+    );
     assert_eq!(s.json["effective_status"], "running", "{}", s.stdout);
     assert_eq!(s.json["milestone_count"], 3);
     assert_eq!(s.json["runner"]["status"], "alive");
-    assert!(s.stderr.contains("Current milestone: m2 (index 1)"), "{}", s.stderr);
+    assert!(
+        s.stderr.contains("Current milestone: m2 (index 1)"),
+        "{}",
+        s.stderr
+    );
     assert!(s.stderr.contains("Completed: m1"), "{}", s.stderr);
 
     // Another chain while this one runs: refused, and the first keeps running untouched.
     let other = write_chain(&rig.project.join("other"), "chain.yaml", &["x1"]);
     let refused = rig.ctl(&["chain", other.to_str().unwrap()]);
     assert_eq!(refused.code, Some(1));
-    assert_eq!(refused.json["error"], "chain_session_collision", "{}", refused.stdout);
+    assert_eq!(
+        refused.json["error"], "chain_session_collision",
+        "{}",
+        refused.stdout
+    );
     let still = rig.container.exec("tmux has-session -t =megaplan-chain");
     assert!(still.status.success(), "the running chain was disturbed");
-    let spec_now = String::from_utf8(rig.container.read_file("/workspace/app/chain.yaml").unwrap()).unwrap();
-    assert_eq!(spec_now, uploaded, "a refused launch must not upload anything");
+    let spec_now = String::from_utf8(
+        rig.container
+            .read_file("/workspace/app/chain.yaml")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec_now, uploaded,
+        "a refused launch must not upload anything"
+    );
     // The same chain again is a no-op that says so.
     let again = rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert_eq!(again.json["already_running"], true, "{}", again.stdout);
 
     // Release the stall: the chain completes.
     rig.control(r#"{"step_seconds": 0.2}"#);
-    assert!(wait_until(Duration::from_secs(40), || chain_status(&rig).json["effective_status"] == "complete"), "never completed");
+    assert!(
+        wait_until(
+            Duration::from_secs(40),
+            || chain_status(&rig).json["effective_status"] == "complete"
+        ),
+        "never completed"
+    );
     let done = chain_status(&rig).ok();
-    assert!(done.stderr.contains("Completed: m1, m2, m3"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("Completed: m1, m2, m3"),
+        "{}",
+        done.stderr
+    );
     assert!(done.stderr.contains("Remaining: none"), "{}", done.stderr);
 
     // --fresh resets the state before the new run.
     rig.control(r#"{"step_seconds": 0.2, "stall": ["m1"]}"#);
     let fresh = rig.ctl(&["chain", spec.to_str().unwrap(), "--fresh"]).ok();
     assert!(fresh.stderr.contains("fresh: removed"), "{}", fresh.stderr);
-    assert!(wait_until(Duration::from_secs(30), || {
-        let s = chain_status(&rig);
-        s.json["summary"]["current_milestone"]["label"] == "m1" && s.json["chain_state"]["completed"].as_array().is_some_and(|c| c.is_empty())
-    }), "fresh run did not restart from m1");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = chain_status(&rig);
+            s.json["summary"]["current_milestone"]["label"] == "m1"
+                && s.json["chain_state"]["completed"]
+                    .as_array()
+                    .is_some_and(|c| c.is_empty())
+        }),
+        "fresh run did not restart from m1"
+    );
     rig.control(r#"{"step_seconds": 0.1}"#);
 }
 
@@ -93,7 +167,9 @@ fn chrono_like(s: &str) -> bool {
 
 #[test]
 fn missing_idea_lists_every_path_and_uploads_nothing() {
-    let Some(rig) = SshRig::start("", &[]) else { return };
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
     let dir = rig.project.join("epic");
     let spec = write_chain(&dir, "chain.yaml", &["m1", "m2"]);
     std::fs::remove_file(dir.join("ideas/m2.md")).unwrap();
@@ -101,28 +177,56 @@ fn missing_idea_lists_every_path_and_uploads_nothing() {
     let r = rig.ctl(&["chain", spec.to_str().unwrap()]);
     assert_eq!(r.code, Some(1));
     assert_eq!(r.json["error"], "missing_idea_file", "{}", r.stdout);
-    let tried: Vec<&str> = r.json["missing"][0]["tried"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let tried: Vec<&str> = r.json["missing"][0]["tried"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(tried.len(), 3, "{tried:?}");
     assert!(tried[0].ends_with("epic/ideas/m2.md"));
     assert!(tried[1].ends_with("project/ideas/m2.md"));
     assert!(tried[2].ends_with("epic/m2.md"));
     assert!(r.json["message"].as_str().unwrap().contains("m2"));
-    assert_eq!(rig.sshd.exec_requests(), before, "nothing may touch the runner");
-    assert!(rig.container.read_file("/workspace/app/chain.yaml").is_none());
+    assert_eq!(
+        rig.sshd.exec_requests(),
+        before,
+        "nothing may touch the runner"
+    );
+    assert!(
+        rig.container
+            .read_file("/workspace/app/chain.yaml")
+            .is_none()
+    );
 }
 
 #[test]
 fn hand_written_legacy_marker_is_honoured() {
-    let Some(rig) = SshRig::start("", &[]) else { return };
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
     rig.precreate_workspace();
     // A chain started by the original tool: spec and state exist on the runner, marker on disk.
-    rig.container.write_file("/workspace/app/ideas/a.md", b"a\n");
-    rig.container.write_file("/workspace/app/legacy.yaml", b"milestones:\n  - label: a\n    idea: ideas/a.md\n");
+    rig.container
+        .write_file("/workspace/app/ideas/a.md", b"a\n");
+    rig.container.write_file(
+        "/workspace/app/legacy.yaml",
+        b"milestones:\n  - label: a\n    idea: ideas/a.md\n",
+    );
     rig.container.exec_ok("cd /workspace/app && python -m arnold.pipelines.megaplan chain start --spec /workspace/app/legacy.yaml");
     let key = megaplan_cloud_api::paths::marker_key(&rig.cloud_yaml);
-    let file = rig.daemon.home.join("markers").join(&key).join("last_chain.json");
+    let file = rig
+        .daemon
+        .home
+        .join("markers")
+        .join(&key)
+        .join("last_chain.json");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, r#"{"remote_spec": "/workspace/app/legacy.yaml", "chain_session": "megaplan-chain"}"#).unwrap();
+    std::fs::write(
+        &file,
+        r#"{"remote_spec": "/workspace/app/legacy.yaml", "chain_session": "megaplan-chain"}"#,
+    )
+    .unwrap();
     let s = rig.ctl(&["status", "--chain"]).ok();
     assert_eq!(s.json["spec"], "/workspace/app/legacy.yaml");
     assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
@@ -131,24 +235,53 @@ fn hand_written_legacy_marker_is_honoured() {
 
 #[test]
 fn bootstrap_status_exec_and_chains() {
-    let Some(rig) = SshRig::start("", &[]) else { return };
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
     let idea = rig.project.join("idea.md");
     std::fs::write(&idea, "Build a tiny thing\n").unwrap();
-    let b = rig.ctl(&["bootstrap", idea.to_str().unwrap(), "--plan-name", "tiny", "--robustness", "light"]).ok();
+    let b = rig
+        .ctl(&[
+            "bootstrap",
+            idea.to_str().unwrap(),
+            "--plan-name",
+            "tiny",
+            "--robustness",
+            "light",
+        ])
+        .ok();
     assert_eq!(b.json["success"], true, "{}", b.stdout);
-    let init: Value = rig.container.read_json("/workspace/app/.megaplan/standin-init.json").expect("init recorded");
-    let argv: Vec<&str> = init["argv"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let init: Value = rig
+        .container
+        .read_json("/workspace/app/.megaplan/standin-init.json")
+        .expect("init recorded");
+    let argv: Vec<&str> = init["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert!(argv.windows(2).any(|w| w == ["--name", "tiny"]), "{argv:?}");
-    assert!(argv.windows(2).any(|w| w == ["--idea-file", "/workspace/app/idea.txt"]), "{argv:?}");
+    assert!(
+        argv.windows(2)
+            .any(|w| w == ["--idea-file", "/workspace/app/idea.txt"]),
+        "{argv:?}"
+    );
     assert!(argv.contains(&"--auto-start"));
-    assert_eq!(rig.container.read_file("/workspace/app/idea.txt").unwrap(), b"Build a tiny thing\n");
+    assert_eq!(
+        rig.container.read_file("/workspace/app/idea.txt").unwrap(),
+        b"Build a tiny thing\n"
+    );
 
     let st = rig.ctl(&["status"]).ok();
     assert_eq!(st.json["plan"], "tiny", "{}\n{}", st.stdout, st.stderr);
     assert_eq!(st.json["state"], "running");
 
     // exec relays output, stderr and the exit code; hostile text passes through literally.
-    let e = rig.ctl(&["exec", "printf '%s|' \"a b\" '$(x)' `echo q`; echo err >&2; exit 7"]);
+    let e = rig.ctl(&[
+        "exec",
+        "printf '%s|' \"a b\" '$(x)' `echo q`; echo err >&2; exit 7",
+    ]);
     assert_eq!(e.code, Some(7));
     assert_eq!(e.stdout, "a b|$(x)|q|");
     assert!(e.stderr.contains("err"));
@@ -161,12 +294,19 @@ fn bootstrap_status_exec_and_chains() {
 
 #[test]
 fn exec_output_is_redacted() {
-    let Some(mut rig) = SshRig::start("secrets: [MEGAPLAN_TEST_TOKEN]\n", &[]) else { return };
+    let Some(mut rig) = SshRig::start("secrets: [MEGAPLAN_TEST_TOKEN]\n", &[]) else {
+        return;
+    };
     let secret = "s3cr3t-value-4242-xyz";
     rig.env.push(("MEGAPLAN_TEST_TOKEN".into(), secret.into()));
     let e = rig.ctl(&["exec", &format!("echo token={secret}; echo MEGAPLAN_TEST_TOKEN={secret}; echo ghp_abcdefghijklmnopqrstuvwxyz")]);
     assert_eq!(e.code, Some(0), "{}", e.stderr);
     assert!(!e.stdout.contains(secret), "{}", e.stdout);
     assert!(!e.stdout.contains("ghp_abcdefghij"), "{}", e.stdout);
-    assert_eq!(e.stdout.matches("***REDACTED***").count(), 3, "{}", e.stdout);
+    assert_eq!(
+        e.stdout.matches("***REDACTED***").count(),
+        3,
+        "{}",
+        e.stdout
+    );
 }

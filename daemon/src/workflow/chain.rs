@@ -57,7 +57,12 @@ pub fn checkout_script(spec: &CloudSpec) -> String {
 /// Local candidates for a milestone's idea file, in the order they are tried:
 /// `<idea-dir>/<idea relative to the workspace>`, the same under the project root, then
 /// `<idea-dir>/<basename>`.
-pub fn idea_candidates(idea: &str, workspace: &str, idea_dir: &Path, project_root: &Path) -> Vec<PathBuf> {
+pub fn idea_candidates(
+    idea: &str,
+    workspace: &str,
+    idea_dir: &Path,
+    project_root: &Path,
+) -> Vec<PathBuf> {
     let ws = format!("{}/", workspace.trim_end_matches('/'));
     let rel = idea
         .strip_prefix(&ws)
@@ -78,13 +83,23 @@ pub fn remote_idea_path(idea: &str, workspace: &str) -> String {
     if idea.starts_with('/') {
         idea.to_string()
     } else {
-        format!("{}/{}", workspace.trim_end_matches('/'), idea.trim_start_matches("./"))
+        format!(
+            "{}/{}",
+            workspace.trim_end_matches('/'),
+            idea.trim_start_matches("./")
+        )
     }
 }
 
 /// The preflight: collision check first, then checkout, then (with --fresh) state removal.
 /// Prints `MEGAPLAN_ALREADY_RUNNING` when the live session already runs this chain.
-pub fn preflight_script(spec: &CloudSpec, session: &str, digest: &str, remote_spec: &str, fresh: bool) -> String {
+pub fn preflight_script(
+    spec: &CloudSpec,
+    session: &str,
+    digest: &str,
+    remote_spec: &str,
+    fresh: bool,
+) -> String {
     let marker = format!("{SESSION_MARKER_DIR}/{session}.json");
     let mut s = format!(
         "{prelude}; s={s}; m={m}; d={d}; \
@@ -220,7 +235,12 @@ struct Upload {
 
 /// Resolve every milestone's idea file; all misses are reported together.
 fn resolve_ideas(ctx: &Ctx, chain: &ChainSpec, idea_dir: &Path) -> Result<Vec<Upload>, ErrorBody> {
-    let project_root = ctx.spec.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let project_root = ctx
+        .spec
+        .path
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
     let ws = &ctx.spec.repo.workspace;
     let mut uploads = Vec::new();
     let mut missing = Vec::new();
@@ -252,14 +272,21 @@ fn resolve_ideas(ctx: &Ctx, chain: &ChainSpec, idea_dir: &Path) -> Result<Vec<Up
                 m["idea"],
                 m["tried"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .map(|a| a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "))
                     .unwrap_or_default()
             )
         })
         .collect();
     Err(ErrorBody::new(
         ErrorCode::MissingIdeaFile,
-        format!("{}; pass --idea-dir or fix the idea paths", detail.join("; ")),
+        format!(
+            "{}; pass --idea-dir or fix the idea paths",
+            detail.join("; ")
+        ),
     )
     .with("missing", missing))
 }
@@ -291,7 +318,10 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
 
     let p = ctx.runner()?;
     let pre = p
-        .exec(&preflight_script(&ctx.spec, session, &digest, &remote_spec, args.fresh), None)
+        .exec(
+            &preflight_script(&ctx.spec, session, &digest, &remote_spec, args.fresh),
+            None,
+        )
         .await?;
     if pre.code == COLLISION_EXIT {
         return Err(ErrorBody::new(
@@ -305,7 +335,9 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     }
     if pre.stdout.contains("MEGAPLAN_ALREADY_RUNNING") {
         ctx.out
-            .stderr(format!("chain already running in tmux session {session}; nothing to do\n"))
+            .stderr(format!(
+                "chain already running in tmux session {session}; nothing to do\n"
+            ))
             .await;
         return Ok(Done::ok(json!({
             "success": true,
@@ -328,12 +360,22 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     }
     p.upload(&remote_spec, normalised.as_bytes()).await?;
     ctx.out
-        .stderr(format!("uploaded {} -> {remote_spec}\n", args.spec.display()))
+        .stderr(format!(
+            "uploaded {} -> {remote_spec}\n",
+            args.spec.display()
+        ))
         .await;
 
     let started = p
         .exec(
-            &start_script(&ctx.spec, session, &remote_spec, &log_path, &digest, args.no_git_refresh),
+            &start_script(
+                &ctx.spec,
+                session,
+                &remote_spec,
+                &log_path,
+                &digest,
+                args.no_git_refresh,
+            ),
             None,
         )
         .await?;
@@ -343,7 +385,9 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     let alive = started.stdout.contains("MEGAPLAN_SESSION_ALIVE");
     if alive {
         ctx.out
-            .stderr(format!("chain started in tmux session {session}; log {log_path}\n"))
+            .stderr(format!(
+                "chain started in tmux session {session}; log {log_path}\n"
+            ))
             .await;
     } else {
         ctx.out
@@ -370,7 +414,13 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         "provider_identity": super::provider_identity(&ctx.spec),
         "identity_digest": digest,
     });
-    markers::save(&ctx.state, &ctx.key, &ctx.spec.path.display().to_string(), &marker).await?;
+    markers::save(
+        &ctx.state,
+        &ctx.key,
+        &ctx.spec.path.display().to_string(),
+        &marker,
+    )
+    .await?;
     Ok(Done::ok(ctx.redact(&json!({
         "success": true,
         "session": session,
@@ -410,14 +460,22 @@ mod tests {
                 PathBuf::from("/local/ideas/m1.md"),
             ]
         );
-        let c = idea_candidates("/w/app/ideas/m2.md", "/w/app", Path::new("/i"), Path::new("/p"));
+        let c = idea_candidates(
+            "/w/app/ideas/m2.md",
+            "/w/app",
+            Path::new("/i"),
+            Path::new("/p"),
+        );
         assert_eq!(c[0], PathBuf::from("/i/ideas/m2.md"));
         assert_eq!(c[2], PathBuf::from("/i/m2.md"));
     }
 
     #[test]
     fn remote_idea_paths() {
-        assert_eq!(remote_idea_path("ideas/a.md", "/w/app"), "/w/app/ideas/a.md");
+        assert_eq!(
+            remote_idea_path("ideas/a.md", "/w/app"),
+            "/w/app/ideas/a.md"
+        );
         assert_eq!(remote_idea_path("./a.md", "/w/app/"), "/w/app/a.md");
         assert_eq!(remote_idea_path("/abs/a.md", "/w/app"), "/abs/a.md");
     }
@@ -428,9 +486,21 @@ mod tests {
         for script in [
             checkout_script(&s),
             preflight_script(&s, "megaplan-chain", "abc", "/w/app/chain.yaml", true),
-            start_script(&s, "megaplan-chain", "/w/app/chain.yaml", "/w/app/.megaplan/cloud-chain.log", "abc", true),
+            start_script(
+                &s,
+                "megaplan-chain",
+                "/w/app/chain.yaml",
+                "/w/app/.megaplan/cloud-chain.log",
+                "abc",
+                true,
+            ),
         ] {
-            let out = std::process::Command::new("bash").arg("-n").arg("-c").arg(&script).output().unwrap();
+            let out = std::process::Command::new("bash")
+                .arg("-n")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
             assert!(out.status.success(), "bash -n failed: {script}\n{out:?}");
         }
         assert!(checkout_script(&s).contains("'/srv/it'\\''s repo.git'"));
@@ -442,23 +512,46 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let origin = tmp.path().join("origin");
         let run = |args: &[&str], dir: &Path| {
-            let o = std::process::Command::new("git").args(args).current_dir(dir).output().unwrap();
+            let o = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap();
             assert!(o.status.success(), "{o:?}");
         };
         std::fs::create_dir(&origin).unwrap();
         run(&["init", "-q", "-b", "main"], &origin);
         std::fs::write(origin.join("README"), "x").unwrap();
-        run(&["-c", "user.email=a@b", "-c", "user.name=a", "add", "."], &origin);
-        run(&["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init"], &origin);
+        run(
+            &["-c", "user.email=a@b", "-c", "user.name=a", "add", "."],
+            &origin,
+        );
+        run(
+            &[
+                "-c",
+                "user.email=a@b",
+                "-c",
+                "user.name=a",
+                "commit",
+                "-qm",
+                "init",
+            ],
+            &origin,
+        );
         let ws = tmp.path().join("ws space");
         let text = format!(
             "repo: {{url: '{}', workspace: '{}'}}\n",
             origin.display(),
             ws.display()
         );
-        let s = crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap();
+        let s =
+            crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap();
         for _ in 0..2 {
-            let o = std::process::Command::new("bash").arg("-c").arg(checkout_script(&s)).output().unwrap();
+            let o = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(checkout_script(&s))
+                .output()
+                .unwrap();
             assert!(o.status.success(), "{o:?}");
         }
         assert!(ws.join("README").exists());

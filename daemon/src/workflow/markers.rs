@@ -62,7 +62,10 @@ pub async fn save(
         .put_marker(key, cloud_yaml, marker)
         .await
         .map_err(ErrorBody::from)?;
-    write_legacy(&paths::legacy_marker_file(&state.settings.cloud_home, key), marker)
+    write_legacy(
+        &paths::legacy_marker_file(&state.settings.cloud_home, key),
+        marker,
+    )
 }
 
 fn write_legacy(file: &std::path::Path, marker: &Value) -> Result<(), ErrorBody> {

@@ -108,7 +108,10 @@ impl Ctx {
 
     /// The provider for commands that never touch the deploy dir.
     pub fn runner(&self) -> Result<AnyProvider, ErrorBody> {
-        self.provider(self.persistent_deploy_dir().unwrap_or_else(std::env::temp_dir))
+        self.provider(
+            self.persistent_deploy_dir()
+                .unwrap_or_else(std::env::temp_dir),
+        )
     }
 
     pub fn persistent_deploy_dir(&self) -> Option<PathBuf> {
@@ -172,7 +175,8 @@ pub async fn run(state: Arc<AppState>, req: RunRequest, tx: mpsc::Sender<Frame>)
     let (payload, exit_code) = match result {
         Ok(Done { payload, exit_code }) => (payload, exit_code),
         Err(e) => {
-            out.stderr(format!("error: {}: {}\n", e.error, e.message)).await;
+            out.stderr(format!("error: {}: {}\n", e.error, e.message))
+                .await;
             (e.to_value(), 1)
         }
     };
@@ -209,7 +213,10 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
     if !path.is_absolute() {
         return Err(ErrorBody::new(
             ErrorCode::InvalidArgs,
-            format!("cloud_yaml must be an absolute path, got {:?}", req.cloud_yaml),
+            format!(
+                "cloud_yaml must be an absolute path, got {:?}",
+                req.cloud_yaml
+            ),
         ));
     }
     let mut spec = cloud_yaml::load(path)?;

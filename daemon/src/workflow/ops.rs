@@ -37,7 +37,11 @@ pub async fn build(ctx: &Ctx) -> Result<Done, ErrorBody> {
     let (dir, _guard) = deploy_dir(ctx)?;
     let p = ctx.provider(dir.clone())?;
     ctx.out
-        .stderr(format!("building {} runner from {}\n", p.name(), dir.display()))
+        .stderr(format!(
+            "building {} runner from {}\n",
+            p.name(),
+            dir.display()
+        ))
         .await;
     let (tx, fwd) = ctx.out.provider_tx();
     let r = p.build(&tx).await;

@@ -40,7 +40,10 @@ pub fn resolve_remote_spec(
     if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
         return Ok((f.to_string(), SpecSource::Flag));
     }
-    if let Some(m) = marker.and_then(|m| m.get("remote_spec")).and_then(Value::as_str) {
+    if let Some(m) = marker
+        .and_then(|m| m.get("remote_spec"))
+        .and_then(Value::as_str)
+    {
         return Ok((m.to_string(), SpecSource::Marker));
     }
     if spec.mode == Mode::Chain
@@ -75,7 +78,11 @@ pub fn chain_target(
 ) -> Result<ChainTarget, ErrorBody> {
     let (remote_spec, source) = resolve_remote_spec(flag, marker, spec)?;
     let m = marker.filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(&remote_spec));
-    let field = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
+    let field = |k: &str| {
+        m.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let workspace = field("workspace").unwrap_or_else(|| spec.repo.workspace.clone());
     let log_path = field("chain_log")
         .unwrap_or_else(|| format!("{}/{DEFAULT_CHAIN_LOG}", workspace.trim_end_matches('/')));
@@ -132,7 +139,9 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     }
     let payload = ctx.redact(&payload);
     for w in &obs.warnings {
-        ctx.out.stderr(format!("warning: {}\n", ctx.redactor.redact(w))).await;
+        ctx.out
+            .stderr(format!("warning: {}\n", ctx.redactor.redact(w)))
+            .await;
     }
     ctx.out.stderr(summary::summary_text(&payload)).await;
     ctx.out.stderr(summary::cloud_lines(&payload)).await;
@@ -201,21 +210,29 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
     }
     let sessions = parse_chains(&r.stdout);
     if sessions.is_empty() {
-        ctx.out.stderr("no megaplan-chain sessions on the runner\n").await;
+        ctx.out
+            .stderr("no megaplan-chain sessions on the runner\n")
+            .await;
     }
     for s in &sessions {
         let m = &s["marker"];
         ctx.out
             .stderr(format!(
                 "[{}] {}  spec={}  started={}\n",
-                if s["alive"].as_bool() == Some(true) { "alive" } else { "dead" },
+                if s["alive"].as_bool() == Some(true) {
+                    "alive"
+                } else {
+                    "dead"
+                },
                 s["session"].as_str().unwrap_or("?"),
                 m["remote_spec"].as_str().unwrap_or("-"),
                 m["started_at"].as_str().unwrap_or("-"),
             ))
             .await;
     }
-    Ok(Done::ok(ctx.redact(&json!({"success": true, "sessions": sessions}))))
+    Ok(Done::ok(
+        ctx.redact(&json!({"success": true, "sessions": sessions})),
+    ))
 }
 
 fn status_command(spec: &CloudSpec, plan: Option<&str>) -> String {
@@ -262,7 +279,10 @@ async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody
 /// `status`: the core's status JSON, unchanged.
 pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let v = remote_status(ctx, plan).await?;
-    let state = v.get("state").or_else(|| v.get("status")).and_then(Value::as_str);
+    let state = v
+        .get("state")
+        .or_else(|| v.get("status"))
+        .and_then(Value::as_str);
     ctx.out
         .stderr(format!(
             "plan {}: {}\n",
@@ -277,8 +297,12 @@ pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBo
 pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let status = remote_status(ctx, plan).await?;
     let Some(step) = status.get("next_step").and_then(Value::as_str) else {
-        ctx.out.stderr("nothing to resume: the status names no next step\n").await;
-        return Ok(Done::ok(json!({"success": true, "next_step": null, "status": status})));
+        ctx.out
+            .stderr("nothing to resume: the status names no next step\n")
+            .await;
+        return Ok(Done::ok(
+            json!({"success": true, "next_step": null, "status": status}),
+        ));
     };
     if !step
         .chars()
@@ -289,9 +313,12 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
             format!("remote status names an unexpected next_step {step:?}; refusing to run it"),
         ));
     }
-    let plan_name = plan
-        .map(str::to_string)
-        .or_else(|| status.get("plan").and_then(Value::as_str).map(str::to_string));
+    let plan_name = plan.map(str::to_string).or_else(|| {
+        status
+            .get("plan")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
     let mut cmd = format!(
         "cd {} && {} {}",
         shell::quote(&ctx.spec.repo.workspace),
@@ -387,7 +414,10 @@ mod tests {
     #[test]
     fn json_in_skips_noise() {
         assert_eq!(json_in("{\"a\":1}").unwrap()["a"], 1);
-        assert_eq!(json_in("motd line\n{\n \"state\": \"running\"\n}\n").unwrap()["state"], "running");
+        assert_eq!(
+            json_in("motd line\n{\n \"state\": \"running\"\n}\n").unwrap()["state"],
+            "running"
+        );
         assert!(json_in("no json here").is_none());
         assert!(json_in("[1,2]").is_none());
     }

@@ -36,13 +36,30 @@ pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&
     let started_at = Utc::now();
     let spec = match cloud_yaml::load(Path::new(cloud_yaml)) {
         Ok(s) => s,
-        Err(e) => return finish(tick::error_report(&e.to_string()), started_at, 0, &Redactor::none()),
+        Err(e) => {
+            return finish(
+                tick::error_report(&e.to_string()),
+                started_at,
+                0,
+                &Redactor::none(),
+            );
+        }
     };
     let key = spec.key();
     let secrets = state.secret_values(&key, &spec.secrets);
     let redactor = Redactor::new(&spec.secrets, &secrets);
     let mut round_trips = 0u32;
-    let report = match observe_and_act(state, &spec, &key, remote_spec, &mut round_trips, &redactor, secrets).await {
+    let report = match observe_and_act(
+        state,
+        &spec,
+        &key,
+        remote_spec,
+        &mut round_trips,
+        &redactor,
+        secrets,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             let d = decide::status_read_failed(&e.to_string());
@@ -56,7 +73,12 @@ pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&
     finish(report, started_at, round_trips, &redactor)
 }
 
-fn finish(mut report: Value, started_at: chrono::DateTime<Utc>, round_trips: u32, r: &Redactor) -> Value {
+fn finish(
+    mut report: Value,
+    started_at: chrono::DateTime<Utc>,
+    round_trips: u32,
+    r: &Redactor,
+) -> Value {
     if let Some(o) = report.as_object_mut() {
         o.insert("started_at".into(), started_at.to_rfc3339().into());
         o.insert("finished_at".into(), Utc::now().to_rfc3339().into());
@@ -103,7 +125,14 @@ async fn observe_and_act(
             pr_number: None,
             pr_probe: None,
         });
-        return Ok(report(&d, &target.spec, "unknown", &json!({}), consistency, None));
+        return Ok(report(
+            &d,
+            &target.spec,
+            "unknown",
+            &json!({}),
+            consistency,
+            None,
+        ));
     }
 
     // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
@@ -152,7 +181,14 @@ async fn observe_and_act(
         pr_probe: obs.pr_probe.clone(),
     });
 
-    let mut out = report(&d, &target.spec, &effective, &payload, consistency.clone(), obs.sync_refresh.clone());
+    let mut out = report(
+        &d,
+        &target.spec,
+        &effective,
+        &payload,
+        consistency.clone(),
+        obs.sync_refresh.clone(),
+    );
     if let Some(kind) = d.mutation {
         // Round trip 2: the one mutation, from the closed set in `decide`.
         let digest = marker
@@ -176,12 +212,23 @@ async fn observe_and_act(
         *round_trips += 1;
         let applied = match p.exec(&script, None).await {
             Ok(r) => {
-                let said = if r.stderr.trim().is_empty() { r.stdout.trim() } else { r.stderr.trim() };
+                let said = if r.stderr.trim().is_empty() {
+                    r.stdout.trim()
+                } else {
+                    r.stderr.trim()
+                };
                 decide::mutation_outcome(kind, Ok(r.code), said)
             }
             Err(e) => decide::mutation_outcome(kind, Err(e.message), ""),
         };
-        out = report(&applied, &target.spec, &effective, &payload, consistency, obs.sync_refresh.clone());
+        out = report(
+            &applied,
+            &target.spec,
+            &effective,
+            &payload,
+            consistency,
+            obs.sync_refresh.clone(),
+        );
     }
     Ok(out)
 }

@@ -1,0 +1,316 @@
+//! local provider end to end: the real docker engine and Compose, from a rendered deploy dir.
+//!
+//! On this bench `docker` on PATH is a client without the compose plugin ("unknown command:
+//! docker compose"), so the provider must fall back to the standalone `docker-compose`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_e2e::{bench, unique_suffix};
+use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
+use megaplan_cloudd::process::StreamKind;
+use megaplan_cloudd::provider::local::{self, ComposeFlavor, LocalProvider};
+use megaplan_cloudd::provider::{OutTx, Provider, ProviderCtx};
+use megaplan_cloudd::redact::Redactor;
+use megaplan_cloudd::render;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const SECRET_NAME: &str = "E2E_TOKEN";
+const SECRET_VALUE: &str = "tok-local-0123456789abcdef";
+
+fn collector() -> (OutTx, JoinHandle<(String, String)>) {
+    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(64);
+    let task = tokio::spawn(async move {
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some((kind, text)) = rx.recv().await {
+            match kind {
+                StreamKind::Stdout => out.push_str(&text),
+                StreamKind::Stderr => err.push_str(&text),
+            }
+        }
+        (out, err)
+    });
+    (tx, task)
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn docker(args: &[&str]) -> String {
+    text(&Command::new("docker").args(args).output().expect("docker"))
+}
+
+/// Tears the compose project down (with its image) whatever the test outcome.
+struct Project {
+    name: String,
+    deploy_dir: PathBuf,
+}
+
+impl Project {
+    fn compose(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker-compose")
+            .arg("-p")
+            .arg(&self.name)
+            .arg("-f")
+            .arg(self.deploy_dir.join("docker-compose.yaml"))
+            .args(args)
+            .current_dir(&self.deploy_dir)
+            .output()
+            .expect("docker-compose")
+    }
+
+    /// The agent container's id (running or not), if any.
+    fn container(&self) -> String {
+        text(&self.compose(&["ps", "-a", "-q", "agent"]))
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "--volumes", "--remove-orphans", "--rmi", "local"]);
+    }
+}
+
+/// Whether the docker client on PATH lacks the compose plugin (then the fallback must happen).
+fn docker_lacks_compose_plugin() -> bool {
+    let out = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .expect("docker");
+    !out.status.success()
+        && local::lacks_compose_plugin(&format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_provider_lifecycle_with_compose_fallback() {
+    let Some(b) = bench() else { return };
+    let lacks_plugin = docker_lacks_compose_plugin();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cloud_dir = tmp.path().join("project");
+    let deploy_dir = tmp.path().join("deploy");
+    std::fs::create_dir_all(&cloud_dir).expect("mkdir");
+    let name = format!("mpe2e-{}", unique_suffix());
+    let project = Project {
+        name: name.clone(),
+        deploy_dir: deploy_dir.clone(),
+    };
+    std::fs::write(
+        cloud_dir.join("Fixture.Dockerfile"),
+        format!(
+            "FROM {}\nCOPY health_server.py /opt/fixture/health_server.py\nCMD [\"sh\", \"-c\", \"echo runner-started; exec sleep infinity\"]\n",
+            b.image
+        ),
+    )
+    .expect("Dockerfile");
+    let yaml = format!(
+        "provider: local\nrepo:\n  url: /srv/repo.git\n  workspace: /workspace/app\nsecrets: [{SECRET_NAME}]\nresources:\n  port: 18091\n  network: none\nlocal:\n  compose_project: {name}\nimage:\n  dockerfile: Fixture.Dockerfile\n"
+    );
+    std::fs::write(cloud_dir.join("cloud.yaml"), yaml).expect("cloud.yaml");
+    let spec: Arc<CloudSpec> =
+        Arc::new(cloud_yaml::load(&cloud_dir.join("cloud.yaml")).unwrap_or_else(|e| panic!("{e}")));
+    render::write_deploy_dir(&spec, &deploy_dir).unwrap_or_else(|e| panic!("render: {e}"));
+    let mut secrets = BTreeMap::new();
+    secrets.insert(SECRET_NAME.to_string(), SECRET_VALUE.to_string());
+    let ctx = ProviderCtx {
+        spec: spec.clone(),
+        deploy_dir: deploy_dir.clone(),
+        secrets: secrets.clone(),
+        redactor: Redactor::new(&spec.secrets, &secrets),
+        deadline: Duration::from_secs(120),
+    };
+    let p = Arc::new(LocalProvider::new(ctx.clone()));
+
+    // build: the compose CLI is chosen (fallback announced when the plugin is missing).
+    let (tx, task) = collector();
+    p.build(&tx).await.unwrap_or_else(|e| panic!("build: {e}"));
+    drop(tx);
+    let (_, err) = task.await.expect("collector");
+    if lacks_plugin {
+        assert_eq!(local::compose_flavor(), Some(ComposeFlavor::Standalone));
+        assert!(
+            err.contains("using docker-compose"),
+            "fallback announced: {err}"
+        );
+    } else {
+        assert_eq!(local::compose_flavor(), Some(ComposeFlavor::Plugin));
+    }
+
+    // deploy without the secret's value: refused, .env untouched.
+    let mut bare = ctx.clone();
+    bare.secrets.clear();
+    let (tx, _task) = collector();
+    let e = LocalProvider::new(bare)
+        .deploy(&tx)
+        .await
+        .expect_err("missing secret");
+    assert_eq!(e.error, ErrorCode::MissingSecrets);
+
+    // deploy: .env (0600) then up -d.
+    let (tx, task) = collector();
+    let report = p
+        .deploy(&tx)
+        .await
+        .unwrap_or_else(|e| panic!("deploy: {e}"));
+    drop(tx);
+    let _ = task.await;
+    assert!(report.success);
+    assert_eq!(
+        report
+            .steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["write .env", "compose up"]
+    );
+    let env_path = deploy_dir.join(".env");
+    assert_eq!(
+        std::fs::read_to_string(&env_path).expect(".env"),
+        format!("PORT=18091\n{SECRET_NAME}={SECRET_VALUE}\n")
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = env_path.metadata().expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let id = project.container();
+    assert!(!id.is_empty(), "agent container exists");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &id]),
+        "true"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &id]),
+        "none"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{json .HostConfig.PortBindings}}", &id]),
+        "{}"
+    );
+
+    // exec: env (redacted), exit code and stderr, stdin.
+    let r = p
+        .exec(&format!("printenv {SECRET_NAME}; printenv PORT; pwd"), None)
+        .await
+        .expect("exec");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "***REDACTED***\n18091\n/workspace/app\n");
+    let r = p
+        .exec("echo out; echo 'err line' >&2; exit 5", None)
+        .await
+        .expect("exec");
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (5, "out\n", "err line\n")
+    );
+    let r = p
+        .exec("tr a-z A-Z", Some(b"piped stdin\n".to_vec()))
+        .await
+        .expect("exec stdin");
+    assert_eq!(r.stdout, "PIPED STDIN\n");
+
+    // upload/read: all 256 byte values; the bind mount shows the file on this machine.
+    let all: Vec<u8> = (0..=255u8).collect();
+    p.upload("/workspace/app/bytes.bin", &all)
+        .await
+        .unwrap_or_else(|e| panic!("upload: {e}"));
+    assert_eq!(
+        std::fs::read(deploy_dir.join("workspace/bytes.bin")).expect("bind mount"),
+        all
+    );
+    assert_eq!(p.read("/workspace/app/bytes.bin").await.expect("read"), all);
+    let hostile = "/workspace/app/it's $(x) `y`\nz";
+    p.upload(hostile, b"hostile").await.expect("hostile upload");
+    assert_eq!(p.read(hostile).await.expect("hostile read"), b"hostile");
+    assert_eq!(
+        p.read("/workspace/app/missing")
+            .await
+            .expect_err("missing")
+            .error,
+        ErrorCode::ProviderFailed
+    );
+
+    // logs --no-follow, then follow cancelled after a line.
+    let (tx, task) = collector();
+    let code = p.logs(false, &tx).await.expect("logs");
+    drop(tx);
+    let (out, _) = task.await.expect("collector");
+    assert_eq!(code, 0);
+    assert!(out.contains("runner-started"), "{out}");
+    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(8);
+    let follower = {
+        let p = p.clone();
+        tokio::spawn(async move { p.logs(true, &tx).await })
+    };
+    let mut seen = String::new();
+    while !seen.contains("runner-started") {
+        let (_, line) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("a followed line in time")
+            .expect("stream open");
+        seen.push_str(&line);
+    }
+    drop(rx);
+    let ended = tokio::time::timeout(Duration::from_secs(20), follower)
+        .await
+        .expect("follow stops when the client goes away")
+        .expect("join");
+    assert!(ended.is_err());
+
+    // attach argv: the same compose CLI, the project and file, then the attach.
+    let argv = p.attach_argv(None).expect("attach");
+    let compose_file = deploy_dir.join("docker-compose.yaml").display().to_string();
+    let mut expected: Vec<String> = if lacks_plugin {
+        vec!["docker-compose".into()]
+    } else {
+        vec!["docker".into(), "compose".into()]
+    };
+    expected.extend(
+        [
+            "-p",
+            &name,
+            "-f",
+            &compose_file,
+            "exec",
+            "agent",
+            "tmux",
+            "attach",
+            "-t",
+            "agent",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(argv, expected);
+    assert_eq!(
+        p.attach_argv(Some("x")).expect_err("no sessions").error,
+        ErrorCode::InvalidArgs
+    );
+
+    // down: stopped, still there.
+    let (tx, _task) = collector();
+    p.down(&tx).await.unwrap_or_else(|e| panic!("down: {e}"));
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &id]),
+        "false"
+    );
+
+    // destroy: down --volumes --remove-orphans removes the container.
+    let (tx, _task) = collector();
+    p.destroy(&tx)
+        .await
+        .unwrap_or_else(|e| panic!("destroy: {e}"));
+    assert_eq!(project.container(), "");
+    assert!(
+        Path::new(&deploy_dir).join("workspace/bytes.bin").exists(),
+        "bind-mounted data is the operator's"
+    );
+}

@@ -1,0 +1,234 @@
+//! The supervisor on the bench over ssh (issue 6): a killed runner is restarted by scheduled
+//! ticks until the chain completes; an open PR blocks and a merged one advances; a tick while
+//! sshd is down stores a supervisor_error and other registrations keep ticking; at most 3 remote
+//! round trips per tick; `watch` follows new reports.
+
+use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::{bin, wait_until};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn launch(rig: &SshRig, labels: &[&str]) {
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+}
+
+fn tick(rig: &SshRig) -> Run {
+    rig.ctl(&["supervise", "--chain"])
+}
+
+#[test]
+fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.2, "stall": ["m2"]}"#);
+    launch(&rig, &["m1", "m2", "m3"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+    }));
+    // A live runner is never restarted.
+    let t = tick(&rig);
+    assert_eq!(t.code, Some(0), "{}", t.stderr);
+    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    assert_eq!(t.json["effective_status"], "running");
+    assert!(
+        t.stderr
+            .contains("supervisor tick: supervisor_tick | acted=false | next_action=noop"),
+        "{}",
+        t.stderr
+    );
+
+    // Kill the runner mid-chain, then let the schedule take over.
+    rig.container
+        .exec_ok("tmux kill-session -t =megaplan-chain");
+    rig.control(r#"{"step_seconds": 0.2}"#);
+    rig.ctl(&["register", "--every", "2s"]).ok();
+    let completed = wait_until(Duration::from_secs(60), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+    });
+    let history = rig.ctl(&["ticks", "--json", "--limit", "50"]).json;
+    assert!(
+        completed,
+        "chain did not complete under supervision; ticks: {history:#}"
+    );
+    let events: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event"].as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"supervisor_restarted"), "{events:?}");
+    // Every restart wrote the session marker (so later restarts are not refused as collisions).
+    let marker: Value = rig
+        .container
+        .read_json("/workspace/.megaplan/cloud-sessions/megaplan-chain.json")
+        .unwrap();
+    assert_eq!(marker["remote_spec"], "/workspace/app/chain.yaml");
+    // Once complete, ticks say done and act no more.
+    let t = tick(&rig).ok();
+    assert_eq!(t.json["next_action"], "done");
+    assert_eq!(t.json["acted"], false);
+    // The stand-in recorded `--one` starts from the supervisor.
+    let runs = String::from_utf8(
+        rig.container
+            .read_file("/workspace/app/.megaplan/standin-chain-runs.jsonl")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(runs.lines().any(|l| l.contains("\"one\": true")), "{runs}");
+}
+
+#[test]
+fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
+    rig.container
+        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+    }));
+    let before = rig.sshd.exec_requests();
+    let t = tick(&rig);
+    let trips = rig.sshd.exec_requests() - before;
+    assert_eq!(t.code, Some(0));
+    assert_eq!(t.json["event"], "supervisor_blocked", "{}", t.stdout);
+    assert_eq!(t.json["acted"], false);
+    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("PR #7") && reason.contains("open"),
+        "{reason}"
+    );
+    assert!(trips <= 3, "a blocked tick made {trips} remote round trips");
+    assert_eq!(t.json["remote_round_trips"], 1);
+
+    rig.container
+        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    let before = rig.sshd.exec_requests();
+    let t = tick(&rig).ok();
+    let trips = rig.sshd.exec_requests() - before;
+    assert_eq!(t.json["event"], "supervisor_advanced", "{}", t.stdout);
+    assert_eq!(t.json["next_action"], "advance");
+    assert_eq!(t.json["acted"], true);
+    assert!(trips <= 3, "an acting tick made {trips} remote round trips");
+    assert_eq!(t.json["remote_round_trips"], 2);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = rig.ctl(&["status", "--chain"]).json;
+            s["chain_state"]["completed"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+        }),
+        "the merged milestone was not completed"
+    );
+}
+
+#[test]
+fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
+    let Some(mut rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    launch(&rig, &["m1"]);
+    // A second registration that needs no runner at all.
+    let other_dir = rig.project.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = other_dir.join("cloud.yaml");
+    std::fs::write(&other, "provider: local\nrepo: {url: /srv/r.git}\n").unwrap();
+    rig.ctl(&["register", "--every", "2s"]).ok();
+    let other_s = other.to_str().unwrap();
+    megaplan_cloud_e2e::rig::Run::from_output(&rig.daemon.ctl(
+        &rig.project,
+        &[],
+        &["--cloud-yaml", other_s, "register", "--every", "2s"],
+    ))
+    .ok();
+
+    rig.sshd.stop();
+    let t = tick(&rig);
+    assert_eq!(t.code, Some(1), "{}", t.stdout);
+    assert_eq!(t.json["event"], "supervisor_error");
+    assert_eq!(t.json["success"], false);
+    assert!(
+        t.json["refused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("chain status read failed"),
+        "{}",
+        t.stdout
+    );
+    let ticks_other = |rig: &SshRig| {
+        megaplan_cloud_e2e::rig::Run::from_output(&rig.daemon.ctl(
+            &rig.project,
+            &[],
+            &["--cloud-yaml", other_s, "ticks", "--json", "--limit", "100"],
+        ))
+        .json
+        .as_array()
+        .map_or(0, Vec::len)
+    };
+    let n0 = ticks_other(&rig);
+    assert!(
+        wait_until(Duration::from_secs(15), || ticks_other(&rig) >= n0 + 2),
+        "the other registration stopped ticking"
+    );
+    let stored = rig.ctl(&["ticks", "--json", "--limit", "100"]).json;
+    assert!(
+        stored
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["event"] == "supervisor_error" && t["trigger"] == "schedule"),
+        "{stored:#}"
+    );
+    let health = rig.ctl(&["daemon", "status", "--json"]).ok();
+    assert!(health.json["ticks"]["failed"].as_u64().unwrap() >= 1);
+
+    // sshd back: the held session is re-established transparently.
+    rig.sshd.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || tick(&rig).json["success"]
+            == true),
+        "ticks did not recover after sshd came back"
+    );
+}
+
+#[test]
+fn watch_follows_new_reports() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    launch(&rig, &["m1"]);
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    let mut child = Command::new(bin("megaplan-cloudctl"))
+        .args([
+            "--cloud-yaml",
+            rig.cloud_yaml.to_str().unwrap(),
+            "watch",
+            "--json",
+        ])
+        .env("MEGAPLAN_CLOUDD_SOCKET", &rig.daemon.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    rig.ctl(&["tick"]);
+    let mut line = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let rec: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(rec["trigger"], "manual");
+    assert_eq!(rec["key"].as_str().unwrap().len(), 16);
+    assert!(rec["report"]["event"].is_string());
+}
