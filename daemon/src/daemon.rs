@@ -455,7 +455,7 @@ async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>)
 }
 
 fn query_key(q: &TicksQuery) -> Option<String> {
-    q.cloud_yaml.as_deref().map(|p| key_of(p))
+    q.cloud_yaml.as_deref().map(key_of)
 }
 
 async fn list_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {

@@ -99,7 +99,7 @@ pub fn every_to_cron(secs: u64, seed: u64) -> Result<String, String> {
         return Err(refuse());
     }
     if secs < 60 {
-        if 60 % secs != 0 {
+        if !60u64.is_multiple_of(secs) {
             return Err(refuse());
         }
         return Ok(format!("{}/{secs} * * * * *", seed % secs));
@@ -107,7 +107,7 @@ pub fn every_to_cron(secs: u64, seed: u64) -> Result<String, String> {
     let sec_off = seed % 60;
     if secs < 3600 {
         let m = secs / 60;
-        if secs % 60 != 0 || 60 % m != 0 {
+        if !secs.is_multiple_of(60) || !60u64.is_multiple_of(m) {
             return Err(refuse());
         }
         return Ok(format!("{sec_off} {}/{m} * * * *", (seed / 60) % m));
@@ -115,7 +115,7 @@ pub fn every_to_cron(secs: u64, seed: u64) -> Result<String, String> {
     let min_off = (seed / 60) % 60;
     if secs < 86400 {
         let h = secs / 3600;
-        if secs % 3600 != 0 || 24 % h != 0 {
+        if !secs.is_multiple_of(3600) || !24u64.is_multiple_of(h) {
             return Err(refuse());
         }
         return Ok(format!(

@@ -193,9 +193,8 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
             .unwrap_or(false),
         "modes kept by rsync -a"
     );
-    assert_eq!(
-        docker(&["image", "inspect", "-f", "{{.Id}}", &fx.container]).is_empty(),
-        false,
+    assert!(
+        !docker(&["image", "inspect", "-f", "{{.Id}}", &fx.container]).is_empty(),
         "image tagged with the container name"
     );
 
@@ -507,6 +506,20 @@ async fn ten_execs_cost_one_connection_and_a_dead_master_is_replaced() {
         "10 execs over one held connection"
     );
     assert_eq!(fx.sshd.exec_requests() - execs_before, 10);
+
+    // Concurrent commands share the connection too (channels are capped below MaxSessions).
+    let p = Arc::new(p);
+    let runs: Vec<_> = (0..20)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move { p.exec(&format!("sleep 0.2; echo {i}"), None).await })
+        })
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        let r = run.await.expect("join").expect("concurrent exec");
+        assert_eq!((r.code, r.stdout), (0, format!("{i}\n")));
+    }
+    assert_eq!(fx.sshd.accepted_connections() - before, 1);
 
     // The host goes away and comes back: the dead master is noticed and replaced once.
     fx.sshd.restart();

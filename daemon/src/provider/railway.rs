@@ -40,6 +40,8 @@ pub const UPLOAD_CHUNK: usize = 48 * 1024;
 /// Building and deploying can take far longer than one command.
 const MIN_DEPLOY_DEADLINE: Duration = Duration::from_secs(1800);
 
+const RAILWAY_CLI_PAGE: &str = "https://docs.railway.app/develop/cli";
+
 /// Output of `railway up` that means no image was rebuilt.
 const NO_REBUILD_MARKERS: [&str; 5] = [
     "no changes",
@@ -258,6 +260,24 @@ impl RailwayProvider {
             .map_or_else(|| self.ctx.deploy_dir.clone(), Path::to_path_buf)
     }
 
+    /// A missing railway CLI names the Railway install page even when `program` is a path or
+    /// another name.
+    fn cli_error(&self, e: ErrorBody) -> ErrorBody {
+        let is_ours = e.error == ErrorCode::ProviderUnavailable
+            && e.extra.get("binary").and_then(Value::as_str) == Some(self.program.as_str());
+        if !is_ours {
+            return e;
+        }
+        ErrorBody::new(
+            ErrorCode::ProviderUnavailable,
+            format!(
+                "Missing required CLI '{}'. Install: {RAILWAY_CLI_PAGE}",
+                self.program
+            ),
+        )
+        .with("binary", self.program.clone())
+    }
+
     fn cmd(&self, args: Vec<String>, cwd: PathBuf) -> Cmd {
         Cmd::new(&self.program).args(args).cwd(cwd)
     }
@@ -265,7 +285,7 @@ impl RailwayProvider {
     async fn run(&self, cmd: &Cmd, deadline: Duration) -> Result<Output, ErrorBody> {
         process::run(cmd, deadline)
             .await
-            .map_err(|e| run_error(cmd, e))
+            .map_err(|e| self.cli_error(run_error(cmd, e)))
     }
 
     async fn ssh(&self, command: &str) -> Result<Output, ErrorBody> {
@@ -307,7 +327,9 @@ impl RailwayProvider {
         deadline: Option<Duration>,
         out: &OutTx,
     ) -> Result<(), ErrorBody> {
-        let s = stream_capture(cmd, deadline, &self.ctx.redactor, out).await?;
+        let s = stream_capture(cmd, deadline, &self.ctx.redactor, out)
+            .await
+            .map_err(|e| self.cli_error(e))?;
         if s.code != 0 {
             return Err(ErrorBody::new(
                 ErrorCode::ProviderFailed,
@@ -417,7 +439,7 @@ impl Provider for RailwayProvider {
         let deadline = Some(self.ctx.deadline.max(MIN_DEPLOY_DEADLINE));
         let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out)
             .await
-            .map_err(|e| deploy_failed(e, "railway", &steps))?;
+            .map_err(|e| deploy_failed(self.cli_error(e), "railway", &steps))?;
         let combined = format!("{}\n{}", s.stdout_tail, s.stderr_tail);
         let image_rebuild = classify_up(&combined);
         let silent = combined.trim().is_empty();
@@ -475,7 +497,7 @@ impl Provider for RailwayProvider {
         );
         process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
             .await
-            .map_err(|e| run_error(&cmd, e))
+            .map_err(|e| self.cli_error(run_error(&cmd, e)))
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
@@ -526,7 +548,7 @@ impl Provider for RailwayProvider {
         let deadline = (!follow).then_some(self.ctx.deadline);
         process::run_streaming(&cmd, deadline, &self.ctx.redactor, out)
             .await
-            .map_err(|e| run_error(&cmd, e))
+            .map_err(|e| self.cli_error(run_error(&cmd, e)))
     }
 
     async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {

@@ -306,6 +306,7 @@ impl SshProvider {
     ) -> Result<i32, ErrorBody> {
         let master = self.sessions.master(&self.target).await?;
         let cmd = master.command(remote);
+        let _permit = master.channel().await;
         let code = process::run_streaming(&cmd, deadline, &self.ctx.redactor, out)
             .await
             .map_err(|e| run_error(&cmd, e))?;
@@ -330,6 +331,8 @@ impl SshProvider {
         )
         .await?;
         let deadline = self.ctx.deadline.max(MIN_SYNC_DEADLINE);
+        // rsync and scp each open one channel on the master.
+        let _permit = master.channel().await;
         if process::which("rsync").is_some() {
             let cmd = cmd_of(&rsync_args(master, &self.ctx.deploy_dir, remote_dir));
             let o = process::run(&cmd, deadline)

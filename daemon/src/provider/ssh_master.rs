@@ -28,6 +28,10 @@ const MASTER_START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long to wait for the control socket to appear after `ssh -f` returned.
 const SOCKET_APPEAR_WAIT: Duration = Duration::from_secs(3);
 
+/// Commands run at once over one master. sshd refuses sessions past its `MaxSessions`
+/// (default 10) with a bare exit 255; callers beyond this wait for a free channel instead.
+pub const MAX_CHANNELS: usize = 8;
+
 /// exit status ssh uses for its own failures (connection, authentication, lost master).
 pub const SSH_FAILURE: i32 = 255;
 
@@ -93,6 +97,8 @@ pub struct SshMaster {
     target: SshTarget,
     control_path: PathBuf,
     ssh_config: Option<PathBuf>,
+    /// Open channels on this connection; see [`MAX_CHANNELS`].
+    channels: Arc<tokio::sync::Semaphore>,
 }
 
 impl SshMaster {
@@ -173,6 +179,11 @@ impl SshMaster {
         v.push("--".to_string());
         v.push(remote.to_string());
         v
+    }
+
+    /// Wait for a free channel on this connection (held until the permit is dropped).
+    pub async fn channel(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.channels.clone().acquire_owned().await.ok()
     }
 
     /// Whether the master accepts connections on its control socket.
@@ -258,6 +269,7 @@ impl SshSessions {
             target: t.clone(),
             control_path,
             ssh_config: self.inner.ssh_config.clone(),
+            channels: Arc::new(tokio::sync::Semaphore::new(MAX_CHANNELS)),
         })
     }
 
@@ -392,9 +404,18 @@ impl SshSessions {
             if let Some(bytes) = &stdin {
                 cmd = cmd.stdin(bytes.clone());
             }
-            let out = process::run(&cmd, deadline)
+            // Waiting for a channel counts against the deadline, like the command itself.
+            let started = tokio::time::Instant::now();
+            let permit = tokio::time::timeout(deadline, master.channel())
+                .await
+                .map_err(|_| {
+                    super::run_error(&cmd, process::RunError::Timeout { after: deadline })
+                })?;
+            let left = deadline.saturating_sub(started.elapsed());
+            let out = process::run(&cmd, left)
                 .await
                 .map_err(|e| super::run_error(&cmd, e))?;
+            drop(permit);
             if out.code != SSH_FAILURE || master.is_alive().await {
                 return Ok(out);
             }
