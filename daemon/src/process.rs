@@ -24,7 +24,9 @@ const MASK: &str = "***REDACTED***";
 const CHUNK: usize = 8 * 1024;
 
 /// A command to run: program, arguments, working dir, extra environment and optional stdin.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` shows [`Cmd::display`] and the stdin length only: stdin may carry secret values
+/// (an env file), and masked arguments hold them.
+#[derive(Clone, Default)]
 pub struct Cmd {
     pub program: String,
     pub args: Vec<String>,
@@ -33,6 +35,20 @@ pub struct Cmd {
     pub stdin: Option<Vec<u8>>,
     /// Indexes into `args` whose value must never be shown (`railway variables --set N=v`).
     pub masked: Vec<usize>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cmd")
+            .field("argv", &self.display())
+            .field("cwd", &self.cwd)
+            .field(
+                "env",
+                &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl Cmd {
@@ -634,6 +650,9 @@ mod tests {
             "railway variables --service 'my svc' --set 'OPENAI_API_KEY=***REDACTED***'"
         );
         assert_eq!(cmd.argv()[5], "OPENAI_API_KEY=sk-live-value");
+        let debug = format!("{cmd:?}");
+        assert!(!debug.contains("sk-live-value"), "{debug}");
+        assert!(!debug.contains("never shown"), "{debug}");
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub struct DeployReport {
     pub warnings: Vec<String>,
 }
 
-/// Everything a provider needs for one request.
-#[derive(Debug, Clone)]
+/// Everything a provider needs for one request. `Debug` lists secret names, never values.
+#[derive(Clone)]
 pub struct ProviderCtx {
     pub spec: Arc<CloudSpec>,
     /// The rendered deploy dir (persistent for local and ssh, temporary for railway).
@@ -69,6 +69,18 @@ pub struct ProviderCtx {
     pub redactor: Redactor,
     /// Deadline of each remote command (not of builds or followed logs).
     pub deadline: Duration,
+}
+
+impl std::fmt::Debug for ProviderCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderCtx")
+            .field("cloud_yaml", &self.spec.path)
+            .field("provider", &self.spec.provider)
+            .field("deploy_dir", &self.deploy_dir)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 /// Lines kept of a deploy step's output.
@@ -531,6 +543,23 @@ pub(crate) mod test_support {
 mod tests {
     use super::*;
     use test_support::spec;
+
+    #[test]
+    fn debug_output_never_shows_secret_values() {
+        let mut secrets = BTreeMap::new();
+        secrets.insert("A_KEY".to_string(), "value-that-must-not-leak".to_string());
+        let s = spec("provider: local\nrepo: {url: u}\nsecrets: [A_KEY]\n");
+        let ctx = ProviderCtx {
+            redactor: Redactor::new(&s.secrets, &secrets),
+            spec: Arc::new(s),
+            deploy_dir: PathBuf::from("/d"),
+            secrets,
+            deadline: Duration::from_secs(1),
+        };
+        let debug = format!("{:?}", local::LocalProvider::new(ctx));
+        assert!(debug.contains("A_KEY"), "{debug}");
+        assert!(!debug.contains("value-that-must-not-leak"), "{debug}");
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

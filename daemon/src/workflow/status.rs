@@ -182,13 +182,12 @@ pub fn parse_chains(stdout: &str) -> Vec<Value> {
             _ => {}
         }
     }
-    let mut names: std::collections::BTreeSet<String> = live.clone();
-    names.extend(
-        markers
-            .keys()
-            .filter(|k| k.starts_with("megaplan-chain"))
-            .cloned(),
-    );
+    let names: std::collections::BTreeSet<String> = live
+        .iter()
+        .chain(markers.keys())
+        .filter(|k| k.starts_with(CHAIN_SESSION))
+        .cloned()
+        .collect();
     names
         .into_iter()
         .map(|s| {
