@@ -77,14 +77,12 @@ fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
 
 async fn run(cli: Cli) -> i32 {
     let cloud_yaml = abs(&cli.cloud_yaml);
-    if let Cmd::Init { force } = cli.command {
-        return init(&cloud_yaml, force);
-    }
     let (socket, source) = paths::resolve_socket(cli.socket.as_deref());
     let client = DaemonClient::new(socket, source);
     let cy = cloud_yaml.display().to_string();
     let command = match cli.command {
-        Cmd::Init { .. } => unreachable_init(),
+        // `init` needs no daemon: it only writes the scaffold.
+        Cmd::Init { force } => return init(&cloud_yaml, force),
         Cmd::Build => Command::Build,
         Cmd::Deploy => Command::Deploy,
         Cmd::Bootstrap {
@@ -211,11 +209,6 @@ async fn run(cli: Cli) -> i32 {
         } => return daemon_status(&client, json).await,
     };
     run_command(&client, &cy, command).await
-}
-
-fn unreachable_init() -> Command {
-    // `init` returns before the client is built.
-    Command::Chains
 }
 
 fn init(path: &Path, force: bool) -> i32 {

@@ -306,11 +306,11 @@ const REDACT_TOKENS: &[&[u8]] = &[
 /// One to four stacked byte-level mutations of `input`.
 fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[&[u8]], dict: &[&[u8]]) -> Vec<u8> {
     let mut data = input.to_vec();
-    let token = |rng: &mut Rng| -> &[u8] {
+    let token = |rng: &mut Rng| -> Vec<u8> {
         if rng.one_in(3) {
-            rng.pick(COMMON_TOKENS)
+            rng.pick(COMMON_TOKENS).to_vec()
         } else {
-            rng.pick(dict)
+            rng.pick(dict).to_vec()
         }
     };
     for _ in 0..1 + rng.below(4) {
@@ -331,7 +331,7 @@ fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[&[u8]], dict: &[&[u8]]) -
             }
             3 | 4 => {
                 let at = rng.below(data.len() + 1);
-                let t = token(rng).to_vec();
+                let t = token(rng);
                 data.splice(at..at, t);
             }
             5 if !data.is_empty() => {
