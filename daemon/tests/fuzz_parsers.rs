@@ -612,6 +612,7 @@ fn fuzz_target(
     let mut tally = Tally::default();
     let started = Instant::now();
     for seed in &seeds {
+        let t0 = Instant::now();
         let accepted = run_case(
             target,
             &format!("seed {} unmodified", seed.name),
@@ -662,6 +663,7 @@ fn fuzz_target(
                 check,
             );
         }
+        eprintln!("TIMING {target}/{} {:?}", seed.name, t0.elapsed());
     }
     eprintln!(
         "fuzz {target}: {} inputs ({} accepted, {} refused) from {} seeds in {:?}",

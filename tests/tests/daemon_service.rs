@@ -545,3 +545,26 @@ fn service_files_validate() {
         assert!(text.contains(needed), "plist lacks {needed}");
     }
 }
+
+#[test]
+fn readiness_is_reported_to_systemd() {
+    // Type=notify: the daemon sends READY=1 on $NOTIFY_SOCKET once it serves, STOPPING=1 on stop.
+    let tmp = tempfile::tempdir().unwrap();
+    let notify = tmp.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let notify_s = notify.display().to_string();
+    let mut d = Daemon::start(&[("NOTIFY_SOCKET", &notify_s)], &[]);
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).expect("no READY=1 from the daemon");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // Ready means ready: the socket answers now.
+    assert!(UnixStream::connect(&d.socket).is_ok());
+    assert_eq!(d.terminate().code(), Some(0));
+    let n = listener
+        .recv(&mut buf)
+        .expect("no STOPPING=1 from the daemon");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}

@@ -119,6 +119,23 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     assert_eq!(t.json["acted"], true);
     assert!(trips <= 3, "an acting tick made {trips} remote round trips");
     assert_eq!(t.json["remote_round_trips"], 2);
+    // The advance is a launch: the last-chain marker says so.
+    let marker = rig.ctl(&["status", "--chain"]);
+    assert_eq!(marker.code, Some(0));
+    let key = megaplan_cloud_api::paths::marker_key(&rig.cloud_yaml);
+    let legacy: Value = serde_json::from_slice(
+        &std::fs::read(
+            rig.daemon
+                .home
+                .join("markers")
+                .join(&key)
+                .join("last_chain.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(legacy["last_supervisor_action"], "advance", "{legacy}");
+    assert_eq!(legacy["remote_spec"], "/workspace/app/chain.yaml");
     assert!(
         wait_until(Duration::from_secs(30), || {
             let s = rig.ctl(&["status", "--chain"]).json;

@@ -229,8 +229,56 @@ async fn observe_and_act(
             consistency,
             obs.sync_refresh.clone(),
         );
+        if applied.acted {
+            // A restart or advance is a launch: keep the last-chain marker describing it.
+            let updated = relaunched_marker(marker.as_ref(), &target, spec, applied.next_action);
+            if let Err(e) =
+                markers::save(state, key, &spec.path.display().to_string(), &updated).await
+            {
+                tracing::warn!(key, "tick acted but the marker could not be updated: {e}");
+            }
+        }
     }
     Ok(out)
+}
+
+/// The last-chain marker after the supervisor (re)launched the runner: the previous marker's
+/// fields carried over when it describes this spec, the launch fields refreshed.
+fn relaunched_marker(
+    previous: Option<&Value>,
+    target: &status::ChainTarget,
+    spec: &CloudSpec,
+    action: &str,
+) -> Value {
+    let mut m = previous
+        .filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(target.spec.as_str()))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let fields = [
+        ("remote_spec", json!(target.spec)),
+        ("started_at", json!(Utc::now().to_rfc3339())),
+        ("workspace", json!(target.workspace)),
+        ("chain_session", json!(target.session)),
+        ("chain_log", json!(target.log_path)),
+        ("provider", json!(spec.provider.as_str())),
+        ("provider_identity", super::provider_identity(spec)),
+        ("last_supervisor_action", json!(action)),
+    ];
+    for (k, v) in fields {
+        m.insert(k.to_string(), v);
+    }
+    m.entry("base_branch")
+        .or_insert_with(|| json!(spec.repo.branch));
+    m.entry("extra_repos").or_insert_with(|| {
+        json!(
+            spec.extra_repos
+                .iter()
+                .map(|r| r.path.clone())
+                .collect::<Vec<_>>()
+        )
+    });
+    Value::Object(m)
 }
 
 fn report(

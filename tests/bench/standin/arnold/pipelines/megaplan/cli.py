@@ -65,6 +65,11 @@ def next_step_for(state):
 
 def cmd_status(args):
     project = Path.cwd()
+    # Fault injection: a remote command that never returns (the daemon's deadlines must end it).
+    if chain.Control(project).read().get("hang_status"):
+        print("status: hanging (hang_status in the control file)", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
     plan = args.plan or _newest_plan(project)
     if plan is None:
         return _error("no_plans", f"no plans under {_plans_root(project)}; run init first")
