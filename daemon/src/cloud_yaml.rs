@@ -5,6 +5,7 @@
 //! serde derive would report "invalid type at line 3" instead of the field and its fix.
 
 use crate::yaml;
+use crate::yaml::type_name;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -240,17 +241,6 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<CloudSpec, ErrorBody> {
         warnings: Vec::new(),
     }
     .spec(&root)
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &[

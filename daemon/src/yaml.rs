@@ -38,6 +38,18 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
     }
 }
 
+/// How a parsed YAML value is named in error messages ("found a list").
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
 /// Serialize a JSON value as YAML text (used to write the normalised chain spec).
 pub fn to_string(value: &Value) -> Result<String, YamlError> {
     serde_saphyr::to_string(value).map_err(|e| YamlError {

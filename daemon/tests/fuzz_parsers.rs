@@ -1614,3 +1614,32 @@ fn mutations_are_deterministic_and_change_the_input() {
         "structure-aware mutation never changed the document"
     );
 }
+
+#[test]
+fn zz_probe_bombs() {
+    for f in [
+        "cloud_yaml/err_billion_laughs.yaml",
+        "chain_spec/err_billion_laughs_driver.yaml",
+    ] {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/corpus")
+            .join(f);
+        let b = std::fs::read(p).unwrap();
+        let t = Instant::now();
+        let r = yaml::parse(&lossy(&b));
+        eprintln!(
+            "PROBE {f} {:?} {:?}",
+            t.elapsed(),
+            r.map(|v| node_count(&v))
+        );
+    }
+    for (l, w) in [(9, 9), (12, 10), (30, 2), (5, 5), (4, 4)] {
+        let t = Instant::now();
+        let r = yaml::parse(&alias_bomb("", l, w));
+        eprintln!(
+            "PROBE gen {l}x{w} {:?} {:?}",
+            t.elapsed(),
+            r.map(|v| node_count(&v))
+        );
+    }
+}

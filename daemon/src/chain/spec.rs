@@ -7,6 +7,7 @@
 //! untouched in `raw`, so the remote core sees exactly what the operator wrote.
 
 use crate::yaml;
+use crate::yaml::type_name;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -50,17 +51,6 @@ pub struct ChainSpec {
     pub prerequisite_policy: String,
     pub validation_policy: String,
     pub review_clean_milestone_pr: String,
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
 }
 
 struct Checker<'a> {

@@ -1,7 +1,10 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
 use super::{Ctx, Done, markers, remote_failure};
-use crate::chain::observe::{self, DEFAULT_CHAIN_LOG, ObserveRequest, SESSION_MARKER_DIR};
+use crate::chain::observe::{
+    self, DEFAULT_CHAIN_LOG, Observation, ObserveRequest, SESSION_MARKER_DIR,
+};
+use crate::chain::spec::ChainSpec;
 use crate::chain::summary;
 use crate::cloud_yaml::{CloudSpec, Mode};
 use crate::provider::Provider;
@@ -95,19 +98,23 @@ pub fn chain_target(
     })
 }
 
-/// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
-pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
-    let marker = markers::load(&ctx.state, &ctx.key).await?;
-    let target = chain_target(remote_spec, marker.as_ref(), &ctx.spec)?;
-    let p = ctx.runner()?;
+/// One remote round trip: observe the chain of `target` (for ticks also the sync refresh and
+/// the PR probe) and parse the remote spec. Unreadable state or spec files are errors naming
+/// the remote file.
+pub async fn observe_chain(
+    p: &impl Provider,
+    target: &ChainTarget,
+    launcher: &str,
+    for_tick: bool,
+) -> Result<(Observation, ChainSpec), ErrorBody> {
     let script = observe::observe_script(&ObserveRequest {
         spec: target.spec.clone(),
         session: target.session.clone(),
         workspace: target.workspace.clone(),
-        launcher: ctx.spec.megaplan.launcher.clone(),
+        launcher: launcher.to_string(),
         log_path: target.log_path.clone(),
-        sync_refresh: false,
-        pr_probe: false,
+        sync_refresh: for_tick,
+        pr_probe: for_tick,
     });
     let r = p.observe(&script).await?;
     let obs = observe::parse_observation(&r.stdout)?;
@@ -122,6 +129,15 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
             )
         }));
     };
+    Ok((obs, chain_spec))
+}
+
+/// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
+pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
+    let marker = markers::load(&ctx.state, &ctx.key).await?;
+    let target = chain_target(remote_spec, marker.as_ref(), &ctx.spec)?;
+    let p = ctx.runner()?;
+    let (obs, chain_spec) = observe_chain(&p, &target, &ctx.spec.megaplan.launcher, false).await?;
     let consistency = summary::provider_consistency(
         ctx.spec.provider.as_str(),
         &super::provider_identity(&ctx.spec),

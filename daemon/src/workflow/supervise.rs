@@ -5,7 +5,7 @@
 use super::{Ctx, Done, markers, status};
 use crate::chain::classify::Liveness;
 use crate::chain::decide::{self, MutationTarget, TickFacts};
-use crate::chain::observe::{self, ObserveRequest, SESSION_MARKER_DIR};
+use crate::chain::observe::SESSION_MARKER_DIR;
 use crate::chain::summary;
 use crate::cloud_yaml::{self, CloudSpec};
 use crate::daemon::AppState;
@@ -136,29 +136,9 @@ async fn observe_and_act(
     }
 
     // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
-    let script = observe::observe_script(&ObserveRequest {
-        spec: target.spec.clone(),
-        session: target.session.clone(),
-        workspace: target.workspace.clone(),
-        launcher: spec.megaplan.launcher.clone(),
-        log_path: target.log_path.clone(),
-        sync_refresh: true,
-        pr_probe: true,
-    });
     *round_trips += 1;
-    let r = p.observe(&script).await?;
-    let obs = observe::parse_observation(&r.stdout)?;
-    if let Some(e) = &obs.state_error {
-        return Err(e.clone());
-    }
-    let Some(chain_spec) = obs.spec.clone() else {
-        return Err(obs.spec_error.clone().unwrap_or_else(|| {
-            ErrorBody::new(
-                megaplan_cloud_api::ErrorCode::ProviderFailed,
-                format!("remote chain spec {} could not be read", target.spec),
-            )
-        }));
-    };
+    let (obs, chain_spec) =
+        status::observe_chain(&p, &target, &spec.megaplan.launcher, true).await?;
     let payload = summary::status_payload(
         &obs,
         &chain_spec,
