@@ -310,3 +310,36 @@ fn exec_output_is_redacted() {
         e.stdout
     );
 }
+
+#[test]
+fn shutdown_closes_the_held_ssh_session() {
+    let Some(mut rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    let connections = rig.sshd.accepted_connections();
+    for _ in 0..5 {
+        assert_eq!(rig.ctl(&["exec", "true"]).code, Some(0));
+    }
+    assert_eq!(
+        rig.sshd.accepted_connections() - connections,
+        1,
+        "five execs, one held connection"
+    );
+    let health = rig.ctl(&["daemon", "status", "--json"]).ok();
+    assert_eq!(health.json["ssh_sessions"], 1);
+    let control_dir = rig.daemon.socket.parent().unwrap().join("ssh");
+    let masters = || {
+        let out = std::process::Command::new("pgrep")
+            .arg("-f")
+            .arg(control_dir.to_str().unwrap())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(masters(), 1, "one ControlMaster process while serving");
+    assert_eq!(rig.daemon.terminate().code(), Some(0));
+    assert!(
+        wait_until(Duration::from_secs(10), || masters() == 0),
+        "the ssh master outlived the daemon"
+    );
+}
