@@ -277,6 +277,13 @@ fn bootstrap_status_exec_and_chains() {
     assert_eq!(st.json["plan"], "tiny", "{}\n{}", st.stdout, st.stderr);
     assert_eq!(st.json["state"], "running");
 
+    // resume runs the step the status names next, for that plan.
+    let r = rig.ctl(&["resume"]).ok();
+    assert_eq!(r.json["next_step"], "execute", "{}", r.stdout);
+    assert_eq!(r.json["plan"], "tiny");
+    let steps = String::from_utf8(rig.container.read_file("/workspace/app/.megaplan/standin-steps.jsonl").expect("step recorded")).unwrap();
+    assert!(steps.contains("execute") && steps.contains("tiny"), "{steps}");
+
     // exec relays output, stderr and the exit code; hostile text passes through literally.
     let e = rig.ctl(&[
         "exec",
