@@ -68,8 +68,11 @@ impl AppState {
     pub fn secret_values(&self, key: &str, names: &[String]) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for n in names {
+            // Multi-line values cannot be redacted reliably line by line: the client refuses
+            // them, and the daemon's own environment is held to the same rule.
             if let Ok(v) = std::env::var(n)
                 && !v.is_empty()
+                && !v.contains(['\n', '\r'])
             {
                 out.insert(n.clone(), v);
             }
@@ -505,15 +508,46 @@ async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQu
 }
 
 /// NDJSON response body fed by a channel; ends when the sender is dropped or `stop` fires.
-fn ndjson_body(rx: mpsc::Receiver<Frame>, stop: CancellationToken) -> Response {
-    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, stop)| async move {
-        let frame = tokio::select! {
-            f = rx.recv() => f,
-            _ = stop.cancelled() => None,
+/// Frames already queued are still sent. When `stop` ends a stream that has not carried a
+/// `result` frame yet, the `on_stop` frames are sent last, so a client cut off by shutdown
+/// learns why instead of seeing the stream just end.
+fn ndjson_body(
+    rx: mpsc::Receiver<Frame>,
+    stop: CancellationToken,
+    on_stop: Vec<Frame>,
+) -> Response {
+    struct Feed {
+        rx: mpsc::Receiver<Frame>,
+        stop: CancellationToken,
+        on_stop: std::collections::VecDeque<Frame>,
+        stopped: bool,
+    }
+    let feed = Feed {
+        rx,
+        stop,
+        on_stop: on_stop.into(),
+        stopped: false,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let frame = if feed.stopped {
+            feed.on_stop.pop_front()
+        } else {
+            tokio::select! {
+                biased;
+                f = feed.rx.recv() => f,
+                _ = feed.stop.cancelled() => {
+                    feed.stopped = true;
+                    feed.on_stop.pop_front()
+                }
+            }
         };
+        if matches!(frame, Some(Frame::Result { .. })) {
+            // The command's own result is out: nothing may follow it.
+            feed.on_stop.clear();
+        }
         frame.map(|f| {
             let line = bytes::Bytes::from(f.to_line());
-            (Ok::<_, std::io::Error>(line), (rx, stop))
+            (Ok::<_, std::io::Error>(line), feed)
         })
     });
     Response::builder()
@@ -551,7 +585,7 @@ async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQu
             }
         }
     });
-    ndjson_body(rx, state.shutdown.clone())
+    ndjson_body(rx, state.shutdown.clone(), Vec::new())
 }
 
 async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
@@ -565,10 +599,27 @@ async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes
         Ok(r) => r,
         Err(e) => return err(bad_json(e)),
     };
+    let name = req.command.name();
     let (tx, rx) = mpsc::channel::<Frame>(256);
     let st = state.clone();
     state.tasks.spawn(async move {
         workflow::run(st, req, tx).await;
     });
-    ndjson_body(rx, state.hard_stop.clone())
+    let cut_off = ErrorBody::new(
+        ErrorCode::ShuttingDown,
+        format!(
+            "megaplan-cloudd shut down while `{name}` was running and stopped it after its {}s grace period; it may or may not have completed on the runner: check the runner, then run `{name}` again once the daemon is back",
+            state.settings.shutdown_grace.as_secs()
+        ),
+    );
+    let on_stop = vec![
+        Frame::Stderr {
+            data: format!("error: {}: {}\n", cut_off.error, cut_off.message),
+        },
+        Frame::Result {
+            payload: cut_off.to_value(),
+            exit_code: 1,
+        },
+    ];
+    ndjson_body(rx, state.hard_stop.clone(), on_stop)
 }

@@ -281,8 +281,16 @@ fn bootstrap_status_exec_and_chains() {
     let r = rig.ctl(&["resume"]).ok();
     assert_eq!(r.json["next_step"], "execute", "{}", r.stdout);
     assert_eq!(r.json["plan"], "tiny");
-    let steps = String::from_utf8(rig.container.read_file("/workspace/app/.megaplan/standin-steps.jsonl").expect("step recorded")).unwrap();
-    assert!(steps.contains("execute") && steps.contains("tiny"), "{steps}");
+    let steps = String::from_utf8(
+        rig.container
+            .read_file("/workspace/app/.megaplan/standin-steps.jsonl")
+            .expect("step recorded"),
+    )
+    .unwrap();
+    assert!(
+        steps.contains("execute") && steps.contains("tiny"),
+        "{steps}"
+    );
 
     // exec relays output, stderr and the exit code; hostile text passes through literally.
     let e = rig.ctl(&[
@@ -349,4 +357,18 @@ fn shutdown_closes_the_held_ssh_session() {
         wait_until(Duration::from_secs(10), || masters() == 0),
         "the ssh master outlived the daemon"
     );
+}
+
+#[test]
+fn multi_line_secret_values_are_refused() {
+    let Some(mut rig) = SshRig::start("secrets: [MEGAPLAN_TEST_PEM]\n", &[]) else {
+        return;
+    };
+    rig.env
+        .push(("MEGAPLAN_TEST_PEM".into(), "abc\ndefg".into()));
+    let e = rig.ctl(&["exec", "echo hi"]);
+    assert_eq!(e.code, Some(1));
+    assert_eq!(e.json["error"], "invalid_args");
+    assert_eq!(e.json["field"], "MEGAPLAN_TEST_PEM");
+    assert!(!e.stdout.contains("defg"));
 }

@@ -230,6 +230,20 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
         _ => {}
     }
     let key = spec.key();
+    // Output is redacted line by line, so a value spanning lines could escape in pieces whose
+    // lines are too short to match; the ssh/local env files cannot carry one either.
+    if let Some(name) = req
+        .secrets
+        .iter()
+        .find(|(k, v)| spec.secrets.contains(k) && v.contains(['\n', '\r']))
+        .map(|(k, _)| k)
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            format!("secret {name} contains a line break; export a single-line value (e.g. base64-encode it)"),
+        )
+        .with("field", name.as_str()));
+    }
     // Remember what the client handed over (memory only) so unattended ticks redact too.
     let wanted: BTreeMap<String, String> = req
         .secrets
