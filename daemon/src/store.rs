@@ -120,6 +120,17 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // A COMMIT that fails on a full disk or a read-only file system is rolled
+                    // back by SQLite itself; sqlx's own ROLLBACK then fails and its transaction
+                    // depth stays above zero, so every later BEGIN on that connection would
+                    // fail too. The ping runs after the queued rollback; a connection still "in
+                    // a transaction" then is closed, and the pool opens a fresh one.
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| StoreError {
@@ -175,7 +186,17 @@ impl Store {
         &self,
         r: &NewRegistration,
     ) -> Result<Registration, StoreError> {
+        let what = "saving the registration";
         let now = now();
+        // An explicit transaction: in autocommit mode the commit of an `INSERT ... RETURNING`
+        // happens when the statement is reset after its row was read, and a failed commit
+        // (disk full, read-only file system) would be lost there, reporting a registration
+        // that was never stored.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(what, e))?;
         let row = sqlx::query(
             "INSERT INTO registrations (key, cloud_yaml, schedule, remote_spec, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -191,10 +212,13 @@ impl Store {
         .bind(&r.schedule)
         .bind(&r.remote_spec)
         .bind(&now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| self.failed("saving the registration", e))?;
-        registration_from_row(&row).map_err(|e| self.failed("reading the registration", e))
+        .map_err(|e| self.failed(what, e))?;
+        let reg =
+            registration_from_row(&row).map_err(|e| self.failed("reading the registration", e))?;
+        tx.commit().await.map_err(|e| self.failed(what, e))?;
+        Ok(reg)
     }
 
     /// Remove a registration and its stored ticks (they describe a schedule that no longer
@@ -563,9 +587,16 @@ fn prepare_file(path: &Path) -> Result<(), StoreError> {
 async fn check_not_newer(path: &Path) -> Result<(), StoreError> {
     let shown = path.display();
     let cannot_read = |e: sqlx::Error| StoreError {
-        message: format!(
-            "cannot read database {shown}: {e}; it may be corrupt or not a SQLite database; move it aside or use another --db"
-        ),
+        message: match not_writable(path) {
+            // SQLite cannot open a WAL database without writing beside it: say so rather than
+            // suspect the file.
+            Some(why) => format!(
+                "cannot open database {shown}: {e}; {why}: make it writable (remount the file system read-write, fix its permissions) or use another --db"
+            ),
+            None => format!(
+                "cannot read database {shown}: {e}; it may be corrupt or not a SQLite database; move it aside or use another --db"
+            ),
+        },
     };
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -590,6 +621,28 @@ async fn check_not_newer(path: &Path) -> Result<(), StoreError> {
         }),
         None => Ok(()),
     }
+}
+
+/// Why the database file or its folder cannot be written, if so. access(2) reports a read-only
+/// file system (EROFS) even to root, which permission bits would not show.
+fn not_writable(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    [folder, path].into_iter().find_map(|p| {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+        // SAFETY: access(2) only reads the NUL-terminated path it is given.
+        let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK) };
+        (rc != 0).then(|| {
+            format!(
+                "{} is not writable ({})",
+                p.display(),
+                std::io::Error::last_os_error()
+            )
+        })
+    })
 }
 
 enum SchemaProblem {
@@ -632,6 +685,18 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use serde_json::json;
+
+    #[test]
+    fn not_writable_names_the_place_and_the_cause() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("cloudd.db");
+        std::fs::write(&db, b"").unwrap();
+        assert_eq!(not_writable(&db), None);
+        let gone = tmp.path().join("missing").join("cloudd.db");
+        let why = not_writable(&gone).unwrap();
+        assert!(why.contains("missing is not writable"), "{why}");
+        assert!(why.contains("No such file or directory"), "{why}");
+    }
 
     fn reg(key: &str, schedule: &str) -> NewRegistration {
         NewRegistration {

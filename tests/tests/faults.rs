@@ -1,10 +1,22 @@
-//! Fault suite (issue 7) against the real daemon.
+//! The fault suite (issue 7) against the real daemon: sshd killed mid-tick, the runner container
+//! stopped, a corrupt remote chain state, a remote command that never returns, 100 MB of logs,
+//! idle and oversized clients, a full or read-only disk, and SIGTERM during a build.
+//!
+//! Every test checks the same three things: the daemon keeps serving (a later `daemon status`
+//! answers), nothing stored is lost or corrupted (`PRAGMA integrity_check` and the earlier rows),
+//! and the error the operator sees names what happened (error code and message words).
 
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
-use megaplan_cloud_e2e::wait_until;
-use std::path::Path;
-use std::process::Command;
+use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
 
 fn sqlite(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
@@ -16,6 +28,39 @@ fn sqlite(db: &Path, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The database is sound and still holds at least `ticks` tick rows and `registrations` rows.
+fn assert_db_intact(db: &Path, registrations: usize, ticks: usize) {
+    assert_eq!(
+        sqlite(db, "PRAGMA integrity_check;"),
+        "ok",
+        "{}",
+        db.display()
+    );
+    let regs: usize = sqlite(db, "SELECT count(*) FROM registrations;")
+        .parse()
+        .unwrap();
+    let stored: usize = sqlite(db, "SELECT count(*) FROM ticks;").parse().unwrap();
+    assert!(
+        regs >= registrations,
+        "registrations lost: {regs} < {registrations}"
+    );
+    assert!(stored >= ticks, "ticks lost: {stored} < {ticks}");
+}
+
+/// `daemon status` answers, and the daemon log holds no panic.
+fn assert_serving(d: &Daemon) -> Value {
+    let st = Run::from_output(&d.ctl(&d.dir, &[], &["daemon", "status", "--json"])).ok();
+    assert_eq!(st.json["pid"], d.pid(), "{}", st.stdout);
+    let log = d.log_text();
+    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+    st.json
+}
+
+fn message(r: &Run) -> String {
+    r.json["message"].as_str().unwrap_or_default().to_string()
+}
+
+/// `pgrep -a -f pattern` lines (every process whose command line matches).
 fn pgrep(pattern: &str) -> Vec<String> {
     let out = Command::new("pgrep")
         .args(["-a", "-f", pattern])
@@ -27,10 +72,281 @@ fn pgrep(pattern: &str) -> Vec<String> {
         .collect()
 }
 
+/// Processes of one container (`docker top`) whose command line contains `needle`.
+fn container_procs(container: &str, needle: &str) -> Vec<String> {
+    let out = run_cmd("docker", &["top", container, "-eo", "pid,args"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What the chain observation runs for the current plan while `hang_status` holds it.
+const HANGING_STATUS: &str = "arnold.pipelines.megaplan status --plan plan-m1";
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn launch(rig: &SshRig, labels: &[&str]) {
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
 }
+
+fn wait_complete(rig: &SshRig) {
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        }),
+        "the chain did not complete"
+    );
+}
+
+fn ticks(rig: &SshRig) -> Vec<Value> {
+    rig.ctl(&["ticks", "--json", "--limit", "100"])
+        .json
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A cloud.yaml like the rig's, for another container.
+fn cloud_yaml_for(rig: &SshRig, dir: &str, container: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&rig.cloud_yaml)
+        .unwrap()
+        .replace(&rig.container.name, container);
+    let d = rig.project.join(dir);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("cloud.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...`, spawned with piped stdout/stderr.
+fn spawn_ctl(d: &Daemon, cwd: &Path, cloud_yaml: &Path, args: &[&str]) -> Child {
+    Command::new(bin("megaplan-cloudctl"))
+        .arg("--cloud-yaml")
+        .arg(cloud_yaml)
+        .args(args)
+        .current_dir(cwd)
+        .env("MEGAPLAN_CLOUDD_SOCKET", &d.socket)
+        .env("MEGAPLAN_CLOUD_HOME", &d.home)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("megaplan-cloudctl")
+}
+
+fn run_cmd(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// What a build leaves on the runner's host beyond the bench's own clean-up, removed on drop:
+/// the image (tagged with the runner container's name) and the synced deploy dir.
+struct BuildLeftovers {
+    image: String,
+    remote_dir: String,
+}
+
+impl Drop for BuildLeftovers {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.remote_dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. sshd killed while a tick is blocked in its observation.
+
+#[test]
+fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
+    let Some(mut rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+    }));
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    let first = rig.ctl(&["tick"]);
+    assert_eq!(first.json["success"], true, "{}", first.stdout);
+
+    // The observation blocks in the core's `status`; kill sshd (and every session) under it.
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
+    let client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["tick"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || !container_procs(
+            &rig.container.name,
+            HANGING_STATUS
+        )
+        .is_empty()),
+        "the tick never reached the hanging status"
+    );
+    rig.sshd.stop();
+    let out = client.wait_with_output().unwrap();
+    let t = Run::from_output(&out);
+    assert_eq!(t.code, Some(1), "{}\n{}", t.stdout, t.stderr);
+    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("chain status read failed") && reason.contains("ssh"),
+        "{reason}"
+    );
+    assert_eq!(t.json["report"]["error"], "provider_failed", "{}", t.stdout);
+
+    // sshd back and the core answering again: the next tick works on a fresh connection.
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    rig.sshd.restart();
+    let next = rig.ctl(&["tick"]);
+    assert_eq!(next.json["success"], true, "{}", next.stdout);
+    assert_eq!(next.json["event"], "supervisor_tick", "{}", next.stdout);
+
+    assert_serving(&rig.daemon);
+    let stored = ticks(&rig);
+    let events: Vec<&str> = stored
+        .iter()
+        .map(|t| t["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["supervisor_tick", "supervisor_error", "supervisor_tick"],
+        "newest first"
+    );
+    assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 3);
+    rig.control(r#"{"step_seconds": 0.1}"#);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The runner container stopped.
+
+#[test]
+fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    launch(&rig, &["m1"]);
+    wait_complete(&rig);
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    assert_eq!(rig.ctl(&["tick"]).json["success"], true);
+
+    let stop = run_cmd("docker", &["stop", "-t", "1", &rig.container.name]);
+    assert!(stop.status.success(), "{stop:?}");
+
+    let s = rig.ctl(&["status", "--chain"]);
+    assert_eq!(s.code, Some(1), "{}", s.stdout);
+    assert_eq!(s.json["error"], "provider_failed", "{}", s.stdout);
+    let m = message(&s);
+    assert!(
+        m.contains("chain observation") && m.contains("is not running"),
+        "{m}"
+    );
+    assert!(s.stderr.contains("is not running"), "{}", s.stderr);
+
+    let t = rig.ctl(&["tick"]);
+    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    assert_eq!(t.json["success"], false);
+    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(reason.contains("is not running"), "{reason}");
+
+    let e = rig.ctl(&["exec", "echo never"]);
+    assert_ne!(e.code, Some(0), "{}", e.stdout);
+    assert!(!e.stdout.contains("never"), "{}", e.stdout);
+    assert!(e.stderr.contains("is not running"), "{}", e.stderr);
+
+    assert_serving(&rig.daemon);
+    assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 2);
+
+    // Started again, the same registration observes normally.
+    let start = run_cmd("docker", &["start", &rig.container.name]);
+    assert!(start.status.success(), "{start:?}");
+    let again = rig.ctl(&["status", "--chain"]).ok();
+    assert_eq!(
+        again.json["effective_status"], "complete",
+        "{}",
+        again.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The remote chain state file truncated, emptied, and replaced by non-JSON.
+
+#[test]
+fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    launch(&rig, &["m1"]);
+    wait_complete(&rig);
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    assert_eq!(rig.ctl(&["tick"]).json["success"], true);
+    let state_file = rig
+        .container
+        .exec_ok("ls /workspace/app/.megaplan/plans/.chains/chain-*.json | grep -v runtime_policy")
+        .trim()
+        .to_string();
+    assert!(state_file.ends_with(".json"), "{state_file}");
+    let good = rig.container.read_file(&state_file).unwrap();
+
+    let half = good.len() / 2;
+    let corruptions: [(&str, Vec<u8>); 3] = [
+        ("truncated", good[..half].to_vec()),
+        ("empty", Vec::new()),
+        ("not JSON", b"this is not json at all\n".to_vec()),
+    ];
+    for (n, (what, bytes)) in corruptions.iter().enumerate() {
+        rig.container.write_file(&state_file, bytes);
+        let s = rig.ctl(&["status", "--chain"]);
+        assert_eq!(s.code, Some(1), "{what}: {}", s.stdout);
+        assert_eq!(s.json["error"], "provider_failed", "{what}: {}", s.stdout);
+        assert_eq!(s.json["file"], state_file.as_str(), "{what}: {}", s.stdout);
+        let m = message(&s);
+        assert!(
+            m.contains(&state_file) && m.contains("invalid JSON"),
+            "{what}: {m}"
+        );
+
+        let t = rig.ctl(&["tick"]);
+        assert_eq!(t.json["event"], "supervisor_error", "{what}: {}", t.stdout);
+        let reason = t.json["refused_reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&state_file) && reason.contains("invalid JSON"),
+            "{what}: {reason}"
+        );
+        assert_eq!(ticks(&rig).len(), n + 2, "{what}");
+    }
+
+    assert_serving(&rig.daemon);
+    assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 4);
+    // Restored, the state reads again.
+    rig.container.write_file(&state_file, &good);
+    let s = rig.ctl(&["status", "--chain"]).ok();
+    assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A remote command that never returns: the tick deadline ends it, locally and remotely.
 
 #[test]
 fn hanging_remote_command_is_killed_at_the_tick_deadline() {
@@ -43,12 +359,587 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
     }));
+    rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
+
     let started = Instant::now();
-    let t = rig.ctl(&["supervise", "--chain"]);
+    let t = rig.ctl(&["tick"]);
     let took = started.elapsed();
-    eprintln!("took {took:?}\n{}\n{}", t.stdout, t.stderr);
-    std::thread::sleep(Duration::from_millis(500));
-    eprintln!("{:#?}", pgrep(&rig.container.name));
-    eprintln!("{:#?}", pgrep("ssh -S"));
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(15),
+        "the tick took {took:?}"
+    );
+    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("deadline of 5s") && reason.contains("killed"),
+        "{reason}"
+    );
+
+    // Nothing of that tick keeps running: not the local ssh client, not `docker exec` on the
+    // runner's host, not the hanging command in the container.
+    let strays = || {
+        let mut v = pgrep(&format!("ssh -S {}", rig.daemon.dir.display()));
+        v.extend(pgrep(&format!("docker exec -i {}", rig.container.name)));
+        v.extend(container_procs(&rig.container.name, HANGING_STATUS));
+        v
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || strays().is_empty()),
+        "processes of the timed-out tick are still running: {:#?}",
+        strays()
+    );
+
+    assert_serving(&rig.daemon);
+    assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 1);
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    let next = rig.ctl(&["tick"]);
+    assert_eq!(next.json["success"], true, "{}", next.stdout);
+    rig.control(r#"{"step_seconds": 0.1}"#);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. 100 MB of remote log output through `logs` with flat daemon memory.
+
+#[test]
+fn hundred_megabytes_of_logs_stream_with_flat_daemon_memory() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    let b = bench().unwrap();
+    // 1,000,000 lines of 100 x's; `echo` ends the last line (docker keeps a partial line until
+    // its newline), then an end marker.
+    let logs_c = b.container_with(
+        "mp-logs",
+        &[],
+        &[
+            "bash",
+            "-c",
+            "head -c 100000000 /dev/zero | tr '\\0' 'x' | fold -w 100; echo; echo END-OF-LOGS; sleep infinity",
+        ],
+    );
+    const MARKER: &[u8] = b"END-OF-LOGS\n";
+    let expected = 100_000_000 + 1_000_000 + MARKER.len();
+    let cy = cloud_yaml_for(&rig, "logs", &logs_c.name);
+    let pid = rig.daemon.pid();
+    // Warm up: the ssh session exists before the baseline is taken.
+    let warm = Run::from_output(&rig.daemon.ctl(
+        &rig.project,
+        &[],
+        &["--cloud-yaml", cy.to_str().unwrap(), "exec", "true"],
+    ));
+    assert_eq!(warm.code, Some(0), "{}", warm.stderr);
+    let baseline = rss_kib(pid);
+
+    let started = Instant::now();
+    let mut client = spawn_ctl(&rig.daemon, &rig.project, &cy, &["logs"]);
+    let mut stdout = client.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0usize;
+        let mut tail: Vec<u8> = Vec::new();
+        let mut other = 0usize;
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            total += n;
+            other += buf[..n]
+                .iter()
+                .filter(|&&c| c != b'x' && c != b'\n')
+                .count();
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 64 {
+                tail.drain(..tail.len() - 64);
+            }
+            if total >= expected {
+                break;
+            }
+        }
+        (total, tail, other)
+    });
+    let mut peak = baseline;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while !reader.is_finished() && Instant::now() < deadline {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    let (total, tail, other) = reader.join().unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        total,
+        expected,
+        "bytes received after {took:?} (tail {:?})",
+        String::from_utf8_lossy(&tail)
+    );
+    assert!(
+        tail.ends_with(MARKER),
+        "{:?}",
+        String::from_utf8_lossy(&tail)
+    );
+    assert_eq!(other, MARKER.len() - 1, "unexpected bytes in the stream");
+    let growth_mib = (peak.saturating_sub(baseline)) / 1024;
+    eprintln!(
+        "100 MB of logs in {took:?}; daemon RSS {} MiB -> peak {} MiB",
+        baseline / 1024,
+        peak / 1024
+    );
+    assert!(
+        growth_mib < 64,
+        "daemon RSS grew by {growth_mib} MiB while streaming"
+    );
+    // The client is gone: the daemon ends its side of the stream although the runner is quiet.
+    let ssh_client = format!("ssh -S .* docker logs -f {}", logs_c.name);
+    assert!(
+        wait_until(Duration::from_secs(10), || pgrep(&ssh_client).is_empty()),
+        "the daemon still streams logs to a client that left: {:#?}",
+        pgrep(&ssh_client)
+    );
+    assert_serving(&rig.daemon);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Idle connections and oversized bodies.
+
+fn raw_http(socket: &Path, request: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer (413) and close before a huge body is fully written.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn idle_clients_do_not_block_others_and_huge_bodies_are_refused() {
+    let d = Daemon::start(&[], &[]);
+    let work = d.dir.join("w");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo: {url: /srv/repo.git}\n").unwrap();
+    let cys = cy.to_str().unwrap();
+    Run::from_output(&d.ctl(&work, &[], &["--cloud-yaml", cys, "register"])).ok();
+    let pid = d.pid();
+    let baseline = rss_kib(pid);
+
+    // 50 clients that connect and send nothing, and 10 that stop in the middle of a header.
+    let mut idle: Vec<UnixStream> = (0..50)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    for _ in 0..10 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Half: ")
+            .unwrap();
+        idle.push(s);
+    }
+    for _ in 0..3 {
+        let started = Instant::now();
+        let st = assert_serving(&d);
+        assert_eq!(st["registrations"], 1);
+        let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
+        assert_eq!(regs.json.as_array().unwrap().len(), 1);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "two requests took {took:?} with 60 idle connections open"
+        );
+    }
+
+    // 8 MiB bodies, declared and chunked: 413 every time, memory flat.
+    let huge = vec![b'a'; 8 * 1024 * 1024];
+    for _ in 0..5 {
+        let mut req = format!(
+            "POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            huge.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&huge);
+        let resp = raw_http(&d.socket, &req);
+        assert!(
+            resp.starts_with("HTTP/1.1 413"),
+            "{}",
+            &resp[..resp.len().min(300)]
+        );
+    }
+    let mut chunked = b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for piece in huge.chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let resp = raw_http(&d.socket, &chunked);
+    assert!(
+        resp.starts_with("HTTP/1.1 413"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
+    let after = rss_kib(pid);
+    let growth_mib = after.saturating_sub(baseline) / 1024;
+    assert!(
+        growth_mib < 16,
+        "daemon RSS grew by {growth_mib} MiB (from {} to {} KiB)",
+        baseline,
+        after
+    );
+    drop(idle);
+    assert_serving(&d);
+    assert_db_intact(&d.home.join("cloudd.db"), 1, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A full disk, and a file system that turns read-only under the daemon.
+
+/// A file system mounted for one test, unmounted (and its loop device freed) on drop.
+struct MountGuard {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl MountGuard {
+    fn mount(args: &[&str], dir: &Path) -> Option<MountGuard> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(args).arg(dir).output();
+        match out {
+            Ok(o) if o.status.success() => Some(MountGuard {
+                dir: dir.to_path_buf(),
+                mounted: true,
+            }),
+            Ok(o) => {
+                skip_or_panic(&format!(
+                    "cannot mount {args:?} on {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+                None
+            }
+            Err(e) => {
+                skip_or_panic(&format!("cannot run mount: {e}"));
+                None
+            }
+        }
+    }
+
+    fn remount(&self, options: &str) -> std::process::Output {
+        Command::new("mount")
+            .args(["-o", options])
+            .arg(&self.dir)
+            .output()
+            .expect("mount")
+    }
+
+    /// Unmount now (not lazily: the file system must really be released).
+    fn unmount(mut self) {
+        let out = Command::new("umount")
+            .arg(&self.dir)
+            .output()
+            .expect("umount");
+        assert!(
+            out.status.success(),
+            "umount {}: {out:?}",
+            self.dir.display()
+        );
+        self.mounted = false;
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if self.mounted {
+            // Lazy: a failed test may still hold files open there.
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+fn write_local_cloud_yaml(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("cloud.yaml");
+    std::fs::write(&p, "provider: local\nrepo: {url: /srv/repo.git}\n").unwrap();
+    p
+}
+
+fn ctl_for(d: &Daemon, cloud_yaml: &Path, args: &[&str]) -> Run {
+    let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap()];
+    full.extend_from_slice(args);
+    Run::from_output(&d.ctl(cloud_yaml.parent().unwrap(), &[], &full))
+}
+
+/// A write refused by the file system: `storage_failed` naming the database and the cause.
+fn assert_storage_failed(r: &Run, db: &Path, cause: &[&str]) {
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json["error"], "storage_failed", "{}", r.stdout);
+    let m = message(r);
+    assert!(m.contains(db.to_str().unwrap()), "{m}");
+    assert!(cause.iter().any(|c| m.contains(c)), "{m}");
+    assert!(r.stderr.contains("storage_failed"), "{}", r.stderr);
+}
+
+#[test]
+fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let Some(mount) = MountGuard::mount(
+        &["-t", "tmpfs", "-o", "size=2m", "tmpfs"],
+        &dir.join("home"),
+    ) else {
+        return;
+    };
+    let mut d = Daemon::start_in(dir.clone(), &[], &[]);
+    let db = d.home.join("cloudd.db");
+    let work = tmp.path().join("work");
+    let a = write_local_cloud_yaml(&work, "a");
+    ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
+    let t = ctl_for(&d, &a, &["tick"]);
+    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+
+    // Fill the file system to the last block.
+    let mut fill = std::fs::File::create(d.home.join("fill")).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while fill.write_all(&block).is_ok() {}
+    while fill.write_all(&block[..512]).is_ok() {}
+    drop(fill);
+
+    let full = ["database or disk is full", "No space left"];
+    assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &full);
+    let b = write_local_cloud_yaml(&work, "b");
+    assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &full);
+    let st = assert_serving(&d);
+    assert_eq!(st["registrations"], 1);
+    let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
+    assert_eq!(regs.json[0]["ticks_run"], 1, "{}", regs.stdout);
+
+    // Space back: the same daemon stores again.
+    std::fs::remove_file(d.home.join("fill")).unwrap();
+    let t = ctl_for(&d, &a, &["tick"]);
+    assert_eq!(
+        t.json["key"].as_str().map(str::len),
+        Some(16),
+        "{}",
+        t.stdout
+    );
+    ctl_for(&d, &b, &["register"]).ok();
+    assert_db_intact(&db, 2, 2);
+
+    // Read-only: Linux refuses `remount,ro` while the daemon holds its database open for
+    // writing, so the daemon is stopped first; started on the read-only file system it must
+    // refuse with the database named, not serve a store that cannot write.
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+    let ro = mount.remount("remount,ro");
+    assert!(ro.status.success(), "{ro:?}");
+    let out = Command::new(bin("megaplan-cloudd"))
+        .env("MEGAPLAN_CLOUD_HOME", &d.home)
+        .env("MEGAPLAN_CLOUDD_SOCKET", &d.socket)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let db_line = err
+        .lines()
+        .find(|l| l.contains("database") && l.contains(db.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no error names the database:\n{err}"));
+    assert!(
+        db_line.contains("Read-only file system") && db_line.contains("remount"),
+        "{db_line}"
+    );
+    assert!(!db_line.contains("corrupt"), "{db_line}");
+    let rw = mount.remount("remount,rw");
+    assert!(rw.status.success(), "{rw:?}");
+    let d2 = Daemon::start_in(dir, &[], &[]);
+    let st = assert_serving(&d2);
+    assert_eq!(st["registrations"], 2);
+    assert_db_intact(&db, 2, 2);
+    drop(d2);
+    drop(d);
+}
+
+#[test]
+fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("fs.img");
+    let truncate = run_cmd("truncate", &["-s", "32M", image.to_str().unwrap()]);
+    assert!(truncate.status.success(), "{truncate:?}");
+    let mkfs = run_cmd("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+    if !mkfs.status.success() {
+        skip_or_panic(&format!("mkfs.ext4 failed: {mkfs:?}"));
+        return;
+    }
+    let dir = tmp.path().join("d");
+    let home = dir.join("home");
+    let Some(mount) = MountGuard::mount(&["-o", "loop", image.to_str().unwrap()], &home) else {
+        return;
+    };
+    let mut d = Daemon::start_in(dir.clone(), &[], &[]);
+    let db = d.home.join("cloudd.db");
+    let work = tmp.path().join("work");
+    let a = write_local_cloud_yaml(&work, "a");
+    ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
+    let t = ctl_for(&d, &a, &["tick"]);
+    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+
+    // What the kernel does on a disk error with errors=remount-ro: the file system turns
+    // read-only under the running daemon (`remount,ro` itself is refused while files are open
+    // for writing). Everything committed so far is flushed first.
+    assert!(
+        run_cmd("sync", &["-f", home.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let abort = mount.remount("remount,abort");
+    assert!(abort.status.success(), "{abort:?}");
+
+    let ro = ["disk I/O error", "readonly", "read-only", "Read-only"];
+    assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &ro);
+    let b = write_local_cloud_yaml(&work, "b");
+    assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &ro);
+    let st = assert_serving(&d);
+    assert_eq!(st["registrations"], 1);
+    let stored = Run::from_output(&d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", a.to_str().unwrap(), "ticks", "--json"],
+    ))
+    .ok();
+    assert_eq!(
+        stored.json.as_array().unwrap().len(),
+        1,
+        "{}",
+        stored.stdout
+    );
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+
+    // Mounted again (the journal is replayed), nothing committed before the failure is lost.
+    mount.unmount();
+    let Some(_mount) = MountGuard::mount(&["-o", "loop", image.to_str().unwrap()], &home) else {
+        return;
+    };
+    assert_db_intact(&db, 1, 1);
+    let d2 = Daemon::start_in(dir, &[], &[]);
+    let st = assert_serving(&d2);
+    assert_eq!(st["registrations"], 1);
+    assert_eq!(st["ticks"]["run"], 1);
+    drop(d2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. SIGTERM while a build runs on the runner's host.
+
+#[test]
+fn sigterm_during_a_build_exits_zero_within_the_grace_period() {
+    let b = match bench() {
+        Some(b) => b,
+        None => return,
+    };
+    let Some(mut rig) = SshRig::start("", &["--shutdown-grace", "3s"]) else {
+        return;
+    };
+    let fixture = rig.project.join("fixture");
+    std::fs::create_dir_all(&fixture).unwrap();
+    std::fs::write(
+        fixture.join("Dockerfile"),
+        format!(
+            // The container name makes the slow step unique, so it never comes from the cache.
+            "FROM {}\nRUN echo fixture-build-running {} && sleep 30\nCMD [\"sleep\", \"infinity\"]\n",
+            b.image, rig.container.name
+        ),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&rig.cloud_yaml).unwrap();
+    text.push_str(&format!(
+        "image:\n  dockerfile: {}\n",
+        fixture.join("Dockerfile").display()
+    ));
+    std::fs::write(&rig.cloud_yaml, text).unwrap();
+    let _leftovers = BuildLeftovers {
+        image: rig.container.name.clone(),
+        remote_dir: format!("/tmp/mp-e2e-{}", rig.container.name),
+    };
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    rig.ctl(&["tick"]);
+
+    let mut client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["build"]);
+    let stdout = client.stdout.take().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("fixture-build-running") {
+                let _ = seen_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    seen_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the build never reached its slow step");
+
+    let started = Instant::now();
+    let status = rig.daemon.terminate();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", rig.daemon.log_text());
+    assert!(
+        took < Duration::from_secs(10),
+        "the daemon took {took:?} to stop with a 3 s grace period"
+    );
+    // The client is not left hanging: it ends at once, with the result or a clear error.
+    let mut client_done = None;
+    wait_until(Duration::from_secs(5), || {
+        client_done = client.try_wait().unwrap();
+        client_done.is_some()
+    });
+    let Some(code) = client_done else {
+        let _ = client.kill();
+        panic!("the client still waits after the daemon stopped");
+    };
+    let printed = reader.join().unwrap();
+    let mut stderr = String::new();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(code.code(), Some(1), "{printed}\n{stderr}");
+    let json_start = printed.find("\n{").map_or(0, |i| i + 1);
+    let err: Value = serde_json::from_str(&printed[json_start..])
+        .unwrap_or_else(|e| panic!("no JSON error on stdout ({e}): {printed}"));
+    assert_eq!(err["error"], "shutting_down", "{printed}");
+    let m = err["message"].as_str().unwrap();
+    assert!(m.contains("shut down") && m.contains("build"), "{m}");
+    assert!(stderr.contains("shutting_down"), "{stderr}");
+
+    assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 1);
+    let dir = rig.daemon.dir.clone();
+    let ssh_config = rig.sshd.ssh_config.display().to_string();
+    let d2 = Daemon::start_in(dir, &[("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config)], &[]);
+    let st = assert_serving(&d2);
+    assert_eq!(st["registrations"], 1);
+    assert_eq!(st["ticks"]["run"], 1);
+    drop(d2);
+    // The interrupted build still runs on the runner's host: end its client and its RUN
+    // container, so no step completes and nothing is left in the image cache.
+    rig.sshd.stop();
+    remove_containers_running(&rig.container.name);
+}
+
+/// `docker rm -f` every container whose command mentions `marker` (a build's RUN step).
+fn remove_containers_running(marker: &str) {
+    let out = run_cmd(
+        "docker",
+        &["ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}"],
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let (true, Some(id)) = (line.contains(marker), line.split_whitespace().next()) {
+            run_cmd("docker", &["rm", "-f", id]);
+        }
+    }
 }

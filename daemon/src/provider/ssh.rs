@@ -46,6 +46,24 @@ pub fn remote_exec(container: &str, script: &str) -> String {
     )
 }
 
+/// Seconds a runner command may take to stop after the TERM its deadline sends, before KILL.
+const REMOTE_KILL_GRACE_SECS: u64 = 5;
+
+/// [`remote_exec`] bounded on the runner side: `docker exec -i <container> timeout -k 5 <secs>
+/// bash -lc <script>`. Killing the local ssh client at a deadline does not stop the remote
+/// command: neither sshd nor Docker ends a command whose client went away, so `docker exec`
+/// and everything it started in the container would keep running. `timeout` (coreutils, run in
+/// the container) ends the whole process group of the command when `deadline` passes; detached
+/// work such as a tmux session has its own session and is not touched.
+pub fn remote_exec_within(container: &str, script: &str, deadline: Duration) -> String {
+    let secs = (deadline.as_secs() + u64::from(deadline.subsec_nanos() > 0)).max(1);
+    format!(
+        "docker exec -i {} timeout -k {REMOTE_KILL_GRACE_SECS} {secs} bash -lc {}",
+        quote(container),
+        quote(script)
+    )
+}
+
 /// `docker exec -it <container> tmux attach -t agent` (run with a TTY).
 pub fn remote_attach(container: &str) -> String {
     format!("docker exec -it {} tmux attach -t agent", quote(container))
@@ -269,6 +287,11 @@ impl SshProvider {
 
     fn host(&self) -> String {
         self.target.describe()
+    }
+
+    /// The remote string running `script` in the runner, ended there at this request's deadline.
+    fn in_runner(&self, script: &str) -> String {
+        remote_exec_within(&self.ssh.container, script, self.ctx.deadline)
     }
 
     /// Run a remote string captured, through the held master.
@@ -552,33 +575,25 @@ impl Provider for SshProvider {
     }
 
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
-        let o = self
-            .run(&remote_exec(&self.ssh.container, script), stdin, false)
-            .await?;
+        let o = self.run(&self.in_runner(script), stdin, false).await?;
         Ok(exec_result(&o, &self.ctx.redactor))
     }
 
     async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
-        let o = self
-            .run(&remote_exec(&self.ssh.container, script), None, true)
-            .await?;
+        let o = self.run(&self.in_runner(script), None, true).await?;
         Ok(exec_result(&o, &self.ctx.redactor))
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
-        self.stream(
-            &remote_exec(&self.ssh.container, script),
-            Some(self.ctx.deadline),
-            out,
-        )
-        .await
+        self.stream(&self.in_runner(script), Some(self.ctx.deadline), out)
+            .await
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
         let script = upload_script(remote_path)?;
         let o = self
             .run(
-                &remote_exec(&self.ssh.container, &script),
+                &self.in_runner(&script),
                 Some(base64_lines(content).into_bytes()),
                 false,
             )
@@ -596,11 +611,7 @@ impl Provider for SshProvider {
     async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
         // ssh and `docker exec` without a TTY carry bytes unchanged: no encoding needed.
         let o = self
-            .run(
-                &remote_exec(&self.ssh.container, &read_script(remote_path)),
-                None,
-                true,
-            )
+            .run(&self.in_runner(&read_script(remote_path)), None, true)
             .await?;
         if o.code != 0 {
             return Err(step_failed(
@@ -676,6 +687,34 @@ mod tests {
         assert_eq!(
             remote_attach("$(x)"),
             "docker exec -it '$(x)' tmux attach -t agent"
+        );
+    }
+
+    #[test]
+    fn runner_commands_carry_their_deadline() {
+        assert_eq!(
+            remote_exec_within("agent-1", "echo 'x'", Duration::from_secs(90)),
+            "docker exec -i agent-1 timeout -k 5 90 bash -lc 'echo '\\''x'\\'''"
+        );
+        // Sub-second parts round up; a zero deadline still gives the command one second.
+        assert!(
+            remote_exec_within("a", "true", Duration::from_millis(1500))
+                .contains(" timeout -k 5 2 bash")
+        );
+        assert!(remote_exec_within("a", "true", Duration::ZERO).contains(" timeout -k 5 1 bash"));
+        // The host's shell hands docker the words of remote_exec with timeout's in between.
+        let words = |remote: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("docker() {{ printf '%s\\0' \"$@\"; }}; {remote}"))
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let hostile = "printf '%s' \"$HOME\" `id` $(x); echo it's";
+        assert_eq!(
+            words(&remote_exec_within("c d", hostile, Duration::from_secs(7))),
+            format!("exec\0-i\0c d\0timeout\0-k\05\07\0bash\0-lc\0{hostile}\0")
         );
     }
 

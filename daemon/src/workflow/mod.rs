@@ -60,7 +60,17 @@ impl Out {
         let (ptx, mut prx) = mpsc::channel::<(StreamKind, String)>(256);
         let tx = self.tx.clone();
         let handle = tokio::spawn(async move {
-            while let Some((kind, data)) = prx.recv().await {
+            loop {
+                // A client that went away ends the forwarding at once, not at the next line: a
+                // quiet `logs --follow` would otherwise keep its remote command (and the task,
+                // which shutdown waits for) alive until the runner printed something again.
+                let next = tokio::select! {
+                    next = prx.recv() => next,
+                    () = tx.closed() => None,
+                };
+                let Some((kind, data)) = next else {
+                    break;
+                };
                 let f = match kind {
                     StreamKind::Stdout if !all_to_stderr => Frame::Stdout { data },
                     StreamKind::Stdout | StreamKind::Stderr => Frame::Stderr { data },
@@ -94,12 +104,20 @@ pub struct Ctx {
 impl Ctx {
     /// Build the provider; `deploy_dir` is where the rendered files are (or will be).
     pub fn provider(&self, deploy_dir: PathBuf) -> Result<AnyProvider, ErrorBody> {
+        self.provider_redacting(deploy_dir, self.redactor.clone())
+    }
+
+    fn provider_redacting(
+        &self,
+        deploy_dir: PathBuf,
+        redactor: Redactor,
+    ) -> Result<AnyProvider, ErrorBody> {
         provider::for_spec(
             ProviderCtx {
                 spec: self.spec.clone(),
                 deploy_dir,
                 secrets: self.secrets.clone(),
-                redactor: self.redactor.clone(),
+                redactor,
                 deadline: self.state.settings.command_timeout,
             },
             &self.state.ssh,
@@ -108,10 +126,18 @@ impl Ctx {
 
     /// The provider for commands that never touch the deploy dir.
     pub fn runner(&self) -> Result<AnyProvider, ErrorBody> {
-        self.provider(
-            self.persistent_deploy_dir()
-                .unwrap_or_else(std::env::temp_dir),
-        )
+        self.provider(self.runner_dir())
+    }
+
+    /// [`Ctx::runner`] without output redaction, for structured output that text redaction
+    /// would corrupt (the chain observation's JSON); the caller redacts what it derives.
+    pub fn raw_runner(&self) -> Result<AnyProvider, ErrorBody> {
+        self.provider_redacting(self.runner_dir(), Redactor::none())
+    }
+
+    fn runner_dir(&self) -> PathBuf {
+        self.persistent_deploy_dir()
+            .unwrap_or_else(std::env::temp_dir)
     }
 
     pub fn persistent_deploy_dir(&self) -> Option<PathBuf> {
@@ -318,6 +344,15 @@ pub fn provider_identity(spec: &CloudSpec) -> Value {
         }),
         _ => Value::Null,
     }
+}
+
+/// An error built from unredacted remote output, with its message and extra fields redacted.
+pub fn redact_error(redactor: &Redactor, mut e: ErrorBody) -> ErrorBody {
+    e.message = redactor.redact(&e.message);
+    for v in e.extra.values_mut() {
+        *v = redactor.redact_json(v);
+    }
+    e
 }
 
 /// A remote command's failure as `provider_failed`, quoting its (redacted) explanation.

@@ -1,6 +1,6 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
-use super::{Ctx, Done, markers, remote_failure};
+use super::{Ctx, Done, markers, redact_error, remote_failure};
 use crate::chain::observe::{
     self, DEFAULT_CHAIN_LOG, Observation, ObserveRequest, SESSION_MARKER_DIR,
 };
@@ -8,6 +8,7 @@ use crate::chain::spec::ChainSpec;
 use crate::chain::summary;
 use crate::cloud_yaml::{CloudSpec, Mode};
 use crate::provider::Provider;
+use crate::redact::Redactor;
 use crate::shell;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
@@ -101,7 +102,24 @@ pub fn chain_target(
 /// One remote round trip: observe the chain of `target` (for ticks also the sync refresh and
 /// the PR probe) and parse the remote spec. Unreadable state or spec files are errors naming
 /// the remote file.
+///
+/// `raw` must be a provider that does not redact: the observation is one JSON line, and text
+/// redaction inside it can break the JSON (the `NAME=value` rule takes the backslash of an
+/// escaped quote as part of the value). The observation comes back unredacted, for the caller
+/// to redact whatever it shows or stores; errors come back redacted with `redactor`.
 pub async fn observe_chain(
+    raw: &impl Provider,
+    redactor: &Redactor,
+    target: &ChainTarget,
+    launcher: &str,
+    for_tick: bool,
+) -> Result<(Observation, ChainSpec), ErrorBody> {
+    observe_unredacted(raw, target, launcher, for_tick)
+        .await
+        .map_err(|e| redact_error(redactor, e))
+}
+
+async fn observe_unredacted(
     p: &impl Provider,
     target: &ChainTarget,
     launcher: &str,
@@ -117,7 +135,15 @@ pub async fn observe_chain(
         pr_probe: for_tick,
     });
     let r = p.observe(&script).await?;
-    let obs = observe::parse_observation(&r.stdout)?;
+    let obs = observe::parse_observation(&r.stdout).map_err(|e| {
+        // No observation and a failed command: the runner itself refused (container stopped or
+        // gone, no shell), and its own words say why better than a guess about the launcher.
+        if r.code != 0 && !r.stderr.trim().is_empty() {
+            remote_failure("the chain observation in the runner", &r)
+        } else {
+            e
+        }
+    })?;
     if let Some(e) = &obs.state_error {
         return Err(e.clone());
     }
@@ -136,8 +162,15 @@ pub async fn observe_chain(
 pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
     let marker = markers::load(&ctx.state, &ctx.key).await?;
     let target = chain_target(remote_spec, marker.as_ref(), &ctx.spec)?;
-    let p = ctx.runner()?;
-    let (obs, chain_spec) = observe_chain(&p, &target, &ctx.spec.megaplan.launcher, false).await?;
+    let raw = ctx.raw_runner()?;
+    let (obs, chain_spec) = observe_chain(
+        &raw,
+        &ctx.redactor,
+        &target,
+        &ctx.spec.megaplan.launcher,
+        false,
+    )
+    .await?;
     let consistency = summary::provider_consistency(
         ctx.spec.provider.as_str(),
         &super::provider_identity(&ctx.spec),

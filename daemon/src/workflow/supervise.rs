@@ -87,6 +87,12 @@ fn finish(
     r.redact_json(&report)
 }
 
+/// Each remote command of a tick may run this much longer than the tick itself, so a hung tick
+/// always ends by the tick's own deadline (one report saying so) rather than by a race with
+/// the command's; the runner-side kill of the command (see `provider::ssh`) follows moments
+/// later.
+const TICK_COMMAND_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn observe_and_act(
     state: &Arc<AppState>,
     spec: &CloudSpec,
@@ -101,16 +107,23 @@ async fn observe_and_act(
     let spec_arc = Arc::new(spec.clone());
     let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
         .unwrap_or_else(std::env::temp_dir);
-    let p = provider::for_spec(
+    let pctx = ProviderCtx {
+        spec: spec_arc,
+        deploy_dir,
+        secrets,
+        redactor: redactor.clone(),
+        deadline: state.settings.tick_timeout + TICK_COMMAND_SLACK,
+    };
+    // The observation is read unredacted (see status::observe_chain); the report is redacted
+    // as a whole in `finish`.
+    let raw = provider::for_spec(
         ProviderCtx {
-            spec: spec_arc,
-            deploy_dir,
-            secrets,
-            redactor: redactor.clone(),
-            deadline: state.settings.tick_timeout,
+            redactor: Redactor::none(),
+            ..pctx.clone()
         },
         &state.ssh,
     )?;
+    let p = provider::for_spec(pctx, &state.ssh)?;
     let consistency = summary::provider_consistency(
         spec.provider.as_str(),
         &super::provider_identity(spec),
@@ -138,7 +151,7 @@ async fn observe_and_act(
     // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
     *round_trips += 1;
     let (obs, chain_spec) =
-        status::observe_chain(&p, &target, &spec.megaplan.launcher, true).await?;
+        status::observe_chain(&raw, redactor, &target, &spec.megaplan.launcher, true).await?;
     let payload = summary::status_payload(
         &obs,
         &chain_spec,

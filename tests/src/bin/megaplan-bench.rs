@@ -1,0 +1,1528 @@
+//! `megaplan-bench`: measures megaplan-cloudd side by side with the original tool's way of
+//! working, in one run, and writes `<out>/latest.json` and `<out>/latest.md`.
+//!
+//! A benchmark program, not a test (`cargo test` never runs it). Build and run:
+//!
+//! ```sh
+//! cargo build --workspace --bins --release && target/release/megaplan-bench --out bench-results
+//! ```
+//!
+//! It drives the real `megaplan-cloudd` / `megaplan-cloudctl` found next to itself (the release
+//! ones when it is the release build) on the offline bench of `megaplan-cloud-e2e`: a private
+//! sshd on loopback, a runner container behind it, the stand-in megaplan core. Sections (see
+//! docs/performance.md for what each figure means):
+//!
+//! 1. supervise tick over ssh, daemon vs one fresh `ssh … docker exec` process per remote read;
+//! 2. one `exec` over the daemon's held session vs a fresh ssh process;
+//! 3. client latency of `daemon status` and `status --chain`;
+//! 4. daemon memory/CPU with 0, 100 and 1,000 idle registrations, and sustained ticks per
+//!    minute with 100 registrations on one runner;
+//! 5. SQLite file size and insert throughput for 100,000 tick reports, with and without retention.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::{Daemon, bin, wait_until};
+use megaplan_cloudd::shell::quote;
+use megaplan_cloudd::store::{NewTick, Store};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5]
+
+  --out DIR        where latest.json and latest.md are written (default: bench-results)
+  --quick          small sample sizes and short windows: a smoke run, not figures to publish
+  --sections LIST  run only these sections (default: all)
+
+Build first: cargo build --workspace --bins --release";
+
+/// Where the chain lives on the runner (the rig's repo.workspace and the uploaded spec).
+const WORKSPACE: &str = "/workspace/app";
+const REMOTE_SPEC: &str = "/workspace/app/chain.yaml";
+const CHAIN_LOG: &str = "/workspace/app/.megaplan/cloud-chain.log";
+const CHAIN_SESSION: &str = "megaplan-chain";
+/// The daemon's default `--max-concurrent-ticks` (the rig's daemon runs with defaults).
+const MAX_CONCURRENT_TICKS: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// Options and sample sizes
+
+struct Opts {
+    out: PathBuf,
+    quick: bool,
+    sections: BTreeSet<u8>,
+}
+
+/// `Ok(None)` when help was asked for (and printed).
+fn parse_args() -> Result<Option<Opts>, String> {
+    let mut opts = Opts {
+        out: PathBuf::from("bench-results"),
+        quick: false,
+        sections: (1..=5).collect(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => {
+                opts.out = args
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--out needs a directory")?;
+            }
+            "--quick" => opts.quick = true,
+            "--sections" => {
+                let list = args.next().ok_or("--sections needs a list such as 1,3")?;
+                opts.sections = list
+                    .split(',')
+                    .map(|s| match s.trim().parse::<u8>() {
+                        Ok(n @ 1..=5) => Ok(n),
+                        _ => Err(format!("--sections: {s:?} is not a section number 1-5")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    Ok(Some(opts))
+}
+
+/// Sample sizes and windows; `quick` shrinks everything for a smoke run.
+#[derive(Debug, Clone, Serialize)]
+struct Sizes {
+    supervise_n: usize,
+    exec_n: usize,
+    health_n: usize,
+    status_n: usize,
+    idle_counts: Vec<usize>,
+    idle_window_secs: u64,
+    load_registrations: usize,
+    load_every_secs: u64,
+    load_warmup_secs: u64,
+    load_window_secs: u64,
+    store_reports: usize,
+    store_keys: usize,
+    store_keep: u32,
+    store_keep_unbounded: u32,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        let full = Sizes {
+            supervise_n: 30,
+            exec_n: 50,
+            health_n: 200,
+            status_n: 50,
+            idle_counts: vec![0, 100, 1000],
+            idle_window_secs: 10,
+            load_registrations: 100,
+            load_every_secs: 10,
+            load_warmup_secs: 12,
+            load_window_secs: 60,
+            store_reports: 100_000,
+            store_keys: 100,
+            store_keep: 500,
+            store_keep_unbounded: 1_000_000,
+        };
+        if !quick {
+            return full;
+        }
+        Sizes {
+            supervise_n: 5,
+            exec_n: 10,
+            health_n: 20,
+            status_n: 10,
+            idle_counts: vec![0, 100],
+            idle_window_secs: 2,
+            load_registrations: 20,
+            load_warmup_secs: 11,
+            load_window_secs: 15,
+            store_reports: 10_000,
+            store_keep: 50,
+            ..full
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and the report
+
+/// Summary of samples (milliseconds, or whatever unit the samples are in).
+#[derive(Debug, Clone, Serialize)]
+struct Stats {
+    n: usize,
+    median: f64,
+    p99: f64,
+    min: f64,
+    max: f64,
+    mean: f64,
+}
+
+fn stats(samples: &[f64]) -> Stats {
+    let mut s: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return Stats {
+            n: 0,
+            median: f64::NAN,
+            p99: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+            mean: f64::NAN,
+        };
+    }
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    // Nearest rank: the smallest sample with at least 99 % of the samples at or below it.
+    let rank = (0.99 * n as f64).ceil() as usize;
+    Stats {
+        n,
+        median,
+        p99: s[rank.clamp(1, n) - 1],
+        min: s[0],
+        max: s[n - 1],
+        mean: s.iter().sum::<f64>() / n as f64,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One line of the Markdown table.
+struct Row {
+    section: &'static str,
+    metric: String,
+    daemon: String,
+    baseline: String,
+    ratio: String,
+}
+
+#[derive(Default)]
+struct Report {
+    sections: serde_json::Map<String, Value>,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, section: &'static str, metric: impl Into<String>, daemon: impl Into<String>) {
+        self.rows.push(Row {
+            section,
+            metric: metric.into(),
+            daemon: daemon.into(),
+            baseline: "—".to_owned(),
+            ratio: "—".to_owned(),
+        });
+    }
+
+    /// A row comparing the daemon's figure with the baseline's; the ratio is baseline / daemon.
+    fn compare(
+        &mut self,
+        section: &'static str,
+        metric: impl Into<String>,
+        daemon: f64,
+        baseline: f64,
+        decimals: usize,
+    ) {
+        self.rows.push(Row {
+            section,
+            metric: metric.into(),
+            daemon: num(daemon, decimals),
+            baseline: num(baseline, decimals),
+            ratio: ratio(baseline, daemon),
+        });
+    }
+
+    fn note(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        eprintln!("megaplan-bench: note: {text}");
+        self.notes.push(text);
+    }
+}
+
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+fn ratio(baseline: f64, daemon: f64) -> String {
+    if baseline.is_finite() && daemon.is_finite() && daemon > 0.0 {
+        format!("{:.1}×", baseline / daemon)
+    } else if baseline.is_finite() && daemon == 0.0 && baseline > 0.0 {
+        "∞ (daemon: 0)".to_owned()
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+fn progress(text: &str) {
+    eprintln!("megaplan-bench: {text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, the socket API and /proc
+
+/// Runs a command to completion and times it (spawn to exit).
+fn timed(cmd: &mut Command) -> Result<(f64, Output), String> {
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    Ok((ms(started.elapsed()), out))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One HTTP/1.1 request on the daemon's socket (what the client does, without the process).
+fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: cloudd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("{method} {path}: cannot send: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{method} {path}: cannot read the answer: {e}"))?;
+    let answer = text(&raw);
+    let (head, rest) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{method} {path}: not an HTTP answer: {answer}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("{method} {path}: no status line: {head}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let payload = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    let value = serde_json::from_str(payload.trim())
+        .map_err(|e| format!("{method} {path}: answer is not JSON ({e}): {payload}"))?;
+    Ok((status, value))
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer.
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size_line, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(after.get(..size).unwrap_or_default());
+        rest = after
+            .get(size..)
+            .unwrap_or_default()
+            .trim_start_matches("\r\n");
+    }
+    body
+}
+
+fn api_ok(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    let (status, value) = http(socket, method, path, body)?;
+    if status == 200 {
+        Ok(value)
+    } else {
+        Err(format!("{method} {path} answered {status}: {value}"))
+    }
+}
+
+/// Counters of `GET /v1/health`: (run, failed, skipped).
+fn tick_counters(socket: &Path) -> Result<(u64, u64, u64), String> {
+    let h = api_ok(socket, "GET", "/v1/health", None)?;
+    let c = |name: &str| h["ticks"][name].as_u64().unwrap_or(0);
+    Ok((c("run"), c("failed"), c("skipped")))
+}
+
+/// Registers a cloud.yaml through the API (1,000 client processes would measure fork, not us).
+fn register(
+    socket: &Path,
+    cloud_yaml: &Path,
+    every_secs: u64,
+    remote_spec: Option<&str>,
+) -> Result<Value, String> {
+    let body = json!({
+        "cloud_yaml": cloud_yaml.display().to_string(),
+        "every_secs": every_secs,
+        "remote_spec": remote_spec,
+    });
+    api_ok(socket, "POST", "/v1/clouds", Some(&body))
+}
+
+fn proc_stat_fields(pid: u32) -> Result<Vec<u64>, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    // "pid (comm) state ppid …": comm may hold spaces, so split after the last ')'.
+    let after = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 1..))
+        .ok_or_else(|| format!("/proc/{pid}/stat has no command field: {stat}"))?;
+    // Field 3 (state) is not a number; keep positions by mapping it to 0.
+    Ok(after
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .collect())
+}
+
+/// CPU time of a process in clock ticks: utime+stime, plus its reaped children's when asked.
+fn cpu_ticks(pid: u32, with_children: bool) -> Result<u64, String> {
+    let f = proc_stat_fields(pid)?;
+    // After the comm field, index 0 is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
+    let get = |field: usize| f.get(field - 3).copied().unwrap_or(0);
+    let own = get(14) + get(15);
+    Ok(if with_children {
+        own + get(16) + get(17)
+    } else {
+        own
+    })
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// VmRSS of a process in KiB.
+fn vm_rss_kib(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("/proc/{pid}/status has no VmRSS line"))
+}
+
+/// Percent of one core used between two CPU readings.
+fn cpu_percent(ticks: u64, window: Duration) -> f64 {
+    ticks as f64 / clock_ticks_per_sec() / window.as_secs_f64() * 100.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rig: a running chain on the bench runner
+
+struct ChainPaths {
+    state: String,
+    policy: String,
+}
+
+/// Launches a 3-milestone chain that stalls in m2 (a long-running chain; every tick is a noop).
+fn start_chain(rig: &SshRig) -> Result<ChainPaths, String> {
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.2, "stall": ["m2"]}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2", "m3"]);
+    let launched = rig.ctl(&["chain", &spec.display().to_string()]);
+    if launched.code != Some(0) {
+        return Err(format!(
+            "chain launch failed: {}\n{}",
+            launched.stdout, launched.stderr
+        ));
+    }
+    let running = wait_until(Duration::from_secs(60), || {
+        let s = rig.ctl(&["status", "--chain"]).json;
+        s["summary"]["current_milestone"]["label"] == "m2" && s["effective_status"] == "running"
+    });
+    if !running {
+        return Err("the bench chain did not reach a running m2 within 60 s".to_owned());
+    }
+    // The original tool derived these on its side; here the runner's stand-in says where they are.
+    let out = rig.container.exec(&format!(
+        "python3 -c {}",
+        quote(&format!(
+            "from arnold.pipelines.megaplan.chain import state_path_for, runtime_policy_path_for; \
+             print(state_path_for({s})); print(runtime_policy_path_for({s}))",
+            s = py_str(REMOTE_SPEC)
+        ))
+    ));
+    let lines = text(&out.stdout);
+    let mut lines = lines.lines();
+    match (out.status.success(), lines.next(), lines.next()) {
+        (true, Some(state), Some(policy)) => Ok(ChainPaths {
+            state: state.to_owned(),
+            policy: policy.to_owned(),
+        }),
+        _ => Err(format!(
+            "cannot derive the chain state path on the runner: {}",
+            text(&out.stderr)
+        )),
+    }
+}
+
+/// A Python string literal (JSON strings are valid Python literals).
+fn py_str(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// The original tool's transport: one fresh `ssh … docker exec <c> bash -lc '<read>'` per remote read.
+fn fresh_ssh(rig: &SshRig, script: &str) -> Result<(f64, Output), String> {
+    let remote = format!(
+        "docker exec {} bash -lc {}",
+        quote(&rig.container.name),
+        quote(script)
+    );
+    timed(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&rig.sshd.ssh_config)
+            .args(["-p", &rig.sshd.port.to_string(), "root@127.0.0.1", &remote]),
+    )
+}
+
+/// The reads of one observation, in the original's order (state first: it names the plan).
+fn observation_reads(paths: &ChainPaths, plan: Option<&str>) -> Vec<String> {
+    let mut reads = vec![
+        format!("cat {}", quote(&paths.state)),
+        format!("cat {}", quote(REMOTE_SPEC)),
+        format!("cat {} 2>/dev/null || true", quote(&paths.policy)),
+    ];
+    if let Some(plan) = plan {
+        reads.push(format!(
+            "cd {} && python -m arnold.pipelines.megaplan status --plan {}",
+            quote(WORKSPACE),
+            quote(plan)
+        ));
+    }
+    reads.push(format!(
+        "tmux has-session -t {}",
+        quote(&format!("={CHAIN_SESSION}"))
+    ));
+    reads.push(format!(
+        "stat -c '%s %Y' {} 2>/dev/null || echo missing",
+        quote(CHAIN_LOG)
+    ));
+    reads
+}
+
+/// The original's sync refresh: `_capture_sync_state`, then record workspace and session.
+fn sync_refresh_script(pr_number: Option<u64>) -> String {
+    let ws = py_str(WORKSPACE);
+    let spec = py_str(REMOTE_SPEC);
+    let pr = pr_number.map_or_else(|| "None".to_owned(), |n| n.to_string());
+    let snippet = format!(
+        "from arnold_pipelines.megaplan.chain import _capture_sync_state, load_chain_state, save_chain_state; \
+         from pathlib import Path; \
+         _capture_sync_state(Path({ws}), Path({spec}), branch=None, pr_number={pr}, extra_repos=None); \
+         s = load_chain_state(Path({spec})); s.resolved_workspace = {ws}; s.chain_session = {session}; \
+         save_chain_state(Path({spec}), s)",
+        session = py_str(CHAIN_SESSION)
+    );
+    format!("cd {} && python3 -c {}", quote(WORKSPACE), quote(&snippet))
+}
+
+/// One observation the original tool's way: the state file first (it names the current plan),
+/// then every other read, each through `run`. Answers the state read.
+fn baseline_observe(
+    paths: &ChainPaths,
+    run: &mut dyn FnMut(&str) -> Result<Output, String>,
+) -> Result<Value, String> {
+    let state_out = run(&format!("cat {}", quote(&paths.state)))?;
+    let state: Value = serde_json::from_slice(&state_out.stdout).unwrap_or(Value::Null);
+    let plan = state["current_plan_name"].as_str();
+    for read in observation_reads(paths, plan).iter().skip(1) {
+        run(read)?;
+    }
+    Ok(state)
+}
+
+/// One supervise tick the original tool's way (observe, sync refresh, observe again, PR probe),
+/// one fresh ssh process per remote read; answers (processes, reads that exited non-zero).
+fn baseline_tick(rig: &SshRig, paths: &ChainPaths) -> Result<(usize, usize), String> {
+    let mut processes = 0;
+    let mut failed = 0;
+    let mut run = |script: &str| -> Result<Output, String> {
+        let (_, out) = fresh_ssh(rig, script)?;
+        processes += 1;
+        if !out.status.success() {
+            failed += 1;
+        }
+        Ok(out)
+    };
+    let state = baseline_observe(paths, &mut run)?;
+    run(&sync_refresh_script(state["pr_number"].as_u64()))?;
+    let state = baseline_observe(paths, &mut run)?;
+    // The PR probe (number 1 when the chain has none: the stand-in answers "no pull requests").
+    let pr = state["pr_number"].as_u64().unwrap_or(1);
+    run(&format!(
+        "cd {} && gh pr view {pr} --json state --jq .state 2>/dev/null || echo unknown",
+        quote(WORKSPACE)
+    ))?;
+    Ok((processes, failed))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 1: supervise tick over ssh
+
+fn section_supervise(
+    rig: &SshRig,
+    paths: &ChainPaths,
+    sz: &Sizes,
+    r: &mut Report,
+) -> Result<Value, String> {
+    progress(&format!(
+        "1/5 supervise tick: daemon vs fresh ssh per read, N={} each, interleaved",
+        sz.supervise_n
+    ));
+    // Warm-up: the resident daemon's steady state holds its ssh master; page caches warm for both.
+    let warm = rig.ctl(&["supervise", "--chain"]);
+    if warm.code != Some(0) {
+        return Err(format!(
+            "warm-up tick failed: {}\n{}",
+            warm.stdout, warm.stderr
+        ));
+    }
+    baseline_tick(rig, paths)?;
+
+    let mut d_ms = Vec::new();
+    let mut d_trips = Vec::new();
+    let mut d_conns = Vec::new();
+    let mut d_reported = Vec::new();
+    let mut d_failed = 0usize;
+    let mut events: BTreeMap<String, usize> = BTreeMap::new();
+    let mut b_ms = Vec::new();
+    let mut b_trips = Vec::new();
+    let mut b_conns = Vec::new();
+    let mut b_processes = Vec::new();
+    let mut b_failed_reads = 0usize;
+    let mut template = warm.json.clone();
+    for _ in 0..sz.supervise_n {
+        let (e0, c0) = (rig.sshd.exec_requests(), rig.sshd.accepted_connections());
+        let started = Instant::now();
+        let t = rig.ctl(&["supervise", "--chain"]);
+        d_ms.push(ms(started.elapsed()));
+        d_trips.push((rig.sshd.exec_requests() - e0) as f64);
+        d_conns.push((rig.sshd.accepted_connections() - c0) as f64);
+        d_reported.push(t.json["remote_round_trips"].as_f64().unwrap_or(f64::NAN));
+        *events
+            .entry(t.json["event"].as_str().unwrap_or("<no report>").to_owned())
+            .or_default() += 1;
+        if t.code != Some(0) || t.json["success"] != true {
+            d_failed += 1;
+        } else {
+            template = t.json;
+        }
+
+        let (e0, c0) = (rig.sshd.exec_requests(), rig.sshd.accepted_connections());
+        let started = Instant::now();
+        let (processes, failed) = baseline_tick(rig, paths)?;
+        b_ms.push(ms(started.elapsed()));
+        b_trips.push((rig.sshd.exec_requests() - e0) as f64);
+        b_conns.push((rig.sshd.accepted_connections() - c0) as f64);
+        b_processes.push(processes as f64);
+        b_failed_reads += failed;
+    }
+    let (dw, bw) = (stats(&d_ms), stats(&b_ms));
+    let (dt, bt) = (stats(&d_trips), stats(&b_trips));
+    let (dc, bc) = (stats(&d_conns), stats(&b_conns));
+    let reported = stats(&d_reported);
+    let procs = stats(&b_processes);
+    const S: &str = "1 Supervise tick (ssh)";
+    r.compare(
+        S,
+        "Wall time per tick, median (ms)",
+        dw.median,
+        bw.median,
+        0,
+    );
+    r.compare(S, "Wall time per tick, p99 (ms)", dw.p99, bw.p99, 0);
+    r.compare(
+        S,
+        "Remote round trips per tick (sshd exec requests), median",
+        dt.median,
+        bt.median,
+        0,
+    );
+    r.compare(
+        S,
+        "New ssh connections per tick, median",
+        dc.median,
+        bc.median,
+        0,
+    );
+    r.row(
+        S,
+        "Report's `remote_round_trips`, median",
+        num(reported.median, 0),
+    );
+    r.row(
+        S,
+        "Baseline processes per tick (min–max)",
+        format!("{}–{}", num(procs.min, 0), num(procs.max, 0)),
+    );
+    if d_failed > 0 {
+        r.note(format!(
+            "§1: {d_failed} of {} daemon ticks did not succeed; events {events:?}",
+            sz.supervise_n
+        ));
+    }
+    if b_failed_reads > 0 {
+        r.note(format!(
+            "§1: {b_failed_reads} baseline remote reads exited non-zero"
+        ));
+    }
+    r.sections.insert(
+        "supervise_tick".into(),
+        json!({
+            "n": sz.supervise_n,
+            "chain": "3 milestones, running (stalled in m2): every tick observes, refreshes sync, acts not",
+            "daemon": {
+                "command": "megaplan-cloudctl supervise --chain",
+                "wall_ms": dw, "sshd_exec_requests": dt, "new_ssh_connections": dc,
+                "report_remote_round_trips": reported, "failed": d_failed, "events": events,
+            },
+            "baseline": {
+                "command": "one `ssh -F <cfg> -p <port> root@127.0.0.1 docker exec <c> bash -lc '<read>'` per remote read: \
+                            state, spec, runtime policy, plan status, tmux has-session, log stat; sync refresh; the same reads; gh pr view",
+                "wall_ms": bw, "sshd_exec_requests": bt, "new_ssh_connections": bc,
+                "processes": procs, "failed_reads": b_failed_reads,
+            },
+            "ratio_baseline_over_daemon": {
+                "wall_median": bw.median / dw.median,
+                "wall_p99": bw.p99 / dw.p99,
+                "round_trips_median": bt.median / dt.median,
+            },
+        }),
+    );
+    Ok(template)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 2: exec latency
+
+/// The daemon's ControlMaster socket for the rig's runner (its private `<socket dir>/ssh/`).
+fn control_socket(rig: &SshRig) -> Option<PathBuf> {
+    let dir = rig.daemon.socket.parent()?.join("ssh");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.path())
+}
+
+fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    progress(&format!(
+        "2/5 exec latency: held session vs fresh ssh (and two floors), N={} each",
+        sz.exec_n
+    ));
+    // The daemon's remote string for `exec true`, so the floors run exactly what it runs.
+    let remote = format!(
+        "docker exec -i {} bash -lc true",
+        quote(&rig.container.name)
+    );
+    let warm = rig.ctl(&["exec", "true"]);
+    if warm.code != Some(0) {
+        return Err(format!("warm-up exec failed: {}", warm.stderr));
+    }
+    let control = control_socket(rig)
+        .ok_or("the daemon holds no ssh control socket after an exec (no held session?)")?;
+    let mut daemon_ms = Vec::new();
+    let mut daemon_trips = Vec::new();
+    let mut fresh_ms = Vec::new();
+    let mut mux_ms = Vec::new();
+    let mut docker_ms = Vec::new();
+    let mut failures = 0usize;
+    for _ in 0..sz.exec_n {
+        let e0 = rig.sshd.exec_requests();
+        let started = Instant::now();
+        let d = rig.ctl(&["exec", "true"]);
+        daemon_ms.push(ms(started.elapsed()));
+        daemon_trips.push((rig.sshd.exec_requests() - e0) as f64);
+        let (fresh, fresh_out) = fresh_ssh(rig, "true")?;
+        fresh_ms.push(fresh);
+        let (mux, mux_out) = timed(
+            Command::new("ssh")
+                .arg("-S")
+                .arg(&control)
+                .args(["-o", "ControlMaster=no", "-F"])
+                .arg(&rig.sshd.ssh_config)
+                .args([
+                    "-p",
+                    &rig.sshd.port.to_string(),
+                    "root@127.0.0.1",
+                    "--",
+                    &remote,
+                ]),
+        )?;
+        mux_ms.push(mux);
+        let (local, local_out) = timed(Command::new("docker").args([
+            "exec",
+            "-i",
+            &rig.container.name,
+            "bash",
+            "-lc",
+            "true",
+        ]))?;
+        docker_ms.push(local);
+        let all_ok = [&fresh_out, &mux_out, &local_out]
+            .iter()
+            .all(|o| o.status.success());
+        if d.code != Some(0) || !all_ok {
+            failures += 1;
+        }
+    }
+    let (d, f, m, l, t) = (
+        stats(&daemon_ms),
+        stats(&fresh_ms),
+        stats(&mux_ms),
+        stats(&docker_ms),
+        stats(&daemon_trips),
+    );
+    const S: &str = "2 Exec latency";
+    r.compare(
+        S,
+        "`megaplan-cloudctl exec true`, median (ms) — baseline: a fresh `ssh host docker exec <c> true` process",
+        d.median,
+        f.median,
+        1,
+    );
+    r.compare(S, "`exec true`, p99 (ms)", d.p99, f.p99, 1);
+    r.row(
+        S,
+        "Floor: `ssh -S <daemon's control socket> host docker exec <c> true` (held session, no client/daemon), median (ms)",
+        num(m.median, 1),
+    );
+    r.row(
+        S,
+        "Floor: local `docker exec <c> bash -lc true` (no ssh at all), median (ms)",
+        num(l.median, 1),
+    );
+    r.row(S, "Remote round trips per `exec`, median", num(t.median, 0));
+    if failures > 0 {
+        r.note(format!(
+            "§2: {failures} of {} exec iterations had a non-zero exit",
+            sz.exec_n
+        ));
+    }
+    r.sections.insert(
+        "exec".into(),
+        json!({
+            "n": sz.exec_n,
+            "daemon": {"command": "megaplan-cloudctl exec true", "latency_ms": d, "sshd_exec_requests": t},
+            "baseline_fresh_ssh": {"command": "ssh -F <cfg> -p <port> root@127.0.0.1 docker exec <c> bash -lc true", "latency_ms": f},
+            "floor_held_session": {"command": format!("ssh -S <control socket> -o ControlMaster=no -F <cfg> -p <port> root@127.0.0.1 -- {remote}"), "latency_ms": m},
+            "floor_local_docker_exec": {"command": "docker exec -i <c> bash -lc true", "latency_ms": l},
+            "ratio_fresh_over_daemon": {"median": f.median / d.median, "p99": f.p99 / d.p99},
+            "failures": failures,
+        }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 3: client latency
+
+fn section_client(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    progress(&format!(
+        "3/5 client latency: daemon status N={}, status --chain N={}",
+        sz.health_n, sz.status_n
+    ));
+    let mut health = Vec::new();
+    let mut failures = 0usize;
+    for _ in 0..sz.health_n {
+        let started = Instant::now();
+        let h = rig.ctl(&["daemon", "status", "--json"]);
+        health.push(ms(started.elapsed()));
+        failures += usize::from(h.code != Some(0));
+    }
+    let mut status = Vec::new();
+    let mut trips = Vec::new();
+    for _ in 0..sz.status_n {
+        let e0 = rig.sshd.exec_requests();
+        let started = Instant::now();
+        let s = rig.ctl(&["status", "--chain"]);
+        status.push(ms(started.elapsed()));
+        trips.push((rig.sshd.exec_requests() - e0) as f64);
+        failures += usize::from(s.code != Some(0));
+    }
+    let (h, s, t) = (stats(&health), stats(&status), stats(&trips));
+    const S: &str = "3 Client latency";
+    r.row(
+        S,
+        format!("`daemon status`, median / p99 (ms), N={}", h.n),
+        format!("{} / {}", num(h.median, 1), num(h.p99, 1)),
+    );
+    r.row(
+        S,
+        format!(
+            "`status --chain` (warm daemon), median / p99 (ms), N={}",
+            s.n
+        ),
+        format!("{} / {}", num(s.median, 1), num(s.p99, 1)),
+    );
+    r.row(
+        S,
+        "Remote round trips per `status --chain`, median",
+        num(t.median, 0),
+    );
+    if failures > 0 {
+        r.note(format!("§3: {failures} client calls exited non-zero"));
+    }
+    r.sections.insert(
+        "client_latency".into(),
+        json!({
+            "daemon_status_ms": h,
+            "status_chain_ms": s,
+            "status_chain_sshd_exec_requests": t,
+            "failures": failures,
+        }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 4: scale
+
+fn idle_cloud_yaml(dir: &Path, i: usize) -> Result<PathBuf, String> {
+    let d = dir.join(format!("c{i:04}"));
+    std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    let p = d.join("cloud.yaml");
+    std::fs::write(&p, "provider: local\nrepo:\n  url: /srv/repo.git\n")
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+fn section_idle(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    progress(&format!(
+        "4/5 idle scale: RSS and CPU over {} s windows with {:?} registrations (every 1h)",
+        sz.idle_window_secs, sz.idle_counts
+    ));
+    let daemon = Daemon::start(&[], &[]);
+    let pid = daemon.pid();
+    let work = daemon.dir.join("idle");
+    let window = Duration::from_secs(sz.idle_window_secs);
+    let mut registered = 0usize;
+    let mut rows = Vec::new();
+    const S: &str = "4 Scale (idle)";
+    for &target in &sz.idle_counts {
+        let started = Instant::now();
+        let before = registered;
+        while registered < target {
+            let cy = idle_cloud_yaml(&work, registered)?;
+            register(&daemon.socket, &cy, 3600, None)?;
+            registered += 1;
+        }
+        let reg_secs = started.elapsed().as_secs_f64();
+        // Let the registration burst settle before the idle window.
+        std::thread::sleep(Duration::from_secs(2));
+        let (run0, _, _) = tick_counters(&daemon.socket)?;
+        let cpu0 = cpu_ticks(pid, false)?;
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let cpu1 = cpu_ticks(pid, false)?;
+        let elapsed = t0.elapsed();
+        let rss = vm_rss_kib(pid)?;
+        let (run1, _, _) = tick_counters(&daemon.socket)?;
+        let cpu_pct = cpu_percent(cpu1 - cpu0, elapsed);
+        let added = registered - before;
+        let per_sec = if added > 0 {
+            added as f64 / reg_secs
+        } else {
+            f64::NAN
+        };
+        r.row(
+            S,
+            format!(
+                "{target} registrations: VmRSS (MiB) / CPU over {} s (% of one core)",
+                sz.idle_window_secs
+            ),
+            format!("{:.1} / {:.2}", rss as f64 / 1024.0, cpu_pct),
+        );
+        rows.push(json!({
+            "registrations": target,
+            "vm_rss_kib": rss,
+            "cpu_ticks": cpu1 - cpu0,
+            "cpu_percent_of_one_core": cpu_pct,
+            "window_secs": elapsed.as_secs_f64(),
+            "ticks_during_window": run1 - run0,
+            "registered_now": added,
+            "registrations_per_sec_via_api": per_sec,
+        }));
+        if run1 > run0 {
+            r.note(format!(
+                "§4: {} scheduled tick(s) of the `every 1h` registrations fell in the {target}-registration idle window (offsets spread over the hour)",
+                run1 - run0
+            ));
+        }
+    }
+    if let Some(rate) = rows
+        .last()
+        .and_then(|v| v["registrations_per_sec_via_api"].as_f64())
+        .filter(|v| v.is_finite())
+    {
+        r.row(
+            S,
+            "Registrations through the API (per s, last batch)",
+            format!("{rate:.0}"),
+        );
+    }
+    r.sections.insert(
+        "idle_scale".into(),
+        json!({ "steps": rows, "daemon_pid": pid }),
+    );
+    Ok(())
+}
+
+fn section_load(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    let n = sz.load_registrations;
+    progress(&format!(
+        "4/5 load: {n} registrations every {} s on one ssh runner, {} s warm-up + {} s window",
+        sz.load_every_secs, sz.load_warmup_secs, sz.load_window_secs
+    ));
+    let base = std::fs::read_to_string(&rig.cloud_yaml)
+        .map_err(|e| format!("cannot read {}: {e}", rig.cloud_yaml.display()))?;
+    let dir = rig.project.join("load");
+    let mut keys = BTreeSet::new();
+    for i in 0..n {
+        let d = dir.join(format!("r{i:03}"));
+        std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        let cy = d.join("cloud.yaml");
+        std::fs::write(&cy, &base).map_err(|e| format!("cannot write {}: {e}", cy.display()))?;
+        let reg = register(
+            &rig.daemon.socket,
+            &cy,
+            sz.load_every_secs,
+            Some(REMOTE_SPEC),
+        )?;
+        if let Some(k) = reg["key"].as_str() {
+            keys.insert(k.to_owned());
+        }
+    }
+    std::thread::sleep(Duration::from_secs(sz.load_warmup_secs));
+
+    let pid = rig.daemon.pid();
+    let last_id = |socket: &Path| -> Result<i64, String> {
+        let v = api_ok(socket, "GET", "/v1/ticks?limit=1", None)?;
+        Ok(v[0]["id"].as_i64().unwrap_or(0))
+    };
+    let id0 = last_id(&rig.daemon.socket)?;
+    let counters0 = tick_counters(&rig.daemon.socket)?;
+    let cpu0 = cpu_ticks(pid, true)?;
+    let conns0 = rig.sshd.accepted_connections();
+    let execs0 = rig.sshd.exec_requests();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(sz.load_window_secs));
+    let cpu1 = cpu_ticks(pid, true)?;
+    let counters1 = tick_counters(&rig.daemon.socket)?;
+    let elapsed = t0.elapsed();
+    let ticks = api_ok(&rig.daemon.socket, "GET", "/v1/ticks?limit=10000", None)?;
+    let conns = rig.sshd.accepted_connections() - conns0;
+    let execs = rig.sshd.exec_requests() - execs0;
+    let rss = vm_rss_kib(pid)?;
+
+    let window: Vec<&Value> = ticks
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t["id"].as_i64().is_some_and(|id| id > id0))
+                .filter(|t| t["key"].as_str().is_some_and(|k| keys.contains(k)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let stored = window.len();
+    let failed: Vec<&&Value> = window.iter().filter(|t| t["success"] != true).collect();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &failed {
+        let reason = t["refused_reason"].as_str().unwrap_or("<none>");
+        let short: String = reason.chars().take(200).collect();
+        *reasons.entry(short).or_default() += 1;
+    }
+    let mut events: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &window {
+        *events
+            .entry(t["event"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let durations: Vec<f64> = window
+        .iter()
+        .filter_map(|t| t["duration_ms"].as_f64())
+        .collect();
+    let d = stats(&durations);
+    let minutes = elapsed.as_secs_f64() / 60.0;
+    let per_min = stored as f64 / minutes;
+    let scheduled_per_min = n as f64 * 60.0 / sz.load_every_secs as f64;
+    let skipped = counters1.2 - counters0.2;
+    let cpu_pct = cpu_percent(cpu1 - cpu0, elapsed);
+    const S: &str = "4 Scale (load)";
+    r.row(
+        S,
+        format!("Ticks/min sustained, {n} registrations every {} s on one runner (scheduled: {scheduled_per_min:.0}/min)", sz.load_every_secs),
+        format!("{per_min:.0} ({:.0} % of schedule)", per_min / scheduled_per_min * 100.0),
+    );
+    r.row(
+        S,
+        "Failed / skipped ticks in the window",
+        format!("{} / {skipped}", failed.len()),
+    );
+    r.row(
+        S,
+        "Tick duration under load, median / p99 (ms)",
+        format!("{} / {}", num(d.median, 0), num(d.p99, 0)),
+    );
+    // With every permit busy, throughput is the permits over the mean tick duration.
+    let capacity_per_min = MAX_CONCURRENT_TICKS as f64 * 60_000.0 / d.mean;
+    r.row(
+        S,
+        format!("Capacity bound: {MAX_CONCURRENT_TICKS} concurrent ticks / mean tick duration (ticks/min)"),
+        num(capacity_per_min, 0),
+    );
+    r.row(
+        S,
+        "New ssh connections / sshd exec requests in the window",
+        format!("{conns} / {execs}"),
+    );
+    r.row(
+        S,
+        "Daemon CPU under load incl. its ssh/docker children (% of one core)",
+        format!("{cpu_pct:.0}"),
+    );
+    if !failed.is_empty() {
+        r.note(format!(
+            "§4 load: {} of {stored} ticks failed; reasons: {reasons:?}",
+            failed.len()
+        ));
+    }
+    if skipped > 0 {
+        r.note(format!(
+            "§4 load: {skipped} scheduled ticks were skipped because the previous tick of the same registration still held its \
+             slot (running, or queued for one of the {MAX_CONCURRENT_TICKS} tick permits): demand exceeded capacity"
+        ));
+    }
+    r.sections.insert(
+        "load".into(),
+        json!({
+            "registrations": n,
+            "every_secs": sz.load_every_secs,
+            "window_secs": elapsed.as_secs_f64(),
+            "stored_ticks": stored,
+            "ticks_per_min": per_min,
+            "scheduled_per_min": scheduled_per_min,
+            "fraction_of_schedule": per_min / scheduled_per_min,
+            "failed": failed.len(),
+            "failure_reasons": reasons,
+            "events": events,
+            "health_counter_deltas": {
+                "run": counters1.0 - counters0.0,
+                "failed": counters1.1 - counters0.1,
+                "skipped": skipped,
+            },
+            "tick_duration_ms": d,
+            "new_ssh_connections": conns,
+            "sshd_exec_requests": execs,
+            "daemon_cpu_percent_of_one_core_incl_children": cpu_pct,
+            "daemon_vm_rss_kib": rss,
+            "max_concurrent_ticks": MAX_CONCURRENT_TICKS,
+            "capacity_bound_per_min": capacity_per_min,
+        }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 5: database
+
+/// A tick report shaped like a real one, for when section 1 did not run.
+fn synthetic_report() -> Value {
+    json!({
+        "success": true, "event": "supervisor_tick", "spec": REMOTE_SPEC,
+        "effective_status": "running", "next_action": "noop", "acted": false, "refused_reason": null,
+        "runner": {"status": "alive", "session": CHAIN_SESSION},
+        "sync": {"branch_head": "4f1c2a9d0e8b7c6a5f4e3d2c1b0a998877665544", "pr_head": null,
+                 "last_pushed_commit": "4f1c2a9d0e8b7c6a5f4e3d2c1b0a998877665544", "dirty_flag": true, "sync_state": "dirty"},
+        "pr": {"pr_number": null, "pr_state": null},
+        "logs": {"path": CHAIN_LOG, "exists": true, "size": 18234, "mtime": "2026-11-24T05:00:00+00:00"},
+        "sync_refresh": {"status": "ok"},
+        "provider_consistency": {"status": "consistent"},
+        "extra_repo_sync": [],
+        "remote_round_trips": 1,
+    })
+}
+
+struct StoreRun {
+    file_bytes: u64,
+    wal_bytes: u64,
+    rows_kept: usize,
+    secs: f64,
+}
+
+async fn fill_store(
+    path: &Path,
+    keep: u32,
+    reports: usize,
+    keys: usize,
+    report: &Value,
+) -> Result<StoreRun, String> {
+    let store = Store::open(path, keep).await.map_err(|e| e.message)?;
+    let now = chrono::Utc::now();
+    let key_names: Vec<String> = (0..keys)
+        .map(|k| format!("{:016x}", 0xbe9c_0000_0000_u64 + k as u64))
+        .collect();
+    let mut tick = NewTick {
+        key: String::new(),
+        cloud_yaml: String::new(),
+        trigger: "schedule".to_owned(),
+        started_at: now,
+        finished_at: now,
+        success: true,
+        event: report["event"]
+            .as_str()
+            .unwrap_or("supervisor_tick")
+            .to_owned(),
+        next_action: report["next_action"].as_str().unwrap_or("noop").to_owned(),
+        acted: false,
+        refused_reason: None,
+        report: report.clone(),
+    };
+    let started = Instant::now();
+    for i in 0..reports {
+        let k = i % keys;
+        tick.key.clone_from(&key_names[k]);
+        tick.cloud_yaml = format!("/home/operator/projects/app-{k:03}/cloud.yaml");
+        let at = now + chrono::TimeDelta::seconds((i / keys) as i64 * 300);
+        tick.started_at = at;
+        tick.finished_at = at + chrono::TimeDelta::milliseconds(250);
+        store.insert_tick(&tick).await.map_err(|e| e.message)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut rows_kept = 0;
+    for k in &key_names {
+        rows_kept += store
+            .list_ticks(Some(k), u32::MAX)
+            .await
+            .map_err(|e| e.message)?
+            .len();
+    }
+    store.close().await;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    Ok(StoreRun {
+        file_bytes: size(path),
+        wal_bytes: size(&wal),
+        rows_kept,
+        secs,
+    })
+}
+
+fn section_store(sz: &Sizes, report: &Value, r: &mut Report) -> Result<(), String> {
+    progress(&format!(
+        "5/5 database: {} reports across {} keys, keep={} vs keep={}",
+        sz.store_reports, sz.store_keys, sz.store_keep, sz.store_keep_unbounded
+    ));
+    let tmp = tempfile::Builder::new()
+        .prefix("megaplan-bench-store")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let report_bytes = report.to_string().len();
+    let kept = runtime.block_on(fill_store(
+        &tmp.path().join("retained.db"),
+        sz.store_keep,
+        sz.store_reports,
+        sz.store_keys,
+        report,
+    ))?;
+    let all = runtime.block_on(fill_store(
+        &tmp.path().join("unbounded.db"),
+        sz.store_keep_unbounded,
+        sz.store_reports,
+        sz.store_keys,
+        report,
+    ))?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let rate = |run: &StoreRun| sz.store_reports as f64 / run.secs;
+    const S: &str = "5 Database";
+    r.compare(
+        S,
+        format!(
+            "SQLite file after {} reports ({report_bytes} B each) / 100 keys (MiB) — daemon: keep={} per key, baseline: keep={}",
+            sz.store_reports, sz.store_keep, sz.store_keep_unbounded
+        ),
+        mib(kept.file_bytes),
+        mib(all.file_bytes),
+        1,
+    );
+    r.compare(
+        S,
+        "Rows kept",
+        kept.rows_kept as f64,
+        all.rows_kept as f64,
+        0,
+    );
+    r.compare(
+        S,
+        "Insert throughput (reports/s, one transaction each)",
+        rate(&kept),
+        rate(&all),
+        0,
+    );
+    if kept.wal_bytes > 0 || all.wal_bytes > 0 {
+        r.note(format!(
+            "§5: WAL files left after close: {} B (keep={}) / {} B (keep={})",
+            kept.wal_bytes, sz.store_keep, all.wal_bytes, sz.store_keep_unbounded
+        ));
+    }
+    r.sections.insert(
+        "database".into(),
+        json!({
+            "reports": sz.store_reports,
+            "keys": sz.store_keys,
+            "report_json_bytes": report_bytes,
+            "with_retention": {"keep_per_key": sz.store_keep, "file_bytes": kept.file_bytes, "wal_bytes": kept.wal_bytes,
+                               "rows_kept": kept.rows_kept, "insert_secs": kept.secs, "inserts_per_sec": rate(&kept)},
+            "without_retention": {"keep_per_key": sz.store_keep_unbounded, "file_bytes": all.file_bytes, "wal_bytes": all.wal_bytes,
+                                  "rows_kept": all.rows_kept, "insert_secs": all.secs, "inserts_per_sec": rate(&all)},
+            "size_ratio_without_over_with": all.file_bytes as f64 / kept.file_bytes.max(1) as f64,
+        }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine, output files, main
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let s = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.lines().next().unwrap_or_default().to_owned())
+}
+
+/// The 1/5/15-minute load averages: other work on the machine skews every figure.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = root.parent().unwrap_or(&root);
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| text(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).map(|c| {
+        match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{c} (with uncommitted changes)"),
+            _ => c,
+        }
+    });
+    let daemon = bin("megaplan-cloudd");
+    json!({
+        "cores": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+        "cpu_model": model,
+        "mem_total_gib": mem_kib.map(|k| k as f64 / 1024.0 / 1024.0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "docker": command_line("docker", &["version", "--format", "{{.Server.Version}}"]),
+        "openssh": command_line("ssh", &["-V"]),
+        "commit": commit,
+        "load_average_at_start": load_average(),
+        "daemon_binary": daemon.display().to_string(),
+        "profile": if daemon.components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" },
+    })
+}
+
+fn markdown(report: &Report, meta: &Value) -> String {
+    let m = &meta["machine"];
+    let mut md = String::from("# megaplan-bench results\n\n");
+    md.push_str(&format!(
+        "Run {started}{quick} on {cores} cores ({cpu}), {mem:.1} GiB RAM, Linux {kernel}, Docker {docker}, {ssh}; \
+         {profile} binaries, commit {commit}; load average {load0} at the start, {load1} at the end. All figures come from this one run; times are wall-clock \
+         milliseconds per operation including the client process start. Ratios are baseline / daemon.\n\n",
+        started = meta["started_at"].as_str().unwrap_or("?"),
+        quick = if meta["quick"] == true { " (--quick smoke run: small samples, not for publishing)" } else { "" },
+        cores = m["cores"],
+        cpu = m["cpu_model"].as_str().unwrap_or("unknown CPU"),
+        mem = m["mem_total_gib"].as_f64().unwrap_or(f64::NAN),
+        kernel = m["kernel"].as_str().unwrap_or("?"),
+        docker = m["docker"].as_str().unwrap_or("?"),
+        ssh = m["openssh"].as_str().unwrap_or("?"),
+        profile = m["profile"].as_str().unwrap_or("?"),
+        commit = m["commit"].as_str().unwrap_or("?"),
+        load0 = m["load_average_at_start"].as_str().unwrap_or("?"),
+        load1 = meta["load_average_at_end"].as_str().unwrap_or("?"),
+    ));
+    md.push_str("| Section | Measurement | megaplan-cloudd | Baseline | Baseline / daemon |\n|---|---|---|---|---|\n");
+    for row in &report.rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            row.section,
+            row.metric.replace('|', "\\|"),
+            row.daemon,
+            row.baseline,
+            row.ratio
+        ));
+    }
+    if !report.notes.is_empty() {
+        md.push_str("\nNotes:\n\n");
+        for n in &report.notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+    }
+    md.push_str(&format!(
+        "\nRun time: {:.0} s. Raw figures (every median, p99, min, max, mean): `latest.json`.\n",
+        meta["run_secs"].as_f64().unwrap_or(f64::NAN)
+    ));
+    md
+}
+
+fn run(opts: &Opts) -> Result<(), String> {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let sz = Sizes::new(opts.quick);
+    let mut report = Report::default();
+    let machine = machine();
+    progress(&format!(
+        "binaries: {} ({}); output: {}",
+        machine["daemon_binary"].as_str().unwrap_or("?"),
+        machine["profile"].as_str().unwrap_or("?"),
+        opts.out.display()
+    ));
+    let wants = |n: u8| opts.sections.contains(&n);
+    let mut template = None;
+
+    // Sections 1-3 and the load half of 4 share one rig: sshd, runner container, daemon, running chain.
+    if [1, 2, 3, 4].iter().any(|n| wants(*n)) {
+        progress("starting the bench (sshd, runner container, daemon) and a running chain");
+        match SshRig::start("", &[]) {
+            None => report.note("the e2e bench (Docker) is unavailable: sections 1-3 and the load part of 4 were skipped"),
+            Some(rig) => {
+                let paths = start_chain(&rig)?;
+                if wants(1) {
+                    template = Some(section_supervise(&rig, &paths, &sz, &mut report)?);
+                }
+                if wants(2) {
+                    section_exec(&rig, &sz, &mut report)?;
+                }
+                if wants(3) {
+                    section_client(&rig, &sz, &mut report)?;
+                }
+                if wants(4) {
+                    section_load(&rig, &sz, &mut report)?;
+                }
+            }
+        }
+    }
+    if wants(4) {
+        section_idle(&sz, &mut report)?;
+    }
+    if wants(5) {
+        let report_template = template.unwrap_or_else(synthetic_report);
+        section_store(&sz, &report_template, &mut report)?;
+    }
+
+    let meta = json!({
+        "started_at": started_at,
+        "quick": opts.quick,
+        "sections_run": opts.sections,
+        "sizes": sz,
+        "machine": machine,
+        "run_secs": started.elapsed().as_secs_f64(),
+        "load_average_at_end": load_average(),
+    });
+    let md = markdown(&report, &meta);
+    let mut doc = meta;
+    doc["results"] = Value::Object(report.sections);
+    doc["notes"] = json!(report.notes);
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| format!("cannot create {}: {e}", opts.out.display()))?;
+    let json_path = opts.out.join("latest.json");
+    let md_path = opts.out.join("latest.md");
+    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(&json_path, pretty + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    std::fs::write(&md_path, &md)
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    println!("{md}");
+    progress(&format!(
+        "wrote {} and {}",
+        json_path.display(),
+        md_path.display()
+    ));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(Some(o)) => o,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("megaplan-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Secrets at rest (issue 7): a whole ssh flow in which the runner echoes a secret everywhere it
+//! can — build, deploy, exec, logs (tail and follow), chain, status --chain, supervise, manual and
+//! scheduled ticks — and afterwards the value is found nowhere on the daemon's side: not in the
+//! database (raw bytes of the file and its WAL, and `sqlite3 .dump`), not in any file under the
+//! daemon's state root (logs, markers, the rendered deploy dir), not in its stderr log (run at
+//! debug level). The ssh provider writes `.env` only on the remote host, over stdin.
+
+use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::{Daemon, Sshd, bench, bin, wait_until};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const NAME: &str = "MEGAPLAN_E2E_SECRET";
+const SECRET: &str = "e2e-secret-value-9f8e7d6c";
+const REDACTED: &str = "***REDACTED***";
+
+/// Every regular file under `dir` (recursively) whose bytes contain `needle`.
+fn files_containing(
+    dir: &Path,
+    needle: &[u8],
+    skip: &[&Path],
+    scanned: &mut usize,
+) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if skip.iter().any(|s| path == *s) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            hits.extend(files_containing(&path, needle, skip, scanned));
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            *scanned += 1;
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(path);
+            }
+        }
+    }
+    hits
+}
+
+fn sqlite_dump(db: &Path) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .expect("sqlite3 must be installed (.ci/run installs it)");
+    assert!(out.status.success(), "sqlite3 .dump failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value is nowhere on the daemon's side: files under its dir (except the operator's
+/// project folder), the database dump, the daemon log.
+fn assert_secret_at_rest_nowhere(rig: &SshRig, when: &str) {
+    let project = rig.project.clone();
+    let mut scanned = 0;
+    let hits = files_containing(
+        &rig.daemon.dir,
+        SECRET.as_bytes(),
+        &[&project],
+        &mut scanned,
+    );
+    assert!(
+        hits.is_empty(),
+        "{when}: the secret value is stored in {hits:#?}"
+    );
+    assert!(scanned >= 3, "{when}: only {scanned} files were scanned");
+    let dump = sqlite_dump(&rig.daemon.home.join("cloudd.db"));
+    assert!(
+        dump.contains("INSERT INTO ticks"),
+        "{when}: no ticks in the dump"
+    );
+    assert!(
+        !dump.contains(SECRET),
+        "{when}: the secret is in the database"
+    );
+    assert!(
+        !rig.daemon.log_text().contains(SECRET),
+        "{when}: the secret is in the daemon log"
+    );
+}
+
+#[test]
+fn secret_values_never_reach_the_database_files_or_log() {
+    let Some(b) = bench() else {
+        return;
+    };
+    let sshd = Sshd::start();
+    let container = b.container("mp-secret");
+    let ssh_config = sshd.ssh_config.display().to_string();
+    // Debug level: whatever the daemon logs in detail must not carry the value either.
+    let daemon = Daemon::start(
+        &[
+            ("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config),
+            ("RUST_LOG", "debug"),
+        ],
+        &[],
+    );
+    let project = daemon.dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    // The runner image: a git remote for repo.url, a login shell that prints the secret on
+    // stderr for every remote command, and a main process that prints it to the container log.
+    let fixture = project.join("image");
+    std::fs::create_dir_all(&fixture).unwrap();
+    std::fs::write(
+        fixture.join("Dockerfile"),
+        format!(
+            r#"FROM {image}
+RUN set -e; git init -q --bare -b main /srv/repo.git; seed=$(mktemp -d); cd "$seed"; git init -q -b main; printf '# e2e\n' > README.md; git add README.md; git -c user.name=e2e -c user.email=e2e@example.invalid commit -q -m init; git push -q /srv/repo.git main; cd /; rm -rf "$seed"
+RUN printf '%s\n' 'echo "login shell: {NAME}=${NAME}" >&2' > /etc/profile.d/zz-e2e-secret.sh
+CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: ${NAME}\"; exec sleep infinity"]
+"#,
+            image = b.image
+        ),
+    )
+    .unwrap();
+    let cloud_yaml = project.join("cloud.yaml");
+    std::fs::write(
+        &cloud_yaml,
+        format!(
+            "provider: ssh\nrepo:\n  url: /srv/repo.git\n  workspace: /workspace/app\nssh:\n  host: 127.0.0.1\n  user: root\n  port: {port}\n  identity_file: {key}\n  container: {c}\n  remote_dir: /tmp/mp-e2e-{c}\nresources:\n  network: none\nimage:\n  dockerfile: {df}\nsecrets: [{NAME}]\n",
+            port = sshd.port,
+            key = sshd.client_key.display(),
+            c = container.name,
+            df = fixture.join("Dockerfile").display(),
+        ),
+    )
+    .unwrap();
+    let remote_dir = format!("/tmp/mp-e2e-{}", container.name);
+    // Declared before the rig, so it runs after the runner container is gone.
+    let _cleanup = Cleanup {
+        image: container.name.clone(),
+        remote_dir: remote_dir.clone(),
+    };
+    let rig = SshRig {
+        sshd,
+        container,
+        daemon,
+        project,
+        cloud_yaml,
+        env: vec![(NAME.to_string(), SECRET.to_string())],
+    };
+
+    let built = rig.ctl(&["build"]).ok();
+    assert!(!built.stdout.contains(SECRET) && !built.stderr.contains(SECRET));
+    let deployed = rig.ctl(&["deploy"]).ok();
+    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    assert!(!deployed.stdout.contains(SECRET) && !deployed.stderr.contains(SECRET));
+    // The value did reach the runner: in the remote .env (0600) and the container's environment.
+    // (This also shows the scan below finds the value where it is.)
+    let mut scanned = 0;
+    assert_eq!(
+        files_containing(Path::new(&remote_dir), SECRET.as_bytes(), &[], &mut scanned),
+        [Path::new(&remote_dir).join(".env")]
+    );
+    assert_eq!(
+        rig.container.exec_ok(&format!("printenv {NAME}")).trim(),
+        SECRET
+    );
+
+    // exec: stdout and stderr (plus the login shell's line) carry the value; the client sees
+    // only the redaction token.
+    let e = rig.ctl(&[
+        "exec",
+        &format!("echo \"${NAME}\"; echo \"{NAME}=${NAME}\"; printenv {NAME} >&2"),
+    ]);
+    assert_eq!(e.code, Some(0), "{}", e.stderr);
+    assert!(!e.stdout.contains(SECRET) && !e.stderr.contains(SECRET));
+    assert_eq!(e.stdout.matches(REDACTED).count(), 2, "{}", e.stdout);
+    assert!(e.stderr.contains(REDACTED), "{}", e.stderr);
+
+    // logs: the tail, then a followed stream cut off by the client.
+    let l = rig.ctl(&["logs", "--no-follow"]).ok();
+    assert!(
+        l.stdout
+            .contains(&format!("runner booting with token {REDACTED}")),
+        "{}",
+        l.stdout
+    );
+    assert!(!l.stdout.contains(SECRET));
+    let mut follow = Command::new(bin("megaplan-cloudctl"))
+        .arg("--cloud-yaml")
+        .arg(&rig.cloud_yaml)
+        .arg("logs")
+        .current_dir(&rig.project)
+        .env("MEGAPLAN_CLOUDD_SOCKET", &rig.daemon.socket)
+        .env(NAME, SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(follow.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        first.trim(),
+        format!("runner booting with token {REDACTED}")
+    );
+
+    // A chain, then a chain state whose fields echo the value (read from the runner's env).
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        }),
+        "the chain did not complete"
+    );
+    rig.ctl(&["exec", &format!(
+        "python3 - <<'EOF'\nimport glob, json, os\npath = [p for p in glob.glob('/workspace/app/.megaplan/plans/.chains/chain-*.json') if 'runtime_policy' not in p][0]\nstate = json.load(open(path))\nstate['pr_head'] = os.environ['{NAME}']\nstate['branch_head'] = '{NAME}=' + os.environ['{NAME}']\njson.dump(state, open(path, 'w'), indent=2)\nEOF"
+    )])
+    .ok();
+    let s = rig.ctl(&["status", "--chain"]).ok();
+    assert_eq!(s.json["pr"]["pr_head"], REDACTED, "{}", s.stdout);
+    assert!(!s.stdout.contains(SECRET) && !s.stderr.contains(SECRET));
+
+    // Ticks: supervise --chain, manual, and scheduled ones (which redact with the values the
+    // last client command handed over, kept in memory only).
+    let t = rig.ctl(&["supervise", "--chain"]).ok();
+    assert_eq!(t.json["pr"]["pr_head"], REDACTED, "{}", t.stdout);
+    rig.ctl(&["register", "--every", "2s"]).ok();
+    let scheduled = || {
+        rig.ctl(&["ticks", "--json", "--limit", "100"])
+            .json
+            .as_array()
+            .map_or(0, |a| {
+                a.iter().filter(|t| t["trigger"] == "schedule").count()
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || scheduled() >= 2),
+        "no scheduled ticks"
+    );
+    rig.ctl(&["tick"]).ok();
+    let stored = rig.ctl(&["ticks", "--json", "--limit", "100"]).ok();
+    let all = stored.json.as_array().unwrap();
+    assert!(all.len() >= 4, "{}", stored.stdout);
+    for tick in all {
+        assert_eq!(tick["report"]["pr"]["pr_head"], REDACTED, "{tick}");
+        assert_ne!(tick["report"]["sync"], Value::Null, "{tick}");
+    }
+    assert!(!stored.stdout.contains(SECRET));
+
+    // Nothing at rest while the daemon runs (database file and its WAL included) ...
+    assert_secret_at_rest_nowhere(&rig, "while running");
+    let deploy_dir = rig.daemon.home.join("ssh-127.0.0.1");
+    assert!(
+        deploy_dir.join("Dockerfile").is_file(),
+        "the rendered deploy dir was scanned"
+    );
+    assert!(!deploy_dir.join(".env").exists());
+    assert!(
+        rig.daemon.log_text().contains("DEBUG"),
+        "debug logging is on"
+    );
+
+    // ... nor after a clean stop (the WAL checkpointed into the database file).
+    let mut rig = rig;
+    assert_eq!(rig.daemon.terminate().code(), Some(0));
+    assert_secret_at_rest_nowhere(&rig, "after stop");
+}
+
+/// Removes what the flow created outside the bench's own clean-up: the image built for the
+/// runner and the remote dir holding the runner's `.env`.
+struct Cleanup {
+    image: String,
+    remote_dir: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.remote_dir);
+    }
+}
