@@ -117,6 +117,11 @@ impl Sshd {
 
     fn write_configs(&self, host_key: &Path, authorized: &Path) -> Result<(), String> {
         let dir = &self.dir;
+        // The "remote" account is this machine's root; its shell would source root's dotfiles
+        // (here: `pyenv init`, whose rehash lock can stall every command for 60 s when a killed
+        // session leaves it behind). A private HOME keeps the bench independent of them.
+        fs::create_dir_all(dir.join("remote-home"))
+            .map_err(|e| format!("cannot create the remote home: {e}"))?;
         write(
             &self.config,
             &format!(
@@ -136,7 +141,9 @@ impl Sshd {
                  MaxStartups 100\n\
                  PrintMotd no\n\
                  X11Forwarding no\n\
+                 SetEnv HOME={home}\n\
                  Subsystem sftp internal-sftp\n",
+                home = dir.join("remote-home").display(),
                 port = self.port,
                 host_key = host_key.display(),
                 pid = dir.join("sshd.pid").display(),

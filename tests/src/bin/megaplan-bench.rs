@@ -434,6 +434,21 @@ fn vm_rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("/proc/{pid}/status has no VmRSS line"))
 }
 
+/// Live child processes of `pid` (the daemon's `ssh -S` clients while ticks run).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            // Field 4 (ppid) is index 1 after the comm field.
+            proc_stat_fields(*child).is_ok_and(|f| f.get(1) == Some(&u64::from(pid)))
+        })
+        .collect()
+}
+
 /// Percent of one core used between two CPU readings.
 fn cpu_percent(ticks: u64, window: Duration) -> f64 {
     ticks as f64 / clock_ticks_per_sec() / window.as_secs_f64() * 100.0
@@ -445,6 +460,32 @@ fn cpu_percent(ticks: u64, window: Duration) -> f64 {
 struct ChainPaths {
     state: String,
     policy: String,
+}
+
+/// One fresh `ssh host true` must be quick: every remote command starts the bench host's login
+/// shell for root, and a shell start-up file that blocks (e.g. a stale `pyenv rehash` lock left
+/// by a killed session, which makes `pyenv init` wait 60 s) would poison every figure.
+fn preflight_ssh(rig: &SshRig) -> Result<f64, String> {
+    let (took, out) = timed(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&rig.sshd.ssh_config)
+            .args(["-p", &rig.sshd.port.to_string(), "root@127.0.0.1", "true"]),
+    )?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh to the bench sshd failed: {}",
+            text(&out.stderr)
+        ));
+    }
+    if took > 5000.0 {
+        return Err(format!(
+            "one `ssh host true` took {took:.0} ms: the remote login shell's start-up files are slow \
+             (stderr: {}); fix the host (e.g. remove a stale ~/.pyenv/shims/.pyenv-shim lock) and run again",
+            text(&out.stderr).trim()
+        ));
+    }
+    Ok(took)
 }
 
 /// Launches a 3-milestone chain that stalls in m2 (a long-running chain; every tick is a noop).
@@ -759,6 +800,7 @@ fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
     let mut daemon_trips = Vec::new();
     let mut fresh_ms = Vec::new();
     let mut mux_ms = Vec::new();
+    let mut shell_ms = Vec::new();
     let mut docker_ms = Vec::new();
     let mut failures = 0usize;
     for _ in 0..sz.exec_n {
@@ -784,6 +826,21 @@ fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
                 ]),
         )?;
         mux_ms.push(mux);
+        let (shell, shell_out) = timed(
+            Command::new("ssh")
+                .arg("-S")
+                .arg(&control)
+                .args(["-o", "ControlMaster=no", "-F"])
+                .arg(&rig.sshd.ssh_config)
+                .args([
+                    "-p",
+                    &rig.sshd.port.to_string(),
+                    "root@127.0.0.1",
+                    "--",
+                    "true",
+                ]),
+        )?;
+        shell_ms.push(shell);
         let (local, local_out) = timed(Command::new("docker").args([
             "exec",
             "-i",
@@ -793,17 +850,18 @@ fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
             "true",
         ]))?;
         docker_ms.push(local);
-        let all_ok = [&fresh_out, &mux_out, &local_out]
+        let all_ok = [&fresh_out, &mux_out, &shell_out, &local_out]
             .iter()
             .all(|o| o.status.success());
         if d.code != Some(0) || !all_ok {
             failures += 1;
         }
     }
-    let (d, f, m, l, t) = (
+    let (d, f, m, h, l, t) = (
         stats(&daemon_ms),
         stats(&fresh_ms),
         stats(&mux_ms),
+        stats(&shell_ms),
         stats(&docker_ms),
         stats(&daemon_trips),
     );
@@ -820,6 +878,11 @@ fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
         S,
         "Floor: `ssh -S <daemon's control socket> host docker exec <c> true` (held session, no client/daemon), median (ms)",
         num(m.median, 1),
+    );
+    r.row(
+        S,
+        "Floor: `ssh -S <daemon's control socket> host true` (held session, the host's login shell only), median (ms)",
+        num(h.median, 1),
     );
     r.row(
         S,
@@ -840,6 +903,7 @@ fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
             "daemon": {"command": "megaplan-cloudctl exec true", "latency_ms": d, "sshd_exec_requests": t},
             "baseline_fresh_ssh": {"command": "ssh -F <cfg> -p <port> root@127.0.0.1 docker exec <c> bash -lc true", "latency_ms": f},
             "floor_held_session": {"command": format!("ssh -S <control socket> -o ControlMaster=no -F <cfg> -p <port> root@127.0.0.1 -- {remote}"), "latency_ms": m},
+            "floor_held_session_shell_only": {"command": "ssh -S <control socket> -o ControlMaster=no -F <cfg> -p <port> root@127.0.0.1 -- true", "latency_ms": h},
             "floor_local_docker_exec": {"command": "docker exec -i <c> bash -lc true", "latency_ms": l},
             "ratio_fresh_over_daemon": {"median": f.median / d.median, "p99": f.p99 / d.p99},
             "failures": failures,
@@ -1048,6 +1112,25 @@ fn section_load(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
     let conns = rig.sshd.accepted_connections() - conns0;
     let execs = rig.sshd.exec_requests() - execs0;
     let rss = vm_rss_kib(pid)?;
+    // Unregister and let in-flight ticks finish, so tearing the rig down kills no remote session
+    // half-way through the host's shell start-up (which can leave stale lock files behind).
+    for key in &keys {
+        api_ok(
+            &rig.daemon.socket,
+            "DELETE",
+            &format!("/v1/clouds/{key}"),
+            None,
+        )?;
+    }
+    let drained = wait_until(Duration::from_secs(90), || {
+        children_of(pid).is_empty() && {
+            std::thread::sleep(Duration::from_secs(1));
+            children_of(pid).is_empty()
+        }
+    });
+    if !drained {
+        r.note("§4 load: ticks were still running 90 s after the registrations were removed");
+    }
 
     let window: Vec<&Value> = ticks
         .as_array()
@@ -1076,6 +1159,16 @@ fn section_load(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
         .iter()
         .filter_map(|t| t["duration_ms"].as_f64())
         .collect();
+    // Fairness under overload: how the stored ticks spread over the registrations.
+    let mut per_key: BTreeMap<&str, usize> = keys.iter().map(|k| (k.as_str(), 0)).collect();
+    for t in &window {
+        if let Some(count) = t["key"].as_str().and_then(|k| per_key.get_mut(k)) {
+            *count += 1;
+        }
+    }
+    let per_key_counts: Vec<f64> = per_key.values().map(|c| *c as f64).collect();
+    let spread = stats(&per_key_counts);
+    let never = per_key.values().filter(|c| **c == 0).count();
     let d = stats(&durations);
     let minutes = elapsed.as_secs_f64() / 60.0;
     let per_min = stored as f64 / minutes;
@@ -1092,6 +1185,16 @@ fn section_load(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
         S,
         "Failed / skipped ticks in the window",
         format!("{} / {skipped}", failed.len()),
+    );
+    r.row(
+        S,
+        "Ticks per registration in the window, min / median / max (registrations with none)",
+        format!(
+            "{} / {} / {} ({never})",
+            num(spread.min, 0),
+            num(spread.median, 0),
+            num(spread.max, 0)
+        ),
     );
     r.row(
         S,
@@ -1146,6 +1249,8 @@ fn section_load(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
                 "skipped": skipped,
             },
             "tick_duration_ms": d,
+            "ticks_per_registration": spread,
+            "registrations_without_a_tick": never,
             "new_ssh_connections": conns,
             "sshd_exec_requests": execs,
             "daemon_cpu_percent_of_one_core_incl_children": cpu_pct,
@@ -1454,6 +1559,11 @@ fn run(opts: &Opts) -> Result<(), String> {
         match SshRig::start("", &[]) {
             None => report.note("the e2e bench (Docker) is unavailable: sections 1-3 and the load part of 4 were skipped"),
             Some(rig) => {
+                let ssh_true = preflight_ssh(&rig)?;
+                report.sections.insert(
+                    "preflight".into(),
+                    json!({ "fresh_ssh_true_ms": ssh_true }),
+                );
                 let paths = start_chain(&rig)?;
                 if wants(1) {
                     template = Some(section_supervise(&rig, &paths, &sz, &mut report)?);
