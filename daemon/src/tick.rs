@@ -41,7 +41,10 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: &str) ->
     };
     let lock = state.tick_lock(&key);
     let Ok(_guard) = lock.try_lock() else {
-        tracing::info!(key = %key, "tick skipped: the previous tick is still running");
+        tracing::info!(
+            key = %key,
+            "tick skipped: the previous tick of this registration is still running or waiting for a tick slot"
+        );
         if let Err(e) = state.store.record_skip(&key).await {
             tracing::error!(key = %key, "cannot record skipped tick: {e}");
         }
@@ -76,8 +79,11 @@ async fn guarded_tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Opti
         Ok(p) => p,
         Err(_) => return error_report("the daemon is shutting down"),
     };
+    // Time spent waiting for one of the --max-concurrent-ticks slots, reported so a saturated
+    // daemon shows up in the history rather than hiding in tick durations.
+    let queued_ms = started.elapsed().as_millis() as u64;
     let deadline = state.settings.tick_timeout;
-    tokio::select! {
+    let mut report = tokio::select! {
         r = tokio::time::timeout(deadline, workflow::supervise::tick(state, cloud_yaml, remote_spec)) => match r {
             Ok(report) => report,
             Err(_) => error_report(&format!(
@@ -87,7 +93,11 @@ async fn guarded_tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Opti
             )),
         },
         _ = state.hard_stop.cancelled() => error_report("the daemon shut down during this tick; its remote commands were killed"),
+    };
+    if let Some(o) = report.as_object_mut() {
+        o.insert("queued_ms".into(), queued_ms.into());
     }
+    report
 }
 
 /// A `supervisor_error` report (same shape as every tick report).
