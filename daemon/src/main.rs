@@ -13,7 +13,9 @@ fn main() {
     // stderr always (journald/launchd capture it); plus a daily rolling file under the state
     // root, keeping 14 files so logs cannot grow without bound.
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: the journal and launchd's log file get plain text.
     let stderr_layer = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_filter(filter());
     let mut _guard = None;

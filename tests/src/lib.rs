@@ -99,3 +99,24 @@ pub fn path_with_railway_standin() -> String {
         std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
     format!("{}:{current}", railway_standin_dir().display())
 }
+
+/// A provider output channel whose text a task collects: `(stdout, stderr)` when the sender
+/// side is dropped. Shared by the provider end-to-end tests.
+pub fn output_collector() -> (
+    megaplan_cloudd::provider::OutTx,
+    tokio::task::JoinHandle<(String, String)>,
+) {
+    use megaplan_cloudd::process::StreamKind;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, String)>(64);
+    let task = tokio::spawn(async move {
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some((kind, text)) = rx.recv().await {
+            match kind {
+                StreamKind::Stdout => out.push_str(&text),
+                StreamKind::Stderr => err.push_str(&text),
+            }
+        }
+        (out, err)
+    });
+    (tx, task)
+}

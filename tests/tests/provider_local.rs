@@ -14,29 +14,13 @@ use megaplan_cloud_e2e::{bench, unique_suffix};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::local::{self, ComposeFlavor, LocalProvider};
-use megaplan_cloudd::provider::{OutTx, Provider, ProviderCtx};
+use megaplan_cloudd::provider::{Provider, ProviderCtx};
 use megaplan_cloudd::redact::Redactor;
 use megaplan_cloudd::render;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 const SECRET_NAME: &str = "E2E_TOKEN";
 const SECRET_VALUE: &str = "tok-local-0123456789abcdef";
-
-fn collector() -> (OutTx, JoinHandle<(String, String)>) {
-    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(64);
-    let task = tokio::spawn(async move {
-        let (mut out, mut err) = (String::new(), String::new());
-        while let Some((kind, text)) = rx.recv().await {
-            match kind {
-                StreamKind::Stdout => out.push_str(&text),
-                StreamKind::Stderr => err.push_str(&text),
-            }
-        }
-        (out, err)
-    });
-    (tx, task)
-}
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -131,7 +115,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     let p = Arc::new(LocalProvider::new(ctx.clone()));
 
     // build: the compose CLI is chosen (fallback announced when the plugin is missing).
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     p.build(&tx).await.unwrap_or_else(|e| panic!("build: {e}"));
     drop(tx);
     let (_, err) = task.await.expect("collector");
@@ -148,7 +132,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     // deploy without the secret's value: refused, .env untouched.
     let mut bare = ctx.clone();
     bare.secrets.clear();
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = LocalProvider::new(bare)
         .deploy(&tx)
         .await
@@ -156,7 +140,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     assert_eq!(e.error, ErrorCode::MissingSecrets);
 
     // deploy: .env (0600) then up -d.
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     let report = p
         .deploy(&tx)
         .await
@@ -240,7 +224,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     );
 
     // logs --no-follow, then follow cancelled after a line.
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     let code = p.logs(false, &tx).await.expect("logs");
     drop(tx);
     let (out, _) = task.await.expect("collector");
@@ -296,7 +280,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     );
 
     // down: stopped, still there.
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.down(&tx).await.unwrap_or_else(|e| panic!("down: {e}"));
     assert_eq!(
         docker(&["inspect", "-f", "{{.State.Running}}", &id]),
@@ -304,7 +288,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     );
 
     // destroy: down --volumes --remove-orphans removes the container.
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.destroy(&tx)
         .await
         .unwrap_or_else(|e| panic!("destroy: {e}"));

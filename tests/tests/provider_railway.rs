@@ -11,32 +11,14 @@ use std::time::Duration;
 use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_e2e::{bench, railway_standin_dir, unique_suffix};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
-use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::railway::{RailwayProvider, UPLOAD_CHUNK};
-use megaplan_cloudd::provider::{OutTx, Provider, ProviderCtx};
+use megaplan_cloudd::provider::{Provider, ProviderCtx};
 use megaplan_cloudd::redact::Redactor;
 use megaplan_cloudd::render;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 const SECRET_NAME: &str = "E2E_TOKEN";
 const SECRET_VALUE: &str = "tok-railway-0123456789abcdef";
-
-fn collector() -> (OutTx, JoinHandle<(String, String)>) {
-    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(64);
-    let task = tokio::spawn(async move {
-        let (mut out, mut err) = (String::new(), String::new());
-        while let Some((kind, text)) = rx.recv().await {
-            match kind {
-                StreamKind::Stdout => out.push_str(&text),
-                StreamKind::Stderr => err.push_str(&text),
-            }
-        }
-        (out, err)
-    });
-    (tx, task)
-}
 
 /// The stand-in behind a wrapper that exports its settings from `standin.env` (rewritten by the
 /// test between operations), so the provider runs it like the real CLI: no env of its own.
@@ -150,7 +132,7 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
     standin.configure(&[("RAILWAY_STANDIN_SERVICES", &services)]);
 
     // build: local docker build of megaplan-cloud-<service>; the CLI is not called.
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.build(&tx).await.unwrap_or_else(|e| panic!("build: {e}"));
     let out = Command::new("docker")
         .args(["image", "inspect", &format!("megaplan-cloud-{service}")])
@@ -160,7 +142,7 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
     assert_eq!(standin.take(), Vec::<Value>::new());
 
     // deploy: link, service check, one variables call per secret, up.
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     let report = p
         .deploy(&tx)
         .await
@@ -232,7 +214,7 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
         ("RAILWAY_STANDIN_SERVICES", &services),
         ("RAILWAY_STANDIN_UP_OUTPUT", "No changes to deploy"),
     ]);
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let report = p.deploy(&tx).await.expect("deploy");
     assert_eq!(report.image_rebuild, "not_triggered");
     assert_eq!(report.verdict, "deploy: vars updated, no image rebuild");
@@ -240,7 +222,7 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
 
     // deploy when the service is not in the project.
     standin.configure(&[("RAILWAY_STANDIN_SERVICES", "db")]);
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("service missing");
     assert_eq!(e.error, ErrorCode::RailwayServiceMissing);
     assert!(
@@ -252,7 +234,7 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
     // deploy without the secret value: refused before any CLI call.
     let mut bare = ctx.clone();
     bare.secrets.clear();
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = RailwayProvider::with_program(bare, &program)
         .deploy(&tx)
         .await
@@ -269,7 +251,7 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
         ("RAILWAY_STANDIN_SERVICES", &services),
         ("RAILWAY_STANDIN_FAIL", "up"),
     ]);
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("up fails");
     assert_eq!(e.error, ErrorCode::ProviderFailed);
     assert!(
@@ -337,7 +319,7 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
     standin.take();
 
     // logs without follow: the last 200 lines of the runner.
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     let code = p.logs(false, &tx).await.expect("logs");
     drop(tx);
     let _ = task.await;
@@ -372,13 +354,13 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
     assert_eq!(p.attach_argv(Some("other")).expect("attach")[7], "other");
 
     // down, then destroy = down + volume delete.
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.down(&tx).await.expect("down");
     assert_eq!(
         standin.take(),
         [json!(["down", "--environment", "staging", "--service", s])]
     );
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.destroy(&tx).await.expect("destroy");
     assert_eq!(
         standin.take(),

@@ -13,12 +13,11 @@ use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::ssh::{SshProvider, scp_args};
 use megaplan_cloudd::provider::ssh_master::{SshSessions, SshTarget};
-use megaplan_cloudd::provider::{OutTx, Provider, ProviderCtx};
+use megaplan_cloudd::provider::{Provider, ProviderCtx};
 use megaplan_cloudd::redact::Redactor;
 use megaplan_cloudd::render;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 const SECRET_NAME: &str = "E2E_TOKEN";
 const SECRET_VALUE: &str = "tok-e2e-0123456789abcdef";
@@ -137,22 +136,6 @@ impl Fixture {
     }
 }
 
-/// An output channel whose text is collected by a task.
-fn collector() -> (OutTx, JoinHandle<(String, String)>) {
-    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(64);
-    let task = tokio::spawn(async move {
-        let (mut out, mut err) = (String::new(), String::new());
-        while let Some((kind, text)) = rx.recv().await {
-            match kind {
-                StreamKind::Stdout => out.push_str(&text),
-                StreamKind::Stderr => err.push_str(&text),
-            }
-        }
-        (out, err)
-    });
-    (tx, task)
-}
-
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
@@ -174,7 +157,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     let connections_at_start = fx.sshd.accepted_connections();
 
     // build: rsync through the held master, then docker build streamed.
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     p.build(&tx).await.unwrap_or_else(|e| panic!("build: {e}"));
     drop(tx);
     let (out, err) = task.await.expect("collector");
@@ -200,7 +183,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
 
     // deploy without the secret's value: refused before anything changes.
     let bare = fx.provider(spec.clone(), false);
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = bare.deploy(&tx).await.expect_err("missing secret refused");
     assert_eq!(e.error, ErrorCode::MissingSecrets);
     assert!(e.message.contains(SECRET_NAME), "{}", e.message);
@@ -210,7 +193,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     );
 
     // deploy.
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     let report = p
         .deploy(&tx)
         .await
@@ -351,7 +334,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     assert!(e.message.contains("No such file"), "{}", e.message);
 
     // logs --no-follow.
-    let (tx, task) = collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     let code = p.logs(false, &tx).await.expect("logs");
     drop(tx);
     let (out, _) = task.await.expect("collector");
@@ -424,7 +407,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     );
 
     // down.
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.down(&tx).await.expect("down");
     assert_eq!(
         docker(&["inspect", "-f", "{{.State.Running}}", &fx.container]),
@@ -434,7 +417,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     // redeploy on the default network: the port is published.
     let spec = fx.spec(None, 18082);
     let p = fx.provider(spec, true);
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.deploy(&tx)
         .await
         .unwrap_or_else(|e| panic!("redeploy: {e}"));
@@ -451,7 +434,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     );
 
     // destroy: container and remote_dir gone.
-    let (tx, _task) = collector();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
     p.destroy(&tx).await.expect("destroy");
     assert_eq!(
         docker(&[

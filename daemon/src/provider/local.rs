@@ -14,7 +14,8 @@
 use super::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
     check_secrets, deploy_failed, env_file_content, exec_result, explanation, note, plain_step,
-    run_error, session_not_supported, step_failed, stream_capture, upload_script,
+    push_streamed_step, run_error, session_not_supported, step_failed, stream_capture,
+    upload_script,
 };
 use crate::process::{self, Cmd, Output};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
@@ -367,25 +368,16 @@ impl Provider for LocalProvider {
         let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out)
             .await
             .map_err(|e| deploy_failed(e, "local", &steps))?;
-        steps.push(DeployStep {
-            name: "compose up".to_string(),
-            status: if s.code == 0 { "ok" } else { "failed" }.to_string(),
-            detail: format!("ran {}", cmd.display()),
-            stdout_tail: s.stdout_tail.clone(),
-            stderr_tail: s.stderr_tail.clone(),
-        });
-        if s.code != 0 {
-            let e = ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "docker compose up -d failed (exit {}): {}",
-                    s.code,
-                    explanation(&s.stdout_tail, &s.stderr_tail)
-                ),
-            )
-            .with("exit_code", s.code);
-            return Err(deploy_failed(e, "local", &steps));
-        }
+        push_streamed_step(
+            &mut steps,
+            "local",
+            (
+                "compose up",
+                &format!("ran {}", cmd.display()),
+                "docker compose up -d",
+            ),
+            &s,
+        )?;
         Ok(DeployReport {
             success: true,
             provider: "local".to_string(),

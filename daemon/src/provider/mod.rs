@@ -359,6 +359,36 @@ pub(crate) fn deploy_failed(mut err: ErrorBody, provider: &str, steps: &[DeployS
     err
 }
 
+/// Record a streamed deploy step; a non-zero exit ends the deploy with `provider_failed`
+/// ("<what> failed (exit N): <explanation>") carrying the steps so far.
+pub(crate) fn push_streamed_step(
+    steps: &mut Vec<DeployStep>,
+    provider: &str,
+    (name, detail, what): (&str, &str, &str),
+    s: &Streamed,
+) -> Result<(), ErrorBody> {
+    steps.push(DeployStep {
+        name: name.to_string(),
+        status: if s.code == 0 { "ok" } else { "failed" }.to_string(),
+        detail: detail.to_string(),
+        stdout_tail: s.stdout_tail.clone(),
+        stderr_tail: s.stderr_tail.clone(),
+    });
+    if s.code == 0 {
+        return Ok(());
+    }
+    let e = ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!(
+            "{what} failed (exit {}): {}",
+            s.code,
+            explanation(&s.stdout_tail, &s.stderr_tail)
+        ),
+    )
+    .with("exit_code", s.code);
+    Err(deploy_failed(e, provider, steps))
+}
+
 /// Refuse a deploy when a secret named in cloud.yaml has no value from the client.
 pub(crate) fn check_secrets(
     spec: &CloudSpec,

@@ -24,7 +24,7 @@
 use super::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
     check_secrets, decode_base64_text, deploy_failed, exec_result, explanation, note, plain_step,
-    remote_parent, run_error, step_failed, step_from, stream_capture,
+    push_streamed_step, remote_parent, run_error, step_failed, step_from, stream_capture,
 };
 use crate::process::{self, Cmd, Output};
 use crate::shell::quote;
@@ -450,25 +450,12 @@ impl Provider for RailwayProvider {
         } else {
             "ran railway up --detach --ci"
         };
-        steps.push(DeployStep {
-            name: "railway up".to_string(),
-            status: if s.code == 0 { "ok" } else { "failed" }.to_string(),
-            detail: detail.to_string(),
-            stdout_tail: s.stdout_tail.clone(),
-            stderr_tail: s.stderr_tail.clone(),
-        });
-        if s.code != 0 {
-            let e = ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "railway up failed (exit {}): {}",
-                    s.code,
-                    explanation(&s.stdout_tail, &s.stderr_tail)
-                ),
-            )
-            .with("exit_code", s.code);
-            return Err(deploy_failed(e, "railway", &steps));
-        }
+        push_streamed_step(
+            &mut steps,
+            "railway",
+            ("railway up", detail, "railway up"),
+            &s,
+        )?;
         let mut warnings = Vec::new();
         if image_rebuild == "triggered" && silent {
             let w = "railway up returned no stdout/stderr; verify the Railway deployment logs for build outcome";
