@@ -298,6 +298,31 @@ with open(tmp, "w") as fh:
 os.replace(tmp, path)
 "#;
 
+/// The shell command writing a launch's session marker on the runner (atomically, sorted keys):
+/// `{session, workspace, remote_spec, identity_digest, run_kind, trigger, started_at}`. Needs
+/// `$py` from [`python_prelude`]. Every launch, by `chain` or by the supervisor, writes it.
+pub fn session_marker_command(
+    marker_file: &str,
+    session: &str,
+    workspace: &str,
+    spec: &str,
+    digest: &str,
+    run_kind: &str,
+    trigger: &str,
+) -> String {
+    format!(
+        "\"$py\" -c {} {} {} {} {} {} {} {}",
+        quote(MARKER_WRITE_PY),
+        quote(marker_file),
+        quote(session),
+        quote(workspace),
+        quote(spec),
+        quote(digest),
+        quote(run_kind),
+        quote(trigger)
+    )
+}
+
 /// The ONLY mutation script the supervisor emits. In order: refuse (17) when the session marker
 /// names another chain; if the session exists, refuse (18) unless every pane in it is dead, then
 /// kill exactly that session; create the log and marker dirs; write the session marker (every
@@ -329,14 +354,16 @@ pub fn mutation_script(kind: MutationKind, t: &MutationTarget) -> String {
             quote(t.marker_dir.trim_end_matches('/'))
         ),
         format!(
-            "\"$py\" -c {} {} {} {} {} {} supervise {} || exit 1",
-            quote(MARKER_WRITE_PY),
-            quote(&t.marker_file()),
-            quote(&t.session),
-            quote(&t.workspace),
-            quote(&t.spec),
-            quote(t.identity_digest.as_deref().unwrap_or("")),
-            kind.as_str()
+            "{} || exit 1",
+            session_marker_command(
+                &t.marker_file(),
+                &t.session,
+                &t.workspace,
+                &t.spec,
+                t.identity_digest.as_deref().unwrap_or(""),
+                "supervise",
+                kind.as_str()
+            )
         ),
         format!(
             "tmux new-session -d -s {} -c {} {} || exit 1",

@@ -7,6 +7,7 @@
 //! last-chain marker (SQLite + legacy file).
 
 use super::{Ctx, Done, markers, remote_failure};
+use crate::chain::decide::session_marker_command;
 use crate::chain::observe::{SESSION_MARKER_DIR, python_prelude};
 use crate::chain::spec::{self, ChainSpec};
 use crate::cloud_yaml::CloudSpec;
@@ -125,7 +126,8 @@ pub fn preflight_script(
     s
 }
 
-/// Start the chain in tmux, write the session marker, and report whether the session lives.
+/// Write the session marker (first, so a failed start cannot leave a session without one), start
+/// the chain in tmux, and report whether the session lives.
 pub fn start_script(
     spec: &CloudSpec,
     session: &str,
@@ -148,19 +150,19 @@ pub fn start_script(
         .parent()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| ws.clone());
-    let marker = json!({
-        "session": session,
-        "workspace": ws,
-        "remote_spec": remote_spec,
-        "identity_digest": digest,
-        "chain_log": log_path,
-        "started_at": Utc::now().to_rfc3339(),
-        "run_kind": "chain",
-    });
+    let marker_cmd = session_marker_command(
+        &format!("{SESSION_MARKER_DIR}/{session}.json"),
+        session,
+        ws,
+        remote_spec,
+        digest,
+        "chain",
+        "launch",
+    );
     format!(
         "{prelude}; mkdir -p {log_dir} {mdir} && cd {ws} && \
+         {marker_cmd} && \
          tmux new-session -d -s {s} -c {ws} {inner} && \
-         \"$py\" -c 'import json,os,sys\nm=json.loads(sys.argv[2])\ntmp=sys.argv[1]+\".tmp\"\nopen(tmp,\"w\").write(json.dumps(m,sort_keys=True)+\"\\n\")\nos.replace(tmp,sys.argv[1])' {mfile} {mjson} && \
          sleep 1 && if tmux has-session -t ={s} 2>/dev/null; then echo MEGAPLAN_SESSION_ALIVE; \
          else echo MEGAPLAN_SESSION_EXITED; tail -n 20 {log} 2>/dev/null; fi",
         prelude = python_prelude(&spec.megaplan.launcher),
@@ -169,8 +171,6 @@ pub fn start_script(
         ws = quote(ws),
         s = quote(session),
         inner = quote(&inner),
-        mfile = quote(&format!("{SESSION_MARKER_DIR}/{session}.json")),
-        mjson = quote(&marker.to_string()),
         log = quote(log_path),
     )
 }
