@@ -276,8 +276,9 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
         (r.code, r.stdout.as_str(), r.stderr.as_str()),
         (3, "***REDACTED***\n", "err\n")
     );
+    // Bounded on the runner too: `timeout -k 5 <deadline secs>` around `bash -lc`.
     let cmd = format!(
-        "bash -lc {}",
+        "timeout -k 5 120 bash -lc {}",
         megaplan_cloudd::shell::quote(&format!("echo \"${SECRET_NAME}\"; echo err >&2; exit 3"))
     );
     assert_eq!(

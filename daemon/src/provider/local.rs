@@ -123,6 +123,15 @@ pub fn exec_args(script: &str) -> Vec<String> {
     words(&["exec", "-T", SERVICE, "bash", "-lc", script])
 }
 
+/// [`exec_args`] bounded on the runner side (see [`super::runner_timeout`]):
+/// `exec -T agent timeout -k 5 <secs> bash -lc <script>`.
+pub fn exec_args_within(script: &str, deadline: Duration) -> Vec<String> {
+    let mut args = words(&["exec", "-T", SERVICE]);
+    args.extend(super::runner_timeout(deadline));
+    args.extend(words(&["bash", "-lc", script]));
+    args
+}
+
 pub fn read_args(path: &str) -> Vec<String> {
     words(&["exec", "-T", SERVICE, "cat", "--", path])
 }
@@ -393,14 +402,18 @@ impl Provider for LocalProvider {
 
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
         let o = self
-            .run(&exec_args(script), stdin, self.ctx.deadline)
+            .run(
+                &exec_args_within(script, self.ctx.deadline),
+                stdin,
+                self.ctx.deadline,
+            )
             .await?;
         Ok(exec_result(&o, &self.ctx.redactor))
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
         let flavor = self.flavor(Some(out)).await?;
-        let cmd = self.cmd(flavor, &exec_args(script));
+        let cmd = self.cmd(flavor, &exec_args_within(script, self.ctx.deadline));
         process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
             .await
             .map_err(|e| run_error(&cmd, e))
@@ -410,7 +423,7 @@ impl Provider for LocalProvider {
         let script = upload_script(remote_path)?;
         let o = self
             .run(
-                &exec_args(&script),
+                &exec_args_within(&script, self.ctx.deadline),
                 Some(base64_lines(content).into_bytes()),
                 self.ctx.deadline,
             )
@@ -497,6 +510,26 @@ mod tests {
     }
 
     const BASE: &str = "docker compose -p megaplan-cloud -f /home/op/.megaplan/cloud/megaplan-cloud/docker-compose.yaml";
+
+    #[test]
+    fn exec_is_bounded_on_the_runner() {
+        assert_eq!(
+            exec_args_within("echo 'x' $HOME", Duration::from_secs(90)),
+            [
+                "exec",
+                "-T",
+                "agent",
+                "timeout",
+                "-k",
+                "5",
+                "90",
+                "bash",
+                "-lc",
+                "echo 'x' $HOME"
+            ]
+        );
+        assert_eq!(exec_args_within("true", Duration::ZERO)[6], "1");
+    }
 
     #[test]
     fn every_operation_argv_is_exact() {

@@ -83,6 +83,24 @@ impl std::fmt::Debug for ProviderCtx {
     }
 }
 
+/// Seconds a runner command may take to stop after the TERM its deadline sends, before KILL.
+pub const REMOTE_KILL_GRACE_SECS: u64 = 5;
+
+/// `timeout -k 5 <secs>`: the words that bound a command on the runner itself. Killing our local
+/// client (ssh, `docker compose exec`, `railway ssh`) at a deadline does not stop the command in
+/// the container — neither sshd nor Docker ends a command whose client went away — so every
+/// provider runs `bash -lc` under coreutils `timeout`, which ends the command's whole process
+/// group when `deadline` passes (detached work such as a tmux session is not touched).
+pub fn runner_timeout(deadline: Duration) -> [String; 4] {
+    let secs = (deadline.as_secs() + u64::from(deadline.subsec_nanos() > 0)).max(1);
+    [
+        "timeout".to_string(),
+        "-k".to_string(),
+        REMOTE_KILL_GRACE_SECS.to_string(),
+        secs.to_string(),
+    ]
+}
+
 /// Lines kept of a deploy step's output.
 pub const TAIL_LINES: usize = 20;
 

@@ -133,10 +133,21 @@ pub fn build_argv(service: &str, deploy_dir: &Path) -> Vec<String> {
 
 /// The command string of `exec`: `bash -lc <script>`, with stdin as a here-document.
 pub fn exec_command(script: &str, stdin: Option<&[u8]>) -> String {
+    bash_command("bash -lc", script, stdin)
+}
+
+/// [`exec_command`] bounded on the runner side (see [`super::runner_timeout`]):
+/// `timeout -k 5 <secs> bash -lc <script>`.
+pub fn exec_command_within(script: &str, stdin: Option<&[u8]>, deadline: Duration) -> String {
+    let runner = format!("{} bash -lc", super::runner_timeout(deadline).join(" "));
+    bash_command(&runner, script, stdin)
+}
+
+fn bash_command(runner: &str, script: &str, stdin: Option<&[u8]>) -> String {
     match stdin {
-        None => format!("bash -lc {}", quote(script)),
+        None => format!("{runner} {}", quote(script)),
         Some(bytes) => format!(
-            "base64 -d <<'MEGAPLAN_STDIN' | bash -lc {}\n{}MEGAPLAN_STDIN",
+            "base64 -d <<'MEGAPLAN_STDIN' | {runner} {}\n{}MEGAPLAN_STDIN",
             quote(script),
             base64_lines(bytes)
         ),
@@ -473,13 +484,23 @@ impl Provider for RailwayProvider {
     }
 
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
-        let o = self.ssh(&exec_command(script, stdin.as_deref())).await?;
+        let o = self
+            .ssh(&exec_command_within(
+                script,
+                stdin.as_deref(),
+                self.ctx.deadline,
+            ))
+            .await?;
         Ok(exec_result(&o, &self.ctx.redactor))
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
         let cmd = self.cmd(
-            ssh_args(self.service(), self.env(), &exec_command(script, None)),
+            ssh_args(
+                self.service(),
+                self.env(),
+                &exec_command_within(script, None, self.ctx.deadline),
+            ),
             self.project_dir(),
         );
         process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
@@ -694,6 +715,14 @@ mod tests {
 
     #[test]
     fn exec_command_strings() {
+        assert_eq!(
+            exec_command_within("echo hi", None, Duration::from_secs(600)),
+            "timeout -k 5 600 bash -lc 'echo hi'"
+        );
+        assert_eq!(
+            exec_command_within("cat", Some(b"abc"), Duration::from_millis(1500)),
+            "base64 -d <<'MEGAPLAN_STDIN' | timeout -k 5 2 bash -lc cat\nYWJj\nMEGAPLAN_STDIN"
+        );
         assert_eq!(exec_command("echo hi", None), "bash -lc 'echo hi'");
         assert_eq!(
             exec_command("cat", Some(b"abc")),

@@ -46,20 +46,13 @@ pub fn remote_exec(container: &str, script: &str) -> String {
     )
 }
 
-/// Seconds a runner command may take to stop after the TERM its deadline sends, before KILL.
-const REMOTE_KILL_GRACE_SECS: u64 = 5;
-
-/// [`remote_exec`] bounded on the runner side: `docker exec -i <container> timeout -k 5 <secs>
-/// bash -lc <script>`. Killing the local ssh client at a deadline does not stop the remote
-/// command: neither sshd nor Docker ends a command whose client went away, so `docker exec`
-/// and everything it started in the container would keep running. `timeout` (coreutils, run in
-/// the container) ends the whole process group of the command when `deadline` passes; detached
-/// work such as a tmux session has its own session and is not touched.
+/// [`remote_exec`] bounded on the runner side (see [`super::runner_timeout`]):
+/// `docker exec -i <container> timeout -k 5 <secs> bash -lc <script>`.
 pub fn remote_exec_within(container: &str, script: &str, deadline: Duration) -> String {
-    let secs = (deadline.as_secs() + u64::from(deadline.subsec_nanos() > 0)).max(1);
     format!(
-        "docker exec -i {} timeout -k {REMOTE_KILL_GRACE_SECS} {secs} bash -lc {}",
+        "docker exec -i {} {} bash -lc {}",
         quote(container),
+        super::runner_timeout(deadline).join(" "),
         quote(script)
     )
 }
