@@ -82,6 +82,32 @@ impl FileLock {
     }
 }
 
+/// Run `sqlite3 <db> <sql>` (the CLI, so tests read the file as any other program would) and
+/// return its trimmed stdout; panics when it fails.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 must be installed (.ci/run installs it)");
+    assert!(out.status.success(), "sqlite3 {sql} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Raw HTTP/1.1 over a Unix socket, for requests the client would never send; returns the whole
+/// response text (the server closes: send `Connection: close`).
+pub fn raw_http(socket: &Path, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", socket.display()));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    // The server may answer (413) and close before a huge body is fully written.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,9 +3,9 @@
 //! registrations tick without starving or overlapping, garbage input is refused, SIGTERM is
 //! clean, and the service files validate.
 
-use megaplan_cloud_e2e::{Daemon, bin, util::wait_until};
+use megaplan_cloud_e2e::util::{raw_http, sqlite, wait_until};
+use megaplan_cloud_e2e::{Daemon, bin};
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -40,27 +40,6 @@ fn write_cloud_yaml(dir: &Path, name: &str) -> PathBuf {
     let p = d.join("cloud.yaml");
     std::fs::write(&p, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
     p
-}
-
-/// Raw HTTP/1.1 over the socket, for requests the client would never send.
-fn raw_http(socket: &Path, request: &[u8]) -> String {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // The server may answer (413) and close before a huge body is fully written.
-    let _ = s.write_all(request);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 must be installed (.ci/run installs it)");
-    assert!(out.status.success(), "sqlite3 failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! and the error the operator sees names what happened (error code and message words).
 
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,16 +18,6 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 must be installed (.ci/run installs it)");
-    assert!(out.status.success(), "sqlite3 {sql} failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// The database is sound and still holds at least `ticks` tick rows and `registrations` rows.
 fn assert_db_intact(db: &Path, registrations: usize, ticks: usize) {
@@ -503,16 +494,6 @@ fn hundred_megabytes_of_logs_stream_with_flat_daemon_memory() {
 
 // ---------------------------------------------------------------------------------------------
 // 6. Idle connections and oversized bodies.
-
-fn raw_http(socket: &Path, request: &[u8]) -> String {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // The server may answer (413) and close before a huge body is fully written.
-    let _ = s.write_all(request);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 #[test]
 fn idle_clients_do_not_block_others_and_huge_bodies_are_refused() {

@@ -49,16 +49,6 @@ fn files_containing(
     hits
 }
 
-fn sqlite_dump(db: &Path) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(".dump")
-        .output()
-        .expect("sqlite3 must be installed (.ci/run installs it)");
-    assert!(out.status.success(), "sqlite3 .dump failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The value is nowhere on the daemon's side: files under its dir (except the operator's
 /// project folder), the database dump, the daemon log.
 fn assert_secret_at_rest_nowhere(rig: &SshRig, when: &str) {
@@ -75,7 +65,7 @@ fn assert_secret_at_rest_nowhere(rig: &SshRig, when: &str) {
         "{when}: the secret value is stored in {hits:#?}"
     );
     assert!(scanned >= 3, "{when}: only {scanned} files were scanned");
-    let dump = sqlite_dump(&rig.daemon.home.join("cloudd.db"));
+    let dump = megaplan_cloud_e2e::util::sqlite(&rig.daemon.home.join("cloudd.db"), ".dump");
     assert!(
         dump.contains("INSERT INTO ticks"),
         "{when}: no ticks in the dump"

@@ -803,6 +803,22 @@ fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
     let mut shell_ms = Vec::new();
     let mut docker_ms = Vec::new();
     let mut failures = 0usize;
+    // `ssh -S <daemon's control socket> … -- <remote>`: the held session without client/daemon.
+    let over_held_session = |remote: &str| {
+        let mut c = Command::new("ssh");
+        c.arg("-S")
+            .arg(&control)
+            .args(["-o", "ControlMaster=no", "-F"])
+            .arg(&rig.sshd.ssh_config)
+            .args([
+                "-p",
+                &rig.sshd.port.to_string(),
+                "root@127.0.0.1",
+                "--",
+                remote,
+            ]);
+        c
+    };
     for _ in 0..sz.exec_n {
         let e0 = rig.sshd.exec_requests();
         let started = Instant::now();
@@ -811,35 +827,9 @@ fn section_exec(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> 
         daemon_trips.push((rig.sshd.exec_requests() - e0) as f64);
         let (fresh, fresh_out) = fresh_ssh(rig, "true")?;
         fresh_ms.push(fresh);
-        let (mux, mux_out) = timed(
-            Command::new("ssh")
-                .arg("-S")
-                .arg(&control)
-                .args(["-o", "ControlMaster=no", "-F"])
-                .arg(&rig.sshd.ssh_config)
-                .args([
-                    "-p",
-                    &rig.sshd.port.to_string(),
-                    "root@127.0.0.1",
-                    "--",
-                    &remote,
-                ]),
-        )?;
+        let (mux, mux_out) = timed(&mut over_held_session(&remote))?;
         mux_ms.push(mux);
-        let (shell, shell_out) = timed(
-            Command::new("ssh")
-                .arg("-S")
-                .arg(&control)
-                .args(["-o", "ControlMaster=no", "-F"])
-                .arg(&rig.sshd.ssh_config)
-                .args([
-                    "-p",
-                    &rig.sshd.port.to_string(),
-                    "root@127.0.0.1",
-                    "--",
-                    "true",
-                ]),
-        )?;
+        let (shell, shell_out) = timed(&mut over_held_session("true"))?;
         shell_ms.push(shell);
         let (local, local_out) = timed(Command::new("docker").args([
             "exec",
