@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod output;
 mod render;
 
 use clap::Parser;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let cli = Cli::parse();
+    output::init(cli.json, cli.color);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -33,30 +35,32 @@ fn main() {
     std::process::exit(code);
 }
 
+/// A command's result document: JSON for scripts, a summary on a terminal.
 fn print_json(v: &Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
-    let _ = out.flush();
+    output::print_result(v);
 }
 
-/// Print a structured error (stdout JSON + one stderr line) and return its exit code.
+/// Print a structured error and return its exit code. For scripts: the JSON document on
+/// stdout plus one `error:` line on stderr; on a terminal: the one line on stderr only.
 fn fail(e: ClientError) -> i32 {
-    match e {
-        ClientError::Unreachable(body) => {
-            print_json(&body.to_value());
-            eprintln!("error: {}", body.message);
-            2
-        }
-        ClientError::Api(body) => {
-            print_json(&body.to_value());
-            eprintln!("error: {}: {}", body.error, body.message);
-            1
-        }
+    let (body, code) = match e {
+        ClientError::Unreachable(body) => (body, output::EXIT_DAEMON_UNREACHABLE),
+        ClientError::Api(body) => (body, 1),
+    };
+    if output::json_mode() {
+        output::print_json_doc(&body.to_value());
     }
+    let message = output::strip_controls(&body.message);
+    if code == output::EXIT_DAEMON_UNREACHABLE {
+        eprintln!("{} {message}", output::paint("error:", "1;31"));
+    } else {
+        eprintln!(
+            "{} {}: {message}",
+            output::paint("error:", "1;31"),
+            body.error
+        );
+    }
+    code
 }
 
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
@@ -120,17 +124,29 @@ async fn run(cli: Cli) -> i32 {
             remote_spec,
             plan,
         },
-        Cmd::Logs { no_follow } => Command::Logs { follow: !no_follow },
+        Cmd::Logs { follow, no_follow } => Command::Logs {
+            follow: follow && !no_follow,
+        },
         Cmd::Attach { session } => Command::Attach { session },
         Cmd::Exec { cmd } => Command::Exec { cmd: cmd.join(" ") },
         Cmd::Resume { plan } => Command::Resume { plan },
         Cmd::Down => Command::Down,
         Cmd::Destroy { yes } => {
-            if !yes && !confirm_destroy(&cy) {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "destroy needs confirmation: answer on a terminal, or pass --yes",
-                );
+            if !yes {
+                match confirm_destroy(&cy) {
+                    Confirmation::Yes => {}
+                    Confirmation::NoTerminal => {
+                        return local_error(
+                            ErrorCode::InvalidArgs,
+                            "destroy needs confirmation and there is no terminal to ask on: pass --yes",
+                        );
+                    }
+                    Confirmation::Declined => {
+                        // The operator said no: nothing failed, nothing to report but that.
+                        eprintln!("aborted");
+                        return 1;
+                    }
+                }
             }
             Command::Destroy { yes: true }
         }
@@ -144,6 +160,22 @@ async fn run(cli: Cli) -> i32 {
             Command::Supervise { remote_spec }
         }
         Cmd::Chains => Command::Chains,
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "megaplan-cloudctl", &mut std::io::stdout());
+            return 0;
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => local_error(
+                    ErrorCode::InvalidArgs,
+                    format!("cannot write the man page: {e}"),
+                ),
+            };
+        }
+        Cmd::Version => return version(&client).await,
         Cmd::Register {
             every,
             cron,
@@ -166,8 +198,9 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Registrations { json } => return registrations(&client, json).await,
-        Cmd::Ticks { limit, all, json } => {
+        Cmd::Registrations => return registrations(&client, output::json_mode()).await,
+        Cmd::Ticks { limit, all } => {
+            let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::TICKS);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
@@ -175,7 +208,7 @@ async fn run(cli: Cli) -> i32 {
             return match client.json(Method::GET, &q, None).await {
                 Ok(v) => {
                     if json {
-                        print_json(&v);
+                        output::print_json_doc(&v);
                     } else {
                         render::ticks_table(&v);
                     }
@@ -203,10 +236,10 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Watch { all, json } => return watch(&client, &cy, all, json).await,
+        Cmd::Watch { all } => return watch(&client, &cy, all, output::json_mode()).await,
         Cmd::Daemon {
-            what: DaemonCmd::Status { json },
-        } => return daemon_status(&client, json).await,
+            what: DaemonCmd::Status,
+        } => return daemon_status(&client, output::json_mode()).await,
     };
     run_command(&client, &cy, command).await
 }
@@ -243,16 +276,26 @@ fn init(path: &Path, force: bool) -> i32 {
     0
 }
 
-fn confirm_destroy(cloud_yaml: &str) -> bool {
+enum Confirmation {
+    Yes,
+    Declined,
+    NoTerminal,
+}
+
+fn confirm_destroy(cloud_yaml: &str) -> Confirmation {
     if !std::io::stdin().is_terminal() {
-        return false;
+        return Confirmation::NoTerminal;
     }
     eprint!(
         "Destroy the runner of {cloud_yaml}, its volume and deploy dir? Type 'yes' to confirm: "
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
+    if std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes" {
+        Confirmation::Yes
+    } else {
+        Confirmation::Declined
+    }
 }
 
 /// Ask the daemon which secret names the cloud.yaml lists and read their values here.
@@ -289,6 +332,10 @@ async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) 
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    // Only `exec` and `logs` print the runner's own output as their result; for every other
+    // command (build, deploy, …) what the provider prints is progress, so it goes to stderr and
+    // stdout stays one JSON document.
+    let stdout_is_result = matches!(command, Command::Exec { .. } | Command::Logs { .. });
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
         cwd: paths::current_dir().display().to_string(),
@@ -304,10 +351,15 @@ async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) 
                 return;
             }
             match serde_json::from_str::<Frame>(line) {
-                Ok(Frame::Stdout { data }) => {
+                Ok(Frame::Stdout { data }) if stdout_is_result => {
                     let mut o = std::io::stdout().lock();
                     let _ = o.write_all(data.as_bytes());
                     let _ = o.flush();
+                }
+                Ok(Frame::Stdout { data }) => {
+                    let mut e = std::io::stderr().lock();
+                    let _ = e.write_all(data.as_bytes());
+                    let _ = e.flush();
                 }
                 Ok(Frame::Stderr { data }) => {
                     let mut e = std::io::stderr().lock();
@@ -369,6 +421,10 @@ async fn register(
         Ok(v) => v,
         Err(e) => return local_error(ErrorCode::InvalidArgs, e),
     };
+    let cron = match cron.as_deref().map(cli::normalise_cron).transpose() {
+        Ok(v) => v,
+        Err(e) => return local_error(ErrorCode::InvalidArgs, e),
+    };
     let req = RegisterRequest {
         cloud_yaml: cloud_yaml.to_string(),
         every_secs,
@@ -402,7 +458,7 @@ async fn registrations(client: &DaemonClient, json: bool) -> i32 {
     match client.json(Method::GET, routes::CLOUDS, None).await {
         Ok(v) => {
             if json {
-                print_json(&v);
+                output::print_json_doc(&v);
             } else {
                 render::registrations_table(&v);
             }
@@ -440,6 +496,45 @@ async fn watch(client: &DaemonClient, cloud_yaml: &str, all: bool, json: bool) -
     }
 }
 
+/// `version`: this client's, and the daemon's when one answers (its absence is not an error:
+/// the client's version is still worth knowing).
+async fn version(client: &DaemonClient) -> i32 {
+    let daemon = client.json(Method::GET, routes::HEALTH, None).await.ok();
+    let v = json!({
+        "client": {
+            "version": megaplan_cloud_api::VERSION,
+            "api_version": megaplan_cloud_api::API_VERSION,
+        },
+        "daemon": daemon.as_ref().map(|h| json!({
+            "version": h.get("version"),
+            "api_version": h.get("api_version"),
+            "socket": h.get("socket"),
+        })),
+    });
+    if output::json_mode() {
+        output::print_json_doc(&v);
+    } else {
+        println!(
+            "megaplan-cloudctl {} (API v{})",
+            megaplan_cloud_api::VERSION,
+            megaplan_cloud_api::API_VERSION
+        );
+        match &daemon {
+            Some(h) => println!(
+                "megaplan-cloudd   {} (API v{}) at {}",
+                h.get("version").and_then(Value::as_str).unwrap_or("?"),
+                h.get("api_version").and_then(Value::as_u64).unwrap_or(0),
+                h.get("socket").and_then(Value::as_str).unwrap_or("?")
+            ),
+            None => println!(
+                "megaplan-cloudd   not reachable at {}",
+                client.socket.display()
+            ),
+        }
+    }
+    0
+}
+
 async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
     match client.json(Method::GET, routes::HEALTH, None).await {
         Ok(v) => {
@@ -452,7 +547,7 @@ async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
                 );
             }
             if json {
-                print_json(&v);
+                output::print_json_doc(&v);
             } else {
                 render::health(&v);
             }

@@ -61,7 +61,7 @@ fn every_daemon_command_says_how_to_start_the_daemon() {
         vec!["exec", "true"],
     ] {
         let (code, v, err) = ctl(tmp.path(), &args);
-        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(code, Some(69), "{args:?}: {err}");
         assert_eq!(v["error"], "daemon_unreachable", "{args:?}");
         assert!(
             v["message"].as_str().unwrap().contains("megaplan-cloudd"),
