@@ -28,6 +28,8 @@ pub struct Sshd {
     /// sshd's own log (`-E`, LogLevel DEBUG1).
     pub log: PathBuf,
     config: PathBuf,
+    /// Extra `sshd_config` lines (see [`Sshd::try_start_with`]).
+    extra: String,
     child: Option<Child>,
     _tmp: tempfile::TempDir,
 }
@@ -66,6 +68,11 @@ impl Sshd {
 
     /// Starts a fresh sshd on a random free loopback port with newly generated keys.
     pub fn try_start() -> Result<Sshd, String> {
+        Sshd::try_start_with("")
+    }
+
+    /// [`Sshd::try_start`] with extra `sshd_config` lines appended (e.g. a `ForceCommand`).
+    pub fn try_start_with(extra: &str) -> Result<Sshd, String> {
         if !Path::new(SSHD).exists() {
             return Err(format!(
                 "{SSHD} is missing (apt-get install openssh-server)"
@@ -96,6 +103,7 @@ impl Sshd {
             ssh_config: dir.join("ssh_config"),
             log: dir.join("sshd.log"),
             config: dir.join("sshd_config"),
+            extra: extra.to_owned(),
             child: None,
             _tmp: tmp,
         };
@@ -142,7 +150,9 @@ impl Sshd {
                  PrintMotd no\n\
                  X11Forwarding no\n\
                  SetEnv HOME={home}\n\
-                 Subsystem sftp internal-sftp\n",
+                 Subsystem sftp internal-sftp\n\
+                 {extra}",
+                extra = self.extra,
                 home = dir.join("remote-home").display(),
                 port = self.port,
                 host_key = host_key.display(),
