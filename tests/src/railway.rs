@@ -169,10 +169,14 @@ impl RailwayWorld {
         tls_material(&dir);
         let container = bench.container("rw-runner");
         // Railway's relay puts a session into the service's container: so does this one.
-        let relay = Sshd::try_start_with(&format!(
-            "ForceCommand exec docker exec -i {} sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
-            container.name
-        ))
+        // On ssh.railway.com's own port, 22 (free in this private network namespace).
+        let relay = Sshd::try_start_on(
+            Some(22),
+            &format!(
+                "ForceCommand exec docker exec -i {} sh -c \"$SSH_ORIGINAL_COMMAND\"\n",
+                container.name
+            ),
+        )
         .unwrap_or_else(|e| panic!("relay sshd: {e}"));
         let home = dir.join("home");
         fs::create_dir_all(home.join(".ssh")).expect("home");
@@ -187,14 +191,25 @@ impl RailwayWorld {
             fs::Permissions::from_mode(0o600),
         )
         .expect("chmod key");
-        // The test user's ssh config (a tmpfs in this namespace): ssh.railway.com is the relay.
+        // The test user's ssh config (a tmpfs in this namespace): ssh.railway.com is the relay,
+        // and the account's key is the one registered with "Railway".
+        let host_pub =
+            fs::read_to_string(relay.dir.join("ssh_host_ed25519_key.pub")).expect("host key");
+        let known_hosts = dir.join("known_hosts");
+        let fields: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        fs::write(
+            &known_hosts,
+            format!("ssh.railway.com {}\n", fields.join(" ")),
+        )
+        .expect("known_hosts");
         fs::write(
             account_home().join(".ssh/config"),
             format!(
-                "Host ssh.railway.com\n  HostName 127.0.0.1\n  Port {}\n  UserKnownHostsFile {}\n  \
-                 GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n",
-                relay.port,
-                relay.known_hosts.display()
+                "Host ssh.railway.com\n  HostName 127.0.0.1\n  HostKeyAlias ssh.railway.com\n  \
+                 IdentityFile {}\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  \
+                 StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n",
+                home.join(".ssh/id_ed25519").display(),
+                known_hosts.display()
             ),
         )
         .expect("ssh config");

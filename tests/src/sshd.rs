@@ -73,6 +73,11 @@ impl Sshd {
 
     /// [`Sshd::try_start`] with extra `sshd_config` lines appended (e.g. a `ForceCommand`).
     pub fn try_start_with(extra: &str) -> Result<Sshd, String> {
+        Sshd::try_start_on(None, extra)
+    }
+
+    /// [`Sshd::try_start_with`] on a fixed loopback port (`None`: a free one).
+    pub fn try_start_on(fixed_port: Option<u16>, extra: &str) -> Result<Sshd, String> {
         if !Path::new(SSHD).exists() {
             return Err(format!(
                 "{SSHD} is missing (apt-get install openssh-server)"
@@ -96,7 +101,10 @@ impl Sshd {
         )?;
 
         let mut sshd = Sshd {
-            port: free_port()?,
+            port: match fixed_port {
+                Some(p) => p,
+                None => free_port()?,
+            },
             dir: dir.clone(),
             client_key,
             known_hosts: dir.join("known_hosts"),
@@ -116,6 +124,9 @@ impl Sshd {
                 Err(e) => {
                     last_err = e;
                     sshd.stop();
+                    if fixed_port.is_some() {
+                        return Err(last_err);
+                    }
                     sshd.port = free_port()?;
                 }
             }

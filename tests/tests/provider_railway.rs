@@ -14,6 +14,7 @@ use megaplan_cloud_e2e::{bench, wait_until};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::railway::{RailwayProvider, UPLOAD_CHUNK};
+use megaplan_cloudd::provider::ssh_master::SshSessions;
 use megaplan_cloudd::provider::{Provider, ProviderCtx};
 use megaplan_cloudd::redact::Redactor;
 use megaplan_cloudd::render;
@@ -260,6 +261,59 @@ async fn railway_provider_drives_the_real_cli() {
         .await
         .expect("exec stdin");
     assert_eq!(r.stdout, "PIPED STDIN\n");
+
+    // Held session: `railway ssh config` once, then one ControlMaster to the relay; later calls
+    // cost one multiplexed channel: no CLI run, no backboard request, no new connection.
+    let control_dir = tempfile::Builder::new()
+        .prefix("rwc")
+        .tempdir_in("/tmp")
+        .expect("ctl dir");
+    let sessions = SshSessions::new(control_dir.path().join("c"), None);
+    let held = RailwayProvider::with_program(ctx.clone(), &program).with_sessions(sessions.clone());
+    let r = held.exec("echo held", None).await.expect("held exec");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "held\n"));
+    let reqs = world.take_requests();
+    assert!(
+        reqs.iter().any(|r| r["op"] == "ServiceInstance"),
+        "resolved through `railway ssh config`: {reqs:?}"
+    );
+    assert_eq!(sessions.count(), 1, "one master held");
+    let (conns, execs) = (
+        world.relay.accepted_connections(),
+        world.relay.exec_requests(),
+    );
+    for i in 0..3 {
+        let r = held
+            .exec(&format!("echo {i}; exit {i}"), None)
+            .await
+            .expect("held exec");
+        assert_eq!((r.code, r.stdout.trim()), (i, i.to_string().as_str()));
+    }
+    held.upload("/workspace/app/held.txt", b"over the master")
+        .await
+        .expect("held upload");
+    assert_eq!(
+        held.read("/workspace/app/held.txt")
+            .await
+            .expect("held read"),
+        b"over the master"
+    );
+    assert_eq!(
+        world.take_requests(),
+        Vec::<Value>::new(),
+        "no CLI run after the first"
+    );
+    assert_eq!(
+        world.relay.accepted_connections(),
+        conns,
+        "no new connection"
+    );
+    assert_eq!(
+        world.relay.exec_requests(),
+        execs + 5,
+        "one channel per call"
+    );
+    sessions.close_all().await;
 
     // upload/read: every byte value, and a file large enough to be chunked.
     let all: Vec<u8> = (0..=255u8).collect();

@@ -21,6 +21,14 @@
 //!   (large files in several appends, then a rename)
 //! - read: `railway ssh --service S -- "base64 < <path>"` (decoded here: the remote channel is
 //!   text for the CLI)
+//! - held session: exec/upload/read go over one OpenSSH ControlMaster to the relay, like the
+//!   ssh provider ([`super::ssh_master`]): `railway ssh` is plain OpenSSH to
+//!   `<serviceInstanceId>@ssh.railway.com` (`commands/ssh/native.rs`), and
+//!   `railway ssh config --service S --alias megaplan-<S> --dry-run` prints that destination as
+//!   an OpenSSH `Host` block (`commands/ssh/config.rs`). Resolved once per service and cached;
+//!   the operator's ssh config and agent supply the registered key. When the block cannot be
+//!   had or the master does not start, every call falls back to `railway ssh` (retried after
+//!   [`RELAY_RETRY`]).
 //! - attach: `railway ssh --service S --session <session>`
 //! - logs: `railway logs --service S --lines 200`; follow mode: `railway logs --service S` under
 //!   a pseudo-terminal (`script -q -e -f -c ... /dev/null`), because the CLI streams only when
@@ -34,6 +42,7 @@
 //! No secret value is ever in an argv: the process list of the machine is readable by every
 //! local user.
 
+use super::ssh_master::{SshMaster, SshSessions, SshTarget};
 use super::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
     check_secrets, decode_base64_text, deploy_failed, exec_result, explanation, plain_step,
@@ -43,8 +52,10 @@ use crate::process::{self, Cmd, Output};
 use crate::shell::quote;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Raw bytes per upload command: keeps each argv well under the kernel's 128 KiB per-argument
 /// limit. A multiple of 3, so every chunk is standalone base64.
@@ -143,6 +154,60 @@ pub fn down_args(service: &str, env: Option<&str>) -> Vec<String> {
 
 pub fn volume_delete_args(volume: &str, env: Option<&str>) -> Vec<String> {
     scoped(&["volume"], env, &["delete", "--volume", volume, "--yes"])
+}
+
+/// `ssh config [--environment E] --service S --alias megaplan-<S> --dry-run`: prints the
+/// service's OpenSSH `Host` block instead of writing it to `~/.ssh/config`.
+pub fn ssh_config_args(service: &str, env: Option<&str>) -> Vec<String> {
+    let alias = format!("megaplan-{service}");
+    scoped(
+        &["ssh", "config"],
+        env,
+        &["--service", service, "--alias", &alias, "--dry-run"],
+    )
+}
+
+/// The relay destination in a `railway ssh config` `Host` block: `HostName`, `User` (the
+/// service instance), `Port` (22 when absent) and `IdentityFile` when present. `None` unless
+/// both `HostName` and `User` are there.
+pub fn relay_target(block: &str) -> Option<SshTarget> {
+    let (mut host, mut user, mut port, mut identity) = (None, None, 22u16, None);
+    for line in block.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_string();
+        match key.to_ascii_lowercase().as_str() {
+            "hostname" => host = Some(value),
+            "user" => user = Some(value),
+            "port" => port = value.parse().ok()?,
+            "identityfile" => identity = Some(value),
+            _ => {}
+        }
+    }
+    Some(SshTarget {
+        host: host.filter(|h| !h.is_empty())?,
+        user: Some(user.filter(|u| !u.is_empty())?),
+        port,
+        identity_file: identity,
+    })
+}
+
+/// After a failed resolution or master start, calls use `railway ssh` for this long before the
+/// held session is tried again.
+pub const RELAY_RETRY: Duration = Duration::from_secs(300);
+
+/// Resolved relay destinations per (CLI, folder, service, environment); `None` = fall back
+/// (until the instant plus [`RELAY_RETRY`]).
+type RelayCache = Mutex<HashMap<String, (Option<SshTarget>, Instant)>>;
+
+fn relay_cache() -> &'static RelayCache {
+    static CACHE: OnceLock<RelayCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 pub fn image_tag(service: &str) -> String {
@@ -306,6 +371,8 @@ pub struct RailwayProvider {
     ctx: ProviderCtx,
     /// The railway CLI to run (`railway` on PATH unless overridden).
     pub program: String,
+    /// The daemon's held OpenSSH sessions; `None`: every call is `railway ssh`.
+    sessions: Option<SshSessions>,
 }
 
 impl RailwayProvider {
@@ -317,6 +384,88 @@ impl RailwayProvider {
         RailwayProvider {
             ctx,
             program: program.to_string(),
+            sessions: None,
+        }
+    }
+
+    /// Hold a ControlMaster session to the relay in `sessions` (see the module docs).
+    pub fn with_sessions(mut self, sessions: SshSessions) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    fn relay_key(&self) -> String {
+        format!(
+            "{}\0{}\0{}\0{}",
+            self.program,
+            self.project_dir().display(),
+            self.service(),
+            self.env().unwrap_or("")
+        )
+    }
+
+    /// The live master to the service's relay destination, or `None` to use `railway ssh`.
+    pub async fn relay(&self) -> Option<Arc<SshMaster>> {
+        let sessions = self.sessions.as_ref()?;
+        let key = self.relay_key();
+        let cached = relay_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let target = match cached {
+            Some((Some(t), _)) => t,
+            Some((None, since)) if since.elapsed() < RELAY_RETRY => return None,
+            _ => {
+                let t = self.resolve_relay().await;
+                self.remember(&key, t.clone());
+                t?
+            }
+        };
+        match sessions.master(&target).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    target = %target.describe(),
+                    "railway relay session did not start, using `railway ssh`: {}",
+                    e.message
+                );
+                self.remember(&key, None);
+                None
+            }
+        }
+    }
+
+    fn remember(&self, key: &str, target: Option<SshTarget>) {
+        relay_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), (target, Instant::now()));
+    }
+
+    /// `railway ssh config ... --dry-run`, parsed.
+    async fn resolve_relay(&self) -> Option<SshTarget> {
+        let cmd = self.cmd(
+            ssh_config_args(self.service(), self.env()),
+            self.project_dir(),
+        );
+        match self.run(&cmd, self.ctx.deadline).await {
+            Ok(o) if o.code == 0 => relay_target(&String::from_utf8_lossy(&o.stdout)),
+            Ok(o) => {
+                tracing::warn!(
+                    "`{}` failed (exit {}), using `railway ssh`: {}",
+                    cmd.display(),
+                    o.code,
+                    self.ctx
+                        .redactor
+                        .redact(&String::from_utf8_lossy(&o.stderr))
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("`{}`: {}, using `railway ssh`", cmd.display(), e.message);
+                None
+            }
         }
     }
 
@@ -367,6 +516,11 @@ impl RailwayProvider {
     }
 
     async fn ssh(&self, command: &str) -> Result<Output, ErrorBody> {
+        if let (Some(m), Some(sessions)) = (self.relay().await, &self.sessions) {
+            return sessions
+                .run(m.target(), command, None, self.ctx.deadline, false)
+                .await;
+        }
         let cmd = self.cmd(
             ssh_args(self.service(), self.env(), command),
             self.project_dir(),
@@ -567,14 +721,14 @@ impl Provider for RailwayProvider {
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
-        let cmd = self.cmd(
-            ssh_args(
-                self.service(),
-                self.env(),
-                &exec_command_within(script, None, self.ctx.deadline),
+        let remote = exec_command_within(script, None, self.ctx.deadline);
+        let cmd = match self.relay().await {
+            Some(m) => m.command(&remote),
+            None => self.cmd(
+                ssh_args(self.service(), self.env(), &remote),
+                self.project_dir(),
             ),
-            self.project_dir(),
-        );
+        };
         process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
             .await
             .map_err(|e| self.cli_error(run_error(&cmd, e)))
@@ -792,6 +946,38 @@ mod tests {
             join(&volume_delete_args("vol", e)),
             "volume --environment staging delete --volume vol --yes"
         );
+    }
+
+    #[test]
+    fn relay_destination_from_the_host_block() {
+        assert_eq!(
+            join(&ssh_config_args("agent", Some("prod"))),
+            "ssh config --environment prod --service agent --alias megaplan-agent --dry-run"
+        );
+        // What `railway ssh config --dry-run` prints (commands/ssh/config.rs render_config_block).
+        let block = "# BEGIN railway:p:e:s\n# Railway service: agent\nHost megaplan-agent\n    HostName ssh.railway.com\n    User 4f2c-instance\n    ServerAliveInterval 30\n    ServerAliveCountMax 3\n# END railway:p:e:s\n";
+        assert_eq!(
+            relay_target(block),
+            Some(SshTarget {
+                host: "ssh.railway.com".into(),
+                user: Some("4f2c-instance".into()),
+                port: 22,
+                identity_file: None,
+            })
+        );
+        let dev = "Host a\n  HostName ssh.railway-develop.com\n  Port 2222\n  User i\n  IdentityFile \"/k/id x\"\n";
+        let t = relay_target(dev).expect("target");
+        assert_eq!(
+            (t.port, t.identity_file.as_deref()),
+            (2222, Some("/k/id x"))
+        );
+        assert_eq!(relay_target("Host a\n  HostName h\n"), None, "no User");
+        assert_eq!(relay_target("Host a\n  User u\n"), None, "no HostName");
+        assert_eq!(
+            relay_target("Host a\n HostName h\n User u\n Port x\n"),
+            None
+        );
+        assert_eq!(relay_target(""), None);
     }
 
     #[test]
