@@ -383,16 +383,16 @@ pub fn all_cmdlines() -> Vec<String> {
     let mut v = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for e in entries.flatten() {
-            if e.file_name()
+            let is_pid = e
+                .file_name()
                 .to_string_lossy()
                 .bytes()
-                .all(|b| b.is_ascii_digit())
+                .all(|b| b.is_ascii_digit());
+            if is_pid
+                && let Ok(bytes) = fs::read(e.path().join("cmdline"))
+                && !bytes.is_empty()
             {
-                if let Ok(bytes) = fs::read(e.path().join("cmdline")) {
-                    if !bytes.is_empty() {
-                        v.push(String::from_utf8_lossy(&bytes).replace('\0', " "));
-                    }
-                }
+                v.push(String::from_utf8_lossy(&bytes).replace('\0', " "));
             }
         }
     }
