@@ -72,38 +72,57 @@ pub fn real_cli() -> Option<PathBuf> {
 /// True inside the private namespace: run the test. Outside, re-runs test `name` of this test
 /// binary there, asserts it passed, and returns false (the caller returns).
 pub fn in_private_namespace(name: &str) -> bool {
-    if std::env::var_os(NS_ENV).is_some() {
+    if inside_private_namespace() {
         return true;
     }
+    let exe = std::env::current_exe().expect("test binary");
+    let args = [name, "--exact", "--nocapture", "--test-threads=1"];
+    match run_in_private_namespace(&exe, &args) {
+        Err(why) => skip_or_panic(&why),
+        Ok(status) => assert!(
+            status.success(),
+            "{name} failed inside its network namespace ({status}); its output is above"
+        ),
+    }
+    false
+}
+
+/// True in a process started by [`run_in_private_namespace`].
+pub fn inside_private_namespace() -> bool {
+    std::env::var_os(NS_ENV).is_some()
+}
+
+/// Runs `program args` in a network namespace with only loopback and a private mount namespace
+/// holding the bench's `/etc/hosts` and a tmpfs over the account's `~/.ssh` (root only).
+/// `Err` says why it cannot.
+pub fn run_in_private_namespace(
+    program: &Path,
+    args: &[&str],
+) -> Result<std::process::ExitStatus, String> {
     // SAFETY: getuid(2) cannot fail.
     if unsafe { libc::getuid() } != 0 {
-        skip_or_panic("the railway e2e tests need root (unshare --net --mount)");
-        return false;
+        return Err("the railway e2e bench needs root (unshare --net --mount)".to_owned());
     }
     for tool in ["unshare", "ip", "mount", "openssl", "script"] {
         if megaplan_cloudd::process::which(tool).is_none() {
-            skip_or_panic(&format!(
-                "{tool} is missing (util-linux, iproute2, openssl)"
-            ));
-            return false;
+            return Err(format!("{tool} is missing (util-linux, iproute2, openssl)"));
         }
     }
     let scratch = tempfile::Builder::new()
         .prefix("megaplan-e2e-railway-ns")
         .tempdir()
-        .expect("temp dir");
+        .map_err(|e| format!("temp dir: {e}"))?;
     let hosts = scratch.path().join("hosts");
     fs::write(
         &hosts,
         "127.0.0.1 localhost backboard.railway.com ssh.railway.com\n::1 localhost\n",
     )
-    .expect("hosts");
+    .map_err(|e| format!("hosts: {e}"))?;
     let ssh_dir = account_home().join(".ssh");
-    fs::create_dir_all(&ssh_dir).expect("~/.ssh");
+    fs::create_dir_all(&ssh_dir).map_err(|e| format!("{}: {e}", ssh_dir.display()))?;
     let script = "set -e; ip link set lo up; mount -t tmpfs -o mode=0700 megaplan-e2e \"$1\"; \
                   mount --bind \"$2\" /etc/hosts; shift 2; exec \"$@\"";
-    let exe = std::env::current_exe().expect("test binary");
-    let status = Command::new("unshare")
+    Command::new("unshare")
         .args([
             "--net",
             "--mount",
@@ -117,16 +136,11 @@ pub fn in_private_namespace(name: &str) -> bool {
         ])
         .arg(&ssh_dir)
         .arg(&hosts)
-        .arg(&exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .arg(program)
+        .args(args)
         .env(NS_ENV, scratch.path())
         .status()
-        .expect("unshare runs");
-    assert!(
-        status.success(),
-        "{name} failed inside its network namespace ({status}); its output is above"
-    );
-    false
+        .map_err(|e| format!("unshare: {e}"))
 }
 
 /// The account's home from the password database (where OpenSSH looks for `~/.ssh`).
