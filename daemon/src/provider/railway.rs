@@ -315,6 +315,15 @@ impl UpOutcome {
     }
 }
 
+/// The last `Deploy failed...`/`Deploy crashed` line `railway up --ci` printed, if any.
+pub fn verdict_line(stdout: &str) -> Option<&str> {
+    stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with("Deploy failed") || l.starts_with("Deploy crashed"))
+}
+
 /// The verdict of `railway up --ci` from its exit code and output.
 pub fn up_outcome(code: i32, output: &str) -> UpOutcome {
     if code != 0 {
@@ -677,7 +686,15 @@ impl Provider for RailwayProvider {
             "railway",
             ("railway up", outcome.detail(), "railway up --ci"),
             &s,
-        )?;
+        )
+        .map_err(|mut e| {
+            // The verdict line ("Deploy failed: ...", "Deploy crashed") is on stdout even when
+            // stderr has other output.
+            if let Some(line) = verdict_line(&s.stdout_tail) {
+                e.message = format!("{} ({line})", e.message);
+            }
+            e
+        })?;
         if outcome == UpOutcome::NoVerdict {
             if let Some(last) = steps.last_mut() {
                 last.status = "failed".to_string();
@@ -990,6 +1007,11 @@ mod tests {
         assert_eq!(up_outcome(0, done), UpOutcome::Deployed);
         assert_eq!(up_outcome(1, "Deploy failed: exit 2\n"), UpOutcome::Failed);
         assert_eq!(up_outcome(1, "Deploy crashed\n"), UpOutcome::Failed);
+        assert_eq!(
+            verdict_line("CI mode enabled\nDeploy failed: exit 2\nbye\n"),
+            Some("Deploy failed: exit 2")
+        );
+        assert_eq!(verdict_line("Deploy complete\n"), None);
         // The status stream closing early exits 0 with no verdict: not a success.
         assert_eq!(
             up_outcome(0, "Indexing...\nUploading...\nCI mode enabled\n"),
