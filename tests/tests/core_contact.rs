@@ -186,11 +186,7 @@ fn resume_translates_the_next_step_and_refuses_when_there_is_none() {
         let r = rig.ctl(&["resume"]).ok();
         assert_eq!(r.json["next_step"], step, "{}", r.stdout);
         let argv = last_argv();
-        assert_eq!(
-            &argv[..expected.len()],
-            expected,
-            "{state}: {argv:?}"
-        );
+        assert_eq!(&argv[..expected.len()], expected, "{state}: {argv:?}");
         assert_eq!(&argv[argv.len() - 2..], ["--plan", "tiny"], "{argv:?}");
     }
 

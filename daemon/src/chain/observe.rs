@@ -606,10 +606,7 @@ mod tests {
             "launcher": req.launcher, "log_path": req.log_path, "sync_refresh": true,
             "pr_probe": false, "marker_dir": SESSION_MARKER_DIR,
         });
-        assert!(script.ends_with(&format!(
-            " {} \"$py\"",
-            shell::quote(&input.to_string())
-        )));
+        assert!(script.ends_with(&format!(" {} \"$py\"", shell::quote(&input.to_string()))));
     }
 
     /// Run a script under `sh -c` with a private tmux socket dir.
@@ -758,12 +755,18 @@ mod tests {
             r#"{"name": "plan-m1", "current_state": "finalized"}"#,
         )
         .unwrap();
-        std::fs::write(ws.join("chain.yaml"), "milestones:\n  - {label: m1, idea: a.md}\n")
-            .unwrap();
+        std::fs::write(
+            ws.join("chain.yaml"),
+            "milestones:\n  - {label: m1, idea: a.md}\n",
+        )
+        .unwrap();
         let state = crate::chain::observe::tests::state_file_for(&ws.join("chain.yaml"));
         std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-        std::fs::write(&state, r#"{"current_milestone_index": 0, "current_plan_name": "plan-m1"}"#)
-            .unwrap();
+        std::fs::write(
+            &state,
+            r#"{"current_milestone_index": 0, "current_plan_name": "plan-m1"}"#,
+        )
+        .unwrap();
         let tmux_dir = root.path().join("tmux");
         std::fs::create_dir_all(&tmux_dir).unwrap();
         let mut req = ObserveRequest {
@@ -789,8 +792,15 @@ mod tests {
         };
         let obs = run(&req, &standin);
         let launcher = obs.core_launcher.clone().expect("core found");
-        assert!(launcher.ends_with(" -m arnold_pipelines.megaplan"), "{launcher}");
-        assert_eq!(obs.plan_status["source"], "megaplan status", "{}", obs.plan_status);
+        assert!(
+            launcher.ends_with(" -m arnold_pipelines.megaplan"),
+            "{launcher}"
+        );
+        assert_eq!(
+            obs.plan_status["source"], "megaplan status",
+            "{}",
+            obs.plan_status
+        );
         assert_eq!(obs.plan_status["status"], "finalized");
         assert_eq!(obs.plan_status["next_step"], "execute");
 
@@ -805,7 +815,12 @@ mod tests {
             "{why}"
         );
         assert_eq!(obs.plan_status["source"], "state_file");
-        assert!(obs.plan_status["reason"].as_str().unwrap().contains("megaplan.launcher"));
+        assert!(
+            obs.plan_status["reason"]
+                .as_str()
+                .unwrap()
+                .contains("megaplan.launcher")
+        );
 
         // A launcher given is used as written: nothing is probed.
         req.launcher = "python3 -m arnold_pipelines.megaplan".into();
@@ -820,10 +835,10 @@ mod tests {
         let text = resolved.to_str().unwrap().to_string();
         let digest = hex::encode(sha1::Sha1::digest(text.as_bytes()));
         let stem = resolved.file_stem().unwrap().to_str().unwrap().to_string();
-        resolved
-            .parent()
-            .unwrap()
-            .join(format!(".megaplan/plans/.chains/{stem}-{}.json", &digest[..12]))
+        resolved.parent().unwrap().join(format!(
+            ".megaplan/plans/.chains/{stem}-{}.json",
+            &digest[..12]
+        ))
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub const RESUMABLE_STEPS: [&str; 19] = [
 ];
 
 /// The reason `recover-blocked` passes, as the core's own driver words it.
-pub const RECOVER_REASON: &str = "megaplan-cloudd resume: recover blocked plan after blocker resolution";
+pub const RECOVER_REASON: &str =
+    "megaplan-cloudd resume: recover blocked plan after blocker resolution";
 
 /// The command words for a `next_step`, without `--plan`.
 pub fn step_command(next_step: &str) -> Result<Vec<String>, ErrorBody> {

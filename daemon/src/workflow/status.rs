@@ -370,9 +370,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
             .unwrap_or("unknown");
         return Err(ErrorBody::new(
             ErrorCode::InvalidStatus,
-            format!(
-                "remote status names no next_step (plan state {state}); nothing to resume"
-            ),
+            format!("remote status names no next_step (plan state {state}); nothing to resume"),
         )
         .with("status", ctx.redact(&status)));
     };
