@@ -45,19 +45,51 @@ pub fn registrations_table(v: &Value) {
         return;
     }
     println!(
-        "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  CLOUD.YAML",
-        "KEY", "SCHEDULE", "LAST EVENT", "TICKS", "SKIPPED"
+        "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  {:<8}  CLOUD.YAML",
+        "KEY", "SCHEDULE", "LAST EVENT", "TICKS", "SKIPPED", "WATCH"
     );
     for r in rows {
+        let mut watch = Vec::new();
+        if r["paused"].is_object() {
+            watch.push("paused");
+        }
+        if r["stalled"].as_bool() == Some(true) {
+            watch.push("stalled");
+        }
+        let watch = if watch.is_empty() {
+            "-".to_string()
+        } else {
+            watch.join(",")
+        };
         println!(
-            "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  {}",
+            "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  {:<8}  {}",
             s(&r, "key"),
             s(&r, "schedule"),
             s(&r, "last_event"),
             r["ticks_run"],
             r["ticks_skipped"],
+            watch,
             s(&r, "cloud_yaml")
         );
+        if let Some(p) = r["paused"].as_object() {
+            let reason = p
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            println!(
+                "  paused by {} since {}{reason}",
+                p.get("paused_by").and_then(Value::as_str).unwrap_or("?"),
+                p.get("since").and_then(Value::as_str).unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// Print a JSON list of strings, one per line.
+pub fn lines(v: &Value) {
+    for l in v.as_array().into_iter().flatten() {
+        println!("{}", l.as_str().unwrap_or_default());
     }
 }
 
