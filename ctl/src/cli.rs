@@ -191,6 +191,8 @@ pub enum Cmd {
         /// All registrations, not only --cloud-yaml.
         #[arg(long)]
         all: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// The daemon itself.
     Daemon {

@@ -283,14 +283,18 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Notifications { limit, all } => {
+        Cmd::Notifications { limit, all, json } => {
             let mut q = format!("{}?limit={limit}", routes::NOTIFICATIONS);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
             }
             return match client.json(Method::GET, &q, None).await {
                 Ok(v) => {
-                    print_json(&v);
+                    if json {
+                        print_json(&v);
+                    } else {
+                        render::notifications_table(&v);
+                    }
                     0
                 }
                 Err(e) => fail(e),
@@ -539,7 +543,9 @@ async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
     // The stream only ends when the daemon goes away (or drops this watcher): say so.
     match r {
         Ok(()) => {
-            eprintln!("watch: the daemon closed the stream (it stopped or restarted); run `megaplan-cloudctl watch` again once it is back");
+            eprintln!(
+                "watch: the daemon closed the stream (it stopped or restarted); run `megaplan-cloudctl watch` again once it is back"
+            );
             3
         }
         Err(e) => {

@@ -130,3 +130,28 @@ pub fn tick_line(report: &Value) -> String {
     }
     line
 }
+
+pub fn notifications_table(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!(
+            "no notifications; sinks are set with `register --notify-url/--notify-command` or the daemon's notify.yaml"
+        );
+        return;
+    }
+    for r in rows {
+        let mut line = format!(
+            "{}  {}  {:<18} {:<9} attempts={}  {}",
+            s(&r, "created_at"),
+            s(&r, "key"),
+            s(&r, "event"),
+            s(&r, "status"),
+            r["attempts"],
+            s(&r, "sink")
+        );
+        if let Some(e) = r["last_error"].as_str() {
+            line.push_str(&format!(" | {e}"));
+        }
+        println!("{line}");
+    }
+}

@@ -409,7 +409,8 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         Err(e) => return err(e.into()),
     };
     if notify_given
-        && let Err(e) = crate::notify::store::set_registration_sinks(&state.store, &key, &sinks).await
+        && let Err(e) =
+            crate::notify::store::set_registration_sinks(&state.store, &key, &sinks).await
     {
         return err(e.into());
     }
@@ -514,7 +515,12 @@ fn query_key(q: &TicksQuery) -> Option<String> {
 }
 
 fn tick_filter(q: &TicksQuery) -> Result<crate::notify::store::TickFilter, ErrorBody> {
-    let since = match q.since.as_deref().map(crate::notify::since_time).transpose() {
+    let since = match q
+        .since
+        .as_deref()
+        .map(crate::notify::since_time)
+        .transpose()
+    {
         Ok(s) => s,
         Err(e) => return Err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "since")),
     };
@@ -653,7 +659,13 @@ async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQu
             })
             .await;
         for rec in backlog {
-            if tx.send(Frame::Tick { tick: Box::new(rec) }).await.is_err() {
+            if tx
+                .send(Frame::Tick {
+                    tick: Box::new(rec),
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -728,7 +740,9 @@ async fn registered_key(state: &AppState, k: &str) -> Result<String, Response> {
         Ok(Some(_)) => Ok(key),
         Ok(None) => Err(err(ErrorBody::new(
             ErrorCode::NotRegistered,
-            format!("no registration with key {key}; register it first (`megaplan-cloudctl register`)"),
+            format!(
+                "no registration with key {key}; register it first (`megaplan-cloudctl register`)"
+            ),
         ))),
         Err(e) => Err(err(e.into())),
     }
@@ -744,10 +758,11 @@ async fn pause(
         Err(e) => return err(bad_json(e)),
     };
     if req.by.trim().is_empty() || req.by.len() > 200 {
-        return err(
-            ErrorBody::new(ErrorCode::InvalidArgs, "pause needs `by` (1 to 200 characters)")
-                .with("field", "by"),
-        );
+        return err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            "pause needs `by` (1 to 200 characters)",
+        )
+        .with("field", "by"));
     }
     let key = match registered_key(&state, &k).await {
         Ok(k) => k,
@@ -757,7 +772,8 @@ async fn pause(
     {
         Ok(p) => {
             tracing::info!(key = %key, by = %p.paused_by, "paused");
-            axum::Json(serde_json::json!({"success": true, "key": key, "paused": p})).into_response()
+            axum::Json(serde_json::json!({"success": true, "key": key, "paused": p}))
+                .into_response()
         }
         Err(e) => err(e.into()),
     }
@@ -771,8 +787,10 @@ async fn unpause(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) 
     match crate::notify::store::clear_pause(&state.store, &key).await {
         Ok(was) => {
             tracing::info!(key = %key, "unpaused");
-            axum::Json(serde_json::json!({"success": true, "key": key, "paused": null, "was_paused": was}))
-                .into_response()
+            axum::Json(
+                serde_json::json!({"success": true, "key": key, "paused": null, "was_paused": was}),
+            )
+            .into_response()
         }
         Err(e) => err(e.into()),
     }
@@ -789,7 +807,9 @@ async fn explain(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) 
             Some(rec) => axum::Json(crate::notify::explain::explain(rec)).into_response(),
             None => err(ErrorBody::new(
                 ErrorCode::NotRegistered,
-                format!("no stored tick for key {key}; run `megaplan-cloudctl supervise --chain` or `tick` first"),
+                format!(
+                    "no stored tick for key {key}; run `megaplan-cloudctl supervise --chain` or `tick` first"
+                ),
             )),
         },
         Err(e) => err(e.into()),

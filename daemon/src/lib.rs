@@ -17,8 +17,8 @@
 pub mod chain;
 pub mod cloud_yaml;
 pub mod daemon;
-pub mod process;
 pub mod notify;
+pub mod process;
 pub mod provider;
 pub mod redact;
 pub mod render;

@@ -16,6 +16,7 @@ mod container;
 mod daemon;
 mod git;
 mod image;
+pub mod receiver;
 pub mod rig;
 mod sshd;
 pub mod util;

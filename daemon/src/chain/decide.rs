@@ -1224,7 +1224,10 @@ mod hold_tests {
     #[test]
     fn a_dry_run_keeps_the_next_action_but_acts_not() {
         let d = hold(dead_stale(), Some(&Hold::DryRun));
-        assert_eq!((d.next_action, d.acted, d.mutation), ("restart", false, None));
+        assert_eq!(
+            (d.next_action, d.acted, d.mutation),
+            ("restart", false, None)
+        );
         assert!(d.refused_reason.unwrap().starts_with("dry run"));
     }
 

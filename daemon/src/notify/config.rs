@@ -222,7 +222,10 @@ impl NotifyConfig {
         };
         for k in obj.keys() {
             if !KEYS.contains(&k.as_str()) {
-                return Err(format!("unknown key {k:?}; known keys: {}", KEYS.join(", ")));
+                return Err(format!(
+                    "unknown key {k:?}; known keys: {}",
+                    KEYS.join(", ")
+                ));
             }
         }
         let dur = |field: &str, v: Option<&Value>, default: Duration| -> Result<Duration, String> {
@@ -267,9 +270,9 @@ impl NotifyConfig {
                 .to_string();
         }
         if let Some(r) = obj.get("retry") {
-            let r = r
-                .as_object()
-                .ok_or("retry: expected a mapping with max_attempts, initial_delay, max_delay, timeout")?;
+            let r = r.as_object().ok_or(
+                "retry: expected a mapping with max_attempts, initial_delay, max_delay, timeout",
+            )?;
             for k in r.keys() {
                 if !["max_attempts", "initial_delay", "max_delay", "timeout"].contains(&k.as_str())
                 {

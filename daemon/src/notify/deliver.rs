@@ -94,7 +94,10 @@ pub async fn send_webhook(req: &WebhookRequest, timeout: Duration) -> Result<(),
     let mut b = hyper::Request::builder()
         .method(hyper::Method::POST)
         .uri(&req.url)
-        .header("User-Agent", concat!("megaplan-cloudd/", env!("CARGO_PKG_VERSION")));
+        .header(
+            "User-Agent",
+            concat!("megaplan-cloudd/", env!("CARGO_PKG_VERSION")),
+        );
     for (k, v) in &req.headers {
         b = b.header(k.as_str(), v.as_str());
     }
@@ -142,7 +145,12 @@ pub async fn run_command(command: &str, body: &[u8], timeout: Duration) -> Resul
 }
 
 /// Deliver `body` (the notification JSON text) to `sink`.
-pub async fn deliver(sink: &Sink, body: &str, delivery_id: i64, timeout: Duration) -> Result<(), String> {
+pub async fn deliver(
+    sink: &Sink,
+    body: &str,
+    delivery_id: i64,
+    timeout: Duration,
+) -> Result<(), String> {
     match sink {
         Sink::Webhook {
             url,
@@ -186,11 +194,19 @@ mod tests {
         let n = json!({"event": "complete", "title": "the chain is complete", "message": "cloud.yaml: the chain is complete"});
         let j = webhook_request("http://127.0.0.1:1/h", Preset::Json, &n, 7, Some(b"k"));
         assert_eq!(serde_json::from_slice::<Value>(&j.body).unwrap(), n);
-        let sig = j.headers.iter().find(|(k, _)| k == SIGNATURE_HEADER).unwrap();
+        let sig = j
+            .headers
+            .iter()
+            .find(|(k, _)| k == SIGNATURE_HEADER)
+            .unwrap();
         assert_eq!(sig.1, signature(b"k", &j.body));
         let ntfy = webhook_request("http://127.0.0.1:1/h", Preset::Ntfy, &n, 7, None);
         assert_eq!(ntfy.body, b"cloud.yaml: the chain is complete");
-        assert!(ntfy.headers.iter().any(|(k, v)| k == "Title" && v == "the chain is complete"));
+        assert!(
+            ntfy.headers
+                .iter()
+                .any(|(k, v)| k == "Title" && v == "the chain is complete")
+        );
         assert!(!ntfy.headers.iter().any(|(k, _)| k == SIGNATURE_HEADER));
         let slack = webhook_request("http://127.0.0.1:1/h", Preset::Slack, &n, 7, None);
         assert_eq!(
@@ -208,7 +224,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"{\"event\":\"complete\"}");
-        let e = run_command("exit 3", b"", Duration::from_secs(30)).await.unwrap_err();
+        let e = run_command("exit 3", b"", Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert!(e.contains("exit status: 3"), "{e}");
     }
 
@@ -216,7 +234,9 @@ mod tests {
     async fn an_unreachable_receiver_is_an_error_not_a_hang() {
         // Port 9 on loopback (discard) is closed here: the connection is refused.
         let req = webhook_request("http://127.0.0.1:9/h", Preset::Json, &json!({}), 1, None);
-        let e = send_webhook(&req, Duration::from_secs(30)).await.unwrap_err();
+        let e = send_webhook(&req, Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert!(e.contains("request failed"), "{e}");
     }
 }

@@ -27,11 +27,15 @@ pub fn rule(report: &Value) -> String {
     if s(report, &["provider_consistency", "status"]) == Some("mismatch") {
         return "provider consistency mismatch: the last chain was launched elsewhere, so nothing is touched".into();
     }
-    let base = match status {
+    match status {
         "running" => "running → noop (a running chain is left alone)".to_string(),
         "complete" => "complete → done".to_string(),
-        "human_prerequisite" => "human_prerequisite → blocked until a person resolves it".to_string(),
-        "quality_gate" => "quality_gate → blocked until a person resolves or accepts it".to_string(),
+        "human_prerequisite" => {
+            "human_prerequisite → blocked until a person resolves it".to_string()
+        }
+        "quality_gate" => {
+            "quality_gate → blocked until a person resolves or accepts it".to_string()
+        }
         "awaiting_pr_merge" if probe != "merged" => {
             format!("awaiting_pr_merge with PR state {probe} → blocked until it is merged")
         }
@@ -52,8 +56,7 @@ pub fn rule(report: &Value) -> String {
             }
         ),
         other => format!("unknown status {other} → noop (no safe action)"),
-    };
-    base
+    }
 }
 
 /// The explanation of one stored tick: JSON plus the lines for a terminal.
@@ -144,9 +147,18 @@ mod tests {
     #[test]
     fn rules_follow_the_decision_order() {
         let r = |v: Value| rule(&v);
-        assert!(r(json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"}})).ends_with("restart"));
-        assert!(r(json!({"effective_status": "stale_bookkeeping", "runner": {"status": "alive"}})).contains("never restarted"));
-        assert!(r(json!({"effective_status": "awaiting_pr_merge", "pr": {"merge_probe": "open"}})).contains("PR state open"));
+        assert!(
+            r(json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"}}))
+                .ends_with("restart")
+        );
+        assert!(
+            r(json!({"effective_status": "stale_bookkeeping", "runner": {"status": "alive"}}))
+                .contains("never restarted")
+        );
+        assert!(
+            r(json!({"effective_status": "awaiting_pr_merge", "pr": {"merge_probe": "open"}}))
+                .contains("PR state open")
+        );
         assert!(r(json!({"effective_status": "running", "provider_consistency": {"status": "mismatch"}})).contains("mismatch"));
         assert!(r(json!({"success": false, "event": "supervisor_error", "effective_status": "unknown"})).contains("observation failed"));
     }
@@ -170,8 +182,16 @@ mod tests {
                            "paused": {"paused_by": "ops", "since": "2026-01-01T00:00:00Z"}}),
         };
         let e = explain(&rec);
-        let lines: Vec<&str> = e["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
-        assert!(lines[1].starts_with("facts:   status stale_bookkeeping, runner dead"), "{lines:?}");
+        let lines: Vec<&str> = e["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert!(
+            lines[1].starts_with("facts:   status stale_bookkeeping, runner dead"),
+            "{lines:?}"
+        );
         assert!(lines[2].ends_with("→ restart"), "{lines:?}");
         assert_eq!(lines[3], "action:  blocked (acted: no)");
         assert!(lines.iter().any(|l| l.starts_with("paused:  by ops")));

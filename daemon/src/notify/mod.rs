@@ -72,18 +72,7 @@ async fn record(state: &Arc<AppState>, rec: &TickRecord) -> Result<(), crate::st
         let mut sinks = n.config.sinks.clone();
         sinks.extend(store::registration_sinks(&state.store, &rec.key).await?);
         if !sinks.is_empty() {
-            let redactor = redactor_for(state, rec);
-            for ev in &events {
-                let body = redactor.redact_json(&notification(rec, ev));
-                let text = serde_json::to_string(&body).unwrap_or_default();
-                for s in &sinks {
-                    rows.push(store::NewOutbox {
-                        event: ev.event.to_string(),
-                        sink: s.clone(),
-                        body: text.clone(),
-                    });
-                }
-            }
+            rows = outbox_rows(rec, &events, &sinks, &redactor_for(state, rec));
         }
         for ev in &events {
             tracing::info!(key = %rec.key, event = ev.event, sinks = rows.len() / events.len().max(1), "notification");
@@ -94,6 +83,29 @@ async fn record(state: &Arc<AppState>, rec: &TickRecord) -> Result<(), crate::st
         n.wake.notify_one();
     }
     Ok(())
+}
+
+/// One outbox row per (event, sink), each body redacted on its own (the report was redacted
+/// by the tick already; this holds even for a report that was not).
+pub fn outbox_rows(
+    rec: &TickRecord,
+    events: &[transitions::Event],
+    sinks: &[Sink],
+    redactor: &Redactor,
+) -> Vec<store::NewOutbox> {
+    let mut rows = Vec::new();
+    for ev in events {
+        let body = redactor.redact_json(&notification(rec, ev));
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        for s in sinks {
+            rows.push(store::NewOutbox {
+                event: ev.event.to_string(),
+                sink: s.clone(),
+                body: text.clone(),
+            });
+        }
+    }
+    rows
 }
 
 /// The registration's secrets (names from its cloud.yaml, values the daemon knows).
@@ -239,7 +251,10 @@ async fn attempt(state: &Arc<AppState>, item: store::Due) {
         }
         Err(e) => {
             tracing::error!(key = %item.key, event = %item.event, sink = %item.sink.label(), attempts, "notification given up after {attempts} attempts: {e}");
-            (Some(format!("gave up after {attempts} attempts: {e}")), None)
+            (
+                Some(format!("gave up after {attempts} attempts: {e}")),
+                None,
+            )
         }
     };
     if let Err(e) = store::record_attempt(
@@ -287,12 +302,17 @@ pub fn since_time(text: &str) -> Result<String, String> {
         return Ok(d.with_timezone(&Utc).to_rfc3339());
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().to_rfc3339());
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default()
+            .and_utc()
+            .to_rfc3339());
     }
     let age = config::parse_duration("since", t).map_err(|_| {
         format!("since {t:?}: use an age (30m, 2h, 1d), a date (2026-06-01) or an RFC 3339 time")
     })?;
-    let age = chrono::Duration::from_std(age).map_err(|_| format!("since {t:?} is too far back"))?;
+    let age =
+        chrono::Duration::from_std(age).map_err(|_| format!("since {t:?} is too far back"))?;
     Ok((Utc::now() - age).to_rfc3339())
 }
 
@@ -301,8 +321,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_notification_is_redacted_even_from_an_unredacted_report() {
+        let secret = "tok-4f9c2a7e1b5d";
+        let rec = TickRecord {
+            id: 9,
+            key: "k".into(),
+            cloud_yaml: "/p/cloud.yaml".into(),
+            trigger: "schedule".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: "2026-01-01T00:00:01Z".into(),
+            duration_ms: 1000,
+            success: true,
+            event: "supervisor_blocked".into(),
+            next_action: "blocked".into(),
+            acted: false,
+            refused_reason: Some(format!("awaiting PR merge (PR #7 state={secret})")),
+            report: json!({"success": true, "effective_status": "awaiting_pr_merge",
+                           "refused_reason": format!("awaiting PR merge (PR #7 state={secret})"),
+                           "pr": {"merge_probe": secret}}),
+        };
+        let (_, events) = transitions::transitions(
+            &transitions::WatchState::default(),
+            &rec.report,
+            Utc::now(),
+            Notifier::new(NotifyConfig::default()).rules(),
+        );
+        assert_eq!(events.len(), 1);
+        let names = vec!["GH_TOKEN".to_string()];
+        let values = [("GH_TOKEN".to_string(), secret.to_string())].into();
+        let sinks = [
+            Sink::Command {
+                command: "cat".into(),
+            },
+            Sink::Webhook {
+                url: "http://127.0.0.1:1/h".into(),
+                preset: config::Preset::Json,
+                secret_env: None,
+            },
+        ];
+        let rows = outbox_rows(&rec, &events, &sinks, &Redactor::new(&names, &values));
+        assert_eq!(rows.len(), 2);
+        for r in rows {
+            assert!(!r.body.contains(secret), "{}", r.body);
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(v["schema"], SCHEMA);
+            assert_eq!(v["event"], "awaiting_pr_merge");
+            assert_eq!(v["id"], "k:9:awaiting_pr_merge");
+        }
+    }
+
+    #[test]
     fn since_accepts_ages_dates_and_times() {
-        assert_eq!(since_time("2026-06-01").unwrap(), "2026-06-01T00:00:00+00:00");
+        assert_eq!(
+            since_time("2026-06-01").unwrap(),
+            "2026-06-01T00:00:00+00:00"
+        );
         assert_eq!(
             since_time("2026-06-01T10:00:00+02:00").unwrap(),
             "2026-06-01T08:00:00+00:00"

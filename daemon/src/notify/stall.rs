@@ -22,7 +22,9 @@ pub fn stalled_for(
         return None;
     }
     let mtime = logs.get("mtime").and_then(Value::as_str)?;
-    let mtime = DateTime::parse_from_rfc3339(mtime).ok()?.with_timezone(&Utc);
+    let mtime = DateTime::parse_from_rfc3339(mtime)
+        .ok()?
+        .with_timezone(&Utc);
     let age = (now - mtime).num_seconds();
     let limit = i64::try_from(stall_after.as_secs()).unwrap_or(i64::MAX);
     (age >= limit).then_some(age)
@@ -62,12 +64,25 @@ mod tests {
             stalled_for(&alive, &logs, at("2026-01-01T10:31:00Z"), thirty),
             Some(1860)
         );
-        assert_eq!(stalled_for(&alive, &logs, at("2026-01-01T10:29:00Z"), thirty), None);
-        for runner in [json!({"status": "dead"}), json!({"status": "unknown"}), json!({})] {
-            assert_eq!(stalled_for(&runner, &logs, at("2026-01-02T00:00:00Z"), thirty), None);
+        assert_eq!(
+            stalled_for(&alive, &logs, at("2026-01-01T10:29:00Z"), thirty),
+            None
+        );
+        for runner in [
+            json!({"status": "dead"}),
+            json!({"status": "unknown"}),
+            json!({}),
+        ] {
+            assert_eq!(
+                stalled_for(&runner, &logs, at("2026-01-02T00:00:00Z"), thirty),
+                None
+            );
         }
         let missing = json!({"exists": false, "mtime": null});
-        assert_eq!(stalled_for(&alive, &missing, at("2026-01-02T00:00:00Z"), thirty), None);
+        assert_eq!(
+            stalled_for(&alive, &missing, at("2026-01-02T00:00:00Z"), thirty),
+            None
+        );
         let mut p = json!({"runner": alive, "logs": logs});
         annotate(&mut p, at("2026-01-01T11:00:00Z"), thirty);
         assert_eq!(p["stalled"], true);

@@ -188,13 +188,12 @@ pub async fn due(store: &Store, now: DateTime<Utc>, limit: u32) -> Result<Vec<Du
 /// When the next pending row comes due, if any.
 pub async fn next_due(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
     let what = "reading the notification outbox";
-    let t: Option<String> = sqlx::query(
-        "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .and_then(|r| r.try_get(0))
-    .map_err(|e| failed(store, what, e))?;
+    let t: Option<String> =
+        sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
+            .fetch_one(store.pool())
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| failed(store, what, e))?;
     Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc)))
 }

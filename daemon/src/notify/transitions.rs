@@ -100,7 +100,9 @@ pub fn transitions(
     next.consecutive_failures = 0;
     next.failing_sent = false;
 
-    let status = s(report, "effective_status").unwrap_or("unknown").to_string();
+    let status = s(report, "effective_status")
+        .unwrap_or("unknown")
+        .to_string();
     let changed = prev.status.as_deref() != Some(status.as_str());
     if changed {
         next.waiting_since = None;
@@ -214,7 +216,12 @@ mod tests {
             .with_timezone(&Utc);
         let mut out = Vec::new();
         for (i, r) in reports.iter().enumerate() {
-            let (next, ev) = transitions(&st, r, t0 + chrono::Duration::seconds(step * i as i64), RULES);
+            let (next, ev) = transitions(
+                &st,
+                r,
+                t0 + chrono::Duration::seconds(step * i as i64),
+                RULES,
+            );
             out.extend(ev.into_iter().map(|e| e.event));
             st = next;
         }

@@ -103,7 +103,6 @@ pub async fn tick_with(
     let report = match observe_and_act(
         state,
         &spec,
-        &key,
         remote_spec,
         &mut round_trips,
         &redactor,
@@ -157,13 +156,13 @@ const TICK_COMMAND_SLACK: std::time::Duration = std::time::Duration::from_secs(2
 async fn observe_and_act(
     state: &Arc<AppState>,
     spec: &CloudSpec,
-    key: &str,
     remote_spec: Option<&str>,
     round_trips: &mut u32,
     redactor: &Redactor,
     secrets: std::collections::BTreeMap<String, String>,
     hold: Option<&decide::Hold>,
 ) -> Result<Value, ErrorBody> {
+    let key = &spec.key();
     let marker = markers::load(state, key).await?;
     let target = status::chain_target(remote_spec, marker.as_ref(), spec)?;
     let spec_arc = Arc::new(spec.clone());
