@@ -152,9 +152,36 @@ pub fn registrations_text(rows: &[Value], now: chrono::DateTime<chrono::Utc>) ->
         "NEXT",
         "TICKS",
         "SKIPPED",
+        "WATCH",
         "CLOUD.YAML",
     ]);
+    let mut notes = Vec::new();
     for r in rows {
+        let mut watch = Vec::new();
+        if r["paused"].is_object() {
+            watch.push("paused");
+        }
+        if r["stalled"].as_bool() == Some(true) {
+            watch.push("stalled");
+        }
+        let watch = if watch.is_empty() {
+            "-".to_string()
+        } else {
+            watch.join(",")
+        };
+        if let Some(p) = r["paused"].as_object() {
+            let reason = p
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            notes.push(format!(
+                "{} paused by {} since {}{reason}",
+                s(r, "key"),
+                p.get("paused_by").and_then(Value::as_str).unwrap_or("?"),
+                p.get("since").and_then(Value::as_str).unwrap_or("?")
+            ));
+        }
         let last_ok = match r.get("last_success").and_then(Value::as_bool) {
             Some(true) => "yes",
             Some(false) => "no",
@@ -177,11 +204,24 @@ pub fn registrations_text(rows: &[Value], now: chrono::DateTime<chrono::Utc>) ->
                 .and_then(Value::as_u64)
                 .unwrap_or(0)
                 .to_string(),
+            watch,
             s(r, "cloud_yaml").to_string(),
         ]);
     }
     right(&mut t, &[6, 7]);
-    t.to_string()
+    let mut text = t.to_string();
+    for n in notes {
+        text.push('\n');
+        text.push_str(&n);
+    }
+    text
+}
+
+/// Print a JSON list of strings, one per line.
+pub fn lines(v: &Value) {
+    for l in v.as_array().into_iter().flatten() {
+        println!("{}", l.as_str().unwrap_or_default());
+    }
 }
 
 pub fn ticks_table(v: &Value) {
@@ -252,6 +292,31 @@ pub fn tick_line(report: &Value) -> String {
     line
 }
 
+pub fn notifications_table(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!(
+            "no notifications; sinks are set with `register --notify-url/--notify-command` or the daemon's notify.yaml"
+        );
+        return;
+    }
+    for r in rows {
+        let mut line = format!(
+            "{}  {}  {:<18} {:<9} attempts={}  {}",
+            s(&r, "created_at"),
+            s(&r, "key"),
+            s(&r, "event"),
+            s(&r, "status"),
+            r["attempts"],
+            s(&r, "sink")
+        );
+        if let Some(e) = r["last_error"].as_str() {
+            line.push_str(&format!(" | {e}"));
+        }
+        println!("{line}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +326,22 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc)
+    }
+
+    #[test]
+    fn paused_and_stalled_registrations_say_so() {
+        let rows = vec![
+            json!({"key": "0123456789abcdef", "cloud_yaml": "/p/cloud.yaml",
+            "schedule": "every:60", "ticks_run": 1, "ticks_skipped": 0, "stalled": true,
+            "paused": {"paused_by": "op@host", "since": "2026-12-01T11:00:00Z",
+                       "reason": "manual repair"}}),
+        ];
+        let text = registrations_text(&rows, now());
+        assert!(text.contains("paused,stalled"), "{text}");
+        assert!(
+            text.contains("paused by op@host since 2026-12-01T11:00:00Z: manual repair"),
+            "{text}"
+        );
     }
 
     #[test]
