@@ -4,6 +4,8 @@
 
 mod cli;
 mod client;
+mod discover;
+mod doctor;
 mod render;
 
 use clap::Parser;
@@ -64,7 +66,37 @@ fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
 }
 
 fn abs(p: &Path) -> PathBuf {
-    paths::absolutize(p, &paths::current_dir())
+    paths::absolutize(&paths::expand_user(p), &paths::current_dir())
+}
+
+/// The cloud.yaml of this command, or the structured error naming every place tried.
+fn locate(flag: Option<&Path>) -> Result<discover::Located, i32> {
+    discover::locate(flag, &paths::current_dir()).map_err(|tried| {
+        let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        fail(ClientError::Api(
+            ErrorBody::new(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "no cloud.yaml found; tried {}; pass --cloud-yaml PATH or run `megaplan-cloudctl init`",
+                    list.join(", ")
+                ),
+            )
+            .with("tried", list),
+        ))
+    })
+}
+
+/// Does this command act on one cloud.yaml (and so need to find it)?
+fn needs_cloud_yaml(cmd: &Cmd) -> bool {
+    !matches!(
+        cmd,
+        Cmd::Init { .. }
+            | Cmd::Registrations { .. }
+            | Cmd::Doctor
+            | Cmd::Daemon { .. }
+            | Cmd::Ticks { all: true, .. }
+            | Cmd::Watch { all: true, .. }
+    )
 }
 
 fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
@@ -76,13 +108,34 @@ fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let cloud_yaml = abs(&cli.cloud_yaml);
     let (socket, source) = paths::resolve_socket(cli.socket.as_deref());
     let client = DaemonClient::new(socket, source);
+    let located = if needs_cloud_yaml(&cli.command) {
+        match locate(cli.cloud_yaml.as_deref()) {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let cloud_yaml = located
+        .as_ref()
+        .map(|l| l.path.clone())
+        .unwrap_or_default();
+    let as_given = located
+        .as_ref()
+        .and_then(|l| l.as_given.as_ref())
+        .map(|p| p.display().to_string());
     let cy = cloud_yaml.display().to_string();
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
-        Cmd::Init { force } => return init(&cloud_yaml, force),
+        Cmd::Init { force } => {
+            let target = discover::init_target(cli.cloud_yaml.as_deref(), &paths::current_dir());
+            return init(&target, force);
+        }
+        Cmd::Doctor => {
+            return doctor::run(&client, cli.cloud_yaml.as_deref()).await;
+        }
         Cmd::Build => Command::Build,
         Cmd::Deploy => Command::Deploy,
         Cmd::Bootstrap {
@@ -122,7 +175,10 @@ async fn run(cli: Cli) -> i32 {
         },
         Cmd::Logs { no_follow } => Command::Logs { follow: !no_follow },
         Cmd::Attach { session } => Command::Attach { session },
-        Cmd::Exec { cmd } => Command::Exec { cmd: cmd.join(" ") },
+        Cmd::Exec { command, argv } => Command::Exec {
+            cmd: command.unwrap_or_default(),
+            argv,
+        },
         Cmd::Resume { plan } => Command::Resume { plan },
         Cmd::Down => Command::Down,
         Cmd::Destroy { yes } => {
@@ -153,7 +209,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::DELETE,
-                    &routes::cloud(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -188,7 +244,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::POST,
-                    &routes::cloud_tick(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud_tick(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -208,7 +264,7 @@ async fn run(cli: Cli) -> i32 {
             what: DaemonCmd::Status { json },
         } => return daemon_status(&client, json).await,
     };
-    run_command(&client, &cy, command).await
+    run_command(&client, &cy, as_given, command).await
 }
 
 fn init(path: &Path, force: bool) -> i32 {
@@ -235,7 +291,9 @@ fn init(path: &Path, force: bool) -> i32 {
             format!("cannot write {}: {e}", path.display()),
         );
     }
-    print_json(&json!({"success": true, "path": path.display().to_string()}));
+    // `cloud_yaml` is the original's field; `path` is kept for scripts written against ours.
+    let shown = path.display().to_string();
+    print_json(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
     eprintln!(
         "wrote {}; edit repo.url, provider and secrets, then run `megaplan-cloudctl build`",
         path.display()
@@ -284,13 +342,19 @@ async fn secrets_for(
     Ok(out)
 }
 
-async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) -> i32 {
+async fn run_command(
+    client: &DaemonClient,
+    cloud_yaml: &str,
+    cloud_yaml_as_given: Option<String>,
+    command: Command,
+) -> i32 {
     let secrets = match secrets_for(client, cloud_yaml).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
+        cloud_yaml_as_given,
         cwd: paths::current_dir().display().to_string(),
         secrets,
         command,
