@@ -110,6 +110,13 @@ fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
 async fn run(cli: Cli) -> i32 {
     let (socket, source) = paths::resolve_socket(cli.socket.as_deref());
     let client = DaemonClient::new(socket, source);
+    // Argument errors first: they need no cloud.yaml.
+    if let Cmd::Supervise { chain: false, .. } = cli.command {
+        return local_error(
+            ErrorCode::InvalidArgs,
+            "supervise needs --chain (the chain supervisor is the only one)",
+        );
+    }
     let located = if needs_cloud_yaml(&cli.command) {
         match locate(cli.cloud_yaml.as_deref()) {
             Ok(l) => Some(l),
@@ -190,15 +197,7 @@ async fn run(cli: Cli) -> i32 {
             }
             Command::Destroy { yes: true }
         }
-        Cmd::Supervise { chain, remote_spec } => {
-            if !chain {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "supervise needs --chain (the chain supervisor is the only one)",
-                );
-            }
-            Command::Supervise { remote_spec }
-        }
+        Cmd::Supervise { remote_spec, .. } => Command::Supervise { remote_spec },
         Cmd::Chains => Command::Chains,
         Cmd::Register {
             every,
