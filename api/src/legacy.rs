@@ -98,10 +98,7 @@ pub fn normalize_marker(v: Value) -> Normalized {
                     "provider_identity (a mapping without a service string; read as null)".into(),
                 );
             }
-            m.insert(
-                "provider_identity".into(),
-                service.unwrap_or(Value::Null),
-            );
+            m.insert("provider_identity".into(), service.unwrap_or(Value::Null));
             m.entry("provider_target").or_insert(Value::Object(obj));
         }
         Some(other) => {
@@ -135,10 +132,9 @@ pub fn normalize_marker(v: Value) -> Normalized {
                             ));
                         }
                     }
-                    other => unmapped.push(format!(
-                        "extra_repos[{i}] ({}; dropped)",
-                        type_name(&other)
-                    )),
+                    other => {
+                        unmapped.push(format!("extra_repos[{i}] ({}; dropped)", type_name(&other)))
+                    }
                 }
             }
             m.insert("extra_repos".into(), Value::Array(out));
@@ -172,7 +168,9 @@ pub fn normalize_marker(v: Value) -> Normalized {
 }
 
 /// The `extra_repos` field of a marker written now: the original's `{url, branch, workspace}`.
-pub fn extra_repos_field<'a>(repos: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> Value {
+pub fn extra_repos_field<'a>(
+    repos: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Value {
     Value::Array(
         repos
             .into_iter()
@@ -241,15 +239,30 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} not in {text}");
         }
-        assert_eq!(n.marker["extra_repos"], json!([{"url": "u", "workspace": "/w/p"}]));
+        assert_eq!(
+            n.marker["extra_repos"],
+            json!([{"url": "u", "workspace": "/w/p"}])
+        );
         assert_eq!(n.marker["mystery"], true);
         assert_eq!(n.marker["provider_identity"], Value::Null);
     }
 
     #[test]
     fn unusable_files_say_why() {
-        assert!(parse_marker(b"{not json").unwrap_err().contains("not valid JSON"));
-        assert!(parse_marker(b"[1]").unwrap_err().contains("not a JSON object"));
-        assert!(parse_marker(b"{\"remote_spec\": \"\"}").unwrap_err().contains("remote_spec"));
+        assert!(
+            parse_marker(b"{not json")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(
+            parse_marker(b"[1]")
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
+        assert!(
+            parse_marker(b"{\"remote_spec\": \"\"}")
+                .unwrap_err()
+                .contains("remote_spec")
+        );
     }
 }

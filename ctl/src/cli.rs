@@ -217,7 +217,14 @@ mod tests {
         &["init", "--force"],
         &["build"],
         &["deploy"],
-        &["bootstrap", "idea.md", "--plan-name", "p", "--repo-branch", "b"],
+        &[
+            "bootstrap",
+            "idea.md",
+            "--plan-name",
+            "p",
+            "--repo-branch",
+            "b",
+        ],
         &["chain", "epic/chain.yaml", "--idea-dir", "ideas", "--fresh"],
         &["status", "--chain", "--remote-spec", "/w/chain.yaml"],
         &["logs", "--no-follow"],
@@ -270,7 +277,10 @@ mod tests {
     #[test]
     fn exec_takes_one_command_string_and_leaves_trailing_flags_alone() {
         let cli = parse(&["exec", "ls -la", "--cloud-yaml", "/p/cloud.yaml"]).unwrap();
-        assert_eq!(cli.cloud_yaml.as_deref(), Some(std::path::Path::new("/p/cloud.yaml")));
+        assert_eq!(
+            cli.cloud_yaml.as_deref(),
+            Some(std::path::Path::new("/p/cloud.yaml"))
+        );
         match cli.command {
             Cmd::Exec { command, argv } => {
                 assert_eq!(command.as_deref(), Some("ls -la"));
@@ -293,7 +303,10 @@ mod tests {
             "--cloud-yaml",
         ])
         .unwrap();
-        assert_eq!(cli.cloud_yaml.as_deref(), Some(std::path::Path::new("/p/cloud.yaml")));
+        assert_eq!(
+            cli.cloud_yaml.as_deref(),
+            Some(std::path::Path::new("/p/cloud.yaml"))
+        );
         match cli.command {
             Cmd::Exec { command, argv } => {
                 assert_eq!(command, None);

@@ -198,7 +198,10 @@ mod tests {
         let proj = t.root.join("proj");
         fs::create_dir_all(proj.join(".megaplan")).unwrap();
         fs::create_dir_all(proj.join("sub")).unwrap();
-        assert_eq!(init_target(None, &proj.join("sub")), proj.join("cloud.yaml"));
+        assert_eq!(
+            init_target(None, &proj.join("sub")),
+            proj.join("cloud.yaml")
+        );
         let lone = t.root.join("lone");
         fs::create_dir_all(&lone).unwrap();
         assert_eq!(init_target(None, &lone), lone.join("cloud.yaml"));

@@ -179,7 +179,9 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
             );
             let w = match client.json(Method::GET, &q, None).await {
                 Ok(v) => v.get("warnings").cloned().unwrap_or_else(|| json!([])),
-                Err(crate::client::ClientError::Api(b) | crate::client::ClientError::Unreachable(b)) => {
+                Err(
+                    crate::client::ClientError::Api(b) | crate::client::ClientError::Unreachable(b),
+                ) => {
                     json!([b.message])
                 }
             };
@@ -210,7 +212,10 @@ mod tests {
         let cy = root.join("proj/cloud.yaml");
         let good = paths::marker_key(&cy);
         for (key, text) in [
-            (good.as_str(), r#"{"remote_spec": "/w/c.yaml", "provider_identity": "h", "odd": 1}"#),
+            (
+                good.as_str(),
+                r#"{"remote_spec": "/w/c.yaml", "provider_identity": "h", "odd": 1}"#,
+            ),
             ("00000000deadbeef", "{broken"),
         ] {
             let f = paths::legacy_marker_file(&root, key);
@@ -218,13 +223,18 @@ mod tests {
             std::fs::write(&f, text).unwrap();
         }
         let markers = read_markers(&root);
-        let v = report(&root, &markers, &[cy.clone()], &BTreeMap::new());
+        let v = report(&root, &markers, std::slice::from_ref(&cy), &BTreeMap::new());
         let rows = v["markers"].as_array().unwrap();
         assert_eq!(rows.len(), 2);
         let broken = &rows[0];
         assert_eq!(broken["key"], "00000000deadbeef");
         assert_eq!(broken["importable"], false);
-        assert!(broken["problem"].as_str().unwrap().contains("not valid JSON"));
+        assert!(
+            broken["problem"]
+                .as_str()
+                .unwrap()
+                .contains("not valid JSON")
+        );
         assert_eq!(broken["cloud_yaml"], Value::Null);
         let ok = &rows[1];
         assert_eq!(ok["importable"], true);

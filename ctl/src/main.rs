@@ -125,10 +125,7 @@ async fn run(cli: Cli) -> i32 {
     } else {
         None
     };
-    let cloud_yaml = located
-        .as_ref()
-        .map(|l| l.path.clone())
-        .unwrap_or_default();
+    let cloud_yaml = located.as_ref().map(|l| l.path.clone()).unwrap_or_default();
     let as_given = located
         .as_ref()
         .and_then(|l| l.as_given.as_ref())

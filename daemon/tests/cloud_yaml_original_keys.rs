@@ -5,11 +5,15 @@
 use megaplan_cloudd::cloud_yaml::{ORIGINAL_ONLY_KEYS, parse_bytes};
 use std::path::Path;
 
-const BASE: &str = "provider: ssh\nrepo: {url: https://x/app.git, workspace: /workspace/app}\nssh: {host: box}\n";
+const BASE: &str =
+    "provider: ssh\nrepo: {url: https://x/app.git, workspace: /workspace/app}\nssh: {host: box}\n";
 
 fn load(extra: &str) -> Result<megaplan_cloudd::cloud_yaml::CloudSpec, String> {
-    parse_bytes(format!("{BASE}{extra}").as_bytes(), Path::new("/p/cloud.yaml"))
-        .map_err(|e| e.to_string())
+    parse_bytes(
+        format!("{BASE}{extra}").as_bytes(),
+        Path::new("/p/cloud.yaml"),
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -24,7 +28,8 @@ fn extra_repos_workspace_is_where_the_repo_is_cloned() {
     assert_eq!(s.extra_repos[1].path, "/workspace/agent");
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     // Ours (`path`) still works; both agreeing is fine; disagreeing is an error naming the field.
-    let s = load("extra_repos: [{url: https://x/w.git, path: /srv/w, workspace: /srv/w}]\n").unwrap();
+    let s =
+        load("extra_repos: [{url: https://x/w.git, path: /srv/w, workspace: /srv/w}]\n").unwrap();
     assert_eq!(s.extra_repos[0].path, "/srv/w");
     let e = load("extra_repos: [{url: https://x/w.git, path: /srv/a, workspace: /srv/b}]\n")
         .unwrap_err();
@@ -51,10 +56,22 @@ fn every_original_only_key_is_a_warning_saying_what_to_do() {
         ("chain_session", "chain_session: my-slot\n"),
         ("chain.chain_session", "chain: {chain_session: my-slot}\n"),
         ("driver", "driver: {max_stall_iterations: 3}\n"),
-        ("megaplan.repo", "megaplan: {repo: https://github.com/x/arnold.git}\n"),
-        ("megaplan.install_spec", "megaplan: {install_spec: 'arnold[agent]'}\n"),
-        ("megaplan.src_path", "megaplan: {src_path: /workspace/arnold}\n"),
-        ("ssh.workspace_dir", "ssh: {host: box, workspace_dir: /opt/w}\n"),
+        (
+            "megaplan.repo",
+            "megaplan: {repo: https://github.com/x/arnold.git}\n",
+        ),
+        (
+            "megaplan.install_spec",
+            "megaplan: {install_spec: 'arnold[agent]'}\n",
+        ),
+        (
+            "megaplan.src_path",
+            "megaplan: {src_path: /workspace/arnold}\n",
+        ),
+        (
+            "ssh.workspace_dir",
+            "ssh: {host: box, workspace_dir: /opt/w}\n",
+        ),
         ("ssh.cache_dir", "ssh: {host: box, cache_dir: /opt/c}\n"),
     ];
     assert_eq!(yaml.len(), ORIGINAL_ONLY_KEYS.len());
@@ -70,7 +87,11 @@ fn every_original_only_key_is_a_warning_saying_what_to_do() {
         let w = &s.warnings[0];
         assert!(w.starts_with(&format!("{key} in /p/cloud.yaml")), "{w}");
         assert!(w.contains("Python cloud tool only"), "{w}");
-        let advice = ORIGINAL_ONLY_KEYS.iter().find(|(k, _)| *k == key).unwrap().1;
+        let advice = ORIGINAL_ONLY_KEYS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1;
         assert!(w.ends_with(advice), "{w}");
     }
 }

@@ -26,7 +26,9 @@ fn init_works_without_a_daemon_and_refuses_to_overwrite() {
     let (code, v, err) = ctl(tmp.path(), &["init"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(v["success"], true);
-    let path = std::fs::canonicalize(tmp.path()).unwrap().join("cloud.yaml");
+    let path = std::fs::canonicalize(tmp.path())
+        .unwrap()
+        .join("cloud.yaml");
     // The original prints `cloud_yaml` (the resolved path); `path` is ours, kept beside it.
     assert_eq!(v["cloud_yaml"], path.display().to_string());
     assert_eq!(v["path"], v["cloud_yaml"]);
@@ -140,7 +142,10 @@ fn cloud_yaml_is_found_at_the_project_root_and_a_miss_lists_the_places_tried() {
     let (code, v, _) = ctl(&sub, &["init"]);
     assert_eq!(code, Some(1));
     assert!(
-        v["message"].as_str().unwrap().contains(want_root.to_str().unwrap()),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains(want_root.to_str().unwrap()),
         "{v}"
     );
 }

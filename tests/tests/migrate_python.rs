@@ -128,7 +128,12 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     let e = ctl_in(
         &rig,
         &base,
-        &["exec", "echo hi   there", "--cloud-yaml", "projects/proj/cloud.yaml"],
+        &[
+            "exec",
+            "echo hi   there",
+            "--cloud-yaml",
+            "projects/proj/cloud.yaml",
+        ],
     )
     .ok();
     assert_eq!(e.stdout, "hi there\n", "{}", e.stderr);
@@ -136,7 +141,15 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     let e = ctl_in(
         &rig,
         &shell,
-        &["exec", "--", "printf", "[%s]", "a  b", "$HOME", "--cloud-yaml"],
+        &[
+            "exec",
+            "--",
+            "printf",
+            "[%s]",
+            "a  b",
+            "$HOME",
+            "--cloud-yaml",
+        ],
     )
     .ok();
     assert_eq!(e.stdout, "[a  b][$HOME][--cloud-yaml]", "{}", e.stderr);
@@ -165,7 +178,12 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         "{}",
         s.stderr
     );
-    let s = ctl_in(&rig, &shell, &["status", "--chain", "--remote-spec", &first]).ok();
+    let s = ctl_in(
+        &rig,
+        &shell,
+        &["status", "--chain", "--remote-spec", &first],
+    )
+    .ok();
     assert_eq!(s.json["spec"], first.as_str());
     assert!(!s.stderr.contains("legacy marker"), "{}", s.stderr);
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
@@ -205,7 +223,12 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
     let s = ctl_in(
         &rig,
         &base,
-        &["status", "--chain", "--cloud-yaml", lexical.to_str().unwrap()],
+        &[
+            "status",
+            "--chain",
+            "--cloud-yaml",
+            lexical.to_str().unwrap(),
+        ],
     )
     .ok();
     assert_eq!(s.json["spec"], spec.as_str(), "{}", s.stdout);
@@ -221,7 +244,12 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
     let s = ctl_in(
         &rig,
         &base,
-        &["status", "--chain", "--cloud-yaml", resolved.to_str().unwrap()],
+        &[
+            "status",
+            "--chain",
+            "--cloud-yaml",
+            resolved.to_str().unwrap(),
+        ],
     )
     .ok();
     assert_eq!(s.json["spec"], spec.as_str());

@@ -105,20 +105,33 @@ mod tests {
             None,
         );
         assert_eq!(missing["plan_log"], Value::Null);
-        assert_eq!(missing["chain_log"], json!({"path": "/w/l.log", "status": "unavailable"}));
+        assert_eq!(
+            missing["chain_log"],
+            json!({"path": "/w/l.log", "status": "unavailable"})
+        );
     }
 
     #[test]
     fn chains_entries_have_the_originals_fields() {
         let m = json!({"session": "megaplan-chain", "remote_spec": "/w/c.yaml", "started_at": "t"});
-        let v = chains_entry("megaplan-chain", true, "/d/megaplan-chain.json", Some(Ok(m.clone())));
+        let v = chains_entry(
+            "megaplan-chain",
+            true,
+            "/d/megaplan-chain.json",
+            Some(Ok(m.clone())),
+        );
         assert_eq!(v["status"], "running");
         assert_eq!(v["marker"], "/d/megaplan-chain.json");
         assert_eq!(v["marker_status"], "present");
         assert_eq!(v["remote_spec"], "/w/c.yaml");
         assert_eq!(v["session_marker"], m);
         assert_eq!(v["alive"], true);
-        let bad = chains_entry("megaplan-chain-x", false, "/d/x.json", Some(Err("bad".into())));
+        let bad = chains_entry(
+            "megaplan-chain-x",
+            false,
+            "/d/x.json",
+            Some(Err("bad".into())),
+        );
         assert_eq!(bad["marker_status"], "invalid");
         assert_eq!(bad["marker_error"], "bad");
         assert_eq!(bad["status"], "dead");

@@ -281,7 +281,9 @@ mod tests {
             "provider_identity": "agent",
         }))
         .marker;
-        let s = spec("provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: agent, project: p1}\n");
+        let s = spec(
+            "provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: agent, project: p1}\n",
+        );
         let c = provider_consistency("railway", &provider_identity(&s), Some(&python));
         assert_eq!(c["status"], "consistent", "{c}");
         // Our older object form reads the same way.
@@ -294,7 +296,8 @@ mod tests {
         let c = provider_consistency("railway", &provider_identity(&s), Some(&ours));
         assert_eq!(c["status"], "consistent", "{c}");
         // Another service is still a mismatch.
-        let other = spec("provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: other}\n");
+        let other =
+            spec("provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: other}\n");
         let c = provider_consistency("railway", &provider_identity(&other), Some(&python));
         assert_eq!(c["status"], "mismatch", "{c}");
     }
@@ -310,7 +313,8 @@ mod tests {
             f["extra_repos"],
             json!([{"url": "https://x/lib.git", "branch": "dev", "workspace": "/workspace/lib"}])
         );
-        let l = spec("provider: local\nrepo: {url: https://x/a.git}\nlocal: {compose_project: proj}\n");
+        let l =
+            spec("provider: local\nrepo: {url: https://x/a.git}\nlocal: {compose_project: proj}\n");
         assert_eq!(launch_fields(&l)["provider_identity"], "proj");
     }
 
@@ -321,7 +325,10 @@ mod tests {
         let python_earlier = json!({"started_at": "2026-12-01T09:59:59.999999+00:00"});
         assert!(file_is_newer(&python_later, &ours));
         assert!(!file_is_newer(&python_earlier, &ours));
-        assert!(!file_is_newer(&ours, &ours), "our own copy of the file is not newer");
+        assert!(
+            !file_is_newer(&ours, &ours),
+            "our own copy of the file is not newer"
+        );
         assert!(!file_is_newer(&json!({}), &ours));
         assert!(file_is_newer(&python_later, &json!({})));
     }
