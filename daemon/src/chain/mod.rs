@@ -5,7 +5,9 @@
 pub mod classify;
 pub mod compat;
 pub mod decide;
+pub mod launcher;
 pub mod observe;
+pub mod resume;
 pub mod spec;
 pub mod state;
 pub mod summary;
