@@ -46,7 +46,7 @@ fn chain_on_runner(rig: &SshRig, name: &str) -> String {
         format!("milestones:\n  - label: {name}\n    idea: ideas/{name}.md\n").as_bytes(),
     );
     rig.container.exec_ok(&format!(
-        "cd /workspace/app && python -m arnold.pipelines.megaplan chain start --spec {spec}"
+        "cd /workspace/app && python -m arnold_pipelines.megaplan chain start --spec {spec}"
     ));
     spec
 }
