@@ -1885,7 +1885,12 @@ fn notify_run(
     for _ in 0..sz.notify_rounds {
         for k in &keys {
             let t = Instant::now();
-            let (status, v) = http(&daemon.socket, "POST", &format!("/v1/clouds/{k}/tick"), None)?;
+            let (status, v) = http(
+                &daemon.socket,
+                "POST",
+                &format!("/v1/clouds/{k}/tick"),
+                None,
+            )?;
             if status != 200 || v["event"] != "supervisor_error" {
                 return Err(format!("tick of {k} answered {status}: {v}"));
             }
@@ -1924,12 +1929,20 @@ fn section_notify(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     // Ratio column: off / on (1.0× = no cost; below 1 = notifications cost that much).
     r.compare(
         S,
-        format!("Tick latency, median (ms), {n} registrations — daemon: notifications on; baseline: off"),
+        format!(
+            "Tick latency, median (ms), {n} registrations — daemon: notifications on; baseline: off"
+        ),
         s_on.median,
         s_off.median,
         2,
     );
-    r.compare(S, "Tick latency, p99 (ms) — on vs off", s_on.p99, s_off.p99, 2);
+    r.compare(
+        S,
+        "Tick latency, p99 (ms) — on vs off",
+        s_on.p99,
+        s_off.p99,
+        2,
+    );
     r.row(
         S,
         format!("Notifications delivered ({n} ticks_failing × 2 sinks) / seconds from the first tick until all arrived"),
