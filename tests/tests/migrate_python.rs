@@ -8,7 +8,7 @@
 //! `exec "…" --cloud-yaml …` are run with no flag the original did not need.
 
 use megaplan_cloud_api::paths::{legacy_marker_file, marker_key};
-use megaplan_cloud_e2e::rig::{Run, SshRig};
+use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
 use megaplan_cloud_e2e::util::sqlite;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -196,6 +196,24 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         "{}",
         t.stdout
     );
+
+    // 6. A chain launched here leaves a last_chain.json the Python tool reads: the original's
+    //    shapes under the resolved key, and the launch output carries its provenance fields.
+    let spec = write_chain(&via_link.join("epic"), "chain.yaml", &["n1"]);
+    let launched = ctl_in(&rig, &shell, &["chain", spec.to_str().unwrap()]).ok();
+    assert_eq!(
+        launched.json["event"], "cloud_chain_launched",
+        "{}",
+        launched.stdout
+    );
+    assert_eq!(launched.json["tmux"]["session"], "megaplan-chain");
+    assert_eq!(launched.json["uploaded_idea_count"], 1);
+    assert_eq!(launched.json["current_milestone"], "n1");
+    let written: Value = serde_json::from_slice(&std::fs::read(&python_file).unwrap()).unwrap();
+    assert_eq!(written["remote_spec"], "/workspace/app/chain.yaml");
+    assert_eq!(written["provider_identity"], "127.0.0.1");
+    assert_eq!(written["extra_repos"], json!([]));
+    assert!(written["started_at"].is_string());
 }
 
 #[test]
