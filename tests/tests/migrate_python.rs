@@ -80,7 +80,10 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     std::fs::create_dir_all(real.join(".git")).unwrap();
     std::fs::create_dir_all(real.join("src/module")).unwrap();
     std::os::unix::fs::symlink(base.join("disk"), base.join("projects")).unwrap();
-    std::fs::copy(&rig.cloud_yaml, real.join("cloud.yaml")).unwrap();
+    // The operator's cloud.yaml, with a key only the original reads.
+    let mut yaml = std::fs::read_to_string(&rig.cloud_yaml).unwrap();
+    yaml.push_str("chain_session: my-slot\n");
+    std::fs::write(real.join("cloud.yaml"), yaml).unwrap();
     let via_link = base.join("projects/proj");
     let shell = via_link.join("src/module");
 
@@ -112,6 +115,11 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     assert_eq!(logs["chain_log"]["size"], 4, "{logs}");
     assert!(logs["chain_log"]["mtime"].is_i64(), "{logs}");
     assert!(logs.get("plan_log").is_some(), "{logs}");
+    assert!(
+        s.stderr.contains("warning: chain_session in ") && s.stderr.contains("megaplan-chain"),
+        "{}",
+        s.stderr
+    );
     let stored = stored_marker(&rig, &key);
     assert_eq!(stored["remote_spec"], first.as_str());
     assert_eq!(stored["provider_identity"], "127.0.0.1");
@@ -214,6 +222,42 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     assert_eq!(written["provider_identity"], "127.0.0.1");
     assert_eq!(written["extra_repos"], json!([]));
     assert!(written["started_at"].is_string());
+
+    // 7. doctor finds the marker, pairs it with the project's cloud.yaml, and (the daemon is
+    //    up) shows the loader's warning about the original-only key.
+    let home = base.display().to_string();
+    let d = Run::from_output(
+        &rig.daemon
+            .ctl(&shell, &[("HOME", home.as_str())], &["doctor"]),
+    )
+    .ok();
+    assert_eq!(d.json["daemon_reachable"], true, "{}", d.stdout);
+    let real_yaml = real.join("cloud.yaml").display().to_string();
+    let m = d.json["markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == key.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(m["importable"], true, "{}", d.stdout);
+    assert_eq!(m["cloud_yaml"], real_yaml.as_str(), "{}", d.stdout);
+    let y = d.json["cloud_yamls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|y| y["path"] == real_yaml.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(y["has_marker"], true, "{}", d.stdout);
+    assert!(
+        y["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("chain_session in "),
+        "{}",
+        d.stdout
+    );
 }
 
 #[test]
