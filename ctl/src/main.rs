@@ -4,6 +4,8 @@
 
 mod cli;
 mod client;
+mod discover;
+mod doctor;
 mod output;
 mod render;
 
@@ -68,7 +70,51 @@ fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
 }
 
 fn abs(p: &Path) -> PathBuf {
-    paths::absolutize(p, &paths::current_dir())
+    paths::absolutize(&paths::expand_user(p), &paths::current_dir())
+}
+
+/// The cloud.yaml of this command, or the structured error naming every place tried.
+fn locate(flag: Option<&Path>) -> Result<discover::Located, i32> {
+    discover::locate(flag, &paths::current_dir()).map_err(|tried| {
+        let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        fail(ClientError::Api(
+            ErrorBody::new(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "no cloud.yaml found; tried {}; pass --cloud-yaml PATH or run `megaplan-cloudctl init`",
+                    list.join(", ")
+                ),
+            )
+            .with("tried", list),
+        ))
+    })
+}
+
+/// Does this command act on one cloud.yaml (and so need to find it)?
+fn needs_cloud_yaml(cmd: &Cmd) -> bool {
+    !matches!(
+        cmd,
+        Cmd::Init { .. }
+            | Cmd::Registrations { .. }
+            | Cmd::Doctor
+            | Cmd::Daemon { .. }
+            | Cmd::Ticks { all: true, .. }
+            | Cmd::Watch { all: true, .. }
+            | Cmd::Notifications { all: true, .. }
+            | Cmd::Completions { .. }
+            | Cmd::Man
+            | Cmd::Version
+    )
+}
+
+/// `ticks`/`watch`/`notifications` outside any project (no --cloud-yaml, none found): every
+/// registration's, rather than an empty list for a cloud.yaml that does not exist.
+fn history_of_all(cli: &Cli) -> bool {
+    matches!(
+        cli.command,
+        Cmd::Ticks { .. } | Cmd::Watch { .. } | Cmd::Notifications { .. }
+    ) && cli.cloud_yaml.is_none()
+        && discover::locate(None, &paths::current_dir()).is_err()
 }
 
 fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
@@ -80,13 +126,47 @@ fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let cloud_yaml = abs(&cli.cloud_yaml);
     let (socket, source) = paths::resolve_socket(cli.socket.as_deref());
     let client = DaemonClient::new(socket, source);
+    // Argument errors first: they need no cloud.yaml.
+    if let Cmd::Supervise { chain: false, .. } = cli.command {
+        return local_error(
+            ErrorCode::InvalidArgs,
+            "supervise needs --chain (the chain supervisor is the only one)",
+        );
+    }
+    let mut cli = cli;
+    if history_of_all(&cli) {
+        match &mut cli.command {
+            Cmd::Ticks { all, .. } | Cmd::Watch { all, .. } | Cmd::Notifications { all, .. } => {
+                *all = true;
+            }
+            _ => {}
+        }
+    }
+    let located = if needs_cloud_yaml(&cli.command) {
+        match locate(cli.cloud_yaml.as_deref()) {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let cloud_yaml = located.as_ref().map(|l| l.path.clone()).unwrap_or_default();
+    let as_given = located
+        .as_ref()
+        .and_then(|l| l.as_given.as_ref())
+        .map(|p| p.display().to_string());
     let cy = cloud_yaml.display().to_string();
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
-        Cmd::Init { force } => return init(&cloud_yaml, force),
+        Cmd::Init { force } => {
+            let target = discover::init_target(cli.cloud_yaml.as_deref(), &paths::current_dir());
+            return init(&target, force);
+        }
+        Cmd::Doctor => {
+            return doctor::run(&client, cli.cloud_yaml.as_deref()).await;
+        }
         Cmd::Build => Command::Build,
         Cmd::Deploy => Command::Deploy,
         Cmd::Bootstrap {
@@ -128,7 +208,10 @@ async fn run(cli: Cli) -> i32 {
             follow: follow && !no_follow,
         },
         Cmd::Attach { session } => Command::Attach { session },
-        Cmd::Exec { cmd } => Command::Exec { cmd: cmd.join(" ") },
+        Cmd::Exec { command, argv } => Command::Exec {
+            cmd: command.unwrap_or_default(),
+            argv,
+        },
         Cmd::Resume { plan } => Command::Resume { plan },
         Cmd::Down => Command::Down,
         Cmd::Destroy { yes } => {
@@ -151,21 +234,13 @@ async fn run(cli: Cli) -> i32 {
             Command::Destroy { yes: true }
         }
         Cmd::Supervise {
-            chain,
             remote_spec,
             dry_run,
-        } => {
-            if !chain {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "supervise needs --chain (the chain supervisor is the only one)",
-                );
-            }
-            Command::Supervise {
-                remote_spec,
-                dry_run,
-            }
-        }
+            ..
+        } => Command::Supervise {
+            remote_spec,
+            dry_run,
+        },
         Cmd::Chains => Command::Chains,
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -193,7 +268,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::DELETE,
-                    &routes::cloud(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -230,7 +305,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::POST,
-                    &routes::cloud_tick(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud_tick(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -268,7 +343,7 @@ async fn run(cli: Cli) -> i32 {
             );
             let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
                 .unwrap_or(Value::Null);
-            let path = routes::cloud_pause(&paths::marker_key(&cloud_yaml));
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::POST, &path, Some(&body)).await {
                 Ok(v) => {
                     print_json(&v);
@@ -283,7 +358,7 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Unpause => {
-            let path = routes::cloud_pause(&paths::marker_key(&cloud_yaml));
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::DELETE, &path, None).await {
                 Ok(v) => {
                     print_json(&v);
@@ -299,7 +374,7 @@ async fn run(cli: Cli) -> i32 {
         }
         Cmd::Explain => {
             let json = output::json_mode();
-            let path = routes::cloud_explain(&paths::marker_key(&cloud_yaml));
+            let path = routes::cloud_explain(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::GET, &path, None).await {
                 Ok(v) => {
                     if json {
@@ -334,7 +409,7 @@ async fn run(cli: Cli) -> i32 {
             what: DaemonCmd::Status,
         } => return daemon_status(&client, output::json_mode()).await,
     };
-    run_command(&client, &cy, command).await
+    run_command(&client, &cy, as_given, command).await
 }
 
 fn init(path: &Path, force: bool) -> i32 {
@@ -361,7 +436,9 @@ fn init(path: &Path, force: bool) -> i32 {
             format!("cannot write {}: {e}", path.display()),
         );
     }
-    print_json(&json!({"success": true, "path": path.display().to_string()}));
+    // `cloud_yaml` is the original's field; `path` is kept for scripts written against ours.
+    let shown = path.display().to_string();
+    print_json(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
     eprintln!(
         "wrote {}; edit repo.url, provider and secrets, then run `megaplan-cloudctl build`",
         path.display()
@@ -420,7 +497,12 @@ async fn secrets_for(
     Ok(out)
 }
 
-async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) -> i32 {
+async fn run_command(
+    client: &DaemonClient,
+    cloud_yaml: &str,
+    cloud_yaml_as_given: Option<String>,
+    command: Command,
+) -> i32 {
     let secrets = match secrets_for(client, cloud_yaml).await {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -431,6 +513,7 @@ async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) 
     let stdout_is_result = matches!(command, Command::Exec { .. } | Command::Logs { .. });
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
+        cloud_yaml_as_given,
         cwd: paths::current_dir().display().to_string(),
         secrets,
         command,

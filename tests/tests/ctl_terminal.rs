@@ -161,6 +161,15 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     );
     let v: Value = serde_json::from_slice(&bad.stdout).expect("error JSON through a pipe");
     assert_eq!(v["success"], false);
+    // Outside any project (no cloud.yaml in reach) `ticks` shows every registration's history
+    // instead of an empty list.
+    let outside = rig.daemon.ctl(std::path::Path::new("/"), &[], &["ticks"]);
+    let all: Value = serde_json::from_slice(&outside.stdout).expect("ticks JSON");
+    assert!(
+        !all.as_array().unwrap().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&outside.stderr)
+    );
     // `--json` forces JSON on a terminal too.
     let forced = in_terminal(
         &format!("cd /tmp && {} registrations --json", sh_quote(&ctl)),
