@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod paths;
+pub mod schedule;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};

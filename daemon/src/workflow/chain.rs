@@ -139,7 +139,7 @@ pub fn start_script(
     let ws = &spec.repo.workspace;
     let mut inner = format!(
         "MEGAPLAN_TRUSTED_CONTAINER=1 {} chain start --spec {}",
-        spec.megaplan.launcher,
+        spec.megaplan.launcher_command(),
         quote(remote_spec)
     );
     if no_git_refresh {
@@ -202,7 +202,7 @@ pub async fn bootstrap(
     let mut cmd = format!(
         "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
         ws = quote(&ws),
-        launcher = ctx.spec.megaplan.launcher,
+        launcher = ctx.spec.megaplan.launcher_command(),
         idea = quote(&remote_idea),
         rob = quote(robustness),
     );

@@ -287,7 +287,7 @@ fn status_command(spec: &CloudSpec, plan: Option<&str>) -> String {
     let mut cmd = format!(
         "cd {} && {} status",
         shell::quote(&spec.repo.workspace),
-        spec.megaplan.launcher
+        spec.megaplan.launcher_command()
     );
     if let Some(p) = plan {
         cmd.push_str(&format!(" --plan {}", shell::quote(p)));
@@ -370,7 +370,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let mut cmd = format!(
         "cd {} && {} {}",
         shell::quote(&ctx.spec.repo.workspace),
-        ctx.spec.megaplan.launcher,
+        ctx.spec.megaplan.launcher_command(),
         shell::quote(step)
     );
     if let Some(p) = &plan_name {
