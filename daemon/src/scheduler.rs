@@ -214,11 +214,11 @@ impl Scheduler {
     }
 }
 
+/// A registration key and the due time it fires for.
+type Due = (String, DateTime<Utc>);
+
 /// Take every entry due at `now`, re-queue each at its next occurrence, and return what fires.
-fn take_due(
-    shared: &Shared,
-    now: DateTime<Utc>,
-) -> (Vec<(String, DateTime<Utc>)>, Option<DateTime<Utc>>) {
+fn take_due(shared: &Shared, now: DateTime<Utc>) -> (Vec<Due>, Option<DateTime<Utc>>) {
     let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
     let mut fire = Vec::new();
     let mut missed = 0u64;
