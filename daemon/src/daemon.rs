@@ -88,6 +88,16 @@ impl AppState {
 
 /// Start the daemon and serve until SIGTERM/SIGINT. Returns the process exit code.
 pub async fn run(settings: Settings) -> i32 {
+    // Signal handlers are installed before the socket exists: a client (or a service manager)
+    // that sees the socket may send SIGTERM at once, and without a handler that would kill the
+    // process with no graceful stop.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
     let (listener, _lock) = match server::bind(&settings.socket) {
         Ok(v) => v,
         Err(msg) => {
@@ -153,6 +163,7 @@ pub async fn run(settings: Settings) -> i32 {
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     tokio::spawn(wait_for_signal(
+        signals,
         shutdown.clone(),
         state.hard_stop.clone(),
         state.settings.shutdown_grace,
@@ -194,19 +205,31 @@ pub async fn run(settings: Settings) -> i32 {
     }
 }
 
+/// SIGTERM and SIGINT streams, registered with the runtime as soon as they are created.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 async fn wait_for_signal(
+    mut signals: Signals,
     token: CancellationToken,
     hard_stop: CancellationToken,
     grace: std::time::Duration,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return,
-    };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = signals.term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = signals.int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     token.cancel();
     tokio::time::sleep(grace).await;

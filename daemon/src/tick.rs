@@ -257,12 +257,23 @@ async fn store_report_as(
 /// scheduled, manual or cli, passes here exactly once per stored report). Whatever must follow
 /// a stored report (watchers now, notifications later) hangs off this function.
 fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
-    tracing::info!(
-        key = %rec.key,
-        event = %rec.event,
-        next_action = %rec.next_action,
-        acted = rec.acted,
-        "tick stored"
-    );
+    // A failed tick is what an operator reading the journal looks for: WARN, so
+    // `journalctl -p warning` shows it; the routine ones stay at INFO.
+    if rec.event == "supervisor_error" {
+        tracing::warn!(
+            key = %rec.key,
+            event = %rec.event,
+            reason = rec.refused_reason.as_deref().unwrap_or(""),
+            "tick failed"
+        );
+    } else {
+        tracing::info!(
+            key = %rec.key,
+            event = %rec.event,
+            next_action = %rec.next_action,
+            acted = rec.acted,
+            "tick stored"
+        );
+    }
     let _ = state.tick_feed.send(rec.clone());
 }

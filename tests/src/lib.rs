@@ -49,11 +49,41 @@ pub fn bench() -> Option<&'static Bench> {
     static BENCH: OnceLock<Result<Bench, String>> = OnceLock::new();
     let result = BENCH.get_or_init(|| image::ensure_bench().map(|image| Bench { image }));
     match result {
-        Ok(b) => Some(b),
+        Ok(b) => {
+            report_outcome("ran", None);
+            Some(b)
+        }
         Err(why) => {
             skip_or_panic(why);
             None
         }
+    }
+}
+
+/// Environment variable naming a file where each end-to-end test appends whether it ran on the
+/// bench or was skipped (and why), so the test script can say so at the end (libtest hides a
+/// passing test's output).
+pub const E2E_REPORT_ENV: &str = "MEGAPLAN_E2E_REPORT";
+
+/// Appends `<outcome>\t<test name>[\t<why>]` to the report file, when one is named.
+fn report_outcome(outcome: &str, why: Option<&str>) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(E2E_REPORT_ENV) else {
+        return;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string();
+    let why = why.map(|w| format!("\t{}", w.replace(['\n', '\t'], " ")));
+    let line = format!("{outcome}\t{test}{}\n", why.unwrap_or_default());
+    // One short O_APPEND write per line: lines from parallel tests never interleave.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
     }
 }
 
@@ -62,6 +92,7 @@ pub fn skip_or_panic(why: &str) {
     if e2e_required() {
         panic!("the e2e bench is required ({E2E_REQUIRED_ENV}=1) but unavailable: {why}");
     }
+    report_outcome("skipped", Some(why));
     eprintln!("SKIP: {why}");
 }
 
