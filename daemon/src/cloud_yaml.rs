@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The remote launcher of the core tool (the seed: "reuse that verified module launcher for
-/// every cloud command"). One default, overridable per cloud.yaml as `megaplan.launcher`.
-pub const DEFAULT_LAUNCHER: &str = "python -m arnold.pipelines.megaplan";
+/// The core's module names, in the order the runner is probed for them when
+/// `megaplan.launcher` is unset (see `chain::launcher`): the real package at the reference
+/// commit ships `arnold_pipelines.megaplan`; the seed's docs write `arnold.pipelines.megaplan`.
+pub const CORE_MODULES: [&str; 2] = ["arnold_pipelines.megaplan", "arnold.pipelines.megaplan"];
 
 pub const TOOLCHAIN_ALIASES: [&str; 3] = ["rust", "go", "java"];
 pub const PROVIDERS: [&str; 3] = ["railway", "local", "ssh"];
@@ -96,16 +97,16 @@ pub struct Megaplan {
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub codex_auth: String,
-    pub launcher: String,
+    /// `megaplan.launcher` as written; `None`: probe the runner for one of [`CORE_MODULES`].
+    pub launcher: Option<String>,
 }
 
-impl Megaplan {
-    /// The launcher as shell words, each quoted (a no-op for the characters
-    /// [`check_launcher`] lets through): what every remote command line starts with.
-    pub fn launcher_command(&self) -> String {
-        let words: Vec<&str> = self.launcher.split_whitespace().collect();
-        crate::shell::join(&words)
-    }
+/// A launcher as shell words, each quoted (a no-op for the characters [`check_launcher`] lets
+/// through, so `NAME=value` words stay assignments): what every remote command line that runs
+/// the core starts with. Never put a launcher into a command line any other way.
+pub fn launcher_command(launcher: &str) -> String {
+    let words: Vec<&str> = launcher.split_whitespace().collect();
+    crate::shell::join(&words)
 }
 
 /// Most words a launcher may have, and its longest length.
@@ -124,7 +125,8 @@ pub fn check_launcher(file: &Path, launcher: &str) -> Result<String, ErrorBody> 
             file,
             FIELD,
             format!(
-                "{FIELD} {why}; it must be plain words such as `{DEFAULT_LAUNCHER}` (letters, digits and @%+=:,./_- only, no quotes, `;`, `$`, `|`, `&`, redirections or backticks)"
+                "{FIELD} {why}; it must be plain words such as `python -m {}` (letters, digits and @%+=:,./_- only, no quotes, `;`, `$`, `|`, `&`, redirections or backticks)",
+                CORE_MODULES[1]
             ),
         )
     };
@@ -613,10 +615,10 @@ impl Walker<'_> {
                 "chatgpt",
                 &["chatgpt", "apikey"],
             )?,
-            launcher: check_launcher(
-                self.file,
-                &self.str_or(mp_sec, "megaplan.launcher", DEFAULT_LAUNCHER)?,
-            )?,
+            launcher: self
+                .opt_str(mp_sec, "megaplan.launcher")?
+                .map(|l| check_launcher(self.file, &l))
+                .transpose()?,
         };
 
         let auto_sec = self.section(root, "auto", &["plan_name", "idea_file", "robustness"])?;

@@ -44,6 +44,8 @@ pub struct AppState {
     /// Secret values last handed over by a client, per marker key: memory only, so unattended
     /// ticks can redact literal values too. Never written anywhere.
     pub secrets: std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// Core launchers probed on runners, per marker key (`megaplan.launcher` unset).
+    pub launchers: crate::chain::launcher::LauncherCache,
     pub shutdown: CancellationToken,
     /// Fired one grace period after `shutdown`: whatever still runs is cancelled.
     pub hard_stop: CancellationToken,
@@ -146,6 +148,7 @@ pub async fn run(settings: Settings) -> i32 {
         tick_locks: Default::default(),
         tick_feed,
         secrets: Default::default(),
+        launchers: Default::default(),
         shutdown: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),

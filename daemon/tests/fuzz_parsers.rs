@@ -28,7 +28,7 @@
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use megaplan_cloudd::chain::observe::{OBSERVATION_PREFIX, parse_observation};
 use megaplan_cloudd::chain::spec::{
-    GATE_POLICIES, MERGE_POLICIES, REVIEW_POLICIES, normalised_yaml, parse_chain_spec,
+    GATE_POLICIES, MERGE_POLICIES, REVIEW_POLICIES, normalised_yaml, parse_chain_spec, upload_text,
 };
 use megaplan_cloudd::chain::state::{parse_chain_state, parse_runtime_policy};
 use megaplan_cloudd::cloud_yaml::{self, Mode, ProviderKind};
@@ -963,6 +963,18 @@ fn check_chain_spec_text(text: &str) -> Result<bool, String> {
     // The normalised copy is what the runner receives; it must say the same thing.
     let normalised =
         normalised_yaml(&spec, "main").map_err(|e| format!("normalised_yaml failed: {e}"))?;
+    // The uploaded copy (the operator's bytes, plus a base_branch line when missing) too.
+    let uploaded =
+        upload_text(text, &spec, "main").map_err(|e| format!("upload_text failed: {e}"))?;
+    let up = parse_chain_spec(&uploaded, SPEC_FILE)
+        .map_err(|e| format!("the uploaded copy does not parse back: {e}\n{uploaded}"))?;
+    if up.milestones != spec.milestones
+        || up.base_branch.as_deref() != Some(spec.base_branch.as_deref().unwrap_or("main"))
+    {
+        return Err(format!(
+            "the uploaded copy parses to a different chain:\n{uploaded}"
+        ));
+    }
     let again = parse_chain_spec(&normalised, SPEC_FILE)
         .map_err(|e| format!("the normalised copy does not parse back: {e}\n{normalised}"))?;
     if again.milestones != spec.milestones

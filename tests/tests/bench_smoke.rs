@@ -45,7 +45,7 @@ fn state_path(spec: &str) -> String {
     )
 }
 
-const LAUNCHER: &str = "python -m arnold.pipelines.megaplan";
+const LAUNCHER: &str = "python -m arnold_pipelines.megaplan";
 
 /// A workspace `/w/app` cloned from the in-container fixture repo, with three milestone ideas and a chain spec.
 fn chain_workspace(c: &Container, spec_name: &str, control: &Value) -> String {
@@ -242,7 +242,8 @@ fn standin_core_runs_a_three_milestone_chain_into_the_sha1_named_state_file() {
             .expect("status prints JSON");
     assert_eq!(
         status,
-        json!({"success": true, "plan": "plan-m1", "state": "done", "next_step": null})
+        json!({"success": true, "step": "status", "plan": "plan-m1", "state": "done",
+               "next_step": null, "valid_next": []})
     );
 
     let runs = text(

@@ -74,7 +74,7 @@ fn container_procs(container: &str, needle: &str) -> Vec<String> {
 }
 
 /// What the chain observation runs for the current plan while `hang_status` holds it.
-const HANGING_STATUS: &str = "arnold.pipelines.megaplan status --plan plan-m1";
+const HANGING_STATUS: &str = "arnold_pipelines.megaplan status --plan plan-m1";
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

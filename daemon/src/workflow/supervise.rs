@@ -150,8 +150,12 @@ async fn observe_and_act(
 
     // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
     *round_trips += 1;
+    let configured = crate::chain::launcher::configured(spec);
     let (obs, chain_spec) =
-        status::observe_chain(&raw, redactor, &target, &spec.megaplan.launcher, true).await?;
+        status::observe_chain(&raw, redactor, &target, configured.unwrap_or(""), true).await?;
+    if let Some(l) = &obs.core_launcher {
+        state.launchers.remember(key, l);
+    }
     let payload = summary::status_payload(
         &obs,
         &chain_spec,
@@ -183,6 +187,13 @@ async fn observe_and_act(
         obs.sync_refresh.clone(),
     );
     if let Some(kind) = d.mutation {
+        // The launcher of the mutation: as configured, else what this observation found.
+        let Some(launcher) = configured
+            .map(str::to_string)
+            .or_else(|| obs.core_launcher.clone())
+        else {
+            return Err(crate::chain::launcher::no_core_error());
+        };
         // Round trip 2: the one mutation, from the closed set in `decide`.
         let digest = marker
             .as_ref()
@@ -196,7 +207,7 @@ async fn observe_and_act(
                 session: target.session.clone(),
                 workspace: target.workspace.clone(),
                 spec: target.spec.clone(),
-                launcher: spec.megaplan.launcher.clone(),
+                launcher,
                 log_path: target.log_path.clone(),
                 marker_dir: SESSION_MARKER_DIR.to_string(),
                 identity_digest: digest,

@@ -511,7 +511,7 @@ fn start_chain(rig: &SshRig) -> Result<ChainPaths, String> {
     let out = rig.container.exec(&format!(
         "python3 -c {}",
         quote(&format!(
-            "from arnold.pipelines.megaplan.chain import state_path_for, runtime_policy_path_for; \
+            "from arnold_pipelines.megaplan.chain import state_path_for, runtime_policy_path_for; \
              print(state_path_for({s})); print(runtime_policy_path_for({s}))",
             s = py_str(REMOTE_SPEC)
         ))
@@ -559,7 +559,7 @@ fn observation_reads(paths: &ChainPaths, plan: Option<&str>) -> Vec<String> {
     ];
     if let Some(plan) = plan {
         reads.push(format!(
-            "cd {} && python -m arnold.pipelines.megaplan status --plan {}",
+            "cd {} && python -m arnold_pipelines.megaplan status --plan {}",
             quote(WORKSPACE),
             quote(plan)
         ));
