@@ -243,7 +243,7 @@ async fn store_report_as(
     };
     match state.store.insert_tick(&new).await {
         Ok(rec) => {
-            report_stored(state, &rec);
+            report_stored(state, &rec).await;
             TickOutcome::Ran(Box::new(rec))
         }
         Err(e) => {
@@ -255,8 +255,8 @@ async fn store_report_as(
 
 /// The one place a tick report becomes final: it is committed to SQLite (every trigger,
 /// scheduled, manual or cli, passes here exactly once per stored report). Whatever must follow
-/// a stored report (watchers now, notifications later) hangs off this function.
-fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
+/// a stored report (the log line, watchers, notifications) hangs off this function.
+async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
     // A failed tick is what an operator reading the journal looks for: WARN, so
     // `journalctl -p warning` shows it; the routine ones stay at INFO.
     if rec.event == "supervisor_error" {
@@ -276,4 +276,6 @@ fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
         );
     }
     let _ = state.tick_feed.send(rec.clone());
+    // Watching: transitions → outbox (delivered in the background, never awaited here).
+    crate::notify::after_tick(state, rec).await;
 }

@@ -391,7 +391,10 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
             )
             .await
         }
-        Command::Supervise { remote_spec } => supervise::cli(&ctx, remote_spec.as_deref()).await,
+        Command::Supervise {
+            remote_spec,
+            dry_run,
+        } => supervise::cli(&ctx, remote_spec.as_deref(), dry_run).await,
     }
 }
 
