@@ -62,6 +62,11 @@ pub async fn after_tick(state: &Arc<AppState>, rec: &TickRecord) {
 
 async fn record(state: &Arc<AppState>, rec: &TickRecord) -> Result<(), crate::store::StoreError> {
     let n = &state.notifier;
+    // Watching is per registration: a `supervise --chain` of an unregistered cloud.yaml is
+    // stored but tells nobody.
+    if state.store.get_registration(&rec.key).await?.is_none() {
+        return Ok(());
+    }
     let prev = store::watch_state(&state.store, &rec.key).await?;
     let (next, events) = transitions::transitions(&prev, &rec.report, Utc::now(), n.rules());
     if next == prev && events.is_empty() {
