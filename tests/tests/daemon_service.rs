@@ -489,7 +489,7 @@ fn service_files_validate() {
     );
     // plutil -lint equivalent: Python's plistlib parses the property list itself (types and all).
     let lint = Command::new("python3")
-        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '--socket'; print(d['Label'])"])
+        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '-c' and '--socket' in d['ProgramArguments'][2]; print(d['Label'])"])
         .arg(&plist)
         .output()
         .unwrap();
