@@ -6,6 +6,7 @@
 //! Deliberately free of tokio, sqlx and the scheduler so the client stays thin.
 
 pub mod error;
+pub mod legacy;
 pub mod paths;
 pub mod wire;
 

@@ -133,8 +133,13 @@ pub struct TickRecord {
 /// `POST /v1/run`: one cloud command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRequest {
-    /// Absolute path of the cloud.yaml (the client resolves it).
+    /// Absolute path of the cloud.yaml (the client resolves it, symlinks followed, as the
+    /// original tool does).
     pub cloud_yaml: String,
+    /// The path as the operator gave it, made absolute without following symlinks, when that
+    /// differs from `cloud_yaml`: a last-chain marker found only under its key is imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_yaml_as_given: Option<String>,
     /// The client's working directory (for relative paths in arguments).
     pub cwd: String,
     /// Values of the secret env vars named in cloud.yaml, read from the client's environment.
@@ -190,8 +195,13 @@ pub enum Command {
     Attach {
         session: Option<String>,
     },
+    /// `cmd` is one shell command string (the original's form); `argv`, when not empty, is a
+    /// word list the daemon quotes word by word instead (`exec -- git log --oneline`).
     Exec {
+        #[serde(default)]
         cmd: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        argv: Vec<String>,
     },
     Resume {
         plan: Option<String>,
@@ -265,12 +275,25 @@ mod tests {
     fn command_is_tagged_by_name() {
         let c = Command::Exec {
             cmd: "echo hi".into(),
+            argv: Vec::new(),
         };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["name"], "exec");
         assert_eq!(v["cmd"], "echo hi");
+        assert!(v.get("argv").is_none(), "an empty argv is not sent: {v}");
         let back: Command = serde_json::from_value(v).unwrap();
         assert_eq!(back.name(), "exec");
+        // An argv-only request (no cmd) is accepted too.
+        let back: Command =
+            serde_json::from_value(serde_json::json!({"name": "exec", "argv": ["git", "log"]}))
+                .unwrap();
+        assert_eq!(
+            back,
+            Command::Exec {
+                cmd: String::new(),
+                argv: vec!["git".into(), "log".into()]
+            }
+        );
     }
 
     #[test]

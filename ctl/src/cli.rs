@@ -12,9 +12,11 @@ use std::path::PathBuf;
                   structured JSON on stdout, the human summary on stderr, exit 0 on success."
 )]
 pub struct Cli {
-    /// Path of cloud.yaml (resolved to an absolute path before use).
-    #[arg(long, global = true, default_value = "cloud.yaml")]
-    pub cloud_yaml: PathBuf,
+    /// Path of cloud.yaml, resolved like the original (`~` expanded, symlinks followed).
+    /// Default: `<project root>/cloud.yaml` (the git root holding `.megaplan/`, else the nearest
+    /// folder holding `.megaplan/`), then the git root's, then `./cloud.yaml`.
+    #[arg(long, global = true)]
+    pub cloud_yaml: Option<PathBuf>,
     /// Daemon socket [env: MEGAPLAN_CLOUDD_SOCKET].
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
@@ -63,8 +65,8 @@ pub enum Cmd {
         /// Folder holding the idea files (default: the spec's folder).
         #[arg(long)]
         idea_dir: Option<PathBuf>,
-        /// Delete the remote chain state first.
-        #[arg(long)]
+        /// Delete the remote chain state first (`--reset` as in the original).
+        #[arg(long, alias = "reset")]
         fresh: bool,
         #[arg(long)]
         no_git_refresh: bool,
@@ -95,9 +97,16 @@ pub enum Cmd {
         session: Option<String>,
     },
     /// Run a shell command in the runner; exits with its exit code.
+    ///
+    /// `exec "ls -la"` runs one command string through the runner's shell (as the original);
+    /// `exec -- git log --oneline` runs a word list, each word quoted so its boundaries hold.
     Exec {
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        cmd: Vec<String>,
+        /// The command string, run by the runner's shell.
+        #[arg(required_unless_present = "argv", conflicts_with = "argv")]
+        command: Option<String>,
+        /// Words after `--`, quoted one by one on the daemon side.
+        #[arg(last = true, num_args = 1..)]
+        argv: Vec<String>,
     },
     /// Run the next step the remote status names.
     Resume {
@@ -194,6 +203,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check this machine for what the Python `cloud` CLI left behind: its last-chain markers
+    /// and the cloud.yaml files they belong to, which are importable, which fields do not map.
+    Doctor,
     /// The daemon itself.
     Daemon {
         #[command(subcommand)]
@@ -274,4 +286,134 @@ pub fn parse_every(text: &str) -> Result<u64, String> {
         _ => return Err(format!("--every {text:?}: unknown unit; use s, m, h or d")),
     };
     Ok(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("megaplan-cloudctl").chain(args.iter().copied()))
+    }
+
+    /// Every subcommand with its own arguments; the global flags go before, between and after.
+    const SUBCOMMANDS: &[&[&str]] = &[
+        &["init", "--force"],
+        &["build"],
+        &["deploy"],
+        &[
+            "bootstrap",
+            "idea.md",
+            "--plan-name",
+            "p",
+            "--repo-branch",
+            "b",
+        ],
+        &["chain", "epic/chain.yaml", "--idea-dir", "ideas", "--fresh"],
+        &["status", "--chain", "--remote-spec", "/w/chain.yaml"],
+        &["logs", "--no-follow"],
+        &["attach", "--session", "s"],
+        &["exec", "ls -la"],
+        &["resume", "--plan", "p"],
+        &["down"],
+        &["destroy", "--yes"],
+        &["supervise", "--chain", "--dry-run"],
+        &["chains"],
+        &["register", "--every", "5m"],
+        &["unregister"],
+        &["registrations", "--json"],
+        &["ticks", "--limit", "3"],
+        &["tick"],
+        &["watch", "--json"],
+        &["pause", "--reason", "r"],
+        &["unpause"],
+        &["explain", "--json"],
+        &["notifications", "--limit", "2"],
+        &["doctor"],
+        &["daemon", "status", "--json"],
+    ];
+
+    #[test]
+    fn global_flags_work_before_and_after_every_subcommand() {
+        let globals = ["--cloud-yaml", "/p/cloud.yaml", "--socket", "/s.sock"];
+        for sub in SUBCOMMANDS {
+            let after: Vec<&str> = sub.iter().chain(globals.iter()).copied().collect();
+            let before: Vec<&str> = globals.iter().chain(sub.iter()).copied().collect();
+            // The original's habit: the flag right after the subcommand name.
+            let mut between: Vec<&str> = vec![sub[0]];
+            if sub[0] == "daemon" {
+                between.push(sub[1]);
+            }
+            between.extend_from_slice(&globals);
+            between.extend(sub.iter().skip(between.len() - globals.len()));
+            for argv in [after, before, between] {
+                let cli = parse(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                assert_eq!(
+                    cli.cloud_yaml.as_deref(),
+                    Some(std::path::Path::new("/p/cloud.yaml")),
+                    "{argv:?}"
+                );
+                assert_eq!(
+                    cli.socket.as_deref(),
+                    Some(std::path::Path::new("/s.sock")),
+                    "{argv:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exec_takes_one_command_string_and_leaves_trailing_flags_alone() {
+        let cli = parse(&["exec", "ls -la", "--cloud-yaml", "/p/cloud.yaml"]).unwrap();
+        assert_eq!(
+            cli.cloud_yaml.as_deref(),
+            Some(std::path::Path::new("/p/cloud.yaml"))
+        );
+        match cli.command {
+            Cmd::Exec { command, argv } => {
+                assert_eq!(command.as_deref(), Some("ls -la"));
+                assert!(argv.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_argv_form_keeps_word_boundaries_after_double_dash() {
+        let cli = parse(&[
+            "exec",
+            "--cloud-yaml",
+            "/p/cloud.yaml",
+            "--",
+            "printf",
+            "%s\\n",
+            "a b",
+            "--cloud-yaml",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.cloud_yaml.as_deref(),
+            Some(std::path::Path::new("/p/cloud.yaml"))
+        );
+        match cli.command {
+            Cmd::Exec { command, argv } => {
+                assert_eq!(command, None);
+                assert_eq!(argv, ["printf", "%s\\n", "a b", "--cloud-yaml"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Neither form, or both, is an argument error.
+        assert!(parse(&["exec"]).is_err());
+        assert!(parse(&["exec", "ls", "--", "ls"]).is_err());
+        // Several loose words are refused (the original takes one command string).
+        assert!(parse(&["exec", "ls", "-la"]).is_err());
+    }
+
+    #[test]
+    fn chain_accepts_the_originals_reset_alias() {
+        match parse(&["chain", "c.yaml", "--reset"]).unwrap().command {
+            Cmd::Chain { fresh, .. } => assert!(fresh),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -4,6 +4,8 @@
 
 mod cli;
 mod client;
+mod discover;
+mod doctor;
 mod render;
 
 use clap::Parser;
@@ -64,7 +66,38 @@ fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
 }
 
 fn abs(p: &Path) -> PathBuf {
-    paths::absolutize(p, &paths::current_dir())
+    paths::absolutize(&paths::expand_user(p), &paths::current_dir())
+}
+
+/// The cloud.yaml of this command, or the structured error naming every place tried.
+fn locate(flag: Option<&Path>) -> Result<discover::Located, i32> {
+    discover::locate(flag, &paths::current_dir()).map_err(|tried| {
+        let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        fail(ClientError::Api(
+            ErrorBody::new(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "no cloud.yaml found; tried {}; pass --cloud-yaml PATH or run `megaplan-cloudctl init`",
+                    list.join(", ")
+                ),
+            )
+            .with("tried", list),
+        ))
+    })
+}
+
+/// Does this command act on one cloud.yaml (and so need to find it)?
+fn needs_cloud_yaml(cmd: &Cmd) -> bool {
+    !matches!(
+        cmd,
+        Cmd::Init { .. }
+            | Cmd::Registrations { .. }
+            | Cmd::Doctor
+            | Cmd::Daemon { .. }
+            | Cmd::Ticks { all: true, .. }
+            | Cmd::Watch { all: true, .. }
+            | Cmd::Notifications { all: true, .. }
+    )
 }
 
 fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
@@ -76,13 +109,38 @@ fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let cloud_yaml = abs(&cli.cloud_yaml);
     let (socket, source) = paths::resolve_socket(cli.socket.as_deref());
     let client = DaemonClient::new(socket, source);
+    // Argument errors first: they need no cloud.yaml.
+    if let Cmd::Supervise { chain: false, .. } = cli.command {
+        return local_error(
+            ErrorCode::InvalidArgs,
+            "supervise needs --chain (the chain supervisor is the only one)",
+        );
+    }
+    let located = if needs_cloud_yaml(&cli.command) {
+        match locate(cli.cloud_yaml.as_deref()) {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let cloud_yaml = located.as_ref().map(|l| l.path.clone()).unwrap_or_default();
+    let as_given = located
+        .as_ref()
+        .and_then(|l| l.as_given.as_ref())
+        .map(|p| p.display().to_string());
     let cy = cloud_yaml.display().to_string();
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
-        Cmd::Init { force } => return init(&cloud_yaml, force),
+        Cmd::Init { force } => {
+            let target = discover::init_target(cli.cloud_yaml.as_deref(), &paths::current_dir());
+            return init(&target, force);
+        }
+        Cmd::Doctor => {
+            return doctor::run(&client, cli.cloud_yaml.as_deref()).await;
+        }
         Cmd::Build => Command::Build,
         Cmd::Deploy => Command::Deploy,
         Cmd::Bootstrap {
@@ -122,7 +180,10 @@ async fn run(cli: Cli) -> i32 {
         },
         Cmd::Logs { no_follow } => Command::Logs { follow: !no_follow },
         Cmd::Attach { session } => Command::Attach { session },
-        Cmd::Exec { cmd } => Command::Exec { cmd: cmd.join(" ") },
+        Cmd::Exec { command, argv } => Command::Exec {
+            cmd: command.unwrap_or_default(),
+            argv,
+        },
         Cmd::Resume { plan } => Command::Resume { plan },
         Cmd::Down => Command::Down,
         Cmd::Destroy { yes } => {
@@ -135,21 +196,13 @@ async fn run(cli: Cli) -> i32 {
             Command::Destroy { yes: true }
         }
         Cmd::Supervise {
-            chain,
             remote_spec,
             dry_run,
-        } => {
-            if !chain {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "supervise needs --chain (the chain supervisor is the only one)",
-                );
-            }
-            Command::Supervise {
-                remote_spec,
-                dry_run,
-            }
-        }
+            ..
+        } => Command::Supervise {
+            remote_spec,
+            dry_run,
+        },
         Cmd::Chains => Command::Chains,
         Cmd::Register {
             every,
@@ -161,7 +214,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::DELETE,
-                    &routes::cloud(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -202,7 +255,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::POST,
-                    &routes::cloud_tick(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud_tick(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -240,7 +293,7 @@ async fn run(cli: Cli) -> i32 {
             );
             let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
                 .unwrap_or(Value::Null);
-            let path = routes::cloud_pause(&paths::marker_key(&cloud_yaml));
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::POST, &path, Some(&body)).await {
                 Ok(v) => {
                     print_json(&v);
@@ -255,7 +308,7 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Unpause => {
-            let path = routes::cloud_pause(&paths::marker_key(&cloud_yaml));
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::DELETE, &path, None).await {
                 Ok(v) => {
                     print_json(&v);
@@ -270,7 +323,7 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Explain { json } => {
-            let path = routes::cloud_explain(&paths::marker_key(&cloud_yaml));
+            let path = routes::cloud_explain(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::GET, &path, None).await {
                 Ok(v) => {
                     if json {
@@ -304,7 +357,7 @@ async fn run(cli: Cli) -> i32 {
             what: DaemonCmd::Status { json },
         } => return daemon_status(&client, json).await,
     };
-    run_command(&client, &cy, command).await
+    run_command(&client, &cy, as_given, command).await
 }
 
 fn init(path: &Path, force: bool) -> i32 {
@@ -331,7 +384,9 @@ fn init(path: &Path, force: bool) -> i32 {
             format!("cannot write {}: {e}", path.display()),
         );
     }
-    print_json(&json!({"success": true, "path": path.display().to_string()}));
+    // `cloud_yaml` is the original's field; `path` is kept for scripts written against ours.
+    let shown = path.display().to_string();
+    print_json(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
     eprintln!(
         "wrote {}; edit repo.url, provider and secrets, then run `megaplan-cloudctl build`",
         path.display()
@@ -380,13 +435,19 @@ async fn secrets_for(
     Ok(out)
 }
 
-async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) -> i32 {
+async fn run_command(
+    client: &DaemonClient,
+    cloud_yaml: &str,
+    cloud_yaml_as_given: Option<String>,
+    command: Command,
+) -> i32 {
     let secrets = match secrets_for(client, cloud_yaml).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
+        cloud_yaml_as_given,
         cwd: paths::current_dir().display().to_string(),
         secrets,
         command,

@@ -131,6 +131,68 @@ pub fn tick_line(report: &Value) -> String {
     line
 }
 
+/// `doctor`, for people (stderr; the JSON went to stdout).
+pub fn doctor(v: &Value) {
+    let markers = v["markers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    eprintln!(
+        "state root {}: {} last-chain marker(s)",
+        s(v, "cloud_home"),
+        markers.len()
+    );
+    for m in markers {
+        let cy = m["cloud_yaml"]
+            .as_str()
+            .unwrap_or("no cloud.yaml found for this key");
+        if m["importable"] == true {
+            eprintln!(
+                "  [importable] {}  {}  spec={}",
+                s(m, "key"),
+                cy,
+                s(m, "remote_spec")
+            );
+        } else {
+            eprintln!(
+                "  [not importable] {}  {}: {}",
+                s(m, "key"),
+                s(m, "file"),
+                s(m, "problem")
+            );
+        }
+        for u in m["unmapped"].as_array().into_iter().flatten() {
+            eprintln!("      not mapped: {}", u.as_str().unwrap_or_default());
+        }
+    }
+    let yamls = v["cloud_yamls"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    eprintln!("{} cloud.yaml file(s) found", yamls.len());
+    for y in yamls {
+        let marker = if y["has_marker"] == true {
+            "marker"
+        } else {
+            "no marker"
+        };
+        eprintln!("  {} ({marker})", s(y, "path"));
+        match y["warnings"].as_array() {
+            Some(ws) => {
+                for w in ws {
+                    eprintln!("      warning: {}", w.as_str().unwrap_or_default());
+                }
+            }
+            None => eprintln!("      keys not checked: start megaplan-cloudd and run doctor again"),
+        }
+    }
+    if v["searched"]["truncated"] == true {
+        eprintln!(
+            "the home walk stopped at its budget; pass --cloud-yaml PATH for files it missed"
+        );
+    }
+}
+
 pub fn notifications_table(v: &Value) {
     let rows = v.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {

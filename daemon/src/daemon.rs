@@ -474,7 +474,7 @@ fn bad_json(e: serde_json::Error) -> ErrorBody {
 /// `{key}` may be the marker key itself, or an absolute cloud.yaml path percent-encoded.
 fn key_of(k: &str) -> String {
     if k.starts_with('/') {
-        paths::marker_key(Path::new(k))
+        paths::resolved_marker_key(Path::new(k))
     } else {
         k.to_string()
     }
@@ -582,7 +582,10 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
     };
     match cloud_yaml::load(&path) {
         Ok(spec) => {
-            axum::Json(serde_json::json!({"success": true, "names": spec.secrets})).into_response()
+            // `warnings` (the loader's, e.g. keys of the original handled differently here) is
+            // what `megaplan-cloudctl doctor` shows for each cloud.yaml it finds.
+            axum::Json(serde_json::json!({"success": true, "names": spec.secrets, "warnings": spec.warnings}))
+                .into_response()
         }
         Err(e) => err(e),
     }
@@ -595,9 +598,16 @@ struct MarkerQuery {
 
 async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQuery>) -> Response {
     let key = key_of(&q.cloud_yaml);
-    match workflow::markers::load(&state, &key).await {
-        Ok(Some(m)) => axum::Json(m).into_response(),
-        Ok(None) => err(ErrorBody::new(
+    let cy = if q.cloud_yaml.starts_with('/') {
+        q.cloud_yaml.as_str()
+    } else {
+        ""
+    };
+    match workflow::markers::load(&state, &key, cy, true).await {
+        Ok(workflow::markers::Loaded {
+            marker: Some(m), ..
+        }) => axum::Json(m).into_response(),
+        Ok(_) => err(ErrorBody::new(
             ErrorCode::MissingRemoteSpec,
             format!(
                 "no last-chain marker for key {key}; run `megaplan-cloudctl chain <spec>` first"

@@ -163,7 +163,15 @@ async fn observe_and_act(
     hold: Option<&decide::Hold>,
 ) -> Result<Value, ErrorBody> {
     let key = &spec.key();
-    let marker = markers::load(state, key).await?;
+    let loaded = markers::load(
+        state,
+        key,
+        &spec.path.display().to_string(),
+        remote_spec.is_none(),
+    )
+    .await?;
+    let marker_warnings = loaded.warnings;
+    let marker = loaded.marker;
     let target = status::chain_target(remote_spec, marker.as_ref(), spec)?;
     let spec_arc = Arc::new(spec.clone());
     let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
@@ -305,6 +313,11 @@ async fn observe_and_act(
             }
         }
     }
+    if !marker_warnings.is_empty()
+        && let Some(o) = out.as_object_mut()
+    {
+        o.insert("warnings".into(), json!(marker_warnings));
+    }
     Ok(out)
 }
 
@@ -327,23 +340,18 @@ fn relaunched_marker(
         ("workspace", json!(target.workspace)),
         ("chain_session", json!(target.session)),
         ("chain_log", json!(target.log_path)),
-        ("provider", json!(spec.provider.as_str())),
-        ("provider_identity", super::provider_identity(spec)),
         ("last_supervisor_action", json!(action)),
     ];
     for (k, v) in fields {
         m.insert(k.to_string(), v);
     }
+    let kept_repos = m.remove("extra_repos");
+    m.extend(markers::launch_fields(spec));
+    if let Some(r) = kept_repos {
+        m.insert("extra_repos".into(), r);
+    }
     m.entry("base_branch")
         .or_insert_with(|| json!(spec.repo.branch));
-    m.entry("extra_repos").or_insert_with(|| {
-        json!(
-            spec.extra_repos
-                .iter()
-                .map(|r| r.path.clone())
-                .collect::<Vec<_>>()
-        )
-    });
     Value::Object(m)
 }
 
