@@ -124,6 +124,22 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     assert_eq!(stored["remote_spec"], first.as_str());
     assert_eq!(stored["provider_identity"], "127.0.0.1");
 
+    // The same marker through the symlinked path given as --cloud-yaml: keyed by the resolved
+    // path, as the original keys it.
+    let s = ctl_in(
+        &rig,
+        &base,
+        &[
+            "status",
+            "--chain",
+            "--cloud-yaml",
+            "projects/proj/cloud.yaml",
+        ],
+    )
+    .ok();
+    assert_eq!(s.json["spec"], first.as_str(), "{}", s.stdout);
+    assert_eq!(s.json["spec_source"], "last_chain marker");
+
     // 2. supervise --chain from the same folder.
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
     assert_eq!(t.json["success"], true, "{}", t.stdout);
