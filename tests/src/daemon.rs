@@ -242,6 +242,18 @@ impl Daemon {
         self.dir.clone()
     }
 
+    /// The `megaplan-cloudctl args` command [`Daemon::ctl`] runs, for callers that spawn it.
+    pub fn ctl_command(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("megaplan-cloudctl"));
+        c.args(args)
+            .current_dir(cwd)
+            .env(SOCKET_ENV, &self.socket)
+            .env(HOME_ENV, &self.home)
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(Stdio::null());
+        c
+    }
+
     /// Runs `megaplan-cloudctl args` in `cwd` against this daemon, with extra env; stdin is empty.
     pub fn ctl(&self, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         Command::new(bin("megaplan-cloudctl"))

@@ -7,7 +7,7 @@
 //! - [`Sshd`]: a private OpenSSH server on loopback whose "remote host" is this machine.
 //! - [`Daemon`] / [`bin`]: the real `megaplan-cloudd` / `megaplan-cloudctl` binaries on a temp socket.
 //! - [`git_bare_repo`] / [`repo_in_container`]: tiny git remotes for `repo.url`.
-//! - [`railway_standin_dir`]: a directory holding only the `railway` CLI stand-in, for `PATH`.
+//! - [`railway`]: the real Railway CLI against a STAND-IN for Railway's service, in a private network namespace.
 //!
 //! Tests call [`bench()`] first: when the machine cannot provide Docker it returns `None` after printing
 //! `SKIP: <why>` — unless `MEGAPLAN_E2E_REQUIRED=1` (set by `.ci/run`), where it panics instead.
@@ -16,6 +16,7 @@ mod container;
 mod daemon;
 mod git;
 mod image;
+pub mod railway;
 pub mod rig;
 mod sshd;
 pub mod util;
@@ -117,18 +118,6 @@ impl Bench {
 /// Directory of the bench sources (`tests/bench`).
 pub fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench")
-}
-
-/// Directory whose only executable is the `railway` CLI stand-in: prepend it to `PATH`.
-pub fn railway_standin_dir() -> PathBuf {
-    bench_dir()
-}
-
-/// `PATH` with the railway stand-in directory first.
-pub fn path_with_railway_standin() -> String {
-    let current =
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
-    format!("{}:{current}", railway_standin_dir().display())
 }
 
 /// A provider output channel whose text a task collects: `(stdout, stderr)` when the sender
