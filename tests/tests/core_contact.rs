@@ -50,13 +50,20 @@ fn bootstrap(rig: &SshRig, name: &str) {
 }
 
 fn wait_complete(rig: &SshRig) {
-    let complete = || {
+    let mut last = String::new();
+    let complete = wait_until(Duration::from_secs(90), || {
         let s = rig.ctl(&["status", "--chain"]);
+        last = format!("{}\n{}", s.stdout, s.stderr);
         s.json["effective_status"] == "complete"
-    };
+    });
+    let log = rig
+        .container
+        .read_file("/workspace/app/.megaplan/cloud-chain.log")
+        .unwrap_or_default();
     assert!(
-        wait_until(Duration::from_secs(60), complete),
-        "chain never completed"
+        complete,
+        "chain never completed; last status --chain: {last}\nchain log: {}",
+        String::from_utf8_lossy(&log)
     );
 }
 

@@ -214,7 +214,7 @@ def _step(spec_path, workspace, milestones, control):
     time.sleep(float(ctl.get("step_seconds", 0.2) or 0))
     announced = False
     writes = None
-    while label in (ctl := control.read()).get("stall") or []:
+    while label in ((ctl := control.read()).get("stall") or []):
         if not announced:
             _say(f"milestone {label}: stalled by the control file")
             announced = True
