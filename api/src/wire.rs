@@ -50,6 +50,28 @@ pub struct RegisterRequest {
     /// Optional `--remote-spec` used by every tick of this registration.
     #[serde(default)]
     pub remote_spec: Option<String>,
+    /// `--notify-url` (repeatable): webhooks told of this registration's transitions. When any
+    /// notify field is given, they replace the registration's sinks; else the sinks are kept.
+    #[serde(default)]
+    pub notify_urls: Vec<String>,
+    /// `--notify-command`: run with the notification JSON on stdin.
+    #[serde(default)]
+    pub notify_command: Option<String>,
+    /// `--notify-preset json|ntfy|slack` for the `notify_urls`.
+    #[serde(default)]
+    pub notify_preset: Option<String>,
+    /// `--no-notify`: drop the registration's own sinks.
+    #[serde(default)]
+    pub no_notify: bool,
+}
+
+/// `POST /v1/clouds/{key}/pause`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PauseRequest {
+    /// Who paused (the client sends `$USER@host`).
+    pub by: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// One registration as listed by `GET /v1/clouds`.
@@ -74,6 +96,18 @@ pub struct TicksQuery {
     /// Absolute cloud.yaml path; all registrations when absent.
     pub cloud_yaml: Option<String>,
     pub limit: Option<u32>,
+    /// Only ticks that finished at or after this RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only ticks with this event (`supervisor_error`, ...).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Only failed ticks.
+    #[serde(default)]
+    pub failed: Option<bool>,
+    /// `watch`: how many stored reports to show first (default 5, 0 for none).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 /// A stored tick report.
@@ -99,8 +133,13 @@ pub struct TickRecord {
 /// `POST /v1/run`: one cloud command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRequest {
-    /// Absolute path of the cloud.yaml (the client resolves it).
+    /// Absolute path of the cloud.yaml (the client resolves it, symlinks followed, as the
+    /// original tool does).
     pub cloud_yaml: String,
+    /// The path as the operator gave it, made absolute without following symlinks, when that
+    /// differs from `cloud_yaml`: a last-chain marker found only under its key is imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_yaml_as_given: Option<String>,
     /// The client's working directory (for relative paths in arguments).
     pub cwd: String,
     /// Values of the secret env vars named in cloud.yaml, read from the client's environment.
@@ -156,8 +195,13 @@ pub enum Command {
     Attach {
         session: Option<String>,
     },
+    /// `cmd` is one shell command string (the original's form); `argv`, when not empty, is a
+    /// word list the daemon quotes word by word instead (`exec -- git log --oneline`).
     Exec {
+        #[serde(default)]
         cmd: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        argv: Vec<String>,
     },
     Resume {
         plan: Option<String>,
@@ -169,6 +213,9 @@ pub enum Command {
     },
     Supervise {
         remote_spec: Option<String>,
+        /// Run the whole tick but mutate nothing; the report says `dry_run: true`.
+        #[serde(default)]
+        dry_run: bool,
     },
     Chains,
 }
@@ -228,12 +275,25 @@ mod tests {
     fn command_is_tagged_by_name() {
         let c = Command::Exec {
             cmd: "echo hi".into(),
+            argv: Vec::new(),
         };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["name"], "exec");
         assert_eq!(v["cmd"], "echo hi");
+        assert!(v.get("argv").is_none(), "an empty argv is not sent: {v}");
         let back: Command = serde_json::from_value(v).unwrap();
         assert_eq!(back.name(), "exec");
+        // An argv-only request (no cmd) is accepted too.
+        let back: Command =
+            serde_json::from_value(serde_json::json!({"name": "exec", "argv": ["git", "log"]}))
+                .unwrap();
+        assert_eq!(
+            back,
+            Command::Exec {
+                cmd: String::new(),
+                argv: vec!["git".into(), "log".into()]
+            }
+        );
     }
 
     #[test]

@@ -12,9 +12,11 @@ use std::path::PathBuf;
                   structured JSON on stdout, the human summary on stderr, exit 0 on success."
 )]
 pub struct Cli {
-    /// Path of cloud.yaml (resolved to an absolute path before use).
-    #[arg(long, global = true, default_value = "cloud.yaml")]
-    pub cloud_yaml: PathBuf,
+    /// Path of cloud.yaml, resolved like the original (`~` expanded, symlinks followed).
+    /// Default: `<project root>/cloud.yaml` (the git root holding `.megaplan/`, else the nearest
+    /// folder holding `.megaplan/`), then the git root's, then `./cloud.yaml`.
+    #[arg(long, global = true)]
+    pub cloud_yaml: Option<PathBuf>,
     /// Daemon socket [env: MEGAPLAN_CLOUDD_SOCKET].
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
@@ -63,8 +65,8 @@ pub enum Cmd {
         /// Folder holding the idea files (default: the spec's folder).
         #[arg(long)]
         idea_dir: Option<PathBuf>,
-        /// Delete the remote chain state first.
-        #[arg(long)]
+        /// Delete the remote chain state first (`--reset` as in the original).
+        #[arg(long, alias = "reset")]
         fresh: bool,
         #[arg(long)]
         no_git_refresh: bool,
@@ -95,9 +97,16 @@ pub enum Cmd {
         session: Option<String>,
     },
     /// Run a shell command in the runner; exits with its exit code.
+    ///
+    /// `exec "ls -la"` runs one command string through the runner's shell (as the original);
+    /// `exec -- git log --oneline` runs a word list, each word quoted so its boundaries hold.
     Exec {
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        cmd: Vec<String>,
+        /// The command string, run by the runner's shell.
+        #[arg(required_unless_present = "argv", conflicts_with = "argv")]
+        command: Option<String>,
+        /// Words after `--`, quoted one by one on the daemon side.
+        #[arg(last = true, num_args = 1..)]
+        argv: Vec<String>,
     },
     /// Run the next step the remote status names.
     Resume {
@@ -118,6 +127,10 @@ pub enum Cmd {
         chain: bool,
         #[arg(long)]
         remote_spec: Option<String>,
+        /// Run the whole tick but mutate nothing: `acted: false`, `next_action` what it would
+        /// have done, `dry_run: true`. Not stored, notifies nobody.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List megaplan-chain* sessions on the runner with their session markers.
     Chains,
@@ -131,6 +144,8 @@ pub enum Cmd {
         cron: Option<String>,
         #[arg(long)]
         remote_spec: Option<String>,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Stop ticking this cloud.yaml.
     Unregister,
@@ -148,21 +163,102 @@ pub enum Cmd {
         all: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: TickFilterArgs,
     },
     /// Tick a registered cloud.yaml now.
     Tick,
-    /// Follow new tick reports as they are stored.
+    /// Show the last few stored tick reports, then follow new ones as they are stored.
     Watch {
         #[arg(long)]
         all: bool,
         #[arg(long)]
         json: bool,
+        /// Stored reports shown first (0 for none).
+        #[arg(long, default_value_t = 5)]
+        backlog: u32,
+        #[command(flatten)]
+        filter: TickFilterArgs,
     },
+    /// Pause this registration: ticks keep observing and storing reports but never mutate.
+    Pause {
+        /// Why (shown in every refused tick and in `registrations`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift the pause of this registration.
+    Unpause,
+    /// Explain the last stored tick: facts observed, the rule that matched, action, refusal.
+    Explain {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The notification outbox: what was sent, is pending, or was given up.
+    Notifications {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// All registrations, not only --cloud-yaml.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this machine for what the Python `cloud` CLI left behind: its last-chain markers
+    /// and the cloud.yaml files they belong to, which are importable, which fields do not map.
+    Doctor,
     /// The daemon itself.
     Daemon {
         #[command(subcommand)]
         what: DaemonCmd,
     },
+}
+
+/// `register` notification sinks (docs/notifications.md).
+#[derive(Debug, Args, Clone, Default)]
+pub struct NotifyArgs {
+    /// Webhook told of this registration's transitions (http://...); repeatable.
+    #[arg(long = "notify-url")]
+    pub notify_urls: Vec<String>,
+    /// Command run with the notification JSON on stdin (`sh -c CMD`).
+    #[arg(long)]
+    pub notify_command: Option<String>,
+    /// Body shape of the --notify-url webhooks: json (default), ntfy or slack.
+    #[arg(long)]
+    pub notify_preset: Option<String>,
+    /// Drop this registration's own sinks (the daemon config's sinks still apply).
+    #[arg(long, conflicts_with_all = ["notify_urls", "notify_command"])]
+    pub no_notify: bool,
+}
+
+/// `--since`, `--event`, `--failed` of `ticks` and `watch`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TickFilterArgs {
+    /// Only ticks since an age (30m, 2h, 1d), a date (2026-06-01) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only ticks with this event (supervisor_error, supervisor_restarted, ...).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Only failed ticks.
+    #[arg(long)]
+    pub failed: bool,
+}
+
+impl TickFilterArgs {
+    /// The query-string tail (`&since=...`) for the daemon.
+    pub fn query(&self, enc: impl Fn(&str) -> String) -> String {
+        let mut q = String::new();
+        if let Some(s) = &self.since {
+            q.push_str(&format!("&since={}", enc(s)));
+        }
+        if let Some(e) = &self.event {
+            q.push_str(&format!("&event={}", enc(e)));
+        }
+        if self.failed {
+            q.push_str("&failed=true");
+        }
+        q
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,4 +286,134 @@ pub fn parse_every(text: &str) -> Result<u64, String> {
         _ => return Err(format!("--every {text:?}: unknown unit; use s, m, h or d")),
     };
     Ok(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("megaplan-cloudctl").chain(args.iter().copied()))
+    }
+
+    /// Every subcommand with its own arguments; the global flags go before, between and after.
+    const SUBCOMMANDS: &[&[&str]] = &[
+        &["init", "--force"],
+        &["build"],
+        &["deploy"],
+        &[
+            "bootstrap",
+            "idea.md",
+            "--plan-name",
+            "p",
+            "--repo-branch",
+            "b",
+        ],
+        &["chain", "epic/chain.yaml", "--idea-dir", "ideas", "--fresh"],
+        &["status", "--chain", "--remote-spec", "/w/chain.yaml"],
+        &["logs", "--no-follow"],
+        &["attach", "--session", "s"],
+        &["exec", "ls -la"],
+        &["resume", "--plan", "p"],
+        &["down"],
+        &["destroy", "--yes"],
+        &["supervise", "--chain", "--dry-run"],
+        &["chains"],
+        &["register", "--every", "5m"],
+        &["unregister"],
+        &["registrations", "--json"],
+        &["ticks", "--limit", "3"],
+        &["tick"],
+        &["watch", "--json"],
+        &["pause", "--reason", "r"],
+        &["unpause"],
+        &["explain", "--json"],
+        &["notifications", "--limit", "2"],
+        &["doctor"],
+        &["daemon", "status", "--json"],
+    ];
+
+    #[test]
+    fn global_flags_work_before_and_after_every_subcommand() {
+        let globals = ["--cloud-yaml", "/p/cloud.yaml", "--socket", "/s.sock"];
+        for sub in SUBCOMMANDS {
+            let after: Vec<&str> = sub.iter().chain(globals.iter()).copied().collect();
+            let before: Vec<&str> = globals.iter().chain(sub.iter()).copied().collect();
+            // The original's habit: the flag right after the subcommand name.
+            let mut between: Vec<&str> = vec![sub[0]];
+            if sub[0] == "daemon" {
+                between.push(sub[1]);
+            }
+            between.extend_from_slice(&globals);
+            between.extend(sub.iter().skip(between.len() - globals.len()));
+            for argv in [after, before, between] {
+                let cli = parse(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                assert_eq!(
+                    cli.cloud_yaml.as_deref(),
+                    Some(std::path::Path::new("/p/cloud.yaml")),
+                    "{argv:?}"
+                );
+                assert_eq!(
+                    cli.socket.as_deref(),
+                    Some(std::path::Path::new("/s.sock")),
+                    "{argv:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exec_takes_one_command_string_and_leaves_trailing_flags_alone() {
+        let cli = parse(&["exec", "ls -la", "--cloud-yaml", "/p/cloud.yaml"]).unwrap();
+        assert_eq!(
+            cli.cloud_yaml.as_deref(),
+            Some(std::path::Path::new("/p/cloud.yaml"))
+        );
+        match cli.command {
+            Cmd::Exec { command, argv } => {
+                assert_eq!(command.as_deref(), Some("ls -la"));
+                assert!(argv.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_argv_form_keeps_word_boundaries_after_double_dash() {
+        let cli = parse(&[
+            "exec",
+            "--cloud-yaml",
+            "/p/cloud.yaml",
+            "--",
+            "printf",
+            "%s\\n",
+            "a b",
+            "--cloud-yaml",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.cloud_yaml.as_deref(),
+            Some(std::path::Path::new("/p/cloud.yaml"))
+        );
+        match cli.command {
+            Cmd::Exec { command, argv } => {
+                assert_eq!(command, None);
+                assert_eq!(argv, ["printf", "%s\\n", "a b", "--cloud-yaml"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Neither form, or both, is an argument error.
+        assert!(parse(&["exec"]).is_err());
+        assert!(parse(&["exec", "ls", "--", "ls"]).is_err());
+        // Several loose words are refused (the original takes one command string).
+        assert!(parse(&["exec", "ls", "-la"]).is_err());
+    }
+
+    #[test]
+    fn chain_accepts_the_originals_reset_alias() {
+        match parse(&["chain", "c.yaml", "--reset"]).unwrap().command {
+            Cmd::Chain { fresh, .. } => assert!(fresh),
+            other => panic!("{other:?}"),
+        }
+    }
 }

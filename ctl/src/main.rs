@@ -4,6 +4,8 @@
 
 mod cli;
 mod client;
+mod discover;
+mod doctor;
 mod render;
 
 use clap::Parser;
@@ -64,7 +66,38 @@ fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
 }
 
 fn abs(p: &Path) -> PathBuf {
-    paths::absolutize(p, &paths::current_dir())
+    paths::absolutize(&paths::expand_user(p), &paths::current_dir())
+}
+
+/// The cloud.yaml of this command, or the structured error naming every place tried.
+fn locate(flag: Option<&Path>) -> Result<discover::Located, i32> {
+    discover::locate(flag, &paths::current_dir()).map_err(|tried| {
+        let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        fail(ClientError::Api(
+            ErrorBody::new(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "no cloud.yaml found; tried {}; pass --cloud-yaml PATH or run `megaplan-cloudctl init`",
+                    list.join(", ")
+                ),
+            )
+            .with("tried", list),
+        ))
+    })
+}
+
+/// Does this command act on one cloud.yaml (and so need to find it)?
+fn needs_cloud_yaml(cmd: &Cmd) -> bool {
+    !matches!(
+        cmd,
+        Cmd::Init { .. }
+            | Cmd::Registrations { .. }
+            | Cmd::Doctor
+            | Cmd::Daemon { .. }
+            | Cmd::Ticks { all: true, .. }
+            | Cmd::Watch { all: true, .. }
+            | Cmd::Notifications { all: true, .. }
+    )
 }
 
 fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
@@ -76,13 +109,38 @@ fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let cloud_yaml = abs(&cli.cloud_yaml);
     let (socket, source) = paths::resolve_socket(cli.socket.as_deref());
     let client = DaemonClient::new(socket, source);
+    // Argument errors first: they need no cloud.yaml.
+    if let Cmd::Supervise { chain: false, .. } = cli.command {
+        return local_error(
+            ErrorCode::InvalidArgs,
+            "supervise needs --chain (the chain supervisor is the only one)",
+        );
+    }
+    let located = if needs_cloud_yaml(&cli.command) {
+        match locate(cli.cloud_yaml.as_deref()) {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let cloud_yaml = located.as_ref().map(|l| l.path.clone()).unwrap_or_default();
+    let as_given = located
+        .as_ref()
+        .and_then(|l| l.as_given.as_ref())
+        .map(|p| p.display().to_string());
     let cy = cloud_yaml.display().to_string();
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
-        Cmd::Init { force } => return init(&cloud_yaml, force),
+        Cmd::Init { force } => {
+            let target = discover::init_target(cli.cloud_yaml.as_deref(), &paths::current_dir());
+            return init(&target, force);
+        }
+        Cmd::Doctor => {
+            return doctor::run(&client, cli.cloud_yaml.as_deref()).await;
+        }
         Cmd::Build => Command::Build,
         Cmd::Deploy => Command::Deploy,
         Cmd::Bootstrap {
@@ -122,7 +180,10 @@ async fn run(cli: Cli) -> i32 {
         },
         Cmd::Logs { no_follow } => Command::Logs { follow: !no_follow },
         Cmd::Attach { session } => Command::Attach { session },
-        Cmd::Exec { cmd } => Command::Exec { cmd: cmd.join(" ") },
+        Cmd::Exec { command, argv } => Command::Exec {
+            cmd: command.unwrap_or_default(),
+            argv,
+        },
         Cmd::Resume { plan } => Command::Resume { plan },
         Cmd::Down => Command::Down,
         Cmd::Destroy { yes } => {
@@ -134,26 +195,26 @@ async fn run(cli: Cli) -> i32 {
             }
             Command::Destroy { yes: true }
         }
-        Cmd::Supervise { chain, remote_spec } => {
-            if !chain {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "supervise needs --chain (the chain supervisor is the only one)",
-                );
-            }
-            Command::Supervise { remote_spec }
-        }
+        Cmd::Supervise {
+            remote_spec,
+            dry_run,
+            ..
+        } => Command::Supervise {
+            remote_spec,
+            dry_run,
+        },
         Cmd::Chains => Command::Chains,
         Cmd::Register {
             every,
             cron,
             remote_spec,
-        } => return register(&client, &cy, every, cron, remote_spec).await,
+            notify,
+        } => return register(&client, &cy, every, cron, remote_spec, notify).await,
         Cmd::Unregister => {
             return match client
                 .json(
                     Method::DELETE,
-                    &routes::cloud(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -167,11 +228,17 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Registrations { json } => return registrations(&client, json).await,
-        Cmd::Ticks { limit, all, json } => {
+        Cmd::Ticks {
+            limit,
+            all,
+            json,
+            filter,
+        } => {
             let mut q = format!("{}?limit={limit}", routes::TICKS);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
             }
+            q.push_str(&filter.query(enc));
             return match client.json(Method::GET, &q, None).await {
                 Ok(v) => {
                     if json {
@@ -188,7 +255,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::POST,
-                    &routes::cloud_tick(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud_tick(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -203,12 +270,94 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Watch { all, json } => return watch(&client, &cy, all, json).await,
+        Cmd::Watch {
+            all,
+            json,
+            backlog,
+            filter,
+        } => {
+            let mut q = format!("{}?backlog={backlog}", routes::TICKS_WATCH);
+            if !all {
+                q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
+            }
+            q.push_str(&filter.query(enc));
+            return watch(&client, &q, json).await;
+        }
+        Cmd::Pause { reason } => {
+            let by = format!(
+                "{}@{}",
+                std::env::var("USER")
+                    .or_else(|_| std::env::var("LOGNAME"))
+                    .unwrap_or_else(|_| "unknown".into()),
+                hostname()
+            );
+            let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
+                .unwrap_or(Value::Null);
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+            return match client.json(Method::POST, &path, Some(&body)).await {
+                Ok(v) => {
+                    print_json(&v);
+                    eprintln!(
+                        "paused {cy} (by {}, since {}): ticks observe but never mutate until `megaplan-cloudctl unpause`",
+                        v["paused"]["paused_by"].as_str().unwrap_or("?"),
+                        v["paused"]["since"].as_str().unwrap_or("?")
+                    );
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Unpause => {
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+            return match client.json(Method::DELETE, &path, None).await {
+                Ok(v) => {
+                    print_json(&v);
+                    if v["was_paused"].is_null() {
+                        eprintln!("{cy} was not paused");
+                    } else {
+                        eprintln!("unpaused {cy}: ticks may act again");
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Explain { json } => {
+            let path = routes::cloud_explain(&paths::resolved_marker_key(&cloud_yaml));
+            return match client.json(Method::GET, &path, None).await {
+                Ok(v) => {
+                    if json {
+                        print_json(&v);
+                    } else {
+                        render::lines(&v["lines"]);
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Notifications { limit, all, json } => {
+            let mut q = format!("{}?limit={limit}", routes::NOTIFICATIONS);
+            if !all {
+                q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
+            }
+            return match client.json(Method::GET, &q, None).await {
+                Ok(v) => {
+                    if json {
+                        print_json(&v);
+                    } else {
+                        render::notifications_table(&v);
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
         Cmd::Daemon {
             what: DaemonCmd::Status { json },
         } => return daemon_status(&client, json).await,
     };
-    run_command(&client, &cy, command).await
+    run_command(&client, &cy, as_given, command).await
 }
 
 fn init(path: &Path, force: bool) -> i32 {
@@ -235,7 +384,9 @@ fn init(path: &Path, force: bool) -> i32 {
             format!("cannot write {}: {e}", path.display()),
         );
     }
-    print_json(&json!({"success": true, "path": path.display().to_string()}));
+    // `cloud_yaml` is the original's field; `path` is kept for scripts written against ours.
+    let shown = path.display().to_string();
+    print_json(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
     eprintln!(
         "wrote {}; edit repo.url, provider and secrets, then run `megaplan-cloudctl build`",
         path.display()
@@ -284,13 +435,19 @@ async fn secrets_for(
     Ok(out)
 }
 
-async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) -> i32 {
+async fn run_command(
+    client: &DaemonClient,
+    cloud_yaml: &str,
+    cloud_yaml_as_given: Option<String>,
+    command: Command,
+) -> i32 {
     let secrets = match secrets_for(client, cloud_yaml).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
+        cloud_yaml_as_given,
         cwd: paths::current_dir().display().to_string(),
         secrets,
         command,
@@ -364,6 +521,7 @@ async fn register(
     every: Option<String>,
     cron: Option<String>,
     remote_spec: Option<String>,
+    notify: cli::NotifyArgs,
 ) -> i32 {
     let every_secs = match every.as_deref().map(cli::parse_every).transpose() {
         Ok(v) => v,
@@ -374,6 +532,10 @@ async fn register(
         every_secs,
         cron,
         remote_spec,
+        notify_urls: notify.notify_urls,
+        notify_command: notify.notify_command,
+        notify_preset: notify.notify_preset,
+        no_notify: notify.no_notify,
     };
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
@@ -412,16 +574,21 @@ async fn registrations(client: &DaemonClient, json: bool) -> i32 {
     }
 }
 
-async fn watch(client: &DaemonClient, cloud_yaml: &str, all: bool, json: bool) -> i32 {
-    let mut q = routes::TICKS_WATCH.to_string();
-    if !all {
-        q.push_str(&format!("?cloud_yaml={}", enc(cloud_yaml)));
-    }
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
     if !json {
         eprintln!("watching tick reports (Ctrl-C to stop)");
     }
     let r = client
-        .stream_get(&q, |line| match serde_json::from_str::<Frame>(line) {
+        .stream_get(q, |line| match serde_json::from_str::<Frame>(line) {
             Ok(Frame::Tick { tick }) => {
                 if json {
                     println!("{}", serde_json::to_string(&tick).unwrap_or_default());
@@ -434,9 +601,18 @@ async fn watch(client: &DaemonClient, cloud_yaml: &str, all: bool, json: bool) -
             _ => {}
         })
         .await;
+    // The stream only ends when the daemon goes away (or drops this watcher): say so.
     match r {
-        Ok(()) => 0,
-        Err(e) => fail(e),
+        Ok(()) => {
+            eprintln!(
+                "watch: the daemon closed the stream (it stopped or restarted); run `megaplan-cloudctl watch` again once it is back"
+            );
+            3
+        }
+        Err(e) => {
+            eprintln!("watch: lost the daemon");
+            fail(e)
+        }
     }
 }
 

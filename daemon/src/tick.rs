@@ -180,6 +180,8 @@ async fn store_report(
                 );
             }
             let _ = state.tick_feed.send(rec.clone());
+            // Watching: transitions → outbox (delivered in the background, never awaited here).
+            crate::notify::after_tick(state, &rec).await;
             TickOutcome::Ran(Box::new(rec))
         }
         Err(e) => {

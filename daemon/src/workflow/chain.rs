@@ -436,18 +436,18 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
             ))
             .await;
     }
-    let marker = json!({
+    let mut marker = json!({
         "remote_spec": remote_spec,
         "started_at": Utc::now().to_rfc3339(),
         "base_branch": chain.base_branch.clone().unwrap_or_else(|| ctx.spec.repo.branch.clone()),
         "workspace": ws,
         "chain_session": session,
         "chain_log": log_path,
-        "extra_repos": ctx.spec.extra_repos.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
-        "provider": ctx.spec.provider.as_str(),
-        "provider_identity": super::provider_identity(&ctx.spec),
         "identity_digest": digest,
     });
+    if let Some(o) = marker.as_object_mut() {
+        o.extend(markers::launch_fields(&ctx.spec));
+    }
     markers::save(
         &ctx.state,
         &ctx.key,
