@@ -8,7 +8,7 @@
 //! `exec "…" --cloud-yaml …` are run with no flag the original did not need.
 
 use megaplan_cloud_api::paths::{legacy_marker_file, marker_key};
-use megaplan_cloud_e2e::rig::{Run, SshRig};
+use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
 use megaplan_cloud_e2e::util::sqlite;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -80,7 +80,10 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     std::fs::create_dir_all(real.join(".git")).unwrap();
     std::fs::create_dir_all(real.join("src/module")).unwrap();
     std::os::unix::fs::symlink(base.join("disk"), base.join("projects")).unwrap();
-    std::fs::copy(&rig.cloud_yaml, real.join("cloud.yaml")).unwrap();
+    // The operator's cloud.yaml, with a key only the original reads.
+    let mut yaml = std::fs::read_to_string(&rig.cloud_yaml).unwrap();
+    yaml.push_str("chain_session: my-slot\n");
+    std::fs::write(real.join("cloud.yaml"), yaml).unwrap();
     let via_link = base.join("projects/proj");
     let shell = via_link.join("src/module");
 
@@ -112,9 +115,30 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     assert_eq!(logs["chain_log"]["size"], 4, "{logs}");
     assert!(logs["chain_log"]["mtime"].is_i64(), "{logs}");
     assert!(logs.get("plan_log").is_some(), "{logs}");
+    assert!(
+        s.stderr.contains("warning: chain_session in ") && s.stderr.contains("megaplan-chain"),
+        "{}",
+        s.stderr
+    );
     let stored = stored_marker(&rig, &key);
     assert_eq!(stored["remote_spec"], first.as_str());
     assert_eq!(stored["provider_identity"], "127.0.0.1");
+
+    // The same marker through the symlinked path given as --cloud-yaml: keyed by the resolved
+    // path, as the original keys it.
+    let s = ctl_in(
+        &rig,
+        &base,
+        &[
+            "status",
+            "--chain",
+            "--cloud-yaml",
+            "projects/proj/cloud.yaml",
+        ],
+    )
+    .ok();
+    assert_eq!(s.json["spec"], first.as_str(), "{}", s.stdout);
+    assert_eq!(s.json["spec_source"], "last_chain marker");
 
     // 2. supervise --chain from the same folder.
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
@@ -195,6 +219,60 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
             .contains(&python_file.display().to_string()),
         "{}",
         t.stdout
+    );
+
+    // 6. A chain launched here leaves a last_chain.json the Python tool reads: the original's
+    //    shapes under the resolved key, and the launch output carries its provenance fields.
+    let spec = write_chain(&via_link.join("epic"), "chain.yaml", &["n1"]);
+    let launched = ctl_in(&rig, &shell, &["chain", spec.to_str().unwrap()]).ok();
+    assert_eq!(
+        launched.json["event"], "cloud_chain_launched",
+        "{}",
+        launched.stdout
+    );
+    assert_eq!(launched.json["tmux"]["session"], "megaplan-chain");
+    assert_eq!(launched.json["uploaded_idea_count"], 1);
+    assert_eq!(launched.json["current_milestone"], "n1");
+    let written: Value = serde_json::from_slice(&std::fs::read(&python_file).unwrap()).unwrap();
+    assert_eq!(written["remote_spec"], "/workspace/app/chain.yaml");
+    assert_eq!(written["provider_identity"], "127.0.0.1");
+    assert_eq!(written["extra_repos"], json!([]));
+    assert!(written["started_at"].is_string());
+
+    // 7. doctor finds the marker, pairs it with the project's cloud.yaml, and (the daemon is
+    //    up) shows the loader's warning about the original-only key.
+    let home = base.display().to_string();
+    let d = Run::from_output(
+        &rig.daemon
+            .ctl(&shell, &[("HOME", home.as_str())], &["doctor"]),
+    )
+    .ok();
+    assert_eq!(d.json["daemon_reachable"], true, "{}", d.stdout);
+    let real_yaml = real.join("cloud.yaml").display().to_string();
+    let m = d.json["markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == key.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(m["importable"], true, "{}", d.stdout);
+    assert_eq!(m["cloud_yaml"], real_yaml.as_str(), "{}", d.stdout);
+    let y = d.json["cloud_yamls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|y| y["path"] == real_yaml.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(y["has_marker"], true, "{}", d.stdout);
+    assert!(
+        y["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("chain_session in "),
+        "{}",
+        d.stdout
     );
 }
 

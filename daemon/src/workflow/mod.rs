@@ -325,7 +325,18 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
         .map(|p| megaplan_cloud_api::paths::marker_key(Path::new(p)))
         .filter(|k| *k != key)
         .collect();
-    if !aliases.is_empty() {
+    // With --remote-spec no legacy marker file is read at all.
+    let names_remote_spec = matches!(
+        &req.command,
+        Command::Status {
+            remote_spec: Some(_),
+            ..
+        } | Command::Supervise {
+            remote_spec: Some(_),
+            ..
+        }
+    );
+    if !aliases.is_empty() && !names_remote_spec {
         for w in markers::adopt(&state, &key, &spec.path.display().to_string(), &aliases).await? {
             out.stderr(format!("warning: {w}\n")).await;
         }
@@ -459,4 +470,30 @@ pub fn remote_failure(what: &str, r: &crate::provider::ExecResult) -> ErrorBody 
         format!("{what} failed (exit {}): {}", r.code, tail.join("\n")),
     )
     .with("exit_code", r.code)
+}
+
+#[cfg(test)]
+mod exec_tests {
+    use super::exec_command;
+
+    #[test]
+    fn exec_runs_the_string_or_the_words_each_quoted() {
+        assert_eq!(
+            exec_command("ls -la | wc -l", &[]).unwrap(),
+            "ls -la | wc -l"
+        );
+        let words = [
+            "printf".to_string(),
+            "%s\\n".into(),
+            "a b".into(),
+            "$(id)".into(),
+            "it's".into(),
+        ];
+        assert_eq!(
+            exec_command("", &words).unwrap(),
+            "printf '%s\\n' 'a b' '$(id)' 'it'\\''s'"
+        );
+        assert!(exec_command(" ", &[]).is_err());
+        assert!(exec_command("ls", &words).is_err());
+    }
 }
