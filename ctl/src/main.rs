@@ -95,7 +95,7 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
     !matches!(
         cmd,
         Cmd::Init { .. }
-            | Cmd::Registrations { .. }
+            | Cmd::Registrations
             | Cmd::Doctor
             | Cmd::Daemon { .. }
             | Cmd::Ticks { all: true, .. }
