@@ -8,6 +8,7 @@
 pub mod error;
 pub mod legacy;
 pub mod paths;
+pub mod schedule;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -101,6 +101,94 @@ pub struct Megaplan {
     pub launcher: Option<String>,
 }
 
+/// A launcher as shell words, each quoted (a no-op for the characters [`check_launcher`] lets
+/// through, so `NAME=value` words stay assignments): what every remote command line that runs
+/// the core starts with. Never put a launcher into a command line any other way.
+pub fn launcher_command(launcher: &str) -> String {
+    let words: Vec<&str> = launcher.split_whitespace().collect();
+    crate::shell::join(&words)
+}
+
+/// Most words a launcher may have, and its longest length.
+const LAUNCHER_MAX_WORDS: usize = 16;
+const LAUNCHER_MAX_BYTES: usize = 512;
+
+/// `megaplan.launcher` is run on the runner as the start of shell command lines: it must be
+/// plain words (a program, its flags, `NAME=value` assignments), never shell syntax. Words are
+/// made of letters, digits and `@%+=:,./_-`, the characters that need no quoting, so the
+/// quoted command line ([`Megaplan::launcher_command`]) is exactly what the user wrote.
+pub fn check_launcher(file: &Path, launcher: &str) -> Result<String, ErrorBody> {
+    const FIELD: &str = "megaplan.launcher";
+    let words: Vec<&str> = launcher.split_whitespace().collect();
+    let refuse = |why: String| {
+        invalid_field(
+            file,
+            FIELD,
+            format!(
+                "{FIELD} {why}; it must be plain words such as `python -m {}` (letters, digits and @%+=:,./_- only, no quotes, `;`, `$`, `|`, `&`, redirections or backticks)",
+                CORE_MODULES[1]
+            ),
+        )
+    };
+    if words.is_empty() {
+        return Err(refuse("is empty".into()));
+    }
+    if words.len() > LAUNCHER_MAX_WORDS || launcher.len() > LAUNCHER_MAX_BYTES {
+        return Err(refuse(format!(
+            "is too long (at most {LAUNCHER_MAX_WORDS} words, {LAUNCHER_MAX_BYTES} bytes)"
+        )));
+    }
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b);
+    if let Some(bad) = words.iter().find(|w| !w.bytes().all(safe)) {
+        return Err(refuse(format!(
+            "has the word {bad:?}, which holds shell syntax"
+        )));
+    }
+    if launcher.contains(['\n', '\r']) {
+        return Err(refuse("spans several lines".into()));
+    }
+    Ok(words.join(" "))
+}
+
+/// A registered cloud.yaml decides what the daemon runs unattended, so only its owner may
+/// change it: refuse one that group or others may write, or that another user owns.
+pub fn check_registered_file(path: &Path) -> Result<(), ErrorBody> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        invalid(format!("cannot read cloud.yaml at {}: {e}", path.display()))
+            .with("file", path.display().to_string())
+    })?;
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| {
+        invalid(format!(
+            "refusing the registered cloud.yaml {}: {why}, so another user could change what the daemon runs; fix it with `chmod go-w {}`{}",
+            path.display(),
+            path.display(),
+            if meta.uid() != me { " and `chown` it to yourself" } else { "" },
+        ))
+        .with("file", path.display().to_string())
+    };
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "it is writable by {} (mode {:04o})",
+            if meta.mode() & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        )));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "it is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Auto {
     pub plan_name: Option<String>,
@@ -580,7 +668,10 @@ impl Walker<'_> {
                 "chatgpt",
                 &["chatgpt", "apikey"],
             )?,
-            launcher: self.opt_str(mp_sec, "megaplan.launcher")?,
+            launcher: self
+                .opt_str(mp_sec, "megaplan.launcher")?
+                .map(|l| check_launcher(self.file, &l))
+                .transpose()?,
         };
 
         let auto_sec = self.section(root, "auto", &["plan_name", "idea_file", "robustness"])?;

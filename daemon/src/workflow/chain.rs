@@ -141,7 +141,7 @@ pub fn start_script(
     let ws = &spec.repo.workspace;
     let mut inner = format!(
         "MEGAPLAN_TRUSTED_CONTAINER=1 {} chain start --spec {}",
-        launcher,
+        crate::cloud_yaml::launcher_command(launcher),
         quote(remote_spec)
     );
     if no_git_refresh {
@@ -204,6 +204,7 @@ pub async fn bootstrap(
     let init = |launcher: &str| {
         let mut cmd = format!(
             "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
+            launcher = crate::cloud_yaml::launcher_command(launcher),
             ws = quote(&ws),
             idea = quote(&remote_idea),
             rob = quote(robustness),

@@ -308,7 +308,7 @@ fn status_command(spec: &CloudSpec, launcher: &str, plan: Option<&str>) -> Strin
     let mut cmd = format!(
         "cd {} && {} status",
         shell::quote(&spec.repo.workspace),
-        launcher
+        crate::cloud_yaml::launcher_command(launcher)
     );
     if let Some(p) = plan {
         cmd.push_str(&format!(" --plan {}", shell::quote(p)));
@@ -403,7 +403,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let mut cmd = format!(
         "cd {} && {} {}",
         shell::quote(&ctx.spec.repo.workspace),
-        launcher,
+        crate::cloud_yaml::launcher_command(&launcher),
         words
             .iter()
             .map(|w| shell::quote(w))

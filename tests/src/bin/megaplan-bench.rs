@@ -1316,6 +1316,7 @@ async fn fill_store(
         acted: false,
         refused_reason: None,
         report: report.clone(),
+        due_at: Some(now),
     };
     let started = Instant::now();
     for i in 0..reports {
