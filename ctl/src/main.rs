@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod discover;
 mod doctor;
+mod output;
 mod render;
 
 use clap::Parser;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let cli = Cli::parse();
+    output::init(cli.json, cli.color);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -35,30 +37,32 @@ fn main() {
     std::process::exit(code);
 }
 
+/// A command's result document: JSON for scripts, a summary on a terminal.
 fn print_json(v: &Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
-    let _ = out.flush();
+    output::print_result(v);
 }
 
-/// Print a structured error (stdout JSON + one stderr line) and return its exit code.
+/// Print a structured error and return its exit code. For scripts: the JSON document on
+/// stdout plus one `error:` line on stderr; on a terminal: the one line on stderr only.
 fn fail(e: ClientError) -> i32 {
-    match e {
-        ClientError::Unreachable(body) => {
-            print_json(&body.to_value());
-            eprintln!("error: {}", body.message);
-            2
-        }
-        ClientError::Api(body) => {
-            print_json(&body.to_value());
-            eprintln!("error: {}: {}", body.error, body.message);
-            1
-        }
+    let (body, code) = match e {
+        ClientError::Unreachable(body) => (body, output::EXIT_DAEMON_UNREACHABLE),
+        ClientError::Api(body) => (body, 1),
+    };
+    if output::json_mode() {
+        output::print_json_doc(&body.to_value());
     }
+    let message = output::strip_controls(&body.message);
+    if code == output::EXIT_DAEMON_UNREACHABLE {
+        eprintln!("{} {message}", output::paint("error:", "1;31"));
+    } else {
+        eprintln!(
+            "{} {}: {message}",
+            output::paint("error:", "1;31"),
+            body.error
+        );
+    }
+    code
 }
 
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
@@ -91,13 +95,26 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
     !matches!(
         cmd,
         Cmd::Init { .. }
-            | Cmd::Registrations { .. }
+            | Cmd::Registrations
             | Cmd::Doctor
             | Cmd::Daemon { .. }
             | Cmd::Ticks { all: true, .. }
             | Cmd::Watch { all: true, .. }
             | Cmd::Notifications { all: true, .. }
+            | Cmd::Completions { .. }
+            | Cmd::Man
+            | Cmd::Version
     )
+}
+
+/// `ticks`/`watch`/`notifications` outside any project (no --cloud-yaml, none found): every
+/// registration's, rather than an empty list for a cloud.yaml that does not exist.
+fn history_of_all(cli: &Cli) -> bool {
+    matches!(
+        cli.command,
+        Cmd::Ticks { .. } | Cmd::Watch { .. } | Cmd::Notifications { .. }
+    ) && cli.cloud_yaml.is_none()
+        && discover::locate(None, &paths::current_dir()).is_err()
 }
 
 fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
@@ -117,6 +134,15 @@ async fn run(cli: Cli) -> i32 {
             ErrorCode::InvalidArgs,
             "supervise needs --chain (the chain supervisor is the only one)",
         );
+    }
+    let mut cli = cli;
+    if history_of_all(&cli) {
+        match &mut cli.command {
+            Cmd::Ticks { all, .. } | Cmd::Watch { all, .. } | Cmd::Notifications { all, .. } => {
+                *all = true;
+            }
+            _ => {}
+        }
     }
     let located = if needs_cloud_yaml(&cli.command) {
         match locate(cli.cloud_yaml.as_deref()) {
@@ -178,7 +204,9 @@ async fn run(cli: Cli) -> i32 {
             remote_spec,
             plan,
         },
-        Cmd::Logs { no_follow } => Command::Logs { follow: !no_follow },
+        Cmd::Logs { follow, no_follow } => Command::Logs {
+            follow: follow && !no_follow,
+        },
         Cmd::Attach { session } => Command::Attach { session },
         Cmd::Exec { command, argv } => Command::Exec {
             cmd: command.unwrap_or_default(),
@@ -187,11 +215,21 @@ async fn run(cli: Cli) -> i32 {
         Cmd::Resume { plan } => Command::Resume { plan },
         Cmd::Down => Command::Down,
         Cmd::Destroy { yes } => {
-            if !yes && !confirm_destroy(&cy) {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "destroy needs confirmation: answer on a terminal, or pass --yes",
-                );
+            if !yes {
+                match confirm_destroy(&cy) {
+                    Confirmation::Yes => {}
+                    Confirmation::NoTerminal => {
+                        return local_error(
+                            ErrorCode::InvalidArgs,
+                            "destroy needs confirmation and there is no terminal to ask on: pass --yes",
+                        );
+                    }
+                    Confirmation::Declined => {
+                        // The operator said no: nothing failed, nothing to report but that.
+                        eprintln!("aborted");
+                        return 1;
+                    }
+                }
             }
             Command::Destroy { yes: true }
         }
@@ -204,6 +242,22 @@ async fn run(cli: Cli) -> i32 {
             dry_run,
         },
         Cmd::Chains => Command::Chains,
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "megaplan-cloudctl", &mut std::io::stdout());
+            return 0;
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => local_error(
+                    ErrorCode::InvalidArgs,
+                    format!("cannot write the man page: {e}"),
+                ),
+            };
+        }
+        Cmd::Version => return version(&client).await,
         Cmd::Register {
             every,
             cron,
@@ -227,13 +281,9 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Registrations { json } => return registrations(&client, json).await,
-        Cmd::Ticks {
-            limit,
-            all,
-            json,
-            filter,
-        } => {
+        Cmd::Registrations => return registrations(&client, output::json_mode()).await,
+        Cmd::Ticks { limit, all, filter } => {
+            let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::TICKS);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
@@ -242,7 +292,7 @@ async fn run(cli: Cli) -> i32 {
             return match client.json(Method::GET, &q, None).await {
                 Ok(v) => {
                     if json {
-                        print_json(&v);
+                        output::print_json_doc(&v);
                     } else {
                         render::ticks_table(&v);
                     }
@@ -272,10 +322,10 @@ async fn run(cli: Cli) -> i32 {
         }
         Cmd::Watch {
             all,
-            json,
             backlog,
             filter,
         } => {
+            let json = output::json_mode();
             let mut q = format!("{}?backlog={backlog}", routes::TICKS_WATCH);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
@@ -322,7 +372,8 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Explain { json } => {
+        Cmd::Explain => {
+            let json = output::json_mode();
             let path = routes::cloud_explain(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::GET, &path, None).await {
                 Ok(v) => {
@@ -336,7 +387,8 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Notifications { limit, all, json } => {
+        Cmd::Notifications { limit, all } => {
+            let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::NOTIFICATIONS);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
@@ -354,8 +406,8 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Daemon {
-            what: DaemonCmd::Status { json },
-        } => return daemon_status(&client, json).await,
+            what: DaemonCmd::Status,
+        } => return daemon_status(&client, output::json_mode()).await,
     };
     run_command(&client, &cy, as_given, command).await
 }
@@ -394,16 +446,26 @@ fn init(path: &Path, force: bool) -> i32 {
     0
 }
 
-fn confirm_destroy(cloud_yaml: &str) -> bool {
+enum Confirmation {
+    Yes,
+    Declined,
+    NoTerminal,
+}
+
+fn confirm_destroy(cloud_yaml: &str) -> Confirmation {
     if !std::io::stdin().is_terminal() {
-        return false;
+        return Confirmation::NoTerminal;
     }
     eprint!(
         "Destroy the runner of {cloud_yaml}, its volume and deploy dir? Type 'yes' to confirm: "
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
+    if std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes" {
+        Confirmation::Yes
+    } else {
+        Confirmation::Declined
+    }
 }
 
 /// Ask the daemon which secret names the cloud.yaml lists and read their values here.
@@ -445,6 +507,10 @@ async fn run_command(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    // Only `exec` and `logs` print the runner's own output as their result; for every other
+    // command (build, deploy, …) what the provider prints is progress, so it goes to stderr and
+    // stdout stays one JSON document.
+    let stdout_is_result = matches!(command, Command::Exec { .. } | Command::Logs { .. });
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
         cloud_yaml_as_given,
@@ -461,10 +527,15 @@ async fn run_command(
                 return;
             }
             match serde_json::from_str::<Frame>(line) {
-                Ok(Frame::Stdout { data }) => {
+                Ok(Frame::Stdout { data }) if stdout_is_result => {
                     let mut o = std::io::stdout().lock();
                     let _ = o.write_all(data.as_bytes());
                     let _ = o.flush();
+                }
+                Ok(Frame::Stdout { data }) => {
+                    let mut e = std::io::stderr().lock();
+                    let _ = e.write_all(data.as_bytes());
+                    let _ = e.flush();
                 }
                 Ok(Frame::Stderr { data }) => {
                     let mut e = std::io::stderr().lock();
@@ -527,6 +598,10 @@ async fn register(
         Ok(v) => v,
         Err(e) => return local_error(ErrorCode::InvalidArgs, e),
     };
+    let cron = match cron.as_deref().map(cli::normalise_cron).transpose() {
+        Ok(v) => v,
+        Err(e) => return local_error(ErrorCode::InvalidArgs, e),
+    };
     let req = RegisterRequest {
         cloud_yaml: cloud_yaml.to_string(),
         every_secs,
@@ -564,7 +639,7 @@ async fn registrations(client: &DaemonClient, json: bool) -> i32 {
     match client.json(Method::GET, routes::CLOUDS, None).await {
         Ok(v) => {
             if json {
-                print_json(&v);
+                output::print_json_doc(&v);
             } else {
                 render::registrations_table(&v);
             }
@@ -616,6 +691,45 @@ async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
     }
 }
 
+/// `version`: this client's, and the daemon's when one answers (its absence is not an error:
+/// the client's version is still worth knowing).
+async fn version(client: &DaemonClient) -> i32 {
+    let daemon = client.json(Method::GET, routes::HEALTH, None).await.ok();
+    let v = json!({
+        "client": {
+            "version": megaplan_cloud_api::VERSION,
+            "api_version": megaplan_cloud_api::API_VERSION,
+        },
+        "daemon": daemon.as_ref().map(|h| json!({
+            "version": h.get("version"),
+            "api_version": h.get("api_version"),
+            "socket": h.get("socket"),
+        })),
+    });
+    if output::json_mode() {
+        output::print_json_doc(&v);
+    } else {
+        println!(
+            "megaplan-cloudctl {} (API v{})",
+            megaplan_cloud_api::VERSION,
+            megaplan_cloud_api::API_VERSION
+        );
+        match &daemon {
+            Some(h) => println!(
+                "megaplan-cloudd   {} (API v{}) at {}",
+                h.get("version").and_then(Value::as_str).unwrap_or("?"),
+                h.get("api_version").and_then(Value::as_u64).unwrap_or(0),
+                h.get("socket").and_then(Value::as_str).unwrap_or("?")
+            ),
+            None => println!(
+                "megaplan-cloudd   not reachable at {}",
+                client.socket.display()
+            ),
+        }
+    }
+    0
+}
+
 async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
     match client.json(Method::GET, routes::HEALTH, None).await {
         Ok(v) => {
@@ -628,7 +742,7 @@ async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
                 );
             }
             if json {
-                print_json(&v);
+                output::print_json_doc(&v);
             } else {
                 render::health(&v);
             }

@@ -69,7 +69,7 @@ fn every_daemon_command_says_how_to_start_the_daemon() {
         vec!["exec", "true"],
     ] {
         let (code, v, err) = ctl(tmp.path(), &args);
-        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(code, Some(69), "{args:?}: {err}");
         assert_eq!(v["error"], "daemon_unreachable", "{args:?}");
         assert!(
             v["message"].as_str().unwrap().contains("megaplan-cloudd"),
@@ -136,7 +136,7 @@ fn cloud_yaml_is_found_at_the_project_root_and_a_miss_lists_the_places_tried() {
     // With cloud.yaml at the project root, the command goes on to the daemon (absent here).
     std::fs::write(proj.join("cloud.yaml"), "provider: local\n").unwrap();
     let (code, v, err) = ctl(&sub, &["status", "--chain"]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(69), "{err}");
     assert_eq!(v["error"], "daemon_unreachable");
     // `init` from the subfolder refuses to overwrite the project root's cloud.yaml.
     let (code, v, _) = ctl(&sub, &["init"]);

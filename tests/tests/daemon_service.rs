@@ -204,7 +204,7 @@ fn socket_is_private_and_other_uids_are_refused() {
         "socket folder mode"
     );
 
-    // Another uid cannot even reach the socket (the folder is 0700): the client says so, exit 2.
+    // Another uid cannot even reach the socket (the folder is 0700): the client says so, exit 69 (daemon unreachable).
     let out = Command::new("runuser")
         .args(["-u", "nobody", "--"])
         .arg(bin("megaplan-cloudctl"))
@@ -213,7 +213,7 @@ fn socket_is_private_and_other_uids_are_refused() {
         .current_dir("/")
         .output()
         .expect("runuser (util-linux) must be installed");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert_eq!(json(&out)["error"], "daemon_unreachable");
 
     // A daemon run by `nobody`, reached by root (who can traverse the folder): 403 + log line.
@@ -295,7 +295,7 @@ fn stale_socket_file_is_replaced() {
 }
 
 #[test]
-fn unreachable_daemon_names_the_socket_and_exits_2() {
+fn unreachable_daemon_names_the_socket_and_exits_69() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("nothing.sock");
     // A cloud.yaml to find (without one the client stops earlier, listing the places tried).
@@ -306,7 +306,7 @@ fn unreachable_daemon_names_the_socket_and_exits_2() {
         .current_dir(tmp.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(69));
     let v = json(&out);
     assert_eq!(v["error"], "daemon_unreachable");
     let msg = v["message"].as_str().unwrap();

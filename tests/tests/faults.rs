@@ -419,7 +419,7 @@ fn hundred_megabytes_of_logs_stream_with_flat_daemon_memory() {
     let baseline = rss_kib(pid);
 
     let started = Instant::now();
-    let mut client = spawn_ctl(&rig.daemon, &rig.project, &cy, &["logs"]);
+    let mut client = spawn_ctl(&rig.daemon, &rig.project, &cy, &["logs", "-f"]);
     let mut stdout = client.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
