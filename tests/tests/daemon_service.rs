@@ -298,6 +298,8 @@ fn stale_socket_file_is_replaced() {
 fn unreachable_daemon_names_the_socket_and_exits_69() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("nothing.sock");
+    // A cloud.yaml to find (without one the client stops earlier, listing the places tried).
+    std::fs::write(tmp.path().join("cloud.yaml"), "provider: local\n").unwrap();
     let out = Command::new(bin("megaplan-cloudctl"))
         .args(["status"])
         .env("MEGAPLAN_CLOUDD_SOCKET", &sock)
