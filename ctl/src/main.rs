@@ -65,6 +65,24 @@ fn fail(e: ClientError) -> i32 {
     code
 }
 
+/// [`fail`] for a command about one cloud.yaml: "not registered" names the file (the key is a
+/// hash nobody recognises) and says how to register it.
+fn fail_for(e: ClientError, cloud_yaml: &str) -> i32 {
+    match e {
+        ClientError::Api(body) if body.error == ErrorCode::NotRegistered => {
+            let message = format!(
+                "{cloud_yaml} is not registered with megaplan-cloudd; register it with `megaplan-cloudctl register --cloud-yaml {cloud_yaml}`"
+            );
+            let mut renamed = ErrorBody::new(ErrorCode::NotRegistered, message);
+            renamed.extra = body.extra;
+            fail(ClientError::Api(
+                renamed.with("cloud_yaml", cloud_yaml.to_string()),
+            ))
+        }
+        other => fail(other),
+    }
+}
+
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
     fail(ClientError::Api(ErrorBody::new(code, message)))
 }
@@ -278,7 +296,7 @@ async fn run(cli: Cli) -> i32 {
                     eprintln!("unregistered {cy}");
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Registrations => return registrations(&client, output::json_mode()).await,
@@ -317,7 +335,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     i32::from(v.get("success").and_then(Value::as_bool) != Some(true))
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Watch {
@@ -354,7 +372,7 @@ async fn run(cli: Cli) -> i32 {
                     );
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Unpause => {
@@ -369,7 +387,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Explain => {
@@ -384,7 +402,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Notifications { limit, all } => {

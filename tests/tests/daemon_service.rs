@@ -298,6 +298,8 @@ fn stale_socket_file_is_replaced() {
 fn unreachable_daemon_names_the_socket_and_exits_69() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("nothing.sock");
+    // A cloud.yaml to find (without one the client stops earlier, listing the places tried).
+    std::fs::write(tmp.path().join("cloud.yaml"), "provider: local\n").unwrap();
     let out = Command::new(bin("megaplan-cloudctl"))
         .args(["status"])
         .env("MEGAPLAN_CLOUDD_SOCKET", &sock)
@@ -489,7 +491,7 @@ fn service_files_validate() {
     );
     // plutil -lint equivalent: Python's plistlib parses the property list itself (types and all).
     let lint = Command::new("python3")
-        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '--socket'; print(d['Label'])"])
+        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '-c' and '--socket' in d['ProgramArguments'][2]; print(d['Label'])"])
         .arg(&plist)
         .output()
         .unwrap();
