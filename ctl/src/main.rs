@@ -225,7 +225,17 @@ async fn run(cli: Cli) -> i32 {
         Cmd::Logs { follow, no_follow } => Command::Logs {
             follow: follow && !no_follow,
         },
-        Cmd::Attach { session } => Command::Attach { session },
+        Cmd::Attach { session } => {
+            // The runner's tmux needs a terminal on both ends; ssh would otherwise go on without
+            // one and the operator would see a broken session.
+            if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+                return local_error(
+                    ErrorCode::InvalidArgs,
+                    "attach needs a terminal (stdin and stdout are not both one): run it from an interactive shell, or use `exec` for one command",
+                );
+            }
+            Command::Attach { session }
+        }
         Cmd::Exec { command, argv } => Command::Exec {
             cmd: command.unwrap_or_default(),
             argv,
