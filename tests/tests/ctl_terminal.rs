@@ -351,4 +351,10 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!warned(&v), "{v}");
+    // Before any build the local provider's folder does not exist: the error says so, not
+    // "Missing required CLI" (spawn's ENOENT for a missing working folder).
+    let st = d.ctl(&work, &[], &["--cloud-yaml", cys, "status"]);
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let m = v["message"].as_str().unwrap_or_default();
+    assert!(m.contains("build` first") && !m.contains("Missing required CLI"), "{v}");
 }
