@@ -2,7 +2,7 @@
 
 use crate::provider::ssh_master::SshSessions;
 use crate::scheduler::{self, Scheduler};
-use crate::server::{self, Peer};
+use crate::server;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::{cloud_yaml, tick, workflow};
@@ -94,6 +94,13 @@ pub async fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
+    let _db_lock = match server::lock_database(&settings.db) {
+        Ok(l) => l,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            return 1;
+        }
+    };
     let store = match Store::open(&settings.db, settings.keep_ticks).await {
         Ok(s) => s,
         Err(e) => {
@@ -179,9 +186,13 @@ pub async fn run(settings: Settings) -> i32 {
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = serve.await;
+    let limits = server::Limits {
+        max_connections: state.settings.max_connections,
+        header_timeout: state.settings.header_timeout,
+        body_timeout: state.settings.body_timeout,
+        max_body_bytes: MAX_BODY_BYTES,
+    };
+    let served = server::serve(listener, app, limits, shutdown.clone()).await;
 
     // Stop accepting work, let running ticks finish up to the grace period, then cancel.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -252,7 +263,6 @@ fn router(state: Arc<AppState>) -> Router {
         .route(routes::SECRET_NAMES, get(secret_names))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(server::require_same_uid))
         .with_state(state)
 }
 
@@ -340,7 +350,7 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         Err(e) => return err(e),
     };
     // Refuse a bad cloud.yaml with the loader's own error.
-    let spec = match cloud_yaml::load(&path) {
+    let spec = match cloud_yaml::load_async(&path).await {
         Ok(s) => s,
         Err(e) => return err(e),
     };
@@ -401,17 +411,17 @@ fn bad_json(e: serde_json::Error) -> ErrorBody {
     )
 }
 
-/// `{key}` may be the marker key itself, or an absolute cloud.yaml path percent-encoded.
-fn key_of(k: &str) -> String {
-    if k.starts_with('/') {
-        paths::marker_key(Path::new(k))
-    } else {
-        k.to_string()
-    }
+/// `{key}` may be the marker key itself (exactly 16 hex characters), or an absolute cloud.yaml
+/// path percent-encoded; anything else is a 400 naming the parameter.
+fn key_of(k: &str) -> Result<String, ErrorBody> {
+    paths::key_param(k).map_err(|e| ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "key"))
 }
 
 async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
-    let key = key_of(&k);
+    let key = match key_of(&k) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     state.scheduler.unschedule(&key).await;
     match state.store.delete_registration(&key).await {
         Ok(true) => {
@@ -435,7 +445,10 @@ async fn list_clouds(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
-    let key = key_of(&k);
+    let key = match key_of(&k) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     match state.store.get_registration(&key).await {
         Ok(Some(_)) => {}
         Ok(None) => {
@@ -457,12 +470,15 @@ async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>)
     }
 }
 
-fn query_key(q: &TicksQuery) -> Option<String> {
-    q.cloud_yaml.as_deref().map(key_of)
+fn query_key(q: &TicksQuery) -> Result<Option<String>, ErrorBody> {
+    q.cloud_yaml.as_deref().map(key_of).transpose()
 }
 
 async fn list_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
-    let key = query_key(&q);
+    let key = match query_key(&q) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
     match state.store.list_ticks(key.as_deref(), limit).await {
         Ok(t) => axum::Json(t).into_response(),
@@ -480,7 +496,7 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
         Ok(p) => p,
         Err(e) => return err(e),
     };
-    match cloud_yaml::load(&path) {
+    match cloud_yaml::load_async(&path).await {
         Ok(spec) => {
             axum::Json(serde_json::json!({"success": true, "names": spec.secrets})).into_response()
         }
@@ -494,7 +510,10 @@ struct MarkerQuery {
 }
 
 async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQuery>) -> Response {
-    let key = key_of(&q.cloud_yaml);
+    let key = match key_of(&q.cloud_yaml) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     match workflow::markers::load(&state, &key).await {
         Ok(Some(m)) => axum::Json(m).into_response(),
         Ok(None) => err(ErrorBody::new(
@@ -558,7 +577,10 @@ fn ndjson_body(
 }
 
 async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
-    let key = query_key(&q);
+    let key = match query_key(&q) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     let mut feed = state.tick_feed.subscribe();
     let (tx, rx) = mpsc::channel::<Frame>(64);
     let shutdown = state.shutdown.clone();

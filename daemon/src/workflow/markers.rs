@@ -13,7 +13,7 @@ pub async fn load(state: &AppState, key: &str) -> Result<Option<Value>, ErrorBod
         return Ok(Some(m));
     }
     let file = paths::legacy_marker_file(&state.settings.cloud_home, key);
-    let bytes = match std::fs::read(&file) {
+    let bytes = match crate::cloud_yaml::read_bounded(&file, crate::cloud_yaml::MAX_INPUT_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
