@@ -98,6 +98,7 @@ pub async fn run(settings: Settings) -> i32 {
         Ok(l) => l,
         Err(msg) => {
             tracing::error!("{msg}");
+            let _ = std::fs::remove_file(&settings.socket);
             return 1;
         }
     };
