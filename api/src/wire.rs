@@ -50,6 +50,28 @@ pub struct RegisterRequest {
     /// Optional `--remote-spec` used by every tick of this registration.
     #[serde(default)]
     pub remote_spec: Option<String>,
+    /// `--notify-url` (repeatable): webhooks told of this registration's transitions. When any
+    /// notify field is given, they replace the registration's sinks; else the sinks are kept.
+    #[serde(default)]
+    pub notify_urls: Vec<String>,
+    /// `--notify-command`: run with the notification JSON on stdin.
+    #[serde(default)]
+    pub notify_command: Option<String>,
+    /// `--notify-preset json|ntfy|slack` for the `notify_urls`.
+    #[serde(default)]
+    pub notify_preset: Option<String>,
+    /// `--no-notify`: drop the registration's own sinks.
+    #[serde(default)]
+    pub no_notify: bool,
+}
+
+/// `POST /v1/clouds/{key}/pause`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PauseRequest {
+    /// Who paused (the client sends `$USER@host`).
+    pub by: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// One registration as listed by `GET /v1/clouds`.
@@ -74,6 +96,18 @@ pub struct TicksQuery {
     /// Absolute cloud.yaml path; all registrations when absent.
     pub cloud_yaml: Option<String>,
     pub limit: Option<u32>,
+    /// Only ticks that finished at or after this RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only ticks with this event (`supervisor_error`, ...).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Only failed ticks.
+    #[serde(default)]
+    pub failed: Option<bool>,
+    /// `watch`: how many stored reports to show first (default 5, 0 for none).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 /// A stored tick report.
@@ -169,6 +203,9 @@ pub enum Command {
     },
     Supervise {
         remote_spec: Option<String>,
+        /// Run the whole tick but mutate nothing; the report says `dry_run: true`.
+        #[serde(default)]
+        dry_run: bool,
     },
     Chains,
 }

@@ -118,6 +118,10 @@ pub enum Cmd {
         chain: bool,
         #[arg(long)]
         remote_spec: Option<String>,
+        /// Run the whole tick but mutate nothing: `acted: false`, `next_action` what it would
+        /// have done, `dry_run: true`. Not stored, notifies nobody.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List megaplan-chain* sessions on the runner with their session markers.
     Chains,
@@ -131,6 +135,8 @@ pub enum Cmd {
         cron: Option<String>,
         #[arg(long)]
         remote_spec: Option<String>,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Stop ticking this cloud.yaml.
     Unregister,
@@ -148,11 +154,41 @@ pub enum Cmd {
         all: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: TickFilterArgs,
     },
     /// Tick a registered cloud.yaml now.
     Tick,
-    /// Follow new tick reports as they are stored.
+    /// Show the last few stored tick reports, then follow new ones as they are stored.
     Watch {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        /// Stored reports shown first (0 for none).
+        #[arg(long, default_value_t = 5)]
+        backlog: u32,
+        #[command(flatten)]
+        filter: TickFilterArgs,
+    },
+    /// Pause this registration: ticks keep observing and storing reports but never mutate.
+    Pause {
+        /// Why (shown in every refused tick and in `registrations`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift the pause of this registration.
+    Unpause,
+    /// Explain the last stored tick: facts observed, the rule that matched, action, refusal.
+    Explain {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The notification outbox: what was sent, is pending, or was given up.
+    Notifications {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// All registrations, not only --cloud-yaml.
         #[arg(long)]
         all: bool,
         #[arg(long)]
@@ -163,6 +199,54 @@ pub enum Cmd {
         #[command(subcommand)]
         what: DaemonCmd,
     },
+}
+
+/// `register` notification sinks (docs/notifications.md).
+#[derive(Debug, Args, Clone, Default)]
+pub struct NotifyArgs {
+    /// Webhook told of this registration's transitions (http://...); repeatable.
+    #[arg(long = "notify-url")]
+    pub notify_urls: Vec<String>,
+    /// Command run with the notification JSON on stdin (`sh -c CMD`).
+    #[arg(long)]
+    pub notify_command: Option<String>,
+    /// Body shape of the --notify-url webhooks: json (default), ntfy or slack.
+    #[arg(long)]
+    pub notify_preset: Option<String>,
+    /// Drop this registration's own sinks (the daemon config's sinks still apply).
+    #[arg(long, conflicts_with_all = ["notify_urls", "notify_command"])]
+    pub no_notify: bool,
+}
+
+/// `--since`, `--event`, `--failed` of `ticks` and `watch`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TickFilterArgs {
+    /// Only ticks since an age (30m, 2h, 1d), a date (2026-06-01) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only ticks with this event (supervisor_error, supervisor_restarted, ...).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Only failed ticks.
+    #[arg(long)]
+    pub failed: bool,
+}
+
+impl TickFilterArgs {
+    /// The query-string tail (`&since=...`) for the daemon.
+    pub fn query(&self, enc: impl Fn(&str) -> String) -> String {
+        let mut q = String::new();
+        if let Some(s) = &self.since {
+            q.push_str(&format!("&since={}", enc(s)));
+        }
+        if let Some(e) = &self.event {
+            q.push_str(&format!("&event={}", enc(e)));
+        }
+        if self.failed {
+            q.push_str("&failed=true");
+        }
+        q
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -134,21 +134,29 @@ async fn run(cli: Cli) -> i32 {
             }
             Command::Destroy { yes: true }
         }
-        Cmd::Supervise { chain, remote_spec } => {
+        Cmd::Supervise {
+            chain,
+            remote_spec,
+            dry_run,
+        } => {
             if !chain {
                 return local_error(
                     ErrorCode::InvalidArgs,
                     "supervise needs --chain (the chain supervisor is the only one)",
                 );
             }
-            Command::Supervise { remote_spec }
+            Command::Supervise {
+                remote_spec,
+                dry_run,
+            }
         }
         Cmd::Chains => Command::Chains,
         Cmd::Register {
             every,
             cron,
             remote_spec,
-        } => return register(&client, &cy, every, cron, remote_spec).await,
+            notify,
+        } => return register(&client, &cy, every, cron, remote_spec, notify).await,
         Cmd::Unregister => {
             return match client
                 .json(
@@ -167,11 +175,17 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Registrations { json } => return registrations(&client, json).await,
-        Cmd::Ticks { limit, all, json } => {
+        Cmd::Ticks {
+            limit,
+            all,
+            json,
+            filter,
+        } => {
             let mut q = format!("{}?limit={limit}", routes::TICKS);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
             }
+            q.push_str(&filter.query(enc));
             return match client.json(Method::GET, &q, None).await {
                 Ok(v) => {
                     if json {
@@ -203,7 +217,89 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Watch { all, json } => return watch(&client, &cy, all, json).await,
+        Cmd::Watch {
+            all,
+            json,
+            backlog,
+            filter,
+        } => {
+            let mut q = format!("{}?backlog={backlog}", routes::TICKS_WATCH);
+            if !all {
+                q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
+            }
+            q.push_str(&filter.query(enc));
+            return watch(&client, &q, json).await;
+        }
+        Cmd::Pause { reason } => {
+            let by = format!(
+                "{}@{}",
+                std::env::var("USER")
+                    .or_else(|_| std::env::var("LOGNAME"))
+                    .unwrap_or_else(|_| "unknown".into()),
+                hostname()
+            );
+            let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
+                .unwrap_or(Value::Null);
+            let path = routes::cloud_pause(&paths::marker_key(&cloud_yaml));
+            return match client.json(Method::POST, &path, Some(&body)).await {
+                Ok(v) => {
+                    print_json(&v);
+                    eprintln!(
+                        "paused {cy} (by {}, since {}): ticks observe but never mutate until `megaplan-cloudctl unpause`",
+                        v["paused"]["paused_by"].as_str().unwrap_or("?"),
+                        v["paused"]["since"].as_str().unwrap_or("?")
+                    );
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Unpause => {
+            let path = routes::cloud_pause(&paths::marker_key(&cloud_yaml));
+            return match client.json(Method::DELETE, &path, None).await {
+                Ok(v) => {
+                    print_json(&v);
+                    if v["was_paused"].is_null() {
+                        eprintln!("{cy} was not paused");
+                    } else {
+                        eprintln!("unpaused {cy}: ticks may act again");
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Explain { json } => {
+            let path = routes::cloud_explain(&paths::marker_key(&cloud_yaml));
+            return match client.json(Method::GET, &path, None).await {
+                Ok(v) => {
+                    if json {
+                        print_json(&v);
+                    } else {
+                        render::lines(&v["lines"]);
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Notifications { limit, all, json } => {
+            let mut q = format!("{}?limit={limit}", routes::NOTIFICATIONS);
+            if !all {
+                q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
+            }
+            return match client.json(Method::GET, &q, None).await {
+                Ok(v) => {
+                    if json {
+                        print_json(&v);
+                    } else {
+                        render::notifications_table(&v);
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
         Cmd::Daemon {
             what: DaemonCmd::Status { json },
         } => return daemon_status(&client, json).await,
@@ -367,6 +463,7 @@ async fn register(
     every: Option<String>,
     cron: Option<String>,
     remote_spec: Option<String>,
+    notify: cli::NotifyArgs,
 ) -> i32 {
     let every_secs = match every.as_deref().map(cli::parse_every).transpose() {
         Ok(v) => v,
@@ -377,6 +474,10 @@ async fn register(
         every_secs,
         cron,
         remote_spec,
+        notify_urls: notify.notify_urls,
+        notify_command: notify.notify_command,
+        notify_preset: notify.notify_preset,
+        no_notify: notify.no_notify,
     };
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
@@ -415,16 +516,21 @@ async fn registrations(client: &DaemonClient, json: bool) -> i32 {
     }
 }
 
-async fn watch(client: &DaemonClient, cloud_yaml: &str, all: bool, json: bool) -> i32 {
-    let mut q = routes::TICKS_WATCH.to_string();
-    if !all {
-        q.push_str(&format!("?cloud_yaml={}", enc(cloud_yaml)));
-    }
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
     if !json {
         eprintln!("watching tick reports (Ctrl-C to stop)");
     }
     let r = client
-        .stream_get(&q, |line| match serde_json::from_str::<Frame>(line) {
+        .stream_get(q, |line| match serde_json::from_str::<Frame>(line) {
             Ok(Frame::Tick { tick }) => {
                 if json {
                     println!("{}", serde_json::to_string(&tick).unwrap_or_default());
@@ -437,9 +543,18 @@ async fn watch(client: &DaemonClient, cloud_yaml: &str, all: bool, json: bool) -
             _ => {}
         })
         .await;
+    // The stream only ends when the daemon goes away (or drops this watcher): say so.
     match r {
-        Ok(()) => 0,
-        Err(e) => fail(e),
+        Ok(()) => {
+            eprintln!(
+                "watch: the daemon closed the stream (it stopped or restarted); run `megaplan-cloudctl watch` again once it is back"
+            );
+            3
+        }
+        Err(e) => {
+            eprintln!("watch: lost the daemon");
+            fail(e)
+        }
     }
 }
 

@@ -45,19 +45,51 @@ pub fn registrations_table(v: &Value) {
         return;
     }
     println!(
-        "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  CLOUD.YAML",
-        "KEY", "SCHEDULE", "LAST EVENT", "TICKS", "SKIPPED"
+        "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  {:<8}  CLOUD.YAML",
+        "KEY", "SCHEDULE", "LAST EVENT", "TICKS", "SKIPPED", "WATCH"
     );
     for r in rows {
+        let mut watch = Vec::new();
+        if r["paused"].is_object() {
+            watch.push("paused");
+        }
+        if r["stalled"].as_bool() == Some(true) {
+            watch.push("stalled");
+        }
+        let watch = if watch.is_empty() {
+            "-".to_string()
+        } else {
+            watch.join(",")
+        };
         println!(
-            "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  {}",
+            "{:<16}  {:<18}  {:<20}  {:>5}  {:>7}  {:<8}  {}",
             s(&r, "key"),
             s(&r, "schedule"),
             s(&r, "last_event"),
             r["ticks_run"],
             r["ticks_skipped"],
+            watch,
             s(&r, "cloud_yaml")
         );
+        if let Some(p) = r["paused"].as_object() {
+            let reason = p
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            println!(
+                "  paused by {} since {}{reason}",
+                p.get("paused_by").and_then(Value::as_str).unwrap_or("?"),
+                p.get("since").and_then(Value::as_str).unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// Print a JSON list of strings, one per line.
+pub fn lines(v: &Value) {
+    for l in v.as_array().into_iter().flatten() {
+        println!("{}", l.as_str().unwrap_or_default());
     }
 }
 
@@ -97,4 +129,29 @@ pub fn tick_line(report: &Value) -> String {
         line.push_str(&format!(" | refused_reason={r}"));
     }
     line
+}
+
+pub fn notifications_table(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!(
+            "no notifications; sinks are set with `register --notify-url/--notify-command` or the daemon's notify.yaml"
+        );
+        return;
+    }
+    for r in rows {
+        let mut line = format!(
+            "{}  {}  {:<18} {:<9} attempts={}  {}",
+            s(&r, "created_at"),
+            s(&r, "key"),
+            s(&r, "event"),
+            s(&r, "status"),
+            r["attempts"],
+            s(&r, "sink")
+        );
+        if let Some(e) = r["last_error"].as_str() {
+            line.push_str(&format!(" | {e}"));
+        }
+        println!("{line}");
+    }
 }

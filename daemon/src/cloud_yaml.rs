@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The remote launcher of the core tool (the seed: "reuse that verified module launcher for
-/// every cloud command"). One default, overridable per cloud.yaml as `megaplan.launcher`.
-pub const DEFAULT_LAUNCHER: &str = "python -m arnold.pipelines.megaplan";
+/// The core's module names, in the order the runner is probed for them when
+/// `megaplan.launcher` is unset (see `chain::launcher`): the real package at the reference
+/// commit ships `arnold_pipelines.megaplan`; the seed's docs write `arnold.pipelines.megaplan`.
+pub const CORE_MODULES: [&str; 2] = ["arnold_pipelines.megaplan", "arnold.pipelines.megaplan"];
 
 pub const TOOLCHAIN_ALIASES: [&str; 3] = ["rust", "go", "java"];
 pub const PROVIDERS: [&str; 3] = ["railway", "local", "ssh"];
@@ -96,7 +97,8 @@ pub struct Megaplan {
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub codex_auth: String,
-    pub launcher: String,
+    /// `megaplan.launcher` as written; `None`: probe the runner for one of [`CORE_MODULES`].
+    pub launcher: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -602,7 +604,7 @@ impl Walker<'_> {
                 "chatgpt",
                 &["chatgpt", "apikey"],
             )?,
-            launcher: self.str_or(mp_sec, "megaplan.launcher", DEFAULT_LAUNCHER)?,
+            launcher: self.opt_str(mp_sec, "megaplan.launcher")?,
         };
 
         let auto_sec = self.section(root, "auto", &["plan_name", "idea_file", "robustness"])?;

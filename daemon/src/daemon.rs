@@ -43,11 +43,15 @@ pub struct AppState {
     /// Secret values last handed over by a client, per marker key: memory only, so unattended
     /// ticks can redact literal values too. Never written anywhere.
     pub secrets: std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// Core launchers probed on runners, per marker key (`megaplan.launcher` unset).
+    pub launchers: crate::chain::launcher::LauncherCache,
     pub shutdown: CancellationToken,
     /// Fired one grace period after `shutdown`: whatever still runs is cancelled.
     pub hard_stop: CancellationToken,
     /// Ticks and commands in flight, awaited (up to the grace period) on shutdown.
     pub tasks: TaskTracker,
+    /// Notification settings and the outbox worker's bell (notify/).
+    pub notifier: crate::notify::Notifier,
 }
 
 impl AppState {
@@ -87,6 +91,16 @@ impl AppState {
 
 /// Start the daemon and serve until SIGTERM/SIGINT. Returns the process exit code.
 pub async fn run(settings: Settings) -> i32 {
+    // Signal handlers are installed before the socket exists: a client (or a service manager)
+    // that sees the socket may send SIGTERM at once, and without a handler that would kill the
+    // process with no graceful stop.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
     let (listener, _lock) = match server::bind(&settings.socket) {
         Ok(v) => v,
         Err(msg) => {
@@ -98,6 +112,14 @@ pub async fn run(settings: Settings) -> i32 {
         Ok(l) => l,
         Err(msg) => {
             tracing::error!("{msg}");
+            let _ = std::fs::remove_file(&settings.socket);
+            return 1;
+        }
+    };
+    let notify_config = match crate::notify::config::NotifyConfig::load(&settings.notify_config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}; fix the file or point --notify-config elsewhere");
             let _ = std::fs::remove_file(&settings.socket);
             return 1;
         }
@@ -151,11 +173,14 @@ pub async fn run(settings: Settings) -> i32 {
         tick_locks: Default::default(),
         tick_feed,
         secrets: Default::default(),
+        launchers: Default::default(),
         shutdown: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        notifier: crate::notify::Notifier::new(notify_config),
     });
     let _ = cell.set(Arc::downgrade(&state));
+    crate::notify::spawn_worker(state.clone());
 
     match state.store.list_registrations().await {
         Ok(regs) => {
@@ -175,6 +200,7 @@ pub async fn run(settings: Settings) -> i32 {
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     tokio::spawn(wait_for_signal(
+        signals,
         shutdown.clone(),
         state.hard_stop.clone(),
         state.settings.shutdown_grace,
@@ -220,19 +246,31 @@ pub async fn run(settings: Settings) -> i32 {
     }
 }
 
+/// SIGTERM and SIGINT streams, registered with the runtime as soon as they are created.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 async fn wait_for_signal(
+    mut signals: Signals,
     token: CancellationToken,
     hard_stop: CancellationToken,
     grace: std::time::Duration,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return,
-    };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = signals.term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = signals.int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     token.cancel();
     tokio::time::sleep(grace).await;
@@ -262,6 +300,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route(routes::MARKERS, get(get_marker))
         .route(routes::RUN, post(run_command))
         .route(routes::SECRET_NAMES, get(secret_names))
+        .route(routes::CLOUD_PAUSE, post(pause).delete(unpause))
+        .route(routes::CLOUD_EXPLAIN, get(explain))
+        .route(routes::NOTIFICATIONS, get(list_notifications))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -379,6 +420,21 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
             }
         }
     };
+    let notify_given = !req.notify_urls.is_empty()
+        || req.notify_command.is_some()
+        || req.notify_preset.is_some()
+        || req.no_notify;
+    let sinks = match crate::notify::registration_sinks(
+        &state.notifier.config,
+        &req.notify_urls,
+        req.notify_command.as_deref(),
+        req.notify_preset.as_deref(),
+    ) {
+        Ok(s) => s,
+        Err((msg, field)) => {
+            return err(ErrorBody::new(ErrorCode::InvalidArgs, msg).with("field", field));
+        }
+    };
     let new = crate::store::NewRegistration {
         key: key.clone(),
         cloud_yaml: path.display().to_string(),
@@ -389,6 +445,16 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         Ok(r) => r,
         Err(e) => return err(e.into()),
     };
+    if notify_given
+        && let Err(e) =
+            crate::notify::store::set_registration_sinks(&state.store, &key, &sinks).await
+    {
+        return err(e.into());
+    }
+    let sinks = match crate::notify::store::registration_sinks(&state.store, &key).await {
+        Ok(s) => s,
+        Err(e) => return err(e.into()),
+    };
     if let Err(e) = state.scheduler.schedule(&key, &cron).await {
         return err(ErrorBody::new(ErrorCode::Internal, e));
     }
@@ -397,6 +463,10 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
     if let Some(o) = v.as_object_mut() {
         o.insert("success".into(), true.into());
         o.insert("cron".into(), cron.into());
+        o.insert(
+            "notify".into(),
+            sinks.iter().map(|s| s.label()).collect::<Vec<_>>().into(),
+        );
         o.insert(
             "warnings".into(),
             serde_json::to_value(&spec.warnings).unwrap_or_default(),
@@ -426,6 +496,9 @@ async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String
     state.scheduler.unschedule(&key).await;
     match state.store.delete_registration(&key).await {
         Ok(true) => {
+            if let Err(e) = crate::notify::store::forget(&state.store, &key).await {
+                tracing::warn!(key = %key, "unregistered, but its watch state stays: {e}");
+            }
             tracing::info!(key = %key, "unregistered");
             axum::Json(serde_json::json!({"success": true, "key": key, "unregistered": true}))
                 .into_response()
@@ -439,8 +512,14 @@ async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String
 }
 
 async fn list_clouds(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.list_registrations().await {
-        Ok(regs) => axum::Json::<Vec<Registration>>(regs).into_response(),
+    let regs: Vec<Registration> = match state.store.list_registrations().await {
+        Ok(regs) => regs,
+        Err(e) => return err(e.into()),
+    };
+    match crate::notify::store::all_watch(&state.store).await {
+        Ok((watch, pauses)) => {
+            axum::Json(crate::notify::annotate_registrations(regs, &watch, &pauses)).into_response()
+        }
         Err(e) => err(e.into()),
     }
 }
@@ -475,13 +554,31 @@ fn query_key(q: &TicksQuery) -> Result<Option<String>, ErrorBody> {
     q.cloud_yaml.as_deref().map(key_of).transpose()
 }
 
+fn tick_filter(q: &TicksQuery) -> Result<crate::notify::store::TickFilter, ErrorBody> {
+    let since = match q
+        .since
+        .as_deref()
+        .map(crate::notify::since_time)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return Err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "since")),
+    };
+    Ok(crate::notify::store::TickFilter {
+        key: query_key(q)?,
+        since,
+        event: q.event.clone(),
+        failed_only: q.failed == Some(true),
+    })
+}
+
 async fn list_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
-    let key = match query_key(&q) {
-        Ok(k) => k,
+    let filter = match tick_filter(&q) {
+        Ok(f) => f,
         Err(e) => return err(e),
     };
     let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
-    match state.store.list_ticks(key.as_deref(), limit).await {
+    match crate::notify::store::list_ticks(&state.store, &filter, limit).await {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => err(e.into()),
     }
@@ -578,21 +675,50 @@ fn ndjson_body(
 }
 
 async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
-    let key = match query_key(&q) {
-        Ok(k) => k,
+    let filter = match tick_filter(&q) {
+        Ok(f) => f,
         Err(e) => return err(e),
     };
+    // Subscribe before reading the backlog so no report falls between the two.
     let mut feed = state.tick_feed.subscribe();
+    let backlog_n = q.backlog.unwrap_or(5).min(1000);
+    let mut backlog = if backlog_n > 0 {
+        match crate::notify::store::list_ticks(&state.store, &filter, backlog_n).await {
+            Ok(t) => t,
+            Err(e) => return err(e.into()),
+        }
+    } else {
+        Vec::new()
+    };
+    backlog.reverse();
     let (tx, rx) = mpsc::channel::<Frame>(64);
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
+        let backlog_last = backlog.last().map_or(0, |t| t.id);
+        let shown = backlog.len();
+        let _ = tx
+            .send(Frame::Stderr {
+                data: format!("watch: the last {shown} stored tick report(s) first, then new ones as they are stored\n"),
+            })
+            .await;
+        for rec in backlog {
+            if tx
+                .send(Frame::Tick {
+                    tick: Box::new(rec),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tx.closed() => break,
                 r = feed.recv() => match r {
                     Ok(rec) => {
-                        if key.as_deref().is_some_and(|k| k != rec.key) {
+                        if !filter.matches(&rec) || rec.id <= backlog_last {
                             continue;
                         }
                         if tx.send(Frame::Tick { tick: Box::new(rec) }).await.is_err() {
@@ -608,7 +734,10 @@ async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQu
             }
         }
     });
-    ndjson_body(rx, state.shutdown.clone(), Vec::new())
+    let gone = vec![Frame::Stderr {
+        data: "watch: megaplan-cloudd is shutting down; the watch ends here\n".to_string(),
+    }];
+    ndjson_body(rx, state.shutdown.clone(), gone)
 }
 
 async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
@@ -645,4 +774,105 @@ async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes
         },
     ];
     ndjson_body(rx, state.hard_stop.clone(), on_stop)
+}
+
+/// The key of a registered cloud.yaml, or the not-registered answer.
+async fn registered_key(state: &AppState, k: &str) -> Result<String, Response> {
+    let key = key_of(k).map_err(err)?;
+    match state.store.get_registration(&key).await {
+        Ok(Some(_)) => Ok(key),
+        Ok(None) => Err(err(ErrorBody::new(
+            ErrorCode::NotRegistered,
+            format!(
+                "no registration with key {key}; register it first (`megaplan-cloudctl register`)"
+            ),
+        ))),
+        Err(e) => Err(err(e.into())),
+    }
+}
+
+async fn pause(
+    State(state): State<Arc<AppState>>,
+    AxPath(k): AxPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: megaplan_cloud_api::wire::PauseRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(bad_json(e)),
+    };
+    if req.by.trim().is_empty() || req.by.len() > 200 {
+        return err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            "pause needs `by` (1 to 200 characters)",
+        )
+        .with("field", "by"));
+    }
+    let key = match registered_key(&state, &k).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match crate::notify::store::set_pause(&state.store, &key, &req.by, req.reason.as_deref()).await
+    {
+        Ok(p) => {
+            tracing::info!(key = %key, by = %p.paused_by, "paused");
+            axum::Json(serde_json::json!({"success": true, "key": key, "paused": p}))
+                .into_response()
+        }
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn unpause(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
+    let key = match registered_key(&state, &k).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match crate::notify::store::clear_pause(&state.store, &key).await {
+        Ok(was) => {
+            tracing::info!(key = %key, "unpaused");
+            axum::Json(
+                serde_json::json!({"success": true, "key": key, "paused": null, "was_paused": was}),
+            )
+            .into_response()
+        }
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn explain(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
+    let key = match key_of(&k) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
+    let filter = crate::notify::store::TickFilter {
+        key: Some(key.clone()),
+        ..Default::default()
+    };
+    match crate::notify::store::list_ticks(&state.store, &filter, 1).await {
+        Ok(t) => match t.first() {
+            Some(rec) => axum::Json(crate::notify::explain::explain(rec)).into_response(),
+            None => err(ErrorBody::new(
+                ErrorCode::NotRegistered,
+                format!(
+                    "no stored tick for key {key}; run `megaplan-cloudctl supervise --chain` or `tick` first"
+                ),
+            )),
+        },
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn list_notifications(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<TicksQuery>,
+) -> Response {
+    let key = match query_key(&q) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    match crate::notify::store::list_outbox(&state.store, key.as_deref(), limit).await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => err(e.into()),
+    }
 }

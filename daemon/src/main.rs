@@ -6,18 +6,53 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// True when stderr is the journal: systemd sets `JOURNAL_STREAM=<device>:<inode>` of the stream
+/// it connected, and that is still our stderr only when the two match.
+fn under_journald() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // fstat(2) on fd 2 itself (the journal's stream is a socket, which cannot be re-opened by
+    // path). ManuallyDrop: the File must not close stderr.
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 2 is open for the life of the process; the File is never dropped.
+    let stderr = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(2) });
+    match stderr.metadata() {
+        Ok(m) => m.dev() == dev && m.ino() == ino,
+        Err(_) => false,
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let settings = Settings::from_args(args);
 
     // stderr always (journald/launchd capture it); plus a daily rolling file under the state
     // root, keeping 14 files so logs cannot grow without bound.
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Libraries log at WARN unless RUST_LOG says otherwise (tokio-cron-scheduler would otherwise
+    // log at INFO on every register).
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,megaplan_cloudd=info"))
+    };
     // Colours only on a terminal: the journal and launchd's log file get plain text.
-    let stderr_layer = tracing_subscriber::fmt::layer()
+    let stderr_fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_filter(filter());
+        .with_writer(std::io::stderr);
+    // Under systemd (JOURNAL_STREAM names the journal's stream) the journal stamps every line
+    // itself: a second timestamp from us would only be noise.
+    let stderr_layer = if under_journald() {
+        stderr_fmt.without_time().with_filter(filter()).boxed()
+    } else {
+        stderr_fmt.with_filter(filter()).boxed()
+    };
     // The state root is private from its first mkdir (the log folder below is created inside
     // it); an existing looser one is reported, never changed.
     if let Err(e) = megaplan_cloudd::server::ensure_private_dir(&settings.cloud_home) {

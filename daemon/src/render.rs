@@ -268,7 +268,10 @@ fn entrypoint(spec: &CloudSpec) -> Result<String, ErrorBody> {
             ("CODEX_REASONING_Q", &q(&spec.codex.reasoning)),
             ("CODEX_AUTH_Q", &q(&spec.megaplan.codex_auth)),
             ("MEGAPLAN_REF_Q", &q(&spec.megaplan.git_ref)),
-            ("LAUNCHER_Q", &q(&spec.megaplan.launcher)),
+            (
+                "LAUNCHER_Q",
+                &q(spec.megaplan.launcher.as_deref().unwrap_or("")),
+            ),
             ("PORT", &port),
             ("EXTRA_REPO_URLS_Q", &extra_urls),
             ("EXTRA_REPO_BRANCHES_Q", &extra_branches),

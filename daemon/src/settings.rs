@@ -50,6 +50,10 @@ pub struct Args {
     /// A request's body must arrive within this.
     #[arg(long, env = "MEGAPLAN_CLOUDD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
+    /// Notification config file: sinks, stall_after, retry policy (docs/notifications.md)
+    /// [default: <state root>/notify.yaml; missing means defaults and no global sinks].
+    #[arg(long, env = "MEGAPLAN_CLOUDD_NOTIFY_CONFIG")]
+    pub notify_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +75,7 @@ pub struct Settings {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    pub notify_config: PathBuf,
 }
 
 impl Settings {
@@ -86,6 +91,10 @@ impl Settings {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| cloud_home.clone());
+        let notify_config = args
+            .notify_config
+            .map(|p| paths::absolutize(&p, &cwd))
+            .unwrap_or_else(|| cloud_home.join("notify.yaml"));
         Settings {
             ssh_control_dir: socket_dir.join("ssh"),
             log_dir: cloud_home.join("logs"),
@@ -103,6 +112,7 @@ impl Settings {
             max_connections: args.max_connections.max(1),
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,
+            notify_config,
         }
     }
 }

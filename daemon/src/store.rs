@@ -488,6 +488,14 @@ impl Store {
     }
 }
 
+// Access for the watch and notification tables of migrations/0002_watch.sql, whose queries
+// live in notify/store.rs.
+impl Store {
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
 fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
     Ok(Registration {
         key: row.try_get("key")?,
@@ -503,7 +511,7 @@ fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
     })
 }
 
-fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
+pub(crate) fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
     let report: String = row.try_get("report")?;
     let report = serde_json::from_str(&report).map_err(|e| sqlx::Error::ColumnDecode {
         index: "report".into(),

@@ -161,14 +161,27 @@ async fn store_report(
     };
     match state.store.insert_tick(&new).await {
         Ok(rec) => {
-            tracing::info!(
-                key = %key,
-                event = %rec.event,
-                next_action = %rec.next_action,
-                acted = rec.acted,
-                "tick stored"
-            );
+            // A failed tick is what an operator reading the journal looks for: WARN, so
+            // `journalctl -p warning` shows it; the routine ones stay at INFO.
+            if rec.event == "supervisor_error" {
+                tracing::warn!(
+                    key = %key,
+                    event = %rec.event,
+                    reason = rec.refused_reason.as_deref().unwrap_or(""),
+                    "tick failed"
+                );
+            } else {
+                tracing::info!(
+                    key = %key,
+                    event = %rec.event,
+                    next_action = %rec.next_action,
+                    acted = rec.acted,
+                    "tick stored"
+                );
+            }
             let _ = state.tick_feed.send(rec.clone());
+            // Watching: transitions → outbox (delivered in the background, never awaited here).
+            crate::notify::after_tick(state, &rec).await;
             TickOutcome::Ran(Box::new(rec))
         }
         Err(e) => {

@@ -16,7 +16,30 @@ impl std::fmt::Display for YamlError {
     }
 }
 
+/// Most parser events (scalars, collection starts and ends) one document may produce, alias
+/// replays included. Every document we read (cloud.yaml, a chain spec, a spec echoed back by the
+/// runner) is hand-written and small: a few hundred events. The budget makes the parser's work
+/// bounded by a count, so an alias bomb is refused after a fixed amount of work whatever the
+/// machine's load.
+pub const MAX_EVENTS: usize = 100_000;
+/// Most events that alias replays (`*ref`) may inject into one document.
+pub const MAX_REPLAYED_EVENTS: usize = 10_000;
+
+fn options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = MAX_EVENTS;
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
+    // No source snippet in error text: the snippet would quote the operator's file (possibly a
+    // credential beside the syntax error) into an error that is stored and logged.
+    options.with_snippet = false;
+    options
+}
+
 /// Parse YAML text into a JSON value. An empty document (or only comments) is `Null`.
+/// Work is bounded by [`MAX_EVENTS`] and [`MAX_REPLAYED_EVENTS`]: past either the document is
+/// refused with an error saying which budget it exceeded.
 pub fn parse(text: &str) -> Result<Value, YamlError> {
     if text.trim().is_empty()
         || text.lines().all(|l| {
@@ -27,7 +50,8 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
         return Ok(Value::Null);
     }
     // serde-saphyr promises no panics; the guard keeps a daemon alive if that promise breaks.
-    match std::panic::catch_unwind(|| serde_saphyr::from_str::<Value>(text)) {
+    match std::panic::catch_unwind(|| serde_saphyr::from_str_with_options::<Value>(text, options()))
+    {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(YamlError {
             message: e.to_string(),
@@ -72,6 +96,28 @@ mod tests {
         let err = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert!(err.message.to_lowercase().contains("duplicate"), "{err}");
         assert!(err.message.contains('3'), "location expected: {err}");
+    }
+
+    #[test]
+    fn alias_expansion_past_the_budget_is_refused() {
+        // 12^5 = 248,832 nodes once expanded: far past the replay budget.
+        let mut bomb = String::from(
+            "l0: &l0 [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n",
+        );
+        for level in 1..5 {
+            let refs = vec![format!("*l{}", level - 1); 12].join(", ");
+            bomb.push_str(&format!("l{level}: &l{level} [{refs}]\n"));
+        }
+        assert!(parse(&bomb).is_err());
+        // A few aliases, as a hand-written file uses them, still parse.
+        let v = parse("a: &x {k: 1}\nb: *x\nc: *x\n").unwrap();
+        assert_eq!(v["c"]["k"], 1);
+    }
+
+    #[test]
+    fn errors_carry_no_source_snippet() {
+        let err = parse("token: hunter2-secret\nbad: [unclosed\n").unwrap_err();
+        assert!(!err.message.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -42,8 +42,8 @@ fn defaults_for_every_field() {
         ),
         ("megaplan.ref = main", s.megaplan.git_ref == "main"),
         (
-            "megaplan.launcher",
-            s.megaplan.launcher == "python -m arnold.pipelines.megaplan",
+            "megaplan.launcher unset (probed on the runner)",
+            s.megaplan.launcher.is_none(),
         ),
         ("auto.plan_name unset", s.auto.plan_name.is_none()),
         ("auto.idea_file unset", s.auto.idea_file.is_none()),

@@ -384,16 +384,18 @@ mod tests {
         }
         let railway = fs::metadata(bench.join("railway")).expect("railway stand-in");
         assert!(railway.permissions().mode() & 0o111 != 0);
+        // The real core's module only: a launcher hard-wired to the seed's spelling fails.
         assert!(
             bench
-                .join("standin/arnold/pipelines/megaplan/__main__.py")
+                .join("standin/arnold_pipelines/megaplan/__main__.py")
                 .is_file()
         );
         assert!(
             bench
-                .join("standin/arnold_pipelines/megaplan/chain.py")
+                .join("standin/arnold_pipelines/megaplan/chain/spec.py")
                 .is_file()
         );
+        assert!(!bench.join("standin/arnold").exists());
         let packages = read_packages(&bench.join("packages.txt")).expect("packages");
         for needed in ["tmux", "python3", "python3-yaml", "git"] {
             assert!(

@@ -7,7 +7,7 @@
 //! - [`Sshd`]: a private OpenSSH server on loopback whose "remote host" is this machine.
 //! - [`Daemon`] / [`bin`]: the real `megaplan-cloudd` / `megaplan-cloudctl` binaries on a temp socket.
 //! - [`git_bare_repo`] / [`repo_in_container`]: tiny git remotes for `repo.url`.
-//! - [`railway_standin_dir`]: a directory holding only the `railway` CLI stand-in, for `PATH`.
+//! - [`railway`]: the real Railway CLI against a STAND-IN for Railway's service, in a private network namespace.
 //!
 //! Tests call [`bench()`] first: when the machine cannot provide Docker it returns `None` after printing
 //! `SKIP: <why>` — unless `MEGAPLAN_E2E_REQUIRED=1` (set by `.ci/run`), where it panics instead.
@@ -16,6 +16,8 @@ mod container;
 mod daemon;
 mod git;
 mod image;
+pub mod railway;
+pub mod receiver;
 pub mod rig;
 mod sshd;
 pub mod util;
@@ -49,11 +51,41 @@ pub fn bench() -> Option<&'static Bench> {
     static BENCH: OnceLock<Result<Bench, String>> = OnceLock::new();
     let result = BENCH.get_or_init(|| image::ensure_bench().map(|image| Bench { image }));
     match result {
-        Ok(b) => Some(b),
+        Ok(b) => {
+            report_outcome("ran", None);
+            Some(b)
+        }
         Err(why) => {
             skip_or_panic(why);
             None
         }
+    }
+}
+
+/// Environment variable naming a file where each end-to-end test appends whether it ran on the
+/// bench or was skipped (and why), so the test script can say so at the end (libtest hides a
+/// passing test's output).
+pub const E2E_REPORT_ENV: &str = "MEGAPLAN_E2E_REPORT";
+
+/// Appends `<outcome>\t<test name>[\t<why>]` to the report file, when one is named.
+fn report_outcome(outcome: &str, why: Option<&str>) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(E2E_REPORT_ENV) else {
+        return;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string();
+    let why = why.map(|w| format!("\t{}", w.replace(['\n', '\t'], " ")));
+    let line = format!("{outcome}\t{test}{}\n", why.unwrap_or_default());
+    // One short O_APPEND write per line: lines from parallel tests never interleave.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
     }
 }
 
@@ -62,6 +94,7 @@ pub fn skip_or_panic(why: &str) {
     if e2e_required() {
         panic!("the e2e bench is required ({E2E_REQUIRED_ENV}=1) but unavailable: {why}");
     }
+    report_outcome("skipped", Some(why));
     eprintln!("SKIP: {why}");
 }
 
@@ -86,18 +119,6 @@ impl Bench {
 /// Directory of the bench sources (`tests/bench`).
 pub fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench")
-}
-
-/// Directory whose only executable is the `railway` CLI stand-in: prepend it to `PATH`.
-pub fn railway_standin_dir() -> PathBuf {
-    bench_dir()
-}
-
-/// `PATH` with the railway stand-in directory first.
-pub fn path_with_railway_standin() -> String {
-    let current =
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
-    format!("{}:{current}", railway_standin_dir().display())
 }
 
 /// A provider output channel whose text a task collects: `(stdout, stderr)` when the sender

@@ -28,6 +28,8 @@ pub struct Sshd {
     /// sshd's own log (`-E`, LogLevel DEBUG1).
     pub log: PathBuf,
     config: PathBuf,
+    /// Extra `sshd_config` lines (see [`Sshd::try_start_with`]).
+    extra: String,
     child: Option<Child>,
     _tmp: tempfile::TempDir,
 }
@@ -66,6 +68,16 @@ impl Sshd {
 
     /// Starts a fresh sshd on a random free loopback port with newly generated keys.
     pub fn try_start() -> Result<Sshd, String> {
+        Sshd::try_start_with("")
+    }
+
+    /// [`Sshd::try_start`] with extra `sshd_config` lines appended (e.g. a `ForceCommand`).
+    pub fn try_start_with(extra: &str) -> Result<Sshd, String> {
+        Sshd::try_start_on(None, extra)
+    }
+
+    /// [`Sshd::try_start_with`] on a fixed loopback port (`None`: a free one).
+    pub fn try_start_on(fixed_port: Option<u16>, extra: &str) -> Result<Sshd, String> {
         if !Path::new(SSHD).exists() {
             return Err(format!(
                 "{SSHD} is missing (apt-get install openssh-server)"
@@ -89,13 +101,17 @@ impl Sshd {
         )?;
 
         let mut sshd = Sshd {
-            port: free_port()?,
+            port: match fixed_port {
+                Some(p) => p,
+                None => free_port()?,
+            },
             dir: dir.clone(),
             client_key,
             known_hosts: dir.join("known_hosts"),
             ssh_config: dir.join("ssh_config"),
             log: dir.join("sshd.log"),
             config: dir.join("sshd_config"),
+            extra: extra.to_owned(),
             child: None,
             _tmp: tmp,
         };
@@ -108,6 +124,9 @@ impl Sshd {
                 Err(e) => {
                     last_err = e;
                     sshd.stop();
+                    if fixed_port.is_some() {
+                        return Err(last_err);
+                    }
                     sshd.port = free_port()?;
                 }
             }
@@ -142,7 +161,9 @@ impl Sshd {
                  PrintMotd no\n\
                  X11Forwarding no\n\
                  SetEnv HOME={home}\n\
-                 Subsystem sftp internal-sftp\n",
+                 Subsystem sftp internal-sftp\n\
+                 {extra}",
+                extra = self.extra,
                 home = dir.join("remote-home").display(),
                 port = self.port,
                 host_key = host_key.display(),

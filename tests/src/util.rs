@@ -18,8 +18,26 @@ pub fn unique_suffix() -> String {
     format!("{}-{n}-{}", std::process::id(), nanos % 1_000_000)
 }
 
-/// Polls `check` every 50 ms until it returns true or `timeout` elapses; returns the last result.
-pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+/// The least time [`wait_until`] waits before it gives up. CI shares two cores with whatever
+/// else runs, so an event the test waits for can be late by tens of seconds there; the wait is a
+/// safety net against a hang, never a measurement (speed lives in the benchmark program).
+pub const SAFETY_NET_FLOOR: Duration = Duration::from_secs(90);
+
+/// Polls `check` every 50 ms until it returns true or the safety net runs out: `timeout` times
+/// three, and never less than [`SAFETY_NET_FLOOR`]. Returns the last result. Tests must not use
+/// it to assert that something is fast; they assert what happened (counts, states, outputs).
+pub fn wait_until(timeout: Duration, check: impl FnMut() -> bool) -> bool {
+    poll_until(safety_net(timeout), check)
+}
+
+/// The generous deadline used for `timeout`: three times it, at least [`SAFETY_NET_FLOOR`].
+pub fn safety_net(timeout: Duration) -> Duration {
+    (timeout * 3).max(SAFETY_NET_FLOOR)
+}
+
+/// Polls `check` every 50 ms for exactly up to `timeout`. Only for waits whose expiry is the
+/// expected, normal outcome (a grace period before a kill); event waits use [`wait_until`].
+pub fn poll_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if check() {
@@ -125,7 +143,12 @@ mod tests {
 
     #[test]
     fn wait_until_reports_timeout_and_success() {
-        assert!(!wait_until(Duration::from_millis(120), || false));
+        assert!(!poll_until(Duration::from_millis(120), || false));
+        assert_eq!(safety_net(Duration::from_secs(1)), SAFETY_NET_FLOOR);
+        assert_eq!(
+            safety_net(Duration::from_secs(100)),
+            Duration::from_secs(300)
+        );
         let mut n = 0;
         assert!(wait_until(Duration::from_secs(5), || {
             n += 1;

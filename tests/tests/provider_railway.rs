@@ -1,118 +1,59 @@
-//! railway provider end to end against the Railway CLI stand-in (tests/bench/railway): every
-//! operation's recorded argv is the documented sequence, and `railway ssh` really runs in a
-//! bench container.
+//! railway provider end to end: the REAL Railway CLI 5.71.0 against the STAND-IN for Railway's
+//! service (tests/bench/railway-service) and a loopback sshd standing in for Railway's ssh
+//! relay into a bench runner container, in a network namespace with only loopback
+//! (`megaplan_cloud_e2e::railway`). Each operation is checked by what reached the service.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_e2e::{bench, railway_standin_dir, unique_suffix};
+use megaplan_cloud_e2e::railway::{RailwayWorld, all_cmdlines, in_private_namespace, real_cli};
+use megaplan_cloud_e2e::{bench, wait_until};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
+use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::railway::{RailwayProvider, UPLOAD_CHUNK};
+use megaplan_cloudd::provider::ssh_master::SshSessions;
 use megaplan_cloudd::provider::{Provider, ProviderCtx};
 use megaplan_cloudd::redact::Redactor;
 use megaplan_cloudd::render;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 const SECRET_NAME: &str = "E2E_TOKEN";
 const SECRET_VALUE: &str = "tok-railway-0123456789abcdef";
 
-/// The stand-in behind a wrapper that exports its settings from `standin.env` (rewritten by the
-/// test between operations), so the provider runs it like the real CLI: no env of its own.
-struct Standin {
-    dir: PathBuf,
-    wrapper: PathBuf,
-    log: PathBuf,
-    container: String,
+fn ops(requests: &[Value]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| r["op"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
-impl Standin {
-    fn new(dir: &Path, container: &str) -> Standin {
-        let wrapper = dir.join("railway");
-        let log = dir.join("argv.jsonl");
-        let s = Standin {
-            dir: dir.to_path_buf(),
-            wrapper: wrapper.clone(),
-            log,
-            container: container.to_string(),
-        };
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nset -a\n. '{}'\nset +a\nexec '{}' \"$@\"\n",
-                dir.join("standin.env").display(),
-                railway_standin_dir().join("railway").display()
-            ),
-        )
-        .expect("wrapper");
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
-                .expect("chmod");
-        }
-        s.configure(&[]);
-        s
-    }
-
-    /// Rewrite the stand-in's settings (extra `NAME=value` lines) and clear the argv log.
-    fn configure(&self, extra: &[(&str, &str)]) {
-        let mut env = format!(
-            "RAILWAY_STANDIN_LOG='{}'\nRAILWAY_STANDIN_CONTAINER='{}'\n",
-            self.log.display(),
-            self.container
-        );
-        for (k, v) in extra {
-            env.push_str(&format!("{k}='{v}'\n"));
-        }
-        std::fs::write(self.dir.join("standin.env"), env).expect("standin.env");
-        let _ = std::fs::remove_file(&self.log);
-    }
-
-    /// The recorded argv lines since the last `configure`/`take`, then cleared.
-    fn take(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let _ = std::fs::remove_file(&self.log);
-        text.lines()
-            .map(|l| serde_json::from_str(l).expect("argv json"))
-            .collect()
-    }
-}
-
-/// Removes the locally built image whatever the outcome.
-struct Image(String);
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
+fn find<'a>(requests: &'a [Value], op: &str) -> Vec<&'a Value> {
+    requests.iter().filter(|r| r["op"] == op).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn railway_provider_runs_the_documented_cli_sequences() {
+async fn railway_provider_drives_the_real_cli() {
+    if !in_private_namespace("railway_provider_drives_the_real_cli") {
+        return;
+    }
     let Some(b) = bench() else { return };
-    let c = b.container("rw");
+    let Some(cli) = real_cli() else { return };
+    let world = RailwayWorld::start(b, cli);
     let tmp = tempfile::tempdir().expect("tmp");
-    let standin = Standin::new(tmp.path(), &c.name);
     let cloud_dir = tmp.path().join("project");
     let deploy_dir = tmp.path().join("deploy");
     std::fs::create_dir_all(&cloud_dir).expect("mkdir");
-    let service = format!("e2e-{}", unique_suffix());
-    let _image = Image(format!("megaplan-cloud-{service}"));
     std::fs::write(
-        cloud_dir.join("Fixture.Dockerfile"),
+        cloud_dir.join("cloud.yaml"),
         format!(
-            "FROM {}\nCOPY railway.toml /opt/fixture/railway.toml\n",
-            b.image
+            "provider: railway\nrepo:\n  url: /srv/repo.git\nsecrets: [{SECRET_NAME}]\nresources:\n  volume: vol-1\nrailway:\n  service: agent\n  session: agent-session\n  project: proj-1\n  environment: staging\n"
         ),
     )
-    .expect("Dockerfile");
-    let yaml = format!(
-        "provider: railway\nrepo:\n  url: /srv/repo.git\nsecrets: [{SECRET_NAME}]\nresources:\n  volume: vol-1\nrailway:\n  service: {service}\n  session: agent-session\n  project: proj-1\n  environment: staging\nimage:\n  dockerfile: Fixture.Dockerfile\n"
-    );
-    std::fs::write(cloud_dir.join("cloud.yaml"), yaml).expect("cloud.yaml");
+    .expect("cloud.yaml");
     let spec: Arc<CloudSpec> =
         Arc::new(cloud_yaml::load(&cloud_dir.join("cloud.yaml")).unwrap_or_else(|e| panic!("{e}")));
     render::write_deploy_dir(&spec, &deploy_dir).unwrap_or_else(|e| panic!("render: {e}"));
@@ -123,148 +64,177 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
         deploy_dir: deploy_dir.clone(),
         secrets: secrets.clone(),
         redactor: Redactor::new(&spec.secrets, &secrets),
-        deadline: Duration::from_secs(120),
+        deadline: Duration::from_secs(300),
     };
-    let program = standin.wrapper.display().to_string();
+    let program = world.wrapper.display().to_string();
     let p = RailwayProvider::with_program(ctx.clone(), &program);
-    let s = service.as_str();
-    let services = format!("{service},db");
-    standin.configure(&[("RAILWAY_STANDIN_SERVICES", &services)]);
+    world.control(&json!({"services": ["agent", "db"]}));
 
-    // build: local docker build of megaplan-cloud-<service>; the CLI is not called.
-    let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    p.build(&tx).await.unwrap_or_else(|e| panic!("build: {e}"));
-    let out = Command::new("docker")
-        .args(["image", "inspect", &format!("megaplan-cloud-{service}")])
-        .output()
-        .expect("docker");
-    assert!(out.status.success(), "image built");
-    assert_eq!(standin.take(), Vec::<Value>::new());
-
-    // deploy: link, service check, one variables call per secret, up.
+    // deploy, while another thread reads every process's argv: no secret value in any of them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let railway_seen = Arc::new(AtomicUsize::new(0));
+    let scanner = {
+        let (stop, railway_seen) = (stop.clone(), railway_seen.clone());
+        std::thread::spawn(move || {
+            let mut leaks = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for line in all_cmdlines() {
+                    if line.contains(SECRET_VALUE) {
+                        leaks.push(line.clone());
+                    }
+                    if line.contains("railway variable set") || line.contains(" variable set ") {
+                        railway_seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            leaks
+        })
+    };
     let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let report = p
-        .deploy(&tx)
-        .await
-        .unwrap_or_else(|e| panic!("deploy: {e}"));
+    let report = p.deploy(&tx).await;
     drop(tx);
-    let _ = task.await;
+    stop.store(true, Ordering::Relaxed);
+    let leaks = scanner.join().expect("scanner");
+    let (out, err) = task.await.expect("collector");
+    let report = report.unwrap_or_else(|e| panic!("deploy: {e}\n{out}\n{err}"));
+    assert_eq!(leaks, Vec::<String>::new(), "a secret value was in argv");
+    assert!(
+        railway_seen.load(Ordering::Relaxed) > 0,
+        "the scanner saw the variable set process"
+    );
+    let reqs = world.take_requests();
+    let names = ops(&reqs);
+    // link, service list, variable set over stdin, one up: in that order, all authorized.
+    for op in [
+        "UserProjects",
+        "EnvironmentInstances",
+        "VariableCollectionUpsert",
+        "up",
+    ] {
+        assert!(
+            names.contains(&op.to_string()),
+            "{op} missing from {names:?}"
+        );
+    }
+    assert!(reqs.iter().all(|r| r["auth"] == true), "{reqs:?}");
+    assert!(
+        !names.iter().any(|n| n == "CliEventTrack"),
+        "no telemetry: {names:?}"
+    );
+    let upserts = find(&reqs, "VariableCollectionUpsert");
+    assert_eq!(upserts.len(), 1);
+    let hash = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(SECRET_VALUE.as_bytes()))
+    );
     assert_eq!(
-        standin.take(),
-        [
-            json!(["link", "--project", "proj-1", "--environment", "staging"]),
-            json!([
-                "service",
-                "status",
-                "--environment",
-                "staging",
-                "--all",
-                "--json"
-            ]),
-            json!([
-                "variables",
-                "--environment",
-                "staging",
-                "--service",
-                s,
-                "--set",
-                "E2E_TOKEN=<set>"
-            ]),
-            json!([
-                "up",
-                "--environment",
-                "staging",
-                "--service",
-                s,
-                "--detach",
-                "--ci"
-            ]),
-        ]
+        upserts[0]["variables"]["variables"],
+        json!({ SECRET_NAME: hash })
+    );
+    assert_eq!(upserts[0]["variables"]["skipDeploys"], true);
+    assert_eq!(upserts[0]["variables"]["serviceId"], "svc-agent");
+    assert_eq!(upserts[0]["variables"]["environmentId"], "env-staging");
+    let ups = find(&reqs, "up");
+    assert_eq!(ups.len(), 1, "one deploy");
+    assert_eq!(ups[0]["serviceId"], "svc-agent");
+    assert_eq!(ups[0]["environment"], "env-staging");
+    assert!(
+        ups[0]["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .any(|f| f.as_str().is_some_and(|f| f.ends_with("Dockerfile"))),
+        "the deploy dir was uploaded: {:?}",
+        ups[0]["files"]
+    );
+    assert!(
+        names.iter().position(|n| n == "VariableCollectionUpsert")
+            < names.iter().position(|n| n == "up"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"subscribe Deployment".to_string()),
+        "up --ci waited for the deployment status: {names:?}"
     );
     assert!(report.success);
     assert_eq!(report.image_rebuild, "triggered");
     assert_eq!(
         report.verdict,
-        format!("deploy: triggered Railway build/deploy for service {service}")
+        "deploy: triggered Railway build/deploy for service agent"
     );
     assert_eq!(
         report
             .steps
             .iter()
-            .map(|s| (s.name.as_str(), s.detail.as_str()))
+            .map(|s| (s.name.as_str(), s.status.as_str()))
             .collect::<Vec<_>>(),
         [
-            ("railway link", "linked project proj-1"),
-            (
-                "verify Railway service",
-                format!("service {service} is configured").as_str()
-            ),
-            ("set Railway service variables", "set 1 service var(s)"),
-            ("railway up", "ran railway up --detach --ci"),
+            ("railway link", "ok"),
+            ("verify Railway service", "ok"),
+            ("set Railway service variables", "ok"),
+            ("railway up", "ok"),
         ]
     );
+    assert!(out.contains("Deploy complete"), "{out}");
     assert!(
         !serde_json::to_string(&report)
             .expect("json")
             .contains(SECRET_VALUE)
     );
 
-    // deploy where railway up rebuilt nothing.
-    standin.configure(&[
-        ("RAILWAY_STANDIN_SERVICES", &services),
-        ("RAILWAY_STANDIN_UP_OUTPUT", "No changes to deploy"),
-    ]);
+    // The same upload again: Railway skips the build, the CLI says so, no rebuild is reported.
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    let report = p.deploy(&tx).await.expect("deploy");
+    let report = p
+        .deploy(&tx)
+        .await
+        .unwrap_or_else(|e| panic!("deploy 2: {e}"));
     assert_eq!(report.image_rebuild, "not_triggered");
     assert_eq!(report.verdict, "deploy: vars updated, no image rebuild");
-    standin.take();
+    world.take_requests();
 
-    // deploy when the service is not in the project.
-    standin.configure(&[("RAILWAY_STANDIN_SERVICES", "db")]);
+    // A failed build is a failed deploy (the CLI's exit status, from the deployment status).
+    std::fs::write(deploy_dir.join("changed.txt"), "1").expect("change");
+    world.control(&json!({"services": ["agent", "db"], "up": "FAILED"}));
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
+    let e = p.deploy(&tx).await.expect_err("build fails");
+    assert_eq!(e.error, ErrorCode::ProviderFailed);
+    assert!(e.message.contains("Deploy failed"), "{}", e.message);
+    world.take_requests();
+
+    // The service is not in the project: refused after the check, before any variable is set.
+    world.control(&json!({"services": ["db"]}));
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("service missing");
     assert_eq!(e.error, ErrorCode::RailwayServiceMissing);
+    assert!(!ops(&world.take_requests()).contains(&"VariableCollectionUpsert".to_string()));
+    world.control(&json!({"services": ["agent", "db"]}));
+
+    // The operator links the cloud.yaml folder once, as they would by hand; every other
+    // command runs there.
+    let o = world.cli(
+        &cloud_dir,
+        &[
+            "link",
+            "--project",
+            "proj-1",
+            "--environment",
+            "staging",
+            "--service",
+            "agent",
+        ],
+    );
     assert!(
-        e.message
-            .contains(&format!("railway add --service {service}"))
+        o.status.success(),
+        "link: {}",
+        String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(standin.take().len(), 2, "stops after the service check");
+    world.take_requests();
 
-    // deploy without the secret value: refused before any CLI call.
-    let mut bare = ctx.clone();
-    bare.secrets.clear();
-    let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    let e = RailwayProvider::with_program(bare, &program)
-        .deploy(&tx)
-        .await
-        .expect_err("missing secret");
-    assert_eq!(e.error, ErrorCode::MissingSecrets);
-    assert_eq!(
-        e.message.split(';').next(),
-        Some("Missing required secrets: E2E_TOKEN")
-    );
-    assert_eq!(standin.take(), Vec::<Value>::new());
-
-    // A failing railway up is provider_failed with its explanation.
-    standin.configure(&[
-        ("RAILWAY_STANDIN_SERVICES", &services),
-        ("RAILWAY_STANDIN_FAIL", "up"),
-    ]);
-    let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    let e = p.deploy(&tx).await.expect_err("up fails");
-    assert_eq!(e.error, ErrorCode::ProviderFailed);
-    assert!(
-        e.message.contains("up failed (RAILWAY_STANDIN_FAIL)"),
-        "{}",
-        e.message
-    );
-    standin.configure(&[]);
-
-    // exec: exit code, stdout/stderr (redacted), stdin.
-    c.exec_ok(&format!(
+    // exec over `railway ssh`: the relay runs it in the runner container.
+    world.container.exec_ok(&format!(
         "echo 'export {SECRET_NAME}={SECRET_VALUE}' >> /etc/profile"
     ));
+    let before = world.relay.exec_requests();
     let r = p
         .exec(
             &format!("echo \"${SECRET_NAME}\"; echo err >&2; exit 3"),
@@ -276,100 +246,133 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
         (r.code, r.stdout.as_str(), r.stderr.as_str()),
         (3, "***REDACTED***\n", "err\n")
     );
-    // Bounded on the runner too: `timeout -k 5 <deadline secs>` around `bash -lc`.
-    let cmd = format!(
-        "timeout -k 5 120 bash -lc {}",
-        megaplan_cloudd::shell::quote(&format!("echo \"${SECRET_NAME}\"; echo err >&2; exit 3"))
+    assert_eq!(world.relay.exec_requests(), before + 1, "one relay session");
+    let reqs = world.take_requests();
+    assert!(
+        ops(&reqs).contains(&"ServiceInstance".to_string()),
+        "{reqs:?}"
     );
-    assert_eq!(
-        standin.take(),
-        [json!([
-            "ssh",
-            "--environment",
-            "staging",
-            "--service",
-            s,
-            "--",
-            cmd
-        ])]
+    assert!(
+        ops(&reqs).contains(&"SshPublicKeys".to_string()),
+        "{reqs:?}"
     );
     let r = p
         .exec("tr a-z A-Z", Some(b"piped stdin\n".to_vec()))
         .await
         .expect("exec stdin");
     assert_eq!(r.stdout, "PIPED STDIN\n");
-    standin.take();
+
+    // Held session: `railway ssh config` once, then one ControlMaster to the relay; later calls
+    // cost one multiplexed channel: no CLI run, no backboard request, no new connection.
+    let control_dir = tempfile::Builder::new()
+        .prefix("rwc")
+        .tempdir_in("/tmp")
+        .expect("ctl dir");
+    let sessions = SshSessions::new(control_dir.path().join("c"), None);
+    let held = RailwayProvider::with_program(ctx.clone(), &program).with_sessions(sessions.clone());
+    let r = held.exec("echo held", None).await.expect("held exec");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "held\n"));
+    let reqs = world.take_requests();
+    assert!(
+        reqs.iter().any(|r| r["op"] == "ServiceInstance"),
+        "resolved through `railway ssh config`: {reqs:?}"
+    );
+    assert_eq!(sessions.count(), 1, "one master held");
+    let (conns, execs) = (
+        world.relay.accepted_connections(),
+        world.relay.exec_requests(),
+    );
+    for i in 0..3 {
+        let r = held
+            .exec(&format!("echo {i}; exit {i}"), None)
+            .await
+            .expect("held exec");
+        assert_eq!((r.code, r.stdout.trim()), (i, i.to_string().as_str()));
+    }
+    held.upload("/workspace/app/held.txt", b"over the master")
+        .await
+        .expect("held upload");
+    assert_eq!(
+        held.read("/workspace/app/held.txt")
+            .await
+            .expect("held read"),
+        b"over the master"
+    );
+    assert_eq!(
+        world.take_requests(),
+        Vec::<Value>::new(),
+        "no CLI run after the first"
+    );
+    assert_eq!(
+        world.relay.accepted_connections(),
+        conns,
+        "no new connection"
+    );
+    assert_eq!(
+        world.relay.exec_requests(),
+        execs + 5,
+        "one channel per call"
+    );
+    sessions.close_all().await;
 
     // upload/read: every byte value, and a file large enough to be chunked.
     let all: Vec<u8> = (0..=255u8).collect();
     p.upload("/workspace/app/bytes.bin", &all)
         .await
         .expect("upload");
-    assert_eq!(c.read_file("/workspace/app/bytes.bin"), Some(all.clone()));
+    assert_eq!(
+        world.container.read_file("/workspace/app/bytes.bin"),
+        Some(all.clone())
+    );
     assert_eq!(p.read("/workspace/app/bytes.bin").await.expect("read"), all);
-    assert_eq!(standin.take().len(), 2, "one ssh call each");
     let big: Vec<u8> = (0..=255u8).cycle().take(UPLOAD_CHUNK * 2 + 100).collect();
     p.upload("/workspace/app/it's big", &big)
         .await
         .expect("chunked upload");
-    assert_eq!(standin.take().len(), 4, "three chunks and a rename");
     assert_eq!(
         p.read("/workspace/app/it's big").await.expect("read big"),
         big
     );
-    standin.take();
+    world.take_requests();
 
-    // logs without follow: the last 200 lines of the runner.
+    // logs without follow: the deployment's recent lines, then exit.
+    world.control(&json!({"services": ["agent", "db"], "log_lines": ["runner booted", format!("token {SECRET_VALUE}")]}));
     let (tx, task) = megaplan_cloud_e2e::output_collector();
     let code = p.logs(false, &tx).await.expect("logs");
     drop(tx);
-    let _ = task.await;
+    let (out, _) = task.await.expect("collector");
     assert_eq!(code, 0);
-    assert_eq!(
-        standin.take(),
-        [json!([
-            "logs",
-            "--environment",
-            "staging",
-            "--service",
-            s,
-            "--lines",
-            "200"
-        ])]
-    );
+    assert!(out.contains("runner booted"), "{out}");
+    assert!(!out.contains(SECRET_VALUE), "{out}");
+    assert!(ops(&world.take_requests()).contains(&"DeploymentLogs".to_string()));
 
-    // attach: the configured session, or --session.
-    assert_eq!(
-        p.attach_argv(None).expect("attach"),
-        [
-            &program,
-            "ssh",
-            "--environment",
-            "staging",
-            "--service",
-            s,
-            "--session",
-            "agent-session"
-        ]
-    );
-    assert_eq!(p.attach_argv(Some("other")).expect("attach")[7], "other");
+    // logs in follow mode keeps streaming (under a pseudo-terminal) until the client leaves.
+    follow_until_the_client_leaves(&p, &world).await;
 
-    // down, then destroy = down + volume delete.
+    // down: removes the latest deployment without a prompt.
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    p.down(&tx).await.expect("down");
-    assert_eq!(
-        standin.take(),
-        [json!(["down", "--environment", "staging", "--service", s])]
-    );
+    p.down(&tx).await.unwrap_or_else(|e| panic!("down: {e}"));
+    let reqs = world.take_requests();
+    assert_eq!(find(&reqs, "DeploymentRemove").len(), 1, "{reqs:?}");
+
+    // destroy: down (of a fresh deployment), then the volume, by flag and without a prompt.
+    std::fs::write(deploy_dir.join("changed.txt"), "2").expect("change");
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    p.destroy(&tx).await.expect("destroy");
-    assert_eq!(
-        standin.take(),
-        [
-            json!(["down", "--environment", "staging", "--service", s]),
-            json!(["volume", "--environment", "staging", "delete", "vol-1"]),
-        ]
-    );
+    p.deploy(&tx).await.expect("redeploy");
+    world.take_requests();
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
+    p.destroy(&tx)
+        .await
+        .unwrap_or_else(|e| panic!("destroy: {e}"));
+    let reqs = world.take_requests();
+    assert_eq!(find(&reqs, "DeploymentRemove").len(), 1, "{reqs:?}");
+    let deletes = find(&reqs, "VolumeDelete");
+    assert_eq!(deletes.len(), 1, "{reqs:?}");
+    assert_eq!(deletes[0]["variables"]["id"], "volid-vol-1");
+
+    // Nothing the CLI sent was an operation the stand-in does not know.
+    let log = std::fs::read_to_string(world.dir.join("requests.jsonl")).unwrap_or_default();
+    assert!(!log.contains("unknown operation"), "{log}");
 
     // A missing CLI is provider_unavailable naming it and its install page.
     let gone = RailwayProvider::with_program(ctx, "railway-not-installed-xyz");
@@ -380,4 +383,54 @@ async fn railway_provider_runs_the_documented_cli_sequences() {
         "{}",
         e.message
     );
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
+    let e = gone.logs(true, &tx).await.expect_err("no cli, follow");
+    assert_eq!(e.error, ErrorCode::ProviderUnavailable);
+}
+
+/// `logs` with follow: lines keep arriving through the provider (the stand-in's subscription
+/// sends one every 0.2 s, forever) until the receiver is dropped; then the CLI is gone and the
+/// subscription closed.
+async fn follow_until_the_client_leaves(p: &RailwayProvider, world: &RailwayWorld) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, String)>(64);
+    let p_logs = async move { p.logs(true, &tx).await };
+    let reader = async move {
+        let mut text = String::new();
+        while let Some((_, chunk)) = rx.recv().await {
+            text.push_str(&chunk);
+            if text.matches("heartbeat").count() >= 5 {
+                break;
+            }
+        }
+        drop(rx); // the client leaves
+        text
+    };
+    let (result, text) = tokio::join!(p_logs, reader);
+    assert!(text.matches("heartbeat").count() >= 5, "{text}");
+    assert!(text.contains("runner booted"), "{text}");
+    assert!(!text.contains(SECRET_VALUE), "redacted: {text}");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\r'),
+        "terminal controls stripped: {text:?}"
+    );
+    let e = result.expect_err("the follow ends only because the client left");
+    assert!(e.message.contains("because the client went away"), "{e}");
+    // The CLI went away with the client: its subscription closed.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            world
+                .requests()
+                .iter()
+                .any(|r| r["op"] == "ws closed" && r["sent_log_lines"].as_u64() >= Some(5))
+        }),
+        "{:?}",
+        world.requests()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !all_cmdlines()
+            .iter()
+            .any(|c| c.contains(&format!("{} logs", world.cli.display())))),
+        "no railway logs process is left"
+    );
+    world.take_requests();
 }

@@ -237,11 +237,24 @@ fn watch_follows_new_reports() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    rig.ctl(&["tick"]);
-    let mut line = String::new();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    reader.read_line(&mut line).unwrap();
+    // `watch` may subscribe after a tick that was sent too early (nothing says when it has
+    // subscribed), so tick until a line arrives instead of racing a sleep.
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    let mut line = None;
+    for _ in 0..30 {
+        rig.ctl(&["tick"]);
+        if let Ok(l) = line_rx.recv_timeout(Duration::from_secs(3)) {
+            line = Some(l);
+            break;
+        }
+    }
+    let line = line.expect("watch printed no report after 30 ticks");
     let _ = child.kill();
     let _ = child.wait();
     let rec: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));

@@ -1,28 +1,32 @@
-//! The chain workflow and the supervisor through the railway provider, driven via the railway
-//! CLI STAND-IN (tests/bench/railway), which runs `railway ssh … -- CMD` in a bench container.
+//! The chain workflow, the supervisor and `logs` through the daemon with the railway provider,
+//! driving the REAL Railway CLI 5.71.0 against the STAND-IN for Railway's service and the
+//! loopback relay sshd into a bench runner container (`megaplan_cloud_e2e::railway`), in a
+//! network namespace with only loopback.
 
+use megaplan_cloud_e2e::railway::{RailwayWorld, in_private_namespace, real_cli};
 use megaplan_cloud_e2e::rig::{Run, write_chain};
-use megaplan_cloud_e2e::{Daemon, bench, path_with_railway_standin, repo_in_container, wait_until};
-use serde_json::Value;
+use megaplan_cloud_e2e::{Daemon, bench, repo_in_container, wait_until};
+use std::io::Read;
+use std::process::Stdio;
 use std::time::Duration;
 
 #[test]
-fn chain_status_and_supervise_over_railway() {
+fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
+    if !in_private_namespace("chain_status_supervise_and_logs_over_the_real_railway_cli") {
+        return;
+    }
     let Some(b) = bench() else { return };
-    let c = b.container("mp-rw");
-    let repo = repo_in_container(&c);
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("railway-argv.jsonl");
-    let path = path_with_railway_standin();
-    let log_s = log.display().to_string();
-    let d = Daemon::start(
-        &[
-            ("PATH", &path),
-            ("RAILWAY_STANDIN_CONTAINER", &c.name),
-            ("RAILWAY_STANDIN_LOG", &log_s),
-        ],
-        &[],
+    let Some(cli) = real_cli() else { return };
+    let world = RailwayWorld::start(b, cli);
+    let c = &world.container;
+    let repo = repo_in_container(c);
+    // `railway` on the daemon's PATH is the real CLI (behind the bench's env wrapper).
+    let path = format!(
+        "{}:{}",
+        world.dir.display(),
+        std::env::var("PATH").unwrap_or_default()
     );
+    let d = Daemon::start(&[("PATH", &path)], &[]);
     let project = d.dir.join("project");
     std::fs::create_dir_all(&project).unwrap();
     let cy = project.join("cloud.yaml");
@@ -31,6 +35,25 @@ fn chain_status_and_supervise_over_railway() {
         format!("provider: railway\nrepo: {{url: {repo}, workspace: /workspace/app}}\nrailway: {{service: agent, environment: staging}}\n"),
     )
     .unwrap();
+    // The operator's own link of the cloud.yaml folder.
+    let o = world.cli(
+        &project,
+        &[
+            "link",
+            "--project",
+            "proj-1",
+            "--environment",
+            "staging",
+            "--service",
+            "agent",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "link: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    world.take_requests();
     let run = |args: &[&str]| {
         let mut full = vec!["--cloud-yaml", cy.to_str().unwrap()];
         full.extend_from_slice(args);
@@ -49,7 +72,7 @@ fn chain_status_and_supervise_over_railway() {
         "agent"
     );
 
-    assert!(wait_until(Duration::from_secs(30), || {
+    assert!(wait_until(Duration::from_secs(60), || {
         run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
     }));
     let s = run(&["status", "--chain"]).ok();
@@ -59,34 +82,43 @@ fn chain_status_and_supervise_over_railway() {
         "{}",
         s.stdout
     );
+    // Every remote call went through the real CLI to the relay: it looked the instance up.
+    assert!(world.relay.exec_requests() > 0);
+    let reqs = world.take_requests();
+    assert!(
+        reqs.iter().any(|r| r["op"] == "ServiceInstance"
+            && r["variables"]["serviceId"] == "svc-agent"
+            && r["variables"]["environmentId"] == "env-staging"),
+        "{reqs:?}"
+    );
 
-    // Every remote call went through `railway ssh --environment staging --service agent -- …`.
-    let calls: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(!calls.is_empty());
-    for call in &calls {
-        let argv: Vec<&str> = call
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(
-            &argv[..6],
-            [
-                "ssh",
-                "--environment",
-                "staging",
-                "--service",
-                "agent",
-                "--"
-            ],
-            "{argv:?}"
-        );
+    // `logs` follows through the daemon until the client leaves.
+    let mut client = d
+        .ctl_command(&project, &["--cloud-yaml", cy.to_str().unwrap(), "logs"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctl logs");
+    let mut stdout = client.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("heartbeat").count() < 5 {
+        let n = stdout.read(&mut buf).expect("read");
+        assert!(n > 0, "logs ended while following: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    assert!(!seen.contains('\x1b'), "{seen:?}");
+    let _ = client.kill();
+    let _ = client.wait();
+    drop(stdout);
+    assert!(
+        wait_until(Duration::from_secs(60), || world
+            .requests()
+            .iter()
+            .any(|r| r["op"] == "ws closed")),
+        "the CLI's log subscription closed after the client left: {:?}",
+        world.requests()
+    );
 
     // A marker written for another Railway service is a consistency mismatch: the tick refuses first.
     std::fs::write(

@@ -213,7 +213,7 @@ fn hand_written_legacy_marker_is_honoured() {
         "/workspace/app/legacy.yaml",
         b"milestones:\n  - label: a\n    idea: ideas/a.md\n",
     );
-    rig.container.exec_ok("cd /workspace/app && python -m arnold.pipelines.megaplan chain start --spec /workspace/app/legacy.yaml");
+    rig.container.exec_ok("cd /workspace/app && python -m arnold_pipelines.megaplan chain start --spec /workspace/app/legacy.yaml");
     let key = megaplan_cloud_api::paths::marker_key(&rig.cloud_yaml);
     let file = rig
         .daemon

@@ -4,7 +4,9 @@
 
 pub mod classify;
 pub mod decide;
+pub mod launcher;
 pub mod observe;
+pub mod resume;
 pub mod spec;
 pub mod state;
 pub mod summary;

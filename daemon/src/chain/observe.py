@@ -5,7 +5,9 @@
 # printed last on stdout, so login-shell noise before it is skipped by the daemon.
 #
 # Input: one JSON argument with spec, session, workspace, launcher, log_path, sync_refresh,
-# pr_probe, marker_dir. Runs under the launcher's interpreter (python 3.8+).
+# pr_probe, marker_dir; then the interpreter's name as the shell found it. Runs under the
+# launcher's interpreter (python 3.8+). An empty launcher means "find the core": the first of
+# CORE_MODULES this python can import, reported as `core` for the daemon to remember.
 
 import datetime
 import hashlib
@@ -18,6 +20,8 @@ import subprocess
 import sys
 
 VERSION = 1
+# The core's module names, in probe order (daemon/src/cloud_yaml.rs CORE_MODULES).
+CORE_MODULES = ("arnold_pipelines.megaplan", "arnold.pipelines.megaplan")
 MAX_FILE_BYTES = 4 * 1024 * 1024
 REASON_CHARS = 600
 SESSION_PREFIX = "megaplan-chain"
@@ -50,6 +54,25 @@ state.resolved_workspace = a["workspace"]
 state.chain_session = a["session"]
 chain.save_chain_state(Path(a["spec"]), state)
 """
+
+
+def find_core(python):
+    """{"module", "launcher"} of the first importable core module, or {"error"}. find_spec of a
+    submodule imports only its parent packages, never the (slow) core itself."""
+    import importlib.util
+
+    for name in CORE_MODULES:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return {"module": name, "launcher": "%s -m %s" % (python or "python3", name)}
+        except Exception:  # noqa: BLE001 - a broken parent package counts as absent
+            continue
+    return {
+        "module": None,
+        "launcher": None,
+        "error": "the megaplan core is not installed on the runner: neither `%s` nor `%s` is importable; "
+        "install it or set megaplan.launcher in cloud.yaml" % CORE_MODULES,
+    }
 
 
 def tail(text, limit=REASON_CHARS):
@@ -169,11 +192,12 @@ def pr_number_of(state):
     return None
 
 
-def sync_refresh(module, workspace, spec, session, state):
+def sync_refresh(module, workspace, spec, session, state, no_core=None):
     if not module:
         return {
             "status": "failed",
-            "reason": "the launcher has no `-m <module>`, so the core's chain module cannot be imported",
+            "reason": no_core
+            or "the launcher has no `-m <module>`, so the core's chain module cannot be imported",
         }
     extra = state.get("extra_repos")
     if not (isinstance(extra, list) and extra and all(isinstance(x, str) and x for x in extra)):
@@ -226,11 +250,11 @@ def status_word(obj):
     return None
 
 
-def plan_status(launcher, workspace, plan):
+def plan_status(launcher, workspace, plan, no_core=None):
     if not plan:
         return {"status": "missing", "reason": "no current plan"}
     env, argv, _ = split_launcher(launcher)
-    reason = "the launcher setting is empty"
+    reason = no_core or "the launcher setting is empty"
     if argv:
         proc, err = run(argv + ["status", "--plan", plan], cwd=workspace, timeout=60, env_extra=env)
         if err:
@@ -361,12 +385,17 @@ def pr_probe(workspace, number):
     return (word or "unknown"), (None if word else "gh pr view printed nothing")
 
 
-def observe(req):
+def observe(req, python=None):
     out = {"version": VERSION, "errors": []}
     spec = req.get("spec") or ""
     session = req.get("session") or ""
     workspace = req.get("workspace") or ""
     launcher = req.get("launcher") or ""
+    no_core = None
+    if not launcher:
+        out["core"] = find_core(python)
+        launcher = out["core"].get("launcher") or ""
+        no_core = out["core"].get("error")
     log_path = req.get("log_path") or ".megaplan/cloud-chain.log"
     marker_dir = req.get("marker_dir") or "/workspace/.megaplan/cloud-sessions"
     out["spec_path"] = spec
@@ -403,7 +432,7 @@ def observe(req):
                 out["sync_refresh"] = {"status": "skipped", "reason": "remote spec %s not found" % resolved}
             else:
                 out["sync_refresh"] = sync_refresh(
-                    split_launcher(launcher)[2], workspace, spec, session, state
+                    split_launcher(launcher)[2], workspace, spec, session, state, no_core
                 )
             # Re-observe: everything below reads the refreshed state.
             path, text, err = read_state()
@@ -416,7 +445,7 @@ def observe(req):
 
     plan = state.get("current_plan_name")
     plan = plan.strip() if isinstance(plan, str) else ""
-    out["plan_status"] = plan_status(launcher, workspace, plan) if spec else {
+    out["plan_status"] = plan_status(launcher, workspace, plan, no_core) if spec else {
         "status": "missing",
         "reason": "no chain spec",
     }
@@ -442,7 +471,7 @@ def main(argv):
         if not isinstance(req, dict):
             out = {"version": VERSION, "fatal": "observation input must be one JSON object argument"}
         else:
-            out = observe(req)
+            out = observe(req, argv[2] if len(argv) > 2 else None)
     except Exception as exc:  # noqa: BLE001 - report, never raise
         out = {"version": VERSION, "fatal": "observation failed: %s: %s" % (type(exc).__name__, exc)}
     sys.stdout.write("\nMEGAPLAN_OBSERVATION " + json.dumps(out, ensure_ascii=True, sort_keys=True) + "\n")

@@ -40,7 +40,8 @@ pub struct ObserveRequest {
     pub spec: String,
     pub session: String,
     pub workspace: String,
-    /// The launcher setting, e.g. `python -m arnold.pipelines.megaplan`.
+    /// The launcher, e.g. `python -m arnold_pipelines.megaplan`; empty: the observation finds
+    /// the core itself and reports it in [`Observation::core_launcher`].
     pub launcher: String,
     pub log_path: String,
     /// Run the core's `_capture_sync_state` before reading the state (supervise ticks).
@@ -63,13 +64,15 @@ fn is_env_assignment(word: &str) -> bool {
 }
 
 /// The Python interpreter of a launcher: its first word when it runs a module (`<python> -m
-/// <module>`), else `python3` (a console-script launcher has no interpreter of its own).
+/// <module>`), `python` when no launcher is known yet (the runner is probed; the prelude falls
+/// back to `python3`), else `python3` (a console-script launcher has no interpreter of its own).
 pub fn launcher_interpreter(launcher: &str) -> String {
     let words: Vec<&str> = launcher
         .split_whitespace()
         .skip_while(|w| is_env_assignment(w))
         .collect();
     match words.first() {
+        None => "python".to_string(),
         Some(first) if words.contains(&"-m") => (*first).to_string(),
         _ => "python3".to_string(),
     }
@@ -102,7 +105,7 @@ pub(crate) fn observe_script_in(req: &ObserveRequest, marker_dir: &str) -> Strin
         "marker_dir": marker_dir,
     });
     format!(
-        "{}; \"$py\" -c {} {}",
+        "{}; \"$py\" -c {} {} \"$py\"",
         python_prelude(&req.launcher),
         shell::quote(OBSERVE_PY),
         shell::quote(&input.to_string())
@@ -141,6 +144,10 @@ pub struct Observation {
     pub session_marker: Option<Value>,
     /// `megaplan-chain*` sessions: `{"session", "alive", "marker"}`.
     pub sessions: Vec<Value>,
+    /// The launcher the runner found for the core (only when the request had none).
+    pub core_launcher: Option<String>,
+    /// Why no core was found (only when the request had no launcher).
+    pub core_error: Option<String>,
     /// Non-fatal findings (unreadable marker, bad policy file, probe errors).
     pub warnings: Vec<String>,
     /// The observation object as printed by the runner.
@@ -331,6 +338,16 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         Some(_) => return Err(malformed("field `sync_refresh` is not an object")),
     };
     let pr_probe = opt_string(obj, "pr_probe")?;
+    let core = object_or_empty(obj, "core")?;
+    let core_launcher = core
+        .get("launcher")
+        .and_then(Value::as_str)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string);
+    let core_error = core
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string);
 
     for key in [
         "policy_error",
@@ -370,6 +387,8 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         pr_probe,
         session_marker,
         sessions,
+        core_launcher,
+        core_error,
         warnings,
         raw,
     })
@@ -563,7 +582,7 @@ mod tests {
             "/opt/py/bin/python3.11"
         );
         assert_eq!(launcher_interpreter("megaplan"), "python3");
-        assert_eq!(launcher_interpreter(""), "python3");
+        assert_eq!(launcher_interpreter(""), "python");
     }
 
     #[test]
@@ -587,7 +606,7 @@ mod tests {
             "launcher": req.launcher, "log_path": req.log_path, "sync_refresh": true,
             "pr_probe": false, "marker_dir": SESSION_MARKER_DIR,
         });
-        assert!(script.ends_with(&format!(" {}", shell::quote(&input.to_string()))));
+        assert!(script.ends_with(&format!(" {} \"$py\"", shell::quote(&input.to_string()))));
     }
 
     /// Run a script under `sh -c` with a private tmux socket dir.
@@ -721,6 +740,105 @@ mod tests {
             "{:?}",
             obs.warnings
         );
+    }
+
+    /// No launcher: the observation finds the core itself (here the bench's stand-in, which
+    /// ships only `arnold_pipelines.megaplan`), uses it for the plan status and reports it.
+    #[test]
+    fn observe_py_finds_the_core_when_no_launcher_is_set() {
+        let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bench/standin");
+        let root = tempfile::tempdir().unwrap();
+        let ws = root.path().join("ws");
+        std::fs::create_dir_all(ws.join(".megaplan/plans/plan-m1")).unwrap();
+        std::fs::write(
+            ws.join(".megaplan/plans/plan-m1/state.json"),
+            r#"{"name": "plan-m1", "current_state": "finalized"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            ws.join("chain.yaml"),
+            "milestones:\n  - {label: m1, idea: a.md}\n",
+        )
+        .unwrap();
+        let state = crate::chain::observe::tests::state_file_for(&ws.join("chain.yaml"));
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        std::fs::write(
+            &state,
+            r#"{"current_milestone_index": 0, "current_plan_name": "plan-m1"}"#,
+        )
+        .unwrap();
+        let tmux_dir = root.path().join("tmux");
+        std::fs::create_dir_all(&tmux_dir).unwrap();
+        let mut req = ObserveRequest {
+            spec: ws.join("chain.yaml").to_str().unwrap().to_string(),
+            session: "megaplan-chain".into(),
+            workspace: ws.to_str().unwrap().to_string(),
+            launcher: String::new(),
+            log_path: DEFAULT_CHAIN_LOG.into(),
+            sync_refresh: false,
+            pr_probe: false,
+        };
+        let run = |req: &ObserveRequest, pythonpath: &Path| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(observe_script_in(req, root.path().to_str().unwrap()))
+                .env("TMUX_TMPDIR", &tmux_dir)
+                .env("PYTHONPATH", pythonpath)
+                .env("MEGAPLAN_STANDIN_IMPORT_SECONDS", "0")
+                .env_remove("TMUX")
+                .output()
+                .unwrap();
+            parse_observation(&String::from_utf8_lossy(&out.stdout)).unwrap()
+        };
+        let obs = run(&req, &standin);
+        let launcher = obs.core_launcher.clone().expect("core found");
+        assert!(
+            launcher.ends_with(" -m arnold_pipelines.megaplan"),
+            "{launcher}"
+        );
+        assert_eq!(
+            obs.plan_status["source"], "megaplan status",
+            "{}",
+            obs.plan_status
+        );
+        assert_eq!(obs.plan_status["status"], "finalized");
+        assert_eq!(obs.plan_status["next_step"], "execute");
+
+        // Neither module importable: a clear reason naming both, and the state file fallback.
+        let empty = root.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let obs = run(&req, &empty);
+        assert!(obs.core_launcher.is_none());
+        let why = obs.core_error.clone().unwrap();
+        assert!(
+            why.contains("arnold_pipelines.megaplan") && why.contains("arnold.pipelines.megaplan"),
+            "{why}"
+        );
+        assert_eq!(obs.plan_status["source"], "state_file");
+        assert!(
+            obs.plan_status["reason"]
+                .as_str()
+                .unwrap()
+                .contains("megaplan.launcher")
+        );
+
+        // A launcher given is used as written: nothing is probed.
+        req.launcher = "python3 -m arnold_pipelines.megaplan".into();
+        let obs = run(&req, &standin);
+        assert!(obs.core_launcher.is_none() && obs.core_error.is_none());
+        assert_eq!(obs.plan_status["source"], "megaplan status");
+    }
+
+    pub(super) fn state_file_for(spec: &Path) -> std::path::PathBuf {
+        use sha1::Digest as _;
+        let resolved = std::fs::canonicalize(spec).unwrap();
+        let text = resolved.to_str().unwrap().to_string();
+        let digest = hex::encode(sha1::Sha1::digest(text.as_bytes()));
+        let stem = resolved.file_stem().unwrap().to_str().unwrap().to_string();
+        resolved.parent().unwrap().join(format!(
+            ".megaplan/plans/.chains/{stem}-{}.json",
+            &digest[..12]
+        ))
     }
 
     #[test]

@@ -433,9 +433,52 @@ pub fn normalised_yaml(spec: &ChainSpec, default_base_branch: &str) -> Result<St
     })
 }
 
+/// The text uploaded to `<workspace>/chain.yaml`: the operator's file byte for byte when it
+/// names `base_branch`; otherwise the same bytes plus one line `base_branch: "<default>"`, so the
+/// runner's core uses the branch cloud.yaml checked out (the original uploaded the file as is
+/// when it had `base_branch`, and re-dumped it otherwise). `text` must be the file `spec` was
+/// parsed from. A file the line cannot be appended to (a flow mapping, a document end marker,
+/// a `base_branch: null`) is checked by parsing the result back, and falls back to
+/// [`normalised_yaml`].
+pub fn upload_text(
+    text: &str,
+    spec: &ChainSpec,
+    default_base_branch: &str,
+) -> Result<String, ErrorBody> {
+    if spec.base_branch.is_some() {
+        return Ok(text.to_string());
+    }
+    let mut base = text.to_string();
+    if !base.is_empty() && !base.ends_with('\n') {
+        base.push('\n');
+    }
+    let wanted = Value::String(default_base_branch.to_string());
+    // The branch as a plain scalar when it reads back as the same string (`main`), else as a
+    // JSON string, which is a valid YAML double-quoted scalar (`"1.0"`, `"feat: x"`).
+    let plain = default_base_branch
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    let mut forms = Vec::new();
+    if plain {
+        forms.push(default_base_branch.to_string());
+    }
+    forms.push(wanted.to_string());
+    for form in forms {
+        let out = format!("{base}base_branch: {form}\n");
+        let same = parse_chain_spec(&out, "chain.yaml").is_ok_and(|again| {
+            let mut raw = again.raw.clone();
+            raw.remove("base_branch") == Some(wanted.clone()) && raw == spec.raw
+        });
+        if same {
+            return Ok(out);
+        }
+    }
+    normalised_yaml(spec, default_base_branch)
+}
+
 /// Digest identifying "which chain" in session markers and collision checks: sha256 hex of the
-/// normalised YAML text (the exact bytes the runner holds, so the runner-side copy can be
-/// re-hashed to the same value).
+/// uploaded text (the exact bytes the runner holds, so the runner-side copy can be re-hashed to
+/// the same value).
 pub fn identity_digest(normalised_yaml: &str) -> String {
     hex::encode(Sha256::digest(normalised_yaml.as_bytes()))
 }
@@ -653,6 +696,41 @@ mod tests {
         let spec = parse("base_branch: release\n").unwrap();
         let back = yaml::parse(&normalised_yaml(&spec, "develop").unwrap()).unwrap();
         assert_eq!(back["base_branch"], "release");
+    }
+
+    #[test]
+    fn upload_text_keeps_the_operators_bytes() {
+        // Comments, key order and quoting survive; base_branch present: byte for byte.
+        let text = "# my chain\nmilestones:   # the work\n  - label: m1\n    idea: 'a.md'\nbase_branch: release # keep\nmerge_policy: auto\n";
+        let spec = parse(text).unwrap();
+        assert_eq!(upload_text(text, &spec, "develop").unwrap(), text);
+
+        // base_branch missing: the same bytes plus one line, also without a final newline.
+        let text = "# my chain\nz_custom: 1\nmilestones:\n  - {label: m1, idea: a.md}  # first";
+        let spec = parse(text).unwrap();
+        assert_eq!(
+            upload_text(text, &spec, "main").unwrap(),
+            format!("{text}\nbase_branch: main\n")
+        );
+        assert_eq!(
+            upload_text(text, &spec, "1.0").unwrap(),
+            format!("{text}\nbase_branch: \"1.0\"\n")
+        );
+        let up = upload_text(text, &spec, "feat/x \"y\"").unwrap();
+        assert_eq!(up, format!("{text}\nbase_branch: \"feat/x \\\"y\\\"\"\n"));
+        let again = parse_chain_spec(&up, "c.yaml").unwrap();
+        assert_eq!(again.base_branch.as_deref(), Some("feat/x \"y\""));
+        assert_eq!(again.milestones, spec.milestones);
+
+        // A flow mapping cannot take a line: the normalised copy instead, still correct.
+        let text = "{milestones: [{label: m1, idea: a.md}]}\n";
+        let spec = parse(text).unwrap();
+        let up = upload_text(text, &spec, "main").unwrap();
+        assert_eq!(up, normalised_yaml(&spec, "main").unwrap());
+        let text = "base_branch: null\nmilestones: []\n";
+        let spec = parse(text).unwrap();
+        let again = parse_chain_spec(&upload_text(text, &spec, "main").unwrap(), "c").unwrap();
+        assert_eq!(again.base_branch.as_deref(), Some("main"));
     }
 
     #[test]

@@ -235,7 +235,7 @@ pub fn for_spec(
             Ok(AnyProvider::Local(local::LocalProvider::new(ctx)))
         }
         ProviderKind::Railway => {
-            let p = railway::RailwayProvider::new(ctx);
+            let p = railway::RailwayProvider::new(ctx).with_sessions(sessions.clone());
             require_cli(&p.program)?;
             Ok(AnyProvider::Railway(p))
         }

@@ -1,37 +1,61 @@
-//! railway provider: the `railway` CLI.
+//! railway provider: the real `railway` CLI (written against railwayapp 5.71.0, whose source
+//! the facts below come from; the e2e tests run that binary).
 //!
 //! `--environment <env>` (when `railway.environment` is set) goes where the CLI takes it: at the
-//! end of `link`, after `service status`, and right after the subcommand everywhere else.
+//! end of `link`, and right after the subcommand everywhere else.
 //!
 //! Commands, in order per operation (the e2e test checks these exact argv):
 //! - build: `docker build -t megaplan-cloud-<service> <deploy_dir>` (local docker)
-//! - deploy: [`railway link --project P`, `railway service status --all --json`] when
-//!   `railway.project` is set; `railway variables --service S --set NAME=value` per secret;
-//!   `railway up --service S --detach --ci` in the deploy dir
+//! - deploy: [`railway link --project P`, `railway service list --json`] when `railway.project`
+//!   is set (`service status --all` is hidden and deprecated, `commands/service.rs`);
+//!   `railway variable set NAME --service S --stdin --skip-deploys` per secret with the value on
+//!   stdin (`commands/variable.rs` reads one value from stdin, trailing newlines trimmed, and
+//!   refuses an empty one; `--skip-deploys` because `up` is the one deploy); then
+//!   `railway up --service S --ci` in the deploy dir. Without `--detach` (which returns right
+//!   after the upload, `commands/up.rs`) `--ci` streams the build logs and exits with the
+//!   deployment's status: 0 on SUCCESS (or when Railway skipped the build: the build log line
+//!   `No changed files matched patterns`, `commands/up/build_logs.rs`), 1 on FAILED or CRASHED.
 //! - exec: `railway ssh --service S -- "bash -lc <script>"` (stdin, when given, travels as a
-//!   base64 here-document: the CLI does not forward stdin)
+//!   base64 here-document: the daemon gives the CLI no stdin)
 //! - upload: `railway ssh --service S -- "mkdir -p <dir> && base64 -d > <dest> <<'MEGAPLAN_UPLOAD' ..."`
 //!   (large files in several appends, then a rename)
-//! - read: `railway ssh --service S -- "base64 < <path>"` (decoded here: the CLI's terminal
-//!   channel is not binary-safe)
+//! - read: `railway ssh --service S -- "base64 < <path>"` (decoded here: the remote channel is
+//!   text for the CLI)
+//! - held session: exec/upload/read go over one OpenSSH ControlMaster to the relay, like the
+//!   ssh provider ([`super::ssh_master`]): `railway ssh` is plain OpenSSH to
+//!   `<serviceInstanceId>@ssh.railway.com` (`commands/ssh/native.rs`), and
+//!   `railway ssh config --service S --alias megaplan-<S> --dry-run` prints that destination as
+//!   an OpenSSH `Host` block (`commands/ssh/config.rs`). Resolved once per service and cached;
+//!   the operator's ssh config and agent supply the registered key. When the block cannot be
+//!   had or the master does not start, every call falls back to `railway ssh` (retried after
+//!   [`RELAY_RETRY`]).
 //! - attach: `railway ssh --service S --session <session>`
-//! - logs: `railway logs --service S [--lines 200]`
-//! - down: `railway down --service S`; destroy: down, then `railway volume delete <volume>`
+//! - logs: `railway logs --service S --lines 200`; follow mode: `railway logs --service S` under
+//!   a pseudo-terminal (`script -q -e -f -c ... /dev/null`), because the CLI streams only when
+//!   its stdout is a terminal (`commands/logs.rs`, `should_stream`) and otherwise prints the last
+//!   500 lines and exits; terminal control sequences are stripped before redaction
+//!   ([`crate::process::run_streaming_terminal`])
+//! - down: `railway down --service S --yes` (without `--yes` it prompts, `commands/down.rs`);
+//!   destroy: down, then `railway volume delete --volume <volume> --yes` (the volume is a flag,
+//!   and without `--yes` a non-terminal run fails, `commands/volume.rs`)
 //!
-//! Secret values are in the argv of `railway variables --set` (the CLI has no other input);
-//! [`crate::process::Cmd::display`] masks them in every message.
+//! No secret value is ever in an argv: the process list of the machine is readable by every
+//! local user.
 
+use super::ssh_master::{SshMaster, SshSessions, SshTarget};
 use super::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
-    check_secrets, decode_base64_text, deploy_failed, exec_result, explanation, note, plain_step,
+    check_secrets, decode_base64_text, deploy_failed, exec_result, explanation, plain_step,
     push_streamed_step, remote_parent, run_error, step_failed, step_from, stream_capture,
 };
 use crate::process::{self, Cmd, Output};
 use crate::shell::quote;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Raw bytes per upload command: keeps each argv well under the kernel's 128 KiB per-argument
 /// limit. A multiple of 3, so every chunk is standalone base64.
@@ -42,14 +66,14 @@ const MIN_DEPLOY_DEADLINE: Duration = Duration::from_secs(1800);
 
 const RAILWAY_CLI_PAGE: &str = "https://docs.railway.app/develop/cli";
 
-/// Output of `railway up` that means no image was rebuilt.
-const NO_REBUILD_MARKERS: [&str; 5] = [
-    "no changes",
-    "nothing to deploy",
-    "already up to date",
-    "unchanged",
-    "skipping build",
-];
+/// The build log line after which `railway up --ci` exits 0 without a build: Railway skipped
+/// it because no changed file matched the service's watch patterns
+/// (`commands/up/build_logs.rs` in the CLI).
+const NO_REBUILD_MARKER: &str = "No changed files matched patterns";
+
+/// Runs a command under a pseudo-terminal (util-linux `script`): `-q` no banner, `-e` its exit
+/// status, `-f` flush every write, `/dev/null` no typescript file.
+const PTY_WRAPPER: [&str; 4] = ["script", "-q", "-e", "-f"];
 
 // ---------------------------------------------------------------------------------------------
 // argv (pure). `env` is `railway.environment`.
@@ -77,20 +101,25 @@ pub fn link_args(project: &str, env: Option<&str>) -> Vec<String> {
     v
 }
 
-pub fn service_status_args(env: Option<&str>) -> Vec<String> {
-    scoped(&["service", "status"], env, &["--all", "--json"])
+/// `service list [--environment E] --json`: the services of the linked environment.
+pub fn service_list_args(env: Option<&str>) -> Vec<String> {
+    scoped(&["service", "list"], env, &["--json"])
 }
 
-pub fn variables_args(service: &str, env: Option<&str>, name_value: &str) -> Vec<String> {
+/// `variable set [--environment E] NAME --service S --stdin --skip-deploys`: the value goes on
+/// stdin, never in argv.
+pub fn variable_set_args(service: &str, env: Option<&str>, name: &str) -> Vec<String> {
     scoped(
-        &["variables"],
+        &["variable", "set"],
         env,
-        &["--service", service, "--set", name_value],
+        &[name, "--service", service, "--stdin", "--skip-deploys"],
     )
 }
 
+/// `up [--environment E] --service S --ci`: waits for the deployment; the exit status is its
+/// verdict.
 pub fn up_args(service: &str, env: Option<&str>) -> Vec<String> {
-    scoped(&["up"], env, &["--service", service, "--detach", "--ci"])
+    scoped(&["up"], env, &["--service", service, "--ci"])
 }
 
 pub fn ssh_args(service: &str, env: Option<&str>, command: &str) -> Vec<String> {
@@ -109,12 +138,76 @@ pub fn logs_args(service: &str, env: Option<&str>, follow: bool) -> Vec<String> 
     }
 }
 
+/// `argv` run under a pseudo-terminal: `script -q -e -f -c '<argv, quoted>' /dev/null`.
+/// `script` runs the command line with `$SHELL -c`, so the caller sets `SHELL=/bin/sh`.
+pub fn under_pty(argv: &[String]) -> Vec<String> {
+    let mut v = w(&PTY_WRAPPER);
+    v.push("-c".to_string());
+    v.push(crate::shell::join(argv));
+    v.push("/dev/null".to_string());
+    v
+}
+
 pub fn down_args(service: &str, env: Option<&str>) -> Vec<String> {
-    scoped(&["down"], env, &["--service", service])
+    scoped(&["down"], env, &["--service", service, "--yes"])
 }
 
 pub fn volume_delete_args(volume: &str, env: Option<&str>) -> Vec<String> {
-    scoped(&["volume"], env, &["delete", volume])
+    scoped(&["volume"], env, &["delete", "--volume", volume, "--yes"])
+}
+
+/// `ssh config [--environment E] --service S --alias megaplan-<S> --dry-run`: prints the
+/// service's OpenSSH `Host` block instead of writing it to `~/.ssh/config`.
+pub fn ssh_config_args(service: &str, env: Option<&str>) -> Vec<String> {
+    let alias = format!("megaplan-{service}");
+    scoped(
+        &["ssh", "config"],
+        env,
+        &["--service", service, "--alias", &alias, "--dry-run"],
+    )
+}
+
+/// The relay destination in a `railway ssh config` `Host` block: `HostName`, `User` (the
+/// service instance), `Port` (22 when absent) and `IdentityFile` when present. `None` unless
+/// both `HostName` and `User` are there.
+pub fn relay_target(block: &str) -> Option<SshTarget> {
+    let (mut host, mut user, mut port, mut identity) = (None, None, 22u16, None);
+    for line in block.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_string();
+        match key.to_ascii_lowercase().as_str() {
+            "hostname" => host = Some(value),
+            "user" => user = Some(value),
+            "port" => port = value.parse().ok()?,
+            "identityfile" => identity = Some(value),
+            _ => {}
+        }
+    }
+    Some(SshTarget {
+        host: host.filter(|h| !h.is_empty())?,
+        user: Some(user.filter(|u| !u.is_empty())?),
+        port,
+        identity_file: identity,
+    })
+}
+
+/// After a failed resolution or master start, calls use `railway ssh` for this long before the
+/// held session is tried again.
+pub const RELAY_RETRY: Duration = Duration::from_secs(300);
+
+/// Resolved relay destinations per (CLI, folder, service, environment); `None` = fall back
+/// (until the instant plus [`RELAY_RETRY`]).
+type RelayCache = Mutex<HashMap<String, (Option<SshTarget>, Instant)>>;
+
+fn relay_cache() -> &'static RelayCache {
+    static CACHE: OnceLock<RelayCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 pub fn image_tag(service: &str) -> String {
@@ -187,13 +280,60 @@ pub fn read_command(path: &str) -> String {
     format!("base64 < {}", quote(path))
 }
 
-/// `not_triggered` when `railway up` said nothing was rebuilt, else `triggered`.
+/// `not_triggered` when `railway up --ci` said Railway skipped the build, else `triggered`.
 pub fn classify_up(output: &str) -> &'static str {
-    let lower = output.to_lowercase();
-    if NO_REBUILD_MARKERS.iter().any(|m| lower.contains(m)) {
+    if output.lines().any(|l| l.contains(NO_REBUILD_MARKER)) {
         "not_triggered"
     } else {
         "triggered"
+    }
+}
+
+/// What `railway up --ci` said about the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpOutcome {
+    /// Exit 0 after `Deploy complete` (the deployment reached SUCCESS).
+    Deployed,
+    /// Exit 0 after the skipped-build log line: nothing was rebuilt.
+    Skipped,
+    /// Exit 0 with neither: the status stream ended early (`commands/up.rs` returns Ok when it
+    /// closes), so success is not established.
+    NoVerdict,
+    /// A non-zero exit: FAILED, CRASHED, or the upload/CLI failed.
+    Failed,
+}
+
+impl UpOutcome {
+    /// The deploy step's detail line.
+    pub fn detail(self) -> &'static str {
+        match self {
+            UpOutcome::Deployed => "railway up --ci: deployment succeeded",
+            UpOutcome::Skipped => "railway reported no image rebuild (no changed files matched)",
+            UpOutcome::NoVerdict => "railway up --ci ended without a deployment status",
+            UpOutcome::Failed => "railway up --ci: deployment failed",
+        }
+    }
+}
+
+/// The last `Deploy failed...`/`Deploy crashed` line `railway up --ci` printed, if any.
+pub fn verdict_line(stdout: &str) -> Option<&str> {
+    stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with("Deploy failed") || l.starts_with("Deploy crashed"))
+}
+
+/// The verdict of `railway up --ci` from its exit code and output.
+pub fn up_outcome(code: i32, output: &str) -> UpOutcome {
+    if code != 0 {
+        UpOutcome::Failed
+    } else if classify_up(output) == "not_triggered" {
+        UpOutcome::Skipped
+    } else if output.contains("Deploy complete") {
+        UpOutcome::Deployed
+    } else {
+        UpOutcome::NoVerdict
     }
 }
 
@@ -206,8 +346,9 @@ pub fn verdict(image_rebuild: &str, secret_count: usize, service: &str) -> Strin
     }
 }
 
-/// Whether `railway service status --all --json` lists `service`. The CLI's JSON shape has
-/// changed over versions, so any object naming it (`name` or `serviceName`) counts.
+/// Whether `railway service list --json` lists `service` (5.71 prints an array of objects with
+/// `id` and `name`, `commands/output/service_summary.rs`). Older CLIs printed other shapes, so
+/// any object naming it (`name` or `serviceName`) counts.
 pub fn service_listed(json: &Value, service: &str) -> bool {
     match json {
         Value::Object(m) => {
@@ -239,6 +380,8 @@ pub struct RailwayProvider {
     ctx: ProviderCtx,
     /// The railway CLI to run (`railway` on PATH unless overridden).
     pub program: String,
+    /// The daemon's held OpenSSH sessions; `None`: every call is `railway ssh`.
+    sessions: Option<SshSessions>,
 }
 
 impl RailwayProvider {
@@ -250,6 +393,88 @@ impl RailwayProvider {
         RailwayProvider {
             ctx,
             program: program.to_string(),
+            sessions: None,
+        }
+    }
+
+    /// Hold a ControlMaster session to the relay in `sessions` (see the module docs).
+    pub fn with_sessions(mut self, sessions: SshSessions) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    fn relay_key(&self) -> String {
+        format!(
+            "{}\0{}\0{}\0{}",
+            self.program,
+            self.project_dir().display(),
+            self.service(),
+            self.env().unwrap_or("")
+        )
+    }
+
+    /// The live master to the service's relay destination, or `None` to use `railway ssh`.
+    pub async fn relay(&self) -> Option<Arc<SshMaster>> {
+        let sessions = self.sessions.as_ref()?;
+        let key = self.relay_key();
+        let cached = relay_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let target = match cached {
+            Some((Some(t), _)) => t,
+            Some((None, since)) if since.elapsed() < RELAY_RETRY => return None,
+            _ => {
+                let t = self.resolve_relay().await;
+                self.remember(&key, t.clone());
+                t?
+            }
+        };
+        match sessions.master(&target).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    target = %target.describe(),
+                    "railway relay session did not start, using `railway ssh`: {}",
+                    e.message
+                );
+                self.remember(&key, None);
+                None
+            }
+        }
+    }
+
+    fn remember(&self, key: &str, target: Option<SshTarget>) {
+        relay_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), (target, Instant::now()));
+    }
+
+    /// `railway ssh config ... --dry-run`, parsed.
+    async fn resolve_relay(&self) -> Option<SshTarget> {
+        let cmd = self.cmd(
+            ssh_config_args(self.service(), self.env()),
+            self.project_dir(),
+        );
+        match self.run(&cmd, self.ctx.deadline).await {
+            Ok(o) if o.code == 0 => relay_target(&String::from_utf8_lossy(&o.stdout)),
+            Ok(o) => {
+                tracing::warn!(
+                    "`{}` failed (exit {}), using `railway ssh`: {}",
+                    cmd.display(),
+                    o.code,
+                    self.ctx
+                        .redactor
+                        .redact(&String::from_utf8_lossy(&o.stderr))
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("`{}`: {}, using `railway ssh`", cmd.display(), e.message);
+                None
+            }
         }
     }
 
@@ -300,6 +525,11 @@ impl RailwayProvider {
     }
 
     async fn ssh(&self, command: &str) -> Result<Output, ErrorBody> {
+        if let (Some(m), Some(sessions)) = (self.relay().await, &self.sessions) {
+            return sessions
+                .run(m.target(), command, None, self.ctx.deadline, false)
+                .await;
+        }
         let cmd = self.cmd(
             ssh_args(self.service(), self.env(), command),
             self.project_dir(),
@@ -386,7 +616,7 @@ impl Provider for RailwayProvider {
             .await?;
             let o = self
                 .deploy_step(
-                    &self.cmd(service_status_args(env), dir.clone()),
+                    &self.cmd(service_list_args(env), dir.clone()),
                     "verify Railway service",
                     &format!("service {service} is configured"),
                     &mut steps,
@@ -407,10 +637,9 @@ impl Provider for RailwayProvider {
         let mut last_output = None;
         for name in &spec.secrets {
             let value = self.ctx.secrets.get(name).cloned().unwrap_or_default();
-            let mut args = variables_args(&service, env, &format!("{name}={value}"));
-            // The NAME=value word goes in last, marked so messages never show the value.
-            let name_value = args.pop().unwrap_or_default();
-            let cmd = self.cmd(args, dir.clone()).secret_arg(name_value);
+            let cmd = self
+                .cmd(variable_set_args(&service, env, name), dir.clone())
+                .stdin(value.into_bytes());
             let o = self
                 .run(&cmd, self.ctx.deadline)
                 .await
@@ -424,7 +653,7 @@ impl Provider for RailwayProvider {
                 ));
                 return Err(deploy_failed(
                     step_failed(
-                        &format!("railway variables --set {name}"),
+                        &format!("railway variable set {name} --stdin"),
                         &o,
                         &self.ctx.redactor,
                     ),
@@ -451,28 +680,42 @@ impl Provider for RailwayProvider {
         let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out)
             .await
             .map_err(|e| deploy_failed(self.cli_error(e), "railway", &steps))?;
-        let combined = format!("{}\n{}", s.stdout_tail, s.stderr_tail);
-        let image_rebuild = classify_up(&combined);
-        let silent = combined.trim().is_empty();
-        let detail = if image_rebuild == "not_triggered" {
-            "railway reported no image rebuild"
-        } else if silent {
-            "ran railway up --detach --ci; provider returned no stdout/stderr"
-        } else {
-            "ran railway up --detach --ci"
-        };
+        let outcome = up_outcome(s.code, &format!("{}\n{}", s.stdout_tail, s.stderr_tail));
         push_streamed_step(
             &mut steps,
             "railway",
-            ("railway up", detail, "railway up"),
+            ("railway up", outcome.detail(), "railway up --ci"),
             &s,
-        )?;
-        let mut warnings = Vec::new();
-        if image_rebuild == "triggered" && silent {
-            let w = "railway up returned no stdout/stderr; verify the Railway deployment logs for build outcome";
-            note(out, &format!("warning: {w}")).await;
-            warnings.push(w.to_string());
+        )
+        .map_err(|mut e| {
+            // The verdict line ("Deploy failed: ...", "Deploy crashed") is on stdout even when
+            // stderr has other output.
+            if let Some(line) = verdict_line(&s.stdout_tail) {
+                e.message = format!("{} ({line})", e.message);
+            }
+            e
+        })?;
+        if outcome == UpOutcome::NoVerdict {
+            if let Some(last) = steps.last_mut() {
+                last.status = "failed".to_string();
+            }
+            return Err(deploy_failed(
+                ErrorBody::new(
+                    ErrorCode::ProviderFailed,
+                    format!(
+                        "railway up --ci exited 0 without a deployment status (no 'Deploy complete', no skipped build): check the deployment with `railway deployment list --service {service}`"
+                    ),
+                ),
+                "railway",
+                &steps,
+            ));
         }
+        let image_rebuild = if outcome == UpOutcome::Skipped {
+            "not_triggered"
+        } else {
+            "triggered"
+        };
+        let warnings = Vec::new();
         Ok(DeployReport {
             success: true,
             provider: "railway".to_string(),
@@ -495,14 +738,14 @@ impl Provider for RailwayProvider {
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
-        let cmd = self.cmd(
-            ssh_args(
-                self.service(),
-                self.env(),
-                &exec_command_within(script, None, self.ctx.deadline),
+        let remote = exec_command_within(script, None, self.ctx.deadline);
+        let cmd = match self.relay().await {
+            Some(m) => m.command(&remote),
+            None => self.cmd(
+                ssh_args(self.service(), self.env(), &remote),
+                self.project_dir(),
             ),
-            self.project_dir(),
-        );
+        };
         process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
             .await
             .map_err(|e| self.cli_error(run_error(&cmd, e)))
@@ -549,14 +792,26 @@ impl Provider for RailwayProvider {
     }
 
     async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
-        let cmd = self.cmd(
-            logs_args(self.service(), self.env(), follow),
-            self.project_dir(),
-        );
-        let deadline = (!follow).then_some(self.ctx.deadline);
-        process::run_streaming(&cmd, deadline, &self.ctx.redactor, out)
+        let args = logs_args(self.service(), self.env(), follow);
+        if !follow {
+            let cmd = self.cmd(args, self.project_dir());
+            return process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
+                .await
+                .map_err(|e| self.cli_error(run_error(&cmd, e)));
+        }
+        // Follow mode streams only to a terminal: run the CLI under one.
+        super::require_cli(&self.program).map_err(|e| self.cli_error(e))?;
+        super::require_cli(PTY_WRAPPER[0])?;
+        let mut argv = vec![self.program.clone()];
+        argv.extend(args);
+        let pty = under_pty(&argv);
+        let cmd = Cmd::new(&pty[0])
+            .args(pty[1..].iter().cloned())
+            .cwd(self.project_dir())
+            .env("SHELL", "/bin/sh");
+        process::run_streaming_terminal(&cmd, None, &self.ctx.redactor, out)
             .await
-            .map_err(|e| self.cli_error(run_error(&cmd, e)))
+            .map_err(|e| run_error(&cmd, e))
     }
 
     async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
@@ -585,18 +840,12 @@ mod tests {
     #[test]
     fn argv_without_environment() {
         assert_eq!(join(&link_args("proj", None)), "link --project proj");
+        assert_eq!(join(&service_list_args(None)), "service list --json");
         assert_eq!(
-            join(&service_status_args(None)),
-            "service status --all --json"
+            join(&variable_set_args("agent", None, "K")),
+            "variable set K --service agent --stdin --skip-deploys"
         );
-        assert_eq!(
-            join(&variables_args("agent", None, "K=v")),
-            "variables --service agent --set K=v"
-        );
-        assert_eq!(
-            join(&up_args("agent", None)),
-            "up --service agent --detach --ci"
-        );
+        assert_eq!(join(&up_args("agent", None)), "up --service agent --ci");
         assert_eq!(
             join(&ssh_args("agent", None, "bash -lc true")),
             "ssh --service agent -- 'bash -lc true'"
@@ -613,12 +862,66 @@ mod tests {
             join(&logs_args("agent", None, false)),
             "logs --service agent --lines 200"
         );
-        assert_eq!(join(&down_args("agent", None)), "down --service agent");
-        assert_eq!(join(&volume_delete_args("vol", None)), "volume delete vol");
+        assert_eq!(
+            join(&down_args("agent", None)),
+            "down --service agent --yes"
+        );
+        assert_eq!(
+            join(&volume_delete_args("vol", None)),
+            "volume delete --volume vol --yes"
+        );
         assert_eq!(
             join(&build_argv("agent", Path::new("/tmp/d x"))),
             "docker build -t megaplan-cloud-agent '/tmp/d x'"
         );
+    }
+
+    #[test]
+    fn no_argv_carries_a_secret_value() {
+        // The value travels on stdin: the argv names the variable only.
+        let argv = variable_set_args("agent", Some("prod"), "OPENAI_API_KEY");
+        assert!(argv.iter().all(|a| !a.contains('=')), "{argv:?}");
+        assert!(argv.contains(&"--stdin".to_string()));
+        assert!(argv.contains(&"--skip-deploys".to_string()));
+    }
+
+    #[test]
+    fn follow_runs_under_a_pty_wrapper() {
+        let argv: Vec<String> = std::iter::once("/opt/rail way/railway".to_string())
+            .chain(logs_args("agent", Some("prod"), true))
+            .collect();
+        assert_eq!(
+            under_pty(&argv),
+            [
+                "script",
+                "-q",
+                "-e",
+                "-f",
+                "-c",
+                "'/opt/rail way/railway' logs --environment prod --service agent",
+                "/dev/null"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_pty_wrapper_gives_the_cli_a_terminal() {
+        if crate::process::which("script").is_none() {
+            return;
+        }
+        let argv = under_pty(&[
+            "sh".to_string(),
+            "-c".to_string(),
+            "test -t 1 && echo tty".to_string(),
+        ]);
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("SHELL", "/bin/sh")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "tty\r\n");
+        assert!(out.status.success());
     }
 
     #[test]
@@ -629,16 +932,16 @@ mod tests {
             "link --project proj --environment staging"
         );
         assert_eq!(
-            join(&service_status_args(e)),
-            "service status --environment staging --all --json"
+            join(&service_list_args(e)),
+            "service list --environment staging --json"
         );
         assert_eq!(
-            join(&variables_args("agent", e, "K=v")),
-            "variables --environment staging --service agent --set K=v"
+            join(&variable_set_args("agent", e, "K")),
+            "variable set --environment staging K --service agent --stdin --skip-deploys"
         );
         assert_eq!(
             join(&up_args("agent", e)),
-            "up --environment staging --service agent --detach --ci"
+            "up --environment staging --service agent --ci"
         );
         assert_eq!(
             join(&ssh_args("agent", e, "x")),
@@ -654,30 +957,68 @@ mod tests {
         );
         assert_eq!(
             join(&down_args("agent", e)),
-            "down --environment staging --service agent"
+            "down --environment staging --service agent --yes"
         );
         assert_eq!(
             join(&volume_delete_args("vol", e)),
-            "volume --environment staging delete vol"
+            "volume --environment staging delete --volume vol --yes"
         );
     }
 
     #[test]
-    fn no_rebuild_classification() {
-        for text in [
-            "No changes to deploy",
-            "Nothing to deploy",
-            "Service is ALREADY UP TO DATE",
-            "image unchanged",
-            "Skipping build: cached",
-        ] {
-            assert_eq!(classify_up(text), "not_triggered", "{text}");
-        }
+    fn relay_destination_from_the_host_block() {
         assert_eq!(
-            classify_up("Indexing...\nUploading...\nBuild Logs: https://railway.app/x"),
-            "triggered"
+            join(&ssh_config_args("agent", Some("prod"))),
+            "ssh config --environment prod --service agent --alias megaplan-agent --dry-run"
         );
-        assert_eq!(classify_up(""), "triggered");
+        // What `railway ssh config --dry-run` prints (commands/ssh/config.rs render_config_block).
+        let block = "# BEGIN railway:p:e:s\n# Railway service: agent\nHost megaplan-agent\n    HostName ssh.railway.com\n    User 4f2c-instance\n    ServerAliveInterval 30\n    ServerAliveCountMax 3\n# END railway:p:e:s\n";
+        assert_eq!(
+            relay_target(block),
+            Some(SshTarget {
+                host: "ssh.railway.com".into(),
+                user: Some("4f2c-instance".into()),
+                port: 22,
+                identity_file: None,
+            })
+        );
+        let dev = "Host a\n  HostName ssh.railway-develop.com\n  Port 2222\n  User i\n  IdentityFile \"/k/id x\"\n";
+        let t = relay_target(dev).expect("target");
+        assert_eq!(
+            (t.port, t.identity_file.as_deref()),
+            (2222, Some("/k/id x"))
+        );
+        assert_eq!(relay_target("Host a\n  HostName h\n"), None, "no User");
+        assert_eq!(relay_target("Host a\n  User u\n"), None, "no HostName");
+        assert_eq!(
+            relay_target("Host a\n HostName h\n User u\n Port x\n"),
+            None
+        );
+        assert_eq!(relay_target(""), None);
+    }
+
+    #[test]
+    fn up_verdict_from_exit_status_and_output() {
+        let skipped = "Indexing...\nUploading...\n  Deployment: https://railway.com/x\nCI mode enabled\nNo changed files matched patterns: src/**\n";
+        assert_eq!(classify_up(skipped), "not_triggered");
+        assert_eq!(up_outcome(0, skipped), UpOutcome::Skipped);
+        let done = "Indexing...\nUploading...\nCI mode enabled\nbuild step 1\nDeploy complete\n";
+        assert_eq!(classify_up(done), "triggered");
+        assert_eq!(up_outcome(0, done), UpOutcome::Deployed);
+        assert_eq!(up_outcome(1, "Deploy failed: exit 2\n"), UpOutcome::Failed);
+        assert_eq!(up_outcome(1, "Deploy crashed\n"), UpOutcome::Failed);
+        assert_eq!(
+            verdict_line("CI mode enabled\nDeploy failed: exit 2\nbye\n"),
+            Some("Deploy failed: exit 2")
+        );
+        assert_eq!(verdict_line("Deploy complete\n"), None);
+        // The status stream closing early exits 0 with no verdict: not a success.
+        assert_eq!(
+            up_outcome(0, "Indexing...\nUploading...\nCI mode enabled\n"),
+            UpOutcome::NoVerdict
+        );
+        // Our old guesses are not what the CLI prints.
+        assert_eq!(classify_up("No changes to deploy"), "triggered");
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub fn remote_idea_path(idea: &str, workspace: &str) -> String {
 /// Prints `MEGAPLAN_ALREADY_RUNNING` when the live session already runs this chain.
 pub fn preflight_script(
     spec: &CloudSpec,
+    launcher: &str,
     session: &str,
     digest: &str,
     remote_spec: &str,
@@ -109,7 +110,7 @@ pub fn preflight_script(
            if [ \"$running\" = \"$d\" ]; then echo MEGAPLAN_ALREADY_RUNNING; exit 0; fi; \
            echo \"tmux session $s is already running a different chain (marker $m); refusing to disturb it\" >&2; exit {code}; \
          fi; {checkout}",
-        prelude = python_prelude(&spec.megaplan.launcher),
+        prelude = python_prelude(launcher),
         s = quote(session),
         m = quote(&marker),
         d = quote(digest),
@@ -130,6 +131,7 @@ pub fn preflight_script(
 /// the chain in tmux, and report whether the session lives.
 pub fn start_script(
     spec: &CloudSpec,
+    launcher: &str,
     session: &str,
     remote_spec: &str,
     log_path: &str,
@@ -139,7 +141,7 @@ pub fn start_script(
     let ws = &spec.repo.workspace;
     let mut inner = format!(
         "MEGAPLAN_TRUSTED_CONTAINER=1 {} chain start --spec {}",
-        spec.megaplan.launcher,
+        launcher,
         quote(remote_spec)
     );
     if no_git_refresh {
@@ -165,7 +167,7 @@ pub fn start_script(
          tmux new-session -d -s {s} -c {ws} {inner} && \
          sleep 1 && if tmux has-session -t ={s} 2>/dev/null; then echo MEGAPLAN_SESSION_ALIVE; \
          else echo MEGAPLAN_SESSION_EXITED; tail -n 20 {log} 2>/dev/null; fi",
-        prelude = python_prelude(&spec.megaplan.launcher),
+        prelude = python_prelude(launcher),
         log_dir = quote(&log_dir),
         mdir = quote(SESSION_MARKER_DIR),
         ws = quote(ws),
@@ -199,17 +201,19 @@ pub async fn bootstrap(
     let remote_idea = format!("{}/idea.txt", ws.trim_end_matches('/'));
     p.upload(&remote_idea, &content).await?;
     let robustness = robustness.unwrap_or(&ctx.spec.auto.robustness);
-    let mut cmd = format!(
-        "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
-        ws = quote(&ws),
-        launcher = ctx.spec.megaplan.launcher,
-        idea = quote(&remote_idea),
-        rob = quote(robustness),
-    );
-    if let Some(n) = plan_name {
-        cmd.push_str(&format!(" --name {}", quote(n)));
-    }
-    let r = p.exec(&cmd, None).await?;
+    let init = |launcher: &str| {
+        let mut cmd = format!(
+            "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
+            ws = quote(&ws),
+            idea = quote(&remote_idea),
+            rob = quote(robustness),
+        );
+        if let Some(n) = plan_name {
+            cmd.push_str(&format!(" --name {}", quote(n)));
+        }
+        cmd
+    };
+    let r = ctx.core_exec(init, false).await?;
     ctx.out.stderr(r.stderr.clone()).await;
     ctx.out.stderr(r.stdout.clone()).await;
     let code = r.code;
@@ -309,8 +313,10 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     // Everything local is checked before the runner is touched.
     let uploads = resolve_ideas(ctx, &chain, &idea_dir)?;
     ctx.require_secrets()?;
-    let normalised = spec::normalised_yaml(&chain, &ctx.spec.repo.branch)?;
+    // The operator's bytes (plus one `base_branch:` line when the spec names none).
+    let normalised = spec::upload_text(&spec_text, &chain, &ctx.spec.repo.branch)?;
     let digest = spec::identity_digest(&normalised);
+    let launcher = ctx.launcher().await?;
     let ws = ctx.spec.repo.workspace.clone();
     let remote_spec = format!("{}/chain.yaml", ws.trim_end_matches('/'));
     let log_path = format!("{}/.megaplan/cloud-chain.log", ws.trim_end_matches('/'));
@@ -319,7 +325,14 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
     let pre = p
         .exec(
-            &preflight_script(&ctx.spec, session, &digest, &remote_spec, args.fresh),
+            &preflight_script(
+                &ctx.spec,
+                &launcher,
+                session,
+                &digest,
+                &remote_spec,
+                args.fresh,
+            ),
             None,
         )
         .await?;
@@ -370,6 +383,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         .exec(
             &start_script(
                 &ctx.spec,
+                &launcher,
                 session,
                 &remote_spec,
                 &log_path,
@@ -485,9 +499,17 @@ mod tests {
         let s = spec();
         for script in [
             checkout_script(&s),
-            preflight_script(&s, "megaplan-chain", "abc", "/w/app/chain.yaml", true),
+            preflight_script(
+                &s,
+                "python -m m",
+                "megaplan-chain",
+                "abc",
+                "/w/app/chain.yaml",
+                true,
+            ),
             start_script(
                 &s,
+                "python -m m",
                 "megaplan-chain",
                 "/w/app/chain.yaml",
                 "/w/app/.megaplan/cloud-chain.log",

@@ -11,7 +11,7 @@ pub mod supervise;
 use crate::cloud_yaml::{self, CloudSpec, ProviderKind};
 use crate::daemon::AppState;
 use crate::process::StreamKind;
-use crate::provider::{self, AnyProvider, OutTx, ProviderCtx};
+use crate::provider::{self, AnyProvider, OutTx, Provider as _, ProviderCtx};
 use crate::redact::Redactor;
 use megaplan_cloud_api::wire::{Command, Frame, RepoOverrides, RunRequest};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
@@ -173,6 +173,67 @@ impl Ctx {
     pub fn redact(&self, v: &Value) -> Value {
         self.redactor.redact_json(v)
     }
+
+    /// The core launcher for this runner: `megaplan.launcher` as written, else the one probed
+    /// on the runner (remembered per runner; see `chain::launcher`).
+    pub async fn launcher(&self) -> Result<String, ErrorBody> {
+        resolve_launcher(&self.state, &self.spec, &self.key, &self.runner()?).await
+    }
+
+    /// Run a core command built from the launcher. When the launcher was probed and the command
+    /// says "No module named", the remembered launcher is dropped, the runner probed again, and
+    /// the command re-run once if the runner now names another module.
+    pub async fn core_exec(
+        &self,
+        build: impl Fn(&str) -> String,
+        observe_only: bool,
+    ) -> Result<provider::ExecResult, ErrorBody> {
+        let p = self.runner()?;
+        let run = |script: String| {
+            let p = &p;
+            async move {
+                if observe_only {
+                    p.observe(&script).await
+                } else {
+                    p.exec(&script, None).await
+                }
+            }
+        };
+        let launcher = resolve_launcher(&self.state, &self.spec, &self.key, &p).await?;
+        let r = run(build(&launcher)).await?;
+        if r.code == 0
+            || crate::chain::launcher::configured(&self.spec).is_some()
+            || !crate::chain::launcher::says_module_missing(&format!("{}{}", r.stdout, r.stderr))
+        {
+            return Ok(r);
+        }
+        self.state.launchers.forget(&self.key);
+        let again = resolve_launcher(&self.state, &self.spec, &self.key, &p).await?;
+        if again == launcher {
+            return Ok(r);
+        }
+        run(build(&again)).await
+    }
+}
+
+/// [`Ctx::launcher`] for callers without a `Ctx` (ticks).
+pub async fn resolve_launcher(
+    state: &AppState,
+    spec: &CloudSpec,
+    key: &str,
+    p: &impl provider::Provider,
+) -> Result<String, ErrorBody> {
+    use crate::chain::launcher;
+    if let Some(l) = launcher::configured(spec) {
+        return Ok(l.to_string());
+    }
+    if let Some(l) = state.launchers.get(key) {
+        return Ok(l);
+    }
+    let r = p.observe(&launcher::probe_script()).await?;
+    let l = launcher::parse_probe(&r.stdout)?;
+    state.launchers.remember(key, &l);
+    Ok(l)
 }
 
 /// A command's outcome: the stdout payload (null = print nothing) and the exit code.
@@ -330,7 +391,10 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
             )
             .await
         }
-        Command::Supervise { remote_spec } => supervise::cli(&ctx, remote_spec.as_deref()).await,
+        Command::Supervise {
+            remote_spec,
+            dry_run,
+        } => supervise::cli(&ctx, remote_spec.as_deref(), dry_run).await,
     }
 }
 

@@ -167,10 +167,13 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
         &raw,
         &ctx.redactor,
         &target,
-        &ctx.spec.megaplan.launcher,
+        crate::chain::launcher::configured(&ctx.spec).unwrap_or(""),
         false,
     )
     .await?;
+    if let Some(l) = &obs.core_launcher {
+        ctx.state.launchers.remember(&ctx.key, l);
+    }
     let consistency = summary::provider_consistency(
         ctx.spec.provider.as_str(),
         &super::provider_identity(&ctx.spec),
@@ -186,6 +189,11 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     if let Some(o) = payload.as_object_mut() {
         o.insert("spec_source".into(), target.source.as_str().into());
     }
+    crate::notify::stall::annotate(
+        &mut payload,
+        chrono::Utc::now(),
+        ctx.state.notifier.config.stall_after,
+    );
     let payload = ctx.redact(&payload);
     for w in &obs.warnings {
         ctx.out
@@ -283,11 +291,11 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
     ))
 }
 
-fn status_command(spec: &CloudSpec, plan: Option<&str>) -> String {
+fn status_command(spec: &CloudSpec, launcher: &str, plan: Option<&str>) -> String {
     let mut cmd = format!(
         "cd {} && {} status",
         shell::quote(&spec.repo.workspace),
-        spec.megaplan.launcher
+        launcher
     );
     if let Some(p) = plan {
         cmd.push_str(&format!(" --plan {}", shell::quote(p)));
@@ -309,8 +317,9 @@ pub fn json_in(stdout: &str) -> Option<Value> {
 }
 
 async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody> {
-    let p = ctx.runner()?;
-    let r = p.observe(&status_command(&ctx.spec, plan)).await?;
+    let r = ctx
+        .core_exec(|l| status_command(&ctx.spec, l, plan), true)
+        .await?;
     match json_in(&r.stdout) {
         Some(v) => Ok(v),
         None if r.code != 0 => Err(remote_failure("remote status", &r)),
@@ -324,7 +333,7 @@ async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody
     }
 }
 
-/// `status`: the core's status JSON, unchanged.
+/// `status`: the core's status JSON, unchanged; exit 1 when the core says `success: false`.
 pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let v = remote_status(ctx, plan).await?;
     let state = v
@@ -338,45 +347,62 @@ pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBo
             state.unwrap_or("unknown")
         ))
         .await;
-    Ok(Done::ok(v))
+    let failed = v.get("success") == Some(&Value::Bool(false));
+    if failed {
+        let said = v
+            .get("message")
+            .or_else(|| v.get("error"))
+            .and_then(Value::as_str)
+            .unwrap_or("the core reported success: false");
+        ctx.out.stderr(format!("status failed: {said}\n")).await;
+    }
+    Ok(Done::code(v, i32::from(failed)))
 }
 
-/// `resume`: run the step the remote status names next.
+/// `resume`: run the step the remote status names next, translated as the core's own driver
+/// translates it (see `chain::resume`). No `next_step`, or one resume does not run, is
+/// `invalid_status`.
 pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let status = remote_status(ctx, plan).await?;
-    let Some(step) = status.get("next_step").and_then(Value::as_str) else {
-        ctx.out
-            .stderr("nothing to resume: the status names no next step\n")
-            .await;
-        return Ok(Done::ok(
-            json!({"success": true, "next_step": null, "status": status}),
-        ));
-    };
-    if !step
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    let Some(step) = status
+        .get("next_step")
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+    else {
+        let state = status
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
         return Err(ErrorBody::new(
             ErrorCode::InvalidStatus,
-            format!("remote status names an unexpected next_step {step:?}; refusing to run it"),
-        ));
-    }
+            format!("remote status names no next_step (plan state {state}); nothing to resume"),
+        )
+        .with("status", ctx.redact(&status)));
+    };
+    let words = crate::chain::resume::step_command(step)?;
     let plan_name = plan.map(str::to_string).or_else(|| {
         status
             .get("plan")
             .and_then(Value::as_str)
             .map(str::to_string)
     });
+    let launcher = ctx.launcher().await?;
     let mut cmd = format!(
         "cd {} && {} {}",
         shell::quote(&ctx.spec.repo.workspace),
-        ctx.spec.megaplan.launcher,
-        shell::quote(step)
+        launcher,
+        words
+            .iter()
+            .map(|w| shell::quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if let Some(p) = &plan_name {
         cmd.push_str(&format!(" --plan {}", shell::quote(p)));
     }
-    ctx.out.stderr(format!("resuming: {step}\n")).await;
+    ctx.out
+        .stderr(format!("resuming: {}\n", words.join(" ")))
+        .await;
     let p = ctx.runner()?;
     let (tx, fwd) = ctx.out.provider_tx_to_stderr();
     let code = p.exec_streaming(&cmd, &tx).await;
@@ -384,7 +410,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let _ = fwd.await;
     let code = code?;
     Ok(Done::code(
-        json!({"success": code == 0, "next_step": step, "plan": plan_name, "exit_code": code}),
+        json!({"success": code == 0, "next_step": step, "command": words, "plan": plan_name, "exit_code": code}),
         i32::from(code != 0),
     ))
 }

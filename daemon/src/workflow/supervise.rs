@@ -20,8 +20,29 @@ use std::sync::Arc;
 
 /// `supervise --chain`: a tick now, stored like scheduled ones; report on stdout, one line on
 /// stderr, exit 0 when the tick succeeded.
-pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
+pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>, dry_run: bool) -> Result<Done, ErrorBody> {
     let cloud_yaml = ctx.spec.path.display().to_string();
+    if dry_run {
+        // A dry run is not stored (it is not what the supervisor did) and tells nobody.
+        let deadline = ctx.state.settings.tick_timeout;
+        let report = match tokio::time::timeout(
+            deadline,
+            tick_with(&ctx.state, &cloud_yaml, remote_spec, true),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => tick::error_report(&format!(
+                "dry-run tick exceeded its deadline of {}s",
+                deadline.as_secs()
+            )),
+        };
+        ctx.out
+            .stderr(format!("{} | dry run\n", decide::stderr_line(&report)))
+            .await;
+        let code = i32::from(report.get("success").and_then(Value::as_bool) != Some(true));
+        return Ok(Done::code(report, code));
+    }
     let rec = tick::run_for_cli(&ctx.state, &ctx.key, &cloud_yaml, remote_spec).await?;
     ctx.out
         .stderr(format!("{}\n", decide::stderr_line(&rec.report)))
@@ -33,6 +54,16 @@ pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody
 /// One tick for a cloud.yaml. Never fails: every problem becomes a `supervisor_error` report.
 /// The report is redacted before it is returned.
 pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&str>) -> Value {
+    tick_with(state, cloud_yaml, remote_spec, false).await
+}
+
+/// [`tick`], optionally as a dry run (no mutation; `dry_run: true` in the report).
+pub async fn tick_with(
+    state: &Arc<AppState>,
+    cloud_yaml: &str,
+    remote_spec: Option<&str>,
+    dry_run: bool,
+) -> Value {
     let started_at = Utc::now();
     let spec = match cloud_yaml::load_async(Path::new(cloud_yaml)).await {
         Ok(s) => s,
@@ -55,18 +86,47 @@ pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&
     let secrets = state.secret_values(&key, &spec.secrets);
     let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
     let mut round_trips = 0u32;
+    // Pause and dry run: a separate input to the decision (decide::hold).
+    let pause = match crate::notify::store::get_pause(&state.store, &key).await {
+        Ok(p) => p,
+        Err(e) => {
+            return finish(
+                tick::error_report(&format!("cannot read the pause state: {e}")),
+                started_at,
+                0,
+                &redactor,
+            );
+        }
+    };
+    let hold = if dry_run {
+        Some(decide::Hold::DryRun)
+    } else {
+        pause.as_ref().map(|p| decide::Hold::Paused {
+            by: p.paused_by.clone(),
+            since: p.since.clone(),
+        })
+    };
     let report = match observe_and_act(
         state,
         &spec,
-        &key,
         remote_spec,
         &mut round_trips,
         &redactor,
         secrets,
+        hold.as_ref(),
     )
     .await
     {
-        Ok(r) => r,
+        Ok(mut r) => {
+            crate::notify::stall::annotate(&mut r, Utc::now(), state.notifier.config.stall_after);
+            if let Some(o) = r.as_object_mut() {
+                o.insert("paused".into(), json!(pause));
+                if dry_run {
+                    o.insert("dry_run".into(), true.into());
+                }
+            }
+            r
+        }
         Err(e) => {
             let d = decide::status_read_failed(&e.to_string());
             let mut r = tick::error_report(d.refused_reason.as_deref().unwrap_or_default());
@@ -102,12 +162,13 @@ const TICK_COMMAND_SLACK: std::time::Duration = std::time::Duration::from_secs(2
 async fn observe_and_act(
     state: &Arc<AppState>,
     spec: &CloudSpec,
-    key: &str,
     remote_spec: Option<&str>,
     round_trips: &mut u32,
     redactor: &Redactor,
     secrets: std::collections::BTreeMap<String, String>,
+    hold: Option<&decide::Hold>,
 ) -> Result<Value, ErrorBody> {
+    let key = &spec.key();
     let marker = markers::load(state, key).await?;
     let target = status::chain_target(remote_spec, marker.as_ref(), spec)?;
     let spec_arc = Arc::new(spec.clone());
@@ -156,8 +217,12 @@ async fn observe_and_act(
 
     // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
     *round_trips += 1;
+    let configured = crate::chain::launcher::configured(spec);
     let (obs, chain_spec) =
-        status::observe_chain(&raw, redactor, &target, &spec.megaplan.launcher, true).await?;
+        status::observe_chain(&raw, redactor, &target, configured.unwrap_or(""), true).await?;
+    if let Some(l) = &obs.core_launcher {
+        state.launchers.remember(key, l);
+    }
     let payload = summary::status_payload(
         &obs,
         &chain_spec,
@@ -179,6 +244,7 @@ async fn observe_and_act(
         pr_number: chain_state.pr_number,
         pr_probe: obs.pr_probe.clone(),
     });
+    let d = decide::hold(d, hold);
 
     let mut out = report(
         &d,
@@ -189,6 +255,13 @@ async fn observe_and_act(
         obs.sync_refresh.clone(),
     );
     if let Some(kind) = d.mutation {
+        // The launcher of the mutation: as configured, else what this observation found.
+        let Some(launcher) = configured
+            .map(str::to_string)
+            .or_else(|| obs.core_launcher.clone())
+        else {
+            return Err(crate::chain::launcher::no_core_error());
+        };
         // Round trip 2: the one mutation, from the closed set in `decide`.
         let digest = marker
             .as_ref()
@@ -202,7 +275,7 @@ async fn observe_and_act(
                 session: target.session.clone(),
                 workspace: target.workspace.clone(),
                 spec: target.spec.clone(),
-                launcher: spec.megaplan.launcher.clone(),
+                launcher,
                 log_path: target.log_path.clone(),
                 marker_dir: SESSION_MARKER_DIR.to_string(),
                 identity_digest: digest,

@@ -17,7 +17,9 @@
 //! 3. client latency of `daemon status` and `status --chain`;
 //! 4. daemon memory/CPU with 0, 100 and 1,000 idle registrations, and sustained ticks per
 //!    minute with 100 registrations on one runner;
-//! 5. SQLite file size and insert throughput for 100,000 tick reports, with and without retention.
+//! 5. SQLite file size and insert throughput for 100,000 tick reports, with and without retention;
+//! 6. railway (see the section);
+//! 7. tick latency with 1,000 registrations, notifications off vs on (two sinks each).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -34,7 +36,7 @@ use megaplan_cloudd::store::{NewTick, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5]
+const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7]
 
   --out DIR        where latest.json and latest.md are written (default: bench-results)
   --quick          small sample sizes and short windows: a smoke run, not figures to publish
@@ -64,7 +66,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let mut opts = Opts {
         out: PathBuf::from("bench-results"),
         quick: false,
-        sections: (1..=5).collect(),
+        sections: (1..=7).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -81,8 +83,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 opts.sections = list
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n @ 1..=5) => Ok(n),
-                        _ => Err(format!("--sections: {s:?} is not a section number 1-5")),
+                        Ok(n @ 1..=7) => Ok(n),
+                        _ => Err(format!("--sections: {s:?} is not a section number 1-7")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -113,6 +115,9 @@ struct Sizes {
     store_keys: usize,
     store_keep: u32,
     store_keep_unbounded: u32,
+    railway_n: usize,
+    notify_registrations: usize,
+    notify_rounds: usize,
 }
 
 impl Sizes {
@@ -132,6 +137,9 @@ impl Sizes {
             store_keys: 100,
             store_keep: 500,
             store_keep_unbounded: 1_000_000,
+            railway_n: 20,
+            notify_registrations: 1000,
+            notify_rounds: 4,
         };
         if !quick {
             return full;
@@ -148,6 +156,8 @@ impl Sizes {
             load_window_secs: 15,
             store_reports: 10_000,
             store_keep: 50,
+            railway_n: 5,
+            notify_registrations: 100,
             ..full
         }
     }
@@ -511,7 +521,7 @@ fn start_chain(rig: &SshRig) -> Result<ChainPaths, String> {
     let out = rig.container.exec(&format!(
         "python3 -c {}",
         quote(&format!(
-            "from arnold.pipelines.megaplan.chain import state_path_for, runtime_policy_path_for; \
+            "from arnold_pipelines.megaplan.chain import state_path_for, runtime_policy_path_for; \
              print(state_path_for({s})); print(runtime_policy_path_for({s}))",
             s = py_str(REMOTE_SPEC)
         ))
@@ -559,7 +569,7 @@ fn observation_reads(paths: &ChainPaths, plan: Option<&str>) -> Vec<String> {
     ];
     if let Some(plan) = plan {
         reads.push(format!(
-            "cd {} && python -m arnold.pipelines.megaplan status --plan {}",
+            "cd {} && python -m arnold_pipelines.megaplan status --plan {}",
             quote(WORKSPACE),
             quote(plan)
         ));
@@ -1577,6 +1587,12 @@ fn run(opts: &Opts) -> Result<(), String> {
         let report_template = template.unwrap_or_else(synthetic_report);
         section_store(&sz, &report_template, &mut report)?;
     }
+    if wants(6) {
+        section_railway(&sz, &mut report)?;
+    }
+    if wants(7) {
+        section_notify(&sz, &mut report)?;
+    }
 
     let meta = json!({
         "started_at": started_at,
@@ -1609,7 +1625,206 @@ fn run(opts: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Section 6: a railway tick's remote call, through the real Railway CLI and the stand-in relay
+
+const RAILWAY_CHILD: &str = "--railway-child";
+
+/// The per-tick observation a railway supervise tick runs on the runner (one remote command).
+const RAILWAY_TICK_SCRIPT: &str = "cat /workspace/app/.megaplan/cloud-chain.json 2>/dev/null; tmux has-session -t megaplan-chain 2>/dev/null; echo ok";
+
+fn section_railway(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    progress("railway: the real CLI against the stand-in service, in a private network namespace");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    let path = out.path().display().to_string();
+    let n = sz.railway_n.to_string();
+    let status = match megaplan_cloud_e2e::railway::run_in_private_namespace(
+        &exe,
+        &[RAILWAY_CHILD, &path, &n],
+    ) {
+        Ok(s) => s,
+        Err(why) => {
+            r.note(format!("section 6 (railway) skipped: {why}"));
+            return Ok(());
+        }
+    };
+    if !status.success() {
+        r.note(format!(
+            "section 6 (railway) did not run ({status}); see its output above"
+        ));
+        return Ok(());
+    }
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path()).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let f = |k: &str, m: &str| v[k][m].as_f64().unwrap_or(f64::NAN);
+    r.compare(
+        "6 railway",
+        "tick remote call, median ms (held session vs `railway ssh`)",
+        f("held", "median_ms"),
+        f("railway_ssh", "median_ms"),
+        1,
+    );
+    r.compare(
+        "6 railway",
+        "tick remote call, p99 ms",
+        f("held", "p99_ms"),
+        f("railway_ssh", "p99_ms"),
+        1,
+    );
+    r.compare(
+        "6 railway",
+        "new TCP connections to the relay per call",
+        f("held", "connections_per_call"),
+        f("railway_ssh", "connections_per_call"),
+        2,
+    );
+    r.compare(
+        "6 railway",
+        "backboard requests per call",
+        f("held", "backboard_requests_per_call"),
+        f("railway_ssh", "backboard_requests_per_call"),
+        2,
+    );
+    r.compare(
+        "6 railway",
+        "processes spawned per call",
+        f("held", "processes_per_call"),
+        f("railway_ssh", "processes_per_call"),
+        0,
+    );
+    r.row(
+        "6 railway",
+        "held session setup (`railway ssh config` + master), ms",
+        num(f("held", "setup_ms"), 1),
+    );
+    r.note(format!(
+        "section 6 ran {} (debug build), {n} calls each way",
+        v["cli_version"].as_str().unwrap_or("?")
+    ));
+    r.sections.insert("railway".into(), v);
+    Ok(())
+}
+
+/// Inside the namespace: `n` tick observations through `railway ssh`, then through the held
+/// session; writes the figures to `out` as JSON.
+fn railway_child(out: &Path, n: usize) -> Result<(), String> {
+    use megaplan_cloud_e2e::railway::{RailwayWorld, real_cli};
+    use megaplan_cloudd::provider::Provider;
+    let b = megaplan_cloud_e2e::bench().ok_or("the e2e bench (Docker) is unavailable")?;
+    let cli = real_cli().ok_or("the real Railway CLI is not installed")?;
+    let version = text(
+        &Command::new(&cli)
+            .arg("--version")
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let world = RailwayWorld::start(b, cli);
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let yaml = tmp.path().join("cloud.yaml");
+    std::fs::write(&yaml, "provider: railway\nrepo: {url: /srv/repo.git}\nrailway: {service: agent, environment: staging}\n")
+        .map_err(|e| e.to_string())?;
+    let o = world.cli(
+        tmp.path(),
+        &[
+            "link",
+            "--project",
+            "proj-1",
+            "--environment",
+            "staging",
+            "--service",
+            "agent",
+        ],
+    );
+    if !o.status.success() {
+        return Err(format!("railway link: {}", text(&o.stderr)));
+    }
+    let spec =
+        std::sync::Arc::new(megaplan_cloudd::cloud_yaml::load(&yaml).map_err(|e| e.to_string())?);
+    let ctx = megaplan_cloudd::provider::ProviderCtx {
+        spec: spec.clone(),
+        deploy_dir: tmp.path().join("deploy"),
+        secrets: BTreeMap::new(),
+        redactor: megaplan_cloudd::redact::Redactor::new(&[], &BTreeMap::new()),
+        deadline: Duration::from_secs(120),
+    };
+    let program = world.wrapper.display().to_string();
+    let control = tempfile::Builder::new()
+        .prefix("rwb")
+        .tempdir_in("/tmp")
+        .map_err(|e| e.to_string())?;
+    let sessions =
+        megaplan_cloudd::provider::ssh_master::SshSessions::new(control.path().join("c"), None);
+    let fallback =
+        megaplan_cloudd::provider::railway::RailwayProvider::with_program(ctx.clone(), &program);
+    let held = megaplan_cloudd::provider::railway::RailwayProvider::with_program(ctx, &program)
+        .with_sessions(sessions.clone());
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let measure =
+        |p: &megaplan_cloudd::provider::railway::RailwayProvider| -> Result<Value, String> {
+            world.take_requests();
+            let (c0, e0) = (
+                world.relay.accepted_connections(),
+                world.relay.exec_requests(),
+            );
+            let mut samples = Vec::new();
+            for _ in 0..n {
+                let t = Instant::now();
+                let res = rt
+                    .block_on(p.exec(RAILWAY_TICK_SCRIPT, None))
+                    .map_err(|e| e.to_string())?;
+                samples.push(ms(t.elapsed()));
+                if !res.stdout.contains("ok") {
+                    return Err(format!("tick observation failed: {res:?}"));
+                }
+            }
+            let st = stats(&samples);
+            let calls = n as f64;
+            Ok(json!({
+                "median_ms": st.median, "p99_ms": st.p99, "stats_ms": st,
+                "connections_per_call": (world.relay.accepted_connections() - c0) as f64 / calls,
+                "relay_sessions_per_call": (world.relay.exec_requests() - e0) as f64 / calls,
+                "backboard_requests_per_call": world.take_requests().len() as f64 / calls,
+            }))
+        };
+    let mut plain = measure(&fallback)?;
+    // Processes per call: `railway` + the ssh it spawns; over the held session one ssh mux client.
+    plain["processes_per_call"] = json!(2);
+    let t = Instant::now();
+    rt.block_on(held.exec("true", None))
+        .map_err(|e| e.to_string())?;
+    let setup_ms = ms(t.elapsed());
+    if sessions.count() != 1 {
+        return Err("the held session did not start".into());
+    }
+    let mut via_master = measure(&held)?;
+    via_master["processes_per_call"] = json!(1);
+    via_master["setup_ms"] = json!(setup_ms);
+    rt.block_on(sessions.close_all());
+    let doc = json!({"cli_version": version, "n": n, "script": RAILWAY_TICK_SCRIPT, "railway_ssh": plain, "held": via_master});
+    std::fs::write(out, doc.to_string()).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
+    // Section 6's measuring half, re-run by section_railway inside a private network namespace.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(RAILWAY_CHILD) {
+        let (Some(out), Some(n)) = (args.get(2), args.get(3).and_then(|n| n.parse().ok())) else {
+            eprintln!("{RAILWAY_CHILD} needs <out.json> <n>");
+            return ExitCode::from(2);
+        };
+        return match railway_child(Path::new(out), n) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("megaplan-bench railway: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match parse_args() {
         Ok(Some(o)) => o,
         Ok(None) => return ExitCode::SUCCESS,
@@ -1625,4 +1840,124 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Notifications on vs off
+
+/// One daemon with `n` registrations (every 1h, so the schedule stays out of the way) whose
+/// cloud.yaml files are then removed: each tick is a fast `supervisor_error` with no remote
+/// command, so the figure is dominated by what the daemon itself does per tick (store the
+/// report, and with notifications on: the watch-state read/write, and on the third failed
+/// tick in a row one `ticks_failing` notification per registration queued for two sinks and
+/// delivered in the background to a loopback receiver). Returns the per-tick latencies (ms,
+/// `POST /v1/clouds/{key}/tick` round trip) and, when on, the time until the outbox drained.
+fn notify_run(
+    sz: &Sizes,
+    receiver: Option<&megaplan_cloud_e2e::receiver::Receiver>,
+) -> Result<(Vec<f64>, Option<f64>, u64), String> {
+    let config_dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let config = config_dir.path().join("notify.yaml");
+    let yaml = match receiver {
+        Some(r) => format!(
+            "failed_ticks: 3\nretry: {{initial_delay: 200ms, max_delay: 2s}}\nsinks:\n  - url: {}\n",
+            r.url("/global")
+        ),
+        None => String::new(),
+    };
+    std::fs::write(&config, yaml).map_err(|e| format!("cannot write notify.yaml: {e}"))?;
+    let config_s = config.display().to_string();
+    let daemon = Daemon::start(&[], &["--notify-config", &config_s, "--no-log-file"]);
+    let work = daemon.dir.join("notify");
+    let mut keys = Vec::new();
+    for i in 0..sz.notify_registrations {
+        let cy = idle_cloud_yaml(&work, i)?;
+        let mut body = json!({"cloud_yaml": cy.display().to_string(), "every_secs": 3600});
+        if let Some(r) = receiver {
+            body["notify_urls"] = json!([r.url("/own")]);
+        }
+        let v = api_ok(&daemon.socket, "POST", "/v1/clouds", Some(&body))?;
+        keys.push(v["key"].as_str().unwrap_or_default().to_string());
+        std::fs::remove_file(&cy).map_err(|e| format!("cannot remove {}: {e}", cy.display()))?;
+    }
+    let mut samples = Vec::with_capacity(keys.len() * sz.notify_rounds);
+    let started = Instant::now();
+    for _ in 0..sz.notify_rounds {
+        for k in &keys {
+            let t = Instant::now();
+            let (status, v) = http(
+                &daemon.socket,
+                "POST",
+                &format!("/v1/clouds/{k}/tick"),
+                None,
+            )?;
+            if status != 200 || v["event"] != "supervisor_error" {
+                return Err(format!("tick of {k} answered {status}: {v}"));
+            }
+            samples.push(ms(t.elapsed()));
+        }
+    }
+    let drained = match receiver {
+        Some(r) => {
+            let want = keys.len() * 2;
+            let ok = wait_until(Duration::from_secs(300), || r.accepted().len() >= want);
+            if !ok {
+                return Err(format!(
+                    "only {} of {want} notifications arrived within 300 s",
+                    r.accepted().len()
+                ));
+            }
+            Some(started.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+    let delivered = receiver.map_or(0, |r| r.accepted().len() as u64);
+    Ok((samples, drained, delivered))
+}
+
+fn section_notify(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    const S: &str = "7 Notifications";
+    let n = sz.notify_registrations;
+    progress(&format!(
+        "7 notifications: {n} registrations x {} ticks, notifications off, then on (2 sinks each)",
+        sz.notify_rounds
+    ));
+    let (off, _, _) = notify_run(sz, None)?;
+    let receiver = megaplan_cloud_e2e::receiver::Receiver::start();
+    let (on, drained, delivered) = notify_run(sz, Some(&receiver))?;
+    let (s_off, s_on) = (stats(&off), stats(&on));
+    // Ratio column: off / on (1.0× = no cost; below 1 = notifications cost that much).
+    r.compare(
+        S,
+        format!(
+            "Tick latency, median (ms), {n} registrations — daemon: notifications on; baseline: off"
+        ),
+        s_on.median,
+        s_off.median,
+        2,
+    );
+    r.compare(
+        S,
+        "Tick latency, p99 (ms) — on vs off",
+        s_on.p99,
+        s_off.p99,
+        2,
+    );
+    r.row(
+        S,
+        format!("Notifications delivered ({n} ticks_failing × 2 sinks) / seconds from the first tick until all arrived"),
+        format!("{delivered} / {:.1}", drained.unwrap_or(f64::NAN)),
+    );
+    r.sections.insert(
+        "notifications".into(),
+        json!({
+            "registrations": n,
+            "rounds": sz.notify_rounds,
+            "off": s_off,
+            "on": s_on,
+            "delivered": delivered,
+            "drained_secs": drained,
+        }),
+    );
+    Ok(())
 }

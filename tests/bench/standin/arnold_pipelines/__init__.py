@@ -1,1 +1,1 @@
-"""STAND-IN alias: newer core versions spell the package `arnold_pipelines`."""
+"""STAND-IN namespace of the megaplan core's package (`arnold_pipelines`, test double)."""

@@ -1,13 +1,13 @@
 """STAND-IN for the megaplan core's chain module (test double, offline e2e bench).
 
-Implements the documented chain-state format (path derivation, fields, atomic
-save), `_capture_sync_state` and a scripted chain runner. The runner does no
-real work: per milestone it sleeps `step_seconds` and then follows the control
-file (stall / await_pr / prerequisite / fail). See tests/bench/README.md.
+The real package (peteromallet/Arnold at 80208d744, arnold_pipelines/megaplan/chain/__init__.py)
+re-exports the state API of chain/spec.py and `_capture_sync_state` of chain/git_ops.py, and
+drives a chain spec (`chain start --spec P [--one]`). This stand-in does the same with a
+scripted runner that does no real work: per milestone it sleeps `step_seconds` and then follows
+the control file (stall / await_pr / prerequisite / fail). See tests/bench/README.md.
 """
 
 import datetime
-import hashlib
 import json
 import os
 import subprocess
@@ -17,43 +17,25 @@ from pathlib import Path
 
 import yaml
 
-SYNC_CLEAN = "synced"
-SYNC_STALE = "stale"
-SYNC_DIRTY = "dirty"
-
-# (field, default factory) in the core's to_dict order.
-_FIELDS = (
-    ("schema_version", lambda: 0),
-    ("current_milestone_index", lambda: -1),
-    ("current_plan_name", lambda: None),
-    ("last_state", lambda: None),
-    ("pr_number", lambda: None),
-    ("pr_state", lambda: None),
-    ("completed", list),
-    ("branch_head", lambda: None),
-    ("pr_head", lambda: None),
-    ("last_pushed_commit", lambda: None),
-    ("dirty_flag", lambda: False),
-    ("sync_state", lambda: None),
-    ("extra_repos", list),
-    ("chain_session", lambda: None),
-    ("resolved_workspace", lambda: None),
-    ("extra_repo_sync", list),
-    ("completion_contract_mode", lambda: "shadow"),
-    ("retry_counts", dict),
-    ("ladder_stage", dict),
-    ("profile_bumps", dict),
-    ("robustness_bumps", dict),
-    ("depth_bumps", dict),
-    ("enforce_revise_counts", dict),
+from .git_ops import (  # noqa: F401 - re-exported like the core's chain package
+    SYNC_CLEAN,
+    SYNC_DIRTY,
+    SYNC_STALE,
+    _capture_sync_state,
+    _classify_sync_state,
+    _git,
 )
-_FIELD_NAMES = tuple(name for name, _ in _FIELDS)
-
-
-class ChainStateError(Exception):
-    """A chain state file that cannot be used (code invalid_chain_state)."""
-
-    code = "invalid_chain_state"
+from .spec import (  # noqa: F401
+    ChainState,
+    ChainStateError,
+    _legacy_state_path_for,
+    _runtime_policy_path_for,
+    _state_path_for,
+    load_chain_state,
+    runtime_policy_path_for,
+    save_chain_state,
+    state_path_for,
+)
 
 
 class ChainError(Exception):
@@ -62,189 +44,6 @@ class ChainError(Exception):
     def __init__(self, code, message):
         super().__init__(message)
         self.code = code
-
-
-class ChainState:
-    """Chain state with attribute access; unknown fields are carried through untouched."""
-
-    def __init__(self, **values):
-        object.__setattr__(self, "_extra", {})
-        for name, default in _FIELDS:
-            object.__setattr__(self, name, default())
-        for key, value in values.items():
-            setattr(self, key, value)
-
-    def __setattr__(self, key, value):
-        if key in _FIELD_NAMES:
-            object.__setattr__(self, key, value)
-        else:
-            self._extra[key] = value
-
-    def __getattr__(self, key):
-        extra = object.__getattribute__(self, "_extra")
-        if key in extra:
-            return extra[key]
-        raise AttributeError(key)
-
-    @classmethod
-    def from_dict(cls, data):
-        if not isinstance(data, dict):
-            raise ChainStateError("chain_state.json must be an object")
-        state = cls(**data)
-        if state.pr_number is not None:
-            try:
-                state.pr_number = int(state.pr_number)
-            except (TypeError, ValueError):
-                state.pr_number = None
-        repos = state.extra_repos
-        if not isinstance(repos, list) or not all(isinstance(r, str) and r for r in repos):
-            state.extra_repos = []
-        for name in ("chain_session", "resolved_workspace"):
-            value = getattr(state, name)
-            if not isinstance(value, str) or not value.strip():
-                setattr(state, name, None)
-        if not isinstance(state.extra_repo_sync, list):
-            state.extra_repo_sync = []
-        if not isinstance(state.completed, list):
-            state.completed = []
-        return state
-
-    def to_dict(self):
-        out = {name: getattr(self, name) for name in _FIELD_NAMES}
-        for key, value in self._extra.items():
-            out[key] = value
-        return out
-
-
-def _resolved(spec_path):
-    return Path(os.path.realpath(str(spec_path)))
-
-
-def _digest(resolved):
-    return hashlib.sha1(str(resolved).encode("utf-8")).hexdigest()[:12]
-
-
-def state_path_for(spec_path):
-    """`<dir of realpath(spec)>/.megaplan/plans/.chains/<stem>-<sha1(realpath)[:12]>.json`."""
-    resolved = _resolved(spec_path)
-    return resolved.parent / ".megaplan" / "plans" / ".chains" / f"{resolved.stem}-{_digest(resolved)}.json"
-
-
-def runtime_policy_path_for(spec_path):
-    resolved = _resolved(spec_path)
-    return (
-        resolved.parent
-        / ".megaplan"
-        / "plans"
-        / ".chains"
-        / f"{resolved.stem}-{_digest(resolved)}.runtime_policy.json"
-    )
-
-
-def _legacy_state_path(spec_path):
-    return _resolved(spec_path).parent / "chain_state.json"
-
-
-def load_chain_state(spec_path):
-    path = state_path_for(spec_path)
-    if not path.exists():
-        path = _legacy_state_path(spec_path)
-        if not path.exists():
-            return ChainState()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ChainStateError(f"chain_state.json is invalid JSON: {exc}") from exc
-    return ChainState.from_dict(data)
-
-
-def save_chain_state(spec_path, state):
-    path = state_path_for(spec_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _git(root, *args):
-    """stdout of `git <args>` in root, or None when git fails (never raises)."""
-    try:
-        proc = subprocess.run(
-            ["git", *args], cwd=str(root), capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return None
-    return proc.stdout
-
-
-def _classify_sync_state(*, dirty, branch_head, pr_head, last_pushed_commit):
-    if dirty:
-        return SYNC_DIRTY
-    if branch_head and last_pushed_commit and branch_head != last_pushed_commit:
-        return SYNC_DIRTY
-    if pr_head and last_pushed_commit and pr_head != last_pushed_commit:
-        return SYNC_STALE
-    if branch_head and pr_head and branch_head != pr_head:
-        return SYNC_STALE
-    return SYNC_CLEAN
-
-
-def _head(root):
-    out = _git(root, "rev-parse", "HEAD")
-    return out.strip() or None if out is not None else None
-
-
-def _dirty(root):
-    out = _git(root, "status", "--porcelain")
-    return bool(out.strip()) if out is not None else False
-
-
-def _capture_sync_state(root, spec_path, *, branch=None, pr_number=None, extra_repos=None):
-    """Probe git (read-only, no network beyond `ls-remote origin`) and record sync fields."""
-    del pr_number  # accepted, unused (as in the core)
-    state = load_chain_state(spec_path)
-    head = _head(root)
-    state.branch_head = head
-    if branch:
-        out = _git(root, "ls-remote", "--heads", "origin", branch)
-        first = out.splitlines()[0].split() if out and out.strip() else []
-        state.pr_head = first[0] if first else None
-    state.dirty_flag = _dirty(root)
-    state.last_pushed_commit = head
-    state.sync_state = _classify_sync_state(
-        dirty=state.dirty_flag,
-        branch_head=state.branch_head,
-        pr_head=state.pr_head,
-        last_pushed_commit=state.last_pushed_commit,
-    )
-    if extra_repos:
-        entries = []
-        for repo in extra_repos:
-            try:
-                if not Path(repo).exists():
-                    entries.append({"path": repo, "status": "missing"})
-                    continue
-                repo_head = _head(repo)
-                if repo_head is None:
-                    entries.append({"path": repo, "status": "not_a_git_repo"})
-                    continue
-                dirty = _dirty(repo)
-                entries.append(
-                    {
-                        "path": repo,
-                        "branch_head": repo_head,
-                        "dirty": dirty,
-                        "sync_state": _classify_sync_state(
-                            dirty=dirty, branch_head=repo_head, pr_head=None, last_pushed_commit=repo_head
-                        ),
-                    }
-                )
-            except Exception:  # noqa: BLE001 - the core records probe errors per repo
-                entries.append({"path": repo, "status": "error"})
-        state.extra_repo_sync = entries
-    save_chain_state(spec_path, state)
 
 
 # ---------------------------------------------------------------- chain runner
@@ -455,6 +254,9 @@ def run_chain(spec, *, one=False, git_refresh=True):
             json.dumps(
                 {
                     "argv": sys.argv[1:],
+                    # The package this run was imported as (`arnold_pipelines.megaplan`, or
+                    # `arnold.pipelines.megaplan` when a test installs it under that name).
+                    "core_module": __name__.rsplit(".", 1)[0],
                     "spec": str(spec_path),
                     "one": one,
                     "git_refresh": git_refresh,

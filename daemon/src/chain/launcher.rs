@@ -1,0 +1,194 @@
+//! Which launcher runs the megaplan core on a runner (behavior.md §2, "The remote launcher").
+//!
+//! `megaplan.launcher` set: used as written. Unset: the runner is asked which of
+//! [`CORE_MODULES`] its Python can import (the observation does it in its own round trip; other
+//! commands ask once with [`probe_script`]), the answer is remembered per runner in
+//! [`LauncherCache`], and forgotten when a core command fails with "No module named" so the
+//! next command probes again.
+
+use crate::cloud_yaml::{CORE_MODULES, CloudSpec};
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The line [`probe_script`] prints: `MEGAPLAN_CORE <python> <module or ->`.
+pub const PROBE_PREFIX: &str = "MEGAPLAN_CORE ";
+
+/// Python (3.8+) that prints the first importable module of argv[1:], or `-`. `find_spec` of a
+/// submodule imports only its parent packages, never the core itself (which is slow to start).
+const PROBE_PY: &str = r#"import importlib.util, sys
+found = "-"
+for name in sys.argv[1:]:
+    try:
+        if importlib.util.find_spec(name) is not None:
+            found = name
+            break
+    except Exception:
+        pass
+print(found)
+"#;
+
+/// Shell that prints [`PROBE_PREFIX`] `<python> <module>`: `python` when the runner has it
+/// (the original ran `python -m ...`), else `python3`.
+pub fn probe_script() -> String {
+    format!(
+        "py=python; command -v \"$py\" >/dev/null 2>&1 || py=python3; \
+         printf '{PROBE_PREFIX}%s %s\\n' \"$py\" \"$(\"$py\" -c {} {} 2>/dev/null || echo -)\"",
+        crate::shell::quote(PROBE_PY),
+        CORE_MODULES.join(" ")
+    )
+}
+
+/// The launcher for an importable module under an interpreter.
+pub fn launcher_for(python: &str, module: &str) -> String {
+    format!("{python} -m {module}")
+}
+
+/// The error when the runner has neither module.
+pub fn no_core_error() -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!(
+            "the megaplan core is not installed on the runner: neither `{}` nor `{}` is importable by its python; \
+             install the core (megaplan.ref, then redeploy) or set megaplan.launcher in cloud.yaml",
+            CORE_MODULES[0], CORE_MODULES[1]
+        ),
+    )
+    .with("field", "megaplan.launcher")
+}
+
+/// Parse [`probe_script`]'s output into a launcher.
+pub fn parse_probe(stdout: &str) -> Result<String, ErrorBody> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(PROBE_PREFIX.trim_end()))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "the runner did not answer the core probe (no {} line); check that python 3 is installed in the runner",
+                    PROBE_PREFIX.trim_end()
+                ),
+            )
+        })?;
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(py), Some(module)) if CORE_MODULES.contains(&module) => Ok(launcher_for(py, module)),
+        _ => Err(no_core_error()),
+    }
+}
+
+/// Whether a core command's output says the launcher's module is missing.
+pub fn says_module_missing(text: &str) -> bool {
+    text.contains("No module named")
+}
+
+/// Probed launchers, per runner (the cloud.yaml key). Memory only.
+#[derive(Default)]
+pub struct LauncherCache {
+    known: Mutex<HashMap<String, String>>,
+}
+
+impl LauncherCache {
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    pub fn remember(&self, key: &str, launcher: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), launcher.to_string());
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// The launcher when the operator set one; `None` means "probe".
+pub fn configured(spec: &CloudSpec) -> Option<&str> {
+    spec.megaplan.launcher.as_deref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn run_probe(pythonpath: &std::path::Path) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(probe_script())
+            .env("PYTHONPATH", pythonpath)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn package(root: &std::path::Path, dotted: &str) {
+        let mut dir = root.to_path_buf();
+        for part in dotted.split('.') {
+            dir = dir.join(part);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("__init__.py"), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn probe_finds_the_installed_module_and_prefers_arnold_pipelines() {
+        let none = tempfile::tempdir().unwrap();
+        let e = parse_probe(&run_probe(none.path())).unwrap_err();
+        assert!(
+            e.message.contains("arnold_pipelines.megaplan")
+                && e.message.contains("arnold.pipelines.megaplan")
+                && e.message.contains("megaplan.launcher"),
+            "{e}"
+        );
+
+        let old = tempfile::tempdir().unwrap();
+        package(old.path(), "arnold.pipelines.megaplan");
+        let l = parse_probe(&run_probe(old.path())).unwrap();
+        assert!(l.ends_with(" -m arnold.pipelines.megaplan"), "{l}");
+
+        let both = tempfile::tempdir().unwrap();
+        package(both.path(), "arnold.pipelines.megaplan");
+        package(both.path(), "arnold_pipelines.megaplan");
+        let l = parse_probe(&run_probe(both.path())).unwrap();
+        assert!(l.ends_with(" -m arnold_pipelines.megaplan"), "{l}");
+    }
+
+    #[test]
+    fn probe_output_parsing() {
+        assert_eq!(
+            parse_probe("motd\nMEGAPLAN_CORE python3 arnold_pipelines.megaplan\n").unwrap(),
+            "python3 -m arnold_pipelines.megaplan"
+        );
+        assert!(parse_probe("MEGAPLAN_CORE python -\n").is_err());
+        assert!(parse_probe("MEGAPLAN_CORE python evil;rm\n").is_err());
+        assert!(parse_probe("").is_err());
+        assert!(says_module_missing(
+            "/usr/bin/python: No module named arnold.pipelines.megaplan"
+        ));
+    }
+
+    #[test]
+    fn cache_remembers_and_forgets() {
+        let c = LauncherCache::default();
+        assert_eq!(c.get("k"), None);
+        c.remember("k", "python -m x");
+        assert_eq!(c.get("k").as_deref(), Some("python -m x"));
+        c.forget("k");
+        assert_eq!(c.get("k"), None);
+    }
+}

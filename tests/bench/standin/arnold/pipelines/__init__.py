@@ -1,1 +1,0 @@
-"""STAND-IN: namespace of the megaplan core test double."""

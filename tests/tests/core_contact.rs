@@ -1,0 +1,263 @@
+//! First contact with the megaplan core (issue 14), against the bench's stand-in core, which
+//! follows the real core (peteromallet/Arnold at 80208d744): its module is
+//! `arnold_pipelines.megaplan` only, its argparse refuses what the real one refuses, its status
+//! JSON and state file are the core's. Every cloud.yaml here is the default one: no
+//! `megaplan.launcher`.
+
+use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::wait_until;
+use serde_json::Value;
+use sha2::Digest as _;
+use std::time::Duration;
+
+const DIST: &str = "/usr/lib/python3/dist-packages";
+
+fn jsonl(rig: &SshRig, path: &str) -> Vec<Value> {
+    let text = rig.container.read_file(path).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn words(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Install the stand-in under the seed's spelling only (`arnold.pipelines.megaplan`).
+fn reinstall_as_arnold_pipelines_dotted(rig: &SshRig) {
+    rig.container.exec_ok(&format!(
+        "d={DIST}; mkdir -p $d/arnold/pipelines && touch $d/arnold/__init__.py $d/arnold/pipelines/__init__.py \
+         && mv $d/arnold_pipelines/megaplan $d/arnold/pipelines/megaplan && rm -rf $d/arnold_pipelines \
+         && python3 -c 'import arnold.pipelines.megaplan' && ! python3 -c 'import arnold_pipelines' 2>/dev/null"
+    ));
+}
+
+fn bootstrap(rig: &SshRig, name: &str) {
+    let idea = rig.project.join("idea.md");
+    std::fs::write(&idea, "Build a tiny thing\n").unwrap();
+    let b = rig
+        .ctl(&["bootstrap", idea.to_str().unwrap(), "--plan-name", name])
+        .ok();
+    assert_eq!(b.json["success"], true, "{}\n{}", b.stdout, b.stderr);
+}
+
+fn wait_complete(rig: &SshRig) {
+    let complete = || {
+        let s = rig.ctl(&["status", "--chain"]);
+        s.json["effective_status"] == "complete"
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), complete),
+        "chain never completed"
+    );
+}
+
+/// Item 1: with no launcher set, every core command (init, status, chain start, status
+/// --chain, the tick's observation) finds `arnold_pipelines.megaplan` on the runner.
+#[test]
+fn the_default_launcher_finds_the_real_module_name() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    bootstrap(&rig, "tiny");
+    let init = rig
+        .container
+        .read_json("/workspace/app/.megaplan/standin-init.json")
+        .expect("init ran on the runner");
+    assert_eq!(init["core_module"], "arnold_pipelines.megaplan", "{init}");
+    let st = rig.ctl(&["status"]).ok();
+    assert_eq!(st.json["plan"], "tiny", "{}", st.stdout);
+
+    rig.control(r#"{"step_seconds": 0.05}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    wait_complete(&rig);
+    let runs = jsonl(&rig, "/workspace/app/.megaplan/standin-chain-runs.jsonl");
+    assert!(!runs.is_empty());
+    assert!(
+        runs.iter()
+            .all(|r| r["core_module"] == "arnold_pipelines.megaplan"),
+        "{runs:?}"
+    );
+    let tick = rig.ctl(&["supervise", "--chain"]).ok();
+    assert_eq!(tick.json["effective_status"], "complete", "{}", tick.stdout);
+    assert_eq!(
+        tick.json["sync_refresh"]["status"], "ok",
+        "the sync refresh imported the core: {}",
+        tick.stdout
+    );
+}
+
+/// Item 1: a runner with only `arnold.pipelines.megaplan` is probed too, and a launcher that
+/// stops working ("No module named") is probed again instead of failing from then on.
+#[test]
+fn a_runner_with_only_the_seed_spelling_works_and_a_changed_install_is_reprobed() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    bootstrap(&rig, "tiny");
+    // The daemon now remembers `arnold_pipelines.megaplan` for this runner; the install changes.
+    reinstall_as_arnold_pipelines_dotted(&rig);
+    let st = rig.ctl(&["status"]).ok();
+    assert_eq!(st.json["plan"], "tiny", "{}\n{}", st.stdout, st.stderr);
+
+    rig.control(r#"{"step_seconds": 0.05}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    wait_complete(&rig);
+    let runs = jsonl(&rig, "/workspace/app/.megaplan/standin-chain-runs.jsonl");
+    assert!(
+        !runs.is_empty()
+            && runs
+                .iter()
+                .all(|r| r["core_module"] == "arnold.pipelines.megaplan"),
+        "{runs:?}"
+    );
+}
+
+/// Item 1: neither module: a clear error naming both and the setting.
+#[test]
+fn a_runner_without_the_core_names_both_modules_and_the_setting() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.container
+        .exec_ok(&format!("rm -rf {DIST}/arnold_pipelines {DIST}/arnold"));
+    let st = rig.ctl(&["status"]);
+    assert_ne!(st.code, Some(0), "{}", st.stdout);
+    let all = format!("{}{}", st.stdout, st.stderr);
+    for needle in [
+        "arnold_pipelines.megaplan",
+        "arnold.pipelines.megaplan",
+        "megaplan.launcher",
+    ] {
+        assert!(all.contains(needle), "{needle} missing from: {all}");
+    }
+}
+
+/// Item 3: `resume` runs the step the way the core's own driver does (`auto._phase_command`),
+/// through the stand-in's argparse, which refuses what the real parser refuses.
+#[test]
+fn resume_translates_the_next_step_and_refuses_when_there_is_none() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    bootstrap(&rig, "tiny");
+    let set_state = |state: &str| {
+        rig.container.exec_ok(&format!(
+            "cd /workspace/app/.megaplan/plans/tiny && python3 -c \
+             'import json; d = json.load(open(\"state.json\")); d[\"current_state\"] = \"{state}\"; \
+              json.dump(d, open(\"state.json\", \"w\"))'"
+        ));
+    };
+    let last_argv = || {
+        let steps = jsonl(&rig, "/workspace/app/.megaplan/standin-steps.jsonl");
+        words(&steps.last().expect("a step ran")["argv"])
+    };
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (
+            "finalized",
+            "execute",
+            &[
+                "execute",
+                "--confirm-destructive",
+                "--user-approved",
+                "--retry-blocked-tasks",
+            ],
+        ),
+        ("reviewed", "feedback", &["feedback", "workflow"]),
+        (
+            "blocked",
+            "recover-blocked",
+            &["override", "recover-blocked", "--reason"],
+        ),
+        ("critiqued", "gate", &["gate"]),
+    ];
+    for (state, step, expected) in cases {
+        set_state(state);
+        let r = rig.ctl(&["resume"]).ok();
+        assert_eq!(r.json["next_step"], step, "{}", r.stdout);
+        let argv = last_argv();
+        assert_eq!(&argv[..expected.len()], expected, "{state}: {argv:?}");
+        assert_eq!(&argv[argv.len() - 2..], ["--plan", "tiny"], "{argv:?}");
+    }
+
+    set_state("done");
+    let r = rig.ctl(&["resume"]);
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("invalid_status"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// Item 6: `status` relays the core's JSON and exits 1 when it says `success: false`.
+#[test]
+fn status_exits_1_when_the_core_reports_failure() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    bootstrap(&rig, "tiny");
+    let r = rig.ctl(&["status", "--plan", "no-such-plan"]);
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json["success"], false, "{}", r.stdout);
+    assert_eq!(r.json["error"], "plan_not_found", "{}", r.stdout);
+    let ok = rig.ctl(&["status", "--plan", "tiny"]);
+    assert_eq!(ok.code, Some(0), "{}", ok.stdout);
+}
+
+/// Item 5: the operator's chain spec reaches the runner as written (comments, key order,
+/// quoting), plus one `base_branch:` line when it names none; the identity digest is over
+/// exactly those bytes.
+#[test]
+fn the_chain_spec_reaches_the_runner_byte_for_byte() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.05}"#);
+    let epic = rig.project.join("epic");
+    write_chain(&epic, "unused.yaml", &["m1"]);
+    let text = "# The operator's chain: comments and key order matter to them.\n\
+                prerequisite_policy: none   # keep\n\
+                milestones:\n  - label: m1\n    idea: 'ideas/m1.md'  # quoted\n";
+    let spec = epic.join("chain.yaml");
+    std::fs::write(&spec, text).unwrap();
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    let uploaded = rig
+        .container
+        .read_file("/workspace/app/chain.yaml")
+        .unwrap();
+    let expected = format!("{text}base_branch: main\n");
+    assert_eq!(String::from_utf8_lossy(&uploaded), expected);
+    let marker = rig
+        .container
+        .read_json("/workspace/.megaplan/cloud-sessions/megaplan-chain.json")
+        .expect("session marker");
+    assert_eq!(
+        marker["identity_digest"],
+        hex::encode(sha2::Sha256::digest(expected.as_bytes())),
+        "{marker}"
+    );
+    wait_complete(&rig);
+
+    // base_branch named: the file exactly as written (a fresh launch of the finished chain).
+    let text = format!("{text}base_branch: main   # explicit\n");
+    std::fs::write(&spec, &text).unwrap();
+    rig.ctl(&["chain", spec.to_str().unwrap(), "--fresh"]).ok();
+    let uploaded = rig
+        .container
+        .read_file("/workspace/app/chain.yaml")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&uploaded), text);
+}
