@@ -117,7 +117,9 @@ pub fn marker_key(abs_cloud_yaml: &Path) -> String {
 
 /// Whether `k` has the shape of a marker key: exactly 16 lowercase hex characters.
 pub fn is_marker_key(k: &str) -> bool {
-    k.len() == 16 && k.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    k.len() == 16
+        && k.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A client-given registration reference (`{key}` in a route, `cloud_yaml=` in a query): an

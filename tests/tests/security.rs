@@ -34,13 +34,20 @@ fn mode(p: &Path) -> u32 {
 fn chown(p: &Path, uid: u32) {
     let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
     // SAFETY: chown on a NUL-terminated path the test created.
-    assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, uid) }, 0, "{}", p.display());
+    assert_eq!(
+        unsafe { libc::chown(c.as_ptr(), uid, uid) },
+        0,
+        "{}",
+        p.display()
+    );
 }
 
 /// `megaplan-cloudd` run to completion with `env` (for start-up refusals).
 fn daemon_output(env: &[(&str, &Path)], args: &[&str]) -> std::process::Output {
     let mut c = Command::new(bin("megaplan-cloudd"));
-    c.args(args).env_remove("XDG_RUNTIME_DIR").stdin(Stdio::null());
+    c.args(args)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -132,9 +139,19 @@ fn a_shared_socket_folder_is_refused_and_never_chmodded() {
         ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the daemon started in a shared folder: {err}");
-    assert!(err.contains("mode 1777") && err.contains("another --socket"), "{err}");
-    assert_eq!(mode(&shared), 0o1777, "the folder's mode (and sticky bit) must be kept");
+    assert!(
+        !out.status.success(),
+        "the daemon started in a shared folder: {err}"
+    );
+    assert!(
+        err.contains("mode 1777") && err.contains("another --socket"),
+        "{err}"
+    );
+    assert_eq!(
+        mode(&shared),
+        0o1777,
+        "the folder's mode (and sticky bit) must be kept"
+    );
     assert!(!shared.join("s.sock").exists());
 
     // A folder of our own with group bits is refused the same way, and left alone.
@@ -143,7 +160,11 @@ fn a_shared_socket_folder_is_refused_and_never_chmodded() {
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o750)).unwrap();
     let out = daemon_output(
         &[("MEGAPLAN_CLOUD_HOME", &home)],
-        &["--no-log-file", "--socket", loose.join("s.sock").to_str().unwrap()],
+        &[
+            "--no-log-file",
+            "--socket",
+            loose.join("s.sock").to_str().unwrap(),
+        ],
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 700"));
@@ -181,9 +202,15 @@ fn a_second_daemon_on_the_same_database_is_refused_whatever_its_socket() {
         ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a second daemon ran on the same database: {err}");
+    assert!(
+        !out.status.success(),
+        "a second daemon ran on the same database: {err}"
+    );
     assert!(err.contains("already using the database"), "{err}");
-    assert!(err.contains(d.home.join("cloudd.db").to_str().unwrap()), "{err}");
+    assert!(
+        err.contains(d.home.join("cloudd.db").to_str().unwrap()),
+        "{err}"
+    );
     assert!(!other_run.join("other.sock").exists());
     // The first one still serves.
     assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
@@ -249,7 +276,9 @@ impl NobodyDaemon {
     }
 
     fn stop(&mut self) -> String {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -280,7 +309,10 @@ fn connections_from_another_uid_are_closed_at_accept_with_a_rate_limited_warning
         .count();
     assert!(lines >= 1, "the refusal is logged: {log}");
     // One line per 10 s at most, whatever the flood; the count of held-back ones is in it.
-    assert!(lines <= 3, "{lines} warning lines for {FLOOD} refused connections");
+    assert!(
+        lines <= 3,
+        "{lines} warning lines for {FLOOD} refused connections"
+    );
     assert!(log.len() < 64 * 1024, "log grew to {} bytes", log.len());
 }
 
@@ -330,23 +362,20 @@ fn fake_daemon(uid: Option<u32>, dir: &Path, argv: &[&str]) -> (Child, PathBuf, 
     std::fs::write(&record, b"").unwrap();
     std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).unwrap();
     let argv_json = serde_json::to_string(argv).unwrap();
-    let mut c = match uid {
-        Some(_) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "nobody", "--", "python3", "-c", FAKE_DAEMON]);
-            c
-        }
-        None => {
-            let mut c = Command::new("python3");
-            c.args(["-c", FAKE_DAEMON]);
-            c
-        }
-    };
+    let mut c = Command::new("python3");
+    c.args(["-c", FAKE_DAEMON]);
+    if let Some(uid) = uid {
+        // The listener itself runs as that uid (no wrapper), so killing it ends it.
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, uid);
+    }
     let child = c
         .arg(&socket)
         .arg(&record)
         .arg(&argv_json)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     assert!(
@@ -381,7 +410,11 @@ fn the_client_sends_nothing_to_a_server_of_another_uid() {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let (mut child, socket, record) = fake_daemon(Some(NOBODY), tmp.path(), &["true"]);
     let cy = tmp.path().join("cloud.yaml");
-    std::fs::write(&cy, "provider: local\nrepo: {url: u}\nsecrets: [MP_SECURITY_TOKEN]\n").unwrap();
+    std::fs::write(
+        &cy,
+        "provider: local\nrepo: {url: u}\nsecrets: [MP_SECURITY_TOKEN]\n",
+    )
+    .unwrap();
     let r = ctl_at(
         &socket,
         tmp.path(),
@@ -407,8 +440,7 @@ fn the_client_runs_no_attach_argv_of_an_unknown_shape() {
     let tmp = tempfile::tempdir().unwrap();
     let pwned = tmp.path().join("pwned");
     let evil = format!("touch {}", pwned.display());
-    let (mut child, socket, _record) =
-        fake_daemon(None, tmp.path(), &["sh", "-c", &evil]);
+    let (mut child, socket, _record) = fake_daemon(None, tmp.path(), &["sh", "-c", &evil]);
     let cy = tmp.path().join("cloud.yaml");
     std::fs::write(&cy, "provider: local\nrepo: {url: u}\n").unwrap();
     let r = ctl_at(
@@ -449,11 +481,18 @@ fn a_fifo_or_dev_zero_named_as_cloud_yaml_is_refused_and_the_api_keeps_serving()
             "/v1/clouds",
             &serde_json::json!({"cloud_yaml": path.to_str().unwrap()}),
         );
-        assert!(resp.starts_with("HTTP/1.1 400"), "{}: {resp}", path.display());
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "{}: {resp}",
+            path.display()
+        );
         let v = json_of(&resp);
         assert_eq!(v["error"], "invalid_spec", "{v}");
         assert!(
-            v["message"].as_str().unwrap().contains("not a regular file"),
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a regular file"),
             "{v}"
         );
         let resp = get(
@@ -471,7 +510,10 @@ fn a_fifo_or_dev_zero_named_as_cloud_yaml_is_refused_and_the_api_keeps_serving()
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();
-    assert!(rss_kib < 256 * 1024, "daemon RSS is {rss_kib} KiB after /dev/zero");
+    assert!(
+        rss_kib < 256 * 1024,
+        "daemon RSS is {rss_kib} KiB after /dev/zero"
+    );
 }
 
 #[test]
@@ -481,7 +523,10 @@ fn thousands_of_secret_names_are_refused_naming_the_field() {
     let names: Vec<String> = (0..20_000).map(|i| format!("SECRET_NAME_{i}")).collect();
     std::fs::write(
         &cy,
-        format!("provider: local\nrepo: {{url: u}}\nsecrets: [{}]\n", names.join(", ")),
+        format!(
+            "provider: local\nrepo: {{url: u}}\nsecrets: [{}]\n",
+            names.join(", ")
+        ),
     )
     .unwrap();
     let resp = post(
@@ -489,10 +534,20 @@ fn thousands_of_secret_names_are_refused_naming_the_field() {
         "/v1/clouds",
         &serde_json::json!({"cloud_yaml": cy.to_str().unwrap()}),
     );
-    assert!(resp.starts_with("HTTP/1.1 400"), "{}", &resp[..resp.len().min(400)]);
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "{}",
+        &resp[..resp.len().min(400)]
+    );
     let v = json_of(&resp);
     assert_eq!(v["field"], "secrets", "{v}");
-    assert!(v["message"].as_str().unwrap().contains("over the limit of 256"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 256"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -592,7 +647,10 @@ fn key_parameters_must_be_marker_keys_or_absolute_paths() {
         assert!(resp.starts_with("HTTP/1.1 400"), "{method} {path}: {resp}");
         let v = json_of(&resp);
         assert_eq!(v["field"], "key", "{v}");
-        assert!(v["message"].as_str().unwrap().contains("16 lowercase hex"), "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("16 lowercase hex"),
+            "{v}"
+        );
         assert!(!resp.contains("/planted/spec.yaml"), "{resp}");
     }
     // A well-formed unknown key is a plain 404.
@@ -631,9 +689,16 @@ fn a_broken_cloud_yaml_next_to_a_credential_is_stored_redacted() {
     )
     .unwrap();
     let r = Run::from_output(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
-    assert!(!r.stdout.contains(token) && !r.stderr.contains(token), "{r:?}");
+    assert!(
+        !r.stdout.contains(token) && !r.stderr.contains(token),
+        "{r:?}"
+    );
     let ticks = Run::from_output(&d.ctl(&work, &[], &["--cloud-yaml", cys, "ticks", "--json"]));
-    assert!(ticks.stdout.contains("supervisor_error") || ticks.stdout.contains("error"), "{}", ticks.stdout);
+    assert!(
+        ticks.stdout.contains("supervisor_error") || ticks.stdout.contains("error"),
+        "{}",
+        ticks.stdout
+    );
     assert!(!ticks.stdout.contains(token), "{}", ticks.stdout);
     let db = d.home.join("cloudd.db");
     let stored = sqlite(&db, "SELECT group_concat(report, ' ') FROM ticks;");
@@ -672,7 +737,10 @@ fn a_foreign_remote_dir_on_the_docker_host_is_refused_and_its_files_untouched() 
     let cys = rig.cloud_yaml.to_str().unwrap();
     let mut refusals = Vec::new();
     for cmd in ["deploy", "build"] {
-        let r = Run::from_output(&rig.daemon.ctl(&rig.project, &env, &["--cloud-yaml", cys, cmd]));
+        let r = Run::from_output(
+            &rig.daemon
+                .ctl(&rig.project, &env, &["--cloud-yaml", cys, cmd]),
+        );
         assert_ne!(r.code, Some(0), "{cmd}: {}{}", r.stdout, r.stderr);
         refusals.push(format!("{}{}", r.stdout, r.stderr));
     }
@@ -682,8 +750,14 @@ fn a_foreign_remote_dir_on_the_docker_host_is_refused_and_its_files_untouched() 
     let trap_content = std::fs::read(&trap).unwrap_or_default();
     let folder_mode = mode(&remote_dir);
     let _ = std::fs::remove_dir_all(&remote_dir);
-    assert!(!env_written, "a .env was written into another user's folder");
-    assert!(trap_content.is_empty(), "secrets reached the planted .env.tmp");
+    assert!(
+        !env_written,
+        "a .env was written into another user's folder"
+    );
+    assert!(
+        trap_content.is_empty(),
+        "secrets reached the planted .env.tmp"
+    );
     assert_eq!(folder_mode, 0o777);
     for text in &refusals {
         assert!(text.contains("refusing ssh.remote_dir"), "{text}");

@@ -384,7 +384,9 @@ impl SshProvider {
 
     async fn sync(&self, master: &Arc<SshMaster>, out: &OutTx) -> Result<(), ErrorBody> {
         let remote_dir = &self.ssh.remote_dir;
-        let o = self.run(&remote_prepare_dir(remote_dir, &[]), None, false).await?;
+        let o = self
+            .run(&remote_prepare_dir(remote_dir, &[]), None, false)
+            .await?;
         relay(&o, &self.ctx.redactor, out).await;
         if o.code != 0 {
             return Err(self.dir_failure("creating the remote deploy dir", &o));
@@ -809,7 +811,10 @@ mod tests {
         let script = remote_write_env("/srv/m p/");
         assert!(script.starts_with("umask 077; d='/srv/m p'; "), "{script}");
         assert!(script.contains("mktemp \"$d/.env.XXXXXX\""), "{script}");
-        assert!(script.contains("mv -f -- \"$t\" '/srv/m p/.env'"), "{script}");
+        assert!(
+            script.contains("mv -f -- \"$t\" '/srv/m p/.env'"),
+            "{script}"
+        );
     }
 
     #[test]
@@ -817,7 +822,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().join("new parent").join("mp");
         let d_text = d.to_str().unwrap();
-        let o = sh(&remote_prepare_dir(d_text, &[&format!("{d_text}/workspace")]), b"");
+        let o = sh(
+            &remote_prepare_dir(d_text, &[&format!("{d_text}/workspace")]),
+            b"",
+        );
         assert!(o.status.success(), "{o:?}");
         assert_eq!(mode(&d), 0o700);
         assert!(d.join("workspace").is_dir());
@@ -867,8 +875,11 @@ mod tests {
         if unsafe { libc::geteuid() } == 0 {
             let foreign = tmp.path().join("foreign");
             std::fs::create_dir(&foreign).unwrap();
-            std::fs::set_permissions(&foreign, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-                .unwrap();
+            std::fs::set_permissions(
+                &foreign,
+                std::os::unix::fs::PermissionsExt::from_mode(0o777),
+            )
+            .unwrap();
             let c = std::ffi::CString::new(foreign.to_str().unwrap()).unwrap();
             // SAFETY: chown on a NUL-terminated path we created; 65534 is `nobody`.
             assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
