@@ -6,7 +6,9 @@
 //! Deliberately free of tokio, sqlx and the scheduler so the client stays thin.
 
 pub mod error;
+pub mod legacy;
 pub mod paths;
+pub mod schedule;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};

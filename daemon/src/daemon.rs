@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::schedule::{DEFAULT_EVERY_SECS, Schedule};
 use megaplan_cloud_api::wire::{
     Frame, Health, RegisterRequest, Registration, RunRequest, TickRecord, TicksQuery,
 };
@@ -146,21 +147,13 @@ pub async fn run(settings: Settings) -> i32 {
     let cell: Arc<std::sync::OnceLock<std::sync::Weak<AppState>>> =
         Arc::new(std::sync::OnceLock::new());
     let cb_cell = cell.clone();
-    let on_tick: scheduler::TickFn = Arc::new(move |key: String| {
-        let cell = cb_cell.clone();
-        Box::pin(async move {
-            if let Some(state) = cell.get().and_then(std::sync::Weak::upgrade) {
-                tick::scheduled(state, key).await;
-            }
-        })
-    });
-    let sched = match Scheduler::new(on_tick).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return 1;
+    let on_tick: scheduler::TickFn = Arc::new(move |key: String, due| {
+        if let Some(state) = cb_cell.get().and_then(std::sync::Weak::upgrade) {
+            tick::scheduled(state, key, due);
         }
-    };
+        Box::pin(async {})
+    });
+    let sched = Scheduler::new(on_tick);
     let (tick_feed, _) = broadcast::channel(1024);
     let state = Arc::new(AppState {
         tick_permits: Arc::new(Semaphore::new(settings.max_concurrent_ticks)),
@@ -182,19 +175,12 @@ pub async fn run(settings: Settings) -> i32 {
     let _ = cell.set(Arc::downgrade(&state));
     crate::notify::spawn_worker(state.clone());
 
-    match state.store.list_registrations().await {
-        Ok(regs) => {
-            for r in regs {
-                if let Err(e) = state
-                    .scheduler
-                    .schedule(&r.key, &cron_of(&r.schedule))
-                    .await
-                {
-                    tracing::error!(key = %r.key, "cannot schedule stored registration: {e}");
-                }
-            }
-        }
-        Err(e) => tracing::error!("cannot list registrations: {e}"),
+    if let Err(e) = schedule_stored(&state).await {
+        tracing::error!("{e}");
+        state.scheduler.shutdown().await;
+        state.store.close().await;
+        let _ = std::fs::remove_file(&state.settings.socket);
+        return 1;
     }
 
     let app = router(state.clone());
@@ -277,16 +263,33 @@ async fn wait_for_signal(
     hard_stop.cancel();
 }
 
-/// Stored schedules are `every:<secs>` or `cron:<expr>`; both become cron for the scheduler.
-pub fn cron_of(schedule: &str) -> String {
-    match schedule.split_once(':') {
-        Some(("cron", expr)) => expr.to_string(),
-        Some(("every", secs)) => {
-            let secs = secs.parse().unwrap_or(300);
-            scheduler::every_to_cron(secs, 0).unwrap_or_else(|_| "0 */5 * * * *".to_string())
+/// Queue every stored registration with the same cron expression `register` gave it (its
+/// per-key offset included). A row whose schedule cannot be used is logged and counted in
+/// health; it does not stop the others.
+async fn schedule_stored(state: &AppState) -> Result<(), crate::store::StoreError> {
+    let regs = state.store.list_registrations().await?;
+    let mut queued = 0usize;
+    for r in &regs {
+        let cron = r
+            .schedule
+            .parse::<Schedule>()
+            .and_then(|s| s.to_cron(&r.key))
+            .map_err(|e| e.message)
+            .and_then(|c| state.scheduler.schedule(&r.key, &c).map(|_| ()));
+        match cron {
+            Ok(()) => queued += 1,
+            Err(e) => {
+                state.scheduler.note_unschedulable();
+                tracing::error!(key = %r.key, cloud_yaml = %r.cloud_yaml, "cannot schedule stored registration: {e}");
+            }
         }
-        _ => "0 */5 * * * *".to_string(),
     }
+    tracing::info!(
+        registrations = regs.len(),
+        scheduled = queued,
+        "schedules restored"
+    );
+    Ok(())
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -336,13 +339,16 @@ async fn not_found() -> Response {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let registrations = state
-        .store
-        .list_registrations()
-        .await
-        .map(|r| r.len() as u64)
-        .unwrap_or(0);
-    let ticks = state.store.tick_counters().await.unwrap_or_default();
+    // A store that cannot be read is reported as such (503), never as "0 registrations".
+    let (registrations, ticks) = match (
+        state.store.count_registrations().await,
+        state.store.tick_counters().await,
+    ) {
+        (Ok(r), Ok(t)) => (r, t),
+        (Err(e), _) | (_, Err(e)) => {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, e.into());
+        }
+    };
     let tools = ["ssh", "docker", "docker-compose", "rsync", "scp", "railway"]
         .iter()
         .map(|t| {
@@ -366,6 +372,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         tools,
         ssh_sessions: state.ssh.count() as u64,
         shutting_down: state.shutdown.is_cancelled(),
+        schedule: state.scheduler.health(),
     };
     axum::Json(h).into_response()
 }
@@ -397,7 +404,7 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         Err(e) => return err(e),
     };
     let key = spec.key();
-    let (schedule, cron) = match (req.every_secs, req.cron.as_deref()) {
+    let schedule = match (req.every_secs, req.cron.as_deref()) {
         (Some(_), Some(_)) => {
             return err(ErrorBody::new(
                 ErrorCode::InvalidArgs,
@@ -408,18 +415,27 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
             if let Err(e) = scheduler::validate_cron(expr) {
                 return err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "cron"));
             }
-            (format!("cron:{expr}"), expr.to_string())
+            Schedule::Cron(expr.to_string())
         }
-        (every, None) => {
-            let secs = every.unwrap_or(300);
-            match scheduler::every_to_cron(secs, scheduler::jitter_seed(&key)) {
-                Ok(c) => (format!("every:{secs}"), c),
-                Err(e) => {
-                    return err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "every"));
-                }
+        (every, None) => match Schedule::every_secs(every.unwrap_or(DEFAULT_EVERY_SECS)) {
+            Ok(s) => s,
+            Err(e) => {
+                return err(
+                    ErrorBody::new(ErrorCode::InvalidArgs, e.message).with("field", e.field)
+                );
             }
+        },
+    };
+    let cron = match schedule.to_cron(&key) {
+        Ok(c) => c,
+        Err(e) => {
+            return err(ErrorBody::new(ErrorCode::InvalidArgs, e.message).with("field", e.field));
         }
     };
+    // What the daemon runs unattended must not be writable by anyone but its owner.
+    if let Err(e) = cloud_yaml::check_registered_file(&path) {
+        return err(e);
+    }
     let notify_given = !req.notify_urls.is_empty()
         || req.notify_command.is_some()
         || req.notify_preset.is_some()
@@ -438,10 +454,10 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
     let new = crate::store::NewRegistration {
         key: key.clone(),
         cloud_yaml: path.display().to_string(),
-        schedule,
+        schedule: schedule.to_string(),
         remote_spec: req.remote_spec.clone(),
     };
-    let reg = match state.store.upsert_registration(&new).await {
+    let mut reg = match state.store.upsert_registration(&new).await {
         Ok(r) => r,
         Err(e) => return err(e.into()),
     };
@@ -455,9 +471,10 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         Ok(s) => s,
         Err(e) => return err(e.into()),
     };
-    if let Err(e) = state.scheduler.schedule(&key, &cron).await {
+    if let Err(e) = state.scheduler.schedule(&key, &cron) {
         return err(ErrorBody::new(ErrorCode::Internal, e));
     }
+    with_schedule(&state, &mut reg);
     tracing::info!(key = %key, cloud_yaml = %path.display(), cron = %cron, "registered");
     let mut v = serde_json::to_value(&reg).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
@@ -493,7 +510,7 @@ async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String
         Ok(k) => k,
         Err(e) => return err(e),
     };
-    state.scheduler.unschedule(&key).await;
+    state.scheduler.unschedule(&key);
     match state.store.delete_registration(&key).await {
         Ok(true) => {
             if let Err(e) = crate::notify::store::forget(&state.store, &key).await {
@@ -511,11 +528,22 @@ async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String
     }
 }
 
+/// Fill a registration's `cron` and `next_due_at` from the scheduler's queue.
+fn with_schedule(state: &AppState, reg: &mut Registration) {
+    if let Some((cron, due)) = state.scheduler.entry(&reg.key) {
+        reg.cron = Some(cron);
+        reg.next_due_at = Some(due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
+}
+
 async fn list_clouds(State(state): State<Arc<AppState>>) -> Response {
-    let regs: Vec<Registration> = match state.store.list_registrations().await {
+    let mut regs: Vec<Registration> = match state.store.list_registrations().await {
         Ok(regs) => regs,
         Err(e) => return err(e.into()),
     };
+    for r in &mut regs {
+        with_schedule(&state, r);
+    }
     match crate::notify::store::all_watch(&state.store).await {
         Ok((watch, pauses)) => {
             axum::Json(crate::notify::annotate_registrations(regs, &watch, &pauses)).into_response()
@@ -539,7 +567,24 @@ async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>)
         }
         Err(e) => return err(e.into()),
     }
-    match tick::run_registered(state.clone(), key, "manual").await {
+    if state.shutdown.is_cancelled() {
+        return err(ErrorBody::new(
+            ErrorCode::ShuttingDown,
+            "megaplan-cloudd is shutting down; retry once it is back",
+        ));
+    }
+    // The tick runs on the daemon's own tasks; this request only waits for it. A client that
+    // disconnects drops this future, not the tick: its report is stored all the same.
+    let outcome = match tick::spawn_manual(&state, key).await {
+        Ok(o) => o,
+        Err(e) => {
+            return err(ErrorBody::new(
+                ErrorCode::Internal,
+                format!("the tick task ended abnormally: {e}"),
+            ));
+        }
+    };
+    match outcome {
         tick::TickOutcome::Ran(rec) => axum::Json(*rec).into_response(),
         tick::TickOutcome::Skipped => axum::Json(serde_json::json!({
             "success": false, "skipped": true,
@@ -596,7 +641,10 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
     };
     match cloud_yaml::load_async(&path).await {
         Ok(spec) => {
-            axum::Json(serde_json::json!({"success": true, "names": spec.secrets})).into_response()
+            // `warnings` (the loader's, e.g. keys of the original handled differently here) is
+            // what `megaplan-cloudctl doctor` shows for each cloud.yaml it finds.
+            axum::Json(serde_json::json!({"success": true, "names": spec.secrets, "warnings": spec.warnings}))
+                .into_response()
         }
         Err(e) => err(e),
     }
@@ -612,9 +660,16 @@ async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQu
         Ok(k) => k,
         Err(e) => return err(e),
     };
-    match workflow::markers::load(&state, &key).await {
-        Ok(Some(m)) => axum::Json(m).into_response(),
-        Ok(None) => err(ErrorBody::new(
+    let cy = if q.cloud_yaml.starts_with('/') {
+        q.cloud_yaml.as_str()
+    } else {
+        ""
+    };
+    match workflow::markers::load(&state, &key, cy, true).await {
+        Ok(workflow::markers::Loaded {
+            marker: Some(m), ..
+        }) => axum::Json(m).into_response(),
+        Ok(_) => err(ErrorBody::new(
             ErrorCode::MissingRemoteSpec,
             format!(
                 "no last-chain marker for key {key}; run `megaplan-cloudctl chain <spec>` first"

@@ -69,6 +69,8 @@ pub struct NewTick {
     pub acted: bool,
     pub refused_reason: Option<String>,
     pub report: Value,
+    /// The due time of a scheduled tick.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 /// Handle to the database; cheap to clone (a connection pool inside).
@@ -259,6 +261,15 @@ impl Store {
             .map_err(|e| self.failed(what, e))
     }
 
+    pub async fn count_registrations(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query("SELECT count(*) FROM registrations")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.failed("counting registrations", e))?;
+        Ok(non_negative(n))
+    }
+
     /// All registrations, oldest first.
     pub async fn list_registrations(&self) -> Result<Vec<Registration>, StoreError> {
         let what = "listing registrations";
@@ -279,6 +290,7 @@ impl Store {
         let what = "saving the tick report";
         let started_at = rfc3339(t.started_at);
         let finished_at = rfc3339(t.finished_at);
+        let due_at = t.due_at.map(rfc3339);
         let duration_ms = non_negative((t.finished_at - t.started_at).num_milliseconds());
         let report = serde_json::to_string(&t.report)
             .map_err(|e| self.failed("encoding the tick report", e))?;
@@ -289,8 +301,8 @@ impl Store {
             .map_err(|e| self.failed(what, e))?;
         let id: i64 = sqlx::query(
             "INSERT INTO ticks (key, cloud_yaml, tick_trigger, started_at, finished_at, duration_ms,
-                                success, event, next_action, acted, refused_reason, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                success, event, next_action, acted, refused_reason, report, due_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              RETURNING id",
         )
         .bind(&t.key)
@@ -305,6 +317,7 @@ impl Store {
         .bind(t.acted)
         .bind(&t.refused_reason)
         .bind(&report)
+        .bind(&due_at)
         .fetch_one(&mut *tx)
         .await
         .and_then(|row| row.try_get(0))
@@ -353,6 +366,7 @@ impl Store {
             acted: t.acted,
             refused_reason: t.refused_reason.clone(),
             report: t.report.clone(),
+            due_at,
         })
     }
 
@@ -508,6 +522,8 @@ fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
         last_success: row.try_get("last_success")?,
         ticks_run: non_negative(row.try_get("ticks_run")?),
         ticks_skipped: non_negative(row.try_get("ticks_skipped")?),
+        cron: None,
+        next_due_at: None,
     })
 }
 
@@ -531,6 +547,7 @@ pub(crate) fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> 
         acted: row.try_get("acted")?,
         refused_reason: row.try_get("refused_reason")?,
         report,
+        due_at: row.try_get("due_at")?,
     })
 }
 
@@ -614,8 +631,25 @@ async fn check_not_newer(path: &Path) -> Result<(), StoreError> {
         .await
         .map_err(cannot_read)?;
     let result = schema_problem(&mut conn).await;
+    // A damaged file must not be served: it would answer with a partial (or empty) list of
+    // registrations and schedule nothing. quick_check reads every page (O(file size)).
+    let damage = match &result {
+        Ok(None) => quick_check(&mut conn).await,
+        _ => Ok(None),
+    };
     // Closing is best effort: nothing was written on this connection.
     let _ = conn.close().await;
+    if let Some(found) = damage.map_err(|e| StoreError {
+        message: format!(
+            "database {shown} is damaged: PRAGMA quick_check could not complete ({e}); restore it from a backup, or move it aside (registrations and tick history are then lost) and start again; see docs/operations.md"
+        ),
+    })? {
+        return Err(StoreError {
+            message: format!(
+                "database {shown} is damaged: PRAGMA quick_check found: {found}; restore it from a backup, or move it aside (registrations and tick history are then lost) and start again; see docs/operations.md"
+            ),
+        });
+    }
     match result.map_err(cannot_read)? {
         Some(SchemaProblem::Newer(version)) => Err(StoreError {
             message: format!(
@@ -651,6 +685,26 @@ fn not_writable(path: &Path) -> Option<String> {
             )
         })
     })
+}
+
+/// `PRAGMA quick_check`: `None` when the file is sound, else the first problems it reports.
+async fn quick_check(conn: &mut SqliteConnection) -> Result<Option<String>, sqlx::Error> {
+    const SHOWN: usize = 3;
+    let rows = sqlx::query("PRAGMA quick_check(10)")
+        .fetch_all(&mut *conn)
+        .await?;
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        return Ok(None);
+    }
+    let mut found: Vec<&str> = lines.iter().take(SHOWN).map(String::as_str).collect();
+    if lines.len() > SHOWN {
+        found.push("…");
+    }
+    Ok(Some(found.join("; ")))
 }
 
 enum SchemaProblem {
@@ -730,6 +784,7 @@ mod tests {
             acted: n % 2 == 0,
             refused_reason: (!success).then(|| "provider mismatch".to_string()),
             report: json!({"n": n, "nested": {"list": [1, "two", null]}}),
+            due_at: (n % 2 == 0).then_some(started_at),
         }
     }
 
@@ -1012,6 +1067,57 @@ mod tests {
         let err = Store::open(&path, 5).await.unwrap_err();
         assert!(err.message.contains(&path.display().to_string()), "{err}");
         assert!(err.message.contains("corrupt"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_database_with_damaged_pages_is_refused_by_quick_check_and_left_untouched() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/cloudd.db");
+        let store = open(&dir, 5).await;
+        for i in 0..300 {
+            store
+                .upsert_registration(&reg(&format!("{i:016x}"), "every:60"))
+                .await
+                .unwrap();
+        }
+        let roots: Vec<i64> = sqlx::query(
+            "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'registrations' AND rootpage > 1",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        let page_size: i64 = sqlx::query("PRAGMA page_size")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .get(0);
+        store.close().await;
+        assert!(!roots.is_empty());
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        for root in roots {
+            f.seek(SeekFrom::Start(((root - 1) * page_size) as u64))
+                .unwrap();
+            f.write_all(&vec![0x5a; page_size as usize]).unwrap();
+        }
+        drop(f);
+        let before = std::fs::read(&path).unwrap();
+
+        let err = Store::open(&path, 5).await.unwrap_err();
+        assert!(err.message.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.message.contains("is damaged") && err.message.contains("quick_check"),
+            "{err}"
+        );
+        assert!(err.message.contains("backup"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file was modified"
+        );
     }
 
     #[tokio::test]

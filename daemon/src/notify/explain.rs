@@ -180,6 +180,7 @@ mod tests {
             refused_reason: Some("paused by ops since 2026-01-01T00:00:00Z".into()),
             report: json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"},
                            "paused": {"paused_by": "ops", "since": "2026-01-01T00:00:00Z"}}),
+            due_at: None,
         };
         let e = explain(&rec);
         let lines: Vec<&str> = e["lines"]

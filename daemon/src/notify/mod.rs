@@ -344,6 +344,7 @@ mod tests {
             report: json!({"success": true, "effective_status": "awaiting_pr_merge",
                            "refused_reason": format!("awaiting PR merge (PR #7 state={secret})"),
                            "pr": {"merge_probe": secret}}),
+            due_at: None,
         };
         let (_, events) = transitions::transitions(
             &transitions::WatchState::default(),

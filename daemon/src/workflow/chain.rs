@@ -8,7 +8,7 @@
 
 use super::{Ctx, Done, markers, remote_failure};
 use crate::chain::decide::session_marker_command;
-use crate::chain::observe::{SESSION_MARKER_DIR, python_prelude};
+use crate::chain::observe::{DRIVER_CHECK_PY, SESSION_MARKER_DIR, python_prelude};
 use crate::chain::spec::{self, ChainSpec};
 use crate::cloud_yaml::CloudSpec;
 use crate::provider::Provider;
@@ -22,6 +22,8 @@ pub use super::status::CHAIN_SESSION;
 
 /// Exit status of the preflight when the session runs a different chain (as the original).
 pub const COLLISION_EXIT: i32 = 17;
+/// Exit status of the preflight when a process outside the session already drives this spec.
+pub const DRIVEN_EXIT: i32 = 18;
 
 pub struct LaunchArgs {
     pub spec: PathBuf,
@@ -109,12 +111,19 @@ pub fn preflight_script(
            running=$(\"$py\" -c 'import json,sys\ntry:\n    print(json.load(open(sys.argv[1])).get(\"identity_digest\") or \"\")\nexcept Exception:\n    print(\"\")' \"$m\" 2>/dev/null); \
            if [ \"$running\" = \"$d\" ]; then echo MEGAPLAN_ALREADY_RUNNING; exit 0; fi; \
            echo \"tmux session $s is already running a different chain (marker $m); refusing to disturb it\" >&2; exit {code}; \
-         fi; {checkout}",
+         fi; \
+         if [ -e {spec_q} ]; then \"$py\" -c {drivers} {spec_q} {ws} {launcher_q} || exit {driven}; fi; \
+         {checkout}",
         prelude = python_prelude(launcher),
         s = quote(session),
         m = quote(&marker),
         d = quote(digest),
         code = COLLISION_EXIT,
+        spec_q = quote(remote_spec),
+        drivers = quote(DRIVER_CHECK_PY),
+        ws = quote(&spec.repo.workspace),
+        launcher_q = quote(launcher),
+        driven = DRIVEN_EXIT,
         checkout = checkout_script(spec),
     );
     if fresh {
@@ -141,7 +150,7 @@ pub fn start_script(
     let ws = &spec.repo.workspace;
     let mut inner = format!(
         "MEGAPLAN_TRUSTED_CONTAINER=1 {} chain start --spec {}",
-        launcher,
+        crate::cloud_yaml::launcher_command(launcher),
         quote(remote_spec)
     );
     if no_git_refresh {
@@ -204,6 +213,7 @@ pub async fn bootstrap(
     let init = |launcher: &str| {
         let mut cmd = format!(
             "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
+            launcher = crate::cloud_yaml::launcher_command(launcher),
             ws = quote(&ws),
             idea = quote(&remote_idea),
             rob = quote(robustness),
@@ -346,6 +356,17 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         )
         .with("session", session));
     }
+    if pre.code == DRIVEN_EXIT {
+        let said = ctx.redactor.redact(pre.stderr.trim());
+        return Err(ErrorBody::new(
+            ErrorCode::ChainSessionCollision,
+            format!(
+                "a chain runner for {remote_spec} is already running on the runner outside tmux session {session} ({said}); \
+                 it was left untouched and nothing was uploaded"
+            ),
+        )
+        .with("session", session));
+    }
     if pre.stdout.contains("MEGAPLAN_ALREADY_RUNNING") {
         ctx.out
             .stderr(format!(
@@ -416,18 +437,18 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
             ))
             .await;
     }
-    let marker = json!({
+    let mut marker = json!({
         "remote_spec": remote_spec,
         "started_at": Utc::now().to_rfc3339(),
         "base_branch": chain.base_branch.clone().unwrap_or_else(|| ctx.spec.repo.branch.clone()),
         "workspace": ws,
         "chain_session": session,
         "chain_log": log_path,
-        "extra_repos": ctx.spec.extra_repos.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
-        "provider": ctx.spec.provider.as_str(),
-        "provider_identity": super::provider_identity(&ctx.spec),
         "identity_digest": digest,
     });
+    if let Some(o) = marker.as_object_mut() {
+        o.extend(markers::launch_fields(&ctx.spec));
+    }
     markers::save(
         &ctx.state,
         &ctx.key,
@@ -443,6 +464,19 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         "milestones": chain.milestones.len(),
         "uploaded": uploads.iter().map(|u| u.remote.clone()).collect::<Vec<_>>(),
         "marker": marker,
+        // The original's launch provenance fields (`_cloud_chain_launch_provenance` in its
+        // cloud/cli.py), beside ours, for scripts that parse them.
+        "event": "cloud_chain_launched",
+        "current_milestone": chain.milestones.first().map(|m| m.label.clone()),
+        "uploaded_idea_count": uploads.len(),
+        "repo": {"url": ctx.spec.repo.url, "branch": ctx.spec.repo.branch, "workspace": ws},
+        "chain": {"base_branch": marker["base_branch"], "milestone_count": chain.milestones.len()},
+        "tmux": {"session": session, "status": if alive { "running" } else { "exited" }},
+        "log": {"chain_log": log_path},
+        "launch": {
+            "identity_digest": digest,
+            "session_marker": format!("{SESSION_MARKER_DIR}/{session}.json"),
+        },
     }))))
 }
 

@@ -71,7 +71,7 @@ pub async fn tick_with(
             // The file no longer parses, so its secret names are unknown: redact with every
             // value a client last handed over for this key (a credential typed next to a
             // syntax error must not reach the stored report).
-            let key = megaplan_cloud_api::paths::marker_key(Path::new(cloud_yaml));
+            let key = megaplan_cloud_api::paths::resolved_marker_key(Path::new(cloud_yaml));
             let known = state.secret_values(&key, &[]);
             let names: Vec<String> = known.keys().cloned().collect();
             return finish(
@@ -169,7 +169,15 @@ async fn observe_and_act(
     hold: Option<&decide::Hold>,
 ) -> Result<Value, ErrorBody> {
     let key = &spec.key();
-    let marker = markers::load(state, key).await?;
+    let loaded = markers::load(
+        state,
+        key,
+        &spec.path.display().to_string(),
+        remote_spec.is_none(),
+    )
+    .await?;
+    let marker_warnings = loaded.warnings;
+    let marker = loaded.marker;
     let target = status::chain_target(remote_spec, marker.as_ref(), spec)?;
     let spec_arc = Arc::new(spec.clone());
     let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
@@ -311,6 +319,11 @@ async fn observe_and_act(
             }
         }
     }
+    if !marker_warnings.is_empty()
+        && let Some(o) = out.as_object_mut()
+    {
+        o.insert("warnings".into(), json!(marker_warnings));
+    }
     Ok(out)
 }
 
@@ -333,23 +346,18 @@ fn relaunched_marker(
         ("workspace", json!(target.workspace)),
         ("chain_session", json!(target.session)),
         ("chain_log", json!(target.log_path)),
-        ("provider", json!(spec.provider.as_str())),
-        ("provider_identity", super::provider_identity(spec)),
         ("last_supervisor_action", json!(action)),
     ];
     for (k, v) in fields {
         m.insert(k.to_string(), v);
     }
+    let kept_repos = m.remove("extra_repos");
+    m.extend(markers::launch_fields(spec));
+    if let Some(r) = kept_repos {
+        m.insert("extra_repos".into(), r);
+    }
     m.entry("base_branch")
         .or_insert_with(|| json!(spec.repo.branch));
-    m.entry("extra_repos").or_insert_with(|| {
-        json!(
-            spec.extra_repos
-                .iter()
-                .map(|r| r.path.clone())
-                .collect::<Vec<_>>()
-        )
-    });
     Value::Object(m)
 }
 
