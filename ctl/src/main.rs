@@ -65,6 +65,24 @@ fn fail(e: ClientError) -> i32 {
     code
 }
 
+/// [`fail`] for a command about one cloud.yaml: "not registered" names the file (the key is a
+/// hash nobody recognises) and says how to register it.
+fn fail_for(e: ClientError, cloud_yaml: &str) -> i32 {
+    match e {
+        ClientError::Api(body) if body.error == ErrorCode::NotRegistered => {
+            let message = format!(
+                "{cloud_yaml} is not registered with megaplan-cloudd; register it with `megaplan-cloudctl register --cloud-yaml {cloud_yaml}`"
+            );
+            let mut renamed = ErrorBody::new(ErrorCode::NotRegistered, message);
+            renamed.extra = body.extra;
+            fail(ClientError::Api(
+                renamed.with("cloud_yaml", cloud_yaml.to_string()),
+            ))
+        }
+        other => fail(other),
+    }
+}
+
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
     fail(ClientError::Api(ErrorBody::new(code, message)))
 }
@@ -207,7 +225,17 @@ async fn run(cli: Cli) -> i32 {
         Cmd::Logs { follow, no_follow } => Command::Logs {
             follow: follow && !no_follow,
         },
-        Cmd::Attach { session } => Command::Attach { session },
+        Cmd::Attach { session } => {
+            // The runner's tmux needs a terminal on both ends; ssh would otherwise go on without
+            // one and the operator would see a broken session.
+            if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+                return local_error(
+                    ErrorCode::InvalidArgs,
+                    "attach needs a terminal (stdin and stdout are not both one): run it from an interactive shell, or use `exec` for one command",
+                );
+            }
+            Command::Attach { session }
+        }
         Cmd::Exec { command, argv } => Command::Exec {
             cmd: command.unwrap_or_default(),
             argv,
@@ -278,7 +306,7 @@ async fn run(cli: Cli) -> i32 {
                     eprintln!("unregistered {cy}");
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Registrations => return registrations(&client, output::json_mode()).await,
@@ -317,7 +345,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     i32::from(v.get("success").and_then(Value::as_bool) != Some(true))
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Watch {
@@ -354,7 +382,7 @@ async fn run(cli: Cli) -> i32 {
                     );
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Unpause => {
@@ -369,7 +397,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Explain => {
@@ -384,7 +412,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Notifications { limit, all } => {

@@ -9,38 +9,43 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs `script` (sh) in a fresh tmux server's pane of 200x50 and returns the pane's text once
-/// the script has printed its end marker. The server is private to this call (`-L`).
-fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
-    let server = format!("mp-ctl-{}", unique_suffix());
-    let marker = "__PANE_DONE__";
-    let full = format!("{script}; echo {marker}; sleep 600");
-    let mut cmd = Command::new("tmux");
-    cmd.args([
-        "-L",
-        &server,
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "200",
-        "-y",
-        "50",
-    ])
-    .args(["-s", "t", "sh", "-c", &full])
-    .env_remove("NO_COLOR")
-    .env("TERM", "xterm-256color");
-    for (k, v) in env {
-        cmd.env(k, v);
+/// A pane of 200x50 in a tmux server private to the test (`-L`), running `sh -c script`. Its
+/// prefix is C-a, so a C-b typed into it reaches a tmux inside (the runner's).
+struct Pane {
+    server: String,
+}
+
+impl Pane {
+    fn start(script: &str, env: &[(&str, &str)]) -> Pane {
+        let server = format!("mp-ctl-{}", unique_suffix());
+        let conf = std::env::temp_dir().join(format!("{server}.conf"));
+        std::fs::write(
+            &conf,
+            "set -g prefix C-a\nunbind C-b\nset -g history-limit 5000\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &server, "-f"])
+            .arg(&conf)
+            .args(["new-session", "-d", "-x", "200", "-y", "50", "-s", "t"])
+            .args(["sh", "-c", script])
+            .env_remove("NO_COLOR")
+            .env("TERM", "xterm-256color");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        assert!(
+            cmd.status().expect("tmux runs").success(),
+            "tmux new-session failed"
+        );
+        Pane { server }
     }
-    let started = cmd.status().expect("tmux runs");
-    assert!(started.success(), "tmux new-session failed");
-    let capture = || {
+
+    fn capture(&self) -> String {
         let out = Command::new("tmux")
             .args([
                 "-L",
-                &server,
+                &self.server,
                 "capture-pane",
                 "-p",
                 "-J",
@@ -52,16 +57,41 @@ fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
             .output()
             .expect("capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let done = wait_until(Duration::from_secs(60), || {
-        capture().lines().any(|l| l.trim() == marker)
-    });
-    let text = capture();
-    let _ = Command::new("tmux")
-        .args(["-L", &server, "kill-server"])
-        .status();
-    assert!(done, "the pane never finished:\n{text}");
-    text
+    }
+
+    fn send_keys(&self, keys: &[&str]) {
+        let ok = Command::new("tmux")
+            .args(["-L", &self.server, "send-keys", "-t", "t"])
+            .args(keys)
+            .status()
+            .expect("send-keys");
+        assert!(ok.success());
+    }
+
+    /// Waits (safety net only) until a line of the pane satisfies `want`; returns the pane.
+    fn wait_for(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let seen = wait_until(Duration::from_secs(60), || {
+            self.capture().lines().any(&want)
+        });
+        let text = self.capture();
+        assert!(seen, "the pane never showed {what}:\n{text}");
+        text
+    }
+}
+
+impl Drop for Pane {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.server, "kill-server"])
+            .status();
+    }
+}
+
+/// Runs `script` in a fresh pane and returns the pane's text once the script has finished.
+fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
+    let marker = "__PANE_DONE__";
+    let pane = Pane::start(&format!("{script}; echo {marker}; sleep 600"), env);
+    pane.wait_for("the end marker", |l| l.trim() == marker)
 }
 
 fn sh_quote(s: &str) -> String {
@@ -222,4 +252,58 @@ fn version_works_without_a_daemon_and_names_both_sides() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["client"]["version"], megaplan_cloud_api::VERSION);
     assert!(v["daemon"].is_null());
+}
+
+#[test]
+fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the_prefix() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    // The runner's tmux session `agent`, as the entrypoint leaves it.
+    rig.container
+        .exec_ok("tmux new-session -d -s agent -x 120 -y 40 bash && tmux has-session -t agent");
+    // The daemon holds the ssh session the attach reuses.
+    rig.ctl(&["exec", "true"]).ok();
+
+    let ctl = bin("megaplan-cloudctl").display().to_string();
+    let socket = rig.daemon.socket.display().to_string();
+    let script = format!(
+        "cd {dir} && {ctl} --cloud-yaml {cy} attach; echo \"attach exited $?\"; sleep 600",
+        dir = sh_quote(&rig.project.display().to_string()),
+        ctl = sh_quote(&ctl),
+        cy = sh_quote(&rig.cloud_yaml.display().to_string()),
+    );
+    let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
+    // Typed into the runner's shell; the arithmetic proves the shell ran it (an echo of the
+    // keystrokes alone would show `$((40+2))`).
+    let typed = || pane.send_keys(&["echo attached-$((40+2))", "Enter"]);
+    typed();
+    let mut seen = false;
+    for _ in 0..20 {
+        if wait_until(Duration::from_secs(3), || {
+            pane.capture().lines().any(|l| l.trim() == "attached-42")
+        }) {
+            seen = true;
+            break;
+        }
+        typed();
+    }
+    assert!(
+        seen,
+        "typed command never ran in the runner:\n{}",
+        pane.capture()
+    );
+    // The runner's shell saw it too.
+    let inner = rig.container.exec_ok("tmux capture-pane -p -t agent");
+    assert!(inner.contains("attached-42"), "{inner}");
+
+    // Detach with the runner tmux's prefix: the client exits 0, the session keeps running.
+    pane.send_keys(&["C-b", "d"]);
+    pane.wait_for("the attach exiting", |l| l.trim() == "attach exited 0");
+    rig.container.exec_ok("tmux has-session -t agent");
+
+    // With no terminal the client says why instead of running ssh without one.
+    let no_tty = rig.ctl(&["attach"]);
+    assert_eq!(no_tty.code, Some(1), "{}", no_tty.stderr);
+    assert!(no_tty.stderr.contains("terminal"), "{}", no_tty.stderr);
 }

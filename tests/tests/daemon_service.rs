@@ -476,7 +476,7 @@ fn service_files_validate() {
         "--socket %t/megaplan-cloudd/cloudd.sock",
         "RuntimeDirectoryMode=0700",
         "UMask=0077",
-        "LimitNOFILE=8192",
+        "LimitNOFILE=65536",
     ] {
         assert!(unit.contains(needed), "unit lacks {needed}");
     }
@@ -493,7 +493,7 @@ fn service_files_validate() {
     );
     // plutil -lint equivalent: Python's plistlib parses the property list itself (types and all).
     let lint = Command::new("python3")
-        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '--socket'; assert d['Umask'] == 0o077; print(d['Label'])"])
+        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '-c' and '--socket' in d['ProgramArguments'][2]; assert d['Umask'] == 0o077; print(d['Label'])"])
         .arg(&plist)
         .output()
         .unwrap();
