@@ -443,12 +443,21 @@ fn the_client_runs_no_attach_argv_of_an_unknown_shape() {
     let (mut child, socket, _record) = fake_daemon(None, tmp.path(), &["sh", "-c", &evil]);
     let cy = tmp.path().join("cloud.yaml");
     std::fs::write(&cy, "provider: local\nrepo: {url: u}\n").unwrap();
-    let r = ctl_at(
-        &socket,
-        tmp.path(),
-        &[],
-        &["--cloud-yaml", cy.to_str().unwrap(), "attach"],
+    // attach wants a terminal: run the client on a pty (util-linux `script`).
+    let cmdline = format!(
+        "{} --cloud-yaml {} attach",
+        bin("megaplan-cloudctl").display(),
+        cy.display()
     );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cmdline, "/dev/null"])
+        .current_dir(tmp.path())
+        .env("MEGAPLAN_CLOUDD_SOCKET", &socket)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) must be installed");
+    let r = Run::from_output(&out);
     let _ = child.kill();
     let _ = child.wait();
     assert!(!pwned.exists(), "the client ran the argv the listener sent");
