@@ -476,6 +476,21 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
     }
     with_schedule(&state, &mut reg);
     tracing::info!(key = %key, cloud_yaml = %path.display(), cron = %cron, "registered");
+    let mut warnings = spec.warnings.clone();
+    // A tick supervises the chain its spec names: without --remote-spec and without a
+    // last-chain marker every tick would fail. Say so now rather than in the tick history.
+    if req.remote_spec.is_none() {
+        let cy = path.display().to_string();
+        let has_marker = matches!(
+            crate::workflow::markers::load(&state, &key, &cy, true).await,
+            Ok(l) if l.marker.is_some()
+        );
+        if !has_marker {
+            warnings.push(format!(
+                "no remote chain spec to supervise yet: {cy} has no last-chain marker and no --remote-spec was given, so ticks fail until you run `megaplan-cloudctl chain SPEC` or register again with --remote-spec PATH"
+            ));
+        }
+    }
     let mut v = serde_json::to_value(&reg).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("success".into(), true.into());
@@ -486,7 +501,7 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         );
         o.insert(
             "warnings".into(),
-            serde_json::to_value(&spec.warnings).unwrap_or_default(),
+            serde_json::to_value(&warnings).unwrap_or_default(),
         );
     }
     axum::Json(v).into_response()

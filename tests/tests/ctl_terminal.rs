@@ -307,3 +307,48 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
     assert_eq!(no_tty.code, Some(1), "{}", no_tty.stderr);
     assert!(no_tty.stderr.contains("terminal"), "{}", no_tty.stderr);
 }
+
+#[test]
+fn register_warns_when_no_remote_spec_can_be_resolved() {
+    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
+    let work = d.dir.join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cys = cy.to_str().unwrap();
+    let out = d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warned = |v: &Value| {
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("no remote chain spec"))
+    };
+    assert!(warned(&v), "{v}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: no remote chain spec"),
+        "{out:?}"
+    );
+    // Naming the spec on the runner answers the question: no warning.
+    let out = d.ctl(
+        &work,
+        &[],
+        &[
+            "--cloud-yaml",
+            cys,
+            "register",
+            "--every",
+            "1h",
+            "--remote-spec",
+            "/w/chain.yaml",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!warned(&v), "{v}");
+}
