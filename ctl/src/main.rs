@@ -605,6 +605,9 @@ fn run_terminal(argv: &[String]) -> i32 {
     let Some((prog, args)) = argv.split_first() else {
         return local_error(ErrorCode::ProtocolError, "empty attach command");
     };
+    if let Err(e) = client::check_attach_argv(argv) {
+        return local_error(ErrorCode::ProtocolError, e);
+    }
     match std::process::Command::new(prog).args(args).status() {
         Ok(s) => s.code().unwrap_or(1),
         Err(e) => local_error(

@@ -104,6 +104,9 @@ pub fn runner_timeout(deadline: Duration) -> [String; 4] {
 /// Lines kept of a deploy step's output.
 pub const TAIL_LINES: usize = 20;
 
+/// Longest line kept in a step's output tail (longer ones are cut).
+pub const TAIL_LINE_BYTES: usize = 4096;
+
 /// The operations every transport offers.
 #[allow(async_fn_in_trait)]
 pub trait Provider {
@@ -581,7 +584,13 @@ pub(crate) async fn stream_capture(
                 if t.len() == TAIL_LINES {
                     t.pop_front();
                 }
-                t.push_back(line.to_string());
+                // A tail line is for a report: its first bytes are enough, and a runner
+                // printing megabyte lines cannot make the tails hold 20 of them.
+                let mut end = line.len().min(TAIL_LINE_BYTES);
+                while !line.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.push_back(line[..end].to_string());
             }
             if out.send((kind, text)).await.is_err() {
                 // Dropping rx makes run_streaming see the client gone and kill the process.
