@@ -549,6 +549,7 @@ async fn run_command(
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
     let mut exit_code: Option<i32> = None;
     let mut terminal: Option<Vec<String>> = None;
+    let mut stderr_seen = String::new();
     let streamed = client
         .stream(routes::RUN, &body, |line| {
             if line.is_empty() {
@@ -566,6 +567,7 @@ async fn run_command(
                     let _ = e.flush();
                 }
                 Ok(Frame::Stderr { data }) => {
+                    stderr_seen.push_str(&data);
                     let mut e = std::io::stderr().lock();
                     let _ = e.write_all(data.as_bytes());
                     let _ = e.flush();
@@ -575,7 +577,21 @@ async fn run_command(
                     payload,
                     exit_code: c,
                 }) => {
-                    if !payload.is_null() {
+                    let is_error = payload.get("success") == Some(&Value::Bool(false))
+                        && payload.get("error").is_some();
+                    if is_error && !output::json_mode() {
+                        // On a terminal an error is said once, on stderr: the daemon's own
+                        // line when it streamed one, else the error's.
+                        let message = payload["message"].as_str().unwrap_or_default();
+                        if message.is_empty() || !stderr_seen.contains(message) {
+                            eprintln!(
+                                "{} {}: {}",
+                                output::paint("error:", "1;31"),
+                                payload["error"].as_str().unwrap_or("error"),
+                                output::strip_controls(message)
+                            );
+                        }
+                    } else if !payload.is_null() {
                         print_json(&payload);
                     }
                     exit_code = Some(c);

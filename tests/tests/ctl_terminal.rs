@@ -112,6 +112,12 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
 
     let ctl = bin("megaplan-cloudctl").display().to_string();
     let cy = rig.cloud_yaml.display().to_string();
+    // A local-provider cloud.yaml that was never built: the daemon answers with an error.
+    let local_dir = rig.project.join("local");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    let local_cy = local_dir.join("cloud.yaml");
+    std::fs::write(&local_cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let local_cy = local_cy.display().to_string();
     let socket = rig.daemon.socket.display().to_string();
     let env = [("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())];
     let section = |name: &str, args: &str| {
@@ -129,6 +135,10 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
             &format!("--cloud-yaml {} status --chain", sh_quote(&cy)),
         ),
         section("error", "--cloud-yaml /nonexistent/cloud.yaml status"),
+        section(
+            "daemon-error",
+            &format!("--cloud-yaml {} status", sh_quote(&local_cy)),
+        ),
     ]
     .join("; ");
     let pane = in_terminal(&script, &env);
@@ -174,6 +184,16 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
         "JSON error on a terminal:\n{err}"
     );
     assert!(err.contains("/nonexistent/cloud.yaml"), "{err}");
+    let err = part("daemon-error");
+    assert_eq!(
+        err.matches("build` first").count(),
+        1,
+        "a daemon's error is printed once on a terminal:\n{err}"
+    );
+    assert!(
+        !err.contains("\"error\""),
+        "JSON error on a terminal:\n{err}"
+    );
 
     // Through a pipe: JSON, as scripts expect.
     let regs: Value = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
@@ -356,5 +376,8 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
     let st = d.ctl(&work, &[], &["--cloud-yaml", cys, "status"]);
     let v: Value = serde_json::from_slice(&st.stdout).unwrap();
     let m = v["message"].as_str().unwrap_or_default();
-    assert!(m.contains("build` first") && !m.contains("Missing required CLI"), "{v}");
+    assert!(
+        m.contains("build` first") && !m.contains("Missing required CLI"),
+        "{v}"
+    );
 }
