@@ -162,7 +162,19 @@ async fn run(cli: Cli) -> i32 {
             _ => {}
         }
     }
-    let located = if needs_cloud_yaml(&cli.command) {
+    // `tick`, `unregister` and `ticks` also take a registration key or a path as an argument.
+    let mut key_override: Option<String> = None;
+    if let Cmd::Tick { target } | Cmd::Unregister { target } | Cmd::Ticks { target, .. } =
+        &mut cli.command
+        && let Some(t) = target.take()
+    {
+        if paths::is_marker_key(&t) {
+            key_override = Some(t);
+        } else {
+            cli.cloud_yaml = Some(PathBuf::from(t));
+        }
+    }
+    let located = if key_override.is_none() && needs_cloud_yaml(&cli.command) {
         match locate(cli.cloud_yaml.as_deref()) {
             Ok(l) => Some(l),
             Err(code) => return code,
@@ -175,7 +187,14 @@ async fn run(cli: Cli) -> i32 {
         .as_ref()
         .and_then(|l| l.as_given.as_ref())
         .map(|p| p.display().to_string());
-    let cy = cloud_yaml.display().to_string();
+    let cy = key_override
+        .clone()
+        .unwrap_or_else(|| cloud_yaml.display().to_string());
+    let key_of_this = || {
+        key_override
+            .clone()
+            .unwrap_or_else(|| paths::resolved_marker_key(&cloud_yaml))
+    };
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
         Cmd::Init { force } => {
@@ -292,13 +311,9 @@ async fn run(cli: Cli) -> i32 {
             remote_spec,
             notify,
         } => return register(&client, &cy, every, cron, remote_spec, notify).await,
-        Cmd::Unregister => {
+        Cmd::Unregister { .. } => {
             return match client
-                .json(
-                    Method::DELETE,
-                    &routes::cloud(&paths::resolved_marker_key(&cloud_yaml)),
-                    None,
-                )
+                .json(Method::DELETE, &routes::cloud(&key_of_this()), None)
                 .await
             {
                 Ok(v) => {
@@ -310,7 +325,9 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Registrations => return registrations(&client, output::json_mode()).await,
-        Cmd::Ticks { limit, all, filter } => {
+        Cmd::Ticks {
+            limit, all, filter, ..
+        } => {
             let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::TICKS);
             if !all {
@@ -329,13 +346,9 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Tick => {
+        Cmd::Tick { .. } => {
             return match client
-                .json(
-                    Method::POST,
-                    &routes::cloud_tick(&paths::resolved_marker_key(&cloud_yaml)),
-                    None,
-                )
+                .json(Method::POST, &routes::cloud_tick(&key_of_this()), None)
                 .await
             {
                 Ok(v) => {

@@ -380,4 +380,37 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
         m.contains("build` first") && !m.contains("Missing required CLI"),
         "{v}"
     );
+
+    // `tick`, `ticks` and `unregister` take the key `registrations` shows, from anywhere.
+    let key = registration_key(&d, &work, cys);
+    let root = std::path::Path::new("/");
+    let t = d.ctl(root, &[], &["tick", &key]);
+    let tv: Value = serde_json::from_slice(&t.stdout).unwrap();
+    assert_eq!(tv["key"], key.as_str(), "{tv}");
+    let h = d.ctl(root, &[], &["ticks", &key]);
+    let hv: Value = serde_json::from_slice(&h.stdout).unwrap();
+    assert!(
+        !hv.as_array().unwrap().is_empty()
+            && hv
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["key"] == key.as_str()),
+        "{hv}"
+    );
+    let u = d.ctl(root, &[], &["unregister", &key]);
+    assert!(u.status.success(), "{u:?}");
+    let left: Value = serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+}
+
+fn registration_key(d: &megaplan_cloud_e2e::Daemon, work: &std::path::Path, cy: &str) -> String {
+    let regs: Value = serde_json::from_slice(&d.ctl(work, &[], &["registrations"]).stdout).unwrap();
+    regs.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cloud_yaml"] == cy)
+        .and_then(|r| r["key"].as_str())
+        .unwrap_or_else(|| panic!("{cy} not in {regs}"))
+        .to_string()
 }
