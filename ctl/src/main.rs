@@ -552,6 +552,31 @@ async fn run_command(
     // command (build, deploy, …) what the provider prints is progress, so it goes to stderr and
     // stdout stays one JSON document.
     let stdout_is_result = matches!(command, Command::Exec { .. } | Command::Logs { .. });
+    // Operations that can sit silent for a while (connecting the ssh master, a build, a
+    // deploy) show a spinner on stderr, on a terminal only; streamed lines print above it.
+    let spinner = (!stdout_is_result
+        && !matches!(command, Command::Attach { .. })
+        && std::io::stderr().is_terminal())
+    .then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(format!(
+            "{}: waiting for megaplan-cloudd and the runner",
+            command.name()
+        ));
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    });
+    let to_stderr = |data: &str| {
+        let write = || {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(data.as_bytes());
+            let _ = e.flush();
+        };
+        match &spinner {
+            Some(pb) => pb.suspend(write),
+            None => write(),
+        }
+    };
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
         cloud_yaml_as_given,
@@ -574,22 +599,19 @@ async fn run_command(
                     let _ = o.write_all(data.as_bytes());
                     let _ = o.flush();
                 }
-                Ok(Frame::Stdout { data }) => {
-                    let mut e = std::io::stderr().lock();
-                    let _ = e.write_all(data.as_bytes());
-                    let _ = e.flush();
-                }
+                Ok(Frame::Stdout { data }) => to_stderr(&data),
                 Ok(Frame::Stderr { data }) => {
                     stderr_seen.push_str(&data);
-                    let mut e = std::io::stderr().lock();
-                    let _ = e.write_all(data.as_bytes());
-                    let _ = e.flush();
+                    to_stderr(&data);
                 }
                 Ok(Frame::Terminal { argv }) => terminal = Some(argv),
                 Ok(Frame::Result {
                     payload,
                     exit_code: c,
                 }) => {
+                    if let Some(pb) = &spinner {
+                        pb.finish_and_clear();
+                    }
                     let is_error = payload.get("success") == Some(&Value::Bool(false))
                         && payload.get("error").is_some();
                     if is_error && !output::json_mode() {
@@ -614,6 +636,9 @@ async fn run_command(
             }
         })
         .await;
+    if let Some(pb) = &spinner {
+        pb.finish_and_clear();
+    }
     if let Err(e) = streamed {
         return fail(e);
     }

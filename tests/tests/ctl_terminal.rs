@@ -414,3 +414,35 @@ fn registration_key(d: &megaplan_cloud_e2e::Daemon, work: &std::path::Path, cy: 
         .unwrap_or_else(|| panic!("{cy} not in {regs}"))
         .to_string()
 }
+
+#[test]
+fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    // The core's status now never answers: `status --chain` sits silent until released.
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
+    let ctl = bin("megaplan-cloudctl").display().to_string();
+    let socket = rig.daemon.socket.display().to_string();
+    let script = format!(
+        "cd {dir} && {ctl} --cloud-yaml {cy} status --chain; echo \"status exited $?\"; sleep 600",
+        dir = sh_quote(&rig.project.display().to_string()),
+        ctl = sh_quote(&ctl),
+        cy = sh_quote(&rig.cloud_yaml.display().to_string()),
+    );
+    let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
+    pane.wait_for("the spinner", |l| {
+        l.contains("status: waiting for megaplan-cloudd and the runner")
+    });
+    // Released: the answer replaces the spinner.
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    let done = pane.wait_for("the status exiting", |l| l.starts_with("status exited"));
+    assert!(!done.contains("waiting for megaplan-cloudd"), "{done}");
+    // Through a pipe: no spinner text on stderr.
+    let piped = rig.ctl(&["status", "--chain"]);
+    assert!(!piped.stderr.contains("waiting for"), "{}", piped.stderr);
+}
