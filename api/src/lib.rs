@@ -6,7 +6,9 @@
 //! Deliberately free of tokio, sqlx and the scheduler so the client stays thin.
 
 pub mod error;
+pub mod legacy;
 pub mod paths;
+pub mod schedule;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};
@@ -35,6 +37,19 @@ pub mod routes {
     /// knows which of its env vars to hand over (it never parses YAML itself).
     pub const SECRET_NAMES: &str = "/v1/secret-names";
 
+    /// `POST` pauses (body `PauseRequest`), `DELETE` unpauses (docs/notifications.md).
+    pub const CLOUD_PAUSE: &str = "/v1/clouds/{key}/pause";
+    /// `GET`: the last tick of a registration explained (facts, rule, action, refusal).
+    pub const CLOUD_EXPLAIN: &str = "/v1/clouds/{key}/explain";
+    /// `GET /v1/notifications?cloud_yaml=P&limit=N`: the notification outbox, newest first.
+    pub const NOTIFICATIONS: &str = "/v1/notifications";
+
+    pub fn cloud_pause(key: &str) -> String {
+        format!("/v1/clouds/{key}/pause")
+    }
+    pub fn cloud_explain(key: &str) -> String {
+        format!("/v1/clouds/{key}/explain")
+    }
     pub fn cloud(key: &str) -> String {
         format!("/v1/clouds/{key}")
     }

@@ -109,7 +109,58 @@ pub fn absolutize(p: &Path, base: &Path) -> PathBuf {
     out
 }
 
+/// `~` and `~/...` expanded against [`home_dir`], like Python's `Path.expanduser`.
+pub fn expand_user(p: &Path) -> PathBuf {
+    let text = p.to_string_lossy();
+    if text == "~" {
+        return home_dir();
+    }
+    match text.strip_prefix("~/") {
+        Some(rest) => home_dir().join(rest),
+        None => p.to_path_buf(),
+    }
+}
+
+/// Make `p` absolute against `base` and follow symlinks, like Python's `Path.resolve()` (not
+/// strict): the longest existing prefix is resolved on disk, the rest is appended with `.` and
+/// `..` applied lexically. The original keys its markers by this form of the cloud.yaml path.
+pub fn resolve(p: &Path, base: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    let mut out = PathBuf::from("/");
+    let mut on_disk = true;
+    for comp in joined.components() {
+        match comp {
+            Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(s) => {
+                out.push(s);
+                if on_disk {
+                    match std::fs::canonicalize(&out) {
+                        Ok(real) => out = real,
+                        Err(_) => on_disk = false,
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The marker key of the cloud.yaml at `p` as the original computes it: [`marker_key`] of the
+/// [`resolve`]d path.
+pub fn resolved_marker_key(p: &Path) -> String {
+    marker_key(&resolve(p, &current_dir()))
+}
+
 /// The marker key of a cloud.yaml: the first 16 hex chars of sha256 of its absolute path text.
+/// Callers pass the [`resolve`]d path (see [`resolved_marker_key`]); the lexical form is only
+/// looked up to import markers written under it.
 pub fn marker_key(abs_cloud_yaml: &Path) -> String {
     let digest = Sha256::digest(abs_cloud_yaml.to_string_lossy().as_bytes());
     hex::encode(digest)[..16].to_string()
@@ -148,6 +199,36 @@ mod tests {
         assert_eq!(key.len(), 16);
         assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(key, "30fc1502dc0aac84");
+    }
+
+    #[test]
+    fn resolve_follows_symlinks_like_python() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(tmp.path()).unwrap().join("real");
+        std::fs::create_dir_all(real.join("proj")).unwrap();
+        std::fs::write(real.join("proj/cloud.yaml"), "").unwrap();
+        let link = real.parent().unwrap().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let base = Path::new("/nowhere");
+        assert_eq!(
+            resolve(&link.join("proj/cloud.yaml"), base),
+            real.join("proj/cloud.yaml")
+        );
+        // A missing tail is appended lexically after the existing prefix is resolved.
+        assert_eq!(
+            resolve(&link.join("proj/new/../x.yaml"), base),
+            real.join("proj/x.yaml")
+        );
+        // `..` after a symlink applies to the symlink's target, as in realpath.
+        assert_eq!(resolve(&link.join("proj/.."), base), real);
+        assert_eq!(
+            marker_key(&resolve(&link.join("proj/cloud.yaml"), base)),
+            marker_key(&real.join("proj/cloud.yaml"))
+        );
+        assert_ne!(
+            marker_key(&link.join("proj/cloud.yaml")),
+            marker_key(&real.join("proj/cloud.yaml"))
+        );
     }
 
     #[test]

@@ -27,7 +27,35 @@ pub struct Health {
     /// Held ssh master connections (one per target).
     pub ssh_sessions: u64,
     pub shutting_down: bool,
+    /// Scheduled ticks since this daemon started: due vs fired, and how late.
+    #[serde(default)]
+    pub schedule: ScheduleHealth,
 }
+
+/// The scheduler's account since start-up. Every occurrence that came due ends as exactly one
+/// of: fired (a tick started), skipped (the previous tick of that registration still ran),
+/// missed (it passed while the daemon could not fire it, e.g. suspended; folded into the next),
+/// or still waiting for a tick slot: `due = fired + skipped + missed + waiting`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduleHealth {
+    /// Registrations in the due-time queue.
+    pub scheduled: u64,
+    /// Registrations whose stored schedule could not be scheduled (see the daemon log).
+    pub unschedulable: u64,
+    pub due: u64,
+    pub fired: u64,
+    pub skipped: u64,
+    pub missed: u64,
+    /// Fired within [`ON_TIME_SLACK_SECS`] of their due time.
+    pub on_time: u64,
+    /// Largest delay from due time to tick start seen since start-up, in milliseconds.
+    pub worst_lateness_ms: u64,
+    /// The earliest due time in the queue (RFC 3339), if any.
+    pub next_due_at: Option<String>,
+}
+
+/// A scheduled tick that starts within this many seconds of its due time is on time.
+pub const ON_TIME_SLACK_SECS: u64 = 2;
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TickCounters {
@@ -50,6 +78,28 @@ pub struct RegisterRequest {
     /// Optional `--remote-spec` used by every tick of this registration.
     #[serde(default)]
     pub remote_spec: Option<String>,
+    /// `--notify-url` (repeatable): webhooks told of this registration's transitions. When any
+    /// notify field is given, they replace the registration's sinks; else the sinks are kept.
+    #[serde(default)]
+    pub notify_urls: Vec<String>,
+    /// `--notify-command`: run with the notification JSON on stdin.
+    #[serde(default)]
+    pub notify_command: Option<String>,
+    /// `--notify-preset json|ntfy|slack` for the `notify_urls`.
+    #[serde(default)]
+    pub notify_preset: Option<String>,
+    /// `--no-notify`: drop the registration's own sinks.
+    #[serde(default)]
+    pub no_notify: bool,
+}
+
+/// `POST /v1/clouds/{key}/pause`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PauseRequest {
+    /// Who paused (the client sends `$USER@host`).
+    pub by: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// One registration as listed by `GET /v1/clouds`.
@@ -66,6 +116,13 @@ pub struct Registration {
     pub last_success: Option<bool>,
     pub ticks_run: u64,
     pub ticks_skipped: u64,
+    /// The cron expression the scheduler runs (an `every` schedule with its per-registration
+    /// offset); filled by the daemon from its queue, absent when not scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The next due time in the scheduler's queue (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due_at: Option<String>,
 }
 
 /// Query of `GET /v1/ticks` and `GET /v1/ticks/watch`.
@@ -74,6 +131,18 @@ pub struct TicksQuery {
     /// Absolute cloud.yaml path; all registrations when absent.
     pub cloud_yaml: Option<String>,
     pub limit: Option<u32>,
+    /// Only ticks that finished at or after this RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only ticks with this event (`supervisor_error`, ...).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Only failed ticks.
+    #[serde(default)]
+    pub failed: Option<bool>,
+    /// `watch`: how many stored reports to show first (default 5, 0 for none).
+    #[serde(default)]
+    pub backlog: Option<u32>,
 }
 
 /// A stored tick report.
@@ -94,13 +163,21 @@ pub struct TickRecord {
     pub refused_reason: Option<String>,
     /// The full tick report as printed by `supervise --chain` (redacted).
     pub report: Value,
+    /// For a scheduled tick: the due time it was fired for (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<String>,
 }
 
 /// `POST /v1/run`: one cloud command.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRequest {
-    /// Absolute path of the cloud.yaml (the client resolves it).
+    /// Absolute path of the cloud.yaml (the client resolves it, symlinks followed, as the
+    /// original tool does).
     pub cloud_yaml: String,
+    /// The path as the operator gave it, made absolute without following symlinks, when that
+    /// differs from `cloud_yaml`: a last-chain marker found only under its key is imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_yaml_as_given: Option<String>,
     /// The client's working directory (for relative paths in arguments).
     pub cwd: String,
     /// Values of the secret env vars named in cloud.yaml, read from the client's environment.
@@ -156,8 +233,13 @@ pub enum Command {
     Attach {
         session: Option<String>,
     },
+    /// `cmd` is one shell command string (the original's form); `argv`, when not empty, is a
+    /// word list the daemon quotes word by word instead (`exec -- git log --oneline`).
     Exec {
+        #[serde(default)]
         cmd: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        argv: Vec<String>,
     },
     Resume {
         plan: Option<String>,
@@ -169,6 +251,9 @@ pub enum Command {
     },
     Supervise {
         remote_spec: Option<String>,
+        /// Run the whole tick but mutate nothing; the report says `dry_run: true`.
+        #[serde(default)]
+        dry_run: bool,
     },
     Chains,
 }
@@ -228,12 +313,25 @@ mod tests {
     fn command_is_tagged_by_name() {
         let c = Command::Exec {
             cmd: "echo hi".into(),
+            argv: Vec::new(),
         };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["name"], "exec");
         assert_eq!(v["cmd"], "echo hi");
+        assert!(v.get("argv").is_none(), "an empty argv is not sent: {v}");
         let back: Command = serde_json::from_value(v).unwrap();
         assert_eq!(back.name(), "exec");
+        // An argv-only request (no cmd) is accepted too.
+        let back: Command =
+            serde_json::from_value(serde_json::json!({"name": "exec", "argv": ["git", "log"]}))
+                .unwrap();
+        assert_eq!(
+            back,
+            Command::Exec {
+                cmd: String::new(),
+                argv: vec!["git".into(), "log".into()]
+            }
+        );
     }
 
     #[test]

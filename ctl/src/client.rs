@@ -19,7 +19,7 @@ pub struct DaemonClient {
 
 /// What went wrong talking to the daemon.
 pub enum ClientError {
-    /// The socket did not answer: exit code 2 with how to start the daemon.
+    /// The socket did not answer: exit code 69 (EX_UNAVAILABLE) with how to start the daemon.
     Unreachable(ErrorBody),
     /// The daemon answered with a structured error.
     Api(ErrorBody),

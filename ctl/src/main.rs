@@ -4,6 +4,9 @@
 
 mod cli;
 mod client;
+mod discover;
+mod doctor;
+mod output;
 mod render;
 
 use clap::Parser;
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let cli = Cli::parse();
+    output::init(cli.json, cli.color);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -33,30 +37,32 @@ fn main() {
     std::process::exit(code);
 }
 
+/// A command's result document: JSON for scripts, a summary on a terminal.
 fn print_json(v: &Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
-    let _ = out.flush();
+    output::print_result(v);
 }
 
-/// Print a structured error (stdout JSON + one stderr line) and return its exit code.
+/// Print a structured error and return its exit code. For scripts: the JSON document on
+/// stdout plus one `error:` line on stderr; on a terminal: the one line on stderr only.
 fn fail(e: ClientError) -> i32 {
-    match e {
-        ClientError::Unreachable(body) => {
-            print_json(&body.to_value());
-            eprintln!("error: {}", body.message);
-            2
-        }
-        ClientError::Api(body) => {
-            print_json(&body.to_value());
-            eprintln!("error: {}: {}", body.error, body.message);
-            1
-        }
+    let (body, code) = match e {
+        ClientError::Unreachable(body) => (body, output::EXIT_DAEMON_UNREACHABLE),
+        ClientError::Api(body) => (body, 1),
+    };
+    if output::json_mode() {
+        output::print_json_doc(&body.to_value());
     }
+    let message = output::strip_controls(&body.message);
+    if code == output::EXIT_DAEMON_UNREACHABLE {
+        eprintln!("{} {message}", output::paint("error:", "1;31"));
+    } else {
+        eprintln!(
+            "{} {}: {message}",
+            output::paint("error:", "1;31"),
+            body.error
+        );
+    }
+    code
 }
 
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
@@ -64,7 +70,51 @@ fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
 }
 
 fn abs(p: &Path) -> PathBuf {
-    paths::absolutize(p, &paths::current_dir())
+    paths::absolutize(&paths::expand_user(p), &paths::current_dir())
+}
+
+/// The cloud.yaml of this command, or the structured error naming every place tried.
+fn locate(flag: Option<&Path>) -> Result<discover::Located, i32> {
+    discover::locate(flag, &paths::current_dir()).map_err(|tried| {
+        let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        fail(ClientError::Api(
+            ErrorBody::new(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "no cloud.yaml found; tried {}; pass --cloud-yaml PATH or run `megaplan-cloudctl init`",
+                    list.join(", ")
+                ),
+            )
+            .with("tried", list),
+        ))
+    })
+}
+
+/// Does this command act on one cloud.yaml (and so need to find it)?
+fn needs_cloud_yaml(cmd: &Cmd) -> bool {
+    !matches!(
+        cmd,
+        Cmd::Init { .. }
+            | Cmd::Registrations
+            | Cmd::Doctor
+            | Cmd::Daemon { .. }
+            | Cmd::Ticks { all: true, .. }
+            | Cmd::Watch { all: true, .. }
+            | Cmd::Notifications { all: true, .. }
+            | Cmd::Completions { .. }
+            | Cmd::Man
+            | Cmd::Version
+    )
+}
+
+/// `ticks`/`watch`/`notifications` outside any project (no --cloud-yaml, none found): every
+/// registration's, rather than an empty list for a cloud.yaml that does not exist.
+fn history_of_all(cli: &Cli) -> bool {
+    matches!(
+        cli.command,
+        Cmd::Ticks { .. } | Cmd::Watch { .. } | Cmd::Notifications { .. }
+    ) && cli.cloud_yaml.is_none()
+        && discover::locate(None, &paths::current_dir()).is_err()
 }
 
 fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
@@ -76,13 +126,47 @@ fn overrides(o: RepoOverrideArgs) -> RepoOverrides {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let cloud_yaml = abs(&cli.cloud_yaml);
     let (socket, source) = paths::resolve_socket(cli.socket.as_deref());
     let client = DaemonClient::new(socket, source);
+    // Argument errors first: they need no cloud.yaml.
+    if let Cmd::Supervise { chain: false, .. } = cli.command {
+        return local_error(
+            ErrorCode::InvalidArgs,
+            "supervise needs --chain (the chain supervisor is the only one)",
+        );
+    }
+    let mut cli = cli;
+    if history_of_all(&cli) {
+        match &mut cli.command {
+            Cmd::Ticks { all, .. } | Cmd::Watch { all, .. } | Cmd::Notifications { all, .. } => {
+                *all = true;
+            }
+            _ => {}
+        }
+    }
+    let located = if needs_cloud_yaml(&cli.command) {
+        match locate(cli.cloud_yaml.as_deref()) {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let cloud_yaml = located.as_ref().map(|l| l.path.clone()).unwrap_or_default();
+    let as_given = located
+        .as_ref()
+        .and_then(|l| l.as_given.as_ref())
+        .map(|p| p.display().to_string());
     let cy = cloud_yaml.display().to_string();
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
-        Cmd::Init { force } => return init(&cloud_yaml, force),
+        Cmd::Init { force } => {
+            let target = discover::init_target(cli.cloud_yaml.as_deref(), &paths::current_dir());
+            return init(&target, force);
+        }
+        Cmd::Doctor => {
+            return doctor::run(&client, cli.cloud_yaml.as_deref()).await;
+        }
         Cmd::Build => Command::Build,
         Cmd::Deploy => Command::Deploy,
         Cmd::Bootstrap {
@@ -120,40 +204,71 @@ async fn run(cli: Cli) -> i32 {
             remote_spec,
             plan,
         },
-        Cmd::Logs { no_follow } => Command::Logs { follow: !no_follow },
+        Cmd::Logs { follow, no_follow } => Command::Logs {
+            follow: follow && !no_follow,
+        },
         Cmd::Attach { session } => Command::Attach { session },
-        Cmd::Exec { cmd } => Command::Exec { cmd: cmd.join(" ") },
+        Cmd::Exec { command, argv } => Command::Exec {
+            cmd: command.unwrap_or_default(),
+            argv,
+        },
         Cmd::Resume { plan } => Command::Resume { plan },
         Cmd::Down => Command::Down,
         Cmd::Destroy { yes } => {
-            if !yes && !confirm_destroy(&cy) {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "destroy needs confirmation: answer on a terminal, or pass --yes",
-                );
+            if !yes {
+                match confirm_destroy(&cy) {
+                    Confirmation::Yes => {}
+                    Confirmation::NoTerminal => {
+                        return local_error(
+                            ErrorCode::InvalidArgs,
+                            "destroy needs confirmation and there is no terminal to ask on: pass --yes",
+                        );
+                    }
+                    Confirmation::Declined => {
+                        // The operator said no: nothing failed, nothing to report but that.
+                        eprintln!("aborted");
+                        return 1;
+                    }
+                }
             }
             Command::Destroy { yes: true }
         }
-        Cmd::Supervise { chain, remote_spec } => {
-            if !chain {
-                return local_error(
-                    ErrorCode::InvalidArgs,
-                    "supervise needs --chain (the chain supervisor is the only one)",
-                );
-            }
-            Command::Supervise { remote_spec }
-        }
+        Cmd::Supervise {
+            remote_spec,
+            dry_run,
+            ..
+        } => Command::Supervise {
+            remote_spec,
+            dry_run,
+        },
         Cmd::Chains => Command::Chains,
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "megaplan-cloudctl", &mut std::io::stdout());
+            return 0;
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => local_error(
+                    ErrorCode::InvalidArgs,
+                    format!("cannot write the man page: {e}"),
+                ),
+            };
+        }
+        Cmd::Version => return version(&client).await,
         Cmd::Register {
             every,
             cron,
             remote_spec,
-        } => return register(&client, &cy, every, cron, remote_spec).await,
+            notify,
+        } => return register(&client, &cy, every, cron, remote_spec, notify).await,
         Cmd::Unregister => {
             return match client
                 .json(
                     Method::DELETE,
-                    &routes::cloud(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -166,16 +281,18 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Registrations { json } => return registrations(&client, json).await,
-        Cmd::Ticks { limit, all, json } => {
+        Cmd::Registrations => return registrations(&client, output::json_mode()).await,
+        Cmd::Ticks { limit, all, filter } => {
+            let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::TICKS);
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
             }
+            q.push_str(&filter.query(enc));
             return match client.json(Method::GET, &q, None).await {
                 Ok(v) => {
                     if json {
-                        print_json(&v);
+                        output::print_json_doc(&v);
                     } else {
                         render::ticks_table(&v);
                     }
@@ -188,7 +305,7 @@ async fn run(cli: Cli) -> i32 {
             return match client
                 .json(
                     Method::POST,
-                    &routes::cloud_tick(&paths::marker_key(&cloud_yaml)),
+                    &routes::cloud_tick(&paths::resolved_marker_key(&cloud_yaml)),
                     None,
                 )
                 .await
@@ -203,12 +320,96 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Watch { all, json } => return watch(&client, &cy, all, json).await,
+        Cmd::Watch {
+            all,
+            backlog,
+            filter,
+        } => {
+            let json = output::json_mode();
+            let mut q = format!("{}?backlog={backlog}", routes::TICKS_WATCH);
+            if !all {
+                q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
+            }
+            q.push_str(&filter.query(enc));
+            return watch(&client, &q, json).await;
+        }
+        Cmd::Pause { reason } => {
+            let by = format!(
+                "{}@{}",
+                std::env::var("USER")
+                    .or_else(|_| std::env::var("LOGNAME"))
+                    .unwrap_or_else(|_| "unknown".into()),
+                hostname()
+            );
+            let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
+                .unwrap_or(Value::Null);
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+            return match client.json(Method::POST, &path, Some(&body)).await {
+                Ok(v) => {
+                    print_json(&v);
+                    eprintln!(
+                        "paused {cy} (by {}, since {}): ticks observe but never mutate until `megaplan-cloudctl unpause`",
+                        v["paused"]["paused_by"].as_str().unwrap_or("?"),
+                        v["paused"]["since"].as_str().unwrap_or("?")
+                    );
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Unpause => {
+            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+            return match client.json(Method::DELETE, &path, None).await {
+                Ok(v) => {
+                    print_json(&v);
+                    if v["was_paused"].is_null() {
+                        eprintln!("{cy} was not paused");
+                    } else {
+                        eprintln!("unpaused {cy}: ticks may act again");
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Explain => {
+            let json = output::json_mode();
+            let path = routes::cloud_explain(&paths::resolved_marker_key(&cloud_yaml));
+            return match client.json(Method::GET, &path, None).await {
+                Ok(v) => {
+                    if json {
+                        print_json(&v);
+                    } else {
+                        render::lines(&v["lines"]);
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Notifications { limit, all } => {
+            let json = output::json_mode();
+            let mut q = format!("{}?limit={limit}", routes::NOTIFICATIONS);
+            if !all {
+                q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
+            }
+            return match client.json(Method::GET, &q, None).await {
+                Ok(v) => {
+                    if json {
+                        print_json(&v);
+                    } else {
+                        render::notifications_table(&v);
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            };
+        }
         Cmd::Daemon {
-            what: DaemonCmd::Status { json },
-        } => return daemon_status(&client, json).await,
+            what: DaemonCmd::Status,
+        } => return daemon_status(&client, output::json_mode()).await,
     };
-    run_command(&client, &cy, command).await
+    run_command(&client, &cy, as_given, command).await
 }
 
 fn init(path: &Path, force: bool) -> i32 {
@@ -235,7 +436,9 @@ fn init(path: &Path, force: bool) -> i32 {
             format!("cannot write {}: {e}", path.display()),
         );
     }
-    print_json(&json!({"success": true, "path": path.display().to_string()}));
+    // `cloud_yaml` is the original's field; `path` is kept for scripts written against ours.
+    let shown = path.display().to_string();
+    print_json(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
     eprintln!(
         "wrote {}; edit repo.url, provider and secrets, then run `megaplan-cloudctl build`",
         path.display()
@@ -243,16 +446,26 @@ fn init(path: &Path, force: bool) -> i32 {
     0
 }
 
-fn confirm_destroy(cloud_yaml: &str) -> bool {
+enum Confirmation {
+    Yes,
+    Declined,
+    NoTerminal,
+}
+
+fn confirm_destroy(cloud_yaml: &str) -> Confirmation {
     if !std::io::stdin().is_terminal() {
-        return false;
+        return Confirmation::NoTerminal;
     }
     eprint!(
         "Destroy the runner of {cloud_yaml}, its volume and deploy dir? Type 'yes' to confirm: "
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
+    if std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes" {
+        Confirmation::Yes
+    } else {
+        Confirmation::Declined
+    }
 }
 
 /// Ask the daemon which secret names the cloud.yaml lists and read their values here.
@@ -284,13 +497,23 @@ async fn secrets_for(
     Ok(out)
 }
 
-async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) -> i32 {
+async fn run_command(
+    client: &DaemonClient,
+    cloud_yaml: &str,
+    cloud_yaml_as_given: Option<String>,
+    command: Command,
+) -> i32 {
     let secrets = match secrets_for(client, cloud_yaml).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    // Only `exec` and `logs` print the runner's own output as their result; for every other
+    // command (build, deploy, …) what the provider prints is progress, so it goes to stderr and
+    // stdout stays one JSON document.
+    let stdout_is_result = matches!(command, Command::Exec { .. } | Command::Logs { .. });
     let req = RunRequest {
         cloud_yaml: cloud_yaml.to_string(),
+        cloud_yaml_as_given,
         cwd: paths::current_dir().display().to_string(),
         secrets,
         command,
@@ -304,10 +527,15 @@ async fn run_command(client: &DaemonClient, cloud_yaml: &str, command: Command) 
                 return;
             }
             match serde_json::from_str::<Frame>(line) {
-                Ok(Frame::Stdout { data }) => {
+                Ok(Frame::Stdout { data }) if stdout_is_result => {
                     let mut o = std::io::stdout().lock();
                     let _ = o.write_all(data.as_bytes());
                     let _ = o.flush();
+                }
+                Ok(Frame::Stdout { data }) => {
+                    let mut e = std::io::stderr().lock();
+                    let _ = e.write_all(data.as_bytes());
+                    let _ = e.flush();
                 }
                 Ok(Frame::Stderr { data }) => {
                     let mut e = std::io::stderr().lock();
@@ -364,8 +592,13 @@ async fn register(
     every: Option<String>,
     cron: Option<String>,
     remote_spec: Option<String>,
+    notify: cli::NotifyArgs,
 ) -> i32 {
     let every_secs = match every.as_deref().map(cli::parse_every).transpose() {
+        Ok(v) => v,
+        Err(e) => return local_error(ErrorCode::InvalidArgs, e),
+    };
+    let cron = match cron.as_deref().map(cli::normalise_cron).transpose() {
         Ok(v) => v,
         Err(e) => return local_error(ErrorCode::InvalidArgs, e),
     };
@@ -374,6 +607,10 @@ async fn register(
         every_secs,
         cron,
         remote_spec,
+        notify_urls: notify.notify_urls,
+        notify_command: notify.notify_command,
+        notify_preset: notify.notify_preset,
+        no_notify: notify.no_notify,
     };
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
@@ -402,7 +639,7 @@ async fn registrations(client: &DaemonClient, json: bool) -> i32 {
     match client.json(Method::GET, routes::CLOUDS, None).await {
         Ok(v) => {
             if json {
-                print_json(&v);
+                output::print_json_doc(&v);
             } else {
                 render::registrations_table(&v);
             }
@@ -412,16 +649,21 @@ async fn registrations(client: &DaemonClient, json: bool) -> i32 {
     }
 }
 
-async fn watch(client: &DaemonClient, cloud_yaml: &str, all: bool, json: bool) -> i32 {
-    let mut q = routes::TICKS_WATCH.to_string();
-    if !all {
-        q.push_str(&format!("?cloud_yaml={}", enc(cloud_yaml)));
-    }
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
     if !json {
         eprintln!("watching tick reports (Ctrl-C to stop)");
     }
     let r = client
-        .stream_get(&q, |line| match serde_json::from_str::<Frame>(line) {
+        .stream_get(q, |line| match serde_json::from_str::<Frame>(line) {
             Ok(Frame::Tick { tick }) => {
                 if json {
                     println!("{}", serde_json::to_string(&tick).unwrap_or_default());
@@ -434,10 +676,58 @@ async fn watch(client: &DaemonClient, cloud_yaml: &str, all: bool, json: bool) -
             _ => {}
         })
         .await;
+    // The stream only ends when the daemon goes away (or drops this watcher): say so.
     match r {
-        Ok(()) => 0,
-        Err(e) => fail(e),
+        Ok(()) => {
+            eprintln!(
+                "watch: the daemon closed the stream (it stopped or restarted); run `megaplan-cloudctl watch` again once it is back"
+            );
+            3
+        }
+        Err(e) => {
+            eprintln!("watch: lost the daemon");
+            fail(e)
+        }
     }
+}
+
+/// `version`: this client's, and the daemon's when one answers (its absence is not an error:
+/// the client's version is still worth knowing).
+async fn version(client: &DaemonClient) -> i32 {
+    let daemon = client.json(Method::GET, routes::HEALTH, None).await.ok();
+    let v = json!({
+        "client": {
+            "version": megaplan_cloud_api::VERSION,
+            "api_version": megaplan_cloud_api::API_VERSION,
+        },
+        "daemon": daemon.as_ref().map(|h| json!({
+            "version": h.get("version"),
+            "api_version": h.get("api_version"),
+            "socket": h.get("socket"),
+        })),
+    });
+    if output::json_mode() {
+        output::print_json_doc(&v);
+    } else {
+        println!(
+            "megaplan-cloudctl {} (API v{})",
+            megaplan_cloud_api::VERSION,
+            megaplan_cloud_api::API_VERSION
+        );
+        match &daemon {
+            Some(h) => println!(
+                "megaplan-cloudd   {} (API v{}) at {}",
+                h.get("version").and_then(Value::as_str).unwrap_or("?"),
+                h.get("api_version").and_then(Value::as_u64).unwrap_or(0),
+                h.get("socket").and_then(Value::as_str).unwrap_or("?")
+            ),
+            None => println!(
+                "megaplan-cloudd   not reachable at {}",
+                client.socket.display()
+            ),
+        }
+    }
+    0
 }
 
 async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
@@ -452,7 +742,7 @@ async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
                 );
             }
             if json {
-                print_json(&v);
+                output::print_json_doc(&v);
             } else {
                 render::health(&v);
             }

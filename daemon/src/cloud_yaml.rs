@@ -101,6 +101,94 @@ pub struct Megaplan {
     pub launcher: Option<String>,
 }
 
+/// A launcher as shell words, each quoted (a no-op for the characters [`check_launcher`] lets
+/// through, so `NAME=value` words stay assignments): what every remote command line that runs
+/// the core starts with. Never put a launcher into a command line any other way.
+pub fn launcher_command(launcher: &str) -> String {
+    let words: Vec<&str> = launcher.split_whitespace().collect();
+    crate::shell::join(&words)
+}
+
+/// Most words a launcher may have, and its longest length.
+const LAUNCHER_MAX_WORDS: usize = 16;
+const LAUNCHER_MAX_BYTES: usize = 512;
+
+/// `megaplan.launcher` is run on the runner as the start of shell command lines: it must be
+/// plain words (a program, its flags, `NAME=value` assignments), never shell syntax. Words are
+/// made of letters, digits and `@%+=:,./_-`, the characters that need no quoting, so the
+/// quoted command line ([`Megaplan::launcher_command`]) is exactly what the user wrote.
+pub fn check_launcher(file: &Path, launcher: &str) -> Result<String, ErrorBody> {
+    const FIELD: &str = "megaplan.launcher";
+    let words: Vec<&str> = launcher.split_whitespace().collect();
+    let refuse = |why: String| {
+        invalid_field(
+            file,
+            FIELD,
+            format!(
+                "{FIELD} {why}; it must be plain words such as `python -m {}` (letters, digits and @%+=:,./_- only, no quotes, `;`, `$`, `|`, `&`, redirections or backticks)",
+                CORE_MODULES[1]
+            ),
+        )
+    };
+    if words.is_empty() {
+        return Err(refuse("is empty".into()));
+    }
+    if words.len() > LAUNCHER_MAX_WORDS || launcher.len() > LAUNCHER_MAX_BYTES {
+        return Err(refuse(format!(
+            "is too long (at most {LAUNCHER_MAX_WORDS} words, {LAUNCHER_MAX_BYTES} bytes)"
+        )));
+    }
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b);
+    if let Some(bad) = words.iter().find(|w| !w.bytes().all(safe)) {
+        return Err(refuse(format!(
+            "has the word {bad:?}, which holds shell syntax"
+        )));
+    }
+    if launcher.contains(['\n', '\r']) {
+        return Err(refuse("spans several lines".into()));
+    }
+    Ok(words.join(" "))
+}
+
+/// A registered cloud.yaml decides what the daemon runs unattended, so only its owner may
+/// change it: refuse one that group or others may write, or that another user owns.
+pub fn check_registered_file(path: &Path) -> Result<(), ErrorBody> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        invalid(format!("cannot read cloud.yaml at {}: {e}", path.display()))
+            .with("file", path.display().to_string())
+    })?;
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| {
+        invalid(format!(
+            "refusing the registered cloud.yaml {}: {why}, so another user could change what the daemon runs; fix it with `chmod go-w {}`{}",
+            path.display(),
+            path.display(),
+            if meta.uid() != me { " and `chown` it to yourself" } else { "" },
+        ))
+        .with("file", path.display().to_string())
+    };
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "it is writable by {} (mode {:04o})",
+            if meta.mode() & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        )));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "it is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Auto {
     pub plan_name: Option<String>,
@@ -186,9 +274,10 @@ pub struct CloudSpec {
 }
 
 impl CloudSpec {
-    /// The marker key of this cloud.yaml.
+    /// The marker key of this cloud.yaml: of its path with symlinks followed, as the original
+    /// computes it (clients send that path already; this keeps older callers right too).
     pub fn key(&self) -> String {
-        megaplan_cloud_api::paths::marker_key(&self.path)
+        megaplan_cloud_api::paths::resolved_marker_key(&self.path)
     }
 }
 
@@ -262,6 +351,46 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "local",
     "ssh",
     "image",
+    // Read by the original only; each gets its own warning (see `ORIGINAL_ONLY_KEYS`).
+    "chain_session",
+    "driver",
+];
+
+/// Keys the original Python tool reads that megaplan-cloudd does not use, each with what to do
+/// instead. docs/configuration.md lists them too.
+pub const ORIGINAL_ONLY_KEYS: &[(&str, &str)] = &[
+    (
+        "chain_session",
+        "megaplan-cloudd runs every chain in tmux session megaplan-chain and refuses a second chain on the same runner as a collision; remove the key, and give each chain its own runner (ssh.container, local.compose_project or railway.service)",
+    ),
+    (
+        "chain.chain_session",
+        "megaplan-cloudd runs every chain in tmux session megaplan-chain; remove the key (see chain_session)",
+    ),
+    (
+        "driver",
+        "megaplan-cloudd does not rewrite the chain spec's driver settings; put `driver: {max_stall_iterations: N}` in the chain spec itself, where the core reads it",
+    ),
+    (
+        "megaplan.repo",
+        "the runner image installs megaplan at build time from megaplan.ref; to run another source, point image.dockerfile at a Dockerfile that installs it",
+    ),
+    (
+        "megaplan.install_spec",
+        "the runner image installs megaplan from megaplan.ref; for another pip spec, point image.dockerfile at a Dockerfile that installs it",
+    ),
+    (
+        "megaplan.src_path",
+        "there is no on-volume megaplan source clone; megaplan is installed in the image (see megaplan.ref, image.dockerfile)",
+    ),
+    (
+        "ssh.workspace_dir",
+        "the runner's workspace is `<ssh.remote_dir>/workspace` on the docker host, or the Docker volume resources.volume; set one of those instead",
+    ),
+    (
+        "ssh.cache_dir",
+        "pip and npm caches are not mounted from the docker host; remove the key",
+    ),
 ];
 
 struct Walker<'a> {
@@ -518,7 +647,19 @@ impl Walker<'_> {
             model: self.str_or(codex_sec, "codex.model", "gpt-5.4")?,
             reasoning: self.choice(codex_sec, "codex.reasoning", "high", &REASONING_LEVELS)?,
         };
-        let mp_sec = self.section(root, "megaplan", &["ref", "codex_auth", "launcher"])?;
+        self.original_only_warnings(root);
+        let mp_sec = self.section(
+            root,
+            "megaplan",
+            &[
+                "ref",
+                "codex_auth",
+                "launcher",
+                "repo",
+                "install_spec",
+                "src_path",
+            ],
+        )?;
         let megaplan = Megaplan {
             git_ref: self.str_or(mp_sec, "megaplan.ref", "main")?,
             codex_auth: self.choice(
@@ -527,7 +668,10 @@ impl Walker<'_> {
                 "chatgpt",
                 &["chatgpt", "apikey"],
             )?,
-            launcher: self.opt_str(mp_sec, "megaplan.launcher")?,
+            launcher: self
+                .opt_str(mp_sec, "megaplan.launcher")?
+                .map(|l| check_launcher(self.file, &l))
+                .transpose()?,
         };
 
         let auto_sec = self.section(root, "auto", &["plan_name", "idea_file", "robustness"])?;
@@ -551,7 +695,7 @@ impl Walker<'_> {
                 ));
             }
         }
-        let chain_sec = self.section(root, "chain", &["spec"])?;
+        let chain_sec = self.section(root, "chain", &["spec", "chain_session"])?;
         let chain = ChainCfg {
             spec: self.abs_path("chain.spec", self.opt_str(chain_sec, "chain.spec")?)?,
         };
@@ -631,6 +775,8 @@ impl Walker<'_> {
                 "identity_file",
                 "remote_dir",
                 "container",
+                "workspace_dir",
+                "cache_dir",
             ],
         )?;
         let ssh = if provider == ProviderKind::Ssh || ssh_sec.is_some() {
@@ -787,6 +933,27 @@ impl Walker<'_> {
         Ok(out)
     }
 
+    /// One warning per key the original reads and this daemon does not (see
+    /// [`ORIGINAL_ONLY_KEYS`]).
+    fn original_only_warnings(&mut self, root: &Map<String, Value>) {
+        for (key, instead) in ORIGINAL_ONLY_KEYS {
+            let mut at: Option<&Value> = None;
+            for (i, part) in key.split('.').enumerate() {
+                at = match (i, at) {
+                    (0, _) => root.get(part),
+                    (_, Some(Value::Object(m))) => m.get(part),
+                    _ => None,
+                };
+            }
+            if at.is_some_and(|v| !v.is_null()) {
+                self.warnings.push(format!(
+                    "{key} in {} is read by the Python cloud tool only and is ignored here: {instead}",
+                    self.file.display()
+                ));
+            }
+        }
+    }
+
     fn extra_repos(
         &self,
         root: &Map<String, Value>,
@@ -820,7 +987,7 @@ impl Walker<'_> {
                     return Err(self.err(
                         &field,
                         format!(
-                            "{field} must be a URL or a mapping with url, branch, path; found {}",
+                            "{field} must be a URL or a mapping with url, branch, workspace; found {}",
                             type_name(other)
                         ),
                     ));
@@ -837,16 +1004,39 @@ impl Walker<'_> {
                 .unwrap_or("repo")
                 .trim_end_matches(".git")
                 .to_string();
+            // `workspace` is the original's name for where the repo is cloned; `path` is ours.
+            let as_path = self.opt_str(sec, &format!("{field}.path"))?;
+            let as_workspace = self.opt_str(sec, &format!("{field}.workspace"))?;
+            let (name, given) = match (as_path, as_workspace) {
+                (Some(p), Some(w)) if p != w => {
+                    return Err(self.err(
+                        &format!("{field}.workspace"),
+                        format!(
+                            "{field}.workspace ({w:?}) and {field}.path ({p:?}) disagree; keep one (workspace is the original's name)"
+                        ),
+                    ));
+                }
+                (Some(p), _) => ("path", p),
+                (None, Some(w)) => ("workspace", w),
+                (None, None) => (
+                    "path",
+                    format!("{}/{default_name}", parent.trim_end_matches('/')),
+                ),
+            };
             let path = self
-                .abs_path(
-                    &format!("{field}.path"),
-                    Some(self.str_or(
-                        sec,
-                        &format!("{field}.path"),
-                        &format!("{}/{default_name}", parent.trim_end_matches('/')),
-                    )?),
-                )?
+                .abs_path(&format!("{field}.{name}"), Some(given))?
                 .unwrap_or_default();
+            let taken = std::iter::once(repo.workspace.as_str())
+                .chain(out.iter().map(|r: &ExtraRepo| r.path.as_str()))
+                .any(|w| w.trim_end_matches('/') == path.trim_end_matches('/'));
+            if taken {
+                return Err(self.err(
+                    &format!("{field}.{name}"),
+                    format!(
+                        "{field}.{name} ({path:?}) is already the workspace of repo or an earlier extra repo; give each repo its own folder"
+                    ),
+                ));
+            }
             out.push(ExtraRepo {
                 url,
                 branch: self.str_or(sec, &format!("{field}.branch"), "main")?,

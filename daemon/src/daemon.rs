@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::schedule::{DEFAULT_EVERY_SECS, Schedule};
 use megaplan_cloud_api::wire::{
     Frame, Health, RegisterRequest, Registration, RunRequest, TickRecord, TicksQuery,
 };
@@ -50,6 +51,8 @@ pub struct AppState {
     pub hard_stop: CancellationToken,
     /// Ticks and commands in flight, awaited (up to the grace period) on shutdown.
     pub tasks: TaskTracker,
+    /// Notification settings and the outbox worker's bell (notify/).
+    pub notifier: crate::notify::Notifier,
 }
 
 impl AppState {
@@ -106,6 +109,14 @@ pub async fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
+    let notify_config = match crate::notify::config::NotifyConfig::load(&settings.notify_config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}; fix the file or point --notify-config elsewhere");
+            let _ = std::fs::remove_file(&settings.socket);
+            return 1;
+        }
+    };
     let store = match Store::open(&settings.db, settings.keep_ticks).await {
         Ok(s) => s,
         Err(e) => {
@@ -128,21 +139,13 @@ pub async fn run(settings: Settings) -> i32 {
     let cell: Arc<std::sync::OnceLock<std::sync::Weak<AppState>>> =
         Arc::new(std::sync::OnceLock::new());
     let cb_cell = cell.clone();
-    let on_tick: scheduler::TickFn = Arc::new(move |key: String| {
-        let cell = cb_cell.clone();
-        Box::pin(async move {
-            if let Some(state) = cell.get().and_then(std::sync::Weak::upgrade) {
-                tick::scheduled(state, key).await;
-            }
-        })
-    });
-    let sched = match Scheduler::new(on_tick).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return 1;
+    let on_tick: scheduler::TickFn = Arc::new(move |key: String, due| {
+        if let Some(state) = cb_cell.get().and_then(std::sync::Weak::upgrade) {
+            tick::scheduled(state, key, due);
         }
-    };
+        Box::pin(async {})
+    });
+    let sched = Scheduler::new(on_tick);
     let (tick_feed, _) = broadcast::channel(1024);
     let state = Arc::new(AppState {
         tick_permits: Arc::new(Semaphore::new(settings.max_concurrent_ticks)),
@@ -159,22 +162,17 @@ pub async fn run(settings: Settings) -> i32 {
         shutdown: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        notifier: crate::notify::Notifier::new(notify_config),
     });
     let _ = cell.set(Arc::downgrade(&state));
+    crate::notify::spawn_worker(state.clone());
 
-    match state.store.list_registrations().await {
-        Ok(regs) => {
-            for r in regs {
-                if let Err(e) = state
-                    .scheduler
-                    .schedule(&r.key, &cron_of(&r.schedule))
-                    .await
-                {
-                    tracing::error!(key = %r.key, "cannot schedule stored registration: {e}");
-                }
-            }
-        }
-        Err(e) => tracing::error!("cannot list registrations: {e}"),
+    if let Err(e) = schedule_stored(&state).await {
+        tracing::error!("{e}");
+        state.scheduler.shutdown().await;
+        state.store.close().await;
+        let _ = std::fs::remove_file(&state.settings.socket);
+        return 1;
     }
 
     let app = router(state.clone());
@@ -253,16 +251,33 @@ async fn wait_for_signal(
     hard_stop.cancel();
 }
 
-/// Stored schedules are `every:<secs>` or `cron:<expr>`; both become cron for the scheduler.
-pub fn cron_of(schedule: &str) -> String {
-    match schedule.split_once(':') {
-        Some(("cron", expr)) => expr.to_string(),
-        Some(("every", secs)) => {
-            let secs = secs.parse().unwrap_or(300);
-            scheduler::every_to_cron(secs, 0).unwrap_or_else(|_| "0 */5 * * * *".to_string())
+/// Queue every stored registration with the same cron expression `register` gave it (its
+/// per-key offset included). A row whose schedule cannot be used is logged and counted in
+/// health; it does not stop the others.
+async fn schedule_stored(state: &AppState) -> Result<(), crate::store::StoreError> {
+    let regs = state.store.list_registrations().await?;
+    let mut queued = 0usize;
+    for r in &regs {
+        let cron = r
+            .schedule
+            .parse::<Schedule>()
+            .and_then(|s| s.to_cron(&r.key))
+            .map_err(|e| e.message)
+            .and_then(|c| state.scheduler.schedule(&r.key, &c).map(|_| ()));
+        match cron {
+            Ok(()) => queued += 1,
+            Err(e) => {
+                state.scheduler.note_unschedulable();
+                tracing::error!(key = %r.key, cloud_yaml = %r.cloud_yaml, "cannot schedule stored registration: {e}");
+            }
         }
-        _ => "0 */5 * * * *".to_string(),
     }
+    tracing::info!(
+        registrations = regs.len(),
+        scheduled = queued,
+        "schedules restored"
+    );
+    Ok(())
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -276,6 +291,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route(routes::MARKERS, get(get_marker))
         .route(routes::RUN, post(run_command))
         .route(routes::SECRET_NAMES, get(secret_names))
+        .route(routes::CLOUD_PAUSE, post(pause).delete(unpause))
+        .route(routes::CLOUD_EXPLAIN, get(explain))
+        .route(routes::NOTIFICATIONS, get(list_notifications))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(server::require_same_uid))
@@ -310,13 +328,16 @@ async fn not_found() -> Response {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let registrations = state
-        .store
-        .list_registrations()
-        .await
-        .map(|r| r.len() as u64)
-        .unwrap_or(0);
-    let ticks = state.store.tick_counters().await.unwrap_or_default();
+    // A store that cannot be read is reported as such (503), never as "0 registrations".
+    let (registrations, ticks) = match (
+        state.store.count_registrations().await,
+        state.store.tick_counters().await,
+    ) {
+        (Ok(r), Ok(t)) => (r, t),
+        (Err(e), _) | (_, Err(e)) => {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, e.into());
+        }
+    };
     let tools = ["ssh", "docker", "docker-compose", "rsync", "scp", "railway"]
         .iter()
         .map(|t| {
@@ -340,6 +361,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         tools,
         ssh_sessions: state.ssh.count() as u64,
         shutting_down: state.shutdown.is_cancelled(),
+        schedule: state.scheduler.health(),
     };
     axum::Json(h).into_response()
 }
@@ -371,7 +393,7 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         Err(e) => return err(e),
     };
     let key = spec.key();
-    let (schedule, cron) = match (req.every_secs, req.cron.as_deref()) {
+    let schedule = match (req.every_secs, req.cron.as_deref()) {
         (Some(_), Some(_)) => {
             return err(ErrorBody::new(
                 ErrorCode::InvalidArgs,
@@ -382,36 +404,75 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
             if let Err(e) = scheduler::validate_cron(expr) {
                 return err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "cron"));
             }
-            (format!("cron:{expr}"), expr.to_string())
+            Schedule::Cron(expr.to_string())
         }
-        (every, None) => {
-            let secs = every.unwrap_or(300);
-            match scheduler::every_to_cron(secs, scheduler::jitter_seed(&key)) {
-                Ok(c) => (format!("every:{secs}"), c),
-                Err(e) => {
-                    return err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "every"));
-                }
+        (every, None) => match Schedule::every_secs(every.unwrap_or(DEFAULT_EVERY_SECS)) {
+            Ok(s) => s,
+            Err(e) => {
+                return err(
+                    ErrorBody::new(ErrorCode::InvalidArgs, e.message).with("field", e.field)
+                );
             }
+        },
+    };
+    let cron = match schedule.to_cron(&key) {
+        Ok(c) => c,
+        Err(e) => {
+            return err(ErrorBody::new(ErrorCode::InvalidArgs, e.message).with("field", e.field));
+        }
+    };
+    // What the daemon runs unattended must not be writable by anyone but its owner.
+    if let Err(e) = cloud_yaml::check_registered_file(&path) {
+        return err(e);
+    }
+    let notify_given = !req.notify_urls.is_empty()
+        || req.notify_command.is_some()
+        || req.notify_preset.is_some()
+        || req.no_notify;
+    let sinks = match crate::notify::registration_sinks(
+        &state.notifier.config,
+        &req.notify_urls,
+        req.notify_command.as_deref(),
+        req.notify_preset.as_deref(),
+    ) {
+        Ok(s) => s,
+        Err((msg, field)) => {
+            return err(ErrorBody::new(ErrorCode::InvalidArgs, msg).with("field", field));
         }
     };
     let new = crate::store::NewRegistration {
         key: key.clone(),
         cloud_yaml: path.display().to_string(),
-        schedule,
+        schedule: schedule.to_string(),
         remote_spec: req.remote_spec.clone(),
     };
-    let reg = match state.store.upsert_registration(&new).await {
+    let mut reg = match state.store.upsert_registration(&new).await {
         Ok(r) => r,
         Err(e) => return err(e.into()),
     };
-    if let Err(e) = state.scheduler.schedule(&key, &cron).await {
+    if notify_given
+        && let Err(e) =
+            crate::notify::store::set_registration_sinks(&state.store, &key, &sinks).await
+    {
+        return err(e.into());
+    }
+    let sinks = match crate::notify::store::registration_sinks(&state.store, &key).await {
+        Ok(s) => s,
+        Err(e) => return err(e.into()),
+    };
+    if let Err(e) = state.scheduler.schedule(&key, &cron) {
         return err(ErrorBody::new(ErrorCode::Internal, e));
     }
+    with_schedule(&state, &mut reg);
     tracing::info!(key = %key, cloud_yaml = %path.display(), cron = %cron, "registered");
     let mut v = serde_json::to_value(&reg).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("success".into(), true.into());
         o.insert("cron".into(), cron.into());
+        o.insert(
+            "notify".into(),
+            sinks.iter().map(|s| s.label()).collect::<Vec<_>>().into(),
+        );
         o.insert(
             "warnings".into(),
             serde_json::to_value(&spec.warnings).unwrap_or_default(),
@@ -430,7 +491,7 @@ fn bad_json(e: serde_json::Error) -> ErrorBody {
 /// `{key}` may be the marker key itself, or an absolute cloud.yaml path percent-encoded.
 fn key_of(k: &str) -> String {
     if k.starts_with('/') {
-        paths::marker_key(Path::new(k))
+        paths::resolved_marker_key(Path::new(k))
     } else {
         k.to_string()
     }
@@ -438,9 +499,12 @@ fn key_of(k: &str) -> String {
 
 async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
     let key = key_of(&k);
-    state.scheduler.unschedule(&key).await;
+    state.scheduler.unschedule(&key);
     match state.store.delete_registration(&key).await {
         Ok(true) => {
+            if let Err(e) = crate::notify::store::forget(&state.store, &key).await {
+                tracing::warn!(key = %key, "unregistered, but its watch state stays: {e}");
+            }
             tracing::info!(key = %key, "unregistered");
             axum::Json(serde_json::json!({"success": true, "key": key, "unregistered": true}))
                 .into_response()
@@ -453,9 +517,26 @@ async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String
     }
 }
 
+/// Fill a registration's `cron` and `next_due_at` from the scheduler's queue.
+fn with_schedule(state: &AppState, reg: &mut Registration) {
+    if let Some((cron, due)) = state.scheduler.entry(&reg.key) {
+        reg.cron = Some(cron);
+        reg.next_due_at = Some(due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
+}
+
 async fn list_clouds(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.list_registrations().await {
-        Ok(regs) => axum::Json::<Vec<Registration>>(regs).into_response(),
+    let mut regs: Vec<Registration> = match state.store.list_registrations().await {
+        Ok(regs) => regs,
+        Err(e) => return err(e.into()),
+    };
+    for r in &mut regs {
+        with_schedule(&state, r);
+    }
+    match crate::notify::store::all_watch(&state.store).await {
+        Ok((watch, pauses)) => {
+            axum::Json(crate::notify::annotate_registrations(regs, &watch, &pauses)).into_response()
+        }
         Err(e) => err(e.into()),
     }
 }
@@ -472,7 +553,24 @@ async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>)
         }
         Err(e) => return err(e.into()),
     }
-    match tick::run_registered(state.clone(), key, "manual").await {
+    if state.shutdown.is_cancelled() {
+        return err(ErrorBody::new(
+            ErrorCode::ShuttingDown,
+            "megaplan-cloudd is shutting down; retry once it is back",
+        ));
+    }
+    // The tick runs on the daemon's own tasks; this request only waits for it. A client that
+    // disconnects drops this future, not the tick: its report is stored all the same.
+    let outcome = match tick::spawn_manual(&state, key).await {
+        Ok(o) => o,
+        Err(e) => {
+            return err(ErrorBody::new(
+                ErrorCode::Internal,
+                format!("the tick task ended abnormally: {e}"),
+            ));
+        }
+    };
+    match outcome {
         tick::TickOutcome::Ran(rec) => axum::Json(*rec).into_response(),
         tick::TickOutcome::Skipped => axum::Json(serde_json::json!({
             "success": false, "skipped": true,
@@ -487,10 +585,31 @@ fn query_key(q: &TicksQuery) -> Option<String> {
     q.cloud_yaml.as_deref().map(key_of)
 }
 
+fn tick_filter(q: &TicksQuery) -> Result<crate::notify::store::TickFilter, ErrorBody> {
+    let since = match q
+        .since
+        .as_deref()
+        .map(crate::notify::since_time)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return Err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "since")),
+    };
+    Ok(crate::notify::store::TickFilter {
+        key: query_key(q),
+        since,
+        event: q.event.clone(),
+        failed_only: q.failed == Some(true),
+    })
+}
+
 async fn list_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
-    let key = query_key(&q);
+    let filter = match tick_filter(&q) {
+        Ok(f) => f,
+        Err(e) => return err(e),
+    };
     let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
-    match state.store.list_ticks(key.as_deref(), limit).await {
+    match crate::notify::store::list_ticks(&state.store, &filter, limit).await {
         Ok(t) => axum::Json(t).into_response(),
         Err(e) => err(e.into()),
     }
@@ -508,7 +627,10 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
     };
     match cloud_yaml::load(&path) {
         Ok(spec) => {
-            axum::Json(serde_json::json!({"success": true, "names": spec.secrets})).into_response()
+            // `warnings` (the loader's, e.g. keys of the original handled differently here) is
+            // what `megaplan-cloudctl doctor` shows for each cloud.yaml it finds.
+            axum::Json(serde_json::json!({"success": true, "names": spec.secrets, "warnings": spec.warnings}))
+                .into_response()
         }
         Err(e) => err(e),
     }
@@ -521,9 +643,16 @@ struct MarkerQuery {
 
 async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQuery>) -> Response {
     let key = key_of(&q.cloud_yaml);
-    match workflow::markers::load(&state, &key).await {
-        Ok(Some(m)) => axum::Json(m).into_response(),
-        Ok(None) => err(ErrorBody::new(
+    let cy = if q.cloud_yaml.starts_with('/') {
+        q.cloud_yaml.as_str()
+    } else {
+        ""
+    };
+    match workflow::markers::load(&state, &key, cy, true).await {
+        Ok(workflow::markers::Loaded {
+            marker: Some(m), ..
+        }) => axum::Json(m).into_response(),
+        Ok(_) => err(ErrorBody::new(
             ErrorCode::MissingRemoteSpec,
             format!(
                 "no last-chain marker for key {key}; run `megaplan-cloudctl chain <spec>` first"
@@ -584,18 +713,50 @@ fn ndjson_body(
 }
 
 async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQuery>) -> Response {
-    let key = query_key(&q);
+    let filter = match tick_filter(&q) {
+        Ok(f) => f,
+        Err(e) => return err(e),
+    };
+    // Subscribe before reading the backlog so no report falls between the two.
     let mut feed = state.tick_feed.subscribe();
+    let backlog_n = q.backlog.unwrap_or(5).min(1000);
+    let mut backlog = if backlog_n > 0 {
+        match crate::notify::store::list_ticks(&state.store, &filter, backlog_n).await {
+            Ok(t) => t,
+            Err(e) => return err(e.into()),
+        }
+    } else {
+        Vec::new()
+    };
+    backlog.reverse();
     let (tx, rx) = mpsc::channel::<Frame>(64);
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
+        let backlog_last = backlog.last().map_or(0, |t| t.id);
+        let shown = backlog.len();
+        let _ = tx
+            .send(Frame::Stderr {
+                data: format!("watch: the last {shown} stored tick report(s) first, then new ones as they are stored\n"),
+            })
+            .await;
+        for rec in backlog {
+            if tx
+                .send(Frame::Tick {
+                    tick: Box::new(rec),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tx.closed() => break,
                 r = feed.recv() => match r {
                     Ok(rec) => {
-                        if key.as_deref().is_some_and(|k| k != rec.key) {
+                        if !filter.matches(&rec) || rec.id <= backlog_last {
                             continue;
                         }
                         if tx.send(Frame::Tick { tick: Box::new(rec) }).await.is_err() {
@@ -611,7 +772,10 @@ async fn watch_ticks(State(state): State<Arc<AppState>>, Query(q): Query<TicksQu
             }
         }
     });
-    ndjson_body(rx, state.shutdown.clone(), Vec::new())
+    let gone = vec![Frame::Stderr {
+        data: "watch: megaplan-cloudd is shutting down; the watch ends here\n".to_string(),
+    }];
+    ndjson_body(rx, state.shutdown.clone(), gone)
 }
 
 async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
@@ -648,4 +812,99 @@ async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes
         },
     ];
     ndjson_body(rx, state.hard_stop.clone(), on_stop)
+}
+
+/// The key of a registered cloud.yaml, or the not-registered answer.
+async fn registered_key(state: &AppState, k: &str) -> Result<String, Response> {
+    let key = key_of(k);
+    match state.store.get_registration(&key).await {
+        Ok(Some(_)) => Ok(key),
+        Ok(None) => Err(err(ErrorBody::new(
+            ErrorCode::NotRegistered,
+            format!(
+                "no registration with key {key}; register it first (`megaplan-cloudctl register`)"
+            ),
+        ))),
+        Err(e) => Err(err(e.into())),
+    }
+}
+
+async fn pause(
+    State(state): State<Arc<AppState>>,
+    AxPath(k): AxPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: megaplan_cloud_api::wire::PauseRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(bad_json(e)),
+    };
+    if req.by.trim().is_empty() || req.by.len() > 200 {
+        return err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            "pause needs `by` (1 to 200 characters)",
+        )
+        .with("field", "by"));
+    }
+    let key = match registered_key(&state, &k).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match crate::notify::store::set_pause(&state.store, &key, &req.by, req.reason.as_deref()).await
+    {
+        Ok(p) => {
+            tracing::info!(key = %key, by = %p.paused_by, "paused");
+            axum::Json(serde_json::json!({"success": true, "key": key, "paused": p}))
+                .into_response()
+        }
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn unpause(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
+    let key = match registered_key(&state, &k).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match crate::notify::store::clear_pause(&state.store, &key).await {
+        Ok(was) => {
+            tracing::info!(key = %key, "unpaused");
+            axum::Json(
+                serde_json::json!({"success": true, "key": key, "paused": null, "was_paused": was}),
+            )
+            .into_response()
+        }
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn explain(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
+    let key = key_of(&k);
+    let filter = crate::notify::store::TickFilter {
+        key: Some(key.clone()),
+        ..Default::default()
+    };
+    match crate::notify::store::list_ticks(&state.store, &filter, 1).await {
+        Ok(t) => match t.first() {
+            Some(rec) => axum::Json(crate::notify::explain::explain(rec)).into_response(),
+            None => err(ErrorBody::new(
+                ErrorCode::NotRegistered,
+                format!(
+                    "no stored tick for key {key}; run `megaplan-cloudctl supervise --chain` or `tick` first"
+                ),
+            )),
+        },
+        Err(e) => err(e.into()),
+    }
+}
+
+async fn list_notifications(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<TicksQuery>,
+) -> Response {
+    let key = query_key(&q);
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    match crate::notify::store::list_outbox(&state.store, key.as_deref(), limit).await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => err(e.into()),
+    }
 }

@@ -12,10 +12,12 @@
 //! - [`store`]: the SQLite store (registrations, markers, tick reports).
 //! - [`settings`], [`server`], [`daemon`], [`scheduler`], [`tick`]: the resident service.
 //! - [`workflow`]: what each cloud command does.
+//! - [`notify`]: watching that tells a human: transitions, stall detection, the outbox.
 
 pub mod chain;
 pub mod cloud_yaml;
 pub mod daemon;
+pub mod notify;
 pub mod process;
 pub mod provider;
 pub mod redact;

@@ -1,201 +1,431 @@
-//! Scheduled ticks on tokio-cron-scheduler, plus the guards it lacks.
+//! Scheduled ticks: one due-time queue of next fire instants per registration, driven by one
+//! task (docs/design.md, "Scheduling", says why this replaced tokio-cron-scheduler).
 //!
-//! The scheduler fires jobs with no overlap check (tokio-cron-scheduler #50, #83), so the tick
-//! runner holds a per-registration `try_lock`: a tick that comes due while the previous one
-//! still runs is skipped and counted. Concurrency across registrations is bounded by a
-//! semaphore in the tick runner. Schedules are 6-field cron (seconds first); `--every` is
-//! turned into cron with a per-registration offset (jitter) so a thousand registrations with
-//! the same interval do not all fire in the same second.
+//! Schedules are 6-field cron expressions (seconds first, UTC), parsed and stepped with croner
+//! using the same parser settings tokio-cron-scheduler used, so every expression users
+//! registered before still means the same. `--every` becomes cron with a per-registration
+//! offset (`Schedule::to_cron` in the api crate).
+//!
+//! The driver pops every entry whose due time has passed, hands each to the tick runner
+//! (`TickFn`, which spawns it) and re-queues it at its next occurrence after that due time.
+//! Nothing is ever dropped: an occurrence is fired, or, if its successor is also already in the
+//! past when it is re-queued (the daemon was suspended or starved), counted as missed and
+//! folded into the next one, so a registration never ticks twice for one interval. The tick
+//! runner's per-registration lock and tick slots (tick.rs) bound what runs at once.
 
-use std::collections::HashMap;
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use megaplan_cloud_api::wire::{ON_TIME_SLACK_SECS, ScheduleHealth};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use tokio::sync::Mutex;
-use tokio_cron_scheduler::{Job, JobScheduler};
-use uuid::Uuid;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-pub type TickFn = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// Called with the registration key and the due time it fires for. Must return quickly: the
+/// driver awaits it before looking at the next entry (the daemon's callback spawns the tick).
+pub type TickFn =
+    Arc<dyn Fn(String, DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The driver re-reads the wall clock at least this often, so a clock step is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// Missed occurrences counted one by one before the next one is found from "now".
+const MAX_MISSED_STEPS: u64 = 1000;
+
+struct Entry {
+    cron: Cron,
+    expr: String,
+    due: DateTime<Utc>,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// (due, seq) → key, earliest first; `seq` breaks ties and identifies the entry.
+    by_due: BTreeSet<(DateTime<Utc>, u64, String)>,
+    entries: HashMap<String, Entry>,
+    seq: u64,
+    unschedulable: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    due: AtomicU64,
+    fired: AtomicU64,
+    skipped: AtomicU64,
+    missed: AtomicU64,
+    on_time: AtomicU64,
+    worst_lateness_ms: AtomicU64,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    stop: CancellationToken,
+    counters: Counters,
+}
 
 pub struct Scheduler {
-    inner: JobScheduler,
-    jobs: Mutex<HashMap<String, Uuid>>,
-    on_tick: TickFn,
+    shared: Arc<Shared>,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-impl Scheduler {
-    pub async fn new(on_tick: TickFn) -> Result<Scheduler, String> {
-        let inner = JobScheduler::new()
-            .await
-            .map_err(|e| format!("cannot create the scheduler: {e}"))?;
-        inner
-            .start()
-            .await
-            .map_err(|e| format!("cannot start the scheduler: {e}"))?;
-        Ok(Scheduler {
-            inner,
-            jobs: Mutex::new(HashMap::new()),
-            on_tick,
-        })
-    }
-
-    /// Add or replace the job of `key`.
-    pub async fn schedule(&self, key: &str, cron: &str) -> Result<(), String> {
-        let on_tick = self.on_tick.clone();
-        let job_key = key.to_string();
-        let job = Job::new_async(cron, move |_uuid, _sched| {
-            let on_tick = on_tick.clone();
-            let key = job_key.clone();
-            Box::pin(async move { on_tick(key).await })
-        })
-        .map_err(|e| format!("invalid schedule {cron:?}: {e}"))?;
-        let mut jobs = self.jobs.lock().await;
-        if let Some(old) = jobs.remove(key) {
-            let _ = self.inner.remove(&old).await;
-        }
-        let id = self
-            .inner
-            .add(job)
-            .await
-            .map_err(|e| format!("cannot add schedule {cron:?}: {e}"))?;
-        jobs.insert(key.to_string(), id);
-        Ok(())
-    }
-
-    pub async fn unschedule(&self, key: &str) {
-        if let Some(id) = self.jobs.lock().await.remove(key) {
-            let _ = self.inner.remove(&id).await;
-        }
-    }
-
-    pub async fn shutdown(&self) {
-        let ids: Vec<Uuid> = self.jobs.lock().await.drain().map(|(_, id)| id).collect();
-        for id in ids {
-            let _ = self.inner.remove(&id).await;
-        }
-        let mut inner = self.inner.clone();
-        let _ = inner.shutdown().await;
-    }
-}
-
-/// Check a cron expression without scheduling it.
-pub fn validate_cron(expr: &str) -> Result<(), String> {
-    Job::new_async(expr, |_, _| Box::pin(async {}))
-        .map(|_| ())
+/// Parse a 6-field cron expression the way registrations are scheduled.
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
         .map_err(|e| {
             format!("invalid cron expression {expr:?}: {e}; use 6 fields with seconds first, e.g. \"0 */5 * * * *\"")
         })
 }
 
-/// Turn `--every <secs>` into a 6-field cron expression offset by `seed` (jitter).
-/// Intervals must divide a minute, an hour or a day evenly so every period is the same length.
-pub fn every_to_cron(secs: u64, seed: u64) -> Result<String, String> {
-    let refuse = || {
-        format!(
-            "--every {secs}s does not divide a minute, hour or day evenly; use e.g. 10s, 30s, 1m, 5m, 15m, 1h, 6h, 1d, or --cron"
-        )
-    };
-    if secs == 0 {
-        return Err(refuse());
-    }
-    if secs < 60 {
-        if !60u64.is_multiple_of(secs) {
-            return Err(refuse());
-        }
-        return Ok(format!("{}/{secs} * * * * *", seed % secs));
-    }
-    let sec_off = seed % 60;
-    if secs < 3600 {
-        let m = secs / 60;
-        if !secs.is_multiple_of(60) || !60u64.is_multiple_of(m) {
-            return Err(refuse());
-        }
-        return Ok(format!("{sec_off} {}/{m} * * * *", (seed / 60) % m));
-    }
-    let min_off = (seed / 60) % 60;
-    if secs < 86400 {
-        let h = secs / 3600;
-        if !secs.is_multiple_of(3600) || !24u64.is_multiple_of(h) {
-            return Err(refuse());
-        }
-        return Ok(format!(
-            "{sec_off} {min_off} {}/{h} * * *",
-            (seed / 3600) % h
-        ));
-    }
-    if secs == 86400 {
-        return Ok(format!("{sec_off} {min_off} {} * * *", (seed / 3600) % 24));
-    }
-    Err(refuse())
+/// Check a cron expression without scheduling it: it must parse and have a next occurrence.
+pub fn validate_cron(expr: &str) -> Result<(), String> {
+    let cron = parse_cron(expr)?;
+    next_after(&cron, Utc::now()).map(|_| ()).ok_or_else(|| {
+        format!("cron expression {expr:?} never fires; check its day and month fields")
+    })
 }
 
-/// A stable jitter seed from a registration key (hex).
-pub fn jitter_seed(key: &str) -> u64 {
-    u64::from_str_radix(&key[..key.len().min(12)], 16).unwrap_or(0)
+fn next_after(cron: &Cron, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&t, false).ok()
+}
+
+impl Scheduler {
+    /// Start the driver task.
+    pub fn new(on_tick: TickFn) -> Scheduler {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+            counters: Counters::default(),
+        });
+        let driver = tokio::spawn(drive(shared.clone(), on_tick));
+        Scheduler {
+            shared,
+            driver: Mutex::new(Some(driver)),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add or replace the schedule of `key`; it first comes due at the next occurrence after now.
+    pub fn schedule(&self, key: &str, expr: &str) -> Result<DateTime<Utc>, String> {
+        let cron = parse_cron(expr)?;
+        let due = next_after(&cron, Utc::now()).ok_or_else(|| {
+            format!("cron expression {expr:?} never fires; check its day and month fields")
+        })?;
+        let mut q = self.queue();
+        q.seq += 1;
+        let seq = q.seq;
+        if let Some(old) = q.entries.remove(key) {
+            q.by_due.remove(&(old.due, old.seq, key.to_string()));
+        }
+        q.by_due.insert((due, seq, key.to_string()));
+        q.entries.insert(
+            key.to_string(),
+            Entry {
+                cron,
+                expr: expr.to_string(),
+                due,
+                seq,
+            },
+        );
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(due)
+    }
+
+    pub fn unschedule(&self, key: &str) {
+        let mut q = self.queue();
+        if let Some(old) = q.entries.remove(key) {
+            q.by_due.remove(&(old.due, old.seq, key.to_string()));
+        }
+    }
+
+    /// Count a stored registration whose schedule could not be queued (health shows it).
+    pub fn note_unschedulable(&self) {
+        self.queue().unschedulable += 1;
+    }
+
+    /// The cron expression and next due time of `key`, if scheduled.
+    pub fn entry(&self, key: &str) -> Option<(String, DateTime<Utc>)> {
+        self.queue()
+            .entries
+            .get(key)
+            .map(|e| (e.expr.clone(), e.due))
+    }
+
+    /// A scheduled tick started `lateness` after its due time.
+    pub fn record_fired(&self, due: DateTime<Utc>, started: DateTime<Utc>) {
+        let c = &self.shared.counters;
+        let late_ms = u64::try_from((started - due).num_milliseconds()).unwrap_or(0);
+        c.fired.fetch_add(1, Ordering::Relaxed);
+        if late_ms <= ON_TIME_SLACK_SECS * 1000 {
+            c.on_time.fetch_add(1, Ordering::Relaxed);
+        }
+        c.worst_lateness_ms.fetch_max(late_ms, Ordering::Relaxed);
+    }
+
+    /// A scheduled tick found the previous tick of its registration still running.
+    pub fn record_skipped(&self) {
+        self.shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn health(&self) -> ScheduleHealth {
+        let (scheduled, unschedulable, next) = {
+            let q = self.queue();
+            (
+                q.entries.len() as u64,
+                q.unschedulable,
+                q.by_due.first().map(|(d, _, _)| *d),
+            )
+        };
+        let c = &self.shared.counters;
+        ScheduleHealth {
+            scheduled,
+            unschedulable,
+            due: c.due.load(Ordering::Relaxed),
+            fired: c.fired.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            missed: c.missed.load(Ordering::Relaxed),
+            on_time: c.on_time.load(Ordering::Relaxed),
+            worst_lateness_ms: c.worst_lateness_ms.load(Ordering::Relaxed),
+            next_due_at: next.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        }
+    }
+
+    /// Stop the driver; nothing fires after this returns.
+    pub async fn shutdown(&self) {
+        self.shared.stop.cancel();
+        let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+    }
+}
+
+/// A registration key and the due time it fires for.
+type Due = (String, DateTime<Utc>);
+
+/// Take every entry due at `now`, re-queue each at its next occurrence, and return what fires.
+fn take_due(shared: &Shared, now: DateTime<Utc>) -> (Vec<Due>, Option<DateTime<Utc>>) {
+    let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fire = Vec::new();
+    let mut missed = 0u64;
+    while let Some((due, seq, key)) = q.by_due.first().cloned() {
+        if due > now {
+            break;
+        }
+        q.by_due.pop_first();
+        q.seq += 1;
+        let new_seq = q.seq;
+        let Some(entry) = q.entries.get_mut(&key) else {
+            continue;
+        };
+        debug_assert_eq!(entry.seq, seq);
+        let mut next = next_after(&entry.cron, due);
+        let mut steps = 0;
+        while let Some(n) = next.filter(|n| *n <= now) {
+            // This occurrence passed too before the driver got here: fold it into the next.
+            missed += 1;
+            steps += 1;
+            next = if steps < MAX_MISSED_STEPS {
+                next_after(&entry.cron, n)
+            } else {
+                next_after(&entry.cron, now)
+            };
+        }
+        fire.push((key.clone(), due));
+        match next {
+            Some(n) => {
+                entry.due = n;
+                entry.seq = new_seq;
+                q.by_due.insert((n, new_seq, key));
+            }
+            None => {
+                q.entries.remove(&key);
+            }
+        }
+    }
+    let c = &shared.counters;
+    c.due
+        .fetch_add(fire.len() as u64 + missed, Ordering::Relaxed);
+    c.missed.fetch_add(missed, Ordering::Relaxed);
+    let next = q.by_due.first().map(|(d, _, _)| *d);
+    (fire, next)
+}
+
+async fn drive(shared: Arc<Shared>, on_tick: TickFn) {
+    loop {
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        let now = Utc::now();
+        let (fire, next) = take_due(&shared, now);
+        for (key, due) in fire {
+            on_tick(key, due).await;
+        }
+        let wait = next
+            .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.wake.notified() => {}
+            _ = shared.stop.cancelled() => return,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
+    use megaplan_cloud_api::schedule::every_to_cron;
+
+    fn shared() -> Shared {
+        Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 4, h, m, s).unwrap()
+    }
+
+    fn put(sh: &Shared, key: &str, expr: &str, due: DateTime<Utc>) {
+        let mut q = sh.queue.lock().unwrap();
+        q.seq += 1;
+        let seq = q.seq;
+        q.by_due.insert((due, seq, key.to_string()));
+        q.entries.insert(
+            key.to_string(),
+            Entry {
+                cron: parse_cron(expr).unwrap(),
+                expr: expr.to_string(),
+                due,
+                seq,
+            },
+        );
+    }
 
     #[test]
-    fn every_maps_to_offset_cron() {
-        assert_eq!(every_to_cron(10, 23).unwrap(), "3/10 * * * * *");
-        assert_eq!(every_to_cron(300, 0).unwrap(), "0 0/5 * * * *");
-        assert_eq!(every_to_cron(300, 61).unwrap(), "1 1/5 * * * *");
-        assert_eq!(every_to_cron(3600, 0).unwrap(), "0 0 0/1 * * *");
-        assert_eq!(every_to_cron(86400, 0).unwrap(), "0 0 0 * * *");
-        assert!(every_to_cron(7, 0).is_err());
-        assert!(every_to_cron(7 * 60, 0).is_err());
-        assert!(every_to_cron(0, 0).is_err());
+    fn every_expression_parses_like_before() {
         for secs in [1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 7200, 21600, 86400] {
             for seed in [0, 1, 59, 3599, 99991, u64::MAX / 3] {
                 let c = every_to_cron(secs, seed).unwrap();
                 validate_cron(&c).unwrap_or_else(|e| panic!("{secs} {seed}: {e}"));
             }
         }
+        assert!(validate_cron("not cron").is_err());
+        assert!(
+            validate_cron("0 */5 * * *").is_err(),
+            "5 fields: seconds are required"
+        );
+        assert!(validate_cron("0 */5 * * * *").is_ok());
+        assert!(
+            validate_cron("0 0 0 30 2 *").is_err(),
+            "February 30th never comes"
+        );
     }
 
     #[test]
-    fn bad_cron_is_refused() {
-        assert!(validate_cron("not cron").is_err());
-        assert!(validate_cron("0 */5 * * * *").is_ok());
+    fn due_entries_fire_once_and_requeue_at_their_next_occurrence() {
+        let sh = shared();
+        put(&sh, "a", "3/10 * * * * *", t(1, 0, 3));
+        put(&sh, "b", "7/10 * * * * *", t(1, 0, 7));
+        let (fire, next) = take_due(&sh, t(1, 0, 5));
+        assert_eq!(fire, vec![("a".to_string(), t(1, 0, 3))]);
+        assert_eq!(next, Some(t(1, 0, 7)));
+        let (fire, next) = take_due(&sh, t(1, 0, 9));
+        assert_eq!(fire, vec![("b".to_string(), t(1, 0, 7))]);
+        assert_eq!(next, Some(t(1, 0, 13)));
+        assert!(take_due(&sh, t(1, 0, 12)).0.is_empty());
+        let c = &sh.counters;
+        assert_eq!(
+            (
+                c.due.load(Ordering::Relaxed),
+                c.missed.load(Ordering::Relaxed)
+            ),
+            (2, 0)
+        );
+    }
+
+    #[test]
+    fn a_late_driver_fires_once_and_counts_the_occurrences_it_folded() {
+        let sh = shared();
+        put(&sh, "a", "0/10 * * * * *", t(1, 0, 0));
+        // Woken 35 s late: 00, 10, 20, 30 all passed; one tick, three missed, next at 40.
+        let (fire, next) = take_due(&sh, t(1, 0, 35));
+        assert_eq!(fire, vec![("a".to_string(), t(1, 0, 0))]);
+        assert_eq!(next, Some(t(1, 0, 40)));
+        let c = &sh.counters;
+        assert_eq!(c.due.load(Ordering::Relaxed), 4);
+        assert_eq!(c.missed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn ten_thousand_due_at_once_all_fire_in_one_pass() {
+        let sh = shared();
+        for i in 0..10_000 {
+            put(&sh, &format!("k{i}"), "0 */5 * * * *", t(2, 0, 0));
+        }
+        let (fire, next) = take_due(&sh, t(2, 0, 1));
+        assert_eq!(fire.len(), 10_000);
+        assert_eq!(next, Some(t(2, 5, 0)));
+        let q = sh.queue.lock().unwrap();
+        assert_eq!(q.by_due.len(), 10_000);
+        assert_eq!(q.entries.len(), 10_000);
     }
 
     #[tokio::test]
-    async fn jobs_fire_and_can_be_removed() {
-        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let h = hits.clone();
-        let s = Scheduler::new(Arc::new(move |_k| {
-            let h = h.clone();
-            Box::pin(async move {
-                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            })
-        }))
-        .await
-        .unwrap();
-        s.schedule("k1", "* * * * * *").await.unwrap();
-        // Wait for the first fire (the bound is a safety net, not a measurement).
-        let mut waited = 0;
-        while hits.load(std::sync::atomic::Ordering::SeqCst) == 0 && waited < 900 {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            waited += 1;
-        }
-        assert!(
-            hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
-            "job never fired"
-        );
-        s.unschedule("k1").await;
-        // A fire already dispatched when the job was removed may still land: let it, then
-        // count; nothing may fire after that.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let seen = hits.load(std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-        assert_eq!(
-            hits.load(std::sync::atomic::Ordering::SeqCst),
-            seen,
-            "fired after removal"
-        );
+    async fn rescheduling_replaces_and_unscheduling_removes() {
+        let s = Scheduler::new(Arc::new(|_k, _d| Box::pin(async {})));
+        let first = s.schedule("k", "0 0 * * * *").unwrap();
+        assert_eq!(s.entry("k").unwrap().0, "0 0 * * * *");
+        let second = s.schedule("k", "0 30 * * * *").unwrap();
+        assert_ne!(first, second);
+        assert_eq!(s.entry("k"), Some(("0 30 * * * *".to_string(), second)));
+        assert_eq!(s.health().scheduled, 1);
+        s.unschedule("k");
+        assert_eq!(s.entry("k"), None);
+        assert_eq!(s.health().scheduled, 0);
+        assert!(s.schedule("k", "nonsense").is_err());
         s.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_driver_fires_a_due_entry_with_its_due_time() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let s = Scheduler::new(Arc::new(move |k, d| {
+            let _ = tx.send((k, d));
+            Box::pin(async {})
+        }));
+        s.schedule("k", "* * * * * *").unwrap();
+        let (key, due) = rx.recv().await.unwrap();
+        assert_eq!(key, "k");
+        let (key2, due2) = rx.recv().await.unwrap();
+        assert_eq!(key2, "k");
+        assert!(due2 > due, "one tick per occurrence: {due} then {due2}");
+        s.shutdown().await;
+        let h = s.health();
+        assert!(h.due >= 2 && h.missed == 0, "{h:?}");
     }
 }

@@ -41,6 +41,10 @@ pub struct Args {
     /// Do not write the daily log file under <state root>/logs (stderr only).
     #[arg(long)]
     pub no_log_file: bool,
+    /// Notification config file: sinks, stall_after, retry policy (docs/notifications.md)
+    /// [default: <state root>/notify.yaml; missing means defaults and no global sinks].
+    #[arg(long, env = "MEGAPLAN_CLOUDD_NOTIFY_CONFIG")]
+    pub notify_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +63,7 @@ pub struct Settings {
     pub keep_ticks: u32,
     pub shutdown_grace: Duration,
     pub log_file: bool,
+    pub notify_config: PathBuf,
 }
 
 impl Settings {
@@ -74,6 +79,10 @@ impl Settings {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| cloud_home.clone());
+        let notify_config = args
+            .notify_config
+            .map(|p| paths::absolutize(&p, &cwd))
+            .unwrap_or_else(|| cloud_home.join("notify.yaml"));
         Settings {
             ssh_control_dir: socket_dir.join("ssh"),
             log_dir: cloud_home.join("logs"),
@@ -88,6 +97,7 @@ impl Settings {
             keep_ticks: args.keep_ticks.max(1),
             shutdown_grace: args.shutdown_grace,
             log_file: !args.no_log_file,
+            notify_config,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct NewTick {
     pub acted: bool,
     pub refused_reason: Option<String>,
     pub report: Value,
+    /// The due time of a scheduled tick.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 /// Handle to the database; cheap to clone (a connection pool inside).
@@ -259,6 +261,15 @@ impl Store {
             .map_err(|e| self.failed(what, e))
     }
 
+    pub async fn count_registrations(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query("SELECT count(*) FROM registrations")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.failed("counting registrations", e))?;
+        Ok(non_negative(n))
+    }
+
     /// All registrations, oldest first.
     pub async fn list_registrations(&self) -> Result<Vec<Registration>, StoreError> {
         let what = "listing registrations";
@@ -279,6 +290,7 @@ impl Store {
         let what = "saving the tick report";
         let started_at = rfc3339(t.started_at);
         let finished_at = rfc3339(t.finished_at);
+        let due_at = t.due_at.map(rfc3339);
         let duration_ms = non_negative((t.finished_at - t.started_at).num_milliseconds());
         let report = serde_json::to_string(&t.report)
             .map_err(|e| self.failed("encoding the tick report", e))?;
@@ -289,8 +301,8 @@ impl Store {
             .map_err(|e| self.failed(what, e))?;
         let id: i64 = sqlx::query(
             "INSERT INTO ticks (key, cloud_yaml, tick_trigger, started_at, finished_at, duration_ms,
-                                success, event, next_action, acted, refused_reason, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                success, event, next_action, acted, refused_reason, report, due_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              RETURNING id",
         )
         .bind(&t.key)
@@ -305,6 +317,7 @@ impl Store {
         .bind(t.acted)
         .bind(&t.refused_reason)
         .bind(&report)
+        .bind(&due_at)
         .fetch_one(&mut *tx)
         .await
         .and_then(|row| row.try_get(0))
@@ -353,6 +366,7 @@ impl Store {
             acted: t.acted,
             refused_reason: t.refused_reason.clone(),
             report: t.report.clone(),
+            due_at,
         })
     }
 
@@ -488,6 +502,14 @@ impl Store {
     }
 }
 
+// Access for the watch and notification tables of migrations/0002_watch.sql, whose queries
+// live in notify/store.rs.
+impl Store {
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
 fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
     Ok(Registration {
         key: row.try_get("key")?,
@@ -500,10 +522,12 @@ fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
         last_success: row.try_get("last_success")?,
         ticks_run: non_negative(row.try_get("ticks_run")?),
         ticks_skipped: non_negative(row.try_get("ticks_skipped")?),
+        cron: None,
+        next_due_at: None,
     })
 }
 
-fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
+pub(crate) fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
     let report: String = row.try_get("report")?;
     let report = serde_json::from_str(&report).map_err(|e| sqlx::Error::ColumnDecode {
         index: "report".into(),
@@ -523,6 +547,7 @@ fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
         acted: row.try_get("acted")?,
         refused_reason: row.try_get("refused_reason")?,
         report,
+        due_at: row.try_get("due_at")?,
     })
 }
 
@@ -606,8 +631,25 @@ async fn check_not_newer(path: &Path) -> Result<(), StoreError> {
         .await
         .map_err(cannot_read)?;
     let result = schema_problem(&mut conn).await;
+    // A damaged file must not be served: it would answer with a partial (or empty) list of
+    // registrations and schedule nothing. quick_check reads every page (O(file size)).
+    let damage = match &result {
+        Ok(None) => quick_check(&mut conn).await,
+        _ => Ok(None),
+    };
     // Closing is best effort: nothing was written on this connection.
     let _ = conn.close().await;
+    if let Some(found) = damage.map_err(|e| StoreError {
+        message: format!(
+            "database {shown} is damaged: PRAGMA quick_check could not complete ({e}); restore it from a backup, or move it aside (registrations and tick history are then lost) and start again; see docs/operations.md"
+        ),
+    })? {
+        return Err(StoreError {
+            message: format!(
+                "database {shown} is damaged: PRAGMA quick_check found: {found}; restore it from a backup, or move it aside (registrations and tick history are then lost) and start again; see docs/operations.md"
+            ),
+        });
+    }
     match result.map_err(cannot_read)? {
         Some(SchemaProblem::Newer(version)) => Err(StoreError {
             message: format!(
@@ -643,6 +685,26 @@ fn not_writable(path: &Path) -> Option<String> {
             )
         })
     })
+}
+
+/// `PRAGMA quick_check`: `None` when the file is sound, else the first problems it reports.
+async fn quick_check(conn: &mut SqliteConnection) -> Result<Option<String>, sqlx::Error> {
+    const SHOWN: usize = 3;
+    let rows = sqlx::query("PRAGMA quick_check(10)")
+        .fetch_all(&mut *conn)
+        .await?;
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        return Ok(None);
+    }
+    let mut found: Vec<&str> = lines.iter().take(SHOWN).map(String::as_str).collect();
+    if lines.len() > SHOWN {
+        found.push("…");
+    }
+    Ok(Some(found.join("; ")))
 }
 
 enum SchemaProblem {
@@ -722,6 +784,7 @@ mod tests {
             acted: n % 2 == 0,
             refused_reason: (!success).then(|| "provider mismatch".to_string()),
             report: json!({"n": n, "nested": {"list": [1, "two", null]}}),
+            due_at: (n % 2 == 0).then_some(started_at),
         }
     }
 

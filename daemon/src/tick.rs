@@ -2,11 +2,12 @@
 //! deadline, redacted report stored in SQLite and published to watchers.
 
 use crate::daemon::AppState;
-use crate::workflow;
-use chrono::Utc;
+use crate::{cloud_yaml, workflow};
+use chrono::{DateTime, Utc};
 use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
+use std::path::Path;
 use std::sync::Arc;
 
 pub enum TickOutcome {
@@ -16,19 +17,54 @@ pub enum TickOutcome {
     Failed(ErrorBody),
 }
 
-/// Entry point of the scheduler's jobs.
-pub async fn scheduled(state: Arc<AppState>, key: String) {
+/// What started a tick; stored as the record's `trigger`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The scheduler, for the occurrence due at this time.
+    Schedule(DateTime<Utc>),
+    /// `POST /v1/clouds/{key}/tick`.
+    Manual,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Schedule(_) => "schedule",
+            Trigger::Manual => "manual",
+        }
+    }
+
+    fn due(self) -> Option<DateTime<Utc>> {
+        match self {
+            Trigger::Schedule(due) => Some(due),
+            Trigger::Manual => None,
+        }
+    }
+}
+
+/// Entry point of the scheduler: start the tick on the daemon's own tasks and return at once
+/// (the scheduler's driver must never wait for a tick).
+pub fn scheduled(state: Arc<AppState>, key: String, due: DateTime<Utc>) {
     if state.shutdown.is_cancelled() {
         return;
     }
-    let tracked = state
+    let st = state.clone();
+    state.tasks.spawn(async move {
+        run_registered(st, key, Trigger::Schedule(due)).await;
+    });
+}
+
+/// A manual tick, run on the daemon's own tasks: the caller only waits for the outcome. A
+/// caller that goes away (client disconnected) does not cancel it; its report is still stored.
+pub fn spawn_manual(state: &Arc<AppState>, key: String) -> tokio::task::JoinHandle<TickOutcome> {
+    let st = state.clone();
+    state
         .tasks
-        .track_future(run_registered(state.clone(), key, "schedule"));
-    let _ = tracked.await;
+        .spawn(async move { run_registered(st, key, Trigger::Manual).await })
 }
 
 /// Tick a registered cloud.yaml now.
-pub async fn run_registered(state: Arc<AppState>, key: String, trigger: &str) -> TickOutcome {
+pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger) -> TickOutcome {
     let reg = match state.store.get_registration(&key).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -45,12 +81,28 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: &str) ->
             key = %key,
             "tick skipped: the previous tick of this registration is still running or waiting for a tick slot"
         );
+        if trigger.due().is_some() {
+            state.scheduler.record_skipped();
+        }
         if let Err(e) = state.store.record_skip(&key).await {
             tracing::error!(key = %key, "cannot record skipped tick: {e}");
         }
         return TickOutcome::Skipped;
     };
-    let report = guarded_tick(&state, &reg.cloud_yaml, reg.remote_spec.as_deref()).await;
+    // A registered cloud.yaml that others may write would let them choose what the daemon
+    // runs unattended: refuse the tick (and say so in its report) until it is private again.
+    let report = match cloud_yaml::check_registered_file(Path::new(&reg.cloud_yaml)) {
+        Err(e) => error_report(&e.message),
+        Ok(()) => {
+            guarded_tick(
+                &state,
+                &reg.cloud_yaml,
+                reg.remote_spec.as_deref(),
+                trigger.due(),
+            )
+            .await
+        }
+    };
     store_report(&state, &key, &reg.cloud_yaml, trigger, report).await
 }
 
@@ -64,8 +116,8 @@ pub async fn run_for_cli(
 ) -> Result<TickRecord, ErrorBody> {
     let lock = state.tick_lock(key);
     let _guard = lock.lock().await;
-    let report = guarded_tick(state, cloud_yaml, remote_spec).await;
-    match store_report(state, key, cloud_yaml, "cli", report).await {
+    let report = guarded_tick(state, cloud_yaml, remote_spec, None).await;
+    match store_report_as(state, key, cloud_yaml, "cli", None, report).await {
         TickOutcome::Ran(rec) => Ok(*rec),
         TickOutcome::Failed(e) => Err(e),
         TickOutcome::Skipped => Err(ErrorBody::new(ErrorCode::Internal, "tick skipped")),
@@ -73,12 +125,22 @@ pub async fn run_for_cli(
 }
 
 /// Bounded concurrency + deadline + hard stop around the supervise tick itself.
-async fn guarded_tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&str>) -> Value {
+/// `due`: the scheduled occurrence this tick fires for; the scheduler's account counts it as
+/// fired once it holds a tick slot.
+async fn guarded_tick(
+    state: &Arc<AppState>,
+    cloud_yaml: &str,
+    remote_spec: Option<&str>,
+    due: Option<DateTime<Utc>>,
+) -> Value {
     let started = std::time::Instant::now();
     let _permit = match state.tick_permits.clone().acquire_owned().await {
         Ok(p) => p,
         Err(_) => return error_report("the daemon is shutting down"),
     };
+    if let Some(due) = due {
+        state.scheduler.record_fired(due, Utc::now());
+    }
     // Time spent waiting for one of the --max-concurrent-ticks slots, reported so a saturated
     // daemon shows up in the history rather than hiding in tick durations.
     let queued_ms = started.elapsed().as_millis() as u64;
@@ -121,7 +183,26 @@ async fn store_report(
     state: &Arc<AppState>,
     key: &str,
     cloud_yaml: &str,
+    trigger: Trigger,
+    report: Value,
+) -> TickOutcome {
+    store_report_as(
+        state,
+        key,
+        cloud_yaml,
+        trigger.name(),
+        trigger.due(),
+        report,
+    )
+    .await
+}
+
+async fn store_report_as(
+    state: &Arc<AppState>,
+    key: &str,
+    cloud_yaml: &str,
     trigger: &str,
+    due_at: Option<DateTime<Utc>>,
     report: Value,
 ) -> TickOutcome {
     let started_at = report
@@ -158,28 +239,11 @@ async fn store_report(
             .and_then(Value::as_str)
             .map(str::to_string),
         report,
+        due_at,
     };
     match state.store.insert_tick(&new).await {
         Ok(rec) => {
-            // A failed tick is what an operator reading the journal looks for: WARN, so
-            // `journalctl -p warning` shows it; the routine ones stay at INFO.
-            if rec.event == "supervisor_error" {
-                tracing::warn!(
-                    key = %key,
-                    event = %rec.event,
-                    reason = rec.refused_reason.as_deref().unwrap_or(""),
-                    "tick failed"
-                );
-            } else {
-                tracing::info!(
-                    key = %key,
-                    event = %rec.event,
-                    next_action = %rec.next_action,
-                    acted = rec.acted,
-                    "tick stored"
-                );
-            }
-            let _ = state.tick_feed.send(rec.clone());
+            report_stored(state, &rec).await;
             TickOutcome::Ran(Box::new(rec))
         }
         Err(e) => {
@@ -187,4 +251,31 @@ async fn store_report(
             TickOutcome::Failed(e.into())
         }
     }
+}
+
+/// The one place a tick report becomes final: it is committed to SQLite (every trigger,
+/// scheduled, manual or cli, passes here exactly once per stored report). Whatever must follow
+/// a stored report (the log line, watchers, notifications) hangs off this function.
+async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
+    // A failed tick is what an operator reading the journal looks for: WARN, so
+    // `journalctl -p warning` shows it; the routine ones stay at INFO.
+    if rec.event == "supervisor_error" {
+        tracing::warn!(
+            key = %rec.key,
+            event = %rec.event,
+            reason = rec.refused_reason.as_deref().unwrap_or(""),
+            "tick failed"
+        );
+    } else {
+        tracing::info!(
+            key = %rec.key,
+            event = %rec.event,
+            next_action = %rec.next_action,
+            acted = rec.acted,
+            "tick stored"
+        );
+    }
+    let _ = state.tick_feed.send(rec.clone());
+    // Watching: transitions → outbox (delivered in the background, never awaited here).
+    crate::notify::after_tick(state, rec).await;
 }

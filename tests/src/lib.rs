@@ -17,6 +17,7 @@ mod daemon;
 mod git;
 mod image;
 pub mod railway;
+pub mod receiver;
 pub mod rig;
 mod sshd;
 pub mod util;

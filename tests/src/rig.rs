@@ -54,12 +54,23 @@ pub struct SshRig {
 impl SshRig {
     /// `None` when the bench is unavailable and not required (the test then returns early).
     pub fn start(extra_yaml: &str, daemon_args: &[&str]) -> Option<SshRig> {
+        SshRig::start_with_env(extra_yaml, &[], daemon_args)
+    }
+
+    /// [`SshRig::start`] with extra environment for the daemon.
+    pub fn start_with_env(
+        extra_yaml: &str,
+        daemon_env: &[(&str, &str)],
+        daemon_args: &[&str],
+    ) -> Option<SshRig> {
         let b = bench()?;
         let sshd = Sshd::start();
         let container = b.container("mp-ssh");
         let repo = repo_in_container(&container);
         let ssh_config = sshd.ssh_config.display().to_string();
-        let daemon = Daemon::start(&[("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config)], daemon_args);
+        let mut env = vec![("MEGAPLAN_CLOUDD_SSH_CONFIG", ssh_config.as_str())];
+        env.extend_from_slice(daemon_env);
+        let daemon = Daemon::start(&env, daemon_args);
         let project = daemon.dir.join("project");
         std::fs::create_dir_all(&project).expect("project dir");
         let cloud_yaml = project.join("cloud.yaml");

@@ -1,7 +1,9 @@
-//! What the client does without a daemon: `init`, argument errors, and the unreachable error.
+//! What the client does without a daemon: `init`, argument errors, where cloud.yaml is found,
+//! `doctor`, and the unreachable error.
 
 use megaplan_cloud_e2e::bin;
 use serde_json::Value;
+use std::path::Path;
 use std::process::Command;
 
 fn ctl(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, Value, String) {
@@ -24,7 +26,12 @@ fn init_works_without_a_daemon_and_refuses_to_overwrite() {
     let (code, v, err) = ctl(tmp.path(), &["init"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(v["success"], true);
-    let path = tmp.path().join("cloud.yaml");
+    let path = std::fs::canonicalize(tmp.path())
+        .unwrap()
+        .join("cloud.yaml");
+    // The original prints `cloud_yaml` (the resolved path); `path` is ours, kept beside it.
+    assert_eq!(v["cloud_yaml"], path.display().to_string());
+    assert_eq!(v["path"], v["cloud_yaml"]);
     let written = std::fs::read_to_string(&path).unwrap();
     assert_eq!(written, megaplan_cloud_api::CLOUD_YAML_SCAFFOLD);
     // The scaffold parses as written, with the loader the daemon uses.
@@ -52,6 +59,7 @@ fn init_works_without_a_daemon_and_refuses_to_overwrite() {
 #[test]
 fn every_daemon_command_says_how_to_start_the_daemon() {
     let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("cloud.yaml"), "provider: local\n").unwrap();
     for args in [
         vec!["build"],
         vec!["status", "--chain"],
@@ -61,7 +69,7 @@ fn every_daemon_command_says_how_to_start_the_daemon() {
         vec!["exec", "true"],
     ] {
         let (code, v, err) = ctl(tmp.path(), &args);
-        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(code, Some(69), "{args:?}: {err}");
         assert_eq!(v["error"], "daemon_unreachable", "{args:?}");
         assert!(
             v["message"].as_str().unwrap().contains("megaplan-cloudd"),
@@ -78,8 +86,110 @@ fn supervise_needs_chain_and_destroy_needs_confirmation() {
     assert_eq!(code, Some(1));
     assert_eq!(v["error"], "invalid_args");
     // No terminal and no --yes: refused before any daemon is asked.
+    std::fs::write(tmp.path().join("cloud.yaml"), "provider: local\n").unwrap();
     let (code, v, _) = ctl(tmp.path(), &["destroy"]);
     assert_eq!(code, Some(1));
     assert_eq!(v["error"], "invalid_args");
     assert!(v["message"].as_str().unwrap().contains("--yes"));
+}
+
+fn ctl_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = Command::new(bin("megaplan-cloudctl"))
+        .args(args)
+        .current_dir(dir)
+        .env("MEGAPLAN_CLOUDD_SOCKET", dir.join("no-daemon.sock"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cloud_yaml_is_found_at_the_project_root_and_a_miss_lists_the_places_tried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let proj = root.join("proj");
+    let sub = proj.join("src/deep");
+    std::fs::create_dir_all(proj.join(".megaplan")).unwrap();
+    std::fs::create_dir_all(&sub).unwrap();
+    // Nothing yet: a structured error naming each place looked at, before any daemon is asked.
+    let (code, v, err) = ctl(&sub, &["status", "--chain"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(v["error"], "invalid_spec");
+    let tried: Vec<&str> = v["tried"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let want_root = proj.join("cloud.yaml");
+    let want_here = sub.join("cloud.yaml");
+    assert_eq!(
+        tried,
+        [want_root.to_str().unwrap(), want_here.to_str().unwrap()]
+    );
+    assert!(v["message"].as_str().unwrap().contains("--cloud-yaml"));
+    // With cloud.yaml at the project root, the command goes on to the daemon (absent here).
+    std::fs::write(proj.join("cloud.yaml"), "provider: local\n").unwrap();
+    let (code, v, err) = ctl(&sub, &["status", "--chain"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert_eq!(v["error"], "daemon_unreachable");
+    // `init` from the subfolder refuses to overwrite the project root's cloud.yaml.
+    let (code, v, _) = ctl(&sub, &["init"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains(want_root.to_str().unwrap()),
+        "{v}"
+    );
+}
+
+#[test]
+fn doctor_reports_python_markers_without_a_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let home = root.join("home");
+    let cloud_home = home.join(".megaplan/cloud");
+    let proj = home.join("work/proj");
+    std::fs::create_dir_all(proj.join(".megaplan")).unwrap();
+    let cy = proj.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\n").unwrap();
+    let key = megaplan_cloud_api::paths::marker_key(&cy);
+    let write = |key: &str, text: &str| {
+        let f = megaplan_cloud_api::paths::legacy_marker_file(&cloud_home, key);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, text).unwrap();
+    };
+    write(
+        &key,
+        r#"{"remote_spec": "/workspace/app/chain.yaml", "provider": "local", "provider_identity": "megaplan-cloud", "extra_repos": [{"url": "u", "branch": "main", "workspace": "/workspace/lib"}], "odd": 1}"#,
+    );
+    write("ffffffffffffffff", "{truncated");
+    let home_s = home.display().to_string();
+    let (code, v, err) = ctl_env(
+        &root,
+        &[("HOME", home_s.as_str()), ("MEGAPLAN_CLOUD_HOME", "")],
+        &["doctor"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["daemon_reachable"], false);
+    let markers = v["markers"].as_array().unwrap();
+    let good = markers.iter().find(|m| m["key"] == key.as_str()).unwrap();
+    assert_eq!(good["importable"], true);
+    assert_eq!(good["cloud_yaml"], cy.display().to_string(), "{v}");
+    assert_eq!(good["unmapped"].as_array().unwrap().len(), 1, "{good}");
+    let bad = markers
+        .iter()
+        .find(|m| m["key"] == "ffffffffffffffff")
+        .unwrap();
+    assert_eq!(bad["importable"], false);
+    assert!(bad["problem"].as_str().unwrap().contains("not valid JSON"));
+    assert!(err.contains("[not importable] ffffffffffffffff"), "{err}");
+    assert!(err.contains("not mapped: odd"), "{err}");
 }

@@ -204,7 +204,7 @@ fn socket_is_private_and_other_uids_are_refused() {
         "socket folder mode"
     );
 
-    // Another uid cannot even reach the socket (the folder is 0700): the client says so, exit 2.
+    // Another uid cannot even reach the socket (the folder is 0700): the client says so, exit 69 (daemon unreachable).
     let out = Command::new("runuser")
         .args(["-u", "nobody", "--"])
         .arg(bin("megaplan-cloudctl"))
@@ -213,7 +213,7 @@ fn socket_is_private_and_other_uids_are_refused() {
         .current_dir("/")
         .output()
         .expect("runuser (util-linux) must be installed");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert_eq!(json(&out)["error"], "daemon_unreachable");
 
     // A daemon run by `nobody`, reached by root (who can traverse the folder): 403 + log line.
@@ -295,7 +295,7 @@ fn stale_socket_file_is_replaced() {
 }
 
 #[test]
-fn unreachable_daemon_names_the_socket_and_exits_2() {
+fn unreachable_daemon_names_the_socket_and_exits_69() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("nothing.sock");
     let out = Command::new(bin("megaplan-cloudctl"))
@@ -304,7 +304,7 @@ fn unreachable_daemon_names_the_socket_and_exits_2() {
         .current_dir(tmp.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(69));
     let v = json(&out);
     assert_eq!(v["error"], "daemon_unreachable");
     let msg = v["message"].as_str().unwrap();
@@ -534,4 +534,168 @@ fn readiness_is_reported_to_systemd() {
         .recv(&mut buf)
         .expect("no STOPPING=1 from the daemon");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+/// `POST /v1/clouds` straight on the socket; the JSON answer (panics unless 200).
+fn register_api(d: &Daemon, cloud_yaml: &Path, every_secs: u64) -> Value {
+    let body = format!(
+        r#"{{"cloud_yaml": "{}", "every_secs": {every_secs}}}"#,
+        cloud_yaml.display()
+    );
+    let resp = raw_http(
+        &d.socket,
+        format!("POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let (_, payload) = resp.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(payload.trim()).unwrap_or_else(|e| panic!("{e}: {payload}"))
+}
+
+fn rfc3339(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s:?} is not RFC 3339: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+/// The daemon's own start time (its clock, not the test's), as the store writes times.
+fn started_at(d: &Daemon) -> (chrono::DateTime<chrono::Utc>, String) {
+    let st = ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
+    let t = rfc3339(st["started_at"].as_str().unwrap());
+    (t, t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Scheduled ticks stored with a due time after `after` (store format): (key, due_at) rows.
+fn scheduled_ticks_after(db: &Path, after: &str) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+    sqlite(
+        db,
+        &format!(
+            "SELECT key || ' ' || due_at FROM ticks WHERE tick_trigger = 'schedule' AND due_at > '{after}' ORDER BY key, due_at;"
+        ),
+    )
+    .lines()
+    .map(|l| {
+        let (k, d) = l.split_once(' ').unwrap();
+        (k.to_string(), rfc3339(d))
+    })
+    .collect()
+}
+
+#[test]
+fn restart_keeps_each_registrations_jitter_offset() {
+    use megaplan_cloud_api::schedule::{Schedule, every_offset_secs};
+    let mut d = Daemon::start(&[], &[]);
+    let work = d.dir.join("jitter");
+    let every = 10u64;
+    let mut registered = std::collections::BTreeMap::new();
+    for i in 0..20 {
+        let cy = write_cloud_yaml(&work, &format!("j{i:02}"));
+        let r = register_api(&d, &cy, every);
+        let key = r["key"].as_str().unwrap().to_string();
+        registered.insert(key, r["cron"].as_str().unwrap().to_string());
+    }
+    let distinct: std::collections::BTreeSet<&String> = registered.values().collect();
+    assert!(distinct.len() > 1, "offsets do not spread: {registered:?}");
+
+    d.restart();
+    let (_, restarted) = started_at(&d);
+    // The restored schedules are the per-key ones `register` answered with.
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
+    for r in regs.as_array().unwrap() {
+        let key = r["key"].as_str().unwrap();
+        let expected = Schedule::Every(Duration::from_secs(every))
+            .to_cron(key)
+            .unwrap();
+        assert_eq!(
+            r["cron"],
+            registered[key].as_str(),
+            "{key} after restart: {r}"
+        );
+        assert_eq!(r["cron"], expected.as_str(), "{key}");
+    }
+    // And the ticks fire at those offsets: each due time sits at the key's own second.
+    let db = d.home.join("cloudd.db");
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            let keys: std::collections::BTreeSet<String> = scheduled_ticks_after(&db, &restarted)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            keys.len() == registered.len()
+        }),
+        "not every registration ticked after the restart: {}",
+        d.log_text()
+    );
+    for (key, due) in scheduled_ticks_after(&db, &restarted) {
+        use chrono::Timelike;
+        assert_eq!(
+            u64::from(due.second()) % every,
+            every_offset_secs(every, &key),
+            "{key} fired at {due}, not at its own offset"
+        );
+    }
+}
+
+#[test]
+fn two_thousand_registrations_tick_on_schedule_after_a_restart() {
+    let n = 2000usize;
+    let every = 30i64;
+    let mut d = Daemon::start(&[], &[]);
+    let work = d.dir.join("many");
+    for i in 0..n {
+        let cy = write_cloud_yaml(&work, &format!("r{i:04}"));
+        register_api(&d, &cy, every as u64);
+    }
+    d.restart();
+    let (t0, t0_text) = started_at(&d);
+    let db = d.home.join("cloudd.db");
+
+    // Wait (generous safety net) until every registration has two scheduled ticks due after
+    // the restart; then judge from the daemon's records alone.
+    let per_key = || {
+        let mut m: std::collections::BTreeMap<String, Vec<chrono::DateTime<chrono::Utc>>> =
+            Default::default();
+        for (k, due) in scheduled_ticks_after(&db, &t0_text) {
+            m.entry(k).or_default().push(due);
+        }
+        m
+    };
+    let done = wait_until(Duration::from_secs(600), || {
+        let m = per_key();
+        m.len() == n && m.values().all(|v| v.len() >= 2)
+    });
+    let m = per_key();
+    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"]));
+    assert!(
+        done,
+        "{} of {n} registrations ticked twice after the restart; scheduler: {}",
+        m.values().filter(|v| v.len() >= 2).count(),
+        st["schedule"]
+    );
+    assert_eq!(st["schedule"]["scheduled"], n as u64, "{}", st["schedule"]);
+    assert_eq!(st["schedule"]["unschedulable"], 0, "{}", st["schedule"]);
+    let interval = chrono::Duration::seconds(every);
+    for (key, dues) in &m {
+        // The first tick after the restart is for an occurrence within two intervals of it.
+        assert!(
+            dues[0] <= t0 + interval * 2,
+            "{key}: first tick after the restart ({t0}) was due at {}",
+            dues[0]
+        );
+        // Never twice for one interval: due times are distinct and at least an interval apart.
+        for w in dues.windows(2) {
+            assert!(
+                w[1] - w[0] >= interval,
+                "{key} ticked twice within one interval: {} and {}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+    // The scheduler's account agrees: everything that came due fired, was skipped, was
+    // missed, or is still waiting for a tick slot.
+    let s = &st["schedule"];
+    let [due, fired, skipped, missed] =
+        ["due", "fired", "skipped", "missed"].map(|k| s[k].as_u64().unwrap());
+    assert!(fired + skipped + missed <= due, "{s}");
+    assert!(fired >= 2 * n as u64, "{s}");
 }

@@ -419,7 +419,7 @@ fn hundred_megabytes_of_logs_stream_with_flat_daemon_memory() {
     let baseline = rss_kib(pid);
 
     let started = Instant::now();
-    let mut client = spawn_ctl(&rig.daemon, &rig.project, &cy, &["logs"]);
+    let mut client = spawn_ctl(&rig.daemon, &rig.project, &cy, &["logs", "-f"]);
     let mut stdout = client.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
@@ -912,4 +912,273 @@ fn remove_containers_running(marker: &str) {
             run_cmd("docker", &["rm", "-f", id]);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. A damaged database: refused at start (quick_check), and 503 "storage failed" from health
+//    when it breaks under a running daemon, never "0 registrations".
+
+/// Pages of the registrations table and its primary-key index (SQLite's dbstat table).
+fn registration_pages(db: &Path) -> Vec<u64> {
+    sqlite(
+        db,
+        "SELECT pageno FROM dbstat WHERE name IN ('registrations', 'sqlite_autoindex_registrations_1');",
+    )
+    .lines()
+    .map(|l| l.parse().unwrap())
+    .collect()
+}
+
+/// Overwrite whole pages of the database file with junk (what a failing disk leaves).
+fn damage_pages(db: &Path, pages: &[u64]) {
+    use std::io::{Seek, SeekFrom};
+    let page_size: u64 = sqlite(db, "PRAGMA page_size;").parse().unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+    for &p in pages {
+        assert!(p > 1, "page 1 holds the schema; damage table pages only");
+        f.seek(SeekFrom::Start((p - 1) * page_size)).unwrap();
+        f.write_all(&vec![0x5a; page_size as usize]).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Start `megaplan-cloudd` on `d`'s dirs and wait (bounded) for it to exit by itself.
+fn start_expecting_exit(d: &Daemon) -> (Option<i32>, String) {
+    let log = d.dir.join("refused.log");
+    let mut child = Command::new(bin("megaplan-cloudd"))
+        .arg("--no-log-file")
+        .env("MEGAPLAN_CLOUD_HOME", &d.home)
+        .env("MEGAPLAN_CLOUDD_SOCKET", &d.socket)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_until(Duration::from_secs(60), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (
+        status.and_then(|s| s.code()),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn damaged_database_is_refused_at_start_by_quick_check() {
+    let mut d = Daemon::start(&[], &[]);
+    let db = d.home.join("cloudd.db");
+    let work = d.dir.join("work");
+    for i in 0..60 {
+        let cy = write_local_cloud_yaml(&work, &format!("c{i:02}"));
+        ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
+    }
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+    let pages = registration_pages(&db);
+    assert!(!pages.is_empty());
+    damage_pages(&db, &pages);
+    let before = std::fs::read(&db).unwrap();
+
+    let (code, err) = start_expecting_exit(&d);
+    assert_eq!(code, Some(1), "a damaged database was served:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains(db.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no error names the database:\n{err}"));
+    assert!(
+        line.contains("is damaged") && line.contains("quick_check") && line.contains("backup"),
+        "{line}"
+    );
+    assert!(!d.socket.exists(), "a refused daemon left its socket");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the refused file was modified"
+    );
+}
+
+#[test]
+fn database_damaged_under_a_running_daemon_makes_health_say_storage_failed() {
+    let d = Daemon::start(&[], &[]);
+    let db = d.home.join("cloudd.db");
+    let work = d.dir.join("work");
+    for i in 0..60 {
+        let cy = write_local_cloud_yaml(&work, &format!("c{i:02}"));
+        ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
+    }
+    let st = assert_serving(&d);
+    assert_eq!(st["registrations"], 60);
+    // Everything into the main file, then damage the registrations' pages there, then write
+    // another table so every connection of the daemon drops its page cache.
+    assert_eq!(sqlite(&db, "PRAGMA wal_checkpoint(TRUNCATE);"), "0|0|0");
+    damage_pages(&db, &registration_pages(&db));
+    sqlite(
+        &db,
+        "INSERT OR REPLACE INTO counters (name, value) VALUES ('fault_probe', 0);",
+    );
+
+    let resp = raw_http(
+        &d.socket,
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(resp.contains("storage_failed"), "{resp}");
+    let st = Run::from_output(&d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
+    assert_eq!(st.code, Some(1), "{}", st.stdout);
+    assert_eq!(st.json["error"], "storage_failed", "{}", st.stdout);
+    assert!(message(&st).contains(db.to_str().unwrap()), "{}", st.stdout);
+    assert!(!st.stdout.contains("\"registrations\""), "{}", st.stdout);
+    let log = d.log_text();
+    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. A manual tick whose client goes away mid-tick still ends with a stored report.
+
+#[test]
+fn manual_tick_outlives_a_client_that_disconnects() {
+    // A TCP listener that accepts and never speaks: the tick's ssh handshake hangs there until
+    // the tick deadline kills it.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    blackhole.set_nonblocking(true).unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let d = Daemon::start(&[], &["--tick-timeout", "3s"]);
+    let work = d.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(
+        &cy,
+        format!(
+            "provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"
+        ),
+    )
+    .unwrap();
+    ctl_for(
+        &d,
+        &cy,
+        &[
+            "register",
+            "--every",
+            "1h",
+            "--remote-spec",
+            "/w/chain.yaml",
+        ],
+    )
+    .ok();
+    let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
+    let key = regs.json[0]["key"].as_str().unwrap().to_string();
+
+    let mut client = UnixStream::connect(&d.socket).unwrap();
+    client
+        .write_all(
+            format!("POST /v1/clouds/{key}/tick HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut conn = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            conn = blackhole.accept().ok();
+            conn.is_some()
+        }),
+        "the tick never reached the ssh host"
+    );
+    // The client gives up mid-tick (curl -m 2, a closed terminal).
+    drop(client);
+
+    let stored = || {
+        Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).json[0]["ticks_run"] == 1
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), stored),
+        "the tick's report was never stored after its client left:\n{}",
+        d.log_text()
+    );
+    let t = Run::from_output(&d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cy.to_str().unwrap(), "ticks", "--json"],
+    ))
+    .ok();
+    assert_eq!(t.json[0]["trigger"], "manual", "{}", t.stdout);
+    assert_eq!(t.json[0]["event"], "supervisor_error", "{}", t.stdout);
+    drop(conn);
+    assert_serving(&d);
+    assert_db_intact(&d.home.join("cloudd.db"), 1, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The launcher and the registered cloud.yaml itself as a way in.
+
+#[test]
+fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
+    let d = Daemon::start(&[], &[]);
+    let work = d.dir.join("work");
+    let canary = d.dir.join("launcher-ran");
+    let hostile = format!("python -m x; touch {}", canary.display());
+    let bad = write_local_cloud_yaml(&work, "bad");
+    std::fs::write(
+        &bad,
+        format!(
+            "provider: local\nrepo: {{url: /srv/repo.git}}\nmegaplan:\n  launcher: \"{hostile}\"\n"
+        ),
+    )
+    .unwrap();
+    let r = ctl_for(&d, &bad, &["register", "--every", "1h"]);
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    assert_eq!(r.json["error"], "invalid_spec", "{}", r.stdout);
+    assert_eq!(r.json["field"], "megaplan.launcher", "{}", r.stdout);
+    assert!(message(&r).contains("\"x;\""), "{}", r.stdout);
+
+    // A registered cloud.yaml that later gains such a launcher: its ticks refuse, by field.
+    let good = write_local_cloud_yaml(&work, "good");
+    ctl_for(&d, &good, &["register", "--every", "1h"]).ok();
+    let mut text = std::fs::read_to_string(&good).unwrap();
+    text.push_str(&format!("megaplan:\n  launcher: \"{hostile}\"\n"));
+    std::fs::write(&good, text).unwrap();
+    let t = ctl_for(&d, &good, &["tick"]);
+    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(reason.contains("megaplan.launcher"), "{reason}");
+    assert!(!canary.exists(), "the launcher's shell syntax ran");
+    assert_serving(&d);
+}
+
+#[test]
+fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start(&[], &[]);
+    let work = d.dir.join("work");
+    let cy = write_local_cloud_yaml(&work, "shared");
+    std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = ctl_for(&d, &cy, &["register", "--every", "1h"]);
+    assert_eq!(r.code, Some(1), "{}", r.stdout);
+    let m = message(&r);
+    assert!(
+        m.contains("writable by others") && m.contains("chmod go-w"),
+        "{m}"
+    );
+    let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
+    assert_eq!(
+        regs.json.as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        regs.stdout
+    );
+
+    // Registered while private, then opened to its group: the tick refuses and says why.
+    std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
+    std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let t = ctl_for(&d, &cy, &["tick"]);
+    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(reason.contains("writable by its group"), "{reason}");
+    assert_serving(&d);
 }

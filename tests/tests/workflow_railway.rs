@@ -67,9 +67,11 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     let spec = write_chain(&project.join("epic"), "chain.yaml", &["m1", "m2"]);
     let launched = run(&["chain", spec.to_str().unwrap()]).ok();
     assert_eq!(launched.json["marker"]["provider"], "railway");
+    // The original's shape: the service name as a string; ours (with the environment) beside.
+    assert_eq!(launched.json["marker"]["provider_identity"], "agent");
     assert_eq!(
-        launched.json["marker"]["provider_identity"]["service"],
-        "agent"
+        launched.json["marker"]["provider_target"]["environment"],
+        "staging"
     );
 
     assert!(wait_until(Duration::from_secs(60), || {

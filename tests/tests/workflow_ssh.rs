@@ -74,7 +74,9 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     }
     assert_eq!(legacy["remote_spec"], "/workspace/app/chain.yaml");
     assert_eq!(legacy["provider"], "ssh");
-    assert_eq!(legacy["provider_identity"], Value::Null);
+    // As the original writes it for ssh: the docker host.
+    assert_eq!(legacy["provider_identity"], "127.0.0.1");
+    assert_eq!(legacy["extra_repos"], serde_json::json!([]));
     assert!(chrono_like(legacy["started_at"].as_str().unwrap()));
 
     // Running, stalled in m2; status --chain is ONE remote execution.

@@ -159,6 +159,41 @@ pub fn decide(f: &TickFacts) -> Decision {
     }
 }
 
+/// Why a tick may not mutate even when the decision says so: a separate input to the pure
+/// decision, applied by [`hold`] after [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// `megaplan-cloudctl pause`: observe and report, never mutate.
+    Paused { by: String, since: String },
+    /// `supervise --chain --dry-run`: the whole tick, no mutation.
+    DryRun,
+}
+
+/// Withhold the mutation of `d` under `hold`. A paused tick is `supervisor_blocked` with a
+/// refusal naming who paused and since when; a dry run keeps `next_action` (what it would have
+/// done) with `acted: false`. Decisions without a mutation pass unchanged.
+pub fn hold(d: Decision, hold: Option<&Hold>) -> Decision {
+    let (Some(h), Some(kind)) = (hold, d.mutation) else {
+        return d;
+    };
+    match h {
+        Hold::Paused { by, since } => Decision::blocked(format!(
+            "paused by {by} since {since}: the supervisor would {} but does not mutate a paused registration; `megaplan-cloudctl unpause` resumes it",
+            kind.as_str()
+        )),
+        Hold::DryRun => Decision {
+            event: "supervisor_tick",
+            acted: false,
+            mutation: None,
+            refused_reason: Some(format!(
+                "dry run: the supervisor would {} (nothing was changed)",
+                kind.as_str()
+            )),
+            ..d
+        },
+    }
+}
+
 /// The decision when the status read (the observation) itself failed.
 pub fn status_read_failed(reason: &str) -> Decision {
     Decision::refuse(
@@ -1150,5 +1185,63 @@ mod tests {
             .status
             .success()
         );
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dead_stale() -> Decision {
+        decide(&TickFacts {
+            effective_status: "stale_bookkeeping".into(),
+            provider_consistency: json!({"status": "not_applicable"}),
+            has_exec: true,
+            liveness: Liveness::Dead,
+            pr_number: None,
+            pr_probe: None,
+        })
+    }
+
+    #[test]
+    fn a_pause_withholds_the_mutation_and_says_who_and_since_when() {
+        let p = Hold::Paused {
+            by: "ops@box".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+        };
+        let d = hold(dead_stale(), Some(&p));
+        assert_eq!(d.mutation, None);
+        assert!(!d.acted);
+        assert_eq!(d.event, "supervisor_blocked");
+        let r = d.refused_reason.unwrap();
+        assert!(
+            r.starts_with("paused by ops@box since 2026-01-01T00:00:00Z") && r.contains("restart"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_keeps_the_next_action_but_acts_not() {
+        let d = hold(dead_stale(), Some(&Hold::DryRun));
+        assert_eq!(
+            (d.next_action, d.acted, d.mutation),
+            ("restart", false, None)
+        );
+        assert!(d.refused_reason.unwrap().starts_with("dry run"));
+    }
+
+    #[test]
+    fn no_hold_or_no_mutation_passes_unchanged() {
+        assert_eq!(hold(dead_stale(), None), dead_stale());
+        let running = decide(&TickFacts {
+            effective_status: "running".into(),
+            provider_consistency: json!({}),
+            has_exec: true,
+            liveness: Liveness::Alive,
+            pr_number: None,
+            pr_probe: None,
+        });
+        assert_eq!(hold(running.clone(), Some(&Hold::DryRun)), running);
     }
 }

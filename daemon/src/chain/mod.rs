@@ -3,6 +3,7 @@
 //! remote script text is a pure function of its inputs.
 
 pub mod classify;
+pub mod compat;
 pub mod decide;
 pub mod launcher;
 pub mod observe;

@@ -120,7 +120,7 @@ pub fn status_payload(
         "sync": sync_of(&state),
         "plan_status": obs.plan_status,
         "runner": obs.runner,
-        "logs": obs.logs,
+        "logs": crate::chain::compat::status_logs(&obs.logs, workspace, state.current_plan_name.as_deref()),
         "pr": pr,
         "provider_consistency": provider_consistency,
         "resolved_workspace": workspace,

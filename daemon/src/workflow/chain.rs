@@ -141,7 +141,7 @@ pub fn start_script(
     let ws = &spec.repo.workspace;
     let mut inner = format!(
         "MEGAPLAN_TRUSTED_CONTAINER=1 {} chain start --spec {}",
-        launcher,
+        crate::cloud_yaml::launcher_command(launcher),
         quote(remote_spec)
     );
     if no_git_refresh {
@@ -204,6 +204,7 @@ pub async fn bootstrap(
     let init = |launcher: &str| {
         let mut cmd = format!(
             "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
+            launcher = crate::cloud_yaml::launcher_command(launcher),
             ws = quote(&ws),
             idea = quote(&remote_idea),
             rob = quote(robustness),
@@ -416,18 +417,18 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
             ))
             .await;
     }
-    let marker = json!({
+    let mut marker = json!({
         "remote_spec": remote_spec,
         "started_at": Utc::now().to_rfc3339(),
         "base_branch": chain.base_branch.clone().unwrap_or_else(|| ctx.spec.repo.branch.clone()),
         "workspace": ws,
         "chain_session": session,
         "chain_log": log_path,
-        "extra_repos": ctx.spec.extra_repos.iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
-        "provider": ctx.spec.provider.as_str(),
-        "provider_identity": super::provider_identity(&ctx.spec),
         "identity_digest": digest,
     });
+    if let Some(o) = marker.as_object_mut() {
+        o.extend(markers::launch_fields(&ctx.spec));
+    }
     markers::save(
         &ctx.state,
         &ctx.key,
@@ -443,6 +444,19 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         "milestones": chain.milestones.len(),
         "uploaded": uploads.iter().map(|u| u.remote.clone()).collect::<Vec<_>>(),
         "marker": marker,
+        // The original's launch provenance fields (`_cloud_chain_launch_provenance` in its
+        // cloud/cli.py), beside ours, for scripts that parse them.
+        "event": "cloud_chain_launched",
+        "current_milestone": chain.milestones.first().map(|m| m.label.clone()),
+        "uploaded_idea_count": uploads.len(),
+        "repo": {"url": ctx.spec.repo.url, "branch": ctx.spec.repo.branch, "workspace": ws},
+        "chain": {"base_branch": marker["base_branch"], "milestone_count": chain.milestones.len()},
+        "tmux": {"session": session, "status": if alive { "running" } else { "exited" }},
+        "log": {"chain_log": log_path},
+        "launch": {
+            "identity_digest": digest,
+            "session_marker": format!("{SESSION_MARKER_DIR}/{session}.json"),
+        },
     }))))
 }
 

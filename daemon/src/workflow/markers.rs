@@ -1,71 +1,248 @@
 //! Last-chain markers. SQLite is the source of truth; the legacy file
 //! `<state root>/markers/<key>/last_chain.json` is written after every `chain` (so the original
-//! tool and its scripts keep working) and imported when the database has no marker for a key.
+//! tool and its scripts keep working) and read back: it is imported when the database has no
+//! marker for a key, and it wins over the database when the Python tool wrote it later (a
+//! later `started_at`). Markers are read in either shape and written in the original's (see
+//! `megaplan_cloud_api::legacy`). An unusable legacy file is a warning naming it, never a
+//! failure; with `--remote-spec` it is not read at all.
 
+use crate::cloud_yaml::{CloudSpec, ProviderKind};
 use crate::daemon::AppState;
-use megaplan_cloud_api::{ErrorBody, ErrorCode, paths};
-use serde_json::Value;
+use chrono::{DateTime, FixedOffset};
+use megaplan_cloud_api::{ErrorBody, ErrorCode, legacy, paths};
+use serde_json::{Map, Value, json};
 use std::io::Write;
+use std::path::Path;
 
-/// The marker of `key`: from the database, else imported from a legacy file.
-pub async fn load(state: &AppState, key: &str) -> Result<Option<Value>, ErrorBody> {
-    if let Some(m) = state.store.get_marker(key).await? {
-        return Ok(Some(m));
-    }
-    let file = paths::legacy_marker_file(&state.settings.cloud_home, key);
-    let bytes = match std::fs::read(&file) {
+/// A marker as loaded, and what was wrong on the way.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub marker: Option<Value>,
+    /// Named problems with legacy files that were skipped (for the command's stderr).
+    pub warnings: Vec<String>,
+}
+
+/// What [`read_legacy`] found.
+#[derive(Debug)]
+enum LegacyFile {
+    Missing,
+    Unusable(String),
+    Marker(Value),
+}
+
+fn read_legacy(file: &Path) -> LegacyFile {
+    let bytes = match std::fs::read(file) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LegacyFile::Missing,
         Err(e) => {
-            return Err(ErrorBody::new(
-                ErrorCode::InvalidSpec,
-                format!("cannot read legacy marker {}: {e}", file.display()),
+            return LegacyFile::Unusable(format!(
+                "cannot read the legacy marker {} ({e}); ignoring it",
+                file.display()
             ));
         }
     };
-    let marker: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::InvalidSpec,
-            format!(
-                "legacy marker {} is not valid JSON ({e}); fix or delete it, or pass --remote-spec",
-                file.display()
-            ),
-        )
-    })?;
-    if !marker.is_object() || marker.get("remote_spec").and_then(Value::as_str).is_none() {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidSpec,
-            format!(
-                "legacy marker {} has no remote_spec string; fix or delete it, or pass --remote-spec",
-                file.display()
-            ),
-        ));
+    match legacy::parse_marker(&bytes) {
+        Ok(n) => LegacyFile::Marker(n.marker),
+        Err(why) => LegacyFile::Unusable(format!(
+            "ignoring the legacy marker {}: it is {why}; fix or delete it, or pass --remote-spec",
+            file.display()
+        )),
     }
-    state
-        .store
-        .put_marker(key, "", &marker)
-        .await
-        .map_err(ErrorBody::from)?;
-    tracing::info!(key, file = %file.display(), "imported legacy marker");
-    Ok(Some(marker))
 }
 
-/// Store the marker in SQLite, then write the legacy file atomically.
+fn started_at(m: &Value) -> Option<DateTime<FixedOffset>> {
+    m.get("started_at")
+        .and_then(Value::as_str)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+}
+
+/// Does the legacy file describe a later launch than the stored marker? The Python tool
+/// writes `started_at` as `datetime.now(timezone.utc).isoformat()`, RFC 3339 as this daemon's.
+pub fn file_is_newer(file: &Value, stored: &Value) -> bool {
+    match (started_at(file), started_at(stored)) {
+        (Some(f), Some(s)) => f > s,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Which marker counts, given the stored one and what the legacy file held.
+#[derive(Debug, PartialEq)]
+struct Choice {
+    marker: Option<Value>,
+    /// The chosen marker came from the file and must be stored.
+    import: bool,
+    warning: Option<String>,
+}
+
+fn choose(stored: Option<Value>, file: LegacyFile) -> Choice {
+    let (from_file, warning) = match file {
+        LegacyFile::Missing => (None, None),
+        LegacyFile::Unusable(w) => (None, Some(w)),
+        LegacyFile::Marker(m) => (Some(m), None),
+    };
+    match (stored, from_file) {
+        (Some(s), Some(f)) if file_is_newer(&f, &s) => Choice {
+            marker: Some(f),
+            import: true,
+            warning,
+        },
+        (Some(s), _) => Choice {
+            marker: Some(s),
+            import: false,
+            warning,
+        },
+        (None, Some(f)) => Choice {
+            marker: Some(f),
+            import: true,
+            warning,
+        },
+        (None, None) => Choice {
+            marker: None,
+            import: false,
+            warning,
+        },
+    }
+}
+
+/// The marker of `key`. `read_legacy_file` is false when the command names `--remote-spec`:
+/// then only the database is consulted.
+pub async fn load(
+    state: &AppState,
+    key: &str,
+    cloud_yaml: &str,
+    read_legacy_file: bool,
+) -> Result<Loaded, ErrorBody> {
+    let stored = state
+        .store
+        .get_marker(key)
+        .await?
+        .map(|m| legacy::normalize_marker(m).marker);
+    let file = paths::legacy_marker_file(&state.settings.cloud_home, key);
+    let found = if read_legacy_file {
+        read_legacy(&file)
+    } else {
+        LegacyFile::Missing
+    };
+    let choice = choose(stored, found);
+    let mut out = Loaded {
+        marker: choice.marker,
+        warnings: Vec::new(),
+    };
+    if let Some(w) = choice.warning {
+        tracing::warn!(key, "{w}");
+        out.warnings.push(w);
+    }
+    if choice.import
+        && let Some(m) = &out.marker
+    {
+        state
+            .store
+            .put_marker(key, cloud_yaml, m)
+            .await
+            .map_err(ErrorBody::from)?;
+        tracing::info!(key, file = %file.display(), "imported the legacy marker (absent from the database, or written later)");
+    }
+    Ok(out)
+}
+
+/// When `key` has no marker (stored or legacy file), take the first one found under one of
+/// `aliases` (the keys of the same cloud.yaml's lexical paths, as an older client keyed them)
+/// and save it under `key`, legacy file included. Returns warnings about unusable files.
+pub async fn adopt(
+    state: &AppState,
+    key: &str,
+    cloud_yaml: &str,
+    aliases: &[String],
+) -> Result<Vec<String>, ErrorBody> {
+    let mut warnings = Vec::new();
+    let root = &state.settings.cloud_home;
+    if aliases.iter().all(|a| a == key)
+        || state.store.get_marker(key).await?.is_some()
+        || paths::legacy_marker_file(root, key).exists()
+    {
+        return Ok(warnings);
+    }
+    for alias in aliases.iter().filter(|a| *a != key) {
+        let found = match state.store.get_marker(alias).await? {
+            Some(m) => Some(legacy::normalize_marker(m).marker),
+            None => match read_legacy(&paths::legacy_marker_file(root, alias)) {
+                LegacyFile::Marker(m) => Some(m),
+                LegacyFile::Unusable(w) => {
+                    warnings.push(w);
+                    None
+                }
+                LegacyFile::Missing => None,
+            },
+        };
+        if let Some(m) = found {
+            tracing::info!(key, from = %alias, "marker found under the unresolved path's key; imported");
+            save(state, key, cloud_yaml, &m).await?;
+            break;
+        }
+    }
+    Ok(warnings)
+}
+
+/// Store the marker in SQLite, then write the legacy file atomically; always in the
+/// original's shape.
 pub async fn save(
     state: &AppState,
     key: &str,
     cloud_yaml: &str,
     marker: &Value,
 ) -> Result<(), ErrorBody> {
+    let marker = legacy::normalize_marker(marker.clone()).marker;
     state
         .store
-        .put_marker(key, cloud_yaml, marker)
+        .put_marker(key, cloud_yaml, &marker)
         .await
         .map_err(ErrorBody::from)?;
     write_legacy(
         &paths::legacy_marker_file(&state.settings.cloud_home, key),
-        marker,
+        &marker,
     )
+}
+
+/// The original's provider identity: the railway service, the compose project or the ssh host.
+pub fn provider_identity(spec: &CloudSpec) -> Value {
+    match spec.provider {
+        ProviderKind::Railway => json!(spec.railway.service),
+        ProviderKind::Local => json!(spec.local.compose_project),
+        ProviderKind::Ssh => spec
+            .ssh
+            .as_ref()
+            .map(|s| json!(s.host))
+            .unwrap_or(Value::Null),
+    }
+}
+
+/// The provider and repo fields every marker written now carries: `provider`,
+/// `provider_identity` and `extra_repos` in the original's shapes, and (ours, beside them)
+/// `provider_target` with the railway project and environment.
+pub fn launch_fields(spec: &CloudSpec) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("provider".into(), json!(spec.provider.as_str()));
+    m.insert("provider_identity".into(), provider_identity(spec));
+    if spec.provider == ProviderKind::Railway {
+        m.insert(
+            "provider_target".into(),
+            json!({
+                "service": spec.railway.service,
+                "project": spec.railway.project,
+                "environment": spec.railway.environment,
+            }),
+        );
+    }
+    m.insert(
+        "extra_repos".into(),
+        legacy::extra_repos_field(
+            spec.extra_repos
+                .iter()
+                .map(|r| (r.url.as_str(), r.branch.as_str(), r.path.as_str())),
+        ),
+    );
+    m
 }
 
 fn write_legacy(file: &std::path::Path, marker: &Value) -> Result<(), ErrorBody> {
@@ -84,4 +261,109 @@ fn write_legacy(file: &std::path::Path, marker: &Value) -> Result<(), ErrorBody>
     tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(file).map_err(|e| fail(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::summary::provider_consistency;
+
+    fn spec(text: &str) -> CloudSpec {
+        crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap()
+    }
+
+    #[test]
+    fn a_python_railway_marker_is_consistent_with_the_same_service() {
+        // What the original writes for `provider: railway`, `railway.service: agent`.
+        let python = legacy::normalize_marker(json!({
+            "remote_spec": "/workspace/app/chain.yaml",
+            "provider": "railway",
+            "provider_identity": "agent",
+        }))
+        .marker;
+        let s = spec(
+            "provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: agent, project: p1}\n",
+        );
+        let c = provider_consistency("railway", &provider_identity(&s), Some(&python));
+        assert_eq!(c["status"], "consistent", "{c}");
+        // Our older object form reads the same way.
+        let ours = legacy::normalize_marker(json!({
+            "remote_spec": "/workspace/app/chain.yaml",
+            "provider": "railway",
+            "provider_identity": {"service": "agent", "project": "p1", "environment": null},
+        }))
+        .marker;
+        let c = provider_consistency("railway", &provider_identity(&s), Some(&ours));
+        assert_eq!(c["status"], "consistent", "{c}");
+        // Another service is still a mismatch.
+        let other =
+            spec("provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: other}\n");
+        let c = provider_consistency("railway", &provider_identity(&other), Some(&python));
+        assert_eq!(c["status"], "mismatch", "{c}");
+    }
+
+    #[test]
+    fn written_fields_are_the_originals_shapes() {
+        let s = spec(
+            "provider: ssh\nrepo: {url: https://x/a.git, workspace: /workspace/app}\nssh: {host: box.example}\nextra_repos:\n  - {url: https://x/lib.git, branch: dev, workspace: /workspace/lib}\n",
+        );
+        let f = launch_fields(&s);
+        assert_eq!(f["provider_identity"], "box.example");
+        assert_eq!(
+            f["extra_repos"],
+            json!([{"url": "https://x/lib.git", "branch": "dev", "workspace": "/workspace/lib"}])
+        );
+        let l =
+            spec("provider: local\nrepo: {url: https://x/a.git}\nlocal: {compose_project: proj}\n");
+        assert_eq!(launch_fields(&l)["provider_identity"], "proj");
+    }
+
+    #[test]
+    fn the_later_started_at_wins() {
+        let ours = json!({"started_at": "2026-12-01T10:00:00+00:00"});
+        let python_later = json!({"started_at": "2026-12-01T10:00:00.500000+00:00"});
+        let python_earlier = json!({"started_at": "2026-12-01T09:59:59.999999+00:00"});
+        assert!(file_is_newer(&python_later, &ours));
+        assert!(!file_is_newer(&python_earlier, &ours));
+        assert!(
+            !file_is_newer(&ours, &ours),
+            "our own copy of the file is not newer"
+        );
+        assert!(!file_is_newer(&json!({}), &ours));
+        assert!(file_is_newer(&python_later, &json!({})));
+    }
+
+    #[test]
+    fn the_file_is_imported_when_absent_or_later_and_never_fails() {
+        let ours = json!({"remote_spec": "/a", "started_at": "2026-12-01T10:00:00+00:00"});
+        let later = json!({"remote_spec": "/b", "started_at": "2026-12-01T11:00:00.1+00:00"});
+        let earlier = json!({"remote_spec": "/c", "started_at": "2026-12-01T09:00:00+00:00"});
+        let c = choose(Some(ours.clone()), LegacyFile::Marker(later.clone()));
+        assert_eq!((c.marker, c.import), (Some(later.clone()), true));
+        let c = choose(Some(ours.clone()), LegacyFile::Marker(earlier));
+        assert_eq!((c.marker, c.import), (Some(ours.clone()), false));
+        let c = choose(None, LegacyFile::Marker(later.clone()));
+        assert_eq!((c.marker, c.import), (Some(later), true));
+        // A corrupt file: the stored marker stands (or none), with the warning.
+        let c = choose(Some(ours.clone()), LegacyFile::Unusable("bad /f".into()));
+        assert_eq!(c.marker, Some(ours));
+        assert_eq!(c.warning.as_deref(), Some("bad /f"));
+        let c = choose(None, LegacyFile::Unusable("bad /f".into()));
+        assert_eq!((c.marker, c.import), (None, false));
+    }
+
+    #[test]
+    fn unusable_legacy_files_are_named_warnings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("last_chain.json");
+        assert!(matches!(read_legacy(&f), LegacyFile::Missing));
+        std::fs::write(&f, "{\"remote_spec\": ").unwrap();
+        match read_legacy(&f) {
+            LegacyFile::Unusable(w) => {
+                assert!(w.contains(&f.display().to_string()), "{w}");
+                assert!(w.contains("--remote-spec"), "{w}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

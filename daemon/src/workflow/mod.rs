@@ -8,7 +8,7 @@ pub mod ops;
 pub mod status;
 pub mod supervise;
 
-use crate::cloud_yaml::{self, CloudSpec, ProviderKind};
+use crate::cloud_yaml::{self, CloudSpec};
 use crate::daemon::AppState;
 use crate::process::StreamKind;
 use crate::provider::{self, AnyProvider, OutTx, Provider as _, ProviderCtx};
@@ -317,6 +317,30 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
         _ => {}
     }
     let key = spec.key();
+    // A marker saved under the key of the path as typed (older clients keyed the lexical path)
+    // is taken over by the resolved path's key, which is the original's.
+    let aliases: Vec<String> = [Some(&req.cloud_yaml), req.cloud_yaml_as_given.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| megaplan_cloud_api::paths::marker_key(Path::new(p)))
+        .filter(|k| *k != key)
+        .collect();
+    // With --remote-spec no legacy marker file is read at all.
+    let names_remote_spec = matches!(
+        &req.command,
+        Command::Status {
+            remote_spec: Some(_),
+            ..
+        } | Command::Supervise {
+            remote_spec: Some(_),
+            ..
+        }
+    );
+    if !aliases.is_empty() && !names_remote_spec {
+        for w in markers::adopt(&state, &key, &spec.path.display().to_string(), &aliases).await? {
+            out.stderr(format!("warning: {w}\n")).await;
+        }
+    }
     // Output is redacted line by line, so a value spanning lines could escape in pieces whose
     // lines are too short to match; the ssh/local env files cannot carry one either.
     if let Some(name) = req
@@ -354,7 +378,7 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
     match req.command {
         Command::Build => ops::build(&ctx).await,
         Command::Deploy => ops::deploy(&ctx).await,
-        Command::Exec { cmd } => ops::exec(&ctx, &cmd).await,
+        Command::Exec { cmd, argv } => ops::exec(&ctx, &exec_command(&cmd, &argv)?).await,
         Command::Logs { follow } => ops::logs(&ctx, follow).await,
         Command::Attach { session } => ops::attach(&ctx, session.as_deref()).await,
         Command::Down => ops::down(&ctx).await,
@@ -391,19 +415,35 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
             )
             .await
         }
-        Command::Supervise { remote_spec } => supervise::cli(&ctx, remote_spec.as_deref()).await,
+        Command::Supervise {
+            remote_spec,
+            dry_run,
+        } => supervise::cli(&ctx, remote_spec.as_deref(), dry_run).await,
     }
 }
 
-/// Identity of the provider target for markers (railway: service + project/environment).
+/// Identity of the provider target for markers, as the original writes it (a string).
 pub fn provider_identity(spec: &CloudSpec) -> Value {
-    match spec.provider {
-        ProviderKind::Railway => serde_json::json!({
-            "service": spec.railway.service,
-            "project": spec.railway.project,
-            "environment": spec.railway.environment,
-        }),
-        _ => Value::Null,
+    markers::provider_identity(spec)
+}
+
+/// The shell command `exec` runs: the command string as given, or the argv words each quoted.
+pub fn exec_command(cmd: &str, argv: &[String]) -> Result<String, ErrorBody> {
+    match (cmd.trim().is_empty(), argv.is_empty()) {
+        (false, true) => Ok(cmd.to_string()),
+        (true, false) => Ok(argv
+            .iter()
+            .map(|w| crate::shell::quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")),
+        (true, true) => Err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            "exec needs a command: `exec \"ls -la\"` or `exec -- ls -la`",
+        )),
+        (false, false) => Err(ErrorBody::new(
+            ErrorCode::InvalidArgs,
+            "exec takes a command string or words after `--`, not both",
+        )),
     }
 }
 
@@ -430,4 +470,30 @@ pub fn remote_failure(what: &str, r: &crate::provider::ExecResult) -> ErrorBody 
         format!("{what} failed (exit {}): {}", r.code, tail.join("\n")),
     )
     .with("exit_code", r.code)
+}
+
+#[cfg(test)]
+mod exec_tests {
+    use super::exec_command;
+
+    #[test]
+    fn exec_runs_the_string_or_the_words_each_quoted() {
+        assert_eq!(
+            exec_command("ls -la | wc -l", &[]).unwrap(),
+            "ls -la | wc -l"
+        );
+        let words = [
+            "printf".to_string(),
+            "%s\\n".into(),
+            "a b".into(),
+            "$(id)".into(),
+            "it's".into(),
+        ];
+        assert_eq!(
+            exec_command("", &words).unwrap(),
+            "printf '%s\\n' 'a b' '$(id)' 'it'\\''s'"
+        );
+        assert!(exec_command(" ", &[]).is_err());
+        assert!(exec_command("ls", &words).is_err());
+    }
 }

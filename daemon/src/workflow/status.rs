@@ -160,7 +160,17 @@ async fn observe_unredacted(
 
 /// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
 pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
-    let marker = markers::load(&ctx.state, &ctx.key).await?;
+    let loaded = markers::load(
+        &ctx.state,
+        &ctx.key,
+        &ctx.spec.path.display().to_string(),
+        remote_spec.is_none(),
+    )
+    .await?;
+    for w in &loaded.warnings {
+        ctx.out.stderr(format!("warning: {w}\n")).await;
+    }
+    let marker = loaded.marker;
     let target = chain_target(remote_spec, marker.as_ref(), &ctx.spec)?;
     let raw = ctx.raw_runner()?;
     let (obs, chain_spec) = observe_chain(
@@ -189,6 +199,11 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     if let Some(o) = payload.as_object_mut() {
         o.insert("spec_source".into(), target.source.as_str().into());
     }
+    crate::notify::stall::annotate(
+        &mut payload,
+        chrono::Utc::now(),
+        ctx.state.notifier.config.stall_after,
+    );
     let payload = ctx.redact(&payload);
     for w in &obs.warnings {
         ctx.out
@@ -214,7 +229,8 @@ pub fn chains_script() -> String {
     )
 }
 
-/// Parse [`chains_script`] output into `[{session, alive, marker}]`, sorted by session.
+/// Parse [`chains_script`] output into one entry per session, sorted by session, in the
+/// original's shape with ours beside it (see [`crate::chain::compat::chains_entry`]).
 pub fn parse_chains(stdout: &str) -> Vec<Value> {
     let mut live = std::collections::BTreeSet::new();
     let mut markers = std::collections::BTreeMap::new();
@@ -225,10 +241,11 @@ pub fn parse_chains(stdout: &str) -> Vec<Value> {
                 live.insert(s.to_string());
             }
             (Some("MARKER"), Some(s)) => {
-                let m = parts
-                    .next()
-                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
-                    .unwrap_or(Value::Null);
+                let m = match serde_json::from_str::<Value>(parts.next().unwrap_or_default()) {
+                    Ok(v @ Value::Object(_)) => Ok(v),
+                    Ok(_) => Err("the session marker is not a JSON object".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
                 markers.insert(s.to_string(), m);
             }
             _ => {}
@@ -243,11 +260,12 @@ pub fn parse_chains(stdout: &str) -> Vec<Value> {
     names
         .into_iter()
         .map(|s| {
-            json!({
-                "session": s,
-                "alive": live.contains(&s),
-                "marker": markers.get(&s).cloned().unwrap_or(Value::Null),
-            })
+            crate::chain::compat::chains_entry(
+                &s,
+                live.contains(&s),
+                &format!("{SESSION_MARKER_DIR}/{s}.json"),
+                markers.get(&s).cloned(),
+            )
         })
         .collect()
 }
@@ -266,7 +284,7 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
             .await;
     }
     for s in &sessions {
-        let m = &s["marker"];
+        let m = &s["session_marker"];
         ctx.out
             .stderr(format!(
                 "[{}] {}  spec={}  started={}\n",
@@ -290,7 +308,7 @@ fn status_command(spec: &CloudSpec, launcher: &str, plan: Option<&str>) -> Strin
     let mut cmd = format!(
         "cd {} && {} status",
         shell::quote(&spec.repo.workspace),
-        launcher
+        crate::cloud_yaml::launcher_command(launcher)
     );
     if let Some(p) = plan {
         cmd.push_str(&format!(" --plan {}", shell::quote(p)));
@@ -385,7 +403,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     let mut cmd = format!(
         "cd {} && {} {}",
         shell::quote(&ctx.spec.repo.workspace),
-        launcher,
+        crate::cloud_yaml::launcher_command(&launcher),
         words
             .iter()
             .map(|w| shell::quote(w))
@@ -463,10 +481,18 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0]["session"], "megaplan-chain");
         assert_eq!(v[0]["alive"], true);
-        assert_eq!(v[0]["marker"]["remote_spec"], "/w/c.yaml");
+        assert_eq!(v[0]["status"], "running");
+        assert_eq!(v[0]["session_marker"]["remote_spec"], "/w/c.yaml");
+        assert_eq!(v[0]["remote_spec"], "/w/c.yaml");
+        assert_eq!(
+            v[0]["marker"],
+            "/workspace/.megaplan/cloud-sessions/megaplan-chain.json"
+        );
+        assert_eq!(v[0]["marker_status"], "present");
         assert_eq!(v[1]["session"], "megaplan-chain-old");
         assert_eq!(v[1]["alive"], false);
-        assert_eq!(v[1]["marker"], Value::Null);
+        assert_eq!(v[1]["marker_status"], "invalid");
+        assert_eq!(v[1]["session_marker"], Value::Null);
     }
 
     #[test]

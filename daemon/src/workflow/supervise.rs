@@ -20,8 +20,29 @@ use std::sync::Arc;
 
 /// `supervise --chain`: a tick now, stored like scheduled ones; report on stdout, one line on
 /// stderr, exit 0 when the tick succeeded.
-pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
+pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>, dry_run: bool) -> Result<Done, ErrorBody> {
     let cloud_yaml = ctx.spec.path.display().to_string();
+    if dry_run {
+        // A dry run is not stored (it is not what the supervisor did) and tells nobody.
+        let deadline = ctx.state.settings.tick_timeout;
+        let report = match tokio::time::timeout(
+            deadline,
+            tick_with(&ctx.state, &cloud_yaml, remote_spec, true),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => tick::error_report(&format!(
+                "dry-run tick exceeded its deadline of {}s",
+                deadline.as_secs()
+            )),
+        };
+        ctx.out
+            .stderr(format!("{} | dry run\n", decide::stderr_line(&report)))
+            .await;
+        let code = i32::from(report.get("success").and_then(Value::as_bool) != Some(true));
+        return Ok(Done::code(report, code));
+    }
     let rec = tick::run_for_cli(&ctx.state, &ctx.key, &cloud_yaml, remote_spec).await?;
     ctx.out
         .stderr(format!("{}\n", decide::stderr_line(&rec.report)))
@@ -33,6 +54,16 @@ pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody
 /// One tick for a cloud.yaml. Never fails: every problem becomes a `supervisor_error` report.
 /// The report is redacted before it is returned.
 pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&str>) -> Value {
+    tick_with(state, cloud_yaml, remote_spec, false).await
+}
+
+/// [`tick`], optionally as a dry run (no mutation; `dry_run: true` in the report).
+pub async fn tick_with(
+    state: &Arc<AppState>,
+    cloud_yaml: &str,
+    remote_spec: Option<&str>,
+    dry_run: bool,
+) -> Value {
     let started_at = Utc::now();
     let spec = match cloud_yaml::load(Path::new(cloud_yaml)) {
         Ok(s) => s,
@@ -49,18 +80,47 @@ pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&
     let secrets = state.secret_values(&key, &spec.secrets);
     let redactor = Redactor::new(&spec.secrets, &secrets);
     let mut round_trips = 0u32;
+    // Pause and dry run: a separate input to the decision (decide::hold).
+    let pause = match crate::notify::store::get_pause(&state.store, &key).await {
+        Ok(p) => p,
+        Err(e) => {
+            return finish(
+                tick::error_report(&format!("cannot read the pause state: {e}")),
+                started_at,
+                0,
+                &redactor,
+            );
+        }
+    };
+    let hold = if dry_run {
+        Some(decide::Hold::DryRun)
+    } else {
+        pause.as_ref().map(|p| decide::Hold::Paused {
+            by: p.paused_by.clone(),
+            since: p.since.clone(),
+        })
+    };
     let report = match observe_and_act(
         state,
         &spec,
-        &key,
         remote_spec,
         &mut round_trips,
         &redactor,
         secrets,
+        hold.as_ref(),
     )
     .await
     {
-        Ok(r) => r,
+        Ok(mut r) => {
+            crate::notify::stall::annotate(&mut r, Utc::now(), state.notifier.config.stall_after);
+            if let Some(o) = r.as_object_mut() {
+                o.insert("paused".into(), json!(pause));
+                if dry_run {
+                    o.insert("dry_run".into(), true.into());
+                }
+            }
+            r
+        }
         Err(e) => {
             let d = decide::status_read_failed(&e.to_string());
             let mut r = tick::error_report(d.refused_reason.as_deref().unwrap_or_default());
@@ -96,13 +156,22 @@ const TICK_COMMAND_SLACK: std::time::Duration = std::time::Duration::from_secs(2
 async fn observe_and_act(
     state: &Arc<AppState>,
     spec: &CloudSpec,
-    key: &str,
     remote_spec: Option<&str>,
     round_trips: &mut u32,
     redactor: &Redactor,
     secrets: std::collections::BTreeMap<String, String>,
+    hold: Option<&decide::Hold>,
 ) -> Result<Value, ErrorBody> {
-    let marker = markers::load(state, key).await?;
+    let key = &spec.key();
+    let loaded = markers::load(
+        state,
+        key,
+        &spec.path.display().to_string(),
+        remote_spec.is_none(),
+    )
+    .await?;
+    let marker_warnings = loaded.warnings;
+    let marker = loaded.marker;
     let target = status::chain_target(remote_spec, marker.as_ref(), spec)?;
     let spec_arc = Arc::new(spec.clone());
     let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
@@ -177,6 +246,7 @@ async fn observe_and_act(
         pr_number: chain_state.pr_number,
         pr_probe: obs.pr_probe.clone(),
     });
+    let d = decide::hold(d, hold);
 
     let mut out = report(
         &d,
@@ -243,6 +313,11 @@ async fn observe_and_act(
             }
         }
     }
+    if !marker_warnings.is_empty()
+        && let Some(o) = out.as_object_mut()
+    {
+        o.insert("warnings".into(), json!(marker_warnings));
+    }
     Ok(out)
 }
 
@@ -265,23 +340,18 @@ fn relaunched_marker(
         ("workspace", json!(target.workspace)),
         ("chain_session", json!(target.session)),
         ("chain_log", json!(target.log_path)),
-        ("provider", json!(spec.provider.as_str())),
-        ("provider_identity", super::provider_identity(spec)),
         ("last_supervisor_action", json!(action)),
     ];
     for (k, v) in fields {
         m.insert(k.to_string(), v);
     }
+    let kept_repos = m.remove("extra_repos");
+    m.extend(markers::launch_fields(spec));
+    if let Some(r) = kept_repos {
+        m.insert("extra_repos".into(), r);
+    }
     m.entry("base_branch")
         .or_insert_with(|| json!(spec.repo.branch));
-    m.entry("extra_repos").or_insert_with(|| {
-        json!(
-            spec.extra_repos
-                .iter()
-                .map(|r| r.path.clone())
-                .collect::<Vec<_>>()
-        )
-    });
     Value::Object(m)
 }
 

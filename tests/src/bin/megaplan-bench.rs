@@ -17,7 +17,9 @@
 //! 3. client latency of `daemon status` and `status --chain`;
 //! 4. daemon memory/CPU with 0, 100 and 1,000 idle registrations, and sustained ticks per
 //!    minute with 100 registrations on one runner;
-//! 5. SQLite file size and insert throughput for 100,000 tick reports, with and without retention.
+//! 5. SQLite file size and insert throughput for 100,000 tick reports, with and without retention;
+//! 6. railway (see the section);
+//! 7. tick latency with 1,000 registrations, notifications off vs on (two sinks each).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -34,7 +36,7 @@ use megaplan_cloudd::store::{NewTick, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6]
+const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7]
 
   --out DIR        where latest.json and latest.md are written (default: bench-results)
   --quick          small sample sizes and short windows: a smoke run, not figures to publish
@@ -64,7 +66,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let mut opts = Opts {
         out: PathBuf::from("bench-results"),
         quick: false,
-        sections: (1..=6).collect(),
+        sections: (1..=7).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -81,8 +83,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 opts.sections = list
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n @ 1..=6) => Ok(n),
-                        _ => Err(format!("--sections: {s:?} is not a section number 1-6")),
+                        Ok(n @ 1..=7) => Ok(n),
+                        _ => Err(format!("--sections: {s:?} is not a section number 1-7")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -114,6 +116,8 @@ struct Sizes {
     store_keep: u32,
     store_keep_unbounded: u32,
     railway_n: usize,
+    notify_registrations: usize,
+    notify_rounds: usize,
 }
 
 impl Sizes {
@@ -134,6 +138,8 @@ impl Sizes {
             store_keep: 500,
             store_keep_unbounded: 1_000_000,
             railway_n: 20,
+            notify_registrations: 1000,
+            notify_rounds: 4,
         };
         if !quick {
             return full;
@@ -151,6 +157,7 @@ impl Sizes {
             store_reports: 10_000,
             store_keep: 50,
             railway_n: 5,
+            notify_registrations: 100,
             ..full
         }
     }
@@ -1309,6 +1316,7 @@ async fn fill_store(
         acted: false,
         refused_reason: None,
         report: report.clone(),
+        due_at: Some(now),
     };
     let started = Instant::now();
     for i in 0..reports {
@@ -1583,6 +1591,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     if wants(6) {
         section_railway(&sz, &mut report)?;
     }
+    if wants(7) {
+        section_notify(&sz, &mut report)?;
+    }
 
     let meta = json!({
         "started_at": started_at,
@@ -1830,4 +1841,124 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Notifications on vs off
+
+/// One daemon with `n` registrations (every 1h, so the schedule stays out of the way) whose
+/// cloud.yaml files are then removed: each tick is a fast `supervisor_error` with no remote
+/// command, so the figure is dominated by what the daemon itself does per tick (store the
+/// report, and with notifications on: the watch-state read/write, and on the third failed
+/// tick in a row one `ticks_failing` notification per registration queued for two sinks and
+/// delivered in the background to a loopback receiver). Returns the per-tick latencies (ms,
+/// `POST /v1/clouds/{key}/tick` round trip) and, when on, the time until the outbox drained.
+fn notify_run(
+    sz: &Sizes,
+    receiver: Option<&megaplan_cloud_e2e::receiver::Receiver>,
+) -> Result<(Vec<f64>, Option<f64>, u64), String> {
+    let config_dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let config = config_dir.path().join("notify.yaml");
+    let yaml = match receiver {
+        Some(r) => format!(
+            "failed_ticks: 3\nretry: {{initial_delay: 200ms, max_delay: 2s}}\nsinks:\n  - url: {}\n",
+            r.url("/global")
+        ),
+        None => String::new(),
+    };
+    std::fs::write(&config, yaml).map_err(|e| format!("cannot write notify.yaml: {e}"))?;
+    let config_s = config.display().to_string();
+    let daemon = Daemon::start(&[], &["--notify-config", &config_s, "--no-log-file"]);
+    let work = daemon.dir.join("notify");
+    let mut keys = Vec::new();
+    for i in 0..sz.notify_registrations {
+        let cy = idle_cloud_yaml(&work, i)?;
+        let mut body = json!({"cloud_yaml": cy.display().to_string(), "every_secs": 3600});
+        if let Some(r) = receiver {
+            body["notify_urls"] = json!([r.url("/own")]);
+        }
+        let v = api_ok(&daemon.socket, "POST", "/v1/clouds", Some(&body))?;
+        keys.push(v["key"].as_str().unwrap_or_default().to_string());
+        std::fs::remove_file(&cy).map_err(|e| format!("cannot remove {}: {e}", cy.display()))?;
+    }
+    let mut samples = Vec::with_capacity(keys.len() * sz.notify_rounds);
+    let started = Instant::now();
+    for _ in 0..sz.notify_rounds {
+        for k in &keys {
+            let t = Instant::now();
+            let (status, v) = http(
+                &daemon.socket,
+                "POST",
+                &format!("/v1/clouds/{k}/tick"),
+                None,
+            )?;
+            if status != 200 || v["event"] != "supervisor_error" {
+                return Err(format!("tick of {k} answered {status}: {v}"));
+            }
+            samples.push(ms(t.elapsed()));
+        }
+    }
+    let drained = match receiver {
+        Some(r) => {
+            let want = keys.len() * 2;
+            let ok = wait_until(Duration::from_secs(300), || r.accepted().len() >= want);
+            if !ok {
+                return Err(format!(
+                    "only {} of {want} notifications arrived within 300 s",
+                    r.accepted().len()
+                ));
+            }
+            Some(started.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+    let delivered = receiver.map_or(0, |r| r.accepted().len() as u64);
+    Ok((samples, drained, delivered))
+}
+
+fn section_notify(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    const S: &str = "7 Notifications";
+    let n = sz.notify_registrations;
+    progress(&format!(
+        "7 notifications: {n} registrations x {} ticks, notifications off, then on (2 sinks each)",
+        sz.notify_rounds
+    ));
+    let (off, _, _) = notify_run(sz, None)?;
+    let receiver = megaplan_cloud_e2e::receiver::Receiver::start();
+    let (on, drained, delivered) = notify_run(sz, Some(&receiver))?;
+    let (s_off, s_on) = (stats(&off), stats(&on));
+    // Ratio column: off / on (1.0× = no cost; below 1 = notifications cost that much).
+    r.compare(
+        S,
+        format!(
+            "Tick latency, median (ms), {n} registrations — daemon: notifications on; baseline: off"
+        ),
+        s_on.median,
+        s_off.median,
+        2,
+    );
+    r.compare(
+        S,
+        "Tick latency, p99 (ms) — on vs off",
+        s_on.p99,
+        s_off.p99,
+        2,
+    );
+    r.row(
+        S,
+        format!("Notifications delivered ({n} ticks_failing × 2 sinks) / seconds from the first tick until all arrived"),
+        format!("{delivered} / {:.1}", drained.unwrap_or(f64::NAN)),
+    );
+    r.sections.insert(
+        "notifications".into(),
+        json!({
+            "registrations": n,
+            "rounds": sz.notify_rounds,
+            "off": s_off,
+            "on": s_on,
+            "delivered": delivered,
+            "drained_secs": drained,
+        }),
+    );
+    Ok(())
 }

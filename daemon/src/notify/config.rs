@@ -1,0 +1,390 @@
+//! The daemon's notification config file (`--notify-config`, default
+//! `<state root>/notify.yaml`; absent means built-in defaults and no global sinks) and the
+//! sinks given per registration. See docs/notifications.md.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+/// How a webhook body is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The documented notification JSON (docs/notifications.md).
+    #[default]
+    Json,
+    /// ntfy: the message as a plain-text body, `Title`/`Tags` headers.
+    Ntfy,
+    /// Slack incoming-webhook compatible `{"text": ...}`.
+    Slack,
+}
+
+impl Preset {
+    pub fn parse(s: &str) -> Result<Preset, String> {
+        match s {
+            "json" => Ok(Preset::Json),
+            "ntfy" => Ok(Preset::Ntfy),
+            "slack" => Ok(Preset::Slack),
+            other => Err(format!(
+                "unknown notification preset {other:?}; use json, ntfy or slack"
+            )),
+        }
+    }
+}
+
+/// One place a notification goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Sink {
+    /// HTTP POST. Signed with HMAC-SHA256 when `secret_env` names a variable set in the
+    /// daemon's environment (the value itself is never stored).
+    Webhook {
+        url: String,
+        #[serde(default)]
+        preset: Preset,
+        #[serde(default)]
+        secret_env: Option<String>,
+    },
+    /// `sh -c COMMAND` with the notification JSON on stdin; exit 0 means delivered.
+    Command { command: String },
+}
+
+impl Sink {
+    /// A short name for logs and the outbox (no secret in it: URLs with credentials are refused).
+    pub fn label(&self) -> String {
+        match self {
+            Sink::Webhook { url, .. } => format!("webhook {url}"),
+            Sink::Command { command } => format!("command {command}"),
+        }
+    }
+
+    /// Check a sink before it is stored: the only URL scheme is http (docs/notifications.md
+    /// explains https), and credentials may not sit in the URL (they would be stored).
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Sink::Webhook {
+                url, secret_env, ..
+            } => {
+                let uri: hyper::Uri = url
+                    .parse()
+                    .map_err(|e| format!("notify url {url:?} is not a URL: {e}"))?;
+                match uri.scheme_str() {
+                    Some("http") => {}
+                    Some("https") => {
+                        return Err(format!(
+                            "notify url {url:?}: https is not supported by the built-in client; use an http URL (a local relay or proxy), or --notify-command with curl (see docs/notifications.md)"
+                        ));
+                    }
+                    _ => return Err(format!("notify url {url:?} must start with http://")),
+                }
+                if uri.host().is_none() {
+                    return Err(format!("notify url {url:?} has no host"));
+                }
+                if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                    return Err(format!(
+                        "notify url {url:?} carries credentials; they would be stored in the database: sign with secret_env instead"
+                    ));
+                }
+                if let Some(n) = secret_env
+                    && (n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                {
+                    return Err(format!(
+                        "secret_env {n:?} is not an environment variable name"
+                    ));
+                }
+                Ok(())
+            }
+            Sink::Command { command } => {
+                if command.trim().is_empty() {
+                    return Err("notify command is empty".to_string());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Delivery retries: `initial_delay`, doubled per attempt up to `max_delay`, at most
+/// `max_attempts` attempts; each attempt bounded by `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub timeout: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempts + 1` after `attempts` failed ones.
+    pub fn delay_after(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        self.initial_delay
+            .saturating_mul(factor)
+            .min(self.max_delay)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyConfig {
+    /// Sinks every registration notifies (besides its own).
+    pub sinks: Vec<Sink>,
+    /// Secret env var used to sign per-registration webhooks (default
+    /// `MEGAPLAN_CLOUDD_NOTIFY_SECRET`; unsigned when unset in the daemon's environment).
+    pub registration_secret_env: String,
+    /// A live runner whose chain log has not grown for this long is `stalled`.
+    pub stall_after: Duration,
+    /// `still_waiting` after this long in a status that waits for a person.
+    pub still_waiting_after: Duration,
+    /// `ticks_failing` after this many failed ticks in a row.
+    pub failed_ticks: u32,
+    pub retry: RetryPolicy,
+    /// Delivered/failed outbox rows kept per registration.
+    pub keep_outbox: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            sinks: Vec::new(),
+            registration_secret_env: "MEGAPLAN_CLOUDD_NOTIFY_SECRET".to_string(),
+            stall_after: Duration::from_secs(30 * 60),
+            still_waiting_after: Duration::from_secs(24 * 3600),
+            failed_ticks: 3,
+            retry: RetryPolicy {
+                max_attempts: 10,
+                initial_delay: Duration::from_secs(5),
+                max_delay: Duration::from_secs(30 * 60),
+                timeout: Duration::from_secs(10),
+            },
+            keep_outbox: 200,
+        }
+    }
+}
+
+/// `500ms`, `90s`, `5m`, `2h`, `1d`, or plain seconds; longer than zero.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{field}: {text:?} is not a duration; use e.g. 500ms, 30s, 5m, 2h");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{field}: {text:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+const KEYS: [&str; 7] = [
+    "sinks",
+    "registration_secret_env",
+    "stall_after",
+    "still_waiting_after",
+    "failed_ticks",
+    "retry",
+    "keep_outbox",
+];
+
+impl NotifyConfig {
+    /// Read the config file; a missing file is the defaults. Errors name the file and field.
+    pub fn load(path: &Path) -> Result<NotifyConfig, String> {
+        let shown = path.display();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(NotifyConfig::default());
+            }
+            Err(e) => return Err(format!("cannot read notify config {shown}: {e}")),
+        };
+        let v = crate::yaml::parse(&text).map_err(|e| format!("notify config {shown}: {e}"))?;
+        NotifyConfig::from_value(&v).map_err(|e| format!("notify config {shown}: {e}"))
+    }
+
+    pub fn from_value(v: &Value) -> Result<NotifyConfig, String> {
+        let mut c = NotifyConfig::default();
+        let obj = match v {
+            Value::Null => return Ok(c),
+            Value::Object(o) => o,
+            other => {
+                return Err(format!(
+                    "expected a mapping at the top, found {}",
+                    crate::yaml::type_name(other)
+                ));
+            }
+        };
+        for k in obj.keys() {
+            if !KEYS.contains(&k.as_str()) {
+                return Err(format!(
+                    "unknown key {k:?}; known keys: {}",
+                    KEYS.join(", ")
+                ));
+            }
+        }
+        let dur = |field: &str, v: Option<&Value>, default: Duration| -> Result<Duration, String> {
+            match v {
+                None => Ok(default),
+                Some(Value::String(s)) => parse_duration(field, s),
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| format!("{field}: must be a positive number of seconds")),
+                Some(other) => Err(format!(
+                    "{field}: expected a duration such as 30m, found {}",
+                    crate::yaml::type_name(other)
+                )),
+            }
+        };
+        c.stall_after = dur("stall_after", obj.get("stall_after"), c.stall_after)?;
+        c.still_waiting_after = dur(
+            "still_waiting_after",
+            obj.get("still_waiting_after"),
+            c.still_waiting_after,
+        )?;
+        if let Some(n) = obj.get("failed_ticks") {
+            c.failed_ticks = n
+                .as_u64()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or("failed_ticks: expected a whole number from 1 to 10000")?
+                as u32;
+        }
+        if let Some(n) = obj.get("keep_outbox") {
+            c.keep_outbox = n
+                .as_u64()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or("keep_outbox: expected a whole number from 1 to 1000000")?
+                as u32;
+        }
+        if let Some(n) = obj.get("registration_secret_env") {
+            c.registration_secret_env = n
+                .as_str()
+                .ok_or("registration_secret_env: expected an environment variable name")?
+                .to_string();
+        }
+        if let Some(r) = obj.get("retry") {
+            let r = r.as_object().ok_or(
+                "retry: expected a mapping with max_attempts, initial_delay, max_delay, timeout",
+            )?;
+            for k in r.keys() {
+                if !["max_attempts", "initial_delay", "max_delay", "timeout"].contains(&k.as_str())
+                {
+                    return Err(format!(
+                        "retry: unknown key {k:?}; known keys: max_attempts, initial_delay, max_delay, timeout"
+                    ));
+                }
+            }
+            if let Some(n) = r.get("max_attempts") {
+                c.retry.max_attempts = n
+                    .as_u64()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or("retry.max_attempts: expected a whole number from 1 to 1000")?
+                    as u32;
+            }
+            c.retry.initial_delay = dur(
+                "retry.initial_delay",
+                r.get("initial_delay"),
+                c.retry.initial_delay,
+            )?;
+            c.retry.max_delay = dur("retry.max_delay", r.get("max_delay"), c.retry.max_delay)?;
+            c.retry.timeout = dur("retry.timeout", r.get("timeout"), c.retry.timeout)?;
+        }
+        if let Some(sinks) = obj.get("sinks") {
+            let list = sinks
+                .as_array()
+                .ok_or("sinks: expected a list of {url: ...} or {command: ...}")?;
+            for (i, s) in list.iter().enumerate() {
+                let sink = sink_from_value(s).map_err(|e| format!("sinks[{i}]: {e}"))?;
+                sink.validate().map_err(|e| format!("sinks[{i}]: {e}"))?;
+                c.sinks.push(sink);
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn sink_from_value(v: &Value) -> Result<Sink, String> {
+    let o = v
+        .as_object()
+        .ok_or("expected a mapping with url (and preset, secret_env) or command")?;
+    for k in o.keys() {
+        if !["url", "preset", "secret_env", "command"].contains(&k.as_str()) {
+            return Err(format!(
+                "unknown key {k:?}; known keys: url, preset, secret_env, command"
+            ));
+        }
+    }
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!(
+                "{k}: expected a string, found {}",
+                crate::yaml::type_name(other)
+            )),
+        }
+    };
+    match (text("url")?, text("command")?) {
+        (Some(url), None) => Ok(Sink::Webhook {
+            url,
+            preset: text("preset")?
+                .map(|p| Preset::parse(&p))
+                .transpose()?
+                .unwrap_or_default(),
+            secret_env: text("secret_env")?,
+        }),
+        (None, Some(command)) => Ok(Sink::Command { command }),
+        (Some(_), Some(_)) => Err("give url or command, not both".to_string()),
+        (None, None) => Err("give url or command".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_a_full_file() {
+        assert_eq!(
+            NotifyConfig::from_value(&Value::Null).unwrap(),
+            NotifyConfig::default()
+        );
+        let c = NotifyConfig::from_value(&json!({
+            "stall_after": "2s", "still_waiting_after": "1h", "failed_ticks": 2,
+            "retry": {"max_attempts": 4, "initial_delay": "200ms", "max_delay": "1s", "timeout": "3s"},
+            "sinks": [
+                {"url": "http://127.0.0.1:9/hook", "preset": "ntfy", "secret_env": "HOOK_KEY"},
+                {"command": "cat >> /tmp/n.log"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(c.stall_after, Duration::from_secs(2));
+        assert_eq!(c.failed_ticks, 2);
+        assert_eq!(c.retry.initial_delay, Duration::from_millis(200));
+        assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.retry.delay_after(1), Duration::from_millis(200));
+        assert_eq!(c.retry.delay_after(2), Duration::from_millis(400));
+        assert_eq!(c.retry.delay_after(30), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let e = |v: Value| NotifyConfig::from_value(&v).unwrap_err();
+        assert!(e(json!({"stal_after": "1m"})).contains("stal_after"));
+        assert!(e(json!({"stall_after": "0s"})).contains("stall_after"));
+        assert!(e(json!({"retry": {"max_attempts": 0}})).contains("retry.max_attempts"));
+        assert!(e(json!({"sinks": [{"url": "https://x.example/h"}]})).contains("https"));
+        assert!(e(json!({"sinks": [{"url": "http://u:p@x/h"}]})).contains("credentials"));
+        assert!(e(json!({"sinks": [{"url": "http://x/h", "preset": "teams"}]})).contains("teams"));
+        assert!(e(json!({"sinks": [{}]})).starts_with("sinks[0]"));
+        assert!(e(json!([1])).contains("mapping"));
+    }
+}

@@ -1,0 +1,92 @@
+//! Stall detection: a runner that is alive but whose chain log has not grown (its mtime has
+//! not moved) for `stall_after`. Pure; fed by the observation's `runner` and `logs` objects.
+//! A stalled chain is only reported and notified, never killed or restarted.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Seconds since the chain log last grew, when the runner is alive and that is at least
+/// `stall_after`. The log's mtime is the runner's clock; the age is taken on the daemon's, so a
+/// clock skew of seconds is noise against a threshold of minutes.
+pub fn stalled_for(
+    runner: &Value,
+    logs: &Value,
+    now: DateTime<Utc>,
+    stall_after: Duration,
+) -> Option<i64> {
+    if runner.get("status").and_then(Value::as_str) != Some("alive") {
+        return None;
+    }
+    if logs.get("exists").and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    let mtime = logs.get("mtime").and_then(Value::as_str)?;
+    let mtime = DateTime::parse_from_rfc3339(mtime)
+        .ok()?
+        .with_timezone(&Utc);
+    let age = (now - mtime).num_seconds();
+    let limit = i64::try_from(stall_after.as_secs()).unwrap_or(i64::MAX);
+    (age >= limit).then_some(age)
+}
+
+/// Add `stalled`, `stalled_for_secs` and `stall_after_secs` to a report or status payload that
+/// carries `runner` and `logs`.
+pub fn annotate(payload: &mut Value, now: DateTime<Utc>, stall_after: Duration) {
+    let empty = json!({});
+    let age = stalled_for(
+        payload.get("runner").unwrap_or(&empty),
+        payload.get("logs").unwrap_or(&empty),
+        now,
+        stall_after,
+    );
+    if let Some(o) = payload.as_object_mut() {
+        o.insert("stalled".into(), age.is_some().into());
+        o.insert("stalled_for_secs".into(), json!(age));
+        o.insert("stall_after_secs".into(), stall_after.as_secs().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn only_a_live_runner_with_an_old_log_is_stalled() {
+        let logs = json!({"exists": true, "mtime": "2026-01-01T10:00:00Z", "size": 10});
+        let alive = json!({"status": "alive"});
+        let thirty = Duration::from_secs(1800);
+        assert_eq!(
+            stalled_for(&alive, &logs, at("2026-01-01T10:31:00Z"), thirty),
+            Some(1860)
+        );
+        assert_eq!(
+            stalled_for(&alive, &logs, at("2026-01-01T10:29:00Z"), thirty),
+            None
+        );
+        for runner in [
+            json!({"status": "dead"}),
+            json!({"status": "unknown"}),
+            json!({}),
+        ] {
+            assert_eq!(
+                stalled_for(&runner, &logs, at("2026-01-02T00:00:00Z"), thirty),
+                None
+            );
+        }
+        let missing = json!({"exists": false, "mtime": null});
+        assert_eq!(
+            stalled_for(&alive, &missing, at("2026-01-02T00:00:00Z"), thirty),
+            None
+        );
+        let mut p = json!({"runner": alive, "logs": logs});
+        annotate(&mut p, at("2026-01-01T11:00:00Z"), thirty);
+        assert_eq!(p["stalled"], true);
+        assert_eq!(p["stalled_for_secs"], 3600);
+        assert_eq!(p["stall_after_secs"], 1800);
+    }
+}

@@ -1,0 +1,479 @@
+//! SQLite side of watching (tables of migrations/0002_watch.sql): watch states, the outbox,
+//! per-registration sinks, pauses, and filtered tick listing.
+
+use super::config::Sink;
+use super::transitions::WatchState;
+use crate::store::{Store, StoreError, tick_from_row};
+use chrono::{DateTime, SecondsFormat, Utc};
+use megaplan_cloud_api::wire::TickRecord;
+use serde::Serialize;
+use sqlx::Row;
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn failed(store: &Store, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError {
+        message: format!(
+            "database {}: {what} failed: {e}; check free disk space and that the file is writable",
+            store.path().display()
+        ),
+    }
+}
+
+/// One notification addressed to one sink, to be written to the outbox.
+#[derive(Debug, Clone)]
+pub struct NewOutbox {
+    pub event: String,
+    pub sink: Sink,
+    /// The notification JSON (redacted).
+    pub body: String,
+}
+
+/// An outbox row due for delivery.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub id: i64,
+    pub key: String,
+    pub event: String,
+    pub sink: Sink,
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// An outbox row as listed by the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub key: String,
+    pub event: String,
+    pub sink: String,
+    pub status: String,
+    pub attempts: u32,
+    pub created_at: String,
+    pub next_attempt_at: String,
+    pub last_error: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// A pause as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pause {
+    pub key: String,
+    pub paused_by: String,
+    pub since: String,
+    pub reason: Option<String>,
+}
+
+/// Filters of `ticks`/`watch` (`--since`, `--event`, `--failed`).
+#[derive(Debug, Clone, Default)]
+pub struct TickFilter {
+    pub key: Option<String>,
+    /// RFC 3339; ticks that finished at or after it.
+    pub since: Option<String>,
+    pub event: Option<String>,
+    pub failed_only: bool,
+}
+
+impl TickFilter {
+    pub fn matches(&self, t: &TickRecord) -> bool {
+        self.key.as_deref().is_none_or(|k| k == t.key)
+            && self.event.as_deref().is_none_or(|e| e == t.event)
+            && (!self.failed_only || !t.success)
+            && self.since.as_deref().is_none_or(|s| {
+                match (
+                    DateTime::parse_from_rfc3339(s),
+                    DateTime::parse_from_rfc3339(&t.finished_at),
+                ) {
+                    (Ok(s), Ok(f)) => f >= s,
+                    _ => true,
+                }
+            })
+    }
+}
+
+pub async fn watch_state(store: &Store, key: &str) -> Result<WatchState, StoreError> {
+    let what = "reading the watch state";
+    let text: Option<String> = sqlx::query("SELECT state FROM watch_state WHERE key = ?1")
+        .bind(key)
+        .fetch_optional(store.pool())
+        .await
+        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+        .map_err(|e| failed(store, what, e))?;
+    // An unreadable state (written by a future version) starts over rather than wedging.
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+/// Save the new watch state and its notifications in ONE transaction: a crash either loses
+/// both (the next tick sees the same transition again) or keeps both (sent once).
+pub async fn commit_watch(
+    store: &Store,
+    key: &str,
+    state: &WatchState,
+    rows: &[NewOutbox],
+) -> Result<(), StoreError> {
+    let what = "saving the watch state";
+    let now = ts(Utc::now());
+    let text = serde_json::to_string(state).map_err(|e| failed(store, what, e))?;
+    let mut tx = store
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    sqlx::query(
+        "INSERT INTO watch_state (key, state, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+    )
+    .bind(key)
+    .bind(&text)
+    .bind(&now)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| failed(store, what, e))?;
+    for r in rows {
+        let sink = serde_json::to_string(&r.sink).map_err(|e| failed(store, what, e))?;
+        sqlx::query(
+            "INSERT INTO outbox (key, event, sink, body, created_at, status, attempts, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?5)",
+        )
+        .bind(key)
+        .bind(&r.event)
+        .bind(&sink)
+        .bind(&r.body)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, "queueing a notification", e))?;
+    }
+    tx.commit().await.map_err(|e| failed(store, what, e))
+}
+
+/// Pending rows due at `now`, oldest first.
+pub async fn due(store: &Store, now: DateTime<Utc>, limit: u32) -> Result<Vec<Due>, StoreError> {
+    let what = "reading the notification outbox";
+    let rows = sqlx::query(
+        "SELECT id, key, event, sink, body, attempts FROM outbox
+         WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+    )
+    .bind(ts(now))
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| failed(store, what, e))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let sink: String = r.try_get("sink").map_err(|e| failed(store, what, e))?;
+        let Ok(sink) = serde_json::from_str::<Sink>(&sink) else {
+            continue;
+        };
+        out.push(Due {
+            id: r.try_get("id").map_err(|e| failed(store, what, e))?,
+            key: r.try_get("key").map_err(|e| failed(store, what, e))?,
+            event: r.try_get("event").map_err(|e| failed(store, what, e))?,
+            sink,
+            body: r.try_get("body").map_err(|e| failed(store, what, e))?,
+            attempts: u32::try_from(
+                r.try_get::<i64, _>("attempts")
+                    .map_err(|e| failed(store, what, e))?,
+            )
+            .unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// When the next pending row comes due, if any.
+pub async fn next_due(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let what = "reading the notification outbox";
+    let t: Option<String> =
+        sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
+            .fetch_one(store.pool())
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| failed(store, what, e))?;
+    Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc)))
+}
+
+/// Record the outcome of one attempt. `retry_at` None with an error means: gave up.
+pub async fn record_attempt(
+    store: &Store,
+    id: i64,
+    attempts: u32,
+    error: Option<&str>,
+    retry_at: Option<DateTime<Utc>>,
+    keep_per_key: u32,
+) -> Result<(), StoreError> {
+    let what = "recording a notification attempt";
+    let now = ts(Utc::now());
+    let (status, next, finished) = match (error, retry_at) {
+        (None, _) => ("delivered", now.clone(), Some(now.clone())),
+        (Some(_), Some(at)) => ("pending", ts(at), None),
+        (Some(_), None) => ("failed", now.clone(), Some(now.clone())),
+    };
+    let mut tx = store
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    let key: Option<String> = sqlx::query(
+        "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, finished_at = ?6
+         WHERE id = ?1 RETURNING key",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(i64::from(attempts))
+    .bind(&next)
+    .bind(error)
+    .bind(&finished)
+    .fetch_optional(&mut *tx)
+    .await
+    .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+    .map_err(|e| failed(store, what, e))?;
+    if let Some(key) = key
+        && finished.is_some()
+    {
+        sqlx::query(
+            "DELETE FROM outbox WHERE key = ?1 AND status != 'pending' AND id NOT IN
+                 (SELECT id FROM outbox WHERE key = ?1 AND status != 'pending' ORDER BY id DESC LIMIT ?2)",
+        )
+        .bind(&key)
+        .bind(i64::from(keep_per_key))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, "applying outbox retention", e))?;
+    }
+    tx.commit().await.map_err(|e| failed(store, what, e))
+}
+
+/// The newest outbox rows (of `key`, or all), newest first.
+pub async fn list_outbox(
+    store: &Store,
+    key: Option<&str>,
+    limit: u32,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let what = "listing notifications";
+    let rows = sqlx::query(
+        "SELECT * FROM outbox WHERE (?1 IS NULL OR key = ?1) ORDER BY id DESC LIMIT ?2",
+    )
+    .bind(key)
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| failed(store, what, e))?;
+    rows.iter()
+        .map(|r| -> Result<OutboxEntry, sqlx::Error> {
+            let sink: String = r.try_get("sink")?;
+            Ok(OutboxEntry {
+                id: r.try_get("id")?,
+                key: r.try_get("key")?,
+                event: r.try_get("event")?,
+                sink: serde_json::from_str::<Sink>(&sink)
+                    .map(|s| s.label())
+                    .unwrap_or(sink),
+                status: r.try_get("status")?,
+                attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                created_at: r.try_get("created_at")?,
+                next_attempt_at: r.try_get("next_attempt_at")?,
+                last_error: r.try_get("last_error")?,
+                finished_at: r.try_get("finished_at")?,
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| failed(store, what, e))
+}
+
+pub async fn registration_sinks(store: &Store, key: &str) -> Result<Vec<Sink>, StoreError> {
+    let what = "reading notification sinks";
+    let rows = sqlx::query("SELECT sink FROM notify_sinks WHERE key = ?1 ORDER BY position")
+        .bind(key)
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect())
+}
+
+/// Replace the sinks of a registration.
+pub async fn set_registration_sinks(
+    store: &Store,
+    key: &str,
+    sinks: &[Sink],
+) -> Result<(), StoreError> {
+    let what = "saving notification sinks";
+    let mut tx = store
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    sqlx::query("DELETE FROM notify_sinks WHERE key = ?1")
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    for (i, s) in sinks.iter().enumerate() {
+        let text = serde_json::to_string(s).map_err(|e| failed(store, what, e))?;
+        sqlx::query("INSERT INTO notify_sinks (key, position, sink) VALUES (?1, ?2, ?3)")
+            .bind(key)
+            .bind(i as i64)
+            .bind(text)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failed(store, what, e))?;
+    }
+    tx.commit().await.map_err(|e| failed(store, what, e))
+}
+
+/// Drop what watching kept for a registration (on unregister). Outbox rows still pending are
+/// kept: a notification already decided is still delivered.
+pub async fn forget(store: &Store, key: &str) -> Result<(), StoreError> {
+    let what = "removing the watch state";
+    let mut tx = store
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    for q in [
+        "DELETE FROM notify_sinks WHERE key = ?1",
+        "DELETE FROM watch_state WHERE key = ?1",
+        "DELETE FROM pauses WHERE key = ?1",
+    ] {
+        sqlx::query(q)
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failed(store, what, e))?;
+    }
+    tx.commit().await.map_err(|e| failed(store, what, e))
+}
+
+pub async fn set_pause(
+    store: &Store,
+    key: &str,
+    by: &str,
+    reason: Option<&str>,
+) -> Result<Pause, StoreError> {
+    let what = "saving the pause";
+    let now = ts(Utc::now());
+    // Pausing a paused registration keeps the first pause's time and author.
+    sqlx::query(
+        "INSERT INTO pauses (key, paused_by, since, reason) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (key) DO UPDATE SET reason = COALESCE(excluded.reason, pauses.reason)",
+    )
+    .bind(key)
+    .bind(by)
+    .bind(&now)
+    .bind(reason)
+    .execute(store.pool())
+    .await
+    .map_err(|e| failed(store, what, e))?;
+    get_pause(store, key)
+        .await?
+        .ok_or_else(|| failed(store, what, "the pause was not stored"))
+}
+
+/// Returns the pause that was lifted, if any.
+pub async fn clear_pause(store: &Store, key: &str) -> Result<Option<Pause>, StoreError> {
+    let p = get_pause(store, key).await?;
+    sqlx::query("DELETE FROM pauses WHERE key = ?1")
+        .bind(key)
+        .execute(store.pool())
+        .await
+        .map_err(|e| failed(store, "lifting the pause", e))?;
+    Ok(p)
+}
+
+pub async fn get_pause(store: &Store, key: &str) -> Result<Option<Pause>, StoreError> {
+    let what = "reading the pause";
+    let row = sqlx::query("SELECT key, paused_by, since, reason FROM pauses WHERE key = ?1")
+        .bind(key)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    row.map(|r| -> Result<Pause, sqlx::Error> {
+        Ok(Pause {
+            key: r.try_get(0)?,
+            paused_by: r.try_get(1)?,
+            since: r.try_get(2)?,
+            reason: r.try_get(3)?,
+        })
+    })
+    .transpose()
+    .map_err(|e| failed(store, what, e))
+}
+
+/// The watch state and pause of every registration (for the registrations list).
+pub async fn all_watch(
+    store: &Store,
+) -> Result<
+    (
+        std::collections::HashMap<String, WatchState>,
+        std::collections::HashMap<String, Pause>,
+    ),
+    StoreError,
+> {
+    let what = "listing watch states";
+    let mut states = std::collections::HashMap::new();
+    for r in sqlx::query("SELECT key, state FROM watch_state")
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| failed(store, what, e))?
+    {
+        let (Ok(k), Ok(s)) = (r.try_get::<String, _>(0), r.try_get::<String, _>(1)) else {
+            continue;
+        };
+        states.insert(k, serde_json::from_str(&s).unwrap_or_default());
+    }
+    let mut pauses = std::collections::HashMap::new();
+    for r in sqlx::query("SELECT key, paused_by, since, reason FROM pauses")
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| failed(store, what, e))?
+    {
+        let p = Pause {
+            key: r.try_get(0).unwrap_or_default(),
+            paused_by: r.try_get(1).unwrap_or_default(),
+            since: r.try_get(2).unwrap_or_default(),
+            reason: r.try_get(3).unwrap_or_default(),
+        };
+        pauses.insert(p.key.clone(), p);
+    }
+    Ok((states, pauses))
+}
+
+/// The newest `limit` ticks matching `f`, newest first.
+pub async fn list_ticks(
+    store: &Store,
+    f: &TickFilter,
+    limit: u32,
+) -> Result<Vec<TickRecord>, StoreError> {
+    let what = "listing ticks";
+    let rows = sqlx::query(
+        "SELECT * FROM ticks WHERE (?1 IS NULL OR key = ?1) AND (?2 IS NULL OR event = ?2)
+             AND (?3 = 0 OR success = 0) AND (?4 IS NULL OR finished_at >= ?4)
+         ORDER BY id DESC LIMIT ?5",
+    )
+    .bind(&f.key)
+    .bind(&f.event)
+    .bind(f.failed_only)
+    .bind(
+        f.since
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| ts(d.with_timezone(&Utc))),
+    )
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| failed(store, what, e))?;
+    rows.iter()
+        .map(tick_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(|e| failed(store, what, e))
+}

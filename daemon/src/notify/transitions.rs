@@ -1,0 +1,324 @@
+//! Which notifications a stored tick report causes: a pure map from what the watcher last saw
+//! of a registration (its [`WatchState`], kept in SQLite) and the new report to the next state
+//! and the events worth telling a person. One event per transition, never one per tick.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Statuses that wait for a person; `still_waiting` fires once per stay after the configured age.
+pub const WAITING_STATUSES: [&str; 3] = ["human_prerequisite", "quality_gate", "awaiting_pr_merge"];
+
+/// Every event a notification can carry (docs/notifications.md).
+pub const EVENTS: [&str; 9] = [
+    "human_prerequisite",
+    "quality_gate",
+    "awaiting_pr_merge",
+    "still_waiting",
+    "complete",
+    "supervisor_acted",
+    "stalled",
+    "ticks_failing",
+    "ticks_recovered",
+];
+
+/// What the watcher remembers of one registration between ticks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchState {
+    /// `effective_status` of the last successful tick.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// When the current waiting status was first seen (RFC 3339).
+    #[serde(default)]
+    pub waiting_since: Option<String>,
+    /// `still_waiting` already sent for the current stay.
+    #[serde(default)]
+    pub still_waiting_sent: bool,
+    #[serde(default)]
+    pub stalled: bool,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// `ticks_failing` sent for the current run of failures.
+    #[serde(default)]
+    pub failing_sent: bool,
+}
+
+/// Thresholds of the transition rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub still_waiting_after: chrono::Duration,
+    pub failed_ticks: u32,
+}
+
+/// One notification to send (before it is addressed to sinks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event: &'static str,
+    pub title: String,
+    pub details: Value,
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+/// The next watch state and the events of one stored tick report at `now`.
+pub fn transitions(
+    prev: &WatchState,
+    report: &Value,
+    now: DateTime<Utc>,
+    rules: Rules,
+) -> (WatchState, Vec<Event>) {
+    let mut next = prev.clone();
+    let mut events = Vec::new();
+    let success = report.get("success").and_then(Value::as_bool) == Some(true);
+    let reason = s(report, "refused_reason").map(str::to_string);
+
+    if !success {
+        next.consecutive_failures = prev.consecutive_failures.saturating_add(1);
+        if next.consecutive_failures >= rules.failed_ticks.max(1) && !prev.failing_sent {
+            next.failing_sent = true;
+            events.push(Event {
+                event: "ticks_failing",
+                title: format!("{} ticks in a row failed", next.consecutive_failures),
+                details: json!({"consecutive_failures": next.consecutive_failures, "reason": reason}),
+            });
+        }
+        // A failed tick observed nothing: the other states stay as they were.
+        return (next, events);
+    }
+    if prev.failing_sent {
+        events.push(Event {
+            event: "ticks_recovered",
+            title: format!(
+                "ticks succeed again after {} failures",
+                prev.consecutive_failures
+            ),
+            details: json!({"failed_ticks": prev.consecutive_failures}),
+        });
+    }
+    next.consecutive_failures = 0;
+    next.failing_sent = false;
+
+    let status = s(report, "effective_status")
+        .unwrap_or("unknown")
+        .to_string();
+    let changed = prev.status.as_deref() != Some(status.as_str());
+    if changed {
+        next.waiting_since = None;
+        next.still_waiting_sent = false;
+        if WAITING_STATUSES.contains(&status.as_str()) {
+            next.waiting_since = Some(now.to_rfc3339());
+            let event = WAITING_STATUSES
+                .iter()
+                .find(|w| **w == status)
+                .copied()
+                .unwrap_or("awaiting_pr_merge");
+            events.push(Event {
+                event,
+                title: match event {
+                    "human_prerequisite" => "the chain waits for a human prerequisite".to_string(),
+                    "quality_gate" => "the chain is held at a failing quality gate".to_string(),
+                    _ => "the chain waits for a pull request to be merged".to_string(),
+                },
+                details: json!({"reason": reason, "pr": report.get("pr")}),
+            });
+        } else if status == "complete" {
+            events.push(Event {
+                event: "complete",
+                title: "the chain is complete".to_string(),
+                details: json!({}),
+            });
+        }
+    } else if WAITING_STATUSES.contains(&status.as_str()) && !prev.still_waiting_sent {
+        let since = prev
+            .waiting_since
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        if let Some(since) = since
+            && now - since >= rules.still_waiting_after
+        {
+            next.still_waiting_sent = true;
+            let secs = (now - since).num_seconds();
+            events.push(Event {
+                event: "still_waiting",
+                title: format!("the chain still waits ({status}) after {}", age_text(secs)),
+                details: json!({"status": status, "waiting_since": since.to_rfc3339(), "waiting_secs": secs, "reason": reason}),
+            });
+        }
+    }
+    next.status = Some(status);
+
+    if report.get("acted").and_then(Value::as_bool) == Some(true) {
+        let action = s(report, "next_action").unwrap_or("restart");
+        events.push(Event {
+            event: "supervisor_acted",
+            title: format!("the supervisor acted: {action}"),
+            details: json!({"action": action}),
+        });
+    }
+
+    let stalled = report.get("stalled").and_then(Value::as_bool) == Some(true);
+    if stalled && !prev.stalled {
+        let age = report
+            .get("stalled_for_secs")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        events.push(Event {
+            event: "stalled",
+            title: format!(
+                "the runner is alive but its log has not grown for {}",
+                age_text(age)
+            ),
+            details: json!({"stalled_for_secs": age, "log": report.get("logs")}),
+        });
+    }
+    next.stalled = stalled;
+    (next, events)
+}
+
+/// `95` → `1m35s`; `7200` → `2h0m`.
+pub fn age_text(secs: i64) -> String {
+    let secs = secs.max(0);
+    if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else if secs < 86400 {
+        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
+    } else {
+        format!("{}d{}h", secs / 86400, (secs % 86400) / 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: Rules = Rules {
+        still_waiting_after: chrono::Duration::seconds(3600),
+        failed_ticks: 3,
+    };
+
+    fn ok(status: &str) -> Value {
+        json!({"success": true, "effective_status": status, "acted": false, "next_action": "noop"})
+    }
+
+    fn fail() -> Value {
+        json!({"success": false, "effective_status": "unknown", "refused_reason": "ssh failed"})
+    }
+
+    fn run(reports: &[Value], step: i64) -> Vec<&'static str> {
+        let mut st = WatchState::default();
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut out = Vec::new();
+        for (i, r) in reports.iter().enumerate() {
+            let (next, ev) = transitions(
+                &st,
+                r,
+                t0 + chrono::Duration::seconds(step * i as i64),
+                RULES,
+            );
+            out.extend(ev.into_iter().map(|e| e.event));
+            st = next;
+        }
+        out
+    }
+
+    #[test]
+    fn one_event_per_transition_not_per_tick() {
+        let reports = [
+            ok("running"),
+            ok("running"),
+            ok("awaiting_pr_merge"),
+            ok("awaiting_pr_merge"),
+            ok("awaiting_pr_merge"),
+            ok("running"),
+            ok("complete"),
+            ok("complete"),
+        ];
+        assert_eq!(run(&reports, 10), ["awaiting_pr_merge", "complete"]);
+    }
+
+    #[test]
+    fn still_waiting_fires_once_after_the_age() {
+        let reports: Vec<Value> = std::iter::repeat_n(ok("human_prerequisite"), 10).collect();
+        // 1000 s apart: the 5th tick is 4000 s after the first.
+        assert_eq!(run(&reports, 1000), ["human_prerequisite", "still_waiting"]);
+        // Leaving and re-entering starts a new stay.
+        let mut again = reports.clone();
+        again.push(ok("running"));
+        again.extend(std::iter::repeat_n(ok("human_prerequisite"), 6));
+        assert_eq!(
+            run(&again, 1000),
+            [
+                "human_prerequisite",
+                "still_waiting",
+                "human_prerequisite",
+                "still_waiting"
+            ]
+        );
+    }
+
+    #[test]
+    fn failures_notify_at_the_threshold_and_on_recovery() {
+        let reports = [
+            fail(),
+            fail(),
+            ok("running"),
+            fail(),
+            fail(),
+            fail(),
+            fail(),
+            fail(),
+            ok("running"),
+            ok("running"),
+        ];
+        assert_eq!(run(&reports, 10), ["ticks_failing", "ticks_recovered"]);
+    }
+
+    #[test]
+    fn a_failed_tick_does_not_reset_the_status() {
+        let reports = [ok("quality_gate"), fail(), ok("quality_gate")];
+        assert_eq!(run(&reports, 10), ["quality_gate"]);
+    }
+
+    #[test]
+    fn every_act_and_each_stall_onset_is_told() {
+        let acted = json!({"success": true, "effective_status": "stale_bookkeeping", "acted": true, "next_action": "restart"});
+        let stalled = json!({"success": true, "effective_status": "running", "stalled": true, "stalled_for_secs": 1900});
+        let reports = [
+            acted.clone(),
+            ok("running"),
+            acted,
+            stalled.clone(),
+            stalled.clone(),
+            ok("running"),
+            stalled,
+        ];
+        assert_eq!(
+            run(&reports, 10),
+            ["supervisor_acted", "supervisor_acted", "stalled", "stalled"]
+        );
+    }
+
+    #[test]
+    fn every_event_is_listed() {
+        for e in run(
+            &[
+                ok("human_prerequisite"),
+                ok("quality_gate"),
+                ok("awaiting_pr_merge"),
+                ok("complete"),
+            ],
+            1,
+        ) {
+            assert!(EVENTS.contains(&e), "{e}");
+        }
+        assert_eq!(age_text(95), "1m35s");
+        assert_eq!(age_text(7200), "2h0m");
+    }
+}

@@ -1,0 +1,699 @@
+//! Unattended watching that tells a human (issue 12), over the real bench (sshd + Docker
+//! runner, real daemon, real SQLite) with a STAND-IN webhook receiver on 127.0.0.1
+//! (`megaplan_cloud_e2e::receiver`): one notification per transition across a daemon restart,
+//! retries until a failing receiver accepts, durable delivery across a restart, redaction,
+//! stall detection, pause, dry run, explain, and the ticks/watch filters.
+
+use megaplan_cloud_e2e::receiver::Receiver;
+use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::{bin, wait_until};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SIGNING_SECRET: &str = "hook-signing-key-for-tests";
+
+/// A notify config file in its own temp dir (kept alive by the returned guard).
+fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.yaml");
+    std::fs::write(&path, yaml).expect("notify.yaml");
+    (dir, path)
+}
+
+fn rig_with(
+    extra_yaml: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Option<(SshRig, tempfile::TempDir)> {
+    let (guard, path) = notify_config(config);
+    let p = path.to_str().unwrap().to_string();
+    let rig = SshRig::start_with_env(extra_yaml, env, &["--notify-config", &p])?;
+    Some((rig, guard))
+}
+
+fn launch(rig: &SshRig, labels: &[&str]) {
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+}
+
+fn stored_ticks(rig: &SshRig) -> Vec<Value> {
+    rig.ctl(&["ticks", "--json", "--limit", "500"])
+        .json
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn events(r: &Receiver) -> Vec<String> {
+    r.accepted()
+        .iter()
+        .map(|n| n.json()["event"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn count(r: &Receiver, event: &str) -> usize {
+    events(r).iter().filter(|e| *e == event).count()
+}
+
+/// The signature check of docs/notifications.md: `openssl dgst -sha256 -hmac KEY` over the
+/// body (openssl comes with the bench's ca-certificates package, see .ci/run).
+fn signature_ok(body: &[u8], header: Option<&str>) -> bool {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", SIGNING_SECRET])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("openssl is needed to check webhook signatures: {e}"));
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().last().unwrap_or_default();
+    header == Some(format!("sha256={hex}").as_str())
+}
+
+#[test]
+fn one_notification_per_transition_across_a_daemon_restart() {
+    let receiver = Receiver::start();
+    let Some((mut rig, _cfg)) = rig_with(
+        "",
+        "failed_ticks: 3\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
+        &[("MEGAPLAN_CLOUDD_NOTIFY_SECRET", SIGNING_SECRET)],
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
+    rig.container
+        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+    }));
+    let url = receiver.url("/megaplan-topic");
+    let reg = rig
+        .ctl(&["register", "--every", "1s", "--notify-url", &url])
+        .ok();
+    assert_eq!(
+        reg.json["notify"][0],
+        format!("webhook {url}"),
+        "{}",
+        reg.stdout
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(60), || count(
+            &receiver,
+            "awaiting_pr_merge"
+        ) == 1),
+        "no awaiting_pr_merge notification; got {:?}\n{}",
+        events(&receiver),
+        rig.daemon.log_text()
+    );
+    // Many more ticks in the same state, then a restart, then more ticks: still one.
+    let n = stored_ticks(&rig).len();
+    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+        .len()
+        >= n + 3));
+    rig.daemon.restart();
+    let n = stored_ticks(&rig).len();
+    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+        .len()
+        >= n + 3));
+    assert_eq!(
+        count(&receiver, "awaiting_pr_merge"),
+        1,
+        "{:?}",
+        events(&receiver)
+    );
+
+    // The documented body and a valid signature.
+    let first = receiver.accepted()[0].clone();
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/megaplan-topic");
+    let body = first.json();
+    assert_eq!(body["schema"], "megaplan-cloudd/notification/v1");
+    assert_eq!(body["event"], "awaiting_pr_merge");
+    assert_eq!(body["effective_status"], "awaiting_pr_merge");
+    assert_eq!(body["cloud_yaml"], rig.cloud_yaml.display().to_string());
+    assert!(
+        body["message"].as_str().unwrap().contains("PR #7"),
+        "{body}"
+    );
+    assert_eq!(first.header("x-megaplan-event"), Some("awaiting_pr_merge"));
+    assert!(
+        signature_ok(&first.body, first.header("x-megaplan-signature")),
+        "bad signature {:?}",
+        first.header("x-megaplan-signature")
+    );
+
+    // Merge: the supervisor advances (and restarts for m2) until complete; each act is told,
+    // complete once.
+    rig.container
+        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    assert!(
+        wait_until(Duration::from_secs(90), || count(&receiver, "complete")
+            == 1),
+        "no complete notification; got {:?}",
+        events(&receiver)
+    );
+    let n = stored_ticks(&rig).len();
+    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+        .len()
+        >= n + 3));
+    let acted = stored_ticks(&rig)
+        .iter()
+        .filter(|t| t["acted"] == true)
+        .count();
+    assert!(acted >= 1);
+    assert_eq!(
+        count(&receiver, "supervisor_acted"),
+        acted,
+        "{:?}",
+        events(&receiver)
+    );
+    assert_eq!(count(&receiver, "complete"), 1);
+    assert_eq!(count(&receiver, "awaiting_pr_merge"), 1);
+    // Delivered exactly once each: no delivery id was accepted twice.
+    let mut ids: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .filter_map(|r| r.header("x-megaplan-delivery").map(str::to_string))
+        .collect();
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total);
+}
+
+#[test]
+fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_survive_a_restart() {
+    let receiver = Receiver::start();
+    let Some((mut rig, _cfg)) = rig_with(
+        "",
+        "retry: {initial_delay: 200ms, max_delay: 1s, max_attempts: 50}\n",
+        &[],
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    launch(&rig, &["m1"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+    }));
+    receiver.fail_next(&[500, 503, 500]);
+    rig.ctl(&[
+        "register",
+        "--every",
+        "1h",
+        "--notify-url",
+        &receiver.url("/t"),
+    ])
+    .ok();
+    rig.ctl(&["tick"]).ok();
+    assert!(
+        wait_until(Duration::from_secs(60), || receiver.accepted().len() == 1),
+        "never accepted; received {:?}",
+        receiver
+            .received()
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>()
+    );
+    let got = receiver.received();
+    assert_eq!(
+        got.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [500, 503, 500, 200]
+    );
+    let ids: Vec<_> = got
+        .iter()
+        .map(|r| r.header("x-megaplan-delivery"))
+        .collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert_eq!(events(&receiver), ["complete"]);
+    let outbox = rig.ctl(&["notifications", "--json"]).ok().json;
+    assert_eq!(outbox[0]["status"], "delivered", "{outbox:#}");
+    assert_eq!(outbox[0]["attempts"], 4);
+
+    // A notification still failing when the daemon stops is delivered by the next start.
+    receiver.fail_next(&[500; 1000]);
+    rig.container
+        .exec_ok("tmux kill-session -t =megaplan-chain 2>/dev/null; true");
+    // Re-run the chain to leave `complete` and come back: a new transition.
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m2": 8}}"#);
+    let spec = write_chain(&rig.project.join("epic2"), "chain.yaml", &["m2"]);
+    rig.ctl(&["chain", spec.to_str().unwrap(), "--fresh"]).ok();
+    rig.container
+        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-8");
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+    }));
+    let before = receiver.received().len();
+    rig.ctl(&["tick"]).ok();
+    assert!(wait_until(Duration::from_secs(30), || receiver
+        .received()
+        .len()
+        > before));
+    rig.daemon.terminate();
+    receiver.succeed_from_now();
+    let accepted_before = receiver.accepted().len();
+    rig.daemon.restart();
+    assert!(
+        wait_until(Duration::from_secs(60), || receiver.accepted().len()
+            > accepted_before),
+        "the pending notification was not delivered after the restart"
+    );
+    assert_eq!(
+        count(&receiver, "awaiting_pr_merge"),
+        1,
+        "{:?}",
+        events(&receiver)
+    );
+}
+
+#[test]
+fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
+    // The gh stand-in prints the PR state from a file; a lowercase token there comes back as
+    // the probe result, into the tick's refused_reason and `pr.merge_probe`.
+    let secret = "ghp-notify-secret-7f3a9c2e5b";
+    let receiver = Receiver::start();
+    let Some((rig, _cfg)) = rig_with(
+        "secrets: [MP_NOTIFY_TOKEN]\n",
+        &format!(
+            "sinks:\n  - url: {}\n  - url: {}\n    preset: slack\n",
+            receiver.url("/json"),
+            receiver.url("/slack")
+        ),
+        &[("MP_NOTIFY_TOKEN", secret)],
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 9}}"#);
+    rig.container.exec_ok(&format!(
+        "mkdir -p /var/lib/gh-standin && echo {secret} > /var/lib/gh-standin/pr-9"
+    ));
+    launch(&rig, &["m1"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+    }));
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    let t = rig.ctl(&["tick"]).ok();
+    assert!(!t.stdout.contains(secret));
+    assert!(
+        t.json["report"]["refused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("state="),
+        "{}",
+        t.stdout
+    );
+    assert!(wait_until(Duration::from_secs(60), || receiver
+        .accepted()
+        .len()
+        == 2));
+    for r in receiver.received() {
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(!text.contains(secret), "{}: {text}", r.path);
+        assert!(!text.contains(&secret.to_uppercase()), "{text}");
+    }
+    let json = receiver
+        .accepted()
+        .into_iter()
+        .find(|r| r.path == "/json")
+        .unwrap();
+    assert!(
+        json.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("PR #9 state=")
+    );
+    let slack = receiver
+        .accepted()
+        .into_iter()
+        .find(|r| r.path == "/slack")
+        .unwrap();
+    assert!(
+        slack.json()["text"]
+            .as_str()
+            .unwrap()
+            .contains("pull request"),
+        "{:?}",
+        slack.json()
+    );
+    // Nor the database.
+    let db = rig.daemon.home.join("cloudd.db");
+    let dump = megaplan_cloud_e2e::util::sqlite(&db, "SELECT body FROM outbox;");
+    assert!(!dump.is_empty() && !dump.contains(secret), "{dump}");
+}
+
+#[test]
+fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted() {
+    let receiver = Receiver::start();
+    let Some((rig, _cfg)) = rig_with(
+        "",
+        &format!("stall_after: 2s\nsinks:\n  - url: {}\n", receiver.url("/s")),
+        &[],
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let s = rig.ctl(&["status", "--chain"]).json;
+            s["effective_status"] == "running" && s["stalled"] == true
+        }),
+        "status --chain never said stalled"
+    );
+    let s = rig.ctl(&["status", "--chain"]).json;
+    assert!(s["stalled_for_secs"].as_i64().unwrap() >= 2, "{s:#}");
+    assert_eq!(s["stall_after_secs"], 2);
+    let runs_before = rig
+        .container
+        .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl");
+    rig.ctl(&["register", "--every", "1s"]).ok();
+    assert!(
+        wait_until(Duration::from_secs(60), || count(&receiver, "stalled") == 1),
+        "no stalled notification: {:?}",
+        events(&receiver)
+    );
+    let n = stored_ticks(&rig).len();
+    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+        .len()
+        >= n + 3));
+    assert_eq!(count(&receiver, "stalled"), 1);
+    let ticks = stored_ticks(&rig);
+    assert!(
+        ticks.iter().all(|t| t["acted"] == false),
+        "a stalled runner was touched"
+    );
+    assert!(ticks[0]["report"]["stalled"] == true, "{:#}", ticks[0]);
+    assert_eq!(
+        rig.container
+            .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl"),
+        runs_before
+    );
+    rig.container.exec_ok("tmux has-session -t =megaplan-chain");
+    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
+    assert_eq!(regs[0]["stalled"], true, "{regs:#}");
+    let table = rig.ctl(&["registrations"]).ok();
+    assert!(table.stdout.contains("stalled"), "{}", table.stdout);
+    let body = receiver.accepted()[0].json();
+    assert!(
+        body["details"]["stalled_for_secs"].as_i64().unwrap() >= 2,
+        "{body}"
+    );
+}
+
+#[test]
+fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would_happen() {
+    let Some((mut rig, _cfg)) = rig_with("", "", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+    }));
+    rig.container
+        .exec_ok("tmux kill-session -t =megaplan-chain");
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    let p = rig.ctl(&["pause", "--reason", "manual repair"]).ok();
+    let by = p.json["paused"]["paused_by"].as_str().unwrap().to_string();
+    assert!(by.contains('@'), "{by}");
+    let runs = || {
+        rig.container
+            .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl")
+    };
+    let runs_before = runs();
+
+    let t = rig.ctl(&["supervise", "--chain"]);
+    assert_eq!(t.code, Some(0), "{}", t.stderr);
+    assert_eq!(
+        t.json["effective_status"], "stale_bookkeeping",
+        "{}",
+        t.stdout
+    );
+    assert_eq!(t.json["acted"], false);
+    assert_eq!(t.json["event"], "supervisor_blocked");
+    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("paused by {by} since ")),
+        "{reason}"
+    );
+    assert!(reason.contains("restart"), "{reason}");
+    assert_eq!(t.json["paused"]["reason"], "manual repair");
+
+    // The pause survives a restart and shows in the registrations list.
+    rig.daemon.restart();
+    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
+    assert_eq!(regs[0]["paused"]["paused_by"], by.as_str(), "{regs:#}");
+    // Through a pipe the client prints JSON (the table is for terminals: ctl/src/render.rs's
+    // tests and tests/tests/ctl_terminal.rs cover it).
+    let piped = rig.ctl(&["registrations"]).ok();
+    assert_eq!(
+        piped.json[0]["paused"]["paused_by"],
+        by.as_str(),
+        "{}",
+        piped.stdout
+    );
+    let t = rig.ctl(&["tick"]).ok();
+    assert_eq!(t.json["acted"], false);
+    assert!(
+        t.json["refused_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused by")
+    );
+    assert_eq!(runs(), runs_before, "a paused registration was mutated");
+
+    // explain: facts, rule, action, refusal.
+    // Through a pipe `explain` is JSON; its `lines` are what a terminal shows.
+    let e = rig.ctl(&["explain"]).ok();
+    let lines: Vec<&str> = e.json["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("explain JSON has lines: {}", e.stdout))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("facts:   status stale_bookkeeping, runner dead")),
+        "{}",
+        e.stdout
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rule:    stale_bookkeeping, runner dead → restart")),
+        "{}",
+        e.stdout
+    );
+    assert!(
+        lines.contains(&"action:  blocked (acted: no)"),
+        "{}",
+        e.stdout
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("refused: paused by")),
+        "{}",
+        e.stdout
+    );
+    let ej = rig.ctl(&["explain", "--json"]).ok().json;
+    assert_eq!(ej["facts"]["runner"], "dead");
+
+    // Dry run: would restart, did not, not stored.
+    let stored = stored_ticks(&rig).len();
+    rig.ctl(&["unpause"]).ok();
+    let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
+    assert_eq!(d.code, Some(0), "{}", d.stderr);
+    assert_eq!(d.json["dry_run"], true, "{}", d.stdout);
+    assert_eq!(d.json["acted"], false);
+    assert_eq!(d.json["next_action"], "restart");
+    assert!(d.stderr.contains("dry run"), "{}", d.stderr);
+    assert_eq!(runs(), runs_before, "a dry run mutated");
+    assert_eq!(stored_ticks(&rig).len(), stored);
+
+    // Unpaused: the supervisor acts again.
+    let t = rig.ctl(&["supervise", "--chain"]).ok();
+    assert_eq!(t.json["acted"], true, "{}", t.stdout);
+    assert_eq!(t.json["event"], "supervisor_restarted");
+    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
+    assert!(regs[0]["paused"].is_null());
+}
+
+#[test]
+fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
+    let receiver = Receiver::start();
+    let Some((mut rig, _cfg)) = rig_with(
+        "",
+        &format!(
+            "failed_ticks: 3\nsinks:\n  - command: \"cat >> {}\"\n",
+            "/dev/null"
+        ),
+        &[],
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    launch(&rig, &["m1"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+    }));
+    rig.ctl(&[
+        "register",
+        "--every",
+        "1s",
+        "--notify-url",
+        &receiver.url("/f"),
+    ])
+    .ok();
+    assert!(wait_until(Duration::from_secs(30), || count(
+        &receiver, "complete"
+    ) == 1));
+    assert!(wait_until(Duration::from_secs(30), || stored_ticks(&rig)
+        .len()
+        >= 2));
+
+    // `watch` shows the last stored reports first.
+    let mut watch = Command::new(bin("megaplan-cloudctl"))
+        .args([
+            "--cloud-yaml",
+            rig.cloud_yaml.to_str().unwrap(),
+            "watch",
+            "--json",
+            "--backlog",
+            "2",
+        ])
+        .env("MEGAPLAN_CLOUDD_SOCKET", &rig.daemon.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(watch.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let rec: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(rec["trigger"], "schedule");
+
+    rig.sshd.stop();
+    assert!(
+        wait_until(Duration::from_secs(90), || count(
+            &receiver,
+            "ticks_failing"
+        ) == 1),
+        "no ticks_failing: {:?}",
+        events(&receiver)
+    );
+    let failed = rig
+        .ctl(&["ticks", "--json", "--failed", "--limit", "100"])
+        .ok()
+        .json;
+    let failed = failed.as_array().unwrap();
+    assert!(failed.len() >= 3);
+    assert!(failed.iter().all(|t| t["success"] == false));
+    let by_event = rig
+        .ctl(&[
+            "ticks",
+            "--json",
+            "--event",
+            "supervisor_error",
+            "--limit",
+            "100",
+        ])
+        .ok()
+        .json;
+    assert_eq!(by_event.as_array().unwrap().len(), failed.len());
+    let none = rig
+        .ctl(&["ticks", "--json", "--since", "2999-01-01"])
+        .ok()
+        .json;
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    let recent = rig
+        .ctl(&["ticks", "--json", "--since", "1h", "--limit", "500"])
+        .ok()
+        .json;
+    assert_eq!(recent.as_array().unwrap().len(), stored_ticks(&rig).len());
+    let bad = rig.ctl(&["ticks", "--since", "last tuesday"]);
+    assert_eq!(bad.code, Some(1));
+    assert_eq!(bad.json["field"], "since", "{}", bad.stdout);
+
+    rig.sshd.restart();
+    assert!(
+        wait_until(Duration::from_secs(60), || count(
+            &receiver,
+            "ticks_recovered"
+        ) == 1),
+        "no ticks_recovered: {:?}",
+        events(&receiver)
+    );
+    assert_eq!(count(&receiver, "ticks_failing"), 1);
+    assert_eq!(count(&receiver, "complete"), 1, "{:?}", events(&receiver));
+
+    // The daemon going away ends `watch` with a message saying so.
+    rig.daemon.terminate();
+    let status = watch.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("the last 2 stored tick report"), "{err}");
+    assert!(
+        err.contains("shutting down")
+            || err.contains("went away")
+            || err.contains("closed the stream"),
+        "{err}"
+    );
+    assert_ne!(status.code(), Some(0));
+}
+
+#[test]
+fn bad_notify_input_is_refused_by_field() {
+    let Some((rig, _cfg)) = rig_with("", "", &[]) else {
+        return;
+    };
+    let r = rig.ctl(&["register", "--notify-url", "https://ntfy.example/t"]);
+    assert_eq!(r.code, Some(1));
+    assert_eq!(r.json["field"], "notify_url", "{}", r.stdout);
+    assert!(
+        r.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("--notify-command")
+    );
+    let r = rig.ctl(&["register", "--notify-url", "http://u:pw@127.0.0.1/t"]);
+    assert_eq!(r.json["field"], "notify_url");
+    let r = rig.ctl(&[
+        "register",
+        "--notify-url",
+        "http://127.0.0.1/t",
+        "--notify-preset",
+        "teams",
+    ]);
+    assert_eq!(r.json["field"], "notify_preset");
+    let r = rig.ctl(&["pause"]);
+    assert_eq!(r.json["error"], "not_registered", "{}", r.stdout);
+    // A bad config file stops the daemon at start with the file and field named.
+    let (_g, path) = notify_config("stall_after: soon\n");
+    let out = Command::new(bin("megaplan-cloudd"))
+        .args(["--notify-config", path.to_str().unwrap(), "--no-log-file"])
+        .env("MEGAPLAN_CLOUDD_SOCKET", rig.daemon.dir.join("other.sock"))
+        .env("MEGAPLAN_CLOUD_HOME", rig.daemon.dir.join("other-home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("notify.yaml") && err.contains("stall_after"),
+        "{err}"
+    );
+}
