@@ -31,6 +31,19 @@ pub fn health(v: &Value) {
         "  ticks:         {} run, {} failed, {} skipped",
         t["run"], t["failed"], t["skipped"]
     );
+    let sc = &v["schedule"];
+    if sc.is_object() {
+        println!(
+            "  schedule:      {} queued; since start {} due, {} fired ({} on time), {} skipped, {} missed; worst lateness {} ms",
+            sc["scheduled"],
+            sc["due"],
+            sc["fired"],
+            sc["on_time"],
+            sc["skipped"],
+            sc["missed"],
+            sc["worst_lateness_ms"]
+        );
+    }
     println!("  ssh sessions:  {}", v["ssh_sessions"]);
     if let Some(tools) = v["tools"].as_object() {
         let seen: Vec<String> = tools

@@ -36,8 +36,7 @@ fn main() {
 
     // stderr always (journald/launchd capture it); plus a daily rolling file under the state
     // root, keeping 14 files so logs cannot grow without bound.
-    // Libraries log at WARN unless RUST_LOG says otherwise (tokio-cron-scheduler would otherwise
-    // log at INFO on every register).
+    // Libraries (sqlx, hyper) log at WARN unless RUST_LOG says otherwise.
     let filter = || {
         EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("warn,megaplan_cloudd=info"))

@@ -1070,6 +1070,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_database_with_damaged_pages_is_refused_by_quick_check_and_left_untouched() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/cloudd.db");
+        let store = open(&dir, 5).await;
+        for i in 0..300 {
+            store
+                .upsert_registration(&reg(&format!("{i:016x}"), "every:60"))
+                .await
+                .unwrap();
+        }
+        let roots: Vec<i64> = sqlx::query(
+            "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'registrations' AND rootpage > 1",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        let page_size: i64 = sqlx::query("PRAGMA page_size")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+            .get(0);
+        store.close().await;
+        assert!(!roots.is_empty());
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        for root in roots {
+            f.seek(SeekFrom::Start(((root - 1) * page_size) as u64))
+                .unwrap();
+            f.write_all(&vec![0x5a; page_size as usize]).unwrap();
+        }
+        drop(f);
+        let before = std::fs::read(&path).unwrap();
+
+        let err = Store::open(&path, 5).await.unwrap_err();
+        assert!(err.message.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.message.contains("is damaged") && err.message.contains("quick_check"),
+            "{err}"
+        );
+        assert!(err.message.contains("backup"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file was modified"
+        );
+    }
+
+    #[tokio::test]
     async fn another_programs_sqlite_database_is_refused_and_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other.db");

@@ -50,13 +50,20 @@ fn bootstrap(rig: &SshRig, name: &str) {
 }
 
 fn wait_complete(rig: &SshRig) {
-    let complete = || {
+    let mut last = String::new();
+    let complete = wait_until(Duration::from_secs(90), || {
         let s = rig.ctl(&["status", "--chain"]);
+        last = format!("{}\n{}", s.stdout, s.stderr);
         s.json["effective_status"] == "complete"
-    };
+    });
+    let log = rig
+        .container
+        .read_file("/workspace/app/.megaplan/cloud-chain.log")
+        .unwrap_or_default();
     assert!(
-        wait_until(Duration::from_secs(60), complete),
-        "chain never completed"
+        complete,
+        "chain never completed; last status --chain: {last}\nchain log: {}",
+        String::from_utf8_lossy(&log)
     );
 }
 
@@ -260,4 +267,145 @@ fn the_chain_spec_reaches_the_runner_byte_for_byte() {
         .read_file("/workspace/app/chain.yaml")
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&uploaded), text);
+}
+
+/// Render the rig's cloud.yaml into the runner's entrypoint and boot it as the container's CMD
+/// would; returns once the entrypoint reports its tmux session `agent` ready.
+fn boot_entrypoint(rig: &SshRig) {
+    let spec = megaplan_cloudd::cloud_yaml::load(&rig.cloud_yaml).expect("cloud.yaml loads");
+    let files = megaplan_cloudd::render::render(&spec).expect("render");
+    for name in [
+        megaplan_cloudd::render::ENTRYPOINT,
+        megaplan_cloudd::render::HEALTH_SERVER,
+    ] {
+        let f = files.iter().find(|f| f.name == name).expect("rendered");
+        rig.container
+            .write_file(&format!("/opt/runner/{name}"), &f.content);
+        rig.container
+            .exec_ok(&format!("chmod {:o} /opt/runner/{name}", f.mode));
+    }
+    rig.container.exec_ok(
+        "cd / && PORT=18081 setsid nohup /opt/runner/entrypoint.sh >/dev/null 2>&1 </dev/null &",
+    );
+    let ready = wait_until(Duration::from_secs(60), || {
+        rig.container
+            .read_file("/var/log/entrypoint.log")
+            .is_some_and(|l| String::from_utf8_lossy(&l).contains("tmux 'agent' session ready"))
+    });
+    assert!(ready, "the entrypoint never got its session ready");
+}
+
+const STATE_GLOB: &str = "/workspace/app/.megaplan/plans/.chains/chain-*.json";
+
+/// A `mode: chain` runner booted by the entrypoint, driving the chain from its tmux session
+/// `agent`, stalled in m1 (plan running). Returns once the chain state names m1.
+fn booted_chain_runner(control: &str) -> Option<SshRig> {
+    let rig = SshRig::start(
+        "mode: chain\nchain:\n  spec: /workspace/app/chain.yaml\n",
+        &[],
+    )?;
+    rig.precreate_workspace();
+    rig.control(control);
+    rig.container
+        .write_file("/workspace/app/ideas/m1.md", b"first\n");
+    rig.container
+        .write_file("/workspace/app/ideas/m2.md", b"second\n");
+    rig.container.write_file(
+        "/workspace/app/chain.yaml",
+        b"milestones:\n  - {label: m1, idea: ideas/m1.md}\n  - {label: m2, idea: ideas/m2.md}\n",
+    );
+    boot_entrypoint(&rig);
+    let at_m1 = wait_until(Duration::from_secs(60), || {
+        rig.container
+            .exec(&format!("grep -l '\"plan-m1\"' {STATE_GLOB}"))
+            .status
+            .success()
+    });
+    assert!(at_m1, "the boot runner never reached m1");
+    Some(rig)
+}
+
+fn ticks(rig: &SshRig) -> Vec<Value> {
+    rig.ctl(&["ticks", "--json", "--limit", "50"])
+        .json
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Item 4: the entrypoint's boot runner (tmux session `agent`) is the chain's driver. With the
+/// chain state stale, scheduled ticks see it alive and refuse; no second `chain start` ever runs.
+#[test]
+fn a_boot_runner_in_another_session_is_the_one_driver() {
+    let Some(rig) = booted_chain_runner(r#"{"step_seconds": 0.05, "stall": ["m1"]}"#) else {
+        return;
+    };
+    // Stale bookkeeping: the state says stale and the plan is not running any more.
+    rig.container.exec_ok(&format!(
+        "f=$(ls {STATE_GLOB}) && python3 -c 'import json,sys; p=sys.argv[1]; d=json.load(open(p)); \
+         d[\"sync_state\"]=\"stale\"; json.dump(d, open(p, \"w\"))' \"$f\" && \
+         python3 -c 'import json; p=\"/workspace/app/.megaplan/plans/plan-m1/state.json\"; d=json.load(open(p)); \
+         d[\"current_state\"]=\"finalized\"; json.dump(d, open(p, \"w\"))'"
+    ));
+    let t = rig.ctl(&["supervise", "--chain"]).ok();
+    assert_eq!(
+        t.json["effective_status"], "stale_bookkeeping",
+        "{}",
+        t.stdout
+    );
+    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    assert_eq!(t.json["runner"]["status"], "alive", "{}", t.stdout);
+    assert_eq!(t.json["runner"]["session"], "agent", "{}", t.stdout);
+    assert!(t.json["runner"]["pid"].as_u64().is_some(), "{}", t.stdout);
+
+    rig.ctl(&["register", "--every", "2s"]).ok();
+    let three = wait_until(Duration::from_secs(90), || ticks(&rig).len() >= 4);
+    let history = ticks(&rig);
+    assert!(three, "the schedule never ticked: {history:?}");
+    for t in &history {
+        assert_eq!(t["acted"], false, "{t}");
+        let reason = t["refused_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("runner is alive"), "{t}");
+    }
+    let runs = jsonl(&rig, "/workspace/app/.megaplan/standin-chain-runs.jsonl");
+    assert_eq!(runs.len(), 1, "a second driver was started: {runs:?}");
+    assert!(
+        !rig.container
+            .exec("tmux has-session -t =megaplan-chain")
+            .status
+            .success(),
+        "no supervisor session beside the boot runner"
+    );
+}
+
+/// Item 9: while a live driver saves its state file in a loop, ticks never lose one of its
+/// writes (the core's `_capture_sync_state` is an unlocked load-modify-save of that file).
+#[test]
+fn ticks_never_lose_a_live_drivers_state_writes() {
+    let Some(rig) =
+        booted_chain_runner(r#"{"step_seconds": 0.05, "stall": ["m1"], "churn": ["m1"]}"#)
+    else {
+        return;
+    };
+    let churning = wait_until(Duration::from_secs(30), || {
+        rig.container
+            .exec(&format!("grep -l standin_writes {STATE_GLOB}"))
+            .status
+            .success()
+    });
+    assert!(churning, "the driver never started writing");
+    for _ in 0..5 {
+        let t = rig.ctl(&["supervise", "--chain"]).ok();
+        assert_eq!(t.json["acted"], false, "{}", t.stdout);
+        assert_eq!(t.json["sync_refresh"]["status"], "skipped", "{}", t.stdout);
+    }
+    let lost = rig
+        .container
+        .read_file("/workspace/app/.megaplan/standin-lost-writes.jsonl")
+        .unwrap_or_default();
+    assert!(
+        lost.is_empty(),
+        "ticks replaced the driver's writes: {}",
+        String::from_utf8_lossy(&lost)
+    );
 }

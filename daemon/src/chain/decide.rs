@@ -6,7 +6,7 @@
 //! files, and never kills a runner that is alive or that belongs to another chain.
 
 use crate::chain::classify::Liveness;
-use crate::chain::observe::python_prelude;
+use crate::chain::observe::{DRIVER_CHECK_PY, python_prelude};
 use crate::shell::quote;
 use serde_json::Value;
 
@@ -220,7 +220,7 @@ pub fn mutation_outcome(kind: MutationKind, result: Result<i32, String>, detail:
             "the session marker on the runner names a different chain; supervisor will not touch another chain's session",
         ),
         Ok(EXIT_LIVE_RUNNER) => Decision::blocked(
-            "the runner session is alive at restart time; supervisor will not kill or replace a live runner",
+            "the runner is alive at restart time (its session, or a process driving this chain); supervisor will not kill or replace a live runner",
         ),
         Ok(code) if detail.is_empty() => failed(format!("exit status {code}")),
         Ok(code) => failed(format!("exit status {code}: {detail}")),
@@ -359,9 +359,11 @@ pub fn session_marker_command(
 }
 
 /// The ONLY mutation script the supervisor emits. In order: refuse (17) when the session marker
-/// names another chain; if the session exists, refuse (18) unless every pane in it is dead, then
-/// kill exactly that session; create the log and marker dirs; write the session marker (every
-/// launch writes it); start the one-shot chain tick in tmux. A `--one` tick may legitimately
+/// names another chain; refuse (18) when any process on the runner drives `chain start` for this
+/// spec (whatever tmux session started it, or none: `observe.py` mode `drivers`); if the session
+/// exists, refuse (18) unless every pane in it is dead, then kill exactly that session; create
+/// the log and marker dirs; write the session marker (every launch writes it); start the
+/// one-shot chain tick in tmux. A `--one` tick may legitimately
 /// finish within a second, so a session already gone afterwards is reported, not failed.
 /// Every value is passed through `shell::quote`.
 pub fn mutation_script(kind: MutationKind, t: &MutationTarget) -> String {
@@ -373,6 +375,13 @@ pub fn mutation_script(kind: MutationKind, t: &MutationTarget) -> String {
             quote(MARKER_CHECK_PY),
             quote(&t.marker_file()),
             quote(&t.spec)
+        ),
+        format!(
+            "\"$py\" -c {} {} {} {}; rc=$?; if [ \"$rc\" -ne 0 ]; then exit \"$rc\"; fi",
+            quote(DRIVER_CHECK_PY),
+            quote(&t.spec),
+            quote(&t.workspace),
+            quote(&t.launcher)
         ),
         format!("if tmux has-session -t {target} 2>/dev/null; then"),
         format!(
@@ -960,6 +969,11 @@ mod tests {
                     prop_assert_eq!(&cmd[1], "-c");
                     if cmd[2] == MARKER_CHECK_PY {
                         prop_assert_eq!(&cmd[3..], &[t.marker_file(), t.spec.clone()]);
+                    } else if cmd[2] == DRIVER_CHECK_PY {
+                        prop_assert_eq!(
+                            &cmd[3..],
+                            &[t.spec.clone(), t.workspace.clone(), t.launcher.clone()]
+                        );
                     } else {
                         prop_assert_eq!(&cmd[2], MARKER_WRITE_PY);
                         prop_assert_eq!(
@@ -1096,6 +1110,78 @@ mod tests {
         fn drop(&mut self) {
             let _ = tmux(self.0, &["kill-server"]);
         }
+    }
+
+    /// A process driving `chain start` for this spec outside the target session (here: no tmux
+    /// at all, started by a relative spec path from the workspace) makes the mutation refuse
+    /// with 18 and start nothing; a driver of another spec does not.
+    #[test]
+    fn mutation_script_refuses_when_any_process_drives_this_chain() {
+        let root = tempfile::tempdir().unwrap();
+        let tmux_dir = root.path().join("tmux");
+        let ws = root.path().join("ws");
+        std::fs::create_dir_all(&tmux_dir).unwrap();
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::write(ws.join("chain.yaml"), "milestones: []\n").unwrap();
+        std::fs::write(ws.join("other.yaml"), "milestones: []\n").unwrap();
+        let _server = PrivateTmux(&tmux_dir);
+        let driver = |spec: &str| {
+            // python3 -c CODE -m <core> chain start --spec S: the argv a real driver has.
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import time; time.sleep(60)",
+                    "-m",
+                    "arnold_pipelines.megaplan",
+                    "chain",
+                    "start",
+                    "--spec",
+                    spec,
+                    "--one",
+                ])
+                .current_dir(&ws)
+                .spawn()
+                .unwrap()
+        };
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let t = MutationTarget {
+            session: format!("megaplan-chain-drv-{}", std::process::id()),
+            workspace: ws.to_str().unwrap().to_string(),
+            spec: ws.join("chain.yaml").to_str().unwrap().to_string(),
+            launcher: "python3 -m arnold_pipelines.megaplan".into(),
+            log_path: ".megaplan/cloud-chain.log".into(),
+            marker_dir: root.path().join("markers").to_str().unwrap().to_string(),
+            identity_digest: None,
+        };
+        let other = Kill(driver("other.yaml"));
+        let started = || {
+            tmux(
+                &tmux_dir,
+                &["has-session", "-t", &format!("={}", t.session)],
+            )
+            .status
+            .success()
+        };
+        let mine = Kill(driver("chain.yaml"));
+        let out = sh(&mutation_script(MutationKind::RestartRunner, &t), &tmux_dir);
+        assert_eq!(out.status.code(), Some(EXIT_LIVE_RUNNER), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!("pid {}", mine.0.id())) && said.contains("tmux session none"),
+            "{said}"
+        );
+        assert!(!started(), "nothing was started beside the live driver");
+        drop(mine);
+        // Only another spec's driver left: this chain has none, so the runner starts.
+        let out = sh(&mutation_script(MutationKind::RestartRunner, &t), &tmux_dir);
+        assert_ne!(out.status.code(), Some(EXIT_LIVE_RUNNER), "{out:?}");
+        drop(other);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 # pr_probe, marker_dir; then the interpreter's name as the shell found it. Runs under the
 # launcher's interpreter (python 3.8+). An empty launcher means "find the core": the first of
 # CORE_MODULES this python can import, reported as `core` for the daemon to remember.
+#
+# The daemon sends drivers.py (CORE_MODULES, find_drivers) first and this file after it, as
+# one script.
 
 import datetime
 import hashlib
@@ -20,8 +23,6 @@ import subprocess
 import sys
 
 VERSION = 1
-# The core's module names, in probe order (daemon/src/cloud_yaml.rs CORE_MODULES).
-CORE_MODULES = ("arnold_pipelines.megaplan", "arnold.pipelines.megaplan")
 MAX_FILE_BYTES = 4 * 1024 * 1024
 REASON_CHARS = 600
 SESSION_PREFIX = "megaplan-chain"
@@ -279,8 +280,14 @@ def plan_status(launcher, workspace, plan, no_core=None):
     return {"status": "unavailable", "plan": plan, "reason": reason}
 
 
-def runner_probe(session):
+def runner_probe(session, drivers=None):
     out = {"session": session}
+    if drivers:
+        first = drivers[0]
+        out.update(status="alive", pid=first["pid"], source="process")
+        out["session"] = first["session"]
+        out["target_session"] = session
+        return out
     if not session:
         out.update(status="unknown", reason="no session name")
         return out
@@ -427,9 +434,21 @@ def observe(req, python=None):
 
         path, text, err = read_state()
         state = parse_state(text)
+        drivers = find_drivers(resolved, launcher, run)
+        out["drivers"] = drivers
         if req.get("sync_refresh"):
             if out["spec_text"] is None:
                 out["sync_refresh"] = {"status": "skipped", "reason": "remote spec %s not found" % resolved}
+            elif drivers:
+                # The core's _capture_sync_state loads, changes and saves the state file with no
+                # lock (chain/git_ops.py, chain/spec.py), and a live driver saves it too: a save
+                # between our load and save would be lost. A tick never acts on a live runner,
+                # so the refresh is only needed when no driver is alive.
+                out["sync_refresh"] = {
+                    "status": "skipped",
+                    "reason": "a chain driver is alive (pid %d); the core takes no lock on the state file"
+                    % drivers[0]["pid"],
+                }
             else:
                 out["sync_refresh"] = sync_refresh(
                     split_launcher(launcher)[2], workspace, spec, session, state, no_core
@@ -442,6 +461,7 @@ def observe(req, python=None):
         out["policy_text"], out["policy_error"] = read_text(policy_path)
     else:
         out.update(resolved_spec="", state_path="", policy_path="", spec_text=None, state_text=None)
+        drivers = []
 
     plan = state.get("current_plan_name")
     plan = plan.strip() if isinstance(plan, str) else ""
@@ -449,7 +469,7 @@ def observe(req, python=None):
         "status": "missing",
         "reason": "no chain spec",
     }
-    out["runner"] = runner_probe(session)
+    out["runner"] = runner_probe(session, drivers)
     out["logs"] = log_stat(workspace, log_path)
     out["session_marker"], out["session_marker_error"] = (
         marker_of(marker_dir, session) if session else (None, None)

@@ -18,8 +18,16 @@ use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
-/// The remote observation script, shipped inside the daemon binary.
-pub const OBSERVE_PY: &str = include_str!("observe.py");
+/// The remote observation script, shipped inside the daemon binary: the driver finder
+/// (`drivers.py`) and the observation itself (`observe.py`), as one script.
+pub const OBSERVE_PY: &str = concat!(include_str!("drivers.py"), include_str!("observe.py"));
+
+/// The supervisor's last check before it starts a runner: exits 18 when a process drives the
+/// chain of argv `spec workspace launcher` (see `drivers.py`).
+pub const DRIVER_CHECK_PY: &str = concat!(
+    include_str!("drivers.py"),
+    "\nsys.exit(check_main(sys.argv[1:]))\n"
+);
 
 /// Where launches write session markers on the runner.
 pub const SESSION_MARKER_DIR: &str = "/workspace/.megaplan/cloud-sessions";

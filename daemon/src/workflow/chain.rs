@@ -8,7 +8,7 @@
 
 use super::{Ctx, Done, markers, remote_failure};
 use crate::chain::decide::session_marker_command;
-use crate::chain::observe::{SESSION_MARKER_DIR, python_prelude};
+use crate::chain::observe::{DRIVER_CHECK_PY, SESSION_MARKER_DIR, python_prelude};
 use crate::chain::spec::{self, ChainSpec};
 use crate::cloud_yaml::CloudSpec;
 use crate::provider::Provider;
@@ -22,6 +22,8 @@ pub use super::status::CHAIN_SESSION;
 
 /// Exit status of the preflight when the session runs a different chain (as the original).
 pub const COLLISION_EXIT: i32 = 17;
+/// Exit status of the preflight when a process outside the session already drives this spec.
+pub const DRIVEN_EXIT: i32 = 18;
 
 pub struct LaunchArgs {
     pub spec: PathBuf,
@@ -109,12 +111,19 @@ pub fn preflight_script(
            running=$(\"$py\" -c 'import json,sys\ntry:\n    print(json.load(open(sys.argv[1])).get(\"identity_digest\") or \"\")\nexcept Exception:\n    print(\"\")' \"$m\" 2>/dev/null); \
            if [ \"$running\" = \"$d\" ]; then echo MEGAPLAN_ALREADY_RUNNING; exit 0; fi; \
            echo \"tmux session $s is already running a different chain (marker $m); refusing to disturb it\" >&2; exit {code}; \
-         fi; {checkout}",
+         fi; \
+         if [ -e {spec_q} ]; then \"$py\" -c {drivers} {spec_q} {ws} {launcher_q} || exit {driven}; fi; \
+         {checkout}",
         prelude = python_prelude(launcher),
         s = quote(session),
         m = quote(&marker),
         d = quote(digest),
         code = COLLISION_EXIT,
+        spec_q = quote(remote_spec),
+        drivers = quote(DRIVER_CHECK_PY),
+        ws = quote(&spec.repo.workspace),
+        launcher_q = quote(launcher),
+        driven = DRIVEN_EXIT,
         checkout = checkout_script(spec),
     );
     if fresh {
@@ -343,6 +352,17 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
             format!(
                 "tmux session {session} on the runner is running a different chain; it was left untouched. \
                  Wait for it to finish, or inspect it with `megaplan-cloudctl chains`"
+            ),
+        )
+        .with("session", session));
+    }
+    if pre.code == DRIVEN_EXIT {
+        let said = ctx.redactor.redact(pre.stderr.trim());
+        return Err(ErrorBody::new(
+            ErrorCode::ChainSessionCollision,
+            format!(
+                "a chain runner for {remote_spec} is already running on the runner outside tmux session {session} ({said}); \
+                 it was left untouched and nothing was uploaded"
             ),
         )
         .with("session", session));

@@ -19,7 +19,9 @@
 //!    minute with 100 registrations on one runner;
 //! 5. SQLite file size and insert throughput for 100,000 tick reports, with and without retention;
 //! 6. railway (see the section);
-//! 7. tick latency with 1,000 registrations, notifications off vs on (two sinks each).
+//! 7. tick latency with 1,000 registrations, notifications off vs on (two sinks each);
+//! 8. 10,000 registrations every minute, the daemon restarted: how many tick within two
+//!    intervals and the share of scheduled ticks that start within ±2 s of their due time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -36,7 +38,7 @@ use megaplan_cloudd::store::{NewTick, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7]
+const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7,8]
 
   --out DIR        where latest.json and latest.md are written (default: bench-results)
   --quick          small sample sizes and short windows: a smoke run, not figures to publish
@@ -66,7 +68,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let mut opts = Opts {
         out: PathBuf::from("bench-results"),
         quick: false,
-        sections: (1..=7).collect(),
+        sections: (1..=8).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -83,8 +85,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 opts.sections = list
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n @ 1..=7) => Ok(n),
-                        _ => Err(format!("--sections: {s:?} is not a section number 1-7")),
+                        Ok(n @ 1..=8) => Ok(n),
+                        _ => Err(format!("--sections: {s:?} is not a section number 1-8")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -118,6 +120,8 @@ struct Sizes {
     railway_n: usize,
     notify_registrations: usize,
     notify_rounds: usize,
+    restart_registrations: usize,
+    restart_every_secs: u64,
 }
 
 impl Sizes {
@@ -140,6 +144,8 @@ impl Sizes {
             railway_n: 20,
             notify_registrations: 1000,
             notify_rounds: 4,
+            restart_registrations: 10_000,
+            restart_every_secs: 60,
         };
         if !quick {
             return full;
@@ -158,6 +164,8 @@ impl Sizes {
             store_keep: 50,
             railway_n: 5,
             notify_registrations: 100,
+            restart_registrations: 1_000,
+            restart_every_secs: 30,
             ..full
         }
     }
@@ -1066,6 +1074,111 @@ fn section_idle(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Scheduled ticks stored with a due time after `after` (store format): (due, started) pairs.
+fn scheduled_after(db: &Path, after: &str) -> Result<Vec<(String, f64)>, String> {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(format!(
+            "SELECT key, (julianday(started_at) - julianday(due_at)) * 86400.0 FROM ticks \
+             WHERE tick_trigger = 'schedule' AND due_at > '{after}';"
+        ))
+        .output()
+        .map_err(|e| format!("cannot run sqlite3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("sqlite3 failed: {}", text(&out.stderr)));
+    }
+    Ok(text(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, late) = l.split_once('|')?;
+            Some((k.to_owned(), late.parse().ok()?))
+        })
+        .collect())
+}
+
+/// §8 restart: N registrations every S seconds, the daemon restarted, then two intervals of
+/// scheduled ticks judged from the stored due and start times.
+fn section_restart(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    let n = sz.restart_registrations;
+    let every = sz.restart_every_secs;
+    progress(&format!(
+        "8 restart: {n} registrations every {every} s, restart, then {} s of scheduled ticks",
+        2 * every + 5
+    ));
+    const S: &str = "8 Restart at scale";
+    let mut daemon = Daemon::start(&[], &[]);
+    let work = daemon.dir.join("restart");
+    let reg_started = Instant::now();
+    for i in 0..n {
+        let cy = idle_cloud_yaml(&work, i)?;
+        register(&daemon.socket, &cy, every, None)?;
+    }
+    let reg_secs = reg_started.elapsed().as_secs_f64();
+    let restart_started = Instant::now();
+    daemon.restart();
+    let restart_secs = restart_started.elapsed().as_secs_f64();
+    let h = api_ok(&daemon.socket, "GET", "/v1/health", None)?;
+    let t0 = chrono::DateTime::parse_from_rfc3339(h["started_at"].as_str().unwrap_or(""))
+        .map_err(|e| format!("health started_at: {e}"))?
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(Duration::from_secs(2 * every + 5));
+    let h = api_ok(&daemon.socket, "GET", "/v1/health", None)?;
+    let db = daemon.home.join("cloudd.db");
+    let rows = scheduled_after(&db, &t0)?;
+    let keys: BTreeSet<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    let on_time = rows.iter().filter(|(_, late)| late.abs() <= 2.0).count();
+    let late: Vec<f64> = rows.iter().map(|(_, l)| l * 1000.0).collect();
+    let share = if rows.is_empty() {
+        f64::NAN
+    } else {
+        on_time as f64 / rows.len() as f64 * 100.0
+    };
+    r.row(
+        S,
+        format!("{n} registrations every {every} s: daemon restart until serving (s)"),
+        format!("{restart_secs:.1}"),
+    );
+    r.row(
+        S,
+        format!(
+            "After the restart: registrations that ticked within two intervals ({} s)",
+            2 * every
+        ),
+        format!("{} of {n}", keys.len()),
+    );
+    r.row(
+        S,
+        "After the restart: scheduled ticks started within ±2 s of their due time",
+        format!("{share:.1} % of {}", rows.len()),
+    );
+    if !late.is_empty() {
+        let st = stats(&late);
+        r.row(
+            S,
+            "After the restart: start minus due time, median / p99 / max (ms)",
+            format!("{:.0} / {:.0} / {:.0}", st.median, st.p99, st.max),
+        );
+    }
+    r.sections.insert(
+        "restart_scale".into(),
+        json!({
+            "registrations": n,
+            "every_secs": every,
+            "registration_secs_via_api": reg_secs,
+            "restart_secs": restart_secs,
+            "window_secs": 2 * every + 5,
+            "scheduled_ticks_after_restart": rows.len(),
+            "registrations_ticked": keys.len(),
+            "on_time_within_2s": on_time,
+            "on_time_percent": share,
+            "lateness_ms": if late.is_empty() { Value::Null } else { json!(stats(&late)) },
+            "health_schedule": h["schedule"],
+        }),
+    );
+    Ok(())
+}
+
 fn section_load(rig: &SshRig, sz: &Sizes, r: &mut Report) -> Result<(), String> {
     let n = sz.load_registrations;
     progress(&format!(
@@ -1593,6 +1706,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
     if wants(7) {
         section_notify(&sz, &mut report)?;
+    }
+    if wants(8) {
+        section_restart(&sz, &mut report)?;
     }
 
     let meta = json!({

@@ -153,6 +153,20 @@ def _pr_state(number):
     return proc.stdout.strip().upper() if proc.returncode == 0 else "unknown"
 
 
+def _churn(spec_path, last, workspace):
+    """Load, bump `standin_writes`, save (no lock, as the core). When the loaded counter is not
+    the one this driver saved last, someone else's save replaced ours: recorded in
+    `.megaplan/standin-lost-writes.jsonl`."""
+    state = load_chain_state(spec_path)
+    seen = state.to_dict().get("standin_writes", 0)
+    if last is not None and seen != last:
+        with (Path(workspace) / ".megaplan" / "standin-lost-writes.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"expected": last, "found": seen, "at": _now()}) + "\n")
+    state.standin_writes = (last if last is not None else seen) + 1
+    save_chain_state(spec_path, state)
+    return state.standin_writes
+
+
 def _complete(spec_path, workspace, state, label, plan, **extra):
     write_plan_state(workspace, plan, "done")
     entry = {"label": label, "plan": plan, "status": "done"}
@@ -199,11 +213,19 @@ def _step(spec_path, workspace, milestones, control):
     ctl = control.read()
     time.sleep(float(ctl.get("step_seconds", 0.2) or 0))
     announced = False
-    while label in (control.read().get("stall") or []):
+    writes = None
+    while label in ((ctl := control.read()).get("stall") or []):
         if not announced:
             _say(f"milestone {label}: stalled by the control file")
             announced = True
-        time.sleep(0.5)
+        if label in (ctl.get("churn") or []):
+            # A live driver saving its state file in a tight loop, as the core does between
+            # steps: every save must find the state it saved last (no lost writes).
+            writes = _churn(spec_path, writes, workspace)
+            time.sleep(0.002)
+        else:
+            writes = None
+            time.sleep(0.5)
     ctl = control.read()
 
     prerequisite = ctl.get("prerequisite") or {}
