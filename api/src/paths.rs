@@ -166,6 +166,28 @@ pub fn marker_key(abs_cloud_yaml: &Path) -> String {
     hex::encode(digest)[..16].to_string()
 }
 
+/// Whether `k` has the shape of a marker key: exactly 16 lowercase hex characters.
+pub fn is_marker_key(k: &str) -> bool {
+    k.len() == 16
+        && k.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A client-given registration reference (`{key}` in a route, `cloud_yaml=` in a query): an
+/// absolute cloud.yaml path (hashed into its key) or a marker key itself. Anything else is
+/// refused, so a key can never name a path (`../x`) where it is used to build one.
+pub fn key_param(k: &str) -> Result<String, String> {
+    if k.starts_with('/') {
+        return Ok(resolved_marker_key(Path::new(k)));
+    }
+    if is_marker_key(k) {
+        return Ok(k.to_string());
+    }
+    Err(format!(
+        "{k:?} is neither a marker key (exactly 16 lowercase hex characters) nor an absolute cloud.yaml path; see `megaplan-cloudctl registrations` for the keys"
+    ))
+}
+
 /// `<root>/markers/<key>/last_chain.json`, the legacy marker file the original tool reads.
 pub fn legacy_marker_file(root: &Path, key: &str) -> PathBuf {
     root.join("markers").join(key).join("last_chain.json")
@@ -199,6 +221,33 @@ mod tests {
         assert_eq!(key.len(), 16);
         assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(key, "30fc1502dc0aac84");
+    }
+
+    #[test]
+    fn key_params_are_keys_or_absolute_paths_only() {
+        assert_eq!(key_param("30fc1502dc0aac84").unwrap(), "30fc1502dc0aac84");
+        assert_eq!(
+            key_param("/home/op/proj/cloud.yaml").unwrap(),
+            "30fc1502dc0aac84"
+        );
+        assert_eq!(
+            key_param("/home/op/x/../proj/cloud.yaml").unwrap(),
+            "30fc1502dc0aac84"
+        );
+        for bad in [
+            "",
+            "../../../etc",
+            "../30fc1502dc0aac",
+            "30fc1502dc0aac8",
+            "30fc1502dc0aac845",
+            "30FC1502DC0AAC84",
+            "30fc1502dc0aac8g",
+            "30fc1502dc0aac8/",
+            "relative/cloud.yaml",
+        ] {
+            let err = key_param(bad).unwrap_err();
+            assert!(err.contains("16 lowercase hex"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -171,11 +171,18 @@ pub enum Cmd {
         notify: NotifyArgs,
     },
     /// Stop ticking this cloud.yaml.
-    Unregister,
+    Unregister {
+        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
+        /// --cloud-yaml.
+        target: Option<String>,
+    },
     /// List registrations.
     Registrations,
     /// Stored tick reports, newest first.
     Ticks {
+        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
+        /// --cloud-yaml.
+        target: Option<String>,
         /// How many reports to show.
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: u32,
@@ -186,7 +193,11 @@ pub enum Cmd {
         filter: TickFilterArgs,
     },
     /// Tick a registered cloud.yaml now.
-    Tick,
+    Tick {
+        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
+        /// --cloud-yaml.
+        target: Option<String>,
+    },
     /// Show the last few stored tick reports, then follow new ones as they are stored.
     Watch {
         /// All registrations, not only --cloud-yaml.

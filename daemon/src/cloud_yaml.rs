@@ -289,9 +289,66 @@ fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> E
     invalid(format!("{}: {message}", file.display())).with("field", field)
 }
 
+/// Largest cloud.yaml, chain spec, idea file or marker the daemon reads.
+pub const MAX_INPUT_BYTES: u64 = 1024 * 1024;
+
+/// At most this many names under `secrets:` (each one is matched in every line of remote output).
+pub const MAX_SECRETS: usize = 256;
+
+/// Longest accepted secret name.
+pub const MAX_SECRET_NAME_BYTES: usize = 128;
+
+/// Read a local input file with bounds: opened non-blocking (a FIFO cannot stall the open), it
+/// must be a regular file (not a FIFO, device or folder) of at most `max` bytes, and no more than
+/// `max` bytes are ever read (a file growing meanwhile is refused). Refusals are
+/// `ErrorKind::InvalidInput` errors whose text says what is wrong.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(invalid(
+            "it is not a regular file (a FIFO, device, socket or folder); point at a plain file"
+                .to_string(),
+        ));
+    }
+    if meta.len() > max {
+        return Err(invalid(format!(
+            "it is {} bytes, over the limit of {max} bytes",
+            meta.len()
+        )));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(invalid(format!(
+            "it grew past the limit of {max} bytes while being read"
+        )));
+    }
+    Ok(buf)
+}
+
+/// [`load`] on a blocking thread: handlers and ticks call this, so a slow file system never
+/// stalls the async threads.
+pub async fn load_async(path: &Path) -> Result<CloudSpec, ErrorBody> {
+    let owned = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || load(&owned)).await {
+        Ok(r) => r,
+        Err(e) => Err(ErrorBody::new(
+            ErrorCode::Internal,
+            format!("loading {} failed: {e}", path.display()),
+        )),
+    }
+}
+
 /// Read and validate the cloud.yaml at `path` (must be absolute).
 pub fn load(path: &Path) -> Result<CloudSpec, ErrorBody> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = read_bounded(path, MAX_INPUT_BYTES).map_err(|e| {
         invalid(format!(
             "cannot read cloud.yaml at {}: {e}; pass --cloud-yaml PATH or run `megaplan-cloudctl init` to create one",
             path.display()
@@ -594,8 +651,28 @@ impl Walker<'_> {
             "chain" => Mode::Chain,
             _ => Mode::Idle,
         };
+        if let Some(Value::Array(items)) = root.get("secrets")
+            && items.len() > MAX_SECRETS
+        {
+            return Err(self.err(
+                "secrets",
+                format!(
+                    "secrets lists {} names, over the limit of {MAX_SECRETS}; list only the variables the runner needs",
+                    items.len()
+                ),
+            ));
+        }
         let secrets = self.string_list(root, "secrets")?;
         for (i, s) in secrets.iter().enumerate() {
+            if s.len() > MAX_SECRET_NAME_BYTES {
+                return Err(self.err(
+                    &format!("secrets[{i}]"),
+                    format!(
+                        "secrets[{i}] is {} bytes long, over the limit of {MAX_SECRET_NAME_BYTES}",
+                        s.len()
+                    ),
+                ));
+            }
             if !is_env_name(s) {
                 return Err(self.err(
                     &format!("secrets[{i}]"),
@@ -815,6 +892,18 @@ impl Walker<'_> {
                             format!("ssh.container must be a Docker container name and image tag ([a-z0-9][a-z0-9_.-]*), found {container:?}"),
                         ));
                     }
+                    let remote_dir = self
+                        .abs_path(
+                            "ssh.remote_dir",
+                            Some(self.str_or(ssh_sec, "ssh.remote_dir", "/tmp/megaplan-cloud")?),
+                        )?
+                        .unwrap_or_default();
+                    if !is_safe_remote_dir(&remote_dir) {
+                        return Err(self.err(
+                            "ssh.remote_dir",
+                            format!("ssh.remote_dir may only hold letters, digits and / . _ - + @ , (no spaces, quotes, colons, `..` or shell characters), found {remote_dir:?}; choose a plain absolute folder such as /srv/megaplan-cloud"),
+                        ));
+                    }
                     Some(Ssh {
                         host,
                         user,
@@ -822,16 +911,7 @@ impl Walker<'_> {
                         identity_file: self
                             .opt_str(ssh_sec, "ssh.identity_file")?
                             .map(|p| expand_tilde(&p)),
-                        remote_dir: self
-                            .abs_path(
-                                "ssh.remote_dir",
-                                Some(self.str_or(
-                                    ssh_sec,
-                                    "ssh.remote_dir",
-                                    "/tmp/megaplan-cloud",
-                                )?),
-                            )?
-                            .unwrap_or_default(),
+                        remote_dir,
                         container,
                     })
                 }
@@ -1053,6 +1133,16 @@ pub fn is_env_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// `ssh.remote_dir` reaches rsync, scp, `docker -v` and remote shells: only characters that
+/// mean nothing to any of them, absolute, no `..` component.
+pub fn is_safe_remote_dir(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 1024
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+@,".contains(&b))
+        && !s.split('/').any(|c| c == "..")
+}
+
 pub fn is_docker_name(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars()
@@ -1071,5 +1161,97 @@ fn expand_tilde(p: &str) -> String {
             .to_string_lossy()
             .into_owned(),
         None => p.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_read_refuses_fifos_devices_and_big_files_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("cloud.yaml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer on the FIFO: a blocking open would hang here forever.
+        let e = read_bounded(&fifo, MAX_INPUT_BYTES).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+
+        let e = read_bounded(Path::new("/dev/zero"), MAX_INPUT_BYTES).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+
+        let big = tmp.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_INPUT_BYTES as usize + 1]).unwrap();
+        let e = read_bounded(&big, MAX_INPUT_BYTES).unwrap_err();
+        assert!(e.to_string().contains("over the limit"), "{e}");
+
+        let ok = tmp.path().join("ok.yaml");
+        std::fs::write(&ok, b"repo: {url: u}\n").unwrap();
+        assert_eq!(
+            read_bounded(&ok, MAX_INPUT_BYTES).unwrap(),
+            b"repo: {url: u}\n"
+        );
+
+        let e = load(&fifo).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn secret_names_are_capped_in_count_and_length() {
+        let names: Vec<String> = (0..=MAX_SECRETS).map(|i| format!("S{i}")).collect();
+        let text = format!("repo: {{url: u}}\nsecrets: [{}]\n", names.join(", "));
+        let e = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap_err();
+        assert_eq!(
+            e.extra.get("field").and_then(|v| v.as_str()),
+            Some("secrets")
+        );
+        assert!(e.message.contains("over the limit"), "{e}");
+
+        let names = &names[..MAX_SECRETS];
+        let text = format!("repo: {{url: u}}\nsecrets: [{}]\n", names.join(", "));
+        let s = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap();
+        assert_eq!(s.secrets.len(), MAX_SECRETS);
+
+        let long = "A".repeat(MAX_SECRET_NAME_BYTES + 1);
+        let text = format!("repo: {{url: u}}\nsecrets: [{long}]\n");
+        let e = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap_err();
+        assert_eq!(
+            e.extra.get("field").and_then(|v| v.as_str()),
+            Some("secrets[0]")
+        );
+    }
+
+    #[test]
+    fn remote_dir_allows_only_safe_characters() {
+        for ok in ["/tmp/megaplan-cloud", "/srv/mp_1/x.y", "/home/op/a+b@c,d"] {
+            assert!(is_safe_remote_dir(ok), "{ok}");
+        }
+        for bad in [
+            "/tmp/a b",
+            "/tmp/$(id)",
+            "/tmp/a'b",
+            "/tmp/a:b",
+            "/tmp/../etc",
+            "/tmp/a;b",
+            "/tmp/a\nb",
+            "/tmp/`x`",
+            "/tmp/a*",
+            "rel",
+        ] {
+            assert!(!is_safe_remote_dir(bad), "{bad:?}");
+            let text = format!(
+                "provider: ssh\nrepo: {{url: u}}\nssh: {{host: h, remote_dir: {}}}\n",
+                serde_json::to_string(bad).unwrap()
+            );
+            let e = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap_err();
+            assert_eq!(
+                e.extra.get("field").and_then(|v| v.as_str()),
+                Some("ssh.remote_dir"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

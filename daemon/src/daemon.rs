@@ -2,7 +2,7 @@
 
 use crate::provider::ssh_master::SshSessions;
 use crate::scheduler::{self, Scheduler};
-use crate::server::{self, Peer};
+use crate::server;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::{cloud_yaml, tick, workflow};
@@ -109,6 +109,14 @@ pub async fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
+    let _db_lock = match server::lock_database(&settings.db) {
+        Ok(l) => l,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            let _ = std::fs::remove_file(&settings.socket);
+            return 1;
+        }
+    };
     let notify_config = match crate::notify::config::NotifyConfig::load(&settings.notify_config) {
         Ok(c) => c,
         Err(e) => {
@@ -191,9 +199,13 @@ pub async fn run(settings: Settings) -> i32 {
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = serve.await;
+    let limits = server::Limits {
+        max_connections: state.settings.max_connections,
+        header_timeout: state.settings.header_timeout,
+        body_timeout: state.settings.body_timeout,
+        max_body_bytes: MAX_BODY_BYTES,
+    };
+    let served = server::serve(listener, app, limits, shutdown.clone()).await;
 
     // Stop accepting work, let running ticks finish up to the grace period, then cancel.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -296,7 +308,6 @@ fn router(state: Arc<AppState>) -> Router {
         .route(routes::NOTIFICATIONS, get(list_notifications))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(server::require_same_uid))
         .with_state(state)
 }
 
@@ -388,7 +399,7 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         Err(e) => return err(e),
     };
     // Refuse a bad cloud.yaml with the loader's own error.
-    let spec = match cloud_yaml::load(&path) {
+    let spec = match cloud_yaml::load_async(&path).await {
         Ok(s) => s,
         Err(e) => return err(e),
     };
@@ -465,6 +476,21 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
     }
     with_schedule(&state, &mut reg);
     tracing::info!(key = %key, cloud_yaml = %path.display(), cron = %cron, "registered");
+    let mut warnings = spec.warnings.clone();
+    // A tick supervises the chain its spec names: without --remote-spec and without a
+    // last-chain marker every tick would fail. Say so now rather than in the tick history.
+    if req.remote_spec.is_none() {
+        let cy = path.display().to_string();
+        let has_marker = matches!(
+            crate::workflow::markers::load(&state, &key, &cy, true).await,
+            Ok(l) if l.marker.is_some()
+        );
+        if !has_marker {
+            warnings.push(format!(
+                "no remote chain spec to supervise yet: {cy} has no last-chain marker and no --remote-spec was given, so ticks fail until you run `megaplan-cloudctl chain SPEC` or register again with --remote-spec PATH"
+            ));
+        }
+    }
     let mut v = serde_json::to_value(&reg).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("success".into(), true.into());
@@ -475,7 +501,7 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         );
         o.insert(
             "warnings".into(),
-            serde_json::to_value(&spec.warnings).unwrap_or_default(),
+            serde_json::to_value(&warnings).unwrap_or_default(),
         );
     }
     axum::Json(v).into_response()
@@ -488,17 +514,17 @@ fn bad_json(e: serde_json::Error) -> ErrorBody {
     )
 }
 
-/// `{key}` may be the marker key itself, or an absolute cloud.yaml path percent-encoded.
-fn key_of(k: &str) -> String {
-    if k.starts_with('/') {
-        paths::resolved_marker_key(Path::new(k))
-    } else {
-        k.to_string()
-    }
+/// `{key}` may be the marker key itself (exactly 16 hex characters), or an absolute cloud.yaml
+/// path percent-encoded; anything else is a 400 naming the parameter.
+fn key_of(k: &str) -> Result<String, ErrorBody> {
+    paths::key_param(k).map_err(|e| ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "key"))
 }
 
 async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
-    let key = key_of(&k);
+    let key = match key_of(&k) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     state.scheduler.unschedule(&key);
     match state.store.delete_registration(&key).await {
         Ok(true) => {
@@ -542,7 +568,10 @@ async fn list_clouds(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
-    let key = key_of(&k);
+    let key = match key_of(&k) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     match state.store.get_registration(&key).await {
         Ok(Some(_)) => {}
         Ok(None) => {
@@ -581,8 +610,8 @@ async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>)
     }
 }
 
-fn query_key(q: &TicksQuery) -> Option<String> {
-    q.cloud_yaml.as_deref().map(key_of)
+fn query_key(q: &TicksQuery) -> Result<Option<String>, ErrorBody> {
+    q.cloud_yaml.as_deref().map(key_of).transpose()
 }
 
 fn tick_filter(q: &TicksQuery) -> Result<crate::notify::store::TickFilter, ErrorBody> {
@@ -596,7 +625,7 @@ fn tick_filter(q: &TicksQuery) -> Result<crate::notify::store::TickFilter, Error
         Err(e) => return Err(ErrorBody::new(ErrorCode::InvalidArgs, e).with("field", "since")),
     };
     Ok(crate::notify::store::TickFilter {
-        key: query_key(q),
+        key: query_key(q)?,
         since,
         event: q.event.clone(),
         failed_only: q.failed == Some(true),
@@ -625,7 +654,7 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
         Ok(p) => p,
         Err(e) => return err(e),
     };
-    match cloud_yaml::load(&path) {
+    match cloud_yaml::load_async(&path).await {
         Ok(spec) => {
             // `warnings` (the loader's, e.g. keys of the original handled differently here) is
             // what `megaplan-cloudctl doctor` shows for each cloud.yaml it finds.
@@ -642,7 +671,10 @@ struct MarkerQuery {
 }
 
 async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQuery>) -> Response {
-    let key = key_of(&q.cloud_yaml);
+    let key = match key_of(&q.cloud_yaml) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     let cy = if q.cloud_yaml.starts_with('/') {
         q.cloud_yaml.as_str()
     } else {
@@ -816,7 +848,7 @@ async fn run_command(State(state): State<Arc<AppState>>, body: axum::body::Bytes
 
 /// The key of a registered cloud.yaml, or the not-registered answer.
 async fn registered_key(state: &AppState, k: &str) -> Result<String, Response> {
-    let key = key_of(k);
+    let key = key_of(k).map_err(err)?;
     match state.store.get_registration(&key).await {
         Ok(Some(_)) => Ok(key),
         Ok(None) => Err(err(ErrorBody::new(
@@ -878,7 +910,10 @@ async fn unpause(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) 
 }
 
 async fn explain(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>) -> Response {
-    let key = key_of(&k);
+    let key = match key_of(&k) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     let filter = crate::notify::store::TickFilter {
         key: Some(key.clone()),
         ..Default::default()
@@ -901,7 +936,10 @@ async fn list_notifications(
     State(state): State<Arc<AppState>>,
     Query(q): Query<TicksQuery>,
 ) -> Response {
-    let key = query_key(&q);
+    let key = match query_key(&q) {
+        Ok(k) => k,
+        Err(e) => return err(e),
+    };
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
     match crate::notify::store::list_outbox(&state.store, key.as_deref(), limit).await {
         Ok(rows) => axum::Json(rows).into_response(),

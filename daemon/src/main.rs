@@ -52,6 +52,11 @@ fn main() {
     } else {
         stderr_fmt.with_filter(filter()).boxed()
     };
+    // The state root is private from its first mkdir (the log folder below is created inside
+    // it); an existing looser one is reported, never changed.
+    if let Err(e) = megaplan_cloudd::server::ensure_private_dir(&settings.cloud_home) {
+        eprintln!("megaplan-cloudd: warning: state root: {e}");
+    }
     let mut _guard = None;
     let file_layer = if settings.log_file {
         match megaplan_cloudd::server::ensure_private_dir(&settings.log_dir)

@@ -23,6 +23,11 @@ const MASK: &str = "***REDACTED***";
 /// Read buffer for streamed output: memory stays bounded whatever the volume.
 const CHUNK: usize = 8 * 1024;
 
+/// At most this much of each pipe of a captured command ([`run`]) is kept; the rest is read and
+/// dropped (so the child never blocks on a full pipe) and a note says how much was dropped. A
+/// hostile runner printing without end cannot exhaust the daemon's memory.
+pub const MAX_CAPTURE_BYTES: usize = 8 * 1024 * 1024;
+
 /// A command to run: program, arguments, working dir, extra environment and optional stdin.
 /// Its `Debug` shows [`Cmd::display`] and the stdin length only: stdin may carry secret values
 /// (an env file), and masked arguments hold them.
@@ -243,13 +248,32 @@ fn feed_stdin(child: &mut Child, bytes: Option<Vec<u8>>) {
     }
 }
 
-async fn read_all<R: AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>) {
+async fn read_all<R: AsyncRead + Unpin>(r: R, buf: &mut Vec<u8>) {
+    read_capped(r, buf, MAX_CAPTURE_BYTES).await;
+}
+
+/// Read `r` to its end keeping at most `cap` bytes in `buf`; past the cap the bytes are counted
+/// and dropped, and a final note line says how many.
+async fn read_capped<R: AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>, cap: usize) {
     let mut chunk = vec![0u8; CHUNK];
+    let mut dropped: u64 = 0;
     loop {
         match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(buf.len()).min(n);
+                buf.extend_from_slice(&chunk[..room]);
+                dropped += (n - room) as u64;
+            }
         }
+    }
+    if dropped > 0 {
+        buf.extend_from_slice(
+            format!(
+                "\n[megaplan-cloudd: {dropped} more bytes of output dropped; captured output is capped at {cap} bytes]\n"
+            )
+            .as_bytes(),
+        );
     }
 }
 
@@ -555,6 +579,39 @@ mod tests {
         .unwrap();
         assert_eq!(out.code, 0);
         assert_eq!(out.stdout, bytes);
+    }
+
+    #[tokio::test]
+    async fn captured_output_is_capped_and_the_rest_drained() {
+        let mut buf = Vec::new();
+        // 3 MiB through a 1 MiB cap: the writer is never blocked, memory stays at the cap.
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            let block = vec![b'x'; 64 * 1024];
+            for _ in 0..48 {
+                w.write_all(&block).await.unwrap();
+            }
+        });
+        read_capped(r, &mut buf, 1024 * 1024).await;
+        writer.await.unwrap();
+        let note = b"\n[megaplan-cloudd: 2097152 more bytes of output dropped; captured output is capped at 1048576 bytes]\n";
+        assert_eq!(buf.len(), 1024 * 1024 + note.len());
+        assert!(buf.ends_with(note));
+
+        // A real child printing 3x the default cap: captured output stays bounded.
+        let out = run(
+            &sh("head -c 25165824 /dev/zero; echo done >&2"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.code, 0);
+        assert!(
+            out.stdout.len() < MAX_CAPTURE_BYTES + 200,
+            "{}",
+            out.stdout.len()
+        );
+        assert_eq!(out.stderr, b"done\n");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@
 //! the tail of the previous one, so a secret cut by the split is still found (see
 //! [`LineRedactor`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
@@ -78,11 +78,21 @@ impl Span {
 struct Inner {
     /// Literal secret values, longest first, deduplicated.
     literals: Vec<String>,
-    /// One `NAME=value` / `NAME: value` pattern per secret name; group 1 is the value.
-    assignments: Vec<Regex>,
+    /// One compiled `NAME=value` / `NAME: value` matcher for all secret names (an alternation,
+    /// longest name first); group 1 is the value. `None` without names.
+    assignments: Option<Regex>,
+    /// How many names the matcher covers (for `Debug`).
+    names: usize,
     /// Overlap kept between the pieces of a split line.
     overlap_bytes: usize,
 }
+
+/// Compiled redactors by registration key, rebuilt only when that key's names or values change.
+static CACHE: LazyLock<std::sync::Mutex<HashMap<String, (u64, Redactor)>>> =
+    LazyLock::new(Default::default);
+
+/// Entries kept in [`CACHE`] before it is emptied (bounds memory whatever the key count).
+const CACHE_MAX_ENTRIES: usize = 4096;
 
 /// The redaction rules for one cloud.yaml. Cheap to clone; shareable across threads.
 #[derive(Clone)]
@@ -95,7 +105,7 @@ impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redactor")
             .field("literals", &self.inner.literals.len())
-            .field("names", &self.inner.assignments.len())
+            .field("names", &self.inner.names)
             .finish()
     }
 }
@@ -109,29 +119,15 @@ impl Redactor {
     /// literal, because streams are redacted line by line (e.g. a PEM key in an env var).
     pub fn new(names: &[String], values: &BTreeMap<String, String>) -> Self {
         let mut literals: Vec<String> = Vec::new();
-        let mut assignments = Vec::new();
-        let mut longest_name = 0;
-        let unique_names: std::collections::BTreeSet<&String> = names.iter().collect();
-        for name in unique_names {
-            if name.is_empty() {
-                continue;
-            }
-            longest_name = longest_name.max(name.len());
-            let pattern = format!(
-                r#"\b(?:export[ \t]{{1,{sp}}})?{name}[ \t]{{0,{sp}}}[:=][ \t]{{0,{sp}}}["']?([^\s"']+)"#,
-                sp = MAX_HEADER_SPACES,
-                name = regex::escape(name),
-            );
-            match Regex::new(&pattern) {
-                Ok(re) => assignments.push(re),
-                // Only an absurdly long name can exceed the regex size limit; its literal value
-                // is still redacted below.
-                Err(e) => tracing::warn!(
-                    "secret name of {} bytes cannot be matched as NAME=value: {e}",
-                    name.len()
-                ),
-            }
-            let Some(value) = values.get(name) else {
+        let mut unique_names: Vec<&String> = names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let longest_name = unique_names.iter().map(|n| n.len()).max().unwrap_or(0);
+        for name in &unique_names {
+            let Some(value) = values.get(*name) else {
                 continue;
             };
             let lines = if value.contains('\n') {
@@ -146,6 +142,36 @@ impl Redactor {
                 }
             }
         }
+        // One matcher for every name: the cost of a line no longer grows with a regex per name.
+        unique_names.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        let assignments = (!unique_names.is_empty())
+            .then(|| {
+                let alternation = unique_names
+                    .iter()
+                    .map(|n| regex::escape(n))
+                    .collect::<Vec<_>>()
+                    .join("|");
+                let pattern = format!(
+                    r#"\b(?:export[ \t]{{1,{sp}}})?(?:{alternation})[ \t]{{0,{sp}}}[:=][ \t]{{0,{sp}}}["']?([^\s"']+)"#,
+                    sp = MAX_HEADER_SPACES,
+                );
+                match regex::RegexBuilder::new(&pattern)
+                    .size_limit(64 * 1024 * 1024)
+                    .build()
+                {
+                    Ok(re) => Some(re),
+                    // The loader caps names in count and length, so this needs a caller that
+                    // skipped it; literal values are still redacted below.
+                    Err(e) => {
+                        tracing::warn!(
+                            "{} secret names cannot be matched as NAME=value: {e}",
+                            unique_names.len()
+                        );
+                        None
+                    }
+                }
+            })
+            .flatten();
         literals.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         literals.dedup();
         let longest_literal = literals.first().map_or(0, String::len);
@@ -157,9 +183,37 @@ impl Redactor {
             inner: Arc::new(Inner {
                 literals,
                 assignments,
+                names: unique_names.len(),
                 overlap_bytes,
             }),
         }
+    }
+
+    /// [`Redactor::new`] memoised per registration `key`: the matcher is compiled once and
+    /// reused until the key's names or values change.
+    pub fn cached(key: &str, names: &[String], values: &BTreeMap<String, String>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        names.hash(&mut h);
+        values.hash(&mut h);
+        let fingerprint = h.finish();
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((f, r)) = cache.get(key)
+            && *f == fingerprint
+        {
+            return r.clone();
+        }
+        let r = Redactor::new(names, values);
+        if cache.len() >= CACHE_MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key.to_string(), (fingerprint, r.clone()));
+        r
+    }
+
+    /// Whether two redactors are the same compiled rules (the cache handed out the same one).
+    pub fn same_rules(&self, other: &Redactor) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// A redactor with no configured secrets: only the token-shape rule applies.
@@ -204,7 +258,7 @@ impl Redactor {
         for literal in &self.inner.literals {
             push_literal_spans(text, literal, &mut spans);
         }
-        for re in &self.inner.assignments {
+        if let Some(re) = &self.inner.assignments {
             for caps in re.captures_iter(text) {
                 if let (Some(all), Some(value)) = (caps.get(0), caps.get(1)) {
                     spans.push(Span {
@@ -492,6 +546,36 @@ mod tests {
         assert_send_sync::<Redactor>();
         fn assert_send<T: Send>() {}
         assert_send::<LineRedactor>();
+    }
+
+    #[test]
+    fn one_matcher_covers_every_name_and_is_cached_per_key() {
+        let names: Vec<String> = (0..256).map(|i| format!("SECRET_{i}")).collect();
+        let values: BTreeMap<String, String> = [("SECRET_7".to_string(), "v".to_string())].into();
+        let r = Redactor::cached("0123456789abcdef", &names, &values);
+        assert_eq!(
+            r.redact("SECRET_255=abc SECRET_7: x export SECRET_0='q' SECRET_2560=keep"),
+            "SECRET_255=***REDACTED*** SECRET_7: ***REDACTED*** export SECRET_0='***REDACTED***' SECRET_2560=keep"
+        );
+        // Same key, same names and values: the compiled matcher is reused, not rebuilt.
+        let again = Redactor::cached("0123456789abcdef", &names, &values);
+        assert!(r.same_rules(&again));
+        // New values (a client handed over others): rebuilt.
+        let values2: BTreeMap<String, String> =
+            [("SECRET_7".to_string(), "a-new-long-value".to_string())].into();
+        let changed = Redactor::cached("0123456789abcdef", &names, &values2);
+        assert!(!r.same_rules(&changed));
+        assert_eq!(changed.redact("x a-new-long-value y"), "x ***REDACTED*** y");
+        assert!(format!("{changed:?}").contains("names: 256"));
+    }
+
+    #[test]
+    fn names_that_prefix_each_other_are_both_matched() {
+        let r = redactor(&[("AB", "1"), ("ABC", "2"), ("A", "3")]);
+        assert_eq!(
+            r.redact("A=x AB=y ABC=z ABCD=keep"),
+            "A=***REDACTED*** AB=***REDACTED*** ABC=***REDACTED*** ABCD=keep"
+        );
     }
 
     #[test]

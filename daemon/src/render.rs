@@ -150,7 +150,7 @@ fn write_atomic(dir: &Path, file: &RenderedFile) -> Result<PathBuf, ErrorBody> {
 
 fn dockerfile(spec: &CloudSpec) -> Result<Vec<u8>, ErrorBody> {
     if let Some(path) = &spec.image.dockerfile {
-        return fs::read(path).map_err(|e| {
+        return crate::cloud_yaml::read_bounded(path, crate::cloud_yaml::MAX_INPUT_BYTES).map_err(|e| {
             ErrorBody::new(
                 ErrorCode::InvalidSpec,
                 format!(

@@ -1,32 +1,50 @@
-//! The HTTP API on a Unix socket: socket-folder checks, single instance, peer-uid check.
+//! The HTTP API on a Unix socket: the socket folder, single instance, peer uid, and the limits
+//! that keep a flood of connections or a slow client from exhausting the daemon.
 //!
-//! Security model (see docs/security.md): the socket's folder is 0700 and owned by us, the
-//! socket is 0600, and every request's peer uid (SO_PEERCRED) must equal the daemon's uid —
-//! root is refused too, since a daemon run as another user must not be driven by root by
-//! accident. A live socket is never unlinked; a stale one is replaced.
+//! Security model (see docs/security.md):
+//! - the socket lives in a folder of our own: created 0700 by us, or an existing real directory
+//!   owned by us with no group/other bits. Anything else is refused; an existing folder is never
+//!   chmodded (`--socket /tmp/s.sock` must not change `/tmp`).
+//! - one daemon per socket *and* per database: both are flocked.
+//! - every connection's peer uid (SO_PEERCRED) must equal the daemon's uid; root is refused too,
+//!   since a daemon run as another user must not be driven by root by accident. The check runs
+//!   at accept and a refused connection is closed at once, before any byte is read. The warning
+//!   is rate-limited so a flood cannot fill the log.
+//! - at most `max_connections` connections are served at once (more are closed at accept); the
+//!   request head must arrive within `header_timeout` (idle keep-alive connections too), the body
+//!   within `body_timeout`, and a declared `Content-Length` over the limit is answered 413 before
+//!   any body byte is read.
+//! - A live socket is never unlinked; a stale one is replaced.
 
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request};
-use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
+use http_body_util::BodyExt;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::fs::File;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use tokio::net::UnixListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
-/// Who is on the other end of a connection.
+/// Who is on the other end of a connection (inserted into every request's extensions as
+/// `ConnectInfo<Peer>`).
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub uid: Option<u32>,
     pub pid: Option<i32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Peer {
+    pub fn of(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
             Ok(cred) => Peer {
                 uid: Some(cred.uid()),
                 pid: cred.pid(),
@@ -39,75 +57,167 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     }
 }
 
-/// Middleware: refuse any peer whose uid is not ours (403), with one log line, no payload.
-pub async fn require_same_uid(
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let me = current_uid();
-    if peer.uid == Some(me) {
-        return next.run(req).await;
-    }
-    tracing::warn!(
-        peer_uid = ?peer.uid,
-        peer_pid = ?peer.pid,
-        path = %req.uri().path(),
-        "refused connection from another user"
-    );
-    (
-        StatusCode::FORBIDDEN,
-        axum::Json(
-            ErrorBody::new(
-                ErrorCode::InvalidArgs,
-                format!(
-                    "permission denied: this megaplan-cloudd serves uid {me} only; start your own daemon"
-                ),
-            )
-            .to_value(),
-        ),
-    )
-        .into_response()
-}
-
 pub fn current_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
 
-/// Create (or check) a private folder: a real directory, owned by us, no group/other bits.
-/// A folder we own with looser bits is tightened; anything else is refused.
+/// Whether a peer may talk to us: exactly our own uid (a missing credential is refused).
+pub fn peer_allowed(peer_uid: Option<u32>, me: u32) -> bool {
+    peer_uid == Some(me)
+}
+
+/// A warning written at most once per `every`, with the count of the ones held back.
+pub struct RateLimitedLog {
+    every: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    pub fn new(every: Duration) -> Self {
+        RateLimitedLog {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(n)` when a line should be written now (`n` events were held back since the last
+    /// one), `None` when this event is only counted.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let held = s.1;
+                *s = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
+/// Create `dir` (and missing parents) with mode 0700, or check an existing one: a real
+/// directory (not a symlink), owned by us, no group/other permission bits. Never chmods:
+/// a folder we did not create is not ours to change.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        return Err(format!("cannot create {}: {e}", dir.display()));
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+            {
+                Ok(()) => {}
+                // Lost a race with another creator: check what is there now.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+            }
+        }
+        Err(e) => return Err(format!("cannot inspect {}: {e}", dir.display())),
+        Ok(_) => {}
     }
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    check_private_dir(dir, &meta, current_uid())
+}
+
+/// The decision of [`ensure_private_dir`] on an existing path's facts.
+pub fn check_private_dir(dir: &Path, meta: &std::fs::Metadata, me: u32) -> Result<(), String> {
     if meta.file_type().is_symlink() || !meta.is_dir() {
         return Err(format!(
-            "{} must be a directory, not a symlink or file; remove it or choose another --socket",
+            "{} must be a directory of our own, not a symlink or a file; remove it or choose another --socket in a new folder",
             dir.display()
         ));
     }
-    if meta.uid() != current_uid() {
+    if meta.uid() != me {
         return Err(format!(
-            "{} is owned by uid {}, not by us (uid {}); choose another --socket",
+            "{} is owned by uid {}, not by us (uid {me}); megaplan-cloudd only uses folders of its own: choose another --socket in a new folder",
             dir.display(),
             meta.uid(),
-            current_uid()
         ));
     }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot chmod 0700 {}: {e}", dir.display()))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is mode {mode:04o}: group or others can enter it, so it cannot hold the daemon's socket or state. megaplan-cloudd never changes a folder's mode: run `chmod 700 {}` if the folder is yours alone, or choose another --socket in a new folder (created 0700)",
+            dir.display(),
+            dir.display()
+        ));
     }
     Ok(())
 }
 
-/// Holds the single-instance lock for the daemon's lifetime.
+/// Holds a single-instance lock for the daemon's lifetime.
 pub struct InstanceLock {
     _file: File,
     pub path: PathBuf,
+}
+
+/// flock `lock_path` (created 0600) and record our pid in it; `busy` builds the refusal from
+/// the holder's record and the error.
+fn take_lock(
+    lock_path: &Path,
+    busy: impl FnOnce(&str, &std::io::Error) -> String,
+) -> Result<InstanceLock, String> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(lock_path)
+        .map_err(|e| format!("cannot open lock file {}: {e}", lock_path.display()))?;
+    if let Err(e) = file.try_lock() {
+        let holder = std::fs::read_to_string(lock_path).unwrap_or_default();
+        let e = match e {
+            std::fs::TryLockError::Error(e) => e,
+            std::fs::TryLockError::WouldBlock => {
+                std::io::Error::from(std::io::ErrorKind::WouldBlock)
+            }
+        };
+        return Err(busy(holder.trim(), &e));
+    }
+    // Record who holds the lock, for the refusal message of the next one.
+    let _ = std::fs::write(
+        lock_path,
+        format!(
+            "pid {} version {}\n",
+            std::process::id(),
+            megaplan_cloud_api::VERSION
+        ),
+    );
+    Ok(InstanceLock {
+        _file: file,
+        path: lock_path.to_path_buf(),
+    })
+}
+
+/// `<db>.lock`: one daemon per database, whatever socket it serves.
+pub fn db_lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    db.with_file_name(name)
+}
+
+/// Lock the database for this daemon: a second daemon on the same database (another
+/// `--socket`) would tick every registration twice.
+pub fn lock_database(db: &Path) -> Result<InstanceLock, String> {
+    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        ensure_private_dir(parent)?;
+    }
+    let lock_path = db_lock_path(db);
+    take_lock(&lock_path, |holder, e| {
+        format!(
+            "another megaplan-cloudd is already using the database {} ({holder}; lock {}: {e}). Two daemons on one database would tick every registration twice: stop it first, or use another --db",
+            db.display(),
+            lock_path.display()
+        )
+    })
 }
 
 /// Bind the socket: private folder, single-instance flock, live-socket probe, stale unlink,
@@ -122,35 +232,18 @@ pub fn bind(socket: &Path) -> Result<(UnixListener, InstanceLock), String> {
     }
     let dir = socket
         .parent()
+        .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| format!("socket path {} has no folder", socket.display()))?;
     ensure_private_dir(dir)?;
 
     let lock_path = socket.with_extension("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open lock file {}: {e}", lock_path.display()))?;
-    if let Err(e) = file.try_lock() {
-        let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-        return Err(format!(
-            "another megaplan-cloudd is already serving {} ({}; lock {}: {e}). Stop it first, or use another --socket",
-            socket.display(),
-            holder.trim(),
-            lock_path.display()
-        ));
-    }
-    // Record who holds the lock, for the message above.
-    let _ = std::fs::write(
-        &lock_path,
+    let lock = take_lock(&lock_path, |holder, e| {
         format!(
-            "pid {} version {}\n",
-            std::process::id(),
-            megaplan_cloud_api::VERSION
-        ),
-    );
+            "another megaplan-cloudd is already serving {} ({holder}; lock {}: {e}). Stop it first, or use another --socket",
+            socket.display(),
+            lock_path.display()
+        )
+    })?;
 
     if socket.exists() {
         // The lock is ours, so nothing of ours is serving there; still, never unlink a socket
@@ -173,13 +266,194 @@ pub fn bind(socket: &Path) -> Result<(UnixListener, InstanceLock), String> {
         .map_err(|e| format!("cannot configure {}: {e}", socket.display()))?;
     let listener = UnixListener::from_std(std_listener)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-    Ok((
-        listener,
-        InstanceLock {
-            _file: file,
-            path: lock_path,
-        },
-    ))
+    Ok((listener, lock))
+}
+
+/// Connection and request limits of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// How often each kind of refusal may be logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Serve `app` on `listener` until `shutdown`, then let open connections finish their current
+/// request (graceful) and return.
+pub async fn serve(
+    listener: UnixListener,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let me = current_uid();
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let refused_uid = RateLimitedLog::new(REFUSAL_LOG_EVERY);
+    let refused_full = RateLimitedLog::new(REFUSAL_LOG_EVERY);
+    let accept_failed = RateLimitedLog::new(REFUSAL_LOG_EVERY);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    if let Some(held) = accept_failed.admit(Instant::now()) {
+                        tracing::warn!(held_back = held, "cannot accept a connection: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = Peer::of(&stream);
+        if !peer_allowed(peer.uid, me) {
+            if let Some(held) = refused_uid.admit(Instant::now()) {
+                tracing::warn!(
+                    peer_uid = ?peer.uid,
+                    peer_pid = ?peer.pid,
+                    held_back = held,
+                    "refused connection from another user (this daemon serves uid {me} only)"
+                );
+            }
+            drop(stream);
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if let Some(held) = refused_full.admit(Instant::now()) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    held_back = held,
+                    "refused a connection: too many open connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            serve_connection(stream, peer, app, limits, stop).await;
+            drop(permit);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    peer: Peer,
+    app: Router,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(app, peer, limits, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// One request: refuse an over-long declared body at once, read the body within the body
+/// timeout and size limit, then hand the buffered request to the router.
+async fn handle(
+    app: Router,
+    peer: Peer,
+    limits: Limits,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Response {
+    if let Some(len) = declared_length(req.headers())
+        && len > limits.max_body_bytes as u64
+    {
+        return closing(refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body of {len} bytes is over the limit of {} bytes",
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    let (mut parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
+    let bytes = match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
+        Err(_) => {
+            return closing(refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}s",
+                    limits.body_timeout.as_secs()
+                ),
+            ));
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return closing(refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is over the limit of {} bytes",
+                    limits.max_body_bytes
+                ),
+            ));
+        }
+        Ok(Err(e)) => {
+            return closing(refusal(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            ));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    parts.extensions.insert(ConnectInfo(peer));
+    let req = axum::http::Request::from_parts(parts, Body::from(bytes));
+    match app.oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+/// The `Content-Length` a request declares, if any (an unparsable one is left to hyper).
+pub fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn refusal(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        axum::Json(ErrorBody::new(ErrorCode::InvalidArgs, message).to_value()),
+    )
+        .into_response()
+}
+
+/// The connection is closed after this response: the rest of the request is never read.
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 #[cfg(test)]
@@ -187,16 +461,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn private_dir_is_tightened_and_symlink_refused() {
+    fn private_dir_is_created_0700_and_never_chmodded() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().join("run");
-        std::fs::create_dir(&d).unwrap();
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        ensure_private_dir(&d).unwrap();
-        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+        let fresh = tmp.path().join("a").join("run");
+        ensure_private_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        // Missing parents are ours too: private from the first mkdir.
+        assert_eq!(
+            std::fs::metadata(tmp.path().join("a")).unwrap().mode() & 0o777,
+            0o700
+        );
+
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = ensure_private_dir(&shared).unwrap_err();
+        assert!(
+            err.contains("mode 1777") && err.contains("chmod 700"),
+            "{err}"
+        );
+        // Refused, and left exactly as it was (sticky bit included).
+        assert_eq!(std::fs::metadata(&shared).unwrap().mode() & 0o7777, 0o1777);
+
         let link = tmp.path().join("link");
-        std::os::unix::fs::symlink(&d, &link).unwrap();
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
         assert!(ensure_private_dir(&link).unwrap_err().contains("symlink"));
+    }
+
+    #[test]
+    fn foreign_owner_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let meta = std::fs::symlink_metadata(tmp.path()).unwrap();
+        let err = check_private_dir(tmp.path(), &meta, meta.uid() + 1).unwrap_err();
+        assert!(err.contains("not by us"), "{err}");
+        check_private_dir(tmp.path(), &meta, meta.uid()).unwrap();
+    }
+
+    #[test]
+    fn rate_limited_log_admits_one_line_per_period_and_counts_the_rest() {
+        let log = RateLimitedLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        let admitted = (1..20_000u64)
+            .filter(|i| log.admit(t0 + Duration::from_micros(*i)).is_some())
+            .count();
+        assert_eq!(admitted, 0);
+        assert_eq!(log.admit(t0 + Duration::from_secs(11)), Some(19_999));
+    }
+
+    #[test]
+    fn only_our_uid_is_allowed() {
+        assert!(peer_allowed(Some(1000), 1000));
+        assert!(!peer_allowed(Some(0), 1000));
+        assert!(!peer_allowed(None, 1000));
+    }
+
+    #[test]
+    fn second_database_lock_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("state").join("cloudd.db");
+        let lock = lock_database(&db).unwrap();
+        assert_eq!(lock.path, tmp.path().join("state").join("cloudd.db.lock"));
+        let err = lock_database(&db).err().unwrap();
+        assert!(err.contains("already using the database"), "{err}");
+        drop(lock);
+        lock_database(&db).unwrap();
     }
 
     #[tokio::test]

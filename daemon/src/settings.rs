@@ -41,6 +41,15 @@ pub struct Args {
     /// Do not write the daily log file under <state root>/logs (stderr only).
     #[arg(long)]
     pub no_log_file: bool,
+    /// At most this many client connections are served at once; more are closed at accept.
+    #[arg(long, env = "MEGAPLAN_CLOUDD_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
+    /// A request's head must arrive within this (idle keep-alive connections are closed then).
+    #[arg(long, env = "MEGAPLAN_CLOUDD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this.
+    #[arg(long, env = "MEGAPLAN_CLOUDD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// Notification config file: sinks, stall_after, retry policy (docs/notifications.md)
     /// [default: <state root>/notify.yaml; missing means defaults and no global sinks].
     #[arg(long, env = "MEGAPLAN_CLOUDD_NOTIFY_CONFIG")]
@@ -63,6 +72,9 @@ pub struct Settings {
     pub keep_ticks: u32,
     pub shutdown_grace: Duration,
     pub log_file: bool,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub notify_config: PathBuf,
 }
 
@@ -97,6 +109,9 @@ impl Settings {
             keep_ticks: args.keep_ticks.max(1),
             shutdown_grace: args.shutdown_grace,
             log_file: !args.no_log_file,
+            max_connections: args.max_connections.max(1),
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
             notify_config,
         }
     }

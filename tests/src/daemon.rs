@@ -111,7 +111,10 @@ impl Daemon {
         let home = dir.join("home");
         let run = dir.join("run");
         for d in [&home, &run] {
-            fs::create_dir_all(d).unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
+            // Private, as the daemon requires of its socket folder (it never chmods one).
+            std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+                .create(d)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
         }
         Daemon {
             socket: run.join("cloudd.sock"),

@@ -9,38 +9,43 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs `script` (sh) in a fresh tmux server's pane of 200x50 and returns the pane's text once
-/// the script has printed its end marker. The server is private to this call (`-L`).
-fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
-    let server = format!("mp-ctl-{}", unique_suffix());
-    let marker = "__PANE_DONE__";
-    let full = format!("{script}; echo {marker}; sleep 600");
-    let mut cmd = Command::new("tmux");
-    cmd.args([
-        "-L",
-        &server,
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "200",
-        "-y",
-        "50",
-    ])
-    .args(["-s", "t", "sh", "-c", &full])
-    .env_remove("NO_COLOR")
-    .env("TERM", "xterm-256color");
-    for (k, v) in env {
-        cmd.env(k, v);
+/// A pane of 200x50 in a tmux server private to the test (`-L`), running `sh -c script`. Its
+/// prefix is C-a, so a C-b typed into it reaches a tmux inside (the runner's).
+struct Pane {
+    server: String,
+}
+
+impl Pane {
+    fn start(script: &str, env: &[(&str, &str)]) -> Pane {
+        let server = format!("mp-ctl-{}", unique_suffix());
+        let conf = std::env::temp_dir().join(format!("{server}.conf"));
+        std::fs::write(
+            &conf,
+            "set -g prefix C-a\nunbind C-b\nset -g history-limit 5000\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &server, "-f"])
+            .arg(&conf)
+            .args(["new-session", "-d", "-x", "200", "-y", "50", "-s", "t"])
+            .args(["sh", "-c", script])
+            .env_remove("NO_COLOR")
+            .env("TERM", "xterm-256color");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        assert!(
+            cmd.status().expect("tmux runs").success(),
+            "tmux new-session failed"
+        );
+        Pane { server }
     }
-    let started = cmd.status().expect("tmux runs");
-    assert!(started.success(), "tmux new-session failed");
-    let capture = || {
+
+    fn capture(&self) -> String {
         let out = Command::new("tmux")
             .args([
                 "-L",
-                &server,
+                &self.server,
                 "capture-pane",
                 "-p",
                 "-J",
@@ -52,16 +57,41 @@ fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
             .output()
             .expect("capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let done = wait_until(Duration::from_secs(60), || {
-        capture().lines().any(|l| l.trim() == marker)
-    });
-    let text = capture();
-    let _ = Command::new("tmux")
-        .args(["-L", &server, "kill-server"])
-        .status();
-    assert!(done, "the pane never finished:\n{text}");
-    text
+    }
+
+    fn send_keys(&self, keys: &[&str]) {
+        let ok = Command::new("tmux")
+            .args(["-L", &self.server, "send-keys", "-t", "t"])
+            .args(keys)
+            .status()
+            .expect("send-keys");
+        assert!(ok.success());
+    }
+
+    /// Waits (safety net only) until a line of the pane satisfies `want`; returns the pane.
+    fn wait_for(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let seen = wait_until(Duration::from_secs(60), || {
+            self.capture().lines().any(&want)
+        });
+        let text = self.capture();
+        assert!(seen, "the pane never showed {what}:\n{text}");
+        text
+    }
+}
+
+impl Drop for Pane {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.server, "kill-server"])
+            .status();
+    }
+}
+
+/// Runs `script` in a fresh pane and returns the pane's text once the script has finished.
+fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
+    let marker = "__PANE_DONE__";
+    let pane = Pane::start(&format!("{script}; echo {marker}; sleep 600"), env);
+    pane.wait_for("the end marker", |l| l.trim() == marker)
 }
 
 fn sh_quote(s: &str) -> String {
@@ -82,6 +112,12 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
 
     let ctl = bin("megaplan-cloudctl").display().to_string();
     let cy = rig.cloud_yaml.display().to_string();
+    // A local-provider cloud.yaml that was never built: the daemon answers with an error.
+    let local_dir = rig.project.join("local");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    let local_cy = local_dir.join("cloud.yaml");
+    std::fs::write(&local_cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let local_cy = local_cy.display().to_string();
     let socket = rig.daemon.socket.display().to_string();
     let env = [("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())];
     let section = |name: &str, args: &str| {
@@ -99,6 +135,10 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
             &format!("--cloud-yaml {} status --chain", sh_quote(&cy)),
         ),
         section("error", "--cloud-yaml /nonexistent/cloud.yaml status"),
+        section(
+            "daemon-error",
+            &format!("--cloud-yaml {} status", sh_quote(&local_cy)),
+        ),
     ]
     .join("; ");
     let pane = in_terminal(&script, &env);
@@ -144,6 +184,16 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
         "JSON error on a terminal:\n{err}"
     );
     assert!(err.contains("/nonexistent/cloud.yaml"), "{err}");
+    let err = part("daemon-error");
+    assert_eq!(
+        err.matches("build` first").count(),
+        1,
+        "a daemon's error is printed once on a terminal:\n{err}"
+    );
+    assert!(
+        !err.contains("\"error\""),
+        "JSON error on a terminal:\n{err}"
+    );
 
     // Through a pipe: JSON, as scripts expect.
     let regs: Value = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
@@ -222,4 +272,145 @@ fn version_works_without_a_daemon_and_names_both_sides() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["client"]["version"], megaplan_cloud_api::VERSION);
     assert!(v["daemon"].is_null());
+}
+
+#[test]
+fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the_prefix() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    // The runner's tmux session `agent`, as the entrypoint leaves it.
+    rig.container
+        .exec_ok("tmux new-session -d -s agent -x 120 -y 40 bash && tmux has-session -t agent");
+    // The daemon holds the ssh session the attach reuses.
+    rig.ctl(&["exec", "true"]).ok();
+
+    let ctl = bin("megaplan-cloudctl").display().to_string();
+    let socket = rig.daemon.socket.display().to_string();
+    let script = format!(
+        "cd {dir} && {ctl} --cloud-yaml {cy} attach; echo \"attach exited $?\"; sleep 600",
+        dir = sh_quote(&rig.project.display().to_string()),
+        ctl = sh_quote(&ctl),
+        cy = sh_quote(&rig.cloud_yaml.display().to_string()),
+    );
+    let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
+    // Typed into the runner's shell; the arithmetic proves the shell ran it (an echo of the
+    // keystrokes alone would show `$((40+2))`).
+    let typed = || pane.send_keys(&["echo attached-$((40+2))", "Enter"]);
+    typed();
+    let mut seen = false;
+    for _ in 0..20 {
+        if wait_until(Duration::from_secs(3), || {
+            pane.capture().lines().any(|l| l.trim() == "attached-42")
+        }) {
+            seen = true;
+            break;
+        }
+        typed();
+    }
+    assert!(
+        seen,
+        "typed command never ran in the runner:\n{}",
+        pane.capture()
+    );
+    // The runner's shell saw it too.
+    let inner = rig.container.exec_ok("tmux capture-pane -p -t agent");
+    assert!(inner.contains("attached-42"), "{inner}");
+
+    // Detach with the runner tmux's prefix: the client exits 0, the session keeps running.
+    pane.send_keys(&["C-b", "d"]);
+    pane.wait_for("the attach exiting", |l| l.trim() == "attach exited 0");
+    rig.container.exec_ok("tmux has-session -t agent");
+
+    // With no terminal the client says why instead of running ssh without one.
+    let no_tty = rig.ctl(&["attach"]);
+    assert_eq!(no_tty.code, Some(1), "{}", no_tty.stderr);
+    assert!(no_tty.stderr.contains("terminal"), "{}", no_tty.stderr);
+}
+
+#[test]
+fn register_warns_when_no_remote_spec_can_be_resolved() {
+    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
+    let work = d.dir.join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cys = cy.to_str().unwrap();
+    let out = d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warned = |v: &Value| {
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("no remote chain spec"))
+    };
+    assert!(warned(&v), "{v}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: no remote chain spec"),
+        "{out:?}"
+    );
+    // Naming the spec on the runner answers the question: no warning.
+    let out = d.ctl(
+        &work,
+        &[],
+        &[
+            "--cloud-yaml",
+            cys,
+            "register",
+            "--every",
+            "1h",
+            "--remote-spec",
+            "/w/chain.yaml",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!warned(&v), "{v}");
+    // Before any build the local provider's folder does not exist: the error says so, not
+    // "Missing required CLI" (spawn's ENOENT for a missing working folder).
+    let st = d.ctl(&work, &[], &["--cloud-yaml", cys, "status"]);
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let m = v["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("build` first") && !m.contains("Missing required CLI"),
+        "{v}"
+    );
+
+    // `tick`, `ticks` and `unregister` take the key `registrations` shows, from anywhere.
+    let key = registration_key(&d, &work, cys);
+    let root = std::path::Path::new("/");
+    let t = d.ctl(root, &[], &["tick", &key]);
+    let tv: Value = serde_json::from_slice(&t.stdout).unwrap();
+    assert_eq!(tv["key"], key.as_str(), "{tv}");
+    let h = d.ctl(root, &[], &["ticks", &key]);
+    let hv: Value = serde_json::from_slice(&h.stdout).unwrap();
+    assert!(
+        !hv.as_array().unwrap().is_empty()
+            && hv
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["key"] == key.as_str()),
+        "{hv}"
+    );
+    let u = d.ctl(root, &[], &["unregister", &key]);
+    assert!(u.status.success(), "{u:?}");
+    let left: Value = serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+}
+
+fn registration_key(d: &megaplan_cloud_e2e::Daemon, work: &std::path::Path, cy: &str) -> String {
+    let regs: Value = serde_json::from_slice(&d.ctl(work, &[], &["registrations"]).stdout).unwrap();
+    regs.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cloud_yaml"] == cy)
+        .and_then(|r| r["key"].as_str())
+        .unwrap_or_else(|| panic!("{cy} not in {regs}"))
+        .to_string()
 }

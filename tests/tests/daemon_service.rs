@@ -216,7 +216,8 @@ fn socket_is_private_and_other_uids_are_refused() {
     assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert_eq!(json(&out)["error"], "daemon_unreachable");
 
-    // A daemon run by `nobody`, reached by root (who can traverse the folder): 403 + log line.
+    // A daemon run by `nobody`, reached by root (who can traverse the folder): the connection
+    // is closed at accept without an answer, and the refusal is logged.
     let tmp = tempfile::Builder::new()
         .prefix("mp-nobody")
         .tempdir_in("/tmp")
@@ -252,8 +253,7 @@ fn socket_is_private_and_other_uids_are_refused() {
         &sock,
         b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
-    assert!(resp.contains("permission denied"), "{resp}");
+    assert!(resp.is_empty(), "a refused peer got an answer: {resp}");
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     let logged = std::fs::read_to_string(tmp.path().join("nobody.log")).unwrap();
@@ -298,6 +298,8 @@ fn stale_socket_file_is_replaced() {
 fn unreachable_daemon_names_the_socket_and_exits_69() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("nothing.sock");
+    // A cloud.yaml to find (without one the client stops earlier, listing the places tried).
+    std::fs::write(tmp.path().join("cloud.yaml"), "provider: local\n").unwrap();
     let out = Command::new(bin("megaplan-cloudctl"))
         .args(["status"])
         .env("MEGAPLAN_CLOUDD_SOCKET", &sock)
@@ -473,6 +475,8 @@ fn service_files_validate() {
         "Restart=on-failure",
         "--socket %t/megaplan-cloudd/cloudd.sock",
         "RuntimeDirectoryMode=0700",
+        "UMask=0077",
+        "LimitNOFILE=65536",
     ] {
         assert!(unit.contains(needed), "unit lacks {needed}");
     }
@@ -489,7 +493,7 @@ fn service_files_validate() {
     );
     // plutil -lint equivalent: Python's plistlib parses the property list itself (types and all).
     let lint = Command::new("python3")
-        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '--socket'; print(d['Label'])"])
+        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '-c' and '--socket' in d['ProgramArguments'][2]; assert d['Umask'] == 0o077; print(d['Label'])"])
         .arg(&plist)
         .output()
         .unwrap();

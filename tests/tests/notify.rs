@@ -80,7 +80,7 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     let receiver = Receiver::start();
     let Some((mut rig, _cfg)) = rig_with(
         "",
-        "failed_ticks: 3\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
+        "failed_ticks: 3\nstill_waiting_after: 3s\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
         &[("MEGAPLAN_CLOUDD_NOTIFY_SECRET", SIGNING_SECRET)],
     ) else {
         return;
@@ -125,6 +125,25 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         >= n + 3));
     assert_eq!(
         count(&receiver, "awaiting_pr_merge"),
+        1,
+        "{:?}",
+        events(&receiver)
+    );
+    // Still waiting after `still_waiting_after`: told once more, once.
+    assert!(
+        wait_until(Duration::from_secs(60), || count(
+            &receiver,
+            "still_waiting"
+        ) == 1),
+        "no still_waiting: {:?}",
+        events(&receiver)
+    );
+    let n = stored_ticks(&rig).len();
+    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+        .len()
+        >= n + 3));
+    assert_eq!(
+        count(&receiver, "still_waiting"),
         1,
         "{:?}",
         events(&receiver)
@@ -176,6 +195,7 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         events(&receiver)
     );
     assert_eq!(count(&receiver, "complete"), 1);
+    assert_eq!(count(&receiver, "still_waiting"), 1);
     assert_eq!(count(&receiver, "awaiting_pr_merge"), 1);
     // Delivered exactly once each: no delivery id was accepted twice.
     let mut ids: Vec<String> = receiver
@@ -371,7 +391,13 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         }),
         "status --chain never said stalled"
     );
-    let s = rig.ctl(&["status", "--chain"]).json;
+    let st = rig.ctl(&["status", "--chain"]);
+    assert!(
+        st.stderr.contains("Stalled: the runner is alive"),
+        "{}",
+        st.stderr
+    );
+    let s = st.json;
     assert!(s["stalled_for_secs"].as_i64().unwrap() >= 2, "{s:#}");
     assert_eq!(s["stall_after_secs"], 2);
     let runs_before = rig

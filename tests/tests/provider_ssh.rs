@@ -66,8 +66,10 @@ impl Fixture {
         let suffix = unique_suffix();
         let container = format!("mp-e2e-ssh-{suffix}");
         let remote_root = std::env::temp_dir().join(format!("mp-e2e-remote-{suffix}"));
+        // Only safe characters are allowed in ssh.remote_dir (cloud_yaml::is_safe_remote_dir);
+        // hostile words are covered by the quoting property tests.
         let remote_dir = remote_root
-            .join("deploy dir")
+            .join("deploy_dir+1")
             .to_string_lossy()
             .into_owned();
         let cloud_dir = tmp.path().join("project");

@@ -6,7 +6,7 @@
 //! files, and never kills a runner that is alive or that belongs to another chain.
 
 use crate::chain::classify::Liveness;
-use crate::chain::observe::{DRIVER_CHECK_PY, python_prelude};
+use crate::chain::observe::{DRIVER_CHECK_PY, DRIVER_WAIT_PY, python_prelude};
 use crate::shell::quote;
 use serde_json::Value;
 
@@ -415,7 +415,15 @@ pub fn mutation_script(kind: MutationKind, t: &MutationTarget) -> String {
             quote(&t.workspace),
             quote(&t.runner_command())
         ),
-        "sleep 1".to_string(),
+        // Verify the new runner without a fixed sleep (drivers.py `wait_main`).
+        format!(
+            "\"$py\" -c {} {} {} {} {}",
+            quote(DRIVER_WAIT_PY),
+            quote(&t.spec),
+            quote(&t.workspace),
+            quote(&t.launcher),
+            quote(&t.session)
+        ),
         format!(
             "if tmux has-session -t {target} 2>/dev/null; then echo 'megaplan-supervisor: runner started'; else echo 'megaplan-supervisor: runner started and already finished its one-shot tick'; fi"
         ),
@@ -871,6 +879,21 @@ mod tests {
         }
     }
 
+    /// An acting tick verifies the new runner by polling, never by a fixed sleep.
+    #[test]
+    fn mutation_script_has_no_fixed_sleep() {
+        for kind in [MutationKind::RestartRunner, MutationKind::Advance] {
+            let script = mutation_script(kind, &neutral_target());
+            for cmd in simple_commands(&tokenize(&script)) {
+                assert_ne!(
+                    cmd[0], "sleep",
+                    "a fixed sleep in the mutation script: {cmd:?}"
+                );
+            }
+            assert!(script.contains(&quote(DRIVER_WAIT_PY)));
+        }
+    }
+
     #[test]
     fn template_has_no_destructive_commands() {
         for kind in [MutationKind::RestartRunner, MutationKind::Advance] {
@@ -969,6 +992,16 @@ mod tests {
                     prop_assert_eq!(&cmd[1], "-c");
                     if cmd[2] == MARKER_CHECK_PY {
                         prop_assert_eq!(&cmd[3..], &[t.marker_file(), t.spec.clone()]);
+                    } else if cmd[2] == DRIVER_WAIT_PY {
+                        prop_assert_eq!(
+                            &cmd[3..],
+                            &[
+                                t.spec.clone(),
+                                t.workspace.clone(),
+                                t.launcher.clone(),
+                                t.session.clone()
+                            ]
+                        );
                     } else if cmd[2] == DRIVER_CHECK_PY {
                         prop_assert_eq!(
                             &cmd[3..],

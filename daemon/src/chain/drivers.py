@@ -159,3 +159,28 @@ def check_main(args):
             "refusing to start a second one\n" % (d["pid"], d["session"] or "none")
         )
     return 18 if drivers else 0
+
+
+def wait_main(args):
+    """argv: spec, workspace, launcher, tmux session. After a start: return as soon as the new
+    runner's driver process is visible, or its session is gone (a `--one` tick may finish that
+    fast), polling every 20 ms for at most 3 s instead of sleeping a fixed time. Always 0: the
+    caller reports what it then sees."""
+    import time
+
+    spec, workspace, launcher, session = args[0], args[1], args[2], args[3]
+    if not os.path.isabs(spec):
+        spec = os.path.join(workspace, spec)
+    resolved = os.path.realpath(spec)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        try:
+            if find_drivers(resolved, launcher):
+                return 0
+        except Exception:  # noqa: BLE001
+            return 0
+        proc, _ = _plain_run(["tmux", "has-session", "-t", "=" + session], timeout=5)
+        if proc is None or proc.returncode != 0:
+            return 0
+        time.sleep(0.02)
+    return 0

@@ -29,6 +29,13 @@ pub const DRIVER_CHECK_PY: &str = concat!(
     "\nsys.exit(check_main(sys.argv[1:]))\n"
 );
 
+/// After a start: returns once the new runner's driver is visible or its session is gone
+/// (argv `spec workspace launcher session`; polls, no fixed sleep; see `drivers.py`).
+pub const DRIVER_WAIT_PY: &str = concat!(
+    include_str!("drivers.py"),
+    "\nsys.exit(wait_main(sys.argv[1:]))\n"
+);
+
 /// Where launches write session markers on the runner.
 pub const SESSION_MARKER_DIR: &str = "/workspace/.megaplan/cloud-sessions";
 

@@ -104,6 +104,9 @@ pub fn runner_timeout(deadline: Duration) -> [String; 4] {
 /// Lines kept of a deploy step's output.
 pub const TAIL_LINES: usize = 20;
 
+/// Longest line kept in a step's output tail (longer ones are cut).
+pub const TAIL_LINE_BYTES: usize = 4096;
+
 /// The operations every transport offers.
 #[allow(async_fn_in_trait)]
 pub trait Provider {
@@ -270,6 +273,23 @@ pub(crate) fn require_cli(program: &str) -> Result<PathBuf, ErrorBody> {
 /// Map a failure to start or finish a command.
 pub(crate) fn run_error(cmd: &Cmd, e: RunError) -> ErrorBody {
     match e {
+        // spawn(2) says ENOENT both for a missing program and for a missing working folder:
+        // name the folder when that is what is missing (the local provider runs compose in
+        // the deploy folder, which `build` creates).
+        RunError::NotFound { .. } if cmd.cwd.as_ref().is_some_and(|d| !d.is_dir()) => {
+            let dir = cmd
+                .cwd
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            ErrorBody::new(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "the deploy folder {dir} does not exist yet: run `megaplan-cloudctl build` first"
+                ),
+            )
+            .with("deploy_dir", dir)
+        }
         RunError::NotFound { program } => unavailable(&program),
         RunError::Timeout { after } => ErrorBody::new(
             ErrorCode::DeadlineExceeded,
@@ -290,6 +310,34 @@ pub(crate) fn run_error(cmd: &Cmd, e: RunError) -> ErrorBody {
             ErrorCode::ProviderFailed,
             format!("`{}` could not run: {msg}", cmd.display()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod run_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_working_folder_is_not_a_missing_cli() {
+        let cmd = Cmd::new("docker").cwd("/nonexistent/megaplan/deploy");
+        let e = run_error(
+            &cmd,
+            RunError::NotFound {
+                program: "docker".into(),
+            },
+        );
+        assert!(
+            e.message.contains("run `megaplan-cloudctl build` first"),
+            "{e}"
+        );
+        assert!(!e.message.contains("Missing required CLI"), "{e}");
+        let e = run_error(
+            &Cmd::new("docker"),
+            RunError::NotFound {
+                program: "docker".into(),
+            },
+        );
+        assert!(e.message.contains("Missing required CLI 'docker'"), "{e}");
     }
 }
 
@@ -536,7 +584,13 @@ pub(crate) async fn stream_capture(
                 if t.len() == TAIL_LINES {
                     t.pop_front();
                 }
-                t.push_back(line.to_string());
+                // A tail line is for a report: its first bytes are enough, and a runner
+                // printing megabyte lines cannot make the tails hold 20 of them.
+                let mut end = line.len().min(TAIL_LINE_BYTES);
+                while !line.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.push_back(line[..end].to_string());
             }
             if out.send((kind, text)).await.is_err() {
                 // Dropping rx makes run_streaming see the client gone and kill the process.

@@ -79,15 +79,46 @@ pub fn env_path(remote_dir: &str) -> String {
     format!("{}/.env", remote_dir.trim_end_matches('/'))
 }
 
-/// Writes stdin to `<remote_dir>/.env`, private from the first byte (umask) and replaced
-/// atomically, so the secret values never appear in any argv.
-pub fn remote_write_env(remote_dir: &str) -> String {
-    let env = env_path(remote_dir);
-    let tmp = format!("{env}.tmp");
+/// Exit code of [`remote_prepare_dir`] and [`remote_write_env`] when `remote_dir` is not ours.
+pub const FOREIGN_DIR_EXIT: i32 = 41;
+
+/// The check that `$d` is a real folder owned by the ssh user: run before anything is written
+/// there. `remote_dir` holds the build context and the `.env` with every secret, so a folder
+/// another user created (or a symlink) is refused rather than used.
+fn own_dir_check() -> String {
     format!(
-        "umask 077 && cat > {tmp} && mv -f {tmp} {env}",
-        tmp = quote(&tmp),
-        env = quote(&env)
+        "if [ -L \"$d\" ] || [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then \
+         echo \"megaplan-cloud: refusing ssh.remote_dir $d on this host: it is a symlink, not a folder, or owned by another user (not uid $(id -u)); another user may have created it to read the secrets. Remove it, or set ssh.remote_dir to a folder of your own\" >&2; \
+         exit {FOREIGN_DIR_EXIT}; fi"
+    )
+}
+
+/// Create `remote_dir` mode 0700 when missing (umask 077, so missing parents are private too),
+/// refuse a symlink or a folder owned by another user, tighten our own to 0700, then create
+/// `subdirs` inside it.
+pub fn remote_prepare_dir(remote_dir: &str, subdirs: &[&str]) -> String {
+    let mut script = format!(
+        "umask 077; d={d}; if [ ! -e \"$d\" ] && [ ! -L \"$d\" ]; then mkdir -p -- \"$(dirname -- \"$d\")\" && mkdir -m 700 -- \"$d\" || exit 1; fi; {check}; chmod 700 -- \"$d\" || exit 1",
+        d = quote(remote_dir.trim_end_matches('/')),
+        check = own_dir_check(),
+    );
+    if !subdirs.is_empty() {
+        script.push_str(" && ");
+        script.push_str(&remote_mkdir(subdirs));
+    }
+    script
+}
+
+/// Writes stdin to `<remote_dir>/.env`: the folder is checked to be ours first, the content
+/// goes to a fresh `mktemp` file inside it (mode 0600 from its creation) and replaces `.env`
+/// atomically, so the secret values never appear in any argv or a file another user can open.
+pub fn remote_write_env(remote_dir: &str) -> String {
+    let dir = remote_dir.trim_end_matches('/');
+    format!(
+        "umask 077; d={d}; {check}; t=$(mktemp \"$d/.env.XXXXXX\") || exit 1; if cat > \"$t\" && mv -f -- \"$t\" {env}; then exit 0; else rm -f -- \"$t\"; exit 1; fi",
+        d = quote(dir),
+        check = own_dir_check(),
+        env = quote(&env_path(dir)),
     )
 }
 
@@ -212,12 +243,14 @@ pub fn remote_lacks_rsync(stderr: &str) -> bool {
         || s.contains("rsync: no such file or directory")
 }
 
-/// `rsync -az -e <transport> <dir>/ <target>:<remote_dir>/` (no `--delete`: the host keeps its
-/// `.env` and workspace).
+/// `rsync -az --protect-args -e <transport> <dir>/ <target>:<remote_dir>/` (no `--delete`: the
+/// host keeps its `.env` and workspace). `--protect-args` sends the remote path inside rsync's
+/// protocol, so an rsync older than 3.2.4 never hands it to the remote shell.
 pub fn rsync_args(master: &SshMaster, deploy_dir: &Path, remote_dir: &str) -> Vec<String> {
     vec![
         "rsync".to_string(),
         "-az".to_string(),
+        "--protect-args".to_string(),
         "-e".to_string(),
         master.rsync_transport(),
         format!("{}/", deploy_dir.to_string_lossy().trim_end_matches('/')),
@@ -229,9 +262,10 @@ pub fn rsync_args(master: &SshMaster, deploy_dir: &Path, remote_dir: &str) -> Ve
     ]
 }
 
-/// `scp <opts> -r <entries...> <target>:<remote_dir>/`.
+/// `scp -s <opts> -r <entries...> <target>:<remote_dir>/`. `-s` copies over SFTP, so the remote
+/// path is never run through the remote shell as legacy scp does.
 pub fn scp_args(master: &SshMaster, entries: &[String], remote_dir: &str) -> Vec<String> {
-    let mut v = vec!["scp".to_string()];
+    let mut v = vec!["scp".to_string(), "-s".to_string()];
     v.extend(master.scp_options());
     v.push("-r".to_string());
     v.extend(entries.iter().cloned());
@@ -338,14 +372,25 @@ impl SshProvider {
         Ok(code)
     }
 
+    /// A failed step in `remote_dir`; a foreign or symlinked folder names the field to fix.
+    fn dir_failure(&self, what: &str, o: &Output) -> ErrorBody {
+        let e = step_failed(&format!("{what} on {}", self.host()), o, &self.ctx.redactor);
+        if o.code == FOREIGN_DIR_EXIT {
+            e.with("field", "ssh.remote_dir")
+        } else {
+            e
+        }
+    }
+
     async fn sync(&self, master: &Arc<SshMaster>, out: &OutTx) -> Result<(), ErrorBody> {
         let remote_dir = &self.ssh.remote_dir;
-        self.step(
-            "creating the remote deploy dir",
-            &remote_mkdir(&[remote_dir]),
-            out,
-        )
-        .await?;
+        let o = self
+            .run(&remote_prepare_dir(remote_dir, &[]), None, false)
+            .await?;
+        relay(&o, &self.ctx.redactor, out).await;
+        if o.code != 0 {
+            return Err(self.dir_failure("creating the remote deploy dir", &o));
+        }
         let deadline = self.ctx.deadline.max(MIN_SYNC_DEADLINE);
         // rsync and scp each open one channel on the master.
         let _permit = master.channel().await;
@@ -475,18 +520,26 @@ impl Provider for SshProvider {
         if spec.resources.volume.is_none() {
             dirs.push(&ws_dir);
         }
+        let subdirs = &dirs[1..];
         let o = self
-            .run(&remote_mkdir(&dirs), None, false)
+            .run(
+                &remote_prepare_dir(&self.ssh.remote_dir, subdirs),
+                None,
+                false,
+            )
             .await
             .map_err(|e| fail(e, &steps))?;
         steps.push(step_from(
             "create remote dirs",
-            &format!("mkdir -p {}", dirs.join(" ")),
+            &format!("mkdir -m 700 {} (owner checked)", dirs.join(" ")),
             &o,
             r,
         ));
         if o.code != 0 {
-            return Err(fail(step_failed("creating the remote dirs", &o, r), &steps));
+            return Err(fail(
+                self.dir_failure("creating the remote dirs", &o),
+                &steps,
+            ));
         }
 
         let o = self
@@ -508,7 +561,7 @@ impl Provider for SshProvider {
             r,
         ));
         if o.code != 0 {
-            return Err(fail(step_failed("writing the .env file", &o, r), &steps));
+            return Err(fail(self.dir_failure("writing the .env file", &o), &steps));
         }
 
         let o = self
@@ -733,16 +786,113 @@ mod tests {
         );
     }
 
+    /// Run a remote script with the local POSIX shell, as the host's login shell would.
+    fn sh(script: &str, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn mode(p: &std::path::Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
     #[test]
     fn env_write_keeps_values_out_of_argv() {
-        assert_eq!(
-            remote_write_env("/srv/mp/"),
-            "umask 077 && cat > /srv/mp/.env.tmp && mv -f /srv/mp/.env.tmp /srv/mp/.env"
+        let script = remote_write_env("/srv/m p/");
+        assert!(script.starts_with("umask 077; d='/srv/m p'; "), "{script}");
+        assert!(script.contains("mktemp \"$d/.env.XXXXXX\""), "{script}");
+        assert!(
+            script.contains("mv -f -- \"$t\" '/srv/m p/.env'"),
+            "{script}"
         );
-        assert_eq!(
-            remote_write_env("/srv/m p"),
-            "umask 077 && cat > '/srv/m p/.env.tmp' && mv -f '/srv/m p/.env.tmp' '/srv/m p/.env'"
+    }
+
+    #[test]
+    fn remote_dir_is_created_private_and_env_written_through_mktemp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("new parent").join("mp");
+        let d_text = d.to_str().unwrap();
+        let o = sh(
+            &remote_prepare_dir(d_text, &[&format!("{d_text}/workspace")]),
+            b"",
         );
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(mode(&d), 0o700);
+        assert!(d.join("workspace").is_dir());
+
+        // A stale world-writable temp file of the old fixed name is never opened.
+        let stale = d.join(".env.tmp");
+        std::fs::write(&stale, b"").unwrap();
+        std::fs::set_permissions(&stale, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .unwrap();
+        let o = sh(&remote_write_env(d_text), b"PORT=1\nK=secret-value\n");
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(
+            std::fs::read_to_string(d.join(".env")).unwrap(),
+            "PORT=1\nK=secret-value\n"
+        );
+        assert_eq!(mode(&d.join(".env")), 0o600);
+        assert_eq!(std::fs::read(&stale).unwrap(), b"");
+        // No temp file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".env.") && n != ".env.tmp")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn foreign_or_symlinked_remote_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A symlink planted where the folder should be.
+        let target = tmp.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        let link = tmp.path().join("mp");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for script in [
+            remote_prepare_dir(link.to_str().unwrap(), &[]),
+            remote_write_env(link.to_str().unwrap()),
+        ] {
+            let o = sh(&script, b"K=v\n");
+            assert_eq!(o.status.code(), Some(FOREIGN_DIR_EXIT), "{o:?}");
+            assert!(String::from_utf8_lossy(&o.stderr).contains("refusing ssh.remote_dir"));
+        }
+        assert!(!target.join(".env").exists());
+
+        // A folder another user created (0777, as an attacker on a shared /tmp would).
+        if unsafe { libc::geteuid() } == 0 {
+            let foreign = tmp.path().join("foreign");
+            std::fs::create_dir(&foreign).unwrap();
+            std::fs::set_permissions(
+                &foreign,
+                std::os::unix::fs::PermissionsExt::from_mode(0o777),
+            )
+            .unwrap();
+            let c = std::ffi::CString::new(foreign.to_str().unwrap()).unwrap();
+            // SAFETY: chown on a NUL-terminated path we created; 65534 is `nobody`.
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+            for script in [
+                remote_prepare_dir(foreign.to_str().unwrap(), &[]),
+                remote_write_env(foreign.to_str().unwrap()),
+            ] {
+                let o = sh(&script, b"K=v\n");
+                assert_eq!(o.status.code(), Some(FOREIGN_DIR_EXIT), "{o:?}");
+            }
+            assert!(!foreign.join(".env").exists());
+            assert_eq!(mode(&foreign), 0o777, "a foreign folder is never changed");
+        }
     }
 
     #[test]
@@ -848,6 +998,7 @@ mod tests {
             [
                 "rsync",
                 "-az",
+                "--protect-args",
                 "-e",
                 &format!(
                     "ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -p 2200 -o ConnectTimeout=10"
@@ -864,6 +1015,7 @@ mod tests {
             ),
             [
                 "scp",
+                "-s",
                 "-o",
                 &format!("ControlPath={ctl}"),
                 "-o",

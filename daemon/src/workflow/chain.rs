@@ -187,7 +187,7 @@ pub fn start_script(
 }
 
 fn read_local(path: &Path, what: &str, code: ErrorCode) -> Result<Vec<u8>, ErrorBody> {
-    std::fs::read(path).map_err(|e| {
+    crate::cloud_yaml::read_bounded(path, crate::cloud_yaml::MAX_INPUT_BYTES).map_err(|e| {
         ErrorBody::new(code, format!("cannot read {what} {}: {e}", path.display()))
             .with("path", path.display().to_string())
     })

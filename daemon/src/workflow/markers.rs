@@ -31,7 +31,7 @@ enum LegacyFile {
 }
 
 fn read_legacy(file: &Path) -> LegacyFile {
-    let bytes = match std::fs::read(file) {
+    let bytes = match crate::cloud_yaml::read_bounded(file, crate::cloud_yaml::MAX_INPUT_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LegacyFile::Missing,
         Err(e) => {

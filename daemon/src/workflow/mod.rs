@@ -306,7 +306,7 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
             ),
         ));
     }
-    let mut spec = cloud_yaml::load(path)?;
+    let mut spec = cloud_yaml::load_async(path).await?;
     for w in &spec.warnings {
         out.stderr(format!("warning: {w}\n")).await;
     }
@@ -365,7 +365,7 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
     state.remember_secrets(&key, &wanted);
     let mut secrets = state.secret_values(&key, &spec.secrets);
     secrets.extend(wanted);
-    let redactor = Redactor::new(&spec.secrets, &secrets);
+    let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
     let ctx = Ctx {
         state,
         spec: Arc::new(spec),

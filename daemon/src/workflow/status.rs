@@ -212,6 +212,14 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     }
     ctx.out.stderr(summary::summary_text(&payload)).await;
     ctx.out.stderr(summary::cloud_lines(&payload)).await;
+    if let Some(age) = payload.get("stalled_for_secs").and_then(Value::as_i64) {
+        ctx.out
+            .stderr(format!(
+                "Stalled: the runner is alive but its log has not grown for {} (reported only; it is never restarted for this)\n",
+                crate::notify::transitions::age_text(age)
+            ))
+            .await;
+    }
     Ok(Done::ok(payload))
 }
 

@@ -65,20 +65,26 @@ pub async fn tick_with(
     dry_run: bool,
 ) -> Value {
     let started_at = Utc::now();
-    let spec = match cloud_yaml::load(Path::new(cloud_yaml)) {
+    let spec = match cloud_yaml::load_async(Path::new(cloud_yaml)).await {
         Ok(s) => s,
         Err(e) => {
+            // The file no longer parses, so its secret names are unknown: redact with every
+            // value a client last handed over for this key (a credential typed next to a
+            // syntax error must not reach the stored report).
+            let key = megaplan_cloud_api::paths::resolved_marker_key(Path::new(cloud_yaml));
+            let known = state.secret_values(&key, &[]);
+            let names: Vec<String> = known.keys().cloned().collect();
             return finish(
                 tick::error_report(&e.to_string()),
                 started_at,
                 0,
-                &Redactor::none(),
+                &Redactor::new(&names, &known),
             );
         }
     };
     let key = spec.key();
     let secrets = state.secret_values(&key, &spec.secrets);
-    let redactor = Redactor::new(&spec.secrets, &secrets);
+    let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
     let mut round_trips = 0u32;
     // Pause and dry run: a separate input to the decision (decide::hold).
     let pause = match crate::notify::store::get_pause(&state.store, &key).await {

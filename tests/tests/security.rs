@@ -1,0 +1,778 @@
+//! The security suite (issue 11, items 2-4) against the real daemon and client on real sockets:
+//! the socket folder and state root, the single-instance locks, the peer-uid checks on both
+//! ends, bounded input and connections, `{key}` parameters, and secrets in stored errors and on
+//! the Docker host. docs/security.md states the threat model each test stands for.
+//!
+//! Every test bounds work (connection counts, log lines, bytes) and waits for events; none
+//! asserts a duration.
+
+use megaplan_cloud_e2e::rig::{Run, SshRig};
+use megaplan_cloud_e2e::util::{raw_http, sqlite};
+use megaplan_cloud_e2e::{Daemon, bin, wait_until};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Generous safety net for event waits (never an assertion about speed).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+fn chown(p: &Path, uid: u32) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: chown on a NUL-terminated path the test created.
+    assert_eq!(
+        unsafe { libc::chown(c.as_ptr(), uid, uid) },
+        0,
+        "{}",
+        p.display()
+    );
+}
+
+/// `megaplan-cloudd` run to completion with `env` (for start-up refusals).
+fn daemon_output(env: &[(&str, &Path)], args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(bin("megaplan-cloudd"));
+    c.args(args)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refusal exits at once; a daemon that starts instead is stopped so the test can fail.
+    let mut status = None;
+    wait_until(Duration::from_secs(20), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn json_of(resp: &str) -> Value {
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+fn get(socket: &Path, path: &str) -> String {
+    raw_http(
+        socket,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn post(socket: &Path, path: &str, body: &Value) -> String {
+    let body = body.to_string();
+    raw_http(
+        socket,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Whether the server closed `s` (EOF or reset), reading and dropping whatever it sent.
+fn closed_by_server(s: &mut UnixStream) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The socket and the state folder.
+
+#[test]
+fn a_shared_socket_folder_is_refused_and_never_chmodded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    // Like /tmp: world-writable with the sticky bit.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let home = tmp.path().join("home");
+    let out = daemon_output(
+        &[("MEGAPLAN_CLOUD_HOME", &home)],
+        &[
+            "--no-log-file",
+            "--socket",
+            shared.join("s.sock").to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the daemon started in a shared folder: {err}"
+    );
+    assert!(
+        err.contains("mode 1777") && err.contains("another --socket"),
+        "{err}"
+    );
+    assert_eq!(
+        mode(&shared),
+        0o1777,
+        "the folder's mode (and sticky bit) must be kept"
+    );
+    assert!(!shared.join("s.sock").exists());
+
+    // A folder of our own with group bits is refused the same way, and left alone.
+    let loose = tmp.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let out = daemon_output(
+        &[("MEGAPLAN_CLOUD_HOME", &home)],
+        &[
+            "--no-log-file",
+            "--socket",
+            loose.join("s.sock").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 700"));
+    assert_eq!(mode(&loose), 0o750);
+
+    // A new folder is created for the socket, 0700.
+    let fresh = tmp.path().join("fresh").join("run");
+    let sock = fresh.join("s.sock");
+    let mut child = Command::new(bin("megaplan-cloudd"))
+        .args(["--no-log-file", "--socket", sock.to_str().unwrap()])
+        .env("MEGAPLAN_CLOUD_HOME", &home)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = wait_until(PATIENCE, || UnixStream::connect(&sock).is_ok());
+    let fresh_mode = mode(&fresh);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the daemon did not start in a new folder");
+    assert_eq!(fresh_mode, 0o700);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_database_is_refused_whatever_its_socket() {
+    let d = Daemon::start(&[], &[]);
+    let other_run = d.dir.join("run2");
+    let out = daemon_output(
+        &[("MEGAPLAN_CLOUD_HOME", &d.home)],
+        &[
+            "--no-log-file",
+            "--socket",
+            other_run.join("other.sock").to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second daemon ran on the same database: {err}"
+    );
+    assert!(err.contains("already using the database"), "{err}");
+    assert!(
+        err.contains(d.home.join("cloudd.db").to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!other_run.join("other.sock").exists());
+    // The first one still serves.
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn the_state_root_and_log_folder_are_private_from_the_first_mkdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("new").join("state");
+    let root_s = root.to_str().unwrap().to_string();
+    let mut d = Daemon::start(&[("MEGAPLAN_CLOUD_HOME", &root_s)], &[]);
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+    assert_eq!(mode(&root), 0o700, "state root");
+    assert_eq!(mode(&root.join("logs")), 0o700, "log folder");
+    assert_eq!(mode(&tmp.path().join("new")), 0o700, "created parent");
+    assert_eq!(mode(&root.join("cloudd.db")) & 0o077, 0, "database");
+    d.terminate();
+}
+
+/// A daemon run as `nobody` (as the other user on a shared machine), reached by root, who can
+/// traverse its 0700 folder.
+struct NobodyDaemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl NobodyDaemon {
+    fn start() -> NobodyDaemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("mp-nobody")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let socket = tmp.path().join("run").join("cloudd.sock");
+        let log = tmp.path().join("nobody.log");
+        let file = std::fs::File::create(&log).unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let child = Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(bin("megaplan-cloudd"))
+            .arg("--no-log-file")
+            .env("MEGAPLAN_CLOUD_HOME", tmp.path().join("home"))
+            .env("MEGAPLAN_CLOUDD_SOCKET", &socket)
+            .env("HOME", tmp.path())
+            .env_remove("XDG_RUNTIME_DIR")
+            .current_dir("/")
+            .stderr(file)
+            .spawn()
+            .expect("runuser (util-linux) must be installed");
+        assert!(
+            wait_until(PATIENCE, || UnixStream::connect(&socket).is_ok()),
+            "nobody's daemon did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        NobodyDaemon {
+            child,
+            socket,
+            log,
+            _tmp: tmp,
+        }
+    }
+
+    fn stop(&mut self) -> String {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[test]
+fn connections_from_another_uid_are_closed_at_accept_with_a_rate_limited_warning() {
+    if !is_root() {
+        return;
+    }
+    let mut d = NobodyDaemon::start();
+    const FLOOD: usize = 2_000;
+    let mut answered = 0;
+    for _ in 0..FLOOD {
+        let resp = raw_http(
+            &d.socket,
+            b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if !resp.is_empty() {
+            answered += 1;
+        }
+    }
+    let log = d.stop();
+    assert_eq!(answered, 0, "a refused peer got an answer");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("refused connection from another user"))
+        .count();
+    assert!(lines >= 1, "the refusal is logged: {log}");
+    // One line per 10 s at most, whatever the flood; the count of held-back ones is in it.
+    assert!(
+        lines <= 3,
+        "{lines} warning lines for {FLOOD} refused connections"
+    );
+    assert!(log.len() < 64 * 1024, "log grew to {} bytes", log.len());
+}
+
+/// A STAND-IN for a hostile listener at a socket path (another user's process, or a program of
+/// ours that is not the daemon): it answers like megaplan-cloudd would, records every byte it
+/// receives, and for `/v1/run` returns a `terminal` frame with an argv of its own choosing.
+const FAKE_DAEMON: &str = r#"
+import json, os, socket, sys
+path, record, argv = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path); os.chmod(path, 0o777); s.listen(16)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(65536)
+        if not chunk: break
+        data += chunk
+    if not data:
+        # A readiness probe: connected and left without a byte.
+        c.close(); continue
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length": length = int(v.strip())
+    while len(body) < length:
+        chunk = c.recv(65536)
+        if not chunk: break
+        body += chunk
+    with open(record, "ab") as f: f.write(head + b"\r\n\r\n" + body)
+    if head.startswith(b"GET /v1/secret-names"):
+        out = json.dumps({"success": True, "names": ["MP_SECURITY_TOKEN"]}).encode()
+        ctype = b"application/json"
+    else:
+        frames = [{"frame": "terminal", "argv": argv}, {"frame": "result", "payload": None, "exit_code": 0}]
+        out = b"".join(json.dumps(f).encode() + b"\n" for f in frames)
+        ctype = b"application/x-ndjson"
+    try: c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: " + str(len(out)).encode() + b"\r\nConnection: close\r\n\r\n" + out)
+    except OSError: pass
+    c.close()
+"#;
+
+fn fake_daemon(uid: Option<u32>, dir: &Path, argv: &[&str]) -> (Child, PathBuf, PathBuf) {
+    let socket = dir.join("fake.sock");
+    let record = dir.join("received.bin");
+    std::fs::write(&record, b"").unwrap();
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let argv_json = serde_json::to_string(argv).unwrap();
+    let mut c = Command::new("python3");
+    c.args(["-c", FAKE_DAEMON]);
+    if let Some(uid) = uid {
+        // The listener itself runs as that uid (no wrapper), so killing it ends it.
+        std::os::unix::process::CommandExt::uid(&mut c, uid);
+        std::os::unix::process::CommandExt::gid(&mut c, uid);
+    }
+    let child = c
+        .arg(&socket)
+        .arg(&record)
+        .arg(&argv_json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(PATIENCE, || UnixStream::connect(&socket).is_ok()),
+        "the stand-in listener did not start"
+    );
+    (child, socket, record)
+}
+
+fn ctl_at(socket: &Path, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let out = Command::new(bin("megaplan-cloudctl"))
+        .args(args)
+        .current_dir(cwd)
+        .env("MEGAPLAN_CLOUDD_SOCKET", socket)
+        .env_remove("XDG_RUNTIME_DIR")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run::from_output(&out)
+}
+
+#[test]
+fn the_client_sends_nothing_to_a_server_of_another_uid() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("mp-fake")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (mut child, socket, record) = fake_daemon(Some(NOBODY), tmp.path(), &["true"]);
+    let cy = tmp.path().join("cloud.yaml");
+    std::fs::write(
+        &cy,
+        "provider: local\nrepo: {url: u}\nsecrets: [MP_SECURITY_TOKEN]\n",
+    )
+    .unwrap();
+    let r = ctl_at(
+        &socket,
+        tmp.path(),
+        &[("MP_SECURITY_TOKEN", "tok-must-stay-home-4242")],
+        &["--cloud-yaml", cy.to_str().unwrap(), "status"],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_ne!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    let msg = format!("{}{}", r.stdout, r.stderr);
+    assert!(msg.contains(&format!("served by uid {NOBODY}")), "{msg}");
+    let received = std::fs::read(&record).unwrap();
+    assert!(
+        received.is_empty(),
+        "the client sent {} bytes to another user's listener: {}",
+        received.len(),
+        String::from_utf8_lossy(&received)
+    );
+}
+
+#[test]
+fn the_client_runs_no_attach_argv_of_an_unknown_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pwned = tmp.path().join("pwned");
+    let evil = format!("touch {}", pwned.display());
+    let (mut child, socket, _record) = fake_daemon(None, tmp.path(), &["sh", "-c", &evil]);
+    let cy = tmp.path().join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo: {url: u}\n").unwrap();
+    // attach wants a terminal: run the client on a pty (util-linux `script`).
+    let cmdline = format!(
+        "{} --cloud-yaml {} attach",
+        bin("megaplan-cloudctl").display(),
+        cy.display()
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cmdline, "/dev/null"])
+        .current_dir(tmp.path())
+        .env("MEGAPLAN_CLOUDD_SOCKET", &socket)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) must be installed");
+    let r = Run::from_output(&out);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!pwned.exists(), "the client ran the argv the listener sent");
+    assert_ne!(r.code, Some(0));
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("unknown shape"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Bounded input.
+
+#[test]
+fn a_fifo_or_dev_zero_named_as_cloud_yaml_is_refused_and_the_api_keeps_serving() {
+    let d = Daemon::start(&[], &[]);
+    let fifo = d.dir.join("cloud.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path in the test's folder.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let zero_link = d.dir.join("zero").join("cloud.yaml");
+    std::fs::create_dir_all(zero_link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &zero_link).unwrap();
+    for path in [&fifo, &zero_link] {
+        // Nobody ever writes to the FIFO: a blocking read would never return.
+        let resp = post(
+            &d.socket,
+            "/v1/clouds",
+            &serde_json::json!({"cloud_yaml": path.to_str().unwrap()}),
+        );
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "{}: {resp}",
+            path.display()
+        );
+        let v = json_of(&resp);
+        assert_eq!(v["error"], "invalid_spec", "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a regular file"),
+            "{v}"
+        );
+        let resp = get(
+            &d.socket,
+            &format!("/v1/secret-names?cloud_yaml={}", path.display()),
+        );
+        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    }
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+    let pid = d.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 256 * 1024,
+        "daemon RSS is {rss_kib} KiB after /dev/zero"
+    );
+}
+
+#[test]
+fn thousands_of_secret_names_are_refused_naming_the_field() {
+    let d = Daemon::start(&[], &[]);
+    let cy = d.dir.join("cloud.yaml");
+    let names: Vec<String> = (0..20_000).map(|i| format!("SECRET_NAME_{i}")).collect();
+    std::fs::write(
+        &cy,
+        format!(
+            "provider: local\nrepo: {{url: u}}\nsecrets: [{}]\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let resp = post(
+        &d.socket,
+        "/v1/clouds",
+        &serde_json::json!({"cloud_yaml": cy.to_str().unwrap()}),
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "{}",
+        &resp[..resp.len().min(400)]
+    );
+    let v = json_of(&resp);
+    assert_eq!(v["field"], "secrets", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 256"),
+        "{v}"
+    );
+}
+
+#[test]
+fn idle_slow_and_half_sent_connections_are_closed_and_capped() {
+    let d = Daemon::start(
+        &[],
+        &[
+            "--max-connections",
+            "32",
+            "--header-timeout",
+            "1s",
+            "--body-timeout",
+            "1s",
+        ],
+    );
+    let pid = d.pid();
+    // Warm up (database pool, log file) before counting.
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+    let baseline = open_fds(pid);
+    let mut held: Vec<UnixStream> = Vec::new();
+    // Idle: connect, send nothing.
+    for _ in 0..100 {
+        held.push(UnixStream::connect(&d.socket).unwrap());
+    }
+    // Slowloris: half a request head.
+    for _ in 0..20 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        let _ = s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+        held.push(s);
+    }
+    // Half-sent 1 MiB bodies.
+    for _ in 0..20 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        let _ = s.write_all(
+            b"POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n",
+        );
+        let _ = s.write_all(&vec![b' '; 500_000]);
+        held.push(s);
+    }
+    // Never much more than the cap is held open by the daemon, whatever the clients do (140
+    // connections; the slack covers connections accepted and not yet dropped, and the pool).
+    let peak = open_fds(pid);
+    assert!(
+        peak <= baseline + 32 + 16,
+        "the daemon holds {peak} fds (baseline {baseline}, cap 32)"
+    );
+    // Every one of them is closed by the server: idle and slow heads at the header timeout,
+    // half bodies at the body timeout, the ones over the cap at accept.
+    let mut open: Vec<UnixStream> = held;
+    assert!(
+        wait_until(PATIENCE, || {
+            open.retain_mut(|s| !closed_by_server(s));
+            open.is_empty()
+        }),
+        "{} connections were never closed by the daemon",
+        open.len()
+    );
+    assert!(wait_until(PATIENCE, || open_fds(pid) <= baseline + 4));
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn a_declared_content_length_over_the_limit_is_answered_413_without_the_body() {
+    let d = Daemon::start(&[], &[]);
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(
+        b"POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n",
+    )
+    .unwrap();
+    // No body byte is ever sent; the answer must come anyway (the read timeout is a safety net).
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp:?}");
+    assert!(resp.to_lowercase().contains("connection: close"), "{resp}");
+}
+
+#[test]
+fn key_parameters_must_be_marker_keys_or_absolute_paths() {
+    let d = Daemon::start(&[], &[]);
+    // A marker planted outside markers/: `../` in the key must not reach it.
+    let planted = d.home.join("evil").join("last_chain.json");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(&planted, r#"{"remote_spec": "/planted/spec.yaml"}"#).unwrap();
+    for (method, path) in [
+        ("GET", "/v1/markers?cloud_yaml=../evil"),
+        ("GET", "/v1/markers?cloud_yaml=..%2Fevil"),
+        ("GET", "/v1/ticks?cloud_yaml=..%2F..%2Fx"),
+        ("DELETE", "/v1/clouds/0123456789abcde"),
+        ("DELETE", "/v1/clouds/..%2F..%2Fetc"),
+        ("POST", "/v1/clouds/0123456789ABCDEF/tick"),
+        ("POST", "/v1/clouds/0123456789abcdef0/tick"),
+    ] {
+        let resp = raw_http(
+            &d.socket,
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert!(resp.starts_with("HTTP/1.1 400"), "{method} {path}: {resp}");
+        let v = json_of(&resp);
+        assert_eq!(v["field"], "key", "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("16 lowercase hex"),
+            "{v}"
+        );
+        assert!(!resp.contains("/planted/spec.yaml"), "{resp}");
+    }
+    // A well-formed unknown key is a plain 404.
+    let resp = raw_http(
+        &d.socket,
+        b"DELETE /v1/clouds/0123456789abcdef HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Secrets.
+
+#[test]
+fn a_broken_cloud_yaml_next_to_a_credential_is_stored_redacted() {
+    let d = Daemon::start(&[], &[]);
+    let work = d.dir.join("w");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    let cys = cy.to_str().unwrap();
+    std::fs::write(
+        &cy,
+        "provider: local\nrepo: {url: /srv/none.git}\nsecrets: [MP_SECURITY_TOKEN]\n",
+    )
+    .unwrap();
+    let token = "tok-9f8e7d6c5b4a-credential";
+    let env = [("MP_SECURITY_TOKEN", token)];
+    Run::from_output(&d.ctl(&work, &env, &["--cloud-yaml", cys, "register"])).ok();
+    // Any command hands the client's secret values over for this key (its outcome is not the
+    // point: the local runner does not exist).
+    let _ = d.ctl(&work, &env, &["--cloud-yaml", cys, "status"]);
+    // The operator pastes the credential into the file and breaks its syntax right there.
+    std::fs::write(
+        &cy,
+        format!("provider: local\nrepo: {{url: /srv/none.git\nsecrets: [MP_SECURITY_TOKEN]\ntoken: \"{token}\n  bad: [\n"),
+    )
+    .unwrap();
+    let r = Run::from_output(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    assert!(
+        !r.stdout.contains(token) && !r.stderr.contains(token),
+        "{r:?}"
+    );
+    let ticks = Run::from_output(&d.ctl(&work, &[], &["--cloud-yaml", cys, "ticks", "--json"]));
+    assert!(
+        ticks.stdout.contains("supervisor_error") || ticks.stdout.contains("error"),
+        "{}",
+        ticks.stdout
+    );
+    assert!(!ticks.stdout.contains(token), "{}", ticks.stdout);
+    let db = d.home.join("cloudd.db");
+    let stored = sqlite(&db, "SELECT group_concat(report, ' ') FROM ticks;");
+    assert!(!stored.is_empty());
+    assert!(!stored.contains(token), "{stored}");
+    // Nor anywhere in the database files (WAL included).
+    for f in ["cloudd.db", "cloudd.db-wal"] {
+        if let Ok(bytes) = std::fs::read(d.home.join(f)) {
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "{f} holds the credential"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_foreign_remote_dir_on_the_docker_host_is_refused_and_its_files_untouched() {
+    if !is_root() {
+        return;
+    }
+    let Some(rig) = SshRig::start("secrets: [MP_SECURITY_TOKEN]\n", &[]) else {
+        return;
+    };
+    let remote_dir = PathBuf::from(format!("/tmp/mp-e2e-{}", rig.container.name));
+    // Another local user of the Docker host pre-creates the folder and a readable .env.tmp.
+    std::fs::create_dir_all(&remote_dir).unwrap();
+    std::fs::set_permissions(&remote_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let trap = remote_dir.join(".env.tmp");
+    std::fs::write(&trap, b"").unwrap();
+    std::fs::set_permissions(&trap, std::fs::Permissions::from_mode(0o666)).unwrap();
+    chown(&trap, NOBODY);
+    chown(&remote_dir, NOBODY);
+    let token = "tok-docker-host-5151-secret";
+    let env = [("MP_SECURITY_TOKEN", token)];
+    let cys = rig.cloud_yaml.to_str().unwrap();
+    let mut refusals = Vec::new();
+    for cmd in ["deploy", "build"] {
+        let r = Run::from_output(
+            &rig.daemon
+                .ctl(&rig.project, &env, &["--cloud-yaml", cys, cmd]),
+        );
+        assert_ne!(r.code, Some(0), "{cmd}: {}{}", r.stdout, r.stderr);
+        refusals.push(format!("{}{}", r.stdout, r.stderr));
+    }
+    // Nothing was written into the foreign folder: no .env, the trap still empty and the
+    // folder's mode unchanged.
+    let env_written = remote_dir.join(".env").exists();
+    let trap_content = std::fs::read(&trap).unwrap_or_default();
+    let folder_mode = mode(&remote_dir);
+    let _ = std::fs::remove_dir_all(&remote_dir);
+    assert!(
+        !env_written,
+        "a .env was written into another user's folder"
+    );
+    assert!(
+        trap_content.is_empty(),
+        "secrets reached the planted .env.tmp"
+    );
+    assert_eq!(folder_mode, 0o777);
+    for text in &refusals {
+        assert!(text.contains("refusing ssh.remote_dir"), "{text}");
+        assert!(!text.contains(token), "{text}");
+    }
+}
