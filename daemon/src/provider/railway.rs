@@ -156,6 +156,20 @@ pub fn volume_delete_args(volume: &str, env: Option<&str>) -> Vec<String> {
     scoped(&["volume"], env, &["delete", "--volume", volume, "--yes"])
 }
 
+/// `stderr` of `railway ssh` without the line the CLI prints before it starts ssh, "Using SSH
+/// key from file <path>: <name>" or "... from agent: <name>" (`commands/ssh/native.rs`): it is
+/// not the remote command's output.
+pub fn without_key_notice(stderr: &[u8]) -> &[u8] {
+    if stderr.starts_with(b"Using SSH key from ") {
+        match stderr.iter().position(|&b| b == b'\n') {
+            Some(i) => &stderr[i + 1..],
+            None => &[],
+        }
+    } else {
+        stderr
+    }
+}
+
 /// `ssh config [--environment E] --service S --alias megaplan-<S> --dry-run`: prints the
 /// service's OpenSSH `Host` block instead of writing it to `~/.ssh/config`.
 pub fn ssh_config_args(service: &str, env: Option<&str>) -> Vec<String> {
@@ -534,7 +548,9 @@ impl RailwayProvider {
             ssh_args(self.service(), self.env(), command),
             self.project_dir(),
         );
-        self.run(&cmd, self.ctx.deadline).await
+        let mut o = self.run(&cmd, self.ctx.deadline).await?;
+        o.stderr = without_key_notice(&o.stderr).to_vec();
+        Ok(o)
     }
 
     /// A captured deploy step: recorded in `steps`, failing the deploy on a non-zero exit.
@@ -962,6 +978,21 @@ mod tests {
         assert_eq!(
             join(&volume_delete_args("vol", e)),
             "volume --environment staging delete --volume vol --yes"
+        );
+    }
+
+    #[test]
+    fn the_cli_key_notice_is_not_remote_output() {
+        assert_eq!(
+            without_key_notice(
+                b"Using SSH key from file /h/.ssh/id_ed25519.pub: id_ed25519\nerr\n"
+            ),
+            b"err\n"
+        );
+        assert_eq!(without_key_notice(b"Using SSH key from agent: k"), b"");
+        assert_eq!(
+            without_key_notice(b"err\nUsing SSH key from x\n"),
+            b"err\nUsing SSH key from x\n"
         );
     }
 
