@@ -4,7 +4,7 @@
 #   2. makes sure a Docker engine answers (starts dockerd when none does);
 #   3. installs the real Railway CLI (a debug build of railwayapp 5.71.0, cached under
 #      /var/tmp/megaplan-e2e) when it is missing;
-#   4. builds the binaries and runs every test: `cargo test --workspace -- --test-threads=2`;
+#   4. builds the binaries and runs every test: `cargo test --workspace --no-fail-fast -- --test-threads=2`;
 #   5. says how many end-to-end tests ran on the bench and how many were skipped, and why.
 # Not root: nothing is installed; the end-to-end tests then skip and step 5 says why
 # (`MEGAPLAN_E2E_REQUIRED=1`, set by .ci/run, turns every skip into a failure).
@@ -85,7 +85,7 @@ stamp "cargo build --workspace --bins"
 cargo build --workspace --bins
 stamp "cargo test --workspace $* -- --test-threads=2"
 set +e
-cargo test --workspace "$@" -- --test-threads=2
+cargo test --workspace --no-fail-fast "$@" -- --test-threads=2
 status=$?
 set -e
 
