@@ -229,6 +229,13 @@ pub enum Command {
     Logs {
         #[serde(default)]
         follow: bool,
+        /// How many recent lines (default 200 without `follow`, all history with it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<u32>,
+        /// Only lines since this time: a duration (`10m`, `2h`) or an RFC 3339 time, as
+        /// `docker logs --since` and `railway logs --since` take it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
     },
     Attach {
         session: Option<String>,

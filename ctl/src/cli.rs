@@ -108,6 +108,12 @@ pub enum Cmd {
         /// Python tool, which followed by default).
         #[arg(long, conflicts_with = "follow")]
         no_follow: bool,
+        /// How many recent lines to show (default 200; with -f, the whole history first).
+        #[arg(short = 'n', long)]
+        tail: Option<u32>,
+        /// Only lines since a duration ago (10m, 2h) or a time (2026-12-01T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Attach to the runner's tmux session on this terminal (raw, not redacted).
     Attach {

@@ -241,8 +241,15 @@ async fn run(cli: Cli) -> i32 {
             remote_spec,
             plan,
         },
-        Cmd::Logs { follow, no_follow } => Command::Logs {
+        Cmd::Logs {
+            follow,
+            no_follow,
+            tail,
+            since,
+        } => Command::Logs {
             follow: follow && !no_follow,
+            tail,
+            since,
         },
         Cmd::Attach { session } => {
             // The runner's tmux needs a terminal on both ends; ssh would otherwise go on without

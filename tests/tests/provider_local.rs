@@ -225,7 +225,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
 
     // logs --no-follow, then follow cancelled after a line.
     let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let code = p.logs(false, &tx).await.expect("logs");
+    let code = p.logs(false, &Default::default(), &tx).await.expect("logs");
     drop(tx);
     let (out, _) = task.await.expect("collector");
     assert_eq!(code, 0);
@@ -233,7 +233,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(8);
     let follower = {
         let p = p.clone();
-        tokio::spawn(async move { p.logs(true, &tx).await })
+        tokio::spawn(async move { p.logs(true, &Default::default(), &tx).await })
     };
     let mut seen = String::new();
     while !seen.contains("runner-started") {

@@ -343,7 +343,7 @@ async fn railway_provider_drives_the_real_cli() {
     // logs without follow: the deployment's recent lines, then exit.
     world.control(&json!({"services": ["agent", "db"], "log_lines": ["runner booted", format!("token {SECRET_VALUE}")]}));
     let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let code = p.logs(false, &tx).await.expect("logs");
+    let code = p.logs(false, &Default::default(), &tx).await.expect("logs");
     drop(tx);
     let (out, _) = task.await.expect("collector");
     assert_eq!(code, 0);
@@ -389,7 +389,10 @@ async fn railway_provider_drives_the_real_cli() {
         e.message
     );
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    let e = gone.logs(true, &tx).await.expect_err("no cli, follow");
+    let e = gone
+        .logs(true, &Default::default(), &tx)
+        .await
+        .expect_err("no cli, follow");
     assert_eq!(e.error, ErrorCode::ProviderUnavailable);
 }
 
@@ -398,7 +401,7 @@ async fn railway_provider_drives_the_real_cli() {
 /// subscription closed.
 async fn follow_until_the_client_leaves(p: &RailwayProvider, world: &RailwayWorld) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, String)>(64);
-    let p_logs = async move { p.logs(true, &tx).await };
+    let p_logs = async move { p.logs(true, &Default::default(), &tx).await };
     let reader = async move {
         let mut text = String::new();
         while let Some((_, chunk)) = rx.recv().await {

@@ -337,18 +337,38 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
 
     // logs --no-follow.
     let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let code = p.logs(false, &tx).await.expect("logs");
+    let code = p.logs(false, &Default::default(), &tx).await.expect("logs");
     drop(tx);
     let (out, _) = task.await.expect("collector");
     assert_eq!(code, 0);
     assert!(out.contains("runner-started"), "{out}");
+
+    // logs --tail 1 --since 1h: one line, from the last hour; a hostile --since is refused
+    // before anything runs.
+    let window = megaplan_cloudd::provider::LogWindow {
+        tail: Some(1),
+        since: Some("1h".into()),
+    };
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
+    let code = p.logs(false, &window, &tx).await.expect("logs --tail 1");
+    drop(tx);
+    let (one, err) = task.await.expect("collector");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(one.lines().count(), 1, "{one}");
+    let bad = megaplan_cloudd::provider::LogWindow {
+        tail: None,
+        since: Some("1h; rm -rf /".into()),
+    };
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
+    let e = p.logs(false, &bad, &tx).await.expect_err("hostile --since");
+    assert_eq!(e.error, ErrorCode::InvalidArgs, "{e}");
 
     // logs --follow, cancelled by dropping the receiver after a line.
     let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(8);
     let p = Arc::new(p);
     let follower = {
         let p = p.clone();
-        tokio::spawn(async move { p.logs(true, &tx).await })
+        tokio::spawn(async move { p.logs(true, &Default::default(), &tx).await })
     };
     let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
         .await

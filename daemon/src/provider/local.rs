@@ -26,9 +26,6 @@ use std::time::Duration;
 /// The compose service that runs the agent.
 pub const SERVICE: &str = "agent";
 
-/// Lines of `logs` without `--follow`.
-pub const LOG_TAIL: &str = "200";
-
 /// Building or starting (which may build) can take far longer than one command.
 const MIN_UP_DEADLINE: Duration = Duration::from_secs(1800);
 
@@ -140,12 +137,20 @@ pub fn attach_args() -> Vec<String> {
     words(&["exec", SERVICE, "tmux", "attach", "-t", "agent"])
 }
 
-pub fn logs_args(follow: bool) -> Vec<String> {
+/// `logs [-f] [--tail N] [--since S] agent` (200 lines by default without `-f`).
+pub fn logs_args(follow: bool, tail: Option<&str>, since: Option<&str>) -> Vec<String> {
+    let mut w = vec!["logs"];
     if follow {
-        words(&["logs", "-f", SERVICE])
-    } else {
-        words(&["logs", "--tail", LOG_TAIL, SERVICE])
+        w.push("-f");
     }
+    if let Some(n) = tail {
+        w.extend(["--tail", n]);
+    }
+    if let Some(s) = since {
+        w.extend(["--since", s]);
+    }
+    w.push(SERVICE);
+    words(&w)
 }
 
 pub fn down_args() -> Vec<String> {
@@ -464,9 +469,15 @@ impl Provider for LocalProvider {
         ))
     }
 
-    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn logs(
+        &self,
+        follow: bool,
+        window: &super::LogWindow,
+        out: &OutTx,
+    ) -> Result<i32, ErrorBody> {
         let flavor = self.flavor(Some(out)).await?;
-        let cmd = self.cmd(flavor, &logs_args(follow));
+        let tail = window.tail_for(follow);
+        let cmd = self.cmd(flavor, &logs_args(follow, tail.as_deref(), window.since()?));
         let deadline = (!follow).then_some(self.ctx.deadline);
         process::run_streaming(&cmd, deadline, &self.ctx.redactor, out)
             .await
@@ -548,10 +559,17 @@ mod tests {
             argv(p, attach_args()),
             format!("{BASE} exec agent tmux attach -t agent")
         );
-        assert_eq!(argv(p, logs_args(true)), format!("{BASE} logs -f agent"));
         assert_eq!(
-            argv(p, logs_args(false)),
+            argv(p, logs_args(true, None, None)),
+            format!("{BASE} logs -f agent")
+        );
+        assert_eq!(
+            argv(p, logs_args(false, Some("200"), None)),
             format!("{BASE} logs --tail 200 agent")
+        );
+        assert_eq!(
+            argv(p, logs_args(true, Some("5"), Some("10m"))),
+            format!("{BASE} logs -f --tail 5 --since 10m agent")
         );
         assert_eq!(argv(p, down_args()), format!("{BASE} stop"));
         assert_eq!(

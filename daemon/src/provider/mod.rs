@@ -147,8 +147,9 @@ pub trait Provider {
     /// railway-only; other providers answer `invalid_args`.
     fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody>;
 
-    /// Stream the runner's logs: followed until the receiver goes away, or the last 200 lines.
-    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody>;
+    /// Stream the runner's logs: followed until the receiver goes away, or the last lines
+    /// (`window.tail`, default 200), optionally only those since `window.since`.
+    async fn logs(&self, follow: bool, window: &LogWindow, out: &OutTx) -> Result<i32, ErrorBody>;
 
     /// Stop the runner, keeping its state.
     async fn down(&self, out: &OutTx) -> Result<(), ErrorBody>;
@@ -206,8 +207,8 @@ impl Provider for AnyProvider {
     fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
         delegate!(self, p => p.attach_argv(session))
     }
-    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
-        delegate!(self, p => p.logs(follow, out).await)
+    async fn logs(&self, follow: bool, window: &LogWindow, out: &OutTx) -> Result<i32, ErrorBody> {
+        delegate!(self, p => p.logs(follow, window, out).await)
     }
     async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
         delegate!(self, p => p.down(out).await)
@@ -238,6 +239,50 @@ pub fn for_spec(
             let p = railway::RailwayProvider::new(ctx).with_sessions(sessions.clone());
             require_cli(&p.program)?;
             Ok(AnyProvider::Railway(p))
+        }
+    }
+}
+
+/// Which part of the log history `logs` shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogWindow {
+    pub tail: Option<u32>,
+    pub since: Option<String>,
+}
+
+/// Lines shown without `--tail` when not following.
+pub const DEFAULT_LOG_TAIL: u32 = 200;
+
+impl LogWindow {
+    /// `--tail` as the CLIs take it: the given count; without one, 200 when not following and
+    /// none (the whole history, then new lines) when following.
+    pub fn tail_for(&self, follow: bool) -> Option<String> {
+        match (self.tail, follow) {
+            (Some(n), _) => Some(n.to_string()),
+            (None, false) => Some(DEFAULT_LOG_TAIL.to_string()),
+            (None, true) => None,
+        }
+    }
+
+    /// `--since`, checked: a duration or a time, never anything a shell or a CLI parser could
+    /// take for something else.
+    pub fn since(&self) -> Result<Option<&str>, ErrorBody> {
+        let Some(s) = self.since.as_deref() else {
+            return Ok(None);
+        };
+        let ok = !s.is_empty()
+            && s.len() <= 40
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":.+-".contains(&b));
+        if ok {
+            Ok(Some(s))
+        } else {
+            Err(ErrorBody::new(
+                ErrorCode::InvalidArgs,
+                format!("--since {s:?}: give a duration such as 10m or 2h, or a time such as 2026-12-01T10:00:00Z"),
+            )
+            .with("field", "since"))
         }
     }
 }

@@ -130,12 +130,23 @@ pub fn attach_args(service: &str, env: Option<&str>, session: &str) -> Vec<Strin
     scoped(&["ssh"], env, &["--service", service, "--session", session])
 }
 
-pub fn logs_args(service: &str, env: Option<&str>, follow: bool) -> Vec<String> {
-    if follow {
-        scoped(&["logs"], env, &["--service", service])
-    } else {
-        scoped(&["logs"], env, &["--service", service, "--lines", "200"])
+/// `railway logs --service S [--lines N] [--since S]`. The real CLI (5.71, `logs.rs`) streams
+/// only without `--lines`/`--since`/`--until`, so follow mode passes neither.
+pub fn logs_args(
+    service: &str,
+    env: Option<&str>,
+    follow: bool,
+    tail: Option<&str>,
+    since: Option<&str>,
+) -> Vec<String> {
+    let mut rest = vec!["--service", service];
+    if !follow {
+        rest.extend(["--lines", tail.unwrap_or("200")]);
+        if let Some(s) = since {
+            rest.extend(["--since", s]);
+        }
     }
+    scoped(&["logs"], env, &rest)
 }
 
 /// `argv` run under a pseudo-terminal: `script -q -e -f -c '<argv, quoted>' /dev/null`.
@@ -807,8 +818,21 @@ impl Provider for RailwayProvider {
         Ok(v)
     }
 
-    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
-        let args = logs_args(self.service(), self.env(), follow);
+    async fn logs(
+        &self,
+        follow: bool,
+        window: &super::LogWindow,
+        out: &OutTx,
+    ) -> Result<i32, ErrorBody> {
+        let since = window.since()?;
+        if follow && (window.tail.is_some() || since.is_some()) {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidArgs,
+                "railway logs cannot follow and take --tail/--since together (the Railway CLI streams only without them): drop -f, or drop --tail/--since",
+            ));
+        }
+        let tail = window.tail.map(|n| n.to_string());
+        let args = logs_args(self.service(), self.env(), follow, tail.as_deref(), since);
         if !follow {
             let cmd = self.cmd(args, self.project_dir());
             return process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
@@ -871,12 +895,16 @@ mod tests {
             "ssh --service agent --session s1"
         );
         assert_eq!(
-            join(&logs_args("agent", None, true)),
+            join(&logs_args("agent", None, true, None, None)),
             "logs --service agent"
         );
         assert_eq!(
-            join(&logs_args("agent", None, false)),
+            join(&logs_args("agent", None, false, None, None)),
             "logs --service agent --lines 200"
+        );
+        assert_eq!(
+            join(&logs_args("agent", None, false, Some("20"), Some("1h"))),
+            "logs --service agent --lines 20 --since 1h"
         );
         assert_eq!(
             join(&down_args("agent", None)),
@@ -904,7 +932,7 @@ mod tests {
     #[test]
     fn follow_runs_under_a_pty_wrapper() {
         let argv: Vec<String> = std::iter::once("/opt/rail way/railway".to_string())
-            .chain(logs_args("agent", Some("prod"), true))
+            .chain(logs_args("agent", Some("prod"), true, None, None))
             .collect();
         assert_eq!(
             under_pty(&argv),
@@ -968,7 +996,7 @@ mod tests {
             "ssh --environment staging --service agent --session s"
         );
         assert_eq!(
-            join(&logs_args("agent", e, false)),
+            join(&logs_args("agent", e, false, None, None)),
             "logs --environment staging --service agent --lines 200"
         );
         assert_eq!(

@@ -20,9 +20,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Lines of `docker logs` without `--follow`.
-pub const LOG_TAIL: &str = "200";
-
 /// Syncing the deploy dir may take longer than one remote command.
 const MIN_SYNC_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -182,13 +179,25 @@ pub fn docker_run_args(spec: &CloudSpec, ssh: &Ssh) -> Vec<String> {
     v
 }
 
-/// `docker logs -f <c>` or `docker logs --tail 200 <c>`.
-pub fn remote_logs(container: &str, follow: bool) -> String {
+/// `docker logs [-f] [--tail N] [--since S] <c>` (200 lines by default without `-f`).
+pub fn remote_logs(
+    container: &str,
+    follow: bool,
+    tail: Option<&str>,
+    since: Option<&str>,
+) -> String {
+    let mut w = vec!["docker", "logs"];
     if follow {
-        join(&["docker", "logs", "-f", container])
-    } else {
-        join(&["docker", "logs", "--tail", LOG_TAIL, container])
+        w.push("-f");
     }
+    if let Some(n) = tail {
+        w.extend(["--tail", n]);
+    }
+    if let Some(s) = since {
+        w.extend(["--since", s]);
+    }
+    w.push(container);
+    join(&w)
 }
 
 /// `docker stop <c>`.
@@ -679,10 +688,21 @@ impl Provider for SshProvider {
             .interactive_argv(&remote_attach(&self.ssh.container)))
     }
 
-    async fn logs(&self, follow: bool, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn logs(
+        &self,
+        follow: bool,
+        window: &super::LogWindow,
+        out: &OutTx,
+    ) -> Result<i32, ErrorBody> {
         let deadline = (!follow).then_some(self.ctx.deadline);
-        self.stream(&remote_logs(&self.ssh.container, follow), deadline, out)
-            .await
+        let tail = window.tail_for(follow);
+        let script = remote_logs(
+            &self.ssh.container,
+            follow,
+            tail.as_deref(),
+            window.since()?,
+        );
+        self.stream(&script, deadline, out).await
     }
 
     async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
@@ -774,10 +794,17 @@ mod tests {
             remote_build("agent-1", "/srv/my dir`x`"),
             "docker build -t agent-1 '/srv/my dir`x`'"
         );
-        assert_eq!(remote_logs("agent-1", true), "docker logs -f agent-1");
         assert_eq!(
-            remote_logs("agent-1", false),
+            remote_logs("agent-1", true, None, None),
+            "docker logs -f agent-1"
+        );
+        assert_eq!(
+            remote_logs("agent-1", false, Some("200"), None),
             "docker logs --tail 200 agent-1"
+        );
+        assert_eq!(
+            remote_logs("agent-1", false, Some("7"), Some("2026-12-01T10:00:00Z")),
+            "docker logs --tail 7 --since 2026-12-01T10:00:00Z agent-1"
         );
         assert_eq!(remote_stop("a'b"), "docker stop 'a'\\''b'");
         assert_eq!(

@@ -379,7 +379,11 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
         Command::Build => ops::build(&ctx).await,
         Command::Deploy => ops::deploy(&ctx).await,
         Command::Exec { cmd, argv } => ops::exec(&ctx, &exec_command(&cmd, &argv)?).await,
-        Command::Logs { follow } => ops::logs(&ctx, follow).await,
+        Command::Logs {
+            follow,
+            tail,
+            since,
+        } => ops::logs(&ctx, follow, &crate::provider::LogWindow { tail, since }).await,
         Command::Attach { session } => ops::attach(&ctx, session.as_deref()).await,
         Command::Down => ops::down(&ctx).await,
         Command::Destroy { yes } => ops::destroy(&ctx, yes).await,

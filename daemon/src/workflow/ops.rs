@@ -80,11 +80,15 @@ pub async fn exec(ctx: &Ctx, cmd: &str) -> Result<Done, ErrorBody> {
     Ok(Done::code(serde_json::Value::Null, r?))
 }
 
-pub async fn logs(ctx: &Ctx, follow: bool) -> Result<Done, ErrorBody> {
+pub async fn logs(
+    ctx: &Ctx,
+    follow: bool,
+    window: &crate::provider::LogWindow,
+) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
     let (tx, fwd) = ctx.out.provider_tx();
     let r = tokio::select! {
-        r = p.logs(follow, &tx) => r,
+        r = p.logs(follow, window, &tx) => r,
         _ = ctx.state.hard_stop.cancelled() => Ok(0),
     };
     drop(tx);
