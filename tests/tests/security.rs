@@ -287,6 +287,7 @@ impl NobodyDaemon {
 #[test]
 fn connections_from_another_uid_are_closed_at_accept_with_a_rate_limited_warning() {
     if !is_root() {
+        megaplan_cloud_e2e::skip_or_panic("this test needs root (it runs processes as nobody)");
         return;
     }
     let mut d = NobodyDaemon::start();
@@ -401,6 +402,7 @@ fn ctl_at(socket: &Path, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Run
 #[test]
 fn the_client_sends_nothing_to_a_server_of_another_uid() {
     if !is_root() {
+        megaplan_cloud_e2e::skip_or_panic("this test needs root (it runs processes as nobody)");
         return;
     }
     let tmp = tempfile::Builder::new()
@@ -730,6 +732,7 @@ fn a_broken_cloud_yaml_next_to_a_credential_is_stored_redacted() {
 #[test]
 fn a_foreign_remote_dir_on_the_docker_host_is_refused_and_its_files_untouched() {
     if !is_root() {
+        megaplan_cloud_e2e::skip_or_panic("this test needs root (it runs processes as nobody)");
         return;
     }
     let Some(rig) = SshRig::start("secrets: [MP_SECURITY_TOKEN]\n", &[]) else {
