@@ -218,6 +218,18 @@ pub fn lock_database(db: &Path) -> Result<InstanceLock, String> {
             lock_path.display()
         )
     })
+    .map_err(|e| {
+        if e.starts_with("cannot open lock file") {
+            // The lock sits beside the database: a folder that cannot hold it cannot hold the
+            // database either, so say it in the database's terms, with the fix.
+            format!(
+                "cannot open database {}: {e}; make its folder writable (remount the file system read-write, fix its permissions) or use another --db",
+                db.display()
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// Bind the socket: private folder, single-instance flock, live-socket probe, stale unlink,

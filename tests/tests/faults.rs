@@ -838,11 +838,13 @@ fn sigterm_during_a_build_exits_zero_within_the_grace_period() {
     rig.ctl(&["tick"]);
 
     let mut client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["build"]);
-    let stdout = client.stdout.take().unwrap();
+    // The build's own output is progress, so the client prints it on stderr (stdout stays the
+    // one JSON document, read after the client ends).
+    let build_output = client.stderr.take().unwrap();
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut all = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(build_output).lines().map_while(Result::ok) {
             if line.contains("fixture-build-running") {
                 let _ = seen_tx.send(());
             }
@@ -870,13 +872,13 @@ fn sigterm_during_a_build_exits_zero_within_the_grace_period() {
         let _ = client.kill();
         panic!("the client still waits after the daemon stopped");
     };
-    let printed = reader.join().unwrap();
-    let mut stderr = String::new();
+    let stderr = reader.join().unwrap();
+    let mut printed = String::new();
     client
-        .stderr
+        .stdout
         .take()
         .unwrap()
-        .read_to_string(&mut stderr)
+        .read_to_string(&mut printed)
         .unwrap();
     assert_eq!(code.code(), Some(1), "{printed}\n{stderr}");
     let json_start = printed.find("\n{").map_or(0, |i| i + 1);

@@ -711,7 +711,12 @@ fn bad_notify_input_is_refused_by_field() {
     let (_g, path) = notify_config("stall_after: soon\n");
     let out = Command::new(bin("megaplan-cloudd"))
         .args(["--notify-config", path.to_str().unwrap(), "--no-log-file"])
-        .env("MEGAPLAN_CLOUDD_SOCKET", rig.daemon.dir.join("other.sock"))
+        // A folder of its own for the socket: the daemon creates it 0700 (it refuses to bind
+        // in a folder others can enter).
+        .env(
+            "MEGAPLAN_CLOUDD_SOCKET",
+            rig.daemon.dir.join("other-run/other.sock"),
+        )
         .env("MEGAPLAN_CLOUD_HOME", rig.daemon.dir.join("other-home"))
         .stdin(Stdio::null())
         .output()

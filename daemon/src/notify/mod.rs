@@ -33,6 +33,10 @@ const PARALLEL_DELIVERIES: usize = 8;
 pub struct Notifier {
     pub config: NotifyConfig,
     wake: tokio::sync::Notify,
+    /// Serialises the read-decide-write of the watch state: a tick's hook may still run when
+    /// the next tick of the same registration (no longer holding the tick lock) finishes, and
+    /// two hooks reading the same state would both send the same transition.
+    recording: tokio::sync::Mutex<()>,
 }
 
 impl Notifier {
@@ -40,6 +44,7 @@ impl Notifier {
         Notifier {
             config,
             wake: tokio::sync::Notify::new(),
+            recording: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -62,6 +67,7 @@ pub async fn after_tick(state: &Arc<AppState>, rec: &TickRecord) {
 
 async fn record(state: &Arc<AppState>, rec: &TickRecord) -> Result<(), crate::store::StoreError> {
     let n = &state.notifier;
+    let _one_at_a_time = n.recording.lock().await;
     // Watching is per registration: a `supervise --chain` of an unregistered cloud.yaml is
     // stored but tells nobody.
     if state.store.get_registration(&rec.key).await?.is_none() {
