@@ -246,15 +246,23 @@ fn watch_follows_new_reports() {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = line_tx.send(line);
     });
+    // Bounded by work, not time: up to 200 ticks, checking after each whether watch printed;
+    // then the usual safety net for a line still on its way.
     let mut line = None;
-    for _ in 0..30 {
+    for _ in 0..200 {
         rig.ctl(&["tick"]);
-        if let Ok(l) = line_rx.recv_timeout(Duration::from_secs(3)) {
+        if let Ok(l) = line_rx.try_recv() {
             line = Some(l);
             break;
         }
     }
-    let line = line.expect("watch printed no report after 30 ticks");
+    if line.is_none() {
+        wait_until(Duration::from_secs(30), || {
+            line = line_rx.try_recv().ok();
+            line.is_some()
+        });
+    }
+    let line = line.expect("watch printed no report after 200 ticks");
     let _ = child.kill();
     let _ = child.wait();
     let rec: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
