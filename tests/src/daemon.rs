@@ -283,6 +283,26 @@ impl Drop for Daemon {
     }
 }
 
+/// The repository's systemd unit written into `dir` with `ExecStart` pointing at the built
+/// daemon (systemd-analyze wants the binary to exist). Returns the unit's path.
+pub fn unit_with_built_daemon(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root");
+    let unit = fs::read_to_string(root.join("systemd/megaplan-cloudd.service"))
+        .unwrap_or_else(|e| panic!("cannot read the systemd unit: {e}"));
+    let path = dir.join("megaplan-cloudd.service");
+    fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/megaplan-cloudd",
+            bin("megaplan-cloudd").to_str().unwrap_or_default(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 pub use container::Container;
-pub use daemon::{Daemon, bin};
+pub use daemon::{Daemon, bin, unit_with_built_daemon};
 pub use git::{git_bare_repo, repo_in_container};
 pub use sshd::Sshd;
 pub use util::{unique_suffix, wait_until};

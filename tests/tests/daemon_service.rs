@@ -448,18 +448,9 @@ fn thousand_registrations_all_tick_without_overlap() {
 #[test]
 fn service_files_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    // systemd-analyze wants the ExecStart binary to exist: point it at the built daemon.
     let unit = std::fs::read_to_string(root.join("systemd/megaplan-cloudd.service")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let test_unit = tmp.path().join("megaplan-cloudd.service");
-    std::fs::write(
-        &test_unit,
-        unit.replace(
-            "/usr/local/bin/megaplan-cloudd",
-            bin("megaplan-cloudd").to_str().unwrap(),
-        ),
-    )
-    .unwrap();
+    let test_unit = megaplan_cloud_e2e::unit_with_built_daemon(tmp.path());
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&test_unit)

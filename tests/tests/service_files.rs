@@ -38,15 +38,7 @@ fn user_unit_takes_the_session_agent_and_user_paths_and_is_hardened() {
     }
     // Score it as systemd does (offline: no manager needed).
     let tmp = tempfile::tempdir().unwrap();
-    let test_unit = tmp.path().join("megaplan-cloudd.service");
-    std::fs::write(
-        &test_unit,
-        unit.replace(
-            "/usr/local/bin/megaplan-cloudd",
-            bin("megaplan-cloudd").to_str().unwrap(),
-        ),
-    )
-    .unwrap();
+    let test_unit = megaplan_cloud_e2e::unit_with_built_daemon(tmp.path());
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=yes"])
         .arg(&test_unit)
