@@ -471,7 +471,12 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
 
     fx.sessions.close_all().await;
     assert_eq!(fx.sessions.count(), 0);
-    assert!(!master.control_path().exists(), "master exited");
+    // `ssh -O exit` returns before the master has removed its socket: wait for that event.
+    let ctl = master.control_path().to_path_buf();
+    assert!(
+        megaplan_cloud_e2e::wait_until(Duration::from_secs(10), || !ctl.exists()),
+        "master exited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
