@@ -374,6 +374,7 @@ impl HasRest for LogsInfo {
 /// A pause as stored (`megaplan-cloudctl pause`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pause {
+    #[serde(default)]
     pub key: String,
     pub paused_by: String,
     #[serde(default)]

@@ -10,6 +10,7 @@ use crate::cloud_yaml::{CloudSpec, Mode};
 use crate::provider::Provider;
 use crate::redact::Redactor;
 use crate::shell;
+use megaplan_cloud_api::marker::LastChainMarker;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
 
@@ -38,16 +39,13 @@ impl SpecSource {
 /// `mode: chain`, else `missing_remote_spec`.
 pub fn resolve_remote_spec(
     flag: Option<&str>,
-    marker: Option<&Value>,
+    marker: Option<&LastChainMarker>,
     spec: &CloudSpec,
 ) -> Result<(String, SpecSource), ErrorBody> {
     if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
         return Ok((f.to_string(), SpecSource::Flag));
     }
-    if let Some(m) = marker
-        .and_then(|m| m.get("remote_spec"))
-        .and_then(Value::as_str)
-    {
+    if let Some(m) = marker.and_then(LastChainMarker::remote_spec) {
         return Ok((m.to_string(), SpecSource::Marker));
     }
     if spec.mode == Mode::Chain
@@ -77,23 +75,20 @@ pub struct ChainTarget {
 /// Marker fields apply when the marker describes the spec being looked at.
 pub fn chain_target(
     flag: Option<&str>,
-    marker: Option<&Value>,
+    marker: Option<&LastChainMarker>,
     spec: &CloudSpec,
 ) -> Result<ChainTarget, ErrorBody> {
     let (remote_spec, source) = resolve_remote_spec(flag, marker, spec)?;
-    let m = marker.filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(&remote_spec));
-    let field = |k: &str| {
-        m.and_then(|m| m.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let workspace = field("workspace").unwrap_or_else(|| spec.repo.workspace.clone());
-    let log_path = field("chain_log")
+    let m = marker.filter(|m| m.describes(&remote_spec));
+    let field = |f: fn(&LastChainMarker) -> Option<&str>| m.and_then(f).map(str::to_string);
+    let workspace =
+        field(|m| m.workspace.as_deref()).unwrap_or_else(|| spec.repo.workspace.clone());
+    let log_path = field(|m| m.chain_log.as_deref())
         .unwrap_or_else(|| format!("{}/{DEFAULT_CHAIN_LOG}", workspace.trim_end_matches('/')));
     Ok(ChainTarget {
         spec: remote_spec,
         source,
-        session: field("chain_session").unwrap_or_else(|| CHAIN_SESSION.to_string()),
+        session: field(|m| m.chain_session.as_deref()).unwrap_or_else(|| CHAIN_SESSION.to_string()),
         workspace,
         log_path,
     })
@@ -192,7 +187,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     let mut payload = summary::status_payload(
         &obs,
         &chain_spec,
-        consistency,
+        &consistency,
         &target.session,
         &target.workspace,
     );
@@ -449,7 +444,9 @@ mod tests {
     fn remote_spec_precedence_has_four_outcomes() {
         let chain_mode = spec("repo: {url: /r}\nmode: chain\nchain: {spec: /w/app/c.yaml}\n");
         let idle = spec("repo: {url: /r}\n");
-        let marker = json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain"});
+        let marker = LastChainMarker::read(
+            json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain"}),
+        );
         // 1. flag wins over everything.
         let (s, src) = resolve_remote_spec(Some("/x.yaml"), Some(&marker), &chain_mode).unwrap();
         assert_eq!((s.as_str(), src), ("/x.yaml", SpecSource::Flag));
@@ -470,8 +467,10 @@ mod tests {
     #[test]
     fn target_uses_marker_fields_only_for_its_spec() {
         let s = spec("repo: {url: /r, workspace: /w/app}\n");
-        let marker = json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain-x",
-                            "workspace": "/w/other", "chain_log": "/w/other/log"});
+        let marker = LastChainMarker::read(
+            json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain-x",
+                            "workspace": "/w/other", "chain_log": "/w/other/log"}),
+        );
         let t = chain_target(None, Some(&marker), &s).unwrap();
         assert_eq!(t.session, "megaplan-chain-x");
         assert_eq!(t.workspace, "/w/other");
