@@ -10,15 +10,17 @@
 pub mod config;
 pub mod deliver;
 pub mod explain;
+pub mod notifier;
 pub mod stall;
 pub mod store;
 pub mod transitions;
 
-use crate::daemon::AppState;
 use crate::redact::Redactor;
+use crate::state::AppState;
 use chrono::Utc;
 use config::{NotifyConfig, Sink};
 use megaplan_cloud_api::wire::TickRecord;
+pub use notifier::Notifier;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,34 +30,6 @@ pub const SCHEMA: &str = "megaplan-cloudd/notification/v1";
 
 /// At most this many deliveries run at once.
 const PARALLEL_DELIVERIES: usize = 8;
-
-/// The daemon's notification settings plus the worker's wake-up bell.
-pub struct Notifier {
-    pub config: NotifyConfig,
-    wake: tokio::sync::Notify,
-    /// Serialises the read-decide-write of the watch state: a tick's hook may still run when
-    /// the next tick of the same registration (no longer holding the tick lock) finishes, and
-    /// two hooks reading the same state would both send the same transition.
-    recording: tokio::sync::Mutex<()>,
-}
-
-impl Notifier {
-    pub fn new(config: NotifyConfig) -> Notifier {
-        Notifier {
-            config,
-            wake: tokio::sync::Notify::new(),
-            recording: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    pub fn rules(&self) -> transitions::Rules {
-        transitions::Rules {
-            still_waiting_after: chrono::Duration::from_std(self.config.still_waiting_after)
-                .unwrap_or(chrono::Duration::days(1)),
-            failed_ticks: self.config.failed_ticks,
-        }
-    }
-}
 
 /// The hook run once a tick report is final and stored. Never fails the tick: problems are
 /// logged (the next tick sees the same transition again, so nothing is lost for good).
