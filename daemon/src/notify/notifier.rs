@@ -1,16 +1,17 @@
-//! The daemon's notification settings and the outbox worker's bell, held in the shared state.
+//! The daemon's notification settings and the bells of the watcher and the delivery worker,
+//! held in the shared state.
 
 use super::config::NotifyConfig;
 use super::transitions;
 
-/// The daemon's notification settings plus the worker's wake-up bell.
+/// The daemon's notification settings plus the watcher's and the delivery worker's bells.
 pub struct Notifier {
     pub config: NotifyConfig,
+    /// Rung when the outbox has new rows.
     pub(super) wake: tokio::sync::Notify,
-    /// Serialises the read-decide-write of the watch state: a tick's hook may still run when
-    /// the next tick of the same registration (no longer holding the tick lock) finishes, and
-    /// two hooks reading the same state would both send the same transition.
-    pub(super) recording: tokio::sync::Mutex<()>,
+    /// Rung when a tick was stored. A single watcher task reads the ticks in order, so two
+    /// ticks of one registration can never both send the same transition.
+    pub(super) watch: tokio::sync::Notify,
 }
 
 impl Notifier {
@@ -18,7 +19,7 @@ impl Notifier {
         Notifier {
             config,
             wake: tokio::sync::Notify::new(),
-            recording: tokio::sync::Mutex::new(()),
+            watch: tokio::sync::Notify::new(),
         }
     }
 
