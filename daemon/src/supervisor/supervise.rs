@@ -1,0 +1,414 @@
+//! The supervise tick: observe (with the sync refresh and PR probe, in ONE remote execution)
+//! → classify → decide (a pure function) → at most one mutation (a second remote execution)
+//! → report. Used by `supervise --chain` and by every scheduled tick.
+
+use super::markers;
+use super::target::{ChainTarget, chain_target, observe_chain};
+use crate::chain::decide::{self, MutationTarget, TickFacts};
+use crate::chain::observe::{Observation, SESSION_MARKER_DIR};
+use crate::chain::summary;
+use crate::cloud_yaml::{self, CloudSpec};
+use crate::provider::{self, Provider, ProviderCtx};
+use crate::redact::Redactor;
+use crate::state::AppState;
+use chrono::Utc;
+use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::report::{
+    self, LogsInfo, PrInfo, ProviderConsistency, ReportedStatus, RunnerInfo, TickReport,
+    from_observed, to_sorted_value,
+};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+
+/// One tick for a cloud.yaml. Never fails: every problem becomes a `supervisor_error` report.
+/// The report is redacted before it is returned.
+pub async fn tick(
+    state: &Arc<AppState>,
+    cloud_yaml: &str,
+    remote_spec: Option<&str>,
+) -> TickReport {
+    tick_with(state, cloud_yaml, remote_spec, false).await
+}
+
+/// [`tick`], optionally as a dry run (no mutation; `dry_run: true` in the report).
+pub async fn tick_with(
+    state: &Arc<AppState>,
+    cloud_yaml: &str,
+    remote_spec: Option<&str>,
+    dry_run: bool,
+) -> TickReport {
+    let started_at = Utc::now();
+    let spec = match cloud_yaml::load_async(Path::new(cloud_yaml)).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The file no longer parses, so its secret names are unknown: redact with every
+            // value a client last handed over for this key (a credential typed next to a
+            // syntax error must not reach the stored report).
+            let key = megaplan_cloud_api::paths::resolved_marker_key(Path::new(cloud_yaml));
+            let known = state.secret_values(&key, &[]);
+            let names: Vec<String> = known.keys().cloned().collect();
+            return finish(
+                error_report(&e.to_string()),
+                started_at,
+                0,
+                &Redactor::new(&names, &known),
+            );
+        }
+    };
+    let key = spec.key();
+    let secrets = state.secret_values(&key, &spec.secrets);
+    let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
+    let mut round_trips = 0u32;
+    // Pause and dry run: a separate input to the decision (decide::hold).
+    let pause = match crate::notify::store::get_pause(&state.store, &key).await {
+        Ok(p) => p,
+        Err(e) => {
+            return finish(
+                error_report(&format!("cannot read the pause state: {e}")),
+                started_at,
+                0,
+                &redactor,
+            );
+        }
+    };
+    let hold = if dry_run {
+        Some(decide::Hold::DryRun)
+    } else {
+        pause.as_ref().map(|p| decide::Hold::Paused {
+            by: p.paused_by.clone(),
+            since: p.since.clone(),
+        })
+    };
+    let report = match observe_and_act(
+        state,
+        &spec,
+        remote_spec,
+        &mut round_trips,
+        &redactor,
+        secrets,
+        hold.as_ref(),
+    )
+    .await
+    {
+        Ok(mut r) => {
+            crate::notify::stall::annotate_report(
+                &mut r,
+                Utc::now(),
+                state.notifier.config.stall_after,
+            );
+            r.paused = Some(pause);
+            r.dry_run = dry_run;
+            r
+        }
+        Err(e) => {
+            let d = decide::status_read_failed(&e.to_string());
+            let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
+            r.error = Some(e.error.as_str().to_string());
+            r
+        }
+    };
+    finish(report, started_at, round_trips, &redactor)
+}
+
+fn finish(
+    mut report: TickReport,
+    started_at: chrono::DateTime<Utc>,
+    round_trips: u32,
+    r: &Redactor,
+) -> TickReport {
+    report.started_at = Some(started_at.to_rfc3339());
+    report.finished_at = Some(Utc::now().to_rfc3339());
+    report.remote_round_trips = Some(round_trips);
+    redacted(report, r)
+}
+
+/// The report with every string redacted. Its closed vocabularies (event, action, status,
+/// liveness, consistency) hold no secret; should redaction turn one of them into something
+/// else, they are kept as decided and the rest is kept redacted beside them.
+fn redacted(report: TickReport, r: &Redactor) -> TickReport {
+    let Ok(v) = to_sorted_value(&report) else {
+        return error_report("the tick report could not be encoded");
+    };
+    let v = r.redact_json(&v);
+    match report::from_value(v.clone()) {
+        Ok(t) => t,
+        Err(_) => {
+            let mut extra = v.as_object().cloned().unwrap_or_default();
+            for k in ["runner", "provider_consistency"] {
+                extra.remove(k);
+            }
+            let mut t = TickReport {
+                refused_reason: report.refused_reason.as_deref().map(|s| r.redact(s)),
+                runner: RunnerInfo {
+                    status: report.runner.status,
+                    rest: Default::default(),
+                },
+                ..TickReport::error("")
+            };
+            t.acted = report.acted;
+            t.success = report.success;
+            t.event = report.event;
+            t.next_action = report.next_action;
+            t.effective_status = report.effective_status;
+            t.provider_consistency = report.provider_consistency.map(|c| match c {
+                ProviderConsistency::Mismatch { .. } => ProviderConsistency::Mismatch {
+                    reason: Some("(redacted)".into()),
+                },
+                ProviderConsistency::Unknown { .. } => ProviderConsistency::Unknown {
+                    reason: Some("(redacted)".into()),
+                },
+                other => other,
+            });
+            for k in [
+                "acted",
+                "effective_status",
+                "event",
+                "next_action",
+                "refused_reason",
+                "success",
+            ] {
+                extra.remove(k);
+            }
+            t.logs = from_observed(extra.remove("logs").as_ref().unwrap_or(&json!({})));
+            t.pr = from_observed(extra.remove("pr").as_ref().unwrap_or(&json!({})));
+            t.sync = extra.remove("sync").unwrap_or_else(|| json!({}));
+            t.spec = extra
+                .remove("spec")
+                .and_then(|s| s.as_str().map(str::to_string))
+                .unwrap_or_default();
+            t.extra = extra;
+            t
+        }
+    }
+}
+
+/// Each remote command of a tick may run this much longer than the tick itself, so a hung tick
+/// always ends by the tick's own deadline (one report saying so) rather than by a race with
+/// the command's; the runner-side kill of the command (see `provider::ssh`) follows moments
+/// later.
+const TICK_COMMAND_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn observe_and_act(
+    state: &Arc<AppState>,
+    spec: &CloudSpec,
+    remote_spec: Option<&str>,
+    round_trips: &mut u32,
+    redactor: &Redactor,
+    secrets: std::collections::BTreeMap<String, String>,
+    hold: Option<&decide::Hold>,
+) -> Result<TickReport, ErrorBody> {
+    let key = &spec.key();
+    let loaded = markers::load(
+        state,
+        key,
+        &spec.path.display().to_string(),
+        remote_spec.is_none(),
+    )
+    .await?;
+    let marker_warnings = loaded.warnings;
+    let marker = loaded.marker;
+    let target = chain_target(remote_spec, marker.as_ref(), spec)?;
+    let spec_arc = Arc::new(spec.clone());
+    let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
+        .unwrap_or_else(std::env::temp_dir);
+    let pctx = ProviderCtx {
+        spec: spec_arc,
+        deploy_dir,
+        secrets,
+        redactor: redactor.clone(),
+        deadline: state.settings.tick_timeout + TICK_COMMAND_SLACK,
+    };
+    // The observation is read unredacted (see observe_chain); the report is redacted
+    // as a whole in `finish`.
+    let raw = provider::for_spec(
+        ProviderCtx {
+            redactor: Redactor::none(),
+            ..pctx.clone()
+        },
+        &state.ssh,
+    )?;
+    let p = provider::for_spec(pctx, &state.ssh)?;
+    let consistency = summary::provider_consistency(
+        spec.provider.as_str(),
+        &markers::provider_identity(spec),
+        marker.as_ref(),
+    );
+    if !p.has_exec() {
+        let d = decide::decide_without_exec(&consistency);
+        return Ok(report(
+            &d,
+            &target.spec,
+            ReportedStatus::Unknown,
+            None,
+            consistency,
+        ));
+    }
+
+    // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
+    *round_trips += 1;
+    let configured = crate::chain::launcher::configured(spec);
+    let (obs, chain_spec) =
+        observe_chain(&raw, redactor, &target, configured.unwrap_or(""), true).await?;
+    if let Some(l) = &obs.core_launcher {
+        state.launchers.remember(key, l);
+    }
+    let observed = Observed::of(&obs, &chain_spec, &target, &consistency);
+    let effective = observed.effective_status;
+    let chain_state = obs.state_or_default();
+    let d = decide::decide(&TickFacts {
+        effective_status: effective,
+        provider_consistency: consistency.clone(),
+        has_exec: true,
+        liveness: obs.liveness,
+        pr_number: chain_state.pr_number,
+        pr_probe: obs.pr_probe.clone(),
+    });
+    let d = decide::hold(d, hold);
+
+    let mut out = report(
+        &d,
+        &target.spec,
+        effective.into(),
+        Some(&observed),
+        consistency.clone(),
+    );
+    if let Some(kind) = d.mutation {
+        // The launcher of the mutation: as configured, else what this observation found.
+        let Some(launcher) = configured
+            .map(str::to_string)
+            .or_else(|| obs.core_launcher.clone())
+        else {
+            return Err(crate::chain::launcher::no_core_error());
+        };
+        // Round trip 2: the one mutation, from the closed set in `decide`.
+        let digest = marker
+            .as_ref()
+            .filter(|m| m.describes(&target.spec))
+            .and_then(|m| m.identity_digest.get().cloned());
+        let script = decide::mutation_script(
+            kind,
+            &MutationTarget {
+                session: target.session.clone(),
+                workspace: target.workspace.clone(),
+                spec: target.spec.clone(),
+                launcher,
+                log_path: target.log_path.clone(),
+                marker_dir: SESSION_MARKER_DIR.to_string(),
+                identity_digest: digest,
+            },
+        );
+        *round_trips += 1;
+        let applied = match p.exec(&script, None).await {
+            Ok(r) => {
+                let said = if r.stderr.trim().is_empty() {
+                    r.stdout.trim()
+                } else {
+                    r.stderr.trim()
+                };
+                decide::mutation_outcome(kind, Ok(r.code), said)
+            }
+            Err(e) => decide::mutation_outcome(kind, Err(e.message), ""),
+        };
+        out = report(
+            &applied,
+            &target.spec,
+            effective.into(),
+            Some(&observed),
+            consistency,
+        );
+        if applied.acted {
+            // A restart or advance is a launch: keep the last-chain marker describing it.
+            let updated = markers::launched(
+                marker.as_ref(),
+                markers::Launch {
+                    remote_spec: &target.spec,
+                    workspace: &target.workspace,
+                    session: &target.session,
+                    log: &target.log_path,
+                    by: markers::LaunchedBy::Supervisor(applied.next_action.clone()),
+                },
+                spec,
+                Utc::now(),
+            );
+            if let Err(e) =
+                markers::save(state, key, &spec.path.display().to_string(), &updated).await
+            {
+                tracing::warn!(key, "tick acted but the marker could not be updated: {e}");
+            }
+        }
+    }
+    if !marker_warnings.is_empty() {
+        out.warnings = Some(marker_warnings);
+    }
+    Ok(out)
+}
+
+/// What a tick report shows of an observation: the status payload's `runner`, `sync`, `pr`
+/// and `logs` objects, typed where the supervisor and the notifications read them.
+struct Observed {
+    effective_status: crate::chain::classify::EffectiveStatus,
+    runner: RunnerInfo,
+    sync: Value,
+    pr: PrInfo,
+    logs: LogsInfo,
+    sync_refresh: Option<Value>,
+}
+
+impl Observed {
+    fn of(
+        obs: &Observation,
+        chain_spec: &crate::chain::spec::ChainSpec,
+        target: &ChainTarget,
+        consistency: &ProviderConsistency,
+    ) -> Observed {
+        let payload = summary::status_payload(
+            obs,
+            chain_spec,
+            consistency,
+            &target.session,
+            &target.workspace,
+        );
+        let pick = |k: &str| payload.get(k).cloned().unwrap_or_else(|| json!({}));
+        Observed {
+            effective_status: summary::effective_status(obs, chain_spec),
+            runner: from_observed(&pick("runner")),
+            sync: pick("sync"),
+            pr: from_observed(&pick("pr")),
+            logs: from_observed(&pick("logs")),
+            sync_refresh: obs.sync_refresh.clone(),
+        }
+    }
+}
+
+fn report(
+    d: &decide::Decision,
+    spec: &str,
+    effective_status: ReportedStatus,
+    observed: Option<&Observed>,
+    provider_consistency: ProviderConsistency,
+) -> TickReport {
+    TickReport {
+        success: d.success(),
+        event: d.event.clone(),
+        spec: spec.to_string(),
+        effective_status,
+        next_action: d.next_action.clone(),
+        acted: d.acted,
+        refused_reason: d.refused_reason.clone(),
+        runner: observed.map(|o| o.runner.clone()).unwrap_or_default(),
+        sync: observed
+            .map(|o| o.sync.clone())
+            .unwrap_or_else(|| json!({})),
+        pr: observed.map(|o| o.pr.clone()).unwrap_or_default(),
+        logs: observed.map(|o| o.logs.clone()).unwrap_or_default(),
+        sync_refresh: Some(observed.and_then(|o| o.sync_refresh.clone())),
+        provider_consistency: Some(provider_consistency),
+        ..TickReport::error("")
+    }
+}
+
+/// A `supervisor_error` report (same shape as every tick report).
+pub fn error_report(reason: &str) -> TickReport {
+    TickReport::error(reason)
+}
