@@ -671,6 +671,26 @@ mod tests {
         );
     }
 
+    /// The assertions of the old `stderr_line` test, on the typed report.
+    #[test]
+    fn stderr_line_format() {
+        let mut report = TickReport::error("why");
+        report.event = TickEvent::Blocked;
+        report.next_action = NextAction::Blocked;
+        assert_eq!(
+            report.to_string(),
+            "supervisor tick: supervisor_blocked | acted=false | next_action=blocked | refused_reason=why"
+        );
+        report.event = TickEvent::Restarted;
+        report.acted = true;
+        report.next_action = NextAction::Restart;
+        report.refused_reason = None;
+        assert_eq!(
+            report.to_string(),
+            "supervisor tick: supervisor_restarted | acted=true | next_action=restart"
+        );
+    }
+
     #[test]
     fn words_read_back_as_written() {
         for w in TickEvent::KNOWN {

@@ -4,12 +4,14 @@
 
 use super::markers;
 use super::target::{ChainTarget, chain_target, observe_chain};
-use crate::chain::decide::{self, MutationTarget, TickFacts};
-use crate::chain::observe::{Observation, SESSION_MARKER_DIR};
+use crate::chain::decide::{self, TickFacts};
+use crate::chain::observe::Observation;
 use crate::chain::summary;
 use crate::cloud_yaml::{self, CloudSpec};
 use crate::provider::{self, Provider, ProviderCtx};
 use crate::redact::Redactor;
+use crate::runner::layout::SESSION_MARKER_DIR;
+use crate::runner::mutation::{MutationTarget, mutation_script};
 use crate::state::AppState;
 use chrono::Utc;
 use megaplan_cloud_api::ErrorBody;
@@ -286,8 +288,8 @@ async fn observe_and_act(
             .as_ref()
             .filter(|m| m.describes(&target.spec))
             .and_then(|m| m.identity_digest.get().cloned());
-        let script = decide::mutation_script(
-            kind,
+        let script = mutation_script(
+            kind.as_str(),
             &MutationTarget {
                 session: target.session.clone(),
                 workspace: target.workspace.clone(),
