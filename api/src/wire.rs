@@ -184,7 +184,32 @@ pub struct RunRequest {
     /// Held in daemon memory only; never written to disk or the database.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The agents' local login files (`megaplan.codex_auth: chatgpt`, on `deploy` and `chain`):
+    /// read by the client, seeded onto the runner, held in daemon memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_auth: Option<AgentAuth>,
     pub command: Command,
+}
+
+/// The agents' login files the client read (`~/.codex/auth.json`, `~/.hermes/auth.json`).
+/// `Debug` prints names only: the contents are credentials.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentAuth {
+    /// Agent name (`codex`, `hermes`) → the file's content.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Agent name → the local path that was not there (or could not be read as UTF-8 text).
+    #[serde(default)]
+    pub missing: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AgentAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentAuth")
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("missing", &self.missing)
+            .finish()
+    }
 }
 
 /// Repo overrides accepted by `bootstrap` and `chain` (in memory only).
