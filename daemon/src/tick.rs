@@ -276,6 +276,6 @@ async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
         );
     }
     let _ = state.tick_feed.send(rec.clone());
-    // Watching: transitions → outbox (delivered in the background, never awaited here).
-    crate::notify::after_tick(state, rec).await;
+    // Watching reads the stored report in the background; the tick never waits for it.
+    crate::notify::after_tick(state, rec);
 }
