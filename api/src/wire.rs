@@ -226,6 +226,10 @@ pub struct SecretNamesResponse {
     pub names: Vec<String>,
     pub success: bool,
     pub warnings: Vec<String>,
+    /// The cloud.yaml's `megaplan.codex_auth`: with `chatgpt`, `deploy` and `chain` hand over
+    /// the agents' login files ([`AgentAuth`]). Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codex_auth: Option<String>,
 }
 
 /// Query of `GET /v1/ticks` and `GET /v1/ticks/watch`.
@@ -494,6 +498,7 @@ mod tests {
                 names: vec!["A".into()],
                 success: true,
                 warnings: vec![],
+                codex_auth: None,
             })
             .unwrap(),
             serde_json::json!({"success": true, "names": ["A"], "warnings": []}),

@@ -99,6 +99,12 @@ pub fn seed_script(seed: &Seed) -> String {
         Some((dir, _)) => dir,
         None => "",
     };
+    // `$$` (the shell's pid) outside the quotes, so it expands.
+    let kept_tmp = format!(
+        "{}$$",
+        quote(&format!("{CREDS_DIR}/.{}.tmp.", seed.kept_as))
+    );
+    let home_tmp = quote(&format!("{home_dir}/.auth.json.tmp"));
     format!(
         "set -e; umask 077; mkdir -p {creds}; chmod 700 {creds}; \
          tmp={kept_tmp}; trap 'rm -f \"$tmp\"' EXIT; base64 -d > \"$tmp\"; chmod 600 \"$tmp\"; mv -f \"$tmp\" {kept}; \
@@ -106,14 +112,8 @@ pub fn seed_script(seed: &Seed) -> String {
          tmp=\"$home\"/{home_tmp}; cp {kept} \"$tmp\"; chmod 600 \"$tmp\"; mv -f \"$tmp\" \"$home\"/{home_file}; \
          trap - EXIT; echo MEGAPLAN_AUTH_SEEDED",
         creds = quote(CREDS_DIR),
-        // `$$` (the shell's pid) outside the quotes, so it expands.
-        kept_tmp = format!(
-            "{}$$",
-            quote(&format!("{CREDS_DIR}/.{}.tmp.", seed.kept_as))
-        ),
         kept = quote(&kept),
         home_dir = quote(home_dir),
-        home_tmp = quote(&format!("{home_dir}/.auth.json.tmp")),
         home_file = quote(seed.home_path),
     )
 }

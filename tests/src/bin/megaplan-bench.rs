@@ -2051,7 +2051,9 @@ fn section_notify(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         }
     }
     let want = n * 2;
-    if !wait_until(Duration::from_secs(300), || receiver.accepted().len() >= want) {
+    if !wait_until(Duration::from_secs(300), || {
+        receiver.accepted().len() >= want
+    }) {
         return Err(format!(
             "only {} of {want} notifications arrived within 300 s",
             receiver.accepted().len()
