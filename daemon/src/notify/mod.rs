@@ -13,15 +13,17 @@
 pub mod config;
 pub mod deliver;
 pub mod explain;
+pub mod notifier;
 pub mod stall;
 pub mod store;
 pub mod transitions;
 
-use crate::daemon::AppState;
 use crate::redact::Redactor;
+use crate::state::AppState;
 use chrono::Utc;
 use config::{NotifyConfig, Sink};
 use megaplan_cloud_api::wire::TickRecord;
+pub use notifier::Notifier;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,34 +37,6 @@ const PARALLEL_DELIVERIES: usize = 8;
 
 /// Ticks read by one watcher pass at most (one transaction each).
 const WATCH_BATCH: u32 = 256;
-
-/// The daemon's notification settings plus the watcher's and the delivery worker's bells.
-pub struct Notifier {
-    pub config: NotifyConfig,
-    /// Rung when the outbox has new rows.
-    wake: tokio::sync::Notify,
-    /// Rung when a tick was stored. A single watcher task reads the ticks in order, so two
-    /// ticks of one registration can never both send the same transition.
-    watch: tokio::sync::Notify,
-}
-
-impl Notifier {
-    pub fn new(config: NotifyConfig) -> Notifier {
-        Notifier {
-            config,
-            wake: tokio::sync::Notify::new(),
-            watch: tokio::sync::Notify::new(),
-        }
-    }
-
-    pub fn rules(&self) -> transitions::Rules {
-        transitions::Rules {
-            still_waiting_after: chrono::Duration::from_std(self.config.still_waiting_after)
-                .unwrap_or(chrono::Duration::days(1)),
-            failed_ticks: self.config.failed_ticks,
-        }
-    }
-}
 
 /// The hook run once a tick report is final and stored: wake the watcher. The tick answers
 /// at once; the watcher finds the report in SQLite (nothing is handed over in memory that a
