@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 #[test]
-#[ignore = "not yet passing: `railway up --ci` waits forever on the stand-in service's deployment subscription (issue 13 stays open); run with --ignored"]
 fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     if !in_private_namespace("chain_status_supervise_and_logs_over_the_real_railway_cli") {
         return;
