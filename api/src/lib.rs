@@ -7,7 +7,9 @@
 
 pub mod error;
 pub mod legacy;
+pub mod marker;
 pub mod paths;
+pub mod report;
 pub mod schedule;
 pub mod wire;
 

@@ -125,6 +125,109 @@ pub struct Registration {
     pub next_due_at: Option<String>,
 }
 
+/// `POST /v1/clouds` answer: the registration as stored, with the cron expression the
+/// scheduler runs, the labels of its notification sinks and warnings. Keys sorted, as before
+/// this answer was typed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegisterResponse {
+    pub cloud_yaml: String,
+    pub created_at: String,
+    pub cron: String,
+    pub key: String,
+    pub last_event: Option<String>,
+    pub last_success: Option<bool>,
+    pub last_tick_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due_at: Option<String>,
+    pub notify: Vec<String>,
+    pub remote_spec: Option<String>,
+    /// `every:<secs>` or `cron:<expr>`.
+    pub schedule: String,
+    pub success: bool,
+    pub ticks_run: u64,
+    pub ticks_skipped: u64,
+    pub warnings: Vec<String>,
+}
+
+impl RegisterResponse {
+    /// The answer for a stored registration; `cron` is the expression it was scheduled with.
+    pub fn new(
+        reg: Registration,
+        cron: String,
+        notify: Vec<String>,
+        warnings: Vec<String>,
+    ) -> Self {
+        RegisterResponse {
+            cloud_yaml: reg.cloud_yaml,
+            created_at: reg.created_at,
+            cron,
+            key: reg.key,
+            last_event: reg.last_event,
+            last_success: reg.last_success,
+            last_tick_at: reg.last_tick_at,
+            next_due_at: reg.next_due_at,
+            notify,
+            remote_spec: reg.remote_spec,
+            schedule: reg.schedule,
+            success: true,
+            ticks_run: reg.ticks_run,
+            ticks_skipped: reg.ticks_skipped,
+            warnings,
+        }
+    }
+}
+
+/// `DELETE /v1/clouds/{key}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnregisterResponse {
+    pub key: String,
+    pub success: bool,
+    pub unregistered: bool,
+}
+
+/// `POST /v1/clouds/{key}/tick` answer: the stored record of the tick, or (the previous tick
+/// of this registration still running) that it was skipped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TickNowResponse {
+    Ran(Box<TickRecord>),
+    Skipped(TickSkipped),
+}
+
+/// The skipped form of [`TickNowResponse`]: `{"message", "skipped": true, "success": false}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TickSkipped {
+    pub message: String,
+    pub skipped: bool,
+    pub success: bool,
+}
+
+impl TickSkipped {
+    pub fn new() -> Self {
+        TickSkipped {
+            message: "a tick for this registration is already running; this one was skipped"
+                .to_string(),
+            skipped: true,
+            success: false,
+        }
+    }
+}
+
+impl Default for TickSkipped {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `GET /v1/secret-names` answer: the secret env var names of a cloud.yaml and the loader's
+/// warnings about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretNamesResponse {
+    pub names: Vec<String>,
+    pub success: bool,
+    pub warnings: Vec<String>,
+}
+
 /// Query of `GET /v1/ticks` and `GET /v1/ticks/watch`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TicksQuery {
@@ -338,6 +441,67 @@ mod tests {
                 cmd: String::new(),
                 argv: vec!["git".into(), "log".into()]
             }
+        );
+    }
+
+    /// The typed answers serialize exactly as the `json!` objects they replace.
+    #[test]
+    fn typed_answers_keep_their_bytes() {
+        let same = |typed: String, old: Value| assert_eq!(typed, old.to_string());
+        same(
+            serde_json::to_string(&UnregisterResponse {
+                key: "k".into(),
+                success: true,
+                unregistered: true,
+            })
+            .unwrap(),
+            serde_json::json!({"success": true, "key": "k", "unregistered": true}),
+        );
+        same(
+            serde_json::to_string(&TickNowResponse::Skipped(TickSkipped::new())).unwrap(),
+            serde_json::json!({
+                "success": false, "skipped": true,
+                "message": "a tick for this registration is already running; this one was skipped"
+            }),
+        );
+        same(
+            serde_json::to_string(&SecretNamesResponse {
+                names: vec!["A".into()],
+                success: true,
+                warnings: vec![],
+            })
+            .unwrap(),
+            serde_json::json!({"success": true, "names": ["A"], "warnings": []}),
+        );
+        let reg = Registration {
+            key: "k".into(),
+            cloud_yaml: "/c".into(),
+            schedule: "every:300".into(),
+            remote_spec: None,
+            created_at: "t".into(),
+            last_tick_at: None,
+            last_event: None,
+            last_success: None,
+            ticks_run: 0,
+            ticks_skipped: 0,
+            cron: Some("old".into()),
+            next_due_at: Some("n".into()),
+        };
+        let mut old = serde_json::to_value(&reg).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.insert("success".into(), true.into());
+        o.insert("cron".into(), "7 */5 * * * *".into());
+        o.insert("notify".into(), serde_json::json!(["json:http://x"]));
+        o.insert("warnings".into(), serde_json::json!(["w"]));
+        same(
+            serde_json::to_string(&RegisterResponse::new(
+                reg,
+                "7 */5 * * * *".into(),
+                vec!["json:http://x".into()],
+                vec!["w".into()],
+            ))
+            .unwrap(),
+            old,
         );
     }
 

@@ -54,12 +54,12 @@ fn main() {
     };
     // The state root is private from its first mkdir (the log folder below is created inside
     // it); an existing looser one is reported, never changed.
-    if let Err(e) = megaplan_cloudd::server::ensure_private_dir(&settings.cloud_home) {
+    if let Err(e) = megaplan_cloudd::http::server::ensure_private_dir(&settings.cloud_home) {
         eprintln!("megaplan-cloudd: warning: state root: {e}");
     }
     let mut _guard = None;
     let file_layer = if settings.log_file {
-        match megaplan_cloudd::server::ensure_private_dir(&settings.log_dir)
+        match megaplan_cloudd::http::server::ensure_private_dir(&settings.log_dir)
             .map_err(|e| e.to_string())
             .and_then(|_| {
                 tracing_appender::rolling::RollingFileAppender::builder()

@@ -11,7 +11,7 @@
 //! Nothing is ever dropped: an occurrence is fired, or, if its successor is also already in the
 //! past when it is re-queued (the daemon was suspended or starved), counted as missed and
 //! folded into the next one, so a registration never ticks twice for one interval. The tick
-//! runner's per-registration lock and tick slots (tick.rs) bound what runs at once.
+//! runner's per-registration lock and tick slots (supervisor/tick.rs) bound what runs at once.
 
 use chrono::{DateTime, Utc};
 use croner::Cron;

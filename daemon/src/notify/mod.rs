@@ -1,27 +1,33 @@
 //! Unattended watching that tells a human (docs/notifications.md).
 //!
-//! After each stored tick report, [`after_tick`] compares it with what the watcher last saw of
-//! the registration ([`transitions`], pure) and writes the new watch state together with one
-//! outbox row per (notification, sink) in one SQLite transaction. A background worker
-//! ([`spawn_worker`]) delivers the outbox with retries and backoff; a tick never waits for a
-//! delivery. Notifications are built from the stored (already redacted) report and redacted
-//! again with the registration's secrets before they are queued.
+//! A stored tick only rings a bell ([`after_tick`]); it never waits for watching. The watcher
+//! ([`spawn_worker`] starts it) reads the stored ticks in id order behind a cursor kept in
+//! SQLite, compares each report with what it last saw of the registration ([`transitions`],
+//! pure), and writes the changed watch states, one outbox row per (notification, sink) and the
+//! moved cursor in one transaction ([`watch_pass`]): a restart or a crash neither loses a
+//! transition nor sends one twice, and ticks stored while the daemon was stopping are watched
+//! by the next start. A background worker delivers the outbox with retries and backoff.
+//! Notifications are built from the stored (already redacted) report and redacted again with
+//! the registration's secrets before they are queued.
 
 pub mod config;
 pub mod deliver;
 pub mod explain;
+pub mod notifier;
 pub mod stall;
 pub mod store;
 pub mod transitions;
 
-use crate::daemon::AppState;
 use crate::redact::Redactor;
+use crate::state::AppState;
 use chrono::Utc;
 use config::{NotifyConfig, Sink};
 use megaplan_cloud_api::wire::TickRecord;
+pub use notifier::Notifier;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+use transitions::WatchState;
 
 /// The notification body's schema name (docs/notifications.md).
 pub const SCHEMA: &str = "megaplan-cloudd/notification/v1";
@@ -29,71 +35,148 @@ pub const SCHEMA: &str = "megaplan-cloudd/notification/v1";
 /// At most this many deliveries run at once.
 const PARALLEL_DELIVERIES: usize = 8;
 
-/// The daemon's notification settings plus the worker's wake-up bell.
-pub struct Notifier {
-    pub config: NotifyConfig,
-    wake: tokio::sync::Notify,
-    /// Serialises the read-decide-write of the watch state: a tick's hook may still run when
-    /// the next tick of the same registration (no longer holding the tick lock) finishes, and
-    /// two hooks reading the same state would both send the same transition.
-    recording: tokio::sync::Mutex<()>,
+/// Ticks read by one watcher pass at most (one transaction each).
+const WATCH_BATCH: u32 = 256;
+
+/// The hook run once a tick report is final and stored: wake the watcher. The tick answers
+/// at once; the watcher finds the report in SQLite (nothing is handed over in memory that a
+/// restart could lose).
+pub fn after_tick(state: &Arc<AppState>, _rec: &TickRecord) {
+    state.notifier.watch.notify_one();
 }
 
-impl Notifier {
-    pub fn new(config: NotifyConfig) -> Notifier {
-        Notifier {
-            config,
-            wake: tokio::sync::Notify::new(),
-            recording: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    pub fn rules(&self) -> transitions::Rules {
-        transitions::Rules {
-            still_waiting_after: chrono::Duration::from_std(self.config.still_waiting_after)
-                .unwrap_or(chrono::Duration::days(1)),
-            failed_ticks: self.config.failed_ticks,
-        }
-    }
+/// What one watcher pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchPass {
+    /// Stored ticks read (the cursor moved past them).
+    pub ticks: usize,
+    /// Outbox rows queued.
+    pub queued: usize,
 }
 
-/// The hook run once a tick report is final and stored. Never fails the tick: problems are
-/// logged (the next tick sees the same transition again, so nothing is lost for good).
-pub async fn after_tick(state: &Arc<AppState>, rec: &TickRecord) {
-    if let Err(e) = record(state, rec).await {
-        tracing::error!(key = %rec.key, "cannot record the watch state of this tick: {e}");
-    }
-}
-
-async fn record(state: &Arc<AppState>, rec: &TickRecord) -> Result<(), crate::store::StoreError> {
-    let n = &state.notifier;
-    let _one_at_a_time = n.recording.lock().await;
-    // Watching is per registration: a `supervise --chain` of an unregistered cloud.yaml is
-    // stored but tells nobody.
-    if state.store.get_registration(&rec.key).await?.is_none() {
-        return Ok(());
-    }
-    let prev = store::watch_state(&state.store, &rec.key).await?;
-    let (next, events) = transitions::transitions(&prev, &rec.report, Utc::now(), n.rules());
-    if next == prev && events.is_empty() {
-        return Ok(());
-    }
+/// Read up to `limit` ticks after the watch cursor, decide their transitions in order and
+/// commit states, notifications and the cursor together. `redactor` gives the secrets of a
+/// tick's registration. Ticks of unregistered cloud.yaml files (a plain `supervise --chain`)
+/// are passed over: watching is per registration.
+pub async fn watch_pass(
+    store: &crate::store::Store,
+    notifier: &Notifier,
+    redactor: &(dyn Fn(&TickRecord) -> Redactor + Sync),
+    limit: u32,
+) -> Result<WatchPass, crate::store::StoreError> {
+    use std::collections::HashMap;
+    let cursor = store::watch_cursor(store).await?;
+    let ticks = store::unwatched_ticks(store, cursor, limit).await?;
+    let Some(last) = ticks.last().map(|t| t.id) else {
+        return Ok(WatchPass::default());
+    };
+    // Per key: its sinks (None: not registered) and the state as this pass has moved it.
+    let mut sinks_of: HashMap<String, Option<Vec<Sink>>> = HashMap::new();
+    let mut states: HashMap<String, WatchState> = HashMap::new();
+    let mut changed: Vec<String> = Vec::new();
     let mut rows = Vec::new();
-    if !events.is_empty() {
-        let mut sinks = n.config.sinks.clone();
-        sinks.extend(store::registration_sinks(&state.store, &rec.key).await?);
-        if !sinks.is_empty() {
-            rows = outbox_rows(rec, &events, &sinks, &redactor_for(state, rec));
+    let rules = notifier.rules();
+    for rec in &ticks {
+        if !sinks_of.contains_key(&rec.key) {
+            let sinks = match store.get_registration(&rec.key).await? {
+                None => None,
+                Some(_) => {
+                    let mut all = notifier.config.sinks.clone();
+                    all.extend(store::registration_sinks(store, &rec.key).await?);
+                    Some(all)
+                }
+            };
+            sinks_of.insert(rec.key.clone(), sinks);
+        }
+        let Some(Some(sinks)) = sinks_of.get(&rec.key) else {
+            continue;
+        };
+        let prev = match states.get(&rec.key) {
+            Some(s) => s.clone(),
+            None => store::watch_state(store, &rec.key).await?,
+        };
+        let (next, events) = transitions::transitions(&prev, &rec.report, Utc::now(), rules);
+        if next == prev && events.is_empty() {
+            states.entry(rec.key.clone()).or_insert(prev);
+            continue;
+        }
+        if !events.is_empty() && !sinks.is_empty() {
+            rows.extend(outbox_rows(rec, &events, sinks, &redactor(rec)));
         }
         for ev in &events {
-            tracing::info!(key = %rec.key, event = ev.event, sinks = rows.len() / events.len().max(1), "notification");
+            tracing::info!(key = %rec.key, event = ev.event, sinks = sinks.len(), tick = rec.id, "notification");
         }
+        if !changed.contains(&rec.key) {
+            changed.push(rec.key.clone());
+        }
+        states.insert(rec.key.clone(), next);
     }
-    store::commit_watch(&state.store, &rec.key, &next, &rows).await?;
-    if !rows.is_empty() {
-        n.wake.notify_one();
-    }
-    Ok(())
+    let changed: Vec<(String, WatchState)> = changed
+        .into_iter()
+        .filter_map(|k| states.remove(&k).map(|s| (k, s)))
+        .collect();
+    store::commit_watch(store, &changed, &rows, last).await?;
+    Ok(WatchPass {
+        ticks: ticks.len(),
+        queued: rows.len(),
+    })
+}
+
+/// The watcher: a pass whenever a tick was stored (and once at start, for ticks stored while
+/// the daemon was not watching). At shutdown it keeps watching until the ticks still running
+/// have stored their reports, then exits; anything later is read by the next start.
+fn spawn_watcher(state: Arc<AppState>) {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        let redactor = |rec: &TickRecord| redactor_for(&state, rec);
+        let mut failures: u32 = 0;
+        loop {
+            let pass = watch_pass(&state.store, &state.notifier, &redactor, WATCH_BATCH).await;
+            match pass {
+                Ok(p) => {
+                    failures = 0;
+                    if p.queued > 0 {
+                        state.notifier.wake.notify_one();
+                    }
+                    if p.ticks == WATCH_BATCH as usize {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    // The same ticks are read again on the next pass: nothing is lost.
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::error!("cannot record the watch state of stored ticks: {e}");
+                    }
+                }
+            }
+            let retry = Duration::from_millis(if failures > 0 { 1000 } else { 200 });
+            if state.shutdown.is_cancelled() {
+                // Only this task and the ticks still running are left in the tracker.
+                if state.tasks.len() <= 1 || state.hard_stop.is_cancelled() {
+                    let _ = watch_pass(&state.store, &state.notifier, &redactor, WATCH_BATCH).await;
+                    break;
+                }
+                tokio::select! {
+                    _ = state.notifier.watch.notified() => {}
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = state.hard_stop.cancelled() => {}
+                }
+                continue;
+            }
+            if failures > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = state.shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = state.notifier.watch.notified() => {}
+                _ = state.shutdown.cancelled() => {}
+            }
+        }
+    });
 }
 
 /// One outbox row per (event, sink), each body redacted on its own (the report was redacted
@@ -110,6 +193,7 @@ pub fn outbox_rows(
         let text = serde_json::to_string(&body).unwrap_or_default();
         for s in sinks {
             rows.push(store::NewOutbox {
+                key: rec.key.clone(),
                 event: ev.event.to_string(),
                 sink: s.clone(),
                 body: text.clone(),
@@ -198,6 +282,7 @@ pub fn registration_sinks(
 /// one comes due, a tick queues more, or the daemon shuts down. Rows left pending at shutdown
 /// are delivered by the next start.
 pub fn spawn_worker(state: Arc<AppState>) {
+    spawn_watcher(state.clone());
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
@@ -380,6 +465,115 @@ mod tests {
             assert_eq!(v["event"], "awaiting_pr_merge");
             assert_eq!(v["id"], "k:9:awaiting_pr_merge");
         }
+    }
+
+    fn failed_tick(key: &str, n: i64) -> crate::store::NewTick {
+        let at = Utc::now() + chrono::Duration::seconds(n);
+        crate::store::NewTick {
+            key: key.into(),
+            cloud_yaml: format!("/w/{key}/cloud.yaml"),
+            trigger: "schedule".into(),
+            started_at: at,
+            finished_at: at,
+            success: false,
+            event: "supervisor_error".into(),
+            next_action: "none".into(),
+            acted: false,
+            refused_reason: Some("cloud.yaml is gone".into()),
+            report: json!({"success": false, "event": "supervisor_error",
+                           "refused_reason": "cloud.yaml is gone"}),
+            due_at: None,
+        }
+    }
+
+    /// The watcher reads stored ticks behind a cursor committed with what they caused: a
+    /// restart (a new Store on the same file) neither repeats a notification nor misses the
+    /// ticks stored while nobody was watching; unregistered keys are passed over.
+    #[tokio::test]
+    async fn the_watcher_sends_each_transition_once_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state/cloudd.db");
+        let cfg = NotifyConfig {
+            sinks: vec![Sink::Command {
+                command: "cat".into(),
+            }],
+            ..NotifyConfig::default()
+        };
+        let notifier = Notifier::new(cfg);
+        let redactor = |_: &TickRecord| Redactor::new(&[], &Default::default());
+        let store = crate::store::Store::open(&db, 100).await.unwrap();
+        for key in ["a", "b"] {
+            store
+                .upsert_registration(&crate::store::NewRegistration {
+                    key: key.into(),
+                    cloud_yaml: format!("/w/{key}/cloud.yaml"),
+                    schedule: "every:60".into(),
+                    remote_spec: None,
+                })
+                .await
+                .unwrap();
+        }
+        for n in 0..2 {
+            store.insert_tick(&failed_tick("a", n)).await.unwrap();
+            store.insert_tick(&failed_tick("gone", n)).await.unwrap();
+        }
+        let p = watch_pass(&store, &notifier, &redactor, 256).await.unwrap();
+        assert_eq!(
+            p,
+            WatchPass {
+                ticks: 4,
+                queued: 0
+            }
+        );
+        assert_eq!(
+            store::watch_state(&store, "a")
+                .await
+                .unwrap()
+                .consecutive_failures,
+            2
+        );
+        // The third failure in a row of `a` is a transition; `b`'s first is not yet.
+        store.insert_tick(&failed_tick("a", 2)).await.unwrap();
+        store.insert_tick(&failed_tick("b", 2)).await.unwrap();
+        store.close().await;
+
+        // "Restart": nobody watched the last two ticks before the stop.
+        let store = crate::store::Store::open(&db, 100).await.unwrap();
+        let p = watch_pass(&store, &notifier, &redactor, 1).await.unwrap();
+        assert_eq!(
+            p,
+            WatchPass {
+                ticks: 1,
+                queued: 1
+            },
+            "a batch is bounded by its limit"
+        );
+        let p = watch_pass(&store, &notifier, &redactor, 256).await.unwrap();
+        assert_eq!(
+            p,
+            WatchPass {
+                ticks: 1,
+                queued: 0
+            }
+        );
+        assert_eq!(
+            watch_pass(&store, &notifier, &redactor, 256).await.unwrap(),
+            WatchPass::default()
+        );
+        store.close().await;
+        let store = crate::store::Store::open(&db, 100).await.unwrap();
+        assert_eq!(
+            watch_pass(&store, &notifier, &redactor, 256).await.unwrap(),
+            WatchPass::default()
+        );
+        let outbox = store::list_outbox(&store, None, 100).await.unwrap();
+        let events: Vec<_> = outbox
+            .iter()
+            .map(|o| (o.key.as_str(), o.event.as_str()))
+            .collect();
+        assert_eq!(events, [("a", "ticks_failing")]);
+        assert!(store::watch_state(&store, "gone").await.unwrap() == WatchState::default());
+        store.close().await;
     }
 
     #[test]

@@ -25,6 +25,8 @@ fn failed(store: &Store, what: &str, e: impl std::fmt::Display) -> StoreError {
 /// One notification addressed to one sink, to be written to the outbox.
 #[derive(Debug, Clone)]
 pub struct NewOutbox {
+    /// The registration the notification is about.
+    pub key: String,
     pub event: String,
     pub sink: Sink,
     /// The notification JSON (redacted).
@@ -107,39 +109,72 @@ pub async fn watch_state(store: &Store, key: &str) -> Result<WatchState, StoreEr
         .unwrap_or_default())
 }
 
-/// Save the new watch state and its notifications in ONE transaction: a crash either loses
-/// both (the next tick sees the same transition again) or keeps both (sent once).
+/// How far the watcher has read the ticks table (migrations/0004_watch_cursor.sql).
+pub async fn watch_cursor(store: &Store) -> Result<i64, StoreError> {
+    let what = "reading the watch cursor";
+    sqlx::query("SELECT last_tick_id FROM watch_cursor WHERE id = 1")
+        .fetch_optional(store.pool())
+        .await
+        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+        .map(Option::unwrap_or_default)
+        .map_err(|e| failed(store, what, e))
+}
+
+/// At most `limit` stored ticks after the watch cursor, oldest first.
+pub async fn unwatched_ticks(
+    store: &Store,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<TickRecord>, StoreError> {
+    let what = "reading ticks for the watcher";
+    let rows = sqlx::query("SELECT * FROM ticks WHERE id > ?1 ORDER BY id LIMIT ?2")
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    rows.iter()
+        .map(tick_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(|e| failed(store, what, e))
+}
+
+/// Save what one watcher pass concluded in ONE transaction: the changed watch states, their
+/// notifications, and the cursor moved to `last_tick_id`. A crash either loses all of it (the
+/// next start reads the same ticks again) or keeps all of it (each notification queued once).
 pub async fn commit_watch(
     store: &Store,
-    key: &str,
-    state: &WatchState,
+    states: &[(String, WatchState)],
     rows: &[NewOutbox],
+    last_tick_id: i64,
 ) -> Result<(), StoreError> {
     let what = "saving the watch state";
     let now = ts(Utc::now());
-    let text = serde_json::to_string(state).map_err(|e| failed(store, what, e))?;
     let mut tx = store
         .pool()
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(|e| failed(store, what, e))?;
-    sqlx::query(
-        "INSERT INTO watch_state (key, state, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-    )
-    .bind(key)
-    .bind(&text)
-    .bind(&now)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| failed(store, what, e))?;
+    for (key, state) in states {
+        let text = serde_json::to_string(state).map_err(|e| failed(store, what, e))?;
+        sqlx::query(
+            "INSERT INTO watch_state (key, state, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(&text)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    }
     for r in rows {
         let sink = serde_json::to_string(&r.sink).map_err(|e| failed(store, what, e))?;
         sqlx::query(
             "INSERT INTO outbox (key, event, sink, body, created_at, status, attempts, next_attempt_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?5)",
         )
-        .bind(key)
+        .bind(&r.key)
         .bind(&r.event)
         .bind(&sink)
         .bind(&r.body)
@@ -148,6 +183,14 @@ pub async fn commit_watch(
         .await
         .map_err(|e| failed(store, "queueing a notification", e))?;
     }
+    sqlx::query(
+        "INSERT INTO watch_cursor (id, last_tick_id) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET last_tick_id = MAX(last_tick_id, excluded.last_tick_id)",
+    )
+    .bind(last_tick_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| failed(store, what, e))?;
     tx.commit().await.map_err(|e| failed(store, what, e))
 }
 

@@ -358,6 +358,31 @@ pub(crate) fn run_error(cmd: &Cmd, e: RunError) -> ErrorBody {
     }
 }
 
+/// An error built from unredacted remote output, with its message and extra fields redacted.
+pub fn redact_error(redactor: &crate::redact::Redactor, mut e: ErrorBody) -> ErrorBody {
+    e.message = redactor.redact(&e.message);
+    for v in e.extra.values_mut() {
+        *v = redactor.redact_json(v);
+    }
+    e
+}
+
+/// A remote command's failure as `provider_failed`, quoting its (redacted) explanation.
+pub fn remote_failure(what: &str, r: &ExecResult) -> ErrorBody {
+    let said = if r.stderr.trim().is_empty() {
+        r.stdout.trim()
+    } else {
+        r.stderr.trim()
+    };
+    let tail: Vec<&str> = said.lines().rev().take(8).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!("{what} failed (exit {}): {}", r.code, tail.join("\n")),
+    )
+    .with("exit_code", r.code)
+}
+
 #[cfg(test)]
 mod run_error_tests {
     use super::*;

@@ -3,16 +3,18 @@
 //! `result` (or `terminal`) frame, whatever happens.
 
 pub mod chain;
-pub mod markers;
 pub mod ops;
 pub mod status;
 pub mod supervise;
 
+pub use crate::provider::{redact_error, remote_failure};
+pub use crate::supervisor::markers;
+
 use crate::cloud_yaml::{self, CloudSpec};
-use crate::daemon::AppState;
 use crate::process::StreamKind;
 use crate::provider::{self, AnyProvider, OutTx, Provider as _, ProviderCtx};
 use crate::redact::Redactor;
+use crate::state::AppState;
 use megaplan_cloud_api::wire::{Command, Frame, RepoOverrides, RunRequest};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -426,11 +428,6 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
     }
 }
 
-/// Identity of the provider target for markers, as the original writes it (a string).
-pub fn provider_identity(spec: &CloudSpec) -> Value {
-    markers::provider_identity(spec)
-}
-
 /// The shell command `exec` runs: the command string as given, or the argv words each quoted.
 pub fn exec_command(cmd: &str, argv: &[String]) -> Result<String, ErrorBody> {
     match (cmd.trim().is_empty(), argv.is_empty()) {
@@ -449,31 +446,6 @@ pub fn exec_command(cmd: &str, argv: &[String]) -> Result<String, ErrorBody> {
             "exec takes a command string or words after `--`, not both",
         )),
     }
-}
-
-/// An error built from unredacted remote output, with its message and extra fields redacted.
-pub fn redact_error(redactor: &Redactor, mut e: ErrorBody) -> ErrorBody {
-    e.message = redactor.redact(&e.message);
-    for v in e.extra.values_mut() {
-        *v = redactor.redact_json(v);
-    }
-    e
-}
-
-/// A remote command's failure as `provider_failed`, quoting its (redacted) explanation.
-pub fn remote_failure(what: &str, r: &crate::provider::ExecResult) -> ErrorBody {
-    let said = if r.stderr.trim().is_empty() {
-        r.stdout.trim()
-    } else {
-        r.stderr.trim()
-    };
-    let tail: Vec<&str> = said.lines().rev().take(8).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!("{what} failed (exit {}): {}", r.code, tail.join("\n")),
-    )
-    .with("exit_code", r.code)
 }
 
 #[cfg(test)]

@@ -1,162 +1,16 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
-use super::{Ctx, Done, markers, redact_error, remote_failure};
-use crate::chain::observe::{
-    self, DEFAULT_CHAIN_LOG, Observation, ObserveRequest, SESSION_MARKER_DIR,
-};
-use crate::chain::spec::ChainSpec;
+use super::{Ctx, Done, markers, remote_failure};
+use crate::chain::observe::SESSION_MARKER_DIR;
 use crate::chain::summary;
-use crate::cloud_yaml::{CloudSpec, Mode};
+use crate::cloud_yaml::CloudSpec;
 use crate::provider::Provider;
-use crate::redact::Redactor;
 use crate::shell;
+pub use crate::supervisor::target::{
+    CHAIN_SESSION, ChainTarget, SpecSource, chain_target, observe_chain, resolve_remote_spec,
+};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
-
-/// Default tmux session of chain runs.
-pub const CHAIN_SESSION: &str = "megaplan-chain";
-
-/// Where the remote spec came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpecSource {
-    Flag,
-    Marker,
-    CloudYaml,
-}
-
-impl SpecSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SpecSource::Flag => "--remote-spec",
-            SpecSource::Marker => "last_chain marker",
-            SpecSource::CloudYaml => "cloud.yaml chain.spec",
-        }
-    }
-}
-
-/// Remote spec precedence: `--remote-spec`, the last-chain marker, `chain.spec` when
-/// `mode: chain`, else `missing_remote_spec`.
-pub fn resolve_remote_spec(
-    flag: Option<&str>,
-    marker: Option<&Value>,
-    spec: &CloudSpec,
-) -> Result<(String, SpecSource), ErrorBody> {
-    if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
-        return Ok((f.to_string(), SpecSource::Flag));
-    }
-    if let Some(m) = marker
-        .and_then(|m| m.get("remote_spec"))
-        .and_then(Value::as_str)
-    {
-        return Ok((m.to_string(), SpecSource::Marker));
-    }
-    if spec.mode == Mode::Chain
-        && let Some(s) = &spec.chain.spec
-    {
-        return Ok((s.clone(), SpecSource::CloudYaml));
-    }
-    Err(ErrorBody::new(
-        ErrorCode::MissingRemoteSpec,
-        format!(
-            "no remote chain spec for {}: pass --remote-spec, run `megaplan-cloudctl chain <spec>` first, or set mode: chain with chain.spec",
-            spec.path.display()
-        ),
-    ))
-}
-
-/// The session, workspace and log a chain status/tick looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainTarget {
-    pub spec: String,
-    pub source: SpecSource,
-    pub session: String,
-    pub workspace: String,
-    pub log_path: String,
-}
-
-/// Marker fields apply when the marker describes the spec being looked at.
-pub fn chain_target(
-    flag: Option<&str>,
-    marker: Option<&Value>,
-    spec: &CloudSpec,
-) -> Result<ChainTarget, ErrorBody> {
-    let (remote_spec, source) = resolve_remote_spec(flag, marker, spec)?;
-    let m = marker.filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(&remote_spec));
-    let field = |k: &str| {
-        m.and_then(|m| m.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let workspace = field("workspace").unwrap_or_else(|| spec.repo.workspace.clone());
-    let log_path = field("chain_log")
-        .unwrap_or_else(|| format!("{}/{DEFAULT_CHAIN_LOG}", workspace.trim_end_matches('/')));
-    Ok(ChainTarget {
-        spec: remote_spec,
-        source,
-        session: field("chain_session").unwrap_or_else(|| CHAIN_SESSION.to_string()),
-        workspace,
-        log_path,
-    })
-}
-
-/// One remote round trip: observe the chain of `target` (for ticks also the sync refresh and
-/// the PR probe) and parse the remote spec. Unreadable state or spec files are errors naming
-/// the remote file.
-///
-/// `raw` must be a provider that does not redact: the observation is one JSON line, and text
-/// redaction inside it can break the JSON (the `NAME=value` rule takes the backslash of an
-/// escaped quote as part of the value). The observation comes back unredacted, for the caller
-/// to redact whatever it shows or stores; errors come back redacted with `redactor`.
-pub async fn observe_chain(
-    raw: &impl Provider,
-    redactor: &Redactor,
-    target: &ChainTarget,
-    launcher: &str,
-    for_tick: bool,
-) -> Result<(Observation, ChainSpec), ErrorBody> {
-    observe_unredacted(raw, target, launcher, for_tick)
-        .await
-        .map_err(|e| redact_error(redactor, e))
-}
-
-async fn observe_unredacted(
-    p: &impl Provider,
-    target: &ChainTarget,
-    launcher: &str,
-    for_tick: bool,
-) -> Result<(Observation, ChainSpec), ErrorBody> {
-    let script = observe::observe_script(&ObserveRequest {
-        spec: target.spec.clone(),
-        session: target.session.clone(),
-        workspace: target.workspace.clone(),
-        launcher: launcher.to_string(),
-        log_path: target.log_path.clone(),
-        sync_refresh: for_tick,
-        pr_probe: for_tick,
-    });
-    let r = p.observe(&script).await?;
-    let obs = observe::parse_observation(&r.stdout).map_err(|e| {
-        // No observation and a failed command: the runner itself refused (container stopped or
-        // gone, no shell), and its own words say why better than a guess about the launcher.
-        if r.code != 0 && !r.stderr.trim().is_empty() {
-            remote_failure("the chain observation in the runner", &r)
-        } else {
-            e
-        }
-    })?;
-    if let Some(e) = &obs.state_error {
-        return Err(e.clone());
-    }
-    let Some(chain_spec) = obs.spec.clone() else {
-        return Err(obs.spec_error.clone().unwrap_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!("remote chain spec {} could not be read", target.spec),
-            )
-        }));
-    };
-    Ok((obs, chain_spec))
-}
 
 /// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
 pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
@@ -186,7 +40,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     }
     let consistency = summary::provider_consistency(
         ctx.spec.provider.as_str(),
-        &super::provider_identity(&ctx.spec),
+        &markers::provider_identity(&ctx.spec),
         marker.as_ref(),
     );
     let mut payload = summary::status_payload(

@@ -1965,14 +1965,19 @@ fn main() -> ExitCode {
 /// One daemon with `n` registrations (every 1h, so the schedule stays out of the way) whose
 /// cloud.yaml files are then removed: each tick is a fast `supervisor_error` with no remote
 /// command, so the figure is dominated by what the daemon itself does per tick (store the
-/// report, and with notifications on: the watch-state read/write, and on the third failed
-/// tick in a row one `ticks_failing` notification per registration queued for two sinks and
-/// delivered in the background to a loopback receiver). Returns the per-tick latencies (ms,
-/// `POST /v1/clouds/{key}/tick` round trip) and, when on, the time until the outbox drained.
-fn notify_run(
+/// report, and with notifications on: wake the watcher, which reads the stored tick, moves the
+/// watch state and, on the third failed tick in a row, queues one `ticks_failing` notification
+/// per registration for two sinks, delivered in the background to a loopback receiver).
+struct NotifyDaemon {
+    daemon: Daemon,
+    keys: Vec<String>,
+    _config_dir: tempfile::TempDir,
+}
+
+fn notify_daemon(
     sz: &Sizes,
     receiver: Option<&megaplan_cloud_e2e::receiver::Receiver>,
-) -> Result<(Vec<f64>, Option<f64>, u64), String> {
+) -> Result<NotifyDaemon, String> {
     let config_dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let config = config_dir.path().join("notify.yaml");
     let yaml = match receiver {
@@ -1997,51 +2002,65 @@ fn notify_run(
         keys.push(v["key"].as_str().unwrap_or_default().to_string());
         std::fs::remove_file(&cy).map_err(|e| format!("cannot remove {}: {e}", cy.display()))?;
     }
-    let mut samples = Vec::with_capacity(keys.len() * sz.notify_rounds);
-    let started = Instant::now();
-    for _ in 0..sz.notify_rounds {
-        for k in &keys {
-            let t = Instant::now();
-            let (status, v) = http(
-                &daemon.socket,
-                "POST",
-                &format!("/v1/clouds/{k}/tick"),
-                None,
-            )?;
-            if status != 200 || v["event"] != "supervisor_error" {
-                return Err(format!("tick of {k} answered {status}: {v}"));
-            }
-            samples.push(ms(t.elapsed()));
-        }
+    Ok(NotifyDaemon {
+        daemon,
+        keys,
+        _config_dir: config_dir,
+    })
+}
+
+/// One `POST /v1/clouds/{key}/tick` round trip (ms).
+fn notify_tick(d: &NotifyDaemon, i: usize) -> Result<f64, String> {
+    let k = &d.keys[i];
+    let t = Instant::now();
+    let (status, v) = http(
+        &d.daemon.socket,
+        "POST",
+        &format!("/v1/clouds/{k}/tick"),
+        None,
+    )?;
+    if status != 200 || v["event"] != "supervisor_error" {
+        return Err(format!("tick of {k} answered {status}: {v}"));
     }
-    let drained = match receiver {
-        Some(r) => {
-            let want = keys.len() * 2;
-            let ok = wait_until(Duration::from_secs(300), || r.accepted().len() >= want);
-            if !ok {
-                return Err(format!(
-                    "only {} of {want} notifications arrived within 300 s",
-                    r.accepted().len()
-                ));
-            }
-            Some(started.elapsed().as_secs_f64())
-        }
-        None => None,
-    };
-    let delivered = receiver.map_or(0, |r| r.accepted().len() as u64);
-    Ok((samples, drained, delivered))
+    Ok(ms(t.elapsed()))
 }
 
 fn section_notify(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     const S: &str = "7 Notifications";
     let n = sz.notify_registrations;
     progress(&format!(
-        "7 notifications: {n} registrations x {} ticks, notifications off, then on (2 sinks each)",
+        "7 notifications: {n} registrations x {} ticks on two daemons side by side, notifications off and on (2 sinks each), ticks interleaved",
         sz.notify_rounds
     ));
-    let (off, _, _) = notify_run(sz, None)?;
     let receiver = megaplan_cloud_e2e::receiver::Receiver::start();
-    let (on, drained, delivered) = notify_run(sz, Some(&receiver))?;
+    let off_d = notify_daemon(sz, None)?;
+    let on_d = notify_daemon(sz, Some(&receiver))?;
+    // Interleaved (off, on, on, off, ...) so that load from elsewhere on the machine falls on
+    // both sides alike; the watcher and the deliveries of the "on" daemon run meanwhile.
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for round in 0..sz.notify_rounds {
+        for i in 0..n {
+            if (round + i) % 2 == 0 {
+                off.push(notify_tick(&off_d, i)?);
+                on.push(notify_tick(&on_d, i)?);
+            } else {
+                on.push(notify_tick(&on_d, i)?);
+                off.push(notify_tick(&off_d, i)?);
+            }
+        }
+    }
+    let want = n * 2;
+    if !wait_until(Duration::from_secs(300), || {
+        receiver.accepted().len() >= want
+    }) {
+        return Err(format!(
+            "only {} of {want} notifications arrived within 300 s",
+            receiver.accepted().len()
+        ));
+    }
+    let drained = started.elapsed().as_secs_f64();
+    let delivered = receiver.accepted().len() as u64;
     let (s_off, s_on) = (stats(&off), stats(&on));
     // Ratio column: off / on (1.0× = no cost; below 1 = notifications cost that much).
     r.compare(
@@ -2063,7 +2082,7 @@ fn section_notify(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     r.row(
         S,
         format!("Notifications delivered ({n} ticks_failing × 2 sinks) / seconds from the first tick until all arrived"),
-        format!("{delivered} / {:.1}", drained.unwrap_or(f64::NAN)),
+        format!("{delivered} / {:.1}", drained),
     );
     r.sections.insert(
         "notifications".into(),

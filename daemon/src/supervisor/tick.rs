@@ -1,12 +1,13 @@
 //! Running one supervise tick for a registration: overlap guard, bounded concurrency,
 //! deadline, redacted report stored in SQLite and published to watchers.
 
-use crate::daemon::AppState;
-use crate::{cloud_yaml, workflow};
+use super::supervise;
+use crate::cloud_yaml;
+use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -92,7 +93,7 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
     // A registered cloud.yaml that others may write would let them choose what the daemon
     // runs unattended: refuse the tick (and say so in its report) until it is private again.
     let report = match cloud_yaml::check_registered_file(Path::new(&reg.cloud_yaml)) {
-        Err(e) => error_report(&e.message),
+        Err(e) => supervise::error_report(&e.message),
         Ok(()) => {
             guarded_tick(
                 &state,
@@ -136,7 +137,7 @@ async fn guarded_tick(
     let started = std::time::Instant::now();
     let _permit = match state.tick_permits.clone().acquire_owned().await {
         Ok(p) => p,
-        Err(_) => return error_report("the daemon is shutting down"),
+        Err(_) => return supervise::error_report("the daemon is shutting down"),
     };
     if let Some(due) = due {
         state.scheduler.record_fired(due, Utc::now());
@@ -146,37 +147,20 @@ async fn guarded_tick(
     let queued_ms = started.elapsed().as_millis() as u64;
     let deadline = state.settings.tick_timeout;
     let mut report = tokio::select! {
-        r = tokio::time::timeout(deadline, workflow::supervise::tick(state, cloud_yaml, remote_spec)) => match r {
+        r = tokio::time::timeout(deadline, supervise::tick(state, cloud_yaml, remote_spec)) => match r {
             Ok(report) => report,
-            Err(_) => error_report(&format!(
+            Err(_) => supervise::error_report(&format!(
                 "tick exceeded its deadline of {}s after {}s; its remote commands were killed",
                 deadline.as_secs(),
                 started.elapsed().as_secs()
             )),
         },
-        _ = state.hard_stop.cancelled() => error_report("the daemon shut down during this tick; its remote commands were killed"),
+        _ = state.hard_stop.cancelled() => supervise::error_report("the daemon shut down during this tick; its remote commands were killed"),
     };
     if let Some(o) = report.as_object_mut() {
         o.insert("queued_ms".into(), queued_ms.into());
     }
     report
-}
-
-/// A `supervisor_error` report (same shape as every tick report).
-pub fn error_report(reason: &str) -> Value {
-    json!({
-        "success": false,
-        "event": "supervisor_error",
-        "spec": "",
-        "effective_status": "unknown",
-        "next_action": "none",
-        "acted": false,
-        "refused_reason": reason,
-        "runner": {},
-        "sync": {},
-        "pr": {},
-        "logs": {},
-    })
 }
 
 async fn store_report(
@@ -276,6 +260,6 @@ async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
         );
     }
     let _ = state.tick_feed.send(rec.clone());
-    // Watching: transitions → outbox (delivered in the background, never awaited here).
-    crate::notify::after_tick(state, rec).await;
+    // Watching reads the stored report in the background; the tick never waits for it.
+    crate::notify::after_tick(state, rec);
 }

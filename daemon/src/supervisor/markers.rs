@@ -7,7 +7,7 @@
 //! failure; with `--remote-spec` it is not read at all.
 
 use crate::cloud_yaml::{CloudSpec, ProviderKind};
-use crate::daemon::AppState;
+use crate::state::AppState;
 use chrono::{DateTime, FixedOffset};
 use megaplan_cloud_api::{ErrorBody, ErrorCode, legacy, paths};
 use serde_json::{Map, Value, json};
