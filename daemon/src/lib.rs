@@ -7,6 +7,7 @@
 //! - [`redact`]: the redaction rules applied to all remote output.
 //! - [`render`]: deploy-dir rendering (Dockerfile, entrypoint, compose, railway.toml).
 //! - [`chain`]: chain spec/state, observation, classification, supervise decision.
+//! - [`runner`]: every script sent to a runner, and the one layout of paths and names.
 //! - [`process`]: running local processes with deadlines and redacted streaming.
 //! - [`provider`]: ssh, local and railway transports behind one trait.
 //! - [`store`]: the SQLite store (registrations, markers, tick reports).
@@ -23,6 +24,7 @@ pub mod process;
 pub mod provider;
 pub mod redact;
 pub mod render;
+pub mod runner;
 pub mod scheduler;
 pub mod settings;
 pub mod shell;
