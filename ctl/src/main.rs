@@ -553,10 +553,8 @@ async fn handed_over(
         )
         .await?;
     let mut out = BTreeMap::new();
-    let names = serde_json::from_value::<SecretNamesResponse>(v)
-        .map(|r| r.names)
-        .unwrap_or_default();
-    for n in names {
+    let answer = serde_json::from_value::<SecretNamesResponse>(v).ok();
+    for n in answer.iter().flat_map(|r| r.names.iter().cloned()) {
         if let Ok(val) = std::env::var(&n)
             && !val.is_empty()
         {
@@ -565,7 +563,7 @@ async fn handed_over(
     }
     // An older daemon does not say: it cannot seed, so nothing is read.
     let seeds = matches!(command, Command::Deploy | Command::Chain { .. })
-        && v.get("codex_auth").and_then(Value::as_str) == Some("chatgpt");
+        && answer.and_then(|r| r.codex_auth).as_deref() == Some("chatgpt");
     Ok(HandedOver {
         secrets: out,
         agent_auth: seeds.then(|| agent_auth::read(&paths::home_dir())),
