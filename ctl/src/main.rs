@@ -2,6 +2,7 @@
 //! has (secret env values, the terminal for attach), asks the daemon, and renders the answer:
 //! JSON on stdout, the human summary on stderr, the exit code the daemon decided.
 
+mod agent_auth;
 mod cli;
 mod client;
 mod discover;
@@ -516,11 +517,21 @@ fn confirm_destroy(cloud_yaml: &str) -> Confirmation {
     }
 }
 
-/// Ask the daemon which secret names the cloud.yaml lists and read their values here.
-async fn secrets_for(
+/// What the client hands over with a command: the secret values and, when asked for, the
+/// agents' login files.
+struct HandedOver {
+    secrets: BTreeMap<String, String>,
+    agent_auth: Option<megaplan_cloud_api::wire::AgentAuth>,
+}
+
+/// Ask the daemon which secret names the cloud.yaml lists (and its `megaplan.codex_auth`) and
+/// read their values here; for `deploy` and `chain` with `codex_auth: chatgpt`, also the
+/// agents' login files.
+async fn handed_over(
     client: &DaemonClient,
     cloud_yaml: &str,
-) -> Result<BTreeMap<String, String>, ClientError> {
+    command: &Command,
+) -> Result<HandedOver, ClientError> {
     let v = client
         .json(
             Method::GET,
@@ -542,7 +553,13 @@ async fn secrets_for(
             out.insert(n.to_string(), val);
         }
     }
-    Ok(out)
+    // An older daemon does not say: it cannot seed, so nothing is read.
+    let seeds = matches!(command, Command::Deploy | Command::Chain { .. })
+        && v.get("codex_auth").and_then(Value::as_str) == Some("chatgpt");
+    Ok(HandedOver {
+        secrets: out,
+        agent_auth: seeds.then(|| agent_auth::read(&paths::home_dir())),
+    })
 }
 
 async fn run_command(
@@ -551,8 +568,11 @@ async fn run_command(
     cloud_yaml_as_given: Option<String>,
     command: Command,
 ) -> i32 {
-    let secrets = match secrets_for(client, cloud_yaml).await {
-        Ok(s) => s,
+    let HandedOver {
+        secrets,
+        agent_auth,
+    } = match handed_over(client, cloud_yaml, &command).await {
+        Ok(h) => h,
         Err(e) => return fail(e),
     };
     // Only `exec` and `logs` print the runner's own output as their result; for every other
@@ -589,6 +609,7 @@ async fn run_command(
         cloud_yaml_as_given,
         cwd: paths::current_dir().display().to_string(),
         secrets,
+        agent_auth,
         command,
     };
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);

@@ -250,6 +250,8 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     for line in pre.stdout.lines().filter(|l| l.starts_with("removed ")) {
         ctx.out.stderr(format!("fresh: {line}\n")).await;
     }
+    // The agents' logins, before the chain's first agent runs.
+    let agent_auth = super::agent_auth::seed(ctx, &p).await;
     for u in &uploads {
         p.upload(&u.remote, &u.content).await?;
         ctx.out
@@ -333,6 +335,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         "event": "cloud_chain_launched",
         "current_milestone": chain.milestones.first().map(|m| m.label.clone()),
         "uploaded_idea_count": uploads.len(),
+        "agent_auth": agent_auth,
         "repo": {"url": ctx.spec.repo.url, "branch": ctx.spec.repo.branch, "workspace": ws},
         "chain": {"base_branch": marker["base_branch"], "milestone_count": chain.milestones.len()},
         "tmux": {"session": session, "status": if alive { "running" } else { "exited" }},
