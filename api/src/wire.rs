@@ -5,6 +5,7 @@
 //! `result` frame carrying the JSON payload and the exit code (or a `terminal` frame for
 //! `attach`, which the client executes on the user's terminal).
 
+use crate::report::{NextAction, TickEvent, TickReport};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -264,12 +265,13 @@ pub struct TickRecord {
     pub finished_at: String,
     pub duration_ms: u64,
     pub success: bool,
-    pub event: String,
-    pub next_action: String,
+    pub event: TickEvent,
+    pub next_action: NextAction,
     pub acted: bool,
     pub refused_reason: Option<String>,
-    /// The full tick report as printed by `supervise --chain` (redacted).
-    pub report: Value,
+    /// The full tick report as printed by `supervise --chain` (redacted), keys sorted.
+    #[serde(serialize_with = "crate::report::serialize_sorted")]
+    pub report: TickReport,
     /// For a scheduled tick: the due time it was fired for (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<String>,

@@ -14,7 +14,10 @@ use clap::Parser;
 use cli::{Cli, Cmd, DaemonCmd, RepoOverrideArgs};
 use client::{ClientError, DaemonClient, enc};
 use hyper::Method;
-use megaplan_cloud_api::wire::{Command, Frame, RegisterRequest, RepoOverrides, RunRequest};
+use megaplan_cloud_api::wire::{
+    Command, Frame, RegisterRequest, RegisterResponse, RepoOverrides, RunRequest,
+    SecretNamesResponse, TickNowResponse,
+};
 use megaplan_cloud_api::{ErrorBody, ErrorCode, paths, routes};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -361,10 +364,20 @@ async fn run(cli: Cli) -> i32 {
             {
                 Ok(v) => {
                     print_json(&v);
-                    if let Some(report) = v.get("report") {
-                        eprintln!("{}", render::tick_line(report));
+                    match serde_json::from_value::<TickNowResponse>(v) {
+                        // The one-line summary of the report (its Display).
+                        Ok(TickNowResponse::Ran(rec)) => {
+                            eprintln!("{}", rec.report);
+                            i32::from(!rec.success)
+                        }
+                        Ok(TickNowResponse::Skipped(_)) => 1,
+                        Err(e) => {
+                            eprintln!(
+                                "megaplan-cloudctl: the daemon's tick answer is not a tick record ({e})"
+                            );
+                            1
+                        }
                     }
-                    i32::from(v.get("success").and_then(Value::as_bool) != Some(true))
                 }
                 Err(e) => fail_for(e, &cy),
             };
@@ -540,17 +553,14 @@ async fn handed_over(
         )
         .await?;
     let mut out = BTreeMap::new();
-    for name in v
-        .get("names")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(n) = name.as_str()
-            && let Ok(val) = std::env::var(n)
+    let names = serde_json::from_value::<SecretNamesResponse>(v)
+        .map(|r| r.names)
+        .unwrap_or_default();
+    for n in names {
+        if let Ok(val) = std::env::var(&n)
             && !val.is_empty()
         {
-            out.insert(n.to_string(), val);
+            out.insert(n, val);
         }
     }
     // An older daemon does not say: it cannot seed, so nothing is read.
@@ -729,19 +739,20 @@ async fn register(
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
         Ok(v) => {
             print_json(&v);
-            for w in v
-                .get("warnings")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                eprintln!("warning: {}", w.as_str().unwrap_or_default());
+            match serde_json::from_value::<RegisterResponse>(v) {
+                Ok(r) => {
+                    for w in &r.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    eprintln!(
+                        "registered {cloud_yaml} (key {}, schedule {})",
+                        r.key, r.cron
+                    );
+                }
+                Err(e) => eprintln!(
+                    "registered {cloud_yaml} (the daemon's answer does not read as a registration: {e})"
+                ),
             }
-            eprintln!(
-                "registered {cloud_yaml} (key {}, schedule {})",
-                v.get("key").and_then(Value::as_str).unwrap_or("?"),
-                v.get("cron").and_then(Value::as_str).unwrap_or("?")
-            );
             0
         }
         Err(e) => fail(e),

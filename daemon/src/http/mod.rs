@@ -423,7 +423,7 @@ async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQu
     match markers::load(&state, &key, cy, true).await {
         Ok(markers::Loaded {
             marker: Some(m), ..
-        }) => axum::Json(m).into_response(),
+        }) => axum::Json(m.to_value()).into_response(),
         Ok(_) => err(ErrorBody::new(
             ErrorCode::MissingRemoteSpec,
             format!(
