@@ -13,8 +13,9 @@ pub const FILES: [(&str, &str); 2] = [
     ("hermes", ".hermes/auth.json"),
 ];
 
-/// A login file larger than this is not read (codex's is a few KiB).
-pub const MAX_BYTES: u64 = 1024 * 1024;
+/// A login file larger than this is not read (codex's is a few KiB): both files, JSON-escaped,
+/// must fit the daemon's 1 MiB request limit.
+pub const MAX_BYTES: u64 = 256 * 1024;
 
 /// Read the login files under `home`. A file that is absent, unreadable, larger than
 /// [`MAX_BYTES`] or not UTF-8 text is listed under `missing` with its path and why.

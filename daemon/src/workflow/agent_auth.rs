@@ -57,10 +57,12 @@ pub const SEEDS: [Seed; 2] = [
 pub enum Plan<'a> {
     /// Nothing to seed, and why (said once on stderr and in the report).
     Skip(&'static str),
-    /// Seed these files; `missing` are the client's "path why" for the absent ones.
+    /// Seed these files; `missing` are the client's "path why" for the absent ones, `refused`
+    /// the files handed over that are not seeded, and why.
     Seed {
         files: Vec<(Seed, &'a str)>,
         missing: Vec<(&'static str, &'a str)>,
+        refused: Vec<(&'static str, String)>,
     },
 }
 
@@ -76,8 +78,15 @@ pub fn plan<'a>(codex_auth: &str, auth: Option<&'a AgentAuth>) -> Plan<'a> {
     };
     let mut files = Vec::new();
     let mut missing = Vec::new();
+    let mut refused = Vec::new();
     for seed in SEEDS {
         match auth.files.get(seed.agent) {
+            Some(content) if login_strings(content).len() > MAX_LOGIN_STRINGS => refused.push((
+                seed.agent,
+                format!(
+                    "it holds more than {MAX_LOGIN_STRINGS} strings of 8 characters or more, which a login file does not"
+                ),
+            )),
             Some(content) if !content.is_empty() => files.push((seed, content.as_str())),
             _ => missing.push((
                 seed.agent,
@@ -87,7 +96,11 @@ pub fn plan<'a>(codex_auth: &str, auth: Option<&'a AgentAuth>) -> Plan<'a> {
             )),
         }
     }
-    Plan::Seed { files, missing }
+    Plan::Seed {
+        files,
+        missing,
+        refused,
+    }
 }
 
 /// The runner script that writes one login file, read from stdin as base64, to
@@ -118,29 +131,48 @@ pub fn seed_script(seed: &Seed) -> String {
     )
 }
 
-/// The strings of the login files as literal secrets for the redactor, under reserved names
-/// ([`LITERAL_ONLY_PREFIX`]): every JSON string value of at least 8 characters (decoded, and
-/// as written in the file when escapes make that differ), or, for a file that is not JSON, every whitespace-separated
-/// word of at least 8 characters; plus the whole file when it is one line.
+/// A login file with more secret strings than this is not seeded (codex's has about six): each
+/// one becomes a literal the redactor searches every output for.
+pub const MAX_LOGIN_STRINGS: usize = 64;
+
+/// The secret strings of one login file: every JSON string value of at least 8 characters
+/// (decoded, and as written in the file when escapes make that differ), or, for a file that is
+/// not JSON, every whitespace-separated word of at least 8 characters; plus the whole file when
+/// it is one line.
+pub fn login_strings(content: &str) -> Vec<String> {
+    let mut strings = Vec::new();
+    match serde_json::from_str::<Value>(content) {
+        Ok(v) => {
+            json_strings(&v, &mut strings);
+            raw_json_values(content, &mut strings);
+        }
+        Err(_) => strings.extend(content.split_whitespace().map(str::to_string)),
+    }
+    if !content.trim().contains('\n') {
+        strings.push(content.trim().to_string());
+    }
+    strings.retain(|s| s.chars().count() >= 8);
+    strings.sort();
+    strings.dedup();
+    strings
+}
+
+/// The [`login_strings`] of the login files [`plan`] may seed (known agents, at most
+/// [`MAX_LOGIN_STRINGS`] strings), as literal secrets for the redactor under reserved names
+/// ([`LITERAL_ONLY_PREFIX`]): a fixed set of names per agent, so memory stays bounded however
+/// often logins are handed over.
 pub fn secret_literals(auth: &AgentAuth) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for (agent, content) in &auth.files {
-        let mut strings = Vec::new();
-        match serde_json::from_str::<Value>(content) {
-            Ok(v) => {
-                json_strings(&v, &mut strings);
-                raw_json_values(content, &mut strings);
-            }
-            Err(_) => strings.extend(content.split_whitespace().map(str::to_string)),
+    for seed in SEEDS {
+        let Some(content) = auth.files.get(seed.agent) else {
+            continue;
+        };
+        let strings = login_strings(content);
+        if strings.len() > MAX_LOGIN_STRINGS {
+            continue;
         }
-        if !content.trim().contains('\n') {
-            strings.push(content.trim().to_string());
-        }
-        strings.retain(|s| s.chars().count() >= 8);
-        strings.sort();
-        strings.dedup();
         for (i, s) in strings.into_iter().enumerate() {
-            out.insert(format!("{LITERAL_ONLY_PREFIX}{agent}-auth:{i}"), s);
+            out.insert(format!("{LITERAL_ONLY_PREFIX}{}-auth:{i}", seed.agent), s);
         }
     }
     out
@@ -175,21 +207,32 @@ fn raw_json_values(text: &str, out: &mut Vec<String>) {
 /// starts). Never fails the command: a file that cannot be written is a warning and is listed
 /// under `failed`. Returns the report (names and local paths only).
 pub async fn seed(ctx: &Ctx, p: &impl Provider) -> Value {
-    let (files, missing) = match plan(&ctx.spec.megaplan.codex_auth, ctx.agent_auth.as_ref()) {
-        Plan::Skip(why) => {
-            ctx.out
-                .stderr(format!("agent login: nothing seeded: {why}\n"))
-                .await;
-            return json!({
-                "codex_auth": ctx.spec.megaplan.codex_auth,
-                "seeded": [],
-                "skipped": why,
-            });
-        }
-        Plan::Seed { files, missing } => (files, missing),
-    };
+    let (files, missing, refused) =
+        match plan(&ctx.spec.megaplan.codex_auth, ctx.agent_auth.as_ref()) {
+            Plan::Skip(why) => {
+                ctx.out
+                    .stderr(format!("agent login: nothing seeded: {why}\n"))
+                    .await;
+                return json!({
+                    "codex_auth": ctx.spec.megaplan.codex_auth,
+                    "seeded": [],
+                    "skipped": why,
+                });
+            }
+            Plan::Seed {
+                files,
+                missing,
+                refused,
+            } => (files, missing, refused),
+        };
     let mut seeded = Vec::new();
     let mut failed = Vec::new();
+    for (agent, why) in refused {
+        ctx.out
+            .stderr(format!("warning: agent login: {agent} not seeded: {why}\n"))
+            .await;
+        failed.push(json!({"agent": agent, "error": why}));
+    }
     if !p.stdin_is_private() && !files.is_empty() {
         let why = format!(
             "the {} provider can carry a file to the runner only inside a command line, which any local user can read in the process list; log in on the runner instead (`megaplan-cloudctl attach`, then `codex login`)",
@@ -284,6 +327,7 @@ mod tests {
             Plan::Seed {
                 files: vec![(SEEDS[0], CODEX)],
                 missing: vec![("hermes", "/home/op/.hermes/auth.json not found")],
+                refused: vec![],
             }
         );
         assert_eq!(
@@ -293,7 +337,7 @@ mod tests {
         assert!(matches!(plan("chatgpt", None), Plan::Skip(_)));
         // A name the client did not mention is still reported missing.
         let nothing = AgentAuth::default();
-        let Plan::Seed { files, missing } = plan("chatgpt", Some(&nothing)) else {
+        let Plan::Seed { files, missing, .. } = plan("chatgpt", Some(&nothing)) else {
             panic!("chatgpt seeds");
         };
         assert!(files.is_empty());
@@ -303,6 +347,34 @@ mod tests {
                 ("codex", "(not handed over)"),
                 ("hermes", "(not handed over)")
             ]
+        );
+    }
+
+    #[test]
+    fn a_file_with_too_many_strings_is_refused_and_not_registered() {
+        let many: Vec<String> = (0..=MAX_LOGIN_STRINGS)
+            .map(|i| format!("\"k{i}\": \"value-{i:04}\""))
+            .collect();
+        let big = format!("{{{}}}", many.join(", "));
+        let auth = handed(&[("codex", CODEX), ("hermes", &big), ("other", CODEX)], &[]);
+        let Plan::Seed { files, refused, .. } = plan("chatgpt", Some(&auth)) else {
+            panic!("chatgpt seeds");
+        };
+        assert_eq!(files, [(SEEDS[0], CODEX)]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, "hermes");
+        assert!(
+            refused[0].1.contains("more than 64 strings"),
+            "{}",
+            refused[0].1
+        );
+        // Only the seeded file's strings are registered, under codex's names only.
+        let literals = secret_literals(&auth);
+        assert!(!literals.is_empty());
+        assert!(
+            literals
+                .keys()
+                .all(|k| k.starts_with(&format!("{LITERAL_ONLY_PREFIX}codex-auth:")))
         );
     }
 
