@@ -224,13 +224,14 @@ impl Default for TickSkipped {
 /// warnings about it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecretNamesResponse {
+    /// The cloud.yaml's `megaplan.codex_auth`: with `chatgpt`, `deploy` and `chain` hand over
+    /// the agents' login files ([`AgentAuth`]). Absent from older daemons. (Fields in sorted
+    /// order: the answer's bytes are those of the `json!` object it replaced.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codex_auth: Option<String>,
     pub names: Vec<String>,
     pub success: bool,
     pub warnings: Vec<String>,
-    /// The cloud.yaml's `megaplan.codex_auth`: with `chatgpt`, `deploy` and `chain` hand over
-    /// the agents' login files ([`AgentAuth`]). Absent from older daemons.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub codex_auth: Option<String>,
 }
 
 /// Query of `GET /v1/ticks` and `GET /v1/ticks/watch`.

@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use megaplan_cloud_api::schedule::{DEFAULT_EVERY_SECS, Schedule};
 use megaplan_cloud_api::wire::{
-    Frame, Health, RegisterRequest, Registration, RunRequest, TicksQuery,
+    Frame, Health, RegisterRequest, RegisterResponse, Registration, RunRequest,
+    SecretNamesResponse, TickNowResponse, TickSkipped, TicksQuery, UnregisterResponse,
 };
 use megaplan_cloud_api::{ErrorBody, ErrorCode, paths, routes};
 use std::path::{Path, PathBuf};
@@ -225,20 +226,8 @@ async fn register(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
             ));
         }
     }
-    let mut v = serde_json::to_value(&reg).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("success".into(), true.into());
-        o.insert("cron".into(), cron.into());
-        o.insert(
-            "notify".into(),
-            sinks.iter().map(|s| s.label()).collect::<Vec<_>>().into(),
-        );
-        o.insert(
-            "warnings".into(),
-            serde_json::to_value(&warnings).unwrap_or_default(),
-        );
-    }
-    axum::Json(v).into_response()
+    let notify = sinks.iter().map(|s| s.label()).collect();
+    axum::Json(RegisterResponse::new(reg, cron, notify, warnings)).into_response()
 }
 
 fn bad_json(e: serde_json::Error) -> ErrorBody {
@@ -266,8 +255,12 @@ async fn unregister(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String
                 tracing::warn!(key = %key, "unregistered, but its watch state stays: {e}");
             }
             tracing::info!(key = %key, "unregistered");
-            axum::Json(serde_json::json!({"success": true, "key": key, "unregistered": true}))
-                .into_response()
+            axum::Json(UnregisterResponse {
+                key,
+                success: true,
+                unregistered: true,
+            })
+            .into_response()
         }
         Ok(false) => err(ErrorBody::new(
             ErrorCode::NotRegistered,
@@ -334,12 +327,10 @@ async fn tick_now(State(state): State<Arc<AppState>>, AxPath(k): AxPath<String>)
         }
     };
     match outcome {
-        tick::TickOutcome::Ran(rec) => axum::Json(*rec).into_response(),
-        tick::TickOutcome::Skipped => axum::Json(serde_json::json!({
-            "success": false, "skipped": true,
-            "message": "a tick for this registration is already running; this one was skipped"
-        }))
-        .into_response(),
+        tick::TickOutcome::Ran(rec) => axum::Json(TickNowResponse::Ran(rec)).into_response(),
+        tick::TickOutcome::Skipped => {
+            axum::Json(TickNowResponse::Skipped(TickSkipped::new())).into_response()
+        }
         tick::TickOutcome::Failed(e) => err(e),
     }
 }
@@ -393,12 +384,12 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
             // `warnings` (the loader's, e.g. keys of the original handled differently here) is
             // what `megaplan-cloudctl doctor` shows for each cloud.yaml it finds; `codex_auth`
             // tells the client whether `deploy`/`chain` hand over the agents' login files.
-            axum::Json(serde_json::json!({
-                "success": true,
-                "names": spec.secrets,
-                "warnings": spec.warnings,
-                "codex_auth": spec.megaplan.codex_auth,
-            }))
+            axum::Json(SecretNamesResponse {
+                codex_auth: Some(spec.megaplan.codex_auth),
+                names: spec.secrets,
+                success: true,
+                warnings: spec.warnings,
+            })
             .into_response()
         }
         Err(e) => err(e),
