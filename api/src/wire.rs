@@ -219,6 +219,24 @@ impl Default for TickSkipped {
     }
 }
 
+/// `POST /v1/clouds/{key}/pause` answer: the pause as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PauseResponse {
+    pub key: String,
+    pub paused: crate::report::Pause,
+    pub success: bool,
+}
+
+/// `DELETE /v1/clouds/{key}/pause` answer: `paused` is always null; `was_paused` is the pause
+/// it lifted, null when there was none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnpauseResponse {
+    pub key: String,
+    pub paused: Option<crate::report::Pause>,
+    pub success: bool,
+    pub was_paused: Option<crate::report::Pause>,
+}
+
 /// `GET /v1/secret-names` answer: the secret env var names of a cloud.yaml and the loader's
 /// warnings about it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
