@@ -1,11 +1,11 @@
-//! The one-round-trip chain observation (behavior.md §8, last bullet): a single remote
+//! The one-round-trip chain observation: a tick reads the runner once. A single remote
 //! execution of `observe.py` under the launcher's interpreter gathers the spec, the chain
 //! state, the runtime policy, the optional sync refresh, the current plan's status, runner
 //! liveness, the log's mtime/size, session markers and the PR merge probe, and prints one
 //! `MEGAPLAN_OBSERVATION <json>` line. This module builds that command and parses its output.
 //!
 //! The state file name is derived on the runner from the spec path as the runner resolves it,
-//! never on the operator's machine (behavior.md §8).
+//! never on the operator's machine.
 
 use crate::chain::classify::Liveness;
 use crate::chain::spec::{ChainSpec, parse_chain_spec};

@@ -34,7 +34,7 @@ pub async fn register(
         }
         (_, Some(expr)) => {
             scheduler::validate_cron(expr)
-                .map_err(|e| ApiError::new(ErrorCode::InvalidArgs, e).field("cron"))?;
+                .map_err(|e| ApiError::new(ErrorCode::InvalidArgs, e.to_string()).field("cron"))?;
             Schedule::Cron(expr.to_string())
         }
         (every, None) => Schedule::every_secs(every.unwrap_or(DEFAULT_EVERY_SECS))
@@ -70,7 +70,7 @@ pub async fn register(
     state
         .scheduler
         .schedule(&key, &cron)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     with_schedule(&state, &mut reg);
     tracing::info!(key = %key, cloud_yaml = %path.display(), cron = %cron, "registered");
     let mut warnings = spec.warnings.clone();
