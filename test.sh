@@ -83,7 +83,7 @@ export MEGAPLAN_E2E_REPORT=$report
 
 stamp "cargo build --workspace --bins"
 cargo build --workspace --bins
-stamp "cargo test --workspace $* -- --test-threads=2"
+stamp "cargo test --workspace --no-fail-fast $* -- --test-threads=2"
 set +e
 cargo test --workspace --no-fail-fast "$@" -- --test-threads=2
 status=$?

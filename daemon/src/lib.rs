@@ -11,6 +11,7 @@
 //! - [`notify`]: watching that tells a human: transitions, stall detection, the outbox.
 //! - [`state`]: `AppState`, the one shared object.
 //! - [`chain`]: chain spec/state, observation, classification, supervise decision.
+//! - [`runner`]: every script sent to a runner, and the one layout of paths and names.
 //! - [`provider`]: ssh, local and railway transports behind one trait.
 //! - [`process`]: running local processes with deadlines and redacted streaming.
 //! - [`render`]: deploy-dir rendering (Dockerfile, entrypoint, compose, railway.toml).
@@ -29,6 +30,7 @@ pub mod process;
 pub mod provider;
 pub mod redact;
 pub mod render;
+pub mod runner;
 pub mod scheduler;
 pub mod settings;
 pub mod shell;

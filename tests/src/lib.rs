@@ -20,6 +20,7 @@ pub mod railway;
 pub mod receiver;
 pub mod rig;
 mod sshd;
+pub mod tls;
 pub mod util;
 
 use std::path::PathBuf;

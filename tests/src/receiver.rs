@@ -7,7 +7,9 @@
 //! `PUT`) to `/<topic>`, the body is the message, `Title`/`Tags` headers carry the title and
 //! tags, a published message is answered `200` with a JSON body; and what it refuses: other
 //! methods on a topic (`405` here) and message bodies above its 4096-byte message limit
-//! (`413`). Every connection carries one request (`Connection: close`).
+//! (`413`). Every connection carries one request (`Connection: close`). [`Receiver::start_tls`]
+//! serves the same over TLS (rustls) with a given certificate, as ntfy.sh and Slack do: a
+//! client that does not trust the certificate's CA never gets to send its request.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,17 +55,42 @@ struct Shared {
 /// A running receiver; stops accepting when dropped.
 pub struct Receiver {
     pub port: u16,
+    tls: bool,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Receiver::serve_with(None)
+    }
+
+    /// The receiver over TLS, presenting `cert` (PEM chain) with `key` (PEM); see
+    /// [`crate::tls::server_cert`].
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<Result<_, _>>())
+            .unwrap_or_else(|e| panic!("read {}: {e}", cert.display()));
+        let key = PrivateKeyDer::from_pem_file(key)
+            .unwrap_or_else(|e| panic!("read {}: {e}", key.display()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .unwrap_or_else(|e| panic!("TLS server config: {e}"));
+        Receiver::serve_with(Some(Arc::new(config)))
+    }
+
+    fn serve_with(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver on loopback");
         let port = listener.local_addr().expect("receiver address").port();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sh, st) = (shared.clone(), stop.clone());
+        let is_tls = tls.is_some();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(std::sync::atomic::Ordering::SeqCst) {
@@ -71,16 +98,34 @@ impl Receiver {
                 }
                 if let Ok(c) = conn {
                     let sh = sh.clone();
-                    std::thread::spawn(move || serve(c, &sh));
+                    let tls = tls.clone();
+                    std::thread::spawn(move || {
+                        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+                        match tls {
+                            None => serve(c, &sh),
+                            Some(cfg) => {
+                                let Ok(session) = rustls::ServerConnection::new(cfg) else {
+                                    return;
+                                };
+                                serve(rustls::StreamOwned::new(session, c), &sh);
+                            }
+                        }
+                    });
                 }
             }
         });
-        Receiver { port, shared, stop }
+        Receiver {
+            port,
+            tls: is_tls,
+            shared,
+            stop,
+        }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>` (`https://` for [`Receiver::start_tls`]).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     /// Answer the next requests with these statuses (e.g. `[500, 500, 500]`), then 200.
@@ -124,12 +169,8 @@ impl Drop for Receiver {
     }
 }
 
-fn serve(conn: TcpStream, shared: &Mutex<Shared>) {
-    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-    let mut reader = BufReader::new(match conn.try_clone() {
-        Ok(c) => c,
-        Err(_) => return,
-    });
+fn serve<S: Read + Write>(conn: S, shared: &Mutex<Shared>) {
+    let mut reader = BufReader::new(conn);
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
         return;
@@ -185,7 +226,7 @@ fn serve(conn: TcpStream, shared: &Mutex<Shared>) {
             body,
             status,
         });
-    let mut conn = conn;
+    let mut conn = reader.into_inner();
     let _ = write!(
         conn,
         "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",

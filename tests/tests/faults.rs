@@ -63,18 +63,19 @@ fn pgrep(pattern: &str) -> Vec<String> {
         .collect()
 }
 
-/// Processes of one container (`docker top`) whose command line contains `needle`.
-fn container_procs(container: &str, needle: &str) -> Vec<String> {
-    let out = run_cmd("docker", &["top", container, "-eo", "pid,args"]);
+/// Processes of the runner blocked in the stand-in core's hanging `status` (`hang_status`): it
+/// records its pid in `.megaplan/standin-hangs.jsonl` (the observer calls the core in its own
+/// interpreter, so the command line does not name the status call); those still alive.
+fn hanging_status(rig: &SshRig) -> Vec<String> {
+    let out = rig.container.exec(
+        "f=/workspace/app/.megaplan/standin-hangs.jsonl; [ -f \"$f\" ] || exit 0; \
+         python3 -c 'import json, os, sys\nfor line in open(sys.argv[1]):\n    pid = json.loads(line)[\"pid\"]\n    if os.path.exists(\"/proc/%d\" % pid): print(pid)' \"$f\"",
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_string)
+        .map(|l| format!("pid {l} (hanging status)"))
         .collect()
 }
-
-/// What the chain observation runs for the current plan while `hang_status` holds it.
-const HANGING_STATUS: &str = "arnold_pipelines.megaplan status --plan plan-m1";
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -184,11 +185,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
     let client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["tick"]);
     assert!(
-        wait_until(Duration::from_secs(20), || !container_procs(
-            &rig.container.name,
-            HANGING_STATUS
-        )
-        .is_empty()),
+        wait_until(Duration::from_secs(20), || !hanging_status(&rig).is_empty()),
         "the tick never reached the hanging status"
     );
     rig.sshd.stop();
@@ -368,7 +365,7 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     let strays = || {
         let mut v = pgrep(&format!("ssh -S {}", rig.daemon.dir.display()));
         v.extend(pgrep(&format!("docker exec -i {}", rig.container.name)));
-        v.extend(container_procs(&rig.container.name, HANGING_STATUS));
+        v.extend(hanging_status(&rig));
         v
     };
     assert!(

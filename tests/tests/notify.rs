@@ -686,15 +686,10 @@ fn bad_notify_input_is_refused_by_field() {
     let Some((rig, _cfg)) = rig_with("", "", &[]) else {
         return;
     };
-    let r = rig.ctl(&["register", "--notify-url", "https://ntfy.example/t"]);
+    let r = rig.ctl(&["register", "--notify-url", "ftp://ntfy.example/t"]);
     assert_eq!(r.code, Some(1));
     assert_eq!(r.json["field"], "notify_url", "{}", r.stdout);
-    assert!(
-        r.json["message"]
-            .as_str()
-            .unwrap()
-            .contains("--notify-command")
-    );
+    assert!(r.json["message"].as_str().unwrap().contains("https://"));
     let r = rig.ctl(&["register", "--notify-url", "http://u:pw@127.0.0.1/t"]);
     assert_eq!(r.json["field"], "notify_url");
     let r = rig.ctl(&[
@@ -727,4 +722,89 @@ fn bad_notify_input_is_refused_by_field() {
         err.contains("notify.yaml") && err.contains("stall_after"),
         "{err}"
     );
+}
+
+/// https webhooks (ntfy.sh and Slack only take https): a receiver whose certificate chains to
+/// a CA the daemon trusts (`SSL_CERT_FILE`, honoured like curl and openssl do) gets the
+/// notification over TLS; one whose CA it does not trust never gets the request, and the
+/// outbox records a certificate error. Needs no runner: the registration's cloud.yaml is
+/// removed, so each tick fails at once and the first failure (`failed_ticks: 1`) notifies.
+#[test]
+fn https_webhooks_reach_trusted_receivers_only() {
+    use megaplan_cloud_e2e::{Daemon, tls};
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tls::server_cert(
+        &tmp.path().join("good"),
+        "megaplan e2e CA",
+        "127.0.0.1",
+        "IP:127.0.0.1",
+    );
+    let bad = tls::server_cert(
+        &tmp.path().join("bad"),
+        "a CA nobody trusts",
+        "127.0.0.1",
+        "IP:127.0.0.1",
+    );
+    let trusted = Receiver::start_tls(&good.cert, &good.key);
+    let untrusted = Receiver::start_tls(&bad.cert, &bad.key);
+    let (_g, config) = notify_config(&format!(
+        "failed_ticks: 1\nretry: {{max_attempts: 2, initial_delay: 100ms, max_delay: 200ms}}\nsinks:\n  - url: {}\n  - url: {}\n",
+        trusted.url("/chains"),
+        untrusted.url("/chains")
+    ));
+    let daemon = Daemon::start(
+        &[("SSL_CERT_FILE", good.ca.to_str().unwrap())],
+        &["--notify-config", config.to_str().unwrap(), "--no-log-file"],
+    );
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let cy = project.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let out = daemon.ctl(&project, &[], &["register", "--every", "1h", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let reg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = reg["key"].as_str().unwrap().to_string();
+    std::fs::remove_file(&cy).unwrap();
+    let out = daemon.ctl(&project, &[], &["tick", &key, "--json"]);
+    let tick: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(tick["event"], "supervisor_error", "{out:?}");
+
+    assert!(
+        wait_until(Duration::from_secs(60), || trusted.accepted().len() == 1),
+        "the trusted https receiver got {:?}",
+        events(&trusted)
+    );
+    let n = trusted.accepted()[0].json();
+    assert_eq!(n["event"], "ticks_failing", "{n}");
+    assert_eq!(n["key"], key.as_str());
+    // The untrusted one: both attempts fail in the handshake, so no request ever arrives.
+    let outbox = || {
+        let out = daemon.ctl(&project, &[], &["notifications", "--all", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || outbox()
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["status"] == "failed"))),
+        "{:#}",
+        outbox()
+    );
+    let rows = outbox();
+    let failed: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{rows:#}");
+    assert!(
+        failed[0]["sink"]
+            .as_str()
+            .unwrap()
+            .contains(&untrusted.port.to_string()),
+        "{rows:#}"
+    );
+    let why = failed[0]["last_error"].as_str().unwrap().to_lowercase();
+    assert!(why.contains("certificate"), "{why}");
+    assert!(untrusted.received().is_empty());
 }

@@ -59,8 +59,8 @@ impl Sink {
         }
     }
 
-    /// Check a sink before it is stored: the only URL scheme is http (docs/notifications.md
-    /// explains https), and credentials may not sit in the URL (they would be stored).
+    /// Check a sink before it is stored: http or https, and no credentials in the URL (they
+    /// would be stored).
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Sink::Webhook {
@@ -70,13 +70,12 @@ impl Sink {
                     .parse()
                     .map_err(|e| format!("notify url {url:?} is not a URL: {e}"))?;
                 match uri.scheme_str() {
-                    Some("http") => {}
-                    Some("https") => {
+                    Some("http" | "https") => {}
+                    _ => {
                         return Err(format!(
-                            "notify url {url:?}: https is not supported by the built-in client; use an http URL (a local relay or proxy), or --notify-command with curl (see docs/notifications.md)"
+                            "notify url {url:?} must start with http:// or https://"
                         ));
                     }
-                    _ => return Err(format!("notify url {url:?} must start with http://")),
                 }
                 if uri.host().is_none() {
                     return Err(format!("notify url {url:?} has no host"));
@@ -381,7 +380,7 @@ mod tests {
         assert!(e(json!({"stal_after": "1m"})).contains("stal_after"));
         assert!(e(json!({"stall_after": "0s"})).contains("stall_after"));
         assert!(e(json!({"retry": {"max_attempts": 0}})).contains("retry.max_attempts"));
-        assert!(e(json!({"sinks": [{"url": "https://x.example/h"}]})).contains("https"));
+        assert!(e(json!({"sinks": [{"url": "ftp://x.example/h"}]})).contains("https://"));
         assert!(e(json!({"sinks": [{"url": "http://u:p@x/h"}]})).contains("credentials"));
         assert!(e(json!({"sinks": [{"url": "http://x/h", "preset": "teams"}]})).contains("teams"));
         assert!(e(json!({"sinks": [{}]})).starts_with("sinks[0]"));

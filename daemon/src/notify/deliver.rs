@@ -1,6 +1,7 @@
 //! Delivering one notification to one sink: request/command construction (pure) apart from
-//! execution. Webhooks go over plain HTTP/1.1 with hyper; commands run as `sh -c CMD` with
-//! the notification JSON on stdin.
+//! execution. Webhooks go over HTTP/1.1 with hyper, https through rustls (ring) verifying
+//! against the system's CA store (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured; Mozilla's bundle
+//! when the system has none); commands run as `sh -c CMD` with the notification JSON on stdin.
 
 use super::config::{Preset, Sink};
 use bytes::Bytes;
@@ -86,11 +87,42 @@ pub fn webhook_request(
     }
 }
 
+type WebhookClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// One client for the daemon's life (its connection pool and the CA store loaded once).
+fn webhook_client() -> &'static WebhookClient {
+    static CLIENT: std::sync::OnceLock<WebhookClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let provider = || std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let tls = match builder.with_provider_and_native_roots(provider()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(
+                    "no usable system CA certificates ({e}); https webhooks are verified against Mozilla's bundle"
+                );
+                match hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(provider())
+                {
+                    Ok(b) => b,
+                    // ring supports rustls' default protocol versions: not reached.
+                    Err(e) => panic!("rustls refused its default protocol versions: {e}"),
+                }
+            }
+        };
+        let connector = tls.https_or_http().enable_http1().build();
+        Client::builder(TokioExecutor::new()).build(connector)
+    })
+}
+
 /// Send one webhook request; `Ok` on a 2xx answer.
 pub async fn send_webhook(req: &WebhookRequest, timeout: Duration) -> Result<(), String> {
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = webhook_client();
     let mut b = hyper::Request::builder()
         .method(hyper::Method::POST)
         .uri(&req.url)
@@ -106,10 +138,26 @@ pub async fn send_webhook(req: &WebhookRequest, timeout: Duration) -> Result<(),
         .map_err(|e| format!("cannot build the request: {e}"))?;
     match tokio::time::timeout(timeout, client.request(request)).await {
         Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f64())),
-        Ok(Err(e)) => Err(format!("request failed: {e}")),
+        Ok(Err(e)) => Err(format!("request failed: {}", with_causes(&e))),
         Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
         Ok(Ok(resp)) => Err(format!("the receiver answered HTTP {}", resp.status())),
     }
+}
+
+/// An error and its sources (hyper's own text hides the TLS or connect cause behind
+/// "client error (connect)"), e.g. "client error (Connect): invalid peer certificate: UnknownIssuer".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Run a command sink: `sh -c CMD`, notification JSON on stdin; `Ok` on exit 0.

@@ -126,10 +126,19 @@ pub async fn unwatched_ticks(
     after_id: i64,
     limit: u32,
 ) -> Result<Vec<TickRecord>, StoreError> {
-    let what = "reading ticks for the watcher";
-    let rows = sqlx::query("SELECT * FROM ticks WHERE id > ?1 ORDER BY id LIMIT ?2")
+    let q = sqlx::query("SELECT * FROM ticks WHERE id > ?1 ORDER BY id LIMIT ?2")
         .bind(after_id)
-        .bind(i64::from(limit))
+        .bind(i64::from(limit));
+    fetch_ticks(store, "reading ticks for the watcher", q).await
+}
+
+/// Run a `SELECT * FROM ticks …` query and read its rows as tick records.
+async fn fetch_ticks<'q>(
+    store: &Store,
+    what: &str,
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+) -> Result<Vec<TickRecord>, StoreError> {
+    let rows = query
         .fetch_all(store.pool())
         .await
         .map_err(|e| failed(store, what, e))?;
@@ -496,8 +505,7 @@ pub async fn list_ticks(
     f: &TickFilter,
     limit: u32,
 ) -> Result<Vec<TickRecord>, StoreError> {
-    let what = "listing ticks";
-    let rows = sqlx::query(
+    let q = sqlx::query(
         "SELECT * FROM ticks WHERE (?1 IS NULL OR key = ?1) AND (?2 IS NULL OR event = ?2)
              AND (?3 = 0 OR success = 0) AND (?4 IS NULL OR finished_at >= ?4)
          ORDER BY id DESC LIMIT ?5",
@@ -511,12 +519,6 @@ pub async fn list_ticks(
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|d| ts(d.with_timezone(&Utc))),
     )
-    .bind(i64::from(limit))
-    .fetch_all(store.pool())
-    .await
-    .map_err(|e| failed(store, what, e))?;
-    rows.iter()
-        .map(tick_from_row)
-        .collect::<Result<_, _>>()
-        .map_err(|e| failed(store, what, e))
+    .bind(i64::from(limit));
+    fetch_ticks(store, "listing ticks", q).await
 }

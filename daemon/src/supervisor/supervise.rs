@@ -5,12 +5,13 @@
 use super::markers;
 use super::target::{ChainTarget, chain_target, observe_chain};
 use crate::chain::classify::Liveness;
-use crate::chain::decide::{self, MutationTarget, TickFacts};
-use crate::chain::observe::SESSION_MARKER_DIR;
+use crate::chain::decide::{self, TickFacts};
 use crate::chain::summary;
 use crate::cloud_yaml::{self, CloudSpec};
 use crate::provider::{self, Provider, ProviderCtx};
 use crate::redact::Redactor;
+use crate::runner::layout::SESSION_MARKER_DIR;
+use crate::runner::mutation::{MutationTarget, mutation_script};
 use crate::state::AppState;
 use chrono::Utc;
 use megaplan_cloud_api::ErrorBody;
@@ -244,8 +245,8 @@ async fn observe_and_act(
             .and_then(|m| m.get("identity_digest"))
             .and_then(Value::as_str)
             .map(str::to_string);
-        let script = decide::mutation_script(
-            kind,
+        let script = mutation_script(
+            kind.as_str(),
             &MutationTarget {
                 session: target.session.clone(),
                 workspace: target.workspace.clone(),

@@ -1,16 +1,17 @@
 //! Which chain a tick or `status --chain` looks at (spec, session, workspace, log), and the one
 //! remote round trip that observes it.
 
-use crate::chain::observe::{self, DEFAULT_CHAIN_LOG, Observation, ObserveRequest};
+use crate::chain::observe::{self, Observation};
 use crate::chain::spec::ChainSpec;
 use crate::cloud_yaml::{CloudSpec, Mode};
 use crate::provider::{Provider, redact_error, remote_failure};
 use crate::redact::Redactor;
+use crate::runner::layout::chain_log;
+use crate::runner::observe::{ObserveRequest, observe_script};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
 
-/// Default tmux session of chain runs.
-pub const CHAIN_SESSION: &str = "megaplan-chain";
+pub use crate::runner::layout::CHAIN_SESSION;
 
 /// Where the remote spec came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +85,7 @@ pub fn chain_target(
             .map(str::to_string)
     };
     let workspace = field("workspace").unwrap_or_else(|| spec.repo.workspace.clone());
-    let log_path = field("chain_log")
-        .unwrap_or_else(|| format!("{}/{DEFAULT_CHAIN_LOG}", workspace.trim_end_matches('/')));
+    let log_path = field("chain_log").unwrap_or_else(|| chain_log(&workspace));
     Ok(ChainTarget {
         spec: remote_spec,
         source,
@@ -121,7 +121,7 @@ async fn observe_unredacted(
     launcher: &str,
     for_tick: bool,
 ) -> Result<(Observation, ChainSpec), ErrorBody> {
-    let script = observe::observe_script(&ObserveRequest {
+    let script = observe_script(&ObserveRequest {
         spec: target.spec.clone(),
         session: target.session.clone(),
         workspace: target.workspace.clone(),

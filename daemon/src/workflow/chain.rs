@@ -7,54 +7,22 @@
 //! last-chain marker (SQLite + legacy file).
 
 use super::{Ctx, Done, markers, remote_failure};
-use crate::chain::decide::session_marker_command;
-use crate::chain::observe::{DRIVER_CHECK_PY, SESSION_MARKER_DIR, python_prelude};
 use crate::chain::spec::{self, ChainSpec};
-use crate::cloud_yaml::CloudSpec;
 use crate::provider::Provider;
-use crate::shell::quote;
+use crate::runner::launch::{checkout_script, init_command, preflight_script, start_script};
+use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN, chain_log, marker_file};
 use chrono::Utc;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
-pub use super::status::CHAIN_SESSION;
-
-/// Exit status of the preflight when the session runs a different chain (as the original).
-pub const COLLISION_EXIT: i32 = 17;
-/// Exit status of the preflight when a process outside the session already drives this spec.
-pub const DRIVEN_EXIT: i32 = 18;
+pub use crate::runner::layout::CHAIN_SESSION;
 
 pub struct LaunchArgs {
     pub spec: PathBuf,
     pub idea_dir: Option<PathBuf>,
     pub fresh: bool,
     pub no_git_refresh: bool,
-}
-
-/// Shell that clones the repo and every extra repo when missing (idempotent).
-pub fn checkout_script(spec: &CloudSpec) -> String {
-    let mut s = String::from(
-        "clone_if_missing() { \
-           if [ -d \"$3/.git\" ]; then return 0; fi; \
-           mkdir -p \"$3\" && git clone --branch \"$2\" -- \"$1\" \"$3\"; \
-         }",
-    );
-    s.push_str(&format!(
-        "; clone_if_missing {} {} {}",
-        quote(&spec.repo.url),
-        quote(&spec.repo.branch),
-        quote(&spec.repo.workspace)
-    ));
-    for r in &spec.extra_repos {
-        s.push_str(&format!(
-            " && clone_if_missing {} {} {}",
-            quote(&r.url),
-            quote(&r.branch),
-            quote(&r.path)
-        ));
-    }
-    s
 }
 
 /// Local candidates for a milestone's idea file, in the order they are tried:
@@ -94,98 +62,6 @@ pub fn remote_idea_path(idea: &str, workspace: &str) -> String {
     }
 }
 
-/// The preflight: collision check first, then checkout, then (with --fresh) state removal.
-/// Prints `MEGAPLAN_ALREADY_RUNNING` when the live session already runs this chain.
-pub fn preflight_script(
-    spec: &CloudSpec,
-    launcher: &str,
-    session: &str,
-    digest: &str,
-    remote_spec: &str,
-    fresh: bool,
-) -> String {
-    let marker = format!("{SESSION_MARKER_DIR}/{session}.json");
-    let mut s = format!(
-        "{prelude}; s={s}; m={m}; d={d}; \
-         if tmux has-session -t \"=$s\" 2>/dev/null; then \
-           running=$(\"$py\" -c 'import json,sys\ntry:\n    print(json.load(open(sys.argv[1])).get(\"identity_digest\") or \"\")\nexcept Exception:\n    print(\"\")' \"$m\" 2>/dev/null); \
-           if [ \"$running\" = \"$d\" ]; then echo MEGAPLAN_ALREADY_RUNNING; exit 0; fi; \
-           echo \"tmux session $s is already running a different chain (marker $m); refusing to disturb it\" >&2; exit {code}; \
-         fi; \
-         if [ -e {spec_q} ]; then \"$py\" -c {drivers} {spec_q} {ws} {launcher_q} || exit {driven}; fi; \
-         {checkout}",
-        prelude = python_prelude(launcher),
-        s = quote(session),
-        m = quote(&marker),
-        d = quote(digest),
-        code = COLLISION_EXIT,
-        spec_q = quote(remote_spec),
-        drivers = quote(DRIVER_CHECK_PY),
-        ws = quote(&spec.repo.workspace),
-        launcher_q = quote(launcher),
-        driven = DRIVEN_EXIT,
-        checkout = checkout_script(spec),
-    );
-    if fresh {
-        s.push_str(&format!(
-            " && \"$py\" -c 'import hashlib,os,sys\np=os.path.realpath(sys.argv[1]); d=os.path.dirname(p); stem=os.path.splitext(os.path.basename(p))[0]\nh=hashlib.sha1(p.encode()).hexdigest()[:12]\nfor f in (os.path.join(d,\".megaplan\",\"plans\",\".chains\",stem+\"-\"+h+\".json\"), os.path.join(d,\"chain_state.json\")):\n    if os.path.exists(f):\n        os.remove(f); print(\"removed \"+f)' {}",
-            quote(remote_spec)
-        ));
-    }
-    s.push_str(" && echo MEGAPLAN_PREFLIGHT_OK");
-    s
-}
-
-/// Write the session marker (first, so a failed start cannot leave a session without one), start
-/// the chain in tmux, and report whether the session lives.
-pub fn start_script(
-    spec: &CloudSpec,
-    launcher: &str,
-    session: &str,
-    remote_spec: &str,
-    log_path: &str,
-    digest: &str,
-    no_git_refresh: bool,
-) -> String {
-    let ws = &spec.repo.workspace;
-    let mut inner = format!(
-        "MEGAPLAN_TRUSTED_CONTAINER=1 {} chain start --spec {}",
-        crate::cloud_yaml::launcher_command(launcher),
-        quote(remote_spec)
-    );
-    if no_git_refresh {
-        inner.push_str(" --no-git-refresh");
-    }
-    inner.push_str(&format!(" >> {} 2>&1", quote(log_path)));
-    let log_dir = Path::new(log_path)
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| ws.clone());
-    let marker_cmd = session_marker_command(
-        &format!("{SESSION_MARKER_DIR}/{session}.json"),
-        session,
-        ws,
-        remote_spec,
-        digest,
-        "chain",
-        "launch",
-    );
-    format!(
-        "{prelude}; mkdir -p {log_dir} {mdir} && cd {ws} && \
-         {marker_cmd} && \
-         tmux new-session -d -s {s} -c {ws} {inner} && \
-         sleep 1 && if tmux has-session -t ={s} 2>/dev/null; then echo MEGAPLAN_SESSION_ALIVE; \
-         else echo MEGAPLAN_SESSION_EXITED; tail -n 20 {log} 2>/dev/null; fi",
-        prelude = python_prelude(launcher),
-        log_dir = quote(&log_dir),
-        mdir = quote(SESSION_MARKER_DIR),
-        ws = quote(ws),
-        s = quote(session),
-        inner = quote(&inner),
-        log = quote(log_path),
-    )
-}
-
 fn read_local(path: &Path, what: &str, code: ErrorCode) -> Result<Vec<u8>, ErrorBody> {
     crate::cloud_yaml::read_bounded(path, crate::cloud_yaml::MAX_INPUT_BYTES).map_err(|e| {
         ErrorBody::new(code, format!("cannot read {what} {}: {e}", path.display()))
@@ -210,19 +86,7 @@ pub async fn bootstrap(
     let remote_idea = format!("{}/idea.txt", ws.trim_end_matches('/'));
     p.upload(&remote_idea, &content).await?;
     let robustness = robustness.unwrap_or(&ctx.spec.auto.robustness);
-    let init = |launcher: &str| {
-        let mut cmd = format!(
-            "cd {ws} && {launcher} init --project-dir {ws} --idea-file {idea} --auto-start --robustness {rob}",
-            launcher = crate::cloud_yaml::launcher_command(launcher),
-            ws = quote(&ws),
-            idea = quote(&remote_idea),
-            rob = quote(robustness),
-        );
-        if let Some(n) = plan_name {
-            cmd.push_str(&format!(" --name {}", quote(n)));
-        }
-        cmd
-    };
+    let init = |launcher: &str| init_command(&ws, launcher, &remote_idea, robustness, plan_name);
     let r = ctx.core_exec(init, false).await?;
     ctx.out.stderr(r.stderr.clone()).await;
     ctx.out.stderr(r.stdout.clone()).await;
@@ -329,7 +193,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     let launcher = ctx.launcher().await?;
     let ws = ctx.spec.repo.workspace.clone();
     let remote_spec = format!("{}/chain.yaml", ws.trim_end_matches('/'));
-    let log_path = format!("{}/.megaplan/cloud-chain.log", ws.trim_end_matches('/'));
+    let log_path = chain_log(&ws);
     let session = CHAIN_SESSION;
 
     let p = ctx.runner()?;
@@ -346,7 +210,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
             None,
         )
         .await?;
-    if pre.code == COLLISION_EXIT {
+    if pre.code == EXIT_OTHER_CHAIN {
         return Err(ErrorBody::new(
             ErrorCode::ChainSessionCollision,
             format!(
@@ -356,7 +220,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         )
         .with("session", session));
     }
-    if pre.code == DRIVEN_EXIT {
+    if pre.code == EXIT_LIVE_RUNNER {
         let said = ctx.redactor.redact(pre.stderr.trim());
         return Err(ErrorBody::new(
             ErrorCode::ChainSessionCollision,
@@ -475,7 +339,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         "log": {"chain_log": log_path},
         "launch": {
             "identity_digest": digest,
-            "session_marker": format!("{SESSION_MARKER_DIR}/{session}.json"),
+            "session_marker": marker_file(session),
         },
     }))))
 }
@@ -483,14 +347,6 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> CloudSpec {
-        crate::cloud_yaml::parse_bytes(
-            b"repo: {url: \"/srv/it's repo.git\", workspace: /w/app}\nextra_repos: [{url: /srv/lib.git, path: '/w/my lib'}]\n",
-            Path::new("/p/cloud.yaml"),
-        )
-        .unwrap()
-    }
 
     #[test]
     fn idea_candidates_order() {
@@ -526,90 +382,5 @@ mod tests {
         );
         assert_eq!(remote_idea_path("./a.md", "/w/app/"), "/w/app/a.md");
         assert_eq!(remote_idea_path("/abs/a.md", "/w/app"), "/abs/a.md");
-    }
-
-    #[test]
-    fn scripts_are_valid_shell_and_quote_hostile_values() {
-        let s = spec();
-        for script in [
-            checkout_script(&s),
-            preflight_script(
-                &s,
-                "python -m m",
-                "megaplan-chain",
-                "abc",
-                "/w/app/chain.yaml",
-                true,
-            ),
-            start_script(
-                &s,
-                "python -m m",
-                "megaplan-chain",
-                "/w/app/chain.yaml",
-                "/w/app/.megaplan/cloud-chain.log",
-                "abc",
-                true,
-            ),
-        ] {
-            let out = std::process::Command::new("bash")
-                .arg("-n")
-                .arg("-c")
-                .arg(&script)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "bash -n failed: {script}\n{out:?}");
-        }
-        assert!(checkout_script(&s).contains("'/srv/it'\\''s repo.git'"));
-        assert!(checkout_script(&s).contains("'/w/my lib'"));
-    }
-
-    #[test]
-    fn checkout_clones_only_when_missing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let origin = tmp.path().join("origin");
-        let run = |args: &[&str], dir: &Path| {
-            let o = std::process::Command::new("git")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{o:?}");
-        };
-        std::fs::create_dir(&origin).unwrap();
-        run(&["init", "-q", "-b", "main"], &origin);
-        std::fs::write(origin.join("README"), "x").unwrap();
-        run(
-            &["-c", "user.email=a@b", "-c", "user.name=a", "add", "."],
-            &origin,
-        );
-        run(
-            &[
-                "-c",
-                "user.email=a@b",
-                "-c",
-                "user.name=a",
-                "commit",
-                "-qm",
-                "init",
-            ],
-            &origin,
-        );
-        let ws = tmp.path().join("ws space");
-        let text = format!(
-            "repo: {{url: '{}', workspace: '{}'}}\n",
-            origin.display(),
-            ws.display()
-        );
-        let s =
-            crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap();
-        for _ in 0..2 {
-            let o = std::process::Command::new("bash")
-                .arg("-c")
-                .arg(checkout_script(&s))
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{o:?}");
-        }
-        assert!(ws.join("README").exists());
     }
 }

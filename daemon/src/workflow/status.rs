@@ -1,11 +1,10 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
 use super::{Ctx, Done, markers, remote_failure};
-use crate::chain::observe::SESSION_MARKER_DIR;
 use crate::chain::summary;
-use crate::cloud_yaml::CloudSpec;
 use crate::provider::Provider;
-use crate::shell;
+use crate::runner::launch::{chains_script, core_command};
+use crate::runner::layout::marker_file;
 pub use crate::supervisor::target::{
     CHAIN_SESSION, ChainTarget, SpecSource, chain_target, observe_chain, resolve_remote_spec,
 };
@@ -77,20 +76,6 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     Ok(Done::ok(payload))
 }
 
-/// Lists `megaplan-chain*` tmux sessions and session markers in one remote round trip.
-pub fn chains_script() -> String {
-    format!(
-        "d={dir}; \
-         tmux ls -F '#{{session_name}}' 2>/dev/null | while IFS= read -r s; do \
-           case \"$s\" in megaplan-chain*) printf 'LIVE\\t%s\\n' \"$s\";; esac; \
-         done; \
-         for f in \"$d\"/*.json; do [ -f \"$f\" ] || continue; \
-           printf 'MARKER\\t%s\\t' \"$(basename \"$f\" .json)\"; tr -d '\\n' < \"$f\"; printf '\\n'; \
-         done",
-        dir = shell::quote(SESSION_MARKER_DIR)
-    )
-}
-
 /// Parse [`chains_script`] output into one entry per session, sorted by session, in the
 /// original's shape with ours beside it (see [`crate::chain::compat::chains_entry`]).
 pub fn parse_chains(stdout: &str) -> Vec<Value> {
@@ -125,7 +110,7 @@ pub fn parse_chains(stdout: &str) -> Vec<Value> {
             crate::chain::compat::chains_entry(
                 &s,
                 live.contains(&s),
-                &format!("{SESSION_MARKER_DIR}/{s}.json"),
+                &marker_file(&s),
                 markers.get(&s).cloned(),
             )
         })
@@ -166,18 +151,6 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
     ))
 }
 
-fn status_command(spec: &CloudSpec, launcher: &str, plan: Option<&str>) -> String {
-    let mut cmd = format!(
-        "cd {} && {} status",
-        shell::quote(&spec.repo.workspace),
-        crate::cloud_yaml::launcher_command(launcher)
-    );
-    if let Some(p) = plan {
-        cmd.push_str(&format!(" --plan {}", shell::quote(p)));
-    }
-    cmd
-}
-
 /// The JSON object in a core command's stdout (login shells may print noise first).
 pub fn json_in(stdout: &str) -> Option<Value> {
     if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(stdout.trim()) {
@@ -193,7 +166,10 @@ pub fn json_in(stdout: &str) -> Option<Value> {
 
 async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody> {
     let r = ctx
-        .core_exec(|l| status_command(&ctx.spec, l, plan), true)
+        .core_exec(
+            |l| core_command(&ctx.spec.repo.workspace, l, &["status"], plan),
+            true,
+        )
         .await?;
     match json_in(&r.stdout) {
         Some(v) => Ok(v),
@@ -262,19 +238,13 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
             .map(str::to_string)
     });
     let launcher = ctx.launcher().await?;
-    let mut cmd = format!(
-        "cd {} && {} {}",
-        shell::quote(&ctx.spec.repo.workspace),
-        crate::cloud_yaml::launcher_command(&launcher),
-        words
-            .iter()
-            .map(|w| shell::quote(w))
-            .collect::<Vec<_>>()
-            .join(" ")
+    let word_refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    let cmd = core_command(
+        &ctx.spec.repo.workspace,
+        &launcher,
+        &word_refs,
+        plan_name.as_deref(),
     );
-    if let Some(p) = &plan_name {
-        cmd.push_str(&format!(" --plan {}", shell::quote(p)));
-    }
     ctx.out
         .stderr(format!("resuming: {}\n", words.join(" ")))
         .await;
@@ -294,7 +264,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn spec(text: &str) -> CloudSpec {
+    fn spec(text: &str) -> crate::cloud_yaml::CloudSpec {
         crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap()
     }
 

@@ -105,6 +105,11 @@ def cmd_status(args):
     # Fault injection: a remote command that never returns (the daemon's deadlines must end it).
     if chain.Control(project).read().get("hang_status"):
         print("status: hanging (hang_status in the control file)", file=sys.stderr, flush=True)
+        # The hanging process may be a caller's own interpreter (the daemon's observer imports
+        # the core and calls `main`), so it is named by pid, not by command line.
+        (project / ".megaplan").mkdir(parents=True, exist_ok=True)
+        with (project / ".megaplan" / "standin-hangs.jsonl").open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:]}) + "\n")
         while True:
             time.sleep(3600)
     plan = args.plan or _newest_plan(project)

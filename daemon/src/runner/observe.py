@@ -1,22 +1,30 @@
 # megaplan-cloudd chain observation: runs ON THE RUNNER, once per status/tick, and gathers every
 # fact the daemon needs in one round trip. It is read-only except for the core's own sync-state
-# refresh (when asked). It never raises: every failure becomes a field of the one output line
+# refresh (when asked). It never raises: every failure becomes a field of the observation.
+#
+# Input: one JSON object with spec, session, workspace, launcher, log_path, sync_refresh,
+# pr_probe, marker_dir. Runs under the launcher's interpreter (python 3.8+). An empty launcher
+# means "find the core": the first of CORE_MODULES this python can import, reported as `core`
+# for the daemon to remember.
+#
+# The core is imported INTO this interpreter, once (`Core`), for the sync refresh and the plan
+# status: importing the real core costs about two seconds, so a tick must not start it twice,
+# and the resident observer (resident.py) must not start it at all in steady state. A launcher
+# without `-m <module>` (a console script) or with environment assignments runs `status` as a
+# child process instead.
+#
+# Two ways to run it (runner/observe.rs): one-shot, `main(argv)` prints one line
 #     MEGAPLAN_OBSERVATION <json>
-# printed last on stdout, so login-shell noise before it is skipped by the daemon.
-#
-# Input: one JSON argument with spec, session, workspace, launcher, log_path, sync_refresh,
-# pr_probe, marker_dir; then the interpreter's name as the shell found it. Runs under the
-# launcher's interpreter (python 3.8+). An empty launcher means "find the core": the first of
-# CORE_MODULES this python can import, reported as `core` for the daemon to remember.
-#
-# The daemon sends drivers.py (CORE_MODULES, find_drivers) first and this file after it, as
-# one script.
+# last on stdout (login-shell noise before it is skipped by the daemon); or resident, see
+# resident.py. The daemon sends the layout constants (runner/layout.rs), files.py, drivers.py
+# and this file first, as one script.
 
+import contextlib
 import datetime
-import hashlib
+import importlib
+import io
 import json
 import os
-import pathlib
 import re
 import shlex
 import subprocess
@@ -25,7 +33,6 @@ import sys
 VERSION = 1
 MAX_FILE_BYTES = 4 * 1024 * 1024
 REASON_CHARS = 600
-SESSION_PREFIX = "megaplan-chain"
 SIDECAR_SUFFIXES = (
     ".repair-progress.json",
     ".reap-progress.json",
@@ -40,22 +47,6 @@ TMUX_GONE = (
     "no sessions",
     "no such file or directory",
 )
-
-# Runs in a child interpreter so a hung git call can be timed out and the core's own prints
-# cannot reach our stdout. argv[1] is a JSON object of plain values (no code is built from it).
-SYNC_SNIPPET = r"""
-import importlib, json, sys
-from pathlib import Path
-a = json.loads(sys.argv[1])
-chain = importlib.import_module(a["module"] + ".chain")
-chain._capture_sync_state(Path(a["workspace"]), Path(a["spec"]), branch=None,
-                          pr_number=a["pr_number"], extra_repos=a["extra_repos"])
-state = chain.load_chain_state(Path(a["spec"]))
-state.resolved_workspace = a["workspace"]
-state.chain_session = a["session"]
-chain.save_chain_state(Path(a["spec"]), state)
-"""
-
 
 def find_core(python):
     """{"module", "launcher"} of the first importable core module, or {"error"}. find_spec of a
@@ -162,18 +153,6 @@ def read_json_object(path):
     return value, None
 
 
-def state_paths(resolved_spec):
-    """The core's chain-state and runtime-policy paths for a spec resolved on this machine."""
-    p = pathlib.PurePosixPath(resolved_spec)
-    digest = hashlib.sha1(resolved_spec.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    chains = p.parent / ".megaplan" / "plans" / ".chains"
-    return (
-        str(chains / ("%s-%s.json" % (p.stem, digest))),
-        str(chains / ("%s-%s.runtime_policy.json" % (p.stem, digest))),
-        str(p.parent / "chain_state.json"),
-    )
-
-
 def parse_state(text):
     try:
         value = json.loads(text) if text is not None else None
@@ -193,7 +172,104 @@ def pr_number_of(state):
     return None
 
 
-def sync_refresh(module, workspace, spec, session, state, no_core=None):
+class Core:
+    """The megaplan core imported into this interpreter: imported at most once per process
+    (`starts` counts the imports), and `fingerprint` of its installed files taken at import,
+    so a resident observer can tell when an upgrade changed them (`changed`)."""
+
+    def __init__(self):
+        self.module = None
+        self.starts = 0
+        self.files = None
+
+    def get(self, module, part):
+        """The core's submodule `part` (e.g. `chain`, `cli`), importing the core if needed."""
+        if self.module is not None and self.module != module:
+            raise RuntimeError(
+                "this observer imported %s; %s needs a fresh interpreter" % (self.module, module)
+            )
+        if self.module is None:
+            self.module = module
+            self.starts += 1
+            importlib.import_module(module)
+            self.files = core_files(module)
+        return importlib.import_module(module + "." + part)
+
+    def changed(self):
+        """Why the imported core is no longer what is installed, or None."""
+        if self.module is None:
+            return None
+        now = core_files(self.module)
+        if now != self.files:
+            return "the core's installed files changed (%s)" % self.module
+        return None
+
+
+def core_files(module):
+    """(path, mtime_ns, size) of every file of the core's top-level package as found on sys.path
+    now (not as imported), plus its packaging metadata (dist-info, egg-info, editable finders,
+    .pth files named after it): what `pip install --upgrade` rewrites."""
+    import importlib.machinery
+
+    top = module.split(".")[0]
+    importlib.invalidate_caches()
+    found = []
+    spec = importlib.machinery.PathFinder.find_spec(top, sys.path)
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                found.append((path, st.st_mtime_ns, st.st_size))
+    stem = top.split("_")[0].lower()
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for name in names:
+            low = name.lower()
+            if low.startswith(stem) or low.startswith("__editable__"):
+                if low.endswith((".dist-info", ".egg-info", ".pth", ".egg-link")) or low.startswith("__editable__"):
+                    path = os.path.join(entry, name)
+                    for sub in [path] + ([os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else []):
+                        try:
+                            st = os.stat(sub)
+                        except OSError:
+                            continue
+                        found.append((sub, st.st_mtime_ns, st.st_size))
+    return tuple(found)
+
+
+def in_process(launcher):
+    """The `-m` module of a launcher the observer can run in its own interpreter (no
+    environment assignments), else None."""
+    env, _, module = split_launcher(launcher)
+    return None if env else module
+
+
+def core_call(fn):
+    """Run fn() with the core's prints captured: (value, printed text, error text or None)."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            value = fn()
+        return value, out.getvalue(), None
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code, out.getvalue(), None if code == 0 else tail(err.getvalue()) or "exit %d" % code
+    except Exception as exc:  # noqa: BLE001
+        return None, out.getvalue(), "%s: %s" % (type(exc).__name__, tail(str(exc)))
+
+
+def sync_refresh(core, module, workspace, spec, session, state, no_core=None):
+    """The core's `_capture_sync_state`, then record where and in which session the chain runs
+    (as the original cloud CLI did), in this interpreter."""
     if not module:
         return {
             "status": "failed",
@@ -203,21 +279,22 @@ def sync_refresh(module, workspace, spec, session, state, no_core=None):
     extra = state.get("extra_repos")
     if not (isinstance(extra, list) and extra and all(isinstance(x, str) and x for x in extra)):
         extra = None
-    arg = json.dumps(
-        {
-            "module": module,
-            "workspace": workspace,
-            "spec": spec,
-            "session": session,
-            "pr_number": pr_number_of(state),
-            "extra_repos": extra,
-        }
-    )
-    proc, err = run([sys.executable, "-c", SYNC_SNIPPET, arg], cwd=workspace, timeout=180)
+
+    def refresh():
+        from pathlib import Path
+
+        chain = core.get(module, "chain")
+        chain._capture_sync_state(
+            Path(workspace), Path(spec), branch=None, pr_number=pr_number_of(state), extra_repos=extra
+        )
+        loaded = chain.load_chain_state(Path(spec))
+        loaded.resolved_workspace = workspace
+        loaded.chain_session = session
+        chain.save_chain_state(Path(spec), loaded)
+
+    _, _, err = core_call(refresh)
     if err:
         return {"status": "failed", "reason": err}
-    if proc.returncode != 0:
-        return {"status": "failed", "reason": explain(proc)}
     return {"status": "ok"}
 
 
@@ -251,12 +328,29 @@ def status_word(obj):
     return None
 
 
-def plan_status(launcher, workspace, plan, no_core=None):
+def plan_status(core, launcher, workspace, plan, no_core=None):
     if not plan:
         return {"status": "missing", "reason": "no current plan"}
     env, argv, _ = split_launcher(launcher)
+    module = in_process(launcher)
     reason = no_core or "the launcher setting is empty"
-    if argv:
+    if module:
+        cli = lambda: core.get(module, "cli").main(["status", "--plan", plan])  # noqa: E731
+        code, printed, err = core_call(cli)
+        obj = first_json_object(printed)
+        word = status_word(obj) if obj is not None else None
+        if err is None and code in (0, None) and word:
+            out = {"status": word, "plan": plan, "source": "megaplan status"}
+            if isinstance(obj.get("next_step"), str):
+                out["next_step"] = obj["next_step"]
+            return out
+        if err is not None:
+            reason = "megaplan status failed: %s" % (tail(printed) or err)
+        elif code not in (0, None):
+            reason = "megaplan status exited %s: %s" % (code, tail(printed) or "no output")
+        else:
+            reason = "megaplan status printed no JSON object with a state: %s" % (tail(printed) or "no output")
+    elif argv:
         proc, err = run(argv + ["status", "--plan", plan], cwd=workspace, timeout=60, env_extra=env)
         if err:
             reason = err
@@ -350,7 +444,7 @@ def list_sessions(marker_dir):
         live = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
     elif not any(s in (proc.stderr or "").lower() for s in TMUX_GONE):
         error = "tmux ls failed: " + tail(proc.stderr, 200)
-    live = [name for name in live if name.startswith(SESSION_PREFIX)]
+    live = [name for name in live if name.startswith(CHAIN_SESSION)]
     for name in sorted(live):
         marker, merr = marker_of(marker_dir, name)
         entry = {"session": name, "alive": True, "marker": marker}
@@ -368,7 +462,7 @@ def list_sessions(marker_dir):
         if not fname.endswith(".json") or fname.endswith(SIDECAR_SUFFIXES):
             continue
         name = fname[: -len(".json")]
-        if not name.startswith(SESSION_PREFIX) or name in live:
+        if not name.startswith(CHAIN_SESSION) or name in live:
             continue
         marker, merr = marker_of(marker_dir, name)
         entry = {"session": name, "alive": False, "marker": marker}
@@ -392,7 +486,8 @@ def pr_probe(workspace, number):
     return (word or "unknown"), (None if word else "gh pr view printed nothing")
 
 
-def observe(req, python=None):
+def observe(req, python=None, core=None):
+    core = core or Core()
     out = {"version": VERSION, "errors": []}
     spec = req.get("spec") or ""
     session = req.get("session") or ""
@@ -403,8 +498,8 @@ def observe(req, python=None):
         out["core"] = find_core(python)
         launcher = out["core"].get("launcher") or ""
         no_core = out["core"].get("error")
-    log_path = req.get("log_path") or ".megaplan/cloud-chain.log"
-    marker_dir = req.get("marker_dir") or "/workspace/.megaplan/cloud-sessions"
+    log_path = req.get("log_path") or DEFAULT_CHAIN_LOG
+    marker_dir = req.get("marker_dir") or SESSION_MARKER_DIR
     out["spec_path"] = spec
     out["session"] = session
     out["workspace"] = workspace
@@ -451,7 +546,7 @@ def observe(req, python=None):
                 }
             else:
                 out["sync_refresh"] = sync_refresh(
-                    split_launcher(launcher)[2], workspace, spec, session, state, no_core
+                    core, in_process(launcher), workspace, spec, session, state, no_core
                 )
             # Re-observe: everything below reads the refreshed state.
             path, text, err = read_state()
@@ -465,7 +560,7 @@ def observe(req, python=None):
 
     plan = state.get("current_plan_name")
     plan = plan.strip() if isinstance(plan, str) else ""
-    out["plan_status"] = plan_status(launcher, workspace, plan, no_core) if spec else {
+    out["plan_status"] = plan_status(core, launcher, workspace, plan, no_core) if spec else {
         "status": "missing",
         "reason": "no chain spec",
     }
@@ -486,18 +581,18 @@ def observe(req, python=None):
 
 
 def main(argv):
+    """One-shot: argv[1] the request (JSON), argv[2] the interpreter's name as the shell found
+    it. Prints the observation line; the core, when needed, is imported once."""
+    core = Core()
     try:
         req = json.loads(argv[1]) if len(argv) > 1 else None
         if not isinstance(req, dict):
             out = {"version": VERSION, "fatal": "observation input must be one JSON object argument"}
         else:
-            out = observe(req, argv[2] if len(argv) > 2 else None)
+            out = observe(req, argv[2] if len(argv) > 2 else None, core)
     except Exception as exc:  # noqa: BLE001 - report, never raise
         out = {"version": VERSION, "fatal": "observation failed: %s: %s" % (type(exc).__name__, exc)}
-    sys.stdout.write("\nMEGAPLAN_OBSERVATION " + json.dumps(out, ensure_ascii=True, sort_keys=True) + "\n")
+    out["core_starts"] = core.starts
+    sys.stdout.write("\n" + OBSERVATION_PREFIX + json.dumps(out, ensure_ascii=True, sort_keys=True) + "\n")
     sys.stdout.flush()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -1,6 +1,8 @@
-# megaplan-cloudd: which processes on this runner drive a chain. Runs ON THE RUNNER, as the
-# first part of the observation script (observe.py follows it) and alone, with the check at
-# the end, as the supervisor's last look before it starts a runner (chain/decide.rs).
+# megaplan-cloudd: which processes on this runner drive a chain. Runs ON THE RUNNER, inside the
+# observation (observe.py follows it), and alone, with the check at the end, as the last look
+# before a start (the mutation script, runner/mutation.rs, and the chain preflight,
+# runner/launch.rs). The layout constants (CORE_MODULES, EXIT_LIVE_RUNNER) come first, from
+# runner/layout.rs.
 #
 # A chain is driven by any process running the core's `chain start --spec S` (or `chain --spec
 # S`, the core's default action) for the same spec, resolved on this machine: whatever tmux
@@ -10,10 +12,6 @@ import os
 import shlex
 import subprocess
 import sys
-
-# The core's module names, in probe order (daemon/src/cloud_yaml.rs CORE_MODULES).
-CORE_MODULES = ("arnold_pipelines.megaplan", "arnold.pipelines.megaplan")
-
 
 def _plain_run(argv, timeout=15):
     """(proc or None, error or None), never raising."""
@@ -143,7 +141,7 @@ def find_drivers(resolved_spec, launcher, run=_plain_run):
 
 
 def check_main(args):
-    """argv: spec, workspace, launcher. Exit 18 (and say why) when a driver of the spec lives;
+    """argv: spec, workspace, launcher. Exit EXIT_LIVE_RUNNER (and say why) when a driver of the spec lives;
     also when that cannot be told, so a second runner is never started by mistake."""
     try:
         spec, workspace, launcher = args[0], args[1], args[2]
@@ -152,13 +150,13 @@ def check_main(args):
         drivers = find_drivers(os.path.realpath(spec), launcher)
     except Exception as exc:  # noqa: BLE001
         sys.stderr.write("megaplan-supervisor: cannot check for a live chain runner: %s\n" % exc)
-        return 18
+        return EXIT_LIVE_RUNNER
     for d in drivers:
         sys.stderr.write(
             "megaplan-supervisor: a chain runner for this spec is alive (pid %d, tmux session %s); "
             "refusing to start a second one\n" % (d["pid"], d["session"] or "none")
         )
-    return 18 if drivers else 0
+    return EXIT_LIVE_RUNNER if drivers else 0
 
 
 def wait_main(args):
