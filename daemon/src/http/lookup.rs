@@ -19,8 +19,10 @@ pub async fn secret_names(
     let path = abs_cloud_yaml(&q.cloud_yaml)?;
     let spec = cloud_yaml::load_async(&path).await?;
     // `warnings` (the loader's, e.g. keys of the original handled differently here) is what
-    // `megaplan-cloudctl doctor` shows for each cloud.yaml it finds.
+    // `megaplan-cloudctl doctor` shows for each cloud.yaml it finds; `codex_auth` tells the
+    // client whether `deploy`/`chain` hand over the agents' login files.
     Ok(Json(SecretNamesResponse {
+        codex_auth: Some(spec.megaplan.codex_auth),
         names: spec.secrets,
         success: true,
         warnings: spec.warnings,
@@ -38,7 +40,7 @@ pub async fn get_marker(
         ""
     };
     match markers::load(&state, &key, cy, true).await?.marker {
-        Some(m) => Ok(Json(m)),
+        Some(m) => Ok(Json(m.to_value())),
         None => Err(ApiError::new(
             ErrorCode::MissingRemoteSpec,
             format!(
