@@ -552,8 +552,9 @@ async fn handed_over(
         )
         .await?;
     let mut out = BTreeMap::new();
-    let answer = serde_json::from_value::<SecretNamesResponse>(v).ok();
-    let names = answer.as_ref().map(|r| r.names.clone()).unwrap_or_default();
+    let (names, codex_auth) = serde_json::from_value::<SecretNamesResponse>(v)
+        .map(|r| (r.names, r.codex_auth))
+        .unwrap_or_default();
     for n in names {
         if let Ok(val) = std::env::var(&n)
             && !val.is_empty()
@@ -563,7 +564,7 @@ async fn handed_over(
     }
     // An older daemon does not say: it cannot seed, so nothing is read.
     let seeds = matches!(command, Command::Deploy | Command::Chain { .. })
-        && answer.and_then(|r| r.codex_auth).as_deref() == Some("chatgpt");
+        && codex_auth.as_deref() == Some("chatgpt");
     Ok(HandedOver {
         secrets: out,
         agent_auth: seeds.then(|| agent_auth::read(&paths::home_dir())),
