@@ -427,18 +427,22 @@ fn resident_observers(rig: &SshRig) -> Vec<String> {
 /// (one core start) and the tick still succeeds.
 #[test]
 fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
-    let Some(rig) = SshRig::start_with_container_args(
-        "",
-        &["-e", "MEGAPLAN_STANDIN_IMPORT_SECONDS=2"],
-        &[],
-    ) else {
+    let Some(rig) =
+        SshRig::start_with_container_args("", &["-e", "MEGAPLAN_STANDIN_IMPORT_SECONDS=2"], &[])
+    else {
         return;
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
     let launched = rig.ctl(&["chain", spec.to_str().unwrap()]);
-    assert_eq!(launched.code, Some(0), "{}\n{}", launched.stdout, launched.stderr);
+    assert_eq!(
+        launched.code,
+        Some(0),
+        "{}\n{}",
+        launched.stdout,
+        launched.stderr
+    );
     assert!(
         wait_until(Duration::from_secs(90), || {
             let s = rig.ctl(&["status", "--chain"]).json;
