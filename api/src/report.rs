@@ -374,6 +374,7 @@ impl HasRest for LogsInfo {
 /// A pause as stored (`megaplan-cloudctl pause`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pause {
+    #[serde(default)]
     pub key: String,
     pub paused_by: String,
     #[serde(default)]
@@ -671,6 +672,26 @@ mod tests {
         let r: TickReport = serde_json::from_str(ACTED).unwrap();
         assert_eq!(
             r.to_string(),
+            "supervisor tick: supervisor_restarted | acted=true | next_action=restart"
+        );
+    }
+
+    /// The assertions of the old `stderr_line` test, on the typed report.
+    #[test]
+    fn stderr_line_format() {
+        let mut report = TickReport::error("why");
+        report.event = TickEvent::Blocked;
+        report.next_action = NextAction::Blocked;
+        assert_eq!(
+            report.to_string(),
+            "supervisor tick: supervisor_blocked | acted=false | next_action=blocked | refused_reason=why"
+        );
+        report.event = TickEvent::Restarted;
+        report.acted = true;
+        report.next_action = NextAction::Restart;
+        report.refused_reason = None;
+        assert_eq!(
+            report.to_string(),
             "supervisor tick: supervisor_restarted | acted=true | next_action=restart"
         );
     }

@@ -5,6 +5,7 @@
 //! `result` frame carrying the JSON payload and the exit code (or a `terminal` frame for
 //! `attach`, which the client executes on the user's terminal).
 
+use crate::report::{NextAction, TickEvent, TickReport};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -226,6 +227,10 @@ pub struct SecretNamesResponse {
     pub names: Vec<String>,
     pub success: bool,
     pub warnings: Vec<String>,
+    /// The cloud.yaml's `megaplan.codex_auth`: with `chatgpt`, `deploy` and `chain` hand over
+    /// the agents' login files ([`AgentAuth`]). Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codex_auth: Option<String>,
 }
 
 /// Query of `GET /v1/ticks` and `GET /v1/ticks/watch`.
@@ -260,12 +265,13 @@ pub struct TickRecord {
     pub finished_at: String,
     pub duration_ms: u64,
     pub success: bool,
-    pub event: String,
-    pub next_action: String,
+    pub event: TickEvent,
+    pub next_action: NextAction,
     pub acted: bool,
     pub refused_reason: Option<String>,
-    /// The full tick report as printed by `supervise --chain` (redacted).
-    pub report: Value,
+    /// The full tick report as printed by `supervise --chain` (redacted), keys sorted.
+    #[serde(serialize_with = "crate::report::serialize_sorted")]
+    pub report: TickReport,
     /// For a scheduled tick: the due time it was fired for (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<String>,
@@ -287,7 +293,32 @@ pub struct RunRequest {
     /// Held in daemon memory only; never written to disk or the database.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The agents' local login files (`megaplan.codex_auth: chatgpt`, on `deploy` and `chain`):
+    /// read by the client, seeded onto the runner, held in daemon memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_auth: Option<AgentAuth>,
     pub command: Command,
+}
+
+/// The agents' login files the client read (`~/.codex/auth.json`, `~/.hermes/auth.json`).
+/// `Debug` prints names only: the contents are credentials.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentAuth {
+    /// Agent name (`codex`, `hermes`) → the file's content.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Agent name → the local path that was not there (or could not be read as UTF-8 text).
+    #[serde(default)]
+    pub missing: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AgentAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentAuth")
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("missing", &self.missing)
+            .finish()
+    }
 }
 
 /// Repo overrides accepted by `bootstrap` and `chain` (in memory only).
@@ -469,6 +500,7 @@ mod tests {
                 names: vec!["A".into()],
                 success: true,
                 warnings: vec![],
+                codex_auth: None,
             })
             .unwrap(),
             serde_json::json!({"success": true, "names": ["A"], "warnings": []}),

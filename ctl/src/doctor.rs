@@ -11,6 +11,8 @@ use crate::client::{DaemonClient, enc};
 use crate::discover;
 use crate::{print_json, render};
 use hyper::Method;
+use megaplan_cloud_api::marker::LastChainMarker;
+use megaplan_cloud_api::wire::SecretNamesResponse;
 use megaplan_cloud_api::{legacy, paths, routes};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -96,17 +98,20 @@ fn report(
         .map(|m| {
             let cy = by_key.get(&m.key).map(|p| p.display().to_string());
             match &m.parsed {
-                Ok(n) => json!({
-                    "key": m.key,
-                    "file": m.file.display().to_string(),
-                    "importable": true,
-                    "cloud_yaml": cy,
-                    "remote_spec": n.marker.get("remote_spec"),
-                    "started_at": n.marker.get("started_at"),
-                    "provider": n.marker.get("provider"),
-                    "provider_identity": n.marker.get("provider_identity"),
-                    "unmapped": n.unmapped,
-                }),
+                Ok(n) => {
+                    let marker = LastChainMarker::read(n.marker.clone());
+                    json!({
+                        "key": m.key,
+                        "file": m.file.display().to_string(),
+                        "importable": true,
+                        "cloud_yaml": cy,
+                        "remote_spec": marker.remote_spec,
+                        "started_at": marker.started_at,
+                        "provider": marker.provider,
+                        "provider_identity": marker.provider_identity,
+                        "unmapped": n.unmapped,
+                    })
+                }
                 Err(why) => json!({
                     "key": m.key,
                     "file": m.file.display().to_string(),
@@ -178,7 +183,9 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
                 enc(&p.display().to_string())
             );
             let w = match client.json(Method::GET, &q, None).await {
-                Ok(v) => v.get("warnings").cloned().unwrap_or_else(|| json!([])),
+                Ok(v) => serde_json::from_value::<SecretNamesResponse>(v)
+                    .map(|r| json!(r.warnings))
+                    .unwrap_or_else(|_| json!([])),
                 Err(
                     crate::client::ClientError::Api(b) | crate::client::ClientError::Unreachable(b),
                 ) => {

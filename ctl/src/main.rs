@@ -2,6 +2,7 @@
 //! has (secret env values, the terminal for attach), asks the daemon, and renders the answer:
 //! JSON on stdout, the human summary on stderr, the exit code the daemon decided.
 
+mod agent_auth;
 mod cli;
 mod client;
 mod discover;
@@ -13,7 +14,10 @@ use clap::Parser;
 use cli::{Cli, Cmd, DaemonCmd, RepoOverrideArgs};
 use client::{ClientError, DaemonClient, enc};
 use hyper::Method;
-use megaplan_cloud_api::wire::{Command, Frame, RegisterRequest, RepoOverrides, RunRequest};
+use megaplan_cloud_api::wire::{
+    Command, Frame, RegisterRequest, RegisterResponse, RepoOverrides, RunRequest,
+    SecretNamesResponse, TickNowResponse,
+};
 use megaplan_cloud_api::{ErrorBody, ErrorCode, paths, routes};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -360,10 +364,20 @@ async fn run(cli: Cli) -> i32 {
             {
                 Ok(v) => {
                     print_json(&v);
-                    if let Some(report) = v.get("report") {
-                        eprintln!("{}", render::tick_line(report));
+                    match serde_json::from_value::<TickNowResponse>(v) {
+                        // The one-line summary of the report (its Display).
+                        Ok(TickNowResponse::Ran(rec)) => {
+                            eprintln!("{}", rec.report);
+                            i32::from(!rec.success)
+                        }
+                        Ok(TickNowResponse::Skipped(_)) => 1,
+                        Err(e) => {
+                            eprintln!(
+                                "megaplan-cloudctl: the daemon's tick answer is not a tick record ({e})"
+                            );
+                            1
+                        }
                     }
-                    i32::from(v.get("success").and_then(Value::as_bool) != Some(true))
                 }
                 Err(e) => fail_for(e, &cy),
             };
@@ -516,11 +530,21 @@ fn confirm_destroy(cloud_yaml: &str) -> Confirmation {
     }
 }
 
-/// Ask the daemon which secret names the cloud.yaml lists and read their values here.
-async fn secrets_for(
+/// What the client hands over with a command: the secret values and, when asked for, the
+/// agents' login files.
+struct HandedOver {
+    secrets: BTreeMap<String, String>,
+    agent_auth: Option<megaplan_cloud_api::wire::AgentAuth>,
+}
+
+/// Ask the daemon which secret names the cloud.yaml lists (and its `megaplan.codex_auth`) and
+/// read their values here; for `deploy` and `chain` with `codex_auth: chatgpt`, also the
+/// agents' login files.
+async fn handed_over(
     client: &DaemonClient,
     cloud_yaml: &str,
-) -> Result<BTreeMap<String, String>, ClientError> {
+    command: &Command,
+) -> Result<HandedOver, ClientError> {
     let v = client
         .json(
             Method::GET,
@@ -529,20 +553,23 @@ async fn secrets_for(
         )
         .await?;
     let mut out = BTreeMap::new();
-    for name in v
-        .get("names")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(n) = name.as_str()
-            && let Ok(val) = std::env::var(n)
+    let names = serde_json::from_value::<SecretNamesResponse>(v.clone())
+        .map(|r| r.names)
+        .unwrap_or_default();
+    for n in names {
+        if let Ok(val) = std::env::var(&n)
             && !val.is_empty()
         {
-            out.insert(n.to_string(), val);
+            out.insert(n, val);
         }
     }
-    Ok(out)
+    // An older daemon does not say: it cannot seed, so nothing is read.
+    let seeds = matches!(command, Command::Deploy | Command::Chain { .. })
+        && v.get("codex_auth").and_then(Value::as_str) == Some("chatgpt");
+    Ok(HandedOver {
+        secrets: out,
+        agent_auth: seeds.then(|| agent_auth::read(&paths::home_dir())),
+    })
 }
 
 async fn run_command(
@@ -551,8 +578,11 @@ async fn run_command(
     cloud_yaml_as_given: Option<String>,
     command: Command,
 ) -> i32 {
-    let secrets = match secrets_for(client, cloud_yaml).await {
-        Ok(s) => s,
+    let HandedOver {
+        secrets,
+        agent_auth,
+    } = match handed_over(client, cloud_yaml, &command).await {
+        Ok(h) => h,
         Err(e) => return fail(e),
     };
     // Only `exec` and `logs` print the runner's own output as their result; for every other
@@ -589,6 +619,7 @@ async fn run_command(
         cloud_yaml_as_given,
         cwd: paths::current_dir().display().to_string(),
         secrets,
+        agent_auth,
         command,
     };
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
@@ -708,19 +739,20 @@ async fn register(
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
         Ok(v) => {
             print_json(&v);
-            for w in v
-                .get("warnings")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                eprintln!("warning: {}", w.as_str().unwrap_or_default());
+            match serde_json::from_value::<RegisterResponse>(v) {
+                Ok(r) => {
+                    for w in &r.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    eprintln!(
+                        "registered {cloud_yaml} (key {}, schedule {})",
+                        r.key, r.cron
+                    );
+                }
+                Err(e) => eprintln!(
+                    "registered {cloud_yaml} (the daemon's answer does not read as a registration: {e})"
+                ),
             }
-            eprintln!(
-                "registered {cloud_yaml} (key {}, schedule {})",
-                v.get("key").and_then(Value::as_str).unwrap_or("?"),
-                v.get("cron").and_then(Value::as_str).unwrap_or("?")
-            );
             0
         }
         Err(e) => fail(e),

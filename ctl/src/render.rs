@@ -266,9 +266,9 @@ pub fn ticks_text(rows: &[Value], now: chrono::DateTime<chrono::Utc>) -> String 
             relative(&rec.finished_at, now),
             rec.key.clone(),
             rec.trigger.clone(),
-            rec.event.clone(),
+            rec.event.to_string(),
             if rec.acted { "yes" } else { "no" }.to_string(),
-            rec.next_action.clone(),
+            rec.next_action.to_string(),
             format!("{:.1}s", rec.duration_ms as f64 / 1000.0),
             rec.refused_reason
                 .as_deref()
@@ -286,20 +286,6 @@ pub fn tick_record_line(t: &TickRecord) -> String {
         t.finished_at, t.key, t.trigger, t.event, t.acted, t.next_action
     );
     if let Some(r) = &t.refused_reason {
-        line.push_str(&format!(" | refused_reason={r}"));
-    }
-    line
-}
-
-/// The seed's one-line summary of a tick report.
-pub fn tick_line(report: &Value) -> String {
-    let mut line = format!(
-        "supervisor tick: {} | acted={} | next_action={}",
-        s(report, "event"),
-        report["acted"].as_bool().unwrap_or(false),
-        s(report, "next_action")
-    );
-    if let Some(r) = report["refused_reason"].as_str() {
         line.push_str(&format!(" | refused_reason={r}"));
     }
     line

@@ -1225,6 +1225,32 @@ mod tests {
     }
 
     #[test]
+    fn codex_auth_defaults_to_chatgpt_and_names_the_field_when_wrong() {
+        let s = parse_bytes(b"repo: {url: u}\n", Path::new("/p/cloud.yaml")).unwrap();
+        assert_eq!(s.megaplan.codex_auth, "chatgpt");
+        let s = parse_bytes(
+            b"repo: {url: u}\nmegaplan: {codex_auth: apikey}\n",
+            Path::new("/p/cloud.yaml"),
+        )
+        .unwrap();
+        assert_eq!(s.megaplan.codex_auth, "apikey");
+        let e = parse_bytes(
+            b"repo: {url: u}\nmegaplan: {codex_auth: oauth}\n",
+            Path::new("/p/cloud.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.extra.get("field").and_then(|v| v.as_str()),
+            Some("megaplan.codex_auth")
+        );
+        assert!(
+            e.message
+                .contains("megaplan.codex_auth must be one of chatgpt, apikey, found \"oauth\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn remote_dir_allows_only_safe_characters() {
         for ok in ["/tmp/megaplan-cloud", "/srv/mp_1/x.y", "/home/op/a+b@c,d"] {
             assert!(is_safe_remote_dir(ok), "{ok}");

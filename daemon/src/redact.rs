@@ -29,6 +29,12 @@ pub const REPLACEMENT: &str = "***REDACTED***";
 /// would shred ordinary output. Their `NAME=value` form is still redacted.
 const MIN_LITERAL_CHARS: usize = 8;
 
+/// Values whose name starts with this are literal-only secrets, redacted whatever `names`
+/// lists and never matched as `NAME=value`: the string values of the agents' login files
+/// (`workflow::agent_auth`). No environment variable name contains `=`, so no secret named in
+/// cloud.yaml and read from an environment can collide with one.
+pub const LITERAL_ONLY_PREFIX: &str = "=literal:";
+
 /// A streamed line longer than this without a newline is emitted in pieces.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
@@ -117,6 +123,7 @@ impl Redactor {
     ///
     /// A multi-line value also contributes each of its lines (at least 8 characters) as a
     /// literal, because streams are redacted line by line (e.g. a PEM key in an env var).
+    /// Values named with [`LITERAL_ONLY_PREFIX`] are literals whatever `names` lists.
     pub fn new(names: &[String], values: &BTreeMap<String, String>) -> Self {
         let mut literals: Vec<String> = Vec::new();
         let mut unique_names: Vec<&String> = names
@@ -135,11 +142,11 @@ impl Redactor {
             } else {
                 Vec::new()
             };
-            for candidate in std::iter::once(value.as_str()).chain(lines) {
-                let candidate = candidate.trim();
-                if candidate.chars().count() >= MIN_LITERAL_CHARS {
-                    literals.push(candidate.to_string());
-                }
+            push_literal_candidates(value, lines, &mut literals);
+        }
+        for (name, value) in values {
+            if name.starts_with(LITERAL_ONLY_PREFIX) {
+                push_literal_candidates(value, value.lines().collect(), &mut literals);
             }
         }
         // One matcher for every name: the cost of a line no longer grows with a regex per name.
@@ -280,6 +287,17 @@ impl Redactor {
             }
         }
         spans
+    }
+}
+
+/// `value` and `lines` (its lines, when it has several), trimmed, each kept as a literal when it
+/// is long enough.
+fn push_literal_candidates(value: &str, lines: Vec<&str>, literals: &mut Vec<String>) {
+    for candidate in std::iter::once(value).chain(lines) {
+        let candidate = candidate.trim();
+        if candidate.chars().count() >= MIN_LITERAL_CHARS {
+            literals.push(candidate.to_string());
+        }
     }
 }
 
@@ -528,6 +546,33 @@ mod tests {
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
         Redactor::new(&names, &values)
+    }
+
+    #[test]
+    fn literal_only_values_are_redacted_without_a_name_and_never_as_assignments() {
+        let mut values = BTreeMap::new();
+        values.insert(
+            format!("{LITERAL_ONLY_PREFIX}codex-auth:0"),
+            "rt_refresh_0123456789".to_string(),
+        );
+        // A value named with the prefix but multi-line: each line counts too.
+        values.insert(
+            format!("{LITERAL_ONLY_PREFIX}codex-auth:1"),
+            "first-line-secret\nsecond-line-secret".to_string(),
+        );
+        // An ordinary name not listed in `names` stays ignored.
+        values.insert("PATH".to_string(), "/usr/local/bin:/usr/bin".to_string());
+        let r = Redactor::new(&[], &values);
+        assert_eq!(
+            r.redact("token rt_refresh_0123456789 here"),
+            format!("token {REPLACEMENT} here")
+        );
+        let streamed = stream(&r, &[b"a first-line-secret\nb second-line-secret\n"]);
+        assert_eq!(streamed, format!("a {REPLACEMENT}\nb {REPLACEMENT}\n"));
+        assert!(r.redact("/usr/local/bin:/usr/bin").contains("/usr/bin"));
+        // The prefix is no `NAME=value` rule: the text after such a "name" is kept.
+        let name = format!("{LITERAL_ONLY_PREFIX}codex-auth:0=visible-text");
+        assert_eq!(r.redact(&name), name);
     }
 
     fn stream(r: &Redactor, chunks: &[&[u8]]) -> String {

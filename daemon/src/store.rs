@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use megaplan_cloud_api::report::{NextAction, TickEvent, TickReport, read_stored, to_sorted_value};
 use megaplan_cloud_api::wire::{Registration, TickCounters, TickRecord};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -64,11 +65,11 @@ pub struct NewTick {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub success: bool,
-    pub event: String,
-    pub next_action: String,
+    pub event: TickEvent,
+    pub next_action: NextAction,
     pub acted: bool,
     pub refused_reason: Option<String>,
-    pub report: Value,
+    pub report: TickReport,
     /// The due time of a scheduled tick.
     pub due_at: Option<DateTime<Utc>>,
 }
@@ -292,7 +293,8 @@ impl Store {
         let finished_at = rfc3339(t.finished_at);
         let due_at = t.due_at.map(rfc3339);
         let duration_ms = non_negative((t.finished_at - t.started_at).num_milliseconds());
-        let report = serde_json::to_string(&t.report)
+        let report = to_sorted_value(&t.report)
+            .and_then(|v| serde_json::to_string(&v))
             .map_err(|e| self.failed("encoding the tick report", e))?;
         let mut tx = self
             .pool
@@ -312,8 +314,8 @@ impl Store {
         .bind(&finished_at)
         .bind(i64::try_from(duration_ms).unwrap_or(i64::MAX))
         .bind(t.success)
-        .bind(&t.event)
-        .bind(&t.next_action)
+        .bind(t.event.as_str())
+        .bind(t.next_action.as_str())
         .bind(t.acted)
         .bind(&t.refused_reason)
         .bind(&report)
@@ -329,7 +331,7 @@ impl Store {
         )
         .bind(&t.key)
         .bind(&finished_at)
-        .bind(&t.event)
+        .bind(t.event.as_str())
         .bind(t.success)
         .execute(&mut *tx)
         .await
@@ -528,11 +530,24 @@ fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
 }
 
 pub(crate) fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
-    let report: String = row.try_get("report")?;
-    let report = serde_json::from_str(&report).map_err(|e| sqlx::Error::ColumnDecode {
-        index: "report".into(),
-        source: Box::new(e),
-    })?;
+    let text: String = row.try_get("report")?;
+    // A report no version of the type reads still loads (kept whole), described by its columns.
+    if serde_json::from_str::<Value>(&text).is_err() {
+        return Err(sqlx::Error::ColumnDecode {
+            index: "report".into(),
+            source: "the stored tick report is not JSON".into(),
+        });
+    }
+    let event: String = row.try_get("event")?;
+    let next_action: String = row.try_get("next_action")?;
+    let refused: Option<String> = row.try_get("refused_reason")?;
+    let report = read_stored(&text, || {
+        let mut r = TickReport::error(refused.as_deref().unwrap_or(""));
+        r.refused_reason = refused.clone();
+        r.event = event.parse().unwrap_or_else(|e| match e {});
+        r.next_action = next_action.parse().unwrap_or_else(|e| match e {});
+        r
+    });
     Ok(TickRecord {
         id: row.try_get("id")?,
         key: row.try_get("key")?,
@@ -542,8 +557,8 @@ pub(crate) fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> 
         finished_at: row.try_get("finished_at")?,
         duration_ms: non_negative(row.try_get("duration_ms")?),
         success: row.try_get("success")?,
-        event: row.try_get("event")?,
-        next_action: row.try_get("next_action")?,
+        event: event.parse().unwrap_or_else(|e| match e {}),
+        next_action: next_action.parse().unwrap_or_else(|e| match e {}),
         acted: row.try_get("acted")?,
         refused_reason: row.try_get("refused_reason")?,
         report,
@@ -779,11 +794,17 @@ mod tests {
             started_at,
             finished_at: started_at + chrono::Duration::milliseconds(1500),
             success,
-            event: format!("event-{n}"),
-            next_action: "none".to_string(),
+            event: TickEvent::Other(format!("event-{n}")),
+            next_action: NextAction::None,
             acted: n % 2 == 0,
             refused_reason: (!success).then(|| "provider mismatch".to_string()),
-            report: json!({"n": n, "nested": {"list": [1, "two", null]}}),
+            report: TickReport {
+                extra: json!({"n": n, "nested": {"list": [1, "two", null]}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+                ..TickReport::error("")
+            },
             due_at: (n % 2 == 0).then_some(started_at),
         }
     }

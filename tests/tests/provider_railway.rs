@@ -36,7 +36,6 @@ fn find<'a>(requests: &'a [Value], op: &str) -> Vec<&'a Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet passing: `railway up --ci` waits forever on the stand-in service's deployment subscription (issue 13 stays open); run with --ignored"]
 async fn railway_provider_drives_the_real_cli() {
     if !in_private_namespace("railway_provider_drives_the_real_cli") {
         return;

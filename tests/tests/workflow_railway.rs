@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 #[test]
-#[ignore = "not yet passing: `railway up --ci` waits forever on the stand-in service's deployment subscription (issue 13 stays open); run with --ignored"]
 fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     if !in_private_namespace("chain_status_supervise_and_logs_over_the_real_railway_cli") {
         return;
@@ -97,7 +96,10 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
 
     // `logs` follows through the daemon until the client leaves.
     let mut client = d
-        .ctl_command(&project, &["--cloud-yaml", cy.to_str().unwrap(), "logs"])
+        .ctl_command(
+            &project,
+            &["--cloud-yaml", cy.to_str().unwrap(), "logs", "-f"],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -123,7 +125,9 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
         world.requests()
     );
 
-    // A marker written for another Railway service is a consistency mismatch: the tick refuses first.
+    // A marker written for another Railway service of the project is a consistency mismatch:
+    // the tick observes (through `railway ssh --service other`), then refuses to act.
+    world.control(&serde_json::json!({"services": ["agent", "other"]}));
     std::fs::write(
         &cy,
         format!("provider: railway\nrepo: {{url: {repo}, workspace: /workspace/app}}\nrailway: {{service: other, environment: staging}}\n"),

@@ -2,36 +2,7 @@
 //! supervisor acts on (behavior.md §5 with the §8 fix: a current plan with a dead runner is
 //! `stale_bookkeeping`, not `running`).
 
-use serde::Serialize;
-
-/// What the runner probe (`tmux has-session`) said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Liveness {
-    Alive,
-    Dead,
-    /// The runner could not be probed (tmux missing, probe failed).
-    Unknown,
-}
-
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Alive => "alive",
-            Liveness::Dead => "dead",
-            Liveness::Unknown => "unknown",
-        }
-    }
-
-    /// Read a runner status word; "connected" counts as alive like in the original.
-    pub fn from_status(status: &str) -> Liveness {
-        match status {
-            "alive" | "connected" => Liveness::Alive,
-            "dead" => Liveness::Dead,
-            _ => Liveness::Unknown,
-        }
-    }
-}
+pub use megaplan_cloud_api::report::{EffectiveStatus, Liveness};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassifyInput<'a> {
@@ -45,36 +16,6 @@ pub struct ClassifyInput<'a> {
     pub sync_state: Option<&'a str>,
     pub prerequisite_policy: &'a str,
     pub validation_policy: &'a str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EffectiveStatus {
-    Complete,
-    AwaitingPrMerge,
-    Running,
-    StaleBookkeeping,
-    HumanPrerequisite,
-    QualityGate,
-}
-
-impl EffectiveStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EffectiveStatus::Complete => "complete",
-            EffectiveStatus::AwaitingPrMerge => "awaiting_pr_merge",
-            EffectiveStatus::Running => "running",
-            EffectiveStatus::StaleBookkeeping => "stale_bookkeeping",
-            EffectiveStatus::HumanPrerequisite => "human_prerequisite",
-            EffectiveStatus::QualityGate => "quality_gate",
-        }
-    }
-}
-
-impl std::fmt::Display for EffectiveStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 const RUNNING_PLAN_STATUSES: [&str; 3] = ["running", "active", "in_progress"];

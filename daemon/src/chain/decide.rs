@@ -2,15 +2,14 @@
 //! next action and at most one mutation. The mutation's script is `crate::runner::mutation`;
 //! its exit codes are the runner layout's.
 
-use crate::chain::classify::Liveness;
+use crate::chain::classify::{EffectiveStatus, Liveness};
 use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN};
-use serde_json::Value;
+use megaplan_cloud_api::report::{NextAction, ProviderConsistency, TickEvent};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TickFacts {
-    pub effective_status: String,
-    /// `{"status": "mismatch" | ..., "reason"?: ...}`
-    pub provider_consistency: Value,
+    pub effective_status: EffectiveStatus,
+    pub provider_consistency: ProviderConsistency,
     /// Whether the provider can run commands on the runner.
     pub has_exec: bool,
     pub liveness: Liveness,
@@ -32,14 +31,20 @@ impl MutationKind {
             MutationKind::Advance => "advance",
         }
     }
+
+    /// The report's `next_action` of this mutation.
+    pub fn next_action(self) -> NextAction {
+        match self {
+            MutationKind::RestartRunner => NextAction::Restart,
+            MutationKind::Advance => NextAction::Advance,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// supervisor_tick | supervisor_blocked | supervisor_advanced | supervisor_restarted | supervisor_error
-    pub event: &'static str,
-    /// noop | done | blocked | advance | restart | none
-    pub next_action: &'static str,
+    pub event: TickEvent,
+    pub next_action: NextAction,
     /// True iff a mutation is to be applied (or, after [`mutation_outcome`], was applied).
     pub acted: bool,
     pub refused_reason: Option<String>,
@@ -49,10 +54,10 @@ pub struct Decision {
 impl Decision {
     /// The report's `success`: false only for `supervisor_error`.
     pub fn success(&self) -> bool {
-        self.event != "supervisor_error"
+        self.event != TickEvent::Error
     }
 
-    fn plain(event: &'static str, next_action: &'static str) -> Decision {
+    fn plain(event: TickEvent, next_action: NextAction) -> Decision {
         Decision {
             event,
             next_action,
@@ -62,7 +67,7 @@ impl Decision {
         }
     }
 
-    fn refuse(event: &'static str, next_action: &'static str, reason: String) -> Decision {
+    fn refuse(event: TickEvent, next_action: NextAction, reason: String) -> Decision {
         Decision {
             refused_reason: Some(reason),
             ..Decision::plain(event, next_action)
@@ -70,18 +75,18 @@ impl Decision {
     }
 
     fn blocked(reason: impl Into<String>) -> Decision {
-        Decision::refuse("supervisor_blocked", "blocked", reason.into())
+        Decision::refuse(TickEvent::Blocked, NextAction::Blocked, reason.into())
     }
 
     fn mutate(kind: MutationKind) -> Decision {
-        let (event, next_action) = match kind {
-            MutationKind::RestartRunner => ("supervisor_restarted", "restart"),
-            MutationKind::Advance => ("supervisor_advanced", "advance"),
+        let event = match kind {
+            MutationKind::RestartRunner => TickEvent::Restarted,
+            MutationKind::Advance => TickEvent::Advanced,
         };
         Decision {
             acted: true,
             mutation: Some(kind),
-            ..Decision::plain(event, next_action)
+            ..Decision::plain(event, kind.next_action())
         }
     }
 }
@@ -97,25 +102,34 @@ fn pr_label(n: Option<i64>) -> String {
     n.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
 }
 
+/// The checks that come before the status: provider consistency, then exec capability.
+fn precheck(consistency: &ProviderConsistency, has_exec: bool) -> Option<Decision> {
+    if let ProviderConsistency::Mismatch { reason } = consistency {
+        return Some(Decision::blocked(format!(
+            "provider consistency mismatch: {}",
+            reason.as_deref().unwrap_or("unknown")
+        )));
+    }
+    (!has_exec).then(|| Decision::blocked(NO_EXEC_REASON))
+}
+
+/// The decision for a provider that cannot run commands on the runner (nothing observed, so
+/// there is no status): the same first two checks as [`decide`].
+pub fn decide_without_exec(consistency: &ProviderConsistency) -> Decision {
+    precheck(consistency, false).unwrap_or_else(|| Decision::blocked(NO_EXEC_REASON))
+}
+
 /// Decide one tick. Checked in order: provider consistency, exec capability, then the status.
 pub fn decide(f: &TickFacts) -> Decision {
-    if f.provider_consistency.get("status").and_then(Value::as_str) == Some("mismatch") {
-        let reason = f
-            .provider_consistency
-            .get("reason")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown");
-        return Decision::blocked(format!("provider consistency mismatch: {reason}"));
+    if let Some(d) = precheck(&f.provider_consistency, f.has_exec) {
+        return d;
     }
-    if !f.has_exec {
-        return Decision::blocked(NO_EXEC_REASON);
-    }
-    match f.effective_status.as_str() {
-        "running" => Decision::plain("supervisor_tick", "noop"),
-        "complete" => Decision::plain("supervisor_tick", "done"),
-        "human_prerequisite" => Decision::blocked(HUMAN_PREREQUISITE_REASON),
-        "quality_gate" => Decision::blocked(QUALITY_GATE_REASON),
-        "awaiting_pr_merge" => {
+    match f.effective_status {
+        EffectiveStatus::Running => Decision::plain(TickEvent::Tick, NextAction::Noop),
+        EffectiveStatus::Complete => Decision::plain(TickEvent::Tick, NextAction::Done),
+        EffectiveStatus::HumanPrerequisite => Decision::blocked(HUMAN_PREREQUISITE_REASON),
+        EffectiveStatus::QualityGate => Decision::blocked(QUALITY_GATE_REASON),
+        EffectiveStatus::AwaitingPrMerge => {
             let probe = f.pr_probe.as_deref().unwrap_or("unknown");
             let pr = pr_label(f.pr_number);
             if probe != "merged" {
@@ -135,18 +149,13 @@ pub fn decide(f: &TickFacts) -> Decision {
                 )),
             }
         }
-        "stale_bookkeeping" => match f.liveness {
+        EffectiveStatus::StaleBookkeeping => match f.liveness {
             Liveness::Dead => Decision::mutate(MutationKind::RestartRunner),
             Liveness::Alive => Decision::blocked(LIVE_STALE_REASON),
             Liveness::Unknown => Decision::blocked(
                 "stale bookkeeping but runner liveness is unknown; supervisor will not force-restart a runner it cannot confirm is dead",
             ),
         },
-        other => Decision::refuse(
-            "supervisor_tick",
-            "noop",
-            format!("unknown effective_status '{other}'; no safe action"),
-        ),
     }
 }
 
@@ -173,7 +182,7 @@ pub fn hold(d: Decision, hold: Option<&Hold>) -> Decision {
             kind.as_str()
         )),
         Hold::DryRun => Decision {
-            event: "supervisor_tick",
+            event: TickEvent::Tick,
             acted: false,
             mutation: None,
             refused_reason: Some(format!(
@@ -188,8 +197,8 @@ pub fn hold(d: Decision, hold: Option<&Hold>) -> Decision {
 /// The decision when the status read (the observation) itself failed.
 pub fn status_read_failed(reason: &str) -> Decision {
     Decision::refuse(
-        "supervisor_error",
-        "none",
+        TickEvent::Error,
+        NextAction::None,
         format!("chain status read failed: {reason}"),
     )
 }
@@ -202,7 +211,11 @@ pub fn mutation_outcome(kind: MutationKind, result: Result<i32, String>, detail:
             MutationKind::RestartRunner => "stale bookkeeping restart failed",
             MutationKind::Advance => "PR merged but restart failed",
         };
-        Decision::refuse("supervisor_error", "blocked", format!("{prefix}: {why}"))
+        Decision::refuse(
+            TickEvent::Error,
+            NextAction::Blocked,
+            format!("{prefix}: {why}"),
+        )
     };
     let detail = detail.trim();
     match result {
@@ -219,37 +232,29 @@ pub fn mutation_outcome(kind: MutationKind, result: Result<i32, String>, detail:
     }
 }
 
-/// The one-line stderr summary of a tick report.
-pub fn stderr_line(report: &Value) -> String {
-    let event = report
-        .get("event")
-        .and_then(Value::as_str)
-        .unwrap_or("supervisor_error");
-    let acted = report
-        .get("acted")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let action = report
-        .get("next_action")
-        .and_then(Value::as_str)
-        .unwrap_or("none");
-    let mut line = format!("supervisor tick: {event} | acted={acted} | next_action={action}");
-    if let Some(reason) = report.get("refused_reason").and_then(Value::as_str) {
-        line.push_str(" | refused_reason=");
-        line.push_str(reason);
-    }
-    line
-}
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
 
-    fn facts(status: &str, liveness: Liveness) -> TickFacts {
+    /// The status of a word (the table below reads as the report does).
+    fn status(word: &str) -> EffectiveStatus {
+        EffectiveStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == word)
+            .unwrap_or_else(|| panic!("no status {word}"))
+    }
+
+    fn mismatch(reason: Option<&str>) -> ProviderConsistency {
+        ProviderConsistency::Mismatch {
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    fn facts(word: &str, liveness: Liveness) -> TickFacts {
         TickFacts {
-            effective_status: status.into(),
-            provider_consistency: json!({"status": "not_applicable"}),
+            effective_status: status(word),
+            provider_consistency: ProviderConsistency::NotApplicable,
             has_exec: true,
             liveness,
             pr_number: Some(42),
@@ -259,8 +264,8 @@ mod tests {
 
     /// (event, next_action, acted, refused_reason, mutation) of a decision.
     type Row<'a> = (
-        &'static str,
-        &'static str,
+        &'a str,
+        &'a str,
         bool,
         Option<&'a str>,
         Option<MutationKind>,
@@ -268,8 +273,8 @@ mod tests {
 
     fn row(d: &Decision) -> Row<'_> {
         (
-            d.event,
-            d.next_action,
+            d.event.as_str(),
+            d.next_action.as_str(),
             d.acted,
             d.refused_reason.as_deref(),
             d.mutation,
@@ -287,7 +292,7 @@ mod tests {
             (
                 "mismatch first",
                 TickFacts {
-                    provider_consistency: json!({"status": "mismatch", "reason": "service moved"}),
+                    provider_consistency: mismatch(Some("service moved")),
                     ..facts("stale_bookkeeping", Dead)
                 },
                 (
@@ -301,7 +306,7 @@ mod tests {
             (
                 "mismatch without reason",
                 TickFacts {
-                    provider_consistency: json!({"status": "mismatch"}),
+                    provider_consistency: mismatch(None),
                     ..facts("running", Alive)
                 },
                 (
@@ -460,17 +465,6 @@ mod tests {
                     None,
                 ),
             ),
-            (
-                "unknown status",
-                facts("paused", Dead),
-                (
-                    "supervisor_tick",
-                    "noop",
-                    false,
-                    Some("unknown effective_status 'paused'; no safe action"),
-                    None,
-                ),
-            ),
         ];
         for (name, f, want) in cases {
             let d = decide(&f);
@@ -509,11 +503,11 @@ mod tests {
         );
         let d = mutation_outcome(Advance, Ok(EXIT_OTHER_CHAIN), "names /other");
         assert_eq!(
-            (d.event, d.acted, d.success()),
+            (d.event.as_str(), d.acted, d.success()),
             ("supervisor_blocked", false, true)
         );
         let d = mutation_outcome(RestartRunner, Ok(EXIT_LIVE_RUNNER), "");
-        assert_eq!((d.event, d.acted), ("supervisor_blocked", false));
+        assert_eq!((d.event.as_str(), d.acted), ("supervisor_blocked", false));
         let d = mutation_outcome(RestartRunner, Ok(1), " tmux: no server \n");
         assert_eq!(
             d.refused_reason.as_deref(),
@@ -532,20 +526,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn stderr_line_format() {
-        let report = json!({"event": "supervisor_blocked", "acted": false, "next_action": "blocked", "refused_reason": "why"});
-        assert_eq!(
-            stderr_line(&report),
-            "supervisor tick: supervisor_blocked | acted=false | next_action=blocked | refused_reason=why"
-        );
-        let report = json!({"event": "supervisor_restarted", "acted": true, "next_action": "restart", "refused_reason": null});
-        assert_eq!(
-            stderr_line(&report),
-            "supervisor tick: supervisor_restarted | acted=true | next_action=restart"
-        );
-    }
-
     fn liveness() -> impl Strategy<Value = Liveness> {
         prop_oneof![
             Just(Liveness::Alive),
@@ -559,12 +539,7 @@ mod tests {
 
         #[test]
         fn decisions_mutate_at_most_once_and_only_when_safe(
-            status in prop_oneof![
-                Just("running".to_string()), Just("complete".to_string()),
-                Just("awaiting_pr_merge".to_string()), Just("stale_bookkeeping".to_string()),
-                Just("human_prerequisite".to_string()), Just("quality_gate".to_string()),
-                "[a-z_]{0,12}",
-            ],
+            status in proptest::sample::select(EffectiveStatus::ALL.to_vec()),
             mismatch in any::<bool>(),
             has_exec in any::<bool>(),
             live in liveness(),
@@ -572,8 +547,8 @@ mod tests {
             pr_probe in proptest::option::of(prop_oneof![Just("merged".to_string()), "[a-z]{0,8}"]),
         ) {
             let f = TickFacts {
-                effective_status: status.clone(),
-                provider_consistency: if mismatch { json!({"status": "mismatch"}) } else { json!({"status": "consistent"}) },
+                effective_status: status,
+                provider_consistency: if mismatch { ProviderConsistency::Mismatch { reason: None } } else { ProviderConsistency::Consistent },
                 has_exec,
                 liveness: live,
                 pr_number,
@@ -592,7 +567,7 @@ mod tests {
                     }
                 }
             } else {
-                prop_assert!(d.event != "supervisor_restarted" && d.event != "supervisor_advanced");
+                prop_assert!(d.event.as_str() != "supervisor_restarted" && d.event.as_str() != "supervisor_advanced");
             }
             prop_assert!(d.success());
         }
@@ -603,12 +578,11 @@ mod tests {
 #[cfg(test)]
 mod hold_tests {
     use super::*;
-    use serde_json::json;
 
     fn dead_stale() -> Decision {
         decide(&TickFacts {
-            effective_status: "stale_bookkeeping".into(),
-            provider_consistency: json!({"status": "not_applicable"}),
+            effective_status: EffectiveStatus::StaleBookkeeping,
+            provider_consistency: ProviderConsistency::NotApplicable,
             has_exec: true,
             liveness: Liveness::Dead,
             pr_number: None,
@@ -625,7 +599,7 @@ mod hold_tests {
         let d = hold(dead_stale(), Some(&p));
         assert_eq!(d.mutation, None);
         assert!(!d.acted);
-        assert_eq!(d.event, "supervisor_blocked");
+        assert_eq!(d.event.as_str(), "supervisor_blocked");
         let r = d.refused_reason.unwrap();
         assert!(
             r.starts_with("paused by ops@box since 2026-01-01T00:00:00Z") && r.contains("restart"),
@@ -637,7 +611,7 @@ mod hold_tests {
     fn a_dry_run_keeps_the_next_action_but_acts_not() {
         let d = hold(dead_stale(), Some(&Hold::DryRun));
         assert_eq!(
-            (d.next_action, d.acted, d.mutation),
+            (d.next_action.as_str(), d.acted, d.mutation),
             ("restart", false, None)
         );
         assert!(d.refused_reason.unwrap().starts_with("dry run"));
@@ -647,8 +621,8 @@ mod hold_tests {
     fn no_hold_or_no_mutation_passes_unchanged() {
         assert_eq!(hold(dead_stale(), None), dead_stale());
         let running = decide(&TickFacts {
-            effective_status: "running".into(),
-            provider_consistency: json!({}),
+            effective_status: EffectiveStatus::Running,
+            provider_consistency: ProviderConsistency::Unknown { reason: None },
             has_exec: true,
             liveness: Liveness::Alive,
             pr_number: None,

@@ -5,6 +5,8 @@ use crate::chain::classify::{ClassifyInput, EffectiveStatus, classify};
 use crate::chain::observe::Observation;
 use crate::chain::spec::ChainSpec;
 use crate::chain::state::ChainState;
+use megaplan_cloud_api::marker::LastChainMarker;
+use megaplan_cloud_api::report::ProviderConsistency;
 use serde_json::{Map, Value, json};
 
 /// Classify an observation against the (remote) spec.
@@ -93,7 +95,7 @@ pub fn summary_dict(spec: &ChainSpec, state: &ChainState) -> Value {
 pub fn status_payload(
     obs: &Observation,
     spec: &ChainSpec,
-    provider_consistency: Value,
+    provider_consistency: &ProviderConsistency,
     resolved_session: &str,
     workspace: &str,
 ) -> Value {
@@ -293,37 +295,45 @@ pub fn cloud_lines(payload: &Value) -> String {
 pub fn provider_consistency(
     provider: &str,
     provider_identity: &Value,
-    marker: Option<&Value>,
-) -> Value {
+    marker: Option<&LastChainMarker>,
+) -> ProviderConsistency {
     if provider != "railway" {
-        return json!({"status": "not_applicable"});
+        return ProviderConsistency::NotApplicable;
     }
     let Some(marker) = marker else {
-        return json!({"status": "unknown", "reason": "no last-chain marker for this cloud.yaml; nothing to compare"});
+        return ProviderConsistency::Unknown {
+            reason: Some(
+                "no last-chain marker for this cloud.yaml; nothing to compare".to_string(),
+            ),
+        };
     };
-    let marker_provider = marker.get("provider").and_then(Value::as_str);
-    let marker_identity = marker.get("provider_identity").filter(|v| !v.is_null());
+    let marker_provider = marker.provider.as_deref();
+    let marker_identity = marker.provider_identity.get().map(|s| json!(s));
     let fix = "relaunch the chain with `megaplan-cloudctl chain <spec>` or pass --remote-spec";
     if let Some(mp) = marker_provider
         && mp != provider
     {
-        return json!({
-            "status": "mismatch",
-            "reason": format!("the last chain was launched with provider '{mp}' but cloud.yaml now uses '{provider}'; {fix}"),
-        });
+        return ProviderConsistency::Mismatch {
+            reason: Some(format!(
+                "the last chain was launched with provider '{mp}' but cloud.yaml now uses '{provider}'; {fix}"
+            )),
+        };
     }
-    if let Some(mi) = marker_identity
+    if let Some(mi) = &marker_identity
         && mi != provider_identity
     {
-        return json!({
-            "status": "mismatch",
-            "reason": format!("the last chain was launched on railway {mi} but cloud.yaml now targets {provider_identity}; {fix}"),
-        });
+        return ProviderConsistency::Mismatch {
+            reason: Some(format!(
+                "the last chain was launched on railway {mi} but cloud.yaml now targets {provider_identity}; {fix}"
+            )),
+        };
     }
     if marker_provider.is_none() && marker_identity.is_none() {
-        return json!({"status": "unknown", "reason": "the last-chain marker does not record a provider"});
+        return ProviderConsistency::Unknown {
+            reason: Some("the last-chain marker does not record a provider".to_string()),
+        };
     }
-    json!({"status": "consistent"})
+    ProviderConsistency::Consistent
 }
 
 #[cfg(test)]
@@ -374,7 +384,7 @@ mod tests {
         let p = status_payload(
             &obs,
             &spec(),
-            json!({"status": "not_applicable"}),
+            &ProviderConsistency::NotApplicable,
             "megaplan-chain",
             "/workspace/app",
         );
@@ -458,7 +468,7 @@ mod tests {
         let p = status_payload(
             &obs,
             &spec(),
-            json!({"status": "not_applicable"}),
+            &ProviderConsistency::NotApplicable,
             "megaplan-chain",
             "/workspace/app",
         );
@@ -505,7 +515,13 @@ mod tests {
     #[test]
     fn cloud_lines_show_status_runner_and_log() {
         let obs = observation(mid_chain_state(), "dead", "planned");
-        let p = status_payload(&obs, &spec(), json!({}), "megaplan-chain", "/workspace/app");
+        let p = status_payload(
+            &obs,
+            &spec(),
+            &ProviderConsistency::NotApplicable,
+            "megaplan-chain",
+            "/workspace/app",
+        );
         assert_eq!(
             cloud_lines(&p),
             "Effective status: awaiting_pr_merge\nRunner: dead (session megaplan-chain)\nLog: /workspace/app/.megaplan/cloud-chain.log (12 bytes, modified 2026-06-01T10:00:00Z)\n"
@@ -514,48 +530,60 @@ mod tests {
 
     #[test]
     fn provider_consistency_rules() {
-        let id = json!({"service": "agent", "project": "p1"});
+        // What `workflow::markers::provider_identity` gives for a railway cloud.yaml.
+        let id = json!("agent");
+        let m = |v: Value| LastChainMarker::read(v);
+        let status = |c: ProviderConsistency| c.as_str();
         assert_eq!(
-            provider_consistency("ssh", &Value::Null, None)["status"],
+            status(provider_consistency("ssh", &Value::Null, None)),
             "not_applicable"
         );
         assert_eq!(
-            provider_consistency("local", &Value::Null, Some(&json!({"provider": "railway"})))["status"],
+            status(provider_consistency(
+                "local",
+                &Value::Null,
+                Some(&m(json!({"provider": "railway"})))
+            )),
             "not_applicable"
         );
         assert_eq!(
-            provider_consistency("railway", &id, None)["status"],
+            status(provider_consistency("railway", &id, None)),
             "unknown"
         );
         assert_eq!(
-            provider_consistency(
+            status(provider_consistency(
                 "railway",
                 &id,
-                Some(
-                    &json!({"provider": "railway", "provider_identity": {"service": "agent", "project": "p1"}})
-                )
-            )["status"],
+                Some(&m(
+                    json!({"provider": "railway", "provider_identity": {"service": "agent", "project": "p1"}})
+                ))
+            )),
             "consistent"
         );
-        let m = provider_consistency(
+        let reason = |c: ProviderConsistency| match c {
+            ProviderConsistency::Mismatch { reason } => reason.unwrap_or_default(),
+            other => panic!("not a mismatch: {other:?}"),
+        };
+        let r = reason(provider_consistency(
             "railway",
             &id,
-            Some(&json!({"provider": "ssh", "provider_identity": null})),
-        );
-        assert_eq!(m["status"], "mismatch");
-        assert!(
-            m["reason"].as_str().unwrap().contains("provider 'ssh'"),
-            "{m}"
-        );
-        let m = provider_consistency(
+            Some(&m(json!({"provider": "ssh", "provider_identity": null}))),
+        ));
+        assert!(r.contains("provider 'ssh'"), "{r}");
+        let r = reason(provider_consistency(
             "railway",
             &id,
-            Some(&json!({"provider": "railway", "provider_identity": {"service": "other"}})),
-        );
-        assert_eq!(m["status"], "mismatch");
-        assert!(m["reason"].as_str().unwrap().contains("\"other\""), "{m}");
+            Some(&m(
+                json!({"provider": "railway", "provider_identity": {"service": "other"}}),
+            )),
+        ));
+        assert!(r.contains("\"other\""), "{r}");
         assert_eq!(
-            provider_consistency("railway", &id, Some(&json!({"remote_spec": "/x"})))["status"],
+            status(provider_consistency(
+                "railway",
+                &id,
+                Some(&m(json!({"remote_spec": "/x"})))
+            )),
             "unknown"
         );
     }

@@ -391,9 +391,15 @@ async fn secret_names(Query(q): Query<CloudYamlQuery>) -> Response {
     match cloud_yaml::load_async(&path).await {
         Ok(spec) => {
             // `warnings` (the loader's, e.g. keys of the original handled differently here) is
-            // what `megaplan-cloudctl doctor` shows for each cloud.yaml it finds.
-            axum::Json(serde_json::json!({"success": true, "names": spec.secrets, "warnings": spec.warnings}))
-                .into_response()
+            // what `megaplan-cloudctl doctor` shows for each cloud.yaml it finds; `codex_auth`
+            // tells the client whether `deploy`/`chain` hand over the agents' login files.
+            axum::Json(serde_json::json!({
+                "success": true,
+                "names": spec.secrets,
+                "warnings": spec.warnings,
+                "codex_auth": spec.megaplan.codex_auth,
+            }))
+            .into_response()
         }
         Err(e) => err(e),
     }
@@ -417,7 +423,7 @@ async fn get_marker(State(state): State<Arc<AppState>>, Query(q): Query<MarkerQu
     match markers::load(&state, &key, cy, true).await {
         Ok(markers::Loaded {
             marker: Some(m), ..
-        }) => axum::Json(m).into_response(),
+        }) => axum::Json(m.to_value()).into_response(),
         Ok(_) => err(ErrorBody::new(
             ErrorCode::MissingRemoteSpec,
             format!(

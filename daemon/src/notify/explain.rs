@@ -2,78 +2,81 @@
 //! observed, the rule of `chain::decide` that matched, the action, and the refusal. Pure: a
 //! reading of the stored report, checked in the same order as `chain::decide::decide`.
 
+use megaplan_cloud_api::report::{
+    EffectiveStatus, Liveness, ProviderConsistency, ReportedStatus, TickEvent, TickReport,
+};
 use megaplan_cloud_api::wire::TickRecord;
 use serde_json::{Value, json};
 
-fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(*p)?;
-    }
-    cur.as_str()
-}
-
 /// The rule of the supervise decision that produced this report.
-pub fn rule(report: &Value) -> String {
-    let status = s(report, &["effective_status"]).unwrap_or("unknown");
-    let runner = s(report, &["runner", "status"]).unwrap_or("unknown");
-    let probe = s(report, &["pr", "merge_probe"]).unwrap_or("unknown");
-    if report.get("success").and_then(Value::as_bool) == Some(false)
-        && s(report, &["event"]) == Some("supervisor_error")
-        && status == "unknown"
+pub fn rule(report: &TickReport) -> String {
+    let runner = report.runner.status.unwrap_or(Liveness::Unknown);
+    let probe = report.pr.merge_probe.as_deref().unwrap_or("unknown");
+    if !report.success
+        && report.event == TickEvent::Error
+        && report.effective_status == ReportedStatus::Unknown
     {
         return "the observation failed: a tick that cannot see the runner never acts".into();
     }
-    if s(report, &["provider_consistency", "status"]) == Some("mismatch") {
+    if matches!(
+        report.provider_consistency,
+        Some(ProviderConsistency::Mismatch { .. })
+    ) {
         return "provider consistency mismatch: the last chain was launched elsewhere, so nothing is touched".into();
     }
+    let status = match &report.effective_status {
+        ReportedStatus::Classified(s) => *s,
+        // A report another version wrote, or one that never classified.
+        other => return format!("unknown status {other} → noop (no safe action)"),
+    };
     match status {
-        "running" => "running → noop (a running chain is left alone)".to_string(),
-        "complete" => "complete → done".to_string(),
-        "human_prerequisite" => {
+        EffectiveStatus::Running => "running → noop (a running chain is left alone)".to_string(),
+        EffectiveStatus::Complete => "complete → done".to_string(),
+        EffectiveStatus::HumanPrerequisite => {
             "human_prerequisite → blocked until a person resolves it".to_string()
         }
-        "quality_gate" => {
+        EffectiveStatus::QualityGate => {
             "quality_gate → blocked until a person resolves or accepts it".to_string()
         }
-        "awaiting_pr_merge" if probe != "merged" => {
+        EffectiveStatus::AwaitingPrMerge if probe != "merged" => {
             format!("awaiting_pr_merge with PR state {probe} → blocked until it is merged")
         }
-        "awaiting_pr_merge" => format!(
+        EffectiveStatus::AwaitingPrMerge => format!(
             "awaiting_pr_merge, PR merged, runner {runner} → {}",
-            if runner == "dead" {
+            if runner == Liveness::Dead {
                 "advance"
             } else {
                 "blocked (only a confirmed-dead runner is advanced)"
             }
         ),
-        "stale_bookkeeping" => format!(
+        EffectiveStatus::StaleBookkeeping => format!(
             "stale_bookkeeping, runner {runner} → {}",
-            if runner == "dead" {
+            if runner == Liveness::Dead {
                 "restart"
             } else {
                 "blocked (a live or unprobeable runner is never restarted)"
             }
         ),
-        other => format!("unknown status {other} → noop (no safe action)"),
     }
 }
 
 /// The explanation of one stored tick: JSON plus the lines for a terminal.
 pub fn explain(rec: &TickRecord) -> Value {
     let r = &rec.report;
-    let pick = |path: &[&str]| s(r, path).unwrap_or("-").to_string();
+    let or_dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+    let runner = or_dash(r.runner.status.map(Liveness::as_str));
+    let pr_number = r.pr.pr_number.flatten();
     let facts = json!({
-        "effective_status": pick(&["effective_status"]),
-        "runner": pick(&["runner", "status"]),
-        "pr": {"number": r.pointer("/pr/pr_number"), "merge_probe": r.pointer("/pr/merge_probe")},
-        "sync": r.get("sync"),
-        "log": {"path": r.pointer("/logs/path"), "size": r.pointer("/logs/size"), "mtime": r.pointer("/logs/mtime")},
-        "stalled": r.get("stalled"),
-        "stalled_for_secs": r.get("stalled_for_secs"),
-        "provider_consistency": pick(&["provider_consistency", "status"]),
-        "paused": r.get("paused"),
-        "dry_run": r.get("dry_run"),
+        "effective_status": r.effective_status,
+        "runner": runner,
+        "pr": {"number": r.pr.pr_number, "merge_probe": r.pr.merge_probe},
+        "sync": r.sync,
+        "log": {"path": r.logs.path, "size": r.logs.size, "mtime": r.logs.mtime},
+        "stalled": r.stalled,
+        "stalled_for_secs": r.stalled_for_secs,
+        "provider_consistency": or_dash(r.provider_consistency.as_ref().map(ProviderConsistency::as_str)),
+        "paused": r.paused,
+        "dry_run": r.dry_run.then_some(true),
     });
     let rule = rule(r);
     let action = format!(
@@ -88,42 +91,35 @@ pub fn explain(rec: &TickRecord) -> Value {
         ),
         format!(
             "facts:   status {}, runner {}, PR {} ({}), log {} bytes modified {}",
-            pick(&["effective_status"]),
-            pick(&["runner", "status"]),
-            r.pointer("/pr/pr_number")
-                .map(|v| v.to_string())
-                .filter(|v| v != "null")
+            r.effective_status,
+            runner,
+            pr_number
+                .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
-            pick(&["pr", "merge_probe"]),
-            r.pointer("/logs/size")
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
-            pick(&["logs", "mtime"]),
+            or_dash(r.pr.merge_probe.as_deref()),
+            match r.logs.size {
+                Some(Some(n)) => n.to_string(),
+                Some(None) => "null".to_string(),
+                None => "-".to_string(),
+            },
+            or_dash(r.logs.mtime()),
         ),
         format!("rule:    {rule}"),
         format!("action:  {action}"),
     ];
-    if r.get("stalled").and_then(Value::as_bool) == Some(true) {
+    if r.is_stalled() {
         lines.push(format!(
             "stalled: the log has not grown for {} (threshold {}); reported only, never restarted",
+            super::transitions::age_text(r.stalled_for_secs().unwrap_or(0)),
             super::transitions::age_text(
-                r.get("stalled_for_secs")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-            ),
-            super::transitions::age_text(
-                r.get("stall_after_secs")
-                    .and_then(Value::as_i64)
+                r.stall_after_secs
+                    .and_then(|s| i64::try_from(s).ok())
                     .unwrap_or(0)
             )
         ));
     }
-    if let Some(p) = r.get("paused").filter(|p| p.is_object()) {
-        lines.push(format!(
-            "paused:  by {} since {}",
-            s(p, &["paused_by"]).unwrap_or("?"),
-            s(p, &["since"]).unwrap_or("?")
-        ));
+    if let Some(p) = r.pause() {
+        lines.push(format!("paused:  by {} since {}", p.paused_by, p.since));
     }
     if let Some(reason) = &rec.refused_reason {
         lines.push(format!("refused: {reason}"));
@@ -144,9 +140,19 @@ pub fn explain(rec: &TickRecord) -> Value {
 mod tests {
     use super::*;
 
+    /// A stored report with the fields given and the rest of a plain tick.
+    fn report(fields: Value) -> TickReport {
+        let mut v = json!({"success": true, "effective_status": "unknown", "acted": false,
+                           "event": "supervisor_tick", "next_action": "noop"});
+        for (k, x) in fields.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn rules_follow_the_decision_order() {
-        let r = |v: Value| rule(&v);
+        let r = |v: Value| rule(&report(v));
         assert!(
             r(json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"}}))
                 .ends_with("restart")
@@ -174,12 +180,14 @@ mod tests {
             finished_at: "2026-01-01T00:00:01Z".into(),
             duration_ms: 1000,
             success: true,
-            event: "supervisor_blocked".into(),
-            next_action: "blocked".into(),
+            event: TickEvent::Blocked,
+            next_action: megaplan_cloud_api::report::NextAction::Blocked,
             acted: false,
             refused_reason: Some("paused by ops since 2026-01-01T00:00:00Z".into()),
-            report: json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"},
+            report: report(
+                json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"},
                            "paused": {"paused_by": "ops", "since": "2026-01-01T00:00:00Z"}}),
+            ),
             due_at: None,
         };
         let e = explain(&rec);

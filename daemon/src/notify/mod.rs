@@ -229,8 +229,8 @@ pub fn notification(rec: &TickRecord, ev: &transitions::Event) -> Value {
         "message": format!("{}: {}{}", rec.cloud_yaml, ev.title, reason),
         "key": rec.key,
         "cloud_yaml": rec.cloud_yaml,
-        "spec": r.get("spec").cloned().unwrap_or(Value::Null),
-        "effective_status": r.get("effective_status").cloned().unwrap_or(Value::Null),
+        "spec": r.spec,
+        "effective_status": r.effective_status,
         "tick": {
             "id": rec.id,
             "trigger": rec.trigger,
@@ -428,13 +428,17 @@ mod tests {
             finished_at: "2026-01-01T00:00:01Z".into(),
             duration_ms: 1000,
             success: true,
-            event: "supervisor_blocked".into(),
-            next_action: "blocked".into(),
+            event: megaplan_cloud_api::report::TickEvent::Blocked,
+            next_action: megaplan_cloud_api::report::NextAction::Blocked,
             acted: false,
             refused_reason: Some(format!("awaiting PR merge (PR #7 state={secret})")),
-            report: json!({"success": true, "effective_status": "awaiting_pr_merge",
+            report: serde_json::from_value(
+                json!({"success": true, "effective_status": "awaiting_pr_merge",
                            "refused_reason": format!("awaiting PR merge (PR #7 state={secret})"),
-                           "pr": {"merge_probe": secret}}),
+                           "pr": {"merge_probe": secret}, "acted": false,
+                           "event": "supervisor_blocked", "next_action": "blocked"}),
+            )
+            .unwrap(),
             due_at: None,
         };
         let (_, events) = transitions::transitions(
@@ -476,12 +480,11 @@ mod tests {
             started_at: at,
             finished_at: at,
             success: false,
-            event: "supervisor_error".into(),
-            next_action: "none".into(),
+            event: megaplan_cloud_api::report::TickEvent::Error,
+            next_action: megaplan_cloud_api::report::NextAction::None,
             acted: false,
             refused_reason: Some("cloud.yaml is gone".into()),
-            report: json!({"success": false, "event": "supervisor_error",
-                           "refused_reason": "cloud.yaml is gone"}),
+            report: megaplan_cloud_api::report::TickReport::error("cloud.yaml is gone"),
             due_at: None,
         }
     }

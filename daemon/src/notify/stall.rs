@@ -3,6 +3,7 @@
 //! A stalled chain is only reported and notified, never killed or restarted.
 
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::report::{Liveness, TickReport};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -15,14 +16,29 @@ pub fn stalled_for(
     now: DateTime<Utc>,
     stall_after: Duration,
 ) -> Option<i64> {
-    if runner.get("status").and_then(Value::as_str) != Some("alive") {
+    let alive = runner.get("status").and_then(Value::as_str) == Some("alive");
+    let exists = logs.get("exists").and_then(Value::as_bool) == Some(true);
+    stalled_age(
+        alive,
+        exists,
+        logs.get("mtime").and_then(Value::as_str),
+        now,
+        stall_after,
+    )
+}
+
+/// The rule itself: a live runner, an existing log, and its mtime `stall_after` old or more.
+fn stalled_age(
+    alive: bool,
+    log_exists: bool,
+    mtime: Option<&str>,
+    now: DateTime<Utc>,
+    stall_after: Duration,
+) -> Option<i64> {
+    if !alive || !log_exists {
         return None;
     }
-    if logs.get("exists").and_then(Value::as_bool) != Some(true) {
-        return None;
-    }
-    let mtime = logs.get("mtime").and_then(Value::as_str)?;
-    let mtime = DateTime::parse_from_rfc3339(mtime)
+    let mtime = DateTime::parse_from_rfc3339(mtime?)
         .ok()?
         .with_timezone(&Utc);
     let age = (now - mtime).num_seconds();
@@ -30,8 +46,22 @@ pub fn stalled_for(
     (age >= limit).then_some(age)
 }
 
-/// Add `stalled`, `stalled_for_secs` and `stall_after_secs` to a report or status payload that
-/// carries `runner` and `logs`.
+/// Set `stalled`, `stalled_for_secs` and `stall_after_secs` of a tick report.
+pub fn annotate_report(report: &mut TickReport, now: DateTime<Utc>, stall_after: Duration) {
+    let age = stalled_age(
+        report.runner.status == Some(Liveness::Alive),
+        report.logs.exists == Some(true),
+        report.logs.mtime(),
+        now,
+        stall_after,
+    );
+    report.stalled = Some(age.is_some());
+    report.stalled_for_secs = Some(age);
+    report.stall_after_secs = Some(stall_after.as_secs());
+}
+
+/// Add `stalled`, `stalled_for_secs` and `stall_after_secs` to a `status --chain` payload
+/// (its `runner` and `logs` objects).
 pub fn annotate(payload: &mut Value, now: DateTime<Utc>, stall_after: Duration) {
     let empty = json!({});
     let age = stalled_for(

@@ -60,13 +60,7 @@ pub struct OutboxEntry {
 }
 
 /// A pause as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Pause {
-    pub key: String,
-    pub paused_by: String,
-    pub since: String,
-    pub reason: Option<String>,
-}
+pub use megaplan_cloud_api::report::Pause;
 
 /// Filters of `ticks`/`watch` (`--since`, `--event`, `--failed`).
 #[derive(Debug, Clone, Default)]
@@ -81,7 +75,7 @@ pub struct TickFilter {
 impl TickFilter {
     pub fn matches(&self, t: &TickRecord) -> bool {
         self.key.as_deref().is_none_or(|k| k == t.key)
-            && self.event.as_deref().is_none_or(|e| e == t.event)
+            && self.event.as_deref().is_none_or(|e| e == t.event.as_str())
             && (!self.failed_only || !t.success)
             && self.since.as_deref().is_none_or(|s| {
                 match (

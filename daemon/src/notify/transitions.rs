@@ -3,11 +3,16 @@
 //! and the events worth telling a person. One event per transition, never one per tick.
 
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::report::{EffectiveStatus, TickReport};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Statuses that wait for a person; `still_waiting` fires once per stay after the configured age.
-pub const WAITING_STATUSES: [&str; 3] = ["human_prerequisite", "quality_gate", "awaiting_pr_merge"];
+pub const WAITING_STATUSES: [EffectiveStatus; 3] = [
+    EffectiveStatus::HumanPrerequisite,
+    EffectiveStatus::QualityGate,
+    EffectiveStatus::AwaitingPrMerge,
+];
 
 /// Every event a notification can carry (docs/notifications.md).
 pub const EVENTS: [&str; 9] = [
@@ -58,21 +63,17 @@ pub struct Event {
     pub details: Value,
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
-    v.get(k).and_then(Value::as_str)
-}
-
 /// The next watch state and the events of one stored tick report at `now`.
 pub fn transitions(
     prev: &WatchState,
-    report: &Value,
+    report: &TickReport,
     now: DateTime<Utc>,
     rules: Rules,
 ) -> (WatchState, Vec<Event>) {
     let mut next = prev.clone();
     let mut events = Vec::new();
-    let success = report.get("success").and_then(Value::as_bool) == Some(true);
-    let reason = s(report, "refused_reason").map(str::to_string);
+    let success = report.success;
+    let reason = report.refused_reason.clone();
 
     if !success {
         next.consecutive_failures = prev.consecutive_failures.saturating_add(1);
@@ -100,37 +101,37 @@ pub fn transitions(
     next.consecutive_failures = 0;
     next.failing_sent = false;
 
-    let status = s(report, "effective_status")
-        .unwrap_or("unknown")
-        .to_string();
+    // The watch state keeps the status word as stored (SQLite), compared word for word.
+    let classified = report.effective_status.classified();
+    let waiting = classified.filter(|s| s.is_waiting());
+    let status = report.effective_status.to_string();
     let changed = prev.status.as_deref() != Some(status.as_str());
     if changed {
         next.waiting_since = None;
         next.still_waiting_sent = false;
-        if WAITING_STATUSES.contains(&status.as_str()) {
+        if let Some(w) = waiting {
             next.waiting_since = Some(now.to_rfc3339());
-            let event = WAITING_STATUSES
-                .iter()
-                .find(|w| **w == status)
-                .copied()
-                .unwrap_or("awaiting_pr_merge");
             events.push(Event {
-                event,
-                title: match event {
-                    "human_prerequisite" => "the chain waits for a human prerequisite".to_string(),
-                    "quality_gate" => "the chain is held at a failing quality gate".to_string(),
+                event: w.as_str(),
+                title: match w {
+                    EffectiveStatus::HumanPrerequisite => {
+                        "the chain waits for a human prerequisite".to_string()
+                    }
+                    EffectiveStatus::QualityGate => {
+                        "the chain is held at a failing quality gate".to_string()
+                    }
                     _ => "the chain waits for a pull request to be merged".to_string(),
                 },
-                details: json!({"reason": reason, "pr": report.get("pr")}),
+                details: json!({"reason": reason, "pr": report.pr}),
             });
-        } else if status == "complete" {
+        } else if classified == Some(EffectiveStatus::Complete) {
             events.push(Event {
                 event: "complete",
                 title: "the chain is complete".to_string(),
                 details: json!({}),
             });
         }
-    } else if WAITING_STATUSES.contains(&status.as_str()) && !prev.still_waiting_sent {
+    } else if waiting.is_some() && !prev.still_waiting_sent {
         let since = prev
             .waiting_since
             .as_deref()
@@ -150,8 +151,8 @@ pub fn transitions(
     }
     next.status = Some(status);
 
-    if report.get("acted").and_then(Value::as_bool) == Some(true) {
-        let action = s(report, "next_action").unwrap_or("restart");
+    if report.acted {
+        let action = report.next_action.as_str();
         events.push(Event {
             event: "supervisor_acted",
             title: format!("the supervisor acted: {action}"),
@@ -159,19 +160,16 @@ pub fn transitions(
         });
     }
 
-    let stalled = report.get("stalled").and_then(Value::as_bool) == Some(true);
+    let stalled = report.is_stalled();
     if stalled && !prev.stalled {
-        let age = report
-            .get("stalled_for_secs")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        let age = report.stalled_for_secs().unwrap_or(0);
         events.push(Event {
             event: "stalled",
             title: format!(
                 "the runner is alive but its log has not grown for {}",
                 age_text(age)
             ),
-            details: json!({"stalled_for_secs": age, "log": report.get("logs")}),
+            details: json!({"stalled_for_secs": age, "log": report.logs}),
         });
     }
     next.stalled = stalled;
@@ -201,15 +199,29 @@ mod tests {
         failed_ticks: 3,
     };
 
-    fn ok(status: &str) -> Value {
-        json!({"success": true, "effective_status": status, "acted": false, "next_action": "noop"})
+    /// A report with the fields given and the rest of a plain tick.
+    fn report(fields: Value) -> TickReport {
+        let mut v = json!({"success": true, "effective_status": "unknown", "acted": false,
+                           "event": "supervisor_tick", "next_action": "noop"});
+        for (k, x) in fields.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
     }
 
-    fn fail() -> Value {
-        json!({"success": false, "effective_status": "unknown", "refused_reason": "ssh failed"})
+    fn ok(status: &str) -> TickReport {
+        report(
+            json!({"success": true, "effective_status": status, "acted": false, "next_action": "noop"}),
+        )
     }
 
-    fn run(reports: &[Value], step: i64) -> Vec<&'static str> {
+    fn fail() -> TickReport {
+        report(
+            json!({"success": false, "effective_status": "unknown", "refused_reason": "ssh failed"}),
+        )
+    }
+
+    fn run(reports: &[TickReport], step: i64) -> Vec<&'static str> {
         let mut st = WatchState::default();
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
@@ -245,7 +257,7 @@ mod tests {
 
     #[test]
     fn still_waiting_fires_once_after_the_age() {
-        let reports: Vec<Value> = std::iter::repeat_n(ok("human_prerequisite"), 10).collect();
+        let reports: Vec<TickReport> = std::iter::repeat_n(ok("human_prerequisite"), 10).collect();
         // 1000 s apart: the 5th tick is 4000 s after the first.
         assert_eq!(run(&reports, 1000), ["human_prerequisite", "still_waiting"]);
         // Leaving and re-entering starts a new stay.
@@ -288,8 +300,12 @@ mod tests {
 
     #[test]
     fn every_act_and_each_stall_onset_is_told() {
-        let acted = json!({"success": true, "effective_status": "stale_bookkeeping", "acted": true, "next_action": "restart"});
-        let stalled = json!({"success": true, "effective_status": "running", "stalled": true, "stalled_for_secs": 1900});
+        let acted = report(
+            json!({"success": true, "effective_status": "stale_bookkeeping", "acted": true, "next_action": "restart"}),
+        );
+        let stalled = report(
+            json!({"success": true, "effective_status": "running", "stalled": true, "stalled_for_secs": 1900}),
+        );
         let reports = [
             acted.clone(),
             ok("running"),

@@ -117,6 +117,13 @@ pub trait Provider {
         true
     }
 
+    /// Whether the `stdin` of [`Provider::exec`] reaches the runner without being written into
+    /// any command line (an argv is readable by every local user): required to carry a
+    /// credential file (`workflow::agent_auth`).
+    fn stdin_is_private(&self) -> bool {
+        true
+    }
+
     /// Build the image from the deploy dir, which the caller has already rendered.
     async fn build(&self, out: &OutTx) -> Result<(), ErrorBody>;
 
@@ -190,6 +197,9 @@ impl Provider for AnyProvider {
     }
     fn has_exec(&self) -> bool {
         delegate!(self, p => p.has_exec())
+    }
+    fn stdin_is_private(&self) -> bool {
+        delegate!(self, p => p.stdin_is_private())
     }
     async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
         delegate!(self, p => p.build(out).await)

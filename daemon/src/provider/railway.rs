@@ -618,6 +618,12 @@ impl Provider for RailwayProvider {
         "railway"
     }
 
+    /// `exec`'s stdin travels as a here-document inside the command given to `railway ssh` (or
+    /// the relay's `ssh`), which is an argv.
+    fn stdin_is_private(&self) -> bool {
+        false
+    }
+
     async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
         super::require_cli("docker")?;
         let argv = build_argv(self.service(), &self.ctx.deploy_dir);

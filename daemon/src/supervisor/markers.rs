@@ -8,16 +8,18 @@
 
 use crate::cloud_yaml::{CloudSpec, ProviderKind};
 use crate::state::AppState;
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, FixedOffset, Utc};
+use megaplan_cloud_api::marker::{LastChainMarker, Slot};
+use megaplan_cloud_api::report::NextAction;
 use megaplan_cloud_api::{ErrorBody, ErrorCode, legacy, paths};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::io::Write;
 use std::path::Path;
 
 /// A marker as loaded, and what was wrong on the way.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub marker: Option<Value>,
+    pub marker: Option<LastChainMarker>,
     /// Named problems with legacy files that were skipped (for the command's stderr).
     pub warnings: Vec<String>,
 }
@@ -27,7 +29,7 @@ pub struct Loaded {
 enum LegacyFile {
     Missing,
     Unusable(String),
-    Marker(Value),
+    Marker(Box<LastChainMarker>),
 }
 
 fn read_legacy(file: &Path) -> LegacyFile {
@@ -42,7 +44,7 @@ fn read_legacy(file: &Path) -> LegacyFile {
         }
     };
     match legacy::parse_marker(&bytes) {
-        Ok(n) => LegacyFile::Marker(n.marker),
+        Ok(n) => LegacyFile::Marker(Box::new(LastChainMarker::read(n.marker))),
         Err(why) => LegacyFile::Unusable(format!(
             "ignoring the legacy marker {}: it is {why}; fix or delete it, or pass --remote-spec",
             file.display()
@@ -50,15 +52,15 @@ fn read_legacy(file: &Path) -> LegacyFile {
     }
 }
 
-fn started_at(m: &Value) -> Option<DateTime<FixedOffset>> {
-    m.get("started_at")
-        .and_then(Value::as_str)
+fn started_at(m: &LastChainMarker) -> Option<DateTime<FixedOffset>> {
+    m.started_at
+        .as_deref()
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
 }
 
 /// Does the legacy file describe a later launch than the stored marker? The Python tool
 /// writes `started_at` as `datetime.now(timezone.utc).isoformat()`, RFC 3339 as this daemon's.
-pub fn file_is_newer(file: &Value, stored: &Value) -> bool {
+pub fn file_is_newer(file: &LastChainMarker, stored: &LastChainMarker) -> bool {
     match (started_at(file), started_at(stored)) {
         (Some(f), Some(s)) => f > s,
         (Some(_), None) => true,
@@ -69,17 +71,17 @@ pub fn file_is_newer(file: &Value, stored: &Value) -> bool {
 /// Which marker counts, given the stored one and what the legacy file held.
 #[derive(Debug, PartialEq)]
 struct Choice {
-    marker: Option<Value>,
+    marker: Option<LastChainMarker>,
     /// The chosen marker came from the file and must be stored.
     import: bool,
     warning: Option<String>,
 }
 
-fn choose(stored: Option<Value>, file: LegacyFile) -> Choice {
+fn choose(stored: Option<LastChainMarker>, file: LegacyFile) -> Choice {
     let (from_file, warning) = match file {
         LegacyFile::Missing => (None, None),
         LegacyFile::Unusable(w) => (None, Some(w)),
-        LegacyFile::Marker(m) => (Some(m), None),
+        LegacyFile::Marker(m) => (Some(*m), None),
     };
     match (stored, from_file) {
         (Some(s), Some(f)) if file_is_newer(&f, &s) => Choice {
@@ -117,7 +119,7 @@ pub async fn load(
         .store
         .get_marker(key)
         .await?
-        .map(|m| legacy::normalize_marker(m).marker);
+        .map(LastChainMarker::read);
     let file = paths::legacy_marker_file(&state.settings.cloud_home, key);
     let found = if read_legacy_file {
         read_legacy(&file)
@@ -138,7 +140,7 @@ pub async fn load(
     {
         state
             .store
-            .put_marker(key, cloud_yaml, m)
+            .put_marker(key, cloud_yaml, &m.to_value())
             .await
             .map_err(ErrorBody::from)?;
         tracing::info!(key, file = %file.display(), "imported the legacy marker (absent from the database, or written later)");
@@ -165,9 +167,9 @@ pub async fn adopt(
     }
     for alias in aliases.iter().filter(|a| *a != key) {
         let found = match state.store.get_marker(alias).await? {
-            Some(m) => Some(legacy::normalize_marker(m).marker),
+            Some(m) => Some(LastChainMarker::read(m)),
             None => match read_legacy(&paths::legacy_marker_file(root, alias)) {
-                LegacyFile::Marker(m) => Some(m),
+                LegacyFile::Marker(m) => Some(*m),
                 LegacyFile::Unusable(w) => {
                     warnings.push(w);
                     None
@@ -190,9 +192,9 @@ pub async fn save(
     state: &AppState,
     key: &str,
     cloud_yaml: &str,
-    marker: &Value,
+    marker: &LastChainMarker,
 ) -> Result<(), ErrorBody> {
-    let marker = legacy::normalize_marker(marker.clone()).marker;
+    let marker = marker.to_value();
     state
         .store
         .put_marker(key, cloud_yaml, &marker)
@@ -217,31 +219,86 @@ pub fn provider_identity(spec: &CloudSpec) -> Value {
     }
 }
 
-/// The provider and repo fields every marker written now carries: `provider`,
-/// `provider_identity` and `extra_repos` in the original's shapes, and (ours, beside them)
-/// `provider_target` with the railway project and environment.
-pub fn launch_fields(spec: &CloudSpec) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("provider".into(), json!(spec.provider.as_str()));
-    m.insert("provider_identity".into(), provider_identity(spec));
-    if spec.provider == ProviderKind::Railway {
-        m.insert(
-            "provider_target".into(),
-            json!({
-                "service": spec.railway.service,
-                "project": spec.railway.project,
-                "environment": spec.railway.environment,
-            }),
-        );
+/// Who launched a chain, and what only that launcher records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchedBy {
+    /// `megaplan-cloudctl chain`: a fresh marker.
+    Chain {
+        base_branch: String,
+        identity_digest: String,
+    },
+    /// The supervisor restarted or advanced the runner: the previous marker's fields are
+    /// carried over when it describes the same spec.
+    Supervisor(NextAction),
+}
+
+/// A launch of the chain `remote_spec`: where it runs and who started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch<'a> {
+    pub remote_spec: &'a str,
+    pub workspace: &'a str,
+    pub session: &'a str,
+    pub log: &'a str,
+    pub by: LaunchedBy,
+}
+
+/// The last-chain marker after a launch: the one place a marker is built. Every marker written
+/// now carries `provider`, `provider_identity` and `extra_repos` in the original's shapes and
+/// (ours, beside them) `provider_target` with the railway project and environment.
+pub fn launched(
+    previous: Option<&LastChainMarker>,
+    launch: Launch<'_>,
+    spec: &CloudSpec,
+    now: DateTime<Utc>,
+) -> LastChainMarker {
+    let set = |s: &str| Slot::Set(s.to_string());
+    let mut m = match &launch.by {
+        LaunchedBy::Chain { .. } => LastChainMarker::default(),
+        LaunchedBy::Supervisor(_) => previous
+            .filter(|p| p.describes(launch.remote_spec))
+            .cloned()
+            .unwrap_or_default(),
+    };
+    m.remote_spec = set(launch.remote_spec);
+    m.started_at = Slot::Set(now.to_rfc3339());
+    m.workspace = set(launch.workspace);
+    m.chain_session = set(launch.session);
+    m.chain_log = set(launch.log);
+    match launch.by {
+        LaunchedBy::Chain {
+            base_branch,
+            identity_digest,
+        } => {
+            m.base_branch = Slot::Set(base_branch);
+            m.identity_digest = Slot::Set(identity_digest);
+        }
+        LaunchedBy::Supervisor(action) => {
+            m.last_supervisor_action = Slot::Set(action.to_string());
+            if m.base_branch.is_absent() {
+                m.base_branch = set(&spec.repo.branch);
+            }
+        }
     }
-    m.insert(
-        "extra_repos".into(),
-        legacy::extra_repos_field(
+    m.provider = set(spec.provider.as_str());
+    m.provider_identity = match provider_identity(spec) {
+        Value::String(s) => Slot::Set(s),
+        _ => Slot::Null,
+    };
+    if spec.provider == ProviderKind::Railway {
+        m.provider_target = Slot::Set(json!({
+            "service": spec.railway.service,
+            "project": spec.railway.project,
+            "environment": spec.railway.environment,
+        }));
+    }
+    // A relaunch keeps the repos the chain was launched with.
+    if m.extra_repos.is_absent() {
+        m.extra_repos = Slot::Set(legacy::extra_repos_field(
             spec.extra_repos
                 .iter()
                 .map(|r| (r.url.as_str(), r.branch.as_str(), r.path.as_str())),
-        ),
-    );
+        ));
+    }
     m
 }
 
@@ -268,6 +325,30 @@ mod tests {
     use super::*;
     use crate::chain::summary::provider_consistency;
 
+    /// The marker a `chain` launch of `s` writes, as stored.
+    fn launch_fields(s: &CloudSpec) -> Value {
+        launched(
+            None,
+            Launch {
+                remote_spec: "/w/chain.yaml",
+                workspace: "/w",
+                session: "megaplan-chain",
+                log: "/w/.megaplan/cloud-chain.log",
+                by: LaunchedBy::Chain {
+                    base_branch: "main".into(),
+                    identity_digest: "d".into(),
+                },
+            },
+            s,
+            Utc::now(),
+        )
+        .to_value()
+    }
+
+    fn m(v: Value) -> LastChainMarker {
+        LastChainMarker::read(v)
+    }
+
     fn spec(text: &str) -> CloudSpec {
         crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap()
     }
@@ -284,8 +365,9 @@ mod tests {
         let s = spec(
             "provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: agent, project: p1}\n",
         );
+        let python = LastChainMarker::read(python);
         let c = provider_consistency("railway", &provider_identity(&s), Some(&python));
-        assert_eq!(c["status"], "consistent", "{c}");
+        assert_eq!(c.as_str(), "consistent", "{c:?}");
         // Our older object form reads the same way.
         let ours = legacy::normalize_marker(json!({
             "remote_spec": "/workspace/app/chain.yaml",
@@ -293,13 +375,17 @@ mod tests {
             "provider_identity": {"service": "agent", "project": "p1", "environment": null},
         }))
         .marker;
-        let c = provider_consistency("railway", &provider_identity(&s), Some(&ours));
-        assert_eq!(c["status"], "consistent", "{c}");
+        let c = provider_consistency(
+            "railway",
+            &provider_identity(&s),
+            Some(&LastChainMarker::read(ours)),
+        );
+        assert_eq!(c.as_str(), "consistent", "{c:?}");
         // Another service is still a mismatch.
         let other =
             spec("provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: other}\n");
         let c = provider_consistency("railway", &provider_identity(&other), Some(&python));
-        assert_eq!(c["status"], "mismatch", "{c}");
+        assert_eq!(c.as_str(), "mismatch", "{c:?}");
     }
 
     #[test]
@@ -320,29 +406,32 @@ mod tests {
 
     #[test]
     fn the_later_started_at_wins() {
-        let ours = json!({"started_at": "2026-12-01T10:00:00+00:00"});
-        let python_later = json!({"started_at": "2026-12-01T10:00:00.500000+00:00"});
-        let python_earlier = json!({"started_at": "2026-12-01T09:59:59.999999+00:00"});
+        let ours = m(json!({"started_at": "2026-12-01T10:00:00+00:00"}));
+        let python_later = m(json!({"started_at": "2026-12-01T10:00:00.500000+00:00"}));
+        let python_earlier = m(json!({"started_at": "2026-12-01T09:59:59.999999+00:00"}));
         assert!(file_is_newer(&python_later, &ours));
         assert!(!file_is_newer(&python_earlier, &ours));
         assert!(
             !file_is_newer(&ours, &ours),
             "our own copy of the file is not newer"
         );
-        assert!(!file_is_newer(&json!({}), &ours));
-        assert!(file_is_newer(&python_later, &json!({})));
+        assert!(!file_is_newer(&m(json!({})), &ours));
+        assert!(file_is_newer(&python_later, &m(json!({}))));
     }
 
     #[test]
     fn the_file_is_imported_when_absent_or_later_and_never_fails() {
-        let ours = json!({"remote_spec": "/a", "started_at": "2026-12-01T10:00:00+00:00"});
-        let later = json!({"remote_spec": "/b", "started_at": "2026-12-01T11:00:00.1+00:00"});
-        let earlier = json!({"remote_spec": "/c", "started_at": "2026-12-01T09:00:00+00:00"});
-        let c = choose(Some(ours.clone()), LegacyFile::Marker(later.clone()));
+        let ours = m(json!({"remote_spec": "/a", "started_at": "2026-12-01T10:00:00+00:00"}));
+        let later = m(json!({"remote_spec": "/b", "started_at": "2026-12-01T11:00:00.1+00:00"}));
+        let earlier = m(json!({"remote_spec": "/c", "started_at": "2026-12-01T09:00:00+00:00"}));
+        let c = choose(
+            Some(ours.clone()),
+            LegacyFile::Marker(Box::new(later.clone())),
+        );
         assert_eq!((c.marker, c.import), (Some(later.clone()), true));
-        let c = choose(Some(ours.clone()), LegacyFile::Marker(earlier));
+        let c = choose(Some(ours.clone()), LegacyFile::Marker(Box::new(earlier)));
         assert_eq!((c.marker, c.import), (Some(ours.clone()), false));
-        let c = choose(None, LegacyFile::Marker(later.clone()));
+        let c = choose(None, LegacyFile::Marker(Box::new(later.clone())));
         assert_eq!((c.marker, c.import), (Some(later), true));
         // A corrupt file: the stored marker stands (or none), with the warning.
         let c = choose(Some(ours.clone()), LegacyFile::Unusable("bad /f".into()));

@@ -4,8 +4,8 @@
 
 use super::markers;
 use super::target::{ChainTarget, chain_target, observe_chain};
-use crate::chain::classify::Liveness;
 use crate::chain::decide::{self, TickFacts};
+use crate::chain::observe::Observation;
 use crate::chain::summary;
 use crate::cloud_yaml::{self, CloudSpec};
 use crate::provider::{self, Provider, ProviderCtx};
@@ -15,13 +15,21 @@ use crate::runner::mutation::{MutationTarget, mutation_script};
 use crate::state::AppState;
 use chrono::Utc;
 use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::report::{
+    self, LogsInfo, PrInfo, ProviderConsistency, ReportedStatus, RunnerInfo, TickReport,
+    from_observed, to_sorted_value,
+};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 
 /// One tick for a cloud.yaml. Never fails: every problem becomes a `supervisor_error` report.
 /// The report is redacted before it is returned.
-pub async fn tick(state: &Arc<AppState>, cloud_yaml: &str, remote_spec: Option<&str>) -> Value {
+pub async fn tick(
+    state: &Arc<AppState>,
+    cloud_yaml: &str,
+    remote_spec: Option<&str>,
+) -> TickReport {
     tick_with(state, cloud_yaml, remote_spec, false).await
 }
 
@@ -31,7 +39,7 @@ pub async fn tick_with(
     cloud_yaml: &str,
     remote_spec: Option<&str>,
     dry_run: bool,
-) -> Value {
+) -> TickReport {
     let started_at = Utc::now();
     let spec = match cloud_yaml::load_async(Path::new(cloud_yaml)).await {
         Ok(s) => s,
@@ -86,21 +94,19 @@ pub async fn tick_with(
     .await
     {
         Ok(mut r) => {
-            crate::notify::stall::annotate(&mut r, Utc::now(), state.notifier.config.stall_after);
-            if let Some(o) = r.as_object_mut() {
-                o.insert("paused".into(), json!(pause));
-                if dry_run {
-                    o.insert("dry_run".into(), true.into());
-                }
-            }
+            crate::notify::stall::annotate_report(
+                &mut r,
+                Utc::now(),
+                state.notifier.config.stall_after,
+            );
+            r.paused = Some(pause);
+            r.dry_run = dry_run;
             r
         }
         Err(e) => {
             let d = decide::status_read_failed(&e.to_string());
             let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
-            if let Some(o) = r.as_object_mut() {
-                o.insert("error".into(), e.error.as_str().into());
-            }
+            r.error = Some(e.error.as_str().to_string());
             r
         }
     };
@@ -118,18 +124,76 @@ struct Counts {
 }
 
 fn finish(
-    mut report: Value,
+    mut report: TickReport,
     started_at: chrono::DateTime<Utc>,
     counts: Counts,
     r: &Redactor,
-) -> Value {
-    if let Some(o) = report.as_object_mut() {
-        o.insert("started_at".into(), started_at.to_rfc3339().into());
-        o.insert("finished_at".into(), Utc::now().to_rfc3339().into());
-        o.insert("remote_round_trips".into(), counts.round_trips.into());
-        o.insert("core_starts".into(), counts.core_starts.into());
+) -> TickReport {
+    report.started_at = Some(started_at.to_rfc3339());
+    report.finished_at = Some(Utc::now().to_rfc3339());
+    report.remote_round_trips = Some(counts.round_trips);
+    report.core_starts = Some(counts.core_starts);
+    redacted(report, r)
+}
+
+/// The report with every string redacted. Its closed vocabularies (event, action, status,
+/// liveness, consistency) hold no secret; should redaction turn one of them into something
+/// else, they are kept as decided and the rest is kept redacted beside them.
+fn redacted(report: TickReport, r: &Redactor) -> TickReport {
+    let Ok(v) = to_sorted_value(&report) else {
+        return error_report("the tick report could not be encoded");
+    };
+    let v = r.redact_json(&v);
+    match report::from_value(v.clone()) {
+        Ok(t) => t,
+        Err(_) => {
+            let mut extra = v.as_object().cloned().unwrap_or_default();
+            for k in ["runner", "provider_consistency"] {
+                extra.remove(k);
+            }
+            let mut t = TickReport {
+                refused_reason: report.refused_reason.as_deref().map(|s| r.redact(s)),
+                runner: RunnerInfo {
+                    status: report.runner.status,
+                    rest: Default::default(),
+                },
+                ..TickReport::error("")
+            };
+            t.acted = report.acted;
+            t.success = report.success;
+            t.event = report.event;
+            t.next_action = report.next_action;
+            t.effective_status = report.effective_status;
+            t.provider_consistency = report.provider_consistency.map(|c| match c {
+                ProviderConsistency::Mismatch { .. } => ProviderConsistency::Mismatch {
+                    reason: Some("(redacted)".into()),
+                },
+                ProviderConsistency::Unknown { .. } => ProviderConsistency::Unknown {
+                    reason: Some("(redacted)".into()),
+                },
+                other => other,
+            });
+            for k in [
+                "acted",
+                "effective_status",
+                "event",
+                "next_action",
+                "refused_reason",
+                "success",
+            ] {
+                extra.remove(k);
+            }
+            t.logs = from_observed(extra.remove("logs").as_ref().unwrap_or(&json!({})));
+            t.pr = from_observed(extra.remove("pr").as_ref().unwrap_or(&json!({})));
+            t.sync = extra.remove("sync").unwrap_or_else(|| json!({}));
+            t.spec = extra
+                .remove("spec")
+                .and_then(|s| s.as_str().map(str::to_string))
+                .unwrap_or_default();
+            t.extra = extra;
+            t
+        }
     }
-    r.redact_json(&report)
 }
 
 /// Each remote command of a tick may run this much longer than the tick itself, so a hung tick
@@ -146,7 +210,7 @@ async fn observe_and_act(
     redactor: &Redactor,
     secrets: std::collections::BTreeMap<String, String>,
     hold: Option<&decide::Hold>,
-) -> Result<Value, ErrorBody> {
+) -> Result<TickReport, ErrorBody> {
     let key = &spec.key();
     let loaded = markers::load(
         state,
@@ -184,21 +248,13 @@ async fn observe_and_act(
         marker.as_ref(),
     );
     if !p.has_exec() {
-        let d = decide::decide(&TickFacts {
-            effective_status: "unknown".into(),
-            provider_consistency: consistency.clone(),
-            has_exec: false,
-            liveness: Liveness::Unknown,
-            pr_number: None,
-            pr_probe: None,
-        });
+        let d = decide::decide_without_exec(&consistency);
         return Ok(report(
             &d,
             &target.spec,
-            "unknown",
-            &json!({}),
-            consistency,
+            ReportedStatus::Unknown,
             None,
+            consistency,
         ));
     }
 
@@ -222,21 +278,11 @@ async fn observe_and_act(
     if let Some(l) = &obs.core_launcher {
         state.launchers.remember(key, l);
     }
-    let payload = summary::status_payload(
-        &obs,
-        &chain_spec,
-        consistency.clone(),
-        &target.session,
-        &target.workspace,
-    );
-    let effective = payload
-        .get("effective_status")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_string();
+    let observed = Observed::of(&obs, &chain_spec, &target, &consistency);
+    let effective = observed.effective_status;
     let chain_state = obs.state_or_default();
     let d = decide::decide(&TickFacts {
-        effective_status: effective.clone(),
+        effective_status: effective,
         provider_consistency: consistency.clone(),
         has_exec: true,
         liveness: obs.liveness,
@@ -248,10 +294,9 @@ async fn observe_and_act(
     let mut out = report(
         &d,
         &target.spec,
-        &effective,
-        &payload,
+        effective.into(),
+        Some(&observed),
         consistency.clone(),
-        obs.sync_refresh.clone(),
     );
     if let Some(kind) = d.mutation {
         // The launcher of the mutation: as configured, else what this observation found.
@@ -264,10 +309,8 @@ async fn observe_and_act(
         // Round trip 2: the one mutation, from the closed set in `decide`.
         let digest = marker
             .as_ref()
-            .filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(target.spec.as_str()))
-            .and_then(|m| m.get("identity_digest"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+            .filter(|m| m.describes(&target.spec))
+            .and_then(|m| m.identity_digest.get().cloned());
         let script = mutation_script(
             kind.as_str(),
             &MutationTarget {
@@ -295,14 +338,24 @@ async fn observe_and_act(
         out = report(
             &applied,
             &target.spec,
-            &effective,
-            &payload,
+            effective.into(),
+            Some(&observed),
             consistency,
-            obs.sync_refresh.clone(),
         );
         if applied.acted {
             // A restart or advance is a launch: keep the last-chain marker describing it.
-            let updated = relaunched_marker(marker.as_ref(), &target, spec, applied.next_action);
+            let updated = markers::launched(
+                marker.as_ref(),
+                markers::Launch {
+                    remote_spec: &target.spec,
+                    workspace: &target.workspace,
+                    session: &target.session,
+                    log: &target.log_path,
+                    by: markers::LaunchedBy::Supervisor(applied.next_action.clone()),
+                },
+                spec,
+                Utc::now(),
+            );
             if let Err(e) =
                 markers::save(state, key, &spec.path.display().to_string(), &updated).await
             {
@@ -310,87 +363,77 @@ async fn observe_and_act(
             }
         }
     }
-    if !marker_warnings.is_empty()
-        && let Some(o) = out.as_object_mut()
-    {
-        o.insert("warnings".into(), json!(marker_warnings));
+    if !marker_warnings.is_empty() {
+        out.warnings = Some(marker_warnings);
     }
     Ok(out)
 }
 
-/// The last-chain marker after the supervisor (re)launched the runner: the previous marker's
-/// fields carried over when it describes this spec, the launch fields refreshed.
-fn relaunched_marker(
-    previous: Option<&Value>,
-    target: &ChainTarget,
-    spec: &CloudSpec,
-    action: &str,
-) -> Value {
-    let mut m = previous
-        .filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(target.spec.as_str()))
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let fields = [
-        ("remote_spec", json!(target.spec)),
-        ("started_at", json!(Utc::now().to_rfc3339())),
-        ("workspace", json!(target.workspace)),
-        ("chain_session", json!(target.session)),
-        ("chain_log", json!(target.log_path)),
-        ("last_supervisor_action", json!(action)),
-    ];
-    for (k, v) in fields {
-        m.insert(k.to_string(), v);
+/// What a tick report shows of an observation: the status payload's `runner`, `sync`, `pr`
+/// and `logs` objects, typed where the supervisor and the notifications read them.
+struct Observed {
+    effective_status: crate::chain::classify::EffectiveStatus,
+    runner: RunnerInfo,
+    sync: Value,
+    pr: PrInfo,
+    logs: LogsInfo,
+    sync_refresh: Option<Value>,
+}
+
+impl Observed {
+    fn of(
+        obs: &Observation,
+        chain_spec: &crate::chain::spec::ChainSpec,
+        target: &ChainTarget,
+        consistency: &ProviderConsistency,
+    ) -> Observed {
+        let payload = summary::status_payload(
+            obs,
+            chain_spec,
+            consistency,
+            &target.session,
+            &target.workspace,
+        );
+        let pick = |k: &str| payload.get(k).cloned().unwrap_or_else(|| json!({}));
+        Observed {
+            effective_status: summary::effective_status(obs, chain_spec),
+            runner: from_observed(&pick("runner")),
+            sync: pick("sync"),
+            pr: from_observed(&pick("pr")),
+            logs: from_observed(&pick("logs")),
+            sync_refresh: obs.sync_refresh.clone(),
+        }
     }
-    let kept_repos = m.remove("extra_repos");
-    m.extend(markers::launch_fields(spec));
-    if let Some(r) = kept_repos {
-        m.insert("extra_repos".into(), r);
-    }
-    m.entry("base_branch")
-        .or_insert_with(|| json!(spec.repo.branch));
-    Value::Object(m)
 }
 
 fn report(
     d: &decide::Decision,
     spec: &str,
-    effective_status: &str,
-    payload: &Value,
-    provider_consistency: Value,
-    sync_refresh: Option<Value>,
-) -> Value {
-    let pick = |k: &str| payload.get(k).cloned().unwrap_or_else(|| json!({}));
-    json!({
-        "success": d.success(),
-        "event": d.event,
-        "spec": spec,
-        "effective_status": effective_status,
-        "next_action": d.next_action,
-        "acted": d.acted,
-        "refused_reason": d.refused_reason,
-        "runner": pick("runner"),
-        "sync": pick("sync"),
-        "pr": pick("pr"),
-        "logs": pick("logs"),
-        "sync_refresh": sync_refresh,
-        "provider_consistency": provider_consistency,
-    })
+    effective_status: ReportedStatus,
+    observed: Option<&Observed>,
+    provider_consistency: ProviderConsistency,
+) -> TickReport {
+    TickReport {
+        success: d.success(),
+        event: d.event.clone(),
+        spec: spec.to_string(),
+        effective_status,
+        next_action: d.next_action.clone(),
+        acted: d.acted,
+        refused_reason: d.refused_reason.clone(),
+        runner: observed.map(|o| o.runner.clone()).unwrap_or_default(),
+        sync: observed
+            .map(|o| o.sync.clone())
+            .unwrap_or_else(|| json!({})),
+        pr: observed.map(|o| o.pr.clone()).unwrap_or_default(),
+        logs: observed.map(|o| o.logs.clone()).unwrap_or_default(),
+        sync_refresh: Some(observed.and_then(|o| o.sync_refresh.clone())),
+        provider_consistency: Some(provider_consistency),
+        ..TickReport::error("")
+    }
 }
 
 /// A `supervisor_error` report (same shape as every tick report).
-pub fn error_report(reason: &str) -> Value {
-    json!({
-        "success": false,
-        "event": "supervisor_error",
-        "spec": "",
-        "effective_status": "unknown",
-        "next_action": "none",
-        "acted": false,
-        "refused_reason": reason,
-        "runner": {},
-        "sync": {},
-        "pr": {},
-        "logs": {},
-    })
+pub fn error_report(reason: &str) -> TickReport {
+    TickReport::error(reason)
 }

@@ -11,8 +11,8 @@ use crate::runner::layout::chain_log;
 use crate::runner::layout::{OBSERVATION_PREFIX, SESSION_MARKER_DIR};
 use crate::runner::observe::{ObserveRequest, observe_script, resident_script};
 use crate::runner::resident::{ResidentError, Residents};
+use megaplan_cloud_api::marker::LastChainMarker;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::Value;
 use std::time::Duration;
 
 pub use crate::runner::layout::CHAIN_SESSION;
@@ -39,16 +39,13 @@ impl SpecSource {
 /// `mode: chain`, else `missing_remote_spec`.
 pub fn resolve_remote_spec(
     flag: Option<&str>,
-    marker: Option<&Value>,
+    marker: Option<&LastChainMarker>,
     spec: &CloudSpec,
 ) -> Result<(String, SpecSource), ErrorBody> {
     if let Some(f) = flag.filter(|f| !f.trim().is_empty()) {
         return Ok((f.to_string(), SpecSource::Flag));
     }
-    if let Some(m) = marker
-        .and_then(|m| m.get("remote_spec"))
-        .and_then(Value::as_str)
-    {
+    if let Some(m) = marker.and_then(LastChainMarker::remote_spec) {
         return Ok((m.to_string(), SpecSource::Marker));
     }
     if spec.mode == Mode::Chain
@@ -78,22 +75,19 @@ pub struct ChainTarget {
 /// Marker fields apply when the marker describes the spec being looked at.
 pub fn chain_target(
     flag: Option<&str>,
-    marker: Option<&Value>,
+    marker: Option<&LastChainMarker>,
     spec: &CloudSpec,
 ) -> Result<ChainTarget, ErrorBody> {
     let (remote_spec, source) = resolve_remote_spec(flag, marker, spec)?;
-    let m = marker.filter(|m| m.get("remote_spec").and_then(Value::as_str) == Some(&remote_spec));
-    let field = |k: &str| {
-        m.and_then(|m| m.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let workspace = field("workspace").unwrap_or_else(|| spec.repo.workspace.clone());
-    let log_path = field("chain_log").unwrap_or_else(|| chain_log(&workspace));
+    let m = marker.filter(|m| m.describes(&remote_spec));
+    let field = |f: fn(&LastChainMarker) -> Option<&str>| m.and_then(f).map(str::to_string);
+    let workspace =
+        field(|m| m.workspace.as_deref()).unwrap_or_else(|| spec.repo.workspace.clone());
+    let log_path = field(|m| m.chain_log.as_deref()).unwrap_or_else(|| chain_log(&workspace));
     Ok(ChainTarget {
         spec: remote_spec,
         source,
-        session: field("chain_session").unwrap_or_else(|| CHAIN_SESSION.to_string()),
+        session: field(|m| m.chain_session.as_deref()).unwrap_or_else(|| CHAIN_SESSION.to_string()),
         workspace,
         log_path,
     })

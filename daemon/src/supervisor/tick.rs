@@ -5,9 +5,9 @@ use super::supervise;
 use crate::cloud_yaml;
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::report::{TickEvent, TickReport};
 use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -133,7 +133,7 @@ async fn guarded_tick(
     cloud_yaml: &str,
     remote_spec: Option<&str>,
     due: Option<DateTime<Utc>>,
-) -> Value {
+) -> TickReport {
     let started = std::time::Instant::now();
     let _permit = match state.tick_permits.clone().acquire_owned().await {
         Ok(p) => p,
@@ -157,9 +157,7 @@ async fn guarded_tick(
         },
         _ = state.hard_stop.cancelled() => supervise::error_report("the daemon shut down during this tick; its remote commands were killed"),
     };
-    if let Some(o) = report.as_object_mut() {
-        o.insert("queued_ms".into(), queued_ms.into());
-    }
+    report.queued_ms = Some(queued_ms);
     report
 }
 
@@ -168,7 +166,7 @@ async fn store_report(
     key: &str,
     cloud_yaml: &str,
     trigger: Trigger,
-    report: Value,
+    report: TickReport,
 ) -> TickOutcome {
     store_report_as(
         state,
@@ -187,41 +185,25 @@ async fn store_report_as(
     cloud_yaml: &str,
     trigger: &str,
     due_at: Option<DateTime<Utc>>,
-    report: Value,
+    report: TickReport,
 ) -> TickOutcome {
     let started_at = report
-        .get("started_at")
-        .and_then(Value::as_str)
+        .started_at
+        .as_deref()
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .map(|d| d.with_timezone(&Utc))
         .unwrap_or_else(Utc::now);
-    let s = |k: &str| {
-        report
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
     let new = crate::store::NewTick {
         key: key.to_string(),
         cloud_yaml: cloud_yaml.to_string(),
         trigger: trigger.to_string(),
         started_at,
         finished_at: Utc::now(),
-        success: report
-            .get("success")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        event: s("event"),
-        next_action: s("next_action"),
-        acted: report
-            .get("acted")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        refused_reason: report
-            .get("refused_reason")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        success: report.success,
+        event: report.event.clone(),
+        next_action: report.next_action.clone(),
+        acted: report.acted,
+        refused_reason: report.refused_reason.clone(),
         report,
         due_at,
     };
@@ -243,7 +225,7 @@ async fn store_report_as(
 async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
     // A failed tick is what an operator reading the journal looks for: WARN, so
     // `journalctl -p warning` shows it; the routine ones stay at INFO.
-    if rec.event == "supervisor_error" {
+    if rec.report.event == TickEvent::Error {
         tracing::warn!(
             key = %rec.key,
             event = %rec.event,

@@ -250,6 +250,8 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     for line in pre.stdout.lines().filter(|l| l.starts_with("removed ")) {
         ctx.out.stderr(format!("fresh: {line}\n")).await;
     }
+    // The agents' logins, before the chain's first agent runs.
+    let agent_auth = super::agent_auth::seed(ctx, &p).await;
     for u in &uploads {
         p.upload(&u.remote, &u.content).await?;
         ctx.out
@@ -301,18 +303,24 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
             ))
             .await;
     }
-    let mut marker = json!({
-        "remote_spec": remote_spec,
-        "started_at": Utc::now().to_rfc3339(),
-        "base_branch": chain.base_branch.clone().unwrap_or_else(|| ctx.spec.repo.branch.clone()),
-        "workspace": ws,
-        "chain_session": session,
-        "chain_log": log_path,
-        "identity_digest": digest,
-    });
-    if let Some(o) = marker.as_object_mut() {
-        o.extend(markers::launch_fields(&ctx.spec));
-    }
+    let marker = markers::launched(
+        None,
+        markers::Launch {
+            remote_spec: &remote_spec,
+            workspace: &ws,
+            session,
+            log: &log_path,
+            by: markers::LaunchedBy::Chain {
+                base_branch: chain
+                    .base_branch
+                    .clone()
+                    .unwrap_or_else(|| ctx.spec.repo.branch.clone()),
+                identity_digest: digest.clone(),
+            },
+        },
+        &ctx.spec,
+        Utc::now(),
+    );
     markers::save(
         &ctx.state,
         &ctx.key,
@@ -327,14 +335,15 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         "remote_spec": remote_spec,
         "milestones": chain.milestones.len(),
         "uploaded": uploads.iter().map(|u| u.remote.clone()).collect::<Vec<_>>(),
-        "marker": marker,
+        "marker": marker.to_value(),
         // The original's launch provenance fields (`_cloud_chain_launch_provenance` in its
         // cloud/cli.py), beside ours, for scripts that parse them.
         "event": "cloud_chain_launched",
         "current_milestone": chain.milestones.first().map(|m| m.label.clone()),
         "uploaded_idea_count": uploads.len(),
+        "agent_auth": agent_auth,
         "repo": {"url": ctx.spec.repo.url, "branch": ctx.spec.repo.branch, "workspace": ws},
-        "chain": {"base_branch": marker["base_branch"], "milestone_count": chain.milestones.len()},
+        "chain": {"base_branch": marker.base_branch.get(), "milestone_count": chain.milestones.len()},
         "tmux": {"session": session, "status": if alive { "running" } else { "exited" }},
         "log": {"chain_log": log_path},
         "launch": {

@@ -2,6 +2,7 @@
 //! [`run`] is the single entry of `POST /v1/run`; it always ends the stream with exactly one
 //! `result` (or `terminal`) frame, whatever happens.
 
+pub mod agent_auth;
 pub mod chain;
 pub mod ops;
 pub mod status;
@@ -101,6 +102,8 @@ pub struct Ctx {
     pub secrets: BTreeMap<String, String>,
     pub redactor: Redactor,
     pub out: Out,
+    /// The agents' login files the client handed over (`deploy`, `chain`); memory only.
+    pub agent_auth: Option<megaplan_cloud_api::wire::AgentAuth>,
 }
 
 impl Ctx {
@@ -365,6 +368,12 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     state.remember_secrets(&key, &wanted);
+    // The strings of the agents' login files are redacted like secret values, by this command
+    // and by the unattended ticks after it (memory only, as above).
+    let agent_auth = req.agent_auth.clone();
+    if let Some(auth) = &agent_auth {
+        state.remember_secrets(&key, &agent_auth::secret_literals(auth));
+    }
     let mut secrets = state.secret_values(&key, &spec.secrets);
     secrets.extend(wanted);
     let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
@@ -376,6 +385,7 @@ async fn execute(state: Arc<AppState>, req: RunRequest, out: Out) -> Result<Done
         secrets,
         redactor,
         out,
+        agent_auth,
     };
     match req.command {
         Command::Build => ops::build(&ctx).await,

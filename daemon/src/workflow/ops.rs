@@ -66,7 +66,14 @@ pub async fn deploy(ctx: &Ctx) -> Result<Done, ErrorBody> {
     let _ = fwd.await;
     let report = r?;
     ctx.out.stderr(format!("{}\n", report.verdict)).await;
-    let payload = ctx.redact(&serde_json::to_value(&report).unwrap_or_default());
+    let mut payload = serde_json::to_value(&report).unwrap_or_default();
+    // The agents' logins go onto a runner that is up (the original seeds after a deploy too).
+    if report.success
+        && let Some(o) = payload.as_object_mut()
+    {
+        o.insert("agent_auth".into(), super::agent_auth::seed(ctx, &p).await);
+    }
+    let payload = ctx.redact(&payload);
     Ok(Done::code(payload, i32::from(!report.success)))
 }
 

@@ -50,7 +50,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     let mut payload = summary::status_payload(
         &obs,
         &chain_spec,
-        consistency,
+        &consistency,
         &target.session,
         &target.workspace,
     );
@@ -268,6 +268,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaplan_cloud_api::marker::LastChainMarker;
     use std::path::Path;
 
     fn spec(text: &str) -> crate::cloud_yaml::CloudSpec {
@@ -278,7 +279,9 @@ mod tests {
     fn remote_spec_precedence_has_four_outcomes() {
         let chain_mode = spec("repo: {url: /r}\nmode: chain\nchain: {spec: /w/app/c.yaml}\n");
         let idle = spec("repo: {url: /r}\n");
-        let marker = json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain"});
+        let marker = LastChainMarker::read(
+            json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain"}),
+        );
         // 1. flag wins over everything.
         let (s, src) = resolve_remote_spec(Some("/x.yaml"), Some(&marker), &chain_mode).unwrap();
         assert_eq!((s.as_str(), src), ("/x.yaml", SpecSource::Flag));
@@ -299,8 +302,10 @@ mod tests {
     #[test]
     fn target_uses_marker_fields_only_for_its_spec() {
         let s = spec("repo: {url: /r, workspace: /w/app}\n");
-        let marker = json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain-x",
-                            "workspace": "/w/other", "chain_log": "/w/other/log"});
+        let marker = LastChainMarker::read(
+            json!({"remote_spec": "/w/app/chain.yaml", "chain_session": "megaplan-chain-x",
+                            "workspace": "/w/other", "chain_log": "/w/other/log"}),
+        );
         let t = chain_target(None, Some(&marker), &s).unwrap();
         assert_eq!(t.session, "megaplan-chain-x");
         assert_eq!(t.workspace, "/w/other");

@@ -2,11 +2,11 @@
 //! run (not stored).
 
 use super::{Ctx, Done};
-use crate::chain::decide;
 use crate::supervisor::supervise::{self, tick_with};
 use crate::supervisor::tick;
 use megaplan_cloud_api::ErrorBody;
-use serde_json::Value;
+use megaplan_cloud_api::report::{TickReport, to_sorted_value};
+use serde_json::{Value, json};
 
 /// `supervise --chain`: a tick now, stored like scheduled ones; report on stdout, one line on
 /// stderr, exit 0 when the tick succeeded.
@@ -27,16 +27,17 @@ pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>, dry_run: bool) -> Result<
                 deadline.as_secs()
             )),
         };
-        ctx.out
-            .stderr(format!("{} | dry run\n", decide::stderr_line(&report)))
-            .await;
-        let code = i32::from(report.get("success").and_then(Value::as_bool) != Some(true));
-        return Ok(Done::code(report, code));
+        ctx.out.stderr(format!("{report} | dry run\n")).await;
+        let code = i32::from(!report.success);
+        return Ok(Done::code(payload(&report), code));
     }
     let rec = tick::run_for_cli(&ctx.state, &ctx.key, &cloud_yaml, remote_spec).await?;
-    ctx.out
-        .stderr(format!("{}\n", decide::stderr_line(&rec.report)))
-        .await;
+    ctx.out.stderr(format!("{}\n", rec.report)).await;
     let code = i32::from(!rec.success);
-    Ok(Done::code(rec.report, code))
+    Ok(Done::code(payload(&rec.report), code))
+}
+
+/// The report as the command's JSON payload (keys sorted, as stored).
+fn payload(report: &TickReport) -> Value {
+    to_sorted_value(report).unwrap_or_else(|_| json!({"success": report.success}))
 }

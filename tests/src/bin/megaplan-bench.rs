@@ -1412,6 +1412,8 @@ async fn fill_store(
     report: &Value,
 ) -> Result<StoreRun, String> {
     let store = Store::open(path, keep).await.map_err(|e| e.message)?;
+    let report: megaplan_cloud_api::report::TickReport = serde_json::from_value(report.clone())
+        .map_err(|e| format!("the sample tick report does not read as one: {e}"))?;
     let now = chrono::Utc::now();
     let key_names: Vec<String> = (0..keys)
         .map(|k| format!("{:016x}", 0xbe9c_0000_0000_u64 + k as u64))
@@ -1423,14 +1425,11 @@ async fn fill_store(
         started_at: now,
         finished_at: now,
         success: true,
-        event: report["event"]
-            .as_str()
-            .unwrap_or("supervisor_tick")
-            .to_owned(),
-        next_action: report["next_action"].as_str().unwrap_or("noop").to_owned(),
+        event: report.event.clone(),
+        next_action: report.next_action.clone(),
         acted: false,
         refused_reason: None,
-        report: report.clone(),
+        report,
         due_at: Some(now),
     };
     let started = Instant::now();
