@@ -553,8 +553,8 @@ async fn handed_over(
         )
         .await?;
     let mut out = BTreeMap::new();
-    let names = serde_json::from_value::<SecretNamesResponse>(v.clone())
-        .map(|r| r.names)
+    let (names, codex_auth) = serde_json::from_value::<SecretNamesResponse>(v)
+        .map(|r| (r.names, r.codex_auth))
         .unwrap_or_default();
     for n in names {
         if let Ok(val) = std::env::var(&n)
@@ -565,7 +565,7 @@ async fn handed_over(
     }
     // An older daemon does not say: it cannot seed, so nothing is read.
     let seeds = matches!(command, Command::Deploy | Command::Chain { .. })
-        && v.get("codex_auth").and_then(Value::as_str) == Some("chatgpt");
+        && codex_auth.as_deref() == Some("chatgpt");
     Ok(HandedOver {
         secrets: out,
         agent_auth: seeds.then(|| agent_auth::read(&paths::home_dir())),

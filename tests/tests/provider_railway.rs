@@ -180,6 +180,16 @@ async fn railway_provider_drives_the_real_cli() {
         ]
     );
     assert!(out.contains("Deploy complete"), "{out}");
+    // The build logs streamed (EnvironmentLogs for the status's snapshot) before the verdict.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("building ") && l.ends_with(" files")),
+        "{out}"
+    );
+    assert!(
+        names.contains(&"subscribe EnvironmentLogs".to_string()),
+        "{names:?}"
+    );
     assert!(
         !serde_json::to_string(&report)
             .expect("json")
@@ -187,14 +197,30 @@ async fn railway_provider_drives_the_real_cli() {
     );
 
     // The same upload again: Railway skips the build, the CLI says so, no rebuild is reported.
-    let (tx, _task) = megaplan_cloud_e2e::output_collector();
+    let (tx, task) = megaplan_cloud_e2e::output_collector();
     let report = p
         .deploy(&tx)
         .await
         .unwrap_or_else(|e| panic!("deploy 2: {e}"));
+    drop(tx);
+    let (out, _) = task.await.expect("collector");
     assert_eq!(report.image_rebuild, "not_triggered");
     assert_eq!(report.verdict, "deploy: vars updated, no image rebuild");
-    world.take_requests();
+    assert!(report.success);
+    // What the real CLI printed for the unchanged upload (and exited 0 on), not a guess.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("No changed files matched patterns")),
+        "{out}"
+    );
+    assert!(!out.contains("Deploy complete"), "{out}");
+    let reqs = world.take_requests();
+    assert_eq!(
+        find(&reqs, "up").len(),
+        1,
+        "it was uploaded: {:?}",
+        ops(&reqs)
+    );
 
     // A failed build is a failed deploy (the CLI's exit status, from the deployment status).
     std::fs::write(deploy_dir.join("changed.txt"), "1").expect("change");
@@ -202,7 +228,35 @@ async fn railway_provider_drives_the_real_cli() {
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("build fails");
     assert_eq!(e.error, ErrorCode::ProviderFailed);
-    assert!(e.message.contains("Deploy failed"), "{}", e.message);
+    // The CLI's verdict line, with the error of the deployment's failed step (DeploymentEvents).
+    assert!(
+        e.message.contains("Deploy failed: Docker build failed"),
+        "{}",
+        e.message
+    );
+    world.take_requests();
+
+    // A crash after the build is a failed deploy too.
+    std::fs::write(deploy_dir.join("changed.txt"), "crash").expect("change");
+    world.control(&json!({"services": ["agent", "db"], "up": "CRASHED"}));
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
+    let e = p.deploy(&tx).await.expect_err("deployment crashes");
+    assert_eq!(e.error, ErrorCode::ProviderFailed);
+    assert!(e.message.contains("Deploy crashed"), "{}", e.message);
+    world.take_requests();
+
+    // The service ends the status stream before a terminal status: the CLI exits 0 without a
+    // verdict, which is not a success.
+    std::fs::write(deploy_dir.join("changed.txt"), "ends").expect("change");
+    world.control(&json!({"services": ["agent", "db"], "streams_end": true}));
+    let (tx, _task) = megaplan_cloud_e2e::output_collector();
+    let e = p.deploy(&tx).await.expect_err("no verdict");
+    assert_eq!(e.error, ErrorCode::ProviderFailed);
+    assert!(
+        e.message.contains("without a deployment status"),
+        "{}",
+        e.message
+    );
     world.take_requests();
 
     // The service is not in the project: refused after the check, before any variable is set.

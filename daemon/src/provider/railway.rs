@@ -306,12 +306,34 @@ pub fn read_command(path: &str) -> String {
 }
 
 /// `not_triggered` when `railway up --ci` said Railway skipped the build, else `triggered`.
-pub fn classify_up(output: &str) -> &'static str {
-    if output.lines().any(|l| l.contains(NO_REBUILD_MARKER)) {
+pub fn classify_up(stdout: &str) -> &'static str {
+    if exit_line(stdout) == Some(UpOutcome::Skipped) {
         "not_triggered"
     } else {
         "triggered"
     }
+}
+
+/// The line `railway up --ci` ended on, from its stdout (terminal controls stripped): it exits 0
+/// right after printing a build log line that STARTS with [`NO_REBUILD_MARKER`]
+/// (`commands/up/build_logs.rs`: `starts_with`, then `process::exit(0)`), and prints
+/// `Deploy complete` when the deployment status reaches SUCCESS (`commands/up.rs`). The last
+/// such line decides, so build output that merely mentions either earlier does not.
+fn exit_line(stdout: &str) -> Option<UpOutcome> {
+    let shown = process::TerminalText::default().push(stdout.as_bytes());
+    String::from_utf8_lossy(&shown)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find_map(|l| {
+            if l.starts_with(NO_REBUILD_MARKER) {
+                Some(UpOutcome::Skipped)
+            } else if l == "Deploy complete" {
+                Some(UpOutcome::Deployed)
+            } else {
+                None
+            }
+        })
 }
 
 /// What `railway up --ci` said about the deployment.
@@ -349,16 +371,13 @@ pub fn verdict_line(stdout: &str) -> Option<&str> {
         .find(|l| l.starts_with("Deploy failed") || l.starts_with("Deploy crashed"))
 }
 
-/// The verdict of `railway up --ci` from its exit code and output.
-pub fn up_outcome(code: i32, output: &str) -> UpOutcome {
+/// The verdict of `railway up --ci` from its exit code (the deployment status: 1 on FAILED or
+/// CRASHED) and the line its stdout ended on.
+pub fn up_outcome(code: i32, stdout: &str) -> UpOutcome {
     if code != 0 {
         UpOutcome::Failed
-    } else if classify_up(output) == "not_triggered" {
-        UpOutcome::Skipped
-    } else if output.contains("Deploy complete") {
-        UpOutcome::Deployed
     } else {
-        UpOutcome::NoVerdict
+        exit_line(stdout).unwrap_or(UpOutcome::NoVerdict)
     }
 }
 
@@ -713,7 +732,7 @@ impl Provider for RailwayProvider {
         let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out)
             .await
             .map_err(|e| deploy_failed(self.cli_error(e), "railway", &steps))?;
-        let outcome = up_outcome(s.code, &format!("{}\n{}", s.stdout_tail, s.stderr_tail));
+        let outcome = up_outcome(s.code, &s.stdout_tail);
         push_streamed_step(
             &mut steps,
             "railway",
@@ -1084,6 +1103,18 @@ mod tests {
         );
         // Our old guesses are not what the CLI prints.
         assert_eq!(classify_up("No changes to deploy"), "triggered");
+        // The CLI exits on a line that STARTS with the marker; a build that merely mentions it
+        // and then completes was a build.
+        let mentions = "CI mode enabled\necho 'No changed files matched patterns' > notes.txt\nDeploy complete\n";
+        assert_eq!(up_outcome(0, mentions), UpOutcome::Deployed);
+        assert_eq!(classify_up(mentions), "triggered");
+        let quoted = "CI mode enabled\n#4 RUN grep 'No changed files matched patterns' x\n";
+        assert_eq!(up_outcome(0, quoted), UpOutcome::NoVerdict);
+        // Forced colour (CLICOLOR_FORCE) wraps the verdict in SGR sequences.
+        assert_eq!(
+            up_outcome(0, "CI mode enabled\n\x1b[1;32mDeploy complete\x1b[0m\n"),
+            UpOutcome::Deployed
+        );
     }
 
     #[test]

@@ -1939,6 +1939,13 @@ fn section_railway(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     );
     r.compare(
         "6 railway",
+        "remote round trips (relay sessions) per call",
+        f("held", "relay_sessions_per_call"),
+        f("railway_ssh", "relay_sessions_per_call"),
+        2,
+    );
+    r.compare(
+        "6 railway",
         "new TCP connections to the relay per call",
         f("held", "connections_per_call"),
         f("railway_ssh", "connections_per_call"),
