@@ -203,7 +203,13 @@ async fn schedule_stored(state: &AppState) -> Result<(), crate::store::StoreErro
             .parse::<Schedule>()
             .and_then(|s| s.to_cron(&r.key))
             .map_err(|e| e.message)
-            .and_then(|c| state.scheduler.schedule(&r.key, &c).map(|_| ()));
+            .and_then(|c| {
+                state
+                    .scheduler
+                    .schedule(&r.key, &c)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
         match cron {
             Ok(()) => queued += 1,
             Err(e) => {

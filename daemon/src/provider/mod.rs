@@ -11,6 +11,7 @@ pub mod local;
 pub mod railway;
 pub mod ssh;
 pub mod ssh_master;
+pub mod transport;
 
 use crate::cloud_yaml::{CloudSpec, ProviderKind};
 use crate::process::{Cmd, Output, RunError, StreamKind};

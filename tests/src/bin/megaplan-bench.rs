@@ -26,15 +26,15 @@
 //!    start as the real one (2 s import): wall time, core starts and sshd exec requests per tick.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::{Daemon, bin, wait_until};
+use megaplan_cloudctl::Method;
+use megaplan_cloudctl::client::BlockingClient;
 use megaplan_cloudd::shell::quote;
 use megaplan_cloudd::store::{NewTick, Store};
 use serde::Serialize;
@@ -313,77 +313,24 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// One HTTP/1.1 request on the daemon's socket (what the client does, without the process).
-fn http(
-    socket: &Path,
+/// One request on the daemon's socket through megaplan-cloudctl's client (what the CLI does,
+/// without the process); a non-2xx answer is an error carrying the daemon's own.
+fn api_ok(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    let client =
+        BlockingClient::new(socket).map_err(|e| format!("cannot start a client runtime: {e}"))?;
+    api_with(&client, method, path, body)
+}
+
+fn api_with(
+    client: &BlockingClient,
     method: &str,
     path: &str,
     body: Option<&Value>,
-) -> Result<(u16, Value), String> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .map_err(|e| e.to_string())?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: cloudd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("{method} {path}: cannot send: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("{method} {path}: cannot read the answer: {e}"))?;
-    let answer = text(&raw);
-    let (head, rest) = answer
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{method} {path}: not an HTTP answer: {answer}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("{method} {path}: no status line: {head}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let payload = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    let value = serde_json::from_str(payload.trim())
-        .map_err(|e| format!("{method} {path}: answer is not JSON ({e}): {payload}"))?;
-    Ok((status, value))
-}
-
-/// The body of a `Transfer-Encoding: chunked` answer.
-fn dechunk(mut rest: &str) -> String {
-    let mut body = String::new();
-    while let Some((size_line, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        body.push_str(after.get(..size).unwrap_or_default());
-        rest = after
-            .get(size..)
-            .unwrap_or_default()
-            .trim_start_matches("\r\n");
-    }
-    body
-}
-
-fn api_ok(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-    let (status, value) = http(socket, method, path, body)?;
-    if status == 200 {
-        Ok(value)
-    } else {
-        Err(format!("{method} {path} answered {status}: {value}"))
-    }
+) -> Result<Value, String> {
+    let m = Method::from_bytes(method.as_bytes()).map_err(|e| format!("{method}: {e}"))?;
+    client
+        .json(m, path, body)
+        .map_err(|e| format!("{method} {path}: {e}"))
 }
 
 /// Counters of `GET /v1/health`: (run, failed, skipped).
@@ -2166,15 +2113,12 @@ fn notify_daemon(
 /// One `POST /v1/clouds/{key}/tick` round trip (ms).
 fn notify_tick(d: &NotifyDaemon, i: usize) -> Result<f64, String> {
     let k = &d.keys[i];
+    let client = BlockingClient::new(&d.daemon.socket)
+        .map_err(|e| format!("cannot start a client runtime: {e}"))?;
     let t = Instant::now();
-    let (status, v) = http(
-        &d.daemon.socket,
-        "POST",
-        &format!("/v1/clouds/{k}/tick"),
-        None,
-    )?;
-    if status != 200 || v["event"] != "supervisor_error" {
-        return Err(format!("tick of {k} answered {status}: {v}"));
+    let v = api_with(&client, "POST", &format!("/v1/clouds/{k}/tick"), None)?;
+    if v["event"] != "supervisor_error" {
+        return Err(format!("tick of {k} answered: {v}"));
     }
     Ok(ms(t.elapsed()))
 }
