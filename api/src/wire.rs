@@ -220,17 +220,36 @@ impl Default for TickSkipped {
     }
 }
 
+/// `POST /v1/clouds/{key}/pause` answer: the pause as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PauseResponse {
+    pub key: String,
+    pub paused: crate::report::Pause,
+    pub success: bool,
+}
+
+/// `DELETE /v1/clouds/{key}/pause` answer: `paused` is always null; `was_paused` is the pause
+/// it lifted, null when there was none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnpauseResponse {
+    pub key: String,
+    pub paused: Option<crate::report::Pause>,
+    pub success: bool,
+    pub was_paused: Option<crate::report::Pause>,
+}
+
 /// `GET /v1/secret-names` answer: the secret env var names of a cloud.yaml and the loader's
 /// warnings about it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecretNamesResponse {
+    /// The cloud.yaml's `megaplan.codex_auth`: with `chatgpt`, `deploy` and `chain` hand over
+    /// the agents' login files ([`AgentAuth`]). Absent from older daemons. (Fields in key
+    /// order, as the answer was before it was typed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codex_auth: Option<String>,
     pub names: Vec<String>,
     pub success: bool,
     pub warnings: Vec<String>,
-    /// The cloud.yaml's `megaplan.codex_auth`: with `chatgpt`, `deploy` and `chain` hand over
-    /// the agents' login files ([`AgentAuth`]). Absent from older daemons.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub codex_auth: Option<String>,
 }
 
 /// Query of `GET /v1/ticks` and `GET /v1/ticks/watch`.

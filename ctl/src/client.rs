@@ -21,12 +21,31 @@ pub struct DaemonClient {
 }
 
 /// What went wrong talking to the daemon.
+#[derive(Debug)]
 pub enum ClientError {
     /// The socket did not answer: exit code 69 (EX_UNAVAILABLE) with how to start the daemon.
     Unreachable(ErrorBody),
     /// The daemon answered with a structured error.
     Api(ErrorBody),
 }
+
+impl ClientError {
+    /// The structured error either way.
+    pub fn body(&self) -> &ErrorBody {
+        match self {
+            ClientError::Unreachable(b) | ClientError::Api(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.body();
+        write!(f, "{}: {}", b.error, b.message)
+    }
+}
+
+impl std::error::Error for ClientError {}
 
 impl DaemonClient {
     pub fn new(socket: PathBuf, source: SocketSource) -> Self {
@@ -131,6 +150,18 @@ impl DaemonClient {
         }
     }
 
+    /// A request whose answer is one JSON document of type `T` (an answer of another shape is
+    /// a `protocol_error`).
+    pub async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ClientError> {
+        let v = self.json(method, path_and_query, body).await?;
+        parse_answer(path_and_query, v)
+    }
+
     /// A streaming request: each NDJSON line is handed to `on_line` as it arrives.
     pub async fn stream(
         &self,
@@ -182,6 +213,60 @@ impl DaemonClient {
             on_line(String::from_utf8_lossy(&buf).trim_end());
         }
         Ok(())
+    }
+}
+
+/// An answer read as the api type of its route.
+pub fn parse_answer<T: serde::de::DeserializeOwned>(
+    route: &str,
+    v: Value,
+) -> Result<T, ClientError> {
+    serde_json::from_value(v).map_err(|e| {
+        ClientError::Api(ErrorBody::new(
+            ErrorCode::ProtocolError,
+            format!("the daemon's answer to {route} is not of the expected shape ({e}); is it the same version as this client?"),
+        ))
+    })
+}
+
+/// [`DaemonClient`] for programs without an async runtime of their own (the benchmark program,
+/// tests): every call runs on one current-thread runtime held here.
+pub struct BlockingClient {
+    pub client: DaemonClient,
+    rt: tokio::runtime::Runtime,
+}
+
+impl BlockingClient {
+    /// A client of the daemon at `socket` (named by a flag, as far as error messages go).
+    pub fn new(socket: impl Into<PathBuf>) -> std::io::Result<BlockingClient> {
+        Ok(BlockingClient {
+            client: DaemonClient::new(socket.into(), SocketSource::Flag),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    /// [`DaemonClient::json`], blocking.
+    pub fn json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        self.rt
+            .block_on(self.client.json(method, path_and_query, body))
+    }
+
+    /// [`DaemonClient::typed`], blocking.
+    pub fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ClientError> {
+        self.rt
+            .block_on(self.client.typed(method, path_and_query, body))
     }
 }
 

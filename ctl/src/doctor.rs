@@ -12,7 +12,7 @@ use crate::discover;
 use crate::{print_json, render};
 use hyper::Method;
 use megaplan_cloud_api::marker::LastChainMarker;
-use megaplan_cloud_api::wire::SecretNamesResponse;
+use megaplan_cloud_api::wire::{Registration, SecretNamesResponse};
 use megaplan_cloud_api::{legacy, paths, routes};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -160,14 +160,11 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
     if let Ok(l) = discover::locate(flag, &cwd) {
         add(l.path);
     }
-    let registrations = client.json(Method::GET, routes::CLOUDS, None).await;
+    let registrations: Result<Vec<Registration>, _> =
+        client.typed(Method::GET, routes::CLOUDS, None).await;
     let daemon_up = registrations.is_ok();
-    if let Ok(Value::Array(regs)) = &registrations {
-        for r in regs {
-            if let Some(p) = r.get("cloud_yaml").and_then(Value::as_str) {
-                add(PathBuf::from(p));
-            }
-        }
+    for r in registrations.iter().flatten() {
+        add(PathBuf::from(&r.cloud_yaml));
     }
     let home = paths::home_dir();
     let (walked, truncated) = walk_for_cloud_yamls(&home);

@@ -4,7 +4,6 @@
 
 mod agent_auth;
 mod cli;
-mod client;
 mod discover;
 mod doctor;
 mod output;
@@ -12,13 +11,13 @@ mod render;
 
 use clap::Parser;
 use cli::{Cli, Cmd, DaemonCmd, RepoOverrideArgs};
-use client::{ClientError, DaemonClient, enc};
 use hyper::Method;
 use megaplan_cloud_api::wire::{
-    Command, Frame, RegisterRequest, RegisterResponse, RepoOverrides, RunRequest,
+    Command, Frame, Health, RegisterRequest, RegisterResponse, RepoOverrides, RunRequest,
     SecretNamesResponse, TickNowResponse,
 };
 use megaplan_cloud_api::{ErrorBody, ErrorCode, paths, routes};
+use megaplan_cloudctl::client::{self, ClientError, DaemonClient, enc};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -818,16 +817,16 @@ async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
 /// `version`: this client's, and the daemon's when one answers (its absence is not an error:
 /// the client's version is still worth knowing).
 async fn version(client: &DaemonClient) -> i32 {
-    let daemon = client.json(Method::GET, routes::HEALTH, None).await.ok();
+    let daemon: Option<Health> = client.typed(Method::GET, routes::HEALTH, None).await.ok();
     let v = json!({
         "client": {
             "version": megaplan_cloud_api::VERSION,
             "api_version": megaplan_cloud_api::API_VERSION,
         },
         "daemon": daemon.as_ref().map(|h| json!({
-            "version": h.get("version"),
-            "api_version": h.get("api_version"),
-            "socket": h.get("socket"),
+            "version": h.version,
+            "api_version": h.api_version,
+            "socket": h.socket,
         })),
     });
     if output::json_mode() {
@@ -841,9 +840,7 @@ async fn version(client: &DaemonClient) -> i32 {
         match &daemon {
             Some(h) => println!(
                 "megaplan-cloudd   {} (API v{}) at {}",
-                h.get("version").and_then(Value::as_str).unwrap_or("?"),
-                h.get("api_version").and_then(Value::as_u64).unwrap_or(0),
-                h.get("socket").and_then(Value::as_str).unwrap_or("?")
+                h.version, h.api_version, h.socket
             ),
             None => println!(
                 "megaplan-cloudd   not reachable at {}",
@@ -855,20 +852,25 @@ async fn version(client: &DaemonClient) -> i32 {
 }
 
 async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
-    match client.json(Method::GET, routes::HEALTH, None).await {
-        Ok(v) => {
-            if let Some(api) = v.get("api_version").and_then(Value::as_u64)
-                && api != u64::from(megaplan_cloud_api::API_VERSION)
-            {
+    // The daemon's own document is what `--json` prints; the typed reading is what is checked
+    // and rendered.
+    let read = match client.json(Method::GET, routes::HEALTH, None).await {
+        Ok(v) => client::parse_answer::<Health>(routes::HEALTH, v.clone()).map(|h| (v, h)),
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok((v, h)) => {
+            if h.api_version != megaplan_cloud_api::API_VERSION {
                 eprintln!(
-                    "warning: daemon speaks API v{api}, this client v{}; restart megaplan-cloudd after upgrading",
+                    "warning: daemon speaks API v{}, this client v{}; restart megaplan-cloudd after upgrading",
+                    h.api_version,
                     megaplan_cloud_api::API_VERSION
                 );
             }
             if json {
                 output::print_json_doc(&v);
             } else {
-                render::health(&v);
+                render::health(&h);
             }
             0
         }

@@ -1,57 +1,43 @@
 //! Human renderings (tables and one-liners). JSON output never goes through here.
 
-use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_api::wire::{Health, TickRecord};
 use serde_json::Value;
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("-")
 }
 
-pub fn health(v: &Value) {
-    let t = &v["ticks"];
-    println!(
-        "megaplan-cloudd {} (API v{})",
-        s(v, "version"),
-        v["api_version"]
-    );
-    println!("  pid:           {}", v["pid"]);
-    let started = s(v, "started_at");
-    let since = chrono::DateTime::parse_from_rfc3339(started)
+pub fn health(h: &Health) {
+    let t = &h.ticks;
+    println!("megaplan-cloudd {} (API v{})", h.version, h.api_version);
+    println!("  pid:           {}", h.pid);
+    let since = chrono::DateTime::parse_from_rfc3339(&h.started_at)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|_| started.to_string());
+        .unwrap_or_else(|_| h.started_at.clone());
     println!(
         "  uptime:        {} (since {since})",
-        duration_text(v["uptime_secs"].as_u64().unwrap_or(0))
+        duration_text(h.uptime_secs)
     );
-    println!("  socket:        {}", s(v, "socket"));
-    println!("  database:      {}", s(v, "database"));
-    println!("  state root:    {}", s(v, "cloud_home"));
-    println!("  registrations: {}", v["registrations"]);
+    println!("  socket:        {}", h.socket);
+    println!("  database:      {}", h.database);
+    println!("  state root:    {}", h.cloud_home);
+    println!("  registrations: {}", h.registrations);
     println!(
         "  ticks:         {} run, {} failed, {} skipped",
-        t["run"], t["failed"], t["skipped"]
+        t.run, t.failed, t.skipped
     );
-    let sc = &v["schedule"];
-    if sc.is_object() {
-        println!(
-            "  schedule:      {} queued; since start {} due, {} fired ({} on time), {} skipped, {} missed; worst lateness {} ms",
-            sc["scheduled"],
-            sc["due"],
-            sc["fired"],
-            sc["on_time"],
-            sc["skipped"],
-            sc["missed"],
-            sc["worst_lateness_ms"]
-        );
-    }
-    println!("  ssh sessions:  {}", v["ssh_sessions"]);
-    if let Some(tools) = v["tools"].as_object() {
-        let seen: Vec<String> = tools
-            .iter()
-            .map(|(k, p)| format!("{k}={}", p.as_str().unwrap_or("missing")))
-            .collect();
-        println!("  tools:         {}", seen.join(" "));
-    }
+    let sc = &h.schedule;
+    println!(
+        "  schedule:      {} queued; since start {} due, {} fired ({} on time), {} skipped, {} missed; worst lateness {} ms",
+        sc.scheduled, sc.due, sc.fired, sc.on_time, sc.skipped, sc.missed, sc.worst_lateness_ms
+    );
+    println!("  ssh sessions:  {}", h.ssh_sessions);
+    let seen: Vec<String> = h
+        .tools
+        .iter()
+        .map(|(k, p)| format!("{k}={}", p.as_deref().unwrap_or("missing")))
+        .collect();
+    println!("  tools:         {}", seen.join(" "));
 }
 
 /// 109 → "1m49s", 7384 → "2h03m", 200000 → "2d07h".

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 /// The core's module names, in the order the runner is probed for them when
 /// `megaplan.launcher` is unset (see `chain::launcher`): the real package at the reference
-/// commit ships `arnold_pipelines.megaplan`; the seed's docs write `arnold.pipelines.megaplan`.
+/// commit ships `arnold_pipelines.megaplan`; the original tool's documentation writes
+/// `arnold.pipelines.megaplan`.
 pub const CORE_MODULES: [&str; 2] = ["arnold_pipelines.megaplan", "arnold.pipelines.megaplan"];
 
 pub const TOOLCHAIN_ALIASES: [&str; 3] = ["rust", "go", "java"];
@@ -234,7 +235,8 @@ pub struct Ssh {
     pub container: String,
 }
 
-/// Image options beyond the seed (documented in docs/configuration.md).
+/// Image options the original tool does not have (documented in docs/configuration.md,
+/// "image (ours)").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Image {
     /// Base image of the rendered Dockerfile.

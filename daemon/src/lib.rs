@@ -1,19 +1,25 @@
 //! megaplan-cloudd: the resident daemon behind `megaplan-cloudctl`.
 //!
-//! Module map (one job each):
-//! - [`yaml`]: the only YAML parser wrapper.
-//! - [`cloud_yaml`]: cloud.yaml model, defaults and validation.
-//! - [`shell`]: POSIX quoting for every remote command string.
-//! - [`redact`]: the redaction rules applied to all remote output.
-//! - [`render`]: deploy-dir rendering (Dockerfile, entrypoint, compose, railway.toml).
+//! Module map, top layer first (docs/design.md, "Layers of the daemon"; a module imports only
+//! from layers below it, which `tests/layers.rs` checks):
+//! - [`daemon`]: start-up (socket, locks, store, stored schedules) and graceful shutdown.
+//! - [`http`]: the API on the Unix socket: accept loop and limits, one file per request family,
+//!   the one error answer.
+//! - [`workflow`]: what each command does, one file per command family.
+//! - [`supervisor`]: running ticks (lock, slots, deadline, stored report), the tick itself, the
+//!   chain it observes, the last-chain markers.
+//! - [`notify`]: watching that tells a human: transitions, stall detection, the outbox.
+//! - [`state`]: `AppState`, the one shared object.
 //! - [`chain`]: chain spec/state, observation, classification, supervise decision.
 //! - [`runner`]: every script sent to a runner, and the one layout of paths and names.
-//! - [`process`]: running local processes with deadlines and redacted streaming.
 //! - [`provider`]: ssh, local and railway transports behind one trait.
+//! - [`process`]: running local processes with deadlines and redacted streaming.
+//! - [`render`]: deploy-dir rendering (Dockerfile, entrypoint, compose, railway.toml).
 //! - [`store`]: the SQLite store (registrations, markers, tick reports).
-//! - [`settings`], [`server`], [`daemon`], [`scheduler`], [`tick`]: the resident service.
-//! - [`workflow`]: what each cloud command does.
-//! - [`notify`]: watching that tells a human: transitions, stall detection, the outbox.
+//! - [`scheduler`], [`settings`], [`cloud_yaml`]: due times, daemon settings, the cloud.yaml
+//!   model with its defaults and validation.
+//! - [`shell`], [`redact`], [`yaml`]: POSIX quoting for every remote command string, the
+//!   redaction rules applied to all remote output, the only YAML parser wrapper.
 
 pub mod chain;
 pub mod cloud_yaml;

@@ -1,4 +1,5 @@
-//! Redaction of remote output (behavior.md §7).
+//! Redaction of remote output: everything a runner prints passes here before it reaches a
+//! terminal, a log, the API or SQLite (docs/security.md, "Secrets").
 //!
 //! Three rules, all located on the *original* text and then applied together, so one rule's
 //! replacement can never hide another rule's match and overlapping secrets are replaced as one

@@ -106,7 +106,7 @@ pub fn write_deploy_dir(spec: &CloudSpec, dir: &Path) -> Result<Vec<PathBuf>, Er
     Ok(written)
 }
 
-/// The persistent deploy dir (behavior.md §3): local → `<cloud_home>/<compose_project>/`,
+/// The persistent deploy dir (docs/operations.md, "Files"): local → `<cloud_home>/<compose_project>/`,
 /// ssh → `<cloud_home>/ssh-<host>/`; railway → `None` (the caller uses a temporary dir).
 /// A `/` in the ssh host (never a valid host, but not refused by the loader) becomes `_` so the
 /// dir stays directly under `cloud_home`.

@@ -74,24 +74,42 @@ pub struct Scheduler {
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// Why a cron expression cannot be scheduled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "invalid cron expression {expr:?}: {reason}; use 6 fields with seconds first, e.g. \"0 */5 * * * *\""
+    )]
+    Invalid { expr: String, reason: String },
+    #[error("cron expression {expr:?} never fires; check its day and month fields")]
+    NeverFires { expr: String },
+}
+
 /// Parse a 6-field cron expression the way registrations are scheduled.
-pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+pub fn parse_cron(expr: &str) -> Result<Cron, ScheduleError> {
     CronParser::builder()
         .seconds(Seconds::Required)
         .dom_and_dow(true)
         .build()
         .parse(expr)
-        .map_err(|e| {
-            format!("invalid cron expression {expr:?}: {e}; use 6 fields with seconds first, e.g. \"0 */5 * * * *\"")
+        .map_err(|e| ScheduleError::Invalid {
+            expr: expr.to_string(),
+            reason: e.to_string(),
         })
 }
 
-/// Check a cron expression without scheduling it: it must parse and have a next occurrence.
-pub fn validate_cron(expr: &str) -> Result<(), String> {
+/// `expr` parsed, with its first occurrence after `now`.
+fn first_due(expr: &str, now: DateTime<Utc>) -> Result<(Cron, DateTime<Utc>), ScheduleError> {
     let cron = parse_cron(expr)?;
-    next_after(&cron, Utc::now()).map(|_| ()).ok_or_else(|| {
-        format!("cron expression {expr:?} never fires; check its day and month fields")
-    })
+    let due = next_after(&cron, now).ok_or_else(|| ScheduleError::NeverFires {
+        expr: expr.to_string(),
+    })?;
+    Ok((cron, due))
+}
+
+/// Check a cron expression without scheduling it: it must parse and have a next occurrence.
+pub fn validate_cron(expr: &str) -> Result<(), ScheduleError> {
+    first_due(expr, Utc::now()).map(|_| ())
 }
 
 fn next_after(cron: &Cron, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -119,11 +137,8 @@ impl Scheduler {
     }
 
     /// Add or replace the schedule of `key`; it first comes due at the next occurrence after now.
-    pub fn schedule(&self, key: &str, expr: &str) -> Result<DateTime<Utc>, String> {
-        let cron = parse_cron(expr)?;
-        let due = next_after(&cron, Utc::now()).ok_or_else(|| {
-            format!("cron expression {expr:?} never fires; check its day and month fields")
-        })?;
+    pub fn schedule(&self, key: &str, expr: &str) -> Result<DateTime<Utc>, ScheduleError> {
+        let (cron, due) = first_due(expr, Utc::now())?;
         let mut q = self.queue();
         q.seq += 1;
         let seq = q.seq;

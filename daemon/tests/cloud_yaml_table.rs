@@ -1,4 +1,5 @@
-//! Table tests over every cloud.yaml field of the seed's tables (plus ours): the default is
+//! Table tests over every cloud.yaml field of docs/configuration.md (the original tool's and
+//! ours): the default is
 //! applied when the field is absent, and a value of the wrong type is rejected with an error
 //! that names the field. Plus the whole-file rules and a property test that no byte string
 //! makes the loader panic.

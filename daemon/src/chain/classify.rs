@@ -1,6 +1,6 @@
 //! Effective-status classification: one pure function from observed facts to the status the
-//! supervisor acts on (behavior.md §5 with the §8 fix: a current plan with a dead runner is
-//! `stale_bookkeeping`, not `running`).
+//! supervisor acts on. The rules are tried in order (see [`classify`]); a current plan whose
+//! runner is dead is `stale_bookkeeping`, not `running`.
 
 pub use megaplan_cloud_api::report::{EffectiveStatus, Liveness};
 
@@ -20,7 +20,7 @@ pub struct ClassifyInput<'a> {
 
 const RUNNING_PLAN_STATUSES: [&str; 3] = ["running", "active", "in_progress"];
 
-/// Classify; the first matching rule wins (see the module doc and behavior.md §5).
+/// Classify; the first matching rule wins.
 pub fn classify(i: &ClassifyInput) -> EffectiveStatus {
     let count = i64::try_from(i.milestone_count).unwrap_or(i64::MAX);
     if count > 0 && i.current_milestone_index >= count {

@@ -1,4 +1,5 @@
-//! Which launcher runs the megaplan core on a runner (behavior.md §2, "The remote launcher").
+//! Which launcher runs the megaplan core on a runner (the `megaplan.launcher` key,
+//! docs/configuration.md).
 //!
 //! `megaplan.launcher` set: used as written. Unset: the runner is asked which of
 //! [`CORE_MODULES`] its Python can import (the observation does it in its own round trip; other

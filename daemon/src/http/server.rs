@@ -16,6 +16,7 @@
 //!   any body byte is read.
 //! - A live socket is never unlinked; a stale one is replaced.
 
+use super::error::ApiError;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -454,11 +455,7 @@ pub fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
 }
 
 fn refusal(status: StatusCode, message: String) -> Response {
-    (
-        status,
-        axum::Json(ErrorBody::new(ErrorCode::InvalidArgs, message).to_value()),
-    )
-        .into_response()
+    ApiError::with_status(status, ErrorBody::new(ErrorCode::InvalidArgs, message)).into_response()
 }
 
 /// The connection is closed after this response: the rest of the request is never read.

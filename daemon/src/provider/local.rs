@@ -11,13 +11,14 @@
 //! compose file reads as `env_file`. This puts the secret values on the operator's own disk: the
 //! file is created 0600 and replaced atomically, and `destroy` of the deploy dir removes it.
 
+use super::transport::{self, Transport};
 use super::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
-    check_secrets, deploy_failed, env_file_content, exec_result, explanation, note, plain_step,
-    push_streamed_step, run_error, session_not_supported, step_failed, stream_capture,
-    upload_script,
+    check_secrets, deploy_failed, env_file_content, explanation, note, plain_step,
+    push_streamed_step, run_error, session_not_supported, stream_capture, upload_script,
 };
 use crate::process::{self, Cmd, Output};
+use crate::redact::Redactor;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -348,6 +349,39 @@ fn flavor_blocking() -> ComposeFlavor {
     }
 }
 
+/// `docker compose exec -T runner …` with optional stdin.
+impl Transport for LocalProvider {
+    type Request = (Vec<String>, Option<Vec<u8>>);
+
+    fn redactor(&self) -> &Redactor {
+        &self.ctx.redactor
+    }
+
+    async fn send(&self, (args, stdin): Self::Request, _: bool) -> Result<Output, ErrorBody> {
+        self.run(&args, stdin, self.ctx.deadline).await
+    }
+
+    fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request {
+        (exec_args_within(script, self.ctx.deadline), stdin)
+    }
+
+    fn upload_requests(
+        &self,
+        remote_path: &str,
+        content: &[u8],
+    ) -> Result<Vec<Self::Request>, ErrorBody> {
+        let script = upload_script(remote_path)?;
+        Ok(vec![self.exec_request(
+            &script,
+            Some(base64_lines(content).into_bytes()),
+        )])
+    }
+
+    fn read_request(&self, remote_path: &str) -> Self::Request {
+        (read_args(remote_path), None)
+    }
+}
+
 impl Provider for LocalProvider {
     fn name(&self) -> &'static str {
         "local"
@@ -405,15 +439,13 @@ impl Provider for LocalProvider {
         })
     }
 
+    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+        let flavor = self.flavor(None).await?;
+        Ok(Some(self.cmd(flavor, &exec_args(script))))
+    }
+
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
-        let o = self
-            .run(
-                &exec_args_within(script, self.ctx.deadline),
-                stdin,
-                self.ctx.deadline,
-            )
-            .await?;
-        Ok(exec_result(&o, &self.ctx.redactor))
+        transport::exec(self, script, stdin).await
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
@@ -425,36 +457,11 @@ impl Provider for LocalProvider {
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
-        let script = upload_script(remote_path)?;
-        let o = self
-            .run(
-                &exec_args_within(&script, self.ctx.deadline),
-                Some(base64_lines(content).into_bytes()),
-                self.ctx.deadline,
-            )
-            .await?;
-        if o.code != 0 {
-            return Err(step_failed(
-                &format!("upload to {remote_path} in the runner"),
-                &o,
-                &self.ctx.redactor,
-            ));
-        }
-        Ok(())
+        transport::upload(self, remote_path, content).await
     }
 
     async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
-        let o = self
-            .run(&read_args(remote_path), None, self.ctx.deadline)
-            .await?;
-        if o.code != 0 {
-            return Err(step_failed(
-                &format!("reading {remote_path} in the runner"),
-                &o,
-                &self.ctx.redactor,
-            ));
-        }
-        Ok(o.stdout)
+        transport::read(self, remote_path).await
     }
 
     fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {

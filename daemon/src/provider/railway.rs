@@ -43,12 +43,14 @@
 //! local user.
 
 use super::ssh_master::{SshMaster, SshSessions, SshTarget};
+use super::transport::{self, Transport};
 use super::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
-    check_secrets, decode_base64_text, deploy_failed, exec_result, explanation, plain_step,
-    push_streamed_step, remote_parent, run_error, step_failed, step_from, stream_capture,
+    check_secrets, decode_base64_text, deploy_failed, explanation, plain_step, push_streamed_step,
+    remote_parent, run_error, step_failed, step_from, stream_capture,
 };
 use crate::process::{self, Cmd, Output};
+use crate::redact::Redactor;
 use crate::shell::quote;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -644,6 +646,44 @@ impl RailwayProvider {
     }
 }
 
+/// A command string through `railway ssh` (or the held relay): the daemon gives the CLI no
+/// stdin, so stdin travels inside the command as a base64 here-document, and so do uploads.
+impl Transport for RailwayProvider {
+    type Request = String;
+
+    fn redactor(&self) -> &Redactor {
+        &self.ctx.redactor
+    }
+
+    async fn send(&self, command: String, _: bool) -> Result<Output, ErrorBody> {
+        self.ssh(&command).await
+    }
+
+    fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> String {
+        exec_command_within(script, stdin.as_deref(), self.ctx.deadline)
+    }
+
+    fn upload_requests(&self, remote_path: &str, content: &[u8]) -> Result<Vec<String>, ErrorBody> {
+        upload_commands(remote_path, content)
+    }
+
+    fn read_request(&self, remote_path: &str) -> String {
+        read_command(remote_path)
+    }
+
+    /// The remote channel is text for the CLI, so the file travels as base64.
+    fn decode_read(&self, remote_path: &str, stdout: Vec<u8>) -> Result<Vec<u8>, ErrorBody> {
+        decode_base64_text(&stdout).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "reading {remote_path}: railway ssh returned text that is not base64 ({e}); check that the runner has base64 (coreutils)"
+                ),
+            )
+        })
+    }
+}
+
 impl Provider for RailwayProvider {
     fn name(&self) -> &'static str {
         "railway"
@@ -791,14 +831,7 @@ impl Provider for RailwayProvider {
     }
 
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
-        let o = self
-            .ssh(&exec_command_within(
-                script,
-                stdin.as_deref(),
-                self.ctx.deadline,
-            ))
-            .await?;
-        Ok(exec_result(&o, &self.ctx.redactor))
+        transport::exec(self, script, stdin).await
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
@@ -816,36 +849,11 @@ impl Provider for RailwayProvider {
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
-        for command in upload_commands(remote_path, content)? {
-            let o = self.ssh(&command).await?;
-            if o.code != 0 {
-                return Err(step_failed(
-                    &format!("upload to {remote_path} in the runner"),
-                    &o,
-                    &self.ctx.redactor,
-                ));
-            }
-        }
-        Ok(())
+        transport::upload(self, remote_path, content).await
     }
 
     async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
-        let o = self.ssh(&read_command(remote_path)).await?;
-        if o.code != 0 {
-            return Err(step_failed(
-                &format!("reading {remote_path} in the runner"),
-                &o,
-                &self.ctx.redactor,
-            ));
-        }
-        decode_base64_text(&o.stdout).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "reading {remote_path}: railway ssh returned text that is not base64 ({e}); check that the runner has base64 (coreutils)"
-                ),
-            )
-        })
+        transport::read(self, remote_path).await
     }
 
     fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {

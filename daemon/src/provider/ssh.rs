@@ -7,13 +7,15 @@
 //! runner go through `bash -lc` as well, so hostile names and paths arrive as literal words.
 
 use super::ssh_master::{SSH_FAILURE, SshMaster, SshSessions, SshTarget};
+use super::transport::{self, Transport};
 use super::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
-    check_secrets, deploy_failed, env_file_content, exec_result, note, run_error,
-    session_not_supported, step_failed, step_from, upload_script,
+    check_secrets, deploy_failed, env_file_content, note, run_error, session_not_supported,
+    step_failed, step_from, upload_script,
 };
 use crate::cloud_yaml::{CloudSpec, Ssh};
 use crate::process::{self, Cmd, Output, StreamKind};
+use crate::redact::Redactor;
 use crate::shell::{join, quote};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::path::Path;
@@ -487,6 +489,44 @@ async fn relay(o: &Output, redactor: &crate::redact::Redactor, out: &OutTx) {
     }
 }
 
+/// A remote string through the held master, into `docker exec -i <container>` on the host.
+impl Transport for SshProvider {
+    type Request = (String, Option<Vec<u8>>);
+
+    fn redactor(&self) -> &Redactor {
+        &self.ctx.redactor
+    }
+
+    async fn send(
+        &self,
+        (remote, stdin): Self::Request,
+        retry_safe: bool,
+    ) -> Result<Output, ErrorBody> {
+        self.run(&remote, stdin, retry_safe).await
+    }
+
+    fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request {
+        (self.in_runner(script), stdin)
+    }
+
+    fn upload_requests(
+        &self,
+        remote_path: &str,
+        content: &[u8],
+    ) -> Result<Vec<Self::Request>, ErrorBody> {
+        let script = upload_script(remote_path)?;
+        Ok(vec![self.exec_request(
+            &script,
+            Some(base64_lines(content).into_bytes()),
+        )])
+    }
+
+    /// ssh and `docker exec` without a TTY carry bytes unchanged: no encoding needed.
+    fn read_request(&self, remote_path: &str) -> Self::Request {
+        (self.in_runner(&read_script(remote_path)), None)
+    }
+}
+
 impl Provider for SshProvider {
     fn name(&self) -> &'static str {
         "ssh"
@@ -630,13 +670,18 @@ impl Provider for SshProvider {
     }
 
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
-        let o = self.run(&self.in_runner(script), stdin, false).await?;
-        Ok(exec_result(&o, &self.ctx.redactor))
+        transport::exec(self, script, stdin).await
     }
 
     async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
-        let o = self.run(&self.in_runner(script), None, true).await?;
-        Ok(exec_result(&o, &self.ctx.redactor))
+        transport::observe(self, script).await
+    }
+
+    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+        let master = self.sessions.master(&self.target).await?;
+        Ok(Some(
+            master.command(&remote_exec(&self.ssh.container, script)),
+        ))
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
@@ -645,37 +690,11 @@ impl Provider for SshProvider {
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
-        let script = upload_script(remote_path)?;
-        let o = self
-            .run(
-                &self.in_runner(&script),
-                Some(base64_lines(content).into_bytes()),
-                false,
-            )
-            .await?;
-        if o.code != 0 {
-            return Err(step_failed(
-                &format!("upload to {remote_path} in the runner"),
-                &o,
-                &self.ctx.redactor,
-            ));
-        }
-        Ok(())
+        transport::upload(self, remote_path, content).await
     }
 
     async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
-        // ssh and `docker exec` without a TTY carry bytes unchanged: no encoding needed.
-        let o = self
-            .run(&self.in_runner(&read_script(remote_path)), None, true)
-            .await?;
-        if o.code != 0 {
-            return Err(step_failed(
-                &format!("reading {remote_path} in the runner"),
-                &o,
-                &self.ctx.redactor,
-            ));
-        }
-        Ok(o.stdout)
+        transport::read(self, remote_path).await
     }
 
     fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {

@@ -1,5 +1,5 @@
 //! Held OpenSSH sessions: one ControlMaster connection per target, reused by every action and
-//! supervise tick (research §4, option A, hand-rolled on `tokio::process`).
+//! supervise tick (hand-rolled on `tokio::process`; docs/design.md, "Held ssh sessions").
 //!
 //! A master is `ssh -M -N -f -o ControlPersist=yes` with its control socket in a private folder
 //! of ours; every command is a mux client (`ssh -S <socket> -o ControlMaster=no`) so N commands

@@ -47,16 +47,24 @@ impl Out {
         let _ = self.tx.send(f).await;
     }
 
-    /// A provider-shaped sender whose lines are forwarded to this stream. Await the returned
-    /// handle after the provider call so every line is out before the result frame.
-    pub fn provider_tx(&self) -> (OutTx, tokio::task::JoinHandle<()>) {
-        self.forward(false)
+    /// Run `call` with a provider-shaped sender whose lines are forwarded to this stream; every
+    /// line is out before this returns (and so before the result frame).
+    pub async fn relay<T>(&self, call: impl AsyncFnOnce(&OutTx) -> T) -> T {
+        self.relay_with(false, call).await
     }
 
-    /// Like [`Out::provider_tx`] with both streams sent to the client's stderr: wrapper output of
+    /// Like [`Out::relay`] with both streams sent to the client's stderr: wrapper output of
     /// `bootstrap`/`resume` must not mix with the JSON payload on stdout.
-    pub fn provider_tx_to_stderr(&self) -> (OutTx, tokio::task::JoinHandle<()>) {
-        self.forward(true)
+    pub async fn relay_to_stderr<T>(&self, call: impl AsyncFnOnce(&OutTx) -> T) -> T {
+        self.relay_with(true, call).await
+    }
+
+    async fn relay_with<T>(&self, all_to_stderr: bool, call: impl AsyncFnOnce(&OutTx) -> T) -> T {
+        let (tx, fwd) = self.forward(all_to_stderr);
+        let r = call(&tx).await;
+        drop(tx);
+        let _ = fwd.await;
+        r
     }
 
     fn forward(&self, all_to_stderr: bool) -> (OutTx, tokio::task::JoinHandle<()>) {

@@ -43,11 +43,7 @@ pub async fn build(ctx: &Ctx) -> Result<Done, ErrorBody> {
             dir.display()
         ))
         .await;
-    let (tx, fwd) = ctx.out.provider_tx();
-    let r = p.build(&tx).await;
-    drop(tx);
-    let _ = fwd.await;
-    r?;
+    ctx.out.relay(async |tx| p.build(tx).await).await?;
     ctx.out.stderr("build: ok\n").await;
     Ok(Done::ok(json!({
         "success": true,
@@ -60,11 +56,7 @@ pub async fn deploy(ctx: &Ctx) -> Result<Done, ErrorBody> {
     ctx.require_secrets()?;
     let (dir, _guard) = deploy_dir(ctx)?;
     let p = ctx.provider(dir)?;
-    let (tx, fwd) = ctx.out.provider_tx();
-    let r = p.deploy(&tx).await;
-    drop(tx);
-    let _ = fwd.await;
-    let report = r?;
+    let report = ctx.out.relay(async |tx| p.deploy(tx).await).await?;
     ctx.out.stderr(format!("{}\n", report.verdict)).await;
     let mut payload = serde_json::to_value(&report).unwrap_or_default();
     // The agents' logins go onto a runner that is up (the original seeds after a deploy too).
@@ -79,12 +71,12 @@ pub async fn deploy(ctx: &Ctx) -> Result<Done, ErrorBody> {
 
 pub async fn exec(ctx: &Ctx, cmd: &str) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
-    let (tx, fwd) = ctx.out.provider_tx();
-    let r = p.exec_streaming(cmd, &tx).await;
-    drop(tx);
-    let _ = fwd.await;
+    let code = ctx
+        .out
+        .relay(async |tx| p.exec_streaming(cmd, tx).await)
+        .await?;
     // exec relays the command's own output and exit code; no JSON payload.
-    Ok(Done::code(serde_json::Value::Null, r?))
+    Ok(Done::code(serde_json::Value::Null, code))
 }
 
 pub async fn logs(
@@ -93,14 +85,16 @@ pub async fn logs(
     window: &crate::provider::LogWindow,
 ) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
-    let (tx, fwd) = ctx.out.provider_tx();
-    let r = tokio::select! {
-        r = p.logs(follow, window, &tx) => r,
-        _ = ctx.state.hard_stop.cancelled() => Ok(0),
-    };
-    drop(tx);
-    let _ = fwd.await;
-    Ok(Done::code(serde_json::Value::Null, r?))
+    let code = ctx
+        .out
+        .relay(async |tx| {
+            tokio::select! {
+                r = p.logs(follow, window, tx) => r,
+                _ = ctx.state.hard_stop.cancelled() => Ok(0),
+            }
+        })
+        .await?;
+    Ok(Done::code(serde_json::Value::Null, code))
 }
 
 pub async fn attach(ctx: &Ctx, session: Option<&str>) -> Result<Done, ErrorBody> {
@@ -112,11 +106,7 @@ pub async fn attach(ctx: &Ctx, session: Option<&str>) -> Result<Done, ErrorBody>
 
 pub async fn down(ctx: &Ctx) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
-    let (tx, fwd) = ctx.out.provider_tx();
-    let r = p.down(&tx).await;
-    drop(tx);
-    let _ = fwd.await;
-    r?;
+    ctx.out.relay(async |tx| p.down(tx).await).await?;
     ctx.out.stderr("down: runner stopped\n").await;
     Ok(Done::ok(json!({"success": true, "provider": p.name()})))
 }
@@ -129,11 +119,7 @@ pub async fn destroy(ctx: &Ctx, yes: bool) -> Result<Done, ErrorBody> {
         ));
     }
     let p = ctx.runner()?;
-    let (tx, fwd) = ctx.out.provider_tx();
-    let r = p.destroy(&tx).await;
-    drop(tx);
-    let _ = fwd.await;
-    r?;
+    ctx.out.relay(async |tx| p.destroy(tx).await).await?;
     let mut removed = None;
     if ctx.spec.provider != ProviderKind::Railway
         && let Some(dir) = ctx.persistent_deploy_dir()

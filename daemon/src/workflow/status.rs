@@ -32,6 +32,11 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
         &target,
         crate::chain::launcher::configured(&ctx.spec).unwrap_or(""),
         false,
+        Some(crate::supervisor::target::Resident {
+            residents: &ctx.state.residents,
+            key: &ctx.key,
+            deadline: ctx.state.settings.command_timeout,
+        }),
     )
     .await?;
     if let Some(l) = &obs.core_launcher {
@@ -249,11 +254,10 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
         .stderr(format!("resuming: {}\n", words.join(" ")))
         .await;
     let p = ctx.runner()?;
-    let (tx, fwd) = ctx.out.provider_tx_to_stderr();
-    let code = p.exec_streaming(&cmd, &tx).await;
-    drop(tx);
-    let _ = fwd.await;
-    let code = code?;
+    let code = ctx
+        .out
+        .relay_to_stderr(async |tx| p.exec_streaming(&cmd, tx).await)
+        .await?;
     Ok(Done::code(
         json!({"success": code == 0, "next_step": step, "command": words, "plan": plan_name, "exit_code": code}),
         i32::from(code != 0),
