@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{run_ok, wait_until};
+use crate::util::wait_until;
 use crate::{Bench, Container, Sshd, skip_or_panic};
 
 /// The Railway CLI version the provider is written against.
@@ -182,7 +182,12 @@ impl RailwayWorld {
             .tempdir()
             .expect("temp dir");
         let dir = tmp.path().to_path_buf();
-        tls_material(&dir);
+        let tls = crate::tls::server_cert(
+            &dir,
+            "megaplan e2e CA",
+            "backboard.railway.com",
+            "DNS:backboard.railway.com",
+        );
         let container = bench.container("rw-runner");
         // Railway's relay puts a session into the service's container: so does this one.
         // On ssh.railway.com's own port, 22 (free in this private network namespace).
@@ -233,8 +238,8 @@ impl RailwayWorld {
         let service = Command::new("/usr/bin/python3")
             .arg(crate::bench_dir().join("railway-service"))
             .arg(&dir)
-            .arg(dir.join("backboard.pem"))
-            .arg(dir.join("backboard.key"))
+            .arg(&tls.cert)
+            .arg(&tls.key)
             .stdin(Stdio::null())
             .stderr(fs::File::create(dir.join("service.log")).expect("log"))
             .spawn()
@@ -347,51 +352,6 @@ fn cli_env(home: &Path, port: u16, dir: &Path) -> Vec<(String, String)> {
         ("RAILWAY_NO_AUTO_UPDATE".into(), "1".into()),
         ("NO_COLOR".into(), "1".into()),
     ]
-}
-
-/// A throw-away CA and a `backboard.railway.com` certificate it signed.
-fn tls_material(dir: &Path) {
-    let ossl = |args: &[&str]| {
-        run_ok(Command::new("openssl").args(args).current_dir(dir))
-            .unwrap_or_else(|e| panic!("openssl {args:?}: {e}"));
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut a = vec!["req", "-x509", "-days", "2", "-subj", "/CN=megaplan e2e CA"];
-    a.extend(ec);
-    a.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    ossl(&a);
-    let mut a = vec!["req", "-new", "-subj", "/CN=backboard.railway.com"];
-    a.extend(ec);
-    a.extend(["-keyout", "backboard.key", "-out", "backboard.csr"]);
-    ossl(&a);
-    fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:backboard.railway.com\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    ossl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        "backboard.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "backboard.pem",
-    ]);
 }
 
 /// Every `/proc/<pid>/cmdline` (NUL-separated argv) readable now.
