@@ -433,6 +433,10 @@ pub struct TickReport {
     pub refused_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_round_trips: Option<u32>,
+    /// Imports of the megaplan core the tick caused on the runner (0 in steady state, when the
+    /// resident observer answers); absent in reports stored before it was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_starts: Option<u32>,
     #[serde(default)]
     pub runner: RunnerInfo,
     #[serde(default)]
@@ -484,6 +488,7 @@ impl TickReport {
             queued_ms: None,
             refused_reason: Some(reason.to_string()),
             remote_round_trips: None,
+            core_starts: None,
             runner: RunnerInfo::default(),
             spec: String::new(),
             stall_after_secs: None,

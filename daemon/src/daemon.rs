@@ -93,6 +93,7 @@ pub async fn run(settings: Settings) -> i32 {
         tick_feed,
         secrets: Default::default(),
         launchers: Default::default(),
+        residents: Default::default(),
         shutdown: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -143,6 +144,7 @@ pub async fn run(settings: Settings) -> i32 {
             tracing::warn!("work still running after the grace period; cancelling it");
         }
     }
+    state.residents.close_all().await;
     state.ssh.close_all().await;
     state.store.close().await;
     let _ = std::fs::remove_file(&state.settings.socket);

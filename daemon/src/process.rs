@@ -126,6 +126,16 @@ impl Cmd {
             .collect()
     }
 
+    /// Start the command with piped stdin and stdout (stderr discarded) for a line protocol; the
+    /// process group is killed when the returned child is dropped.
+    pub fn spawn_piped(&self) -> Result<tokio::process::Child, RunError> {
+        let mut c = self.command();
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        c.spawn().map_err(|e| spawn_error(&self.program, e))
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         c.args(&self.args)

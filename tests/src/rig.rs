@@ -63,9 +63,28 @@ impl SshRig {
         daemon_env: &[(&str, &str)],
         daemon_args: &[&str],
     ) -> Option<SshRig> {
+        SshRig::start_full(extra_yaml, daemon_env, &[], daemon_args)
+    }
+
+    /// [`SshRig::start`] with extra `docker run` arguments for the runner container, e.g.
+    /// `-e MEGAPLAN_STANDIN_IMPORT_SECONDS=2` for a stand-in core as slow to start as the real one.
+    pub fn start_with_container_args(
+        extra_yaml: &str,
+        docker_args: &[&str],
+        daemon_args: &[&str],
+    ) -> Option<SshRig> {
+        SshRig::start_full(extra_yaml, &[], docker_args, daemon_args)
+    }
+
+    fn start_full(
+        extra_yaml: &str,
+        daemon_env: &[(&str, &str)],
+        docker_args: &[&str],
+        daemon_args: &[&str],
+    ) -> Option<SshRig> {
         let b = bench()?;
         let sshd = Sshd::start();
-        let container = b.container("mp-ssh");
+        let container = b.container_with("mp-ssh", docker_args, &["sleep", "infinity"]);
         let repo = repo_in_container(&container);
         let ssh_config = sshd.ssh_config.display().to_string();
         let mut env = vec![("MEGAPLAN_CLOUDD_SSH_CONFIG", ssh_config.as_str())];

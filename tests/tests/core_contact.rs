@@ -409,3 +409,78 @@ fn ticks_never_lose_a_live_drivers_state_writes() {
         String::from_utf8_lossy(&lost)
     );
 }
+
+/// The runner's resident observer (`python3 -c <resident.py>`): its pids, found in /proc.
+fn resident_observers(rig: &SshRig) -> Vec<String> {
+    let out = rig.container.exec(
+        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read()\n    except Exception:\n        continue\n    if p.isdigit() and int(p) != os.getpid() and b\"sys.exit(serve(\" in c:\n        print(p)'",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 14 item 7, with the stand-in core as slow to start as the real one (2 s import): a
+/// steady-state tick starts no core (the resident observer holds it imported); an upgrade of
+/// the core's files makes the next tick import the new code once; a dead observer is replaced
+/// (one core start) and the tick still succeeds.
+#[test]
+fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
+    let Some(rig) =
+        SshRig::start_with_container_args("", &["-e", "MEGAPLAN_STANDIN_IMPORT_SECONDS=2"], &[])
+    else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
+    let launched = rig.ctl(&["chain", spec.to_str().unwrap()]);
+    assert_eq!(
+        launched.code,
+        Some(0),
+        "{}\n{}",
+        launched.stdout,
+        launched.stderr
+    );
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            let s = rig.ctl(&["status", "--chain"]).json;
+            s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
+        }),
+        "the chain did not reach a running m1"
+    );
+    let tick = || {
+        let t = rig.ctl(&["supervise", "--chain"]);
+        assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
+        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(t.json["remote_round_trips"], 1, "{}", t.stdout);
+        t.json
+    };
+    // `status --chain` above already started the observer and its core.
+    for _ in 0..3 {
+        let t = tick();
+        assert_eq!(t["core_starts"], 0, "steady state: {t}");
+    }
+    assert_eq!(resident_observers(&rig).len(), 1);
+
+    // `pip install --upgrade` rewrites the core's files: never answer with the old code.
+    rig.container.exec_ok(
+        "f=/usr/lib/python3/dist-packages/arnold_pipelines/megaplan/cli.py && printf '\\n# upgraded\\n' >> \"$f\"",
+    );
+    let t = tick();
+    assert_eq!(t["core_starts"], 1, "after the upgrade: {t}");
+    let t = tick();
+    assert_eq!(t["core_starts"], 0, "steady again: {t}");
+
+    // The observer dies: the next tick starts another (one core start) and succeeds.
+    let pids = resident_observers(&rig);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    rig.container.exec_ok(&format!("kill -9 {}", pids[0]));
+    let t = tick();
+    assert_eq!(t["core_starts"], 1, "after the observer died: {t}");
+    let after = resident_observers(&rig);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, pids);
+    rig.control(r#"{"step_seconds": 0.1}"#);
+}

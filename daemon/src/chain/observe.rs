@@ -53,6 +53,9 @@ pub struct Observation {
     pub core_error: Option<String>,
     /// Non-fatal findings (unreadable marker, bad policy file, probe errors).
     pub warnings: Vec<String>,
+    /// Imports of the megaplan core this observation caused on the runner (0 when a resident
+    /// observer answered with the core already imported).
+    pub core_starts: u32,
     /// The observation object as printed by the runner.
     pub raw: Value,
 }
@@ -293,6 +296,10 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         core_launcher,
         core_error,
         warnings,
+        core_starts: obj
+            .get("core_starts")
+            .and_then(Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
         raw,
     })
 }

@@ -427,6 +427,11 @@ impl Provider for LocalProvider {
         })
     }
 
+    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+        let flavor = self.flavor(None).await?;
+        Ok(Some(self.cmd(flavor, &exec_args(script))))
+    }
+
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
         transport::exec(self, script, stdin).await
     }

@@ -141,6 +141,14 @@ pub trait Provider {
         self.exec(script, None).await
     }
 
+    /// The local command that runs `bash -lc <script>` in the runner with its stdin and stdout
+    /// connected, over the session this transport holds, for a long-lived process (the
+    /// resident observer, `crate::runner::resident`). No runner-side deadline: the process
+    /// bounds its own requests. `None`: this transport cannot hold one.
+    async fn resident_command(&self, _script: &str) -> Result<Option<Cmd>, ErrorBody> {
+        Ok(None)
+    }
+
     /// Run `bash -lc <script>` in the runner, streaming redacted output; returns the exit code.
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody>;
 
@@ -205,6 +213,9 @@ impl Provider for AnyProvider {
     }
     async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
         delegate!(self, p => p.observe(script).await)
+    }
+    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+        delegate!(self, p => p.resident_command(script).await)
     }
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
         delegate!(self, p => p.exec_streaming(script, out).await)

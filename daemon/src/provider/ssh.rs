@@ -665,6 +665,13 @@ impl Provider for SshProvider {
         transport::observe(self, script).await
     }
 
+    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+        let master = self.sessions.master(&self.target).await?;
+        Ok(Some(
+            master.command(&remote_exec(&self.ssh.container, script)),
+        ))
+    }
+
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
         self.stream(&self.in_runner(script), Some(self.ctx.deadline), out)
             .await

@@ -4,6 +4,7 @@
 //! - [`layout`]: the chain session name, the session-marker dir, the chain log, the exit codes
 //!   the scripts answer with, the observation line's prefix; the same values for Python.
 //! - [`observe`]: the observation script (`observe.py`), one-shot or resident.
+//! - [`resident`]: the resident observer, one long-lived process per runner.
 //! - [`mutation`]: the only script a supervise tick may run to act (restart or advance).
 //! - [`launch`]: the scripts of `chain`, `bootstrap`, `chains`: checkout, preflight, start.
 //! - [`probe`]: which core module a runner's Python can import.
@@ -20,6 +21,7 @@ pub mod layout;
 pub mod mutation;
 pub mod observe;
 pub mod probe;
+pub mod resident;
 
 use std::sync::LazyLock;
 

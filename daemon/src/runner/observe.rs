@@ -137,7 +137,7 @@ pub fn resident_script(launcher: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::chain::classify::Liveness;
     use crate::chain::observe::parse_observation;
@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(obs.plan_status["source"], "megaplan status");
     }
 
-    pub(super) fn state_file_for(spec: &Path) -> std::path::PathBuf {
+    pub(crate) fn state_file_for(spec: &Path) -> std::path::PathBuf {
         use sha1::Digest as _;
         let resolved = std::fs::canonicalize(spec).unwrap();
         let text = resolved.to_str().unwrap().to_string();

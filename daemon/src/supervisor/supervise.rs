@@ -53,7 +53,7 @@ pub async fn tick_with(
             return finish(
                 error_report(&e.to_string()),
                 started_at,
-                0,
+                Counts::default(),
                 &Redactor::new(&names, &known),
             );
         }
@@ -61,7 +61,7 @@ pub async fn tick_with(
     let key = spec.key();
     let secrets = state.secret_values(&key, &spec.secrets);
     let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
-    let mut round_trips = 0u32;
+    let mut counts = Counts::default();
     // Pause and dry run: a separate input to the decision (decide::hold).
     let pause = match crate::notify::store::get_pause(&state.store, &key).await {
         Ok(p) => p,
@@ -69,7 +69,7 @@ pub async fn tick_with(
             return finish(
                 error_report(&format!("cannot read the pause state: {e}")),
                 started_at,
-                0,
+                Counts::default(),
                 &redactor,
             );
         }
@@ -86,7 +86,7 @@ pub async fn tick_with(
         state,
         &spec,
         remote_spec,
-        &mut round_trips,
+        &mut counts,
         &redactor,
         secrets,
         hold.as_ref(),
@@ -110,18 +110,29 @@ pub async fn tick_with(
             r
         }
     };
-    finish(report, started_at, round_trips, &redactor)
+    finish(report, started_at, counts, &redactor)
+}
+
+/// What a tick cost on the runner, reported beside its outcome.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    /// Remote executions (observation, mutation).
+    round_trips: u32,
+    /// Imports of the megaplan core the tick caused on the runner: 0 in steady state (the
+    /// resident observer holds it imported).
+    core_starts: u32,
 }
 
 fn finish(
     mut report: TickReport,
     started_at: chrono::DateTime<Utc>,
-    round_trips: u32,
+    counts: Counts,
     r: &Redactor,
 ) -> TickReport {
     report.started_at = Some(started_at.to_rfc3339());
     report.finished_at = Some(Utc::now().to_rfc3339());
-    report.remote_round_trips = Some(round_trips);
+    report.remote_round_trips = Some(counts.round_trips);
+    report.core_starts = Some(counts.core_starts);
     redacted(report, r)
 }
 
@@ -195,7 +206,7 @@ async fn observe_and_act(
     state: &Arc<AppState>,
     spec: &CloudSpec,
     remote_spec: Option<&str>,
-    round_trips: &mut u32,
+    counts: &mut Counts,
     redactor: &Redactor,
     secrets: std::collections::BTreeMap<String, String>,
     hold: Option<&decide::Hold>,
@@ -248,10 +259,22 @@ async fn observe_and_act(
     }
 
     // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
-    *round_trips += 1;
+    counts.round_trips += 1;
     let configured = crate::chain::launcher::configured(spec);
-    let (obs, chain_spec) =
-        observe_chain(&raw, redactor, &target, configured.unwrap_or(""), true).await?;
+    let (obs, chain_spec) = observe_chain(
+        &raw,
+        redactor,
+        &target,
+        configured.unwrap_or(""),
+        true,
+        Some(super::target::Resident {
+            residents: &state.residents,
+            key,
+            deadline: state.settings.tick_timeout + TICK_COMMAND_SLACK,
+        }),
+    )
+    .await?;
+    counts.core_starts += obs.core_starts;
     if let Some(l) = &obs.core_launcher {
         state.launchers.remember(key, l);
     }
@@ -300,7 +323,7 @@ async fn observe_and_act(
                 identity_digest: digest,
             },
         );
-        *round_trips += 1;
+        counts.round_trips += 1;
         let applied = match p.exec(&script, None).await {
             Ok(r) => {
                 let said = if r.stderr.trim().is_empty() {

@@ -4,12 +4,16 @@
 use crate::chain::observe::{self, Observation};
 use crate::chain::spec::ChainSpec;
 use crate::cloud_yaml::{CloudSpec, Mode};
+use crate::provider::ExecResult;
 use crate::provider::{Provider, redact_error, remote_failure};
 use crate::redact::Redactor;
 use crate::runner::layout::chain_log;
-use crate::runner::observe::{ObserveRequest, observe_script};
+use crate::runner::layout::{OBSERVATION_PREFIX, SESSION_MARKER_DIR};
+use crate::runner::observe::{ObserveRequest, observe_script, resident_script};
+use crate::runner::resident::{ResidentError, Residents};
 use megaplan_cloud_api::marker::LastChainMarker;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use std::time::Duration;
 
 pub use crate::runner::layout::CHAIN_SESSION;
 
@@ -103,10 +107,59 @@ pub async fn observe_chain(
     target: &ChainTarget,
     launcher: &str,
     for_tick: bool,
+    resident: Option<Resident<'_>>,
 ) -> Result<(Observation, ChainSpec), ErrorBody> {
-    observe_unredacted(raw, target, launcher, for_tick)
+    observe_unredacted(raw, target, launcher, for_tick, resident)
         .await
         .map_err(|e| redact_error(redactor, e))
+}
+
+/// Where an observation may ask a resident observer: the daemon's observers, the runner's key
+/// (one observer per key) and the request's deadline.
+#[derive(Clone, Copy)]
+pub struct Resident<'a> {
+    pub residents: &'a Residents,
+    pub key: &'a str,
+    pub deadline: Duration,
+}
+
+/// The observation through the runner's resident observer; `None` when it cannot run there
+/// (the caller falls back to the one-shot script).
+async fn ask_resident(
+    p: &impl Provider,
+    r: Resident<'_>,
+    req: &ObserveRequest,
+) -> Result<Option<ExecResult>, ErrorBody> {
+    let cmd = match p.resident_command(&resident_script(&req.launcher)).await {
+        Ok(Some(cmd)) => cmd,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::info!(
+                key = r.key,
+                "no resident observer ({}); one-shot observation",
+                e.message
+            );
+            return Ok(None);
+        }
+    };
+    match r
+        .residents
+        .observe(r.key, &cmd, &req.to_json(SESSION_MARKER_DIR), r.deadline)
+        .await
+    {
+        Ok(a) => Ok(Some(ExecResult {
+            code: 0,
+            stdout: format!("{OBSERVATION_PREFIX}{}\n", a.observation),
+            stderr: String::new(),
+        })),
+        Err(e @ ResidentError::Deadline(_)) => {
+            Err(ErrorBody::new(ErrorCode::DeadlineExceeded, e.to_string()))
+        }
+        Err(e @ ResidentError::Unavailable(_)) => {
+            tracing::info!(key = r.key, "{e}; one-shot observation");
+            Ok(None)
+        }
+    }
 }
 
 async fn observe_unredacted(
@@ -114,8 +167,9 @@ async fn observe_unredacted(
     target: &ChainTarget,
     launcher: &str,
     for_tick: bool,
+    resident: Option<Resident<'_>>,
 ) -> Result<(Observation, ChainSpec), ErrorBody> {
-    let script = observe_script(&ObserveRequest {
+    let req = ObserveRequest {
         spec: target.spec.clone(),
         session: target.session.clone(),
         workspace: target.workspace.clone(),
@@ -123,8 +177,15 @@ async fn observe_unredacted(
         log_path: target.log_path.clone(),
         sync_refresh: for_tick,
         pr_probe: for_tick,
-    });
-    let r = p.observe(&script).await?;
+    };
+    let answered = match resident {
+        Some(r) => ask_resident(p, r, &req).await?,
+        None => None,
+    };
+    let r = match answered {
+        Some(r) => r,
+        None => p.observe(&observe_script(&req)).await?,
+    };
     let obs = observe::parse_observation(&r.stdout).map_err(|e| {
         // No observation and a failed command: the runner itself refused (container stopped or
         // gone, no shell), and its own words say why better than a guess about the launcher.

@@ -32,6 +32,11 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
         &target,
         crate::chain::launcher::configured(&ctx.spec).unwrap_or(""),
         false,
+        Some(crate::supervisor::target::Resident {
+            residents: &ctx.state.residents,
+            key: &ctx.key,
+            deadline: ctx.state.settings.command_timeout,
+        }),
     )
     .await?;
     if let Some(l) = &obs.core_launcher {

@@ -21,7 +21,9 @@
 //! 6. railway (see the section);
 //! 7. tick latency with 1,000 registrations, notifications off vs on (two sinks each);
 //! 8. 10,000 registrations every minute, the daemon restarted: how many tick within two
-//!    intervals and the share of scheduled ticks that start within ±2 s of their due time.
+//!    intervals and the share of scheduled ticks that start within ±2 s of their due time;
+//! 9. observing and acting (restart) ticks side by side, with the stand-in core as slow to
+//!    start as the real one (2 s import): wall time, core starts and sshd exec requests per tick.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileTypeExt;
@@ -38,7 +40,7 @@ use megaplan_cloudd::store::{NewTick, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7,8]
+const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7,8,9]
 
   --out DIR        where latest.json and latest.md are written (default: bench-results)
   --quick          small sample sizes and short windows: a smoke run, not figures to publish
@@ -68,7 +70,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let mut opts = Opts {
         out: PathBuf::from("bench-results"),
         quick: false,
-        sections: (1..=8).collect(),
+        sections: (1..=9).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -85,8 +87,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 opts.sections = list
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n @ 1..=8) => Ok(n),
-                        _ => Err(format!("--sections: {s:?} is not a section number 1-8")),
+                        Ok(n @ 1..=9) => Ok(n),
+                        _ => Err(format!("--sections: {s:?} is not a section number 1-9")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -1598,6 +1600,149 @@ fn markdown(report: &Report, meta: &Value) -> String {
     md
 }
 
+// ---------------------------------------------------------------------------------------------
+// Section 9: observing vs acting ticks, the core as slow to start as the real one
+
+/// The stand-in core's import delay in section 9: its default, as slow as the real core's
+/// import on a bench runner (the bench library starts containers with 0).
+const REAL_CORE_IMPORT_SECONDS: &str = "2";
+
+/// Pids of the runner's processes driving `chain start` (read from /proc in the container).
+fn chain_drivers(rig: &SshRig) -> Vec<String> {
+    let out = rig.container.exec(
+        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read().split(b\"\\0\")\n    except Exception:\n        continue\n    if b\"chain\" in c and b\"start\" in c and b\"--spec\" in c:\n        print(p)'",
+    );
+    text(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    let n = sz.supervise_n.min(20);
+    progress(&format!(
+        "9 observing vs acting ticks, stand-in core import {REAL_CORE_IMPORT_SECONDS} s, N={n} each, interleaved"
+    ));
+    let Some(rig) = SshRig::start_with_container_args(
+        "",
+        &[
+            "-e",
+            &format!("MEGAPLAN_STANDIN_IMPORT_SECONDS={REAL_CORE_IMPORT_SECONDS}"),
+        ],
+        &[],
+    ) else {
+        r.note("the e2e bench (Docker) is unavailable: section 9 was skipped");
+        return Ok(());
+    };
+    rig.precreate_workspace();
+    // The runner stalls in m1 for ever: every observing tick is a noop on a live runner; killing
+    // it leaves the state naming a running plan with no runner (stale bookkeeping), which the
+    // next tick restarts — an acting tick — into the same stall.
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
+    let launched = rig.ctl(&["chain", &spec.display().to_string()]);
+    if launched.code != Some(0) {
+        return Err(format!(
+            "chain launch failed: {}\n{}",
+            launched.stdout, launched.stderr
+        ));
+    }
+    let running = wait_until(Duration::from_secs(90), || {
+        let s = rig.ctl(&["status", "--chain"]).json;
+        s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
+    });
+    if !running {
+        return Err("section 9: the chain did not reach a running m1 within 90 s".to_owned());
+    }
+    let warm = rig.ctl(&["supervise", "--chain"]);
+    if warm.code != Some(0) {
+        return Err(format!(
+            "section 9 warm-up tick failed: {}\n{}",
+            warm.stdout, warm.stderr
+        ));
+    }
+    let mut obs_ms = Vec::new();
+    let mut act_ms = Vec::new();
+    let mut obs_core = Vec::new();
+    let mut act_core = Vec::new();
+    let mut obs_exec = Vec::new();
+    let mut act_exec = Vec::new();
+    let mut wrong: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..n {
+        let e0 = rig.sshd.exec_requests();
+        let started = Instant::now();
+        let t = rig.ctl(&["supervise", "--chain"]);
+        obs_ms.push(ms(started.elapsed()));
+        obs_exec.push((rig.sshd.exec_requests() - e0) as f64);
+        obs_core.push(t.json["core_starts"].as_f64().unwrap_or(f64::NAN));
+        if t.json["event"] != "supervisor_tick" {
+            *wrong
+                .entry(format!("observing: {}", t.json["event"]))
+                .or_default() += 1;
+        }
+
+        // Kill the runner (outside the measurement) and wait until no driver is left.
+        rig.container.exec("tmux kill-server 2>/dev/null; true");
+        if !wait_until(Duration::from_secs(30), || chain_drivers(&rig).is_empty()) {
+            return Err("section 9: the killed runner did not go away".to_owned());
+        }
+        let e0 = rig.sshd.exec_requests();
+        let started = Instant::now();
+        let t = rig.ctl(&["supervise", "--chain"]);
+        act_ms.push(ms(started.elapsed()));
+        act_exec.push((rig.sshd.exec_requests() - e0) as f64);
+        act_core.push(t.json["core_starts"].as_f64().unwrap_or(f64::NAN));
+        if t.json["event"] != "supervisor_restarted" {
+            *wrong
+                .entry(format!("acting: {}", t.json["event"]))
+                .or_default() += 1;
+        }
+        // The restarted runner must be driving again before the next observing tick.
+        wait_until(Duration::from_secs(30), || !chain_drivers(&rig).is_empty());
+    }
+    let (o, a) = (stats(&obs_ms), stats(&act_ms));
+    let (oc, ac) = (stats(&obs_core), stats(&act_core));
+    let (oe, ae) = (stats(&obs_exec), stats(&act_exec));
+    const S: &str = "9 Observing vs acting tick (core import 2 s)";
+    r.row(
+        S,
+        "Observing tick (noop, runner alive), wall median / p99 (ms) — target ≤ 500",
+        format!("{} / {}", num(o.median, 0), num(o.p99, 0)),
+    );
+    r.row(
+        S,
+        "Acting tick (restart of a dead runner), wall median / p99 (ms) — target ≤ 600",
+        format!("{} / {}", num(a.median, 0), num(a.p99, 0)),
+    );
+    r.row(
+        S,
+        "Core starts per tick, observing / acting, median (max)",
+        format!(
+            "{} ({}) / {} ({})",
+            num(oc.median, 0),
+            num(oc.max, 0),
+            num(ac.median, 0),
+            num(ac.max, 0)
+        ),
+    );
+    r.row(
+        S,
+        "sshd exec requests per tick, observing / acting, median",
+        format!("{} / {}", num(oe.median, 0), num(ae.median, 0)),
+    );
+    if !wrong.is_empty() {
+        r.note(format!("§9: ticks with an unexpected event: {wrong:?}"));
+    }
+    r.sections.insert(
+        "acting_vs_observing".into(),
+        json!({
+            "n": n,
+            "standin_import_seconds": REAL_CORE_IMPORT_SECONDS,
+            "observing": {"wall_ms": o, "core_starts": oc, "sshd_exec_requests": oe},
+            "acting": {"wall_ms": a, "core_starts": ac, "sshd_exec_requests": ae},
+            "unexpected_events": wrong,
+        }),
+    );
+    Ok(())
+}
+
 fn run(opts: &Opts) -> Result<(), String> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -1655,6 +1800,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
     if wants(8) {
         section_restart(&sz, &mut report)?;
+    }
+    if wants(9) {
+        section_acting(&sz, &mut report)?;
     }
 
     let meta = json!({
