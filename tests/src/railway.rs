@@ -139,6 +139,8 @@ pub fn run_in_private_namespace(
         .arg(program)
         .args(args)
         .env(NS_ENV, scratch.path())
+        // An operator's environment with backtraces on: the CLI's errors must still be messages.
+        .env("RUST_BACKTRACE", "1")
         .status()
         .map_err(|e| format!("unshare: {e}"))
 }

@@ -320,6 +320,26 @@ async fn railway_provider_drives_the_real_cli() {
         .expect("exec stdin");
     assert_eq!(r.stdout, "PIPED STDIN\n");
 
+    // A CLI error reads as its message even with backtraces on in the environment (the
+    // namespace runs with RUST_BACKTRACE=1): anyhow's error backtrace is off for the CLI.
+    let mut ghost_spec = (*spec).clone();
+    ghost_spec.railway.service = "ghost".to_string();
+    let ghost = RailwayProvider::with_program(
+        ProviderCtx {
+            spec: Arc::new(ghost_spec),
+            ..ctx.clone()
+        },
+        &program,
+    );
+    let r = ghost.exec("true", None).await.expect("exec ghost");
+    assert_ne!(r.code, 0);
+    assert!(
+        !r.stderr.is_empty() && !r.stderr.contains("Stack backtrace"),
+        "{}",
+        r.stderr
+    );
+    world.take_requests();
+
     // Held session: `railway ssh config` once, then one ControlMaster to the relay; later calls
     // cost one multiplexed channel: no CLI run, no backboard request, no new connection.
     let control_dir = tempfile::Builder::new()

@@ -418,6 +418,18 @@ fn service_missing(service: &str) -> ErrorBody {
     .with("service", service)
 }
 
+/// A run of the CLI (or of the pty wrapper around it). The CLI reports errors through `anyhow`,
+/// which appends a whole stack backtrace when the operator's environment has `RUST_BACKTRACE=1`;
+/// the daemon shows an error's last lines, which would then be frames instead of the message.
+/// `RUST_LIB_BACKTRACE=0` turns those error backtraces off (panics still honour
+/// `RUST_BACKTRACE`).
+pub fn cli_cmd(program: &str, args: Vec<String>, cwd: PathBuf) -> Cmd {
+    Cmd::new(program)
+        .args(args)
+        .cwd(cwd)
+        .env("RUST_LIB_BACKTRACE", "0")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Execution.
 
@@ -561,7 +573,7 @@ impl RailwayProvider {
     }
 
     fn cmd(&self, args: Vec<String>, cwd: PathBuf) -> Cmd {
-        Cmd::new(&self.program).args(args).cwd(cwd)
+        cli_cmd(&self.program, args, cwd)
     }
 
     async fn run(&self, cmd: &Cmd, deadline: Duration) -> Result<Output, ErrorBody> {
@@ -878,10 +890,7 @@ impl Provider for RailwayProvider {
         let mut argv = vec![self.program.clone()];
         argv.extend(args);
         let pty = under_pty(&argv);
-        let cmd = Cmd::new(&pty[0])
-            .args(pty[1..].iter().cloned())
-            .cwd(self.project_dir())
-            .env("SHELL", "/bin/sh");
+        let cmd = cli_cmd(&pty[0], pty[1..].to_vec(), self.project_dir()).env("SHELL", "/bin/sh");
         process::run_streaming_terminal(&cmd, None, &self.ctx.redactor, out)
             .await
             .map_err(|e| run_error(&cmd, e))
@@ -1122,6 +1131,17 @@ mod tests {
         assert_eq!(
             up_outcome(0, "CI mode enabled\n\x1b[1;32mDeploy complete\x1b[0m\n"),
             UpOutcome::Deployed
+        );
+    }
+
+    #[test]
+    fn cli_errors_come_without_a_backtrace() {
+        let c = cli_cmd("railway", vec!["down".into()], PathBuf::from("/p"));
+        assert!(
+            c.env
+                .contains(&("RUST_LIB_BACKTRACE".to_string(), "0".to_string())),
+            "{:?}",
+            c.env
         );
     }
 
