@@ -32,8 +32,8 @@ pub struct AppState {
     pub secrets: std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>,
     /// Core launchers probed on runners, per marker key (`megaplan.launcher` unset).
     pub launchers: crate::chain::launcher::LauncherCache,
-    /// Resident observers, one per runner key (runner/resident.rs).
-    pub residents: crate::runner::resident::Residents,
+    /// Resident observers, one per runner key (provider/resident.rs).
+    pub residents: crate::provider::resident::Residents,
     pub shutdown: CancellationToken,
     /// Fired one grace period after `shutdown`: whatever still runs is cancelled.
     pub hard_stop: CancellationToken,

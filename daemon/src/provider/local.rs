@@ -13,9 +13,9 @@
 
 use super::transport::{self, Transport};
 use super::{
-    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
-    check_secrets, deploy_failed, env_file_content, explanation, note, plain_step,
-    push_streamed_step, run_error, session_not_supported, stream_capture, upload_script,
+    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, check_secrets,
+    deploy_failed, env_file_content, explanation, note, plain_step, push_streamed_step, run_error,
+    session_not_supported, stream_capture,
 };
 use crate::process::{self, Cmd, Output};
 use crate::redact::Redactor;
@@ -363,18 +363,6 @@ impl Transport for LocalProvider {
 
     fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request {
         (exec_args_within(script, self.ctx.deadline), stdin)
-    }
-
-    fn upload_requests(
-        &self,
-        remote_path: &str,
-        content: &[u8],
-    ) -> Result<Vec<Self::Request>, ErrorBody> {
-        let script = upload_script(remote_path)?;
-        Ok(vec![self.exec_request(
-            &script,
-            Some(base64_lines(content).into_bytes()),
-        )])
     }
 
     fn read_request(&self, remote_path: &str) -> Self::Request {

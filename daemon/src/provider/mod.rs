@@ -9,6 +9,7 @@
 
 pub mod local;
 pub mod railway;
+pub mod resident;
 pub mod ssh;
 pub mod ssh_master;
 pub mod transport;
@@ -143,7 +144,7 @@ pub trait Provider {
 
     /// The local command that runs `bash -lc <script>` in the runner with its stdin and stdout
     /// connected, over the session this transport holds, for a long-lived process (the
-    /// resident observer, `crate::runner::resident`). No runner-side deadline: the process
+    /// resident observer, `crate::provider::resident`). No runner-side deadline: the process
     /// bounds its own requests. `None`: this transport cannot hold one.
     async fn resident_command(&self, _script: &str) -> Result<Option<Cmd>, ErrorBody> {
         Ok(None)

@@ -9,9 +9,9 @@
 use super::ssh_master::{SSH_FAILURE, SshMaster, SshSessions, SshTarget};
 use super::transport::{self, Transport};
 use super::{
-    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
-    check_secrets, deploy_failed, env_file_content, note, run_error, session_not_supported,
-    step_failed, step_from, upload_script,
+    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, check_secrets,
+    deploy_failed, env_file_content, note, run_error, session_not_supported, step_failed,
+    step_from,
 };
 use crate::cloud_yaml::{CloudSpec, Ssh};
 use crate::process::{self, Cmd, Output, StreamKind};
@@ -507,18 +507,6 @@ impl Transport for SshProvider {
 
     fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request {
         (self.in_runner(script), stdin)
-    }
-
-    fn upload_requests(
-        &self,
-        remote_path: &str,
-        content: &[u8],
-    ) -> Result<Vec<Self::Request>, ErrorBody> {
-        let script = upload_script(remote_path)?;
-        Ok(vec![self.exec_request(
-            &script,
-            Some(base64_lines(content).into_bytes()),
-        )])
     }
 
     /// ssh and `docker exec` without a TTY carry bytes unchanged: no encoding needed.

@@ -3,7 +3,7 @@
 //! command is sent (ssh through the held master into `docker exec`, `docker compose exec`,
 //! `railway ssh`); checking the exit, redacting and naming the failure are written here.
 
-use super::{ExecResult, exec_result, step_failed};
+use super::{ExecResult, base64_lines, exec_result, step_failed, upload_script};
 use crate::process::Output;
 use crate::redact::Redactor;
 use megaplan_cloud_api::ErrorBody;
@@ -24,12 +24,19 @@ pub trait Transport {
     /// `bash -lc <script>` in the runner, bounded there by the command deadline, with `stdin`.
     fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request;
 
-    /// The commands that write `content` to `remote_path` (parents created), in order.
+    /// The commands that write `content` to `remote_path` (parents created), in order. By
+    /// default one: [`upload_script`] reading the content as base64 on stdin.
     fn upload_requests(
         &self,
         remote_path: &str,
         content: &[u8],
-    ) -> Result<Vec<Self::Request>, ErrorBody>;
+    ) -> Result<Vec<Self::Request>, ErrorBody> {
+        let script = upload_script(remote_path)?;
+        Ok(vec![self.exec_request(
+            &script,
+            Some(base64_lines(content).into_bytes()),
+        )])
+    }
 
     /// The command whose stdout carries the bytes of `remote_path`.
     fn read_request(&self, remote_path: &str) -> Self::Request;

@@ -3,8 +3,8 @@
 //!
 //! - [`layout`]: the chain session name, the session-marker dir, the chain log, the exit codes
 //!   the scripts answer with, the observation line's prefix; the same values for Python.
-//! - [`observe`]: the observation script (`observe.py`), one-shot or resident.
-//! - [`resident`]: the resident observer, one long-lived process per runner.
+//! - [`observe`]: the observation script (`observe.py`), one-shot or resident (`resident.py`;
+//!   `crate::provider::resident` keeps one such process per runner).
 //! - [`mutation`]: the only script a supervise tick may run to act (restart or advance).
 //! - [`launch`]: the scripts of `chain`, `bootstrap`, `chains`: checkout, preflight, start.
 //! - [`probe`]: which core module a runner's Python can import.
@@ -13,15 +13,14 @@
 //! `resident.py`) and is sent as `python -c`: the layout constants first, then the files a
 //! script needs, then one entry call.
 //!
-//! This layer calls only [`crate::shell`], [`crate::process`] and the config constants of
-//! [`crate::cloud_yaml`]; the chain domain and the workflows call it.
+//! This layer calls only [`crate::shell`] and the config constants of [`crate::cloud_yaml`];
+//! the chain domain, the providers and the workflows call it.
 
 pub mod launch;
 pub mod layout;
 pub mod mutation;
 pub mod observe;
 pub mod probe;
-pub mod resident;
 
 use std::sync::LazyLock;
 

@@ -2,7 +2,7 @@
 //! interpreter gathers the spec, the chain state, the runtime policy, the optional sync
 //! refresh, the current plan's status, runner liveness, the log's mtime/size, session markers
 //! and the PR merge probe. Run one-shot ([`observe_script`], one `MEGAPLAN_OBSERVATION <json>`
-//! line) or answered by the resident observer ([`resident_script`], see `runner::resident`).
+//! line) or answered by the resident observer ([`resident_script`], see `provider::resident`).
 //! `crate::chain::observe` parses the result.
 
 use crate::runner::layout::SESSION_MARKER_DIR;

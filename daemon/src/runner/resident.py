@@ -1,6 +1,6 @@
 # megaplan-cloudd resident observer: ONE long-lived process per runner, started by the daemon
 # over the session it already holds (`docker exec -i <container> bash -lc ...` through the ssh
-# ControlMaster, or `docker compose exec -T` for local; runner/resident.rs). It imports the
+# ControlMaster, or `docker compose exec -T` for local; provider/resident.rs). It imports the
 # megaplan core once (observe.py `Core`) and then answers observation requests without starting
 # the core again, so a steady-state tick costs no core start-up.
 #
