@@ -11,12 +11,12 @@
 //! compose file reads as `env_file`. This puts the secret values on the operator's own disk: the
 //! file is created 0600 and replaced atomically, and `destroy` of the deploy dir removes it.
 
-use super::transport::{self, Transport};
-use super::{
+use super::common::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, check_secrets,
     deploy_failed, env_file_content, explanation, note, plain_step, push_streamed_step, run_error,
     session_not_supported, stream_capture,
 };
+use super::transport::{self, Transport};
 use crate::process::{self, Cmd, Output};
 use crate::redact::Redactor;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};

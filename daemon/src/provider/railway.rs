@@ -42,13 +42,13 @@
 //! No secret value is ever in an argv: the process list of the machine is readable by every
 //! local user.
 
-use super::ssh_master::{SshMaster, SshSessions, SshTarget};
-use super::transport::{self, Transport};
-use super::{
+use super::common::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
     check_secrets, decode_base64_text, deploy_failed, explanation, plain_step, push_streamed_step,
     remote_parent, run_error, step_failed, step_from, stream_capture,
 };
+use super::ssh_master::{SshMaster, SshSessions, SshTarget};
+use super::transport::{self, Transport};
 use crate::process::{self, Cmd, Output};
 use crate::redact::Redactor;
 use crate::shell::quote;

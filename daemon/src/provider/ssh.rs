@@ -6,13 +6,13 @@
 //! [`crate::shell`] quoting: it goes through the host's login shell, and scripts run in the
 //! runner go through `bash -lc` as well, so hostile names and paths arrive as literal words.
 
-use super::ssh_master::{SSH_FAILURE, SshMaster, SshSessions, SshTarget};
-use super::transport::{self, Transport};
-use super::{
+use super::common::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, check_secrets,
     deploy_failed, env_file_content, note, run_error, session_not_supported, step_failed,
     step_from,
 };
+use super::ssh_master::{SSH_FAILURE, SshMaster, SshSessions, SshTarget};
+use super::transport::{self, Transport};
 use crate::cloud_yaml::{CloudSpec, Ssh};
 use crate::process::{self, Cmd, Output, StreamKind};
 use crate::redact::Redactor;

@@ -3,7 +3,7 @@
 //! command is sent (ssh through the held master into `docker exec`, `docker compose exec`,
 //! `railway ssh`); checking the exit, redacting and naming the failure are written here.
 
-use super::{ExecResult, base64_lines, exec_result, step_failed, upload_script};
+use super::common::{ExecResult, base64_lines, exec_result, step_failed, upload_script};
 use crate::process::Output;
 use crate::redact::Redactor;
 use megaplan_cloud_api::ErrorBody;

@@ -16,7 +16,7 @@
 //!
 //! The decision ([`plan`]) and the remote script ([`seed_script`]) are pure; [`seed`] runs them.
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::provider::Provider;
 use crate::redact::LITERAL_ONLY_PREFIX;
 use crate::shell::quote;

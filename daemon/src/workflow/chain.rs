@@ -6,11 +6,13 @@
 //! `megaplan-chain`, writes the session marker, verifies the session, and stores the
 //! last-chain marker (SQLite + legacy file).
 
-use super::{Ctx, Done, markers, remote_failure};
+use super::ctx::{Ctx, Done};
 use crate::chain::spec::{self, ChainSpec};
 use crate::provider::Provider;
+use crate::provider::remote_failure;
 use crate::runner::launch::{checkout_script, init_command, preflight_script, start_script};
 use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN, chain_log, marker_file};
+use crate::supervisor::markers;
 use chrono::Utc;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};

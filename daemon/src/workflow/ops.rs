@@ -1,6 +1,6 @@
 //! Runner lifecycle commands: build, deploy, exec, logs, attach, down, destroy.
 
-use super::{Ctx, Done};
+use super::ctx::{Ctx, Done};
 use crate::cloud_yaml::ProviderKind;
 use crate::provider::Provider;
 use crate::render;

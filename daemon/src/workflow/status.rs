@@ -1,10 +1,12 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
-use super::{Ctx, Done, markers, remote_failure};
+use super::ctx::{Ctx, Done};
 use crate::chain::summary;
 use crate::provider::Provider;
+use crate::provider::remote_failure;
 use crate::runner::launch::{chains_script, core_command};
 use crate::runner::layout::marker_file;
+use crate::supervisor::markers;
 pub use crate::supervisor::target::{
     CHAIN_SESSION, ChainTarget, SpecSource, chain_target, observe_chain, resolve_remote_spec,
 };

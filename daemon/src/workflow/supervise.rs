@@ -1,7 +1,7 @@
 //! `supervise --chain`: a tick now, through the supervisor (stored like scheduled ones), or a dry
 //! run (not stored).
 
-use super::{Ctx, Done};
+use super::ctx::{Ctx, Done};
 use crate::supervisor::supervise::{self, tick_with};
 use crate::supervisor::tick;
 use megaplan_cloud_api::ErrorBody;
