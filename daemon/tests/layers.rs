@@ -102,6 +102,50 @@ fn crate_paths(src: &str) -> Vec<(String, Option<String>)> {
     out
 }
 
+/// The first names after `super::` in `src` outside test modules (`use super::{a, b::C}`
+/// gives `a` and `b`).
+fn super_paths(src: &str) -> Vec<String> {
+    let cut = Regex::new(r"(?m)^#\[cfg\(test\)\]\s*\n(pub(\(crate\))? )?mod ").unwrap();
+    let src = match cut.find(src) {
+        Some(m) => &src[..m.start()],
+        None => src,
+    };
+    let comment = Regex::new(r"//[^\n]*").unwrap();
+    let src = comment.replace_all(src, "");
+    let mut out = Vec::new();
+    let group = Regex::new(r"\bsuper::\{([^;]*)\}").unwrap();
+    for c in group.captures_iter(&src) {
+        let (mut depth, mut item) = (0, String::new());
+        let mut items = Vec::new();
+        for ch in c[1].chars() {
+            match ch {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(std::mem::take(&mut item));
+                    continue;
+                }
+                _ => {}
+            }
+            item.push(ch);
+        }
+        items.push(item);
+        for it in items {
+            if let Some(w) = it
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .find(|w| !w.is_empty())
+            {
+                out.push(w.to_string());
+            }
+        }
+    }
+    let inline = Regex::new(r"\bsuper::([A-Za-z_][A-Za-z0-9_]*)").unwrap();
+    for c in inline.captures_iter(&src) {
+        out.push(c[1].to_string());
+    }
+    out
+}
+
 /// Every import that breaks the layering, as `file: crate::path (why)`.
 fn violations(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
@@ -128,6 +172,17 @@ fn violations(root: &Path) -> Vec<String> {
             continue;
         };
         let src = std::fs::read_to_string(f).unwrap();
+        if sub.is_some() {
+            let siblings = subs.get(&top).cloned().unwrap_or_default();
+            for name in super_paths(&src) {
+                if !siblings.contains(&name) {
+                    bad.push(format!(
+                        "{}: super::{name} is in its folder's mod.rs (move what the files share into a file of its own)",
+                        rel.display()
+                    ));
+                }
+            }
+        }
         for (t, s) in crate_paths(&src) {
             let file = s.filter(|s| subs.get(&t).is_some_and(|v| v.contains(s)));
             let Some(theirs) = layer(&t, file.as_deref()) else {
@@ -138,6 +193,14 @@ fn violations(root: &Path) -> Vec<String> {
                 None => format!("crate::{t}"),
             };
             if t == top {
+                // A file of a folder may use its sibling files, never its folder's `mod.rs`
+                // (which declares and dispatches to the files: a cycle).
+                if sub.is_some() && file.is_none() {
+                    bad.push(format!(
+                        "{}: {what} is its folder's mod.rs (move what the files share into a file of its own)",
+                        rel.display()
+                    ));
+                }
                 continue;
             }
             if theirs > mine {
@@ -188,6 +251,15 @@ fn an_import_from_above_is_caught() {
     std::fs::write(src.join("process.rs"), "fn f() { crate::render::x(); }\n").unwrap();
     std::fs::write(src.join("render.rs"), "").unwrap();
     std::fs::write(src.join("chain.rs"), "use crate::runner::layout;\n").unwrap();
+    // A folder's file importing its mod.rs (by super:: or crate::), and one using a sibling.
+    std::fs::create_dir_all(src.join("workflow")).unwrap();
+    std::fs::write(src.join("workflow").join("mod.rs"), "pub mod ctx;\n").unwrap();
+    std::fs::write(src.join("workflow").join("ctx.rs"), "").unwrap();
+    std::fs::write(
+        src.join("workflow").join("ops.rs"),
+        "use super::{ctx::Ctx, Done};\nuse crate::workflow::run;\nuse super::ctx;\n",
+    )
+    .unwrap();
     std::fs::write(
         src.join("supervisor").join("tick.rs"),
         "#[cfg(test)]\nmod tests {\n    use crate::workflow::Ctx;\n}\n",
@@ -199,6 +271,8 @@ fn an_import_from_above_is_caught() {
         vec![
             "process.rs: crate::render is another module of the same layer 2".to_string(),
             "store.rs: crate::http is a higher layer (11 > 1)".to_string(),
+            "workflow/ops.rs: crate::workflow is its folder's mod.rs (move what the files share into a file of its own)".to_string(),
+            "workflow/ops.rs: super::Done is in its folder's mod.rs (move what the files share into a file of its own)".to_string(),
         ]
     );
 }

@@ -121,11 +121,11 @@ pub fn exec_args(script: &str) -> Vec<String> {
     words(&["exec", "-T", SERVICE, "bash", "-lc", script])
 }
 
-/// [`exec_args`] bounded on the runner side (see [`super::runner_timeout`]):
+/// [`exec_args`] bounded on the runner side (see [`super::common::runner_timeout`]):
 /// `exec -T agent timeout -k 5 <secs> bash -lc <script>`.
 pub fn exec_args_within(script: &str, deadline: Duration) -> Vec<String> {
     let mut args = words(&["exec", "-T", SERVICE]);
-    args.extend(super::runner_timeout(deadline));
+    args.extend(super::common::runner_timeout(deadline));
     args.extend(words(&["bash", "-lc", script]));
     args
 }
@@ -216,7 +216,7 @@ impl LocalProvider {
                 ErrorCode::ProviderUnavailable,
                 format!(
                     "Missing required CLI 'docker-compose': this docker client has no compose plugin. Install the plugin or docker-compose: {}",
-                    super::install_page("docker-compose")
+                    super::common::install_page("docker-compose")
                 ),
             )
             .with("binary", "docker-compose"));
@@ -266,7 +266,7 @@ impl LocalProvider {
         args: &[String],
         deadline: Option<Duration>,
         out: &OutTx,
-    ) -> Result<super::Streamed, ErrorBody> {
+    ) -> Result<super::common::Streamed, ErrorBody> {
         let flavor = self.flavor(Some(out)).await?;
         let cmd = self.cmd(flavor, args);
         let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out).await?;
@@ -467,7 +467,7 @@ impl Provider for LocalProvider {
     async fn logs(
         &self,
         follow: bool,
-        window: &super::LogWindow,
+        window: &super::common::LogWindow,
         out: &OutTx,
     ) -> Result<i32, ErrorBody> {
         let flavor = self.flavor(Some(out)).await?;

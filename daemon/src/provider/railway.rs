@@ -256,10 +256,13 @@ pub fn exec_command(script: &str, stdin: Option<&[u8]>) -> String {
     bash_command("bash -lc", script, stdin)
 }
 
-/// [`exec_command`] bounded on the runner side (see [`super::runner_timeout`]):
+/// [`exec_command`] bounded on the runner side (see [`super::common::runner_timeout`]):
 /// `timeout -k 5 <secs> bash -lc <script>`.
 pub fn exec_command_within(script: &str, stdin: Option<&[u8]>, deadline: Duration) -> String {
-    let runner = format!("{} bash -lc", super::runner_timeout(deadline).join(" "));
+    let runner = format!(
+        "{} bash -lc",
+        super::common::runner_timeout(deadline).join(" ")
+    );
     bash_command(&runner, script, stdin)
 }
 
@@ -696,7 +699,7 @@ impl Provider for RailwayProvider {
     }
 
     async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
-        super::require_cli("docker")?;
+        super::common::require_cli("docker")?;
         let argv = build_argv(self.service(), &self.ctx.deploy_dir);
         let cmd = Cmd::new("docker").args(argv.into_iter().skip(1));
         self.stream_step("docker build", &cmd, None, out).await
@@ -866,7 +869,7 @@ impl Provider for RailwayProvider {
     async fn logs(
         &self,
         follow: bool,
-        window: &super::LogWindow,
+        window: &super::common::LogWindow,
         out: &OutTx,
     ) -> Result<i32, ErrorBody> {
         let since = window.since()?;
@@ -885,8 +888,8 @@ impl Provider for RailwayProvider {
                 .map_err(|e| self.cli_error(run_error(&cmd, e)));
         }
         // Follow mode streams only to a terminal: run the CLI under one.
-        super::require_cli(&self.program).map_err(|e| self.cli_error(e))?;
-        super::require_cli(PTY_WRAPPER[0])?;
+        super::common::require_cli(&self.program).map_err(|e| self.cli_error(e))?;
+        super::common::require_cli(PTY_WRAPPER[0])?;
         let mut argv = vec![self.program.clone()];
         argv.extend(args);
         let pty = under_pty(&argv);

@@ -45,13 +45,13 @@ pub fn remote_exec(container: &str, script: &str) -> String {
     )
 }
 
-/// [`remote_exec`] bounded on the runner side (see [`super::runner_timeout`]):
+/// [`remote_exec`] bounded on the runner side (see [`super::common::runner_timeout`]):
 /// `docker exec -i <container> timeout -k 5 <secs> bash -lc <script>`.
 pub fn remote_exec_within(container: &str, script: &str, deadline: Duration) -> String {
     format!(
         "docker exec -i {} {} bash -lc {}",
         quote(container),
-        super::runner_timeout(deadline).join(" "),
+        super::common::runner_timeout(deadline).join(" "),
         quote(script)
     )
 }
@@ -698,7 +698,7 @@ impl Provider for SshProvider {
     async fn logs(
         &self,
         follow: bool,
-        window: &super::LogWindow,
+        window: &super::common::LogWindow,
         out: &OutTx,
     ) -> Result<i32, ErrorBody> {
         let deadline = (!follow).then_some(self.ctx.deadline);

@@ -330,10 +330,10 @@ impl SshSessions {
         let cmd = master_command(m);
         let code = process::run_detached(&cmd, MASTER_START_DEADLINE, log)
             .await
-            .map_err(|e| super::run_error(&cmd, e))?;
+            .map_err(|e| super::common::run_error(&cmd, e))?;
         let why = || {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            super::tail(&text, 10)
+            super::common::tail(&text, 10)
         };
         if code != 0 {
             return Err(connect_failed(&m.target, code, &why()));
@@ -409,12 +409,12 @@ impl SshSessions {
             let permit = tokio::time::timeout(deadline, master.channel())
                 .await
                 .map_err(|_| {
-                    super::run_error(&cmd, process::RunError::Timeout { after: deadline })
+                    super::common::run_error(&cmd, process::RunError::Timeout { after: deadline })
                 })?;
             let left = deadline.saturating_sub(started.elapsed());
             let out = process::run(&cmd, left)
                 .await
-                .map_err(|e| super::run_error(&cmd, e))?;
+                .map_err(|e| super::common::run_error(&cmd, e))?;
             drop(permit);
             if out.code != SSH_FAILURE || master.is_alive().await {
                 return Ok(out);
@@ -525,7 +525,7 @@ fn connection_lost(t: &SshTarget, out: &Output) -> ErrorBody {
         format!(
             "the ssh connection to {} was lost while a command ran ({}); it may or may not have completed on the runner, so it was not retried: check the runner, then run it again",
             t.describe(),
-            super::tail(stderr.trim(), 5)
+            super::common::tail(stderr.trim(), 5)
         ),
     )
     .with("host", t.host.clone())

@@ -6,7 +6,7 @@ use super::layout::{
 };
 use super::mutation::session_marker_command;
 use super::observe::python_prelude;
-use super::{driver_check_py, driver_wait_py, marker_digest_py, remove_state_py};
+use super::python::{driver_check_py, driver_wait_py, marker_digest_py, remove_state_py};
 use crate::cloud_yaml::CloudSpec;
 use crate::shell::quote;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! and never kills a runner that is alive or that belongs to another chain.
 
 use super::observe::python_prelude;
-use super::{driver_check_py, driver_wait_py, marker_check_py, marker_write_py};
+use super::python::{driver_check_py, driver_wait_py, marker_check_py, marker_write_py};
 use crate::runner::layout::EXIT_LIVE_RUNNER;
 use crate::shell::quote;
 

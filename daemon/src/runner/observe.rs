@@ -11,11 +11,16 @@ use serde_json::{Value, json};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// [`super::py_library`] and `observe.py` (definitions only; each script ends with its own
+/// [`super::python::py_library`] and `observe.py` (definitions only; each script ends with its own
 /// entry call).
 fn library() -> &'static str {
-    static TEXT: LazyLock<String> =
-        LazyLock::new(|| format!("{}{}\n", super::py_library(), include_str!("observe.py")));
+    static TEXT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{}{}\n",
+            super::python::py_library(),
+            include_str!("observe.py")
+        )
+    });
     &TEXT
 }
 
