@@ -100,10 +100,69 @@ impl RateLimitedLog {
     }
 }
 
+/// Why the daemon cannot take its socket, its folders or its locks. Each message names the
+/// path and the fix; start-up logs it and exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot inspect {}: {source}", dir.display())]
+    Inspect {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} must be a directory of our own, not a symlink or a file; remove it or choose another --socket in a new folder", dir.display())]
+    NotADirectory { dir: PathBuf },
+    #[error("{} is owned by uid {owner}, not by us (uid {me}); megaplan-cloudd only uses folders of its own: choose another --socket in a new folder", dir.display())]
+    NotOurs { dir: PathBuf, owner: u32, me: u32 },
+    #[error("{} is mode {mode:04o}: group or others can enter it, so it cannot hold the daemon's socket or state. megaplan-cloudd never changes a folder's mode: run `chmod 700 {}` if the folder is yours alone, or choose another --socket in a new folder (created 0700)", dir.display(), dir.display())]
+    OpenToOthers { dir: PathBuf, mode: u32 },
+    #[error("cannot open lock file {}: {source}", path.display())]
+    OpenLock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {}: {inner}; make its folder writable (remount the file system read-write, fix its permissions) or use another --db", db.display())]
+    DatabaseFolder {
+        db: PathBuf,
+        inner: Box<SocketError>,
+    },
+    #[error("another megaplan-cloudd is already using the database {} ({holder}; lock {}: {source}). Two daemons on one database would tick every registration twice: stop it first, or use another --db", db.display(), lock.display())]
+    DatabaseBusy {
+        db: PathBuf,
+        holder: String,
+        lock: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another megaplan-cloudd is already serving {} ({holder}; lock {}: {source}). Stop it first, or use another --socket", socket.display(), lock.display())]
+    SocketBusy {
+        socket: PathBuf,
+        holder: String,
+        lock: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket path {} is {len} bytes; Unix sockets allow about 100. Use a shorter --socket", socket.display())]
+    PathTooLong { socket: PathBuf, len: usize },
+    #[error("socket path {} has no folder", socket.display())]
+    NoFolder { socket: PathBuf },
+    #[error("{} is a live socket served by another process; stop it or use another --socket", socket.display())]
+    LiveSocket { socket: PathBuf },
+    /// A step of binding the socket failed (`what`: "remove stale socket", "bind", ...).
+    #[error("cannot {what} {}: {source}", socket.display())]
+    Socket {
+        what: &'static str,
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Create `dir` (and missing parents) with mode 0700, or check an existing one: a real
 /// directory (not a symlink), owned by us, no group/other permission bits. Never chmods:
 /// a folder we did not create is not ours to change.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+pub fn ensure_private_dir(dir: &Path) -> Result<(), SocketError> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match std::fs::DirBuilder::new()
@@ -114,39 +173,49 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
                 Ok(()) => {}
                 // Lost a race with another creator: check what is there now.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+                Err(source) => {
+                    return Err(SocketError::CreateDir {
+                        dir: dir.to_path_buf(),
+                        source,
+                    });
+                }
             }
         }
-        Err(e) => return Err(format!("cannot inspect {}: {e}", dir.display())),
+        Err(source) => {
+            return Err(SocketError::Inspect {
+                dir: dir.to_path_buf(),
+                source,
+            });
+        }
         Ok(_) => {}
     }
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| SocketError::Inspect {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     check_private_dir(dir, &meta, current_uid())
 }
 
 /// The decision of [`ensure_private_dir`] on an existing path's facts.
-pub fn check_private_dir(dir: &Path, meta: &std::fs::Metadata, me: u32) -> Result<(), String> {
+pub fn check_private_dir(dir: &Path, meta: &std::fs::Metadata, me: u32) -> Result<(), SocketError> {
     if meta.file_type().is_symlink() || !meta.is_dir() {
-        return Err(format!(
-            "{} must be a directory of our own, not a symlink or a file; remove it or choose another --socket in a new folder",
-            dir.display()
-        ));
+        return Err(SocketError::NotADirectory {
+            dir: dir.to_path_buf(),
+        });
     }
     if meta.uid() != me {
-        return Err(format!(
-            "{} is owned by uid {}, not by us (uid {me}); megaplan-cloudd only uses folders of its own: choose another --socket in a new folder",
-            dir.display(),
-            meta.uid(),
-        ));
+        return Err(SocketError::NotOurs {
+            dir: dir.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is mode {mode:04o}: group or others can enter it, so it cannot hold the daemon's socket or state. megaplan-cloudd never changes a folder's mode: run `chmod 700 {}` if the folder is yours alone, or choose another --socket in a new folder (created 0700)",
-            dir.display(),
-            dir.display()
-        ));
+        return Err(SocketError::OpenToOthers {
+            dir: dir.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -161,8 +230,8 @@ pub struct InstanceLock {
 /// the holder's record and the error.
 fn take_lock(
     lock_path: &Path,
-    busy: impl FnOnce(&str, &std::io::Error) -> String,
-) -> Result<InstanceLock, String> {
+    busy: impl FnOnce(String, std::io::Error) -> SocketError,
+) -> Result<InstanceLock, SocketError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -170,7 +239,10 @@ fn take_lock(
         .write(true)
         .mode(0o600)
         .open(lock_path)
-        .map_err(|e| format!("cannot open lock file {}: {e}", lock_path.display()))?;
+        .map_err(|source| SocketError::OpenLock {
+            path: lock_path.to_path_buf(),
+            source,
+        })?;
     if let Err(e) = file.try_lock() {
         let holder = std::fs::read_to_string(lock_path).unwrap_or_default();
         let e = match e {
@@ -179,7 +251,7 @@ fn take_lock(
                 std::io::Error::from(std::io::ErrorKind::WouldBlock)
             }
         };
-        return Err(busy(holder.trim(), &e));
+        return Err(busy(holder.trim().to_string(), e));
     }
     // Record who holds the lock, for the refusal message of the next one.
     let _ = std::fs::write(
@@ -205,80 +277,95 @@ pub fn db_lock_path(db: &Path) -> PathBuf {
 
 /// Lock the database for this daemon: a second daemon on the same database (another
 /// `--socket`) would tick every registration twice.
-pub fn lock_database(db: &Path) -> Result<InstanceLock, String> {
+pub fn lock_database(db: &Path) -> Result<InstanceLock, SocketError> {
     if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.exists()
     {
         ensure_private_dir(parent)?;
     }
     let lock_path = db_lock_path(db);
-    take_lock(&lock_path, |holder, e| {
-        format!(
-            "another megaplan-cloudd is already using the database {} ({holder}; lock {}: {e}). Two daemons on one database would tick every registration twice: stop it first, or use another --db",
-            db.display(),
-            lock_path.display()
-        )
+    take_lock(&lock_path, |holder, source| SocketError::DatabaseBusy {
+        db: db.to_path_buf(),
+        holder,
+        lock: lock_path.clone(),
+        source,
     })
-    .map_err(|e| {
-        if e.starts_with("cannot open lock file") {
-            // The lock sits beside the database: a folder that cannot hold it cannot hold the
-            // database either, so say it in the database's terms, with the fix.
-            format!(
-                "cannot open database {}: {e}; make its folder writable (remount the file system read-write, fix its permissions) or use another --db",
-                db.display()
-            )
-        } else {
-            e
-        }
+    .map_err(|e| match e {
+        // The lock sits beside the database: a folder that cannot hold it cannot hold the
+        // database either, so say it in the database's terms, with the fix.
+        e @ SocketError::OpenLock { .. } => SocketError::DatabaseFolder {
+            db: db.to_path_buf(),
+            inner: Box::new(e),
+        },
+        e => e,
     })
 }
 
 /// Bind the socket: private folder, single-instance flock, live-socket probe, stale unlink,
 /// bind, chmod 0600. Returns a clear message on every refusal.
-pub fn bind(socket: &Path) -> Result<(UnixListener, InstanceLock), String> {
+pub fn bind(socket: &Path) -> Result<(UnixListener, InstanceLock), SocketError> {
     let len = socket.as_os_str().len();
     if len > 100 {
-        return Err(format!(
-            "socket path {} is {len} bytes; Unix sockets allow about 100. Use a shorter --socket",
-            socket.display()
-        ));
+        return Err(SocketError::PathTooLong {
+            socket: socket.to_path_buf(),
+            len,
+        });
     }
     let dir = socket
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .ok_or_else(|| format!("socket path {} has no folder", socket.display()))?;
+        .ok_or_else(|| SocketError::NoFolder {
+            socket: socket.to_path_buf(),
+        })?;
     ensure_private_dir(dir)?;
 
     let lock_path = socket.with_extension("lock");
-    let lock = take_lock(&lock_path, |holder, e| {
-        format!(
-            "another megaplan-cloudd is already serving {} ({holder}; lock {}: {e}). Stop it first, or use another --socket",
-            socket.display(),
-            lock_path.display()
-        )
+    let lock = take_lock(&lock_path, |holder, source| SocketError::SocketBusy {
+        socket: socket.to_path_buf(),
+        holder,
+        lock: lock_path.clone(),
+        source,
     })?;
 
     if socket.exists() {
         // The lock is ours, so nothing of ours is serving there; still, never unlink a socket
         // that answers (another program, or a daemon from an older layout).
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(format!(
-                "{} is a live socket served by another process; stop it or use another --socket",
-                socket.display()
-            ));
+            return Err(SocketError::LiveSocket {
+                socket: socket.to_path_buf(),
+            });
         }
-        std::fs::remove_file(socket)
-            .map_err(|e| format!("cannot remove stale socket {}: {e}", socket.display()))?;
+        std::fs::remove_file(socket).map_err(|source| SocketError::Socket {
+            what: "remove stale socket",
+            socket: socket.to_path_buf(),
+            source,
+        })?;
     }
-    let std_listener = std::os::unix::net::UnixListener::bind(socket)
-        .map_err(|e| format!("cannot bind {}: {e}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot chmod 0600 {}: {e}", socket.display()))?;
+    let std_listener =
+        std::os::unix::net::UnixListener::bind(socket).map_err(|source| SocketError::Socket {
+            what: "bind",
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        SocketError::Socket {
+            what: "chmod 0600",
+            socket: socket.to_path_buf(),
+            source,
+        }
+    })?;
     std_listener
         .set_nonblocking(true)
-        .map_err(|e| format!("cannot configure {}: {e}", socket.display()))?;
-    let listener = UnixListener::from_std(std_listener)
-        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+        .map_err(|source| SocketError::Socket {
+            what: "configure",
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    let listener = UnixListener::from_std(std_listener).map_err(|source| SocketError::Socket {
+        what: "listen on",
+        socket: socket.to_path_buf(),
+        source,
+    })?;
     Ok((listener, lock))
 }
 
@@ -484,7 +571,7 @@ mod tests {
         let shared = tmp.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let err = ensure_private_dir(&shared).unwrap_err();
+        let err = ensure_private_dir(&shared).unwrap_err().to_string();
         assert!(
             err.contains("mode 1777") && err.contains("chmod 700"),
             "{err}"
@@ -494,7 +581,12 @@ mod tests {
 
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&fresh, &link).unwrap();
-        assert!(ensure_private_dir(&link).unwrap_err().contains("symlink"));
+        assert!(
+            ensure_private_dir(&link)
+                .unwrap_err()
+                .to_string()
+                .contains("symlink")
+        );
     }
 
     #[test]
@@ -502,7 +594,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let meta = std::fs::symlink_metadata(tmp.path()).unwrap();
-        let err = check_private_dir(tmp.path(), &meta, meta.uid() + 1).unwrap_err();
+        let err = check_private_dir(tmp.path(), &meta, meta.uid() + 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not by us"), "{err}");
         check_private_dir(tmp.path(), &meta, meta.uid()).unwrap();
     }
@@ -532,7 +626,7 @@ mod tests {
         let db = tmp.path().join("state").join("cloudd.db");
         let lock = lock_database(&db).unwrap();
         assert_eq!(lock.path, tmp.path().join("state").join("cloudd.db.lock"));
-        let err = lock_database(&db).err().unwrap();
+        let err = lock_database(&db).err().unwrap().to_string();
         assert!(err.contains("already using the database"), "{err}");
         drop(lock);
         lock_database(&db).unwrap();
@@ -543,7 +637,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let sock = tmp.path().join("run").join("cloudd.sock");
         let (_l, lock) = bind(&sock).unwrap();
-        let err = bind(&sock).err().unwrap();
+        let err = bind(&sock).err().unwrap().to_string();
         assert!(err.contains("already serving"), "{err}");
         assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
         drop(_l);
