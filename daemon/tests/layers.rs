@@ -57,6 +57,27 @@ fn module_of(rel: &Path) -> Option<(String, Option<String>)> {
     }
 }
 
+/// The items of a `use` group's body, split at its top-level commas (`a, b::{c, d}` gives
+/// `a` and `b::{c, d}`).
+fn group_items(body: &str) -> Vec<String> {
+    let (mut depth, mut item) = (0, String::new());
+    let mut items = Vec::new();
+    for ch in body.chars() {
+        match ch {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(std::mem::take(&mut item));
+                continue;
+            }
+            _ => {}
+        }
+        item.push(ch);
+    }
+    items.push(item);
+    items
+}
+
 /// The `(top, second)` names of every `crate::` path in `src` outside test modules.
 fn crate_paths(src: &str) -> Vec<(String, Option<String>)> {
     let cut = Regex::new(r"(?m)^#\[cfg\(test\)\]\s*\n(pub(\(crate\))? )?mod ").unwrap();
@@ -69,23 +90,7 @@ fn crate_paths(src: &str) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     let group = Regex::new(r"use crate::\{([^;]*)\};").unwrap();
     for c in group.captures_iter(&src) {
-        let body = &c[1];
-        let (mut depth, mut item) = (0, String::new());
-        let mut items = Vec::new();
-        for ch in body.chars() {
-            match ch {
-                '{' => depth += 1,
-                '}' => depth -= 1,
-                ',' if depth == 0 => {
-                    items.push(std::mem::take(&mut item));
-                    continue;
-                }
-                _ => {}
-            }
-            item.push(ch);
-        }
-        items.push(item);
-        for it in items {
+        for it in group_items(&c[1]) {
             let words: Vec<&str> = it
                 .split(|c: char| !(c.is_alphanumeric() || c == '_'))
                 .filter(|w| !w.is_empty())
@@ -115,22 +120,7 @@ fn super_paths(src: &str) -> Vec<String> {
     let mut out = Vec::new();
     let group = Regex::new(r"\bsuper::\{([^;]*)\}").unwrap();
     for c in group.captures_iter(&src) {
-        let (mut depth, mut item) = (0, String::new());
-        let mut items = Vec::new();
-        for ch in c[1].chars() {
-            match ch {
-                '{' => depth += 1,
-                '}' => depth -= 1,
-                ',' if depth == 0 => {
-                    items.push(std::mem::take(&mut item));
-                    continue;
-                }
-                _ => {}
-            }
-            item.push(ch);
-        }
-        items.push(item);
-        for it in items {
+        for it in group_items(&c[1]) {
             if let Some(w) = it
                 .split(|c: char| !(c.is_alphanumeric() || c == '_'))
                 .find(|w| !w.is_empty())

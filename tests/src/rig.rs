@@ -151,3 +151,22 @@ pub fn write_chain(dir: &Path, name: &str, labels: &[&str]) -> PathBuf {
     std::fs::write(&path, spec).expect("spec");
     path
 }
+
+/// What a build or deploy over ssh leaves on the runner's host beyond the bench's own clean-up
+/// (the image tagged with the runner's name, the synced remote dir with the runner's `.env`
+/// and workspace), removed on drop.
+pub struct DeployLeftovers {
+    pub image: String,
+    pub remote_dir: String,
+}
+
+impl Drop for DeployLeftovers {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.remote_dir);
+    }
+}

@@ -141,7 +141,7 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     std::fs::write(home.path().join(".codex/auth.json"), &codex).unwrap();
     std::fs::write(home.path().join(".hermes/auth.json"), &hermes).unwrap();
     // Declared before the rig, so it runs after the runner container is gone.
-    let _cleanup = Cleanup {
+    let _cleanup = megaplan_cloud_e2e::rig::DeployLeftovers {
         image: container.name.clone(),
         remote_dir: remote_dir.clone(),
     };
@@ -334,22 +334,4 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     let log = rig.daemon.log_text();
     assert!(log.contains("DEBUG"), "debug logging is on");
     assert_no_token(&log, "the daemon log");
-}
-
-/// Removes what the flow created outside the bench's own clean-up: the image built for the
-/// runner and the remote dir holding its workspace (and the seeded logins).
-struct Cleanup {
-    image: String,
-    remote_dir: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.image])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.remote_dir);
-    }
 }

@@ -145,24 +145,6 @@ fn run_cmd(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
-/// What a build leaves on the runner's host beyond the bench's own clean-up, removed on drop:
-/// the image (tagged with the runner container's name) and the synced deploy dir.
-struct BuildLeftovers {
-    image: String,
-    remote_dir: String,
-}
-
-impl Drop for BuildLeftovers {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.image])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.remote_dir);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. sshd killed while a tick is blocked in its observation.
 
@@ -827,7 +809,7 @@ fn sigterm_during_a_build_exits_zero_within_the_grace_period() {
         fixture.join("Dockerfile").display()
     ));
     std::fs::write(&rig.cloud_yaml, text).unwrap();
-    let _leftovers = BuildLeftovers {
+    let _leftovers = megaplan_cloud_e2e::rig::DeployLeftovers {
         image: rig.container.name.clone(),
         remote_dir: format!("/tmp/mp-e2e-{}", rig.container.name),
     };

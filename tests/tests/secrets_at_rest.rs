@@ -128,7 +128,7 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     .unwrap();
     let remote_dir = format!("/tmp/mp-e2e-{}", container.name);
     // Declared before the rig, so it runs after the runner container is gone.
-    let _cleanup = Cleanup {
+    let _cleanup = megaplan_cloud_e2e::rig::DeployLeftovers {
         image: container.name.clone(),
         remote_dir: remote_dir.clone(),
     };
@@ -261,22 +261,4 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     let mut rig = rig;
     assert_eq!(rig.daemon.terminate().code(), Some(0));
     assert_secret_at_rest_nowhere(&rig, "after stop");
-}
-
-/// Removes what the flow created outside the bench's own clean-up: the image built for the
-/// runner and the remote dir holding the runner's `.env`.
-struct Cleanup {
-    image: String,
-    remote_dir: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.image])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.remote_dir);
-    }
 }
