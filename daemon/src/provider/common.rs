@@ -163,6 +163,25 @@ pub trait Provider {
     async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody>;
 }
 
+/// The flags `docker logs` and `docker compose logs` share: `[-f] [--tail N] [--since S]`.
+pub(crate) fn docker_log_flags<'a>(
+    follow: bool,
+    tail: Option<&'a str>,
+    since: Option<&'a str>,
+) -> Vec<&'a str> {
+    let mut w = Vec::new();
+    if follow {
+        w.push("-f");
+    }
+    if let Some(n) = tail {
+        w.extend(["--tail", n]);
+    }
+    if let Some(s) = since {
+        w.extend(["--since", s]);
+    }
+    w
+}
+
 /// Which part of the log history `logs` shows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogWindow {

@@ -141,15 +141,7 @@ pub fn attach_args() -> Vec<String> {
 /// `logs [-f] [--tail N] [--since S] agent` (200 lines by default without `-f`).
 pub fn logs_args(follow: bool, tail: Option<&str>, since: Option<&str>) -> Vec<String> {
     let mut w = vec!["logs"];
-    if follow {
-        w.push("-f");
-    }
-    if let Some(n) = tail {
-        w.extend(["--tail", n]);
-    }
-    if let Some(s) = since {
-        w.extend(["--since", s]);
-    }
+    w.extend(super::common::docker_log_flags(follow, tail, since));
     w.push(SERVICE);
     words(&w)
 }

@@ -265,25 +265,7 @@ mod tests {
     }
 
     fn workspace(root: &Path) -> (std::path::PathBuf, Value) {
-        let ws = root.join("ws");
-        std::fs::create_dir_all(ws.join(".megaplan/plans/plan-m1")).unwrap();
-        std::fs::write(
-            ws.join(".megaplan/plans/plan-m1/state.json"),
-            r#"{"name": "plan-m1", "current_state": "finalized"}"#,
-        )
-        .unwrap();
-        std::fs::write(
-            ws.join("chain.yaml"),
-            "milestones:\n  - {label: m1, idea: a.md}\n",
-        )
-        .unwrap();
-        let state = crate::runner::observe::tests::state_file_for(&ws.join("chain.yaml"));
-        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-        std::fs::write(
-            &state,
-            r#"{"current_milestone_index": 0, "current_plan_name": "plan-m1"}"#,
-        )
-        .unwrap();
+        let ws = crate::runner::observe::tests::chain_workspace(root);
         let req = ObserveRequest {
             spec: ws.join("chain.yaml").display().to_string(),
             session: "megaplan-chain".into(),

@@ -189,15 +189,7 @@ pub fn remote_logs(
     since: Option<&str>,
 ) -> String {
     let mut w = vec!["docker", "logs"];
-    if follow {
-        w.push("-f");
-    }
-    if let Some(n) = tail {
-        w.extend(["--tail", n]);
-    }
-    if let Some(s) = since {
-        w.extend(["--since", s]);
-    }
+    w.extend(super::common::docker_log_flags(follow, tail, since));
     w.push(container);
     join(&w)
 }

@@ -165,6 +165,7 @@ pub fn mutation_script(trigger: &str, t: &MutationTarget) -> String {
 mod tests {
     use super::*;
     use crate::runner::layout::EXIT_OTHER_CHAIN;
+    use crate::runner::observe::tests::run_sh;
     use proptest::prelude::*;
     use std::path::Path;
     use std::process::Command;
@@ -500,16 +501,6 @@ mod tests {
 
     // ---- end to end against this machine's tmux (private socket dir) ----
 
-    fn sh(script: &str, tmux_dir: &Path) -> std::process::Output {
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .env("TMUX_TMPDIR", tmux_dir)
-            .env_remove("TMUX")
-            .output()
-            .unwrap()
-    }
-
     fn tmux(tmux_dir: &Path, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
             .args(args)
@@ -584,7 +575,7 @@ mod tests {
             .success()
         };
         let mine = Kill(driver("chain.yaml"));
-        let out = sh(&mutation_script("restart", &t), &tmux_dir);
+        let out = run_sh(&mutation_script("restart", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(EXIT_LIVE_RUNNER), "{out:?}");
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -594,7 +585,7 @@ mod tests {
         assert!(!started(), "nothing was started beside the live driver");
         drop(mine);
         // Only another spec's driver left: this chain has none, so the runner starts.
-        let out = sh(&mutation_script("restart", &t), &tmux_dir);
+        let out = run_sh(&mutation_script("restart", &t), &tmux_dir);
         assert_ne!(out.status.code(), Some(EXIT_LIVE_RUNNER), "{out:?}");
         drop(other);
     }
@@ -635,7 +626,7 @@ mod tests {
         std::fs::create_dir_all(&markers).unwrap();
         let marker_file = markers.join(format!("{}.json", t.session));
         std::fs::write(&marker_file, r#"{"remote_spec": "/other/chain.yaml"}"#).unwrap();
-        let out = sh(&mutation_script("restart", &t), &tmux_dir);
+        let out = run_sh(&mutation_script("restart", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(EXIT_OTHER_CHAIN), "{out:?}");
         assert!(
             !tmux(
@@ -648,7 +639,7 @@ mod tests {
         std::fs::remove_file(&marker_file).unwrap();
 
         // No marker, no session: starts the runner, writes the marker.
-        let out = sh(&mutation_script("restart", &t), &tmux_dir);
+        let out = run_sh(&mutation_script("restart", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         assert!(
             tmux(
@@ -676,7 +667,7 @@ mod tests {
         assert!(log.contains("runner-output"), "{log}");
 
         // The session is alive now (marker names this spec): never killed, refused with 18.
-        let out = sh(&mutation_script("advance", &t), &tmux_dir);
+        let out = run_sh(&mutation_script("advance", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(EXIT_LIVE_RUNNER), "{out:?}");
         assert!(
             tmux(

@@ -189,7 +189,7 @@ pub(crate) mod tests {
     }
 
     /// Run a script under `sh -c` with a private tmux socket dir.
-    fn run_sh(script: &str, tmux_dir: &Path) -> std::process::Output {
+    pub(crate) fn run_sh(script: &str, tmux_dir: &Path) -> std::process::Output {
         Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -327,25 +327,7 @@ pub(crate) mod tests {
     fn observe_py_finds_the_core_when_no_launcher_is_set() {
         let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bench/standin");
         let root = tempfile::tempdir().unwrap();
-        let ws = root.path().join("ws");
-        std::fs::create_dir_all(ws.join(".megaplan/plans/plan-m1")).unwrap();
-        std::fs::write(
-            ws.join(".megaplan/plans/plan-m1/state.json"),
-            r#"{"name": "plan-m1", "current_state": "finalized"}"#,
-        )
-        .unwrap();
-        std::fs::write(
-            ws.join("chain.yaml"),
-            "milestones:\n  - {label: m1, idea: a.md}\n",
-        )
-        .unwrap();
-        let state = state_file_for(&ws.join("chain.yaml"));
-        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-        std::fs::write(
-            &state,
-            r#"{"current_milestone_index": 0, "current_plan_name": "plan-m1"}"#,
-        )
-        .unwrap();
+        let ws = chain_workspace(root.path());
         let tmux_dir = root.path().join("tmux");
         std::fs::create_dir_all(&tmux_dir).unwrap();
         let mut req = ObserveRequest {
@@ -406,6 +388,31 @@ pub(crate) mod tests {
         let obs = run(&req, &standin);
         assert!(obs.core_launcher.is_none() && obs.core_error.is_none());
         assert_eq!(obs.plan_status["source"], "megaplan status");
+    }
+
+    /// `root/ws`: a one-milestone chain (`chain.yaml`, m1) whose state file names the
+    /// finalized plan `plan-m1`, as the core lays them out.
+    pub(crate) fn chain_workspace(root: &Path) -> std::path::PathBuf {
+        let ws = root.join("ws");
+        std::fs::create_dir_all(ws.join(".megaplan/plans/plan-m1")).unwrap();
+        std::fs::write(
+            ws.join(".megaplan/plans/plan-m1/state.json"),
+            r#"{"name": "plan-m1", "current_state": "finalized"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            ws.join("chain.yaml"),
+            "milestones:\n  - {label: m1, idea: a.md}\n",
+        )
+        .unwrap();
+        let state = state_file_for(&ws.join("chain.yaml"));
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        std::fs::write(
+            &state,
+            r#"{"current_milestone_index": 0, "current_plan_name": "plan-m1"}"#,
+        )
+        .unwrap();
+        ws
     }
 
     pub(crate) fn state_file_for(spec: &Path) -> std::path::PathBuf {
