@@ -78,15 +78,20 @@ fn group_items(body: &str) -> Vec<String> {
     items
 }
 
-/// The `(top, second)` names of every `crate::` path in `src` outside test modules.
-fn crate_paths(src: &str) -> Vec<(String, Option<String>)> {
+/// `src` up to its first test module, comments removed: the code whose imports count.
+fn code_outside_tests(src: &str) -> String {
     let cut = Regex::new(r"(?m)^#\[cfg\(test\)\]\s*\n(pub(\(crate\))? )?mod ").unwrap();
     let src = match cut.find(src) {
         Some(m) => &src[..m.start()],
         None => src,
     };
     let comment = Regex::new(r"//[^\n]*").unwrap();
-    let src = comment.replace_all(src, "");
+    comment.replace_all(src, "").into_owned()
+}
+
+/// The `(top, second)` names of every `crate::` path in `src` outside test modules.
+fn crate_paths(src: &str) -> Vec<(String, Option<String>)> {
+    let src = code_outside_tests(src);
     let mut out = Vec::new();
     let group = Regex::new(r"use crate::\{([^;]*)\};").unwrap();
     for c in group.captures_iter(&src) {
@@ -110,13 +115,7 @@ fn crate_paths(src: &str) -> Vec<(String, Option<String>)> {
 /// The first names after `super::` in `src` outside test modules (`use super::{a, b::C}`
 /// gives `a` and `b`).
 fn super_paths(src: &str) -> Vec<String> {
-    let cut = Regex::new(r"(?m)^#\[cfg\(test\)\]\s*\n(pub(\(crate\))? )?mod ").unwrap();
-    let src = match cut.find(src) {
-        Some(m) => &src[..m.start()],
-        None => src,
-    };
-    let comment = Regex::new(r"//[^\n]*").unwrap();
-    let src = comment.replace_all(src, "");
+    let src = code_outside_tests(src);
     let mut out = Vec::new();
     let group = Regex::new(r"\bsuper::\{([^;]*)\}").unwrap();
     for c in group.captures_iter(&src) {
