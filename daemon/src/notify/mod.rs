@@ -41,7 +41,7 @@ const WATCH_BATCH: u32 = 256;
 /// The hook run once a tick report is final and stored: wake the watcher. The tick answers
 /// at once; the watcher finds the report in SQLite (nothing is handed over in memory that a
 /// restart could lose).
-pub fn after_tick(state: &Arc<AppState>, _rec: &TickRecord) {
+pub fn after_tick(state: &Arc<AppState>) {
     state.notifier.watch.notify_one();
 }
 

@@ -243,5 +243,5 @@ async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
     }
     let _ = state.tick_feed.send(rec.clone());
     // Watching reads the stored report in the background; the tick never waits for it.
-    crate::notify::after_tick(state, rec);
+    crate::notify::after_tick(state);
 }
