@@ -92,10 +92,11 @@ type WebhookClient = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
-/// One client for the daemon's life (its connection pool and the CA store loaded once).
-fn webhook_client() -> &'static WebhookClient {
-    static CLIENT: std::sync::OnceLock<WebhookClient> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
+/// One client for the daemon's life (its connection pool and the CA store loaded once), or why
+/// none could be built (then every webhook delivery fails with that reason, and is retried).
+fn webhook_client() -> Result<&'static WebhookClient, String> {
+    static CLIENT: std::sync::OnceLock<Result<WebhookClient, String>> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
         use hyper_util::client::legacy::Client;
         use hyper_util::rt::TokioExecutor;
         let provider = || std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -106,23 +107,20 @@ fn webhook_client() -> &'static WebhookClient {
                 tracing::warn!(
                     "no usable system CA certificates ({e}); https webhooks are verified against Mozilla's bundle"
                 );
-                match hyper_rustls::HttpsConnectorBuilder::new()
+                hyper_rustls::HttpsConnectorBuilder::new()
                     .with_provider_and_webpki_roots(provider())
-                {
-                    Ok(b) => b,
-                    // ring supports rustls' default protocol versions: not reached.
-                    Err(e) => panic!("rustls refused its default protocol versions: {e}"),
-                }
+                    .map_err(|e| format!("cannot set up TLS for webhooks: {e}"))?
             }
         };
         let connector = tls.https_or_http().enable_http1().build();
-        Client::builder(TokioExecutor::new()).build(connector)
-    })
+        Ok(Client::builder(TokioExecutor::new()).build(connector))
+    });
+    client.as_ref().map_err(Clone::clone)
 }
 
 /// Send one webhook request; `Ok` on a 2xx answer.
 pub async fn send_webhook(req: &WebhookRequest, timeout: Duration) -> Result<(), String> {
-    let client = webhook_client();
+    let client = webhook_client()?;
     let mut b = hyper::Request::builder()
         .method(hyper::Method::POST)
         .uri(&req.url)
