@@ -68,15 +68,48 @@ impl Pane {
         assert!(ok.success());
     }
 
-    /// Waits (safety net only) until a line of the pane satisfies `want`; returns the pane.
+    /// Waits until a line of the pane satisfies `want`; returns the pane. For states that have
+    /// no event of their own (a spinner on screen): the pane is polled, and the deadline is only
+    /// a safety net against a hang, generous enough for a loaded two-core CI machine.
     fn wait_for(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let seen = wait_until(Duration::from_secs(60), || {
-            self.capture().lines().any(&want)
-        });
+        let seen = wait_until(PANE_SAFETY_NET, || self.capture().lines().any(&want));
         let text = self.capture();
         assert!(seen, "the pane never showed {what}:\n{text}");
         text
     }
+
+    /// Blocks until the pane's script runs `tmux wait-for -S channel` (an event, not a poll):
+    /// `tmux wait-for channel` returns when it is signalled, or at once when it already was.
+    /// The safety net only ends a hung test; then the pane is shown. Returns the pane.
+    fn wait_signal(&self, channel: &str) -> String {
+        let mut waiter = Command::new("tmux")
+            .args(["-L", &self.server, "wait-for", channel])
+            .spawn()
+            .expect("tmux wait-for runs");
+        let signalled = wait_until(PANE_SAFETY_NET, || {
+            matches!(waiter.try_wait(), Ok(Some(_)))
+        });
+        if !signalled {
+            let _ = waiter.kill();
+            let _ = waiter.wait();
+        }
+        let text = self.capture();
+        assert!(
+            signalled,
+            "the pane's script never signalled {channel}:\n{text}"
+        );
+        text
+    }
+}
+
+/// How long a pane wait may take before the test calls it hung. Not a speed bound: a two-core
+/// CI machine running other tests beside this one made a 5 s step take minutes.
+const PANE_SAFETY_NET: Duration = Duration::from_secs(600);
+
+/// The script suffix that signals `channel` to [`Pane::wait_signal`] from inside the pane
+/// (`$TMUX` there names the test's own server), then keeps the pane open for capture.
+fn signal_then_hold(channel: &str) -> String {
+    format!("tmux wait-for -S {channel}; sleep 600")
 }
 
 impl Drop for Pane {
@@ -89,9 +122,8 @@ impl Drop for Pane {
 
 /// Runs `script` in a fresh pane and returns the pane's text once the script has finished.
 fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
-    let marker = "__PANE_DONE__";
-    let pane = Pane::start(&format!("{script}; echo {marker}; sleep 600"), env);
-    pane.wait_for("the end marker", |l| l.trim() == marker)
+    let pane = Pane::start(&format!("{script}; {}", signal_then_hold("done")), env);
+    pane.wait_signal("done")
 }
 
 fn sh_quote(s: &str) -> String {
@@ -288,10 +320,11 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
     let ctl = bin("megaplan-cloudctl").display().to_string();
     let socket = rig.daemon.socket.display().to_string();
     let script = format!(
-        "cd {dir} && {ctl} --cloud-yaml {cy} attach; echo \"attach exited $?\"; sleep 600",
+        "cd {dir} && {ctl} --cloud-yaml {cy} attach; echo \"attach exited $?\"; {hold}",
         dir = sh_quote(&rig.project.display().to_string()),
         ctl = sh_quote(&ctl),
         cy = sh_quote(&rig.cloud_yaml.display().to_string()),
+        hold = signal_then_hold("attached"),
     );
     let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
     // Typed into the runner's shell; the arithmetic proves the shell ran it (an echo of the
@@ -319,7 +352,11 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
 
     // Detach with the runner tmux's prefix: the client exits 0, the session keeps running.
     pane.send_keys(&["C-b", "d"]);
-    pane.wait_for("the attach exiting", |l| l.trim() == "attach exited 0");
+    let after = pane.wait_signal("attached");
+    assert!(
+        after.lines().any(|l| l.trim() == "attach exited 0"),
+        "{after}"
+    );
     rig.container.exec_ok("tmux has-session -t agent");
 
     // With no terminal the client says why instead of running ssh without one.
@@ -429,10 +466,11 @@ fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
     let ctl = bin("megaplan-cloudctl").display().to_string();
     let socket = rig.daemon.socket.display().to_string();
     let script = format!(
-        "cd {dir} && {ctl} --cloud-yaml {cy} status --chain; echo \"status exited $?\"; sleep 600",
+        "cd {dir} && {ctl} --cloud-yaml {cy} status --chain; echo \"status exited $?\"; {hold}",
         dir = sh_quote(&rig.project.display().to_string()),
         ctl = sh_quote(&ctl),
         cy = sh_quote(&rig.cloud_yaml.display().to_string()),
+        hold = signal_then_hold("status-done"),
     );
     let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
     pane.wait_for("the spinner", |l| {
@@ -440,7 +478,11 @@ fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
     });
     // Released: the answer replaces the spinner.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    let done = pane.wait_for("the status exiting", |l| l.starts_with("status exited"));
+    let done = pane.wait_signal("status-done");
+    assert!(
+        done.lines().any(|l| l.starts_with("status exited")),
+        "{done}"
+    );
     assert!(!done.contains("waiting for megaplan-cloudd"), "{done}");
     // Through a pipe: no spinner text on stderr.
     let piped = rig.ctl(&["status", "--chain"]);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_e2e::util::safety_net;
 use megaplan_cloud_e2e::{bench, unique_suffix};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
@@ -237,14 +238,14 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     };
     let mut seen = String::new();
     while !seen.contains("runner-started") {
-        let (_, line) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        let (_, line) = tokio::time::timeout(safety_net(Duration::from_secs(30)), rx.recv())
             .await
             .expect("a followed line in time")
             .expect("stream open");
         seen.push_str(&line);
     }
     drop(rx);
-    let ended = tokio::time::timeout(Duration::from_secs(20), follower)
+    let ended = tokio::time::timeout(safety_net(Duration::from_secs(20)), follower)
         .await
         .expect("follow stops when the client goes away")
         .expect("join");

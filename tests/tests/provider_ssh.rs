@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_e2e::util::safety_net;
 use megaplan_cloud_e2e::{Sshd, bench, unique_suffix};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
@@ -370,7 +371,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
         let p = p.clone();
         tokio::spawn(async move { p.logs(true, &Default::default(), &tx).await })
     };
-    let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+    let first = tokio::time::timeout(safety_net(Duration::from_secs(30)), rx.recv())
         .await
         .expect("a followed line in time")
         .expect("a line");
