@@ -1168,3 +1168,174 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
     assert!(reason.contains("writable by its group"), "{reason}");
     assert_serving(&d);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. Nothing outlives its owner (issue 21, item 3): a remote command whose client left or whose
+//     deadline passed, a notify command past its timeout, the resident observer after SIGTERM.
+
+/// Processes in the container whose command line holds `marker` (pgrep, run by `docker exec`
+/// directly so no shell of ours carries the marker; pgrep never lists itself).
+fn container_procs(rig: &SshRig, marker: &str) -> Vec<String> {
+    let out = run_cmd(
+        "docker",
+        &["exec", &rig.container.name, "pgrep", "-a", "-f", marker],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The per-call pid files left in the runner (`runner::group::CALLS_DIR`).
+fn call_files(rig: &SshRig) -> Vec<String> {
+    let out = rig
+        .container
+        .exec("ls -A /tmp/megaplan-cloudd-calls 2>/dev/null; true");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn exec_whose_client_is_killed_leaves_nothing_running_in_the_container() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    let marker = format!("lifetime-{}", megaplan_cloud_e2e::util::unique_suffix());
+    // Endless output the client never reads.
+    let mut client = spawn_ctl(
+        &rig.daemon,
+        &rig.project,
+        &rig.cloud_yaml,
+        &["exec", &format!("yes {marker}")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !container_procs(&rig, &marker)
+            .is_empty()),
+        "the command never started in the container"
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || container_procs(&rig, &marker)
+            .is_empty()),
+        "the command outlived its client: {:#?}",
+        container_procs(&rig, &marker)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || call_files(&rig).is_empty()),
+        "pid files left: {:?}",
+        call_files(&rig)
+    );
+    // The same session still serves the next command.
+    let next = rig.ctl(&["exec", "echo still-here"]);
+    assert_eq!(next.code, Some(0), "{}\n{}", next.stdout, next.stderr);
+    assert!(next.stdout.contains("still-here"), "{}", next.stdout);
+    assert!(call_files(&rig).is_empty(), "{:?}", call_files(&rig));
+    assert_serving(&rig.daemon);
+}
+
+#[test]
+fn exec_past_its_command_timeout_leaves_nothing_running_in_the_container() {
+    let Some(rig) = SshRig::start("", &["--command-timeout", "3s"]) else {
+        return;
+    };
+    let marker = format!("lifetime-{}", megaplan_cloud_e2e::util::unique_suffix());
+    // It ignores the TERM of the runner-side `timeout`; only a KILL of its group ends it.
+    let r = rig.ctl(&[
+        "exec",
+        &format!("trap '' TERM; while :; do sleep 1; done; echo {marker}"),
+    ]);
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json["error"], "deadline_exceeded", "{}", r.stdout);
+    assert!(
+        wait_until(Duration::from_secs(30), || container_procs(&rig, &marker)
+            .is_empty()),
+        "the command outlived its deadline: {:#?}",
+        container_procs(&rig, &marker)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || call_files(&rig).is_empty()),
+        "pid files left: {:?}",
+        call_files(&rig)
+    );
+    assert_serving(&rig.daemon);
+}
+
+#[test]
+fn notify_command_past_its_timeout_leaves_no_child_behind() {
+    let cfg = tempfile::tempdir().unwrap();
+    let cfg_path = cfg.path().join("notify.yaml");
+    std::fs::write(&cfg_path, "retry: {max_attempts: 1, timeout: 2s}\n").unwrap();
+    let Some(rig) = SshRig::start("", &["--notify-config", cfg_path.to_str().unwrap()]) else {
+        return;
+    };
+    // A unique duration is the marker: `sleep 300.<n>` is this test's sleep, nobody else's.
+    let n = std::process::id();
+    let sleeper = format!("sleep 300.{n}");
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    launch(&rig, &["m1"]);
+    wait_complete(&rig);
+    rig.ctl(&[
+        "register",
+        "--every",
+        "1h",
+        "--notify-command",
+        &format!("{sleeper}; echo done"),
+    ])
+    .ok();
+    rig.ctl(&["tick"]).ok();
+    let outbox = || rig.ctl(&["notifications", "--json"]).ok().json;
+    assert!(
+        wait_until(Duration::from_secs(30), || outbox()[0]["status"]
+            == "failed"),
+        "the attempt was never reported: {:#}",
+        outbox()
+    );
+    let row = outbox();
+    assert_eq!(row[0]["attempts"], 1, "{row:#}");
+    assert!(
+        row[0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not finish"),
+        "{row:#}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || pgrep(&sleeper).is_empty()),
+        "the notify command's child outlived its timeout: {:#?}",
+        pgrep(&sleeper)
+    );
+    assert_serving(&rig.daemon);
+}
+
+#[test]
+fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
+    let Some(mut rig) = SshRig::start("", &["--shutdown-grace", "2s"]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+    }));
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
+    let client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["tick"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !hanging_status(&rig).is_empty()),
+        "the tick never reached the hanging status"
+    );
+    let observer = hanging_status(&rig);
+    rig.daemon.terminate();
+    let _ = client.wait_with_output();
+    assert!(
+        wait_until(Duration::from_secs(30), || hanging_status(&rig).is_empty()),
+        "the runner-side observer outlived the daemon: {observer:?} still {:?}",
+        hanging_status(&rig)
+    );
+    rig.control(r#"{"step_seconds": 0.1}"#);
+}

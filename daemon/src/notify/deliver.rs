@@ -4,6 +4,7 @@
 //! when the system has none); commands run as `sh -c CMD` with the notification JSON on stdin.
 
 use super::config::{Preset, Sink};
+use crate::process::{self, Cmd, RunError};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
@@ -158,35 +159,21 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Run a command sink: `sh -c CMD`, notification JSON on stdin; `Ok` on exit 0.
+/// Run a command sink: `sh -c CMD`, notification JSON on stdin; `Ok` on exit 0. The shell runs
+/// in its own process group and a timeout kills the whole group, so `sleep 300; echo done`
+/// leaves no `sleep` behind (killing only `sh` would orphan it).
 pub async fn run_command(command: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start sh: {e}"))?;
-    let mut stdin = child.stdin.take();
-    let run = async {
-        if let Some(s) = stdin.as_mut() {
-            // A command that does not read its stdin is not an error.
-            let _ = s.write_all(body).await;
-        }
-        drop(stdin);
-        child.wait().await
-    };
-    match tokio::time::timeout(timeout, run).await {
-        Err(_) => Err(format!(
+    let cmd = Cmd::new("sh").arg("-c").arg(command).stdin(body.to_vec());
+    match process::run(&cmd, timeout).await {
+        Err(RunError::Timeout { .. }) => Err(format!(
             "the command did not finish within {}s and was killed",
             timeout.as_secs_f64()
         )),
-        Ok(Err(e)) => Err(format!("waiting for the command failed: {e}")),
-        Ok(Ok(s)) if s.success() => Ok(()),
-        Ok(Ok(s)) => Err(format!("the command exited with {s}")),
+        Err(RunError::NotFound { .. }) => Err("cannot start sh: not found".to_string()),
+        Err(e) => Err(format!("running the command failed: {e}")),
+        Ok(o) if o.code == 0 => Ok(()),
+        Ok(o) if o.code < 0 => Err("the command was killed by a signal".to_string()),
+        Ok(o) => Err(format!("the command exited with exit status: {}", o.code)),
     }
 }
 

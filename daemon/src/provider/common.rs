@@ -5,6 +5,7 @@
 use crate::cloud_yaml::CloudSpec;
 use crate::process::{Cmd, Output, RunError, StreamKind};
 use crate::redact::Redactor;
+use crate::runner::group::RunnerCall;
 use base64::Engine as _;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::Serialize;
@@ -89,6 +90,71 @@ pub fn runner_timeout(deadline: Duration) -> [String; 4] {
         REMOTE_KILL_GRACE_SECS.to_string(),
         secs.to_string(),
     ]
+}
+
+/// How long the kill of an abandoned runner command may take (one more round trip).
+pub const RUNNER_KILL_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Ends a runner command's process group (see [`crate::runner::group`]) unless disarmed: when
+/// its client went away or its deadline passed. The runner side gets no signal when our local
+/// client (ssh, `docker compose exec`) is killed, so the kill is a command of its own, sent
+/// through the same session. [`RunnerKill::kill`] sends it and waits; dropping an armed guard
+/// (a request or tick abandoned mid-command) sends it from a task of its own.
+pub struct RunnerKill {
+    kill: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl RunnerKill {
+    /// A guard that runs `kill` (not started until needed).
+    pub fn new(kill: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        RunnerKill {
+            kill: Some(Box::pin(kill)),
+        }
+    }
+
+    /// The local command `cmd` ([`send_kill`]) as the kill.
+    pub fn command(cmd: Cmd) -> Self {
+        RunnerKill::new(async move { send_kill(&cmd).await })
+    }
+
+    /// The command ended on its own: nothing to kill.
+    pub fn disarm(mut self) {
+        self.kill = None;
+    }
+
+    /// Send the kill now and wait for it.
+    pub async fn kill(mut self) {
+        if let Some(k) = self.kill.take() {
+            k.await;
+        }
+    }
+}
+
+impl Drop for RunnerKill {
+    fn drop(&mut self) {
+        if let Some(k) = self.kill.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(k);
+        }
+    }
+}
+
+/// Run the kill command `cmd` of an abandoned runner command, bounded by
+/// [`RUNNER_KILL_DEADLINE`]; a failure is logged (the runner-side deadline still ends it).
+pub async fn send_kill(cmd: &Cmd) {
+    match crate::process::run(cmd, RUNNER_KILL_DEADLINE).await {
+        Ok(o) if o.code == 0 => {}
+        Ok(o) => tracing::warn!(code = o.code, "could not end an abandoned runner command"),
+        Err(e) => tracing::warn!(error = %e, "could not end an abandoned runner command"),
+    }
+}
+
+/// The argv words running `bash -lc <script>` in the runner bounded by `deadline`
+/// ([`runner_timeout`]) in a process group of its own, and the handle that can kill it.
+pub fn runner_command(deadline: Duration, script: &str) -> (Vec<String>, RunnerCall) {
+    let call = RunnerCall::new();
+    (call.wrap(&runner_timeout(deadline), script), call)
 }
 
 /// Lines kept of a deploy step's output.

@@ -12,13 +12,14 @@
 //! file is created 0600 and replaced atomically, and `destroy` of the deploy dir removes it.
 
 use super::common::{
-    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, check_secrets,
+    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, RunnerKill, check_secrets,
     deploy_failed, env_file_content, explanation, note, plain_step, push_streamed_step, run_error,
-    session_not_supported, stream_capture,
+    runner_command, session_not_supported, stream_capture,
 };
 use super::transport::{self, Transport};
 use crate::process::{self, Cmd, Output};
 use crate::redact::Redactor;
+use crate::runner::group::RunnerCall;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -121,12 +122,20 @@ pub fn exec_args(script: &str) -> Vec<String> {
     words(&["exec", "-T", SERVICE, "bash", "-lc", script])
 }
 
-/// [`exec_args`] bounded on the runner side (see [`super::common::runner_timeout`]):
-/// `exec -T agent timeout -k 5 <secs> bash -lc <script>`.
-pub fn exec_args_within(script: &str, deadline: Duration) -> Vec<String> {
+/// [`exec_args`] bounded on the runner side (see [`super::common::runner_timeout`]) and run in a
+/// process group of its own there ([`crate::runner::group`]): `exec -T agent timeout -k 5 <secs>
+/// sh -c <wrapper> sh <pid file> <script>`. The returned call ends that group ([`kill_args`]).
+pub fn exec_args_within(script: &str, deadline: Duration) -> (Vec<String>, RunnerCall) {
     let mut args = words(&["exec", "-T", SERVICE]);
-    args.extend(super::common::runner_timeout(deadline));
-    args.extend(words(&["bash", "-lc", script]));
+    let (command, call) = runner_command(deadline, script);
+    args.extend(command);
+    (args, call)
+}
+
+/// `exec -T agent sh -c <kill> sh <pid file>`: ends the process group of `call`.
+pub fn kill_args(call: &RunnerCall) -> Vec<String> {
+    let mut args = words(&["exec", "-T", SERVICE]);
+    args.extend(call.kill_words());
     args
 }
 
@@ -276,6 +285,12 @@ impl LocalProvider {
         Ok(s)
     }
 
+    /// The guard that kills `call`'s process group in the runner with `docker compose exec`.
+    fn runner_kill(&self, call: &RunnerCall) -> RunnerKill {
+        let flavor = compose_flavor().unwrap_or(ComposeFlavor::Plugin);
+        RunnerKill::command(self.cmd(flavor, &kill_args(call)))
+    }
+
     fn write_env_file(&self, content: &str) -> Result<PathBuf, ErrorBody> {
         write_private_file(&self.ctx.deploy_dir.join(".env"), content.as_bytes())
     }
@@ -343,22 +358,32 @@ fn flavor_blocking() -> ComposeFlavor {
 
 /// `docker compose exec -T runner …` with optional stdin.
 impl Transport for LocalProvider {
-    type Request = (Vec<String>, Option<Vec<u8>>);
+    /// Compose arguments, stdin, and the call that can end the command in the runner.
+    type Request = (Vec<String>, Option<Vec<u8>>, Option<RunnerCall>);
 
     fn redactor(&self) -> &Redactor {
         &self.ctx.redactor
     }
 
-    async fn send(&self, (args, stdin): Self::Request, _: bool) -> Result<Output, ErrorBody> {
-        self.run(&args, stdin, self.ctx.deadline).await
+    async fn send(&self, (args, stdin, call): Self::Request, _: bool) -> Result<Output, ErrorBody> {
+        let kill = call.map(|c| self.runner_kill(&c));
+        let result = self.run(&args, stdin, self.ctx.deadline).await;
+        if let Some(kill) = kill {
+            match &result {
+                Ok(_) => kill.disarm(),
+                Err(_) => kill.kill().await,
+            }
+        }
+        result
     }
 
     fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request {
-        (exec_args_within(script, self.ctx.deadline), stdin)
+        let (args, call) = exec_args_within(script, self.ctx.deadline);
+        (args, stdin, Some(call))
     }
 
     fn read_request(&self, remote_path: &str) -> Self::Request {
-        (read_args(remote_path), None)
+        (read_args(remote_path), None, None)
     }
 }
 
@@ -430,10 +455,19 @@ impl Provider for LocalProvider {
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
         let flavor = self.flavor(Some(out)).await?;
-        let cmd = self.cmd(flavor, &exec_args_within(script, self.ctx.deadline));
-        process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
+        let (args, call) = exec_args_within(script, self.ctx.deadline);
+        let cmd = self.cmd(flavor, &args);
+        // The client going away (or the deadline) kills `docker compose exec` here, which the
+        // command in the container never learns of: kill its group there too.
+        let kill = self.runner_kill(&call);
+        let result = process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
             .await
-            .map_err(|e| run_error(&cmd, e))
+            .map_err(|e| run_error(&cmd, e));
+        match &result {
+            Ok(_) => kill.disarm(),
+            Err(_) => kill.kill().await,
+        }
+        result
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
@@ -510,23 +544,23 @@ mod tests {
     const BASE: &str = "docker compose -p megaplan-cloud -f /home/op/.megaplan/cloud/megaplan-cloud/docker-compose.yaml";
 
     #[test]
-    fn exec_is_bounded_on_the_runner() {
+    fn exec_is_bounded_on_the_runner_in_a_group_of_its_own() {
+        let (args, call) = exec_args_within("echo 'x' $HOME", Duration::from_secs(90));
+        let mut expected = words(&["exec", "-T", "agent"]);
+        expected.extend(call.wrap(
+            &super::super::common::runner_timeout(Duration::from_secs(90)),
+            "echo 'x' $HOME",
+        ));
+        assert_eq!(args, expected);
         assert_eq!(
-            exec_args_within("echo 'x' $HOME", Duration::from_secs(90)),
-            [
-                "exec",
-                "-T",
-                "agent",
-                "timeout",
-                "-k",
-                "5",
-                "90",
-                "bash",
-                "-lc",
-                "echo 'x' $HOME"
-            ]
+            &args[3..9],
+            ["timeout", "-k", "5", "90", "sh", "-c"].map(String::from)
         );
-        assert_eq!(exec_args_within("true", Duration::ZERO)[6], "1");
+        assert_eq!(args.last().map(String::as_str), Some("echo 'x' $HOME"));
+        assert_eq!(exec_args_within("true", Duration::ZERO).0[6], "1");
+        let mut kill = words(&["exec", "-T", "agent"]);
+        kill.extend(call.kill_words());
+        assert_eq!(kill_args(&call), kill);
     }
 
     #[test]

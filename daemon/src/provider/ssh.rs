@@ -7,15 +7,16 @@
 //! runner go through `bash -lc` as well, so hostile names and paths arrive as literal words.
 
 use super::common::{
-    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, check_secrets,
-    deploy_failed, env_file_content, note, run_error, session_not_supported, step_failed,
-    step_from,
+    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, RunnerKill, check_secrets,
+    deploy_failed, env_file_content, note, run_error, runner_command, send_kill,
+    session_not_supported, step_failed, step_from,
 };
 use super::ssh_master::{SSH_FAILURE, SshMaster, SshSessions, SshTarget};
 use super::transport::{self, Transport};
 use crate::cloud_yaml::{CloudSpec, Ssh};
 use crate::process::{self, Cmd, Output, StreamKind};
 use crate::redact::Redactor;
+use crate::runner::group::RunnerCall;
 use crate::shell::{join, quote};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::path::Path;
@@ -45,14 +46,28 @@ pub fn remote_exec(container: &str, script: &str) -> String {
     )
 }
 
-/// [`remote_exec`] bounded on the runner side (see [`super::common::runner_timeout`]):
-/// `docker exec -i <container> timeout -k 5 <secs> bash -lc <script>`.
-pub fn remote_exec_within(container: &str, script: &str, deadline: Duration) -> String {
+/// [`remote_exec`] bounded on the runner side (see [`super::common::runner_timeout`]) and run in
+/// a process group of its own there ([`crate::runner::group`]): `docker exec -i <container>
+/// timeout -k 5 <secs> sh -c <wrapper> sh <pid file> <script>`. The returned call ends that
+/// group ([`remote_kill`]).
+pub fn remote_exec_within(
+    container: &str,
+    script: &str,
+    deadline: Duration,
+) -> (String, RunnerCall) {
+    let (words, call) = runner_command(deadline, script);
+    (
+        format!("docker exec -i {} {}", quote(container), join(&words)),
+        call,
+    )
+}
+
+/// `docker exec <container> sh -c <kill> sh <pid file>`: ends the process group of `call`.
+pub fn remote_kill(container: &str, call: &RunnerCall) -> String {
     format!(
-        "docker exec -i {} {} bash -lc {}",
+        "docker exec {} {}",
         quote(container),
-        super::common::runner_timeout(deadline).join(" "),
-        quote(script)
+        join(&call.kill_words())
     )
 }
 
@@ -319,9 +334,41 @@ impl SshProvider {
         self.target.describe()
     }
 
-    /// The remote string running `script` in the runner, ended there at this request's deadline.
-    fn in_runner(&self, script: &str) -> String {
+    /// The remote string running `script` in the runner, ended there at this request's deadline,
+    /// and the call that can end it earlier.
+    fn in_runner(&self, script: &str) -> (String, RunnerCall) {
         remote_exec_within(&self.ssh.container, script, self.ctx.deadline)
+    }
+
+    /// The guard that kills `call`'s process group in the runner, through the held master
+    /// (re-established if it died), on a channel of its own once one is free.
+    fn runner_kill(&self, call: &RunnerCall) -> RunnerKill {
+        let sessions = self.sessions.clone();
+        let target = self.target.clone();
+        let remote = remote_kill(&self.ssh.container, call);
+        RunnerKill::new(async move {
+            let Ok(master) = sessions.master(&target).await else {
+                return;
+            };
+            let _permit = master.channel().await;
+            send_kill(&master.command(&remote)).await;
+        })
+    }
+
+    /// Run a runner command captured; when it does not end on its own (deadline, dropped
+    /// request), its process group in the runner is killed.
+    async fn run_in_runner(
+        &self,
+        (remote, stdin, call): (String, Option<Vec<u8>>, RunnerCall),
+        idempotent: bool,
+    ) -> Result<Output, ErrorBody> {
+        let kill = self.runner_kill(&call);
+        let result = self.run(&remote, stdin, idempotent).await;
+        match &result {
+            Ok(_) => kill.disarm(),
+            Err(_) => kill.kill().await,
+        }
+        result
     }
 
     /// Run a remote string captured, through the held master.
@@ -359,10 +406,10 @@ impl SshProvider {
     ) -> Result<i32, ErrorBody> {
         let master = self.sessions.master(&self.target).await?;
         let cmd = master.command(remote);
-        let _permit = master.channel().await;
-        let code = process::run_streaming(&cmd, deadline, &self.ctx.redactor, out)
-            .await
-            .map_err(|e| run_error(&cmd, e))?;
+        let permit = master.channel().await;
+        let streamed = process::run_streaming(&cmd, deadline, &self.ctx.redactor, out).await;
+        drop(permit);
+        let code = streamed.map_err(|e| run_error(&cmd, e))?;
         if code == SSH_FAILURE && !master.is_alive().await {
             return Err(ErrorBody::new(
                 ErrorCode::ProviderFailed,
@@ -483,27 +530,26 @@ async fn relay(o: &Output, redactor: &crate::redact::Redactor, out: &OutTx) {
 
 /// A remote string through the held master, into `docker exec -i <container>` on the host.
 impl Transport for SshProvider {
-    type Request = (String, Option<Vec<u8>>);
+    /// The remote string, its stdin, and the call that can end it in the runner.
+    type Request = (String, Option<Vec<u8>>, RunnerCall);
 
     fn redactor(&self) -> &Redactor {
         &self.ctx.redactor
     }
 
-    async fn send(
-        &self,
-        (remote, stdin): Self::Request,
-        retry_safe: bool,
-    ) -> Result<Output, ErrorBody> {
-        self.run(&remote, stdin, retry_safe).await
+    async fn send(&self, req: Self::Request, retry_safe: bool) -> Result<Output, ErrorBody> {
+        self.run_in_runner(req, retry_safe).await
     }
 
     fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request {
-        (self.in_runner(script), stdin)
+        let (remote, call) = self.in_runner(script);
+        (remote, stdin, call)
     }
 
     /// ssh and `docker exec` without a TTY carry bytes unchanged: no encoding needed.
     fn read_request(&self, remote_path: &str) -> Self::Request {
-        (self.in_runner(&read_script(remote_path)), None)
+        let (remote, call) = self.in_runner(&read_script(remote_path));
+        (remote, None, call)
     }
 }
 
@@ -665,8 +711,16 @@ impl Provider for SshProvider {
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
-        self.stream(&self.in_runner(script), Some(self.ctx.deadline), out)
-            .await
+        let (remote, call) = self.in_runner(script);
+        // The client going away (or the deadline) kills our ssh client, which the command in
+        // the container never learns of: kill its group there too.
+        let kill = self.runner_kill(&call);
+        let result = self.stream(&remote, Some(self.ctx.deadline), out).await;
+        match &result {
+            Ok(_) => kill.disarm(),
+            Err(_) => kill.kill().await,
+        }
+        result
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
@@ -756,18 +810,37 @@ mod tests {
     }
 
     #[test]
-    fn runner_commands_carry_their_deadline() {
+    fn runner_commands_carry_their_deadline_and_their_group() {
+        let (remote, call) = remote_exec_within("agent-1", "echo 'x'", Duration::from_secs(90));
+        assert!(
+            remote.starts_with("docker exec -i agent-1 timeout -k 5 90 sh -c "),
+            "{remote}"
+        );
+        assert!(
+            remote.ends_with(&format!(" sh {} 'echo '\\''x'\\'''", call.pid_file)),
+            "{remote}"
+        );
+        assert!(
+            call.pid_file
+                .starts_with(&format!("{}/", crate::runner::group::CALLS_DIR))
+        );
         assert_eq!(
-            remote_exec_within("agent-1", "echo 'x'", Duration::from_secs(90)),
-            "docker exec -i agent-1 timeout -k 5 90 bash -lc 'echo '\\''x'\\'''"
+            remote_kill("a b", &call),
+            format!("docker exec 'a b' {}", join(&call.kill_words()))
         );
         // Sub-second parts round up; a zero deadline still gives the command one second.
         assert!(
             remote_exec_within("a", "true", Duration::from_millis(1500))
-                .contains(" timeout -k 5 2 bash")
+                .0
+                .contains(" timeout -k 5 2 sh")
         );
-        assert!(remote_exec_within("a", "true", Duration::ZERO).contains(" timeout -k 5 1 bash"));
-        // The host's shell hands docker the words of remote_exec with timeout's in between.
+        assert!(
+            remote_exec_within("a", "true", Duration::ZERO)
+                .0
+                .contains(" timeout -k 5 1 sh")
+        );
+        // The host's shell hands docker the words of remote_exec with timeout's and the
+        // group wrapper's in between; every pid file name is new.
         let words = |remote: &str| {
             let out = std::process::Command::new("sh")
                 .arg("-c")
@@ -777,9 +850,16 @@ mod tests {
             String::from_utf8(out.stdout).unwrap()
         };
         let hostile = "printf '%s' \"$HOME\" `id` $(x); echo it's";
-        assert_eq!(
-            words(&remote_exec_within("c d", hostile, Duration::from_secs(7))),
-            format!("exec\0-i\0c d\0timeout\0-k\05\07\0bash\0-lc\0{hostile}\0")
+        let (remote, call) = remote_exec_within("c d", hostile, Duration::from_secs(7));
+        let mut expected = vec!["exec".to_string(), "-i".into(), "c d".into()];
+        expected.extend(call.wrap(
+            &super::super::common::runner_timeout(Duration::from_secs(7)),
+            hostile,
+        ));
+        assert_eq!(words(&remote), format!("{}\0", expected.join("\0")));
+        assert_ne!(
+            call,
+            remote_exec_within("c d", hostile, Duration::from_secs(7)).1
         );
     }
 

@@ -8,6 +8,8 @@
 //! - [`mutation`]: the only script a supervise tick may run to act (restart or advance).
 //! - [`launch`]: the scripts of `chain`, `bootstrap`, `chains`: checkout, preflight, start.
 //! - [`probe`]: which core module a runner's Python can import.
+//! - [`group`]: the wrapper that runs a remote command in a process group of its own and the
+//!   command that kills that group (client gone, deadline passed).
 //! - [`python`]: the small Python scripts and the library they share.
 //!
 //! Runner-side Python lives in `.py` files here (`files.py`, `drivers.py`, `observe.py`,
@@ -17,6 +19,7 @@
 //! This layer calls only [`crate::shell`] and the config constants of [`crate::cloud_yaml`];
 //! the chain domain, the providers and the workflows call it.
 
+pub mod group;
 pub mod launch;
 pub mod layout;
 pub mod mutation;

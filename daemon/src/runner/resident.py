@@ -11,11 +11,14 @@
 # {"id": N, "stale": <why>} after which it exits: the core's installed files changed since it
 # was imported (a `pip install --upgrade`), so stale code must not answer; the daemon starts a
 # fresh observer and asks again. A request still running at its deadline ends the process
-# (exit 124); so does end of input. Stray output of the core or its children cannot reach the
-# protocol: it owns a private copy of stdout, and fd 1 is pointed at stderr.
+# (exit 124); so does end of input, at once even while a request runs: a reader thread owns
+# stdin, so a hung request cannot keep the observer alive after the daemon (its only client) went
+# away. Stray output of the core or its children cannot reach the protocol: it owns a private
+# copy of stdout, and fd 1 is pointed at stderr.
 #
 # Sent after the layout constants, files.py, drivers.py and observe.py, as one script.
 
+import queue
 import threading
 
 
@@ -29,10 +32,37 @@ def serve(python):
         proto.write(json.dumps(obj, ensure_ascii=True, sort_keys=True) + "\n")
         proto.flush()
 
+    lines = queue.Queue()
+    state = {"busy": False, "eof": False}
+    lock = threading.Lock()
+
+    def read_stdin():
+        # The one reader of stdin. End of input means the daemon (or its session) is gone: with
+        # a request in progress nothing will read its answer, so end now, not at its deadline.
+        while True:
+            try:
+                line = sys.stdin.readline()
+            except (OSError, ValueError):
+                line = ""
+            if not line:
+                with lock:
+                    state["eof"] = True
+                    if state["busy"]:
+                        os._exit(0)
+                lines.put(None)
+                return
+            lines.put(line)
+
+    reader = threading.Thread(target=read_stdin, name="stdin-reader")
+    reader.daemon = True
+    reader.start()
+
     reply({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:
-        line = sys.stdin.readline()
-        if not line:
+        with lock:
+            state["busy"] = False
+        line = lines.get()
+        if line is None:
             return 0
         line = line.strip()
         if not line:
@@ -45,6 +75,10 @@ def serve(python):
             reply({"id": None, "observation": {"version": VERSION, "fatal": "bad request: %s" % exc}})
             continue
         rid = req.get("id")
+        with lock:
+            if state["eof"]:
+                return 0
+            state["busy"] = True
         why = core.changed()
         if why:
             reply({"id": rid, "stale": why})
