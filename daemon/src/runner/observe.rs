@@ -427,6 +427,87 @@ pub(crate) mod tests {
         ))
     }
 
+    /// The resident observer ends at once when its input ends, even while a request hangs in
+    /// the core (the stand-in's `hang_status`) with a deadline far away: its client (the
+    /// daemon, through its session) is gone, so nothing would read the answer.
+    #[test]
+    fn resident_observer_ends_on_end_of_input_even_mid_request() {
+        use std::io::{BufRead, Write};
+        let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bench/standin");
+        let root = tempfile::tempdir().unwrap();
+        let ws = chain_workspace(root.path());
+        let tmux_dir = root.path().join("tmux");
+        std::fs::create_dir_all(&tmux_dir).unwrap();
+        std::fs::write(
+            ws.join(".megaplan/standin-control.json"),
+            r#"{"hang_status": true}"#,
+        )
+        .unwrap();
+        let launcher = "python3 -m arnold_pipelines.megaplan";
+        let req = ObserveRequest {
+            spec: ws.join("chain.yaml").to_str().unwrap().to_string(),
+            session: "megaplan-chain".into(),
+            workspace: ws.to_str().unwrap().to_string(),
+            launcher: launcher.into(),
+            log_path: DEFAULT_CHAIN_LOG.into(),
+            sync_refresh: false,
+            pr_probe: false,
+        }
+        .to_json(root.path().to_str().unwrap());
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(resident_script(launcher))
+            .env("PYTHONPATH", &standin)
+            .env("MEGAPLAN_STANDIN_IMPORT_SECONDS", "0")
+            .env("TMUX_TMPDIR", &tmux_dir)
+            .env_remove("TMUX")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("\"ready\": true") {
+            line.clear();
+            assert_ne!(out.read_line(&mut line).unwrap(), 0, "no ready line");
+        }
+        let ask = json!({"id": 1, "op": "observe", "request": req, "deadline_secs": 3600});
+        writeln!(stdin, "{ask}").unwrap();
+        stdin.flush().unwrap();
+        // Polled with a generous safety net: these are events, not measurements.
+        let poll = |what: &str, mut done: Box<dyn FnMut() -> bool + '_>| {
+            let net = std::time::Instant::now() + Duration::from_secs(90);
+            while !done() {
+                assert!(std::time::Instant::now() < net, "{what}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let hangs = ws.join(".megaplan/standin-hangs.jsonl");
+        poll(
+            "the request never reached the hanging status",
+            Box::new(|| std::fs::metadata(&hangs).is_ok_and(|m| m.len() > 0)),
+        );
+        drop(stdin);
+        let mut exited = None;
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll(
+                "the observer outlived the end of its input",
+                Box::new(|| {
+                    exited = child.try_wait().unwrap();
+                    exited.is_some()
+                }),
+            )
+        }));
+        if waited.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(waited.is_ok(), "the observer outlived the end of its input");
+        assert_eq!(exited.and_then(|s| s.code()), Some(0));
+    }
+
     #[test]
     fn observe_py_without_a_spec_lists_sessions_only() {
         let root = tempfile::tempdir().unwrap();
