@@ -225,6 +225,16 @@ pub struct Local {
     pub workdir: String,
 }
 
+/// sshd's own default `MaxSessions`: `ssh.max_sessions` when unset.
+pub const DEFAULT_MAX_SESSIONS: u32 = 10;
+
+/// The smallest `ssh.max_sessions`: the daemon keeps two sessions free (`attach` and a spare,
+/// provider/budget.rs) and needs one for itself.
+pub const MIN_MAX_SESSIONS: u32 = 3;
+
+/// The largest `ssh.max_sessions` accepted.
+pub const MAX_MAX_SESSIONS: u32 = 1000;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ssh {
     pub host: String,
@@ -233,6 +243,9 @@ pub struct Ssh {
     pub identity_file: Option<String>,
     pub remote_dir: String,
     pub container: String,
+    /// The server's `MaxSessions` (sshd default 10): the daemon keeps its sessions on the held
+    /// connection below it (provider/budget.rs).
+    pub max_sessions: u32,
 }
 
 /// Image options the original tool does not have (documented in docs/configuration.md,
@@ -580,6 +593,24 @@ impl Walker<'_> {
         }
     }
 
+    /// `ssh.max_sessions`: an integer in the range the session budget accepts.
+    fn max_sessions(&self, sec: Option<&Map<String, Value>>) -> Result<u32, ErrorBody> {
+        let field = "ssh.max_sessions";
+        let range = || {
+            format!(
+                "{field} must be an integer between {MIN_MAX_SESSIONS} and {MAX_MAX_SESSIONS}: the MaxSessions of the host's sshd (sshd -T | grep maxsessions; OpenSSH's default is {DEFAULT_MAX_SESSIONS})"
+            )
+        };
+        match sec.and_then(|m| m.get("max_sessions")) {
+            None | Some(Value::Null) => Ok(DEFAULT_MAX_SESSIONS),
+            Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
+                Some(v) if (MIN_MAX_SESSIONS..=MAX_MAX_SESSIONS).contains(&v) => Ok(v),
+                _ => Err(self.err(field, format!("{}, found {n}", range()))),
+            },
+            Some(other) => Err(self.err(field, format!("{}, found {}", range(), type_name(other)))),
+        }
+    }
+
     fn string_list(
         &self,
         root: &Map<String, Value>,
@@ -852,6 +883,7 @@ impl Walker<'_> {
                 "user",
                 "port",
                 "identity_file",
+                "max_sessions",
                 "remote_dir",
                 "container",
                 "workspace_dir",
@@ -915,6 +947,7 @@ impl Walker<'_> {
                             .map(|p| expand_tilde(&p)),
                         remote_dir,
                         container,
+                        max_sessions: self.max_sessions(ssh_sec)?,
                     })
                 }
             }
@@ -1280,6 +1313,33 @@ mod tests {
                 Some("ssh.remote_dir"),
                 "{bad:?}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn ssh_max_sessions_defaults_to_sshds_and_bad_values_name_the_field() {
+        let load = |extra: &str| {
+            let text = format!("provider: ssh\nrepo: {{url: u}}\nssh: {{host: h{extra}}}\n");
+            parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml"))
+        };
+        let spec = load("").unwrap();
+        assert_eq!(spec.ssh.unwrap().max_sessions, DEFAULT_MAX_SESSIONS);
+        assert_eq!(
+            load(", max_sessions: 64")
+                .unwrap()
+                .ssh
+                .unwrap()
+                .max_sessions,
+            64
+        );
+        for bad in ["2", "0", "-1", "1001", "ten", "4.5"] {
+            let e = load(&format!(", max_sessions: {bad}")).unwrap_err();
+            assert_eq!(
+                e.extra.get("field").and_then(|v| v.as_str()),
+                Some("ssh.max_sessions"),
+                "{bad}: {e}"
+            );
+            assert!(e.message.contains("MaxSessions"), "{bad}: {}", e.message);
         }
     }
 }

@@ -101,6 +101,7 @@ pub async fn run(settings: Settings) -> i32 {
     });
     let _ = cell.set(Arc::downgrade(&state));
     crate::notify::spawn_worker(state.clone());
+    tokio::spawn(reap_idle_observers(state.clone()));
 
     if let Err(e) = schedule_stored(&state).await {
         tracing::error!("{e}");
@@ -157,6 +158,18 @@ pub async fn run(settings: Settings) -> i32 {
             tracing::error!("server error: {e}");
             1
         }
+    }
+}
+
+/// End resident observers unused for `IDLE_AFTER`, every `REAP_EVERY`, until shutdown.
+async fn reap_idle_observers(state: Arc<AppState>) {
+    use crate::provider::resident::{IDLE_AFTER, REAP_EVERY};
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REAP_EVERY) => {}
+        }
+        state.residents.reap_idle(IDLE_AFTER);
     }
 }
 

@@ -156,7 +156,6 @@ impl Sshd {
                  StrictModes no\n\
                  UsePAM no\n\
                  LogLevel DEBUG1\n\
-                 MaxSessions 50\n\
                  MaxStartups 100\n\
                  PrintMotd no\n\
                  X11Forwarding no\n\
@@ -321,6 +320,14 @@ impl Sshd {
         self.log_text()
             .lines()
             .filter(|l| l.starts_with("Connection from "))
+            .count()
+    }
+
+    /// Number of sessions sshd refused past its `MaxSessions` (its "no more sessions" lines).
+    pub fn refused_sessions(&self) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("no more sessions"))
             .count()
     }
 

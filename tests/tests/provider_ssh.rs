@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_e2e::util::safety_net;
-use megaplan_cloud_e2e::{Sshd, bench, unique_suffix};
+use megaplan_cloud_e2e::{Sshd, bench, unique_suffix, wait_until};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::ssh::{SshProvider, scp_args};
@@ -392,6 +392,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
             user: Some("root".into()),
             port: fx.sshd.port,
             identity_file: Some(fx.sshd.client_key.display().to_string()),
+            max_sessions: 10,
         })
         .await
         .expect("master");
@@ -556,4 +557,80 @@ async fn ten_execs_cost_one_connection_and_a_dead_master_is_replaced() {
     assert_eq!(e.error, ErrorCode::ProviderFailed);
     assert!(e.message.contains("127.0.0.1"), "{}", e.message);
     fx.sessions.close_all().await;
+}
+
+/// Issue 21 item 3: a server whose `MaxSessions` is below what the daemon was told refuses a
+/// session on the held connection. That command fails, naming `ssh.max_sessions`; ssh never
+/// opens a second TCP connection behind the daemon's back, and the commands already running
+/// finish normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_mux_session_is_an_error_never_a_second_connection() {
+    let sshd = match Sshd::try_start_with("MaxSessions 2\n") {
+        Ok(s) => s,
+        Err(e) => return megaplan_cloud_e2e::skip_or_panic(&e),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("mpssh")
+        .tempdir()
+        .expect("temp dir");
+    let sessions = SshSessions::new(tmp.path().join("c"), Some(sshd.ssh_config.clone()));
+    let target = SshTarget {
+        host: "127.0.0.1".into(),
+        user: Some("root".into()),
+        port: sshd.port,
+        identity_file: Some(sshd.client_key.display().to_string()),
+        // What the operator left at the default, while this server allows 2.
+        max_sessions: 10,
+    };
+    let gate = tmp.path().join("open");
+    let hold = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; echo held",
+        megaplan_cloudd::shell::quote(&gate.display().to_string())
+    );
+    let deadline = Duration::from_secs(600);
+    let execs = sshd.exec_requests();
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, t, hold) = (sessions.clone(), target.clone(), hold.clone());
+            tokio::spawn(async move { s.run(&t, &hold, None, deadline, false).await })
+        })
+        .collect();
+    let log = sshd.log.clone();
+    let both_open = tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(60), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("session_input_channel_req:") && l.ends_with(" req exec"))
+                .count()
+                >= execs + 2
+        })
+    })
+    .await
+    .expect("join");
+    assert!(both_open, "the two holding commands did not start");
+
+    let e = sessions
+        .run(&target, "echo third", None, deadline, false)
+        .await
+        .expect_err("a third session on a MaxSessions 2 server");
+    assert_eq!(e.error, ErrorCode::ProviderFailed, "{}", e.message);
+    assert_eq!(e.extra["field"], "ssh.max_sessions", "{}", e.message);
+    assert!(
+        e.message.contains("refused another session"),
+        "{}",
+        e.message
+    );
+    assert_eq!(sshd.accepted_connections(), 1, "no second TCP connection");
+
+    std::fs::write(&gate, b"").expect("open the gate");
+    for h in holders {
+        let out = h.await.expect("join").expect("holding command");
+        assert_eq!(
+            (out.code, String::from_utf8_lossy(&out.stdout).into_owned()),
+            (0, "held\n".to_string())
+        );
+    }
+    assert_eq!(sshd.accepted_connections(), 1);
+    sessions.close_all().await;
 }

@@ -1,12 +1,15 @@
 //! The supervisor on the bench over ssh (issue 6): a killed runner is restarted by scheduled
 //! ticks until the chain completes; an open PR blocks and a merged one advances; a tick while
 //! sshd is down stores a supervisor_error and other registrations keep ticking; at most 3 remote
-//! round trips per tick; `watch` follows new reports.
+//! round trips per tick; `watch` follows new reports. Many registrations on one host (issue 21
+//! item 3): one resident observer per runner, within the host's ssh session budget and one TCP
+//! connection; an unregister ends the observer of a runner no registration uses any more.
 
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
-use megaplan_cloud_e2e::{bin, wait_until};
+use megaplan_cloud_e2e::{Container, bench, bin, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -269,4 +272,213 @@ fn watch_follows_new_reports() {
     assert_eq!(rec["trigger"], "manual");
     assert_eq!(rec["key"].as_str().unwrap().len(), 16);
     assert!(rec["report"]["event"].is_string());
+}
+
+/// Pids of the resident observers (`python3 -c <resident.py>`) running in `container`.
+fn resident_observers(container: &Container) -> Vec<String> {
+    let out = container.exec(
+        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read()\n    except Exception:\n        continue\n    if p.isdigit() and int(p) != os.getpid() and b\"sys.exit(serve(\" in c:\n        print(p)'",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `(pid, parent pid, argv)` of every live, non-zombie process.
+fn processes() -> Vec<(u32, u32, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let (Ok(stat), Ok(cmdline)) = (
+            std::fs::read_to_string(e.path().join("stat")),
+            std::fs::read(e.path().join("cmdline")),
+        ) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if state != "Z" {
+            let argv = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            v.push((pid, ppid, argv));
+        }
+    }
+    v
+}
+
+/// ssh clients in the daemon's process tree, and ssh masters on its control folder.
+fn ssh_processes(rig: &SshRig) -> (usize, usize) {
+    let all = processes();
+    let mut tree = vec![rig.daemon.pid()];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    let control = rig.daemon.socket.parent().unwrap().join("ssh");
+    let control = control.to_str().unwrap();
+    let is_ssh = |argv: &str| argv.starts_with("ssh ");
+    let clients = all
+        .iter()
+        .filter(|p| tree[1..].contains(&p.0) && is_ssh(&p.2) && !p.2.contains(" -M "))
+        .count();
+    let masters = all
+        .iter()
+        .filter(|p| is_ssh(&p.2) && p.2.contains(" -M ") && p.2.contains(control))
+        .count();
+    (clients, masters)
+}
+
+/// A cloud.yaml beside the rig's, for `container`, that watches the chain the rig launched.
+fn fleet_yaml(rig: &SshRig, name: &str, container: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&rig.cloud_yaml)
+        .unwrap()
+        .replace(&rig.container.name, container);
+    let dir = rig.project.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cloud.yaml");
+    std::fs::write(
+        &path,
+        format!("{text}mode: chain\nchain:\n  spec: /workspace/app/chain.yaml\n"),
+    )
+    .unwrap();
+    path
+}
+
+fn ctl_for(rig: &SshRig, cloud_yaml: &Path, args: &[&str]) -> Run {
+    let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap()];
+    full.extend_from_slice(args);
+    Run::from_output(&rig.daemon.ctl(&rig.project, &[], &full))
+}
+
+fn running_chain(labels: &[&str]) -> Option<SshRig> {
+    let rig = SshRig::start("", &[])?;
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, labels);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let s = rig.ctl(&["status", "--chain"]).json;
+            s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
+        }),
+        "the chain did not reach a running m1"
+    );
+    Some(rig)
+}
+
+/// Issue 21 item 3: 12 registrations on one host whose sshd has the default `MaxSessions` (10),
+/// ticked at once: 4 watch the rig's running chain (one runner), 8 more are runners of their
+/// own. One observer per runner, at most the budget's share of them; everything over the one
+/// held TCP connection; sshd never refuses a session; the rig's ticks, `exec` and `status`
+/// all succeed.
+#[test]
+fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection() {
+    let Some(rig) = running_chain(&["m1", "m2"]) else {
+        return;
+    };
+    let b = bench().unwrap();
+    let others: Vec<Container> = (0..8).map(|_| b.container("mp-fleet")).collect();
+    let mut yamls: Vec<PathBuf> = (0..4)
+        .map(|i| fleet_yaml(&rig, &format!("same-{i}"), &rig.container.name))
+        .collect();
+    for (i, c) in others.iter().enumerate() {
+        yamls.push(fleet_yaml(&rig, &format!("other-{i}"), &c.name));
+    }
+    for y in &yamls {
+        ctl_for(&rig, y, &["register", "--every", "1h"]).ok();
+    }
+    let connections = rig.sshd.accepted_connections();
+    assert_eq!(
+        connections, 1,
+        "the rig's commands used one held connection"
+    );
+
+    let ticks: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = yamls
+            .iter()
+            .map(|y| s.spawn(|| ctl_for(&rig, y, &["tick"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // The 4 cloud.yaml files of the running chain: healthy ticks.
+    for t in &ticks[..4] {
+        assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
+        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+    }
+    // The other runners hold no chain: their ticks say so (not that a session was refused).
+    for t in &ticks[4..] {
+        assert_eq!(
+            t.json["report"]["error"], "missing_remote_spec",
+            "{}\n{}",
+            t.stdout, t.stderr
+        );
+    }
+    let observers: usize = std::iter::once(&rig.container)
+        .chain(&others)
+        .map(|c| resident_observers(c).len())
+        .sum();
+    assert!(
+        (1..=6).contains(&observers),
+        "9 runners, at most 6 observers (10 sessions - 2 kept free - 2 kept for commands): {observers}"
+    );
+
+    // The client still gets its sessions, over the same connection.
+    let e = rig.ctl(&["exec", "echo still-here"]);
+    assert_eq!(e.code, Some(0), "{}\n{}", e.stdout, e.stderr);
+    assert!(e.stdout.contains("still-here"), "{}", e.stdout);
+    let s = rig.ctl(&["status", "--chain"]);
+    assert_eq!(s.code, Some(0), "{}\n{}", s.stdout, s.stderr);
+    assert_eq!(s.json["effective_status"], "running", "{}", s.stdout);
+    assert_eq!(
+        rig.sshd.accepted_connections(),
+        connections,
+        "no second TCP connection to the host"
+    );
+    assert_eq!(rig.sshd.refused_sessions(), 0, "sshd refused a session");
+}
+
+/// Issue 21 item 3: 5 x (register -> tick -> unregister) of cloud.yaml files watching one
+/// runner leaves no observer on the runner and no ssh client in the daemon beyond its master.
+#[test]
+fn register_tick_unregister_five_times_leaves_no_observer_and_no_ssh_client() {
+    let Some(rig) = running_chain(&["m1", "m2"]) else {
+        return;
+    };
+    for i in 0..5 {
+        let y = fleet_yaml(&rig, &format!("round-{i}"), &rig.container.name);
+        ctl_for(&rig, &y, &["register", "--every", "1h"]).ok();
+        let t = ctl_for(&rig, &y, &["tick"]);
+        assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
+        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(
+            resident_observers(&rig.container).len(),
+            1,
+            "round {i}: one observer for the runner"
+        );
+        ctl_for(&rig, &y, &["unregister"]).ok();
+        assert!(
+            wait_until(Duration::from_secs(30), || resident_observers(
+                &rig.container
+            )
+            .is_empty()),
+            "round {i}: observers left on the runner: {:?}",
+            resident_observers(&rig.container)
+        );
+        let mut seen = (usize::MAX, usize::MAX);
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                seen = ssh_processes(&rig);
+                seen == (0, 1)
+            }),
+            "round {i}: (ssh clients in the daemon, masters) = {seen:?}, wanted (0, 1)"
+        );
+    }
+    assert_eq!(rig.sshd.accepted_connections(), 1);
 }

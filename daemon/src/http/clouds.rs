@@ -107,12 +107,34 @@ pub async fn unregister(
     if let Err(e) = crate::notify::store::forget(&state.store, &key).await {
         tracing::warn!(key = %key, "unregistered, but its watch state stays: {e}");
     }
+    end_unused_observers(&state, &key).await;
     tracing::info!(key = %key, "unregistered");
     Ok(Json(UnregisterResponse {
         key,
         success: true,
         unregistered: true,
     }))
+}
+
+/// The resident observers of the runners `key` observed that no other registration uses end
+/// (after the request they may be answering, on the daemon's own tasks). A store error keeps
+/// the observer; the idle reaper ends it later.
+async fn end_unused_observers(state: &Arc<AppState>, key: &str) {
+    for (runner, others) in state.residents.forget_user(key) {
+        let mut needed = false;
+        for other in &others {
+            if !matches!(state.store.get_registration(other).await, Ok(None)) {
+                needed = true;
+                break;
+            }
+        }
+        if !needed {
+            let st = state.clone();
+            state.tasks.spawn(async move {
+                st.residents.drop_runner(&runner).await;
+            });
+        }
+    }
 }
 
 /// Fill a registration's `cron` and `next_due_at` from the scheduler's queue.

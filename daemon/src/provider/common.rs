@@ -199,8 +199,12 @@ pub trait Provider {
     /// The local command that runs `bash -lc <script>` in the runner with its stdin and stdout
     /// connected, over the session this transport holds, for a long-lived process (the
     /// resident observer, `crate::provider::resident`). No runner-side deadline: the process
-    /// bounds its own requests. `None`: this transport cannot hold one.
-    async fn resident_command(&self, _script: &str) -> Result<Option<Cmd>, ErrorBody> {
+    /// bounds its own requests. `None`: this transport cannot hold one. Over ssh the launch
+    /// names the connection's session budget, which the observer draws one session from.
+    async fn resident_command(
+        &self,
+        _script: &str,
+    ) -> Result<Option<super::resident::Launch>, ErrorBody> {
         Ok(None)
     }
 

@@ -444,9 +444,15 @@ impl Provider for LocalProvider {
         })
     }
 
-    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+    async fn resident_command(
+        &self,
+        script: &str,
+    ) -> Result<Option<super::resident::Launch>, ErrorBody> {
         let flavor = self.flavor(None).await?;
-        Ok(Some(self.cmd(flavor, &exec_args(script))))
+        Ok(Some(super::resident::Launch {
+            cmd: self.cmd(flavor, &exec_args(script)),
+            budget: None,
+        }))
     }
 
     async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {

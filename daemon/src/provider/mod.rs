@@ -7,6 +7,7 @@
 //!   stdout when stderr is empty: a refused remote command often explains itself there);
 //! - a deadline is `deadline_exceeded`.
 
+pub mod budget;
 pub mod common;
 pub mod local;
 pub mod railway;
@@ -18,7 +19,6 @@ pub mod transport;
 pub use common::*;
 
 use crate::cloud_yaml::ProviderKind;
-use crate::process::Cmd;
 use megaplan_cloud_api::ErrorBody;
 
 /// The provider chosen by cloud.yaml.
@@ -61,7 +61,7 @@ impl Provider for AnyProvider {
     async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
         delegate!(self, p => p.observe(script).await)
     }
-    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+    async fn resident_command(&self, script: &str) -> Result<Option<resident::Launch>, ErrorBody> {
         delegate!(self, p => p.resident_command(script).await)
     }
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
@@ -127,7 +127,7 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::{Output, RunError};
+    use crate::process::{Cmd, Output, RunError};
     use crate::redact::Redactor;
     use megaplan_cloud_api::ErrorCode;
     use std::collections::BTreeMap;

@@ -216,12 +216,12 @@ pub fn relay_target(block: &str) -> Option<SshTarget> {
             _ => {}
         }
     }
-    Some(SshTarget {
-        host: host.filter(|h| !h.is_empty())?,
-        user: Some(user.filter(|u| !u.is_empty())?),
+    Some(SshTarget::with_default_sessions(
+        host.filter(|h| !h.is_empty())?,
+        Some(user.filter(|u| !u.is_empty())?),
         port,
-        identity_file: identity,
-    })
+        identity,
+    ))
 }
 
 /// After a failed resolution or master start, calls use `railway ssh` for this long before the
@@ -1079,12 +1079,12 @@ mod tests {
         let block = "# BEGIN railway:p:e:s\n# Railway service: agent\nHost megaplan-agent\n    HostName ssh.railway.com\n    User 4f2c-instance\n    ServerAliveInterval 30\n    ServerAliveCountMax 3\n# END railway:p:e:s\n";
         assert_eq!(
             relay_target(block),
-            Some(SshTarget {
-                host: "ssh.railway.com".into(),
-                user: Some("4f2c-instance".into()),
-                port: 22,
-                identity_file: None,
-            })
+            Some(SshTarget::with_default_sessions(
+                "ssh.railway.com".into(),
+                Some("4f2c-instance".into()),
+                22,
+                None,
+            ))
         );
         let dev = "Host a\n  HostName ssh.railway-develop.com\n  Port 2222\n  User i\n  IdentityFile \"/k/id x\"\n";
         let t = relay_target(dev).expect("target");

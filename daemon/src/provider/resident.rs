@@ -4,15 +4,21 @@
 //! megaplan core once and answers observation requests as JSON lines, so a steady-state tick
 //! starts no core at all.
 //!
+//! One observer per runner (host and container), shared by every cloud.yaml observing it; over
+//! ssh it holds one session of the connection's budget (`provider/budget.rs`). Ended when no
+//! registration uses the runner any more, after [`IDLE_AFTER`] unused, and with the daemon.
+//!
 //! Restarted when it died, when a request passed its deadline (the process is killed here, and
 //! ends itself on the runner), and when it says its core's installed files changed (`stale`:
 //! a fresh observer imports the new code and answers the same request). When it cannot run at
 //! all the caller falls back to the one-shot observation (one interpreter, the core imported
 //! once).
 
+use super::budget::{SessionBudget, SessionLease};
 use crate::process::Cmd;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -56,10 +62,12 @@ struct Resident {
     /// Dropping it kills the local end (ssh / docker client); the runner side then sees the
     /// end of its input, or its own request deadline.
     _child: Child,
+    /// The ssh session it holds (given back when it ends).
+    _lease: Option<SessionLease>,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
-    argv: Vec<String>,
     next_id: u64,
+    last_used: Instant,
 }
 
 enum Reply {
@@ -96,7 +104,11 @@ async fn read_until(
 }
 
 impl Resident {
-    async fn start(cmd: &Cmd, deadline: Duration) -> Result<Resident, AskError> {
+    async fn start(
+        cmd: &Cmd,
+        lease: Option<SessionLease>,
+        deadline: Duration,
+    ) -> Result<Resident, AskError> {
         let mut child = cmd
             .spawn_piped()
             .map_err(|e| AskError::Gone(format!("cannot start {}: {e:?}", cmd.program)))?;
@@ -112,10 +124,11 @@ impl Resident {
         }
         Ok(Resident {
             _child: child,
+            _lease: lease,
             stdin,
             lines,
-            argv: cmd.argv(),
             next_id: 1,
+            last_used: Instant::now(),
         })
     }
 
@@ -156,18 +169,55 @@ impl Resident {
     }
 }
 
-/// The resident observers, one slot per runner key. A slot's lock serialises the requests of
-/// one runner; the process is taken out of its slot while it answers, so a request cancelled
-/// half-way (its tick hit the deadline) drops, and so kills, the observer it was using.
+/// How to start the observer of one runner: the local command, and over ssh the session budget
+/// of the held connection (the observer holds one of its sessions for its whole life).
+pub struct Launch {
+    pub cmd: Cmd,
+    pub budget: Option<Arc<SessionBudget>>,
+}
+
+impl Launch {
+    /// The runner key: the observer's whole command (transport, host, container, the
+    /// launcher's interpreter), hashed. Every cloud.yaml observing the same runner shares it.
+    pub fn runner(&self) -> String {
+        let digest = Sha256::digest(self.cmd.argv().join("\0").as_bytes());
+        hex::encode(&digest[..8])
+    }
+}
+
+/// An observer unused this long is ended (its session goes back to the budget).
+pub const IDLE_AFTER: Duration = Duration::from_secs(600);
+
+/// How often the daemon looks for idle observers.
+pub const REAP_EVERY: Duration = Duration::from_secs(60);
+
+/// One runner's observer and the cloud.yaml files (marker keys) that used it.
+#[derive(Default)]
+struct Slot {
+    observer: tokio::sync::Mutex<Option<Resident>>,
+    users: std::sync::Mutex<HashSet<String>>,
+}
+
+/// The resident observers, one slot per runner ([`Launch::runner`]), whichever cloud.yaml
+/// asks. A slot's lock serialises the requests of one runner; the process is taken out of its
+/// slot while it answers, so a request cancelled half-way (its tick hit the deadline) drops,
+/// and so kills, the observer it was using. An observer ends when no registration uses its
+/// runner any more ([`Residents::forget_user`] + [`Residents::drop_runner`]), when it has been
+/// idle for [`IDLE_AFTER`] ([`Residents::reap_idle`]), and with the daemon.
 #[derive(Default)]
 pub struct Residents {
-    slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Resident>>>>>,
+    slots: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
 }
 
 impl Residents {
-    fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Option<Resident>>> {
+    fn slot(&self, runner: &str, user: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(key.to_string()).or_default().clone()
+        let slot = slots.entry(runner.to_string()).or_default().clone();
+        slot.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_string());
+        slot
     }
 
     /// How many runners have a resident observer right now.
@@ -175,42 +225,113 @@ impl Residents {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .values()
-            .filter(|s| s.try_lock().map_or(true, |g| g.is_some()))
+            .filter(|s| s.observer.try_lock().map_or(true, |g| g.is_some()))
             .count()
     }
 
     /// End every observer (daemon shutdown).
     pub async fn close_all(&self) {
         let slots: Vec<_> = {
-            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.values().cloned().collect()
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.drain().map(|(_, s)| s).collect()
         };
         for s in slots {
-            s.lock().await.take();
+            s.observer.lock().await.take();
         }
     }
 
-    /// Ask the resident observer of `key` (started with `start` when there is none, or when
-    /// `start` changed) for one observation of `request` (the `observe.py` input).
+    /// Forget that the cloud.yaml `user` observes through any runner (it was unregistered).
+    /// Returns each runner it used with the other cloud.yaml files still using it, for the
+    /// caller to [`Residents::drop_runner`] those no registration needs any more.
+    pub fn forget_user(&self, user: &str) -> Vec<(String, Vec<String>)> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = Vec::new();
+        for (runner, slot) in slots.iter() {
+            let mut users = slot.users.lock().unwrap_or_else(|p| p.into_inner());
+            if users.remove(user) {
+                used.push((runner.clone(), users.iter().cloned().collect()));
+            }
+        }
+        used
+    }
+
+    /// End the observer of `runner` (after the request it may be answering) and forget it.
+    pub async fn drop_runner(&self, runner: &str) {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.remove(runner)
+        };
+        if let Some(slot) = slot
+            && slot.observer.lock().await.take().is_some()
+        {
+            tracing::info!(
+                runner,
+                "resident observer ended: no registration uses its runner"
+            );
+        }
+    }
+
+    /// End the observers unused for `idle` or longer; slots left empty are forgotten. Returns
+    /// how many observers ended. An observer answering right now is never idle.
+    pub fn reap_idle(&self, idle: Duration) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended = 0;
+        slots.retain(|runner, slot| {
+            let Ok(mut guard) = slot.observer.try_lock() else {
+                return true;
+            };
+            if guard
+                .as_ref()
+                .is_some_and(|r| r.last_used.elapsed() >= idle)
+            {
+                guard.take();
+                ended += 1;
+                tracing::info!(runner = %runner, "resident observer ended: idle");
+            }
+            guard.is_some()
+        });
+        ended
+    }
+
+    /// Ask the resident observer of the runner `launch` starts (started when there is none,
+    /// or when it died) for one observation of `request` (the `observe.py` input), on behalf
+    /// of the cloud.yaml `user` (its marker key).
     pub async fn observe(
         &self,
-        key: &str,
-        start: &Cmd,
+        user: &str,
+        launch: &Launch,
         request: &Value,
         deadline: Duration,
     ) -> Result<Answer, ResidentError> {
-        let slot = self.slot(key);
-        let mut guard = slot.lock().await;
+        let runner = launch.runner();
+        let slot = self.slot(&runner, user);
+        let mut guard = slot.observer.lock().await;
         let begun = Instant::now();
         let left = || deadline.saturating_sub(begun.elapsed());
         let mut starts = 0u32;
         // At most: an observer that died since the last tick, and one whose core went stale.
         for _ in 0..3 {
             let mut resident = match guard.take() {
-                Some(r) if r.argv == start.argv() => r,
-                _ => {
+                Some(r) => r,
+                None => {
+                    let lease = match &launch.budget {
+                        None => None,
+                        Some(b) => match b.observer(left()).await {
+                            Ok(Some(lease)) => Some(lease),
+                            Ok(None) => {
+                                return Err(ResidentError::Unavailable(format!(
+                                    "the {} resident observers this ssh connection allows (ssh.max_sessions {} leaves {} sessions, {} of them kept for commands) already run",
+                                    b.observer_cap(),
+                                    b.max_sessions(),
+                                    b.sessions(),
+                                    b.sessions() - b.observer_cap()
+                                )));
+                            }
+                            Err(e) => return Err(ResidentError::Unavailable(e.message)),
+                        },
+                    };
                     starts += 1;
-                    match Resident::start(start, left()).await {
+                    match Resident::start(&launch.cmd, lease, left()).await {
                         Ok(r) => r,
                         Err(AskError::Timeout) => return Err(ResidentError::Deadline(deadline)),
                         Err(AskError::Gone(why)) => return Err(ResidentError::Unavailable(why)),
@@ -220,6 +341,7 @@ impl Residents {
             let fresh = starts > 0 && resident.next_id == 1;
             match resident.ask(request, left()).await {
                 Ok(Reply::Observation(observation)) => {
+                    resident.last_used = Instant::now();
                     *guard = Some(resident);
                     return Ok(Answer {
                         observation,
@@ -227,14 +349,17 @@ impl Residents {
                     });
                 }
                 Ok(Reply::Stale(why)) => {
-                    tracing::info!(key, "restarting the resident observer: {why}");
+                    tracing::info!(runner, "restarting the resident observer: {why}");
                 }
                 Err(AskError::Timeout) => return Err(ResidentError::Deadline(deadline)),
                 Err(AskError::Gone(why)) if fresh => {
                     return Err(ResidentError::Unavailable(why));
                 }
                 Err(AskError::Gone(why)) => {
-                    tracing::info!(key, "the resident observer ended ({why}); starting another");
+                    tracing::info!(
+                        runner,
+                        "the resident observer ended ({why}); starting another"
+                    );
                 }
             }
         }
@@ -255,13 +380,16 @@ mod tests {
     }
 
     /// The observer as a local `sh -c` child, the stand-in core on its PYTHONPATH.
-    fn local(launcher: &str, pythonpath: &Path, tmux: &Path) -> Cmd {
-        Cmd::new("sh")
-            .arg("-c")
-            .arg(resident_script(launcher))
-            .env("PYTHONPATH", pythonpath.display().to_string())
-            .env("MEGAPLAN_STANDIN_IMPORT_SECONDS", "0")
-            .env("TMUX_TMPDIR", tmux.display().to_string())
+    fn local(launcher: &str, pythonpath: &Path, tmux: &Path) -> Launch {
+        Launch {
+            cmd: Cmd::new("sh")
+                .arg("-c")
+                .arg(resident_script(launcher))
+                .env("PYTHONPATH", pythonpath.display().to_string())
+                .env("MEGAPLAN_STANDIN_IMPORT_SECONDS", "0")
+                .env("TMUX_TMPDIR", tmux.display().to_string()),
+            budget: None,
+        }
     }
 
     fn workspace(root: &Path) -> (std::path::PathBuf, Value) {
@@ -353,10 +481,84 @@ mod tests {
         assert_eq!(back.observer_starts, 1);
 
         // No python at all: unavailable, for the caller's one-shot fallback.
-        let none = Cmd::new("sh")
-            .arg("-c")
-            .arg("echo no python here; exit 127");
+        let none = Launch {
+            cmd: Cmd::new("sh")
+                .arg("-c")
+                .arg("echo no python here; exit 127"),
+            budget: None,
+        };
         let e = r.observe("k2", &none, &req, deadline).await.unwrap_err();
         assert!(matches!(e, ResidentError::Unavailable(_)), "{e:?}");
+    }
+
+    /// Issue 21 item 3: one observer per runner whichever cloud.yaml asks; it ends when the
+    /// last registration using the runner goes, or when idle; over ssh it takes a session of
+    /// the connection's budget, and past the observers' share none starts (one-shot instead).
+    #[tokio::test]
+    async fn one_observer_per_runner_ended_when_unused_and_counted_in_the_budget() {
+        let root = tempfile::tempdir().unwrap();
+        let core = root.path().join("site");
+        copy_dir(&standin(), &core);
+        let tmux = root.path().join("tmux");
+        std::fs::create_dir_all(&tmux).unwrap();
+        let (_ws, req) = workspace(root.path());
+        let launch = local("python3 -m arnold_pipelines.megaplan", &core, &tmux);
+        let r = Residents::default();
+        let deadline = Duration::from_secs(60);
+
+        // Five cloud.yaml files on one runner: one observer, started once.
+        let mut starts = 0;
+        for user in ["a", "b", "c", "d", "e"] {
+            starts += r
+                .observe(user, &launch, &req, deadline)
+                .await
+                .unwrap()
+                .observer_starts;
+        }
+        assert_eq!((starts, r.running()), (1, 1));
+
+        // Unregistering one of them leaves the others' observer; the last one ends it.
+        let used = r.forget_user("a");
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].0, launch.runner());
+        assert_eq!(used[0].1.len(), 4);
+        for (user, others) in [("b", 3), ("c", 2), ("d", 1)] {
+            assert_eq!(r.forget_user(user)[0].1.len(), others, "{user}");
+        }
+        let used = r.forget_user("e");
+        assert_eq!(used, vec![(launch.runner(), Vec::new())]);
+        r.drop_runner(&used[0].0).await;
+        assert_eq!(r.running(), 0);
+        assert!(r.forget_user("e").is_empty(), "the runner is forgotten");
+
+        // Idle: a recent observer stays, one unused for the idle period ends.
+        r.observe("a", &launch, &req, deadline).await.unwrap();
+        assert_eq!(r.reap_idle(IDLE_AFTER), 0);
+        assert_eq!(r.running(), 1);
+        assert_eq!(r.reap_idle(Duration::ZERO), 1);
+        assert_eq!(r.running(), 0);
+        assert!(r.forget_user("a").is_empty(), "an empty slot is forgotten");
+
+        // Over ssh: the observer holds one session of the budget for its life.
+        let budget = Arc::new(SessionBudget::new("root@h port 22", 10));
+        let counted = Launch {
+            cmd: launch.cmd.clone(),
+            budget: Some(budget.clone()),
+        };
+        r.observe("a", &counted, &req, deadline).await.unwrap();
+        assert_eq!((budget.in_use(), budget.observers_in_use()), (1, 1));
+        r.reap_idle(Duration::ZERO);
+        assert_eq!(budget.in_use(), 0);
+        // A connection whose budget leaves observers no session: none starts.
+        let tight = Launch {
+            cmd: launch.cmd.clone(),
+            budget: Some(Arc::new(SessionBudget::new("root@h port 22", 3))),
+        };
+        let e = r.observe("a", &tight, &req, deadline).await.unwrap_err();
+        assert!(
+            matches!(&e, ResidentError::Unavailable(why) if why.contains("ssh.max_sessions 3")),
+            "{e:?}"
+        );
+        assert_eq!(r.running(), 0);
     }
 }

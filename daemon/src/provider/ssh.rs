@@ -6,12 +6,14 @@
 //! [`crate::shell`] quoting: it goes through the host's login shell, and scripts run in the
 //! runner go through `bash -lc` as well, so hostile names and paths arrive as literal words.
 
+use super::budget::SESSION_WAIT;
 use super::common::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, RunnerKill, check_secrets,
     deploy_failed, env_file_content, note, run_error, runner_command, send_kill,
     session_not_supported, step_failed, step_from,
 };
-use super::ssh_master::{SSH_FAILURE, SshMaster, SshSessions, SshTarget};
+use super::resident::Launch;
+use super::ssh_master::{SSH_FAILURE, SessionFailure, SshMaster, SshSessions, SshTarget};
 use super::transport::{self, Transport};
 use crate::cloud_yaml::{CloudSpec, Ssh};
 use crate::process::{self, Cmd, Output, StreamKind};
@@ -406,10 +408,25 @@ impl SshProvider {
     ) -> Result<i32, ErrorBody> {
         let master = self.sessions.master(&self.target).await?;
         let cmd = master.command(remote);
-        let permit = master.channel().await;
-        let streamed = process::run_streaming(&cmd, deadline, &self.ctx.redactor, out).await;
-        drop(permit);
-        let code = streamed.map_err(|e| run_error(&cmd, e))?;
+        let _lease = master.session(deadline.unwrap_or(SESSION_WAIT)).await?;
+        let (code, stderr_tail) =
+            streaming_with_stderr_tail(&cmd, deadline, &self.ctx.redactor, out)
+                .await
+                .map_err(|e| run_error(&cmd, e))?;
+        if code == SSH_FAILURE
+            && let Some(failure) = master.session_failure(&stderr_tail)
+        {
+            return Err(match failure {
+                SessionFailure::Refused(e) => e,
+                SessionFailure::NoMaster => ErrorBody::new(
+                    ErrorCode::ProviderFailed,
+                    format!(
+                        "the held ssh connection to {} ended before `{remote}` started; it did not run: retry",
+                        self.host()
+                    ),
+                ),
+            });
+        }
         if code == SSH_FAILURE && !master.is_alive().await {
             return Err(ErrorBody::new(
                 ErrorCode::ProviderFailed,
@@ -442,8 +459,8 @@ impl SshProvider {
             return Err(self.dir_failure("creating the remote deploy dir", &o));
         }
         let deadline = self.ctx.deadline.max(MIN_SYNC_DEADLINE);
-        // rsync and scp each open one channel on the master.
-        let _permit = master.channel().await;
+        // rsync and scp each open one session on the master.
+        let _lease = master.session(deadline).await?;
         if process::which("rsync").is_some() {
             let cmd = cmd_of(&rsync_args(master, &self.ctx.deploy_dir, remote_dir));
             let o = process::run(&cmd, deadline)
@@ -493,6 +510,50 @@ impl SshProvider {
         }
         Ok(())
     }
+}
+
+/// Longest stderr tail kept to recognise ssh's own failure lines in a streamed command.
+const STDERR_TAIL_BYTES: usize = 4096;
+
+/// [`process::run_streaming`] that also keeps the end of the (redacted) stderr, to tell a mux
+/// session the server refused from the command's own failure. Forwarding stops when `out`
+/// closes, which closes the inner channel and so ends the command as before.
+async fn streaming_with_stderr_tail(
+    cmd: &Cmd,
+    deadline: Option<Duration>,
+    redactor: &Redactor,
+    out: &OutTx,
+) -> Result<(i32, String), process::RunError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, String)>(64);
+    let sink = out.clone();
+    let forward = tokio::spawn(async move {
+        let mut tail = String::new();
+        loop {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = sink.closed() => None,
+            };
+            let Some((kind, text)) = next else { break };
+            if kind == StreamKind::Stderr {
+                tail.push_str(&text);
+                if tail.len() > STDERR_TAIL_BYTES {
+                    let mut cut = tail.len() - STDERR_TAIL_BYTES;
+                    while !tail.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    tail.drain(..cut);
+                }
+            }
+            if sink.send((kind, text)).await.is_err() {
+                break;
+            }
+        }
+        tail
+    });
+    let code = process::run_streaming(cmd, deadline, redactor, &tx).await;
+    drop(tx);
+    let tail = forward.await.unwrap_or_default();
+    code.map(|c| (c, tail))
 }
 
 /// Top-level entries of the deploy dir, for `scp -r`.
@@ -703,11 +764,12 @@ impl Provider for SshProvider {
         transport::observe(self, script).await
     }
 
-    async fn resident_command(&self, script: &str) -> Result<Option<Cmd>, ErrorBody> {
+    async fn resident_command(&self, script: &str) -> Result<Option<Launch>, ErrorBody> {
         let master = self.sessions.master(&self.target).await?;
-        Ok(Some(
-            master.command(&remote_exec(&self.ssh.container, script)),
-        ))
+        Ok(Some(Launch {
+            cmd: master.command(&remote_exec(&self.ssh.container, script)),
+            budget: Some(master.budget().clone()),
+        }))
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
@@ -1092,6 +1154,7 @@ mod tests {
             user: Some("me".into()),
             port: 2200,
             identity_file: None,
+            max_sessions: crate::provider::budget::DEFAULT_MAX_SESSIONS,
         };
         let m = sessions.handle(&t).unwrap();
         let ctl = m.control_path().to_string_lossy().into_owned();
@@ -1107,7 +1170,8 @@ mod tests {
                 "--protect-args",
                 "-e",
                 &format!(
-                    "ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -p 2200 -o ConnectTimeout=10"
+                    "ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -o {} -p 2200 -o ConnectTimeout=10",
+                    quote(crate::provider::ssh_master::NO_SECOND_CONNECTION)
                 ),
                 "/home/op/.megaplan/cloud/ssh-box/",
                 "me@box:/srv/mp/"
@@ -1128,6 +1192,8 @@ mod tests {
                 "ControlMaster=no",
                 "-o",
                 "BatchMode=yes",
+                "-o",
+                crate::provider::ssh_master::NO_SECOND_CONNECTION,
                 "-P",
                 "2200",
                 "-r",

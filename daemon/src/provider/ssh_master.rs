@@ -6,9 +6,18 @@
 //! cost one TCP connection and one authentication. Liveness is checked by connecting to the
 //! control socket (no process spawned). Masters outlive a daemon restart and are adopted.
 //!
+//! A mux client whose session the master cannot open (no master, or the server refused the
+//! session past its `MaxSessions`) would silently open a connection of its own: ssh falls back
+//! to a direct connection whatever `ControlMaster` says. Our clients carry a `ProxyCommand`
+//! that fails instead ([`NO_SECOND_CONNECTION`]), so that fallback is an error we name, never a
+//! second TCP connection. Sessions are counted against the connection's
+//! [`SessionBudget`](super::budget::SessionBudget), which stays below the server's
+//! `MaxSessions` (`ssh.max_sessions`, default 10).
+//!
 //! Host keys: ssh's own defaults apply (`StrictHostKeyChecking=ask`, which `BatchMode=yes` turns
 //! into "refuse unknown hosts"); the operator's ssh config (`-F`) and agent are used as is.
 
+use super::budget::{DEFAULT_MAX_SESSIONS, SessionBudget, SessionLease};
 use crate::cloud_yaml::Ssh;
 use crate::process::{self, Cmd, Output};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
@@ -28,9 +37,17 @@ const MASTER_START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long to wait for the control socket to appear after `ssh -f` returned.
 const SOCKET_APPEAR_WAIT: Duration = Duration::from_secs(3);
 
-/// Commands run at once over one master. sshd refuses sessions past its `MaxSessions`
-/// (default 10) with a bare exit 255; callers beyond this wait for a free channel instead.
-pub const MAX_CHANNELS: usize = 8;
+/// What the mux clients run instead of connecting directly when the master cannot give them a
+/// session: it prints [`NO_SECOND_CONNECTION_MARK`] and fails (ssh then exits 255).
+pub const NO_SECOND_CONNECTION: &str =
+    "ProxyCommand=sh -c \"echo megaplan-cloudd: no second ssh connection >&2; exit 1\"";
+
+/// The line [`NO_SECOND_CONNECTION`] prints: the command never started on the remote side.
+pub const NO_SECOND_CONNECTION_MARK: &str = "megaplan-cloudd: no second ssh connection";
+
+/// What ssh prints when the master asked the server for a session and the server refused it
+/// (`MaxSessions` reached on that connection).
+const SESSION_REFUSED: [&str; 2] = ["Session open refused by peer", "mux_client_request_session"];
 
 /// exit status ssh uses for its own failures (connection, authentication, lost master).
 pub const SSH_FAILURE: i32 = 255;
@@ -42,6 +59,8 @@ pub struct SshTarget {
     pub user: Option<String>,
     pub port: u16,
     pub identity_file: Option<String>,
+    /// The server's `MaxSessions` (`ssh.max_sessions`): sets the connection's session budget.
+    pub max_sessions: u32,
 }
 
 impl SshTarget {
@@ -51,6 +70,23 @@ impl SshTarget {
             user: ssh.user.clone(),
             port: ssh.port,
             identity_file: ssh.identity_file.clone(),
+            max_sessions: ssh.max_sessions,
+        }
+    }
+
+    /// A target whose server has sshd's default `MaxSessions`.
+    pub fn with_default_sessions(
+        host: String,
+        user: Option<String>,
+        port: u16,
+        identity_file: Option<String>,
+    ) -> Self {
+        SshTarget {
+            host,
+            user,
+            port,
+            identity_file,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 
@@ -97,8 +133,8 @@ pub struct SshMaster {
     target: SshTarget,
     control_path: PathBuf,
     ssh_config: Option<PathBuf>,
-    /// Open channels on this connection; see [`MAX_CHANNELS`].
-    channels: Arc<tokio::sync::Semaphore>,
+    /// The sessions of this connection (shared by every handle of the target).
+    budget: Arc<SessionBudget>,
 }
 
 impl SshMaster {
@@ -120,15 +156,20 @@ impl SshMaster {
             "ControlMaster=no".to_string(),
         ];
         if batch {
-            v.extend(["-o".to_string(), "BatchMode=yes".to_string()]);
+            v.extend([
+                "-o".to_string(),
+                "BatchMode=yes".to_string(),
+                "-o".to_string(),
+                NO_SECOND_CONNECTION.to_string(),
+            ]);
         }
         v.extend(common_options(&self.target, self.ssh_config.as_deref()));
         v
     }
 
-    /// `ssh -S <ctl> -o ControlMaster=no -o BatchMode=yes [-F cfg] -p P [-i id] [user@]host --
-    /// <remote>`: the remote login shell runs `remote`, so it must be built with
-    /// [`crate::shell`] quoting.
+    /// `ssh -S <ctl> -o ControlMaster=no -o BatchMode=yes -o ProxyCommand=<fail> [-F cfg] -p P
+    /// [-i id] [user@]host -- <remote>`: the remote login shell runs `remote`, so it must be
+    /// built with [`crate::shell`] quoting. Without a session from the master it fails.
     pub fn command(&self, remote: &str) -> Cmd {
         Cmd::new("ssh")
             .args(self.client_options(true))
@@ -153,6 +194,8 @@ impl SshMaster {
             "ControlMaster=no".to_string(),
             "-o".to_string(),
             "BatchMode=yes".to_string(),
+            "-o".to_string(),
+            NO_SECOND_CONNECTION.to_string(),
         ];
         if let Some(cfg) = &self.ssh_config {
             v.extend(["-F".to_string(), cfg.to_string_lossy().into_owned()]);
@@ -170,7 +213,8 @@ impl SshMaster {
     }
 
     /// The argv the client runs on the user's terminal: like [`SshMaster::command`] with a TTY
-    /// (`-t`) and without BatchMode, so a fallback direct connection may still prompt.
+    /// (`-t`) and without BatchMode, so a fallback direct connection may still prompt. This is
+    /// the session [`super::budget::RESERVED_SESSIONS`] keeps free.
     pub fn interactive_argv(&self, remote: &str) -> Vec<String> {
         let mut v = vec!["ssh".to_string()];
         v.extend(self.client_options(false));
@@ -181,9 +225,30 @@ impl SshMaster {
         v
     }
 
-    /// Wait for a free channel on this connection (held until the permit is dropped).
-    pub async fn channel(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.channels.clone().acquire_owned().await.ok()
+    /// The session budget of this connection.
+    pub fn budget(&self) -> &Arc<SessionBudget> {
+        &self.budget
+    }
+
+    /// Wait in line for a session of this connection (held until the lease is dropped): at
+    /// most `wait` and [`super::budget::SESSION_WAIT`], then a clear error.
+    pub async fn session(&self, wait: Duration) -> Result<SessionLease, ErrorBody> {
+        self.budget.session(wait).await
+    }
+
+    /// The error for a command whose ssh client exited 255 without a session, or `None` when
+    /// its stderr shows it had one (the command ran; its own exit or a lost connection).
+    pub fn session_failure(&self, stderr: &str) -> Option<SessionFailure> {
+        if SESSION_REFUSED.iter().any(|s| stderr.contains(s)) {
+            return Some(SessionFailure::Refused(session_refused(
+                &self.target,
+                &self.budget,
+                stderr,
+            )));
+        }
+        stderr
+            .contains(NO_SECOND_CONNECTION_MARK)
+            .then_some(SessionFailure::NoMaster)
     }
 
     /// Whether the master accepts connections on its control socket.
@@ -211,6 +276,31 @@ fn common_options(t: &SshTarget, ssh_config: Option<&Path>) -> Vec<String> {
     v
 }
 
+/// Why a mux client got no session; in both cases the command never started.
+#[derive(Debug)]
+pub enum SessionFailure {
+    /// The server refused the session (its `MaxSessions` is lower than the budget assumes).
+    Refused(ErrorBody),
+    /// The master was not there to ask.
+    NoMaster,
+}
+
+fn session_refused(t: &SshTarget, budget: &SessionBudget, stderr: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::ProviderFailed,
+        format!(
+            "the ssh server {} refused another session on the daemon's held connection ({}); the command did not run and no second connection was opened. The daemon used {} of the {} sessions it allows itself (ssh.max_sessions: {}); set ssh.max_sessions to the server's MaxSessions (sshd -T | grep maxsessions on the host), or end other clients of the connection (attach)",
+            t.describe(),
+            super::common::tail(stderr.trim(), 3),
+            budget.in_use(),
+            budget.sessions(),
+            budget.max_sessions(),
+        ),
+    )
+    .with("host", t.host.clone())
+    .with("field", "ssh.max_sessions")
+}
+
 async fn socket_alive(path: &Path) -> bool {
     tokio::net::UnixStream::connect(path).await.is_ok()
 }
@@ -221,6 +311,9 @@ struct Inner {
     control_dir: PathBuf,
     ssh_config: Option<PathBuf>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// The session budget of each target's connection (created with the first `max_sessions`
+    /// seen; one entry per target ever used).
+    budgets: Mutex<HashMap<String, Arc<SessionBudget>>>,
     /// Keys of targets whose master is held (what [`SshSessions::count`] reports).
     held: Mutex<std::collections::HashSet<String>>,
 }
@@ -248,6 +341,7 @@ impl SshSessions {
                 control_dir,
                 ssh_config,
                 slots: Mutex::new(HashMap::new()),
+                budgets: Mutex::new(HashMap::new()),
                 held: Mutex::new(std::collections::HashSet::new()),
             }),
         }
@@ -261,7 +355,8 @@ impl SshSessions {
     }
 
     /// A master handle for `t` without checking or starting it: for argv that must be built
-    /// synchronously (attach). Its clients fall back to a direct connection if no master runs.
+    /// synchronously (attach). Its interactive clients fall back to a direct connection if no
+    /// master runs; its batch clients fail instead ([`NO_SECOND_CONNECTION`]).
     pub fn handle(&self, t: &SshTarget) -> Result<SshMaster, ErrorBody> {
         let control_path = self.control_path(t);
         check_control_path(&control_path)?;
@@ -269,8 +364,29 @@ impl SshSessions {
             target: t.clone(),
             control_path,
             ssh_config: self.inner.ssh_config.clone(),
-            channels: Arc::new(tokio::sync::Semaphore::new(MAX_CHANNELS)),
+            budget: self.budget(t),
         })
+    }
+
+    /// The session budget of `t`'s connection: one per target, whichever master serves it.
+    pub fn budget(&self, t: &SshTarget) -> Arc<SessionBudget> {
+        let mut budgets = self
+            .inner
+            .budgets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let b = budgets
+            .entry(t.key())
+            .or_insert_with(|| Arc::new(SessionBudget::new(t.describe(), t.max_sessions)));
+        if b.max_sessions() != t.max_sessions {
+            tracing::warn!(
+                host = %t.describe(),
+                "ssh.max_sessions {} differs from the {} this connection's budget was made with; the first one stays until the daemon restarts (give every cloud.yaml of one host the same value)",
+                t.max_sessions,
+                b.max_sessions()
+            );
+        }
+        b.clone()
     }
 
     fn slot(&self, t: &SshTarget) -> Slot {
@@ -404,25 +520,28 @@ impl SshSessions {
             if let Some(bytes) = &stdin {
                 cmd = cmd.stdin(bytes.clone());
             }
-            // Waiting for a channel counts against the deadline, like the command itself.
+            // Waiting for a session counts against the deadline, like the command itself.
             let started = tokio::time::Instant::now();
-            let permit = tokio::time::timeout(deadline, master.channel())
-                .await
-                .map_err(|_| {
-                    super::common::run_error(&cmd, process::RunError::Timeout { after: deadline })
-                })?;
+            let lease = master.session(deadline).await?;
             let left = deadline.saturating_sub(started.elapsed());
             let out = process::run(&cmd, left)
                 .await
                 .map_err(|e| super::common::run_error(&cmd, e))?;
-            drop(permit);
-            if out.code != SSH_FAILURE || master.is_alive().await {
+            drop(lease);
+            if out.code != SSH_FAILURE {
                 return Ok(out);
             }
-            if !idempotent {
-                return Err(connection_lost(t, &out));
+            match master.session_failure(&String::from_utf8_lossy(&out.stderr)) {
+                Some(SessionFailure::Refused(e)) => return Err(e),
+                // The master went away before the command started: safe to run it again.
+                Some(SessionFailure::NoMaster) if attempt < 2 => continue,
+                Some(SessionFailure::NoMaster) => return Err(connection_lost(t, &out)),
+                None => {}
             }
-            if attempt >= 2 {
+            if master.is_alive().await {
+                return Ok(out);
+            }
+            if !idempotent || attempt >= 2 {
                 return Err(connection_lost(t, &out));
             }
         }
@@ -541,6 +660,7 @@ mod tests {
             user: Some("deploy".into()),
             port: 2222,
             identity_file: Some("/home/op/.ssh/id_ed25519".into()),
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 
@@ -617,6 +737,8 @@ mod tests {
                 "ControlMaster=no",
                 "-o",
                 "BatchMode=yes",
+                "-o",
+                NO_SECOND_CONNECTION,
                 "-F",
                 "/home/op/.ssh/config",
                 "-p",
@@ -666,6 +788,7 @@ mod tests {
             user: None,
             port: 22,
             identity_file: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         };
         let m = s.handle(&t).unwrap();
         let ctl = m.control_path().to_string_lossy().into_owned();
@@ -679,6 +802,8 @@ mod tests {
                 "ControlMaster=no",
                 "-o",
                 "BatchMode=yes",
+                "-o",
+                NO_SECOND_CONNECTION,
                 "-p",
                 "22",
                 "-o",
@@ -690,7 +815,10 @@ mod tests {
         );
         assert_eq!(
             m.rsync_transport(),
-            format!("ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -p 22 -o ConnectTimeout=10")
+            format!(
+                "ssh -S {ctl} -o ControlMaster=no -o BatchMode=yes -o {} -p 22 -o ConnectTimeout=10",
+                crate::shell::quote(NO_SECOND_CONNECTION)
+            )
         );
         assert_eq!(
             m.scp_options(),
@@ -701,6 +829,8 @@ mod tests {
                 "ControlMaster=no",
                 "-o",
                 "BatchMode=yes",
+                "-o",
+                NO_SECOND_CONNECTION,
                 "-P",
                 "22"
             ]
@@ -708,6 +838,34 @@ mod tests {
         assert_eq!(
             exit_command(&m).argv(),
             ["ssh", "-S", &ctl, "-O", "exit", "-p", "22", "h"]
+        );
+    }
+
+    #[test]
+    fn a_session_the_master_could_not_give_is_named_never_taken_for_the_commands_own_failure() {
+        let m = sessions().handle(&target()).unwrap();
+        let refused = "mux_client_request_session: session request failed: Session open refused by peer\nmegaplan-cloudd: no second ssh connection\nkex_exchange_identification: Connection closed by remote host\n";
+        match m.session_failure(refused) {
+            Some(SessionFailure::Refused(e)) => {
+                assert_eq!(e.error, ErrorCode::ProviderFailed);
+                assert_eq!(e.extra["field"], "ssh.max_sessions");
+                assert!(
+                    e.message.contains("refused another session"),
+                    "{}",
+                    e.message
+                );
+                assert!(e.message.contains("did not run"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_master = "Control socket connect(/x): No such file or directory\nmegaplan-cloudd: no second ssh connection\n";
+        assert!(matches!(
+            m.session_failure(no_master),
+            Some(SessionFailure::NoMaster)
+        ));
+        assert!(
+            m.session_failure("bash: nope: command not found\n")
+                .is_none()
         );
     }
 
@@ -758,6 +916,7 @@ mod tests {
             // Nothing listens on port 1.
             port: 1,
             identity_file: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         };
         let e = s.master(&t).await.unwrap_err();
         assert_eq!(e.error, ErrorCode::ProviderFailed);

@@ -114,8 +114,9 @@ pub async fn observe_chain(
         .map_err(|e| redact_error(redactor, e))
 }
 
-/// Where an observation may ask a resident observer: the daemon's observers, the runner's key
-/// (one observer per key) and the request's deadline.
+/// Where an observation may ask a resident observer: the daemon's observers, the marker key of
+/// the cloud.yaml asking (the observer itself is per runner: every cloud.yaml observing one
+/// runner shares it) and the request's deadline.
 #[derive(Clone, Copy)]
 pub struct Resident<'a> {
     pub residents: &'a Residents,
@@ -130,8 +131,8 @@ async fn ask_resident(
     r: Resident<'_>,
     req: &ObserveRequest,
 ) -> Result<Option<ExecResult>, ErrorBody> {
-    let cmd = match p.resident_command(&resident_script(&req.launcher)).await {
-        Ok(Some(cmd)) => cmd,
+    let launch = match p.resident_command(&resident_script(&req.launcher)).await {
+        Ok(Some(launch)) => launch,
         Ok(None) => return Ok(None),
         Err(e) => {
             tracing::info!(
@@ -144,7 +145,7 @@ async fn ask_resident(
     };
     match r
         .residents
-        .observe(r.key, &cmd, &req.to_json(SESSION_MARKER_DIR), r.deadline)
+        .observe(r.key, &launch, &req.to_json(SESSION_MARKER_DIR), r.deadline)
         .await
     {
         Ok(a) => Ok(Some(ExecResult {
