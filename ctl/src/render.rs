@@ -165,7 +165,11 @@ pub fn registrations_text(rows: &[Value], now: chrono::DateTime<chrono::Utc>) ->
         }
         if let Some(b) = r["backoff"].as_object() {
             watch.push("backoff");
-            let field = |k: &str| b.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).unwrap_or_else(|| "?".into());
+            let field = |k: &str| {
+                b.get(k)
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .unwrap_or_else(|| "?".into())
+            };
             notes.push(format!(
                 "{} backing off until {} after {} tick(s) in a row hit their deadline ({} skipped): {}",
                 s(r, "key"),

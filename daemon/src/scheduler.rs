@@ -564,9 +564,9 @@ impl SlotsInner {
             .collect();
         let chosen = {
             let waiting = &self.waiting;
-            let candidates = open.iter().filter_map(|id| {
-                waiting.get(id).map(|w| (w.host.as_str(), w.suspect))
-            });
+            let candidates = open
+                .iter()
+                .filter_map(|id| waiting.get(id).map(|w| (w.host.as_str(), w.suspect)));
             admit(limits, &mut self.held, candidates)
         };
         for i in chosen {
@@ -639,7 +639,12 @@ impl TickSlots {
     }
 
     /// Wait for a slot for a tick on `host`, due at `due` (earlier due times start first).
-    pub async fn acquire(self: &Arc<Self>, host: &str, suspect: bool, due: DateTime<Utc>) -> SlotPermit {
+    pub async fn acquire(
+        self: &Arc<Self>,
+        host: &str,
+        suspect: bool,
+        due: DateTime<Utc>,
+    ) -> SlotPermit {
         let bell = Arc::new(Notify::new());
         let id = {
             let mut s = self.lock();
@@ -913,7 +918,11 @@ mod tests {
         let mut w = vec![("h", true); 10];
         w.push(("h", false));
         let started = admit(&l, &mut held, w.iter().copied());
-        assert_eq!(started, vec![0, 10], "one suspect (4/4) and the healthy one");
+        assert_eq!(
+            started,
+            vec![0, 10],
+            "one suspect (4/4) and the healthy one"
+        );
         assert_eq!((held.total, held.suspect), (2, 1));
         // A second host is not held back by the first host's suspects beyond the global share.
         let started = admit(&l, &mut held, [("g", true), ("g", true), ("g", false)]);
@@ -928,7 +937,11 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         // Queued in the order late, early, middle; they must start early, middle, late.
-        for (name, due) in [("late", t(1, 0, 30)), ("early", t(1, 0, 10)), ("middle", t(1, 0, 20))] {
+        for (name, due) in [
+            ("late", t(1, 0, 30)),
+            ("early", t(1, 0, 10)),
+            ("middle", t(1, 0, 20)),
+        ] {
             let s = slots.clone();
             let tx = tx.clone();
             tasks.push(tokio::spawn(async move {
@@ -969,7 +982,10 @@ mod tests {
         assert_eq!((s1.strikes, s1.until), (1, t(1, 0, 10)));
         assert!(b.is_suspect("k") && !b.is_suspect("other"));
         let s2 = b.strike("k", "again", t(1, 0, 20), base, 0.5);
-        assert_eq!((s2.strikes, s2.since, s2.until), (2, t(1, 0, 0), t(1, 0, 40)));
+        assert_eq!(
+            (s2.strikes, s2.since, s2.until),
+            (2, t(1, 0, 0), t(1, 0, 40))
+        );
         assert!(b.hold("k", t(1, 0, 30)).is_some());
         assert!(b.hold("k", t(1, 0, 39)).is_some());
         assert!(b.hold("k", t(1, 0, 40)).is_none(), "due at `until`: runs");

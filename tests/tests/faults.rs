@@ -1240,9 +1240,8 @@ fn hung_runners_never_starve_a_healthy_registration() {
     // Bounded by counts: wait until six occurrences of the healthy registration came due and
     // ended one way or another (ran, or skipped because its previous tick still waited).
     const N: u64 = 6;
-    let came_due = || {
-        scheduled().len() as u64 + reg(&healthy)["ticks_skipped"].as_u64().unwrap_or(0)
-    };
+    let came_due =
+        || scheduled().len() as u64 + reg(&healthy)["ticks_skipped"].as_u64().unwrap_or(0);
     assert!(
         wait_until(Duration::from_secs(120), || came_due() >= N),
         "the healthy registration saw {} occurrences",
@@ -1294,7 +1293,11 @@ fn hung_runners_never_starve_a_healthy_registration() {
     }
     let (_, cy) = &hung[0];
     let e = ctl_for(&rig.daemon, cy, &["explain", "--json"]);
-    assert!(e.json["backoff"]["strikes"].as_u64() >= Some(1), "{}", e.stdout);
+    assert!(
+        e.json["backoff"]["strikes"].as_u64() >= Some(1),
+        "{}",
+        e.stdout
+    );
     assert!(
         e.json["lines"]
             .as_array()
@@ -1304,7 +1307,14 @@ fn hung_runners_never_starve_a_healthy_registration() {
         "{}",
         e.stdout
     );
-    assert_eq!(e.json["refused_reason"].as_str().map(|r| r.contains("within 3s")), Some(true), "{}", e.stdout);
+    assert_eq!(
+        e.json["refused_reason"]
+            .as_str()
+            .map(|r| r.contains("within 3s")),
+        Some(true),
+        "{}",
+        e.stdout
+    );
     // Occurrences held back by a back-off are counted, never silently lost.
     assert!(
         wait_until(Duration::from_secs(60), || {

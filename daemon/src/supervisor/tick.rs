@@ -155,10 +155,9 @@ async fn host_of(cloud_yaml: &str) -> String {
                 ssh.host,
                 ssh.port
             ),
-            (cloud_yaml::ProviderKind::Railway, _) => format!(
-                "railway:{}",
-                spec.railway.project.as_deref().unwrap_or("-")
-            ),
+            (cloud_yaml::ProviderKind::Railway, _) => {
+                format!("railway:{}", spec.railway.project.as_deref().unwrap_or("-"))
+            }
             _ => "local".to_string(),
         },
         Err(_) => "unknown".to_string(),
