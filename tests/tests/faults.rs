@@ -1,6 +1,7 @@
 //! The fault suite (issue 7) against the real daemon: sshd killed mid-tick, the runner container
 //! stopped, a corrupt remote chain state, a remote command that never returns, 100 MB of logs,
-//! idle and oversized clients, a full or read-only disk, and SIGTERM during a build.
+//! idle and oversized clients, a full or read-only disk, SIGTERM during a build, and ten hung
+//! runners beside a healthy one (issue 21).
 //!
 //! Every test checks the same three things: the daemon keeps serving (a later `daemon status`
 //! answers), nothing stored is lost or corrupted (`PRAGMA integrity_check` and the earlier rows),

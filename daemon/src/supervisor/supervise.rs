@@ -454,3 +454,18 @@ fn report(
 pub fn error_report(reason: &str) -> TickReport {
     TickReport::error(reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_observation_deadline_is_its_own_when_shorter_else_the_ticks_plus_slack() {
+        let s = Duration::from_secs;
+        assert_eq!(observe_deadline(s(3), s(60)), s(3));
+        assert_eq!(observe_deadline(s(60), s(600)), s(60));
+        assert_eq!(observe_deadline(s(60), s(5)), s(5) + TICK_COMMAND_SLACK);
+        assert_eq!(observe_deadline(s(5), s(5)), s(5) + TICK_COMMAND_SLACK);
+    }
+}
