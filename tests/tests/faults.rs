@@ -1175,9 +1175,11 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
 
 /// Ten registrations whose runner observation hangs (their chain spec on the runner is a FIFO:
 /// reading it never returns) and one healthy registration, all on one sshd host and one runner,
-/// all `--every 10s`. The hung ones end at the observation deadline, back off and may hold only
+/// all `--every 15s`. The hung ones end at the observation deadline, back off and may hold only
 /// a small share of the tick slots; the healthy one runs every occurrence that comes due. Judged
-/// by counts: occurrences run, skipped and missed.
+/// by counts: occurrences run, skipped and missed. The observation deadline (5s) is well under
+/// the interval, as docs/operations.md advises: the first tick of a runner that just hung holds
+/// an ordinary slot until then.
 #[test]
 fn hung_runners_never_starve_a_healthy_registration() {
     let Some(rig) = SshRig::start(
@@ -1186,7 +1188,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
             "--tick-timeout",
             "60s",
             "--observe-timeout",
-            "3s",
+            "5s",
             "--max-concurrent-ticks",
             "8",
             "--max-ticks-per-host",
@@ -1210,12 +1212,12 @@ fn hung_runners_never_starve_a_healthy_registration() {
         let r = ctl_for(
             &rig.daemon,
             &cy,
-            &["register", "--every", "10s", "--remote-spec", &fifo],
+            &["register", "--every", "15s", "--remote-spec", &fifo],
         )
         .ok();
         hung.push((r.json["key"].as_str().unwrap().to_string(), cy));
     }
-    let healthy = rig.ctl(&["register", "--every", "10s"]).ok();
+    let healthy = rig.ctl(&["register", "--every", "15s"]).ok();
     let healthy = healthy.json["key"].as_str().unwrap().to_string();
 
     let regs = || -> Vec<Value> {
@@ -1263,7 +1265,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     for w in dues.windows(2) {
         assert_eq!(
             (w[1] - w[0]).num_seconds(),
-            10,
+            15,
             "an occurrence between {} and {} never ran",
             w[0],
             w[1]
@@ -1290,7 +1292,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     for (k, _) in &hung {
         let r = reg(k);
         let reason = r["backoff"]["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("within 3s"), "{k}: {r}");
+        assert!(reason.contains("within 5s"), "{k}: {r}");
     }
     let (_, cy) = &hung[0];
     let e = ctl_for(&rig.daemon, cy, &["explain", "--json"]);
@@ -1311,7 +1313,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     assert_eq!(
         e.json["refused_reason"]
             .as_str()
-            .map(|r| r.contains("within 3s")),
+            .map(|r| r.contains("within 5s")),
         Some(true),
         "{}",
         e.stdout
