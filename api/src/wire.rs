@@ -46,6 +46,10 @@ pub struct ScheduleHealth {
     pub due: u64,
     pub fired: u64,
     pub skipped: u64,
+    /// Of `skipped`: occurrences skipped because their registration was backing off after
+    /// ticks that hit their deadline.
+    #[serde(default)]
+    pub backed_off: u64,
     pub missed: u64,
     /// Fired within [`ON_TIME_SLACK_SECS`] of their due time.
     pub on_time: u64,
@@ -124,6 +128,26 @@ pub struct Registration {
     /// The next due time in the scheduler's queue (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due_at: Option<String>,
+    /// Present while the registration backs off after ticks that hit their deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<TickBackoff>,
+}
+
+/// Why a registration's scheduled ticks are held back: its last ticks hit their deadline
+/// (observation or tick). Occurrences due before `until` are skipped and counted in `skipped`;
+/// a tick that finishes in time (a manual `tick` runs regardless) ends the back-off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TickBackoff {
+    /// Ticks in a row that hit their deadline.
+    pub strikes: u32,
+    /// When the first of them ended (RFC 3339).
+    pub since: String,
+    /// Scheduled ticks start again from this time (RFC 3339).
+    pub until: String,
+    /// The last deadline hit, as its report says.
+    pub reason: String,
+    /// Scheduled occurrences skipped by this back-off.
+    pub skipped: u64,
 }
 
 /// `POST /v1/clouds` answer: the registration as stored, with the cron expression the
@@ -537,6 +561,7 @@ mod tests {
             ticks_skipped: 0,
             cron: Some("old".into()),
             next_due_at: Some("n".into()),
+            backoff: None,
         };
         let mut old = serde_json::to_value(&reg).unwrap();
         let o = old.as_object_mut().unwrap();

@@ -163,6 +163,22 @@ pub fn registrations_text(rows: &[Value], now: chrono::DateTime<chrono::Utc>) ->
         if r["stalled"].as_bool() == Some(true) {
             watch.push("stalled");
         }
+        if let Some(b) = r["backoff"].as_object() {
+            watch.push("backoff");
+            let field = |k: &str| {
+                b.get(k)
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .unwrap_or_else(|| "?".into())
+            };
+            notes.push(format!(
+                "{} backing off until {} after {} tick(s) in a row hit their deadline ({} skipped): {}",
+                s(r, "key"),
+                field("until"),
+                field("strikes"),
+                field("skipped"),
+                field("reason")
+            ));
+        }
         let watch = if watch.is_empty() {
             "-".to_string()
         } else {
@@ -387,6 +403,27 @@ mod tests {
         assert!(text.contains("paused,stalled"), "{text}");
         assert!(
             text.contains("paused by op@host since 2026-12-01T11:00:00Z: manual repair"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_registration_backing_off_says_why_and_until_when() {
+        let rows = vec![
+            json!({"key": "0123456789abcdef", "cloud_yaml": "/p/cloud.yaml",
+            "schedule": "every:10", "ticks_run": 3, "ticks_skipped": 2,
+            "backoff": {"strikes": 3, "since": "2026-12-01T11:58:00Z",
+                        "until": "2026-12-01T12:01:00Z", "skipped": 2,
+                        "reason": "chain status read failed: the resident observer did not answer within 3s; it was ended"}}),
+            json!({"key": "fedcba9876543210", "cloud_yaml": "/p/b/cloud.yaml",
+                   "schedule": "every:10", "ticks_run": 9, "ticks_skipped": 0}),
+        ];
+        let text = registrations_text(&rows, now());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("backoff"), "{text}");
+        assert!(!lines[2].contains("backoff"), "{text}");
+        assert!(
+            text.contains("0123456789abcdef backing off until 2026-12-01T12:01:00Z after 3 tick(s) in a row hit their deadline (2 skipped): chain status read failed"),
             "{text}"
         );
     }

@@ -12,7 +12,7 @@ use chrono::Utc;
 use megaplan_cloud_api::schedule::Schedule;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -82,7 +82,10 @@ pub async fn run(settings: Settings) -> i32 {
     let sched = Scheduler::new(on_tick);
     let (tick_feed, _) = broadcast::channel(1024);
     let state = Arc::new(AppState {
-        tick_permits: Arc::new(Semaphore::new(settings.max_concurrent_ticks)),
+        tick_slots: Arc::new(scheduler::TickSlots::new(scheduler::SlotLimits::new(
+            settings.max_concurrent_ticks,
+            settings.max_ticks_per_host,
+        ))),
         settings,
         store,
         started_at: Utc::now(),

@@ -16,7 +16,7 @@
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
-use megaplan_cloud_api::wire::{ON_TIME_SLACK_SECS, ScheduleHealth};
+use megaplan_cloud_api::wire::{ON_TIME_SLACK_SECS, ScheduleHealth, TickBackoff};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -57,6 +57,7 @@ struct Counters {
     due: AtomicU64,
     fired: AtomicU64,
     skipped: AtomicU64,
+    backed_off: AtomicU64,
     missed: AtomicU64,
     on_time: AtomicU64,
     worst_lateness_ms: AtomicU64,
@@ -71,6 +72,8 @@ struct Shared {
 
 pub struct Scheduler {
     shared: Arc<Shared>,
+    /// Registrations held back after ticks that hit their deadline.
+    pub backoff: Backoffs,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -128,6 +131,7 @@ impl Scheduler {
         let driver = tokio::spawn(drive(shared.clone(), on_tick));
         Scheduler {
             shared,
+            backoff: Backoffs::default(),
             driver: Mutex::new(Some(driver)),
         }
     }
@@ -165,6 +169,18 @@ impl Scheduler {
         if let Some(old) = q.entries.remove(key) {
             q.by_due.remove(&(old.due, old.seq, key.to_string()));
         }
+        drop(q);
+        self.backoff.forget(key);
+    }
+
+    /// The time between the occurrence of `key` at or after `at` and the one after it: the base
+    /// of its back-off. `None` when `key` is not scheduled.
+    pub fn interval(&self, key: &str, at: DateTime<Utc>) -> Option<Duration> {
+        let q = self.queue();
+        let cron = &q.entries.get(key)?.cron;
+        let first = cron.find_next_occurrence(&at, true).ok()?;
+        let second = next_after(cron, first)?;
+        (second - first).to_std().ok()
     }
 
     /// Count a stored registration whose schedule could not be queued (health shows it).
@@ -196,6 +212,14 @@ impl Scheduler {
         self.shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A scheduled occurrence was skipped because its registration is backing off (counted in
+    /// `skipped` too).
+    pub fn record_backed_off(&self) {
+        let c = &self.shared.counters;
+        c.skipped.fetch_add(1, Ordering::Relaxed);
+        c.backed_off.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn health(&self) -> ScheduleHealth {
         let (scheduled, unschedulable, next) = {
             let q = self.queue();
@@ -212,6 +236,7 @@ impl Scheduler {
             due: c.due.load(Ordering::Relaxed),
             fired: c.fired.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
+            backed_off: c.backed_off.load(Ordering::Relaxed),
             missed: c.missed.load(Ordering::Relaxed),
             on_time: c.on_time.load(Ordering::Relaxed),
             worst_lateness_ms: c.worst_lateness_ms.load(Ordering::Relaxed),
@@ -303,6 +328,370 @@ async fn drive(shared: Arc<Shared>, on_tick: TickFn) {
             _ = shared.wake.notified() => {}
             _ = shared.stop.cancelled() => return,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Back-off: a registration whose ticks keep hitting their deadline (observation or tick) is held
+// back, so a hung runner costs a tick slot ever more rarely; a tick that finishes in time ends it.
+
+/// The longest back-off, whatever the registration's interval.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30 * 60);
+
+/// The pause after the `strikes`-th deadline hit in a row (`strikes` ≥ 1): `base·2^(strikes−1)`
+/// scaled by 75–125 % (`jitter` in 0..=1 picks where, so registrations that hung together do not
+/// come back together), never more than `cap`.
+pub fn backoff_delay(strikes: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = strikes.saturating_sub(1).min(40);
+    let j = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let secs = base.as_secs_f64() * 2f64.powi(exp as i32) * (0.75 + 0.5 * j);
+    Duration::try_from_secs_f64(secs.min(cap.as_secs_f64())).unwrap_or(cap)
+}
+
+/// Why and until when a registration's scheduled ticks are held back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackoffState {
+    /// Ticks in a row that hit their deadline.
+    pub strikes: u32,
+    /// The first of those.
+    pub since: DateTime<Utc>,
+    /// Scheduled occurrences due before this are skipped (and counted).
+    pub until: DateTime<Utc>,
+    /// The last deadline hit, as its report says.
+    pub reason: String,
+    /// Occurrences skipped by this back-off.
+    pub skipped: u64,
+}
+
+impl BackoffState {
+    /// The wire shape (`registrations`, `explain`).
+    pub fn to_wire(&self) -> TickBackoff {
+        let t = |d: &DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        TickBackoff {
+            strikes: self.strikes,
+            since: t(&self.since),
+            until: t(&self.until),
+            reason: self.reason.clone(),
+            skipped: self.skipped,
+        }
+    }
+}
+
+/// The back-off of every registration that has one (at most one entry per registration: it is
+/// removed by a tick that finishes in time and by unscheduling).
+#[derive(Default)]
+pub struct Backoffs {
+    map: Mutex<HashMap<String, BackoffState>>,
+}
+
+impl Backoffs {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, BackoffState>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A tick of `key` hit its deadline at `now`: one more strike, held back until
+    /// `now + backoff_delay(..)`.
+    pub fn strike(
+        &self,
+        key: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+        base: Duration,
+        jitter: f64,
+    ) -> BackoffState {
+        let mut m = self.map();
+        let e = m.entry(key.to_string()).or_insert_with(|| BackoffState {
+            strikes: 0,
+            since: now,
+            until: now,
+            reason: String::new(),
+            skipped: 0,
+        });
+        e.strikes = e.strikes.saturating_add(1);
+        let delay = backoff_delay(e.strikes, base, BACKOFF_CAP, jitter);
+        e.until = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+        e.reason = reason.to_string();
+        e.clone()
+    }
+
+    /// A tick of `key` finished in time: its back-off (if any) ends; returned.
+    pub fn clear(&self, key: &str) -> Option<BackoffState> {
+        self.map().remove(key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<BackoffState> {
+        self.map().get(key).cloned()
+    }
+
+    /// Its last tick hit a deadline: its ticks take only the suspects' share of the slots.
+    pub fn is_suspect(&self, key: &str) -> bool {
+        self.map().contains_key(key)
+    }
+
+    /// Whether the scheduled occurrence of `key` due at `due` is held back; if so it is counted.
+    pub fn hold(&self, key: &str, due: DateTime<Utc>) -> Option<BackoffState> {
+        let mut m = self.map();
+        let e = m.get_mut(key).filter(|e| due < e.until)?;
+        e.skipped += 1;
+        Some(e.clone())
+    }
+
+    fn forget(&self, key: &str) {
+        self.map().remove(key);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tick slots: at most `--max-concurrent-ticks` ticks at once, at most `--max-ticks-per-host` on one
+// host, and ticks of suspect registrations (in back-off) only on a small share of either, so a
+// healthy registration always finds a slot. Waiting ticks start oldest due first.
+
+/// The caps of the tick slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotLimits {
+    pub total: usize,
+    pub per_host: usize,
+}
+
+impl SlotLimits {
+    pub fn new(total: usize, per_host: usize) -> SlotLimits {
+        let total = total.max(1);
+        SlotLimits {
+            total,
+            per_host: per_host.clamp(1, total),
+        }
+    }
+}
+
+/// Of a pool of `n` slots, how many ticks of suspect registrations may hold at once: a quarter,
+/// at least one, and never all of them when there are two or more.
+pub fn suspect_share(n: usize) -> usize {
+    if n <= 1 { 1 } else { (n / 4).clamp(1, n - 1) }
+}
+
+/// What the running ticks hold: in all, of suspects, and per host (all, suspects).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub total: usize,
+    pub suspect: usize,
+    pub hosts: HashMap<String, (usize, usize)>,
+}
+
+impl Held {
+    /// Whether one more tick on `host` (of a suspect registration or not) fits under `l`.
+    pub fn fits(&self, l: &SlotLimits, host: &str, suspect: bool) -> bool {
+        let (h_all, h_suspect) = self.hosts.get(host).copied().unwrap_or((0, 0));
+        self.total < l.total
+            && h_all < l.per_host
+            && (!suspect
+                || (self.suspect < suspect_share(l.total) && h_suspect < suspect_share(l.per_host)))
+    }
+
+    pub fn take(&mut self, host: &str, suspect: bool) {
+        self.total += 1;
+        let h = self.hosts.entry(host.to_string()).or_default();
+        h.0 += 1;
+        if suspect {
+            self.suspect += 1;
+            h.1 += 1;
+        }
+    }
+
+    pub fn give_back(&mut self, host: &str, suspect: bool) {
+        self.total = self.total.saturating_sub(1);
+        if suspect {
+            self.suspect = self.suspect.saturating_sub(1);
+        }
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.0 = h.0.saturating_sub(1);
+            if suspect {
+                h.1 = h.1.saturating_sub(1);
+            }
+            if h.0 == 0 {
+                self.hosts.remove(host);
+            }
+        }
+    }
+}
+
+/// Which of the waiting ticks start now (their positions), walking them oldest due first and
+/// starting each that fits beside what is held (`held` counts them). A waiter that does not fit
+/// (its host or the suspects' share is full) does not hold back the ones behind it.
+pub fn admit<'a>(
+    limits: &SlotLimits,
+    held: &mut Held,
+    waiting: impl IntoIterator<Item = (&'a str, bool)>,
+) -> Vec<usize> {
+    let mut start = Vec::new();
+    for (i, (host, suspect)) in waiting.into_iter().enumerate() {
+        if held.total >= limits.total {
+            break;
+        }
+        if held.fits(limits, host, suspect) {
+            held.take(host, suspect);
+            start.push(i);
+        }
+    }
+    start
+}
+
+struct Waiter {
+    host: String,
+    suspect: bool,
+    granted: bool,
+    bell: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct SlotsInner {
+    held: Held,
+    /// (due, seq) → waiter, oldest due first.
+    waiting: std::collections::BTreeMap<(DateTime<Utc>, u64), Waiter>,
+    seq: u64,
+}
+
+impl SlotsInner {
+    fn grant(&mut self, limits: &SlotLimits) {
+        let open: Vec<(DateTime<Utc>, u64)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| !w.granted)
+            .map(|(id, _)| *id)
+            .collect();
+        let chosen = {
+            let waiting = &self.waiting;
+            let candidates = open
+                .iter()
+                .filter_map(|id| waiting.get(id).map(|w| (w.host.as_str(), w.suspect)));
+            admit(limits, &mut self.held, candidates)
+        };
+        for i in chosen {
+            if let Some(w) = open.get(i).and_then(|id| self.waiting.get_mut(id)) {
+                w.granted = true;
+                w.bell.notify_one();
+            }
+        }
+    }
+}
+
+/// The tick slots (see [`SlotLimits`], [`suspect_share`], [`admit`]).
+pub struct TickSlots {
+    limits: SlotLimits,
+    inner: Mutex<SlotsInner>,
+}
+
+/// A held tick slot; dropping it frees the slot for the next waiter.
+pub struct SlotPermit {
+    slots: Arc<TickSlots>,
+    host: String,
+    suspect: bool,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock();
+        s.held.give_back(&self.host, self.suspect);
+        s.grant(&self.slots.limits);
+    }
+}
+
+/// An acquire in progress: if it is dropped before it returns (its tick was cancelled), its
+/// place in the queue, or the slot it was just granted, is given back.
+struct Waiting<'a> {
+    slots: &'a TickSlots,
+    id: (DateTime<Utc>, u64),
+    armed: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut s = self.slots.lock();
+        if let Some(w) = s.waiting.remove(&self.id)
+            && w.granted
+        {
+            s.held.give_back(&w.host, w.suspect);
+        }
+        s.grant(&self.slots.limits);
+    }
+}
+
+impl TickSlots {
+    pub fn new(limits: SlotLimits) -> TickSlots {
+        TickSlots {
+            limits,
+            inner: Mutex::new(SlotsInner::default()),
+        }
+    }
+
+    pub fn limits(&self) -> SlotLimits {
+        self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait for a slot for a tick on `host`, due at `due` (earlier due times start first).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        host: &str,
+        suspect: bool,
+        due: DateTime<Utc>,
+    ) -> SlotPermit {
+        let bell = Arc::new(Notify::new());
+        let id = {
+            let mut s = self.lock();
+            s.seq += 1;
+            let id = (due, s.seq);
+            s.waiting.insert(
+                id,
+                Waiter {
+                    host: host.to_string(),
+                    suspect,
+                    granted: false,
+                    bell: bell.clone(),
+                },
+            );
+            s.grant(&self.limits);
+            id
+        };
+        let mut waiting = Waiting {
+            slots: self,
+            id,
+            armed: true,
+        };
+        loop {
+            {
+                let mut s = self.lock();
+                if s.waiting.get(&id).is_some_and(|w| w.granted) {
+                    s.waiting.remove(&id);
+                    waiting.armed = false;
+                    return SlotPermit {
+                        slots: self.clone(),
+                        host: host.to_string(),
+                        suspect,
+                    };
+                }
+            }
+            bell.notified().await;
+        }
+    }
+
+    /// (ticks holding a slot, of them suspects, ticks waiting for one).
+    pub fn usage(&self) -> (usize, usize, usize) {
+        let s = self.lock();
+        (
+            s.held.total,
+            s.held.suspect,
+            s.waiting.values().filter(|w| !w.granted).count(),
+        )
     }
 }
 
@@ -450,5 +839,159 @@ mod tests {
         s.shutdown().await;
         let h = s.health();
         assert!(h.due >= 2 && h.missed == 0, "{h:?}");
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Back-off and tick slots.
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Exponential, jittered within 75–125 %, never over the cap, never shorter for more
+        /// strikes at the same jitter.
+        #[test]
+        fn backoff_grows_exponentially_with_bounded_jitter_and_a_cap(
+            strikes in 1u32..100,
+            base_secs in 1u64..7200,
+            jitter in 0.0f64..=1.0,
+        ) {
+            let base = Duration::from_secs(base_secs);
+            let d = backoff_delay(strikes, base, BACKOFF_CAP, jitter);
+            prop_assert!(d <= BACKOFF_CAP);
+            let exact = base_secs as f64 * 2f64.powi(strikes.saturating_sub(1).min(40) as i32);
+            let lo = (exact * 0.75).min(BACKOFF_CAP.as_secs_f64());
+            let hi = (exact * 1.25).min(BACKOFF_CAP.as_secs_f64());
+            prop_assert!(d.as_secs_f64() >= lo - 1e-6 && d.as_secs_f64() <= hi + 1e-6, "{d:?} not in {lo}..{hi}");
+            let next = backoff_delay(strikes + 1, base, BACKOFF_CAP, jitter);
+            prop_assert!(next >= d, "{next:?} < {d:?}");
+        }
+
+        /// Whatever runs and waits, admitting never exceeds a cap: in all, per host, and the
+        /// suspects' share (in all and per host); and a healthy waiter is refused only when its
+        /// host or the whole pool is full — never because of suspects.
+        #[test]
+        fn admitting_keeps_every_cap_and_never_lets_suspects_fill_a_pool(
+            total in 1usize..12,
+            per_host in 1usize..12,
+            waiting in proptest::collection::vec((0usize..3, any::<bool>()), 0..40),
+        ) {
+            let l = SlotLimits::new(total, per_host);
+            let hosts = ["a", "b", "c"];
+            let mut held = Held::default();
+            let w: Vec<(&str, bool)> = waiting.iter().map(|(h, s)| (hosts[*h], *s)).collect();
+            let started = admit(&l, &mut held, w.iter().copied());
+            prop_assert!(held.total <= l.total);
+            prop_assert!(held.suspect <= suspect_share(l.total));
+            for (all, sus) in held.hosts.values() {
+                prop_assert!(*all <= l.per_host);
+                prop_assert!(*sus <= suspect_share(l.per_host));
+            }
+            if l.total >= 2 {
+                prop_assert!(held.suspect < l.total);
+            }
+            for (i, (host, suspect)) in w.iter().enumerate() {
+                if !suspect && !started.contains(&i) {
+                    let on_host = held.hosts.get(*host).map_or(0, |h| h.0);
+                    prop_assert!(held.total == l.total || on_host == l.per_host);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn suspects_get_a_quarter_at_least_one_never_all() {
+        assert_eq!(
+            [1, 2, 3, 4, 8, 9, 16].map(suspect_share),
+            [1, 1, 1, 1, 2, 2, 4]
+        );
+    }
+
+    /// The case: ten hung registrations (backing off) and one healthy one on one host.
+    /// However many hung ticks wait, and whenever they came due, they hold at most the
+    /// suspects' share and the healthy tick starts.
+    #[test]
+    fn ten_suspects_on_one_host_leave_a_slot_to_the_healthy_one() {
+        let l = SlotLimits::new(8, 4);
+        let mut held = Held::default();
+        let mut w = vec![("h", true); 10];
+        w.push(("h", false));
+        let started = admit(&l, &mut held, w.iter().copied());
+        assert_eq!(
+            started,
+            vec![0, 10],
+            "one suspect (4/4) and the healthy one"
+        );
+        assert_eq!((held.total, held.suspect), (2, 1));
+        // A second host is not held back by the first host's suspects beyond the global share.
+        let started = admit(&l, &mut held, [("g", true), ("g", true), ("g", false)]);
+        assert_eq!(started, vec![0, 2]);
+        assert_eq!(held.suspect, 2);
+    }
+
+    #[tokio::test]
+    async fn waiting_ticks_start_oldest_due_first_and_a_cancelled_wait_gives_its_place_back() {
+        let slots = Arc::new(TickSlots::new(SlotLimits::new(1, 1)));
+        let first = slots.acquire("h", false, t(1, 0, 0)).await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        // Queued in the order late, early, middle; they must start early, middle, late.
+        for (name, due) in [
+            ("late", t(1, 0, 30)),
+            ("early", t(1, 0, 10)),
+            ("middle", t(1, 0, 20)),
+        ] {
+            let s = slots.clone();
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let p = s.acquire("h", false, due).await;
+                tx.send(name).unwrap();
+                drop(p);
+            }));
+            while slots.usage().2 < tasks.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        // A wait that is dropped (its tick was cancelled) leaves no trace.
+        let s = slots.clone();
+        let cancelled = tokio::spawn(async move { s.acquire("h", false, t(1, 0, 0)).await });
+        while slots.usage().2 < 4 {
+            tokio::task::yield_now().await;
+        }
+        cancelled.abort();
+        let _ = cancelled.await;
+        assert_eq!(slots.usage(), (1, 0, 3));
+        drop(first);
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            order.push(rx.recv().await.unwrap());
+        }
+        assert_eq!(order, ["early", "middle", "late"]);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(slots.usage(), (0, 0, 0));
+    }
+
+    #[test]
+    fn backoff_strikes_hold_count_and_clear() {
+        let b = Backoffs::default();
+        let base = Duration::from_secs(10);
+        let s1 = b.strike("k", "observation deadline", t(1, 0, 0), base, 0.5);
+        assert_eq!((s1.strikes, s1.until), (1, t(1, 0, 10)));
+        assert!(b.is_suspect("k") && !b.is_suspect("other"));
+        let s2 = b.strike("k", "again", t(1, 0, 20), base, 0.5);
+        assert_eq!(
+            (s2.strikes, s2.since, s2.until),
+            (2, t(1, 0, 0), t(1, 0, 40))
+        );
+        assert!(b.hold("k", t(1, 0, 30)).is_some());
+        assert!(b.hold("k", t(1, 0, 39)).is_some());
+        assert!(b.hold("k", t(1, 0, 40)).is_none(), "due at `until`: runs");
+        assert!(b.hold("other", t(1, 0, 30)).is_none());
+        assert_eq!(b.get("k").unwrap().skipped, 2);
+        assert_eq!(b.clear("k").map(|s| s.strikes), Some(2));
+        assert!(!b.is_suspect("k") && b.hold("k", t(1, 0, 30)).is_none());
     }
 }

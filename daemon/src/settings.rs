@@ -26,6 +26,15 @@ pub struct Args {
     /// Deadline of one tick (remote commands still running then are killed), e.g. 90s, 10m.
     #[arg(long, env = "MEGAPLAN_CLOUDD_TICK_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub tick_timeout: Duration,
+    /// Deadline of one tick's observation of its runner (a healthy one takes well under a
+    /// second on a warm session); an observation past it ends the tick and backs the
+    /// registration off. Capped by --tick-timeout.
+    #[arg(long, env = "MEGAPLAN_CLOUDD_OBSERVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub observe_timeout: Duration,
+    /// At most this many ticks run at once on one host (an ssh target, the local Docker, a
+    /// Railway project); capped by --max-concurrent-ticks.
+    #[arg(long, env = "MEGAPLAN_CLOUDD_MAX_TICKS_PER_HOST", default_value_t = 8)]
+    pub max_ticks_per_host: usize,
     /// Deadline of one remote command run on behalf of a client command (not logs --follow / build).
     #[arg(long, env = "MEGAPLAN_CLOUDD_COMMAND_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub command_timeout: Duration,
@@ -68,6 +77,8 @@ pub struct Settings {
     pub ssh_config: Option<PathBuf>,
     pub max_concurrent_ticks: usize,
     pub tick_timeout: Duration,
+    pub observe_timeout: Duration,
+    pub max_ticks_per_host: usize,
     pub command_timeout: Duration,
     pub keep_ticks: u32,
     pub shutdown_grace: Duration,
@@ -105,6 +116,8 @@ impl Settings {
             ssh_config: args.ssh_config.map(|p| paths::absolutize(&p, &cwd)),
             max_concurrent_ticks: args.max_concurrent_ticks.max(1),
             tick_timeout: args.tick_timeout,
+            observe_timeout: args.observe_timeout,
+            max_ticks_per_host: args.max_ticks_per_host.max(1),
             command_timeout: args.command_timeout,
             keep_ticks: args.keep_ticks.max(1),
             shutdown_grace: args.shutdown_grace,

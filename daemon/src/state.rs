@@ -3,7 +3,7 @@
 
 use crate::notify::notifier::Notifier;
 use crate::provider::ssh_master::SshSessions;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, TickSlots};
 use crate::settings::Settings;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use megaplan_cloud_api::wire::TickRecord;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{Mutex, Semaphore, broadcast};
+use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,8 +24,8 @@ pub struct AppState {
     pub scheduler: Scheduler,
     /// One lock per registration key: two ticks of one cloud.yaml never overlap.
     pub tick_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// Bounded concurrency of ticks across registrations.
-    pub tick_permits: Arc<Semaphore>,
+    /// Bounded concurrency of ticks: in all, per host, and for registrations backing off.
+    pub tick_slots: Arc<TickSlots>,
     pub tick_feed: broadcast::Sender<TickRecord>,
     /// Secret values last handed over by a client, per marker key: memory only, so unattended
     /// ticks can redact literal values too. Never written anywhere.

@@ -526,6 +526,7 @@ fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
         ticks_skipped: non_negative(row.try_get("ticks_skipped")?),
         cron: None,
         next_due_at: None,
+        backoff: None,
     })
 }
 

@@ -119,7 +119,13 @@ pub async fn explain(
     };
     let ticks = crate::notify::store::list_ticks(&state.store, &filter, 1).await?;
     match ticks.first() {
-        Some(rec) => Ok(Json(crate::notify::explain::explain(rec))),
+        Some(rec) => {
+            let mut e = crate::notify::explain::explain(rec);
+            if let Some(b) = state.scheduler.backoff.get(&key) {
+                crate::notify::explain::with_backoff(&mut e, &b.to_wire());
+            }
+            Ok(Json(e))
+        }
         None => Err(ApiError::new(
             ErrorCode::NotRegistered,
             format!(

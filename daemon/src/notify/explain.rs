@@ -5,7 +5,7 @@
 use megaplan_cloud_api::report::{
     EffectiveStatus, Liveness, ProviderConsistency, ReportedStatus, TickEvent, TickReport,
 };
-use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_api::wire::{TickBackoff, TickRecord};
 use serde_json::{Value, json};
 
 /// The rule of the supervise decision that produced this report.
@@ -136,6 +136,33 @@ pub fn explain(rec: &TickRecord) -> Value {
     })
 }
 
+/// Add the registration's back-off to an explanation: a `backoff` object and a line saying why
+/// its scheduled ticks are held back and until when.
+pub fn with_backoff(explained: &mut Value, b: &TickBackoff) {
+    let line = backoff_line(b);
+    if let Some(o) = explained.as_object_mut() {
+        o.insert("backoff".into(), json!(b));
+        if let Some(lines) = o.get_mut("lines").and_then(Value::as_array_mut) {
+            lines.push(Value::String(line));
+        }
+    }
+}
+
+/// `backoff: N tick(s) in a row hit their deadline (since T); scheduled ticks skipped until U
+/// (K skipped so far); last: <reason>`.
+pub fn backoff_line(b: &TickBackoff) -> String {
+    format!(
+        "backoff: {} tick{} in a row hit {} deadline (since {}); scheduled ticks are skipped until {} ({} skipped so far); last: {}",
+        b.strikes,
+        if b.strikes == 1 { "" } else { "s" },
+        if b.strikes == 1 { "its" } else { "their" },
+        b.since,
+        b.until,
+        b.skipped,
+        b.reason
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +232,23 @@ mod tests {
         assert_eq!(lines[3], "action:  blocked (acted: no)");
         assert!(lines.iter().any(|l| l.starts_with("paused:  by ops")));
         assert!(lines.last().unwrap().starts_with("refused: paused by ops"));
+
+        // A registration backing off: the explanation says why and until when.
+        let mut e = explain(&rec);
+        with_backoff(
+            &mut e,
+            &TickBackoff {
+                strikes: 2,
+                since: "2026-01-01T00:00:00Z".into(),
+                until: "2026-01-01T00:00:30Z".into(),
+                reason: "the resident observer did not answer within 3s".into(),
+                skipped: 1,
+            },
+        );
+        assert_eq!(e["backoff"]["strikes"], 2);
+        assert_eq!(
+            e["lines"].as_array().unwrap().last().unwrap(),
+            "backoff: 2 ticks in a row hit their deadline (since 2026-01-01T00:00:00Z); scheduled ticks are skipped until 2026-01-01T00:00:30Z (1 skipped so far); last: the resident observer did not answer within 3s"
+        );
     }
 }

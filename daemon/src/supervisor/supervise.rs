@@ -202,6 +202,20 @@ fn redacted(report: TickReport, r: &Redactor) -> TickReport {
 /// later.
 const TICK_COMMAND_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The deadline of a tick's observation (resident or one-shot): `--observe-timeout` when it is
+/// shorter than the tick's, so a hung runner ends the tick early and says so; else the tick's
+/// own (plus the slack), so the tick deadline reports first.
+pub fn observe_deadline(
+    observe_timeout: std::time::Duration,
+    tick_timeout: std::time::Duration,
+) -> std::time::Duration {
+    if observe_timeout < tick_timeout {
+        observe_timeout
+    } else {
+        tick_timeout + TICK_COMMAND_SLACK
+    }
+}
+
 async fn observe_and_act(
     state: &Arc<AppState>,
     spec: &CloudSpec,
@@ -232,11 +246,14 @@ async fn observe_and_act(
         redactor: redactor.clone(),
         deadline: state.settings.tick_timeout + TICK_COMMAND_SLACK,
     };
+    let observe_deadline =
+        observe_deadline(state.settings.observe_timeout, state.settings.tick_timeout);
     // The observation is read unredacted (see observe_chain); the report is redacted
-    // as a whole in `finish`.
+    // as a whole in `finish`. Its provider carries the observation's deadline.
     let raw = provider::for_spec(
         ProviderCtx {
             redactor: Redactor::none(),
+            deadline: observe_deadline,
             ..pctx.clone()
         },
         &state.ssh,
@@ -270,7 +287,7 @@ async fn observe_and_act(
         Some(super::target::Resident {
             residents: &state.residents,
             key,
-            deadline: state.settings.tick_timeout + TICK_COMMAND_SLACK,
+            deadline: observe_deadline,
         }),
     )
     .await?;
@@ -436,4 +453,19 @@ fn report(
 /// A `supervisor_error` report (same shape as every tick report).
 pub fn error_report(reason: &str) -> TickReport {
     TickReport::error(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_observation_deadline_is_its_own_when_shorter_else_the_ticks_plus_slack() {
+        let s = Duration::from_secs;
+        assert_eq!(observe_deadline(s(3), s(60)), s(3));
+        assert_eq!(observe_deadline(s(60), s(600)), s(60));
+        assert_eq!(observe_deadline(s(60), s(5)), s(5) + TICK_COMMAND_SLACK);
+        assert_eq!(observe_deadline(s(5), s(5)), s(5) + TICK_COMMAND_SLACK);
+    }
 }

@@ -1,5 +1,6 @@
-//! Running one supervise tick for a registration: overlap guard, bounded concurrency,
-//! deadline, redacted report stored in SQLite and published to watchers.
+//! Running one supervise tick for a registration: overlap guard, back-off, tick slots (in all,
+//! per host, and a small share for registrations backing off), deadline, redacted report stored
+//! in SQLite and published to watchers.
 
 use super::supervise;
 use crate::cloud_yaml;
@@ -76,6 +77,23 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
         }
         Err(e) => return TickOutcome::Failed(e.into()),
     };
+    // A registration whose ticks keep hitting their deadline is held back: its occurrences
+    // until the back-off ends are skipped and counted, never run late in a burst.
+    if let Some(due) = trigger.due()
+        && let Some(b) = state.scheduler.backoff.hold(&key, due)
+    {
+        tracing::info!(
+            key = %key,
+            strikes = b.strikes,
+            until = %b.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "tick skipped: the registration is backing off after ticks that hit their deadline"
+        );
+        state.scheduler.record_backed_off();
+        if let Err(e) = state.store.record_skip(&key).await {
+            tracing::error!(key = %key, "cannot record skipped tick: {e}");
+        }
+        return TickOutcome::Skipped;
+    }
     let lock = state.tick_lock(&key);
     let Ok(_guard) = lock.try_lock() else {
         tracing::info!(
@@ -97,6 +115,7 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
         Ok(()) => {
             guarded_tick(
                 &state,
+                &key,
                 &reg.cloud_yaml,
                 reg.remote_spec.as_deref(),
                 trigger.due(),
@@ -117,7 +136,7 @@ pub async fn run_for_cli(
 ) -> Result<TickRecord, ErrorBody> {
     let lock = state.tick_lock(key);
     let _guard = lock.lock().await;
-    let report = guarded_tick(state, cloud_yaml, remote_spec, None).await;
+    let report = guarded_tick(state, key, cloud_yaml, remote_spec, None).await;
     match store_report_as(state, key, cloud_yaml, "cli", None, report).await {
         TickOutcome::Ran(rec) => Ok(*rec),
         TickOutcome::Failed(e) => Err(e),
@@ -125,19 +144,46 @@ pub async fn run_for_cli(
     }
 }
 
-/// Bounded concurrency + deadline + hard stop around the supervise tick itself.
-/// `due`: the scheduled occurrence this tick fires for; the scheduler's account counts it as
-/// fired once it holds a tick slot.
+/// What a tick's slot is counted against: the host its runner lives on (one ssh target, the
+/// local Docker, one Railway project). A cloud.yaml that does not load fails its tick at once.
+async fn host_of(cloud_yaml: &str) -> String {
+    match cloud_yaml::load_async(Path::new(cloud_yaml)).await {
+        Ok(spec) => match (spec.provider, &spec.ssh) {
+            (cloud_yaml::ProviderKind::Ssh, Some(ssh)) => format!(
+                "ssh:{}@{}:{}",
+                ssh.user.as_deref().unwrap_or(""),
+                ssh.host,
+                ssh.port
+            ),
+            (cloud_yaml::ProviderKind::Railway, _) => {
+                format!("railway:{}", spec.railway.project.as_deref().unwrap_or("-"))
+            }
+            _ => "local".to_string(),
+        },
+        Err(_) => "unknown".to_string(),
+    }
+}
+
+/// Bounded concurrency + deadline + hard stop around the supervise tick itself, and the
+/// back-off it leads to. `due`: the scheduled occurrence this tick fires for (ticks waiting for
+/// a slot start oldest due first); the scheduler's account counts it as fired once it holds a
+/// tick slot.
 async fn guarded_tick(
     state: &Arc<AppState>,
+    key: &str,
     cloud_yaml: &str,
     remote_spec: Option<&str>,
     due: Option<DateTime<Utc>>,
 ) -> TickReport {
     let started = std::time::Instant::now();
-    let _permit = match state.tick_permits.clone().acquire_owned().await {
-        Ok(p) => p,
-        Err(_) => return supervise::error_report("the daemon is shutting down"),
+    let host = host_of(cloud_yaml).await;
+    // A registration backing off may only use a small share of the slots (in all and on its
+    // host), so the healthy ones always find one.
+    let suspect = state.scheduler.backoff.is_suspect(key);
+    let order = due.unwrap_or_else(Utc::now);
+    let _permit = tokio::select! {
+        p = state.tick_slots.acquire(&host, suspect, order) => p,
+        _ = state.hard_stop.cancelled() => return supervise::error_report("the daemon is shutting down"),
     };
     if let Some(due) = due {
         state.scheduler.record_fired(due, Utc::now());
@@ -146,19 +192,67 @@ async fn guarded_tick(
     // daemon shows up in the history rather than hiding in tick durations.
     let queued_ms = started.elapsed().as_millis() as u64;
     let deadline = state.settings.tick_timeout;
+    let mut deadline_hit = false;
     let mut report = tokio::select! {
         r = tokio::time::timeout(deadline, supervise::tick(state, cloud_yaml, remote_spec)) => match r {
             Ok(report) => report,
-            Err(_) => supervise::error_report(&format!(
-                "tick exceeded its deadline of {}s after {}s; its remote commands were killed",
-                deadline.as_secs(),
-                started.elapsed().as_secs()
-            )),
+            Err(_) => {
+                deadline_hit = true;
+                supervise::error_report(&format!(
+                    "tick exceeded its deadline of {}s after {}s; its remote commands were killed",
+                    deadline.as_secs(),
+                    started.elapsed().as_secs()
+                ))
+            }
         },
-        _ = state.hard_stop.cancelled() => supervise::error_report("the daemon shut down during this tick; its remote commands were killed"),
+        _ = state.hard_stop.cancelled() => {
+            let mut r = supervise::error_report("the daemon shut down during this tick; its remote commands were killed");
+            r.queued_ms = Some(queued_ms);
+            return r;
+        }
     };
     report.queued_ms = Some(queued_ms);
+    // The observation's own deadline (--observe-timeout) ends the tick with `deadline_exceeded`.
+    deadline_hit |= report.error.as_deref() == Some(ErrorCode::DeadlineExceeded.as_str());
+    note_deadline(state, key, deadline_hit, &report);
     report
+}
+
+/// A tick that hit its deadline backs its registration off (one more strike); one that finished
+/// in time ends the back-off.
+fn note_deadline(state: &AppState, key: &str, hit: bool, report: &TickReport) {
+    let now = Utc::now();
+    if !hit {
+        if let Some(b) = state.scheduler.backoff.clear(key) {
+            tracing::info!(
+                key,
+                strikes = b.strikes,
+                skipped = b.skipped,
+                "back-off ended: a tick finished in time"
+            );
+        }
+        return;
+    }
+    // Only registrations back off (a `supervise --chain` of an unregistered cloud.yaml leaves
+    // nothing behind); the base is the registration's interval.
+    let Some(base) = state.scheduler.interval(key, now) else {
+        return;
+    };
+    let reason = report
+        .refused_reason
+        .as_deref()
+        .unwrap_or("the tick hit its deadline");
+    let b = state
+        .scheduler
+        .backoff
+        .strike(key, reason, now, base, rand::random::<f64>());
+    tracing::warn!(
+        key,
+        strikes = b.strikes,
+        until = %b.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        reason = %b.reason,
+        "tick hit its deadline: the registration backs off"
+    );
 }
 
 async fn store_report(
