@@ -86,7 +86,10 @@ impl Receiver {
     /// Blackhole: close the connections held open, and from now on close each connection
     /// right after reading its request, still without an answer.
     pub fn hang_up(&self) {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).hung_up = true;
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hung_up = true;
     }
 
     /// Blackhole: connections held open (request read, no answer) right now.
@@ -96,7 +99,10 @@ impl Receiver {
 
     /// Blackhole: the most connections ever held open at once.
     pub fn max_held(&self) -> usize {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).max_held
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_held
     }
 
     /// The receiver over TLS, presenting `cert` (PEM chain) with `key` (PEM); see

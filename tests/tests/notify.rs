@@ -862,7 +862,11 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
         }
     });
     let outbox = || {
-        let out = daemon.ctl(tmp.path(), &[], &["notifications", "--all", "--limit", "1000", "--json"]);
+        let out = daemon.ctl(
+            tmp.path(),
+            &[],
+            &["notifications", "--all", "--limit", "1000", "--json"],
+        );
         serde_json::from_slice::<Value>(&out.stdout)
             .unwrap_or(Value::Null)
             .as_array()
@@ -871,12 +875,18 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     };
     let of = |rows: &[Value], port: u16| -> Vec<Value> {
         rows.iter()
-            .filter(|r| r["sink"].as_str().unwrap_or_default().contains(&format!(":{port}/")))
+            .filter(|r| {
+                r["sink"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!(":{port}/"))
+            })
             .cloned()
             .collect()
     };
     assert!(
-        wait_until(Duration::from_secs(60), || of(&outbox(), dead.port).len() == DEAD),
+        wait_until(Duration::from_secs(60), || of(&outbox(), dead.port).len()
+            == DEAD),
         "{} dead rows queued",
         of(&outbox(), dead.port).len()
     );
@@ -906,7 +916,10 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     let rows = outbox();
     let dead_rows = of(&rows, dead.port);
     assert_eq!(dead_rows.len(), DEAD);
-    assert!(dead_rows.iter().all(|r| r["status"] == "pending"), "{dead_rows:#?}");
+    assert!(
+        dead_rows.iter().all(|r| r["status"] == "pending"),
+        "{dead_rows:#?}"
+    );
     let b = &dead_rows[0]["breaker"];
     assert_eq!(b["sink"], format!("http://127.0.0.1:{}", dead.port), "{b}");
     assert_eq!(b["in_flight"], 4, "{b}");
@@ -936,11 +949,17 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     assert!(b["open_until"].is_string(), "{b}");
     // Slots freed before the third failure may have been refilled once each: at most 4 + 2.
     let sent = dead.received().len();
-    assert!((4..=6).contains(&sent), "{sent} requests reached the dead receiver");
+    assert!(
+        (4..=6).contains(&sent),
+        "{sent} requests reached the dead receiver"
+    );
     // Deferred, not failed: every dead row is still pending.
     let dead_rows = of(&outbox(), dead.port);
     assert_eq!(dead_rows.len(), DEAD);
-    assert!(dead_rows.iter().all(|r| r["status"] == "pending"), "{dead_rows:#?}");
+    assert!(
+        dead_rows.iter().all(|r| r["status"] == "pending"),
+        "{dead_rows:#?}"
+    );
     // While it is open the dead sink gets nothing more; the healthy one still gets its next.
     failing("healthy-2", &healthy.url("/hook"));
     assert!(

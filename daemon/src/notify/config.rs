@@ -409,7 +409,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            (c.max_in_flight_per_sink, c.breaker_after, c.breaker_cooldown),
+            (
+                c.max_in_flight_per_sink,
+                c.breaker_after,
+                c.breaker_cooldown
+            ),
             (2, 3, Duration::from_secs(600))
         );
     }

@@ -308,7 +308,10 @@ mod tests {
     #[test]
     fn free_slots_go_round_robin_across_sinks() {
         let now = Utc::now();
-        let l = Limits { total: 3, ..limits() };
+        let l = Limits {
+            total: 3,
+            ..limits()
+        };
         let due = keys(&[("a", 5), ("b", 5), ("c", 5), ("d", 5)]);
         let mut picker = Picker::default();
         let plan = picker.plan(&due, &HashMap::new(), 0, &l, now);
@@ -345,14 +348,21 @@ mod tests {
         assert!(!b.finished(false, t0, &l));
         assert!(!b.finished(false, t0, &l));
         assert_eq!(b.state, State::Closed);
-        assert!(b.finished(false, t0, &l), "the third failure in a row opens it");
+        assert!(
+            b.finished(false, t0, &l),
+            "the third failure in a row opens it"
+        );
         let until = t0 + l.cooldown;
         assert_eq!(b.state, State::Open { until });
-        assert_eq!(b.in_flight, 0);
         assert_eq!(b.room(t0, l.per_sink), Room::Deferred(until));
+        // The last one started before it opened fails too: still open, same cooldown.
+        assert_eq!(b.in_flight, 1);
+        assert!(!b.finished(false, t0, &l));
+        assert_eq!(b.state, State::Open { until });
         let view = b.view("http://x:1");
         assert_eq!(view.state, BreakerState::Open);
-        assert_eq!(view.consecutive_failures, 3);
+        assert_eq!(view.consecutive_failures, 4);
+        assert_eq!(view.in_flight, 0);
         assert!(view.open_until.is_some());
 
         // The cooldown over: one probe, alone.
@@ -411,6 +421,9 @@ mod tests {
         b.finished(false, after, &l);
         assert_eq!(b.room(after, l.per_sink), Room::Take(1));
         assert!(b.worth_keeping(now, chrono::Duration::hours(1)));
-        assert!(!b.worth_keeping(after + chrono::Duration::hours(2), chrono::Duration::hours(1)));
+        assert!(!b.worth_keeping(
+            after + chrono::Duration::hours(2),
+            chrono::Duration::hours(1)
+        ));
     }
 }

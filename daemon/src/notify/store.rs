@@ -262,7 +262,10 @@ pub async fn due(
 }
 
 /// When the next pending row comes due after `now`, if any.
-pub async fn next_due(store: &Store, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub async fn next_due(
+    store: &Store,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     let what = "reading the notification outbox";
     let t: Option<String> = sqlx::query(
         "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending' AND next_attempt_at > ?1",
