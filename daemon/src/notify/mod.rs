@@ -695,6 +695,72 @@ mod tests {
         store.close().await;
     }
 
+    /// The outbox query behind the worker: 200 due rows of one sink queued before 1 of
+    /// another still give the other its row (every sink's oldest first, at most `per_sink`
+    /// each), rows in flight are left out, and an open sink's rows are deferred, not failed.
+    #[tokio::test]
+    async fn due_rows_are_read_fairly_per_sink_and_an_open_sink_is_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("cloudd.db"), 100)
+            .await
+            .unwrap();
+        let hook = |port: u16| Sink::Webhook {
+            url: format!("http://127.0.0.1:{port}/h"),
+            preset: config::Preset::Json,
+            secret_env: None,
+        };
+        let row = |sink: Sink| store::NewOutbox {
+            key: "k".into(),
+            event: "complete".into(),
+            sink,
+            body: "{}".into(),
+        };
+        let mut rows: Vec<_> = (0..200).map(|_| row(hook(1))).collect();
+        rows.push(row(hook(2)));
+        store::commit_watch(&store, &[], &rows, 1).await.unwrap();
+        let now = Utc::now() + chrono::Duration::seconds(1);
+        let due = store::due(&store, now, &[], 4, 1024).await.unwrap();
+        let ports: Vec<String> = due.iter().map(|d| sinks::sink_key(&d.sink)).collect();
+        assert_eq!(due.len(), 5);
+        assert_eq!(ports[0], "http://127.0.0.1:1");
+        assert_eq!(
+            ports[1], "http://127.0.0.1:2",
+            "every sink's oldest row first"
+        );
+        // The first sink's 4 rows in flight: its next 4 are read, and the other's row.
+        let running: Vec<i64> = due
+            .iter()
+            .zip(&ports)
+            .filter(|(_, p)| p.ends_with(":1"))
+            .map(|(d, _)| d.id)
+            .collect();
+        assert_eq!(running.len(), 4);
+        let due = store::due(&store, now, &running, 4, 1024).await.unwrap();
+        assert_eq!(due.len(), 5);
+        assert!(due.iter().all(|d| !running.contains(&d.id)));
+
+        let until = now + chrono::Duration::hours(1);
+        let text = due[0].sink_text.clone();
+        let n = store::defer(&store, &[text.as_str()], until, &running)
+            .await
+            .unwrap();
+        assert_eq!(n, 196, "all but the 4 in flight");
+        let due = store::due(&store, now, &running, 4, 1024).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(sinks::sink_key(&due[0].sink), "http://127.0.0.1:2");
+        let listed = store::list_outbox(&store, None, 1000, &HashMap::new())
+            .await
+            .unwrap();
+        assert!(
+            listed
+                .iter()
+                .all(|o| o.status == "pending" && o.attempts == 0)
+        );
+        let next = store::next_due(&store, now).await.unwrap().unwrap();
+        assert_eq!(next.timestamp_millis(), until.timestamp_millis());
+        store.close().await;
+    }
+
     #[test]
     fn since_accepts_ages_dates_and_times() {
         assert_eq!(
