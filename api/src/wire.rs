@@ -489,6 +489,32 @@ impl Frame {
     }
 }
 
+/// A notification sink's circuit breaker as each row of `GET /v1/notifications` carries it
+/// (docs/notifications.md, "Delivery and retries").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SinkBreaker {
+    /// The sink deliveries are capped and broken by: a webhook's origin
+    /// (`http://host:port`), or `command <cmd>`.
+    pub sink: String,
+    pub state: BreakerState,
+    /// RFC 3339: when an `open` breaker lets one probe delivery through.
+    pub open_until: Option<String>,
+    /// Failed deliveries in a row (reset by a delivered one).
+    pub consecutive_failures: u32,
+    /// Deliveries to this sink running now.
+    pub in_flight: u32,
+}
+
+/// `closed`: delivering; `open`: deliveries deferred until `open_until`; `half_open`: one probe
+/// delivery is running, the rest wait for its outcome.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

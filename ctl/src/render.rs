@@ -378,6 +378,38 @@ pub fn notifications_table(v: &Value) {
         }
         println!("{line}");
     }
+    for line in sink_breaker_lines(v) {
+        println!("{line}");
+    }
+}
+
+/// One line per sink of the listed rows: its breaker (`closed`, `open until T`, `half-open`),
+/// failures in a row and deliveries in flight.
+pub fn sink_breaker_lines(v: &Value) -> Vec<String> {
+    let mut seen = std::collections::BTreeMap::new();
+    for r in v.as_array().into_iter().flatten() {
+        let b = &r["breaker"];
+        if let Some(sink) = b["sink"].as_str() {
+            seen.entry(sink.to_string()).or_insert_with(|| b.clone());
+        }
+    }
+    let mut out = Vec::new();
+    if !seen.is_empty() {
+        out.push("sinks:".to_string());
+    }
+    for (sink, b) in seen {
+        let state = match b["state"].as_str() {
+            Some("open") => format!("open until {}", s(&b, "open_until")),
+            Some("half_open") => "half-open (one probe running)".to_string(),
+            Some(other) => other.to_string(),
+            None => "-".to_string(),
+        };
+        out.push(format!(
+            "  {sink}  {state}  failures in a row={}  in flight={}",
+            b["consecutive_failures"], b["in_flight"]
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -425,6 +457,27 @@ mod tests {
         assert!(
             text.contains("0123456789abcdef backing off until 2026-12-01T12:01:00Z after 3 tick(s) in a row hit their deadline (2 skipped): chain status read failed"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn each_sink_shows_its_breaker_once() {
+        let open = json!({"sink": "http://127.0.0.1:9", "state": "open",
+            "open_until": "2026-12-01T13:00:00.000Z", "consecutive_failures": 5, "in_flight": 0});
+        let rows = json!([
+            {"key": "k", "event": "complete", "status": "pending", "attempts": 1, "breaker": open},
+            {"key": "k", "event": "complete", "status": "pending", "attempts": 1, "breaker": open},
+            {"key": "k", "event": "complete", "status": "delivered", "attempts": 1,
+             "breaker": {"sink": "command cat", "state": "closed", "open_until": null,
+                         "consecutive_failures": 0, "in_flight": 0}},
+        ]);
+        assert_eq!(
+            sink_breaker_lines(&rows),
+            [
+                "sinks:",
+                "  command cat  closed  failures in a row=0  in flight=0",
+                "  http://127.0.0.1:9  open until 2026-12-01T13:00:00.000Z  failures in a row=5  in flight=0",
+            ]
         );
     }
 

@@ -10,6 +10,8 @@
 //! (`413`). Every connection carries one request (`Connection: close`). [`Receiver::start_tls`]
 //! serves the same over TLS (rustls) with a given certificate, as ntfy.sh and Slack do: a
 //! client that does not trust the certificate's CA never gets to send its request.
+//! [`Receiver::start_blackhole`] is the dead receiver of issue 21: it accepts every connection,
+//! reads the request and never answers (until [`Receiver::hang_up`]).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -50,6 +52,13 @@ struct Shared {
     received: Vec<Received>,
     /// Statuses for the next requests (then 200).
     script: VecDeque<u16>,
+    /// Blackhole: never answer.
+    blackhole: bool,
+    /// Blackhole: drop the held connections, and every later one right after its request.
+    hung_up: bool,
+    /// Blackhole: connections held open now, and the most ever held at once.
+    held: usize,
+    max_held: usize,
 }
 
 /// A running receiver; stops accepting when dropped.
@@ -63,6 +72,37 @@ pub struct Receiver {
 impl Receiver {
     pub fn start() -> Receiver {
         Receiver::serve_with(None)
+    }
+
+    /// A receiver that accepts every connection, reads its request (recorded with status 0)
+    /// and never answers: the connection stays open until the client closes it or
+    /// [`Receiver::hang_up`].
+    pub fn start_blackhole() -> Receiver {
+        let r = Receiver::serve_with(None);
+        r.shared.lock().unwrap_or_else(|p| p.into_inner()).blackhole = true;
+        r
+    }
+
+    /// Blackhole: close the connections held open, and from now on close each connection
+    /// right after reading its request, still without an answer.
+    pub fn hang_up(&self) {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hung_up = true;
+    }
+
+    /// Blackhole: connections held open (request read, no answer) right now.
+    pub fn held(&self) -> usize {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).held
+    }
+
+    /// Blackhole: the most connections ever held open at once.
+    pub fn max_held(&self) -> usize {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_held
     }
 
     /// The receiver over TLS, presenting `cert` (PEM chain) with `key` (PEM); see
@@ -102,12 +142,15 @@ impl Receiver {
                     std::thread::spawn(move || {
                         let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(30)));
                         match tls {
-                            None => serve(c, &sh),
+                            None => {
+                                let handle = c.try_clone().ok();
+                                serve(c, &sh, handle.as_ref())
+                            }
                             Some(cfg) => {
                                 let Ok(session) = rustls::ServerConnection::new(cfg) else {
                                     return;
                                 };
-                                serve(rustls::StreamOwned::new(session, c), &sh);
+                                serve(rustls::StreamOwned::new(session, c), &sh, None);
                             }
                         }
                     });
@@ -169,7 +212,37 @@ impl Drop for Receiver {
     }
 }
 
-fn serve<S: Read + Write>(conn: S, shared: &Mutex<Shared>) {
+/// Blackhole: hold the connection without answering until the client closes it or the
+/// receiver hangs up. `tcp` is the plain socket (its read timeout lets the wait look up).
+fn hold<S: Read>(reader: &mut BufReader<S>, shared: &Mutex<Shared>, tcp: Option<&TcpStream>) {
+    {
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.held += 1;
+        s.max_held = s.max_held.max(s.held);
+    }
+    if let Some(t) = tcp {
+        let _ = t.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+    }
+    loop {
+        if shared.lock().unwrap_or_else(|p| p.into_inner()).hung_up {
+            break;
+        }
+        let mut byte = [0u8; 1];
+        match reader.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    shared.lock().unwrap_or_else(|p| p.into_inner()).held -= 1;
+}
+
+fn serve<S: Read + Write>(conn: S, shared: &Mutex<Shared>, tcp: Option<&TcpStream>) {
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -200,6 +273,28 @@ fn serve<S: Read + Write>(conn: S, shared: &Mutex<Shared>) {
     }
     let mut body = vec![0u8; length.min(1 << 20)];
     if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let (blackhole, hung_up) = {
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (s.blackhole, s.hung_up)
+    };
+    if blackhole {
+        shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .received
+            .push(Received {
+                method,
+                path,
+                headers,
+                body,
+                status: 0,
+            });
+        if !hung_up {
+            hold(&mut reader, shared, tcp);
+        }
+        // Closed without an answer.
         return;
     }
     let status = if method != "POST" && method != "PUT" {

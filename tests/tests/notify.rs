@@ -808,3 +808,164 @@ fn https_webhooks_reach_trusted_receivers_only() {
     assert!(why.contains("certificate"), "{why}");
     assert!(untrusted.received().is_empty());
 }
+
+/// Issue 21 item 2: 200 registrations notify a receiver that accepts and never answers, one
+/// notifies a healthy receiver. The dead sink's 200 rows are queued first (the lowest ids), yet
+/// the healthy notification is delivered: the dead sink holds exactly its cap of 4 connections
+/// and never more. When the dead receiver starts hanging up, its breaker opens after 3 failures
+/// in a row, `notifications` says so, its rows stay pending (deferred, not failed), and while
+/// it is open nothing more is sent to it, while a later healthy notification still arrives.
+/// Needs no runner: each registration's cloud.yaml is removed, so its tick fails at once and
+/// the first failure (`failed_ticks: 1`) notifies.
+#[test]
+fn a_dead_receiver_never_holds_back_a_healthy_one() {
+    use megaplan_cloud_e2e::Daemon;
+    const DEAD: usize = 200;
+    let dead = Receiver::start_blackhole();
+    let healthy = Receiver::start();
+    // A delivery's own timeout is an hour: the dead receiver's connections stay held for the
+    // whole test unless it hangs up.
+    let (_g, config) = notify_config(
+        "failed_ticks: 1\nmax_in_flight_per_sink: 4\nbreaker_after: 3\nbreaker_cooldown: 1h\n\
+         retry: {max_attempts: 10, initial_delay: 100ms, max_delay: 200ms, timeout: 1h}\n",
+    );
+    let daemon = Daemon::start(
+        &[],
+        &["--notify-config", config.to_str().unwrap(), "--no-log-file"],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // Register a cloud.yaml notifying `url`, remove the file, tick it: one `ticks_failing`.
+    let failing = |name: &str, url: &str| {
+        let project = tmp.path().join(name);
+        std::fs::create_dir_all(&project).unwrap();
+        let cy = project.join("cloud.yaml");
+        std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+        let args = ["register", "--every", "1h", "--notify-url", url, "--json"];
+        let out = daemon.ctl(&project, &[], &args);
+        assert!(out.status.success(), "{out:?}");
+        let reg: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let key = reg["key"].as_str().unwrap().to_string();
+        std::fs::remove_file(&cy).unwrap();
+        let out = daemon.ctl(&project, &[], &["tick", &key, "--json"]);
+        let tick: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(tick["event"], "supervisor_error", "{out:?}");
+    };
+    let dead_url = dead.url("/hook");
+    std::thread::scope(|s| {
+        for part in 0..4 {
+            let (failing, dead_url) = (&failing, &dead_url);
+            s.spawn(move || {
+                for i in (part..DEAD).step_by(4) {
+                    failing(&format!("dead-{i}"), dead_url);
+                }
+            });
+        }
+    });
+    let outbox = || {
+        let out = daemon.ctl(
+            tmp.path(),
+            &[],
+            &["notifications", "--all", "--limit", "1000", "--json"],
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap_or(Value::Null)
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let of = |rows: &[Value], port: u16| -> Vec<Value> {
+        rows.iter()
+            .filter(|r| {
+                r["sink"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!(":{port}/"))
+            })
+            .cloned()
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || of(&outbox(), dead.port).len()
+            == DEAD),
+        "{} dead rows queued",
+        of(&outbox(), dead.port).len()
+    );
+    // The dead receiver ties up deliveries that never get an answer.
+    assert!(
+        wait_until(Duration::from_secs(60), || dead.held() > 0),
+        "the dead receiver holds {} connections",
+        dead.held()
+    );
+
+    failing("healthy-1", &healthy.url("/hook"));
+    assert!(
+        wait_until(Duration::from_secs(60), || healthy.accepted().len() == 1),
+        "the healthy receiver got {} notifications while the dead one held {} connections",
+        healthy.accepted().len(),
+        dead.held()
+    );
+    assert_eq!(events(&healthy), ["ticks_failing"]);
+    // The dead sink is saturated at its cap and never had more: 4 requests in all, all held.
+    assert!(
+        wait_until(Duration::from_secs(60), || dead.held() == 4),
+        "the dead receiver holds {} connections",
+        dead.held()
+    );
+    assert_eq!(dead.max_held(), 4);
+    assert_eq!(dead.received().len(), 4);
+    let rows = outbox();
+    let dead_rows = of(&rows, dead.port);
+    assert_eq!(dead_rows.len(), DEAD);
+    assert!(
+        dead_rows.iter().all(|r| r["status"] == "pending"),
+        "{dead_rows:#?}"
+    );
+    let b = &dead_rows[0]["breaker"];
+    assert_eq!(b["sink"], format!("http://127.0.0.1:{}", dead.port), "{b}");
+    assert_eq!(b["in_flight"], 4, "{b}");
+    assert_eq!(b["state"], "closed", "{b}");
+    let healthy_rows = of(&rows, healthy.port);
+    assert_eq!(healthy_rows.len(), 1);
+    assert_eq!(healthy_rows[0]["status"], "delivered");
+
+    // The dead receiver starts hanging up without an answer: every delivery to it fails.
+    dead.hang_up();
+    let dead_breaker = || {
+        of(&outbox(), dead.port)
+            .first()
+            .map(|r| r["breaker"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let b = dead_breaker();
+            b["state"] == "open" && b["in_flight"] == 0
+        }),
+        "{:#}",
+        dead_breaker()
+    );
+    let b = dead_breaker();
+    assert!(b["consecutive_failures"].as_u64().unwrap() >= 3, "{b}");
+    assert!(b["open_until"].is_string(), "{b}");
+    // Slots freed before the third failure may have been refilled once each: at most 4 + 2.
+    let sent = dead.received().len();
+    assert!(
+        (4..=6).contains(&sent),
+        "{sent} requests reached the dead receiver"
+    );
+    // Deferred, not failed: every dead row is still pending.
+    let dead_rows = of(&outbox(), dead.port);
+    assert_eq!(dead_rows.len(), DEAD);
+    assert!(
+        dead_rows.iter().all(|r| r["status"] == "pending"),
+        "{dead_rows:#?}"
+    );
+    // While it is open the dead sink gets nothing more; the healthy one still gets its next.
+    failing("healthy-2", &healthy.url("/hook"));
+    assert!(
+        wait_until(Duration::from_secs(60), || healthy.accepted().len() == 2),
+        "the healthy receiver got {}",
+        healthy.accepted().len()
+    );
+    assert_eq!(dead.received().len(), sent);
+}

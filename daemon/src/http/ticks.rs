@@ -141,7 +141,8 @@ pub async fn list_notifications(
 ) -> Result<Json<Vec<OutboxEntry>>, ApiError> {
     let key = query_key(&q)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    let breakers = state.notifier.sink_breakers();
     Ok(Json(
-        crate::notify::store::list_outbox(&state.store, key.as_deref(), limit).await?,
+        crate::notify::store::list_outbox(&state.store, key.as_deref(), limit, &breakers).await?,
     ))
 }

@@ -140,6 +140,12 @@ pub struct NotifyConfig {
     pub retry: RetryPolicy,
     /// Delivered/failed outbox rows kept per registration.
     pub keep_outbox: u32,
+    /// Deliveries to one sink (a webhook's origin, or a command) running at once.
+    pub max_in_flight_per_sink: u32,
+    /// A sink's breaker opens after this many failed deliveries in a row.
+    pub breaker_after: u32,
+    /// How long an open breaker defers its sink's rows before one probe delivery.
+    pub breaker_cooldown: Duration,
 }
 
 impl Default for NotifyConfig {
@@ -157,6 +163,9 @@ impl Default for NotifyConfig {
                 timeout: Duration::from_secs(10),
             },
             keep_outbox: 200,
+            max_in_flight_per_sink: 4,
+            breaker_after: 5,
+            breaker_cooldown: Duration::from_secs(60),
         }
     }
 }
@@ -182,7 +191,7 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 10] = [
     "sinks",
     "registration_secret_env",
     "stall_after",
@@ -190,6 +199,9 @@ const KEYS: [&str; 7] = [
     "failed_ticks",
     "retry",
     "keep_outbox",
+    "max_in_flight_per_sink",
+    "breaker_after",
+    "breaker_cooldown",
 ];
 
 impl NotifyConfig {
@@ -262,6 +274,25 @@ impl NotifyConfig {
                 .ok_or("keep_outbox: expected a whole number from 1 to 1000000")?
                 as u32;
         }
+        if let Some(n) = obj.get("max_in_flight_per_sink") {
+            c.max_in_flight_per_sink = n
+                .as_u64()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or("max_in_flight_per_sink: expected a whole number from 1 to 64")?
+                as u32;
+        }
+        if let Some(n) = obj.get("breaker_after") {
+            c.breaker_after = n
+                .as_u64()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or("breaker_after: expected a whole number from 1 to 1000")?
+                as u32;
+        }
+        c.breaker_cooldown = dur(
+            "breaker_cooldown",
+            obj.get("breaker_cooldown"),
+            c.breaker_cooldown,
+        )?;
         if let Some(n) = obj.get("registration_secret_env") {
             c.registration_secret_env = n
                 .as_str()
@@ -369,9 +400,22 @@ mod tests {
         assert_eq!(c.failed_ticks, 2);
         assert_eq!(c.retry.initial_delay, Duration::from_millis(200));
         assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.max_in_flight_per_sink, 4);
         assert_eq!(c.retry.delay_after(1), Duration::from_millis(200));
         assert_eq!(c.retry.delay_after(2), Duration::from_millis(400));
         assert_eq!(c.retry.delay_after(30), Duration::from_secs(1));
+        let c = NotifyConfig::from_value(&json!({
+            "max_in_flight_per_sink": 2, "breaker_after": 3, "breaker_cooldown": "10m"
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                c.max_in_flight_per_sink,
+                c.breaker_after,
+                c.breaker_cooldown
+            ),
+            (2, 3, Duration::from_secs(600))
+        );
     }
 
     #[test]
@@ -380,6 +424,9 @@ mod tests {
         assert!(e(json!({"stal_after": "1m"})).contains("stal_after"));
         assert!(e(json!({"stall_after": "0s"})).contains("stall_after"));
         assert!(e(json!({"retry": {"max_attempts": 0}})).contains("retry.max_attempts"));
+        assert!(e(json!({"max_in_flight_per_sink": 0})).contains("max_in_flight_per_sink"));
+        assert!(e(json!({"breaker_after": "x"})).contains("breaker_after"));
+        assert!(e(json!({"breaker_cooldown": "soon"})).contains("breaker_cooldown"));
         assert!(e(json!({"sinks": [{"url": "ftp://x.example/h"}]})).contains("https://"));
         assert!(e(json!({"sinks": [{"url": "http://u:p@x/h"}]})).contains("credentials"));
         assert!(e(json!({"sinks": [{"url": "http://x/h", "preset": "teams"}]})).contains("teams"));

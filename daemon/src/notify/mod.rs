@@ -14,6 +14,7 @@ pub mod config;
 pub mod deliver;
 pub mod explain;
 pub mod notifier;
+pub mod sinks;
 pub mod stall;
 pub mod store;
 pub mod transitions;
@@ -25,15 +26,13 @@ use config::{NotifyConfig, Sink};
 use megaplan_cloud_api::wire::TickRecord;
 pub use notifier::Notifier;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use transitions::WatchState;
 
 /// The notification body's schema name (docs/notifications.md).
 pub const SCHEMA: &str = "megaplan-cloudd/notification/v1";
-
-/// At most this many deliveries run at once.
-const PARALLEL_DELIVERIES: usize = 8;
 
 /// Ticks read by one watcher pass at most (one transaction each).
 const WATCH_BATCH: u32 = 256;
@@ -64,7 +63,6 @@ pub async fn watch_pass(
     redactor: &(dyn Fn(&TickRecord) -> Redactor + Sync),
     limit: u32,
 ) -> Result<WatchPass, crate::store::StoreError> {
-    use std::collections::HashMap;
     let cursor = store::watch_cursor(store).await?;
     let ticks = store::unwatched_ticks(store, cursor, limit).await?;
     let Some(last) = ticks.last().map(|t| t.id) else {
@@ -278,57 +276,172 @@ pub fn registration_sinks(
     Ok(out)
 }
 
-/// The delivery worker: delivers due outbox rows (a few at a time), then sleeps until the next
-/// one comes due, a tick queues more, or the daemon shuts down. Rows left pending at shutdown
-/// are delivered by the next start.
+/// The delivery worker: keeps up to `max_in_flight_per_sink` deliveries running per sink (and
+/// [`notifier::MAX_IN_FLIGHT`] in all), starting due rows round-robin across sinks
+/// ([`sinks::Picker`]) and refilling a slot as soon as its delivery ends: a receiver that
+/// accepts and never answers ties up only its own sink's slots. Each sink has a breaker
+/// ([`sinks::Breaker`]); the rows of an open one are deferred, not failed. Between events it
+/// sleeps until the next row comes due, a tick queues more, a delivery ends or the daemon shuts
+/// down. Deliveries still running at shutdown are dropped; their rows stay pending and are
+/// delivered by the next start.
 pub fn spawn_worker(state: Arc<AppState>) {
     spawn_watcher(state.clone());
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
-        let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL_DELIVERIES));
+        let limits = state.notifier.limits();
+        let mut running: tokio::task::JoinSet<bool> = tokio::task::JoinSet::new();
+        // Per delivery task: its outbox row and sink key.
+        let mut flying: HashMap<tokio::task::Id, (i64, String)> = HashMap::new();
+        let mut picker = sinks::Picker::default();
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let due = match store::due(&state.store, Utc::now(), 64).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!("notification outbox: {e}");
-                    Vec::new()
+            let now = Utc::now();
+            let ok = fill(&state, &limits, &mut picker, &mut running, &mut flying, now).await;
+            let sleep = if !ok {
+                Duration::from_secs(5)
+            } else {
+                match store::next_due(&state.store, now).await {
+                    Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                    Ok(None) => Duration::from_secs(3600),
+                    Err(_) => Duration::from_secs(5),
                 }
             };
-            let mut set = tokio::task::JoinSet::new();
-            for item in due {
-                let st = state.clone();
-                let permits = permits.clone();
-                set.spawn(async move {
-                    let _p = permits.acquire_owned().await;
-                    attempt(&st, item).await;
-                });
-            }
             tokio::select! {
-                _ = async { while set.join_next().await.is_some() {} } => {}
-                _ = shutdown.cancelled() => break,
-            }
-            let sleep = match store::next_due(&state.store).await {
-                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
-                Ok(None) => Duration::from_secs(3600),
-                Err(_) => Duration::from_secs(5),
-            };
-            if sleep.is_zero() {
-                continue;
-            }
-            tokio::select! {
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    finished(&state, &limits, &mut flying, done);
+                    while let Some(done) = running.try_join_next_with_id() {
+                        finished(&state, &limits, &mut flying, done);
+                    }
+                }
                 _ = tokio::time::sleep(sleep) => {}
                 _ = state.notifier.wake.notified() => {}
                 _ = shutdown.cancelled() => break,
             }
         }
+        // The deliveries still running end here; their rows stay pending.
+        running.abort_all();
+        let mut map = state
+            .notifier
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for b in map.values_mut() {
+            b.in_flight = 0;
+        }
     });
 }
 
-async fn attempt(state: &Arc<AppState>, item: store::Due) {
+/// Rows read per pass at most (every sink's oldest first).
+const FETCH_LIMIT: u32 = 1024;
+
+/// Start what may start now; defer the rows of open sinks. False when the outbox could not be
+/// read or written (the worker then waits a little before trying again).
+async fn fill(
+    state: &Arc<AppState>,
+    limits: &sinks::Limits,
+    picker: &mut sinks::Picker,
+    running: &mut tokio::task::JoinSet<bool>,
+    flying: &mut HashMap<tokio::task::Id, (i64, String)>,
+    now: chrono::DateTime<Utc>,
+) -> bool {
+    let ids: Vec<i64> = flying.values().map(|(id, _)| *id).collect();
+    let per_sink = u32::try_from(limits.per_sink).unwrap_or(1);
+    let due = match store::due(&state.store, now, &ids, per_sink, FETCH_LIMIT).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("notification outbox: {e}");
+            return false;
+        }
+    };
+    if due.is_empty() {
+        return true;
+    }
+    let keys: Vec<String> = due.iter().map(|d| sinks::sink_key(&d.sink)).collect();
+    let plan = {
+        let map = state
+            .notifier
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        picker.plan(&keys, &map, flying.len(), limits, now)
+    };
+    let mut ok = true;
+    for (key, until) in &plan.defer {
+        let mut texts: Vec<&str> = due
+            .iter()
+            .zip(&keys)
+            .filter(|(_, k)| *k == key)
+            .map(|(d, _)| d.sink_text.as_str())
+            .collect();
+        texts.sort_unstable();
+        texts.dedup();
+        if let Err(e) = store::defer(&state.store, &texts, *until, &ids).await {
+            tracing::error!(sink = %key, "notification outbox: {e}");
+            ok = false;
+        }
+    }
+    let mut map = state
+        .notifier
+        .breakers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for i in plan.start {
+        let (Some(item), Some(key)) = (due.get(i), keys.get(i)) else {
+            continue;
+        };
+        map.entry(key.clone())
+            .or_insert_with(|| sinks::Breaker::new(now))
+            .started(now);
+        let handle = running.spawn(attempt(state.clone(), item.clone()));
+        flying.insert(handle.id(), (item.id, key.clone()));
+    }
+    ok
+}
+
+/// A delivery ended (or its task did: a panic counts as a failed delivery): free its slot and
+/// tell its sink's breaker.
+fn finished(
+    state: &Arc<AppState>,
+    limits: &sinks::Limits,
+    flying: &mut HashMap<tokio::task::Id, (i64, String)>,
+    done: Result<(tokio::task::Id, bool), tokio::task::JoinError>,
+) {
+    let (task, delivered) = match done {
+        Ok((task, delivered)) => (task, delivered),
+        Err(e) => (e.id(), false),
+    };
+    let Some((_, key)) = flying.remove(&task) else {
+        return;
+    };
+    let now = Utc::now();
+    let mut map = state
+        .notifier
+        .breakers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let breaker = map
+        .entry(key.clone())
+        .or_insert_with(|| sinks::Breaker::new(now));
+    let was_open = breaker.state != sinks::State::Closed;
+    if breaker.finished(delivered, now, limits) {
+        tracing::warn!(
+            sink = %key,
+            failures = breaker.consecutive_failures,
+            "notification sink failing: breaker open, its deliveries wait {}s for one probe",
+            limits.cooldown.num_seconds()
+        );
+    } else if was_open && delivered {
+        tracing::info!(sink = %key, "notification sink delivering again: breaker closed");
+    }
+    // Forget sinks with nothing to remember for an hour: the map stays bounded.
+    let keep = chrono::Duration::hours(1).max(limits.cooldown);
+    map.retain(|_, b| b.worth_keeping(now, keep));
+}
+
+async fn attempt(state: Arc<AppState>, item: store::Due) -> bool {
     let cfg = &state.notifier.config;
     let attempts = item.attempts + 1;
     let result = deliver::deliver(&item.sink, &item.body, item.id, cfg.retry.timeout).await;
@@ -365,6 +478,7 @@ async fn attempt(state: &Arc<AppState>, item: store::Due) {
     {
         tracing::error!(key = %item.key, "cannot record a notification attempt: {e}");
     }
+    result.is_ok()
 }
 
 /// The registrations list with what watching knows: `paused` (or null), `stalled`, and the
@@ -569,13 +683,81 @@ mod tests {
             watch_pass(&store, &notifier, &redactor, 256).await.unwrap(),
             WatchPass::default()
         );
-        let outbox = store::list_outbox(&store, None, 100).await.unwrap();
+        let outbox = store::list_outbox(&store, None, 100, &HashMap::new())
+            .await
+            .unwrap();
         let events: Vec<_> = outbox
             .iter()
             .map(|o| (o.key.as_str(), o.event.as_str()))
             .collect();
         assert_eq!(events, [("a", "ticks_failing")]);
         assert!(store::watch_state(&store, "gone").await.unwrap() == WatchState::default());
+        store.close().await;
+    }
+
+    /// The outbox query behind the worker: 200 due rows of one sink queued before 1 of
+    /// another still give the other its row (every sink's oldest first, at most `per_sink`
+    /// each), rows in flight are left out, and an open sink's rows are deferred, not failed.
+    #[tokio::test]
+    async fn due_rows_are_read_fairly_per_sink_and_an_open_sink_is_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("cloudd.db"), 100)
+            .await
+            .unwrap();
+        let hook = |port: u16| Sink::Webhook {
+            url: format!("http://127.0.0.1:{port}/h"),
+            preset: config::Preset::Json,
+            secret_env: None,
+        };
+        let row = |sink: Sink| store::NewOutbox {
+            key: "k".into(),
+            event: "complete".into(),
+            sink,
+            body: "{}".into(),
+        };
+        let mut rows: Vec<_> = (0..200).map(|_| row(hook(1))).collect();
+        rows.push(row(hook(2)));
+        store::commit_watch(&store, &[], &rows, 1).await.unwrap();
+        let now = Utc::now() + chrono::Duration::seconds(1);
+        let due = store::due(&store, now, &[], 4, 1024).await.unwrap();
+        let ports: Vec<String> = due.iter().map(|d| sinks::sink_key(&d.sink)).collect();
+        assert_eq!(due.len(), 5);
+        assert_eq!(ports[0], "http://127.0.0.1:1");
+        assert_eq!(
+            ports[1], "http://127.0.0.1:2",
+            "every sink's oldest row first"
+        );
+        // The first sink's 4 rows in flight: its next 4 are read, and the other's row.
+        let running: Vec<i64> = due
+            .iter()
+            .zip(&ports)
+            .filter(|(_, p)| p.ends_with(":1"))
+            .map(|(d, _)| d.id)
+            .collect();
+        assert_eq!(running.len(), 4);
+        let due = store::due(&store, now, &running, 4, 1024).await.unwrap();
+        assert_eq!(due.len(), 5);
+        assert!(due.iter().all(|d| !running.contains(&d.id)));
+
+        let until = now + chrono::Duration::hours(1);
+        let text = due[0].sink_text.clone();
+        let n = store::defer(&store, &[text.as_str()], until, &running)
+            .await
+            .unwrap();
+        assert_eq!(n, 196, "all but the 4 in flight");
+        let due = store::due(&store, now, &running, 4, 1024).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(sinks::sink_key(&due[0].sink), "http://127.0.0.1:2");
+        let listed = store::list_outbox(&store, None, 1000, &HashMap::new())
+            .await
+            .unwrap();
+        assert!(
+            listed
+                .iter()
+                .all(|o| o.status == "pending" && o.attempts == 0)
+        );
+        let next = store::next_due(&store, now).await.unwrap().unwrap();
+        assert_eq!(next.timestamp_millis(), until.timestamp_millis());
         store.close().await;
     }
 

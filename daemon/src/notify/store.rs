@@ -2,12 +2,14 @@
 //! per-registration sinks, pauses, and filtered tick listing.
 
 use super::config::Sink;
+use super::sinks::sink_key;
 use super::transitions::WatchState;
 use crate::store::{Store, StoreError, tick_from_row};
 use chrono::{DateTime, SecondsFormat, Utc};
-use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_api::wire::{BreakerState, SinkBreaker, TickRecord};
 use serde::Serialize;
 use sqlx::Row;
+use std::collections::HashMap;
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -40,6 +42,8 @@ pub struct Due {
     pub key: String,
     pub event: String,
     pub sink: Sink,
+    /// The sink as stored (what [`defer`] matches).
+    pub sink_text: String,
     pub body: String,
     pub attempts: u32,
 }
@@ -57,6 +61,8 @@ pub struct OutboxEntry {
     pub next_attempt_at: String,
     pub last_error: Option<String>,
     pub finished_at: Option<String>,
+    /// The breaker of the row's sink (closed and idle when the worker remembers nothing of it).
+    pub breaker: SinkBreaker,
 }
 
 /// A pause as stored.
@@ -197,51 +203,106 @@ pub async fn commit_watch(
     tx.commit().await.map_err(|e| failed(store, what, e))
 }
 
-/// Pending rows due at `now`, oldest first.
-pub async fn due(store: &Store, now: DateTime<Utc>, limit: u32) -> Result<Vec<Due>, StoreError> {
+/// Pending rows due at `now` and not in `running` (ids of deliveries in flight), fairly across
+/// sinks: at most `per_sink` rows of each stored sink, oldest first, every sink's first row
+/// before any sink's second (`ORDER BY rank, id`), at most `limit` rows. A row whose sink
+/// cannot be read is marked failed (it would otherwise come due for ever).
+pub async fn due(
+    store: &Store,
+    now: DateTime<Utc>,
+    running: &[i64],
+    per_sink: u32,
+    limit: u32,
+) -> Result<Vec<Due>, StoreError> {
     let what = "reading the notification outbox";
+    let running = serde_json::to_string(running).map_err(|e| failed(store, what, e))?;
     let rows = sqlx::query(
-        "SELECT id, key, event, sink, body, attempts FROM outbox
-         WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+        "WITH ranked AS (
+             SELECT id, ROW_NUMBER() OVER (PARTITION BY sink ORDER BY id) AS rank FROM outbox
+             WHERE status = 'pending' AND next_attempt_at <= ?1
+               AND id NOT IN (SELECT value FROM json_each(?2)))
+         SELECT o.id, o.key, o.event, o.sink, o.body, o.attempts FROM ranked r
+         JOIN outbox o ON o.id = r.id WHERE r.rank <= ?3 ORDER BY r.rank, r.id LIMIT ?4",
     )
     .bind(ts(now))
+    .bind(running)
+    .bind(i64::from(per_sink))
     .bind(i64::from(limit))
     .fetch_all(store.pool())
     .await
     .map_err(|e| failed(store, what, e))?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let sink: String = r.try_get("sink").map_err(|e| failed(store, what, e))?;
-        let Ok(sink) = serde_json::from_str::<Sink>(&sink) else {
-            continue;
+        let id: i64 = r.try_get("id").map_err(|e| failed(store, what, e))?;
+        let attempts = u32::try_from(
+            r.try_get::<i64, _>("attempts")
+                .map_err(|e| failed(store, what, e))?,
+        )
+        .unwrap_or(0);
+        let sink_text: String = r.try_get("sink").map_err(|e| failed(store, what, e))?;
+        let sink = match serde_json::from_str::<Sink>(&sink_text) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("the stored sink cannot be read: {e}");
+                record_attempt(store, id, attempts, Some(&why), None, u32::MAX).await?;
+                continue;
+            }
         };
         out.push(Due {
-            id: r.try_get("id").map_err(|e| failed(store, what, e))?,
+            id,
             key: r.try_get("key").map_err(|e| failed(store, what, e))?,
             event: r.try_get("event").map_err(|e| failed(store, what, e))?,
             sink,
+            sink_text,
             body: r.try_get("body").map_err(|e| failed(store, what, e))?,
-            attempts: u32::try_from(
-                r.try_get::<i64, _>("attempts")
-                    .map_err(|e| failed(store, what, e))?,
-            )
-            .unwrap_or(0),
+            attempts,
         });
     }
     Ok(out)
 }
 
-/// When the next pending row comes due, if any.
-pub async fn next_due(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+/// When the next pending row comes due after `now`, if any.
+pub async fn next_due(
+    store: &Store,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     let what = "reading the notification outbox";
-    let t: Option<String> =
-        sqlx::query("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
-            .fetch_one(store.pool())
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| failed(store, what, e))?;
+    let t: Option<String> = sqlx::query(
+        "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending' AND next_attempt_at > ?1",
+    )
+    .bind(ts(now))
+    .fetch_one(store.pool())
+    .await
+    .and_then(|r| r.try_get(0))
+    .map_err(|e| failed(store, what, e))?;
     Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc)))
+}
+
+/// Defer the pending rows of these stored sinks (an open breaker) to `until`, except those in
+/// `running`. Attempts are not counted: a deferred row was not tried.
+pub async fn defer(
+    store: &Store,
+    sinks: &[&str],
+    until: DateTime<Utc>,
+    running: &[i64],
+) -> Result<u64, StoreError> {
+    let what = "deferring notifications of an open sink";
+    let sinks = serde_json::to_string(sinks).map_err(|e| failed(store, what, e))?;
+    let running = serde_json::to_string(running).map_err(|e| failed(store, what, e))?;
+    sqlx::query(
+        "UPDATE outbox SET next_attempt_at = ?1
+         WHERE status = 'pending' AND next_attempt_at < ?1
+           AND sink IN (SELECT value FROM json_each(?2))
+           AND id NOT IN (SELECT value FROM json_each(?3))",
+    )
+    .bind(ts(until))
+    .bind(sinks)
+    .bind(running)
+    .execute(store.pool())
+    .await
+    .map(|r| r.rows_affected())
+    .map_err(|e| failed(store, what, e))
 }
 
 /// Record the outcome of one attempt. `retry_at` None with an error means: gave up.
@@ -295,11 +356,13 @@ pub async fn record_attempt(
     tx.commit().await.map_err(|e| failed(store, what, e))
 }
 
-/// The newest outbox rows (of `key`, or all), newest first.
+/// The newest outbox rows (of `key`, or all), newest first, each with its sink's breaker from
+/// `breakers` (by sink key).
 pub async fn list_outbox(
     store: &Store,
     key: Option<&str>,
     limit: u32,
+    breakers: &HashMap<String, SinkBreaker>,
 ) -> Result<Vec<OutboxEntry>, StoreError> {
     let what = "listing notifications";
     let rows = sqlx::query(
@@ -312,20 +375,30 @@ pub async fn list_outbox(
     .map_err(|e| failed(store, what, e))?;
     rows.iter()
         .map(|r| -> Result<OutboxEntry, sqlx::Error> {
-            let sink: String = r.try_get("sink")?;
+            let text: String = r.try_get("sink")?;
+            let (sink, sink_key) = match serde_json::from_str::<Sink>(&text) {
+                Ok(s) => (s.label(), sink_key(&s)),
+                Err(_) => (text.clone(), text),
+            };
+            let breaker = breakers.get(&sink_key).cloned().unwrap_or(SinkBreaker {
+                sink: sink_key,
+                state: BreakerState::Closed,
+                open_until: None,
+                consecutive_failures: 0,
+                in_flight: 0,
+            });
             Ok(OutboxEntry {
                 id: r.try_get("id")?,
                 key: r.try_get("key")?,
                 event: r.try_get("event")?,
-                sink: serde_json::from_str::<Sink>(&sink)
-                    .map(|s| s.label())
-                    .unwrap_or(sink),
+                sink,
                 status: r.try_get("status")?,
                 attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
                 created_at: r.try_get("created_at")?,
                 next_attempt_at: r.try_get("next_attempt_at")?,
                 last_error: r.try_get("last_error")?,
                 finished_at: r.try_get("finished_at")?,
+                breaker,
             })
         })
         .collect::<Result<_, _>>()
