@@ -51,7 +51,9 @@ pub async fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
-    let store = match Store::open(&settings.db, settings.keep_ticks).await {
+    let store = match Store::open_capped(&settings.db, settings.keep_ticks, settings.max_db_bytes)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
