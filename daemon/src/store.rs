@@ -1110,15 +1110,27 @@ mod tests {
         assert!(pruned > 0);
         assert!(store.used_bytes().await.unwrap() <= cap);
         assert_eq!(
-            count(&store, "SELECT count(*) FROM outbox WHERE status = 'pending'").await,
+            count(
+                &store,
+                "SELECT count(*) FROM outbox WHERE status = 'pending'"
+            )
+            .await,
             3
         );
         assert_eq!(
-            count(&store, &format!("SELECT count(*) FROM ticks WHERE id > {}", last - 5)).await,
+            count(
+                &store,
+                &format!("SELECT count(*) FROM ticks WHERE id > {}", last - 5)
+            )
+            .await,
             5
         );
         assert_eq!(
-            count(&store, &format!("SELECT count(*) FROM ticks WHERE id = {newest_a}")).await,
+            count(
+                &store,
+                &format!("SELECT count(*) FROM ticks WHERE id = {newest_a}")
+            )
+            .await,
             1
         );
         // Oldest first: what is left of the ticks is a suffix by id (plus a's newest).
@@ -1131,9 +1143,16 @@ mod tests {
         assert!(newest_a < min_other);
         assert_eq!(left - 1, last - min_other + 1);
         let h = store.storage().await.unwrap();
-        let finished_left = count(&store, "SELECT count(*) FROM outbox WHERE status != 'pending'").await;
+        let finished_left = count(
+            &store,
+            "SELECT count(*) FROM outbox WHERE status != 'pending'",
+        )
+        .await;
         assert_eq!(h.pruned_ticks, 120 - u64::try_from(left).unwrap());
-        assert_eq!(h.pruned_notifications, 50 - u64::try_from(finished_left).unwrap());
+        assert_eq!(
+            h.pruned_notifications,
+            50 - u64::try_from(finished_left).unwrap()
+        );
         assert_eq!(h.pruned_ticks + h.pruned_notifications, pruned);
         assert_eq!(h.max_bytes, cap);
         // The freed pages went back to the file system.

@@ -704,11 +704,14 @@ fn count(db: &Path, sql: &str) -> u64 {
 
 /// The database file and its WAL on disk, in bytes.
 fn db_bytes(db: &Path) -> u64 {
-    [db.to_path_buf(), PathBuf::from(format!("{}-wal", db.display()))]
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
+    [
+        db.to_path_buf(),
+        PathBuf::from(format!("{}-wal", db.display())),
+    ]
+    .iter()
+    .filter_map(|p| std::fs::metadata(p).ok())
+    .map(|m| m.len())
+    .sum()
 }
 
 #[test]
@@ -720,7 +723,11 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
     let work = d.dir.join("work");
     let cy = write_cloud_yaml(&work, "a");
     let cys = cy.to_str().unwrap();
-    ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "register", "--every", "1h"]));
+    ok(d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    ));
     let key = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]))["key"]
         .as_str()
         .unwrap()
@@ -753,7 +760,10 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
         ),
     );
     let newest = count(&db, "SELECT MAX(id) FROM ticks;");
-    assert!(db_bytes(&db) > 2 << 20, "the history is smaller than planned");
+    assert!(
+        db_bytes(&db) > 2 << 20,
+        "the history is smaller than planned"
+    );
 
     let cap: u64 = 256 * 1024;
     // Per-registration retention is set out of the way: what goes here goes by the cap.
@@ -776,13 +786,20 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
     assert!(s["used_bytes"].as_u64().unwrap() <= cap, "{s}");
     // Slack: SQLite checkpoints the WAL at a quarter of the cap, plus a tick's pages.
     assert!(s["size_bytes"].as_u64().unwrap() <= cap + cap / 2, "{s}");
-    assert!(db_bytes(&db) <= cap + cap / 2, "{} bytes on disk", db_bytes(&db));
+    assert!(
+        db_bytes(&db) <= cap + cap / 2,
+        "{} bytes on disk",
+        db_bytes(&db)
+    );
 
     // What pruning removed is counted exactly, and only prunable rows went.
     let ticks_left = count(&db, "SELECT count(*) FROM ticks;");
     assert_eq!(ticks_left + pruned_ticks, 3000 + 1 + 5, "{s}");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM outbox WHERE status = 'delivered';") + pruned_notes,
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered';"
+        ) + pruned_notes,
         200,
         "{s}"
     );
@@ -795,12 +812,18 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
     assert_eq!(count(&db, "SELECT count(*) FROM ticks WHERE id = 1;"), 0);
     assert!(count(&db, "SELECT MIN(id) FROM ticks;") > 1);
     assert_eq!(
-        count(&db, &format!("SELECT count(*) FROM ticks WHERE id > {newest};")),
+        count(
+            &db,
+            &format!("SELECT count(*) FROM ticks WHERE id > {newest};")
+        ),
         5
     );
     let remaining_min = count(&db, "SELECT MIN(id) FROM ticks;");
     assert_eq!(
-        count(&db, &format!("SELECT count(*) FROM ticks WHERE id >= {remaining_min};")),
+        count(
+            &db,
+            &format!("SELECT count(*) FROM ticks WHERE id >= {remaining_min};")
+        ),
         ticks_left,
         "the ticks left are not the newest ones"
     );

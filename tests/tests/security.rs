@@ -795,7 +795,10 @@ fn private_dir(parent: &Path, name: &str) -> PathBuf {
 
 /// Scheduled tick rows and the number of (key, due_at) pairs stored more than once.
 fn scheduled_rows_and_doubles(db: &Path) -> (u64, u64) {
-    let rows = sqlite(db, "SELECT count(*) FROM ticks WHERE tick_trigger = 'schedule';");
+    let rows = sqlite(
+        db,
+        "SELECT count(*) FROM ticks WHERE tick_trigger = 'schedule';",
+    );
     let doubles = sqlite(
         db,
         "SELECT count(*) FROM (SELECT key, due_at FROM ticks WHERE tick_trigger = 'schedule'
@@ -851,7 +854,10 @@ fn a_second_daemon_on_a_symlink_or_hard_link_to_the_database_is_refused_and_the_
         );
         assert!(err.contains(link.to_str().unwrap()), "{name}: {err}");
         assert!(err.contains(&pid), "{name}: the holder is not named: {err}");
-        assert!(!other_sock.exists(), "{name}: the second daemon bound its socket");
+        assert!(
+            !other_sock.exists(),
+            "{name}: the second daemon bound its socket"
+        );
     }
     // The symlink's refusal names the real path to pass instead.
     let out = daemon_output(
@@ -904,7 +910,12 @@ fn a_database_planted_by_another_user_or_open_to_others_is_refused_and_left_alon
             ],
         );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "the daemon used {}: {err}", db.display());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "the daemon used {}: {err}",
+            db.display()
+        );
         assert!(!sock(n).exists());
         err
     };

@@ -125,7 +125,11 @@ pub enum SocketError {
         role: Owned,
     },
     #[error("{} is mode {mode:04o}: {}", dir.display(), role.open_to_others(dir))]
-    OpenToOthers { dir: PathBuf, mode: u32, role: Owned },
+    OpenToOthers {
+        dir: PathBuf,
+        mode: u32,
+        role: Owned,
+    },
     #[error("--db {} is a symlink to {}{in_use}; megaplan-cloudd opens its database by its real path only, so that one lock covers every name of the file: pass --db {} instead", db.display(), target.display(), target.display())]
     SymlinkedDatabase {
         db: PathBuf,
@@ -596,13 +600,11 @@ pub fn flock_holder_in(locks: &str, dev: u64, ino: u64, me: u32) -> Option<u32> 
         if f.get(1) != Some(&"FLOCK") {
             continue;
         }
-        let (Some(pid), Some(id)) = (f.get(4).and_then(|p| p.parse::<u32>().ok()), f.get(5))
-        else {
+        let (Some(pid), Some(id)) = (f.get(4).and_then(|p| p.parse::<u32>().ok()), f.get(5)) else {
             continue;
         };
         let mut parts = id.split(':');
-        let (Some(maj), Some(min), Some(inode)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(maj), Some(min), Some(inode)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         if pid == me || inode.parse::<u64>().ok() != Some(ino) {
@@ -990,7 +992,10 @@ mod tests {
         let shared = tmp.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let err = lock_database(&shared.join("y.db")).err().unwrap().to_string();
+        let err = lock_database(&shared.join("y.db"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("mode 1777") && err.contains("another --db"),
             "{err}"
