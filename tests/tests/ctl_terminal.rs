@@ -86,9 +86,7 @@ impl Pane {
             .args(["-L", &self.server, "wait-for", channel])
             .spawn()
             .expect("tmux wait-for runs");
-        let signalled = wait_until(PANE_SAFETY_NET, || {
-            matches!(waiter.try_wait(), Ok(Some(_)))
-        });
+        let signalled = wait_until(PANE_SAFETY_NET, || matches!(waiter.try_wait(), Ok(Some(_))));
         if !signalled {
             let _ = waiter.kill();
             let _ = waiter.wait();
