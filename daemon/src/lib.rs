@@ -18,8 +18,9 @@
 //! - [`store`]: the SQLite store (registrations, markers, tick reports).
 //! - [`scheduler`], [`settings`], [`cloud_yaml`]: due times, daemon settings, the cloud.yaml
 //!   model with its defaults and validation.
-//! - [`shell`], [`redact`], [`yaml`]: POSIX quoting for every remote command string, the
-//!   redaction rules applied to all remote output, the only YAML parser wrapper.
+//! - [`shell`], [`redact`], [`yaml`], [`ratelog`]: POSIX quoting for every remote command
+//!   string, the redaction rules applied to all remote output, the only YAML parser wrapper,
+//!   log lines rate-limited per kind.
 
 pub mod chain;
 pub mod cloud_yaml;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod notify;
 pub mod process;
 pub mod provider;
+pub mod ratelog;
 pub mod redact;
 pub mod render;
 pub mod runner;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// The layer of a module, by its path below `daemon/src` (top-level name, then file).
 fn layer(top: &str, sub: Option<&str>) -> Option<u32> {
     Some(match (top, sub) {
-        ("yaml" | "shell" | "redact", _) => 0,
+        ("yaml" | "shell" | "redact" | "ratelog", _) => 0,
         ("cloud_yaml" | "settings" | "scheduler" | "store", _) => 1,
         ("process" | "render", _) => 2,
         ("runner", _) => 3,

@@ -984,3 +984,263 @@ fn a_database_planted_by_another_user_or_open_to_others_is_refused_and_left_alon
     assert_eq!(mode(&wal) & 0o077, 0, "the WAL");
     assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
 }
+
+
+// ---------------------------------------------------------------------------------------------
+// Issue 21, item 5: bounded input everywhere.
+
+/// A local cloud.yaml in `d`'s folder, registered; returns its path and key.
+fn registered_local(d: &Daemon) -> (PathBuf, String) {
+    let work = d.dir.join("w");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo: {url: /srv/none.git}\n").unwrap();
+    let r = Run::from_output(&d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cy.to_str().unwrap(), "register", "--json"],
+    ))
+    .ok();
+    let key = r.json["key"].as_str().unwrap().to_string();
+    (cy, key)
+}
+
+#[test]
+fn ticks_since_an_age_beyond_the_calendar_is_refused_naming_since() {
+    let d = Daemon::start(&[], &[]);
+    let work = d.dir.join("w");
+    std::fs::create_dir_all(&work).unwrap();
+    for since in ["9999999999d", "18446744073709551615s"] {
+        let r =
+            Run::from_output(&d.ctl(&work, &[], &["ticks", "--all", "--json", "--since", since]));
+        // A refusal from the daemon (exit 1, invalid_args naming the field), never "the daemon
+        // is unreachable" (69) from a dropped connection.
+        assert_eq!(r.code, Some(1), "{since}: {r:?}");
+        assert_eq!(r.json["error"], "invalid_args", "{since}: {r:?}");
+        assert_eq!(r.json["field"], "since", "{since}: {r:?}");
+        assert!(r.stderr.contains("since"), "{r:?}");
+    }
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn a_huge_pause_reason_is_refused_naming_reason() {
+    let d = Daemon::start(&[], &[]);
+    let (_cy, key) = registered_local(&d);
+    // As much as the body limit lets through (1 MiB of body in all).
+    let huge = "r".repeat(1024 * 1024 - 200);
+    let resp = post(
+        &d.socket,
+        &format!("/v1/clouds/{key}/pause"),
+        &serde_json::json!({"by": "ops@box", "reason": huge}),
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "{}",
+        &resp[..resp.len().min(400)]
+    );
+    let v = json_of(&resp);
+    assert_eq!(v["field"], "reason", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 1024"),
+        "{v}"
+    );
+    // Nothing was paused.
+    let db = d.home.join("cloudd.db");
+    assert_eq!(sqlite(&db, "SELECT count(*) FROM pauses;"), "0");
+    // 1 KiB is accepted and stored whole, once.
+    let kib = "k".repeat(1024);
+    let resp = post(
+        &d.socket,
+        &format!("/v1/clouds/{key}/pause"),
+        &serde_json::json!({"by": "ops@box", "reason": kib}),
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(
+        sqlite(&db, "SELECT sum(length(reason)) FROM pauses;"),
+        "1024"
+    );
+}
+
+#[test]
+fn a_pause_reason_is_referred_to_in_each_tick_report_never_copied_whole() {
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    let spec =
+        megaplan_cloud_e2e::rig::write_chain(&rig.project.join("epic"), "chain.yaml", &["m1"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    let reason = format!("repairing the runner: {}", "n".repeat(1024 - 22));
+    assert_eq!(reason.len(), 1024);
+    rig.ctl(&["pause", "--reason", &reason]).ok();
+    let ticks = 3;
+    for _ in 0..ticks {
+        let t = rig.ctl(&["tick"]).ok();
+        assert!(
+            t.json["report"]["paused"]["paused_by"].is_string(),
+            "{}",
+            t.stdout
+        );
+    }
+    let db = rig.daemon.home.join("cloudd.db");
+    // Every report refers to the pause (who, since when, the start of the note) ...
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT count(*) FROM ticks WHERE json_extract(report, '$.paused.paused_by') IS NOT NULL \
+             AND json_extract(report, '$.paused.reason') LIKE 'repairing the runner: n%';"
+        ),
+        ticks.to_string()
+    );
+    // ... and none carries more than 120 bytes (and the `…`) of it: the pause holds the note.
+    let longest: usize = sqlite(
+        &db,
+        "SELECT max(length(CAST(json_extract(report, '$.paused.reason') AS BLOB))) FROM ticks;",
+    )
+    .parse()
+    .unwrap();
+    assert!(
+        longest <= 123,
+        "a report carries {longest} bytes of the pause reason"
+    );
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT count(*) FROM ticks WHERE instr(report, 'nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn') > 0;"
+        ),
+        "0"
+    );
+    // The pause itself keeps the whole note, once.
+    assert_eq!(
+        sqlite(&db, "SELECT sum(length(reason)) FROM pauses;"),
+        "1024"
+    );
+}
+
+#[test]
+fn thousands_of_notify_urls_a_port_out_of_range_and_a_huge_command_are_refused_naming_the_field() {
+    let d = Daemon::start(&[], &[]);
+    let (cy, _key) = registered_local(&d);
+    let cy = cy.to_str().unwrap();
+    let urls: Vec<String> = (0..20_000)
+        .map(|i| format!("http://127.0.0.1:9/h{i}"))
+        .collect();
+    let cases = [
+        (
+            serde_json::json!({"cloud_yaml": cy, "notify_urls": urls}),
+            "notify_urls",
+            "over the limit of 16",
+        ),
+        (
+            serde_json::json!({"cloud_yaml": cy, "notify_urls": ["http://127.0.0.1:99999/hook"]}),
+            "notify_url",
+            "99999",
+        ),
+        (
+            serde_json::json!({"cloud_yaml": cy, "notify_urls": [format!("http://127.0.0.1/{}", "u".repeat(4096))]}),
+            "notify_url",
+            "over the limit of 2048",
+        ),
+        (
+            serde_json::json!({"cloud_yaml": cy, "notify_command": format!("cat >/dev/null #{}", "c".repeat(8192))}),
+            "notify_command",
+            "over the limit of 4096",
+        ),
+    ];
+    for (body, field, says) in cases {
+        let resp = post(&d.socket, "/v1/clouds", &body);
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "{field}: {}",
+            &resp[..resp.len().min(400)]
+        );
+        let v = json_of(&resp);
+        assert_eq!(v["field"], field, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(says),
+            "{field}: {v}"
+        );
+    }
+    // None of them was stored as a sink.
+    let db = d.home.join("cloudd.db");
+    assert_eq!(sqlite(&db, "SELECT count(*) FROM notify_sinks;"), "0");
+}
+
+#[test]
+fn a_fifo_or_dev_zero_as_notify_config_fails_start_up_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("notify.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path in the test's folder.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // The FIFO first: before the fix it blocks start-up (the safety net then stops the daemon
+    // and the exit check fails) instead of reading /dev/zero until memory runs out.
+    for (i, config) in [fifo.as_path(), Path::new("/dev/zero")]
+        .into_iter()
+        .enumerate()
+    {
+        let run = tmp.path().join(format!("run{i}"));
+        let home = tmp.path().join(format!("home{i}"));
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&run)
+            .unwrap();
+        let out = daemon_output(
+            &[
+                ("MEGAPLAN_CLOUD_HOME", &home),
+                ("MEGAPLAN_CLOUDD_SOCKET", &run.join("cloudd.sock")),
+                ("MEGAPLAN_CLOUDD_NOTIFY_CONFIG", config),
+            ],
+            &["--no-log-file"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", config.display());
+        assert!(
+            stderr.contains(&config.display().to_string()) && stderr.contains("not a regular file"),
+            "{stderr}"
+        );
+        assert!(
+            !run.join("cloudd.sock").exists(),
+            "the socket was left behind"
+        );
+    }
+}
+
+#[test]
+fn a_thousand_refused_requests_and_failed_ticks_write_a_handful_of_warn_lines() {
+    let d = Daemon::start(&[], &[]);
+    let (cy, key) = registered_local(&d);
+    // The registered file breaks: every tick of it now fails the same way.
+    std::fs::write(&cy, "provider: [\n").unwrap();
+    let warns = || d.log_text().lines().filter(|l| l.contains("WARN")).count();
+    let before = warns();
+    let n = 500;
+    for _ in 0..n {
+        let resp = post(&d.socket, &format!("/v1/clouds/{key}/tick"), &Value::Null);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let resp = get(&d.socket, "/v1/ticks?since=not-a-time");
+        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    }
+    let db = d.home.join("cloudd.db");
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT count(*) FROM ticks WHERE report LIKE '%supervisor_error%';"
+        ),
+        n.to_string(),
+        "every tick ran and failed"
+    );
+    let written = warns() - before;
+    // One line for the first failed tick, one for the first refusal (and a count a minute).
+    assert!(
+        (2..=6).contains(&written),
+        "{written} WARN lines for {} refused requests and failed ticks:\n{}",
+        2 * n,
+        d.log_text()
+    );
+}

@@ -17,11 +17,27 @@ use megaplan_cloud_api::wire::{
 use serde_json::Value;
 use std::sync::Arc;
 
+/// Longest `--remote-spec` path (PATH_MAX).
+const MAX_REMOTE_SPEC_BYTES: usize = 4096;
+
 pub async fn register(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     let path = abs_cloud_yaml(&req.cloud_yaml)?;
+    // The remote spec path is stored and named in every tick report: a path, not a document.
+    if let Some(spec) = &req.remote_spec
+        && spec.len() > MAX_REMOTE_SPEC_BYTES
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgs,
+            format!(
+                "remote_spec is {} bytes, over the limit of {MAX_REMOTE_SPEC_BYTES}; give the path of the chain spec on the runner",
+                spec.len()
+            ),
+        )
+        .field("remote_spec"));
+    }
     // Refuse a bad cloud.yaml with the loader's own error.
     let spec = cloud_yaml::load_async(&path).await?;
     let key = spec.key();

@@ -60,7 +60,20 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body.to_value())).into_response()
+        // What the refusal log needs, without reading the body back.
+        let refusal = super::guard::Refusal {
+            code: self.body.error,
+            field: self
+                .body
+                .extra
+                .get("field")
+                .and_then(|f| f.as_str())
+                .map(str::to_string),
+            message: self.body.message.clone(),
+        };
+        let mut resp = (self.status, axum::Json(self.body.to_value())).into_response();
+        resp.extensions_mut().insert(refusal);
+        resp
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod clouds;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod health;
 pub mod lookup;
 pub mod pause;
@@ -47,6 +48,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(routes::NOTIFICATIONS, get(ticks::list_notifications))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A panicking handler answers 500; every refusal is logged, rate-limited per kind.
+        .layer(axum::middleware::from_fn(guard::catch_panic))
+        .layer(axum::middleware::from_fn(guard::log_refusals))
         .with_state(state)
 }
 

@@ -10,6 +10,9 @@ use megaplan_cloud_api::report::Pause;
 use megaplan_cloud_api::wire::{PauseRequest, PauseResponse, UnpauseResponse};
 use std::sync::Arc;
 
+/// Longest pause `reason` accepted (it is stored once; reports carry a clipped copy).
+pub const MAX_REASON_BYTES: usize = 1024;
+
 fn wire(p: crate::notify::store::Pause) -> Pause {
     Pause {
         key: p.key,
@@ -30,6 +33,19 @@ pub async fn pause(
             "pause needs `by` (1 to 200 characters)",
         )
         .field("by"));
+    }
+    if let Some(reason) = &req.reason
+        && reason.len() > MAX_REASON_BYTES
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgs,
+            format!(
+                "pause `reason` is {} bytes, over the limit of {MAX_REASON_BYTES}; give a short note (tick reports carry only its first {} bytes)",
+                reason.len(),
+                crate::supervisor::supervise::REPORT_PAUSE_REASON_BYTES
+            ),
+        )
+        .field("reason"));
     }
     let key = registered_key(&state, &k).await?;
     let p =

@@ -801,6 +801,41 @@ async fn handle(
     limits: Limits,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
+    let resp = read_and_route(app, peer, limits, req).await;
+    if let Some(refusal) = resp.extensions().get::<RefusedEarly>() {
+        super::guard::note_refusal(
+            &refusal.method,
+            &refusal.path,
+            resp.status().as_u16(),
+            resp.extensions().get::<super::guard::Refusal>(),
+        );
+    }
+    resp
+}
+
+/// Marks an answer given before the router saw the request (413, 408, an unreadable body):
+/// the router's own refusals are logged by `guard::log_refusals`.
+#[derive(Clone)]
+struct RefusedEarly {
+    method: String,
+    path: String,
+}
+
+async fn read_and_route(
+    app: Router,
+    peer: Peer,
+    limits: Limits,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Response {
+    let early = RefusedEarly {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    };
+    let closing = |resp: Response| {
+        let mut resp = closing(resp);
+        resp.extensions_mut().insert(early.clone());
+        resp
+    };
     if let Some(len) = declared_length(req.headers())
         && len > limits.max_body_bytes as u64
     {

@@ -27,7 +27,8 @@ impl Preset {
             "ntfy" => Ok(Preset::Ntfy),
             "slack" => Ok(Preset::Slack),
             other => Err(format!(
-                "unknown notification preset {other:?}; use json, ntfy or slack"
+                "unknown notification preset {:?}; use json, ntfy or slack",
+                other.chars().take(32).collect::<String>()
             )),
         }
     }
@@ -66,6 +67,12 @@ impl Sink {
             Sink::Webhook {
                 url, secret_env, ..
             } => {
+                if url.len() > MAX_URL_BYTES {
+                    return Err(format!(
+                        "notify url of {} bytes is over the limit of {MAX_URL_BYTES} bytes",
+                        url.len()
+                    ));
+                }
                 let uri: hyper::Uri = url
                     .parse()
                     .map_err(|e| format!("notify url {url:?} is not a URL: {e}"))?;
@@ -79,6 +86,9 @@ impl Sink {
                 }
                 if uri.host().is_none() {
                     return Err(format!("notify url {url:?} has no host"));
+                }
+                if let Some(a) = uri.authority() {
+                    check_port(url, a.as_str())?;
                 }
                 if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
                     return Err(format!(
@@ -98,9 +108,41 @@ impl Sink {
                 if command.trim().is_empty() {
                     return Err("notify command is empty".to_string());
                 }
+                if command.len() > MAX_COMMAND_BYTES {
+                    return Err(format!(
+                        "notify command of {} bytes is over the limit of {MAX_COMMAND_BYTES} bytes; put a longer one in a script and name the script",
+                        command.len()
+                    ));
+                }
                 Ok(())
             }
         }
+    }
+}
+
+/// Most sinks of one registration, and of the config file.
+pub const MAX_SINKS: usize = 16;
+
+/// Longest webhook URL.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// Longest notify command.
+pub const MAX_COMMAND_BYTES: usize = 4096;
+
+/// The port of a URL's authority, when one is written, must be 1 to 65535 (the URL parser
+/// takes any digits there).
+fn check_port(url: &str, authority: &str) -> Result<(), String> {
+    // After the last `:` that is not inside an IPv6 literal's brackets.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let Some((_, port)) = host_port.rsplit_once(':').filter(|(_, p)| !p.contains(']')) else {
+        return Ok(());
+    };
+    match port.parse::<u32>() {
+        _ if port.is_empty() => Ok(()),
+        Ok(1..=65535) => Ok(()),
+        _ => Err(format!(
+            "notify url {url:?} has port {port:?}; a port is a number from 1 to 65535"
+        )),
     }
 }
 
@@ -208,13 +250,18 @@ impl NotifyConfig {
     /// Read the config file; a missing file is the defaults. Errors name the file and field.
     pub fn load(path: &Path) -> Result<NotifyConfig, String> {
         let shown = path.display();
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        // Read as cloud.yaml is: non-blocking open, a regular file, at most 1 MiB (a FIFO or
+        // /dev/zero is refused at once, never waited on or read without end).
+        let bytes = match crate::cloud_yaml::read_bounded(path, crate::cloud_yaml::MAX_INPUT_BYTES)
+        {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(NotifyConfig::default());
             }
             Err(e) => return Err(format!("cannot read notify config {shown}: {e}")),
         };
+        let text = String::from_utf8(bytes)
+            .map_err(|e| format!("notify config {shown} is not UTF-8 text: {e}"))?;
         let v = crate::yaml::parse(&text).map_err(|e| format!("notify config {shown}: {e}"))?;
         NotifyConfig::from_value(&v).map_err(|e| format!("notify config {shown}: {e}"))
     }
@@ -330,6 +377,12 @@ impl NotifyConfig {
             let list = sinks
                 .as_array()
                 .ok_or("sinks: expected a list of {url: ...} or {command: ...}")?;
+            if list.len() > MAX_SINKS {
+                return Err(format!(
+                    "sinks: {} sinks, over the limit of {MAX_SINKS}",
+                    list.len()
+                ));
+            }
             for (i, s) in list.iter().enumerate() {
                 let sink = sink_from_value(s).map_err(|e| format!("sinks[{i}]: {e}"))?;
                 sink.validate().map_err(|e| format!("sinks[{i}]: {e}"))?;
@@ -432,5 +485,25 @@ mod tests {
         assert!(e(json!({"sinks": [{"url": "http://x/h", "preset": "teams"}]})).contains("teams"));
         assert!(e(json!({"sinks": [{}]})).starts_with("sinks[0]"));
         assert!(e(json!([1])).contains("mapping"));
+        assert!(e(json!({"sinks": [{"url": "http://127.0.0.1:99999/h"}]})).contains("99999"));
+        assert!(e(json!({"sinks": [{"url": "http://127.0.0.1:0/h"}]})).contains("1 to 65535"));
+        let long = format!("http://x/{}", "a".repeat(MAX_URL_BYTES));
+        assert!(e(json!({"sinks": [{"url": long}]})).contains("over the limit"));
+        let many: Vec<Value> = (0..=MAX_SINKS)
+            .map(|_| json!({"url": "http://x/h"}))
+            .collect();
+        assert!(e(json!({ "sinks": many })).contains("sinks"));
+        assert!(
+            e(json!({"sinks": [{"command": "x".repeat(MAX_COMMAND_BYTES + 1)}]}))
+                .contains("over the limit")
+        );
+        for ok in [
+            "http://127.0.0.1:65535/h",
+            "http://127.0.0.1/h",
+            "https://[::1]:8443/h",
+            "https://[::1]/h",
+        ] {
+            NotifyConfig::from_value(&json!({"sinks": [{"url": ok}]})).unwrap();
+        }
     }
 }

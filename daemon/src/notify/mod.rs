@@ -256,6 +256,16 @@ pub fn registration_sinks(
         .transpose()
         .map_err(|e| (e, "notify_preset"))?
         .unwrap_or_default();
+    if urls.len() > config::MAX_SINKS {
+        return Err((
+            format!(
+                "{} notify urls, over the limit of {} per registration",
+                urls.len(),
+                config::MAX_SINKS
+            ),
+            "notify_urls",
+        ));
+    }
     let mut out = Vec::new();
     for u in urls {
         let s = Sink::Webhook {
@@ -521,9 +531,11 @@ pub fn since_time(text: &str) -> Result<String, String> {
     let age = config::parse_duration("since", t).map_err(|_| {
         format!("since {t:?}: use an age (30m, 2h, 1d), a date (2026-06-01) or an RFC 3339 time")
     })?;
-    let age =
-        chrono::Duration::from_std(age).map_err(|_| format!("since {t:?} is too far back"))?;
-    Ok((Utc::now() - age).to_rfc3339())
+    // Checked all the way: an age reaching before the year -262143 is a refusal, not a panic.
+    let too_far = || format!("since {t:?} is too far back; give a shorter age or a date");
+    let age = chrono::Duration::from_std(age).map_err(|_| too_far())?;
+    let then = Utc::now().checked_sub_signed(age).ok_or_else(too_far)?;
+    Ok(then.to_rfc3339())
 }
 
 #[cfg(test)]
@@ -775,5 +787,14 @@ mod tests {
         let secs = (Utc::now() - hour_ago.with_timezone(&Utc)).num_seconds();
         assert!((3600..3700).contains(&secs), "{secs}");
         assert!(since_time("yesterday").unwrap_err().contains("since"));
+        // Ages beyond what a date can hold are refused naming the field, never a panic.
+        for huge in [
+            "9999999999d",
+            "18446744073709551615d",
+            "18446744073709551615s",
+        ] {
+            let e = since_time(huge).unwrap_err();
+            assert!(e.contains("since") && e.contains("too far back"), "{e}");
+        }
     }
 }

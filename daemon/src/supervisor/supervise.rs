@@ -99,7 +99,7 @@ pub async fn tick_with(
                 Utc::now(),
                 state.notifier.config.stall_after,
             );
-            r.paused = Some(pause);
+            r.paused = Some(pause.map(pause_for_report));
             r.dry_run = dry_run;
             r
         }
@@ -200,6 +200,27 @@ fn redacted(report: TickReport, r: &Redactor) -> TickReport {
 /// always ends by the tick's own deadline (one report saying so) rather than by a race with
 /// the command's; the runner-side kill of the command (see `provider::ssh`) follows moments
 /// later.
+/// The most of a pause's free-text `reason` copied into each tick report: the report refers
+/// to the pause (who, since when, the start of the note); the pause itself holds the note.
+pub const REPORT_PAUSE_REASON_BYTES: usize = 120;
+
+/// The pause as a tick report carries it: its `reason` clipped to
+/// [`REPORT_PAUSE_REASON_BYTES`] at a character boundary (`…` marks a cut), whatever was stored
+/// (a pause saved before the limit existed may hold far more).
+pub fn pause_for_report(mut p: report::Pause) -> report::Pause {
+    if let Some(r) = &mut p.reason
+        && r.len() > REPORT_PAUSE_REASON_BYTES
+    {
+        let mut end = REPORT_PAUSE_REASON_BYTES;
+        while !r.is_char_boundary(end) {
+            end -= 1;
+        }
+        r.truncate(end);
+        r.push('…');
+    }
+    p
+}
+
 const TICK_COMMAND_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The deadline of a tick's observation (resident or one-shot): `--observe-timeout` when it is
@@ -467,5 +488,27 @@ mod tests {
         assert_eq!(observe_deadline(s(60), s(600)), s(60));
         assert_eq!(observe_deadline(s(60), s(5)), s(5) + TICK_COMMAND_SLACK);
         assert_eq!(observe_deadline(s(5), s(5)), s(5) + TICK_COMMAND_SLACK);
+    }
+
+    #[test]
+    fn a_report_carries_only_the_start_of_a_pause_reason() {
+        let p = |reason: Option<String>| report::Pause {
+            key: "k".into(),
+            paused_by: "ops@box".into(),
+            reason,
+            since: "2026-01-01T00:00:00Z".into(),
+        };
+        let short = pause_for_report(p(Some("manual repair".into())));
+        assert_eq!(short.reason.as_deref(), Some("manual repair"));
+        assert_eq!(pause_for_report(p(None)).reason, None);
+        let long = pause_for_report(p(Some("é".repeat(1024 * 1024))));
+        let r = long.reason.unwrap();
+        assert!(
+            r.len() <= REPORT_PAUSE_REASON_BYTES + '…'.len_utf8(),
+            "{}",
+            r.len()
+        );
+        assert!(r.starts_with("éé") && r.ends_with('…'));
+        assert_eq!(long.paused_by, "ops@box");
     }
 }

@@ -313,19 +313,36 @@ async fn store_report_as(
     }
 }
 
+/// Failed-tick log lines, rate-limited per registration and reason.
+static FAILED_TICKS: std::sync::LazyLock<crate::ratelog::KindLog> =
+    std::sync::LazyLock::new(|| crate::ratelog::KindLog::new(crate::ratelog::EVERY));
+
 /// The one place a tick report becomes final: it is committed to SQLite (every trigger,
 /// scheduled, manual or cli, passes here exactly once per stored report). Whatever must follow
 /// a stored report (the log line, watchers, notifications) hangs off this function.
 async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
     // A failed tick is what an operator reading the journal looks for: WARN, so
     // `journalctl -p warning` shows it; the routine ones stay at INFO.
+    // The same failure over and over (a broken cloud.yaml ticked every second, or a client
+    // asking for ticks in a loop) is one line, then one count a minute: never a line per tick.
     if rec.report.event == TickEvent::Error {
-        tracing::warn!(
-            key = %rec.key,
-            event = %rec.event,
-            reason = rec.refused_reason.as_deref().unwrap_or(""),
-            "tick failed"
-        );
+        let reason = rec.refused_reason.as_deref().unwrap_or("");
+        let kind = format!("{} {}", rec.key, crate::ratelog::clip(reason, 200));
+        match FAILED_TICKS.admit(&kind, std::time::Instant::now()) {
+            crate::ratelog::Admit::Quiet => {}
+            crate::ratelog::Admit::Line => tracing::warn!(
+                key = %rec.key,
+                event = %rec.event,
+                reason,
+                "tick failed (the same failure again is counted, one line a minute)"
+            ),
+            crate::ratelog::Admit::Summary(n) => tracing::warn!(
+                key = %rec.key,
+                event = %rec.event,
+                reason,
+                "tick failed: {n} more ticks failed like this in the last minute"
+            ),
+        }
     } else {
         tracing::info!(
             key = %rec.key,
