@@ -1315,6 +1315,33 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
 #[test]
 fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
     let Some(mut rig) = SshRig::start("", &["--shutdown-grace", "2s"]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+    }));
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
+    let client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["tick"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !hanging_status(&rig).is_empty()),
+        "the tick never reached the hanging status"
+    );
+    let observer = hanging_status(&rig);
+    rig.daemon.terminate();
+    let _ = client.wait_with_output();
+    assert!(
+        wait_until(Duration::from_secs(30), || hanging_status(&rig).is_empty()),
+        "the runner-side observer outlived the daemon: {observer:?} still {:?}",
+        hanging_status(&rig)
+    );
+    rig.control(r#"{"step_seconds": 0.1}"#);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Hung runners never starve a healthy one (issue 21, item 1).
 
 /// Ten registrations whose runner observation hangs (their chain spec on the runner is a FIFO:
@@ -1347,22 +1374,6 @@ fn hung_runners_never_starve_a_healthy_registration() {
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
     }));
-    rig.ctl(&["register", "--every", "1h"]).ok();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
-    let client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["tick"]);
-    assert!(
-        wait_until(Duration::from_secs(30), || !hanging_status(&rig).is_empty()),
-        "the tick never reached the hanging status"
-    );
-    let observer = hanging_status(&rig);
-    rig.daemon.terminate();
-    let _ = client.wait_with_output();
-    assert!(
-        wait_until(Duration::from_secs(30), || hanging_status(&rig).is_empty()),
-        "the runner-side observer outlived the daemon: {observer:?} still {:?}",
-        hanging_status(&rig)
-    );
-    rig.control(r#"{"step_seconds": 0.1}"#);
 
     let mut hung = Vec::new();
     for i in 0..10 {

@@ -985,7 +985,6 @@ fn a_database_planted_by_another_user_or_open_to_others_is_refused_and_left_alon
     assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Issue 21, item 5: bounded input everywhere.
 

@@ -352,7 +352,11 @@ impl SshProvider {
             let Ok(master) = sessions.master(&target).await else {
                 return;
             };
-            let _permit = master.channel().await;
+            // The kill takes a session from the host's budget like any command; when none
+            // frees up in time the runner-side `timeout` still ends the group.
+            let Ok(_lease) = master.session(SESSION_WAIT).await else {
+                return;
+            };
             send_kill(&master.command(&remote)).await;
         })
     }
