@@ -51,8 +51,7 @@ pub async fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
-    let opened = Store::open_capped(&settings.db, settings.keep_ticks, settings.max_db_bytes).await;
-    let store = match opened {
+    let store = match Store::open(&settings.db, settings.keep_ticks).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
