@@ -1218,23 +1218,29 @@ fn exec_whose_client_is_killed_leaves_nothing_running_in_the_container() {
     );
     client.kill().unwrap();
     client.wait().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(30), || container_procs(&rig, &marker)
-            .is_empty()),
-        "the command outlived its client: {:#?}",
-        container_procs(&rig, &marker)
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || call_files(&rig).is_empty()),
-        "pid files left: {:?}",
-        call_files(&rig)
-    );
+    assert_runner_left_clean(&rig, &marker, "its client");
     // The same session still serves the next command.
     let next = rig.ctl(&["exec", "echo still-here"]);
     assert_eq!(next.code, Some(0), "{}\n{}", next.stdout, next.stderr);
     assert!(next.stdout.contains("still-here"), "{}", next.stdout);
     assert!(call_files(&rig).is_empty(), "{:?}", call_files(&rig));
     assert_serving(&rig.daemon);
+}
+
+/// Waits (safety net only) until no process of `marker` runs in the container and no call's
+/// pid file is left; `owner` names what the command should not have outlived.
+fn assert_runner_left_clean(rig: &SshRig, marker: &str, owner: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || container_procs(rig, marker)
+            .is_empty()),
+        "the command outlived {owner}: {:#?}",
+        container_procs(rig, marker)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || call_files(rig).is_empty()),
+        "pid files left: {:?}",
+        call_files(rig)
+    );
 }
 
 #[test]
@@ -1250,17 +1256,7 @@ fn exec_past_its_command_timeout_leaves_nothing_running_in_the_container() {
     ]);
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.json["error"], "deadline_exceeded", "{}", r.stdout);
-    assert!(
-        wait_until(Duration::from_secs(30), || container_procs(&rig, &marker)
-            .is_empty()),
-        "the command outlived its deadline: {:#?}",
-        container_procs(&rig, &marker)
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || call_files(&rig).is_empty()),
-        "pid files left: {:?}",
-        call_files(&rig)
-    );
+    assert_runner_left_clean(&rig, &marker, "its deadline");
     assert_serving(&rig.daemon);
 }
 
