@@ -10,6 +10,9 @@
 //! (`413`). Every connection carries one request (`Connection: close`). [`Receiver::start_tls`]
 //! serves the same over TLS (rustls) with a given certificate, as ntfy.sh and Slack do: a
 //! client that does not trust the certificate's CA never gets to send its request.
+//! [`Receiver::start_blackhole`] is the failure the fleet tests need: a receiver whose server
+//! accepts the TCP connection and then never answers (a hung ntfy or proxy), so a client only
+//! learns of it from its own timeout.
 //! [`Receiver::start_blackhole`] is the dead receiver of issue 21: it accepts every connection,
 //! reads the request and never answers (until [`Receiver::hang_up`]).
 
