@@ -31,6 +31,26 @@ pub struct Health {
     /// Scheduled ticks since this daemon started: due vs fired, and how late.
     #[serde(default)]
     pub schedule: ScheduleHealth,
+    /// The database's size against its cap, and what pruning removed to stay under it.
+    #[serde(default)]
+    pub storage: StorageHealth,
+}
+
+/// The database against `--max-db-size`. Above the cap the oldest tick reports and
+/// delivered/failed notifications are pruned (never the newest tick of a registration, a tick
+/// the watcher has not read, or an undelivered notification).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StorageHealth {
+    /// The database file and its write-ahead log on disk, in bytes.
+    pub size_bytes: u64,
+    /// The database's pages in use, in bytes: what the cap is measured against.
+    pub used_bytes: u64,
+    /// `--max-db-size`, in bytes.
+    pub max_bytes: u64,
+    /// Tick reports pruned to stay under the cap, over the database's life.
+    pub pruned_ticks: u64,
+    /// Delivered or failed notifications (outbox rows) pruned to stay under the cap.
+    pub pruned_notifications: u64,
 }
 
 /// The scheduler's account since start-up. Every occurrence that came due ends as exactly one

@@ -20,6 +20,15 @@ pub fn health(h: &Health) {
     );
     println!("  socket:        {}", h.socket);
     println!("  database:      {}", h.database);
+    let st = &h.storage;
+    println!(
+        "  database size: {} on disk ({} in use) of a {} cap; pruned {} ticks, {} notifications",
+        bytes_text(st.size_bytes),
+        bytes_text(st.used_bytes),
+        bytes_text(st.max_bytes),
+        st.pruned_ticks,
+        st.pruned_notifications
+    );
     println!("  state root:    {}", h.cloud_home);
     println!("  registrations: {}", h.registrations);
     println!(
@@ -38,6 +47,24 @@ pub fn health(h: &Health) {
         .map(|(k, p)| format!("{k}={}", p.as_deref().unwrap_or("missing")))
         .collect();
     println!("  tools:         {}", seen.join(" "));
+}
+
+/// 512 → "512 B", 1536 → "1.5 KiB", 268435456 → "256.0 MiB".
+pub fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in UNITS.iter().skip(1) {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
 }
 
 /// 109 → "1m49s", 7384 → "2h03m", 200000 → "2d07h".
@@ -421,6 +448,14 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc)
+    }
+
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(bytes_text(512), "512 B");
+        assert_eq!(bytes_text(1536), "1.5 KiB");
+        assert_eq!(bytes_text(256 << 20), "256.0 MiB");
+        assert_eq!(bytes_text(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub async fn run(settings: Settings) -> i32 {
             return 1;
         }
     };
-    let store = match Store::open(&settings.db, settings.keep_ticks).await {
+    let opened = Store::open_capped(&settings.db, settings.keep_ticks, settings.max_db_bytes).await;
+    let store = match opened {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");

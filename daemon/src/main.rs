@@ -53,9 +53,25 @@ fn main() {
         stderr_fmt.with_filter(filter()).boxed()
     };
     // The state root is private from its first mkdir (the log folder below is created inside
-    // it); an existing looser one is reported, never changed.
-    if let Err(e) = megaplan_cloudd::http::server::ensure_private_dir(&settings.cloud_home) {
-        eprintln!("megaplan-cloudd: warning: state root: {e}");
+    // it). An existing one must be ours, a real folder, closed to writes by others (refused
+    // otherwise, never changed); one others can only read is reported.
+    if let Err(e) = megaplan_cloudd::http::server::ensure_owned_dir(
+        &settings.cloud_home,
+        megaplan_cloudd::http::server::Owned::StateRoot,
+    ) {
+        eprintln!("megaplan-cloudd: state root: {e}");
+        std::process::exit(1);
+    }
+    if let Ok(meta) = std::fs::metadata(&settings.cloud_home) {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "megaplan-cloudd: warning: state root {} is mode {mode:04o}: group or others can read the daemon's files there; run `chmod 700 {}` if it is yours alone",
+                settings.cloud_home.display(),
+                settings.cloud_home.display()
+            );
+        }
     }
     let mut _guard = None;
     let file_layer = if settings.log_file {

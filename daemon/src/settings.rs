@@ -41,6 +41,11 @@ pub struct Args {
     /// Tick reports kept per registration (older ones are deleted).
     #[arg(long, env = "MEGAPLAN_CLOUDD_KEEP_TICKS", default_value_t = 500)]
     pub keep_ticks: u32,
+    /// Cap on the database's size (e.g. 256MiB, 64KiB, 1GiB; at least 64KiB). Above it the oldest
+    /// tick reports and delivered/failed notifications are pruned, oldest first (never the
+    /// newest tick of a registration, an unwatched tick or an undelivered notification).
+    #[arg(long, env = "MEGAPLAN_CLOUDD_MAX_DB_SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_db_size: u64,
     /// ssh client config passed as `ssh -F` (default: the user's ~/.ssh/config).
     #[arg(long, env = "MEGAPLAN_CLOUDD_SSH_CONFIG")]
     pub ssh_config: Option<PathBuf>,
@@ -81,6 +86,8 @@ pub struct Settings {
     pub max_ticks_per_host: usize,
     pub command_timeout: Duration,
     pub keep_ticks: u32,
+    /// `--max-db-size` in bytes.
+    pub max_db_bytes: u64,
     pub shutdown_grace: Duration,
     pub log_file: bool,
     pub max_connections: usize,
@@ -120,6 +127,7 @@ impl Settings {
             max_ticks_per_host: args.max_ticks_per_host.max(1),
             command_timeout: args.command_timeout,
             keep_ticks: args.keep_ticks.max(1),
+            max_db_bytes: args.max_db_size,
             shutdown_grace: args.shutdown_grace,
             log_file: !args.no_log_file,
             max_connections: args.max_connections.max(1),
@@ -161,9 +169,63 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_secs(secs))
 }
 
+/// The smallest `--max-db-size`: below it the empty schema alone would be over the cap.
+pub const MIN_DB_SIZE: u64 = 64 * 1024;
+
+/// Why a size flag was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a size; use e.g. 256MiB, 64KiB, 1GiB or a number of bytes")]
+    NotASize(String),
+    #[error("{0:?} is below the smallest database cap of 64KiB; use e.g. 256MiB")]
+    TooSmall(String),
+}
+
+/// `256MiB`, `64KiB`, `1GiB`, `512K`, `2M`, `1G` (binary units, case-insensitive, optional
+/// `B`/`iB`), or plain bytes; at least [`MIN_DB_SIZE`].
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| SizeError::NotASize(text.to_string()))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(SizeError::NotASize(text.to_string())),
+    };
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| SizeError::NotASize(text.to_string()))?;
+    if bytes < MIN_DB_SIZE {
+        return Err(SizeError::TooSmall(text.to_string()));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("100000").unwrap(), 100_000);
+        assert_eq!(
+            parse_size("1KiB").unwrap_err().to_string(),
+            "\"1KiB\" is below the smallest database cap of 64KiB; use e.g. 256MiB"
+        );
+        assert!(matches!(parse_size("12xb"), Err(SizeError::NotASize(_))));
+        assert!(matches!(parse_size("MiB"), Err(SizeError::NotASize(_))));
+        assert!(matches!(
+            parse_size("99999999999999G"),
+            Err(SizeError::NotASize(_))
+        ));
+    }
 
     #[test]
     fn durations() {

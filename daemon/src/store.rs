@@ -5,17 +5,19 @@
 //! reports arrive already redacted.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use megaplan_cloud_api::report::{NextAction, TickEvent, TickReport, read_stored, to_sorted_value};
-use megaplan_cloud_api::wire::{Registration, TickCounters, TickRecord};
+use megaplan_cloud_api::wire::{Registration, StorageHealth, TickCounters, TickRecord};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
 
@@ -80,13 +82,32 @@ pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
     keep_ticks_per_key: u32,
+    cap: Arc<Cap>,
 }
+
+/// The size cap (`--max-db-size`) and the state of pruning to it.
+#[derive(Debug)]
+struct Cap {
+    max_bytes: u64,
+    /// One pruning pass at a time; a tick finding one running leaves the work to it.
+    pruning: tokio::sync::Mutex<()>,
+    /// Set while everything prunable is gone and the database is still over the cap, so that
+    /// is logged once, not after every tick.
+    stuck_warned: AtomicBool,
+}
+
+/// Rows deleted per pruning transaction (ticks, then as many outbox rows).
+const PRUNE_BATCH: i64 = 64;
+
+/// Pruning stops at this share of the cap (in tenths), so it runs seldom, not after every tick.
+const PRUNE_TO_TENTHS: u64 = 9;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("path", &self.path)
             .field("keep_ticks_per_key", &self.keep_ticks_per_key)
+            .field("max_bytes", &self.cap.max_bytes)
             .finish()
     }
 }
@@ -110,6 +131,17 @@ impl Store {
     /// migration this binary does not know) and a file that is not a SQLite database.
     /// `keep_ticks_per_key` (at least 1) bounds the stored ticks of each registration.
     pub async fn open(path: &Path, keep_ticks_per_key: u32) -> Result<Store, StoreError> {
+        Store::open_capped(path, keep_ticks_per_key, u64::MAX).await
+    }
+
+    /// [`Store::open`] with a cap on the database's size (`--max-db-size`): a database over it
+    /// is pruned before this returns, and after every stored tick that takes it over
+    /// ([`Store::enforce_cap`]).
+    pub async fn open_capped(
+        path: &Path,
+        keep_ticks_per_key: u32,
+        max_bytes: u64,
+    ) -> Result<Store, StoreError> {
         let shown = path.display();
         prepare_file(path)?;
         check_not_newer(path).await?;
@@ -120,7 +152,21 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Pages freed by pruning can be given back to the file system
+            // (`PRAGMA incremental_vacuum`), so the file shrinks under the cap too. Takes effect
+            // on a new database; an older one is converted once below.
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
+            // The WAL counts against the cap too: checkpoint it at about a quarter of the cap
+            // (SQLite's default of 1000 pages at most) and truncate it back to that size.
+            .pragma(
+                "wal_autocheckpoint",
+                (max_bytes / 4 / 4096).clamp(16, 1000).to_string(),
+            )
+            .pragma(
+                "journal_size_limit",
+                i64::try_from(max_bytes / 4).unwrap_or(-1).to_string(),
+            );
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .after_release(|conn, _| {
@@ -149,11 +195,203 @@ impl Store {
                 ),
             });
         }
-        Ok(Store {
+        let store = Store {
             pool,
             path: path.to_path_buf(),
             keep_ticks_per_key: keep_ticks_per_key.max(1),
-        })
+            cap: Arc::new(Cap {
+                max_bytes,
+                pruning: tokio::sync::Mutex::new(()),
+                stuck_warned: AtomicBool::new(false),
+            }),
+        };
+        store.convert_to_incremental_vacuum().await;
+        if let Err(e) = store.enforce_cap().await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// A database created before the size cap has `auto_vacuum = NONE`: one VACUUM turns on
+    /// incremental vacuum (it rewrites the file once). Best effort: without it pruning still
+    /// keeps the pages in use under the cap, the file just does not shrink.
+    async fn convert_to_incremental_vacuum(&self) {
+        let mode: Result<i64, sqlx::Error> = sqlx::query("PRAGMA auto_vacuum")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0));
+        if matches!(mode, Ok(2)) {
+            return;
+        }
+        if let Err(e) = sqlx::query("VACUUM").execute(&self.pool).await {
+            tracing::warn!(
+                db = %self.path.display(),
+                "cannot turn on incremental vacuum ({e}); pruning keeps the database's pages under --max-db-size but the file will not shrink"
+            );
+        }
+    }
+
+    /// The cap in bytes (`--max-db-size`).
+    pub fn max_bytes(&self) -> u64 {
+        self.cap.max_bytes
+    }
+
+    /// Pages in use (all pages minus the free list), in bytes.
+    async fn used_bytes(&self) -> Result<u64, StoreError> {
+        let used: i64 = sqlx::query(
+            "SELECT (p.page_count - f.freelist_count) * s.page_size
+             FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| self.failed("measuring the database", e))?;
+        Ok(non_negative(used))
+    }
+
+    /// Keep the database under its cap: when the pages in use exceed it, delete the oldest
+    /// prunable rows in small transactions until they are under nine tenths of it, then give
+    /// the freed pages back and checkpoint the WAL. Prunable: tick reports the watcher has read
+    /// that are not the newest of their registration, and delivered or failed outbox rows
+    /// (never a pending one). Returns how many rows were deleted.
+    pub async fn enforce_cap(&self) -> Result<u64, StoreError> {
+        let Ok(_pass) = self.cap.pruning.try_lock() else {
+            return Ok(0);
+        };
+        let max = self.cap.max_bytes;
+        let used = self.used_bytes().await?;
+        if used <= max {
+            self.cap.stuck_warned.store(false, Ordering::Relaxed);
+            return Ok(0);
+        }
+        let target = max / 10 * PRUNE_TO_TENTHS;
+        let mut pruned = 0u64;
+        let mut now_used = used;
+        while now_used > target {
+            let n = self.prune_batch().await?;
+            if n == 0 {
+                break;
+            }
+            pruned += n;
+            now_used = self.used_bytes().await?;
+        }
+        if pruned > 0 {
+            // Both best effort: pruning is already committed.
+            let _ = sqlx::query("PRAGMA incremental_vacuum")
+                .execute(&self.pool)
+                .await;
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
+            tracing::info!(
+                db = %self.path.display(),
+                pruned,
+                used_before = used,
+                used_after = now_used,
+                max_bytes = max,
+                "pruned the oldest rows to keep the database under --max-db-size"
+            );
+        }
+        if now_used > max {
+            if !self.cap.stuck_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    db = %self.path.display(),
+                    used_bytes = now_used,
+                    max_bytes = max,
+                    "the database is over --max-db-size with nothing left to prune (registrations, newest ticks and undelivered notifications are kept); raise --max-db-size"
+                );
+            }
+        } else {
+            self.cap.stuck_warned.store(false, Ordering::Relaxed);
+        }
+        Ok(pruned)
+    }
+
+    /// One pruning transaction: the oldest [`PRUNE_BATCH`] prunable ticks, then the finished
+    /// outbox rows created up to the newest of them (or, with no tick left to prune, the oldest
+    /// [`PRUNE_BATCH`] finished ones), so both go oldest first. Counted in `counters`.
+    async fn prune_batch(&self) -> Result<u64, StoreError> {
+        let what = "pruning the database to its size cap";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        let finished: Vec<String> = sqlx::query(
+            "DELETE FROM ticks WHERE id IN (
+                 SELECT id FROM ticks
+                 WHERE id <= COALESCE((SELECT last_tick_id FROM watch_cursor WHERE id = 1), 0)
+                   AND id NOT IN (SELECT MAX(id) FROM ticks GROUP BY key)
+                 ORDER BY id LIMIT ?1)
+             RETURNING finished_at",
+        )
+        .bind(PRUNE_BATCH)
+        .fetch_all(&mut *tx)
+        .await
+        .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect())
+        .map_err(|e| self.failed(what, e))?;
+        let up_to = finished.iter().max();
+        let outbox = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE status IN ('delivered', 'failed') AND (?1 IS NULL OR created_at <= ?1)
+                 ORDER BY id LIMIT ?2)",
+        )
+        .bind(up_to.cloned())
+        .bind(PRUNE_BATCH)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed(what, e))?
+        .rows_affected();
+        let ticks = finished.len() as u64;
+        for (name, n) in [("pruned_ticks", ticks), ("pruned_notifications", outbox)] {
+            sqlx::query(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            )
+            .bind(name)
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(what, e))?;
+        }
+        tx.commit().await.map_err(|e| self.failed(what, e))?;
+        Ok(ticks + outbox)
+    }
+
+    /// The database against its cap, for `daemon status`.
+    pub async fn storage(&self) -> Result<StorageHealth, StoreError> {
+        let used_bytes = self.used_bytes().await?;
+        let what = "reading the pruning counters";
+        let rows = sqlx::query(
+            "SELECT name, value FROM counters WHERE name IN ('pruned_ticks', 'pruned_notifications')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        let mut h = StorageHealth {
+            used_bytes,
+            max_bytes: self.cap.max_bytes,
+            ..StorageHealth::default()
+        };
+        for row in rows {
+            let name: String = row.try_get(0).map_err(|e| self.failed(what, e))?;
+            let value = non_negative(row.try_get(1).map_err(|e| self.failed(what, e))?);
+            match name.as_str() {
+                "pruned_ticks" => h.pruned_ticks = value,
+                "pruned_notifications" => h.pruned_notifications = value,
+                _ => {}
+            }
+        }
+        let mut wal = self.path.as_os_str().to_os_string();
+        wal.push("-wal");
+        h.size_bytes = [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(h)
     }
 
     pub fn path(&self) -> &Path {
@@ -354,6 +592,10 @@ impl Store {
         .await
         .map_err(|e| self.failed("applying tick retention", e))?;
         tx.commit().await.map_err(|e| self.failed(what, e))?;
+        // The tick is stored whatever pruning then finds: a failure there is only logged.
+        if let Err(e) = self.enforce_cap().await {
+            tracing::warn!("{e}");
+        }
         Ok(TickRecord {
             id,
             key: t.key.clone(),
@@ -808,6 +1050,117 @@ mod tests {
             },
             due_at: (n % 2 == 0).then_some(started_at),
         }
+    }
+
+    fn padded_tick(key: &str, n: i64) -> NewTick {
+        let mut t = tick(key, n, true);
+        t.report.extra = json!({"n": n, "pad": "x".repeat(2000)})
+            .as_object()
+            .cloned()
+            .unwrap();
+        t
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_the_oldest_rows_go_and_pending_newest_and_unwatched_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloudd.db");
+        let cap = 128 * 1024;
+        let store = Store::open_capped(&path, 10_000, cap).await.unwrap();
+        // Unwatched ticks are never pruned: all of these stay while the cursor is at 0.
+        for n in 0..60 {
+            store.insert_tick(&padded_tick("a", n)).await.unwrap();
+        }
+        for n in 60..120 {
+            store.insert_tick(&padded_tick("b", n)).await.unwrap();
+        }
+        assert_eq!(count(&store, "SELECT count(*) FROM ticks").await, 120);
+        assert!(store.used_bytes().await.unwrap() > cap);
+        for (status, n) in [("delivered", 40), ("failed", 10), ("pending", 3)] {
+            for _ in 0..n {
+                sqlx::query(
+                    "INSERT INTO outbox (key, event, sink, body, created_at, status, next_attempt_at)
+                     VALUES ('a', 'e', '{}', ?1, '2020-01-01T00:00:00.000Z', ?2, '2999-01-01T00:00:00.000Z')",
+                )
+                .bind("y".repeat(1000))
+                .bind(status)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            }
+        }
+        let newest_a = count(&store, "SELECT MAX(id) FROM ticks WHERE key = 'a'").await;
+        let last = count(&store, "SELECT MAX(id) FROM ticks").await;
+        // The watcher has read all but the last 5 ticks.
+        sqlx::query("UPDATE watch_cursor SET last_tick_id = ?1")
+            .bind(last - 5)
+            .execute(store.pool())
+            .await
+            .unwrap();
+
+        let pruned = store.enforce_cap().await.unwrap();
+        assert!(pruned > 0);
+        assert!(store.used_bytes().await.unwrap() <= cap);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM outbox WHERE status = 'pending'"
+            )
+            .await,
+            3
+        );
+        assert_eq!(
+            count(
+                &store,
+                &format!("SELECT count(*) FROM ticks WHERE id > {}", last - 5)
+            )
+            .await,
+            5
+        );
+        assert_eq!(
+            count(
+                &store,
+                &format!("SELECT count(*) FROM ticks WHERE id = {newest_a}")
+            )
+            .await,
+            1
+        );
+        // Oldest first: what is left of the ticks is a suffix by id (plus a's newest).
+        let left = count(&store, "SELECT count(*) FROM ticks").await;
+        let min_other = count(
+            &store,
+            &format!("SELECT MIN(id) FROM ticks WHERE id != {newest_a}"),
+        )
+        .await;
+        assert!(newest_a < min_other);
+        assert_eq!(left - 1, last - min_other + 1);
+        let h = store.storage().await.unwrap();
+        let finished_left = count(
+            &store,
+            "SELECT count(*) FROM outbox WHERE status != 'pending'",
+        )
+        .await;
+        assert_eq!(h.pruned_ticks, 120 - u64::try_from(left).unwrap());
+        assert_eq!(
+            h.pruned_notifications,
+            50 - u64::try_from(finished_left).unwrap()
+        );
+        assert_eq!(h.pruned_ticks + h.pruned_notifications, pruned);
+        assert_eq!(h.max_bytes, cap);
+        // The freed pages went back to the file system.
+        assert!(h.size_bytes <= cap + cap / 2, "{h:?}");
+        // Under the cap now: nothing more to do.
+        assert_eq!(store.enforce_cap().await.unwrap(), 0);
+        store.close().await;
     }
 
     async fn open(dir: &tempfile::TempDir, keep: u32) -> Store {

@@ -694,3 +694,141 @@ fn two_thousand_registrations_tick_on_schedule_after_a_restart() {
     assert!(fired + skipped + missed <= due, "{s}");
     assert!(fired >= 2 * n as u64, "{s}");
 }
+
+/// A number from a `sqlite3` answer.
+fn count(db: &Path, sql: &str) -> u64 {
+    sqlite(db, sql)
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The database file and its WAL on disk, in bytes.
+fn db_bytes(db: &Path) -> u64 {
+    [
+        db.to_path_buf(),
+        PathBuf::from(format!("{}-wal", db.display())),
+    ]
+    .iter()
+    .filter_map(|p| std::fs::metadata(p).ok())
+    .map(|m| m.len())
+    .sum()
+}
+
+#[test]
+fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_notifications() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let mut d = Daemon::start_in(dir.clone(), &[], &[]);
+    let db = d.home.join("cloudd.db");
+    let work = d.dir.join("work");
+    let cy = write_cloud_yaml(&work, "a");
+    let cys = cy.to_str().unwrap();
+    ok(d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    ));
+    let key = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+    drop(d);
+
+    // Months of history, written while the daemon is stopped: 3000 tick reports of ~1 KiB the
+    // watcher has read, 200 delivered notifications and 5 still undelivered.
+    let pad = "hex(randomblob(500))";
+    sqlite(
+        &db,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO ticks (key, cloud_yaml, tick_trigger, started_at, finished_at, duration_ms,
+                                success, event, next_action, acted, refused_reason, report)
+             SELECT '{key}', '{cys}', 'manual', '2020-01-01T00:00:00.000Z',
+                    strftime('%Y-%m-%dT%H:%M:%S.000Z', '2020-01-01', '+' || i || ' minutes'), 0, 0,
+                    'supervisor_error', 'none', 0, NULL, json_object('pad', {pad}) FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+             INSERT INTO outbox (key, event, sink, body, created_at, status, attempts, next_attempt_at, finished_at)
+             SELECT '{key}', 'stalled', '{{\"kind\":\"command\",\"argv\":[\"true\"]}}', {pad},
+                    '2020-01-01T00:00:00.000Z', 'delivered', 1, '2020-01-01T00:00:00.000Z',
+                    '2020-01-01T00:00:01.000Z' FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5)
+             INSERT INTO outbox (key, event, sink, body, created_at, status, attempts, next_attempt_at)
+             SELECT '{key}', 'stalled', '{{\"kind\":\"command\",\"argv\":[\"true\"]}}', {pad},
+                    '2020-01-01T00:00:00.000Z', 'pending', 0, '2999-01-01T00:00:00.000Z' FROM n;
+             UPDATE watch_cursor SET last_tick_id = (SELECT MAX(id) FROM ticks);"
+        ),
+    );
+    let newest = count(&db, "SELECT MAX(id) FROM ticks;");
+    assert!(
+        db_bytes(&db) > 2 << 20,
+        "the history is smaller than planned"
+    );
+
+    let cap: u64 = 256 * 1024;
+    // Per-registration retention is set out of the way: what goes here goes by the cap.
+    let mut d = Daemon::start_in(
+        dir.clone(),
+        &[],
+        &["--max-db-size", "256KiB", "--keep-ticks", "100000"],
+    );
+    // More ticks on top, each stored and the cap kept after each.
+    for _ in 0..5 {
+        let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+        assert_eq!(t["key"], key.as_str(), "{t}");
+    }
+    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"]));
+    let s = &st["storage"];
+    let pruned_ticks = s["pruned_ticks"].as_u64().unwrap();
+    let pruned_notes = s["pruned_notifications"].as_u64().unwrap();
+    assert!(pruned_ticks > 0 && pruned_notes > 0, "{s}");
+    assert_eq!(s["max_bytes"], cap, "{s}");
+    assert!(s["used_bytes"].as_u64().unwrap() <= cap, "{s}");
+    // Slack: SQLite checkpoints the WAL at a quarter of the cap, plus a tick's pages.
+    assert!(s["size_bytes"].as_u64().unwrap() <= cap + cap / 2, "{s}");
+    assert!(
+        db_bytes(&db) <= cap + cap / 2,
+        "{} bytes on disk",
+        db_bytes(&db)
+    );
+
+    // What pruning removed is counted exactly, and only prunable rows went.
+    let ticks_left = count(&db, "SELECT count(*) FROM ticks;");
+    assert_eq!(ticks_left + pruned_ticks, 3000 + 1 + 5, "{s}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered';"
+        ) + pruned_notes,
+        200,
+        "{s}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox WHERE status = 'pending';"),
+        5,
+        "an undelivered notification was pruned"
+    );
+    // Oldest first: the first real tick and the oldest history went; the newest ticks stayed.
+    assert_eq!(count(&db, "SELECT count(*) FROM ticks WHERE id = 1;"), 0);
+    assert!(count(&db, "SELECT MIN(id) FROM ticks;") > 1);
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM ticks WHERE id > {newest};")
+        ),
+        5
+    );
+    let remaining_min = count(&db, "SELECT MIN(id) FROM ticks;");
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM ticks WHERE id >= {remaining_min};")
+        ),
+        ticks_left,
+        "the ticks left are not the newest ones"
+    );
+    // The registration itself is untouched and still served.
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
+    assert_eq!(regs.as_array().map(Vec::len), Some(1), "{regs}");
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+}

@@ -639,7 +639,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let Some(mount) = MountGuard::mount(
-        &["-t", "tmpfs", "-o", "size=2m", "tmpfs"],
+        &["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"],
         &dir.join("home"),
     ) else {
         return;

@@ -781,6 +781,211 @@ fn a_foreign_remote_dir_on_the_docker_host_is_refused_and_its_files_untouched() 
 }
 
 // ---------------------------------------------------------------------------------------------
+// One database, one owner (issue 21, item 4): the lock is on the database file itself, and the
+// database, its companions and its folder follow the socket folder's rule.
+
+/// A folder of our own (0700) under `parent`.
+fn private_dir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&d)
+        .unwrap();
+    d
+}
+
+/// Scheduled tick rows and the number of (key, due_at) pairs stored more than once.
+fn scheduled_rows_and_doubles(db: &Path) -> (u64, u64) {
+    let rows = sqlite(
+        db,
+        "SELECT count(*) FROM ticks WHERE tick_trigger = 'schedule';",
+    );
+    let doubles = sqlite(
+        db,
+        "SELECT count(*) FROM (SELECT key, due_at FROM ticks WHERE tick_trigger = 'schedule'
+         GROUP BY key, due_at HAVING count(*) > 1);",
+    );
+    (rows.parse().unwrap(), doubles.parse().unwrap())
+}
+
+#[test]
+fn a_second_daemon_on_a_symlink_or_hard_link_to_the_database_is_refused_and_the_first_keeps_ticking()
+ {
+    let d = Daemon::start(&[], &[]);
+    let db = d.home.join("cloudd.db");
+    let work = private_dir(&d.dir, "work");
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let reg = post(
+        &d.socket,
+        "/v1/clouds",
+        &serde_json::json!({"cloud_yaml": cy, "every_secs": 2}),
+    );
+    assert!(reg.starts_with("HTTP/1.1 200"), "{reg}");
+    assert!(
+        wait_until(PATIENCE, || scheduled_rows_and_doubles(&db).0 >= 1),
+        "the first daemon never ticked: {}",
+        d.log_text()
+    );
+
+    let links = private_dir(&d.dir, "links");
+    let sym = links.join("sym.db");
+    let hard = links.join("hard.db");
+    std::os::unix::fs::symlink(&db, &sym).unwrap();
+    std::fs::hard_link(&db, &hard).unwrap();
+    let pid = format!("pid {}", d.pid());
+    for (name, link) in [("symlink", &sym), ("hard link", &hard)] {
+        let other_home = d.dir.join(format!("home-{}", name.replace(' ', "-")));
+        let other_sock = d.dir.join("run2").join(format!("{}.sock", name.len()));
+        let out = daemon_output(
+            &[("MEGAPLAN_CLOUD_HOME", &other_home)],
+            &[
+                "--no-log-file",
+                "--socket",
+                other_sock.to_str().unwrap(),
+                "--db",
+                link.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a second daemon ran on a {name} to the database: {err}"
+        );
+        assert!(err.contains(link.to_str().unwrap()), "{name}: {err}");
+        assert!(err.contains(&pid), "{name}: the holder is not named: {err}");
+        assert!(
+            !other_sock.exists(),
+            "{name}: the second daemon bound its socket"
+        );
+    }
+    // The symlink's refusal names the real path to pass instead.
+    let out = daemon_output(
+        &[("MEGAPLAN_CLOUD_HOME", &d.dir.join("home-again"))],
+        &[
+            "--no-log-file",
+            "--socket",
+            d.dir.join("run2").join("again.sock").to_str().unwrap(),
+            "--db",
+            sym.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is a symlink") && err.contains(&format!("pass --db {}", db.display())),
+        "{err}"
+    );
+
+    // The first keeps ticking, alone: two more occurrences, each stored exactly once.
+    let (before, _) = scheduled_rows_and_doubles(&db);
+    assert!(
+        wait_until(PATIENCE, || scheduled_rows_and_doubles(&db).0 >= before + 2),
+        "the first daemon stopped ticking: {}",
+        d.log_text()
+    );
+    let (rows, doubles) = scheduled_rows_and_doubles(&db);
+    assert!(rows >= before + 2);
+    assert_eq!(doubles, 0, "an occurrence was ticked twice");
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn a_database_planted_by_another_user_or_open_to_others_is_refused_and_left_alone() {
+    if !is_root() {
+        megaplan_cloud_e2e::skip_or_panic("this test needs root (it chowns files to nobody)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = private_dir(tmp.path(), "home");
+    let sock = |n: &str| tmp.path().join("run").join(format!("{n}.sock"));
+    let run = |db: &Path, n: &str| {
+        let out = daemon_output(
+            &[("MEGAPLAN_CLOUD_HOME", &home)],
+            &[
+                "--no-log-file",
+                "--socket",
+                sock(n).to_str().unwrap(),
+                "--db",
+                db.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "the daemon used {}: {err}",
+            db.display()
+        );
+        assert!(!sock(n).exists());
+        err
+    };
+
+    // Like /tmp: world-writable with the sticky bit; another user pre-created x.db, 0666.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = shared.join("x.db");
+    std::fs::write(&planted, b"").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    chown(&planted, NOBODY);
+    let err = run(&planted, "planted");
+    assert!(
+        err.contains(planted.to_str().unwrap())
+            && err.contains("not by us")
+            && err.contains("another --db"),
+        "{err}"
+    );
+    // Never migrated, chmodded or chowned.
+    let meta = std::fs::metadata(&planted).unwrap();
+    assert_eq!((meta.len(), meta.uid(), mode(&planted)), (0, NOBODY, 0o666));
+    assert!(!shared.join("x.db.lock").exists());
+
+    // A new database in that folder is refused too, naming the folder.
+    let err = run(&shared.join("new.db"), "shared");
+    assert!(
+        err.contains("mode 1777") && err.contains("another --db"),
+        "{err}"
+    );
+    assert!(!shared.join("new.db").exists());
+    assert_eq!(mode(&shared), 0o1777);
+
+    // Our own database that others can write is refused, naming the fix.
+    let mine = private_dir(tmp.path(), "mine");
+    let loose = mine.join("loose.db");
+    std::fs::write(&loose, b"").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = run(&loose, "loose");
+    assert!(
+        err.contains(loose.to_str().unwrap()) && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(mode(&loose), 0o666);
+
+    // -wal and -shm files that are not ours are refused before SQLite could read them.
+    for (suffix, uid, file_mode) in [("-wal", NOBODY, 0o600), ("-shm", 0, 0o666)] {
+        let db = mine.join(format!("c{suffix}.db"));
+        let companion = PathBuf::from(format!("{}{suffix}", db.display()));
+        std::fs::write(&companion, b"").unwrap();
+        std::fs::set_permissions(&companion, std::fs::Permissions::from_mode(file_mode)).unwrap();
+        chown(&companion, uid);
+        let err = run(&db, suffix);
+        assert!(err.contains(companion.to_str().unwrap()), "{suffix}: {err}");
+        assert!(!db.exists(), "{suffix}: the database was created");
+    }
+
+    // A new database (and its folder) is created private.
+    let fresh = tmp.path().join("fresh").join("state").join("cloudd.db");
+    let fresh_s = fresh.to_str().unwrap().to_string();
+    let mut d = Daemon::start(&[], &["--db", &fresh_s]);
+    assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
+    assert_eq!(mode(&fresh), 0o600);
+    assert_eq!(mode(fresh.parent().unwrap()), 0o700);
+    let wal = PathBuf::from(format!("{fresh_s}-wal"));
+    assert_eq!(mode(&wal) & 0o077, 0, "the WAL");
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 21, item 5: bounded input everywhere.
 
 /// A local cloud.yaml in `d`'s folder, registered; returns its path and key.

@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
     // A store that cannot be read is reported as such (503), never as "0 registrations".
-    let (registrations, ticks) = match (
+    let (registrations, ticks, storage) = match (
         state.store.count_registrations().await,
         state.store.tick_counters().await,
+        state.store.storage().await,
     ) {
-        (Ok(r), Ok(t)) => (r, t),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(r), Ok(t), Ok(s)) => (r, t, s),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             return Err(ApiError::with_status(
                 StatusCode::SERVICE_UNAVAILABLE,
                 e.into(),
@@ -46,5 +47,6 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
         ssh_sessions: state.ssh.count() as u64,
         shutting_down: state.shutdown.is_cancelled(),
         schedule: state.scheduler.health(),
+        storage,
     }))
 }

@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -114,12 +115,28 @@ pub enum SocketError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("{} must be a directory of our own, not a symlink or a file; remove it or choose another --socket in a new folder", dir.display())]
-    NotADirectory { dir: PathBuf },
-    #[error("{} is owned by uid {owner}, not by us (uid {me}); megaplan-cloudd only uses folders of its own: choose another --socket in a new folder", dir.display())]
-    NotOurs { dir: PathBuf, owner: u32, me: u32 },
-    #[error("{} is mode {mode:04o}: group or others can enter it, so it cannot hold the daemon's socket or state. megaplan-cloudd never changes a folder's mode: run `chmod 700 {}` if the folder is yours alone, or choose another --socket in a new folder (created 0700)", dir.display(), dir.display())]
-    OpenToOthers { dir: PathBuf, mode: u32 },
+    #[error("{} must be {} of our own, not a symlink or anything else; {}", dir.display(), role.kind(), role.fix(dir))]
+    NotADirectory { dir: PathBuf, role: Owned },
+    #[error("{} is owned by uid {owner}, not by us (uid {me}); megaplan-cloudd only uses {} of its own: {}", dir.display(), role.plural(), role.fix(dir))]
+    NotOurs {
+        dir: PathBuf,
+        owner: u32,
+        me: u32,
+        role: Owned,
+    },
+    #[error("{} is mode {mode:04o}: {}", dir.display(), role.open_to_others(dir))]
+    OpenToOthers {
+        dir: PathBuf,
+        mode: u32,
+        role: Owned,
+    },
+    #[error("--db {} is a symlink to {}{in_use}; megaplan-cloudd opens its database by its real path only, so that one lock covers every name of the file: pass --db {} instead", db.display(), target.display(), target.display())]
+    SymlinkedDatabase {
+        db: PathBuf,
+        target: PathBuf,
+        /// ` (megaplan-cloudd pid N is using that database)` when one is, else empty.
+        in_use: String,
+    },
     #[error("cannot open lock file {}: {source}", path.display())]
     OpenLock {
         path: PathBuf,
@@ -159,10 +176,103 @@ pub enum SocketError {
     },
 }
 
+/// What a path the daemon owns is for. One rule covers them all: the path is not a symlink, it
+/// is of the expected type, it is owned by us, and group/others cannot write it (the socket
+/// folder: cannot enter it at all). The role decides the type, the forbidden mode bits and the
+/// fix a refusal names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    /// The socket's folder (and the other private folders: ssh control sockets, logs).
+    SocketFolder,
+    /// The state root (`$MEGAPLAN_CLOUD_HOME`, `~/.megaplan/cloud`).
+    StateRoot,
+    /// The folder holding the database.
+    DatabaseFolder,
+    /// The database file itself.
+    Database,
+    /// A file SQLite or the daemon keeps beside the database: `-wal`, `-shm`, `-journal`, `.lock`.
+    DatabaseCompanion,
+}
+
+impl Owned {
+    fn is_dir(self) -> bool {
+        matches!(
+            self,
+            Owned::SocketFolder | Owned::StateRoot | Owned::DatabaseFolder
+        )
+    }
+
+    /// Mode bits the path must not have.
+    fn forbidden(self) -> u32 {
+        match self {
+            Owned::SocketFolder => 0o077,
+            _ => 0o022,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        if self.is_dir() {
+            "a directory"
+        } else {
+            "a regular file"
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        if self.is_dir() { "folders" } else { "files" }
+    }
+
+    /// What to do instead, for a path that is not ours or not of the right type.
+    fn fix(self, p: &Path) -> String {
+        match self {
+            Owned::SocketFolder => {
+                "remove it or choose another --socket in a new folder".to_string()
+            }
+            Owned::StateRoot => format!(
+                "set MEGAPLAN_CLOUD_HOME (or $HOME) to a folder of your own instead of {}",
+                p.display()
+            ),
+            Owned::DatabaseFolder => {
+                "choose another --db in a folder of your own (a missing one is created 0700)"
+                    .to_string()
+            }
+            Owned::Database | Owned::DatabaseCompanion => format!(
+                "move {} aside (with no megaplan-cloudd running on it) or choose another --db; a new database is created 0600",
+                p.display()
+            ),
+        }
+    }
+
+    /// The refusal of a path whose mode lets group or others in.
+    fn open_to_others(self, p: &Path) -> String {
+        let p = p.display();
+        match self {
+            Owned::SocketFolder => format!(
+                "group or others can enter it, so it cannot hold the daemon's socket or state. megaplan-cloudd never changes a folder's mode: run `chmod 700 {p}` if the folder is yours alone, or choose another --socket in a new folder (created 0700)"
+            ),
+            Owned::StateRoot => format!(
+                "group or others can write in it, so another user could replace the daemon's files. megaplan-cloudd never changes a folder's mode: run `chmod 700 {p}` if the folder is yours alone, or set MEGAPLAN_CLOUD_HOME to a folder of your own"
+            ),
+            Owned::DatabaseFolder => format!(
+                "group or others can write in it, so another user could plant or replace the database's files. megaplan-cloudd never changes a folder's mode: run `chmod 700 {p}` if the folder is yours alone, or choose another --db in a folder of your own (a missing one is created 0700)"
+            ),
+            Owned::Database | Owned::DatabaseCompanion => format!(
+                "group or others can write it, so another user could change the daemon's registrations. megaplan-cloudd never changes a file's mode: run `chmod 600 {p}` if the file is yours alone, else move it aside (with no megaplan-cloudd running on it) or choose another --db; a new database is created 0600"
+            ),
+        }
+    }
+}
+
 /// Create `dir` (and missing parents) with mode 0700, or check an existing one: a real
 /// directory (not a symlink), owned by us, no group/other permission bits. Never chmods:
 /// a folder we did not create is not ours to change.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), SocketError> {
+    ensure_owned_dir(dir, Owned::SocketFolder)
+}
+
+/// Create `dir` (and missing parents) with mode 0700, or check an existing one by the rule of
+/// `role` ([`check_owned`]). Never chmods.
+pub fn ensure_owned_dir(dir: &Path, role: Owned) -> Result<(), SocketError> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match std::fs::DirBuilder::new()
@@ -189,32 +299,51 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SocketError> {
         }
         Ok(_) => {}
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| SocketError::Inspect {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    check_private_dir(dir, &meta, current_uid())
+    check_path(dir, role)
 }
 
-/// The decision of [`ensure_private_dir`] on an existing path's facts.
-pub fn check_private_dir(dir: &Path, meta: &std::fs::Metadata, me: u32) -> Result<(), SocketError> {
-    if meta.file_type().is_symlink() || !meta.is_dir() {
+/// [`check_owned`] on what is at `p` now (not following a symlink).
+pub fn check_path(p: &Path, role: Owned) -> Result<(), SocketError> {
+    let meta = std::fs::symlink_metadata(p).map_err(|source| SocketError::Inspect {
+        dir: p.to_path_buf(),
+        source,
+    })?;
+    check_owned(p, &meta, current_uid(), role)
+}
+
+/// The one rule for "a path we own", on an existing path's facts (from lstat or fstat): not a
+/// symlink, of the type `role` expects, owned by `me`, none of the mode bits `role` forbids.
+pub fn check_owned(
+    p: &Path,
+    meta: &std::fs::Metadata,
+    me: u32,
+    role: Owned,
+) -> Result<(), SocketError> {
+    let right_type = if role.is_dir() {
+        meta.is_dir()
+    } else {
+        meta.is_file()
+    };
+    if meta.file_type().is_symlink() || !right_type {
         return Err(SocketError::NotADirectory {
-            dir: dir.to_path_buf(),
+            dir: p.to_path_buf(),
+            role,
         });
     }
     if meta.uid() != me {
         return Err(SocketError::NotOurs {
-            dir: dir.to_path_buf(),
+            dir: p.to_path_buf(),
             owner: meta.uid(),
             me,
+            role,
         });
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if mode & role.forbidden() != 0 {
         return Err(SocketError::OpenToOthers {
-            dir: dir.to_path_buf(),
+            dir: p.to_path_buf(),
             mode,
+            role,
         });
     }
     Ok(())
@@ -238,6 +367,7 @@ fn take_lock(
         .read(true)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(lock_path)
         .map_err(|source| SocketError::OpenLock {
             path: lock_path.to_path_buf(),
@@ -253,15 +383,18 @@ fn take_lock(
         };
         return Err(busy(holder.trim().to_string(), e));
     }
-    // Record who holds the lock, for the refusal message of the next one.
-    let _ = std::fs::write(
-        lock_path,
-        format!(
-            "pid {} version {}\n",
-            std::process::id(),
-            megaplan_cloud_api::VERSION
-        ),
-    );
+    // Record who holds the lock, for the refusal message of the next one (through the locked
+    // descriptor: the path is never followed again).
+    let _ = file.set_len(0).and_then(|()| {
+        (&file).write_all(
+            format!(
+                "pid {} version {}\n",
+                std::process::id(),
+                megaplan_cloud_api::VERSION
+            )
+            .as_bytes(),
+        )
+    });
     Ok(InstanceLock {
         _file: file,
         path: lock_path.to_path_buf(),
@@ -275,16 +408,120 @@ pub fn db_lock_path(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-/// Lock the database for this daemon: a second daemon on the same database (another
-/// `--socket`) would tick every registration twice.
-pub fn lock_database(db: &Path) -> Result<InstanceLock, SocketError> {
-    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.exists()
-    {
-        ensure_private_dir(parent)?;
+/// The files SQLite and the daemon keep beside the database `db`: `-wal`, `-shm`, `-journal`
+/// and the `.lock` record.
+pub fn db_companions(db: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| {
+            let mut name = db.as_os_str().to_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+        .collect();
+    out.push(db_lock_path(db));
+    out
+}
+
+/// The daemon's hold on its database for its whole life: a flock on the database file itself
+/// (its inode, so a symlink or a hard link to it is the same lock), plus the `<db>.lock` record
+/// naming the holder (and locked too, as daemons before the inode lock did).
+///
+/// The database's descriptor must stay open until the store is closed: closing any descriptor
+/// of a file drops the POSIX locks SQLite holds on it in this process.
+pub struct DatabaseLock {
+    _db: File,
+    _record: InstanceLock,
+    pub path: PathBuf,
+}
+
+/// Take the database for this daemon. In order, each refusal naming the path and the fix:
+/// - the database path itself is not a symlink (the lock is on the real file; the message names
+///   the target to pass instead);
+/// - an existing database, `-wal`, `-shm`, `-journal` and `.lock` are regular files of ours that
+///   group/others cannot write (never adopted from another user, never chmodded);
+/// - its folder is ours and not writable by group/others (a missing one is created 0700);
+/// - a missing database is created 0600 with O_EXCL|O_NOFOLLOW; an existing one is opened with
+///   O_NOFOLLOW and checked again on the open descriptor;
+/// - no other process holds the inode's flock: a second daemon on the same file by any name is
+///   refused with the holder's pid.
+pub fn lock_database(db: &Path) -> Result<DatabaseLock, SocketError> {
+    let me = current_uid();
+    match std::fs::symlink_metadata(db) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(db)
+                .map(|t| match db.parent() {
+                    Some(parent) if t.is_relative() => {
+                        megaplan_cloud_api::paths::absolutize(&t, parent)
+                    }
+                    _ => t,
+                })
+                .unwrap_or_default();
+            // stat(2) follows the link without opening what it names.
+            let in_use = std::fs::metadata(db)
+                .ok()
+                .and_then(|m| flock_holder(&m))
+                .map(|pid| format!(" (megaplan-cloudd pid {pid} is using that database)"))
+                .unwrap_or_default();
+            return Err(SocketError::SymlinkedDatabase {
+                db: db.to_path_buf(),
+                target,
+                in_use,
+            });
+        }
+        Ok(m) => check_owned(db, &m, me, Owned::Database)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(SocketError::Inspect {
+                dir: db.to_path_buf(),
+                source,
+            });
+        }
+    }
+    for companion in db_companions(db) {
+        match std::fs::symlink_metadata(&companion) {
+            Ok(m) => check_owned(&companion, &m, me, Owned::DatabaseCompanion)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SocketError::Inspect {
+                    dir: companion,
+                    source,
+                });
+            }
+        }
+    }
+    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure_owned_dir(parent, Owned::DatabaseFolder)?;
+    }
+    // The folder is ours and closed to others now: nobody else can add or swap files in it
+    // between these checks and SQLite's opens.
+    let in_folder = |e: SocketError| SocketError::DatabaseFolder {
+        db: db.to_path_buf(),
+        inner: Box::new(e),
+    };
+    let file = open_database_file(db).map_err(in_folder)?;
+    let meta = file.metadata().map_err(|source| SocketError::Inspect {
+        dir: db.to_path_buf(),
+        source,
+    })?;
+    check_owned(db, &meta, me, Owned::Database)?;
+    if let Err(e) = file.try_lock() {
+        let source = match e {
+            std::fs::TryLockError::Error(e) => e,
+            std::fs::TryLockError::WouldBlock => {
+                std::io::Error::from(std::io::ErrorKind::WouldBlock)
+            }
+        };
+        let record = std::fs::read_to_string(db_lock_path(db)).unwrap_or_default();
+        return Err(SocketError::DatabaseBusy {
+            db: db.to_path_buf(),
+            holder: holder_text(flock_holder(&meta), record.trim()),
+            lock: db.to_path_buf(),
+            source,
+        });
     }
     let lock_path = db_lock_path(db);
-    take_lock(&lock_path, |holder, source| SocketError::DatabaseBusy {
+    let record = take_lock(&lock_path, |holder, source| SocketError::DatabaseBusy {
         db: db.to_path_buf(),
         holder,
         lock: lock_path.clone(),
@@ -293,12 +530,94 @@ pub fn lock_database(db: &Path) -> Result<InstanceLock, SocketError> {
     .map_err(|e| match e {
         // The lock sits beside the database: a folder that cannot hold it cannot hold the
         // database either, so say it in the database's terms, with the fix.
-        e @ SocketError::OpenLock { .. } => SocketError::DatabaseFolder {
-            db: db.to_path_buf(),
-            inner: Box::new(e),
-        },
+        e @ SocketError::OpenLock { .. } => in_folder(e),
         e => e,
+    })?;
+    Ok(DatabaseLock {
+        _db: file,
+        _record: record,
+        path: db.to_path_buf(),
     })
+}
+
+/// Create the database file 0600 (O_EXCL|O_NOFOLLOW), or open the existing one without
+/// following a symlink and without blocking on a FIFO (its type is checked on the descriptor).
+fn open_database_file(db: &Path) -> Result<File, SocketError> {
+    let created = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(db);
+    match created {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(db)
+            .map_err(|source| SocketError::OpenLock {
+                path: db.to_path_buf(),
+                source,
+            }),
+        Err(source) => Err(SocketError::OpenLock {
+            path: db.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// "pid N" of the holder (with the record's version when the record names the same pid), else
+/// the record as written, else that the holder is unknown.
+fn holder_text(pid: Option<u32>, record: &str) -> String {
+    match pid {
+        Some(pid) if record.starts_with(&format!("pid {pid} ")) => record.to_string(),
+        Some(pid) => format!("pid {pid}"),
+        None if !record.is_empty() => record.to_string(),
+        None => "holder pid unknown".to_string(),
+    }
+}
+
+/// The pid holding a flock on the file `meta` describes, from /proc/locks (Linux; `None`
+/// elsewhere or when it cannot be read). Lines look like
+/// `1: FLOCK  ADVISORY  WRITE 2967 fe:00:761888 0 EOF` (major and minor in hex).
+fn flock_holder(meta: &std::fs::Metadata) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    flock_holder_in(&text, meta.dev(), meta.ino(), std::process::id())
+}
+
+/// [`flock_holder`] on the text of /proc/locks. A line on the same inode number of another
+/// device is used only when none matches the device too (stacked file systems may report the
+/// lower device).
+pub fn flock_holder_in(locks: &str, dev: u64, ino: u64, me: u32) -> Option<u32> {
+    // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    let mut same_inode = None;
+    for line in locks.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Waiters are listed as `1: -> FLOCK ...`: only holders count.
+        if f.get(1) != Some(&"FLOCK") {
+            continue;
+        }
+        let (Some(pid), Some(id)) = (f.get(4).and_then(|p| p.parse::<u32>().ok()), f.get(5)) else {
+            continue;
+        };
+        let mut parts = id.split(':');
+        let (Some(maj), Some(min), Some(inode)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if pid == me || inode.parse::<u64>().ok() != Some(ino) {
+            continue;
+        }
+        if u64::from_str_radix(maj, 16).ok() == Some(major)
+            && u64::from_str_radix(min, 16).ok() == Some(minor)
+        {
+            return Some(pid);
+        }
+        same_inode.get_or_insert(pid);
+    }
+    same_inode
 }
 
 /// Bind the socket: private folder, single-instance flock, live-socket probe, stale unlink,
@@ -629,11 +948,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let meta = std::fs::symlink_metadata(tmp.path()).unwrap();
-        let err = check_private_dir(tmp.path(), &meta, meta.uid() + 1)
+        let err = check_owned(tmp.path(), &meta, meta.uid() + 1, Owned::SocketFolder)
             .unwrap_err()
             .to_string();
         assert!(err.contains("not by us"), "{err}");
-        check_private_dir(tmp.path(), &meta, meta.uid()).unwrap();
+        check_owned(tmp.path(), &meta, meta.uid(), Owned::SocketFolder).unwrap();
     }
 
     #[test]
@@ -660,11 +979,79 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("state").join("cloudd.db");
         let lock = lock_database(&db).unwrap();
-        assert_eq!(lock.path, tmp.path().join("state").join("cloudd.db.lock"));
+        assert_eq!(lock.path, db);
+        assert_eq!(std::fs::metadata(&db).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(tmp.path().join("state")).unwrap().mode() & 0o777,
+            0o700
+        );
         let err = lock_database(&db).err().unwrap().to_string();
         assert!(err.contains("already using the database"), "{err}");
+        // A hard link is the same inode, so the same lock.
+        let hard = tmp.path().join("state").join("hard.db");
+        std::fs::hard_link(&db, &hard).unwrap();
+        let err = lock_database(&hard).err().unwrap().to_string();
+        assert!(err.contains("already using the database"), "{err}");
+        // A symlink is refused, naming the real path to pass instead.
+        let sym = tmp.path().join("state").join("sym.db");
+        std::os::unix::fs::symlink(&db, &sym).unwrap();
+        let err = lock_database(&sym).err().unwrap().to_string();
+        assert!(
+            err.contains("is a symlink") && err.contains(&format!("pass --db {}", db.display())),
+            "{err}"
+        );
         drop(lock);
         lock_database(&db).unwrap();
+    }
+
+    #[test]
+    fn database_files_others_can_write_are_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("x.db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = lock_database(&db).err().unwrap().to_string();
+        assert!(
+            err.contains(&db.display().to_string()) && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&db).unwrap().mode() & 0o777, 0o666);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let wal = tmp.path().join("x.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o622)).unwrap();
+        let err = lock_database(&db).err().unwrap().to_string();
+        assert!(err.contains(&wal.display().to_string()), "{err}");
+        std::fs::remove_file(&wal).unwrap();
+        // A folder others can write in is refused for the database too.
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = lock_database(&shared.join("y.db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("mode 1777") && err.contains("another --db"),
+            "{err}"
+        );
+        assert!(!shared.join("y.db").exists());
+        lock_database(&db).unwrap();
+    }
+
+    #[test]
+    fn the_flock_holder_is_read_from_proc_locks() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 2967 fe:00:761888 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 4000 fe:00:42 0 EOF\n\
+                     3: POSIX  ADVISORY  WRITE 4001 fe:00:42 0 EOF\n\
+                     4: FLOCK  ADVISORY  WRITE 4002 08:01:42 0 EOF\n\
+                     5: FLOCK  ADVISORY  WRITE 4003 fe:00:42 0 EOF\n";
+        // st_dev 0xfe00 is major 0xfe, minor 0.
+        assert_eq!(flock_holder_in(locks, 0xfe00, 42, 1), Some(4003));
+        // Only another device has the inode: that holder is named.
+        assert_eq!(flock_holder_in(locks, 0x0900, 42, 1), Some(4002));
+        assert_eq!(flock_holder_in(locks, 0xfe00, 43, 1), None);
+        assert_eq!(flock_holder_in(locks, 0xfe00, 761888, 2967), None);
     }
 
     #[tokio::test]
