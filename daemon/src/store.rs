@@ -16,8 +16,8 @@ use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
 
@@ -146,27 +146,7 @@ impl Store {
         prepare_file(path)?;
         check_not_newer(path).await?;
 
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            // Pages freed by pruning can be given back to the file system
-            // (`PRAGMA incremental_vacuum`), so the file shrinks under the cap too. Takes effect
-            // on a new database; an older one is converted once below.
-            .auto_vacuum(SqliteAutoVacuum::Incremental)
-            // The WAL counts against the cap too: checkpoint it at about a quarter of the cap
-            // (SQLite's default of 1000 pages at most) and truncate it back to that size.
-            .pragma(
-                "wal_autocheckpoint",
-                (max_bytes / 4 / 4096).clamp(16, 1000).to_string(),
-            )
-            .pragma(
-                "journal_size_limit",
-                i64::try_from(max_bytes / 4).unwrap_or(-1).to_string(),
-            );
+        let options = connect_options(path, max_bytes);
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
             .after_release(|conn, _| {
@@ -224,7 +204,16 @@ impl Store {
         if matches!(mode, Ok(2)) {
             return;
         }
-        if let Err(e) = sqlx::query("VACUUM").execute(&self.pool).await {
+        // The mode and the VACUUM that applies it must run on one connection; the mode is
+        // stored in the file, so later connections need not set it.
+        let converted = async {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("VACUUM").execute(&mut *conn).await
+        };
+        if let Err(e) = converted.await {
             tracing::warn!(
                 db = %self.path.display(),
                 "cannot turn on incremental vacuum ({e}); pruning keeps the database's pages under --max-db-size but the file will not shrink"
@@ -809,6 +798,32 @@ pub(crate) fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> 
     })
 }
 
+/// How every pool connection is opened. Nothing here may write: the pool opens connections
+/// lazily and again after a failed COMMIT, which is exactly when the disk may be full or read-only.
+fn connect_options(path: &Path, max_bytes: u64) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+        // No `auto_vacuum` here: setting it is a write transaction on every new connection,
+        // so a pool connection opened after the disk filled up or turned read-only would
+        // fail and take plain reads down with it. The mode is set once, at open
+        // (`Store::convert_to_incremental_vacuum`).
+        // The WAL counts against the cap too: checkpoint it at about a quarter of the cap
+        // (SQLite's default of 1000 pages at most) and truncate it back to that size.
+        .pragma(
+            "wal_autocheckpoint",
+            (max_bytes / 4 / 4096).clamp(16, 1000).to_string(),
+        )
+        .pragma(
+            "journal_size_limit",
+            i64::try_from(max_bytes / 4).unwrap_or(-1).to_string(),
+        )
+}
+
 /// Create the parent directory (0700) and the database file (0600) when missing, so SQLite's
 /// own files (and their WAL companions, which copy the mode) are private from the start. An
 /// existing non-empty file must carry the SQLite header.
@@ -1050,6 +1065,36 @@ mod tests {
             },
             due_at: (n % 2 == 0).then_some(started_at),
         }
+    }
+
+    /// Regression: a pool connection is opened lazily, and again after a failed COMMIT, i.e.
+    /// exactly when the disk may be full or read-only. Opening one must not write (setting
+    /// `auto_vacuum` per connection did, and plain reads then failed with "attempt to write a
+    /// readonly database").
+    #[tokio::test]
+    async fn opening_a_connection_writes_nothing_and_the_vacuum_mode_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloudd.db");
+        let store = Store::open_capped(&path, 10, 1 << 20).await.unwrap();
+        store.close().await;
+        let mut conn =
+            SqliteConnection::connect_with(&connect_options(&path, 1 << 20).read_only(true))
+                .await
+                .unwrap();
+        let mode: i64 = sqlx::query("PRAGMA auto_vacuum")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(mode, 2, "incremental vacuum is stored in the file");
+        let regs: i64 = sqlx::query("SELECT count(*) FROM registrations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(regs, 0);
     }
 
     fn padded_tick(key: &str, n: i64) -> NewTick {
