@@ -1336,3 +1336,160 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
     );
     rig.control(r#"{"step_seconds": 0.1}"#);
 }
+
+/// Ten registrations whose runner observation hangs (their chain spec on the runner is a FIFO:
+/// reading it never returns) and one healthy registration, all on one sshd host and one runner,
+/// all `--every 15s`. The hung ones end at the observation deadline, back off and may hold only
+/// a small share of the tick slots; the healthy one runs every occurrence that comes due. Judged
+/// by counts: occurrences run, skipped and missed. The observation deadline (5s) is well under
+/// the interval, as docs/operations.md advises: the first tick of a runner that just hung holds
+/// an ordinary slot until then.
+#[test]
+fn hung_runners_never_starve_a_healthy_registration() {
+    let Some(rig) = SshRig::start(
+        "",
+        &[
+            "--tick-timeout",
+            "60s",
+            "--observe-timeout",
+            "5s",
+            "--max-concurrent-ticks",
+            "8",
+            "--max-ticks-per-host",
+            "4",
+        ],
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+    }));
+
+    let mut hung = Vec::new();
+    for i in 0..10 {
+        let fifo = format!("/workspace/app/.megaplan/hung-{i}.yaml");
+        rig.container.exec_ok(&format!("mkfifo {fifo}"));
+        let cy = cloud_yaml_for(&rig, &format!("hung-{i}"), &rig.container.name);
+        let r = ctl_for(
+            &rig.daemon,
+            &cy,
+            &["register", "--every", "15s", "--remote-spec", &fifo],
+        )
+        .ok();
+        hung.push((r.json["key"].as_str().unwrap().to_string(), cy));
+    }
+    let healthy = rig.ctl(&["register", "--every", "15s"]).ok();
+    let healthy = healthy.json["key"].as_str().unwrap().to_string();
+
+    let regs = || -> Vec<Value> {
+        rig.ctl(&["registrations", "--json"])
+            .json
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let reg = |key: &str| -> Value {
+        regs()
+            .into_iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or(Value::Null)
+    };
+    let scheduled = || -> Vec<Value> {
+        ticks(&rig)
+            .into_iter()
+            .filter(|t| t["trigger"] == "schedule")
+            .collect()
+    };
+
+    // Bounded by counts: wait until six occurrences of the healthy registration came due and
+    // ended one way or another (ran, or skipped because its previous tick still waited).
+    const N: u64 = 6;
+    let came_due =
+        || scheduled().len() as u64 + reg(&healthy)["ticks_skipped"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(120), || came_due() >= N),
+        "the healthy registration saw {} occurrences",
+        came_due()
+    );
+    let runs = scheduled();
+    let h = reg(&healthy);
+    assert_eq!(
+        h["ticks_skipped"], 0,
+        "the healthy registration skipped occurrences: {h}"
+    );
+    assert!(runs.len() as u64 >= N, "{runs:?}");
+    let mut dues: Vec<chrono::DateTime<chrono::FixedOffset>> = runs
+        .iter()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t["due_at"].as_str().unwrap()).unwrap())
+        .collect();
+    dues.sort();
+    for w in dues.windows(2) {
+        assert_eq!(
+            (w[1] - w[0]).num_seconds(),
+            15,
+            "an occurrence between {} and {} never ran",
+            w[0],
+            w[1]
+        );
+    }
+    for t in &runs {
+        assert_eq!(t["success"], true, "{t}");
+        assert_eq!(t["event"], "supervisor_tick", "{t}");
+    }
+    assert!(h["backoff"].is_null(), "the healthy one backs off: {h}");
+
+    // The hung ones hit their observation deadline, back off, and say why.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let all = regs();
+            hung.iter().all(|(k, _)| {
+                all.iter()
+                    .any(|r| r["key"] == *k && r["backoff"]["strikes"].as_u64() >= Some(1))
+            })
+        }),
+        "not every hung registration backs off: {:#?}",
+        regs()
+    );
+    for (k, _) in &hung {
+        let r = reg(k);
+        let reason = r["backoff"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("within 5s"), "{k}: {r}");
+    }
+    let (_, cy) = &hung[0];
+    let e = ctl_for(&rig.daemon, cy, &["explain", "--json"]);
+    assert!(
+        e.json["backoff"]["strikes"].as_u64() >= Some(1),
+        "{}",
+        e.stdout
+    );
+    assert!(
+        e.json["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("backoff: ")),
+        "{}",
+        e.stdout
+    );
+    assert_eq!(
+        e.json["refused_reason"]
+            .as_str()
+            .map(|r| r.contains("within 5s")),
+        Some(true),
+        "{}",
+        e.stdout
+    );
+    // Occurrences held back by a back-off are counted, never silently lost.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            assert_serving(&rig.daemon)["schedule"]["backed_off"].as_u64() >= Some(1)
+        }),
+        "no occurrence was held back"
+    );
+    let st = assert_serving(&rig.daemon);
+    assert_eq!(st["schedule"]["missed"], 0, "{}", st["schedule"]);
+    assert_db_intact(&rig.daemon.home.join("cloudd.db"), 11, N as usize);
+}

@@ -8,9 +8,12 @@
 //! ssh it holds one session of the connection's budget (`provider/budget.rs`). Ended when no
 //! registration uses the runner any more, after [`IDLE_AFTER`] unused, and with the daemon.
 //!
-//! Restarted when it died, when a request passed its deadline (the process is killed here, and
-//! ends itself on the runner), and when it says its core's installed files changed (`stale`:
-//! a fresh observer imports the new code and answers the same request). When it cannot run at
+//! Requests run concurrently on it (each in a child of the observer on the runner), so one that
+//! hangs never holds back another registration's: at its deadline the runner side kills it and
+//! answers "deadline". Restarted when it died, when it gave no answer at all by a request's
+//! deadline (stuck: the process is killed here, and ends itself on the runner with every
+//! request it runs), and when it says its core's installed files changed (`stale`: a fresh
+//! observer imports the new code and answers the same request). When it cannot run at
 //! all the caller falls back to the one-shot observation (one interpreter, the core imported
 //! once).
 
@@ -20,9 +23,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Longest line read from an observer (an observation holds files of up to 4 MiB, escaped).
@@ -44,7 +49,7 @@ impl std::fmt::Display for ResidentError {
             ResidentError::Unavailable(why) => write!(f, "the resident observer cannot run: {why}"),
             ResidentError::Deadline(d) => write!(
                 f,
-                "the resident observer did not answer within {}s; it was ended",
+                "the runner observation did not finish within {}s; it was stopped on the runner",
                 d.as_secs()
             ),
         }
@@ -58,24 +63,37 @@ pub struct Answer {
     pub observer_starts: u32,
 }
 
+/// One running observer. Requests are multiplexed over it: each carries an id, a reader task
+/// hands every answer to the request waiting for that id, and the runner side answers them
+/// concurrently, so one hung request never holds back another registration's.
 struct Resident {
-    /// Dropping it kills the local end (ssh / docker client); the runner side then sees the
-    /// end of its input, or its own request deadline.
-    _child: Child,
+    /// Killing it ends the local end (ssh / docker client); the runner side then sees the end
+    /// of its input and ends with every request it runs.
+    child: std::sync::Mutex<Child>,
     /// The ssh session it holds (given back when it ends).
     _lease: Option<SessionLease>,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    next_id: u64,
-    last_used: Instant,
+    /// `None` once closed (the runner side then ends itself and every request it runs).
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    pending: Arc<Pending>,
+    next_id: AtomicU64,
+    /// When it last started or finished a request.
+    last_used: std::sync::Mutex<Instant>,
+    reader: tokio::task::JoinHandle<()>,
 }
+
+/// The requests waiting for an answer, by id; `None` once the observer is gone (with why).
+type Pending = std::sync::Mutex<Result<HashMap<u64, oneshot::Sender<Reply>>, String>>;
 
 enum Reply {
     Observation(Value),
     Stale(String),
+    /// The runner side killed the request at its deadline; the observer goes on serving.
+    Deadline,
 }
 
 enum AskError {
+    /// No answer at all by the daemon's deadline, not even the runner side's own deadline
+    /// answer: the observer itself is stuck.
     Timeout,
     Gone(String),
 }
@@ -103,6 +121,41 @@ async fn read_until(
     }
 }
 
+/// The reader task: every answer to its request, until the observer's output ends; then every
+/// request still waiting learns why.
+async fn dispatch(mut lines: Lines<BufReader<ChildStdout>>, pending: Arc<Pending>) {
+    let why = loop {
+        let obj = match read_until(&mut lines, |o| o.get("id").is_some_and(Value::is_u64)).await {
+            Ok(obj) => obj,
+            Err(AskError::Gone(why)) => break why,
+            Err(AskError::Timeout) => break "it stopped answering".to_string(),
+        };
+        let Some(id) = obj.get("id").and_then(Value::as_u64) else {
+            continue;
+        };
+        let reply = if let Some(why) = obj.get("stale") {
+            Reply::Stale(why.as_str().map_or_else(|| why.to_string(), str::to_string))
+        } else if obj.contains_key("deadline") {
+            Reply::Deadline
+        } else {
+            match obj.get("observation") {
+                Some(v @ Value::Object(_)) => Reply::Observation(v.clone()),
+                _ => continue,
+            }
+        };
+        let waiter = match &mut *pending.lock().unwrap_or_else(|p| p.into_inner()) {
+            Ok(map) => map.remove(&id),
+            Err(_) => None,
+        };
+        // A request that gave up (its tick ended) no longer listens: its answer is dropped.
+        if let Some(w) = waiter {
+            let _ = w.send(reply);
+        }
+    };
+    // Dropping the senders tells every waiting request the observer is gone.
+    *pending.lock().unwrap_or_else(|p| p.into_inner()) = Err(why);
+}
+
 impl Resident {
     async fn start(
         cmd: &Cmd,
@@ -122,51 +175,148 @@ impl Resident {
             Ok(Err(e)) => return Err(e),
             Ok(Ok(_)) => {}
         }
+        let pending: Arc<Pending> = Arc::new(std::sync::Mutex::new(Ok(HashMap::new())));
+        let reader = tokio::spawn(dispatch(lines, pending.clone()));
         Ok(Resident {
-            _child: child,
+            child: std::sync::Mutex::new(child),
             _lease: lease,
-            stdin,
-            lines,
-            next_id: 1,
-            last_used: Instant::now(),
+            stdin: tokio::sync::Mutex::new(Some(stdin)),
+            pending,
+            next_id: AtomicU64::new(1),
+            last_used: std::sync::Mutex::new(Instant::now()),
+            reader,
         })
     }
 
-    async fn ask(&mut self, request: &Value, deadline: Duration) -> Result<Reply, AskError> {
-        let id = self.next_id;
-        self.next_id += 1;
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Unused (no request waiting) for at least `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        let waiting = match &*self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+            Ok(map) => map.len(),
+            Err(_) => 0,
+        };
+        waiting == 0
+            && self
+                .last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                >= idle
+    }
+
+    /// Gone: its output ended (it exited, or its session broke).
+    fn is_gone(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_err()
+    }
+
+    /// End it now, and with it every request it runs (the runner side sees end of input).
+    fn end(&self) {
+        // End of input first: the runner side then kills every request it runs and exits.
+        if let Ok(mut stdin) = self.stdin.try_lock() {
+            stdin.take();
+        }
+        let _ = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .start_kill();
+        self.reader.abort();
+        // The requests still waiting learn it at once (their senders are dropped here).
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.is_ok() {
+            *pending = Err("it was ended".to_string());
+        }
+    }
+
+    async fn ask(&self, request: &Value, deadline: Duration) -> Result<Reply, AskError> {
+        self.touch();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+            Ok(map) => {
+                map.insert(id, tx);
+            }
+            Err(why) => return Err(AskError::Gone(why.clone())),
+        }
+        // Forget the request however this ends (answered, timed out, or cancelled with its tick).
+        let _waiting = Forget {
+            pending: &self.pending,
+            id,
+        };
         let line = json!({
             "id": id,
             "op": "observe",
             "request": request,
-            "deadline_secs": deadline.as_secs_f64(),
+            "deadline_secs": runner_deadline(deadline).as_secs_f64(),
         });
         let work = async {
             let mut bytes = line.to_string().into_bytes();
             bytes.push(b'\n');
-            self.stdin
-                .write_all(&bytes)
-                .await
-                .map_err(|e| AskError::Gone(format!("writing the request failed: {e}")))?;
-            self.stdin
-                .flush()
-                .await
-                .map_err(|e| AskError::Gone(format!("writing the request failed: {e}")))?;
-            let obj = read_until(&mut self.lines, |o| o.get("id") == Some(&json!(id))).await?;
-            if let Some(why) = obj.get("stale") {
-                return Ok(Reply::Stale(
-                    why.as_str().map_or_else(|| why.to_string(), str::to_string),
-                ));
+            {
+                let mut stdin = self.stdin.lock().await;
+                let Some(stdin) = stdin.as_mut() else {
+                    return Err(AskError::Gone("it was ended".into()));
+                };
+                stdin
+                    .write_all(&bytes)
+                    .await
+                    .map_err(|e| AskError::Gone(format!("writing the request failed: {e}")))?;
+                stdin
+                    .flush()
+                    .await
+                    .map_err(|e| AskError::Gone(format!("writing the request failed: {e}")))?;
             }
-            match obj.get("observation") {
-                Some(v @ Value::Object(_)) => Ok(Reply::Observation(v.clone())),
-                _ => Err(AskError::Gone("it answered without an observation".into())),
-            }
+            rx.await.map_err(|_| {
+                AskError::Gone(
+                    match &*self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+                        Err(why) => why.clone(),
+                        Ok(_) => "it ended".to_string(),
+                    },
+                )
+            })
         };
-        tokio::time::timeout(deadline, work)
+        let answer = tokio::time::timeout(deadline, work)
             .await
-            .unwrap_or(Err(AskError::Timeout))
+            .unwrap_or(Err(AskError::Timeout));
+        self.touch();
+        answer
     }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Removes a request from the waiting list when its `ask` ends, answered or not.
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(map) = &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// The deadline the runner side kills a request at: a little before the daemon's own, so a
+/// request that hangs is answered "deadline" by a healthy observer, and only an observer that
+/// does not answer at all is ended as stuck.
+fn runner_deadline(deadline: Duration) -> Duration {
+    let margin = (deadline / 5).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    deadline
+        .saturating_sub(margin)
+        .max(Duration::from_millis(100))
 }
 
 /// How to start the observer of one runner: the local command, and over ssh the session budget
@@ -194,16 +344,33 @@ pub const REAP_EVERY: Duration = Duration::from_secs(60);
 /// One runner's observer and the cloud.yaml files (marker keys) that used it.
 #[derive(Default)]
 struct Slot {
-    observer: tokio::sync::Mutex<Option<Resident>>,
+    /// Locked only to look at the observer or start one, never while a request runs.
+    observer: tokio::sync::Mutex<Option<Arc<Resident>>>,
     users: std::sync::Mutex<HashSet<String>>,
+    /// Set when the runner was dropped (or the daemon stops): a request still running then
+    /// must not start a new observer for it.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Slot {
+    /// Forget `resident` if it is still this slot's observer (another request may have
+    /// replaced it already), and end it.
+    async fn retire(&self, resident: &Arc<Resident>) {
+        let mut guard = self.observer.lock().await;
+        if guard.as_ref().is_some_and(|r| Arc::ptr_eq(r, resident)) {
+            guard.take();
+        }
+        resident.end();
+    }
 }
 
 /// The resident observers, one slot per runner ([`Launch::runner`]), whichever cloud.yaml
-/// asks. A slot's lock serialises the requests of one runner; the process is taken out of its
-/// slot while it answers, so a request cancelled half-way (its tick hit the deadline) drops,
-/// and so kills, the observer it was using. An observer ends when no registration uses its
-/// runner any more ([`Residents::forget_user`] + [`Residents::drop_runner`]), when it has been
-/// idle for [`IDLE_AFTER`] ([`Residents::reap_idle`]), and with the daemon.
+/// asks. Requests of one runner share its observer and run concurrently on it; a request
+/// that hangs is killed on the runner at its deadline ("deadline" answer) while the others go
+/// on. An observer that gives no answer at all by a request's deadline is stuck and is ended.
+/// An observer ends when no registration uses its runner any more ([`Residents::forget_user`]
+/// then [`Residents::drop_runner`]), when it has been idle for [`IDLE_AFTER`]
+/// ([`Residents::reap_idle`]), and with the daemon.
 #[derive(Default)]
 pub struct Residents {
     slots: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
@@ -225,7 +392,11 @@ impl Residents {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .values()
-            .filter(|s| s.observer.try_lock().map_or(true, |g| g.is_some()))
+            .filter(|s| {
+                s.observer
+                    .try_lock()
+                    .map_or(true, |g| g.as_ref().is_some_and(|r| !r.is_gone()))
+            })
             .count()
     }
 
@@ -236,7 +407,10 @@ impl Residents {
             slots.drain().map(|(_, s)| s).collect()
         };
         for s in slots {
-            s.observer.lock().await.take();
+            s.closed.store(true, Ordering::Relaxed);
+            if let Some(r) = s.observer.lock().await.take() {
+                r.end();
+            }
         }
     }
 
@@ -255,15 +429,18 @@ impl Residents {
         used
     }
 
-    /// End the observer of `runner` (after the request it may be answering) and forget it.
+    /// End the observer of `runner` (and any request it still runs) and forget it.
     pub async fn drop_runner(&self, runner: &str) {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.remove(runner)
         };
-        if let Some(slot) = slot
-            && slot.observer.lock().await.take().is_some()
-        {
+        let Some(slot) = slot else {
+            return;
+        };
+        slot.closed.store(true, Ordering::Relaxed);
+        if let Some(r) = slot.observer.lock().await.take() {
+            r.end();
             tracing::info!(
                 runner,
                 "resident observer ended: no registration uses its runner"
@@ -282,15 +459,66 @@ impl Residents {
             };
             if guard
                 .as_ref()
-                .is_some_and(|r| r.last_used.elapsed() >= idle)
+                .is_some_and(|r| r.is_gone() || r.idle_for(idle))
             {
-                guard.take();
+                if let Some(r) = guard.take() {
+                    r.end();
+                }
                 ended += 1;
                 tracing::info!(runner = %runner, "resident observer ended: idle");
             }
             guard.is_some()
         });
         ended
+    }
+
+    /// The runner's observer, started when there is none or when it died. `starts` counts
+    /// the starts.
+    async fn observer(
+        slot: &Slot,
+        launch: &Launch,
+        left: Duration,
+        starts: &mut u32,
+    ) -> Result<Arc<Resident>, ResidentError> {
+        let deadline_hit = || ResidentError::Deadline(left);
+        let mut guard = tokio::time::timeout(left, slot.observer.lock())
+            .await
+            .map_err(|_| deadline_hit())?;
+        if let Some(r) = guard.as_ref().filter(|r| !r.is_gone()) {
+            return Ok(r.clone());
+        }
+        guard.take();
+        if slot.closed.load(Ordering::Relaxed) {
+            return Err(ResidentError::Unavailable(
+                "its runner is no longer observed (unregistered, or the daemon is stopping)".into(),
+            ));
+        }
+        let lease = match &launch.budget {
+            None => None,
+            Some(b) => match b.observer(left).await {
+                Ok(Some(lease)) => Some(lease),
+                Ok(None) => {
+                    return Err(ResidentError::Unavailable(format!(
+                        "the {} resident observers this ssh connection allows (ssh.max_sessions {} leaves {} sessions, {} of them kept for commands) already run",
+                        b.observer_cap(),
+                        b.max_sessions(),
+                        b.sessions(),
+                        b.sessions() - b.observer_cap()
+                    )));
+                }
+                Err(e) => return Err(ResidentError::Unavailable(e.message)),
+            },
+        };
+        *starts += 1;
+        match Resident::start(&launch.cmd, lease, left).await {
+            Ok(r) => {
+                let r = Arc::new(r);
+                *guard = Some(r.clone());
+                Ok(r)
+            }
+            Err(AskError::Timeout) => Err(deadline_hit()),
+            Err(AskError::Gone(why)) => Err(ResidentError::Unavailable(why)),
+        }
     }
 
     /// Ask the resident observer of the runner `launch` starts (started when there is none,
@@ -305,44 +533,19 @@ impl Residents {
     ) -> Result<Answer, ResidentError> {
         let runner = launch.runner();
         let slot = self.slot(&runner, user);
-        let mut guard = slot.observer.lock().await;
         let begun = Instant::now();
         let left = || deadline.saturating_sub(begun.elapsed());
         let mut starts = 0u32;
         // At most: an observer that died since the last tick, and one whose core went stale.
         for _ in 0..3 {
-            let mut resident = match guard.take() {
-                Some(r) => r,
-                None => {
-                    let lease = match &launch.budget {
-                        None => None,
-                        Some(b) => match b.observer(left()).await {
-                            Ok(Some(lease)) => Some(lease),
-                            Ok(None) => {
-                                return Err(ResidentError::Unavailable(format!(
-                                    "the {} resident observers this ssh connection allows (ssh.max_sessions {} leaves {} sessions, {} of them kept for commands) already run",
-                                    b.observer_cap(),
-                                    b.max_sessions(),
-                                    b.sessions(),
-                                    b.sessions() - b.observer_cap()
-                                )));
-                            }
-                            Err(e) => return Err(ResidentError::Unavailable(e.message)),
-                        },
-                    };
-                    starts += 1;
-                    match Resident::start(&launch.cmd, lease, left()).await {
-                        Ok(r) => r,
-                        Err(AskError::Timeout) => return Err(ResidentError::Deadline(deadline)),
-                        Err(AskError::Gone(why)) => return Err(ResidentError::Unavailable(why)),
-                    }
-                }
+            let before = starts;
+            let resident = match Self::observer(&slot, launch, left(), &mut starts).await {
+                Err(ResidentError::Deadline(_)) => return Err(ResidentError::Deadline(deadline)),
+                other => other?,
             };
-            let fresh = starts > 0 && resident.next_id == 1;
+            let fresh = starts > before;
             match resident.ask(request, left()).await {
                 Ok(Reply::Observation(observation)) => {
-                    resident.last_used = Instant::now();
-                    *guard = Some(resident);
                     return Ok(Answer {
                         observation,
                         observer_starts: starts,
@@ -350,9 +553,20 @@ impl Residents {
                 }
                 Ok(Reply::Stale(why)) => {
                     tracing::info!(runner, "restarting the resident observer: {why}");
+                    slot.retire(&resident).await;
                 }
-                Err(AskError::Timeout) => return Err(ResidentError::Deadline(deadline)),
+                Ok(Reply::Deadline) => return Err(ResidentError::Deadline(deadline)),
+                Err(AskError::Timeout) => {
+                    tracing::warn!(
+                        runner,
+                        "the resident observer gave no answer, not even its own deadline's, within {}s; ending it",
+                        deadline.as_secs()
+                    );
+                    slot.retire(&resident).await;
+                    return Err(ResidentError::Deadline(deadline));
+                }
                 Err(AskError::Gone(why)) if fresh => {
+                    slot.retire(&resident).await;
                     return Err(ResidentError::Unavailable(why));
                 }
                 Err(AskError::Gone(why)) => {
@@ -360,6 +574,7 @@ impl Residents {
                         runner,
                         "the resident observer ended ({why}); starting another"
                     );
+                    slot.retire(&resident).await;
                 }
             }
         }
@@ -464,7 +679,8 @@ mod tests {
         let again = r.observe("k", &cmd, &req, deadline).await.unwrap();
         assert_eq!(again.observation["core_starts"], 0);
 
-        // A status that never returns: the request deadline ends the observer.
+        // A status that never returns: the request is killed on the runner at its deadline;
+        // the observer answers "deadline" and goes on serving.
         std::fs::write(
             ws.join(".megaplan/standin-control.json"),
             r#"{"hang_status": true}"#,
@@ -475,10 +691,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e, ResidentError::Deadline(Duration::from_secs(2)));
-        assert_eq!(r.running(), 0);
+        assert_eq!(r.running(), 1);
         std::fs::remove_file(ws.join(".megaplan/standin-control.json")).unwrap();
         let back = r.observe("k", &cmd, &req, deadline).await.unwrap();
-        assert_eq!(back.observer_starts, 1);
+        assert_eq!(back.observer_starts, 0);
+        assert_eq!(back.observation["core_starts"], 0);
 
         // No python at all: unavailable, for the caller's one-shot fallback.
         let none = Launch {
@@ -560,5 +777,114 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(r.running(), 0);
+    }
+
+    /// The pids of the stand-in core's hanging `status` calls (it logs each) still alive.
+    fn hanging(ws: &Path) -> Vec<u32> {
+        let log =
+            std::fs::read_to_string(ws.join(".megaplan/standin-hangs.jsonl")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["pid"].as_u64())
+            .filter_map(|p| u32::try_from(p).ok())
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect()
+    }
+
+    /// Poll `done` every 50 ms; the bound is a safety net for a hang, never a guess at speed.
+    async fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..(180 * 20) {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        done()
+    }
+
+    /// Issue 21 item 1: requests of one runner share its observer but never wait for each
+    /// other. Ten registrations whose observation hangs (their core's `status` never returns)
+    /// ask at once with a healthy one on the same runner: the healthy one is answered while the
+    /// ten still hang, by the same observer; a hung request is stopped on the runner at its
+    /// deadline, and the observer goes on; ending the observer ends every request it runs.
+    #[tokio::test]
+    async fn a_hung_request_never_holds_back_another_on_the_same_runner() {
+        let root = tempfile::tempdir().unwrap();
+        let core = root.path().join("site");
+        copy_dir(&standin(), &core);
+        let tmux = root.path().join("tmux");
+        std::fs::create_dir_all(&tmux).unwrap();
+        let (_ws, req) = workspace(root.path());
+        let hung_root = root.path().join("hung");
+        let (hung_ws, hung_req) = workspace(&hung_root);
+        std::fs::write(
+            hung_ws.join(".megaplan/standin-control.json"),
+            r#"{"hang_status": true}"#,
+        )
+        .unwrap();
+        let launch = local("python3 -m arnold_pipelines.megaplan", &core, &tmux);
+        let r = Arc::new(Residents::default());
+        let first = r
+            .observe("healthy", &launch, &req, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(first.observer_starts, 1);
+
+        // Ten hung requests in flight on the runner (each logged its pid as it began to hang).
+        let mut hung = Vec::new();
+        for i in 0..10 {
+            let (r, cmd, hung_req) = (r.clone(), launch.cmd.clone(), hung_req.clone());
+            hung.push(tokio::spawn(async move {
+                let launch = Launch { cmd, budget: None };
+                r.observe(
+                    &format!("hung-{i}"),
+                    &launch,
+                    &hung_req,
+                    Duration::from_secs(600),
+                )
+                .await
+            }));
+        }
+        assert!(
+            wait_for(|| hanging(&hung_ws).len() == 10).await,
+            "the ten requests never hung together: {:?}",
+            hanging(&hung_ws)
+        );
+        for _ in 0..3 {
+            let a = r
+                .observe("healthy", &launch, &req, Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert_eq!(a.observer_starts, 0, "the same observer answers");
+            assert_eq!(a.observation["plan_status"]["status"], "finalized");
+        }
+        assert_eq!(hanging(&hung_ws).len(), 10);
+        assert!(hung.iter().all(|h| !h.is_finished()));
+
+        // One more hung request with a short deadline: stopped on the runner (its process is
+        // gone when the answer comes), the observer still the same.
+        let e = r
+            .observe("hung-x", &launch, &hung_req, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert_eq!(e, ResidentError::Deadline(Duration::from_secs(3)));
+        assert_eq!(hanging(&hung_ws).len(), 10, "only the ten remain");
+        let a = r
+            .observe("healthy", &launch, &req, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(a.observer_starts, 0);
+
+        // Unregistering ends the observer and every request it still runs.
+        r.drop_runner(&launch.runner()).await;
+        for h in hung {
+            let e = h.await.unwrap().unwrap_err();
+            assert!(matches!(e, ResidentError::Unavailable(_)), "{e:?}");
+        }
+        assert!(
+            wait_for(|| hanging(&hung_ws).is_empty()).await,
+            "hung requests outlived their observer: {:?}",
+            hanging(&hung_ws)
+        );
     }
 }

@@ -8,50 +8,178 @@
 #     {"id": N, "op": "observe", "request": {<observe.py input>}, "deadline_secs": S}
 # (or {"op": "ping"}); each answer is {"id": N, "observation": {...}} with `core_starts` the
 # number of core imports this request caused (0 in steady state, 1 after a restart), or
-# {"id": N, "stale": <why>} after which it exits: the core's installed files changed since it
-# was imported (a `pip install --upgrade`), so stale code must not answer; the daemon starts a
-# fresh observer and asks again. A request still running at its deadline ends the process
-# (exit 124); so does end of input, at once even while a request runs: a reader thread owns
-# stdin, so a hung request cannot keep the observer alive after the daemon (its only client) went
-# away. Stray output of the core or its children cannot reach the protocol: it owns a private
+# {"id": N, "deadline": S} when the request was still running at its deadline (it was killed;
+# the observer goes on serving), or {"id": N, "stale": <why>} after which it exits: the core's
+# installed files changed since it was imported (a `pip install --upgrade`), so stale code must
+# not answer; the daemon starts a fresh observer and asks again.
+#
+# Requests run concurrently, each in a child forked from this process (it inherits the imported
+# core, so steady state still costs no import) in a process group of its own: one request that
+# hangs (a chain spec that is a FIFO, a stuck file system) never holds back the other
+# registrations observing the same runner, and at its deadline its whole group is killed. At
+# most MAX_IN_FLIGHT requests run at once. End of input ends the observer and every request
+# still running, at once: a reader thread owns stdin, so nothing outlives the daemon (its only
+# client). Stray output of the core or its children cannot reach the protocol: it owns a private
 # copy of stdout, and fd 1 is pointed at stderr.
 #
 # Sent after the layout constants, files.py, drivers.py and observe.py, as one script.
 
 import queue
+import select
+import signal
 import threading
+import time
+import warnings
+
+# Requests running at once in one observer; the daemon's own caps (tick slots per host) keep
+# far fewer in flight, so this only bounds a misbehaving client.
+MAX_IN_FLIGHT = 32
+
+
+def die_with_parent(parent):
+    # Linux: a request's process is killed when the observer dies, however it dies (even by
+    # SIGKILL, when it cannot kill its requests itself). Best effort elsewhere.
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(0)  # the observer died before the request could ask to die with it
+    except Exception:  # noqa: BLE001 - no prctl here; end of input still ends requests
+        pass
 
 
 def serve(python):
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
-    home = os.getcwd()
     core = Core()
+    out_lock = threading.Lock()
+    kids_lock = threading.Lock()
+    children = {}
+    lines = queue.Queue()
 
     def reply(obj):
-        proto.write(json.dumps(obj, ensure_ascii=True, sort_keys=True) + "\n")
-        proto.flush()
+        with out_lock:
+            proto.write(json.dumps(obj, ensure_ascii=True, sort_keys=True) + "\n")
+            proto.flush()
 
-    lines = queue.Queue()
-    state = {"busy": False, "eof": False}
-    lock = threading.Lock()
+    def in_flight():
+        with kids_lock:
+            return len(children)
+
+    def end(code):
+        # Nothing a request started outlives the observer.
+        with kids_lock:
+            pids = list(children)
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(code)
 
     def read_stdin():
-        # The one reader of stdin. End of input means the daemon (or its session) is gone: with
-        # a request in progress nothing will read its answer, so end now, not at its deadline.
+        # The one reader of stdin. End of input means the daemon (or its session) is gone:
+        # nothing will read another answer, so end now, requests and all.
         while True:
             try:
                 line = sys.stdin.readline()
             except (OSError, ValueError):
                 line = ""
             if not line:
-                with lock:
-                    state["eof"] = True
-                    if state["busy"]:
-                        os._exit(0)
-                lines.put(None)
-                return
+                end(0)
             lines.put(line)
+
+    def collect(pid, rid, fd, deadline):
+        # Read the child's answer until it closes its end or the deadline passes.
+        chunks = []
+        end_at = time.monotonic() + deadline if deadline else None
+        timed_out = False
+        while True:
+            wait = None if end_at is None else end_at - time.monotonic()
+            if wait is not None and wait <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                timed_out = True
+                break
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(fd)
+        if timed_out:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        with kids_lock:
+            children.pop(pid, None)
+        if timed_out:
+            reply({"id": rid, "deadline": deadline})
+            return
+        try:
+            result = json.loads(b"".join(chunks).decode("utf-8"))
+            if not isinstance(result, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            result = {"version": VERSION, "fatal": "the observation process ended without an answer"}
+        module = result.pop("core_module", None)
+        if isinstance(module, str) and core.module is None:
+            # The request found the core itself: import it here too (before the answer goes
+            # out, so the next request is forked with it).
+            lines.put({"import": module})
+        reply({"id": rid, "observation": result})
+
+    def fork_request(rid, req, deadline):
+        request = req["request"]
+        before = core.starts
+        module = in_process(request.get("launcher") or "")
+        if module and core.module is None:
+            # Import the core here, once, so every child inherits it.
+            try:
+                core.get(module, "cli")
+            except Exception:  # noqa: BLE001 - the child reports it with its observation
+                pass
+        r, w = os.pipe()
+        parent = os.getpid()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            try:
+                os.setpgid(0, 0)
+                die_with_parent(parent)
+                os.close(r)
+                try:
+                    result = observe(request, python, core)
+                except Exception as exc:  # noqa: BLE001 - report, never raise
+                    result = {"version": VERSION, "fatal": "observation failed: %s: %s" % (type(exc).__name__, exc)}
+                result["core_starts"] = core.starts - before
+                result["core_module"] = core.module
+                data = json.dumps(result, ensure_ascii=True, sort_keys=True).encode("utf-8")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view):]
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        with kids_lock:
+            children[pid] = rid
+        t = threading.Thread(target=collect, args=(pid, rid, r, deadline), name="request-%s" % rid)
+        t.daemon = True
+        t.start()
 
     reader = threading.Thread(target=read_stdin, name="stdin-reader")
     reader.daemon = True
@@ -59,11 +187,13 @@ def serve(python):
 
     reply({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:
-        with lock:
-            state["busy"] = False
         line = lines.get()
-        if line is None:
-            return 0
+        if isinstance(line, dict):
+            try:
+                core.get(line["import"], "cli")
+            except Exception:  # noqa: BLE001 - the next child imports it itself
+                pass
+            continue
         line = line.strip()
         if not line:
             continue
@@ -75,36 +205,18 @@ def serve(python):
             reply({"id": None, "observation": {"version": VERSION, "fatal": "bad request: %s" % exc}})
             continue
         rid = req.get("id")
-        with lock:
-            if state["eof"]:
-                return 0
-            state["busy"] = True
         why = core.changed()
         if why:
             reply({"id": rid, "stale": why})
-            return 0
+            end(0)
         deadline = req.get("deadline_secs")
-        timer = None
-        if isinstance(deadline, (int, float)) and deadline > 0:
-            timer = threading.Timer(float(deadline), lambda: os._exit(124))
-            timer.daemon = True
-            timer.start()
-        before = core.starts
-        try:
-            if req.get("op") == "ping":
-                result = {"version": VERSION}
-            elif req.get("op") == "observe" and isinstance(req.get("request"), dict):
-                result = observe(req["request"], python, core)
-            else:
-                result = {"version": VERSION, "fatal": "unknown request op %r" % req.get("op")}
-        except Exception as exc:  # noqa: BLE001 - report, never raise
-            result = {"version": VERSION, "fatal": "observation failed: %s: %s" % (type(exc).__name__, exc)}
-        finally:
-            if timer is not None:
-                timer.cancel()
-            try:
-                os.chdir(home)
-            except OSError:
-                pass
-        result["core_starts"] = core.starts - before
-        reply({"id": rid, "observation": result})
+        if not isinstance(deadline, (int, float)) or deadline <= 0:
+            deadline = None
+        if req.get("op") == "ping":
+            reply({"id": rid, "observation": {"version": VERSION, "core_starts": 0}})
+        elif req.get("op") != "observe" or not isinstance(req.get("request"), dict):
+            reply({"id": rid, "observation": {"version": VERSION, "fatal": "unknown request op %r" % req.get("op")}})
+        elif in_flight() >= MAX_IN_FLIGHT:
+            reply({"id": rid, "observation": {"version": VERSION, "fatal": "the observer already runs %d requests" % MAX_IN_FLIGHT}})
+        else:
+            fork_request(rid, req, deadline)
