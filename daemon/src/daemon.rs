@@ -82,6 +82,8 @@ pub async fn run(settings: Settings) -> i32 {
     });
     let sched = Scheduler::new(on_tick);
     let (tick_feed, _) = broadcast::channel(1024);
+    let (runner_events, runner_events_rx) =
+        tokio::sync::mpsc::channel(crate::supervisor::events::QUEUE);
     let state = Arc::new(AppState {
         tick_slots: Arc::new(scheduler::TickSlots::new(scheduler::SlotLimits::new(
             settings.max_concurrent_ticks,
@@ -98,6 +100,7 @@ pub async fn run(settings: Settings) -> i32 {
         secrets: Default::default(),
         launchers: Default::default(),
         residents: Default::default(),
+        runner_events,
         shutdown: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -106,6 +109,11 @@ pub async fn run(settings: Settings) -> i32 {
     let _ = cell.set(Arc::downgrade(&state));
     crate::notify::spawn_worker(state.clone());
     tokio::spawn(reap_idle_observers(state.clone()));
+    tokio::spawn(crate::supervisor::events::run(
+        Arc::downgrade(&state),
+        runner_events_rx,
+        state.shutdown.clone(),
+    ));
 
     if let Err(e) = schedule_stored(&state).await {
         tracing::error!("{e}");

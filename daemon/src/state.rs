@@ -34,6 +34,9 @@ pub struct AppState {
     pub launchers: crate::chain::launcher::LauncherCache,
     /// Resident observers, one per runner key (provider/resident.rs).
     pub residents: crate::provider::resident::Residents,
+    /// Where the observers' runner watches send their events (supervisor/events.rs ticks on
+    /// them).
+    pub runner_events: crate::provider::resident::EventSender,
     pub shutdown: CancellationToken,
     /// Fired one grace period after `shutdown`: whatever still runs is cancelled.
     pub hard_stop: CancellationToken,

@@ -969,3 +969,65 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     );
     assert_eq!(dead.received().len(), sent);
 }
+
+/// Issue 24 item 1: a runner's change is told at once, not at the next scheduled tick. The
+/// registration's schedule never fires during the test (once a year, on 1 January); after one
+/// manual tick (which sets up the runner watch), the driver is killed on the runner: the
+/// daemon ticks by itself (`trigger: event`), restarts the runner and the receiver gets the
+/// notification. Judged by what happened, never by how fast.
+#[test]
+fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
+    let receiver = Receiver::start();
+    let Some((rig, _cfg)) = rig_with("", "retry: {initial_delay: 200ms, max_delay: 1s}\n", &[])
+    else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+    }));
+    let url = receiver.url("/hook");
+    rig.ctl(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url])
+        .ok();
+    let t = rig.ctl(&["tick"]).ok();
+    assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    let before = stored_ticks(&rig).len();
+
+    rig.container
+        .exec_ok("tmux kill-session -t =megaplan-chain");
+    let event_ticks = || -> Vec<Value> {
+        stored_ticks(&rig)
+            .into_iter()
+            .filter(|t| t["trigger"] == "event")
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || event_ticks()
+            .iter()
+            .any(|t| t["event"] == "supervisor_restarted")),
+        "no event tick restarted the runner; ticks: {:#?}\n{}",
+        stored_ticks(&rig),
+        rig.daemon.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || count(
+            &receiver,
+            "supervisor_acted"
+        ) >= 1),
+        "the receiver was not told; got {:?}",
+        events(&receiver)
+    );
+    let all = stored_ticks(&rig);
+    assert!(
+        all.iter().all(|t| t["trigger"] != "schedule"),
+        "a scheduled tick ran: {all:#?}"
+    );
+    assert!(all.len() > before);
+    // The restarted runner is live again, and one driver runs.
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+    }));
+}

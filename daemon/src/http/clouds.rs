@@ -136,6 +136,12 @@ pub async fn unregister(
 /// (after the request they may be answering, on the daemon's own tasks). A store error keeps
 /// the observer; the idle reaper ends it later.
 async fn end_unused_observers(state: &Arc<AppState>, key: &str) {
+    // Its runner watch ends first (on the daemon's own tasks: a stuck observer must not hold
+    // the unregister), so no event ticks a registration that is gone.
+    let (st, k) = (state.clone(), key.to_string());
+    state
+        .tasks
+        .spawn(async move { st.residents.unwatch(&k).await });
     for (runner, others) in state.residents.forget_user(key) {
         let mut needed = false;
         for other in &others {

@@ -56,6 +56,32 @@ impl std::fmt::Display for ResidentError {
     }
 }
 
+/// A change the observer's watch saw on a runner, for the registration `key` (the cloud.yaml
+/// key the watch was made for). `lost`: the watch itself ended with its observer (a reason to
+/// look at the runner too: the session or the runner may be gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerEvent {
+    pub key: String,
+    pub what: String,
+    pub lost: bool,
+}
+
+/// Where runner events go. Bounded: a full channel drops events, which is harmless because one
+/// tick answers any number of them.
+pub type EventSender = tokio::sync::mpsc::Sender<RunnerEvent>;
+
+/// How often a watch looks at the runner (on the runner itself; nothing crosses the session
+/// while nothing changes).
+pub const WATCH_POLL: Duration = Duration::from_millis(500);
+
+/// The watches one observer runs: the route of each watch id to its registration, and each
+/// registration's watch (id and request).
+#[derive(Default)]
+struct Watches {
+    by_id: HashMap<u64, (String, EventSender)>,
+    by_user: HashMap<String, (u64, Value)>,
+}
+
 /// One answer: the observation object and how many observers had to be started for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -75,6 +101,7 @@ struct Resident {
     /// `None` once closed (the runner side then ends itself and every request it runs).
     stdin: tokio::sync::Mutex<Option<ChildStdin>>,
     pending: Arc<Pending>,
+    watches: Arc<std::sync::Mutex<Watches>>,
     next_id: AtomicU64,
     /// When it last started or finished a request.
     last_used: std::sync::Mutex<Instant>,
@@ -89,6 +116,8 @@ enum Reply {
     Stale(String),
     /// The runner side killed the request at its deadline; the observer goes on serving.
     Deadline,
+    /// Any other answer (a watch started or ended).
+    Ack(serde_json::Map<String, Value>),
 }
 
 enum AskError {
@@ -123,7 +152,11 @@ async fn read_until(
 
 /// The reader task: every answer to its request, until the observer's output ends; then every
 /// request still waiting learns why.
-async fn dispatch(mut lines: Lines<BufReader<ChildStdout>>, pending: Arc<Pending>) {
+async fn dispatch(
+    mut lines: Lines<BufReader<ChildStdout>>,
+    pending: Arc<Pending>,
+    watches: Arc<std::sync::Mutex<Watches>>,
+) {
     let why = loop {
         let obj = match read_until(&mut lines, |o| o.get("id").is_some_and(Value::is_u64)).await {
             Ok(obj) => obj,
@@ -133,6 +166,27 @@ async fn dispatch(mut lines: Lines<BufReader<ChildStdout>>, pending: Arc<Pending
         let Some(id) = obj.get("id").and_then(Value::as_u64) else {
             continue;
         };
+        if let Some(event) = obj.get("event") {
+            let route = watches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_id
+                .get(&id)
+                .cloned();
+            if let Some((key, tx)) = route {
+                let what = event
+                    .get("what")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the chain changed on the runner")
+                    .to_string();
+                let _ = tx.try_send(RunnerEvent {
+                    key,
+                    what,
+                    lost: false,
+                });
+            }
+            continue;
+        }
         let reply = if let Some(why) = obj.get("stale") {
             Reply::Stale(why.as_str().map_or_else(|| why.to_string(), str::to_string))
         } else if obj.contains_key("deadline") {
@@ -140,7 +194,7 @@ async fn dispatch(mut lines: Lines<BufReader<ChildStdout>>, pending: Arc<Pending
         } else {
             match obj.get("observation") {
                 Some(v @ Value::Object(_)) => Reply::Observation(v.clone()),
-                _ => continue,
+                _ => Reply::Ack(obj),
             }
         };
         let waiter = match &mut *pending.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -153,7 +207,17 @@ async fn dispatch(mut lines: Lines<BufReader<ChildStdout>>, pending: Arc<Pending
         }
     };
     // Dropping the senders tells every waiting request the observer is gone.
-    *pending.lock().unwrap_or_else(|p| p.into_inner()) = Err(why);
+    *pending.lock().unwrap_or_else(|p| p.into_inner()) = Err(why.clone());
+    // The watches end with it: each registration hears so (an observer ended on purpose has no
+    // watches left by now, see `Resident::end`).
+    let lost = std::mem::take(&mut *watches.lock().unwrap_or_else(|p| p.into_inner()));
+    for (key, tx) in lost.by_id.into_values() {
+        let _ = tx.try_send(RunnerEvent {
+            key,
+            what: format!("the runner watch ended: the resident observer {why}"),
+            lost: true,
+        });
+    }
 }
 
 impl Resident {
@@ -176,12 +240,14 @@ impl Resident {
             Ok(Ok(_)) => {}
         }
         let pending: Arc<Pending> = Arc::new(std::sync::Mutex::new(Ok(HashMap::new())));
-        let reader = tokio::spawn(dispatch(lines, pending.clone()));
+        let watches = Arc::new(std::sync::Mutex::new(Watches::default()));
+        let reader = tokio::spawn(dispatch(lines, pending.clone(), watches.clone()));
         Ok(Resident {
             child: std::sync::Mutex::new(child),
             _lease: lease,
             stdin: tokio::sync::Mutex::new(Some(stdin)),
             pending,
+            watches,
             next_id: AtomicU64::new(1),
             last_used: std::sync::Mutex::new(Instant::now()),
             reader,
@@ -198,7 +264,14 @@ impl Resident {
             Ok(map) => map.len(),
             Err(_) => 0,
         };
+        let watching = !self
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .is_empty();
         waiting == 0
+            && !watching
             && self
                 .last_used
                 .lock()
@@ -217,6 +290,8 @@ impl Resident {
 
     /// End it now, and with it every request it runs (the runner side sees end of input).
     fn end(&self) {
+        // Ended on purpose: its watches end silently (the slot re-makes them on a new observer).
+        *self.watches.lock().unwrap_or_else(|p| p.into_inner()) = Watches::default();
         // End of input first: the runner side then kills every request it runs and exits.
         if let Ok(mut stdin) = self.stdin.try_lock() {
             stdin.take();
@@ -235,8 +310,19 @@ impl Resident {
     }
 
     async fn ask(&self, request: &Value, deadline: Duration) -> Result<Reply, AskError> {
-        self.touch();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = json!({
+            "id": id,
+            "op": "observe",
+            "request": request,
+            "deadline_secs": runner_deadline(deadline).as_secs_f64(),
+        });
+        self.call(id, line, deadline).await
+    }
+
+    /// Send request `line` (carrying `id`) and wait for its answer.
+    async fn call(&self, id: u64, line: Value, deadline: Duration) -> Result<Reply, AskError> {
+        self.touch();
         let (tx, rx) = oneshot::channel();
         match &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
             Ok(map) => {
@@ -249,12 +335,6 @@ impl Resident {
             pending: &self.pending,
             id,
         };
-        let line = json!({
-            "id": id,
-            "op": "observe",
-            "request": request,
-            "deadline_secs": runner_deadline(deadline).as_secs_f64(),
-        });
         let work = async {
             let mut bytes = line.to_string().into_bytes();
             bytes.push(b'\n');
@@ -287,7 +367,89 @@ impl Resident {
         self.touch();
         answer
     }
+
+    /// Make (or keep) `user`'s watch of `request` on this observer; a watch of another request
+    /// for the same user is replaced. Events go to `events`.
+    async fn watch(
+        &self,
+        user: &str,
+        request: &Value,
+        events: &EventSender,
+    ) -> Result<(), AskError> {
+        let old = {
+            let w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+            match w.by_user.get(user) {
+                Some((_, r)) if r == request => return Ok(()),
+                Some((id, _)) => Some(*id),
+                None => None,
+            }
+        };
+        if let Some(old) = old {
+            self.unwatch_id(user, old).await;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Routed before it is sent, so the first event is never lost.
+        {
+            let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+            w.by_id.insert(id, (user.to_string(), events.clone()));
+            w.by_user.insert(user.to_string(), (id, request.clone()));
+        }
+        let line = json!({
+            "id": id,
+            "op": "watch",
+            "request": request,
+            "poll_secs": WATCH_POLL.as_secs_f64(),
+        });
+        match self.call(id, line, WATCH_CALL_DEADLINE).await {
+            Ok(Reply::Ack(a)) if a.get("watching") == Some(&Value::Bool(true)) => {
+                tracing::info!(key = user, "runner watch started");
+                Ok(())
+            }
+            other => {
+                let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+                w.by_id.remove(&id);
+                w.by_user.remove(user);
+                match other {
+                    Err(e) => Err(e),
+                    Ok(Reply::Ack(a)) => Err(AskError::Gone(format!(
+                        "it refused the watch: {}",
+                        a.get("error")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no reason")
+                    ))),
+                    Ok(_) => Err(AskError::Gone("it answered the watch oddly".into())),
+                }
+            }
+        }
+    }
+
+    /// End `user`'s watch `id` here and on the runner.
+    async fn unwatch_id(&self, user: &str, id: u64) {
+        {
+            let mut w = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+            w.by_id.remove(&id);
+            if w.by_user.get(user).is_some_and(|(i, _)| *i == id) {
+                w.by_user.remove(user);
+            }
+        }
+        let call = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = json!({"id": call, "op": "unwatch", "watch": id});
+        let _ = self.call(call, line, WATCH_CALL_DEADLINE).await;
+    }
+
+    /// `user`'s watch id here, if any.
+    fn watch_of(&self, user: &str) -> Option<u64> {
+        self.watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_user
+            .get(user)
+            .map(|(id, _)| *id)
+    }
 }
+
+/// How long starting or ending a watch may take (one line each way on a held session).
+const WATCH_CALL_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Drop for Resident {
     fn drop(&mut self) {
@@ -350,6 +512,9 @@ struct Slot {
     /// Set when the runner was dropped (or the daemon stops): a request still running then
     /// must not start a new observer for it.
     closed: std::sync::atomic::AtomicBool,
+    /// The watches the registrations want on this runner (request and where events go),
+    /// made again on every new observer.
+    wanted: std::sync::Mutex<HashMap<String, (Value, EventSender)>>,
 }
 
 impl Slot {
@@ -514,10 +679,96 @@ impl Residents {
             Ok(r) => {
                 let r = Arc::new(r);
                 *guard = Some(r.clone());
+                // The watches of the observer this one replaces, made again.
+                let wanted: Vec<_> = slot
+                    .wanted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(u, (req, tx))| (u.clone(), req.clone(), tx.clone()))
+                    .collect();
+                for (user, req, tx) in wanted {
+                    let why = match r.watch(&user, &req, &tx).await {
+                        Ok(()) => continue,
+                        Err(AskError::Timeout) => "no answer".to_string(),
+                        Err(AskError::Gone(why)) => why,
+                    };
+                    tracing::info!(key = %user, "the runner watch could not be made again: {why}");
+                }
                 Ok(r)
             }
             Err(AskError::Timeout) => Err(deadline_hit()),
             Err(AskError::Gone(why)) => Err(ResidentError::Unavailable(why)),
+        }
+    }
+
+    /// Watch the chain `request` (spec, session, workspace, launcher) on the runner `launch`
+    /// starts, for the registration `user`: its observer looks every [`WATCH_POLL`] and each
+    /// change is sent to `events`. Kept across observer restarts; one watch per registration
+    /// (a new request replaces the old). Needs the runner's observer to be running (it is right
+    /// after an observation); without one the watch is made when one starts.
+    pub async fn watch(
+        &self,
+        user: &str,
+        launch: &Launch,
+        request: &Value,
+        events: &EventSender,
+    ) -> Result<(), String> {
+        let slot = self.slot(&launch.runner(), user);
+        slot.wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_string(), (request.clone(), events.clone()));
+        let current = match tokio::time::timeout(WATCH_CALL_DEADLINE, slot.observer.lock()).await {
+            Ok(g) => g.as_ref().filter(|r| !r.is_gone()).cloned(),
+            Err(_) => None,
+        };
+        let Some(r) = current else {
+            return Ok(());
+        };
+        r.watch(user, request, events).await.map_err(|e| match e {
+            AskError::Timeout => "the observer did not answer the watch".to_string(),
+            AskError::Gone(why) => why,
+        })
+    }
+
+    /// Whether `user` has a running watch on some runner.
+    pub fn watching(&self, user: &str) -> bool {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        slots.iter().any(|s| {
+            s.observer.try_lock().is_ok_and(|g| {
+                g.as_ref()
+                    .is_some_and(|r| !r.is_gone() && r.watch_of(user).is_some())
+            })
+        })
+    }
+
+    /// End `user`'s watches (it was unregistered), here and on the runners.
+    pub async fn unwatch(&self, user: &str) {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            slot.wanted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(user);
+            let current = slot.observer.lock().await.clone();
+            if let Some(r) = current
+                && let Some(id) = r.watch_of(user)
+            {
+                r.unwatch_id(user, id).await;
+            }
         }
     }
 
@@ -556,6 +807,11 @@ impl Residents {
                     slot.retire(&resident).await;
                 }
                 Ok(Reply::Deadline) => return Err(ResidentError::Deadline(deadline)),
+                Ok(Reply::Ack(_)) => {
+                    return Err(ResidentError::Unavailable(
+                        "it answered the observation without one".into(),
+                    ));
+                }
                 Err(AskError::Timeout) => {
                     tracing::warn!(
                         runner,
@@ -886,5 +1142,100 @@ mod tests {
             "hung requests outlived their observer: {:?}",
             hanging(&hung_ws)
         );
+    }
+
+    /// Issue 24 item 1: a watch speaks only when the chain changes on the runner, survives a
+    /// new observer (the slot makes it again), and ends with an unwatch.
+    #[tokio::test]
+    async fn a_watch_reports_a_state_change_and_is_made_again_on_a_new_observer() {
+        let root = tempfile::tempdir().unwrap();
+        let core = root.path().join("site");
+        copy_dir(&standin(), &core);
+        let tmux = root.path().join("tmux");
+        std::fs::create_dir_all(&tmux).unwrap();
+        let (ws, req) = workspace(root.path());
+        let launch = local("python3 -m arnold_pipelines.megaplan", &core, &tmux);
+        let r = Residents::default();
+        let deadline = Duration::from_secs(60);
+        r.observe("k", &launch, &req, deadline).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let watched = json!({
+            "spec": req["spec"],
+            "session": req["session"],
+            "workspace": req["workspace"],
+            "launcher": req["launcher"],
+        });
+        r.watch("k", &launch, &watched, &tx).await.unwrap();
+        assert!(r.watching("k"));
+        // The same watch again is kept, not duplicated.
+        r.watch("k", &launch, &watched, &tx).await.unwrap();
+
+        // The chain state file is the one the observation read.
+        let first = r.observe("k", &launch, &req, deadline).await.unwrap();
+        let state = first.observation["state_path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let write_state = |n: u32| {
+            let text = std::fs::read_to_string(&state).unwrap();
+            let mut v: Value = serde_json::from_str(&text).unwrap();
+            v["watch_test"] = json!(n);
+            std::fs::write(&state, v.to_string()).unwrap();
+        };
+        write_state(1);
+        let safety = Duration::from_secs(120);
+        let e = tokio::time::timeout(safety, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.key, "k");
+        assert!(!e.lost);
+        assert!(e.what.contains("state file"), "{e:?}");
+
+        // Its core upgraded: a new observer answers, and the watch is made on it again.
+        let cli = core.join("arnold_pipelines/megaplan/cli.py");
+        let text = std::fs::read_to_string(&cli).unwrap();
+        std::fs::write(&cli, format!("{text}\n# upgraded\n")).unwrap();
+        let after = r.observe("k", &launch, &req, deadline).await.unwrap();
+        assert_eq!(after.observer_starts, 1);
+        assert!(r.watching("k"));
+        while rx.try_recv().is_ok() {}
+        write_state(2);
+        let e = tokio::time::timeout(safety, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e.what.contains("state file"), "{e:?}");
+
+        // A driver of this chain starts, then dies: both are told.
+        let spec = req["spec"].as_str().unwrap().to_string();
+        while rx.try_recv().is_ok() {}
+        let mut driver = std::process::Command::new("python3")
+            .args(["-c", "import time; time.sleep(600)", "-m"])
+            .args([
+                "arnold_pipelines.megaplan",
+                "chain",
+                "start",
+                "--spec",
+                &spec,
+            ])
+            .spawn()
+            .unwrap();
+        let e = tokio::time::timeout(safety, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e.what.contains("driver process started"), "{e:?}");
+        driver.kill().unwrap();
+        driver.wait().unwrap();
+        let e = tokio::time::timeout(safety, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e.what.contains("driver process is gone"), "{e:?}");
+
+        r.unwatch("k").await;
+        assert!(!r.watching("k"));
+        let _ = ws;
     }
 }

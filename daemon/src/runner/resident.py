@@ -13,6 +13,12 @@
 # installed files changed since it was imported (a `pip install --upgrade`), so stale code must
 # not answer; the daemon starts a fresh observer and asks again.
 #
+# A watch ({"id": N, "op": "watch", "request": {spec, session, workspace, launcher},
+# "poll_secs": S}) looks at the chain on the runner every S seconds with no core and no
+# subprocess in steady state (the driver processes by /proc, the chain state file by stat) and
+# answers {"id": N, "event": {"what": ..., "before": ..., "after": ...}} each time that changes;
+# nothing while nothing changes. {"id": M, "op": "unwatch", "watch": N} ends it.
+#
 # Requests run concurrently, each in a child forked from this process (it inherits the imported
 # core, so steady state still costs no import) in a process group of its own: one request that
 # hangs (a chain spec that is a FIFO, a stuck file system) never holds back the other
@@ -35,6 +41,9 @@ import warnings
 # far fewer in flight, so this only bounds a misbehaving client.
 MAX_IN_FLIGHT = 32
 
+# Watches in one observer (one per registration observing the runner).
+MAX_WATCHES = 256
+
 
 def die_with_parent(parent):
     # Linux: a request's process is killed when the observer dies, however it dies (even by
@@ -49,6 +58,57 @@ def die_with_parent(parent):
             os._exit(0)  # the observer died before the request could ask to die with it
     except Exception:  # noqa: BLE001 - no prctl here; end of input still ends requests
         pass
+
+
+def watch_fingerprint(req, known_drivers):
+    """What the watch compares between polls: the chain's driver pids (the known ones checked
+    by /proc, a full /proc scan only while none is known) and the chain state file's stat."""
+    spec = req.get("spec") or ""
+    workspace = req.get("workspace") or ""
+    if spec and not os.path.isabs(spec):
+        spec = os.path.join(workspace or "/", spec)
+    resolved = os.path.realpath(spec) if spec else ""
+    alive = [p for p in known_drivers if running(p)]
+    if not alive and resolved:
+        alive = [d["pid"] for d in find_drivers_pids(resolved, req.get("launcher") or "")]
+    state = None
+    if resolved:
+        state_path, _, legacy_path = state_paths(resolved)
+        for path in (state_path, legacy_path):
+            try:
+                st = os.stat(path)
+                state = (path, st.st_mtime_ns, st.st_size)
+                break
+            except OSError:
+                continue
+    return {"drivers": sorted(alive), "state": state}
+
+
+def running(pid):
+    """A process that has not ended: a zombie (dead, not yet reaped, as under a container whose
+    pid 1 reaps nothing) counts as ended."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def find_drivers_pids(resolved, launcher):
+    # The /proc scan of find_drivers without the tmux pane lookup (no subprocess).
+    return find_drivers(resolved, launcher, run=lambda *a, **k: (None, "no tmux lookup in a watch"))
+
+
+def watch_change(before, after):
+    if before["drivers"] and not after["drivers"]:
+        return "the chain's driver process is gone"
+    if after["drivers"] and not before["drivers"]:
+        return "a chain driver process started"
+    if before["drivers"] != after["drivers"]:
+        return "the chain's driver process changed"
+    return "the chain state file changed"
 
 
 def serve(python):
@@ -181,6 +241,33 @@ def serve(python):
         t.daemon = True
         t.start()
 
+    watches = {}
+
+    def start_watch(wid, req):
+        poll = req.get("poll_secs")
+        if not isinstance(poll, (int, float)) or not 0.05 <= poll <= 3600:
+            poll = 1.0
+        if len(watches) >= MAX_WATCHES:
+            raise RuntimeError("the observer already runs %d watches" % MAX_WATCHES)
+        stop = threading.Event()
+
+        def loop():
+            # The first look is taken at once, so a change right after the watch began is seen.
+            last = watch_fingerprint(req["request"], [])
+            while not stop.wait(poll):
+                try:
+                    now = watch_fingerprint(req["request"], last["drivers"])
+                except Exception as exc:  # noqa: BLE001 - a watch never ends the observer
+                    now = {"drivers": [], "state": None, "error": "%s: %s" % (type(exc).__name__, exc)}
+                if now != last:
+                    reply({"id": wid, "event": {"what": watch_change(last, now), "drivers": now["drivers"]}})
+                last = now
+
+        t = threading.Thread(target=loop, name="watch-%s" % wid)
+        t.daemon = True
+        watches[wid] = stop
+        t.start()
+
     reader = threading.Thread(target=read_stdin, name="stdin-reader")
     reader.daemon = True
     reader.start()
@@ -212,7 +299,18 @@ def serve(python):
         deadline = req.get("deadline_secs")
         if not isinstance(deadline, (int, float)) or deadline <= 0:
             deadline = None
-        if req.get("op") == "ping":
+        if req.get("op") == "watch" and isinstance(req.get("request"), dict):
+            try:
+                start_watch(rid, req)
+                reply({"id": rid, "watching": True})
+            except Exception as exc:  # noqa: BLE001 - report, never raise
+                reply({"id": rid, "watching": False, "error": "%s: %s" % (type(exc).__name__, exc)})
+        elif req.get("op") == "unwatch":
+            stop = watches.pop(req.get("watch"), None)
+            if stop is not None:
+                stop.set()
+            reply({"id": rid, "unwatched": stop is not None})
+        elif req.get("op") == "ping":
             reply({"id": rid, "observation": {"version": VERSION, "core_starts": 0}})
         elif req.get("op") != "observe" or not isinstance(req.get("request"), dict):
             reply({"id": rid, "observation": {"version": VERSION, "fatal": "unknown request op %r" % req.get("op")}})

@@ -2,6 +2,7 @@
 //! the stored and published report), the tick itself (observe → decide → act), the chain a
 //! tick looks at, and the last-chain markers it reads and writes.
 
+pub mod events;
 pub mod markers;
 pub mod supervise;
 pub mod target;

@@ -309,6 +309,7 @@ async fn observe_and_act(
             residents: &state.residents,
             key,
             deadline: observe_deadline,
+            events: Some(&state.runner_events),
         }),
     )
     .await?;

@@ -5,7 +5,7 @@ use crate::chain::observe::{self, Observation};
 use crate::chain::spec::ChainSpec;
 use crate::cloud_yaml::{CloudSpec, Mode};
 use crate::provider::ExecResult;
-use crate::provider::resident::{ResidentError, Residents};
+use crate::provider::resident::{EventSender, ResidentError, Residents};
 use crate::provider::{Provider, redact_error, remote_failure};
 use crate::redact::Redactor;
 use crate::runner::layout::chain_log;
@@ -122,6 +122,9 @@ pub struct Resident<'a> {
     pub residents: &'a Residents,
     pub key: &'a str,
     pub deadline: Duration,
+    /// For a registration's tick: keep a watch of the chain on the runner, its events sent
+    /// here (supervisor/events.rs). `None` for one-off commands (`status --chain`).
+    pub events: Option<&'a EventSender>,
 }
 
 /// The observation through the runner's resident observer; `None` when it cannot run there
@@ -148,11 +151,34 @@ async fn ask_resident(
         .observe(r.key, &launch, &req.to_json(SESSION_MARKER_DIR), r.deadline)
         .await
     {
-        Ok(a) => Ok(Some(ExecResult {
-            code: 0,
-            stdout: format!("{OBSERVATION_PREFIX}{}\n", a.observation),
-            stderr: String::new(),
-        })),
+        Ok(a) => {
+            if let Some(events) = r.events {
+                // The launcher the observation found when none is configured: the watch
+                // recognises the chain's driver by its command line.
+                let launcher = Some(req.launcher.as_str())
+                    .filter(|l| !l.trim().is_empty())
+                    .or_else(|| a.observation["core"]["launcher"].as_str())
+                    .unwrap_or_default();
+                let watched = serde_json::json!({
+                    "spec": req.spec,
+                    "session": req.session,
+                    "workspace": req.workspace,
+                    "launcher": launcher,
+                });
+                // Without a watch the schedule still ticks; say why once per tick.
+                if let Err(why) = r.residents.watch(r.key, &launch, &watched, events).await {
+                    tracing::info!(
+                        key = r.key,
+                        "no runner watch ({why}); ticks follow the schedule only"
+                    );
+                }
+            }
+            Ok(Some(ExecResult {
+                code: 0,
+                stdout: format!("{OBSERVATION_PREFIX}{}\n", a.observation),
+                stderr: String::new(),
+            }))
+        }
         Err(e @ ResidentError::Deadline(_)) => {
             Err(ErrorBody::new(ErrorCode::DeadlineExceeded, e.to_string()))
         }

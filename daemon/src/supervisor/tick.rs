@@ -26,6 +26,8 @@ pub enum Trigger {
     Schedule(DateTime<Utc>),
     /// `POST /v1/clouds/{key}/tick`.
     Manual,
+    /// A change the runner watch saw (supervisor/events.rs).
+    Event,
 }
 
 impl Trigger {
@@ -33,13 +35,14 @@ impl Trigger {
         match self {
             Trigger::Schedule(_) => "schedule",
             Trigger::Manual => "manual",
+            Trigger::Event => "event",
         }
     }
 
     fn due(self) -> Option<DateTime<Utc>> {
         match self {
             Trigger::Schedule(due) => Some(due),
-            Trigger::Manual => None,
+            Trigger::Manual | Trigger::Event => None,
         }
     }
 }
@@ -95,7 +98,14 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
         return TickOutcome::Skipped;
     }
     let lock = state.tick_lock(&key);
-    let Ok(_guard) = lock.try_lock() else {
+    // An event must be looked at even when a tick of this registration runs right now (it
+    // may have observed the runner before the change): it waits for that tick to end.
+    let waited = if trigger == Trigger::Event {
+        Some(lock.lock().await)
+    } else {
+        None
+    };
+    let Some(_guard) = waited.or_else(|| lock.try_lock().ok()) else {
         tracing::info!(
             key = %key,
             "tick skipped: the previous tick of this registration is still running or waiting for a tick slot"

@@ -38,6 +38,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
             residents: &ctx.state.residents,
             key: &ctx.key,
             deadline: ctx.state.settings.command_timeout,
+            events: None,
         }),
     )
     .await?;
