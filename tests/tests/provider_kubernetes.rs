@@ -1,0 +1,235 @@
+//! provider: kubernetes against a real cluster the test starts (tests/src/kube.rs: etcd,
+//! kube-apiserver, controller-manager, scheduler, a kubelet on a dockerd of its own), through
+//! the daemon and the client, with the daemon holding only the namespaced Role of
+//! docs/providers.md: deploy → exec with a hostile argument → chain → status --chain →
+//! supervise restarting a killed runner (one driver after) → logs -f → down (claim still
+//! Bound) → a new deploy finds the workspace file → destroy (nothing labelled left). The
+//! Secret's value never appears in the pod as the API serves it, the daemon's files (log,
+//! SQLite) or any process's argv.
+
+use megaplan_cloud_e2e::kube::KubeCluster;
+use megaplan_cloud_e2e::rig::{Run, write_chain};
+use megaplan_cloud_e2e::{Daemon, unique_suffix, wait_until};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            hits.extend(files_containing(&p, needle));
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(p.display().to_string());
+        }
+    }
+    hits
+}
+
+/// Watches every process's argv for `needle` until stopped; the command lines seen with it.
+fn argv_watch(needle: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            if let Ok(procs) = std::fs::read_dir("/proc") {
+                for p in procs.flatten() {
+                    if let Ok(cmd) = std::fs::read(p.path().join("cmdline"))
+                        && cmd.windows(needle.len()).any(|w| w == needle.as_bytes())
+                    {
+                        seen.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    });
+    (stop, handle)
+}
+
+#[test]
+fn kubernetes_runner_lifecycle_against_a_real_cluster() {
+    let Some(cluster) = KubeCluster::start() else {
+        return;
+    };
+    let secret = format!("kube-e2e-secret-{}", unique_suffix());
+    let (stop_watch, watch) = argv_watch(secret.clone());
+    let d = Daemon::start(&[], &[]);
+    let project = d.dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let name = format!(
+        "mpk{}",
+        unique_suffix().replace(|c: char| !c.is_ascii_alphanumeric(), "")
+    );
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let cy = project.join("cloud.yaml");
+    std::fs::write(
+        &cy,
+        format!(
+            "provider: kubernetes\nrepo: {{url: /srv/repo.git, workspace: /workspace/app}}\nsecrets: [MP_KUBE_TOKEN]\nresources: {{port: {port}}}\nkubernetes:\n  kubeconfig: {kc}\n  namespace: {ns}\n  name: {name}\n  image: {image}\n  storage: 1Gi\n  pod_template:\n    spec:\n      hostNetwork: true\n",
+            kc = cluster.daemon_kubeconfig.display(),
+            ns = cluster.namespace,
+            image = cluster.image,
+        ),
+    )
+    .unwrap();
+    let env = [("MP_KUBE_TOKEN", secret.as_str())];
+    let run = |args: &[&str]| {
+        let mut full = vec!["--cloud-yaml", cy.to_str().unwrap()];
+        full.extend_from_slice(args);
+        Run::from_output(&d.ctl(&project, &env, &full))
+    };
+    let ns = &cluster.namespace;
+    let pod_path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+    let claim_path = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}-workspace");
+
+    // deploy: Secret, ConfigMap, claim, pod; ready on its readiness probe.
+    let deployed = run(&["deploy"]);
+    assert_eq!(
+        deployed.code,
+        Some(0),
+        "deploy failed\nstdout: {}\nstderr: {}\n{}",
+        deployed.stdout,
+        deployed.stderr,
+        cluster.logs_tail()
+    );
+    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    assert_eq!(deployed.json["provider"], "kubernetes");
+    let pod = cluster.get_json(&pod_path);
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/managed-by"], "megaplan-cloudd");
+    assert!(
+        pod["metadata"]["annotations"]["megaplan-cloudd/spec-digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{pod:#}"
+    );
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(
+        pod["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        format!("{name}-env")
+    );
+    assert!(!pod.to_string().contains(&secret), "the secret is in the pod: {pod:#}");
+    assert_eq!(cluster.get_json(&claim_path)["status"]["phase"], "Bound");
+
+    // exec: a hostile argument arrives as written; the secret reaches the runner's
+    // environment through envFrom and comes back redacted.
+    let e = run(&[
+        "exec",
+        "printf '%s|' \"a b\" '$(x)' `echo q` \"it's\"; echo \"tok=$MP_KUBE_TOKEN\"; echo err >&2; exit 7",
+    ]);
+    assert_eq!(e.code, Some(7), "{}\n{}", e.stdout, e.stderr);
+    assert!(e.stdout.starts_with("a b|$(x)|q|it's|tok=***REDACTED***"), "{}", e.stdout);
+    assert!(!e.stdout.contains(&secret));
+    assert!(e.stderr.contains("err"), "{}", e.stderr);
+
+    // The chain: a repo for the runner (it has no network), then chain and status --chain.
+    run(&[
+        "exec",
+        "set -e; git init -q --bare -b main /srv/repo.git; s=$(mktemp -d); cd $s; git init -q -b main; echo hi > README; git add README; git -c user.name=t -c user.email=t@e commit -qm i; git push -q /srv/repo.git main",
+    ])
+    .ok();
+    run(&[
+        "exec",
+        "mkdir -p /workspace/app/.megaplan && printf '%s' '{\"step_seconds\": 0.2, \"stall\": [\"m2\"]}' > /workspace/app/.megaplan/standin-control.json",
+    ])
+    .ok();
+    let spec = write_chain(&project.join("epic"), "chain.yaml", &["m1", "m2", "m3"]);
+    run(&["chain", spec.to_str().unwrap()]).ok();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+        }),
+        "{}",
+        run(&["status", "--chain"]).stdout
+    );
+
+    // supervise: a live runner is left alone; a killed one is restarted by the daemon, with
+    // one driver afterwards.
+    let t = run(&["supervise", "--chain"]);
+    assert_eq!(t.code, Some(0), "{}", t.stderr);
+    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    run(&["exec", "tmux kill-session -t =megaplan-chain"]).ok();
+    run(&[
+        "exec",
+        "printf '%s' '{\"step_seconds\": 0.2}' > /workspace/app/.megaplan/standin-control.json",
+    ])
+    .ok();
+    let t = run(&["supervise", "--chain"]);
+    assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
+    assert_eq!(t.json["acted"], true, "{}", t.stdout);
+    let drivers = run(&["exec", "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'"]);
+    assert_eq!(drivers.stdout.trim(), "1", "{}", drivers.stderr);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            run(&["status", "--chain"]).json["effective_status"] == "complete"
+        }),
+        "{}",
+        run(&["status", "--chain"]).stdout
+    );
+    let s = run(&["status", "--chain"]).ok();
+    assert!(s.stderr.contains("Completed: m1, m2, m3"), "{}", s.stderr);
+
+    // logs -f: streams the entrypoint's output and keeps following (a line written after the
+    // stream started arrives).
+    let mut follow = d
+        .ctl_command(&project, &["--cloud-yaml", cy.to_str().unwrap(), "logs", "-f"])
+        .env("MP_KUBE_TOKEN", &secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(!first.is_empty(), "logs -f printed nothing");
+    let marker = format!("follow-marker-{}", unique_suffix());
+    run(&["exec", &format!("echo {marker} > /proc/1/fd/1")]).ok();
+    let arrived = lines
+        .map_while(Result::ok)
+        .take(10_000)
+        .any(|l| l.contains(&marker));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(arrived, "the line written after logs -f started did not arrive");
+
+    // down: the pod goes, the claim stays Bound; a new deploy finds the workspace file.
+    run(&["exec", "echo kept > /workspace/app/kept.txt"]).ok();
+    run(&["down"]).ok();
+    assert!(wait_until(Duration::from_secs(30), || cluster
+        .get_json(&pod_path)["code"]
+        == 404));
+    assert_eq!(cluster.get_json(&claim_path)["status"]["phase"], "Bound");
+    run(&["deploy"]).ok();
+    let kept = run(&["exec", "cat /workspace/app/kept.txt"]).ok();
+    assert_eq!(kept.stdout.trim(), "kept");
+
+    // The secret: not in the pod as served, the daemon's files, any argv.
+    assert!(!cluster.get_json(&pod_path).to_string().contains(&secret));
+    assert_eq!(files_containing(&d.dir, secret.as_bytes()), Vec::<String>::new());
+
+    // destroy: nothing labelled for it is left.
+    run(&["destroy", "--yes"]).ok();
+    let selector = "app.kubernetes.io%2Fmanaged-by%3Dmegaplan-cloudd";
+    for kind in ["pods", "persistentvolumeclaims", "secrets", "configmaps"] {
+        let left = cluster.get_json(&format!("/api/v1/namespaces/{ns}/{kind}?labelSelector={selector}"));
+        assert_eq!(left["items"], serde_json::json!([]), "{kind} left: {left:#}");
+    }
+    stop_watch.store(true, Ordering::Relaxed);
+    let seen = watch.join().unwrap();
+    assert_eq!(seen, Vec::<String>::new(), "the secret appeared in an argv");
+    assert_eq!(files_containing(&d.dir, secret.as_bytes()), Vec::<String>::new());
+}
