@@ -3,13 +3,19 @@
 # (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet) from Debian bookworm's
 # `kubernetes` source package, with Debian's golang-go and every Go dependency vendored, so
 # nothing but the Debian archive is needed. The binaries are cached outside the checkout in
-# /var/tmp/megaplan-e2e/kubernetes-<debian version>/bin, keyed by the package version, so a
+# /var/tmp/megaplan-e2e/kubernetes-<debian version>-<recipe>/bin, keyed by the package version, so a
 # machine builds them once (about 7 minutes on 2 cores). Run as root; prints the bin directory.
 set -euo pipefail
 
 bench_cache=${MEGAPLAN_BENCH_CACHE:-/var/tmp/megaplan-e2e}
 sources_file=/etc/apt/sources.list.d/megaplan-bookworm-src.sources
 binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+# Bumped when the recipe changes, so binaries of an older recipe are rebuilt.
+recipe=r2
+# The vendored github.com/modern-go/reflect2 1.0.1 crashes under Go >= 1.18 (a nil pointer
+# when the API server decodes any JSON object with a map: labels, annotations, data); Debian's
+# reflect2 1.0.2 (same API) replaces it.
+reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
 
 say() { printf '[build-cluster-binaries] %s\n' "$*" >&2; }
 
@@ -35,7 +41,7 @@ if [[ -z $version ]]; then
     say "apt-cache knows no 'kubernetes' source package (is the deb-src line reachable?)"
     exit 1
 fi
-root=$bench_cache/kubernetes-$version
+root=$bench_cache/kubernetes-$version-$recipe
 bin=$root/bin
 complete=1
 for b in "${binaries[@]}"; do [[ -x $bin/$b ]] || complete=0; done
@@ -57,6 +63,12 @@ fi
 tree=$work/kubernetes
 mkdir -p "$tree"
 tar -xf "$orig" -C "$tree" --strip-components=1
+if [[ ! -f $reflect2_src/reflect2.go ]]; then
+    say "missing $reflect2_src (apt-get install golang-github-modern-go-reflect2-dev)"
+    exit 1
+fi
+rm -rf "$tree/vendor/github.com/modern-go/reflect2"
+cp -r "$reflect2_src" "$tree/vendor/github.com/modern-go/reflect2"
 # The Kubernetes makefiles want the tree at $GOPATH/src/k8s.io/kubernetes.
 mkdir -p "$tree/.go/src/k8s.io"
 ln -sfn "$tree" "$tree/.go/src/k8s.io/kubernetes"

@@ -448,7 +448,7 @@ impl KubeCluster {
             .lines()
             .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))?;
         let o = Command::new("curl")
-            .args(["-sS", "--max-time", "10", "--cacert"])
+            .args(["-sS", "--http1.1", "--max-time", "10", "--cacert"])
             .arg(self.dir.join("ca.crt"))
             .arg("--cert")
             .arg(self.dir.join("admin.crt"))
@@ -467,17 +467,28 @@ impl KubeCluster {
             .lines()
             .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
             .ok_or("no server in the admin kubeconfig")?;
-        let o = run_ok(
-            Command::new("curl")
-                .args(["-sS", "--fail-with-body", "--max-time", "20", "-X", method, "-H", "Content-Type: application/json", "--data-binary", &body.to_string(), "--cacert"])
-                .arg(self.dir.join("ca.crt"))
-                .arg("--cert")
-                .arg(self.dir.join("admin.crt"))
-                .arg("--key")
-                .arg(self.dir.join("admin.key"))
-                .arg(format!("{server}{path}")),
-        )?;
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        let send = || {
+            run_ok(
+                Command::new("curl")
+                    .args(["-sS", "--http1.1", "--fail-with-body", "--max-time", "20", "-X", method, "-H", "Content-Type: application/json", "--data-binary", &body.to_string(), "--cacert"])
+                    .arg(self.dir.join("ca.crt"))
+                    .arg("--cert")
+                    .arg(self.dir.join("admin.crt"))
+                    .arg("--key")
+                    .arg(self.dir.join("admin.key"))
+                    .arg(format!("{server}{path}")),
+            )
+        };
+        // A freshly started API server may still refuse while its caches fill: a few tries.
+        let mut last = String::new();
+        for _ in 0..10 {
+            match send() {
+                Ok(o) => return Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Err(format!("{last}\n{}", self.logs_tail()))
     }
 
     /// GET `path` as JSON (`Null` when it cannot be read).
@@ -606,7 +617,12 @@ impl Drop for KubeCluster {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
-        let _ = fs::remove_dir_all(&self.dir);
+        if std::env::var_os("MEGAPLAN_KUBE_KEEP_LOGS").is_some() {
+            // For debugging the rig: only the component logs are kept.
+            eprintln!("kubernetes test cluster logs kept in {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
         let _ = fs::remove_dir_all(Path::new("/run").join(format!("mpk-{}", self.bridge)));
     }
 }
