@@ -564,6 +564,28 @@ mod tests {
     }
 
     #[test]
+    fn every_init_scaffold_loads_with_its_provider() {
+        for provider in megaplan_cloud_api::SCAFFOLD_PROVIDERS {
+            if provider == "ssh" {
+                continue; // ssh.host is left for the operator to fill in.
+            }
+            let text = megaplan_cloud_api::cloud_yaml_scaffold(provider).unwrap();
+            let spec =
+                crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml"))
+                    .unwrap_or_else(|e| panic!("{provider}: {e}"));
+            assert_eq!(spec.provider.as_str(), provider);
+            assert!(spec.warnings.is_empty(), "{provider}: {:?}", spec.warnings);
+        }
+        let text = megaplan_cloud_api::cloud_yaml_scaffold("kubernetes").unwrap();
+        let spec = crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml"))
+            .unwrap();
+        let k = spec.kubernetes.unwrap();
+        assert_eq!(k.image, "registry.example.com/megaplan-runner:1");
+        assert_eq!(k.storage, "10Gi");
+        assert_eq!(megaplan_cloud_api::cloud_yaml_scaffold("fly"), None);
+    }
+
+    #[test]
     fn absent_section_is_none_unless_required() {
         assert_eq!(
             parse(Path::new("/p/cloud.yaml"), None, false, "/app").unwrap(),
