@@ -39,7 +39,10 @@ pub fn binaries() -> Result<PathBuf, String> {
         return if complete(&d) {
             Ok(d)
         } else {
-            Err(format!("{KUBE_BIN_ENV}={} lacks one of {BINARIES:?}", d.display()))
+            Err(format!(
+                "{KUBE_BIN_ENV}={} lacks one of {BINARIES:?}",
+                d.display()
+            ))
         };
     }
     let mut found: Vec<PathBuf> = fs::read_dir(CACHE_DIR)
@@ -106,16 +109,38 @@ fn issue(dir: &Path, name: &str, subject: &str, ext: &str) -> Result<(), String>
     openssl(
         dir,
         &[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"),
-            "-out", &format!("{name}.csr"), "-subj", subject,
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subject,
         ],
     )?;
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-sha256", "-out", &format!("{name}.crt"),
-            "-extfile", &format!("{name}.ext"),
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-out",
+            &format!("{name}.crt"),
+            "-extfile",
+            &format!("{name}.ext"),
         ],
     )
 }
@@ -181,7 +206,8 @@ impl KubeCluster {
     /// `docker -H <the kubelet's dockerd> args…`.
     pub fn docker(&self) -> Command {
         let mut c = Command::new("docker");
-        c.arg("-H").arg(format!("unix://{}", self.docker_sock.display()));
+        c.arg("-H")
+            .arg(format!("unix://{}", self.docker_sock.display()));
         c
     }
 
@@ -226,9 +252,23 @@ impl KubeCluster {
         openssl(
             d,
             &[
-                "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-                "-out", "ca.crt", "-days", "2", "-subj", "/CN=megaplan-e2e-ca", "-addext",
-                "basicConstraints=critical,CA:TRUE", "-addext",
+                "req",
+                "-x509",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=megaplan-e2e-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
                 "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
             ],
         )?;
@@ -241,7 +281,12 @@ impl KubeCluster {
         )?;
         issue(d, "admin", "/O=system:masters/CN=e2e-admin", client)?;
         issue(d, "daemon", "/CN=megaplan-cloudd", client)?;
-        issue(d, "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", client)?;
+        issue(
+            d,
+            "kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            client,
+        )?;
         issue(
             d,
             "node",
@@ -307,10 +352,14 @@ impl KubeCluster {
         kubeconfig(&d, "node", &server, &format!("system:node:{}", self.node))?;
         // The API answers once RBAC's bootstrap roles exist.
         let healthy = wait_until(Duration::from_secs(60), || {
-            self.kubectl_raw("/readyz").is_some_and(|t| t.trim() == "ok")
+            self.kubectl_raw("/readyz")
+                .is_some_and(|t| t.trim() == "ok")
         });
         if !healthy {
-            return Err(format!("kube-apiserver did not become ready\n{}", self.logs_tail()));
+            return Err(format!(
+                "kube-apiserver did not become ready\n{}",
+                self.logs_tail()
+            ));
         }
         let common = [
             format!("--kubeconfig={}", admin.display()),
@@ -325,7 +374,11 @@ impl KubeCluster {
             format!("--root-ca-file={}", p("ca.crt")),
             "--use-service-account-credentials=false".into(),
         ]);
-        self.spawn("kube-controller-manager", &bin.join("kube-controller-manager"), &cm)?;
+        self.spawn(
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &cm,
+        )?;
         self.spawn("kube-scheduler", &bin.join("kube-scheduler"), &common)?;
         Ok(())
     }
@@ -343,7 +396,8 @@ impl KubeCluster {
             "#!/bin/sh\n# This VM refuses a negative oom_score_adj; dockershim gives sandboxes -998.\nprev=\nfor a in \"$@\"; do\n  if [ \"$prev\" = --bundle ] || [ \"$prev\" = -b ]; then\n    [ -f \"$a/config.json\" ] && sed -i 's/\"oomScoreAdj\": *-[0-9]*/\"oomScoreAdj\":0/g' \"$a/config.json\"\n  fi\n  prev=$a\ndone\nexec /usr/sbin/runc \"$@\"\n",
         )
         .map_err(|e| e.to_string())?;
-        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
         let exec_root = Path::new("/run").join(format!("mpk-{}", self.bridge));
         self.spawn(
             "dockerd",
@@ -365,7 +419,10 @@ impl KubeCluster {
             run(self.docker().arg("info")).is_ok_and(|o| o.status.success())
         });
         if !up {
-            return Err(format!("the kubelet's dockerd did not answer\n{}", self.logs_tail()));
+            return Err(format!(
+                "the kubelet's dockerd did not answer\n{}",
+                self.logs_tail()
+            ));
         }
         // Containers a killed earlier run left behind.
         if let Ok(o) = run(self.docker().args(["ps", "-aq"])) {
@@ -373,7 +430,9 @@ impl KubeCluster {
                 let _ = run(self.docker().args(["rm", "-f", id]));
             }
         }
-        let has = |tag: &str| run(self.docker().args(["image", "inspect", tag])).is_ok_and(|o| o.status.success());
+        let has = |tag: &str| {
+            run(self.docker().args(["image", "inspect", tag])).is_ok_and(|o| o.status.success())
+        };
         if !has(&self.image) {
             let save = Command::new("docker")
                 .args(["save", &self.image])
@@ -386,7 +445,14 @@ impl KubeCluster {
         let pause = self.pause_image();
         if !has(&pause) {
             let name = format!("mpk-pause-{}", self.bridge);
-            run_ok(self.docker().args(["create", "--name", &name, &self.image, "sleep", "infinity"]))?;
+            run_ok(self.docker().args([
+                "create",
+                "--name",
+                &name,
+                &self.image,
+                "sleep",
+                "infinity",
+            ]))?;
             let committed = run_ok(self.docker().args([
                 "commit",
                 "--change",
@@ -415,8 +481,14 @@ impl KubeCluster {
             format!("--kubeconfig={}", d.join("node.kubeconfig").display()),
             "--container-runtime=docker".into(),
             format!("--docker-endpoint=unix://{}", self.docker_sock.display()),
-            format!("--container-runtime-endpoint=unix://{}", d.join("dockershim.sock").display()),
-            format!("--image-service-endpoint=unix://{}", d.join("dockershim.sock").display()),
+            format!(
+                "--container-runtime-endpoint=unix://{}",
+                d.join("dockershim.sock").display()
+            ),
+            format!(
+                "--image-service-endpoint=unix://{}",
+                d.join("dockershim.sock").display()
+            ),
             format!("--hostname-override={}", self.node),
             format!("--pod-infra-container-image={}", self.pause_image()),
             "--cgroups-per-qos=false".into(),
@@ -457,11 +529,18 @@ impl KubeCluster {
             .arg(format!("{server}{path}"))
             .output()
             .ok()?;
-        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
     /// Send `method` with a JSON body to `path` as the admin; the response body.
-    pub fn api_send(&self, method: &str, path: &str, body: &serde_json::Value) -> Result<String, String> {
+    pub fn api_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, String> {
         let server = fs::read_to_string(&self.admin_kubeconfig)
             .map_err(|e| e.to_string())?
             .lines()
@@ -470,7 +549,20 @@ impl KubeCluster {
         let send = || {
             run_ok(
                 Command::new("curl")
-                    .args(["-sS", "--http1.1", "--fail-with-body", "--max-time", "20", "-X", method, "-H", "Content-Type: application/json", "--data-binary", &body.to_string(), "--cacert"])
+                    .args([
+                        "-sS",
+                        "--http1.1",
+                        "--fail-with-body",
+                        "--max-time",
+                        "20",
+                        "-X",
+                        method,
+                        "-H",
+                        "Content-Type: application/json",
+                        "--data-binary",
+                        &body.to_string(),
+                        "--cacert",
+                    ])
                     .arg(self.dir.join("ca.crt"))
                     .arg("--cert")
                     .arg(self.dir.join("admin.crt"))
@@ -504,9 +596,17 @@ impl KubeCluster {
     fn objects(&self) -> Result<(), String> {
         use serde_json::json;
         let ns = &self.namespace;
-        self.api_send("POST", "/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+        self.api_send(
+            "POST",
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )?;
         let role = role_manifest(ns);
-        self.api_send("POST", &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles"), &role)?;
+        self.api_send(
+            "POST",
+            &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles"),
+            &role,
+        )?;
         self.api_send(
             "POST",
             &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
@@ -530,7 +630,10 @@ impl KubeCluster {
         let node_ready = wait_until(Duration::from_secs(120), || {
             self.get_json(&format!("/api/v1/nodes/{}", self.node))["status"]["conditions"]
                 .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
         });
         if !node_ready {
             return Err(format!(
@@ -541,10 +644,14 @@ impl KubeCluster {
             ));
         }
         let account = wait_until(Duration::from_secs(60), || {
-            self.get_json(&format!("/api/v1/namespaces/{ns}/serviceaccounts/default"))["metadata"]["name"] == "default"
+            self.get_json(&format!("/api/v1/namespaces/{ns}/serviceaccounts/default"))["metadata"]["name"]
+                == "default"
         });
         if !account {
-            return Err(format!("no default ServiceAccount in {ns}\n{}", self.logs_tail()));
+            return Err(format!(
+                "no default ServiceAccount in {ns}\n{}",
+                self.logs_tail()
+            ));
         }
         Ok(())
     }
@@ -568,8 +675,12 @@ pub fn role_manifest(ns: &str) -> serde_json::Value {
 /// The address of the default route's interface (the apiserver advertises it; loopback is
 /// refused there).
 fn primary_ip() -> String {
-    let o = Command::new("ip").args(["-4", "route", "get", "1.1.1.1"]).output();
-    let text = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let o = Command::new("ip")
+        .args(["-4", "route", "get", "1.1.1.1"])
+        .output();
+    let text = o
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let words: Vec<&str> = text.split_whitespace().collect();
     words
         .windows(2)
@@ -616,10 +727,15 @@ impl Drop for KubeCluster {
         for m in under {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
         if std::env::var_os("MEGAPLAN_KUBE_KEEP_LOGS").is_some() {
             // For debugging the rig: only the component logs are kept.
-            eprintln!("kubernetes test cluster logs kept in {}", self.dir.display());
+            eprintln!(
+                "kubernetes test cluster logs kept in {}",
+                self.dir.display()
+            );
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }

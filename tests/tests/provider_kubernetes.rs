@@ -111,7 +111,10 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
     assert_eq!(deployed.json["provider"], "kubernetes");
     let pod = cluster.get_json(&pod_path);
-    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/managed-by"], "megaplan-cloudd");
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "megaplan-cloudd"
+    );
     assert!(
         pod["metadata"]["annotations"]["megaplan-cloudd/spec-digest"]
             .as_str()
@@ -123,7 +126,10 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         pod["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"],
         format!("{name}-env")
     );
-    assert!(!pod.to_string().contains(&secret), "the secret is in the pod: {pod:#}");
+    assert!(
+        !pod.to_string().contains(&secret),
+        "the secret is in the pod: {pod:#}"
+    );
     assert_eq!(cluster.get_json(&claim_path)["status"]["phase"], "Bound");
 
     // exec: a hostile argument arrives as written; the secret reaches the runner's
@@ -133,7 +139,11 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         "printf '%s|' \"a b\" '$(x)' `echo q` \"it's\"; echo \"tok=$MP_KUBE_TOKEN\"; echo err >&2; exit 7",
     ]);
     assert_eq!(e.code, Some(7), "{}\n{}", e.stdout, e.stderr);
-    assert!(e.stdout.starts_with("a b|$(x)|q|it's|tok=***REDACTED***"), "{}", e.stdout);
+    assert!(
+        e.stdout.starts_with("a b|$(x)|q|it's|tok=***REDACTED***"),
+        "{}",
+        e.stdout
+    );
     assert!(!e.stdout.contains(&secret));
     assert!(e.stderr.contains("err"), "{}", e.stderr);
 
@@ -172,7 +182,10 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     let t = run(&["supervise", "--chain"]);
     assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
     assert_eq!(t.json["acted"], true, "{}", t.stdout);
-    let drivers = run(&["exec", "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'"]);
+    let drivers = run(&[
+        "exec",
+        "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'",
+    ]);
     assert_eq!(drivers.stdout.trim(), "1", "{}", drivers.stderr);
     assert!(
         wait_until(Duration::from_secs(60), || {
@@ -187,7 +200,10 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // logs -f: streams the entrypoint's output and keeps following (a line written after the
     // stream started arrives).
     let mut follow = d
-        .ctl_command(&project, &["--cloud-yaml", cy.to_str().unwrap(), "logs", "-f"])
+        .ctl_command(
+            &project,
+            &["--cloud-yaml", cy.to_str().unwrap(), "logs", "-f"],
+        )
         .env("MP_KUBE_TOKEN", &secret)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -204,7 +220,10 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         .any(|l| l.contains(&marker));
     let _ = follow.kill();
     let _ = follow.wait();
-    assert!(arrived, "the line written after logs -f started did not arrive");
+    assert!(
+        arrived,
+        "the line written after logs -f started did not arrive"
+    );
 
     // down: the pod goes, the claim stays Bound; a new deploy finds the workspace file.
     run(&["exec", "echo kept > /workspace/app/kept.txt"]).ok();
@@ -219,17 +238,29 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
 
     // The secret: not in the pod as served, the daemon's files, any argv.
     assert!(!cluster.get_json(&pod_path).to_string().contains(&secret));
-    assert_eq!(files_containing(&d.dir, secret.as_bytes()), Vec::<String>::new());
+    assert_eq!(
+        files_containing(&d.dir, secret.as_bytes()),
+        Vec::<String>::new()
+    );
 
     // destroy: nothing labelled for it is left.
     run(&["destroy", "--yes"]).ok();
     let selector = "app.kubernetes.io%2Fmanaged-by%3Dmegaplan-cloudd";
     for kind in ["pods", "persistentvolumeclaims", "secrets", "configmaps"] {
-        let left = cluster.get_json(&format!("/api/v1/namespaces/{ns}/{kind}?labelSelector={selector}"));
-        assert_eq!(left["items"], serde_json::json!([]), "{kind} left: {left:#}");
+        let left = cluster.get_json(&format!(
+            "/api/v1/namespaces/{ns}/{kind}?labelSelector={selector}"
+        ));
+        assert_eq!(
+            left["items"],
+            serde_json::json!([]),
+            "{kind} left: {left:#}"
+        );
     }
     stop_watch.store(true, Ordering::Relaxed);
     let seen = watch.join().unwrap();
     assert_eq!(seen, Vec::<String>::new(), "the secret appeared in an argv");
-    assert_eq!(files_containing(&d.dir, secret.as_bytes()), Vec::<String>::new());
+    assert_eq!(
+        files_containing(&d.dir, secret.as_bytes()),
+        Vec::<String>::new()
+    );
 }

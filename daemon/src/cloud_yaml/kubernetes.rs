@@ -246,9 +246,7 @@ pub fn parse(
         return Err(err(
             file,
             "kubernetes.storage",
-            format!(
-                "kubernetes.storage must be a size such as 10Gi or 500Mi, found {storage:?}"
-            ),
+            format!("kubernetes.storage must be a size such as 10Gi or 500Mi, found {storage:?}"),
         ));
     }
     let resources = resources(file, sec.and_then(|m| m.get("resources")))?;
@@ -350,7 +348,9 @@ fn resources(
                 return Err(err(
                     file,
                     &field,
-                    format!("{field} must be a resource name with a quantity such as \"500m\" or 2Gi, found {q:?}"),
+                    format!(
+                        "{field} must be a resource name with a quantity such as \"500m\" or 2Gi, found {q:?}"
+                    ),
                 ));
             }
             parsed.insert(resource.clone(), q);
@@ -393,7 +393,9 @@ fn node_selector(file: &Path, v: Option<&Value>) -> Result<BTreeMap<String, Stri
             return Err(err(
                 file,
                 &field,
-                format!("{field} must be a label key and value as Kubernetes accepts them (e.g. kubernetes.io/arch: amd64), found {k:?}: {v:?}"),
+                format!(
+                    "{field} must be a label key and value as Kubernetes accepts them (e.g. kubernetes.io/arch: amd64), found {k:?}: {v:?}"
+                ),
             ));
         }
         out.insert(k.clone(), v.clone());
@@ -451,17 +453,14 @@ mod tests {
     use serde_json::json;
 
     fn parse_json(v: Value) -> Result<Option<Kubernetes>, ErrorBody> {
-        parse(
-            Path::new("/p/cloud.yaml"),
-            Some(&v),
-            true,
-            "/workspace/app",
-        )
+        parse(Path::new("/p/cloud.yaml"), Some(&v), true, "/workspace/app")
     }
 
     #[test]
     fn defaults_apply_when_only_the_image_is_given() {
-        let k = parse_json(json!({"image": "reg/runner:1"})).unwrap().unwrap();
+        let k = parse_json(json!({"image": "reg/runner:1"}))
+            .unwrap()
+            .unwrap();
         assert_eq!(k.namespace, "default");
         assert_eq!(k.storage, DEFAULT_STORAGE);
         assert_eq!(k.context, None);
@@ -475,13 +474,31 @@ mod tests {
         let table: &[(Value, &str)] = &[
             (json!({}), "kubernetes.image"),
             (json!({"image": "a b"}), "kubernetes.image"),
-            (json!({"image": "i", "namespace": "Bad_NS"}), "kubernetes.namespace"),
-            (json!({"image": "i", "name": "x".repeat(51)}), "kubernetes.name"),
-            (json!({"image": "i", "storage": "ten gigs"}), "kubernetes.storage"),
+            (
+                json!({"image": "i", "namespace": "Bad_NS"}),
+                "kubernetes.namespace",
+            ),
+            (
+                json!({"image": "i", "name": "x".repeat(51)}),
+                "kubernetes.name",
+            ),
+            (
+                json!({"image": "i", "storage": "ten gigs"}),
+                "kubernetes.storage",
+            ),
             (json!({"image": "i", "storage": 10}), "kubernetes.storage"),
-            (json!({"image": "i", "storage_class": "a/b"}), "kubernetes.storage_class"),
-            (json!({"image": "i", "resources": []}), "kubernetes.resources"),
-            (json!({"image": "i", "resources": {"asks": {}}}), "kubernetes.resources.asks"),
+            (
+                json!({"image": "i", "storage_class": "a/b"}),
+                "kubernetes.storage_class",
+            ),
+            (
+                json!({"image": "i", "resources": []}),
+                "kubernetes.resources",
+            ),
+            (
+                json!({"image": "i", "resources": {"asks": {}}}),
+                "kubernetes.resources.asks",
+            ),
             (
                 json!({"image": "i", "resources": {"limits": {"memory": "lots"}}}),
                 "kubernetes.resources.limits.memory",
@@ -494,8 +511,14 @@ mod tests {
                 json!({"image": "i", "node_selector": {"bad key!": "x"}}),
                 "kubernetes.node_selector.bad key!",
             ),
-            (json!({"image": "i", "service_account": "A B"}), "kubernetes.service_account"),
-            (json!({"image": "i", "pod_template": "x"}), "kubernetes.pod_template"),
+            (
+                json!({"image": "i", "service_account": "A B"}),
+                "kubernetes.service_account",
+            ),
+            (
+                json!({"image": "i", "pod_template": "x"}),
+                "kubernetes.pod_template",
+            ),
             (
                 json!({"image": "i", "pod_template": {"status": {}}}),
                 "kubernetes.pod_template.status",
@@ -570,15 +593,14 @@ mod tests {
                 continue; // ssh.host is left for the operator to fill in.
             }
             let text = megaplan_cloud_api::cloud_yaml_scaffold(provider).unwrap();
-            let spec =
-                crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml"))
-                    .unwrap_or_else(|e| panic!("{provider}: {e}"));
+            let spec = crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml"))
+                .unwrap_or_else(|e| panic!("{provider}: {e}"));
             assert_eq!(spec.provider.as_str(), provider);
             assert!(spec.warnings.is_empty(), "{provider}: {:?}", spec.warnings);
         }
         let text = megaplan_cloud_api::cloud_yaml_scaffold("kubernetes").unwrap();
-        let spec = crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml"))
-            .unwrap();
+        let spec =
+            crate::cloud_yaml::parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap();
         let k = spec.kubernetes.unwrap();
         assert_eq!(k.image, "registry.example.com/megaplan-runner:1");
         assert_eq!(k.storage, "10Gi");

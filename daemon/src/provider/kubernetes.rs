@@ -66,7 +66,9 @@ fn api_error(what: &str, e: kube::Error) -> ErrorBody {
         .with("reason", s.reason.clone()),
         kube::Error::HyperError(_) | kube::Error::Service(_) => ErrorBody::new(
             ErrorCode::ProviderUnavailable,
-            format!("{what}: cannot reach the Kubernetes API server: {e}; check kubernetes.context and kubernetes.kubeconfig"),
+            format!(
+                "{what}: cannot reach the Kubernetes API server: {e}; check kubernetes.context and kubernetes.kubeconfig"
+            ),
         ),
         _ => failed(format!("{what}: {e}")),
     }
@@ -182,7 +184,10 @@ impl KubernetesProvider {
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         <K as kube::Resource>::DynamicType: Default,
     {
-        Ok(Api::namespaced(client(&self.k).await?, &self.names.namespace))
+        Ok(Api::namespaced(
+            client(&self.k).await?,
+            &self.names.namespace,
+        ))
     }
 
     /// The rendered `entrypoint.sh` and `health_server.py`.
@@ -210,7 +215,12 @@ impl KubernetesProvider {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(name, &pp, &Patch::Apply(&object))
             .await
-            .map_err(|e| api_error(&format!("applying {} {name}", K::kind(&Default::default())), e))?;
+            .map_err(|e| {
+                api_error(
+                    &format!("applying {} {name}", K::kind(&Default::default())),
+                    e,
+                )
+            })?;
         Ok(())
     }
 
@@ -272,8 +282,8 @@ impl KubernetesProvider {
             }
             !matches!(r, Readiness::Waiting(_))
         };
-        let waited = tokio::time::timeout(deadline, await_condition(api, &self.names.pod, cond))
-            .await;
+        let waited =
+            tokio::time::timeout(deadline, await_condition(api, &self.names.pod, cond)).await;
         let pod = match waited {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return Err(failed(format!("watching pod {}: {e}", self.names.pod))),
@@ -375,22 +385,20 @@ impl KubernetesProvider {
                 }
                 buf
             };
-            let (out, err, status) = tokio::join!(
-                read_all(stdout.take()),
-                read_all(stderr.take()),
-                async {
+            let (out, err, status) =
+                tokio::join!(read_all(stdout.take()), read_all(stderr.take()), async {
                     match status {
                         Some(s) => s.await,
                         None => None,
                     }
-                }
-            );
+                });
             drop(writer);
             let code = exit_code(status.as_ref())?;
             let _ = p.join().await;
             Ok::<_, ErrorBody>((code, out, err))
         };
-        let limit = self.ctx.deadline + Duration::from_secs(super::common::REMOTE_KILL_GRACE_SECS + 5);
+        let limit =
+            self.ctx.deadline + Duration::from_secs(super::common::REMOTE_KILL_GRACE_SECS + 5);
         match tokio::time::timeout(limit, run).await {
             Ok(Ok(r)) => {
                 kill.disarm();
@@ -513,7 +521,10 @@ impl Provider for KubernetesProvider {
         steps.push(plain_step(
             "entrypoint",
             "ok",
-            &format!("applied ConfigMap {} (entrypoint.sh, health_server.py)", n.config_map),
+            &format!(
+                "applied ConfigMap {} (entrypoint.sh, health_server.py)",
+                n.config_map
+            ),
         ));
 
         let claims: Api<PersistentVolumeClaim> = self.api().await?;
@@ -531,8 +542,13 @@ impl Provider for KubernetesProvider {
                 claims
                     .create(&Default::default(), &claim)
                     .await
-                    .map_err(|e| fail(api_error(&format!("creating claim {}", n.pvc), e), &steps))?;
-                format!("created claim {} ({}, ReadWriteOnce)", n.pvc, self.k.storage)
+                    .map_err(|e| {
+                        fail(api_error(&format!("creating claim {}", n.pvc), e), &steps)
+                    })?;
+                format!(
+                    "created claim {} ({}, ReadWriteOnce)",
+                    n.pvc, self.k.storage
+                )
             }
         };
         steps.push(plain_step("workspace", "ok", &claim_detail));
@@ -548,7 +564,11 @@ impl Provider for KubernetesProvider {
         pods.create(&Default::default(), &pod)
             .await
             .map_err(|e| fail(api_error(&format!("creating pod {}", n.pod), e), &steps))?;
-        note(out, &format!("pod {}: created; waiting for it to be ready", n.pod)).await;
+        note(
+            out,
+            &format!("pod {}: created; waiting for it to be ready", n.pod),
+        )
+        .await;
         if let Err(e) = self.wait_ready(out).await {
             steps.push(plain_step("ready", "failed", &e.message));
             return Err(fail(e, &steps));
@@ -626,7 +646,8 @@ impl Provider for KubernetesProvider {
             let _ = p.join().await;
             Ok(code)
         };
-        let limit = self.ctx.deadline + Duration::from_secs(super::common::REMOTE_KILL_GRACE_SECS + 5);
+        let limit =
+            self.ctx.deadline + Duration::from_secs(super::common::REMOTE_KILL_GRACE_SECS + 5);
         match tokio::time::timeout(limit, run).await {
             Ok(Ok(code)) => {
                 kill.disarm();
@@ -682,7 +703,15 @@ impl Provider for KubernetesProvider {
         let mut v = self.kubectl_prefix();
         v.extend(
             [
-                "exec", "-it", &self.names.pod, "-c", CONTAINER, "--", "tmux", "attach", "-t",
+                "exec",
+                "-it",
+                &self.names.pod,
+                "-c",
+                CONTAINER,
+                "--",
+                "tmux",
+                "attach",
+                "-t",
                 "agent",
             ]
             .map(String::from),
@@ -717,8 +746,9 @@ impl Provider for KubernetesProvider {
                 .map_err(|e| api_error(&format!("logs of pod {}", self.names.pod), e))?;
             let mut lines = stream.lines();
             while let Some(line) = lines.next().await {
-                let line =
-                    line.map_err(|e| failed(format!("reading the logs of pod {}: {e}", self.names.pod)))?;
+                let line = line.map_err(|e| {
+                    failed(format!("reading the logs of pod {}: {e}", self.names.pod))
+                })?;
                 let text = self.ctx.redactor.redact(&format!("{line}\n"));
                 if out.send((StreamKind::Stdout, text)).await.is_err() {
                     break;
@@ -734,7 +764,11 @@ impl Provider for KubernetesProvider {
                 .unwrap_or_else(|_| {
                     Err(ErrorBody::new(
                         ErrorCode::DeadlineExceeded,
-                        format!("the logs of pod {} did not arrive within {}s", self.names.pod, self.ctx.deadline.as_secs()),
+                        format!(
+                            "the logs of pod {} did not arrive within {}s",
+                            self.names.pod,
+                            self.ctx.deadline.as_secs()
+                        ),
                     ))
                 })
         }
@@ -764,7 +798,8 @@ impl Provider for KubernetesProvider {
         let n = &self.names;
         self.delete_and_wait::<Pod>(&n.pod, out).await?;
         self.delete_and_wait::<Secret>(&n.secret, out).await?;
-        self.delete_and_wait::<ConfigMap>(&n.config_map, out).await?;
+        self.delete_and_wait::<ConfigMap>(&n.config_map, out)
+            .await?;
         self.delete_and_wait::<PersistentVolumeClaim>(&n.pvc, out)
             .await?;
         // Anything else labelled for this cloud.yaml (a renamed kubernetes.name leaves some).
@@ -866,6 +901,9 @@ mod tests {
             crate::shell::join(&p.attach_argv(None).unwrap()),
             "kubectl --context dev -n ns exec -it r1 -c agent -- tmux attach -t agent"
         );
-        assert_eq!(p.attach_argv(Some("x")).unwrap_err().error, ErrorCode::InvalidArgs);
+        assert_eq!(
+            p.attach_argv(Some("x")).unwrap_err().error,
+            ErrorCode::InvalidArgs
+        );
     }
 }

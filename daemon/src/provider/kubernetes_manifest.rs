@@ -180,7 +180,13 @@ fn own_pod(spec: &CloudSpec, k: &Kubernetes, names: &Names, mount: &str) -> Valu
 /// (an item of ours merges over the template's item of that name; the template's other items
 /// stay); any other value of ours replaces the template's.
 pub fn merge_under(template: &Value, ours: &Value) -> Value {
-    const NAMED_LISTS: [&str; 5] = ["containers", "initContainers", "volumes", "volumeMounts", "env"];
+    const NAMED_LISTS: [&str; 5] = [
+        "containers",
+        "initContainers",
+        "volumes",
+        "volumeMounts",
+        "env",
+    ];
     match (template, ours) {
         (Value::Object(t), Value::Object(o)) => {
             let mut out: Map<String, Value> = t.clone();
@@ -206,7 +212,10 @@ fn merge_named(template: &[Value], ours: &[Value]) -> Vec<Value> {
     let name = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_string);
     let mut out: Vec<Value> = Vec::new();
     for t in template {
-        match ours.iter().find(|o| name(o).is_some() && name(o) == name(t)) {
+        match ours
+            .iter()
+            .find(|o| name(o).is_some() && name(o) == name(t))
+        {
             Some(o) => out.push(merge_under(t, o)),
             None => out.push(t.clone()),
         }
@@ -248,7 +257,11 @@ pub fn pod(
 }
 
 /// `sha256:<hex>` of the pod, the entrypoint files and the secret names.
-pub fn spec_digest(pod: &Value, files: &BTreeMap<String, String>, secret_names: &[String]) -> String {
+pub fn spec_digest(
+    pod: &Value,
+    files: &BTreeMap<String, String>,
+    secret_names: &[String],
+) -> String {
     let text = json!({"pod": pod, "files": files, "secrets": secret_names}).to_string();
     format!("sha256:{}", hex_digest(text.as_bytes(), 64))
 }
@@ -274,13 +287,14 @@ pub fn readiness(pod: Option<&Pod>) -> Readiness {
         return Readiness::Waiting("Pending: no status yet".into());
     };
     let phase = status.phase.clone().unwrap_or_else(|| "Pending".into());
-    let said = |reason: &Option<String>, message: &Option<String>| {
-        match (reason.as_deref(), message.as_deref()) {
-            (Some(r), Some(m)) if !m.is_empty() => format!("{r}: {m}"),
-            (Some(r), _) => r.to_string(),
-            (None, Some(m)) => m.to_string(),
-            (None, None) => String::new(),
-        }
+    let said = |reason: &Option<String>, message: &Option<String>| match (
+        reason.as_deref(),
+        message.as_deref(),
+    ) {
+        (Some(r), Some(m)) if !m.is_empty() => format!("{r}: {m}"),
+        (Some(r), _) => r.to_string(),
+        (None, Some(m)) => m.to_string(),
+        (None, None) => String::new(),
     };
     if phase == "Failed" || phase == "Succeeded" {
         let why = said(&status.reason, &status.message);
@@ -401,7 +415,11 @@ mod tests {
     #[test]
     fn names_derive_from_the_key_unless_given() {
         let (n, _) = built("");
-        assert!(n.pod.starts_with("megaplan-") && n.pod.len() == 21, "{}", n.pod);
+        assert!(
+            n.pod.starts_with("megaplan-") && n.pod.len() == 21,
+            "{}",
+            n.pod
+        );
         assert_eq!(n.pvc, format!("{}-workspace", n.pod));
         assert_eq!(n.secret, format!("{}-env", n.pod));
         assert_eq!(n.config_map, format!("{}-entrypoint", n.pod));
@@ -419,27 +437,71 @@ mod tests {
             ("", "/spec/automountServiceAccountToken", json!(false)),
             ("", "/spec/containers/0/name", json!("agent")),
             ("", "/spec/containers/0/image", json!("reg/runner:1")),
-            ("", "/spec/containers/0/command", json!(["bash", "/opt/megaplan-cloud/entrypoint.sh"])),
-            ("", "/spec/containers/0/env", json!([{"name": "PORT", "value": "9000"}])),
-            ("", "/spec/containers/0/readinessProbe/httpGet/port", json!(9000)),
-            ("", "/spec/containers/0/volumeMounts/0/mountPath", json!("/workspace")),
+            (
+                "",
+                "/spec/containers/0/command",
+                json!(["bash", "/opt/megaplan-cloud/entrypoint.sh"]),
+            ),
+            (
+                "",
+                "/spec/containers/0/env",
+                json!([{"name": "PORT", "value": "9000"}]),
+            ),
+            (
+                "",
+                "/spec/containers/0/readinessProbe/httpGet/port",
+                json!(9000),
+            ),
+            (
+                "",
+                "/spec/containers/0/volumeMounts/0/mountPath",
+                json!("/workspace"),
+            ),
             ("", "/spec/volumes/1/configMap/defaultMode", json!(0o755)),
-            ("", "/metadata/labels/app.kubernetes.io~1managed-by", json!("megaplan-cloudd")),
-            ("", "/metadata/annotations/megaplan-cloudd~1cloud-yaml", json!("/home/op/proj/cloud.yaml")),
+            (
+                "",
+                "/metadata/labels/app.kubernetes.io~1managed-by",
+                json!("megaplan-cloudd"),
+            ),
+            (
+                "",
+                "/metadata/annotations/megaplan-cloudd~1cloud-yaml",
+                json!("/home/op/proj/cloud.yaml"),
+            ),
             ("", "/spec/serviceAccountName", Value::Null),
             ("", "/spec/nodeSelector", Value::Null),
             ("", "/spec/containers/0/resources", Value::Null),
-            ("  service_account: runner\n", "/spec/serviceAccountName", json!("runner")),
-            ("  service_account: runner\n", "/spec/automountServiceAccountToken", json!(true)),
-            ("  node_selector: {disk: ssd}\n", "/spec/nodeSelector", json!({"disk": "ssd"})),
+            (
+                "  service_account: runner\n",
+                "/spec/serviceAccountName",
+                json!("runner"),
+            ),
+            (
+                "  service_account: runner\n",
+                "/spec/automountServiceAccountToken",
+                json!(true),
+            ),
+            (
+                "  node_selector: {disk: ssd}\n",
+                "/spec/nodeSelector",
+                json!({"disk": "ssd"}),
+            ),
             (
                 "  resources: {limits: {memory: 4Gi}}\n",
                 "/spec/containers/0/resources",
                 json!({"limits": {"memory": "4Gi"}}),
             ),
-            ("  pod_template: {spec: {hostNetwork: true}}\n", "/spec/hostNetwork", json!(true)),
+            (
+                "  pod_template: {spec: {hostNetwork: true}}\n",
+                "/spec/hostNetwork",
+                json!(true),
+            ),
             // Ours wins over the template.
-            ("  pod_template: {spec: {restartPolicy: Always}}\n", "/spec/restartPolicy", json!("Never")),
+            (
+                "  pod_template: {spec: {restartPolicy: Always}}\n",
+                "/spec/restartPolicy",
+                json!("Never"),
+            ),
             (
                 "  pod_template: {metadata: {labels: {team: a}}}\n",
                 "/metadata/labels/team",
@@ -500,7 +562,10 @@ mod tests {
         let (_, a) = built("");
         let (_, b) = built("");
         let (_, c) = built("  storage: 20Gi\n  resources: {limits: {cpu: \"2\"}}\n");
-        let d = |p: &Value| p.pointer("/metadata/annotations/megaplan-cloudd~1spec-digest").cloned();
+        let d = |p: &Value| {
+            p.pointer("/metadata/annotations/megaplan-cloudd~1spec-digest")
+                .cloned()
+        };
         assert_eq!(d(&a), d(&b));
         assert_ne!(d(&a), d(&c));
     }
@@ -523,7 +588,10 @@ mod tests {
             serde_json::from_value(secret(&n, &BTreeMap::new())).unwrap();
         assert_eq!(
             label_selector(&n),
-            format!("app.kubernetes.io/managed-by=megaplan-cloudd,megaplan-cloudd/registration={}", n.registration)
+            format!(
+                "app.kubernetes.io/managed-by=megaplan-cloudd,megaplan-cloudd/registration={}",
+                n.registration
+            )
         );
     }
 
@@ -540,7 +608,9 @@ mod tests {
             ),
             (
                 json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes are available"}]}),
-                Readiness::Waiting("Pending: PodScheduled: Unschedulable: 0/1 nodes are available".into()),
+                Readiness::Waiting(
+                    "Pending: PodScheduled: Unschedulable: 0/1 nodes are available".into(),
+                ),
             ),
             (
                 json!({"phase": "Pending", "containerStatuses": [{"name": "agent", "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"i\""}}}]}),
@@ -552,7 +622,9 @@ mod tests {
             ),
             (
                 json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}),
-                Readiness::Failed("the pod is Failed: Evicted: The node was low on resource: memory.".into()),
+                Readiness::Failed(
+                    "the pod is Failed: Evicted: The node was low on resource: memory.".into(),
+                ),
             ),
             (
                 json!({"phase": "Running", "containerStatuses": [{"name": "agent", "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}),
@@ -565,7 +637,11 @@ mod tests {
             (json!({}), Readiness::Waiting("Pending".into())),
         ];
         for (status, want) in table {
-            assert_eq!(&readiness(Some(&pod_status(status.clone()))), want, "{status}");
+            assert_eq!(
+                &readiness(Some(&pod_status(status.clone()))),
+                want,
+                "{status}"
+            );
         }
         assert!(matches!(readiness(None), Readiness::Waiting(_)));
     }
