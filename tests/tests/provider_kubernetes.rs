@@ -155,7 +155,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     .ok();
     run(&[
         "exec",
-        "mkdir -p /workspace/app/.megaplan && printf '%s' '{\"step_seconds\": 0.2, \"stall\": [\"m2\"]}' > /workspace/app/.megaplan/standin-control.json",
+        "git clone -q /srv/repo.git /workspace/app && mkdir -p /workspace/app/.megaplan && printf '%s' '{\"step_seconds\": 0.2, \"stall\": [\"m2\"]}' > /workspace/app/.megaplan/standin-control.json",
     ])
     .ok();
     let spec = write_chain(&project.join("epic"), "chain.yaml", &["m1", "m2", "m3"]);
@@ -187,13 +187,21 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'",
     ]);
     assert_eq!(drivers.stdout.trim(), "1", "{}", drivers.stderr);
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            run(&["status", "--chain"]).json["effective_status"] == "complete"
-        }),
-        "{}",
-        run(&["status", "--chain"]).stdout
-    );
+    // The restart ran one milestone (`--one`); scheduled ticks carry the chain to its end.
+    run(&["register", "--every", "2s"]).ok();
+    let completed = wait_until(Duration::from_secs(90), || {
+        run(&["status", "--chain"]).json["effective_status"] == "complete"
+    });
+    let history = run(&["ticks", "--json", "--limit", "50"]).json;
+    assert!(completed, "the chain did not complete under supervision; ticks: {history:#}");
+    let events: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["event"].as_str())
+        .collect();
+    assert!(events.contains(&"supervisor_restarted"), "{events:?}");
+    run(&["unregister"]).ok();
     let s = run(&["status", "--chain"]).ok();
     assert!(s.stderr.contains("Completed: m1, m2, m3"), "{}", s.stderr);
 
