@@ -703,6 +703,19 @@ fn stop(p: &mut Proc) {
 
 impl Drop for KubeCluster {
     fn drop(&mut self) {
+        // The host-path provisioner's volumes a failed test did not destroy (read while the API
+        // server still answers; removed once nothing uses them).
+        let volumes: Vec<String> = self.get_json("/api/v1/persistentvolumes")["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|pv| pv["spec"]["hostPath"]["path"].as_str())
+                    .filter(|p| p.starts_with("/tmp/hostpath_pv/") && !p.contains(".."))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         // The kubelet first (it would restart what is removed), then its containers.
         if let Some(i) = self.procs.iter().position(|p| p.name == "kubelet") {
             let mut p = self.procs.remove(i);
@@ -726,6 +739,9 @@ impl Drop for KubeCluster {
         under.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in under {
             let _ = Command::new("umount").args(["-l", m]).status();
+        }
+        for v in volumes {
+            let _ = fs::remove_dir_all(v);
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
