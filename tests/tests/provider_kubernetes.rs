@@ -193,7 +193,10 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         run(&["status", "--chain"]).json["effective_status"] == "complete"
     });
     let history = run(&["ticks", "--json", "--limit", "50"]).json;
-    assert!(completed, "the chain did not complete under supervision; ticks: {history:#}");
+    assert!(
+        completed,
+        "the chain did not complete under supervision; ticks: {history:#}"
+    );
     let events: Vec<&str> = history
         .as_array()
         .unwrap()
@@ -253,6 +256,44 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
 
     // destroy: nothing labelled for it is left.
     run(&["destroy", "--yes"]).ok();
+
+    // A pod that cannot become ready: deploy fails with the reason the pod's status gives.
+    let bad = project.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cy)
+            .unwrap()
+            .replace(&format!("name: {name}\n"), &format!("name: {name}-bad\n"))
+            .replace(
+                &format!("image: {}\n", cluster.image),
+                "image: megaplan-e2e-missing:none\n",
+            ),
+    )
+    .unwrap();
+    let run_bad = |args: &[&str]| {
+        let mut full = vec!["--cloud-yaml", bad.to_str().unwrap()];
+        full.extend_from_slice(args);
+        Run::from_output(&d.ctl(&project, &env, &full))
+    };
+    let refused = run_bad(&["deploy"]);
+    assert_eq!(
+        refused.code,
+        Some(1),
+        "{}\n{}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert_eq!(
+        refused.json["error"], "provider_failed",
+        "{}",
+        refused.stdout
+    );
+    let message = refused.json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ErrImagePull") || message.contains("ImagePullBackOff"),
+        "{message}"
+    );
+    run_bad(&["destroy", "--yes"]).ok();
     let selector = "app.kubernetes.io%2Fmanaged-by%3Dmegaplan-cloudd";
     for kind in ["pods", "persistentvolumeclaims", "secrets", "configmaps"] {
         let left = cluster.get_json(&format!(
