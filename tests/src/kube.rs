@@ -758,3 +758,112 @@ impl Drop for KubeCluster {
         let _ = fs::remove_dir_all(Path::new("/run").join(format!("mpk-{}", self.bridge)));
     }
 }
+
+/// A daemon with a `provider: kubernetes` cloud.yaml on `cluster` (the daemon's kubeconfig,
+/// the test namespace, the bench image, `hostNetwork: true`, a free port for the health
+/// server), and the client run against it with `env` (the secret values).
+pub struct KubeRunner {
+    pub daemon: crate::Daemon,
+    pub project: PathBuf,
+    pub cloud_yaml: PathBuf,
+    /// `kubernetes.name`: the pod's name (`<name>-workspace` the claim's, `<name>-env` the Secret's).
+    pub name: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl KubeRunner {
+    /// `secrets`: the names listed under `secrets:` with the values the client sends.
+    pub fn start(cluster: &KubeCluster, secrets: &[(&str, &str)]) -> KubeRunner {
+        let daemon = crate::Daemon::start(&[], &[]);
+        let project = daemon.dir.join("project");
+        fs::create_dir_all(&project).expect("project dir");
+        let name = format!(
+            "mpk{}",
+            crate::unique_suffix().replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        );
+        // hostNetwork: the health server listens on the node, so its port must be free there.
+        let port = std::net::TcpListener::bind("0.0.0.0:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let names: Vec<&str> = secrets.iter().map(|(n, _)| *n).collect();
+        let cloud_yaml = project.join("cloud.yaml");
+        fs::write(
+            &cloud_yaml,
+            format!(
+                "provider: kubernetes\nrepo: {{url: /srv/repo.git, workspace: /workspace/app}}\nsecrets: [{secrets}]\nresources: {{port: {port}}}\nkubernetes:\n  kubeconfig: {kc}\n  namespace: {ns}\n  name: {name}\n  image: {image}\n  storage: 1Gi\n  pod_template:\n    spec:\n      hostNetwork: true\n",
+                secrets = names.join(", "),
+                kc = cluster.daemon_kubeconfig.display(),
+                ns = cluster.namespace,
+                image = cluster.image,
+            ),
+        )
+        .expect("cloud.yaml");
+        KubeRunner {
+            daemon,
+            project,
+            cloud_yaml,
+            name,
+            env: secrets
+                .iter()
+                .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+                .collect(),
+        }
+    }
+
+    /// `megaplan-cloudctl --cloud-yaml <file> args…` with the secret values in its environment.
+    pub fn ctl_with(&self, cloud_yaml: &Path, args: &[&str]) -> crate::rig::Run {
+        let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap_or_default()];
+        full.extend_from_slice(args);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        crate::rig::Run::from_output(&self.daemon.ctl(&self.project, &env, &full))
+    }
+
+    /// [`KubeRunner::ctl_with`] on this runner's cloud.yaml.
+    pub fn ctl(&self, args: &[&str]) -> crate::rig::Run {
+        self.ctl_with(&self.cloud_yaml, args)
+    }
+
+    /// Deploy, give the runner a repository (it has no network) and its clone in the workspace
+    /// with the stand-in core's `control` file, then launch a chain of `labels` written under
+    /// the project folder. `Err` says which step failed.
+    pub fn deploy_and_launch(&self, labels: &[&str], control: &str) -> Result<(), String> {
+        let step = |what: &str, r: crate::rig::Run| {
+            if r.code == Some(0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} failed\nstdout: {}\nstderr: {}",
+                    r.stdout, r.stderr
+                ))
+            }
+        };
+        step("deploy", self.ctl(&["deploy"]))?;
+        step(
+            "creating the repo",
+            self.ctl(&[
+                "exec",
+                "set -e; git init -q --bare -b main /srv/repo.git; s=$(mktemp -d); cd $s; git init -q -b main; echo hi > README; git add README; git -c user.name=t -c user.email=t@e commit -qm i; git push -q /srv/repo.git main",
+            ]),
+        )?;
+        step(
+            "the workspace clone",
+            self.ctl(&[
+                "exec",
+                &format!(
+                    "git clone -q /srv/repo.git /workspace/app && mkdir -p /workspace/app/.megaplan && printf '%s' {} > /workspace/app/.megaplan/standin-control.json",
+                    megaplan_cloudd::shell::quote(control)
+                ),
+            ]),
+        )?;
+        let spec = crate::rig::write_chain(&self.project.join("epic"), "chain.yaml", labels);
+        step(
+            "chain",
+            self.ctl(&["chain", spec.to_str().unwrap_or_default()]),
+        )
+    }
+}

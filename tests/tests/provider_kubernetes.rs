@@ -7,9 +7,8 @@
 //! Secret's value never appears in the pod as the API serves it, the daemon's files (log,
 //! SQLite) or any process's argv.
 
-use megaplan_cloud_e2e::kube::KubeCluster;
-use megaplan_cloud_e2e::rig::{Run, write_chain};
-use megaplan_cloud_e2e::{Daemon, unique_suffix, wait_until};
+use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
+use megaplan_cloud_e2e::{unique_suffix, wait_until};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
@@ -66,34 +65,9 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     };
     let secret = format!("kube-e2e-secret-{}", unique_suffix());
     let (stop_watch, watch) = argv_watch(secret.clone());
-    let d = Daemon::start(&[], &[]);
-    let project = d.dir.join("project");
-    std::fs::create_dir_all(&project).unwrap();
-    let name = format!(
-        "mpk{}",
-        unique_suffix().replace(|c: char| !c.is_ascii_alphanumeric(), "")
-    );
-    let port = std::net::TcpListener::bind("0.0.0.0:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let cy = project.join("cloud.yaml");
-    std::fs::write(
-        &cy,
-        format!(
-            "provider: kubernetes\nrepo: {{url: /srv/repo.git, workspace: /workspace/app}}\nsecrets: [MP_KUBE_TOKEN]\nresources: {{port: {port}}}\nkubernetes:\n  kubeconfig: {kc}\n  namespace: {ns}\n  name: {name}\n  image: {image}\n  storage: 1Gi\n  pod_template:\n    spec:\n      hostNetwork: true\n",
-            kc = cluster.daemon_kubeconfig.display(),
-            ns = cluster.namespace,
-            image = cluster.image,
-        ),
-    )
-    .unwrap();
-    let env = [("MP_KUBE_TOKEN", secret.as_str())];
-    let run = |args: &[&str]| {
-        let mut full = vec!["--cloud-yaml", cy.to_str().unwrap()];
-        full.extend_from_slice(args);
-        Run::from_output(&d.ctl(&project, &env, &full))
-    };
+    let k = KubeRunner::start(&cluster, &[("MP_KUBE_TOKEN", &secret)]);
+    let (d, project, cy, name) = (&k.daemon, &k.project, &k.cloud_yaml, &k.name);
+    let run = |args: &[&str]| k.ctl(args);
     let ns = &cluster.namespace;
     let pod_path = format!("/api/v1/namespaces/{ns}/pods/{name}");
     let claim_path = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}-workspace");
@@ -147,19 +121,12 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     assert!(!e.stdout.contains(&secret));
     assert!(e.stderr.contains("err"), "{}", e.stderr);
 
-    // The chain: a repo for the runner (it has no network), then chain and status --chain.
-    run(&[
-        "exec",
-        "set -e; git init -q --bare -b main /srv/repo.git; s=$(mktemp -d); cd $s; git init -q -b main; echo hi > README; git add README; git -c user.name=t -c user.email=t@e commit -qm i; git push -q /srv/repo.git main",
-    ])
-    .ok();
-    run(&[
-        "exec",
-        "git clone -q /srv/repo.git /workspace/app && mkdir -p /workspace/app/.megaplan && printf '%s' '{\"step_seconds\": 0.2, \"stall\": [\"m2\"]}' > /workspace/app/.megaplan/standin-control.json",
-    ])
-    .ok();
-    let spec = write_chain(&project.join("epic"), "chain.yaml", &["m1", "m2", "m3"]);
-    run(&["chain", spec.to_str().unwrap()]).ok();
+    // The chain (a second deploy replaces the pod; the claim stays), then status --chain.
+    k.deploy_and_launch(
+        &["m1", "m2", "m3"],
+        r#"{"step_seconds": 0.2, "stall": ["m2"]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         wait_until(Duration::from_secs(60), || {
             run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
@@ -261,7 +228,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     let bad = project.join("bad.yaml");
     std::fs::write(
         &bad,
-        std::fs::read_to_string(&cy)
+        std::fs::read_to_string(cy)
             .unwrap()
             .replace(&format!("name: {name}\n"), &format!("name: {name}-bad\n"))
             .replace(
@@ -270,11 +237,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
             ),
     )
     .unwrap();
-    let run_bad = |args: &[&str]| {
-        let mut full = vec!["--cloud-yaml", bad.to_str().unwrap()];
-        full.extend_from_slice(args);
-        Run::from_output(&d.ctl(&project, &env, &full))
-    };
+    let run_bad = |args: &[&str]| k.ctl_with(&bad, args);
     let refused = run_bad(&["deploy"]);
     assert_eq!(
         refused.code,
