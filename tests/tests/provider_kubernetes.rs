@@ -203,6 +203,17 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         "the line written after logs -f started did not arrive"
     );
 
+    // The pod's log is redacted too: the secret written to it comes back masked.
+    run(&["exec", "echo \"log-tok=$MP_KUBE_TOKEN\" > /proc/1/fd/1"]).ok();
+    let logs = run(&["logs", "--no-follow", "--tail", "50"]);
+    assert_eq!(logs.code, Some(0), "{}", logs.stderr);
+    assert!(
+        logs.stdout.contains("log-tok=***REDACTED***"),
+        "{}",
+        logs.stdout
+    );
+    assert!(!logs.stdout.contains(&secret));
+
     // down: the pod goes, the claim stays Bound; a new deploy finds the workspace file.
     run(&["exec", "echo kept > /workspace/app/kept.txt"]).ok();
     run(&["down"]).ok();
