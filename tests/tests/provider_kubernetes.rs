@@ -179,7 +179,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // stream started arrives).
     let mut follow = d
         .ctl_command(
-            &project,
+            project,
             &["--cloud-yaml", cy.to_str().unwrap(), "logs", "-f"],
         )
         .env("MP_KUBE_TOKEN", &secret)

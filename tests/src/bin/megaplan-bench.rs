@@ -25,7 +25,7 @@
 //! 9. observing and acting (restart) ticks side by side, with the stand-in core as slow to
 //!    start as the real one (2 s import): wall time, core starts and sshd exec requests per tick;
 //! 10. an observing tick on provider: kubernetes, against the real single-node cluster of
-//!    `megaplan_cloud_e2e::kube` (each remote command an exec over the held API client).
+//!     `megaplan_cloud_e2e::kube` (each remote command an exec over the held API client).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileTypeExt;
