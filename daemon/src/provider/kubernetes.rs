@@ -26,7 +26,6 @@ use super::kubernetes_manifest::{self as manifest, CONTAINER, Names, Readiness};
 use crate::cloud_yaml::Kubernetes;
 use crate::process::StreamKind;
 use crate::runner::group::RunnerCall;
-use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, Patch, PatchParams};
@@ -380,8 +379,8 @@ impl KubernetesProvider {
             let status = p.take_status();
             let read_all = |r: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
                 let mut buf = Vec::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_end(&mut buf).await;
+                if let Some(r) = r {
+                    read_capped(r, &mut buf).await;
                 }
                 buf
             };
@@ -444,6 +443,33 @@ impl KubernetesProvider {
     }
 }
 
+/// Read `r` to its end keeping at most [`crate::process::MAX_CAPTURE_BYTES`] in `buf` (the
+/// cap of every provider's captured output); the rest is read and dropped, and a note says so.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>) {
+    let cap = crate::process::MAX_CAPTURE_BYTES;
+    let mut chunk = vec![0u8; 8 * 1024];
+    let mut dropped: u64 = 0;
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(buf.len()).min(n);
+                buf.extend_from_slice(&chunk[..room]);
+                dropped += (n - room) as u64;
+            }
+        }
+    }
+    if dropped > 0 {
+        buf.extend_from_slice(
+            format!("\n[megaplan-cloudd: {dropped} more bytes of output dropped; captured output is capped at {cap} bytes]\n").as_bytes(),
+        );
+    }
+}
+
+/// Longest piece of a line held before it is forwarded: a runner printing without line breaks
+/// cannot make the daemon hold more.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// Forward `reader` line by line, redacted, to `out` as `kind`; `false` when the client went.
 async fn forward_lines<R: tokio::io::AsyncBufRead + Unpin>(
     reader: R,
@@ -454,15 +480,29 @@ async fn forward_lines<R: tokio::io::AsyncBufRead + Unpin>(
     let mut reader = reader;
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return true,
-            Ok(_) => {
-                let text = redactor.redact(&String::from_utf8_lossy(&line));
-                if out.send((kind, text)).await.is_err() {
-                    return false;
-                }
+        let (taken, ended) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => (0, true),
+            Ok(buf) => {
+                let room = MAX_LINE_BYTES.saturating_sub(line.len()).max(1);
+                let take = match buf.iter().position(|b| *b == b'\n') {
+                    Some(i) => (i + 1).min(room),
+                    None => buf.len().min(room),
+                };
+                line.extend_from_slice(&buf[..take]);
+                (take, false)
             }
+        };
+        reader.consume(taken);
+        let complete = line.ends_with(b"\n") || line.len() >= MAX_LINE_BYTES;
+        if !line.is_empty() && (complete || ended) {
+            let text = redactor.redact(&String::from_utf8_lossy(&line));
+            line.clear();
+            if out.send((kind, text)).await.is_err() {
+                return false;
+            }
+        }
+        if ended {
+            return true;
         }
     }
 }
@@ -744,16 +784,10 @@ impl Provider for KubernetesProvider {
                 .log_stream(&self.names.pod, &lp)
                 .await
                 .map_err(|e| api_error(&format!("logs of pod {}", self.names.pod), e))?;
-            let mut lines = stream.lines();
-            while let Some(line) = lines.next().await {
-                let line = line.map_err(|e| {
-                    failed(format!("reading the logs of pod {}: {e}", self.names.pod))
-                })?;
-                let text = self.ctx.redactor.redact(&format!("{line}\n"));
-                if out.send((StreamKind::Stdout, text)).await.is_err() {
-                    break;
-                }
-            }
+            // Lines are bounded and redacted as for exec (a log line can be any length).
+            use tokio_util::compat::FuturesAsyncReadCompatExt;
+            let reader = tokio::io::BufReader::new(Box::pin(stream).compat());
+            forward_lines(reader, StreamKind::Stdout, &self.ctx.redactor, out).await;
             Ok::<i32, ErrorBody>(0)
         };
         if follow {
@@ -857,6 +891,35 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         drop(stdin);
         assert_eq!(String::from_utf8_lossy(&out.stdout), "5\ndone\n");
+    }
+
+    #[tokio::test]
+    async fn forwarded_lines_are_redacted_and_bounded() {
+        let mut values = BTreeMap::new();
+        values.insert("TOK".to_string(), "verysecretvalue".to_string());
+        let r = crate::redact::Redactor::new(&["TOK".to_string()], &values);
+        let long = "x".repeat(MAX_LINE_BYTES * 2 + 10);
+        let input = format!("a verysecretvalue\nb\n{long}\nlast");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let reader = tokio::io::BufReader::new(input.as_bytes());
+        assert!(forward_lines(reader, StreamKind::Stdout, &r, &tx).await);
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some((_, text)) = rx.recv().await {
+            got.push(text);
+        }
+        assert_eq!(got[0], "a ***REDACTED***\n");
+        assert_eq!(got[1], "b\n");
+        assert!(
+            got[2..].iter().all(|t| t.len() <= MAX_LINE_BYTES),
+            "{:?}",
+            got.len()
+        );
+        assert_eq!(
+            got.concat().len(),
+            input.len() - "verysecretvalue".len() + "***REDACTED***".len()
+        );
+        assert_eq!(got.last().map(String::as_str), Some("last"));
     }
 
     #[test]
