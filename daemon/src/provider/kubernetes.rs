@@ -922,6 +922,23 @@ mod tests {
         assert_eq!(got.last().map(String::as_str), Some("last"));
     }
 
+    #[tokio::test]
+    async fn an_unreadable_kubeconfig_is_provider_unavailable_naming_the_field() {
+        let s = crate::provider::test_support::spec(
+            "provider: kubernetes\nrepo: {url: u}\nkubernetes: {image: i, kubeconfig: /nonexistent/megaplan/kubeconfig}\n",
+        );
+        let k = s.kubernetes.clone().unwrap();
+        let Err(e) = client(&k).await else {
+            panic!("a missing kubeconfig must not give a client")
+        };
+        assert_eq!(e.error, ErrorCode::ProviderUnavailable);
+        assert_eq!(e.extra["field"], "kubernetes.kubeconfig");
+        assert!(
+            e.message.contains("/nonexistent/megaplan/kubeconfig"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn exit_codes_come_from_the_status() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{StatusCause, StatusDetails};
