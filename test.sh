@@ -4,9 +4,12 @@
 #   2. makes sure a Docker engine answers (starts dockerd when none does);
 #   3. installs the real Railway CLI (a debug build of railwayapp 5.71.0, cached under
 #      /var/tmp/megaplan-e2e) when it is missing;
-#   4. builds the binaries and runs every test: `cargo test --workspace --no-fail-fast -- --test-threads=2`;
-#   5. says how many end-to-end tests ran on the bench and how many were skipped, and why.
-# Not root: nothing is installed; the end-to-end tests then skip and step 5 says why
+#   4. builds the Kubernetes cluster binaries the kubernetes provider's tests start (Debian's
+#      `kubernetes` source package with golang-go; about 7 minutes, cached under
+#      /var/tmp/megaplan-e2e/kubernetes-<version>, once per machine: tests/kube/build-cluster-binaries.sh);
+#   5. builds the binaries and runs every test: `cargo test --workspace --no-fail-fast -- --test-threads=2`;
+#   6. says how many end-to-end tests ran on the bench and how many were skipped, and why.
+# Not root: nothing is installed; the end-to-end tests then skip and step 6 says why
 # (`MEGAPLAN_E2E_REQUIRED=1`, set by .ci/run, turns every skip into a failure).
 # Extra arguments go to `cargo test` before `--` (e.g. `./test.sh -p megaplan-cloudd`).
 set -euo pipefail
@@ -20,7 +23,7 @@ railway_version=5.71.0
 railway_root=$bench_cache/railway-$railway_version
 packages=(docker.io docker-compose openssh-server openssh-client rsync tmux debootstrap shellcheck
     sqlite3 python3 git procps iproute2 libxml2-utils systemd build-essential ca-certificates
-    util-linux)
+    util-linux golang-go golang-github-modern-go-reflect2-dev etcd-server curl openssl dpkg-dev)
 
 missing_packages() {
     local p
@@ -75,6 +78,17 @@ if [[ $(id -u) -eq 0 && ! -x $railway_root/bin/railway ]]; then
 fi
 if [[ -x $railway_root/bin/railway ]]; then
     export MEGAPLAN_RAILWAY_CLI=$railway_root/bin/railway
+fi
+
+# The real cluster of the kubernetes provider's tests (kube-apiserver, controller-manager,
+# scheduler, kubelet), built from Debian's source package once per machine.
+if [[ $(id -u) -eq 0 ]]; then
+    stamp "Kubernetes cluster binaries (built once per machine; several minutes the first time)"
+    if kube_bin=$(tests/kube/build-cluster-binaries.sh); then
+        export MEGAPLAN_KUBE_BIN=$kube_bin
+    else
+        stamp "the Kubernetes cluster binaries did not build; the kubernetes end-to-end tests will say so"
+    fi
 fi
 
 report=$(mktemp "${TMPDIR:-/tmp}/megaplan-e2e-report.XXXXXX")

@@ -24,6 +24,29 @@ pub const API_VERSION: u32 = 1;
 /// The commented cloud.yaml written by `megaplan-cloudctl init`.
 pub const CLOUD_YAML_SCAFFOLD: &str = include_str!("scaffold.cloud.yaml");
 
+/// The `kubernetes:` section `init --provider kubernetes` appends to the scaffold.
+const KUBERNETES_SCAFFOLD_SECTION: &str = include_str!("scaffold.kubernetes.yaml");
+
+/// The providers `init --provider` takes.
+pub const SCAFFOLD_PROVIDERS: [&str; 4] = ["railway", "local", "ssh", "kubernetes"];
+
+/// The scaffold for `init --provider <provider>`: the commented scaffold with that provider
+/// chosen (kubernetes also gets its commented `kubernetes:` section). `None`: not a provider.
+pub fn cloud_yaml_scaffold(provider: &str) -> Option<String> {
+    if !SCAFFOLD_PROVIDERS.contains(&provider) {
+        return None;
+    }
+    let mut text = CLOUD_YAML_SCAFFOLD.replacen(
+        "\nprovider: railway\n",
+        &format!("\nprovider: {provider}\n"),
+        1,
+    );
+    if provider == "kubernetes" {
+        text.push_str(KUBERNETES_SCAFFOLD_SECTION);
+    }
+    Some(text)
+}
+
 /// Route paths, versioned under `/v1`.
 pub mod routes {
     pub const HEALTH: &str = "/v1/health";

@@ -50,6 +50,10 @@ pub enum Cmd {
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+        /// The provider the scaffold is for: railway (default), local, ssh or kubernetes
+        /// (which adds a commented `kubernetes:` section).
+        #[arg(long, value_parser = megaplan_cloud_api::SCAFFOLD_PROVIDERS)]
+        provider: Option<String>,
     },
     /// Render the deploy dir and build the runner image.
     Build,

@@ -200,9 +200,9 @@ async fn run(cli: Cli) -> i32 {
     };
     let command = match cli.command {
         // `init` needs no daemon: it only writes the scaffold.
-        Cmd::Init { force } => {
+        Cmd::Init { force, provider } => {
             let target = discover::init_target(cli.cloud_yaml.as_deref(), &paths::current_dir());
-            return init(&target, force);
+            return init(&target, force, provider.as_deref().unwrap_or("railway"));
         }
         Cmd::Doctor => {
             return doctor::run(&client, cli.cloud_yaml.as_deref()).await;
@@ -473,7 +473,7 @@ async fn run(cli: Cli) -> i32 {
     run_command(&client, &cy, as_given, command).await
 }
 
-fn init(path: &Path, force: bool) -> i32 {
+fn init(path: &Path, force: bool, provider: &str) -> i32 {
     if path.exists() && !force {
         return local_error(
             ErrorCode::InvalidArgs,
@@ -491,7 +491,16 @@ fn init(path: &Path, force: bool) -> i32 {
             format!("cannot create {}: {e}", dir.display()),
         );
     }
-    if let Err(e) = std::fs::write(path, megaplan_cloud_api::CLOUD_YAML_SCAFFOLD) {
+    let Some(scaffold) = megaplan_cloud_api::cloud_yaml_scaffold(provider) else {
+        return local_error(
+            ErrorCode::InvalidArgs,
+            format!(
+                "--provider {provider:?}: choose one of {}",
+                megaplan_cloud_api::SCAFFOLD_PROVIDERS.join(", ")
+            ),
+        );
+    };
+    if let Err(e) = std::fs::write(path, scaffold) {
         return local_error(
             ErrorCode::InvalidArgs,
             format!("cannot write {}: {e}", path.display()),

@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod kubernetes;
+pub use kubernetes::Kubernetes;
+
 /// The core's module names, in the order the runner is probed for them when
 /// `megaplan.launcher` is unset (see `chain::launcher`): the real package at the reference
 /// commit ships `arnold_pipelines.megaplan`; the original tool's documentation writes
@@ -19,7 +22,7 @@ use std::path::{Path, PathBuf};
 pub const CORE_MODULES: [&str; 2] = ["arnold_pipelines.megaplan", "arnold.pipelines.megaplan"];
 
 pub const TOOLCHAIN_ALIASES: [&str; 3] = ["rust", "go", "java"];
-pub const PROVIDERS: [&str; 3] = ["railway", "local", "ssh"];
+pub const PROVIDERS: [&str; 4] = ["railway", "local", "ssh", "kubernetes"];
 pub const REASONING_LEVELS: [&str; 4] = ["minimal", "low", "medium", "high"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,6 +31,7 @@ pub enum ProviderKind {
     Railway,
     Local,
     Ssh,
+    Kubernetes,
 }
 
 impl ProviderKind {
@@ -36,6 +40,7 @@ impl ProviderKind {
             ProviderKind::Railway => "railway",
             ProviderKind::Local => "local",
             ProviderKind::Ssh => "ssh",
+            ProviderKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -283,6 +288,8 @@ pub struct CloudSpec {
     pub local: Local,
     pub ssh: Option<Ssh>,
     pub image: Image,
+    /// The `kubernetes:` section (always present with provider: kubernetes).
+    pub kubernetes: Option<Kubernetes>,
     /// Non-fatal findings (unknown keys), reported on stderr by commands.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -423,6 +430,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "local",
     "ssh",
     "image",
+    "kubernetes",
     // Read by the original only; each gets its own warning (see `ORIGINAL_ONLY_KEYS`).
     "chain_session",
     "driver",
@@ -655,6 +663,7 @@ impl Walker<'_> {
             "railway" => ProviderKind::Railway,
             "local" => ProviderKind::Local,
             "ssh" => ProviderKind::Ssh,
+            "kubernetes" => ProviderKind::Kubernetes,
             "fly" => {
                 return Err(ErrorBody::new(
                     ErrorCode::FutureProvider,
@@ -964,6 +973,14 @@ impl Walker<'_> {
             }),
         };
 
+        self.section(root, "kubernetes", kubernetes::KEYS)?;
+        let kubernetes = kubernetes::parse(
+            self.file,
+            root.get("kubernetes"),
+            provider == ProviderKind::Kubernetes,
+            &repo.workspace,
+        )?;
+
         Ok(CloudSpec {
             path: self.file.to_path_buf(),
             provider,
@@ -982,6 +999,7 @@ impl Walker<'_> {
             local,
             ssh,
             image,
+            kubernetes,
             warnings: self.warnings,
         })
     }

@@ -12,7 +12,7 @@
 //! - [`state`]: `AppState`, the one shared object.
 //! - [`chain`]: chain spec/state, observation, classification, supervise decision.
 //! - [`runner`]: every script sent to a runner, and the one layout of paths and names.
-//! - [`provider`]: ssh, local and railway transports behind one trait.
+//! - [`provider`]: ssh, local, railway and kubernetes transports behind one trait.
 //! - [`process`]: running local processes with deadlines and redacted streaming.
 //! - [`render`]: deploy-dir rendering (Dockerfile, entrypoint, compose, railway.toml).
 //! - [`store`]: the SQLite store (registrations, markers, tick reports).

@@ -63,7 +63,7 @@ pub fn render(spec: &CloudSpec) -> Result<Vec<RenderedFile>, ErrorBody> {
     match spec.provider {
         ProviderKind::Local => files.push(RenderedFile::new(COMPOSE_FILE, compose(spec)?, 0o644)),
         ProviderKind::Railway => files.push(RenderedFile::new(RAILWAY_FILE, RAILWAY_TOML, 0o644)),
-        ProviderKind::Ssh => {}
+        ProviderKind::Ssh | ProviderKind::Kubernetes => {}
     }
     Ok(files)
 }
@@ -117,7 +117,7 @@ pub fn persistent_deploy_dir(spec: &CloudSpec, cloud_home: &Path) -> Option<Path
             .ssh
             .as_ref()
             .map(|ssh| cloud_home.join(format!("ssh-{}", ssh.host.replace('/', "_")))),
-        ProviderKind::Railway => None,
+        ProviderKind::Railway | ProviderKind::Kubernetes => None,
     }
 }
 

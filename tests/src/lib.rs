@@ -16,6 +16,7 @@ mod container;
 mod daemon;
 mod git;
 mod image;
+pub mod kube;
 pub mod railway;
 pub mod receiver;
 pub mod rig;

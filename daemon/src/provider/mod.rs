@@ -9,6 +9,8 @@
 
 pub mod budget;
 pub mod common;
+pub mod kubernetes;
+pub mod kubernetes_manifest;
 pub mod local;
 pub mod railway;
 pub mod resident;
@@ -27,6 +29,7 @@ pub enum AnyProvider {
     Ssh(ssh::SshProvider),
     Local(local::LocalProvider),
     Railway(railway::RailwayProvider),
+    Kubernetes(kubernetes::KubernetesProvider),
 }
 
 macro_rules! delegate {
@@ -35,6 +38,7 @@ macro_rules! delegate {
             AnyProvider::Ssh($p) => $e,
             AnyProvider::Local($p) => $e,
             AnyProvider::Railway($p) => $e,
+            AnyProvider::Kubernetes($p) => $e,
         }
     };
 }
@@ -109,6 +113,9 @@ pub fn for_spec(
             require_cli(&p.program)?;
             Ok(AnyProvider::Railway(p))
         }
+        ProviderKind::Kubernetes => Ok(AnyProvider::Kubernetes(
+            kubernetes::KubernetesProvider::new(ctx)?,
+        )),
     }
 }
 

@@ -216,6 +216,14 @@ pub fn provider_identity(spec: &CloudSpec) -> Value {
             .as_ref()
             .map(|s| json!(s.host))
             .unwrap_or(Value::Null),
+        ProviderKind::Kubernetes => spec
+            .kubernetes
+            .as_ref()
+            .map(|k| {
+                let n = crate::provider::kubernetes_manifest::names(spec, k);
+                json!(format!("{}/{}", n.namespace, n.pod))
+            })
+            .unwrap_or(Value::Null),
     }
 }
 

@@ -165,6 +165,14 @@ async fn host_of(cloud_yaml: &str) -> String {
                 ssh.host,
                 ssh.port
             ),
+            (cloud_yaml::ProviderKind::Kubernetes, _) => match &spec.kubernetes {
+                Some(k) => format!(
+                    "kubernetes:{}:{}",
+                    k.context.as_deref().unwrap_or("-"),
+                    k.namespace
+                ),
+                None => "kubernetes".to_string(),
+            },
             (cloud_yaml::ProviderKind::Railway, _) => {
                 format!("railway:{}", spec.railway.project.as_deref().unwrap_or("-"))
             }

@@ -23,7 +23,9 @@
 //! 8. 10,000 registrations every minute, the daemon restarted: how many tick within two
 //!    intervals and the share of scheduled ticks that start within ±2 s of their due time;
 //! 9. observing and acting (restart) ticks side by side, with the stand-in core as slow to
-//!    start as the real one (2 s import): wall time, core starts and sshd exec requests per tick.
+//!    start as the real one (2 s import): wall time, core starts and sshd exec requests per tick;
+//! 10. an observing tick on provider: kubernetes, against the real single-node cluster of
+//!     `megaplan_cloud_e2e::kube` (each remote command an exec over the held API client).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileTypeExt;
@@ -40,7 +42,7 @@ use megaplan_cloudd::store::{NewTick, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7,8,9]
+const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7,8,9,10]
 
   --out DIR        where latest.json and latest.md are written (default: bench-results)
   --quick          small sample sizes and short windows: a smoke run, not figures to publish
@@ -70,7 +72,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let mut opts = Opts {
         out: PathBuf::from("bench-results"),
         quick: false,
-        sections: (1..=9).collect(),
+        sections: (1..=10).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -87,8 +89,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 opts.sections = list
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n @ 1..=9) => Ok(n),
-                        _ => Err(format!("--sections: {s:?} is not a section number 1-9")),
+                        Ok(n @ 1..=10) => Ok(n),
+                        _ => Err(format!("--sections: {s:?} is not a section number 1-10")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -1743,6 +1745,84 @@ fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Section 10: an observing tick on provider: kubernetes
+
+fn section_kubernetes(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    let n = sz.supervise_n.min(20);
+    progress(&format!(
+        "10 observing tick on provider: kubernetes (real single-node cluster), N={n}"
+    ));
+    let Some(cluster) = megaplan_cloud_e2e::kube::KubeCluster::start() else {
+        r.note("the Kubernetes cluster binaries or the e2e bench are unavailable: section 10 was skipped (tests/kube/build-cluster-binaries.sh)");
+        return Ok(());
+    };
+    let k = megaplan_cloud_e2e::kube::KubeRunner::start(&cluster, &[]);
+    // The runner stalls in m1 for ever: every tick observes a live runner and acts not.
+    k.deploy_and_launch(&["m1", "m2"], r#"{"step_seconds": 0.1, "stall": ["m1"]}"#)?;
+    let running = wait_until(Duration::from_secs(90), || {
+        let s = k.ctl(&["status", "--chain"]).json;
+        s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
+    });
+    if !running {
+        return Err("section 10: the chain did not reach a running m1 within 90 s".to_owned());
+    }
+    let warm = k.ctl(&["supervise", "--chain"]);
+    if warm.code != Some(0) {
+        return Err(format!(
+            "section 10 warm-up tick failed: {}\n{}",
+            warm.stdout, warm.stderr
+        ));
+    }
+    let mut wall = Vec::new();
+    let mut core = Vec::new();
+    let mut wrong: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let t = k.ctl(&["supervise", "--chain"]);
+        wall.push(ms(started.elapsed()));
+        core.push(t.json["core_starts"].as_f64().unwrap_or(f64::NAN));
+        if t.json["event"] != "supervisor_tick" || t.json["acted"] != false {
+            *wrong
+                .entry(format!("{} acted={}", t.json["event"], t.json["acted"]))
+                .or_default() += 1;
+        }
+    }
+    let exec_ms: Vec<f64> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let _ = k.ctl(&["exec", "true"]);
+            ms(started.elapsed())
+        })
+        .collect();
+    let (w, c, e) = (stats(&wall), stats(&core), stats(&exec_ms));
+    const S: &str = "10 Observing tick on provider: kubernetes";
+    r.row(
+        S,
+        "Observing tick (noop, runner alive), wall median / p99 (ms)",
+        format!("{} / {}", num(w.median, 0), num(w.p99, 0)),
+    );
+    r.row(
+        S,
+        "Core starts per tick, median (max)",
+        format!("{} ({})", num(c.median, 0), num(c.max, 0)),
+    );
+    r.row(
+        S,
+        "`exec true` through the daemon (one exec over the held client), median / p99 (ms)",
+        format!("{} / {}", num(e.median, 0), num(e.p99, 0)),
+    );
+    if !wrong.is_empty() {
+        r.note(format!("§10: ticks with an unexpected event: {wrong:?}"));
+    }
+    r.sections.insert(
+        "kubernetes_observing".into(),
+        json!({"n": n, "wall_ms": w, "core_starts": c, "exec_ms": e, "unexpected_events": wrong}),
+    );
+    let _ = k.ctl(&["destroy", "--yes"]);
+    Ok(())
+}
+
 fn run(opts: &Opts) -> Result<(), String> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -1803,6 +1883,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
     if wants(9) {
         section_acting(&sz, &mut report)?;
+    }
+    if wants(10) {
+        section_kubernetes(&sz, &mut report)?;
     }
 
     let meta = json!({

@@ -1,0 +1,289 @@
+//! provider: kubernetes against a real cluster the test starts (tests/src/kube.rs: etcd,
+//! kube-apiserver, controller-manager, scheduler, a kubelet on a dockerd of its own), through
+//! the daemon and the client, with the daemon holding only the namespaced Role of
+//! docs/providers.md: deploy → exec with a hostile argument → chain → status --chain →
+//! supervise restarting a killed runner (one driver after) → logs -f → down (claim still
+//! Bound) → a new deploy finds the workspace file → destroy (nothing labelled left). The
+//! Secret's value never appears in the pod as the API serves it, the daemon's files (log,
+//! SQLite) or any process's argv.
+
+use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
+use megaplan_cloud_e2e::{unique_suffix, wait_until};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            hits.extend(files_containing(&p, needle));
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(p.display().to_string());
+        }
+    }
+    hits
+}
+
+/// Watches every process's argv for `needle` until stopped; the command lines seen with it.
+fn argv_watch(needle: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            if let Ok(procs) = std::fs::read_dir("/proc") {
+                for p in procs.flatten() {
+                    if let Ok(cmd) = std::fs::read(p.path().join("cmdline"))
+                        && cmd.windows(needle.len()).any(|w| w == needle.as_bytes())
+                    {
+                        seen.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    });
+    (stop, handle)
+}
+
+#[test]
+fn kubernetes_runner_lifecycle_against_a_real_cluster() {
+    let Some(cluster) = KubeCluster::start() else {
+        return;
+    };
+    let secret = format!("kube-e2e-secret-{}", unique_suffix());
+    let (stop_watch, watch) = argv_watch(secret.clone());
+    let k = KubeRunner::start(&cluster, &[("MP_KUBE_TOKEN", &secret)]);
+    let (d, project, cy, name) = (&k.daemon, &k.project, &k.cloud_yaml, &k.name);
+    let run = |args: &[&str]| k.ctl(args);
+    let ns = &cluster.namespace;
+    let pod_path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+    let claim_path = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}-workspace");
+
+    // deploy: Secret, ConfigMap, claim, pod; ready on its readiness probe.
+    let deployed = run(&["deploy"]);
+    assert_eq!(
+        deployed.code,
+        Some(0),
+        "deploy failed\nstdout: {}\nstderr: {}\n{}",
+        deployed.stdout,
+        deployed.stderr,
+        cluster.logs_tail()
+    );
+    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    assert_eq!(deployed.json["provider"], "kubernetes");
+    let pod = cluster.get_json(&pod_path);
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "megaplan-cloudd"
+    );
+    assert!(
+        pod["metadata"]["annotations"]["megaplan-cloudd/spec-digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{pod:#}"
+    );
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(
+        pod["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        format!("{name}-env")
+    );
+    assert!(
+        !pod.to_string().contains(&secret),
+        "the secret is in the pod: {pod:#}"
+    );
+    assert_eq!(cluster.get_json(&claim_path)["status"]["phase"], "Bound");
+
+    // exec: a hostile argument arrives as written; the secret reaches the runner's
+    // environment through envFrom and comes back redacted.
+    let e = run(&[
+        "exec",
+        "printf '%s|' \"a b\" '$(x)' `echo q` \"it's\"; echo \"tok=$MP_KUBE_TOKEN\"; echo err >&2; exit 7",
+    ]);
+    assert_eq!(e.code, Some(7), "{}\n{}", e.stdout, e.stderr);
+    assert!(
+        e.stdout.starts_with("a b|$(x)|q|it's|tok=***REDACTED***"),
+        "{}",
+        e.stdout
+    );
+    assert!(!e.stdout.contains(&secret));
+    assert!(e.stderr.contains("err"), "{}", e.stderr);
+
+    // The chain (a second deploy replaces the pod; the claim stays), then status --chain.
+    k.deploy_and_launch(
+        &["m1", "m2", "m3"],
+        r#"{"step_seconds": 0.2, "stall": ["m2"]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+        }),
+        "{}",
+        run(&["status", "--chain"]).stdout
+    );
+
+    // supervise: a live runner is left alone; a killed one is restarted by the daemon, with
+    // one driver afterwards.
+    let t = run(&["supervise", "--chain"]);
+    assert_eq!(t.code, Some(0), "{}", t.stderr);
+    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    run(&["exec", "tmux kill-session -t =megaplan-chain"]).ok();
+    run(&[
+        "exec",
+        "printf '%s' '{\"step_seconds\": 0.2}' > /workspace/app/.megaplan/standin-control.json",
+    ])
+    .ok();
+    let t = run(&["supervise", "--chain"]);
+    assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
+    assert_eq!(t.json["acted"], true, "{}", t.stdout);
+    let drivers = run(&[
+        "exec",
+        "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'",
+    ]);
+    assert_eq!(drivers.stdout.trim(), "1", "{}", drivers.stderr);
+    // The restart ran one milestone (`--one`); scheduled ticks carry the chain to its end.
+    run(&["register", "--every", "2s"]).ok();
+    let completed = wait_until(Duration::from_secs(90), || {
+        run(&["status", "--chain"]).json["effective_status"] == "complete"
+    });
+    let history = run(&["ticks", "--json", "--limit", "50"]).json;
+    assert!(
+        completed,
+        "the chain did not complete under supervision; ticks: {history:#}"
+    );
+    let events: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["event"].as_str())
+        .collect();
+    assert!(events.contains(&"supervisor_restarted"), "{events:?}");
+    run(&["unregister"]).ok();
+    let s = run(&["status", "--chain"]).ok();
+    assert!(s.stderr.contains("Completed: m1, m2, m3"), "{}", s.stderr);
+
+    // logs -f: streams the entrypoint's output and keeps following (a line written after the
+    // stream started arrives).
+    let mut follow = d
+        .ctl_command(
+            project,
+            &["--cloud-yaml", cy.to_str().unwrap(), "logs", "-f"],
+        )
+        .env("MP_KUBE_TOKEN", &secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(!first.is_empty(), "logs -f printed nothing");
+    let marker = format!("follow-marker-{}", unique_suffix());
+    run(&["exec", &format!("echo {marker} > /proc/1/fd/1")]).ok();
+    let arrived = lines
+        .map_while(Result::ok)
+        .take(10_000)
+        .any(|l| l.contains(&marker));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        arrived,
+        "the line written after logs -f started did not arrive"
+    );
+
+    // The pod's log is redacted too: the secret written to it comes back masked.
+    run(&["exec", "echo \"log-tok=$MP_KUBE_TOKEN\" > /proc/1/fd/1"]).ok();
+    let logs = run(&["logs", "--no-follow", "--tail", "50"]);
+    assert_eq!(logs.code, Some(0), "{}", logs.stderr);
+    assert!(
+        logs.stdout.contains("log-tok=***REDACTED***"),
+        "{}",
+        logs.stdout
+    );
+    assert!(!logs.stdout.contains(&secret));
+
+    // down: the pod goes, the claim stays Bound; a new deploy finds the workspace file.
+    run(&["exec", "echo kept > /workspace/app/kept.txt"]).ok();
+    run(&["down"]).ok();
+    assert!(wait_until(Duration::from_secs(30), || cluster
+        .get_json(&pod_path)["code"]
+        == 404));
+    assert_eq!(cluster.get_json(&claim_path)["status"]["phase"], "Bound");
+    run(&["deploy"]).ok();
+    let kept = run(&["exec", "cat /workspace/app/kept.txt"]).ok();
+    assert_eq!(kept.stdout.trim(), "kept");
+
+    // The secret: not in the pod as served, the daemon's files, any argv.
+    assert!(!cluster.get_json(&pod_path).to_string().contains(&secret));
+    assert_eq!(
+        files_containing(&d.dir, secret.as_bytes()),
+        Vec::<String>::new()
+    );
+
+    // destroy: nothing labelled for it is left.
+    run(&["destroy", "--yes"]).ok();
+
+    // A pod that cannot become ready: deploy fails with the reason the pod's status gives.
+    let bad = project.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(cy)
+            .unwrap()
+            .replace(&format!("name: {name}\n"), &format!("name: {name}-bad\n"))
+            .replace(
+                &format!("image: {}\n", cluster.image),
+                "image: megaplan-e2e-missing:none\n",
+            ),
+    )
+    .unwrap();
+    let run_bad = |args: &[&str]| k.ctl_with(&bad, args);
+    let refused = run_bad(&["deploy"]);
+    assert_eq!(
+        refused.code,
+        Some(1),
+        "{}\n{}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert_eq!(
+        refused.json["error"], "provider_failed",
+        "{}",
+        refused.stdout
+    );
+    let message = refused.json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ErrImagePull") || message.contains("ImagePullBackOff"),
+        "{message}"
+    );
+    run_bad(&["destroy", "--yes"]).ok();
+    let selector = "app.kubernetes.io%2Fmanaged-by%3Dmegaplan-cloudd";
+    for kind in ["pods", "persistentvolumeclaims", "secrets", "configmaps"] {
+        let left = cluster.get_json(&format!(
+            "/api/v1/namespaces/{ns}/{kind}?labelSelector={selector}"
+        ));
+        assert_eq!(
+            left["items"],
+            serde_json::json!([]),
+            "{kind} left: {left:#}"
+        );
+    }
+    stop_watch.store(true, Ordering::Relaxed);
+    let seen = watch.join().unwrap();
+    assert_eq!(seen, Vec::<String>::new(), "the secret appeared in an argv");
+    assert_eq!(
+        files_containing(&d.dir, secret.as_bytes()),
+        Vec::<String>::new()
+    );
+}
