@@ -732,15 +732,15 @@ impl Residents {
         })
     }
 
+    /// Every runner's slot, outside the map's lock.
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.values().cloned().collect()
+    }
+
     /// Whether `user` has a running watch on some runner.
     pub fn watching(&self, user: &str) -> bool {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let slots = self.all_slots();
         slots.iter().any(|s| {
             s.observer.try_lock().is_ok_and(|g| {
                 g.as_ref()
@@ -751,13 +751,7 @@ impl Residents {
 
     /// End `user`'s watches (it was unregistered), here and on the runners.
     pub async fn unwatch(&self, user: &str) {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let slots = self.all_slots();
         for slot in slots {
             slot.wanted
                 .lock()
@@ -863,6 +857,16 @@ mod tests {
         }
     }
 
+    /// A temp root with a copy of the stand-in core (`site`) and a private tmux folder.
+    fn bench_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let core = root.path().join("site");
+        copy_dir(&standin(), &core);
+        let tmux = root.path().join("tmux");
+        std::fs::create_dir_all(&tmux).unwrap();
+        (root, core, tmux)
+    }
+
     fn workspace(root: &Path) -> (std::path::PathBuf, Value) {
         let ws = crate::runner::observe::tests::chain_workspace(root);
         let req = ObserveRequest {
@@ -897,11 +901,7 @@ mod tests {
     /// ends it; a command that cannot start is `Unavailable`.
     #[tokio::test]
     async fn one_import_in_steady_state_a_fresh_one_after_the_core_changes() {
-        let root = tempfile::tempdir().unwrap();
-        let core = root.path().join("site");
-        copy_dir(&standin(), &core);
-        let tmux = root.path().join("tmux");
-        std::fs::create_dir_all(&tmux).unwrap();
+        let (root, core, tmux) = bench_dirs();
         let (ws, req) = workspace(root.path());
         let cmd = local("python3 -m arnold_pipelines.megaplan", &core, &tmux);
         let r = Residents::default();
@@ -969,11 +969,7 @@ mod tests {
     /// the connection's budget, and past the observers' share none starts (one-shot instead).
     #[tokio::test]
     async fn one_observer_per_runner_ended_when_unused_and_counted_in_the_budget() {
-        let root = tempfile::tempdir().unwrap();
-        let core = root.path().join("site");
-        copy_dir(&standin(), &core);
-        let tmux = root.path().join("tmux");
-        std::fs::create_dir_all(&tmux).unwrap();
+        let (root, core, tmux) = bench_dirs();
         let (_ws, req) = workspace(root.path());
         let launch = local("python3 -m arnold_pipelines.megaplan", &core, &tmux);
         let r = Residents::default();
@@ -1065,11 +1061,7 @@ mod tests {
     /// deadline, and the observer goes on; ending the observer ends every request it runs.
     #[tokio::test]
     async fn a_hung_request_never_holds_back_another_on_the_same_runner() {
-        let root = tempfile::tempdir().unwrap();
-        let core = root.path().join("site");
-        copy_dir(&standin(), &core);
-        let tmux = root.path().join("tmux");
-        std::fs::create_dir_all(&tmux).unwrap();
+        let (root, core, tmux) = bench_dirs();
         let (_ws, req) = workspace(root.path());
         let hung_root = root.path().join("hung");
         let (hung_ws, hung_req) = workspace(&hung_root);
@@ -1148,11 +1140,7 @@ mod tests {
     /// new observer (the slot makes it again), and ends with an unwatch.
     #[tokio::test]
     async fn a_watch_reports_a_state_change_and_is_made_again_on_a_new_observer() {
-        let root = tempfile::tempdir().unwrap();
-        let core = root.path().join("site");
-        copy_dir(&standin(), &core);
-        let tmux = root.path().join("tmux");
-        std::fs::create_dir_all(&tmux).unwrap();
+        let (root, core, tmux) = bench_dirs();
         let (ws, req) = workspace(root.path());
         let launch = local("python3 -m arnold_pipelines.megaplan", &core, &tmux);
         let r = Residents::default();
