@@ -182,6 +182,19 @@ pub enum Cmd {
         /// --cloud-yaml.
         target: Option<String>,
     },
+    /// How are my chains? Every registration's state, what needs a person first, and what to do.
+    #[command(visible_alias = "fleet")]
+    Ls {
+        /// Redraw after every tick the daemon stores (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+        /// Show every cell whole instead of fitting the terminal.
+        #[arg(long)]
+        wide: bool,
+        /// Show at most this many registrations (0 for none: only the counts).
+        #[arg(short = 'n', long)]
+        limit: Option<usize>,
+    },
     /// List registrations.
     Registrations,
     /// Stored tick reports, newest first.

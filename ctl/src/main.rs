@@ -4,6 +4,8 @@
 
 mod agent_auth;
 mod cli;
+mod columns;
+mod commands;
 mod discover;
 mod doctor;
 mod output;
@@ -117,6 +119,7 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
         cmd,
         Cmd::Init { .. }
             | Cmd::Registrations
+            | Cmd::Ls { .. }
             | Cmd::Doctor
             | Cmd::Daemon { .. }
             | Cmd::Ticks { all: true, .. }
@@ -335,6 +338,28 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Registrations => return registrations(&client, output::json_mode()).await,
+        Cmd::Ls { watch, wide, limit } => {
+            let view = commands::fleet::View {
+                width: (!wide).then(columns::terminal_width),
+                color: output::get().color,
+                limit,
+            };
+            let shown = if watch {
+                commands::fleet::watch(&client, view).await
+            } else {
+                commands::fleet::show(&client, view).await
+            };
+            return match shown {
+                Ok(()) if watch => {
+                    eprintln!(
+                        "ls --watch: the daemon closed the stream (it stopped or restarted); run it again once the daemon is back"
+                    );
+                    3
+                }
+                Ok(()) => 0,
+                Err(e) => fail(e),
+            };
+        }
         Cmd::Ticks {
             limit, all, filter, ..
         } => {

@@ -17,6 +17,11 @@ struct Pane {
 
 impl Pane {
     fn start(script: &str, env: &[(&str, &str)]) -> Pane {
+        Pane::start_sized(script, env, 200)
+    }
+
+    /// [`Pane::start`] with a pane `columns` wide (80: what a person's terminal often is).
+    fn start_sized(script: &str, env: &[(&str, &str)], columns: u16) -> Pane {
         let server = format!("mp-ctl-{}", unique_suffix());
         let conf = std::env::temp_dir().join(format!("{server}.conf"));
         std::fs::write(
@@ -27,7 +32,16 @@ impl Pane {
         let mut cmd = Command::new("tmux");
         cmd.args(["-L", &server, "-f"])
             .arg(&conf)
-            .args(["new-session", "-d", "-x", "200", "-y", "50", "-s", "t"])
+            .args([
+                "new-session",
+                "-d",
+                "-x",
+                &columns.to_string(),
+                "-y",
+                "50",
+                "-s",
+                "t",
+            ])
             .args(["sh", "-c", script])
             .env_remove("NO_COLOR")
             .env("TERM", "xterm-256color");
@@ -123,6 +137,24 @@ impl Drop for Pane {
 fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
     let pane = Pane::start(&format!("{script}; {}", signal_then_hold("done")), env);
     pane.wait_signal("done")
+}
+
+/// [`in_terminal`] in a pane 80 columns wide.
+fn in_80_columns(script: &str, env: &[(&str, &str)]) -> String {
+    let pane = Pane::start_sized(&format!("{script}; {}", signal_then_hold("done")), env, 80);
+    pane.wait_signal("done")
+}
+
+/// Every line of a pane captured with `-J` (wrapped lines joined) fits 80 columns: nothing
+/// wrapped.
+fn assert_fits_80(text: &str) {
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "a line wider than 80 columns ({}):\n{line}\n\n{text}",
+            line.chars().count()
+        );
+    }
 }
 
 fn sh_quote(s: &str) -> String {
@@ -489,4 +521,141 @@ fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
     // Through a pipe: no spinner text on stderr.
     let piped = rig.ctl(&["status", "--chain"]);
     assert!(!piped.stderr.contains("waiting for"), "{}", piped.stderr);
+}
+
+#[test]
+fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_after_a_tick() {
+    use megaplan_cloud_api::fleet::{Fleet, FleetState};
+    use megaplan_cloud_api::wire::TickNowResponse;
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
+    rig.container
+        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    // The stand-in chain reaches PR #7 on its own; each tick stores what it saw.
+    let awaiting = wait_until(Duration::from_secs(60), || {
+        matches!(
+            serde_json::from_str::<TickNowResponse>(&rig.ctl(&["tick"]).stdout),
+            Ok(TickNowResponse::Ran(t)) if t.report.effective_status.as_str() == "awaiting_pr_merge"
+        )
+    });
+    assert!(awaiting, "the chain never reached awaiting_pr_merge");
+    // A second registration never ticked, and a third whose cloud.yaml is gone.
+    let text = std::fs::read_to_string(&rig.cloud_yaml).unwrap();
+    let mut others = Vec::new();
+    for name in ["other", "gone"] {
+        let dir = rig.daemon.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cy = dir.join("cloud.yaml");
+        std::fs::write(&cy, &text).unwrap();
+        let cys = cy.display().to_string();
+        rig.daemon.ctl(
+            &dir,
+            &[],
+            &["--cloud-yaml", &cys, "register", "--every", "1h"],
+        );
+        others.push(cy);
+    }
+    std::fs::remove_file(&others[1]).unwrap();
+
+    // Through a pipe: the typed fleet as JSON on stdout, nothing on stderr.
+    let piped = rig.ctl(&["ls"]).ok();
+    assert!(
+        piped.stderr.is_empty(),
+        "stderr through a pipe: {}",
+        piped.stderr
+    );
+    let fleet: Fleet = serde_json::from_str(&piped.stdout).expect("ls through a pipe is a Fleet");
+    let states: Vec<(String, FleetState)> = fleet
+        .registrations
+        .iter()
+        .map(|r| (r.name.clone(), r.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("gone".to_string(), FleetState::NeedsPerson),
+            ("project".to_string(), FleetState::AwaitingPr),
+            ("other".to_string(), FleetState::Unknown),
+        ],
+        "{}",
+        piped.stdout
+    );
+    let project = &fleet.registrations[1];
+    assert_eq!(project.pr_number, Some(7));
+    let m = project
+        .milestone
+        .clone()
+        .expect("the tick saw the milestone");
+    assert_eq!((m.number, m.count, m.label.as_deref()), (1, 2, Some("m1")));
+    assert!(project.next_tick_at.is_some() && project.host.as_deref() == Some("127.0.0.1"));
+
+    // In an 80-column terminal: one screen, nothing wrapped, keys whole, the fix spelled out.
+    let ctl = bin("megaplan-cloudctl").display().to_string();
+    let socket = rig.daemon.socket.display().to_string();
+    let env = [("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())];
+    let pane = in_80_columns(
+        &format!(
+            "cd {dir} && {ctl} ls 2>&1; echo \"== exit $?\"",
+            dir = sh_quote(&rig.project.display().to_string()),
+            ctl = sh_quote(&ctl),
+        ),
+        &env,
+    );
+    assert_fits_80(&pane);
+    assert!(pane.contains("== exit 0"), "{pane}");
+    let lines: Vec<&str> = pane.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("NAME"))
+        .unwrap_or_else(|| panic!("no table:\n{pane}"));
+    assert!(
+        lines[header + 1].starts_with("gone") && lines[header + 1].contains("needs a person"),
+        "{pane}"
+    );
+    assert!(
+        lines[header + 2].contains(&project.key)
+            && lines[header + 2].contains("awaiting PR #7")
+            && lines[header + 2].contains("1/2 m1"),
+        "{pane}"
+    );
+    assert!(lines[header + 3].contains("unknown"), "{pane}");
+    assert!(pane.contains("needs you:"), "{pane}");
+    assert!(pane.contains("project: PR #7 waits to be merged"), "{pane}");
+    assert!(pane.contains("→ merge PR #7"), "{pane}");
+    assert!(
+        pane.contains("gone: the registered cloud.yaml cannot be read"),
+        "{pane}"
+    );
+    assert!(!pane.contains('{'), "JSON on a terminal:\n{pane}");
+
+    // `--watch` redraws when the daemon stores a tick: merge the PR, tick, and the row says the
+    // supervisor started the next milestone.
+    let watch = Pane::start_sized(
+        &format!(
+            "cd {dir} && {ctl} fleet --watch",
+            dir = sh_quote(&rig.project.display().to_string()),
+            ctl = sh_quote(&ctl),
+        ),
+        &env,
+        80,
+    );
+    watch.wait_for("the first draw", |l| l.contains("awaiting PR #7"));
+    rig.container
+        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    let advanced = rig.ctl(&["tick"]).ok();
+    assert!(
+        advanced.stdout.contains("supervisor_advanced"),
+        "{}",
+        advanced.stdout
+    );
+    let redrawn = watch.wait_for("the redraw after the tick", |l| {
+        l.contains(&project.key) && l.contains("running") && l.contains("2/2 m2")
+    });
+    assert_fits_80(&redrawn);
 }

@@ -154,7 +154,7 @@ async fn end_unused_observers(state: &Arc<AppState>, key: &str) {
 }
 
 /// Fill a registration's `cron` and `next_due_at` from the scheduler's queue, and its back-off.
-fn with_schedule(state: &AppState, reg: &mut Registration) {
+pub(super) fn with_schedule(state: &AppState, reg: &mut Registration) {
     reg.backoff = state.scheduler.backoff.get(&reg.key).map(|b| b.to_wire());
     if let Some((cron, due)) = state.scheduler.entry(&reg.key) {
         reg.cron = Some(cron);

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod deliver;
 pub mod explain;
+pub mod fleet;
 pub mod notifier;
 pub mod sinks;
 pub mod stall;
