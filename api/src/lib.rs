@@ -12,6 +12,7 @@ pub mod marker;
 pub mod paths;
 pub mod report;
 pub mod schedule;
+pub mod status;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};

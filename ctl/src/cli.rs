@@ -23,6 +23,9 @@ pub struct Cli {
     /// JSON on stdout even on a terminal (the default when stdout is not a terminal).
     #[arg(long, global = true)]
     pub json: bool,
+    /// No confirmations on a terminal (results and errors are still printed).
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
     /// Colour in human output: auto (a terminal, and NO_COLOR unset), always or never.
     #[arg(long, global = true, value_enum, default_value_t = crate::output::ColorChoice::Auto)]
     pub color: crate::output::ColorChoice,

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let cli = Cli::parse();
-    output::init(cli.json, cli.color);
+    output::init(cli.json, cli.color, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,6 +45,48 @@ fn main() {
 /// A command's result document: JSON for scripts, a summary on a terminal.
 fn print_json(v: &Value) {
     output::print_result(v);
+}
+
+/// The terminal's width and colour for the chain renderers.
+fn chain_style() -> commands::chain::Style {
+    commands::chain::Style {
+        width: columns::terminal_width(),
+        color: output::get().color,
+    }
+}
+
+/// Commands whose answer has a renderer of its own: the daemon's human lines on stderr (the
+/// summary the Python tool printed) are not relayed, on a terminal or through a pipe.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rendered {
+    ChainStatus,
+    TickReport,
+    Generic,
+}
+
+/// The result of `command` for a person: its renderer over the api type, or the daemon's
+/// document pretty-printed when it does not read as that type.
+fn render_result(kind: Rendered, payload: &Value) {
+    let now = chrono::Utc::now();
+    let text = match kind {
+        Rendered::ChainStatus => {
+            serde_json::from_value::<megaplan_cloud_api::status::ChainStatus>(payload.clone())
+                .ok()
+                .map(|s| commands::chain::status_text(&s, now, chain_style()))
+        }
+        Rendered::TickReport => megaplan_cloud_api::report::from_value(payload.clone())
+            .ok()
+            .map(|r| commands::chain::tick_text(None, &r, now, chain_style())),
+        Rendered::Generic => None,
+    };
+    match text {
+        Some(t) => {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(t.as_bytes());
+            let _ = o.flush();
+        }
+        None => print_json(payload),
+    }
 }
 
 /// Print a structured error and return its exit code. For scripts: the JSON document on
@@ -330,8 +372,10 @@ async fn run(cli: Cli) -> i32 {
                 .await
             {
                 Ok(v) => {
-                    print_json(&v);
-                    eprintln!("unregistered {cy}");
+                    if output::json_mode() {
+                        output::print_json_doc(&v);
+                    }
+                    output::say(&format!("unregistered {cy}: it is no longer ticked"));
                     0
                 }
                 Err(e) => fail_for(e, &cy),
@@ -387,14 +431,32 @@ async fn run(cli: Cli) -> i32 {
                 .await
             {
                 Ok(v) => {
-                    print_json(&v);
+                    let json = output::json_mode();
+                    if json {
+                        output::print_json_doc(&v);
+                    }
                     match serde_json::from_value::<TickNowResponse>(v) {
-                        // The one-line summary of the report (its Display).
                         Ok(TickNowResponse::Ran(rec)) => {
-                            eprintln!("{}", rec.report);
+                            if !json {
+                                print!(
+                                    "{}",
+                                    commands::chain::tick_text(
+                                        Some(&rec),
+                                        &rec.report,
+                                        chrono::Utc::now(),
+                                        chain_style()
+                                    )
+                                );
+                            } else if !rec.success {
+                                // Through a pipe stderr carries only a failure: its one line.
+                                eprintln!("{}", rec.report);
+                            }
                             i32::from(!rec.success)
                         }
-                        Ok(TickNowResponse::Skipped(_)) => 1,
+                        Ok(TickNowResponse::Skipped(s)) => {
+                            eprintln!("{}", s.message);
+                            1
+                        }
                         Err(e) => {
                             eprintln!(
                                 "megaplan-cloudctl: the daemon's tick answer is not a tick record ({e})"
@@ -432,12 +494,15 @@ async fn run(cli: Cli) -> i32 {
             let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::POST, &path, Some(&body)).await {
                 Ok(v) => {
-                    print_json(&v);
-                    eprintln!(
-                        "paused {cy} (by {}, since {}): ticks observe but never mutate until `megaplan-cloudctl unpause`",
-                        v["paused"]["paused_by"].as_str().unwrap_or("?"),
-                        v["paused"]["since"].as_str().unwrap_or("?")
-                    );
+                    if output::json_mode() {
+                        output::print_json_doc(&v);
+                    }
+                    let by = serde_json::from_value::<megaplan_cloud_api::wire::PauseResponse>(v)
+                        .map(|r| r.paused.paused_by)
+                        .unwrap_or_else(|_| "?".into());
+                    output::say(&format!(
+                        "paused {cy} (by {by}): ticks observe but never act until `megaplan-cloudctl unpause`"
+                    ));
                     0
                 }
                 Err(e) => fail_for(e, &cy),
@@ -447,12 +512,18 @@ async fn run(cli: Cli) -> i32 {
             let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
             return match client.json(Method::DELETE, &path, None).await {
                 Ok(v) => {
-                    print_json(&v);
-                    if v["was_paused"].is_null() {
-                        eprintln!("{cy} was not paused");
-                    } else {
-                        eprintln!("unpaused {cy}: ticks may act again");
+                    if output::json_mode() {
+                        output::print_json_doc(&v);
                     }
+                    let was =
+                        serde_json::from_value::<megaplan_cloud_api::wire::UnpauseResponse>(v)
+                            .map(|r| r.was_paused.is_some())
+                            .unwrap_or(true);
+                    output::say(&if was {
+                        format!("unpaused {cy}: ticks may act again")
+                    } else {
+                        format!("{cy} was not paused")
+                    });
                     0
                 }
                 Err(e) => fail_for(e, &cy),
@@ -524,11 +595,17 @@ fn init(path: &Path, force: bool) -> i32 {
     }
     // `cloud_yaml` is the original's field; `path` is kept for scripts written against ours.
     let shown = path.display().to_string();
-    print_json(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
-    eprintln!(
+    let next = format!(
         "wrote {}; edit repo.url, provider and secrets, then run `megaplan-cloudctl build`",
         path.display()
     );
+    if output::json_mode() {
+        // The seed's split for `init`: the document on stdout, its line on stderr.
+        output::print_json_doc(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
+        eprintln!("{next}");
+    } else {
+        output::say(&next);
+    }
     0
 }
 
@@ -613,6 +690,11 @@ async fn run_command(
     // command (build, deploy, …) what the provider prints is progress, so it goes to stderr and
     // stdout stays one JSON document.
     let stdout_is_result = matches!(command, Command::Exec { .. } | Command::Logs { .. });
+    let rendered = match command {
+        Command::Status { chain: true, .. } => Rendered::ChainStatus,
+        Command::Supervise { .. } => Rendered::TickReport,
+        _ => Rendered::Generic,
+    };
     // Operations that can sit silent for a while (connecting the ssh master, a build, a
     // deploy) show a spinner on stderr, on a terminal only; streamed lines print above it.
     let spinner = (!stdout_is_result
@@ -664,7 +746,15 @@ async fn run_command(
                 Ok(Frame::Stdout { data }) => to_stderr(&data),
                 Ok(Frame::Stderr { data }) => {
                     stderr_seen.push_str(&data);
-                    to_stderr(&data);
+                    // Scripts get the seed's split (the daemon's summary on stderr); a person
+                    // gets the renderer instead, and only the warnings from here.
+                    if rendered == Rendered::Generic || output::json_mode() {
+                        to_stderr(&data);
+                    } else {
+                        for line in data.lines().filter(|l| l.starts_with("warning:")) {
+                            to_stderr(&format!("{line}\n"));
+                        }
+                    }
                 }
                 Ok(Frame::Terminal { argv }) => terminal = Some(argv),
                 Ok(Frame::Result {
@@ -680,7 +770,8 @@ async fn run_command(
                         // On a terminal an error is said once, on stderr: the daemon's own
                         // line when it streamed one, else the error's.
                         let message = payload["message"].as_str().unwrap_or_default();
-                        if message.is_empty() || !stderr_seen.contains(message) {
+                        let relayed = rendered == Rendered::Generic || output::json_mode();
+                        if message.is_empty() || !relayed || !stderr_seen.contains(message) {
                             eprintln!(
                                 "{} {}: {}",
                                 output::paint("error:", "1;31"),
@@ -688,8 +779,10 @@ async fn run_command(
                                 output::strip_controls(message)
                             );
                         }
+                    } else if output::json_mode() {
+                        output::print_json_doc(&payload);
                     } else if !payload.is_null() {
-                        print_json(&payload);
+                        render_result(rendered, &payload);
                     }
                     exit_code = Some(c);
                 }
@@ -762,20 +855,32 @@ async fn register(
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
         Ok(v) => {
-            print_json(&v);
+            if output::json_mode() {
+                output::print_json_doc(&v);
+                return 0;
+            }
             match serde_json::from_value::<RegisterResponse>(v) {
                 Ok(r) => {
+                    // The warnings are part of the answer: printed once, with it.
                     for w in &r.warnings {
-                        eprintln!("warning: {w}");
+                        println!("{} {w}", output::paint("warning:", "33"));
                     }
-                    eprintln!(
-                        "registered {cloud_yaml} (key {}, schedule {})",
-                        r.key, r.cron
-                    );
+                    let next = r
+                        .next_due_at
+                        .as_deref()
+                        .map(|at| {
+                            format!(", next tick {}", render::relative(at, chrono::Utc::now()))
+                        })
+                        .unwrap_or_default();
+                    output::say(&format!(
+                        "registered {cloud_yaml}\n  key       {}\n  schedule  {}{next}",
+                        r.key,
+                        render::schedule_text(&r.schedule)
+                    ));
                 }
-                Err(e) => eprintln!(
+                Err(e) => output::say(&format!(
                     "registered {cloud_yaml} (the daemon's answer does not read as a registration: {e})"
-                ),
+                )),
             }
             0
         }

@@ -30,6 +30,8 @@ pub struct Output {
     pub json: bool,
     /// ANSI colour in human output.
     pub color: bool,
+    /// `--quiet`: no confirmations or chatter on a terminal either (results and errors stay).
+    pub quiet: bool,
 }
 
 static OUTPUT: OnceLock<Output> = OnceLock::new();
@@ -42,17 +44,30 @@ pub fn decide(json_flag: bool, color: ColorChoice, stdout_tty: bool, no_color_en
         ColorChoice::Never => false,
         ColorChoice::Auto => !json && stdout_tty && !no_color_env,
     };
-    Output { json, color }
+    Output {
+        json,
+        color,
+        quiet: false,
+    }
 }
 
-pub fn init(json_flag: bool, color: ColorChoice) {
+pub fn init(json_flag: bool, color: ColorChoice, quiet: bool) {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let _ = OUTPUT.set(decide(
-        json_flag,
-        color,
-        std::io::stdout().is_terminal(),
-        no_color,
-    ));
+    let mut out = decide(json_flag, color, std::io::stdout().is_terminal(), no_color);
+    out.quiet = quiet;
+    let _ = OUTPUT.set(out);
+}
+
+/// A confirmation for a person ("paused …", "registered …"): on stdout on a terminal, never
+/// through a pipe (the JSON document is the whole answer there) nor with `--quiet`.
+pub fn say(text: &str) {
+    let o = get();
+    if o.json || o.quiet {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
 }
 
 pub fn get() -> Output {
