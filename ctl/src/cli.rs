@@ -181,8 +181,8 @@ pub enum Cmd {
     },
     /// Stop ticking this cloud.yaml.
     Unregister {
-        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
-        /// --cloud-yaml.
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
         target: Option<String>,
     },
     /// How are my chains? Every registration's state, what needs a person first, and what to do.
@@ -202,8 +202,8 @@ pub enum Cmd {
     Registrations,
     /// Stored tick reports, newest first.
     Ticks {
-        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
-        /// --cloud-yaml.
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
         target: Option<String>,
         /// How many reports to show.
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -216,12 +216,15 @@ pub enum Cmd {
     },
     /// Tick a registered cloud.yaml now.
     Tick {
-        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
-        /// --cloud-yaml.
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
         target: Option<String>,
     },
     /// Show the last few stored tick reports, then follow new ones as they are stored.
     Watch {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        target: Option<String>,
         /// All registrations, not only --cloud-yaml.
         #[arg(long)]
         all: bool,
@@ -233,16 +236,30 @@ pub enum Cmd {
     },
     /// Pause this registration: ticks keep observing and storing reports but never mutate.
     Pause {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        target: Option<String>,
         /// Why (shown in every refused tick and in `registrations`).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Lift the pause of this registration.
-    Unpause,
+    Unpause {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        target: Option<String>,
+    },
     /// Explain the last stored tick: facts observed, the rule that matched, action, refusal.
-    Explain,
+    Explain {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        target: Option<String>,
+    },
     /// The notification outbox: what was sent, is pending, or was given up.
     Notifications {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        target: Option<String>,
         /// How many to show.
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: u32,

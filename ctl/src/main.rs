@@ -116,6 +116,12 @@ fn fail(e: ClientError) -> i32 {
 /// hash nobody recognises) and says how to register it.
 fn fail_for(e: ClientError, cloud_yaml: &str) -> i32 {
     match e {
+        // Named by its key: there is no file to suggest registering.
+        ClientError::Api(body)
+            if body.error == ErrorCode::NotRegistered && paths::is_marker_key(cloud_yaml) =>
+        {
+            fail(ClientError::Api(no_registration(cloud_yaml)))
+        }
         ClientError::Api(body) if body.error == ErrorCode::NotRegistered => {
             let message = format!(
                 "{cloud_yaml} is not registered with megaplan-cloudd; register it with `megaplan-cloudctl register --cloud-yaml {cloud_yaml}`"
@@ -127,6 +133,54 @@ fn fail_for(e: ClientError, cloud_yaml: &str) -> i32 {
             ))
         }
         other => fail(other),
+    }
+}
+
+fn no_registration(key: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotRegistered,
+        format!(
+            "no registration with key {key}; `megaplan-cloudctl ls` lists every registration with its key"
+        ),
+    )
+    .with("key", key.to_string())
+}
+
+/// Does a command's argument name a cloud.yaml file rather than a registration key?
+fn names_a_path(t: &str) -> bool {
+    t.contains('/') || t.ends_with(".yaml") || t.ends_with(".yml") || Path::new(t).is_file()
+}
+
+/// The one registration whose key is `prefix` or starts with it (git's and docker's short ids).
+async fn resolve_key(client: &DaemonClient, prefix: &str) -> Result<String, i32> {
+    let regs: Vec<megaplan_cloud_api::wire::Registration> =
+        match client.typed(Method::GET, routes::CLOUDS, None).await {
+            Ok(r) => r,
+            Err(e) => return Err(fail(e)),
+        };
+    let wanted = prefix.to_ascii_lowercase();
+    let found: Vec<&str> = regs
+        .iter()
+        .map(|r| r.key.as_str())
+        .filter(|k| !wanted.is_empty() && k.starts_with(&wanted))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).to_string()),
+        [] => Err(fail(ClientError::Api(no_registration(prefix)))),
+        many => Err(fail(ClientError::Api(
+            ErrorBody::new(
+                ErrorCode::InvalidArgs,
+                format!(
+                    "key prefix {prefix} matches {} registrations ({}); give more of the key",
+                    many.len(),
+                    many.join(", ")
+                ),
+            )
+            .with(
+                "matches",
+                many.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ),
+        ))),
     }
 }
 
@@ -202,24 +256,35 @@ async fn run(cli: Cli) -> i32 {
         );
     }
     let mut cli = cli;
-    if history_of_all(&cli) {
+    // A per-registration command also takes a registration key (or a unique prefix of one) or
+    // a cloud.yaml path as its argument. Resolved first: a key names one registration, so the
+    // "outside any project means all" rule below never turns a wrong key into every history.
+    let mut key_override: Option<String> = None;
+    if let Cmd::Tick { target }
+    | Cmd::Unregister { target }
+    | Cmd::Ticks { target, .. }
+    | Cmd::Pause { target, .. }
+    | Cmd::Unpause { target }
+    | Cmd::Explain { target }
+    | Cmd::Watch { target, .. }
+    | Cmd::Notifications { target, .. } = &mut cli.command
+        && let Some(t) = target.take()
+    {
+        if names_a_path(&t) {
+            cli.cloud_yaml = Some(PathBuf::from(t));
+        } else {
+            match resolve_key(&client, &t).await {
+                Ok(k) => key_override = Some(k),
+                Err(code) => return code,
+            }
+        }
+    }
+    if key_override.is_none() && history_of_all(&cli) {
         match &mut cli.command {
             Cmd::Ticks { all, .. } | Cmd::Watch { all, .. } | Cmd::Notifications { all, .. } => {
                 *all = true;
             }
             _ => {}
-        }
-    }
-    // `tick`, `unregister` and `ticks` also take a registration key or a path as an argument.
-    let mut key_override: Option<String> = None;
-    if let Cmd::Tick { target } | Cmd::Unregister { target } | Cmd::Ticks { target, .. } =
-        &mut cli.command
-        && let Some(t) = target.take()
-    {
-        if paths::is_marker_key(&t) {
-            key_override = Some(t);
-        } else {
-            cli.cloud_yaml = Some(PathBuf::from(t));
         }
     }
     let located = if key_override.is_none() && needs_cloud_yaml(&cli.command) {
@@ -472,6 +537,7 @@ async fn run(cli: Cli) -> i32 {
             all,
             backlog,
             filter,
+            ..
         } => {
             let json = output::json_mode();
             let mut q = format!("{}?backlog={backlog}", routes::TICKS_WATCH);
@@ -481,7 +547,7 @@ async fn run(cli: Cli) -> i32 {
             q.push_str(&filter.query(enc));
             return watch(&client, &q, json).await;
         }
-        Cmd::Pause { reason } => {
+        Cmd::Pause { reason, .. } => {
             let by = format!(
                 "{}@{}",
                 std::env::var("USER")
@@ -491,7 +557,7 @@ async fn run(cli: Cli) -> i32 {
             );
             let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
                 .unwrap_or(Value::Null);
-            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+            let path = routes::cloud_pause(&key_of_this());
             return match client.json(Method::POST, &path, Some(&body)).await {
                 Ok(v) => {
                     if output::json_mode() {
@@ -508,8 +574,8 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Unpause => {
-            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+        Cmd::Unpause { .. } => {
+            let path = routes::cloud_pause(&key_of_this());
             return match client.json(Method::DELETE, &path, None).await {
                 Ok(v) => {
                     if output::json_mode() {
@@ -529,9 +595,9 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Explain => {
+        Cmd::Explain { .. } => {
             let json = output::json_mode();
-            let path = routes::cloud_explain(&paths::resolved_marker_key(&cloud_yaml));
+            let path = routes::cloud_explain(&key_of_this());
             return match client.json(Method::GET, &path, None).await {
                 Ok(v) => {
                     if json {
@@ -544,7 +610,7 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Notifications { limit, all } => {
+        Cmd::Notifications { limit, all, .. } => {
             let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::NOTIFICATIONS);
             if !all {

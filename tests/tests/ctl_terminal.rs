@@ -464,6 +464,38 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
                 .all(|r| r["key"] == key.as_str()),
         "{hv}"
     );
+    // A unique prefix of the key names the registration for every per-registration command,
+    // from anywhere; an unknown key is an error naming it, never an empty answer.
+    let prefix = &key[..6];
+    for args in [
+        vec!["pause", prefix, "--reason", "repair"],
+        vec!["explain", prefix],
+        vec!["notifications", prefix],
+        vec!["ticks", prefix],
+        vec!["unpause", prefix],
+    ] {
+        let out = d.ctl(root, &[], &args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(out.stderr.is_empty(), "{args:?} through a pipe: {out:?}");
+    }
+    let h = d.ctl(root, &[], &["ticks", prefix]);
+    let hv: Vec<megaplan_cloud_api::wire::TickRecord> = serde_json::from_slice(&h.stdout).unwrap();
+    assert!(!hv.is_empty() && hv.iter().all(|r| r.key == key), "{hv:?}");
+    for args in [
+        vec!["ticks", "zzz"],
+        vec!["pause", "zzz"],
+        vec!["unregister", "0000000000000000"],
+    ] {
+        let out = d.ctl(root, &[], &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err: megaplan_cloud_api::ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            err.message
+                .starts_with(&format!("no registration with key {}", args[1])),
+            "{args:?}: {}",
+            err.message
+        );
+    }
     let u = d.ctl(root, &[], &["unregister", &key]);
     assert!(u.status.success(), "{u:?}");
     let left: Value = serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();
