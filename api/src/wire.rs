@@ -133,6 +133,24 @@ pub struct Registration {
     pub backoff: Option<TickBackoff>,
 }
 
+/// One row of `GET /v1/clouds`: the registration and what the watcher knows of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegistrationListed {
+    #[serde(flatten)]
+    pub registration: Registration,
+    /// The pause in force, `null` when none.
+    #[serde(default)]
+    pub paused: Option<crate::report::Pause>,
+    /// As of the last tick.
+    #[serde(default)]
+    pub stalled: bool,
+    /// The last successful tick's effective status.
+    #[serde(default)]
+    pub watched_status: Option<String>,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+}
+
 /// Why a registration's scheduled ticks are held back: its last ticks hit their deadline
 /// (observation or tick). Occurrences due before `until` are skipped and counted in `skipped`;
 /// a tick that finishes in time (a manual `tick` runs regardless) ends the back-off.

@@ -198,19 +198,29 @@ pub enum Cmd {
         #[arg(short = 'n', long)]
         limit: Option<usize>,
     },
-    /// List registrations.
-    Registrations,
+    /// List registrations: schedule, last and next tick, what the watcher knows.
+    Registrations {
+        /// Show every column and every cell whole instead of fitting the terminal.
+        #[arg(long)]
+        wide: bool,
+        /// Show at most this many (0 for none).
+        #[arg(short = 'n', long)]
+        limit: Option<usize>,
+    },
     /// Stored tick reports, newest first.
     Ticks {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
         target: Option<String>,
-        /// How many reports to show.
+        /// How many reports to show (0 for none).
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: u32,
         /// All registrations, not only --cloud-yaml.
         #[arg(long)]
         all: bool,
+        /// Show every cell whole instead of fitting the terminal.
+        #[arg(long)]
+        wide: bool,
         #[command(flatten)]
         filter: TickFilterArgs,
     },

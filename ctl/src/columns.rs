@@ -8,8 +8,10 @@
 pub enum Fit {
     /// Always as wide as its widest cell.
     Keep,
-    /// Shortened with `…` down to `min` characters when needed.
+    /// Shortened with `…` at the end down to `min` characters when needed.
     Cut { min: usize },
+    /// Shortened at the start (`…/project/cloud.yaml`): for paths, whose end says the most.
+    CutStart { min: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +83,9 @@ fn widths(columns: &[Column], rows: &[Vec<Cell>], width: Option<usize>) -> Vec<u
             .enumerate()
             .filter_map(|(i, c)| match c.fit {
                 // A header is never cut: it names the column.
-                Fit::Cut { min } if w[i] > min.max(headers[i]).max(1) => Some(i),
+                Fit::Cut { min } | Fit::CutStart { min } if w[i] > min.max(headers[i]).max(1) => {
+                    Some(i)
+                }
                 _ => None,
             })
             .max_by_key(|&i| w[i]);
@@ -91,6 +95,20 @@ fn widths(columns: &[Column], rows: &[Vec<Cell>], width: Option<usize>) -> Vec<u
         }
     }
     w
+}
+
+/// `s` cut to `width` characters from the start, the first one `…` when something was cut.
+pub fn truncate_start(s: &str, width: usize) -> String {
+    let n = chars(s);
+    if n <= width {
+        return s.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut out = String::from("…");
+    out.extend(s.chars().skip(n - (width - 1)));
+    out
 }
 
 /// The table's lines: header then one line per row, no trailing spaces. `color` paints the
@@ -106,7 +124,10 @@ pub fn render(
         let last = cells.len().saturating_sub(1);
         let mut out = String::new();
         for (i, (text, sgr)) in cells.into_iter().enumerate() {
-            let text = truncate(&text, w[i]);
+            let text = match columns.get(i).map(|c| c.fit) {
+                Some(Fit::CutStart { .. }) => truncate_start(&text, w[i]),
+                _ => truncate(&text, w[i]),
+            };
             let pad = if i == last {
                 String::new()
             } else {

@@ -214,7 +214,7 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
     !matches!(
         cmd,
         Cmd::Init { .. }
-            | Cmd::Registrations
+            | Cmd::Registrations { .. }
             | Cmd::Ls { .. }
             | Cmd::Doctor
             | Cmd::Daemon { .. }
@@ -446,7 +446,9 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Registrations => return registrations(&client, output::json_mode()).await,
+        Cmd::Registrations { wide, limit } => {
+            return registrations(&client, table_view(wide, limit)).await;
+        }
         Cmd::Ls { watch, wide, limit } => {
             let view = commands::fleet::View {
                 width: (!wide).then(columns::terminal_width),
@@ -470,23 +472,45 @@ async fn run(cli: Cli) -> i32 {
             };
         }
         Cmd::Ticks {
-            limit, all, filter, ..
+            limit,
+            all,
+            filter,
+            wide,
+            ..
         } => {
             let json = output::json_mode();
-            let mut q = format!("{}?limit={limit}", routes::TICKS);
+            // One more than shown, to know whether older reports exist (`-n 0`: none shown).
+            let asked = if json { limit } else { limit.saturating_add(1) };
+            let mut q = format!("{}?limit={}", routes::TICKS, asked.max(1));
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
             }
             q.push_str(&filter.query(enc));
             return match client.json(Method::GET, &q, None).await {
-                Ok(v) => {
-                    if json {
-                        output::print_json_doc(&v);
-                    } else {
-                        render::ticks_table(&v);
-                    }
+                Ok(v) if json => {
+                    let v = match v {
+                        Value::Array(mut items) => {
+                            items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                            Value::Array(items)
+                        }
+                        other => other,
+                    };
+                    output::print_json_doc(&v);
                     0
                 }
+                Ok(v) => match client::parse_answer::<Vec<megaplan_cloud_api::wire::TickRecord>>(
+                    routes::TICKS,
+                    v,
+                ) {
+                    Ok(mut rows) => {
+                        let keep = usize::try_from(limit).unwrap_or(usize::MAX);
+                        let more = rows.len() > keep;
+                        rows.truncate(keep);
+                        render::ticks_table(&rows, more, table_view(wide, None));
+                        0
+                    }
+                    Err(e) => fail(e),
+                },
                 Err(e) => fail(e),
             };
         }
@@ -954,16 +978,30 @@ async fn register(
     }
 }
 
-async fn registrations(client: &DaemonClient, json: bool) -> i32 {
+fn table_view(wide: bool, limit: Option<usize>) -> render::TableView {
+    render::TableView {
+        width: (!wide).then(columns::terminal_width),
+        color: output::get().color,
+        limit,
+    }
+}
+
+async fn registrations(client: &DaemonClient, view: render::TableView) -> i32 {
     match client.json(Method::GET, routes::CLOUDS, None).await {
-        Ok(v) => {
-            if json {
-                output::print_json_doc(&v);
-            } else {
-                render::registrations_table(&v);
-            }
+        Ok(v) if output::json_mode() => {
+            output::print_json_doc(&v);
             0
         }
+        Ok(v) => match client::parse_answer::<Vec<megaplan_cloud_api::wire::RegistrationListed>>(
+            routes::CLOUDS,
+            v,
+        ) {
+            Ok(rows) => {
+                render::registrations_table(&rows, view);
+                0
+            }
+            Err(e) => fail(e),
+        },
         Err(e) => fail(e),
     }
 }

@@ -652,6 +652,8 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
             section("status", "status --chain"),
             section("tick", "tick"),
             section("ls", "ls"),
+            section("registrations", "registrations"),
+            section("ticks", "ticks --all -n 2"),
         ]
         .join("; "),
         &env,
@@ -690,6 +692,20 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
     assert!(
         tick.contains("saw       awaiting PR merge, milestone 1/2 m1"),
         "{tick}"
+    );
+    // The tables fit too: one line per row, the key whole, a cut list says so.
+    let regs = part("registrations");
+    assert!(
+        regs.contains(&project.key) && regs.contains("awaiting PR"),
+        "{regs}"
+    );
+    let ticks = part("ticks");
+    assert!(ticks.contains(&project.key), "{ticks}");
+    assert!(ticks.contains("showing the newest 2"), "{ticks}");
+    assert_eq!(
+        ticks.lines().filter(|l| !l.trim().is_empty()).count(),
+        4,
+        "{ticks}"
     );
     let pane = part("ls");
     assert!(all.contains("== exit 0"), "{all}");

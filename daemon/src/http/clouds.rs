@@ -14,7 +14,6 @@ use megaplan_cloud_api::wire::{
     RegisterRequest, RegisterResponse, Registration, TickNowResponse, TickSkipped,
     UnregisterResponse,
 };
-use serde_json::Value;
 use std::sync::Arc;
 
 /// Longest `--remote-spec` path (PATH_MAX).
@@ -162,7 +161,9 @@ pub(super) fn with_schedule(state: &AppState, reg: &mut Registration) {
     }
 }
 
-pub async fn list_clouds(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+pub async fn list_clouds(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<megaplan_cloud_api::wire::RegistrationListed>>, ApiError> {
     let mut regs: Vec<Registration> = state.store.list_registrations().await?;
     for r in &mut regs {
         with_schedule(&state, r);
