@@ -23,6 +23,9 @@ pub struct Cli {
     /// JSON on stdout even on a terminal (the default when stdout is not a terminal).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Filter the JSON answer with a jq expression (implies --json); strings print raw.
+    #[arg(long, global = true, value_name = "EXPR")]
+    pub jq: Option<String>,
     /// No confirmations on a terminal (results and errors are still printed).
     #[arg(short = 'q', long, global = true)]
     pub quiet: bool,

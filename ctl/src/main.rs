@@ -8,6 +8,7 @@ mod columns;
 mod commands;
 mod discover;
 mod doctor;
+mod jq;
 mod output;
 mod render;
 
@@ -27,7 +28,15 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let cli = Cli::parse();
-    output::init(cli.json, cli.color, cli.quiet);
+    if let Some(expr) = &cli.jq {
+        // A filter that cannot run is a usage error, said before the daemon is asked.
+        if let Err(e) = jq::check(expr) {
+            eprintln!("error: invalid_args: {e}");
+            std::process::exit(2);
+        }
+        output::set_jq(expr.clone());
+    }
+    output::init(cli.json || cli.jq.is_some(), cli.color, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -39,7 +48,11 @@ fn main() {
         }
     };
     let code = runtime.block_on(run(cli));
-    std::process::exit(code);
+    std::process::exit(if code == 0 && output::jq_failed() {
+        1
+    } else {
+        code
+    });
 }
 
 /// A command's result document: JSON for scripts, a summary on a terminal.
@@ -97,7 +110,7 @@ fn fail(e: ClientError) -> i32 {
         ClientError::Api(body) => (body, 1),
     };
     if output::json_mode() {
-        output::print_json_doc(&body.to_value());
+        output::print_json_unfiltered(&body.to_value());
     }
     let message = output::strip_controls(&body.message);
     if code == output::EXIT_DAEMON_UNREACHABLE {
@@ -1023,7 +1036,7 @@ async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
         .stream_get(q, |line| match serde_json::from_str::<Frame>(line) {
             Ok(Frame::Tick { tick }) => {
                 if json {
-                    println!("{}", serde_json::to_string(&tick).unwrap_or_default());
+                    output::print_json_line(&serde_json::to_value(&tick).unwrap_or_default());
                 } else {
                     println!("{}", render::tick_record_line(&tick));
                 }

@@ -496,6 +496,27 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
             err.message
         );
     }
+    // `--jq` filters the answer in-process (no jq binary); a filter that does not parse is a
+    // usage error before the daemon is asked.
+    let j = d.ctl(root, &[], &["ls", "--jq", ".registrations[] | .key"]);
+    assert!(j.status.success() && j.stderr.is_empty(), "{j:?}");
+    assert_eq!(String::from_utf8_lossy(&j.stdout).trim(), key);
+    let j = d.ctl(
+        root,
+        &[],
+        &["ticks", prefix, "--jq", "map(.trigger) | unique"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&j.stdout).trim(),
+        r#"["manual"]"#,
+        "{j:?}"
+    );
+    let bad = d.ctl(root, &[], &["ls", "--jq", ".["]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--jq"),
+        "{bad:?}"
+    );
     let u = d.ctl(root, &[], &["unregister", &key]);
     assert!(u.status.success(), "{u:?}");
     let left: Value = serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();

@@ -275,10 +275,10 @@ pub async fn watch(client: &DaemonClient, view: View) -> Result<(), ClientError>
             // Ticks that landed while the last view was fetched are all in the next one.
             while woken.try_recv().is_ok() {}
             let v = client.json(Method::GET, routes::FLEET, None).await?;
-            let mut o = std::io::stdout().lock();
             if output::json_mode() {
-                let _ = writeln!(o, "{}", serde_json::to_string(&v).unwrap_or_default());
+                output::print_json_line(&v);
             } else {
+                let mut o = std::io::stdout().lock();
                 let f: Fleet = megaplan_cloudctl::client::parse_answer(routes::FLEET, v)?;
                 let at = f.generated_at.get(11..19).unwrap_or_default().to_string();
                 // Home the cursor and clear the screen: the view is redrawn in place.
@@ -292,8 +292,8 @@ pub async fn watch(client: &DaemonClient, view: View) -> Result<(), ClientError>
                     ),
                     text(&f, &view)
                 );
+                let _ = o.flush();
             }
-            let _ = o.flush();
         }
         Ok::<(), ClientError>(())
     };
