@@ -182,6 +182,9 @@ pub struct RegisterResponse {
     pub last_tick_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due_at: Option<String>,
+    /// The next three scheduled ticks (RFC 3339, UTC), like `systemd-analyze calendar`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_runs: Vec<String>,
     pub notify: Vec<String>,
     pub remote_spec: Option<String>,
     /// `every:<secs>` or `cron:<expr>`.
@@ -209,6 +212,7 @@ impl RegisterResponse {
             last_success: reg.last_success,
             last_tick_at: reg.last_tick_at,
             next_due_at: reg.next_due_at,
+            next_runs: Vec::new(),
             notify,
             remote_spec: reg.remote_spec,
             schedule: reg.schedule,

@@ -170,10 +170,12 @@ pub enum Cmd {
     Chains,
     /// Register this cloud.yaml for unattended ticks.
     Register {
-        /// Interval with a unit: 30s, 5m, 1h, 1h30m, 1d (default 5m).
+        /// Interval with a unit: 30s, 5m, 45m, 1h30m, 90m, 5h, 1d (default 5m). Any interval of a
+        /// minute or more works; cron is used where it can say it.
         #[arg(long, conflicts_with = "cron")]
         every: Option<String>,
-        /// Cron expression: 5 fields ("*/5 * * * *", fires at second 0) or 6 with seconds first.
+        /// Cron expression in UTC: 5 fields ("*/5 * * * *", fires at second 0), 6 with seconds
+        /// first, or @hourly, @daily, @weekly, @monthly, @yearly.
         #[arg(long)]
         cron: Option<String>,
         /// Chain spec path on the runner to supervise (default: the last chain's).
@@ -354,58 +356,43 @@ pub enum DaemonCmd {
     Status,
 }
 
-/// `5m` → 300, `1h30m` → 5400: one or more `<number><unit>` parts, units s, m, h, d. A bare
-/// number is refused (is `5` five seconds or five minutes?). Kept here (not in the api crate)
-/// because only the client parses it.
+/// `5m` → 300, `1h30m` → 5400, `90m`, `5h`, `1d`: a duration with units, read by humantime
+/// (the client's one duration parser). A bare number is refused (is `5` five seconds or five
+/// minutes?), and so is anything under a second.
 pub fn parse_every(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let hint = "use a number with a unit, e.g. 30s, 5m, 1h or 1h30m";
-    if t.is_empty() {
-        return Err(format!("--every {text:?}: {hint}"));
-    }
-    if t.chars().all(|c| c.is_ascii_digit()) {
+    let hint = "use a number with a unit, e.g. 30s, 5m, 45m, 1h30m, 90m, 5h or 1d";
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!(
             "--every {text:?}: a bare number has no unit; write {t}s for seconds or {t}m for minutes"
         ));
     }
-    let mut total: u64 = 0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (num, after) = rest.split_at(digits);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_len);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("--every {text:?}: {hint}"))?;
-        let mult = match unit {
-            "s" | "sec" | "secs" => 1,
-            "m" | "min" | "mins" => 60,
-            "h" | "hr" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86400,
-            _ => return Err(format!("--every {text:?}: unknown unit {unit:?}; {hint}")),
-        };
-        total = n
-            .checked_mul(mult)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("--every {text:?}: too long"))?;
-        rest = next;
+    let d = humantime::parse_duration(t).map_err(|e| format!("--every {text:?}: {e}; {hint}"))?;
+    match d.as_secs() {
+        0 => Err(format!(
+            "--every {text:?}: the interval must be at least a second; {hint}"
+        )),
+        n => Ok(n),
     }
-    if total == 0 {
-        return Err(format!(
-            "--every {text:?}: the interval must be longer than 0s"
-        ));
-    }
-    Ok(total)
 }
 
 /// The cron expression the daemon stores: 6 fields, seconds first. A 5-field expression (the
 /// form crontab(5) and everyone else writes) fires at second 0 of the minutes it names.
 pub fn normalise_cron(text: &str) -> Result<String, String> {
+    // crontab(5)'s nicknames, at second 0 of the first minute (UTC).
+    match text.trim() {
+        "@hourly" => return Ok("0 0 * * * *".into()),
+        "@daily" | "@midnight" => return Ok("0 0 0 * * *".into()),
+        "@weekly" => return Ok("0 0 0 * * SUN".into()),
+        "@monthly" => return Ok("0 0 0 1 * *".into()),
+        "@yearly" | "@annually" => return Ok("0 0 0 1 1 *".into()),
+        t if t.starts_with('@') => {
+            return Err(format!(
+                "--cron {text:?}: unknown nickname; use @hourly, @daily, @weekly, @monthly or @yearly, or 5 fields"
+            ));
+        }
+        _ => {}
+    }
     let fields: Vec<&str> = text.split_whitespace().collect();
     match fields.len() {
         5 => Ok(format!("0 {}", fields.join(" "))),
@@ -427,6 +414,11 @@ mod schedule_and_help_tests {
         assert_eq!(parse_every("5min").unwrap(), 300);
         assert_eq!(parse_every("1h30m").unwrap(), 5400);
         assert_eq!(parse_every("1d").unwrap(), 86400);
+        assert_eq!(parse_every("90m").unwrap(), 5400);
+        assert_eq!(parse_every("45m").unwrap(), 2700);
+        assert_eq!(parse_every("7m").unwrap(), 420);
+        assert_eq!(parse_every("5h").unwrap(), 18_000);
+        assert_eq!(parse_every("1h 30m").unwrap(), 5400);
         let bare = parse_every("5").unwrap_err();
         assert!(bare.contains("5s") && bare.contains("5m"), "{bare}");
         assert!(parse_every("5x").is_err());
@@ -439,6 +431,10 @@ mod schedule_and_help_tests {
         assert_eq!(normalise_cron("*/5 * * * *").unwrap(), "0 */5 * * * *");
         assert_eq!(normalise_cron("0 */5 * * * *").unwrap(), "0 */5 * * * *");
         assert!(normalise_cron("* *").unwrap_err().contains("5"));
+        assert_eq!(normalise_cron("@hourly").unwrap(), "0 0 * * * *");
+        assert_eq!(normalise_cron("@daily").unwrap(), "0 0 0 * * *");
+        assert_eq!(normalise_cron("@weekly").unwrap(), "0 0 0 * * SUN");
+        assert!(normalise_cron("@often").unwrap_err().contains("@hourly"));
     }
 
     #[test]

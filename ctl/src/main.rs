@@ -965,21 +965,42 @@ async fn register(
             match serde_json::from_value::<RegisterResponse>(v) {
                 Ok(r) => {
                     // The warnings are part of the answer: printed once, with it.
+                    let width = columns::terminal_width();
                     for w in &r.warnings {
-                        println!("{} {w}", output::paint("warning:", "33"));
+                        let lines = columns::wrap(&format!("warning: {w}"), Some(width), "", "  ");
+                        for (i, l) in lines.iter().enumerate() {
+                            match l.strip_prefix("warning:").filter(|_| i == 0) {
+                                Some(rest) => println!("{}{rest}", output::paint("warning:", "33")),
+                                None => println!("{l}"),
+                            }
+                        }
                     }
-                    let next = r
-                        .next_due_at
-                        .as_deref()
-                        .map(|at| {
-                            format!(", next tick {}", render::relative(at, chrono::Utc::now()))
+                    let now = chrono::Utc::now();
+                    // The next runs as `systemd-analyze calendar` shows them: local time and
+                    // how far away.
+                    let runs: Vec<String> = r
+                        .next_runs
+                        .iter()
+                        .filter_map(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                        .map(|t| {
+                            format!(
+                                "{} ({})",
+                                t.with_timezone(&chrono::Local)
+                                    .format("%a %Y-%m-%d %H:%M:%S %Z"),
+                                render::relative(&t.to_rfc3339(), now)
+                            )
                         })
-                        .unwrap_or_default();
-                    output::say(&format!(
-                        "registered {cloud_yaml}\n  key       {}\n  schedule  {}{next}",
+                        .collect();
+                    let mut text = format!(
+                        "registered {cloud_yaml}\n  key        {}\n  schedule   {} (UTC)",
                         r.key,
                         render::schedule_text(&r.schedule)
-                    ));
+                    );
+                    for (i, run) in runs.iter().enumerate() {
+                        let label = if i == 0 { "next ticks" } else { "" };
+                        text.push_str(&format!("\n  {label:<10} {run}"));
+                    }
+                    output::say(&text);
                 }
                 Err(e) => output::say(&format!(
                     "registered {cloud_yaml} (the daemon's answer does not read as a registration: {e})"

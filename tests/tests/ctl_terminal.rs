@@ -496,6 +496,62 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
             err.message
         );
     }
+    // Any interval of a minute or more registers (cron where it can say it, an interval where
+    // it cannot), and cron's nicknames too; the answer names the next three runs.
+    for args in [
+        ["--every", "90m"],
+        ["--every", "1h30m"],
+        ["--every", "45m"],
+        ["--every", "7m"],
+        ["--every", "5h"],
+        ["--cron", "@hourly"],
+        ["--cron", "@weekly"],
+    ] {
+        let out = d.ctl(
+            &work,
+            &[],
+            &["--cloud-yaml", cys, "register", args[0], args[1]],
+        );
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let r: megaplan_cloud_api::wire::RegisterResponse =
+            serde_json::from_slice(&out.stdout).unwrap();
+        let runs: Vec<chrono::DateTime<chrono::FixedOffset>> = r
+            .next_runs
+            .iter()
+            .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+            .collect();
+        assert_eq!(runs.len(), 3, "{args:?}: {r:?}");
+        let gap = (runs[2] - runs[1]).num_seconds();
+        let want = match args[1] {
+            "90m" | "1h30m" => 5400,
+            "45m" => 2700,
+            "7m" => 420,
+            "5h" => 18_000,
+            "@hourly" => 3600,
+            _ => 7 * 86_400,
+        };
+        assert_eq!(gap, want, "{args:?}: {r:?}");
+    }
+    let echo = in_80_columns(
+        &format!(
+            "cd {} && {} --cloud-yaml {} register --every 90m",
+            sh_quote(&work.display().to_string()),
+            sh_quote(&bin("megaplan-cloudctl").display().to_string()),
+            sh_quote(cys)
+        ),
+        &[("MEGAPLAN_CLOUDD_SOCKET", d.socket.to_str().unwrap())],
+    );
+    assert_fits_80(&echo);
+    assert!(
+        echo.contains("every 90m") && echo.contains("next ticks"),
+        "{echo}"
+    );
+    assert_eq!(
+        echo.matches("no remote chain spec").count(),
+        1,
+        "warned once:\n{echo}"
+    );
+
     // `--jq` filters the answer in-process (no jq binary); a filter that does not parse is a
     // usage error before the daemon is asked.
     let j = d.ctl(root, &[], &["ls", "--jq", ".registrations[] | .key"]);

@@ -104,7 +104,14 @@ pub async fn register(
         }
     }
     let notify = sinks.iter().map(|s| s.label()).collect();
-    Ok(Json(RegisterResponse::new(reg, cron, notify, warnings)))
+    let next_runs = scheduler::upcoming(&cron, chrono::Utc::now(), 3)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .collect();
+    let mut answer = RegisterResponse::new(reg, cron, notify, warnings);
+    answer.next_runs = next_runs;
+    Ok(Json(answer))
 }
 
 pub async fn unregister(
