@@ -188,6 +188,7 @@ pub enum Cmd {
     Unregister {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
     /// How are my chains? Every registration's state, what needs a person first, and what to do.
@@ -216,6 +217,7 @@ pub enum Cmd {
     Ticks {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
         /// How many reports to show (0 for none).
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -233,12 +235,14 @@ pub enum Cmd {
     Tick {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
     /// Show the last few stored tick reports, then follow new ones as they are stored.
     Watch {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
         /// All registrations, not only --cloud-yaml.
         #[arg(long)]
@@ -253,6 +257,7 @@ pub enum Cmd {
     Pause {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
         /// Why (shown in every refused tick and in `registrations`).
         #[arg(long)]
@@ -262,18 +267,21 @@ pub enum Cmd {
     Unpause {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
     /// Explain the last stored tick: facts observed, the rule that matched, action, refusal.
     Explain {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
     /// The notification outbox: what was sent, is pending, or was given up.
     Notifications {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
         /// How many to show.
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -282,7 +290,9 @@ pub enum Cmd {
         #[arg(long)]
         all: bool,
     },
-    /// Shell completion script for bash, zsh, fish, elvish or powershell, on stdout.
+    /// Shell completion for bash, zsh, fish, elvish or powershell, on stdout: load it with
+    /// `source <(megaplan-cloudctl completions bash)`. It asks this program on every TAB, so
+    /// flags complete anywhere and registration arguments complete to the daemon's keys.
     Completions {
         /// Shell to complete in.
         #[arg(value_enum)]

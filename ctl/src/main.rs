@@ -6,6 +6,7 @@ mod agent_auth;
 mod cli;
 mod columns;
 mod commands;
+mod complete;
 mod discover;
 mod doctor;
 mod jq;
@@ -27,6 +28,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 fn main() {
+    // `COMPLETE=<shell> megaplan-cloudctl …`: answer the shell's completion request and exit.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = Cli::parse();
     if let Some(expr) = &cli.jq {
         // A filter that cannot run is a usage error, said before the daemon is asked.
@@ -423,9 +426,10 @@ async fn run(cli: Cli) -> i32 {
         },
         Cmd::Chains => Command::Chains,
         Cmd::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "megaplan-cloudctl", &mut std::io::stdout());
-            return 0;
+            return match complete::write_registration(&shell.to_string()) {
+                Ok(code) => code,
+                Err(e) => local_error(ErrorCode::InvalidArgs, e),
+            };
         }
         Cmd::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();

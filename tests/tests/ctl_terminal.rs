@@ -292,6 +292,59 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
 }
 
 #[test]
+fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
+    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
+    let work = d.dir.join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cys = cy.to_str().unwrap();
+    let out = d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let key = registration_key(&d, &work, cys);
+    let ctl = bin("megaplan-cloudctl");
+    let path = format!(
+        "{}:{}",
+        ctl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let socket = d.socket.display().to_string();
+    // An interactive bash with nothing of the user's, the completion loaded as the docs say.
+    let pane = Pane::start_sized(
+        "PS1='$ ' exec bash --norc --noprofile -i",
+        &[
+            ("PATH", path.as_str()),
+            ("MEGAPLAN_CLOUDD_SOCKET", socket.as_str()),
+        ],
+        120,
+    );
+    pane.send_keys(&[
+        "source <(megaplan-cloudctl completions bash) && echo loaded",
+        "Enter",
+    ]);
+    pane.wait_for("the completion loaded", |l| l == "loaded");
+    // TAB TAB after `pause ` offers the registration's key (beside the flags), from the daemon.
+    pane.send_keys(&["megaplan-cloudctl pause ", "Tab", "Tab"]);
+    pane.wait_for("the key offered", |l| {
+        l.split_whitespace().any(|w| w == key)
+    });
+    // A few characters of it complete to the whole key.
+    pane.send_keys(&["C-u", "megaplan-cloudctl pause ", &key[..3], "Tab"]);
+    pane.wait_for("the key completed", |l| {
+        l.contains(&format!("megaplan-cloudctl pause {key}"))
+    });
+    // A flag of a subcommand, past the first word.
+    pane.send_keys(&["C-u", "megaplan-cloudctl register --ev", "Tab"]);
+    pane.wait_for("--every completed", |l| {
+        l.contains("megaplan-cloudctl register --every")
+    });
+}
+
+#[test]
 fn bash_completion_completes_a_subcommand_and_the_man_page_renders() {
     let ctl = bin("megaplan-cloudctl").display().to_string();
     let script = format!(
@@ -308,13 +361,18 @@ fn bash_completion_completes_a_subcommand_and_the_man_page_renders() {
         "bash completion of `regi`: {words:?} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // zsh and fish get the same dynamic completion: their code asks this binary.
     for shell in ["zsh", "fish"] {
         let out = Command::new(&ctl)
             .args(["completions", shell])
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("registrations"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("COMPLETE="),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let man = Command::new(&ctl).arg("man").output().unwrap();
     let roff = String::from_utf8_lossy(&man.stdout);
