@@ -3,13 +3,43 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES of `--help` and the man page.
+const MAN_SECTIONS: &str = "\
+EXIT STATUS:
+  0   the command succeeded
+  1   it failed: the error names the cause and the fix (also a failed tick)
+  2   usage: a bad flag, a bad --every/--cron value, a bad --jq filter
+  3   watch / ls --watch: the daemon closed the stream (it stopped or restarted)
+  69  megaplan-cloudd cannot be reached (EX_UNAVAILABLE)
+  exec: the remote command's own exit status
+
+ENVIRONMENT:
+  MEGAPLAN_CLOUDD_SOCKET  the daemon's socket (also --socket)
+  NO_COLOR                no colour on a terminal
+  COMPLETE                set by the shell completion code (see `completions`)
+  the secret variables a cloud.yaml names are read from this environment and handed over
+
+FILES:
+  ./cloud.yaml (or the project root's)              the cloud.yaml of a command
+  $XDG_RUNTIME_DIR/megaplan-cloudd/cloudd.sock       the daemon's socket, else
+  ~/.megaplan/cloud/cloudd.sock
+
+EXAMPLES:
+  megaplan-cloudctl ls                       how are my chains? what needs me?
+  megaplan-cloudctl status --chain           where this chain is and what happens next
+  megaplan-cloudctl register --every 90m     tick this cloud.yaml every 90 minutes
+  megaplan-cloudctl pause 3f2a --reason fix  pause the registration whose key starts 3f2a
+  megaplan-cloudctl ls --jq '.registrations[] | select(.state == \"needs_person\") | .key'";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "megaplan-cloudctl",
     version,
     about = "Drive megaplan cloud runners through the megaplan-cloudd daemon",
     long_about = "Every cloud command asks megaplan-cloudd over its Unix socket and renders the answer: \
-                  structured JSON on stdout, the human summary on stderr, exit 0 on success."
+                  for a person on a terminal (`ls` for the whole fleet), the JSON document through a \
+                  pipe or with --json (--jq to filter it), exit 0 on success.",
+    after_long_help = MAN_SECTIONS
 )]
 pub struct Cli {
     /// Path of cloud.yaml, resolved like the original (`~` expanded, symlinks followed).
@@ -298,8 +328,13 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// The man page (roff) on stdout: `megaplan-cloudctl man | man -l -`.
-    Man,
+    /// The man page (roff) on stdout: `megaplan-cloudctl man | man -l -`; with --dir, one page
+    /// per subcommand (megaplan-cloudctl-pause.1, ...) written into DIR.
+    Man {
+        /// Write megaplan-cloudctl.1 and one megaplan-cloudctl-<command>.1 per subcommand here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Client and daemon versions and API versions.
     Version,
     /// Check this machine for what the Python `cloud` CLI left behind: its last-chain markers

@@ -200,6 +200,12 @@ async fn resolve_key(client: &DaemonClient, prefix: &str) -> Result<String, i32>
     }
 }
 
+/// A bad value of a flag: the structured error, exit 2 (a usage error, as clap's own).
+fn usage_error(message: impl Into<String>) -> i32 {
+    local_error(ErrorCode::InvalidArgs, message);
+    2
+}
+
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
     fail(ClientError::Api(ErrorBody::new(code, message)))
 }
@@ -238,7 +244,7 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
             | Cmd::Watch { all: true, .. }
             | Cmd::Notifications { all: true, .. }
             | Cmd::Completions { .. }
-            | Cmd::Man
+            | Cmd::Man { .. }
             | Cmd::Version
     )
 }
@@ -431,7 +437,22 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => local_error(ErrorCode::InvalidArgs, e),
             };
         }
-        Cmd::Man => {
+        Cmd::Man { dir: Some(dir) } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(cmd, &dir))
+            {
+                Ok(()) => {
+                    output::say(&format!("wrote the man pages into {}", dir.display()));
+                    0
+                }
+                Err(e) => local_error(
+                    ErrorCode::InvalidArgs,
+                    format!("cannot write the man pages into {}: {e}", dir.display()),
+                ),
+            };
+        }
+        Cmd::Man { dir: None } => {
             let cmd = <Cli as clap::CommandFactory>::command();
             return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
                 Ok(()) => 0,
@@ -941,13 +962,15 @@ async fn register(
     remote_spec: Option<String>,
     notify: cli::NotifyArgs,
 ) -> i32 {
+    // A value the client can tell is wrong is a usage error (exit 2, like clap's), said before
+    // the daemon is asked.
     let every_secs = match every.as_deref().map(cli::parse_every).transpose() {
         Ok(v) => v,
-        Err(e) => return local_error(ErrorCode::InvalidArgs, e),
+        Err(e) => return usage_error(e),
     };
     let cron = match cron.as_deref().map(cli::normalise_cron).transpose() {
         Ok(v) => v,
-        Err(e) => return local_error(ErrorCode::InvalidArgs, e),
+        Err(e) => return usage_error(e),
     };
     let req = RegisterRequest {
         cloud_yaml: cloud_yaml.to_string(),

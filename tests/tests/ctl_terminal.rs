@@ -374,6 +374,25 @@ fn bash_completion_completes_a_subcommand_and_the_man_page_renders() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    // One page per subcommand, with the sections a person looks for.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&ctl)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "megaplan-cloudctl.1",
+        "megaplan-cloudctl-pause.1",
+        "megaplan-cloudctl-ls.1",
+    ] {
+        assert!(dir.path().join(page).is_file(), "no {page}");
+    }
+    let root = std::fs::read_to_string(dir.path().join("megaplan-cloudctl.1")).unwrap();
+    for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
+        assert!(root.contains(section), "no {section} in the man page");
+    }
     let man = Command::new(&ctl).arg("man").output().unwrap();
     let roff = String::from_utf8_lossy(&man.stdout);
     assert!(
@@ -589,6 +608,21 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
             _ => 7 * 86_400,
         };
         assert_eq!(gap, want, "{args:?}: {r:?}");
+    }
+    // A value the client can tell is wrong is a usage error: exit 2, like a bad flag.
+    for bad in [
+        ["--every", "5"],
+        ["--every", "banana"],
+        ["--cron", "@often"],
+    ] {
+        let out = d.ctl(
+            &work,
+            &[],
+            &["--cloud-yaml", cys, "register", bad[0], bad[1]],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        let err: megaplan_cloud_api::ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(err.message.contains(bad[0]), "{bad:?}: {}", err.message);
     }
     let echo = in_80_columns(
         &format!(
