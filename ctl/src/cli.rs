@@ -125,8 +125,9 @@ pub enum Cmd {
         /// Chain status: milestone, plan state, runner, sync, PR and what the supervisor would do.
         #[arg(long)]
         chain: bool,
-        /// List every megaplan-chain* session with its marker.
-        #[arg(long)]
+        /// List every megaplan-chain* session on this runner with its marker (`--all` is the
+        /// older name, kept for scripts; elsewhere `--all` means every registration).
+        #[arg(long = "sessions", alias = "all")]
         all: bool,
         /// Chain spec path on the runner (default: the last chain's, from its marker).
         #[arg(long)]

@@ -610,13 +610,7 @@ async fn run(cli: Cli) -> i32 {
             return watch(&client, &q, json).await;
         }
         Cmd::Pause { reason, .. } => {
-            let by = format!(
-                "{}@{}",
-                std::env::var("USER")
-                    .or_else(|_| std::env::var("LOGNAME"))
-                    .unwrap_or_else(|_| "unknown".into()),
-                hostname()
-            );
+            let by = format!("{}@{}", user_name(), hostname());
             let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
                 .unwrap_or(Value::Null);
             let path = routes::cloud_pause(&key_of_this());
@@ -1065,6 +1059,35 @@ async fn registrations(client: &DaemonClient, view: render::TableView) -> i32 {
         },
         Err(e) => fail(e),
     }
+}
+
+/// Who pauses: `$USER` or `$LOGNAME`, else the password database's name of this uid (a
+/// service or `sudo -i` shell may set neither), else `uid<n>`; never "unknown".
+fn user_name() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.is_empty()
+        {
+            return name;
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into `entry` and `buf` (whose length it is given) and
+    // points `found` at `entry` or leaves it null; both outlive the call and the read below.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !entry.pw_name.is_null() {
+        // SAFETY: pw_name points at a NUL-terminated string inside `buf`, alive here.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+        let name = name.to_string_lossy().into_owned();
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    format!("uid{uid}")
 }
 
 fn hostname() -> String {

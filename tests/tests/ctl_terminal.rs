@@ -555,6 +555,21 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
         assert!(out.status.success(), "{args:?}: {out:?}");
         assert!(out.stderr.is_empty(), "{args:?} through a pipe: {out:?}");
     }
+    // Without $USER and $LOGNAME (a service, `sudo -i`) the pause still names who paused.
+    let out = d
+        .ctl_command(root, &["pause", prefix])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    let p: megaplan_cloud_api::wire::PauseResponse = serde_json::from_slice(&out.stdout).unwrap();
+    let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    assert!(
+        p.paused.paused_by.starts_with(&format!("{}@", me.trim())),
+        "{}",
+        p.paused.paused_by
+    );
+    assert!(d.ctl(root, &[], &["unpause", prefix]).status.success());
     let h = d.ctl(root, &[], &["ticks", prefix]);
     let hv: Vec<megaplan_cloud_api::wire::TickRecord> = serde_json::from_slice(&h.stdout).unwrap();
     assert!(!hv.is_empty() && hv.iter().all(|r| r.key == key), "{hv:?}");
