@@ -360,13 +360,13 @@ pub fn tick_record_line(t: &TickRecord) -> String {
     line
 }
 
-/// `doctor`, for people (stderr; the JSON went to stdout).
+/// `doctor`, for a person on a terminal (scripts get the JSON document instead).
 pub fn doctor(v: &Value) {
     let markers = v["markers"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    eprintln!(
+    println!(
         "state root {}: {} last-chain marker(s)",
         s(v, "cloud_home"),
         markers.len()
@@ -376,14 +376,14 @@ pub fn doctor(v: &Value) {
             .as_str()
             .unwrap_or("no cloud.yaml found for this key");
         if m["importable"] == true {
-            eprintln!(
+            println!(
                 "  [importable] {}  {}  spec={}",
                 s(m, "key"),
                 cy,
                 s(m, "remote_spec")
             );
         } else {
-            eprintln!(
+            println!(
                 "  [not importable] {}  {}: {}",
                 s(m, "key"),
                 s(m, "file"),
@@ -391,34 +391,32 @@ pub fn doctor(v: &Value) {
             );
         }
         for u in m["unmapped"].as_array().into_iter().flatten() {
-            eprintln!("      not mapped: {}", u.as_str().unwrap_or_default());
+            println!("      not mapped: {}", u.as_str().unwrap_or_default());
         }
     }
     let yamls = v["cloud_yamls"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    eprintln!("{} cloud.yaml file(s) found", yamls.len());
+    println!("{} cloud.yaml file(s) found", yamls.len());
     for y in yamls {
         let marker = if y["has_marker"] == true {
             "marker"
         } else {
             "no marker"
         };
-        eprintln!("  {} ({marker})", s(y, "path"));
+        println!("  {} ({marker})", s(y, "path"));
         match y["warnings"].as_array() {
             Some(ws) => {
                 for w in ws {
-                    eprintln!("      warning: {}", w.as_str().unwrap_or_default());
+                    println!("      warning: {}", w.as_str().unwrap_or_default());
                 }
             }
-            None => eprintln!("      keys not checked: start megaplan-cloudd and run doctor again"),
+            None => println!("      keys not checked: start megaplan-cloudd and run doctor again"),
         }
     }
     if v["searched"]["truncated"] == true {
-        eprintln!(
-            "the home walk stopped at its budget; pass --cloud-yaml PATH for files it missed"
-        );
+        println!("the home walk stopped at its budget; pass --cloud-yaml PATH for files it missed");
     }
 }
 
