@@ -81,6 +81,49 @@ pub struct MilestoneEntry {
     pub status: String,
 }
 
+/// `status --sessions` / `chains`: the megaplan-chain* sessions on one runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainSessions {
+    pub sessions: Vec<ChainSession>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+/// One tmux session and its session marker (the spec it drives, when it started).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainSession {
+    pub session: String,
+    #[serde(default)]
+    pub alive: bool,
+    /// `present`, `missing` or `invalid`.
+    #[serde(default)]
+    pub marker_status: String,
+    #[serde(default)]
+    pub remote_spec: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+/// `chain`: the chain just launched (or found already running).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainLaunched {
+    pub session: String,
+    #[serde(default)]
+    pub already_running: bool,
+    #[serde(default)]
+    pub session_alive: Option<bool>,
+    #[serde(default)]
+    pub remote_spec: Option<String>,
+    #[serde(default)]
+    pub milestones: Option<u32>,
+    #[serde(default)]
+    pub current_milestone: Option<String>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
 impl ChainStatus {
     pub fn is_stalled(&self) -> bool {
         self.stalled == Some(true)

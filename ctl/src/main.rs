@@ -77,7 +77,23 @@ fn chain_style() -> commands::chain::Style {
 enum Rendered {
     ChainStatus,
     TickReport,
+    Sessions,
+    Launched,
+    /// build, deploy, down, destroy: the daemon's own lines (progress, then the verdict:
+    /// `build: ok`, `down: runner stopped`) are the whole answer for a person.
+    Said,
     Generic,
+}
+
+impl Rendered {
+    /// Does the renderer say what the daemon's stderr lines say (a summary of the same
+    /// answer)? Then a person sees only the renderer; progress lines of other commands stay.
+    fn replaces_daemon_lines(self) -> bool {
+        matches!(
+            self,
+            Rendered::ChainStatus | Rendered::TickReport | Rendered::Sessions
+        )
+    }
 }
 
 /// The result of `command` for a person: its renderer over the api type, or the daemon's
@@ -93,6 +109,23 @@ fn render_result(kind: Rendered, payload: &Value) {
         Rendered::TickReport => megaplan_cloud_api::report::from_value(payload.clone())
             .ok()
             .map(|r| commands::chain::tick_text(None, &r, now, chain_style())),
+        Rendered::Sessions => {
+            serde_json::from_value::<megaplan_cloud_api::status::ChainSessions>(payload.clone())
+                .ok()
+                .map(|x| {
+                    commands::chain::sessions_text(
+                        &x,
+                        Some(columns::terminal_width()),
+                        output::get().color,
+                    )
+                })
+        }
+        Rendered::Launched => {
+            serde_json::from_value::<megaplan_cloud_api::status::ChainLaunched>(payload.clone())
+                .ok()
+                .map(|x| commands::chain::launched_text(&x))
+        }
+        Rendered::Said => Some(String::new()),
         Rendered::Generic => None,
     };
     match text {
@@ -815,6 +848,11 @@ async fn run_command(
     let rendered = match command {
         Command::Status { chain: true, .. } => Rendered::ChainStatus,
         Command::Supervise { .. } => Rendered::TickReport,
+        Command::Status { all: true, .. } | Command::Chains => Rendered::Sessions,
+        Command::Chain { .. } => Rendered::Launched,
+        Command::Build | Command::Deploy | Command::Down | Command::Destroy { .. } => {
+            Rendered::Said
+        }
         _ => Rendered::Generic,
     };
     // Operations that can sit silent for a while (connecting the ssh master, a build, a
@@ -870,7 +908,7 @@ async fn run_command(
                     stderr_seen.push_str(&data);
                     // Scripts get the seed's split (the daemon's summary on stderr); a person
                     // gets the renderer instead, and only the warnings from here.
-                    if rendered == Rendered::Generic || output::json_mode() {
+                    if !rendered.replaces_daemon_lines() || output::json_mode() {
                         to_stderr(&data);
                     } else {
                         for line in data.lines().filter(|l| l.starts_with("warning:")) {
@@ -892,7 +930,7 @@ async fn run_command(
                         // On a terminal an error is said once, on stderr: the daemon's own
                         // line when it streamed one, else the error's.
                         let message = payload["message"].as_str().unwrap_or_default();
-                        let relayed = rendered == Rendered::Generic || output::json_mode();
+                        let relayed = !rendered.replaces_daemon_lines() || output::json_mode();
                         if message.is_empty() || !relayed || !stderr_seen.contains(message) {
                             eprintln!(
                                 "{} {}: {}",

@@ -837,6 +837,7 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
             section("tick", "tick"),
             section("ls", "ls"),
             section("registrations", "registrations"),
+            section("sessions", "status --sessions"),
             section("ticks", "ticks --all -n 2"),
         ]
         .join("; "),
@@ -883,6 +884,12 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
         regs.contains(&project.key) && regs.contains("awaiting PR"),
         "{regs}"
     );
+    let sessions = part("sessions");
+    assert!(
+        sessions.contains("SESSION") && sessions.contains("megaplan-chain"),
+        "{sessions}"
+    );
+    assert!(!sessions.contains('{'), "{sessions}");
     let ticks = part("ticks");
     assert!(ticks.contains(&project.key), "{ticks}");
     assert!(ticks.contains("showing the newest 2"), "{ticks}");

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use megaplan_cloud_api::report::{
     EffectiveStatus, Liveness, ProviderConsistency, ReportedStatus, TickEvent, TickReport,
 };
-use megaplan_cloud_api::status::ChainStatus;
+use megaplan_cloud_api::status::{ChainLaunched, ChainSessions, ChainStatus};
 use megaplan_cloud_api::wire::TickRecord;
 
 /// How the text is laid out: the terminal's width and colour.
@@ -229,6 +229,85 @@ pub fn status_text(s: &ChainStatus, now: DateTime<Utc>, style: Style) -> String 
     text
 }
 
+/// `status --sessions` / `chains`: one line per session.
+pub fn sessions_text(s: &ChainSessions, width: Option<usize>, color: bool) -> String {
+    use crate::columns::{Cell, Column, Fit};
+    if s.sessions.is_empty() {
+        return "no megaplan-chain sessions on the runner\n".to_string();
+    }
+    let columns = [
+        Column {
+            header: "SESSION",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "STATE",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "STARTED",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "SPEC",
+            fit: Fit::CutStart { min: 10 },
+        },
+    ];
+    let now = Utc::now();
+    let rows: Vec<Vec<Cell>> = s
+        .sessions
+        .iter()
+        .map(|x| {
+            let state = if x.alive {
+                Cell::painted("running", "32")
+            } else {
+                Cell::painted("dead", "2")
+            };
+            let spec = match x.marker_status.as_str() {
+                "present" => x.remote_spec.clone().unwrap_or_else(|| "-".into()),
+                other => format!("(marker {other})"),
+            };
+            vec![
+                Cell::plain(x.session.clone()),
+                state,
+                Cell::plain(
+                    x.started_at
+                        .as_deref()
+                        .map_or("-".into(), |t| relative(t, now)),
+                ),
+                Cell::plain(spec),
+            ]
+        })
+        .collect();
+    let mut text = columns::render(&columns, &rows, width, color).join("\n");
+    text.push('\n');
+    text
+}
+
+/// `chain`: what was started and how to follow it.
+pub fn launched_text(c: &ChainLaunched) -> String {
+    if c.already_running {
+        return format!(
+            "the chain is already running in tmux session {}; nothing was started\n",
+            c.session
+        );
+    }
+    let what = match (c.milestones, &c.current_milestone) {
+        (Some(n), Some(first)) => format!(" ({n} milestones, starting with {first})"),
+        (Some(n), None) => format!(" ({n} milestones)"),
+        _ => String::new(),
+    };
+    let alive = if c.session_alive == Some(false) {
+        " — but the session has already exited: see `megaplan-cloudctl logs`"
+    } else {
+        ""
+    };
+    format!(
+        "started the chain{what} in tmux session {}{alive}\nfollow it: `megaplan-cloudctl status --chain`, `megaplan-cloudctl ls`, `megaplan-cloudctl attach`\n",
+        c.session
+    )
+}
+
 fn event_words(r: &TickReport) -> &'static str {
     match (&r.event, r.dry_run) {
         (_, true) => "dry run: nothing was changed",
@@ -413,5 +492,44 @@ mod tests {
         for l in &lines {
             assert!(columns::chars(l) <= 80, "{l}");
         }
+    }
+
+    #[test]
+    fn sessions_are_one_line_each_and_a_launch_says_how_to_follow_it() {
+        let s: ChainSessions = serde_json::from_value(serde_json::json!({"success": true,
+        "sessions": [
+            {"session": "megaplan-chain", "alive": true, "marker_status": "present",
+             "remote_spec": "/workspace/app/a/very/long/path/to/the/epic/chain.yaml",
+             "started_at": "2026-12-01T11:00:00Z", "status": "running"},
+            {"session": "megaplan-chain-2", "alive": false, "marker_status": "missing"}
+        ]}))
+        .unwrap();
+        let t = sessions_text(&s, Some(60), false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[1].starts_with("megaplan-chain ") && lines[1].contains("running"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("epic/chain.yaml"), "{t}");
+        assert!(
+            lines[2].contains("dead") && lines[2].contains("(marker missing)"),
+            "{t}"
+        );
+        for l in &lines {
+            assert!(columns::chars(l) <= 60, "{l}");
+        }
+        let c: ChainLaunched = serde_json::from_value(serde_json::json!({
+            "session": "megaplan-chain", "session_alive": true, "milestones": 3,
+            "current_milestone": "m1", "event": "cloud_chain_launched"}))
+        .unwrap();
+        let t = launched_text(&c);
+        assert!(
+            t.starts_with(
+                "started the chain (3 milestones, starting with m1) in tmux session megaplan-chain"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("status --chain"), "{t}");
     }
 }
