@@ -422,6 +422,19 @@ pub fn parse_every(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Does `logs --since` read as something the runner's `docker logs --since` takes: a duration
+/// in hours, minutes and seconds (10m, 2h, 1h30m), an RFC 3339 time, a date, or Unix seconds?
+pub fn is_since(text: &str) -> bool {
+    let t = text.trim();
+    !t.is_empty()
+        // Durations in the units docker's `--since` reads (Go's: h, m, s): no days.
+        && ((humantime::parse_duration(t).is_ok()
+            && t.chars().all(|c| c.is_ascii_digit() || "hms.".contains(c)))
+            || chrono::DateTime::parse_from_rfc3339(t).is_ok()
+            || chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok()
+            || t.chars().all(|c| c.is_ascii_digit()))
+}
+
 /// The cron expression the daemon stores: 6 fields, seconds first. A 5-field expression (the
 /// form crontab(5) and everyone else writes) fires at second 0 of the minutes it names.
 pub fn normalise_cron(text: &str) -> Result<String, String> {
@@ -470,6 +483,23 @@ mod schedule_and_help_tests {
         assert!(parse_every("5x").is_err());
         assert!(parse_every("0s").is_err());
         assert!(parse_every("").is_err());
+    }
+
+    #[test]
+    fn since_takes_durations_times_and_dates_only() {
+        for ok in [
+            "10m",
+            "2h",
+            "1h30m",
+            "2026-12-01T10:00:00Z",
+            "2026-12-01",
+            "1764583200",
+        ] {
+            assert!(is_since(ok), "{ok}");
+        }
+        for bad in ["banana", "", "10 parsecs", "2026-13-45", "1d"] {
+            assert!(!is_since(bad), "{bad}");
+        }
     }
 
     #[test]

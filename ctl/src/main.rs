@@ -414,11 +414,18 @@ async fn run(cli: Cli) -> i32 {
             no_follow,
             tail,
             since,
-        } => Command::Logs {
-            follow: follow && !no_follow,
-            tail,
-            since,
-        },
+        } => {
+            if let Some(bad) = since.as_deref().filter(|s| !cli::is_since(s)) {
+                return usage_error(format!(
+                    "--since {bad:?}: use a duration ago in h, m, s (10m, 2h, 1h30m, 48h), a date (2026-12-01) or a time (2026-12-01T10:00:00Z)"
+                ));
+            }
+            Command::Logs {
+                follow: follow && !no_follow,
+                tail,
+                since,
+            }
+        }
         Cmd::Attach { session } => {
             // The runner's tmux needs a terminal on both ends; ssh would otherwise go on without
             // one and the operator would see a broken session.

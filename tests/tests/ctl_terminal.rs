@@ -624,6 +624,23 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
         };
         assert_eq!(gap, want, "{args:?}: {r:?}");
     }
+    // `logs --since banana` is refused here, as a structured usage error, before docker sees it.
+    let out = d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "logs", "--since", "banana"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err: megaplan_cloud_api::ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        err.message.contains("--since \"banana\""),
+        "{}",
+        err.message
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: invalid_args"),
+        "{out:?}"
+    );
     // A value the client can tell is wrong is a usage error: exit 2, like a bad flag.
     for bad in [
         ["--every", "5"],
