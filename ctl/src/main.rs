@@ -946,6 +946,8 @@ async fn run_command(
                                 output::strip_controls(message)
                             );
                         }
+                    } else if payload.is_null() {
+                        // exec and logs: their output was the answer.
                     } else if output::json_mode() {
                         output::print_json_doc(&payload);
                     } else if !payload.is_null() {
