@@ -137,9 +137,11 @@ pub fn status_text(s: &ChainStatus, now: DateTime<Utc>, style: Style) -> String 
     let (words, sgr) = status_words(&s.effective_status, stalled);
     let state_lines = columns::wrap(&words, Some(style.width), "state     ", "          ");
     for l in state_lines {
-        // Only the words are painted; the label stays plain (ASCII, 10 bytes).
-        let (label, text) = l.split_at(10.min(l.len()));
-        out.push(format!("{label}{}", style.paint(text, sgr)));
+        // Only the words are painted; the label (the first 10 columns) stays plain.
+        match (l.get(..10), l.get(10..)) {
+            (Some(label), Some(text)) => out.push(format!("{label}{}", style.paint(text, sgr))),
+            _ => out.push(l),
+        }
     }
     let count = s
         .milestone_count
