@@ -193,9 +193,10 @@ pub fn wrap(text: &str, width: Option<usize>, first: &str, rest: &str) -> Vec<St
 /// The terminal's width (stdout, else stderr), else `$COLUMNS`, else 80.
 pub fn terminal_width() -> usize {
     for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: `winsize` is four integers: all-zero is a valid value.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
         // SAFETY: TIOCGWINSZ writes one `winsize` into the struct passed; a descriptor that is
         // not a terminal makes it fail, and then the struct is not read.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
         let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0;
         if ok && ws.ws_col > 0 {
             return usize::from(ws.ws_col);

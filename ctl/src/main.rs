@@ -1120,6 +1120,8 @@ fn user_name() -> String {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
+    // SAFETY: `passwd` is plain data (integers and pointers); all-zero is a valid value that
+    // getpwuid_r overwrites.
     let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
