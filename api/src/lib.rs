@@ -6,11 +6,13 @@
 //! Deliberately free of tokio, sqlx and the scheduler so the client stays thin.
 
 pub mod error;
+pub mod fleet;
 pub mod legacy;
 pub mod marker;
 pub mod paths;
 pub mod report;
 pub mod schedule;
+pub mod status;
 pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};
@@ -68,6 +70,8 @@ pub mod routes {
     pub const CLOUD_EXPLAIN: &str = "/v1/clouds/{key}/explain";
     /// `GET /v1/notifications?cloud_yaml=P&limit=N`: the notification outbox, newest first.
     pub const NOTIFICATIONS: &str = "/v1/notifications";
+    /// `GET`: every registration's state, what needs a person first (`api::fleet::Fleet`).
+    pub const FLEET: &str = "/v1/fleet";
 
     pub fn cloud_pause(key: &str) -> String {
         format!("/v1/clouds/{key}/pause")

@@ -371,6 +371,41 @@ impl HasRest for LogsInfo {
     }
 }
 
+/// Where the chain stood when the tick observed it: milestone `number` of `count` (1-based;
+/// 0 before the first milestone starts, `count` once the chain is complete) and its label.
+/// Read by the fleet view and `status --chain`; absent in reports of earlier versions and
+/// when the tick could not read the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPosition {
+    pub number: u32,
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl ChainPosition {
+    /// From the chain state's `current_milestone_index` (-1 before the start, `count` when
+    /// done) and the spec's milestone labels.
+    pub fn of(current_index: i64, labels: &[&str]) -> ChainPosition {
+        let count = u32::try_from(labels.len()).unwrap_or(u32::MAX);
+        let at = usize::try_from(current_index).ok();
+        let number = match at {
+            None => 0,
+            Some(i) => u32::try_from(i.saturating_add(1))
+                .unwrap_or(u32::MAX)
+                .min(count),
+        };
+        let label = at
+            .and_then(|i| labels.get(i.min(labels.len().saturating_sub(1))))
+            .map(|l| (*l).to_string());
+        ChainPosition {
+            number,
+            count,
+            label,
+        }
+    }
+}
+
 /// A pause as stored (`megaplan-cloudctl pause`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pause {
@@ -413,6 +448,10 @@ pub struct TickReport {
     pub finished_at: Option<String>,
     #[serde(default)]
     pub logs: LogsInfo,
+    /// Where the chain stands after the tick: the milestone observed, or the next one when the
+    /// tick advanced (added after the first stored reports: absent in theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milestone: Option<ChainPosition>,
     pub next_action: NextAction,
     /// The pause in force (`null` when none); absent when the tick failed before reading it.
     #[serde(
@@ -481,6 +520,7 @@ impl TickReport {
             event: TickEvent::Error,
             finished_at: None,
             logs: LogsInfo::default(),
+            milestone: None,
             next_action: NextAction::None,
             paused: None,
             pr: PrInfo::default(),

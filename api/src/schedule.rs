@@ -41,16 +41,18 @@ impl std::error::Error for ScheduleError {}
 pub const DEFAULT_EVERY_SECS: u64 = 300;
 
 impl Schedule {
-    /// `--every <secs>`, refused unless every period has the same length (see [`every_to_cron`]).
+    /// `--every <secs>`: any interval of a minute or more; below a minute, one that divides a
+    /// minute (see [`every_to_cron`]).
     pub fn every_secs(secs: u64) -> Result<Schedule, ScheduleError> {
-        every_to_cron(secs, 0)?;
+        every_expression(secs, 0)?;
         Ok(Schedule::Every(Duration::from_secs(secs)))
     }
 
-    /// The cron expression the scheduler runs for the registration `key`.
+    /// The expression the scheduler runs for the registration `key`: a cron expression when
+    /// cron can say it, else `@every <secs> <offset>` (see [`every_expression`]).
     pub fn to_cron(&self, key: &str) -> Result<String, ScheduleError> {
         match self {
-            Schedule::Every(d) => every_to_cron(d.as_secs(), jitter_seed(key)),
+            Schedule::Every(d) => every_expression(d.as_secs(), jitter_seed(key)),
             Schedule::Cron(expr) => Ok(expr.clone()),
         }
     }
@@ -97,6 +99,36 @@ impl FromStr for Schedule {
             _ => Err(refuse("is not a schedule")),
         }
     }
+}
+
+/// The prefix of an interval the scheduler steps itself: `@every <secs> <offset>` fires at
+/// every `offset + k·secs` seconds after the Unix epoch (UTC), the offset being the
+/// registration's jitter, so the times are the same after a restart.
+pub const EVERY_PREFIX: &str = "@every ";
+
+/// `--every <secs>` as the scheduler runs it: the cron expression of [`every_to_cron`] when the
+/// interval divides a minute, hour or day, else (a minute or more: 90m, 7m, 5h) an
+/// `@every <secs> <offset>` interval.
+pub fn every_expression(secs: u64, seed: u64) -> Result<String, ScheduleError> {
+    match every_to_cron(secs, seed) {
+        Ok(cron) => Ok(cron),
+        Err(_) if secs >= 60 => Ok(format!("{EVERY_PREFIX}{secs} {}", seed % secs)),
+        Err(_) => Err(ScheduleError {
+            field: "every",
+            message: format!(
+                "--every {secs}s: below a minute the interval must divide a minute (10s, 15s, 20s, 30s); any interval of a minute or more works"
+            ),
+        }),
+    }
+}
+
+/// `(secs, offset)` of an `@every <secs> <offset>` expression.
+pub fn parse_every_expression(expr: &str) -> Option<(u64, u64)> {
+    let rest = expr.strip_prefix(EVERY_PREFIX)?;
+    let (secs, offset) = rest.trim().split_once(' ')?;
+    let secs: u64 = secs.parse().ok().filter(|s| *s > 0)?;
+    let offset: u64 = offset.trim().parse().ok()?;
+    Some((secs, offset % secs))
 }
 
 /// Turn `--every <secs>` into a 6-field cron expression offset by `seed` (jitter).
@@ -180,6 +212,22 @@ mod tests {
     }
 
     #[test]
+    fn intervals_cron_cannot_say_become_every_expressions() {
+        // 90m, 7m, 5h, 1h30m: stepped by the scheduler from the epoch plus the jitter offset.
+        for secs in [5400u64, 420, 18_000, 2700] {
+            let e = every_expression(secs, 1_000_003).unwrap();
+            assert_eq!(e, format!("@every {secs} {}", 1_000_003 % secs));
+            assert_eq!(parse_every_expression(&e), Some((secs, 1_000_003 % secs)));
+            assert!(Schedule::every_secs(secs).is_ok());
+        }
+        // What cron can say stays cron.
+        assert_eq!(every_expression(300, 0).unwrap(), "0 0/5 * * * *");
+        let e = Schedule::every_secs(7).unwrap_err();
+        assert!(e.message.contains("divide a minute"), "{e}");
+        assert_eq!(parse_every_expression("0 0/5 * * * *"), None);
+    }
+
+    #[test]
     fn stored_text_round_trips_byte_for_byte() {
         for text in ["every:300", "every:10", "every:86400", "cron:0 */5 * * * *"] {
             let s: Schedule = text.parse().unwrap();
@@ -194,7 +242,7 @@ mod tests {
     #[test]
     fn bad_stored_text_is_an_error_not_a_default() {
         for text in [
-            "every:7", "every:x", "every:", "cron:", "cron:  ", "hourly", "",
+            "every:7", "every:0", "every:x", "every:", "cron:", "cron:  ", "hourly", "",
         ] {
             let e = text.parse::<Schedule>().unwrap_err();
             assert_eq!(e.field, "schedule", "{text}");

@@ -153,6 +153,24 @@ pub struct Registration {
     pub backoff: Option<TickBackoff>,
 }
 
+/// One row of `GET /v1/clouds`: the registration and what the watcher knows of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegistrationListed {
+    #[serde(flatten)]
+    pub registration: Registration,
+    /// The pause in force, `null` when none.
+    #[serde(default)]
+    pub paused: Option<crate::report::Pause>,
+    /// As of the last tick.
+    #[serde(default)]
+    pub stalled: bool,
+    /// The last successful tick's effective status.
+    #[serde(default)]
+    pub watched_status: Option<String>,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+}
+
 /// Why a registration's scheduled ticks are held back: its last ticks hit their deadline
 /// (observation or tick). Occurrences due before `until` are skipped and counted in `skipped`;
 /// a tick that finishes in time (a manual `tick` runs regardless) ends the back-off.
@@ -184,6 +202,9 @@ pub struct RegisterResponse {
     pub last_tick_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due_at: Option<String>,
+    /// The next three scheduled ticks (RFC 3339, UTC), like `systemd-analyze calendar`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next_runs: Vec<String>,
     pub notify: Vec<String>,
     pub remote_spec: Option<String>,
     /// `every:<secs>` or `cron:<expr>`.
@@ -211,6 +232,7 @@ impl RegisterResponse {
             last_success: reg.last_success,
             last_tick_at: reg.last_tick_at,
             next_due_at: reg.next_due_at,
+            next_runs: Vec::new(),
             notify,
             remote_spec: reg.remote_spec,
             schedule: reg.schedule,

@@ -3,13 +3,43 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES of `--help` and the man page.
+const MAN_SECTIONS: &str = "\
+EXIT STATUS:
+  0   the command succeeded
+  1   it failed: the error names the cause and the fix (also a failed tick)
+  2   usage: a bad flag, a bad --every/--cron value, a bad --jq filter
+  3   watch / ls --watch: the daemon closed the stream (it stopped or restarted)
+  69  megaplan-cloudd cannot be reached (EX_UNAVAILABLE)
+  exec: the remote command's own exit status
+
+ENVIRONMENT:
+  MEGAPLAN_CLOUDD_SOCKET  the daemon's socket (also --socket)
+  NO_COLOR                no colour on a terminal
+  COMPLETE                set by the shell completion code (see `completions`)
+  the secret variables a cloud.yaml names are read from this environment and handed over
+
+FILES:
+  ./cloud.yaml (or the project root's)              the cloud.yaml of a command
+  $XDG_RUNTIME_DIR/megaplan-cloudd/cloudd.sock       the daemon's socket, else
+  ~/.megaplan/cloud/cloudd.sock
+
+EXAMPLES:
+  megaplan-cloudctl ls                       how are my chains? what needs me?
+  megaplan-cloudctl status --chain           where this chain is and what happens next
+  megaplan-cloudctl register --every 90m     tick this cloud.yaml every 90 minutes
+  megaplan-cloudctl pause 3f2a --reason fix  pause the registration whose key starts 3f2a
+  megaplan-cloudctl ls --jq '.registrations[] | select(.state == \"needs_person\") | .key'";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "megaplan-cloudctl",
     version,
     about = "Drive megaplan cloud runners through the megaplan-cloudd daemon",
     long_about = "Every cloud command asks megaplan-cloudd over its Unix socket and renders the answer: \
-                  structured JSON on stdout, the human summary on stderr, exit 0 on success."
+                  for a person on a terminal (`ls` for the whole fleet), the JSON document through a \
+                  pipe or with --json (--jq to filter it), exit 0 on success.",
+    after_long_help = MAN_SECTIONS
 )]
 pub struct Cli {
     /// Path of cloud.yaml, resolved like the original (`~` expanded, symlinks followed).
@@ -23,6 +53,12 @@ pub struct Cli {
     /// JSON on stdout even on a terminal (the default when stdout is not a terminal).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Filter the JSON answer with a jq expression (implies --json); strings print raw.
+    #[arg(long, global = true, value_name = "EXPR")]
+    pub jq: Option<String>,
+    /// No confirmations on a terminal (results and errors are still printed).
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
     /// Colour in human output: auto (a terminal, and NO_COLOR unset), always or never.
     #[arg(long, global = true, value_enum, default_value_t = crate::output::ColorChoice::Auto)]
     pub color: crate::output::ColorChoice,
@@ -93,8 +129,9 @@ pub enum Cmd {
         /// Chain status: milestone, plan state, runner, sync, PR and what the supervisor would do.
         #[arg(long)]
         chain: bool,
-        /// List every megaplan-chain* session with its marker.
-        #[arg(long)]
+        /// List every megaplan-chain* session on this runner with its marker (`--all` is the
+        /// older name, kept for scripts; elsewhere `--all` means every registration).
+        #[arg(long = "sessions", alias = "all")]
         all: bool,
         /// Chain spec path on the runner (default: the last chain's, from its marker).
         #[arg(long)]
@@ -168,10 +205,12 @@ pub enum Cmd {
     Chains,
     /// Register this cloud.yaml for unattended ticks.
     Register {
-        /// Interval with a unit: 30s, 5m, 1h, 1h30m, 1d (default 5m).
+        /// Interval with a unit: 30s, 5m, 45m, 1h30m, 90m, 5h, 1d (default 5m). Any interval of a
+        /// minute or more works; cron is used where it can say it.
         #[arg(long, conflicts_with = "cron")]
         every: Option<String>,
-        /// Cron expression: 5 fields ("*/5 * * * *", fires at second 0) or 6 with seconds first.
+        /// Cron expression in UTC: 5 fields ("*/5 * * * *", fires at second 0), 6 with seconds
+        /// first, or @hourly, @daily, @weekly, @monthly, @yearly.
         #[arg(long)]
         cron: Option<String>,
         /// Chain spec path on the runner to supervise (default: the last chain's).
@@ -182,34 +221,64 @@ pub enum Cmd {
     },
     /// Stop ticking this cloud.yaml.
     Unregister {
-        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
-        /// --cloud-yaml.
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
-    /// List registrations.
-    Registrations,
+    /// How are my chains? Every registration's state, what needs a person first, and what to do.
+    #[command(visible_alias = "fleet")]
+    Ls {
+        /// Redraw after every tick the daemon stores (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+        /// Show every cell whole instead of fitting the terminal.
+        #[arg(long)]
+        wide: bool,
+        /// Show at most this many registrations (0 for none: only the counts).
+        #[arg(short = 'n', long)]
+        limit: Option<usize>,
+    },
+    /// List registrations: schedule, last and next tick, what the watcher knows.
+    Registrations {
+        /// Show every column and every cell whole instead of fitting the terminal.
+        #[arg(long)]
+        wide: bool,
+        /// Show at most this many (0 for none).
+        #[arg(short = 'n', long)]
+        limit: Option<usize>,
+    },
     /// Stored tick reports, newest first.
     Ticks {
-        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
-        /// --cloud-yaml.
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
-        /// How many reports to show.
+        /// How many reports to show (0 for none).
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: u32,
         /// All registrations, not only --cloud-yaml.
         #[arg(long)]
         all: bool,
+        /// Show every cell whole instead of fitting the terminal.
+        #[arg(long)]
+        wide: bool,
         #[command(flatten)]
         filter: TickFilterArgs,
     },
     /// Tick a registered cloud.yaml now.
     Tick {
-        /// A registration key (16 hex, as `registrations` shows) or a cloud.yaml path, instead of
-        /// --cloud-yaml.
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
     /// Show the last few stored tick reports, then follow new ones as they are stored.
     Watch {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
+        target: Option<String>,
         /// All registrations, not only --cloud-yaml.
         #[arg(long)]
         all: bool,
@@ -221,16 +290,34 @@ pub enum Cmd {
     },
     /// Pause this registration: ticks keep observing and storing reports but never mutate.
     Pause {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
+        target: Option<String>,
         /// Why (shown in every refused tick and in `registrations`).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Lift the pause of this registration.
-    Unpause,
+    Unpause {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
+        target: Option<String>,
+    },
     /// Explain the last stored tick: facts observed, the rule that matched, action, refusal.
-    Explain,
+    Explain {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
+        target: Option<String>,
+    },
     /// The notification outbox: what was sent, is pending, or was given up.
     Notifications {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
+        target: Option<String>,
         /// How many to show.
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: u32,
@@ -238,14 +325,21 @@ pub enum Cmd {
         #[arg(long)]
         all: bool,
     },
-    /// Shell completion script for bash, zsh, fish, elvish or powershell, on stdout.
+    /// Shell completion for bash, zsh, fish, elvish or powershell, on stdout: load it with
+    /// `source <(megaplan-cloudctl completions bash)`. It asks this program on every TAB, so
+    /// flags complete anywhere and registration arguments complete to the daemon's keys.
     Completions {
         /// Shell to complete in.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// The man page (roff) on stdout: `megaplan-cloudctl man | man -l -`.
-    Man,
+    /// The man page (roff) on stdout: `megaplan-cloudctl man | man -l -`; with --dir, one page
+    /// per subcommand (megaplan-cloudctl-pause.1, ...) written into DIR.
+    Man {
+        /// Write megaplan-cloudctl.1 and one megaplan-cloudctl-<command>.1 per subcommand here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Client and daemon versions and API versions.
     Version,
     /// Check this machine for what the Python `cloud` CLI left behind: its last-chain markers
@@ -312,58 +406,56 @@ pub enum DaemonCmd {
     Status,
 }
 
-/// `5m` → 300, `1h30m` → 5400: one or more `<number><unit>` parts, units s, m, h, d. A bare
-/// number is refused (is `5` five seconds or five minutes?). Kept here (not in the api crate)
-/// because only the client parses it.
+/// `5m` → 300, `1h30m` → 5400, `90m`, `5h`, `1d`: a duration with units, read by humantime
+/// (the client's one duration parser). A bare number is refused (is `5` five seconds or five
+/// minutes?), and so is anything under a second.
 pub fn parse_every(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let hint = "use a number with a unit, e.g. 30s, 5m, 1h or 1h30m";
-    if t.is_empty() {
-        return Err(format!("--every {text:?}: {hint}"));
-    }
-    if t.chars().all(|c| c.is_ascii_digit()) {
+    let hint = "use a number with a unit, e.g. 30s, 5m, 45m, 1h30m, 90m, 5h or 1d";
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!(
             "--every {text:?}: a bare number has no unit; write {t}s for seconds or {t}m for minutes"
         ));
     }
-    let mut total: u64 = 0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (num, after) = rest.split_at(digits);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_len);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("--every {text:?}: {hint}"))?;
-        let mult = match unit {
-            "s" | "sec" | "secs" => 1,
-            "m" | "min" | "mins" => 60,
-            "h" | "hr" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86400,
-            _ => return Err(format!("--every {text:?}: unknown unit {unit:?}; {hint}")),
-        };
-        total = n
-            .checked_mul(mult)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("--every {text:?}: too long"))?;
-        rest = next;
+    let d = humantime::parse_duration(t).map_err(|e| format!("--every {text:?}: {e}; {hint}"))?;
+    match d.as_secs() {
+        0 => Err(format!(
+            "--every {text:?}: the interval must be at least a second; {hint}"
+        )),
+        n => Ok(n),
     }
-    if total == 0 {
-        return Err(format!(
-            "--every {text:?}: the interval must be longer than 0s"
-        ));
-    }
-    Ok(total)
+}
+
+/// Does `logs --since` read as something the runner's `docker logs --since` takes: a duration
+/// in hours, minutes and seconds (10m, 2h, 1h30m), an RFC 3339 time, a date, or Unix seconds?
+pub fn is_since(text: &str) -> bool {
+    let t = text.trim();
+    !t.is_empty()
+        // Durations in the units docker's `--since` reads (Go's: h, m, s): no days.
+        && ((humantime::parse_duration(t).is_ok()
+            && t.chars().all(|c| c.is_ascii_digit() || "hms.".contains(c)))
+            || chrono::DateTime::parse_from_rfc3339(t).is_ok()
+            || chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok()
+            || t.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// The cron expression the daemon stores: 6 fields, seconds first. A 5-field expression (the
 /// form crontab(5) and everyone else writes) fires at second 0 of the minutes it names.
 pub fn normalise_cron(text: &str) -> Result<String, String> {
+    // crontab(5)'s nicknames, at second 0 of the first minute (UTC).
+    match text.trim() {
+        "@hourly" => return Ok("0 0 * * * *".into()),
+        "@daily" | "@midnight" => return Ok("0 0 0 * * *".into()),
+        "@weekly" => return Ok("0 0 0 * * SUN".into()),
+        "@monthly" => return Ok("0 0 0 1 * *".into()),
+        "@yearly" | "@annually" => return Ok("0 0 0 1 1 *".into()),
+        t if t.starts_with('@') => {
+            return Err(format!(
+                "--cron {text:?}: unknown nickname; use @hourly, @daily, @weekly, @monthly or @yearly, or 5 fields"
+            ));
+        }
+        _ => {}
+    }
     let fields: Vec<&str> = text.split_whitespace().collect();
     match fields.len() {
         5 => Ok(format!("0 {}", fields.join(" "))),
@@ -385,6 +477,11 @@ mod schedule_and_help_tests {
         assert_eq!(parse_every("5min").unwrap(), 300);
         assert_eq!(parse_every("1h30m").unwrap(), 5400);
         assert_eq!(parse_every("1d").unwrap(), 86400);
+        assert_eq!(parse_every("90m").unwrap(), 5400);
+        assert_eq!(parse_every("45m").unwrap(), 2700);
+        assert_eq!(parse_every("7m").unwrap(), 420);
+        assert_eq!(parse_every("5h").unwrap(), 18_000);
+        assert_eq!(parse_every("1h 30m").unwrap(), 5400);
         let bare = parse_every("5").unwrap_err();
         assert!(bare.contains("5s") && bare.contains("5m"), "{bare}");
         assert!(parse_every("5x").is_err());
@@ -393,10 +490,31 @@ mod schedule_and_help_tests {
     }
 
     #[test]
+    fn since_takes_durations_times_and_dates_only() {
+        for ok in [
+            "10m",
+            "2h",
+            "1h30m",
+            "2026-12-01T10:00:00Z",
+            "2026-12-01",
+            "1764583200",
+        ] {
+            assert!(is_since(ok), "{ok}");
+        }
+        for bad in ["banana", "", "10 parsecs", "2026-13-45", "1d"] {
+            assert!(!is_since(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn five_field_cron_fires_at_second_zero() {
         assert_eq!(normalise_cron("*/5 * * * *").unwrap(), "0 */5 * * * *");
         assert_eq!(normalise_cron("0 */5 * * * *").unwrap(), "0 */5 * * * *");
         assert!(normalise_cron("* *").unwrap_err().contains("5"));
+        assert_eq!(normalise_cron("@hourly").unwrap(), "0 0 * * * *");
+        assert_eq!(normalise_cron("@daily").unwrap(), "0 0 0 * * *");
+        assert_eq!(normalise_cron("@weekly").unwrap(), "0 0 0 * * SUN");
+        assert!(normalise_cron("@often").unwrap_err().contains("@hourly"));
     }
 
     #[test]

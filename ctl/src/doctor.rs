@@ -9,7 +9,7 @@
 
 use crate::client::{DaemonClient, enc};
 use crate::discover;
-use crate::{print_json, render};
+use crate::render;
 use hyper::Method;
 use megaplan_cloud_api::marker::LastChainMarker;
 use megaplan_cloud_api::wire::{Registration, SecretNamesResponse};
@@ -200,8 +200,12 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
             json!({"home": home.display().to_string(), "depth": WALK_DEPTH, "truncated": truncated}),
         );
     }
-    print_json(&v);
-    render::doctor(&v);
+    // Said once: the document for scripts, the rendering for a person.
+    if crate::output::json_mode() {
+        crate::output::print_json_doc(&v);
+    } else {
+        render::doctor(&v);
+    }
     0
 }
 

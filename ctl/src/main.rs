@@ -4,8 +4,12 @@
 
 mod agent_auth;
 mod cli;
+mod columns;
+mod commands;
+mod complete;
 mod discover;
 mod doctor;
+mod jq;
 mod output;
 mod render;
 
@@ -24,8 +28,18 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 fn main() {
+    // `COMPLETE=<shell> megaplan-cloudctl …`: answer the shell's completion request and exit.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = Cli::parse();
-    output::init(cli.json, cli.color);
+    if let Some(expr) = &cli.jq {
+        // A filter that cannot run is a usage error, said before the daemon is asked.
+        if let Err(e) = jq::check(expr) {
+            eprintln!("error: invalid_args: {e}");
+            std::process::exit(2);
+        }
+        output::set_jq(expr.clone());
+    }
+    output::init(cli.json || cli.jq.is_some(), cli.color, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -37,12 +51,91 @@ fn main() {
         }
     };
     let code = runtime.block_on(run(cli));
-    std::process::exit(code);
+    std::process::exit(if code == 0 && output::jq_failed() {
+        1
+    } else {
+        code
+    });
 }
 
 /// A command's result document: JSON for scripts, a summary on a terminal.
 fn print_json(v: &Value) {
     output::print_result(v);
+}
+
+/// The terminal's width and colour for the chain renderers.
+fn chain_style() -> commands::chain::Style {
+    commands::chain::Style {
+        width: columns::terminal_width(),
+        color: output::get().color,
+    }
+}
+
+/// Commands whose answer has a renderer of its own: the daemon's human lines on stderr (the
+/// summary the Python tool printed) are not relayed, on a terminal or through a pipe.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rendered {
+    ChainStatus,
+    TickReport,
+    Sessions,
+    Launched,
+    /// build, deploy, down, destroy: the daemon's own lines (progress, then the verdict:
+    /// `build: ok`, `down: runner stopped`) are the whole answer for a person.
+    Said,
+    Generic,
+}
+
+impl Rendered {
+    /// Does the renderer say what the daemon's stderr lines say (a summary of the same
+    /// answer)? Then a person sees only the renderer; progress lines of other commands stay.
+    fn replaces_daemon_lines(self) -> bool {
+        matches!(
+            self,
+            Rendered::ChainStatus | Rendered::TickReport | Rendered::Sessions
+        )
+    }
+}
+
+/// The result of `command` for a person: its renderer over the api type, or the daemon's
+/// document pretty-printed when it does not read as that type.
+fn render_result(kind: Rendered, payload: &Value) {
+    let now = chrono::Utc::now();
+    let text = match kind {
+        Rendered::ChainStatus => {
+            serde_json::from_value::<megaplan_cloud_api::status::ChainStatus>(payload.clone())
+                .ok()
+                .map(|s| commands::chain::status_text(&s, now, chain_style()))
+        }
+        Rendered::TickReport => megaplan_cloud_api::report::from_value(payload.clone())
+            .ok()
+            .map(|r| commands::chain::tick_text(None, &r, now, chain_style())),
+        Rendered::Sessions => {
+            serde_json::from_value::<megaplan_cloud_api::status::ChainSessions>(payload.clone())
+                .ok()
+                .map(|x| {
+                    commands::chain::sessions_text(
+                        &x,
+                        Some(columns::terminal_width()),
+                        output::get().color,
+                    )
+                })
+        }
+        Rendered::Launched => {
+            serde_json::from_value::<megaplan_cloud_api::status::ChainLaunched>(payload.clone())
+                .ok()
+                .map(|x| commands::chain::launched_text(&x))
+        }
+        Rendered::Said => Some(String::new()),
+        Rendered::Generic => None,
+    };
+    match text {
+        Some(t) => {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(t.as_bytes());
+            let _ = o.flush();
+        }
+        None => print_json(payload),
+    }
 }
 
 /// Print a structured error and return its exit code. For scripts: the JSON document on
@@ -53,7 +146,7 @@ fn fail(e: ClientError) -> i32 {
         ClientError::Api(body) => (body, 1),
     };
     if output::json_mode() {
-        output::print_json_doc(&body.to_value());
+        output::print_json_unfiltered(&body.to_value());
     }
     let message = output::strip_controls(&body.message);
     if code == output::EXIT_DAEMON_UNREACHABLE {
@@ -72,6 +165,12 @@ fn fail(e: ClientError) -> i32 {
 /// hash nobody recognises) and says how to register it.
 fn fail_for(e: ClientError, cloud_yaml: &str) -> i32 {
     match e {
+        // Named by its key: there is no file to suggest registering.
+        ClientError::Api(body)
+            if body.error == ErrorCode::NotRegistered && paths::is_marker_key(cloud_yaml) =>
+        {
+            fail(ClientError::Api(no_registration(cloud_yaml)))
+        }
         ClientError::Api(body) if body.error == ErrorCode::NotRegistered => {
             let message = format!(
                 "{cloud_yaml} is not registered with megaplan-cloudd; register it with `megaplan-cloudctl register --cloud-yaml {cloud_yaml}`"
@@ -84,6 +183,60 @@ fn fail_for(e: ClientError, cloud_yaml: &str) -> i32 {
         }
         other => fail(other),
     }
+}
+
+fn no_registration(key: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotRegistered,
+        format!(
+            "no registration with key {key}; `megaplan-cloudctl ls` lists every registration with its key"
+        ),
+    )
+    .with("key", key.to_string())
+}
+
+/// Does a command's argument name a cloud.yaml file rather than a registration key?
+fn names_a_path(t: &str) -> bool {
+    t.contains('/') || t.ends_with(".yaml") || t.ends_with(".yml") || Path::new(t).is_file()
+}
+
+/// The one registration whose key is `prefix` or starts with it (git's and docker's short ids).
+async fn resolve_key(client: &DaemonClient, prefix: &str) -> Result<String, i32> {
+    let regs: Vec<megaplan_cloud_api::wire::Registration> =
+        match client.typed(Method::GET, routes::CLOUDS, None).await {
+            Ok(r) => r,
+            Err(e) => return Err(fail(e)),
+        };
+    let wanted = prefix.to_ascii_lowercase();
+    let found: Vec<&str> = regs
+        .iter()
+        .map(|r| r.key.as_str())
+        .filter(|k| !wanted.is_empty() && k.starts_with(&wanted))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).to_string()),
+        [] => Err(fail(ClientError::Api(no_registration(prefix)))),
+        many => Err(fail(ClientError::Api(
+            ErrorBody::new(
+                ErrorCode::InvalidArgs,
+                format!(
+                    "key prefix {prefix} matches {} registrations ({}); give more of the key",
+                    many.len(),
+                    many.join(", ")
+                ),
+            )
+            .with(
+                "matches",
+                many.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ),
+        ))),
+    }
+}
+
+/// A bad value of a flag: the structured error, exit 2 (a usage error, as clap's own).
+fn usage_error(message: impl Into<String>) -> i32 {
+    local_error(ErrorCode::InvalidArgs, message);
+    2
 }
 
 fn local_error(code: ErrorCode, message: impl Into<String>) -> i32 {
@@ -116,14 +269,15 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
     !matches!(
         cmd,
         Cmd::Init { .. }
-            | Cmd::Registrations
+            | Cmd::Registrations { .. }
+            | Cmd::Ls { .. }
             | Cmd::Doctor
             | Cmd::Daemon { .. }
             | Cmd::Ticks { all: true, .. }
             | Cmd::Watch { all: true, .. }
             | Cmd::Notifications { all: true, .. }
             | Cmd::Completions { .. }
-            | Cmd::Man
+            | Cmd::Man { .. }
             | Cmd::Version
     )
 }
@@ -157,24 +311,35 @@ async fn run(cli: Cli) -> i32 {
         );
     }
     let mut cli = cli;
-    if history_of_all(&cli) {
+    // A per-registration command also takes a registration key (or a unique prefix of one) or
+    // a cloud.yaml path as its argument. Resolved first: a key names one registration, so the
+    // "outside any project means all" rule below never turns a wrong key into every history.
+    let mut key_override: Option<String> = None;
+    if let Cmd::Tick { target }
+    | Cmd::Unregister { target }
+    | Cmd::Ticks { target, .. }
+    | Cmd::Pause { target, .. }
+    | Cmd::Unpause { target }
+    | Cmd::Explain { target }
+    | Cmd::Watch { target, .. }
+    | Cmd::Notifications { target, .. } = &mut cli.command
+        && let Some(t) = target.take()
+    {
+        if names_a_path(&t) {
+            cli.cloud_yaml = Some(PathBuf::from(t));
+        } else {
+            match resolve_key(&client, &t).await {
+                Ok(k) => key_override = Some(k),
+                Err(code) => return code,
+            }
+        }
+    }
+    if key_override.is_none() && history_of_all(&cli) {
         match &mut cli.command {
             Cmd::Ticks { all, .. } | Cmd::Watch { all, .. } | Cmd::Notifications { all, .. } => {
                 *all = true;
             }
             _ => {}
-        }
-    }
-    // `tick`, `unregister` and `ticks` also take a registration key or a path as an argument.
-    let mut key_override: Option<String> = None;
-    if let Cmd::Tick { target } | Cmd::Unregister { target } | Cmd::Ticks { target, .. } =
-        &mut cli.command
-        && let Some(t) = target.take()
-    {
-        if paths::is_marker_key(&t) {
-            key_override = Some(t);
-        } else {
-            cli.cloud_yaml = Some(PathBuf::from(t));
         }
     }
     let located = if key_override.is_none() && needs_cloud_yaml(&cli.command) {
@@ -249,11 +414,18 @@ async fn run(cli: Cli) -> i32 {
             no_follow,
             tail,
             since,
-        } => Command::Logs {
-            follow: follow && !no_follow,
-            tail,
-            since,
-        },
+        } => {
+            if let Some(bad) = since.as_deref().filter(|s| !cli::is_since(s)) {
+                return usage_error(format!(
+                    "--since {bad:?}: use a duration ago in h, m, s (10m, 2h, 1h30m, 48h), a date (2026-12-01) or a time (2026-12-01T10:00:00Z)"
+                ));
+            }
+            Command::Logs {
+                follow: follow && !no_follow,
+                tail,
+                since,
+            }
+        }
         Cmd::Attach { session } => {
             // The runner's tmux needs a terminal on both ends; ssh would otherwise go on without
             // one and the operator would see a broken session.
@@ -300,11 +472,27 @@ async fn run(cli: Cli) -> i32 {
         },
         Cmd::Chains => Command::Chains,
         Cmd::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "megaplan-cloudctl", &mut std::io::stdout());
-            return 0;
+            return match complete::write_registration(&shell.to_string()) {
+                Ok(code) => code,
+                Err(e) => local_error(ErrorCode::InvalidArgs, e),
+            };
         }
-        Cmd::Man => {
+        Cmd::Man { dir: Some(dir) } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return match std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(cmd, &dir))
+            {
+                Ok(()) => {
+                    output::say(&format!("wrote the man pages into {}", dir.display()));
+                    0
+                }
+                Err(e) => local_error(
+                    ErrorCode::InvalidArgs,
+                    format!("cannot write the man pages into {}: {e}", dir.display()),
+                ),
+            };
+        }
+        Cmd::Man { dir: None } => {
             let cmd = <Cli as clap::CommandFactory>::command();
             return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
                 Ok(()) => 0,
@@ -327,32 +515,80 @@ async fn run(cli: Cli) -> i32 {
                 .await
             {
                 Ok(v) => {
-                    print_json(&v);
-                    eprintln!("unregistered {cy}");
+                    if output::json_mode() {
+                        output::print_json_doc(&v);
+                    }
+                    output::say(&format!("unregistered {cy}: it is no longer ticked"));
                     0
                 }
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Registrations => return registrations(&client, output::json_mode()).await,
+        Cmd::Registrations { wide, limit } => {
+            return registrations(&client, table_view(wide, limit)).await;
+        }
+        Cmd::Ls { watch, wide, limit } => {
+            let view = commands::fleet::View {
+                width: (!wide).then(columns::terminal_width),
+                color: output::get().color,
+                limit,
+            };
+            let shown = if watch {
+                commands::fleet::watch(&client, view).await
+            } else {
+                commands::fleet::show(&client, view).await
+            };
+            return match shown {
+                Ok(()) if watch => {
+                    eprintln!(
+                        "ls --watch: the daemon closed the stream (it stopped or restarted); run it again once the daemon is back"
+                    );
+                    3
+                }
+                Ok(()) => 0,
+                Err(e) => fail(e),
+            };
+        }
         Cmd::Ticks {
-            limit, all, filter, ..
+            limit,
+            all,
+            filter,
+            wide,
+            ..
         } => {
             let json = output::json_mode();
-            let mut q = format!("{}?limit={limit}", routes::TICKS);
+            // One more than shown, to know whether older reports exist (`-n 0`: none shown).
+            let asked = if json { limit } else { limit.saturating_add(1) };
+            let mut q = format!("{}?limit={}", routes::TICKS, asked.max(1));
             if !all {
                 q.push_str(&format!("&cloud_yaml={}", enc(&cy)));
             }
             q.push_str(&filter.query(enc));
             return match client.json(Method::GET, &q, None).await {
-                Ok(v) => {
-                    if json {
-                        output::print_json_doc(&v);
-                    } else {
-                        render::ticks_table(&v);
-                    }
+                Ok(v) if json => {
+                    let v = match v {
+                        Value::Array(mut items) => {
+                            items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                            Value::Array(items)
+                        }
+                        other => other,
+                    };
+                    output::print_json_doc(&v);
                     0
                 }
+                Ok(v) => match client::parse_answer::<Vec<megaplan_cloud_api::wire::TickRecord>>(
+                    routes::TICKS,
+                    v,
+                ) {
+                    Ok(mut rows) => {
+                        let keep = usize::try_from(limit).unwrap_or(usize::MAX);
+                        let more = rows.len() > keep;
+                        rows.truncate(keep);
+                        render::ticks_table(&rows, more, table_view(wide, None));
+                        0
+                    }
+                    Err(e) => fail(e),
+                },
                 Err(e) => fail(e),
             };
         }
@@ -362,14 +598,32 @@ async fn run(cli: Cli) -> i32 {
                 .await
             {
                 Ok(v) => {
-                    print_json(&v);
+                    let json = output::json_mode();
+                    if json {
+                        output::print_json_doc(&v);
+                    }
                     match serde_json::from_value::<TickNowResponse>(v) {
-                        // The one-line summary of the report (its Display).
                         Ok(TickNowResponse::Ran(rec)) => {
-                            eprintln!("{}", rec.report);
+                            if !json {
+                                print!(
+                                    "{}",
+                                    commands::chain::tick_text(
+                                        Some(&rec),
+                                        &rec.report,
+                                        chrono::Utc::now(),
+                                        chain_style()
+                                    )
+                                );
+                            } else if !rec.success {
+                                // Through a pipe stderr carries only a failure: its one line.
+                                eprintln!("{}", rec.report);
+                            }
                             i32::from(!rec.success)
                         }
-                        Ok(TickNowResponse::Skipped(_)) => 1,
+                        Ok(TickNowResponse::Skipped(s)) => {
+                            eprintln!("{}", s.message);
+                            1
+                        }
                         Err(e) => {
                             eprintln!(
                                 "megaplan-cloudctl: the daemon's tick answer is not a tick record ({e})"
@@ -385,6 +639,7 @@ async fn run(cli: Cli) -> i32 {
             all,
             backlog,
             filter,
+            ..
         } => {
             let json = output::json_mode();
             let mut q = format!("{}?backlog={backlog}", routes::TICKS_WATCH);
@@ -394,48 +649,51 @@ async fn run(cli: Cli) -> i32 {
             q.push_str(&filter.query(enc));
             return watch(&client, &q, json).await;
         }
-        Cmd::Pause { reason } => {
-            let by = format!(
-                "{}@{}",
-                std::env::var("USER")
-                    .or_else(|_| std::env::var("LOGNAME"))
-                    .unwrap_or_else(|_| "unknown".into()),
-                hostname()
-            );
+        Cmd::Pause { reason, .. } => {
+            let by = format!("{}@{}", user_name(), hostname());
             let body = serde_json::to_value(megaplan_cloud_api::wire::PauseRequest { by, reason })
                 .unwrap_or(Value::Null);
-            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+            let path = routes::cloud_pause(&key_of_this());
             return match client.json(Method::POST, &path, Some(&body)).await {
                 Ok(v) => {
-                    print_json(&v);
-                    eprintln!(
-                        "paused {cy} (by {}, since {}): ticks observe but never mutate until `megaplan-cloudctl unpause`",
-                        v["paused"]["paused_by"].as_str().unwrap_or("?"),
-                        v["paused"]["since"].as_str().unwrap_or("?")
-                    );
+                    if output::json_mode() {
+                        output::print_json_doc(&v);
+                    }
+                    let by = serde_json::from_value::<megaplan_cloud_api::wire::PauseResponse>(v)
+                        .map(|r| r.paused.paused_by)
+                        .unwrap_or_else(|_| "?".into());
+                    output::say(&format!(
+                        "paused {cy} (by {by}): ticks observe but never act until `megaplan-cloudctl unpause`"
+                    ));
                     0
                 }
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Unpause => {
-            let path = routes::cloud_pause(&paths::resolved_marker_key(&cloud_yaml));
+        Cmd::Unpause { .. } => {
+            let path = routes::cloud_pause(&key_of_this());
             return match client.json(Method::DELETE, &path, None).await {
                 Ok(v) => {
-                    print_json(&v);
-                    if v["was_paused"].is_null() {
-                        eprintln!("{cy} was not paused");
-                    } else {
-                        eprintln!("unpaused {cy}: ticks may act again");
+                    if output::json_mode() {
+                        output::print_json_doc(&v);
                     }
+                    let was =
+                        serde_json::from_value::<megaplan_cloud_api::wire::UnpauseResponse>(v)
+                            .map(|r| r.was_paused.is_some())
+                            .unwrap_or(true);
+                    output::say(&if was {
+                        format!("unpaused {cy}: ticks may act again")
+                    } else {
+                        format!("{cy} was not paused")
+                    });
                     0
                 }
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Explain => {
+        Cmd::Explain { .. } => {
             let json = output::json_mode();
-            let path = routes::cloud_explain(&paths::resolved_marker_key(&cloud_yaml));
+            let path = routes::cloud_explain(&key_of_this());
             return match client.json(Method::GET, &path, None).await {
                 Ok(v) => {
                     if json {
@@ -448,7 +706,7 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail_for(e, &cy),
             };
         }
-        Cmd::Notifications { limit, all } => {
+        Cmd::Notifications { limit, all, .. } => {
             let json = output::json_mode();
             let mut q = format!("{}?limit={limit}", routes::NOTIFICATIONS);
             if !all {
@@ -508,11 +766,17 @@ fn init(path: &Path, force: bool, provider: &str) -> i32 {
     }
     // `cloud_yaml` is the original's field; `path` is kept for scripts written against ours.
     let shown = path.display().to_string();
-    print_json(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
-    eprintln!(
+    let next = format!(
         "wrote {}; edit repo.url, provider and secrets, then run `megaplan-cloudctl build`",
         path.display()
     );
+    if output::json_mode() {
+        // The seed's split for `init`: the document on stdout, its line on stderr.
+        output::print_json_doc(&json!({"success": true, "cloud_yaml": shown, "path": shown}));
+        eprintln!("{next}");
+    } else {
+        output::say(&next);
+    }
     0
 }
 
@@ -597,6 +861,16 @@ async fn run_command(
     // command (build, deploy, …) what the provider prints is progress, so it goes to stderr and
     // stdout stays one JSON document.
     let stdout_is_result = matches!(command, Command::Exec { .. } | Command::Logs { .. });
+    let rendered = match command {
+        Command::Status { chain: true, .. } => Rendered::ChainStatus,
+        Command::Supervise { .. } => Rendered::TickReport,
+        Command::Status { all: true, .. } | Command::Chains => Rendered::Sessions,
+        Command::Chain { .. } => Rendered::Launched,
+        Command::Build | Command::Deploy | Command::Down | Command::Destroy { .. } => {
+            Rendered::Said
+        }
+        _ => Rendered::Generic,
+    };
     // Operations that can sit silent for a while (connecting the ssh master, a build, a
     // deploy) show a spinner on stderr, on a terminal only; streamed lines print above it.
     let spinner = (!stdout_is_result
@@ -648,7 +922,15 @@ async fn run_command(
                 Ok(Frame::Stdout { data }) => to_stderr(&data),
                 Ok(Frame::Stderr { data }) => {
                     stderr_seen.push_str(&data);
-                    to_stderr(&data);
+                    // Scripts get the seed's split (the daemon's summary on stderr); a person
+                    // gets the renderer instead, and only the warnings from here.
+                    if !rendered.replaces_daemon_lines() || output::json_mode() {
+                        to_stderr(&data);
+                    } else {
+                        for line in data.lines().filter(|l| l.starts_with("warning:")) {
+                            to_stderr(&format!("{line}\n"));
+                        }
+                    }
                 }
                 Ok(Frame::Terminal { argv }) => terminal = Some(argv),
                 Ok(Frame::Result {
@@ -664,7 +946,8 @@ async fn run_command(
                         // On a terminal an error is said once, on stderr: the daemon's own
                         // line when it streamed one, else the error's.
                         let message = payload["message"].as_str().unwrap_or_default();
-                        if message.is_empty() || !stderr_seen.contains(message) {
+                        let relayed = !rendered.replaces_daemon_lines() || output::json_mode();
+                        if message.is_empty() || !relayed || !stderr_seen.contains(message) {
                             eprintln!(
                                 "{} {}: {}",
                                 output::paint("error:", "1;31"),
@@ -672,8 +955,12 @@ async fn run_command(
                                 output::strip_controls(message)
                             );
                         }
+                    } else if payload.is_null() {
+                        // exec and logs: their output was the answer.
+                    } else if output::json_mode() {
+                        output::print_json_doc(&payload);
                     } else if !payload.is_null() {
-                        print_json(&payload);
+                        render_result(rendered, &payload);
                     }
                     exit_code = Some(c);
                 }
@@ -725,13 +1012,15 @@ async fn register(
     remote_spec: Option<String>,
     notify: cli::NotifyArgs,
 ) -> i32 {
+    // A value the client can tell is wrong is a usage error (exit 2, like clap's), said before
+    // the daemon is asked.
     let every_secs = match every.as_deref().map(cli::parse_every).transpose() {
         Ok(v) => v,
-        Err(e) => return local_error(ErrorCode::InvalidArgs, e),
+        Err(e) => return usage_error(e),
     };
     let cron = match cron.as_deref().map(cli::normalise_cron).transpose() {
         Ok(v) => v,
-        Err(e) => return local_error(ErrorCode::InvalidArgs, e),
+        Err(e) => return usage_error(e),
     };
     let req = RegisterRequest {
         cloud_yaml: cloud_yaml.to_string(),
@@ -746,20 +1035,53 @@ async fn register(
     let body = serde_json::to_value(&req).unwrap_or(Value::Null);
     match client.json(Method::POST, routes::CLOUDS, Some(&body)).await {
         Ok(v) => {
-            print_json(&v);
+            if output::json_mode() {
+                output::print_json_doc(&v);
+                return 0;
+            }
             match serde_json::from_value::<RegisterResponse>(v) {
                 Ok(r) => {
+                    // The warnings are part of the answer: printed once, with it.
+                    let width = columns::terminal_width();
                     for w in &r.warnings {
-                        eprintln!("warning: {w}");
+                        let lines = columns::wrap(&format!("warning: {w}"), Some(width), "", "  ");
+                        for (i, l) in lines.iter().enumerate() {
+                            match l.strip_prefix("warning:").filter(|_| i == 0) {
+                                Some(rest) => println!("{}{rest}", output::paint("warning:", "33")),
+                                None => println!("{l}"),
+                            }
+                        }
                     }
-                    eprintln!(
-                        "registered {cloud_yaml} (key {}, schedule {})",
-                        r.key, r.cron
+                    let now = chrono::Utc::now();
+                    // The next runs as `systemd-analyze calendar` shows them: local time and
+                    // how far away.
+                    let runs: Vec<String> = r
+                        .next_runs
+                        .iter()
+                        .filter_map(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                        .map(|t| {
+                            format!(
+                                "{} ({})",
+                                t.with_timezone(&chrono::Local)
+                                    .format("%a %Y-%m-%d %H:%M:%S %Z"),
+                                render::relative(&t.to_rfc3339(), now)
+                            )
+                        })
+                        .collect();
+                    let mut text = format!(
+                        "registered {cloud_yaml}\n  key        {}\n  schedule   {} (UTC)",
+                        r.key,
+                        render::schedule_text(&r.schedule)
                     );
+                    for (i, run) in runs.iter().enumerate() {
+                        let label = if i == 0 { "next ticks" } else { "" };
+                        text.push_str(&format!("\n  {label:<10} {run}"));
+                    }
+                    output::say(&text);
                 }
-                Err(e) => eprintln!(
+                Err(e) => output::say(&format!(
                     "registered {cloud_yaml} (the daemon's answer does not read as a registration: {e})"
-                ),
+                )),
             }
             0
         }
@@ -767,18 +1089,63 @@ async fn register(
     }
 }
 
-async fn registrations(client: &DaemonClient, json: bool) -> i32 {
+fn table_view(wide: bool, limit: Option<usize>) -> render::TableView {
+    render::TableView {
+        width: (!wide).then(columns::terminal_width),
+        color: output::get().color,
+        limit,
+    }
+}
+
+async fn registrations(client: &DaemonClient, view: render::TableView) -> i32 {
     match client.json(Method::GET, routes::CLOUDS, None).await {
-        Ok(v) => {
-            if json {
-                output::print_json_doc(&v);
-            } else {
-                render::registrations_table(&v);
-            }
+        Ok(v) if output::json_mode() => {
+            output::print_json_doc(&v);
             0
         }
+        Ok(v) => match client::parse_answer::<Vec<megaplan_cloud_api::wire::RegistrationListed>>(
+            routes::CLOUDS,
+            v,
+        ) {
+            Ok(rows) => {
+                render::registrations_table(&rows, view);
+                0
+            }
+            Err(e) => fail(e),
+        },
         Err(e) => fail(e),
     }
+}
+
+/// Who pauses: `$USER` or `$LOGNAME`, else the password database's name of this uid (a
+/// service or `sudo -i` shell may set neither), else `uid<n>`; never "unknown".
+fn user_name() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.is_empty()
+        {
+            return name;
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    // SAFETY: `passwd` is plain data (integers and pointers); all-zero is a valid value that
+    // getpwuid_r overwrites.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into `entry` and `buf` (whose length it is given) and
+    // points `found` at `entry` or leaves it null; both outlive the call and the read below.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !entry.pw_name.is_null() {
+        // SAFETY: pw_name points at a NUL-terminated string inside `buf`, alive here.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+        let name = name.to_string_lossy().into_owned();
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    format!("uid{uid}")
 }
 
 fn hostname() -> String {
@@ -798,7 +1165,7 @@ async fn watch(client: &DaemonClient, q: &str, json: bool) -> i32 {
         .stream_get(q, |line| match serde_json::from_str::<Frame>(line) {
             Ok(Frame::Tick { tick }) => {
                 if json {
-                    println!("{}", serde_json::to_string(&tick).unwrap_or_default());
+                    output::print_json_line(&serde_json::to_value(&tick).unwrap_or_default());
                 } else {
                     println!("{}", render::tick_record_line(&tick));
                 }

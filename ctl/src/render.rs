@@ -1,6 +1,6 @@
 //! Human renderings (tables and one-liners). JSON output never goes through here.
 
-use megaplan_cloud_api::wire::{Health, TickRecord};
+use megaplan_cloud_api::wire::{Health, Registration, RegistrationListed, TickRecord};
 use serde_json::Value;
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -116,16 +116,15 @@ pub fn schedule_text(stored: &str) -> String {
 
 /// When the next tick is due: the daemon's own figure when it reports one, else one interval
 /// after the last tick for `every` schedules; "-" when it cannot be known here.
-fn next_tick(r: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
-    for k in ["next_due_at", "next_tick_at"] {
-        if let Some(at) = r.get(k).and_then(Value::as_str) {
-            return relative(at, now);
-        }
+fn next_tick(r: &Registration, now: chrono::DateTime<chrono::Utc>) -> String {
+    if let Some(at) = &r.next_due_at {
+        return relative(at, now);
     }
-    let every = s(r, "schedule")
+    let every = r
+        .schedule
         .strip_prefix("every:")
         .and_then(|n| n.parse::<i64>().ok());
-    match (every, r.get("last_tick_at").and_then(Value::as_str)) {
+    match (every, r.last_tick_at.as_deref()) {
         (Some(n), Some(last)) => match chrono::DateTime::parse_from_rfc3339(last) {
             Ok(t) => relative(&(t + chrono::Duration::seconds(n)).to_rfc3339(), now),
             Err(_) => "-".into(),
@@ -135,127 +134,155 @@ fn next_tick(r: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
     }
 }
 
-fn table(header: &[&str]) -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_style(comfy_table::presets::NOTHING)
-        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-        .set_header(header.iter().map(|h| {
-            let cell = comfy_table::Cell::new(h);
-            if crate::output::get().color {
-                cell.add_attribute(comfy_table::Attribute::Bold)
-            } else {
-                cell
-            }
-        }));
-    t
+/// How a table is laid out: the terminal's width (`None`: `--wide`), colour, and how many rows
+/// at most (`-n`; `None` for all).
+#[derive(Debug, Clone, Copy)]
+pub struct TableView {
+    pub width: Option<usize>,
+    pub color: bool,
+    pub limit: Option<usize>,
 }
 
-fn right(t: &mut comfy_table::Table, columns: &[usize]) {
-    for &i in columns {
-        if let Some(c) = t.column_mut(i) {
-            c.set_cell_alignment(comfy_table::CellAlignment::Right);
-        }
-    }
-}
-
-pub fn registrations_table(v: &Value) {
-    let rows = v.as_array().cloned().unwrap_or_default();
+pub fn registrations_table(rows: &[RegistrationListed], view: TableView) {
     if rows.is_empty() {
         eprintln!("no registrations; add one with `megaplan-cloudctl register --cloud-yaml PATH`");
         return;
     }
-    println!("{}", registrations_text(&rows, chrono::Utc::now()));
+    print!("{}", registrations_text(rows, chrono::Utc::now(), view));
 }
 
-/// The registrations table as text (pure: `now` is passed in, so it can be tested).
-pub fn registrations_text(rows: &[Value], now: chrono::DateTime<chrono::Utc>) -> String {
-    let mut t = table(&[
-        "KEY",
-        "SCHEDULE",
-        "LAST TICK",
-        "LAST EVENT",
-        "LAST OK",
-        "NEXT",
-        "TICKS",
-        "SKIPPED",
-        "WATCH",
-        "CLOUD.YAML",
-    ]);
+/// The registrations table as text (pure: `now` is passed in, so it can be tested). The key
+/// and the counts are never cut; schedule, status and the path are shortened to fit.
+pub fn registrations_text(
+    rows: &[RegistrationListed],
+    now: chrono::DateTime<chrono::Utc>,
+    view: TableView,
+) -> String {
+    use crate::columns::{Cell, Column, Fit};
+    let wide = view.width.is_none();
+    let mut columns = vec![
+        Column {
+            header: "KEY",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "SCHEDULE",
+            fit: Fit::Cut { min: 8 },
+        },
+        Column {
+            header: "LAST TICK",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "STATUS",
+            fit: Fit::Cut { min: 7 },
+        },
+        Column {
+            header: "NEXT",
+            fit: Fit::Keep,
+        },
+    ];
+    if wide {
+        columns.push(Column {
+            header: "TICKS",
+            fit: Fit::Keep,
+        });
+        columns.push(Column {
+            header: "SKIPPED",
+            fit: Fit::Keep,
+        });
+        columns.push(Column {
+            header: "LAST EVENT",
+            fit: Fit::Keep,
+        });
+    }
+    columns.push(Column {
+        header: "CLOUD.YAML",
+        fit: Fit::CutStart { min: 10 },
+    });
+    let total = rows.len();
+    let shown = &rows[..view.limit.unwrap_or(total).min(total)];
     let mut notes = Vec::new();
-    for r in rows {
-        let mut watch = Vec::new();
-        if r["paused"].is_object() {
-            watch.push("paused");
-        }
-        if r["stalled"].as_bool() == Some(true) {
-            watch.push("stalled");
-        }
-        if let Some(b) = r["backoff"].as_object() {
-            watch.push("backoff");
-            let field = |k: &str| {
-                b.get(k)
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                    .unwrap_or_else(|| "?".into())
-            };
-            notes.push(format!(
-                "{} backing off until {} after {} tick(s) in a row hit their deadline ({} skipped): {}",
-                s(r, "key"),
-                field("until"),
-                field("strikes"),
-                field("skipped"),
-                field("reason")
-            ));
-        }
-        let watch = if watch.is_empty() {
-            "-".to_string()
-        } else {
-            watch.join(",")
-        };
-        if let Some(p) = r["paused"].as_object() {
-            let reason = p
-                .get("reason")
-                .and_then(Value::as_str)
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            notes.push(format!(
-                "{} paused by {} since {}{reason}",
-                s(r, "key"),
-                p.get("paused_by").and_then(Value::as_str).unwrap_or("?"),
-                p.get("since").and_then(Value::as_str).unwrap_or("?")
-            ));
-        }
-        let last_ok = match r.get("last_success").and_then(Value::as_bool) {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "-",
-        };
-        t.add_row(vec![
-            s(r, "key").to_string(),
-            schedule_text(s(r, "schedule")),
-            r.get("last_tick_at")
-                .and_then(Value::as_str)
-                .map_or("never".into(), |at| relative(at, now)),
-            s(r, "last_event").to_string(),
-            last_ok.to_string(),
-            next_tick(r, now),
-            r.get("ticks_run")
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-                .to_string(),
-            r.get("ticks_skipped")
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-                .to_string(),
-            watch,
-            s(r, "cloud_yaml").to_string(),
-        ]);
-    }
-    right(&mut t, &[6, 7]);
-    let mut text = t.to_string();
+    let cells: Vec<Vec<Cell>> = shown
+        .iter()
+        .map(|row| {
+            let r = &row.registration;
+            // What the watcher knows first (paused, stalled, backing off, failing), else the
+            // status the last successful tick saw.
+            let mut status = Vec::new();
+            if row.paused.is_some() {
+                status.push("paused".to_string());
+            }
+            if row.stalled {
+                status.push("stalled".to_string());
+            }
+            if r.backoff.is_some() {
+                status.push("backoff".to_string());
+            }
+            if row.consecutive_failures > 0 {
+                status.push(format!("{} failed", row.consecutive_failures));
+            }
+            if status.is_empty() {
+                status.push(match row.watched_status.as_deref() {
+                    Some("awaiting_pr_merge") => "awaiting PR".to_string(),
+                    Some("human_prerequisite") => "prerequisite".to_string(),
+                    Some("stale_bookkeeping") => "stale".to_string(),
+                    Some(other) => other.replace('_', " "),
+                    None => "-".to_string(),
+                });
+            }
+            if let Some(b) = &r.backoff {
+                notes.push(format!(
+                    "{} backing off until {} after {} tick(s) in a row hit their deadline ({} skipped): {}",
+                    r.key, b.until, b.strikes, b.skipped, b.reason
+                ));
+            }
+            if let Some(p) = &row.paused {
+                let reason = p
+                    .reason
+                    .as_deref()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default();
+                notes.push(format!(
+                    "{} paused by {} since {}{reason}",
+                    r.key, p.paused_by, p.since
+                ));
+            }
+            let mut c = vec![
+                Cell::plain(r.key.clone()),
+                Cell::plain(schedule_text(&r.schedule)),
+                Cell::plain(
+                    r.last_tick_at
+                        .as_deref()
+                        .map_or("never".into(), |at| relative(at, now)),
+                ),
+                Cell::plain(status.join(",")),
+                Cell::plain(next_tick(r, now)),
+            ];
+            if wide {
+                c.push(Cell::plain(r.ticks_run.to_string()));
+                c.push(Cell::plain(r.ticks_skipped.to_string()));
+                c.push(Cell::plain(
+                    r.last_event.clone().unwrap_or_else(|| "-".into()),
+                ));
+            }
+            c.push(Cell::plain(r.cloud_yaml.clone()));
+            c
+        })
+        .collect();
+    let mut out = if cells.is_empty() {
+        Vec::new()
+    } else {
+        crate::columns::render(&columns, &cells, view.width, view.color)
+    };
     for n in notes {
-        text.push('\n');
-        text.push_str(&n);
+        out.extend(crate::columns::wrap(&n, view.width, "", "  "));
     }
+    if let Some(f) = crate::columns::footer(shown.len(), total) {
+        out.push(f);
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
     text
 }
 
@@ -266,47 +293,87 @@ pub fn lines(v: &Value) {
     }
 }
 
-pub fn ticks_table(v: &Value) {
-    let rows = v.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
+pub fn ticks_table(rows: &[TickRecord], more: bool, view: TableView) {
+    if rows.is_empty() && !more {
         eprintln!("no tick reports stored");
         return;
     }
-    println!("{}", ticks_text(&rows, chrono::Utc::now()));
+    print!("{}", ticks_text(rows, more, chrono::Utc::now(), view));
 }
 
-/// The tick history as a table (pure, like [`registrations_text`]).
-pub fn ticks_text(rows: &[Value], now: chrono::DateTime<chrono::Utc>) -> String {
-    let mut t = table(&[
-        "WHEN",
-        "KEY",
-        "TRIGGER",
-        "EVENT",
-        "ACTED",
-        "NEXT ACTION",
-        "TOOK",
-        "REASON",
-    ]);
-    for r in rows {
-        let Ok(rec) = serde_json::from_value::<TickRecord>(r.clone()) else {
-            continue;
-        };
-        t.add_row(vec![
-            relative(&rec.finished_at, now),
-            rec.key.clone(),
-            rec.trigger.clone(),
-            rec.event.to_string(),
-            if rec.acted { "yes" } else { "no" }.to_string(),
-            rec.next_action.to_string(),
-            format!("{:.1}s", rec.duration_ms as f64 / 1000.0),
-            rec.refused_reason
-                .as_deref()
-                .map(crate::output::strip_controls)
-                .unwrap_or_default(),
-        ]);
+/// The tick history as a table (pure, like [`registrations_text`]). `more`: the daemon holds
+/// older reports than these.
+pub fn ticks_text(
+    rows: &[TickRecord],
+    more: bool,
+    now: chrono::DateTime<chrono::Utc>,
+    view: TableView,
+) -> String {
+    use crate::columns::{Cell, Column, Fit};
+    let columns = [
+        Column {
+            header: "WHEN",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "KEY",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "TRIGGER",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "EVENT",
+            fit: Fit::Cut { min: 7 },
+        },
+        Column {
+            header: "TOOK",
+            fit: Fit::Keep,
+        },
+        Column {
+            header: "REASON",
+            fit: Fit::Cut { min: 6 },
+        },
+    ];
+    let cells: Vec<Vec<Cell>> = rows
+        .iter()
+        .map(|rec| {
+            let event = rec.event.as_str();
+            vec![
+                Cell::plain(relative(&rec.finished_at, now)),
+                Cell::plain(rec.key.clone()),
+                Cell::plain(rec.trigger.clone()),
+                Cell::plain(
+                    event
+                        .strip_prefix("supervisor_")
+                        .unwrap_or(event)
+                        .to_string(),
+                ),
+                Cell::plain(format!("{:.1}s", rec.duration_ms as f64 / 1000.0)),
+                Cell::plain(
+                    rec.refused_reason
+                        .as_deref()
+                        .map(|r| crate::output::strip_controls(r).replace('\n', " "))
+                        .unwrap_or_else(|| "-".into()),
+                ),
+            ]
+        })
+        .collect();
+    let mut out = if cells.is_empty() {
+        Vec::new()
+    } else {
+        crate::columns::render(&columns, &cells, view.width, view.color)
+    };
+    if more {
+        out.push(format!(
+            "showing the newest {}; -n N shows more",
+            rows.len()
+        ));
     }
-    right(&mut t, &[6]);
-    t.to_string()
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
 }
 
 pub fn tick_record_line(t: &TickRecord) -> String {
@@ -320,13 +387,13 @@ pub fn tick_record_line(t: &TickRecord) -> String {
     line
 }
 
-/// `doctor`, for people (stderr; the JSON went to stdout).
+/// `doctor`, for a person on a terminal (scripts get the JSON document instead).
 pub fn doctor(v: &Value) {
     let markers = v["markers"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    eprintln!(
+    println!(
         "state root {}: {} last-chain marker(s)",
         s(v, "cloud_home"),
         markers.len()
@@ -336,14 +403,14 @@ pub fn doctor(v: &Value) {
             .as_str()
             .unwrap_or("no cloud.yaml found for this key");
         if m["importable"] == true {
-            eprintln!(
+            println!(
                 "  [importable] {}  {}  spec={}",
                 s(m, "key"),
                 cy,
                 s(m, "remote_spec")
             );
         } else {
-            eprintln!(
+            println!(
                 "  [not importable] {}  {}: {}",
                 s(m, "key"),
                 s(m, "file"),
@@ -351,34 +418,32 @@ pub fn doctor(v: &Value) {
             );
         }
         for u in m["unmapped"].as_array().into_iter().flatten() {
-            eprintln!("      not mapped: {}", u.as_str().unwrap_or_default());
+            println!("      not mapped: {}", u.as_str().unwrap_or_default());
         }
     }
     let yamls = v["cloud_yamls"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    eprintln!("{} cloud.yaml file(s) found", yamls.len());
+    println!("{} cloud.yaml file(s) found", yamls.len());
     for y in yamls {
         let marker = if y["has_marker"] == true {
             "marker"
         } else {
             "no marker"
         };
-        eprintln!("  {} ({marker})", s(y, "path"));
+        println!("  {} ({marker})", s(y, "path"));
         match y["warnings"].as_array() {
             Some(ws) => {
                 for w in ws {
-                    eprintln!("      warning: {}", w.as_str().unwrap_or_default());
+                    println!("      warning: {}", w.as_str().unwrap_or_default());
                 }
             }
-            None => eprintln!("      keys not checked: start megaplan-cloudd and run doctor again"),
+            None => println!("      keys not checked: start megaplan-cloudd and run doctor again"),
         }
     }
     if v["searched"]["truncated"] == true {
-        eprintln!(
-            "the home walk stopped at its budget; pass --cloud-yaml PATH for files it missed"
-        );
+        println!("the home walk stopped at its budget; pass --cloud-yaml PATH for files it missed");
     }
 }
 
@@ -450,6 +515,24 @@ mod tests {
             .with_timezone(&chrono::Utc)
     }
 
+    fn listed(rows: Vec<serde_json::Value>) -> Vec<RegistrationListed> {
+        rows.into_iter()
+            .map(|mut r| {
+                if let Some(o) = r.as_object_mut() {
+                    o.entry("created_at")
+                        .or_insert(json!("2026-12-01T00:00:00Z"));
+                }
+                serde_json::from_value(r).unwrap()
+            })
+            .collect()
+    }
+
+    const WIDE: TableView = TableView {
+        width: None,
+        color: false,
+        limit: None,
+    };
+
     #[test]
     fn byte_counts_read_in_binary_units() {
         assert_eq!(bytes_text(512), "512 B");
@@ -466,7 +549,7 @@ mod tests {
             "paused": {"paused_by": "op@host", "since": "2026-12-01T11:00:00Z",
                        "reason": "manual repair"}}),
         ];
-        let text = registrations_text(&rows, now());
+        let text = registrations_text(&listed(rows), now(), WIDE);
         assert!(text.contains("paused,stalled"), "{text}");
         assert!(
             text.contains("paused by op@host since 2026-12-01T11:00:00Z: manual repair"),
@@ -485,7 +568,7 @@ mod tests {
             json!({"key": "fedcba9876543210", "cloud_yaml": "/p/b/cloud.yaml",
                    "schedule": "every:10", "ticks_run": 9, "ticks_skipped": 0}),
         ];
-        let text = registrations_text(&rows, now());
+        let text = registrations_text(&listed(rows), now(), WIDE);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].contains("backoff"), "{text}");
         assert!(!lines[2].contains("backoff"), "{text}");
@@ -535,10 +618,10 @@ mod tests {
                    "schedule": "cron:0 */5 * * * *", "last_event": null,
                    "ticks_run": 1234, "ticks_skipped": 7}),
         ];
-        let text = registrations_text(&rows, now());
+        let text = registrations_text(&listed(rows.clone()), now(), WIDE);
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines[0].contains("NEXT") && lines[0].contains("LAST OK"),
+            lines[0].contains("NEXT") && lines[0].contains("STATUS"),
             "{text}"
         );
         assert!(
@@ -546,8 +629,77 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].contains("never"), "{text}");
-        // Right-aligned counts: the numbers end in the same column.
-        let end = |l: &str, n: &str| l.find(n).map(|i| i + n.len());
-        assert_eq!(end(lines[1], " 11 "), end(lines[2], " 1234 "), "{text}");
+        // At 80 columns nothing wraps and the key stays whole; -n cuts with a footer.
+        let mut many = rows;
+        for i in 0..5 {
+            many.push(json!({"key": format!("00000000000000a{i}"),
+                "cloud_yaml": format!("/home/someone/a/very/long/path/to/project-{i}/cloud.yaml"),
+                "schedule": "cron:0 */5 * * * *", "ticks_run": 3, "ticks_skipped": 0}));
+        }
+        let narrow = TableView {
+            width: Some(80),
+            color: false,
+            limit: Some(4),
+        };
+        let text = registrations_text(&listed(many), now(), narrow);
+        for l in text.lines() {
+            assert!(crate::columns::chars(l) <= 80, "{l}");
+        }
+        assert!(text.contains("00000000000000a1"), "{text}");
+        assert!(text.contains('…'), "{text}");
+        assert!(text.ends_with("showing 4 of 7\n"), "{text}");
+        let none = TableView {
+            limit: Some(0),
+            ..narrow
+        };
+        assert_eq!(registrations_text(&listed(vec![]), now(), none), "\n");
+    }
+
+    #[test]
+    fn the_tick_table_fits_80_columns_and_says_when_cut() {
+        let rec = |id: i64, reason: Option<&str>| -> TickRecord {
+            serde_json::from_value(json!({
+                "id": id, "key": "0123456789abcdef", "cloud_yaml": "/p/cloud.yaml",
+                "trigger": "schedule", "started_at": "2026-12-01T11:58:00Z",
+                "finished_at": "2026-12-01T11:58:01Z", "duration_ms": 812, "success": true,
+                "event": "supervisor_blocked", "next_action": "blocked", "acted": false,
+                "refused_reason": reason,
+                "report": {"acted": false, "effective_status": "running", "event": "supervisor_blocked",
+                           "next_action": "blocked", "success": true}
+            }))
+            .unwrap()
+        };
+        let long = "chain status read failed: missing_remote_spec: no remote chain spec for /tmp/cap/p1/cloud.yaml: pass --remote-spec";
+        let rows = vec![rec(2, Some(long)), rec(1, None)];
+        let view = TableView {
+            width: Some(80),
+            color: false,
+            limit: None,
+        };
+        let text = ticks_text(&rows, true, now(), view);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            4,
+            "one line per report, nothing wraps:\n{text}"
+        );
+        for l in &lines {
+            assert!(crate::columns::chars(l) <= 80, "{l}");
+        }
+        assert!(
+            lines[1].contains("0123456789abcdef") && lines[1].ends_with('…'),
+            "{text}"
+        );
+        assert!(lines[3].starts_with("showing the newest 2"), "{text}");
+        let wide = ticks_text(
+            &rows,
+            false,
+            now(),
+            TableView {
+                width: None,
+                ..view
+            },
+        );
+        assert!(wide.contains(long), "{wide}");
     }
 }

@@ -36,8 +36,76 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Missed occurrences counted one by one before the next one is found from "now".
 const MAX_MISSED_STEPS: u64 = 1000;
 
+/// How an entry finds its occurrences: a cron expression, or a fixed interval cron cannot say
+/// (`@every <secs> <offset>`, api::schedule) stepped from the Unix epoch plus the offset.
+enum Timing {
+    Cron(Box<Cron>),
+    Every { secs: i64, offset: i64 },
+}
+
+impl Timing {
+    /// The first occurrence strictly after `t`.
+    fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Timing::Cron(cron) => cron.find_next_occurrence(&t, false).ok(),
+            Timing::Every { secs, offset } => {
+                let n = (t.timestamp() - offset).div_euclid(*secs) + 1;
+                let at = n.checked_mul(*secs)?.checked_add(*offset)?;
+                DateTime::from_timestamp(at, 0)
+            }
+        }
+    }
+
+    /// The first occurrence at or after `t`.
+    fn at_or_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Timing::Cron(cron) => cron.find_next_occurrence(&t, true).ok(),
+            Timing::Every { secs, offset } => {
+                let on_one =
+                    t.timestamp_subsec_nanos() == 0 && (t.timestamp() - offset) % secs == 0;
+                if on_one { Some(t) } else { self.next_after(t) }
+            }
+        }
+    }
+}
+
+/// Parse what a registration is scheduled with: an `@every <secs> <offset>` interval or a
+/// 6-field cron expression.
+fn parse_timing(expr: &str) -> Result<Timing, ScheduleError> {
+    if let Some((secs, offset)) = megaplan_cloud_api::schedule::parse_every_expression(expr) {
+        let secs = i64::try_from(secs).map_err(|_| ScheduleError::Invalid {
+            expr: expr.to_string(),
+            reason: "the interval is too long".into(),
+        })?;
+        let offset = i64::try_from(offset).unwrap_or(0);
+        return Ok(Timing::Every { secs, offset });
+    }
+    parse_cron(expr).map(|c| Timing::Cron(Box::new(c)))
+}
+
+/// The next `n` occurrences of `expr` after `from` (the register echo shows 3).
+pub fn upcoming(
+    expr: &str,
+    from: DateTime<Utc>,
+    n: usize,
+) -> Result<Vec<DateTime<Utc>>, ScheduleError> {
+    let timing = parse_timing(expr)?;
+    let mut out = Vec::with_capacity(n);
+    let mut at = from;
+    while out.len() < n {
+        match timing.next_after(at) {
+            Some(next) => {
+                out.push(next);
+                at = next;
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
 struct Entry {
-    cron: Cron,
+    timing: Timing,
     expr: String,
     due: DateTime<Utc>,
     seq: u64,
@@ -102,21 +170,19 @@ pub fn parse_cron(expr: &str) -> Result<Cron, ScheduleError> {
 }
 
 /// `expr` parsed, with its first occurrence after `now`.
-fn first_due(expr: &str, now: DateTime<Utc>) -> Result<(Cron, DateTime<Utc>), ScheduleError> {
-    let cron = parse_cron(expr)?;
-    let due = next_after(&cron, now).ok_or_else(|| ScheduleError::NeverFires {
-        expr: expr.to_string(),
-    })?;
-    Ok((cron, due))
+fn first_due(expr: &str, now: DateTime<Utc>) -> Result<(Timing, DateTime<Utc>), ScheduleError> {
+    let timing = parse_timing(expr)?;
+    let due = timing
+        .next_after(now)
+        .ok_or_else(|| ScheduleError::NeverFires {
+            expr: expr.to_string(),
+        })?;
+    Ok((timing, due))
 }
 
 /// Check a cron expression without scheduling it: it must parse and have a next occurrence.
 pub fn validate_cron(expr: &str) -> Result<(), ScheduleError> {
     first_due(expr, Utc::now()).map(|_| ())
-}
-
-fn next_after(cron: &Cron, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    cron.find_next_occurrence(&t, false).ok()
 }
 
 impl Scheduler {
@@ -142,7 +208,7 @@ impl Scheduler {
 
     /// Add or replace the schedule of `key`; it first comes due at the next occurrence after now.
     pub fn schedule(&self, key: &str, expr: &str) -> Result<DateTime<Utc>, ScheduleError> {
-        let (cron, due) = first_due(expr, Utc::now())?;
+        let (timing, due) = first_due(expr, Utc::now())?;
         let mut q = self.queue();
         q.seq += 1;
         let seq = q.seq;
@@ -153,7 +219,7 @@ impl Scheduler {
         q.entries.insert(
             key.to_string(),
             Entry {
-                cron,
+                timing,
                 expr: expr.to_string(),
                 due,
                 seq,
@@ -177,9 +243,9 @@ impl Scheduler {
     /// of its back-off. `None` when `key` is not scheduled.
     pub fn interval(&self, key: &str, at: DateTime<Utc>) -> Option<Duration> {
         let q = self.queue();
-        let cron = &q.entries.get(key)?.cron;
-        let first = cron.find_next_occurrence(&at, true).ok()?;
-        let second = next_after(cron, first)?;
+        let timing = &q.entries.get(key)?.timing;
+        let first = timing.at_or_after(at)?;
+        let second = timing.next_after(first)?;
         (second - first).to_std().ok()
     }
 
@@ -273,16 +339,16 @@ fn take_due(shared: &Shared, now: DateTime<Utc>) -> (Vec<Due>, Option<DateTime<U
             continue;
         };
         debug_assert_eq!(entry.seq, seq);
-        let mut next = next_after(&entry.cron, due);
+        let mut next = entry.timing.next_after(due);
         let mut steps = 0;
         while let Some(n) = next.filter(|n| *n <= now) {
             // This occurrence passed too before the driver got here: fold it into the next.
             missed += 1;
             steps += 1;
             next = if steps < MAX_MISSED_STEPS {
-                next_after(&entry.cron, n)
+                entry.timing.next_after(n)
             } else {
-                next_after(&entry.cron, now)
+                entry.timing.next_after(now)
             };
         }
         fire.push((key.clone(), due));
@@ -722,11 +788,35 @@ mod tests {
         q.entries.insert(
             key.to_string(),
             Entry {
-                cron: parse_cron(expr).unwrap(),
+                timing: parse_timing(expr).unwrap(),
                 expr: expr.to_string(),
                 due,
                 seq,
             },
+        );
+    }
+
+    #[test]
+    fn an_interval_cron_cannot_say_steps_from_the_epoch_plus_its_offset() {
+        // 90 minutes, offset 7 s: 00:00:07 on the epoch grid, then every 5400 s.
+        let expr = "@every 5400 7";
+        let runs = upcoming(expr, t(10, 0, 0), 3).unwrap();
+        let gap = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_seconds();
+        assert_eq!(gap(runs[0], runs[1]), 5400);
+        assert_eq!(gap(runs[1], runs[2]), 5400);
+        assert_eq!((runs[0].timestamp() - 7) % 5400, 0);
+        assert!(runs[0] > t(10, 0, 0) && gap(t(10, 0, 0), runs[0]) <= 5400);
+        // Due items fire once and come back one interval later.
+        let sh = shared();
+        put(&sh, "k", expr, runs[0]);
+        let (fired, next) = take_due(&sh, runs[0]);
+        assert_eq!(fired, [("k".to_string(), runs[0])]);
+        assert_eq!(next, Some(runs[1]));
+        let timing = parse_timing(expr).unwrap();
+        assert_eq!(timing.at_or_after(runs[1]), Some(runs[1]));
+        assert_eq!(
+            upcoming("0 0 * * * *", t(10, 30, 0), 2).unwrap(),
+            [t(11, 0, 0), t(12, 0, 0)]
         );
     }
 

@@ -17,6 +17,11 @@ struct Pane {
 
 impl Pane {
     fn start(script: &str, env: &[(&str, &str)]) -> Pane {
+        Pane::start_sized(script, env, 200)
+    }
+
+    /// [`Pane::start`] with a pane `columns` wide (80: what a person's terminal often is).
+    fn start_sized(script: &str, env: &[(&str, &str)], columns: u16) -> Pane {
         let server = format!("mp-ctl-{}", unique_suffix());
         let conf = std::env::temp_dir().join(format!("{server}.conf"));
         std::fs::write(
@@ -27,7 +32,16 @@ impl Pane {
         let mut cmd = Command::new("tmux");
         cmd.args(["-L", &server, "-f"])
             .arg(&conf)
-            .args(["new-session", "-d", "-x", "200", "-y", "50", "-s", "t"])
+            .args([
+                "new-session",
+                "-d",
+                "-x",
+                &columns.to_string(),
+                "-y",
+                "50",
+                "-s",
+                "t",
+            ])
             .args(["sh", "-c", script])
             .env_remove("NO_COLOR")
             .env("TERM", "xterm-256color");
@@ -123,6 +137,24 @@ impl Drop for Pane {
 fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
     let pane = Pane::start(&format!("{script}; {}", signal_then_hold("done")), env);
     pane.wait_signal("done")
+}
+
+/// [`in_terminal`] in a pane 80 columns wide.
+fn in_80_columns(script: &str, env: &[(&str, &str)]) -> String {
+    let pane = Pane::start_sized(&format!("{script}; {}", signal_then_hold("done")), env, 80);
+    pane.wait_signal("done")
+}
+
+/// Every line of a pane captured with `-J` (wrapped lines joined) fits 80 columns: nothing
+/// wrapped.
+fn assert_fits_80(text: &str) {
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "a line wider than 80 columns ({}):\n{line}\n\n{text}",
+            line.chars().count()
+        );
+    }
 }
 
 fn sh_quote(s: &str) -> String {
@@ -260,6 +292,59 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
 }
 
 #[test]
+fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
+    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
+    let work = d.dir.join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cys = cy.to_str().unwrap();
+    let out = d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "register", "--every", "1h"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let key = registration_key(&d, &work, cys);
+    let ctl = bin("megaplan-cloudctl");
+    let path = format!(
+        "{}:{}",
+        ctl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let socket = d.socket.display().to_string();
+    // An interactive bash with nothing of the user's, the completion loaded as the docs say.
+    let pane = Pane::start_sized(
+        "PS1='$ ' exec bash --norc --noprofile -i",
+        &[
+            ("PATH", path.as_str()),
+            ("MEGAPLAN_CLOUDD_SOCKET", socket.as_str()),
+        ],
+        120,
+    );
+    pane.send_keys(&[
+        "source <(megaplan-cloudctl completions bash) && echo loaded",
+        "Enter",
+    ]);
+    pane.wait_for("the completion loaded", |l| l == "loaded");
+    // TAB TAB after `pause ` offers the registration's key (beside the flags), from the daemon.
+    pane.send_keys(&["megaplan-cloudctl pause ", "Tab", "Tab"]);
+    pane.wait_for("the key offered", |l| {
+        l.split_whitespace().any(|w| w == key)
+    });
+    // A few characters of it complete to the whole key.
+    pane.send_keys(&["C-u", "megaplan-cloudctl pause ", &key[..3], "Tab"]);
+    pane.wait_for("the key completed", |l| {
+        l.contains(&format!("megaplan-cloudctl pause {key}"))
+    });
+    // A flag of a subcommand, past the first word.
+    pane.send_keys(&["C-u", "megaplan-cloudctl register --ev", "Tab"]);
+    pane.wait_for("--every completed", |l| {
+        l.contains("megaplan-cloudctl register --every")
+    });
+}
+
+#[test]
 fn bash_completion_completes_a_subcommand_and_the_man_page_renders() {
     let ctl = bin("megaplan-cloudctl").display().to_string();
     let script = format!(
@@ -276,13 +361,37 @@ fn bash_completion_completes_a_subcommand_and_the_man_page_renders() {
         "bash completion of `regi`: {words:?} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // zsh and fish get the same dynamic completion: their code asks this binary.
     for shell in ["zsh", "fish"] {
         let out = Command::new(&ctl)
             .args(["completions", shell])
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("registrations"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("COMPLETE="),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // One page per subcommand, with the sections a person looks for.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&ctl)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "megaplan-cloudctl.1",
+        "megaplan-cloudctl-pause.1",
+        "megaplan-cloudctl-ls.1",
+    ] {
+        assert!(dir.path().join(page).is_file(), "no {page}");
+    }
+    let root = std::fs::read_to_string(dir.path().join("megaplan-cloudctl.1")).unwrap();
+    for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
+        assert!(root.contains(section), "no {section} in the man page");
     }
     let man = Command::new(&ctl).arg("man").output().unwrap();
     let roff = String::from_utf8_lossy(&man.stdout);
@@ -387,10 +496,8 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
             .any(|w| w.as_str().unwrap().contains("no remote chain spec"))
     };
     assert!(warned(&v), "{v}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("warning: no remote chain spec"),
-        "{out:?}"
-    );
+    // Through a pipe the warning is in the document, and stderr stays empty.
+    assert!(out.stderr.is_empty(), "{out:?}");
     // Naming the spec on the runner answers the question: no warning.
     let out = d.ctl(
         &work,
@@ -433,6 +540,162 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
                 .iter()
                 .all(|r| r["key"] == key.as_str()),
         "{hv}"
+    );
+    // A unique prefix of the key names the registration for every per-registration command,
+    // from anywhere; an unknown key is an error naming it, never an empty answer.
+    let prefix = &key[..6];
+    for args in [
+        vec!["pause", prefix, "--reason", "repair"],
+        vec!["explain", prefix],
+        vec!["notifications", prefix],
+        vec!["ticks", prefix],
+        vec!["unpause", prefix],
+    ] {
+        let out = d.ctl(root, &[], &args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(out.stderr.is_empty(), "{args:?} through a pipe: {out:?}");
+    }
+    // Without $USER and $LOGNAME (a service, `sudo -i`) the pause still names who paused.
+    let out = d
+        .ctl_command(root, &["pause", prefix])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    let p: megaplan_cloud_api::wire::PauseResponse = serde_json::from_slice(&out.stdout).unwrap();
+    let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    assert!(
+        p.paused.paused_by.starts_with(&format!("{}@", me.trim())),
+        "{}",
+        p.paused.paused_by
+    );
+    assert!(d.ctl(root, &[], &["unpause", prefix]).status.success());
+    let h = d.ctl(root, &[], &["ticks", prefix]);
+    let hv: Vec<megaplan_cloud_api::wire::TickRecord> = serde_json::from_slice(&h.stdout).unwrap();
+    assert!(!hv.is_empty() && hv.iter().all(|r| r.key == key), "{hv:?}");
+    for args in [
+        vec!["ticks", "zzz"],
+        vec!["pause", "zzz"],
+        vec!["unregister", "0000000000000000"],
+    ] {
+        let out = d.ctl(root, &[], &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err: megaplan_cloud_api::ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            err.message
+                .starts_with(&format!("no registration with key {}", args[1])),
+            "{args:?}: {}",
+            err.message
+        );
+    }
+    // Any interval of a minute or more registers (cron where it can say it, an interval where
+    // it cannot), and cron's nicknames too; the answer names the next three runs.
+    for args in [
+        ["--every", "90m"],
+        ["--every", "1h30m"],
+        ["--every", "45m"],
+        ["--every", "7m"],
+        ["--every", "5h"],
+        ["--cron", "@hourly"],
+        ["--cron", "@weekly"],
+    ] {
+        let out = d.ctl(
+            &work,
+            &[],
+            &["--cloud-yaml", cys, "register", args[0], args[1]],
+        );
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let r: megaplan_cloud_api::wire::RegisterResponse =
+            serde_json::from_slice(&out.stdout).unwrap();
+        let runs: Vec<chrono::DateTime<chrono::FixedOffset>> = r
+            .next_runs
+            .iter()
+            .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+            .collect();
+        assert_eq!(runs.len(), 3, "{args:?}: {r:?}");
+        let gap = (runs[2] - runs[1]).num_seconds();
+        let want = match args[1] {
+            "90m" | "1h30m" => 5400,
+            "45m" => 2700,
+            "7m" => 420,
+            "5h" => 18_000,
+            "@hourly" => 3600,
+            _ => 7 * 86_400,
+        };
+        assert_eq!(gap, want, "{args:?}: {r:?}");
+    }
+    // `logs --since banana` is refused here, as a structured usage error, before docker sees it.
+    let out = d.ctl(
+        &work,
+        &[],
+        &["--cloud-yaml", cys, "logs", "--since", "banana"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err: megaplan_cloud_api::ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        err.message.contains("--since \"banana\""),
+        "{}",
+        err.message
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: invalid_args"),
+        "{out:?}"
+    );
+    // A value the client can tell is wrong is a usage error: exit 2, like a bad flag.
+    for bad in [
+        ["--every", "5"],
+        ["--every", "banana"],
+        ["--cron", "@often"],
+    ] {
+        let out = d.ctl(
+            &work,
+            &[],
+            &["--cloud-yaml", cys, "register", bad[0], bad[1]],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        let err: megaplan_cloud_api::ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(err.message.contains(bad[0]), "{bad:?}: {}", err.message);
+    }
+    let echo = in_80_columns(
+        &format!(
+            "cd {} && {} --cloud-yaml {} register --every 90m",
+            sh_quote(&work.display().to_string()),
+            sh_quote(&bin("megaplan-cloudctl").display().to_string()),
+            sh_quote(cys)
+        ),
+        &[("MEGAPLAN_CLOUDD_SOCKET", d.socket.to_str().unwrap())],
+    );
+    assert_fits_80(&echo);
+    assert!(
+        echo.contains("every 90m") && echo.contains("next ticks"),
+        "{echo}"
+    );
+    assert_eq!(
+        echo.matches("no remote chain spec").count(),
+        1,
+        "warned once:\n{echo}"
+    );
+
+    // `--jq` filters the answer in-process (no jq binary); a filter that does not parse is a
+    // usage error before the daemon is asked.
+    let j = d.ctl(root, &[], &["ls", "--jq", ".registrations[] | .key"]);
+    assert!(j.status.success() && j.stderr.is_empty(), "{j:?}");
+    assert_eq!(String::from_utf8_lossy(&j.stdout).trim(), key);
+    let j = d.ctl(
+        root,
+        &[],
+        &["ticks", prefix, "--jq", "map(.trigger) | unique"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&j.stdout).trim(),
+        r#"["manual"]"#,
+        "{j:?}"
+    );
+    let bad = d.ctl(root, &[], &["ls", "--jq", ".["]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--jq"),
+        "{bad:?}"
     );
     let u = d.ctl(root, &[], &["unregister", &key]);
     assert!(u.status.success(), "{u:?}");
@@ -489,4 +752,218 @@ fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
     // Through a pipe: no spinner text on stderr.
     let piped = rig.ctl(&["status", "--chain"]);
     assert!(!piped.stderr.contains("waiting for"), "{}", piped.stderr);
+}
+
+#[test]
+fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_after_a_tick() {
+    use megaplan_cloud_api::fleet::{Fleet, FleetState};
+    use megaplan_cloud_api::wire::TickNowResponse;
+    let Some(rig) = SshRig::start("", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
+    rig.container
+        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.ctl(&["register", "--every", "1h"]).ok();
+    // The stand-in chain reaches PR #7 on its own; each tick stores what it saw.
+    let awaiting = wait_until(Duration::from_secs(60), || {
+        matches!(
+            serde_json::from_str::<TickNowResponse>(&rig.ctl(&["tick"]).stdout),
+            Ok(TickNowResponse::Ran(t)) if t.report.effective_status.as_str() == "awaiting_pr_merge"
+        )
+    });
+    assert!(awaiting, "the chain never reached awaiting_pr_merge");
+    // A second registration never ticked, and a third whose cloud.yaml is gone.
+    let text = std::fs::read_to_string(&rig.cloud_yaml).unwrap();
+    let mut others = Vec::new();
+    for name in ["other", "gone"] {
+        let dir = rig.daemon.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cy = dir.join("cloud.yaml");
+        std::fs::write(&cy, &text).unwrap();
+        let cys = cy.display().to_string();
+        rig.daemon.ctl(
+            &dir,
+            &[],
+            &["--cloud-yaml", &cys, "register", "--every", "1h"],
+        );
+        others.push(cy);
+    }
+    std::fs::remove_file(&others[1]).unwrap();
+
+    // Through a pipe our own commands answer with the document alone: stderr stays empty.
+    for args in [&["pause"][..], &["unpause"], &["tick"]] {
+        let r = rig.ctl(args);
+        assert!(r.stderr.is_empty(), "{args:?} through a pipe: {}", r.stderr);
+        assert!(
+            r.stdout.trim_start().starts_with('{'),
+            "{args:?}: {}",
+            r.stdout
+        );
+    }
+
+    // Through a pipe: the typed fleet as JSON on stdout, nothing on stderr.
+    let piped = rig.ctl(&["ls"]).ok();
+    assert!(
+        piped.stderr.is_empty(),
+        "stderr through a pipe: {}",
+        piped.stderr
+    );
+    let fleet: Fleet = serde_json::from_str(&piped.stdout).expect("ls through a pipe is a Fleet");
+    let states: Vec<(String, FleetState)> = fleet
+        .registrations
+        .iter()
+        .map(|r| (r.name.clone(), r.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("gone".to_string(), FleetState::NeedsPerson),
+            ("project".to_string(), FleetState::AwaitingPr),
+            ("other".to_string(), FleetState::Unknown),
+        ],
+        "{}",
+        piped.stdout
+    );
+    let project = &fleet.registrations[1];
+    assert_eq!(project.pr_number, Some(7));
+    let m = project
+        .milestone
+        .clone()
+        .expect("the tick saw the milestone");
+    assert_eq!((m.number, m.count, m.label.as_deref()), (1, 2, Some("m1")));
+    assert!(project.next_tick_at.is_some() && project.host.as_deref() == Some("127.0.0.1"));
+
+    // In an 80-column terminal: one screen, nothing wrapped, keys whole, the fix spelled out.
+    let ctl = bin("megaplan-cloudctl").display().to_string();
+    let socket = rig.daemon.socket.display().to_string();
+    let env = [("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())];
+    let section = |name: &str, args: &str| {
+        format!(
+            "echo '== {name}'; cd {dir} && {ctl} {args} 2>&1; echo \"== exit $?\"",
+            dir = sh_quote(&rig.project.display().to_string()),
+            ctl = sh_quote(&ctl),
+        )
+    };
+    let all = in_80_columns(
+        &[
+            section("status", "status --chain"),
+            section("tick", "tick"),
+            section("ls", "ls"),
+            section("registrations", "registrations"),
+            section("sessions", "status --sessions"),
+            section("ticks", "ticks --all -n 2"),
+        ]
+        .join("; "),
+        &env,
+    );
+    assert_fits_80(&all);
+    let part = |name: &str| -> String {
+        let start = all
+            .find(&format!("== {name}\n"))
+            .unwrap_or_else(|| panic!("no section {name}:\n{all}"));
+        let rest = &all[start + name.len() + 4..];
+        rest[..rest.find("== exit").unwrap_or(rest.len())].to_string()
+    };
+    // `status --chain`: one screen that says where the chain is, what happens next and the fix.
+    let status = part("status");
+    assert!(status.lines().count() <= 25, "{status}");
+    for want in [
+        "state     awaiting PR merge",
+        "milestone 1/2 m1",
+        "PR        #7",
+        "once PR #7 is merged",
+        "fix       merge PR #7",
+    ] {
+        assert!(status.contains(want), "no {want:?} in:\n{status}");
+    }
+    assert!(
+        !status.contains("Per-milestone") && !status.contains('{'),
+        "{status}"
+    );
+    // `tick`: a few lines, no timestamps to the nanosecond.
+    let tick = part("tick");
+    assert!(tick.lines().count() <= 10, "{tick}");
+    assert!(
+        tick.contains("manual tick") && tick.contains("refused to act"),
+        "{tick}"
+    );
+    assert!(
+        tick.contains("saw       awaiting PR merge, milestone 1/2 m1"),
+        "{tick}"
+    );
+    // The tables fit too: one line per row, the key whole, a cut list says so.
+    let regs = part("registrations");
+    assert!(
+        regs.contains(&project.key) && regs.contains("awaiting PR"),
+        "{regs}"
+    );
+    let sessions = part("sessions");
+    assert!(
+        sessions.contains("SESSION") && sessions.contains("megaplan-chain"),
+        "{sessions}"
+    );
+    assert!(!sessions.contains('{'), "{sessions}");
+    let ticks = part("ticks");
+    assert!(ticks.contains(&project.key), "{ticks}");
+    assert!(ticks.contains("showing the newest 2"), "{ticks}");
+    assert_eq!(
+        ticks.lines().filter(|l| !l.trim().is_empty()).count(),
+        4,
+        "{ticks}"
+    );
+    let pane = part("ls");
+    assert!(all.contains("== exit 0"), "{all}");
+    let lines: Vec<&str> = pane.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("NAME"))
+        .unwrap_or_else(|| panic!("no table:\n{pane}"));
+    assert!(
+        lines[header + 1].starts_with("gone") && lines[header + 1].contains("needs a person"),
+        "{pane}"
+    );
+    assert!(
+        lines[header + 2].contains(&project.key)
+            && lines[header + 2].contains("awaiting PR #7")
+            && lines[header + 2].contains("1/2 m1"),
+        "{pane}"
+    );
+    assert!(lines[header + 3].contains("unknown"), "{pane}");
+    assert!(pane.contains("needs you:"), "{pane}");
+    assert!(pane.contains("project: PR #7 waits to be merged"), "{pane}");
+    assert!(pane.contains("→ merge PR #7"), "{pane}");
+    assert!(
+        pane.contains("gone: the registered cloud.yaml cannot be read"),
+        "{pane}"
+    );
+    assert!(!pane.contains('{'), "JSON on a terminal:\n{pane}");
+
+    // `--watch` redraws when the daemon stores a tick: merge the PR, tick, and the row says the
+    // supervisor started the next milestone.
+    let watch = Pane::start_sized(
+        &format!(
+            "cd {dir} && {ctl} fleet --watch",
+            dir = sh_quote(&rig.project.display().to_string()),
+            ctl = sh_quote(&ctl),
+        ),
+        &env,
+        80,
+    );
+    watch.wait_for("the first draw", |l| l.contains("awaiting PR #7"));
+    rig.container
+        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    let advanced = rig.ctl(&["tick"]).ok();
+    assert!(
+        advanced.stdout.contains("supervisor_advanced"),
+        "{}",
+        advanced.stdout
+    );
+    let redrawn = watch.wait_for("the redraw after the tick", |l| {
+        l.contains(&project.key) && l.contains("running") && l.contains("2/2 m2")
+    });
+    assert_fits_80(&redrawn);
 }

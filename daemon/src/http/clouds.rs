@@ -14,7 +14,6 @@ use megaplan_cloud_api::wire::{
     RegisterRequest, RegisterResponse, Registration, TickNowResponse, TickSkipped,
     UnregisterResponse,
 };
-use serde_json::Value;
 use std::sync::Arc;
 
 /// Longest `--remote-spec` path (PATH_MAX).
@@ -105,7 +104,14 @@ pub async fn register(
         }
     }
     let notify = sinks.iter().map(|s| s.label()).collect();
-    Ok(Json(RegisterResponse::new(reg, cron, notify, warnings)))
+    let next_runs = scheduler::upcoming(&cron, chrono::Utc::now(), 3)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .collect();
+    let mut answer = RegisterResponse::new(reg, cron, notify, warnings);
+    answer.next_runs = next_runs;
+    Ok(Json(answer))
 }
 
 pub async fn unregister(
@@ -160,7 +166,7 @@ async fn end_unused_observers(state: &Arc<AppState>, key: &str) {
 }
 
 /// Fill a registration's `cron` and `next_due_at` from the scheduler's queue, and its back-off.
-fn with_schedule(state: &AppState, reg: &mut Registration) {
+pub(super) fn with_schedule(state: &AppState, reg: &mut Registration) {
     reg.backoff = state.scheduler.backoff.get(&reg.key).map(|b| b.to_wire());
     if let Some((cron, due)) = state.scheduler.entry(&reg.key) {
         reg.cron = Some(cron);
@@ -168,7 +174,9 @@ fn with_schedule(state: &AppState, reg: &mut Registration) {
     }
 }
 
-pub async fn list_clouds(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+pub async fn list_clouds(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<megaplan_cloud_api::wire::RegistrationListed>>, ApiError> {
     let mut regs: Vec<Registration> = state.store.list_registrations().await?;
     for r in &mut regs {
         with_schedule(&state, r);

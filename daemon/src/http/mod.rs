@@ -5,6 +5,7 @@
 pub mod clouds;
 pub mod error;
 pub mod extract;
+pub mod fleet;
 pub mod guard;
 pub mod health;
 pub mod lookup;
@@ -46,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(routes::CLOUD_EXPLAIN, get(ticks::explain))
         .route(routes::NOTIFICATIONS, get(ticks::list_notifications))
+        .route(routes::FLEET, get(fleet::fleet))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A panicking handler answers 500; every refusal is logged, rate-limited per kind.

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod deliver;
 pub mod explain;
+pub mod fleet;
 pub mod notifier;
 pub mod sinks;
 pub mod stall;
@@ -497,19 +498,17 @@ pub fn annotate_registrations(
     regs: Vec<megaplan_cloud_api::wire::Registration>,
     watch: &std::collections::HashMap<String, transitions::WatchState>,
     pauses: &std::collections::HashMap<String, store::Pause>,
-) -> Vec<Value> {
+) -> Vec<megaplan_cloud_api::wire::RegistrationListed> {
     regs.into_iter()
         .map(|r| {
-            let key = r.key.clone();
-            let mut v = serde_json::to_value(&r).unwrap_or_default();
-            let w = watch.get(&key).cloned().unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("paused".into(), json!(pauses.get(&key)));
-                o.insert("stalled".into(), w.stalled.into());
-                o.insert("watched_status".into(), json!(w.status));
-                o.insert("consecutive_failures".into(), w.consecutive_failures.into());
+            let w = watch.get(&r.key).cloned().unwrap_or_default();
+            megaplan_cloud_api::wire::RegistrationListed {
+                paused: pauses.get(&r.key).cloned(),
+                stalled: w.stalled,
+                watched_status: w.status,
+                consecutive_failures: w.consecutive_failures,
+                registration: r,
             }
-            v
         })
         .collect()
 }

@@ -566,6 +566,16 @@ pub async fn all_watch(
     Ok((states, pauses))
 }
 
+/// The newest stored tick of every registration that has one (the fleet view), one query over
+/// the `(key, id)` index.
+pub async fn last_tick_per_key(
+    store: &Store,
+) -> Result<std::collections::HashMap<String, TickRecord>, StoreError> {
+    let q = sqlx::query("SELECT * FROM ticks WHERE id IN (SELECT MAX(id) FROM ticks GROUP BY key)");
+    let ticks = fetch_ticks(store, "reading the last tick of each registration", q).await?;
+    Ok(ticks.into_iter().map(|t| (t.key.clone(), t)).collect())
+}
+
 /// The newest `limit` ticks matching `f`, newest first.
 pub async fn list_ticks(
     store: &Store,

@@ -16,8 +16,8 @@ use crate::state::AppState;
 use chrono::Utc;
 use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::report::{
-    self, LogsInfo, PrInfo, ProviderConsistency, ReportedStatus, RunnerInfo, TickReport,
-    from_observed, to_sorted_value,
+    self, ChainPosition, LogsInfo, NextAction, PrInfo, ProviderConsistency, ReportedStatus,
+    RunnerInfo, TickReport, from_observed, to_sorted_value,
 };
 use serde_json::{Value, json};
 use std::path::Path;
@@ -417,6 +417,20 @@ struct Observed {
     pr: PrInfo,
     logs: LogsInfo,
     sync_refresh: Option<Value>,
+    /// The chain state's `current_milestone_index` as observed, and the spec's labels.
+    milestone_index: i64,
+    labels: Vec<String>,
+}
+
+impl Observed {
+    /// Where the chain stands after the tick: the observed milestone, or the next one when
+    /// this tick merged-and-advanced (what the runner is now working on).
+    fn position(&self, d: &decide::Decision) -> ChainPosition {
+        let labels: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+        let advanced = d.acted && d.next_action == NextAction::Advance;
+        let index = self.milestone_index.saturating_add(i64::from(advanced));
+        ChainPosition::of(index, &labels)
+    }
 }
 
 impl Observed {
@@ -441,6 +455,12 @@ impl Observed {
             pr: from_observed(&pick("pr")),
             logs: from_observed(&pick("logs")),
             sync_refresh: obs.sync_refresh.clone(),
+            milestone_index: obs.state_or_default().current_milestone_index,
+            labels: chain_spec
+                .milestones
+                .iter()
+                .map(|m| m.label.clone())
+                .collect(),
         }
     }
 }
@@ -467,6 +487,7 @@ fn report(
         pr: observed.map(|o| o.pr.clone()).unwrap_or_default(),
         logs: observed.map(|o| o.logs.clone()).unwrap_or_default(),
         sync_refresh: Some(observed.and_then(|o| o.sync_refresh.clone())),
+        milestone: observed.map(|o| o.position(d)),
         provider_consistency: Some(provider_consistency),
         ..TickReport::error("")
     }
