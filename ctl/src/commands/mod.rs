@@ -1,4 +1,5 @@
 //! One file per command family: the request it sends and the renderer of its typed answer,
 //! written for the question the person asked.
 
+pub mod dashboard;
 pub mod fleet;
