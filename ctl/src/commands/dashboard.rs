@@ -41,30 +41,34 @@ pub async fn run(client: &DaemonClient, port: u16, no_open: bool) -> Result<i32,
     let mut code = 3;
     let mut opened = no_open || !desktop();
     client
-        .stream(routes::DASHBOARD, &body, |line| match serde_json::from_str::<Frame>(line) {
-            Ok(Frame::Stdout { data }) => {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(data.as_bytes());
-                let _ = o.flush();
-                if !opened {
-                    opened = true;
-                    open_browser(data.trim());
+        .stream(
+            routes::DASHBOARD,
+            &body,
+            |line| match serde_json::from_str::<Frame>(line) {
+                Ok(Frame::Stdout { data }) => {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(data.as_bytes());
+                    let _ = o.flush();
+                    if !opened {
+                        opened = true;
+                        open_browser(data.trim());
+                    }
                 }
-            }
-            Ok(Frame::Stderr { data }) => {
-                if !data.is_empty() {
-                    eprint!("{data}");
+                Ok(Frame::Stderr { data }) => {
+                    if !data.is_empty() {
+                        eprint!("{data}");
+                    }
                 }
-            }
-            Ok(Frame::Result { payload, exit_code }) => {
-                code = exit_code;
-                if let Some(why) = payload.get("closed").and_then(|w| w.as_str()) {
-                    eprintln!("dashboard: {why}");
+                Ok(Frame::Result { payload, exit_code }) => {
+                    code = exit_code;
+                    if let Some(why) = payload.get("closed").and_then(|w| w.as_str()) {
+                        eprintln!("dashboard: {why}");
+                    }
                 }
-            }
-            Ok(_) => {}
-            Err(e) => eprintln!("dashboard: unreadable frame from the daemon ({e})"),
-        })
+                Ok(_) => {}
+                Err(e) => eprintln!("dashboard: unreadable frame from the daemon ({e})"),
+            },
+        )
         .await?;
     if code == 3 {
         eprintln!("dashboard: the daemon closed the dashboard (it stopped or restarted)");

@@ -148,7 +148,11 @@ pub async fn open(
     tracing::info!(address = %local, "dashboard listening");
     let (tx, rx) = mpsc::channel::<Frame>(8);
     tokio::spawn(async move {
-        let _ = tx.send(Frame::Stdout { data: format!("{url}\n") }).await;
+        let _ = tx
+            .send(Frame::Stdout {
+                data: format!("{url}\n"),
+            })
+            .await;
         let _ = tx
             .send(Frame::Stderr {
                 data: format!(
@@ -272,10 +276,7 @@ async fn guard(State(dash): State<Arc<Dash>>, req: Request, next: Next) -> Respo
         && from_query.as_deref().is_some_and(|t| dash.token_ok(t))
     {
         let path = req.uri().path().to_string();
-        let cookie = format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            dash.token
-        );
+        let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", dash.token);
         return Response::builder()
             .status(StatusCode::SEE_OTHER)
             .header(header::LOCATION, path)
@@ -292,7 +293,10 @@ async fn guard(State(dash): State<Arc<Dash>>, req: Request, next: Next) -> Respo
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

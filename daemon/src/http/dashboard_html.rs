@@ -196,7 +196,12 @@ fn timeline(ticks: &[TickRecord]) -> Markup {
     let step = (W - LEFT) as f64 / n as f64;
     let lanes_h = LANES.len() * LANE_H;
     let h = lanes_h + BARS_H + 24;
-    let longest = ticks.iter().map(|t| t.duration_ms).max().unwrap_or(1).max(1);
+    let longest = ticks
+        .iter()
+        .map(|t| t.duration_ms)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     html! {
         svg.timeline xmlns="http://www.w3.org/2000/svg" width=(W) height=(h) viewBox={ "0 0 " (W) " " (h) } role="img" aria-label="tick timeline" {
             @for (i, name) in LANES.iter().enumerate() {
