@@ -68,16 +68,39 @@ fn http(
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).expect("send");
+    // Read the head, then exactly Content-Length bytes: chromedriver keeps the connection open.
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    match length {
+        Some(n) => {
+            out.resize(n, 0);
+            r.read_exact(&mut out).expect("the body");
+        }
+        None => {
+            let _ = r.read_to_end(&mut out);
+        }
+    }
+    let body = String::from_utf8_lossy(&out).into_owned();
+    let head = head.trim_end().to_string();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    (status, head, body)
 }
 
 /// A WebDriver session of chromedriver over a real Chromium.

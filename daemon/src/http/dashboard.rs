@@ -295,7 +295,7 @@ async fn guard(State(dash): State<Arc<Dash>>, req: Request, next: Next) -> Respo
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
@@ -560,4 +560,31 @@ async fn tick_now(
         }
     });
     back_to(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_read_from_the_cookie_and_the_query_only_by_their_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("other=1; megaplan_dashboard=abc; x=y"),
+        );
+        assert_eq!(cookie_token(&h).as_deref(), Some("abc"));
+        assert_eq!(cookie_token(&HeaderMap::new()), None);
+        assert_eq!(query_token(Some("a=1&token=t0k")).as_deref(), Some("t0k"));
+        assert_eq!(query_token(Some("xtoken=1")), None);
+        assert_eq!(query_token(None), None);
+    }
+
+    #[test]
+    fn comparison_needs_the_whole_token() {
+        assert!(constant_time_eq(b"abcd", b"abcd"));
+        assert!(!constant_time_eq(b"abcd", b"abce"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"abcd"));
+    }
 }

@@ -297,3 +297,47 @@ pub fn chain(c: Chain<'_>) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_both_ways() {
+        let now = "2026-12-01T12:00:00Z";
+        assert_eq!(relative(Some("2026-12-01T12:03:00Z"), now), "in 3m");
+        assert_eq!(relative(Some("2026-12-01T10:00:00Z"), now), "2h ago");
+        assert_eq!(relative(None, now), "-");
+        assert_eq!(relative(Some("soon"), now), "soon");
+    }
+
+    #[test]
+    fn text_from_the_fleet_is_escaped() {
+        let f = Fleet {
+            generated_at: "2026-12-01T12:00:00Z".into(),
+            registrations: vec![FleetRow {
+                key: "0123456789abcdef".into(),
+                cloud_yaml: "/p/x/cloud.yaml".into(),
+                name: "<script>alert(1)</script>".into(),
+                provider: Some("ssh".into()),
+                host: Some("h".into()),
+                milestone: None,
+                state: FleetState::NeedsPerson,
+                pr_number: None,
+                stalled_for_secs: None,
+                consecutive_failures: 0,
+                last_tick_at: None,
+                last_progress_at: None,
+                next_tick_at: None,
+                schedule: "every:300".into(),
+                paused: None,
+                backoff: None,
+                attention: None,
+            }],
+        };
+        let page = fleet(&f).into_string();
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("&lt;script&gt;"), "{page}");
+        assert!(page.contains("state-needs_person"), "{page}");
+    }
+}
