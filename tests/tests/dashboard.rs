@@ -394,10 +394,23 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
         }),
         "the page's unpause never reached the daemon"
     );
+    // Pause from the page: recorded with the actor `dashboard`.
     assert!(
-        rig.daemon.log_text().contains("dashboard"),
-        "the action is recorded with actor dashboard"
+        wait_until(Duration::from_secs(30), || {
+            browser.script("return document.getElementById('action-pause') !== null;")
+                == json!(true)
+        }),
+        "the chain page offers Pause once unpaused: {}",
+        browser.live_html()
     );
+    browser.script("window.confirm = function () { return true; }; document.getElementById('action-pause').click(); return true;");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            rig.ctl(&["registrations", "--json"]).ok().json[0]["paused"]["paused_by"] == "dashboard"
+        }),
+        "the page's pause is recorded with actor dashboard"
+    );
+    let chain_shot = profile.path().join("dashboard-chain.png");
 
     // A screenshot by Chromium itself, for docs/dashboard.md.
     let shot = profile.path().join("dashboard.png");
@@ -414,8 +427,26 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
         "no screenshot: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // And one of the chain page (the token in the query works on any page).
+    let chain_profile = tempfile::tempdir().expect("profile");
+    let mut args = browser_args(chain_profile.path());
+    args.push(format!("--screenshot={}", chain_shot.display()));
+    args.push(format!("http://127.0.0.1:{port}/chain/{key}?token={token}"));
+    let out = Command::new("timeout")
+        .args(["-k", "5", "300", CHROMIUM])
+        .args(&args)
+        .output()
+        .expect("chromium --screenshot");
+    assert!(
+        chain_shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if let Some(keep) = std::env::var_os("MEGAPLAN_DASHBOARD_SCREENSHOT") {
-        std::fs::copy(&shot, PathBuf::from(keep)).expect("copy the screenshot");
+        let keep = PathBuf::from(keep);
+        std::fs::copy(&shot, &keep).expect("copy the screenshot");
+        std::fs::copy(&chain_shot, keep.with_file_name("dashboard-chain.png"))
+            .expect("copy the screenshot");
     }
 
     // The listener closes with the command.

@@ -474,16 +474,14 @@ struct ActionForm {
 }
 
 /// An action needs the token in its form too: the cookie alone is what a forged
-/// cross-site POST would carry.
-fn action_allowed(dash: &Dash, form: &ActionForm) -> Result<(), Response> {
-    if dash.token_ok(&form.token) {
-        Ok(())
-    } else {
-        Err(refuse(
+/// cross-site POST would carry. `Some(refusal)` when it is missing or wrong.
+fn action_refused(dash: &Dash, form: &ActionForm) -> Option<Response> {
+    (!dash.token_ok(&form.token)).then(|| {
+        refuse(
             StatusCode::FORBIDDEN,
             "forbidden: an action needs the page's token",
-        ))
-    }
+        )
+    })
 }
 
 fn back_to(key: &str) -> Response {
@@ -499,7 +497,7 @@ async fn pause(
     AxPath(k): AxPath<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(r) = action_allowed(&dash, &form) {
+    if let Some(r) = action_refused(&dash, &form) {
         return r;
     }
     let reason = form
@@ -524,7 +522,7 @@ async fn unpause(
     AxPath(k): AxPath<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(r) = action_allowed(&dash, &form) {
+    if let Some(r) = action_refused(&dash, &form) {
         return r;
     }
     match crate::http::pause::unpause(State(dash.app.clone()), AxPath(k)).await {
@@ -544,7 +542,7 @@ async fn tick_now(
     AxPath(k): AxPath<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(r) = action_allowed(&dash, &form) {
+    if let Some(r) = action_refused(&dash, &form) {
         return r;
     }
     let key = match registered_key(&dash.app, &k).await {

@@ -194,6 +194,8 @@ fn timeline(ticks: &[TickRecord]) -> Markup {
     const BARS_H: usize = 60;
     let n = ticks.len().max(1);
     let step = (W - LEFT) as f64 / n as f64;
+    // Bars no wider than a finger's width, however few ticks there are.
+    let bar_w = (step * 0.7).clamp(1.0, 14.0);
     let lanes_h = LANES.len() * LANE_H;
     let h = lanes_h + BARS_H + 24;
     let longest = ticks
@@ -215,7 +217,7 @@ fn timeline(ticks: &[TickRecord]) -> Markup {
                     title { "#" (t.id) " " (t.finished_at) ": " (t.event) " (" (t.trigger) ")" }
                 }
                 @let bh = (t.duration_ms as f64 / longest as f64 * BARS_H as f64).max(1.0);
-                rect x=(format!("{:.1}", x - step * 0.35)) y=(format!("{:.1}", (lanes_h + BARS_H) as f64 - bh + 6.0)) width=(format!("{:.1}", (step * 0.7).max(1.0))) height=(format!("{bh:.1}")) class="bar" {
+                rect x=(format!("{:.1}", x - bar_w / 2.0)) y=(format!("{:.1}", (lanes_h + BARS_H) as f64 - bh + 6.0)) width=(format!("{bar_w:.1}")) height=(format!("{bh:.1}")) class="bar" {
                     title { "#" (t.id) ": " (t.duration_ms) " ms" }
                 }
             }
