@@ -42,6 +42,9 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Open pages are re-rendered this often even without a tick, so relative times ("next tick in
 /// 3m") and pauses set from the CLI stay current. Ticks and dashboard actions push at once.
 const REFRESH: Duration = Duration::from_secs(30);
+/// Event streams one listener serves at once (each re-renders on every tick): a bound, not a
+/// number a person reaches with tabs.
+const MAX_OPEN_PAGES: usize = 32;
 /// The actor recorded for actions taken on the page.
 pub const ACTOR: &str = "dashboard";
 
@@ -156,7 +159,7 @@ pub async fn open(
         let _ = tx
             .send(Frame::Stderr {
                 data: format!(
-                    "dashboard: serving {local} (127.0.0.1 only) until this command ends (Ctrl-C) or {} minutes pass with no page open\n",
+                    "dashboard: serving {local} until Ctrl-C (or {} idle minutes)\n",
                     IDLE_TIMEOUT.as_secs() / 60
                 ),
             })
@@ -417,7 +420,13 @@ async fn events(State(dash): State<Arc<Dash>>, Query(q): Query<EventsQuery>) -> 
         },
         None => None,
     };
-    dash.open_pages.fetch_add(1, Ordering::SeqCst);
+    if dash.open_pages.fetch_add(1, Ordering::SeqCst) >= MAX_OPEN_PAGES {
+        dash.open_pages.fetch_sub(1, Ordering::SeqCst);
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many dashboard pages open on this listener; close some tabs",
+        );
+    }
     struct Feed {
         page: OpenPage,
         key: Option<String>,
