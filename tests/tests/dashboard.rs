@@ -359,6 +359,10 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     assert!(page.contains("project"), "the chain's name: {page}");
     assert!(!page.contains("data-state=\"paused\""), "{page}");
     assert!(page.contains("/2"), "milestone n/2: {page}");
+    assert!(
+        page.contains("runner-alive"),
+        "the runner's liveness: {page}"
+    );
 
     // A change without a reload: a mark set in the page survives, the state changes.
     browser.script("window.__notReloaded = true; return true;");
@@ -448,6 +452,16 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
         std::fs::copy(&chain_shot, keep.with_file_name("dashboard-chain.png"))
             .expect("copy the screenshot");
     }
+
+    // A port already in use is refused, naming the field and the fix.
+    let taken = rig.daemon.ctl(
+        &rig.project,
+        &[],
+        &["dashboard", "--no-open", "--port", &port.to_string()],
+    );
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert_eq!(taken.status.code(), Some(1), "{err}");
+    assert!(err.contains("port") && err.contains("--port 0"), "{err}");
 
     // The listener closes with the command.
     drop(browser);

@@ -340,7 +340,13 @@ fn error_page(e: ApiError) -> Response {
 /// The fleet view's live part.
 async fn fleet_part(dash: &Dash) -> Result<maud::Markup, ApiError> {
     let fleet = crate::http::fleet::build(&dash.app).await?;
-    Ok(html::fleet(&fleet))
+    // The runner's liveness as the last tick of each probed it (not a field of the fleet rows).
+    let last = crate::notify::store::last_tick_per_key(&dash.app.store).await?;
+    let runners: html::Runners = last
+        .into_iter()
+        .filter_map(|(k, t)| t.report.runner.status.map(|s| (k, s.as_str())))
+        .collect();
+    Ok(html::fleet(&fleet, &runners))
 }
 
 /// A chain's live part: its fleet row, ticks, notifications and explanation.

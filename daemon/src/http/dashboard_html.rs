@@ -8,6 +8,9 @@ use megaplan_cloud_api::fleet::{Fleet, FleetRow, FleetState};
 use megaplan_cloud_api::wire::TickRecord;
 use serde_json::Value;
 
+/// The runner's liveness (`alive`, `dead`, `unknown`) per registration key, from its last tick.
+pub type Runners = std::collections::HashMap<String, &'static str>;
+
 pub const APP_JS: &str = include_str!("dashboard_assets/app.js");
 pub const STYLE_CSS: &str = include_str!("dashboard_assets/style.css");
 
@@ -90,6 +93,11 @@ fn milestone(r: &FleetRow) -> Markup {
     }
 }
 
+fn liveness(status: Option<&str>) -> Markup {
+    let word = status.unwrap_or("-");
+    html! { span class={ "runner runner-" (word) } { (word) } }
+}
+
 fn place(r: &FleetRow) -> String {
     match (&r.provider, &r.host) {
         (Some(p), Some(h)) => format!("{p} · {h}"),
@@ -99,7 +107,7 @@ fn place(r: &FleetRow) -> String {
 }
 
 /// Page 1: one row per registration, what needs a person first.
-pub fn fleet(f: &Fleet) -> Markup {
+pub fn fleet(f: &Fleet, runners: &Runners) -> Markup {
     let attention = f
         .registrations
         .iter()
@@ -117,7 +125,7 @@ pub fn fleet(f: &Fleet) -> Markup {
             table.fleet id="fleet" {
                 thead { tr {
                     th { "chain" } th { "provider / host" } th { "milestone" } th { "state" }
-                    th { "PR" } th { "last progress" } th { "next tick" }
+                    th { "runner" } th { "PR" } th { "last progress" } th { "next tick" }
                 } }
                 tbody {
                     @for r in &f.registrations {
@@ -131,6 +139,7 @@ pub fn fleet(f: &Fleet) -> Markup {
                                     div.attention { (a.reason) " — " (a.fix) }
                                 }
                             }
+                            td { (liveness(runners.get(&r.key).copied())) }
                             td { @if let Some(n) = r.pr_number { "#" (n) } @else { "-" } }
                             td { (relative(r.last_progress_at.as_deref(), &f.generated_at)) }
                             td {
@@ -248,6 +257,7 @@ pub fn chain(c: Chain<'_>) -> Markup {
                 dt { "state" } dd { (state_badge(r.state)) }
                 @if let Some(a) = &r.attention { dt { "attention" } dd { (a.reason) " — " (a.fix) } }
                 dt { "provider / host" } dd { (place(r)) }
+                dt { "runner" } dd { (liveness(c.ticks.last().and_then(|t| t.report.runner.status).map(|s| s.as_str()))) }
                 dt { "milestone" } dd { (milestone(r)) }
                 dt { "PR" } dd { @if let Some(n) = r.pr_number { "#" (n) } @else { "-" } }
                 dt { "last tick" } dd { (relative(r.last_tick_at.as_deref(), &chrono::Utc::now().to_rfc3339())) }
@@ -337,7 +347,7 @@ mod tests {
                 attention: None,
             }],
         };
-        let page = fleet(&f).into_string();
+        let page = fleet(&f, &Runners::new()).into_string();
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;"), "{page}");
         assert!(page.contains("state-needs_person"), "{page}");
