@@ -414,6 +414,33 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
         }),
         "the page's pause is recorded with actor dashboard"
     );
+    // Tick now from the page: one more stored tick, which the open page then shows.
+    let stored = || {
+        rig.ctl(&["ticks", "--json", "--limit", "500"])
+            .ok()
+            .json
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let before = stored();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            browser.script("return document.getElementById('action-tick') !== null;") == json!(true)
+        }),
+        "the chain page offers Tick now"
+    );
+    browser.script("window.confirm = function () { return true; }; document.getElementById('action-tick').click(); return true;");
+    assert!(
+        wait_until(Duration::from_secs(30), || stored() > before),
+        "the page's tick now never ran a tick"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            page = browser.live_html();
+            page.contains(&format!("tick #{}", before + 1))
+        }),
+        "the chain page never showed the new tick: {page}"
+    );
     let chain_shot = profile.path().join("dashboard-chain.png");
 
     // A screenshot by Chromium itself, for docs/dashboard.md.
