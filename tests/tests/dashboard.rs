@@ -334,7 +334,7 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     );
     // The token in the query becomes an HttpOnly SameSite=Strict cookie.
     let (s, head, _) = http(port, "GET", &format!("/?token={token}"), &[], "");
-    assert_eq!(s, 303, "{head}");
+    assert_eq!(s, 200, "{head}");
     let head = head.to_ascii_lowercase();
     assert!(
         head.contains("set-cookie: megaplan_dashboard=")
@@ -493,6 +493,91 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     // The listener closes with the command.
     drop(browser);
     drop(dashboard);
+    assert!(
+        wait_until(Duration::from_secs(30), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_err()),
+        "the listener outlived megaplan-cloudctl dashboard"
+    );
+}
+
+/// On a desktop the client opens the browser through a private file that redirects to the URL:
+/// the token is in no argv (every local user can read those). The opener is a stand-in
+/// `xdg-open` that records what it was given (there is no desktop here). Ctrl-C ends the command
+/// with 0, removes the file and closes the listener.
+#[test]
+fn on_a_desktop_the_browser_is_opened_without_the_token_in_any_argv_and_ctrl_c_cleans_up() {
+    use megaplan_cloud_e2e::Daemon;
+    use std::os::unix::fs::PermissionsExt;
+    let daemon = Daemon::start(&[], &[]);
+    let stubs = tempfile::tempdir().expect("stub dir");
+    let record = stubs.path().join("opened");
+    let opener = stubs.path().join("xdg-open");
+    std::fs::write(
+        &opener,
+        "#!/bin/sh\n# STAND-IN for a desktop's xdg-open: records its argv, the file's mode and text.\nprintf '%s\\n' \"$@\" > \"$OPENER_RECORD.argv\"\nstat -c %a \"$1\" > \"$OPENER_RECORD.mode\"\ncat \"$1\" > \"$OPENER_RECORD.page\"\ntouch \"$OPENER_RECORD\"\n",
+    )
+    .expect("stub");
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        stubs.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = daemon
+        .ctl_command(&daemon.dir, &["dashboard"])
+        .env("PATH", path)
+        .env("DISPLAY", ":0")
+        .env("OPENER_RECORD", &record)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("megaplan-cloudctl dashboard starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("the first line");
+    let mut child = Owned(child);
+    let url = first.trim().to_string();
+    let token = url
+        .split_once("?token=")
+        .expect("the URL carries the token")
+        .1
+        .to_string();
+    assert!(
+        wait_until(Duration::from_secs(30), || record.exists()),
+        "the opener was never started"
+    );
+    let argv = std::fs::read_to_string(record.with_extension("argv")).expect("argv");
+    assert!(!argv.contains(&token), "the token reached an argv: {argv}");
+    let page_path = PathBuf::from(argv.lines().next().expect("one argument"));
+    assert_eq!(
+        std::fs::read_to_string(record.with_extension("mode"))
+            .expect("mode")
+            .trim(),
+        "600"
+    );
+    let page = std::fs::read_to_string(record.with_extension("page")).expect("page");
+    assert!(page.contains(&format!("url={url}")), "{page}");
+    let port: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+
+    // Ctrl-C: exit 0, the file removed, the listener closed.
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let status = child.0.wait().expect("the command ends");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !page_path.exists(),
+        "{} was left behind",
+        page_path.display()
+    );
     assert!(
         wait_until(Duration::from_secs(30), || TcpStream::connect((
             "127.0.0.1",

@@ -275,18 +275,12 @@ async fn guard(State(dash): State<Arc<Dash>>, req: Request, next: Next) -> Respo
         );
     }
     dash.touch();
-    if req.method() == axum::http::Method::GET
-        && from_query.as_deref().is_some_and(|t| dash.token_ok(t))
-    {
-        let path = req.uri().path().to_string();
-        let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", dash.token);
-        return Response::builder()
-            .status(StatusCode::SEE_OTHER)
-            .header(header::LOCATION, path)
-            .header(header::SET_COOKIE, cookie)
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    }
+    // A valid token in the query is moved into the cookie on the same answer (not by a
+    // redirect: a redirect chain started from another site, such as the file the client opens
+    // the browser with, would not carry a SameSite=Strict cookie). The page's script then
+    // removes the token from the address bar.
+    let set_cookie = req.method() == axum::http::Method::GET
+        && from_query.as_deref().is_some_and(|t| dash.token_ok(t));
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(
@@ -305,6 +299,14 @@ async fn guard(State(dash): State<Arc<Dash>>, req: Request, next: Next) -> Respo
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if set_cookie
+        && let Ok(cookie) = HeaderValue::from_str(&format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            dash.token
+        ))
+    {
+        h.insert(header::SET_COOKIE, cookie);
+    }
     resp
 }
 

@@ -2,6 +2,11 @@
 // part the event stream sends after every tick, and asks before an action. No polling.
 "use strict";
 (function () {
+  // The token came in the query once and is now in an HttpOnly cookie: drop it from the
+  // address bar and the history.
+  if (/[?&]token=/.test(window.location.search)) {
+    window.history.replaceState(null, "", window.location.pathname);
+  }
   var live = document.getElementById("live");
   var note = document.getElementById("live-note");
   if (live && window.EventSource) {
