@@ -363,6 +363,11 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
         page.contains("runner-alive"),
         "the runner's liveness: {page}"
     );
+    assert_eq!(
+        browser.script("return window.location.search;"),
+        json!(""),
+        "the token left the address bar once it was in the cookie"
+    );
 
     // A change without a reload: a mark set in the page survives, the state changes.
     browser.script("window.__notReloaded = true; return true;");
