@@ -23,7 +23,8 @@ railway_version=5.71.0
 railway_root=$bench_cache/railway-$railway_version
 packages=(docker.io docker-compose openssh-server openssh-client rsync tmux debootstrap shellcheck
     sqlite3 python3 git procps iproute2 libxml2-utils systemd build-essential ca-certificates
-    util-linux golang-go golang-github-modern-go-reflect2-dev etcd-server curl openssl dpkg-dev)
+    util-linux golang-go golang-github-modern-go-reflect2-dev etcd-server curl openssl dpkg-dev
+    chromium chromium-driver)
 
 missing_packages() {
     local p

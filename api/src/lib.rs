@@ -72,6 +72,9 @@ pub mod routes {
     pub const NOTIFICATIONS: &str = "/v1/notifications";
     /// `GET`: every registration's state, what needs a person first (`api::fleet::Fleet`).
     pub const FLEET: &str = "/v1/fleet";
+    /// `POST` (body `DashboardRequest`): serve the dashboard on 127.0.0.1 for as long as this
+    /// NDJSON stream stays open; its first stdout frame is the URL with the access token.
+    pub const DASHBOARD: &str = "/v1/dashboard";
 
     pub fn cloud_pause(key: &str) -> String {
         format!("/v1/clouds/{key}/pause")

@@ -660,3 +660,11 @@ mod tests {
         assert_eq!(back, f);
     }
 }
+
+/// `POST /v1/dashboard`: which local port the dashboard listens on (0: any free one). The
+/// daemon binds 127.0.0.1 only, whatever is asked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DashboardRequest {
+    #[serde(default)]
+    pub port: u16,
+}

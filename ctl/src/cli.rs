@@ -248,6 +248,15 @@ pub enum Cmd {
         #[arg(short = 'n', long)]
         limit: Option<usize>,
     },
+    /// Serve a live web page of the fleet on 127.0.0.1 until Ctrl-C; prints its URL first.
+    Dashboard {
+        /// Local port (0: any free one). The daemon binds 127.0.0.1 only.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Print the URL without opening a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Stored tick reports, newest first.
     Ticks {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,

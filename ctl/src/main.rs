@@ -271,6 +271,7 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
         Cmd::Init { .. }
             | Cmd::Registrations { .. }
             | Cmd::Ls { .. }
+            | Cmd::Dashboard { .. }
             | Cmd::Doctor
             | Cmd::Daemon { .. }
             | Cmd::Ticks { all: true, .. }
@@ -526,6 +527,11 @@ async fn run(cli: Cli) -> i32 {
         }
         Cmd::Registrations { wide, limit } => {
             return registrations(&client, table_view(wide, limit)).await;
+        }
+        Cmd::Dashboard { port, no_open } => {
+            return commands::dashboard::run(&client, port, no_open)
+                .await
+                .unwrap_or_else(fail);
         }
         Cmd::Ls { watch, wide, limit } => {
             let view = commands::fleet::View {

@@ -2,4 +2,5 @@
 //! written for the question the person asked.
 
 pub mod chain;
+pub mod dashboard;
 pub mod fleet;

@@ -3,6 +3,8 @@
 //! `error` is the one error answer, `extract` what handlers take from a request.
 
 pub mod clouds;
+pub mod dashboard;
+pub mod dashboard_html;
 pub mod error;
 pub mod extract;
 pub mod fleet;
@@ -48,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(routes::CLOUD_EXPLAIN, get(ticks::explain))
         .route(routes::NOTIFICATIONS, get(ticks::list_notifications))
         .route(routes::FLEET, get(fleet::fleet))
+        .route(routes::DASHBOARD, post(dashboard::open))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A panicking handler answers 500; every refusal is logged, rate-limited per kind.
