@@ -130,7 +130,8 @@ def serve(python):
             return len(children)
 
     def end(code):
-        # Nothing a request started outlives the observer.
+        # Nothing a request started outlives the observer; each is reaped here too, since an
+        # orphan would go to the container's pid 1, which may reap nothing (a zombie for ever).
         with kids_lock:
             pids = list(children)
         for pid in pids:
@@ -138,6 +139,16 @@ def serve(python):
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        give_up = time.monotonic() + 5
+        for pid in pids:
+            while time.monotonic() < give_up:
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except OSError:
+                    break
+                if done:
+                    break
+                time.sleep(0.01)
         os._exit(code)
 
     def read_stdin():
