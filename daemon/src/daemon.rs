@@ -82,6 +82,7 @@ pub async fn run(settings: Settings) -> i32 {
     });
     let sched = Scheduler::new(on_tick);
     let (tick_feed, _) = broadcast::channel(1024);
+    let (registration_changed, _) = broadcast::channel(256);
     let (runner_events, runner_events_rx) =
         tokio::sync::mpsc::channel(crate::supervisor::events::QUEUE);
     let state = Arc::new(AppState {
@@ -97,6 +98,7 @@ pub async fn run(settings: Settings) -> i32 {
         scheduler: sched,
         tick_locks: Default::default(),
         tick_feed,
+        registration_changed,
         secrets: Default::default(),
         launchers: Default::default(),
         residents: Default::default(),

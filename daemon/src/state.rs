@@ -27,6 +27,9 @@ pub struct AppState {
     /// Bounded concurrency of ticks: in all, per host, and for registrations backing off.
     pub tick_slots: Arc<TickSlots>,
     pub tick_feed: broadcast::Sender<TickRecord>,
+    /// The key of a registration that changed between ticks (registered, paused, unpaused,
+    /// unregistered), so open views (the dashboard) show it at once.
+    pub registration_changed: broadcast::Sender<String>,
     /// Secret values last handed over by a client, per marker key: memory only, so unattended
     /// ticks can redact literal values too. Never written anywhere.
     pub secrets: std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>,

@@ -111,6 +111,7 @@ pub async fn register(
         .collect();
     let mut answer = RegisterResponse::new(reg, cron, notify, warnings);
     answer.next_runs = next_runs;
+    let _ = state.registration_changed.send(answer.key.clone());
     Ok(Json(answer))
 }
 
@@ -130,6 +131,7 @@ pub async fn unregister(
         tracing::warn!(key = %key, "unregistered, but its watch state stays: {e}");
     }
     end_unused_observers(&state, &key).await;
+    let _ = state.registration_changed.send(key.clone());
     tracing::info!(key = %key, "unregistered");
     Ok(Json(UnregisterResponse {
         key,

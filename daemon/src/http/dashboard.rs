@@ -440,6 +440,7 @@ async fn events(State(dash): State<Arc<Dash>>, Query(q): Query<EventsQuery>) -> 
         key: Option<String>,
         ticks: broadcast::Receiver<megaplan_cloud_api::wire::TickRecord>,
         changed: broadcast::Receiver<()>,
+        registrations: broadcast::Receiver<String>,
         refresh: tokio::time::Interval,
     }
     let mut refresh = tokio::time::interval(REFRESH);
@@ -448,6 +449,7 @@ async fn events(State(dash): State<Arc<Dash>>, Query(q): Query<EventsQuery>) -> 
         key,
         ticks: dash.app.tick_feed.subscribe(),
         changed: dash.changed.subscribe(),
+        registrations: dash.app.registration_changed.subscribe(),
         refresh,
         page: OpenPage(dash),
     };
@@ -464,6 +466,14 @@ async fn events(State(dash): State<Arc<Dash>>, Query(q): Query<EventsQuery>) -> 
             },
             r = feed.changed.recv() => if let Err(broadcast::error::RecvError::Closed) = r {
                 return None;
+            },
+            // A pause, unpause, register or unregister from the CLI shows at once too.
+            r = feed.registrations.recv() => match r {
+                Ok(k) if feed.key.as_deref().is_some_and(|mine| mine != k) => {
+                    return Some((Ok::<_, std::convert::Infallible>(Event::default().comment("")), feed));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+                _ => {}
             },
             _ = feed.refresh.tick() => {}
         }

@@ -51,6 +51,7 @@ pub async fn pause(
     let p =
         crate::notify::store::set_pause(&state.store, &key, &req.by, req.reason.as_deref()).await?;
     tracing::info!(key = %key, by = %p.paused_by, "paused");
+    let _ = state.registration_changed.send(key.clone());
     Ok(Json(PauseResponse {
         key,
         paused: wire(p),
@@ -65,6 +66,7 @@ pub async fn unpause(
     let key = registered_key(&state, &k).await?;
     let was = crate::notify::store::clear_pause(&state.store, &key).await?;
     tracing::info!(key = %key, "unpaused");
+    let _ = state.registration_changed.send(key.clone());
     Ok(Json(UnpauseResponse {
         key,
         paused: None,

@@ -595,13 +595,16 @@ pub fn check_control_path(p: &Path) -> Result<(), ErrorBody> {
 }
 
 /// `ssh -M -N -f -o ControlPersist=yes -o ControlPath=<ctl> -o BatchMode=yes
-/// -o ServerAliveInterval=15 [-F cfg] -p P [-i id -o IdentitiesOnly=yes] -o ConnectTimeout=10
+/// -o ServerAliveInterval=60 [-F cfg] -p P [-i id -o IdentitiesOnly=yes] -o ConnectTimeout=10
 /// [user@]host`.
 fn master_command(m: &SshMaster) -> Cmd {
     Cmd::new("ssh")
         .args(["-M", "-N", "-f", "-o", "ControlPersist=yes", "-o"])
         .arg(format!("ControlPath={}", m.control_path.to_string_lossy()))
-        .args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15"])
+        // One keep-alive a minute: an idle fleet's whole traffic (runner watches send nothing
+        // while nothing changes). A silently dead connection is noticed after 3 unanswered
+        // ones; a host that refuses or resets is noticed at once.
+        .args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=60"])
         .args(common_options(&m.target, m.ssh_config.as_deref()))
         .arg(m.target.destination())
 }
@@ -706,7 +709,7 @@ mod tests {
                 "-o",
                 "BatchMode=yes",
                 "-o",
-                "ServerAliveInterval=15",
+                "ServerAliveInterval=60",
                 "-F",
                 "/home/op/.ssh/config",
                 "-p",
