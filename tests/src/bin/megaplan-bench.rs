@@ -2363,6 +2363,39 @@ fn wait_settled(rig: &SshRig) -> Result<(), String> {
     }
 }
 
+/// Milliseconds from `a` to `b` (wall clock).
+fn wall_ms(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> f64 {
+    (b - a)
+        .num_microseconds()
+        .map_or(f64::NAN, |us| us as f64 / 1000.0)
+}
+
+/// The start and end of the first event tick that restarted the runner and started after
+/// `after` (less a slack), from the stored ticks.
+#[allow(clippy::type_complexity)]
+fn restart_tick_after(
+    rig: &SshRig,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>, String> {
+    let at = |v: &Value| {
+        v.as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.with_timezone(&chrono::Utc))
+    };
+    let ticks = api_ok(&rig.daemon.socket, "GET", "/v1/ticks?limit=20", None)?;
+    Ok(ticks
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["trigger"] == "event" && t["event"] == "supervisor_restarted")
+        .filter_map(|t| Some((at(&t["started_at"])?, at(&t["finished_at"])?)))
+        // The kill itself happened up to the `docker exec`'s return before `after`; the rounds
+        // are seconds apart, so half a second of slack cannot pick the previous round's tick.
+        .filter(|(started, _)| *started >= after - chrono::Duration::milliseconds(500))
+        .min_by_key(|(started, _)| *started))
+}
+
 fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     const S: &str = "11 Event-driven notification";
     let n = sz.event_rounds;
@@ -2421,6 +2454,11 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     let mut kill_cmd_ms = Vec::new();
     let mut first_event: BTreeMap<String, usize> = BTreeMap::new();
     let mut missed = 0usize;
+    // Where the time went, from the restart tick's stored times (same host clock): change →
+    // tick start (the watch's look, the event's way to the daemon, coalescing), the tick
+    // itself, tick end → receiver's accept (the notification watcher and the delivery).
+    let (mut detect_ms, mut tick_ms, mut deliver_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unmatched = 0usize;
     let ticks_before = ticks_so_far(&rig)?;
     for round in 0..n {
         let kind = if round % 2 == 0 {
@@ -2441,6 +2479,7 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         let out = rig.container.exec(&script);
         // The change has happened once the command returned: latency counts from here.
         let changed = Instant::now();
+        let changed_wall = chrono::Utc::now();
         kill_cmd_ms.push(ms(changed - before_kill));
         if !out.status.success() {
             return Err(format!(
@@ -2453,13 +2492,25 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         while changed.elapsed() < Duration::from_secs(120) {
             let got = receiver.accepted();
             if got.len() > seen {
-                arrived = Some((Instant::now(), got[seen].json()["event"].clone()));
+                arrived = Some((
+                    Instant::now(),
+                    chrono::Utc::now(),
+                    got[seen].json()["event"].clone(),
+                ));
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         match arrived {
-            Some((at, event)) => {
+            Some((at, at_wall, event)) => {
+                match restart_tick_after(&rig, changed_wall)? {
+                    Some((started, finished)) => {
+                        detect_ms.push(wall_ms(changed_wall, started));
+                        tick_ms.push(wall_ms(started, finished));
+                        deliver_ms.push(wall_ms(finished, at_wall));
+                    }
+                    None => unmatched += 1,
+                }
                 let l = ms(at - changed);
                 latency_ms.push(l);
                 by_kind.entry(kind.name()).or_default().push(l);
@@ -2513,6 +2564,12 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
 
     let l = stats(&latency_ms);
     let k = stats(&kill_cmd_ms);
+    let (bd, bt, bv) = (stats(&detect_ms), stats(&tick_ms), stats(&deliver_ms));
+    if unmatched > 0 {
+        r.note(format!(
+            "§11: {unmatched} notified changes had no event restart tick started after the change"
+        ));
+    }
     r.row(
         S,
         format!(
@@ -2529,6 +2586,22 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
             format!("{} / {}", num(s.median, 0), num(s.p99, 0)),
         );
     }
+    r.row(
+        S,
+        format!(
+            "… where the time went, median / p99 (ms): change → restart tick starts / the tick / tick end → accepted (N={})",
+            bd.n
+        ),
+        format!(
+            "{} / {} · {} / {} · {} / {}",
+            num(bd.median, 0),
+            num(bd.p99, 0),
+            num(bt.median, 0),
+            num(bt.p99, 0),
+            num(bv.median, 0),
+            num(bv.p99, 0)
+        ),
+    );
     r.row(
         S,
         format!(
@@ -2556,6 +2629,12 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
             "latency_ms_by_change": by_kind.iter().map(|(k, v)| (k.to_string(), json!(stats(v)))).collect::<serde_json::Map<_, _>>(),
             "latency_samples_ms": latency_ms,
             "kill_command_ms": k,
+            "breakdown_ms": {
+                "change_to_restart_tick_start": bd,
+                "restart_tick": bt,
+                "tick_end_to_accepted": bv,
+                "changes_without_a_matching_tick": unmatched,
+            },
             "missed": missed,
             "first_notification_event": first_event,
             "ticks_during_rounds": ticks_rounds,
