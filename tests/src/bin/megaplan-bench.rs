@@ -25,7 +25,10 @@
 //! 9. observing and acting (restart) ticks side by side, with the stand-in core as slow to
 //!    start as the real one (2 s import): wall time, core starts and sshd exec requests per tick;
 //! 10. an observing tick on provider: kubernetes, against the real single-node cluster of
-//!     `megaplan_cloud_e2e::kube` (each remote command an exec over the held API client).
+//!     `megaplan_cloud_e2e::kube` (each remote command an exec over the held API client);
+//! 11. event-driven notification latency: the driver killed on the runner (its tmux session, or
+//!     the process with SIGKILL) until the webhook receiver accepts the notification, with the
+//!     schedule at once a year; then sshd traffic while nothing changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileTypeExt;
@@ -42,7 +45,8 @@ use megaplan_cloudd::store::{NewTick, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-const USAGE: &str = "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7,8,9,10]
+const USAGE: &str =
+    "usage: megaplan-bench [--out DIR] [--quick] [--sections 1,2,3,4,5,6,7,8,9,10,11]
 
   --out DIR        where latest.json and latest.md are written (default: bench-results)
   --quick          small sample sizes and short windows: a smoke run, not figures to publish
@@ -72,7 +76,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let mut opts = Opts {
         out: PathBuf::from("bench-results"),
         quick: false,
-        sections: (1..=10).collect(),
+        sections: (1..=11).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -89,8 +93,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 opts.sections = list
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n @ 1..=10) => Ok(n),
-                        _ => Err(format!("--sections: {s:?} is not a section number 1-10")),
+                        Ok(n @ 1..=11) => Ok(n),
+                        _ => Err(format!("--sections: {s:?} is not a section number 1-11")),
                     })
                     .collect::<Result<_, _>>()?;
             }
@@ -126,6 +130,8 @@ struct Sizes {
     notify_rounds: usize,
     restart_registrations: usize,
     restart_every_secs: u64,
+    event_rounds: usize,
+    event_idle_secs: u64,
 }
 
 impl Sizes {
@@ -150,6 +156,8 @@ impl Sizes {
             notify_rounds: 4,
             restart_registrations: 10_000,
             restart_every_secs: 60,
+            event_rounds: 50,
+            event_idle_secs: 120,
         };
         if !quick {
             return full;
@@ -170,6 +178,8 @@ impl Sizes {
             notify_registrations: 100,
             restart_registrations: 1_000,
             restart_every_secs: 30,
+            event_rounds: 6,
+            event_idle_secs: 20,
             ..full
         }
     }
@@ -1887,6 +1897,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     if wants(10) {
         section_kubernetes(&sz, &mut report)?;
     }
+    if wants(11) {
+        section_events(&sz, &mut report)?;
+    }
 
     let meta = json!({
         "started_at": started_at,
@@ -2274,6 +2287,372 @@ fn section_notify(sz: &Sizes, r: &mut Report) -> Result<(), String> {
             "on": s_on,
             "delivered": delivered,
             "drained_secs": drained,
+        }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Event-driven notification latency, and idle traffic
+
+/// How the driver is killed in one round of section 11 (alternating).
+#[derive(Clone, Copy)]
+enum Kill {
+    /// `tmux kill-session -t =megaplan-chain`: the session and the driver in it go.
+    Session,
+    /// `kill -9` of the driver processes; tmux is left to notice on its own.
+    Sigkill,
+}
+
+impl Kill {
+    fn name(self) -> &'static str {
+        match self {
+            Kill::Session => "tmux kill-session",
+            Kill::Sigkill => "kill -9 driver",
+        }
+    }
+}
+
+/// Lines of the bench sshd's DEBUG1 log containing `needle`.
+fn sshd_log_lines(rig: &SshRig, needle: &str) -> usize {
+    std::fs::read_to_string(&rig.sshd.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// What the sshd saw so far: (TCP connections, session channel opens, exec requests,
+/// ssh-level keep-alive requests from the client).
+fn sshd_traffic(rig: &SshRig) -> (usize, usize, usize, usize) {
+    (
+        rig.sshd.accepted_connections(),
+        sshd_log_lines(rig, "server_input_channel_open: ctype session"),
+        rig.sshd.exec_requests(),
+        sshd_log_lines(rig, "rtype keepalive@openssh.com"),
+    )
+}
+
+/// Ticks run, failed and skipped so far (the health counters, summed).
+fn ticks_so_far(rig: &SshRig) -> Result<u64, String> {
+    let (run, failed, skipped) = tick_counters(&rig.daemon.socket)?;
+    Ok(run + failed + skipped)
+}
+
+/// Waits until no tick has run for longer than the daemon's least gap between two event ticks
+/// of one registration (plus its coalescing window and a margin), so the next round starts
+/// from a settled registration: its event ticks (the restart, and the one the restarted
+/// driver's start causes) are over and the next change is not held back by the gap.
+fn wait_settled(rig: &SshRig) -> Result<(), String> {
+    use megaplan_cloudd::supervisor::events::{COALESCE, MIN_GAP};
+    let quiet = MIN_GAP + COALESCE + Duration::from_millis(800);
+    let mut last = ticks_so_far(rig)?;
+    let mut since = Instant::now();
+    let settled = wait_until(Duration::from_secs(60), || {
+        let now = ticks_so_far(rig).unwrap_or(u64::MAX);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+        since.elapsed() >= quiet
+    });
+    if settled {
+        Ok(())
+    } else {
+        Err("section 11: ticks kept running; the registration never settled".to_owned())
+    }
+}
+
+/// Milliseconds from `a` to `b` (wall clock).
+fn wall_ms(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> f64 {
+    (b - a)
+        .num_microseconds()
+        .map_or(f64::NAN, |us| us as f64 / 1000.0)
+}
+
+/// The start and end of the first event tick that restarted the runner and started after
+/// `after` (less a slack), from the stored ticks.
+#[allow(clippy::type_complexity)]
+fn restart_tick_after(
+    rig: &SshRig,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>, String> {
+    let at = |v: &Value| {
+        v.as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.with_timezone(&chrono::Utc))
+    };
+    let ticks = api_ok(&rig.daemon.socket, "GET", "/v1/ticks?limit=20", None)?;
+    Ok(ticks
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["trigger"] == "event" && t["event"] == "supervisor_restarted")
+        .filter_map(|t| Some((at(&t["started_at"])?, at(&t["finished_at"])?)))
+        // The kill itself happened up to the `docker exec`'s return before `after`; the rounds
+        // are seconds apart, so half a second of slack cannot pick the previous round's tick.
+        .filter(|(started, _)| *started >= after - chrono::Duration::milliseconds(500))
+        .min_by_key(|(started, _)| *started))
+}
+
+fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
+    const S: &str = "11 Event-driven notification";
+    let n = sz.event_rounds;
+    progress(&format!(
+        "11 event-driven notification latency: {n} driver kills on the runner, schedule once a year; then {} s idle",
+        sz.event_idle_secs
+    ));
+    let receiver = megaplan_cloud_e2e::receiver::Receiver::start();
+    let config_dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let config = config_dir.path().join("notify.yaml");
+    std::fs::write(&config, "retry: {initial_delay: 200ms, max_delay: 1s}\n")
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let config_s = config.display().to_string();
+    let Some(rig) = SshRig::start("", &["--notify-config", &config_s]) else {
+        r.note("the e2e bench (Docker) is unavailable: section 11 was skipped");
+        return Ok(());
+    };
+    rig.precreate_workspace();
+    // The runner stalls in m1 for ever: nothing changes on the runner unless the bench kills
+    // the driver, and each kill is answered by one restart into the same stall.
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
+    let launched = rig.ctl(&["chain", &spec.display().to_string()]);
+    if launched.code != Some(0) {
+        return Err(format!(
+            "section 11: chain failed: {}\n{}",
+            launched.stdout, launched.stderr
+        ));
+    }
+    if !wait_until(Duration::from_secs(60), || {
+        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+    }) {
+        return Err("section 11: the chain's runner never became alive".to_owned());
+    }
+    // On 1 January at midnight only: during the run every tick is an event tick.
+    let url = receiver.url("/hook");
+    let reg = rig.ctl(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url]);
+    if reg.code != Some(0) {
+        return Err(format!(
+            "section 11: register failed: {}\n{}",
+            reg.stdout, reg.stderr
+        ));
+    }
+    // One manual tick sets up the runner watch (the resident observer's session).
+    let first = rig.ctl(&["tick"]);
+    if first.json["event"] != "supervisor_tick" {
+        return Err(format!(
+            "section 11: the first tick answered: {}\n{}",
+            first.stdout, first.stderr
+        ));
+    }
+    wait_settled(&rig)?;
+
+    let mut latency_ms = Vec::new();
+    let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut kill_cmd_ms = Vec::new();
+    let mut first_event: BTreeMap<String, usize> = BTreeMap::new();
+    let mut missed = 0usize;
+    // Where the time went, from the restart tick's stored times (same host clock): change →
+    // tick start (the watch's look, the event's way to the daemon, coalescing), the tick
+    // itself, tick end → receiver's accept (the notification watcher and the delivery).
+    let (mut detect_ms, mut tick_ms, mut deliver_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unmatched = 0usize;
+    let ticks_before = ticks_so_far(&rig)?;
+    for round in 0..n {
+        let kind = if round % 2 == 0 {
+            Kill::Session
+        } else {
+            Kill::Sigkill
+        };
+        let drivers = chain_drivers(&rig);
+        if drivers.is_empty() {
+            return Err(format!("section 11 round {round}: no driver to kill"));
+        }
+        let script = match kind {
+            Kill::Session => "tmux kill-session -t =megaplan-chain".to_owned(),
+            Kill::Sigkill => format!("kill -9 {}", drivers.join(" ")),
+        };
+        let seen = receiver.accepted().len();
+        let before_kill = Instant::now();
+        let out = rig.container.exec(&script);
+        // The change has happened once the command returned: latency counts from here.
+        let changed = Instant::now();
+        let changed_wall = chrono::Utc::now();
+        kill_cmd_ms.push(ms(changed - before_kill));
+        if !out.status.success() {
+            return Err(format!(
+                "section 11 round {round}: {script:?} failed: {}",
+                text(&out.stderr)
+            ));
+        }
+        // Polled every 2 ms: the accept time is known to within that.
+        let mut arrived = None;
+        while changed.elapsed() < Duration::from_secs(120) {
+            let got = receiver.accepted();
+            if got.len() > seen {
+                arrived = Some((
+                    Instant::now(),
+                    chrono::Utc::now(),
+                    got[seen].json()["event"].clone(),
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match arrived {
+            Some((at, at_wall, event)) => {
+                match restart_tick_after(&rig, changed_wall)? {
+                    Some((started, finished)) => {
+                        detect_ms.push(wall_ms(changed_wall, started));
+                        tick_ms.push(wall_ms(started, finished));
+                        deliver_ms.push(wall_ms(finished, at_wall));
+                    }
+                    None => unmatched += 1,
+                }
+                let l = ms(at - changed);
+                latency_ms.push(l);
+                by_kind.entry(kind.name()).or_default().push(l);
+                *first_event
+                    .entry(event.as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+            }
+            None => missed += 1,
+        }
+        // The restarted driver must be alive again, and its ticks over, before the next round.
+        if !wait_until(Duration::from_secs(60), || !chain_drivers(&rig).is_empty()) {
+            return Err(format!(
+                "section 11 round {round}: no driver came back after {}",
+                kind.name()
+            ));
+        }
+        wait_settled(&rig)?;
+    }
+    let ticks_rounds = ticks_so_far(&rig)? - ticks_before;
+
+    // Idle: nothing changes on the runner for the window; what reaches the runner's sshd?
+    progress(&format!(
+        "11 idle: {} s with nothing changing",
+        sz.event_idle_secs
+    ));
+    let t0 = ticks_so_far(&rig)?;
+    let before = sshd_traffic(&rig);
+    let idle_started = Instant::now();
+    // A measuring window, not a wait for an event: its length is the measurement.
+    std::thread::sleep(Duration::from_secs(sz.event_idle_secs));
+    let after = sshd_traffic(&rig);
+    let idle = idle_started.elapsed().as_secs_f64();
+    let idle_ticks = ticks_so_far(&rig)? - t0;
+    let per_hour = |a: usize, b: usize| (b - a) as f64 * 3600.0 / idle;
+    let (conns, sessions, execs, keepalives) = (
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2,
+        after.3 - before.3,
+    );
+
+    // Every tick of the run by trigger: a scheduled one would mean the schedule did the work.
+    let ticks = api_ok(&rig.daemon.socket, "GET", "/v1/ticks?limit=10000", None)?;
+    let mut triggers: BTreeMap<String, usize> = BTreeMap::new();
+    for t in ticks.as_array().map(Vec::as_slice).unwrap_or_default() {
+        *triggers
+            .entry(t["trigger"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let _ = rig.ctl(&["unregister"]);
+
+    let l = stats(&latency_ms);
+    let k = stats(&kill_cmd_ms);
+    let (bd, bt, bv) = (stats(&detect_ms), stats(&tick_ms), stats(&deliver_ms));
+    if unmatched > 0 {
+        r.note(format!(
+            "§11: {unmatched} notified changes had no event restart tick started after the change"
+        ));
+    }
+    r.row(
+        S,
+        format!(
+            "Driver killed on the runner → notification accepted by the receiver, schedule once a year, median / p99 / max (ms), {} of {n} changes — target p99 ≤ 2000",
+            l.n
+        ),
+        format!("{} / {} / {}", num(l.median, 0), num(l.p99, 0), num(l.max, 0)),
+    );
+    for (kind, v) in &by_kind {
+        let s = stats(v);
+        r.row(
+            S,
+            format!("… by change: {kind}, median / p99 (ms), N={}", s.n),
+            format!("{} / {}", num(s.median, 0), num(s.p99, 0)),
+        );
+    }
+    r.row(
+        S,
+        format!(
+            "… where the time went, median / p99 (ms): change → restart tick starts / the tick / tick end → accepted (N={})",
+            bd.n
+        ),
+        format!(
+            "{} / {} · {} / {} · {} / {}",
+            num(bd.median, 0),
+            num(bd.p99, 0),
+            num(bt.median, 0),
+            num(bt.p99, 0),
+            num(bv.median, 0),
+            num(bv.p99, 0)
+        ),
+    );
+    r.row(
+        S,
+        format!(
+            "Idle {idle:.0} s: new ssh connections / session channel opens / exec requests / ssh keep-alives (per hour) — target 0 beyond ≤ 60 keep-alives"
+        ),
+        format!(
+            "{} / {} / {} / {}",
+            num(per_hour(before.0, after.0), 0),
+            num(per_hour(before.1, after.1), 0),
+            num(per_hour(before.2, after.2), 0),
+            num(per_hour(before.3, after.3), 0)
+        ),
+    );
+    r.row(S, "Ticks during the idle window", idle_ticks.to_string());
+    if missed > 0 {
+        r.note(format!(
+            "§11: {missed} of {n} changes got no notification within 120 s"
+        ));
+    }
+    r.sections.insert(
+        "event_notification".into(),
+        json!({
+            "changes": n,
+            "latency_ms": l,
+            "latency_ms_by_change": by_kind.iter().map(|(k, v)| (k.to_string(), json!(stats(v)))).collect::<serde_json::Map<_, _>>(),
+            "latency_samples_ms": latency_ms,
+            "kill_command_ms": k,
+            "breakdown_ms": {
+                "change_to_restart_tick_start": bd,
+                "restart_tick": bt,
+                "tick_end_to_accepted": bv,
+                "changes_without_a_matching_tick": unmatched,
+            },
+            "missed": missed,
+            "first_notification_event": first_event,
+            "ticks_during_rounds": ticks_rounds,
+            "ticks_by_trigger": triggers,
+            "idle": {
+                "window_secs": idle,
+                "ticks": idle_ticks,
+                "new_ssh_connections": conns,
+                "session_channel_opens": sessions,
+                "exec_requests": execs,
+                "ssh_keepalive_requests": keepalives,
+                "per_hour": {
+                    "new_ssh_connections": per_hour(before.0, after.0),
+                    "session_channel_opens": per_hour(before.1, after.1),
+                    "exec_requests": per_hour(before.2, after.2),
+                    "ssh_keepalive_requests": per_hour(before.3, after.3),
+                },
+            },
         }),
     );
     Ok(())
