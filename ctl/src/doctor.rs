@@ -113,7 +113,11 @@ fn daemon_check(health: Result<&Health, &str>, socket: &Path) -> Check {
         Err(why) => Check::new(
             "daemon",
             Verdict::Fail,
-            format!("no answer at {}: {why}", socket.display()),
+            if why.is_empty() {
+                format!("no answer at {}", socket.display())
+            } else {
+                format!("no answer at {}: {why}", socket.display())
+            },
         )
         .fix("systemctl --user start megaplan-cloudd (or run megaplan-cloudd)"),
         Ok(h) if h.api_version != megaplan_cloud_api::API_VERSION => Check::new(
@@ -242,7 +246,7 @@ fn service_check(is_enabled: Option<(bool, String)>, unit_file: &Path) -> Check 
         Some((_, state)) if state == "not-found" || !unit_file.exists() => Check::new(
             name,
             Verdict::Warn,
-            format!("{} is not installed", unit_file.display()),
+            format!("{} is not installed", tilde(unit_file)),
         )
         .fix(install),
         Some((_, state)) => Check::new(
@@ -250,9 +254,17 @@ fn service_check(is_enabled: Option<(bool, String)>, unit_file: &Path) -> Check 
             Verdict::Skip,
             format!(
                 "{} is installed; the user manager did not answer ({state})",
-                unit_file.display()
+                tilde(unit_file)
             ),
         ),
+    }
+}
+
+/// `path` with the home folder written `~`, as the install steps write it.
+fn tilde(path: &Path) -> String {
+    match path.strip_prefix(paths::home_dir()) {
+        Ok(rest) => format!("~/{}", rest.display()),
+        Err(_) => path.display().to_string(),
     }
 }
 
@@ -443,7 +455,12 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
     let health: Result<Health, String> = client
         .typed(Method::GET, routes::HEALTH, None)
         .await
-        .map_err(|e| e.body().message.clone());
+        // Unreachable: the check names the socket and the fix; the client's long hint would
+        // repeat both.
+        .map_err(|e| match e {
+            crate::client::ClientError::Unreachable(_) => String::new(),
+            crate::client::ClientError::Api(b) => b.message,
+        });
     let registrations: Result<Vec<Registration>, _> =
         client.typed(Method::GET, routes::CLOUDS, None).await;
     let daemon_up = registrations.is_ok();
