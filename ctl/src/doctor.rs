@@ -189,6 +189,10 @@ fn provider_of(text: &str) -> Option<String> {
     })
 }
 
+fn uses(users: &[String]) -> &'static str {
+    if users.len() == 1 { "uses" } else { "use" }
+}
+
 /// The railway CLI as the daemon sees it (its PATH is the service's, not this shell's).
 fn railway_check(users: &[String], health: Option<&Health>) -> Option<Check> {
     if users.is_empty() {
@@ -200,8 +204,9 @@ fn railway_check(users: &[String], health: Option<&Health>) -> Option<Check> {
             name,
             Verdict::Skip,
             format!(
-                "{} use railway; the daemon is down to say if it finds the CLI",
-                users.join(", ")
+                "{} {} railway; the daemon is down to say if it finds the CLI",
+                users.join(", "),
+                uses(users)
             ),
         ));
     };
@@ -211,8 +216,9 @@ fn railway_check(users: &[String], health: Option<&Health>) -> Option<Check> {
             name,
             Verdict::Fail,
             format!(
-                "{} use railway, the daemon finds no `railway` on its PATH",
-                users.join(", ")
+                "{} {} railway, the daemon finds no `railway` on its PATH",
+                users.join(", "),
+                uses(users)
             ),
         )
         .fix("install it into ~/.local/bin or /usr/local/bin, then restart the service"),
@@ -309,6 +315,53 @@ fn free_bytes(dir: &Path) -> Result<u64, String> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// notify.yaml in the daemon's state root. The daemon reads it once, at start, and refuses to
+/// start on a broken one; so a daemon that answers proves the file it read, and an edit made
+/// after its start is untested until the next restart.
+fn notify_check(
+    file: &Path,
+    modified: Option<chrono::DateTime<chrono::Utc>>,
+    health: Option<&Health>,
+) -> Check {
+    let name = "notify.yaml";
+    let Some(modified) = modified else {
+        return Check::new(
+            name,
+            Verdict::Ok,
+            format!(
+                "none at {}: sinks come from `register --notify-*`",
+                tilde(file)
+            ),
+        );
+    };
+    let Some(h) = health else {
+        return Check::new(
+            name,
+            Verdict::Skip,
+            format!("{} is read when the daemon starts; it is down", tilde(file)),
+        );
+    };
+    let started = chrono::DateTime::parse_from_rfc3339(&h.started_at)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .ok();
+    match started {
+        Some(started) if modified > started => Check::new(
+            name,
+            Verdict::Warn,
+            format!(
+                "{} changed after the daemon started: not loaded, not checked",
+                tilde(file)
+            ),
+        )
+        .fix("systemctl --user restart megaplan-cloudd (a broken file stops it; see its log)"),
+        _ => Check::new(
+            name,
+            Verdict::Ok,
+            format!("{} loaded by the running daemon", tilde(file)),
+        ),
+    }
+}
+
 fn disk_check(folder: &Path, free: Result<u64, String>) -> Check {
     let name = "disk";
     let mib = |b: u64| b / (1024 * 1024);
@@ -317,31 +370,19 @@ fn disk_check(folder: &Path, free: Result<u64, String>) -> Check {
         Ok(b) if b < DISK_FAIL_BYTES => Check::new(
             name,
             Verdict::Fail,
-            format!(
-                "{} MiB free for the database in {}",
-                mib(b),
-                folder.display()
-            ),
+            format!("{} MiB free for the database in {}", mib(b), tilde(folder)),
         )
         .fix("free space there, or move the state root with MEGAPLAN_CLOUD_HOME"),
         Ok(b) if b < DISK_WARN_BYTES => Check::new(
             name,
             Verdict::Warn,
-            format!(
-                "{} MiB free for the database in {}",
-                mib(b),
-                folder.display()
-            ),
+            format!("{} MiB free for the database in {}", mib(b), tilde(folder)),
         )
         .fix("free space there, or move the state root with MEGAPLAN_CLOUD_HOME"),
         Ok(b) => Check::new(
             name,
             Verdict::Ok,
-            format!(
-                "{} MiB free for the database in {}",
-                mib(b),
-                folder.display()
-            ),
+            format!("{} MiB free for the database in {}", mib(b), tilde(folder)),
         ),
     }
 }
@@ -494,6 +535,15 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
         add(PathBuf::from(&r.cloud_yaml));
     }
     checks.extend(railway_check(&railway_users, health.as_ref().ok()));
+    let notify_file = match &health {
+        Ok(h) => Path::new(&h.cloud_home).join("notify.yaml"),
+        Err(_) => root.join("notify.yaml"),
+    };
+    let modified = std::fs::metadata(&notify_file)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(chrono::DateTime::<chrono::Utc>::from);
+    checks.push(notify_check(&notify_file, modified, health.as_ref().ok()));
     let unit_file = paths::home_dir().join(".config/systemd/user/megaplan-cloudd.service");
     checks.push(service_check(systemctl_is_enabled(), &unit_file));
     let db_folder = match &health {
@@ -755,5 +805,24 @@ mod tests {
                 "ok    cloud.yaml 0123456789abcdef: /home/me/proj/cloud.yaml loads",
             ]
         );
+    }
+
+    #[test]
+    fn the_notify_check_warns_of_an_edit_the_daemon_has_not_loaded() {
+        let file = Path::new("/s/notify.yaml");
+        let t = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        assert_eq!(notify_check(file, None, None).verdict, Verdict::Ok);
+        let old = Some(t("2026-01-01T00:00:00Z"));
+        assert_eq!(notify_check(file, old, None).verdict, Verdict::Skip);
+        let mut h = health("1", 1, None);
+        h.started_at = "2026-02-01T00:00:00Z".into();
+        assert_eq!(notify_check(file, old, Some(&h)).verdict, Verdict::Ok);
+        let edited = notify_check(file, Some(t("2026-03-01T00:00:00Z")), Some(&h));
+        assert_eq!(edited.verdict, Verdict::Warn);
+        assert!(edited.fix.unwrap().contains("restart megaplan-cloudd"));
     }
 }
