@@ -39,7 +39,7 @@ fn user_unit_takes_the_session_agent_and_user_paths_and_is_hardened() {
     for needed in [
         "ProtectSystem=strict",
         "ProtectHome=read-only",
-        "PrivateTmp=yes",
+        "SystemCallFilter=~@resources",
         "CapabilityBoundingSet=\n",
         "UMask=0077",
     ] {
@@ -58,6 +58,11 @@ fn user_unit_takes_the_session_agent_and_user_paths_and_is_hardened() {
     assert!(
         writable.split_whitespace().any(|p| p == "-%h/.megaplan"),
         "{writable}"
+    );
+    // A classic ssh-agent listens in /tmp/ssh-*/: a private /tmp would hide SSH_AUTH_SOCK.
+    assert!(
+        !unit.lines().any(|l| l.starts_with("PrivateTmp=yes")),
+        "PrivateTmp= hides an ssh-agent socket in /tmp"
     );
 
     // Score it as systemd does (offline: no manager needed), as a system unit and as a user unit.
