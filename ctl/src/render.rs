@@ -387,8 +387,56 @@ pub fn tick_record_line(t: &TickRecord) -> String {
     line
 }
 
+/// The checklist: one line per check, `verdict  subject: what was found`, and under a check
+/// that needs something done, the fix, indented so the verdicts stay a column to scan.
+pub fn doctor_checks(v: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for c in v["checks"].as_array().into_iter().flatten() {
+        let verdict = match s(c, "verdict") {
+            "ok" => "ok  ",
+            "warn" => "WARN",
+            "fail" => "FAIL",
+            _ => "skip",
+        };
+        let head = format!("{verdict}  {}: {}", s(c, "name"), s(c, "detail"));
+        lines.extend(wrap_words("", &head, DOCTOR_WIDTH, "      "));
+        if let Some(fix) = c["fix"].as_str() {
+            lines.extend(wrap_words("      fix: ", fix, DOCTOR_WIDTH, "           "));
+        }
+    }
+    lines
+}
+
+/// The terminal width the checklist is written for.
+const DOCTOR_WIDTH: usize = 80;
+
+/// `first` then `text` broken at spaces into lines of at most `width` characters (a single
+/// longer word, such as a path, keeps its own line), continuation lines starting with `indent`.
+fn wrap_words(first: &str, text: &str, width: usize, indent: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = first.to_string();
+    let mut fresh = true;
+    for word in text.split(' ') {
+        let fits = line.chars().count() + 1 + word.chars().count() <= width;
+        if fresh {
+            line.push_str(word);
+            fresh = false;
+        } else if fits {
+            line.push(' ');
+            line.push_str(word);
+        } else {
+            lines.push(std::mem::replace(&mut line, format!("{indent}{word}")));
+        }
+    }
+    lines.push(line);
+    lines
+}
+
 /// `doctor`, for a person on a terminal (scripts get the JSON document instead).
 pub fn doctor(v: &Value) {
+    for line in doctor_checks(v) {
+        println!("{line}");
+    }
     let markers = v["markers"]
         .as_array()
         .map(Vec::as_slice)

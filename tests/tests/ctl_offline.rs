@@ -194,6 +194,48 @@ fn doctor_reports_python_markers_without_a_daemon() {
         good["unmapped"][0].as_str().unwrap().contains("odd"),
         "{good}"
     );
+    // The checklist: typed rows with a verdict, and the fix where something needs doing.
+    let checks = v["checks"].as_array().unwrap();
+    let check = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {v}"))
+    };
+    let daemon = check("daemon");
+    assert_eq!(daemon["verdict"], "fail", "{daemon}");
+    assert!(
+        daemon["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no-daemon.sock"),
+        "{daemon}"
+    );
+    assert!(
+        daemon["fix"]
+            .as_str()
+            .unwrap()
+            .contains("systemctl --user start megaplan-cloudd"),
+        "{daemon}"
+    );
+    let disk = check("disk");
+    assert_eq!(disk["verdict"], "ok", "the test machine has room: {disk}");
+    assert!(disk["detail"].as_str().unwrap().contains("MiB free"));
+    // No unit in this HOME: either said not installed, or no systemctl to ask.
+    let unit = check("service unit");
+    assert!(
+        unit["verdict"] == "warn" || unit["verdict"] == "skip",
+        "{unit}"
+    );
+    for c in checks {
+        assert!(
+            ["ok", "warn", "fail", "skip"].contains(&c["verdict"].as_str().unwrap()),
+            "{c}"
+        );
+        if c["verdict"] == "ok" {
+            assert!(c.get("fix").is_none(), "{c}");
+        }
+    }
     // Through a pipe the document is the whole answer: nothing on stderr.
     assert!(err.is_empty(), "{err}");
 }
