@@ -8,9 +8,12 @@
 //! `timeout` makes itself a process-group leader, the wrapper writes that group id (its parent,
 //! `$PPID`) to the pid file, runs `bash -lc <script>` and removes the file when the script
 //! ends. [`kill_words`] is the command the daemon sends (through the same session) to end the
-//! group: it kills only when the group leader is still the `timeout` naming this very pid file
-//! (a pid reused since cannot be hit), removes the file, and drops the files of groups that no
-//! longer exist.
+//! group: it kills when the group leader is still the `timeout` naming this very pid file, and
+//! when the leader is gone but members of its group remain (`timeout` exits as soon as its own
+//! child dies, e.g. of the TERM at the deadline, leaving a grandchild that ignores TERM; Linux
+//! never hands out a pid still in use as a group id, so that group is this call's). A live leader
+//! that does not name the file is a reused pid and is never hit. It removes the file, and drops
+//! the files of groups that no longer exist.
 
 use crate::shell;
 use std::sync::LazyLock;
@@ -32,15 +35,19 @@ fn wrapper() -> &'static str {
 }
 
 /// Kills the group recorded in `$1` when its leader's command line still names `$1`, removes
-/// the file, and removes the files of groups whose leader is gone. Always exits 0.
+/// the file, and removes the files of groups that are gone (neither the leader nor a member
+/// lives). Always exits 0.
 fn killer() -> &'static str {
     static TEXT: LazyLock<String> = LazyLock::new(|| {
         format!(
             "f=$1; if [ -f \"$f\" ]; then p=$(cat \"$f\" 2>/dev/null); rm -f \"$f\"; \
-             case $p in ''|*[!0-9]*) ;; *) case $(tr '\\000' ' ' < \"/proc/$p/cmdline\" 2>/dev/null) in \
-             *\"$f\"*) kill -s KILL -- \"-$p\" 2>/dev/null ;; esac ;; esac; fi; \
+             case $p in ''|*[!0-9]*) ;; *) if [ -d \"/proc/$p\" ]; then \
+             case $(tr '\\000' ' ' < \"/proc/$p/cmdline\" 2>/dev/null) in \
+             *\"$f\"*) kill -s KILL -- \"-$p\" 2>/dev/null ;; esac; \
+             else kill -s KILL -- \"-$p\" 2>/dev/null; fi ;; esac; fi; \
              for g in {dir}/*.pid; do [ -f \"$g\" ] || continue; q=$(cat \"$g\" 2>/dev/null); \
-             [ -n \"$q\" ] && [ -d \"/proc/$q\" ] || rm -f \"$g\"; done; exit 0",
+             case $q in ''|*[!0-9]*) rm -f \"$g\" ;; *) [ -d \"/proc/$q\" ] || \
+             kill -0 -- \"-$q\" 2>/dev/null || rm -f \"$g\" ;; esac; done; exit 0",
             dir = shell::quote(CALLS_DIR)
         )
     });
@@ -166,6 +173,52 @@ mod tests {
         }
         assert!(gone, "the grandchild {grandchild} outlived the kill");
         assert!(!std::path::Path::new(&call.pid_file).exists());
+
+        // The deadline's TERM ended the wrapper, so `timeout` (the group leader) exited at once;
+        // a grandchild that ignores TERM lives on in the leaderless group until the kill.
+        let short: Vec<String> = ["timeout", "-k", "60", "1"].map(String::from).to_vec();
+        let call = RunnerCall::new();
+        let words = call.wrap(
+            &short,
+            "trap '' TERM; sleep 300 & echo $!; while :; do sleep 1; done",
+        );
+        let mut child = Command::new(&words[0])
+            .args(&words[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let group = child.id();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let survivor = line.trim().to_string();
+        assert_eq!(child.wait().unwrap().code(), Some(124), "the timeout fired");
+        assert!(
+            alive(&survivor),
+            "the TERM-ignoring grandchild outlived its leader"
+        );
+        let k = call.kill_words();
+        Command::new(&k[0]).args(&k[1..]).output().unwrap();
+        let mut gone = false;
+        for _ in 0..200 {
+            if !alive(&survivor) {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if !gone {
+            // Never leave the survivors running after a failed test.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
+        assert!(gone, "the leaderless group's {survivor} outlived the kill");
 
         // A stale file naming a live process that is not this call's: removed, nothing killed.
         let mut bystander = Command::new("sleep").arg("300").spawn().unwrap();
