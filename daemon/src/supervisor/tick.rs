@@ -99,8 +99,9 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
     }
     let lock = state.tick_lock(&key);
     // An event must be looked at even when a tick of this registration runs right now (it
-    // may have observed the runner before the change): it waits for that tick to end.
-    let waited = if trigger == Trigger::Event {
+    // may have observed the runner before the change), and a person who asked for a tick gets
+    // one: both wait for that tick to end. Only a scheduled occurrence is skipped.
+    let waited = if matches!(trigger, Trigger::Event | Trigger::Manual) {
         Some(lock.lock().await)
     } else {
         None
