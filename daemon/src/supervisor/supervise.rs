@@ -63,7 +63,7 @@ pub async fn tick_with(
     let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
     let mut counts = Counts::default();
     // Pause and dry run: a separate input to the decision (decide::hold).
-    let pause = match crate::notify::store::get_pause(&state.store, &key).await {
+    let pause = match super::pause::get_pause(&state.store, &key).await {
         Ok(p) => p,
         Err(e) => {
             return finish(
@@ -94,7 +94,7 @@ pub async fn tick_with(
     .await
     {
         Ok(mut r) => {
-            crate::notify::stall::annotate_report(
+            super::stall::annotate_report(
                 &mut r,
                 Utc::now(),
                 state.notifier.config.stall_after,

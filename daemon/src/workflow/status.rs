@@ -60,7 +60,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     if let Some(o) = payload.as_object_mut() {
         o.insert("spec_source".into(), target.source.as_str().into());
     }
-    crate::notify::stall::annotate(
+    crate::supervisor::stall::annotate(
         &mut payload,
         chrono::Utc::now(),
         ctx.state.notifier.config.stall_after,
