@@ -281,18 +281,33 @@ impl ProviderConsistency {
     }
 }
 
-/// The report's `runner`: the probe's object (`session`, `reason`, `pid`, ...) with its
-/// `status` read as a [`Liveness`].
+/// The report's `runner`: what the runner probe (`runner_probe` in observe.py) said, with its
+/// `status` read as a [`Liveness`]. A driver process found alive adds `pid`, `source:
+/// "process"` and the `target_session` asked about; a probe that could not tell gives a
+/// `reason`; a gone session the tmux `detail`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunnerInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Liveness>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_session: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
 
-/// The report's `pr`: `pr_number`, `pr_state`, `pr_head` of the chain state and, when probed,
-/// `merge_probe` (the lowercased `gh pr view` state).
+/// The report's `pr`: `pr_number`, `pr_state`, `pr_head` of the chain state (written, possibly
+/// `null`, when the chain was observed) and, when probed, `merge_probe` (the lowercased `gh pr
+/// view` state).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,17 +317,35 @@ pub struct PrInfo {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
+    pub pr_head: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub pr_number: Option<Option<i64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub pr_state: Option<Option<String>>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
 
-/// The report's `logs`: the chain log as observed (`path`, `exists`, `mtime`, `size`) and the
-/// compatibility fields beside it (`workspace`, `plan_log`, `chain_log`, ...).
+/// The report's `logs`: the chain log as observed (`path`, `exists`, `mtime`, `size`, and the
+/// stat `error`) and the original tool's fields beside it (`workspace`, `plan_log`,
+/// `agent_log`, `chain_log`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogsInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub agent_log: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_log: Option<ChainLogCompat>,
+    /// Why the log could not be stat'ed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exists: Option<bool>,
     /// RFC 3339 on the runner's clock; present as `null` when the log is missing.
@@ -322,14 +355,39 @@ pub struct LogsInfo {
         deserialize_with = "present"
     )]
     pub mtime: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The current plan's log (`null` when no plan runs).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub plan_log: Option<Option<String>>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
     pub size: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+}
+
+/// The original tool's `chain_log`: `mtime` in epoch seconds and `size`, or `status:
+/// "unavailable"` when the log cannot be stat'ed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLogCompat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 impl LogsInfo {
@@ -341,34 +399,68 @@ impl LogsInfo {
     }
 }
 
-/// Read one of the observation's objects into its typed form; an object whose known fields
-/// have unexpected types is kept whole in `rest` rather than lost.
-pub fn from_observed<T: serde::de::DeserializeOwned + Default + HasRest>(v: &Value) -> T {
-    serde_json::from_value(v.clone()).unwrap_or_else(|_| {
-        let mut t = T::default();
-        *t.rest_mut() = v.as_object().cloned().unwrap_or_default();
-        t
-    })
+/// The git sync facts of the chain state (`branch_head`, `pr_head`, `last_pushed_commit`,
+/// `dirty_flag`, `sync_state`): all written (strings or `null`) when the chain was observed,
+/// none (`{}`) in a report of a tick that could not observe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncInfo {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub branch_head: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_flag: Option<bool>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub last_pushed_commit: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub pr_head: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub sync_state: Option<Option<String>>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
-/// Types with a flattened map of the fields they do not name.
-pub trait HasRest {
-    fn rest_mut(&mut self) -> &mut Map<String, Value>;
-}
-impl HasRest for RunnerInfo {
-    fn rest_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.rest
+impl SyncInfo {
+    /// The five facts of an observed chain state.
+    pub fn observed(
+        branch_head: Option<String>,
+        pr_head: Option<String>,
+        last_pushed_commit: Option<String>,
+        dirty_flag: bool,
+        sync_state: Option<String>,
+    ) -> SyncInfo {
+        SyncInfo {
+            branch_head: Some(branch_head),
+            dirty_flag: Some(dirty_flag),
+            last_pushed_commit: Some(last_pushed_commit),
+            pr_head: Some(pr_head),
+            sync_state: Some(sync_state),
+            rest: Map::new(),
+        }
     }
 }
-impl HasRest for PrInfo {
-    fn rest_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.rest
-    }
-}
-impl HasRest for LogsInfo {
-    fn rest_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.rest
-    }
+
+/// The sync refresh's result (`_capture_sync_state` on the runner): `status` `ok`, `failed`
+/// or `skipped`, with the `reason` of the last two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRefresh {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub status: String,
 }
 
 /// Where the chain stood when the tick observed it: milestone `number` of `count` (1-based;
@@ -421,12 +513,8 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-fn empty_object() -> Value {
-    Value::Object(Map::new())
-}
-
 /// A field that may be present as `null`: `None` absent, `Some(None)` null.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -493,15 +581,15 @@ pub struct TickReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
     pub success: bool,
-    #[serde(default = "empty_object")]
-    pub sync: Value,
+    #[serde(default)]
+    pub sync: SyncInfo,
     /// The sync refresh's result (`null` when not run); absent on a failed tick.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    pub sync_refresh: Option<Option<Value>>,
+    pub sync_refresh: Option<Option<SyncRefresh>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<Vec<String>>,
     /// Fields of another version's report, kept as written.
@@ -536,7 +624,7 @@ impl TickReport {
             stalled_for_secs: None,
             started_at: None,
             success: false,
-            sync: empty_object(),
+            sync: SyncInfo::default(),
             sync_refresh: None,
             warnings: None,
             extra: Map::new(),

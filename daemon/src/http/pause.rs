@@ -48,8 +48,8 @@ pub async fn pause(
         .field("reason"));
     }
     let key = registered_key(&state, &k).await?;
-    let p =
-        crate::supervisor::pause::set_pause(&state.store, &key, &req.by, req.reason.as_deref()).await?;
+    let p = crate::supervisor::pause::set_pause(&state.store, &key, &req.by, req.reason.as_deref())
+        .await?;
     tracing::info!(key = %key, by = %p.paused_by, "paused");
     let _ = state.registration_changed.send(key.clone());
     Ok(Json(PauseResponse {

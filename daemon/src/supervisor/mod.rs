@@ -5,7 +5,7 @@
 pub mod events;
 pub mod markers;
 pub mod pause;
-pub mod supervise;
 pub mod stall;
+pub mod supervise;
 pub mod target;
 pub mod tick;

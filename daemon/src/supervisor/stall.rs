@@ -1,31 +1,11 @@
 //! Stall detection: a runner that is alive but whose chain log has not grown (its mtime has
-//! not moved) for `stall_after`. Pure; fed by the observation's `runner` and `logs` objects.
+//! not moved) for `stall_after`. Pure; fed by the observation's runner probe and log stat.
 //! A stalled chain is only reported and notified, never killed or restarted.
 
 use chrono::{DateTime, Utc};
 use megaplan_cloud_api::report::{Liveness, TickReport};
-use serde_json::{Value, json};
+use megaplan_cloud_api::status::ChainStatus;
 use std::time::Duration;
-
-/// Seconds since the chain log last grew, when the runner is alive and that is at least
-/// `stall_after`. The log's mtime is the runner's clock; the age is taken on the daemon's, so a
-/// clock skew of seconds is noise against a threshold of minutes.
-pub fn stalled_for(
-    runner: &Value,
-    logs: &Value,
-    now: DateTime<Utc>,
-    stall_after: Duration,
-) -> Option<i64> {
-    let alive = runner.get("status").and_then(Value::as_str) == Some("alive");
-    let exists = logs.get("exists").and_then(Value::as_bool) == Some(true);
-    stalled_age(
-        alive,
-        exists,
-        logs.get("mtime").and_then(Value::as_str),
-        now,
-        stall_after,
-    )
-}
 
 /// The rule itself: a live runner, an existing log, and its mtime `stall_after` old or more.
 fn stalled_age(
@@ -60,21 +40,18 @@ pub fn annotate_report(report: &mut TickReport, now: DateTime<Utc>, stall_after:
     report.stall_after_secs = Some(stall_after.as_secs());
 }
 
-/// Add `stalled`, `stalled_for_secs` and `stall_after_secs` to a `status --chain` payload
-/// (its `runner` and `logs` objects).
-pub fn annotate(payload: &mut Value, now: DateTime<Utc>, stall_after: Duration) {
-    let empty = json!({});
-    let age = stalled_for(
-        payload.get("runner").unwrap_or(&empty),
-        payload.get("logs").unwrap_or(&empty),
+/// Set `stalled`, `stalled_for_secs` and `stall_after_secs` of a `status --chain` payload.
+pub fn annotate(payload: &mut ChainStatus, now: DateTime<Utc>, stall_after: Duration) {
+    let age = stalled_age(
+        payload.runner.status == Some(Liveness::Alive),
+        payload.logs.exists == Some(true),
+        payload.logs.mtime(),
         now,
         stall_after,
     );
-    if let Some(o) = payload.as_object_mut() {
-        o.insert("stalled".into(), age.is_some().into());
-        o.insert("stalled_for_secs".into(), json!(age));
-        o.insert("stall_after_secs".into(), stall_after.as_secs().into());
-    }
+    payload.stalled = age.is_some();
+    payload.stalled_for_secs = age;
+    payload.stall_after_secs = stall_after.as_secs();
 }
 
 #[cfg(test)]
@@ -85,38 +62,42 @@ mod tests {
         DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)
     }
 
+    fn payload(runner: &str, exists: bool, mtime: Option<&str>) -> ChainStatus {
+        serde_json::from_value(serde_json::json!({
+            "effective_status": "running",
+            "runner": {"status": runner},
+            "logs": {"exists": exists, "mtime": mtime, "size": 10},
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn only_a_live_runner_with_an_old_log_is_stalled() {
-        let logs = json!({"exists": true, "mtime": "2026-01-01T10:00:00Z", "size": 10});
-        let alive = json!({"status": "alive"});
         let thirty = Duration::from_secs(1800);
+        let stalled = |mut p: ChainStatus, now: &str| {
+            annotate(&mut p, at(now), thirty);
+            assert_eq!(p.stall_after_secs, 1800);
+            assert_eq!(p.stalled, p.stalled_for_secs.is_some());
+            p.stalled_for_secs
+        };
+        let old = Some("2026-01-01T10:00:00Z");
         assert_eq!(
-            stalled_for(&alive, &logs, at("2026-01-01T10:31:00Z"), thirty),
+            stalled(payload("alive", true, old), "2026-01-01T10:31:00Z"),
             Some(1860)
         );
         assert_eq!(
-            stalled_for(&alive, &logs, at("2026-01-01T10:29:00Z"), thirty),
+            stalled(payload("alive", true, old), "2026-01-01T10:29:00Z"),
             None
         );
-        for runner in [
-            json!({"status": "dead"}),
-            json!({"status": "unknown"}),
-            json!({}),
-        ] {
+        for runner in ["dead", "unknown"] {
             assert_eq!(
-                stalled_for(&runner, &logs, at("2026-01-02T00:00:00Z"), thirty),
+                stalled(payload(runner, true, old), "2026-01-02T00:00:00Z"),
                 None
             );
         }
-        let missing = json!({"exists": false, "mtime": null});
         assert_eq!(
-            stalled_for(&alive, &missing, at("2026-01-02T00:00:00Z"), thirty),
+            stalled(payload("alive", false, None), "2026-01-02T00:00:00Z"),
             None
         );
-        let mut p = json!({"runner": alive, "logs": logs});
-        annotate(&mut p, at("2026-01-01T11:00:00Z"), thirty);
-        assert_eq!(p["stalled"], true);
-        assert_eq!(p["stalled_for_secs"], 3600);
-        assert_eq!(p["stall_after_secs"], 1800);
     }
 }
