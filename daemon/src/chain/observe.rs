@@ -50,8 +50,16 @@ struct Printed {
     pr_probe_error: Option<String>,
     /// Only when the request named no launcher: the core the runner found.
     core: Option<CoreFound>,
-    errors: Option<Vec<String>>,
+    /// Findings of the observer; entries that are not text are skipped.
+    errors: Option<Vec<TextOrOther>>,
     core_starts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TextOrOther {
+    Text(String),
+    Other(serde::de::IgnoredAny),
 }
 
 /// `find_core` in observe.py: the first importable core module, or why none was found.
@@ -290,7 +298,10 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         .into_iter()
         .flatten(),
     );
-    warnings.extend(p.errors.unwrap_or_default());
+    warnings.extend(p.errors.into_iter().flatten().filter_map(|e| match e {
+        TextOrOther::Text(t) => Some(t),
+        TextOrOther::Other(_) => None,
+    }));
     let logs = p.logs.unwrap_or_default();
     warnings.extend(logs.error.clone());
 
