@@ -99,6 +99,86 @@ word_enum! {
     }
 }
 
+word_enum! {
+    /// The report's `rule`: which rule of the supervise decision (`chain::decide` in the
+    /// daemon) matched, in the order they are checked. `explain` reads it; a pause or a dry
+    /// run keeps the rule that matched (they are their own fields). Absent in reports of
+    /// earlier versions and of ticks that failed before deciding.
+    Rule {
+        /// The observation failed: a tick that cannot see the runner never acts.
+        ObservationFailed => "observation_failed",
+        /// The last chain was launched with another provider or target.
+        ProviderMismatch => "provider_mismatch",
+        /// The provider cannot run commands on the runner.
+        NoExec => "no_exec",
+        Running => "running",
+        Complete => "complete",
+        HumanPrerequisite => "human_prerequisite",
+        QualityGate => "quality_gate",
+        /// Awaiting a PR merge that the probe did not confirm.
+        AwaitingMerge => "awaiting_merge",
+        MergedDeadRunner => "merged_dead_runner",
+        MergedLiveRunner => "merged_live_runner",
+        MergedUnknownRunner => "merged_unknown_runner",
+        StaleDeadRunner => "stale_dead_runner",
+        StaleLiveRunner => "stale_live_runner",
+        StaleUnknownRunner => "stale_unknown_runner",
+        /// The mutation script found the session marker naming another chain (exit 17).
+        OtherChainSession => "other_chain_session",
+        /// The mutation script found the runner alive after all (exit 18).
+        LiveAtMutation => "live_at_mutation",
+        /// The mutation script failed or could not be sent.
+        MutationFailed => "mutation_failed",
+    }
+}
+
+impl Rule {
+    /// The rule in words: the condition and what the supervisor does about it.
+    pub fn text(&self) -> String {
+        match self {
+            Rule::ObservationFailed => {
+                "the observation failed: a tick that cannot see the runner never acts"
+            }
+            Rule::ProviderMismatch => {
+                "provider consistency mismatch: the last chain was launched elsewhere, so nothing is touched"
+            }
+            Rule::NoExec => {
+                "the provider cannot run commands on the runner: nothing is probed or changed"
+            }
+            Rule::Running => "running → noop (a running chain is left alone)",
+            Rule::Complete => "complete → done",
+            Rule::HumanPrerequisite => "human_prerequisite → blocked until a person resolves it",
+            Rule::QualityGate => "quality_gate → blocked until a person resolves or accepts it",
+            Rule::AwaitingMerge => "awaiting_pr_merge, PR not merged → blocked until it is merged",
+            Rule::MergedDeadRunner => "awaiting_pr_merge, PR merged, runner dead → advance",
+            Rule::MergedLiveRunner => {
+                "awaiting_pr_merge, PR merged, runner alive → blocked (only a confirmed-dead runner is advanced)"
+            }
+            Rule::MergedUnknownRunner => {
+                "awaiting_pr_merge, PR merged, runner unknown → blocked (only a confirmed-dead runner is advanced)"
+            }
+            Rule::StaleDeadRunner => "stale_bookkeeping, runner dead → restart",
+            Rule::StaleLiveRunner => {
+                "stale_bookkeeping, runner alive → blocked (a live or unprobeable runner is never restarted)"
+            }
+            Rule::StaleUnknownRunner => {
+                "stale_bookkeeping, runner unknown → blocked (a live or unprobeable runner is never restarted)"
+            }
+            Rule::OtherChainSession => {
+                "the session marker names another chain → blocked (another chain's session is never touched)"
+            }
+            Rule::LiveAtMutation => {
+                "the runner was alive when the mutation ran → blocked (a live runner is never killed or replaced)"
+            }
+            Rule::MutationFailed => {
+                "the mutation failed → error (the next tick observes again)"
+            }
+            Rule::Other(word) => return format!("{word} (a rule of another version)"),
+        }
+        .to_string()
+    }
+}
+
 /// The status the supervisor acts on: the one classification of the observed chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -560,6 +640,9 @@ pub struct TickReport {
     pub refused_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_round_trips: Option<u32>,
+    /// The rule of the decision that matched (absent in earlier versions' reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Rule>,
     /// Imports of the megaplan core the tick caused on the runner (0 in steady state, when the
     /// resident observer answers); absent in reports stored before it was counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -616,6 +699,7 @@ impl TickReport {
             queued_ms: None,
             refused_reason: Some(reason.to_string()),
             remote_round_trips: None,
+            rule: None,
             core_starts: None,
             runner: RunnerInfo::default(),
             spec: String::new(),
@@ -711,6 +795,27 @@ mod tests {
 
     /// A dry run: `dry_run` is written only when true.
     const DRY_RUN: &str = r#"{"acted":false,"dry_run":true,"effective_status":"stale_bookkeeping","event":"supervisor_tick","finished_at":"f","logs":{},"next_action":"restart","paused":null,"pr":{},"provider_consistency":{"reason":"the last chain was launched with provider 'ssh' but cloud.yaml now uses 'railway'","status":"mismatch"},"refused_reason":"dry run: the supervisor would restart (nothing was changed)","remote_round_trips":1,"runner":{"status":"unknown"},"spec":"/s","stall_after_secs":60,"stalled":false,"stalled_for_secs":null,"started_at":"s","success":true,"sync":{},"sync_refresh":null}"#;
+
+    /// A restart as this version stores it: the rule that matched is recorded.
+    const WITH_RULE: &str = r#"{"acted":true,"core_starts":0,"effective_status":"stale_bookkeeping","event":"supervisor_restarted","finished_at":"2026-12-04T10:00:01+00:00","logs":{},"milestone":{"count":3,"label":"m2","number":2},"next_action":"restart","paused":null,"pr":{"pr_head":null,"pr_number":null,"pr_state":null},"provider_consistency":{"status":"not_applicable"},"refused_reason":null,"remote_round_trips":2,"rule":"stale_dead_runner","runner":{"session":"megaplan-chain","status":"dead"},"spec":"/w/chain.yaml","stall_after_secs":1800,"stalled":false,"stalled_for_secs":null,"started_at":"2026-12-04T10:00:00+00:00","success":true,"sync":{"branch_head":null,"dirty_flag":false,"last_pushed_commit":null,"pr_head":null,"sync_state":null},"sync_refresh":{"status":"ok"}}"#;
+
+    #[test]
+    fn the_rule_is_stored_and_read_back() {
+        let r = round_trip(WITH_RULE);
+        assert_eq!(r.rule, Some(Rule::StaleDeadRunner));
+        assert!(r.rule.unwrap().text().ends_with("→ restart"));
+        let r = round_trip(ACTED);
+        assert_eq!(r.rule, None, "absent in earlier reports");
+        for w in Rule::KNOWN {
+            let rule: Rule = w.parse().unwrap();
+            assert!(!matches!(rule, Rule::Other(_)), "{w}");
+            assert!(!rule.text().contains("another version"), "{w}");
+        }
+        assert_eq!(
+            "wait_for_ci".parse::<Rule>().unwrap().text(),
+            "wait_for_ci (a rule of another version)"
+        );
+    }
 
     fn round_trip(text: &str) -> TickReport {
         let r: TickReport = serde_json::from_str(text).unwrap();

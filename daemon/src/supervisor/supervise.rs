@@ -103,6 +103,7 @@ pub async fn tick_with(
             let d = decide::status_read_failed(&e.to_string());
             let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
             r.error = Some(e.error.as_str().to_string());
+            r.rule = Some(d.rule);
             r
         }
     };
@@ -413,6 +414,7 @@ fn report(
         next_action: d.next_action.clone(),
         acted: d.acted,
         refused_reason: d.refused_reason.clone(),
+        rule: Some(d.rule.clone()),
         runner: observed.map(|o| o.runner.clone()).unwrap_or_default(),
         sync: observed.map(|o| o.sync.clone()).unwrap_or_default(),
         pr: observed.map(|o| o.pr.clone()).unwrap_or_default(),
