@@ -25,6 +25,11 @@ import time
 
 GATE_PREFIX = "MEGAPLAN_GATE "
 
+# How long past its `exp` a refreshable token (one with a refresh token beside it) may be
+# before the login counts as dead: the agent refreshes on use, so only a login nobody has
+# refreshed for a week is one that will fail.
+REFRESH_GRACE_SECS = 7 * 24 * 3600
+
 
 def fence_paths(resolved_spec, workspace):
     """(token file, lock file) of a chain: in `<workspace>/.megaplan/cloud-fence/`, named after
@@ -93,7 +98,7 @@ def jwt_exp(token):
 def credential_problems(path, now):
     """What is wrong with one agent login file (empty list when nothing): present files must be
     JSON; every JWT inside (Codex: `tokens.id_token`, `tokens.access_token`) must not have
-    expired; Claude's `claudeAiOauth.expiresAt` (milliseconds) likewise. Never prints a value."""
+    expired (beyond REFRESH_GRACE_SECS when a refresh token sits beside it); Claude's `claudeAiOauth.expiresAt` (milliseconds) likewise. Never prints a value."""
     if not os.path.exists(path):
         return []
     try:
@@ -103,21 +108,26 @@ def credential_problems(path, now):
         return ["%s is not readable JSON (%s)" % (path, exc.__class__.__name__)]
     problems = []
 
-    def walk(value, where):
+    def walk(value, where, refreshable):
         if isinstance(value, dict):
+            # An agent refreshes a short-lived token itself when a refresh token sits beside it
+            # (Codex's `tokens`); such a token only counts as dead once it has not been
+            # refreshed for REFRESH_GRACE_SECS.
+            inner = bool(value.get("refresh_token") or value.get("refreshToken"))
             for k, v in value.items():
-                walk(v, where + [str(k)])
+                walk(v, where + [str(k)], inner)
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                walk(v, where + [str(i)])
+                walk(v, where + [str(i)], refreshable)
         else:
             exp = jwt_exp(value)
-            if exp is not None and exp <= now:
+            grace = REFRESH_GRACE_SECS if refreshable else 0
+            if exp is not None and exp + grace <= now:
                 problems.append("%s: %s expired at %s" % (
                     path, ".".join(where),
                     datetime.datetime.fromtimestamp(exp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
 
-    walk(data, [])
+    walk(data, [], False)
     oauth = data.get("claudeAiOauth") if isinstance(data, dict) else None
     if isinstance(oauth, dict) and isinstance(oauth.get("expiresAt"), (int, float)):
         exp = oauth["expiresAt"] / 1000.0

@@ -516,6 +516,23 @@ mod tests {
         assert!(checks[0].detail.contains("tokens.id_token expired"), "{checks:?}");
         // The token itself is never printed.
         assert!(!String::from_utf8_lossy(&out.stdout).contains(&expired));
+        // Beside a refresh token, a token just past its `exp` is refreshed by the agent: no
+        // blocker; one nobody refreshed for nine days is.
+        let refreshable = |exp: i64| {
+            format!(
+                r#"{{"tokens":{{"access_token":"{}","refresh_token":"r"}}}}"#,
+                jwt(exp)
+            )
+        };
+        std::fs::write(&auth, refreshable(now - 60)).unwrap();
+        let (_, v) = run_gate(&req, "true", home.path());
+        assert!(matches!(v.unwrap().outcome(), GateOutcome::Accepted { .. }));
+        std::fs::write(&auth, refreshable(now - 9 * 24 * 3600)).unwrap();
+        let (_, v) = run_gate(&req, "true", home.path());
+        assert!(matches!(
+            v.unwrap().outcome(),
+            GateOutcome::PreflightFailed(_)
+        ));
     }
 
     #[test]
