@@ -129,6 +129,11 @@ word_enum! {
         LiveAtMutation => "live_at_mutation",
         /// The mutation script failed or could not be sent.
         MutationFailed => "mutation_failed",
+        /// The runner's launch gate holds a newer fencing token: another daemon or a manual
+        /// `chain` owns the chain.
+        FencedOff => "fenced_off",
+        /// The runner's launch gate stopped the launch: a preflight check failed.
+        PreflightFailed => "preflight_failed",
     }
 }
 
@@ -172,6 +177,12 @@ impl Rule {
             }
             Rule::MutationFailed => {
                 "the mutation failed → error (the next tick observes again)"
+            }
+            Rule::FencedOff => {
+                "the runner's gate holds a newer fencing token → blocked (one driver per chain: another daemon or a manual chain owns it)"
+            }
+            Rule::PreflightFailed => {
+                "the preflight before the launch failed → blocked until the named check passes"
             }
             Rule::Other(word) => return format!("{word} (a rule of another version)"),
         }

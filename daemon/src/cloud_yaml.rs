@@ -216,6 +216,70 @@ pub struct Resources {
     pub network: Option<String>,
 }
 
+/// `preflight:`: the floors the launch gate checks on the runner before every launch
+/// (runner/fence.rs; docs/operations.md "Preflight").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Preflight {
+    /// `preflight.min_free_disk`: bytes free in the workspace (default 1 GiB).
+    pub min_free_disk: u64,
+    /// `preflight.min_free_inodes`: inodes free in the workspace (default 10 000).
+    pub min_free_inodes: u64,
+}
+
+/// A value as an error message shows it: strings and numbers as written, else their type.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(t) => format!("{t:?}"),
+        Value::Number(n) => n.to_string(),
+        other => type_name(other).to_string(),
+    }
+}
+
+/// `preflight.min_free_disk` when unset: 1 GiB.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 1 << 30;
+/// `preflight.min_free_inodes` when unset.
+pub const DEFAULT_MIN_FREE_INODES: u64 = 10_000;
+
+impl Default for Preflight {
+    fn default() -> Preflight {
+        Preflight {
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
+            min_free_inodes: DEFAULT_MIN_FREE_INODES,
+        }
+    }
+}
+
+/// A size: an integer number of bytes, or a number with a unit (`500MiB`, `1GiB`, `2GB`,
+/// `1PiB`; binary and decimal units, case-insensitive, `B` optional).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1000,
+        "ki" => 1 << 10,
+        "m" => 1000_u64.pow(2),
+        "mi" => 1 << 20,
+        "g" => 1000_u64.pow(3),
+        "gi" => 1 << 30,
+        "t" => 1000_u64.pow(4),
+        "ti" => 1 << 40,
+        "p" => 1000_u64.pow(5),
+        "pi" => 1 << 50,
+        _ => return None,
+    };
+    if !num.is_finite() || num < 0.0 || (unit.is_empty() && num.fract() != 0.0) {
+        return None;
+    }
+    let bytes = num * mult as f64;
+    (bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Railway {
     pub service: String,
@@ -288,6 +352,7 @@ pub struct CloudSpec {
     pub local: Local,
     pub ssh: Option<Ssh>,
     pub image: Image,
+    pub preflight: Preflight,
     /// The `kubernetes:` section (always present with provider: kubernetes).
     pub kubernetes: Option<Kubernetes>,
     /// Non-fatal findings (unknown keys), reported on stderr by commands.
@@ -431,6 +496,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ssh",
     "image",
     "kubernetes",
+    "preflight",
     // Read by the original only; each gets its own warning (see `ORIGINAL_ONLY_KEYS`).
     "chain_session",
     "driver",
@@ -964,6 +1030,7 @@ impl Walker<'_> {
             None
         };
 
+        let preflight = self.preflight(root)?;
         let image_sec = self.section(root, "image", &["base", "dockerfile"])?;
         let base_dir = self.file.parent().unwrap_or(Path::new("/"));
         let image = Image {
@@ -1000,8 +1067,49 @@ impl Walker<'_> {
             ssh,
             image,
             kubernetes,
+            preflight,
             warnings: self.warnings,
         })
+    }
+
+    /// `preflight:`: `min_free_disk` (bytes or a size such as `1GiB`) and `min_free_inodes`.
+    fn preflight(&mut self, root: &Map<String, Value>) -> Result<Preflight, ErrorBody> {
+        let sec = self.section(root, "preflight", &["min_free_disk", "min_free_inodes"])?;
+        let mut p = Preflight::default();
+        match sec.and_then(|m| m.get("min_free_disk")) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                p.min_free_disk = n.as_u64().unwrap_or_default()
+            }
+            Some(Value::String(t)) if parse_size(t).is_some() => {
+                p.min_free_disk = parse_size(t).unwrap_or_default()
+            }
+            Some(other) => {
+                return Err(self.err(
+                    "preflight.min_free_disk",
+                    format!(
+                        "preflight.min_free_disk must be a number of bytes or a size such as 1GiB or 500MiB, found {}",
+                        shown(other)
+                    ),
+                ));
+            }
+        }
+        match sec.and_then(|m| m.get("min_free_inodes")) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                p.min_free_inodes = n.as_u64().unwrap_or_default()
+            }
+            Some(other) => {
+                return Err(self.err(
+                    "preflight.min_free_inodes",
+                    format!(
+                        "preflight.min_free_inodes must be a whole number of inodes such as 10000, found {}",
+                        shown(other)
+                    ),
+                ));
+            }
+        }
+        Ok(p)
     }
 
     fn toolchains(&self, root: &Map<String, Value>) -> Result<Vec<Toolchain>, ErrorBody> {
@@ -1220,6 +1328,41 @@ fn expand_tilde(p: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preflight_floors_default_parse_sizes_and_name_the_field_when_wrong() {
+        let parse = |extra: &str| {
+            parse_bytes(
+                format!("repo: {{url: u}}\n{extra}").as_bytes(),
+                Path::new("/p/cloud.yaml"),
+            )
+        };
+        assert_eq!(parse("").unwrap().preflight, Preflight::default());
+        assert_eq!(
+            parse("preflight: {min_free_disk: 1PiB, min_free_inodes: 5}")
+                .unwrap()
+                .preflight,
+            Preflight {
+                min_free_disk: 1 << 50,
+                min_free_inodes: 5
+            }
+        );
+        assert_eq!(
+            parse("preflight: {min_free_disk: 2048}")
+                .unwrap()
+                .preflight
+                .min_free_disk,
+            2048
+        );
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1.5GB"), Some(1_500_000_000));
+        assert_eq!(parse_size("lots"), None);
+        let e = parse("preflight: {min_free_disk: lots}").unwrap_err();
+        assert!(e.message.contains("preflight.min_free_disk"), "{e}");
+        assert!(e.message.contains("1GiB"), "{e}");
+        let e = parse("preflight: {min_free_inodes: -1}").unwrap_err();
+        assert!(e.message.contains("preflight.min_free_inodes"), "{e}");
+    }
 
     #[test]
     fn bounded_read_refuses_fifos_devices_and_big_files_without_blocking() {

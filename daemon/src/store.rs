@@ -743,6 +743,148 @@ impl Store {
     }
 }
 
+/// A launch the runner's gate refused, or a preflight stopped (migrations/0005_fencing.sql).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GateRefusal {
+    pub id: i64,
+    pub key: String,
+    pub at: String,
+    /// Who tried: `tick` or `chain`.
+    pub source: String,
+    /// `stale_token`, `live_driver`, `preflight_failed`, ...
+    pub reason: String,
+    pub offered: Option<u64>,
+    pub held: Option<u64>,
+    pub holder: Option<String>,
+    pub message: String,
+}
+
+/// What to record of one refused launch.
+#[derive(Debug, Clone, Default)]
+pub struct NewGateRefusal<'a> {
+    pub source: &'a str,
+    pub reason: &'a str,
+    pub offered: Option<u64>,
+    pub held: Option<u64>,
+    pub holder: Option<&'a str>,
+    pub message: &'a str,
+}
+
+fn token_i64(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+// Fencing tokens and refused launches (docs/operations.md "Fencing").
+impl Store {
+    /// The fencing token this daemon last knew for `key` (0 when none).
+    pub async fn fence_token(&self, key: &str) -> Result<u64, StoreError> {
+        let what = "reading the fencing token";
+        let token: Option<i64> = sqlx::query("SELECT token FROM fencing WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+            .map_err(|e| self.failed(what, e))?;
+        Ok(token.map(non_negative).unwrap_or(0))
+    }
+
+    /// Remember that the runner holds at least `token` for `key` (held by `holder`). The stored
+    /// token never goes down: a lower one changes nothing.
+    pub async fn raise_fence_token(
+        &self,
+        key: &str,
+        token: u64,
+        holder: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let what = "saving the fencing token";
+        sqlx::query(
+            "INSERT INTO fencing (key, token, holder, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET
+                 holder = CASE WHEN excluded.token > fencing.token THEN excluded.holder ELSE fencing.holder END,
+                 updated_at = CASE WHEN excluded.token > fencing.token THEN excluded.updated_at ELSE fencing.updated_at END,
+                 token = MAX(fencing.token, excluded.token)",
+        )
+        .bind(key)
+        .bind(token_i64(token))
+        .bind(holder)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        Ok(())
+    }
+
+    /// Record a refused launch of `key`, keeping the newest `keep_ticks_per_key` of them.
+    pub async fn record_gate_refusal(
+        &self,
+        key: &str,
+        r: &NewGateRefusal<'_>,
+    ) -> Result<(), StoreError> {
+        let what = "recording a refused launch";
+        let mut tx = self.pool.begin().await.map_err(|e| self.failed(what, e))?;
+        sqlx::query(
+            "INSERT INTO gate_refusals (key, at, source, reason, offered, held, holder, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(key)
+        .bind(now())
+        .bind(r.source)
+        .bind(r.reason)
+        .bind(r.offered.map(token_i64))
+        .bind(r.held.map(token_i64))
+        .bind(r.holder)
+        .bind(r.message)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        sqlx::query(
+            "DELETE FROM gate_refusals WHERE key = ?1 AND id NOT IN
+                 (SELECT id FROM gate_refusals WHERE key = ?1 ORDER BY id DESC LIMIT ?2)",
+        )
+        .bind(key)
+        .bind(i64::from(self.keep_ticks_per_key))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        tx.commit().await.map_err(|e| self.failed(what, e))?;
+        Ok(())
+    }
+
+    /// The newest `limit` refused launches of `key`, newest first.
+    pub async fn gate_refusals(
+        &self,
+        key: &str,
+        limit: u32,
+    ) -> Result<Vec<GateRefusal>, StoreError> {
+        let what = "reading refused launches";
+        let rows = sqlx::query(
+            "SELECT id, key, at, source, reason, offered, held, holder, message
+             FROM gate_refusals WHERE key = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(key)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(what, e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(GateRefusal {
+                    id: row.try_get("id")?,
+                    key: row.try_get("key")?,
+                    at: row.try_get("at")?,
+                    source: row.try_get("source")?,
+                    reason: row.try_get("reason")?,
+                    offered: row.try_get::<Option<i64>, _>("offered")?.map(non_negative),
+                    held: row.try_get::<Option<i64>, _>("held")?.map(non_negative),
+                    holder: row.try_get("holder")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| self.failed(what, e))
+    }
+}
+
 fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
     Ok(Registration {
         key: row.try_get("key")?,
@@ -1571,5 +1713,46 @@ mod tests {
             store.tick_counters().await.unwrap(),
             TickCounters::default()
         );
+    }
+
+    #[tokio::test]
+    async fn fence_tokens_only_grow_and_refusals_are_kept_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 2).await;
+        assert_eq!(store.fence_token("k").await.unwrap(), 0);
+        store
+            .raise_fence_token("k", 5, Some("daemon A"))
+            .await
+            .unwrap();
+        store
+            .raise_fence_token("k", 3, Some("daemon B"))
+            .await
+            .unwrap();
+        assert_eq!(store.fence_token("k").await.unwrap(), 5);
+        store.raise_fence_token("k", 6, None).await.unwrap();
+        assert_eq!(store.fence_token("k").await.unwrap(), 6);
+        for i in 0..3u64 {
+            let msg = format!("refused {i}");
+            store
+                .record_gate_refusal(
+                    "k",
+                    &NewGateRefusal {
+                        source: "tick",
+                        reason: "stale_token",
+                        offered: Some(i),
+                        held: Some(6),
+                        holder: Some("daemon A"),
+                        message: &msg,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let r = store.gate_refusals("k", 10).await.unwrap();
+        assert_eq!(r.len(), 2, "kept to the retention");
+        assert_eq!(r[0].message, "refused 2");
+        assert_eq!((r[0].offered, r[0].held), (Some(2), Some(6)));
+        assert!(store.gate_refusals("other", 10).await.unwrap().is_empty());
+        store.close().await;
     }
 }

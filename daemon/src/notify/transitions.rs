@@ -15,7 +15,7 @@ pub const WAITING_STATUSES: [EffectiveStatus; 3] = [
 ];
 
 /// Every event a notification can carry (docs/notifications.md).
-pub const EVENTS: [&str; 9] = [
+pub const EVENTS: [&str; 10] = [
     "human_prerequisite",
     "quality_gate",
     "awaiting_pr_merge",
@@ -25,6 +25,7 @@ pub const EVENTS: [&str; 9] = [
     "stalled",
     "ticks_failing",
     "ticks_recovered",
+    "preflight_failed",
 ];
 
 /// What the watcher remembers of one registration between ticks.
@@ -46,6 +47,9 @@ pub struct WatchState {
     /// `ticks_failing` sent for the current run of failures.
     #[serde(default)]
     pub failing_sent: bool,
+    /// The preflight blocker already told (its failed checks), until a launch goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight_blocker: Option<String>,
 }
 
 /// Thresholds of the transition rules.
@@ -158,6 +162,44 @@ pub fn transitions(
             title: format!("the supervisor acted: {action}"),
             details: json!({"action": action}),
         });
+    }
+
+    // A launch the runner's preflight stopped (runner/fence.rs) needs a person: told once per
+    // blocker (which checks failed), again only after a launch went through.
+    let preflight = report
+        .extra
+        .get("preflight")
+        .filter(|p| p.get("passed") == Some(&Value::Bool(false)));
+    if let Some(p) = preflight {
+        let checks = p.get("checks").cloned().unwrap_or(Value::Null);
+        let blocker: Vec<String> = checks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{}:{}",
+                    c.get("check").and_then(Value::as_str).unwrap_or("?"),
+                    c.get("field").and_then(Value::as_str).unwrap_or("?")
+                )
+            })
+            .collect();
+        let blocker = blocker.join(",");
+        if prev.preflight_blocker.as_deref() != Some(blocker.as_str()) {
+            let fix = checks
+                .get(0)
+                .and_then(|c| c.get("fix"))
+                .and_then(Value::as_str)
+                .unwrap_or("see the tick report");
+            events.push(Event {
+                event: "preflight_failed",
+                title: format!("a launch was stopped by the preflight; fix: {fix}"),
+                details: json!({"reason": reason, "checks": checks}),
+            });
+        }
+        next.preflight_blocker = Some(blocker);
+    } else if report.acted {
+        next.preflight_blocker = None;
     }
 
     let stalled = report.is_stalled();
@@ -318,6 +360,27 @@ mod tests {
         assert_eq!(
             run(&reports, 10),
             ["supervisor_acted", "supervisor_acted", "stalled", "stalled"]
+        );
+    }
+
+    #[test]
+    fn a_preflight_blocker_is_told_once_until_a_launch_goes_through() {
+        let blocked = report(json!({"effective_status": "stale_bookkeeping",
+            "event": "supervisor_blocked", "next_action": "blocked",
+            "refused_reason": "preflight failed",
+            "preflight": {"passed": false, "checks": [{"check": "disk",
+                "field": "preflight.min_free_disk", "detail": "d", "fix": "free disk"}]}}));
+        let acted = report(
+            json!({"effective_status": "stale_bookkeeping", "acted": true,
+            "event": "supervisor_restarted", "next_action": "restart"}),
+        );
+        let events = run(
+            &[blocked.clone(), blocked.clone(), acted, blocked.clone()],
+            1,
+        );
+        assert_eq!(
+            events,
+            ["preflight_failed", "supervisor_acted", "preflight_failed"]
         );
     }
 

@@ -21,6 +21,14 @@ pub const EXIT_OTHER_CHAIN: i32 = 17;
 /// process driving `chain start` for the spec).
 pub const EXIT_LIVE_RUNNER: i32 = 18;
 
+/// Exit status of the launch gate (`fence.py`) when the offered fencing token is stale: another
+/// launcher took the chain since this one last looked.
+pub const EXIT_FENCED: i32 = 19;
+
+/// Exit status of the launch gate when a preflight check failed (disk, inodes, agent logins,
+/// chain spec): nothing was launched.
+pub const EXIT_PREFLIGHT: i32 = 20;
+
 /// Prefix of the one stdout line that carries an observation.
 pub const OBSERVATION_PREFIX: &str = "MEGAPLAN_OBSERVATION ";
 
@@ -56,6 +64,8 @@ pub fn python_constants() -> &'static str {
              DEFAULT_CHAIN_LOG = {}\n\
              EXIT_OTHER_CHAIN = {EXIT_OTHER_CHAIN}\n\
              EXIT_LIVE_RUNNER = {EXIT_LIVE_RUNNER}\n\
+             EXIT_FENCED = {EXIT_FENCED}\n\
+             EXIT_PREFLIGHT = {EXIT_PREFLIGHT}\n\
              OBSERVATION_PREFIX = {}\n",
             modules.join(", "),
             py(CHAIN_SESSION),

@@ -7,18 +7,20 @@
 //!   `crate::provider::resident` keeps one such process per runner).
 //! - [`mutation`]: the only script a supervise tick may run to act (restart or advance).
 //! - [`launch`]: the scripts of `chain`, `bootstrap`, `chains`: checkout, preflight, start.
+//! - [`fence`]: the launch gate: fencing tokens and the preflight, in one step with a launch.
 //! - [`probe`]: which core module a runner's Python can import.
 //! - [`group`]: the wrapper that runs a remote command in a process group of its own and the
 //!   command that kills that group (client gone, deadline passed).
 //! - [`python`]: the small Python scripts and the library they share.
 //!
-//! Runner-side Python lives in `.py` files here (`files.py`, `drivers.py`, `observe.py`,
+//! Runner-side Python lives in `.py` files here (`files.py`, `drivers.py`, `fence.py`, `observe.py`,
 //! `resident.py`) and is sent as `python -c`: the layout constants first, then the files a
 //! script needs, then one entry call.
 //!
 //! This layer calls only [`crate::shell`] and the config constants of [`crate::cloud_yaml`];
 //! the chain domain, the providers and the workflows call it.
 
+pub mod fence;
 pub mod group;
 pub mod launch;
 pub mod layout;

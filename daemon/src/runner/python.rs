@@ -68,6 +68,7 @@ mod tests {
             remove_state_py(),
             driver_check_py(),
             driver_wait_py(),
+            super::super::fence::gate_py().to_string(),
             super::super::observe::observe_py().to_string(),
             super::super::observe::resident_py().to_string(),
         ]

@@ -11,15 +11,20 @@ use crate::cloud_yaml::{self, CloudSpec};
 use crate::provider::{self, Provider, ProviderCtx};
 use crate::redact::Redact;
 use crate::redact::Redactor;
+use crate::runner::fence::{
+    self, FenceMode, Floors, GateOutcome, GateRequest, Verdict, gate_script,
+};
 use crate::runner::layout::SESSION_MARKER_DIR;
 use crate::runner::mutation::{MutationTarget, mutation_script};
 use crate::state::AppState;
+use crate::store::NewGateRefusal;
 use chrono::Utc;
 use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::report::{
     self, ChainPosition, LogsInfo, NextAction, PrInfo, ProviderConsistency, ReportedStatus,
     RunnerInfo, SyncInfo, SyncRefresh, TickReport,
 };
+use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -288,27 +293,61 @@ async fn observe_and_act(
             .as_ref()
             .filter(|m| m.describes(&target.spec))
             .and_then(|m| m.identity_digest.get().cloned());
-        let script = mutation_script(
-            kind.as_str(),
-            &MutationTarget {
-                session: target.session.clone(),
-                workspace: target.workspace.clone(),
-                spec: target.spec.clone(),
-                launcher,
-                log_path: target.log_path.clone(),
-                marker_dir: SESSION_MARKER_DIR.to_string(),
-                identity_digest: digest,
-            },
+        let mutation = MutationTarget {
+            session: target.session.clone(),
+            workspace: target.workspace.clone(),
+            spec: target.spec.clone(),
+            launcher: launcher.clone(),
+            log_path: target.log_path.clone(),
+            marker_dir: SESSION_MARKER_DIR.to_string(),
+            identity_digest: digest,
+        };
+        // The launch goes behind the runner's gate: the fencing token this daemon last knew
+        // (compare-and-swap), the driver check and the preflight, under one lock with the start.
+        let expected = state.store.fence_token(key).await?;
+        let holder = fence::daemon_holder(state.store.path());
+        let mut gate = GateRequest::new(
+            FenceMode::CompareAndSwap,
+            expected,
+            holder.clone(),
+            &target.workspace,
+            &target.spec,
+            &launcher,
+            floors(spec),
         );
+        gate.marker_file = Some(mutation.marker_file());
+        let script = gate_script(&gate, &mutation_script(kind.as_str(), &mutation));
         counts.round_trips += 1;
+        let mut gated = None;
         let applied = match p.exec(&script, None).await {
             Ok(r) => {
+                let verdict = Verdict::parse(&r.stdout);
+                let stdout: Vec<&str> = r
+                    .stdout
+                    .lines()
+                    .filter(|l| !l.starts_with(fence::GATE_PREFIX))
+                    .collect();
+                let stdout = stdout.join("\n");
                 let said = if r.stderr.trim().is_empty() {
-                    r.stdout.trim()
+                    stdout.trim()
                 } else {
                     r.stderr.trim()
                 };
-                decide::mutation_outcome(kind, Ok(r.code), said)
+                let applied = match verdict.as_ref().map(Verdict::outcome) {
+                    Some(GateOutcome::Refused(v)) => {
+                        refused(report::Rule::FencedOff, &v.refusal_message())
+                    }
+                    Some(GateOutcome::PreflightFailed(checks)) => refused(
+                        report::Rule::PreflightFailed,
+                        &fence::preflight_message(&checks),
+                    ),
+                    _ => decide::mutation_outcome(kind, Ok(r.code), said),
+                };
+                if let Some(v) = verdict {
+                    gate_recorded(state, key, &holder, &v, &applied).await;
+                    gated = Some(v);
+                }
+                applied
             }
             Err(e) => decide::mutation_outcome(kind, Err(e.message), ""),
         };
@@ -319,6 +358,9 @@ async fn observe_and_act(
             Some(&observed),
             consistency,
         );
+        if let Some(v) = gated {
+            gate_in_report(&mut out, expected, &v);
+        }
         if applied.acted {
             // A restart or advance is a launch: keep the last-chain marker describing it.
             let updated = markers::launched(
@@ -344,6 +386,88 @@ async fn observe_and_act(
         out.warnings = Some(marker_warnings);
     }
     Ok(out)
+}
+
+/// The preflight floors of a cloud.yaml.
+fn floors(spec: &CloudSpec) -> Floors {
+    Floors {
+        disk_bytes: spec.preflight.min_free_disk,
+        inodes: spec.preflight.min_free_inodes,
+    }
+}
+
+/// A launch the runner's gate refused (fenced off or stopped by the preflight): nothing was
+/// launched; a person reads why in `refused_reason`.
+fn refused(rule: report::Rule, reason: &str) -> decide::Decision {
+    decide::Decision {
+        rule,
+        event: report::TickEvent::Blocked,
+        next_action: NextAction::Blocked,
+        acted: false,
+        refused_reason: Some(reason.to_string()),
+        mutation: None,
+    }
+}
+
+/// Keep the local token current with what the gate showed (accepted: ours; refused: the
+/// holder's, so the next tick offers it), and record a refusal in the store.
+async fn gate_recorded(
+    state: &Arc<AppState>,
+    key: &str,
+    holder: &str,
+    v: &Verdict,
+    applied: &decide::Decision,
+) {
+    let (token, by) = match v.outcome() {
+        GateOutcome::Accepted { token } => (token, Some(holder)),
+        _ => (v.known_token(), v.holder.as_deref()),
+    };
+    if let Err(e) = state.store.raise_fence_token(key, token, by).await {
+        tracing::warn!(key, "cannot save the fencing token: {e}");
+    }
+    if matches!(v.outcome(), GateOutcome::Accepted { .. }) {
+        return;
+    }
+    let reason = if v.verdict == "preflight_failed" {
+        "preflight_failed"
+    } else {
+        v.reason.as_deref().unwrap_or("refused")
+    };
+    let refusal = NewGateRefusal {
+        source: "tick",
+        reason,
+        offered: v.offered,
+        held: v.held,
+        holder: v.holder.as_deref(),
+        message: applied.refused_reason.as_deref().unwrap_or_default(),
+    };
+    if let Err(e) = state.store.record_gate_refusal(key, &refusal).await {
+        tracing::warn!(key, "cannot record a refused launch: {e}");
+    }
+}
+
+/// The gate's verdict in the report: `fencing` (the token offered, the verdict, who holds the
+/// chain) always; `preflight` (the failed checks) when the preflight stopped the launch.
+fn gate_in_report(out: &mut TickReport, expected: u64, v: &Verdict) {
+    let mut fencing = json!({
+        "expected": expected,
+        "verdict": v.verdict,
+        "held": v.held,
+        "holder": v.holder,
+    });
+    if let Some(t) = v.token {
+        fencing["token"] = json!(t);
+    }
+    if let Some(r) = &v.reason {
+        fencing["reason"] = json!(r);
+    }
+    out.extra.insert("fencing".into(), fencing);
+    if let GateOutcome::PreflightFailed(checks) = v.outcome() {
+        out.extra.insert(
+            "preflight".into(),
+            json!({"passed": false, "checks": checks}),
+        );
+    }
 }
 
 /// What a tick report shows of an observation: the status payload's `runner`, `sync`, `pr`,

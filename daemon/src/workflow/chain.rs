@@ -10,8 +10,12 @@ use super::ctx::{Ctx, Done};
 use crate::chain::spec::{self, ChainSpec};
 use crate::provider::Provider;
 use crate::provider::remote_failure;
+use crate::runner::fence::{
+    self, FenceMode, Floors, GateOutcome, GateRequest, Verdict, gate_script,
+};
 use crate::runner::launch::{checkout_script, init_command, preflight_script, start_script};
 use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN, chain_log, marker_file};
+use crate::store::NewGateRefusal;
 use crate::supervisor::markers;
 use chrono::Utc;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
@@ -268,20 +272,41 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         ))
         .await;
 
+    // The start goes behind the runner's gate (runner/fence.rs): a manual `chain` takes the
+    // next fencing token when no driver of the chain is alive, and the preflight must pass,
+    // both under the lock the start runs in.
+    let expected = ctx.state.store.fence_token(&ctx.key).await?;
+    let holder = fence::manual_holder();
+    let gate = GateRequest::new(
+        FenceMode::Take,
+        expected,
+        holder.clone(),
+        &ws,
+        &remote_spec,
+        &launcher,
+        Floors {
+            disk_bytes: ctx.spec.preflight.min_free_disk,
+            inodes: ctx.spec.preflight.min_free_inodes,
+        },
+    );
     let started = p
         .exec(
-            &start_script(
-                &ctx.spec,
-                &launcher,
-                session,
-                &remote_spec,
-                &log_path,
-                &digest,
-                args.no_git_refresh,
+            &gate_script(
+                &gate,
+                &start_script(
+                    &ctx.spec,
+                    &launcher,
+                    session,
+                    &remote_spec,
+                    &log_path,
+                    &digest,
+                    args.no_git_refresh,
+                ),
             ),
             None,
         )
         .await?;
+    let fence_token = gate_verdict(ctx, &holder, &started, session).await?;
     if started.code != 0 {
         return Err(remote_failure("starting the chain session", &started));
     }
@@ -349,10 +374,66 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         "tmux": {"session": session, "status": if alive { "running" } else { "exited" }},
         "log": {"chain_log": log_path},
         "launch": {
+            "fencing_token": fence_token,
             "identity_digest": digest,
             "session_marker": marker_file(session),
         },
     }))))
+}
+
+/// Reads the gate's verdict of a manual start: keeps the local token current, records a refusal
+/// and turns it into the error a person reads (who holds the chain, or which check failed and
+/// its fix). Returns the token the launch took (None when the gate printed no verdict).
+async fn gate_verdict(
+    ctx: &Ctx,
+    holder: &str,
+    r: &crate::provider::ExecResult,
+    session: &str,
+) -> Result<Option<u64>, ErrorBody> {
+    let Some(v) = Verdict::parse(&r.stdout) else {
+        return Ok(None);
+    };
+    let outcome = v.outcome();
+    let (token, by) = match &outcome {
+        GateOutcome::Accepted { token } => (*token, Some(holder)),
+        _ => (v.known_token(), v.holder.as_deref()),
+    };
+    ctx.state
+        .store
+        .raise_fence_token(&ctx.key, token, by)
+        .await?;
+    let err = match &outcome {
+        GateOutcome::Accepted { token } => return Ok(Some(*token)),
+        GateOutcome::Refused(v) => ErrorBody::new(
+            ErrorCode::ChainSessionCollision,
+            format!("{}; nothing was started", v.refusal_message()),
+        )
+        .with("session", session)
+        .with("fencing", serde_json::to_value(v).unwrap_or(Value::Null)),
+        GateOutcome::PreflightFailed(checks) => {
+            ErrorBody::new(ErrorCode::ProviderFailed, fence::preflight_message(checks)).with(
+                "preflight",
+                serde_json::to_value(checks).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let refusal = NewGateRefusal {
+        source: "chain",
+        reason: if matches!(outcome, GateOutcome::PreflightFailed(_)) {
+            "preflight_failed"
+        } else {
+            v.reason.as_deref().unwrap_or("refused")
+        },
+        offered: v.offered,
+        held: v.held,
+        holder: v.holder.as_deref(),
+        message: &err.message,
+    };
+    ctx.state
+        .store
+        .record_gate_refusal(&ctx.key, &refusal)
+        .await?;
+    Err(err)
 }
 
 #[cfg(test)]
