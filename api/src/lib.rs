@@ -8,6 +8,7 @@
 pub mod error;
 pub mod fleet;
 pub mod legacy;
+pub mod liveness;
 pub mod marker;
 pub mod paths;
 pub mod report;

@@ -446,6 +446,10 @@ pub struct TickReport {
     pub event: TickEvent,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// The driver's tri-state liveness with its evidence (issue 24); absent in reports stored
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<crate::liveness::Liveness>,
     #[serde(default)]
     pub logs: LogsInfo,
     /// Where the chain stands after the tick: the milestone observed, or the next one when the
@@ -467,6 +471,9 @@ pub struct TickReport {
     /// Time spent waiting for a tick slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_ms: Option<u64>,
+    /// The crash-loop quarantine in force, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<crate::liveness::Quarantine>,
     /// Always written, `null` when nothing was refused.
     #[serde(default)]
     pub refused_reason: Option<String>,
@@ -519,6 +526,7 @@ impl TickReport {
             error: None,
             event: TickEvent::Error,
             finished_at: None,
+            liveness: None,
             logs: LogsInfo::default(),
             milestone: None,
             next_action: NextAction::None,
@@ -526,6 +534,7 @@ impl TickReport {
             pr: PrInfo::default(),
             provider_consistency: None,
             queued_ms: None,
+            quarantine: None,
             refused_reason: Some(reason.to_string()),
             remote_round_trips: None,
             core_starts: None,

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub mod kubernetes;
+pub mod supervise;
 pub use kubernetes::Kubernetes;
+pub use supervise::Supervise;
 
 /// The core's module names, in the order the runner is probed for them when
 /// `megaplan.launcher` is unset (see `chain::launcher`): the real package at the reference
@@ -290,6 +292,8 @@ pub struct CloudSpec {
     pub image: Image,
     /// The `kubernetes:` section (always present with provider: kubernetes).
     pub kubernetes: Option<Kubernetes>,
+    /// The `supervise:` section: lease TTL, quarantine and restart back-off.
+    pub supervise: Supervise,
     /// Non-fatal findings (unknown keys), reported on stderr by commands.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -431,6 +435,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ssh",
     "image",
     "kubernetes",
+    "supervise",
     // Read by the original only; each gets its own warning (see `ORIGINAL_ONLY_KEYS`).
     "chain_session",
     "driver",
@@ -981,6 +986,9 @@ impl Walker<'_> {
             &repo.workspace,
         )?;
 
+        let supervise_sec = self.section(root, "supervise", supervise::KEYS)?;
+        let supervise = supervise::parse(self.file, supervise_sec)?;
+
         Ok(CloudSpec {
             path: self.file.to_path_buf(),
             provider,
@@ -1000,6 +1008,7 @@ impl Walker<'_> {
             ssh,
             image,
             kubernetes,
+            supervise,
             warnings: self.warnings,
         })
     }

@@ -38,6 +38,8 @@ pub struct Observation {
     /// `{"status": "alive"|"dead"|"unknown", "session": ..., "reason"?: ...}`
     pub runner: Value,
     pub liveness: Liveness,
+    /// The tri-state verdict with its evidence (`chain::liveness`); `liveness` is its word.
+    pub verdict: megaplan_cloud_api::liveness::Liveness,
     /// `{"path", "exists", "mtime", "size"}`
     pub logs: Value,
     /// `{"status": "ok"}` / `{"status": "failed", "reason"}` / skipped; `None` when not asked.
@@ -226,8 +228,8 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
     let policy = effective_policy(spec.as_ref(), &policy_overrides);
 
     let runner = object_or_empty(obj, "runner")?;
-    let liveness =
-        Liveness::from_status(runner.get("status").and_then(Value::as_str).unwrap_or(""));
+    let verdict = crate::chain::liveness::verdict(&runner);
+    let liveness = crate::chain::liveness::probe_word(&verdict);
     let sessions = match obj.get("sessions") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items.clone(),
@@ -288,6 +290,7 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         plan_status: object_or_empty(obj, "plan_status")?,
         runner,
         liveness,
+        verdict,
         logs,
         sync_refresh,
         pr_probe,

@@ -43,6 +43,7 @@ pub fn error(message: &str) -> Markup {
 
 fn state_word(s: FleetState) -> &'static str {
     match s {
+        FleetState::Quarantined => "quarantined",
         FleetState::NeedsPerson => "needs a person",
         FleetState::Stalled => "stalled",
         FleetState::BackingOff => "backing off",

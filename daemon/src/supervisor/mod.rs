@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod markers;
+pub mod quarantine;
 pub mod supervise;
 pub mod target;
 pub mod tick;
