@@ -428,6 +428,13 @@ async fn observe_and_act(
             }
         }
     }
+    let mut marker_warnings = marker_warnings;
+    if !state.residents.watching(key) {
+        // Item 1's fallback, said where a person looks (`explain`): no events from this runner.
+        marker_warnings.push(
+            "no watch on the runner (the resident observer cannot run there, e.g. no python, or its session was lost): this registration is ticked by its schedule only until the observer is back".to_string(),
+        );
+    }
     if !marker_warnings.is_empty() {
         out.warnings = Some(marker_warnings);
     }
