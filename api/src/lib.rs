@@ -82,6 +82,9 @@ pub mod routes {
     pub fn cloud_pause(key: &str) -> String {
         format!("/v1/clouds/{key}/pause")
     }
+    pub fn cloud_quarantine(key: &str) -> String {
+        format!("/v1/clouds/{key}/quarantine")
+    }
     pub fn cloud_explain(key: &str) -> String {
         format!("/v1/clouds/{key}/explain")
     }

@@ -134,7 +134,9 @@ mod tests {
 
     #[test]
     fn a_seen_driver_is_live_and_an_unprobed_one_unknown() {
-        let live = verdict(&json!({"status": "alive", "source": "process", "pid": 7, "target_session": "megaplan-chain", "session": "agent"}));
+        let live = verdict(
+            &json!({"status": "alive", "source": "process", "pid": 7, "target_session": "megaplan-chain", "session": "agent"}),
+        );
         assert_eq!(live.state, LiveState::Live);
         assert_eq!(live.evidence.process_seen, Some(true));
         let unknown = verdict(&json!({"status": "unknown", "reason": "tmux missing"}));

@@ -132,7 +132,11 @@ mod tests {
         assert_eq!(s.restart_backoff, Duration::from_secs(1));
         let bad = json!({"quarantine_after": 0});
         let e = parse(f, bad.as_object()).unwrap_err();
-        assert!(e.message.contains("supervise.quarantine_after"), "{}", e.message);
+        assert!(
+            e.message.contains("supervise.quarantine_after"),
+            "{}",
+            e.message
+        );
         let bad = json!({"lease_ttl": "soon"});
         let e = parse(f, bad.as_object()).unwrap_err();
         assert!(e.message.contains("supervise.lease_ttl"), "{}", e.message);

@@ -48,10 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             routes::CLOUD_PAUSE,
             post(pause::pause).delete(pause::unpause),
         )
-        .route(
-            routes::CLOUD_QUARANTINE,
-            delete(quarantine::unquarantine),
-        )
+        .route(routes::CLOUD_QUARANTINE, delete(quarantine::unquarantine))
         .route(routes::CLOUD_EXPLAIN, get(ticks::explain))
         .route(routes::NOTIFICATIONS, get(ticks::list_notifications))
         .route(routes::FLEET, get(fleet::fleet))

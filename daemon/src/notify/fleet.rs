@@ -118,7 +118,9 @@ pub fn row(f: Facts<'_>) -> FleetRow {
         out.state = FleetState::Quarantined;
         out.attention = attention(
             format!("quarantined since {}: {}", q.since, q.reason),
-            format!("read the driver log (`megaplan-cloudctl explain {key}`), fix the cause, then `megaplan-cloudctl unquarantine {key}`"),
+            format!(
+                "read the driver log (`megaplan-cloudctl explain {key}`), fix the cause, then `megaplan-cloudctl unquarantine {key}`"
+            ),
         );
         return out;
     }

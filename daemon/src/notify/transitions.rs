@@ -184,7 +184,11 @@ pub fn transitions(
 
     // The driver seen gone while its lease still holds: the person hears at once; only the
     // restart waits for the verdict.
-    match report.liveness.as_ref().and_then(|l| l.pending_secs().map(|s| (l, s))) {
+    match report
+        .liveness
+        .as_ref()
+        .and_then(|l| l.pending_secs().map(|s| (l, s)))
+    {
         Some((l, secs)) if !prev.driver_gone_sent => {
             next.driver_gone_sent = true;
             events.push(Event {

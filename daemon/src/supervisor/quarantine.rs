@@ -18,9 +18,14 @@ use std::time::Duration;
 pub enum Gate {
     Go,
     /// Back off: the next restart may run at `until`.
-    Wait { until: DateTime<Utc>, restarts: u32 },
+    Wait {
+        until: DateTime<Utc>,
+        restarts: u32,
+    },
     /// Too many restarts in the window: quarantine instead.
-    Quarantine { restarts: u32 },
+    Quarantine {
+        restarts: u32,
+    },
 }
 
 /// The back-off before the restart that follows `restarts` restarts in the window: the base,
@@ -237,8 +242,17 @@ mod tests {
             gate(t0, &[t0 - s(30), t0 - s(15)], &cfg(), 0.99),
             Gate::Wait { restarts: 2, .. }
         ));
-        assert_eq!(gate(t0, &[t0 - s(60), t0 - s(40), t0 - s(20)], &cfg(), 0.0), Gate::Quarantine { restarts: 3 });
-        assert_eq!(backoff(Duration::from_secs(10), 40, 0.0), Duration::from_secs(320));
-        assert_eq!(backoff(Duration::from_secs(10), 1, 1.0), Duration::from_millis(12_500));
+        assert_eq!(
+            gate(t0, &[t0 - s(60), t0 - s(40), t0 - s(20)], &cfg(), 0.0),
+            Gate::Quarantine { restarts: 3 }
+        );
+        assert_eq!(
+            backoff(Duration::from_secs(10), 40, 0.0),
+            Duration::from_secs(320)
+        );
+        assert_eq!(
+            backoff(Duration::from_secs(10), 1, 1.0),
+            Duration::from_millis(12_500)
+        );
     }
 }

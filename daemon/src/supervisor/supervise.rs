@@ -16,15 +16,15 @@ use crate::runner::mutation::{MutationTarget, mutation_script};
 use crate::state::AppState;
 use chrono::Utc;
 use megaplan_cloud_api::liveness::Quarantine;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use std::time::Duration;
 use megaplan_cloud_api::report::{
     self, ChainPosition, LogsInfo, NextAction, PrInfo, ProviderConsistency, ReportedStatus,
     RunnerInfo, TickEvent, TickReport, from_observed, to_sorted_value,
 };
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One tick for a cloud.yaml. Never fails: every problem becomes a `supervisor_error` report.
 /// The report is redacted before it is returned.
@@ -111,7 +111,9 @@ pub async fn tick_with(
             let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
             r.error = Some(e.error.as_str().to_string());
             // Not observed: `unknown`, which never authorizes a restart or an advance.
-            r.liveness = Some(megaplan_cloud_api::liveness::Liveness::unreachable(&e.message));
+            r.liveness = Some(megaplan_cloud_api::liveness::Liveness::unreachable(
+                &e.message,
+            ));
             r
         }
     };
@@ -402,8 +404,7 @@ async fn observe_and_act(
             let now = Utc::now();
             let window = chrono::Duration::from_std(spec.supervise.quarantine_window)
                 .unwrap_or(chrono::Duration::MAX);
-            if let Err(e) = quarantine::record_restart(&state.store, key, now, now - window).await
-            {
+            if let Err(e) = quarantine::record_restart(&state.store, key, now, now - window).await {
                 tracing::warn!(key, "the restart could not be recorded: {e}");
             }
         }
@@ -474,8 +475,11 @@ async fn quarantine_gate(
     d: decide::Decision,
 ) -> Result<(decide::Decision, Option<Quarantine>, Option<Duration>), ErrorBody> {
     let key = spec.key();
-    let store_err = |e: crate::store::StoreError| ErrorBody::new(ErrorCode::StorageFailed, e.message);
-    let current = quarantine::get(&state.store, &key).await.map_err(store_err)?;
+    let store_err =
+        |e: crate::store::StoreError| ErrorBody::new(ErrorCode::StorageFailed, e.message);
+    let current = quarantine::get(&state.store, &key)
+        .await
+        .map_err(store_err)?;
     let Some(kind) = d.mutation else {
         return Ok((d, current, None));
     };
@@ -571,7 +575,8 @@ fn tick_later(state: &Arc<AppState>, key: &str, after: Duration) {
         let _ = events
             .send(crate::provider::resident::RunnerEvent {
                 key,
-                what: "a follow-up the last tick asked for (lease expiry or restart back-off)".into(),
+                what: "a follow-up the last tick asked for (lease expiry or restart back-off)"
+                    .into(),
                 lost: false,
             })
             .await;
