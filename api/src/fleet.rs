@@ -68,6 +68,10 @@ pub struct FleetRow {
     /// and `backing_off`.
     #[serde(default)]
     pub attention: Option<Attention>,
+    /// The driver's liveness at the last tick that observed it (`live`, `dead`, `unknown` with
+    /// the evidence); `None` before any.
+    #[serde(default)]
+    pub liveness: Option<crate::liveness::Liveness>,
 }
 
 /// What a person should know and do about one registration.
@@ -83,6 +87,9 @@ pub struct Attention {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FleetState {
+    /// The driver died right after each of its last restarts: the supervisor restarts it no
+    /// more until a person runs `megaplan-cloudctl unquarantine` (or `resume`).
+    Quarantined,
     /// Waiting for a person: a human prerequisite, a quality gate, a provider mismatch, an
     /// unreadable cloud.yaml, or ticks failing in a row (the notification threshold).
     NeedsPerson,
@@ -107,6 +114,7 @@ impl FleetState {
     /// Sort rank: what needs a person first, what needs nobody last.
     pub fn rank(self) -> u8 {
         match self {
+            FleetState::Quarantined => 0,
             FleetState::NeedsPerson => 0,
             FleetState::Stalled => 1,
             FleetState::BackingOff => 2,
@@ -120,6 +128,7 @@ impl FleetState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            FleetState::Quarantined => "quarantined",
             FleetState::NeedsPerson => "needs_person",
             FleetState::Stalled => "stalled",
             FleetState::BackingOff => "backing_off",
@@ -135,7 +144,8 @@ impl FleetState {
     pub fn needs_attention(self) -> bool {
         matches!(
             self,
-            FleetState::NeedsPerson
+            FleetState::Quarantined
+                | FleetState::NeedsPerson
                 | FleetState::Stalled
                 | FleetState::BackingOff
                 | FleetState::AwaitingPr
@@ -177,6 +187,7 @@ mod tests {
             paused: None,
             backoff: None,
             attention: None,
+            liveness: None,
         }
     }
 

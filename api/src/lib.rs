@@ -8,6 +8,7 @@
 pub mod error;
 pub mod fleet;
 pub mod legacy;
+pub mod liveness;
 pub mod marker;
 pub mod paths;
 pub mod report;
@@ -66,6 +67,8 @@ pub mod routes {
 
     /// `POST` pauses (body `PauseRequest`), `DELETE` unpauses (docs/notifications.md).
     pub const CLOUD_PAUSE: &str = "/v1/clouds/{key}/pause";
+    /// `DELETE` clears the crash-loop quarantine (`api::liveness::UnquarantineResult`).
+    pub const CLOUD_QUARANTINE: &str = "/v1/clouds/{key}/quarantine";
     /// `GET`: the last tick of a registration explained (facts, rule, action, refusal).
     pub const CLOUD_EXPLAIN: &str = "/v1/clouds/{key}/explain";
     /// `GET /v1/notifications?cloud_yaml=P&limit=N`: the notification outbox, newest first.
@@ -78,6 +81,9 @@ pub mod routes {
 
     pub fn cloud_pause(key: &str) -> String {
         format!("/v1/clouds/{key}/pause")
+    }
+    pub fn cloud_quarantine(key: &str) -> String {
+        format!("/v1/clouds/{key}/quarantine")
     }
     pub fn cloud_explain(key: &str) -> String {
         format!("/v1/clouds/{key}/explain")

@@ -134,6 +134,11 @@ word_enum! {
         FencedOff => "fenced_off",
         /// The runner's launch gate stopped the launch: a preflight check failed.
         PreflightFailed => "preflight_failed",
+        /// The driver died again after each recent restart: no more launches until a person
+        /// clears the quarantine.
+        Quarantined => "quarantined",
+        /// A restart waits: restarts back off exponentially (with jitter) before a quarantine.
+        RestartBackoff => "restart_backoff",
     }
 }
 
@@ -180,6 +185,12 @@ impl Rule {
             }
             Rule::FencedOff => {
                 "the runner's gate holds a newer fencing token → blocked (one driver per chain: another daemon or a manual chain owns it)"
+            }
+            Rule::Quarantined => {
+                "quarantined after repeated crashes → blocked until `unquarantine` (or `resume`)"
+            }
+            Rule::RestartBackoff => {
+                "restarted recently → the next restart waits (exponential back-off with jitter)"
             }
             Rule::PreflightFailed => {
                 "the preflight before the launch failed → blocked until the named check passes"
@@ -308,13 +319,22 @@ impl<'de> Deserialize<'de> for ReportedStatus {
 }
 
 /// What the runner probe (`tmux has-session`, or a process driving the chain) said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Liveness {
     Alive,
     Dead,
     /// The runner could not be probed (tmux missing, probe failed).
     Unknown,
+}
+
+/// Read leniently like [`Liveness::from_status`]: a word another version of the observer (or
+/// the original's `connected`) sends must not make the whole observation unreadable.
+impl<'de> Deserialize<'de> for Liveness {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        Ok(Liveness::from_status(&word))
+    }
 }
 
 impl Liveness {
@@ -392,6 +412,24 @@ pub struct RunnerInfo {
     pub status: Option<Liveness>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_session: Option<String>,
+    /// The driver's lease as the observer read it on the runner (issue 24 item 2); absent
+    /// for a chain launched before leases existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<RunnerLease>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+/// The runner's `lease`: its age and TTL on the runner's clock, and `mismatch` when it is bound
+/// to another chain (then age and TTL do not count).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunnerLease {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<f64>,
+    #[serde(default)]
+    pub mismatch: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
@@ -625,6 +663,10 @@ pub struct TickReport {
     pub event: TickEvent,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// The driver's tri-state liveness with its evidence (issue 24); absent in reports stored
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<crate::liveness::Liveness>,
     #[serde(default)]
     pub logs: LogsInfo,
     /// Where the chain stands after the tick: the milestone observed, or the next one when the
@@ -646,6 +688,9 @@ pub struct TickReport {
     /// Time spent waiting for a tick slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_ms: Option<u64>,
+    /// The crash-loop quarantine in force, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<crate::liveness::Quarantine>,
     /// Always written, `null` when nothing was refused.
     #[serde(default)]
     pub refused_reason: Option<String>,
@@ -701,6 +746,7 @@ impl TickReport {
             error: None,
             event: TickEvent::Error,
             finished_at: None,
+            liveness: None,
             logs: LogsInfo::default(),
             milestone: None,
             next_action: NextAction::None,
@@ -708,6 +754,7 @@ impl TickReport {
             pr: PrInfo::default(),
             provider_consistency: None,
             queued_ms: None,
+            quarantine: None,
             refused_reason: Some(reason.to_string()),
             remote_round_trips: None,
             rule: None,

@@ -314,6 +314,14 @@ pub enum Cmd {
         #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
+    /// Clear the crash-loop quarantine of this registration (its driver died right after each
+    /// of its last restarts): the supervisor may restart it again.
+    Unquarantine {
+        /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
+        /// instead of --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
+        target: Option<String>,
+    },
     /// Explain the last stored tick: facts observed, the rule that matched, action, refusal.
     Explain {
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,

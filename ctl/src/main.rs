@@ -321,6 +321,7 @@ async fn run(cli: Cli) -> i32 {
     | Cmd::Ticks { target, .. }
     | Cmd::Pause { target, .. }
     | Cmd::Unpause { target }
+    | Cmd::Unquarantine { target }
     | Cmd::Explain { target }
     | Cmd::Watch { target, .. }
     | Cmd::Notifications { target, .. } = &mut cli.command
@@ -696,6 +697,11 @@ async fn run(cli: Cli) -> i32 {
                 }
                 Err(e) => fail_for(e, &cy),
             };
+        }
+        Cmd::Unquarantine { .. } => {
+            return commands::quarantine::unquarantine(&client, &key_of_this(), &cy)
+                .await
+                .unwrap_or_else(|e| fail_for(e, &cy));
         }
         Cmd::Explain { .. } => {
             let json = output::json_mode();

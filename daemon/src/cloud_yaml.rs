@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub mod kubernetes;
+pub mod supervise;
 pub use kubernetes::Kubernetes;
+pub use supervise::Supervise;
 
 /// The core's module names, in the order the runner is probed for them when
 /// `megaplan.launcher` is unset (see `chain::launcher`): the real package at the reference
@@ -355,6 +357,8 @@ pub struct CloudSpec {
     pub preflight: Preflight,
     /// The `kubernetes:` section (always present with provider: kubernetes).
     pub kubernetes: Option<Kubernetes>,
+    /// The `supervise:` section: lease TTL, quarantine and restart back-off.
+    pub supervise: Supervise,
     /// Non-fatal findings (unknown keys), reported on stderr by commands.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -497,6 +501,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "image",
     "kubernetes",
     "preflight",
+    "supervise",
     // Read by the original only; each gets its own warning (see `ORIGINAL_ONLY_KEYS`).
     "chain_session",
     "driver",
@@ -1048,6 +1053,9 @@ impl Walker<'_> {
             &repo.workspace,
         )?;
 
+        let supervise_sec = self.section(root, "supervise", supervise::KEYS)?;
+        let supervise = supervise::parse(self.file, supervise_sec)?;
+
         Ok(CloudSpec {
             path: self.file.to_path_buf(),
             provider,
@@ -1068,6 +1076,7 @@ impl Walker<'_> {
             image,
             kubernetes,
             preflight,
+            supervise,
             warnings: self.warnings,
         })
     }

@@ -58,6 +58,7 @@ const COLUMNS: [Column; 7] = [
 /// The state as a person reads it, and its colour.
 pub fn state_cell(r: &FleetRow) -> Cell {
     let (text, sgr) = match r.state {
+        FleetState::Quarantined => ("quarantined".to_string(), "1;31"),
         FleetState::NeedsPerson => ("needs a person".to_string(), "1;31"),
         FleetState::Stalled => (
             format!(
@@ -171,6 +172,26 @@ pub fn text(f: &Fleet, view: &View) -> String {
             }
         }
     }
+    // A driver not seen alive, with the evidence (a live one needs no line: the table says
+    // running). Its own lines: at 80 columns the table has no room for another column.
+    let unsure: Vec<_> = shown
+        .iter()
+        .filter_map(|r| r.liveness.as_ref().map(|l| (r, l)))
+        .filter(|(_, l)| l.state != megaplan_cloud_api::liveness::LiveState::Live)
+        .collect();
+    if !unsure.is_empty() {
+        out.push(String::new());
+        out.push(paint("drivers:", "1", view.color));
+        for (r, l) in unsure {
+            let detail = output::strip_controls(&l.evidence.detail).replace('\n', " ");
+            out.extend(columns::wrap(
+                &format!("{}: {} — {detail}", r.name, l.state),
+                view.width,
+                "  ",
+                "    ",
+            ));
+        }
+    }
     for r in shown.iter().filter(|r| r.paused.is_some()) {
         if let Some(p) = &r.paused {
             let reason = p
@@ -211,6 +232,7 @@ fn counts(f: &Fleet) -> String {
         .iter()
         .map(|(s, n)| {
             let word = match s {
+                FleetState::Quarantined => "quarantined",
                 FleetState::NeedsPerson => "needing a person",
                 FleetState::Stalled => "stalled",
                 FleetState::BackingOff => "backing off",
@@ -332,6 +354,7 @@ mod tests {
             paused: None,
             backoff: None,
             attention: None,
+            liveness: None,
         }
     }
 

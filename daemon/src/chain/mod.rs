@@ -6,6 +6,7 @@ pub mod classify;
 pub mod compat;
 pub mod decide;
 pub mod launcher;
+pub mod liveness;
 pub mod observe;
 pub mod resume;
 pub mod spec;

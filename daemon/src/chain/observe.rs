@@ -106,6 +106,8 @@ pub struct Observation {
     pub plan_status: PlanStatus,
     pub runner: RunnerInfo,
     pub liveness: Liveness,
+    /// The tri-state verdict with its evidence (`chain::liveness`); `liveness` is its word.
+    pub verdict: megaplan_cloud_api::liveness::Liveness,
     /// The chain log as stat'ed (`path`, `exists`, `mtime`, `size`, `error`).
     pub logs: LogsInfo,
     /// `None` when not asked.
@@ -286,7 +288,8 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
     let policy = effective_policy(spec.as_ref(), &policy_overrides);
 
     let runner = p.runner.unwrap_or_default();
-    let liveness = runner.status.unwrap_or(Liveness::Unknown);
+    let verdict = crate::chain::liveness::verdict(&runner);
+    let liveness = crate::chain::liveness::probe_word(&verdict);
     let core = p.core.unwrap_or_default();
     warnings.extend(
         [
@@ -320,6 +323,7 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         plan_status: p.plan_status.unwrap_or_default(),
         runner,
         liveness,
+        verdict,
         logs,
         sync_refresh: p.sync_refresh,
         pr_probe: p.pr_probe,

@@ -205,6 +205,7 @@ fn router(dash: Arc<Dash>) -> Router {
         .route("/chain/{key}", get(chain_page))
         .route("/chain/{key}/pause", post(pause))
         .route("/chain/{key}/unpause", post(unpause))
+        .route("/chain/{key}/unquarantine", post(unquarantine))
         .route("/chain/{key}/tick", post(tick_now))
         .route("/events", get(events))
         .route("/assets/app.js", get(app_js))
@@ -555,6 +556,24 @@ async fn unpause(
     match crate::http::pause::unpause(State(dash.app.clone()), AxPath(k)).await {
         Ok(done) => {
             tracing::info!(key = %done.0.key, by = ACTOR, "unpaused");
+            let _ = dash.changed.send(());
+            back_to(&done.0.key)
+        }
+        Err(e) => error_page(e),
+    }
+}
+
+async fn unquarantine(
+    State(dash): State<Arc<Dash>>,
+    AxPath(k): AxPath<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Some(r) = action_refused(&dash, &form) {
+        return r;
+    }
+    match crate::http::quarantine::unquarantine(State(dash.app.clone()), AxPath(k)).await {
+        Ok(done) => {
+            tracing::info!(key = %done.0.key, by = ACTOR, "unquarantined");
             let _ = dash.changed.send(());
             back_to(&done.0.key)
         }

@@ -43,6 +43,7 @@ pub fn error(message: &str) -> Markup {
 
 fn state_word(s: FleetState) -> &'static str {
     match s {
+        FleetState::Quarantined => "quarantined",
         FleetState::NeedsPerson => "needs a person",
         FleetState::Stalled => "stalled",
         FleetState::BackingOff => "backing off",
@@ -139,7 +140,7 @@ pub fn fleet(f: &Fleet, runners: &Runners) -> Markup {
                                     div.attention { (a.reason) " — " (a.fix) }
                                 }
                             }
-                            td { (liveness(runners.get(&r.key).copied())) }
+                            td title=(r.liveness.as_ref().map_or("", |l| l.evidence.detail.as_str())) { (liveness(r.liveness.as_ref().map(|l| l.state.as_str()).or(runners.get(&r.key).copied()))) }
                             td { @if let Some(n) = r.pr_number { "#" (n) } @else { "-" } }
                             td { (relative(r.last_progress_at.as_deref(), &f.generated_at)) }
                             td {
@@ -257,7 +258,10 @@ pub fn chain(c: Chain<'_>) -> Markup {
                 dt { "state" } dd { (state_badge(r.state)) }
                 @if let Some(a) = &r.attention { dt { "attention" } dd { (a.reason) " — " (a.fix) } }
                 dt { "provider / host" } dd { (place(r)) }
-                dt { "runner" } dd { (liveness(c.ticks.last().and_then(|t| t.report.runner.status).map(|s| s.as_str()))) }
+                dt { "runner" } dd {
+                    @if let Some(l) = &r.liveness { (liveness(Some(l.state.as_str()))) " — " (l.evidence.detail) }
+                    @else { (liveness(c.ticks.last().and_then(|t| t.report.runner.status).map(|s| s.as_str()))) }
+                }
                 dt { "milestone" } dd { (milestone(r)) }
                 dt { "PR" } dd { @if let Some(n) = r.pr_number { "#" (n) } @else { "-" } }
                 dt { "last tick" } dd { (relative(r.last_tick_at.as_deref(), &chrono::Utc::now().to_rfc3339())) }
@@ -268,6 +272,9 @@ pub fn chain(c: Chain<'_>) -> Markup {
                 dt { "cloud.yaml" } dd { code { (r.cloud_yaml) } }
             }
             div.actions {
+                @if r.state == FleetState::Quarantined {
+                    (action(c.key, c.token, "unquarantine", "Unquarantine", "Clear the quarantine? The supervisor may restart the driver again.", false))
+                }
                 @if r.paused.is_some() {
                     (action(c.key, c.token, "unpause", "Unpause", "Unpause this chain? Scheduled ticks may act again.", false))
                 } @else {
@@ -345,6 +352,7 @@ mod tests {
                 paused: None,
                 backoff: None,
                 attention: None,
+                liveness: None,
             }],
         };
         let page = fleet(&f, &Runners::new()).into_string();

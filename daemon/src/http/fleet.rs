@@ -23,6 +23,7 @@ pub async fn build(state: &Arc<AppState>) -> Result<Fleet, ApiError> {
     let (watch, pauses) = crate::notify::store::all_watch(&state.store).await?;
     let last = crate::notify::store::last_tick_per_key(&state.store).await?;
     let failed_ticks = state.notifier.config.failed_ticks;
+    let quarantines = crate::supervisor::quarantine::all(&state.store).await?;
     let mut rows = Vec::with_capacity(regs.len());
     for reg in &mut regs {
         with_schedule(state, reg);
@@ -46,6 +47,7 @@ pub async fn build(state: &Arc<AppState>) -> Result<Fleet, ApiError> {
             pause: pauses.get(&reg.key),
             place,
             failed_ticks,
+            quarantine: quarantines.iter().find(|q| q.key == reg.key),
         }));
     }
     sort_rows(&mut rows);

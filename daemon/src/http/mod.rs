@@ -12,6 +12,7 @@ pub mod guard;
 pub mod health;
 pub mod lookup;
 pub mod pause;
+pub mod quarantine;
 pub mod run;
 pub mod server;
 pub mod stream;
@@ -47,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             routes::CLOUD_PAUSE,
             post(pause::pause).delete(pause::unpause),
         )
+        .route(routes::CLOUD_QUARANTINE, delete(quarantine::unquarantine))
         .route(routes::CLOUD_EXPLAIN, get(ticks::explain))
         .route(routes::NOTIFICATIONS, get(ticks::list_notifications))
         .route(routes::FLEET, get(fleet::fleet))

@@ -36,6 +36,8 @@ pub fn explain(rec: &TickRecord) -> Value {
         "provider_consistency": or_dash(r.provider_consistency.as_ref().map(ProviderConsistency::as_str)),
         "paused": r.paused,
         "dry_run": r.dry_run.then_some(true),
+        "liveness": r.liveness,
+        "quarantine": r.quarantine,
     });
     let rule = rule(r);
     let action = format!(
@@ -79,6 +81,22 @@ pub fn explain(rec: &TickRecord) -> Value {
     }
     if let Some(p) = r.pause() {
         lines.push(format!("paused:  by {} since {}", p.paused_by, p.since));
+    }
+    if let Some(l) = &r.liveness {
+        lines.push(format!("liveness: {} ({})", l.state, l.evidence.detail));
+    }
+    if let Some(q) = &r.quarantine {
+        lines.push(format!(
+            "quarantined: since {}: {}; `megaplan-cloudctl unquarantine {}` (or `resume`) clears it",
+            q.since, q.reason, q.key
+        ));
+        if !q.log_tail.is_empty() {
+            lines.push("driver log (last lines):".to_string());
+            lines.extend(q.log_tail.iter().map(|l| format!("  | {l}")));
+        }
+    }
+    for w in r.warnings.iter().flatten() {
+        lines.push(format!("warning: {w}"));
     }
     if let Some(reason) = &rec.refused_reason {
         lines.push(format!("refused: {reason}"));

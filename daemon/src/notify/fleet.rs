@@ -24,6 +24,8 @@ pub struct Facts<'a> {
     pub place: Place,
     /// Failed ticks in a row after which a person is needed (`failed_ticks` of notify.yaml).
     pub failed_ticks: u32,
+    /// The crash-loop quarantine in force (supervisor/quarantine.rs).
+    pub quarantine: Option<&'a megaplan_cloud_api::liveness::Quarantine>,
 }
 
 /// A short name for people: the folder holding `cloud.yaml` (with the file's stem when it is
@@ -92,6 +94,7 @@ pub fn row(f: Facts<'_>) -> FleetRow {
         paused: f.pause.cloned(),
         backoff: reg.backoff.clone(),
         attention: None,
+        liveness: report.and_then(|r| r.liveness.clone()),
     };
     let explain = format!("run `megaplan-cloudctl explain {key}`");
     let on_runner = format!(
@@ -106,6 +109,17 @@ pub fn row(f: Facts<'_>) -> FleetRow {
             format!(
                 "fix {} or `megaplan-cloudctl unregister {key}`",
                 reg.cloud_yaml
+            ),
+        );
+        return out;
+    }
+    if let Some(q) = f.quarantine {
+        // Before the pause: a paused chain that is quarantined still needs the unquarantine.
+        out.state = FleetState::Quarantined;
+        out.attention = attention(
+            format!("quarantined since {}: {}", q.since, q.reason),
+            format!(
+                "read the driver log (`megaplan-cloudctl explain {key}`), fix the cause, then `megaplan-cloudctl unquarantine {key}`"
             ),
         );
         return out;
@@ -282,6 +296,7 @@ mod tests {
             pause: None,
             place: Ok(("ssh".into(), Some("build-1".into()))),
             failed_ticks: 3,
+            quarantine: None,
         }
     }
 

@@ -15,7 +15,7 @@ pub const WAITING_STATUSES: [EffectiveStatus; 3] = [
 ];
 
 /// Every event a notification can carry (docs/notifications.md).
-pub const EVENTS: [&str; 10] = [
+pub const EVENTS: [&str; 12] = [
     "human_prerequisite",
     "quality_gate",
     "awaiting_pr_merge",
@@ -26,6 +26,8 @@ pub const EVENTS: [&str; 10] = [
     "ticks_failing",
     "ticks_recovered",
     "preflight_failed",
+    "driver_gone",
+    "quarantined",
 ];
 
 /// What the watcher remembers of one registration between ticks.
@@ -50,6 +52,12 @@ pub struct WatchState {
     /// The preflight blocker already told (its failed checks), until a launch goes through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight_blocker: Option<String>,
+    /// `driver_gone` sent for the current absence of the driver (its lease still held).
+    #[serde(default)]
+    pub driver_gone_sent: bool,
+    /// `quarantined` sent for the current quarantine.
+    #[serde(default)]
+    pub quarantined_sent: bool,
 }
 
 /// Thresholds of the transition rules.
@@ -215,6 +223,43 @@ pub fn transitions(
         });
     }
     next.stalled = stalled;
+
+    // The driver seen gone while its lease still holds: the person hears at once; only the
+    // restart waits for the verdict.
+    match report
+        .liveness
+        .as_ref()
+        .and_then(|l| l.pending_secs().map(|s| (l, s)))
+    {
+        Some((l, secs)) if !prev.driver_gone_sent => {
+            next.driver_gone_sent = true;
+            events.push(Event {
+                event: "driver_gone",
+                title: format!(
+                    "the driver process is gone; restart in {} s unless it comes back",
+                    secs.ceil().max(1.0)
+                ),
+                details: json!({"liveness": l}),
+            });
+        }
+        Some(_) => {}
+        None => next.driver_gone_sent = false,
+    }
+    match &report.quarantine {
+        Some(q) if !prev.quarantined_sent => {
+            next.quarantined_sent = true;
+            events.push(Event {
+                event: "quarantined",
+                title: format!("the chain is quarantined: {}", q.reason),
+                details: json!({
+                    "quarantine": q,
+                    "fix": format!("`megaplan-cloudctl unquarantine {}` once the cause is fixed", q.key),
+                }),
+            });
+        }
+        Some(_) => {}
+        None => next.quarantined_sent = false,
+    }
     (next, events)
 }
 

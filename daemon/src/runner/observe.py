@@ -29,6 +29,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 VERSION = 1
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -432,6 +433,34 @@ def marker_of(marker_dir, session):
     return read_json_object(os.path.join(marker_dir, session + ".json"))
 
 
+def lease_path(marker_dir, session):
+    # Beside the session marker; the resident observer's watch refreshes it (resident.py).
+    return os.path.join(marker_dir, session + ".lease.json")
+
+
+def lease_evidence(marker_dir, session, workspace, resolved, marker):
+    """The driver's lease as the liveness verdict reads it (chain/liveness.rs): its age and
+    TTL on the runner's clock, and `mismatch` when it is bound to another chain (workspace,
+    spec, session, or the identity digest of the session marker). None when there is none."""
+    if not safe_session_name(session):
+        return None
+    obj, _ = read_json_object(lease_path(marker_dir, session))
+    if obj is None:
+        return None
+    digest = (marker or {}).get("identity_digest") or ""
+    mismatch = None
+    for field, want in (("session", session), ("workspace", workspace), ("spec", resolved), ("identity_digest", digest)):
+        if (obj.get(field) or "") != want:
+            mismatch = "the lease names %s %r, not %r" % (field, obj.get(field), want)
+            break
+    try:
+        age = max(0.0, time.time() - float(obj.get("refreshed_at")))
+        ttl = float(obj.get("ttl_secs"))
+    except (TypeError, ValueError):
+        return {"mismatch": "the lease file is malformed"}
+    return {"age_secs": round(age, 3), "ttl_secs": ttl, "mismatch": mismatch, "pids": obj.get("pids")}
+
+
 def list_sessions(marker_dir):
     """(sessions, error): live megaplan-chain* tmux sessions plus marker-only (dead) ones."""
     sessions = []
@@ -569,6 +598,10 @@ def observe(req, python=None, core=None):
     out["session_marker"], out["session_marker_error"] = (
         marker_of(marker_dir, session) if session else (None, None)
     )
+    if session:
+        out["runner"]["lease"] = lease_evidence(
+            marker_dir, session, workspace, out.get("resolved_spec") or "", out["session_marker"]
+        )
     out["sessions"], out["sessions_error"] = list_sessions(marker_dir)
 
     number = pr_number_of(state)

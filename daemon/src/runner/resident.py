@@ -44,6 +44,11 @@ MAX_IN_FLIGHT = 32
 # Watches in one observer (one per registration observing the runner).
 MAX_WATCHES = 256
 
+# The driver lease's time to live when the watch request names none, and how often the watch
+# refreshes it while it sees the driver (a fraction of the TTL, at most this).
+DEFAULT_LEASE_TTL_SECS = 15.0
+LEASE_REFRESH_SECS = 2.0
+
 
 def die_with_parent(parent):
     # Linux: a request's process is killed when the observer dies, however it dies (even by
@@ -99,6 +104,44 @@ def running(pid):
 def find_drivers_pids(resolved, launcher):
     # The /proc scan of find_drivers without the tmux pane lookup (no subprocess).
     return find_drivers(resolved, launcher, run=lambda *a, **k: (None, "no tmux lookup in a watch"))
+
+
+def refresh_lease(req, pids):
+    """Write the driver's lease (observe.py `lease_path`): bound to the chain's identity (the
+    workspace, the spec as resolved here, the session and the identity digest its session
+    marker names), refreshed by the watch while it sees a driver, with a TTL. Atomic (rename),
+    so a reader never sees half a lease. The liveness verdict calls a driver dead only once
+    its lease expired."""
+    session = req.get("session") or ""
+    if not safe_session_name(session):
+        return
+    spec = req.get("spec") or ""
+    workspace = req.get("workspace") or ""
+    if spec and not os.path.isabs(spec):
+        spec = os.path.join(workspace or "/", spec)
+    marker_dir = req.get("marker_dir") or SESSION_MARKER_DIR
+    marker, _ = marker_of(marker_dir, session)
+    ttl = req.get("lease_ttl_secs")
+    if not isinstance(ttl, (int, float)) or not 1 <= ttl <= 3600:
+        ttl = DEFAULT_LEASE_TTL_SECS
+    lease = {
+        "session": session,
+        "workspace": workspace,
+        "spec": os.path.realpath(spec) if spec else "",
+        "identity_digest": (marker or {}).get("identity_digest") or "",
+        "pids": pids,
+        "refreshed_at": time.time(),
+        "ttl_secs": ttl,
+    }
+    path = lease_path(marker_dir, session)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        os.makedirs(marker_dir, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(lease, fh, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no lease: the verdict then rests on the process evidence alone
 
 
 def watch_change(before, after):
@@ -265,12 +308,22 @@ def serve(python):
         def loop():
             # The first look is taken at once, so a change right after the watch began is seen.
             last = watch_fingerprint(req["request"], [])
-            while not stop.wait(poll):
+            ttl = req["request"].get("lease_ttl_secs")
+            every = min(LEASE_REFRESH_SECS, ttl / 3.0) if isinstance(ttl, (int, float)) and ttl > 0 else LEASE_REFRESH_SECS
+            leased = 0.0
+            while True:
+                if last["drivers"] and time.monotonic() - leased >= every:
+                    refresh_lease(req["request"], last["drivers"])
+                    leased = time.monotonic()
+                if stop.wait(poll):
+                    break
                 try:
                     now = watch_fingerprint(req["request"], last["drivers"])
                 except Exception as exc:  # noqa: BLE001 - a watch never ends the observer
                     now = {"drivers": [], "state": None, "error": "%s: %s" % (type(exc).__name__, exc)}
                 if now != last:
+                    if now["drivers"] != last["drivers"]:
+                        leased = 0.0  # a new driver: its lease at once
                     reply({"id": wid, "event": {"what": watch_change(last, now), "drivers": now["drivers"]}})
                 last = now
 

@@ -5,6 +5,7 @@
 pub mod events;
 pub mod markers;
 pub mod pause;
+pub mod quarantine;
 pub mod stall;
 pub mod supervise;
 pub mod target;

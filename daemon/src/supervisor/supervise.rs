@@ -3,6 +3,7 @@
 //! → report. Used by `supervise --chain` and by every scheduled tick.
 
 use super::markers;
+use super::quarantine::{self, Gate};
 use super::target::{ChainTarget, chain_target, observe_chain};
 use crate::chain::decide::{self, TickFacts};
 use crate::chain::observe::Observation;
@@ -19,14 +20,16 @@ use crate::runner::mutation::{MutationTarget, mutation_script};
 use crate::state::AppState;
 use crate::store::NewGateRefusal;
 use chrono::Utc;
-use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::liveness::Quarantine;
 use megaplan_cloud_api::report::{
     self, ChainPosition, LogsInfo, NextAction, PrInfo, ProviderConsistency, ReportedStatus,
-    RunnerInfo, SyncInfo, SyncRefresh, TickReport,
+    RunnerInfo, SyncInfo, SyncRefresh, TickEvent, TickReport,
 };
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One tick for a cloud.yaml. Never fails: every problem becomes a `supervisor_error` report.
 /// The report is redacted before it is returned.
@@ -108,6 +111,10 @@ pub async fn tick_with(
             let d = decide::status_read_failed(&e.to_string());
             let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
             r.error = Some(e.error.as_str().to_string());
+            // Not observed: `unknown`, which never authorizes a restart or an advance.
+            r.liveness = Some(megaplan_cloud_api::liveness::Liveness::unreachable(
+                &e.message,
+            ));
             r.rule = Some(d.rule);
             r
         }
@@ -255,6 +262,7 @@ async fn observe_and_act(
             key,
             deadline: observe_deadline,
             events: Some(&state.runner_events),
+            lease_ttl: spec.supervise.lease_ttl,
         }),
     )
     .await?;
@@ -272,9 +280,21 @@ async fn observe_and_act(
         pr_probe: obs.pr_probe.clone(),
     };
     let found_launcher = obs.core_launcher.clone();
+    let verdict = obs.verdict.clone();
     let observed = Observed::of(obs, &chain_spec, &target, &consistency);
     let d = decide::decide(&facts);
     let d = decide::hold(d, hold);
+    // The quarantine gate, around the pure decision: a launch it wants may wait (back-off) or
+    // be refused (quarantined); the follow-up tick comes by itself when something is due.
+    let (d, quarantine, mut follow_up) =
+        quarantine_gate(state, spec, &p, &target, redactor, counts, d).await?;
+    if let Some(wait) = verdict.pending_secs() {
+        // The driver is gone but its lease holds: look again right after it expires.
+        follow_up = Some(Duration::from_secs_f64(wait) + LEASE_SLACK);
+    }
+    if let Some(after) = follow_up {
+        tick_later(state, key, after);
+    }
 
     let mut out = report(
         &d,
@@ -361,6 +381,14 @@ async fn observe_and_act(
         if let Some(v) = gated {
             gate_in_report(&mut out, expected, &v);
         }
+        if applied.acted && kind == decide::MutationKind::RestartRunner {
+            let now = Utc::now();
+            let window = chrono::Duration::from_std(spec.supervise.quarantine_window)
+                .unwrap_or(chrono::Duration::MAX);
+            if let Err(e) = quarantine::record_restart(&state.store, key, now, now - window).await {
+                tracing::warn!(key, "the restart could not be recorded: {e}");
+            }
+        }
         if applied.acted {
             // A restart or advance is a launch: keep the last-chain marker describing it.
             let updated = markers::launched(
@@ -382,10 +410,163 @@ async fn observe_and_act(
             }
         }
     }
+    let mut marker_warnings = marker_warnings;
+    if !state.residents.watching(key) {
+        // Item 1's fallback, said where a person looks (`explain`): no events from this runner.
+        marker_warnings.push(
+            "no watch on the runner (the resident observer cannot run there, e.g. no python, or its session was lost): this registration is ticked by its schedule only until the observer is back".to_string(),
+        );
+    }
     if !marker_warnings.is_empty() {
         out.warnings = Some(marker_warnings);
     }
+    out.liveness = Some(verdict);
+    out.quarantine = quarantine;
     Ok(out)
+}
+
+/// A follow-up tick comes this long after the driver's lease expires (the runner's clock and
+/// ours need not agree to the millisecond).
+const LEASE_SLACK: Duration = Duration::from_millis(1500);
+
+/// Lines of the driver log a quarantine keeps (and its notification carries).
+pub const QUARANTINE_LOG_LINES: usize = 20;
+
+/// A decision that applies nothing, for `reason`.
+fn withheld(rule: report::Rule, reason: String) -> decide::Decision {
+    decide::Decision {
+        rule,
+        event: TickEvent::Blocked,
+        next_action: NextAction::Blocked,
+        acted: false,
+        refused_reason: Some(reason),
+        mutation: None,
+    }
+}
+
+/// The crash-loop gate (`supervisor/quarantine.rs`) of a decision that wants a launch: go,
+/// wait (back-off; the returned duration is when to look again) or quarantine. Returns the
+/// decision to apply, the quarantine in force and the follow-up delay.
+async fn quarantine_gate(
+    state: &Arc<AppState>,
+    spec: &CloudSpec,
+    p: &impl Provider,
+    target: &ChainTarget,
+    redactor: &Redactor,
+    counts: &mut Counts,
+    d: decide::Decision,
+) -> Result<(decide::Decision, Option<Quarantine>, Option<Duration>), ErrorBody> {
+    let key = spec.key();
+    let store_err =
+        |e: crate::store::StoreError| ErrorBody::new(ErrorCode::StorageFailed, e.message);
+    let current = quarantine::get(&state.store, &key)
+        .await
+        .map_err(store_err)?;
+    let Some(kind) = d.mutation else {
+        return Ok((d, current, None));
+    };
+    let fix = format!("`megaplan-cloudctl unquarantine {key}` (or `resume`) clears it");
+    if let Some(q) = current {
+        let why = format!(
+            "quarantined since {}: {}; the supervisor would {} but starts nothing; {fix}",
+            q.since,
+            q.reason,
+            kind.as_str()
+        );
+        return Ok((withheld(report::Rule::Quarantined, why), Some(q), None));
+    }
+    let now = Utc::now();
+    let cfg = &spec.supervise;
+    let window = chrono::Duration::from_std(cfg.quarantine_window).unwrap_or(chrono::Duration::MAX);
+    let recent = quarantine::recent_restarts(&state.store, &key, now - window)
+        .await
+        .map_err(store_err)?;
+    match quarantine::gate(now, &recent, cfg, quarantine::jitter(now)) {
+        Gate::Go => Ok((d, None, None)),
+        Gate::Wait { until, restarts } => {
+            let wait = (until - now).to_std().unwrap_or_default();
+            let why = format!(
+                "backing off: {restarts} restart(s) in the last {}; the next {} is due at {} (in {} s)",
+                humane(cfg.quarantine_window),
+                kind.as_str(),
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                wait.as_secs().max(1)
+            );
+            Ok((
+                withheld(report::Rule::RestartBackoff, why),
+                None,
+                Some(wait + Duration::from_millis(200)),
+            ))
+        }
+        Gate::Quarantine { restarts } => {
+            counts.round_trips += 1;
+            let log = crate::runner::mutation::MutationTarget {
+                session: target.session.clone(),
+                workspace: target.workspace.clone(),
+                spec: target.spec.clone(),
+                launcher: String::new(),
+                log_path: target.log_path.clone(),
+                marker_dir: SESSION_MARKER_DIR.to_string(),
+                identity_digest: None,
+            }
+            .log_abs();
+            let script = format!(
+                "tail -n {QUARANTINE_LOG_LINES} -- {} 2>/dev/null || true",
+                crate::shell::quote(&log)
+            );
+            let log_tail: Vec<String> = match p.exec(&script, None).await {
+                Ok(r) => r.stdout.lines().map(|l| redactor.redact(l)).collect(),
+                Err(e) => vec![format!("(the driver log could not be read: {})", e.message)],
+            };
+            let q = Quarantine {
+                key: key.clone(),
+                since: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                restarts,
+                reason: format!(
+                    "the driver died again after each of its last {restarts} restarts within {}",
+                    humane(cfg.quarantine_window)
+                ),
+                log_tail,
+            };
+            quarantine::put(&state.store, &q).await.map_err(store_err)?;
+            let why = format!("quarantined: {}; {fix}", q.reason);
+            Ok((withheld(report::Rule::Quarantined, why), Some(q), None))
+        }
+    }
+}
+
+/// `15m`, `90s`, `2h` for a person.
+fn humane(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Tick `key` again after `after`, through the runner-event path (coalesced with any event
+/// that comes meanwhile; never beside another tick of the key).
+fn tick_later(state: &Arc<AppState>, key: &str, after: Duration) {
+    let events = state.runner_events.clone();
+    let stop = state.shutdown.clone();
+    let key = key.to_string();
+    state.tasks.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(after) => {}
+        }
+        let _ = events
+            .send(crate::provider::resident::RunnerEvent {
+                key,
+                what: "a follow-up the last tick asked for (lease expiry or restart back-off)"
+                    .into(),
+                lost: false,
+            })
+            .await;
+    });
 }
 
 /// The preflight floors of a cloud.yaml.
@@ -558,7 +739,6 @@ pub fn error_report(reason: &str) -> TickReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_observation_deadline_is_its_own_when_shorter_else_the_ticks_plus_slack() {

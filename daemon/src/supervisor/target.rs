@@ -125,6 +125,8 @@ pub struct Resident<'a> {
     /// For a registration's tick: keep a watch of the chain on the runner, its events sent
     /// here (supervisor/events.rs). `None` for one-off commands (`status --chain`).
     pub events: Option<&'a EventSender>,
+    /// The driver lease's time to live the watch writes (`supervise.lease_ttl`).
+    pub lease_ttl: Duration,
 }
 
 /// The observation through the runner's resident observer; `None` when it cannot run there
@@ -164,6 +166,7 @@ async fn ask_resident(
                     "session": req.session,
                     "workspace": req.workspace,
                     "launcher": launcher,
+                    "lease_ttl_secs": r.lease_ttl.as_secs_f64(),
                 });
                 // Without a watch the schedule still ticks; say why once per tick.
                 if let Err(why) = r.residents.watch(r.key, &launch, &watched, events).await {

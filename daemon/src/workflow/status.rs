@@ -50,6 +50,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
             key: &ctx.key,
             deadline: ctx.state.settings.command_timeout,
             events: None,
+            lease_ttl: ctx.spec.supervise.lease_ttl,
         }),
     )
     .await?;

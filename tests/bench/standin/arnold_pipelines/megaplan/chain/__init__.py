@@ -211,6 +211,11 @@ def _step(spec_path, workspace, milestones, control):
     _say(f"milestone {label}: running ({plan})")
 
     ctl = control.read()
+    if label in (ctl.get("crash") or []):
+        # A driver that dies right after each launch, as in a crash loop: no clean-up, the
+        # state left saying `running`.
+        _say(f"milestone {label}: crashing (control file)")
+        os._exit(3)
     time.sleep(float(ctl.get("step_seconds", 0.2) or 0))
     announced = False
     writes = None

@@ -1,0 +1,218 @@
+//! Tri-state liveness and the crash-loop quarantine (issue 24 items 2 and 4) on the bench over
+//! a real sshd, with a STAND-IN webhook receiver on 127.0.0.1 (`megaplan_cloud_e2e::receiver`):
+//! a killed driver is `unknown` (the person hears at once) until its lease expires, then `dead`
+//! and restarted; an unreachable host is `unknown` and never restarted; a driver that dies
+//! right after each launch is quarantined after N restarts (one notification, no launch) until
+//! `unquarantine`.
+
+use megaplan_cloud_e2e::receiver::Receiver;
+use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::wait_until;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const LEASE: &str = "/workspace/.megaplan/cloud-sessions/megaplan-chain.lease.json";
+const RUNS: &str = "/workspace/app/.megaplan/standin-chain-runs.jsonl";
+
+fn rig(extra_yaml: &str) -> Option<(SshRig, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path: PathBuf = dir.path().join("notify.yaml");
+    std::fs::write(
+        &path,
+        "failed_ticks: 2\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
+    )
+    .expect("notify.yaml");
+    let p = path.to_str().unwrap().to_string();
+    let rig = SshRig::start(extra_yaml, &["--notify-config", &p])?;
+    Some((rig, dir))
+}
+
+fn launch(rig: &SshRig, labels: &[&str]) {
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
+    rig.ctl(&["chain", spec.to_str().unwrap()]);
+}
+
+fn ticks(rig: &SshRig) -> Vec<Value> {
+    let mut t = rig
+        .ctl(&["ticks", "--json", "--limit", "500"])
+        .json
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    t.sort_by_key(|t| t["id"].as_i64());
+    t
+}
+
+fn events(r: &Receiver) -> Vec<String> {
+    r.accepted()
+        .iter()
+        .map(|n| n.json()["event"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn count(r: &Receiver, event: &str) -> usize {
+    events(r).iter().filter(|e| *e == event).count()
+}
+
+/// Driver launches the stand-in core recorded on the runner.
+fn launches(rig: &SshRig) -> usize {
+    rig.container
+        .read_file(RUNS)
+        .map(|b| String::from_utf8_lossy(&b).lines().count())
+        .unwrap_or(0)
+}
+
+fn tick(rig: &SshRig) -> Run {
+    rig.ctl(&["tick"])
+}
+
+#[test]
+fn a_killed_driver_is_dead_only_after_its_lease_expires_and_an_unreachable_host_is_unknown() {
+    let receiver = Receiver::start();
+    let Some((mut rig, _cfg)) = rig("supervise:\n  lease_ttl: 4s\n  restart_backoff: 1s\n") else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    launch(&rig, &["m1", "m2"]);
+    let url = receiver.url("/hook");
+    rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
+        .ok();
+    // A tick sets up the runner's watch, which keeps the driver's lease.
+    assert!(wait_until(Duration::from_secs(60), || {
+        tick(&rig).json["liveness"]["state"] == "live" && rig.container.read_json(LEASE).is_some()
+    }));
+    let lease: Value = rig.container.read_json(LEASE).unwrap();
+    assert_eq!(lease["session"], "megaplan-chain");
+    assert_eq!(lease["spec"], "/workspace/app/chain.yaml");
+    let pid = lease["pids"][0]
+        .as_i64()
+        .expect("the lease names the driver pid");
+    let before = launches(&rig);
+
+    rig.container.exec_ok(&format!("kill -9 {pid}"));
+    // The person hears at once; the restart waits for the lease.
+    assert!(
+        wait_until(Duration::from_secs(60), || count(&receiver, "driver_gone")
+            == 1),
+        "no driver_gone notification: {:?}",
+        events(&receiver)
+    );
+    let gone = receiver
+        .accepted()
+        .into_iter()
+        .find(|n| n.json()["event"] == "driver_gone")
+        .unwrap()
+        .json();
+    assert!(gone.to_string().contains("restart in"), "{gone:#}");
+    assert!(
+        wait_until(Duration::from_secs(60), || ticks(&rig)
+            .iter()
+            .any(|t| t["event"] == "supervisor_restarted")),
+        "no restart after the lease expired: {:#?}",
+        ticks(&rig)
+    );
+    let all = ticks(&rig);
+    let restart = all
+        .iter()
+        .position(|t| t["event"] == "supervisor_restarted")
+        .unwrap();
+    let report = |t: &Value| t["report"].clone();
+    // Before the restart, a tick saw the driver gone with its lease still holding: unknown,
+    // nothing done.
+    assert!(
+        all[..restart].iter().any(|t| {
+            let r = report(t);
+            r["liveness"]["state"] == "unknown"
+                && r["liveness"]["evidence"]["process_seen"] == false
+                && r["acted"] == false
+        }),
+        "{all:#?}"
+    );
+    assert_eq!(
+        report(&all[restart])["liveness"]["state"],
+        "dead",
+        "{:#}",
+        all[restart]
+    );
+    assert_eq!(all[restart]["trigger"], "event");
+    assert!(wait_until(Duration::from_secs(30), || launches(&rig) == before + 1));
+
+    // The host unreachable: unknown, reported, never a restart.
+    rig.ctl(&["unregister"]).ok();
+    rig.sshd.stop();
+    let t = tick(&rig);
+    assert_eq!(t.json["liveness"]["state"], "unknown", "{}", t.stdout);
+    assert_eq!(
+        t.json["liveness"]["evidence"]["reachable"], false,
+        "{}",
+        t.stdout
+    );
+    assert_eq!(t.json["acted"], false);
+    assert_eq!(launches(&rig), before + 1);
+    rig.sshd.restart();
+}
+
+#[test]
+fn a_driver_dying_after_each_restart_is_quarantined_until_unquarantine() {
+    let receiver = Receiver::start();
+    let Some((rig, _cfg)) = rig(
+        "supervise:\n  lease_ttl: 2s\n  restart_backoff: 1s\n  quarantine_after: 2\n  quarantine_window: 15m\n",
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "crash": ["m1"]}"#);
+    launch(&rig, &["m1"]);
+    assert!(wait_until(Duration::from_secs(30), || launches(&rig) == 1));
+    let url = receiver.url("/hook");
+    rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
+        .ok();
+    // Ticks restart the crashing driver (backing off between restarts) until it is
+    // quarantined; bounded by the safety net, not by a count of ticks.
+    assert!(
+        wait_until(Duration::from_secs(120), || !tick(&rig).json["quarantine"]
+            .is_null()),
+        "never quarantined: {:#?}",
+        ticks(&rig)
+    );
+    assert_eq!(launches(&rig), 3, "1 launch + 2 restarts");
+    for _ in 0..3 {
+        let t = tick(&rig);
+        assert_eq!(t.json["acted"], false, "{}", t.stdout);
+        assert!(
+            t.json["refused_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("quarantined"),
+            "{}",
+            t.stdout
+        );
+    }
+    assert_eq!(launches(&rig), 3, "a quarantined chain was launched");
+    assert!(wait_until(Duration::from_secs(60), || count(
+        &receiver,
+        "quarantined"
+    ) == 1));
+    let q = receiver
+        .accepted()
+        .into_iter()
+        .find(|n| n.json()["event"] == "quarantined")
+        .unwrap()
+        .json();
+    assert!(q.to_string().contains("crashing (control file)"), "{q:#}");
+    let fleet = rig.ctl(&["ls", "--json"]).json;
+    assert!(fleet.to_string().contains("\"quarantined\""), "{fleet:#}");
+    let explain = rig.ctl(&["explain", "--json"]).json;
+    assert!(explain.to_string().contains("unquarantine"), "{explain:#}");
+
+    let u = rig.ctl(&["unquarantine", "--json"]).ok();
+    assert_eq!(u.json["cleared"], true, "{}", u.stdout);
+    assert!(
+        wait_until(Duration::from_secs(60), || launches(&rig) >= 4),
+        "no launch after unquarantine: {:#?}",
+        ticks(&rig)
+    );
+    assert_eq!(count(&receiver, "quarantined"), 1);
+}
