@@ -69,18 +69,10 @@ pub async fn run(settings: Settings) -> i32 {
         settings.ssh_config.clone(),
     );
 
-    // The scheduler's callback needs the state, and the state owns the scheduler: close the
-    // loop with a OnceLock filled right after construction.
-    let cell: Arc<std::sync::OnceLock<std::sync::Weak<AppState>>> =
-        Arc::new(std::sync::OnceLock::new());
-    let cb_cell = cell.clone();
-    let on_tick: scheduler::TickFn = Arc::new(move |key: String, due| {
-        if let Some(state) = cb_cell.get().and_then(std::sync::Weak::upgrade) {
-            tick::scheduled(state, key, due);
-        }
-        Box::pin(async {})
-    });
-    let sched = Scheduler::new(on_tick);
+    // The scheduler hands due keys over a channel to the supervisor's task (started below,
+    // once the state exists).
+    let (due_tx, due_rx) = scheduler::due_channel();
+    let sched = Scheduler::new(due_tx);
     let (tick_feed, _) = broadcast::channel(1024);
     let (registration_changed, _) = broadcast::channel(256);
     let (runner_events, runner_events_rx) =
@@ -108,7 +100,11 @@ pub async fn run(settings: Settings) -> i32 {
         tasks: TaskTracker::new(),
         notifier: crate::notify::Notifier::new(notify_config),
     });
-    let _ = cell.set(Arc::downgrade(&state));
+    tokio::spawn(tick::run_scheduled(
+        Arc::downgrade(&state),
+        due_rx,
+        state.shutdown.clone(),
+    ));
     crate::notify::spawn_worker(state.clone());
     tokio::spawn(reap_idle_observers(state.clone()));
     tokio::spawn(crate::supervisor::events::run(

@@ -1135,4 +1135,47 @@ mod tests {
             prop_assert_eq!(out.replace(REPLACEMENT, ""), pieces.concat());
         }
     }
+
+    /// The typed redaction reaches every free-text field of a tick report and a status
+    /// payload (nested, in maps of another version, in a pause) and leaves the closed words.
+    #[test]
+    fn typed_documents_are_redacted_field_by_field() {
+        use megaplan_cloud_api::report::{Rule, TickReport};
+        use megaplan_cloud_api::status::ChainStatus;
+        let secret = "hunter2-very-secret";
+        let r = redactor(&[("API_TOKEN", secret)]);
+        let mut report: TickReport = serde_json::from_value(serde_json::json!({
+            "acted": false, "effective_status": "running", "event": "supervisor_blocked",
+            "next_action": "blocked", "rule": "stale_live_runner", "success": true,
+            "refused_reason": format!("said {secret}"),
+            "runner": {"status": "alive", "reason": format!("tmux: {secret}"), "odd": [secret]},
+            "logs": {"path": format!("/w/{secret}.log"), "chain_log": {"path": secret}},
+            "sync": {"branch_head": secret, "dirty_flag": true},
+            "sync_refresh": {"status": "failed", "reason": secret},
+            "paused": {"paused_by": "ops", "reason": secret, "since": "t"},
+            "warnings": [secret],
+            "provider_consistency": {"status": "mismatch", "reason": secret},
+            "future": {"deep": [secret]},
+        }))
+        .unwrap();
+        report.redact_with(&r);
+        let text = serde_json::to_string(&report).unwrap();
+        assert!(!text.contains(secret), "{text}");
+        assert_eq!(report.rule, Some(Rule::StaleLiveRunner));
+        assert_eq!(report.event.as_str(), "supervisor_blocked");
+        assert_eq!(
+            report.runner.status,
+            Some(megaplan_cloud_api::report::Liveness::Alive)
+        );
+
+        let mut status: ChainStatus = serde_json::from_str(
+            &include_str!("../../api/src/status_payload.json").replace("megaplan-chain", secret),
+        )
+        .unwrap();
+        status.redact_with(&r);
+        let text = serde_json::to_string(&status).unwrap();
+        assert!(!text.contains(secret), "{text}");
+        assert_eq!(status.effective_status.as_str(), "awaiting_pr_merge");
+        assert_eq!(status.runner.session.as_deref(), Some(REPLACEMENT));
+    }
 }

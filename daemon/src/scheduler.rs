@@ -6,8 +6,9 @@
 //! registered before still means the same. `--every` becomes cron with a per-registration
 //! offset (`Schedule::to_cron` in the api crate).
 //!
-//! The driver pops every entry whose due time has passed, hands each to the tick runner
-//! (`TickFn`, which spawns it) and re-queues it at its next occurrence after that due time.
+//! The driver pops every entry whose due time has passed, hands each key over a channel
+//! ([`Due`], received by the supervisor's task, which spawns the tick) and re-queues it at its
+//! next occurrence after that due time.
 //! Nothing is ever dropped: an occurrence is fired, or, if its successor is also already in the
 //! past when it is re-queued (the daemon was suspended or starved), counted as missed and
 //! folded into the next one, so a registration never ticks twice for one interval. The tick
@@ -18,18 +19,31 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use megaplan_cloud_api::wire::{ON_TIME_SLACK_SECS, ScheduleHealth, TickBackoff};
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Called with the registration key and the due time it fires for. Must return quickly: the
-/// driver awaits it before looking at the next entry (the daemon's callback spawns the tick).
-pub type TickFn =
-    Arc<dyn Fn(String, DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// A registration come due: its key and the due time it fires for. Sent by the driver to the
+/// receiver given to [`Scheduler::new`] (the supervisor's task, supervisor/tick.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub key: String,
+    pub at: DateTime<Utc>,
+}
+
+/// How many due keys may wait for the receiver. The receiver only spawns ticks, so the queue
+/// stays short; a full queue makes the driver wait (never drops an occurrence, never grows).
+pub const DUE_QUEUE: usize = 1024;
+
+/// The channel the driver hands due keys over (bounded: [`DUE_QUEUE`]).
+pub fn due_channel() -> (
+    tokio::sync::mpsc::Sender<Due>,
+    tokio::sync::mpsc::Receiver<Due>,
+) {
+    tokio::sync::mpsc::channel(DUE_QUEUE)
+}
 
 /// The driver re-reads the wall clock at least this often, so a clock step is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -186,15 +200,15 @@ pub fn validate_cron(expr: &str) -> Result<(), ScheduleError> {
 }
 
 impl Scheduler {
-    /// Start the driver task.
-    pub fn new(on_tick: TickFn) -> Scheduler {
+    /// Start the driver task; due keys go to `due`.
+    pub fn new(due: tokio::sync::mpsc::Sender<Due>) -> Scheduler {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             stop: CancellationToken::new(),
             counters: Counters::default(),
         });
-        let driver = tokio::spawn(drive(shared.clone(), on_tick));
+        let driver = tokio::spawn(drive(shared.clone(), due));
         Scheduler {
             shared,
             backoff: Backoffs::default(),
@@ -321,10 +335,10 @@ impl Scheduler {
 }
 
 /// A registration key and the due time it fires for.
-type Due = (String, DateTime<Utc>);
+type Fired = (String, DateTime<Utc>);
 
 /// Take every entry due at `now`, re-queue each at its next occurrence, and return what fires.
-fn take_due(shared: &Shared, now: DateTime<Utc>) -> (Vec<Due>, Option<DateTime<Utc>>) {
+fn take_due(shared: &Shared, now: DateTime<Utc>) -> (Vec<Fired>, Option<DateTime<Utc>>) {
     let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
     let mut fire = Vec::new();
     let mut missed = 0u64;
@@ -371,15 +385,18 @@ fn take_due(shared: &Shared, now: DateTime<Utc>) -> (Vec<Due>, Option<DateTime<U
     (fire, next)
 }
 
-async fn drive(shared: Arc<Shared>, on_tick: TickFn) {
+async fn drive(shared: Arc<Shared>, due: tokio::sync::mpsc::Sender<Due>) {
     loop {
         if shared.stop.is_cancelled() {
             return;
         }
         let now = Utc::now();
         let (fire, next) = take_due(&shared, now);
-        for (key, due) in fire {
-            on_tick(key, due).await;
+        for (key, at) in fire {
+            // The receiver is gone only when the daemon stops: nothing left to tick.
+            if due.send(Due { key, at }).await.is_err() {
+                return;
+            }
         }
         let wait = next
             .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
@@ -891,7 +908,8 @@ mod tests {
 
     #[tokio::test]
     async fn rescheduling_replaces_and_unscheduling_removes() {
-        let s = Scheduler::new(Arc::new(|_k, _d| Box::pin(async {})));
+        let (tx, _rx) = due_channel();
+        let s = Scheduler::new(tx);
         let first = s.schedule("k", "0 0 * * * *").unwrap();
         assert_eq!(s.entry("k").unwrap().0, "0 0 * * * *");
         let second = s.schedule("k", "0 30 * * * *").unwrap();
@@ -907,20 +925,20 @@ mod tests {
 
     #[tokio::test]
     async fn the_driver_fires_a_due_entry_with_its_due_time() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let s = Scheduler::new(Arc::new(move |k, d| {
-            let _ = tx.send((k, d));
-            Box::pin(async {})
-        }));
+        let (tx, mut rx) = due_channel();
+        let s = Scheduler::new(tx);
         s.schedule("k", "* * * * * *").unwrap();
         // The bound is a safety net against a hang, not a measurement.
         let bound = Duration::from_secs(90);
-        let (key, due) = tokio::time::timeout(bound, rx.recv())
+        let Due { key, at: due } = tokio::time::timeout(bound, rx.recv())
             .await
             .expect("never fired")
             .unwrap();
         assert_eq!(key, "k");
-        let (key2, due2) = tokio::time::timeout(bound, rx.recv())
+        let Due {
+            key: key2,
+            at: due2,
+        } = tokio::time::timeout(bound, rx.recv())
             .await
             .expect("fired only once")
             .unwrap();

@@ -4,7 +4,7 @@
 
 use super::markers;
 use super::quarantine::{self, Gate};
-use super::target::{ChainTarget, chain_target, observe_chain};
+use super::target::{ChainTarget, Looked, look};
 use crate::chain::decide::{self, TickFacts};
 use crate::chain::observe::Observation;
 use crate::chain::summary;
@@ -199,16 +199,7 @@ async fn observe_and_act(
     hold: Option<&decide::Hold>,
 ) -> Result<TickReport, ErrorBody> {
     let key = &spec.key();
-    let loaded = markers::load(
-        state,
-        key,
-        &spec.path.display().to_string(),
-        remote_spec.is_none(),
-    )
-    .await?;
-    let marker_warnings = loaded.warnings;
-    let marker = loaded.marker;
-    let target = chain_target(remote_spec, marker.as_ref(), spec)?;
+    let looked = look(state, spec, key, remote_spec).await?;
     let spec_arc = Arc::new(spec.clone());
     let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
         .unwrap_or_else(std::env::temp_dir);
@@ -232,44 +223,39 @@ async fn observe_and_act(
         &state.ssh,
     )?;
     let p = provider::for_spec(pctx, &state.ssh)?;
-    let consistency = summary::provider_consistency(
-        spec.provider.as_str(),
-        &markers::provider_identity(spec),
-        marker.as_ref(),
-    );
     if !p.has_exec() {
-        let d = decide::decide_without_exec(&consistency);
+        let d = decide::decide_without_exec(&looked.consistency);
         return Ok(report(
             &d,
-            &target.spec,
+            &looked.target.spec,
             ReportedStatus::Unknown,
             None,
-            consistency,
+            looked.consistency,
         ));
     }
 
     // Round trip 1: observe + sync refresh + re-observe + PR probe, in one remote script.
     counts.round_trips += 1;
     let configured = crate::chain::launcher::configured(spec);
-    let (obs, chain_spec) = observe_chain(
-        &raw,
-        redactor,
-        &target,
-        configured.unwrap_or(""),
-        true,
-        Some(super::target::Resident {
-            residents: &state.residents,
+    let (obs, chain_spec) = looked
+        .observe(
+            state,
+            &raw,
+            redactor,
+            spec,
             key,
-            deadline: observe_deadline,
-            events: Some(&state.runner_events),
-            lease_ttl: spec.supervise.lease_ttl,
-        }),
-    )
-    .await?;
+            true,
+            observe_deadline,
+            Some(&state.runner_events),
+        )
+        .await?;
     counts.core_starts += obs.core_starts;
-    if let Some(l) = &obs.core_launcher {
-        state.launchers.remember(key, l);
-    }
+    let Looked {
+        marker,
+        marker_warnings,
+        target,
+        consistency,
+    } = looked;
     let effective = summary::effective_status(&obs, &chain_spec);
     let facts = TickFacts {
         effective_status: effective,

@@ -1,8 +1,10 @@
 //! Which chain a tick or `status --chain` looks at (spec, session, workspace, log), and the one
-//! remote round trip that observes it.
+//! remote round trip that observes it: [`look`] and [`Looked::observe`], the prelude both share.
 
+use super::markers;
 use crate::chain::observe::{self, Observation};
 use crate::chain::spec::ChainSpec;
+use crate::chain::summary;
 use crate::cloud_yaml::{CloudSpec, Mode};
 use crate::provider::ExecResult;
 use crate::provider::resident::{EventSender, ResidentError, Residents};
@@ -11,7 +13,9 @@ use crate::redact::Redactor;
 use crate::runner::layout::chain_log;
 use crate::runner::layout::{OBSERVATION_PREFIX, SESSION_MARKER_DIR};
 use crate::runner::observe::{ObserveRequest, observe_script, resident_script};
+use crate::state::AppState;
 use megaplan_cloud_api::marker::LastChainMarker;
+use megaplan_cloud_api::report::ProviderConsistency;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::time::Duration;
 
@@ -91,6 +95,84 @@ pub fn chain_target(
         workspace,
         log_path,
     })
+}
+
+/// What a tick and `status --chain` know before they look at the runner: the last-chain
+/// marker of the cloud.yaml (and why a legacy one was skipped), the chain it points at, and
+/// whether it still belongs to the provider cloud.yaml names.
+pub struct Looked {
+    pub marker: Option<LastChainMarker>,
+    pub marker_warnings: Vec<String>,
+    pub target: ChainTarget,
+    pub consistency: ProviderConsistency,
+}
+
+/// The prelude of a tick and of `status --chain`: read the marker, resolve the target, check
+/// the provider consistency. No remote command.
+pub async fn look(
+    state: &AppState,
+    spec: &CloudSpec,
+    key: &str,
+    remote_spec: Option<&str>,
+) -> Result<Looked, ErrorBody> {
+    let loaded = markers::load(
+        state,
+        key,
+        &spec.path.display().to_string(),
+        remote_spec.is_none(),
+    )
+    .await?;
+    let target = chain_target(remote_spec, loaded.marker.as_ref(), spec)?;
+    let consistency = summary::provider_consistency(
+        spec.provider.as_str(),
+        &markers::provider_identity(spec),
+        loaded.marker.as_ref(),
+    );
+    Ok(Looked {
+        marker: loaded.marker,
+        marker_warnings: loaded.warnings,
+        target,
+        consistency,
+    })
+}
+
+impl Looked {
+    /// The one round trip (see [`observe_chain`]) through the runner's resident observer when
+    /// it can run there; the launcher it found is remembered for the key. A tick passes its
+    /// `events` (the observer then keeps a watch of the chain) and the sync refresh and PR
+    /// probe run (`for_tick`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn observe(
+        &self,
+        state: &AppState,
+        raw: &impl Provider,
+        redactor: &Redactor,
+        spec: &CloudSpec,
+        key: &str,
+        for_tick: bool,
+        deadline: Duration,
+        events: Option<&EventSender>,
+    ) -> Result<(Observation, ChainSpec), ErrorBody> {
+        let (obs, chain_spec) = observe_chain(
+            raw,
+            redactor,
+            &self.target,
+            crate::chain::launcher::configured(spec).unwrap_or(""),
+            for_tick,
+            Some(Resident {
+                residents: &state.residents,
+                key,
+                deadline,
+                events,
+                lease_ttl: spec.supervise.lease_ttl,
+            }),
+        )
+        .await?;
+        if let Some(l) = &obs.core_launcher {
+            state.launchers.remember(key, l);
+        }
+        Ok((obs, chain_spec))
+    }
 }
 
 /// One remote round trip: observe the chain of `target` (for ticks also the sync refresh and

@@ -47,8 +47,26 @@ impl Trigger {
     }
 }
 
-/// Entry point of the scheduler: start the tick on the daemon's own tasks and return at once
-/// (the scheduler's driver must never wait for a tick).
+/// The supervisor's end of the scheduler: every due key received starts its tick (the
+/// scheduler's driver never waits for a tick). Holds the state weakly (the state owns the
+/// scheduler, whose driver holds the sender); ends on shutdown or when the driver is gone.
+pub async fn run_scheduled(
+    state: std::sync::Weak<AppState>,
+    mut due: tokio::sync::mpsc::Receiver<crate::scheduler::Due>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            d = due.recv() => d,
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(d) = next else { return };
+        let Some(state) = state.upgrade() else { return };
+        scheduled(state, d.key, d.at);
+    }
+}
+
+/// Start a scheduled tick on the daemon's own tasks and return at once.
 pub fn scheduled(state: Arc<AppState>, key: String, due: DateTime<Utc>) {
     if state.shutdown.is_cancelled() {
         return;

@@ -7,9 +7,8 @@ use crate::provider::remote_failure;
 use crate::redact::Redact;
 use crate::runner::launch::{chains_script, core_command};
 use crate::runner::layout::marker_file;
-use crate::supervisor::markers;
 pub use crate::supervisor::target::{
-    CHAIN_SESSION, ChainTarget, SpecSource, chain_target, observe_chain, resolve_remote_spec,
+    CHAIN_SESSION, ChainTarget, SpecSource, chain_target, look, observe_chain, resolve_remote_spec,
 };
 use megaplan_cloud_api::report::to_sorted_value;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
@@ -26,46 +25,27 @@ fn encode_failed(what: &str, e: serde_json::Error) -> ErrorBody {
 
 /// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
 pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
-    let loaded = markers::load(
-        &ctx.state,
-        &ctx.key,
-        &ctx.spec.path.display().to_string(),
-        remote_spec.is_none(),
-    )
-    .await?;
-    for w in &loaded.warnings {
+    let looked = look(&ctx.state, &ctx.spec, &ctx.key, remote_spec).await?;
+    for w in &looked.marker_warnings {
         ctx.out.stderr(format!("warning: {w}\n")).await;
     }
-    let marker = loaded.marker;
-    let target = chain_target(remote_spec, marker.as_ref(), &ctx.spec)?;
-    let raw = ctx.raw_runner()?;
-    let (obs, chain_spec) = observe_chain(
-        &raw,
-        &ctx.redactor,
-        &target,
-        crate::chain::launcher::configured(&ctx.spec).unwrap_or(""),
-        false,
-        Some(crate::supervisor::target::Resident {
-            residents: &ctx.state.residents,
-            key: &ctx.key,
-            deadline: ctx.state.settings.command_timeout,
-            events: None,
-            lease_ttl: ctx.spec.supervise.lease_ttl,
-        }),
-    )
-    .await?;
-    if let Some(l) = &obs.core_launcher {
-        ctx.state.launchers.remember(&ctx.key, l);
-    }
-    let consistency = summary::provider_consistency(
-        ctx.spec.provider.as_str(),
-        &markers::provider_identity(&ctx.spec),
-        marker.as_ref(),
-    );
+    let (obs, chain_spec) = looked
+        .observe(
+            &ctx.state,
+            &ctx.raw_runner()?,
+            &ctx.redactor,
+            &ctx.spec,
+            &ctx.key,
+            false,
+            ctx.state.settings.command_timeout,
+            None,
+        )
+        .await?;
+    let (target, consistency) = (&looked.target, &looked.consistency);
     let mut payload = summary::status_payload(
         obs,
         &chain_spec,
-        &consistency,
+        consistency,
         &target.session,
         &target.workspace,
     );
