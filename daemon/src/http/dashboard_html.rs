@@ -352,6 +352,7 @@ mod tests {
                 paused: None,
                 backoff: None,
                 attention: None,
+                liveness: None,
             }],
         };
         let page = fleet(&f, &Runners::new()).into_string();

@@ -402,8 +402,12 @@ async fn observe_and_act(
         );
         if applied.acted && kind == decide::MutationKind::RestartRunner {
             let now = Utc::now();
-            let window = chrono::Duration::from_std(spec.supervise.quarantine_window)
-                .unwrap_or(chrono::Duration::MAX);
+            let policy = quarantine::Policy::of(
+                &spec.supervise,
+                state.notifier.config.quarantine_after,
+                state.notifier.config.quarantine_window,
+            );
+            let window = chrono::Duration::from_std(policy.window).unwrap_or(chrono::Duration::MAX);
             if let Err(e) = quarantine::record_restart(&state.store, key, now, now - window).await {
                 tracing::warn!(key, "the restart could not be recorded: {e}");
             }
@@ -494,8 +498,12 @@ async fn quarantine_gate(
         return Ok((withheld(why), Some(q), None));
     }
     let now = Utc::now();
-    let cfg = &spec.supervise;
-    let window = chrono::Duration::from_std(cfg.quarantine_window).unwrap_or(chrono::Duration::MAX);
+    let cfg = &quarantine::Policy::of(
+        &spec.supervise,
+        state.notifier.config.quarantine_after,
+        state.notifier.config.quarantine_window,
+    );
+    let window = chrono::Duration::from_std(cfg.window).unwrap_or(chrono::Duration::MAX);
     let recent = quarantine::recent_restarts(&state.store, &key, now - window)
         .await
         .map_err(store_err)?;
@@ -505,7 +513,7 @@ async fn quarantine_gate(
             let wait = (until - now).to_std().unwrap_or_default();
             let why = format!(
                 "backing off: {restarts} restart(s) in the last {}; the next {} is due at {} (in {} s)",
-                humane(cfg.quarantine_window),
+                humane(cfg.window),
                 kind.as_str(),
                 until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 wait.as_secs().max(1)
@@ -538,7 +546,7 @@ async fn quarantine_gate(
                 restarts,
                 reason: format!(
                     "the driver died again after each of its last {restarts} restarts within {}",
-                    humane(cfg.quarantine_window)
+                    humane(cfg.window)
                 ),
                 log_tail,
             };
