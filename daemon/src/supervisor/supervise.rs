@@ -111,9 +111,7 @@ pub async fn tick_with(
             let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
             r.error = Some(e.error.as_str().to_string());
             // Not observed: `unknown`, which never authorizes a restart or an advance.
-            r.liveness = Some(megaplan_cloud_api::liveness::Liveness::unreachable(
-                &e.message,
-            ));
+            r.liveness = Some(not_observed(&e));
             r
         }
     };
@@ -448,6 +446,25 @@ async fn observe_and_act(
     Ok(out)
 }
 
+/// The liveness of a tick whose observation failed: `unknown`; `reachable: false` when the
+/// runner itself did not answer (transport, container, deadline), else the evidence is the
+/// error alone (the runner answered, the chain could not be read).
+fn not_observed(e: &ErrorBody) -> megaplan_cloud_api::liveness::Liveness {
+    use megaplan_cloud_api::liveness::{Evidence, LiveState, Liveness};
+    match e.error {
+        ErrorCode::ProviderUnavailable
+        | ErrorCode::ProviderFailed
+        | ErrorCode::DeadlineExceeded => Liveness::unreachable(&e.message),
+        _ => Liveness {
+            state: LiveState::Unknown,
+            evidence: Evidence {
+                detail: format!("the driver was not observed: {}", e.message),
+                ..Evidence::default()
+            },
+        },
+    }
+}
+
 /// A follow-up tick comes this long after the driver's lease expires (the runner's clock and
 /// ours need not agree to the millisecond).
 const LEASE_SLACK: Duration = Duration::from_millis(1500);
@@ -560,9 +577,9 @@ async fn quarantine_gate(
 /// `15m`, `90s`, `2h` for a person.
 fn humane(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
