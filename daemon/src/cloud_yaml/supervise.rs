@@ -2,7 +2,7 @@
 //! (the lease's time to live) and when a crash loop stops it (the quarantine and the restart
 //! back-off). Every field has a default; each is checked here with an error naming it.
 
-use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -43,10 +43,18 @@ impl Default for Supervise {
     }
 }
 
+fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::InvalidSpec,
+        format!("{}: {message}", file.display()),
+    )
+    .with("field", field)
+}
+
 /// `500ms`, `90s`, `5m`, `2h`, or plain seconds; longer than zero.
 fn duration(file: &Path, field: &str, v: &Value) -> Result<Duration, ErrorBody> {
     let bad = || {
-        super::invalid_field(
+        invalid_field(
             file,
             field,
             format!("{field} must be a duration such as 3s, 90s, 15m or 1h, found {v}"),
@@ -84,7 +92,7 @@ pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Superv
     if let Some(v) = sec.get("lease_ttl").filter(|v| !v.is_null()) {
         out.lease_ttl = duration(file, "supervise.lease_ttl", v)?;
         if out.lease_ttl < Duration::from_secs(1) || out.lease_ttl > Duration::from_secs(3600) {
-            return Err(super::invalid_field(
+            return Err(invalid_field(
                 file,
                 "supervise.lease_ttl",
                 "supervise.lease_ttl must be between 1s and 1h (the runner refreshes the lease every 2 s)",
@@ -98,7 +106,7 @@ pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Superv
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
             .ok_or_else(|| {
-                super::invalid_field(
+                invalid_field(
                     file,
                     "supervise.quarantine_after",
                     format!(
