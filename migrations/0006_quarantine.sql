@@ -2,11 +2,12 @@
 -- Each restart the supervisor applied, so the next one can back off and a driver that dies
 -- right after each restart is quarantined (supervisor/quarantine.rs). Rows older than the
 -- quarantine window are pruned when a restart is recorded.
+-- One row per restart: (key, at) is the key, so no separate index (and no rowid) is needed.
 CREATE TABLE restarts (
     key  TEXT NOT NULL,
-    at   TEXT NOT NULL
-) STRICT;
-CREATE INDEX restarts_by_key ON restarts (key, at);
+    at   TEXT NOT NULL,
+    PRIMARY KEY (key, at)
+) STRICT, WITHOUT ROWID;
 
 -- A quarantined registration: no restart or advance until a person clears it
 -- (`megaplan-cloudctl unquarantine`, or `resume`). `log_tail` is the redacted end of the
@@ -17,4 +18,4 @@ CREATE TABLE quarantines (
     restarts  INTEGER NOT NULL,
     reason    TEXT NOT NULL,
     log_tail  TEXT NOT NULL
-) STRICT;
+) STRICT, WITHOUT ROWID;

@@ -155,6 +155,34 @@ mod tests {
     }
 
     proptest! {
+        /// `unknown` never yields a mutation: whatever the status, the PR and the evidence, the
+        /// pure decision restarts or advances only on a `dead` verdict.
+        #[test]
+        fn unknown_never_yields_a_mutation(
+            status in prop_oneof![Just("alive"), Just("dead"), Just("unknown")],
+            source in prop_oneof![Just("process"), Just("tmux")],
+            age in proptest::option::of(0.0f64..100.0),
+            ttl in proptest::option::of(0.5f64..60.0),
+            effective in proptest::sample::select(crate::chain::classify::EffectiveStatus::ALL.to_vec()),
+            merged in proptest::bool::ANY,
+        ) {
+            let mut lease = json!({});
+            if let Some(a) = age { lease["age_secs"] = json!(a); }
+            if let Some(t) = ttl { lease["ttl_secs"] = json!(t); }
+            let v = verdict(&runner(json!({"status": status, "source": source, "lease": lease})));
+            let d = crate::chain::decide::decide(&crate::chain::decide::TickFacts {
+                effective_status: effective,
+                provider_consistency: megaplan_cloud_api::report::ProviderConsistency::NotApplicable,
+                has_exec: true,
+                liveness: probe_word(&v),
+                pr_number: Some(1),
+                pr_probe: merged.then(|| "merged".to_string()),
+            });
+            if d.mutation.is_some() {
+                prop_assert_eq!(v.state, LiveState::Dead, "{:?} mutated: {:?}", v, d);
+            }
+        }
+
         /// Whatever the lease says, only a probe that saw the driver gone can be `dead`, and a
         /// fresh identity-bound lease always holds the verdict at `unknown`.
         #[test]

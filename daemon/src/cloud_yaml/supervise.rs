@@ -2,7 +2,7 @@
 //! (the lease's time to live) and when a crash loop stops it (the quarantine and the restart
 //! back-off). Every field has a default; each is checked here with an error naming it.
 
-use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -23,10 +23,10 @@ pub struct Supervise {
     /// is `dead` (restartable) only once its lease expired. Default 15 s.
     pub lease_ttl: Duration,
     /// Restarts within `quarantine_window` after which the next needed restart quarantines
-    /// the chain instead. Default 3.
-    pub quarantine_after: u32,
-    /// Default 15 min.
-    pub quarantine_window: Duration,
+    /// the chain instead. Unset: notify.yaml's `quarantine_after`, else 3.
+    pub quarantine_after: Option<u32>,
+    /// Unset: notify.yaml's `quarantine_window`, else 15 min.
+    pub quarantine_window: Option<Duration>,
     /// The first restart back-off; it doubles with each restart in the window (with jitter).
     /// Default 10 s.
     pub restart_backoff: Duration,
@@ -36,17 +36,25 @@ impl Default for Supervise {
     fn default() -> Self {
         Supervise {
             lease_ttl: Duration::from_secs(15),
-            quarantine_after: 3,
-            quarantine_window: Duration::from_secs(15 * 60),
+            quarantine_after: None,
+            quarantine_window: None,
             restart_backoff: Duration::from_secs(10),
         }
     }
 }
 
+fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::InvalidSpec,
+        format!("{}: {message}", file.display()),
+    )
+    .with("field", field)
+}
+
 /// `500ms`, `90s`, `5m`, `2h`, or plain seconds; longer than zero.
 fn duration(file: &Path, field: &str, v: &Value) -> Result<Duration, ErrorBody> {
     let bad = || {
-        super::invalid_field(
+        invalid_field(
             file,
             field,
             format!("{field} must be a duration such as 3s, 90s, 15m or 1h, found {v}"),
@@ -84,7 +92,7 @@ pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Superv
     if let Some(v) = sec.get("lease_ttl").filter(|v| !v.is_null()) {
         out.lease_ttl = duration(file, "supervise.lease_ttl", v)?;
         if out.lease_ttl < Duration::from_secs(1) || out.lease_ttl > Duration::from_secs(3600) {
-            return Err(super::invalid_field(
+            return Err(invalid_field(
                 file,
                 "supervise.lease_ttl",
                 "supervise.lease_ttl must be between 1s and 1h (the runner refreshes the lease every 2 s)",
@@ -96,8 +104,9 @@ pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Superv
             .as_u64()
             .filter(|n| (1..=100).contains(n))
             .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
             .ok_or_else(|| {
-                super::invalid_field(
+                invalid_field(
                     file,
                     "supervise.quarantine_after",
                     format!(
@@ -107,7 +116,7 @@ pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Superv
             })?;
     }
     if let Some(v) = sec.get("quarantine_window").filter(|v| !v.is_null()) {
-        out.quarantine_window = duration(file, "supervise.quarantine_window", v)?;
+        out.quarantine_window = Some(duration(file, "supervise.quarantine_window", v)?);
     }
     if let Some(v) = sec.get("restart_backoff").filter(|v| !v.is_null()) {
         out.restart_backoff = duration(file, "supervise.restart_backoff", v)?;
@@ -127,8 +136,8 @@ mod tests {
         let m = json!({"lease_ttl": "3s", "quarantine_after": 2, "quarantine_window": "5m", "restart_backoff": 1});
         let s = parse(f, m.as_object()).unwrap();
         assert_eq!(s.lease_ttl, Duration::from_secs(3));
-        assert_eq!(s.quarantine_after, 2);
-        assert_eq!(s.quarantine_window, Duration::from_secs(300));
+        assert_eq!(s.quarantine_after, Some(2));
+        assert_eq!(s.quarantine_window, Some(Duration::from_secs(300)));
         assert_eq!(s.restart_backoff, Duration::from_secs(1));
         let bad = json!({"quarantine_after": 0});
         let e = parse(f, bad.as_object()).unwrap_err();

@@ -188,6 +188,12 @@ pub struct NotifyConfig {
     pub breaker_after: u32,
     /// How long an open breaker defers its sink's rows before one probe delivery.
     pub breaker_cooldown: Duration,
+    /// `liveness_unknown` once a driver's liveness stayed `unknown` this long.
+    pub unknown_after: Duration,
+    /// The crash-loop quarantine for every registration whose cloud.yaml `supervise:` section
+    /// does not set its own: restarts within `quarantine_window`.
+    pub quarantine_after: Option<u32>,
+    pub quarantine_window: Option<Duration>,
 }
 
 impl Default for NotifyConfig {
@@ -208,6 +214,9 @@ impl Default for NotifyConfig {
             max_in_flight_per_sink: 4,
             breaker_after: 5,
             breaker_cooldown: Duration::from_secs(60),
+            unknown_after: Duration::from_secs(10 * 60),
+            quarantine_after: None,
+            quarantine_window: None,
         }
     }
 }
@@ -233,7 +242,7 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 13] = [
     "sinks",
     "registration_secret_env",
     "stall_after",
@@ -244,6 +253,9 @@ const KEYS: [&str; 10] = [
     "max_in_flight_per_sink",
     "breaker_after",
     "breaker_cooldown",
+    "unknown_after",
+    "quarantine_after",
+    "quarantine_window",
 ];
 
 impl NotifyConfig {
@@ -307,6 +319,18 @@ impl NotifyConfig {
             obj.get("still_waiting_after"),
             c.still_waiting_after,
         )?;
+        c.unknown_after = dur("unknown_after", obj.get("unknown_after"), c.unknown_after)?;
+        if let Some(v) = obj.get("quarantine_window") {
+            c.quarantine_window = Some(dur("quarantine_window", Some(v), Duration::ZERO)?);
+        }
+        if let Some(n) = obj.get("quarantine_after") {
+            c.quarantine_after = Some(
+                n.as_u64()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or("quarantine_after: expected a whole number of restarts from 1 to 100")?
+                    as u32,
+            );
+        }
         if let Some(n) = obj.get("failed_ticks") {
             c.failed_ticks = n
                 .as_u64()

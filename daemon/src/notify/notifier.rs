@@ -38,6 +38,8 @@ impl Notifier {
             still_waiting_after: chrono::Duration::from_std(self.config.still_waiting_after)
                 .unwrap_or(chrono::Duration::days(1)),
             failed_ticks: self.config.failed_ticks,
+            unknown_after: chrono::Duration::from_std(self.config.unknown_after)
+                .unwrap_or(chrono::Duration::minutes(10)),
         }
     }
 

@@ -462,6 +462,9 @@ pub async fn forget(store: &Store, key: &str) -> Result<(), StoreError> {
         "DELETE FROM notify_sinks WHERE key = ?1",
         "DELETE FROM watch_state WHERE key = ?1",
         "DELETE FROM pauses WHERE key = ?1",
+        // The crash-loop quarantine and its restart history (supervisor/quarantine.rs).
+        "DELETE FROM quarantines WHERE key = ?1",
+        "DELETE FROM restarts WHERE key = ?1",
     ] {
         sqlx::query(q)
             .bind(key)

@@ -15,7 +15,7 @@ pub const WAITING_STATUSES: [EffectiveStatus; 3] = [
 ];
 
 /// Every event a notification can carry (docs/notifications.md).
-pub const EVENTS: [&str; 12] = [
+pub const EVENTS: [&str; 13] = [
     "human_prerequisite",
     "quality_gate",
     "awaiting_pr_merge",
@@ -28,6 +28,7 @@ pub const EVENTS: [&str; 12] = [
     "preflight_failed",
     "driver_gone",
     "quarantined",
+    "liveness_unknown",
 ];
 
 /// What the watcher remembers of one registration between ticks.
@@ -58,6 +59,12 @@ pub struct WatchState {
     /// `quarantined` sent for the current quarantine.
     #[serde(default)]
     pub quarantined_sent: bool,
+    /// Since when the driver's liveness has been `unknown` (not waiting for a lease).
+    #[serde(default)]
+    pub unknown_since: Option<String>,
+    /// `liveness_unknown` sent for the current stay.
+    #[serde(default)]
+    pub unknown_sent: bool,
 }
 
 /// Thresholds of the transition rules.
@@ -65,6 +72,8 @@ pub struct WatchState {
 pub struct Rules {
     pub still_waiting_after: chrono::Duration,
     pub failed_ticks: u32,
+    /// `liveness_unknown` once the driver's liveness stayed `unknown` this long.
+    pub unknown_after: chrono::Duration,
 }
 
 /// One notification to send (before it is addressed to sinks).
@@ -260,6 +269,38 @@ pub fn transitions(
         Some(_) => {}
         None => next.quarantined_sent = false,
     }
+    // Unknown (the driver not seen, not seen gone either) never authorizes a restart; when it
+    // lasts, a person is told once. A tick that failed is `ticks_failing`'s, above.
+    let unknown = report.liveness.as_ref().filter(|l| {
+        l.state == megaplan_cloud_api::liveness::LiveState::Unknown && l.pending_secs().is_none()
+    });
+    match unknown {
+        Some(l) => {
+            let since = prev
+                .unknown_since
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(now);
+            next.unknown_since = Some(since.to_rfc3339());
+            if !prev.unknown_sent && now - since >= rules.unknown_after {
+                next.unknown_sent = true;
+                events.push(Event {
+                    event: "liveness_unknown",
+                    title: format!(
+                        "the driver's liveness has been unknown for {}: {}",
+                        age_text((now - since).num_seconds()),
+                        l.evidence.detail
+                    ),
+                    details: json!({"liveness": l, "unknown_since": since.to_rfc3339()}),
+                });
+            }
+        }
+        None => {
+            next.unknown_since = None;
+            next.unknown_sent = false;
+        }
+    }
     (next, events)
 }
 
@@ -284,7 +325,37 @@ mod tests {
     const RULES: Rules = Rules {
         still_waiting_after: chrono::Duration::seconds(3600),
         failed_ticks: 3,
+        unknown_after: chrono::Duration::seconds(600),
     };
+
+    #[test]
+    fn a_gone_driver_is_told_once_and_a_lasting_unknown_once_it_lasts() {
+        let t0 = Utc::now();
+        let pending = report(json!({"liveness": {"state": "unknown", "evidence": {
+            "process_seen": false, "session_seen": false, "lease_age_secs": 1.0, "lease_ttl_secs": 15.0,
+            "detail": "the driver process is gone; restart in 14 s unless it comes back"}}}));
+        let (s1, e1) = transitions(&WatchState::default(), &pending, t0, RULES);
+        assert_eq!(
+            e1.iter().map(|e| e.event).collect::<Vec<_>>(),
+            ["driver_gone"]
+        );
+        assert!(e1[0].title.contains("restart in 14 s"), "{}", e1[0].title);
+        let (s2, e2) = transitions(&s1, &pending, t0, RULES);
+        assert!(e2.iter().all(|e| e.event != "driver_gone"));
+        let unknown = report(
+            json!({"liveness": {"state": "unknown", "evidence": {"detail": "tmux failed"}}}),
+        );
+        let (s3, e3) = transitions(&s2, &unknown, t0, RULES);
+        assert!(e3.iter().all(|e| e.event != "liveness_unknown"));
+        let later = t0 + chrono::Duration::seconds(601);
+        let (s4, e4) = transitions(&s3, &unknown, later, RULES);
+        assert_eq!(
+            e4.iter().filter(|e| e.event == "liveness_unknown").count(),
+            1
+        );
+        let (_, e5) = transitions(&s4, &unknown, later + chrono::Duration::seconds(5), RULES);
+        assert!(e5.iter().all(|e| e.event != "liveness_unknown"));
+    }
 
     /// A report with the fields given and the rest of a plain tick.
     fn report(fields: Value) -> TickReport {

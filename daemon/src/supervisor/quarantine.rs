@@ -13,6 +13,36 @@ use megaplan_cloud_api::liveness::Quarantine;
 use sqlx::Row;
 use std::time::Duration;
 
+/// Restarts in the window that quarantine when neither cloud.yaml nor notify.yaml says.
+pub const DEFAULT_QUARANTINE_AFTER: u32 = 3;
+/// The window when neither cloud.yaml nor notify.yaml says.
+pub const DEFAULT_QUARANTINE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The quarantine rules of one registration: its cloud.yaml `supervise:` section, else
+/// notify.yaml (the daemon-wide default), else the built-in defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub after: u32,
+    pub window: Duration,
+    pub backoff: Duration,
+}
+
+impl Policy {
+    pub fn of(s: &Supervise, notify_after: Option<u32>, notify_window: Option<Duration>) -> Policy {
+        Policy {
+            after: s
+                .quarantine_after
+                .or(notify_after)
+                .unwrap_or(DEFAULT_QUARANTINE_AFTER),
+            window: s
+                .quarantine_window
+                .or(notify_window)
+                .unwrap_or(DEFAULT_QUARANTINE_WINDOW),
+            backoff: s.restart_backoff,
+        }
+    }
+}
+
 /// What the gate says of a launch the decision wants.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Gate {
@@ -40,15 +70,15 @@ pub fn backoff(base: Duration, restarts: u32, jitter: f64) -> Duration {
 }
 
 /// The gate, pure: `recent` are the restarts within the window, oldest first.
-pub fn gate(now: DateTime<Utc>, recent: &[DateTime<Utc>], cfg: &Supervise, jitter: f64) -> Gate {
+pub fn gate(now: DateTime<Utc>, recent: &[DateTime<Utc>], cfg: &Policy, jitter: f64) -> Gate {
     let n = u32::try_from(recent.len()).unwrap_or(u32::MAX);
-    if n >= cfg.quarantine_after {
+    if n >= cfg.after {
         return Gate::Quarantine { restarts: n };
     }
     let Some(last) = recent.last() else {
         return Gate::Go;
     };
-    let wait = backoff(cfg.restart_backoff, n, jitter);
+    let wait = backoff(cfg.backoff, n, jitter);
     let until = *last + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
     if now < until {
         Gate::Wait { until, restarts: n }
@@ -117,7 +147,7 @@ pub async fn record_restart(
         .execute(&mut *tx)
         .await
         .map_err(|e| failed(store, what, e))?;
-    sqlx::query("INSERT INTO restarts (key, at) VALUES (?1, ?2)")
+    sqlx::query("INSERT OR IGNORE INTO restarts (key, at) VALUES (?1, ?2)")
         .bind(key)
         .bind(ts(at))
         .execute(&mut *tx)
@@ -213,12 +243,28 @@ pub async fn clear(store: &Store, key: &str) -> Result<bool, StoreError> {
 mod tests {
     use super::*;
 
-    fn cfg() -> Supervise {
-        Supervise {
-            quarantine_after: 3,
-            restart_backoff: Duration::from_secs(10),
-            ..Supervise::default()
-        }
+    fn cfg() -> Policy {
+        Policy::of(&Supervise::default(), None, None)
+    }
+
+    #[test]
+    fn cloud_yaml_then_notify_yaml_then_the_defaults() {
+        let d = Supervise::default();
+        assert_eq!(cfg().after, 3);
+        assert_eq!(cfg().window, Duration::from_secs(900));
+        assert_eq!(Policy::of(&d, Some(5), None).after, 5);
+        let own = Supervise {
+            quarantine_after: Some(2),
+            ..d
+        };
+        assert_eq!(
+            Policy::of(&own, Some(5), Some(Duration::from_secs(60))).after,
+            2
+        );
+        assert_eq!(
+            Policy::of(&own, Some(5), Some(Duration::from_secs(60))).window,
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

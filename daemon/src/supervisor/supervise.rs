@@ -112,9 +112,7 @@ pub async fn tick_with(
             let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
             r.error = Some(e.error.as_str().to_string());
             // Not observed: `unknown`, which never authorizes a restart or an advance.
-            r.liveness = Some(megaplan_cloud_api::liveness::Liveness::unreachable(
-                &e.message,
-            ));
+            r.liveness = Some(not_observed(&e));
             r.rule = Some(d.rule);
             r
         }
@@ -369,8 +367,12 @@ async fn observe_and_act(
         }
         if applied.acted && kind == decide::MutationKind::RestartRunner {
             let now = Utc::now();
-            let window = chrono::Duration::from_std(spec.supervise.quarantine_window)
-                .unwrap_or(chrono::Duration::MAX);
+            let policy = quarantine::Policy::of(
+                &spec.supervise,
+                state.notifier.config.quarantine_after,
+                state.notifier.config.quarantine_window,
+            );
+            let window = chrono::Duration::from_std(policy.window).unwrap_or(chrono::Duration::MAX);
             if let Err(e) = quarantine::record_restart(&state.store, key, now, now - window).await {
                 tracing::warn!(key, "the restart could not be recorded: {e}");
             }
@@ -409,6 +411,25 @@ async fn observe_and_act(
     out.liveness = Some(verdict);
     out.quarantine = quarantine;
     Ok(out)
+}
+
+/// The liveness of a tick whose observation failed: `unknown`; `reachable: false` when the
+/// runner itself did not answer (transport, container, deadline), else the evidence is the
+/// error alone (the runner answered, the chain could not be read).
+fn not_observed(e: &ErrorBody) -> megaplan_cloud_api::liveness::Liveness {
+    use megaplan_cloud_api::liveness::{Evidence, LiveState, Liveness};
+    match e.error {
+        ErrorCode::ProviderUnavailable
+        | ErrorCode::ProviderFailed
+        | ErrorCode::DeadlineExceeded => Liveness::unreachable(&e.message),
+        _ => Liveness {
+            state: LiveState::Unknown,
+            evidence: Evidence {
+                detail: format!("the driver was not observed: {}", e.message),
+                ..Evidence::default()
+            },
+        },
+    }
 }
 
 /// A follow-up tick comes this long after the driver's lease expires (the runner's clock and
@@ -462,8 +483,12 @@ async fn quarantine_gate(
         return Ok((withheld(report::Rule::Quarantined, why), Some(q), None));
     }
     let now = Utc::now();
-    let cfg = &spec.supervise;
-    let window = chrono::Duration::from_std(cfg.quarantine_window).unwrap_or(chrono::Duration::MAX);
+    let cfg = &quarantine::Policy::of(
+        &spec.supervise,
+        state.notifier.config.quarantine_after,
+        state.notifier.config.quarantine_window,
+    );
+    let window = chrono::Duration::from_std(cfg.window).unwrap_or(chrono::Duration::MAX);
     let recent = quarantine::recent_restarts(&state.store, &key, now - window)
         .await
         .map_err(store_err)?;
@@ -473,7 +498,7 @@ async fn quarantine_gate(
             let wait = (until - now).to_std().unwrap_or_default();
             let why = format!(
                 "backing off: {restarts} restart(s) in the last {}; the next {} is due at {} (in {} s)",
-                humane(cfg.quarantine_window),
+                humane(cfg.window),
                 kind.as_str(),
                 until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 wait.as_secs().max(1)
@@ -510,7 +535,7 @@ async fn quarantine_gate(
                 restarts,
                 reason: format!(
                     "the driver died again after each of its last {restarts} restarts within {}",
-                    humane(cfg.quarantine_window)
+                    humane(cfg.window)
                 ),
                 log_tail,
             };

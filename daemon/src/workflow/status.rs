@@ -251,8 +251,33 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
         .out
         .relay_to_stderr(async |tx| p.exec_streaming(&cmd, tx).await)
         .await?;
+    // A person resumed the chain by hand: a crash-loop quarantine is theirs to lift, and this
+    // is lifting it (issue 24 item 4), like `unquarantine`.
+    let unquarantined = if code == 0 {
+        match crate::supervisor::quarantine::clear(&ctx.state.store, &ctx.key).await {
+            Ok(cleared) => cleared,
+            Err(e) => {
+                ctx.out
+                    .stderr(format!(
+                        "warning: the quarantine could not be cleared: {e}\n"
+                    ))
+                    .await;
+                false
+            }
+        }
+    } else {
+        false
+    };
+    if unquarantined {
+        ctx.out
+            .stderr(
+                "the chain's quarantine is cleared: the supervisor may restart it again\n"
+                    .to_string(),
+            )
+            .await;
+    }
     Ok(Done::code(
-        json!({"success": code == 0, "next_step": step, "command": words, "plan": plan_name, "exit_code": code}),
+        json!({"success": code == 0, "next_step": step, "command": words, "plan": plan_name, "exit_code": code, "unquarantined": unquarantined}),
         i32::from(code != 0),
     ))
 }
