@@ -146,8 +146,10 @@ pub struct Notification {
     pub schema: String,
     pub event: NotificationEvent,
     /// True when nothing moves until a person acts.
+    #[serde(default)]
     pub needs_person: bool,
     /// The chain's name for people (the folder holding cloud.yaml); empty for a digest.
+    #[serde(default)]
     pub chain: String,
     #[serde(default)]
     pub milestone: Option<ChainPosition>,
@@ -160,14 +162,19 @@ pub struct Notification {
     #[serde(default)]
     pub fix: Option<String>,
     /// One line: what happened.
+    #[serde(default)]
     pub title: String,
     /// The full text: the title, the reason, the fix, then the cloud.yaml path.
+    #[serde(default)]
     pub message: String,
     /// Stable per occurrence: the same on every retry, never reused for another occurrence.
+    #[serde(default)]
     pub idempotency_key: String,
     /// Stable per (registration, tick, event); kept from the first version of the schema.
+    #[serde(default)]
     pub id: String,
     /// The registration key (empty for a digest or a test of the daemon's own sinks).
+    #[serde(default)]
     pub key: String,
     /// The chain spec on the runner.
     #[serde(default)]
@@ -181,8 +188,10 @@ pub struct Notification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Vec<DigestChain>>,
     /// RFC 3339, when the notification was made.
+    #[serde(default)]
     pub created_at: String,
     /// The local cloud.yaml (empty for a digest or a test of the daemon's own sinks).
+    #[serde(default)]
     pub cloud_yaml: String,
 }
 
@@ -292,7 +301,10 @@ mod tests {
         for e in NotificationEvent::ALL {
             let word = serde_json::to_value(e).unwrap();
             assert_eq!(word, e.as_str());
-            assert_eq!(serde_json::from_value::<NotificationEvent>(word).unwrap(), e);
+            assert_eq!(
+                serde_json::from_value::<NotificationEvent>(word).unwrap(),
+                e
+            );
         }
         assert!(NotificationEvent::QualityGate.needs_person());
         assert!(!NotificationEvent::Complete.needs_person());

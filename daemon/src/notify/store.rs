@@ -30,10 +30,15 @@ pub struct NewOutbox {
     /// The registration the notification is about.
     pub key: String,
     pub event: String,
+    /// The notification's idempotency key: queued at most once (`notification_keys`).
+    pub idempotency_key: String,
     pub sink: Sink,
     /// The notification JSON (redacted).
     pub body: String,
 }
+
+/// Idempotency keys kept per registration (the newest); older occurrences are long past.
+const KEYS_KEPT: i64 = 1000;
 
 /// An outbox row due for delivery.
 #[derive(Debug, Clone)]
@@ -156,7 +161,7 @@ pub async fn commit_watch(
     states: &[(String, WatchState)],
     rows: &[NewOutbox],
     last_tick_id: i64,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let what = "saving the watch state";
     let now = ts(Utc::now());
     let mut tx = store
@@ -177,7 +182,43 @@ pub async fn commit_watch(
         .await
         .map_err(|e| failed(store, what, e))?;
     }
+    // Each idempotency key is queued once, ever: a key already recorded is not queued again.
+    let mut fresh: HashMap<&str, bool> = HashMap::new();
     for r in rows {
+        if r.idempotency_key.is_empty() || fresh.contains_key(r.idempotency_key.as_str()) {
+            continue;
+        }
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO notification_keys (idempotency_key, key, event, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&r.idempotency_key)
+        .bind(&r.key)
+        .bind(&r.event)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, "recording a notification key", e))?
+        .rows_affected();
+        fresh.insert(r.idempotency_key.as_str(), inserted > 0);
+        sqlx::query(
+            "DELETE FROM notification_keys WHERE key = ?1 AND idempotency_key NOT IN
+                 (SELECT idempotency_key FROM notification_keys WHERE key = ?1
+                  ORDER BY created_at DESC LIMIT ?2)",
+        )
+        .bind(&r.key)
+        .bind(KEYS_KEPT)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, "applying notification key retention", e))?;
+    }
+    let mut queued = 0;
+    for r in rows {
+        if fresh.get(r.idempotency_key.as_str()) == Some(&false) {
+            tracing::info!(key = %r.key, event = %r.event, idempotency_key = %r.idempotency_key, "notification already queued once; not again");
+            continue;
+        }
+        queued += 1;
         let sink = serde_json::to_string(&r.sink).map_err(|e| failed(store, what, e))?;
         sqlx::query(
             "INSERT INTO outbox (key, event, sink, body, created_at, status, attempts, next_attempt_at)
@@ -200,7 +241,8 @@ pub async fn commit_watch(
     .execute(&mut *tx)
     .await
     .map_err(|e| failed(store, what, e))?;
-    tx.commit().await.map_err(|e| failed(store, what, e))
+    tx.commit().await.map_err(|e| failed(store, what, e))?;
+    Ok(queued)
 }
 
 /// Pending rows due at `now` and not in `running` (ids of deliveries in flight), fairly across
