@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod guard;
 pub mod health;
 pub mod lookup;
+pub mod notifications;
 pub mod pause;
 pub mod run;
 pub mod server;
@@ -49,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(routes::CLOUD_EXPLAIN, get(ticks::explain))
         .route(routes::NOTIFICATIONS, get(ticks::list_notifications))
+        .route(routes::NOTIFICATIONS_TEST, post(notifications::test))
         .route(routes::FLEET, get(fleet::fleet))
         .route(routes::DASHBOARD, post(dashboard::open))
         .fallback(not_found)

@@ -280,17 +280,32 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 /// in its own process group and a timeout kills the whole group, so `sleep 300; echo done`
 /// leaves no `sleep` behind (killing only `sh` would orphan it).
 pub async fn run_command(command: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
+    run_command_status(command, body, timeout).await.1
+}
+
+/// [`run_command`] with the exit status, when the command exited.
+pub async fn run_command_status(
+    command: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> (Option<i32>, Result<(), String>) {
     let cmd = Cmd::new("sh").arg("-c").arg(command).stdin(body.to_vec());
     match process::run(&cmd, timeout).await {
-        Err(RunError::Timeout { .. }) => Err(format!(
-            "the command did not finish within {}s and was killed",
-            timeout.as_secs_f64()
-        )),
-        Err(RunError::NotFound { .. }) => Err("cannot start sh: not found".to_string()),
-        Err(e) => Err(format!("running the command failed: {e}")),
-        Ok(o) if o.code == 0 => Ok(()),
-        Ok(o) if o.code < 0 => Err("the command was killed by a signal".to_string()),
-        Ok(o) => Err(format!("the command exited with exit status: {}", o.code)),
+        Err(RunError::Timeout { .. }) => (
+            None,
+            Err(format!(
+                "the command did not finish within {}s and was killed",
+                timeout.as_secs_f64()
+            )),
+        ),
+        Err(RunError::NotFound { .. }) => (None, Err("cannot start sh: not found".to_string())),
+        Err(e) => (None, Err(format!("running the command failed: {e}"))),
+        Ok(o) if o.code == 0 => (Some(0), Ok(())),
+        Ok(o) if o.code < 0 => (None, Err("the command was killed by a signal".to_string())),
+        Ok(o) => (
+            Some(o.code),
+            Err(format!("the command exited with exit status: {}", o.code)),
+        ),
     }
 }
 

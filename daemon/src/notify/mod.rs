@@ -16,6 +16,7 @@ pub mod explain;
 pub mod fleet;
 pub mod message;
 pub mod notifier;
+pub mod sink_test;
 pub mod sinks;
 pub mod stall;
 pub mod store;
@@ -240,6 +241,38 @@ fn context_for(state: &Arc<AppState>, rec: &TickRecord) -> TickContext {
         redactor: Redactor::new(&names, &values),
         repo_web: spec.and_then(|s| message::github_web(&s.repo.url)),
     }
+}
+
+/// Send a test notification to every sink now (`notifications test`): the daemon's own and
+/// `registration`'s, or every registration's when `None`. Each sink's answer comes back.
+pub async fn send_test(
+    state: &Arc<AppState>,
+    registration: Option<(&str, &str)>,
+) -> Result<megaplan_cloud_api::notification::TestResults, crate::store::StoreError> {
+    let mut given = Vec::new();
+    match registration {
+        Some((key, _)) => given.push((
+            key.to_string(),
+            store::registration_sinks(&state.store, key).await?,
+        )),
+        None => {
+            for r in state.store.list_registrations().await? {
+                let sinks = store::registration_sinks(&state.store, &r.key).await?;
+                given.push((r.key, sinks));
+            }
+        }
+    }
+    let sinks = sink_test::sinks_to_test(&state.notifier.config, &given);
+    let now = Utc::now();
+    let idempotency_key = format!("test-{}", now.timestamp_nanos_opt().unwrap_or_default());
+    let (key, cloud_yaml) = registration.unwrap_or_default();
+    let n = message::test(
+        key,
+        cloud_yaml,
+        &idempotency_key,
+        &now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    Ok(sink_test::send_all(&sinks, &n, state.notifier.config.retry.timeout).await)
 }
 
 /// Sinks given to `register --notify-url/--notify-command`, checked.
