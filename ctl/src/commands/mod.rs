@@ -4,3 +4,4 @@
 pub mod chain;
 pub mod dashboard;
 pub mod fleet;
+pub mod notifications;
