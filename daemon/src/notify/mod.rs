@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod deliver;
+pub mod digest;
 pub mod explain;
 pub mod fleet;
 pub mod message;
@@ -327,6 +328,9 @@ pub fn registration_sinks(
 /// delivered by the next start.
 pub fn spawn_worker(state: Arc<AppState>) {
     spawn_watcher(state.clone());
+    if let Some(period) = state.notifier.config.digest {
+        spawn_digest(state.clone(), period);
+    }
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
@@ -373,6 +377,92 @@ pub fn spawn_worker(state: Arc<AppState>) {
             b.in_flight = 0;
         }
     });
+}
+
+/// The digest task: one digest per `period`, due a period after the last one (kept in SQLite,
+/// so a restart neither repeats nor skips one); a digest with nothing to tell is not sent.
+fn spawn_digest(state: Arc<AppState>, period: Duration) {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        let period_c = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::hours(1));
+        loop {
+            let last = match store::last_digest(&state.store).await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    // The first start with a digest: marks now, the first digest a period on.
+                    if let Err(e) = digest_pass(&state, Utc::now()).await {
+                        tracing::error!("notification digest: {e}");
+                    }
+                    Utc::now()
+                }
+                Err(e) => {
+                    tracing::error!("notification digest: {e}");
+                    Utc::now()
+                }
+            };
+            let due = last + period_c;
+            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = state.shutdown.cancelled() => break,
+            }
+            match digest_pass(&state, Utc::now()).await {
+                Ok(n) if n > 0 => state.notifier.wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("notification digest: {e}");
+                    // Not again at once: a failing database is retried a period later.
+                    tokio::select! {
+                        _ = tokio::time::sleep(period.min(Duration::from_secs(60))) => {}
+                        _ = state.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Make one digest at `at`: plan it from the registrations' last ticks and the last digest's
+/// marks, queue one row per sink that has chains to tell of, and save the marks and the time.
+pub async fn digest_pass(
+    state: &Arc<AppState>,
+    at: chrono::DateTime<Utc>,
+) -> Result<usize, crate::store::StoreError> {
+    let regs = state.store.list_registrations().await?;
+    let last = store::last_tick_per_key(&state.store).await?;
+    let marks = store::digest_marks(&state.store).await?;
+    let mut sinks_of = HashMap::new();
+    for r in &regs {
+        let mut all = state.notifier.config.sinks.clone();
+        all.extend(store::registration_sinks(&state.store, &r.key).await?);
+        sinks_of.insert(r.key.clone(), all);
+    }
+    let plan = digest::plan(&regs, &last, &marks, &sinks_of);
+    let created_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut rows = Vec::new();
+    for (sink, chains) in plan.per_sink {
+        let keys: Vec<String> = chains.iter().map(|c| c.key.clone()).collect();
+        // One digest of one period about one set of chains.
+        let idempotency_key = transitions::idempotency_key(
+            transitions::Occurrence {
+                registration: &keys.join(","),
+                tick_id: at.timestamp_millis(),
+            },
+            "",
+            megaplan_cloud_api::notification::NotificationEvent::Digest,
+            "",
+        );
+        let n = message::digest(chains, &idempotency_key, &created_at);
+        tracing::info!(chains = keys.len(), sink = %sink.label(), "notification digest");
+        rows.push(store::NewOutbox {
+            key: keys.first().cloned().unwrap_or_default(),
+            event: n.event.to_string(),
+            idempotency_key,
+            body: serde_json::to_string(&n).unwrap_or_default(),
+            sink,
+        });
+    }
+    store::commit_digest(&state.store, &rows, &plan.marks, at).await
 }
 
 /// Rows read per pass at most (every sink's oldest first).
