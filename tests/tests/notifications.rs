@@ -223,8 +223,8 @@ fn a_digest_replaces_one_message_per_event() {
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2", "m3"]);
-    rig.ctl(&["register", "--every", "1s"]).ok();
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.ctl(&["register", "--every", "1s"]).ok();
     let complete_digest = || {
         receiver.accepted().iter().any(|r| {
             let v = r.json();

@@ -35,8 +35,8 @@ pub struct Plan {
     pub marks: Vec<DigestMark>,
 }
 
-/// `sinks_of`: each registration's sinks (the daemon's own and its given ones). A chain seen
-/// for the first time is marked, not reported: its progress counts from this digest on.
+/// `sinks_of`: each registration's sinks (the daemon's own and its given ones). A chain no
+/// digest has told of yet counts from nothing: its first digest lists every milestone done.
 pub fn plan(
     registrations: &[Registration],
     last_ticks: &HashMap<String, TickRecord>,
@@ -55,17 +55,17 @@ pub fn plan(
             milestone: now_done,
             status: status.clone(),
         });
-        let Some(mark) = marks.get(&reg.key) else {
-            continue;
-        };
-        if mark.milestone == now_done && mark.status == status {
+        let (before, was) = marks
+            .get(&reg.key)
+            .map_or((0, ""), |m| (m.milestone, m.status.as_str()));
+        if before == now_done && was == status {
             continue;
         }
         let chain = DigestChain {
             key: reg.key.clone(),
             chain: display_name(&reg.cloud_yaml),
             milestone: rec.and_then(|r| r.report.milestone.clone()),
-            milestones_done: now_done.saturating_sub(mark.milestone),
+            milestones_done: now_done.saturating_sub(before),
             state: status,
             cloud_yaml: reg.cloud_yaml.clone(),
         };
@@ -137,7 +137,7 @@ mod tests {
                 },
             )
         };
-        // `a` moved from milestone 1 to 3, `b` finished its last, `c` is new: marked only.
+        // `a` moved from milestone 1 to 3, `b` finished its last, `c` is new: all it did.
         let marks: HashMap<String, DigestMark> =
             [mark("a", 0, "running"), mark("b", 1, "awaiting_pr_merge")].into();
         let sinks: HashMap<String, Vec<Sink>> = [
@@ -154,7 +154,14 @@ mod tests {
             .iter()
             .map(|c| (c.key.as_str(), c.milestones_done, c.state.as_str()))
             .collect();
-        assert_eq!(got, [("a", 2, "running"), ("b", 1, "complete")]);
+        assert_eq!(
+            got,
+            [
+                ("a", 2, "running"),
+                ("b", 1, "complete"),
+                ("c", 0, "running")
+            ]
+        );
         assert_eq!(p.per_sink[1].1.len(), 1);
         // Nothing moved: nothing to tell.
         let marks: HashMap<String, DigestMark> =
