@@ -102,6 +102,105 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
     assert_eq!(sinks.len(), 2, "{}", doc.stdout);
     assert!(sinks.iter().all(|c| c["verdict"] == "ok"), "{}", doc.stdout);
     assert_eq!(good.received().len(), 3);
+
+    // For a person: the table in a real 80-column terminal, each sink one row, the failure's
+    // reason under it.
+    bad.fail_next(&[503]);
+    let ctl = megaplan_cloud_e2e::bin("megaplan-cloudctl");
+    let pane = in_80_column_pane(
+        &format!(
+            "cd {} && {} notifications test",
+            d.dir.display(),
+            ctl.display()
+        ),
+        &[
+            ("MEGAPLAN_CLOUDD_SOCKET", d.socket.to_str().unwrap()),
+            ("MEGAPLAN_CLOUD_HOME", d.home.to_str().unwrap()),
+        ],
+    );
+    for line in pane.lines() {
+        assert!(line.chars().count() <= 80, "wider than 80 columns:\n{pane}");
+    }
+    let rows: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("RESULT") && l.contains("SINK")),
+        "{pane}"
+    );
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("ok ") && l.contains("200")),
+        "{pane}"
+    );
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("error ") && l.contains("503")),
+        "{pane}"
+    );
+    assert!(pane.contains("1 of 2 sinks answered"), "{pane}");
+}
+
+/// Runs `script` in a tmux pane 80 columns wide (a tmux server private to the call) and
+/// returns the pane's text once the script signalled its end (`tmux wait-for`, an event).
+fn in_80_column_pane(script: &str, env: &[(&str, &str)]) -> String {
+    use std::process::Command;
+    let server = format!("mp-notify-{}", megaplan_cloud_e2e::unique_suffix());
+    let full = format!("{script}; tmux wait-for -S done; sleep 600");
+    let mut cmd = Command::new("tmux");
+    cmd.args([
+        "-L",
+        &server,
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "50",
+        "-s",
+        "t",
+    ])
+    .args(["sh", "-c", &full])
+    .env("TERM", "xterm-256color");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    assert!(
+        cmd.status().expect("tmux runs").success(),
+        "tmux new-session failed"
+    );
+    let mut waiter = Command::new("tmux")
+        .args(["-L", &server, "wait-for", "done"])
+        .spawn()
+        .expect("tmux wait-for runs");
+    let ended = wait_until(Duration::from_secs(120), || {
+        matches!(waiter.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = waiter.kill();
+        let _ = waiter.wait();
+    }
+    let out = Command::new("tmux")
+        .args([
+            "-L",
+            &server,
+            "capture-pane",
+            "-p",
+            "-J",
+            "-S",
+            "-",
+            "-t",
+            "t",
+        ])
+        .output()
+        .expect("capture-pane");
+    let _ = Command::new("tmux")
+        .args(["-L", &server, "kill-server"])
+        .status();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(ended, "the pane never finished:\n{text}");
+    text
 }
 
 /// A state is told once with its own key; a restart and more ticks in the same state tell
