@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod legacy;
 pub mod liveness;
 pub mod marker;
+pub mod notification;
 pub mod paths;
 pub mod report;
 pub mod schedule;
@@ -73,6 +74,8 @@ pub mod routes {
     pub const CLOUD_EXPLAIN: &str = "/v1/clouds/{key}/explain";
     /// `GET /v1/notifications?cloud_yaml=P&limit=N`: the notification outbox, newest first.
     pub const NOTIFICATIONS: &str = "/v1/notifications";
+    /// `POST` (body `notification::TestRequest`): send a test to every sink, one result each.
+    pub const NOTIFICATIONS_TEST: &str = "/v1/notifications/test";
     /// `GET`: every registration's state, what needs a person first (`api::fleet::Fleet`).
     pub const FLEET: &str = "/v1/fleet";
     /// `POST` (body `DashboardRequest`): serve the dashboard on 127.0.0.1 for as long as this

@@ -329,8 +329,11 @@ pub enum Cmd {
         #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
         target: Option<String>,
     },
-    /// The notification outbox: what was sent, is pending, or was given up.
+    /// The notification outbox: what was sent, is pending, or was given up;
+    /// `notifications test` sends a test to every sink and prints each result.
     Notifications {
+        #[command(subcommand)]
+        action: Option<NotificationsCmd>,
         /// A registration key or a unique prefix of one (as `ls` shows), or a cloud.yaml path,
         /// instead of --cloud-yaml.
         #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
@@ -361,7 +364,11 @@ pub enum Cmd {
     Version,
     /// Check this machine for what the Python `cloud` CLI left behind: its last-chain markers
     /// and the cloud.yaml files they belong to, which are importable, which fields do not map.
-    Doctor,
+    Doctor {
+        /// Also send a test notification to every sink and check each answers.
+        #[arg(long)]
+        send_test: bool,
+    },
     /// The daemon itself.
     Daemon {
         #[command(subcommand)]
@@ -415,6 +422,20 @@ impl TickFilterArgs {
         }
         q
     }
+}
+
+/// `notifications test`.
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCmd {
+    /// Send a test notification to every sink (the daemon's notify.yaml sinks and this
+    /// registration's, or every registration's outside a project) and print each result:
+    /// sink, ok or the error, HTTP or exit status, time taken. Exit 1 when any sink failed.
+    Test {
+        /// A registration key or a unique prefix of one, or a cloud.yaml path, instead of
+        /// --cloud-yaml.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::registration_keys))]
+        target: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

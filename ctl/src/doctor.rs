@@ -477,7 +477,69 @@ fn report(
     })
 }
 
-pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
+/// `doctor --send-test`: one check per sink from the daemon's test of every sink
+/// (`POST /v1/notifications/test`, as `notifications test`), or why it could not run.
+fn send_test_checks(
+    answer: Result<megaplan_cloud_api::notification::TestResults, String>,
+) -> Vec<Check> {
+    let r = match answer {
+        Ok(r) => r,
+        Err(e) if e.is_empty() => {
+            return vec![Check::new(
+                "notification sinks",
+                Verdict::Skip,
+                "the daemon is not reachable, so no test was sent",
+            )];
+        }
+        Err(e) => {
+            return vec![Check::new("notification sinks", Verdict::Fail, e)];
+        }
+    };
+    if r.results.is_empty() {
+        return vec![
+            Check::new("notification sinks", Verdict::Warn, "no sinks: nobody is told of a chain that needs a person")
+                .fix("add sinks to the daemon's notify.yaml or `megaplan-cloudctl register --notify-url URL`"),
+        ];
+    }
+    r.results
+        .into_iter()
+        .map(|s| {
+            let took = format!("{} ms", s.latency_ms);
+            let status = s.status.map(|c| format!(" ({c})")).unwrap_or_default();
+            if s.ok {
+                Check::new(
+                    format!("sink {}", s.sink),
+                    Verdict::Ok,
+                    format!(
+                        "the test notification was accepted{status} in {took}; from {}",
+                        s.source
+                    ),
+                )
+            } else {
+                let fix = if s.source == "notify.yaml" {
+                    "fix the sink in the daemon's notify.yaml (then restart the daemon)".to_string()
+                } else {
+                    format!(
+                        "re-register {} with a working --notify-url/--notify-command",
+                        s.source
+                    )
+                };
+                Check::new(
+                    format!("sink {}", s.sink),
+                    Verdict::Fail,
+                    format!(
+                        "{} after {took}; from {}",
+                        s.error.unwrap_or_else(|| "failed".to_string()),
+                        s.source
+                    ),
+                )
+                .fix(fix)
+            }
+        })
+        .collect()
+}
+
+pub async fn run(client: &DaemonClient, flag: Option<&Path>, send_test: bool) -> i32 {
     let root = paths::cloud_home();
     let markers = read_markers(&root);
     let cwd = paths::current_dir();
@@ -544,6 +606,16 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
         .ok()
         .map(chrono::DateTime::<chrono::Utc>::from);
     checks.push(notify_check(&notify_file, modified, health.as_ref().ok()));
+    if send_test {
+        let answer = if daemon_up {
+            crate::commands::notifications::send(client, None)
+                .await
+                .map_err(|e| e.body().message.clone())
+        } else {
+            Err(String::new())
+        };
+        checks.extend(send_test_checks(answer));
+    }
     let unit_file = paths::home_dir().join(".config/systemd/user/megaplan-cloudd.service");
     checks.push(service_check(systemctl_is_enabled(), &unit_file));
     let db_folder = match &health {
@@ -601,6 +673,44 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn send_test_checks_name_each_sink_and_the_fix() {
+        use megaplan_cloud_api::notification::{SinkTestResult, TestResults};
+        let r = TestResults {
+            idempotency_key: "t".into(),
+            results: vec![
+                SinkTestResult {
+                    sink: "webhook http://a/h".into(),
+                    preset: Some("json".into()),
+                    source: "notify.yaml".into(),
+                    ok: true,
+                    status: Some(200),
+                    latency_ms: 3,
+                    error: None,
+                },
+                SinkTestResult {
+                    sink: "webhook http://b/h".into(),
+                    preset: Some("ntfy".into()),
+                    source: "3f1c9a0b7d2e4f51".into(),
+                    ok: false,
+                    status: Some(500),
+                    latency_ms: 4,
+                    error: Some("the receiver answered HTTP 500".into()),
+                },
+            ],
+        };
+        let c = send_test_checks(Ok(r));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].verdict, Verdict::Ok);
+        assert_eq!(c[1].verdict, Verdict::Fail);
+        assert!(c[1].detail.contains("HTTP 500"));
+        assert!(c[1].fix.as_deref().unwrap().contains("3f1c9a0b7d2e4f51"));
+        assert_eq!(
+            send_test_checks(Err(String::new()))[0].verdict,
+            Verdict::Skip
+        );
+    }
 
     #[test]
     fn pairs_markers_with_cloud_yamls_by_resolved_key() {

@@ -272,7 +272,7 @@ fn needs_cloud_yaml(cmd: &Cmd) -> bool {
             | Cmd::Registrations { .. }
             | Cmd::Ls { .. }
             | Cmd::Dashboard { .. }
-            | Cmd::Doctor
+            | Cmd::Doctor { .. }
             | Cmd::Daemon { .. }
             | Cmd::Ticks { all: true, .. }
             | Cmd::Watch { all: true, .. }
@@ -316,6 +316,15 @@ async fn run(cli: Cli) -> i32 {
     // a cloud.yaml path as its argument. Resolved first: a key names one registration, so the
     // "outside any project means all" rule below never turns a wrong key into every history.
     let mut key_override: Option<String> = None;
+    if let Cmd::Notifications {
+        action: Some(cli::NotificationsCmd::Test { target: t }),
+        target,
+        ..
+    } = &mut cli.command
+        && target.is_none()
+    {
+        *target = t.take();
+    }
     if let Cmd::Tick { target }
     | Cmd::Unregister { target }
     | Cmd::Ticks { target, .. }
@@ -371,8 +380,8 @@ async fn run(cli: Cli) -> i32 {
             let target = discover::init_target(cli.cloud_yaml.as_deref(), &paths::current_dir());
             return init(&target, force, provider.as_deref().unwrap_or("railway"));
         }
-        Cmd::Doctor => {
-            return doctor::run(&client, cli.cloud_yaml.as_deref()).await;
+        Cmd::Doctor { send_test } => {
+            return doctor::run(&client, cli.cloud_yaml.as_deref(), send_test).await;
         }
         Cmd::Build => Command::Build,
         Cmd::Deploy => Command::Deploy,
@@ -717,6 +726,16 @@ async fn run(cli: Cli) -> i32 {
                 }
                 Err(e) => fail_for(e, &cy),
             };
+        }
+        Cmd::Notifications {
+            action: Some(_),
+            all,
+            ..
+        } => {
+            let which = (!all).then_some(cy.as_str());
+            return commands::notifications::test(&client, which)
+                .await
+                .unwrap_or_else(|e| fail_for(e, &cy));
         }
         Cmd::Notifications { limit, all, .. } => {
             let json = output::json_mode();

@@ -4,4 +4,5 @@
 pub mod chain;
 pub mod dashboard;
 pub mod fleet;
+pub mod notifications;
 pub mod quarantine;

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod guard;
 pub mod health;
 pub mod lookup;
+pub mod notifications;
 pub mod pause;
 pub mod quarantine;
 pub mod run;
@@ -51,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(routes::CLOUD_QUARANTINE, delete(quarantine::unquarantine))
         .route(routes::CLOUD_EXPLAIN, get(ticks::explain))
         .route(routes::NOTIFICATIONS, get(ticks::list_notifications))
+        .route(routes::NOTIFICATIONS_TEST, post(notifications::test))
         .route(routes::FLEET, get(fleet::fleet))
         .route(routes::DASHBOARD, post(dashboard::open))
         .fallback(not_found)

@@ -194,6 +194,9 @@ pub struct NotifyConfig {
     /// does not set its own: restarts within `quarantine_window`.
     pub quarantine_after: Option<u32>,
     pub quarantine_window: Option<Duration>,
+    /// `digest: 1h`: what needs nobody (complete, acted, recovered) is summed up in one
+    /// message per period instead of one per event; what needs a person still goes at once.
+    pub digest: Option<Duration>,
 }
 
 impl Default for NotifyConfig {
@@ -217,6 +220,7 @@ impl Default for NotifyConfig {
             unknown_after: Duration::from_secs(10 * 60),
             quarantine_after: None,
             quarantine_window: None,
+            digest: None,
         }
     }
 }
@@ -242,7 +246,8 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
+    "digest",
     "sinks",
     "registration_secret_env",
     "stall_after",
@@ -364,6 +369,27 @@ impl NotifyConfig {
             obj.get("breaker_cooldown"),
             c.breaker_cooldown,
         )?;
+        c.digest = match obj.get("digest") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim() == "off" => None,
+            Some(v @ (Value::String(_) | Value::Number(_))) => {
+                let d = dur("digest", Some(v), Duration::ZERO).map_err(|e| {
+                    format!("{e}; write the period between digests, e.g. digest: 1h (or off)")
+                })?;
+                if d < Duration::from_secs(1) {
+                    return Err(format!(
+                        "digest: {v} is shorter than a second; write the period between digests, e.g. digest: 1h"
+                    ));
+                }
+                Some(d)
+            }
+            Some(other) => {
+                return Err(format!(
+                    "digest: expected a period such as 1h (or off), found {}",
+                    crate::yaml::type_name(other)
+                ));
+            }
+        };
         if let Some(n) = obj.get("registration_secret_env") {
             c.registration_secret_env = n
                 .as_str()
@@ -493,6 +519,11 @@ mod tests {
             ),
             (2, 3, Duration::from_secs(600))
         );
+        assert_eq!(c.digest, None);
+        let c = NotifyConfig::from_value(&json!({"digest": "1h"})).unwrap();
+        assert_eq!(c.digest, Some(Duration::from_secs(3600)));
+        let c = NotifyConfig::from_value(&json!({"digest": "off"})).unwrap();
+        assert_eq!(c.digest, None);
     }
 
     #[test]
@@ -504,6 +535,15 @@ mod tests {
         assert!(e(json!({"max_in_flight_per_sink": 0})).contains("max_in_flight_per_sink"));
         assert!(e(json!({"breaker_after": "x"})).contains("breaker_after"));
         assert!(e(json!({"breaker_cooldown": "soon"})).contains("breaker_cooldown"));
+        for bad in [
+            json!({"digest": "hourly"}),
+            json!({"digest": [1]}),
+            json!({"digest": "500ms"}),
+            json!({"digest": 0}),
+        ] {
+            let m = e(bad.clone());
+            assert!(m.starts_with("digest:") && m.contains("1h"), "{bad}: {m}");
+        }
         assert!(e(json!({"sinks": [{"url": "ftp://x.example/h"}]})).contains("https://"));
         assert!(e(json!({"sinks": [{"url": "http://u:p@x/h"}]})).contains("credentials"));
         assert!(e(json!({"sinks": [{"url": "http://x/h", "preset": "teams"}]})).contains("teams"));

@@ -8,7 +8,8 @@ use crate::process::{self, Cmd, RunError};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
-use serde_json::Value;
+use megaplan_cloud_api::notification::{IDEMPOTENCY_HEADER, Notification};
+use serde_json::{Value, json};
 use sha2::Sha256;
 use std::time::Duration;
 
@@ -36,46 +37,144 @@ pub struct WebhookRequest {
     pub body: Vec<u8>,
 }
 
-/// Build the request for `notification` (the documented JSON) under a preset.
-/// `secret` is the signing key when the sink is signed.
+/// ntfy's message limit (its default `message-size-limit`): a longer body is refused there.
+const NTFY_MESSAGE_LIMIT: usize = 4096;
+/// Slack's limits: a header block's text, a section's text.
+const SLACK_HEADER_LIMIT: usize = 150;
+const SLACK_SECTION_LIMIT: usize = 3000;
+
+/// `text` cut to at most `max` bytes on a character boundary, `…` marking a cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", text.get(..end).unwrap_or_default())
+}
+
+/// A header value as HTTP allows it: visible ASCII and spaces only.
+fn header_text(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .collect()
+}
+
+/// ntfy's publish headers (docs.ntfy.sh/publish): `Title`, `Priority` (`high` when a person
+/// is needed, so the phone rings through), `Tags` (comma-separated; `warning` shows as an
+/// emoji), `Click` (opened when the notification is tapped: the PR).
+pub fn ntfy_headers(n: &Notification) -> Vec<(String, String)> {
+    let mut tags = vec!["megaplan".to_string(), n.event.as_str().to_string()];
+    if n.needs_person {
+        tags.insert(0, "warning".to_string());
+    }
+    let mut h = vec![
+        ("Title".to_string(), header_text(&n.title)),
+        (
+            "Priority".to_string(),
+            if n.needs_person { "high" } else { "default" }.to_string(),
+        ),
+        ("Tags".to_string(), tags.join(",")),
+    ];
+    if let Some(url) = n.pr.as_ref().and_then(|p| p.url.as_deref()) {
+        h.push(("Click".to_string(), header_text(url)));
+    }
+    h
+}
+
+/// A Slack incoming-webhook message in Block Kit: a header (the title), a section with the
+/// chain, milestone, state and fix (with a link button to the PR when there is one), and a
+/// context line with the cloud.yaml path; `text` is the plain fallback Slack shows in
+/// notifications.
+pub fn slack_message(n: &Notification) -> Value {
+    let mut head = vec![format!("*{}*", n.chain)];
+    if let Some(m) = &n.milestone {
+        head.push(super::message::milestone_text(m));
+    }
+    if let Some(s) = &n.effective_status {
+        head.push(format!("`{s}`"));
+    }
+    let mut body = if n.chain.is_empty() {
+        // A digest or a test: the message is the whole story.
+        n.message.clone()
+    } else {
+        head.join(" · ")
+    };
+    if let Some(pr) = &n.pr {
+        body.push_str(&match &pr.url {
+            Some(u) => format!("\nPR <{u}|#{}>", pr.number),
+            None => format!("\nPR #{}", pr.number),
+        });
+    }
+    if let Some(f) = &n.fix {
+        body.push_str(&format!("\n*Fix:* {f}"));
+    }
+    let mut section = json!({
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": cut(&body, SLACK_SECTION_LIMIT)},
+    });
+    if let Some((number, url)) =
+        n.pr.as_ref()
+            .and_then(|p| p.url.as_deref().map(|u| (p.number, u)))
+    {
+        section["accessory"] = json!({
+            "type": "button",
+            "text": {"type": "plain_text", "text": format!("Open PR #{number}")},
+            "url": url,
+        });
+    }
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": cut(&n.title, SLACK_HEADER_LIMIT)}}),
+        section,
+    ];
+    if !n.cloud_yaml.is_empty() {
+        blocks.push(json!({
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": cut(&n.cloud_yaml, SLACK_SECTION_LIMIT)}],
+        }));
+    }
+    json!({"text": n.message, "blocks": blocks})
+}
+
+/// Build the request for one notification under a preset. `stored` is the notification's JSON
+/// as queued (the `json` preset sends it as it is); `secret` is the signing key when the sink
+/// is signed.
 pub fn webhook_request(
     url: &str,
     preset: Preset,
-    notification: &Value,
+    notification: &Notification,
+    stored: &[u8],
     delivery_id: i64,
     secret: Option<&[u8]>,
 ) -> WebhookRequest {
-    let text = |k: &str| {
-        notification
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let event = text("event");
     let mut headers = vec![
-        (EVENT_HEADER.to_string(), event.clone()),
+        (
+            EVENT_HEADER.to_string(),
+            notification.event.as_str().to_string(),
+        ),
         (DELIVERY_HEADER.to_string(), delivery_id.to_string()),
     ];
+    if !notification.idempotency_key.is_empty() {
+        headers.push((
+            IDEMPOTENCY_HEADER.to_string(),
+            header_text(&notification.idempotency_key),
+        ));
+    }
     let body: Vec<u8> = match preset {
         Preset::Json => {
             headers.push(("Content-Type".into(), "application/json".into()));
-            serde_json::to_vec(notification).unwrap_or_default()
+            stored.to_vec()
         }
         Preset::Ntfy => {
             headers.push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
-            // ntfy reads Title/Tags headers; header values must be visible ASCII.
-            let title: String = text("title")
-                .chars()
-                .filter(|c| c.is_ascii() && !c.is_ascii_control())
-                .collect();
-            headers.push(("Title".into(), title));
-            headers.push(("Tags".into(), format!("megaplan,{event}")));
-            text("message").into_bytes()
+            headers.extend(ntfy_headers(notification));
+            cut(&notification.message, NTFY_MESSAGE_LIMIT).into_bytes()
         }
         Preset::Slack => {
             headers.push(("Content-Type".into(), "application/json".into()));
-            serde_json::to_vec(&serde_json::json!({"text": text("message")})).unwrap_or_default()
+            serde_json::to_vec(&slack_message(notification)).unwrap_or_default()
         }
     };
     if let Some(secret) = secret {
@@ -121,7 +220,18 @@ fn webhook_client() -> Result<&'static WebhookClient, String> {
 
 /// Send one webhook request; `Ok` on a 2xx answer.
 pub async fn send_webhook(req: &WebhookRequest, timeout: Duration) -> Result<(), String> {
-    let client = webhook_client()?;
+    send_webhook_status(req, timeout).await.1
+}
+
+/// Send one webhook request: the HTTP status when one came back, and `Ok` on a 2xx answer.
+pub async fn send_webhook_status(
+    req: &WebhookRequest,
+    timeout: Duration,
+) -> (Option<u16>, Result<(), String>) {
+    let client = match webhook_client() {
+        Ok(c) => c,
+        Err(e) => return (None, Err(e)),
+    };
     let mut b = hyper::Request::builder()
         .method(hyper::Method::POST)
         .uri(&req.url)
@@ -132,14 +242,21 @@ pub async fn send_webhook(req: &WebhookRequest, timeout: Duration) -> Result<(),
     for (k, v) in &req.headers {
         b = b.header(k.as_str(), v.as_str());
     }
-    let request = b
-        .body(Full::new(Bytes::from(req.body.clone())))
-        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let request = match b.body(Full::new(Bytes::from(req.body.clone()))) {
+        Ok(r) => r,
+        Err(e) => return (None, Err(format!("cannot build the request: {e}"))),
+    };
     match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f64())),
-        Ok(Err(e)) => Err(format!("request failed: {}", with_causes(&e))),
-        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-        Ok(Ok(resp)) => Err(format!("the receiver answered HTTP {}", resp.status())),
+        Err(_) => (
+            None,
+            Err(format!("no answer within {}s", timeout.as_secs_f64())),
+        ),
+        Ok(Err(e)) => (None, Err(format!("request failed: {}", with_causes(&e)))),
+        Ok(Ok(resp)) if resp.status().is_success() => (Some(resp.status().as_u16()), Ok(())),
+        Ok(Ok(resp)) => (
+            Some(resp.status().as_u16()),
+            Err(format!("the receiver answered HTTP {}", resp.status())),
+        ),
     }
 }
 
@@ -163,17 +280,32 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 /// in its own process group and a timeout kills the whole group, so `sleep 300; echo done`
 /// leaves no `sleep` behind (killing only `sh` would orphan it).
 pub async fn run_command(command: &str, body: &[u8], timeout: Duration) -> Result<(), String> {
+    run_command_status(command, body, timeout).await.1
+}
+
+/// [`run_command`] with the exit status, when the command exited.
+pub async fn run_command_status(
+    command: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> (Option<i32>, Result<(), String>) {
     let cmd = Cmd::new("sh").arg("-c").arg(command).stdin(body.to_vec());
     match process::run(&cmd, timeout).await {
-        Err(RunError::Timeout { .. }) => Err(format!(
-            "the command did not finish within {}s and was killed",
-            timeout.as_secs_f64()
-        )),
-        Err(RunError::NotFound { .. }) => Err("cannot start sh: not found".to_string()),
-        Err(e) => Err(format!("running the command failed: {e}")),
-        Ok(o) if o.code == 0 => Ok(()),
-        Ok(o) if o.code < 0 => Err("the command was killed by a signal".to_string()),
-        Ok(o) => Err(format!("the command exited with exit status: {}", o.code)),
+        Err(RunError::Timeout { .. }) => (
+            None,
+            Err(format!(
+                "the command did not finish within {}s and was killed",
+                timeout.as_secs_f64()
+            )),
+        ),
+        Err(RunError::NotFound { .. }) => (None, Err("cannot start sh: not found".to_string())),
+        Err(e) => (None, Err(format!("running the command failed: {e}"))),
+        Ok(o) if o.code == 0 => (Some(0), Ok(())),
+        Ok(o) if o.code < 0 => (None, Err("the command was killed by a signal".to_string())),
+        Ok(o) => (
+            Some(o.code),
+            Err(format!("the command exited with exit status: {}", o.code)),
+        ),
     }
 }
 
@@ -190,7 +322,7 @@ pub async fn deliver(
             preset,
             secret_env,
         } => {
-            let notification: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+            let notification = parse_stored(body);
             let secret = secret_env
                 .as_deref()
                 .and_then(|n| std::env::var(n).ok())
@@ -199,6 +331,7 @@ pub async fn deliver(
                 url,
                 *preset,
                 &notification,
+                body.as_bytes(),
                 delivery_id,
                 secret.as_deref().map(str::as_bytes),
             );
@@ -208,10 +341,36 @@ pub async fn deliver(
     }
 }
 
+/// A queued body read back as the notification. A row that does not read (queued by a
+/// version whose body this one cannot parse) still goes out: its JSON as it is, and for ntfy
+/// and Slack its `event`, `title` and `message` as far as they can be found.
+pub fn parse_stored(body: &str) -> Notification {
+    if let Ok(n) = serde_json::from_str::<Notification>(body) {
+        return n;
+    }
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let event = v
+        .get("event")
+        .and_then(|e| serde_json::from_value(e.clone()).ok())
+        .unwrap_or(megaplan_cloud_api::notification::NotificationEvent::Test);
+    let mut n = super::message::test("", "", &text("idempotency_key"), &text("created_at"));
+    n.event = event;
+    n.needs_person = event.needs_person();
+    n.title = text("title");
+    n.message = text("message");
+    n.cloud_yaml = text("cloud_yaml");
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn signature_matches_a_known_vector() {
@@ -222,30 +381,113 @@ mod tests {
         );
     }
 
-    #[test]
-    fn presets_shape_the_body_and_the_signature_covers_it() {
-        let n = json!({"event": "complete", "title": "the chain is complete", "message": "cloud.yaml: the chain is complete"});
-        let j = webhook_request("http://127.0.0.1:1/h", Preset::Json, &n, 7, Some(b"k"));
-        assert_eq!(serde_json::from_slice::<Value>(&j.body).unwrap(), n);
-        let sig = j
-            .headers
+    /// A notification as the watcher makes it: awaiting PR #7 of a GitHub repository.
+    fn awaiting() -> Notification {
+        let mut n = crate::notify::message::test("k", "/home/op/proj/cloud.yaml", "abc123", "t");
+        n.event = megaplan_cloud_api::notification::NotificationEvent::AwaitingPrMerge;
+        n.needs_person = true;
+        n.chain = "proj".into();
+        n.milestone = Some(megaplan_cloud_api::report::ChainPosition {
+            number: 1,
+            count: 2,
+            label: Some("m1".into()),
+        });
+        n.effective_status = Some("awaiting_pr_merge".into());
+        n.pr = Some(megaplan_cloud_api::notification::PrLink {
+            number: 7,
+            url: Some("https://github.com/o/r/pull/7".into()),
+        });
+        n.fix = Some("merge PR #7".into());
+        n.title = "proj: the chain waits for a pull request to be merged".into();
+        n.message = "proj · milestone 1/2 (m1) · awaiting_pr_merge\nthe chain waits".into();
+        n
+    }
+
+    fn header<'a>(r: &'a WebhookRequest, name: &str) -> Option<&'a str> {
+        r.headers
             .iter()
-            .find(|(k, _)| k == SIGNATURE_HEADER)
-            .unwrap();
-        assert_eq!(sig.1, signature(b"k", &j.body));
-        let ntfy = webhook_request("http://127.0.0.1:1/h", Preset::Ntfy, &n, 7, None);
-        assert_eq!(ntfy.body, b"cloud.yaml: the chain is complete");
-        assert!(
-            ntfy.headers
-                .iter()
-                .any(|(k, v)| k == "Title" && v == "the chain is complete")
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn the_json_preset_sends_the_stored_body_signed_with_the_key_header() {
+        let n = awaiting();
+        let stored = serde_json::to_vec(&n).unwrap();
+        let j = webhook_request(
+            "http://127.0.0.1:1/h",
+            Preset::Json,
+            &n,
+            &stored,
+            7,
+            Some(b"k"),
         );
-        assert!(!ntfy.headers.iter().any(|(k, _)| k == SIGNATURE_HEADER));
-        let slack = webhook_request("http://127.0.0.1:1/h", Preset::Slack, &n, 7, None);
+        assert_eq!(j.body, stored);
         assert_eq!(
-            serde_json::from_slice::<Value>(&slack.body).unwrap(),
-            json!({"text": "cloud.yaml: the chain is complete"})
+            header(&j, SIGNATURE_HEADER),
+            Some(signature(b"k", &j.body).as_str())
         );
+        assert_eq!(header(&j, "X-Idempotency-Key"), Some("abc123"));
+        assert_eq!(header(&j, EVENT_HEADER), Some("awaiting_pr_merge"));
+        assert_eq!(header(&j, DELIVERY_HEADER), Some("7"));
+    }
+
+    /// ntfy: the message as the body; Title, Priority high for a person, Tags, Click the PR.
+    #[test]
+    fn ntfy_gets_title_priority_tags_and_the_pr_to_click() {
+        let n = awaiting();
+        let r = webhook_request("http://127.0.0.1:1/h", Preset::Ntfy, &n, b"{}", 7, None);
+        assert_eq!(r.body, n.message.as_bytes());
+        assert_eq!(
+            header(&r, "Title"),
+            Some("proj: the chain waits for a pull request to be merged")
+        );
+        assert_eq!(header(&r, "Priority"), Some("high"));
+        assert_eq!(
+            header(&r, "Tags"),
+            Some("warning,megaplan,awaiting_pr_merge")
+        );
+        assert_eq!(header(&r, "Click"), Some("https://github.com/o/r/pull/7"));
+        assert_eq!(header(&r, "X-Idempotency-Key"), Some("abc123"));
+        assert_eq!(header(&r, SIGNATURE_HEADER), None);
+        let mut done = crate::notify::message::test("", "", "t1", "t");
+        done.title = "proj: the chain is complete ✓".into();
+        let r = webhook_request("http://127.0.0.1:1/h", Preset::Ntfy, &done, b"{}", 8, None);
+        assert_eq!(header(&r, "Priority"), Some("default"));
+        assert_eq!(header(&r, "Title"), Some("proj: the chain is complete "));
+        assert_eq!(header(&r, "Click"), None);
+        done.message = "x".repeat(10_000);
+        let r = webhook_request("http://127.0.0.1:1/h", Preset::Ntfy, &done, b"{}", 8, None);
+        assert!(r.body.len() <= NTFY_MESSAGE_LIMIT);
+    }
+
+    /// Slack: Block Kit, pinned: header, a section with the PR button, the cloud.yaml as context.
+    #[test]
+    fn slack_gets_block_kit_sections_with_a_link_button() {
+        let n = awaiting();
+        let r = webhook_request("http://127.0.0.1:1/h", Preset::Slack, &n, b"{}", 7, None);
+        let got: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "text": "proj · milestone 1/2 (m1) · awaiting_pr_merge\nthe chain waits",
+                "blocks": [
+                    {"type": "header", "text": {"type": "plain_text", "text": "proj: the chain waits for a pull request to be merged"}},
+                    {"type": "section",
+                     "text": {"type": "mrkdwn", "text": "*proj* · milestone 1/2 (m1) · `awaiting_pr_merge`\nPR <https://github.com/o/r/pull/7|#7>\n*Fix:* merge PR #7"},
+                     "accessory": {"type": "button", "text": {"type": "plain_text", "text": "Open PR #7"}, "url": "https://github.com/o/r/pull/7"}},
+                    {"type": "context", "elements": [{"type": "mrkdwn", "text": "/home/op/proj/cloud.yaml"}]}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn a_body_of_another_version_still_goes_out() {
+        let n = parse_stored(r#"{"event":"complete","title":"done","message":"cloud.yaml: done"}"#);
+        assert_eq!(n.title, "done");
+        assert_eq!(n.message, "cloud.yaml: done");
+        assert_eq!(n.event.as_str(), "complete");
     }
 
     #[tokio::test]
@@ -266,7 +508,14 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_receiver_is_an_error_not_a_hang() {
         // Port 9 on loopback (discard) is closed here: the connection is refused.
-        let req = webhook_request("http://127.0.0.1:9/h", Preset::Json, &json!({}), 1, None);
+        let req = webhook_request(
+            "http://127.0.0.1:9/h",
+            Preset::Json,
+            &parse_stored("{}"),
+            b"{}",
+            1,
+            None,
+        );
         let e = send_webhook(&req, Duration::from_secs(30))
             .await
             .unwrap_err();

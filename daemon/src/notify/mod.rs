@@ -12,9 +12,12 @@
 
 pub mod config;
 pub mod deliver;
+pub mod digest;
 pub mod explain;
 pub mod fleet;
+pub mod message;
 pub mod notifier;
+pub mod sink_test;
 pub mod sinks;
 pub mod store;
 pub mod transitions;
@@ -25,14 +28,17 @@ use chrono::Utc;
 use config::{NotifyConfig, Sink};
 use megaplan_cloud_api::wire::TickRecord;
 pub use notifier::Notifier;
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use transitions::WatchState;
 
-/// The notification body's schema name (docs/notifications.md).
-pub const SCHEMA: &str = "megaplan-cloudd/notification/v1";
+/// What the watcher needs of a tick's registration besides the tick: its secrets (for
+/// redaction) and its repository's web address (for PR links).
+pub struct TickContext {
+    pub redactor: Redactor,
+    pub repo_web: Option<String>,
+}
 
 /// Ticks read by one watcher pass at most (one transaction each).
 const WATCH_BATCH: u32 = 256;
@@ -54,13 +60,13 @@ pub struct WatchPass {
 }
 
 /// Read up to `limit` ticks after the watch cursor, decide their transitions in order and
-/// commit states, notifications and the cursor together. `redactor` gives the secrets of a
-/// tick's registration. Ticks of unregistered cloud.yaml files (a plain `supervise --chain`)
+/// commit states, notifications and the cursor together. `context` gives the secrets and the
+/// repository of a tick's registration. Ticks of unregistered cloud.yaml files (a plain `supervise --chain`)
 /// are passed over: watching is per registration.
 pub async fn watch_pass(
     store: &crate::store::Store,
     notifier: &Notifier,
-    redactor: &(dyn Fn(&TickRecord) -> Redactor + Sync),
+    context: &(dyn Fn(&TickRecord) -> TickContext + Sync),
     limit: u32,
 ) -> Result<WatchPass, crate::store::StoreError> {
     let cursor = store::watch_cursor(store).await?;
@@ -93,16 +99,25 @@ pub async fn watch_pass(
             Some(s) => s.clone(),
             None => store::watch_state(store, &rec.key).await?,
         };
-        let (next, events) = transitions::transitions(&prev, &rec.report, Utc::now(), rules);
+        let at = transitions::Occurrence {
+            registration: &rec.key,
+            tick_id: rec.id,
+        };
+        let (next, events) = transitions::transitions(&prev, &rec.report, Utc::now(), rules, at);
         if next == prev && events.is_empty() {
             states.entry(rec.key.clone()).or_insert(prev);
             continue;
         }
+        // With a digest, what needs nobody waits for the digest (docs/notifications.md).
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|e| notifier.config.digest.is_none() || e.event.needs_person())
+            .collect();
         if !events.is_empty() && !sinks.is_empty() {
-            rows.extend(outbox_rows(rec, &events, sinks, &redactor(rec)));
+            rows.extend(outbox_rows(rec, &events, sinks, &context(rec)));
         }
         for ev in &events {
-            tracing::info!(key = %rec.key, event = ev.event, sinks = sinks.len(), tick = rec.id, "notification");
+            tracing::info!(key = %rec.key, event = ev.event.as_str(), idempotency_key = %ev.idempotency_key, sinks = sinks.len(), tick = rec.id, "notification");
         }
         if !changed.contains(&rec.key) {
             changed.push(rec.key.clone());
@@ -113,10 +128,10 @@ pub async fn watch_pass(
         .into_iter()
         .filter_map(|k| states.remove(&k).map(|s| (k, s)))
         .collect();
-    store::commit_watch(store, &changed, &rows, last).await?;
+    let queued = store::commit_watch(store, &changed, &rows, last).await?;
     Ok(WatchPass {
         ticks: ticks.len(),
-        queued: rows.len(),
+        queued,
     })
 }
 
@@ -126,10 +141,10 @@ pub async fn watch_pass(
 fn spawn_watcher(state: Arc<AppState>) {
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
-        let redactor = |rec: &TickRecord| redactor_for(&state, rec);
+        let context = |rec: &TickRecord| context_for(&state, rec);
         let mut failures: u32 = 0;
         loop {
-            let pass = watch_pass(&state.store, &state.notifier, &redactor, WATCH_BATCH).await;
+            let pass = watch_pass(&state.store, &state.notifier, &context, WATCH_BATCH).await;
             match pass {
                 Ok(p) => {
                     failures = 0;
@@ -152,7 +167,7 @@ fn spawn_watcher(state: Arc<AppState>) {
             if state.shutdown.is_cancelled() {
                 // Only this task and the ticks still running are left in the tracker.
                 if state.tasks.len() <= 1 || state.hard_stop.is_cancelled() {
-                    let _ = watch_pass(&state.store, &state.notifier, &redactor, WATCH_BATCH).await;
+                    let _ = watch_pass(&state.store, &state.notifier, &context, WATCH_BATCH).await;
                     break;
                 }
                 tokio::select! {
@@ -183,16 +198,18 @@ pub fn outbox_rows(
     rec: &TickRecord,
     events: &[transitions::Event],
     sinks: &[Sink],
-    redactor: &Redactor,
+    context: &TickContext,
 ) -> Vec<store::NewOutbox> {
     let mut rows = Vec::new();
+    let created_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for ev in events {
-        let body = redactor.redact_json(&notification(rec, ev));
-        let text = serde_json::to_string(&body).unwrap_or_default();
+        let n = message::of_event(rec, ev, context.repo_web.as_deref(), &created_at);
+        let text = redacted_text(&n, &context.redactor);
         for s in sinks {
             rows.push(store::NewOutbox {
                 key: rec.key.clone(),
                 event: ev.event.to_string(),
+                idempotency_key: ev.idempotency_key.clone(),
                 sink: s.clone(),
                 body: text.clone(),
             });
@@ -201,47 +218,61 @@ pub fn outbox_rows(
     rows
 }
 
-/// The registration's secrets (names from its cloud.yaml, values the daemon knows).
-fn redactor_for(state: &Arc<AppState>, rec: &TickRecord) -> Redactor {
-    let names = crate::cloud_yaml::load(std::path::Path::new(&rec.cloud_yaml))
-        .map(|s| s.secrets)
-        .unwrap_or_default();
-    let values = state.secret_values(&rec.key, &names);
-    Redactor::new(&names, &values)
+/// The notification's JSON with every secret the redactor knows masked, in the typed field
+/// order (redaction works on a JSON value, whose keys would come out sorted).
+pub fn redacted_text(n: &megaplan_cloud_api::notification::Notification, r: &Redactor) -> String {
+    let value = serde_json::to_value(n).unwrap_or_default();
+    let masked = r.redact_json(&value);
+    match serde_json::from_value::<megaplan_cloud_api::notification::Notification>(masked.clone()) {
+        Ok(typed) => serde_json::to_string(&typed),
+        // A mask landed in a closed word (a secret equal to an event name): keep it masked.
+        Err(_) => serde_json::to_string(&masked),
+    }
+    .unwrap_or_default()
 }
 
-/// The documented notification JSON for one event of one tick.
-pub fn notification(rec: &TickRecord, ev: &transitions::Event) -> Value {
-    let r = &rec.report;
-    let reason = ev
-        .details
-        .get("reason")
-        .and_then(Value::as_str)
-        .map(|s| format!(": {s}"))
-        .unwrap_or_default();
-    json!({
-        "schema": SCHEMA,
-        "id": format!("{}:{}:{}", rec.key, rec.id, ev.event),
-        "event": ev.event,
-        "title": ev.title,
-        "message": format!("{}: {}{}", rec.cloud_yaml, ev.title, reason),
-        "key": rec.key,
-        "cloud_yaml": rec.cloud_yaml,
-        "spec": r.spec,
-        "effective_status": r.effective_status,
-        "tick": {
-            "id": rec.id,
-            "trigger": rec.trigger,
-            "finished_at": rec.finished_at,
-            "success": rec.success,
-            "event": rec.event,
-            "next_action": rec.next_action,
-            "acted": rec.acted,
-            "refused_reason": rec.refused_reason,
-        },
-        "details": ev.details,
-        "created_at": Utc::now().to_rfc3339(),
-    })
+/// The registration's secrets (names from its cloud.yaml, values the daemon knows) and its
+/// repository's web address.
+fn context_for(state: &Arc<AppState>, rec: &TickRecord) -> TickContext {
+    let spec = crate::cloud_yaml::load(std::path::Path::new(&rec.cloud_yaml)).ok();
+    let names = spec.as_ref().map(|s| s.secrets.clone()).unwrap_or_default();
+    let values = state.secret_values(&rec.key, &names);
+    TickContext {
+        redactor: Redactor::new(&names, &values),
+        repo_web: spec.and_then(|s| message::github_web(&s.repo.url)),
+    }
+}
+
+/// Send a test notification to every sink now (`notifications test`): the daemon's own and
+/// `registration`'s, or every registration's when `None`. Each sink's answer comes back.
+pub async fn send_test(
+    state: &Arc<AppState>,
+    registration: Option<(&str, &str)>,
+) -> Result<megaplan_cloud_api::notification::TestResults, crate::store::StoreError> {
+    let mut given = Vec::new();
+    match registration {
+        Some((key, _)) => given.push((
+            key.to_string(),
+            store::registration_sinks(&state.store, key).await?,
+        )),
+        None => {
+            for r in state.store.list_registrations().await? {
+                let sinks = store::registration_sinks(&state.store, &r.key).await?;
+                given.push((r.key, sinks));
+            }
+        }
+    }
+    let sinks = sink_test::sinks_to_test(&state.notifier.config, &given);
+    let now = Utc::now();
+    let idempotency_key = format!("test-{}", now.timestamp_nanos_opt().unwrap_or_default());
+    let (key, cloud_yaml) = registration.unwrap_or_default();
+    let n = message::test(
+        key,
+        cloud_yaml,
+        &idempotency_key,
+        &now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    Ok(sink_test::send_all(&sinks, &n, state.notifier.config.retry.timeout).await)
 }
 
 /// Sinks given to `register --notify-url/--notify-command`, checked.
@@ -296,6 +327,9 @@ pub fn registration_sinks(
 /// delivered by the next start.
 pub fn spawn_worker(state: Arc<AppState>) {
     spawn_watcher(state.clone());
+    if let Some(period) = state.notifier.config.digest {
+        spawn_digest(state.clone(), period);
+    }
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
@@ -342,6 +376,92 @@ pub fn spawn_worker(state: Arc<AppState>) {
             b.in_flight = 0;
         }
     });
+}
+
+/// The digest task: one digest per `period`, due a period after the last one (kept in SQLite,
+/// so a restart neither repeats nor skips one); a digest with nothing to tell is not sent.
+fn spawn_digest(state: Arc<AppState>, period: Duration) {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
+        let period_c = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::hours(1));
+        loop {
+            let last = match store::last_digest(&state.store).await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    // The first start with a digest: marks now, the first digest a period on.
+                    if let Err(e) = digest_pass(&state, Utc::now()).await {
+                        tracing::error!("notification digest: {e}");
+                    }
+                    Utc::now()
+                }
+                Err(e) => {
+                    tracing::error!("notification digest: {e}");
+                    Utc::now()
+                }
+            };
+            let due = last + period_c;
+            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = state.shutdown.cancelled() => break,
+            }
+            match digest_pass(&state, Utc::now()).await {
+                Ok(n) if n > 0 => state.notifier.wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("notification digest: {e}");
+                    // Not again at once: a failing database is retried a period later.
+                    tokio::select! {
+                        _ = tokio::time::sleep(period.min(Duration::from_secs(60))) => {}
+                        _ = state.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Make one digest at `at`: plan it from the registrations' last ticks and the last digest's
+/// marks, queue one row per sink that has chains to tell of, and save the marks and the time.
+pub async fn digest_pass(
+    state: &Arc<AppState>,
+    at: chrono::DateTime<Utc>,
+) -> Result<usize, crate::store::StoreError> {
+    let regs = state.store.list_registrations().await?;
+    let last = store::last_tick_per_key(&state.store).await?;
+    let marks = store::digest_marks(&state.store).await?;
+    let mut sinks_of = HashMap::new();
+    for r in &regs {
+        let mut all = state.notifier.config.sinks.clone();
+        all.extend(store::registration_sinks(&state.store, &r.key).await?);
+        sinks_of.insert(r.key.clone(), all);
+    }
+    let plan = digest::plan(&regs, &last, &marks, &sinks_of);
+    let created_at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut rows = Vec::new();
+    for (sink, chains) in plan.per_sink {
+        let keys: Vec<String> = chains.iter().map(|c| c.key.clone()).collect();
+        // One digest of one period about one set of chains.
+        let idempotency_key = transitions::idempotency_key(
+            transitions::Occurrence {
+                registration: &keys.join(","),
+                tick_id: at.timestamp_millis(),
+            },
+            "",
+            megaplan_cloud_api::notification::NotificationEvent::Digest,
+            "",
+        );
+        let n = message::digest(chains, &idempotency_key, &created_at);
+        tracing::info!(chains = keys.len(), sink = %sink.label(), "notification digest");
+        rows.push(store::NewOutbox {
+            key: keys.first().cloned().unwrap_or_default(),
+            event: n.event.to_string(),
+            idempotency_key,
+            body: serde_json::to_string(&n).unwrap_or_default(),
+            sink,
+        });
+    }
+    store::commit_digest(&state.store, &rows, &plan.marks, at).await
 }
 
 /// Rows read per pass at most (every sink's oldest first).
@@ -539,6 +659,7 @@ pub fn since_time(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn every_notification_is_redacted_even_from_an_unredacted_report() {
@@ -559,7 +680,7 @@ mod tests {
             report: serde_json::from_value(
                 json!({"success": true, "effective_status": "awaiting_pr_merge",
                            "refused_reason": format!("awaiting PR merge (PR #7 state={secret})"),
-                           "pr": {"merge_probe": secret}, "acted": false,
+                           "pr": {"merge_probe": secret, "pr_number": 7}, "acted": false,
                            "event": "supervisor_blocked", "next_action": "blocked"}),
             )
             .unwrap(),
@@ -570,6 +691,10 @@ mod tests {
             &rec.report,
             Utc::now(),
             Notifier::new(NotifyConfig::default()).rules(),
+            transitions::Occurrence {
+                registration: "k",
+                tick_id: 9,
+            },
         );
         assert_eq!(events.len(), 1);
         let names = vec!["GH_TOKEN".to_string()];
@@ -584,14 +709,32 @@ mod tests {
                 secret_env: None,
             },
         ];
-        let rows = outbox_rows(&rec, &events, &sinks, &Redactor::new(&names, &values));
+        let context = TickContext {
+            redactor: Redactor::new(&names, &values),
+            repo_web: Some("https://github.com/o/r".into()),
+        };
+        let rows = outbox_rows(&rec, &events, &sinks, &context);
         assert_eq!(rows.len(), 2);
         for r in rows {
             assert!(!r.body.contains(secret), "{}", r.body);
-            let v: Value = serde_json::from_str(&r.body).unwrap();
-            assert_eq!(v["schema"], SCHEMA);
-            assert_eq!(v["event"], "awaiting_pr_merge");
-            assert_eq!(v["id"], "k:9:awaiting_pr_merge");
+            assert!(
+                r.body.starts_with(
+                    r#"{"schema":"megaplan-cloudd/notification/v1","event":"awaiting_pr_merge""#
+                ),
+                "typed field order: {}",
+                r.body
+            );
+            let n: megaplan_cloud_api::notification::Notification =
+                serde_json::from_str(&r.body).unwrap();
+            assert_eq!(n.id, "k:9:awaiting_pr_merge");
+            assert_eq!(n.idempotency_key, events[0].idempotency_key);
+            assert_eq!(r.idempotency_key, n.idempotency_key);
+            assert!(n.needs_person);
+            let pr = n.pr.unwrap();
+            assert_eq!(pr.number, 7);
+            assert_eq!(pr.url.as_deref(), Some("https://github.com/o/r/pull/7"));
+            assert!(n.fix.unwrap().starts_with("merge PR #7"));
+            assert!(n.message.ends_with("/p/cloud.yaml"), "{}", n.message);
         }
     }
 
@@ -627,7 +770,10 @@ mod tests {
             ..NotifyConfig::default()
         };
         let notifier = Notifier::new(cfg);
-        let redactor = |_: &TickRecord| Redactor::new(&[], &Default::default());
+        let redactor = |_: &TickRecord| TickContext {
+            redactor: Redactor::new(&[], &Default::default()),
+            repo_web: None,
+        };
         let store = crate::store::Store::open(&db, 100).await.unwrap();
         for key in ["a", "b"] {
             store
@@ -722,6 +868,7 @@ mod tests {
         let row = |sink: Sink| store::NewOutbox {
             key: "k".into(),
             event: "complete".into(),
+            idempotency_key: String::new(),
             sink,
             body: "{}".into(),
         };

@@ -30,10 +30,15 @@ pub struct NewOutbox {
     /// The registration the notification is about.
     pub key: String,
     pub event: String,
+    /// The notification's idempotency key: queued at most once (`notification_keys`).
+    pub idempotency_key: String,
     pub sink: Sink,
     /// The notification JSON (redacted).
     pub body: String,
 }
+
+/// Idempotency keys kept per registration (the newest); older occurrences are long past.
+const KEYS_KEPT: i64 = 1000;
 
 /// An outbox row due for delivery.
 #[derive(Debug, Clone)]
@@ -156,7 +161,68 @@ pub async fn commit_watch(
     states: &[(String, WatchState)],
     rows: &[NewOutbox],
     last_tick_id: i64,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
+    commit(store, states, rows, last_tick_id, None).await
+}
+
+/// Where each registration stood at a digest (migrations/0007_notification_keys.sql).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestMark {
+    pub key: String,
+    /// Milestones done.
+    pub milestone: u32,
+    pub status: String,
+}
+
+/// Save one digest in ONE transaction: its outbox rows, the marks it reported from, and when
+/// it was made (the next one is due a period later, across restarts). Returns rows queued.
+pub async fn commit_digest(
+    store: &Store,
+    rows: &[NewOutbox],
+    marks: &[DigestMark],
+    at: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    commit(store, &[], rows, 0, Some((marks, at))).await
+}
+
+/// When the last digest was made, if one was.
+pub async fn last_digest(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let t: Option<String> = sqlx::query("SELECT last_at FROM digest_clock WHERE id = 1")
+        .fetch_optional(store.pool())
+        .await
+        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+        .map_err(|e| failed(store, "reading the digest clock", e))?;
+    Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc)))
+}
+
+/// Every registration's mark at the last digest.
+pub async fn digest_marks(store: &Store) -> Result<HashMap<String, DigestMark>, StoreError> {
+    let what = "reading the digest marks";
+    let rows = sqlx::query("SELECT key, milestone, status FROM digest_marks")
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let m = DigestMark {
+            key: r.try_get(0).map_err(|e| failed(store, what, e))?,
+            milestone: u32::try_from(r.try_get::<i64, _>(1).map_err(|e| failed(store, what, e))?)
+                .unwrap_or(0),
+            status: r.try_get(2).map_err(|e| failed(store, what, e))?,
+        };
+        out.insert(m.key.clone(), m);
+    }
+    Ok(out)
+}
+
+async fn commit(
+    store: &Store,
+    states: &[(String, WatchState)],
+    rows: &[NewOutbox],
+    last_tick_id: i64,
+    digest: Option<(&[DigestMark], DateTime<Utc>)>,
+) -> Result<usize, StoreError> {
     let what = "saving the watch state";
     let now = ts(Utc::now());
     let mut tx = store
@@ -177,7 +243,43 @@ pub async fn commit_watch(
         .await
         .map_err(|e| failed(store, what, e))?;
     }
+    // Each idempotency key is queued once, ever: a key already recorded is not queued again.
+    let mut fresh: HashMap<&str, bool> = HashMap::new();
     for r in rows {
+        if r.idempotency_key.is_empty() || fresh.contains_key(r.idempotency_key.as_str()) {
+            continue;
+        }
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO notification_keys (idempotency_key, key, event, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&r.idempotency_key)
+        .bind(&r.key)
+        .bind(&r.event)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, "recording a notification key", e))?
+        .rows_affected();
+        fresh.insert(r.idempotency_key.as_str(), inserted > 0);
+        sqlx::query(
+            "DELETE FROM notification_keys WHERE key = ?1 AND idempotency_key NOT IN
+                 (SELECT idempotency_key FROM notification_keys WHERE key = ?1
+                  ORDER BY created_at DESC LIMIT ?2)",
+        )
+        .bind(&r.key)
+        .bind(KEYS_KEPT)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, "applying notification key retention", e))?;
+    }
+    let mut queued = 0;
+    for r in rows {
+        if fresh.get(r.idempotency_key.as_str()) == Some(&false) {
+            tracing::info!(key = %r.key, event = %r.event, idempotency_key = %r.idempotency_key, "notification already queued once; not again");
+            continue;
+        }
+        queued += 1;
         let sink = serde_json::to_string(&r.sink).map_err(|e| failed(store, what, e))?;
         sqlx::query(
             "INSERT INTO outbox (key, event, sink, body, created_at, status, attempts, next_attempt_at)
@@ -192,15 +294,42 @@ pub async fn commit_watch(
         .await
         .map_err(|e| failed(store, "queueing a notification", e))?;
     }
-    sqlx::query(
-        "INSERT INTO watch_cursor (id, last_tick_id) VALUES (1, ?1)
-         ON CONFLICT (id) DO UPDATE SET last_tick_id = MAX(last_tick_id, excluded.last_tick_id)",
-    )
-    .bind(last_tick_id)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| failed(store, what, e))?;
-    tx.commit().await.map_err(|e| failed(store, what, e))
+    if let Some((marks, at)) = digest {
+        let what = "saving the digest";
+        for m in marks {
+            sqlx::query(
+                "INSERT INTO digest_marks (key, milestone, status, marked_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET milestone = excluded.milestone,
+                     status = excluded.status, marked_at = excluded.marked_at",
+            )
+            .bind(&m.key)
+            .bind(i64::from(m.milestone))
+            .bind(&m.status)
+            .bind(ts(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failed(store, what, e))?;
+        }
+        sqlx::query(
+            "INSERT INTO digest_clock (id, last_at) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET last_at = excluded.last_at",
+        )
+        .bind(ts(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    } else {
+        sqlx::query(
+            "INSERT INTO watch_cursor (id, last_tick_id) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET last_tick_id = MAX(last_tick_id, excluded.last_tick_id)",
+        )
+        .bind(last_tick_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| failed(store, what, e))?;
+    }
+    tx.commit().await.map_err(|e| failed(store, what, e))?;
+    Ok(queued)
 }
 
 /// Pending rows due at `now` and not in `running` (ids of deliveries in flight), fairly across

@@ -3,32 +3,17 @@
 //! and the events worth telling a person. One event per transition, never one per tick.
 
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::notification::NotificationEvent;
 use megaplan_cloud_api::report::{EffectiveStatus, TickReport};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 /// Statuses that wait for a person; `still_waiting` fires once per stay after the configured age.
 pub const WAITING_STATUSES: [EffectiveStatus; 3] = [
     EffectiveStatus::HumanPrerequisite,
     EffectiveStatus::QualityGate,
     EffectiveStatus::AwaitingPrMerge,
-];
-
-/// Every event a notification can carry (docs/notifications.md).
-pub const EVENTS: [&str; 13] = [
-    "human_prerequisite",
-    "quality_gate",
-    "awaiting_pr_merge",
-    "still_waiting",
-    "complete",
-    "supervisor_acted",
-    "stalled",
-    "ticks_failing",
-    "ticks_recovered",
-    "preflight_failed",
-    "driver_gone",
-    "quarantined",
-    "liveness_unknown",
 ];
 
 /// What the watcher remembers of one registration between ticks.
@@ -65,6 +50,14 @@ pub struct WatchState {
     /// `liveness_unknown` sent for the current stay.
     #[serde(default)]
     pub unknown_sent: bool,
+    /// What the current waiting or complete status waits on (`pr-7`, the milestone): the
+    /// same status with another blocker is a new occurrence. `None` in states stored before.
+    #[serde(default)]
+    pub blocker: Option<String>,
+    /// The idempotency key of the notification of the current status, if one was sent
+    /// (`still_waiting` derives its own from it).
+    #[serde(default)]
+    pub state_key: Option<String>,
 }
 
 /// Thresholds of the transition rules.
@@ -79,9 +72,69 @@ pub struct Rules {
 /// One notification to send (before it is addressed to sinks).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    pub event: &'static str,
+    pub event: NotificationEvent,
     pub title: String,
     pub details: Value,
+    /// Stable per occurrence (see [`idempotency_key`]).
+    pub idempotency_key: String,
+}
+
+/// Which stored tick of which registration the report is: part of every idempotency key, so
+/// an occurrence's key is fixed when the tick that caused it is watched (once: the watch
+/// cursor moves past it in the same transaction) and never reused by a later occurrence.
+#[derive(Debug, Clone, Copy)]
+pub struct Occurrence<'a> {
+    pub registration: &'a str,
+    pub tick_id: i64,
+}
+
+/// The idempotency key of one occurrence: 32 hex digits of SHA-256 over the registration, the
+/// chain (its spec on the runner), the state (event), the blocker identity and the tick that
+/// began the occurrence.
+pub fn idempotency_key(
+    at: Occurrence<'_>,
+    chain: &str,
+    event: NotificationEvent,
+    blocker: &str,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        "megaplan-cloudd/notification/v1",
+        at.registration,
+        chain,
+        event.as_str(),
+        blocker,
+        &at.tick_id.to_string(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let hex = hex::encode(h.finalize());
+    hex.get(..32).unwrap_or(&hex).to_string()
+}
+
+/// What a waiting or complete status waits on: the PR for `awaiting_pr_merge`, the milestone
+/// for the gates and for `complete` (a gate at another milestone is another blocker).
+fn blocker_of(status: EffectiveStatus, report: &TickReport) -> String {
+    let milestone = report
+        .milestone
+        .as_ref()
+        .map(|m| {
+            format!(
+                "m{}/{}:{}",
+                m.number,
+                m.count,
+                m.label.as_deref().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    match status {
+        EffectiveStatus::AwaitingPrMerge => match report.pr.pr_number.flatten() {
+            Some(n) => format!("pr-{n}"),
+            None => format!("pr-?:{milestone}"),
+        },
+        _ => milestone,
+    }
 }
 
 /// The next watch state and the events of one stored tick report at `now`.
@@ -90,20 +143,24 @@ pub fn transitions(
     report: &TickReport,
     now: DateTime<Utc>,
     rules: Rules,
+    at: Occurrence<'_>,
 ) -> (WatchState, Vec<Event>) {
     let mut next = prev.clone();
     let mut events = Vec::new();
     let success = report.success;
     let reason = report.refused_reason.clone();
+    let chain = report.spec.as_str();
+    let key = |event: NotificationEvent, blocker: &str| idempotency_key(at, chain, event, blocker);
 
     if !success {
         next.consecutive_failures = prev.consecutive_failures.saturating_add(1);
         if next.consecutive_failures >= rules.failed_ticks.max(1) && !prev.failing_sent {
             next.failing_sent = true;
             events.push(Event {
-                event: "ticks_failing",
+                event: NotificationEvent::TicksFailing,
                 title: format!("{} ticks in a row failed", next.consecutive_failures),
                 details: json!({"consecutive_failures": next.consecutive_failures, "reason": reason}),
+                idempotency_key: key(NotificationEvent::TicksFailing, ""),
             });
         }
         // A failed tick observed nothing: the other states stay as they were.
@@ -111,12 +168,13 @@ pub fn transitions(
     }
     if prev.failing_sent {
         events.push(Event {
-            event: "ticks_recovered",
+            event: NotificationEvent::TicksRecovered,
             title: format!(
                 "ticks succeed again after {} failures",
                 prev.consecutive_failures
             ),
             details: json!({"failed_ticks": prev.consecutive_failures}),
+            idempotency_key: key(NotificationEvent::TicksRecovered, ""),
         });
     }
     next.consecutive_failures = 0;
@@ -126,14 +184,28 @@ pub fn transitions(
     let classified = report.effective_status.classified();
     let waiting = classified.filter(|s| s.is_waiting());
     let status = report.effective_status.to_string();
-    let changed = prev.status.as_deref() != Some(status.as_str());
+    let blocker = classified
+        .filter(|s| s.is_waiting() || *s == EffectiveStatus::Complete)
+        .map(|s| blocker_of(s, report));
+    // Another blocker in the same status (PR #8 after PR #7, a gate at the next milestone) is
+    // a new occurrence; a state stored before blockers were kept (`None`) is not compared.
+    let blocker_moved = prev.blocker.is_some() && blocker.is_some() && prev.blocker != blocker;
+    let changed = prev.status.as_deref() != Some(status.as_str()) || blocker_moved;
     if changed {
         next.waiting_since = None;
         next.still_waiting_sent = false;
+        next.state_key = None;
         if let Some(w) = waiting {
             next.waiting_since = Some(now.to_rfc3339());
+            let event = match w {
+                EffectiveStatus::HumanPrerequisite => NotificationEvent::HumanPrerequisite,
+                EffectiveStatus::QualityGate => NotificationEvent::QualityGate,
+                _ => NotificationEvent::AwaitingPrMerge,
+            };
+            let k = key(event, blocker.as_deref().unwrap_or_default());
+            next.state_key = Some(k.clone());
             events.push(Event {
-                event: w.as_str(),
+                event,
                 title: match w {
                     EffectiveStatus::HumanPrerequisite => {
                         "the chain waits for a human prerequisite".to_string()
@@ -144,12 +216,19 @@ pub fn transitions(
                     _ => "the chain waits for a pull request to be merged".to_string(),
                 },
                 details: json!({"reason": reason, "pr": report.pr}),
+                idempotency_key: k,
             });
         } else if classified == Some(EffectiveStatus::Complete) {
+            let k = key(
+                NotificationEvent::Complete,
+                blocker.as_deref().unwrap_or_default(),
+            );
+            next.state_key = Some(k.clone());
             events.push(Event {
-                event: "complete",
+                event: NotificationEvent::Complete,
                 title: "the chain is complete".to_string(),
                 details: json!({}),
+                idempotency_key: k,
             });
         }
     } else if waiting.is_some() && !prev.still_waiting_sent {
@@ -163,21 +242,30 @@ pub fn transitions(
         {
             next.still_waiting_sent = true;
             let secs = (now - since).num_seconds();
+            // Once per stay: the stay's own key names it.
+            let stay = prev.state_key.clone().unwrap_or_else(|| since.to_rfc3339());
             events.push(Event {
-                event: "still_waiting",
+                event: NotificationEvent::StillWaiting,
                 title: format!("the chain still waits ({status}) after {}", age_text(secs)),
                 details: json!({"status": status, "waiting_since": since.to_rfc3339(), "waiting_secs": secs, "reason": reason}),
+                idempotency_key: key(NotificationEvent::StillWaiting, &stay),
             });
         }
+    }
+    if blocker.is_some() {
+        next.blocker = blocker;
+    } else if changed {
+        next.blocker = None;
     }
     next.status = Some(status);
 
     if report.acted {
         let action = report.next_action.as_str();
         events.push(Event {
-            event: "supervisor_acted",
+            event: NotificationEvent::SupervisorActed,
             title: format!("the supervisor acted: {action}"),
             details: json!({"action": action}),
+            idempotency_key: key(NotificationEvent::SupervisorActed, action),
         });
     }
 
@@ -209,9 +297,10 @@ pub fn transitions(
                 .and_then(Value::as_str)
                 .unwrap_or("see the tick report");
             events.push(Event {
-                event: "preflight_failed",
+                event: NotificationEvent::PreflightFailed,
                 title: format!("a launch was stopped by the preflight; fix: {fix}"),
                 details: json!({"reason": reason, "checks": checks}),
+                idempotency_key: key(NotificationEvent::PreflightFailed, &blocker),
             });
         }
         next.preflight_blocker = Some(blocker);
@@ -223,12 +312,16 @@ pub fn transitions(
     if stalled && !prev.stalled {
         let age = report.stalled_for_secs().unwrap_or(0);
         events.push(Event {
-            event: "stalled",
+            event: NotificationEvent::Stalled,
             title: format!(
                 "the runner is alive but its log has not grown for {}",
                 age_text(age)
             ),
             details: json!({"stalled_for_secs": age, "log": report.logs}),
+            idempotency_key: key(
+                NotificationEvent::Stalled,
+                report.logs.mtime().unwrap_or_default(),
+            ),
         });
     }
     next.stalled = stalled;
@@ -243,12 +336,13 @@ pub fn transitions(
         Some((l, secs)) if !prev.driver_gone_sent => {
             next.driver_gone_sent = true;
             events.push(Event {
-                event: "driver_gone",
+                event: NotificationEvent::DriverGone,
                 title: format!(
                     "the driver process is gone; restart in {} s unless it comes back",
                     secs.ceil().max(1.0)
                 ),
                 details: json!({"liveness": l}),
+                idempotency_key: key(NotificationEvent::DriverGone, ""),
             });
         }
         Some(_) => {}
@@ -258,7 +352,8 @@ pub fn transitions(
         Some(q) if !prev.quarantined_sent => {
             next.quarantined_sent = true;
             events.push(Event {
-                event: "quarantined",
+                event: NotificationEvent::Quarantined,
+                idempotency_key: key(NotificationEvent::Quarantined, &q.since),
                 title: format!("the chain is quarantined: {}", q.reason),
                 details: json!({
                     "quarantine": q,
@@ -286,7 +381,8 @@ pub fn transitions(
             if !prev.unknown_sent && now - since >= rules.unknown_after {
                 next.unknown_sent = true;
                 events.push(Event {
-                    event: "liveness_unknown",
+                    event: NotificationEvent::LivenessUnknown,
+                    idempotency_key: key(NotificationEvent::LivenessUnknown, ""),
                     title: format!(
                         "the driver's liveness has been unknown for {}: {}",
                         age_text((now - since).num_seconds()),
@@ -328,33 +424,52 @@ mod tests {
         unknown_after: chrono::Duration::seconds(600),
     };
 
+    const AT: Occurrence<'static> = Occurrence {
+        registration: "k",
+        tick_id: 1,
+    };
+
     #[test]
     fn a_gone_driver_is_told_once_and_a_lasting_unknown_once_it_lasts() {
         let t0 = Utc::now();
         let pending = report(json!({"liveness": {"state": "unknown", "evidence": {
             "process_seen": false, "session_seen": false, "lease_age_secs": 1.0, "lease_ttl_secs": 15.0,
             "detail": "the driver process is gone; restart in 14 s unless it comes back"}}}));
-        let (s1, e1) = transitions(&WatchState::default(), &pending, t0, RULES);
+        let (s1, e1) = transitions(&WatchState::default(), &pending, t0, RULES, AT);
         assert_eq!(
             e1.iter().map(|e| e.event).collect::<Vec<_>>(),
-            ["driver_gone"]
+            [NotificationEvent::DriverGone]
         );
         assert!(e1[0].title.contains("restart in 14 s"), "{}", e1[0].title);
-        let (s2, e2) = transitions(&s1, &pending, t0, RULES);
-        assert!(e2.iter().all(|e| e.event != "driver_gone"));
+        let (s2, e2) = transitions(&s1, &pending, t0, RULES, AT);
+        assert!(e2.iter().all(|e| e.event != NotificationEvent::DriverGone));
         let unknown = report(
             json!({"liveness": {"state": "unknown", "evidence": {"detail": "tmux failed"}}}),
         );
-        let (s3, e3) = transitions(&s2, &unknown, t0, RULES);
-        assert!(e3.iter().all(|e| e.event != "liveness_unknown"));
+        let (s3, e3) = transitions(&s2, &unknown, t0, RULES, AT);
+        assert!(
+            e3.iter()
+                .all(|e| e.event != NotificationEvent::LivenessUnknown)
+        );
         let later = t0 + chrono::Duration::seconds(601);
-        let (s4, e4) = transitions(&s3, &unknown, later, RULES);
+        let (s4, e4) = transitions(&s3, &unknown, later, RULES, AT);
         assert_eq!(
-            e4.iter().filter(|e| e.event == "liveness_unknown").count(),
+            e4.iter()
+                .filter(|e| e.event == NotificationEvent::LivenessUnknown)
+                .count(),
             1
         );
-        let (_, e5) = transitions(&s4, &unknown, later + chrono::Duration::seconds(5), RULES);
-        assert!(e5.iter().all(|e| e.event != "liveness_unknown"));
+        let (_, e5) = transitions(
+            &s4,
+            &unknown,
+            later + chrono::Duration::seconds(5),
+            RULES,
+            AT,
+        );
+        assert!(
+            e5.iter()
+                .all(|e| e.event != NotificationEvent::LivenessUnknown)
+        );
     }
 
     /// A report with the fields given and the rest of a plain tick.
@@ -380,19 +495,32 @@ mod tests {
     }
 
     fn run(reports: &[TickReport], step: i64) -> Vec<&'static str> {
+        run_keys(reports, step)
+            .into_iter()
+            .map(|(e, _)| e.as_str())
+            .collect()
+    }
+
+    /// Each event with its idempotency key.
+    fn run_keys(reports: &[TickReport], step: i64) -> Vec<(NotificationEvent, String)> {
         let mut st = WatchState::default();
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
         let mut out = Vec::new();
         for (i, r) in reports.iter().enumerate() {
+            let at = Occurrence {
+                registration: "k",
+                tick_id: i as i64,
+            };
             let (next, ev) = transitions(
                 &st,
                 r,
                 t0 + chrono::Duration::seconds(step * i as i64),
                 RULES,
+                at,
             );
-            out.extend(ev.into_iter().map(|e| e.event));
+            out.extend(ev.into_iter().map(|e| (e.event, e.idempotency_key)));
             st = next;
         }
         out
@@ -511,9 +639,106 @@ mod tests {
             ],
             1,
         ) {
-            assert!(EVENTS.contains(&e), "{e}");
+            assert!(
+                NotificationEvent::ALL.iter().any(|k| k.as_str() == e),
+                "{e}"
+            );
         }
         assert_eq!(age_text(95), "1m35s");
         assert_eq!(age_text(7200), "2h0m");
+    }
+
+    fn awaiting(pr: i64) -> TickReport {
+        report(json!({"effective_status": "awaiting_pr_merge", "pr": {"pr_number": pr}}))
+    }
+
+    /// Another PR in the same status is a new occurrence; the same PR across ticks is one,
+    /// and each occurrence has its own key (a return to an earlier state gets a new one).
+    #[test]
+    fn a_new_blocker_is_a_new_occurrence_with_its_own_key() {
+        let got = run_keys(
+            &[
+                awaiting(7),
+                awaiting(7),
+                awaiting(8),
+                awaiting(8),
+                ok("running"),
+                awaiting(8),
+            ],
+            10,
+        );
+        let events: Vec<_> = got.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(
+            events,
+            [
+                "awaiting_pr_merge",
+                "awaiting_pr_merge",
+                "awaiting_pr_merge"
+            ]
+        );
+        let mut keys: Vec<_> = got.iter().map(|(_, k)| k.clone()).collect();
+        assert!(keys.iter().all(|k| k.len() == 32), "{keys:?}");
+        keys.dedup();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+    }
+
+    /// The key is a pure function of (registration, chain, state, blocker, tick): computing
+    /// it again (a restart re-reading the same tick) gives the same key.
+    #[test]
+    fn the_key_is_stable_for_one_occurrence() {
+        let at = Occurrence {
+            registration: "3f1c9a0b7d2e4f51",
+            tick_id: 412,
+        };
+        let k = idempotency_key(
+            at,
+            "/w/chain.yaml",
+            NotificationEvent::AwaitingPrMerge,
+            "pr-7",
+        );
+        assert_eq!(
+            k,
+            idempotency_key(
+                at,
+                "/w/chain.yaml",
+                NotificationEvent::AwaitingPrMerge,
+                "pr-7"
+            )
+        );
+        assert_ne!(
+            k,
+            idempotency_key(
+                at,
+                "/w/chain.yaml",
+                NotificationEvent::AwaitingPrMerge,
+                "pr-8"
+            )
+        );
+        assert_ne!(
+            k,
+            idempotency_key(
+                Occurrence { tick_id: 413, ..at },
+                "/w/chain.yaml",
+                NotificationEvent::AwaitingPrMerge,
+                "pr-7"
+            )
+        );
+    }
+
+    /// A watch state stored by an earlier version (no blocker) is not a change by itself.
+    #[test]
+    fn an_older_watch_state_does_not_resend() {
+        let prev = WatchState {
+            status: Some("awaiting_pr_merge".into()),
+            waiting_since: Some(Utc::now().to_rfc3339()),
+            ..WatchState::default()
+        };
+        let at = Occurrence {
+            registration: "k",
+            tick_id: 1,
+        };
+        let (next, events) = transitions(&prev, &awaiting(7), Utc::now(), RULES, at);
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(next.blocker.as_deref(), Some("pr-7"));
     }
 }

@@ -1,0 +1,363 @@
+//! Notifications a person acts on (issue 24 §6): `notifications test` against two receivers
+//! (one failing), one idempotency key per occurrence across a daemon restart, and the digest.
+//! Receivers are the STAND-IN of `megaplan_cloud_e2e::receiver` on 127.0.0.1; the chains run
+//! on the real bench (sshd + Docker runner, real daemon, real SQLite). Waits are on what the
+//! receiver got, with generous safety nets; nothing asserts a duration.
+
+use megaplan_cloud_e2e::receiver::{Received, Receiver};
+use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::{Daemon, wait_until};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A notify config file in its own temp dir (kept alive by the returned guard).
+fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.yaml");
+    std::fs::write(&path, yaml).expect("notify.yaml");
+    (dir, path)
+}
+
+fn rig_with(config: &str) -> Option<(SshRig, tempfile::TempDir)> {
+    let (guard, path) = notify_config(config);
+    let p = path.to_str().unwrap().to_string();
+    let rig = SshRig::start("", &["--notify-config", &p])?;
+    Some((rig, guard))
+}
+
+fn event(r: &Received) -> String {
+    r.json()["event"].as_str().unwrap_or("?").to_string()
+}
+
+fn events(r: &Receiver) -> Vec<String> {
+    r.accepted().iter().map(event).collect()
+}
+
+fn count(r: &Receiver, name: &str) -> usize {
+    events(r).iter().filter(|e| *e == name).count()
+}
+
+#[test]
+fn notifications_test_reports_every_sink_a_failing_one_too() {
+    let good = Receiver::start();
+    let bad = Receiver::start();
+    bad.fail_next(&[500]);
+    let (_guard, cfg) = notify_config(&format!(
+        "sinks:\n  - url: {}\n  - url: {}\n    preset: ntfy\n",
+        good.url("/good"),
+        bad.url("/bad")
+    ));
+    let d = Daemon::start(&[], &["--notify-config", cfg.to_str().unwrap()]);
+    // Outside any project: every sink the daemon knows.
+    let out = Run::from_output(&d.ctl(&d.dir, &[], &["notifications", "test", "--json"]));
+    assert_eq!(
+        out.code,
+        Some(1),
+        "a failing sink is exit 1\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let results = out.json["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 2, "{}", out.stdout);
+    let ok = &results[0];
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["sink"], format!("webhook {}", good.url("/good")));
+    assert_eq!(ok["source"], "notify.yaml");
+    assert!(ok["latency_ms"].is_u64());
+    let failed = &results[1];
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert_eq!(failed["status"], 500);
+    assert_eq!(failed["preset"], "ntfy");
+    assert!(
+        failed["error"].as_str().unwrap_or_default().contains("500"),
+        "{failed}"
+    );
+    // Each receiver got the test, with the same idempotency key in the header (and the body).
+    let key = out.json["idempotency_key"].as_str().unwrap().to_string();
+    let g = good.received();
+    let b = bad.received();
+    assert_eq!((g.len(), b.len()), (1, 1));
+    assert_eq!(g[0].json()["event"], "test");
+    assert_eq!(g[0].json()["schema"], "megaplan-cloudd/notification/v1");
+    assert_eq!(g[0].json()["idempotency_key"], key.as_str());
+    assert_eq!(g[0].header("x-idempotency-key"), Some(key.as_str()));
+    assert_eq!(b[0].header("x-idempotency-key"), Some(key.as_str()));
+    assert_eq!(b[0].header("priority"), Some("default"));
+    assert!(b[0].header("title").unwrap_or_default().contains("test"));
+    // A second run: both answer now.
+    let again = Run::from_output(&d.ctl(&d.dir, &[], &["notifications", "test", "--json"]));
+    assert_eq!(again.code, Some(0), "{}", again.stdout);
+    // doctor --send-test asks the same route: one check per sink.
+    let doc = Run::from_output(&d.ctl(&d.dir, &[], &["doctor", "--send-test", "--json"]));
+    let sinks: Vec<&Value> = doc.json["checks"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter(|c| c["name"].as_str().unwrap_or_default().starts_with("sink "))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(sinks.len(), 2, "{}", doc.stdout);
+    assert!(sinks.iter().all(|c| c["verdict"] == "ok"), "{}", doc.stdout);
+    assert_eq!(good.received().len(), 3);
+
+    // For a person: the table in a real 80-column terminal, each sink one row, the failure's
+    // reason under it.
+    bad.fail_next(&[503]);
+    let ctl = megaplan_cloud_e2e::bin("megaplan-cloudctl");
+    let pane = in_80_column_pane(
+        &format!(
+            "cd {} && {} notifications test",
+            d.dir.display(),
+            ctl.display()
+        ),
+        &[
+            ("MEGAPLAN_CLOUDD_SOCKET", d.socket.to_str().unwrap()),
+            ("MEGAPLAN_CLOUD_HOME", d.home.to_str().unwrap()),
+        ],
+    );
+    for line in pane.lines() {
+        assert!(line.chars().count() <= 80, "wider than 80 columns:\n{pane}");
+    }
+    let rows: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("RESULT") && l.contains("SINK")),
+        "{pane}"
+    );
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("ok ") && l.contains("200")),
+        "{pane}"
+    );
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with("error ") && l.contains("503")),
+        "{pane}"
+    );
+    assert!(pane.contains("1 of 2 sinks answered"), "{pane}");
+}
+
+/// Runs `script` in a tmux pane 80 columns wide (a tmux server private to the call) and
+/// returns the pane's text once the script signalled its end (`tmux wait-for`, an event).
+fn in_80_column_pane(script: &str, env: &[(&str, &str)]) -> String {
+    use std::process::Command;
+    let server = format!("mp-notify-{}", megaplan_cloud_e2e::unique_suffix());
+    let full = format!("{script}; tmux wait-for -S done; sleep 600");
+    let mut cmd = Command::new("tmux");
+    cmd.args([
+        "-L",
+        &server,
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "50",
+        "-s",
+        "t",
+    ])
+    .args(["sh", "-c", &full])
+    .env("TERM", "xterm-256color");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    assert!(
+        cmd.status().expect("tmux runs").success(),
+        "tmux new-session failed"
+    );
+    let mut waiter = Command::new("tmux")
+        .args(["-L", &server, "wait-for", "done"])
+        .spawn()
+        .expect("tmux wait-for runs");
+    let ended = wait_until(Duration::from_secs(120), || {
+        matches!(waiter.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = waiter.kill();
+        let _ = waiter.wait();
+    }
+    let out = Command::new("tmux")
+        .args([
+            "-L",
+            &server,
+            "capture-pane",
+            "-p",
+            "-J",
+            "-S",
+            "-",
+            "-t",
+            "t",
+        ])
+        .output()
+        .expect("capture-pane");
+    let _ = Command::new("tmux")
+        .args(["-L", &server, "kill-server"])
+        .status();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(ended, "the pane never finished:\n{text}");
+    text
+}
+
+/// A state is told once with its own key; a restart and more ticks in the same state tell
+/// nothing; the next state is told once with a new key. Keys travel in the body and in
+/// `X-Idempotency-Key`, and the database records each once.
+#[test]
+fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
+    let receiver = Receiver::start();
+    let Some((mut rig, _cfg)) = rig_with("retry: {initial_delay: 200ms, max_delay: 1s}\n") else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
+    rig.container
+        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    assert!(wait_until(Duration::from_secs(60), || {
+        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+    }));
+    let url = receiver.url("/hook");
+    rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
+        .ok();
+    rig.ctl(&["tick"]).ok();
+    assert!(
+        wait_until(Duration::from_secs(60), || count(
+            &receiver,
+            "awaiting_pr_merge"
+        ) == 1),
+        "no awaiting_pr_merge; got {:?}\n{}",
+        events(&receiver),
+        rig.daemon.log_text()
+    );
+    let first = receiver.accepted()[0].clone();
+    let body = first.json();
+    let key = body["idempotency_key"].as_str().unwrap().to_string();
+    assert_eq!(key.len(), 32, "{body}");
+    assert_eq!(first.header("x-idempotency-key"), Some(key.as_str()));
+    // What a person acts on comes first: the chain, milestone, state, the PR, the fix.
+    assert_eq!(body["needs_person"], true);
+    assert_eq!(body["chain"], "project");
+    assert_eq!(body["milestone"]["label"], "m1");
+    assert_eq!(body["pr"]["number"], 7);
+    assert!(
+        body["fix"].as_str().unwrap().starts_with("merge PR #7"),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("project · milestone 1/2 (m1)"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&rig.cloud_yaml.display().to_string()),
+        "{message}"
+    );
+
+    rig.daemon.restart();
+    for _ in 0..3 {
+        rig.ctl(&["tick"]).ok();
+    }
+    // The next state: merged, so the supervisor advances (an act, told once).
+    rig.container
+        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.ctl(&["tick"]).ok();
+    assert!(
+        wait_until(Duration::from_secs(60), || count(
+            &receiver,
+            "supervisor_acted"
+        ) >= 1),
+        "no supervisor_acted; got {:?}\n{}",
+        events(&receiver),
+        rig.daemon.log_text()
+    );
+    // The watcher reads ticks in order: the act was watched after the three ticks before it.
+    assert_eq!(
+        count(&receiver, "awaiting_pr_merge"),
+        1,
+        "{:?}",
+        events(&receiver)
+    );
+    let keys: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .map(|r| {
+            r.json()["idempotency_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), keys.len(), "a key was sent twice: {keys:?}");
+    for r in receiver.accepted() {
+        assert_eq!(
+            r.header("x-idempotency-key"),
+            r.json()["idempotency_key"].as_str()
+        );
+    }
+    let db = rig.daemon.home.join("cloudd.db");
+    let recorded = megaplan_cloud_e2e::util::sqlite(&db, "SELECT count(*) FROM notification_keys;");
+    assert_eq!(recorded.trim(), keys.len().to_string(), "{keys:?}");
+}
+
+/// With `digest:` set, what needs nobody (acts, complete) is not sent one by one: digests
+/// list each chain's milestones done since the last one, and the chain's completion shows
+/// up there.
+#[test]
+fn a_digest_replaces_one_message_per_event() {
+    let receiver = Receiver::start();
+    let Some((rig, _cfg)) = rig_with(&format!(
+        "digest: 2s\nretry: {{initial_delay: 200ms, max_delay: 1s}}\nsinks:\n  - url: {}\n",
+        receiver.url("/digest")
+    )) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1}"#);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2", "m3"]);
+    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.ctl(&["register", "--every", "1s"]).ok();
+    let complete_digest = || {
+        receiver.accepted().iter().any(|r| {
+            let v = r.json();
+            v["event"] == "digest"
+                && v["digest"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["state"] == "complete"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(180), complete_digest),
+        "no digest with the chain complete; got {:?}\n{}",
+        events(&receiver),
+        rig.daemon.log_text()
+    );
+    let got = events(&receiver);
+    assert!(
+        got.iter().all(|e| e == "digest"),
+        "only digests, no message per event: {got:?}"
+    );
+    let done: u64 = receiver
+        .accepted()
+        .iter()
+        .flat_map(|r| r.json()["digest"].as_array().cloned().unwrap_or_default())
+        .map(|c| c["milestones_done"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        (1..=3).contains(&done),
+        "milestones done over the digests: {done}"
+    );
+    let last = receiver.accepted().last().unwrap().json();
+    assert!(
+        last["title"].as_str().unwrap().contains("milestone"),
+        "{last}"
+    );
+    assert_eq!(last["needs_person"], false);
+}
