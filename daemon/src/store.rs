@@ -1720,8 +1720,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir, 2).await;
         assert_eq!(store.fence_token("k").await.unwrap(), 0);
-        store.raise_fence_token("k", 5, Some("daemon A")).await.unwrap();
-        store.raise_fence_token("k", 3, Some("daemon B")).await.unwrap();
+        store
+            .raise_fence_token("k", 5, Some("daemon A"))
+            .await
+            .unwrap();
+        store
+            .raise_fence_token("k", 3, Some("daemon B"))
+            .await
+            .unwrap();
         assert_eq!(store.fence_token("k").await.unwrap(), 5);
         store.raise_fence_token("k", 6, None).await.unwrap();
         assert_eq!(store.fence_token("k").await.unwrap(), 6);

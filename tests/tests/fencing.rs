@@ -7,6 +7,7 @@
 //! the cloud.yaml field.
 
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::util::sqlite;
 use megaplan_cloud_e2e::{Daemon, wait_until};
 use serde_json::Value;
 use std::time::Duration;
@@ -74,10 +75,10 @@ fn two_daemons_and_manual_chains_racing_a_stale_chain_leave_exactly_one_driver()
         // Both daemons tick and both run a manual `chain`, all at once.
         let runs: Vec<Run> = std::thread::scope(|s| {
             let mut handles = Vec::new();
+            let (rig, spec) = (&rig, spec.as_str());
             for d in daemons {
-                handles.push(s.spawn(|| ctl(d, &rig, &["supervise", "--chain"])));
-                let spec = spec.as_str();
-                handles.push(s.spawn(move || ctl(d, &rig, &["chain", spec])));
+                handles.push(s.spawn(move || ctl(d, rig, &["supervise", "--chain"])));
+                handles.push(s.spawn(move || ctl(d, rig, &["chain", spec])));
             }
             handles
                 .into_iter()
@@ -103,31 +104,43 @@ fn two_daemons_and_manual_chains_racing_a_stale_chain_leave_exactly_one_driver()
         );
     }
 
-    // The refused launches are recorded: in the stored tick reports (with the holder named and
-    // the gate's verdict under `fencing`) and, for manual chains, in the error the person read.
-    let mut refused_ticks = Vec::new();
+    // The refused launches are recorded: in each daemon's database (the gate's refusals, with
+    // the token held and its holder), in the stored tick reports of fenced ticks (the holder
+    // named, the gate's verdict under `fencing`) and in the error a manual `chain` printed.
+    let mut recorded = 0;
     for d in daemons {
-        refused_ticks.extend(ticks(d, &rig).into_iter().filter(fenced));
+        let db = d.home.join("cloudd.db");
+        let rows = sqlite(
+            &db,
+            "SELECT reason || '|' || ifnull(held, '') || '|' || ifnull(holder, '') FROM gate_refusals;",
+        );
+        for row in rows.lines() {
+            let cols: Vec<&str> = row.split('|').collect();
+            assert!(["stale_token", "live_driver"].contains(&cols[0]), "{row}");
+            assert!(!cols[1].is_empty() && !cols[2].is_empty(), "{row}");
+            recorded += 1;
+        }
     }
     assert!(
-        !refused_ticks.is_empty() || !manual_refusals.is_empty(),
-        "no launch was ever refused in 20 racing rounds"
+        recorded > 0,
+        "no refused launch was recorded in 20 racing rounds"
     );
-    for t in &refused_ticks {
-        let reason = t["refused_reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("held by "), "{reason}");
-        assert_eq!(t["fencing"]["verdict"], "refused", "{t:#}");
-        assert!(t["fencing"]["held"].as_u64().is_some(), "{t:#}");
+    for d in daemons {
+        for t in ticks(d, &rig).into_iter().filter(fenced) {
+            let reason = t["refused_reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("held by "), "{reason}");
+            let gate = &t["report"]["fencing"];
+            assert_eq!(gate["verdict"], "refused", "{t:#}");
+            assert!(gate["held"].as_u64().is_some(), "{t:#}");
+            assert!(gate["holder"].as_str().is_some(), "{t:#}");
+        }
     }
-    assert!(
-        !refused_ticks.is_empty(),
-        "no tick was fenced off in 20 rounds (manual refusals: {manual_refusals:#?})"
-    );
+    for said in manual_refusals.iter().filter(|m| m.contains("fenced:")) {
+        assert!(said.contains("held by "), "{said}");
+    }
     // The runner names the holder of the chain and its token.
     let fence_dir = "/workspace/app/.megaplan/cloud-fence";
-    let listing = rig
-        .container
-        .exec_ok(&format!("cat {fence_dir}/*.json"));
+    let listing = rig.container.exec_ok(&format!("cat {fence_dir}/*.json"));
     let fence: Value = serde_json::from_str(listing.trim()).expect("one token file");
     let holder = fence["holder"].as_str().unwrap_or_default();
     assert!(
@@ -166,10 +179,7 @@ fn a_disk_floor_above_the_free_space_blocks_the_restart_naming_the_field() {
         == 1));
     std::fs::write(&rig.cloud_yaml, text).unwrap();
     rig.container.exec("tmux kill-server 2>/dev/null; true");
-    assert!(wait_until(Duration::from_secs(30), || chain_drivers(
-        &rig
-    )
-    .is_empty()));
+    assert!(wait_until(Duration::from_secs(30), || chain_drivers(&rig).is_empty()));
     let t = rig.ctl(&["supervise", "--chain"]);
     assert_eq!(t.json["acted"], false, "{}", t.stdout);
     assert_eq!(t.json["event"], "supervisor_blocked", "{}", t.stdout);
@@ -180,8 +190,14 @@ fn a_disk_floor_above_the_free_space_blocks_the_restart_naming_the_field() {
         t.json["preflight"]["checks"][0]["field"],
         "preflight.min_free_disk"
     );
-    assert!(chain_drivers(&rig).is_empty(), "the preflight let a launch through");
+    assert!(
+        chain_drivers(&rig).is_empty(),
+        "the preflight let a launch through"
+    );
     // The stored report says the same (what `ticks` and `explain` read).
     let stored = ctl(&rig.daemon, &rig, &["ticks", "--json", "--limit", "1"]).json;
-    assert_eq!(stored[0]["preflight"]["passed"], false, "{stored:#}");
+    assert_eq!(
+        stored[0]["report"]["preflight"]["passed"], false,
+        "{stored:#}"
+    );
 }

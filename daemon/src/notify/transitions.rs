@@ -370,8 +370,10 @@ mod tests {
             "refused_reason": "preflight failed",
             "preflight": {"passed": false, "checks": [{"check": "disk",
                 "field": "preflight.min_free_disk", "detail": "d", "fix": "free disk"}]}}));
-        let acted = report(json!({"effective_status": "stale_bookkeeping", "acted": true,
-            "event": "supervisor_restarted", "next_action": "restart"}));
+        let acted = report(
+            json!({"effective_status": "stale_bookkeeping", "acted": true,
+            "event": "supervisor_restarted", "next_action": "restart"}),
+        );
         let events = run(
             &[blocked.clone(), blocked.clone(), acted, blocked.clone()],
             1,

@@ -192,7 +192,9 @@ impl Verdict {
             "accepted" => GateOutcome::Accepted {
                 token: self.token.unwrap_or_default(),
             },
-            "preflight_failed" => GateOutcome::PreflightFailed(self.checks.clone().unwrap_or_default()),
+            "preflight_failed" => {
+                GateOutcome::PreflightFailed(self.checks.clone().unwrap_or_default())
+            }
             _ => GateOutcome::Refused(self.clone()),
         }
     }
@@ -273,9 +275,18 @@ pub fn preflight_message(checks: &[PreflightCheck]) -> String {
 
 /// `user@host` of this process (the daemon's user on the daemon's machine).
 pub fn user_at_host() -> String {
+    use std::os::unix::fs::MetadataExt;
+    // A service manager's daemon may have no USER: then the uid (the owner of /proc/self).
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown-user".to_string());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            std::fs::metadata("/proc/self")
+                .ok()
+                .map(|m| format!("uid{}", m.uid()))
+        })
+        .unwrap_or_else(|| "unknown-user".to_string());
     format!("{user}@{}", host_name())
 }
 
@@ -408,7 +419,10 @@ mod tests {
         let wins = ws.path().join("wins");
         // Each accepted launch appends a line while holding the lock (and lingers a little, so
         // the others really wait on the flock rather than run one after another by chance).
-        let launch = format!("echo x >> {}; sleep 0.2", quote(&wins.display().to_string()));
+        let launch = format!(
+            "echo x >> {}; sleep 0.2",
+            quote(&wins.display().to_string())
+        );
         let children: Vec<_> = (0..8)
             .map(|i| {
                 let req = request(
@@ -502,18 +516,17 @@ mod tests {
         let (_, v) = run_gate(&req, "true", home.path());
         assert_eq!(v.unwrap().outcome(), GateOutcome::Accepted { token: 1 });
         let expired = jwt(now - 60);
-        std::fs::write(
-            &auth,
-            format!(r#"{{"tokens":{{"id_token":"{expired}"}}}}"#),
-        )
-        .unwrap();
+        std::fs::write(&auth, format!(r#"{{"tokens":{{"id_token":"{expired}"}}}}"#)).unwrap();
         let (out, v) = run_gate(&req, "echo launched", home.path());
         assert!(!String::from_utf8_lossy(&out.stdout).contains("launched"));
         let GateOutcome::PreflightFailed(checks) = v.unwrap().outcome() else {
             panic!("not a preflight failure: {out:?}")
         };
         assert_eq!(checks[0].check, "agent_auth");
-        assert!(checks[0].detail.contains("tokens.id_token expired"), "{checks:?}");
+        assert!(
+            checks[0].detail.contains("tokens.id_token expired"),
+            "{checks:?}"
+        );
         // The token itself is never printed.
         assert!(!String::from_utf8_lossy(&out.stdout).contains(&expired));
         // Beside a refresh token, a token just past its `exp` is refreshed by the agent: no

@@ -10,13 +10,13 @@ use crate::chain::summary;
 use crate::cloud_yaml::{self, CloudSpec};
 use crate::provider::{self, Provider, ProviderCtx};
 use crate::redact::Redactor;
-use crate::runner::layout::SESSION_MARKER_DIR;
 use crate::runner::fence::{
     self, FenceMode, Floors, GateOutcome, GateRequest, Verdict, gate_script,
 };
+use crate::runner::layout::SESSION_MARKER_DIR;
 use crate::runner::mutation::{MutationTarget, mutation_script};
-use crate::store::NewGateRefusal;
 use crate::state::AppState;
+use crate::store::NewGateRefusal;
 use chrono::Utc;
 use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::report::{
@@ -520,8 +520,10 @@ fn gate_in_report(out: &mut TickReport, expected: u64, v: &Verdict) {
     }
     out.extra.insert("fencing".into(), fencing);
     if let GateOutcome::PreflightFailed(checks) = v.outcome() {
-        out.extra
-            .insert("preflight".into(), json!({"passed": false, "checks": checks}));
+        out.extra.insert(
+            "preflight".into(),
+            json!({"passed": false, "checks": checks}),
+        );
     }
 }
 

@@ -10,10 +10,12 @@ use super::ctx::{Ctx, Done};
 use crate::chain::spec::{self, ChainSpec};
 use crate::provider::Provider;
 use crate::provider::remote_failure;
-use crate::runner::fence::{self, FenceMode, Floors, GateOutcome, GateRequest, Verdict, gate_script};
+use crate::runner::fence::{
+    self, FenceMode, Floors, GateOutcome, GateRequest, Verdict, gate_script,
+};
 use crate::runner::launch::{checkout_script, init_command, preflight_script, start_script};
-use crate::store::NewGateRefusal;
 use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN, chain_log, marker_file};
+use crate::store::NewGateRefusal;
 use crate::supervisor::markers;
 use chrono::Utc;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
@@ -396,7 +398,10 @@ async fn gate_verdict(
         GateOutcome::Accepted { token } => (*token, Some(holder)),
         _ => (v.known_token(), v.holder.as_deref()),
     };
-    ctx.state.store.raise_fence_token(&ctx.key, token, by).await?;
+    ctx.state
+        .store
+        .raise_fence_token(&ctx.key, token, by)
+        .await?;
     let err = match &outcome {
         GateOutcome::Accepted { token } => return Ok(Some(*token)),
         GateOutcome::Refused(v) => ErrorBody::new(
@@ -405,11 +410,12 @@ async fn gate_verdict(
         )
         .with("session", session)
         .with("fencing", serde_json::to_value(v).unwrap_or(Value::Null)),
-        GateOutcome::PreflightFailed(checks) => ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            fence::preflight_message(checks),
-        )
-        .with("preflight", serde_json::to_value(checks).unwrap_or(Value::Null)),
+        GateOutcome::PreflightFailed(checks) => {
+            ErrorBody::new(ErrorCode::ProviderFailed, fence::preflight_message(checks)).with(
+                "preflight",
+                serde_json::to_value(checks).unwrap_or(Value::Null),
+            )
+        }
     };
     let refusal = NewGateRefusal {
         source: "chain",
@@ -423,7 +429,10 @@ async fn gate_verdict(
         holder: v.holder.as_deref(),
         message: &err.message,
     };
-    ctx.state.store.record_gate_refusal(&ctx.key, &refusal).await?;
+    ctx.state
+        .store
+        .record_gate_refusal(&ctx.key, &refusal)
+        .await?;
     Err(err)
 }
 
