@@ -171,7 +171,7 @@ pub enum GateOutcome {
     /// The launch ran under `token`.
     Accepted { token: u64 },
     /// Fenced off: a stale token, a live driver, another chain's session, an unreadable token.
-    Refused(Verdict),
+    Refused(Box<Verdict>),
     /// A preflight check failed; nothing was launched.
     PreflightFailed(Vec<PreflightCheck>),
 }
@@ -195,7 +195,7 @@ impl Verdict {
             "preflight_failed" => {
                 GateOutcome::PreflightFailed(self.checks.clone().unwrap_or_default())
             }
-            _ => GateOutcome::Refused(self.clone()),
+            _ => GateOutcome::Refused(Box::new(self.clone())),
         }
     }
 
