@@ -11,8 +11,7 @@ CREATE TABLE fencing (
 ) STRICT;
 
 -- Launches the runner's gate refused (a stale token, a live driver) or a preflight stopped.
--- Kept per key up to the tick retention (Store::record_gate_refusal trims), so the table stays
--- small and needs no index of its own.
+-- Kept per key up to the tick retention (Store::record_gate_refusal trims).
 CREATE TABLE gate_refusals (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     key         TEXT NOT NULL,
@@ -24,3 +23,5 @@ CREATE TABLE gate_refusals (
     holder      TEXT,
     message     TEXT NOT NULL
 ) STRICT;
+
+CREATE INDEX gate_refusals_key_id ON gate_refusals (key, id);
