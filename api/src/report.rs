@@ -99,6 +99,97 @@ word_enum! {
     }
 }
 
+word_enum! {
+    /// The report's `rule`: which rule of the supervise decision (`chain::decide` in the
+    /// daemon) matched, in the order they are checked. `explain` reads it; a pause or a dry
+    /// run keeps the rule that matched (they are their own fields). Absent in reports of
+    /// earlier versions and of ticks that failed before deciding.
+    Rule {
+        /// The observation failed: a tick that cannot see the runner never acts.
+        ObservationFailed => "observation_failed",
+        /// The last chain was launched with another provider or target.
+        ProviderMismatch => "provider_mismatch",
+        /// The provider cannot run commands on the runner.
+        NoExec => "no_exec",
+        Running => "running",
+        Complete => "complete",
+        HumanPrerequisite => "human_prerequisite",
+        QualityGate => "quality_gate",
+        /// Awaiting a PR merge that the probe did not confirm.
+        AwaitingMerge => "awaiting_merge",
+        MergedDeadRunner => "merged_dead_runner",
+        MergedLiveRunner => "merged_live_runner",
+        MergedUnknownRunner => "merged_unknown_runner",
+        StaleDeadRunner => "stale_dead_runner",
+        StaleLiveRunner => "stale_live_runner",
+        StaleUnknownRunner => "stale_unknown_runner",
+        /// The mutation script found the session marker naming another chain (exit 17).
+        OtherChainSession => "other_chain_session",
+        /// The mutation script found the runner alive after all (exit 18).
+        LiveAtMutation => "live_at_mutation",
+        /// The mutation script failed or could not be sent.
+        MutationFailed => "mutation_failed",
+        /// The runner's launch gate holds a newer fencing token: another daemon or a manual
+        /// `chain` owns the chain.
+        FencedOff => "fenced_off",
+        /// The runner's launch gate stopped the launch: a preflight check failed.
+        PreflightFailed => "preflight_failed",
+    }
+}
+
+impl Rule {
+    /// The rule in words: the condition and what the supervisor does about it.
+    pub fn text(&self) -> String {
+        match self {
+            Rule::ObservationFailed => {
+                "the observation failed: a tick that cannot see the runner never acts"
+            }
+            Rule::ProviderMismatch => {
+                "provider consistency mismatch: the last chain was launched elsewhere, so nothing is touched"
+            }
+            Rule::NoExec => {
+                "the provider cannot run commands on the runner: nothing is probed or changed"
+            }
+            Rule::Running => "running → noop (a running chain is left alone)",
+            Rule::Complete => "complete → done",
+            Rule::HumanPrerequisite => "human_prerequisite → blocked until a person resolves it",
+            Rule::QualityGate => "quality_gate → blocked until a person resolves or accepts it",
+            Rule::AwaitingMerge => "awaiting_pr_merge, PR not merged → blocked until it is merged",
+            Rule::MergedDeadRunner => "awaiting_pr_merge, PR merged, runner dead → advance",
+            Rule::MergedLiveRunner => {
+                "awaiting_pr_merge, PR merged, runner alive → blocked (only a confirmed-dead runner is advanced)"
+            }
+            Rule::MergedUnknownRunner => {
+                "awaiting_pr_merge, PR merged, runner unknown → blocked (only a confirmed-dead runner is advanced)"
+            }
+            Rule::StaleDeadRunner => "stale_bookkeeping, runner dead → restart",
+            Rule::StaleLiveRunner => {
+                "stale_bookkeeping, runner alive → blocked (a live or unprobeable runner is never restarted)"
+            }
+            Rule::StaleUnknownRunner => {
+                "stale_bookkeeping, runner unknown → blocked (a live or unprobeable runner is never restarted)"
+            }
+            Rule::OtherChainSession => {
+                "the session marker names another chain → blocked (another chain's session is never touched)"
+            }
+            Rule::LiveAtMutation => {
+                "the runner was alive when the mutation ran → blocked (a live runner is never killed or replaced)"
+            }
+            Rule::MutationFailed => {
+                "the mutation failed → error (the next tick observes again)"
+            }
+            Rule::FencedOff => {
+                "the runner's gate holds a newer fencing token → blocked (one driver per chain: another daemon or a manual chain owns it)"
+            }
+            Rule::PreflightFailed => {
+                "the preflight before the launch failed → blocked until the named check passes"
+            }
+            Rule::Other(word) => return format!("{word} (a rule of another version)"),
+        }
+        .to_string()
+    }
+}
+
 /// The status the supervisor acts on: the one classification of the observed chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -281,18 +372,33 @@ impl ProviderConsistency {
     }
 }
 
-/// The report's `runner`: the probe's object (`session`, `reason`, `pid`, ...) with its
-/// `status` read as a [`Liveness`].
+/// The report's `runner`: what the runner probe (`runner_probe` in observe.py) said, with its
+/// `status` read as a [`Liveness`]. A driver process found alive adds `pid`, `source:
+/// "process"` and the `target_session` asked about; a probe that could not tell gives a
+/// `reason`; a gone session the tmux `detail`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunnerInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Liveness>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_session: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
 
-/// The report's `pr`: `pr_number`, `pr_state`, `pr_head` of the chain state and, when probed,
-/// `merge_probe` (the lowercased `gh pr view` state).
+/// The report's `pr`: `pr_number`, `pr_state`, `pr_head` of the chain state (written, possibly
+/// `null`, when the chain was observed) and, when probed, `merge_probe` (the lowercased `gh pr
+/// view` state).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,17 +408,35 @@ pub struct PrInfo {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
+    pub pr_head: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub pr_number: Option<Option<i64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub pr_state: Option<Option<String>>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
 
-/// The report's `logs`: the chain log as observed (`path`, `exists`, `mtime`, `size`) and the
-/// compatibility fields beside it (`workspace`, `plan_log`, `chain_log`, ...).
+/// The report's `logs`: the chain log as observed (`path`, `exists`, `mtime`, `size`, and the
+/// stat `error`) and the original tool's fields beside it (`workspace`, `plan_log`,
+/// `agent_log`, `chain_log`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogsInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub agent_log: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_log: Option<ChainLogCompat>,
+    /// Why the log could not be stat'ed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exists: Option<bool>,
     /// RFC 3339 on the runner's clock; present as `null` when the log is missing.
@@ -322,14 +446,39 @@ pub struct LogsInfo {
         deserialize_with = "present"
     )]
     pub mtime: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The current plan's log (`null` when no plan runs).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub plan_log: Option<Option<String>>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
     pub size: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+}
+
+/// The original tool's `chain_log`: `mtime` in epoch seconds and `size`, or `status:
+/// "unavailable"` when the log cannot be stat'ed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLogCompat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 impl LogsInfo {
@@ -341,34 +490,68 @@ impl LogsInfo {
     }
 }
 
-/// Read one of the observation's objects into its typed form; an object whose known fields
-/// have unexpected types is kept whole in `rest` rather than lost.
-pub fn from_observed<T: serde::de::DeserializeOwned + Default + HasRest>(v: &Value) -> T {
-    serde_json::from_value(v.clone()).unwrap_or_else(|_| {
-        let mut t = T::default();
-        *t.rest_mut() = v.as_object().cloned().unwrap_or_default();
-        t
-    })
+/// The git sync facts of the chain state (`branch_head`, `pr_head`, `last_pushed_commit`,
+/// `dirty_flag`, `sync_state`): all written (strings or `null`) when the chain was observed,
+/// none (`{}`) in a report of a tick that could not observe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncInfo {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub branch_head: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_flag: Option<bool>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub last_pushed_commit: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub pr_head: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub sync_state: Option<Option<String>>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
-/// Types with a flattened map of the fields they do not name.
-pub trait HasRest {
-    fn rest_mut(&mut self) -> &mut Map<String, Value>;
-}
-impl HasRest for RunnerInfo {
-    fn rest_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.rest
+impl SyncInfo {
+    /// The five facts of an observed chain state.
+    pub fn observed(
+        branch_head: Option<String>,
+        pr_head: Option<String>,
+        last_pushed_commit: Option<String>,
+        dirty_flag: bool,
+        sync_state: Option<String>,
+    ) -> SyncInfo {
+        SyncInfo {
+            branch_head: Some(branch_head),
+            dirty_flag: Some(dirty_flag),
+            last_pushed_commit: Some(last_pushed_commit),
+            pr_head: Some(pr_head),
+            sync_state: Some(sync_state),
+            rest: Map::new(),
+        }
     }
 }
-impl HasRest for PrInfo {
-    fn rest_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.rest
-    }
-}
-impl HasRest for LogsInfo {
-    fn rest_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.rest
-    }
+
+/// The sync refresh's result (`_capture_sync_state` on the runner): `status` `ok`, `failed`
+/// or `skipped`, with the `reason` of the last two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRefresh {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub status: String,
 }
 
 /// Where the chain stood when the tick observed it: milestone `number` of `count` (1-based;
@@ -421,12 +604,8 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-fn empty_object() -> Value {
-    Value::Object(Map::new())
-}
-
 /// A field that may be present as `null`: `None` absent, `Some(None)` null.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -472,6 +651,9 @@ pub struct TickReport {
     pub refused_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_round_trips: Option<u32>,
+    /// The rule of the decision that matched (absent in earlier versions' reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Rule>,
     /// Imports of the megaplan core the tick caused on the runner (0 in steady state, when the
     /// resident observer answers); absent in reports stored before it was counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -493,15 +675,15 @@ pub struct TickReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
     pub success: bool,
-    #[serde(default = "empty_object")]
-    pub sync: Value,
+    #[serde(default)]
+    pub sync: SyncInfo,
     /// The sync refresh's result (`null` when not run); absent on a failed tick.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    pub sync_refresh: Option<Option<Value>>,
+    pub sync_refresh: Option<Option<SyncRefresh>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<Vec<String>>,
     /// Fields of another version's report, kept as written.
@@ -528,6 +710,7 @@ impl TickReport {
             queued_ms: None,
             refused_reason: Some(reason.to_string()),
             remote_round_trips: None,
+            rule: None,
             core_starts: None,
             runner: RunnerInfo::default(),
             spec: String::new(),
@@ -536,7 +719,7 @@ impl TickReport {
             stalled_for_secs: None,
             started_at: None,
             success: false,
-            sync: empty_object(),
+            sync: SyncInfo::default(),
             sync_refresh: None,
             warnings: None,
             extra: Map::new(),
@@ -623,6 +806,27 @@ mod tests {
 
     /// A dry run: `dry_run` is written only when true.
     const DRY_RUN: &str = r#"{"acted":false,"dry_run":true,"effective_status":"stale_bookkeeping","event":"supervisor_tick","finished_at":"f","logs":{},"next_action":"restart","paused":null,"pr":{},"provider_consistency":{"reason":"the last chain was launched with provider 'ssh' but cloud.yaml now uses 'railway'","status":"mismatch"},"refused_reason":"dry run: the supervisor would restart (nothing was changed)","remote_round_trips":1,"runner":{"status":"unknown"},"spec":"/s","stall_after_secs":60,"stalled":false,"stalled_for_secs":null,"started_at":"s","success":true,"sync":{},"sync_refresh":null}"#;
+
+    /// A restart as this version stores it: the rule that matched is recorded.
+    const WITH_RULE: &str = r#"{"acted":true,"core_starts":0,"effective_status":"stale_bookkeeping","event":"supervisor_restarted","finished_at":"2026-12-04T10:00:01+00:00","logs":{},"milestone":{"count":3,"label":"m2","number":2},"next_action":"restart","paused":null,"pr":{"pr_head":null,"pr_number":null,"pr_state":null},"provider_consistency":{"status":"not_applicable"},"refused_reason":null,"remote_round_trips":2,"rule":"stale_dead_runner","runner":{"session":"megaplan-chain","status":"dead"},"spec":"/w/chain.yaml","stall_after_secs":1800,"stalled":false,"stalled_for_secs":null,"started_at":"2026-12-04T10:00:00+00:00","success":true,"sync":{"branch_head":null,"dirty_flag":false,"last_pushed_commit":null,"pr_head":null,"sync_state":null},"sync_refresh":{"status":"ok"}}"#;
+
+    #[test]
+    fn the_rule_is_stored_and_read_back() {
+        let r = round_trip(WITH_RULE);
+        assert_eq!(r.rule, Some(Rule::StaleDeadRunner));
+        assert!(r.rule.unwrap().text().ends_with("→ restart"));
+        let r = round_trip(ACTED);
+        assert_eq!(r.rule, None, "absent in earlier reports");
+        for w in Rule::KNOWN {
+            let rule: Rule = w.parse().unwrap();
+            assert!(!matches!(rule, Rule::Other(_)), "{w}");
+            assert!(!rule.text().contains("another version"), "{w}");
+        }
+        assert_eq!(
+            "wait_for_ci".parse::<Rule>().unwrap().text(),
+            "wait_for_ci (a rule of another version)"
+        );
+    }
 
     fn round_trip(text: &str) -> TickReport {
         let r: TickReport = serde_json::from_str(text).unwrap();

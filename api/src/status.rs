@@ -1,65 +1,119 @@
-//! The `status --chain` payload, typed where a person's view reads it: what the chain is,
-//! where it stands, its runner, log and PR, and what the stall check said. Fields this type does
-//! not name (the chain state, policy, sync, plan status, ...) are kept whole in `rest`, so the
-//! document a script reads is the daemon's, unchanged.
+//! The `status --chain` payload, typed from the runner's observation to the terminal: what the
+//! chain is, where it stands (summary), its sync, PR, log, runner, policy and what the stall
+//! check said. Built by the daemon (`chain::summary`), read by the client's renderer. The chain
+//! state is the core's own object and is kept whole (`chain_state`); fields of another version
+//! land in `rest`. The JSON is the one written before the type existed, keys sorted; the test
+//! below pins it byte for byte.
 
-use crate::report::{LogsInfo, PrInfo, ProviderConsistency, ReportedStatus, RunnerInfo};
+use crate::report::{
+    LogsInfo, PrInfo, ProviderConsistency, ReportedStatus, RunnerInfo, SyncInfo, SyncRefresh,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// `status --chain`'s result document.
+/// `status --chain`'s result document. Fields in sorted order (the JSON's order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainStatus {
-    /// The chain spec path on the runner.
+    /// The core's chain state as it shows it (`to_dict`): unknown fields kept.
     #[serde(default)]
-    pub spec: String,
+    pub chain_state: Map<String, Value>,
     pub effective_status: ReportedStatus,
     #[serde(default)]
-    pub milestone_count: u32,
-    #[serde(default)]
-    pub summary: ChainSummary,
-    #[serde(default)]
-    pub runner: RunnerInfo,
-    #[serde(default)]
     pub logs: LogsInfo,
+    #[serde(default)]
+    pub milestone_count: u32,
+    /// The current plan's status as the core reports it.
+    #[serde(default)]
+    pub plan_status: PlanStatus,
+    /// The policies in force (`source` says whether an override applies).
+    #[serde(default)]
+    pub policy: ChainPolicy,
     #[serde(default)]
     pub pr: PrInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_consistency: Option<ProviderConsistency>,
-    /// Set by the stall check: a live runner whose log has not grown for `stall_after_secs`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stalled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stalled_for_secs: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stall_after_secs: Option<u64>,
+    #[serde(default)]
+    pub resolved_context: ResolvedContext,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_session: Option<String>,
+    /// The spec path as the runner resolves it (symlinks followed there).
+    #[serde(default)]
+    pub resolved_spec: String,
+    #[serde(default)]
+    pub resolved_workspace: String,
+    #[serde(default)]
+    pub runner: RunnerInfo,
+    #[serde(default)]
+    pub seed_plan: Option<String>,
+    /// The chain spec path on the runner.
+    #[serde(default)]
+    pub spec: String,
+    /// Where the spec path came from (`--remote-spec`, `last_chain marker`, `cloud.yaml chain.spec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_source: Option<String>,
+    #[serde(default)]
+    pub stall_after_secs: u64,
+    /// Set by the stall check: a live runner whose log has not grown for `stall_after_secs`.
+    #[serde(default)]
+    pub stalled: bool,
+    #[serde(default)]
+    pub stalled_for_secs: Option<i64>,
+    /// The chain state file the runner derived.
+    #[serde(default)]
+    pub state_file: String,
+    #[serde(default = "yes")]
+    pub success: bool,
+    #[serde(default)]
+    pub summary: ChainSummary,
+    #[serde(default)]
+    pub sync: SyncInfo,
+    /// The sync refresh's result; absent when not run (`status --chain` does not run it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_refresh: Option<SyncRefresh>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Fields of another version, kept as written.
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The core's `format_chain_status` summary: where the chain stands milestone by milestone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChainSummary {
     #[serde(default)]
-    pub current_milestone: Option<MilestoneRef>,
+    pub base_branch: Option<String>,
     #[serde(default)]
     pub completed: Vec<MilestoneRef>,
     #[serde(default)]
-    pub remaining: Vec<MilestoneRef>,
-    #[serde(default)]
-    pub per_milestone: Vec<MilestoneEntry>,
+    pub current_milestone: Option<MilestoneRef>,
     #[serde(default)]
     pub current_plan_name: Option<String>,
     #[serde(default)]
     pub last_state: Option<String>,
+    #[serde(default)]
+    pub per_milestone: Vec<MilestoneEntry>,
+    /// The spec's own policies (no override applied, no `source`).
+    #[serde(default)]
+    pub policy: ChainPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pr_number: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pr_state: Option<String>,
+    /// Written (possibly `null`) exactly when `pr_number` is.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::report::present"
+    )]
+    pub pr_state: Option<Option<String>>,
+    #[serde(default)]
+    pub remaining: Vec<MilestoneRef>,
+    #[serde(default)]
+    pub seed_plan: Option<String>,
+    #[serde(default)]
+    pub sync: SyncInfo,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
@@ -67,8 +121,11 @@ pub struct ChainSummary {
 /// A milestone named by label and index (0-based, as the spec lists them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MilestoneRef {
-    pub label: String,
+    /// The milestone's branch (only on `current_milestone`, when the spec names one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
     pub index: u32,
+    pub label: String,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
@@ -76,9 +133,53 @@ pub struct MilestoneRef {
 /// One milestone and its status word (`completed`, `in_progress`, `pending`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MilestoneEntry {
-    pub label: String,
     pub index: u32,
+    pub label: String,
     pub status: String,
+}
+
+/// The chain's policies: `prerequisite_policy`, `validation_policy`, `review_policy`, and in
+/// the effective ones the `source` (`chain_yaml` or `runtime_override`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPolicy {
+    #[serde(default)]
+    pub prerequisite_policy: String,
+    #[serde(default)]
+    pub review_policy: ReviewPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub validation_policy: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewPolicy {
+    #[serde(default)]
+    pub clean_milestone_pr: String,
+}
+
+/// The current plan's status as the observer read it (`megaplan status`, else the plan's own
+/// state file): `status` the core's word (`missing`, `unavailable` when it could not tell),
+/// `source` where it came from, `reason` why it fell back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// The repositories the chain works in besides the workspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedContext {
+    #[serde(default)]
+    pub extra_repos: Vec<String>,
 }
 
 /// `status --sessions` / `chains`: the megaplan-chain* sessions on one runner.
@@ -126,7 +227,7 @@ pub struct ChainLaunched {
 
 impl ChainStatus {
     pub fn is_stalled(&self) -> bool {
-        self.stalled == Some(true)
+        self.stalled
     }
 
     /// The PR the chain waits on: the state's number, else the summary's.
@@ -139,22 +240,36 @@ impl ChainStatus {
 mod tests {
     use super::*;
 
-    /// A payload as the daemon writes it (trimmed), read and written back unchanged.
-    const PAYLOAD: &str = r#"{"chain_state":{"current_milestone_index":1},"effective_status":"awaiting_pr_merge","logs":{"exists":true,"mtime":"2026-12-01T11:59:20Z","path":"/w/.megaplan/cloud-chain.log","size":120},"milestone_count":2,"policy":{"prerequisite_policy":"none"},"pr":{"merge_probe":"open","pr_head":"abc","pr_number":7,"pr_state":"open"},"provider_consistency":{"status":"not_applicable"},"resolved_session":"megaplan-chain","runner":{"session":"megaplan-chain","status":"alive"},"spec":"/w/chain.yaml","stall_after_secs":1800,"stalled":false,"stalled_for_secs":null,"success":true,"summary":{"completed":[{"index":0,"label":"m1"}],"current_milestone":{"index":1,"label":"m2"},"current_plan_name":"plan-m2","last_state":"awaiting_pr_merge","per_milestone":[{"index":0,"label":"m1","status":"completed"},{"index":1,"label":"m2","status":"in_progress"}],"pr_number":7,"pr_state":"open","remaining":[{"index":1,"label":"m2"}]}}"#;
+    /// The payload `status --chain` wrote before it was typed (a live runner, a stalled log, a
+    /// runtime override, a skipped sync refresh, a probe warning), produced with that code.
+    const PAYLOAD: &str = include_str!("status_payload.json");
 
     #[test]
-    fn the_payload_reads_typed_and_keeps_every_field() {
-        let s: ChainStatus = serde_json::from_str(PAYLOAD).unwrap();
+    fn the_payload_re_serializes_byte_for_byte() {
+        let s: ChainStatus = serde_json::from_str(PAYLOAD.trim_end()).unwrap();
         assert_eq!(s.effective_status.as_str(), "awaiting_pr_merge");
-        assert_eq!(s.pr_number(), Some(7));
+        assert_eq!(s.pr_number(), Some(42));
         assert_eq!(s.summary.current_milestone.as_ref().unwrap().label, "m2");
         assert_eq!(s.summary.per_milestone[0].status, "completed");
-        assert_eq!(s.logs.mtime(), Some("2026-12-01T11:59:20Z"));
-        let back: Value = serde_json::to_value(&s).unwrap();
-        let orig: Value = serde_json::from_str(PAYLOAD).unwrap();
-        // `stalled_for_secs: null` is the one field written back absent.
-        let mut orig = orig;
-        orig.as_object_mut().unwrap().remove("stalled_for_secs");
-        assert_eq!(back, orig);
+        assert_eq!(s.logs.mtime(), Some("2026-06-01T10:00:00Z"));
+        assert_eq!(s.runner.session.as_deref(), Some("megaplan-chain"));
+        assert_eq!(s.pr.pr_state, Some(None));
+        assert_eq!(s.plan_status.next_step.as_deref(), Some("execute"));
+        assert_eq!(s.policy.source.as_deref(), Some("runtime_override"));
+        assert!(s.is_stalled() && s.stalled_for_secs == Some(3600));
+        assert!(s.rest.is_empty(), "every field is named: {:?}", s.rest);
+        let back = serde_json::to_string(&crate::report::to_sorted_value(&s).unwrap()).unwrap();
+        assert_eq!(back, PAYLOAD.trim_end());
+    }
+
+    #[test]
+    fn a_trimmed_payload_of_another_version_still_reads() {
+        let s: ChainStatus = serde_json::from_str(
+            r#"{"effective_status":"paused","future":{"a":1},"summary":{"per_milestone":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.effective_status.as_str(), "paused");
+        assert_eq!(s.rest["future"]["a"], 1);
+        assert!(s.success && !s.is_stalled());
     }
 }

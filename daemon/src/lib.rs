@@ -7,8 +7,8 @@
 //!   the one error answer.
 //! - [`workflow`]: what each command does, one file per command family.
 //! - [`supervisor`]: running ticks (lock, slots, deadline, stored report), the tick itself, the
-//!   chain it observes, the last-chain markers.
-//! - [`notify`]: watching that tells a human: transitions, stall detection, the outbox.
+//!   chain it observes, the last-chain markers, pauses and stall detection.
+//! - [`notify`]: watching that tells a human: transitions, the outbox.
 //! - [`state`]: `AppState`, the one shared object.
 //! - [`chain`]: chain spec/state, observation, classification, supervise decision.
 //! - [`runner`]: every script sent to a runner, and the one layout of paths and names.

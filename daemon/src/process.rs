@@ -263,8 +263,9 @@ async fn read_all<R: AsyncRead + Unpin>(r: R, buf: &mut Vec<u8>) {
 }
 
 /// Read `r` to its end keeping at most `cap` bytes in `buf`; past the cap the bytes are counted
-/// and dropped, and a final note line says how many.
-async fn read_capped<R: AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>, cap: usize) {
+/// and dropped, and a final note line says how many. Every provider's captured output goes
+/// through here (local children and the Kubernetes exec streams alike).
+pub(crate) async fn read_capped<R: AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>, cap: usize) {
     let mut chunk = vec![0u8; CHUNK];
     let mut dropped: u64 = 0;
     loop {

@@ -534,6 +534,187 @@ impl LineRedactor {
     }
 }
 
+/// Redaction of a typed document: every free-text field passes through the [`Redactor`];
+/// closed vocabularies (enums, numbers, booleans) hold no secret and are skipped. Used for
+/// what leaves the daemon built from an unredacted observation (the `status --chain` payload,
+/// the tick report), instead of a round trip through JSON.
+pub trait Redact {
+    fn redact_with(&mut self, r: &Redactor);
+}
+
+impl Redact for String {
+    fn redact_with(&mut self, r: &Redactor) {
+        let out = r.redact(self);
+        if out != *self {
+            *self = out;
+        }
+    }
+}
+
+impl<T: Redact> Redact for Option<T> {
+    fn redact_with(&mut self, r: &Redactor) {
+        if let Some(t) = self {
+            t.redact_with(r);
+        }
+    }
+}
+
+impl<T: Redact> Redact for Vec<T> {
+    fn redact_with(&mut self, r: &Redactor) {
+        for t in self {
+            t.redact_with(r);
+        }
+    }
+}
+
+/// Passthrough objects (the core's chain state, fields of another version).
+impl Redact for Value {
+    fn redact_with(&mut self, r: &Redactor) {
+        *self = r.redact_json(self);
+    }
+}
+
+impl Redact for serde_json::Map<String, Value> {
+    fn redact_with(&mut self, r: &Redactor) {
+        for v in self.values_mut() {
+            v.redact_with(r);
+        }
+    }
+}
+
+/// `redact_fields!(self, r; a, b, c)`: redact the named fields of a struct.
+macro_rules! redact_fields {
+    ($s:ident, $r:ident; $($f:ident),* $(,)?) => {
+        $( $s.$f.redact_with($r); )*
+    };
+}
+
+mod typed {
+    use super::{Redact, Redactor};
+    use megaplan_cloud_api::report::{
+        ChainLogCompat, LogsInfo, Pause, PrInfo, ProviderConsistency, RunnerInfo, SyncInfo,
+        SyncRefresh, TickReport,
+    };
+    use megaplan_cloud_api::status::{
+        ChainPolicy, ChainStatus, ChainSummary, MilestoneEntry, MilestoneRef, PlanStatus,
+        ResolvedContext,
+    };
+
+    impl Redact for RunnerInfo {
+        fn redact_with(&mut self, r: &Redactor) {
+            // `status` is a Liveness, `pid` a number.
+            redact_fields!(self, r; detail, reason, session, source, target_session, rest);
+        }
+    }
+
+    impl Redact for PrInfo {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; merge_probe, pr_head, pr_state, rest);
+        }
+    }
+
+    impl Redact for ChainLogCompat {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; path, status);
+        }
+    }
+
+    impl Redact for LogsInfo {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; agent_log, chain_log, error, mtime, path, plan_log, workspace, rest);
+        }
+    }
+
+    impl Redact for SyncInfo {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; branch_head, last_pushed_commit, pr_head, sync_state, rest);
+        }
+    }
+
+    impl Redact for SyncRefresh {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; reason, status);
+        }
+    }
+
+    impl Redact for ProviderConsistency {
+        fn redact_with(&mut self, r: &Redactor) {
+            match self {
+                ProviderConsistency::Mismatch { reason }
+                | ProviderConsistency::Unknown { reason } => reason.redact_with(r),
+                ProviderConsistency::Consistent | ProviderConsistency::NotApplicable => {}
+            }
+        }
+    }
+
+    impl Redact for Pause {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; key, paused_by, reason, since);
+        }
+    }
+
+    impl Redact for TickReport {
+        fn redact_with(&mut self, r: &Redactor) {
+            // Closed vocabularies (event, next_action, effective_status) and the milestone
+            // position's numbers hold no secret; its label may.
+            if let Some(m) = &mut self.milestone {
+                m.label.redact_with(r);
+            }
+            redact_fields!(self, r; error, finished_at, logs, paused, pr, provider_consistency,
+                refused_reason, runner, spec, started_at, sync, sync_refresh, warnings, extra);
+        }
+    }
+
+    impl Redact for PlanStatus {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; next_step, plan, reason, source, status);
+        }
+    }
+
+    impl Redact for ChainPolicy {
+        fn redact_with(&mut self, r: &Redactor) {
+            self.review_policy.clean_milestone_pr.redact_with(r);
+            redact_fields!(self, r; prerequisite_policy, source, validation_policy);
+        }
+    }
+
+    impl Redact for MilestoneRef {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; branch, label, rest);
+        }
+    }
+
+    impl Redact for MilestoneEntry {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; label, status);
+        }
+    }
+
+    impl Redact for ChainSummary {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; base_branch, completed, current_milestone, current_plan_name,
+                last_state, per_milestone, policy, pr_state, remaining, seed_plan, sync, rest);
+        }
+    }
+
+    impl Redact for ResolvedContext {
+        fn redact_with(&mut self, r: &Redactor) {
+            self.extra_repos.redact_with(r);
+        }
+    }
+
+    impl Redact for ChainStatus {
+        fn redact_with(&mut self, r: &Redactor) {
+            // `effective_status` and the stall numbers are closed; everything else may quote
+            // the runner.
+            redact_fields!(self, r; chain_state, logs, plan_status, policy, pr,
+                provider_consistency, resolved_context, resolved_session, resolved_spec,
+                resolved_workspace, runner, seed_plan, spec, spec_source, state_file, summary,
+                sync, sync_refresh, warnings, rest);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,22 +180,16 @@ pub fn status_text(s: &ChainStatus, now: DateTime<Utc>, style: Style) -> String 
         let state =
             s.pr.merge_probe
                 .clone()
-                .or_else(|| {
-                    s.pr.rest
-                        .get("pr_state")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_string)
-                })
-                .or_else(|| s.summary.pr_state.clone())
+                .or_else(|| s.pr.pr_state.clone().flatten())
+                .or_else(|| s.summary.pr_state.clone().flatten())
                 .unwrap_or_else(|| "state unknown".into());
         style.field(&mut out, "PR", &format!("#{n} ({state})"));
     }
     let runner = s.runner.status.unwrap_or(Liveness::Unknown);
     let session = s
         .runner
-        .rest
-        .get("session")
-        .and_then(|v| v.as_str())
+        .session
+        .as_deref()
         .or(s.resolved_session.as_deref())
         .map(|name| format!(" (tmux session {name})"))
         .unwrap_or_default();

@@ -2,46 +2,42 @@
 //! `cloud status --chain` and `cloud chains` keep working. Facts from the original's
 //! `arnold_pipelines/megaplan/cloud/cli.py` (`cloud_chain_status_payload`, `_cloud_chains_command`).
 
+use megaplan_cloud_api::report::{ChainLogCompat, LogsInfo};
 use serde_json::{Map, Value, json};
 
 /// The `logs` object of `status --chain`: the original's `{workspace, plan_log, agent_log,
 /// chain_log: {path, mtime (epoch seconds), size}}` (`chain_log.status: "unavailable"` when the
 /// log cannot be stat'ed), with ours (`path`, `exists`, `mtime` as RFC 3339, `size`) beside.
-pub fn status_logs(observed: &Value, workspace: &str, current_plan: Option<&str>) -> Value {
+pub fn status_logs(observed: LogsInfo, workspace: &str, current_plan: Option<&str>) -> LogsInfo {
     let ws = workspace.trim_end_matches('/');
-    let mut out = match observed {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
     let path = observed
-        .get("path")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+        .path
+        .clone()
         .unwrap_or_else(|| format!("{ws}/.megaplan/cloud-chain.log"));
-    let mut chain_log = json!({"path": path});
     let epoch = observed
-        .get("mtime")
-        .and_then(Value::as_str)
+        .mtime()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.timestamp());
-    match (epoch, observed.get("size").and_then(Value::as_u64)) {
-        (Some(mtime), Some(size)) => {
-            chain_log["mtime"] = json!(mtime);
-            chain_log["size"] = json!(size);
-        }
-        _ => chain_log["status"] = json!("unavailable"),
-    }
-    out.insert("workspace".into(), json!(workspace));
-    out.insert(
-        "plan_log".into(),
-        match current_plan {
-            Some(_) => json!(format!("{ws}/.megaplan/logs/latest.log")),
-            None => Value::Null,
+    let chain_log = match (epoch, observed.size()) {
+        (Some(mtime), Some(size)) => ChainLogCompat {
+            path,
+            mtime: Some(mtime),
+            size: Some(size),
+            status: None,
         },
-    );
-    out.insert("agent_log".into(), json!(format!("{ws}/agent.log")));
-    out.insert("chain_log".into(), chain_log);
-    Value::Object(out)
+        _ => ChainLogCompat {
+            path,
+            status: Some("unavailable".into()),
+            ..ChainLogCompat::default()
+        },
+    };
+    LogsInfo {
+        workspace: Some(workspace.to_string()),
+        plan_log: Some(current_plan.map(|_| format!("{ws}/.megaplan/logs/latest.log"))),
+        agent_log: Some(format!("{ws}/agent.log")),
+        chain_log: Some(chain_log),
+        ..observed
+    }
 }
 
 /// One `chains` / `status --all` entry: the original's `{session, status, marker (the marker
@@ -86,9 +82,12 @@ mod tests {
 
     #[test]
     fn logs_carry_the_originals_fields_beside_ours() {
-        let observed = json!({"path": "/w/app/.megaplan/cloud-chain.log", "exists": true,
-                              "mtime": "2026-06-01T10:00:00Z", "size": 12});
-        let v = status_logs(&observed, "/w/app", Some("plan-1"));
+        let logs = |v: Value| -> LogsInfo { serde_json::from_value(v).unwrap() };
+        let observed = logs(
+            json!({"path": "/w/app/.megaplan/cloud-chain.log", "exists": true,
+                              "mtime": "2026-06-01T10:00:00Z", "size": 12}),
+        );
+        let v = serde_json::to_value(status_logs(observed, "/w/app", Some("plan-1"))).unwrap();
         assert_eq!(v["workspace"], "/w/app");
         assert_eq!(v["plan_log"], "/w/app/.megaplan/logs/latest.log");
         assert_eq!(v["agent_log"], "/w/app/agent.log");
@@ -99,11 +98,12 @@ mod tests {
         // Ours stay.
         assert_eq!(v["mtime"], "2026-06-01T10:00:00Z");
         assert_eq!(v["exists"], true);
-        let missing = status_logs(
-            &json!({"path": "/w/l.log", "exists": false, "mtime": null, "size": null}),
+        let missing = serde_json::to_value(status_logs(
+            logs(json!({"path": "/w/l.log", "exists": false, "mtime": null, "size": null})),
             "/w/app/",
             None,
-        );
+        ))
+        .unwrap();
         assert_eq!(missing["plan_log"], Value::Null);
         assert_eq!(
             missing["chain_log"],

@@ -4,7 +4,7 @@
 
 use crate::chain::classify::{EffectiveStatus, Liveness};
 use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN};
-use megaplan_cloud_api::report::{NextAction, ProviderConsistency, TickEvent};
+use megaplan_cloud_api::report::{NextAction, ProviderConsistency, Rule, TickEvent};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TickFacts {
@@ -43,6 +43,8 @@ impl MutationKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// Which rule matched: stored in the report, read by `explain`.
+    pub rule: Rule,
     pub event: TickEvent,
     pub next_action: NextAction,
     /// True iff a mutation is to be applied (or, after [`mutation_outcome`], was applied).
@@ -57,8 +59,9 @@ impl Decision {
         self.event != TickEvent::Error
     }
 
-    fn plain(event: TickEvent, next_action: NextAction) -> Decision {
+    fn plain(rule: Rule, event: TickEvent, next_action: NextAction) -> Decision {
         Decision {
+            rule,
             event,
             next_action,
             acted: false,
@@ -67,26 +70,26 @@ impl Decision {
         }
     }
 
-    fn refuse(event: TickEvent, next_action: NextAction, reason: String) -> Decision {
+    fn refuse(rule: Rule, event: TickEvent, next_action: NextAction, reason: String) -> Decision {
         Decision {
             refused_reason: Some(reason),
-            ..Decision::plain(event, next_action)
+            ..Decision::plain(rule, event, next_action)
         }
     }
 
-    fn blocked(reason: impl Into<String>) -> Decision {
-        Decision::refuse(TickEvent::Blocked, NextAction::Blocked, reason.into())
+    fn blocked(rule: Rule, reason: impl Into<String>) -> Decision {
+        Decision::refuse(rule, TickEvent::Blocked, NextAction::Blocked, reason.into())
     }
 
     fn mutate(kind: MutationKind) -> Decision {
-        let event = match kind {
-            MutationKind::RestartRunner => TickEvent::Restarted,
-            MutationKind::Advance => TickEvent::Advanced,
+        let (event, rule) = match kind {
+            MutationKind::RestartRunner => (TickEvent::Restarted, Rule::StaleDeadRunner),
+            MutationKind::Advance => (TickEvent::Advanced, Rule::MergedDeadRunner),
         };
         Decision {
             acted: true,
             mutation: Some(kind),
-            ..Decision::plain(event, kind.next_action())
+            ..Decision::plain(rule, event, kind.next_action())
         }
     }
 }
@@ -105,18 +108,21 @@ fn pr_label(n: Option<i64>) -> String {
 /// The checks that come before the status: provider consistency, then exec capability.
 fn precheck(consistency: &ProviderConsistency, has_exec: bool) -> Option<Decision> {
     if let ProviderConsistency::Mismatch { reason } = consistency {
-        return Some(Decision::blocked(format!(
-            "provider consistency mismatch: {}",
-            reason.as_deref().unwrap_or("unknown")
-        )));
+        return Some(Decision::blocked(
+            Rule::ProviderMismatch,
+            format!(
+                "provider consistency mismatch: {}",
+                reason.as_deref().unwrap_or("unknown")
+            ),
+        ));
     }
-    (!has_exec).then(|| Decision::blocked(NO_EXEC_REASON))
+    (!has_exec).then(|| Decision::blocked(Rule::NoExec, NO_EXEC_REASON))
 }
 
 /// The decision for a provider that cannot run commands on the runner (nothing observed, so
 /// there is no status): the same first two checks as [`decide`].
 pub fn decide_without_exec(consistency: &ProviderConsistency) -> Decision {
-    precheck(consistency, false).unwrap_or_else(|| Decision::blocked(NO_EXEC_REASON))
+    precheck(consistency, false).unwrap_or_else(|| Decision::blocked(Rule::NoExec, NO_EXEC_REASON))
 }
 
 /// Decide one tick. Checked in order: provider consistency, exec capability, then the status.
@@ -125,34 +131,50 @@ pub fn decide(f: &TickFacts) -> Decision {
         return d;
     }
     match f.effective_status {
-        EffectiveStatus::Running => Decision::plain(TickEvent::Tick, NextAction::Noop),
-        EffectiveStatus::Complete => Decision::plain(TickEvent::Tick, NextAction::Done),
-        EffectiveStatus::HumanPrerequisite => Decision::blocked(HUMAN_PREREQUISITE_REASON),
-        EffectiveStatus::QualityGate => Decision::blocked(QUALITY_GATE_REASON),
+        EffectiveStatus::Running => {
+            Decision::plain(Rule::Running, TickEvent::Tick, NextAction::Noop)
+        }
+        EffectiveStatus::Complete => {
+            Decision::plain(Rule::Complete, TickEvent::Tick, NextAction::Done)
+        }
+        EffectiveStatus::HumanPrerequisite => {
+            Decision::blocked(Rule::HumanPrerequisite, HUMAN_PREREQUISITE_REASON)
+        }
+        EffectiveStatus::QualityGate => Decision::blocked(Rule::QualityGate, QUALITY_GATE_REASON),
         EffectiveStatus::AwaitingPrMerge => {
             let probe = f.pr_probe.as_deref().unwrap_or("unknown");
             let pr = pr_label(f.pr_number);
             if probe != "merged" {
-                return Decision::blocked(format!(
-                    "awaiting PR merge (PR #{pr} state={probe}); supervisor will not advance until PR is merged"
-                ));
+                return Decision::blocked(
+                    Rule::AwaitingMerge,
+                    format!(
+                        "awaiting PR merge (PR #{pr} state={probe}); supervisor will not advance until PR is merged"
+                    ),
+                );
             }
             // The one-shot start would collide with a session still present, and an
             // unprobeable runner might be live: only a confirmed-dead runner is advanced.
             match f.liveness {
                 Liveness::Dead => Decision::mutate(MutationKind::Advance),
-                Liveness::Alive => Decision::blocked(format!(
-                    "PR #{pr} is merged but the runner session is alive; supervisor will not start a second runner or kill a live one"
-                )),
-                Liveness::Unknown => Decision::blocked(format!(
-                    "PR #{pr} is merged but runner liveness is unknown; supervisor will not advance without confirming the runner is stopped"
-                )),
+                Liveness::Alive => Decision::blocked(
+                    Rule::MergedLiveRunner,
+                    format!(
+                        "PR #{pr} is merged but the runner session is alive; supervisor will not start a second runner or kill a live one"
+                    ),
+                ),
+                Liveness::Unknown => Decision::blocked(
+                    Rule::MergedUnknownRunner,
+                    format!(
+                        "PR #{pr} is merged but runner liveness is unknown; supervisor will not advance without confirming the runner is stopped"
+                    ),
+                ),
             }
         }
         EffectiveStatus::StaleBookkeeping => match f.liveness {
             Liveness::Dead => Decision::mutate(MutationKind::RestartRunner),
-            Liveness::Alive => Decision::blocked(LIVE_STALE_REASON),
+            Liveness::Alive => Decision::blocked(Rule::StaleLiveRunner, LIVE_STALE_REASON),
             Liveness::Unknown => Decision::blocked(
+                Rule::StaleUnknownRunner,
                 "stale bookkeeping but runner liveness is unknown; supervisor will not force-restart a runner it cannot confirm is dead",
             ),
         },
@@ -177,10 +199,14 @@ pub fn hold(d: Decision, hold: Option<&Hold>) -> Decision {
         return d;
     };
     match h {
-        Hold::Paused { by, since } => Decision::blocked(format!(
-            "paused by {by} since {since}: the supervisor would {} but does not mutate a paused registration; `megaplan-cloudctl unpause` resumes it",
-            kind.as_str()
-        )),
+        // The rule that matched stays; the pause is the report's own field.
+        Hold::Paused { by, since } => Decision::blocked(
+            d.rule,
+            format!(
+                "paused by {by} since {since}: the supervisor would {} but does not mutate a paused registration; `megaplan-cloudctl unpause` resumes it",
+                kind.as_str()
+            ),
+        ),
         Hold::DryRun => Decision {
             event: TickEvent::Tick,
             acted: false,
@@ -197,6 +223,7 @@ pub fn hold(d: Decision, hold: Option<&Hold>) -> Decision {
 /// The decision when the status read (the observation) itself failed.
 pub fn status_read_failed(reason: &str) -> Decision {
     Decision::refuse(
+        Rule::ObservationFailed,
         TickEvent::Error,
         NextAction::None,
         format!("chain status read failed: {reason}"),
@@ -212,6 +239,7 @@ pub fn mutation_outcome(kind: MutationKind, result: Result<i32, String>, detail:
             MutationKind::Advance => "PR merged but restart failed",
         };
         Decision::refuse(
+            Rule::MutationFailed,
             TickEvent::Error,
             NextAction::Blocked,
             format!("{prefix}: {why}"),
@@ -221,9 +249,11 @@ pub fn mutation_outcome(kind: MutationKind, result: Result<i32, String>, detail:
     match result {
         Ok(0) => Decision::mutate(kind),
         Ok(EXIT_OTHER_CHAIN) => Decision::blocked(
+            Rule::OtherChainSession,
             "the session marker on the runner names a different chain; supervisor will not touch another chain's session",
         ),
         Ok(EXIT_LIVE_RUNNER) => Decision::blocked(
+            Rule::LiveAtMutation,
             "the runner is alive at restart time (its session, or a process driving this chain); supervisor will not kill or replace a live runner",
         ),
         Ok(code) if detail.is_empty() => failed(format!("exit status {code}")),
@@ -466,9 +496,28 @@ mod tests {
                 ),
             ),
         ];
-        for (name, f, want) in cases {
+        let rules = [
+            Rule::ProviderMismatch,
+            Rule::ProviderMismatch,
+            Rule::NoExec,
+            Rule::Running,
+            Rule::Complete,
+            Rule::HumanPrerequisite,
+            Rule::QualityGate,
+            Rule::AwaitingMerge,
+            Rule::AwaitingMerge,
+            Rule::MergedDeadRunner,
+            Rule::MergedLiveRunner,
+            Rule::MergedUnknownRunner,
+            Rule::StaleDeadRunner,
+            Rule::StaleLiveRunner,
+            Rule::StaleUnknownRunner,
+        ];
+        assert_eq!(cases.len(), rules.len());
+        for ((name, f, want), rule) in cases.into_iter().zip(rules) {
             let d = decide(&f);
             assert_eq!(row(&d), want, "{name}");
+            assert_eq!(d.rule, rule, "{name}");
             assert!(d.success(), "{name}");
         }
         assert!(
@@ -501,12 +550,15 @@ mod tests {
             mutation_outcome(RestartRunner, Ok(0), ""),
             decide(&facts("stale_bookkeeping", Liveness::Dead))
         );
+        assert_eq!(d.rule, Rule::ObservationFailed);
         let d = mutation_outcome(Advance, Ok(EXIT_OTHER_CHAIN), "names /other");
+        assert_eq!(d.rule, Rule::OtherChainSession);
         assert_eq!(
             (d.event.as_str(), d.acted, d.success()),
             ("supervisor_blocked", false, true)
         );
         let d = mutation_outcome(RestartRunner, Ok(EXIT_LIVE_RUNNER), "");
+        assert_eq!(d.rule, Rule::LiveAtMutation);
         assert_eq!((d.event.as_str(), d.acted), ("supervisor_blocked", false));
         let d = mutation_outcome(RestartRunner, Ok(1), " tmux: no server \n");
         assert_eq!(
@@ -514,6 +566,7 @@ mod tests {
             Some("stale bookkeeping restart failed: exit status 1: tmux: no server")
         );
         let d = mutation_outcome(Advance, Err("timed out".into()), "");
+        assert_eq!(d.rule, Rule::MutationFailed);
         assert_eq!(
             row(&d),
             (
@@ -556,6 +609,16 @@ mod tests {
             };
             let d = decide(&f);
             prop_assert_eq!(d.acted, d.mutation.is_some());
+            // The rule recorded names the branch that decided.
+            prop_assert!(!matches!(d.rule, Rule::Other(_)));
+            match d.mutation {
+                Some(MutationKind::RestartRunner) => prop_assert_eq!(&d.rule, &Rule::StaleDeadRunner),
+                Some(MutationKind::Advance) => prop_assert_eq!(&d.rule, &Rule::MergedDeadRunner),
+                None => prop_assert!(d.rule != Rule::StaleDeadRunner && d.rule != Rule::MergedDeadRunner),
+            }
+            if mismatch {
+                prop_assert_eq!(&d.rule, &Rule::ProviderMismatch);
+            }
             if let Some(kind) = d.mutation {
                 prop_assert!(!mismatch && has_exec);
                 prop_assert_eq!(live, Liveness::Dead, "never mutates unless the runner is confirmed dead");
@@ -598,6 +661,7 @@ mod hold_tests {
         };
         let d = hold(dead_stale(), Some(&p));
         assert_eq!(d.mutation, None);
+        assert_eq!(d.rule, Rule::StaleDeadRunner, "the rule that matched stays");
         assert!(!d.acted);
         assert_eq!(d.event.as_str(), "supervisor_blocked");
         let r = d.refused_reason.unwrap();

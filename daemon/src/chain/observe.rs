@@ -12,8 +12,77 @@ use crate::chain::state::{
     parse_runtime_policy,
 };
 pub use crate::runner::layout::OBSERVATION_PREFIX;
+use megaplan_cloud_api::report::{LogsInfo, RunnerInfo, SyncRefresh};
+use megaplan_cloud_api::status::PlanStatus;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The observation object exactly as `observe()` in `runner/observe.py` documents and prints
+/// it (one-shot after the `MEGAPLAN_OBSERVATION ` prefix, or in the resident observer's
+/// answer). Every field may be absent or `null`; a field of the wrong type makes the whole
+/// observation malformed, naming the field.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Printed {
+    version: Option<i64>,
+    /// The observer itself failed (bad input, an exception); nothing else is set.
+    fatal: Option<String>,
+    spec_path: Option<String>,
+    resolved_spec: Option<String>,
+    state_path: Option<String>,
+    policy_path: Option<String>,
+    spec_text: Option<String>,
+    spec_error: Option<String>,
+    state_text: Option<String>,
+    state_error: Option<String>,
+    policy_text: Option<String>,
+    policy_error: Option<String>,
+    sync_refresh: Option<SyncRefresh>,
+    plan_status: Option<PlanStatus>,
+    runner: Option<RunnerInfo>,
+    logs: Option<LogsInfo>,
+    session_marker: Option<Map<String, Value>>,
+    session_marker_error: Option<String>,
+    sessions: Option<Vec<ObservedSession>>,
+    sessions_error: Option<String>,
+    pr_probe: Option<String>,
+    pr_probe_error: Option<String>,
+    /// Only when the request named no launcher: the core the runner found.
+    core: Option<CoreFound>,
+    /// Findings of the observer; entries that are not text are skipped.
+    errors: Option<Vec<TextOrOther>>,
+    core_starts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TextOrOther {
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+/// `find_core` in observe.py: the first importable core module, or why none was found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct CoreFound {
+    pub module: Option<String>,
+    pub launcher: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One `megaplan-chain*` session on the runner (`list_sessions` in observe.py): live in tmux,
+/// or only its session marker left.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ObservedSession {
+    pub session: String,
+    #[serde(default)]
+    pub alive: bool,
+    #[serde(default)]
+    pub marker: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub marker_error: Option<String>,
+}
 
 /// Everything one observation saw, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,19 +103,17 @@ pub struct Observation {
     pub state_error: Option<ErrorBody>,
     pub policy_overrides: PolicyOverrides,
     pub policy: EffectivePolicy,
-    pub plan_status: Value,
-    /// `{"status": "alive"|"dead"|"unknown", "session": ..., "reason"?: ...}`
-    pub runner: Value,
+    pub plan_status: PlanStatus,
+    pub runner: RunnerInfo,
     pub liveness: Liveness,
-    /// `{"path", "exists", "mtime", "size"}`
-    pub logs: Value,
-    /// `{"status": "ok"}` / `{"status": "failed", "reason"}` / skipped; `None` when not asked.
-    pub sync_refresh: Option<Value>,
+    /// The chain log as stat'ed (`path`, `exists`, `mtime`, `size`, `error`).
+    pub logs: LogsInfo,
+    /// `None` when not asked.
+    pub sync_refresh: Option<SyncRefresh>,
     /// Lowercased `gh pr view` state (`merged`, `open`, ..., `unknown`); `None` when not probed.
     pub pr_probe: Option<String>,
-    pub session_marker: Option<Value>,
-    /// `megaplan-chain*` sessions: `{"session", "alive", "marker"}`.
-    pub sessions: Vec<Value>,
+    pub session_marker: Option<Map<String, Value>>,
+    pub sessions: Vec<ObservedSession>,
     /// The launcher the runner found for the core (only when the request had none).
     pub core_launcher: Option<String>,
     /// Why no core was found (only when the request had no launcher).
@@ -56,8 +123,6 @@ pub struct Observation {
     /// Imports of the megaplan core this observation caused on the runner (0 when a resident
     /// observer answered with the core already imported).
     pub core_starts: u32,
-    /// The observation object as printed by the runner.
-    pub raw: Value,
 }
 
 impl Observation {
@@ -77,22 +142,6 @@ fn malformed(what: impl std::fmt::Display) -> ErrorBody {
     )
 }
 
-fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ErrorBody> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(malformed(format!("field `{key}` is not a string"))),
-    }
-}
-
-fn object_or_empty(obj: &Map<String, Value>, key: &str) -> Result<Value, ErrorBody> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(json!({})),
-        Some(v @ Value::Object(_)) => Ok(v.clone()),
-        Some(_) => Err(malformed(format!("field `{key}` is not an object"))),
-    }
-}
-
 /// The last few non-empty lines of output, for errors (the caller passes redacted output).
 fn output_tail(stdout: &str) -> String {
     let lines: Vec<&str> = stdout
@@ -107,6 +156,34 @@ fn output_tail(stdout: &str) -> String {
     } else {
         tail
     }
+}
+
+/// The observation line read into its documented shape; a wrong-typed field is named.
+fn read_printed(line: &str) -> Result<Printed, ErrorBody> {
+    let not_json = |e: &dyn std::fmt::Display| {
+        malformed(format!(
+            "the {} line is not valid JSON ({e})",
+            OBSERVATION_PREFIX.trim_end()
+        ))
+    };
+    // A derived struct also reads a JSON array (its fields by position): refuse it first.
+    if line.trim_start().starts_with('[') {
+        return Err(malformed("the observation is not a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_str(line);
+    let printed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            not_json(&inner)
+        } else if path == "." {
+            malformed("the observation is not a JSON object")
+        } else {
+            malformed(format!("field `{path}` has the wrong type ({inner})"))
+        }
+    })?;
+    de.end().map_err(|e| not_json(&e))?;
+    Ok(printed)
 }
 
 /// Parse the observation command's stdout (already redacted by the caller). Login-shell noise
@@ -133,46 +210,29 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
             ),
         ));
     };
-    let raw: Value = serde_json::from_str(line.trim_end()).map_err(|e| {
-        malformed(format!(
-            "the {} line is not valid JSON ({e})",
-            OBSERVATION_PREFIX.trim_end()
-        ))
-    })?;
-    let Value::Object(obj) = &raw else {
-        return Err(malformed("the observation is not a JSON object"));
-    };
-    if let Some(fatal) = obj.get("fatal") {
-        let text = fatal
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| fatal.to_string());
+    let p = read_printed(line.trim_end())?;
+    if let Some(fatal) = p.fatal {
         return Err(ErrorBody::new(
             ErrorCode::ProviderFailed,
-            format!("the chain observation failed on the runner: {text}"),
+            format!("the chain observation failed on the runner: {fatal}"),
         ));
     }
-    match obj.get("version").and_then(Value::as_i64) {
-        Some(1) => {}
-        other => {
-            return Err(malformed(format!(
-                "unsupported observation version {}",
-                other
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "(missing)".into())
-            )));
-        }
+    if p.version != Some(1) {
+        return Err(malformed(format!(
+            "unsupported observation version {}",
+            p.version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "(missing)".into())
+        )));
     }
-    let spec_path = opt_string(obj, "spec_path")?.unwrap_or_default();
-    let resolved_spec = opt_string(obj, "resolved_spec")?.unwrap_or_default();
-    let state_path = opt_string(obj, "state_path")?.unwrap_or_default();
-    let policy_path = opt_string(obj, "policy_path")?.unwrap_or_default();
-    let spec_text = opt_string(obj, "spec_text")?;
-    let state_text = opt_string(obj, "state_text")?;
-    let policy_text = opt_string(obj, "policy_text")?;
+    let spec_path = p.spec_path.unwrap_or_default();
+    let resolved_spec = p.resolved_spec.unwrap_or_default();
+    let state_path = p.state_path.unwrap_or_default();
+    let policy_path = p.policy_path.unwrap_or_default();
+    let spec_text = p.spec_text;
     let mut warnings: Vec<String> = Vec::new();
 
-    let (spec, spec_error) = match (&spec_text, opt_string(obj, "spec_error")?) {
+    let (spec, spec_error) = match (&spec_text, p.spec_error) {
         _ if spec_path.is_empty() => (None, None),
         (Some(text), _) => match parse_chain_spec(text, &resolved_spec) {
             Ok(spec) => (Some(spec), None),
@@ -202,7 +262,7 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         ),
     };
 
-    let (state, state_error) = match (&state_text, opt_string(obj, "state_error")?) {
+    let (state, state_error) = match (&p.state_text, p.state_error) {
         (Some(text), _) => match parse_chain_state(text, &state_path) {
             Ok(state) => (Some(state), None),
             Err(e) => (None, Some(e)),
@@ -221,57 +281,29 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
     };
 
     let (policy_overrides, policy_warning) =
-        parse_runtime_policy(policy_text.as_deref(), &policy_path);
+        parse_runtime_policy(p.policy_text.as_deref(), &policy_path);
     warnings.extend(policy_warning);
     let policy = effective_policy(spec.as_ref(), &policy_overrides);
 
-    let runner = object_or_empty(obj, "runner")?;
-    let liveness =
-        Liveness::from_status(runner.get("status").and_then(Value::as_str).unwrap_or(""));
-    let sessions = match obj.get("sessions") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items.clone(),
-        Some(_) => return Err(malformed("field `sessions` is not a list")),
-    };
-    let session_marker = match obj.get("session_marker") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.clone()),
-        Some(_) => return Err(malformed("field `session_marker` is not an object")),
-    };
-    let sync_refresh = match obj.get("sync_refresh") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.clone()),
-        Some(_) => return Err(malformed("field `sync_refresh` is not an object")),
-    };
-    let pr_probe = opt_string(obj, "pr_probe")?;
-    let core = object_or_empty(obj, "core")?;
-    let core_launcher = core
-        .get("launcher")
-        .and_then(Value::as_str)
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string);
-    let core_error = core
-        .get("error")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-
-    for key in [
-        "policy_error",
-        "session_marker_error",
-        "sessions_error",
-        "pr_probe_error",
-    ] {
-        if let Some(w) = opt_string(obj, key)? {
-            warnings.push(w);
-        }
-    }
-    if let Some(Value::Array(errors)) = obj.get("errors") {
-        warnings.extend(errors.iter().filter_map(Value::as_str).map(str::to_string));
-    }
-    let logs = object_or_empty(obj, "logs")?;
-    if let Some(e) = logs.get("error").and_then(Value::as_str) {
-        warnings.push(e.to_string());
-    }
+    let runner = p.runner.unwrap_or_default();
+    let liveness = runner.status.unwrap_or(Liveness::Unknown);
+    let core = p.core.unwrap_or_default();
+    warnings.extend(
+        [
+            p.policy_error,
+            p.session_marker_error,
+            p.sessions_error,
+            p.pr_probe_error,
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    warnings.extend(p.errors.into_iter().flatten().filter_map(|e| match e {
+        TextOrOther::Text(t) => Some(t),
+        TextOrOther::Other(_) => None,
+    }));
+    let logs = p.logs.unwrap_or_default();
+    warnings.extend(logs.error.clone());
 
     Ok(Observation {
         spec_path,
@@ -285,27 +317,24 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         state_error,
         policy_overrides,
         policy,
-        plan_status: object_or_empty(obj, "plan_status")?,
+        plan_status: p.plan_status.unwrap_or_default(),
         runner,
         liveness,
         logs,
-        sync_refresh,
-        pr_probe,
-        session_marker,
-        sessions,
-        core_launcher,
-        core_error,
+        sync_refresh: p.sync_refresh,
+        pr_probe: p.pr_probe,
+        session_marker: p.session_marker,
+        sessions: p.sessions.unwrap_or_default(),
+        core_launcher: core.launcher.filter(|l| !l.trim().is_empty()),
+        core_error: core.error,
         warnings,
-        core_starts: obj
-            .get("core_starts")
-            .and_then(Value::as_u64)
-            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
-        raw,
+        core_starts: p.core_starts.unwrap_or(0),
     })
 }
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn sample(obj: Value) -> String {
         format!(
@@ -352,8 +381,11 @@ mod tests {
         assert_eq!(obs.policy.validation_policy, "required");
         assert_eq!(obs.policy.source, "runtime_override");
         assert_eq!(obs.pr_probe.as_deref(), Some("merged"));
-        assert_eq!(obs.sync_refresh, Some(json!({"status": "ok"})));
-        assert_eq!(obs.plan_status["status"], "running");
+        assert_eq!(
+            obs.sync_refresh.as_ref().map(|r| r.status.as_str()),
+            Some("ok")
+        );
+        assert_eq!(obs.plan_status.status.as_deref(), Some("running"));
         assert_eq!(obs.sessions.len(), 1);
         assert!(obs.warnings.is_empty(), "{:?}", obs.warnings);
     }

@@ -6,6 +6,7 @@
 //! nothing is lost when it is shown back to the operator.
 
 use crate::chain::spec::ChainSpec;
+use megaplan_cloud_api::status::ChainPolicy;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -86,7 +87,7 @@ impl ChainState {
 
     /// The full state as the core's `to_dict` would show it: unknown fields from `raw`, then
     /// every known field with its normalised value.
-    pub fn to_value(&self) -> Value {
+    pub fn to_map(&self) -> Map<String, Value> {
         let mut out = match &self.raw {
             Value::Object(m) => m.clone(),
             _ => Map::new(),
@@ -112,7 +113,7 @@ impl ChainState {
         if let Value::Object(known) = known {
             out.extend(known);
         }
-        Value::Object(out)
+        out
     }
 }
 
@@ -263,13 +264,16 @@ pub struct EffectivePolicy {
 }
 
 impl EffectivePolicy {
-    pub fn to_value(&self) -> Value {
-        json!({
-            "prerequisite_policy": self.prerequisite_policy,
-            "validation_policy": self.validation_policy,
-            "review_policy": {"clean_milestone_pr": self.review_policy.clean_milestone_pr},
-            "source": self.source,
-        })
+    /// The policies as `status --chain` shows them, with their source.
+    pub fn to_api(&self) -> ChainPolicy {
+        ChainPolicy {
+            prerequisite_policy: self.prerequisite_policy.clone(),
+            review_policy: megaplan_cloud_api::status::ReviewPolicy {
+                clean_milestone_pr: self.review_policy.clean_milestone_pr.clone(),
+            },
+            source: Some(self.source.clone()),
+            validation_policy: self.validation_policy.clone(),
+        }
     }
 }
 
@@ -343,7 +347,7 @@ mod tests {
         assert_eq!(s.extra_repos, vec!["/workspace/lib".to_string()]);
         assert_eq!(s.chain_session.as_deref(), Some("megaplan-chain"));
         assert_eq!(s.extra_repo_sync.len(), 1);
-        let v = s.to_value();
+        let v = s.to_map();
         assert_eq!(v["retry_counts"]["m1"], 1);
         assert_eq!(v["future_field"][1], 2);
         assert_eq!(v["pr_number"], 42);
@@ -373,12 +377,12 @@ mod tests {
     fn default_state_matches_the_core() {
         let s = ChainState::default();
         assert_eq!(s.current_milestone_index, -1);
-        let v = s.to_value();
+        let v = s.to_map();
         assert_eq!(v["current_milestone_index"], -1);
         assert_eq!(v["schema_version"], 0);
         assert_eq!(v["dirty_flag"], false);
         assert_eq!(v["current_plan_name"], Value::Null);
-        assert_eq!(parse_chain_state("{}", REMOTE).unwrap().to_value(), v);
+        assert_eq!(parse_chain_state("{}", REMOTE).unwrap().to_map(), v);
     }
 
     #[test]
@@ -441,9 +445,9 @@ mod tests {
         assert_eq!(p.validation_policy, "required");
         assert_eq!(p.review_policy.clean_milestone_pr, "manual");
         assert_eq!(p.source, "runtime_override");
-        let v = p.to_value();
-        assert_eq!(v["review_policy"]["clean_milestone_pr"], "manual");
-        assert_eq!(v["source"], "runtime_override");
+        let v = p.to_api();
+        assert_eq!(v.review_policy.clean_milestone_pr, "manual");
+        assert_eq!(v.source.as_deref(), Some("runtime_override"));
 
         let p = EffectivePolicy::default();
         assert_eq!(

@@ -1,4 +1,5 @@
-//! The `status --chain` payload, the human chain summary printed on stderr, and the provider
+//! The `status --chain` payload (`api::status::ChainStatus`, built here from the observation
+//! by moving its parts), the human chain summary printed on stderr, and the provider
 //! consistency check between the last-chain marker and the current cloud.yaml.
 
 use crate::chain::classify::{ClassifyInput, EffectiveStatus, classify};
@@ -6,7 +7,11 @@ use crate::chain::observe::Observation;
 use crate::chain::spec::ChainSpec;
 use crate::chain::state::ChainState;
 use megaplan_cloud_api::marker::LastChainMarker;
-use megaplan_cloud_api::report::ProviderConsistency;
+use megaplan_cloud_api::report::{PrInfo, ProviderConsistency, SyncInfo};
+use megaplan_cloud_api::status::{
+    ChainPolicy, ChainStatus, ChainSummary, MilestoneEntry, MilestoneRef, ResolvedContext,
+    ReviewPolicy,
+};
 use serde_json::{Map, Value, json};
 
 /// Classify an observation against the (remote) spec.
@@ -17,7 +22,7 @@ pub fn effective_status(obs: &Observation, spec: &ChainSpec) -> EffectiveStatus 
         current_milestone_index: state.current_milestone_index,
         last_state: state.last_state.as_deref(),
         current_plan: state.current_plan_name.as_deref(),
-        plan_status: obs.plan_status.get("status").and_then(Value::as_str),
+        plan_status: obs.plan_status.status.as_deref(),
         runner: obs.liveness,
         sync_state: state.sync_state.as_deref(),
         prerequisite_policy: &obs.policy.prerequisite_policy,
@@ -25,29 +30,39 @@ pub fn effective_status(obs: &Observation, spec: &ChainSpec) -> EffectiveStatus 
     })
 }
 
-fn sync_of(state: &ChainState) -> Value {
-    json!({
-        "branch_head": state.branch_head,
-        "pr_head": state.pr_head,
-        "last_pushed_commit": state.last_pushed_commit,
-        "dirty_flag": state.dirty_flag,
-        "sync_state": state.sync_state,
-    })
+fn sync_of(state: &ChainState) -> SyncInfo {
+    SyncInfo::observed(
+        state.branch_head.clone(),
+        state.pr_head.clone(),
+        state.last_pushed_commit.clone(),
+        state.dirty_flag,
+        state.sync_state.clone(),
+    )
+}
+
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn milestone_ref(label: &str, index: usize) -> MilestoneRef {
+    MilestoneRef {
+        branch: None,
+        index: u32_of(index),
+        label: label.to_string(),
+        rest: Map::new(),
+    }
 }
 
 /// The core's `format_chain_status` dict: where the chain stands, milestone by milestone.
-pub fn summary_dict(spec: &ChainSpec, state: &ChainState) -> Value {
+pub fn summary_dict(spec: &ChainSpec, state: &ChainState) -> ChainSummary {
     let done = state.completed_labels();
     let cursor = state.current_milestone_index;
     let current = usize::try_from(cursor)
         .ok()
         .and_then(|i| spec.milestones.get(i))
-        .map(|m| {
-            let mut c = json!({"label": m.label, "index": m.index});
-            if let (Some(branch), Value::Object(obj)) = (&m.branch, &mut c) {
-                obj.insert("branch".into(), json!(branch));
-            }
-            c
+        .map(|m| MilestoneRef {
+            branch: m.branch.clone(),
+            ..milestone_ref(&m.label, m.index)
         });
     let mut per_milestone = Vec::new();
     let mut completed = Vec::new();
@@ -60,95 +75,98 @@ pub fn summary_dict(spec: &ChainSpec, state: &ChainState) -> Value {
         } else {
             "pending"
         };
-        per_milestone.push(json!({"label": m.label, "index": m.index, "status": status}));
-        let entry = json!({"label": m.label, "index": m.index});
+        per_milestone.push(MilestoneEntry {
+            index: u32_of(m.index),
+            label: m.label.clone(),
+            status: status.to_string(),
+        });
+        let entry = milestone_ref(&m.label, m.index);
         if status == "completed" {
             completed.push(entry);
         } else {
             remaining.push(entry);
         }
     }
-    let mut summary = json!({
-        "current_milestone": current,
-        "completed": completed,
-        "remaining": remaining,
-        "per_milestone": per_milestone,
-        "seed_plan": spec.seed_plan,
-        "base_branch": spec.base_branch,
-        "current_plan_name": state.current_plan_name,
-        "last_state": state.last_state,
-        "sync": sync_of(state),
-        "policy": {
-            "prerequisite_policy": spec.prerequisite_policy,
-            "validation_policy": spec.validation_policy,
-            "review_policy": {"clean_milestone_pr": spec.review_clean_milestone_pr},
+    ChainSummary {
+        base_branch: spec.base_branch.clone(),
+        completed,
+        current_milestone: current,
+        current_plan_name: state.current_plan_name.clone(),
+        last_state: state.last_state.clone(),
+        per_milestone,
+        policy: ChainPolicy {
+            prerequisite_policy: spec.prerequisite_policy.clone(),
+            review_policy: ReviewPolicy {
+                clean_milestone_pr: spec.review_clean_milestone_pr.clone(),
+            },
+            source: None,
+            validation_policy: spec.validation_policy.clone(),
         },
-    });
-    if let (Some(n), Value::Object(obj)) = (state.pr_number, &mut summary) {
-        obj.insert("pr_number".into(), json!(n));
-        obj.insert("pr_state".into(), json!(state.pr_state));
+        pr_number: state.pr_number,
+        pr_state: state.pr_number.map(|_| state.pr_state.clone()),
+        remaining,
+        seed_plan: spec.seed_plan.clone(),
+        sync: sync_of(state),
+        rest: Map::new(),
     }
-    summary
 }
 
-/// The `status --chain` payload (stdout). `spec` is the remote spec as parsed from the runner.
+/// The `status --chain` payload (stdout), the observation's parts moved into it. `spec` is the
+/// remote spec as parsed from the runner. Not yet redacted, and not yet checked for a stall
+/// (`supervisor::stall::annotate`).
 pub fn status_payload(
-    obs: &Observation,
+    obs: Observation,
     spec: &ChainSpec,
     provider_consistency: &ProviderConsistency,
     resolved_session: &str,
     workspace: &str,
-) -> Value {
+) -> ChainStatus {
     let state = obs.state_or_default();
-    let mut pr = json!({
-        "pr_number": state.pr_number,
-        "pr_state": state.pr_state,
-        "pr_head": state.pr_head,
-    });
-    if let (Some(probe), Value::Object(obj)) = (&obs.pr_probe, &mut pr) {
-        obj.insert("merge_probe".into(), json!(probe));
+    let effective = effective_status(&obs, spec);
+    let pr = PrInfo {
+        merge_probe: obs.pr_probe,
+        pr_head: Some(state.pr_head.clone()),
+        pr_number: Some(state.pr_number),
+        pr_state: Some(state.pr_state.clone()),
+        rest: Map::new(),
+    };
+    ChainStatus {
+        chain_state: state.to_map(),
+        effective_status: effective.into(),
+        logs: crate::chain::compat::status_logs(
+            obs.logs,
+            workspace,
+            state.current_plan_name.as_deref(),
+        ),
+        milestone_count: u32_of(spec.milestones.len()),
+        plan_status: obs.plan_status,
+        policy: obs.policy.to_api(),
+        pr,
+        provider_consistency: Some(provider_consistency.clone()),
+        resolved_context: ResolvedContext {
+            extra_repos: state.extra_repos.clone(),
+        },
+        resolved_session: Some(resolved_session.to_string()),
+        resolved_spec: obs.resolved_spec,
+        resolved_workspace: workspace.to_string(),
+        runner: obs.runner,
+        seed_plan: spec.seed_plan.clone(),
+        spec: obs.spec_path,
+        spec_source: None,
+        stall_after_secs: 0,
+        stalled: false,
+        stalled_for_secs: None,
+        state_file: obs.state_path,
+        success: true,
+        summary: summary_dict(spec, &state),
+        sync: sync_of(&state),
+        sync_refresh: obs.sync_refresh,
+        warnings: obs.warnings,
+        rest: Map::new(),
     }
-    let mut payload = json!({
-        "success": true,
-        "spec": obs.spec_path,
-        "resolved_spec": obs.resolved_spec,
-        "state_file": obs.state_path,
-        "milestone_count": spec.milestones.len(),
-        "seed_plan": spec.seed_plan,
-        "chain_state": state.to_value(),
-        "summary": summary_dict(spec, &state),
-        "effective_status": effective_status(obs, spec).as_str(),
-        "policy": obs.policy.to_value(),
-        "sync": sync_of(&state),
-        "plan_status": obs.plan_status,
-        "runner": obs.runner,
-        "logs": crate::chain::compat::status_logs(&obs.logs, workspace, state.current_plan_name.as_deref()),
-        "pr": pr,
-        "provider_consistency": provider_consistency,
-        "resolved_workspace": workspace,
-        "resolved_session": resolved_session,
-        "resolved_context": {"extra_repos": state.extra_repos},
-    });
-    if let Value::Object(obj) = &mut payload {
-        if let Some(refresh) = &obs.sync_refresh {
-            obj.insert("sync_refresh".into(), refresh.clone());
-        }
-        if !obs.warnings.is_empty() {
-            obj.insert("warnings".into(), json!(obs.warnings));
-        }
-    }
-    payload
 }
 
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-fn labels(list: Option<&Value>) -> String {
-    let names: Vec<&str> = list
-        .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(|i| str_at(i, "label")).collect())
-        .unwrap_or_default();
+fn or_none(names: Vec<&str>) -> String {
     if names.is_empty() {
         "none".to_string()
     } else {
@@ -156,66 +174,76 @@ fn labels(list: Option<&Value>) -> String {
     }
 }
 
+fn labels(list: &[MilestoneRef]) -> String {
+    or_none(
+        list.iter()
+            .map(|m| m.label.as_str())
+            .filter(|l| !l.is_empty())
+            .collect(),
+    )
+}
+
+/// A non-empty text of an optional field.
+fn text(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+/// A non-empty text of a field that may be written as `null`.
+fn text2(v: &Option<Option<String>>) -> Option<&str> {
+    v.as_ref().and_then(text)
+}
+
 /// The human chain summary (stderr): the block the core's `chain status` prints. Policies are
 /// the effective ones from the payload, with their source shown when an override applies.
-pub fn summary_text(payload: &Value) -> String {
-    let empty = Value::Object(Map::new());
-    let summary = payload.get("summary").unwrap_or(&empty);
+pub fn summary_text(payload: &ChainStatus) -> String {
+    let summary = &payload.summary;
     let mut out = String::new();
     let mut line = |s: String| {
         out.push_str(&s);
         out.push('\n');
     };
-    let current = match summary.get("current_milestone") {
-        Some(c @ Value::Object(_)) => format!(
+    let current = match &summary.current_milestone {
+        Some(c) => format!(
             "{} (index {})",
-            str_at(c, "label").unwrap_or("?"),
-            c.get("index")
-                .map(Value::to_string)
-                .unwrap_or_else(|| "?".into())
+            Some(c.label.as_str())
+                .filter(|l| !l.is_empty())
+                .unwrap_or("?"),
+            c.index
         ),
-        _ => "none".to_string(),
+        None => "none".to_string(),
     };
     line(format!("Current milestone: {current}"));
-    line(format!("Completed: {}", labels(summary.get("completed"))));
-    line(format!("Remaining: {}", labels(summary.get("remaining"))));
-    if let Some(seed) = str_at(summary, "seed_plan") {
+    line(format!("Completed: {}", labels(&summary.completed)));
+    line(format!("Remaining: {}", labels(&summary.remaining)));
+    if let Some(seed) = text(&summary.seed_plan) {
         line(format!("Seed plan: {seed}"));
     }
     line(format!(
         "Base branch: {}",
-        str_at(summary, "base_branch").unwrap_or("main")
+        text(&summary.base_branch).unwrap_or("main")
     ));
-    if let Some(plan) = str_at(summary, "current_plan_name") {
+    if let Some(plan) = text(&summary.current_plan_name) {
         line(format!("Current plan: {plan}"));
     }
-    if let Some(last) = str_at(summary, "last_state") {
+    if let Some(last) = text(&summary.last_state) {
         line(format!("Last state: {last}"));
     }
-    if let Some(n) = summary
-        .get("pr_number")
-        .and_then(Value::as_i64)
-        .filter(|n| *n != 0)
-    {
+    if let Some(n) = summary.pr_number.filter(|n| *n != 0) {
         line(format!(
             "Current PR: #{n} ({})",
-            str_at(summary, "pr_state").unwrap_or("unknown")
+            text2(&summary.pr_state).unwrap_or("unknown")
         ));
     }
-    let sync = summary.get("sync").unwrap_or(&empty);
-    let dirty = sync
-        .get("dirty_flag")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let sync = &summary.sync;
     let sync_lines: Vec<String> = [
-        ("branch_head", "Branch head"),
-        ("pr_head", "PR head"),
-        ("last_pushed_commit", "Last pushed"),
+        (&sync.branch_head, "Branch head"),
+        (&sync.pr_head, "PR head"),
+        (&sync.last_pushed_commit, "Last pushed"),
     ]
     .iter()
-    .filter_map(|(key, name)| str_at(sync, key).map(|v| format!("  {name}: {v}")))
-    .chain(dirty.then(|| "  Dirty: yes".to_string()))
-    .chain(str_at(sync, "sync_state").map(|s| format!("  Sync state: {s}")))
+    .filter_map(|(v, name)| text2(v).map(|v| format!("  {name}: {v}")))
+    .chain((sync.dirty_flag == Some(true)).then(|| "  Dirty: yes".to_string()))
+    .chain(text2(&sync.sync_state).map(|s| format!("  Sync state: {s}")))
     .collect();
     if !sync_lines.is_empty() {
         line("Sync:".to_string());
@@ -223,63 +251,56 @@ pub fn summary_text(payload: &Value) -> String {
             line(l);
         }
     }
-    let policy = match payload.get("policy") {
-        Some(p @ Value::Object(_)) => p,
-        _ => summary.get("policy").unwrap_or(&empty),
+    let policy = &payload.policy;
+    let or = |s: &str, d: &'static str| {
+        if s.is_empty() {
+            d.to_string()
+        } else {
+            s.to_string()
+        }
     };
     line("Policy:".to_string());
     line(format!(
         "  Prerequisite: {}",
-        str_at(policy, "prerequisite_policy").unwrap_or("none")
+        or(&policy.prerequisite_policy, "none")
     ));
     line(format!(
         "  Validation: {}",
-        str_at(policy, "validation_policy").unwrap_or("none")
+        or(&policy.validation_policy, "none")
     ));
     line(format!(
         "  Review (clean_milestone_pr): {}",
-        policy
-            .get("review_policy")
-            .and_then(|r| str_at(r, "clean_milestone_pr"))
-            .unwrap_or("auto")
+        or(&policy.review_policy.clean_milestone_pr, "auto")
     ));
-    if str_at(policy, "source") == Some("runtime_override") {
+    if policy.source.as_deref() == Some("runtime_override") {
         line("  Source: runtime override file".to_string());
     }
     line("Per-milestone:".to_string());
-    if let Some(items) = summary.get("per_milestone").and_then(Value::as_array) {
-        for item in items {
-            line(format!(
-                "  - [{}] {} (index {})",
-                str_at(item, "status").unwrap_or("pending"),
-                str_at(item, "label").unwrap_or("?"),
-                item.get("index")
-                    .map(Value::to_string)
-                    .unwrap_or_else(|| "?".into())
-            ));
-        }
+    for item in &summary.per_milestone {
+        line(format!(
+            "  - [{}] {} (index {})",
+            or(&item.status, "pending"),
+            or(&item.label, "?"),
+            item.index
+        ));
     }
     out
 }
 
 /// Cloud-side lines an operator wants next to the summary: effective status, runner, log.
-pub fn cloud_lines(payload: &Value) -> String {
-    let empty = Value::Object(Map::new());
-    let runner = payload.get("runner").unwrap_or(&empty);
-    let logs = payload.get("logs").unwrap_or(&empty);
+pub fn cloud_lines(payload: &ChainStatus) -> String {
+    let runner = &payload.runner;
+    let logs = &payload.logs;
     let mut out = format!(
         "Effective status: {}\nRunner: {} (session {})\n",
-        str_at(payload, "effective_status").unwrap_or("unknown"),
-        str_at(runner, "status").unwrap_or("unknown"),
-        str_at(runner, "session")
-            .or_else(|| str_at(payload, "resolved_session"))
+        payload.effective_status,
+        runner.status.map(|l| l.as_str()).unwrap_or("unknown"),
+        text(&runner.session)
+            .or_else(|| text(&payload.resolved_session))
             .unwrap_or("?"),
     );
-    if let Some(path) = str_at(logs, "path") {
-        match (
-            str_at(logs, "mtime"),
-            logs.get("size").and_then(Value::as_u64),
-        ) {
+    if let Some(path) = text(&logs.path) {
+        match (logs.mtime().filter(|m| !m.is_empty()), logs.size()) {
             (Some(mtime), Some(size)) => {
                 out.push_str(&format!("Log: {path} ({size} bytes, modified {mtime})\n"))
             }
@@ -381,13 +402,14 @@ mod tests {
     #[test]
     fn payload_has_every_field() {
         let obs = observation(mid_chain_state(), "dead", "planned");
-        let p = status_payload(
-            &obs,
+        let p = serde_json::to_value(status_payload(
+            obs,
             &spec(),
             &ProviderConsistency::NotApplicable,
             "megaplan-chain",
             "/workspace/app",
-        );
+        ))
+        .unwrap();
         for key in [
             "success",
             "spec",
@@ -466,7 +488,7 @@ mod tests {
     fn summary_text_block() {
         let obs = observation(mid_chain_state(), "dead", "planned");
         let p = status_payload(
-            &obs,
+            obs,
             &spec(),
             &ProviderConsistency::NotApplicable,
             "megaplan-chain",
@@ -504,8 +526,12 @@ mod tests {
     fn summary_text_for_a_fresh_chain() {
         let spec =
             parse_chain_spec("milestones:\n  - {label: m1, idea: a.md}\n", "c.yaml").unwrap();
-        let mut p = json!({"summary": summary_dict(&spec, &ChainState::default())});
-        p["policy"] = json!({"prerequisite_policy": "required", "validation_policy": "none", "review_policy": {"clean_milestone_pr": "manual"}, "source": "runtime_override"});
+        let p: ChainStatus = serde_json::from_value(json!({
+            "effective_status": "running",
+            "summary": summary_dict(&spec, &ChainState::default()),
+            "policy": {"prerequisite_policy": "required", "validation_policy": "none", "review_policy": {"clean_milestone_pr": "manual"}, "source": "runtime_override"},
+        }))
+        .unwrap();
         assert_eq!(
             summary_text(&p),
             "Current milestone: none\nCompleted: none\nRemaining: m1\nBase branch: main\nPolicy:\n  Prerequisite: required\n  Validation: none\n  Review (clean_milestone_pr): manual\n  Source: runtime override file\nPer-milestone:\n  - [pending] m1 (index 0)\n"
@@ -516,7 +542,7 @@ mod tests {
     fn cloud_lines_show_status_runner_and_log() {
         let obs = observation(mid_chain_state(), "dead", "planned");
         let p = status_payload(
-            &obs,
+            obs,
             &spec(),
             &ProviderConsistency::NotApplicable,
             "megaplan-chain",
@@ -585,6 +611,66 @@ mod tests {
                 Some(&m(json!({"remote_spec": "/x"})))
             )),
             "unknown"
+        );
+    }
+
+    /// The payload and the stderr block `status --chain` wrote before the payload was typed
+    /// (produced with that code from this observation): the typed builder writes the same bytes.
+    #[test]
+    fn the_typed_payload_is_the_one_written_before() {
+        let state = json!({
+            "current_milestone_index": 1, "current_plan_name": "plan-m2",
+            "last_state": "awaiting_pr_merge", "pr_number": 42,
+            "completed": [{"label": "m1", "plan": "p1", "status": "done"}],
+            "branch_head": "abc123", "pr_head": "def456", "last_pushed_commit": "abc123",
+            "dirty_flag": true, "sync_state": "stale", "extra_repos": ["/workspace/lib"],
+            "custom": "kept"
+        });
+        let obs = json!({
+            "version": 1,
+            "spec_path": "/workspace/app/chain.yaml",
+            "resolved_spec": "/workspace/app/chain.yaml",
+            "state_path": "/workspace/app/.megaplan/plans/.chains/chain-880bd6e04632.json",
+            "policy_path": "/workspace/app/.megaplan/plans/.chains/chain-880bd6e04632.runtime_policy.json",
+            "spec_text": "seed:\n  plan: seed-plan\nmilestones:\n  - {label: m1, idea: a.md, branch: megaplan/m1}\n  - {label: m2, idea: b.md, branch: megaplan/m2}\n  - {label: m3, idea: c.md}\n",
+            "state_text": state.to_string(),
+            "policy_text": "{\"validation_policy\": \"required\"}",
+            "plan_status": {"status": "running", "plan": "plan-m2", "source": "megaplan status", "next_step": "execute"},
+            "runner": {"status": "alive", "session": "megaplan-chain", "pid": 4242, "source": "process", "target_session": "megaplan-chain"},
+            "logs": {"path": "/workspace/app/.megaplan/cloud-chain.log", "exists": true, "mtime": "2026-06-01T10:00:00Z", "size": 12},
+            "sessions": [],
+            "sync_refresh": {"status": "skipped", "reason": "a chain driver is alive (pid 4242); the core takes no lock on the state file"},
+            "pr_probe": "open",
+            "pr_probe_error": "gh: rate limited",
+        });
+        let obs = parse_observation(&format!("{OBSERVATION_PREFIX}{obs}\n")).unwrap();
+        let spec = obs.spec.clone().unwrap();
+        let mut p = status_payload(
+            obs,
+            &spec,
+            &ProviderConsistency::Unknown {
+                reason: Some("the last-chain marker does not record a provider".into()),
+            },
+            "megaplan-chain",
+            "/workspace/app",
+        );
+        p.spec_source = Some("last_chain marker".into());
+        crate::supervisor::stall::annotate(
+            &mut p,
+            chrono::DateTime::parse_from_rfc3339("2026-06-01T11:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+            std::time::Duration::from_secs(1800),
+        );
+        let text = serde_json::to_string(&megaplan_cloud_api::report::to_sorted_value(&p).unwrap())
+            .unwrap();
+        assert_eq!(
+            text,
+            include_str!("../../../api/src/status_payload.json").trim_end()
+        );
+        assert_eq!(
+            summary_text(&p) + &cloud_lines(&p),
+            include_str!("summary_text.txt")
         );
     }
 }

@@ -125,6 +125,25 @@ fn is_label_value(v: &str) -> bool {
         && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
 }
 
+/// An optional string field that must pass `valid`; the error says it must be `what`.
+fn checked_str(
+    file: &Path,
+    sec: Option<&Map<String, Value>>,
+    key: &str,
+    valid: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<Option<String>, ErrorBody> {
+    let v = opt_str(file, sec, key)?;
+    match &v {
+        Some(s) if !valid(s) => Err(err(
+            file,
+            &format!("kubernetes.{key}"),
+            format!("kubernetes.{key} must be {what}, found {s:?}"),
+        )),
+        _ => Ok(v),
+    }
+}
+
 fn opt_str(
     file: &Path,
     sec: Option<&Map<String, Value>>,
@@ -202,18 +221,15 @@ pub fn parse(
             ),
         ));
     }
-    let name = opt_str(file, sec, "name")?;
-    if let Some(n) = &name
-        && !is_dns_label(n, MAX_NAME_BYTES)
-    {
-        return Err(err(
-            file,
-            "kubernetes.name",
-            format!(
-                "kubernetes.name must be lowercase letters, digits and - (at most {MAX_NAME_BYTES}, starting and ending with a letter or digit), found {n:?}"
-            ),
-        ));
-    }
+    let name = checked_str(
+        file,
+        sec,
+        "name",
+        |n| is_dns_label(n, MAX_NAME_BYTES),
+        &format!(
+            "lowercase letters, digits and - (at most {MAX_NAME_BYTES}, starting and ending with a letter or digit)"
+        ),
+    )?;
     let image = match opt_str(file, sec, "image")? {
         Some(i) if i.chars().any(|c| c.is_whitespace() || c.is_control()) => {
             return Err(err(
@@ -231,36 +247,30 @@ pub fn parse(
             ));
         }
     };
-    let storage_class = opt_str(file, sec, "storage_class")?;
-    if let Some(s) = &storage_class
-        && !is_dns_subdomain(s)
-    {
-        return Err(err(
-            file,
-            "kubernetes.storage_class",
-            format!("kubernetes.storage_class must be a StorageClass name, found {s:?}"),
-        ));
-    }
-    let storage = opt_str(file, sec, "storage")?.unwrap_or_else(|| DEFAULT_STORAGE.to_string());
-    if !is_quantity(&storage) {
-        return Err(err(
-            file,
-            "kubernetes.storage",
-            format!("kubernetes.storage must be a size such as 10Gi or 500Mi, found {storage:?}"),
-        ));
-    }
+    let storage_class = checked_str(
+        file,
+        sec,
+        "storage_class",
+        is_dns_subdomain,
+        "a StorageClass name",
+    )?;
+    let storage = checked_str(
+        file,
+        sec,
+        "storage",
+        is_quantity,
+        "a size such as 10Gi or 500Mi",
+    )?
+    .unwrap_or_else(|| DEFAULT_STORAGE.to_string());
     let resources = resources(file, sec.and_then(|m| m.get("resources")))?;
     let node_selector = node_selector(file, sec.and_then(|m| m.get("node_selector")))?;
-    let service_account = opt_str(file, sec, "service_account")?;
-    if let Some(s) = &service_account
-        && !is_dns_subdomain(s)
-    {
-        return Err(err(
-            file,
-            "kubernetes.service_account",
-            format!("kubernetes.service_account must be a ServiceAccount name, found {s:?}"),
-        ));
-    }
+    let service_account = checked_str(
+        file,
+        sec,
+        "service_account",
+        is_dns_subdomain,
+        "a ServiceAccount name",
+    )?;
     let pod_template = pod_template(file, sec.and_then(|m| m.get("pod_template")))?;
     Ok(Some(Kubernetes {
         context,

@@ -1,62 +1,21 @@
 //! `megaplan-cloudctl explain`: the last tick of a registration in a few lines — the facts it
-//! observed, the rule of `chain::decide` that matched, the action, and the refusal. Pure: a
-//! reading of the stored report, checked in the same order as `chain::decide::decide`.
+//! observed, the rule of `chain::decide` that matched (recorded in the report), the action,
+//! and the refusal. Pure: a reading of the stored report.
 
-use megaplan_cloud_api::report::{
-    EffectiveStatus, Liveness, ProviderConsistency, ReportedStatus, TickEvent, TickReport,
-};
+use megaplan_cloud_api::report::{Liveness, ProviderConsistency, TickReport};
 use megaplan_cloud_api::wire::{TickBackoff, TickRecord};
 use serde_json::{Value, json};
 
-/// The rule of the supervise decision that produced this report.
+/// The rule of the supervise decision that produced this report, in words: the report
+/// records which rule matched (`chain::decide`); the words are the rule's own (`Rule::text`).
 pub fn rule(report: &TickReport) -> String {
-    let runner = report.runner.status.unwrap_or(Liveness::Unknown);
-    let probe = report.pr.merge_probe.as_deref().unwrap_or("unknown");
-    if !report.success
-        && report.event == TickEvent::Error
-        && report.effective_status == ReportedStatus::Unknown
-    {
-        return "the observation failed: a tick that cannot see the runner never acts".into();
-    }
-    if matches!(
-        report.provider_consistency,
-        Some(ProviderConsistency::Mismatch { .. })
-    ) {
-        return "provider consistency mismatch: the last chain was launched elsewhere, so nothing is touched".into();
-    }
-    let status = match &report.effective_status {
-        ReportedStatus::Classified(s) => *s,
-        // A report another version wrote, or one that never classified.
-        other => return format!("unknown status {other} → noop (no safe action)"),
-    };
-    match status {
-        EffectiveStatus::Running => "running → noop (a running chain is left alone)".to_string(),
-        EffectiveStatus::Complete => "complete → done".to_string(),
-        EffectiveStatus::HumanPrerequisite => {
-            "human_prerequisite → blocked until a person resolves it".to_string()
+    match &report.rule {
+        Some(rule) => rule.text(),
+        None if !report.success => {
+            "the tick failed before a decision: a tick that cannot see the runner never acts"
+                .to_string()
         }
-        EffectiveStatus::QualityGate => {
-            "quality_gate → blocked until a person resolves or accepts it".to_string()
-        }
-        EffectiveStatus::AwaitingPrMerge if probe != "merged" => {
-            format!("awaiting_pr_merge with PR state {probe} → blocked until it is merged")
-        }
-        EffectiveStatus::AwaitingPrMerge => format!(
-            "awaiting_pr_merge, PR merged, runner {runner} → {}",
-            if runner == Liveness::Dead {
-                "advance"
-            } else {
-                "blocked (only a confirmed-dead runner is advanced)"
-            }
-        ),
-        EffectiveStatus::StaleBookkeeping => format!(
-            "stale_bookkeeping, runner {runner} → {}",
-            if runner == Liveness::Dead {
-                "restart"
-            } else {
-                "blocked (a live or unprobeable runner is never restarted)"
-            }
-        ),
+        None => "not recorded (a report of an earlier version)".to_string(),
     }
 }
 
@@ -178,22 +137,22 @@ mod tests {
     }
 
     #[test]
-    fn rules_follow_the_decision_order() {
+    fn the_rule_is_the_one_the_report_records() {
         let r = |v: Value| rule(&report(v));
+        assert!(r(json!({"rule": "stale_dead_runner"})).ends_with("→ restart"));
+        assert!(r(json!({"rule": "stale_live_runner"})).contains("never restarted"));
+        assert!(r(json!({"rule": "awaiting_merge"})).contains("PR not merged"));
+        assert!(r(json!({"rule": "provider_mismatch"})).contains("mismatch"));
         assert!(
-            r(json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"}}))
-                .ends_with("restart")
+            r(json!({"rule": "observation_failed", "success": false}))
+                .contains("observation failed")
         );
+        // Reports without a rule: a failed tick, or one stored by an earlier version.
         assert!(
-            r(json!({"effective_status": "stale_bookkeeping", "runner": {"status": "alive"}}))
-                .contains("never restarted")
+            r(json!({"success": false, "event": "supervisor_error"}))
+                .contains("failed before a decision")
         );
-        assert!(
-            r(json!({"effective_status": "awaiting_pr_merge", "pr": {"merge_probe": "open"}}))
-                .contains("PR state open")
-        );
-        assert!(r(json!({"effective_status": "running", "provider_consistency": {"status": "mismatch"}})).contains("mismatch"));
-        assert!(r(json!({"success": false, "event": "supervisor_error", "effective_status": "unknown"})).contains("observation failed"));
+        assert!(r(json!({"effective_status": "running"})).contains("earlier version"));
     }
 
     #[test]
@@ -207,12 +166,13 @@ mod tests {
             finished_at: "2026-01-01T00:00:01Z".into(),
             duration_ms: 1000,
             success: true,
-            event: TickEvent::Blocked,
+            event: megaplan_cloud_api::report::TickEvent::Blocked,
             next_action: megaplan_cloud_api::report::NextAction::Blocked,
             acted: false,
             refused_reason: Some("paused by ops since 2026-01-01T00:00:00Z".into()),
             report: report(
                 json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"},
+                           "rule": "stale_dead_runner",
                            "paused": {"paused_by": "ops", "since": "2026-01-01T00:00:00Z"}}),
             ),
             due_at: None,

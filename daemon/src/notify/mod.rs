@@ -16,7 +16,6 @@ pub mod explain;
 pub mod fleet;
 pub mod notifier;
 pub mod sinks;
-pub mod stall;
 pub mod store;
 pub mod transitions;
 

@@ -11,11 +11,11 @@ use serde::Serialize;
 use sqlx::Row;
 use std::collections::HashMap;
 
-fn ts(t: DateTime<Utc>) -> String {
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn failed(store: &Store, what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn failed(store: &Store, what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError {
         message: format!(
             "database {}: {what} failed: {e}; check free disk space and that the file is writable",
@@ -470,61 +470,6 @@ pub async fn forget(store: &Store, key: &str) -> Result<(), StoreError> {
             .map_err(|e| failed(store, what, e))?;
     }
     tx.commit().await.map_err(|e| failed(store, what, e))
-}
-
-pub async fn set_pause(
-    store: &Store,
-    key: &str,
-    by: &str,
-    reason: Option<&str>,
-) -> Result<Pause, StoreError> {
-    let what = "saving the pause";
-    let now = ts(Utc::now());
-    // Pausing a paused registration keeps the first pause's time and author.
-    sqlx::query(
-        "INSERT INTO pauses (key, paused_by, since, reason) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (key) DO UPDATE SET reason = COALESCE(excluded.reason, pauses.reason)",
-    )
-    .bind(key)
-    .bind(by)
-    .bind(&now)
-    .bind(reason)
-    .execute(store.pool())
-    .await
-    .map_err(|e| failed(store, what, e))?;
-    get_pause(store, key)
-        .await?
-        .ok_or_else(|| failed(store, what, "the pause was not stored"))
-}
-
-/// Returns the pause that was lifted, if any.
-pub async fn clear_pause(store: &Store, key: &str) -> Result<Option<Pause>, StoreError> {
-    let p = get_pause(store, key).await?;
-    sqlx::query("DELETE FROM pauses WHERE key = ?1")
-        .bind(key)
-        .execute(store.pool())
-        .await
-        .map_err(|e| failed(store, "lifting the pause", e))?;
-    Ok(p)
-}
-
-pub async fn get_pause(store: &Store, key: &str) -> Result<Option<Pause>, StoreError> {
-    let what = "reading the pause";
-    let row = sqlx::query("SELECT key, paused_by, since, reason FROM pauses WHERE key = ?1")
-        .bind(key)
-        .fetch_optional(store.pool())
-        .await
-        .map_err(|e| failed(store, what, e))?;
-    row.map(|r| -> Result<Pause, sqlx::Error> {
-        Ok(Pause {
-            key: r.try_get(0)?,
-            paused_by: r.try_get(1)?,
-            since: r.try_get(2)?,
-            reason: r.try_get(3)?,
-        })
-    })
-    .transpose()
-    .map_err(|e| failed(store, what, e))
 }
 
 /// The watch state and pause of every registration (for the registrations list).

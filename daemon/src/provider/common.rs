@@ -128,6 +128,15 @@ impl RunnerKill {
             k.await;
         }
     }
+
+    /// Settle by the command's outcome: an `Ok` ended on its own (disarm), an `Err` (client
+    /// gone, deadline, transport failure) may have left it running on the runner (kill).
+    pub async fn settle<T, E>(self, result: &Result<T, E>) {
+        match result {
+            Ok(_) => self.disarm(),
+            Err(_) => self.kill().await,
+        }
+    }
 }
 
 impl Drop for RunnerKill {
@@ -425,6 +434,23 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     let trimmed = text.trim_end_matches('\n');
     let lines: Vec<&str> = trimmed.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `s` as it is when its command exited 0; otherwise the failure of `what` with its exit code and
+/// the most telling lines of its output.
+pub(crate) fn streamed_ok(what: &str, s: Streamed) -> Result<Streamed, ErrorBody> {
+    if s.code != 0 {
+        return Err(ErrorBody::new(
+            ErrorCode::ProviderFailed,
+            format!(
+                "{what} failed (exit {}): {}",
+                s.code,
+                explanation(&s.stdout_tail, &s.stderr_tail)
+            ),
+        )
+        .with("exit_code", s.code));
+    }
+    Ok(s)
 }
 
 /// The redacted explanation of a failed command: stderr, else stdout, else a note.

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt};
 
 /// Creating a pod may pull an image and clone a repository: far longer than one command.
 const MIN_READY_DEADLINE: Duration = Duration::from_secs(600);
@@ -380,7 +380,8 @@ impl KubernetesProvider {
             let read_all = |r: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
                 let mut buf = Vec::new();
                 if let Some(r) = r {
-                    read_capped(r, &mut buf).await;
+                    crate::process::read_capped(r, &mut buf, crate::process::MAX_CAPTURE_BYTES)
+                        .await;
                 }
                 buf
             };
@@ -396,29 +397,31 @@ impl KubernetesProvider {
             let _ = p.join().await;
             Ok::<_, ErrorBody>((code, out, err))
         };
+        self.bounded(kill, run).await
+    }
+
+    /// Await `run` within the deadline plus the runner-side grace. On success the kill guard is
+    /// disarmed; on an error or the deadline the command's process group in the pod is ended.
+    async fn bounded<T>(
+        &self,
+        kill: RunnerKill,
+        run: impl std::future::Future<Output = Result<T, ErrorBody>>,
+    ) -> Result<T, ErrorBody> {
         let limit =
             self.ctx.deadline + Duration::from_secs(super::common::REMOTE_KILL_GRACE_SECS + 5);
-        match tokio::time::timeout(limit, run).await {
-            Ok(Ok(r)) => {
-                kill.disarm();
-                Ok(r)
-            }
-            Ok(Err(e)) => {
-                kill.kill().await;
-                Err(e)
-            }
-            Err(_) => {
-                kill.kill().await;
-                Err(ErrorBody::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!(
-                        "a command in pod {} did not finish within {}s and was killed",
-                        self.names.pod,
-                        limit.as_secs()
-                    ),
-                ))
-            }
-        }
+        let result = match tokio::time::timeout(limit, run).await {
+            Ok(r) => r,
+            Err(_) => Err(ErrorBody::new(
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "a command in pod {} did not finish within {}s and was killed",
+                    self.names.pod,
+                    limit.as_secs()
+                ),
+            )),
+        };
+        kill.settle(&result).await;
+        result
     }
 
     fn exec_result(&self, (code, out, err): (i32, Vec<u8>, Vec<u8>)) -> ExecResult {
@@ -440,29 +443,6 @@ impl KubernetesProvider {
         }
         v.extend(["-n".to_string(), self.names.namespace.clone()]);
         v
-    }
-}
-
-/// Read `r` to its end keeping at most [`crate::process::MAX_CAPTURE_BYTES`] in `buf` (the
-/// cap of every provider's captured output); the rest is read and dropped, and a note says so.
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R, buf: &mut Vec<u8>) {
-    let cap = crate::process::MAX_CAPTURE_BYTES;
-    let mut chunk = vec![0u8; 8 * 1024];
-    let mut dropped: u64 = 0;
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = cap.saturating_sub(buf.len()).min(n);
-                buf.extend_from_slice(&chunk[..room]);
-                dropped += (n - room) as u64;
-            }
-        }
-    }
-    if dropped > 0 {
-        buf.extend_from_slice(
-            format!("\n[megaplan-cloudd: {dropped} more bytes of output dropped; captured output is capped at {cap} bytes]\n").as_bytes(),
-        );
     }
 }
 
@@ -686,29 +666,7 @@ impl Provider for KubernetesProvider {
             let _ = p.join().await;
             Ok(code)
         };
-        let limit =
-            self.ctx.deadline + Duration::from_secs(super::common::REMOTE_KILL_GRACE_SECS + 5);
-        match tokio::time::timeout(limit, run).await {
-            Ok(Ok(code)) => {
-                kill.disarm();
-                Ok(code)
-            }
-            Ok(Err(e)) => {
-                kill.kill().await;
-                Err(e)
-            }
-            Err(_) => {
-                kill.kill().await;
-                Err(ErrorBody::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!(
-                        "a command in pod {} did not finish within {}s and was killed",
-                        self.names.pod,
-                        limit.as_secs()
-                    ),
-                ))
-            }
-        }
+        self.bounded(kill, run).await
     }
 
     async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {

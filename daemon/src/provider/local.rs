@@ -13,7 +13,7 @@
 
 use super::common::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, RunnerKill, check_secrets,
-    deploy_failed, env_file_content, explanation, note, plain_step, push_streamed_step, run_error,
+    deploy_failed, env_file_content, note, plain_step, push_streamed_step, run_error,
     runner_command, session_not_supported, stream_capture,
 };
 use super::transport::{self, Transport};
@@ -271,18 +271,7 @@ impl LocalProvider {
         let flavor = self.flavor(Some(out)).await?;
         let cmd = self.cmd(flavor, args);
         let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out).await?;
-        if s.code != 0 {
-            return Err(ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "{what} failed (exit {}): {}",
-                    s.code,
-                    explanation(&s.stdout_tail, &s.stderr_tail)
-                ),
-            )
-            .with("exit_code", s.code));
-        }
-        Ok(s)
+        super::common::streamed_ok(what, s)
     }
 
     /// The guard that kills `call`'s process group in the runner with `docker compose exec`.
@@ -369,10 +358,7 @@ impl Transport for LocalProvider {
         let kill = call.map(|c| self.runner_kill(&c));
         let result = self.run(&args, stdin, self.ctx.deadline).await;
         if let Some(kill) = kill {
-            match &result {
-                Ok(_) => kill.disarm(),
-                Err(_) => kill.kill().await,
-            }
+            kill.settle(&result).await;
         }
         result
     }
@@ -469,10 +455,7 @@ impl Provider for LocalProvider {
         let result = process::run_streaming(&cmd, Some(self.ctx.deadline), &self.ctx.redactor, out)
             .await
             .map_err(|e| run_error(&cmd, e));
-        match &result {
-            Ok(_) => kill.disarm(),
-            Err(_) => kill.kill().await,
-        }
+        kill.settle(&result).await;
         result
     }
 

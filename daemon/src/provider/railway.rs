@@ -44,7 +44,7 @@
 
 use super::common::{
     DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, base64_lines,
-    check_secrets, decode_base64_text, deploy_failed, explanation, plain_step, push_streamed_step,
+    check_secrets, decode_base64_text, deploy_failed, plain_step, push_streamed_step,
     remote_parent, run_error, step_failed, step_from, stream_capture,
 };
 use super::ssh_master::{SshMaster, SshSessions, SshTarget};
@@ -634,18 +634,7 @@ impl RailwayProvider {
         let s = stream_capture(cmd, deadline, &self.ctx.redactor, out)
             .await
             .map_err(|e| self.cli_error(e))?;
-        if s.code != 0 {
-            return Err(ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "{what} failed (exit {}): {}",
-                    s.code,
-                    explanation(&s.stdout_tail, &s.stderr_tail)
-                ),
-            )
-            .with("exit_code", s.code));
-        }
-        Ok(())
+        super::common::streamed_ok(what, s).map(drop)
     }
 }
 

@@ -370,10 +370,7 @@ impl SshProvider {
     ) -> Result<Output, ErrorBody> {
         let kill = self.runner_kill(&call);
         let result = self.run(&remote, stdin, idempotent).await;
-        match &result {
-            Ok(_) => kill.disarm(),
-            Err(_) => kill.kill().await,
-        }
+        kill.settle(&result).await;
         result
     }
 
@@ -782,10 +779,7 @@ impl Provider for SshProvider {
         // the container never learns of: kill its group there too.
         let kill = self.runner_kill(&call);
         let result = self.stream(&remote, Some(self.ctx.deadline), out).await;
-        match &result {
-            Ok(_) => kill.disarm(),
-            Err(_) => kill.kill().await,
-        }
+        kill.settle(&result).await;
         result
     }
 

@@ -150,6 +150,11 @@ pub(crate) mod tests {
     use std::path::Path;
     use std::process::Command;
 
+    /// A typed part of the observation as JSON, to read it by field name.
+    fn jv(v: &impl serde::Serialize) -> Value {
+        serde_json::to_value(v).unwrap()
+    }
+
     #[test]
     fn interpreter_comes_from_the_launcher() {
         assert_eq!(
@@ -286,32 +291,37 @@ pub(crate) mod tests {
         assert_eq!(obs.policy.prerequisite_policy, "required");
         assert_eq!(obs.policy.source, "runtime_override");
         let sync = obs.sync_refresh.as_ref().unwrap();
-        assert_eq!(sync["status"], "failed", "{sync}");
+        assert_eq!(jv(sync)["status"], "failed", "{sync:?}");
         assert!(
-            sync["reason"]
+            jv(sync)["reason"]
                 .as_str()
                 .unwrap()
                 .contains("megaplan_core_that_is_not_installed"),
-            "{sync}"
+            "{sync:?}"
         );
-        assert_eq!(obs.plan_status["status"], "running", "{}", obs.plan_status);
-        assert_eq!(obs.plan_status["source"], "state_file");
+        assert_eq!(
+            jv(&obs.plan_status)["status"],
+            "running",
+            "{:?}",
+            obs.plan_status
+        );
+        assert_eq!(jv(&obs.plan_status)["source"], "state_file");
         let expected = if tmux_installed() {
             Liveness::Dead
         } else {
             Liveness::Unknown
         };
-        assert_eq!(obs.liveness, expected, "{}", obs.runner);
-        assert_eq!(obs.runner["session"], session.as_str());
-        assert_eq!(obs.logs["exists"], true);
-        assert_eq!(obs.logs["size"], 6);
-        assert!(obs.logs["mtime"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(obs.liveness, expected, "{:?}", obs.runner);
+        assert_eq!(jv(&obs.runner)["session"], session.as_str());
+        assert_eq!(jv(&obs.logs)["exists"], true);
+        assert_eq!(jv(&obs.logs)["size"], 6);
+        assert!(jv(&obs.logs)["mtime"].as_str().unwrap().ends_with('Z'));
         assert_eq!(
             obs.session_marker.as_ref().unwrap()["remote_spec"],
             "/x/chain.yaml"
         );
         assert_eq!(obs.sessions.len(), 1);
-        assert_eq!(obs.sessions[0]["alive"], false);
+        assert!(!obs.sessions[0].alive);
         // awaiting_pr_merge without a pr_number: probed as unknown, with a reason.
         assert_eq!(obs.pr_probe.as_deref(), Some("unknown"));
         assert!(
@@ -358,12 +368,13 @@ pub(crate) mod tests {
             "{launcher}"
         );
         assert_eq!(
-            obs.plan_status["source"], "megaplan status",
-            "{}",
+            jv(&obs.plan_status)["source"],
+            "megaplan status",
+            "{:?}",
             obs.plan_status
         );
-        assert_eq!(obs.plan_status["status"], "finalized");
-        assert_eq!(obs.plan_status["next_step"], "execute");
+        assert_eq!(jv(&obs.plan_status)["status"], "finalized");
+        assert_eq!(jv(&obs.plan_status)["next_step"], "execute");
 
         // Neither module importable: a clear reason naming both, and the state file fallback.
         let empty = root.path().join("empty");
@@ -375,9 +386,9 @@ pub(crate) mod tests {
             why.contains("arnold_pipelines.megaplan") && why.contains("arnold.pipelines.megaplan"),
             "{why}"
         );
-        assert_eq!(obs.plan_status["source"], "state_file");
+        assert_eq!(jv(&obs.plan_status)["source"], "state_file");
         assert!(
-            obs.plan_status["reason"]
+            jv(&obs.plan_status)["reason"]
                 .as_str()
                 .unwrap()
                 .contains("megaplan.launcher")
@@ -387,7 +398,7 @@ pub(crate) mod tests {
         req.launcher = "python3 -m arnold_pipelines.megaplan".into();
         let obs = run(&req, &standin);
         assert!(obs.core_launcher.is_none() && obs.core_error.is_none());
-        assert_eq!(obs.plan_status["source"], "megaplan status");
+        assert_eq!(jv(&obs.plan_status)["source"], "megaplan status");
     }
 
     /// `root/ws`: a one-milestone chain (`chain.yaml`, m1) whose state file names the
@@ -537,12 +548,8 @@ pub(crate) mod tests {
         );
         let obs = parse_observation(&String::from_utf8_lossy(&out.stdout)).unwrap();
         assert!(obs.spec.is_none() && obs.spec_error.is_none() && obs.state.is_none());
-        assert_eq!(obs.plan_status["status"], "missing");
-        let names: Vec<&str> = obs
-            .sessions
-            .iter()
-            .filter_map(|s| s["session"].as_str())
-            .collect();
+        assert_eq!(jv(&obs.plan_status)["status"], "missing");
+        let names: Vec<&str> = obs.sessions.iter().map(|s| s.session.as_str()).collect();
         assert_eq!(names, vec!["megaplan-chain-a"]);
     }
 }

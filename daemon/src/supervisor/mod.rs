@@ -4,6 +4,8 @@
 
 pub mod events;
 pub mod markers;
+pub mod pause;
+pub mod stall;
 pub mod supervise;
 pub mod target;
 pub mod tick;

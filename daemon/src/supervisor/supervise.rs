@@ -9,6 +9,7 @@ use crate::chain::observe::Observation;
 use crate::chain::summary;
 use crate::cloud_yaml::{self, CloudSpec};
 use crate::provider::{self, Provider, ProviderCtx};
+use crate::redact::Redact;
 use crate::redact::Redactor;
 use crate::runner::fence::{
     self, FenceMode, Floors, GateOutcome, GateRequest, Verdict, gate_script,
@@ -21,9 +22,9 @@ use chrono::Utc;
 use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::report::{
     self, ChainPosition, LogsInfo, NextAction, PrInfo, ProviderConsistency, ReportedStatus,
-    RunnerInfo, TickReport, from_observed, to_sorted_value,
+    RunnerInfo, SyncInfo, SyncRefresh, TickReport,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ pub async fn tick_with(
     let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
     let mut counts = Counts::default();
     // Pause and dry run: a separate input to the decision (decide::hold).
-    let pause = match crate::notify::store::get_pause(&state.store, &key).await {
+    let pause = match super::pause::get_pause(&state.store, &key).await {
         Ok(p) => p,
         Err(e) => {
             return finish(
@@ -98,11 +99,7 @@ pub async fn tick_with(
     .await
     {
         Ok(mut r) => {
-            crate::notify::stall::annotate_report(
-                &mut r,
-                Utc::now(),
-                state.notifier.config.stall_after,
-            );
+            super::stall::annotate_report(&mut r, Utc::now(), state.notifier.config.stall_after);
             r.paused = Some(pause.map(pause_for_report));
             r.dry_run = dry_run;
             r
@@ -111,6 +108,7 @@ pub async fn tick_with(
             let d = decide::status_read_failed(&e.to_string());
             let mut r = error_report(d.refused_reason.as_deref().unwrap_or_default());
             r.error = Some(e.error.as_str().to_string());
+            r.rule = Some(d.rule);
             r
         }
     };
@@ -137,67 +135,10 @@ fn finish(
     report.finished_at = Some(Utc::now().to_rfc3339());
     report.remote_round_trips = Some(counts.round_trips);
     report.core_starts = Some(counts.core_starts);
-    redacted(report, r)
-}
-
-/// The report with every string redacted. Its closed vocabularies (event, action, status,
-/// liveness, consistency) hold no secret; should redaction turn one of them into something
-/// else, they are kept as decided and the rest is kept redacted beside them.
-fn redacted(report: TickReport, r: &Redactor) -> TickReport {
-    let Ok(v) = to_sorted_value(&report) else {
-        return error_report("the tick report could not be encoded");
-    };
-    let v = r.redact_json(&v);
-    match report::from_value(v.clone()) {
-        Ok(t) => t,
-        Err(_) => {
-            let mut extra = v.as_object().cloned().unwrap_or_default();
-            for k in ["runner", "provider_consistency"] {
-                extra.remove(k);
-            }
-            let mut t = TickReport {
-                refused_reason: report.refused_reason.as_deref().map(|s| r.redact(s)),
-                runner: RunnerInfo {
-                    status: report.runner.status,
-                    rest: Default::default(),
-                },
-                ..TickReport::error("")
-            };
-            t.acted = report.acted;
-            t.success = report.success;
-            t.event = report.event;
-            t.next_action = report.next_action;
-            t.effective_status = report.effective_status;
-            t.provider_consistency = report.provider_consistency.map(|c| match c {
-                ProviderConsistency::Mismatch { .. } => ProviderConsistency::Mismatch {
-                    reason: Some("(redacted)".into()),
-                },
-                ProviderConsistency::Unknown { .. } => ProviderConsistency::Unknown {
-                    reason: Some("(redacted)".into()),
-                },
-                other => other,
-            });
-            for k in [
-                "acted",
-                "effective_status",
-                "event",
-                "next_action",
-                "refused_reason",
-                "success",
-            ] {
-                extra.remove(k);
-            }
-            t.logs = from_observed(extra.remove("logs").as_ref().unwrap_or(&json!({})));
-            t.pr = from_observed(extra.remove("pr").as_ref().unwrap_or(&json!({})));
-            t.sync = extra.remove("sync").unwrap_or_else(|| json!({}));
-            t.spec = extra
-                .remove("spec")
-                .and_then(|s| s.as_str().map(str::to_string))
-                .unwrap_or_default();
-            t.extra = extra;
-            t
-        }
-    }
+    // Every free-text field; the closed vocabularies (event, action, status, liveness)
+    // hold no secret and are kept as decided.
+    report.redact_with(r);
+    report
 }
 
 /// Each remote command of a tick may run this much longer than the tick itself, so a hung tick
@@ -321,17 +262,18 @@ async fn observe_and_act(
     if let Some(l) = &obs.core_launcher {
         state.launchers.remember(key, l);
     }
-    let observed = Observed::of(&obs, &chain_spec, &target, &consistency);
-    let effective = observed.effective_status;
-    let chain_state = obs.state_or_default();
-    let d = decide::decide(&TickFacts {
+    let effective = summary::effective_status(&obs, &chain_spec);
+    let facts = TickFacts {
         effective_status: effective,
         provider_consistency: consistency.clone(),
         has_exec: true,
         liveness: obs.liveness,
-        pr_number: chain_state.pr_number,
+        pr_number: obs.state.as_ref().and_then(|s| s.pr_number),
         pr_probe: obs.pr_probe.clone(),
-    });
+    };
+    let found_launcher = obs.core_launcher.clone();
+    let observed = Observed::of(obs, &chain_spec, &target, &consistency);
+    let d = decide::decide(&facts);
     let d = decide::hold(d, hold);
 
     let mut out = report(
@@ -343,10 +285,7 @@ async fn observe_and_act(
     );
     if let Some(kind) = d.mutation {
         // The launcher of the mutation: as configured, else what this observation found.
-        let Some(launcher) = configured
-            .map(str::to_string)
-            .or_else(|| obs.core_launcher.clone())
-        else {
+        let Some(launcher) = configured.map(str::to_string).or(found_launcher) else {
             return Err(crate::chain::launcher::no_core_error());
         };
         // Round trip 2: the one mutation, from the closed set in `decide`.
@@ -395,10 +334,13 @@ async fn observe_and_act(
                     r.stderr.trim()
                 };
                 let applied = match verdict.as_ref().map(Verdict::outcome) {
-                    Some(GateOutcome::Refused(v)) => refused(&v.refusal_message()),
-                    Some(GateOutcome::PreflightFailed(checks)) => {
-                        refused(&fence::preflight_message(&checks))
+                    Some(GateOutcome::Refused(v)) => {
+                        refused(report::Rule::FencedOff, &v.refusal_message())
                     }
+                    Some(GateOutcome::PreflightFailed(checks)) => refused(
+                        report::Rule::PreflightFailed,
+                        &fence::preflight_message(&checks),
+                    ),
                     _ => decide::mutation_outcome(kind, Ok(r.code), said),
                 };
                 if let Some(v) = verdict {
@@ -456,8 +398,9 @@ fn floors(spec: &CloudSpec) -> Floors {
 
 /// A launch the runner's gate refused (fenced off or stopped by the preflight): nothing was
 /// launched; a person reads why in `refused_reason`.
-fn refused(reason: &str) -> decide::Decision {
+fn refused(rule: report::Rule, reason: &str) -> decide::Decision {
     decide::Decision {
+        rule,
         event: report::TickEvent::Blocked,
         next_action: NextAction::Blocked,
         acted: false,
@@ -527,15 +470,14 @@ fn gate_in_report(out: &mut TickReport, expected: u64, v: &Verdict) {
     }
 }
 
-/// What a tick report shows of an observation: the status payload's `runner`, `sync`, `pr`
-/// and `logs` objects, typed where the supervisor and the notifications read them.
+/// What a tick report shows of an observation: the status payload's `runner`, `sync`, `pr`,
+/// `logs` and `sync_refresh`, moved out of it, and where the chain stands.
 struct Observed {
-    effective_status: crate::chain::classify::EffectiveStatus,
     runner: RunnerInfo,
-    sync: Value,
+    sync: SyncInfo,
     pr: PrInfo,
     logs: LogsInfo,
-    sync_refresh: Option<Value>,
+    sync_refresh: Option<SyncRefresh>,
     /// The chain state's `current_milestone_index` as observed, and the spec's labels.
     milestone_index: i64,
     labels: Vec<String>,
@@ -550,31 +492,28 @@ impl Observed {
         let index = self.milestone_index.saturating_add(i64::from(advanced));
         ChainPosition::of(index, &labels)
     }
-}
 
-impl Observed {
     fn of(
-        obs: &Observation,
+        obs: Observation,
         chain_spec: &crate::chain::spec::ChainSpec,
         target: &ChainTarget,
         consistency: &ProviderConsistency,
     ) -> Observed {
-        let payload = summary::status_payload(
+        let milestone_index = obs.state.as_ref().map_or(-1, |s| s.current_milestone_index);
+        let status = summary::status_payload(
             obs,
             chain_spec,
             consistency,
             &target.session,
             &target.workspace,
         );
-        let pick = |k: &str| payload.get(k).cloned().unwrap_or_else(|| json!({}));
         Observed {
-            effective_status: summary::effective_status(obs, chain_spec),
-            runner: from_observed(&pick("runner")),
-            sync: pick("sync"),
-            pr: from_observed(&pick("pr")),
-            logs: from_observed(&pick("logs")),
-            sync_refresh: obs.sync_refresh.clone(),
-            milestone_index: obs.state_or_default().current_milestone_index,
+            runner: status.runner,
+            sync: status.sync,
+            pr: status.pr,
+            logs: status.logs,
+            sync_refresh: status.sync_refresh,
+            milestone_index,
             labels: chain_spec
                 .milestones
                 .iter()
@@ -599,10 +538,9 @@ fn report(
         next_action: d.next_action.clone(),
         acted: d.acted,
         refused_reason: d.refused_reason.clone(),
+        rule: Some(d.rule.clone()),
         runner: observed.map(|o| o.runner.clone()).unwrap_or_default(),
-        sync: observed
-            .map(|o| o.sync.clone())
-            .unwrap_or_else(|| json!({})),
+        sync: observed.map(|o| o.sync.clone()).unwrap_or_default(),
         pr: observed.map(|o| o.pr.clone()).unwrap_or_default(),
         logs: observed.map(|o| o.logs.clone()).unwrap_or_default(),
         sync_refresh: Some(observed.and_then(|o| o.sync_refresh.clone())),

@@ -4,14 +4,25 @@ use super::ctx::{Ctx, Done};
 use crate::chain::summary;
 use crate::provider::Provider;
 use crate::provider::remote_failure;
+use crate::redact::Redact;
 use crate::runner::launch::{chains_script, core_command};
 use crate::runner::layout::marker_file;
 use crate::supervisor::markers;
 pub use crate::supervisor::target::{
     CHAIN_SESSION, ChainTarget, SpecSource, chain_target, observe_chain, resolve_remote_spec,
 };
+use megaplan_cloud_api::report::to_sorted_value;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
+
+/// A typed payload that did not encode as JSON (it cannot happen for these types: no map with
+/// non-string keys, no float).
+fn encode_failed(what: &str, e: serde_json::Error) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Internal,
+        format!("{what} could not be encoded as JSON: {e}"),
+    )
+}
 
 /// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
 pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
@@ -51,29 +62,25 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
         marker.as_ref(),
     );
     let mut payload = summary::status_payload(
-        &obs,
+        obs,
         &chain_spec,
         &consistency,
         &target.session,
         &target.workspace,
     );
-    if let Some(o) = payload.as_object_mut() {
-        o.insert("spec_source".into(), target.source.as_str().into());
-    }
-    crate::notify::stall::annotate(
+    payload.spec_source = Some(target.source.as_str().to_string());
+    crate::supervisor::stall::annotate(
         &mut payload,
         chrono::Utc::now(),
         ctx.state.notifier.config.stall_after,
     );
-    let payload = ctx.redact(&payload);
-    for w in &obs.warnings {
-        ctx.out
-            .stderr(format!("warning: {}\n", ctx.redactor.redact(w)))
-            .await;
+    payload.redact_with(&ctx.redactor);
+    for w in &payload.warnings {
+        ctx.out.stderr(format!("warning: {w}\n")).await;
     }
     ctx.out.stderr(summary::summary_text(&payload)).await;
     ctx.out.stderr(summary::cloud_lines(&payload)).await;
-    if let Some(age) = payload.get("stalled_for_secs").and_then(Value::as_i64) {
+    if let Some(age) = payload.stalled_for_secs {
         ctx.out
             .stderr(format!(
                 "Stalled: the runner is alive but its log has not grown for {} (reported only; it is never restarted for this)\n",
@@ -81,7 +88,9 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
             ))
             .await;
     }
-    Ok(Done::ok(payload))
+    Ok(Done::ok(
+        to_sorted_value(&payload).map_err(|e| encode_failed("the chain status", e))?,
+    ))
 }
 
 /// Parse [`chains_script`] output into one entry per session, sorted by session, in the

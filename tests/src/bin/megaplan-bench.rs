@@ -1627,6 +1627,31 @@ fn chain_drivers(rig: &SshRig) -> Vec<String> {
     text(&out.stdout).lines().map(str::to_owned).collect()
 }
 
+/// Wait until the stalled chain runs m1, then make one warm-up tick (which opens the provider
+/// session) so the measured ticks all find the same warm state.
+fn running_and_warm(
+    section: &str,
+    ctl: impl Fn(&[&str]) -> megaplan_cloud_e2e::rig::Run,
+) -> Result<(), String> {
+    let running = wait_until(Duration::from_secs(90), || {
+        let s = ctl(&["status", "--chain"]).json;
+        s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
+    });
+    if !running {
+        return Err(format!(
+            "section {section}: the chain did not reach a running m1 within 90 s"
+        ));
+    }
+    let warm = ctl(&["supervise", "--chain"]);
+    if warm.code != Some(0) {
+        return Err(format!(
+            "section {section} warm-up tick failed: {}\n{}",
+            warm.stdout, warm.stderr
+        ));
+    }
+    Ok(())
+}
+
 fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     let n = sz.supervise_n.min(20);
     progress(&format!(
@@ -1656,20 +1681,7 @@ fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
             launched.stdout, launched.stderr
         ));
     }
-    let running = wait_until(Duration::from_secs(90), || {
-        let s = rig.ctl(&["status", "--chain"]).json;
-        s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
-    });
-    if !running {
-        return Err("section 9: the chain did not reach a running m1 within 90 s".to_owned());
-    }
-    let warm = rig.ctl(&["supervise", "--chain"]);
-    if warm.code != Some(0) {
-        return Err(format!(
-            "section 9 warm-up tick failed: {}\n{}",
-            warm.stdout, warm.stderr
-        ));
-    }
+    running_and_warm("9", |a| rig.ctl(a))?;
     let mut obs_ms = Vec::new();
     let mut act_ms = Vec::new();
     let mut obs_core = Vec::new();
@@ -1770,20 +1782,7 @@ fn section_kubernetes(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     let k = megaplan_cloud_e2e::kube::KubeRunner::start(&cluster, &[]);
     // The runner stalls in m1 for ever: every tick observes a live runner and acts not.
     k.deploy_and_launch(&["m1", "m2"], r#"{"step_seconds": 0.1, "stall": ["m1"]}"#)?;
-    let running = wait_until(Duration::from_secs(90), || {
-        let s = k.ctl(&["status", "--chain"]).json;
-        s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
-    });
-    if !running {
-        return Err("section 10: the chain did not reach a running m1 within 90 s".to_owned());
-    }
-    let warm = k.ctl(&["supervise", "--chain"]);
-    if warm.code != Some(0) {
-        return Err(format!(
-            "section 10 warm-up tick failed: {}\n{}",
-            warm.stdout, warm.stderr
-        ));
-    }
+    running_and_warm("10", |a| k.ctl(a))?;
     let mut wall = Vec::new();
     let mut core = Vec::new();
     let mut wrong: BTreeMap<String, usize> = BTreeMap::new();
