@@ -1261,8 +1261,8 @@ mod tests {
     async fn over_the_cap_the_oldest_rows_go_and_pending_newest_and_unwatched_stay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cloudd.db");
-        // Well above the empty schema (one page per table and index, ~30 pages) and well
-        // below what the rows below fill.
+        // Room for the schema (every migration's tables take pages of their own) and the rows
+        // that are never pruned; the 120 padded ticks below still take twice as much.
         let cap = 256 * 1024;
         let store = Store::open_capped(&path, 10_000, cap).await.unwrap();
         // Unwatched ticks are never pruned: all of these stay while the cursor is at 0.

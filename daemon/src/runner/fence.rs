@@ -275,9 +275,18 @@ pub fn preflight_message(checks: &[PreflightCheck]) -> String {
 
 /// `user@host` of this process (the daemon's user on the daemon's machine).
 pub fn user_at_host() -> String {
+    use std::os::unix::fs::MetadataExt;
+    // A service manager's daemon may have no USER: then the uid (the owner of /proc/self).
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown-user".to_string());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            std::fs::metadata("/proc/self")
+                .ok()
+                .map(|m| format!("uid{}", m.uid()))
+        })
+        .unwrap_or_else(|| "unknown-user".to_string());
     format!("{user}@{}", host_name())
 }
 
