@@ -9,6 +9,7 @@ pub mod error;
 pub mod fleet;
 pub mod legacy;
 pub mod marker;
+pub mod output;
 pub mod paths;
 pub mod report;
 pub mod schedule;
