@@ -142,8 +142,8 @@ pub struct Destroyed {
     pub deploy_dir_removed: Option<String>,
     pub provider: String,
     pub success: bool,
-    /// cloud.yaml's `resources.volume`: the volume went with the runner.
-    pub volume_deleted: bool,
+    /// cloud.yaml's `resources.volume`, which went with the runner; `null` when none is named.
+    pub volume_deleted: Option<String>,
 }
 
 /// `status`: the core's `megaplan status` document, unchanged (it is the core's, not ours: a
@@ -252,9 +252,9 @@ mod tests {
                 deploy_dir_removed: None,
                 provider: "railway".into(),
                 success: true,
-                volume_deleted: true,
+                volume_deleted: Some("vol".into()),
             }),
-            json!({"success": true, "provider": "railway", "deploy_dir_removed": null, "volume_deleted": true}),
+            json!({"success": true, "provider": "railway", "deploy_dir_removed": null, "volume_deleted": "vol"}),
         );
         same(
             &CommandOutput::Resumed(Resumed {

@@ -4,3 +4,9 @@
 pub mod chain;
 pub mod dashboard;
 pub mod fleet;
+pub mod history;
+pub mod local;
+pub mod plan;
+pub mod registration;
+pub mod run;
+pub mod runner;

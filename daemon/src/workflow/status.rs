@@ -1,6 +1,6 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
-use super::ctx::{Ctx, Done};
+use super::ctx::{Ctx, Done, typed};
 use crate::chain::summary;
 use crate::provider::Provider;
 use crate::provider::remote_failure;
@@ -10,6 +10,7 @@ use crate::supervisor::markers;
 pub use crate::supervisor::target::{
     CHAIN_SESSION, ChainTarget, SpecSource, chain_target, observe_chain, resolve_remote_spec,
 };
+use megaplan_cloud_api::output::{CommandOutput, PlanStatus, Resumed};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
 
@@ -81,7 +82,9 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
             ))
             .await;
     }
-    Ok(Done::ok(payload))
+    Ok(Done::ok(CommandOutput::ChainStatus(Box::new(typed(
+        payload,
+    )?))))
 }
 
 /// Parse [`chains_script`] output into one entry per session, sorted by session, in the
@@ -154,9 +157,9 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
             ))
             .await;
     }
-    Ok(Done::ok(
-        ctx.redact(&json!({"success": true, "sessions": sessions})),
-    ))
+    Ok(Done::ok(CommandOutput::Sessions(typed(ctx.redact(
+        &json!({"success": true, "sessions": sessions}),
+    ))?)))
 }
 
 /// The JSON object in a core command's stdout (login shells may print noise first).
@@ -215,7 +218,11 @@ pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBo
             .unwrap_or("the core reported success: false");
         ctx.out.stderr(format!("status failed: {said}\n")).await;
     }
-    Ok(Done::code(v, i32::from(failed)))
+    Ok(Done::code(
+        // `remote_status` only answers an object.
+        CommandOutput::PlanStatus(PlanStatus(v.as_object().cloned().unwrap_or_default())),
+        i32::from(failed),
+    ))
 }
 
 /// `resume`: run the step the remote status names next, translated as the core's own driver
@@ -262,7 +269,13 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
         .relay_to_stderr(async |tx| p.exec_streaming(&cmd, tx).await)
         .await?;
     Ok(Done::code(
-        json!({"success": code == 0, "next_step": step, "command": words, "plan": plan_name, "exit_code": code}),
+        CommandOutput::Resumed(Resumed {
+            command: words,
+            exit_code: code,
+            next_step: step.to_string(),
+            plan: plan_name,
+            success: code == 0,
+        }),
         i32::from(code != 0),
     ))
 }
