@@ -6,13 +6,51 @@ use megaplan_cloud_api::paths::{self, SocketSource};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES of `--help` and megaplan-cloudd(8).
+const MAN_SECTIONS: &str = "\
+EXIT STATUS:
+  0  stopped cleanly on SIGTERM or SIGINT (running ticks finished or were cancelled
+     after --shutdown-grace)
+  1  could not start or serve: the socket is held by another megaplan-cloudd, the state
+     root or database is unusable (the cause and the fix are said on stderr)
+  2  usage: an unknown flag or a bad value (a duration such as 90s, 10m, 1h30m; a size
+     such as 256MiB)
+
+ENVIRONMENT:
+  MEGAPLAN_CLOUDD_SOCKET       the socket (also --socket)
+  MEGAPLAN_CLOUD_HOME          the state root (default ~/.megaplan/cloud)
+  MEGAPLAN_CLOUDD_DB, MEGAPLAN_CLOUDD_MAX_TICKS, MEGAPLAN_CLOUDD_TICK_TIMEOUT, ...
+                               each flag's variable, as --help lists them
+  RUST_LOG                     log filter (default warn,megaplan_cloudd=info)
+  XDG_RUNTIME_DIR              where the default socket lives
+  JOURNAL_STREAM               set by systemd: log lines carry no second timestamp
+
+FILES:
+  $XDG_RUNTIME_DIR/megaplan-cloudd/cloudd.sock  the socket, else
+  ~/.megaplan/cloud/cloudd.sock
+  ~/.megaplan/cloud/cloudd.db                    registrations, tick reports, outbox
+  ~/.megaplan/cloud/logs/cloudd.*.log            daily logs, 14 kept
+  ~/.megaplan/cloud/notify.yaml                  notification sinks (optional)
+  systemd/megaplan-cloudd.service                the user unit (docs/operations.md)
+
+EXAMPLES:
+  megaplan-cloudd                                serve on the default socket
+  systemctl --user enable --now megaplan-cloudd  run it as a user service
+  megaplan-cloudd --tick-timeout 5m --max-db-size 64MiB
+  megaplan-cloudd --man | man -l -               read this page
+  megaplan-cloudctl daemon status                ask the running daemon how it is";
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "megaplan-cloudd",
     version,
-    about = "Resident daemon for megaplan cloud runners: registry, held ssh sessions, scheduled supervise ticks"
+    about = "Resident daemon for megaplan cloud runners: registry, held ssh sessions, scheduled supervise ticks",
+    after_long_help = MAN_SECTIONS
 )]
 pub struct Args {
+    /// Print the manual page megaplan-cloudd(8) (roff) on stdout and exit.
+    #[arg(long)]
+    pub man: bool,
     /// Unix socket to serve on [env: MEGAPLAN_CLOUDD_SOCKET; default $XDG_RUNTIME_DIR/megaplan-cloudd/cloudd.sock,
     /// else ~/.megaplan/cloud/cloudd.sock].
     #[arg(long)]
@@ -68,6 +106,43 @@ pub struct Args {
     /// [default: <state root>/notify.yaml; missing means defaults and no global sinks].
     #[arg(long, env = "MEGAPLAN_CLOUDD_NOTIFY_CONFIG")]
     pub notify_config: Option<PathBuf>,
+}
+
+/// megaplan-cloudd(8): the flags, then EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES as
+/// sections of their own (not clap's one "extra" block), as a roff page.
+pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = <Args as clap::CommandFactory>::command().after_long_help(None::<&str>);
+    let man = clap_mangen::Man::new(cmd).section("8");
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    out.write_all(man_sections_roff(MAN_SECTIONS).as_bytes())?;
+    man.render_version_section(out)
+}
+
+/// `HEADING:` blocks of `--help` text as roff sections, their lines kept as written.
+fn man_sections_roff(text: &str) -> String {
+    let mut roff = String::new();
+    for block in text.split("\n\n") {
+        let mut lines = block.lines();
+        let Some(heading) = lines.next() else {
+            continue;
+        };
+        roff.push_str(&format!(".SH \"{}\"\n.nf\n", heading.trim_end_matches(':')));
+        for line in lines {
+            let escaped = line.replace('\\', "\\e").replace('-', "\\-");
+            // A line starting with `.` or `'` would be read as a request.
+            if escaped.starts_with(['.', '\'']) {
+                roff.push_str("\\&");
+            }
+            roff.push_str(&escaped);
+            roff.push('\n');
+        }
+        roff.push_str(".fi\n");
+    }
+    roff
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +300,23 @@ mod tests {
             parse_size("99999999999999G"),
             Err(SizeError::NotASize(_))
         ));
+    }
+
+    #[test]
+    fn the_man_page_has_its_own_sections() {
+        let mut page = Vec::new();
+        man_page(&mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.starts_with(".ie"), "{page}");
+        assert!(page.contains(".TH megaplan-cloudd 8"), "{page}");
+        for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
+            assert!(
+                page.contains(&format!(".SH \"{section}\"")),
+                "no {section}: {page}"
+            );
+        }
+        assert!(page.contains("\\-\\-tick\\-timeout"), "{page}");
+        assert!(!page.contains(".SH EXTRA"), "{page}");
     }
 
     #[test]

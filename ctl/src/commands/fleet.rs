@@ -303,6 +303,31 @@ pub async fn watch(client: &DaemonClient, view: View) -> Result<(), ClientError>
     }
 }
 
+/// `ls [--watch] [--wide] [-n N]`: the fleet once, or redrawn on every change until the daemon
+/// goes away (then exit 3, said on stderr).
+pub async fn run(client: &DaemonClient, watching: bool, wide: bool, limit: Option<usize>) -> i32 {
+    let view = View {
+        width: (!wide).then(crate::columns::terminal_width),
+        color: output::get().color,
+        limit,
+    };
+    let shown = if watching {
+        watch(client, view).await
+    } else {
+        show(client, view).await
+    };
+    match shown {
+        Ok(()) if watching => {
+            eprintln!(
+                "ls --watch: the daemon closed the stream (it stopped or restarted); run it again once the daemon is back"
+            );
+            3
+        }
+        Ok(()) => 0,
+        Err(e) => crate::failure::fail(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,30 +464,5 @@ mod tests {
             limit: None,
         };
         assert!(text(&f, &view).contains("megaplan-cloudctl register"));
-    }
-}
-
-/// `ls [--watch] [--wide] [-n N]`: the fleet once, or redrawn on every change until the daemon
-/// goes away (then exit 3, said on stderr).
-pub async fn run(client: &DaemonClient, watching: bool, wide: bool, limit: Option<usize>) -> i32 {
-    let view = View {
-        width: (!wide).then(crate::columns::terminal_width),
-        color: output::get().color,
-        limit,
-    };
-    let shown = if watching {
-        watch(client, view).await
-    } else {
-        show(client, view).await
-    };
-    match shown {
-        Ok(()) if watching => {
-            eprintln!(
-                "ls --watch: the daemon closed the stream (it stopped or restarted); run it again once the daemon is back"
-            );
-            3
-        }
-        Ok(()) => 0,
-        Err(e) => crate::failure::fail(e),
     }
 }

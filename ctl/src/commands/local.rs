@@ -5,9 +5,12 @@ use crate::cli::Cli;
 use crate::failure::{fail, local_error};
 use crate::{complete, output, render};
 use hyper::Method;
+use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::wire::Health;
 use megaplan_cloud_api::{ErrorCode, routes};
+use megaplan_cloudctl::client::ClientError;
 use megaplan_cloudctl::client::{self, DaemonClient};
+use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -93,41 +96,89 @@ pub fn man(dir: Option<PathBuf>) -> i32 {
     }
 }
 
-/// `version`: this client's, and the daemon's when one answers (its absence is not an error:
-/// the client's version is still worth knowing).
+/// `version`: this client's, and the daemon's. The client's is printed whatever happens; a
+/// daemon that does not answer is said ("not reachable (why)") and the exit code is 69, as for
+/// every command that needs the daemon, so a script can tell "both known" from "client only".
 pub async fn version(client: &DaemonClient) -> i32 {
-    let daemon: Option<Health> = client.typed(Method::GET, routes::HEALTH, None).await.ok();
-    let v = json!({
-        "client": {
-            "version": megaplan_cloud_api::VERSION,
-            "api_version": megaplan_cloud_api::API_VERSION,
-        },
-        "daemon": daemon.as_ref().map(|h| json!({
-            "version": h.version,
-            "api_version": h.api_version,
-            "socket": h.socket,
-        })),
+    let daemon = client
+        .typed::<Health>(Method::GET, routes::HEALTH, None)
+        .await;
+    let unreachable = daemon.as_ref().err().map(|e| match e {
+        ClientError::Unreachable(b) | ClientError::Api(b) => b.clone(),
     });
+    let daemon = daemon.ok();
+    let doc = VersionDoc {
+        client: Side {
+            version: megaplan_cloud_api::VERSION.to_string(),
+            api_version: megaplan_cloud_api::API_VERSION,
+            socket: None,
+        },
+        daemon: daemon.as_ref().map(|h| Side {
+            version: h.version.clone(),
+            api_version: h.api_version,
+            socket: Some(h.socket.clone()),
+        }),
+        daemon_error: unreachable.clone(),
+    };
     if output::json_mode() {
-        output::print_json_doc(&v);
+        output::print_json_doc(&serde_json::to_value(&doc).unwrap_or_default());
     } else {
-        println!(
-            "megaplan-cloudctl {} (API v{})",
-            megaplan_cloud_api::VERSION,
-            megaplan_cloud_api::API_VERSION
+        print!(
+            "{}",
+            version_text(&doc, &client.socket.display().to_string())
         );
-        match &daemon {
-            Some(h) => println!(
-                "megaplan-cloudd   {} (API v{}) at {}",
-                h.version, h.api_version, h.socket
-            ),
-            None => println!(
-                "megaplan-cloudd   not reachable at {}",
-                client.socket.display()
-            ),
+    }
+    match unreachable {
+        None => 0,
+        Some(body) => {
+            if output::json_mode() {
+                // Through a pipe the document is on stdout; stderr says the failure once.
+                eprintln!("error: {}: {}", body.error, body.message);
+            }
+            output::EXIT_DAEMON_UNREACHABLE
         }
     }
-    0
+}
+
+/// `version --json`.
+#[derive(Debug, Serialize)]
+struct VersionDoc {
+    client: Side,
+    /// `null` when the daemon did not answer.
+    daemon: Option<Side>,
+    /// Why the daemon did not answer (absent when it did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon_error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Serialize)]
+struct Side {
+    version: String,
+    api_version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<String>,
+}
+
+/// Two lines: this client, and the daemon or why it is not reachable.
+fn version_text(doc: &VersionDoc, socket: &str) -> String {
+    let mut text = format!(
+        "megaplan-cloudctl {} (API v{})\n",
+        doc.client.version, doc.client.api_version
+    );
+    match (&doc.daemon, &doc.daemon_error) {
+        (Some(d), _) => text.push_str(&format!(
+            "megaplan-cloudd   {} (API v{}) at {}\n",
+            d.version,
+            d.api_version,
+            d.socket.as_deref().unwrap_or(socket)
+        )),
+        (None, Some(e)) => text.push_str(&format!(
+            "megaplan-cloudd   not reachable ({})\n",
+            output::strip_controls(&e.message)
+        )),
+        (None, None) => text.push_str(&format!("megaplan-cloudd   not reachable at {socket}\n")),
+    }
+    text
 }
 
 /// `daemon status`: the daemon's health, with a warning on an API version skew.
@@ -155,5 +206,48 @@ pub async fn daemon_status(client: &DaemonClient, json: bool) -> i32 {
             0
         }
         Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names_both_sides_or_why_the_daemon_is_not_reachable() {
+        let client = Side {
+            version: "1.2.3".into(),
+            api_version: 1,
+            socket: None,
+        };
+        let down = VersionDoc {
+            client,
+            daemon: None,
+            daemon_error: Some(ErrorBody::new(
+                ErrorCode::DaemonUnreachable,
+                "megaplan-cloudd is not running at /run/x.sock",
+            )),
+        };
+        assert_eq!(
+            version_text(&down, "/run/x.sock"),
+            "megaplan-cloudctl 1.2.3 (API v1)\nmegaplan-cloudd   not reachable (megaplan-cloudd is not running at /run/x.sock)\n"
+        );
+        let up = VersionDoc {
+            daemon: Some(Side {
+                version: "1.2.4".into(),
+                api_version: 1,
+                socket: Some("/run/x.sock".into()),
+            }),
+            daemon_error: None,
+            ..down
+        };
+        let text = version_text(&up, "/run/x.sock");
+        assert!(
+            text.ends_with("megaplan-cloudd   1.2.4 (API v1) at /run/x.sock\n"),
+            "{text}"
+        );
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
     }
 }
