@@ -5,6 +5,7 @@
 //! state root (two resolvers drifting apart is how clients end up talking to nobody).
 //! Deliberately free of tokio, sqlx and the scheduler so the client stays thin.
 
+pub mod duration;
 pub mod error;
 pub mod fleet;
 pub mod legacy;

@@ -415,8 +415,8 @@ pub enum DaemonCmd {
     Status,
 }
 
-/// `5m` → 300, `1h30m` → 5400, `90m`, `5h`, `1d`: a duration with units, read by humantime
-/// (the client's one duration parser). A bare number is refused (is `5` five seconds or five
+/// `5m` → 300, `1h30m` → 5400, `90m`, `5h`, `1d`: a duration with units, read by the tree's
+/// one duration parser (`megaplan_cloud_api::duration`). A bare number is refused (is `5` five seconds or five
 /// minutes?), and so is anything under a second.
 pub fn parse_every(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -426,7 +426,11 @@ pub fn parse_every(text: &str) -> Result<u64, String> {
             "--every {text:?}: a bare number has no unit; write {t}s for seconds or {t}m for minutes"
         ));
     }
-    let d = humantime::parse_duration(t).map_err(|e| format!("--every {text:?}: {e}; {hint}"))?;
+    use megaplan_cloud_api::duration::{DurationError, parse};
+    let d = parse(t, false).map_err(|e| match e {
+        DurationError::NotADuration { reason, .. } => format!("--every {text:?}: {reason}; {hint}"),
+        zero => format!("--every {zero}; {hint}"),
+    })?;
     match d.as_secs() {
         0 => Err(format!(
             "--every {text:?}: the interval must be at least a second; {hint}"
@@ -441,7 +445,7 @@ pub fn is_since(text: &str) -> bool {
     let t = text.trim();
     !t.is_empty()
         // Durations in the units docker's `--since` reads (Go's: h, m, s): no days.
-        && ((humantime::parse_duration(t).is_ok()
+        && ((megaplan_cloud_api::duration::parse(t, false).is_ok()
             && t.chars().all(|c| c.is_ascii_digit() || "hms.".contains(c)))
             || chrono::DateTime::parse_from_rfc3339(t).is_ok()
             || chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok()

@@ -67,15 +67,8 @@ pub fn bytes_text(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-/// 109 → "1m49s", 7384 → "2h03m", 200000 → "2d07h".
-pub fn duration_text(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
-        3600..=86_399 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d{:02}h", secs / 86_400, (secs % 86_400) / 3600),
-    }
-}
+/// 109 → "1m49s", 7384 → "2h03m": the tree's one duration formatter.
+pub use megaplan_cloud_api::duration::text as duration_text;
 
 /// "3m ago", "in 2h", from an RFC 3339 time and now. Pure (now is passed in).
 pub fn relative(at: &str, now: chrono::DateTime<chrono::Utc>) -> String {

@@ -213,35 +213,12 @@ impl Settings {
     }
 }
 
-/// Why a flag's duration was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    #[error("{0:?} is not a duration; use e.g. 30s, 5m, 2h")]
-    NotANumber(String),
-    #[error("{0:?} has an unknown unit; use s, m, h or d")]
-    UnknownUnit(String),
-    #[error("{0:?} must be longer than zero")]
-    Zero(String),
-}
+pub use megaplan_cloud_api::duration::DurationError;
 
-/// `90s`, `5m`, `2h`, `1d`, or plain seconds.
+/// A duration flag: `90s`, `5m`, `1h30m`, `2d`, or plain seconds; longer than zero. The tree's
+/// one parser (`megaplan_cloud_api::duration`).
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let t = text.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| DurationError::NotANumber(text.to_string()))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(DurationError::UnknownUnit(text.to_string())),
-    };
-    if secs == 0 {
-        return Err(DurationError::Zero(text.to_string()));
-    }
-    Ok(Duration::from_secs(secs))
+    megaplan_cloud_api::duration::parse_positive(text, true)
 }
 
 /// The smallest `--max-db-size`: below it the empty schema alone would be over the cap.
@@ -326,13 +303,13 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert_eq!(parse_duration("0s"), Err(DurationError::Zero("0s".into())));
-        assert_eq!(
-            parse_duration("5x"),
-            Err(DurationError::UnknownUnit("5x".into()))
-        );
-        assert_eq!(
-            parse_duration("m").unwrap_err().to_string(),
-            "\"m\" is not a duration; use e.g. 30s, 5m, 2h"
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("5x").is_err());
+        assert!(
+            parse_duration("m")
+                .unwrap_err()
+                .to_string()
+                .starts_with("\"m\" is not a duration")
         );
     }
 }

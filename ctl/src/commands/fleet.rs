@@ -62,7 +62,9 @@ pub fn state_cell(r: &FleetRow) -> Cell {
         FleetState::Stalled => (
             format!(
                 "stalled {}",
-                short_span(r.stalled_for_secs.unwrap_or(0).unsigned_abs())
+                megaplan_cloud_api::duration::coarse(
+                    r.stalled_for_secs.unwrap_or(0).unsigned_abs()
+                )
             ),
             "33",
         ),
@@ -80,16 +82,6 @@ pub fn state_cell(r: &FleetRow) -> Cell {
         FleetState::Complete => ("complete".to_string(), "34"),
     };
     Cell::painted(text, sgr)
-}
-
-/// 841 → "14m", 7384 → "2h03m".
-fn short_span(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        3600..=86_399 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d", secs / 86_400),
-    }
 }
 
 fn milestone_text(r: &FleetRow) -> String {
