@@ -166,8 +166,9 @@ fn version_text(doc: &VersionDoc, socket: &str) -> String {
         doc.client.version, doc.client.api_version
     );
     match (&doc.daemon, &doc.daemon_error) {
+        // The socket on a line of its own: a path is copied whole, never wrapped.
         (Some(d), _) => text.push_str(&format!(
-            "megaplan-cloudd   {} (API v{}) at {}\n",
+            "megaplan-cloudd   {} (API v{})\n  socket          {}\n",
             d.version,
             d.api_version,
             d.socket.as_deref().unwrap_or(socket)
