@@ -244,7 +244,7 @@ mod tests {
         };
         let text = version_text(&up, "/run/x.sock");
         assert!(
-            text.ends_with("megaplan-cloudd   1.2.4 (API v1) at /run/x.sock\n"),
+            text.ends_with("megaplan-cloudd   1.2.4 (API v1)\n  socket          /run/x.sock\n"),
             "{text}"
         );
         for line in text.lines() {
