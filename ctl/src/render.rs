@@ -279,13 +279,6 @@ pub fn registrations_text(
     text
 }
 
-/// Print a JSON list of strings, one per line.
-pub fn lines(v: &Value) {
-    for l in v.as_array().into_iter().flatten() {
-        println!("{}", l.as_str().unwrap_or_default());
-    }
-}
-
 pub fn ticks_table(rows: &[TickRecord], more: bool, view: TableView) {
     if rows.is_empty() && !more {
         eprintln!("no tick reports stored");

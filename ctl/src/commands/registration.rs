@@ -10,11 +10,12 @@ use crate::{cli, columns, output, render};
 use hyper::Method;
 use megaplan_cloud_api::routes;
 use megaplan_cloud_api::wire::{
-    PauseRequest, PauseResponse, RegisterRequest, RegisterResponse, RegistrationListed,
-    TickNowResponse, UnpauseResponse,
+    Explanation, PauseRequest, PauseResponse, RegisterRequest, RegisterResponse,
+    RegistrationListed, TickNowResponse, UnpauseResponse,
 };
 use megaplan_cloudctl::client::{self, DaemonClient};
 use serde_json::Value;
+use std::io::Write;
 
 /// Run one of this family's commands.
 pub async fn run(client: &DaemonClient, target: &Target, cmd: Cmd) -> i32 {
@@ -260,10 +261,16 @@ pub async fn explain(client: &DaemonClient, target: &Target) -> i32 {
             output::print_json_doc(&v);
             0
         }
-        Ok(v) => {
-            render::lines(&v["lines"]);
-            0
-        }
+        Ok(v) => match client::parse_answer::<Explanation>(&path, v) {
+            Ok(e) => {
+                let mut o = std::io::stdout().lock();
+                for line in &e.lines {
+                    let _ = writeln!(o, "{line}");
+                }
+                0
+            }
+            Err(e) => fail(e),
+        },
         Err(e) => fail_for(e, &cy),
     }
 }
