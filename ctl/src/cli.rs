@@ -209,10 +209,14 @@ pub enum Cmd {
         /// minute or more works; cron is used where it can say it.
         #[arg(long, conflicts_with = "cron")]
         every: Option<String>,
-        /// Cron expression in UTC: 5 fields ("*/5 * * * *", fires at second 0), 6 with seconds
-        /// first, or @hourly, @daily, @weekly, @monthly, @yearly.
+        /// Cron expression: 5 fields ("*/5 * * * *", fires at second 0), 6 with seconds
+        /// first, or @hourly, @daily, @weekly, @monthly, @yearly; in --tz.
         #[arg(long)]
         cron: Option<String>,
+        /// The time zone of --cron, an IANA name (Europe/Berlin, America/New_York, UTC);
+        /// default: this machine's zone. Wall-clock times hold across daylight saving.
+        #[arg(long, requires = "cron")]
+        tz: Option<String>,
         /// Chain spec path on the runner to supervise (default: the last chain's).
         #[arg(long)]
         remote_spec: Option<String>,
@@ -452,6 +456,31 @@ pub fn is_since(text: &str) -> bool {
             || t.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// The zone a `--cron` runs in: `--tz` as given, else this machine's zone (its IANA name; UTC
+/// when the machine names none).
+pub fn cron_zone(tz: Option<&str>) -> Result<String, String> {
+    match tz.map(str::trim) {
+        Some(name) => jiff::tz::TimeZone::get(name)
+            .map(|_| name.to_string())
+            .map_err(|e| {
+                format!("--tz {name:?}: not a time zone ({e}); use an IANA name such as Europe/Berlin or UTC")
+            }),
+        None => Ok(jiff::tz::TimeZone::system()
+            .iana_name()
+            .unwrap_or("UTC")
+            .to_string()),
+    }
+}
+
+/// The cron expression sent to the daemon for `zone`: as is in UTC (what stored rows always
+/// meant), else with cronie's `CRON_TZ=<zone>` in front.
+pub fn cron_in_zone(expr: &str, zone: &str) -> String {
+    match zone {
+        "UTC" | "Etc/UTC" | "Etc/UCT" | "UCT" | "Zulu" | "Etc/Zulu" => expr.to_string(),
+        _ => format!("CRON_TZ={zone} {expr}"),
+    }
+}
+
 /// The cron expression the daemon stores: 6 fields, seconds first. A 5-field expression (the
 /// form crontab(5) and everyone else writes) fires at second 0 of the minutes it names.
 pub fn normalise_cron(text: &str) -> Result<String, String> {
@@ -482,6 +511,21 @@ pub fn normalise_cron(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod schedule_and_help_tests {
     use super::*;
+
+    #[test]
+    fn a_cron_carries_its_zone_unless_it_is_utc() {
+        assert_eq!(cron_zone(Some("Europe/Berlin")).unwrap(), "Europe/Berlin");
+        assert!(
+            cron_zone(Some("Mars/Olympus"))
+                .unwrap_err()
+                .starts_with("--tz \"Mars/Olympus\"")
+        );
+        assert_eq!(
+            cron_in_zone("0 0 9 * * *", "Europe/Berlin"),
+            "CRON_TZ=Europe/Berlin 0 0 9 * * *"
+        );
+        assert_eq!(cron_in_zone("0 0 9 * * *", "UTC"), "0 0 9 * * *");
+    }
 
     #[test]
     fn every_takes_units_and_refuses_bare_numbers() {

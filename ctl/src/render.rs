@@ -92,7 +92,8 @@ pub fn relative(at: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     }
 }
 
-/// `every:300` → "every 5m"; `cron:…` → "cron …".
+/// `every:300` → "every 5m"; `cron:…` → "cron … (UTC)"; `cron:CRON_TZ=Europe/Berlin …` →
+/// "cron … (Europe/Berlin)": a cron schedule always says its zone.
 pub fn schedule_text(stored: &str) -> String {
     match stored.split_once(':') {
         Some(("every", secs)) => match secs.parse::<u64>() {
@@ -102,8 +103,22 @@ pub fn schedule_text(stored: &str) -> String {
             Ok(n) => format!("every {n}s"),
             Err(_) => stored.to_string(),
         },
-        Some(("cron", expr)) => format!("cron {expr}"),
+        Some(("cron", expr)) => {
+            let (zone, expr) = cron_zone_of(expr);
+            format!("cron {expr} ({zone})")
+        }
         _ => stored.to_string(),
+    }
+}
+
+/// The zone of a stored cron expression and the expression without it (`UTC` when unnamed).
+pub fn cron_zone_of(expr: &str) -> (&str, &str) {
+    match expr.trim_start().strip_prefix("CRON_TZ=") {
+        Some(rest) => rest
+            .split_once(char::is_whitespace)
+            .map(|(z, e)| (z, e.trim_start()))
+            .unwrap_or((rest, "")),
+        None => ("UTC", expr),
     }
 }
 

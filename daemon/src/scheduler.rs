@@ -42,7 +42,10 @@ enum Timing {
     /// A cron expression in UTC, or in the named zone (`CRON_TZ=Europe/Berlin <expr>`, cronie's
     /// convention), its wall-clock times followed across daylight-saving changes.
     Cron(Box<Cron>, Option<Box<jiff::tz::TimeZone>>),
-    Every { secs: i64, offset: i64 },
+    Every {
+        secs: i64,
+        offset: i64,
+    },
 }
 
 /// The prefix naming a cron expression's zone, as cronie writes it.
@@ -123,7 +126,9 @@ fn parse_timing(expr: &str) -> Result<Timing, ScheduleError> {
         let (name, cron) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         let zone = jiff::tz::TimeZone::get(name).map_err(|e| ScheduleError::Invalid {
             expr: expr.to_string(),
-            reason: format!("unknown time zone {name:?} ({e}); use an IANA name such as Europe/Berlin or UTC"),
+            reason: format!(
+                "unknown time zone {name:?} ({e}); use an IANA name such as Europe/Berlin or UTC"
+            ),
         })?;
         return parse_cron(cron.trim()).map(|c| Timing::Cron(Box::new(c), Some(Box::new(zone))));
     }
@@ -846,7 +851,10 @@ mod tests {
             "2026-12-05T09:00:00+00:00"
         );
         let e = validate_cron("CRON_TZ=Mars/Olympus 0 0 9 * * *").unwrap_err();
-        assert!(e.to_string().contains("unknown time zone \"Mars/Olympus\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown time zone \"Mars/Olympus\""),
+            "{e}"
+        );
     }
     use chrono::TimeZone;
     use megaplan_cloud_api::schedule::every_to_cron;

@@ -23,9 +23,13 @@ pub async fn run(client: &DaemonClient, target: &Target, cmd: Cmd) -> i32 {
         Cmd::Register {
             every,
             cron,
+            tz,
             remote_spec,
             notify,
-        } => register(client, &target.shown(), every, cron, remote_spec, notify).await,
+        } => {
+            let schedule = Asked { every, cron, tz };
+            register(client, &target.shown(), schedule, remote_spec, notify).await
+        }
         Cmd::Unregister { .. } => unregister(client, target).await,
         Cmd::Registrations { wide, limit } => registrations(client, table_view(wide, limit)).await,
         Cmd::Tick { .. } => tick(client, target).await,
@@ -41,20 +45,26 @@ pub async fn run(client: &DaemonClient, target: &Target, cmd: Cmd) -> i32 {
 pub async fn register(
     client: &DaemonClient,
     cloud_yaml: &str,
-    every: Option<String>,
-    cron: Option<String>,
+    asked: Asked,
     remote_spec: Option<String>,
     notify: cli::NotifyArgs,
 ) -> i32 {
     // A value the client can tell is wrong is a usage error (exit 2, like clap's), said before
     // the daemon is asked.
-    let every_secs = match every.as_deref().map(cli::parse_every).transpose() {
+    let every_secs = match asked.every.as_deref().map(cli::parse_every).transpose() {
         Ok(v) => v,
         Err(e) => return usage_error(e),
     };
-    let cron = match cron.as_deref().map(cli::normalise_cron).transpose() {
+    let cron = match asked.cron.as_deref().map(cli::normalise_cron).transpose() {
         Ok(v) => v,
         Err(e) => return usage_error(e),
+    };
+    let cron = match cron {
+        Some(expr) => match cli::cron_zone(asked.tz.as_deref()) {
+            Ok(zone) => Some(cli::cron_in_zone(&expr, &zone)),
+            Err(e) => return usage_error(e),
+        },
+        None => None,
     };
     let req = RegisterRequest {
         cloud_yaml: cloud_yaml.to_string(),
@@ -75,43 +85,11 @@ pub async fn register(
             }
             match serde_json::from_value::<RegisterResponse>(v) {
                 Ok(r) => {
-                    // The warnings are part of the answer: printed once, with it.
                     let width = columns::terminal_width();
-                    for w in &r.warnings {
-                        let lines = columns::wrap(&format!("warning: {w}"), Some(width), "", "  ");
-                        for (i, l) in lines.iter().enumerate() {
-                            match l.strip_prefix("warning:").filter(|_| i == 0) {
-                                Some(rest) => println!("{}{rest}", output::paint("warning:", "33")),
-                                None => println!("{l}"),
-                            }
-                        }
-                    }
-                    let now = chrono::Utc::now();
-                    // The next runs as `systemd-analyze calendar` shows them: local time and
-                    // how far away.
-                    let runs: Vec<String> = r
-                        .next_runs
-                        .iter()
-                        .filter_map(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-                        .map(|t| {
-                            format!(
-                                "{} ({})",
-                                t.with_timezone(&chrono::Local)
-                                    .format("%a %Y-%m-%d %H:%M:%S %Z"),
-                                render::relative(&t.to_rfc3339(), now)
-                            )
-                        })
-                        .collect();
-                    let mut text = format!(
-                        "registered {cloud_yaml}\n  key        {}\n  schedule   {} (UTC)",
-                        r.key,
-                        render::schedule_text(&r.schedule)
-                    );
-                    for (i, run) in runs.iter().enumerate() {
-                        let label = if i == 0 { "next ticks" } else { "" };
-                        text.push_str(&format!("\n  {label:<10} {run}"));
-                    }
-                    output::say(&text);
+                    let (warned, echo) = register_text(&r, cloud_yaml, chrono::Utc::now(), width);
+                    // The warnings are part of the answer, even with --quiet.
+                    print!("{warned}");
+                    output::say(echo.trim_end());
                 }
                 Err(e) => output::say(&format!(
                     "registered {cloud_yaml} (the daemon's answer does not read as a registration: {e})"
@@ -120,6 +98,92 @@ pub async fn register(
             0
         }
         Err(e) => fail(e),
+    }
+}
+
+/// What `register` was asked to schedule.
+pub struct Asked {
+    pub every: Option<String>,
+    pub cron: Option<String>,
+    pub tz: Option<String>,
+}
+
+/// The register echo: the warnings (once, with the answer; the first string), then the key, the schedule with its zone,
+/// and the next three ticks as `systemd-analyze calendar` shows them, in the schedule's zone
+/// (this machine's for an interval) and how far away.
+pub fn register_text(
+    r: &RegisterResponse,
+    cloud_yaml: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    width: usize,
+) -> (String, String) {
+    let mut warned = String::new();
+    for w in &r.warnings {
+        let lines = columns::wrap(&format!("warning: {w}"), Some(width), "", "  ");
+        for (i, l) in lines.iter().enumerate() {
+            match l.strip_prefix("warning:").filter(|_| i == 0) {
+                Some(rest) => {
+                    warned.push_str(&format!("{}{rest}\n", output::paint("warning:", "33")))
+                }
+                None => warned.push_str(&format!("{l}\n")),
+            }
+        }
+    }
+    let zone = match r.schedule.strip_prefix("cron:") {
+        Some(expr) => jiff::tz::TimeZone::get(render::cron_zone_of(expr).0).ok(),
+        None => Some(jiff::tz::TimeZone::system()),
+    };
+    let mut text = format!(
+        "registered {cloud_yaml}\n  key        {}\n  schedule   {}\n",
+        r.key,
+        render::schedule_text(&r.schedule)
+    );
+    let runs = r.next_runs.iter().filter_map(|at| {
+        let t: jiff::Timestamp = at.parse().ok()?;
+        let shown = match &zone {
+            Some(z) => t
+                .to_zoned(z.clone())
+                .strftime("%a %Y-%m-%d %H:%M:%S %Z")
+                .to_string(),
+            None => at.clone(),
+        };
+        Some(format!("{shown} ({})", render::relative(at, now)))
+    });
+    for (i, run) in runs.enumerate() {
+        let label = if i == 0 { "next ticks" } else { "" };
+        text.push_str(&format!("  {label:<10} {run}\n"));
+    }
+    (warned, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_register_echo_names_the_zone_and_the_next_three_ticks_in_it() {
+        let r: RegisterResponse = serde_json::from_value(serde_json::json!({
+            "cloud_yaml": "/home/me/app/cloud.yaml", "created_at": "2026-12-04T12:00:00Z",
+            "cron": "CRON_TZ=Europe/Berlin 0 0 9 * * *", "key": "3f2a9c0d11aa22bb",
+            "last_event": null, "last_success": null, "last_tick_at": null,
+            "next_runs": ["2026-12-05T08:00:00Z", "2026-12-06T08:00:00Z", "2026-12-07T08:00:00Z"],
+            "notify": [], "remote_spec": "/w/chain.yaml",
+            "schedule": "cron:CRON_TZ=Europe/Berlin 0 0 9 * * *", "success": true,
+            "ticks_run": 0, "ticks_skipped": 0, "warnings": []
+        }))
+        .unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let (warned, text) = register_text(&r, "/home/me/app/cloud.yaml", now, 80);
+        assert_eq!(warned, "");
+        assert_eq!(
+            text,
+            "registered /home/me/app/cloud.yaml\n  key        3f2a9c0d11aa22bb\n  schedule   cron 0 0 9 * * * (Europe/Berlin)\n  next ticks Sat 2026-12-05 09:00:00 CET (in 20h00m)\n             Sun 2026-12-06 09:00:00 CET (in 1d)\n             Mon 2026-12-07 09:00:00 CET (in 2d)\n"
+        );
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
     }
 }
 
