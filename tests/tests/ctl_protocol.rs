@@ -129,3 +129,101 @@ fn the_daemon_has_a_man_page_with_its_own_sections() {
     assert!(plain.contains("--tick-timeout"), "{plain}");
     assert!(plain.contains("MEGAPLAN_CLOUDD_SOCKET"), "{plain}");
 }
+
+/// The hour and minute of an RFC 3339 time on Berlin's wall clock, as date(1) reads the zone
+/// database (not this program's zone code).
+fn berlin_wall_clock(at: &str) -> String {
+    let out = Command::new("date")
+        .args(["-d", at, "+%H:%M"])
+        .env("TZ", "Europe/Berlin")
+        .output()
+        .expect("date(1) runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn register_tz_runs_cron_in_the_named_zone_and_the_echo_shows_three_ticks_there() {
+    let d = Daemon::start(&[], &[]);
+    let work = d.dir.join("proj");
+    std::fs::create_dir_all(&work).unwrap();
+    let cy = work.join("cloud.yaml");
+    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cys = cy.to_str().unwrap();
+    // A script: the schedule is stored with its zone and every next tick is 09:00 in Berlin.
+    let out = d.ctl(
+        &work,
+        &[],
+        &[
+            "--cloud-yaml",
+            cys,
+            "register",
+            "--cron",
+            "0 9 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--remote-spec",
+            "/w/chain.yaml",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["schedule"], "cron:CRON_TZ=Europe/Berlin 0 0 9 * * *",
+        "{v}"
+    );
+    let runs: Vec<&str> = v["next_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 3, "{v}");
+    for at in &runs {
+        assert_eq!(berlin_wall_clock(at), "09:00", "{at}");
+    }
+    // A person at an 80-column terminal: the zone is said, and the three ticks in it.
+    let shown = in_a_pty(
+        &d.socket,
+        &format!(
+            "--cloud-yaml {cys} register --cron '0 9 * * *' --tz Europe/Berlin --remote-spec /w/chain.yaml"
+        ),
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l == "  schedule   cron 0 0 9 * * * (Europe/Berlin)"),
+        "{shown}"
+    );
+    let ticks: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.contains(" 09:00:00 CET (") || l.contains(" 09:00:00 CEST ("))
+        .collect();
+    assert_eq!(ticks.len(), 3, "{shown}");
+    assert!(shown.lines().any(|l| l == "exit=0"), "{shown}");
+    for line in shown.lines() {
+        assert!(line.chars().count() <= 80, "{line:?}");
+    }
+    // An unknown zone is a usage error naming the flag, before the daemon is asked.
+    let out = d.ctl(
+        &work,
+        &[],
+        &[
+            "--cloud-yaml",
+            cys,
+            "register",
+            "--cron",
+            "0 9 * * *",
+            "--tz",
+            "Mars/Olympus",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("--tz \"Mars/Olympus\""),
+        "{v}"
+    );
+}
