@@ -1,7 +1,7 @@
 //! Scheduled ticks: one due-time queue of next fire instants per registration, driven by one
 //! task (docs/design.md, "Scheduling", says why this replaced tokio-cron-scheduler).
 //!
-//! Schedules are 6-field cron expressions (seconds first, UTC), parsed and stepped with croner
+//! Schedules are 6-field cron expressions (seconds first, UTC unless `CRON_TZ=<zone>` names one), parsed and stepped with croner
 //! using the same parser settings tokio-cron-scheduler used, so every expression users
 //! registered before still means the same. `--every` becomes cron with a per-registration
 //! offset (`Schedule::to_cron` in the api crate).
