@@ -156,37 +156,6 @@ pub fn register_text(
     (warned, text)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_register_echo_names_the_zone_and_the_next_three_ticks_in_it() {
-        let r: RegisterResponse = serde_json::from_value(serde_json::json!({
-            "cloud_yaml": "/home/me/app/cloud.yaml", "created_at": "2026-12-04T12:00:00Z",
-            "cron": "CRON_TZ=Europe/Berlin 0 0 9 * * *", "key": "3f2a9c0d11aa22bb",
-            "last_event": null, "last_success": null, "last_tick_at": null,
-            "next_runs": ["2026-12-05T08:00:00Z", "2026-12-06T08:00:00Z", "2026-12-07T08:00:00Z"],
-            "notify": [], "remote_spec": "/w/chain.yaml",
-            "schedule": "cron:CRON_TZ=Europe/Berlin 0 0 9 * * *", "success": true,
-            "ticks_run": 0, "ticks_skipped": 0, "warnings": []
-        }))
-        .unwrap();
-        let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        let (warned, text) = register_text(&r, "/home/me/app/cloud.yaml", now, 80);
-        assert_eq!(warned, "");
-        assert_eq!(
-            text,
-            "registered /home/me/app/cloud.yaml\n  key        3f2a9c0d11aa22bb\n  schedule   cron 0 0 9 * * * (Europe/Berlin)\n  next ticks Sat 2026-12-05 09:00:00 CET (in 20h00m)\n             Sun 2026-12-06 09:00:00 CET (in 1d)\n             Mon 2026-12-07 09:00:00 CET (in 2d)\n"
-        );
-        for line in text.lines() {
-            assert!(line.chars().count() <= 80, "{line:?}");
-        }
-    }
-}
-
 pub fn table_view(wide: bool, limit: Option<usize>) -> render::TableView {
     render::TableView {
         width: (!wide).then(columns::terminal_width),
@@ -377,4 +346,35 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_register_echo_names_the_zone_and_the_next_three_ticks_in_it() {
+        let r: RegisterResponse = serde_json::from_value(serde_json::json!({
+            "cloud_yaml": "/home/me/app/cloud.yaml", "created_at": "2026-12-04T12:00:00Z",
+            "cron": "CRON_TZ=Europe/Berlin 0 0 9 * * *", "key": "3f2a9c0d11aa22bb",
+            "last_event": null, "last_success": null, "last_tick_at": null,
+            "next_runs": ["2026-12-05T08:00:00Z", "2026-12-06T08:00:00Z", "2026-12-07T08:00:00Z"],
+            "notify": [], "remote_spec": "/w/chain.yaml",
+            "schedule": "cron:CRON_TZ=Europe/Berlin 0 0 9 * * *", "success": true,
+            "ticks_run": 0, "ticks_skipped": 0, "warnings": []
+        }))
+        .unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let (warned, text) = register_text(&r, "/home/me/app/cloud.yaml", now, 80);
+        assert_eq!(warned, "");
+        assert_eq!(
+            text,
+            "registered /home/me/app/cloud.yaml\n  key        3f2a9c0d11aa22bb\n  schedule   cron 0 0 9 * * * (Europe/Berlin)\n  next ticks Sat 2026-12-05 09:00:00 CET (in 20h00m)\n             Sun 2026-12-06 09:00:00 CET (in 1d)\n             Mon 2026-12-07 09:00:00 CET (in 2d)\n"
+        );
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
+    }
 }
