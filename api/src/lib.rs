@@ -5,12 +5,14 @@
 //! state root (two resolvers drifting apart is how clients end up talking to nobody).
 //! Deliberately free of tokio, sqlx and the scheduler so the client stays thin.
 
+pub mod duration;
 pub mod error;
 pub mod fleet;
 pub mod legacy;
 pub mod liveness;
 pub mod marker;
 pub mod notification;
+pub mod output;
 pub mod paths;
 pub mod report;
 pub mod schedule;

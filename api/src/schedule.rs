@@ -17,7 +17,8 @@ use std::time::Duration;
 pub enum Schedule {
     /// A fixed interval that divides a minute, an hour or a day evenly.
     Every(Duration),
-    /// A 6-field cron expression, seconds first (`0 */5 * * * *`), in UTC.
+    /// A 6-field cron expression, seconds first (`0 */5 * * * *`), in UTC, or in a named zone
+    /// with cronie's prefix (`CRON_TZ=Europe/Berlin 0 0 9 * * *`, `register --tz`).
     Cron(String),
 }
 

@@ -199,9 +199,9 @@ pub struct ChainSession {
     /// `present`, `missing` or `invalid`.
     #[serde(default)]
     pub marker_status: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_spec: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
@@ -211,15 +211,16 @@ pub struct ChainSession {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainLaunched {
     pub session: String,
-    #[serde(default)]
+    // Absent fields stay absent when the daemon writes this answer through the type.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub already_running: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_alive: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_spec: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub milestones: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_milestone: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,

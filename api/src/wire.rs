@@ -661,6 +661,16 @@ mod tests {
     }
 }
 
+/// `GET /v1/clouds/{key}/explain` as the client reads it: the lines a person reads, and the
+/// rest of the explanation (facts, rule, action, back-off) kept whole for `--json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Explanation {
+    #[serde(default)]
+    pub lines: Vec<String>,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
 /// `POST /v1/dashboard`: which local port the dashboard listens on (0: any free one). The
 /// daemon binds 127.0.0.1 only, whatever is asked.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -209,10 +209,14 @@ pub enum Cmd {
         /// minute or more works; cron is used where it can say it.
         #[arg(long, conflicts_with = "cron")]
         every: Option<String>,
-        /// Cron expression in UTC: 5 fields ("*/5 * * * *", fires at second 0), 6 with seconds
-        /// first, or @hourly, @daily, @weekly, @monthly, @yearly.
+        /// Cron expression: 5 fields ("*/5 * * * *", fires at second 0), 6 with seconds
+        /// first, or @hourly, @daily, @weekly, @monthly, @yearly; in --tz.
         #[arg(long)]
         cron: Option<String>,
+        /// The time zone of --cron, an IANA name (Europe/Berlin, America/New_York, UTC);
+        /// default: this machine's zone. Wall-clock times hold across daylight saving.
+        #[arg(long, requires = "cron")]
+        tz: Option<String>,
         /// Chain spec path on the runner to supervise (default: the last chain's).
         #[arg(long)]
         remote_spec: Option<String>,
@@ -444,8 +448,8 @@ pub enum DaemonCmd {
     Status,
 }
 
-/// `5m` → 300, `1h30m` → 5400, `90m`, `5h`, `1d`: a duration with units, read by humantime
-/// (the client's one duration parser). A bare number is refused (is `5` five seconds or five
+/// `5m` → 300, `1h30m` → 5400, `90m`, `5h`, `1d`: a duration with units, read by the tree's
+/// one duration parser (`megaplan_cloud_api::duration`). A bare number is refused (is `5` five seconds or five
 /// minutes?), and so is anything under a second.
 pub fn parse_every(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -455,7 +459,11 @@ pub fn parse_every(text: &str) -> Result<u64, String> {
             "--every {text:?}: a bare number has no unit; write {t}s for seconds or {t}m for minutes"
         ));
     }
-    let d = humantime::parse_duration(t).map_err(|e| format!("--every {text:?}: {e}; {hint}"))?;
+    use megaplan_cloud_api::duration::{DurationError, parse};
+    let d = parse(t, false).map_err(|e| match e {
+        DurationError::NotADuration { reason, .. } => format!("--every {text:?}: {reason}; {hint}"),
+        zero => format!("--every {zero}; {hint}"),
+    })?;
     match d.as_secs() {
         0 => Err(format!(
             "--every {text:?}: the interval must be at least a second; {hint}"
@@ -470,11 +478,36 @@ pub fn is_since(text: &str) -> bool {
     let t = text.trim();
     !t.is_empty()
         // Durations in the units docker's `--since` reads (Go's: h, m, s): no days.
-        && ((humantime::parse_duration(t).is_ok()
+        && ((megaplan_cloud_api::duration::parse(t, false).is_ok()
             && t.chars().all(|c| c.is_ascii_digit() || "hms.".contains(c)))
             || chrono::DateTime::parse_from_rfc3339(t).is_ok()
             || chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok()
             || t.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The zone a `--cron` runs in: `--tz` as given, else this machine's zone (its IANA name; UTC
+/// when the machine names none).
+pub fn cron_zone(tz: Option<&str>) -> Result<String, String> {
+    match tz.map(str::trim) {
+        Some(name) => jiff::tz::TimeZone::get(name)
+            .map(|_| name.to_string())
+            .map_err(|e| {
+                format!("--tz {name:?}: not a time zone ({e}); use an IANA name such as Europe/Berlin or UTC")
+            }),
+        None => Ok(jiff::tz::TimeZone::system()
+            .iana_name()
+            .unwrap_or("UTC")
+            .to_string()),
+    }
+}
+
+/// The cron expression sent to the daemon for `zone`: as is in UTC (what stored rows always
+/// meant), else with cronie's `CRON_TZ=<zone>` in front.
+pub fn cron_in_zone(expr: &str, zone: &str) -> String {
+    match zone {
+        "UTC" | "Etc/UTC" | "Etc/UCT" | "UCT" | "Zulu" | "Etc/Zulu" => expr.to_string(),
+        _ => format!("CRON_TZ={zone} {expr}"),
+    }
 }
 
 /// The cron expression the daemon stores: 6 fields, seconds first. A 5-field expression (the
@@ -507,6 +540,21 @@ pub fn normalise_cron(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod schedule_and_help_tests {
     use super::*;
+
+    #[test]
+    fn a_cron_carries_its_zone_unless_it_is_utc() {
+        assert_eq!(cron_zone(Some("Europe/Berlin")).unwrap(), "Europe/Berlin");
+        assert!(
+            cron_zone(Some("Mars/Olympus"))
+                .unwrap_err()
+                .starts_with("--tz \"Mars/Olympus\"")
+        );
+        assert_eq!(
+            cron_in_zone("0 0 9 * * *", "Europe/Berlin"),
+            "CRON_TZ=Europe/Berlin 0 0 9 * * *"
+        );
+        assert_eq!(cron_in_zone("0 0 9 * * *", "UTC"), "0 0 9 * * *");
+    }
 
     #[test]
     fn every_takes_units_and_refuses_bare_numbers() {

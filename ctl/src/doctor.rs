@@ -18,7 +18,7 @@ use crate::discover;
 use crate::render;
 use hyper::Method;
 use megaplan_cloud_api::marker::LastChainMarker;
-use megaplan_cloud_api::wire::{Health, Registration, SecretNamesResponse};
+use megaplan_cloud_api::wire::{Health, Registration, RegistrationListed, SecretNamesResponse};
 use megaplan_cloud_api::{legacy, paths, routes};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -539,6 +539,45 @@ fn send_test_checks(
         .collect()
 }
 
+/// Is each registration's runner reachable? Answered from what the daemon holds (its last tick
+/// of each), not a new round trip: `tick KEY` is the way to ask the runner now.
+fn runner_check(r: &RegistrationListed) -> Check {
+    let key = &r.registration.key;
+    let name = format!("runner {key}");
+    let Some(at) = &r.registration.last_tick_at else {
+        return Check::new(
+            name,
+            Verdict::Skip,
+            "not ticked yet: nothing known of its runner",
+        )
+        .fix(format!("megaplan-cloudctl tick {key}"));
+    };
+    match r.registration.last_success {
+        Some(true) => Check::new(name, Verdict::Ok, format!("reached by the last tick, {at}")),
+        _ => {
+            let event = r.registration.last_event.as_deref().unwrap_or("an error");
+            let mut detail = match r.consecutive_failures {
+                0 | 1 => format!("the last tick ({at}) failed: {event}"),
+                n => format!("the last {n} ticks failed, the latest {at}: {event}"),
+            };
+            if let Some(b) = &r.registration.backoff {
+                detail.push_str(&format!("; backing off until {}: {}", b.until, b.reason));
+            }
+            Check::new(name, Verdict::Fail, detail).fix(format!(
+                "megaplan-cloudctl explain {key}, fix what it names, then megaplan-cloudctl tick {key}"
+            ))
+        }
+    }
+}
+
+/// [`runner_check`] for every registration; none when the daemon does not answer (the daemon
+/// check says so).
+async fn runner_checks(client: &DaemonClient) -> Vec<Check> {
+    let listed: Result<Vec<RegistrationListed>, _> =
+        client.typed(Method::GET, routes::CLOUDS, None).await;
+    listed.iter().flatten().map(runner_check).collect()
+}
+
 pub async fn run(client: &DaemonClient, flag: Option<&Path>, send_test: bool) -> i32 {
     let root = paths::cloud_home();
     let markers = read_markers(&root);
@@ -597,6 +636,7 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>, send_test: bool) ->
         add(PathBuf::from(&r.cloud_yaml));
     }
     checks.extend(railway_check(&railway_users, health.as_ref().ok()));
+    checks.extend(runner_checks(client).await);
     let notify_file = match &health {
         Ok(h) => Path::new(&h.cloud_home).join("notify.yaml"),
         Err(_) => root.join("notify.yaml"),
@@ -672,6 +712,38 @@ pub async fn run(client: &DaemonClient, flag: Option<&Path>, send_test: bool) ->
 
 #[cfg(test)]
 mod tests {
+
+    fn listed(last_success: Option<bool>, failures: u32) -> RegistrationListed {
+        serde_json::from_value(json!({
+            "key": "3f2a9c0d11aa22bb", "cloud_yaml": "/p/cloud.yaml", "schedule": "every:300",
+            "remote_spec": null, "created_at": "2026-12-04T10:00:00Z",
+            "last_tick_at": last_success.map(|_| "2026-12-04T12:00:00Z"),
+            "last_event": last_success.map(|ok| if ok { "tick" } else { "supervisor_error" }),
+            "last_success": last_success, "ticks_run": 3, "ticks_skipped": 0,
+            "consecutive_failures": failures,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_runner_is_judged_by_the_daemons_last_tick_of_it() {
+        let ok = runner_check(&listed(Some(true), 0));
+        assert_eq!(ok.verdict, Verdict::Ok);
+        assert_eq!(ok.name, "runner 3f2a9c0d11aa22bb");
+        let failed = runner_check(&listed(Some(false), 4));
+        assert_eq!(failed.verdict, Verdict::Fail);
+        assert_eq!(
+            failed.detail,
+            "the last 4 ticks failed, the latest 2026-12-04T12:00:00Z: supervisor_error"
+        );
+        assert!(failed.fix.unwrap().contains("explain 3f2a9c0d11aa22bb"));
+        let never = runner_check(&listed(None, 0));
+        assert_eq!(never.verdict, Verdict::Skip);
+        assert_eq!(
+            never.fix.as_deref(),
+            Some("megaplan-cloudctl tick 3f2a9c0d11aa22bb")
+        );
+    }
     use super::*;
 
     #[test]

@@ -199,85 +199,6 @@ pub fn colour_json(text: &str) -> String {
     out
 }
 
-/// A command's result: JSON for scripts, a short indented summary for a person.
-pub fn print_result(v: &Value) {
-    if json_mode() {
-        print_json_doc(v);
-    } else {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(human_summary(v).as_bytes());
-        let _ = out.flush();
-    }
-}
-
-/// A JSON document as `key: value` lines, nested objects indented, short arrays inline; the
-/// `success` flag is left out (the exit code says it).
-pub fn human_summary(v: &Value) -> String {
-    let mut out = String::new();
-    summarise(v, 0, &mut out);
-    out
-}
-
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => Some("-".into()),
-        Value::Bool(b) => Some(if *b { "yes" } else { "no" }.into()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::String(s) => Some(s.clone()),
-        Value::Array(items) if items.is_empty() => Some("(none)".into()),
-        Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => Some(
-            items
-                .iter()
-                .filter_map(scalar)
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        Value::Object(m) if m.is_empty() => Some("(none)".into()),
-        _ => None,
-    }
-}
-
-fn summarise(v: &Value, depth: usize, out: &mut String) {
-    let pad = "  ".repeat(depth);
-    match v {
-        Value::Object(m) => {
-            let shown = |k: &&String| !(depth == 0 && k.as_str() == "success");
-            let width = m
-                .keys()
-                .filter(shown)
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-                .min(24);
-            for (k, val) in m {
-                if depth == 0 && k == "success" {
-                    continue;
-                }
-                let label = k.replace('_', " ");
-                match scalar(val) {
-                    Some(s) => out.push_str(&format!("{pad}{label:<width$}  {s}\n")),
-                    None => {
-                        out.push_str(&format!("{pad}{label}:\n"));
-                        summarise(val, depth + 1, out);
-                    }
-                }
-            }
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                match scalar(item) {
-                    Some(s) => out.push_str(&format!("{pad}- {s}\n")),
-                    None => {
-                        out.push_str(&format!("{pad}[{}]\n", i + 1));
-                        summarise(item, depth + 1, out);
-                    }
-                }
-            }
-        }
-        other => out.push_str(&format!("{pad}{}\n", scalar(other).unwrap_or_default())),
-    }
-}
-
 /// Remote text for a terminal: control characters other than `\n` and `\t` removed (a bare
 /// `\r` from ssh would otherwise move the cursor back over the real cause), ANSI escape
 /// sequences dropped whole.
@@ -326,22 +247,6 @@ mod tests {
         assert!(decide(false, ColorChoice::Always, true, true).color);
         assert!(!decide(false, ColorChoice::Never, true, false).color);
         assert!(!decide(false, ColorChoice::Auto, false, false).color);
-    }
-
-    #[test]
-    fn summary_is_key_value_lines_without_success() {
-        let text = human_summary(&json!({
-            "success": true,
-            "runner": "agent",
-            "logs": {"chain_log": {"size": 12}},
-            "names": ["A", "B"],
-            "steps": [{"step": "build", "ok": true}]
-        }));
-        assert!(!text.contains("success"), "{text}");
-        assert!(text.contains("runner"), "{text}");
-        assert!(text.contains("  chain log:\n    size  12\n"), "{text}");
-        assert!(text.contains("names   A, B"), "{text}");
-        assert!(text.contains("[1]\n"), "{text}");
     }
 
     #[test]

@@ -67,15 +67,8 @@ pub fn bytes_text(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-/// 109 → "1m49s", 7384 → "2h03m", 200000 → "2d07h".
-pub fn duration_text(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
-        3600..=86_399 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d{:02}h", secs / 86_400, (secs % 86_400) / 3600),
-    }
-}
+/// 109 → "1m49s", 7384 → "2h03m": the tree's one duration formatter.
+pub use megaplan_cloud_api::duration::text as duration_text;
 
 /// "3m ago", "in 2h", from an RFC 3339 time and now. Pure (now is passed in).
 pub fn relative(at: &str, now: chrono::DateTime<chrono::Utc>) -> String {
@@ -99,7 +92,8 @@ pub fn relative(at: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     }
 }
 
-/// `every:300` → "every 5m"; `cron:…` → "cron …".
+/// `every:300` → "every 5m"; `cron:…` → "cron … (UTC)"; `cron:CRON_TZ=Europe/Berlin …` →
+/// "cron … (Europe/Berlin)": a cron schedule always says its zone.
 pub fn schedule_text(stored: &str) -> String {
     match stored.split_once(':') {
         Some(("every", secs)) => match secs.parse::<u64>() {
@@ -109,8 +103,22 @@ pub fn schedule_text(stored: &str) -> String {
             Ok(n) => format!("every {n}s"),
             Err(_) => stored.to_string(),
         },
-        Some(("cron", expr)) => format!("cron {expr}"),
+        Some(("cron", expr)) => {
+            let (zone, expr) = cron_zone_of(expr);
+            format!("cron {expr} ({zone})")
+        }
         _ => stored.to_string(),
+    }
+}
+
+/// The zone of a stored cron expression and the expression without it (`UTC` when unnamed).
+pub fn cron_zone_of(expr: &str) -> (&str, &str) {
+    match expr.trim_start().strip_prefix("CRON_TZ=") {
+        Some(rest) => rest
+            .split_once(char::is_whitespace)
+            .map(|(z, e)| (z, e.trim_start()))
+            .unwrap_or((rest, "")),
+        None => ("UTC", expr),
     }
 }
 
@@ -284,13 +292,6 @@ pub fn registrations_text(
     let mut text = out.join("\n");
     text.push('\n');
     text
-}
-
-/// Print a JSON list of strings, one per line.
-pub fn lines(v: &Value) {
-    for l in v.as_array().into_iter().flatten() {
-        println!("{}", l.as_str().unwrap_or_default());
-    }
 }
 
 pub fn ticks_table(rows: &[TickRecord], more: bool, view: TableView) {

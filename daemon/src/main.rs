@@ -32,6 +32,16 @@ fn under_journald() -> bool {
 
 fn main() {
     let args = Args::parse();
+    if args.man {
+        let code = match megaplan_cloudd::settings::man_page(&mut std::io::stdout()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("megaplan-cloudd: cannot write the man page: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     let settings = Settings::from_args(args);
 
     // stderr always (journald/launchd capture it); plus a daily rolling file under the state

@@ -1,7 +1,7 @@
 //! Scheduled ticks: one due-time queue of next fire instants per registration, driven by one
 //! task (docs/design.md, "Scheduling", says why this replaced tokio-cron-scheduler).
 //!
-//! Schedules are 6-field cron expressions (seconds first, UTC), parsed and stepped with croner
+//! Schedules are 6-field cron expressions (seconds first, UTC unless `CRON_TZ=<zone>` names one), parsed and stepped with croner
 //! using the same parser settings tokio-cron-scheduler used, so every expression users
 //! registered before still means the same. `--every` becomes cron with a per-registration
 //! offset (`Schedule::to_cron` in the api crate).
@@ -53,15 +53,56 @@ const MAX_MISSED_STEPS: u64 = 1000;
 /// How an entry finds its occurrences: a cron expression, or a fixed interval cron cannot say
 /// (`@every <secs> <offset>`, api::schedule) stepped from the Unix epoch plus the offset.
 enum Timing {
-    Cron(Box<Cron>),
-    Every { secs: i64, offset: i64 },
+    /// A cron expression in UTC, or in the named zone (`CRON_TZ=Europe/Berlin <expr>`, cronie's
+    /// convention), its wall-clock times followed across daylight-saving changes.
+    Cron(Box<Cron>, Option<Box<jiff::tz::TimeZone>>),
+    Every {
+        secs: i64,
+        offset: i64,
+    },
+}
+
+/// The prefix naming a cron expression's zone, as cronie writes it.
+pub const CRON_TZ_PREFIX: &str = "CRON_TZ=";
+
+/// `zone`'s UTC offset at `t`.
+fn offset_at(zone: &jiff::tz::TimeZone, t: DateTime<Utc>) -> Option<chrono::FixedOffset> {
+    let ts = jiff::Timestamp::from_second(t.timestamp()).ok()?;
+    chrono::FixedOffset::east_opt(zone.to_offset(ts).seconds())
+}
+
+/// The next occurrence of `cron` after `t` (or at it, `inclusive`) in `zone`'s wall-clock time.
+/// Stepped at the offset in force at `t`; when the offset differs at the occurrence found (a
+/// daylight-saving change lies between), stepped again at that offset.
+fn next_in_zone(
+    cron: &Cron,
+    zone: &jiff::tz::TimeZone,
+    t: DateTime<Utc>,
+    inclusive: bool,
+) -> Option<DateTime<Utc>> {
+    let mut offset = offset_at(zone, t)?;
+    let mut found = None;
+    for _ in 0..3 {
+        let at = cron
+            .find_next_occurrence(&t.with_timezone(&offset), inclusive)
+            .ok()?
+            .with_timezone(&Utc);
+        found = Some(at);
+        let there = offset_at(zone, at)?;
+        if there == offset {
+            break;
+        }
+        offset = there;
+    }
+    found
 }
 
 impl Timing {
     /// The first occurrence strictly after `t`.
     fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Timing::Cron(cron) => cron.find_next_occurrence(&t, false).ok(),
+            Timing::Cron(cron, None) => cron.find_next_occurrence(&t, false).ok(),
+            Timing::Cron(cron, Some(zone)) => next_in_zone(cron, zone, t, false),
             Timing::Every { secs, offset } => {
                 let n = (t.timestamp() - offset).div_euclid(*secs) + 1;
                 let at = n.checked_mul(*secs)?.checked_add(*offset)?;
@@ -73,7 +114,8 @@ impl Timing {
     /// The first occurrence at or after `t`.
     fn at_or_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Timing::Cron(cron) => cron.find_next_occurrence(&t, true).ok(),
+            Timing::Cron(cron, None) => cron.find_next_occurrence(&t, true).ok(),
+            Timing::Cron(cron, Some(zone)) => next_in_zone(cron, zone, t, true),
             Timing::Every { secs, offset } => {
                 let on_one =
                     t.timestamp_subsec_nanos() == 0 && (t.timestamp() - offset) % secs == 0;
@@ -94,7 +136,17 @@ fn parse_timing(expr: &str) -> Result<Timing, ScheduleError> {
         let offset = i64::try_from(offset).unwrap_or(0);
         return Ok(Timing::Every { secs, offset });
     }
-    parse_cron(expr).map(|c| Timing::Cron(Box::new(c)))
+    if let Some(rest) = expr.trim_start().strip_prefix(CRON_TZ_PREFIX) {
+        let (name, cron) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let zone = jiff::tz::TimeZone::get(name).map_err(|e| ScheduleError::Invalid {
+            expr: expr.to_string(),
+            reason: format!(
+                "unknown time zone {name:?} ({e}); use an IANA name such as Europe/Berlin or UTC"
+            ),
+        })?;
+        return parse_cron(cron.trim()).map(|c| Timing::Cron(Box::new(c), Some(Box::new(zone))));
+    }
+    parse_cron(expr).map(|c| Timing::Cron(Box::new(c), None))
 }
 
 /// The next `n` occurrences of `expr` after `from` (the register echo shows 3).
@@ -781,6 +833,46 @@ impl TickSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cron_in_a_named_zone_keeps_its_wall_clock_across_daylight_saving() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        let runs = |from: &str| -> Vec<String> {
+            upcoming("CRON_TZ=Europe/Berlin 0 0 9 * * *", at(from), 3)
+                .unwrap()
+                .iter()
+                .map(|t| t.to_rfc3339())
+                .collect()
+        };
+        // Winter: 09:00 CET is 08:00 UTC.
+        assert_eq!(
+            runs("2026-12-04T12:00:00Z"),
+            [
+                "2026-12-05T08:00:00+00:00",
+                "2026-12-06T08:00:00+00:00",
+                "2026-12-07T08:00:00+00:00"
+            ]
+        );
+        // Clocks go forward on 2026-03-29: 09:00 is 08:00 UTC, then 07:00 UTC.
+        assert_eq!(
+            runs("2026-03-28T00:00:00Z"),
+            [
+                "2026-03-28T08:00:00+00:00",
+                "2026-03-29T07:00:00+00:00",
+                "2026-03-30T07:00:00+00:00"
+            ]
+        );
+        // Without a zone the expression is UTC, as before.
+        assert_eq!(
+            upcoming("0 0 9 * * *", at("2026-12-04T12:00:00Z"), 1).unwrap()[0].to_rfc3339(),
+            "2026-12-05T09:00:00+00:00"
+        );
+        let e = validate_cron("CRON_TZ=Mars/Olympus 0 0 9 * * *").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown time zone \"Mars/Olympus\""),
+            "{e}"
+        );
+    }
     use chrono::TimeZone;
     use megaplan_cloud_api::schedule::every_to_cron;
 

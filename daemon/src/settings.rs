@@ -6,13 +6,51 @@ use megaplan_cloud_api::paths::{self, SocketSource};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES of `--help` and megaplan-cloudd(8).
+const MAN_SECTIONS: &str = "\
+EXIT STATUS:
+  0  stopped cleanly on SIGTERM or SIGINT (running ticks finished or were cancelled
+     after --shutdown-grace)
+  1  could not start or serve: the socket is held by another megaplan-cloudd, the state
+     root or database is unusable (the cause and the fix are said on stderr)
+  2  usage: an unknown flag or a bad value (a duration such as 90s, 10m, 1h30m; a size
+     such as 256MiB)
+
+ENVIRONMENT:
+  MEGAPLAN_CLOUDD_SOCKET       the socket (also --socket)
+  MEGAPLAN_CLOUD_HOME          the state root (default ~/.megaplan/cloud)
+  MEGAPLAN_CLOUDD_DB, MEGAPLAN_CLOUDD_MAX_TICKS, MEGAPLAN_CLOUDD_TICK_TIMEOUT, ...
+                               each flag's variable, as --help lists them
+  RUST_LOG                     log filter (default warn,megaplan_cloudd=info)
+  XDG_RUNTIME_DIR              where the default socket lives
+  JOURNAL_STREAM               set by systemd: log lines carry no second timestamp
+
+FILES:
+  $XDG_RUNTIME_DIR/megaplan-cloudd/cloudd.sock  the socket, else
+  ~/.megaplan/cloud/cloudd.sock
+  ~/.megaplan/cloud/cloudd.db                    registrations, tick reports, outbox
+  ~/.megaplan/cloud/logs/cloudd.*.log            daily logs, 14 kept
+  ~/.megaplan/cloud/notify.yaml                  notification sinks (optional)
+  systemd/megaplan-cloudd.service                the user unit (docs/operations.md)
+
+EXAMPLES:
+  megaplan-cloudd                                serve on the default socket
+  systemctl --user enable --now megaplan-cloudd  run it as a user service
+  megaplan-cloudd --tick-timeout 5m --max-db-size 64MiB
+  megaplan-cloudd --man | man -l -               read this page
+  megaplan-cloudctl daemon status                ask the running daemon how it is";
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "megaplan-cloudd",
     version,
-    about = "Resident daemon for megaplan cloud runners: registry, held ssh sessions, scheduled supervise ticks"
+    about = "Resident daemon for megaplan cloud runners: registry, held ssh sessions, scheduled supervise ticks",
+    after_long_help = MAN_SECTIONS
 )]
 pub struct Args {
+    /// Print the manual page megaplan-cloudd(8) (roff) on stdout and exit.
+    #[arg(long)]
+    pub man: bool,
     /// Unix socket to serve on [env: MEGAPLAN_CLOUDD_SOCKET; default $XDG_RUNTIME_DIR/megaplan-cloudd/cloudd.sock,
     /// else ~/.megaplan/cloud/cloudd.sock].
     #[arg(long)]
@@ -68,6 +106,43 @@ pub struct Args {
     /// [default: <state root>/notify.yaml; missing means defaults and no global sinks].
     #[arg(long, env = "MEGAPLAN_CLOUDD_NOTIFY_CONFIG")]
     pub notify_config: Option<PathBuf>,
+}
+
+/// megaplan-cloudd(8): the flags, then EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES as
+/// sections of their own (not clap's one "extra" block), as a roff page.
+pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = <Args as clap::CommandFactory>::command().after_long_help(None::<&str>);
+    let man = clap_mangen::Man::new(cmd).section("8");
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    out.write_all(man_sections_roff(MAN_SECTIONS).as_bytes())?;
+    man.render_version_section(out)
+}
+
+/// `HEADING:` blocks of `--help` text as roff sections, their lines kept as written.
+fn man_sections_roff(text: &str) -> String {
+    let mut roff = String::new();
+    for block in text.split("\n\n") {
+        let mut lines = block.lines();
+        let Some(heading) = lines.next() else {
+            continue;
+        };
+        roff.push_str(&format!(".SH \"{}\"\n.nf\n", heading.trim_end_matches(':')));
+        for line in lines {
+            let escaped = line.replace('\\', "\\e").replace('-', "\\-");
+            // A line starting with `.` or `'` would be read as a request.
+            if escaped.starts_with(['.', '\'']) {
+                roff.push_str("\\&");
+            }
+            roff.push_str(&escaped);
+            roff.push('\n');
+        }
+        roff.push_str(".fi\n");
+    }
+    roff
 }
 
 #[derive(Debug, Clone)]
@@ -138,35 +213,12 @@ impl Settings {
     }
 }
 
-/// Why a flag's duration was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    #[error("{0:?} is not a duration; use e.g. 30s, 5m, 2h")]
-    NotANumber(String),
-    #[error("{0:?} has an unknown unit; use s, m, h or d")]
-    UnknownUnit(String),
-    #[error("{0:?} must be longer than zero")]
-    Zero(String),
-}
+pub use megaplan_cloud_api::duration::DurationError;
 
-/// `90s`, `5m`, `2h`, `1d`, or plain seconds.
+/// A duration flag: `90s`, `5m`, `1h30m`, `2d`, or plain seconds; longer than zero. The tree's
+/// one parser (`megaplan_cloud_api::duration`).
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let t = text.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| DurationError::NotANumber(text.to_string()))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(DurationError::UnknownUnit(text.to_string())),
-    };
-    if secs == 0 {
-        return Err(DurationError::Zero(text.to_string()));
-    }
-    Ok(Duration::from_secs(secs))
+    megaplan_cloud_api::duration::parse_positive(text, true)
 }
 
 /// The smallest `--max-db-size`: below it the empty schema alone would be over the cap.
@@ -228,19 +280,36 @@ mod tests {
     }
 
     #[test]
+    fn the_man_page_has_its_own_sections() {
+        let mut page = Vec::new();
+        man_page(&mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.starts_with(".ie"), "{page}");
+        assert!(page.contains(".TH megaplan-cloudd 8"), "{page}");
+        for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
+            assert!(
+                page.contains(&format!(".SH \"{section}\"")),
+                "no {section}: {page}"
+            );
+        }
+        assert!(page.contains("\\-\\-tick\\-timeout"), "{page}");
+        assert!(!page.contains(".SH EXTRA"), "{page}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert_eq!(parse_duration("0s"), Err(DurationError::Zero("0s".into())));
-        assert_eq!(
-            parse_duration("5x"),
-            Err(DurationError::UnknownUnit("5x".into()))
-        );
-        assert_eq!(
-            parse_duration("m").unwrap_err().to_string(),
-            "\"m\" is not a duration; use e.g. 30s, 5m, 2h"
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("5x").is_err());
+        assert!(
+            parse_duration("m")
+                .unwrap_err()
+                .to_string()
+                .starts_with("\"m\" is not a duration")
         );
     }
 }

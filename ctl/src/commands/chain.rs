@@ -2,14 +2,55 @@
 //! next?") and `tick`/`supervise --chain` ("what did that tick see and do?"). Pure renderers over
 //! the api types; the caller prints.
 
+use crate::cli::Cmd;
 use crate::columns;
+use crate::failure::local_error;
 use crate::render::{duration_text, relative};
+use crate::target::abs;
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_api::report::{
     EffectiveStatus, Liveness, ProviderConsistency, ReportedStatus, TickEvent, TickReport,
 };
 use megaplan_cloud_api::status::{ChainLaunched, ChainSessions, ChainStatus};
+use megaplan_cloud_api::wire::Command;
 use megaplan_cloud_api::wire::TickRecord;
+
+/// The request of `chain`, `chains` and `supervise --chain` (`status --chain` is built with
+/// `status` in plan.rs; its answer is rendered here).
+pub fn request(cmd: Cmd) -> Result<Command, i32> {
+    Ok(match cmd {
+        Cmd::Chain {
+            spec,
+            idea_dir,
+            fresh,
+            no_git_refresh,
+            overrides,
+        } => Command::Chain {
+            spec: abs(&spec).display().to_string(),
+            idea_dir: idea_dir.map(|d| abs(&d).display().to_string()),
+            fresh,
+            no_git_refresh,
+            overrides: super::plan::overrides(overrides),
+        },
+        Cmd::Chains => Command::Chains,
+        Cmd::Supervise { chain: false, .. } => {
+            return Err(local_error(
+                ErrorCode::InvalidArgs,
+                "supervise needs --chain (the chain supervisor is the only one)",
+            ));
+        }
+        Cmd::Supervise {
+            remote_spec,
+            dry_run,
+            ..
+        } => Command::Supervise {
+            remote_spec,
+            dry_run,
+        },
+        other => return Err(super::runner::not_mine(&other)),
+    })
+}
 
 /// How the text is laid out: the terminal's width and colour.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +60,14 @@ pub struct Style {
 }
 
 impl Style {
+    /// This terminal's width and the colour choice of the run.
+    pub fn of_terminal() -> Self {
+        Style {
+            width: crate::columns::terminal_width(),
+            color: crate::output::get().color,
+        }
+    }
+
     fn paint(&self, text: &str, sgr: &str) -> String {
         if self.color {
             format!("\x1b[{sgr}m{text}\x1b[0m")

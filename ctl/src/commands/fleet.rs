@@ -63,7 +63,9 @@ pub fn state_cell(r: &FleetRow) -> Cell {
         FleetState::Stalled => (
             format!(
                 "stalled {}",
-                short_span(r.stalled_for_secs.unwrap_or(0).unsigned_abs())
+                megaplan_cloud_api::duration::coarse(
+                    r.stalled_for_secs.unwrap_or(0).unsigned_abs()
+                )
             ),
             "33",
         ),
@@ -81,16 +83,6 @@ pub fn state_cell(r: &FleetRow) -> Cell {
         FleetState::Complete => ("complete".to_string(), "34"),
     };
     Cell::painted(text, sgr)
-}
-
-/// 841 → "14m", 7384 → "2h03m".
-fn short_span(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        3600..=86_399 => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d", secs / 86_400),
-    }
 }
 
 fn milestone_text(r: &FleetRow) -> String {
@@ -322,6 +314,31 @@ pub async fn watch(client: &DaemonClient, view: View) -> Result<(), ClientError>
     tokio::select! {
         r = stream => r,
         r = draw => r,
+    }
+}
+
+/// `ls [--watch] [--wide] [-n N]`: the fleet once, or redrawn on every change until the daemon
+/// goes away (then exit 3, said on stderr).
+pub async fn run(client: &DaemonClient, watching: bool, wide: bool, limit: Option<usize>) -> i32 {
+    let view = View {
+        width: (!wide).then(crate::columns::terminal_width),
+        color: output::get().color,
+        limit,
+    };
+    let shown = if watching {
+        watch(client, view).await
+    } else {
+        show(client, view).await
+    };
+    match shown {
+        Ok(()) if watching => {
+            eprintln!(
+                "ls --watch: the daemon closed the stream (it stopped or restarted); run it again once the daemon is back"
+            );
+            3
+        }
+        Ok(()) => 0,
+        Err(e) => crate::failure::fail(e),
     }
 }
 

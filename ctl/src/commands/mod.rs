@@ -4,5 +4,11 @@
 pub mod chain;
 pub mod dashboard;
 pub mod fleet;
+pub mod history;
+pub mod local;
 pub mod notifications;
+pub mod plan;
 pub mod quarantine;
+pub mod registration;
+pub mod run;
+pub mod runner;

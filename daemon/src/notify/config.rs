@@ -225,25 +225,10 @@ impl Default for NotifyConfig {
     }
 }
 
-/// `500ms`, `90s`, `5m`, `2h`, `1d`, or plain seconds; longer than zero.
+/// `500ms`, `90s`, `5m`, `1h30m`, `1d`, or plain seconds; longer than zero (the tree's one
+/// parser, `megaplan_cloud_api::duration`).
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || format!("{field}: {text:?} is not a duration; use e.g. 500ms, 30s, 5m, 2h");
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86400)),
-        _ => return Err(bad()),
-    };
-    if d.is_zero() {
-        return Err(format!("{field}: {text:?} must be longer than zero"));
-    }
-    Ok(d)
+    megaplan_cloud_api::duration::parse_positive(text, true).map_err(|e| format!("{field}: {e}"))
 }
 
 const KEYS: [&str; 14] = [

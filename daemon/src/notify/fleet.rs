@@ -47,14 +47,9 @@ pub fn display_name(cloud_yaml: &str) -> String {
     }
 }
 
+/// A narrow span (`14m`), by the tree's one formatter.
 fn secs_text(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
-    }
+    megaplan_cloud_api::duration::coarse(u64::try_from(secs).unwrap_or(0))
 }
 
 fn attention(reason: impl Into<String>, fix: impl Into<String>) -> Option<Attention> {

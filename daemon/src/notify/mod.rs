@@ -646,11 +646,17 @@ pub fn since_time(text: &str) -> Result<String, String> {
             .and_utc()
             .to_rfc3339());
     }
-    let age = config::parse_duration("since", t).map_err(|_| {
-        format!("since {t:?}: use an age (30m, 2h, 1d), a date (2026-06-01) or an RFC 3339 time")
-    })?;
     // Checked all the way: an age reaching before the year -262143 is a refusal, not a panic.
     let too_far = || format!("since {t:?} is too far back; give a shorter age or a date");
+    let age = match megaplan_cloud_api::duration::parse_positive(t, true) {
+        Ok(age) => age,
+        Err(megaplan_cloud_api::duration::DurationError::TooLarge(_)) => return Err(too_far()),
+        Err(_) => {
+            return Err(format!(
+                "since {t:?}: use an age (30m, 2h, 1d), a date (2026-06-01) or an RFC 3339 time"
+            ));
+        }
+    };
     let age = chrono::Duration::from_std(age).map_err(|_| too_far())?;
     let then = Utc::now().checked_sub_signed(age).ok_or_else(too_far)?;
     Ok(then.to_rfc3339())

@@ -400,18 +400,9 @@ pub fn transitions(
     (next, events)
 }
 
-/// `95` → `1m35s`; `7200` → `2h0m`.
+/// A non-negative age in seconds for people (`95` → `1m35s`), by the tree's one formatter.
 pub fn age_text(secs: i64) -> String {
-    let secs = secs.max(0);
-    if secs < 60 {
-        format!("{secs}s")
-    } else if secs < 3600 {
-        format!("{}m{}s", secs / 60, secs % 60)
-    } else if secs < 86400 {
-        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
-    } else {
-        format!("{}d{}h", secs / 86400, (secs % 86400) / 3600)
-    }
+    megaplan_cloud_api::duration::text(u64::try_from(secs).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -645,7 +636,7 @@ mod tests {
             );
         }
         assert_eq!(age_text(95), "1m35s");
-        assert_eq!(age_text(7200), "2h0m");
+        assert_eq!(age_text(7200), "2h00m");
     }
 
     fn awaiting(pr: i64) -> TickReport {

@@ -25,29 +25,8 @@ pub struct ExecResult {
     pub stderr: String,
 }
 
-/// One step of a deploy, for the JSON report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeployStep {
-    pub name: String,
-    /// `ok`, `failed` or `skipped`.
-    pub status: String,
-    pub detail: String,
-    /// Redacted, last [`TAIL_LINES`] lines.
-    pub stdout_tail: String,
-    pub stderr_tail: String,
-}
-
-/// What deploy did, printed as JSON with the verdict line on stderr.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeployReport {
-    pub success: bool,
-    pub provider: String,
-    pub verdict: String,
-    /// `triggered`, `not_triggered` or `unknown`.
-    pub image_rebuild: String,
-    pub steps: Vec<DeployStep>,
-    pub warnings: Vec<String>,
-}
+/// A deploy's report and its steps: typed in the api crate, the `deploy` answer.
+pub use megaplan_cloud_api::output::{DeployReport, DeployStep};
 
 /// Everything a provider needs for one request. `Debug` lists secret names, never values.
 #[derive(Clone)]

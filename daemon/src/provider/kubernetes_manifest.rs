@@ -365,28 +365,10 @@ pub fn since_seconds(since: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(since) {
         return Some((now - t.with_timezone(&chrono::Utc)).num_seconds().max(1));
     }
-    let mut total: i64 = 0;
-    let mut digits = String::new();
-    for c in since.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits.parse().ok()?;
-        digits.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-    }
-    if !digits.is_empty() {
-        total = total.checked_add(digits.parse().ok()?)?;
-    }
-    (total > 0).then_some(total)
+    let total = megaplan_cloud_api::duration::parse(since, true)
+        .ok()?
+        .as_secs();
+    i64::try_from(total).ok().filter(|t| *t > 0)
 }
 
 #[cfg(test)]

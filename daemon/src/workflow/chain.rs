@@ -6,7 +6,7 @@
 //! `megaplan-chain`, writes the session marker, verifies the session, and stores the
 //! last-chain marker (SQLite + legacy file).
 
-use super::ctx::{Ctx, Done};
+use super::ctx::{Ctx, Done, typed};
 use crate::chain::spec::{self, ChainSpec};
 use crate::provider::Provider;
 use crate::provider::remote_failure;
@@ -18,6 +18,7 @@ use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN, chain_log, marke
 use crate::store::NewGateRefusal;
 use crate::supervisor::markers;
 use chrono::Utc;
+use megaplan_cloud_api::output::{Bootstrapped, CommandOutput};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -97,15 +98,16 @@ pub async fn bootstrap(
     ctx.out.stderr(r.stderr.clone()).await;
     ctx.out.stderr(r.stdout.clone()).await;
     let code = r.code;
+    let init = super::status::json_in(&r.stdout).and_then(|v| v.as_object().cloned());
     Ok(Done::code(
-        json!({
-            "success": code == 0,
-            "init": super::status::json_in(&r.stdout),
-            "workspace": ws,
-            "idea_file": remote_idea,
-            "plan_name": plan_name,
-            "robustness": robustness,
-            "exit_code": code,
+        CommandOutput::Bootstrapped(Bootstrapped {
+            exit_code: code,
+            idea_file: remote_idea,
+            init,
+            plan_name: plan_name.map(str::to_string),
+            robustness: robustness.to_string(),
+            success: code == 0,
+            workspace: ws,
         }),
         i32::from(code != 0),
     ))
@@ -243,12 +245,12 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
                 "chain already running in tmux session {session}; nothing to do\n"
             ))
             .await;
-        return Ok(Done::ok(json!({
+        return Ok(Done::ok(CommandOutput::Launched(Box::new(typed(json!({
             "success": true,
             "already_running": true,
             "session": session,
             "remote_spec": remote_spec,
-        })));
+        }))?))));
     }
     if pre.code != 0 || !pre.stdout.contains("MEGAPLAN_PREFLIGHT_OK") {
         return Err(remote_failure("chain preflight (repo checkout)", &pre));
@@ -355,7 +357,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         &marker,
     )
     .await?;
-    Ok(Done::ok(ctx.redact(&json!({
+    let launched = ctx.redact(&json!({
         "success": true,
         "session": session,
         "session_alive": alive,
@@ -378,7 +380,10 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
             "identity_digest": digest,
             "session_marker": marker_file(session),
         },
-    }))))
+    }));
+    Ok(Done::ok(CommandOutput::Launched(Box::new(typed(
+        launched,
+    )?))))
 }
 
 /// Reads the gate's verdict of a manual start: keeps the local token current, records a refusal

@@ -9,6 +9,7 @@ use crate::process::StreamKind;
 use crate::provider::{self, AnyProvider, OutTx, Provider as _, ProviderCtx};
 use crate::redact::Redactor;
 use crate::state::AppState;
+use megaplan_cloud_api::output::CommandOutput;
 use megaplan_cloud_api::wire::Frame;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
@@ -180,6 +181,16 @@ impl Ctx {
         self.redactor.redact_json(v)
     }
 
+    /// Redact a typed answer's text before it leaves the daemon: through its JSON, whose shape
+    /// redaction keeps (only string contents change), so it reads back as the same type.
+    pub fn redact_typed<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        t: T,
+    ) -> Result<T, ErrorBody> {
+        let v = serde_json::to_value(&t).map_err(internal)?;
+        serde_json::from_value(self.redact(&v)).map_err(internal)
+    }
+
     /// The core launcher for this runner: `megaplan.launcher` as written, else the one probed
     /// on the runner (remembered per runner; see `chain::launcher`).
     pub async fn launcher(&self) -> Result<String, ErrorBody> {
@@ -242,20 +253,38 @@ pub async fn resolve_launcher(
     Ok(l)
 }
 
-/// A command's outcome: the stdout payload (null = print nothing) and the exit code.
+/// A command's outcome: its typed answer (the `result` frame's payload) and the exit code.
 pub struct Done {
-    pub payload: Value,
+    pub output: CommandOutput,
     pub exit_code: i32,
 }
 
 impl Done {
-    pub fn ok(payload: Value) -> Self {
+    pub fn ok(output: CommandOutput) -> Self {
         Done {
-            payload,
+            output,
             exit_code: 0,
         }
     }
-    pub fn code(payload: Value, exit_code: i32) -> Self {
-        Done { payload, exit_code }
+    pub fn code(output: CommandOutput, exit_code: i32) -> Self {
+        Done { output, exit_code }
     }
+}
+
+/// A JSON answer built by the domain (the chain status, the sessions, a launch), read as its
+/// api type.
+pub fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ErrorBody> {
+    serde_json::from_value(v).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("the command's answer does not read as its type: {e}"),
+        )
+    })
+}
+
+fn internal(e: serde_json::Error) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::Internal,
+        format!("cannot redact the command's answer: {e}"),
+    )
 }

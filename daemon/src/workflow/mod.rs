@@ -28,8 +28,16 @@ pub async fn run(state: Arc<AppState>, req: RunRequest, tx: mpsc::Sender<Frame>)
     let name = req.command.name();
     let started = std::time::Instant::now();
     let result = execute(state, req, out.clone()).await;
-    let (payload, exit_code) = match result {
-        Ok(Done { payload, exit_code }) => (payload, exit_code),
+    let (payload, exit_code) = match result.and_then(|Done { output, exit_code }| {
+        let payload = output.to_payload().map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("cannot write the answer of `{name}`: {e}"),
+            )
+        })?;
+        Ok((payload, exit_code))
+    }) {
+        Ok(done) => done,
         Err(e) => {
             out.stderr(format!("error: {}: {}\n", e.error, e.message))
                 .await;

@@ -4,9 +4,9 @@ use super::ctx::{Ctx, Done};
 use crate::cloud_yaml::ProviderKind;
 use crate::provider::Provider;
 use crate::render;
+use megaplan_cloud_api::output::{Built, CommandOutput, Deployed, Destroyed, RunnerStopped};
 use megaplan_cloud_api::wire::Frame;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::json;
 use std::path::PathBuf;
 
 /// The rendered deploy dir: persistent for local/ssh, a temporary dir for railway (removed when
@@ -45,10 +45,10 @@ pub async fn build(ctx: &Ctx) -> Result<Done, ErrorBody> {
         .await;
     ctx.out.relay(async |tx| p.build(tx).await).await?;
     ctx.out.stderr("build: ok\n").await;
-    Ok(Done::ok(json!({
-        "success": true,
-        "provider": p.name(),
-        "deploy_dir": dir.display().to_string(),
+    Ok(Done::ok(CommandOutput::Built(Built {
+        deploy_dir: dir.display().to_string(),
+        provider: p.name().to_string(),
+        success: true,
     })))
 }
 
@@ -58,15 +58,17 @@ pub async fn deploy(ctx: &Ctx) -> Result<Done, ErrorBody> {
     let p = ctx.provider(dir)?;
     let report = ctx.out.relay(async |tx| p.deploy(tx).await).await?;
     ctx.out.stderr(format!("{}\n", report.verdict)).await;
-    let mut payload = serde_json::to_value(&report).unwrap_or_default();
+    let code = i32::from(!report.success);
     // The agents' logins go onto a runner that is up (the original seeds after a deploy too).
-    if report.success
-        && let Some(o) = payload.as_object_mut()
-    {
-        o.insert("agent_auth".into(), super::agent_auth::seed(ctx, &p).await);
-    }
-    let payload = ctx.redact(&payload);
-    Ok(Done::code(payload, i32::from(!report.success)))
+    let agent_auth = match report.success {
+        true => Some(super::agent_auth::seed(ctx, &p).await),
+        false => None,
+    };
+    let deployed = ctx.redact_typed(Deployed { report, agent_auth })?;
+    Ok(Done::code(
+        CommandOutput::Deployed(Box::new(deployed)),
+        code,
+    ))
 }
 
 pub async fn exec(ctx: &Ctx, cmd: &str) -> Result<Done, ErrorBody> {
@@ -76,7 +78,7 @@ pub async fn exec(ctx: &Ctx, cmd: &str) -> Result<Done, ErrorBody> {
         .relay(async |tx| p.exec_streaming(cmd, tx).await)
         .await?;
     // exec relays the command's own output and exit code; no JSON payload.
-    Ok(Done::code(serde_json::Value::Null, code))
+    Ok(Done::code(CommandOutput::Streamed, code))
 }
 
 pub async fn logs(
@@ -94,21 +96,24 @@ pub async fn logs(
             }
         })
         .await?;
-    Ok(Done::code(serde_json::Value::Null, code))
+    Ok(Done::code(CommandOutput::Streamed, code))
 }
 
 pub async fn attach(ctx: &Ctx, session: Option<&str>) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
     let argv = p.attach_argv(session)?;
     ctx.out.frame(Frame::Terminal { argv }).await;
-    Ok(Done::ok(serde_json::Value::Null))
+    Ok(Done::ok(CommandOutput::Streamed))
 }
 
 pub async fn down(ctx: &Ctx) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
     ctx.out.relay(async |tx| p.down(tx).await).await?;
     ctx.out.stderr("down: runner stopped\n").await;
-    Ok(Done::ok(json!({"success": true, "provider": p.name()})))
+    Ok(Done::ok(CommandOutput::Down(RunnerStopped {
+        provider: p.name().to_string(),
+        success: true,
+    })))
 }
 
 pub async fn destroy(ctx: &Ctx, yes: bool) -> Result<Done, ErrorBody> {
@@ -134,10 +139,10 @@ pub async fn destroy(ctx: &Ctx, yes: bool) -> Result<Done, ErrorBody> {
         removed = Some(dir.display().to_string());
     }
     ctx.out.stderr("destroy: runner removed\n").await;
-    Ok(Done::ok(json!({
-        "success": true,
-        "provider": p.name(),
-        "deploy_dir_removed": removed,
-        "volume_deleted": ctx.spec.resources.volume,
+    Ok(Done::ok(CommandOutput::Destroyed(Destroyed {
+        deploy_dir_removed: removed,
+        provider: p.name().to_string(),
+        success: true,
+        volume_deleted: ctx.spec.resources.volume.clone(),
     })))
 }

@@ -1,6 +1,6 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
-use super::ctx::{Ctx, Done};
+use super::ctx::{Ctx, Done, typed};
 use crate::chain::summary;
 use crate::provider::Provider;
 use crate::provider::remote_failure;
@@ -10,18 +10,9 @@ use crate::runner::layout::marker_file;
 pub use crate::supervisor::target::{
     CHAIN_SESSION, ChainTarget, SpecSource, chain_target, look, observe_chain, resolve_remote_spec,
 };
-use megaplan_cloud_api::report::to_sorted_value;
+use megaplan_cloud_api::output::{CommandOutput, PlanStatus, Resumed};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Value, json};
-
-/// A typed payload that did not encode as JSON (it cannot happen for these types: no map with
-/// non-string keys, no float).
-fn encode_failed(what: &str, e: serde_json::Error) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::Internal,
-        format!("{what} could not be encoded as JSON: {e}"),
-    )
-}
 
 /// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
 pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
@@ -69,9 +60,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
             ))
             .await;
     }
-    Ok(Done::ok(
-        to_sorted_value(&payload).map_err(|e| encode_failed("the chain status", e))?,
-    ))
+    Ok(Done::ok(CommandOutput::ChainStatus(Box::new(payload))))
 }
 
 /// Parse [`chains_script`] output into one entry per session, sorted by session, in the
@@ -144,9 +133,9 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
             ))
             .await;
     }
-    Ok(Done::ok(
-        ctx.redact(&json!({"success": true, "sessions": sessions})),
-    ))
+    Ok(Done::ok(CommandOutput::Sessions(typed(ctx.redact(
+        &json!({"success": true, "sessions": sessions}),
+    ))?)))
 }
 
 /// The JSON object in a core command's stdout (login shells may print noise first).
@@ -205,7 +194,11 @@ pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBo
             .unwrap_or("the core reported success: false");
         ctx.out.stderr(format!("status failed: {said}\n")).await;
     }
-    Ok(Done::code(v, i32::from(failed)))
+    Ok(Done::code(
+        // `remote_status` only answers an object.
+        CommandOutput::PlanStatus(PlanStatus(v.as_object().cloned().unwrap_or_default())),
+        i32::from(failed),
+    ))
 }
 
 /// `resume`: run the step the remote status names next, translated as the core's own driver
@@ -277,7 +270,14 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
             .await;
     }
     Ok(Done::code(
-        json!({"success": code == 0, "next_step": step, "command": words, "plan": plan_name, "exit_code": code, "unquarantined": unquarantined}),
+        CommandOutput::Resumed(Resumed {
+            command: words,
+            exit_code: code,
+            next_step: step.to_string(),
+            plan: plan_name,
+            success: code == 0,
+            unquarantined,
+        }),
         i32::from(code != 0),
     ))
 }

@@ -5,8 +5,7 @@ use super::ctx::{Ctx, Done};
 use crate::supervisor::supervise::{self, tick_with};
 use crate::supervisor::tick;
 use megaplan_cloud_api::ErrorBody;
-use megaplan_cloud_api::report::{TickReport, to_sorted_value};
-use serde_json::{Value, json};
+use megaplan_cloud_api::output::CommandOutput;
 
 /// `supervise --chain`: a tick now, stored like scheduled ones; report on stdout, one line on
 /// stderr, exit 0 when the tick succeeded.
@@ -29,15 +28,10 @@ pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>, dry_run: bool) -> Result<
         };
         ctx.out.stderr(format!("{report} | dry run\n")).await;
         let code = i32::from(!report.success);
-        return Ok(Done::code(payload(&report), code));
+        return Ok(Done::code(CommandOutput::Tick(Box::new(report)), code));
     }
     let rec = tick::run_for_cli(&ctx.state, &ctx.key, &cloud_yaml, remote_spec).await?;
     ctx.out.stderr(format!("{}\n", rec.report)).await;
     let code = i32::from(!rec.success);
-    Ok(Done::code(payload(&rec.report), code))
-}
-
-/// The report as the command's JSON payload (keys sorted, as stored).
-fn payload(report: &TickReport) -> Value {
-    to_sorted_value(report).unwrap_or_else(|_| json!({"success": report.success}))
+    Ok(Done::code(CommandOutput::Tick(Box::new(rec.report)), code))
 }
