@@ -70,7 +70,8 @@ pub fn real_cli() -> Option<PathBuf> {
 }
 
 /// True inside the private namespace: run the test. Outside, re-runs test `name` of this test
-/// binary there, asserts it passed, and returns false (the caller returns).
+/// binary there, asserts it passed, and returns false (the caller returns). `name` is the
+/// test's full path in the e2e binary (`module::test`), as `--exact` matches it.
 pub fn in_private_namespace(name: &str) -> bool {
     if inside_private_namespace() {
         return true;

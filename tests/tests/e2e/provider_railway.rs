@@ -37,7 +37,7 @@ fn find<'a>(requests: &'a [Value], op: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn railway_provider_drives_the_real_cli() {
-    if !in_private_namespace("railway_provider_drives_the_real_cli") {
+    if !in_private_namespace("provider_railway::railway_provider_drives_the_real_cli") {
         return;
     }
     let Some(b) = bench() else { return };

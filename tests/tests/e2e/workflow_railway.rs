@@ -12,7 +12,9 @@ use std::time::Duration;
 
 #[test]
 fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
-    if !in_private_namespace("chain_status_supervise_and_logs_over_the_real_railway_cli") {
+    if !in_private_namespace(
+        "workflow_railway::chain_status_supervise_and_logs_over_the_real_railway_cli",
+    ) {
         return;
     }
     let Some(b) = bench() else { return };

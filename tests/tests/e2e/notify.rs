@@ -483,7 +483,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let regs = rig.ctl(&["registrations", "--json"]).ok().json;
     assert_eq!(regs[0]["paused"]["paused_by"], by.as_str(), "{regs:#}");
     // Through a pipe the client prints JSON (the table is for terminals: ctl/src/render.rs's
-    // tests and tests/tests/ctl_terminal.rs cover it).
+    // tests and tests/tests/e2e/ctl_terminal.rs cover it).
     let piped = rig.ctl(&["registrations"]).ok();
     assert_eq!(
         piped.json[0]["paused"]["paused_by"],
