@@ -2,10 +2,11 @@
 //! it (ssh via the private sshd, local via docker compose, or railway via the stand-in), a
 //! daemon, and helpers to drive `megaplan-cloudctl` and read its JSON.
 
-use crate::{Container, Daemon, Sshd, bench, repo_in_container};
+use crate::{Container, Daemon, Sshd, bench, repo_in_container, wait_until};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 /// What one client invocation printed.
 #[derive(Debug)]
@@ -136,6 +137,73 @@ impl SshRig {
             json.as_bytes(),
         );
     }
+
+    /// Start a chain of `labels` milestones (spec and ideas under `<project>/epic`); requires
+    /// the client to succeed.
+    pub fn launch(&self, labels: &[&str]) {
+        let spec = write_chain(&self.project.join("epic"), "chain.yaml", labels);
+        self.ctl(&["chain", &spec.display().to_string()]).ok();
+    }
+
+    /// The stored tick history (`ticks --json --limit <limit>`), newest first.
+    pub fn ticks_json(&self, limit: u32) -> Vec<Value> {
+        self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
+            .json
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits for `status --chain` to say `complete`; on the safety net's expiry fails with the
+    /// last status and the runner's chain log.
+    pub fn wait_complete(&self) {
+        let mut last = String::new();
+        let complete = wait_until(Duration::from_secs(90), || {
+            let s = self.ctl(&["status", "--chain"]);
+            last = format!("{}\n{}", s.stdout, s.stderr);
+            s.json["effective_status"] == "complete"
+        });
+        let log = self
+            .container
+            .read_file("/workspace/app/.megaplan/cloud-chain.log")
+            .unwrap_or_default();
+        assert!(
+            complete,
+            "chain never completed; last status --chain: {last}\nchain log: {}",
+            String::from_utf8_lossy(&log)
+        );
+    }
+}
+
+/// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...` against `daemon`, run from the
+/// cloud.yaml's folder (the operator's project): for a second project beside a rig's, or a
+/// daemon without a rig.
+pub fn ctl_for(daemon: &Daemon, cloud_yaml: &Path, args: &[&str]) -> Run {
+    let project = cloud_yaml.parent().unwrap_or(Path::new("/"));
+    let cloud_yaml = cloud_yaml.display().to_string();
+    let mut full = vec!["--cloud-yaml", cloud_yaml.as_str()];
+    full.extend_from_slice(args);
+    Run::from_output(&daemon.ctl(project, &[], &full))
+}
+
+/// `<dir>/cloud.yaml` (dir created) for provider local with no deploy folder: it validates and
+/// needs no runner, so every tick stops early (`missing_remote_spec`), quickly and offline.
+pub fn local_cloud_yaml(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("cloud.yaml dir");
+    let path = dir.join("cloud.yaml");
+    std::fs::write(&path, "provider: local\nrepo:\n  url: /srv/repo.git\n").expect("cloud.yaml");
+    path
+}
+
+/// Pids of the resident observers (`python3 -c <resident.py>`) running in `container`.
+pub fn resident_observers(container: &Container) -> Vec<String> {
+    let out = container.exec(
+        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read()\n    except Exception:\n        continue\n    if p.isdigit() and int(p) != os.getpid() and b\"sys.exit(serve(\" in c:\n        print(p)'",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Write a local chain spec with `labels` milestones and their idea files under `dir`.

@@ -7,7 +7,7 @@
 //! answers), nothing stored is lost or corrupted (`PRAGMA integrity_check` and the earlier rows),
 //! and the error the operator sees names what happened (error code and message words).
 
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml};
 use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
 use serde_json::Value;
@@ -88,28 +88,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn launch(rig: &SshRig, labels: &[&str]) {
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-}
-
-fn wait_complete(rig: &SshRig) {
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
-        }),
-        "the chain did not complete"
-    );
-}
-
-fn ticks(rig: &SshRig) -> Vec<Value> {
-    rig.ctl(&["ticks", "--json", "--limit", "100"])
-        .json
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// A cloud.yaml like the rig's, for another container.
 fn cloud_yaml_for(rig: &SshRig, dir: &str, container: &str) -> PathBuf {
     let text = std::fs::read_to_string(&rig.cloud_yaml)
@@ -156,7 +134,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
     }));
@@ -191,7 +169,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     assert_eq!(next.json["event"], "supervisor_tick", "{}", next.stdout);
 
     assert_serving(&rig.daemon);
-    let stored = ticks(&rig);
+    let stored = rig.ticks_json(100);
     let events: Vec<&str> = stored
         .iter()
         .map(|t| t["event"].as_str().unwrap())
@@ -215,8 +193,8 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
-    wait_complete(&rig);
+    rig.launch(&["m1"]);
+    rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
     assert_eq!(rig.ctl(&["tick"]).json["success"], true);
 
@@ -268,8 +246,8 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
-    wait_complete(&rig);
+    rig.launch(&["m1"]);
+    rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
     assert_eq!(rig.ctl(&["tick"]).json["success"], true);
     let state_file = rig
@@ -307,7 +285,8 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
         );
         // Writing the state file is also a change the runner watch reports, so event ticks
         // (`trigger: event`) may come between these; the manual ones are counted.
-        let manual = ticks(&rig)
+        let manual = rig
+            .ticks_json(100)
             .iter()
             .filter(|t| t["trigger"] == "manual")
             .count();
@@ -315,7 +294,7 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     }
 
     assert_serving(&rig.daemon);
-    let stored = ticks(&rig).len();
+    let stored = rig.ticks_json(100).len();
     assert!(stored >= 4, "{stored}");
     assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, stored);
     // Restored, the state reads again.
@@ -334,7 +313,7 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
     }));
@@ -629,20 +608,6 @@ impl Drop for MountGuard {
     }
 }
 
-fn write_local_cloud_yaml(dir: &Path, name: &str) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join("cloud.yaml");
-    std::fs::write(&p, "provider: local\nrepo: {url: /srv/repo.git}\n").unwrap();
-    p
-}
-
-fn ctl_for(d: &Daemon, cloud_yaml: &Path, args: &[&str]) -> Run {
-    let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap()];
-    full.extend_from_slice(args);
-    Run::from_output(&d.ctl(cloud_yaml.parent().unwrap(), &[], &full))
-}
-
 /// A write refused by the file system: `storage_failed` naming the database and the cause.
 fn assert_storage_failed(r: &Run, db: &Path, cause: &[&str]) {
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
@@ -666,7 +631,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = write_local_cloud_yaml(&work, "a");
+    let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
     assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
@@ -680,7 +645,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
 
     let full = ["database or disk is full", "No space left"];
     assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &full);
-    let b = write_local_cloud_yaml(&work, "b");
+    let b = local_cloud_yaml(&work.join("b"));
     assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &full);
     let st = assert_serving(&d);
     assert_eq!(st["registrations"], 1);
@@ -752,7 +717,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = write_local_cloud_yaml(&work, "a");
+    let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
     assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
@@ -770,7 +735,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
 
     let ro = ["disk I/O error", "readonly", "read-only", "Read-only"];
     assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &ro);
-    let b = write_local_cloud_yaml(&work, "b");
+    let b = local_cloud_yaml(&work.join("b"));
     assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &ro);
     let st = assert_serving(&d);
     assert_eq!(st["registrations"], 1);
@@ -982,7 +947,7 @@ fn damaged_database_is_refused_at_start_by_quick_check() {
     let db = d.home.join("cloudd.db");
     let work = d.dir.join("work");
     for i in 0..60 {
-        let cy = write_local_cloud_yaml(&work, &format!("c{i:02}"));
+        let cy = local_cloud_yaml(&work.join(format!("c{i:02}")));
         ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     }
     assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
@@ -1015,7 +980,7 @@ fn database_damaged_under_a_running_daemon_makes_health_say_storage_failed() {
     let db = d.home.join("cloudd.db");
     let work = d.dir.join("work");
     for i in 0..60 {
-        let cy = write_local_cloud_yaml(&work, &format!("c{i:02}"));
+        let cy = local_cloud_yaml(&work.join(format!("c{i:02}")));
         ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     }
     let st = assert_serving(&d);
@@ -1128,7 +1093,7 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     let work = d.dir.join("work");
     let canary = d.dir.join("launcher-ran");
     let hostile = format!("python -m x; touch {}", canary.display());
-    let bad = write_local_cloud_yaml(&work, "bad");
+    let bad = local_cloud_yaml(&work.join("bad"));
     std::fs::write(
         &bad,
         format!(
@@ -1143,7 +1108,7 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     assert!(message(&r).contains("\"x;\""), "{}", r.stdout);
 
     // A registered cloud.yaml that later gains such a launcher: its ticks refuse, by field.
-    let good = write_local_cloud_yaml(&work, "good");
+    let good = local_cloud_yaml(&work.join("good"));
     ctl_for(&d, &good, &["register", "--every", "1h"]).ok();
     let mut text = std::fs::read_to_string(&good).unwrap();
     text.push_str(&format!("megaplan:\n  launcher: \"{hostile}\"\n"));
@@ -1161,7 +1126,7 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let d = Daemon::start(&[], &[]);
     let work = d.dir.join("work");
-    let cy = write_local_cloud_yaml(&work, "shared");
+    let cy = local_cloud_yaml(&work.join("shared"));
     std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = ctl_for(&d, &cy, &["register", "--every", "1h"]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
@@ -1292,8 +1257,8 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
     let sleeper = format!("sleep 300.{n}");
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
-    wait_complete(&rig);
+    rig.launch(&["m1"]);
+    rig.wait_complete();
     rig.ctl(&[
         "register",
         "--every",
@@ -1334,7 +1299,7 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
     }));
@@ -1382,7 +1347,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
     }));
@@ -1417,7 +1382,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
             .unwrap_or(Value::Null)
     };
     let scheduled = || -> Vec<Value> {
-        ticks(&rig)
+        rig.ticks_json(100)
             .into_iter()
             .filter(|t| t["trigger"] == "schedule")
             .collect()

@@ -34,19 +34,6 @@ fn rig_with(
     Some((rig, guard))
 }
 
-fn launch(rig: &SshRig, labels: &[&str]) {
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-}
-
-fn stored_ticks(rig: &SshRig) -> Vec<Value> {
-    rig.ctl(&["ticks", "--json", "--limit", "500"])
-        .json
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn events(r: &Receiver) -> Vec<String> {
     r.accepted()
         .iter()
@@ -89,7 +76,7 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
     rig.container
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
     }));
@@ -114,13 +101,15 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         rig.daemon.log_text()
     );
     // Many more ticks in the same state, then a restart, then more ticks: still one.
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+    let n = rig.ticks_json(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig
+        .ticks_json(500)
         .len()
         >= n + 3));
     rig.daemon.restart();
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+    let n = rig.ticks_json(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig
+        .ticks_json(500)
         .len()
         >= n + 3));
     assert_eq!(
@@ -138,8 +127,9 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         "no still_waiting: {:?}",
         events(&receiver)
     );
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+    let n = rig.ticks_json(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig
+        .ticks_json(500)
         .len()
         >= n + 3));
     assert_eq!(
@@ -179,11 +169,13 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         "no complete notification; got {:?}",
         events(&receiver)
     );
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+    let n = rig.ticks_json(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig
+        .ticks_json(500)
         .len()
         >= n + 3));
-    let acted = stored_ticks(&rig)
+    let acted = rig
+        .ticks_json(500)
         .iter()
         .filter(|t| t["acted"] == true)
         .count();
@@ -221,7 +213,7 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
     }));
@@ -317,7 +309,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     rig.container.exec_ok(&format!(
         "mkdir -p /var/lib/gh-standin && echo {secret} > /var/lib/gh-standin/pr-9"
     ));
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
     }));
@@ -383,7 +375,7 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(
         wait_until(Duration::from_secs(60), || {
             let s = rig.ctl(&["status", "--chain"]).json;
@@ -409,12 +401,13 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         "no stalled notification: {:?}",
         events(&receiver)
     );
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
+    let n = rig.ticks_json(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig
+        .ticks_json(500)
         .len()
         >= n + 3));
     assert_eq!(count(&receiver, "stalled"), 1);
-    let ticks = stored_ticks(&rig);
+    let ticks = rig.ticks_json(500);
     assert!(
         ticks.iter().all(|t| t["acted"] == false),
         "a stalled runner was touched"
@@ -444,7 +437,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
     }));
@@ -538,7 +531,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     assert_eq!(ej["facts"]["runner"], "dead");
 
     // Dry run: would restart, did not, not stored.
-    let stored = stored_ticks(&rig).len();
+    let stored = rig.ticks_json(500).len();
     rig.ctl(&["unpause"]).ok();
     let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
     assert_eq!(d.code, Some(0), "{}", d.stderr);
@@ -547,7 +540,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     assert_eq!(d.json["next_action"], "restart");
     assert!(d.stderr.contains("dry run"), "{}", d.stderr);
     assert_eq!(runs(), runs_before, "a dry run mutated");
-    assert_eq!(stored_ticks(&rig).len(), stored);
+    assert_eq!(rig.ticks_json(500).len(), stored);
 
     // Unpaused: the supervisor acts again.
     let t = rig.ctl(&["supervise", "--chain"]).ok();
@@ -572,7 +565,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
     }));
@@ -587,7 +580,8 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     assert!(wait_until(Duration::from_secs(30), || count(
         &receiver, "complete"
     ) == 1));
-    assert!(wait_until(Duration::from_secs(30), || stored_ticks(&rig)
+    assert!(wait_until(Duration::from_secs(30), || rig
+        .ticks_json(500)
         .len()
         >= 2));
 
@@ -649,7 +643,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
         .ctl(&["ticks", "--json", "--since", "1h", "--limit", "500"])
         .ok()
         .json;
-    assert_eq!(recent.as_array().unwrap().len(), stored_ticks(&rig).len());
+    assert_eq!(recent.as_array().unwrap().len(), rig.ticks_json(500).len());
     let bad = rig.ctl(&["ticks", "--since", "last tuesday"]);
     assert_eq!(bad.code, Some(1));
     assert_eq!(bad.json["field"], "since", "{}", bad.stdout);
@@ -984,7 +978,7 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
     }));
@@ -994,12 +988,12 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     let t = rig.ctl(&["tick"]).ok();
     assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
     assert_eq!(t.json["acted"], false, "{}", t.stdout);
-    let before = stored_ticks(&rig).len();
+    let before = rig.ticks_json(500).len();
 
     rig.container
         .exec_ok("tmux kill-session -t =megaplan-chain");
     let event_ticks = || -> Vec<Value> {
-        stored_ticks(&rig)
+        rig.ticks_json(500)
             .into_iter()
             .filter(|t| t["trigger"] == "event")
             .collect()
@@ -1009,7 +1003,7 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
             .iter()
             .any(|t| t["event"] == "supervisor_restarted")),
         "no event tick restarted the runner; ticks: {:#?}\n{}",
-        stored_ticks(&rig),
+        rig.ticks_json(500),
         rig.daemon.log_text()
     );
     assert!(
@@ -1020,7 +1014,7 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
         "the receiver was not told; got {:?}",
         events(&receiver)
     );
-    let all = stored_ticks(&rig);
+    let all = rig.ticks_json(500);
     assert!(
         all.iter().all(|t| t["trigger"] != "schedule"),
         "a scheduled tick ran: {all:#?}"

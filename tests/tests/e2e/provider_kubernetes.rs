@@ -8,32 +8,13 @@
 //! SQLite) or any process's argv.
 
 use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
+use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{unique_suffix, wait_until};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return hits;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() && !p.is_symlink() {
-            hits.extend(files_containing(&p, needle));
-        } else if let Ok(bytes) = std::fs::read(&p)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            hits.push(p.display().to_string());
-        }
-    }
-    hits
-}
 
 /// Watches every process's argv for `needle` until stopped; the command lines seen with it.
 fn argv_watch(needle: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
@@ -228,8 +209,8 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // The secret: not in the pod as served, the daemon's files, any argv.
     assert!(!cluster.get_json(&pod_path).to_string().contains(&secret));
     assert_eq!(
-        files_containing(&d.dir, secret.as_bytes()),
-        Vec::<String>::new()
+        files_containing(&d.dir, secret.as_bytes(), &[], &mut 0),
+        Vec::<std::path::PathBuf>::new()
     );
 
     // destroy: nothing labelled for it is left.
@@ -283,7 +264,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     let seen = watch.join().unwrap();
     assert_eq!(seen, Vec::<String>::new(), "the secret appeared in an argv");
     assert_eq!(
-        files_containing(&d.dir, secret.as_bytes()),
-        Vec::<String>::new()
+        files_containing(&d.dir, secret.as_bytes(), &[], &mut 0),
+        Vec::<std::path::PathBuf>::new()
     );
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_e2e::util::safety_net;
+use megaplan_cloud_e2e::util::{docker, safety_net};
 use megaplan_cloud_e2e::{bench, unique_suffix};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
@@ -25,10 +25,6 @@ const SECRET_VALUE: &str = "tok-local-0123456789abcdef";
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn docker(args: &[&str]) -> String {
-    text(&Command::new("docker").args(args).output().expect("docker"))
 }
 
 /// Tears the compose project down (with its image) whatever the test outcome.

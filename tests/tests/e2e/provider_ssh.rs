@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_e2e::util::safety_net;
+use megaplan_cloud_e2e::util::{docker, safety_net};
 use megaplan_cloud_e2e::{Sshd, bench, unique_suffix, wait_until};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
@@ -137,14 +137,6 @@ impl Fixture {
         )
         .unwrap_or_else(|e| panic!("provider: {e}"))
     }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn sha256_hex(s: &str) -> String {

@@ -5,18 +5,13 @@
 //! item 3): one resident observer per runner, within the host's ssh session budget and one TCP
 //! connection; an unregister ends the observer of a runner no registration uses any more.
 
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, resident_observers};
 use megaplan_cloud_e2e::{Container, bench, bin, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn launch(rig: &SshRig, labels: &[&str]) {
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-}
 
 fn tick(rig: &SshRig) -> Run {
     rig.ctl(&["supervise", "--chain"])
@@ -29,7 +24,7 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.2, "stall": ["m2"]}"#);
-    launch(&rig, &["m1", "m2", "m3"]);
+    rig.launch(&["m1", "m2", "m3"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
     }));
@@ -94,7 +89,7 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
     rig.container
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
     }));
@@ -156,7 +151,7 @@ fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
         return;
     };
     rig.precreate_workspace();
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     // A second registration that needs no runner at all.
     let other_dir = rig.project.join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
@@ -226,7 +221,7 @@ fn watch_follows_new_reports() {
         return;
     };
     rig.precreate_workspace();
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     rig.ctl(&["register", "--every", "1h"]).ok();
     let mut child = Command::new(bin("megaplan-cloudctl"))
         .args([
@@ -272,17 +267,6 @@ fn watch_follows_new_reports() {
     assert_eq!(rec["trigger"], "manual");
     assert_eq!(rec["key"].as_str().unwrap().len(), 16);
     assert!(rec["report"]["event"].is_string());
-}
-
-/// Pids of the resident observers (`python3 -c <resident.py>`) running in `container`.
-fn resident_observers(container: &Container) -> Vec<String> {
-    let out = container.exec(
-        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read()\n    except Exception:\n        continue\n    if p.isdigit() and int(p) != os.getpid() and b\"sys.exit(serve(\" in c:\n        print(p)'",
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// `(pid, parent pid, argv)` of every live, non-zombie process.
@@ -352,17 +336,11 @@ fn fleet_yaml(rig: &SshRig, name: &str, container: &str) -> PathBuf {
     path
 }
 
-fn ctl_for(rig: &SshRig, cloud_yaml: &Path, args: &[&str]) -> Run {
-    let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap()];
-    full.extend_from_slice(args);
-    Run::from_output(&rig.daemon.ctl(&rig.project, &[], &full))
-}
-
 fn running_chain(labels: &[&str]) -> Option<SshRig> {
     let rig = SshRig::start("", &[])?;
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, labels);
+    rig.launch(labels);
     assert!(
         wait_until(Duration::from_secs(60), || {
             let s = rig.ctl(&["status", "--chain"]).json;
@@ -392,7 +370,7 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
         yamls.push(fleet_yaml(&rig, &format!("other-{i}"), &c.name));
     }
     for y in &yamls {
-        ctl_for(&rig, y, &["register", "--every", "1h"]).ok();
+        ctl_for(&rig.daemon, y, &["register", "--every", "1h"]).ok();
     }
     let connections = rig.sshd.accepted_connections();
     assert_eq!(
@@ -403,7 +381,7 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
     let ticks: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = yamls
             .iter()
-            .map(|y| s.spawn(|| ctl_for(&rig, y, &["tick"])))
+            .map(|y| s.spawn(|| ctl_for(&rig.daemon, y, &["tick"])))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -453,8 +431,8 @@ fn register_tick_unregister_five_times_leaves_no_observer_and_no_ssh_client() {
     };
     for i in 0..5 {
         let y = fleet_yaml(&rig, &format!("round-{i}"), &rig.container.name);
-        ctl_for(&rig, &y, &["register", "--every", "1h"]).ok();
-        let t = ctl_for(&rig, &y, &["tick"]);
+        ctl_for(&rig.daemon, &y, &["register", "--every", "1h"]).ok();
+        let t = ctl_for(&rig.daemon, &y, &["tick"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
         assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
         assert_eq!(
@@ -462,7 +440,7 @@ fn register_tick_unregister_five_times_leaves_no_observer_and_no_ssh_client() {
             1,
             "round {i}: one observer for the runner"
         );
-        ctl_for(&rig, &y, &["unregister"]).ok();
+        ctl_for(&rig.daemon, &y, &["unregister"]).ok();
         assert!(
             wait_until(Duration::from_secs(30), || resident_observers(
                 &rig.container
