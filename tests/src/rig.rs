@@ -3,6 +3,11 @@
 //! daemon, and helpers to drive `megaplan-cloudctl` and read its JSON.
 
 use crate::{Container, Daemon, Sshd, bench, repo_in_container, wait_until};
+use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickReport};
+use megaplan_cloud_api::status::ChainStatus;
+use megaplan_cloud_api::wire::TickRecord;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -26,6 +31,56 @@ impl Run {
             stdout,
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
+    }
+
+    /// What the client printed, decoded as the api type `T`; panics naming the type and
+    /// showing the output when it is not one (the test then fails on the shape, not on a
+    /// missing key).
+    pub fn decode<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not a {}: {e}\nstdout: {}\nstderr: {}",
+                std::any::type_name::<T>(),
+                self.stdout,
+                self.stderr
+            )
+        })
+    }
+
+    /// [`Run::decode`] that answers `None` instead of failing, for waits that poll a command
+    /// which may answer an error first.
+    pub fn try_decode<T: DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(&self.stdout).ok()
+    }
+
+    /// The tick report `supervise --chain` and `tick` print.
+    pub fn report(&self) -> TickReport {
+        self.decode()
+    }
+
+    /// The structured error a failed command prints.
+    pub fn error_body(&self) -> ErrorBody {
+        self.decode()
+    }
+
+    /// `status --chain`'s document; `None` when the command answered something else (an error).
+    pub fn chain_status(&self) -> Option<ChainStatus> {
+        self.try_decode()
+    }
+
+    /// `status --chain` says the chain is complete.
+    pub fn chain_complete(&self) -> bool {
+        self.chain_status().is_some_and(|s| {
+            s.effective_status == ReportedStatus::Classified(EffectiveStatus::Complete)
+        })
+    }
+
+    /// The label of the milestone `status --chain` says the chain is at.
+    pub fn current_milestone(&self) -> Option<String> {
+        self.chain_status()?
+            .summary
+            .current_milestone
+            .map(|m| m.label)
     }
 
     /// Panics with everything printed when the exit code is not 0.
@@ -146,6 +201,13 @@ impl SshRig {
     }
 
     /// The stored tick history (`ticks --json --limit <limit>`), newest first.
+    pub fn ticks(&self, limit: u32) -> Vec<TickRecord> {
+        self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
+            .ok()
+            .decode()
+    }
+
+    /// The stored tick history as JSON, for the tests that look at the stored document itself.
     pub fn ticks_json(&self, limit: u32) -> Vec<Value> {
         self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
             .json
@@ -161,7 +223,7 @@ impl SshRig {
         let complete = wait_until(Duration::from_secs(90), || {
             let s = self.ctl(&["status", "--chain"]);
             last = format!("{}\n{}", s.stdout, s.stderr);
-            s.json["effective_status"] == "complete"
+            s.chain_complete()
         });
         let log = self
             .container

@@ -4,6 +4,7 @@
 //! JSON and state file are the core's. Every cloud.yaml here is the default one: no
 //! `megaplan.launcher`.
 
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::rig::{SshRig, resident_observers, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
@@ -77,7 +78,12 @@ fn the_default_launcher_finds_the_real_module_name() {
         "{runs:?}"
     );
     let tick = rig.ctl(&["supervise", "--chain"]).ok();
-    assert_eq!(tick.json["effective_status"], "complete", "{}", tick.stdout);
+    assert_eq!(
+        tick.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        tick.stdout
+    );
     assert_eq!(
         tick.json["sync_refresh"]["status"], "ok",
         "the sync refresh imported the core: {}",
@@ -323,11 +329,12 @@ fn a_boot_runner_in_another_session_is_the_one_driver() {
     ));
     let t = rig.ctl(&["supervise", "--chain"]).ok();
     assert_eq!(
-        t.json["effective_status"], "stale_bookkeeping",
+        t.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::StaleBookkeeping),
         "{}",
         t.stdout
     );
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    assert!(!t.report().acted, "{}", t.stdout);
     assert_eq!(t.json["runner"]["status"], "alive", "{}", t.stdout);
     assert_eq!(t.json["runner"]["session"], "agent", "{}", t.stdout);
     assert!(t.json["runner"]["pid"].as_u64().is_some(), "{}", t.stdout);
@@ -370,7 +377,7 @@ fn ticks_never_lose_a_live_drivers_state_writes() {
     assert!(churning, "the driver never started writing");
     for _ in 0..5 {
         let t = rig.ctl(&["supervise", "--chain"]).ok();
-        assert_eq!(t.json["acted"], false, "{}", t.stdout);
+        assert!(!t.report().acted, "{}", t.stdout);
         assert_eq!(t.json["sync_refresh"]["status"], "skipped", "{}", t.stdout);
     }
     let lost = rig
@@ -416,7 +423,7 @@ fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
     let tick = || {
         let t = rig.ctl(&["supervise", "--chain"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
         assert_eq!(t.json["remote_round_trips"], 1, "{}", t.stdout);
         t.json
     };

@@ -7,6 +7,8 @@
 //! answers), nothing stored is lost or corrupted (`PRAGMA integrity_check` and the earlier rows),
 //! and the error the operator sees names what happened (error code and message words).
 
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml};
 use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
@@ -136,11 +138,14 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     let first = rig.ctl(&["tick"]);
-    assert_eq!(first.json["success"], true, "{}", first.stdout);
+    assert!(first.report().success, "{}", first.stdout);
 
     // The observation blocks in the core's `status`; kill sshd (and every session) under it.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
@@ -165,8 +170,8 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.sshd.restart();
     let next = rig.ctl(&["tick"]);
-    assert_eq!(next.json["success"], true, "{}", next.stdout);
-    assert_eq!(next.json["event"], "supervisor_tick", "{}", next.stdout);
+    assert!(next.report().success, "{}", next.stdout);
+    assert_eq!(next.report().event, TickEvent::Tick, "{}", next.stdout);
 
     assert_serving(&rig.daemon);
     let stored = rig.ticks_json(100);
@@ -196,14 +201,19 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     rig.launch(&["m1"]);
     rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
-    assert_eq!(rig.ctl(&["tick"]).json["success"], true);
+    assert!(rig.ctl(&["tick"]).report().success);
 
     let stop = run_cmd("docker", &["stop", "-t", "1", &rig.container.name]);
     assert!(stop.status.success(), "{stop:?}");
 
     let s = rig.ctl(&["status", "--chain"]);
     assert_eq!(s.code, Some(1), "{}", s.stdout);
-    assert_eq!(s.json["error"], "provider_failed", "{}", s.stdout);
+    assert_eq!(
+        s.error_body().error,
+        ErrorCode::ProviderFailed,
+        "{}",
+        s.stdout
+    );
     let m = message(&s);
     assert!(
         m.contains("chain observation") && m.contains("is not running"),
@@ -212,9 +222,9 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     assert!(s.stderr.contains("is not running"), "{}", s.stderr);
 
     let t = rig.ctl(&["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    assert_eq!(t.json["success"], false);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
+    assert!(!t.report().success);
+    let reason = t.report().refused_reason.unwrap();
     assert!(reason.contains("is not running"), "{reason}");
 
     let e = rig.ctl(&["exec", "echo never"]);
@@ -230,7 +240,11 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     assert!(start.status.success(), "{start:?}");
     let again = rig.ctl(&["status", "--chain"]).ok();
     assert_eq!(
-        again.json["effective_status"], "complete",
+        again
+            .chain_status()
+            .expect("status --chain")
+            .effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
         "{}",
         again.stdout
     );
@@ -249,7 +263,7 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     rig.launch(&["m1"]);
     rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
-    assert_eq!(rig.ctl(&["tick"]).json["success"], true);
+    assert!(rig.ctl(&["tick"]).report().success);
     let state_file = rig
         .container
         .exec_ok("ls /workspace/app/.megaplan/plans/.chains/chain-*.json | grep -v runtime_policy")
@@ -268,7 +282,12 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
         rig.container.write_file(&state_file, bytes);
         let s = rig.ctl(&["status", "--chain"]);
         assert_eq!(s.code, Some(1), "{what}: {}", s.stdout);
-        assert_eq!(s.json["error"], "provider_failed", "{what}: {}", s.stdout);
+        assert_eq!(
+            s.error_body().error,
+            ErrorCode::ProviderFailed,
+            "{what}: {}",
+            s.stdout
+        );
         assert_eq!(s.json["file"], state_file.as_str(), "{what}: {}", s.stdout);
         let m = message(&s);
         assert!(
@@ -277,8 +296,8 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
         );
 
         let t = rig.ctl(&["tick"]);
-        assert_eq!(t.json["event"], "supervisor_error", "{what}: {}", t.stdout);
-        let reason = t.json["refused_reason"].as_str().unwrap();
+        assert_eq!(t.report().event, TickEvent::Error, "{what}: {}", t.stdout);
+        let reason = t.report().refused_reason.unwrap();
         assert!(
             reason.contains(&state_file) && reason.contains("invalid JSON"),
             "{what}: {reason}"
@@ -300,7 +319,12 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     // Restored, the state reads again.
     rig.container.write_file(&state_file, &good);
     let s = rig.ctl(&["status", "--chain"]).ok();
-    assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        s.stdout
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,7 +339,10 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
@@ -323,8 +350,8 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     // What ended the tick is asserted from its report (the deadline's own message), not from
     // a clock in the test.
     let t = rig.ctl(&["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.report().refused_reason.unwrap();
     assert!(
         reason.contains("deadline of 5s") && reason.contains("killed"),
         "{reason}"
@@ -353,13 +380,13 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     );
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     let next = rig.ctl(&["tick"]).ok();
-    assert_eq!(next.json["event"], "supervisor_tick", "{}", next.stdout);
+    assert_eq!(next.report().event, TickEvent::Tick, "{}", next.stdout);
 
     assert_serving(&rig.daemon);
     assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 1);
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     let next = rig.ctl(&["tick"]);
-    assert_eq!(next.json["success"], true, "{}", next.stdout);
+    assert!(next.report().success, "{}", next.stdout);
     rig.control(r#"{"step_seconds": 0.1}"#);
 }
 
@@ -611,7 +638,12 @@ impl Drop for MountGuard {
 /// A write refused by the file system: `storage_failed` naming the database and the cause.
 fn assert_storage_failed(r: &Run, db: &Path, cause: &[&str]) {
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.json["error"], "storage_failed", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::StorageFailed,
+        "{}",
+        r.stdout
+    );
     let m = message(r);
     assert!(m.contains(db.to_str().unwrap()), "{m}");
     assert!(cause.iter().any(|c| m.contains(c)), "{m}");
@@ -634,7 +666,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
 
     // Fill the file system to the last block.
     let mut fill = std::fs::File::create(d.home.join("fill")).unwrap();
@@ -720,7 +752,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
 
     // What the kernel does on a disk error with errors=remount-ro: the file system turns
     // read-only under the running daemon (`remount,ro` itself is refused while files are open
@@ -1002,7 +1034,12 @@ fn database_damaged_under_a_running_daemon_makes_health_say_storage_failed() {
     assert!(resp.contains("storage_failed"), "{resp}");
     let st = Run::from_output(&d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
     assert_eq!(st.code, Some(1), "{}", st.stdout);
-    assert_eq!(st.json["error"], "storage_failed", "{}", st.stdout);
+    assert_eq!(
+        st.error_body().error,
+        ErrorCode::StorageFailed,
+        "{}",
+        st.stdout
+    );
     assert!(message(&st).contains(db.to_str().unwrap()), "{}", st.stdout);
     assert!(!st.stdout.contains("\"registrations\""), "{}", st.stdout);
     let log = d.log_text();
@@ -1103,7 +1140,7 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     .unwrap();
     let r = ctl_for(&d, &bad, &["register", "--every", "1h"]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
-    assert_eq!(r.json["error"], "invalid_spec", "{}", r.stdout);
+    assert_eq!(r.error_body().error, ErrorCode::InvalidSpec, "{}", r.stdout);
     assert_eq!(r.json["field"], "megaplan.launcher", "{}", r.stdout);
     assert!(message(&r).contains("\"x;\""), "{}", r.stdout);
 
@@ -1114,8 +1151,8 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     text.push_str(&format!("megaplan:\n  launcher: \"{hostile}\"\n"));
     std::fs::write(&good, text).unwrap();
     let t = ctl_for(&d, &good, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.report().refused_reason.unwrap();
     assert!(reason.contains("megaplan.launcher"), "{reason}");
     assert!(!canary.exists(), "the launcher's shell syntax ran");
     assert_serving(&d);
@@ -1148,8 +1185,8 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
     ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o664)).unwrap();
     let t = ctl_for(&d, &cy, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.report().refused_reason.unwrap();
     assert!(reason.contains("writable by its group"), "{reason}");
     assert_serving(&d);
 }
@@ -1239,7 +1276,12 @@ fn exec_past_its_command_timeout_leaves_nothing_running_in_the_container() {
         &format!("trap '' TERM; while :; do sleep 1; done; echo {marker}"),
     ]);
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.json["error"], "deadline_exceeded", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::DeadlineExceeded,
+        "{}",
+        r.stdout
+    );
     assert_runner_left_clean(&rig, &marker, "its deadline");
     assert_serving(&rig.daemon);
 }
@@ -1301,7 +1343,10 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
@@ -1349,7 +1394,10 @@ fn hung_runners_never_starve_a_healthy_registration() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
 
     let mut hung = Vec::new();

@@ -8,6 +8,7 @@
 //! `exec "…" --cloud-yaml …` are run with no flag the original did not need.
 
 use megaplan_cloud_api::paths::{legacy_marker_file, marker_key};
+use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
 use megaplan_cloud_e2e::util::sqlite;
 use serde_json::{Value, json};
@@ -102,7 +103,12 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
     assert_eq!(s.json["spec"], first.as_str(), "{}", s.stdout);
     assert_eq!(s.json["spec_source"], "last_chain marker");
-    assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        s.stdout
+    );
     assert_eq!(s.json["provider_consistency"]["status"], "not_applicable");
     // The original's logs object.
     let logs = &s.json["logs"];
@@ -142,10 +148,10 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
 
     // 2. supervise --chain from the same folder.
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
-    assert_eq!(t.json["success"], true, "{}", t.stdout);
+    assert!(t.report().success, "{}", t.stdout);
     assert_eq!(t.json["spec"], first.as_str());
-    assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
-    assert_eq!(t.json["next_action"], "done");
+    assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
+    assert_eq!(t.report().next_action, NextAction::Done);
 
     // 3. exec with the original's habit: one command string, --cloud-yaml at the end, the path
     //    through the symlink.
@@ -211,7 +217,7 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     assert_eq!(s.json["spec"], first.as_str());
     assert!(!s.stderr.contains("legacy marker"), "{}", s.stderr);
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
-    assert_eq!(t.json["success"], true, "{}", t.stdout);
+    assert!(t.report().success, "{}", t.stdout);
     assert!(
         t.json["warnings"][0]
             .as_str()

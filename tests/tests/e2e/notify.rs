@@ -4,6 +4,8 @@
 //! retries until a failing receiver accepts, durable delivery across a restart, redaction,
 //! stall detection, pause, dry run, explain, and the ticks/watch filters.
 
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::receiver::Receiver;
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::{bin, wait_until};
@@ -78,7 +80,11 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
     }));
     let url = receiver.url("/megaplan-topic");
     let reg = rig
@@ -215,7 +221,11 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     rig.control(r#"{"step_seconds": 0.1}"#);
     rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::Complete)
     }));
     receiver.fail_next(&[500, 503, 500]);
     rig.ctl(&[
@@ -262,7 +272,11 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     rig.container
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-8");
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
     }));
     let before = receiver.received().len();
     rig.ctl(&["tick"]).ok();
@@ -311,7 +325,11 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     ));
     rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     let t = rig.ctl(&["tick"]).ok();
@@ -457,13 +475,14 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let t = rig.ctl(&["supervise", "--chain"]);
     assert_eq!(t.code, Some(0), "{}", t.stderr);
     assert_eq!(
-        t.json["effective_status"], "stale_bookkeeping",
+        t.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::StaleBookkeeping),
         "{}",
         t.stdout
     );
-    assert_eq!(t.json["acted"], false);
-    assert_eq!(t.json["event"], "supervisor_blocked");
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(!t.report().acted);
+    assert_eq!(t.report().event, TickEvent::Blocked);
+    let reason = t.report().refused_reason.unwrap();
     assert!(
         reason.starts_with(&format!("paused by {by} since ")),
         "{reason}"
@@ -485,7 +504,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         piped.stdout
     );
     let t = rig.ctl(&["tick"]).ok();
-    assert_eq!(t.json["acted"], false);
+    assert!(!t.report().acted);
     assert!(
         t.json["refused_reason"]
             .as_str()
@@ -536,16 +555,16 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
     assert_eq!(d.code, Some(0), "{}", d.stderr);
     assert_eq!(d.json["dry_run"], true, "{}", d.stdout);
-    assert_eq!(d.json["acted"], false);
-    assert_eq!(d.json["next_action"], "restart");
+    assert!(!d.report().acted);
+    assert_eq!(d.report().next_action, NextAction::Restart);
     assert!(d.stderr.contains("dry run"), "{}", d.stderr);
     assert_eq!(runs(), runs_before, "a dry run mutated");
     assert_eq!(rig.ticks_json(500).len(), stored);
 
     // Unpaused: the supervisor acts again.
     let t = rig.ctl(&["supervise", "--chain"]).ok();
-    assert_eq!(t.json["acted"], true, "{}", t.stdout);
-    assert_eq!(t.json["event"], "supervisor_restarted");
+    assert!(t.report().acted, "{}", t.stdout);
+    assert_eq!(t.report().event, TickEvent::Restarted);
     let regs = rig.ctl(&["registrations", "--json"]).ok().json;
     assert!(regs[0]["paused"].is_null());
 }
@@ -567,7 +586,11 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     rig.control(r#"{"step_seconds": 0.1}"#);
     rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::Complete)
     }));
     rig.ctl(&[
         "register",
@@ -695,7 +718,12 @@ fn bad_notify_input_is_refused_by_field() {
     ]);
     assert_eq!(r.json["field"], "notify_preset");
     let r = rig.ctl(&["pause"]);
-    assert_eq!(r.json["error"], "not_registered", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::NotRegistered,
+        "{}",
+        r.stdout
+    );
     // A bad config file stops the daemon at start with the file and field named.
     let (_g, path) = notify_config("stall_after: soon\n");
     let out = Command::new(bin("megaplan-cloudd"))
@@ -986,8 +1014,8 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     rig.ctl(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url])
         .ok();
     let t = rig.ctl(&["tick"]).ok();
-    assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
+    assert!(!t.report().acted, "{}", t.stdout);
     let before = rig.ticks_json(500).len();
 
     rig.container

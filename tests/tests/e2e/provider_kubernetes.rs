@@ -7,6 +7,8 @@
 //! Secret's value never appears in the pod as the API serves it, the daemon's files (log,
 //! SQLite) or any process's argv.
 
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
 use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
 use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{unique_suffix, wait_until};
@@ -110,7 +112,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         wait_until(Duration::from_secs(60), || {
-            run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+            run(&["status", "--chain"]).current_milestone().as_deref() == Some("m2")
         }),
         "{}",
         run(&["status", "--chain"]).stdout
@@ -120,7 +122,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // one driver afterwards.
     let t = run(&["supervise", "--chain"]);
     assert_eq!(t.code, Some(0), "{}", t.stderr);
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    assert!(!t.report().acted, "{}", t.stdout);
     run(&["exec", "tmux kill-session -t =megaplan-chain"]).ok();
     run(&[
         "exec",
@@ -129,7 +131,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     .ok();
     let t = run(&["supervise", "--chain"]);
     assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-    assert_eq!(t.json["acted"], true, "{}", t.stdout);
+    assert!(t.report().acted, "{}", t.stdout);
     let drivers = run(&[
         "exec",
         "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'",
@@ -138,7 +140,11 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // The restart ran one milestone (`--one`); scheduled ticks carry the chain to its end.
     run(&["register", "--every", "2s"]).ok();
     let completed = wait_until(Duration::from_secs(90), || {
-        run(&["status", "--chain"]).json["effective_status"] == "complete"
+        run(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::Complete)
     });
     let history = run(&["ticks", "--json", "--limit", "50"]).json;
     assert!(
@@ -239,7 +245,8 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         refused.stderr
     );
     assert_eq!(
-        refused.json["error"], "provider_failed",
+        refused.error_body().error,
+        ErrorCode::ProviderFailed,
         "{}",
         refused.stdout
     );

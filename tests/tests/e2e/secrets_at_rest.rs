@@ -5,6 +5,7 @@
 //! daemon's state root (logs, markers, the rendered deploy dir), not in its stderr log (run at
 //! debug level). The ssh provider writes `.env` only on the remote host, over stdin.
 
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{Daemon, Sshd, bench, bin, wait_until};
@@ -174,7 +175,11 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert!(
         wait_until(Duration::from_secs(40), || {
-            rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+            rig.ctl(&["status", "--chain"])
+                .chain_status()
+                .expect("status --chain")
+                .effective_status
+                == ReportedStatus::Classified(EffectiveStatus::Complete)
         }),
         "the chain did not complete"
     );

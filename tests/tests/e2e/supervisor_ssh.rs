@@ -5,6 +5,7 @@
 //! item 3): one resident observer per runner, within the host's ssh session budget and one TCP
 //! connection; an unregister ends the observer of a runner no registration uses any more.
 
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, resident_observers};
 use megaplan_cloud_e2e::{Container, bench, bin, wait_until};
 use serde_json::Value;
@@ -26,7 +27,10 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     rig.control(r#"{"step_seconds": 0.2, "stall": ["m2"]}"#);
     rig.launch(&["m1", "m2", "m3"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m2")
     }));
     // A live runner is never restarted.
     let t = tick(&rig);
@@ -46,7 +50,11 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     rig.control(r#"{"step_seconds": 0.2}"#);
     rig.ctl(&["register", "--every", "2s"]).ok();
     let completed = wait_until(Duration::from_secs(60), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::Complete)
     });
     let history = rig.ctl(&["ticks", "--json", "--limit", "50"]).json;
     assert!(
@@ -91,7 +99,11 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
     }));
     let before = rig.sshd.exec_requests();
     let t = tick(&rig);
@@ -413,7 +425,12 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
     assert!(e.stdout.contains("still-here"), "{}", e.stdout);
     let s = rig.ctl(&["status", "--chain"]);
     assert_eq!(s.code, Some(0), "{}\n{}", s.stdout, s.stderr);
-    assert_eq!(s.json["effective_status"], "running", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running),
+        "{}",
+        s.stdout
+    );
     assert_eq!(
         rig.sshd.accepted_connections(),
         connections,
@@ -434,7 +451,7 @@ fn register_tick_unregister_five_times_leaves_no_observer_and_no_ssh_client() {
         ctl_for(&rig.daemon, &y, &["register", "--every", "1h"]).ok();
         let t = ctl_for(&rig.daemon, &y, &["tick"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
         assert_eq!(
             resident_observers(&rig.container).len(),
             1,

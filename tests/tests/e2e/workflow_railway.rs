@@ -3,6 +3,7 @@
 //! loopback relay sshd into a bench runner container (`megaplan_cloud_e2e::railway`), in a
 //! network namespace with only loopback.
 
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::railway::{RailwayWorld, in_private_namespace, real_cli};
 use megaplan_cloud_e2e::rig::{Run, write_chain};
 use megaplan_cloud_e2e::{Daemon, bench, repo_in_container, wait_until};
@@ -77,10 +78,13 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     );
 
     assert!(wait_until(Duration::from_secs(60), || {
-        run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+        run(&["status", "--chain"]).current_milestone().as_deref() == Some("m2")
     }));
     let s = run(&["status", "--chain"]).ok();
-    assert_eq!(s.json["effective_status"], "running");
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running)
+    );
     assert_eq!(
         s.json["provider_consistency"]["status"], "consistent",
         "{}",
@@ -136,7 +140,7 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     )
     .unwrap();
     let t = run(&["supervise", "--chain"]);
-    assert_eq!(t.json["event"], "supervisor_blocked", "{}", t.stdout);
+    assert_eq!(t.report().event, TickEvent::Blocked, "{}", t.stdout);
     assert!(
         t.json["refused_reason"]
             .as_str()
@@ -145,5 +149,5 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
         "{}",
         t.stdout
     );
-    assert_eq!(t.json["acted"], false);
+    assert!(!t.report().acted);
 }

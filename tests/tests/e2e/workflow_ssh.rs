@@ -1,6 +1,8 @@
 //! Remote workflows over ssh on the bench (issue 5): chain launch, status --chain through a
 //! run, collision refusal, --fresh, missing ideas, legacy marker, and one round trip per status.
 
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
@@ -110,7 +112,8 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     let refused = rig.ctl(&["chain", other.to_str().unwrap()]);
     assert_eq!(refused.code, Some(1));
     assert_eq!(
-        refused.json["error"], "chain_session_collision",
+        refused.error_body().error,
+        ErrorCode::ChainSessionCollision,
         "{}",
         refused.stdout
     );
@@ -179,7 +182,12 @@ fn missing_idea_lists_every_path_and_uploads_nothing() {
     let before = rig.sshd.exec_requests();
     let r = rig.ctl(&["chain", spec.to_str().unwrap()]);
     assert_eq!(r.code, Some(1));
-    assert_eq!(r.json["error"], "missing_idea_file", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::MissingIdeaFile,
+        "{}",
+        r.stdout
+    );
     let tried: Vec<&str> = r.json["missing"][0]["tried"]
         .as_array()
         .unwrap()
@@ -232,7 +240,12 @@ fn hand_written_legacy_marker_is_honoured() {
     .unwrap();
     let s = rig.ctl(&["status", "--chain"]).ok();
     assert_eq!(s.json["spec"], "/workspace/app/legacy.yaml");
-    assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        s.stdout
+    );
     assert_eq!(s.json["spec_source"], "last_chain marker");
 }
 
@@ -371,7 +384,7 @@ fn multi_line_secret_values_are_refused() {
         .push(("MEGAPLAN_TEST_PEM".into(), "abc\ndefg".into()));
     let e = rig.ctl(&["exec", "echo hi"]);
     assert_eq!(e.code, Some(1));
-    assert_eq!(e.json["error"], "invalid_args");
+    assert_eq!(e.error_body().error, ErrorCode::InvalidArgs);
     assert_eq!(e.json["field"], "MEGAPLAN_TEST_PEM");
     assert!(!e.stdout.contains("defg"));
 }
