@@ -200,11 +200,12 @@ impl SshRig {
         self.ctl(&["chain", &spec.display().to_string()]).ok();
     }
 
-    /// The stored tick history (`ticks --json --limit <limit>`), newest first.
+    /// The stored tick history (`ticks --json --limit <limit>`), newest first; empty when the
+    /// daemon cannot answer (a wait then polls again).
     pub fn ticks(&self, limit: u32) -> Vec<TickRecord> {
         self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
-            .ok()
-            .decode()
+            .try_decode()
+            .unwrap_or_default()
     }
 
     /// The stored tick history as JSON, for the tests that look at the stored document itself.

@@ -7,7 +7,6 @@
 //! naming it; `apikey` seeds nothing. No token is found in the client's output, the daemon's
 //! files (database, WAL, logs at debug level, deploy dir) or its log.
 
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
 use megaplan_cloud_e2e::{Daemon, Sshd, bench, wait_until};
 use std::path::{Path, PathBuf};
@@ -284,11 +283,7 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     );
     assert!(
         wait_until(Duration::from_secs(40), || {
-            rig.ctl(&["status", "--chain"])
-                .chain_status()
-                .expect("status --chain")
-                .effective_status
-                == ReportedStatus::Classified(EffectiveStatus::Complete)
+            rig.ctl(&["status", "--chain"]).chain_complete()
         }),
         "the chain did not complete"
     );

@@ -340,13 +340,13 @@ fn a_boot_runner_in_another_session_is_the_one_driver() {
     assert!(t.json["runner"]["pid"].as_u64().is_some(), "{}", t.stdout);
 
     rig.ctl(&["register", "--every", "2s"]).ok();
-    let three = wait_until(Duration::from_secs(90), || rig.ticks_json(50).len() >= 4);
-    let history = rig.ticks_json(50);
+    let three = wait_until(Duration::from_secs(90), || rig.ticks(50).len() >= 4);
+    let history = rig.ticks(50);
     assert!(three, "the schedule never ticked: {history:?}");
     for t in &history {
-        assert_eq!(t["acted"], false, "{t}");
-        let reason = t["refused_reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("runner is alive"), "{t}");
+        assert!(!t.acted, "{t:?}");
+        let reason = t.refused_reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("runner is alive"), "{t:?}");
     }
     let runs = jsonl(&rig, "/workspace/app/.megaplan/standin-chain-runs.jsonl");
     assert_eq!(runs.len(), 1, "a second driver was started: {runs:?}");

@@ -9,6 +9,7 @@
 
 use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml};
 use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
@@ -174,11 +175,8 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     assert_eq!(next.report().event, TickEvent::Tick, "{}", next.stdout);
 
     assert_serving(&rig.daemon);
-    let stored = rig.ticks_json(100);
-    let events: Vec<&str> = stored
-        .iter()
-        .map(|t| t["event"].as_str().unwrap())
-        .collect();
+    let stored = rig.ticks(100);
+    let events: Vec<&str> = stored.iter().map(|t| t.event.as_str()).collect();
     assert_eq!(
         events,
         ["supervisor_tick", "supervisor_error", "supervisor_tick"],
@@ -305,15 +303,15 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
         // Writing the state file is also a change the runner watch reports, so event ticks
         // (`trigger: event`) may come between these; the manual ones are counted.
         let manual = rig
-            .ticks_json(100)
+            .ticks(100)
             .iter()
-            .filter(|t| t["trigger"] == "manual")
+            .filter(|t| t.trigger == "manual")
             .count();
         assert_eq!(manual, n + 2, "{what}");
     }
 
     assert_serving(&rig.daemon);
-    let stored = rig.ticks_json(100).len();
+    let stored = rig.ticks(100).len();
     assert!(stored >= 4, "{stored}");
     assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, stored);
     // Restored, the state reads again.
@@ -1429,10 +1427,10 @@ fn hung_runners_never_starve_a_healthy_registration() {
             .find(|r| r["key"] == key)
             .unwrap_or(Value::Null)
     };
-    let scheduled = || -> Vec<Value> {
-        rig.ticks_json(100)
+    let scheduled = || -> Vec<TickRecord> {
+        rig.ticks(100)
             .into_iter()
-            .filter(|t| t["trigger"] == "schedule")
+            .filter(|t| t.trigger == "schedule")
             .collect()
     };
 
@@ -1455,7 +1453,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     assert!(runs.len() as u64 >= N, "{runs:?}");
     let mut dues: Vec<chrono::DateTime<chrono::FixedOffset>> = runs
         .iter()
-        .map(|t| chrono::DateTime::parse_from_rfc3339(t["due_at"].as_str().unwrap()).unwrap())
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t.due_at.as_deref().unwrap()).unwrap())
         .collect();
     dues.sort();
     for w in dues.windows(2) {
@@ -1468,8 +1466,8 @@ fn hung_runners_never_starve_a_healthy_registration() {
         );
     }
     for t in &runs {
-        assert_eq!(t["success"], true, "{t}");
-        assert_eq!(t["event"], "supervisor_tick", "{t}");
+        assert!(t.success, "{t:?}");
+        assert_eq!(t.event, TickEvent::Tick, "{t:?}");
     }
     assert!(h["backoff"].is_null(), "the healthy one backs off: {h}");
 

@@ -5,7 +5,10 @@
 //! stall detection, pause, dry run, explain, and the ticks/watch filters.
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
+use megaplan_cloud_api::report::{
+    EffectiveStatus, Liveness, NextAction, ReportedStatus, TickEvent,
+};
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::receiver::Receiver;
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::{bin, wait_until};
@@ -82,9 +85,9 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     let url = receiver.url("/megaplan-topic");
     let reg = rig
@@ -107,17 +110,11 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         rig.daemon.log_text()
     );
     // Many more ticks in the same state, then a restart, then more ticks: still one.
-    let n = rig.ticks_json(500).len();
-    assert!(wait_until(Duration::from_secs(60), || rig
-        .ticks_json(500)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     rig.daemon.restart();
-    let n = rig.ticks_json(500).len();
-    assert!(wait_until(Duration::from_secs(60), || rig
-        .ticks_json(500)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
         count(&receiver, "awaiting_pr_merge"),
         1,
@@ -133,11 +130,8 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         "no still_waiting: {:?}",
         events(&receiver)
     );
-    let n = rig.ticks_json(500).len();
-    assert!(wait_until(Duration::from_secs(60), || rig
-        .ticks_json(500)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
         count(&receiver, "still_waiting"),
         1,
@@ -175,16 +169,9 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         "no complete notification; got {:?}",
         events(&receiver)
     );
-    let n = rig.ticks_json(500).len();
-    assert!(wait_until(Duration::from_secs(60), || rig
-        .ticks_json(500)
-        .len()
-        >= n + 3));
-    let acted = rig
-        .ticks_json(500)
-        .iter()
-        .filter(|t| t["acted"] == true)
-        .count();
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
+    let acted = rig.ticks(500).iter().filter(|t| t.acted).count();
     assert!(acted >= 1);
     assert_eq!(
         count(&receiver, "supervisor_acted"),
@@ -221,11 +208,7 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     rig.control(r#"{"step_seconds": 0.1}"#);
     rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::Complete)
+        rig.ctl(&["status", "--chain"]).chain_complete()
     }));
     receiver.fail_next(&[500, 503, 500]);
     rig.ctl(&[
@@ -274,9 +257,9 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     let before = receiver.received().len();
     rig.ctl(&["tick"]).ok();
@@ -327,9 +310,9 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     let t = rig.ctl(&["tick"]).ok();
@@ -419,18 +402,15 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         "no stalled notification: {:?}",
         events(&receiver)
     );
-    let n = rig.ticks_json(500).len();
-    assert!(wait_until(Duration::from_secs(60), || rig
-        .ticks_json(500)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(count(&receiver, "stalled"), 1);
-    let ticks = rig.ticks_json(500);
+    let ticks = rig.ticks(500);
     assert!(
-        ticks.iter().all(|t| t["acted"] == false),
+        ticks.iter().all(|t| !t.acted),
         "a stalled runner was touched"
     );
-    assert!(ticks[0]["report"]["stalled"] == true, "{:#}", ticks[0]);
+    assert_eq!(ticks[0].report.stalled, Some(true), "{:#?}", ticks[0]);
     assert_eq!(
         rig.container
             .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl"),
@@ -457,7 +437,9 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
     }));
     rig.container
         .exec_ok("tmux kill-session -t =megaplan-chain");
@@ -550,7 +532,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     assert_eq!(ej["facts"]["runner"], "dead");
 
     // Dry run: would restart, did not, not stored.
-    let stored = rig.ticks_json(500).len();
+    let stored = rig.ticks(500).len();
     rig.ctl(&["unpause"]).ok();
     let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
     assert_eq!(d.code, Some(0), "{}", d.stderr);
@@ -559,7 +541,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     assert_eq!(d.report().next_action, NextAction::Restart);
     assert!(d.stderr.contains("dry run"), "{}", d.stderr);
     assert_eq!(runs(), runs_before, "a dry run mutated");
-    assert_eq!(rig.ticks_json(500).len(), stored);
+    assert_eq!(rig.ticks(500).len(), stored);
 
     // Unpaused: the supervisor acts again.
     let t = rig.ctl(&["supervise", "--chain"]).ok();
@@ -586,11 +568,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     rig.control(r#"{"step_seconds": 0.1}"#);
     rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::Complete)
+        rig.ctl(&["status", "--chain"]).chain_complete()
     }));
     rig.ctl(&[
         "register",
@@ -603,10 +581,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     assert!(wait_until(Duration::from_secs(30), || count(
         &receiver, "complete"
     ) == 1));
-    assert!(wait_until(Duration::from_secs(30), || rig
-        .ticks_json(500)
-        .len()
-        >= 2));
+    assert!(wait_until(Duration::from_secs(30), || rig.ticks(500).len() >= 2));
 
     // `watch` shows the last stored reports first.
     let mut watch = Command::new(bin("megaplan-cloudctl"))
@@ -666,7 +641,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
         .ctl(&["ticks", "--json", "--since", "1h", "--limit", "500"])
         .ok()
         .json;
-    assert_eq!(recent.as_array().unwrap().len(), rig.ticks_json(500).len());
+    assert_eq!(recent.as_array().unwrap().len(), rig.ticks(500).len());
     let bad = rig.ctl(&["ticks", "--since", "last tuesday"]);
     assert_eq!(bad.code, Some(1));
     assert_eq!(bad.json["field"], "since", "{}", bad.stdout);
@@ -1016,22 +991,22 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     let t = rig.ctl(&["tick"]).ok();
     assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
     assert!(!t.report().acted, "{}", t.stdout);
-    let before = rig.ticks_json(500).len();
+    let before = rig.ticks(500).len();
 
     rig.container
         .exec_ok("tmux kill-session -t =megaplan-chain");
-    let event_ticks = || -> Vec<Value> {
-        rig.ticks_json(500)
+    let event_ticks = || -> Vec<TickRecord> {
+        rig.ticks(500)
             .into_iter()
-            .filter(|t| t["trigger"] == "event")
+            .filter(|t| t.trigger == "event")
             .collect()
     };
     assert!(
         wait_until(Duration::from_secs(60), || event_ticks()
             .iter()
-            .any(|t| t["event"] == "supervisor_restarted")),
+            .any(|t| t.event == TickEvent::Restarted)),
         "no event tick restarted the runner; ticks: {:#?}\n{}",
-        rig.ticks_json(500),
+        rig.ticks(500),
         rig.daemon.log_text()
     );
     assert!(
@@ -1042,9 +1017,9 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
         "the receiver was not told; got {:?}",
         events(&receiver)
     );
-    let all = rig.ticks_json(500);
+    let all = rig.ticks(500);
     assert!(
-        all.iter().all(|t| t["trigger"] != "schedule"),
+        all.iter().all(|t| t.trigger != "schedule"),
         "a scheduled tick ran: {all:#?}"
     );
     assert!(all.len() > before);

@@ -8,7 +8,6 @@
 //! SQLite) or any process's argv.
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
 use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
 use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{unique_suffix, wait_until};
@@ -140,11 +139,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // The restart ran one milestone (`--one`); scheduled ticks carry the chain to its end.
     run(&["register", "--every", "2s"]).ok();
     let completed = wait_until(Duration::from_secs(90), || {
-        run(&["status", "--chain"])
-            .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::Complete)
+        run(&["status", "--chain"]).chain_complete()
     });
     let history = run(&["ticks", "--json", "--limit", "50"]).json;
     assert!(

@@ -5,7 +5,6 @@
 //! daemon's state root (logs, markers, the rendered deploy dir), not in its stderr log (run at
 //! debug level). The ssh provider writes `.env` only on the remote host, over stdin.
 
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{Daemon, Sshd, bench, bin, wait_until};
@@ -175,11 +174,7 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert!(
         wait_until(Duration::from_secs(40), || {
-            rig.ctl(&["status", "--chain"])
-                .chain_status()
-                .expect("status --chain")
-                .effective_status
-                == ReportedStatus::Classified(EffectiveStatus::Complete)
+            rig.ctl(&["status", "--chain"]).chain_complete()
         }),
         "the chain did not complete"
     );
@@ -197,12 +192,10 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     assert_eq!(t.json["pr"]["pr_head"], REDACTED, "{}", t.stdout);
     rig.ctl(&["register", "--every", "2s"]).ok();
     let scheduled = || {
-        rig.ctl(&["ticks", "--json", "--limit", "100"])
-            .json
-            .as_array()
-            .map_or(0, |a| {
-                a.iter().filter(|t| t["trigger"] == "schedule").count()
-            })
+        rig.ticks(100)
+            .iter()
+            .filter(|t| t.trigger == "schedule")
+            .count()
     };
     assert!(
         wait_until(Duration::from_secs(20), || scheduled() >= 2),

@@ -50,11 +50,7 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     rig.control(r#"{"step_seconds": 0.2}"#);
     rig.ctl(&["register", "--every", "2s"]).ok();
     let completed = wait_until(Duration::from_secs(60), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::Complete)
+        rig.ctl(&["status", "--chain"]).chain_complete()
     });
     let history = rig.ctl(&["ticks", "--json", "--limit", "50"]).json;
     assert!(
@@ -101,9 +97,9 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
-            .expect("status --chain")
-            .effective_status
-            == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     let before = rig.sshd.exec_requests();
     let t = tick(&rig);
@@ -206,14 +202,12 @@ fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
         wait_until(Duration::from_secs(15), || ticks_other(&rig) >= n0 + 2),
         "the other registration stopped ticking"
     );
-    let stored = rig.ctl(&["ticks", "--json", "--limit", "100"]).json;
+    let stored = rig.ticks(100);
     assert!(
         stored
-            .as_array()
-            .unwrap()
             .iter()
-            .any(|t| t["event"] == "supervisor_error" && t["trigger"] == "schedule"),
-        "{stored:#}"
+            .any(|t| t.event == TickEvent::Error && t.trigger == "schedule"),
+        "{stored:#?}"
     );
     let health = rig.ctl(&["daemon", "status", "--json"]).ok();
     assert!(health.json["ticks"]["failed"].as_u64().unwrap() >= 1);
