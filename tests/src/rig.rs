@@ -53,8 +53,13 @@ impl Run {
         serde_json::from_str(&self.stdout).ok()
     }
 
-    /// The tick report `supervise --chain` and `tick` print.
+    /// The tick report `supervise --chain` prints.
     pub fn report(&self) -> TickReport {
+        self.decode()
+    }
+
+    /// The stored tick `tick` (the daemon's tick-now) prints: its record, report inside.
+    pub fn tick(&self) -> TickRecord {
         self.decode()
     }
 

@@ -146,7 +146,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     let first = rig.ctl(&["tick"]);
-    assert!(first.report().success, "{}", first.stdout);
+    assert!(first.tick().success, "{}", first.stdout);
 
     // The observation blocks in the core's `status`; kill sshd (and every session) under it.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
@@ -171,8 +171,8 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.sshd.restart();
     let next = rig.ctl(&["tick"]);
-    assert!(next.report().success, "{}", next.stdout);
-    assert_eq!(next.report().event, TickEvent::Tick, "{}", next.stdout);
+    assert!(next.tick().success, "{}", next.stdout);
+    assert_eq!(next.tick().event, TickEvent::Tick, "{}", next.stdout);
 
     assert_serving(&rig.daemon);
     let stored = rig.ticks(100);
@@ -199,7 +199,7 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     rig.launch(&["m1"]);
     rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
-    assert!(rig.ctl(&["tick"]).report().success);
+    assert!(rig.ctl(&["tick"]).tick().success);
 
     let stop = run_cmd("docker", &["stop", "-t", "1", &rig.container.name]);
     assert!(stop.status.success(), "{stop:?}");
@@ -220,9 +220,9 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     assert!(s.stderr.contains("is not running"), "{}", s.stderr);
 
     let t = rig.ctl(&["tick"]);
-    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
-    assert!(!t.report().success);
-    let reason = t.report().refused_reason.unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    assert!(!t.tick().success);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(reason.contains("is not running"), "{reason}");
 
     let e = rig.ctl(&["exec", "echo never"]);
@@ -261,7 +261,7 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     rig.launch(&["m1"]);
     rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
-    assert!(rig.ctl(&["tick"]).report().success);
+    assert!(rig.ctl(&["tick"]).tick().success);
     let state_file = rig
         .container
         .exec_ok("ls /workspace/app/.megaplan/plans/.chains/chain-*.json | grep -v runtime_policy")
@@ -294,8 +294,8 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
         );
 
         let t = rig.ctl(&["tick"]);
-        assert_eq!(t.report().event, TickEvent::Error, "{what}: {}", t.stdout);
-        let reason = t.report().refused_reason.unwrap();
+        assert_eq!(t.tick().event, TickEvent::Error, "{what}: {}", t.stdout);
+        let reason = t.tick().refused_reason.unwrap();
         assert!(
             reason.contains(&state_file) && reason.contains("invalid JSON"),
             "{what}: {reason}"
@@ -348,8 +348,8 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     // What ended the tick is asserted from its report (the deadline's own message), not from
     // a clock in the test.
     let t = rig.ctl(&["tick"]);
-    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
-    let reason = t.report().refused_reason.unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(
         reason.contains("deadline of 5s") && reason.contains("killed"),
         "{reason}"
@@ -378,13 +378,13 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     );
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     let next = rig.ctl(&["tick"]).ok();
-    assert_eq!(next.report().event, TickEvent::Tick, "{}", next.stdout);
+    assert_eq!(next.tick().event, TickEvent::Tick, "{}", next.stdout);
 
     assert_serving(&rig.daemon);
     assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 1);
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     let next = rig.ctl(&["tick"]);
-    assert!(next.report().success, "{}", next.stdout);
+    assert!(next.tick().success, "{}", next.stdout);
     rig.control(r#"{"step_seconds": 0.1}"#);
 }
 
@@ -664,7 +664,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
 
     // Fill the file system to the last block.
     let mut fill = std::fs::File::create(d.home.join("fill")).unwrap();
@@ -750,7 +750,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
 
     // What the kernel does on a disk error with errors=remount-ro: the file system turns
     // read-only under the running daemon (`remount,ro` itself is refused while files are open
@@ -1149,8 +1149,8 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     text.push_str(&format!("megaplan:\n  launcher: \"{hostile}\"\n"));
     std::fs::write(&good, text).unwrap();
     let t = ctl_for(&d, &good, &["tick"]);
-    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
-    let reason = t.report().refused_reason.unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(reason.contains("megaplan.launcher"), "{reason}");
     assert!(!canary.exists(), "the launcher's shell syntax ran");
     assert_serving(&d);
@@ -1183,8 +1183,8 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
     ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o664)).unwrap();
     let t = ctl_for(&d, &cy, &["tick"]);
-    assert_eq!(t.report().event, TickEvent::Error, "{}", t.stdout);
-    let reason = t.report().refused_reason.unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(reason.contains("writable by its group"), "{reason}");
     assert_serving(&d);
 }

@@ -486,7 +486,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         piped.stdout
     );
     let t = rig.ctl(&["tick"]).ok();
-    assert!(!t.report().acted);
+    assert!(!t.tick().acted);
     assert!(
         t.json["refused_reason"]
             .as_str()
@@ -989,8 +989,8 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     rig.ctl(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url])
         .ok();
     let t = rig.ctl(&["tick"]).ok();
-    assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
-    assert!(!t.report().acted, "{}", t.stdout);
+    assert_eq!(t.tick().event, TickEvent::Tick, "{}", t.stdout);
+    assert!(!t.tick().acted, "{}", t.stdout);
     let before = rig.ticks(500).len();
 
     rig.container

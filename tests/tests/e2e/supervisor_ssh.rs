@@ -445,7 +445,7 @@ fn register_tick_unregister_five_times_leaves_no_observer_and_no_ssh_client() {
         ctl_for(&rig.daemon, &y, &["register", "--every", "1h"]).ok();
         let t = ctl_for(&rig.daemon, &y, &["tick"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
+        assert_eq!(t.tick().event, TickEvent::Tick, "{}", t.stdout);
         assert_eq!(
             resident_observers(&rig.container).len(),
             1,
