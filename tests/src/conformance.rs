@@ -16,7 +16,7 @@ use megaplan_cloudd::redact::REPLACEMENT;
 use crate::output_collector;
 use crate::util::safety_net;
 
-/// The secret every fixture lists under `secrets:` (its value is the fixture's own).
+/// The secret the fixtures list under `secrets:` (its value is each fixture's own).
 pub const SECRET_NAME: &str = "E2E_TOKEN";
 
 /// A deployed runner of one provider, as the scenarios need it.
@@ -74,16 +74,16 @@ pub async fn run_all<F: ProviderFixture>(fx: &F) {
     }
 }
 
-/// `deploy` without the secret's value is refused (`missing_secrets`, naming it) before
+/// `deploy` without the secret's value is refused (`missing_secrets`, naming `secret`) before
 /// anything changes. `bare` is the fixture's provider with no secret values.
-pub async fn deploy_without_the_secret_is_refused<P: Provider>(bare: &P) {
+pub async fn deploy_without_the_secret_is_refused<P: Provider>(bare: &P, secret: &str) {
     let (tx, _task) = output_collector();
     let e = bare
         .deploy(&tx)
         .await
         .expect_err("a deploy without the secret's value is refused");
     assert_eq!(e.error, ErrorCode::MissingSecrets, "{e}");
-    assert!(e.message.contains(SECRET_NAME), "{}", e.message);
+    assert!(e.message.contains(secret), "{}", e.message);
 }
 
 /// The secret reached the runner's environment and comes back redacted; the other variables

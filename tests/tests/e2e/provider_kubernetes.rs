@@ -8,10 +8,17 @@
 //! SQLite) or any process's argv.
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_e2e::conformance::{self, ProviderFixture};
 use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
 use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{unique_suffix, wait_until};
+use megaplan_cloudd::cloud_yaml;
+use megaplan_cloudd::provider::kubernetes::KubernetesProvider;
+use megaplan_cloudd::provider::{Provider, ProviderCtx};
+use megaplan_cloudd::redact::Redactor;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +45,64 @@ fn argv_watch(needle: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<S
         seen
     });
     (stop, handle)
+}
+
+/// The deployed pod, as the conformance suite takes it.
+struct Deployed {
+    p: Arc<KubernetesProvider>,
+    secret: String,
+    log_line: String,
+}
+
+impl ProviderFixture for Deployed {
+    type P = KubernetesProvider;
+    fn provider(&self) -> Arc<KubernetesProvider> {
+        self.p.clone()
+    }
+    fn secret(&self) -> (&str, &str) {
+        ("MP_KUBE_TOKEN", &self.secret)
+    }
+    fn log_line(&self) -> &str {
+        &self.log_line
+    }
+}
+
+/// The conformance suite against the pod `cloud_yaml` deployed, through a provider built here
+/// from the same cloud.yaml (the daemon's own is behind its socket).
+fn run_conformance(cloud_yaml: &Path, secret: &str) {
+    let spec = Arc::new(cloud_yaml::load(cloud_yaml).unwrap_or_else(|e| panic!("{e}")));
+    let deploy_dir = tempfile::tempdir().expect("deploy dir");
+    let ctx = |secrets: BTreeMap<String, String>| ProviderCtx {
+        spec: spec.clone(),
+        deploy_dir: deploy_dir.path().to_path_buf(),
+        redactor: Redactor::new(&spec.secrets, &secrets),
+        secrets,
+        deadline: Duration::from_secs(120),
+    };
+    let with_secret = BTreeMap::from([("MP_KUBE_TOKEN".to_string(), secret.to_string())]);
+    let p = Arc::new(KubernetesProvider::new(ctx(with_secret)).expect("provider"));
+    let bare = KubernetesProvider::new(ctx(BTreeMap::new())).expect("provider");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        conformance::deploy_without_the_secret_is_refused(&bare, "MP_KUBE_TOKEN").await;
+        // A line in the pod's log (its main process's stdout) for the log scenarios.
+        let log_line = format!("conformance-{}", unique_suffix());
+        let r = p
+            .exec(&format!("echo {log_line} > /proc/1/fd/1"), None)
+            .await
+            .expect("exec");
+        assert_eq!(r.code, 0, "{r:?}");
+        conformance::run_all(&Deployed {
+            p: p.clone(),
+            secret: secret.to_string(),
+            log_line,
+        })
+        .await;
+    });
 }
 
 #[test]
@@ -102,6 +167,11 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     );
     assert!(!e.stdout.contains(&secret));
     assert!(e.stderr.contains("err"), "{}", e.stderr);
+
+    // What every provider owes (tests/src/conformance.rs), through the provider over the
+    // deployed pod: exec, stdin, upload/read of every byte value, logs and follow, no
+    // --session, no deploy without the secret.
+    run_conformance(cy, &secret);
 
     // The chain (a second deploy replaces the pod; the claim stays), then status --chain.
     k.deploy_and_launch(

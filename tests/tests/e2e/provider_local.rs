@@ -154,7 +154,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     // deploy without the secret's value: refused, .env untouched.
     let mut bare = ctx.clone();
     bare.secrets.clear();
-    conformance::deploy_without_the_secret_is_refused(&LocalProvider::new(bare)).await;
+    conformance::deploy_without_the_secret_is_refused(&LocalProvider::new(bare), SECRET_NAME).await;
 
     // deploy: .env (0600) then up -d.
     let (tx, task) = megaplan_cloud_e2e::output_collector();

@@ -197,7 +197,11 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     );
 
     // deploy without the secret's value: refused before anything changes.
-    conformance::deploy_without_the_secret_is_refused(&fx.provider(spec.clone(), false)).await;
+    conformance::deploy_without_the_secret_is_refused(
+        &fx.provider(spec.clone(), false),
+        SECRET_NAME,
+    )
+    .await;
     assert!(
         !Path::new(&fx.remote_dir).join(".env").exists(),
         "nothing written on refusal"
