@@ -40,10 +40,7 @@ pub trait ProviderFixture {
 
     /// Paths in the runner where a file can be written (a hostile one among them).
     fn upload_paths(&self) -> Vec<&str> {
-        vec![
-            "/workspace/app/bytes.bin",
-            "/workspace/it's a $(dir)/f`x` \"y\"\nname",
-        ]
+        UPLOAD_PATHS.to_vec()
     }
 
     /// Whether `attach --session` is this provider's to take (railway's sessions).
@@ -57,6 +54,41 @@ pub trait ProviderFixture {
         true
     }
 }
+
+/// A deployed runner given by its provider and what it was deployed with: the fixture of the
+/// providers whose runner holds `PORT` and logs a fixed line (ssh, local).
+pub struct Deployed<P> {
+    pub provider: Arc<P>,
+    pub secret_value: &'static str,
+    pub port: u16,
+    pub log_line: &'static str,
+    pub upload_paths: Vec<&'static str>,
+}
+
+impl<P: Provider + Send + Sync + 'static> ProviderFixture for Deployed<P> {
+    type P = P;
+    fn provider(&self) -> Arc<P> {
+        self.provider.clone()
+    }
+    fn secret(&self) -> (&str, &str) {
+        (SECRET_NAME, self.secret_value)
+    }
+    fn runner_env(&self) -> Vec<(String, String)> {
+        vec![("PORT".to_string(), self.port.to_string())]
+    }
+    fn log_line(&self) -> &str {
+        self.log_line
+    }
+    fn upload_paths(&self) -> Vec<&str> {
+        self.upload_paths.clone()
+    }
+}
+
+/// The paths [`ProviderFixture::upload_paths`] names by default: a plain one and a hostile one.
+pub const UPLOAD_PATHS: [&str; 2] = [
+    "/workspace/app/bytes.bin",
+    "/workspace/it's a $(dir)/f`x` \"y\"\nname",
+];
 
 /// Every scenario of the suite, in an order a single deployed runner can take.
 pub async fn run_all<F: ProviderFixture>(fx: &F) {

@@ -319,6 +319,29 @@ impl RailwayWorld {
             .collect()
     }
 
+    /// `railway link` of `dir` to the stand-in's project, environment and service, as an
+    /// operator does once by hand; requires success and forgets the requests it made.
+    pub fn link_as_operator(&self, dir: &Path) {
+        let o = self.cli(
+            dir,
+            &[
+                "link",
+                "--project",
+                "proj-1",
+                "--environment",
+                "staging",
+                "--service",
+                "agent",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "link: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        self.take_requests();
+    }
+
     /// Runs the real CLI (through the wrapper) in `cwd`.
     pub fn cli(&self, cwd: &Path, args: &[&str]) -> std::process::Output {
         Command::new(&self.wrapper)

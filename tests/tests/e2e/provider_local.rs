@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use megaplan_cloud_e2e::conformance::{self, ProviderFixture, SECRET_NAME};
+use megaplan_cloud_e2e::conformance::{self, SECRET_NAME};
 use megaplan_cloud_e2e::util::docker;
 use megaplan_cloud_e2e::{bench, unique_suffix};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
@@ -19,34 +19,6 @@ use megaplan_cloudd::redact::Redactor;
 use megaplan_cloudd::render;
 
 const SECRET_VALUE: &str = "tok-local-0123456789abcdef";
-
-/// The deployed runner, as the conformance suite takes it.
-struct Deployed {
-    p: Arc<LocalProvider>,
-    port: u16,
-}
-
-impl ProviderFixture for Deployed {
-    type P = LocalProvider;
-    fn provider(&self) -> Arc<LocalProvider> {
-        self.p.clone()
-    }
-    fn secret(&self) -> (&str, &str) {
-        (SECRET_NAME, SECRET_VALUE)
-    }
-    fn runner_env(&self) -> Vec<(String, String)> {
-        vec![("PORT".to_string(), self.port.to_string())]
-    }
-    fn log_line(&self) -> &str {
-        "runner-started"
-    }
-    fn upload_paths(&self) -> Vec<&str> {
-        vec![
-            "/workspace/app/bytes.bin",
-            "/workspace/app/it's $(x) `y`\nz",
-        ]
-    }
-}
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -200,9 +172,16 @@ async fn local_provider_lifecycle_with_compose_fallback() {
 
     // What every provider owes (tests/src/conformance.rs): env (redacted), exit code and
     // stderr, stdin, upload/read of every byte value, logs, follow, no --session.
-    conformance::run_all(&Deployed {
-        p: p.clone(),
+    conformance::run_all(&conformance::Deployed {
+        provider: p.clone(),
+        secret_value: SECRET_VALUE,
         port: 18091,
+        log_line: "runner-started",
+        upload_paths: vec![
+            "/workspace/app/bytes.bin",
+            "/workspace/app/it's $(x) `y`
+z",
+        ],
     })
     .await;
 

@@ -298,24 +298,7 @@ async fn railway_provider_drives_the_real_cli() {
 
     // The operator links the cloud.yaml folder once, as they would by hand; every other
     // command runs there.
-    let o = world.cli(
-        &cloud_dir,
-        &[
-            "link",
-            "--project",
-            "proj-1",
-            "--environment",
-            "staging",
-            "--service",
-            "agent",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "link: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    world.take_requests();
+    world.link_as_operator(&cloud_dir);
 
     // exec over `railway ssh`: the relay runs it in the runner container.
     world.container.exec_ok(&format!(

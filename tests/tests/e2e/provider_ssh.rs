@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_e2e::conformance::{self, ProviderFixture, SECRET_NAME};
+use megaplan_cloud_e2e::conformance::{self, SECRET_NAME};
 use megaplan_cloud_e2e::util::docker;
 use megaplan_cloud_e2e::{Sshd, bench, unique_suffix, wait_until};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
@@ -20,28 +20,6 @@ use megaplan_cloudd::render;
 use sha2::{Digest, Sha256};
 
 const SECRET_VALUE: &str = "tok-e2e-0123456789abcdef";
-
-/// The deployed runner, as the conformance suite takes it.
-struct Deployed {
-    p: Arc<SshProvider>,
-    port: u16,
-}
-
-impl ProviderFixture for Deployed {
-    type P = SshProvider;
-    fn provider(&self) -> Arc<SshProvider> {
-        self.p.clone()
-    }
-    fn secret(&self) -> (&str, &str) {
-        (SECRET_NAME, SECRET_VALUE)
-    }
-    fn runner_env(&self) -> Vec<(String, String)> {
-        vec![("PORT".to_string(), self.port.to_string())]
-    }
-    fn log_line(&self) -> &str {
-        "runner-started"
-    }
-}
 
 /// Removes the runner container, its image and the host folders, whatever the test outcome.
 struct Cleanup {
@@ -285,9 +263,12 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     // What every provider owes (tests/src/conformance.rs): the env file reached the
     // container and the value comes back redacted, exec, stdin, upload/read, logs, follow.
     let p = Arc::new(p);
-    conformance::run_all(&Deployed {
-        p: p.clone(),
+    conformance::run_all(&conformance::Deployed {
+        provider: p.clone(),
+        secret_value: SECRET_VALUE,
         port: 18081,
+        log_line: "runner-started",
+        upload_paths: conformance::UPLOAD_PATHS.to_vec(),
     })
     .await;
 

@@ -39,24 +39,7 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     )
     .unwrap();
     // The operator's own link of the cloud.yaml folder.
-    let o = world.cli(
-        &project,
-        &[
-            "link",
-            "--project",
-            "proj-1",
-            "--environment",
-            "staging",
-            "--service",
-            "agent",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "link: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    world.take_requests();
+    world.link_as_operator(&project);
     let run = |args: &[&str]| {
         let mut full = vec!["--cloud-yaml", cy.to_str().unwrap()];
         full.extend_from_slice(args);
