@@ -5,7 +5,8 @@
 //! item 3): one resident observer per runner, within the host's ssh session budget and one TCP
 //! connection; an unregister ends the observer of a runner no registration uses any more.
 
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
+use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
+use megaplan_cloud_api::wire::Health;
 use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, resident_observers};
 use megaplan_cloud_e2e::{Container, bench, bin, wait_until};
 use serde_json::Value;
@@ -35,8 +36,11 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     // A live runner is never restarted.
     let t = tick(&rig);
     assert_eq!(t.code, Some(0), "{}", t.stderr);
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
-    assert_eq!(t.json["effective_status"], "running");
+    assert!(!t.report().acted, "{}", t.stdout);
+    assert_eq!(
+        t.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running)
+    );
     assert!(
         t.stderr
             .contains("supervisor tick: supervisor_tick | acted=false | next_action=noop"),
@@ -72,8 +76,8 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     assert_eq!(marker["remote_spec"], "/workspace/app/chain.yaml");
     // Once complete, ticks say done and act no more.
     let t = tick(&rig).ok();
-    assert_eq!(t.json["next_action"], "done");
-    assert_eq!(t.json["acted"], false);
+    assert_eq!(t.report().next_action, NextAction::Done);
+    assert!(!t.report().acted);
     // The stand-in recorded `--one` starts from the supervisor.
     let runs = String::from_utf8(
         rig.container
@@ -105,26 +109,26 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     let t = tick(&rig);
     let trips = rig.sshd.exec_requests() - before;
     assert_eq!(t.code, Some(0));
-    assert_eq!(t.json["event"], "supervisor_blocked", "{}", t.stdout);
-    assert_eq!(t.json["acted"], false);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.report().event, TickEvent::Blocked, "{}", t.stdout);
+    assert!(!t.report().acted);
+    let reason = t.report().refused_reason.unwrap();
     assert!(
         reason.contains("PR #7") && reason.contains("open"),
         "{reason}"
     );
     assert!(trips <= 3, "a blocked tick made {trips} remote round trips");
-    assert_eq!(t.json["remote_round_trips"], 1);
+    assert_eq!(t.report().remote_round_trips, Some(1));
 
     rig.container
         .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
     let before = rig.sshd.exec_requests();
     let t = tick(&rig).ok();
     let trips = rig.sshd.exec_requests() - before;
-    assert_eq!(t.json["event"], "supervisor_advanced", "{}", t.stdout);
-    assert_eq!(t.json["next_action"], "advance");
-    assert_eq!(t.json["acted"], true);
+    assert_eq!(t.report().event, TickEvent::Advanced, "{}", t.stdout);
+    assert_eq!(t.report().next_action, NextAction::Advance);
+    assert!(t.report().acted);
     assert!(trips <= 3, "an acting tick made {trips} remote round trips");
-    assert_eq!(t.json["remote_round_trips"], 2);
+    assert_eq!(t.report().remote_round_trips, Some(2));
     // The advance is a launch: the last-chain marker says so.
     let marker = rig.ctl(&["status", "--chain"]);
     assert_eq!(marker.code, Some(0));
@@ -177,8 +181,8 @@ fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
     rig.sshd.stop();
     let t = tick(&rig);
     assert_eq!(t.code, Some(1), "{}", t.stdout);
-    assert_eq!(t.json["event"], "supervisor_error");
-    assert_eq!(t.json["success"], false);
+    assert_eq!(t.report().event, TickEvent::Error);
+    assert!(!t.report().success);
     assert!(
         t.json["refused_reason"]
             .as_str()
@@ -210,13 +214,12 @@ fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
         "{stored:#?}"
     );
     let health = rig.ctl(&["daemon", "status", "--json"]).ok();
-    assert!(health.json["ticks"]["failed"].as_u64().unwrap() >= 1);
+    assert!(health.decode::<Health>().ticks.failed >= 1);
 
     // sshd back: the held session is re-established transparently.
     rig.sshd.restart();
     assert!(
-        wait_until(Duration::from_secs(20), || tick(&rig).json["success"]
-            == true),
+        wait_until(Duration::from_secs(20), || tick(&rig).report().success),
         "ticks did not recover after sshd came back"
     );
 }
@@ -394,7 +397,7 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
     // The 4 cloud.yaml files of the running chain: healthy ticks.
     for t in &ticks[..4] {
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
     }
     // The other runners hold no chain: their ticks say so (not that a session was refused).
     for t in &ticks[4..] {

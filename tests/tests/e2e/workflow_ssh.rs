@@ -2,7 +2,9 @@
 //! run, collision refusal, --fresh, missing ideas, legacy marker, and one round trip per status.
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
+use megaplan_cloud_api::report::{EffectiveStatus, Liveness, ReportedStatus};
+use megaplan_cloud_api::status::ChainLaunched;
+use megaplan_cloud_api::wire::Health;
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
@@ -24,7 +26,7 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
 
     let launched = rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert_eq!(launched.json["success"], true, "{}", launched.stdout);
-    assert_eq!(launched.json["session"], "megaplan-chain");
+    assert_eq!(launched.decode::<ChainLaunched>().session, "megaplan-chain");
     assert!(
         launched
             .stderr
@@ -86,7 +88,7 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     assert!(
         wait_until(Duration::from_secs(30), || {
             let s = chain_status(&rig);
-            s.json["summary"]["current_milestone"]["label"] == "m2"
+            s.current_milestone().as_deref() == Some("m2")
         }),
         "never reached m2"
     );
@@ -97,9 +99,15 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
         0,
         "status --chain must be answered by the resident observer, with no new remote execution"
     );
-    assert_eq!(s.json["effective_status"], "running", "{}", s.stdout);
-    assert_eq!(s.json["milestone_count"], 3);
-    assert_eq!(s.json["runner"]["status"], "alive");
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running),
+        "{}",
+        s.stdout
+    );
+    let status = s.chain_status().expect("status --chain");
+    assert_eq!(status.milestone_count, 3);
+    assert_eq!(status.runner.status, Some(Liveness::Alive));
     assert!(
         s.stderr.contains("Current milestone: m2 (index 1)"),
         "{}",
@@ -131,15 +139,20 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     );
     // The same chain again is a no-op that says so.
     let again = rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-    assert_eq!(again.json["already_running"], true, "{}", again.stdout);
+    assert!(
+        again.decode::<ChainLaunched>().already_running,
+        "{}",
+        again.stdout
+    );
 
     // Release the stall: the chain completes.
     rig.control(r#"{"step_seconds": 0.2}"#);
     assert!(
-        wait_until(
-            Duration::from_secs(40),
-            || chain_status(&rig).json["effective_status"] == "complete"
-        ),
+        wait_until(Duration::from_secs(40), || chain_status(&rig)
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::Complete)),
         "never completed"
     );
     let done = chain_status(&rig).ok();
@@ -157,7 +170,7 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     assert!(
         wait_until(Duration::from_secs(30), || {
             let s = chain_status(&rig);
-            s.json["summary"]["current_milestone"]["label"] == "m1"
+            s.current_milestone().as_deref() == Some("m1")
                 && s.json["chain_state"]["completed"]
                     .as_array()
                     .is_some_and(|c| c.is_empty())
@@ -239,7 +252,10 @@ fn hand_written_legacy_marker_is_honoured() {
     )
     .unwrap();
     let s = rig.ctl(&["status", "--chain"]).ok();
-    assert_eq!(s.json["spec"], "/workspace/app/legacy.yaml");
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        "/workspace/app/legacy.yaml"
+    );
     assert_eq!(
         s.chain_status().expect("status --chain").effective_status,
         ReportedStatus::Classified(EffectiveStatus::Complete),
@@ -357,7 +373,7 @@ fn shutdown_closes_the_held_ssh_session() {
         "five execs, one held connection"
     );
     let health = rig.ctl(&["daemon", "status", "--json"]).ok();
-    assert_eq!(health.json["ssh_sessions"], 1);
+    assert_eq!(health.decode::<Health>().ssh_sessions, 1);
     let control_dir = rig.daemon.socket.parent().unwrap().join("ssh");
     let masters = || {
         let out = std::process::Command::new("pgrep")
