@@ -159,13 +159,19 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     let out = client.wait_with_output().unwrap();
     let t = Run::from_output(&out);
     assert_eq!(t.code, Some(1), "{}\n{}", t.stdout, t.stderr);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    let record = t.tick();
+    assert_eq!(record.event, TickEvent::Error, "{}", t.stdout);
+    let reason = record.refused_reason.unwrap();
     assert!(
         reason.contains("chain status read failed") && reason.contains("ssh"),
         "{reason}"
     );
-    assert_eq!(t.json["report"]["error"], "provider_failed", "{}", t.stdout);
+    assert_eq!(
+        record.report.error.as_deref(),
+        Some("provider_failed"),
+        "{}",
+        t.stdout
+    );
 
     // sshd back and the core answering again: the next tick works on a fresh connection.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);

@@ -983,7 +983,9 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
     }));
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url])
@@ -1025,6 +1027,8 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     assert!(all.len() > before);
     // The restarted runner is live again, and one driver runs.
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
     }));
 }
