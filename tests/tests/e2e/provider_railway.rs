@@ -404,6 +404,8 @@ async fn railway_provider_drives_the_real_cli() {
     // stderr, stdin, upload/read of every byte value, a missing file, logs without follow.
     world.control(&json!({"services": ["agent", "db"], "log_lines": ["runner booted", format!("token {SECRET_VALUE}")]}));
     conformance::run_all(&Deployed { p: p.clone() }).await;
+    // Its logs read the deployment's recent lines from the service.
+    assert!(ops(&world.take_requests()).contains(&"DeploymentLogs".to_string()));
     // The upload is in the runner container the relay reaches.
     let all: Vec<u8> = (0..=255u8).collect();
     assert_eq!(
@@ -421,9 +423,6 @@ async fn railway_provider_drives_the_real_cli() {
         big
     );
     world.take_requests();
-
-    // logs without follow read the deployment's recent lines from the service.
-    assert!(ops(&world.take_requests()).contains(&"DeploymentLogs".to_string()));
 
     // logs in follow mode keeps streaming (under a pseudo-terminal) until the client leaves.
     follow_until_the_client_leaves(&p, &world).await;
