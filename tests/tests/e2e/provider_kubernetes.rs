@@ -70,6 +70,14 @@ impl ProviderFixture for Deployed {
     fn follow_end_is_an_error(&self) -> bool {
         false
     }
+    // Outside /workspace/app: the claim keeps the workspace, and the chain clones the repo
+    // there later.
+    fn upload_paths(&self) -> Vec<&str> {
+        vec![
+            "/tmp/conformance/bytes.bin",
+            "/tmp/it's a $(dir)/f`x` \"y\"\nname",
+        ]
+    }
 }
 
 /// The conformance suite against the pod `cloud_yaml` deployed, through a provider built here
