@@ -397,14 +397,16 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
     // The 4 cloud.yaml files of the running chain: healthy ticks.
     for t in &ticks[..4] {
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
+        assert_eq!(t.tick().event, TickEvent::Tick, "{}", t.stdout);
     }
     // The other runners hold no chain: their ticks say so (not that a session was refused).
     for t in &ticks[4..] {
         assert_eq!(
-            t.json["report"]["error"], "missing_remote_spec",
+            t.tick().report.error.as_deref(),
+            Some("missing_remote_spec"),
             "{}\n{}",
-            t.stdout, t.stderr
+            t.stdout,
+            t.stderr
         );
     }
     let observers: usize = std::iter::once(&rig.container)
