@@ -12,6 +12,7 @@
 //! Tests call [`bench()`] first: when the machine cannot provide Docker it returns `None` after printing
 //! `SKIP: <why>` — unless `MEGAPLAN_E2E_REQUIRED=1` (set by `.ci/run`), where it panics instead.
 
+pub mod conformance;
 mod container;
 mod daemon;
 mod git;

@@ -70,7 +70,8 @@ pub fn real_cli() -> Option<PathBuf> {
 }
 
 /// True inside the private namespace: run the test. Outside, re-runs test `name` of this test
-/// binary there, asserts it passed, and returns false (the caller returns).
+/// binary there, asserts it passed, and returns false (the caller returns). `name` is the
+/// test's full path in the e2e binary (`module::test`), as `--exact` matches it.
 pub fn in_private_namespace(name: &str) -> bool {
     if inside_private_namespace() {
         return true;
@@ -316,6 +317,29 @@ impl RailwayWorld {
             .lines()
             .map(|l| serde_json::from_str(l).expect("request json"))
             .collect()
+    }
+
+    /// `railway link` of `dir` to the stand-in's project, environment and service, as an
+    /// operator does once by hand; requires success and forgets the requests it made.
+    pub fn link_as_operator(&self, dir: &Path) {
+        let o = self.cli(
+            dir,
+            &[
+                "link",
+                "--project",
+                "proj-1",
+                "--environment",
+                "staging",
+                "--service",
+                "agent",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "link: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        self.take_requests();
     }
 
     /// Runs the real CLI (through the wrapper) in `cwd`.

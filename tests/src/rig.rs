@@ -2,10 +2,16 @@
 //! it (ssh via the private sshd, local via docker compose, or railway via the stand-in), a
 //! daemon, and helpers to drive `megaplan-cloudctl` and read its JSON.
 
-use crate::{Container, Daemon, Sshd, bench, repo_in_container};
+use crate::{Container, Daemon, Sshd, bench, repo_in_container, wait_until};
+use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickReport};
+use megaplan_cloud_api::status::ChainStatus;
+use megaplan_cloud_api::wire::TickRecord;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 /// What one client invocation printed.
 #[derive(Debug)]
@@ -25,6 +31,61 @@ impl Run {
             stdout,
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
+    }
+
+    /// What the client printed, decoded as the api type `T`; panics naming the type and
+    /// showing the output when it is not one (the test then fails on the shape, not on a
+    /// missing key).
+    pub fn decode<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not a {}: {e}\nstdout: {}\nstderr: {}",
+                std::any::type_name::<T>(),
+                self.stdout,
+                self.stderr
+            )
+        })
+    }
+
+    /// [`Run::decode`] that answers `None` instead of failing, for waits that poll a command
+    /// which may answer an error first.
+    pub fn try_decode<T: DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(&self.stdout).ok()
+    }
+
+    /// The tick report `supervise --chain` prints.
+    pub fn report(&self) -> TickReport {
+        self.decode()
+    }
+
+    /// The stored tick `tick` (the daemon's tick-now) prints: its record, report inside.
+    pub fn tick(&self) -> TickRecord {
+        self.decode()
+    }
+
+    /// The structured error a failed command prints.
+    pub fn error_body(&self) -> ErrorBody {
+        self.decode()
+    }
+
+    /// `status --chain`'s document; `None` when the command answered something else (an error).
+    pub fn chain_status(&self) -> Option<ChainStatus> {
+        self.try_decode()
+    }
+
+    /// `status --chain` says the chain is complete.
+    pub fn chain_complete(&self) -> bool {
+        self.chain_status().is_some_and(|s| {
+            s.effective_status == ReportedStatus::Classified(EffectiveStatus::Complete)
+        })
+    }
+
+    /// The label of the milestone `status --chain` says the chain is at.
+    pub fn current_milestone(&self) -> Option<String> {
+        self.chain_status()?
+            .summary
+            .current_milestone
+            .map(|m| m.label)
     }
 
     /// Panics with everything printed when the exit code is not 0.
@@ -136,6 +197,81 @@ impl SshRig {
             json.as_bytes(),
         );
     }
+
+    /// Start a chain of `labels` milestones (spec and ideas under `<project>/epic`); requires
+    /// the client to succeed.
+    pub fn launch(&self, labels: &[&str]) {
+        let spec = write_chain(&self.project.join("epic"), "chain.yaml", labels);
+        self.ctl(&["chain", &spec.display().to_string()]).ok();
+    }
+
+    /// The stored tick history (`ticks --json --limit <limit>`), newest first; empty when the
+    /// daemon cannot answer (a wait then polls again).
+    pub fn ticks(&self, limit: u32) -> Vec<TickRecord> {
+        self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
+            .try_decode()
+            .unwrap_or_default()
+    }
+
+    /// The stored tick history as JSON, for the tests that look at the stored document itself.
+    pub fn ticks_json(&self, limit: u32) -> Vec<Value> {
+        self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
+            .json
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits for `status --chain` to say `complete`; on the safety net's expiry fails with the
+    /// last status and the runner's chain log.
+    pub fn wait_complete(&self) {
+        let mut last = String::new();
+        let complete = wait_until(Duration::from_secs(90), || {
+            let s = self.ctl(&["status", "--chain"]);
+            last = format!("{}\n{}", s.stdout, s.stderr);
+            s.chain_complete()
+        });
+        let log = self
+            .container
+            .read_file("/workspace/app/.megaplan/cloud-chain.log")
+            .unwrap_or_default();
+        assert!(
+            complete,
+            "chain never completed; last status --chain: {last}\nchain log: {}",
+            String::from_utf8_lossy(&log)
+        );
+    }
+}
+
+/// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...` against `daemon`, run from the
+/// cloud.yaml's folder (the operator's project): for a second project beside a rig's, or a
+/// daemon without a rig.
+pub fn ctl_for(daemon: &Daemon, cloud_yaml: &Path, args: &[&str]) -> Run {
+    let project = cloud_yaml.parent().unwrap_or(Path::new("/"));
+    let cloud_yaml = cloud_yaml.display().to_string();
+    let mut full = vec!["--cloud-yaml", cloud_yaml.as_str()];
+    full.extend_from_slice(args);
+    Run::from_output(&daemon.ctl(project, &[], &full))
+}
+
+/// `<dir>/cloud.yaml` (dir created) for provider local with no deploy folder: it validates and
+/// needs no runner, so every tick stops early (`missing_remote_spec`), quickly and offline.
+pub fn local_cloud_yaml(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("cloud.yaml dir");
+    let path = dir.join("cloud.yaml");
+    std::fs::write(&path, "provider: local\nrepo:\n  url: /srv/repo.git\n").expect("cloud.yaml");
+    path
+}
+
+/// Pids of the resident observers (`python3 -c <resident.py>`) running in `container`.
+pub fn resident_observers(container: &Container) -> Vec<String> {
+    let out = container.exec(
+        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read()\n    except Exception:\n        continue\n    if p.isdigit() and int(p) != os.getpid() and b\"sys.exit(serve(\" in c:\n        print(p)'",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Write a local chain spec with `labels` milestones and their idea files under `dir`.

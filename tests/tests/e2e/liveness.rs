@@ -6,7 +6,7 @@
 //! `unquarantine`.
 
 use megaplan_cloud_e2e::receiver::Receiver;
-use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::rig::SshRig;
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -28,19 +28,10 @@ fn rig(extra_yaml: &str) -> Option<(SshRig, tempfile::TempDir)> {
     Some((rig, dir))
 }
 
-fn launch(rig: &SshRig, labels: &[&str]) {
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
-    rig.ctl(&["chain", spec.to_str().unwrap()]);
-}
-
+/// The stored tick reports, oldest first.
 fn ticks(rig: &SshRig) -> Vec<Value> {
-    let mut t = rig
-        .ctl(&["ticks", "--json", "--limit", "500"])
-        .json
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    t.sort_by_key(|t| t["id"].as_i64());
+    let mut t = rig.ticks_json(500);
+    t.reverse();
     t
 }
 
@@ -76,7 +67,7 @@ fn a_killed_driver_is_dead_only_after_its_lease_expires_and_an_unreachable_host_
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
         .ok();
@@ -161,7 +152,7 @@ fn a_driver_dying_after_each_restart_is_quarantined_until_unquarantine() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "crash": ["m1"]}"#);
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || launches(&rig) == 1));
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])

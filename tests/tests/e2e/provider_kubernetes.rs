@@ -7,33 +7,22 @@
 //! Secret's value never appears in the pod as the API serves it, the daemon's files (log,
 //! SQLite) or any process's argv.
 
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_e2e::conformance::{self, ProviderFixture};
 use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
+use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{unique_suffix, wait_until};
+use megaplan_cloudd::cloud_yaml;
+use megaplan_cloudd::provider::ProviderCtx;
+use megaplan_cloudd::provider::kubernetes::KubernetesProvider;
+use megaplan_cloudd::redact::Redactor;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return hits;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() && !p.is_symlink() {
-            hits.extend(files_containing(&p, needle));
-        } else if let Ok(bytes) = std::fs::read(&p)
-            && bytes.windows(needle.len()).any(|w| w == needle)
-        {
-            hits.push(p.display().to_string());
-        }
-    }
-    hits
-}
 
 /// Watches every process's argv for `needle` until stopped; the command lines seen with it.
 fn argv_watch(needle: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
@@ -56,6 +45,69 @@ fn argv_watch(needle: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<S
         seen
     });
     (stop, handle)
+}
+
+/// The deployed pod, as the conformance suite takes it.
+struct Deployed {
+    p: Arc<KubernetesProvider>,
+    secret: String,
+}
+
+impl ProviderFixture for Deployed {
+    type P = KubernetesProvider;
+    fn provider(&self) -> Arc<KubernetesProvider> {
+        self.p.clone()
+    }
+    fn secret(&self) -> (&str, &str) {
+        ("MP_KUBE_TOKEN", &self.secret)
+    }
+    // What the rendered entrypoint prints first, in the pod's log from its start.
+    fn log_line(&self) -> &str {
+        "entrypoint starting"
+    }
+    // The follow ends when the client leaves (the scenario's safety net shows no hang), but
+    // returns Ok where the other providers return an error: see the fixture method's docs.
+    fn follow_end_is_an_error(&self) -> bool {
+        false
+    }
+    // Outside /workspace/app: the claim keeps the workspace, and the chain clones the repo
+    // there later.
+    fn upload_paths(&self) -> Vec<&str> {
+        vec![
+            "/tmp/conformance/bytes.bin",
+            "/tmp/it's a $(dir)/f`x` \"y\"\nname",
+        ]
+    }
+}
+
+/// The conformance suite against the pod `cloud_yaml` deployed, through a provider built here
+/// from the same cloud.yaml (the daemon's own is behind its socket).
+fn run_conformance(cloud_yaml: &Path, secret: &str) {
+    let spec = Arc::new(cloud_yaml::load(cloud_yaml).unwrap_or_else(|e| panic!("{e}")));
+    let deploy_dir = tempfile::tempdir().expect("deploy dir");
+    let ctx = |secrets: BTreeMap<String, String>| ProviderCtx {
+        spec: spec.clone(),
+        deploy_dir: deploy_dir.path().to_path_buf(),
+        redactor: Redactor::new(&spec.secrets, &secrets),
+        secrets,
+        deadline: Duration::from_secs(120),
+    };
+    let with_secret = BTreeMap::from([("MP_KUBE_TOKEN".to_string(), secret.to_string())]);
+    let p = Arc::new(KubernetesProvider::new(ctx(with_secret)).expect("provider"));
+    let bare = KubernetesProvider::new(ctx(BTreeMap::new())).expect("provider");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        conformance::deploy_without_the_secret_is_refused(&bare, "MP_KUBE_TOKEN").await;
+        conformance::run_all(&Deployed {
+            p: p.clone(),
+            secret: secret.to_string(),
+        })
+        .await;
+    });
 }
 
 #[test]
@@ -121,6 +173,11 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     assert!(!e.stdout.contains(&secret));
     assert!(e.stderr.contains("err"), "{}", e.stderr);
 
+    // What every provider owes (tests/src/conformance.rs), through the provider over the
+    // deployed pod: exec, stdin, upload/read of every byte value, logs and follow, no
+    // --session, no deploy without the secret.
+    run_conformance(cy, &secret);
+
     // The chain (a second deploy replaces the pod; the claim stays), then status --chain.
     k.deploy_and_launch(
         &["m1", "m2", "m3"],
@@ -129,7 +186,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         wait_until(Duration::from_secs(60), || {
-            run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+            run(&["status", "--chain"]).current_milestone().as_deref() == Some("m2")
         }),
         "{}",
         run(&["status", "--chain"]).stdout
@@ -139,7 +196,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // one driver afterwards.
     let t = run(&["supervise", "--chain"]);
     assert_eq!(t.code, Some(0), "{}", t.stderr);
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    assert!(!t.report().acted, "{}", t.stdout);
     run(&["exec", "tmux kill-session -t =megaplan-chain"]).ok();
     run(&[
         "exec",
@@ -148,7 +205,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     .ok();
     let t = run(&["supervise", "--chain"]);
     assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-    assert_eq!(t.json["acted"], true, "{}", t.stdout);
+    assert!(t.report().acted, "{}", t.stdout);
     let drivers = run(&[
         "exec",
         "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'",
@@ -157,7 +214,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // The restart ran one milestone (`--one`); scheduled ticks carry the chain to its end.
     run(&["register", "--every", "2s"]).ok();
     let completed = wait_until(Duration::from_secs(90), || {
-        run(&["status", "--chain"]).json["effective_status"] == "complete"
+        run(&["status", "--chain"]).chain_complete()
     });
     let history = run(&["ticks", "--json", "--limit", "50"]).json;
     assert!(
@@ -228,8 +285,8 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     // The secret: not in the pod as served, the daemon's files, any argv.
     assert!(!cluster.get_json(&pod_path).to_string().contains(&secret));
     assert_eq!(
-        files_containing(&d.dir, secret.as_bytes()),
-        Vec::<String>::new()
+        files_containing(&d.dir, secret.as_bytes(), &[], &mut 0),
+        Vec::<std::path::PathBuf>::new()
     );
 
     // destroy: nothing labelled for it is left.
@@ -258,7 +315,8 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         refused.stderr
     );
     assert_eq!(
-        refused.json["error"], "provider_failed",
+        refused.error_body().error,
+        ErrorCode::ProviderFailed,
         "{}",
         refused.stdout
     );
@@ -283,7 +341,7 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
     let seen = watch.join().unwrap();
     assert_eq!(seen, Vec::<String>::new(), "the secret appeared in an argv");
     assert_eq!(
-        files_containing(&d.dir, secret.as_bytes()),
-        Vec::<String>::new()
+        files_containing(&d.dir, secret.as_bytes(), &[], &mut 0),
+        Vec::<std::path::PathBuf>::new()
     );
 }

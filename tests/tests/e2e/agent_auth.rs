@@ -18,7 +18,7 @@ const CODEX_REFRESH: &str = "e2e-codex-refresh-Kp27xNb9";
 const CODEX_ID: &str = "e2e.codex-id-token.Wd64sYc5";
 const HERMES_TOKEN: &str = "e2e-hermes-token-Ty39rFg7";
 const TOKENS: [&str; 4] = [CODEX_ACCESS, CODEX_REFRESH, CODEX_ID, HERMES_TOKEN];
-const REDACTED: &str = "***REDACTED***";
+use megaplan_cloudd::redact::REPLACEMENT as REDACTED;
 
 /// codex writes its auth.json pretty-printed over several lines.
 fn codex_auth() -> String {
@@ -283,7 +283,7 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     );
     assert!(
         wait_until(Duration::from_secs(40), || {
-            rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+            rig.ctl(&["status", "--chain"]).chain_complete()
         }),
         "the chain did not complete"
     );

@@ -5,18 +5,15 @@
 //! item 3): one resident observer per runner, within the host's ssh session budget and one TCP
 //! connection; an unregister ends the observer of a runner no registration uses any more.
 
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
+use megaplan_cloud_api::wire::Health;
+use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, resident_observers};
 use megaplan_cloud_e2e::{Container, bench, bin, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn launch(rig: &SshRig, labels: &[&str]) {
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-}
 
 fn tick(rig: &SshRig) -> Run {
     rig.ctl(&["supervise", "--chain"])
@@ -29,15 +26,21 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.2, "stall": ["m2"]}"#);
-    launch(&rig, &["m1", "m2", "m3"]);
+    rig.launch(&["m1", "m2", "m3"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m2")
     }));
     // A live runner is never restarted.
     let t = tick(&rig);
     assert_eq!(t.code, Some(0), "{}", t.stderr);
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
-    assert_eq!(t.json["effective_status"], "running");
+    assert!(!t.report().acted, "{}", t.stdout);
+    assert_eq!(
+        t.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running)
+    );
     assert!(
         t.stderr
             .contains("supervisor tick: supervisor_tick | acted=false | next_action=noop"),
@@ -51,7 +54,7 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     rig.control(r#"{"step_seconds": 0.2}"#);
     rig.ctl(&["register", "--every", "2s"]).ok();
     let completed = wait_until(Duration::from_secs(60), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        rig.ctl(&["status", "--chain"]).chain_complete()
     });
     let history = rig.ctl(&["ticks", "--json", "--limit", "50"]).json;
     assert!(
@@ -73,8 +76,8 @@ fn killed_runner_is_restarted_by_scheduled_ticks_until_complete() {
     assert_eq!(marker["remote_spec"], "/workspace/app/chain.yaml");
     // Once complete, ticks say done and act no more.
     let t = tick(&rig).ok();
-    assert_eq!(t.json["next_action"], "done");
-    assert_eq!(t.json["acted"], false);
+    assert_eq!(t.report().next_action, NextAction::Done);
+    assert!(!t.report().acted);
     // The stand-in recorded `--one` starts from the supervisor.
     let runs = String::from_utf8(
         rig.container
@@ -94,34 +97,38 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
     rig.container
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     let before = rig.sshd.exec_requests();
     let t = tick(&rig);
     let trips = rig.sshd.exec_requests() - before;
     assert_eq!(t.code, Some(0));
-    assert_eq!(t.json["event"], "supervisor_blocked", "{}", t.stdout);
-    assert_eq!(t.json["acted"], false);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.report().event, TickEvent::Blocked, "{}", t.stdout);
+    assert!(!t.report().acted);
+    let reason = t.report().refused_reason.unwrap();
     assert!(
         reason.contains("PR #7") && reason.contains("open"),
         "{reason}"
     );
     assert!(trips <= 3, "a blocked tick made {trips} remote round trips");
-    assert_eq!(t.json["remote_round_trips"], 1);
+    assert_eq!(t.report().remote_round_trips, Some(1));
 
     rig.container
         .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
     let before = rig.sshd.exec_requests();
     let t = tick(&rig).ok();
     let trips = rig.sshd.exec_requests() - before;
-    assert_eq!(t.json["event"], "supervisor_advanced", "{}", t.stdout);
-    assert_eq!(t.json["next_action"], "advance");
-    assert_eq!(t.json["acted"], true);
+    assert_eq!(t.report().event, TickEvent::Advanced, "{}", t.stdout);
+    assert_eq!(t.report().next_action, NextAction::Advance);
+    assert!(t.report().acted);
     assert!(trips <= 3, "an acting tick made {trips} remote round trips");
-    assert_eq!(t.json["remote_round_trips"], 2);
+    assert_eq!(t.report().remote_round_trips, Some(2));
     // The advance is a launch: the last-chain marker says so.
     let marker = rig.ctl(&["status", "--chain"]);
     assert_eq!(marker.code, Some(0));
@@ -156,7 +163,7 @@ fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
         return;
     };
     rig.precreate_workspace();
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     // A second registration that needs no runner at all.
     let other_dir = rig.project.join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
@@ -174,8 +181,8 @@ fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
     rig.sshd.stop();
     let t = tick(&rig);
     assert_eq!(t.code, Some(1), "{}", t.stdout);
-    assert_eq!(t.json["event"], "supervisor_error");
-    assert_eq!(t.json["success"], false);
+    assert_eq!(t.report().event, TickEvent::Error);
+    assert!(!t.report().success);
     assert!(
         t.json["refused_reason"]
             .as_str()
@@ -199,23 +206,20 @@ fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
         wait_until(Duration::from_secs(15), || ticks_other(&rig) >= n0 + 2),
         "the other registration stopped ticking"
     );
-    let stored = rig.ctl(&["ticks", "--json", "--limit", "100"]).json;
+    let stored = rig.ticks(100);
     assert!(
         stored
-            .as_array()
-            .unwrap()
             .iter()
-            .any(|t| t["event"] == "supervisor_error" && t["trigger"] == "schedule"),
-        "{stored:#}"
+            .any(|t| t.event == TickEvent::Error && t.trigger == "schedule"),
+        "{stored:#?}"
     );
     let health = rig.ctl(&["daemon", "status", "--json"]).ok();
-    assert!(health.json["ticks"]["failed"].as_u64().unwrap() >= 1);
+    assert!(health.decode::<Health>().ticks.failed >= 1);
 
     // sshd back: the held session is re-established transparently.
     rig.sshd.restart();
     assert!(
-        wait_until(Duration::from_secs(20), || tick(&rig).json["success"]
-            == true),
+        wait_until(Duration::from_secs(20), || tick(&rig).report().success),
         "ticks did not recover after sshd came back"
     );
 }
@@ -226,7 +230,7 @@ fn watch_follows_new_reports() {
         return;
     };
     rig.precreate_workspace();
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     rig.ctl(&["register", "--every", "1h"]).ok();
     let mut child = Command::new(bin("megaplan-cloudctl"))
         .args([
@@ -272,17 +276,6 @@ fn watch_follows_new_reports() {
     assert_eq!(rec["trigger"], "manual");
     assert_eq!(rec["key"].as_str().unwrap().len(), 16);
     assert!(rec["report"]["event"].is_string());
-}
-
-/// Pids of the resident observers (`python3 -c <resident.py>`) running in `container`.
-fn resident_observers(container: &Container) -> Vec<String> {
-    let out = container.exec(
-        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read()\n    except Exception:\n        continue\n    if p.isdigit() and int(p) != os.getpid() and b\"sys.exit(serve(\" in c:\n        print(p)'",
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// `(pid, parent pid, argv)` of every live, non-zombie process.
@@ -352,17 +345,11 @@ fn fleet_yaml(rig: &SshRig, name: &str, container: &str) -> PathBuf {
     path
 }
 
-fn ctl_for(rig: &SshRig, cloud_yaml: &Path, args: &[&str]) -> Run {
-    let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap()];
-    full.extend_from_slice(args);
-    Run::from_output(&rig.daemon.ctl(&rig.project, &[], &full))
-}
-
 fn running_chain(labels: &[&str]) -> Option<SshRig> {
     let rig = SshRig::start("", &[])?;
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, labels);
+    rig.launch(labels);
     assert!(
         wait_until(Duration::from_secs(60), || {
             let s = rig.ctl(&["status", "--chain"]).json;
@@ -392,7 +379,7 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
         yamls.push(fleet_yaml(&rig, &format!("other-{i}"), &c.name));
     }
     for y in &yamls {
-        ctl_for(&rig, y, &["register", "--every", "1h"]).ok();
+        ctl_for(&rig.daemon, y, &["register", "--every", "1h"]).ok();
     }
     let connections = rig.sshd.accepted_connections();
     assert_eq!(
@@ -403,21 +390,23 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
     let ticks: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = yamls
             .iter()
-            .map(|y| s.spawn(|| ctl_for(&rig, y, &["tick"])))
+            .map(|y| s.spawn(|| ctl_for(&rig.daemon, y, &["tick"])))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     // The 4 cloud.yaml files of the running chain: healthy ticks.
     for t in &ticks[..4] {
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(t.tick().event, TickEvent::Tick, "{}", t.stdout);
     }
     // The other runners hold no chain: their ticks say so (not that a session was refused).
     for t in &ticks[4..] {
         assert_eq!(
-            t.json["report"]["error"], "missing_remote_spec",
+            t.tick().report.error.as_deref(),
+            Some("missing_remote_spec"),
             "{}\n{}",
-            t.stdout, t.stderr
+            t.stdout,
+            t.stderr
         );
     }
     let observers: usize = std::iter::once(&rig.container)
@@ -435,7 +424,12 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
     assert!(e.stdout.contains("still-here"), "{}", e.stdout);
     let s = rig.ctl(&["status", "--chain"]);
     assert_eq!(s.code, Some(0), "{}\n{}", s.stdout, s.stderr);
-    assert_eq!(s.json["effective_status"], "running", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running),
+        "{}",
+        s.stdout
+    );
     assert_eq!(
         rig.sshd.accepted_connections(),
         connections,
@@ -453,16 +447,16 @@ fn register_tick_unregister_five_times_leaves_no_observer_and_no_ssh_client() {
     };
     for i in 0..5 {
         let y = fleet_yaml(&rig, &format!("round-{i}"), &rig.container.name);
-        ctl_for(&rig, &y, &["register", "--every", "1h"]).ok();
-        let t = ctl_for(&rig, &y, &["tick"]);
+        ctl_for(&rig.daemon, &y, &["register", "--every", "1h"]).ok();
+        let t = ctl_for(&rig.daemon, &y, &["tick"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(t.tick().event, TickEvent::Tick, "{}", t.stdout);
         assert_eq!(
             resident_observers(&rig.container).len(),
             1,
             "round {i}: one observer for the runner"
         );
-        ctl_for(&rig, &y, &["unregister"]).ok();
+        ctl_for(&rig.daemon, &y, &["unregister"]).ok();
         assert!(
             wait_until(Duration::from_secs(30), || resident_observers(
                 &rig.container

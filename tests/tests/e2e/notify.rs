@@ -4,6 +4,11 @@
 //! retries until a failing receiver accepts, durable delivery across a restart, redaction,
 //! stall detection, pause, dry run, explain, and the ticks/watch filters.
 
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::{
+    EffectiveStatus, Liveness, NextAction, ReportedStatus, TickEvent,
+};
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::receiver::Receiver;
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::{bin, wait_until};
@@ -32,19 +37,6 @@ fn rig_with(
     let p = path.to_str().unwrap().to_string();
     let rig = SshRig::start_with_env(extra_yaml, env, &["--notify-config", &p])?;
     Some((rig, guard))
-}
-
-fn launch(rig: &SshRig, labels: &[&str]) {
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-}
-
-fn stored_ticks(rig: &SshRig) -> Vec<Value> {
-    rig.ctl(&["ticks", "--json", "--limit", "500"])
-        .json
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn events(r: &Receiver) -> Vec<String> {
@@ -89,9 +81,13 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
     rig.container
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     let url = receiver.url("/megaplan-topic");
     let reg = rig
@@ -114,15 +110,11 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         rig.daemon.log_text()
     );
     // Many more ticks in the same state, then a restart, then more ticks: still one.
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     rig.daemon.restart();
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
         count(&receiver, "awaiting_pr_merge"),
         1,
@@ -138,10 +130,8 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         "no still_waiting: {:?}",
         events(&receiver)
     );
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
         count(&receiver, "still_waiting"),
         1,
@@ -179,14 +169,9 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         "no complete notification; got {:?}",
         events(&receiver)
     );
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
-        .len()
-        >= n + 3));
-    let acted = stored_ticks(&rig)
-        .iter()
-        .filter(|t| t["acted"] == true)
-        .count();
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
+    let acted = rig.ticks(500).iter().filter(|t| t.acted).count();
     assert!(acted >= 1);
     assert_eq!(
         count(&receiver, "supervisor_acted"),
@@ -221,9 +206,9 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        rig.ctl(&["status", "--chain"]).chain_complete()
     }));
     receiver.fail_next(&[500, 503, 500]);
     rig.ctl(&[
@@ -270,7 +255,11 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     rig.container
         .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-8");
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     let before = receiver.received().len();
     rig.ctl(&["tick"]).ok();
@@ -317,9 +306,13 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     rig.container.exec_ok(&format!(
         "mkdir -p /var/lib/gh-standin && echo {secret} > /var/lib/gh-standin/pr-9"
     ));
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     let t = rig.ctl(&["tick"]).ok();
@@ -383,7 +376,7 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(
         wait_until(Duration::from_secs(60), || {
             let s = rig.ctl(&["status", "--chain"]).json;
@@ -409,17 +402,15 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         "no stalled notification: {:?}",
         events(&receiver)
     );
-    let n = stored_ticks(&rig).len();
-    assert!(wait_until(Duration::from_secs(60), || stored_ticks(&rig)
-        .len()
-        >= n + 3));
+    let n = rig.ticks(500).len();
+    assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(count(&receiver, "stalled"), 1);
-    let ticks = stored_ticks(&rig);
+    let ticks = rig.ticks(500);
     assert!(
-        ticks.iter().all(|t| t["acted"] == false),
+        ticks.iter().all(|t| !t.acted),
         "a stalled runner was touched"
     );
-    assert!(ticks[0]["report"]["stalled"] == true, "{:#}", ticks[0]);
+    assert_eq!(ticks[0].report.stalled, Some(true), "{:#?}", ticks[0]);
     assert_eq!(
         rig.container
             .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl"),
@@ -444,9 +435,11 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
     }));
     rig.container
         .exec_ok("tmux kill-session -t =megaplan-chain");
@@ -464,13 +457,14 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let t = rig.ctl(&["supervise", "--chain"]);
     assert_eq!(t.code, Some(0), "{}", t.stderr);
     assert_eq!(
-        t.json["effective_status"], "stale_bookkeeping",
+        t.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::StaleBookkeeping),
         "{}",
         t.stdout
     );
-    assert_eq!(t.json["acted"], false);
-    assert_eq!(t.json["event"], "supervisor_blocked");
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert!(!t.report().acted);
+    assert_eq!(t.report().event, TickEvent::Blocked);
+    let reason = t.report().refused_reason.unwrap();
     assert!(
         reason.starts_with(&format!("paused by {by} since ")),
         "{reason}"
@@ -483,7 +477,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let regs = rig.ctl(&["registrations", "--json"]).ok().json;
     assert_eq!(regs[0]["paused"]["paused_by"], by.as_str(), "{regs:#}");
     // Through a pipe the client prints JSON (the table is for terminals: ctl/src/render.rs's
-    // tests and tests/tests/ctl_terminal.rs cover it).
+    // tests and tests/tests/e2e/ctl_terminal.rs cover it).
     let piped = rig.ctl(&["registrations"]).ok();
     assert_eq!(
         piped.json[0]["paused"]["paused_by"],
@@ -492,7 +486,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         piped.stdout
     );
     let t = rig.ctl(&["tick"]).ok();
-    assert_eq!(t.json["acted"], false);
+    assert!(!t.tick().acted);
     assert!(
         t.json["refused_reason"]
             .as_str()
@@ -538,21 +532,21 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     assert_eq!(ej["facts"]["runner"], "dead");
 
     // Dry run: would restart, did not, not stored.
-    let stored = stored_ticks(&rig).len();
+    let stored = rig.ticks(500).len();
     rig.ctl(&["unpause"]).ok();
     let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
     assert_eq!(d.code, Some(0), "{}", d.stderr);
     assert_eq!(d.json["dry_run"], true, "{}", d.stdout);
-    assert_eq!(d.json["acted"], false);
-    assert_eq!(d.json["next_action"], "restart");
+    assert!(!d.report().acted);
+    assert_eq!(d.report().next_action, NextAction::Restart);
     assert!(d.stderr.contains("dry run"), "{}", d.stderr);
     assert_eq!(runs(), runs_before, "a dry run mutated");
-    assert_eq!(stored_ticks(&rig).len(), stored);
+    assert_eq!(rig.ticks(500).len(), stored);
 
     // Unpaused: the supervisor acts again.
     let t = rig.ctl(&["supervise", "--chain"]).ok();
-    assert_eq!(t.json["acted"], true, "{}", t.stdout);
-    assert_eq!(t.json["event"], "supervisor_restarted");
+    assert!(t.report().acted, "{}", t.stdout);
+    assert_eq!(t.report().event, TickEvent::Restarted);
     let regs = rig.ctl(&["registrations", "--json"]).ok().json;
     assert!(regs[0]["paused"].is_null());
 }
@@ -572,9 +566,9 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
+    rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+        rig.ctl(&["status", "--chain"]).chain_complete()
     }));
     rig.ctl(&[
         "register",
@@ -587,9 +581,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     assert!(wait_until(Duration::from_secs(30), || count(
         &receiver, "complete"
     ) == 1));
-    assert!(wait_until(Duration::from_secs(30), || stored_ticks(&rig)
-        .len()
-        >= 2));
+    assert!(wait_until(Duration::from_secs(30), || rig.ticks(500).len() >= 2));
 
     // `watch` shows the last stored reports first.
     let mut watch = Command::new(bin("megaplan-cloudctl"))
@@ -649,7 +641,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
         .ctl(&["ticks", "--json", "--since", "1h", "--limit", "500"])
         .ok()
         .json;
-    assert_eq!(recent.as_array().unwrap().len(), stored_ticks(&rig).len());
+    assert_eq!(recent.as_array().unwrap().len(), rig.ticks(500).len());
     let bad = rig.ctl(&["ticks", "--since", "last tuesday"]);
     assert_eq!(bad.code, Some(1));
     assert_eq!(bad.json["field"], "since", "{}", bad.stdout);
@@ -701,7 +693,12 @@ fn bad_notify_input_is_refused_by_field() {
     ]);
     assert_eq!(r.json["field"], "notify_preset");
     let r = rig.ctl(&["pause"]);
-    assert_eq!(r.json["error"], "not_registered", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::NotRegistered,
+        "{}",
+        r.stdout
+    );
     // A bad config file stops the daemon at start with the file and field named.
     let (_g, path) = notify_config("stall_after: soon\n");
     let out = Command::new(bin("megaplan-cloudd"))
@@ -984,32 +981,34 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
     }));
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url])
         .ok();
     let t = rig.ctl(&["tick"]).ok();
-    assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
-    let before = stored_ticks(&rig).len();
+    assert_eq!(t.tick().event, TickEvent::Tick, "{}", t.stdout);
+    assert!(!t.tick().acted, "{}", t.stdout);
+    let before = rig.ticks(500).len();
 
     rig.container
         .exec_ok("tmux kill-session -t =megaplan-chain");
-    let event_ticks = || -> Vec<Value> {
-        stored_ticks(&rig)
+    let event_ticks = || -> Vec<TickRecord> {
+        rig.ticks(500)
             .into_iter()
-            .filter(|t| t["trigger"] == "event")
+            .filter(|t| t.trigger == "event")
             .collect()
     };
     assert!(
         wait_until(Duration::from_secs(60), || event_ticks()
             .iter()
-            .any(|t| t["event"] == "supervisor_restarted")),
+            .any(|t| t.event == TickEvent::Restarted)),
         "no event tick restarted the runner; ticks: {:#?}\n{}",
-        stored_ticks(&rig),
+        rig.ticks(500),
         rig.daemon.log_text()
     );
     assert!(
@@ -1020,14 +1019,16 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
         "the receiver was not told; got {:?}",
         events(&receiver)
     );
-    let all = stored_ticks(&rig);
+    let all = rig.ticks(500);
     assert!(
-        all.iter().all(|t| t["trigger"] != "schedule"),
+        all.iter().all(|t| t.trigger != "schedule"),
         "a scheduled tick ran: {all:#?}"
     );
     assert!(all.len() > before);
     // The restarted runner is live again, and one driver runs.
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
     }));
 }

@@ -4,7 +4,8 @@
 //! JSON and state file are the core's. Every cloud.yaml here is the default one: no
 //! `megaplan.launcher`.
 
-use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
+use megaplan_cloud_e2e::rig::{SshRig, resident_observers, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
 use sha2::Digest as _;
@@ -49,24 +50,6 @@ fn bootstrap(rig: &SshRig, name: &str) {
     assert_eq!(b.json["success"], true, "{}\n{}", b.stdout, b.stderr);
 }
 
-fn wait_complete(rig: &SshRig) {
-    let mut last = String::new();
-    let complete = wait_until(Duration::from_secs(90), || {
-        let s = rig.ctl(&["status", "--chain"]);
-        last = format!("{}\n{}", s.stdout, s.stderr);
-        s.json["effective_status"] == "complete"
-    });
-    let log = rig
-        .container
-        .read_file("/workspace/app/.megaplan/cloud-chain.log")
-        .unwrap_or_default();
-    assert!(
-        complete,
-        "chain never completed; last status --chain: {last}\nchain log: {}",
-        String::from_utf8_lossy(&log)
-    );
-}
-
 /// Item 1: with no launcher set, every core command (init, status, chain start, status
 /// --chain, the tick's observation) finds `arnold_pipelines.megaplan` on the runner.
 #[test]
@@ -86,7 +69,7 @@ fn the_default_launcher_finds_the_real_module_name() {
     rig.control(r#"{"step_seconds": 0.05}"#);
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-    wait_complete(&rig);
+    rig.wait_complete();
     let runs = jsonl(&rig, "/workspace/app/.megaplan/standin-chain-runs.jsonl");
     assert!(!runs.is_empty());
     assert!(
@@ -95,7 +78,12 @@ fn the_default_launcher_finds_the_real_module_name() {
         "{runs:?}"
     );
     let tick = rig.ctl(&["supervise", "--chain"]).ok();
-    assert_eq!(tick.json["effective_status"], "complete", "{}", tick.stdout);
+    assert_eq!(
+        tick.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        tick.stdout
+    );
     assert_eq!(
         tick.json["sync_refresh"]["status"], "ok",
         "the sync refresh imported the core: {}",
@@ -119,7 +107,7 @@ fn a_runner_with_only_the_seed_spelling_works_and_a_changed_install_is_reprobed(
     rig.control(r#"{"step_seconds": 0.05}"#);
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1"]);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-    wait_complete(&rig);
+    rig.wait_complete();
     let runs = jsonl(&rig, "/workspace/app/.megaplan/standin-chain-runs.jsonl");
     assert!(
         !runs.is_empty()
@@ -256,7 +244,7 @@ fn the_chain_spec_reaches_the_runner_byte_for_byte() {
         hex::encode(sha2::Sha256::digest(expected.as_bytes())),
         "{marker}"
     );
-    wait_complete(&rig);
+    rig.wait_complete();
 
     // base_branch named: the file exactly as written (a fresh launch of the finished chain).
     let text = format!("{text}base_branch: main   # explicit\n");
@@ -325,14 +313,6 @@ fn booted_chain_runner(control: &str) -> Option<SshRig> {
     Some(rig)
 }
 
-fn ticks(rig: &SshRig) -> Vec<Value> {
-    rig.ctl(&["ticks", "--json", "--limit", "50"])
-        .json
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Item 4: the entrypoint's boot runner (tmux session `agent`) is the chain's driver. With the
 /// chain state stale, scheduled ticks see it alive and refuse; no second `chain start` ever runs.
 #[test]
@@ -349,23 +329,24 @@ fn a_boot_runner_in_another_session_is_the_one_driver() {
     ));
     let t = rig.ctl(&["supervise", "--chain"]).ok();
     assert_eq!(
-        t.json["effective_status"], "stale_bookkeeping",
+        t.report().effective_status,
+        ReportedStatus::Classified(EffectiveStatus::StaleBookkeeping),
         "{}",
         t.stdout
     );
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
+    assert!(!t.report().acted, "{}", t.stdout);
     assert_eq!(t.json["runner"]["status"], "alive", "{}", t.stdout);
     assert_eq!(t.json["runner"]["session"], "agent", "{}", t.stdout);
     assert!(t.json["runner"]["pid"].as_u64().is_some(), "{}", t.stdout);
 
     rig.ctl(&["register", "--every", "2s"]).ok();
-    let three = wait_until(Duration::from_secs(90), || ticks(&rig).len() >= 4);
-    let history = ticks(&rig);
+    let three = wait_until(Duration::from_secs(90), || rig.ticks(50).len() >= 4);
+    let history = rig.ticks(50);
     assert!(three, "the schedule never ticked: {history:?}");
     for t in &history {
-        assert_eq!(t["acted"], false, "{t}");
-        let reason = t["refused_reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("runner is alive"), "{t}");
+        assert!(!t.acted, "{t:?}");
+        let reason = t.refused_reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("runner is alive"), "{t:?}");
     }
     let runs = jsonl(&rig, "/workspace/app/.megaplan/standin-chain-runs.jsonl");
     assert_eq!(runs.len(), 1, "a second driver was started: {runs:?}");
@@ -396,7 +377,7 @@ fn ticks_never_lose_a_live_drivers_state_writes() {
     assert!(churning, "the driver never started writing");
     for _ in 0..5 {
         let t = rig.ctl(&["supervise", "--chain"]).ok();
-        assert_eq!(t.json["acted"], false, "{}", t.stdout);
+        assert!(!t.report().acted, "{}", t.stdout);
         assert_eq!(t.json["sync_refresh"]["status"], "skipped", "{}", t.stdout);
     }
     let lost = rig
@@ -408,17 +389,6 @@ fn ticks_never_lose_a_live_drivers_state_writes() {
         "ticks replaced the driver's writes: {}",
         String::from_utf8_lossy(&lost)
     );
-}
-
-/// The runner's resident observer (`python3 -c <resident.py>`): its pids, found in /proc.
-fn resident_observers(rig: &SshRig) -> Vec<String> {
-    let out = rig.container.exec(
-        "python3 -c 'import os\nfor p in os.listdir(\"/proc\"):\n    try:\n        c = open(\"/proc/%s/cmdline\" % p, \"rb\").read()\n    except Exception:\n        continue\n    if p.isdigit() and int(p) != os.getpid() and b\"sys.exit(serve(\" in c:\n        print(p)'",
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Issue 14 item 7, with the stand-in core as slow to start as the real one (2 s import): a
@@ -453,7 +423,7 @@ fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
     let tick = || {
         let t = rig.ctl(&["supervise", "--chain"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-        assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
+        assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
         assert_eq!(t.json["remote_round_trips"], 1, "{}", t.stdout);
         t.json
     };
@@ -462,7 +432,7 @@ fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
         let t = tick();
         assert_eq!(t["core_starts"], 0, "steady state: {t}");
     }
-    assert_eq!(resident_observers(&rig).len(), 1);
+    assert_eq!(resident_observers(&rig.container).len(), 1);
 
     // `pip install --upgrade` rewrites the core's files: never answer with the old code.
     rig.container.exec_ok(
@@ -474,12 +444,12 @@ fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
     assert_eq!(t["core_starts"], 0, "steady again: {t}");
 
     // The observer dies: the next tick starts another (one core start) and succeeds.
-    let pids = resident_observers(&rig);
+    let pids = resident_observers(&rig.container);
     assert_eq!(pids.len(), 1, "{pids:?}");
     rig.container.exec_ok(&format!("kill -9 {}", pids[0]));
     let t = tick();
     assert_eq!(t["core_starts"], 1, "after the observer died: {t}");
-    let after = resident_observers(&rig);
+    let after = resident_observers(&rig.container);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, pids);
     rig.control(r#"{"step_seconds": 0.1}"#);

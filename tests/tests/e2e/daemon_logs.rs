@@ -3,18 +3,10 @@
 //! file the daemon's stderr points at, named in `JOURNAL_STREAM` exactly as systemd names its
 //! stream (`<device>:<inode>`).
 
+use megaplan_cloud_e2e::rig::local_cloud_yaml;
 use megaplan_cloud_e2e::{Daemon, wait_until};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn write_cloud_yaml(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let p = dir.join("cloud.yaml");
-    // provider local with no deploy folder: every tick fails, quickly and offline.
-    std::fs::write(&p, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
-    p
-}
 
 /// A daemon whose stderr is `dir/daemon.log`, with `JOURNAL_STREAM` naming that file when
 /// `journal` is set.
@@ -38,7 +30,7 @@ fn daemon(journal: bool) -> Daemon {
 
 fn failed_tick(d: &Daemon) {
     let work = d.dir.join("work");
-    let cy = write_cloud_yaml(&work);
+    let cy = local_cloud_yaml(&work);
     let cys = cy.to_str().unwrap();
     let reg = d.ctl(
         &work,

@@ -5,6 +5,7 @@
 
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::{bin, unique_suffix, wait_until};
+use megaplan_cloudd::shell::quote;
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
@@ -157,10 +158,6 @@ fn assert_fits_80(text: &str) {
     }
 }
 
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[test]
 fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     let Some(rig) = SshRig::start("", &[]) else {
@@ -186,8 +183,8 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     let section = |name: &str, args: &str| {
         format!(
             "echo '== {name}'; cd {dir} && {ctl} {args} 2>&1; echo \"== exit $?\"",
-            dir = sh_quote(&rig.project.display().to_string()),
-            ctl = sh_quote(&ctl),
+            dir = quote(&rig.project.display().to_string()),
+            ctl = quote(&ctl),
         )
     };
     let script = [
@@ -195,12 +192,12 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
         section("ticks", "ticks --all"),
         section(
             "status",
-            &format!("--cloud-yaml {} status --chain", sh_quote(&cy)),
+            &format!("--cloud-yaml {} status --chain", quote(&cy)),
         ),
         section("error", "--cloud-yaml /nonexistent/cloud.yaml status"),
         section(
             "daemon-error",
-            &format!("--cloud-yaml {} status", sh_quote(&local_cy)),
+            &format!("--cloud-yaml {} status", quote(&local_cy)),
         ),
     ]
     .join("; ");
@@ -285,7 +282,7 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     );
     // `--json` forces JSON on a terminal too.
     let forced = in_terminal(
-        &format!("cd /tmp && {} registrations --json", sh_quote(&ctl)),
+        &format!("cd /tmp && {} registrations --json", quote(&ctl)),
         &env,
     );
     assert!(forced.contains("\"cloud_yaml\""), "{forced}");
@@ -352,7 +349,7 @@ fn bash_completion_completes_a_subcommand_and_the_man_page_renders() {
          && fn=$(complete -p megaplan-cloudctl | sed 's/.*-F \\([^ ]*\\).*/\\1/') \
          && COMP_WORDS=(megaplan-cloudctl regi) && COMP_CWORD=1 \
          && \"$fn\" megaplan-cloudctl regi megaplan-cloudctl && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-        ctl = sh_quote(&ctl)
+        ctl = quote(&ctl)
     );
     let out = Command::new("bash").args(["-c", &script]).output().unwrap();
     let words = String::from_utf8_lossy(&out.stdout);
@@ -430,9 +427,9 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
     let socket = rig.daemon.socket.display().to_string();
     let script = format!(
         "cd {dir} && {ctl} --cloud-yaml {cy} attach; echo \"attach exited $?\"; {hold}",
-        dir = sh_quote(&rig.project.display().to_string()),
-        ctl = sh_quote(&ctl),
-        cy = sh_quote(&rig.cloud_yaml.display().to_string()),
+        dir = quote(&rig.project.display().to_string()),
+        ctl = quote(&ctl),
+        cy = quote(&rig.cloud_yaml.display().to_string()),
         hold = signal_then_hold("attached"),
     );
     let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
@@ -660,9 +657,9 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
     let echo = in_80_columns(
         &format!(
             "cd {} && {} --cloud-yaml {} register --every 90m",
-            sh_quote(&work.display().to_string()),
-            sh_quote(&bin("megaplan-cloudctl").display().to_string()),
-            sh_quote(cys)
+            quote(&work.display().to_string()),
+            quote(&bin("megaplan-cloudctl").display().to_string()),
+            quote(cys)
         ),
         &[("MEGAPLAN_CLOUDD_SOCKET", d.socket.to_str().unwrap())],
     );
@@ -733,9 +730,9 @@ fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
     let socket = rig.daemon.socket.display().to_string();
     let script = format!(
         "cd {dir} && {ctl} --cloud-yaml {cy} status --chain; echo \"status exited $?\"; {hold}",
-        dir = sh_quote(&rig.project.display().to_string()),
-        ctl = sh_quote(&ctl),
-        cy = sh_quote(&rig.cloud_yaml.display().to_string()),
+        dir = quote(&rig.project.display().to_string()),
+        ctl = quote(&ctl),
+        cy = quote(&rig.cloud_yaml.display().to_string()),
         hold = signal_then_hold("status-done"),
     );
     let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
@@ -845,8 +842,8 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
     let section = |name: &str, args: &str| {
         format!(
             "echo '== {name}'; cd {dir} && {ctl} {args} 2>&1; echo \"== exit $?\"",
-            dir = sh_quote(&rig.project.display().to_string()),
-            ctl = sh_quote(&ctl),
+            dir = quote(&rig.project.display().to_string()),
+            ctl = quote(&ctl),
         )
     };
     let all = in_80_columns(
@@ -948,8 +945,8 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
     let watch = Pane::start_sized(
         &format!(
             "cd {dir} && {ctl} fleet --watch",
-            dir = sh_quote(&rig.project.display().to_string()),
-            ctl = sh_quote(&ctl),
+            dir = quote(&rig.project.display().to_string()),
+            ctl = quote(&ctl),
         ),
         &env,
         80,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_e2e::conformance::{self, ProviderFixture, SECRET_NAME};
 use megaplan_cloud_e2e::railway::{RailwayWorld, all_cmdlines, in_private_namespace, real_cli};
 use megaplan_cloud_e2e::{bench, wait_until};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
@@ -21,8 +22,36 @@ use megaplan_cloudd::render;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const SECRET_NAME: &str = "E2E_TOKEN";
 const SECRET_VALUE: &str = "tok-railway-0123456789abcdef";
+
+/// The deployed service, as the conformance suite takes it.
+struct Deployed {
+    p: Arc<RailwayProvider>,
+}
+
+impl ProviderFixture for Deployed {
+    type P = RailwayProvider;
+    fn provider(&self) -> Arc<RailwayProvider> {
+        self.p.clone()
+    }
+    fn secret(&self) -> (&str, &str) {
+        (SECRET_NAME, SECRET_VALUE)
+    }
+    fn log_line(&self) -> &str {
+        "runner booted"
+    }
+    fn upload_paths(&self) -> Vec<&str> {
+        vec!["/workspace/app/bytes.bin"]
+    }
+    fn has_sessions(&self) -> bool {
+        true
+    }
+    // Railway's follow is checked by what reached the service
+    // (`follow_until_the_client_leaves`).
+    fn follow_scenario(&self) -> bool {
+        false
+    }
+}
 
 fn ops(requests: &[Value]) -> Vec<String> {
     requests
@@ -37,7 +66,7 @@ fn find<'a>(requests: &'a [Value], op: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn railway_provider_drives_the_real_cli() {
-    if !in_private_namespace("railway_provider_drives_the_real_cli") {
+    if !in_private_namespace("provider_railway::railway_provider_drives_the_real_cli") {
         return;
     }
     let Some(b) = bench() else { return };
@@ -67,7 +96,7 @@ async fn railway_provider_drives_the_real_cli() {
         deadline: Duration::from_secs(300),
     };
     let program = world.wrapper.display().to_string();
-    let p = RailwayProvider::with_program(ctx.clone(), &program);
+    let p = Arc::new(RailwayProvider::with_program(ctx.clone(), &program));
     world.control(&json!({"services": ["agent", "db"]}));
 
     // deploy, while another thread reads every process's argv: no secret value in any of them.
@@ -269,24 +298,7 @@ async fn railway_provider_drives_the_real_cli() {
 
     // The operator links the cloud.yaml folder once, as they would by hand; every other
     // command runs there.
-    let o = world.cli(
-        &cloud_dir,
-        &[
-            "link",
-            "--project",
-            "proj-1",
-            "--environment",
-            "staging",
-            "--service",
-            "agent",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "link: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    world.take_requests();
+    world.link_as_operator(&cloud_dir);
 
     // exec over `railway ssh`: the relay runs it in the runner container.
     world.container.exec_ok(&format!(
@@ -314,11 +326,6 @@ async fn railway_provider_drives_the_real_cli() {
         ops(&reqs).contains(&"SshPublicKeys".to_string()),
         "{reqs:?}"
     );
-    let r = p
-        .exec("tr a-z A-Z", Some(b"piped stdin\n".to_vec()))
-        .await
-        .expect("exec stdin");
-    assert_eq!(r.stdout, "PIPED STDIN\n");
 
     // A CLI error reads as its message even with backtraces on in the environment (the
     // namespace runs with RUST_BACKTRACE=1): anyhow's error backtrace is off for the CLI.
@@ -393,16 +400,20 @@ async fn railway_provider_drives_the_real_cli() {
     );
     sessions.close_all().await;
 
-    // upload/read: every byte value, and a file large enough to be chunked.
+    // What every provider owes (tests/src/conformance.rs): the secret redacted, exit code and
+    // stderr, stdin, upload/read of every byte value, a missing file, logs without follow.
+    world.control(&json!({"services": ["agent", "db"], "log_lines": ["runner booted", format!("token {SECRET_VALUE}")]}));
+    conformance::run_all(&Deployed { p: p.clone() }).await;
+    // Its logs read the deployment's recent lines from the service.
+    assert!(ops(&world.take_requests()).contains(&"DeploymentLogs".to_string()));
+    // The upload is in the runner container the relay reaches.
     let all: Vec<u8> = (0..=255u8).collect();
-    p.upload("/workspace/app/bytes.bin", &all)
-        .await
-        .expect("upload");
     assert_eq!(
         world.container.read_file("/workspace/app/bytes.bin"),
-        Some(all.clone())
+        Some(all)
     );
-    assert_eq!(p.read("/workspace/app/bytes.bin").await.expect("read"), all);
+
+    // A file large enough to be chunked.
     let big: Vec<u8> = (0..=255u8).cycle().take(UPLOAD_CHUNK * 2 + 100).collect();
     p.upload("/workspace/app/it's big", &big)
         .await
@@ -412,17 +423,6 @@ async fn railway_provider_drives_the_real_cli() {
         big
     );
     world.take_requests();
-
-    // logs without follow: the deployment's recent lines, then exit.
-    world.control(&json!({"services": ["agent", "db"], "log_lines": ["runner booted", format!("token {SECRET_VALUE}")]}));
-    let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let code = p.logs(false, &Default::default(), &tx).await.expect("logs");
-    drop(tx);
-    let (out, _) = task.await.expect("collector");
-    assert_eq!(code, 0);
-    assert!(out.contains("runner booted"), "{out}");
-    assert!(!out.contains(SECRET_VALUE), "{out}");
-    assert!(ops(&world.take_requests()).contains(&"DeploymentLogs".to_string()));
 
     // logs in follow mode keeps streaming (under a pseudo-terminal) until the client leaves.
     follow_until_the_client_leaves(&p, &world).await;

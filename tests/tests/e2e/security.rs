@@ -6,6 +6,7 @@
 //! Every test bounds work (connection counts, log lines, bytes) and waits for events; none
 //! asserts a duration.
 
+use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_e2e::rig::{Run, SshRig};
 use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bin, wait_until};
@@ -1015,7 +1016,11 @@ fn ticks_since_an_age_beyond_the_calendar_is_refused_naming_since() {
         // A refusal from the daemon (exit 1, invalid_args naming the field), never "the daemon
         // is unreachable" (69) from a dropped connection.
         assert_eq!(r.code, Some(1), "{since}: {r:?}");
-        assert_eq!(r.json["error"], "invalid_args", "{since}: {r:?}");
+        assert_eq!(
+            r.error_body().error,
+            ErrorCode::InvalidArgs,
+            "{since}: {r:?}"
+        );
         assert_eq!(r.json["field"], "since", "{since}: {r:?}");
         assert!(r.stderr.contains("since"), "{r:?}");
     }

@@ -6,48 +6,17 @@
 //! debug level). The ssh provider writes `.env` only on the remote host, over stdin.
 
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{Daemon, Sshd, bench, bin, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const NAME: &str = "MEGAPLAN_E2E_SECRET";
 const SECRET: &str = "e2e-secret-value-9f8e7d6c";
-const REDACTED: &str = "***REDACTED***";
-
-/// Every regular file under `dir` (recursively) whose bytes contain `needle`.
-fn files_containing(
-    dir: &Path,
-    needle: &[u8],
-    skip: &[&Path],
-    scanned: &mut usize,
-) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return hits;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if skip.iter().any(|s| path == *s) {
-            continue;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            hits.extend(files_containing(&path, needle, skip, scanned));
-        } else if meta.is_file() {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            *scanned += 1;
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(path);
-            }
-        }
-    }
-    hits
-}
+use megaplan_cloudd::redact::REPLACEMENT as REDACTED;
 
 /// The value is nowhere on the daemon's side: files under its dir (except the operator's
 /// project folder), the database dump, the daemon log.
@@ -205,7 +174,7 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert!(
         wait_until(Duration::from_secs(40), || {
-            rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
+            rig.ctl(&["status", "--chain"]).chain_complete()
         }),
         "the chain did not complete"
     );
@@ -223,12 +192,10 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     assert_eq!(t.json["pr"]["pr_head"], REDACTED, "{}", t.stdout);
     rig.ctl(&["register", "--every", "2s"]).ok();
     let scheduled = || {
-        rig.ctl(&["ticks", "--json", "--limit", "100"])
-            .json
-            .as_array()
-            .map_or(0, |a| {
-                a.iter().filter(|t| t["trigger"] == "schedule").count()
-            })
+        rig.ticks(100)
+            .iter()
+            .filter(|t| t.trigger == "schedule")
+            .count()
     };
     assert!(
         wait_until(Duration::from_secs(20), || scheduled() >= 2),

@@ -7,7 +7,10 @@
 //! answers), nothing stored is lost or corrupted (`PRAGMA integrity_check` and the earlier rows),
 //! and the error the operator sees names what happened (error code and message words).
 
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
+use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml};
 use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
 use serde_json::Value;
@@ -88,28 +91,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn launch(rig: &SshRig, labels: &[&str]) {
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-}
-
-fn wait_complete(rig: &SshRig) {
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            rig.ctl(&["status", "--chain"]).json["effective_status"] == "complete"
-        }),
-        "the chain did not complete"
-    );
-}
-
-fn ticks(rig: &SshRig) -> Vec<Value> {
-    rig.ctl(&["ticks", "--json", "--limit", "100"])
-        .json
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// A cloud.yaml like the rig's, for another container.
 fn cloud_yaml_for(rig: &SshRig, dir: &str, container: &str) -> PathBuf {
     let text = std::fs::read_to_string(&rig.cloud_yaml)
@@ -156,13 +137,16 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     let first = rig.ctl(&["tick"]);
-    assert_eq!(first.json["success"], true, "{}", first.stdout);
+    assert!(first.tick().success, "{}", first.stdout);
 
     // The observation blocks in the core's `status`; kill sshd (and every session) under it.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
@@ -175,27 +159,30 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     let out = client.wait_with_output().unwrap();
     let t = Run::from_output(&out);
     assert_eq!(t.code, Some(1), "{}\n{}", t.stdout, t.stderr);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    let record = t.tick();
+    assert_eq!(record.event, TickEvent::Error, "{}", t.stdout);
+    let reason = record.refused_reason.unwrap();
     assert!(
         reason.contains("chain status read failed") && reason.contains("ssh"),
         "{reason}"
     );
-    assert_eq!(t.json["report"]["error"], "provider_failed", "{}", t.stdout);
+    assert_eq!(
+        record.report.error.as_deref(),
+        Some("provider_failed"),
+        "{}",
+        t.stdout
+    );
 
     // sshd back and the core answering again: the next tick works on a fresh connection.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.sshd.restart();
     let next = rig.ctl(&["tick"]);
-    assert_eq!(next.json["success"], true, "{}", next.stdout);
-    assert_eq!(next.json["event"], "supervisor_tick", "{}", next.stdout);
+    assert!(next.tick().success, "{}", next.stdout);
+    assert_eq!(next.tick().event, TickEvent::Tick, "{}", next.stdout);
 
     assert_serving(&rig.daemon);
-    let stored = ticks(&rig);
-    let events: Vec<&str> = stored
-        .iter()
-        .map(|t| t["event"].as_str().unwrap())
-        .collect();
+    let stored = rig.ticks(100);
+    let events: Vec<&str> = stored.iter().map(|t| t.event.as_str()).collect();
     assert_eq!(
         events,
         ["supervisor_tick", "supervisor_error", "supervisor_tick"],
@@ -215,17 +202,22 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
-    wait_complete(&rig);
+    rig.launch(&["m1"]);
+    rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
-    assert_eq!(rig.ctl(&["tick"]).json["success"], true);
+    assert!(rig.ctl(&["tick"]).tick().success);
 
     let stop = run_cmd("docker", &["stop", "-t", "1", &rig.container.name]);
     assert!(stop.status.success(), "{stop:?}");
 
     let s = rig.ctl(&["status", "--chain"]);
     assert_eq!(s.code, Some(1), "{}", s.stdout);
-    assert_eq!(s.json["error"], "provider_failed", "{}", s.stdout);
+    assert_eq!(
+        s.error_body().error,
+        ErrorCode::ProviderFailed,
+        "{}",
+        s.stdout
+    );
     let m = message(&s);
     assert!(
         m.contains("chain observation") && m.contains("is not running"),
@@ -234,9 +226,9 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     assert!(s.stderr.contains("is not running"), "{}", s.stderr);
 
     let t = rig.ctl(&["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    assert_eq!(t.json["success"], false);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    assert!(!t.tick().success);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(reason.contains("is not running"), "{reason}");
 
     let e = rig.ctl(&["exec", "echo never"]);
@@ -252,7 +244,11 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     assert!(start.status.success(), "{start:?}");
     let again = rig.ctl(&["status", "--chain"]).ok();
     assert_eq!(
-        again.json["effective_status"], "complete",
+        again
+            .chain_status()
+            .expect("status --chain")
+            .effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
         "{}",
         again.stdout
     );
@@ -268,10 +264,10 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
-    wait_complete(&rig);
+    rig.launch(&["m1"]);
+    rig.wait_complete();
     rig.ctl(&["register", "--every", "1h"]).ok();
-    assert_eq!(rig.ctl(&["tick"]).json["success"], true);
+    assert!(rig.ctl(&["tick"]).tick().success);
     let state_file = rig
         .container
         .exec_ok("ls /workspace/app/.megaplan/plans/.chains/chain-*.json | grep -v runtime_policy")
@@ -290,7 +286,12 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
         rig.container.write_file(&state_file, bytes);
         let s = rig.ctl(&["status", "--chain"]);
         assert_eq!(s.code, Some(1), "{what}: {}", s.stdout);
-        assert_eq!(s.json["error"], "provider_failed", "{what}: {}", s.stdout);
+        assert_eq!(
+            s.error_body().error,
+            ErrorCode::ProviderFailed,
+            "{what}: {}",
+            s.stdout
+        );
         assert_eq!(s.json["file"], state_file.as_str(), "{what}: {}", s.stdout);
         let m = message(&s);
         assert!(
@@ -299,29 +300,35 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
         );
 
         let t = rig.ctl(&["tick"]);
-        assert_eq!(t.json["event"], "supervisor_error", "{what}: {}", t.stdout);
-        let reason = t.json["refused_reason"].as_str().unwrap();
+        assert_eq!(t.tick().event, TickEvent::Error, "{what}: {}", t.stdout);
+        let reason = t.tick().refused_reason.unwrap();
         assert!(
             reason.contains(&state_file) && reason.contains("invalid JSON"),
             "{what}: {reason}"
         );
         // Writing the state file is also a change the runner watch reports, so event ticks
         // (`trigger: event`) may come between these; the manual ones are counted.
-        let manual = ticks(&rig)
+        let manual = rig
+            .ticks(100)
             .iter()
-            .filter(|t| t["trigger"] == "manual")
+            .filter(|t| t.trigger == "manual")
             .count();
         assert_eq!(manual, n + 2, "{what}");
     }
 
     assert_serving(&rig.daemon);
-    let stored = ticks(&rig).len();
+    let stored = rig.ticks(100).len();
     assert!(stored >= 4, "{stored}");
     assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, stored);
     // Restored, the state reads again.
     rig.container.write_file(&state_file, &good);
     let s = rig.ctl(&["status", "--chain"]).ok();
-    assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        s.stdout
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,9 +341,12 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
@@ -344,8 +354,8 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     // What ended the tick is asserted from its report (the deadline's own message), not from
     // a clock in the test.
     let t = rig.ctl(&["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(
         reason.contains("deadline of 5s") && reason.contains("killed"),
         "{reason}"
@@ -374,13 +384,13 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     );
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     let next = rig.ctl(&["tick"]).ok();
-    assert_eq!(next.json["event"], "supervisor_tick", "{}", next.stdout);
+    assert_eq!(next.tick().event, TickEvent::Tick, "{}", next.stdout);
 
     assert_serving(&rig.daemon);
     assert_db_intact(&rig.daemon.home.join("cloudd.db"), 1, 1);
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     let next = rig.ctl(&["tick"]);
-    assert_eq!(next.json["success"], true, "{}", next.stdout);
+    assert!(next.tick().success, "{}", next.stdout);
     rig.control(r#"{"step_seconds": 0.1}"#);
 }
 
@@ -629,24 +639,15 @@ impl Drop for MountGuard {
     }
 }
 
-fn write_local_cloud_yaml(dir: &Path, name: &str) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join("cloud.yaml");
-    std::fs::write(&p, "provider: local\nrepo: {url: /srv/repo.git}\n").unwrap();
-    p
-}
-
-fn ctl_for(d: &Daemon, cloud_yaml: &Path, args: &[&str]) -> Run {
-    let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap()];
-    full.extend_from_slice(args);
-    Run::from_output(&d.ctl(cloud_yaml.parent().unwrap(), &[], &full))
-}
-
 /// A write refused by the file system: `storage_failed` naming the database and the cause.
 fn assert_storage_failed(r: &Run, db: &Path, cause: &[&str]) {
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.json["error"], "storage_failed", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::StorageFailed,
+        "{}",
+        r.stdout
+    );
     let m = message(r);
     assert!(m.contains(db.to_str().unwrap()), "{m}");
     assert!(cause.iter().any(|c| m.contains(c)), "{m}");
@@ -666,10 +667,10 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = write_local_cloud_yaml(&work, "a");
+    let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
 
     // Fill the file system to the last block.
     let mut fill = std::fs::File::create(d.home.join("fill")).unwrap();
@@ -680,7 +681,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
 
     let full = ["database or disk is full", "No space left"];
     assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &full);
-    let b = write_local_cloud_yaml(&work, "b");
+    let b = local_cloud_yaml(&work.join("b"));
     assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &full);
     let st = assert_serving(&d);
     assert_eq!(st["registrations"], 1);
@@ -752,10 +753,10 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = write_local_cloud_yaml(&work, "a");
+    let a = local_cloud_yaml(&work.join("a"));
     ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
     let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
 
     // What the kernel does on a disk error with errors=remount-ro: the file system turns
     // read-only under the running daemon (`remount,ro` itself is refused while files are open
@@ -770,7 +771,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
 
     let ro = ["disk I/O error", "readonly", "read-only", "Read-only"];
     assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &ro);
-    let b = write_local_cloud_yaml(&work, "b");
+    let b = local_cloud_yaml(&work.join("b"));
     assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &ro);
     let st = assert_serving(&d);
     assert_eq!(st["registrations"], 1);
@@ -982,7 +983,7 @@ fn damaged_database_is_refused_at_start_by_quick_check() {
     let db = d.home.join("cloudd.db");
     let work = d.dir.join("work");
     for i in 0..60 {
-        let cy = write_local_cloud_yaml(&work, &format!("c{i:02}"));
+        let cy = local_cloud_yaml(&work.join(format!("c{i:02}")));
         ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     }
     assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
@@ -1015,7 +1016,7 @@ fn database_damaged_under_a_running_daemon_makes_health_say_storage_failed() {
     let db = d.home.join("cloudd.db");
     let work = d.dir.join("work");
     for i in 0..60 {
-        let cy = write_local_cloud_yaml(&work, &format!("c{i:02}"));
+        let cy = local_cloud_yaml(&work.join(format!("c{i:02}")));
         ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     }
     let st = assert_serving(&d);
@@ -1037,7 +1038,12 @@ fn database_damaged_under_a_running_daemon_makes_health_say_storage_failed() {
     assert!(resp.contains("storage_failed"), "{resp}");
     let st = Run::from_output(&d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
     assert_eq!(st.code, Some(1), "{}", st.stdout);
-    assert_eq!(st.json["error"], "storage_failed", "{}", st.stdout);
+    assert_eq!(
+        st.error_body().error,
+        ErrorCode::StorageFailed,
+        "{}",
+        st.stdout
+    );
     assert!(message(&st).contains(db.to_str().unwrap()), "{}", st.stdout);
     assert!(!st.stdout.contains("\"registrations\""), "{}", st.stdout);
     let log = d.log_text();
@@ -1128,7 +1134,7 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     let work = d.dir.join("work");
     let canary = d.dir.join("launcher-ran");
     let hostile = format!("python -m x; touch {}", canary.display());
-    let bad = write_local_cloud_yaml(&work, "bad");
+    let bad = local_cloud_yaml(&work.join("bad"));
     std::fs::write(
         &bad,
         format!(
@@ -1138,19 +1144,19 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     .unwrap();
     let r = ctl_for(&d, &bad, &["register", "--every", "1h"]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
-    assert_eq!(r.json["error"], "invalid_spec", "{}", r.stdout);
+    assert_eq!(r.error_body().error, ErrorCode::InvalidSpec, "{}", r.stdout);
     assert_eq!(r.json["field"], "megaplan.launcher", "{}", r.stdout);
     assert!(message(&r).contains("\"x;\""), "{}", r.stdout);
 
     // A registered cloud.yaml that later gains such a launcher: its ticks refuse, by field.
-    let good = write_local_cloud_yaml(&work, "good");
+    let good = local_cloud_yaml(&work.join("good"));
     ctl_for(&d, &good, &["register", "--every", "1h"]).ok();
     let mut text = std::fs::read_to_string(&good).unwrap();
     text.push_str(&format!("megaplan:\n  launcher: \"{hostile}\"\n"));
     std::fs::write(&good, text).unwrap();
     let t = ctl_for(&d, &good, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(reason.contains("megaplan.launcher"), "{reason}");
     assert!(!canary.exists(), "the launcher's shell syntax ran");
     assert_serving(&d);
@@ -1161,7 +1167,7 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let d = Daemon::start(&[], &[]);
     let work = d.dir.join("work");
-    let cy = write_local_cloud_yaml(&work, "shared");
+    let cy = local_cloud_yaml(&work.join("shared"));
     std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = ctl_for(&d, &cy, &["register", "--every", "1h"]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
@@ -1183,8 +1189,8 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
     ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o664)).unwrap();
     let t = ctl_for(&d, &cy, &["tick"]);
-    assert_eq!(t.json["event"], "supervisor_error", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap();
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let reason = t.tick().refused_reason.unwrap();
     assert!(reason.contains("writable by its group"), "{reason}");
     assert_serving(&d);
 }
@@ -1274,7 +1280,12 @@ fn exec_past_its_command_timeout_leaves_nothing_running_in_the_container() {
         &format!("trap '' TERM; while :; do sleep 1; done; echo {marker}"),
     ]);
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.json["error"], "deadline_exceeded", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::DeadlineExceeded,
+        "{}",
+        r.stdout
+    );
     assert_runner_left_clean(&rig, &marker, "its deadline");
     assert_serving(&rig.daemon);
 }
@@ -1292,8 +1303,8 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
     let sleeper = format!("sleep 300.{n}");
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1}"#);
-    launch(&rig, &["m1"]);
-    wait_complete(&rig);
+    rig.launch(&["m1"]);
+    rig.wait_complete();
     rig.ctl(&[
         "register",
         "--every",
@@ -1334,9 +1345,12 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
@@ -1382,9 +1396,12 @@ fn hung_runners_never_starve_a_healthy_registration() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    launch(&rig, &["m1", "m2"]);
+    rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m1"
+        rig.ctl(&["status", "--chain"])
+            .current_milestone()
+            .as_deref()
+            == Some("m1")
     }));
 
     let mut hung = Vec::new();
@@ -1416,10 +1433,10 @@ fn hung_runners_never_starve_a_healthy_registration() {
             .find(|r| r["key"] == key)
             .unwrap_or(Value::Null)
     };
-    let scheduled = || -> Vec<Value> {
-        ticks(&rig)
+    let scheduled = || -> Vec<TickRecord> {
+        rig.ticks(100)
             .into_iter()
-            .filter(|t| t["trigger"] == "schedule")
+            .filter(|t| t.trigger == "schedule")
             .collect()
     };
 
@@ -1442,7 +1459,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     assert!(runs.len() as u64 >= N, "{runs:?}");
     let mut dues: Vec<chrono::DateTime<chrono::FixedOffset>> = runs
         .iter()
-        .map(|t| chrono::DateTime::parse_from_rfc3339(t["due_at"].as_str().unwrap()).unwrap())
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t.due_at.as_deref().unwrap()).unwrap())
         .collect();
     dues.sort();
     for w in dues.windows(2) {
@@ -1455,8 +1472,8 @@ fn hung_runners_never_starve_a_healthy_registration() {
         );
     }
     for t in &runs {
-        assert_eq!(t["success"], true, "{t}");
-        assert_eq!(t["event"], "supervisor_tick", "{t}");
+        assert!(t.success, "{t:?}");
+        assert_eq!(t.event, TickEvent::Tick, "{t:?}");
     }
     assert!(h["backoff"].is_null(), "the healthy one backs off: {h}");
 

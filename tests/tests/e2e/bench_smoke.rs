@@ -7,12 +7,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use megaplan_cloud_e2e::{Container, Sshd, bench, repo_in_container, wait_until};
+use megaplan_cloudd::shell::quote;
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -89,7 +86,7 @@ fn ssh_reaches_docker_on_the_bench_host_and_relays_exit_codes_and_hostile_words(
     let c = b.container("smoke-ssh");
     let sshd = Sshd::start();
 
-    let inner = sh_quote("echo hi; exit 3");
+    let inner = quote("echo hi; exit 3");
     let out = sshd.ssh(&format!("docker exec {} bash -lc {inner}", c.name));
     assert_eq!(text(&out.stdout), "hi\n", "{}", describe(&out));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
@@ -99,7 +96,7 @@ fn ssh_reaches_docker_on_the_bench_host_and_relays_exit_codes_and_hostile_words(
     let out = sshd.ssh(&format!(
         "docker exec {} printf %s {}",
         c.name,
-        sh_quote(hostile)
+        quote(hostile)
     ));
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(text(&out.stdout), hostile);
@@ -265,7 +262,7 @@ fn standin_core_runs_a_three_milestone_chain_into_the_sha1_named_state_file() {
     let path = state_path(&spec);
     c.exec_ok(&format!(
         "python3 -c {}",
-        sh_quote(&format!(
+        quote(&format!(
             "import json; p = '{path}'; d = json.load(open(p)); d['future_field'] = {{'x': 1}}; \
              json.dump(d, open(p, 'w'))"
         ))
@@ -273,7 +270,7 @@ fn standin_core_runs_a_three_milestone_chain_into_the_sha1_named_state_file() {
     let sync = |c: &Container| {
         c.exec_ok(&format!(
             "cd /w/app && python3 -c {}",
-            sh_quote(&format!(
+            quote(&format!(
                 "from arnold_pipelines.megaplan.chain import _capture_sync_state, load_chain_state; \
                  from pathlib import Path; \
                  _capture_sync_state(Path('/w/app'), Path('{spec}'), branch='main', pr_number=None, \
@@ -310,7 +307,7 @@ fn standin_chain_stalls_until_released_and_waits_for_a_merged_pr() {
     );
     c.exec_ok(&format!(
         "cd /w/app && tmux new-session -d -s megaplan-chain -c /w/app {}",
-        sh_quote(&format!(
+        quote(&format!(
             "{LAUNCHER} chain start --spec {spec} >> .megaplan/cloud-chain.log 2>&1"
         ))
     ));

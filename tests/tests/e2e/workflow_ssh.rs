@@ -1,6 +1,10 @@
 //! Remote workflows over ssh on the bench (issue 5): chain launch, status --chain through a
 //! run, collision refusal, --fresh, missing ideas, legacy marker, and one round trip per status.
 
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::{EffectiveStatus, Liveness, ReportedStatus};
+use megaplan_cloud_api::status::ChainLaunched;
+use megaplan_cloud_api::wire::Health;
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
@@ -22,7 +26,7 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
 
     let launched = rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert_eq!(launched.json["success"], true, "{}", launched.stdout);
-    assert_eq!(launched.json["session"], "megaplan-chain");
+    assert_eq!(launched.decode::<ChainLaunched>().session, "megaplan-chain");
     assert!(
         launched
             .stderr
@@ -84,7 +88,7 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     assert!(
         wait_until(Duration::from_secs(30), || {
             let s = chain_status(&rig);
-            s.json["summary"]["current_milestone"]["label"] == "m2"
+            s.current_milestone().as_deref() == Some("m2")
         }),
         "never reached m2"
     );
@@ -95,9 +99,15 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
         0,
         "status --chain must be answered by the resident observer, with no new remote execution"
     );
-    assert_eq!(s.json["effective_status"], "running", "{}", s.stdout);
-    assert_eq!(s.json["milestone_count"], 3);
-    assert_eq!(s.json["runner"]["status"], "alive");
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running),
+        "{}",
+        s.stdout
+    );
+    let status = s.chain_status().expect("status --chain");
+    assert_eq!(status.milestone_count, 3);
+    assert_eq!(status.runner.status, Some(Liveness::Alive));
     assert!(
         s.stderr.contains("Current milestone: m2 (index 1)"),
         "{}",
@@ -110,7 +120,8 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     let refused = rig.ctl(&["chain", other.to_str().unwrap()]);
     assert_eq!(refused.code, Some(1));
     assert_eq!(
-        refused.json["error"], "chain_session_collision",
+        refused.error_body().error,
+        ErrorCode::ChainSessionCollision,
         "{}",
         refused.stdout
     );
@@ -128,15 +139,20 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     );
     // The same chain again is a no-op that says so.
     let again = rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-    assert_eq!(again.json["already_running"], true, "{}", again.stdout);
+    assert!(
+        again.decode::<ChainLaunched>().already_running,
+        "{}",
+        again.stdout
+    );
 
     // Release the stall: the chain completes.
     rig.control(r#"{"step_seconds": 0.2}"#);
     assert!(
-        wait_until(
-            Duration::from_secs(40),
-            || chain_status(&rig).json["effective_status"] == "complete"
-        ),
+        wait_until(Duration::from_secs(40), || chain_status(&rig)
+            .chain_status()
+            .expect("status --chain")
+            .effective_status
+            == ReportedStatus::Classified(EffectiveStatus::Complete)),
         "never completed"
     );
     let done = chain_status(&rig).ok();
@@ -154,7 +170,7 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
     assert!(
         wait_until(Duration::from_secs(30), || {
             let s = chain_status(&rig);
-            s.json["summary"]["current_milestone"]["label"] == "m1"
+            s.current_milestone().as_deref() == Some("m1")
                 && s.json["chain_state"]["completed"]
                     .as_array()
                     .is_some_and(|c| c.is_empty())
@@ -179,7 +195,12 @@ fn missing_idea_lists_every_path_and_uploads_nothing() {
     let before = rig.sshd.exec_requests();
     let r = rig.ctl(&["chain", spec.to_str().unwrap()]);
     assert_eq!(r.code, Some(1));
-    assert_eq!(r.json["error"], "missing_idea_file", "{}", r.stdout);
+    assert_eq!(
+        r.error_body().error,
+        ErrorCode::MissingIdeaFile,
+        "{}",
+        r.stdout
+    );
     let tried: Vec<&str> = r.json["missing"][0]["tried"]
         .as_array()
         .unwrap()
@@ -231,8 +252,16 @@ fn hand_written_legacy_marker_is_honoured() {
     )
     .unwrap();
     let s = rig.ctl(&["status", "--chain"]).ok();
-    assert_eq!(s.json["spec"], "/workspace/app/legacy.yaml");
-    assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        "/workspace/app/legacy.yaml"
+    );
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        s.stdout
+    );
     assert_eq!(s.json["spec_source"], "last_chain marker");
 }
 
@@ -344,7 +373,7 @@ fn shutdown_closes_the_held_ssh_session() {
         "five execs, one held connection"
     );
     let health = rig.ctl(&["daemon", "status", "--json"]).ok();
-    assert_eq!(health.json["ssh_sessions"], 1);
+    assert_eq!(health.decode::<Health>().ssh_sessions, 1);
     let control_dir = rig.daemon.socket.parent().unwrap().join("ssh");
     let masters = || {
         let out = std::process::Command::new("pgrep")
@@ -371,7 +400,7 @@ fn multi_line_secret_values_are_refused() {
         .push(("MEGAPLAN_TEST_PEM".into(), "abc\ndefg".into()));
     let e = rig.ctl(&["exec", "echo hi"]);
     assert_eq!(e.code, Some(1));
-    assert_eq!(e.json["error"], "invalid_args");
+    assert_eq!(e.error_body().error, ErrorCode::InvalidArgs);
     assert_eq!(e.json["field"], "MEGAPLAN_TEST_PEM");
     assert!(!e.stdout.contains("defg"));
 }

@@ -9,26 +9,19 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_e2e::util::safety_net;
+use megaplan_cloud_e2e::conformance::{self, SECRET_NAME};
+use megaplan_cloud_e2e::util::docker;
 use megaplan_cloud_e2e::{bench, unique_suffix};
 use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
-use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::local::{self, ComposeFlavor, LocalProvider};
 use megaplan_cloudd::provider::{Provider, ProviderCtx};
 use megaplan_cloudd::redact::Redactor;
 use megaplan_cloudd::render;
-use tokio::sync::mpsc;
 
-const SECRET_NAME: &str = "E2E_TOKEN";
 const SECRET_VALUE: &str = "tok-local-0123456789abcdef";
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn docker(args: &[&str]) -> String {
-    text(&Command::new("docker").args(args).output().expect("docker"))
 }
 
 /// Tears the compose project down (with its image) whatever the test outcome.
@@ -133,12 +126,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     // deploy without the secret's value: refused, .env untouched.
     let mut bare = ctx.clone();
     bare.secrets.clear();
-    let (tx, _task) = megaplan_cloud_e2e::output_collector();
-    let e = LocalProvider::new(bare)
-        .deploy(&tx)
-        .await
-        .expect_err("missing secret");
-    assert_eq!(e.error, ErrorCode::MissingSecrets);
+    conformance::deploy_without_the_secret_is_refused(&LocalProvider::new(bare), SECRET_NAME).await;
 
     // deploy: .env (0600) then up -d.
     let (tx, task) = megaplan_cloud_e2e::output_collector();
@@ -182,74 +170,29 @@ async fn local_provider_lifecycle_with_compose_fallback() {
         "{}"
     );
 
-    // exec: env (redacted), exit code and stderr, stdin.
-    let r = p
-        .exec(&format!("printenv {SECRET_NAME}; printenv PORT; pwd"), None)
-        .await
-        .expect("exec");
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(r.stdout, "***REDACTED***\n18091\n/workspace/app\n");
-    let r = p
-        .exec("echo out; echo 'err line' >&2; exit 5", None)
-        .await
-        .expect("exec");
-    assert_eq!(
-        (r.code, r.stdout.as_str(), r.stderr.as_str()),
-        (5, "out\n", "err line\n")
-    );
-    let r = p
-        .exec("tr a-z A-Z", Some(b"piped stdin\n".to_vec()))
-        .await
-        .expect("exec stdin");
-    assert_eq!(r.stdout, "PIPED STDIN\n");
+    // What every provider owes (tests/src/conformance.rs): env (redacted), exit code and
+    // stderr, stdin, upload/read of every byte value, logs, follow, no --session.
+    conformance::run_all(&conformance::Deployed {
+        provider: p.clone(),
+        secret_value: SECRET_VALUE,
+        port: 18091,
+        log_line: "runner-started",
+        upload_paths: vec![
+            "/workspace/app/bytes.bin",
+            "/workspace/app/it's $(x) `y`
+z",
+        ],
+    })
+    .await;
 
-    // upload/read: all 256 byte values; the bind mount shows the file on this machine.
+    // exec runs in the workspace; the bind mount shows an uploaded file on this machine.
+    let r = p.exec("pwd", None).await.expect("exec");
+    assert_eq!(r.stdout, "/workspace/app\n");
     let all: Vec<u8> = (0..=255u8).collect();
-    p.upload("/workspace/app/bytes.bin", &all)
-        .await
-        .unwrap_or_else(|e| panic!("upload: {e}"));
     assert_eq!(
         std::fs::read(deploy_dir.join("workspace/bytes.bin")).expect("bind mount"),
         all
     );
-    assert_eq!(p.read("/workspace/app/bytes.bin").await.expect("read"), all);
-    let hostile = "/workspace/app/it's $(x) `y`\nz";
-    p.upload(hostile, b"hostile").await.expect("hostile upload");
-    assert_eq!(p.read(hostile).await.expect("hostile read"), b"hostile");
-    assert_eq!(
-        p.read("/workspace/app/missing")
-            .await
-            .expect_err("missing")
-            .error,
-        ErrorCode::ProviderFailed
-    );
-
-    // logs --no-follow, then follow cancelled after a line.
-    let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let code = p.logs(false, &Default::default(), &tx).await.expect("logs");
-    drop(tx);
-    let (out, _) = task.await.expect("collector");
-    assert_eq!(code, 0);
-    assert!(out.contains("runner-started"), "{out}");
-    let (tx, mut rx) = mpsc::channel::<(StreamKind, String)>(8);
-    let follower = {
-        let p = p.clone();
-        tokio::spawn(async move { p.logs(true, &Default::default(), &tx).await })
-    };
-    let mut seen = String::new();
-    while !seen.contains("runner-started") {
-        let (_, line) = tokio::time::timeout(safety_net(Duration::from_secs(30)), rx.recv())
-            .await
-            .expect("a followed line in time")
-            .expect("stream open");
-        seen.push_str(&line);
-    }
-    drop(rx);
-    let ended = tokio::time::timeout(safety_net(Duration::from_secs(20)), follower)
-        .await
-        .expect("follow stops when the client goes away")
-        .expect("join");
-    assert!(ended.is_err());
 
     // attach argv: the same compose CLI, the project and file, then the attach.
     let argv = p.attach_argv(None).expect("attach");
@@ -275,10 +218,6 @@ async fn local_provider_lifecycle_with_compose_fallback() {
         .map(String::from),
     );
     assert_eq!(argv, expected);
-    assert_eq!(
-        p.attach_argv(Some("x")).expect_err("no sessions").error,
-        ErrorCode::InvalidArgs
-    );
 
     // down: stopped, still there.
     let (tx, _task) = megaplan_cloud_e2e::output_collector();

@@ -8,6 +8,7 @@
 //! `exec "…" --cloud-yaml …` are run with no flag the original did not need.
 
 use megaplan_cloud_api::paths::{legacy_marker_file, marker_key};
+use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
 use megaplan_cloud_e2e::util::sqlite;
 use serde_json::{Value, json};
@@ -100,9 +101,19 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     // 1. status --chain from the subfolder: cloud.yaml found at the project root, the marker
     //    found under the resolved key and imported.
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(s.json["spec"], first.as_str(), "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        first.as_str(),
+        "{}",
+        s.stdout
+    );
     assert_eq!(s.json["spec_source"], "last_chain marker");
-    assert_eq!(s.json["effective_status"], "complete", "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Complete),
+        "{}",
+        s.stdout
+    );
     assert_eq!(s.json["provider_consistency"]["status"], "not_applicable");
     // The original's logs object.
     let logs = &s.json["logs"];
@@ -137,15 +148,20 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         ],
     )
     .ok();
-    assert_eq!(s.json["spec"], first.as_str(), "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        first.as_str(),
+        "{}",
+        s.stdout
+    );
     assert_eq!(s.json["spec_source"], "last_chain marker");
 
     // 2. supervise --chain from the same folder.
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
-    assert_eq!(t.json["success"], true, "{}", t.stdout);
-    assert_eq!(t.json["spec"], first.as_str());
-    assert_eq!(t.json["event"], "supervisor_tick", "{}", t.stdout);
-    assert_eq!(t.json["next_action"], "done");
+    assert!(t.report().success, "{}", t.stdout);
+    assert_eq!(t.report().spec, first.as_str());
+    assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
+    assert_eq!(t.report().next_action, NextAction::Done);
 
     // 3. exec with the original's habit: one command string, --cloud-yaml at the end, the path
     //    through the symlink.
@@ -186,14 +202,24 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     )
     .unwrap();
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(s.json["spec"], second.as_str(), "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        second.as_str(),
+        "{}",
+        s.stdout
+    );
     assert_eq!(stored_marker(&rig, &key)["remote_spec"], second.as_str());
 
     // 5. A corrupt legacy file is a warning naming it; the stored marker still answers. With
     //    --remote-spec the file is not even read.
     std::fs::write(&python_file, "{\"remote_spec\": ").unwrap();
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(s.json["spec"], second.as_str(), "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        second.as_str(),
+        "{}",
+        s.stdout
+    );
     assert!(
         s.stderr.contains(&format!(
             "warning: ignoring the legacy marker {}",
@@ -208,10 +234,13 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         &["status", "--chain", "--remote-spec", &first],
     )
     .ok();
-    assert_eq!(s.json["spec"], first.as_str());
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        first.as_str()
+    );
     assert!(!s.stderr.contains("legacy marker"), "{}", s.stderr);
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
-    assert_eq!(t.json["success"], true, "{}", t.stdout);
+    assert!(t.report().success, "{}", t.stdout);
     assert!(
         t.json["warnings"][0]
             .as_str()
@@ -309,7 +338,12 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
         ],
     )
     .ok();
-    assert_eq!(s.json["spec"], spec.as_str(), "{}", s.stdout);
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        spec.as_str(),
+        "{}",
+        s.stdout
+    );
     // Now under the resolved key, legacy file included, in the original's shape.
     let file = legacy_marker_file(&rig.daemon.home, &marker_key(&resolved));
     let adopted: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
@@ -330,5 +364,8 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
         ],
     )
     .ok();
-    assert_eq!(s.json["spec"], spec.as_str());
+    assert_eq!(
+        s.chain_status().expect("status --chain").spec,
+        spec.as_str()
+    );
 }

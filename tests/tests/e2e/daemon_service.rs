@@ -3,6 +3,7 @@
 //! registrations tick without starving or overlapping, garbage input is refused, SIGTERM is
 //! clean, and the service files validate.
 
+use megaplan_cloud_e2e::rig::local_cloud_yaml;
 use megaplan_cloud_e2e::util::{raw_http, sqlite, wait_until};
 use megaplan_cloud_e2e::{Daemon, bin};
 use serde_json::Value;
@@ -33,20 +34,11 @@ fn ok(out: Output) -> Value {
     json(&out)
 }
 
-/// A cloud.yaml that validates and needs no runner (ticks stop at missing_remote_spec).
-fn write_cloud_yaml(dir: &Path, name: &str) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join("cloud.yaml");
-    std::fs::write(&p, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
-    p
-}
-
 #[test]
 fn restart_keeps_registrations_markers_and_ticks() {
     let mut d = Daemon::start(&[], &[]);
     let work = d.dir.join("work");
-    let cy = write_cloud_yaml(&work, "a");
+    let cy = local_cloud_yaml(&work.join("a"));
     let cys = cy.to_str().unwrap();
     ok(d.ctl(
         &work,
@@ -129,7 +121,7 @@ fn kill9_during_a_tick_loses_nothing() {
     )
     .unwrap();
     let cys = cy.to_str().unwrap();
-    let other = write_cloud_yaml(&work, "b");
+    let other = local_cloud_yaml(&work.join("b"));
     ok(d.ctl(
         &work,
         &[],
@@ -354,7 +346,7 @@ fn garbage_input_is_refused_and_the_daemon_keeps_serving() {
 fn a_cloud_yaml_that_breaks_later_gets_error_reports() {
     let d = Daemon::start(&[], &[]);
     let work = d.dir.join("w");
-    let cy = write_cloud_yaml(&work, "x");
+    let cy = local_cloud_yaml(&work.join("x"));
     let cys = cy.to_str().unwrap();
     ok(d.ctl(
         &work,
@@ -401,7 +393,7 @@ fn thousand_registrations_all_tick_without_overlap() {
     let interval = 5u64;
     // Register through the API directly (1,000 client processes would measure fork, not us).
     for i in 0..1000 {
-        let cy = write_cloud_yaml(&work, &format!("c{i:04}"));
+        let cy = local_cloud_yaml(&work.join(format!("c{i:04}")));
         let body = format!(
             r#"{{"cloud_yaml": "{}", "every_secs": {interval}}}"#,
             cy.display()
@@ -583,7 +575,7 @@ fn restart_keeps_each_registrations_jitter_offset() {
     let every = 10u64;
     let mut registered = std::collections::BTreeMap::new();
     for i in 0..20 {
-        let cy = write_cloud_yaml(&work, &format!("j{i:02}"));
+        let cy = local_cloud_yaml(&work.join(format!("j{i:02}")));
         let r = register_api(&d, &cy, every);
         let key = r["key"].as_str().unwrap().to_string();
         registered.insert(key, r["cron"].as_str().unwrap().to_string());
@@ -637,7 +629,7 @@ fn two_thousand_registrations_tick_on_schedule_after_a_restart() {
     let mut d = Daemon::start(&[], &[]);
     let work = d.dir.join("many");
     for i in 0..n {
-        let cy = write_cloud_yaml(&work, &format!("r{i:04}"));
+        let cy = local_cloud_yaml(&work.join(format!("r{i:04}")));
         register_api(&d, &cy, every as u64);
     }
     d.restart();
@@ -721,7 +713,7 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = d.dir.join("work");
-    let cy = write_cloud_yaml(&work, "a");
+    let cy = local_cloud_yaml(&work.join("a"));
     let cys = cy.to_str().unwrap();
     ok(d.ctl(
         &work,

@@ -3,6 +3,7 @@
 //! loopback relay sshd into a bench runner container (`megaplan_cloud_e2e::railway`), in a
 //! network namespace with only loopback.
 
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
 use megaplan_cloud_e2e::railway::{RailwayWorld, in_private_namespace, real_cli};
 use megaplan_cloud_e2e::rig::{Run, write_chain};
 use megaplan_cloud_e2e::{Daemon, bench, repo_in_container, wait_until};
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 #[test]
 fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
-    if !in_private_namespace("chain_status_supervise_and_logs_over_the_real_railway_cli") {
+    if !in_private_namespace(
+        "workflow_railway::chain_status_supervise_and_logs_over_the_real_railway_cli",
+    ) {
         return;
     }
     let Some(b) = bench() else { return };
@@ -36,24 +39,7 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     )
     .unwrap();
     // The operator's own link of the cloud.yaml folder.
-    let o = world.cli(
-        &project,
-        &[
-            "link",
-            "--project",
-            "proj-1",
-            "--environment",
-            "staging",
-            "--service",
-            "agent",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "link: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    world.take_requests();
+    world.link_as_operator(&project);
     let run = |args: &[&str]| {
         let mut full = vec!["--cloud-yaml", cy.to_str().unwrap()];
         full.extend_from_slice(args);
@@ -75,10 +61,13 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     );
 
     assert!(wait_until(Duration::from_secs(60), || {
-        run(&["status", "--chain"]).json["summary"]["current_milestone"]["label"] == "m2"
+        run(&["status", "--chain"]).current_milestone().as_deref() == Some("m2")
     }));
     let s = run(&["status", "--chain"]).ok();
-    assert_eq!(s.json["effective_status"], "running");
+    assert_eq!(
+        s.chain_status().expect("status --chain").effective_status,
+        ReportedStatus::Classified(EffectiveStatus::Running)
+    );
     assert_eq!(
         s.json["provider_consistency"]["status"], "consistent",
         "{}",
@@ -134,7 +123,7 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     )
     .unwrap();
     let t = run(&["supervise", "--chain"]);
-    assert_eq!(t.json["event"], "supervisor_blocked", "{}", t.stdout);
+    assert_eq!(t.report().event, TickEvent::Blocked, "{}", t.stdout);
     assert!(
         t.json["refused_reason"]
             .as_str()
@@ -143,5 +132,5 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
         "{}",
         t.stdout
     );
-    assert_eq!(t.json["acted"], false);
+    assert!(!t.report().acted);
 }
