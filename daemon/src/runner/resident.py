@@ -19,7 +19,8 @@
 # answers {"id": N, "event": {"what": ..., "before": ..., "after": ...}} each time that changes;
 # nothing while nothing changes. {"id": M, "op": "unwatch", "watch": N} ends it. While the chain
 # state says `awaiting_pr_merge`, the watch also runs `gh pr view` every `pr_poll_secs` and
-# sends an event once the pull request is merged.
+# sends an event once the pull request is merged; and while a driver runs, it stats the chain
+# log and sends one event when the log has not grown for `stall_after_secs` (a stall).
 #
 # Requests run concurrently, each in a child forked from this process (it inherits the imported
 # core, so steady state still costs no import) in a process group of its own: one request that
@@ -104,6 +105,24 @@ def awaited_pr(state):
     if not obj or obj.get("last_state") != "awaiting_pr_merge":
         return None
     return pr_number_of(obj)
+
+
+def quiet_log_mtime(req, drivers):
+    """The chain log's mtime when a driver runs and the log has not grown for the request's
+    `stall_after_secs` (a stall, told once per mtime); None otherwise. One stat, no subprocess."""
+    quiet_for = req.get("stall_after_secs")
+    if not drivers or not isinstance(quiet_for, (int, float)) or quiet_for <= 0:
+        return None
+    log = req.get("log_path") or ""
+    if not log:
+        return None
+    if not os.path.isabs(log):
+        log = os.path.join(req.get("workspace") or "/", log)
+    try:
+        mtime = os.stat(log).st_mtime
+    except OSError:
+        return None
+    return mtime if time.time() - mtime >= quiet_for else None
 
 
 def running(pid):
@@ -337,6 +356,7 @@ def serve(python):
             awaited = awaited_pr(last["state"])
             asked = time.monotonic()
             told_merged = None
+            told_stall = None
             while True:
                 if last["drivers"] and time.monotonic() - leased >= every:
                     refresh_lease(req["request"], last["drivers"])
@@ -360,6 +380,16 @@ def serve(python):
                     if word == "merged":
                         told_merged = awaited
                         reply({"id": wid, "event": {"what": "pull request #%d was merged" % awaited, "drivers": now["drivers"]}})
+                # The log's growth is no event (a running chain writes all the time); its stop
+                # is: once the log is quiet for `stall_after_secs` with a driver running, the
+                # watch says so once (the tick that follows reports the stall).
+                try:
+                    quiet = quiet_log_mtime(req["request"], now["drivers"])
+                except Exception:  # noqa: BLE001 - a watch never ends the observer
+                    quiet = None
+                if quiet is not None and quiet != told_stall:
+                    told_stall = quiet
+                    reply({"id": wid, "event": {"what": "the chain log stopped growing", "drivers": now["drivers"]}})
                 last = now
 
         t = threading.Thread(target=loop, name="watch-%s" % wid)

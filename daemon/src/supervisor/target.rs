@@ -166,6 +166,7 @@ impl Looked {
                 events,
                 lease_ttl: spec.supervise.lease_ttl,
                 pr_poll: spec.supervise.pr_poll,
+                stall_after: state.notifier.config.stall_after,
             }),
         )
         .await?;
@@ -213,6 +214,9 @@ pub struct Resident<'a> {
     /// How often the watch asks whether the awaited pull request was merged
     /// (`supervise.pr_poll`).
     pub pr_poll: Duration,
+    /// A running chain's log quiet this long is a stall the watch tells at once (notify.yaml
+    /// `stall_after`).
+    pub stall_after: Duration,
 }
 
 /// The observation through the runner's resident observer; `None` when it cannot run there
@@ -254,6 +258,8 @@ async fn ask_resident(
                     "launcher": launcher,
                     "lease_ttl_secs": r.lease_ttl.as_secs_f64(),
                     "pr_poll_secs": r.pr_poll.as_secs_f64(),
+                    "log_path": req.log_path,
+                    "stall_after_secs": r.stall_after.as_secs_f64(),
                 });
                 // Without a watch the schedule still ticks; say why once per tick.
                 if let Err(why) = r.residents.watch(r.key, &launch, &watched, events).await {
