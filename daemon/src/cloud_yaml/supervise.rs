@@ -11,6 +11,7 @@ use std::time::Duration;
 /// The section's fields, for unknown-key warnings.
 pub const KEYS: &[&str] = &[
     "lease_ttl",
+    "pr_poll",
     "quarantine_after",
     "quarantine_window",
     "restart_backoff",
@@ -22,6 +23,9 @@ pub struct Supervise {
     /// How long the driver's lease holds after the runner last saw the driver: a driver gone
     /// is `dead` (restartable) only once its lease expired. Default 15 s.
     pub lease_ttl: Duration,
+    /// How often the runner watch asks GitHub whether the pull request a chain waits on was
+    /// merged, only while the chain state says `awaiting_pr_merge`. Default 1 min.
+    pub pr_poll: Duration,
     /// Restarts within `quarantine_window` after which the next needed restart quarantines
     /// the chain instead. Unset: notify.yaml's `quarantine_after`, else 3.
     pub quarantine_after: Option<u32>,
@@ -36,6 +40,7 @@ impl Default for Supervise {
     fn default() -> Self {
         Supervise {
             lease_ttl: Duration::from_secs(15),
+            pr_poll: Duration::from_secs(60),
             quarantine_after: None,
             quarantine_window: None,
             restart_backoff: Duration::from_secs(10),
@@ -99,6 +104,16 @@ pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Superv
             ));
         }
     }
+    if let Some(v) = sec.get("pr_poll").filter(|v| !v.is_null()) {
+        out.pr_poll = duration(file, "supervise.pr_poll", v)?;
+        if out.pr_poll < Duration::from_secs(10) || out.pr_poll > Duration::from_secs(86_400) {
+            return Err(invalid_field(
+                file,
+                "supervise.pr_poll",
+                "supervise.pr_poll must be between 10s and 1d (each poll is one `gh pr view` on the runner), e.g. pr_poll: 2m",
+            ));
+        }
+    }
     if let Some(v) = sec.get("quarantine_after").filter(|v| !v.is_null()) {
         out.quarantine_after = v
             .as_u64()
@@ -133,9 +148,16 @@ mod tests {
     fn defaults_and_fields_and_a_clear_error() {
         let f = Path::new("/p/cloud.yaml");
         assert_eq!(parse(f, None).unwrap(), Supervise::default());
-        let m = json!({"lease_ttl": "3s", "quarantine_after": 2, "quarantine_window": "5m", "restart_backoff": 1});
+        let m = json!({"lease_ttl": "3s", "pr_poll": "2m", "quarantine_after": 2, "quarantine_window": "5m", "restart_backoff": 1});
         let s = parse(f, m.as_object()).unwrap();
         assert_eq!(s.lease_ttl, Duration::from_secs(3));
+        assert_eq!(s.pr_poll, Duration::from_secs(120));
+        let e = parse(
+            Path::new("/p/cloud.yaml"),
+            json!({"pr_poll": "1s"}).as_object(),
+        )
+        .unwrap_err();
+        assert_eq!(e.extra["field"], "supervise.pr_poll", "{}", e.message);
         assert_eq!(s.quarantine_after, Some(2));
         assert_eq!(s.quarantine_window, Some(Duration::from_secs(300)));
         assert_eq!(s.restart_backoff, Duration::from_secs(1));

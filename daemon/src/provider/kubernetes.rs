@@ -159,6 +159,9 @@ fn exit_code(status: Option<&ExecStatus>) -> Result<i32, ErrorBody> {
     })
 }
 
+/// Longest script sent inside the exec request itself; a longer one goes on stdin.
+const INLINE_SCRIPT_MAX: usize = 8 * 1024;
+
 /// `exec 0< <(head -c N)` before `script`: the command's stdin ends after the `N` bytes sent
 /// (see the module docs).
 pub fn framed_script(script: &str, stdin_len: usize) -> String {
@@ -349,9 +352,19 @@ impl KubernetesProvider {
         script: &str,
         stdin: Option<Vec<u8>>,
     ) -> Result<(i32, Vec<u8>, Vec<u8>), ErrorBody> {
+        // The exec's command travels in the request's URI (one `command=` parameter per word,
+        // percent-encoded), which http caps at 64 KiB: a long script (the launch gate with the
+        // mutation inside) is sent on stdin instead and run from there.
+        let (script, stdin) = match stdin {
+            None if script.len() > INLINE_SCRIPT_MAX => (
+                "s=$(cat); exec 0</dev/null; eval \"$s\"".to_string(),
+                Some(script.as_bytes().to_vec()),
+            ),
+            other => (script.to_string(), other),
+        };
         let script = match &stdin {
-            Some(b) => framed_script(script, b.len()),
-            None => script.to_string(),
+            Some(b) => framed_script(&script, b.len()),
+            None => script,
         };
         let (argv, call) = runner_command(self.ctx.deadline, &script);
         let pods: Api<Pod> = self.api().await?;

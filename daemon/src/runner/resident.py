@@ -17,7 +17,10 @@
 # "poll_secs": S}) looks at the chain on the runner every S seconds with no core and no
 # subprocess in steady state (the driver processes by /proc, the chain state file by stat) and
 # answers {"id": N, "event": {"what": ..., "before": ..., "after": ...}} each time that changes;
-# nothing while nothing changes. {"id": M, "op": "unwatch", "watch": N} ends it.
+# nothing while nothing changes. {"id": M, "op": "unwatch", "watch": N} ends it. While the chain
+# state says `awaiting_pr_merge`, the watch also runs `gh pr view` every `pr_poll_secs` and
+# sends an event once the pull request is merged; and while a driver runs, it stats the chain
+# log and sends one event when the log has not grown for `stall_after_secs` (a stall).
 #
 # Requests run concurrently, each in a child forked from this process (it inherits the imported
 # core, so steady state still costs no import) in a process group of its own: one request that
@@ -47,6 +50,10 @@ MAX_WATCHES = 256
 # The driver lease's time to live when the watch request names none, and how often the watch
 # refreshes it while it sees the driver (a fraction of the TTL, at most this).
 DEFAULT_LEASE_TTL_SECS = 15.0
+
+# How often a watch asks whether the awaited pull request was merged, when the request names
+# no period (cloud.yaml `supervise.pr_poll`).
+DEFAULT_PR_POLL_SECS = 60.0
 LEASE_REFRESH_SECS = 2.0
 
 
@@ -87,6 +94,35 @@ def watch_fingerprint(req, known_drivers):
             except OSError:
                 continue
     return {"drivers": sorted(alive), "state": state}
+
+
+def awaited_pr(state):
+    """The pull request the chain waits on, from the state file the fingerprint stat'ed (its
+    path first): its number while the state says `awaiting_pr_merge`, else None."""
+    if not state:
+        return None
+    obj, _ = read_json_object(state[0])
+    if not obj or obj.get("last_state") != "awaiting_pr_merge":
+        return None
+    return pr_number_of(obj)
+
+
+def quiet_log_mtime(req, drivers):
+    """The chain log's mtime when a driver runs and the log has not grown for the request's
+    `stall_after_secs` (a stall, told once per mtime); None otherwise. One stat, no subprocess."""
+    quiet_for = req.get("stall_after_secs")
+    if not drivers or not isinstance(quiet_for, (int, float)) or quiet_for <= 0:
+        return None
+    log = req.get("log_path") or ""
+    if not log:
+        return None
+    if not os.path.isabs(log):
+        log = os.path.join(req.get("workspace") or "/", log)
+    try:
+        mtime = os.stat(log).st_mtime
+    except OSError:
+        return None
+    return mtime if time.time() - mtime >= quiet_for else None
 
 
 def running(pid):
@@ -311,6 +347,16 @@ def serve(python):
             ttl = req["request"].get("lease_ttl_secs")
             every = min(LEASE_REFRESH_SECS, ttl / 3.0) if isinstance(ttl, (int, float)) and ttl > 0 else LEASE_REFRESH_SECS
             leased = 0.0
+            # While the chain waits on a pull request, GitHub is asked every `pr_poll_secs`
+            # (and only then): a merge is no runner event, but it is what the chain waits for.
+            # The tick that saw the wait probed it already, so the first ask is one period on.
+            pr_every = req["request"].get("pr_poll_secs")
+            if not isinstance(pr_every, (int, float)) or pr_every < 1:
+                pr_every = DEFAULT_PR_POLL_SECS
+            awaited = awaited_pr(last["state"])
+            asked = time.monotonic()
+            told_merged = None
+            told_stall = None
             while True:
                 if last["drivers"] and time.monotonic() - leased >= every:
                     refresh_lease(req["request"], last["drivers"])
@@ -325,6 +371,25 @@ def serve(python):
                     if now["drivers"] != last["drivers"]:
                         leased = 0.0  # a new driver: its lease at once
                     reply({"id": wid, "event": {"what": watch_change(last, now), "drivers": now["drivers"]}})
+                if now["state"] != last["state"]:
+                    awaited = awaited_pr(now["state"])
+                    asked = time.monotonic()
+                elif awaited is not None and awaited != told_merged and time.monotonic() - asked >= pr_every:
+                    asked = time.monotonic()
+                    word, _ = pr_probe(req["request"].get("workspace") or "/", awaited)
+                    if word == "merged":
+                        told_merged = awaited
+                        reply({"id": wid, "event": {"what": "pull request #%d was merged" % awaited, "drivers": now["drivers"]}})
+                # The log's growth is no event (a running chain writes all the time); its stop
+                # is: once the log is quiet for `stall_after_secs` with a driver running, the
+                # watch says so once (the tick that follows reports the stall).
+                try:
+                    quiet = quiet_log_mtime(req["request"], now["drivers"])
+                except Exception:  # noqa: BLE001 - a watch never ends the observer
+                    quiet = None
+                if quiet is not None and quiet != told_stall:
+                    told_stall = quiet
+                    reply({"id": wid, "event": {"what": "the chain log stopped growing", "drivers": now["drivers"]}})
                 last = now
 
         t = threading.Thread(target=loop, name="watch-%s" % wid)

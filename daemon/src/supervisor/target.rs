@@ -165,6 +165,8 @@ impl Looked {
                 deadline,
                 events,
                 lease_ttl: spec.supervise.lease_ttl,
+                pr_poll: spec.supervise.pr_poll,
+                stall_after: state.notifier.config.stall_after,
             }),
         )
         .await?;
@@ -209,6 +211,12 @@ pub struct Resident<'a> {
     pub events: Option<&'a EventSender>,
     /// The driver lease's time to live the watch writes (`supervise.lease_ttl`).
     pub lease_ttl: Duration,
+    /// How often the watch asks whether the awaited pull request was merged
+    /// (`supervise.pr_poll`).
+    pub pr_poll: Duration,
+    /// A running chain's log quiet this long is a stall the watch tells at once (notify.yaml
+    /// `stall_after`).
+    pub stall_after: Duration,
 }
 
 /// The observation through the runner's resident observer; `None` when it cannot run there
@@ -249,6 +257,9 @@ async fn ask_resident(
                     "workspace": req.workspace,
                     "launcher": launcher,
                     "lease_ttl_secs": r.lease_ttl.as_secs_f64(),
+                    "pr_poll_secs": r.pr_poll.as_secs_f64(),
+                    "log_path": req.log_path,
+                    "stall_after_secs": r.stall_after.as_secs_f64(),
                 });
                 // Without a watch the schedule still ticks; say why once per tick.
                 if let Err(why) = r.residents.watch(r.key, &launch, &watched, events).await {

@@ -2408,7 +2408,13 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     std::fs::write(&config, "retry: {initial_delay: 200ms, max_delay: 1s}\n")
         .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let config_s = config.display().to_string();
-    let Some(rig) = SshRig::start("", &["--notify-config", &config_s]) else {
+    // A short driver lease (default 15 s): the person is told at once either way (the first
+    // notification is `driver_gone`, or the restart when the lease already expired); only the
+    // restart waits for the lease, and each round waits for that restart before the next kill.
+    let Some(rig) = SshRig::start(
+        "supervise:\n  lease_ttl: 2s\n",
+        &["--notify-config", &config_s],
+    ) else {
         r.note("the e2e bench (Docker) is unavailable: section 11 was skipped");
         return Ok(());
     };

@@ -360,7 +360,7 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     assert!(!page.contains("data-state=\"paused\""), "{page}");
     assert!(page.contains("/2"), "milestone n/2: {page}");
     assert!(
-        page.contains("runner-alive"),
+        page.contains("runner-live"),
         "the runner's liveness: {page}"
     );
     assert_eq!(

@@ -972,6 +972,65 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
 /// manual tick (which sets up the runner watch), the driver is killed on the runner: the
 /// daemon ticks by itself (`trigger: event`), restarts the runner and the receiver gets the
 /// notification. Judged by what happened, never by how fast.
+/// Issue 24 item 1: the log's stop is an event. With a schedule that fires once a year, a
+/// running chain whose log stops growing is told as `stalled` after `stall_after`, by an event
+/// tick the runner watch caused, not at the next scheduled tick.
+#[test]
+fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedule() {
+    let receiver = Receiver::start();
+    let Some((rig, _cfg)) = rig_with(
+        "",
+        &format!(
+            "stall_after: 20s\nsinks:\n  - url: {}\n",
+            receiver.url("/s")
+        ),
+        &[],
+    ) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
+    rig.launch(&["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
+    }));
+    rig.ctl(&["register", "--cron", "0 0 1 1 *"]).ok();
+    let t = rig.ctl(&["tick"]).ok();
+    assert_ne!(
+        t.tick().report.stalled,
+        Some(true),
+        "the first tick came too late to see the log still fresh: {}",
+        t.stdout
+    );
+    assert!(
+        wait_until(Duration::from_secs(120), || count(&receiver, "stalled")
+            >= 1),
+        "no stalled notification; got {:?}; ticks {:#?}\n{}",
+        events(&receiver),
+        rig.ticks(500),
+        rig.daemon.log_text()
+    );
+    let all = rig.ticks(500);
+    assert!(
+        all.iter()
+            .any(|t| t.trigger == "event" && t.report.stalled == Some(true)),
+        "no event tick reported the stall: {all:#?}"
+    );
+    assert!(
+        all.iter().all(|t| t.trigger != "schedule"),
+        "a scheduled tick ran: {all:#?}"
+    );
+    assert!(
+        rig.daemon
+            .log_text()
+            .contains("the chain log stopped growing"),
+        "{}",
+        rig.daemon.log_text()
+    );
+}
+
 #[test]
 fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     let receiver = Receiver::start();

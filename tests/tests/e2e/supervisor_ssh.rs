@@ -157,6 +157,58 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     );
 }
 
+/// Issue 24 item 1: a merge on GitHub is no runner event, so the runner watch asks `gh pr view`
+/// every `supervise.pr_poll` while (and only while) the chain waits on a pull request; the merge
+/// is an event that ticks the registration at once, with no scheduled tick (the schedule is
+/// once a year).
+#[test]
+fn a_merged_pr_is_seen_by_the_watch_and_advanced_without_a_scheduled_tick() {
+    let Some(rig) = SshRig::start("supervise:\n  pr_poll: 10s\n", &[]) else {
+        return;
+    };
+    rig.precreate_workspace();
+    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
+    rig.container
+        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    rig.launch(&["m1", "m2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
+    }));
+    rig.ctl(&["register", "--cron", "0 0 1 1 *"]).ok();
+    // The registration's first tick: blocked on the open PR; it starts the runner watch.
+    let t = rig.ctl(&["tick"]).ok();
+    assert_eq!(t.tick().event, TickEvent::Blocked, "{}", t.stdout);
+
+    rig.container
+        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    let advanced = || {
+        rig.ticks(500)
+            .into_iter()
+            .any(|t| t.trigger == "event" && t.event == TickEvent::Advanced)
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), advanced),
+        "no event tick advanced the merged chain; ticks: {:#?}\n{}",
+        rig.ticks(500),
+        rig.daemon.log_text()
+    );
+    // The event was the watch's poll, not another look (a lease follow-up also ticks as an event).
+    assert!(
+        rig.daemon.log_text().contains("pull request #7 was merged"),
+        "{}",
+        rig.daemon.log_text()
+    );
+    let all = rig.ticks(500);
+    assert!(
+        all.iter().all(|t| t.trigger != "schedule"),
+        "a scheduled tick ran: {all:#?}"
+    );
+}
+
 #[test]
 fn sshd_down_stores_an_error_and_other_registrations_keep_ticking() {
     let Some(mut rig) = SshRig::start("", &[]) else {
