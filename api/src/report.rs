@@ -499,6 +499,10 @@ pub struct LogsInfo {
         deserialize_with = "present"
     )]
     pub size: Option<Option<u64>>,
+    /// The log's last lines (at most 12 of at most 300 characters), redacted; absent in reports
+    /// of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
     #[serde(flatten)]

@@ -621,7 +621,7 @@ mod typed {
 
     impl Redact for LogsInfo {
         fn redact_with(&mut self, r: &Redactor) {
-            redact_fields!(self, r; agent_log, chain_log, error, mtime, path, plan_log, workspace, rest);
+            redact_fields!(self, r; agent_log, chain_log, error, mtime, path, plan_log, tail, workspace, rest);
         }
     }
 
@@ -1149,7 +1149,8 @@ mod tests {
             "next_action": "blocked", "rule": "stale_live_runner", "success": true,
             "refused_reason": format!("said {secret}"),
             "runner": {"status": "alive", "reason": format!("tmux: {secret}"), "odd": [secret]},
-            "logs": {"path": format!("/w/{secret}.log"), "chain_log": {"path": secret}},
+            "logs": {"path": format!("/w/{secret}.log"), "chain_log": {"path": secret},
+                     "tail": ["ok", format!("token={secret}")]},
             "sync": {"branch_head": secret, "dirty_flag": true},
             "sync_refresh": {"status": "failed", "reason": secret},
             "paused": {"paused_by": "ops", "reason": secret, "since": "t"},

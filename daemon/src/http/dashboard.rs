@@ -553,14 +553,8 @@ async fn unpause(
     if let Some(r) = action_refused(&dash, &form) {
         return r;
     }
-    match crate::http::pause::unpause(State(dash.app.clone()), AxPath(k)).await {
-        Ok(done) => {
-            tracing::info!(key = %done.0.key, by = ACTOR, "unpaused");
-            let _ = dash.changed.send(());
-            back_to(&done.0.key)
-        }
-        Err(e) => error_page(e),
-    }
+    let done = crate::http::pause::unpause(State(dash.app.clone()), AxPath(k)).await;
+    acted(&dash, "unpaused", done.map(|d| d.0.key))
 }
 
 async fn unquarantine(
@@ -571,11 +565,18 @@ async fn unquarantine(
     if let Some(r) = action_refused(&dash, &form) {
         return r;
     }
-    match crate::http::quarantine::unquarantine(State(dash.app.clone()), AxPath(k)).await {
-        Ok(done) => {
-            tracing::info!(key = %done.0.key, by = ACTOR, "unquarantined");
+    let done = crate::http::quarantine::unquarantine(State(dash.app.clone()), AxPath(k)).await;
+    acted(&dash, "unquarantined", done.map(|d| d.0.key))
+}
+
+/// After an action on registration `key`: the journal line (actor `dashboard`), the pages told
+/// of the change, and back to the chain's page; or the error page.
+fn acted(dash: &Dash, what: &str, key: Result<String, ApiError>) -> Response {
+    match key {
+        Ok(key) => {
+            tracing::info!(key = %key, by = ACTOR, "{what}");
             let _ = dash.changed.send(());
-            back_to(&done.0.key)
+            back_to(&key)
         }
         Err(e) => error_page(e),
     }

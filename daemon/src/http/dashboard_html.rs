@@ -167,6 +167,19 @@ pub struct Chain<'a> {
     pub token: &'a str,
 }
 
+/// The chain log's last lines from the newest tick that read them (the observation reads them
+/// in its one round trip: the page costs the runner nothing), with that tick's time.
+fn last_log_lines(ticks: &[TickRecord]) -> Option<(&str, &[String])> {
+    ticks.iter().rev().find_map(|t| {
+        t.report
+            .logs
+            .tail
+            .as_deref()
+            .filter(|l| !l.is_empty())
+            .map(|l| (t.finished_at.as_str(), l))
+    })
+}
+
 /// The rows of the state chart, top to bottom (the fleet's order of urgency).
 const LANES: [&str; 6] = [
     "needs_person",
@@ -289,6 +302,14 @@ pub fn chain(c: Chain<'_>) -> Markup {
         @match c.explain.and_then(|e| e.get("lines")).and_then(Value::as_array) {
             Some(lines) => pre.explain { @for l in lines { (l.as_str().unwrap_or_default()) "\n" } },
             None => p { "No tick to explain yet." },
+        }
+        h2 { "Chain log" }
+        @match last_log_lines(c.ticks) {
+            Some((at, lines)) => {
+                p.note { "Its last lines as the tick of " (at) " read them (redacted)." }
+                pre.log { @for l in lines { (l) "\n" } }
+            }
+            None => p { "No tick has read the chain log yet." },
         }
         h2 { "Notifications" }
         @if c.notifications.is_empty() { p { "None sent for this chain." } } @else {

@@ -414,6 +414,7 @@ def log_stat(workspace, log_path):
         return out
     out["exists"] = True
     out["size"] = st.st_size
+    out["tail"] = log_tail(path, st.st_size)
     out["mtime"] = (
         datetime.datetime.fromtimestamp(st.st_mtime, tz=datetime.timezone.utc)
         .replace(microsecond=0)
@@ -421,6 +422,26 @@ def log_stat(workspace, log_path):
         .replace("+00:00", "Z")
     )
     return out
+
+
+# The chain log's last lines a tick keeps (the dashboard's chain page shows them): bounded by
+# lines, by bytes read and by line length, so a log without line breaks costs no more.
+LOG_TAIL_LINES = 12
+LOG_TAIL_BYTES = 8192
+LOG_TAIL_LINE_CHARS = 300
+
+
+def log_tail(path, size):
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - LOG_TAIL_BYTES))
+            data = fh.read(LOG_TAIL_BYTES)
+    except Exception:  # noqa: BLE001 - the tail is a convenience; the stat already said it exists
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > LOG_TAIL_BYTES and lines:
+        lines = lines[1:]  # the first one is cut
+    return [l[:LOG_TAIL_LINE_CHARS] for l in lines[-LOG_TAIL_LINES:]]
 
 
 def safe_session_name(name):

@@ -395,6 +395,13 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
         }),
         "the chain page: {page}"
     );
+    // The chain log's last lines, as the last tick read them (no extra round trip).
+    let log = browser
+        .script("var p = document.querySelector('pre.log'); return p ? p.textContent : null;");
+    assert!(
+        log.as_str().is_some_and(|t| !t.trim().is_empty()),
+        "the chain page shows no chain log lines ({log}): {page}"
+    );
     // Unpause from the page (the confirmation accepted), recorded by the daemon.
     browser.script("window.confirm = function () { return true; }; document.getElementById('action-unpause').click(); return true;");
     assert!(
