@@ -2372,7 +2372,7 @@ fn wall_ms(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -
 /// The start and end of the first event tick that restarted the runner and started after
 /// `after` (less a slack), from the stored ticks.
 #[allow(clippy::type_complexity)]
-fn restart_tick_after(
+fn first_event_tick_after(
     rig: &SshRig,
     after: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>, String> {
@@ -2387,7 +2387,9 @@ fn restart_tick_after(
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .filter(|t| t["trigger"] == "event" && t["event"] == "supervisor_restarted")
+        // The first event tick after the change is the one that tells the person: with the
+        // driver's lease still fresh it reports `driver_gone`; the restart follows it.
+        .filter(|t| t["trigger"] == "event")
         .filter_map(|t| Some((at(&t["started_at"])?, at(&t["finished_at"])?)))
         // The kill itself happened up to the `docker exec`'s return before `after`; the rounds
         // are seconds apart, so half a second of slack cannot pick the previous round's tick.
@@ -2461,7 +2463,7 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     let mut kill_cmd_ms = Vec::new();
     let mut first_event: BTreeMap<String, usize> = BTreeMap::new();
     let mut missed = 0usize;
-    // Where the time went, from the restart tick's stored times (same host clock): change →
+    // Where the time went, from the first event tick's stored times (same host clock): change →
     // tick start (the watch's look, the event's way to the daemon, coalescing), the tick
     // itself, tick end → receiver's accept (the notification watcher and the delivery).
     let (mut detect_ms, mut tick_ms, mut deliver_ms) = (Vec::new(), Vec::new(), Vec::new());
@@ -2510,7 +2512,7 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         }
         match arrived {
             Some((at, at_wall, event)) => {
-                match restart_tick_after(&rig, changed_wall)? {
+                match first_event_tick_after(&rig, changed_wall)? {
                     Some((started, finished)) => {
                         detect_ms.push(wall_ms(changed_wall, started));
                         tick_ms.push(wall_ms(started, finished));
@@ -2574,7 +2576,7 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     let (bd, bt, bv) = (stats(&detect_ms), stats(&tick_ms), stats(&deliver_ms));
     if unmatched > 0 {
         r.note(format!(
-            "§11: {unmatched} notified changes had no event restart tick started after the change"
+            "§11: {unmatched} notified changes had no event tick started after the change"
         ));
     }
     r.row(
@@ -2596,7 +2598,7 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     r.row(
         S,
         format!(
-            "… where the time went, median / p99 (ms): change → restart tick starts / the tick / tick end → accepted (N={})",
+            "… where the time went, median / p99 (ms): change → first event tick starts / the tick / tick end → accepted (N={})",
             bd.n
         ),
         format!(
