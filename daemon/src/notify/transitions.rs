@@ -327,10 +327,16 @@ pub fn transitions(
     next.stalled = stalled;
 
     // The driver seen gone while its lease still holds: the person hears at once; only the
-    // restart waits for the verdict.
+    // restart waits for the verdict. Only where a driver should be running: a chain that waits
+    // on a PR, a person or a gate, or is complete, ends its driver on purpose.
+    let should_drive = matches!(
+        report.effective_status.classified(),
+        Some(EffectiveStatus::Running | EffectiveStatus::StaleBookkeeping)
+    );
     match report
         .liveness
         .as_ref()
+        .filter(|_| should_drive)
         .and_then(|l| l.pending_secs().map(|s| (l, s)))
     {
         Some((l, secs)) if !prev.driver_gone_sent => {
@@ -423,15 +429,24 @@ mod tests {
     #[test]
     fn a_gone_driver_is_told_once_and_a_lasting_unknown_once_it_lasts() {
         let t0 = Utc::now();
-        let pending = report(json!({"liveness": {"state": "unknown", "evidence": {
+        let pending = report(
+            json!({"effective_status": "running", "liveness": {"state": "unknown", "evidence": {
             "process_seen": false, "session_seen": false, "lease_age_secs": 1.0, "lease_ttl_secs": 15.0,
-            "detail": "the driver process is gone; restart in 14 s unless it comes back"}}}));
+            "detail": "the driver process is gone; restart in 14 s unless it comes back"}}}),
+        );
         let (s1, e1) = transitions(&WatchState::default(), &pending, t0, RULES, AT);
         assert_eq!(
             e1.iter().map(|e| e.event).collect::<Vec<_>>(),
             [NotificationEvent::DriverGone]
         );
         assert!(e1[0].title.contains("restart in 14 s"), "{}", e1[0].title);
+        // A chain waiting on its PR ended its driver on purpose: nothing to tell.
+        let mut waiting = pending.clone();
+        waiting.effective_status = megaplan_cloud_api::report::ReportedStatus::Classified(
+            EffectiveStatus::AwaitingPrMerge,
+        );
+        let (_, ew) = transitions(&WatchState::default(), &waiting, t0, RULES, AT);
+        assert!(ew.iter().all(|e| e.event != NotificationEvent::DriverGone));
         let (s2, e2) = transitions(&s1, &pending, t0, RULES, AT);
         assert!(e2.iter().all(|e| e.event != NotificationEvent::DriverGone));
         let unknown = report(
