@@ -441,23 +441,11 @@ pub struct RunnerLease {
 pub struct PrInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_probe: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub pr_head: Option<Option<String>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub pr_number: Option<Option<i64>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub pr_state: Option<Option<String>>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
@@ -478,26 +466,14 @@ pub struct LogsInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exists: Option<bool>,
     /// RFC 3339 on the runner's clock; present as `null` when the log is missing.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub mtime: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The current plan's log (`null` when no plan runs).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub plan_log: Option<Option<String>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub size: Option<Option<u64>>,
     /// The log's last lines (at most 12 of at most 300 characters), redacted; absent in reports
     /// of earlier versions.
@@ -537,31 +513,15 @@ impl LogsInfo {
 /// none (`{}`) in a report of a tick that could not observe.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncInfo {
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub branch_head: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirty_flag: Option<bool>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub last_pushed_commit: Option<Option<String>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub pr_head: Option<Option<String>>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub sync_state: Option<Option<String>>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
@@ -646,6 +606,11 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// `skip_serializing_if` of a field read with [`present`]: write it unless it was absent.
+pub fn absent<T>(field: &Option<Option<T>>) -> bool {
+    field.is_none()
+}
+
 /// A field that may be present as `null`: `None` absent, `Some(None)` null.
 pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
@@ -679,11 +644,7 @@ pub struct TickReport {
     pub milestone: Option<ChainPosition>,
     pub next_action: NextAction,
     /// The pause in force (`null` when none); absent when the tick failed before reading it.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub paused: Option<Option<Pause>>,
     #[serde(default)]
     pub pr: PrInfo,
@@ -715,11 +676,7 @@ pub struct TickReport {
     pub stall_after_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled: Option<bool>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub stalled_for_secs: Option<Option<i64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
@@ -727,11 +684,7 @@ pub struct TickReport {
     #[serde(default)]
     pub sync: SyncInfo,
     /// The sync refresh's result (`null` when not run); absent on a failed tick.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(default, skip_serializing_if = "absent", deserialize_with = "present")]
     pub sync_refresh: Option<Option<SyncRefresh>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<Vec<String>>,

@@ -104,7 +104,7 @@ pub struct ChainSummary {
     /// Written (possibly `null`) exactly when `pr_number` is.
     #[serde(
         default,
-        skip_serializing_if = "Option::is_none",
+        skip_serializing_if = "crate::report::absent",
         deserialize_with = "crate::report::present"
     )]
     pub pr_state: Option<Option<String>>,
