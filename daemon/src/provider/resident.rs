@@ -18,8 +18,14 @@
 //! once).
 
 use super::budget::{SessionBudget, SessionLease};
+use crate::chain::observe::{OBSERVATION_PREFIX, Observation, parse_observation};
 use crate::process::Cmd;
-use serde_json::{Value, json};
+use crate::runner::lenient::{or_default, present};
+use crate::runner::observe::ObserveInput;
+use megaplan_cloud_api::ErrorBody;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -74,19 +80,159 @@ pub type EventSender = tokio::sync::mpsc::Sender<RunnerEvent>;
 /// while nothing changes).
 pub const WATCH_POLL: Duration = Duration::from_millis(500);
 
+/// What a watch looks at on the runner (`start_watch` in resident.py reads it): the chain
+/// (spec, session, workspace, and the launcher its driver runs under), how long the driver
+/// lease it writes lives, how often it asks whether an awaited pull request was merged, and
+/// how long a running chain's log may stay quiet before that is a stall.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WatchRequest {
+    pub spec: String,
+    pub session: String,
+    pub workspace: String,
+    pub launcher: String,
+    pub lease_ttl_secs: f64,
+    pub pr_poll_secs: f64,
+    pub log_path: String,
+    pub stall_after_secs: f64,
+}
+
 /// The watches one observer runs: the route of each watch id to its registration, and each
 /// registration's watch (id and request).
 #[derive(Default)]
 struct Watches {
     by_id: HashMap<u64, (String, EventSender)>,
-    by_user: HashMap<String, (u64, Value)>,
+    by_user: HashMap<String, (u64, WatchRequest)>,
 }
 
-/// One answer: the observation object and how many observers had to be started for it.
+/// One answer: the observation, parsed by `chain::observe` as it parses the one-shot script's
+/// (a malformed one is that parser's error, naming the field), and how many observers had to
+/// be started for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
-    pub observation: Value,
+    pub observation: Result<Observation, ErrorBody>,
     pub observer_starts: u32,
+}
+
+/// One request line to the observer (`serve` in resident.py), tagged by `op`. Each carries
+/// the `id` its answer names.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request<'a> {
+    /// One observation of `request`; the runner side kills it at `deadline_secs` and answers
+    /// `deadline`.
+    Observe {
+        id: u64,
+        request: &'a ObserveInput,
+        deadline_secs: f64,
+    },
+    /// Start a watch of `request`, looking every `poll_secs`; answered `watching`.
+    Watch {
+        id: u64,
+        request: &'a WatchRequest,
+        poll_secs: f64,
+    },
+    /// End the watch whose id is `watch`; answered `unwatched`.
+    Unwatch { id: u64, watch: u64 },
+}
+
+impl Request<'_> {
+    fn id(&self) -> u64 {
+        match self {
+            Request::Observe { id, .. }
+            | Request::Watch { id, .. }
+            | Request::Unwatch { id, .. } => *id,
+        }
+    }
+}
+
+/// The observer's first line: `{"ready": true, "pid", "version"}`; until it comes, any other
+/// line is login-shell noise.
+#[derive(Deserialize)]
+struct ReadyLine {
+    #[serde(default, deserialize_with = "or_default")]
+    ready: bool,
+}
+
+/// One line the observer writes after `ready`, as `serve` in resident.py writes them. A line
+/// that is not a JSON object with a whole, non-negative `id` answers nothing and is skipped
+/// (`{"id": null, ...}` answers a request it could not read). Every other field is read
+/// whatever its JSON type, so one odd field never costs the line; which one is there decides
+/// what the line is (see [`ReplyLine::into_message`]).
+#[derive(Deserialize)]
+struct ReplyLine {
+    id: u64,
+    /// A watch saw a change: `{"what", ...}`; present at all, it is an event.
+    #[serde(default, deserialize_with = "any_event")]
+    event: Option<EventBody>,
+    /// The core's installed files changed: why (text; anything else is shown as its JSON).
+    #[serde(default, deserialize_with = "present")]
+    stale: Option<Box<RawValue>>,
+    /// The request was killed on the runner at its deadline (the value is the deadline).
+    #[serde(default, deserialize_with = "present")]
+    deadline: Option<IgnoredAny>,
+    /// The observation: kept as printed, for `chain::observe` to parse; an answer only when it
+    /// is a JSON object.
+    #[serde(default)]
+    observation: Option<Box<RawValue>>,
+    /// The answer to a watch: started or not.
+    #[serde(default, deserialize_with = "or_default")]
+    watching: Option<bool>,
+    /// Why a watch was refused.
+    #[serde(default, deserialize_with = "or_default")]
+    error: Option<String>,
+}
+
+/// A watch's event: what changed (`before`, `after`, `drivers` are not read). Any other
+/// shape is still an event, with the default words.
+#[derive(Default, Deserialize)]
+struct EventBody {
+    #[serde(default, deserialize_with = "or_default")]
+    what: Option<String>,
+}
+
+/// A present `event` of any shape (`null` included): an event, its words read if it has them.
+fn any_event<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EventBody>, D::Error> {
+    or_default(d).map(Some)
+}
+
+/// What one line from the observer says.
+enum Message {
+    /// A watch's event, for the watch with this id.
+    Event { watch: u64, what: String },
+    /// The answer to the request with this id.
+    Reply { id: u64, reply: Reply },
+}
+
+impl ReplyLine {
+    /// Event before stale before deadline before observation, as resident.py never mixes
+    /// them; anything else is an acknowledgement.
+    fn into_message(self) -> Message {
+        if let Some(event) = self.event {
+            let what = event
+                .what
+                .unwrap_or_else(|| "the chain changed on the runner".to_string());
+            return Message::Event {
+                watch: self.id,
+                what,
+            };
+        }
+        let reply = if let Some(why) = self.stale {
+            Reply::Stale(
+                serde_json::from_str::<String>(why.get()).unwrap_or_else(|_| why.get().to_string()),
+            )
+        } else if self.deadline.is_some() {
+            Reply::Deadline
+        } else {
+            match self.observation {
+                Some(o) if o.get().starts_with('{') => Reply::Observation(o),
+                _ => Reply::Ack {
+                    watching: self.watching == Some(true),
+                    error: self.error,
+                },
+            }
+        };
+        Message::Reply { id: self.id, reply }
+    }
 }
 
 /// One running observer. Requests are multiplexed over it: each carries an id, a reader task
@@ -112,12 +258,17 @@ struct Resident {
 type Pending = std::sync::Mutex<Result<HashMap<u64, oneshot::Sender<Reply>>, String>>;
 
 enum Reply {
-    Observation(Value),
+    /// The observation object, as printed.
+    Observation(Box<RawValue>),
+    /// The core's installed files changed (why); the observer exits.
     Stale(String),
     /// The runner side killed the request at its deadline; the observer goes on serving.
     Deadline,
-    /// Any other answer (a watch started or ended).
-    Ack(serde_json::Map<String, Value>),
+    /// Any other answer: a watch started (`watching`) or refused (`error` says why), or ended.
+    Ack {
+        watching: bool,
+        error: Option<String>,
+    },
 }
 
 enum AskError {
@@ -127,27 +278,37 @@ enum AskError {
     Gone(String),
 }
 
-/// Read lines until one is a JSON object satisfying `want` (login-shell noise is skipped).
-async fn read_until(
+/// Read lines until one is a JSON object that reads as a `T` satisfying `want` (login-shell
+/// noise, other JSON and lines of another shape are skipped).
+async fn read_until<T: DeserializeOwned>(
     lines: &mut Lines<BufReader<ChildStdout>>,
-    want: impl Fn(&serde_json::Map<String, Value>) -> bool,
-) -> Result<serde_json::Map<String, Value>, AskError> {
+    want: impl Fn(&T) -> bool,
+) -> Result<T, AskError> {
     loop {
         match lines.next_line().await {
             Ok(Some(line)) => {
                 if line.len() > MAX_LINE_BYTES {
                     return Err(AskError::Gone("it printed an oversized line".into()));
                 }
-                if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line.trim())
-                    && want(&obj)
+                if let Some(read) = read_object::<T>(line.trim())
+                    && want(&read)
                 {
-                    return Ok(obj);
+                    return Ok(read);
                 }
             }
             Ok(None) => return Err(AskError::Gone("it exited".into())),
             Err(e) => return Err(AskError::Gone(format!("reading its output failed: {e}"))),
         }
     }
+}
+
+/// One line as a `T`, when it is a JSON object that reads as one. A derived struct would also
+/// read a JSON array (its fields by position): only an object counts.
+fn read_object<T: DeserializeOwned>(line: &str) -> Option<T> {
+    if !line.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(line).ok()
 }
 
 /// The reader task: every answer to its request, until the observer's output ends; then every
@@ -158,44 +319,29 @@ async fn dispatch(
     watches: Arc<std::sync::Mutex<Watches>>,
 ) {
     let why = loop {
-        let obj = match read_until(&mut lines, |o| o.get("id").is_some_and(Value::is_u64)).await {
-            Ok(obj) => obj,
+        let line = match read_until(&mut lines, |_: &ReplyLine| true).await {
+            Ok(line) => line,
             Err(AskError::Gone(why)) => break why,
             Err(AskError::Timeout) => break "it stopped answering".to_string(),
         };
-        let Some(id) = obj.get("id").and_then(Value::as_u64) else {
-            continue;
-        };
-        if let Some(event) = obj.get("event") {
-            let route = watches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .by_id
-                .get(&id)
-                .cloned();
-            if let Some((key, tx)) = route {
-                let what = event
-                    .get("what")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the chain changed on the runner")
-                    .to_string();
-                let _ = tx.try_send(RunnerEvent {
-                    key,
-                    what,
-                    lost: false,
-                });
+        let (id, reply) = match line.into_message() {
+            Message::Event { watch, what } => {
+                let route = watches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .by_id
+                    .get(&watch)
+                    .cloned();
+                if let Some((key, tx)) = route {
+                    let _ = tx.try_send(RunnerEvent {
+                        key,
+                        what,
+                        lost: false,
+                    });
+                }
+                continue;
             }
-            continue;
-        }
-        let reply = if let Some(why) = obj.get("stale") {
-            Reply::Stale(why.as_str().map_or_else(|| why.to_string(), str::to_string))
-        } else if obj.contains_key("deadline") {
-            Reply::Deadline
-        } else {
-            match obj.get("observation") {
-                Some(v @ Value::Object(_)) => Reply::Observation(v.clone()),
-                _ => Reply::Ack(obj),
-            }
+            Message::Reply { id, reply } => (id, reply),
         };
         let waiter = match &mut *pending.lock().unwrap_or_else(|p| p.into_inner()) {
             Ok(map) => map.remove(&id),
@@ -233,7 +379,7 @@ impl Resident {
             return Err(AskError::Gone("its pipes are unavailable".into()));
         };
         let mut lines = BufReader::new(stdout).lines();
-        let ready = read_until(&mut lines, |o| o.get("ready") == Some(&Value::Bool(true)));
+        let ready = read_until(&mut lines, |r: &ReadyLine| r.ready);
         match tokio::time::timeout(deadline, ready).await {
             Err(_) => return Err(AskError::Timeout),
             Ok(Err(e)) => return Err(e),
@@ -309,19 +455,19 @@ impl Resident {
         }
     }
 
-    async fn ask(&self, request: &Value, deadline: Duration) -> Result<Reply, AskError> {
+    async fn ask(&self, request: &ObserveInput, deadline: Duration) -> Result<Reply, AskError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let line = json!({
-            "id": id,
-            "op": "observe",
-            "request": request,
-            "deadline_secs": runner_deadline(deadline).as_secs_f64(),
-        });
-        self.call(id, line, deadline).await
+        let line = Request::Observe {
+            id,
+            request,
+            deadline_secs: runner_deadline(deadline).as_secs_f64(),
+        };
+        self.call(&line, deadline).await
     }
 
-    /// Send request `line` (carrying `id`) and wait for its answer.
-    async fn call(&self, id: u64, line: Value, deadline: Duration) -> Result<Reply, AskError> {
+    /// Send `request` and wait for its answer.
+    async fn call(&self, request: &Request<'_>, deadline: Duration) -> Result<Reply, AskError> {
+        let id = request.id();
         self.touch();
         let (tx, rx) = oneshot::channel();
         match &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -336,7 +482,8 @@ impl Resident {
             id,
         };
         let work = async {
-            let mut bytes = line.to_string().into_bytes();
+            let mut bytes = serde_json::to_vec(request)
+                .map_err(|e| AskError::Gone(format!("encoding the request failed: {e}")))?;
             bytes.push(b'\n');
             {
                 let mut stdin = self.stdin.lock().await;
@@ -373,7 +520,7 @@ impl Resident {
     async fn watch(
         &self,
         user: &str,
-        request: &Value,
+        request: &WatchRequest,
         events: &EventSender,
     ) -> Result<(), AskError> {
         let old = {
@@ -394,14 +541,13 @@ impl Resident {
             w.by_id.insert(id, (user.to_string(), events.clone()));
             w.by_user.insert(user.to_string(), (id, request.clone()));
         }
-        let line = json!({
-            "id": id,
-            "op": "watch",
-            "request": request,
-            "poll_secs": WATCH_POLL.as_secs_f64(),
-        });
-        match self.call(id, line, WATCH_CALL_DEADLINE).await {
-            Ok(Reply::Ack(a)) if a.get("watching") == Some(&Value::Bool(true)) => {
+        let line = Request::Watch {
+            id,
+            request,
+            poll_secs: WATCH_POLL.as_secs_f64(),
+        };
+        match self.call(&line, WATCH_CALL_DEADLINE).await {
+            Ok(Reply::Ack { watching: true, .. }) => {
                 tracing::info!(key = user, "runner watch started");
                 Ok(())
             }
@@ -411,11 +557,9 @@ impl Resident {
                 w.by_user.remove(user);
                 match other {
                     Err(e) => Err(e),
-                    Ok(Reply::Ack(a)) => Err(AskError::Gone(format!(
+                    Ok(Reply::Ack { error, .. }) => Err(AskError::Gone(format!(
                         "it refused the watch: {}",
-                        a.get("error")
-                            .and_then(Value::as_str)
-                            .unwrap_or("no reason")
+                        error.as_deref().unwrap_or("no reason")
                     ))),
                     Ok(_) => Err(AskError::Gone("it answered the watch oddly".into())),
                 }
@@ -433,8 +577,11 @@ impl Resident {
             }
         }
         let call = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let line = json!({"id": call, "op": "unwatch", "watch": id});
-        let _ = self.call(call, line, WATCH_CALL_DEADLINE).await;
+        let line = Request::Unwatch {
+            id: call,
+            watch: id,
+        };
+        let _ = self.call(&line, WATCH_CALL_DEADLINE).await;
     }
 
     /// `user`'s watch id here, if any.
@@ -514,7 +661,7 @@ struct Slot {
     closed: std::sync::atomic::AtomicBool,
     /// The watches the registrations want on this runner (request and where events go),
     /// made again on every new observer.
-    wanted: std::sync::Mutex<HashMap<String, (Value, EventSender)>>,
+    wanted: std::sync::Mutex<HashMap<String, (WatchRequest, EventSender)>>,
 }
 
 impl Slot {
@@ -711,7 +858,7 @@ impl Residents {
         &self,
         user: &str,
         launch: &Launch,
-        request: &Value,
+        request: &WatchRequest,
         events: &EventSender,
     ) -> Result<(), String> {
         let slot = self.slot(&launch.runner(), user);
@@ -773,7 +920,7 @@ impl Residents {
         &self,
         user: &str,
         launch: &Launch,
-        request: &Value,
+        request: &ObserveInput,
         deadline: Duration,
     ) -> Result<Answer, ResidentError> {
         let runner = launch.runner();
@@ -790,9 +937,11 @@ impl Residents {
             };
             let fresh = starts > before;
             match resident.ask(request, left()).await {
-                Ok(Reply::Observation(observation)) => {
+                Ok(Reply::Observation(printed)) => {
+                    // Parsed as the one-shot script's line is: one parser for both.
+                    let line = format!("{OBSERVATION_PREFIX}{}", printed.get());
                     return Ok(Answer {
-                        observation,
+                        observation: parse_observation(&line),
                         observer_starts: starts,
                     });
                 }
@@ -801,7 +950,7 @@ impl Residents {
                     slot.retire(&resident).await;
                 }
                 Ok(Reply::Deadline) => return Err(ResidentError::Deadline(deadline)),
-                Ok(Reply::Ack(_)) => {
+                Ok(Reply::Ack { .. }) => {
                     return Err(ResidentError::Unavailable(
                         "it answered the observation without one".into(),
                     ));
@@ -838,7 +987,22 @@ impl Residents {
 mod tests {
     use super::*;
     use crate::runner::observe::{ObserveRequest, resident_script};
+    use serde_json::{Value, json};
     use std::path::Path;
+
+    /// The answer's observation, parsed.
+    fn obs(a: &Answer) -> &Observation {
+        match &a.observation {
+            Ok(o) => o,
+            Err(e) => panic!("the observation did not parse: {e:?}"),
+        }
+    }
+
+    /// The plan status word and its source, as observed.
+    fn plan(a: &Answer) -> (Option<&str>, Option<&str>) {
+        let p = &obs(a).plan_status;
+        (p.status.as_deref(), p.source.as_deref())
+    }
 
     fn standin() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bench/standin")
@@ -867,7 +1031,7 @@ mod tests {
         (root, core, tmux)
     }
 
-    fn workspace(root: &Path) -> (std::path::PathBuf, Value) {
+    fn workspace(root: &Path) -> (std::path::PathBuf, ObserveInput) {
         let ws = crate::runner::observe::tests::chain_workspace(root);
         let req = ObserveRequest {
             spec: ws.join("chain.yaml").display().to_string(),
@@ -878,7 +1042,7 @@ mod tests {
             sync_refresh: false,
             pr_probe: false,
         }
-        .to_json(&root.join("markers").display().to_string());
+        .input(&root.join("markers").display().to_string());
         (ws, req)
     }
 
@@ -909,19 +1073,12 @@ mod tests {
 
         let first = r.observe("k", &cmd, &req, deadline).await.unwrap();
         assert_eq!(first.observer_starts, 1);
-        assert_eq!(first.observation["core_starts"], 1, "{}", first.observation);
-        assert_eq!(
-            first.observation["plan_status"]["source"],
-            "megaplan status"
-        );
-        assert_eq!(first.observation["plan_status"]["status"], "finalized");
+        assert_eq!(obs(&first).core_starts, 1, "{:?}", first.observation);
+        assert_eq!(plan(&first), (Some("finalized"), Some("megaplan status")));
         for _ in 0..3 {
             let a = r.observe("k", &cmd, &req, deadline).await.unwrap();
-            assert_eq!(
-                (a.observer_starts, &a.observation["core_starts"]),
-                (0, &json!(0))
-            );
-            assert_eq!(a.observation["plan_status"]["status"], "finalized");
+            assert_eq!((a.observer_starts, obs(&a).core_starts), (0, 0));
+            assert_eq!(plan(&a).0, Some("finalized"));
         }
         assert_eq!(r.running(), 1);
 
@@ -931,9 +1088,9 @@ mod tests {
         std::fs::write(&cli, format!("{text}\n# upgraded\n")).unwrap();
         let after = r.observe("k", &cmd, &req, deadline).await.unwrap();
         assert_eq!(after.observer_starts, 1);
-        assert_eq!(after.observation["core_starts"], 1, "{}", after.observation);
+        assert_eq!(obs(&after).core_starts, 1, "{:?}", after.observation);
         let again = r.observe("k", &cmd, &req, deadline).await.unwrap();
-        assert_eq!(again.observation["core_starts"], 0);
+        assert_eq!(obs(&again).core_starts, 0);
 
         // A status that never returns: the request is killed on the runner at its deadline;
         // the observer answers "deadline" and goes on serving.
@@ -951,7 +1108,7 @@ mod tests {
         std::fs::remove_file(ws.join(".megaplan/standin-control.json")).unwrap();
         let back = r.observe("k", &cmd, &req, deadline).await.unwrap();
         assert_eq!(back.observer_starts, 0);
-        assert_eq!(back.observation["core_starts"], 0);
+        assert_eq!(obs(&back).core_starts, 0);
 
         // No python at all: unavailable, for the caller's one-shot fallback.
         let none = Launch {
@@ -1104,7 +1261,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(a.observer_starts, 0, "the same observer answers");
-            assert_eq!(a.observation["plan_status"]["status"], "finalized");
+            assert_eq!(plan(&a).0, Some("finalized"));
         }
         assert_eq!(hanging(&hung_ws).len(), 10);
         assert!(hung.iter().all(|h| !h.is_finished()));
@@ -1147,12 +1304,17 @@ mod tests {
         let deadline = Duration::from_secs(60);
         r.observe("k", &launch, &req, deadline).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let watched = json!({
-            "spec": req["spec"],
-            "session": req["session"],
-            "workspace": req["workspace"],
-            "launcher": req["launcher"],
-        });
+        // The resident's own defaults: lease 15 s, pull requests every 60 s, no stall watch.
+        let watched = WatchRequest {
+            spec: req.request.spec.clone(),
+            session: req.request.session.clone(),
+            workspace: req.request.workspace.clone(),
+            launcher: req.request.launcher.clone(),
+            lease_ttl_secs: 15.0,
+            pr_poll_secs: 60.0,
+            log_path: req.request.log_path.clone(),
+            stall_after_secs: 0.0,
+        };
         r.watch("k", &launch, &watched, &tx).await.unwrap();
         assert!(r.watching("k"));
         // The same watch again is kept, not duplicated.
@@ -1160,10 +1322,7 @@ mod tests {
 
         // The chain state file is the one the observation read.
         let first = r.observe("k", &launch, &req, deadline).await.unwrap();
-        let state = first.observation["state_path"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let state = obs(&first).state_path.clone();
         let write_state = |n: u32| {
             let text = std::fs::read_to_string(&state).unwrap();
             let mut v: Value = serde_json::from_str(&text).unwrap();
@@ -1196,7 +1355,7 @@ mod tests {
         assert!(e.what.contains("state file"), "{e:?}");
 
         // A driver of this chain starts, then dies: both are told.
-        let spec = req["spec"].as_str().unwrap().to_string();
+        let spec = req.request.spec.clone();
         while rx.try_recv().is_ok() {}
         let mut driver = std::process::Command::new("python3")
             .args(["-c", "import time; time.sleep(600)", "-m"])
