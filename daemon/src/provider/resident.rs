@@ -1021,6 +1021,316 @@ mod tests {
         }
     }
 
+    /// What one observer line says, in words (`None`: skipped).
+    fn said(line: &str) -> Option<String> {
+        let read: ReplyLine = read_object(line.trim())?;
+        Some(match read.into_message() {
+            Message::Event { watch, what } => format!("event {watch}: {what}"),
+            Message::Reply { id, reply } => match reply {
+                Reply::Observation(o) => format!("observation {id}: {}", o.get()),
+                Reply::Stale(why) => format!("stale {id}: {why}"),
+                Reply::Deadline => format!("deadline {id}"),
+                Reply::Ack { watching, error } => format!("ack {id}: {watching} {error:?}"),
+            },
+        })
+    }
+
+    /// Every line an observer may print, hostile ones included, and what each one is: a line
+    /// without a whole non-negative `id` in a JSON object is skipped; an odd field never costs
+    /// the line; `event`, `stale`, `deadline` count when present at all, in that order.
+    #[test]
+    fn each_observer_line_is_read_as_before_and_odd_lines_are_skipped() {
+        let skipped = [
+            "",
+            "Last login: Fri Dec  4 15:25:48 2026",
+            "{not json",
+            "[1, {\"id\": 1}]",
+            "\"text\"",
+            "5",
+            "null",
+            r#"{"ready": true, "pid": 7, "version": 1}"#,
+            r#"{"id": null, "observation": {"version": 1, "fatal": "bad request"}}"#,
+            r#"{"id": "1", "observation": {}}"#,
+            r#"{"id": -1, "observation": {}}"#,
+            r#"{"id": 1.5, "observation": {}}"#,
+            r#"{"id": 1e3, "observation": {}}"#,
+            r#"{"id": 18446744073709551616, "observation": {}}"#,
+            r#"{"id": 1, "observation": {}} trailing"#,
+            r#"{"id": 1, "observation": {}"#,
+        ];
+        for line in skipped {
+            assert_eq!(said(line), None, "{line}");
+        }
+        let read = [
+            (
+                r#"{"id": 1, "event": {"what": "the chain state file changed", "drivers": [3]}}"#,
+                "event 1: the chain state file changed",
+            ),
+            (
+                r#"{"id": 1, "event": null}"#,
+                "event 1: the chain changed on the runner",
+            ),
+            (
+                r#"{"id": 1, "event": "x"}"#,
+                "event 1: the chain changed on the runner",
+            ),
+            (
+                r#"{"id": 1, "event": {"what": 5}}"#,
+                "event 1: the chain changed on the runner",
+            ),
+            (
+                r#"{"id": 1, "event": {"what": ""}, "stale": "s"}"#,
+                "event 1: ",
+            ),
+            (
+                r#"{"id": 2, "stale": "core files changed", "deadline": 3}"#,
+                "stale 2: core files changed",
+            ),
+            (r#"{"id": 2, "stale": null}"#, "stale 2: null"),
+            (r#"{"id": 2, "stale": {"a":1}}"#, r#"stale 2: {"a":1}"#),
+            (
+                r#"{"id": 3, "deadline": null, "observation": {"version": 1}}"#,
+                "deadline 3",
+            ),
+            (r#"  {"id": 3, "deadline": 2.5}  "#, "deadline 3"),
+            (
+                r#"{"id": 4, "observation": {"version": 1, "x": [1, {"y": null}]}}"#,
+                r#"observation 4: {"version": 1, "x": [1, {"y": null}]}"#,
+            ),
+            (r#"{"id": 4, "observation": null}"#, "ack 4: false None"),
+            (r#"{"id": 4, "observation": [1]}"#, "ack 4: false None"),
+            (r#"{"id": 4, "observation": "{}"}"#, "ack 4: false None"),
+            (r#"{"id": 5, "watching": true}"#, "ack 5: true None"),
+            (
+                r#"{"id": 5, "watching": false, "error": "RuntimeError: full"}"#,
+                r#"ack 5: false Some("RuntimeError: full")"#,
+            ),
+            (
+                r#"{"id": 5, "watching": "true", "error": 7}"#,
+                "ack 5: false None",
+            ),
+            (
+                r#"{"id": 6, "unwatched": true, "extra": {"anything": [1, 2]}}"#,
+                "ack 6: false None",
+            ),
+        ];
+        for (line, want) in read {
+            assert_eq!(said(line).as_deref(), Some(want), "{line}");
+        }
+        // The first line only counts when it says `ready: true`.
+        let ready = |line: &str| read_object::<ReadyLine>(line).is_some_and(|r| r.ready);
+        assert!(ready(r#"{"ready": true, "pid": 7, "version": 1}"#));
+        for not in [
+            r#"{"ready": "true"}"#,
+            r#"{"ready": 1}"#,
+            "[true]",
+            r#"{"pid": 7}"#,
+            "ready",
+        ] {
+            assert!(!ready(not), "{not}");
+        }
+    }
+
+    /// The requests as resident.py reads them: one JSON object per line, tagged by `op`.
+    #[test]
+    fn requests_are_tagged_by_op_as_the_observer_reads_them() {
+        let root = tempfile::tempdir().unwrap();
+        let (_ws, input) = workspace(root.path());
+        let line = |r: &Request<'_>| {
+            serde_json::from_slice::<Value>(&serde_json::to_vec(r).unwrap()).unwrap()
+        };
+        let observe = Request::Observe {
+            id: 7,
+            request: &input,
+            deadline_secs: 1.5,
+        };
+        assert_eq!(observe.id(), 7);
+        assert_eq!(
+            line(&observe),
+            json!({"id": 7, "op": "observe", "request": serde_json::to_value(&input).unwrap(), "deadline_secs": 1.5})
+        );
+        let watch = WatchRequest {
+            spec: "/w/chain.yaml".into(),
+            session: "megaplan-chain".into(),
+            workspace: "/w".into(),
+            launcher: "python3 -m arnold_pipelines.megaplan".into(),
+            lease_ttl_secs: 15.0,
+            pr_poll_secs: 60.0,
+            log_path: ".megaplan/cloud-chain.log".into(),
+            stall_after_secs: 900.0,
+        };
+        assert_eq!(
+            line(&Request::Watch {
+                id: 8,
+                request: &watch,
+                poll_secs: 0.5
+            }),
+            json!({"id": 8, "op": "watch", "poll_secs": 0.5, "request": {
+                "spec": "/w/chain.yaml", "session": "megaplan-chain", "workspace": "/w",
+                "launcher": "python3 -m arnold_pipelines.megaplan", "lease_ttl_secs": 15.0,
+                "pr_poll_secs": 60.0, "log_path": ".megaplan/cloud-chain.log",
+                "stall_after_secs": 900.0,
+            }})
+        );
+        assert_eq!(
+            line(&Request::Unwatch { id: 9, watch: 8 }),
+            json!({"id": 9, "op": "unwatch", "watch": 8})
+        );
+    }
+
+    /// A stand-in observer (a small Python program, not resident.py) that prints hostile lines
+    /// around its answers; what it does for a request is named by the request's `spec`.
+    const HOSTILE_OBSERVER: &str = r#"
+import json, sys
+def say(obj):
+    sys.stdout.write(obj if isinstance(obj, str) else json.dumps(obj))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+say("Last login: noise from a login shell")
+say({"ready": "true"})
+say([{"ready": True}])
+say({"ready": True, "pid": 1, "version": 1})
+for line in sys.stdin:
+    req = json.loads(line)
+    rid, mode = req["id"], req["request"].get("spec")
+    for noise in ["garbage {", "[%d]" % rid, {"id": None, "observation": {"version": 1}},
+                  {"id": str(rid), "observation": {"version": 1}}, {"id": -rid},
+                  {"id": rid + 1000, "observation": {"version": 1}},
+                  {"id": 4242, "event": {"what": "a watch nobody made"}}]:
+        say(noise)
+    if req["op"] == "watch":
+        if mode == "refuse":
+            say({"id": rid, "watching": "yes", "error": 7})
+        else:
+            say({"id": rid, "watching": True})
+            for event in [None, "x", {"what": 5}, {"what": "the chain state file changed"}]:
+                say({"id": rid, "event": event})
+    elif req["op"] == "unwatch":
+        say({"id": rid, "unwatched": True})
+    elif mode == "answer":
+        say({"id": rid, "observation": {"version": 1, "core_starts": 0, "warnings_are": "ignored"}})
+    elif mode == "not-an-object":
+        say({"id": rid, "observation": "{}"})
+    elif mode == "odd-field":
+        say({"id": rid, "observation": {"version": 1, "core_starts": "many"}})
+    elif mode == "deadline":
+        say({"id": rid, "deadline": None})
+    elif mode == "oversized":
+        sys.stdout.write('{"id": %d, "observation": {"pad": "%s"}}\n' % (rid, "x" * (32 * 1024 * 1024)))
+        sys.stdout.flush()
+"#;
+
+    /// Through the real reader task: hostile lines around each answer are skipped, answers for
+    /// other ids and events of unknown watches dropped, an odd event still told (default
+    /// words), and each kind of answer ends its request as before.
+    #[tokio::test]
+    async fn a_hostile_observer_is_read_line_by_line_as_before() {
+        let launch = Launch {
+            cmd: Cmd::new("python3")
+                .arg("-u")
+                .arg("-c")
+                .arg(HOSTILE_OBSERVER),
+            budget: None,
+        };
+        let r = Residents::default();
+        let deadline = Duration::from_secs(60);
+        let ask = |mode: &str| {
+            ObserveRequest {
+                spec: mode.into(),
+                session: String::new(),
+                workspace: String::new(),
+                launcher: String::new(),
+                log_path: String::new(),
+                sync_refresh: false,
+                pr_probe: false,
+            }
+            .input("/nowhere")
+        };
+
+        let a = r
+            .observe("k", &launch, &ask("answer"), deadline)
+            .await
+            .unwrap();
+        assert_eq!((a.observer_starts, obs(&a).core_starts), (1, 0));
+        // A wrong-typed field is the parser's error, naming the field (as one-shot).
+        let a = r
+            .observe("k", &launch, &ask("odd-field"), deadline)
+            .await
+            .unwrap();
+        let e = a.observation.unwrap_err();
+        assert!(e.message.contains("field `core_starts`"), "{e:?}");
+        let e = r
+            .observe("k", &launch, &ask("not-an-object"), deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ResidentError::Unavailable("it answered the observation without one".into())
+        );
+        let e = r
+            .observe("k", &launch, &ask("deadline"), deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(e, ResidentError::Deadline(deadline));
+        assert_eq!(r.running(), 1, "one observer answered all of them");
+
+        // A refused watch says why (an odd `error` is no reason); a made one tells its events.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let watch = |spec: &str| WatchRequest {
+            spec: spec.into(),
+            session: String::new(),
+            workspace: String::new(),
+            launcher: String::new(),
+            lease_ttl_secs: 15.0,
+            pr_poll_secs: 60.0,
+            log_path: String::new(),
+            stall_after_secs: 0.0,
+        };
+        let e = r
+            .watch("k", &launch, &watch("refuse"), &tx)
+            .await
+            .unwrap_err();
+        assert_eq!(e, "it refused the watch: no reason");
+        assert!(!r.watching("k"));
+        r.watch("k", &launch, &watch("ok"), &tx).await.unwrap();
+        assert!(r.watching("k"));
+        let safety = Duration::from_secs(120);
+        let mut told = Vec::new();
+        for _ in 0..4 {
+            let e = tokio::time::timeout(safety, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((e.key.as_str(), e.lost), ("k", false));
+            told.push(e.what);
+        }
+        assert_eq!(
+            told,
+            [
+                "the chain changed on the runner",
+                "the chain changed on the runner",
+                "the chain changed on the runner",
+                "the chain state file changed",
+            ]
+        );
+        r.unwatch("k").await;
+        assert!(!r.watching("k"));
+
+        // An oversized line ends the observer; a fresh one printing it again is unavailable.
+        let e = r
+            .observe("k", &launch, &ask("oversized"), deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ResidentError::Unavailable("it printed an oversized line".into())
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the watch was ended on purpose: no lost event"
+        );
+    }
+
     /// A temp root with a copy of the stand-in core (`site`) and a private tmux folder.
     fn bench_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
         let root = tempfile::tempdir().unwrap();

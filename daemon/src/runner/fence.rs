@@ -361,6 +361,44 @@ mod tests {
         }
     }
 
+    /// A live-driver refusal names each driver; one odd entry reads as pid 0 in no session
+    /// and never hides the verdict; the verdict as a person's error `fencing` keeps the
+    /// drivers as the gate printed them.
+    #[test]
+    fn live_drivers_are_read_typed_and_an_odd_entry_never_hides_the_verdict() {
+        let line = r#"MEGAPLAN_GATE {"verdict": "refused", "reason": "live_driver", "held": 2, "holder": "d@h", "drivers": [{"pid": 12, "session": "megaplan-chain"}, {"pid": 13, "session": null}]}"#;
+        let v = Verdict::parse(&format!("noise\n{line}\n")).unwrap();
+        assert_eq!(
+            v.drivers.as_deref(),
+            Some(
+                &[
+                    LiveDriver {
+                        pid: 12,
+                        session: Some("megaplan-chain".into())
+                    },
+                    LiveDriver {
+                        pid: 13,
+                        session: None
+                    }
+                ][..]
+            )
+        );
+        assert_eq!(
+            v.refusal_message(),
+            "fenced: a driver of this chain is alive (pid 12 in tmux session megaplan-chain, pid 13 in tmux session none), held by d@h (token 2); refusing to start a second one"
+        );
+        let printed: serde_json::Value =
+            serde_json::from_str(line.trim_start_matches(GATE_PREFIX)).unwrap();
+        assert_eq!(serde_json::to_value(&v).unwrap(), printed);
+
+        let odd = r#"MEGAPLAN_GATE {"verdict": "refused", "reason": "live_driver", "drivers": ["12", {"pid": "13", "session": 5}, {"session": "s"}, null]}"#;
+        let v = Verdict::parse(odd).unwrap();
+        assert_eq!(
+            v.refusal_message(),
+            "fenced: a driver of this chain is alive (pid 0 in tmux session none, pid 0 in tmux session none, pid 0 in tmux session s, pid 0 in tmux session none), held by nobody yet (token 0); refusing to start a second one"
+        );
+    }
+
     fn request(ws: &Path, mode: FenceMode, expected: u64, holder: &str) -> GateRequest {
         GateRequest::new(
             mode,
