@@ -204,8 +204,8 @@ enum Message {
 }
 
 impl ReplyLine {
-    /// Event before stale before deadline before observation, as resident.py never mixes
-    /// them; anything else is an acknowledgement.
+    /// In this order: an event, stale, deadline, an observation object (resident.py writes
+    /// at most one of them in a line); anything else acknowledges a watch or an unwatch.
     fn into_message(self) -> Message {
         if let Some(event) = self.event {
             let what = event
