@@ -203,8 +203,12 @@ impl KubernetesProvider {
         Ok(files)
     }
 
-    /// Server-side apply of one object given as JSON.
-    async fn apply<K>(&self, name: &str, object: serde_json::Value) -> Result<(), ErrorBody>
+    /// Server-side apply of one object (its manifest, as `kubernetes_manifest` builds it).
+    async fn apply<K>(
+        &self,
+        name: &str,
+        object: impl serde::Serialize + std::fmt::Debug + Send + Sync,
+    ) -> Result<(), ErrorBody>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone

@@ -18,8 +18,14 @@
 //! once).
 
 use super::budget::{SessionBudget, SessionLease};
+use crate::chain::observe::{OBSERVATION_PREFIX, Observation, parse_observation};
 use crate::process::Cmd;
-use serde_json::{Value, json};
+use crate::runner::lenient::{or_default, present};
+use crate::runner::observe::ObserveInput;
+use megaplan_cloud_api::ErrorBody;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -74,19 +80,159 @@ pub type EventSender = tokio::sync::mpsc::Sender<RunnerEvent>;
 /// while nothing changes).
 pub const WATCH_POLL: Duration = Duration::from_millis(500);
 
+/// What a watch looks at on the runner (`start_watch` in resident.py reads it): the chain
+/// (spec, session, workspace, and the launcher its driver runs under), how long the driver
+/// lease it writes lives, how often it asks whether an awaited pull request was merged, and
+/// how long a running chain's log may stay quiet before that is a stall.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WatchRequest {
+    pub spec: String,
+    pub session: String,
+    pub workspace: String,
+    pub launcher: String,
+    pub lease_ttl_secs: f64,
+    pub pr_poll_secs: f64,
+    pub log_path: String,
+    pub stall_after_secs: f64,
+}
+
 /// The watches one observer runs: the route of each watch id to its registration, and each
 /// registration's watch (id and request).
 #[derive(Default)]
 struct Watches {
     by_id: HashMap<u64, (String, EventSender)>,
-    by_user: HashMap<String, (u64, Value)>,
+    by_user: HashMap<String, (u64, WatchRequest)>,
 }
 
-/// One answer: the observation object and how many observers had to be started for it.
+/// One answer: the observation, parsed by `chain::observe` as it parses the one-shot script's
+/// (a malformed one is that parser's error, naming the field), and how many observers had to
+/// be started for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
-    pub observation: Value,
+    pub observation: Result<Observation, ErrorBody>,
     pub observer_starts: u32,
+}
+
+/// One request line to the observer (`serve` in resident.py), tagged by `op`. Each carries
+/// the `id` its answer names.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request<'a> {
+    /// One observation of `request`; the runner side kills it at `deadline_secs` and answers
+    /// `deadline`.
+    Observe {
+        id: u64,
+        request: &'a ObserveInput,
+        deadline_secs: f64,
+    },
+    /// Start a watch of `request`, looking every `poll_secs`; answered `watching`.
+    Watch {
+        id: u64,
+        request: &'a WatchRequest,
+        poll_secs: f64,
+    },
+    /// End the watch whose id is `watch`; answered `unwatched`.
+    Unwatch { id: u64, watch: u64 },
+}
+
+impl Request<'_> {
+    fn id(&self) -> u64 {
+        match self {
+            Request::Observe { id, .. }
+            | Request::Watch { id, .. }
+            | Request::Unwatch { id, .. } => *id,
+        }
+    }
+}
+
+/// The observer's first line: `{"ready": true, "pid", "version"}`; until it comes, any other
+/// line is login-shell noise.
+#[derive(Deserialize)]
+struct ReadyLine {
+    #[serde(default, deserialize_with = "or_default")]
+    ready: bool,
+}
+
+/// One line the observer writes after `ready`, as `serve` in resident.py writes them. A line
+/// that is not a JSON object with a whole, non-negative `id` answers nothing and is skipped
+/// (`{"id": null, ...}` answers a request it could not read). Every other field is read
+/// whatever its JSON type, so one odd field never costs the line; which one is there decides
+/// what the line is (see [`ReplyLine::into_message`]).
+#[derive(Deserialize)]
+struct ReplyLine {
+    id: u64,
+    /// A watch saw a change: `{"what", ...}`; present at all, it is an event.
+    #[serde(default, deserialize_with = "any_event")]
+    event: Option<EventBody>,
+    /// The core's installed files changed: why (text; anything else is shown as its JSON).
+    #[serde(default, deserialize_with = "present")]
+    stale: Option<Box<RawValue>>,
+    /// The request was killed on the runner at its deadline (the value is the deadline).
+    #[serde(default, deserialize_with = "present")]
+    deadline: Option<IgnoredAny>,
+    /// The observation: kept as printed, for `chain::observe` to parse; an answer only when it
+    /// is a JSON object.
+    #[serde(default)]
+    observation: Option<Box<RawValue>>,
+    /// The answer to a watch: started or not.
+    #[serde(default, deserialize_with = "or_default")]
+    watching: Option<bool>,
+    /// Why a watch was refused.
+    #[serde(default, deserialize_with = "or_default")]
+    error: Option<String>,
+}
+
+/// A watch's event: what changed (`before`, `after`, `drivers` are not read). Any other
+/// shape is still an event, with the default words.
+#[derive(Default, Deserialize)]
+struct EventBody {
+    #[serde(default, deserialize_with = "or_default")]
+    what: Option<String>,
+}
+
+/// A present `event` of any shape (`null` included): an event, its words read if it has them.
+fn any_event<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EventBody>, D::Error> {
+    or_default(d).map(Some)
+}
+
+/// What one line from the observer says.
+enum Message {
+    /// A watch's event, for the watch with this id.
+    Event { watch: u64, what: String },
+    /// The answer to the request with this id.
+    Reply { id: u64, reply: Reply },
+}
+
+impl ReplyLine {
+    /// In this order: an event, stale, deadline, an observation object (resident.py writes
+    /// at most one of them in a line); anything else acknowledges a watch or an unwatch.
+    fn into_message(self) -> Message {
+        if let Some(event) = self.event {
+            let what = event
+                .what
+                .unwrap_or_else(|| "the chain changed on the runner".to_string());
+            return Message::Event {
+                watch: self.id,
+                what,
+            };
+        }
+        let reply = if let Some(why) = self.stale {
+            Reply::Stale(
+                serde_json::from_str::<String>(why.get()).unwrap_or_else(|_| why.get().to_string()),
+            )
+        } else if self.deadline.is_some() {
+            Reply::Deadline
+        } else {
+            match self.observation {
+                Some(o) if o.get().starts_with('{') => Reply::Observation(o),
+                _ => Reply::Ack {
+                    watching: self.watching == Some(true),
+                    error: self.error,
+                },
+            }
+        };
+        Message::Reply { id: self.id, reply }
+    }
 }
 
 /// One running observer. Requests are multiplexed over it: each carries an id, a reader task
@@ -112,12 +258,17 @@ struct Resident {
 type Pending = std::sync::Mutex<Result<HashMap<u64, oneshot::Sender<Reply>>, String>>;
 
 enum Reply {
-    Observation(Value),
+    /// The observation object, as printed.
+    Observation(Box<RawValue>),
+    /// The core's installed files changed (why); the observer exits.
     Stale(String),
     /// The runner side killed the request at its deadline; the observer goes on serving.
     Deadline,
-    /// Any other answer (a watch started or ended).
-    Ack(serde_json::Map<String, Value>),
+    /// Any other answer: a watch started (`watching`) or refused (`error` says why), or ended.
+    Ack {
+        watching: bool,
+        error: Option<String>,
+    },
 }
 
 enum AskError {
@@ -127,27 +278,37 @@ enum AskError {
     Gone(String),
 }
 
-/// Read lines until one is a JSON object satisfying `want` (login-shell noise is skipped).
-async fn read_until(
+/// Read lines until one is a JSON object that reads as a `T` satisfying `want` (login-shell
+/// noise, other JSON and lines of another shape are skipped).
+async fn read_until<T: DeserializeOwned>(
     lines: &mut Lines<BufReader<ChildStdout>>,
-    want: impl Fn(&serde_json::Map<String, Value>) -> bool,
-) -> Result<serde_json::Map<String, Value>, AskError> {
+    want: impl Fn(&T) -> bool,
+) -> Result<T, AskError> {
     loop {
         match lines.next_line().await {
             Ok(Some(line)) => {
                 if line.len() > MAX_LINE_BYTES {
                     return Err(AskError::Gone("it printed an oversized line".into()));
                 }
-                if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line.trim())
-                    && want(&obj)
+                if let Some(read) = read_object::<T>(line.trim())
+                    && want(&read)
                 {
-                    return Ok(obj);
+                    return Ok(read);
                 }
             }
             Ok(None) => return Err(AskError::Gone("it exited".into())),
             Err(e) => return Err(AskError::Gone(format!("reading its output failed: {e}"))),
         }
     }
+}
+
+/// One line as a `T`, when it is a JSON object that reads as one. A derived struct would also
+/// read a JSON array (its fields by position): only an object counts.
+fn read_object<T: DeserializeOwned>(line: &str) -> Option<T> {
+    if !line.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(line).ok()
 }
 
 /// The reader task: every answer to its request, until the observer's output ends; then every
@@ -158,44 +319,29 @@ async fn dispatch(
     watches: Arc<std::sync::Mutex<Watches>>,
 ) {
     let why = loop {
-        let obj = match read_until(&mut lines, |o| o.get("id").is_some_and(Value::is_u64)).await {
-            Ok(obj) => obj,
+        let line = match read_until(&mut lines, |_: &ReplyLine| true).await {
+            Ok(line) => line,
             Err(AskError::Gone(why)) => break why,
             Err(AskError::Timeout) => break "it stopped answering".to_string(),
         };
-        let Some(id) = obj.get("id").and_then(Value::as_u64) else {
-            continue;
-        };
-        if let Some(event) = obj.get("event") {
-            let route = watches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .by_id
-                .get(&id)
-                .cloned();
-            if let Some((key, tx)) = route {
-                let what = event
-                    .get("what")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the chain changed on the runner")
-                    .to_string();
-                let _ = tx.try_send(RunnerEvent {
-                    key,
-                    what,
-                    lost: false,
-                });
+        let (id, reply) = match line.into_message() {
+            Message::Event { watch, what } => {
+                let route = watches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .by_id
+                    .get(&watch)
+                    .cloned();
+                if let Some((key, tx)) = route {
+                    let _ = tx.try_send(RunnerEvent {
+                        key,
+                        what,
+                        lost: false,
+                    });
+                }
+                continue;
             }
-            continue;
-        }
-        let reply = if let Some(why) = obj.get("stale") {
-            Reply::Stale(why.as_str().map_or_else(|| why.to_string(), str::to_string))
-        } else if obj.contains_key("deadline") {
-            Reply::Deadline
-        } else {
-            match obj.get("observation") {
-                Some(v @ Value::Object(_)) => Reply::Observation(v.clone()),
-                _ => Reply::Ack(obj),
-            }
+            Message::Reply { id, reply } => (id, reply),
         };
         let waiter = match &mut *pending.lock().unwrap_or_else(|p| p.into_inner()) {
             Ok(map) => map.remove(&id),
@@ -233,7 +379,7 @@ impl Resident {
             return Err(AskError::Gone("its pipes are unavailable".into()));
         };
         let mut lines = BufReader::new(stdout).lines();
-        let ready = read_until(&mut lines, |o| o.get("ready") == Some(&Value::Bool(true)));
+        let ready = read_until(&mut lines, |r: &ReadyLine| r.ready);
         match tokio::time::timeout(deadline, ready).await {
             Err(_) => return Err(AskError::Timeout),
             Ok(Err(e)) => return Err(e),
@@ -309,19 +455,19 @@ impl Resident {
         }
     }
 
-    async fn ask(&self, request: &Value, deadline: Duration) -> Result<Reply, AskError> {
+    async fn ask(&self, request: &ObserveInput, deadline: Duration) -> Result<Reply, AskError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let line = json!({
-            "id": id,
-            "op": "observe",
-            "request": request,
-            "deadline_secs": runner_deadline(deadline).as_secs_f64(),
-        });
-        self.call(id, line, deadline).await
+        let line = Request::Observe {
+            id,
+            request,
+            deadline_secs: runner_deadline(deadline).as_secs_f64(),
+        };
+        self.call(&line, deadline).await
     }
 
-    /// Send request `line` (carrying `id`) and wait for its answer.
-    async fn call(&self, id: u64, line: Value, deadline: Duration) -> Result<Reply, AskError> {
+    /// Send `request` and wait for its answer.
+    async fn call(&self, request: &Request<'_>, deadline: Duration) -> Result<Reply, AskError> {
+        let id = request.id();
         self.touch();
         let (tx, rx) = oneshot::channel();
         match &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -336,7 +482,8 @@ impl Resident {
             id,
         };
         let work = async {
-            let mut bytes = line.to_string().into_bytes();
+            let mut bytes = serde_json::to_vec(request)
+                .map_err(|e| AskError::Gone(format!("encoding the request failed: {e}")))?;
             bytes.push(b'\n');
             {
                 let mut stdin = self.stdin.lock().await;
@@ -373,7 +520,7 @@ impl Resident {
     async fn watch(
         &self,
         user: &str,
-        request: &Value,
+        request: &WatchRequest,
         events: &EventSender,
     ) -> Result<(), AskError> {
         let old = {
@@ -394,14 +541,13 @@ impl Resident {
             w.by_id.insert(id, (user.to_string(), events.clone()));
             w.by_user.insert(user.to_string(), (id, request.clone()));
         }
-        let line = json!({
-            "id": id,
-            "op": "watch",
-            "request": request,
-            "poll_secs": WATCH_POLL.as_secs_f64(),
-        });
-        match self.call(id, line, WATCH_CALL_DEADLINE).await {
-            Ok(Reply::Ack(a)) if a.get("watching") == Some(&Value::Bool(true)) => {
+        let line = Request::Watch {
+            id,
+            request,
+            poll_secs: WATCH_POLL.as_secs_f64(),
+        };
+        match self.call(&line, WATCH_CALL_DEADLINE).await {
+            Ok(Reply::Ack { watching: true, .. }) => {
                 tracing::info!(key = user, "runner watch started");
                 Ok(())
             }
@@ -411,11 +557,9 @@ impl Resident {
                 w.by_user.remove(user);
                 match other {
                     Err(e) => Err(e),
-                    Ok(Reply::Ack(a)) => Err(AskError::Gone(format!(
+                    Ok(Reply::Ack { error, .. }) => Err(AskError::Gone(format!(
                         "it refused the watch: {}",
-                        a.get("error")
-                            .and_then(Value::as_str)
-                            .unwrap_or("no reason")
+                        error.as_deref().unwrap_or("no reason")
                     ))),
                     Ok(_) => Err(AskError::Gone("it answered the watch oddly".into())),
                 }
@@ -433,8 +577,11 @@ impl Resident {
             }
         }
         let call = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let line = json!({"id": call, "op": "unwatch", "watch": id});
-        let _ = self.call(call, line, WATCH_CALL_DEADLINE).await;
+        let line = Request::Unwatch {
+            id: call,
+            watch: id,
+        };
+        let _ = self.call(&line, WATCH_CALL_DEADLINE).await;
     }
 
     /// `user`'s watch id here, if any.
@@ -514,7 +661,7 @@ struct Slot {
     closed: std::sync::atomic::AtomicBool,
     /// The watches the registrations want on this runner (request and where events go),
     /// made again on every new observer.
-    wanted: std::sync::Mutex<HashMap<String, (Value, EventSender)>>,
+    wanted: std::sync::Mutex<HashMap<String, (WatchRequest, EventSender)>>,
 }
 
 impl Slot {
@@ -711,7 +858,7 @@ impl Residents {
         &self,
         user: &str,
         launch: &Launch,
-        request: &Value,
+        request: &WatchRequest,
         events: &EventSender,
     ) -> Result<(), String> {
         let slot = self.slot(&launch.runner(), user);
@@ -773,7 +920,7 @@ impl Residents {
         &self,
         user: &str,
         launch: &Launch,
-        request: &Value,
+        request: &ObserveInput,
         deadline: Duration,
     ) -> Result<Answer, ResidentError> {
         let runner = launch.runner();
@@ -790,9 +937,11 @@ impl Residents {
             };
             let fresh = starts > before;
             match resident.ask(request, left()).await {
-                Ok(Reply::Observation(observation)) => {
+                Ok(Reply::Observation(printed)) => {
+                    // Parsed as the one-shot script's line is: one parser for both.
+                    let line = format!("{OBSERVATION_PREFIX}{}", printed.get());
                     return Ok(Answer {
-                        observation,
+                        observation: parse_observation(&line),
                         observer_starts: starts,
                     });
                 }
@@ -801,7 +950,7 @@ impl Residents {
                     slot.retire(&resident).await;
                 }
                 Ok(Reply::Deadline) => return Err(ResidentError::Deadline(deadline)),
-                Ok(Reply::Ack(_)) => {
+                Ok(Reply::Ack { .. }) => {
                     return Err(ResidentError::Unavailable(
                         "it answered the observation without one".into(),
                     ));
@@ -838,7 +987,22 @@ impl Residents {
 mod tests {
     use super::*;
     use crate::runner::observe::{ObserveRequest, resident_script};
+    use serde_json::{Value, json};
     use std::path::Path;
+
+    /// The answer's observation, parsed.
+    fn obs(a: &Answer) -> &Observation {
+        match &a.observation {
+            Ok(o) => o,
+            Err(e) => panic!("the observation did not parse: {e:?}"),
+        }
+    }
+
+    /// The plan status word and its source, as observed.
+    fn plan(a: &Answer) -> (Option<&str>, Option<&str>) {
+        let p = &obs(a).plan_status;
+        (p.status.as_deref(), p.source.as_deref())
+    }
 
     fn standin() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bench/standin")
@@ -857,6 +1021,316 @@ mod tests {
         }
     }
 
+    /// What one observer line says, in words (`None`: skipped).
+    fn said(line: &str) -> Option<String> {
+        let read: ReplyLine = read_object(line.trim())?;
+        Some(match read.into_message() {
+            Message::Event { watch, what } => format!("event {watch}: {what}"),
+            Message::Reply { id, reply } => match reply {
+                Reply::Observation(o) => format!("observation {id}: {}", o.get()),
+                Reply::Stale(why) => format!("stale {id}: {why}"),
+                Reply::Deadline => format!("deadline {id}"),
+                Reply::Ack { watching, error } => format!("ack {id}: {watching} {error:?}"),
+            },
+        })
+    }
+
+    /// Every line an observer may print, hostile ones included, and what each one is: a line
+    /// without a whole non-negative `id` in a JSON object is skipped; an odd field never costs
+    /// the line; `event`, `stale`, `deadline` count when present at all, in that order.
+    #[test]
+    fn each_observer_line_is_read_as_before_and_odd_lines_are_skipped() {
+        let skipped = [
+            "",
+            "Last login: Fri Dec  4 15:25:48 2026",
+            "{not json",
+            "[1, {\"id\": 1}]",
+            "\"text\"",
+            "5",
+            "null",
+            r#"{"ready": true, "pid": 7, "version": 1}"#,
+            r#"{"id": null, "observation": {"version": 1, "fatal": "bad request"}}"#,
+            r#"{"id": "1", "observation": {}}"#,
+            r#"{"id": -1, "observation": {}}"#,
+            r#"{"id": 1.5, "observation": {}}"#,
+            r#"{"id": 1e3, "observation": {}}"#,
+            r#"{"id": 18446744073709551616, "observation": {}}"#,
+            r#"{"id": 1, "observation": {}} trailing"#,
+            r#"{"id": 1, "observation": {}"#,
+        ];
+        for line in skipped {
+            assert_eq!(said(line), None, "{line}");
+        }
+        let read = [
+            (
+                r#"{"id": 1, "event": {"what": "the chain state file changed", "drivers": [3]}}"#,
+                "event 1: the chain state file changed",
+            ),
+            (
+                r#"{"id": 1, "event": null}"#,
+                "event 1: the chain changed on the runner",
+            ),
+            (
+                r#"{"id": 1, "event": "x"}"#,
+                "event 1: the chain changed on the runner",
+            ),
+            (
+                r#"{"id": 1, "event": {"what": 5}}"#,
+                "event 1: the chain changed on the runner",
+            ),
+            (
+                r#"{"id": 1, "event": {"what": ""}, "stale": "s"}"#,
+                "event 1: ",
+            ),
+            (
+                r#"{"id": 2, "stale": "core files changed", "deadline": 3}"#,
+                "stale 2: core files changed",
+            ),
+            (r#"{"id": 2, "stale": null}"#, "stale 2: null"),
+            (r#"{"id": 2, "stale": {"a":1}}"#, r#"stale 2: {"a":1}"#),
+            (
+                r#"{"id": 3, "deadline": null, "observation": {"version": 1}}"#,
+                "deadline 3",
+            ),
+            (r#"  {"id": 3, "deadline": 2.5}  "#, "deadline 3"),
+            (
+                r#"{"id": 4, "observation": {"version": 1, "x": [1, {"y": null}]}}"#,
+                r#"observation 4: {"version": 1, "x": [1, {"y": null}]}"#,
+            ),
+            (r#"{"id": 4, "observation": null}"#, "ack 4: false None"),
+            (r#"{"id": 4, "observation": [1]}"#, "ack 4: false None"),
+            (r#"{"id": 4, "observation": "{}"}"#, "ack 4: false None"),
+            (r#"{"id": 5, "watching": true}"#, "ack 5: true None"),
+            (
+                r#"{"id": 5, "watching": false, "error": "RuntimeError: full"}"#,
+                r#"ack 5: false Some("RuntimeError: full")"#,
+            ),
+            (
+                r#"{"id": 5, "watching": "true", "error": 7}"#,
+                "ack 5: false None",
+            ),
+            (
+                r#"{"id": 6, "unwatched": true, "extra": {"anything": [1, 2]}}"#,
+                "ack 6: false None",
+            ),
+        ];
+        for (line, want) in read {
+            assert_eq!(said(line).as_deref(), Some(want), "{line}");
+        }
+        // The first line only counts when it says `ready: true`.
+        let ready = |line: &str| read_object::<ReadyLine>(line).is_some_and(|r| r.ready);
+        assert!(ready(r#"{"ready": true, "pid": 7, "version": 1}"#));
+        for not in [
+            r#"{"ready": "true"}"#,
+            r#"{"ready": 1}"#,
+            "[true]",
+            r#"{"pid": 7}"#,
+            "ready",
+        ] {
+            assert!(!ready(not), "{not}");
+        }
+    }
+
+    /// The requests as resident.py reads them: one JSON object per line, tagged by `op`.
+    #[test]
+    fn requests_are_tagged_by_op_as_the_observer_reads_them() {
+        let root = tempfile::tempdir().unwrap();
+        let (_ws, input) = workspace(root.path());
+        let line = |r: &Request<'_>| {
+            serde_json::from_slice::<Value>(&serde_json::to_vec(r).unwrap()).unwrap()
+        };
+        let observe = Request::Observe {
+            id: 7,
+            request: &input,
+            deadline_secs: 1.5,
+        };
+        assert_eq!(observe.id(), 7);
+        assert_eq!(
+            line(&observe),
+            json!({"id": 7, "op": "observe", "request": serde_json::to_value(&input).unwrap(), "deadline_secs": 1.5})
+        );
+        let watch = WatchRequest {
+            spec: "/w/chain.yaml".into(),
+            session: "megaplan-chain".into(),
+            workspace: "/w".into(),
+            launcher: "python3 -m arnold_pipelines.megaplan".into(),
+            lease_ttl_secs: 15.0,
+            pr_poll_secs: 60.0,
+            log_path: ".megaplan/cloud-chain.log".into(),
+            stall_after_secs: 900.0,
+        };
+        assert_eq!(
+            line(&Request::Watch {
+                id: 8,
+                request: &watch,
+                poll_secs: 0.5
+            }),
+            json!({"id": 8, "op": "watch", "poll_secs": 0.5, "request": {
+                "spec": "/w/chain.yaml", "session": "megaplan-chain", "workspace": "/w",
+                "launcher": "python3 -m arnold_pipelines.megaplan", "lease_ttl_secs": 15.0,
+                "pr_poll_secs": 60.0, "log_path": ".megaplan/cloud-chain.log",
+                "stall_after_secs": 900.0,
+            }})
+        );
+        assert_eq!(
+            line(&Request::Unwatch { id: 9, watch: 8 }),
+            json!({"id": 9, "op": "unwatch", "watch": 8})
+        );
+    }
+
+    /// A stand-in observer (a small Python program, not resident.py) that prints hostile lines
+    /// around its answers; what it does for a request is named by the request's `spec`.
+    const HOSTILE_OBSERVER: &str = r#"
+import json, sys
+def say(obj):
+    sys.stdout.write(obj if isinstance(obj, str) else json.dumps(obj))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+say("Last login: noise from a login shell")
+say({"ready": "true"})
+say([{"ready": True}])
+say({"ready": True, "pid": 1, "version": 1})
+for line in sys.stdin:
+    req = json.loads(line)
+    rid, mode = req["id"], req["request"].get("spec")
+    for noise in ["garbage {", "[%d]" % rid, {"id": None, "observation": {"version": 1}},
+                  {"id": str(rid), "observation": {"version": 1}}, {"id": -rid},
+                  {"id": rid + 1000, "observation": {"version": 1}},
+                  {"id": 4242, "event": {"what": "a watch nobody made"}}]:
+        say(noise)
+    if req["op"] == "watch":
+        if mode == "refuse":
+            say({"id": rid, "watching": "yes", "error": 7})
+        else:
+            say({"id": rid, "watching": True})
+            for event in [None, "x", {"what": 5}, {"what": "the chain state file changed"}]:
+                say({"id": rid, "event": event})
+    elif req["op"] == "unwatch":
+        say({"id": rid, "unwatched": True})
+    elif mode == "answer":
+        say({"id": rid, "observation": {"version": 1, "core_starts": 0, "warnings_are": "ignored"}})
+    elif mode == "not-an-object":
+        say({"id": rid, "observation": "{}"})
+    elif mode == "odd-field":
+        say({"id": rid, "observation": {"version": 1, "core_starts": "many"}})
+    elif mode == "deadline":
+        say({"id": rid, "deadline": None})
+    elif mode == "oversized":
+        sys.stdout.write('{"id": %d, "observation": {"pad": "%s"}}\n' % (rid, "x" * (32 * 1024 * 1024)))
+        sys.stdout.flush()
+"#;
+
+    /// Through the real reader task: hostile lines around each answer are skipped, answers for
+    /// other ids and events of unknown watches dropped, an odd event still told (default
+    /// words), and each kind of answer ends its request as before.
+    #[tokio::test]
+    async fn a_hostile_observer_is_read_line_by_line_as_before() {
+        let launch = Launch {
+            cmd: Cmd::new("python3")
+                .arg("-u")
+                .arg("-c")
+                .arg(HOSTILE_OBSERVER),
+            budget: None,
+        };
+        let r = Residents::default();
+        let deadline = Duration::from_secs(60);
+        let ask = |mode: &str| {
+            ObserveRequest {
+                spec: mode.into(),
+                session: String::new(),
+                workspace: String::new(),
+                launcher: String::new(),
+                log_path: String::new(),
+                sync_refresh: false,
+                pr_probe: false,
+            }
+            .input("/nowhere")
+        };
+
+        let a = r
+            .observe("k", &launch, &ask("answer"), deadline)
+            .await
+            .unwrap();
+        assert_eq!((a.observer_starts, obs(&a).core_starts), (1, 0));
+        // A wrong-typed field is the parser's error, naming the field (as one-shot).
+        let a = r
+            .observe("k", &launch, &ask("odd-field"), deadline)
+            .await
+            .unwrap();
+        let e = a.observation.unwrap_err();
+        assert!(e.message.contains("field `core_starts`"), "{e:?}");
+        let e = r
+            .observe("k", &launch, &ask("not-an-object"), deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ResidentError::Unavailable("it answered the observation without one".into())
+        );
+        let e = r
+            .observe("k", &launch, &ask("deadline"), deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(e, ResidentError::Deadline(deadline));
+        assert_eq!(r.running(), 1, "one observer answered all of them");
+
+        // A refused watch says why (an odd `error` is no reason); a made one tells its events.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let watch = |spec: &str| WatchRequest {
+            spec: spec.into(),
+            session: String::new(),
+            workspace: String::new(),
+            launcher: String::new(),
+            lease_ttl_secs: 15.0,
+            pr_poll_secs: 60.0,
+            log_path: String::new(),
+            stall_after_secs: 0.0,
+        };
+        let e = r
+            .watch("k", &launch, &watch("refuse"), &tx)
+            .await
+            .unwrap_err();
+        assert_eq!(e, "it refused the watch: no reason");
+        assert!(!r.watching("k"));
+        r.watch("k", &launch, &watch("ok"), &tx).await.unwrap();
+        assert!(r.watching("k"));
+        let safety = Duration::from_secs(120);
+        let mut told = Vec::new();
+        for _ in 0..4 {
+            let e = tokio::time::timeout(safety, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((e.key.as_str(), e.lost), ("k", false));
+            told.push(e.what);
+        }
+        assert_eq!(
+            told,
+            [
+                "the chain changed on the runner",
+                "the chain changed on the runner",
+                "the chain changed on the runner",
+                "the chain state file changed",
+            ]
+        );
+        r.unwatch("k").await;
+        assert!(!r.watching("k"));
+
+        // An oversized line ends the observer; a fresh one printing it again is unavailable.
+        let e = r
+            .observe("k", &launch, &ask("oversized"), deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ResidentError::Unavailable("it printed an oversized line".into())
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the watch was ended on purpose: no lost event"
+        );
+    }
+
     /// A temp root with a copy of the stand-in core (`site`) and a private tmux folder.
     fn bench_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
         let root = tempfile::tempdir().unwrap();
@@ -867,7 +1341,7 @@ mod tests {
         (root, core, tmux)
     }
 
-    fn workspace(root: &Path) -> (std::path::PathBuf, Value) {
+    fn workspace(root: &Path) -> (std::path::PathBuf, ObserveInput) {
         let ws = crate::runner::observe::tests::chain_workspace(root);
         let req = ObserveRequest {
             spec: ws.join("chain.yaml").display().to_string(),
@@ -878,7 +1352,7 @@ mod tests {
             sync_refresh: false,
             pr_probe: false,
         }
-        .to_json(&root.join("markers").display().to_string());
+        .input(&root.join("markers").display().to_string());
         (ws, req)
     }
 
@@ -909,19 +1383,12 @@ mod tests {
 
         let first = r.observe("k", &cmd, &req, deadline).await.unwrap();
         assert_eq!(first.observer_starts, 1);
-        assert_eq!(first.observation["core_starts"], 1, "{}", first.observation);
-        assert_eq!(
-            first.observation["plan_status"]["source"],
-            "megaplan status"
-        );
-        assert_eq!(first.observation["plan_status"]["status"], "finalized");
+        assert_eq!(obs(&first).core_starts, 1, "{:?}", first.observation);
+        assert_eq!(plan(&first), (Some("finalized"), Some("megaplan status")));
         for _ in 0..3 {
             let a = r.observe("k", &cmd, &req, deadline).await.unwrap();
-            assert_eq!(
-                (a.observer_starts, &a.observation["core_starts"]),
-                (0, &json!(0))
-            );
-            assert_eq!(a.observation["plan_status"]["status"], "finalized");
+            assert_eq!((a.observer_starts, obs(&a).core_starts), (0, 0));
+            assert_eq!(plan(&a).0, Some("finalized"));
         }
         assert_eq!(r.running(), 1);
 
@@ -931,9 +1398,9 @@ mod tests {
         std::fs::write(&cli, format!("{text}\n# upgraded\n")).unwrap();
         let after = r.observe("k", &cmd, &req, deadline).await.unwrap();
         assert_eq!(after.observer_starts, 1);
-        assert_eq!(after.observation["core_starts"], 1, "{}", after.observation);
+        assert_eq!(obs(&after).core_starts, 1, "{:?}", after.observation);
         let again = r.observe("k", &cmd, &req, deadline).await.unwrap();
-        assert_eq!(again.observation["core_starts"], 0);
+        assert_eq!(obs(&again).core_starts, 0);
 
         // A status that never returns: the request is killed on the runner at its deadline;
         // the observer answers "deadline" and goes on serving.
@@ -951,7 +1418,7 @@ mod tests {
         std::fs::remove_file(ws.join(".megaplan/standin-control.json")).unwrap();
         let back = r.observe("k", &cmd, &req, deadline).await.unwrap();
         assert_eq!(back.observer_starts, 0);
-        assert_eq!(back.observation["core_starts"], 0);
+        assert_eq!(obs(&back).core_starts, 0);
 
         // No python at all: unavailable, for the caller's one-shot fallback.
         let none = Launch {
@@ -1104,7 +1571,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(a.observer_starts, 0, "the same observer answers");
-            assert_eq!(a.observation["plan_status"]["status"], "finalized");
+            assert_eq!(plan(&a).0, Some("finalized"));
         }
         assert_eq!(hanging(&hung_ws).len(), 10);
         assert!(hung.iter().all(|h| !h.is_finished()));
@@ -1147,12 +1614,17 @@ mod tests {
         let deadline = Duration::from_secs(60);
         r.observe("k", &launch, &req, deadline).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let watched = json!({
-            "spec": req["spec"],
-            "session": req["session"],
-            "workspace": req["workspace"],
-            "launcher": req["launcher"],
-        });
+        // The resident's own defaults: lease 15 s, pull requests every 60 s, no stall watch.
+        let watched = WatchRequest {
+            spec: req.request.spec.clone(),
+            session: req.request.session.clone(),
+            workspace: req.request.workspace.clone(),
+            launcher: req.request.launcher.clone(),
+            lease_ttl_secs: 15.0,
+            pr_poll_secs: 60.0,
+            log_path: req.request.log_path.clone(),
+            stall_after_secs: 0.0,
+        };
         r.watch("k", &launch, &watched, &tx).await.unwrap();
         assert!(r.watching("k"));
         // The same watch again is kept, not duplicated.
@@ -1160,10 +1632,7 @@ mod tests {
 
         // The chain state file is the one the observation read.
         let first = r.observe("k", &launch, &req, deadline).await.unwrap();
-        let state = first.observation["state_path"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let state = obs(&first).state_path.clone();
         let write_state = |n: u32| {
             let text = std::fs::read_to_string(&state).unwrap();
             let mut v: Value = serde_json::from_str(&text).unwrap();
@@ -1196,7 +1665,7 @@ mod tests {
         assert!(e.what.contains("state file"), "{e:?}");
 
         // A driver of this chain starts, then dies: both are told.
-        let spec = req["spec"].as_str().unwrap().to_string();
+        let spec = req.request.spec.clone();
         while rx.try_recv().is_ok() {}
         let mut driver = std::process::Command::new("python3")
             .args(["-c", "import time; time.sleep(600)", "-m"])

@@ -15,11 +15,11 @@
 //! the same lock, so two launchers can never both start a driver: one driver per chain by
 //! construction. docs/operations.md ("Fencing", "Preflight") shows what a person sees.
 
+use super::lenient::or_default;
 use super::observe::python_prelude;
 use super::python::py_library;
 use crate::shell::quote;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::sync::LazyLock;
 
 /// Prefix of the gate's one verdict line on stdout.
@@ -156,13 +156,45 @@ pub struct Verdict {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offered_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drivers: Option<Vec<Value>>,
+    pub drivers: Option<Vec<LiveDriver>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<Vec<PreflightCheck>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
+}
+
+/// A live driver of the chain as the gate found it (`find_drivers` in drivers.py): its pid and
+/// the tmux session it descends from (`None`: none). An entry of another shape reads as pid 0 in
+/// no session, so one odd entry never hides the verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "DriverEntry")]
+pub struct LiveDriver {
+    pub pid: u64,
+    pub session: Option<String>,
+}
+
+/// One entry of the verdict's `drivers`, as printed.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DriverEntry {
+    Found {
+        #[serde(default, deserialize_with = "or_default")]
+        pid: u64,
+        #[serde(default, deserialize_with = "or_default")]
+        session: Option<String>,
+    },
+    Other(serde::de::IgnoredAny),
+}
+
+impl From<DriverEntry> for LiveDriver {
+    fn from(e: DriverEntry) -> LiveDriver {
+        match e {
+            DriverEntry::Found { pid, session } => LiveDriver { pid, session },
+            DriverEntry::Other(_) => LiveDriver::default(),
+        }
+    }
 }
 
 /// What the gate decided.
@@ -235,8 +267,8 @@ impl Verdict {
                     .map(|d| {
                         format!(
                             "pid {} in tmux session {}",
-                            d.get("pid").and_then(Value::as_u64).unwrap_or(0),
-                            d.get("session").and_then(Value::as_str).unwrap_or("none")
+                            d.pid,
+                            d.session.as_deref().unwrap_or("none")
                         )
                     })
                     .collect();
@@ -327,6 +359,44 @@ mod tests {
             disk_bytes: 0,
             inodes: 0,
         }
+    }
+
+    /// A live-driver refusal names each driver; one odd entry reads as pid 0 in no session
+    /// and never hides the verdict; the verdict as a person's error `fencing` keeps the
+    /// drivers as the gate printed them.
+    #[test]
+    fn live_drivers_are_read_typed_and_an_odd_entry_never_hides_the_verdict() {
+        let line = r#"MEGAPLAN_GATE {"verdict": "refused", "reason": "live_driver", "held": 2, "holder": "d@h", "drivers": [{"pid": 12, "session": "megaplan-chain"}, {"pid": 13, "session": null}]}"#;
+        let v = Verdict::parse(&format!("noise\n{line}\n")).unwrap();
+        assert_eq!(
+            v.drivers.as_deref(),
+            Some(
+                &[
+                    LiveDriver {
+                        pid: 12,
+                        session: Some("megaplan-chain".into())
+                    },
+                    LiveDriver {
+                        pid: 13,
+                        session: None
+                    }
+                ][..]
+            )
+        );
+        assert_eq!(
+            v.refusal_message(),
+            "fenced: a driver of this chain is alive (pid 12 in tmux session megaplan-chain, pid 13 in tmux session none), held by d@h (token 2); refusing to start a second one"
+        );
+        let printed: serde_json::Value =
+            serde_json::from_str(line.trim_start_matches(GATE_PREFIX)).unwrap();
+        assert_eq!(serde_json::to_value(&v).unwrap(), printed);
+
+        let odd = r#"MEGAPLAN_GATE {"verdict": "refused", "reason": "live_driver", "drivers": ["12", {"pid": "13", "session": 5}, {"session": "s"}, null]}"#;
+        let v = Verdict::parse(odd).unwrap();
+        assert_eq!(
+            v.refusal_message(),
+            "fenced: a driver of this chain is alive (pid 0 in tmux session none, pid 0 in tmux session none, pid 0 in tmux session s, pid 0 in tmux session none), held by nobody yet (token 0); refusing to start a second one"
+        );
     }
 
     fn request(ws: &Path, mode: FenceMode, expected: u64, holder: &str) -> GateRequest {

@@ -49,7 +49,8 @@ pub fn chain_log(workspace: &str) -> String {
 
 /// A Python string literal (JSON strings of these ASCII values are valid Python literals).
 fn py(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
+    // Encoding a string cannot fail; the empty literal is only the type's fallback.
+    serde_json::to_string(s).unwrap_or_else(|_| "''".to_string())
 }
 
 /// The Python lines defining this layout, prepended to every Python script sent to the runner.

@@ -12,6 +12,7 @@
 //! - [`group`]: the wrapper that runs a remote command in a process group of its own and the
 //!   command that kills that group (client gone, deadline passed).
 //! - [`python`]: the small Python scripts and the library they share.
+//! - [`lenient`]: reading what a runner printed into types, an odd field read as absent.
 //!
 //! Runner-side Python lives in `.py` files here (`files.py`, `drivers.py`, `fence.py`, `observe.py`,
 //! `resident.py`) and is sent as `python -c`: the layout constants first, then the files a
@@ -24,6 +25,7 @@ pub mod fence;
 pub mod group;
 pub mod launch;
 pub mod layout;
+pub mod lenient;
 pub mod mutation;
 pub mod observe;
 pub mod probe;

@@ -7,7 +7,7 @@
 
 use crate::runner::layout::SESSION_MARKER_DIR;
 use crate::shell;
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub fn resident_py() -> &'static str {
 /// (60 s) + tmux probes, with slack for the transport.
 pub const OBSERVE_DEADLINE: Duration = Duration::from_secs(360);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObserveRequest {
     /// The remote spec path as the operator/marker names it.
     pub spec: String,
@@ -64,18 +64,30 @@ pub struct ObserveRequest {
 }
 
 impl ObserveRequest {
-    /// The request as `observe.py` reads it.
-    pub fn to_json(&self, marker_dir: &str) -> Value {
-        json!({
-            "spec": self.spec,
-            "session": self.session,
-            "workspace": self.workspace,
-            "launcher": self.launcher,
-            "log_path": self.log_path,
-            "sync_refresh": self.sync_refresh,
-            "pr_probe": self.pr_probe,
-            "marker_dir": marker_dir,
-        })
+    /// The request as `observe.py` reads it, its session markers in `marker_dir`.
+    pub fn input(&self, marker_dir: &str) -> ObserveInput {
+        ObserveInput {
+            request: self.clone(),
+            marker_dir: marker_dir.to_string(),
+        }
+    }
+}
+
+/// The input of `observe.py` (its argv one-shot, the `request` of a resident observer's
+/// `observe`): the request's fields and the session marker folder, in one JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObserveInput {
+    #[serde(flatten)]
+    pub request: ObserveRequest,
+    pub marker_dir: String,
+}
+
+impl ObserveInput {
+    /// The one JSON line `observe.py` reads.
+    pub fn to_line(&self) -> String {
+        // Strings and booleans only: encoding cannot fail; an empty object would only make
+        // `observe.py` report the missing spec.
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
     }
 }
 
@@ -127,7 +139,7 @@ pub(crate) fn observe_script_in(req: &ObserveRequest, marker_dir: &str) -> Strin
         "{}; \"$py\" -c {} {} \"$py\"",
         python_prelude(&req.launcher),
         shell::quote(observe_py()),
-        shell::quote(&req.to_json(marker_dir).to_string())
+        shell::quote(&req.input(marker_dir).to_line())
     )
 }
 
@@ -147,6 +159,7 @@ pub(crate) mod tests {
     use crate::chain::classify::Liveness;
     use crate::chain::observe::parse_observation;
     use crate::runner::layout::DEFAULT_CHAIN_LOG;
+    use serde_json::{Value, json};
     use std::path::Path;
     use std::process::Command;
 
@@ -185,12 +198,17 @@ pub(crate) mod tests {
             "py=python; command -v \"$py\" >/dev/null 2>&1 || py=python3; \"$py\" -c '"
         ));
         // The JSON argument is one quoted word: hostile values sit inside it, never bare.
-        let input = json!({
-            "spec": req.spec, "session": req.session, "workspace": req.workspace,
-            "launcher": req.launcher, "log_path": req.log_path, "sync_refresh": true,
-            "pr_probe": false, "marker_dir": SESSION_MARKER_DIR,
-        });
-        assert!(script.ends_with(&format!(" {} \"$py\"", shell::quote(&input.to_string()))));
+        let input = req.input(SESSION_MARKER_DIR).to_line();
+        assert!(script.ends_with(&format!(" {} \"$py\"", shell::quote(&input))));
+        // ... and it is the object `observe.py` reads, field for field.
+        assert_eq!(
+            serde_json::from_str::<Value>(&input).unwrap(),
+            json!({
+                "spec": req.spec, "session": req.session, "workspace": req.workspace,
+                "launcher": req.launcher, "log_path": req.log_path, "sync_refresh": true,
+                "pr_probe": false, "marker_dir": SESSION_MARKER_DIR,
+            })
+        );
     }
 
     /// Run a script under `sh -c` with a private tmux socket dir.
@@ -464,7 +482,7 @@ pub(crate) mod tests {
             sync_refresh: false,
             pr_probe: false,
         }
-        .to_json(root.path().to_str().unwrap());
+        .input(root.path().to_str().unwrap());
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(resident_script(launcher))

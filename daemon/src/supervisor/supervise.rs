@@ -26,7 +26,6 @@ use megaplan_cloud_api::report::{
     RunnerInfo, SyncInfo, SyncRefresh, TickEvent, TickReport,
 };
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -641,25 +640,48 @@ async fn gate_recorded(
 /// The gate's verdict in the report: `fencing` (the token offered, the verdict, who holds the
 /// chain) always; `preflight` (the failed checks) when the preflight stopped the launch.
 fn gate_in_report(out: &mut TickReport, expected: u64, v: &Verdict) {
-    let mut fencing = json!({
-        "expected": expected,
-        "verdict": v.verdict,
-        "held": v.held,
-        "holder": v.holder,
-    });
-    if let Some(t) = v.token {
-        fencing["token"] = json!(t);
+    let fencing = FencingInReport {
+        expected,
+        verdict: &v.verdict,
+        held: v.held,
+        holder: v.holder.as_deref(),
+        token: v.token,
+        reason: v.reason.as_deref(),
+    };
+    // Numbers, text and the checks' text: encoding cannot fail.
+    if let Ok(fencing) = serde_json::to_value(fencing) {
+        out.extra.insert("fencing".into(), fencing);
     }
-    if let Some(r) = &v.reason {
-        fencing["reason"] = json!(r);
-    }
-    out.extra.insert("fencing".into(), fencing);
     if let GateOutcome::PreflightFailed(checks) = v.outcome() {
-        out.extra.insert(
-            "preflight".into(),
-            json!({"passed": false, "checks": checks}),
-        );
+        let preflight = PreflightInReport {
+            passed: false,
+            checks: &checks,
+        };
+        if let Ok(preflight) = serde_json::to_value(preflight) {
+            out.extra.insert("preflight".into(), preflight);
+        }
     }
+}
+
+/// A tick report's `fencing`: the token the tick expected, the gate's verdict and who held the
+/// chain (`null` when unknown); the token taken and the refusal's reason only when there are.
+#[derive(serde::Serialize)]
+struct FencingInReport<'a> {
+    expected: u64,
+    verdict: &'a str,
+    held: Option<u64>,
+    holder: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// A tick report's `preflight` when the preflight stopped the launch: the failed checks.
+#[derive(serde::Serialize)]
+struct PreflightInReport<'a> {
+    passed: bool,
+    checks: &'a [fence::PreflightCheck],
 }
 
 /// What a tick report shows of an observation: the status payload's `runner`, `sync`, `pr`,
@@ -750,6 +772,60 @@ pub fn error_report(reason: &str) -> TickReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The report's `fencing` and `preflight` keep their shape: `held`/`holder` always (null
+    /// when unknown), `token`/`reason` only when the gate said them.
+    #[test]
+    fn the_gate_verdict_in_the_report_keeps_its_shape() {
+        let check = fence::PreflightCheck {
+            check: "disk".into(),
+            field: "preflight.disk".into(),
+            detail: "1 byte free".into(),
+            fix: "free some space".into(),
+        };
+        let cases = [
+            (
+                Verdict {
+                    verdict: "accepted".into(),
+                    token: Some(4),
+                    held: Some(3),
+                    holder: Some("daemon@h".into()),
+                    ..Verdict::default()
+                },
+                json!({"expected": 3, "verdict": "accepted", "held": 3, "holder": "daemon@h", "token": 4}),
+                None,
+            ),
+            (
+                Verdict {
+                    verdict: "refused".into(),
+                    reason: Some("stale_token".into()),
+                    ..Verdict::default()
+                },
+                json!({"expected": 3, "verdict": "refused", "held": null, "holder": null, "reason": "stale_token"}),
+                None,
+            ),
+            (
+                Verdict {
+                    verdict: "preflight_failed".into(),
+                    checks: Some(vec![check.clone()]),
+                    ..Verdict::default()
+                },
+                json!({"expected": 3, "verdict": "preflight_failed", "held": null, "holder": null}),
+                Some(json!({"passed": false, "checks": [check]})),
+            ),
+        ];
+        for (v, fencing, preflight) in cases {
+            let mut out = TickReport::error("");
+            gate_in_report(&mut out, 3, &v);
+            assert_eq!(out.extra.get("fencing"), Some(&fencing), "{v:?}");
+            assert_eq!(out.extra.get("preflight"), preflight.as_ref(), "{v:?}");
+            assert_eq!(
+                serde_json::to_string(&out.extra["fencing"]).unwrap(),
+                fencing.to_string()
+            );
+        }
+    }
 
     #[test]
     fn the_observation_deadline_is_its_own_when_shorter_else_the_ticks_plus_slack() {

@@ -6,12 +6,11 @@ use crate::chain::observe::{self, Observation};
 use crate::chain::spec::ChainSpec;
 use crate::chain::summary;
 use crate::cloud_yaml::{CloudSpec, Mode};
-use crate::provider::ExecResult;
-use crate::provider::resident::{EventSender, ResidentError, Residents};
+use crate::provider::resident::{EventSender, ResidentError, Residents, WatchRequest};
 use crate::provider::{Provider, redact_error, remote_failure};
 use crate::redact::Redactor;
+use crate::runner::layout::SESSION_MARKER_DIR;
 use crate::runner::layout::chain_log;
-use crate::runner::layout::{OBSERVATION_PREFIX, SESSION_MARKER_DIR};
 use crate::runner::observe::{ObserveRequest, observe_script, resident_script};
 use crate::state::AppState;
 use megaplan_cloud_api::marker::LastChainMarker;
@@ -220,12 +219,13 @@ pub struct Resident<'a> {
 }
 
 /// The observation through the runner's resident observer; `None` when it cannot run there
-/// (the caller falls back to the one-shot script).
+/// (the caller falls back to the one-shot script). A malformed observation is the parser's
+/// error, as the one-shot script's is.
 async fn ask_resident(
     p: &impl Provider,
     r: Resident<'_>,
     req: &ObserveRequest,
-) -> Result<Option<ExecResult>, ErrorBody> {
+) -> Result<Option<Observation>, ErrorBody> {
     let launch = match p.resident_command(&resident_script(&req.launcher)).await {
         Ok(Some(launch)) => launch,
         Ok(None) => return Ok(None),
@@ -240,27 +240,28 @@ async fn ask_resident(
     };
     match r
         .residents
-        .observe(r.key, &launch, &req.to_json(SESSION_MARKER_DIR), r.deadline)
+        .observe(r.key, &launch, &req.input(SESSION_MARKER_DIR), r.deadline)
         .await
     {
         Ok(a) => {
             if let Some(events) = r.events {
                 // The launcher the observation found when none is configured: the watch
                 // recognises the chain's driver by its command line.
+                let found = a.observation.as_ref().ok();
                 let launcher = Some(req.launcher.as_str())
                     .filter(|l| !l.trim().is_empty())
-                    .or_else(|| a.observation["core"]["launcher"].as_str())
+                    .or_else(|| found.and_then(|o| o.core_launcher.as_deref()))
                     .unwrap_or_default();
-                let watched = serde_json::json!({
-                    "spec": req.spec,
-                    "session": req.session,
-                    "workspace": req.workspace,
-                    "launcher": launcher,
-                    "lease_ttl_secs": r.lease_ttl.as_secs_f64(),
-                    "pr_poll_secs": r.pr_poll.as_secs_f64(),
-                    "log_path": req.log_path,
-                    "stall_after_secs": r.stall_after.as_secs_f64(),
-                });
+                let watched = WatchRequest {
+                    spec: req.spec.clone(),
+                    session: req.session.clone(),
+                    workspace: req.workspace.clone(),
+                    launcher: launcher.to_string(),
+                    lease_ttl_secs: r.lease_ttl.as_secs_f64(),
+                    pr_poll_secs: r.pr_poll.as_secs_f64(),
+                    log_path: req.log_path.clone(),
+                    stall_after_secs: r.stall_after.as_secs_f64(),
+                };
                 // Without a watch the schedule still ticks; say why once per tick.
                 if let Err(why) = r.residents.watch(r.key, &launch, &watched, events).await {
                     tracing::info!(
@@ -269,11 +270,7 @@ async fn ask_resident(
                     );
                 }
             }
-            Ok(Some(ExecResult {
-                code: 0,
-                stdout: format!("{OBSERVATION_PREFIX}{}\n", a.observation),
-                stderr: String::new(),
-            }))
+            a.observation.map(Some)
         }
         Err(e @ ResidentError::Deadline(_)) => {
             Err(ErrorBody::new(ErrorCode::DeadlineExceeded, e.to_string()))
@@ -305,19 +302,22 @@ async fn observe_unredacted(
         Some(r) => ask_resident(p, r, &req).await?,
         None => None,
     };
-    let r = match answered {
-        Some(r) => r,
-        None => p.observe(&observe_script(&req)).await?,
-    };
-    let obs = observe::parse_observation(&r.stdout).map_err(|e| {
-        // No observation and a failed command: the runner itself refused (container stopped or
-        // gone, no shell), and its own words say why better than a guess about the launcher.
-        if r.code != 0 && !r.stderr.trim().is_empty() {
-            remote_failure("the chain observation in the runner", &r)
-        } else {
-            e
+    let obs = match answered {
+        Some(obs) => obs,
+        None => {
+            let r = p.observe(&observe_script(&req)).await?;
+            observe::parse_observation(&r.stdout).map_err(|e| {
+                // No observation and a failed command: the runner itself refused (container
+                // stopped or gone, no shell), and its own words say why better than a guess
+                // about the launcher.
+                if r.code != 0 && !r.stderr.trim().is_empty() {
+                    remote_failure("the chain observation in the runner", &r)
+                } else {
+                    e
+                }
+            })?
         }
-    })?;
+    };
     if let Some(e) = &obs.state_error {
         return Err(e.clone());
     }
