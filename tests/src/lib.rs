@@ -18,6 +18,7 @@ mod daemon;
 mod git;
 mod image;
 pub mod kube;
+pub mod pane;
 pub mod railway;
 pub mod receiver;
 pub mod rig;

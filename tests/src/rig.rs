@@ -127,6 +127,19 @@ impl SshRig {
         SshRig::start_full(extra_yaml, daemon_env, &[], daemon_args)
     }
 
+    /// [`SshRig::start_with_env`] whose daemon reads `config` as its notify.yaml
+    /// (`--notify-config`); the returned guard keeps the file's folder alive.
+    pub fn start_notifying(
+        extra_yaml: &str,
+        config: &str,
+        daemon_env: &[(&str, &str)],
+    ) -> Option<(SshRig, tempfile::TempDir)> {
+        let (guard, path) = notify_config(config);
+        let path = path.display().to_string();
+        let rig = SshRig::start_with_env(extra_yaml, daemon_env, &["--notify-config", &path])?;
+        Some((rig, guard))
+    }
+
     /// [`SshRig::start`] with extra `docker run` arguments for the runner container, e.g.
     /// `-e MEGAPLAN_STANDIN_IMPORT_SECONDS=2` for a stand-in core as slow to start as the real one.
     pub fn start_with_container_args(
@@ -252,6 +265,15 @@ pub fn ctl_for(daemon: &Daemon, cloud_yaml: &Path, args: &[&str]) -> Run {
     let mut full = vec!["--cloud-yaml", cloud_yaml.as_str()];
     full.extend_from_slice(args);
     Run::from_output(&daemon.ctl(project, &[], &full))
+}
+
+/// A notify config file (`notify.yaml` holding `yaml`) in its own temp folder, kept alive by
+/// the returned guard.
+pub fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify.yaml");
+    std::fs::write(&path, yaml).expect("notify.yaml");
+    (dir, path)
 }
 
 /// `<dir>/cloud.yaml` (dir created) for provider local with no deploy folder: it validates and

@@ -1292,10 +1292,9 @@ fn exec_past_its_command_timeout_leaves_nothing_running_in_the_container() {
 
 #[test]
 fn notify_command_past_its_timeout_leaves_no_child_behind() {
-    let cfg = tempfile::tempdir().unwrap();
-    let cfg_path = cfg.path().join("notify.yaml");
-    std::fs::write(&cfg_path, "retry: {max_attempts: 1, timeout: 2s}\n").unwrap();
-    let Some(rig) = SshRig::start("", &["--notify-config", cfg_path.to_str().unwrap()]) else {
+    let Some((rig, _cfg)) =
+        SshRig::start_notifying("", "retry: {max_attempts: 1, timeout: 2s}\n", &[])
+    else {
         return;
     };
     // A unique duration is the marker: `sleep 300.<n>` is this test's sleep, nobody else's.

@@ -9,23 +9,18 @@ use megaplan_cloud_e2e::receiver::Receiver;
 use megaplan_cloud_e2e::rig::SshRig;
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const LEASE: &str = "/workspace/.megaplan/cloud-sessions/megaplan-chain.lease.json";
 const RUNS: &str = "/workspace/app/.megaplan/standin-chain-runs.jsonl";
 
+/// A rig whose daemon tells a receiver after two failed ticks and retries quickly.
 fn rig(extra_yaml: &str) -> Option<(SshRig, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path: PathBuf = dir.path().join("notify.yaml");
-    std::fs::write(
-        &path,
+    SshRig::start_notifying(
+        extra_yaml,
         "failed_ticks: 2\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
+        &[],
     )
-    .expect("notify.yaml");
-    let p = path.to_str().unwrap().to_string();
-    let rig = SshRig::start(extra_yaml, &["--notify-config", &p])?;
-    Some((rig, dir))
 }
 
 /// The stored tick reports, oldest first.
@@ -33,17 +28,6 @@ fn ticks(rig: &SshRig) -> Vec<Value> {
     let mut t = rig.ticks_json(500);
     t.reverse();
     t
-}
-
-fn events(r: &Receiver) -> Vec<String> {
-    r.accepted()
-        .iter()
-        .map(|n| n.json()["event"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
-fn count(r: &Receiver, event: &str) -> usize {
-    events(r).iter().filter(|e| *e == event).count()
 }
 
 /// Driver launches the stand-in core recorded on the runner.
@@ -86,10 +70,10 @@ fn a_killed_driver_is_dead_only_after_its_lease_expires_and_an_unreachable_host_
     rig.container.exec_ok(&format!("kill -9 {pid}"));
     // The person hears at once; the restart waits for the lease.
     assert!(
-        wait_until(Duration::from_secs(60), || count(&receiver, "driver_gone")
+        wait_until(Duration::from_secs(60), || receiver.count("driver_gone")
             == 1),
         "no driver_gone notification: {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let gone = receiver
         .accepted()
@@ -178,10 +162,9 @@ fn a_driver_dying_after_each_restart_is_quarantined_until_unquarantine() {
         );
     }
     assert_eq!(launches(&rig), 3, "a quarantined chain was launched");
-    assert!(wait_until(Duration::from_secs(60), || count(
-        &receiver,
-        "quarantined"
-    ) == 1));
+    assert!(wait_until(Duration::from_secs(60), || receiver
+        .count("quarantined")
+        == 1));
     let q = receiver
         .accepted()
         .into_iter()
@@ -201,5 +184,5 @@ fn a_driver_dying_after_each_restart_is_quarantined_until_unquarantine() {
         "no launch after unquarantine: {:#?}",
         ticks(&rig)
     );
-    assert_eq!(count(&receiver, "quarantined"), 1);
+    assert_eq!(receiver.count("quarantined"), 1);
 }

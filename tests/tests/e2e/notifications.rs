@@ -4,39 +4,12 @@
 //! on the real bench (sshd + Docker runner, real daemon, real SQLite). Waits are on what the
 //! receiver got, with generous safety nets; nothing asserts a duration.
 
-use megaplan_cloud_e2e::receiver::{Received, Receiver};
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_e2e::pane::{assert_fits_80, in_80_columns};
+use megaplan_cloud_e2e::receiver::Receiver;
+use megaplan_cloud_e2e::rig::{Run, SshRig, notify_config, write_chain};
 use megaplan_cloud_e2e::{Daemon, wait_until};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// A notify config file in its own temp dir (kept alive by the returned guard).
-fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("notify.yaml");
-    std::fs::write(&path, yaml).expect("notify.yaml");
-    (dir, path)
-}
-
-fn rig_with(config: &str) -> Option<(SshRig, tempfile::TempDir)> {
-    let (guard, path) = notify_config(config);
-    let p = path.to_str().unwrap().to_string();
-    let rig = SshRig::start("", &["--notify-config", &p])?;
-    Some((rig, guard))
-}
-
-fn event(r: &Received) -> String {
-    r.json()["event"].as_str().unwrap_or("?").to_string()
-}
-
-fn events(r: &Receiver) -> Vec<String> {
-    r.accepted().iter().map(event).collect()
-}
-
-fn count(r: &Receiver, name: &str) -> usize {
-    events(r).iter().filter(|e| *e == name).count()
-}
 
 #[test]
 fn notifications_test_reports_every_sink_a_failing_one_too() {
@@ -107,7 +80,7 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
     // reason under it.
     bad.fail_next(&[503]);
     let ctl = megaplan_cloud_e2e::bin("megaplan-cloudctl");
-    let pane = in_80_column_pane(
+    let pane = in_80_columns(
         &format!(
             "cd {} && {} notifications test",
             d.dir.display(),
@@ -118,9 +91,7 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
             ("MEGAPLAN_CLOUD_HOME", d.home.to_str().unwrap()),
         ],
     );
-    for line in pane.lines() {
-        assert!(line.chars().count() <= 80, "wider than 80 columns:\n{pane}");
-    }
+    assert_fits_80(&pane);
     let rows: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(
         rows.iter()
@@ -140,76 +111,15 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
     assert!(pane.contains("1 of 2 sinks answered"), "{pane}");
 }
 
-/// Runs `script` in a tmux pane 80 columns wide (a tmux server private to the call) and
-/// returns the pane's text once the script signalled its end (`tmux wait-for`, an event).
-fn in_80_column_pane(script: &str, env: &[(&str, &str)]) -> String {
-    use std::process::Command;
-    let server = format!("mp-notify-{}", megaplan_cloud_e2e::unique_suffix());
-    let full = format!("{script}; tmux wait-for -S done; sleep 600");
-    let mut cmd = Command::new("tmux");
-    cmd.args([
-        "-L",
-        &server,
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "80",
-        "-y",
-        "50",
-        "-s",
-        "t",
-    ])
-    .args(["sh", "-c", &full])
-    .env("TERM", "xterm-256color");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    assert!(
-        cmd.status().expect("tmux runs").success(),
-        "tmux new-session failed"
-    );
-    let mut waiter = Command::new("tmux")
-        .args(["-L", &server, "wait-for", "done"])
-        .spawn()
-        .expect("tmux wait-for runs");
-    let ended = wait_until(Duration::from_secs(120), || {
-        matches!(waiter.try_wait(), Ok(Some(_)))
-    });
-    if !ended {
-        let _ = waiter.kill();
-        let _ = waiter.wait();
-    }
-    let out = Command::new("tmux")
-        .args([
-            "-L",
-            &server,
-            "capture-pane",
-            "-p",
-            "-J",
-            "-S",
-            "-",
-            "-t",
-            "t",
-        ])
-        .output()
-        .expect("capture-pane");
-    let _ = Command::new("tmux")
-        .args(["-L", &server, "kill-server"])
-        .status();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(ended, "the pane never finished:\n{text}");
-    text
-}
-
 /// A state is told once with its own key; a restart and more ticks in the same state tell
 /// nothing; the next state is told once with a new key. Keys travel in the body and in
 /// `X-Idempotency-Key`, and the database records each once.
 #[test]
 fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with("retry: {initial_delay: 200ms, max_delay: 1s}\n") else {
+    let Some((mut rig, _cfg)) =
+        SshRig::start_notifying("", "retry: {initial_delay: 200ms, max_delay: 1s}\n", &[])
+    else {
         return;
     };
     rig.precreate_workspace();
@@ -226,12 +136,11 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
         .ok();
     rig.ctl(&["tick"]).ok();
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "awaiting_pr_merge"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("awaiting_pr_merge")
+            == 1),
         "no awaiting_pr_merge; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
     let first = receiver.accepted()[0].clone();
@@ -267,20 +176,19 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
         .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
     rig.ctl(&["tick"]).ok();
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "supervisor_acted"
-        ) >= 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("supervisor_acted")
+            >= 1),
         "no supervisor_acted; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
     // The watcher reads ticks in order: the act was watched after the three ticks before it.
     assert_eq!(
-        count(&receiver, "awaiting_pr_merge"),
+        receiver.count("awaiting_pr_merge"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
     let keys: Vec<String> = receiver
         .accepted()
@@ -313,10 +221,14 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
 #[test]
 fn a_digest_replaces_one_message_per_event() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(&format!(
-        "digest: 2s\nretry: {{initial_delay: 200ms, max_delay: 1s}}\nsinks:\n  - url: {}\n",
-        receiver.url("/digest")
-    )) else {
+    let Some((rig, _cfg)) = SshRig::start_notifying(
+        "",
+        &format!(
+            "digest: 2s\nretry: {{initial_delay: 200ms, max_delay: 1s}}\nsinks:\n  - url: {}\n",
+            receiver.url("/digest")
+        ),
+        &[],
+    ) else {
         return;
     };
     rig.precreate_workspace();
@@ -336,10 +248,10 @@ fn a_digest_replaces_one_message_per_event() {
     assert!(
         wait_until(Duration::from_secs(180), complete_digest),
         "no digest with the chain complete; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
-    let got = events(&receiver);
+    let got = receiver.events();
     assert!(
         got.iter().all(|e| e == "digest"),
         "only digests, no message per event: {got:?}"

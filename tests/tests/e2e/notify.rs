@@ -10,45 +10,14 @@ use megaplan_cloud_api::report::{
 };
 use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::receiver::Receiver;
-use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::rig::{SshRig, notify_config, write_chain};
 use megaplan_cloud_e2e::{bin, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SIGNING_SECRET: &str = "hook-signing-key-for-tests";
-
-/// A notify config file in its own temp dir (kept alive by the returned guard).
-fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("notify.yaml");
-    std::fs::write(&path, yaml).expect("notify.yaml");
-    (dir, path)
-}
-
-fn rig_with(
-    extra_yaml: &str,
-    config: &str,
-    env: &[(&str, &str)],
-) -> Option<(SshRig, tempfile::TempDir)> {
-    let (guard, path) = notify_config(config);
-    let p = path.to_str().unwrap().to_string();
-    let rig = SshRig::start_with_env(extra_yaml, env, &["--notify-config", &p])?;
-    Some((rig, guard))
-}
-
-fn events(r: &Receiver) -> Vec<String> {
-    r.accepted()
-        .iter()
-        .map(|n| n.json()["event"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
-fn count(r: &Receiver, event: &str) -> usize {
-    events(r).iter().filter(|e| *e == event).count()
-}
 
 /// The signature check of docs/notifications.md: `openssl dgst -sha256 -hmac KEY` over the
 /// body (openssl comes with the bench's ca-certificates package, see .ci/run).
@@ -70,7 +39,7 @@ fn signature_ok(body: &[u8], header: Option<&str>) -> bool {
 #[test]
 fn one_notification_per_transition_across_a_daemon_restart() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with(
+    let Some((mut rig, _cfg)) = SshRig::start_notifying(
         "",
         "failed_ticks: 3\nstill_waiting_after: 3s\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
         &[("MEGAPLAN_CLOUDD_NOTIFY_SECRET", SIGNING_SECRET)],
@@ -101,12 +70,11 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     );
 
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "awaiting_pr_merge"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("awaiting_pr_merge")
+            == 1),
         "no awaiting_pr_merge notification; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
     // Many more ticks in the same state, then a restart, then more ticks: still one.
@@ -116,27 +84,25 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
-        count(&receiver, "awaiting_pr_merge"),
+        receiver.count("awaiting_pr_merge"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
     // Still waiting after `still_waiting_after`: told once more, once.
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "still_waiting"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver.count("still_waiting")
+            == 1),
         "no still_waiting: {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
-        count(&receiver, "still_waiting"),
+        receiver.count("still_waiting"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
 
     // The documented body and a valid signature.
@@ -164,24 +130,23 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     rig.container
         .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
     assert!(
-        wait_until(Duration::from_secs(90), || count(&receiver, "complete")
-            == 1),
+        wait_until(Duration::from_secs(90), || receiver.count("complete") == 1),
         "no complete notification; got {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     let acted = rig.ticks(500).iter().filter(|t| t.acted).count();
     assert!(acted >= 1);
     assert_eq!(
-        count(&receiver, "supervisor_acted"),
+        receiver.count("supervisor_acted"),
         acted,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
-    assert_eq!(count(&receiver, "complete"), 1);
-    assert_eq!(count(&receiver, "still_waiting"), 1);
-    assert_eq!(count(&receiver, "awaiting_pr_merge"), 1);
+    assert_eq!(receiver.count("complete"), 1);
+    assert_eq!(receiver.count("still_waiting"), 1);
+    assert_eq!(receiver.count("awaiting_pr_merge"), 1);
     // Delivered exactly once each: no delivery id was accepted twice.
     let mut ids: Vec<String> = receiver
         .accepted()
@@ -197,7 +162,7 @@ fn one_notification_per_transition_across_a_daemon_restart() {
 #[test]
 fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_survive_a_restart() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with(
+    let Some((mut rig, _cfg)) = SshRig::start_notifying(
         "",
         "retry: {initial_delay: 200ms, max_delay: 1s, max_attempts: 50}\n",
         &[],
@@ -239,7 +204,7 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
         .map(|r| r.header("x-megaplan-delivery"))
         .collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
-    assert_eq!(events(&receiver), ["complete"]);
+    assert_eq!(receiver.events(), ["complete"]);
     let outbox = rig.ctl(&["notifications", "--json"]).ok().json;
     assert_eq!(outbox[0]["status"], "delivered", "{outbox:#}");
     assert_eq!(outbox[0]["attempts"], 4);
@@ -277,10 +242,10 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
         "the pending notification was not delivered after the restart"
     );
     assert_eq!(
-        count(&receiver, "awaiting_pr_merge"),
+        receiver.count("awaiting_pr_merge"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
 }
 
@@ -290,7 +255,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     // the probe result, into the tick's refused_reason and `pr.merge_probe`.
     let secret = "ghp-notify-secret-7f3a9c2e5b";
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(
+    let Some((rig, _cfg)) = SshRig::start_notifying(
         "secrets: [MP_NOTIFY_TOKEN]\n",
         &format!(
             "sinks:\n  - url: {}\n  - url: {}\n    preset: slack\n",
@@ -367,7 +332,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
 #[test]
 fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(
+    let Some((rig, _cfg)) = SshRig::start_notifying(
         "",
         &format!("stall_after: 2s\nsinks:\n  - url: {}\n", receiver.url("/s")),
         &[],
@@ -398,13 +363,13 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl");
     rig.ctl(&["register", "--every", "1s"]).ok();
     assert!(
-        wait_until(Duration::from_secs(60), || count(&receiver, "stalled") == 1),
+        wait_until(Duration::from_secs(60), || receiver.count("stalled") == 1),
         "no stalled notification: {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
-    assert_eq!(count(&receiver, "stalled"), 1);
+    assert_eq!(receiver.count("stalled"), 1);
     let ticks = rig.ticks(500);
     assert!(
         ticks.iter().all(|t| !t.acted),
@@ -430,7 +395,7 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
 
 #[test]
 fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would_happen() {
-    let Some((mut rig, _cfg)) = rig_with("", "", &[]) else {
+    let Some((mut rig, _cfg)) = SshRig::start_notifying("", "", &[]) else {
         return;
     };
     rig.precreate_workspace();
@@ -554,7 +519,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
 #[test]
 fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with(
+    let Some((mut rig, _cfg)) = SshRig::start_notifying(
         "",
         &format!(
             "failed_ticks: 3\nsinks:\n  - command: \"cat >> {}\"\n",
@@ -578,9 +543,9 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
         &receiver.url("/f"),
     ])
     .ok();
-    assert!(wait_until(Duration::from_secs(30), || count(
-        &receiver, "complete"
-    ) == 1));
+    assert!(wait_until(Duration::from_secs(30), || receiver
+        .count("complete")
+        == 1));
     assert!(wait_until(Duration::from_secs(30), || rig.ticks(500).len() >= 2));
 
     // `watch` shows the last stored reports first.
@@ -606,12 +571,10 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
 
     rig.sshd.stop();
     assert!(
-        wait_until(Duration::from_secs(90), || count(
-            &receiver,
-            "ticks_failing"
-        ) == 1),
+        wait_until(Duration::from_secs(90), || receiver.count("ticks_failing")
+            == 1),
         "no ticks_failing: {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let failed = rig
         .ctl(&["ticks", "--json", "--failed", "--limit", "100"])
@@ -648,15 +611,14 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
 
     rig.sshd.restart();
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "ticks_recovered"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("ticks_recovered")
+            == 1),
         "no ticks_recovered: {:?}",
-        events(&receiver)
+        receiver.events()
     );
-    assert_eq!(count(&receiver, "ticks_failing"), 1);
-    assert_eq!(count(&receiver, "complete"), 1, "{:?}", events(&receiver));
+    assert_eq!(receiver.count("ticks_failing"), 1);
+    assert_eq!(receiver.count("complete"), 1, "{:?}", receiver.events());
 
     // The daemon going away ends `watch` with a message saying so.
     rig.daemon.terminate();
@@ -675,7 +637,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
 
 #[test]
 fn bad_notify_input_is_refused_by_field() {
-    let Some((rig, _cfg)) = rig_with("", "", &[]) else {
+    let Some((rig, _cfg)) = SshRig::start_notifying("", "", &[]) else {
         return;
     };
     let r = rig.ctl(&["register", "--notify-url", "ftp://ntfy.example/t"]);
@@ -769,7 +731,7 @@ fn https_webhooks_reach_trusted_receivers_only() {
     assert!(
         wait_until(Duration::from_secs(60), || trusted.accepted().len() == 1),
         "the trusted https receiver got {:?}",
-        events(&trusted)
+        trusted.events()
     );
     let n = trusted.accepted()[0].json();
     assert_eq!(n["event"], "ticks_failing", "{n}");
@@ -901,7 +863,7 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
         healthy.accepted().len(),
         dead.held()
     );
-    assert_eq!(events(&healthy), ["ticks_failing"]);
+    assert_eq!(healthy.events(), ["ticks_failing"]);
     // The dead sink is saturated at its cap and never had more: 4 requests in all, all held.
     assert!(
         wait_until(Duration::from_secs(60), || dead.held() == 4),
@@ -978,7 +940,7 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
 #[test]
 fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedule() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(
+    let Some((rig, _cfg)) = SshRig::start_notifying(
         "",
         &format!(
             "stall_after: 20s\nsinks:\n  - url: {}\n",
@@ -1005,10 +967,9 @@ fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedul
         t.stdout
     );
     assert!(
-        wait_until(Duration::from_secs(120), || count(&receiver, "stalled")
-            >= 1),
+        wait_until(Duration::from_secs(120), || receiver.count("stalled") >= 1),
         "no stalled notification; got {:?}; ticks {:#?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.ticks(500),
         rig.daemon.log_text()
     );
@@ -1034,7 +995,8 @@ fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedul
 #[test]
 fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with("", "retry: {initial_delay: 200ms, max_delay: 1s}\n", &[])
+    let Some((rig, _cfg)) =
+        SshRig::start_notifying("", "retry: {initial_delay: 200ms, max_delay: 1s}\n", &[])
     else {
         return;
     };
@@ -1071,12 +1033,11 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
         rig.daemon.log_text()
     );
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "supervisor_acted"
-        ) >= 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("supervisor_acted")
+            >= 1),
         "the receiver was not told; got {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let all = rig.ticks(500);
     assert!(
