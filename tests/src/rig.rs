@@ -167,12 +167,7 @@ impl SshRig {
         let project = daemon.dir.join("project");
         std::fs::create_dir_all(&project).expect("project dir");
         let cloud_yaml = project.join("cloud.yaml");
-        let text = format!(
-            "provider: ssh\nrepo:\n  url: {repo}\n  workspace: /workspace/app\nssh:\n  host: 127.0.0.1\n  user: root\n  port: {port}\n  identity_file: {key}\n  container: {container}\n  remote_dir: /tmp/mp-e2e-{container}\nresources:\n  network: none\n{extra_yaml}",
-            port = sshd.port,
-            key = sshd.client_key.display(),
-            container = container.name,
-        );
+        let text = format!("{}{extra_yaml}", ssh_cloud_yaml(&sshd, &container, &repo));
         std::fs::write(&cloud_yaml, text).expect("cloud.yaml");
         Some(SshRig {
             sshd,
@@ -182,6 +177,56 @@ impl SshRig {
             cloud_yaml,
             env: Vec::new(),
         })
+    }
+
+    /// An ssh rig whose runner image the client's own `build` makes (`image.dockerfile`), for
+    /// the tests that follow a whole build and deploy: `dockerfile(bench image)` is written at
+    /// `<project>/<dockerfile_path>`, which cloud.yaml names, with `extra_yaml` after it. The
+    /// container is a plain bench container until `deploy` replaces it; `repo.url` is
+    /// `/srv/repo.git`, which the Dockerfile makes ([`SEED_REPO`]). The daemon logs at debug
+    /// level: what it logs in detail is scanned for secrets too. The leftovers of the deploy
+    /// come first so that they are dropped after the rig: `let (_leftovers, rig) = ...`.
+    pub fn start_building(
+        prefix: &str,
+        dockerfile_path: &str,
+        dockerfile: impl FnOnce(&str) -> String,
+        extra_yaml: &str,
+    ) -> Option<(DeployLeftovers, SshRig)> {
+        let b = bench()?;
+        let sshd = Sshd::start();
+        let container = b.container(prefix);
+        let ssh_config = sshd.ssh_config.display().to_string();
+        let daemon = Daemon::start(
+            &[
+                ("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config),
+                ("RUST_LOG", "debug"),
+            ],
+            &[],
+        );
+        let project = daemon.dir.join("project");
+        let dockerfile_at = project.join(dockerfile_path);
+        std::fs::create_dir_all(dockerfile_at.parent().unwrap_or(&project))
+            .expect("Dockerfile dir");
+        std::fs::write(&dockerfile_at, dockerfile(&b.image)).expect("Dockerfile");
+        let cloud_yaml = project.join("cloud.yaml");
+        let text = format!(
+            "{}image:\n  dockerfile: {dockerfile_path}\n{extra_yaml}",
+            ssh_cloud_yaml(&sshd, &container, "/srv/repo.git")
+        );
+        std::fs::write(&cloud_yaml, text).expect("cloud.yaml");
+        let leftovers = DeployLeftovers {
+            image: container.name.clone(),
+            remote_dir: format!("/tmp/mp-e2e-{}", container.name),
+        };
+        let rig = SshRig {
+            sshd,
+            container,
+            daemon,
+            project,
+            cloud_yaml,
+            env: Vec::new(),
+        };
+        Some((leftovers, rig))
     }
 
     /// `megaplan-cloudctl --cloud-yaml <rig's> args...` from the project folder.
@@ -255,6 +300,21 @@ impl SshRig {
         );
     }
 }
+
+/// The ssh part of every rig's cloud.yaml: the runner `container` behind `sshd`, its workspace
+/// cloned from `repo_url`, no network.
+fn ssh_cloud_yaml(sshd: &Sshd, container: &Container, repo_url: &str) -> String {
+    format!(
+        "provider: ssh\nrepo:\n  url: {repo_url}\n  workspace: /workspace/app\nssh:\n  host: 127.0.0.1\n  user: root\n  port: {port}\n  identity_file: {key}\n  container: {c}\n  remote_dir: /tmp/mp-e2e-{c}\nresources:\n  network: none\n",
+        port = sshd.port,
+        key = sshd.client_key.display(),
+        c = container.name,
+    )
+}
+
+/// The Dockerfile line that gives a runner image built by [`SshRig::start_building`] its git
+/// remote for `repo.url`: a bare `/srv/repo.git` with one commit on `main`.
+pub const SEED_REPO: &str = r#"RUN set -e; git init -q --bare -b main /srv/repo.git; seed=$(mktemp -d); cd "$seed"; git init -q -b main; printf '# e2e\n' > README.md; git add README.md; git -c user.name=e2e -c user.email=e2e@example.invalid commit -q -m init; git push -q /srv/repo.git main; cd /; rm -rf "$seed""#;
 
 /// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...` against `daemon`, run from the
 /// cloud.yaml's folder (the operator's project): for a second project beside a rig's, or a

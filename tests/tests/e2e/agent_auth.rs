@@ -7,8 +7,8 @@
 //! naming it; `apikey` seeds nothing. No token is found in the client's output, the daemon's
 //! files (database, WAL, logs at debug level, deploy dir) or its log.
 
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
-use megaplan_cloud_e2e::{Daemon, Sshd, bench, wait_until};
+use megaplan_cloud_e2e::rig::{Run, SEED_REPO, SshRig, write_chain};
+use megaplan_cloud_e2e::wait_until;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -92,46 +92,29 @@ fn assert_seeded(rig: &SshRig, path: &str, content: &str) {
 
 #[test]
 fn chatgpt_logins_reach_the_runner_and_nowhere_else() {
-    let Some(b) = bench() else {
-        return;
-    };
-    let sshd = Sshd::start();
-    let container = b.container("mp-auth");
-    let ssh_config = sshd.ssh_config.display().to_string();
-    let daemon = Daemon::start(
-        &[
-            ("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config),
-            ("RUST_LOG", "debug"),
-        ],
-        &[],
-    );
-    let project = daemon.dir.join("project");
-    std::fs::create_dir_all(&project).unwrap();
     // The runner image: the bench image with a git remote for repo.url and the rendered
     // entrypoint as its main process (so a restart boots it again).
-    std::fs::write(
-        project.join("Dockerfile.fixture"),
-        format!(
-            r#"FROM {image}
-RUN set -e; git init -q --bare -b main /srv/repo.git; seed=$(mktemp -d); cd "$seed"; git init -q -b main; printf '# e2e\n' > README.md; git add README.md; git -c user.name=e2e -c user.email=e2e@example.invalid commit -q -m init; git push -q /srv/repo.git main; cd /; rm -rf "$seed"
+    let Some((leftovers, mut rig)) = SshRig::start_building(
+        "mp-auth",
+        "Dockerfile.fixture",
+        |image| {
+            format!(
+                r#"FROM {image}
+{SEED_REPO}
 ENV MEGAPLAN_STANDIN_IMPORT_SECONDS=0
 COPY entrypoint.sh health_server.py /usr/local/bin/
 RUN chmod 0755 /usr/local/bin/entrypoint.sh
 CMD ["/usr/local/bin/entrypoint.sh"]
-"#,
-            image = b.image
-        ),
-    )
-    .unwrap();
-    let cloud_yaml = project.join("cloud.yaml");
-    let base_yaml = format!(
-        "provider: ssh\nrepo:\n  url: /srv/repo.git\n  workspace: /workspace/app\nssh:\n  host: 127.0.0.1\n  user: root\n  port: {port}\n  identity_file: {key}\n  container: {c}\n  remote_dir: /tmp/mp-e2e-{c}\nresources:\n  network: none\nimage:\n  dockerfile: Dockerfile.fixture\n",
-        port = sshd.port,
-        key = sshd.client_key.display(),
-        c = container.name,
-    );
-    std::fs::write(&cloud_yaml, &base_yaml).unwrap();
-    let remote_dir = format!("/tmp/mp-e2e-{}", container.name);
+"#
+            )
+        },
+        "",
+    ) else {
+        return;
+    };
+    let cloud_yaml = rig.cloud_yaml.clone();
+    let base_yaml = std::fs::read_to_string(&cloud_yaml).unwrap();
+    let remote_dir = leftovers.remote_dir.clone();
     // The operator's HOME, outside the daemon's folder (it holds the tokens on purpose).
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join(".codex")).unwrap();
@@ -140,19 +123,7 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     let hermes = hermes_auth();
     std::fs::write(home.path().join(".codex/auth.json"), &codex).unwrap();
     std::fs::write(home.path().join(".hermes/auth.json"), &hermes).unwrap();
-    // Declared before the rig, so it runs after the runner container is gone.
-    let _cleanup = megaplan_cloud_e2e::rig::DeployLeftovers {
-        image: container.name.clone(),
-        remote_dir: remote_dir.clone(),
-    };
-    let rig = SshRig {
-        sshd,
-        container,
-        daemon,
-        project,
-        cloud_yaml: cloud_yaml.clone(),
-        env: vec![("HOME".to_string(), home.path().display().to_string())],
-    };
+    rig.env = vec![("HOME".to_string(), home.path().display().to_string())];
     let mut said = Vec::new();
     let mut ctl = |args: &[&str]| -> Run {
         let r = rig.ctl(args);
