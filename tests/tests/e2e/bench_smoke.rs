@@ -388,7 +388,7 @@ fn standin_chain_stalls_until_released_and_waits_for_a_merged_pr() {
 
     let missing = c.exec("gh pr view 7 --json state");
     assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
-    c.exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    c.set_pr(7, "OPEN");
     assert_eq!(
         c.exec_ok("gh pr view 7 --json state"),
         "{\"state\": \"OPEN\"}\n"
@@ -396,7 +396,7 @@ fn standin_chain_stalls_until_released_and_waits_for_a_merged_pr() {
     assert!(start_one().contains("still awaiting merge"));
     assert_eq!(chain_state(&c, spec)["current_milestone_index"], 1);
 
-    c.exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    c.set_pr(7, "MERGED");
     assert_eq!(
         c.exec_ok("gh pr view 7 --json state --jq .state"),
         "MERGED\n"

@@ -3,6 +3,7 @@
 //! `megaplan-cloudd --man` is a man page with its own EXIT STATUS, ENVIRONMENT, FILES and
 //! EXAMPLES sections that man(1) formats.
 
+use megaplan_cloud_e2e::rig::local_cloud_yaml;
 use megaplan_cloud_e2e::{Daemon, bin};
 use serde_json::Value;
 use std::process::{Command, Stdio};
@@ -145,9 +146,7 @@ fn berlin_wall_clock(at: &str) -> String {
 fn register_tz_runs_cron_in_the_named_zone_and_the_echo_shows_three_ticks_there() {
     let d = Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cy = local_cloud_yaml(&work);
     let cys = cy.to_str().unwrap();
     // A script: the schedule is stored with its zone and every next tick is 09:00 in Berlin.
     let out = d.ctl(

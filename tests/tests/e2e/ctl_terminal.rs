@@ -6,7 +6,7 @@
 use megaplan_cloud_e2e::pane::{
     Pane, assert_fits_80, in_80_columns, in_terminal, signal_then_hold,
 };
-use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::rig::{SshRig, local_cloud_yaml, write_chain};
 use megaplan_cloud_e2e::{bin, wait_until};
 use megaplan_cloudd::shell::quote;
 use serde_json::Value;
@@ -147,9 +147,7 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
 fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
     let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cy = local_cloud_yaml(&work);
     let cys = cy.to_str().unwrap();
     let out = d.ctl(
         &work,
@@ -330,9 +328,7 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
 fn register_warns_when_no_remote_spec_can_be_resolved() {
     let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cy = local_cloud_yaml(&work);
     let cys = cy.to_str().unwrap();
     let out = d.ctl(
         &work,
@@ -616,8 +612,7 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "OPEN");
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     rig.ctl(&["register", "--every", "1h"]).ok();
@@ -807,8 +802,7 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
         80,
     );
     watch.wait_for("the first draw", |l| l.contains("awaiting PR #7"));
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     // The driver left when the chain reached the PR; until its lease expires (15 s) a tick
     // sees it `unknown` and does not advance (only a dead runner is advanced; the lease's
     // follow-up tick may be the one that does): tick until a stored tick advanced, within a

@@ -124,8 +124,7 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "OPEN");
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert!(wait_until(Duration::from_secs(60), || {
@@ -172,8 +171,7 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
         rig.ctl(&["tick"]).ok();
     }
     // The next state: merged, so the supervisor advances (an act, told once).
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     rig.ctl(&["tick"]).ok();
     assert!(
         wait_until(Duration::from_secs(60), || receiver

@@ -48,8 +48,7 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "OPEN");
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
@@ -127,8 +126,7 @@ fn one_notification_per_transition_across_a_daemon_restart() {
 
     // Merge: the supervisor advances (and restarts for m2) until complete; each act is told,
     // complete once.
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     assert!(
         wait_until(Duration::from_secs(90), || receiver.count("complete") == 1),
         "no complete notification; got {:?}",
@@ -217,8 +215,7 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m2": 8}}"#);
     let spec = write_chain(&rig.project.join("epic2"), "chain.yaml", &["m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap(), "--fresh"]).ok();
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-8");
+    rig.container.set_pr(8, "OPEN");
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
@@ -268,9 +265,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 9}}"#);
-    rig.container.exec_ok(&format!(
-        "mkdir -p /var/lib/gh-standin && echo {secret} > /var/lib/gh-standin/pr-9"
-    ));
+    rig.container.set_pr(9, &secret);
     rig.launch(&["m1"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])

@@ -95,8 +95,7 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "OPEN");
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
@@ -119,8 +118,7 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     assert!(trips <= 3, "a blocked tick made {trips} remote round trips");
     assert_eq!(t.report().remote_round_trips, Some(1));
 
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     let before = rig.sshd.exec_requests();
     let t = tick(&rig).ok();
     let trips = rig.sshd.exec_requests() - before;
@@ -168,8 +166,7 @@ fn a_merged_pr_is_seen_by_the_watch_and_advanced_without_a_scheduled_tick() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "OPEN");
     rig.launch(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
@@ -183,8 +180,7 @@ fn a_merged_pr_is_seen_by_the_watch_and_advanced_without_a_scheduled_tick() {
     let t = rig.ctl(&["tick"]).ok();
     assert_eq!(t.tick().event, TickEvent::Blocked, "{}", t.stdout);
 
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     let advanced = || {
         rig.ticks(500)
             .into_iter()
