@@ -6,7 +6,8 @@ use crate::{Container, Daemon, Sshd, bench, repo_in_container, wait_until};
 use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickReport};
 use megaplan_cloud_api::status::ChainStatus;
-use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_api::output::PlanStatus;
+use megaplan_cloud_api::wire::{Health, RegistrationListed, TickRecord};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,50 @@ impl Run {
 
     /// The structured error a failed command prints.
     pub fn error_body(&self) -> ErrorBody {
+        self.decode()
+    }
+
+    /// An `extra` field of the structured error, decoded as `T`. The extras are free-form by
+    /// the API's design (each error names its own: `field`, `missing`, ...), so this is the one
+    /// place a test reads one by name.
+    pub fn error_extra<T: DeserializeOwned>(&self, key: &str) -> T {
+        let body = self.error_body();
+        let value = body.extra.get(key).cloned().unwrap_or(Value::Null);
+        serde_json::from_value(value).unwrap_or_else(|e| {
+            panic!(
+                "the error's `{key}` is not a {}: {e}\nstdout: {}",
+                std::any::type_name::<T>(),
+                self.stdout
+            )
+        })
+    }
+
+    /// The input a refusal names (`field` of the structured error).
+    pub fn error_field(&self) -> String {
+        self.error_extra("field")
+    }
+
+    /// The `success` every answer carries, whatever its type.
+    pub fn success(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            success: bool,
+        }
+        self.decode::<Answer>().success
+    }
+
+    /// `registrations --json`: every registration with what the watcher knows of it.
+    pub fn registrations(&self) -> Vec<RegistrationListed> {
+        self.decode()
+    }
+
+    /// `daemon status --json`: the daemon's health.
+    pub fn health(&self) -> Health {
+        self.decode()
+    }
+
+    /// `status` (no flag): the core's status document.
+    pub fn plan_status(&self) -> PlanStatus {
         self.decode()
     }
 
@@ -269,6 +314,11 @@ impl SshRig {
         self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
             .try_decode()
             .unwrap_or_default()
+    }
+
+    /// `registrations --json`, which must succeed.
+    pub fn registrations(&self) -> Vec<RegistrationListed> {
+        self.ctl(&["registrations", "--json"]).ok().registrations()
     }
 
     /// The stored tick history as JSON, for the tests that look at the stored document itself.
