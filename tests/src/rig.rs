@@ -4,14 +4,14 @@
 
 use crate::{Container, Daemon, Sshd, bench, repo_in_container, wait_until};
 use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::output::PlanStatus;
 use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickReport};
 use megaplan_cloud_api::status::ChainStatus;
-use megaplan_cloud_api::output::PlanStatus;
-use megaplan_cloud_api::wire::{Health, RegistrationListed, TickRecord};
+use megaplan_cloud_api::wire::{Health, RegistrationListed, SinkBreaker, TickRecord};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 /// What one client invocation printed.
@@ -108,6 +108,11 @@ impl Run {
         self.decode()
     }
 
+    /// `notifications --json`: the outbox rows, newest first.
+    pub fn outbox(&self) -> Vec<OutboxRow> {
+        self.decode()
+    }
+
     /// `status` (no flag): the core's status document.
     pub fn plan_status(&self) -> PlanStatus {
         self.decode()
@@ -144,6 +149,22 @@ impl Run {
         );
         self
     }
+}
+
+/// One row of `notifications --json` (the daemon's `notify::store::OutboxEntry`, which the
+/// api crate does not carry: it is written, never read, by the daemon). Only what the tests
+/// check; unknown fields are ignored.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct OutboxRow {
+    pub key: String,
+    pub event: String,
+    /// The sink as listed (`webhook URL`, `command CMD`).
+    pub sink: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub breaker: SinkBreaker,
 }
 
 /// An ssh rig: sshd on loopback, a runner container behind it, a daemon using the sshd's config.
@@ -286,6 +307,12 @@ impl SshRig {
         Run::from_output(&self.daemon.ctl(&self.project, &env, &full))
     }
 
+    /// `megaplan-cloudctl --cloud-yaml <rig's> args...` from the project folder, spawned (for a
+    /// client that keeps running: `watch`, `logs --follow`); see [`spawn_ctl`].
+    pub fn spawn_ctl(&self, args: &[&str]) -> Child {
+        spawn_ctl(&self.daemon, &self.project, &self.cloud_yaml, args)
+    }
+
     /// Clone the repo into the workspace ahead of time (so control files can be placed there).
     pub fn precreate_workspace(&self) {
         self.container.exec_ok(
@@ -384,6 +411,24 @@ pub fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("notify.yaml");
     std::fs::write(&path, yaml).expect("notify.yaml");
     (dir, path)
+}
+
+/// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...` against `daemon` from `cwd`, spawned
+/// with piped stdout and stderr (the caller reads them, kills and waits).
+pub fn spawn_ctl(daemon: &Daemon, cwd: &Path, cloud_yaml: &Path, args: &[&str]) -> Child {
+    Command::new(crate::bin("megaplan-cloudctl"))
+        .arg("--cloud-yaml")
+        .arg(cloud_yaml)
+        .args(args)
+        .current_dir(cwd)
+        .env("MEGAPLAN_CLOUDD_SOCKET", &daemon.socket)
+        .env("MEGAPLAN_CLOUD_HOME", &daemon.home)
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("megaplan-cloudctl")
 }
 
 /// `<dir>/cloud.yaml` (dir created) for provider local with no deploy folder: it validates and

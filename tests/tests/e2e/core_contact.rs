@@ -5,7 +5,9 @@
 //! `megaplan.launcher`.
 
 use megaplan_cloud_api::output::{Bootstrapped, Resumed};
-use megaplan_cloud_api::report::{EffectiveStatus, Liveness, ReportedStatus, TickEvent, TickReport};
+use megaplan_cloud_api::report::{
+    EffectiveStatus, Liveness, ReportedStatus, TickEvent, TickReport,
+};
 use megaplan_cloud_e2e::rig::{SshRig, resident_observers, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
@@ -48,7 +50,12 @@ fn bootstrap(rig: &SshRig, name: &str) {
     let b = rig
         .ctl(&["bootstrap", idea.to_str().unwrap(), "--plan-name", name])
         .ok();
-    assert!(b.decode::<Bootstrapped>().success, "{}\n{}", b.stdout, b.stderr);
+    assert!(
+        b.decode::<Bootstrapped>().success,
+        "{}\n{}",
+        b.stdout,
+        b.stderr
+    );
 }
 
 /// Item 1: with no launcher set, every core command (init, status, chain start, status

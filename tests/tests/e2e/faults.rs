@@ -10,14 +10,14 @@
 use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
 use megaplan_cloud_api::wire::TickRecord;
-use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml};
+use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml, spawn_ctl};
 use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -101,23 +101,6 @@ fn cloud_yaml_for(rig: &SshRig, dir: &str, container: &str) -> PathBuf {
     let p = d.join("cloud.yaml");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-/// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...`, spawned with piped stdout/stderr.
-fn spawn_ctl(d: &Daemon, cwd: &Path, cloud_yaml: &Path, args: &[&str]) -> Child {
-    Command::new(bin("megaplan-cloudctl"))
-        .arg("--cloud-yaml")
-        .arg(cloud_yaml)
-        .args(args)
-        .current_dir(cwd)
-        .env("MEGAPLAN_CLOUDD_SOCKET", &d.socket)
-        .env("MEGAPLAN_CLOUD_HOME", &d.home)
-        .env_remove("XDG_RUNTIME_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("megaplan-cloudctl")
 }
 
 fn run_cmd(program: &str, args: &[&str]) -> std::process::Output {

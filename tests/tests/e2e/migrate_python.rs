@@ -124,7 +124,11 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     );
     // The original's logs object.
     let logs = &status.logs;
-    assert_eq!(logs.workspace.as_deref(), Some("/workspace/app"), "{logs:?}");
+    assert_eq!(
+        logs.workspace.as_deref(),
+        Some("/workspace/app"),
+        "{logs:?}"
+    );
     assert_eq!(logs.agent_log.as_deref(), Some("/workspace/app/agent.log"));
     let chain_log = logs.chain_log.clone().expect("logs.chain_log");
     assert_eq!(chain_log.path, "/workspace/app/.megaplan/cloud-chain.log");
@@ -160,7 +164,10 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         s.stdout
     );
     assert_eq!(
-        s.chain_status().expect("status --chain").spec_source.as_deref(),
+        s.chain_status()
+            .expect("status --chain")
+            .spec_source
+            .as_deref(),
         Some("last_chain marker")
     );
 

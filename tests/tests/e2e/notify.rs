@@ -5,14 +5,16 @@
 //! stall detection, pause, dry run, explain, and the ticks/watch filters.
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::notification::NotificationEvent;
 use megaplan_cloud_api::report::{
     EffectiveStatus, Liveness, NextAction, ReportedStatus, TickEvent,
 };
-use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_api::wire::{
+    BreakerState, Explanation, PauseResponse, RegisterResponse, TickRecord,
+};
 use megaplan_cloud_e2e::receiver::Receiver;
-use megaplan_cloud_e2e::rig::{SshRig, notify_config, write_chain};
+use megaplan_cloud_e2e::rig::{OutboxRow, Run, SshRig, notify_config, write_chain};
 use megaplan_cloud_e2e::{bin, wait_until};
-use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -62,8 +64,8 @@ fn one_notification_per_transition_across_a_daemon_restart() {
         .ctl(&["register", "--every", "1s", "--notify-url", &url])
         .ok();
     assert_eq!(
-        reg.json["notify"][0],
-        format!("webhook {url}"),
+        reg.decode::<RegisterResponse>().notify,
+        [format!("webhook {url}")],
         "{}",
         reg.stdout
     );
@@ -108,15 +110,12 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     let first = receiver.accepted()[0].clone();
     assert_eq!(first.method, "POST");
     assert_eq!(first.path, "/megaplan-topic");
-    let body = first.json();
-    assert_eq!(body["schema"], "megaplan-cloudd/notification/v1");
-    assert_eq!(body["event"], "awaiting_pr_merge");
-    assert_eq!(body["effective_status"], "awaiting_pr_merge");
-    assert_eq!(body["cloud_yaml"], rig.cloud_yaml.display().to_string());
-    assert!(
-        body["message"].as_str().unwrap().contains("PR #7"),
-        "{body}"
-    );
+    let body = first.notification().expect("the body is a notification");
+    assert_eq!(body.schema, "megaplan-cloudd/notification/v1");
+    assert_eq!(body.event, NotificationEvent::AwaitingPrMerge);
+    assert_eq!(body.effective_status.as_deref(), Some("awaiting_pr_merge"));
+    assert_eq!(body.cloud_yaml, rig.cloud_yaml.display().to_string());
+    assert!(body.message.contains("PR #7"), "{body:?}");
     assert_eq!(first.header("x-megaplan-event"), Some("awaiting_pr_merge"));
     assert!(
         signature_ok(&first.body, first.header("x-megaplan-signature")),
@@ -203,9 +202,9 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
         .collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     assert_eq!(receiver.events(), ["complete"]);
-    let outbox = rig.ctl(&["notifications", "--json"]).ok().json;
-    assert_eq!(outbox[0]["status"], "delivered", "{outbox:#}");
-    assert_eq!(outbox[0]["attempts"], 4);
+    let outbox = rig.ctl(&["notifications", "--json"]).ok().outbox();
+    assert_eq!(outbox[0].status, "delivered", "{outbox:#?}");
+    assert_eq!(outbox[0].attempts, 4);
 
     // A notification still failing when the daemon stops is delivered by the next start.
     receiver.fail_next(&[500; 1000]);
@@ -278,9 +277,10 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     let t = rig.ctl(&["tick"]).ok();
     assert!(!t.stdout.contains(secret));
     assert!(
-        t.json["report"]["refused_reason"]
-            .as_str()
-            .unwrap()
+        t.tick()
+            .report
+            .refused_reason
+            .unwrap_or_default()
             .contains("state="),
         "{}",
         t.stdout
@@ -300,9 +300,9 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
         .find(|r| r.path == "/json")
         .unwrap();
     assert!(
-        json.json()["message"]
-            .as_str()
-            .unwrap()
+        json.notification()
+            .expect("the json preset's body is a notification")
+            .message
             .contains("PR #9 state=")
     );
     let slack = receiver
@@ -310,6 +310,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
         .into_iter()
         .find(|r| r.path == "/slack")
         .unwrap();
+    // Slack's incoming-webhook body is Slack's shape, not ours: read as JSON.
     assert!(
         slack.json()["text"]
             .as_str()
@@ -339,8 +340,12 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
     rig.launch(&["m1", "m2"]);
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let s = rig.ctl(&["status", "--chain"]).json;
-            s["effective_status"] == "running" && s["stalled"] == true
+            rig.ctl(&["status", "--chain"])
+                .chain_status()
+                .is_some_and(|s| {
+                    s.effective_status == ReportedStatus::Classified(EffectiveStatus::Running)
+                        && s.stalled
+                })
         }),
         "status --chain never said stalled"
     );
@@ -350,9 +355,9 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         "{}",
         st.stderr
     );
-    let s = st.json;
-    assert!(s["stalled_for_secs"].as_i64().unwrap() >= 2, "{s:#}");
-    assert_eq!(s["stall_after_secs"], 2);
+    let s = st.chain_status().expect("status --chain");
+    assert!(s.stalled_for_secs.unwrap_or_default() >= 2, "{s:#?}");
+    assert_eq!(s.stall_after_secs, 2);
     let runs_before = rig
         .container
         .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl");
@@ -377,14 +382,18 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         runs_before
     );
     rig.container.exec_ok("tmux has-session -t =megaplan-chain");
-    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
-    assert_eq!(regs[0]["stalled"], true, "{regs:#}");
+    let regs = rig.registrations();
+    assert!(regs[0].stalled, "{regs:#?}");
     let table = rig.ctl(&["registrations"]).ok();
     assert!(table.stdout.contains("stalled"), "{}", table.stdout);
-    let body = receiver.accepted()[0].json();
+    let body = receiver.accepted()[0]
+        .notification()
+        .expect("the body is a notification");
+    // `details` are the event's own facts (docs/notifications.md lists them per event): the
+    // api keeps them as JSON.
     assert!(
-        body["details"]["stalled_for_secs"].as_i64().unwrap() >= 2,
-        "{body}"
+        body.details["stalled_for_secs"].as_i64().unwrap() >= 2,
+        "{body:?}"
     );
 }
 
@@ -406,7 +415,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     rig.control(r#"{"step_seconds": 0.1}"#);
     rig.ctl(&["register", "--every", "1h"]).ok();
     let p = rig.ctl(&["pause", "--reason", "manual repair"]).ok();
-    let by = p.json["paused"]["paused_by"].as_str().unwrap().to_string();
+    let by = p.decode::<PauseResponse>().paused.paused_by;
     assert!(by.contains('@'), "{by}");
     let runs = || {
         rig.container
@@ -430,27 +439,41 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         "{reason}"
     );
     assert!(reason.contains("restart"), "{reason}");
-    assert_eq!(t.json["paused"]["reason"], "manual repair");
+    assert_eq!(
+        t.report()
+            .paused
+            .flatten()
+            .and_then(|p| p.reason)
+            .as_deref(),
+        Some("manual repair")
+    );
 
     // The pause survives a restart and shows in the registrations list.
     rig.daemon.restart();
-    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
-    assert_eq!(regs[0]["paused"]["paused_by"], by.as_str(), "{regs:#}");
+    let regs = rig.registrations();
+    assert_eq!(
+        regs[0].paused.as_ref().map(|p| p.paused_by.as_str()),
+        Some(by.as_str()),
+        "{regs:#?}"
+    );
     // Through a pipe the client prints JSON (the table is for terminals: ctl/src/render.rs's
     // tests and tests/tests/e2e/ctl_terminal.rs cover it).
     let piped = rig.ctl(&["registrations"]).ok();
     assert_eq!(
-        piped.json[0]["paused"]["paused_by"],
-        by.as_str(),
+        piped.registrations()[0]
+            .paused
+            .as_ref()
+            .map(|p| p.paused_by.as_str()),
+        Some(by.as_str()),
         "{}",
         piped.stdout
     );
     let t = rig.ctl(&["tick"]).ok();
     assert!(!t.tick().acted);
     assert!(
-        t.json["refused_reason"]
-            .as_str()
-            .unwrap()
+        t.tick()
+            .refused_reason
+            .unwrap_or_default()
             .starts_with("paused by")
     );
     assert_eq!(runs(), runs_before, "a paused registration was mutated");
@@ -458,12 +481,9 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     // explain: facts, rule, action, refusal.
     // Through a pipe `explain` is JSON; its `lines` are what a terminal shows.
     let e = rig.ctl(&["explain"]).ok();
-    let lines: Vec<&str> = e.json["lines"]
-        .as_array()
-        .unwrap_or_else(|| panic!("explain JSON has lines: {}", e.stdout))
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let explanation: Explanation = e.decode();
+    let lines: Vec<&str> = explanation.lines.iter().map(String::as_str).collect();
+    assert!(!lines.is_empty(), "explain JSON has lines: {}", e.stdout);
     assert!(
         lines
             .iter()
@@ -488,15 +508,16 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         "{}",
         e.stdout
     );
-    let ej = rig.ctl(&["explain", "--json"]).ok().json;
-    assert_eq!(ej["facts"]["runner"], "dead");
+    // The facts are kept whole by the api type (`Explanation::rest`): read as JSON.
+    let ej: Explanation = rig.ctl(&["explain", "--json"]).ok().decode();
+    assert_eq!(ej.rest["facts"]["runner"], "dead");
 
     // Dry run: would restart, did not, not stored.
     let stored = rig.ticks(500).len();
     rig.ctl(&["unpause"]).ok();
     let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
     assert_eq!(d.code, Some(0), "{}", d.stderr);
-    assert_eq!(d.json["dry_run"], true, "{}", d.stdout);
+    assert!(d.report().dry_run, "{}", d.stdout);
     assert!(!d.report().acted);
     assert_eq!(d.report().next_action, NextAction::Restart);
     assert!(d.stderr.contains("dry run"), "{}", d.stderr);
@@ -507,8 +528,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let t = rig.ctl(&["supervise", "--chain"]).ok();
     assert!(t.report().acted, "{}", t.stdout);
     assert_eq!(t.report().event, TickEvent::Restarted);
-    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
-    assert!(regs[0]["paused"].is_null());
+    assert!(rig.registrations()[0].paused.is_none());
 }
 
 #[test]
@@ -544,25 +564,12 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     assert!(wait_until(Duration::from_secs(30), || rig.ticks(500).len() >= 2));
 
     // `watch` shows the last stored reports first.
-    let mut watch = Command::new(bin("megaplan-cloudctl"))
-        .args([
-            "--cloud-yaml",
-            rig.cloud_yaml.to_str().unwrap(),
-            "watch",
-            "--json",
-            "--backlog",
-            "2",
-        ])
-        .env("MEGAPLAN_CLOUDD_SOCKET", &rig.daemon.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watch = rig.spawn_ctl(&["watch", "--json", "--backlog", "2"]);
     let mut out = BufReader::new(watch.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    let rec: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
-    assert_eq!(rec["trigger"], "schedule");
+    let rec: TickRecord = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(rec.trigger, "schedule");
 
     rig.sshd.stop();
     assert!(
@@ -571,13 +578,12 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
         "no ticks_failing: {:?}",
         receiver.events()
     );
-    let failed = rig
+    let failed: Vec<TickRecord> = rig
         .ctl(&["ticks", "--json", "--failed", "--limit", "100"])
         .ok()
-        .json;
-    let failed = failed.as_array().unwrap();
+        .decode();
     assert!(failed.len() >= 3);
-    assert!(failed.iter().all(|t| t["success"] == false));
+    assert!(failed.iter().all(|t| !t.success));
     let by_event = rig
         .ctl(&[
             "ticks",
@@ -588,21 +594,21 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
             "100",
         ])
         .ok()
-        .json;
-    assert_eq!(by_event.as_array().unwrap().len(), failed.len());
-    let none = rig
+        .decode::<Vec<TickRecord>>();
+    assert_eq!(by_event.len(), failed.len());
+    let none: Vec<TickRecord> = rig
         .ctl(&["ticks", "--json", "--since", "2999-01-01"])
         .ok()
-        .json;
-    assert_eq!(none.as_array().unwrap().len(), 0);
-    let recent = rig
+        .decode();
+    assert_eq!(none.len(), 0);
+    let recent: Vec<TickRecord> = rig
         .ctl(&["ticks", "--json", "--since", "1h", "--limit", "500"])
         .ok()
-        .json;
-    assert_eq!(recent.as_array().unwrap().len(), rig.ticks(500).len());
+        .decode();
+    assert_eq!(recent.len(), rig.ticks(500).len());
     let bad = rig.ctl(&["ticks", "--since", "last tuesday"]);
     assert_eq!(bad.code, Some(1));
-    assert_eq!(bad.json["field"], "since", "{}", bad.stdout);
+    assert_eq!(bad.error_field(), "since", "{}", bad.stdout);
 
     rig.sshd.restart();
     assert!(
@@ -637,10 +643,10 @@ fn bad_notify_input_is_refused_by_field() {
     };
     let r = rig.ctl(&["register", "--notify-url", "ftp://ntfy.example/t"]);
     assert_eq!(r.code, Some(1));
-    assert_eq!(r.json["field"], "notify_url", "{}", r.stdout);
-    assert!(r.json["message"].as_str().unwrap().contains("https://"));
+    assert_eq!(r.error_field(), "notify_url", "{}", r.stdout);
+    assert!(r.error_body().message.contains("https://"));
     let r = rig.ctl(&["register", "--notify-url", "http://u:pw@127.0.0.1/t"]);
-    assert_eq!(r.json["field"], "notify_url");
+    assert_eq!(r.error_field(), "notify_url");
     let r = rig.ctl(&[
         "register",
         "--notify-url",
@@ -648,7 +654,7 @@ fn bad_notify_input_is_refused_by_field() {
         "--notify-preset",
         "teams",
     ]);
-    assert_eq!(r.json["field"], "notify_preset");
+    assert_eq!(r.error_field(), "notify_preset");
     let r = rig.ctl(&["pause"]);
     assert_eq!(
         r.error_body().error,
@@ -716,49 +722,44 @@ fn https_webhooks_reach_trusted_receivers_only() {
     std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
     let out = daemon.ctl(&project, &[], &["register", "--every", "1h", "--json"]);
     assert!(out.status.success(), "{out:?}");
-    let reg: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let key = reg["key"].as_str().unwrap().to_string();
+    let key = Run::from_output(&out).decode::<RegisterResponse>().key;
     std::fs::remove_file(&cy).unwrap();
     let out = daemon.ctl(&project, &[], &["tick", &key, "--json"]);
-    let tick: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert_eq!(tick["event"], "supervisor_error", "{out:?}");
+    let tick = Run::from_output(&out).try_decode::<TickRecord>();
+    assert_eq!(tick.map(|t| t.event), Some(TickEvent::Error), "{out:?}");
 
     assert!(
         wait_until(Duration::from_secs(60), || trusted.accepted().len() == 1),
         "the trusted https receiver got {:?}",
         trusted.events()
     );
-    let n = trusted.accepted()[0].json();
-    assert_eq!(n["event"], "ticks_failing", "{n}");
-    assert_eq!(n["key"], key.as_str());
+    let n = trusted.accepted()[0]
+        .notification()
+        .expect("the body is a notification");
+    assert_eq!(n.event, NotificationEvent::TicksFailing, "{n:?}");
+    assert_eq!(n.key, key);
     // The untrusted one: both attempts fail in the handshake, so no request ever arrives.
     let outbox = || {
         let out = daemon.ctl(&project, &[], &["notifications", "--all", "--json"]);
-        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+        Run::from_output(&out)
+            .try_decode::<Vec<OutboxRow>>()
+            .unwrap_or_default()
     };
     assert!(
         wait_until(Duration::from_secs(60), || outbox()
-            .as_array()
-            .is_some_and(|rows| rows.iter().any(|r| r["status"] == "failed"))),
-        "{:#}",
+            .iter()
+            .any(|r| r.status == "failed")),
+        "{:#?}",
         outbox()
     );
     let rows = outbox();
-    let failed: Vec<&Value> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["status"] == "failed")
-        .collect();
-    assert_eq!(failed.len(), 1, "{rows:#}");
+    let failed: Vec<&OutboxRow> = rows.iter().filter(|r| r.status == "failed").collect();
+    assert_eq!(failed.len(), 1, "{rows:#?}");
     assert!(
-        failed[0]["sink"]
-            .as_str()
-            .unwrap()
-            .contains(&untrusted.port.to_string()),
-        "{rows:#}"
+        failed[0].sink.contains(&untrusted.port.to_string()),
+        "{rows:#?}"
     );
-    let why = failed[0]["last_error"].as_str().unwrap().to_lowercase();
+    let why = failed[0].last_error.clone().unwrap().to_lowercase();
     assert!(why.contains("certificate"), "{why}");
     assert!(untrusted.received().is_empty());
 }
@@ -797,12 +798,11 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
         let args = ["register", "--every", "1h", "--notify-url", url, "--json"];
         let out = daemon.ctl(&project, &[], &args);
         assert!(out.status.success(), "{out:?}");
-        let reg: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let key = reg["key"].as_str().unwrap().to_string();
+        let key = Run::from_output(&out).decode::<RegisterResponse>().key;
         std::fs::remove_file(&cy).unwrap();
         let out = daemon.ctl(&project, &[], &["tick", &key, "--json"]);
-        let tick: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        assert_eq!(tick["event"], "supervisor_error", "{out:?}");
+        let tick = Run::from_output(&out).try_decode::<TickRecord>();
+        assert_eq!(tick.map(|t| t.event), Some(TickEvent::Error), "{out:?}");
     };
     let dead_url = dead.url("/hook");
     std::thread::scope(|s| {
@@ -821,20 +821,13 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
             &[],
             &["notifications", "--all", "--limit", "1000", "--json"],
         );
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap_or(Value::Null)
-            .as_array()
-            .cloned()
+        Run::from_output(&out)
+            .try_decode::<Vec<OutboxRow>>()
             .unwrap_or_default()
     };
-    let of = |rows: &[Value], port: u16| -> Vec<Value> {
+    let of = |rows: &[OutboxRow], port: u16| -> Vec<OutboxRow> {
         rows.iter()
-            .filter(|r| {
-                r["sink"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains(&format!(":{port}/"))
-            })
+            .filter(|r| r.sink.contains(&format!(":{port}/")))
             .cloned()
             .collect()
     };
@@ -871,36 +864,30 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     let dead_rows = of(&rows, dead.port);
     assert_eq!(dead_rows.len(), DEAD);
     assert!(
-        dead_rows.iter().all(|r| r["status"] == "pending"),
+        dead_rows.iter().all(|r| r.status == "pending"),
         "{dead_rows:#?}"
     );
-    let b = &dead_rows[0]["breaker"];
-    assert_eq!(b["sink"], format!("http://127.0.0.1:{}", dead.port), "{b}");
-    assert_eq!(b["in_flight"], 4, "{b}");
-    assert_eq!(b["state"], "closed", "{b}");
+    let b = &dead_rows[0].breaker;
+    assert_eq!(b.sink, format!("http://127.0.0.1:{}", dead.port), "{b:?}");
+    assert_eq!(b.in_flight, 4, "{b:?}");
+    assert_eq!(b.state, BreakerState::Closed, "{b:?}");
     let healthy_rows = of(&rows, healthy.port);
     assert_eq!(healthy_rows.len(), 1);
-    assert_eq!(healthy_rows[0]["status"], "delivered");
+    assert_eq!(healthy_rows[0].status, "delivered");
 
     // The dead receiver starts hanging up without an answer: every delivery to it fails.
     dead.hang_up();
-    let dead_breaker = || {
-        of(&outbox(), dead.port)
-            .first()
-            .map(|r| r["breaker"].clone())
-            .unwrap_or(Value::Null)
-    };
+    let dead_breaker = || of(&outbox(), dead.port).first().map(|r| r.breaker.clone());
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let b = dead_breaker();
-            b["state"] == "open" && b["in_flight"] == 0
+            dead_breaker().is_some_and(|b| b.state == BreakerState::Open && b.in_flight == 0)
         }),
-        "{:#}",
+        "{:#?}",
         dead_breaker()
     );
-    let b = dead_breaker();
-    assert!(b["consecutive_failures"].as_u64().unwrap() >= 3, "{b}");
-    assert!(b["open_until"].is_string(), "{b}");
+    let b = dead_breaker().expect("the dead sink's breaker");
+    assert!(b.consecutive_failures >= 3, "{b:?}");
+    assert!(b.open_until.is_some(), "{b:?}");
     // Slots freed before the third failure may have been refilled once each: at most 4 + 2.
     let sent = dead.received().len();
     assert!(
@@ -911,7 +898,7 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     let dead_rows = of(&outbox(), dead.port);
     assert_eq!(dead_rows.len(), DEAD);
     assert!(
-        dead_rows.iter().all(|r| r["status"] == "pending"),
+        dead_rows.iter().all(|r| r.status == "pending"),
         "{dead_rows:#?}"
     );
     // While it is open the dead sink gets nothing more; the healthy one still gets its next.

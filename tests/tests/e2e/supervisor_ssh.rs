@@ -6,13 +6,12 @@
 //! connection; an unregister ends the observer of a runner no registration uses any more.
 
 use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
-use megaplan_cloud_api::wire::Health;
+use megaplan_cloud_api::wire::{Health, TickRecord};
 use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, resident_observers};
-use megaplan_cloud_e2e::{Container, bench, bin, wait_until};
+use megaplan_cloud_e2e::{Container, bench, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn tick(rig: &SshRig) -> Run {
@@ -280,18 +279,7 @@ fn watch_follows_new_reports() {
     rig.precreate_workspace();
     rig.launch(&["m1"]);
     rig.ctl(&["register", "--every", "1h"]).ok();
-    let mut child = Command::new(bin("megaplan-cloudctl"))
-        .args([
-            "--cloud-yaml",
-            rig.cloud_yaml.to_str().unwrap(),
-            "watch",
-            "--json",
-        ])
-        .env("MEGAPLAN_CLOUDD_SOCKET", &rig.daemon.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = rig.spawn_ctl(&["watch", "--json"]);
     // `watch` may subscribe after a tick that was sent too early (nothing says when it has
     // subscribed), so tick until a line arrives instead of racing a sleep.
     let stdout = child.stdout.take().unwrap();
@@ -320,10 +308,9 @@ fn watch_follows_new_reports() {
     let line = line.expect("watch printed no report after 200 ticks");
     let _ = child.kill();
     let _ = child.wait();
-    let rec: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert_eq!(rec["trigger"], "manual");
-    assert_eq!(rec["key"].as_str().unwrap().len(), 16);
-    assert!(rec["report"]["event"].is_string());
+    let rec: TickRecord = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(rec.trigger, "manual");
+    assert_eq!(rec.key.len(), 16);
 }
 
 /// `(pid, parent pid, argv)` of every live, non-zombie process.

@@ -2,8 +2,8 @@
 //! run, collision refusal, --fresh, missing ideas, legacy marker, and one round trip per status.
 
 use megaplan_cloud_api::ErrorCode;
-use megaplan_cloud_api::report::{EffectiveStatus, Liveness, ReportedStatus};
 use megaplan_cloud_api::output::{Bootstrapped, Resumed};
+use megaplan_cloud_api::report::{EffectiveStatus, Liveness, ReportedStatus};
 use megaplan_cloud_api::status::{ChainLaunched, ChainSessions};
 use megaplan_cloud_api::wire::Health;
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
@@ -268,7 +268,10 @@ fn hand_written_legacy_marker_is_honoured() {
         s.stdout
     );
     assert_eq!(
-        s.chain_status().expect("status --chain").spec_source.as_deref(),
+        s.chain_status()
+            .expect("status --chain")
+            .spec_source
+            .as_deref(),
         Some("last_chain marker")
     );
 }
@@ -344,7 +347,11 @@ fn bootstrap_status_exec_and_chains() {
     assert!(e.stderr.contains("err"));
 
     let c = rig.ctl(&["chains"]).ok();
-    assert!(c.decode::<ChainSessions>().sessions.is_empty(), "{}", c.stdout);
+    assert!(
+        c.decode::<ChainSessions>().sessions.is_empty(),
+        "{}",
+        c.stdout
+    );
     let all = rig.ctl(&["status", "--all"]).ok();
     assert!(all.success(), "{}", all.stdout);
 }
