@@ -4,6 +4,8 @@
 //! on the real bench (sshd + Docker runner, real daemon, real SQLite). Waits are on what the
 //! receiver got, with generous safety nets; nothing asserts a duration.
 
+use megaplan_cloud_api::notification::{NotificationEvent, TestResults};
+use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
 use megaplan_cloud_e2e::pane::{assert_fits_80, in_80_columns};
 use megaplan_cloud_e2e::receiver::Receiver;
 use megaplan_cloud_e2e::rig::{Run, SshRig, notify_config, write_chain};
@@ -31,30 +33,31 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
         out.stdout,
         out.stderr
     );
-    let results = out.json["results"].as_array().expect("results").clone();
+    let tested: TestResults = out.decode();
+    let results = &tested.results;
     assert_eq!(results.len(), 2, "{}", out.stdout);
     let ok = &results[0];
-    assert_eq!(ok["ok"], true, "{ok}");
-    assert_eq!(ok["status"], 200);
-    assert_eq!(ok["sink"], format!("webhook {}", good.url("/good")));
-    assert_eq!(ok["source"], "notify.yaml");
-    assert!(ok["latency_ms"].is_u64());
+    assert!(ok.ok, "{ok:?}");
+    assert_eq!(ok.status, Some(200));
+    assert_eq!(ok.sink, format!("webhook {}", good.url("/good")));
+    assert_eq!(ok.source, "notify.yaml");
     let failed = &results[1];
-    assert_eq!(failed["ok"], false, "{failed}");
-    assert_eq!(failed["status"], 500);
-    assert_eq!(failed["preset"], "ntfy");
+    assert!(!failed.ok, "{failed:?}");
+    assert_eq!(failed.status, Some(500));
+    assert_eq!(failed.preset.as_deref(), Some("ntfy"));
     assert!(
-        failed["error"].as_str().unwrap_or_default().contains("500"),
-        "{failed}"
+        failed.error.as_deref().unwrap_or_default().contains("500"),
+        "{failed:?}"
     );
     // Each receiver got the test, with the same idempotency key in the header (and the body).
-    let key = out.json["idempotency_key"].as_str().unwrap().to_string();
+    let key = tested.idempotency_key.clone();
     let g = good.received();
     let b = bad.received();
     assert_eq!((g.len(), b.len()), (1, 1));
-    assert_eq!(g[0].json()["event"], "test");
-    assert_eq!(g[0].json()["schema"], "megaplan-cloudd/notification/v1");
-    assert_eq!(g[0].json()["idempotency_key"], key.as_str());
+    let test = g[0].notification().expect("the test is a notification");
+    assert_eq!(test.event, NotificationEvent::Test);
+    assert_eq!(test.schema, "megaplan-cloudd/notification/v1");
+    assert_eq!(test.idempotency_key, key);
     assert_eq!(g[0].header("x-idempotency-key"), Some(key.as_str()));
     assert_eq!(b[0].header("x-idempotency-key"), Some(key.as_str()));
     assert_eq!(b[0].header("priority"), Some("default"));
@@ -64,6 +67,7 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
     assert_eq!(again.code, Some(0), "{}", again.stdout);
     // doctor --send-test asks the same route: one check per sink.
     let doc = Run::from_output(&d.ctl(&d.dir, &[], &["doctor", "--send-test", "--json"]));
+    // `doctor`'s document is the client's own (no api type carries it): read as JSON.
     let sinks: Vec<&Value> = doc.json["checks"]
         .as_array()
         .map(|c| {
@@ -128,7 +132,11 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     assert!(wait_until(Duration::from_secs(60), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
+        rig.ctl(&["status", "--chain"])
+            .chain_status()
+            .is_some_and(|s| {
+                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
+            })
     }));
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
@@ -143,20 +151,26 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
         rig.daemon.log_text()
     );
     let first = receiver.accepted()[0].clone();
-    let body = first.json();
-    let key = body["idempotency_key"].as_str().unwrap().to_string();
-    assert_eq!(key.len(), 32, "{body}");
+    let body = first.notification().expect("the body is a notification");
+    let key = body.idempotency_key.clone();
+    assert_eq!(key.len(), 32, "{body:?}");
     assert_eq!(first.header("x-idempotency-key"), Some(key.as_str()));
     // What a person acts on comes first: the chain, milestone, state, the PR, the fix.
-    assert_eq!(body["needs_person"], true);
-    assert_eq!(body["chain"], "project");
-    assert_eq!(body["milestone"]["label"], "m1");
-    assert_eq!(body["pr"]["number"], 7);
-    assert!(
-        body["fix"].as_str().unwrap().starts_with("merge PR #7"),
-        "{body}"
+    assert!(body.needs_person);
+    assert_eq!(body.chain, "project");
+    assert_eq!(
+        body.milestone.as_ref().and_then(|m| m.label.as_deref()),
+        Some("m1")
     );
-    let message = body["message"].as_str().unwrap();
+    assert_eq!(body.pr.as_ref().map(|p| p.number), Some(7));
+    assert!(
+        body.fix
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("merge PR #7"),
+        "{body:?}"
+    );
+    let message = body.message.as_str();
     assert!(
         message.starts_with("project · milestone 1/2 (m1)"),
         "{message}"
@@ -192,10 +206,9 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
         .accepted()
         .iter()
         .map(|r| {
-            r.json()["idempotency_key"]
-                .as_str()
+            r.notification()
+                .map(|n| n.idempotency_key)
                 .unwrap_or_default()
-                .to_string()
         })
         .collect();
     let mut distinct = keys.clone();
@@ -205,7 +218,7 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     for r in receiver.accepted() {
         assert_eq!(
             r.header("x-idempotency-key"),
-            r.json()["idempotency_key"].as_str()
+            r.notification().map(|n| n.idempotency_key).as_deref()
         );
     }
     let db = rig.daemon.home.join("cloudd.db");
@@ -236,11 +249,11 @@ fn a_digest_replaces_one_message_per_event() {
     rig.ctl(&["register", "--every", "1s"]).ok();
     let complete_digest = || {
         receiver.accepted().iter().any(|r| {
-            let v = r.json();
-            v["event"] == "digest"
-                && v["digest"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["state"] == "complete"))
+            r.notification().is_some_and(|n| {
+                n.event == NotificationEvent::Digest
+                    && n.digest
+                        .is_some_and(|c| c.iter().any(|c| c.state == "complete"))
+            })
         })
     };
     assert!(
@@ -257,17 +270,18 @@ fn a_digest_replaces_one_message_per_event() {
     let done: u64 = receiver
         .accepted()
         .iter()
-        .flat_map(|r| r.json()["digest"].as_array().cloned().unwrap_or_default())
-        .map(|c| c["milestones_done"].as_u64().unwrap_or(0))
+        .flat_map(|r| r.notification().and_then(|n| n.digest).unwrap_or_default())
+        .map(|c| u64::from(c.milestones_done))
         .sum();
     assert!(
         (1..=3).contains(&done),
         "milestones done over the digests: {done}"
     );
-    let last = receiver.accepted().last().unwrap().json();
-    assert!(
-        last["title"].as_str().unwrap().contains("milestone"),
-        "{last}"
-    );
-    assert_eq!(last["needs_person"], false);
+    let last = receiver
+        .accepted()
+        .last()
+        .and_then(|r| r.notification())
+        .expect("the last body is a notification");
+    assert!(last.title.contains("milestone"), "{last:?}");
+    assert!(!last.needs_person);
 }
