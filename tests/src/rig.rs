@@ -348,15 +348,6 @@ impl SshRig {
         self.ctl(&["registrations", "--json"]).ok().registrations()
     }
 
-    /// The stored tick history as JSON, for the tests that look at the stored document itself.
-    pub fn ticks_json(&self, limit: u32) -> Vec<Value> {
-        self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
-            .json
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
     /// Waits for `status --chain` to say `complete`; on the safety net's expiry fails with the
     /// last status and the runner's chain log.
     pub fn wait_complete(&self) {
