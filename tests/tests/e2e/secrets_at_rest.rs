@@ -5,10 +5,12 @@
 //! daemon's state root (logs, markers, the rendered deploy dir), not in its stderr log (run at
 //! debug level). The ssh provider writes `.env` only on the remote host, over stdin.
 
+use megaplan_cloud_api::output::Deployed;
+use megaplan_cloud_api::report::SyncInfo;
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::rig::{SEED_REPO, SshRig, write_chain};
 use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{bin, wait_until};
-use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -76,7 +78,11 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     let built = rig.ctl(&["build"]).ok();
     assert!(!built.stdout.contains(SECRET) && !built.stderr.contains(SECRET));
     let deployed = rig.ctl(&["deploy"]).ok();
-    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    assert!(
+        deployed.decode::<Deployed>().report.success,
+        "{}",
+        deployed.stdout
+    );
     assert!(!deployed.stdout.contains(SECRET) && !deployed.stderr.contains(SECRET));
     // The value did reach the runner: in the remote .env (0600) and the container's environment.
     // (This also shows the scan below finds the value where it is.)
@@ -146,13 +152,28 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     )])
     .ok();
     let s = rig.ctl(&["status", "--chain"]).ok();
-    assert_eq!(s.json["pr"]["pr_head"], REDACTED, "{}", s.stdout);
+    assert_eq!(
+        s.chain_status()
+            .expect("status --chain")
+            .pr
+            .pr_head
+            .flatten()
+            .as_deref(),
+        Some(REDACTED),
+        "{}",
+        s.stdout
+    );
     assert!(!s.stdout.contains(SECRET) && !s.stderr.contains(SECRET));
 
     // Ticks: supervise --chain, manual, and scheduled ones (which redact with the values the
     // last client command handed over, kept in memory only).
     let t = rig.ctl(&["supervise", "--chain"]).ok();
-    assert_eq!(t.json["pr"]["pr_head"], REDACTED, "{}", t.stdout);
+    assert_eq!(
+        t.report().pr.pr_head.flatten().as_deref(),
+        Some(REDACTED),
+        "{}",
+        t.stdout
+    );
     rig.ctl(&["register", "--every", "2s"]).ok();
     let scheduled = || {
         rig.ticks(100)
@@ -166,11 +187,16 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     );
     rig.ctl(&["tick"]).ok();
     let stored = rig.ctl(&["ticks", "--json", "--limit", "100"]).ok();
-    let all = stored.json.as_array().unwrap();
+    let all: Vec<TickRecord> = stored.decode();
     assert!(all.len() >= 4, "{}", stored.stdout);
-    for tick in all {
-        assert_eq!(tick["report"]["pr"]["pr_head"], REDACTED, "{tick}");
-        assert_ne!(tick["report"]["sync"], Value::Null, "{tick}");
+    for tick in &all {
+        assert_eq!(
+            tick.report.pr.pr_head.clone().flatten().as_deref(),
+            Some(REDACTED),
+            "{tick:?}"
+        );
+        // The sync facts were observed (a report that could not observe has none).
+        assert_ne!(tick.report.sync, SyncInfo::default(), "{tick:?}");
     }
     assert!(!stored.stdout.contains(SECRET));
 
