@@ -3,6 +3,8 @@
 //! pipe the same commands print JSON for scripts. Also: shell completions load into bash and
 //! complete a subcommand, and the man page renders.
 
+use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::wire::{RegisterResponse, RegistrationListed, TickRecord};
 use megaplan_cloud_e2e::pane::{
     Pane, assert_fits_80, in_80_columns, in_terminal, signal_then_hold,
 };
@@ -111,21 +113,21 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     );
 
     // Through a pipe: JSON, as scripts expect.
-    let regs: Value = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
+    let regs: Vec<RegistrationListed> = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
         .expect("registrations through a pipe is JSON");
-    assert_eq!(regs.as_array().map(Vec::len), Some(1));
-    let ticks: Value =
+    assert_eq!(regs.len(), 1);
+    let ticks: Vec<TickRecord> =
         serde_json::from_str(&rig.ctl(&["ticks"]).stdout).expect("ticks through a pipe is JSON");
-    assert!(!ticks.as_array().unwrap().is_empty());
+    assert!(!ticks.is_empty());
     let st = rig.ctl(&["status", "--chain"]);
-    assert_eq!(st.json["success"], true, "{}", st.stdout);
+    assert!(st.success(), "{}", st.stdout);
     let bad = rig.daemon.ctl(
         &rig.project,
         &[],
         &["--cloud-yaml", "/nonexistent/cloud.yaml", "status"],
     );
-    let v: Value = serde_json::from_slice(&bad.stdout).expect("error JSON through a pipe");
-    assert_eq!(v["success"], false);
+    let v: ErrorBody = serde_json::from_slice(&bad.stdout).expect("error JSON through a pipe");
+    assert!(!v.success);
     // Outside any project (no cloud.yaml in reach) `ticks` shows every registration's history
     // instead of an empty list.
     let outside = rig.daemon.ctl(std::path::Path::new("/"), &[], &["ticks"]);
@@ -260,6 +262,7 @@ fn version_works_without_a_daemon_and_names_both_sides() {
         .unwrap();
     // The daemon is down: still the client's version, and 69 (EX_UNAVAILABLE), documented.
     assert_eq!(out.status.code(), Some(69));
+    // `version`'s document is the client's own (no api type carries it): read as JSON.
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["client"]["version"], megaplan_cloud_api::VERSION);
     assert!(v["daemon"].is_null());
@@ -336,15 +339,13 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
         &["--cloud-yaml", cys, "register", "--every", "1h"],
     );
     assert!(out.status.success(), "{out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let warned = |v: &Value| {
-        v["warnings"]
-            .as_array()
-            .unwrap()
+    let v: RegisterResponse = serde_json::from_slice(&out.stdout).unwrap();
+    let warned = |v: &RegisterResponse| {
+        v.warnings
             .iter()
-            .any(|w| w.as_str().unwrap().contains("no remote chain spec"))
+            .any(|w| w.contains("no remote chain spec"))
     };
-    assert!(warned(&v), "{v}");
+    assert!(warned(&v), "{v:?}");
     // Through a pipe the warning is in the document, and stderr stays empty.
     assert!(out.stderr.is_empty(), "{out:?}");
     // Naming the spec on the runner answers the question: no warning.
@@ -361,35 +362,27 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
             "/w/chain.yaml",
         ],
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(!warned(&v), "{v}");
+    let v: RegisterResponse = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!warned(&v), "{v:?}");
     // Before any build the local provider's folder does not exist: the error says so, not
     // "Missing required CLI" (spawn's ENOENT for a missing working folder).
     let st = d.ctl(&work, &[], &["--cloud-yaml", cys, "status"]);
-    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
-    let m = v["message"].as_str().unwrap_or_default();
+    let v: ErrorBody = serde_json::from_slice(&st.stdout).unwrap();
+    let m = v.message.as_str();
     assert!(
         m.contains("build` first") && !m.contains("Missing required CLI"),
-        "{v}"
+        "{v:?}"
     );
 
     // `tick`, `ticks` and `unregister` take the key `registrations` shows, from anywhere.
     let key = registration_key(&d, &work, cys);
     let root = std::path::Path::new("/");
     let t = d.ctl(root, &[], &["tick", &key]);
-    let tv: Value = serde_json::from_slice(&t.stdout).unwrap();
-    assert_eq!(tv["key"], key.as_str(), "{tv}");
+    let tv: TickRecord = serde_json::from_slice(&t.stdout).unwrap();
+    assert_eq!(tv.key, key, "{tv:?}");
     let h = d.ctl(root, &[], &["ticks", &key]);
-    let hv: Value = serde_json::from_slice(&h.stdout).unwrap();
-    assert!(
-        !hv.as_array().unwrap().is_empty()
-            && hv
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["key"] == key.as_str()),
-        "{hv}"
-    );
+    let hv: Vec<TickRecord> = serde_json::from_slice(&h.stdout).unwrap();
+    assert!(!hv.is_empty() && hv.iter().all(|r| r.key == key), "{hv:?}");
     // A unique prefix of the key names the registration for every per-registration command,
     // from anywhere; an unknown key is an error naming it, never an empty answer.
     let prefix = &key[..6];
@@ -548,19 +541,18 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
     );
     let u = d.ctl(root, &[], &["unregister", &key]);
     assert!(u.status.success(), "{u:?}");
-    let left: Value = serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();
-    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+    let left: Vec<RegistrationListed> =
+        serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();
+    assert_eq!(left.len(), 0, "{left:?}");
 }
 
 fn registration_key(d: &megaplan_cloud_e2e::Daemon, work: &std::path::Path, cy: &str) -> String {
-    let regs: Value = serde_json::from_slice(&d.ctl(work, &[], &["registrations"]).stdout).unwrap();
-    regs.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["cloud_yaml"] == cy)
-        .and_then(|r| r["key"].as_str())
-        .unwrap_or_else(|| panic!("{cy} not in {regs}"))
-        .to_string()
+    let regs: Vec<RegistrationListed> =
+        serde_json::from_slice(&d.ctl(work, &[], &["registrations"]).stdout).unwrap();
+    regs.iter()
+        .find(|r| r.registration.cloud_yaml == cy)
+        .map(|r| r.registration.key.clone())
+        .unwrap_or_else(|| panic!("{cy} not in {regs:?}"))
 }
 
 #[test]
