@@ -7,6 +7,8 @@
 //! naming it; `apikey` seeds nothing. No token is found in the client's output, the daemon's
 //! files (database, WAL, logs at debug level, deploy dir) or its log.
 
+use megaplan_cloud_api::output::Deployed;
+use megaplan_cloud_api::status::ChainLaunched;
 use megaplan_cloud_e2e::rig::{Run, SEED_REPO, SshRig, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,13 @@ const CODEX_ID: &str = "e2e.codex-id-token.Wd64sYc5";
 const HERMES_TOKEN: &str = "e2e-hermes-token-Ty39rFg7";
 const TOKENS: [&str; 4] = [CODEX_ACCESS, CODEX_REFRESH, CODEX_ID, HERMES_TOKEN];
 use megaplan_cloudd::redact::REPLACEMENT as REDACTED;
+
+/// What seeding the agents' logins did, as `deploy` and `chain` answer it: the api keeps this
+/// document as JSON (`Deployed::agent_auth`, and beside `ChainLaunched`'s fields), so the
+/// tests read its fields by name; `null` when the answer carries none.
+fn agent_auth(seeding: Option<serde_json::Value>) -> serde_json::Value {
+    seeding.unwrap_or(serde_json::Value::Null)
+}
 
 /// codex writes its auth.json pretty-printed over several lines.
 fn codex_auth() -> String {
@@ -133,18 +142,17 @@ CMD ["/usr/local/bin/entrypoint.sh"]
 
     ctl(&["build"]).ok();
     let deployed = ctl(&["deploy"]).ok();
-    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    let deploy: Deployed = deployed.decode();
+    assert!(deploy.report.success, "{}", deployed.stdout);
+    let seeding = agent_auth(deploy.agent_auth);
     assert_eq!(
-        deployed.json["agent_auth"]["seeded"],
+        seeding["seeded"],
         serde_json::json!(["codex", "hermes"]),
         "{}\n{}",
         deployed.stdout,
         deployed.stderr
     );
-    assert_eq!(
-        deployed.json["agent_auth"]["missing"],
-        serde_json::json!([])
-    );
+    assert_eq!(seeding["missing"], serde_json::json!([]));
     assert!(
         deployed
             .stderr
@@ -235,14 +243,21 @@ CMD ["/usr/local/bin/entrypoint.sh"]
         "{}",
         launched.stderr
     );
+    let seeding = agent_auth(
+        launched
+            .decode::<ChainLaunched>()
+            .rest
+            .get("agent_auth")
+            .cloned(),
+    );
     assert_eq!(
-        launched.json["agent_auth"]["seeded"],
+        seeding["seeded"],
         serde_json::json!(["codex"]),
         "{}",
         launched.stdout
     );
     assert_eq!(
-        launched.json["agent_auth"]["missing"][0]["local"],
+        seeding["missing"][0]["local"],
         format!("{missing_path} not found")
     );
     assert_seeded(&rig, "/workspace/.creds/codex-auth.json", &codex);
@@ -268,16 +283,14 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     std::fs::write(home.path().join(".hermes/auth.json"), &hermes).unwrap();
     rig.container.exec_ok("rm -rf /workspace/.creds");
     let opted_out = ctl(&["deploy"]).ok();
+    let seeding = agent_auth(opted_out.decode::<Deployed>().agent_auth);
     assert_eq!(
-        opted_out.json["agent_auth"]["seeded"],
+        seeding["seeded"],
         serde_json::json!([]),
         "{}",
         opted_out.stdout
     );
-    assert_eq!(
-        opted_out.json["agent_auth"]["skipped"],
-        "megaplan.codex_auth is apikey"
-    );
+    assert_eq!(seeding["skipped"], "megaplan.codex_auth is apikey");
     assert!(
         wait_until(Duration::from_secs(30), || ctl(&["exec", "true"]).code
             == Some(0)),

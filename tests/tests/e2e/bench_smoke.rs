@@ -1,6 +1,10 @@
 //! Proves the bench itself: sshd + docker + containers, the stand-in megaplan core, the gh stand-in and the
 //! railway CLI stand-in. Every later end-to-end test relies on these behaving as documented in
 //! tests/bench/README.md.
+//!
+//! The documents read here are the stand-ins' own (the core's chain and plan state files, its
+//! `status` output, the recorded argv of a fake `docker`): no api type carries them, so they are
+//! read as JSON by field name on purpose.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
