@@ -348,6 +348,48 @@ impl SshRig {
         self.ctl(&["registrations", "--json"]).ok().registrations()
     }
 
+    /// Waits until `status --chain` answers a document for which `want` holds; on the safety
+    /// net's expiry (`secs`) fails naming `what`, with the last answer.
+    pub fn wait_chain(&self, secs: u64, what: &str, want: impl Fn(&ChainStatus) -> bool) {
+        let mut last = String::new();
+        let seen = wait_until(Duration::from_secs(secs), || {
+            let s = self.ctl(&["status", "--chain"]);
+            last = format!("{}\n{}", s.stdout, s.stderr);
+            s.chain_status().is_some_and(|c| want(&c))
+        });
+        assert!(seen, "status --chain never said {what}; last: {last}");
+    }
+
+    /// [`SshRig::wait_chain`] until the effective status is `status`.
+    pub fn wait_effective_status(&self, secs: u64, status: EffectiveStatus) {
+        self.wait_chain(secs, status.as_str(), |s| {
+            s.effective_status == ReportedStatus::Classified(status)
+        });
+    }
+
+    /// [`SshRig::wait_chain`] until the chain runs milestone `label`.
+    pub fn wait_running_at(&self, secs: u64, label: &str) {
+        self.wait_chain(secs, &format!("running at {label}"), |s| {
+            s.summary
+                .current_milestone
+                .as_ref()
+                .is_some_and(|m| m.label == label)
+                && s.effective_status == ReportedStatus::Classified(EffectiveStatus::Running)
+        });
+    }
+
+    /// Launches a chain of `labels` whose first milestone stops at pull request `pr` (open on
+    /// the stand-in `gh`): the workspace made, the stand-in core told, the PR opened.
+    pub fn launch_awaiting_pr(&self, labels: &[&str], pr: u32) {
+        self.precreate_workspace();
+        self.control(&format!(
+            r#"{{"step_seconds": 0.1, "await_pr": {{"{}": {pr}}}}}"#,
+            labels[0]
+        ));
+        self.container.set_pr(pr, "OPEN");
+        self.launch(labels);
+    }
+
     /// Waits for `status --chain` to say `complete`; on the safety net's expiry fails with the
     /// last status and the runner's chain log.
     pub fn wait_complete(&self) {

@@ -442,18 +442,7 @@ fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
         launched.stdout,
         launched.stderr
     );
-    assert!(
-        wait_until(Duration::from_secs(90), || {
-            rig.ctl(&["status", "--chain"])
-                .chain_status()
-                .is_some_and(|s| {
-                    s.summary.current_milestone.is_some_and(|m| m.label == "m1")
-                        && s.effective_status
-                            == ReportedStatus::Classified(EffectiveStatus::Running)
-                })
-        }),
-        "the chain did not reach a running m1"
-    );
+    rig.wait_running_at(90, "m1");
     let tick = || {
         let t = rig.ctl(&["supervise", "--chain"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);

@@ -5,7 +5,7 @@
 //! receiver got, with generous safety nets; nothing asserts a duration.
 
 use megaplan_cloud_api::notification::{NotificationEvent, TestResults};
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus};
+use megaplan_cloud_api::report::EffectiveStatus;
 use megaplan_cloud_e2e::pane::{assert_fits_80, in_80_columns};
 use megaplan_cloud_e2e::receiver::Receiver;
 use megaplan_cloud_e2e::rig::{Run, SshRig, notify_config, write_chain};
@@ -131,13 +131,7 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     rig.container.set_pr(7, "OPEN");
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-    assert!(wait_until(Duration::from_secs(60), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.wait_effective_status(60, EffectiveStatus::AwaitingPrMerge);
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
         .ok();

@@ -48,17 +48,8 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container.set_pr(7, "OPEN");
-    rig.launch(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     let url = receiver.url("/megaplan-topic");
     let reg = rig
         .ctl(&["register", "--every", "1s", "--notify-url", &url])
@@ -215,13 +206,7 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     let spec = write_chain(&rig.project.join("epic2"), "chain.yaml", &["m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap(), "--fresh"]).ok();
     rig.container.set_pr(8, "OPEN");
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     let before = receiver.received().len();
     rig.ctl(&["tick"]).ok();
     assert!(wait_until(Duration::from_secs(30), || receiver
@@ -266,13 +251,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 9}}"#);
     rig.container.set_pr(9, &secret);
     rig.launch(&["m1"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     rig.ctl(&["register", "--every", "1h"]).ok();
     let t = rig.ctl(&["tick"]).ok();
     assert!(!t.stdout.contains(secret));

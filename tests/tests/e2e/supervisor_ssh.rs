@@ -88,17 +88,8 @@ fn open_pr_blocks_and_merged_pr_advances_within_three_round_trips() {
     let Some(rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container.set_pr(7, "OPEN");
-    rig.launch(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     let before = rig.sshd.exec_requests();
     let t = tick(&rig);
     let trips = rig.sshd.exec_requests() - before;
@@ -165,17 +156,8 @@ fn a_merged_pr_is_seen_by_the_watch_and_advanced_without_a_scheduled_tick() {
     let Some(rig) = SshRig::start("supervise:\n  pr_poll: 10s\n", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container.set_pr(7, "OPEN");
-    rig.launch(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     rig.ctl(&["register", "--cron", "0 0 1 1 *"]).ok();
     // The registration's first tick: blocked on the open PR; it starts the runner watch.
     let t = rig.ctl(&["tick"]).ok();
@@ -386,18 +368,7 @@ fn running_chain(labels: &[&str]) -> Option<SshRig> {
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
     rig.launch(labels);
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            rig.ctl(&["status", "--chain"])
-                .chain_status()
-                .is_some_and(|s| {
-                    s.summary.current_milestone.is_some_and(|m| m.label == "m1")
-                        && s.effective_status
-                            == ReportedStatus::Classified(EffectiveStatus::Running)
-                })
-        }),
-        "the chain did not reach a running m1"
-    );
+    rig.wait_running_at(60, "m1");
     Some(rig)
 }
 
