@@ -297,14 +297,13 @@ impl SshRig {
 
     /// `megaplan-cloudctl --cloud-yaml <rig's> args...` from the project folder.
     pub fn ctl(&self, args: &[&str]) -> Run {
-        let mut full = vec!["--cloud-yaml", self.cloud_yaml.to_str().unwrap_or_default()];
-        full.extend_from_slice(args);
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        Run::from_output(&self.daemon.ctl(&self.project, &env, &full))
+        ctl_in(
+            &self.daemon,
+            &self.project,
+            &self.env,
+            &self.cloud_yaml,
+            args,
+        )
     }
 
     /// `megaplan-cloudctl --cloud-yaml <rig's> args...` from the project folder, spawned (for a
@@ -425,6 +424,21 @@ fn ssh_cloud_yaml(sshd: &Sshd, container: &Container, repo_url: &str) -> String 
 /// The Dockerfile line that gives a runner image built by [`SshRig::start_building`] its git
 /// remote for `repo.url`: a bare `/srv/repo.git` with one commit on `main`.
 pub const SEED_REPO: &str = r#"RUN set -e; git init -q --bare -b main /srv/repo.git; seed=$(mktemp -d); cd "$seed"; git init -q -b main; printf '# e2e\n' > README.md; git add README.md; git -c user.name=e2e -c user.email=e2e@example.invalid commit -q -m init; git push -q /srv/repo.git main; cd /; rm -rf "$seed""#;
+
+/// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...` against `daemon` from `project`, with
+/// `env` (secret values, a fake HOME) in its environment.
+pub fn ctl_in(
+    daemon: &Daemon,
+    project: &Path,
+    env: &[(String, String)],
+    cloud_yaml: &Path,
+    args: &[&str],
+) -> Run {
+    let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap_or_default()];
+    full.extend_from_slice(args);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Run::from_output(&daemon.ctl(project, &env, &full))
+}
 
 /// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...` against `daemon`, run from the
 /// cloud.yaml's folder (the operator's project): for a second project beside a rig's, or a

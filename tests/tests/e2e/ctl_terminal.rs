@@ -602,11 +602,7 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
     let Some(rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container.set_pr(7, "OPEN");
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
     rig.ctl(&["register", "--every", "1h"]).ok();
     // The stand-in chain reaches PR #7 on its own; each tick stores what it saw.
     let awaiting = wait_until(Duration::from_secs(60), || {

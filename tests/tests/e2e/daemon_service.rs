@@ -7,7 +7,7 @@ use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_api::report::TickEvent;
 use megaplan_cloud_api::wire::{RegisterResponse, RegistrationListed, TickRecord};
 use megaplan_cloud_e2e::rig::{Run, local_cloud_yaml};
-use megaplan_cloud_e2e::util::{raw_http, sqlite, wait_until};
+use megaplan_cloud_e2e::util::{post_oversized, raw_http, sqlite, wait_until};
 use megaplan_cloud_e2e::{Daemon, bin};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -302,14 +302,7 @@ fn garbage_input_is_refused_and_the_daemon_keeps_serving() {
     let bad = raw_http(&d.socket, b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(bad.contains("invalid_args"), "{bad}");
-    let huge = vec![b'a'; 2 * 1024 * 1024];
-    let mut req = format!(
-        "POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        huge.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(&huge);
-    let resp = raw_http(&d.socket, &req);
+    let resp = post_oversized(&d.socket, 2 * 1024 * 1024);
     assert!(
         resp.starts_with("HTTP/1.1 413"),
         "{}",

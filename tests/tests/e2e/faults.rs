@@ -15,7 +15,7 @@ use megaplan_cloud_api::wire::{
     TickRecord,
 };
 use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml, spawn_ctl};
-use megaplan_cloud_e2e::util::{raw_http, sqlite};
+use megaplan_cloud_e2e::util::{post_oversized, raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -537,13 +537,7 @@ fn idle_clients_do_not_block_others_and_huge_bodies_are_refused() {
     // 8 MiB bodies, declared and chunked: 413 every time, memory flat.
     let huge = vec![b'a'; 8 * 1024 * 1024];
     for _ in 0..5 {
-        let mut req = format!(
-            "POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            huge.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(&huge);
-        let resp = raw_http(&d.socket, &req);
+        let resp = post_oversized(&d.socket, huge.len());
         assert!(
             resp.starts_with("HTTP/1.1 413"),
             "{}",

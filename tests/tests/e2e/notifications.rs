@@ -126,11 +126,7 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container.set_pr(7, "OPEN");
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
     rig.wait_effective_status(60, EffectiveStatus::AwaitingPrMerge);
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
