@@ -123,6 +123,11 @@ impl Run {
         self.try_decode()
     }
 
+    /// `status --chain`'s document, which the command must have answered.
+    pub fn chain(&self) -> ChainStatus {
+        self.decode()
+    }
+
     /// `status --chain` says the chain is complete.
     pub fn chain_complete(&self) -> bool {
         self.chain_status().is_some_and(|s| {
@@ -226,12 +231,7 @@ impl SshRig {
         let sshd = Sshd::start();
         let container = b.container_with("mp-ssh", docker_args, &["sleep", "infinity"]);
         let repo = repo_in_container(&container);
-        let ssh_config = sshd.ssh_config.display().to_string();
-        let mut env = vec![("MEGAPLAN_CLOUDD_SSH_CONFIG", ssh_config.as_str())];
-        env.extend_from_slice(daemon_env);
-        let daemon = Daemon::start(&env, daemon_args);
-        let project = daemon.dir.join("project");
-        std::fs::create_dir_all(&project).expect("project dir");
+        let (daemon, project) = ssh_daemon(&sshd, daemon_env, daemon_args);
         let cloud_yaml = project.join("cloud.yaml");
         let text = format!("{}{extra_yaml}", ssh_cloud_yaml(&sshd, &container, &repo));
         std::fs::write(&cloud_yaml, text).expect("cloud.yaml");
@@ -261,15 +261,7 @@ impl SshRig {
         let b = bench()?;
         let sshd = Sshd::start();
         let container = b.container(prefix);
-        let ssh_config = sshd.ssh_config.display().to_string();
-        let daemon = Daemon::start(
-            &[
-                ("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config),
-                ("RUST_LOG", "debug"),
-            ],
-            &[],
-        );
-        let project = daemon.dir.join("project");
+        let (daemon, project) = ssh_daemon(&sshd, &[("RUST_LOG", "debug")], &[]);
         let dockerfile_at = project.join(dockerfile_path);
         std::fs::create_dir_all(dockerfile_at.parent().unwrap_or(&project))
             .expect("Dockerfile dir");
@@ -377,6 +369,17 @@ impl SshRig {
         });
     }
 
+    /// Launches a chain of `labels` whose first milestone never finishes (the stand-in core
+    /// stalls there, its driver alive): the workspace made, the stand-in core told.
+    pub fn launch_stalled(&self, labels: &[&str]) {
+        self.precreate_workspace();
+        self.control(&format!(
+            r#"{{"step_seconds": 0.1, "stall": ["{}"]}}"#,
+            labels[0]
+        ));
+        self.launch(labels);
+    }
+
     /// Launches a chain of `labels` whose first milestone stops at pull request `pr` (open on
     /// the stand-in `gh`): the workspace made, the stand-in core told, the PR opened.
     pub fn launch_awaiting_pr(&self, labels: &[&str], pr: u32) {
@@ -408,6 +411,18 @@ impl SshRig {
             String::from_utf8_lossy(&log)
         );
     }
+}
+
+/// A daemon that reaches `sshd` through its client config (plus `daemon_env`, `daemon_args`),
+/// and the operator's project folder beside it (created).
+fn ssh_daemon(sshd: &Sshd, daemon_env: &[(&str, &str)], daemon_args: &[&str]) -> (Daemon, PathBuf) {
+    let ssh_config = sshd.ssh_config.display().to_string();
+    let mut env = vec![("MEGAPLAN_CLOUDD_SSH_CONFIG", ssh_config.as_str())];
+    env.extend_from_slice(daemon_env);
+    let daemon = Daemon::start(&env, daemon_args);
+    let project = daemon.dir.join("project");
+    std::fs::create_dir_all(&project).expect("project dir");
+    (daemon, project)
 }
 
 /// The ssh part of every rig's cloud.yaml: the runner `container` behind `sshd`, its workspace
@@ -484,6 +499,22 @@ pub fn local_cloud_yaml(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).expect("cloud.yaml dir");
     let path = dir.join("cloud.yaml");
     std::fs::write(&path, "provider: local\nrepo:\n  url: /srv/repo.git\n").expect("cloud.yaml");
+    path
+}
+
+/// `<dir>/cloud.yaml` (dir created) for provider ssh to `127.0.0.1:<port>`, with no runner
+/// behind it: for a tick that must hang in the ssh handshake (the port a listener that never
+/// speaks) or fail to connect.
+pub fn ssh_cloud_yaml_to(dir: &Path, port: u16) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("cloud.yaml dir");
+    let path = dir.join("cloud.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"
+        ),
+    )
+    .expect("cloud.yaml");
     path
 }
 

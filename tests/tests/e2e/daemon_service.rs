@@ -6,7 +6,7 @@
 use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_api::report::TickEvent;
 use megaplan_cloud_api::wire::{RegisterResponse, RegistrationListed, TickRecord};
-use megaplan_cloud_e2e::rig::{Run, local_cloud_yaml};
+use megaplan_cloud_e2e::rig::{Run, local_cloud_yaml, ssh_cloud_yaml_to};
 use megaplan_cloud_e2e::util::{post_oversized, raw_http, sqlite, wait_until};
 use megaplan_cloud_e2e::{Daemon, bin};
 use std::os::unix::fs::PermissionsExt;
@@ -98,15 +98,7 @@ fn kill9_during_a_tick_loses_nothing() {
     let port = blackhole.local_addr().unwrap().port();
     let mut d = Daemon::start(&[], &[]);
     let work = d.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(
-        &cy,
-        format!(
-            "provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"
-        ),
-    )
-    .unwrap();
+    let cy = ssh_cloud_yaml_to(&work, port);
     let cys = cy.to_str().unwrap();
     let other = local_cloud_yaml(&work.join("b"));
     ok(d.ctl(

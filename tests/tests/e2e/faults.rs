@@ -14,7 +14,9 @@ use megaplan_cloud_api::wire::{
     Explanation, Health, RegisterResponse, Registration, RegistrationListed, TickBackoff,
     TickRecord,
 };
-use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml, spawn_ctl};
+use megaplan_cloud_e2e::rig::{
+    Run, SshRig, ctl_for, local_cloud_yaml, spawn_ctl, ssh_cloud_yaml_to,
+};
 use megaplan_cloud_e2e::util::{post_oversized, raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
 use serde_json::Value;
@@ -133,9 +135,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     let Some(mut rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()
@@ -327,7 +327,7 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     rig.container.write_file(&state_file, &good);
     let s = rig.ctl(&["status", "--chain"]).ok();
     assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        s.chain().effective_status,
         ReportedStatus::Classified(EffectiveStatus::Complete),
         "{}",
         s.stdout
@@ -342,9 +342,7 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     let Some(rig) = SshRig::start("", &["--tick-timeout", "5s"]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()
@@ -1058,15 +1056,7 @@ fn manual_tick_outlives_a_client_that_disconnects() {
     let port = blackhole.local_addr().unwrap().port();
     let d = Daemon::start(&[], &["--tick-timeout", "3s"]);
     let work = d.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(
-        &cy,
-        format!(
-            "provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"
-        ),
-    )
-    .unwrap();
+    let cy = ssh_cloud_yaml_to(&work, port);
     ctl_for(
         &d,
         &cy,
@@ -1337,9 +1327,7 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
     let Some(mut rig) = SshRig::start("", &["--shutdown-grace", "2s"]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()
@@ -1388,9 +1376,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()

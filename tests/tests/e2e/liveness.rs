@@ -57,9 +57,7 @@ fn a_killed_driver_is_dead_only_after_its_lease_expires_and_an_unreachable_host_
     let Some((mut rig, _cfg)) = rig("supervise:\n  lease_ttl: 4s\n  restart_backoff: 1s\n") else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
         .ok();

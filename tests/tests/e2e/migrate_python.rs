@@ -104,13 +104,8 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     // 1. status --chain from the subfolder: cloud.yaml found at the project root, the marker
     //    found under the resolved key and imported.
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        first.as_str(),
-        "{}",
-        s.stdout
-    );
-    let status = s.chain_status().expect("status --chain");
+    assert_eq!(s.chain().spec, first.as_str(), "{}", s.stdout);
+    let status = s.chain();
     assert_eq!(status.spec_source.as_deref(), Some("last_chain marker"));
     assert_eq!(
         status.effective_status,
@@ -157,19 +152,8 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         ],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        first.as_str(),
-        "{}",
-        s.stdout
-    );
-    assert_eq!(
-        s.chain_status()
-            .expect("status --chain")
-            .spec_source
-            .as_deref(),
-        Some("last_chain marker")
-    );
+    assert_eq!(s.chain().spec, first.as_str(), "{}", s.stdout);
+    assert_eq!(s.chain().spec_source.as_deref(), Some("last_chain marker"));
 
     // 2. supervise --chain from the same folder.
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
@@ -217,24 +201,14 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     )
     .unwrap();
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        second.as_str(),
-        "{}",
-        s.stdout
-    );
+    assert_eq!(s.chain().spec, second.as_str(), "{}", s.stdout);
     assert_eq!(stored_marker(&rig, &key)["remote_spec"], second.as_str());
 
     // 5. A corrupt legacy file is a warning naming it; the stored marker still answers. With
     //    --remote-spec the file is not even read.
     std::fs::write(&python_file, "{\"remote_spec\": ").unwrap();
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        second.as_str(),
-        "{}",
-        s.stdout
-    );
+    assert_eq!(s.chain().spec, second.as_str(), "{}", s.stdout);
     assert!(
         s.stderr.contains(&format!(
             "warning: ignoring the legacy marker {}",
@@ -249,10 +223,7 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         &["status", "--chain", "--remote-spec", &first],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        first.as_str()
-    );
+    assert_eq!(s.chain().spec, first.as_str());
     assert!(!s.stderr.contains("legacy marker"), "{}", s.stderr);
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
     assert!(t.report().success, "{}", t.stdout);
@@ -359,12 +330,7 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
         ],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        spec.as_str(),
-        "{}",
-        s.stdout
-    );
+    assert_eq!(s.chain().spec, spec.as_str(), "{}", s.stdout);
     // Now under the resolved key, legacy file included, in the original's shape.
     let file = legacy_marker_file(&rig.daemon.home, &marker_key(&resolved));
     let adopted: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
@@ -385,8 +351,5 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
         ],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        spec.as_str()
-    );
+    assert_eq!(s.chain().spec, spec.as_str());
 }

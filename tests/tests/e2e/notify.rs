@@ -314,9 +314,7 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(
         wait_until(Duration::from_secs(60), || {
             rig.ctl(&["status", "--chain"])
@@ -334,7 +332,7 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         "{}",
         st.stderr
     );
-    let s = st.chain_status().expect("status --chain");
+    let s = st.chain();
     assert!(s.stalled_for_secs.unwrap_or_default() >= 2, "{s:#?}");
     assert_eq!(s.stall_after_secs, 2);
     let runs_before = rig
@@ -381,9 +379,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let Some((mut rig, _cfg)) = SshRig::start_notifying("", "", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
@@ -911,9 +907,7 @@ fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedul
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
@@ -961,9 +955,7 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()

@@ -153,12 +153,7 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     .ok();
     let s = rig.ctl(&["status", "--chain"]).ok();
     assert_eq!(
-        s.chain_status()
-            .expect("status --chain")
-            .pr
-            .pr_head
-            .flatten()
-            .as_deref(),
+        s.chain().pr.pr_head.flatten().as_deref(),
         Some(REDACTED),
         "{}",
         s.stdout

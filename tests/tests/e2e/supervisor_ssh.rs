@@ -437,7 +437,7 @@ fn twelve_registrations_on_one_host_stay_within_its_sessions_on_one_connection()
     let s = rig.ctl(&["status", "--chain"]);
     assert_eq!(s.code, Some(0), "{}\n{}", s.stdout, s.stderr);
     assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        s.chain().effective_status,
         ReportedStatus::Classified(EffectiveStatus::Running),
         "{}",
         s.stdout

@@ -75,13 +75,11 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     }));
     let s = run(&["status", "--chain"]).ok();
     assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        s.chain().effective_status,
         ReportedStatus::Classified(EffectiveStatus::Running)
     );
     assert_eq!(
-        s.chain_status()
-            .expect("status --chain")
-            .provider_consistency,
+        s.chain().provider_consistency,
         Some(ProviderConsistency::Consistent),
         "{}",
         s.stdout

@@ -101,12 +101,12 @@ fn chain_runs_to_completion_with_collision_and_fresh() {
         "status --chain must be answered by the resident observer, with no new remote execution"
     );
     assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        s.chain().effective_status,
         ReportedStatus::Classified(EffectiveStatus::Running),
         "{}",
         s.stdout
     );
-    let status = s.chain_status().expect("status --chain");
+    let status = s.chain();
     assert_eq!(status.milestone_count, 3);
     assert_eq!(status.runner.status, Some(Liveness::Alive));
     assert!(
@@ -257,23 +257,14 @@ fn hand_written_legacy_marker_is_honoured() {
     )
     .unwrap();
     let s = rig.ctl(&["status", "--chain"]).ok();
+    assert_eq!(s.chain().spec, "/workspace/app/legacy.yaml");
     assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        "/workspace/app/legacy.yaml"
-    );
-    assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        s.chain().effective_status,
         ReportedStatus::Classified(EffectiveStatus::Complete),
         "{}",
         s.stdout
     );
-    assert_eq!(
-        s.chain_status()
-            .expect("status --chain")
-            .spec_source
-            .as_deref(),
-        Some("last_chain marker")
-    );
+    assert_eq!(s.chain().spec_source.as_deref(), Some("last_chain marker"));
 }
 
 #[test]
