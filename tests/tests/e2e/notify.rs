@@ -249,7 +249,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 9}}"#);
-    rig.container.set_pr(9, &secret);
+    rig.container.set_pr(9, secret);
     rig.launch(&["m1"]);
     rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     rig.ctl(&["register", "--every", "1h"]).ok();
