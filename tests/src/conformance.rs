@@ -9,9 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::output::DeployReport;
+use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
+use megaplan_cloudd::provider::ProviderCtx;
 use megaplan_cloudd::provider::{LogWindow, Provider};
 use megaplan_cloudd::redact::REPLACEMENT;
+use megaplan_cloudd::redact::Redactor;
+use megaplan_cloudd::render;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::output_collector;
 use crate::util::safety_net;
@@ -239,4 +246,44 @@ pub fn attach_refuses_a_session<F: ProviderFixture>(fx: &F) {
         .attach_argv(Some("s"))
         .expect_err("--session refused");
     assert_eq!(e.error, ErrorCode::InvalidArgs, "{e}");
+}
+
+/// The context a provider runs in: `cloud_yaml` loaded, its deploy dir rendered into
+/// `deploy_dir`, `secrets` as the client would send them (the redactor built from them).
+pub fn provider_ctx(
+    cloud_yaml: &Path,
+    deploy_dir: &Path,
+    secrets: BTreeMap<String, String>,
+    deadline: Duration,
+) -> ProviderCtx {
+    let spec: Arc<CloudSpec> =
+        Arc::new(cloud_yaml::load(cloud_yaml).unwrap_or_else(|e| panic!("{e}")));
+    render::write_deploy_dir(&spec, deploy_dir).unwrap_or_else(|e| panic!("render: {e}"));
+    ProviderCtx {
+        redactor: Redactor::new(&spec.secrets, &secrets),
+        spec,
+        deploy_dir: deploy_dir.to_path_buf(),
+        secrets,
+        deadline,
+    }
+}
+
+/// `deploy`, which must succeed (`what` names it in the failure), its output collected:
+/// the report with what it printed on stdout and stderr.
+pub async fn deploy_ok<P: Provider>(p: &P, what: &str) -> (DeployReport, String, String) {
+    let (tx, task) = output_collector();
+    let report = p.deploy(&tx).await;
+    drop(tx);
+    let (out, err) = task.await.expect("collector");
+    let report = report.unwrap_or_else(|e| panic!("{what}: {e}\n{out}\n{err}"));
+    (report, out, err)
+}
+
+/// Each step of a deploy report as `(name, status)`, in order.
+pub fn step_statuses(report: &DeployReport) -> Vec<(&str, &str)> {
+    report
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.status.as_str()))
+        .collect()
 }

@@ -33,6 +33,14 @@ fn sanitize(prefix: &str) -> String {
 }
 
 impl Container {
+    /// Sets the stand-in `gh`'s answer for pull request `number` to `state` (`OPEN`, `MERGED`,
+    /// ...): the file the bench's `gh` reads (tests/bench).
+    pub fn set_pr(&self, number: u32, state: &str) {
+        self.exec_ok(&format!(
+            "mkdir -p /var/lib/gh-standin && echo {state} > /var/lib/gh-standin/pr-{number}"
+        ));
+    }
+
     /// `docker run -d --network none --label megaplan-e2e=1 --name <prefix>-<unique> [docker_args] image command`.
     pub fn run(image: &str, prefix: &str, docker_args: &[&str], command: &[&str]) -> Container {
         let name = format!("{}-{}", sanitize(prefix), unique_suffix());

@@ -813,14 +813,7 @@ impl KubeRunner {
 
     /// `megaplan-cloudctl --cloud-yaml <file> args…` with the secret values in its environment.
     pub fn ctl_with(&self, cloud_yaml: &Path, args: &[&str]) -> crate::rig::Run {
-        let mut full = vec!["--cloud-yaml", cloud_yaml.to_str().unwrap_or_default()];
-        full.extend_from_slice(args);
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        crate::rig::Run::from_output(&self.daemon.ctl(&self.project, &env, &full))
+        crate::rig::ctl_in(&self.daemon, &self.project, &self.env, cloud_yaml, args)
     }
 
     /// [`KubeRunner::ctl_with`] on this runner's cloud.yaml.

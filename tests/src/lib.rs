@@ -8,6 +8,8 @@
 //! - [`Daemon`] / [`bin`]: the real `megaplan-cloudd` / `megaplan-cloudctl` binaries on a temp socket.
 //! - [`git_bare_repo`] / [`repo_in_container`]: tiny git remotes for `repo.url`.
 //! - [`railway`]: the real Railway CLI against a STAND-IN for Railway's service, in a private network namespace.
+//! - [`rig`]: the ssh rig (`SshRig`) and `Run`, which reads what the client printed as the api types.
+//! - [`receiver`]: the STAND-IN webhook receiver; [`pane`]: a real terminal (a tmux pane) for renderers.
 //!
 //! Tests call [`bench()`] first: when the machine cannot provide Docker it returns `None` after printing
 //! `SKIP: <why>` — unless `MEGAPLAN_E2E_REQUIRED=1` (set by `.ci/run`), where it panics instead.
@@ -18,6 +20,7 @@ mod daemon;
 mod git;
 mod image;
 pub mod kube;
+pub mod pane;
 pub mod railway;
 pub mod receiver;
 pub mod rig;

@@ -16,6 +16,7 @@
 //! [`Receiver::start_blackhole`] is the dead receiver of issue 21: it accepts every connection,
 //! reads the request and never answers (until [`Receiver::hang_up`]).
 
+use megaplan_cloud_api::notification::Notification;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -47,6 +48,18 @@ impl Received {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body decoded as the daemon's notification (`api::notification::Notification`);
+    /// `None` for any other body (a preset's text, a request that is not one).
+    pub fn notification(&self) -> Option<Notification> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The notification's event name; `?` when the body is not a notification.
+    pub fn event(&self) -> String {
+        self.notification()
+            .map_or_else(|| "?".to_string(), |n| n.event.to_string())
     }
 }
 
@@ -204,6 +217,16 @@ impl Receiver {
             .into_iter()
             .filter(|r| (200..300).contains(&r.status))
             .collect()
+    }
+
+    /// The event names of the notifications answered 2xx, in arrival order.
+    pub fn events(&self) -> Vec<String> {
+        self.accepted().iter().map(Received::event).collect()
+    }
+
+    /// How many notifications of `event` were answered 2xx.
+    pub fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|e| *e == event).count()
     }
 }
 

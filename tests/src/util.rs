@@ -126,6 +126,17 @@ pub fn raw_http(socket: &Path, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `POST /v1/clouds` with a JSON body of `bytes` bytes (a declared `Content-Length`), straight
+/// on the socket: the answer, for the tests that check a body over the limit is refused (413).
+pub fn post_oversized(socket: &Path, bytes: usize) -> String {
+    let mut req = format!(
+        "POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    req.resize(req.len() + bytes, b'a');
+    raw_http(socket, &req)
+}
+
 /// `docker <args>`'s stdout, trimmed (empty when it fails: callers compare it to what they expect).
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")

@@ -7,8 +7,10 @@
 //! naming it; `apikey` seeds nothing. No token is found in the client's output, the daemon's
 //! files (database, WAL, logs at debug level, deploy dir) or its log.
 
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
-use megaplan_cloud_e2e::{Daemon, Sshd, bench, wait_until};
+use megaplan_cloud_api::output::Deployed;
+use megaplan_cloud_api::status::ChainLaunched;
+use megaplan_cloud_e2e::rig::{Run, SEED_REPO, SshRig, write_chain};
+use megaplan_cloud_e2e::wait_until;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -19,6 +21,13 @@ const CODEX_ID: &str = "e2e.codex-id-token.Wd64sYc5";
 const HERMES_TOKEN: &str = "e2e-hermes-token-Ty39rFg7";
 const TOKENS: [&str; 4] = [CODEX_ACCESS, CODEX_REFRESH, CODEX_ID, HERMES_TOKEN];
 use megaplan_cloudd::redact::REPLACEMENT as REDACTED;
+
+/// What seeding the agents' logins did, as `deploy` and `chain` answer it: the api keeps this
+/// document as JSON (`Deployed::agent_auth`, and beside `ChainLaunched`'s fields), so the
+/// tests read its fields by name; `null` when the answer carries none.
+fn agent_auth(seeding: Option<serde_json::Value>) -> serde_json::Value {
+    seeding.unwrap_or(serde_json::Value::Null)
+}
 
 /// codex writes its auth.json pretty-printed over several lines.
 fn codex_auth() -> String {
@@ -92,46 +101,29 @@ fn assert_seeded(rig: &SshRig, path: &str, content: &str) {
 
 #[test]
 fn chatgpt_logins_reach_the_runner_and_nowhere_else() {
-    let Some(b) = bench() else {
-        return;
-    };
-    let sshd = Sshd::start();
-    let container = b.container("mp-auth");
-    let ssh_config = sshd.ssh_config.display().to_string();
-    let daemon = Daemon::start(
-        &[
-            ("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config),
-            ("RUST_LOG", "debug"),
-        ],
-        &[],
-    );
-    let project = daemon.dir.join("project");
-    std::fs::create_dir_all(&project).unwrap();
     // The runner image: the bench image with a git remote for repo.url and the rendered
     // entrypoint as its main process (so a restart boots it again).
-    std::fs::write(
-        project.join("Dockerfile.fixture"),
-        format!(
-            r#"FROM {image}
-RUN set -e; git init -q --bare -b main /srv/repo.git; seed=$(mktemp -d); cd "$seed"; git init -q -b main; printf '# e2e\n' > README.md; git add README.md; git -c user.name=e2e -c user.email=e2e@example.invalid commit -q -m init; git push -q /srv/repo.git main; cd /; rm -rf "$seed"
+    let Some((leftovers, mut rig)) = SshRig::start_building(
+        "mp-auth",
+        "Dockerfile.fixture",
+        |image| {
+            format!(
+                r#"FROM {image}
+{SEED_REPO}
 ENV MEGAPLAN_STANDIN_IMPORT_SECONDS=0
 COPY entrypoint.sh health_server.py /usr/local/bin/
 RUN chmod 0755 /usr/local/bin/entrypoint.sh
 CMD ["/usr/local/bin/entrypoint.sh"]
-"#,
-            image = b.image
-        ),
-    )
-    .unwrap();
-    let cloud_yaml = project.join("cloud.yaml");
-    let base_yaml = format!(
-        "provider: ssh\nrepo:\n  url: /srv/repo.git\n  workspace: /workspace/app\nssh:\n  host: 127.0.0.1\n  user: root\n  port: {port}\n  identity_file: {key}\n  container: {c}\n  remote_dir: /tmp/mp-e2e-{c}\nresources:\n  network: none\nimage:\n  dockerfile: Dockerfile.fixture\n",
-        port = sshd.port,
-        key = sshd.client_key.display(),
-        c = container.name,
-    );
-    std::fs::write(&cloud_yaml, &base_yaml).unwrap();
-    let remote_dir = format!("/tmp/mp-e2e-{}", container.name);
+"#
+            )
+        },
+        "",
+    ) else {
+        return;
+    };
+    let cloud_yaml = rig.cloud_yaml.clone();
+    let base_yaml = std::fs::read_to_string(&cloud_yaml).unwrap();
+    let remote_dir = leftovers.remote_dir.clone();
     // The operator's HOME, outside the daemon's folder (it holds the tokens on purpose).
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join(".codex")).unwrap();
@@ -140,19 +132,7 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     let hermes = hermes_auth();
     std::fs::write(home.path().join(".codex/auth.json"), &codex).unwrap();
     std::fs::write(home.path().join(".hermes/auth.json"), &hermes).unwrap();
-    // Declared before the rig, so it runs after the runner container is gone.
-    let _cleanup = megaplan_cloud_e2e::rig::DeployLeftovers {
-        image: container.name.clone(),
-        remote_dir: remote_dir.clone(),
-    };
-    let rig = SshRig {
-        sshd,
-        container,
-        daemon,
-        project,
-        cloud_yaml: cloud_yaml.clone(),
-        env: vec![("HOME".to_string(), home.path().display().to_string())],
-    };
+    rig.env = vec![("HOME".to_string(), home.path().display().to_string())];
     let mut said = Vec::new();
     let mut ctl = |args: &[&str]| -> Run {
         let r = rig.ctl(args);
@@ -162,18 +142,17 @@ CMD ["/usr/local/bin/entrypoint.sh"]
 
     ctl(&["build"]).ok();
     let deployed = ctl(&["deploy"]).ok();
-    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    let deploy: Deployed = deployed.decode();
+    assert!(deploy.report.success, "{}", deployed.stdout);
+    let seeding = agent_auth(deploy.agent_auth);
     assert_eq!(
-        deployed.json["agent_auth"]["seeded"],
+        seeding["seeded"],
         serde_json::json!(["codex", "hermes"]),
         "{}\n{}",
         deployed.stdout,
         deployed.stderr
     );
-    assert_eq!(
-        deployed.json["agent_auth"]["missing"],
-        serde_json::json!([])
-    );
+    assert_eq!(seeding["missing"], serde_json::json!([]));
     assert!(
         deployed
             .stderr
@@ -264,14 +243,21 @@ CMD ["/usr/local/bin/entrypoint.sh"]
         "{}",
         launched.stderr
     );
+    let seeding = agent_auth(
+        launched
+            .decode::<ChainLaunched>()
+            .rest
+            .get("agent_auth")
+            .cloned(),
+    );
     assert_eq!(
-        launched.json["agent_auth"]["seeded"],
+        seeding["seeded"],
         serde_json::json!(["codex"]),
         "{}",
         launched.stdout
     );
     assert_eq!(
-        launched.json["agent_auth"]["missing"][0]["local"],
+        seeding["missing"][0]["local"],
         format!("{missing_path} not found")
     );
     assert_seeded(&rig, "/workspace/.creds/codex-auth.json", &codex);
@@ -297,16 +283,14 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     std::fs::write(home.path().join(".hermes/auth.json"), &hermes).unwrap();
     rig.container.exec_ok("rm -rf /workspace/.creds");
     let opted_out = ctl(&["deploy"]).ok();
+    let seeding = agent_auth(opted_out.decode::<Deployed>().agent_auth);
     assert_eq!(
-        opted_out.json["agent_auth"]["seeded"],
+        seeding["seeded"],
         serde_json::json!([]),
         "{}",
         opted_out.stdout
     );
-    assert_eq!(
-        opted_out.json["agent_auth"]["skipped"],
-        "megaplan.codex_auth is apikey"
-    );
+    assert_eq!(seeding["skipped"], "megaplan.codex_auth is apikey");
     assert!(
         wait_until(Duration::from_secs(30), || ctl(&["exec", "true"]).code
             == Some(0)),

@@ -1,6 +1,10 @@
 //! Proves the bench itself: sshd + docker + containers, the stand-in megaplan core, the gh stand-in and the
 //! railway CLI stand-in. Every later end-to-end test relies on these behaving as documented in
 //! tests/bench/README.md.
+//!
+//! The documents read here are the stand-ins' own (the core's chain and plan state files, its
+//! `status` output, the recorded argv of a fake `docker`): no api type carries them, so they are
+//! read as JSON by field name on purpose.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -388,7 +392,7 @@ fn standin_chain_stalls_until_released_and_waits_for_a_merged_pr() {
 
     let missing = c.exec("gh pr view 7 --json state");
     assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
-    c.exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
+    c.set_pr(7, "OPEN");
     assert_eq!(
         c.exec_ok("gh pr view 7 --json state"),
         "{\"state\": \"OPEN\"}\n"
@@ -396,7 +400,7 @@ fn standin_chain_stalls_until_released_and_waits_for_a_merged_pr() {
     assert!(start_one().contains("still awaiting merge"));
     assert_eq!(chain_state(&c, spec)["current_milestone_index"], 1);
 
-    c.exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    c.set_pr(7, "MERGED");
     assert_eq!(
         c.exec_ok("gh pr view 7 --json state --jq .state"),
         "MERGED\n"

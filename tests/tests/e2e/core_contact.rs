@@ -4,7 +4,10 @@
 //! JSON and state file are the core's. Every cloud.yaml here is the default one: no
 //! `megaplan.launcher`.
 
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
+use megaplan_cloud_api::output::{Bootstrapped, Resumed};
+use megaplan_cloud_api::report::{
+    EffectiveStatus, Liveness, ReportedStatus, TickEvent, TickReport,
+};
 use megaplan_cloud_e2e::rig::{SshRig, resident_observers, write_chain};
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
@@ -47,7 +50,12 @@ fn bootstrap(rig: &SshRig, name: &str) {
     let b = rig
         .ctl(&["bootstrap", idea.to_str().unwrap(), "--plan-name", name])
         .ok();
-    assert_eq!(b.json["success"], true, "{}\n{}", b.stdout, b.stderr);
+    assert!(
+        b.decode::<Bootstrapped>().success,
+        "{}\n{}",
+        b.stdout,
+        b.stderr
+    );
 }
 
 /// Item 1: with no launcher set, every core command (init, status, chain start, status
@@ -64,7 +72,7 @@ fn the_default_launcher_finds_the_real_module_name() {
         .expect("init ran on the runner");
     assert_eq!(init["core_module"], "arnold_pipelines.megaplan", "{init}");
     let st = rig.ctl(&["status"]).ok();
-    assert_eq!(st.json["plan"], "tiny", "{}", st.stdout);
+    assert_eq!(st.plan_status().plan(), Some("tiny"), "{}", st.stdout);
 
     rig.control(r#"{"step_seconds": 0.05}"#);
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
@@ -85,7 +93,8 @@ fn the_default_launcher_finds_the_real_module_name() {
         tick.stdout
     );
     assert_eq!(
-        tick.json["sync_refresh"]["status"], "ok",
+        sync_refresh_status(&tick.report()).as_deref(),
+        Some("ok"),
         "the sync refresh imported the core: {}",
         tick.stdout
     );
@@ -102,7 +111,13 @@ fn a_runner_with_only_the_seed_spelling_works_and_a_changed_install_is_reprobed(
     // The daemon now remembers `arnold_pipelines.megaplan` for this runner; the install changes.
     reinstall_as_arnold_pipelines_dotted(&rig);
     let st = rig.ctl(&["status"]).ok();
-    assert_eq!(st.json["plan"], "tiny", "{}\n{}", st.stdout, st.stderr);
+    assert_eq!(
+        st.plan_status().plan(),
+        Some("tiny"),
+        "{}\n{}",
+        st.stdout,
+        st.stderr
+    );
 
     rig.control(r#"{"step_seconds": 0.05}"#);
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1"]);
@@ -179,7 +194,7 @@ fn resume_translates_the_next_step_and_refuses_when_there_is_none() {
     for (state, step, expected) in cases {
         set_state(state);
         let r = rig.ctl(&["resume"]).ok();
-        assert_eq!(r.json["next_step"], step, "{}", r.stdout);
+        assert_eq!(r.decode::<Resumed>().next_step, step, "{}", r.stdout);
         let argv = last_argv();
         assert_eq!(&argv[..expected.len()], expected, "{state}: {argv:?}");
         assert_eq!(&argv[argv.len() - 2..], ["--plan", "tiny"], "{argv:?}");
@@ -205,8 +220,16 @@ fn status_exits_1_when_the_core_reports_failure() {
     bootstrap(&rig, "tiny");
     let r = rig.ctl(&["status", "--plan", "no-such-plan"]);
     assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(r.json["success"], false, "{}", r.stdout);
-    assert_eq!(r.json["error"], "plan_not_found", "{}", r.stdout);
+    // `plan_not_found` is the core's own error code, passed through as the core wrote it (no
+    // api type names it): read as the plan status document the core printed.
+    let failed = r.plan_status();
+    assert!(failed.failed(), "{}", r.stdout);
+    assert_eq!(
+        failed.0.get("error").and_then(Value::as_str),
+        Some("plan_not_found"),
+        "{}",
+        r.stdout
+    );
     let ok = rig.ctl(&["status", "--plan", "tiny"]);
     assert_eq!(ok.code, Some(0), "{}", ok.stdout);
 }
@@ -335,9 +358,10 @@ fn a_boot_runner_in_another_session_is_the_one_driver() {
         t.stdout
     );
     assert!(!t.report().acted, "{}", t.stdout);
-    assert_eq!(t.json["runner"]["status"], "alive", "{}", t.stdout);
-    assert_eq!(t.json["runner"]["session"], "agent", "{}", t.stdout);
-    assert!(t.json["runner"]["pid"].as_u64().is_some(), "{}", t.stdout);
+    let runner = t.report().runner;
+    assert_eq!(runner.status, Some(Liveness::Alive), "{}", t.stdout);
+    assert_eq!(runner.session.as_deref(), Some("agent"), "{}", t.stdout);
+    assert!(runner.pid.is_some_and(|p| p > 0), "{}", t.stdout);
 
     rig.ctl(&["register", "--every", "2s"]).ok();
     let three = wait_until(Duration::from_secs(90), || rig.ticks(50).len() >= 4);
@@ -378,7 +402,12 @@ fn ticks_never_lose_a_live_drivers_state_writes() {
     for _ in 0..5 {
         let t = rig.ctl(&["supervise", "--chain"]).ok();
         assert!(!t.report().acted, "{}", t.stdout);
-        assert_eq!(t.json["sync_refresh"]["status"], "skipped", "{}", t.stdout);
+        assert_eq!(
+            sync_refresh_status(&t.report()).as_deref(),
+            Some("skipped"),
+            "{}",
+            t.stdout
+        );
     }
     let lost = rig
         .container
@@ -413,24 +442,19 @@ fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
         launched.stdout,
         launched.stderr
     );
-    assert!(
-        wait_until(Duration::from_secs(90), || {
-            let s = rig.ctl(&["status", "--chain"]).json;
-            s["summary"]["current_milestone"]["label"] == "m1" && s["effective_status"] == "running"
-        }),
-        "the chain did not reach a running m1"
-    );
+    rig.wait_running_at(90, "m1");
     let tick = || {
         let t = rig.ctl(&["supervise", "--chain"]);
         assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
         assert_eq!(t.report().event, TickEvent::Tick, "{}", t.stdout);
-        assert_eq!(t.json["remote_round_trips"], 1, "{}", t.stdout);
-        t.json
+        let report = t.report();
+        assert_eq!(report.remote_round_trips, Some(1), "{}", t.stdout);
+        report
     };
     // `status --chain` above already started the observer and its core.
     for _ in 0..3 {
         let t = tick();
-        assert_eq!(t["core_starts"], 0, "steady state: {t}");
+        assert_eq!(t.core_starts, Some(0), "steady state: {t:?}");
     }
     assert_eq!(resident_observers(&rig.container).len(), 1);
 
@@ -439,18 +463,24 @@ fn steady_state_ticks_start_no_core_and_an_upgraded_core_starts_once() {
         "f=/usr/lib/python3/dist-packages/arnold_pipelines/megaplan/cli.py && printf '\\n# upgraded\\n' >> \"$f\"",
     );
     let t = tick();
-    assert_eq!(t["core_starts"], 1, "after the upgrade: {t}");
+    assert_eq!(t.core_starts, Some(1), "after the upgrade: {t:?}");
     let t = tick();
-    assert_eq!(t["core_starts"], 0, "steady again: {t}");
+    assert_eq!(t.core_starts, Some(0), "steady again: {t:?}");
 
     // The observer dies: the next tick starts another (one core start) and succeeds.
     let pids = resident_observers(&rig.container);
     assert_eq!(pids.len(), 1, "{pids:?}");
     rig.container.exec_ok(&format!("kill -9 {}", pids[0]));
     let t = tick();
-    assert_eq!(t["core_starts"], 1, "after the observer died: {t}");
+    assert_eq!(t.core_starts, Some(1), "after the observer died: {t:?}");
     let after = resident_observers(&rig.container);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, pids);
     rig.control(r#"{"step_seconds": 0.1}"#);
+}
+
+/// The sync refresh's `status` in a tick report (`ok`, `failed`, `skipped`); `None` when the
+/// tick did not run one.
+fn sync_refresh_status(report: &TickReport) -> Option<String> {
+    report.sync_refresh.clone().flatten().map(|r| r.status)
 }

@@ -1,21 +1,31 @@
 //! What the client does without a daemon: `init`, argument errors, where cloud.yaml is found,
 //! `doctor`, and the unreachable error.
 
+use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_e2e::bin;
-use serde_json::Value;
+use megaplan_cloud_e2e::rig::Run;
 use std::path::Path;
 use std::process::Command;
 
-fn ctl(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, Value, String) {
+/// `megaplan-cloudctl args...` from `dir` with no daemon on the socket it is pointed at:
+/// the exit code, what it printed on stdout, and its stderr.
+fn ctl(dir: &Path, args: &[&str]) -> (Option<i32>, Run, String) {
+    ctl_env(dir, &[], args)
+}
+
+/// [`ctl`] with extra environment.
+fn ctl_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, Run, String) {
     let out = Command::new(bin("megaplan-cloudctl"))
         .args(args)
         .current_dir(dir)
         .env("MEGAPLAN_CLOUDD_SOCKET", dir.join("no-daemon.sock"))
+        .envs(env.iter().copied())
         .output()
         .unwrap();
+    let run = Run::from_output(&out);
     (
-        out.status.code(),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        run.code,
+        run,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -25,13 +35,14 @@ fn init_works_without_a_daemon_and_refuses_to_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, v, err) = ctl(tmp.path(), &["init"]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(v["success"], true);
+    // `init`'s answer is the client's own document (no daemon, no api type): read as JSON.
+    assert_eq!(v.json["success"], true);
     let path = std::fs::canonicalize(tmp.path())
         .unwrap()
         .join("cloud.yaml");
     // The original prints `cloud_yaml` (the resolved path); `path` is ours, kept beside it.
-    assert_eq!(v["cloud_yaml"], path.display().to_string());
-    assert_eq!(v["path"], v["cloud_yaml"]);
+    assert_eq!(v.json["cloud_yaml"], path.display().to_string());
+    assert_eq!(v.json["path"], v.json["cloud_yaml"]);
     let written = std::fs::read_to_string(&path).unwrap();
     assert_eq!(written, megaplan_cloud_api::CLOUD_YAML_SCAFFOLD);
     // The scaffold parses as written, with the loader the daemon uses.
@@ -41,8 +52,9 @@ fn init_works_without_a_daemon_and_refuses_to_overwrite() {
     std::fs::write(&path, "mine: true\n").unwrap();
     let (code, v, _) = ctl(tmp.path(), &["init"]);
     assert_eq!(code, Some(1));
-    assert_eq!(v["error"], "invalid_args");
-    assert!(v["message"].as_str().unwrap().contains("--force"));
+    let e = v.error_body();
+    assert_eq!(e.error, ErrorCode::InvalidArgs);
+    assert!(e.message.contains("--force"));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine: true\n");
 
     let (code, _, _) = ctl(tmp.path(), &["--cloud-yaml", "sub/dir/cloud.yaml", "init"]);
@@ -70,11 +82,9 @@ fn every_daemon_command_says_how_to_start_the_daemon() {
     ] {
         let (code, v, err) = ctl(tmp.path(), &args);
         assert_eq!(code, Some(69), "{args:?}: {err}");
-        assert_eq!(v["error"], "daemon_unreachable", "{args:?}");
-        assert!(
-            v["message"].as_str().unwrap().contains("megaplan-cloudd"),
-            "{args:?}"
-        );
+        let e = v.error_body();
+        assert_eq!(e.error, ErrorCode::DaemonUnreachable, "{args:?}");
+        assert!(e.message.contains("megaplan-cloudd"), "{args:?}");
         assert!(err.contains("no-daemon.sock"), "{args:?}: {err}");
     }
 }
@@ -84,28 +94,14 @@ fn supervise_needs_chain_and_destroy_needs_confirmation() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, v, _) = ctl(tmp.path(), &["supervise"]);
     assert_eq!(code, Some(1));
-    assert_eq!(v["error"], "invalid_args");
+    assert_eq!(v.error_body().error, ErrorCode::InvalidArgs);
     // No terminal and no --yes: refused before any daemon is asked.
     std::fs::write(tmp.path().join("cloud.yaml"), "provider: local\n").unwrap();
     let (code, v, _) = ctl(tmp.path(), &["destroy"]);
     assert_eq!(code, Some(1));
-    assert_eq!(v["error"], "invalid_args");
-    assert!(v["message"].as_str().unwrap().contains("--yes"));
-}
-
-fn ctl_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, Value, String) {
-    let out = Command::new(bin("megaplan-cloudctl"))
-        .args(args)
-        .current_dir(dir)
-        .env("MEGAPLAN_CLOUDD_SOCKET", dir.join("no-daemon.sock"))
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let e = v.error_body();
+    assert_eq!(e.error, ErrorCode::InvalidArgs);
+    assert!(e.message.contains("--yes"));
 }
 
 #[test]
@@ -119,34 +115,27 @@ fn cloud_yaml_is_found_at_the_project_root_and_a_miss_lists_the_places_tried() {
     // Nothing yet: a structured error naming each place looked at, before any daemon is asked.
     let (code, v, err) = ctl(&sub, &["status", "--chain"]);
     assert_eq!(code, Some(1), "{err}");
-    assert_eq!(v["error"], "invalid_spec");
-    let tried: Vec<&str> = v["tried"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    assert_eq!(v.error_body().error, ErrorCode::InvalidSpec);
+    let tried: Vec<String> = v.error_extra("tried");
     let want_root = proj.join("cloud.yaml");
     let want_here = sub.join("cloud.yaml");
     assert_eq!(
         tried,
         [want_root.to_str().unwrap(), want_here.to_str().unwrap()]
     );
-    assert!(v["message"].as_str().unwrap().contains("--cloud-yaml"));
+    assert!(v.error_body().message.contains("--cloud-yaml"));
     // With cloud.yaml at the project root, the command goes on to the daemon (absent here).
     std::fs::write(proj.join("cloud.yaml"), "provider: local\n").unwrap();
     let (code, v, err) = ctl(&sub, &["status", "--chain"]);
     assert_eq!(code, Some(69), "{err}");
-    assert_eq!(v["error"], "daemon_unreachable");
+    assert_eq!(v.error_body().error, ErrorCode::DaemonUnreachable);
     // `init` from the subfolder refuses to overwrite the project root's cloud.yaml.
     let (code, v, _) = ctl(&sub, &["init"]);
     assert_eq!(code, Some(1));
     assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains(want_root.to_str().unwrap()),
-        "{v}"
+        v.error_body().message.contains(want_root.to_str().unwrap()),
+        "{}",
+        v.stdout
     );
 }
 
@@ -178,6 +167,8 @@ fn doctor_reports_python_markers_without_a_daemon() {
         &["doctor"],
     );
     assert_eq!(code, Some(0), "{err}");
+    // `doctor`'s document is the client's own (no api type carries it): read as JSON.
+    let v = v.json;
     assert_eq!(v["daemon_reachable"], false);
     let markers = v["markers"].as_array().unwrap();
     let good = markers.iter().find(|m| m["key"] == key.as_str()).unwrap();

@@ -3,6 +3,9 @@
 //! `megaplan-cloudd --man` is a man page with its own EXIT STATUS, ENVIRONMENT, FILES and
 //! EXAMPLES sections that man(1) formats.
 
+use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::wire::RegisterResponse;
+use megaplan_cloud_e2e::rig::local_cloud_yaml;
 use megaplan_cloud_e2e::{Daemon, bin};
 use serde_json::Value;
 use std::process::{Command, Stdio};
@@ -51,6 +54,7 @@ fn version_with_the_daemon_down_names_the_client_says_why_and_exits_69() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(69));
+    // `version`'s document is the client's own (no api type carries it): read as JSON.
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["client"]["version"], megaplan_cloud_api::VERSION);
     assert!(v["daemon"].is_null(), "{v}");
@@ -80,6 +84,7 @@ fn version_with_the_daemon_up_names_both_and_exits_0() {
     let out = daemon.ctl(tmp.path(), &[], &["version"]);
     assert!(out.status.success(), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
+    // The client's own document (see above): read as JSON.
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["daemon"]["version"], megaplan_cloud_api::VERSION);
     assert!(v.get("daemon_error").is_none(), "{v}");
@@ -145,9 +150,7 @@ fn berlin_wall_clock(at: &str) -> String {
 fn register_tz_runs_cron_in_the_named_zone_and_the_echo_shows_three_ticks_there() {
     let d = Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cy = local_cloud_yaml(&work);
     let cys = cy.to_str().unwrap();
     // A script: the schedule is stored with its zone and every next tick is 09:00 in Berlin.
     let out = d.ctl(
@@ -166,18 +169,13 @@ fn register_tz_runs_cron_in_the_named_zone_and_the_echo_shows_three_ticks_there(
         ],
     );
     assert!(out.status.success(), "{out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: RegisterResponse = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        v["schedule"], "cron:CRON_TZ=Europe/Berlin 0 0 9 * * *",
-        "{v}"
+        v.schedule, "cron:CRON_TZ=Europe/Berlin 0 0 9 * * *",
+        "{v:?}"
     );
-    let runs: Vec<&str> = v["next_runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
-    assert_eq!(runs.len(), 3, "{v}");
+    let runs: Vec<&str> = v.next_runs.iter().map(String::as_str).collect();
+    assert_eq!(runs.len(), 3, "{v:?}");
     for at in &runs {
         assert_eq!(berlin_wall_clock(at), "09:00", "{at}");
     }
@@ -218,12 +216,6 @@ fn register_tz_runs_cron_in_the_named_zone_and_the_echo_shows_three_ticks_there(
         ],
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("--tz \"Mars/Olympus\""),
-        "{v}"
-    );
+    let v: ErrorBody = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.message.starts_with("--tz \"Mars/Olympus\""), "{v:?}");
 }

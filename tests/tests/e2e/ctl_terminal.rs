@@ -3,160 +3,17 @@
 //! pipe the same commands print JSON for scripts. Also: shell completions load into bash and
 //! complete a subcommand, and the man page renders.
 
-use megaplan_cloud_e2e::rig::{SshRig, write_chain};
-use megaplan_cloud_e2e::{bin, unique_suffix, wait_until};
+use megaplan_cloud_api::ErrorBody;
+use megaplan_cloud_api::wire::{RegisterResponse, RegistrationListed, TickRecord};
+use megaplan_cloud_e2e::pane::{
+    Pane, assert_fits_80, in_80_columns, in_terminal, signal_then_hold,
+};
+use megaplan_cloud_e2e::rig::{SshRig, local_cloud_yaml, write_chain};
+use megaplan_cloud_e2e::{bin, wait_until};
 use megaplan_cloudd::shell::quote;
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-
-/// A pane of 200x50 in a tmux server private to the test (`-L`), running `sh -c script`. Its
-/// prefix is C-a, so a C-b typed into it reaches a tmux inside (the runner's).
-struct Pane {
-    server: String,
-}
-
-impl Pane {
-    fn start(script: &str, env: &[(&str, &str)]) -> Pane {
-        Pane::start_sized(script, env, 200)
-    }
-
-    /// [`Pane::start`] with a pane `columns` wide (80: what a person's terminal often is).
-    fn start_sized(script: &str, env: &[(&str, &str)], columns: u16) -> Pane {
-        let server = format!("mp-ctl-{}", unique_suffix());
-        let conf = std::env::temp_dir().join(format!("{server}.conf"));
-        std::fs::write(
-            &conf,
-            "set -g prefix C-a\nunbind C-b\nset -g history-limit 5000\n",
-        )
-        .unwrap();
-        let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &server, "-f"])
-            .arg(&conf)
-            .args([
-                "new-session",
-                "-d",
-                "-x",
-                &columns.to_string(),
-                "-y",
-                "50",
-                "-s",
-                "t",
-            ])
-            .args(["sh", "-c", script])
-            .env_remove("NO_COLOR")
-            .env("TERM", "xterm-256color");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        assert!(
-            cmd.status().expect("tmux runs").success(),
-            "tmux new-session failed"
-        );
-        Pane { server }
-    }
-
-    fn capture(&self) -> String {
-        let out = Command::new("tmux")
-            .args([
-                "-L",
-                &self.server,
-                "capture-pane",
-                "-p",
-                "-J",
-                "-S",
-                "-",
-                "-t",
-                "t",
-            ])
-            .output()
-            .expect("capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn send_keys(&self, keys: &[&str]) {
-        let ok = Command::new("tmux")
-            .args(["-L", &self.server, "send-keys", "-t", "t"])
-            .args(keys)
-            .status()
-            .expect("send-keys");
-        assert!(ok.success());
-    }
-
-    /// Waits until a line of the pane satisfies `want`; returns the pane. For states that have
-    /// no event of their own (a spinner on screen): the pane is polled, and the deadline is only
-    /// a safety net against a hang, generous enough for a loaded two-core CI machine.
-    fn wait_for(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let seen = wait_until(PANE_SAFETY_NET, || self.capture().lines().any(&want));
-        let text = self.capture();
-        assert!(seen, "the pane never showed {what}:\n{text}");
-        text
-    }
-
-    /// Blocks until the pane's script runs `tmux wait-for -S channel` (an event, not a poll):
-    /// `tmux wait-for channel` returns when it is signalled, or at once when it already was.
-    /// The safety net only ends a hung test; then the pane is shown. Returns the pane.
-    fn wait_signal(&self, channel: &str) -> String {
-        let mut waiter = Command::new("tmux")
-            .args(["-L", &self.server, "wait-for", channel])
-            .spawn()
-            .expect("tmux wait-for runs");
-        let signalled = wait_until(PANE_SAFETY_NET, || matches!(waiter.try_wait(), Ok(Some(_))));
-        if !signalled {
-            let _ = waiter.kill();
-            let _ = waiter.wait();
-        }
-        let text = self.capture();
-        assert!(
-            signalled,
-            "the pane's script never signalled {channel}:\n{text}"
-        );
-        text
-    }
-}
-
-/// How long a pane wait may take before the test calls it hung (`wait_until` triples it: 10 min).
-/// Not a speed bound: a two-core CI machine running other tests beside this one made a 5 s step
-/// take minutes.
-const PANE_SAFETY_NET: Duration = Duration::from_secs(200);
-
-/// The script suffix that signals `channel` to [`Pane::wait_signal`] from inside the pane
-/// (`$TMUX` there names the test's own server), then keeps the pane open for capture.
-fn signal_then_hold(channel: &str) -> String {
-    format!("tmux wait-for -S {channel}; sleep 600")
-}
-
-impl Drop for Pane {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.server, "kill-server"])
-            .status();
-    }
-}
-
-/// Runs `script` in a fresh pane and returns the pane's text once the script has finished.
-fn in_terminal(script: &str, env: &[(&str, &str)]) -> String {
-    let pane = Pane::start(&format!("{script}; {}", signal_then_hold("done")), env);
-    pane.wait_signal("done")
-}
-
-/// [`in_terminal`] in a pane 80 columns wide.
-fn in_80_columns(script: &str, env: &[(&str, &str)]) -> String {
-    let pane = Pane::start_sized(&format!("{script}; {}", signal_then_hold("done")), env, 80);
-    pane.wait_signal("done")
-}
-
-/// Every line of a pane captured with `-J` (wrapped lines joined) fits 80 columns: nothing
-/// wrapped.
-fn assert_fits_80(text: &str) {
-    for line in text.lines() {
-        assert!(
-            line.chars().count() <= 80,
-            "a line wider than 80 columns ({}):\n{line}\n\n{text}",
-            line.chars().count()
-        );
-    }
-}
 
 #[test]
 fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
@@ -256,21 +113,21 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     );
 
     // Through a pipe: JSON, as scripts expect.
-    let regs: Value = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
+    let regs: Vec<RegistrationListed> = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
         .expect("registrations through a pipe is JSON");
-    assert_eq!(regs.as_array().map(Vec::len), Some(1));
-    let ticks: Value =
+    assert_eq!(regs.len(), 1);
+    let ticks: Vec<TickRecord> =
         serde_json::from_str(&rig.ctl(&["ticks"]).stdout).expect("ticks through a pipe is JSON");
-    assert!(!ticks.as_array().unwrap().is_empty());
+    assert!(!ticks.is_empty());
     let st = rig.ctl(&["status", "--chain"]);
-    assert_eq!(st.json["success"], true, "{}", st.stdout);
+    assert!(st.success(), "{}", st.stdout);
     let bad = rig.daemon.ctl(
         &rig.project,
         &[],
         &["--cloud-yaml", "/nonexistent/cloud.yaml", "status"],
     );
-    let v: Value = serde_json::from_slice(&bad.stdout).expect("error JSON through a pipe");
-    assert_eq!(v["success"], false);
+    let v: ErrorBody = serde_json::from_slice(&bad.stdout).expect("error JSON through a pipe");
+    assert!(!v.success);
     // Outside any project (no cloud.yaml in reach) `ticks` shows every registration's history
     // instead of an empty list.
     let outside = rig.daemon.ctl(std::path::Path::new("/"), &[], &["ticks"]);
@@ -292,9 +149,7 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
 fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
     let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cy = local_cloud_yaml(&work);
     let cys = cy.to_str().unwrap();
     let out = d.ctl(
         &work,
@@ -407,6 +262,7 @@ fn version_works_without_a_daemon_and_names_both_sides() {
         .unwrap();
     // The daemon is down: still the client's version, and 69 (EX_UNAVAILABLE), documented.
     assert_eq!(out.status.code(), Some(69));
+    // `version`'s document is the client's own (no api type carries it): read as JSON.
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["client"]["version"], megaplan_cloud_api::VERSION);
     assert!(v["daemon"].is_null());
@@ -475,9 +331,7 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
 fn register_warns_when_no_remote_spec_can_be_resolved() {
     let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
+    let cy = local_cloud_yaml(&work);
     let cys = cy.to_str().unwrap();
     let out = d.ctl(
         &work,
@@ -485,15 +339,13 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
         &["--cloud-yaml", cys, "register", "--every", "1h"],
     );
     assert!(out.status.success(), "{out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let warned = |v: &Value| {
-        v["warnings"]
-            .as_array()
-            .unwrap()
+    let v: RegisterResponse = serde_json::from_slice(&out.stdout).unwrap();
+    let warned = |v: &RegisterResponse| {
+        v.warnings
             .iter()
-            .any(|w| w.as_str().unwrap().contains("no remote chain spec"))
+            .any(|w| w.contains("no remote chain spec"))
     };
-    assert!(warned(&v), "{v}");
+    assert!(warned(&v), "{v:?}");
     // Through a pipe the warning is in the document, and stderr stays empty.
     assert!(out.stderr.is_empty(), "{out:?}");
     // Naming the spec on the runner answers the question: no warning.
@@ -510,35 +362,27 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
             "/w/chain.yaml",
         ],
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(!warned(&v), "{v}");
+    let v: RegisterResponse = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!warned(&v), "{v:?}");
     // Before any build the local provider's folder does not exist: the error says so, not
     // "Missing required CLI" (spawn's ENOENT for a missing working folder).
     let st = d.ctl(&work, &[], &["--cloud-yaml", cys, "status"]);
-    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
-    let m = v["message"].as_str().unwrap_or_default();
+    let v: ErrorBody = serde_json::from_slice(&st.stdout).unwrap();
+    let m = v.message.as_str();
     assert!(
         m.contains("build` first") && !m.contains("Missing required CLI"),
-        "{v}"
+        "{v:?}"
     );
 
     // `tick`, `ticks` and `unregister` take the key `registrations` shows, from anywhere.
     let key = registration_key(&d, &work, cys);
     let root = std::path::Path::new("/");
     let t = d.ctl(root, &[], &["tick", &key]);
-    let tv: Value = serde_json::from_slice(&t.stdout).unwrap();
-    assert_eq!(tv["key"], key.as_str(), "{tv}");
+    let tv: TickRecord = serde_json::from_slice(&t.stdout).unwrap();
+    assert_eq!(tv.key, key, "{tv:?}");
     let h = d.ctl(root, &[], &["ticks", &key]);
-    let hv: Value = serde_json::from_slice(&h.stdout).unwrap();
-    assert!(
-        !hv.as_array().unwrap().is_empty()
-            && hv
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["key"] == key.as_str()),
-        "{hv}"
-    );
+    let hv: Vec<TickRecord> = serde_json::from_slice(&h.stdout).unwrap();
+    assert!(!hv.is_empty() && hv.iter().all(|r| r.key == key), "{hv:?}");
     // A unique prefix of the key names the registration for every per-registration command,
     // from anywhere; an unknown key is an error naming it, never an empty answer.
     let prefix = &key[..6];
@@ -697,19 +541,18 @@ fn register_warns_when_no_remote_spec_can_be_resolved() {
     );
     let u = d.ctl(root, &[], &["unregister", &key]);
     assert!(u.status.success(), "{u:?}");
-    let left: Value = serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();
-    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+    let left: Vec<RegistrationListed> =
+        serde_json::from_slice(&d.ctl(root, &[], &["registrations"]).stdout).unwrap();
+    assert_eq!(left.len(), 0, "{left:?}");
 }
 
 fn registration_key(d: &megaplan_cloud_e2e::Daemon, work: &std::path::Path, cy: &str) -> String {
-    let regs: Value = serde_json::from_slice(&d.ctl(work, &[], &["registrations"]).stdout).unwrap();
-    regs.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["cloud_yaml"] == cy)
-        .and_then(|r| r["key"].as_str())
-        .unwrap_or_else(|| panic!("{cy} not in {regs}"))
-        .to_string()
+    let regs: Vec<RegistrationListed> =
+        serde_json::from_slice(&d.ctl(work, &[], &["registrations"]).stdout).unwrap();
+    regs.iter()
+        .find(|r| r.registration.cloud_yaml == cy)
+        .map(|r| r.registration.key.clone())
+        .unwrap_or_else(|| panic!("{cy} not in {regs:?}"))
 }
 
 #[test]
@@ -759,12 +602,7 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
     let Some(rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
     rig.ctl(&["register", "--every", "1h"]).ok();
     // The stand-in chain reaches PR #7 on its own; each tick stores what it saw.
     let awaiting = wait_until(Duration::from_secs(60), || {
@@ -952,8 +790,7 @@ fn ls_shows_every_chain_in_80_columns_what_needs_a_person_first_and_redraws_afte
         80,
     );
     watch.wait_for("the first draw", |l| l.contains("awaiting PR #7"));
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     // The driver left when the chain reached the PR; until its lease expires (15 s) a tick
     // sees it `unknown` and does not advance (only a dead runner is advanced; the lease's
     // follow-up tick may be the one that does): tick until a stored tick advanced, within a

@@ -3,6 +3,8 @@
 //! file the daemon's stderr points at, named in `JOURNAL_STREAM` exactly as systemd names its
 //! stream (`<device>:<inode>`).
 
+use megaplan_cloud_api::report::TickEvent;
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::rig::local_cloud_yaml;
 use megaplan_cloud_e2e::{Daemon, wait_until};
 use std::os::unix::fs::MetadataExt;
@@ -39,8 +41,8 @@ fn failed_tick(d: &Daemon) {
     );
     assert!(reg.status.success(), "{reg:?}");
     let tick = d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]);
-    let v: serde_json::Value = serde_json::from_slice(&tick.stdout).unwrap();
-    assert_eq!(v["event"], "supervisor_error", "{v}");
+    let v: TickRecord = serde_json::from_slice(&tick.stdout).unwrap();
+    assert_eq!(v.event, TickEvent::Error, "{v:?}");
 }
 
 fn starts_with_timestamp(line: &str) -> bool {

@@ -3,35 +3,26 @@
 //! registrations tick without starving or overlapping, garbage input is refused, SIGTERM is
 //! clean, and the service files validate.
 
-use megaplan_cloud_e2e::rig::local_cloud_yaml;
-use megaplan_cloud_e2e::util::{raw_http, sqlite, wait_until};
+use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::report::TickEvent;
+use megaplan_cloud_api::wire::{RegisterResponse, RegistrationListed, TickRecord};
+use megaplan_cloud_e2e::rig::{Run, local_cloud_yaml, ssh_cloud_yaml_to};
+use megaplan_cloud_e2e::util::{post_oversized, raw_http, sqlite, wait_until};
 use megaplan_cloud_e2e::{Daemon, bin};
-use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+/// What a client run printed, with its exit status.
+fn run(out: &Output) -> Run {
+    Run::from_output(out)
 }
 
-fn ok(out: Output) -> Value {
-    assert!(
-        out.status.success(),
-        "command failed: {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json(&out)
+/// A client run that must succeed.
+fn ok(out: Output) -> Run {
+    Run::from_output(&out).ok()
 }
 
 #[test]
@@ -46,24 +37,20 @@ fn restart_keeps_registrations_markers_and_ticks() {
         &["--cloud-yaml", cys, "register", "--every", "1h"],
     ));
     let tick = d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]);
-    let tick = json(&tick);
-    assert_eq!(tick["event"], "supervisor_error");
-    assert!(
-        tick["refused_reason"]
-            .as_str()
-            .unwrap()
-            .contains("missing_remote_spec")
-    );
+    let tick = run(&tick).tick();
+    assert_eq!(tick.event, TickEvent::Error);
+    assert!(tick.refused_reason.unwrap().contains("missing_remote_spec"));
 
     // A legacy marker file is imported into SQLite on first use.
     let key = ok(d.ctl(
         &work,
         &[],
         &["--cloud-yaml", cys, "registrations", "--json"],
-    ))[0]["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    ))
+    .registrations()[0]
+        .registration
+        .key
+        .clone();
     let legacy = d.home.join("markers").join(&key).join("last_chain.json");
     std::fs::create_dir_all(legacy.parent().unwrap()).unwrap();
     std::fs::write(
@@ -71,37 +58,37 @@ fn restart_keeps_registrations_markers_and_ticks() {
         r#"{"remote_spec": "/workspace/app/chain.yaml", "chain_session": "megaplan-chain"}"#,
     )
     .unwrap();
-    let t2 = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    let t2 = run(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"])).tick();
     // With a marker the tick gets past spec resolution (and then fails on the absent runner).
     assert!(
-        !t2["refused_reason"]
-            .as_str()
+        !t2.refused_reason
+            .as_deref()
             .unwrap()
             .contains("missing_remote_spec"),
-        "{t2}"
+        "{t2:?}"
     );
     std::fs::remove_file(&legacy).unwrap();
 
     d.restart();
-    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
-    assert_eq!(regs.as_array().unwrap().len(), 1);
-    assert_eq!(regs[0]["cloud_yaml"], cys);
-    assert_eq!(regs[0]["schedule"], "every:3600");
-    assert_eq!(regs[0]["ticks_run"], 2);
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0].registration.cloud_yaml, cys);
+    assert_eq!(regs[0].registration.schedule, "every:3600");
+    assert_eq!(regs[0].registration.ticks_run, 2);
     let ticks = ok(d.ctl(&work, &[], &["--cloud-yaml", cys, "ticks", "--json"]));
-    assert_eq!(ticks.as_array().unwrap().len(), 2);
+    assert_eq!(ticks.decode::<Vec<TickRecord>>().len(), 2);
     // The marker survived in SQLite although the legacy file is gone.
-    let t3 = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    let t3 = run(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"])).tick();
     assert!(
-        !t3["refused_reason"]
-            .as_str()
+        !t3.refused_reason
+            .as_deref()
             .unwrap()
             .contains("missing_remote_spec"),
-        "{t3}"
+        "{t3:?}"
     );
-    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"]));
-    assert_eq!(st["registrations"], 1);
-    assert_eq!(st["ticks"]["run"], 3);
+    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"])).health();
+    assert_eq!(st.registrations, 1);
+    assert_eq!(st.ticks.run, 3);
 }
 
 #[test]
@@ -111,15 +98,7 @@ fn kill9_during_a_tick_loses_nothing() {
     let port = blackhole.local_addr().unwrap().port();
     let mut d = Daemon::start(&[], &[]);
     let work = d.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(
-        &cy,
-        format!(
-            "provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"
-        ),
-    )
-    .unwrap();
+    let cy = ssh_cloud_yaml_to(&work, port);
     let cys = cy.to_str().unwrap();
     let other = local_cloud_yaml(&work.join("b"));
     ok(d.ctl(
@@ -172,14 +151,15 @@ fn kill9_during_a_tick_loses_nothing() {
     let db = d.home.join("cloudd.db");
     assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
     let mut d2 = Daemon::start_in(d.keep_dir(), &[], &[]);
-    let regs = ok(d2.ctl(&work, &[], &["registrations", "--json"]));
-    assert_eq!(regs.as_array().unwrap().len(), 2);
-    let t = json(&d2.ctl(
+    let regs = ok(d2.ctl(&work, &[], &["registrations", "--json"])).registrations();
+    assert_eq!(regs.len(), 2);
+    let t = run(&d2.ctl(
         &work,
         &[],
         &["--cloud-yaml", other.to_str().unwrap(), "tick"],
-    ));
-    assert_eq!(t["key"].as_str().unwrap().len(), 16, "{t}");
+    ))
+    .tick();
+    assert_eq!(t.key.len(), 16, "{t:?}");
     assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
     d2.terminate();
 }
@@ -206,7 +186,7 @@ fn socket_is_private_and_other_uids_are_refused() {
         .output()
         .expect("runuser (util-linux) must be installed");
     assert_eq!(out.status.code(), Some(69), "{out:?}");
-    assert_eq!(json(&out)["error"], "daemon_unreachable");
+    assert_eq!(run(&out).error_body().error, ErrorCode::DaemonUnreachable);
 
     // A daemon run by `nobody`, reached by root (who can traverse the folder): the connection
     // is closed at accept without an answer, and the refusal is logged.
@@ -272,8 +252,8 @@ fn second_daemon_on_the_same_socket_is_refused() {
         "{err}"
     );
     // The first one still serves.
-    let st = ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
-    assert_eq!(st["socket"], d.socket.to_str().unwrap());
+    let st = ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"])).health();
+    assert_eq!(st.socket, d.socket.to_str().unwrap());
 }
 
 #[test]
@@ -299,9 +279,9 @@ fn unreachable_daemon_names_the_socket_and_exits_69() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(69));
-    let v = json(&out);
-    assert_eq!(v["error"], "daemon_unreachable");
-    let msg = v["message"].as_str().unwrap();
+    let v = run(&out).error_body();
+    assert_eq!(v.error, ErrorCode::DaemonUnreachable);
+    let msg = v.message.as_str();
     assert!(
         msg.contains(sock.to_str().unwrap()) && msg.contains("megaplan-cloudd"),
         "{msg}"
@@ -314,14 +294,7 @@ fn garbage_input_is_refused_and_the_daemon_keeps_serving() {
     let bad = raw_http(&d.socket, b"POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{not json");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(bad.contains("invalid_args"), "{bad}");
-    let huge = vec![b'a'; 2 * 1024 * 1024];
-    let mut req = format!(
-        "POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        huge.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(&huge);
-    let resp = raw_http(&d.socket, &req);
+    let resp = post_oversized(&d.socket, 2 * 1024 * 1024);
     assert!(
         resp.starts_with("HTTP/1.1 413"),
         "{}",
@@ -338,7 +311,7 @@ fn garbage_input_is_refused_and_the_daemon_keeps_serving() {
     std::fs::write(work.join("cloud.yaml"), "provider: fly\nrepo: {url: /r}\n").unwrap();
     let out = d.ctl(&work, &[], &["register"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(json(&out)["error"], "future_provider");
+    assert_eq!(run(&out).error_body().error, ErrorCode::FutureProvider);
     ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
 }
 
@@ -354,27 +327,27 @@ fn a_cloud_yaml_that_breaks_later_gets_error_reports() {
         &["--cloud-yaml", cys, "register", "--every", "1h"],
     ));
     std::fs::write(&cy, "repo: [broken\n").unwrap();
-    let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
-    assert_eq!(t["event"], "supervisor_error");
+    let t = run(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"])).tick();
+    assert_eq!(t.event, TickEvent::Error);
     assert!(
-        t["refused_reason"]
-            .as_str()
+        t.refused_reason
+            .as_deref()
             .unwrap()
             .contains("not valid YAML"),
-        "{t}"
+        "{t:?}"
     );
     std::fs::remove_file(&cy).unwrap();
-    let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+    let t = run(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"])).tick();
     assert!(
-        t["refused_reason"]
-            .as_str()
+        t.refused_reason
+            .as_deref()
             .unwrap()
             .contains("cannot read cloud.yaml"),
-        "{t}"
+        "{t:?}"
     );
-    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
-    assert_eq!(regs[0]["ticks_run"], 2);
-    assert_eq!(regs[0]["last_success"], false);
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
+    assert_eq!(regs[0].registration.ticks_run, 2);
+    assert_eq!(regs[0].registration.last_success, Some(false));
 }
 
 #[test]
@@ -404,23 +377,20 @@ fn thousand_registrations_all_tick_without_overlap() {
         );
         assert!(resp.starts_with("HTTP/1.1 200"), "registration {i}: {resp}");
     }
-    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
-    assert_eq!(regs.as_array().unwrap().len(), 1000);
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
+    assert_eq!(regs.len(), 1000);
     // Every registration ticks (the wait is a safety net; lateness under load is measured by
     // the benchmark program, not here).
     let all_ticked = wait_until(Duration::from_secs(2 * interval + 2), || {
-        let regs = json(&d.ctl(&work, &[], &["registrations", "--json"]));
-        regs.as_array()
-            .unwrap()
+        run(&d.ctl(&work, &[], &["registrations", "--json"]))
+            .registrations()
             .iter()
-            .all(|r| r["ticks_run"].as_u64().unwrap_or(0) >= 1)
+            .all(|r| r.registration.ticks_run >= 1)
     });
-    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
-    let starved: Vec<&Value> = regs
-        .as_array()
-        .unwrap()
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
+    let starved: Vec<&RegistrationListed> = regs
         .iter()
-        .filter(|r| r["ticks_run"] == 0)
+        .filter(|r| r.registration.ticks_run == 0)
         .collect();
     assert!(
         all_ticked,
@@ -523,8 +493,8 @@ fn readiness_is_reported_to_systemd() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
 }
 
-/// `POST /v1/clouds` straight on the socket; the JSON answer (panics unless 200).
-fn register_api(d: &Daemon, cloud_yaml: &Path, every_secs: u64) -> Value {
+/// `POST /v1/clouds` straight on the socket; the answer (panics unless 200).
+fn register_api(d: &Daemon, cloud_yaml: &Path, every_secs: u64) -> RegisterResponse {
     let body = format!(
         r#"{{"cloud_yaml": "{}", "every_secs": {every_secs}}}"#,
         cloud_yaml.display()
@@ -546,8 +516,8 @@ fn rfc3339(s: &str) -> chrono::DateTime<chrono::Utc> {
 
 /// The daemon's own start time (its clock, not the test's), as the store writes times.
 fn started_at(d: &Daemon) -> (chrono::DateTime<chrono::Utc>, String) {
-    let st = ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"]));
-    let t = rfc3339(st["started_at"].as_str().unwrap());
+    let st = ok(d.ctl(&d.dir, &[], &["daemon", "status", "--json"])).health();
+    let t = rfc3339(&st.started_at);
     (t, t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
@@ -577,8 +547,7 @@ fn restart_keeps_each_registrations_jitter_offset() {
     for i in 0..20 {
         let cy = local_cloud_yaml(&work.join(format!("j{i:02}")));
         let r = register_api(&d, &cy, every);
-        let key = r["key"].as_str().unwrap().to_string();
-        registered.insert(key, r["cron"].as_str().unwrap().to_string());
+        registered.insert(r.key, r.cron);
     }
     let distinct: std::collections::BTreeSet<&String> = registered.values().collect();
     assert!(distinct.len() > 1, "offsets do not spread: {registered:?}");
@@ -586,18 +555,22 @@ fn restart_keeps_each_registrations_jitter_offset() {
     d.restart();
     let (_, restarted) = started_at(&d);
     // The restored schedules are the per-key ones `register` answered with.
-    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
-    for r in regs.as_array().unwrap() {
-        let key = r["key"].as_str().unwrap();
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
+    for r in &regs {
+        let key = r.registration.key.as_str();
         let expected = Schedule::Every(Duration::from_secs(every))
             .to_cron(key)
             .unwrap();
         assert_eq!(
-            r["cron"],
-            registered[key].as_str(),
-            "{key} after restart: {r}"
+            r.registration.cron.as_deref(),
+            Some(registered[key].as_str()),
+            "{key} after restart: {r:?}"
         );
-        assert_eq!(r["cron"], expected.as_str(), "{key}");
+        assert_eq!(
+            r.registration.cron.as_deref(),
+            Some(expected.as_str()),
+            "{key}"
+        );
     }
     // And the ticks fire at those offsets: each due time sits at the key's own second.
     let db = d.home.join("cloudd.db");
@@ -651,15 +624,15 @@ fn two_thousand_registrations_tick_on_schedule_after_a_restart() {
         m.len() == n && m.values().all(|v| v.len() >= 2)
     });
     let m = per_key();
-    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"]));
+    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"])).health();
     assert!(
         done,
-        "{} of {n} registrations ticked twice after the restart; scheduler: {}",
+        "{} of {n} registrations ticked twice after the restart; scheduler: {:?}",
         m.values().filter(|v| v.len() >= 2).count(),
-        st["schedule"]
+        st.schedule
     );
-    assert_eq!(st["schedule"]["scheduled"], n as u64, "{}", st["schedule"]);
-    assert_eq!(st["schedule"]["unschedulable"], 0, "{}", st["schedule"]);
+    assert_eq!(st.schedule.scheduled, n as u64, "{:?}", st.schedule);
+    assert_eq!(st.schedule.unschedulable, 0, "{:?}", st.schedule);
     let interval = chrono::Duration::seconds(every);
     for (key, dues) in &m {
         // The first tick after the restart is for an occurrence within two intervals of it.
@@ -680,11 +653,10 @@ fn two_thousand_registrations_tick_on_schedule_after_a_restart() {
     }
     // The scheduler's account agrees: everything that came due fired, was skipped, was
     // missed, or is still waiting for a tick slot.
-    let s = &st["schedule"];
-    let [due, fired, skipped, missed] =
-        ["due", "fired", "skipped", "missed"].map(|k| s[k].as_u64().unwrap());
-    assert!(fired + skipped + missed <= due, "{s}");
-    assert!(fired >= 2 * n as u64, "{s}");
+    let s = &st.schedule;
+    let (due, fired, skipped, missed) = (s.due, s.fired, s.skipped, s.missed);
+    assert!(fired + skipped + missed <= due, "{s:?}");
+    assert!(fired >= 2 * n as u64, "{s:?}");
 }
 
 /// A number from a `sqlite3` answer.
@@ -720,10 +692,9 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
         &[],
         &["--cloud-yaml", cys, "register", "--every", "1h"],
     ));
-    let key = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]))["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = run(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]))
+        .tick()
+        .key;
     assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
     drop(d);
 
@@ -766,18 +737,18 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
     );
     // More ticks on top, each stored and the cap kept after each.
     for _ in 0..5 {
-        let t = json(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
-        assert_eq!(t["key"], key.as_str(), "{t}");
+        let t = run(&d.ctl(&work, &[], &["--cloud-yaml", cys, "tick"]));
+        assert_eq!(t.tick().key, key, "{}", t.stdout);
     }
-    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"]));
-    let s = &st["storage"];
-    let pruned_ticks = s["pruned_ticks"].as_u64().unwrap();
-    let pruned_notes = s["pruned_notifications"].as_u64().unwrap();
-    assert!(pruned_ticks > 0 && pruned_notes > 0, "{s}");
-    assert_eq!(s["max_bytes"], cap, "{s}");
-    assert!(s["used_bytes"].as_u64().unwrap() <= cap, "{s}");
+    let st = ok(d.ctl(&work, &[], &["daemon", "status", "--json"])).health();
+    let s = &st.storage;
+    let pruned_ticks = s.pruned_ticks;
+    let pruned_notes = s.pruned_notifications;
+    assert!(pruned_ticks > 0 && pruned_notes > 0, "{s:?}");
+    assert_eq!(s.max_bytes, cap, "{s:?}");
+    assert!(s.used_bytes <= cap, "{s:?}");
     // Slack: SQLite checkpoints the WAL at a quarter of the cap, plus a tick's pages.
-    assert!(s["size_bytes"].as_u64().unwrap() <= cap + cap / 2, "{s}");
+    assert!(s.size_bytes <= cap + cap / 2, "{s:?}");
     assert!(
         db_bytes(&db) <= cap + cap / 2,
         "{} bytes on disk",
@@ -786,14 +757,14 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
 
     // What pruning removed is counted exactly, and only prunable rows went.
     let ticks_left = count(&db, "SELECT count(*) FROM ticks;");
-    assert_eq!(ticks_left + pruned_ticks, 3000 + 1 + 5, "{s}");
+    assert_eq!(ticks_left + pruned_ticks, 3000 + 1 + 5, "{s:?}");
     assert_eq!(
         count(
             &db,
             "SELECT count(*) FROM outbox WHERE status = 'delivered';"
         ) + pruned_notes,
         200,
-        "{s}"
+        "{s:?}"
     );
     assert_eq!(
         count(&db, "SELECT count(*) FROM outbox WHERE status = 'pending';"),
@@ -820,7 +791,7 @@ fn the_database_is_pruned_oldest_first_under_its_size_cap_keeping_undelivered_no
         "the ticks left are not the newest ones"
     );
     // The registration itself is untouched and still served.
-    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"]));
-    assert_eq!(regs.as_array().map(Vec::len), Some(1), "{regs}");
+    let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
+    assert_eq!(regs.len(), 1, "{regs:#?}");
     assert_eq!(d.terminate().code(), Some(0), "{}", d.log_text());
 }

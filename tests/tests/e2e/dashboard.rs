@@ -4,6 +4,7 @@
 //! what it must (no token, a foreign Host or Origin, an action without the token), is bound to
 //! 127.0.0.1, and closes when the command ends.
 
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::rig::{SshRig, write_chain};
 use megaplan_cloud_e2e::{skip_or_panic, wait_until};
 use serde_json::{Value, json};
@@ -139,6 +140,7 @@ impl Browser {
             &[("Content-Type", "application/json")],
             &caps.to_string(),
         );
+        // WebDriver's own answers (W3C shapes, no api type): read as JSON.
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let session = v["value"]["sessionId"]
             .as_str()
@@ -246,10 +248,7 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     rig.ctl(&["register", "--every", "1h"]).ok();
-    let key = rig.ctl(&["registrations", "--json"]).ok().json[0]["key"]
-        .as_str()
-        .expect("a registration key")
-        .to_string();
+    let key = rig.registrations()[0].registration.key.clone();
     // One stored tick, so the page has a state, a milestone and a timeline to show.
     rig.ctl(&["tick"]).ok();
 
@@ -327,10 +326,10 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
         "reason=x",
     );
     assert_eq!(s, 403, "POST with the cookie but without the form's token");
-    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
+    let regs = rig.registrations();
     assert!(
-        regs[0]["paused"].is_null(),
-        "a refused POST changed nothing: {regs:#}"
+        regs[0].paused.is_none(),
+        "a refused POST changed nothing: {regs:#?}"
     );
     // The token in the query becomes an HttpOnly SameSite=Strict cookie.
     let (s, head, _) = http(port, "GET", &format!("/?token={token}"), &[], "");
@@ -406,7 +405,7 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     browser.script("window.confirm = function () { return true; }; document.getElementById('action-unpause').click(); return true;");
     assert!(
         wait_until(Duration::from_secs(30), || {
-            rig.ctl(&["registrations", "--json"]).ok().json[0]["paused"].is_null()
+            rig.registrations()[0].paused.is_none()
         }),
         "the page's unpause never reached the daemon"
     );
@@ -422,7 +421,10 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     browser.script("window.confirm = function () { return true; }; document.getElementById('action-pause').click(); return true;");
     assert!(
         wait_until(Duration::from_secs(30), || {
-            rig.ctl(&["registrations", "--json"]).ok().json[0]["paused"]["paused_by"] == "dashboard"
+            rig.registrations()[0]
+                .paused
+                .as_ref()
+                .is_some_and(|p| p.paused_by == "dashboard")
         }),
         "the page's pause is recorded with actor dashboard"
     );
@@ -430,9 +432,8 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     let stored = || {
         rig.ctl(&["ticks", "--json", "--limit", "500"])
             .ok()
-            .json
-            .as_array()
-            .map_or(0, Vec::len)
+            .decode::<Vec<TickRecord>>()
+            .len()
     };
     let before = stored();
     assert!(

@@ -185,6 +185,7 @@ fn auto_runner_initialises_the_plan_and_runs_auto() {
     boot(&c, "OPENAI_API_KEY=sk-e2e-not-a-real-key-0123456789");
 
     wait_for_file(&c, "/workspace/app/.megaplan/standin-auto.json");
+    // What the stand-in core recorded of its calls (its own file): read as JSON.
     let init = serde_json::from_str::<serde_json::Value>(&read_text(
         &c,
         "/workspace/app/.megaplan/standin-init.json",
@@ -256,6 +257,8 @@ fn chain_runner_writes_the_session_marker_and_starts_the_chain() {
     );
     boot(&c, "MEGAPLAN_INSTALL_SPEC=/opt/arnold-src");
 
+    // The session marker and the stand-in core's run records are the runner's own files (no
+    // api type): read as JSON.
     let marker = c
         .read_json("/workspace/.megaplan/cloud-sessions/agent.json")
         .unwrap_or_else(|| panic!("no session marker\n{}", diagnostics(&c)));

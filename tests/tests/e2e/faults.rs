@@ -7,17 +7,23 @@
 //! answers), nothing stored is lost or corrupted (`PRAGMA integrity_check` and the earlier rows),
 //! and the error the operator sees names what happened (error code and message words).
 
+use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
-use megaplan_cloud_api::wire::TickRecord;
-use megaplan_cloud_e2e::rig::{Run, SshRig, ctl_for, local_cloud_yaml};
-use megaplan_cloud_e2e::util::{raw_http, sqlite};
+use megaplan_cloud_api::wire::{
+    Explanation, Health, RegisterResponse, Registration, RegistrationListed, TickBackoff,
+    TickRecord,
+};
+use megaplan_cloud_e2e::rig::{
+    Run, SshRig, ctl_for, local_cloud_yaml, spawn_ctl, ssh_cloud_yaml_to,
+};
+use megaplan_cloud_e2e::util::{post_oversized, raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bench, bin, skip_or_panic, wait_until};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -43,16 +49,27 @@ fn assert_db_intact(db: &Path, registrations: usize, ticks: usize) {
 }
 
 /// `daemon status` answers, and the daemon log holds no panic.
-fn assert_serving(d: &Daemon) -> Value {
+fn assert_serving(d: &Daemon) -> Health {
     let st = Run::from_output(&d.ctl(&d.dir, &[], &["daemon", "status", "--json"])).ok();
-    assert_eq!(st.json["pid"], d.pid(), "{}", st.stdout);
+    let health = st.health();
+    assert_eq!(health.pid, d.pid(), "{}", st.stdout);
     let log = d.log_text();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
-    st.json
+    health
 }
 
+/// The message of the structured error `r` printed; empty when it printed none.
 fn message(r: &Run) -> String {
-    r.json["message"].as_str().unwrap_or_default().to_string()
+    r.try_decode::<ErrorBody>()
+        .map(|e| e.message)
+        .unwrap_or_default()
+}
+
+/// `registrations --json` against `d` from `cwd`, which must succeed.
+fn registrations(d: &Daemon, cwd: &Path) -> Vec<RegistrationListed> {
+    Run::from_output(&d.ctl(cwd, &[], &["registrations", "--json"]))
+        .ok()
+        .registrations()
 }
 
 /// `pgrep -a -f pattern` lines (every process whose command line matches).
@@ -103,23 +120,6 @@ fn cloud_yaml_for(rig: &SshRig, dir: &str, container: &str) -> PathBuf {
     p
 }
 
-/// `megaplan-cloudctl --cloud-yaml <cloud_yaml> args...`, spawned with piped stdout/stderr.
-fn spawn_ctl(d: &Daemon, cwd: &Path, cloud_yaml: &Path, args: &[&str]) -> Child {
-    Command::new(bin("megaplan-cloudctl"))
-        .arg("--cloud-yaml")
-        .arg(cloud_yaml)
-        .args(args)
-        .current_dir(cwd)
-        .env("MEGAPLAN_CLOUDD_SOCKET", &d.socket)
-        .env("MEGAPLAN_CLOUD_HOME", &d.home)
-        .env_remove("XDG_RUNTIME_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("megaplan-cloudctl")
-}
-
 fn run_cmd(program: &str, args: &[&str]) -> std::process::Output {
     Command::new(program)
         .args(args)
@@ -135,9 +135,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
     let Some(mut rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()
@@ -292,7 +290,12 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
             "{what}: {}",
             s.stdout
         );
-        assert_eq!(s.json["file"], state_file.as_str(), "{what}: {}", s.stdout);
+        assert_eq!(
+            s.error_extra::<String>("file"),
+            state_file,
+            "{what}: {}",
+            s.stdout
+        );
         let m = message(&s);
         assert!(
             m.contains(&state_file) && m.contains("invalid JSON"),
@@ -324,7 +327,7 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     rig.container.write_file(&state_file, &good);
     let s = rig.ctl(&["status", "--chain"]).ok();
     assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        s.chain().effective_status,
         ReportedStatus::Classified(EffectiveStatus::Complete),
         "{}",
         s.stdout
@@ -339,9 +342,7 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
     let Some(rig) = SshRig::start("", &["--tick-timeout", "5s"]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()
@@ -527,21 +528,14 @@ fn idle_clients_do_not_block_others_and_huge_bodies_are_refused() {
     // are the safety net against a hang).
     for _ in 0..3 {
         let st = assert_serving(&d);
-        assert_eq!(st["registrations"], 1);
-        let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
-        assert_eq!(regs.json.as_array().unwrap().len(), 1);
+        assert_eq!(st.registrations, 1);
+        assert_eq!(registrations(&d, &work).len(), 1);
     }
 
     // 8 MiB bodies, declared and chunked: 413 every time, memory flat.
     let huge = vec![b'a'; 8 * 1024 * 1024];
     for _ in 0..5 {
-        let mut req = format!(
-            "POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            huge.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(&huge);
-        let resp = raw_http(&d.socket, &req);
+        let resp = post_oversized(&d.socket, huge.len());
         assert!(
             resp.starts_with("HTTP/1.1 413"),
             "{}",
@@ -684,15 +678,15 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let b = local_cloud_yaml(&work.join("b"));
     assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &full);
     let st = assert_serving(&d);
-    assert_eq!(st["registrations"], 1);
-    let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
-    assert_eq!(regs.json[0]["ticks_run"], 1, "{}", regs.stdout);
+    assert_eq!(st.registrations, 1);
+    let regs = registrations(&d, &work);
+    assert_eq!(regs[0].registration.ticks_run, 1, "{regs:#?}");
 
     // Space back: the same daemon stores again.
     std::fs::remove_file(d.home.join("fill")).unwrap();
     let t = ctl_for(&d, &a, &["tick"]);
     assert_eq!(
-        t.json["key"].as_str().map(str::len),
+        t.try_decode::<TickRecord>().map(|t| t.key.len()),
         Some(16),
         "{}",
         t.stdout
@@ -728,7 +722,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     assert!(rw.status.success(), "{rw:?}");
     let d2 = Daemon::start_in(dir, &[], &[]);
     let st = assert_serving(&d2);
-    assert_eq!(st["registrations"], 2);
+    assert_eq!(st.registrations, 2);
     assert_db_intact(&db, 2, 2);
     drop(d2);
     drop(d);
@@ -774,7 +768,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     let b = local_cloud_yaml(&work.join("b"));
     assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &ro);
     let st = assert_serving(&d);
-    assert_eq!(st["registrations"], 1);
+    assert_eq!(st.registrations, 1);
     let stored = Run::from_output(&d.ctl(
         &work,
         &[],
@@ -782,7 +776,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     ))
     .ok();
     assert_eq!(
-        stored.json.as_array().unwrap().len(),
+        stored.decode::<Vec<TickRecord>>().len(),
         1,
         "{}",
         stored.stdout
@@ -797,8 +791,8 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     assert_db_intact(&db, 1, 1);
     let d2 = Daemon::start_in(dir, &[], &[]);
     let st = assert_serving(&d2);
-    assert_eq!(st["registrations"], 1);
-    assert_eq!(st["ticks"]["run"], 1);
+    assert_eq!(st.registrations, 1);
+    assert_eq!(st.ticks.run, 1);
     drop(d2);
 }
 
@@ -899,8 +893,8 @@ fn sigterm_during_a_build_exits_zero_within_the_grace_period() {
     let ssh_config = rig.sshd.ssh_config.display().to_string();
     let d2 = Daemon::start_in(dir, &[("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config)], &[]);
     let st = assert_serving(&d2);
-    assert_eq!(st["registrations"], 1);
-    assert_eq!(st["ticks"]["run"], 1);
+    assert_eq!(st.registrations, 1);
+    assert_eq!(st.ticks.run, 1);
     drop(d2);
     // The interrupted build still runs on the runner's host: end its client and its RUN
     // container, so no step completes and nothing is left in the image cache.
@@ -1020,7 +1014,7 @@ fn database_damaged_under_a_running_daemon_makes_health_say_storage_failed() {
         ctl_for(&d, &cy, &["register", "--every", "1h"]).ok();
     }
     let st = assert_serving(&d);
-    assert_eq!(st["registrations"], 60);
+    assert_eq!(st.registrations, 60);
     // Everything into the main file, then damage the registrations' pages there, then write
     // another table so every connection of the daemon drops its page cache.
     assert_eq!(sqlite(&db, "PRAGMA wal_checkpoint(TRUNCATE);"), "0|0|0");
@@ -1062,15 +1056,7 @@ fn manual_tick_outlives_a_client_that_disconnects() {
     let port = blackhole.local_addr().unwrap().port();
     let d = Daemon::start(&[], &["--tick-timeout", "3s"]);
     let work = d.dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cy = work.join("cloud.yaml");
-    std::fs::write(
-        &cy,
-        format!(
-            "provider: ssh\nrepo: {{url: /srv/r.git}}\nssh: {{host: 127.0.0.1, port: {port}}}\n"
-        ),
-    )
-    .unwrap();
+    let cy = ssh_cloud_yaml_to(&work, port);
     ctl_for(
         &d,
         &cy,
@@ -1083,8 +1069,7 @@ fn manual_tick_outlives_a_client_that_disconnects() {
         ],
     )
     .ok();
-    let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
-    let key = regs.json[0]["key"].as_str().unwrap().to_string();
+    let key = registrations(&d, &work)[0].registration.key.clone();
 
     let mut client = UnixStream::connect(&d.socket).unwrap();
     client
@@ -1105,7 +1090,9 @@ fn manual_tick_outlives_a_client_that_disconnects() {
     drop(client);
 
     let stored = || {
-        Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).json[0]["ticks_run"] == 1
+        Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"]))
+            .try_decode::<Vec<RegistrationListed>>()
+            .is_some_and(|regs| regs.first().is_some_and(|r| r.registration.ticks_run == 1))
     };
     assert!(
         wait_until(Duration::from_secs(120), stored),
@@ -1118,8 +1105,9 @@ fn manual_tick_outlives_a_client_that_disconnects() {
         &["--cloud-yaml", cy.to_str().unwrap(), "ticks", "--json"],
     ))
     .ok();
-    assert_eq!(t.json[0]["trigger"], "manual", "{}", t.stdout);
-    assert_eq!(t.json[0]["event"], "supervisor_error", "{}", t.stdout);
+    let ticks: Vec<TickRecord> = t.decode();
+    assert_eq!(ticks[0].trigger, "manual", "{}", t.stdout);
+    assert_eq!(ticks[0].event, TickEvent::Error, "{}", t.stdout);
     drop(conn);
     assert_serving(&d);
     assert_db_intact(&d.home.join("cloudd.db"), 1, 1);
@@ -1145,7 +1133,7 @@ fn launcher_with_shell_syntax_is_refused_when_cloud_yaml_is_loaded() {
     let r = ctl_for(&d, &bad, &["register", "--every", "1h"]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
     assert_eq!(r.error_body().error, ErrorCode::InvalidSpec, "{}", r.stdout);
-    assert_eq!(r.json["field"], "megaplan.launcher", "{}", r.stdout);
+    assert_eq!(r.error_field(), "megaplan.launcher", "{}", r.stdout);
     assert!(message(&r).contains("\"x;\""), "{}", r.stdout);
 
     // A registered cloud.yaml that later gains such a launcher: its ticks refuse, by field.
@@ -1176,13 +1164,8 @@ fn registered_cloud_yaml_writable_by_group_or_others_is_refused() {
         m.contains("writable by others") && m.contains("chmod go-w"),
         "{m}"
     );
-    let regs = Run::from_output(&d.ctl(&work, &[], &["registrations", "--json"])).ok();
-    assert_eq!(
-        regs.json.as_array().map(Vec::len),
-        Some(0),
-        "{}",
-        regs.stdout
-    );
+    let regs = registrations(&d, &work);
+    assert_eq!(regs.len(), 0, "{regs:#?}");
 
     // Registered while private, then opened to its group: the tick refuses and says why.
     std::fs::set_permissions(&cy, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -1292,10 +1275,9 @@ fn exec_past_its_command_timeout_leaves_nothing_running_in_the_container() {
 
 #[test]
 fn notify_command_past_its_timeout_leaves_no_child_behind() {
-    let cfg = tempfile::tempdir().unwrap();
-    let cfg_path = cfg.path().join("notify.yaml");
-    std::fs::write(&cfg_path, "retry: {max_attempts: 1, timeout: 2s}\n").unwrap();
-    let Some(rig) = SshRig::start("", &["--notify-config", cfg_path.to_str().unwrap()]) else {
+    let Some((rig, _cfg)) =
+        SshRig::start_notifying("", "retry: {max_attempts: 1, timeout: 2s}\n", &[])
+    else {
         return;
     };
     // A unique duration is the marker: `sleep 300.<n>` is this test's sleep, nobody else's.
@@ -1314,21 +1296,23 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
     ])
     .ok();
     rig.ctl(&["tick"]).ok();
-    let outbox = || rig.ctl(&["notifications", "--json"]).ok().json;
+    let outbox = || rig.ctl(&["notifications", "--json"]).ok().outbox();
     assert!(
-        wait_until(Duration::from_secs(30), || outbox()[0]["status"]
-            == "failed"),
-        "the attempt was never reported: {:#}",
+        wait_until(Duration::from_secs(30), || outbox()
+            .first()
+            .is_some_and(|r| r.status == "failed")),
+        "the attempt was never reported: {:#?}",
         outbox()
     );
     let row = outbox();
-    assert_eq!(row[0]["attempts"], 1, "{row:#}");
+    assert_eq!(row[0].attempts, 1, "{row:#?}");
     assert!(
-        row[0]["last_error"]
-            .as_str()
+        row[0]
+            .last_error
+            .as_deref()
             .unwrap_or_default()
             .contains("did not finish"),
-        "{row:#}"
+        "{row:#?}"
     );
     assert!(
         wait_until(Duration::from_secs(10), || pgrep(&sleeper).is_empty()),
@@ -1343,9 +1327,7 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
     let Some(mut rig) = SshRig::start("", &["--shutdown-grace", "2s"]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()
@@ -1394,9 +1376,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .current_milestone()
@@ -1415,24 +1395,20 @@ fn hung_runners_never_starve_a_healthy_registration() {
             &["register", "--every", "15s", "--remote-spec", &fifo],
         )
         .ok();
-        hung.push((r.json["key"].as_str().unwrap().to_string(), cy));
+        hung.push((r.decode::<RegisterResponse>().key, cy));
     }
     let healthy = rig.ctl(&["register", "--every", "15s"]).ok();
-    let healthy = healthy.json["key"].as_str().unwrap().to_string();
+    let healthy = healthy.decode::<RegisterResponse>().key;
 
-    let regs = || -> Vec<Value> {
+    let regs = || -> Vec<Registration> {
         rig.ctl(&["registrations", "--json"])
-            .json
-            .as_array()
-            .cloned()
+            .try_decode::<Vec<RegistrationListed>>()
             .unwrap_or_default()
-    };
-    let reg = |key: &str| -> Value {
-        regs()
             .into_iter()
-            .find(|r| r["key"] == key)
-            .unwrap_or(Value::Null)
+            .map(|r| r.registration)
+            .collect()
     };
+    let reg = |key: &str| -> Option<Registration> { regs().into_iter().find(|r| r.key == key) };
     let scheduled = || -> Vec<TickRecord> {
         rig.ticks(100)
             .into_iter()
@@ -1443,18 +1419,17 @@ fn hung_runners_never_starve_a_healthy_registration() {
     // Bounded by counts: wait until six occurrences of the healthy registration came due and
     // ended one way or another (ran, or skipped because its previous tick still waited).
     const N: u64 = 6;
-    let came_due =
-        || scheduled().len() as u64 + reg(&healthy)["ticks_skipped"].as_u64().unwrap_or(0);
+    let came_due = || scheduled().len() as u64 + reg(&healthy).map_or(0, |r| r.ticks_skipped);
     assert!(
         wait_until(Duration::from_secs(120), || came_due() >= N),
         "the healthy registration saw {} occurrences",
         came_due()
     );
     let runs = scheduled();
-    let h = reg(&healthy);
+    let h = reg(&healthy).expect("the healthy registration");
     assert_eq!(
-        h["ticks_skipped"], 0,
-        "the healthy registration skipped occurrences: {h}"
+        h.ticks_skipped, 0,
+        "the healthy registration skipped occurrences: {h:?}"
     );
     assert!(runs.len() as u64 >= N, "{runs:?}");
     let mut dues: Vec<chrono::DateTime<chrono::FixedOffset>> = runs
@@ -1475,7 +1450,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
         assert!(t.success, "{t:?}");
         assert_eq!(t.event, TickEvent::Tick, "{t:?}");
     }
-    assert!(h["backoff"].is_null(), "the healthy one backs off: {h}");
+    assert!(h.backoff.is_none(), "the healthy one backs off: {h:?}");
 
     // The hung ones hit their observation deadline, back off, and say why.
     assert!(
@@ -1483,7 +1458,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
             let all = regs();
             hung.iter().all(|(k, _)| {
                 all.iter()
-                    .any(|r| r["key"] == *k && r["backoff"]["strikes"].as_u64() >= Some(1))
+                    .any(|r| r.key == *k && r.backoff.as_ref().is_some_and(|b| b.strikes >= 1))
             })
         }),
         "not every hung registration backs off: {:#?}",
@@ -1491,28 +1466,33 @@ fn hung_runners_never_starve_a_healthy_registration() {
     );
     for (k, _) in &hung {
         let r = reg(k);
-        let reason = r["backoff"]["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("within 5s"), "{k}: {r}");
+        let reason = r
+            .as_ref()
+            .and_then(|r| r.backoff.as_ref())
+            .map(|b| b.reason.clone())
+            .unwrap_or_default();
+        assert!(reason.contains("within 5s"), "{k}: {r:?}");
     }
     let (_, cy) = &hung[0];
     let e = ctl_for(&rig.daemon, cy, &["explain", "--json"]);
+    let explanation: Explanation = e.decode();
+    // Beside its `lines`, the api keeps the explanation whole (`rest`): its back-off is the
+    // registration's (a typed `TickBackoff`), its refusal the last tick's.
+    let backoff: Option<TickBackoff> = explanation
+        .rest
+        .get("backoff")
+        .and_then(|b| serde_json::from_value(b.clone()).ok());
+    assert!(backoff.is_some_and(|b| b.strikes >= 1), "{}", e.stdout);
     assert!(
-        e.json["backoff"]["strikes"].as_u64() >= Some(1),
-        "{}",
-        e.stdout
-    );
-    assert!(
-        e.json["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l.as_str().unwrap().starts_with("backoff: ")),
+        explanation.lines.iter().any(|l| l.starts_with("backoff: ")),
         "{}",
         e.stdout
     );
     assert_eq!(
-        e.json["refused_reason"]
-            .as_str()
+        explanation
+            .rest
+            .get("refused_reason")
+            .and_then(Value::as_str)
             .map(|r| r.contains("within 5s")),
         Some(true),
         "{}",
@@ -1521,11 +1501,11 @@ fn hung_runners_never_starve_a_healthy_registration() {
     // Occurrences held back by a back-off are counted, never silently lost.
     assert!(
         wait_until(Duration::from_secs(60), || {
-            assert_serving(&rig.daemon)["schedule"]["backed_off"].as_u64() >= Some(1)
+            assert_serving(&rig.daemon).schedule.backed_off >= 1
         }),
         "no occurrence was held back"
     );
     let st = assert_serving(&rig.daemon);
-    assert_eq!(st["schedule"]["missed"], 0, "{}", st["schedule"]);
+    assert_eq!(st.schedule.missed, 0, "{:?}", st.schedule);
     assert_db_intact(&rig.daemon.home.join("cloudd.db"), 11, N as usize);
 }

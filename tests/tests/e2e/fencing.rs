@@ -6,6 +6,8 @@
 //! A preflight floor above the free space (1 PiB) stops a restart: no launch, a blocker naming
 //! the cloud.yaml field.
 
+use megaplan_cloud_api::report::{TickEvent, TickReport};
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
 use megaplan_cloud_e2e::util::sqlite;
 use megaplan_cloud_e2e::{Daemon, wait_until};
@@ -31,18 +33,22 @@ fn ctl(d: &Daemon, rig: &SshRig, args: &[&str]) -> Run {
 }
 
 /// The stored tick reports of a daemon for the rig's cloud.yaml, newest first.
-fn ticks(d: &Daemon, rig: &SshRig) -> Vec<Value> {
+fn ticks(d: &Daemon, rig: &SshRig) -> Vec<TickRecord> {
     ctl(d, rig, &["ticks", "--json", "--limit", "200"])
-        .json
-        .as_array()
-        .cloned()
+        .try_decode()
         .unwrap_or_default()
 }
 
-fn fenced(t: &Value) -> bool {
-    t["refused_reason"]
-        .as_str()
+fn fenced(t: &TickRecord) -> bool {
+    t.refused_reason
+        .as_deref()
         .is_some_and(|r| r.starts_with("fenced:"))
+}
+
+/// A section of a tick report that the api type keeps whole (`TickReport::extra`: the
+/// fencing gate's and the preflight's own documents), as JSON.
+fn report_section(report: &TickReport, name: &str) -> Value {
+    report.extra.get(name).cloned().unwrap_or(Value::Null)
 }
 
 #[test]
@@ -127,12 +133,12 @@ fn two_daemons_and_manual_chains_racing_a_stale_chain_leave_exactly_one_driver()
     );
     for d in daemons {
         for t in ticks(d, &rig).into_iter().filter(fenced) {
-            let reason = t["refused_reason"].as_str().unwrap_or_default();
+            let reason = t.refused_reason.as_deref().unwrap_or_default();
             assert!(reason.contains("held by "), "{reason}");
-            let gate = &t["report"]["fencing"];
-            assert_eq!(gate["verdict"], "refused", "{t:#}");
-            assert!(gate["held"].as_u64().is_some(), "{t:#}");
-            assert!(gate["holder"].as_str().is_some(), "{t:#}");
+            let gate = report_section(&t.report, "fencing");
+            assert_eq!(gate["verdict"], "refused", "{t:#?}");
+            assert!(gate["held"].as_u64().is_some(), "{t:#?}");
+            assert!(gate["holder"].as_str().is_some(), "{t:#?}");
         }
     }
     for said in manual_refusals.iter().filter(|m| m.contains("fenced:")) {
@@ -141,6 +147,7 @@ fn two_daemons_and_manual_chains_racing_a_stale_chain_leave_exactly_one_driver()
     // The runner names the holder of the chain and its token.
     let fence_dir = "/workspace/app/.megaplan/cloud-fence";
     let listing = rig.container.exec_ok(&format!("cat {fence_dir}/*.json"));
+    // The token file on the runner is the fence's own (no api type): read as JSON.
     let fence: Value = serde_json::from_str(listing.trim()).expect("one token file");
     let holder = fence["holder"].as_str().unwrap_or_default();
     assert!(
@@ -181,23 +188,24 @@ fn a_disk_floor_above_the_free_space_blocks_the_restart_naming_the_field() {
     rig.container.exec("tmux kill-server 2>/dev/null; true");
     assert!(wait_until(Duration::from_secs(30), || chain_drivers(&rig).is_empty()));
     let t = rig.ctl(&["supervise", "--chain"]);
-    assert_eq!(t.json["acted"], false, "{}", t.stdout);
-    assert_eq!(t.json["event"], "supervisor_blocked", "{}", t.stdout);
-    let reason = t.json["refused_reason"].as_str().unwrap_or_default();
+    let report = t.report();
+    assert!(!report.acted, "{}", t.stdout);
+    assert_eq!(report.event, TickEvent::Blocked, "{}", t.stdout);
+    let reason = report.refused_reason.as_deref().unwrap_or_default();
     assert!(reason.contains("preflight.min_free_disk"), "{reason}");
-    assert_eq!(t.json["preflight"]["passed"], false, "{}", t.stdout);
-    assert_eq!(
-        t.json["preflight"]["checks"][0]["field"],
-        "preflight.min_free_disk"
-    );
+    let preflight = report_section(&report, "preflight");
+    assert_eq!(preflight["passed"], false, "{}", t.stdout);
+    assert_eq!(preflight["checks"][0]["field"], "preflight.min_free_disk");
     assert!(
         chain_drivers(&rig).is_empty(),
         "the preflight let a launch through"
     );
     // The stored report says the same (what `ticks` and `explain` read).
-    let stored = ctl(&rig.daemon, &rig, &["ticks", "--json", "--limit", "1"]).json;
+    let stored: Vec<TickRecord> =
+        ctl(&rig.daemon, &rig, &["ticks", "--json", "--limit", "1"]).decode();
     assert_eq!(
-        stored[0]["report"]["preflight"]["passed"], false,
-        "{stored:#}"
+        report_section(&stored[0].report, "preflight")["passed"],
+        false,
+        "{stored:#?}"
     );
 }

@@ -5,45 +5,32 @@
 //! right after each launch is quarantined after N restarts (one notification, no launch) until
 //! `unquarantine`.
 
+use megaplan_cloud_api::liveness::{LiveState, UnquarantineResult};
+use megaplan_cloud_api::report::{TickEvent, TickReport};
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::receiver::Receiver;
 use megaplan_cloud_e2e::rig::SshRig;
 use megaplan_cloud_e2e::wait_until;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const LEASE: &str = "/workspace/.megaplan/cloud-sessions/megaplan-chain.lease.json";
 const RUNS: &str = "/workspace/app/.megaplan/standin-chain-runs.jsonl";
 
+/// A rig whose daemon tells a receiver after two failed ticks and retries quickly.
 fn rig(extra_yaml: &str) -> Option<(SshRig, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path: PathBuf = dir.path().join("notify.yaml");
-    std::fs::write(
-        &path,
+    SshRig::start_notifying(
+        extra_yaml,
         "failed_ticks: 2\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
+        &[],
     )
-    .expect("notify.yaml");
-    let p = path.to_str().unwrap().to_string();
-    let rig = SshRig::start(extra_yaml, &["--notify-config", &p])?;
-    Some((rig, dir))
 }
 
 /// The stored tick reports, oldest first.
-fn ticks(rig: &SshRig) -> Vec<Value> {
-    let mut t = rig.ticks_json(500);
+fn ticks(rig: &SshRig) -> Vec<TickRecord> {
+    let mut t = rig.ticks(500);
     t.reverse();
     t
-}
-
-fn events(r: &Receiver) -> Vec<String> {
-    r.accepted()
-        .iter()
-        .map(|n| n.json()["event"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
-fn count(r: &Receiver, event: &str) -> usize {
-    events(r).iter().filter(|e| *e == event).count()
 }
 
 /// Driver launches the stand-in core recorded on the runner.
@@ -55,8 +42,13 @@ fn launches(rig: &SshRig) -> usize {
 }
 
 /// A tick now (`megaplan-cloudctl tick`): its stored report.
-fn tick(rig: &SshRig) -> Value {
-    rig.ctl(&["tick"]).json["report"].clone()
+fn tick(rig: &SshRig) -> TickReport {
+    rig.ctl(&["tick"]).tick().report
+}
+
+/// The liveness state a tick report says, `None` when it says none.
+fn live_state(report: &TickReport) -> Option<LiveState> {
+    report.liveness.as_ref().map(|l| l.state)
 }
 
 #[test]
@@ -65,16 +57,15 @@ fn a_killed_driver_is_dead_only_after_its_lease_expires_and_an_unreachable_host_
     let Some((mut rig, _cfg)) = rig("supervise:\n  lease_ttl: 4s\n  restart_backoff: 1s\n") else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
         .ok();
     // A tick sets up the runner's watch, which keeps the driver's lease.
     assert!(wait_until(Duration::from_secs(60), || {
-        tick(&rig)["liveness"]["state"] == "live" && rig.container.read_json(LEASE).is_some()
+        live_state(&tick(&rig)) == Some(LiveState::Live) && rig.container.read_json(LEASE).is_some()
     }));
+    // The lease file on the runner is the driver's own (no api type): read as JSON.
     let lease: Value = rig.container.read_json(LEASE).unwrap();
     assert_eq!(lease["session"], "megaplan-chain");
     assert_eq!(lease["spec"], "/workspace/app/chain.yaml");
@@ -86,58 +77,62 @@ fn a_killed_driver_is_dead_only_after_its_lease_expires_and_an_unreachable_host_
     rig.container.exec_ok(&format!("kill -9 {pid}"));
     // The person hears at once; the restart waits for the lease.
     assert!(
-        wait_until(Duration::from_secs(60), || count(&receiver, "driver_gone")
+        wait_until(Duration::from_secs(60), || receiver.count("driver_gone")
             == 1),
         "no driver_gone notification: {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let gone = receiver
         .accepted()
         .into_iter()
-        .find(|n| n.json()["event"] == "driver_gone")
+        .find(|n| n.event() == "driver_gone")
         .unwrap()
         .json();
+    // The whole body, as sent: the restart's countdown is somewhere in it.
     assert!(gone.to_string().contains("restart in"), "{gone:#}");
     assert!(
         wait_until(Duration::from_secs(60), || ticks(&rig)
             .iter()
-            .any(|t| t["event"] == "supervisor_restarted")),
+            .any(|t| t.event == TickEvent::Restarted)),
         "no restart after the lease expired: {:#?}",
         ticks(&rig)
     );
     let all = ticks(&rig);
     let restart = all
         .iter()
-        .position(|t| t["event"] == "supervisor_restarted")
+        .position(|t| t.event == TickEvent::Restarted)
         .unwrap();
-    let report = |t: &Value| t["report"].clone();
     // Before the restart, a tick saw the driver gone with its lease still holding: unknown,
     // nothing done.
     assert!(
         all[..restart].iter().any(|t| {
-            let r = report(t);
-            r["liveness"]["state"] == "unknown"
-                && r["liveness"]["evidence"]["process_seen"] == false
-                && r["acted"] == false
+            let r = &t.report;
+            r.liveness.as_ref().is_some_and(|l| {
+                l.state == LiveState::Unknown && l.evidence.process_seen == Some(false)
+            }) && !r.acted
         }),
         "{all:#?}"
     );
     assert_eq!(
-        report(&all[restart])["liveness"]["state"],
-        "dead",
-        "{:#}",
+        live_state(&all[restart].report),
+        Some(LiveState::Dead),
+        "{:#?}",
         all[restart]
     );
-    assert_eq!(all[restart]["trigger"], "event");
+    assert_eq!(all[restart].trigger, "event");
     assert!(wait_until(Duration::from_secs(30), || launches(&rig) == before + 1));
 
     // The host unreachable: unknown, reported, never a restart.
     rig.sshd.stop();
     let t = tick(&rig);
-    assert_eq!(t["liveness"]["state"], "unknown", "{t:#}");
-    assert_eq!(t["liveness"]["evidence"]["reachable"], false, "{t:#}");
-    assert_eq!(t["acted"], false);
-    assert_eq!(t["event"], "supervisor_error");
+    assert_eq!(live_state(&t), Some(LiveState::Unknown), "{t:#?}");
+    assert_eq!(
+        t.liveness.as_ref().and_then(|l| l.evidence.reachable),
+        Some(false),
+        "{t:#?}"
+    );
+    assert!(!t.acted);
+    assert_eq!(t.event, TickEvent::Error);
     assert_eq!(launches(&rig), before + 1);
     rig.sshd.restart();
 }
@@ -160,34 +155,33 @@ fn a_driver_dying_after_each_restart_is_quarantined_until_unquarantine() {
     // Ticks restart the crashing driver (backing off between restarts) until it is
     // quarantined; bounded by the safety net, not by a count of ticks.
     assert!(
-        wait_until(Duration::from_secs(120), || !tick(&rig)["quarantine"]
-            .is_null()),
+        wait_until(Duration::from_secs(120), || tick(&rig).quarantine.is_some()),
         "never quarantined: {:#?}",
         ticks(&rig)
     );
     assert_eq!(launches(&rig), 3, "1 launch + 2 restarts");
     for _ in 0..3 {
         let t = tick(&rig);
-        assert_eq!(t["acted"], false, "{t:#}");
+        assert!(!t.acted, "{t:#?}");
         assert!(
-            t["refused_reason"]
-                .as_str()
+            t.refused_reason
+                .as_deref()
                 .unwrap_or_default()
                 .contains("quarantined"),
-            "{t:#}"
+            "{t:#?}"
         );
     }
     assert_eq!(launches(&rig), 3, "a quarantined chain was launched");
-    assert!(wait_until(Duration::from_secs(60), || count(
-        &receiver,
-        "quarantined"
-    ) == 1));
+    assert!(wait_until(Duration::from_secs(60), || receiver
+        .count("quarantined")
+        == 1));
     let q = receiver
         .accepted()
         .into_iter()
-        .find(|n| n.json()["event"] == "quarantined")
+        .find(|n| n.event() == "quarantined")
         .unwrap()
         .json();
+    // The whole body, as sent: the crash's reason is somewhere in it (title, message, details).
     assert!(q.to_string().contains("crashing (control file)"), "{q:#}");
     let fleet = rig.ctl(&["ls", "--json"]).json;
     assert!(fleet.to_string().contains("\"quarantined\""), "{fleet:#}");
@@ -195,11 +189,11 @@ fn a_driver_dying_after_each_restart_is_quarantined_until_unquarantine() {
     assert!(explain.to_string().contains("unquarantine"), "{explain:#}");
 
     let u = rig.ctl(&["unquarantine", "--json"]).ok();
-    assert_eq!(u.json["cleared"], true, "{}", u.stdout);
+    assert!(u.decode::<UnquarantineResult>().cleared, "{}", u.stdout);
     assert!(
         wait_until(Duration::from_secs(60), || launches(&rig) >= 4),
         "no launch after unquarantine: {:#?}",
         ticks(&rig)
     );
-    assert_eq!(count(&receiver, "quarantined"), 1);
+    assert_eq!(receiver.count("quarantined"), 1);
 }

@@ -8,7 +8,10 @@
 //! `exec "…" --cloud-yaml …` are run with no flag the original did not need.
 
 use megaplan_cloud_api::paths::{legacy_marker_file, marker_key};
-use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
+use megaplan_cloud_api::report::{
+    EffectiveStatus, NextAction, ProviderConsistency, ReportedStatus, TickEvent,
+};
+use megaplan_cloud_api::status::ChainLaunched;
 use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
 use megaplan_cloud_e2e::util::sqlite;
 use serde_json::{Value, json};
@@ -101,31 +104,32 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     // 1. status --chain from the subfolder: cloud.yaml found at the project root, the marker
     //    found under the resolved key and imported.
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
+    assert_eq!(s.chain().spec, first.as_str(), "{}", s.stdout);
+    let status = s.chain();
+    assert_eq!(status.spec_source.as_deref(), Some("last_chain marker"));
     assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        first.as_str(),
-        "{}",
-        s.stdout
-    );
-    assert_eq!(s.json["spec_source"], "last_chain marker");
-    assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        status.effective_status,
         ReportedStatus::Classified(EffectiveStatus::Complete),
         "{}",
         s.stdout
     );
-    assert_eq!(s.json["provider_consistency"]["status"], "not_applicable");
-    // The original's logs object.
-    let logs = &s.json["logs"];
-    assert_eq!(logs["workspace"], "/workspace/app", "{logs}");
-    assert_eq!(logs["agent_log"], "/workspace/app/agent.log");
     assert_eq!(
-        logs["chain_log"]["path"],
-        "/workspace/app/.megaplan/cloud-chain.log"
+        status.provider_consistency,
+        Some(ProviderConsistency::NotApplicable)
     );
-    assert_eq!(logs["chain_log"]["size"], 4, "{logs}");
-    assert!(logs["chain_log"]["mtime"].is_i64(), "{logs}");
-    assert!(logs.get("plan_log").is_some(), "{logs}");
+    // The original's logs object.
+    let logs = &status.logs;
+    assert_eq!(
+        logs.workspace.as_deref(),
+        Some("/workspace/app"),
+        "{logs:?}"
+    );
+    assert_eq!(logs.agent_log.as_deref(), Some("/workspace/app/agent.log"));
+    let chain_log = logs.chain_log.clone().expect("logs.chain_log");
+    assert_eq!(chain_log.path, "/workspace/app/.megaplan/cloud-chain.log");
+    assert_eq!(chain_log.size, Some(4), "{logs:?}");
+    assert!(chain_log.mtime.is_some(), "{logs:?}");
+    assert!(logs.plan_log.is_some(), "{logs:?}");
     assert!(
         s.stderr.contains("warning: chain_session in ") && s.stderr.contains("megaplan-chain"),
         "{}",
@@ -148,13 +152,8 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         ],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        first.as_str(),
-        "{}",
-        s.stdout
-    );
-    assert_eq!(s.json["spec_source"], "last_chain marker");
+    assert_eq!(s.chain().spec, first.as_str(), "{}", s.stdout);
+    assert_eq!(s.chain().spec_source.as_deref(), Some("last_chain marker"));
 
     // 2. supervise --chain from the same folder.
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
@@ -202,24 +201,14 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     )
     .unwrap();
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        second.as_str(),
-        "{}",
-        s.stdout
-    );
+    assert_eq!(s.chain().spec, second.as_str(), "{}", s.stdout);
     assert_eq!(stored_marker(&rig, &key)["remote_spec"], second.as_str());
 
     // 5. A corrupt legacy file is a warning naming it; the stored marker still answers. With
     //    --remote-spec the file is not even read.
     std::fs::write(&python_file, "{\"remote_spec\": ").unwrap();
     let s = ctl_in(&rig, &shell, &["status", "--chain"]).ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        second.as_str(),
-        "{}",
-        s.stdout
-    );
+    assert_eq!(s.chain().spec, second.as_str(), "{}", s.stdout);
     assert!(
         s.stderr.contains(&format!(
             "warning: ignoring the legacy marker {}",
@@ -234,18 +223,16 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         &["status", "--chain", "--remote-spec", &first],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        first.as_str()
-    );
+    assert_eq!(s.chain().spec, first.as_str());
     assert!(!s.stderr.contains("legacy marker"), "{}", s.stderr);
     let t = ctl_in(&rig, &shell, &["supervise", "--chain"]).ok();
     assert!(t.report().success, "{}", t.stdout);
     assert!(
-        t.json["warnings"][0]
-            .as_str()
+        t.report()
+            .warnings
             .unwrap_or_default()
-            .contains(&python_file.display().to_string()),
+            .first()
+            .is_some_and(|w| w.contains(&python_file.display().to_string())),
         "{}",
         t.stdout
     );
@@ -254,14 +241,18 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     //    shapes under the resolved key, and the launch output carries its provenance fields.
     let spec = write_chain(&via_link.join("epic"), "chain.yaml", &["n1"]);
     let launched = ctl_in(&rig, &shell, &["chain", spec.to_str().unwrap()]).ok();
+    let chain = launched.decode::<ChainLaunched>();
+    assert_eq!(chain.current_milestone.as_deref(), Some("n1"));
+    // The original tool's provenance fields, which the api type keeps whole in `rest`: checked
+    // as the Python tool wrote them (their shape is the original's, not ours).
     assert_eq!(
-        launched.json["event"], "cloud_chain_launched",
+        chain.rest["event"], "cloud_chain_launched",
         "{}",
         launched.stdout
     );
-    assert_eq!(launched.json["tmux"]["session"], "megaplan-chain");
-    assert_eq!(launched.json["uploaded_idea_count"], 1);
-    assert_eq!(launched.json["current_milestone"], "n1");
+    assert_eq!(chain.rest["tmux"]["session"], "megaplan-chain");
+    assert_eq!(chain.rest["uploaded_idea_count"], 1);
+    // The legacy file the Python tool reads: its raw shape is the point.
     let written: Value = serde_json::from_slice(&std::fs::read(&python_file).unwrap()).unwrap();
     assert_eq!(written["remote_spec"], "/workspace/app/chain.yaml");
     assert_eq!(written["provider_identity"], "127.0.0.1");
@@ -276,6 +267,7 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
             .ctl(&shell, &[("HOME", home.as_str())], &["doctor"]),
     )
     .ok();
+    // `doctor`'s document is the client's own (no api type carries it): read as JSON.
     assert_eq!(d.json["daemon_reachable"], true, "{}", d.stdout);
     let real_yaml = real.join("cloud.yaml").display().to_string();
     let m = d.json["markers"]
@@ -338,12 +330,7 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
         ],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        spec.as_str(),
-        "{}",
-        s.stdout
-    );
+    assert_eq!(s.chain().spec, spec.as_str(), "{}", s.stdout);
     // Now under the resolved key, legacy file included, in the original's shape.
     let file = legacy_marker_file(&rig.daemon.home, &marker_key(&resolved));
     let adopted: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
@@ -364,8 +351,5 @@ fn a_marker_under_the_unresolved_path_is_adopted_by_the_resolved_one() {
         ],
     )
     .ok();
-    assert_eq!(
-        s.chain_status().expect("status --chain").spec,
-        spec.as_str()
-    );
+    assert_eq!(s.chain().spec, spec.as_str());
 }

@@ -4,39 +4,14 @@
 //! on the real bench (sshd + Docker runner, real daemon, real SQLite). Waits are on what the
 //! receiver got, with generous safety nets; nothing asserts a duration.
 
-use megaplan_cloud_e2e::receiver::{Received, Receiver};
-use megaplan_cloud_e2e::rig::{Run, SshRig, write_chain};
+use megaplan_cloud_api::notification::{NotificationEvent, TestResults};
+use megaplan_cloud_api::report::EffectiveStatus;
+use megaplan_cloud_e2e::pane::{assert_fits_80, in_80_columns};
+use megaplan_cloud_e2e::receiver::Receiver;
+use megaplan_cloud_e2e::rig::{Run, SshRig, notify_config, write_chain};
 use megaplan_cloud_e2e::{Daemon, wait_until};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// A notify config file in its own temp dir (kept alive by the returned guard).
-fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("notify.yaml");
-    std::fs::write(&path, yaml).expect("notify.yaml");
-    (dir, path)
-}
-
-fn rig_with(config: &str) -> Option<(SshRig, tempfile::TempDir)> {
-    let (guard, path) = notify_config(config);
-    let p = path.to_str().unwrap().to_string();
-    let rig = SshRig::start("", &["--notify-config", &p])?;
-    Some((rig, guard))
-}
-
-fn event(r: &Received) -> String {
-    r.json()["event"].as_str().unwrap_or("?").to_string()
-}
-
-fn events(r: &Receiver) -> Vec<String> {
-    r.accepted().iter().map(event).collect()
-}
-
-fn count(r: &Receiver, name: &str) -> usize {
-    events(r).iter().filter(|e| *e == name).count()
-}
 
 #[test]
 fn notifications_test_reports_every_sink_a_failing_one_too() {
@@ -58,30 +33,31 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
         out.stdout,
         out.stderr
     );
-    let results = out.json["results"].as_array().expect("results").clone();
+    let tested: TestResults = out.decode();
+    let results = &tested.results;
     assert_eq!(results.len(), 2, "{}", out.stdout);
     let ok = &results[0];
-    assert_eq!(ok["ok"], true, "{ok}");
-    assert_eq!(ok["status"], 200);
-    assert_eq!(ok["sink"], format!("webhook {}", good.url("/good")));
-    assert_eq!(ok["source"], "notify.yaml");
-    assert!(ok["latency_ms"].is_u64());
+    assert!(ok.ok, "{ok:?}");
+    assert_eq!(ok.status, Some(200));
+    assert_eq!(ok.sink, format!("webhook {}", good.url("/good")));
+    assert_eq!(ok.source, "notify.yaml");
     let failed = &results[1];
-    assert_eq!(failed["ok"], false, "{failed}");
-    assert_eq!(failed["status"], 500);
-    assert_eq!(failed["preset"], "ntfy");
+    assert!(!failed.ok, "{failed:?}");
+    assert_eq!(failed.status, Some(500));
+    assert_eq!(failed.preset.as_deref(), Some("ntfy"));
     assert!(
-        failed["error"].as_str().unwrap_or_default().contains("500"),
-        "{failed}"
+        failed.error.as_deref().unwrap_or_default().contains("500"),
+        "{failed:?}"
     );
     // Each receiver got the test, with the same idempotency key in the header (and the body).
-    let key = out.json["idempotency_key"].as_str().unwrap().to_string();
+    let key = tested.idempotency_key.clone();
     let g = good.received();
     let b = bad.received();
     assert_eq!((g.len(), b.len()), (1, 1));
-    assert_eq!(g[0].json()["event"], "test");
-    assert_eq!(g[0].json()["schema"], "megaplan-cloudd/notification/v1");
-    assert_eq!(g[0].json()["idempotency_key"], key.as_str());
+    let test = g[0].notification().expect("the test is a notification");
+    assert_eq!(test.event, NotificationEvent::Test);
+    assert_eq!(test.schema, "megaplan-cloudd/notification/v1");
+    assert_eq!(test.idempotency_key, key);
     assert_eq!(g[0].header("x-idempotency-key"), Some(key.as_str()));
     assert_eq!(b[0].header("x-idempotency-key"), Some(key.as_str()));
     assert_eq!(b[0].header("priority"), Some("default"));
@@ -91,6 +67,7 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
     assert_eq!(again.code, Some(0), "{}", again.stdout);
     // doctor --send-test asks the same route: one check per sink.
     let doc = Run::from_output(&d.ctl(&d.dir, &[], &["doctor", "--send-test", "--json"]));
+    // `doctor`'s document is the client's own (no api type carries it): read as JSON.
     let sinks: Vec<&Value> = doc.json["checks"]
         .as_array()
         .map(|c| {
@@ -107,7 +84,7 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
     // reason under it.
     bad.fail_next(&[503]);
     let ctl = megaplan_cloud_e2e::bin("megaplan-cloudctl");
-    let pane = in_80_column_pane(
+    let pane = in_80_columns(
         &format!(
             "cd {} && {} notifications test",
             d.dir.display(),
@@ -118,9 +95,7 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
             ("MEGAPLAN_CLOUD_HOME", d.home.to_str().unwrap()),
         ],
     );
-    for line in pane.lines() {
-        assert!(line.chars().count() <= 80, "wider than 80 columns:\n{pane}");
-    }
+    assert_fits_80(&pane);
     let rows: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(
         rows.iter()
@@ -140,115 +115,52 @@ fn notifications_test_reports_every_sink_a_failing_one_too() {
     assert!(pane.contains("1 of 2 sinks answered"), "{pane}");
 }
 
-/// Runs `script` in a tmux pane 80 columns wide (a tmux server private to the call) and
-/// returns the pane's text once the script signalled its end (`tmux wait-for`, an event).
-fn in_80_column_pane(script: &str, env: &[(&str, &str)]) -> String {
-    use std::process::Command;
-    let server = format!("mp-notify-{}", megaplan_cloud_e2e::unique_suffix());
-    let full = format!("{script}; tmux wait-for -S done; sleep 600");
-    let mut cmd = Command::new("tmux");
-    cmd.args([
-        "-L",
-        &server,
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "80",
-        "-y",
-        "50",
-        "-s",
-        "t",
-    ])
-    .args(["sh", "-c", &full])
-    .env("TERM", "xterm-256color");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    assert!(
-        cmd.status().expect("tmux runs").success(),
-        "tmux new-session failed"
-    );
-    let mut waiter = Command::new("tmux")
-        .args(["-L", &server, "wait-for", "done"])
-        .spawn()
-        .expect("tmux wait-for runs");
-    let ended = wait_until(Duration::from_secs(120), || {
-        matches!(waiter.try_wait(), Ok(Some(_)))
-    });
-    if !ended {
-        let _ = waiter.kill();
-        let _ = waiter.wait();
-    }
-    let out = Command::new("tmux")
-        .args([
-            "-L",
-            &server,
-            "capture-pane",
-            "-p",
-            "-J",
-            "-S",
-            "-",
-            "-t",
-            "t",
-        ])
-        .output()
-        .expect("capture-pane");
-    let _ = Command::new("tmux")
-        .args(["-L", &server, "kill-server"])
-        .status();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(ended, "the pane never finished:\n{text}");
-    text
-}
-
 /// A state is told once with its own key; a restart and more ticks in the same state tell
 /// nothing; the next state is told once with a new key. Keys travel in the body and in
 /// `X-Idempotency-Key`, and the database records each once.
 #[test]
 fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with("retry: {initial_delay: 200ms, max_delay: 1s}\n") else {
+    let Some((mut rig, _cfg)) =
+        SshRig::start_notifying("", "retry: {initial_delay: 200ms, max_delay: 1s}\n", &[])
+    else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
-    rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
-    assert!(wait_until(Duration::from_secs(60), || {
-        rig.ctl(&["status", "--chain"]).json["effective_status"] == "awaiting_pr_merge"
-    }));
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
+    rig.wait_effective_status(60, EffectiveStatus::AwaitingPrMerge);
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--every", "1h", "--notify-url", &url])
         .ok();
     rig.ctl(&["tick"]).ok();
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "awaiting_pr_merge"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("awaiting_pr_merge")
+            == 1),
         "no awaiting_pr_merge; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
     let first = receiver.accepted()[0].clone();
-    let body = first.json();
-    let key = body["idempotency_key"].as_str().unwrap().to_string();
-    assert_eq!(key.len(), 32, "{body}");
+    let body = first.notification().expect("the body is a notification");
+    let key = body.idempotency_key.clone();
+    assert_eq!(key.len(), 32, "{body:?}");
     assert_eq!(first.header("x-idempotency-key"), Some(key.as_str()));
     // What a person acts on comes first: the chain, milestone, state, the PR, the fix.
-    assert_eq!(body["needs_person"], true);
-    assert_eq!(body["chain"], "project");
-    assert_eq!(body["milestone"]["label"], "m1");
-    assert_eq!(body["pr"]["number"], 7);
-    assert!(
-        body["fix"].as_str().unwrap().starts_with("merge PR #7"),
-        "{body}"
+    assert!(body.needs_person);
+    assert_eq!(body.chain, "project");
+    assert_eq!(
+        body.milestone.as_ref().and_then(|m| m.label.as_deref()),
+        Some("m1")
     );
-    let message = body["message"].as_str().unwrap();
+    assert_eq!(body.pr.as_ref().map(|p| p.number), Some(7));
+    assert!(
+        body.fix
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("merge PR #7"),
+        "{body:?}"
+    );
+    let message = body.message.as_str();
     assert!(
         message.starts_with("project · milestone 1/2 (m1)"),
         "{message}"
@@ -263,33 +175,30 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
         rig.ctl(&["tick"]).ok();
     }
     // The next state: merged, so the supervisor advances (an act, told once).
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     rig.ctl(&["tick"]).ok();
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "supervisor_acted"
-        ) >= 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("supervisor_acted")
+            >= 1),
         "no supervisor_acted; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
     // The watcher reads ticks in order: the act was watched after the three ticks before it.
     assert_eq!(
-        count(&receiver, "awaiting_pr_merge"),
+        receiver.count("awaiting_pr_merge"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
     let keys: Vec<String> = receiver
         .accepted()
         .iter()
         .map(|r| {
-            r.json()["idempotency_key"]
-                .as_str()
+            r.notification()
+                .map(|n| n.idempotency_key)
                 .unwrap_or_default()
-                .to_string()
         })
         .collect();
     let mut distinct = keys.clone();
@@ -299,7 +208,7 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
     for r in receiver.accepted() {
         assert_eq!(
             r.header("x-idempotency-key"),
-            r.json()["idempotency_key"].as_str()
+            r.notification().map(|n| n.idempotency_key).as_deref()
         );
     }
     let db = rig.daemon.home.join("cloudd.db");
@@ -313,10 +222,14 @@ fn one_key_per_occurrence_and_a_restart_never_repeats_one() {
 #[test]
 fn a_digest_replaces_one_message_per_event() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(&format!(
-        "digest: 2s\nretry: {{initial_delay: 200ms, max_delay: 1s}}\nsinks:\n  - url: {}\n",
-        receiver.url("/digest")
-    )) else {
+    let Some((rig, _cfg)) = SshRig::start_notifying(
+        "",
+        &format!(
+            "digest: 2s\nretry: {{initial_delay: 200ms, max_delay: 1s}}\nsinks:\n  - url: {}\n",
+            receiver.url("/digest")
+        ),
+        &[],
+    ) else {
         return;
     };
     rig.precreate_workspace();
@@ -326,20 +239,20 @@ fn a_digest_replaces_one_message_per_event() {
     rig.ctl(&["register", "--every", "1s"]).ok();
     let complete_digest = || {
         receiver.accepted().iter().any(|r| {
-            let v = r.json();
-            v["event"] == "digest"
-                && v["digest"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["state"] == "complete"))
+            r.notification().is_some_and(|n| {
+                n.event == NotificationEvent::Digest
+                    && n.digest
+                        .is_some_and(|c| c.iter().any(|c| c.state == "complete"))
+            })
         })
     };
     assert!(
         wait_until(Duration::from_secs(180), complete_digest),
         "no digest with the chain complete; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
-    let got = events(&receiver);
+    let got = receiver.events();
     assert!(
         got.iter().all(|e| e == "digest"),
         "only digests, no message per event: {got:?}"
@@ -347,17 +260,18 @@ fn a_digest_replaces_one_message_per_event() {
     let done: u64 = receiver
         .accepted()
         .iter()
-        .flat_map(|r| r.json()["digest"].as_array().cloned().unwrap_or_default())
-        .map(|c| c["milestones_done"].as_u64().unwrap_or(0))
+        .flat_map(|r| r.notification().and_then(|n| n.digest).unwrap_or_default())
+        .map(|c| u64::from(c.milestones_done))
         .sum();
     assert!(
         (1..=3).contains(&done),
         "milestones done over the digests: {done}"
     );
-    let last = receiver.accepted().last().unwrap().json();
-    assert!(
-        last["title"].as_str().unwrap().contains("milestone"),
-        "{last}"
-    );
-    assert_eq!(last["needs_person"], false);
+    let last = receiver
+        .accepted()
+        .last()
+        .and_then(|r| r.notification())
+        .expect("the last body is a notification");
+    assert!(last.title.contains("milestone"), "{last:?}");
+    assert!(!last.needs_person);
 }

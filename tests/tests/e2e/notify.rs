@@ -5,50 +5,21 @@
 //! stall detection, pause, dry run, explain, and the ticks/watch filters.
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::notification::NotificationEvent;
 use megaplan_cloud_api::report::{
     EffectiveStatus, Liveness, NextAction, ReportedStatus, TickEvent,
 };
-use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_api::wire::{
+    BreakerState, Explanation, PauseResponse, RegisterResponse, TickRecord,
+};
 use megaplan_cloud_e2e::receiver::Receiver;
-use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_e2e::rig::{OutboxRow, Run, SshRig, notify_config, write_chain};
 use megaplan_cloud_e2e::{bin, wait_until};
-use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SIGNING_SECRET: &str = "hook-signing-key-for-tests";
-
-/// A notify config file in its own temp dir (kept alive by the returned guard).
-fn notify_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("notify.yaml");
-    std::fs::write(&path, yaml).expect("notify.yaml");
-    (dir, path)
-}
-
-fn rig_with(
-    extra_yaml: &str,
-    config: &str,
-    env: &[(&str, &str)],
-) -> Option<(SshRig, tempfile::TempDir)> {
-    let (guard, path) = notify_config(config);
-    let p = path.to_str().unwrap().to_string();
-    let rig = SshRig::start_with_env(extra_yaml, env, &["--notify-config", &p])?;
-    Some((rig, guard))
-}
-
-fn events(r: &Receiver) -> Vec<String> {
-    r.accepted()
-        .iter()
-        .map(|n| n.json()["event"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
-fn count(r: &Receiver, event: &str) -> usize {
-    events(r).iter().filter(|e| *e == event).count()
-}
 
 /// The signature check of docs/notifications.md: `openssl dgst -sha256 -hmac KEY` over the
 /// body (openssl comes with the bench's ca-certificates package, see .ci/run).
@@ -70,43 +41,32 @@ fn signature_ok(body: &[u8], header: Option<&str>) -> bool {
 #[test]
 fn one_notification_per_transition_across_a_daemon_restart() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with(
+    let Some((mut rig, _cfg)) = SshRig::start_notifying(
         "",
         "failed_ticks: 3\nstill_waiting_after: 3s\nretry: {initial_delay: 200ms, max_delay: 1s}\n",
         &[("MEGAPLAN_CLOUDD_NOTIFY_SECRET", SIGNING_SECRET)],
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 7}}"#);
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-7");
-    rig.launch(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.launch_awaiting_pr(&["m1", "m2"], 7);
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     let url = receiver.url("/megaplan-topic");
     let reg = rig
         .ctl(&["register", "--every", "1s", "--notify-url", &url])
         .ok();
     assert_eq!(
-        reg.json["notify"][0],
-        format!("webhook {url}"),
+        reg.decode::<RegisterResponse>().notify,
+        [format!("webhook {url}")],
         "{}",
         reg.stdout
     );
 
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "awaiting_pr_merge"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("awaiting_pr_merge")
+            == 1),
         "no awaiting_pr_merge notification; got {:?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.daemon.log_text()
     );
     // Many more ticks in the same state, then a restart, then more ticks: still one.
@@ -116,42 +76,37 @@ fn one_notification_per_transition_across_a_daemon_restart() {
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
-        count(&receiver, "awaiting_pr_merge"),
+        receiver.count("awaiting_pr_merge"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
     // Still waiting after `still_waiting_after`: told once more, once.
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "still_waiting"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver.count("still_waiting")
+            == 1),
         "no still_waiting: {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     assert_eq!(
-        count(&receiver, "still_waiting"),
+        receiver.count("still_waiting"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
 
     // The documented body and a valid signature.
     let first = receiver.accepted()[0].clone();
     assert_eq!(first.method, "POST");
     assert_eq!(first.path, "/megaplan-topic");
-    let body = first.json();
-    assert_eq!(body["schema"], "megaplan-cloudd/notification/v1");
-    assert_eq!(body["event"], "awaiting_pr_merge");
-    assert_eq!(body["effective_status"], "awaiting_pr_merge");
-    assert_eq!(body["cloud_yaml"], rig.cloud_yaml.display().to_string());
-    assert!(
-        body["message"].as_str().unwrap().contains("PR #7"),
-        "{body}"
-    );
+    let body = first.notification().expect("the body is a notification");
+    assert_eq!(body.schema, "megaplan-cloudd/notification/v1");
+    assert_eq!(body.event, NotificationEvent::AwaitingPrMerge);
+    assert_eq!(body.effective_status.as_deref(), Some("awaiting_pr_merge"));
+    assert_eq!(body.cloud_yaml, rig.cloud_yaml.display().to_string());
+    assert!(body.message.contains("PR #7"), "{body:?}");
     assert_eq!(first.header("x-megaplan-event"), Some("awaiting_pr_merge"));
     assert!(
         signature_ok(&first.body, first.header("x-megaplan-signature")),
@@ -161,27 +116,25 @@ fn one_notification_per_transition_across_a_daemon_restart() {
 
     // Merge: the supervisor advances (and restarts for m2) until complete; each act is told,
     // complete once.
-    rig.container
-        .exec_ok("echo MERGED > /var/lib/gh-standin/pr-7");
+    rig.container.set_pr(7, "MERGED");
     assert!(
-        wait_until(Duration::from_secs(90), || count(&receiver, "complete")
-            == 1),
+        wait_until(Duration::from_secs(90), || receiver.count("complete") == 1),
         "no complete notification; got {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
     let acted = rig.ticks(500).iter().filter(|t| t.acted).count();
     assert!(acted >= 1);
     assert_eq!(
-        count(&receiver, "supervisor_acted"),
+        receiver.count("supervisor_acted"),
         acted,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
-    assert_eq!(count(&receiver, "complete"), 1);
-    assert_eq!(count(&receiver, "still_waiting"), 1);
-    assert_eq!(count(&receiver, "awaiting_pr_merge"), 1);
+    assert_eq!(receiver.count("complete"), 1);
+    assert_eq!(receiver.count("still_waiting"), 1);
+    assert_eq!(receiver.count("awaiting_pr_merge"), 1);
     // Delivered exactly once each: no delivery id was accepted twice.
     let mut ids: Vec<String> = receiver
         .accepted()
@@ -197,7 +150,7 @@ fn one_notification_per_transition_across_a_daemon_restart() {
 #[test]
 fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_survive_a_restart() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with(
+    let Some((mut rig, _cfg)) = SshRig::start_notifying(
         "",
         "retry: {initial_delay: 200ms, max_delay: 1s, max_attempts: 50}\n",
         &[],
@@ -239,10 +192,10 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
         .map(|r| r.header("x-megaplan-delivery"))
         .collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
-    assert_eq!(events(&receiver), ["complete"]);
-    let outbox = rig.ctl(&["notifications", "--json"]).ok().json;
-    assert_eq!(outbox[0]["status"], "delivered", "{outbox:#}");
-    assert_eq!(outbox[0]["attempts"], 4);
+    assert_eq!(receiver.events(), ["complete"]);
+    let outbox = rig.ctl(&["notifications", "--json"]).ok().outbox();
+    assert_eq!(outbox[0].status, "delivered", "{outbox:#?}");
+    assert_eq!(outbox[0].attempts, 4);
 
     // A notification still failing when the daemon stops is delivered by the next start.
     receiver.fail_next(&[500; 1000]);
@@ -252,15 +205,8 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m2": 8}}"#);
     let spec = write_chain(&rig.project.join("epic2"), "chain.yaml", &["m2"]);
     rig.ctl(&["chain", spec.to_str().unwrap(), "--fresh"]).ok();
-    rig.container
-        .exec_ok("mkdir -p /var/lib/gh-standin && echo OPEN > /var/lib/gh-standin/pr-8");
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.container.set_pr(8, "OPEN");
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     let before = receiver.received().len();
     rig.ctl(&["tick"]).ok();
     assert!(wait_until(Duration::from_secs(30), || receiver
@@ -277,10 +223,10 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
         "the pending notification was not delivered after the restart"
     );
     assert_eq!(
-        count(&receiver, "awaiting_pr_merge"),
+        receiver.count("awaiting_pr_merge"),
         1,
         "{:?}",
-        events(&receiver)
+        receiver.events()
     );
 }
 
@@ -290,7 +236,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     // the probe result, into the tick's refused_reason and `pr.merge_probe`.
     let secret = "ghp-notify-secret-7f3a9c2e5b";
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(
+    let Some((rig, _cfg)) = SshRig::start_notifying(
         "secrets: [MP_NOTIFY_TOKEN]\n",
         &format!(
             "sinks:\n  - url: {}\n  - url: {}\n    preset: slack\n",
@@ -303,24 +249,17 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
     };
     rig.precreate_workspace();
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m1": 9}}"#);
-    rig.container.exec_ok(&format!(
-        "mkdir -p /var/lib/gh-standin && echo {secret} > /var/lib/gh-standin/pr-9"
-    ));
+    rig.container.set_pr(9, secret);
     rig.launch(&["m1"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| {
-                s.effective_status == ReportedStatus::Classified(EffectiveStatus::AwaitingPrMerge)
-            })
-    }));
+    rig.wait_effective_status(30, EffectiveStatus::AwaitingPrMerge);
     rig.ctl(&["register", "--every", "1h"]).ok();
     let t = rig.ctl(&["tick"]).ok();
     assert!(!t.stdout.contains(secret));
     assert!(
-        t.json["report"]["refused_reason"]
-            .as_str()
-            .unwrap()
+        t.tick()
+            .report
+            .refused_reason
+            .unwrap_or_default()
             .contains("state="),
         "{}",
         t.stdout
@@ -340,9 +279,9 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
         .find(|r| r.path == "/json")
         .unwrap();
     assert!(
-        json.json()["message"]
-            .as_str()
-            .unwrap()
+        json.notification()
+            .expect("the json preset's body is a notification")
+            .message
             .contains("PR #9 state=")
     );
     let slack = receiver
@@ -350,6 +289,7 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
         .into_iter()
         .find(|r| r.path == "/slack")
         .unwrap();
+    // Slack's incoming-webhook body is Slack's shape, not ours: read as JSON.
     assert!(
         slack.json()["text"]
             .as_str()
@@ -367,20 +307,22 @@ fn a_secret_in_the_tick_report_never_reaches_the_receiver() {
 #[test]
 fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(
+    let Some((rig, _cfg)) = SshRig::start_notifying(
         "",
         &format!("stall_after: 2s\nsinks:\n  - url: {}\n", receiver.url("/s")),
         &[],
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let s = rig.ctl(&["status", "--chain"]).json;
-            s["effective_status"] == "running" && s["stalled"] == true
+            rig.ctl(&["status", "--chain"])
+                .chain_status()
+                .is_some_and(|s| {
+                    s.effective_status == ReportedStatus::Classified(EffectiveStatus::Running)
+                        && s.stalled
+                })
         }),
         "status --chain never said stalled"
     );
@@ -390,21 +332,21 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         "{}",
         st.stderr
     );
-    let s = st.json;
-    assert!(s["stalled_for_secs"].as_i64().unwrap() >= 2, "{s:#}");
-    assert_eq!(s["stall_after_secs"], 2);
+    let s = st.chain();
+    assert!(s.stalled_for_secs.unwrap_or_default() >= 2, "{s:#?}");
+    assert_eq!(s.stall_after_secs, 2);
     let runs_before = rig
         .container
         .exec_ok("wc -l < /workspace/app/.megaplan/standin-chain-runs.jsonl");
     rig.ctl(&["register", "--every", "1s"]).ok();
     assert!(
-        wait_until(Duration::from_secs(60), || count(&receiver, "stalled") == 1),
+        wait_until(Duration::from_secs(60), || receiver.count("stalled") == 1),
         "no stalled notification: {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let n = rig.ticks(500).len();
     assert!(wait_until(Duration::from_secs(60), || rig.ticks(500).len() >= n + 3));
-    assert_eq!(count(&receiver, "stalled"), 1);
+    assert_eq!(receiver.count("stalled"), 1);
     let ticks = rig.ticks(500);
     assert!(
         ticks.iter().all(|t| !t.acted),
@@ -417,25 +359,27 @@ fn a_live_runner_whose_log_does_not_grow_is_stalled_reported_and_never_restarted
         runs_before
     );
     rig.container.exec_ok("tmux has-session -t =megaplan-chain");
-    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
-    assert_eq!(regs[0]["stalled"], true, "{regs:#}");
+    let regs = rig.registrations();
+    assert!(regs[0].stalled, "{regs:#?}");
     let table = rig.ctl(&["registrations"]).ok();
     assert!(table.stdout.contains("stalled"), "{}", table.stdout);
-    let body = receiver.accepted()[0].json();
+    let body = receiver.accepted()[0]
+        .notification()
+        .expect("the body is a notification");
+    // `details` are the event's own facts (docs/notifications.md lists them per event): the
+    // api keeps them as JSON.
     assert!(
-        body["details"]["stalled_for_secs"].as_i64().unwrap() >= 2,
-        "{body}"
+        body.details["stalled_for_secs"].as_i64().unwrap() >= 2,
+        "{body:?}"
     );
 }
 
 #[test]
 fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would_happen() {
-    let Some((mut rig, _cfg)) = rig_with("", "", &[]) else {
+    let Some((mut rig, _cfg)) = SshRig::start_notifying("", "", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
@@ -446,7 +390,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     rig.control(r#"{"step_seconds": 0.1}"#);
     rig.ctl(&["register", "--every", "1h"]).ok();
     let p = rig.ctl(&["pause", "--reason", "manual repair"]).ok();
-    let by = p.json["paused"]["paused_by"].as_str().unwrap().to_string();
+    let by = p.decode::<PauseResponse>().paused.paused_by;
     assert!(by.contains('@'), "{by}");
     let runs = || {
         rig.container
@@ -470,27 +414,41 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         "{reason}"
     );
     assert!(reason.contains("restart"), "{reason}");
-    assert_eq!(t.json["paused"]["reason"], "manual repair");
+    assert_eq!(
+        t.report()
+            .paused
+            .flatten()
+            .and_then(|p| p.reason)
+            .as_deref(),
+        Some("manual repair")
+    );
 
     // The pause survives a restart and shows in the registrations list.
     rig.daemon.restart();
-    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
-    assert_eq!(regs[0]["paused"]["paused_by"], by.as_str(), "{regs:#}");
+    let regs = rig.registrations();
+    assert_eq!(
+        regs[0].paused.as_ref().map(|p| p.paused_by.as_str()),
+        Some(by.as_str()),
+        "{regs:#?}"
+    );
     // Through a pipe the client prints JSON (the table is for terminals: ctl/src/render.rs's
     // tests and tests/tests/e2e/ctl_terminal.rs cover it).
     let piped = rig.ctl(&["registrations"]).ok();
     assert_eq!(
-        piped.json[0]["paused"]["paused_by"],
-        by.as_str(),
+        piped.registrations()[0]
+            .paused
+            .as_ref()
+            .map(|p| p.paused_by.as_str()),
+        Some(by.as_str()),
         "{}",
         piped.stdout
     );
     let t = rig.ctl(&["tick"]).ok();
     assert!(!t.tick().acted);
     assert!(
-        t.json["refused_reason"]
-            .as_str()
-            .unwrap()
+        t.tick()
+            .refused_reason
+            .unwrap_or_default()
             .starts_with("paused by")
     );
     assert_eq!(runs(), runs_before, "a paused registration was mutated");
@@ -498,12 +456,9 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     // explain: facts, rule, action, refusal.
     // Through a pipe `explain` is JSON; its `lines` are what a terminal shows.
     let e = rig.ctl(&["explain"]).ok();
-    let lines: Vec<&str> = e.json["lines"]
-        .as_array()
-        .unwrap_or_else(|| panic!("explain JSON has lines: {}", e.stdout))
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let explanation: Explanation = e.decode();
+    let lines: Vec<&str> = explanation.lines.iter().map(String::as_str).collect();
+    assert!(!lines.is_empty(), "explain JSON has lines: {}", e.stdout);
     assert!(
         lines
             .iter()
@@ -528,15 +483,16 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         "{}",
         e.stdout
     );
-    let ej = rig.ctl(&["explain", "--json"]).ok().json;
-    assert_eq!(ej["facts"]["runner"], "dead");
+    // The facts are kept whole by the api type (`Explanation::rest`): read as JSON.
+    let ej: Explanation = rig.ctl(&["explain", "--json"]).ok().decode();
+    assert_eq!(ej.rest["facts"]["runner"], "dead");
 
     // Dry run: would restart, did not, not stored.
     let stored = rig.ticks(500).len();
     rig.ctl(&["unpause"]).ok();
     let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
     assert_eq!(d.code, Some(0), "{}", d.stderr);
-    assert_eq!(d.json["dry_run"], true, "{}", d.stdout);
+    assert!(d.report().dry_run, "{}", d.stdout);
     assert!(!d.report().acted);
     assert_eq!(d.report().next_action, NextAction::Restart);
     assert!(d.stderr.contains("dry run"), "{}", d.stderr);
@@ -547,14 +503,13 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
     let t = rig.ctl(&["supervise", "--chain"]).ok();
     assert!(t.report().acted, "{}", t.stdout);
     assert_eq!(t.report().event, TickEvent::Restarted);
-    let regs = rig.ctl(&["registrations", "--json"]).ok().json;
-    assert!(regs[0]["paused"].is_null());
+    assert!(rig.registrations()[0].paused.is_none());
 }
 
 #[test]
 fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     let receiver = Receiver::start();
-    let Some((mut rig, _cfg)) = rig_with(
+    let Some((mut rig, _cfg)) = SshRig::start_notifying(
         "",
         &format!(
             "failed_ticks: 3\nsinks:\n  - command: \"cat >> {}\"\n",
@@ -578,48 +533,32 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
         &receiver.url("/f"),
     ])
     .ok();
-    assert!(wait_until(Duration::from_secs(30), || count(
-        &receiver, "complete"
-    ) == 1));
+    assert!(wait_until(Duration::from_secs(30), || receiver
+        .count("complete")
+        == 1));
     assert!(wait_until(Duration::from_secs(30), || rig.ticks(500).len() >= 2));
 
     // `watch` shows the last stored reports first.
-    let mut watch = Command::new(bin("megaplan-cloudctl"))
-        .args([
-            "--cloud-yaml",
-            rig.cloud_yaml.to_str().unwrap(),
-            "watch",
-            "--json",
-            "--backlog",
-            "2",
-        ])
-        .env("MEGAPLAN_CLOUDD_SOCKET", &rig.daemon.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watch = rig.spawn_ctl(&["watch", "--json", "--backlog", "2"]);
     let mut out = BufReader::new(watch.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    let rec: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
-    assert_eq!(rec["trigger"], "schedule");
+    let rec: TickRecord = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(rec.trigger, "schedule");
 
     rig.sshd.stop();
     assert!(
-        wait_until(Duration::from_secs(90), || count(
-            &receiver,
-            "ticks_failing"
-        ) == 1),
+        wait_until(Duration::from_secs(90), || receiver.count("ticks_failing")
+            == 1),
         "no ticks_failing: {:?}",
-        events(&receiver)
+        receiver.events()
     );
-    let failed = rig
+    let failed: Vec<TickRecord> = rig
         .ctl(&["ticks", "--json", "--failed", "--limit", "100"])
         .ok()
-        .json;
-    let failed = failed.as_array().unwrap();
+        .decode();
     assert!(failed.len() >= 3);
-    assert!(failed.iter().all(|t| t["success"] == false));
+    assert!(failed.iter().all(|t| !t.success));
     let by_event = rig
         .ctl(&[
             "ticks",
@@ -630,33 +569,32 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
             "100",
         ])
         .ok()
-        .json;
-    assert_eq!(by_event.as_array().unwrap().len(), failed.len());
-    let none = rig
+        .decode::<Vec<TickRecord>>();
+    assert_eq!(by_event.len(), failed.len());
+    let none: Vec<TickRecord> = rig
         .ctl(&["ticks", "--json", "--since", "2999-01-01"])
         .ok()
-        .json;
-    assert_eq!(none.as_array().unwrap().len(), 0);
-    let recent = rig
+        .decode();
+    assert_eq!(none.len(), 0);
+    let recent: Vec<TickRecord> = rig
         .ctl(&["ticks", "--json", "--since", "1h", "--limit", "500"])
         .ok()
-        .json;
-    assert_eq!(recent.as_array().unwrap().len(), rig.ticks(500).len());
+        .decode();
+    assert_eq!(recent.len(), rig.ticks(500).len());
     let bad = rig.ctl(&["ticks", "--since", "last tuesday"]);
     assert_eq!(bad.code, Some(1));
-    assert_eq!(bad.json["field"], "since", "{}", bad.stdout);
+    assert_eq!(bad.error_field(), "since", "{}", bad.stdout);
 
     rig.sshd.restart();
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "ticks_recovered"
-        ) == 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("ticks_recovered")
+            == 1),
         "no ticks_recovered: {:?}",
-        events(&receiver)
+        receiver.events()
     );
-    assert_eq!(count(&receiver, "ticks_failing"), 1);
-    assert_eq!(count(&receiver, "complete"), 1, "{:?}", events(&receiver));
+    assert_eq!(receiver.count("ticks_failing"), 1);
+    assert_eq!(receiver.count("complete"), 1, "{:?}", receiver.events());
 
     // The daemon going away ends `watch` with a message saying so.
     rig.daemon.terminate();
@@ -675,15 +613,15 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
 
 #[test]
 fn bad_notify_input_is_refused_by_field() {
-    let Some((rig, _cfg)) = rig_with("", "", &[]) else {
+    let Some((rig, _cfg)) = SshRig::start_notifying("", "", &[]) else {
         return;
     };
     let r = rig.ctl(&["register", "--notify-url", "ftp://ntfy.example/t"]);
     assert_eq!(r.code, Some(1));
-    assert_eq!(r.json["field"], "notify_url", "{}", r.stdout);
-    assert!(r.json["message"].as_str().unwrap().contains("https://"));
+    assert_eq!(r.error_field(), "notify_url", "{}", r.stdout);
+    assert!(r.error_body().message.contains("https://"));
     let r = rig.ctl(&["register", "--notify-url", "http://u:pw@127.0.0.1/t"]);
-    assert_eq!(r.json["field"], "notify_url");
+    assert_eq!(r.error_field(), "notify_url");
     let r = rig.ctl(&[
         "register",
         "--notify-url",
@@ -691,7 +629,7 @@ fn bad_notify_input_is_refused_by_field() {
         "--notify-preset",
         "teams",
     ]);
-    assert_eq!(r.json["field"], "notify_preset");
+    assert_eq!(r.error_field(), "notify_preset");
     let r = rig.ctl(&["pause"]);
     assert_eq!(
         r.error_body().error,
@@ -759,49 +697,44 @@ fn https_webhooks_reach_trusted_receivers_only() {
     std::fs::write(&cy, "provider: local\nrepo:\n  url: /srv/repo.git\n").unwrap();
     let out = daemon.ctl(&project, &[], &["register", "--every", "1h", "--json"]);
     assert!(out.status.success(), "{out:?}");
-    let reg: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let key = reg["key"].as_str().unwrap().to_string();
+    let key = Run::from_output(&out).decode::<RegisterResponse>().key;
     std::fs::remove_file(&cy).unwrap();
     let out = daemon.ctl(&project, &[], &["tick", &key, "--json"]);
-    let tick: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert_eq!(tick["event"], "supervisor_error", "{out:?}");
+    let tick = Run::from_output(&out).try_decode::<TickRecord>();
+    assert_eq!(tick.map(|t| t.event), Some(TickEvent::Error), "{out:?}");
 
     assert!(
         wait_until(Duration::from_secs(60), || trusted.accepted().len() == 1),
         "the trusted https receiver got {:?}",
-        events(&trusted)
+        trusted.events()
     );
-    let n = trusted.accepted()[0].json();
-    assert_eq!(n["event"], "ticks_failing", "{n}");
-    assert_eq!(n["key"], key.as_str());
+    let n = trusted.accepted()[0]
+        .notification()
+        .expect("the body is a notification");
+    assert_eq!(n.event, NotificationEvent::TicksFailing, "{n:?}");
+    assert_eq!(n.key, key);
     // The untrusted one: both attempts fail in the handshake, so no request ever arrives.
     let outbox = || {
         let out = daemon.ctl(&project, &[], &["notifications", "--all", "--json"]);
-        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+        Run::from_output(&out)
+            .try_decode::<Vec<OutboxRow>>()
+            .unwrap_or_default()
     };
     assert!(
         wait_until(Duration::from_secs(60), || outbox()
-            .as_array()
-            .is_some_and(|rows| rows.iter().any(|r| r["status"] == "failed"))),
-        "{:#}",
+            .iter()
+            .any(|r| r.status == "failed")),
+        "{:#?}",
         outbox()
     );
     let rows = outbox();
-    let failed: Vec<&Value> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["status"] == "failed")
-        .collect();
-    assert_eq!(failed.len(), 1, "{rows:#}");
+    let failed: Vec<&OutboxRow> = rows.iter().filter(|r| r.status == "failed").collect();
+    assert_eq!(failed.len(), 1, "{rows:#?}");
     assert!(
-        failed[0]["sink"]
-            .as_str()
-            .unwrap()
-            .contains(&untrusted.port.to_string()),
-        "{rows:#}"
+        failed[0].sink.contains(&untrusted.port.to_string()),
+        "{rows:#?}"
     );
-    let why = failed[0]["last_error"].as_str().unwrap().to_lowercase();
+    let why = failed[0].last_error.clone().unwrap().to_lowercase();
     assert!(why.contains("certificate"), "{why}");
     assert!(untrusted.received().is_empty());
 }
@@ -840,12 +773,11 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
         let args = ["register", "--every", "1h", "--notify-url", url, "--json"];
         let out = daemon.ctl(&project, &[], &args);
         assert!(out.status.success(), "{out:?}");
-        let reg: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let key = reg["key"].as_str().unwrap().to_string();
+        let key = Run::from_output(&out).decode::<RegisterResponse>().key;
         std::fs::remove_file(&cy).unwrap();
         let out = daemon.ctl(&project, &[], &["tick", &key, "--json"]);
-        let tick: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        assert_eq!(tick["event"], "supervisor_error", "{out:?}");
+        let tick = Run::from_output(&out).try_decode::<TickRecord>();
+        assert_eq!(tick.map(|t| t.event), Some(TickEvent::Error), "{out:?}");
     };
     let dead_url = dead.url("/hook");
     std::thread::scope(|s| {
@@ -864,20 +796,13 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
             &[],
             &["notifications", "--all", "--limit", "1000", "--json"],
         );
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap_or(Value::Null)
-            .as_array()
-            .cloned()
+        Run::from_output(&out)
+            .try_decode::<Vec<OutboxRow>>()
             .unwrap_or_default()
     };
-    let of = |rows: &[Value], port: u16| -> Vec<Value> {
+    let of = |rows: &[OutboxRow], port: u16| -> Vec<OutboxRow> {
         rows.iter()
-            .filter(|r| {
-                r["sink"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains(&format!(":{port}/"))
-            })
+            .filter(|r| r.sink.contains(&format!(":{port}/")))
             .cloned()
             .collect()
     };
@@ -901,7 +826,7 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
         healthy.accepted().len(),
         dead.held()
     );
-    assert_eq!(events(&healthy), ["ticks_failing"]);
+    assert_eq!(healthy.events(), ["ticks_failing"]);
     // The dead sink is saturated at its cap and never had more: 4 requests in all, all held.
     assert!(
         wait_until(Duration::from_secs(60), || dead.held() == 4),
@@ -914,36 +839,30 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     let dead_rows = of(&rows, dead.port);
     assert_eq!(dead_rows.len(), DEAD);
     assert!(
-        dead_rows.iter().all(|r| r["status"] == "pending"),
+        dead_rows.iter().all(|r| r.status == "pending"),
         "{dead_rows:#?}"
     );
-    let b = &dead_rows[0]["breaker"];
-    assert_eq!(b["sink"], format!("http://127.0.0.1:{}", dead.port), "{b}");
-    assert_eq!(b["in_flight"], 4, "{b}");
-    assert_eq!(b["state"], "closed", "{b}");
+    let b = &dead_rows[0].breaker;
+    assert_eq!(b.sink, format!("http://127.0.0.1:{}", dead.port), "{b:?}");
+    assert_eq!(b.in_flight, 4, "{b:?}");
+    assert_eq!(b.state, BreakerState::Closed, "{b:?}");
     let healthy_rows = of(&rows, healthy.port);
     assert_eq!(healthy_rows.len(), 1);
-    assert_eq!(healthy_rows[0]["status"], "delivered");
+    assert_eq!(healthy_rows[0].status, "delivered");
 
     // The dead receiver starts hanging up without an answer: every delivery to it fails.
     dead.hang_up();
-    let dead_breaker = || {
-        of(&outbox(), dead.port)
-            .first()
-            .map(|r| r["breaker"].clone())
-            .unwrap_or(Value::Null)
-    };
+    let dead_breaker = || of(&outbox(), dead.port).first().map(|r| r.breaker.clone());
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let b = dead_breaker();
-            b["state"] == "open" && b["in_flight"] == 0
+            dead_breaker().is_some_and(|b| b.state == BreakerState::Open && b.in_flight == 0)
         }),
-        "{:#}",
+        "{:#?}",
         dead_breaker()
     );
-    let b = dead_breaker();
-    assert!(b["consecutive_failures"].as_u64().unwrap() >= 3, "{b}");
-    assert!(b["open_until"].is_string(), "{b}");
+    let b = dead_breaker().expect("the dead sink's breaker");
+    assert!(b.consecutive_failures >= 3, "{b:?}");
+    assert!(b.open_until.is_some(), "{b:?}");
     // Slots freed before the third failure may have been refilled once each: at most 4 + 2.
     let sent = dead.received().len();
     assert!(
@@ -954,7 +873,7 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
     let dead_rows = of(&outbox(), dead.port);
     assert_eq!(dead_rows.len(), DEAD);
     assert!(
-        dead_rows.iter().all(|r| r["status"] == "pending"),
+        dead_rows.iter().all(|r| r.status == "pending"),
         "{dead_rows:#?}"
     );
     // While it is open the dead sink gets nothing more; the healthy one still gets its next.
@@ -978,7 +897,7 @@ fn a_dead_receiver_never_holds_back_a_healthy_one() {
 #[test]
 fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedule() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with(
+    let Some((rig, _cfg)) = SshRig::start_notifying(
         "",
         &format!(
             "stall_after: 20s\nsinks:\n  - url: {}\n",
@@ -988,9 +907,7 @@ fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedul
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
@@ -1005,10 +922,9 @@ fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedul
         t.stdout
     );
     assert!(
-        wait_until(Duration::from_secs(120), || count(&receiver, "stalled")
-            >= 1),
+        wait_until(Duration::from_secs(120), || receiver.count("stalled") >= 1),
         "no stalled notification; got {:?}; ticks {:#?}\n{}",
-        events(&receiver),
+        receiver.events(),
         rig.ticks(500),
         rig.daemon.log_text()
     );
@@ -1034,13 +950,12 @@ fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedul
 #[test]
 fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     let receiver = Receiver::start();
-    let Some((rig, _cfg)) = rig_with("", "retry: {initial_delay: 200ms, max_delay: 1s}\n", &[])
+    let Some((rig, _cfg)) =
+        SshRig::start_notifying("", "retry: {initial_delay: 200ms, max_delay: 1s}\n", &[])
     else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    rig.launch(&["m1", "m2"]);
+    rig.launch_stalled(&["m1", "m2"]);
     assert!(wait_until(Duration::from_secs(30), || {
         rig.ctl(&["status", "--chain"])
             .chain_status()
@@ -1071,12 +986,11 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
         rig.daemon.log_text()
     );
     assert!(
-        wait_until(Duration::from_secs(60), || count(
-            &receiver,
-            "supervisor_acted"
-        ) >= 1),
+        wait_until(Duration::from_secs(60), || receiver
+            .count("supervisor_acted")
+            >= 1),
         "the receiver was not told; got {:?}",
-        events(&receiver)
+        receiver.events()
     );
     let all = rig.ticks(500);
     assert!(

@@ -12,11 +12,8 @@ use std::time::Duration;
 use megaplan_cloud_e2e::conformance::{self, SECRET_NAME};
 use megaplan_cloud_e2e::util::docker;
 use megaplan_cloud_e2e::{bench, unique_suffix};
-use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
+use megaplan_cloudd::provider::Provider;
 use megaplan_cloudd::provider::local::{self, ComposeFlavor, LocalProvider};
-use megaplan_cloudd::provider::{Provider, ProviderCtx};
-use megaplan_cloudd::redact::Redactor;
-use megaplan_cloudd::render;
 
 const SECRET_VALUE: &str = "tok-local-0123456789abcdef";
 
@@ -94,18 +91,13 @@ async fn local_provider_lifecycle_with_compose_fallback() {
         "provider: local\nrepo:\n  url: /srv/repo.git\n  workspace: /workspace/app\nsecrets: [{SECRET_NAME}]\nresources:\n  port: 18091\n  network: none\nlocal:\n  compose_project: {name}\nimage:\n  dockerfile: Fixture.Dockerfile\n"
     );
     std::fs::write(cloud_dir.join("cloud.yaml"), yaml).expect("cloud.yaml");
-    let spec: Arc<CloudSpec> =
-        Arc::new(cloud_yaml::load(&cloud_dir.join("cloud.yaml")).unwrap_or_else(|e| panic!("{e}")));
-    render::write_deploy_dir(&spec, &deploy_dir).unwrap_or_else(|e| panic!("render: {e}"));
-    let mut secrets = BTreeMap::new();
-    secrets.insert(SECRET_NAME.to_string(), SECRET_VALUE.to_string());
-    let ctx = ProviderCtx {
-        spec: spec.clone(),
-        deploy_dir: deploy_dir.clone(),
-        secrets: secrets.clone(),
-        redactor: Redactor::new(&spec.secrets, &secrets),
-        deadline: Duration::from_secs(120),
-    };
+    let secrets = BTreeMap::from([(SECRET_NAME.to_string(), SECRET_VALUE.to_string())]);
+    let ctx = conformance::provider_ctx(
+        &cloud_dir.join("cloud.yaml"),
+        &deploy_dir,
+        secrets.clone(),
+        Duration::from_secs(120),
+    );
     let p = Arc::new(LocalProvider::new(ctx.clone()));
 
     // build: the compose CLI is chosen (fallback announced when the plugin is missing).
@@ -129,13 +121,7 @@ async fn local_provider_lifecycle_with_compose_fallback() {
     conformance::deploy_without_the_secret_is_refused(&LocalProvider::new(bare), SECRET_NAME).await;
 
     // deploy: .env (0600) then up -d.
-    let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let report = p
-        .deploy(&tx)
-        .await
-        .unwrap_or_else(|e| panic!("deploy: {e}"));
-    drop(tx);
-    let _ = task.await;
+    let (report, _, _) = conformance::deploy_ok(&*p, "deploy").await;
     assert!(report.success);
     assert_eq!(
         report

@@ -12,13 +12,10 @@ use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_e2e::conformance::{self, ProviderFixture, SECRET_NAME};
 use megaplan_cloud_e2e::railway::{RailwayWorld, all_cmdlines, in_private_namespace, real_cli};
 use megaplan_cloud_e2e::{bench, wait_until};
-use megaplan_cloudd::cloud_yaml::{self, CloudSpec};
 use megaplan_cloudd::process::StreamKind;
 use megaplan_cloudd::provider::railway::{RailwayProvider, UPLOAD_CHUNK};
 use megaplan_cloudd::provider::ssh_master::SshSessions;
 use megaplan_cloudd::provider::{Provider, ProviderCtx};
-use megaplan_cloudd::redact::Redactor;
-use megaplan_cloudd::render;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -83,18 +80,14 @@ async fn railway_provider_drives_the_real_cli() {
         ),
     )
     .expect("cloud.yaml");
-    let spec: Arc<CloudSpec> =
-        Arc::new(cloud_yaml::load(&cloud_dir.join("cloud.yaml")).unwrap_or_else(|e| panic!("{e}")));
-    render::write_deploy_dir(&spec, &deploy_dir).unwrap_or_else(|e| panic!("render: {e}"));
-    let mut secrets = BTreeMap::new();
-    secrets.insert(SECRET_NAME.to_string(), SECRET_VALUE.to_string());
-    let ctx = ProviderCtx {
-        spec: spec.clone(),
-        deploy_dir: deploy_dir.clone(),
-        secrets: secrets.clone(),
-        redactor: Redactor::new(&spec.secrets, &secrets),
-        deadline: Duration::from_secs(300),
-    };
+    let secrets = BTreeMap::from([(SECRET_NAME.to_string(), SECRET_VALUE.to_string())]);
+    let ctx = conformance::provider_ctx(
+        &cloud_dir.join("cloud.yaml"),
+        &deploy_dir,
+        secrets.clone(),
+        Duration::from_secs(300),
+    );
+    let spec = ctx.spec.clone();
     let program = world.wrapper.display().to_string();
     let p = Arc::new(RailwayProvider::with_program(ctx.clone(), &program));
     world.control(&json!({"services": ["agent", "db"]}));
@@ -196,11 +189,7 @@ async fn railway_provider_drives_the_real_cli() {
         "deploy: triggered Railway build/deploy for service agent"
     );
     assert_eq!(
-        report
-            .steps
-            .iter()
-            .map(|s| (s.name.as_str(), s.status.as_str()))
-            .collect::<Vec<_>>(),
+        conformance::step_statuses(&report),
         [
             ("railway link", "ok"),
             ("verify Railway service", "ok"),
@@ -226,13 +215,7 @@ async fn railway_provider_drives_the_real_cli() {
     );
 
     // The same upload again: Railway skips the build, the CLI says so, no rebuild is reported.
-    let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let report = p
-        .deploy(&tx)
-        .await
-        .unwrap_or_else(|e| panic!("deploy 2: {e}"));
-    drop(tx);
-    let (out, _) = task.await.expect("collector");
+    let (report, out, _) = conformance::deploy_ok(&*p, "deploy 2").await;
     assert_eq!(report.image_rebuild, "not_triggered");
     assert_eq!(report.verdict, "deploy: vars updated, no image rebuild");
     assert!(report.success);

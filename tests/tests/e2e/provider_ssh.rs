@@ -186,21 +186,11 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     );
 
     // deploy.
-    let (tx, task) = megaplan_cloud_e2e::output_collector();
-    let report = p
-        .deploy(&tx)
-        .await
-        .unwrap_or_else(|e| panic!("deploy: {e}"));
-    drop(tx);
-    let _ = task.await;
+    let (report, _, _) = conformance::deploy_ok(&p, "deploy").await;
     assert!(report.success);
     assert_eq!(report.provider, "ssh");
     assert_eq!(
-        report
-            .steps
-            .iter()
-            .map(|s| (s.name.as_str(), s.status.as_str()))
-            .collect::<Vec<_>>(),
+        conformance::step_statuses(&report),
         [
             ("create remote dirs", "ok"),
             ("write .env", "ok"),

@@ -5,10 +5,12 @@
 //! daemon's state root (logs, markers, the rendered deploy dir), not in its stderr log (run at
 //! debug level). The ssh provider writes `.env` only on the remote host, over stdin.
 
-use megaplan_cloud_e2e::rig::{SshRig, write_chain};
+use megaplan_cloud_api::output::Deployed;
+use megaplan_cloud_api::report::SyncInfo;
+use megaplan_cloud_api::wire::TickRecord;
+use megaplan_cloud_e2e::rig::{SEED_REPO, SshRig, write_chain};
 use megaplan_cloud_e2e::util::files_containing;
-use megaplan_cloud_e2e::{Daemon, Sshd, bench, bin, wait_until};
-use serde_json::Value;
+use megaplan_cloud_e2e::{bin, wait_until};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,69 +53,36 @@ fn assert_secret_at_rest_nowhere(rig: &SshRig, when: &str) {
 
 #[test]
 fn secret_values_never_reach_the_database_files_or_log() {
-    let Some(b) = bench() else {
-        return;
-    };
-    let sshd = Sshd::start();
-    let container = b.container("mp-secret");
-    let ssh_config = sshd.ssh_config.display().to_string();
-    // Debug level: whatever the daemon logs in detail must not carry the value either.
-    let daemon = Daemon::start(
-        &[
-            ("MEGAPLAN_CLOUDD_SSH_CONFIG", &ssh_config),
-            ("RUST_LOG", "debug"),
-        ],
-        &[],
-    );
-    let project = daemon.dir.join("project");
-    std::fs::create_dir_all(&project).unwrap();
     // The runner image: a git remote for repo.url, a login shell that prints the secret on
     // stderr for every remote command, and a main process that prints it to the container log.
-    let fixture = project.join("image");
-    std::fs::create_dir_all(&fixture).unwrap();
-    std::fs::write(
-        fixture.join("Dockerfile"),
-        format!(
-            r#"FROM {image}
-RUN set -e; git init -q --bare -b main /srv/repo.git; seed=$(mktemp -d); cd "$seed"; git init -q -b main; printf '# e2e\n' > README.md; git add README.md; git -c user.name=e2e -c user.email=e2e@example.invalid commit -q -m init; git push -q /srv/repo.git main; cd /; rm -rf "$seed"
+    // Debug level: whatever the daemon logs in detail must not carry the value either.
+    let Some((leftovers, mut rig)) = SshRig::start_building(
+        "mp-secret",
+        "image/Dockerfile",
+        |image| {
+            format!(
+                r#"FROM {image}
+{SEED_REPO}
 RUN printf '%s\n' 'echo "login shell: {NAME}=${NAME}" >&2' > /etc/profile.d/zz-e2e-secret.sh
 CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: ${NAME}\"; exec sleep infinity"]
-"#,
-            image = b.image
-        ),
-    )
-    .unwrap();
-    let cloud_yaml = project.join("cloud.yaml");
-    std::fs::write(
-        &cloud_yaml,
-        format!(
-            "provider: ssh\nrepo:\n  url: /srv/repo.git\n  workspace: /workspace/app\nssh:\n  host: 127.0.0.1\n  user: root\n  port: {port}\n  identity_file: {key}\n  container: {c}\n  remote_dir: /tmp/mp-e2e-{c}\nresources:\n  network: none\nimage:\n  dockerfile: {df}\nsecrets: [{NAME}]\n",
-            port = sshd.port,
-            key = sshd.client_key.display(),
-            c = container.name,
-            df = fixture.join("Dockerfile").display(),
-        ),
-    )
-    .unwrap();
-    let remote_dir = format!("/tmp/mp-e2e-{}", container.name);
-    // Declared before the rig, so it runs after the runner container is gone.
-    let _cleanup = megaplan_cloud_e2e::rig::DeployLeftovers {
-        image: container.name.clone(),
-        remote_dir: remote_dir.clone(),
+"#
+            )
+        },
+        &format!("secrets: [{NAME}]\n"),
+    ) else {
+        return;
     };
-    let rig = SshRig {
-        sshd,
-        container,
-        daemon,
-        project,
-        cloud_yaml,
-        env: vec![(NAME.to_string(), SECRET.to_string())],
-    };
+    let remote_dir = leftovers.remote_dir.clone();
+    rig.env = vec![(NAME.to_string(), SECRET.to_string())];
 
     let built = rig.ctl(&["build"]).ok();
     assert!(!built.stdout.contains(SECRET) && !built.stderr.contains(SECRET));
     let deployed = rig.ctl(&["deploy"]).ok();
-    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    assert!(
+        deployed.decode::<Deployed>().report.success,
+        "{}",
+        deployed.stdout
+    );
     assert!(!deployed.stdout.contains(SECRET) && !deployed.stderr.contains(SECRET));
     // The value did reach the runner: in the remote .env (0600) and the container's environment.
     // (This also shows the scan below finds the value where it is.)
@@ -183,13 +152,23 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     )])
     .ok();
     let s = rig.ctl(&["status", "--chain"]).ok();
-    assert_eq!(s.json["pr"]["pr_head"], REDACTED, "{}", s.stdout);
+    assert_eq!(
+        s.chain().pr.pr_head.flatten().as_deref(),
+        Some(REDACTED),
+        "{}",
+        s.stdout
+    );
     assert!(!s.stdout.contains(SECRET) && !s.stderr.contains(SECRET));
 
     // Ticks: supervise --chain, manual, and scheduled ones (which redact with the values the
     // last client command handed over, kept in memory only).
     let t = rig.ctl(&["supervise", "--chain"]).ok();
-    assert_eq!(t.json["pr"]["pr_head"], REDACTED, "{}", t.stdout);
+    assert_eq!(
+        t.report().pr.pr_head.flatten().as_deref(),
+        Some(REDACTED),
+        "{}",
+        t.stdout
+    );
     rig.ctl(&["register", "--every", "2s"]).ok();
     let scheduled = || {
         rig.ticks(100)
@@ -203,11 +182,16 @@ CMD ["bash", "-c", "echo \"runner booting with token ${NAME}\"; echo \"{NAME}: $
     );
     rig.ctl(&["tick"]).ok();
     let stored = rig.ctl(&["ticks", "--json", "--limit", "100"]).ok();
-    let all = stored.json.as_array().unwrap();
+    let all: Vec<TickRecord> = stored.decode();
     assert!(all.len() >= 4, "{}", stored.stdout);
-    for tick in all {
-        assert_eq!(tick["report"]["pr"]["pr_head"], REDACTED, "{tick}");
-        assert_ne!(tick["report"]["sync"], Value::Null, "{tick}");
+    for tick in &all {
+        assert_eq!(
+            tick.report.pr.pr_head.clone().flatten().as_deref(),
+            Some(REDACTED),
+            "{tick:?}"
+        );
+        // The sync facts were observed (a report that could not observe has none).
+        assert_ne!(tick.report.sync, SyncInfo::default(), "{tick:?}");
     }
     assert!(!stored.stdout.contains(SECRET));
 

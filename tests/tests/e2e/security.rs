@@ -6,7 +6,8 @@
 //! Every test bounds work (connection counts, log lines, bytes) and waits for events; none
 //! asserts a duration.
 
-use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::wire::RegisterResponse;
+use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use megaplan_cloud_e2e::rig::{Run, SshRig};
 use megaplan_cloud_e2e::util::{raw_http, sqlite};
 use megaplan_cloud_e2e::{Daemon, bin, wait_until};
@@ -69,9 +70,18 @@ fn daemon_output(env: &[(&str, &Path)], args: &[&str]) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn json_of(resp: &str) -> Value {
+/// The structured error an HTTP answer carries in its body.
+fn error_of(resp: &str) -> ErrorBody {
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).unwrap_or(Value::Null)
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error body: {e}\n{resp}"))
+}
+
+/// The input an error names (its `field` extra; the extras are free-form by the API's design).
+fn field_of(e: &ErrorBody) -> &str {
+    e.extra
+        .get("field")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn get(socket: &Path, path: &str) -> String {
@@ -498,15 +508,9 @@ fn a_fifo_or_dev_zero_named_as_cloud_yaml_is_refused_and_the_api_keeps_serving()
             "{}: {resp}",
             path.display()
         );
-        let v = json_of(&resp);
-        assert_eq!(v["error"], "invalid_spec", "{v}");
-        assert!(
-            v["message"]
-                .as_str()
-                .unwrap()
-                .contains("not a regular file"),
-            "{v}"
-        );
+        let v = error_of(&resp);
+        assert_eq!(v.error, ErrorCode::InvalidSpec, "{v:?}");
+        assert!(v.message.contains("not a regular file"), "{v:?}");
         let resp = get(
             &d.socket,
             &format!("/v1/secret-names?cloud_yaml={}", path.display()),
@@ -551,15 +555,9 @@ fn thousands_of_secret_names_are_refused_naming_the_field() {
         "{}",
         &resp[..resp.len().min(400)]
     );
-    let v = json_of(&resp);
-    assert_eq!(v["field"], "secrets", "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("over the limit of 256"),
-        "{v}"
-    );
+    let v = error_of(&resp);
+    assert_eq!(field_of(&v), "secrets", "{v:?}");
+    assert!(v.message.contains("over the limit of 256"), "{v:?}");
 }
 
 #[test]
@@ -660,12 +658,9 @@ fn key_parameters_must_be_marker_keys_or_absolute_paths() {
                 .as_bytes(),
         );
         assert!(resp.starts_with("HTTP/1.1 400"), "{method} {path}: {resp}");
-        let v = json_of(&resp);
-        assert_eq!(v["field"], "key", "{v}");
-        assert!(
-            v["message"].as_str().unwrap().contains("16 lowercase hex"),
-            "{v}"
-        );
+        let v = error_of(&resp);
+        assert_eq!(field_of(&v), "key", "{v:?}");
+        assert!(v.message.contains("16 lowercase hex"), "{v:?}");
         assert!(!resp.contains("/planted/spec.yaml"), "{resp}");
     }
     // A well-formed unknown key is a plain 404.
@@ -1001,7 +996,7 @@ fn registered_local(d: &Daemon) -> (PathBuf, String) {
         &["--cloud-yaml", cy.to_str().unwrap(), "register", "--json"],
     ))
     .ok();
-    let key = r.json["key"].as_str().unwrap().to_string();
+    let key = r.decode::<RegisterResponse>().key;
     (cy, key)
 }
 
@@ -1021,7 +1016,7 @@ fn ticks_since_an_age_beyond_the_calendar_is_refused_naming_since() {
             ErrorCode::InvalidArgs,
             "{since}: {r:?}"
         );
-        assert_eq!(r.json["field"], "since", "{since}: {r:?}");
+        assert_eq!(r.error_field(), "since", "{since}: {r:?}");
         assert!(r.stderr.contains("since"), "{r:?}");
     }
     assert!(get(&d.socket, "/v1/health").starts_with("HTTP/1.1 200"));
@@ -1043,15 +1038,9 @@ fn a_huge_pause_reason_is_refused_naming_reason() {
         "{}",
         &resp[..resp.len().min(400)]
     );
-    let v = json_of(&resp);
-    assert_eq!(v["field"], "reason", "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("over the limit of 1024"),
-        "{v}"
-    );
+    let v = error_of(&resp);
+    assert_eq!(field_of(&v), "reason", "{v:?}");
+    assert!(v.message.contains("over the limit of 1024"), "{v:?}");
     // Nothing was paused.
     let db = d.home.join("cloudd.db");
     assert_eq!(sqlite(&db, "SELECT count(*) FROM pauses;"), "0");
@@ -1086,11 +1075,7 @@ fn a_pause_reason_is_referred_to_in_each_tick_report_never_copied_whole() {
     let ticks = 3;
     for _ in 0..ticks {
         let t = rig.ctl(&["tick"]).ok();
-        assert!(
-            t.json["report"]["paused"]["paused_by"].is_string(),
-            "{}",
-            t.stdout
-        );
+        assert!(t.tick().report.paused.flatten().is_some(), "{}", t.stdout);
     }
     let db = rig.daemon.home.join("cloudd.db");
     // Every report refers to the pause (who, since when, the start of the note) ...
@@ -1164,12 +1149,9 @@ fn thousands_of_notify_urls_a_port_out_of_range_and_a_huge_command_are_refused_n
             "{field}: {}",
             &resp[..resp.len().min(400)]
         );
-        let v = json_of(&resp);
-        assert_eq!(v["field"], field, "{v}");
-        assert!(
-            v["message"].as_str().unwrap().contains(says),
-            "{field}: {v}"
-        );
+        let v = error_of(&resp);
+        assert_eq!(field_of(&v), field, "{v:?}");
+        assert!(v.message.contains(says), "{field}: {v:?}");
     }
     // None of them was stored as a sink.
     let db = d.home.join("cloudd.db");

@@ -2,6 +2,7 @@
 //! Dockerfile (FROM the bench image, with the rendered entrypoint), then launch a chain and
 //! follow it with status --chain, all through the daemon.
 
+use megaplan_cloud_api::output::{Deployed, Destroyed};
 use megaplan_cloud_e2e::rig::{Run, write_chain};
 use megaplan_cloud_e2e::{Daemon, bench, unique_suffix, wait_until};
 use std::process::Command;
@@ -65,7 +66,11 @@ fn build_deploy_chain_and_status_over_local_compose() {
     run(&["build"]).ok();
     assert!(deploy_dir.join("docker-compose.yaml").exists());
     let deployed = run(&["deploy"]).ok();
-    assert_eq!(deployed.json["success"], true, "{}", deployed.stdout);
+    assert!(
+        deployed.decode::<Deployed>().report.success,
+        "{}",
+        deployed.stdout
+    );
 
     // The runner is up; give it a repo to clone (it has no network).
     assert!(wait_until(Duration::from_secs(30), || run(&[
@@ -84,8 +89,7 @@ fn build_deploy_chain_and_status_over_local_compose() {
     assert!(wait_until(Duration::from_secs(40), || run(&[
         "status", "--chain"
     ])
-    .json["effective_status"]
-        == "complete"));
+    .chain_complete()));
     let s = run(&["status", "--chain"]).ok();
     assert!(s.stderr.contains("Completed: a, b"), "{}", s.stderr);
     assert!(
@@ -101,7 +105,11 @@ fn build_deploy_chain_and_status_over_local_compose() {
     );
     run(&["down"]).ok();
     let destroyed = run(&["destroy", "--yes"]).ok();
-    assert_eq!(destroyed.json["success"], true);
+    assert!(
+        destroyed.decode::<Destroyed>().success,
+        "{}",
+        destroyed.stdout
+    );
     assert!(
         !deploy_dir.exists(),
         "destroy removes the persistent deploy dir"

@@ -3,7 +3,9 @@
 //! loopback relay sshd into a bench runner container (`megaplan_cloud_e2e::railway`), in a
 //! network namespace with only loopback.
 
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickEvent};
+use megaplan_cloud_api::marker::LastChainMarker;
+use megaplan_cloud_api::report::{EffectiveStatus, ProviderConsistency, ReportedStatus, TickEvent};
+use megaplan_cloud_api::status::ChainLaunched;
 use megaplan_cloud_e2e::railway::{RailwayWorld, in_private_namespace, real_cli};
 use megaplan_cloud_e2e::rig::{Run, write_chain};
 use megaplan_cloud_e2e::{Daemon, bench, repo_in_container, wait_until};
@@ -52,12 +54,20 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     );
     let spec = write_chain(&project.join("epic"), "chain.yaml", &["m1", "m2"]);
     let launched = run(&["chain", spec.to_str().unwrap()]).ok();
-    assert_eq!(launched.json["marker"]["provider"], "railway");
+    // The launch carries the marker it wrote (kept whole by `ChainLaunched::rest`), read as
+    // the api's marker type.
+    let marker: LastChainMarker =
+        serde_json::from_value(launched.decode::<ChainLaunched>().rest["marker"].clone())
+            .unwrap_or_else(|e| panic!("the launch's marker: {e}\n{}", launched.stdout));
+    assert_eq!(marker.provider.as_deref(), Some("railway"));
     // The original's shape: the service name as a string; ours (with the environment) beside.
-    assert_eq!(launched.json["marker"]["provider_identity"], "agent");
+    assert_eq!(marker.provider_identity.as_deref(), Some("agent"));
     assert_eq!(
-        launched.json["marker"]["provider_target"]["environment"],
-        "staging"
+        marker
+            .provider_target
+            .get()
+            .map(|t| t["environment"].clone()),
+        Some("staging".into())
     );
 
     assert!(wait_until(Duration::from_secs(60), || {
@@ -65,16 +75,18 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     }));
     let s = run(&["status", "--chain"]).ok();
     assert_eq!(
-        s.chain_status().expect("status --chain").effective_status,
+        s.chain().effective_status,
         ReportedStatus::Classified(EffectiveStatus::Running)
     );
     assert_eq!(
-        s.json["provider_consistency"]["status"], "consistent",
+        s.chain().provider_consistency,
+        Some(ProviderConsistency::Consistent),
         "{}",
         s.stdout
     );
     // Every remote call went through the real CLI to the relay: it looked the instance up.
     assert!(world.relay.exec_requests() > 0);
+    // The stand-in's own request log (Railway's GraphQL and websocket shapes): read as JSON.
     let reqs = world.take_requests();
     assert!(
         reqs.iter().any(|r| r["op"] == "ServiceInstance"
@@ -125,9 +137,9 @@ fn chain_status_supervise_and_logs_over_the_real_railway_cli() {
     let t = run(&["supervise", "--chain"]);
     assert_eq!(t.report().event, TickEvent::Blocked, "{}", t.stdout);
     assert!(
-        t.json["refused_reason"]
-            .as_str()
-            .unwrap()
+        t.report()
+            .refused_reason
+            .unwrap_or_default()
             .contains("provider consistency mismatch"),
         "{}",
         t.stdout
