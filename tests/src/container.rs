@@ -41,6 +41,35 @@ impl Container {
         ));
     }
 
+    /// Ends the chain's tmux session and waits until no process drives `chain start` any
+    /// more: the driver's processes take their SIGHUP a moment after `tmux kill-session`
+    /// returns, and a `chain --fresh` in that moment rightly refuses a live driver. The wait
+    /// reads the processes' argv (as the runner's own driver check does, so a script that only
+    /// mentions `chain start` is no driver), with a generous safety net: 1200 looks 0.1 s apart.
+    pub fn end_chain_session(&self) {
+        const DRIVERS_GONE: &str = r#"
+import os, sys, time
+def driving():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if any(argv[i:i + 2] == [b"chain", b"start"] for i in range(len(argv))):
+            return True
+    return False
+for _ in range(1200):
+    if not driving():
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit("a chain driver outlived its tmux session")
+"#;
+        self.exec_ok(&format!(
+            "tmux kill-session -t =megaplan-chain 2>/dev/null; python3 -c {}",
+            megaplan_cloudd::shell::quote(DRIVERS_GONE)
+        ));
+    }
+
     /// `docker run -d --network none --label megaplan-e2e=1 --name <prefix>-<unique> [docker_args] image command`.
     pub fn run(image: &str, prefix: &str, docker_args: &[&str], command: &[&str]) -> Container {
         let name = format!("{}-{}", sanitize(prefix), unique_suffix());

@@ -199,8 +199,7 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
 
     // A notification still failing when the daemon stops is delivered by the next start.
     receiver.fail_next(&[500; 1000]);
-    rig.container
-        .exec_ok("tmux kill-session -t =megaplan-chain 2>/dev/null; true");
+    rig.container.end_chain_session();
     // Re-run the chain to leave `complete` and come back: a new transition.
     rig.control(r#"{"step_seconds": 0.1, "await_pr": {"m2": 8}}"#);
     let spec = write_chain(&rig.project.join("epic2"), "chain.yaml", &["m2"]);
