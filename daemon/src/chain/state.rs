@@ -248,11 +248,10 @@ impl ChainState {
     /// The full state as the core's `to_dict` would show it: every known field with its
     /// normalised value, and the unknown fields as read.
     pub fn to_map(&self) -> Map<String, Value> {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            // Every field serializes to JSON and the struct to an object: not reached.
-            _ => self.rest.clone(),
-        }
+        // Every field serializes to JSON and the struct to an object: the default is not reached.
+        serde_json::to_value(self)
+            .and_then(Map::deserialize)
+            .unwrap_or_default()
     }
 }
 
