@@ -526,7 +526,11 @@ mod tests {
         assert_eq!(s.pr_number, None);
         assert_eq!(s.current_milestone_index, -1);
         assert_eq!(s.schema_version, Some(3));
-        assert_eq!(s.last_state.as_deref(), Some("b"), "the last of a repeated key");
+        assert_eq!(
+            s.last_state.as_deref(),
+            Some("b"),
+            "the last of a repeated key"
+        );
         assert_eq!(s.completed_labels(), vec!["m1"]);
         assert_eq!(s.completed.len(), 2);
         assert!(s.extra_repo_sync.is_empty());
@@ -602,7 +606,8 @@ mod tests {
         assert_eq!(o.clean_milestone_pr, None);
         assert_eq!(o.validation_policy, None);
         assert_eq!(o.prerequisite_policy.as_deref(), Some("required"));
-        let (o, _) = parse_runtime_policy(Some(r#"{"review_policy": {"clean_milestone_pr": 1}}"#), f);
+        let (o, _) =
+            parse_runtime_policy(Some(r#"{"review_policy": {"clean_milestone_pr": 1}}"#), f);
         assert!(o.is_empty());
         for not_object in ["\"x\"", "null", "1"] {
             let (o, w) = parse_runtime_policy(Some(not_object), f);

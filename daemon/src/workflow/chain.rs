@@ -98,7 +98,7 @@ pub async fn bootstrap(
     ctx.out.stderr(r.stderr.clone()).await;
     ctx.out.stderr(r.stdout.clone()).await;
     let code = r.code;
-    let init = super::status::json_in(&r.stdout).and_then(|v| v.as_object().cloned());
+    let init = super::status::json_in(&r.stdout);
     Ok(Done::code(
         CommandOutput::Bootstrapped(Bootstrapped {
             exit_code: code,
