@@ -313,6 +313,7 @@ pub async fn seed(ctx: &Ctx, p: &impl Provider) -> AgentAuthReport {
 mod tests {
     use super::*;
     use crate::redact::{REPLACEMENT, Redactor};
+    use serde_json::json;
 
     const CODEX: &str = "{\n  \"auth_mode\": \"chatgpt\",\n  \"OPENAI_API_KEY\": null,\n  \"tokens\": {\n    \"id_token\": \"eyJhbGciOi.id-token-part.sig\",\n    \"access_token\": \"eyJ-access-token-0123456789\",\n    \"refresh_token\": \"rt_refresh_0123456789\",\n    \"account_id\": \"acct-0a1b2c3d\"\n  },\n  \"last_refresh\": \"2026-11-30T10:00:00Z\"\n}\n";
 

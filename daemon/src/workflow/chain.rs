@@ -162,6 +162,12 @@ fn resolve_ideas(ctx: &Ctx, chain: &ChainSpec, idea_dir: &Path) -> Result<Vec<Up
     if missing.is_empty() {
         return Ok(uploads);
     }
+    Err(missing_ideas(&missing))
+}
+
+/// The `missing_idea_file` error: every miss with the paths tried, in the message and in
+/// `missing`.
+fn missing_ideas(missing: &[MissingIdea]) -> ErrorBody {
     // Label and idea quoted as JSON strings, so an odd name stays readable.
     let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let detail: Vec<String> = missing
@@ -175,17 +181,14 @@ fn resolve_ideas(ctx: &Ctx, chain: &ChainSpec, idea_dir: &Path) -> Result<Vec<Up
             )
         })
         .collect();
-    Err(ErrorBody::new(
+    ErrorBody::new(
         ErrorCode::MissingIdeaFile,
         format!(
             "{}; pass --idea-dir or fix the idea paths",
             detail.join("; ")
         ),
     )
-    .with(
-        "missing",
-        serde_json::to_value(&missing).unwrap_or_default(),
-    ))
+    .with("missing", serde_json::to_value(missing).unwrap_or_default())
 }
 
 /// `chain SPEC`.
@@ -530,6 +533,7 @@ async fn gate_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn idea_candidates_order() {
@@ -555,6 +559,113 @@ mod tests {
         );
         assert_eq!(c[0], PathBuf::from("/i/ideas/m2.md"));
         assert_eq!(c[2], PathBuf::from("/i/m2.md"));
+    }
+
+    #[test]
+    fn missing_ideas_keep_the_message_and_extra_of_the_json_they_replace() {
+        let e = missing_ideas(&[MissingIdea {
+            idea: "ideas/m \"1\".md".into(),
+            index: 0,
+            milestone: "m1".into(),
+            tried: vec!["/i/ideas/m \"1\".md".into(), "/p/m.md".into()],
+        }]);
+        assert_eq!(e.error, ErrorCode::MissingIdeaFile);
+        assert_eq!(
+            e.message,
+            r#"milestone "m1" idea "ideas/m \"1\".md" not found; tried: /i/ideas/m "1".md, /p/m.md; pass --idea-dir or fix the idea paths"#
+        );
+        assert_eq!(
+            e.extra["missing"].to_string(),
+            json!([{"milestone": "m1", "index": 0, "idea": "ideas/m \"1\".md",
+                    "tried": ["/i/ideas/m \"1\".md", "/p/m.md"]}])
+            .to_string()
+        );
+    }
+
+    #[test]
+    fn the_launch_answer_keeps_the_bytes_of_the_json_it_replaces() {
+        let marker = LastChainMarker::read(json!({"remote_spec": "/w/app/chain.yaml",
+            "chain_session": "megaplan-chain", "base_branch": "main", "future": 1}));
+        let report = AgentAuthReport::Skipped {
+            codex_auth: "apikey".into(),
+            seeded: vec![],
+            skipped: "megaplan.codex_auth is apikey".into(),
+        };
+        let provenance = LaunchProvenance {
+            agent_auth: report.clone(),
+            chain: ChainRef {
+                base_branch: marker.base_branch.get().cloned(),
+                milestone_count: 2,
+            },
+            event: "cloud_chain_launched",
+            launch: LaunchRef {
+                fencing_token: Some(7),
+                identity_digest: "d1".into(),
+                session_marker: "/workspace/.megaplan/cloud-sessions/megaplan-chain.json".into(),
+            },
+            log: LogRef {
+                chain_log: "/w/app/.megaplan/cloud-chain.log".into(),
+            },
+            marker: &marker,
+            repo: RepoRef {
+                branch: "main",
+                url: "git@h:r.git",
+                workspace: "/w/app",
+            },
+            success: true,
+            tmux: TmuxRef {
+                session: "megaplan-chain",
+                status: "running",
+            },
+            uploaded: vec!["/w/app/a.md".into()],
+            uploaded_idea_count: 1,
+        };
+        let launched = ChainLaunched {
+            session: "megaplan-chain".into(),
+            already_running: false,
+            session_alive: Some(true),
+            remote_spec: Some("/w/app/chain.yaml".into()),
+            milestones: Some(2),
+            current_milestone: Some("m1".into()),
+            rest: serde_json::to_value(&provenance)
+                .and_then(Map::deserialize)
+                .unwrap(),
+        };
+        let old = json!({
+            "success": true,
+            "session": "megaplan-chain",
+            "session_alive": true,
+            "remote_spec": "/w/app/chain.yaml",
+            "milestones": 2,
+            "uploaded": ["/w/app/a.md"],
+            "marker": marker.to_value(),
+            "event": "cloud_chain_launched",
+            "current_milestone": "m1",
+            "uploaded_idea_count": 1,
+            "agent_auth": serde_json::to_value(&report).unwrap(),
+            "repo": {"url": "git@h:r.git", "branch": "main", "workspace": "/w/app"},
+            "chain": {"base_branch": "main", "milestone_count": 2},
+            "tmux": {"session": "megaplan-chain", "status": "running"},
+            "log": {"chain_log": "/w/app/.megaplan/cloud-chain.log"},
+            "launch": {
+                "fencing_token": 7,
+                "identity_digest": "d1",
+                "session_marker": "/workspace/.megaplan/cloud-sessions/megaplan-chain.json",
+            },
+        });
+        let typed_old: ChainLaunched = serde_json::from_value(old).unwrap();
+        let out = CommandOutput::Launched(Box::new(launched));
+        assert_eq!(
+            out.to_payload().unwrap().to_string(),
+            CommandOutput::Launched(Box::new(typed_old))
+                .to_payload()
+                .unwrap()
+                .to_string()
+        );
+        let v = out.to_payload().unwrap();
+        assert_eq!(v["agent_auth"]["skipped"], "megaplan.codex_auth is apikey");
+        assert_eq!(v["marker"]["future"], 1);
+        assert_eq!(v["launch"]["fencing_token"], 7);
     }
 
     #[test]
