@@ -125,7 +125,42 @@ pub struct Deployed {
     /// The agents' logins seeded onto the runner (docs/agent-auth.md): seeded, skipped or
     /// refused per agent. Present only when the deploy succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_auth: Option<Value>,
+    pub agent_auth: Option<AgentAuthReport>,
+}
+
+/// What seeding the agents' logins did (`deploy`, and `chain` as its `agent_auth` field;
+/// docs/api.md): names and local paths only, never a login's content. Fields in sorted order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AgentAuthReport {
+    /// The handed-over files were seeded (or failed to be) into `runner_dir`.
+    Seeded {
+        codex_auth: String,
+        failed: Vec<AgentSeedFailed>,
+        missing: Vec<AgentLoginMissing>,
+        runner_dir: String,
+        seeded: Vec<String>,
+    },
+    /// Nothing was seeded, and why (`seeded` is then always empty).
+    Skipped {
+        codex_auth: String,
+        seeded: Vec<String>,
+        skipped: String,
+    },
+}
+
+/// An agent whose login was not seeded, and why (redacted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSeedFailed {
+    pub agent: String,
+    pub error: String,
+}
+
+/// An agent whose local login file the client did not hand over: where it looked, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLoginMissing {
+    pub agent: String,
+    pub local: String,
 }
 
 /// `down`: the runner is stopped (its volume kept).
@@ -297,14 +332,20 @@ mod tests {
             }],
             warnings: vec![],
         };
+        let skipped = AgentAuthReport::Skipped {
+            codex_auth: "apikey".into(),
+            seeded: vec![],
+            skipped: "megaplan.codex_auth is apikey".into(),
+        };
         let mut old = serde_json::to_value(&report).unwrap();
-        old.as_object_mut()
-            .unwrap()
-            .insert("agent_auth".into(), json!({"status": "skipped"}));
+        old.as_object_mut().unwrap().insert(
+            "agent_auth".into(),
+            json!({"codex_auth": "apikey", "seeded": [], "skipped": "megaplan.codex_auth is apikey"}),
+        );
         same(
             &CommandOutput::Deployed(Box::new(Deployed {
                 report: report.clone(),
-                agent_auth: Some(json!({"status": "skipped"})),
+                agent_auth: Some(skipped),
             })),
             old,
         );
@@ -317,6 +358,42 @@ mod tests {
             serde_json::to_value(&report).unwrap(),
         );
         same(&CommandOutput::Streamed, Value::Null);
+    }
+
+    /// The agent login report, byte for byte as the daemon's `json!` wrote it, in both shapes;
+    /// each reads back as itself.
+    #[test]
+    fn agent_auth_reports_are_pinned() {
+        let seeded = AgentAuthReport::Seeded {
+            codex_auth: "chatgpt".into(),
+            failed: vec![AgentSeedFailed {
+                agent: "hermes".into(),
+                error: "exit 1: no space".into(),
+            }],
+            missing: vec![AgentLoginMissing {
+                agent: "hermes".into(),
+                local: "/home/op/.hermes/auth.json not found".into(),
+            }],
+            runner_dir: "/workspace/.creds".into(),
+            seeded: vec!["codex".into()],
+        };
+        const SEEDED: &str = r#"{"codex_auth":"chatgpt","failed":[{"agent":"hermes","error":"exit 1: no space"}],"missing":[{"agent":"hermes","local":"/home/op/.hermes/auth.json not found"}],"runner_dir":"/workspace/.creds","seeded":["codex"]}"#;
+        assert_eq!(serde_json::to_string(&seeded).unwrap(), SEEDED);
+        assert_eq!(
+            serde_json::from_str::<AgentAuthReport>(SEEDED).unwrap(),
+            seeded
+        );
+        let skipped = AgentAuthReport::Skipped {
+            codex_auth: "chatgpt".into(),
+            seeded: vec![],
+            skipped: "the client handed over no login files".into(),
+        };
+        const SKIPPED: &str = r#"{"codex_auth":"chatgpt","seeded":[],"skipped":"the client handed over no login files"}"#;
+        assert_eq!(serde_json::to_string(&skipped).unwrap(), SKIPPED);
+        assert_eq!(
+            serde_json::from_str::<AgentAuthReport>(SKIPPED).unwrap(),
+            skipped
+        );
     }
 
     #[test]

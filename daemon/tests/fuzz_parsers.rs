@@ -1052,8 +1052,10 @@ fn structured_state(rng: &mut Rng, input: &[u8], _others: &[&[u8]]) -> Option<Ve
 fn check_chain_state_text(text: &str) -> Result<bool, String> {
     let accepted = match parse_chain_state(text, STATE_FILE) {
         Ok(state) => {
-            let Value::Object(raw) = &state.raw else {
-                return Err(format!("accepted state keeps a non-object raw: {state:?}"));
+            let Ok(Value::Object(raw)) = serde_json::from_str::<Value>(text) else {
+                return Err(format!(
+                    "accepted a state that is not a JSON object: {state:?}"
+                ));
             };
             let expected_index = raw
                 .get("current_milestone_index")
@@ -1254,11 +1256,18 @@ fn check_observation(input: &[u8]) -> Result<bool, String> {
     {
         return Err(format!("effective policy is incomplete: {p:?}"));
     }
+    // The cursor as the state file inside the observation line wrote it.
+    let written_index = lossy(input).lines().rev().find_map(|l| {
+        let line = l.trim_start().strip_prefix(OBSERVATION_PREFIX)?;
+        let doc: Value = serde_json::from_str(line.trim_end()).ok()?;
+        let state: Value = serde_json::from_str(doc.get("state_text")?.as_str()?).ok()?;
+        state.get("current_milestone_index")?.as_i64()
+    });
     if obs.state_or_default().current_milestone_index < -1
-        && obs.state.as_ref().is_none_or(|s| {
-            s.raw.get("current_milestone_index").and_then(Value::as_i64)
-                != Some(s.current_milestone_index)
-        })
+        && obs
+            .state
+            .as_ref()
+            .is_none_or(|s| written_index != Some(s.current_milestone_index))
     {
         return Err("current_milestone_index invented".into());
     }

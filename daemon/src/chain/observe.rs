@@ -8,7 +8,7 @@
 use crate::chain::classify::Liveness;
 use crate::chain::spec::{ChainSpec, parse_chain_spec};
 use crate::chain::state::{
-    ChainState, EffectivePolicy, PolicyOverrides, effective_policy, parse_chain_state,
+    ChainState, EffectivePolicy, PolicyOverrides, effective_policy, lenient, parse_chain_state,
     parse_runtime_policy,
 };
 pub use crate::runner::layout::OBSERVATION_PREFIX;
@@ -16,7 +16,7 @@ use megaplan_cloud_api::report::{LogsInfo, RunnerInfo, SyncRefresh};
 use megaplan_cloud_api::status::PlanStatus;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// The observation object exactly as `observe()` in `runner/observe.py` documents and prints
 /// it (one-shot after the `MEGAPLAN_OBSERVATION ` prefix, or in the resident observer's
@@ -42,7 +42,7 @@ struct Printed {
     plan_status: Option<PlanStatus>,
     runner: Option<RunnerInfo>,
     logs: Option<LogsInfo>,
-    session_marker: Option<Map<String, Value>>,
+    session_marker: Option<SessionMarker>,
     session_marker_error: Option<String>,
     sessions: Option<Vec<ObservedSession>>,
     sessions_error: Option<String>,
@@ -79,9 +79,37 @@ pub struct ObservedSession {
     #[serde(default)]
     pub alive: bool,
     #[serde(default)]
-    pub marker: Option<Map<String, Value>>,
+    pub marker: Option<SessionMarker>,
     #[serde(default)]
     pub marker_error: Option<String>,
+}
+
+/// A launch's session marker on the runner (`session_marker_command` in runner/mutation.rs
+/// writes it). It is a file a person may edit, so a field of the wrong type reads as absent;
+/// one that is not an object makes the observation malformed, naming the field.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SessionMarker {
+    #[serde(deserialize_with = "lenient::string")]
+    pub session: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    pub workspace: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    pub remote_spec: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    pub identity_digest: Option<String>,
+    /// `chain` (a person's launch) or `supervise`.
+    #[serde(deserialize_with = "lenient::string")]
+    pub run_kind: Option<String>,
+    /// `launch`, or the supervisor's mutation (`restart`, `advance`).
+    #[serde(deserialize_with = "lenient::string")]
+    pub trigger: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    pub started_at: Option<String>,
+    /// Reads the fields this version does not name, and makes the marker read only from an
+    /// object (see `lenient::ObjectOr`).
+    #[serde(flatten)]
+    _other: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 /// Everything one observation saw, parsed.
@@ -114,7 +142,7 @@ pub struct Observation {
     pub sync_refresh: Option<SyncRefresh>,
     /// Lowercased `gh pr view` state (`merged`, `open`, ..., `unknown`); `None` when not probed.
     pub pr_probe: Option<String>,
-    pub session_marker: Option<Map<String, Value>>,
+    pub session_marker: Option<SessionMarker>,
     pub sessions: Vec<ObservedSession>,
     /// The launcher the runner found for the core (only when the request had none).
     pub core_launcher: Option<String>,
@@ -338,6 +366,7 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use serde_json::json;
 
     fn sample(obj: Value) -> String {
@@ -495,5 +524,40 @@ mod tests {
         v["runner"] = json!("alive");
         let e = parse_observation(&sample(v)).unwrap_err();
         assert!(e.message.contains("`runner`"), "{e}");
+    }
+
+    #[test]
+    fn session_markers_read_typed_and_leniently() {
+        let mut v = good();
+        v["session_marker"] = json!({"session": "megaplan-chain", "remote_spec": 5,
+            "identity_digest": "d1", "run_kind": "supervise", "trigger": "restart",
+            "started_at": "2026-06-01T10:00:00Z", "future": {"x": [1]}});
+        v["sessions"] = json!([{"session": "megaplan-chain-b", "alive": true,
+            "marker": {"workspace": "/w/b", "started_at": null}, "marker_error": null}]);
+        let obs = parse_observation(&sample(v)).unwrap();
+        let m = obs.session_marker.unwrap();
+        // A field of the wrong type is absent, an unknown one ignored; the rest are read.
+        assert_eq!(m.remote_spec, None);
+        assert_eq!(m.identity_digest.as_deref(), Some("d1"));
+        assert_eq!(m.run_kind.as_deref(), Some("supervise"));
+        assert_eq!(m.trigger.as_deref(), Some("restart"));
+        assert_eq!(obs.sessions[0].session, "megaplan-chain-b");
+        let b = obs.sessions[0].marker.as_ref().unwrap();
+        assert_eq!(b.workspace.as_deref(), Some("/w/b"));
+        assert_eq!(b.started_at, None);
+
+        // A marker that is not an object (an array would otherwise read by position) is a
+        // malformed observation naming the field.
+        for bad in [json!(["megaplan-chain", "/w"]), json!("m"), json!(3)] {
+            let mut v = good();
+            v["session_marker"] = bad.clone();
+            let e = parse_observation(&sample(v)).unwrap_err();
+            assert_eq!(e.error, ErrorCode::ProviderFailed);
+            assert!(e.message.contains("`session_marker`"), "{bad}: {e}");
+            let mut v = good();
+            v["sessions"] = json!([{"session": "megaplan-chain", "marker": bad}]);
+            let e = parse_observation(&sample(v)).unwrap_err();
+            assert!(e.message.contains("`sessions[0].marker`"), "{e}");
+        }
     }
 }

@@ -8,31 +8,59 @@
 use crate::chain::spec::ChainSpec;
 use megaplan_cloud_api::status::ChainPolicy;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, PartialEq)]
+/// The chain state as the core's `ChainState.from_dict` loads it. Every field reads leniently
+/// ([`lenient`]): absent or of the wrong type, it takes the core's default. Serialized, it is
+/// the core's `to_dict`: every known field normalised, unknown fields kept as read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChainState {
+    /// Written as 0 when absent, as the core does.
+    #[serde(
+        deserialize_with = "lenient::integer",
+        serialize_with = "schema_version_or_zero"
+    )]
     pub schema_version: Option<i64>,
     /// -1 before the chain starts; equals the milestone count once every milestone is done.
+    #[serde(deserialize_with = "lenient::milestone_index")]
     pub current_milestone_index: i64,
+    #[serde(deserialize_with = "lenient::text")]
     pub current_plan_name: Option<String>,
+    #[serde(deserialize_with = "lenient::text")]
     pub last_state: Option<String>,
+    #[serde(deserialize_with = "lenient::integer")]
     pub pr_number: Option<i64>,
+    #[serde(deserialize_with = "lenient::text")]
     pub pr_state: Option<String>,
-    /// Entries like `{"label": "m1", "plan": "p1", "status": "done"}`; non-objects dropped.
+    /// The core's entries (`{"label": "m1", "plan": "p1", "status": "done"}`), kept as written;
+    /// entries that are not objects are dropped.
+    #[serde(deserialize_with = "lenient::objects")]
     pub completed: Vec<Map<String, Value>>,
+    #[serde(deserialize_with = "lenient::text")]
     pub branch_head: Option<String>,
+    #[serde(deserialize_with = "lenient::text")]
     pub pr_head: Option<String>,
+    #[serde(deserialize_with = "lenient::text")]
     pub last_pushed_commit: Option<String>,
+    #[serde(deserialize_with = "lenient::flag")]
     pub dirty_flag: bool,
+    #[serde(deserialize_with = "lenient::text")]
     pub sync_state: Option<String>,
+    /// The core drops the whole list when any item is not a non-blank string.
+    #[serde(deserialize_with = "lenient::text_list")]
     pub extra_repos: Vec<String>,
+    #[serde(deserialize_with = "lenient::text")]
     pub chain_session: Option<String>,
+    #[serde(deserialize_with = "lenient::text")]
     pub resolved_workspace: Option<String>,
+    /// The core's per-repository sync entries, kept as written (any list; else empty).
+    #[serde(deserialize_with = "lenient::list")]
     pub extra_repo_sync: Vec<Value>,
-    /// The object exactly as read (an empty object for a default state).
-    pub raw: Value,
+    /// Fields this version does not name (`retry_counts`, a newer core's), kept as read.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 impl Default for ChainState {
@@ -54,138 +82,206 @@ impl Default for ChainState {
             chain_session: None,
             resolved_workspace: None,
             extra_repo_sync: Vec::new(),
-            raw: Value::Object(Map::new()),
+            rest: Map::new(),
         }
     }
 }
 
-/// A non-blank string, trimmed; anything else is absent.
-fn text(obj: &Map<String, Value>, key: &str) -> Option<String> {
-    match obj.get(key) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        _ => None,
-    }
+fn schema_version_or_zero<S: serde::Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i64(v.unwrap_or(0))
 }
 
-/// An integer; the core loads `pr_number` with `int()`, so digit strings count too.
-fn integer(obj: &Map<String, Value>, key: &str) -> Option<i64> {
-    match obj.get(key) {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
+/// Reading the core's files the way the core reads them: a known field of the wrong type is
+/// absent (its default), never an error. Each reader accepts any JSON value.
+pub mod lenient {
+    use serde::de::IgnoredAny;
+    use serde::{Deserialize, Deserializer};
+
+    /// Any JSON value, sorted into what the readers below keep.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Text(String),
+        Int(i64),
+        Flag(bool),
+        Other(IgnoredAny),
+    }
+
+    /// A list, or any other value.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOr<T> {
+        List(Vec<T>),
+        Other(IgnoredAny),
+    }
+
+    /// A JSON object read as `T`, or any other value. `T` must read only from an object (a
+    /// struct with a `#[serde(flatten)]` field, or a map): a plain derived struct would also
+    /// read an array, by position.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum ObjectOr<T> {
+        Object(T),
+        Other(IgnoredAny),
+    }
+
+    impl<T> ObjectOr<T> {
+        pub fn object(self) -> Option<T> {
+            match self {
+                ObjectOr::Object(t) => Some(t),
+                ObjectOr::Other(_) => None,
+            }
+        }
+    }
+
+    /// A non-blank string, trimmed.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(match Loose::deserialize(d)? {
+            Loose::Text(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            _ => None,
+        })
+    }
+
+    /// Any string, as written (blank included).
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(match Loose::deserialize(d)? {
+            Loose::Text(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// For a field whose presence matters: `Some(None)` when it is there but not a string.
+    pub fn present_string<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        string(d).map(Some)
+    }
+
+    /// An integer; the core loads numbers with `int()`, so digit strings count too.
+    pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Ok(match Loose::deserialize(d)? {
+            Loose::Int(n) => Some(n),
+            Loose::Text(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+    }
+
+    /// The milestone cursor: an integer number, else -1 (not started).
+    pub fn milestone_index<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        Ok(match Loose::deserialize(d)? {
+            Loose::Int(n) => n,
+            _ => -1,
+        })
+    }
+
+    /// A boolean, else false.
+    pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        Ok(matches!(Loose::deserialize(d)?, Loose::Flag(true)))
+    }
+
+    /// A boolean, else absent.
+    pub fn maybe_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        Ok(match Loose::deserialize(d)? {
+            Loose::Flag(b) => Some(b),
+            _ => None,
+        })
+    }
+
+    /// A list of non-blank strings (kept as written); any other item, or no list, is empty.
+    pub fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let ListOr::List(items) = ListOr::<Loose>::deserialize(d)? else {
+            return Ok(Vec::new());
+        };
+        Ok(items
+            .into_iter()
+            .map(|i| match i {
+                Loose::Text(s) if !s.trim().is_empty() => Some(s),
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()
+            .unwrap_or_default())
+    }
+
+    /// A list's items as written; no list is empty.
+    pub fn list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(match ListOr::<T>::deserialize(d)? {
+            ListOr::List(items) => items,
+            ListOr::Other(_) => Vec::new(),
+        })
+    }
+
+    /// A list's object items (see [`ObjectOr`]); other items are dropped, no list is empty.
+    pub fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(list::<D, ObjectOr<T>>(d)?
+            .into_iter()
+            .filter_map(ObjectOr::object)
+            .collect())
+    }
+
+    /// An object read as `T` (see [`ObjectOr`]); anything else is absent.
+    pub fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(ObjectOr::<T>::deserialize(d)?.object())
     }
 }
 
 impl ChainState {
-    /// Labels of the completed entries, in file order.
+    /// Labels of the completed entries that have a text label, in file order.
     pub fn completed_labels(&self) -> Vec<&str> {
         self.completed
             .iter()
-            .filter_map(|e| e.get("label").and_then(Value::as_str))
+            .filter_map(|e| e.get("label").and_then(|l| l.as_str()))
             .collect()
     }
 
-    /// The full state as the core's `to_dict` would show it: unknown fields from `raw`, then
-    /// every known field with its normalised value.
+    /// The full state as the core's `to_dict` would show it: every known field with its
+    /// normalised value, and the unknown fields as read.
     pub fn to_map(&self) -> Map<String, Value> {
-        let mut out = match &self.raw {
-            Value::Object(m) => m.clone(),
-            _ => Map::new(),
-        };
-        let known = json!({
-            "schema_version": self.schema_version.unwrap_or(0),
-            "current_milestone_index": self.current_milestone_index,
-            "current_plan_name": self.current_plan_name,
-            "last_state": self.last_state,
-            "pr_number": self.pr_number,
-            "pr_state": self.pr_state,
-            "completed": self.completed,
-            "branch_head": self.branch_head,
-            "pr_head": self.pr_head,
-            "last_pushed_commit": self.last_pushed_commit,
-            "dirty_flag": self.dirty_flag,
-            "sync_state": self.sync_state,
-            "extra_repos": self.extra_repos,
-            "chain_session": self.chain_session,
-            "resolved_workspace": self.resolved_workspace,
-            "extra_repo_sync": self.extra_repo_sync,
-        });
-        if let Value::Object(known) = known {
-            out.extend(known);
-        }
-        out
+        // Every field serializes to JSON and the struct to an object: the default is not reached.
+        serde_json::to_value(self)
+            .and_then(Map::deserialize)
+            .unwrap_or_default()
     }
 }
 
 /// Parse the chain state file read from the runner. Only "not JSON" and "not an object" fail
 /// (`provider_failed`, naming the remote file); wrong-typed fields are treated as absent.
 pub fn parse_chain_state(text_in: &str, remote_file: &str) -> Result<ChainState, ErrorBody> {
-    let doc: Value = serde_json::from_str(text_in).map_err(|e| {
+    let inspect = format!("inspect it with `megaplan-cloudctl exec 'cat {remote_file}'`");
+    let invalid = |e: &dyn std::fmt::Display| {
         ErrorBody::new(
             ErrorCode::ProviderFailed,
             format!(
-                "chain state {remote_file} on the runner is invalid JSON: {e}; inspect it with `megaplan-cloudctl exec 'cat {remote_file}'` (the core rewrites it on its next step)"
+                "chain state {remote_file} on the runner is invalid JSON: {e}; {inspect} (the core rewrites it on its next step)"
             ),
         )
         .with("file", remote_file)
-    })?;
-    let Value::Object(obj) = &doc else {
-        return Err(ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            format!(
-                "chain state {remote_file} on the runner must be a JSON object; inspect it with `megaplan-cloudctl exec 'cat {remote_file}'`"
-            ),
-        )
-        .with("file", remote_file));
     };
-    let extra_repos = match obj.get("extra_repos") {
-        // The core drops the whole list when any item is not a non-empty string.
-        Some(Value::Array(items))
-            if items
-                .iter()
-                .all(|i| matches!(i, Value::String(s) if !s.trim().is_empty())) =>
-        {
-            items
-                .iter()
-                .filter_map(|i| i.as_str().map(str::to_string))
-                .collect()
+    // Read as an object first (a repeated key keeps its last value, as in the core), then
+    // typed from it: the typed read refuses nothing.
+    let object = serde_json::from_str::<Map<String, Value>>(text_in).map_err(|e| {
+        if e.is_data() {
+            ErrorBody::new(
+                ErrorCode::ProviderFailed,
+                format!("chain state {remote_file} on the runner must be a JSON object; {inspect}"),
+            )
+            .with("file", remote_file)
+        } else {
+            invalid(&e)
         }
-        _ => Vec::new(),
-    };
-    Ok(ChainState {
-        schema_version: integer(obj, "schema_version"),
-        current_milestone_index: match obj.get("current_milestone_index") {
-            Some(Value::Number(n)) => n.as_i64().unwrap_or(-1),
-            _ => -1,
-        },
-        current_plan_name: text(obj, "current_plan_name"),
-        last_state: text(obj, "last_state"),
-        pr_number: integer(obj, "pr_number"),
-        pr_state: text(obj, "pr_state"),
-        completed: match obj.get("completed") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(|i| i.as_object().cloned())
-                .collect(),
-            _ => Vec::new(),
-        },
-        branch_head: text(obj, "branch_head"),
-        pr_head: text(obj, "pr_head"),
-        last_pushed_commit: text(obj, "last_pushed_commit"),
-        dirty_flag: obj
-            .get("dirty_flag")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        sync_state: text(obj, "sync_state"),
-        extra_repos,
-        chain_session: text(obj, "chain_session"),
-        resolved_workspace: text(obj, "resolved_workspace"),
-        extra_repo_sync: match obj.get("extra_repo_sync") {
-            Some(Value::Array(items)) => items.clone(),
-            _ => Vec::new(),
-        },
-        raw: doc.clone(),
-    })
+    })?;
+    ChainState::deserialize(object).map_err(|e| invalid(&e))
 }
 
 /// Runtime policy overrides (`<stem>-<digest>.runtime_policy.json`). Each field is `Some` only
@@ -215,37 +311,54 @@ pub fn parse_runtime_policy(
     let Some(text_in) = text_in else {
         return (PolicyOverrides::default(), None);
     };
-    let obj = match serde_json::from_str::<Value>(text_in) {
-        Ok(Value::Object(obj)) => obj,
-        Ok(_) => {
-            return (
-                PolicyOverrides::default(),
-                Some(format!(
-                    "runtime policy {remote_file} is not a JSON object; ignoring it and using the chain.yaml policies"
-                )),
-            );
-        }
-        Err(e) => {
-            return (
-                PolicyOverrides::default(),
-                Some(format!(
-                    "runtime policy {remote_file} is invalid JSON ({e}); ignoring it and using the chain.yaml policies"
-                )),
-            );
-        }
+    let file = match serde_json::from_str::<Map<String, Value>>(text_in) {
+        Ok(object) => PolicyFile::deserialize(object),
+        Err(e) => Err(e),
     };
-    let clean_milestone_pr = obj
-        .get("review_policy")
-        .and_then(Value::as_object)
-        .and_then(|r| text(r, "clean_milestone_pr"));
-    (
-        PolicyOverrides {
-            prerequisite_policy: text(&obj, "prerequisite_policy"),
-            validation_policy: text(&obj, "validation_policy"),
-            clean_milestone_pr,
-        },
-        None,
-    )
+    match file {
+        Ok(f) => (
+            PolicyOverrides {
+                prerequisite_policy: f.prerequisite_policy,
+                validation_policy: f.validation_policy,
+                clean_milestone_pr: f.review_policy.and_then(|r| r.clean_milestone_pr),
+            },
+            None,
+        ),
+        Err(e) if e.is_data() => (
+            PolicyOverrides::default(),
+            Some(format!(
+                "runtime policy {remote_file} is not a JSON object; ignoring it and using the chain.yaml policies"
+            )),
+        ),
+        Err(e) => (
+            PolicyOverrides::default(),
+            Some(format!(
+                "runtime policy {remote_file} is invalid JSON ({e}); ignoring it and using the chain.yaml policies"
+            )),
+        ),
+    }
+}
+
+/// The runtime policy file as the core writes it; every field lenient.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PolicyFile {
+    #[serde(deserialize_with = "lenient::text")]
+    prerequisite_policy: Option<String>,
+    #[serde(deserialize_with = "lenient::text")]
+    validation_policy: Option<String>,
+    #[serde(deserialize_with = "lenient::object")]
+    review_policy: Option<ReviewOverride>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ReviewOverride {
+    #[serde(deserialize_with = "lenient::text")]
+    clean_milestone_pr: Option<String>,
+    /// Reads the other keys, and makes this read only from an object (see `lenient::ObjectOr`).
+    #[serde(flatten)]
+    _other: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -398,6 +511,67 @@ mod tests {
     }
 
     #[test]
+    fn hostile_state_reads_like_the_core_or_fails_naming_the_file() {
+        // Numbers out of i64, floats, a repeated key, labels of the wrong type, a non-list
+        // where a list belongs: all read as the core reads them, never an error.
+        let s = parse_chain_state(
+            r#"{"pr_number": 18446744073709551615, "current_milestone_index": 2.0,
+                "schema_version": "  3 ", "last_state": "a", "last_state": "b",
+                "completed": [{"label": 5, "plan": "p"}, {"label": "m1"}, [1], null],
+                "extra_repo_sync": "x", "extra_repos": ["  "], "dirty_flag": true,
+                "review_policy": {"x": 1}}"#,
+            REMOTE,
+        )
+        .unwrap();
+        assert_eq!(s.pr_number, None);
+        assert_eq!(s.current_milestone_index, -1);
+        assert_eq!(s.schema_version, Some(3));
+        assert_eq!(
+            s.last_state.as_deref(),
+            Some("b"),
+            "the last of a repeated key"
+        );
+        assert_eq!(s.completed_labels(), vec!["m1"]);
+        assert_eq!(s.completed.len(), 2);
+        assert!(s.extra_repo_sync.is_empty());
+        assert!(s.extra_repos.is_empty());
+        assert!(s.dirty_flag);
+        let v = s.to_map();
+        // The core's entries stay as written, the unknown field too.
+        assert_eq!(v["completed"][0]["label"], 5);
+        assert_eq!(v["review_policy"]["x"], 1);
+        assert_eq!(v["schema_version"], 3);
+        assert_eq!(v["extra_repo_sync"], serde_json::json!([]));
+        // Not an object, not JSON, too deep: the clear error naming the file.
+        for (text_in, says) in [
+            ("\"state\"", "must be a JSON object"),
+            ("null", "must be a JSON object"),
+            ("42", "must be a JSON object"),
+            ("", "invalid JSON"),
+            ("{} trailing", "invalid JSON"),
+            ("{\"pr_number\": 1e999}", "invalid JSON"),
+        ] {
+            let e = parse_chain_state(text_in, REMOTE).unwrap_err();
+            assert_eq!(e.error, ErrorCode::ProviderFailed, "{text_in}");
+            assert!(e.message.contains(says), "{text_in}: {e}");
+            assert!(e.message.contains(REMOTE), "{e}");
+            assert_eq!(e.extra["file"], REMOTE);
+        }
+        let deep = format!("{{\"x\": {}1{}}}", "[".repeat(500), "]".repeat(500));
+        let e = parse_chain_state(&deep, REMOTE).unwrap_err();
+        assert!(e.message.contains("invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn state_round_trips_through_its_map() {
+        let text_in = r#"{"schema_version": 0, "current_milestone_index": 2, "pr_number": 7, "completed": [{"label": "m1"}],
+            "extra_repo_sync": [1, {"path": "/l"}], "retry_counts": {"m1": 2}}"#;
+        let s = parse_chain_state(text_in, REMOTE).unwrap();
+        let again = ChainState::deserialize(s.to_map()).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
     fn runtime_policy_parsing() {
         let f = "/w/.megaplan/plans/.chains/chain-x.runtime_policy.json";
         assert_eq!(
@@ -420,6 +594,26 @@ mod tests {
         let (o, w) = parse_runtime_policy(Some("[]"), f);
         assert!(o.is_empty());
         assert!(w.unwrap().contains("not a JSON object"));
+        // A review policy that is not an object (an array would read by position) is absent;
+        // wrong types are absent; the file stays usable.
+        let (o, w) = parse_runtime_policy(
+            Some(
+                r#"{"review_policy": ["manual"], "validation_policy": 3, "prerequisite_policy": " required "}"#,
+            ),
+            f,
+        );
+        assert_eq!(w, None);
+        assert_eq!(o.clean_milestone_pr, None);
+        assert_eq!(o.validation_policy, None);
+        assert_eq!(o.prerequisite_policy.as_deref(), Some("required"));
+        let (o, _) =
+            parse_runtime_policy(Some(r#"{"review_policy": {"clean_milestone_pr": 1}}"#), f);
+        assert!(o.is_empty());
+        for not_object in ["\"x\"", "null", "1"] {
+            let (o, w) = parse_runtime_policy(Some(not_object), f);
+            assert!(o.is_empty());
+            assert!(w.unwrap().contains("not a JSON object"), "{not_object}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use megaplan_cloud_api::status::{
     ChainPolicy, ChainStatus, ChainSummary, MilestoneEntry, MilestoneRef, ResolvedContext,
     ReviewPolicy,
 };
-use serde_json::{Map, Value, json};
+use serde_json::Map;
 
 /// Classify an observation against the (remote) spec.
 pub fn effective_status(obs: &Observation, spec: &ChainSpec) -> EffectiveStatus {
@@ -312,10 +312,11 @@ pub fn cloud_lines(payload: &ChainStatus) -> String {
 
 /// Does the last-chain marker belong to the provider cloud.yaml names now? Only railway can
 /// drift (a service or project change keeps the same cloud.yaml); local and ssh runners are
-/// addressed by the deploy dir itself, so the check does not apply to them.
+/// addressed by the deploy dir itself, so the check does not apply to them. `provider_identity`
+/// is what cloud.yaml names now (`supervisor::markers::provider_identity`; none without one).
 pub fn provider_consistency(
     provider: &str,
-    provider_identity: &Value,
+    provider_identity: Option<&str>,
     marker: Option<&LastChainMarker>,
 ) -> ProviderConsistency {
     if provider != "railway" {
@@ -329,7 +330,9 @@ pub fn provider_consistency(
         };
     };
     let marker_provider = marker.provider.as_deref();
-    let marker_identity = marker.provider_identity.get().map(|s| json!(s));
+    let marker_identity = marker.provider_identity.as_deref();
+    // Identities are shown as JSON (`"agent"`, or `null` for none).
+    let shown = |id: Option<&str>| serde_json::to_string(&id).unwrap_or_default();
     let fix = "relaunch the chain with `megaplan-cloudctl chain <spec>` or pass --remote-spec";
     if let Some(mp) = marker_provider
         && mp != provider
@@ -340,12 +343,12 @@ pub fn provider_consistency(
             )),
         };
     }
-    if let Some(mi) = &marker_identity
-        && mi != provider_identity
-    {
+    if marker_identity.is_some() && marker_identity != provider_identity {
         return ProviderConsistency::Mismatch {
             reason: Some(format!(
-                "the last chain was launched on railway {mi} but cloud.yaml now targets {provider_identity}; {fix}"
+                "the last chain was launched on railway {} but cloud.yaml now targets {}; {fix}",
+                shown(marker_identity),
+                shown(provider_identity)
             )),
         };
     }
@@ -362,6 +365,7 @@ mod tests {
     use super::*;
     use crate::chain::observe::{OBSERVATION_PREFIX, parse_observation};
     use crate::chain::spec::parse_chain_spec;
+    use serde_json::{Value, json};
 
     fn observation(state: Value, runner: &str, plan_status: &str) -> Observation {
         let obs = json!({
@@ -557,29 +561,26 @@ mod tests {
     #[test]
     fn provider_consistency_rules() {
         // What `workflow::markers::provider_identity` gives for a railway cloud.yaml.
-        let id = json!("agent");
+        let id = Some("agent");
         let m = |v: Value| LastChainMarker::read(v);
         let status = |c: ProviderConsistency| c.as_str();
         assert_eq!(
-            status(provider_consistency("ssh", &Value::Null, None)),
+            status(provider_consistency("ssh", None, None)),
             "not_applicable"
         );
         assert_eq!(
             status(provider_consistency(
                 "local",
-                &Value::Null,
+                None,
                 Some(&m(json!({"provider": "railway"})))
             )),
             "not_applicable"
         );
-        assert_eq!(
-            status(provider_consistency("railway", &id, None)),
-            "unknown"
-        );
+        assert_eq!(status(provider_consistency("railway", id, None)), "unknown");
         assert_eq!(
             status(provider_consistency(
                 "railway",
-                &id,
+                id,
                 Some(&m(
                     json!({"provider": "railway", "provider_identity": {"service": "agent", "project": "p1"}})
                 ))
@@ -592,22 +593,35 @@ mod tests {
         };
         let r = reason(provider_consistency(
             "railway",
-            &id,
+            id,
             Some(&m(json!({"provider": "ssh", "provider_identity": null}))),
         ));
         assert!(r.contains("provider 'ssh'"), "{r}");
         let r = reason(provider_consistency(
             "railway",
-            &id,
+            id,
             Some(&m(
                 json!({"provider": "railway", "provider_identity": {"service": "other"}}),
             )),
         ));
         assert!(r.contains("\"other\""), "{r}");
+        assert!(
+            r.contains("launched on railway \"other\" but cloud.yaml now targets \"agent\""),
+            "{r}"
+        );
+        // A cloud.yaml naming no service is shown as `null`.
+        let r = reason(provider_consistency(
+            "railway",
+            None,
+            Some(&m(
+                json!({"provider": "railway", "provider_identity": "agent"}),
+            )),
+        ));
+        assert!(r.contains("now targets null"), "{r}");
         assert_eq!(
             status(provider_consistency(
                 "railway",
-                &id,
+                id,
                 Some(&m(json!({"remote_spec": "/x"})))
             )),
             "unknown"

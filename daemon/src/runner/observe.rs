@@ -335,8 +335,8 @@ pub(crate) mod tests {
         assert_eq!(jv(&obs.logs)["size"], 6);
         assert!(jv(&obs.logs)["mtime"].as_str().unwrap().ends_with('Z'));
         assert_eq!(
-            obs.session_marker.as_ref().unwrap()["remote_spec"],
-            "/x/chain.yaml"
+            obs.session_marker.as_ref().unwrap().remote_spec.as_deref(),
+            Some("/x/chain.yaml")
         );
         assert_eq!(obs.sessions.len(), 1);
         assert!(!obs.sessions[0].alive);

@@ -374,7 +374,7 @@ mod tests {
             "provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: agent, project: p1}\n",
         );
         let python = LastChainMarker::read(python);
-        let c = provider_consistency("railway", &provider_identity(&s), Some(&python));
+        let c = provider_consistency("railway", provider_identity(&s).as_str(), Some(&python));
         assert_eq!(c.as_str(), "consistent", "{c:?}");
         // Our older object form reads the same way.
         let ours = legacy::normalize_marker(json!({
@@ -385,14 +385,14 @@ mod tests {
         .marker;
         let c = provider_consistency(
             "railway",
-            &provider_identity(&s),
+            provider_identity(&s).as_str(),
             Some(&LastChainMarker::read(ours)),
         );
         assert_eq!(c.as_str(), "consistent", "{c:?}");
         // Another service is still a mismatch.
         let other =
             spec("provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: other}\n");
-        let c = provider_consistency("railway", &provider_identity(&other), Some(&python));
+        let c = provider_consistency("railway", provider_identity(&other).as_str(), Some(&python));
         assert_eq!(c.as_str(), "mismatch", "{c:?}");
     }
 

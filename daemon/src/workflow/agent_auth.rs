@@ -20,8 +20,9 @@ use super::ctx::Ctx;
 use crate::provider::Provider;
 use crate::redact::LITERAL_ONLY_PREFIX;
 use crate::shell::quote;
+use megaplan_cloud_api::output::{AgentAuthReport, AgentLoginMissing, AgentSeedFailed};
 use megaplan_cloud_api::wire::AgentAuth;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The runner folder the login files are kept in: on the workspace volume (the original's).
@@ -206,18 +207,18 @@ fn raw_json_values(text: &str, out: &mut Vec<String>) {
 /// Seed the logins the client handed over onto the runner `p` (after a deploy, before a chain
 /// starts). Never fails the command: a file that cannot be written is a warning and is listed
 /// under `failed`. Returns the report (names and local paths only).
-pub async fn seed(ctx: &Ctx, p: &impl Provider) -> Value {
+pub async fn seed(ctx: &Ctx, p: &impl Provider) -> AgentAuthReport {
     let (files, missing, refused) =
         match plan(&ctx.spec.megaplan.codex_auth, ctx.agent_auth.as_ref()) {
             Plan::Skip(why) => {
                 ctx.out
                     .stderr(format!("agent login: nothing seeded: {why}\n"))
                     .await;
-                return json!({
-                    "codex_auth": ctx.spec.megaplan.codex_auth,
-                    "seeded": [],
-                    "skipped": why,
-                });
+                return AgentAuthReport::Skipped {
+                    codex_auth: ctx.spec.megaplan.codex_auth.clone(),
+                    seeded: Vec::new(),
+                    skipped: why.to_string(),
+                };
             }
             Plan::Seed {
                 files,
@@ -231,7 +232,10 @@ pub async fn seed(ctx: &Ctx, p: &impl Provider) -> Value {
         ctx.out
             .stderr(format!("warning: agent login: {agent} not seeded: {why}\n"))
             .await;
-        failed.push(json!({"agent": agent, "error": why}));
+        failed.push(AgentSeedFailed {
+            agent: agent.to_string(),
+            error: why,
+        });
     }
     if !p.stdin_is_private() && !files.is_empty() {
         let why = format!(
@@ -242,7 +246,10 @@ pub async fn seed(ctx: &Ctx, p: &impl Provider) -> Value {
             .stderr(format!("warning: agent login: nothing seeded: {why}\n"))
             .await;
         for (seed, _) in &files {
-            failed.push(json!({"agent": seed.agent, "error": why}));
+            failed.push(AgentSeedFailed {
+                agent: seed.agent.to_string(),
+                error: why.clone(),
+            });
         }
     } else {
         for (seed, content) in &files {
@@ -264,7 +271,7 @@ pub async fn seed(ctx: &Ctx, p: &impl Provider) -> Value {
                             seed.agent, seed.kept_as, seed.home_path
                         ))
                         .await;
-                    seeded.push(seed.agent);
+                    seeded.push(seed.agent.to_string());
                 }
                 Some(e) => {
                     ctx.out
@@ -273,7 +280,10 @@ pub async fn seed(ctx: &Ctx, p: &impl Provider) -> Value {
                             seed.agent
                         ))
                         .await;
-                    failed.push(json!({"agent": seed.agent, "error": e}));
+                    failed.push(AgentSeedFailed {
+                        agent: seed.agent.to_string(),
+                        error: e,
+                    });
                 }
             }
         }
@@ -285,21 +295,25 @@ pub async fn seed(ctx: &Ctx, p: &impl Provider) -> Value {
                 "warning: agent login: {said}; {agent} on the runner has no login from this machine (log in locally, or set megaplan.codex_auth: apikey)\n"
             ))
             .await;
-        missing_paths.push(json!({"agent": agent, "local": said}));
+        missing_paths.push(AgentLoginMissing {
+            agent: agent.to_string(),
+            local: said.to_string(),
+        });
     }
-    json!({
-        "codex_auth": ctx.spec.megaplan.codex_auth,
-        "seeded": seeded,
-        "missing": missing_paths,
-        "failed": failed,
-        "runner_dir": CREDS_DIR,
-    })
+    AgentAuthReport::Seeded {
+        codex_auth: ctx.spec.megaplan.codex_auth.clone(),
+        failed,
+        missing: missing_paths,
+        runner_dir: CREDS_DIR.to_string(),
+        seeded,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::redact::{REPLACEMENT, Redactor};
+    use serde_json::json;
 
     const CODEX: &str = "{\n  \"auth_mode\": \"chatgpt\",\n  \"OPENAI_API_KEY\": null,\n  \"tokens\": {\n    \"id_token\": \"eyJhbGciOi.id-token-part.sig\",\n    \"access_token\": \"eyJ-access-token-0123456789\",\n    \"refresh_token\": \"rt_refresh_0123456789\",\n    \"account_id\": \"acct-0a1b2c3d\"\n  },\n  \"last_refresh\": \"2026-11-30T10:00:00Z\"\n}\n";
 

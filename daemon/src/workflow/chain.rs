@@ -6,7 +6,7 @@
 //! `megaplan-chain`, writes the session marker, verifies the session, and stores the
 //! last-chain marker (SQLite + legacy file).
 
-use super::ctx::{Ctx, Done, typed};
+use super::ctx::{Ctx, Done};
 use crate::chain::spec::{self, ChainSpec};
 use crate::provider::Provider;
 use crate::provider::remote_failure;
@@ -18,9 +18,12 @@ use crate::runner::layout::{EXIT_LIVE_RUNNER, EXIT_OTHER_CHAIN, chain_log, marke
 use crate::store::NewGateRefusal;
 use crate::supervisor::markers;
 use chrono::Utc;
-use megaplan_cloud_api::output::{Bootstrapped, CommandOutput};
+use megaplan_cloud_api::marker::LastChainMarker;
+use megaplan_cloud_api::output::{AgentAuthReport, Bootstrapped, CommandOutput};
+use megaplan_cloud_api::status::ChainLaunched;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Map;
 use std::path::{Path, PathBuf};
 
 pub use crate::runner::layout::CHAIN_SESSION;
@@ -98,7 +101,7 @@ pub async fn bootstrap(
     ctx.out.stderr(r.stderr.clone()).await;
     ctx.out.stderr(r.stdout.clone()).await;
     let code = r.code;
-    let init = super::status::json_in(&r.stdout).and_then(|v| v.as_object().cloned());
+    let init = super::status::json_in(&r.stdout);
     Ok(Done::code(
         CommandOutput::Bootstrapped(Bootstrapped {
             exit_code: code,
@@ -117,6 +120,16 @@ struct Upload {
     local: PathBuf,
     remote: String,
     content: Vec<u8>,
+}
+
+/// A milestone whose idea file was not found locally, and the paths tried (the error's
+/// `missing` list).
+#[derive(Debug, Serialize)]
+struct MissingIdea {
+    idea: String,
+    index: usize,
+    milestone: String,
+    tried: Vec<String>,
 }
 
 /// Resolve every milestone's idea file; all misses are reported together.
@@ -138,43 +151,44 @@ fn resolve_ideas(ctx: &Ctx, chain: &ChainSpec, idea_dir: &Path) -> Result<Vec<Up
                 remote: remote_idea_path(&m.idea, ws),
                 content: read_local(found, "idea file", ErrorCode::MissingIdeaFile)?,
             }),
-            None => missing.push(json!({
-                "milestone": m.label,
-                "index": m.index,
-                "idea": m.idea,
-                "tried": tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            })),
+            None => missing.push(MissingIdea {
+                idea: m.idea.clone(),
+                index: m.index,
+                milestone: m.label.clone(),
+                tried: tried.iter().map(|p| p.display().to_string()).collect(),
+            }),
         }
     }
     if missing.is_empty() {
         return Ok(uploads);
     }
+    Err(missing_ideas(&missing))
+}
+
+/// The `missing_idea_file` error: every miss with the paths tried, in the message and in
+/// `missing`.
+fn missing_ideas(missing: &[MissingIdea]) -> ErrorBody {
+    // Label and idea quoted as JSON strings, so an odd name stays readable.
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let detail: Vec<String> = missing
         .iter()
         .map(|m| {
             format!(
                 "milestone {} idea {} not found; tried: {}",
-                m["milestone"],
-                m["idea"],
-                m["tried"]
-                    .as_array()
-                    .map(|a| a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
+                quoted(&m.milestone),
+                quoted(&m.idea),
+                m.tried.join(", ")
             )
         })
         .collect();
-    Err(ErrorBody::new(
+    ErrorBody::new(
         ErrorCode::MissingIdeaFile,
         format!(
             "{}; pass --idea-dir or fix the idea paths",
             detail.join("; ")
         ),
     )
-    .with("missing", missing))
+    .with("missing", serde_json::to_value(missing).unwrap_or_default())
 }
 
 /// `chain SPEC`.
@@ -245,12 +259,15 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
                 "chain already running in tmux session {session}; nothing to do\n"
             ))
             .await;
-        return Ok(Done::ok(CommandOutput::Launched(Box::new(typed(json!({
-            "success": true,
-            "already_running": true,
-            "session": session,
-            "remote_spec": remote_spec,
-        }))?))));
+        return Ok(Done::ok(CommandOutput::Launched(Box::new(ChainLaunched {
+            session: session.to_string(),
+            already_running: true,
+            session_alive: None,
+            remote_spec: Some(remote_spec),
+            milestones: None,
+            current_milestone: None,
+            rest: [("success".to_string(), true.into())].into_iter().collect(),
+        }))));
     }
     if pre.code != 0 || !pre.stdout.contains("MEGAPLAN_PREFLIGHT_OK") {
         return Err(remote_failure("chain preflight (repo checkout)", &pre));
@@ -357,33 +374,105 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         &marker,
     )
     .await?;
-    let launched = ctx.redact(&json!({
-        "success": true,
-        "session": session,
-        "session_alive": alive,
-        "remote_spec": remote_spec,
-        "milestones": chain.milestones.len(),
-        "uploaded": uploads.iter().map(|u| u.remote.clone()).collect::<Vec<_>>(),
-        "marker": marker.to_value(),
-        // The original's launch provenance fields (`_cloud_chain_launch_provenance` in its
-        // cloud/cli.py), beside ours, for scripts that parse them.
-        "event": "cloud_chain_launched",
-        "current_milestone": chain.milestones.first().map(|m| m.label.clone()),
-        "uploaded_idea_count": uploads.len(),
-        "agent_auth": agent_auth,
-        "repo": {"url": ctx.spec.repo.url, "branch": ctx.spec.repo.branch, "workspace": ws},
-        "chain": {"base_branch": marker.base_branch.get(), "milestone_count": chain.milestones.len()},
-        "tmux": {"session": session, "status": if alive { "running" } else { "exited" }},
-        "log": {"chain_log": log_path},
-        "launch": {
-            "fencing_token": fence_token,
-            "identity_digest": digest,
-            "session_marker": marker_file(session),
+    let provenance = LaunchProvenance {
+        agent_auth,
+        chain: ChainRef {
+            base_branch: marker.base_branch.get().cloned(),
+            milestone_count: chain.milestones.len(),
         },
-    }));
-    Ok(Done::ok(CommandOutput::Launched(Box::new(typed(
-        launched,
-    )?))))
+        event: "cloud_chain_launched",
+        launch: LaunchRef {
+            fencing_token: fence_token,
+            identity_digest: digest,
+            session_marker: marker_file(session),
+        },
+        log: LogRef {
+            chain_log: log_path,
+        },
+        marker: &marker,
+        repo: RepoRef {
+            branch: &ctx.spec.repo.branch,
+            url: &ctx.spec.repo.url,
+            workspace: &ws,
+        },
+        success: true,
+        tmux: TmuxRef {
+            session,
+            status: if alive { "running" } else { "exited" },
+        },
+        uploaded: uploads.iter().map(|u| u.remote.clone()).collect(),
+        uploaded_idea_count: uploads.len(),
+    };
+    let rest = serde_json::to_value(&provenance)
+        .and_then(Map::deserialize)
+        .map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("cannot write the launch report: {e}"),
+            )
+        })?;
+    let launched = ctx.redact_typed(ChainLaunched {
+        session: session.to_string(),
+        already_running: false,
+        session_alive: Some(alive),
+        remote_spec: Some(remote_spec.clone()),
+        milestones: Some(u32::try_from(chain.milestones.len()).unwrap_or(u32::MAX)),
+        current_milestone: chain.milestones.first().map(|m| m.label.clone()),
+        rest,
+    })?;
+    Ok(Done::ok(CommandOutput::Launched(Box::new(launched))))
+}
+
+/// The launch's provenance beside the answer's own fields: ours (`uploaded`, `marker`,
+/// `agent_auth`, `launch`) and the original's (`_cloud_chain_launch_provenance` in its
+/// cloud/cli.py: `event`, `repo`, `chain`, `tmux`, `log`, `uploaded_idea_count`), for scripts
+/// that parse them. Fields in sorted order.
+#[derive(Serialize)]
+struct LaunchProvenance<'a> {
+    agent_auth: AgentAuthReport,
+    chain: ChainRef,
+    event: &'static str,
+    launch: LaunchRef,
+    log: LogRef,
+    marker: &'a LastChainMarker,
+    repo: RepoRef<'a>,
+    success: bool,
+    tmux: TmuxRef<'a>,
+    uploaded: Vec<String>,
+    uploaded_idea_count: usize,
+}
+
+#[derive(Serialize)]
+struct ChainRef {
+    base_branch: Option<String>,
+    milestone_count: usize,
+}
+
+#[derive(Serialize)]
+struct LaunchRef {
+    /// `null` when the gate printed no verdict.
+    fencing_token: Option<u64>,
+    identity_digest: String,
+    session_marker: String,
+}
+
+#[derive(Serialize)]
+struct LogRef {
+    chain_log: String,
+}
+
+#[derive(Serialize)]
+struct RepoRef<'a> {
+    branch: &'a str,
+    url: &'a str,
+    workspace: &'a str,
+}
+
+#[derive(Serialize)]
+struct TmuxRef<'a> {
+    session: &'a str,
+    /// `running`, or `exited` when the session was already gone after the start.
+    status: &'static str,
 }
 
 /// Reads the gate's verdict of a manual start: keeps the local token current, records a refusal
@@ -414,11 +503,11 @@ async fn gate_verdict(
             format!("{}; nothing was started", v.refusal_message()),
         )
         .with("session", session)
-        .with("fencing", serde_json::to_value(v).unwrap_or(Value::Null)),
+        .with("fencing", serde_json::to_value(v).unwrap_or_default()),
         GateOutcome::PreflightFailed(checks) => {
             ErrorBody::new(ErrorCode::ProviderFailed, fence::preflight_message(checks)).with(
                 "preflight",
-                serde_json::to_value(checks).unwrap_or(Value::Null),
+                serde_json::to_value(checks).unwrap_or_default(),
             )
         }
     };
@@ -444,6 +533,7 @@ async fn gate_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn idea_candidates_order() {
@@ -469,6 +559,113 @@ mod tests {
         );
         assert_eq!(c[0], PathBuf::from("/i/ideas/m2.md"));
         assert_eq!(c[2], PathBuf::from("/i/m2.md"));
+    }
+
+    #[test]
+    fn missing_ideas_keep_the_message_and_extra_of_the_json_they_replace() {
+        let e = missing_ideas(&[MissingIdea {
+            idea: "ideas/m \"1\".md".into(),
+            index: 0,
+            milestone: "m1".into(),
+            tried: vec!["/i/ideas/m \"1\".md".into(), "/p/m.md".into()],
+        }]);
+        assert_eq!(e.error, ErrorCode::MissingIdeaFile);
+        assert_eq!(
+            e.message,
+            r#"milestone "m1" idea "ideas/m \"1\".md" not found; tried: /i/ideas/m "1".md, /p/m.md; pass --idea-dir or fix the idea paths"#
+        );
+        assert_eq!(
+            e.extra["missing"].to_string(),
+            json!([{"milestone": "m1", "index": 0, "idea": "ideas/m \"1\".md",
+                    "tried": ["/i/ideas/m \"1\".md", "/p/m.md"]}])
+            .to_string()
+        );
+    }
+
+    #[test]
+    fn the_launch_answer_keeps_the_bytes_of_the_json_it_replaces() {
+        let marker = LastChainMarker::read(json!({"remote_spec": "/w/app/chain.yaml",
+            "chain_session": "megaplan-chain", "base_branch": "main", "future": 1}));
+        let report = AgentAuthReport::Skipped {
+            codex_auth: "apikey".into(),
+            seeded: vec![],
+            skipped: "megaplan.codex_auth is apikey".into(),
+        };
+        let provenance = LaunchProvenance {
+            agent_auth: report.clone(),
+            chain: ChainRef {
+                base_branch: marker.base_branch.get().cloned(),
+                milestone_count: 2,
+            },
+            event: "cloud_chain_launched",
+            launch: LaunchRef {
+                fencing_token: Some(7),
+                identity_digest: "d1".into(),
+                session_marker: "/workspace/.megaplan/cloud-sessions/megaplan-chain.json".into(),
+            },
+            log: LogRef {
+                chain_log: "/w/app/.megaplan/cloud-chain.log".into(),
+            },
+            marker: &marker,
+            repo: RepoRef {
+                branch: "main",
+                url: "git@h:r.git",
+                workspace: "/w/app",
+            },
+            success: true,
+            tmux: TmuxRef {
+                session: "megaplan-chain",
+                status: "running",
+            },
+            uploaded: vec!["/w/app/a.md".into()],
+            uploaded_idea_count: 1,
+        };
+        let launched = ChainLaunched {
+            session: "megaplan-chain".into(),
+            already_running: false,
+            session_alive: Some(true),
+            remote_spec: Some("/w/app/chain.yaml".into()),
+            milestones: Some(2),
+            current_milestone: Some("m1".into()),
+            rest: serde_json::to_value(&provenance)
+                .and_then(Map::deserialize)
+                .unwrap(),
+        };
+        let old = json!({
+            "success": true,
+            "session": "megaplan-chain",
+            "session_alive": true,
+            "remote_spec": "/w/app/chain.yaml",
+            "milestones": 2,
+            "uploaded": ["/w/app/a.md"],
+            "marker": marker.to_value(),
+            "event": "cloud_chain_launched",
+            "current_milestone": "m1",
+            "uploaded_idea_count": 1,
+            "agent_auth": serde_json::to_value(&report).unwrap(),
+            "repo": {"url": "git@h:r.git", "branch": "main", "workspace": "/w/app"},
+            "chain": {"base_branch": "main", "milestone_count": 2},
+            "tmux": {"session": "megaplan-chain", "status": "running"},
+            "log": {"chain_log": "/w/app/.megaplan/cloud-chain.log"},
+            "launch": {
+                "fencing_token": 7,
+                "identity_digest": "d1",
+                "session_marker": "/workspace/.megaplan/cloud-sessions/megaplan-chain.json",
+            },
+        });
+        let typed_old: ChainLaunched = serde_json::from_value(old).unwrap();
+        let out = CommandOutput::Launched(Box::new(launched));
+        assert_eq!(
+            out.to_payload().unwrap().to_string(),
+            CommandOutput::Launched(Box::new(typed_old))
+                .to_payload()
+                .unwrap()
+                .to_string()
+        );
+        let v = out.to_payload().unwrap();
+        assert_eq!(v["agent_auth"]["skipped"], "megaplan.codex_auth is apikey");
+        assert_eq!(v["marker"]["future"], 1);
+        assert_eq!(v["launch"]["fencing_token"], 7);
     }
 
     #[test]

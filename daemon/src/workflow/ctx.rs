@@ -12,7 +12,6 @@ use crate::state::AppState;
 use megaplan_cloud_api::output::CommandOutput;
 use megaplan_cloud_api::wire::Frame;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -176,11 +175,6 @@ impl Ctx {
         .with("missing", missing))
     }
 
-    /// Redact a JSON payload before it leaves the daemon.
-    pub fn redact(&self, v: &Value) -> Value {
-        self.redactor.redact_json(v)
-    }
-
     /// Redact a typed answer's text before it leaves the daemon: through its JSON, whose shape
     /// redaction keeps (only string contents change), so it reads back as the same type.
     pub fn redact_typed<T: serde::Serialize + serde::de::DeserializeOwned>(
@@ -188,7 +182,7 @@ impl Ctx {
         t: T,
     ) -> Result<T, ErrorBody> {
         let v = serde_json::to_value(&t).map_err(internal)?;
-        serde_json::from_value(self.redact(&v)).map_err(internal)
+        serde_json::from_value(self.redactor.redact_json(&v)).map_err(internal)
     }
 
     /// The core launcher for this runner: `megaplan.launcher` as written, else the one probed
@@ -269,17 +263,6 @@ impl Done {
     pub fn code(output: CommandOutput, exit_code: i32) -> Self {
         Done { output, exit_code }
     }
-}
-
-/// A JSON answer built by the domain (the chain status, the sessions, a launch), read as its
-/// api type.
-pub fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ErrorBody> {
-    serde_json::from_value(v).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::Internal,
-            format!("the command's answer does not read as its type: {e}"),
-        )
-    })
 }
 
 fn internal(e: serde_json::Error) -> ErrorBody {

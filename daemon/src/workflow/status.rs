@@ -1,6 +1,7 @@
 //! Read-only remote views: `status`, `status --chain`, `chains`/`status --all`, and `resume`.
 
-use super::ctx::{Ctx, Done, typed};
+use super::ctx::{Ctx, Done};
+use crate::chain::state::lenient;
 use crate::chain::summary;
 use crate::provider::Provider;
 use crate::provider::remote_failure;
@@ -11,8 +12,10 @@ pub use crate::supervisor::target::{
     CHAIN_SESSION, ChainTarget, SpecSource, chain_target, look, observe_chain, resolve_remote_spec,
 };
 use megaplan_cloud_api::output::{CommandOutput, PlanStatus, Resumed};
+use megaplan_cloud_api::status::{ChainSession, ChainSessions};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
 /// `status --chain`: one observation, classified, payload on stdout, summary on stderr.
 pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, ErrorBody> {
@@ -65,7 +68,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
 
 /// Parse [`chains_script`] output into one entry per session, sorted by session, in the
 /// original's shape with ours beside it (see [`crate::chain::compat::chains_entry`]).
-pub fn parse_chains(stdout: &str) -> Vec<Value> {
+pub fn parse_chains(stdout: &str) -> Result<Vec<ChainSession>, ErrorBody> {
     let mut live = std::collections::BTreeSet::new();
     let mut markers = std::collections::BTreeMap::new();
     for line in stdout.lines() {
@@ -75,9 +78,12 @@ pub fn parse_chains(stdout: &str) -> Vec<Value> {
                 live.insert(s.to_string());
             }
             (Some("MARKER"), Some(s)) => {
-                let m = match serde_json::from_str::<Value>(parts.next().unwrap_or_default()) {
-                    Ok(v @ Value::Object(_)) => Ok(v),
-                    Ok(_) => Err("the session marker is not a JSON object".to_string()),
+                let text = parts.next().unwrap_or_default();
+                let m = match serde_json::from_str::<Map<String, Value>>(text) {
+                    Ok(object) => Ok(object.into()),
+                    Err(e) if e.is_data() => {
+                        Err("the session marker is not a JSON object".to_string())
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 markers.insert(s.to_string(), m);
@@ -94,12 +100,24 @@ pub fn parse_chains(stdout: &str) -> Vec<Value> {
     names
         .into_iter()
         .map(|s| {
-            crate::chain::compat::chains_entry(
+            let entry = crate::chain::compat::chains_entry(
                 &s,
                 live.contains(&s),
                 &marker_file(&s),
                 markers.get(&s).cloned(),
-            )
+            );
+            // Only a marker field of the wrong type (`remote_spec: 5`) fails here: the file
+            // is named, with how to look at it.
+            ChainSession::deserialize(entry).map_err(|e| {
+                let file = marker_file(&s);
+                ErrorBody::new(
+                    ErrorCode::ProviderFailed,
+                    format!(
+                        "the session marker {file} on the runner has a field of the wrong type ({e}); inspect it with `megaplan-cloudctl exec 'cat {file}'`"
+                    ),
+                )
+                .with("file", file.as_str())
+            })
         })
         .collect()
 }
@@ -111,47 +129,98 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
     if r.code != 0 {
         return Err(remote_failure("listing chain sessions", &r));
     }
-    let sessions = parse_chains(&r.stdout);
+    let sessions = parse_chains(&r.stdout)?;
     if sessions.is_empty() {
         ctx.out
             .stderr("no megaplan-chain sessions on the runner\n")
             .await;
     }
     for s in &sessions {
-        let m = &s["session_marker"];
         ctx.out
             .stderr(format!(
                 "[{}] {}  spec={}  started={}\n",
-                if s["alive"].as_bool() == Some(true) {
-                    "alive"
-                } else {
-                    "dead"
-                },
-                s["session"].as_str().unwrap_or("?"),
-                m["remote_spec"].as_str().unwrap_or("-"),
-                m["started_at"].as_str().unwrap_or("-"),
+                if s.alive { "alive" } else { "dead" },
+                s.session,
+                s.remote_spec.as_deref().unwrap_or("-"),
+                s.started_at.as_deref().unwrap_or("-"),
             ))
             .await;
     }
-    Ok(Done::ok(CommandOutput::Sessions(typed(ctx.redact(
-        &json!({"success": true, "sessions": sessions}),
-    ))?)))
+    let listed = ChainSessions {
+        sessions,
+        rest: [("success".to_string(), true.into())].into_iter().collect(),
+    };
+    Ok(Done::ok(CommandOutput::Sessions(ctx.redact_typed(listed)?)))
 }
 
-/// The JSON object in a core command's stdout (login shells may print noise first).
-pub fn json_in(stdout: &str) -> Option<Value> {
-    if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(stdout.trim()) {
-        return Some(v);
+/// What the daemon reads of the core's `megaplan status` document: `{success, step, plan,
+/// state, next_step, valid_next}`, or `success: false` with a `message` (or `error`) when it
+/// failed; older cores say `status` for `state`. The document itself goes out unchanged
+/// ([`PlanStatus`]); here a field of the wrong type reads as absent.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct CoreStatus {
+    #[serde(deserialize_with = "lenient::maybe_flag")]
+    success: Option<bool>,
+    #[serde(deserialize_with = "lenient::string")]
+    plan: Option<String>,
+    /// `Some(None)` when present but not text: `status` is not consulted then.
+    #[serde(deserialize_with = "lenient::present_string")]
+    state: Option<Option<String>>,
+    #[serde(deserialize_with = "lenient::string")]
+    status: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    next_step: Option<String>,
+    /// `Some(None)` when present but not text: `error` is not consulted then.
+    #[serde(deserialize_with = "lenient::present_string")]
+    message: Option<Option<String>>,
+    #[serde(deserialize_with = "lenient::string")]
+    error: Option<String>,
+}
+
+impl CoreStatus {
+    fn read(doc: &PlanStatus) -> CoreStatus {
+        // Every field is lenient, so reading an object cannot fail.
+        CoreStatus::deserialize(&doc.0).unwrap_or_default()
+    }
+
+    /// The plan's state: `state`, else (when there is no `state` at all) `status`.
+    fn state(&self) -> Option<&str> {
+        match &self.state {
+            Some(state) => state.as_deref(),
+            None => self.status.as_deref(),
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.success == Some(false)
+    }
+
+    /// What the core said when it failed: `message`, else (when there is none) `error`.
+    fn said(&self) -> Option<&str> {
+        match &self.message {
+            Some(message) => message.as_deref(),
+            None => self.error.as_deref(),
+        }
+    }
+}
+
+/// The JSON object in a core command's stdout (login shells may print noise first), read as
+/// `T`: a type that reads only from an object (a map, or [`PlanStatus`]).
+pub fn json_in<T: serde::de::DeserializeOwned>(stdout: &str) -> Option<T> {
+    if let Ok(doc) = serde_json::from_str::<T>(stdout.trim()) {
+        return Some(doc);
     }
     let start = stdout.find('{')?;
     let end = stdout.rfind('}')?;
-    match serde_json::from_str::<Value>(stdout.get(start..=end)?) {
-        Ok(v @ Value::Object(_)) => Some(v),
-        _ => None,
-    }
+    serde_json::from_str(stdout.get(start..=end)?).ok()
 }
 
-async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody> {
+/// The core's status document, unchanged, and what the daemon reads of it.
+async fn remote_status(
+    ctx: &Ctx,
+    plan: Option<&str>,
+) -> Result<(PlanStatus, CoreStatus), ErrorBody> {
     let r = ctx
         .core_exec(
             |l| core_command(&ctx.spec.repo.workspace, l, &["status"], plan),
@@ -159,7 +228,10 @@ async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody
         )
         .await?;
     match json_in(&r.stdout) {
-        Some(v) => Ok(v),
+        Some(doc) => {
+            let read = CoreStatus::read(&doc);
+            Ok((doc, read))
+        }
         None if r.code != 0 => Err(remote_failure("remote status", &r)),
         None => Err(ErrorBody::new(
             ErrorCode::ProviderFailed,
@@ -173,30 +245,21 @@ async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody
 
 /// `status`: the core's status JSON, unchanged; exit 1 when the core says `success: false`.
 pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
-    let v = remote_status(ctx, plan).await?;
-    let state = v
-        .get("state")
-        .or_else(|| v.get("status"))
-        .and_then(Value::as_str);
+    let (doc, status) = remote_status(ctx, plan).await?;
     ctx.out
         .stderr(format!(
             "plan {}: {}\n",
-            v.get("plan").and_then(Value::as_str).unwrap_or("-"),
-            state.unwrap_or("unknown")
+            status.plan.as_deref().unwrap_or("-"),
+            status.state().unwrap_or("unknown")
         ))
         .await;
-    let failed = v.get("success") == Some(&Value::Bool(false));
+    let failed = status.failed();
     if failed {
-        let said = v
-            .get("message")
-            .or_else(|| v.get("error"))
-            .and_then(Value::as_str)
-            .unwrap_or("the core reported success: false");
+        let said = status.said().unwrap_or("the core reported success: false");
         ctx.out.stderr(format!("status failed: {said}\n")).await;
     }
     Ok(Done::code(
-        // `remote_status` only answers an object.
-        CommandOutput::PlanStatus(PlanStatus(v.as_object().cloned().unwrap_or_default())),
+        CommandOutput::PlanStatus(doc),
         i32::from(failed),
     ))
 }
@@ -205,29 +268,20 @@ pub async fn plain_status(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBo
 /// translates it (see `chain::resume`). No `next_step`, or one resume does not run, is
 /// `invalid_status`.
 pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
-    let status = remote_status(ctx, plan).await?;
-    let Some(step) = status
-        .get("next_step")
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty())
-    else {
-        let state = status
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown");
+    let (doc, status) = remote_status(ctx, plan).await?;
+    let Some(step) = status.next_step.as_deref().filter(|s| !s.trim().is_empty()) else {
+        let state = status.state.flatten();
+        let state = state.as_deref().unwrap_or("unknown");
+        let mut shown = doc.0;
+        shown.redact_with(&ctx.redactor);
         return Err(ErrorBody::new(
             ErrorCode::InvalidStatus,
             format!("remote status names no next_step (plan state {state}); nothing to resume"),
         )
-        .with("status", ctx.redact(&status)));
+        .with("status", shown));
     };
     let words = crate::chain::resume::step_command(step)?;
-    let plan_name = plan.map(str::to_string).or_else(|| {
-        status
-            .get("plan")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
+    let plan_name = plan.map(str::to_string).or_else(|| status.plan.clone());
     let launcher = ctx.launcher().await?;
     let word_refs: Vec<&str> = words.iter().map(String::as_str).collect();
     let cmd = core_command(
@@ -286,6 +340,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
 mod tests {
     use super::*;
     use megaplan_cloud_api::marker::LastChainMarker;
+    use serde_json::json;
     use std::path::Path;
 
     fn spec(text: &str) -> crate::cloud_yaml::CloudSpec {
@@ -335,23 +390,101 @@ mod tests {
 
     #[test]
     fn chains_output_parses() {
-        let out = "noise\nLIVE\tmegaplan-chain\nLIVE\tagent\nMARKER\tmegaplan-chain\t{\"remote_spec\":\"/w/c.yaml\"}\nMARKER\tmegaplan-chain-old\tnot json\nMARKER\tagent\t{}\n";
-        let v = parse_chains(out);
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0]["session"], "megaplan-chain");
-        assert_eq!(v[0]["alive"], true);
-        assert_eq!(v[0]["status"], "running");
-        assert_eq!(v[0]["session_marker"]["remote_spec"], "/w/c.yaml");
-        assert_eq!(v[0]["remote_spec"], "/w/c.yaml");
+        let out = "noise\nLIVE\tmegaplan-chain\nLIVE\tagent\nMARKER\tmegaplan-chain\t{\"remote_spec\":\"/w/c.yaml\",\"started_at\":\"2026-06-01T10:00:00Z\"}\nMARKER\tmegaplan-chain-old\tnot json\nMARKER\tmegaplan-chain-list\t[1]\nMARKER\tagent\t{}\n";
+        let v = parse_chains(out).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].session, "megaplan-chain");
+        assert!(v[0].alive);
+        assert_eq!(v[0].rest["status"], "running");
+        assert_eq!(v[0].rest["session_marker"]["remote_spec"], "/w/c.yaml");
+        assert_eq!(v[0].remote_spec.as_deref(), Some("/w/c.yaml"));
+        assert_eq!(v[0].started_at.as_deref(), Some("2026-06-01T10:00:00Z"));
         assert_eq!(
-            v[0]["marker"],
+            v[0].rest["marker"],
             "/workspace/.megaplan/cloud-sessions/megaplan-chain.json"
         );
-        assert_eq!(v[0]["marker_status"], "present");
-        assert_eq!(v[1]["session"], "megaplan-chain-old");
-        assert_eq!(v[1]["alive"], false);
-        assert_eq!(v[1]["marker_status"], "invalid");
-        assert_eq!(v[1]["session_marker"], Value::Null);
+        assert_eq!(v[0].marker_status, "present");
+        assert_eq!(v[1].session, "megaplan-chain-list");
+        assert_eq!(v[1].marker_status, "invalid");
+        assert_eq!(
+            v[1].rest["marker_error"],
+            "the session marker is not a JSON object"
+        );
+        assert_eq!(v[2].session, "megaplan-chain-old");
+        assert!(!v[2].alive);
+        assert_eq!(v[2].marker_status, "invalid");
+        assert_eq!(v[2].rest["session_marker"], Value::Null);
+        // The answer keeps the wire shape: the entries' own fields and ours beside them.
+        let listed = serde_json::to_value(ChainSessions {
+            sessions: v,
+            rest: [("success".to_string(), true.into())].into_iter().collect(),
+        })
+        .unwrap();
+        assert_eq!(listed["success"], true);
+        assert_eq!(listed["sessions"][0]["remote_spec"], "/w/c.yaml");
+        assert_eq!(listed["sessions"][0]["alive"], true);
+        assert_eq!(listed["sessions"][2]["status"], "dead");
+    }
+
+    #[test]
+    fn a_marker_with_a_wrong_typed_field_is_a_clear_error() {
+        let out = "MARKER\tmegaplan-chain\t{\"remote_spec\": 5}\n";
+        let e = parse_chains(out).unwrap_err();
+        assert_eq!(e.error, ErrorCode::ProviderFailed);
+        let file = "/workspace/.megaplan/cloud-sessions/megaplan-chain.json";
+        assert!(e.message.contains(file), "{e}");
+        assert!(e.message.contains("wrong type"), "{e}");
+        assert_eq!(e.extra["file"], file);
+    }
+
+    #[test]
+    fn the_core_status_is_read_typed_and_leniently() {
+        let read = |text: &str| CoreStatus::read(&json_in::<PlanStatus>(text).unwrap());
+        let s = read(
+            r#"{"success": true, "step": "status", "plan": "p1", "state": "finalized",
+                "next_step": "execute", "valid_next": ["execute", "override replan"]}"#,
+        );
+        assert_eq!(s.plan.as_deref(), Some("p1"));
+        assert_eq!(s.state(), Some("finalized"));
+        assert_eq!(s.next_step.as_deref(), Some("execute"));
+        assert!(!s.failed());
+        // Older cores say `status`; a `state` that is there but not text wins over it.
+        assert_eq!(read(r#"{"status": "running"}"#).state(), Some("running"));
+        assert_eq!(
+            read(r#"{"state": null, "status": "running"}"#).state(),
+            None
+        );
+        // Failure: `success: false` exactly, what the core said from `message` else `error`.
+        let f = read(r#"{"success": false, "error": "no plan"}"#);
+        assert!(f.failed());
+        assert_eq!(f.said(), Some("no plan"));
+        assert_eq!(
+            read(r#"{"success": false, "message": "m", "error": "e"}"#).said(),
+            Some("m")
+        );
+        assert!(!read(r#"{"success": "false"}"#).failed());
+        // Hostile: every known field of the wrong type reads as absent, never an error.
+        let h = read(
+            r#"{"success": 0, "plan": ["p"], "state": {"x": 1}, "next_step": 7, "message": 1,
+                "error": "e"}"#,
+        );
+        assert_eq!(
+            h,
+            CoreStatus {
+                success: None,
+                plan: None,
+                state: Some(None),
+                status: None,
+                next_step: None,
+                message: Some(None),
+                error: Some("e".into()),
+            }
+        );
+        assert_eq!(h.said(), None);
+        // The document itself is kept exactly, whatever it holds.
+        let doc: PlanStatus = json_in("motd\n{\"plan\": [\"p\"], \"x\": {\"y\": null}}\n").unwrap();
+        assert_eq!(doc.0["plan"][0], "p");
+        assert_eq!(doc.0["x"]["y"], Value::Null);
     }
 
     #[test]
@@ -367,12 +500,15 @@ mod tests {
 
     #[test]
     fn json_in_skips_noise() {
-        assert_eq!(json_in("{\"a\":1}").unwrap()["a"], 1);
+        let doc = |text: &str| json_in::<PlanStatus>(text).map(|d| d.0);
+        assert_eq!(doc("{\"a\":1}").unwrap()["a"], 1);
         assert_eq!(
-            json_in("motd line\n{\n \"state\": \"running\"\n}\n").unwrap()["state"],
+            doc("motd line\n{\n \"state\": \"running\"\n}\n").unwrap()["state"],
             "running"
         );
-        assert!(json_in("no json here").is_none());
-        assert!(json_in("[1,2]").is_none());
+        assert!(doc("no json here").is_none());
+        assert!(doc("[1,2]").is_none());
+        assert!(doc("} backwards {").is_none());
+        assert!(doc("{\"a\": [1,2}").is_none());
     }
 }
