@@ -7,7 +7,7 @@
 //! naming it; `apikey` seeds nothing. No token is found in the client's output, the daemon's
 //! files (database, WAL, logs at debug level, deploy dir) or its log.
 
-use megaplan_cloud_api::output::Deployed;
+use megaplan_cloud_api::output::{AgentAuthReport, Deployed};
 use megaplan_cloud_api::status::ChainLaunched;
 use megaplan_cloud_e2e::rig::{Run, SEED_REPO, SshRig, write_chain};
 use megaplan_cloud_e2e::wait_until;
@@ -22,11 +22,17 @@ const HERMES_TOKEN: &str = "e2e-hermes-token-Ty39rFg7";
 const TOKENS: [&str; 4] = [CODEX_ACCESS, CODEX_REFRESH, CODEX_ID, HERMES_TOKEN];
 use megaplan_cloudd::redact::REPLACEMENT as REDACTED;
 
-/// What seeding the agents' logins did, as `deploy` and `chain` answer it: the api keeps this
-/// document as JSON (`Deployed::agent_auth`, and beside `ChainLaunched`'s fields), so the
-/// tests read its fields by name; `null` when the answer carries none.
-fn agent_auth(seeding: Option<serde_json::Value>) -> serde_json::Value {
-    seeding.unwrap_or(serde_json::Value::Null)
+/// What seeding the agents' logins did, as `deploy` (`Deployed::agent_auth`) and `chain`
+/// (beside `ChainLaunched`'s fields) answer it.
+fn agent_auth(seeding: Option<AgentAuthReport>, answer: &str) -> AgentAuthReport {
+    seeding.unwrap_or_else(|| panic!("the answer reports the agent logins: {answer}"))
+}
+
+/// The agents seeded, whichever way the report went.
+fn seeded(report: &AgentAuthReport) -> &[String] {
+    match report {
+        AgentAuthReport::Seeded { seeded, .. } | AgentAuthReport::Skipped { seeded, .. } => seeded,
+    }
 }
 
 /// codex writes its auth.json pretty-printed over several lines.
@@ -144,15 +150,18 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     let deployed = ctl(&["deploy"]).ok();
     let deploy: Deployed = deployed.decode();
     assert!(deploy.report.success, "{}", deployed.stdout);
-    let seeding = agent_auth(deploy.agent_auth);
+    let seeding = agent_auth(deploy.agent_auth, &deployed.stdout);
     assert_eq!(
-        seeding["seeded"],
-        serde_json::json!(["codex", "hermes"]),
+        seeded(&seeding),
+        ["codex", "hermes"],
         "{}\n{}",
         deployed.stdout,
         deployed.stderr
     );
-    assert_eq!(seeding["missing"], serde_json::json!([]));
+    assert!(
+        matches!(&seeding, AgentAuthReport::Seeded { missing, .. } if missing.is_empty()),
+        "{seeding:?}"
+    );
     assert!(
         deployed
             .stderr
@@ -248,18 +257,15 @@ CMD ["/usr/local/bin/entrypoint.sh"]
             .decode::<ChainLaunched>()
             .rest
             .get("agent_auth")
-            .cloned(),
+            .cloned()
+            .map(|v| serde_json::from_value(v).expect("agent_auth reads as AgentAuthReport")),
+        &launched.stdout,
     );
-    assert_eq!(
-        seeding["seeded"],
-        serde_json::json!(["codex"]),
-        "{}",
-        launched.stdout
-    );
-    assert_eq!(
-        seeding["missing"][0]["local"],
-        format!("{missing_path} not found")
-    );
+    assert_eq!(seeded(&seeding), ["codex"], "{}", launched.stdout);
+    let AgentAuthReport::Seeded { missing, .. } = &seeding else {
+        panic!("the launch seeded: {seeding:?}");
+    };
+    assert_eq!(missing[0].local, format!("{missing_path} not found"));
     assert_seeded(&rig, "/workspace/.creds/codex-auth.json", &codex);
     assert_seeded(&rig, "/root/.codex/auth.json", &codex);
     assert!(
@@ -283,14 +289,17 @@ CMD ["/usr/local/bin/entrypoint.sh"]
     std::fs::write(home.path().join(".hermes/auth.json"), &hermes).unwrap();
     rig.container.exec_ok("rm -rf /workspace/.creds");
     let opted_out = ctl(&["deploy"]).ok();
-    let seeding = agent_auth(opted_out.decode::<Deployed>().agent_auth);
-    assert_eq!(
-        seeding["seeded"],
-        serde_json::json!([]),
-        "{}",
-        opted_out.stdout
-    );
-    assert_eq!(seeding["skipped"], "megaplan.codex_auth is apikey");
+    let seeding = agent_auth(opted_out.decode::<Deployed>().agent_auth, &opted_out.stdout);
+    let AgentAuthReport::Skipped {
+        seeded: none,
+        skipped,
+        ..
+    } = &seeding
+    else {
+        panic!("apikey skips seeding: {seeding:?}");
+    };
+    assert!(none.is_empty(), "{}", opted_out.stdout);
+    assert_eq!(skipped, "megaplan.codex_auth is apikey");
     assert!(
         wait_until(Duration::from_secs(30), || ctl(&["exec", "true"]).code
             == Some(0)),
