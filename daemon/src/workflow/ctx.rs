@@ -129,6 +129,7 @@ impl Ctx {
             },
             &self.state.ssh,
         )
+        .map_err(ErrorBody::from)
     }
 
     /// The provider for commands that never touch the deploy dir.
@@ -229,7 +230,7 @@ impl Ctx {
         if again == launcher {
             return Ok(r);
         }
-        run(build(&again)).await
+        Ok(run(build(&again)).await?)
     }
 }
 

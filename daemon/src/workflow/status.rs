@@ -109,7 +109,7 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
     let r = p.observe(&chains_script()).await?;
     if r.code != 0 {
-        return Err(remote_failure("listing chain sessions", &r));
+        return Err(remote_failure("listing chain sessions", &r).into());
     }
     let sessions = parse_chains(&r.stdout);
     if sessions.is_empty() {
@@ -160,7 +160,7 @@ async fn remote_status(ctx: &Ctx, plan: Option<&str>) -> Result<Value, ErrorBody
         .await?;
     match json_in(&r.stdout) {
         Some(v) => Ok(v),
-        None if r.code != 0 => Err(remote_failure("remote status", &r)),
+        None if r.code != 0 => Err(remote_failure("remote status", &r).into()),
         None => Err(ErrorBody::new(
             ErrorCode::ProviderFailed,
             format!(
