@@ -203,10 +203,11 @@ pub enum ProviderError {
     #[error("{message}")]
     DaemonSetup { message: String },
 
-    /// An error from a layer below or beside the provider (already a wire error). Shown as
-    /// its message, like every other variant, so `to_string()` is always the wire message.
+    /// The deploy files could not be rendered from cloud.yaml (`crate::render`, whose errors
+    /// are wire errors already). Shown as its message, like every other variant, so
+    /// `to_string()` is always the wire message.
     #[error("{}", .0.message)]
-    Wire(#[from] ErrorBody),
+    Render(ErrorBody),
 }
 
 impl ProviderError {
@@ -236,7 +237,7 @@ impl ProviderError {
             E::MissingSecrets { .. } => ErrorCode::MissingSecrets,
             E::RailwayServiceMissing { .. } => ErrorCode::RailwayServiceMissing,
             E::DeployFailed { error, .. } => error.code(),
-            E::Wire(b) => b.error,
+            E::Render(b) => b.error,
         }
     }
 
@@ -280,7 +281,7 @@ impl ProviderError {
             | E::LocalIo { .. }
             | E::DaemonSetup { .. }
             | E::DeployFailed { .. }
-            | E::Wire(_) => Vec::new(),
+            | E::Render(_) => Vec::new(),
         }
     }
 
@@ -313,7 +314,7 @@ impl ProviderError {
 impl From<ProviderError> for ErrorBody {
     fn from(e: ProviderError) -> Self {
         match e {
-            ProviderError::Wire(body) => body,
+            ProviderError::Render(body) => body,
             ProviderError::DeployFailed {
                 error,
                 provider,
@@ -365,10 +366,276 @@ mod tests {
     }
 
     #[test]
-    fn a_wire_error_from_another_layer_passes_through_unchanged() {
-        let inner = ErrorBody::new(ErrorCode::StorageFailed, "disk full").with("path", "/x");
-        let body = ErrorBody::from(ProviderError::from(inner.clone()));
+    fn a_render_error_passes_through_unchanged() {
+        let inner = ErrorBody::new(ErrorCode::InvalidSpec, "bad file").with("field", "x");
+        let body = ErrorBody::from(ProviderError::Render(inner.clone()));
         assert_eq!(body, inner);
+    }
+
+    /// Each variant's wire error, byte for byte, as the provider files built it before this
+    /// type existed (the api crate and the end-to-end tests pin these codes and fields).
+    #[test]
+    fn every_variant_keeps_its_wire_bytes() {
+        use ErrorCode as C;
+        let cases: Vec<(ProviderError, ErrorBody)> = vec![
+            (
+                ProviderError::cli_missing("docker"),
+                ErrorBody::new(
+                    C::ProviderUnavailable,
+                    "Missing required CLI 'docker'. Install: https://docs.docker.com/get-docker/",
+                )
+                .with("binary", "docker"),
+            ),
+            (
+                ProviderError::ComposeMissing,
+                ErrorBody::new(
+                    C::ProviderUnavailable,
+                    "Missing required CLI 'docker-compose': this docker client has no compose plugin. Install the plugin or docker-compose: https://docs.docker.com/compose/install/",
+                )
+                .with("binary", "docker-compose"),
+            ),
+            (
+                ProviderError::DeployFolderMissing { dir: "/d".into() },
+                ErrorBody::new(
+                    C::InvalidSpec,
+                    "the deploy folder /d does not exist yet: run `megaplan-cloudctl build` first",
+                )
+                .with("deploy_dir", "/d"),
+            ),
+            (
+                ProviderError::TimedOut {
+                    command: "ssh h true".into(),
+                    after: Duration::from_millis(7500),
+                },
+                ErrorBody::new(
+                    C::DeadlineExceeded,
+                    "`ssh h true` did not finish within 7s and was killed; the runner may be slow or unreachable: check it, then retry",
+                ),
+            ),
+            (
+                ProviderError::ClientGone {
+                    command: Some("docker ps".into()),
+                },
+                ErrorBody::new(
+                    C::Internal,
+                    "`docker ps` was stopped because the client went away",
+                ),
+            ),
+            (
+                ProviderError::ClientGone { command: None },
+                ErrorBody::new(
+                    C::Internal,
+                    "the command was stopped because the client went away",
+                ),
+            ),
+            (
+                ProviderError::CouldNotRun {
+                    command: "x".into(),
+                    why: "EPERM".into(),
+                },
+                ErrorBody::new(C::ProviderFailed, "`x` could not run: EPERM"),
+            ),
+            (
+                ProviderError::CommandFailed {
+                    what: "mkdir on h".into(),
+                    code: 3,
+                    explanation: "no".into(),
+                    field: Some("ssh.remote_dir"),
+                },
+                ErrorBody::new(C::ProviderFailed, "mkdir on h failed (exit 3): no")
+                    .with("exit_code", 3)
+                    .with("field", "ssh.remote_dir"),
+            ),
+            (
+                ProviderError::StreamedCommandFailed {
+                    what: "docker build on h".into(),
+                    code: 1,
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "docker build on h failed (exit 1); its output is above",
+                )
+                .with("exit_code", 1),
+            ),
+            (
+                ProviderError::Failed {
+                    message: "pod p will not become ready: ImagePullBackOff".into(),
+                    reason: Some("ImagePullBackOff".into()),
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "pod p will not become ready: ImagePullBackOff",
+                )
+                .with("reason", "ImagePullBackOff"),
+            ),
+            (
+                ProviderError::NotInTime {
+                    message: "pod p was not ready within 9s: w".into(),
+                    reason: Some("w".into()),
+                },
+                ErrorBody::new(C::DeadlineExceeded, "pod p was not ready within 9s: w")
+                    .with("reason", "w"),
+            ),
+            (
+                ProviderError::SshConnectFailed {
+                    target: "root@h port 2".into(),
+                    host: "h".into(),
+                    port: 2,
+                    destination: "root@h".into(),
+                    code: 255,
+                    why: "refused".into(),
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "cannot open an ssh connection to root@h port 2 (exit 255): refused. Check that `ssh -p 2 root@h true` works without any prompt: the daemon needs a key file or agent (BatchMode) and the host in known_hosts",
+                )
+                .with("host", "h"),
+            ),
+            (
+                ProviderError::SshConnectionLost {
+                    target: "h port 22".into(),
+                    host: "h".into(),
+                    said: "broken pipe".into(),
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "the ssh connection to h port 22 was lost while a command ran (broken pipe); it may or may not have completed on the runner, so it was not retried: check the runner, then run it again",
+                )
+                .with("host", "h"),
+            ),
+            (
+                ProviderError::SshEndedBeforeStart {
+                    host: "h".into(),
+                    remote: "docker ps".into(),
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "the held ssh connection to h ended before `docker ps` started; it did not run: retry",
+                ),
+            ),
+            (
+                ProviderError::SshLostWhileRunning {
+                    host: "h".into(),
+                    remote: "docker ps".into(),
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "the ssh connection to h was lost while `docker ps` ran; check the host, then retry",
+                ),
+            ),
+            (
+                ProviderError::SshSessionRefused {
+                    target: "h port 22".into(),
+                    host: "h".into(),
+                    said: "refused".into(),
+                    in_use: 3,
+                    sessions: 8,
+                    max_sessions: 10,
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "the ssh server h port 22 refused another session on the daemon's held connection (refused); the command did not run and no second connection was opened. The daemon used 3 of the 8 sessions it allows itself (ssh.max_sessions: 10); set ssh.max_sessions to the server's MaxSessions (sshd -T | grep maxsessions on the host), or end other clients of the connection (attach)",
+                )
+                .with("host", "h")
+                .with("field", "ssh.max_sessions"),
+            ),
+            (
+                ProviderError::SshSessionsBusy {
+                    target: "h port 22".into(),
+                    sessions: 8,
+                    observers: 6,
+                    commands: 2,
+                    waited: Duration::from_secs(30),
+                    max_sessions: 10,
+                },
+                ErrorBody::new(
+                    C::ProviderFailed,
+                    "all 8 ssh sessions the daemon uses on its connection to h port 22 are busy (6 held by resident observers, 2 by commands) and none came free within 30s; wait for long commands (logs --follow, exec) to end and try again, or raise ssh.max_sessions (now 10) if the server's MaxSessions is higher",
+                )
+                .with("field", "ssh.max_sessions"),
+            ),
+            (
+                ProviderError::SshSessionsClosed {
+                    target: "h port 22".into(),
+                },
+                ErrorBody::new(C::ShuttingDown, "the ssh sessions to h port 22 are closed"),
+            ),
+            (
+                ProviderError::KubernetesUnreachable {
+                    what: "creating pod p".into(),
+                    why: "connection refused".into(),
+                },
+                ErrorBody::new(
+                    C::ProviderUnavailable,
+                    "creating pod p: cannot reach the Kubernetes API server: connection refused; check kubernetes.context and kubernetes.kubeconfig",
+                ),
+            ),
+            (
+                ProviderError::KubernetesConfig { why: "no file".into() },
+                ErrorBody::new(
+                    C::ProviderUnavailable,
+                    "cannot configure the Kubernetes client: no file",
+                )
+                .with("field", "kubernetes.kubeconfig"),
+            ),
+            (
+                ProviderError::InvalidConfig {
+                    field: "ssh.host",
+                    message: "/p/cloud.yaml: add ssh.host".into(),
+                },
+                ErrorBody::new(C::InvalidSpec, "/p/cloud.yaml: add ssh.host")
+                    .with("field", "ssh.host"),
+            ),
+            (
+                super::super::common::since_invalid("x y"),
+                ErrorBody::new(
+                    C::InvalidArgs,
+                    "--since \"x y\": give a duration such as 10m or 2h, or a time such as 2026-12-01T10:00:00Z",
+                )
+                .with("field", "since"),
+            ),
+            (
+                ProviderError::invalid_args("drop -f"),
+                ErrorBody::new(C::InvalidArgs, "drop -f"),
+            ),
+            (
+                ProviderError::RailwayServiceMissing {
+                    service: "agent".into(),
+                },
+                ErrorBody::new(
+                    C::RailwayServiceMissing,
+                    "Railway service 'agent' was not found after project link. Run this command from the deploy directory, then rerun deploy: railway add --service agent",
+                )
+                .with("service", "agent"),
+            ),
+            (
+                ProviderError::LocalIo {
+                    action: "cannot write /d/.env".into(),
+                    why: "disk full".into(),
+                },
+                ErrorBody::new(C::Internal, "cannot write /d/.env: disk full"),
+            ),
+            (
+                ProviderError::DaemonSetup {
+                    message: "the deploy dir /d is empty; render it before build".into(),
+                },
+                ErrorBody::new(
+                    C::Internal,
+                    "the deploy dir /d is empty; render it before build",
+                ),
+            ),
+        ];
+        for (domain, wire) in cases {
+            let code = domain.code();
+            let shown = domain.to_string();
+            let got = ErrorBody::from(domain);
+            assert_eq!(code, wire.error);
+            assert_eq!(shown, wire.message);
+            assert_eq!(
+                serde_json::to_string(&got).unwrap_or_default(),
+                serde_json::to_string(&wire).unwrap_or_default()
+            );
+        }
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl KubernetesProvider {
     /// The rendered `entrypoint.sh` and `health_server.py`.
     fn entrypoint_files(&self) -> Result<BTreeMap<String, String>, ProviderError> {
         let mut files = BTreeMap::new();
-        for f in crate::render::render(&self.ctx.spec)? {
+        for f in crate::render::render(&self.ctx.spec).map_err(ProviderError::Render)? {
             if f.name == crate::render::ENTRYPOINT || f.name == crate::render::HEALTH_SERVER {
                 files.insert(f.name, String::from_utf8_lossy(&f.content).into_owned());
             }
