@@ -1,5 +1,6 @@
 //! What every provider shares: the [`Provider`] trait, its result types, the context a
-//! provider is built from, and the helpers that map process results to errors and stream output.
+//! provider is built from, and the helpers that map process results to [`ProviderError`]s and
+//! stream output.
 //! The provider files (`ssh.rs`, `local.rs`, `railway.rs`, `transport.rs`) import this module;
 //! `mod.rs` only chooses among them ([`super::AnyProvider`], [`super::for_spec`]).
 pub use super::error::ProviderError;

@@ -1,7 +1,8 @@
 //! Providers: one trait, one file per transport. Command construction (argv and remote shell
 //! strings) is pure and unit-tested; execution goes through [`crate::process`].
 //!
-//! Error mapping shared by every provider:
+//! Every provider returns [`ProviderError`] (`error.rs`), whose conversion to the wire
+//! `ErrorBody` is the one place choosing codes and fields:
 //! - a missing CLI is `provider_unavailable` naming the binary and its install page;
 //! - a step that exits non-zero is `provider_failed`, quoting the step's redacted stderr (or its
 //!   stdout when stderr is empty: a refused remote command often explains itself there);
