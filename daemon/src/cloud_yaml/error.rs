@@ -102,15 +102,6 @@ impl ConfigError {
             _ => ErrorCode::InvalidSpec,
         }
     }
-
-    /// The cloud.yaml field to fix, when the error is about one.
-    pub fn field_name(&self) -> Option<&str> {
-        match self {
-            ConfigError::Field { field, .. } => Some(field),
-            ConfigError::FutureProvider { .. } => Some("provider"),
-            _ => None,
-        }
-    }
 }
 
 /// The one place a cloud.yaml error becomes a wire error: code, message, `field` or `file`.
