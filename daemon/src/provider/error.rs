@@ -7,7 +7,6 @@
 //! Every text a variant carries that came from a command's output is already redacted.
 use megaplan_cloud_api::output::DeployStep;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -241,36 +240,40 @@ impl ProviderError {
         }
     }
 
-    /// The `extra` fields of the wire error, beside `error` and `message`.
-    fn extra(&self) -> Vec<(&'static str, Value)> {
+    /// `body` with this error's `extra` fields, beside `error` and `message`.
+    fn with_extra(&self, body: ErrorBody) -> ErrorBody {
         use ProviderError as E;
         match self {
-            E::CliMissing { program, .. } => vec![("binary", program.clone().into())],
-            E::ComposeMissing => vec![("binary", "docker-compose".into())],
-            E::DeployFolderMissing { dir } => vec![("deploy_dir", dir.clone().into())],
-            E::NotInTime { reason, .. } | E::Failed { reason, .. } => reason
-                .iter()
-                .map(|r| ("reason", r.clone().into()))
-                .collect(),
+            E::CliMissing { program, .. } => body.with("binary", program.as_str()),
+            E::ComposeMissing => body.with("binary", "docker-compose"),
+            E::DeployFolderMissing { dir } => body.with("deploy_dir", dir.as_str()),
+            E::NotInTime { reason, .. } | E::Failed { reason, .. } => match reason {
+                Some(r) => body.with("reason", r.as_str()),
+                None => body,
+            },
             E::CommandFailed { code, field, .. } => {
-                let mut x = vec![("exit_code", (*code).into())];
-                x.extend(field.map(|f| ("field", f.into())));
-                x
+                let body = body.with("exit_code", *code);
+                match field {
+                    Some(f) => body.with("field", *f),
+                    None => body,
+                }
             }
-            E::StreamedCommandFailed { code, .. } => vec![("exit_code", (*code).into())],
+            E::StreamedCommandFailed { code, .. } => body.with("exit_code", *code),
             E::SshConnectFailed { host, .. } | E::SshConnectionLost { host, .. } => {
-                vec![("host", host.clone().into())]
+                body.with("host", host.as_str())
             }
-            E::SshSessionRefused { host, .. } => vec![
-                ("host", host.clone().into()),
-                ("field", "ssh.max_sessions".into()),
-            ],
-            E::SshSessionsBusy { .. } => vec![("field", "ssh.max_sessions".into())],
-            E::KubernetesConfig { .. } => vec![("field", "kubernetes.kubeconfig".into())],
-            E::InvalidConfig { field, .. } => vec![("field", (*field).into())],
-            E::InvalidArgs { field, .. } => field.iter().map(|f| ("field", (*f).into())).collect(),
-            E::MissingSecrets { missing, .. } => vec![("missing", missing.clone().into())],
-            E::RailwayServiceMissing { service } => vec![("service", service.clone().into())],
+            E::SshSessionRefused { host, .. } => body
+                .with("host", host.as_str())
+                .with("field", "ssh.max_sessions"),
+            E::SshSessionsBusy { .. } => body.with("field", "ssh.max_sessions"),
+            E::KubernetesConfig { .. } => body.with("field", "kubernetes.kubeconfig"),
+            E::InvalidConfig { field, .. } => body.with("field", *field),
+            E::InvalidArgs { field, .. } => match field {
+                Some(f) => body.with("field", *f),
+                None => body,
+            },
+            E::MissingSecrets { missing, .. } => body.with("missing", missing.clone()),
+            E::RailwayServiceMissing { service } => body.with("service", service.as_str()),
             E::TimedOut { .. }
             | E::ClientGone { .. }
             | E::CouldNotRun { .. }
@@ -281,7 +284,7 @@ impl ProviderError {
             | E::LocalIo { .. }
             | E::DaemonSetup { .. }
             | E::DeployFailed { .. }
-            | E::Render(_) => Vec::new(),
+            | E::Render(_) => body,
         }
     }
 
@@ -326,13 +329,7 @@ impl From<ProviderError> for ErrorBody {
                     Err(_) => body,
                 }
             }
-            e => {
-                let mut body = ErrorBody::new(e.code(), e.to_string());
-                for (key, value) in e.extra() {
-                    body = body.with(key, value);
-                }
-                body
-            }
+            e => e.with_extra(ErrorBody::new(e.code(), e.to_string())),
         }
     }
 }
