@@ -6,12 +6,13 @@
 
 use crate::yaml;
 use crate::yaml::type_name;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
+pub use error::ConfigError;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod error;
 pub mod kubernetes;
 pub mod supervise;
 pub use kubernetes::Kubernetes;
@@ -125,7 +126,7 @@ const LAUNCHER_MAX_BYTES: usize = 512;
 /// plain words (a program, its flags, `NAME=value` assignments), never shell syntax. Words are
 /// made of letters, digits and `@%+=:,./_-`, the characters that need no quoting, so the
 /// quoted command line ([`Megaplan::launcher_command`]) is exactly what the user wrote.
-pub fn check_launcher(file: &Path, launcher: &str) -> Result<String, ErrorBody> {
+pub fn check_launcher(file: &Path, launcher: &str) -> Result<String, ConfigError> {
     const FIELD: &str = "megaplan.launcher";
     let words: Vec<&str> = launcher.split_whitespace().collect();
     let refuse = |why: String| {
@@ -160,22 +161,18 @@ pub fn check_launcher(file: &Path, launcher: &str) -> Result<String, ErrorBody> 
 
 /// A registered cloud.yaml decides what the daemon runs unattended, so only its owner may
 /// change it: refuse one that group or others may write, or that another user owns.
-pub fn check_registered_file(path: &Path) -> Result<(), ErrorBody> {
+pub fn check_registered_file(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        invalid(format!("cannot read cloud.yaml at {}: {e}", path.display()))
-            .with("file", path.display().to_string())
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::RegisteredUnreadable {
+        file: path.to_path_buf(),
+        why: e.to_string(),
     })?;
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let refuse = |why: String| {
-        invalid(format!(
-            "refusing the registered cloud.yaml {}: {why}, so another user could change what the daemon runs; fix it with `chmod go-w {}`{}",
-            path.display(),
-            path.display(),
-            if meta.uid() != me { " and `chown` it to yourself" } else { "" },
-        ))
-        .with("file", path.display().to_string())
+    let refuse = |why: String| ConfigError::Unprotected {
+        file: path.to_path_buf(),
+        why,
+        foreign_owner: meta.uid() != me,
     };
     if meta.mode() & 0o022 != 0 {
         return Err(refuse(format!(
@@ -372,12 +369,8 @@ impl CloudSpec {
     }
 }
 
-fn invalid(message: impl Into<String>) -> ErrorBody {
-    ErrorBody::new(ErrorCode::InvalidSpec, message)
-}
-
-fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> ErrorBody {
-    invalid(format!("{}: {message}", file.display())).with("field", field)
+fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::field(file, field, message)
 }
 
 /// Largest cloud.yaml, chain spec, idea file or marker the daemon reads.
@@ -426,53 +419,44 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 
 /// [`load`] on a blocking thread: handlers and ticks call this, so a slow file system never
 /// stalls the async threads.
-pub async fn load_async(path: &Path) -> Result<CloudSpec, ErrorBody> {
+pub async fn load_async(path: &Path) -> Result<CloudSpec, ConfigError> {
     let owned = path.to_path_buf();
     match tokio::task::spawn_blocking(move || load(&owned)).await {
         Ok(r) => r,
-        Err(e) => Err(ErrorBody::new(
-            ErrorCode::Internal,
-            format!("loading {} failed: {e}", path.display()),
-        )),
+        Err(e) => Err(ConfigError::LoadFailed {
+            file: path.to_path_buf(),
+            why: e.to_string(),
+        }),
     }
 }
 
 /// Read and validate the cloud.yaml at `path` (must be absolute).
-pub fn load(path: &Path) -> Result<CloudSpec, ErrorBody> {
-    let bytes = read_bounded(path, MAX_INPUT_BYTES).map_err(|e| {
-        invalid(format!(
-            "cannot read cloud.yaml at {}: {e}; pass --cloud-yaml PATH or run `megaplan-cloudctl init` to create one",
-            path.display()
-        ))
-        .with("file", path.display().to_string())
+pub fn load(path: &Path) -> Result<CloudSpec, ConfigError> {
+    let bytes = read_bounded(path, MAX_INPUT_BYTES).map_err(|e| ConfigError::Unreadable {
+        file: path.to_path_buf(),
+        why: e.to_string(),
     })?;
     parse_bytes(&bytes, path)
 }
 
 /// Validate cloud.yaml content; `path` names the file in errors and anchors relative paths.
-pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<CloudSpec, ErrorBody> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        invalid(format!(
-            "{} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
-            path.display(),
-            e.valid_up_to()
-        ))
-        .with("file", path.display().to_string())
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<CloudSpec, ConfigError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 {
+        file: path.to_path_buf(),
+        offset: e.valid_up_to(),
     })?;
-    let doc = yaml::parse(text).map_err(|e| {
-        invalid(format!("{} is not valid YAML: {e}", path.display()))
-            .with("file", path.display().to_string())
+    let doc = yaml::parse(text).map_err(|e| ConfigError::NotYaml {
+        file: path.to_path_buf(),
+        why: e.to_string(),
     })?;
     let root = match doc {
         Value::Null => Map::new(),
         Value::Object(m) => m,
         other => {
-            return Err(invalid(format!(
-                "{} must be a YAML mapping of fields (provider:, repo:, ...), found {}",
-                path.display(),
-                type_name(&other)
-            ))
-            .with("file", path.display().to_string()));
+            return Err(ConfigError::NotAMapping {
+                file: path.to_path_buf(),
+                found: type_name(&other),
+            });
         }
     };
     Walker {
@@ -550,7 +534,7 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn err(&self, field: &str, message: impl std::fmt::Display) -> ErrorBody {
+    fn err(&self, field: &str, message: impl std::fmt::Display) -> ConfigError {
         invalid_field(self.file, field, message)
     }
 
@@ -560,7 +544,7 @@ impl Walker<'_> {
         root: &'v Map<String, Value>,
         name: &str,
         known: &[&str],
-    ) -> Result<Option<&'v Map<String, Value>>, ErrorBody> {
+    ) -> Result<Option<&'v Map<String, Value>>, ConfigError> {
         match root.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(m)) => {
@@ -588,7 +572,7 @@ impl Walker<'_> {
         &self,
         sec: Option<&Map<String, Value>>,
         field: &str,
-    ) -> Result<Option<String>, ErrorBody> {
+    ) -> Result<Option<String>, ConfigError> {
         let key = field.rsplit('.').next().unwrap_or(field);
         match sec.and_then(|m| m.get(key)) {
             None | Some(Value::Null) => Ok(None),
@@ -612,7 +596,7 @@ impl Walker<'_> {
         sec: Option<&Map<String, Value>>,
         field: &str,
         default: &str,
-    ) -> Result<String, ErrorBody> {
+    ) -> Result<String, ConfigError> {
         Ok(self
             .opt_str(sec, field)?
             .unwrap_or_else(|| default.to_string()))
@@ -624,7 +608,7 @@ impl Walker<'_> {
         field: &str,
         default: &str,
         allowed: &[&str],
-    ) -> Result<String, ErrorBody> {
+    ) -> Result<String, ConfigError> {
         let v = self.str_or(sec, field, default)?;
         if allowed.contains(&v.as_str()) {
             Ok(v)
@@ -636,7 +620,7 @@ impl Walker<'_> {
         }
     }
 
-    fn abs_path(&self, field: &str, v: Option<String>) -> Result<Option<String>, ErrorBody> {
+    fn abs_path(&self, field: &str, v: Option<String>) -> Result<Option<String>, ConfigError> {
         match v {
             Some(p) if !p.starts_with('/') => Err(self.err(
                 field,
@@ -651,7 +635,7 @@ impl Walker<'_> {
         sec: Option<&Map<String, Value>>,
         field: &str,
         default: u16,
-    ) -> Result<u16, ErrorBody> {
+    ) -> Result<u16, ConfigError> {
         let key = field.rsplit('.').next().unwrap_or(field);
         match sec.and_then(|m| m.get(key)) {
             None | Some(Value::Null) => Ok(default),
@@ -673,7 +657,7 @@ impl Walker<'_> {
     }
 
     /// `ssh.max_sessions`: an integer in the range the session budget accepts.
-    fn max_sessions(&self, sec: Option<&Map<String, Value>>) -> Result<u32, ErrorBody> {
+    fn max_sessions(&self, sec: Option<&Map<String, Value>>) -> Result<u32, ConfigError> {
         let field = "ssh.max_sessions";
         let range = || {
             format!(
@@ -694,7 +678,7 @@ impl Walker<'_> {
         &self,
         root: &Map<String, Value>,
         field: &str,
-    ) -> Result<Vec<String>, ErrorBody> {
+    ) -> Result<Vec<String>, ConfigError> {
         match root.get(field) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => items
@@ -718,7 +702,7 @@ impl Walker<'_> {
         }
     }
 
-    fn spec(mut self, root: &Map<String, Value>) -> Result<CloudSpec, ErrorBody> {
+    fn spec(mut self, root: &Map<String, Value>) -> Result<CloudSpec, ConfigError> {
         for k in root.keys() {
             if !TOP_LEVEL_KEYS.contains(&k.as_str()) {
                 self.warnings.push(format!(
@@ -736,15 +720,11 @@ impl Walker<'_> {
             "ssh" => ProviderKind::Ssh,
             "kubernetes" => ProviderKind::Kubernetes,
             "fly" => {
-                return Err(ErrorBody::new(
-                    ErrorCode::FutureProvider,
-                    format!(
-                        "{}: provider: fly is reserved for a future release; use one of {}",
-                        self.file.display(),
-                        PROVIDERS.join(", ")
-                    ),
-                )
-                .with("field", "provider"));
+                return Err(ConfigError::FutureProvider {
+                    file: self.file.to_path_buf(),
+                    provider: "fly".to_string(),
+                    supported: &PROVIDERS,
+                });
             }
             other => {
                 return Err(self.err(
@@ -1082,7 +1062,7 @@ impl Walker<'_> {
     }
 
     /// `preflight:`: `min_free_disk` (bytes or a size such as `1GiB`) and `min_free_inodes`.
-    fn preflight(&mut self, root: &Map<String, Value>) -> Result<Preflight, ErrorBody> {
+    fn preflight(&mut self, root: &Map<String, Value>) -> Result<Preflight, ConfigError> {
         let sec = self.section(root, "preflight", &["min_free_disk", "min_free_inodes"])?;
         let mut p = Preflight::default();
         match sec.and_then(|m| m.get("min_free_disk")) {
@@ -1121,7 +1101,7 @@ impl Walker<'_> {
         Ok(p)
     }
 
-    fn toolchains(&self, root: &Map<String, Value>) -> Result<Vec<Toolchain>, ErrorBody> {
+    fn toolchains(&self, root: &Map<String, Value>) -> Result<Vec<Toolchain>, ConfigError> {
         let items = match root.get("toolchains") {
             None | Some(Value::Null) => return Ok(Vec::new()),
             Some(Value::Array(items)) => items,
@@ -1208,7 +1188,7 @@ impl Walker<'_> {
         &self,
         root: &Map<String, Value>,
         repo: &Repo,
-    ) -> Result<Vec<ExtraRepo>, ErrorBody> {
+    ) -> Result<Vec<ExtraRepo>, ConfigError> {
         let items = match root.get("extra_repos") {
             None | Some(Value::Null) => return Ok(Vec::new()),
             Some(Value::Array(items)) => items,
@@ -1367,9 +1347,11 @@ mod tests {
         assert_eq!(parse_size("1.5GB"), Some(1_500_000_000));
         assert_eq!(parse_size("lots"), None);
         let e = parse("preflight: {min_free_disk: lots}").unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert!(e.message.contains("preflight.min_free_disk"), "{e}");
         assert!(e.message.contains("1GiB"), "{e}");
         let e = parse("preflight: {min_free_inodes: -1}").unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert!(e.message.contains("preflight.min_free_inodes"), "{e}");
     }
 
@@ -1401,6 +1383,7 @@ mod tests {
         );
 
         let e = load(&fifo).unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert!(e.message.contains("not a regular file"), "{e}");
     }
 
@@ -1409,6 +1392,7 @@ mod tests {
         let names: Vec<String> = (0..=MAX_SECRETS).map(|i| format!("S{i}")).collect();
         let text = format!("repo: {{url: u}}\nsecrets: [{}]\n", names.join(", "));
         let e = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert_eq!(
             e.extra.get("field").and_then(|v| v.as_str()),
             Some("secrets")
@@ -1423,6 +1407,7 @@ mod tests {
         let long = "A".repeat(MAX_SECRET_NAME_BYTES + 1);
         let text = format!("repo: {{url: u}}\nsecrets: [{long}]\n");
         let e = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert_eq!(
             e.extra.get("field").and_then(|v| v.as_str()),
             Some("secrets[0]")
@@ -1444,6 +1429,7 @@ mod tests {
             Path::new("/p/cloud.yaml"),
         )
         .unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert_eq!(
             e.extra.get("field").and_then(|v| v.as_str()),
             Some("megaplan.codex_auth")
@@ -1478,6 +1464,7 @@ mod tests {
                 serde_json::to_string(bad).unwrap()
             );
             let e = parse_bytes(text.as_bytes(), Path::new("/p/cloud.yaml")).unwrap_err();
+            let e = megaplan_cloud_api::ErrorBody::from(e);
             assert_eq!(
                 e.extra.get("field").and_then(|v| v.as_str()),
                 Some("ssh.remote_dir"),
@@ -1504,6 +1491,7 @@ mod tests {
         );
         for bad in ["2", "0", "-1", "1001", "ten", "4.5"] {
             let e = load(&format!(", max_sessions: {bad}")).unwrap_err();
+            let e = megaplan_cloud_api::ErrorBody::from(e);
             assert_eq!(
                 e.extra.get("field").and_then(|v| v.as_str()),
                 Some("ssh.max_sessions"),

@@ -12,7 +12,7 @@ use std::path::Path;
 const FILE: &str = "/home/op/proj/cloud.yaml";
 
 fn load(text: &str) -> Result<CloudSpec, megaplan_cloud_api::ErrorBody> {
-    cloud_yaml::parse_bytes(text.as_bytes(), Path::new(FILE))
+    cloud_yaml::parse_bytes(text.as_bytes(), Path::new(FILE)).map_err(Into::into)
 }
 
 fn minimal() -> &'static str {
@@ -437,6 +437,7 @@ fn whole_file_rules() {
     assert!(e.message.to_lowercase().contains("duplicate"), "{e}");
     // Not UTF-8.
     let e = cloud_yaml::parse_bytes(b"repo:\n  url: /a\xff\n", Path::new(FILE)).unwrap_err();
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert!(e.message.contains("UTF-8"), "{e}");
     // Unknown keys warn, they do not fail.
     let s = load("repo:\n  url: /a\nfuture_knob: 1\nrepo_extra: 2\n").unwrap();
@@ -455,6 +456,7 @@ fn init_scaffold_parses_as_written() {
 #[test]
 fn missing_file_names_it() {
     let e = cloud_yaml::load(Path::new("/nonexistent/dir/cloud.yaml")).unwrap_err();
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::InvalidSpec);
     assert!(e.message.contains("/nonexistent/dir/cloud.yaml"));
     assert!(e.message.contains("init"));

@@ -863,7 +863,7 @@ fn check_cloud_spec(s: &cloud_yaml::CloudSpec) -> Result<(), String> {
 }
 
 fn check_cloud_yaml(input: &[u8]) -> Result<bool, String> {
-    match cloud_yaml::parse_bytes(input, Path::new(CLOUD_FILE)) {
+    match cloud_yaml::parse_bytes(input, Path::new(CLOUD_FILE)).map_err(ErrorBody::from) {
         Ok(spec) => check_cloud_spec(&spec).map(|()| true),
         Err(e) => {
             check_error(
@@ -1599,7 +1599,7 @@ fn alias_bombs_are_refused_or_bounded_by_the_event_budget() {
 
         let text = format!("repo:\n  url: /srv/repo.git\n{bomb}");
         let outcome = on_thread(&format!("cloud.yaml bomb {shape}"), move || {
-            cloud_yaml::parse_bytes(text.as_bytes(), Path::new(CLOUD_FILE))
+            cloud_yaml::parse_bytes(text.as_bytes(), Path::new(CLOUD_FILE)).map_err(ErrorBody::from)
         });
         match outcome {
             Ok(_) => assert!(!explodes, "cloud.yaml bomb {shape} was accepted"),
@@ -1651,7 +1651,7 @@ fn corpus_alias_bombs_are_refused() {
         .find(|s| s.name.contains("billion_laughs"))
         .expect("the cloud.yaml corpus holds a billion-laughs seed");
     let e = on_thread("cloud.yaml corpus bomb", move || {
-        cloud_yaml::parse_bytes(&seed.bytes, Path::new(CLOUD_FILE))
+        cloud_yaml::parse_bytes(&seed.bytes, Path::new(CLOUD_FILE)).map_err(ErrorBody::from)
     })
     .expect_err("a billion-laughs cloud.yaml must be refused");
     assert_eq!(e.error, ErrorCode::InvalidSpec, "{e}");

@@ -128,8 +128,8 @@ pub async fn deploy_without_the_secret_is_refused<P: Provider>(bare: &P, secret:
         .deploy(&tx)
         .await
         .expect_err("a deploy without the secret's value is refused");
-    assert_eq!(e.error, ErrorCode::MissingSecrets, "{e}");
-    assert!(e.message.contains(secret), "{}", e.message);
+    assert_eq!(e.code(), ErrorCode::MissingSecrets, "{e}");
+    assert!(e.to_string().contains(secret), "{e}");
 }
 
 /// The secret reached the runner's environment and comes back redacted; the other variables
@@ -192,7 +192,7 @@ pub async fn reading_a_missing_file_is_provider_failed<F: ProviderFixture>(fx: &
         .read("/workspace/app/missing")
         .await
         .expect_err("a missing file is an error");
-    assert_eq!(e.error, ErrorCode::ProviderFailed, "{e}");
+    assert_eq!(e.code(), ErrorCode::ProviderFailed, "{e}");
 }
 
 /// `logs` without follow: exit 0, the runner's line, the secret's value nowhere.
@@ -245,7 +245,7 @@ pub fn attach_refuses_a_session<F: ProviderFixture>(fx: &F) {
         .provider()
         .attach_argv(Some("s"))
         .expect_err("--session refused");
-    assert_eq!(e.error, ErrorCode::InvalidArgs, "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgs, "{e}");
 }
 
 /// The context a provider runs in: `cloud_yaml` loaded, its deploy dir rendered into

@@ -2,7 +2,7 @@
 //! image, the workspace volume, and what the operator adds to the pod. Every field is checked
 //! here with an error naming it; the provider (`provider/kubernetes.rs`) only builds from it.
 
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use super::error::ConfigError;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -52,12 +52,8 @@ pub struct Kubernetes {
     pub pod_template: Option<Value>,
 }
 
-fn err(file: &Path, field: &str, message: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::InvalidSpec,
-        format!("{}: {message}", file.display()),
-    )
-    .with("field", field)
+fn err(file: &Path, field: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::field(file, field, message)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -132,7 +128,7 @@ fn checked_str(
     key: &str,
     valid: impl Fn(&str) -> bool,
     what: &str,
-) -> Result<Option<String>, ErrorBody> {
+) -> Result<Option<String>, ConfigError> {
     let v = opt_str(file, sec, key)?;
     match &v {
         Some(s) if !valid(s) => Err(err(
@@ -148,7 +144,7 @@ fn opt_str(
     file: &Path,
     sec: Option<&Map<String, Value>>,
     key: &str,
-) -> Result<Option<String>, ErrorBody> {
+) -> Result<Option<String>, ConfigError> {
     let field = format!("kubernetes.{key}");
     match sec.and_then(|m| m.get(key)) {
         None | Some(Value::Null) => Ok(None),
@@ -178,7 +174,7 @@ pub fn parse(
     section: Option<&Value>,
     required: bool,
     workspace: &str,
-) -> Result<Option<Kubernetes>, ErrorBody> {
+) -> Result<Option<Kubernetes>, ConfigError> {
     let sec = match section {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => Some(m),
@@ -301,7 +297,7 @@ pub fn workspace_mount(workspace: &str) -> Option<String> {
 fn resources(
     file: &Path,
     v: Option<&Value>,
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, ErrorBody> {
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, ConfigError> {
     const FIELD: &str = "kubernetes.resources";
     let mut out = BTreeMap::new();
     let m = match v {
@@ -370,7 +366,7 @@ fn resources(
     Ok(out)
 }
 
-fn node_selector(file: &Path, v: Option<&Value>) -> Result<BTreeMap<String, String>, ErrorBody> {
+fn node_selector(file: &Path, v: Option<&Value>) -> Result<BTreeMap<String, String>, ConfigError> {
     const FIELD: &str = "kubernetes.node_selector";
     let m = match v {
         None | Some(Value::Null) => return Ok(BTreeMap::new()),
@@ -415,7 +411,7 @@ fn node_selector(file: &Path, v: Option<&Value>) -> Result<BTreeMap<String, Stri
 
 /// `kubernetes.pod_template`: a partial Pod of `metadata` and `spec` that the typed Pod of the
 /// Kubernetes API accepts (checked by reading it as one).
-fn pod_template(file: &Path, v: Option<&Value>) -> Result<Option<Value>, ErrorBody> {
+fn pod_template(file: &Path, v: Option<&Value>) -> Result<Option<Value>, ConfigError> {
     const FIELD: &str = "kubernetes.pod_template";
     let m = match v {
         None | Some(Value::Null) => return Ok(None),
@@ -462,7 +458,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse_json(v: Value) -> Result<Option<Kubernetes>, ErrorBody> {
+    fn parse_json(v: Value) -> Result<Option<Kubernetes>, ConfigError> {
         parse(Path::new("/p/cloud.yaml"), Some(&v), true, "/workspace/app")
     }
 
@@ -542,7 +538,12 @@ mod tests {
         ];
         for (section, field) in table {
             let e = parse_json(section.clone()).expect_err(&section.to_string());
-            assert_eq!(e.error, ErrorCode::InvalidSpec, "{section}");
+            let e = megaplan_cloud_api::ErrorBody::from(e);
+            assert_eq!(
+                e.error,
+                megaplan_cloud_api::ErrorCode::InvalidSpec,
+                "{section}"
+            );
             assert_eq!(e.extra["field"], *field, "{section}: {e}");
             assert!(e.message.starts_with("/p/cloud.yaml: "), "{e}");
         }
@@ -557,6 +558,7 @@ mod tests {
             "/app",
         )
         .unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert_eq!(e.extra["field"], "repo.workspace");
         assert_eq!(workspace_mount("/workspace/app"), Some("/workspace".into()));
         assert_eq!(workspace_mount("/a/b/c/"), Some("/a/b".into()));
@@ -624,9 +626,10 @@ mod tests {
             None
         );
         assert_eq!(
-            parse(Path::new("/p/cloud.yaml"), None, true, "/workspace/app")
-                .unwrap_err()
-                .extra["field"],
+            megaplan_cloud_api::ErrorBody::from(
+                parse(Path::new("/p/cloud.yaml"), None, true, "/workspace/app").unwrap_err()
+            )
+            .extra["field"],
             "kubernetes.image"
         );
     }

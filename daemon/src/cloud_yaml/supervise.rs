@@ -2,7 +2,7 @@
 //! (the lease's time to live) and when a crash loop stops it (the quarantine and the restart
 //! back-off). Every field has a default; each is checked here with an error naming it.
 
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use super::error::ConfigError;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -48,16 +48,12 @@ impl Default for Supervise {
     }
 }
 
-fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::InvalidSpec,
-        format!("{}: {message}", file.display()),
-    )
-    .with("field", field)
+fn invalid_field(file: &Path, field: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::field(file, field, message)
 }
 
 /// `500ms`, `90s`, `5m`, `2h`, or plain seconds; longer than zero.
-fn duration(file: &Path, field: &str, v: &Value) -> Result<Duration, ErrorBody> {
+fn duration(file: &Path, field: &str, v: &Value) -> Result<Duration, ConfigError> {
     let bad = || {
         invalid_field(
             file,
@@ -89,7 +85,7 @@ fn duration(file: &Path, field: &str, v: &Value) -> Result<Duration, ErrorBody> 
 }
 
 /// Parse the section (absent: every default).
-pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Supervise, ErrorBody> {
+pub fn parse(file: &Path, section: Option<&Map<String, Value>>) -> Result<Supervise, ConfigError> {
     let mut out = Supervise::default();
     let Some(sec) = section else {
         return Ok(out);
@@ -157,12 +153,14 @@ mod tests {
             json!({"pr_poll": "1s"}).as_object(),
         )
         .unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert_eq!(e.extra["field"], "supervise.pr_poll", "{}", e.message);
         assert_eq!(s.quarantine_after, Some(2));
         assert_eq!(s.quarantine_window, Some(Duration::from_secs(300)));
         assert_eq!(s.restart_backoff, Duration::from_secs(1));
         let bad = json!({"quarantine_after": 0});
         let e = parse(f, bad.as_object()).unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert!(
             e.message.contains("supervise.quarantine_after"),
             "{}",
@@ -170,6 +168,7 @@ mod tests {
         );
         let bad = json!({"lease_ttl": "soon"});
         let e = parse(f, bad.as_object()).unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert!(e.message.contains("supervise.lease_ttl"), "{}", e.message);
     }
 }

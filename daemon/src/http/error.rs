@@ -58,6 +58,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::cloud_yaml::ConfigError> for ApiError {
+    fn from(e: crate::cloud_yaml::ConfigError) -> ApiError {
+        ErrorBody::from(e).into()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // What the refusal log needs, without reading the body back.

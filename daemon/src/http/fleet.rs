@@ -37,7 +37,7 @@ pub async fn build(state: &Arc<AppState>) -> Result<Fleet, ApiError> {
             Err(_) if !tokio::fs::try_exists(path).await.unwrap_or(true) => {
                 Err(format!("{} no longer exists", reg.cloud_yaml))
             }
-            Err(e) => Err(e.message),
+            Err(e) => Err(e.to_string()),
         };
         let watch_state = watch.get(&reg.key).cloned().unwrap_or_default();
         rows.push(row(Facts {

@@ -8,7 +8,7 @@
 //! finds the budget used up waits in line (a fair semaphore) for at most [`SESSION_WAIT`], then
 //! fails with an error saying what holds the sessions; it never opens a second connection.
 
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use super::error::ProviderError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -91,37 +91,31 @@ impl SessionBudget {
             .saturating_sub(self.observers.available_permits())
     }
 
-    fn exhausted(&self, waited: Duration) -> ErrorBody {
+    fn exhausted(&self, waited: Duration) -> ProviderError {
         let observers = self.observers_in_use();
-        ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            format!(
-                "all {} ssh sessions the daemon uses on its connection to {} are busy ({} held by resident observers, {} by commands) and none came free within {}s; wait for long commands (logs --follow, exec) to end and try again, or raise ssh.max_sessions (now {}) if the server's MaxSessions is higher",
-                self.sessions,
-                self.what,
-                observers,
-                self.in_use().saturating_sub(observers),
-                waited.as_secs(),
-                self.max_sessions,
-            ),
-        )
-        .with("field", "ssh.max_sessions")
+        ProviderError::SshSessionsBusy {
+            target: self.what.clone(),
+            sessions: self.sessions,
+            observers,
+            commands: self.in_use().saturating_sub(observers),
+            waited,
+            max_sessions: self.max_sessions,
+        }
     }
 
-    async fn take(&self, wait: Duration) -> Result<OwnedSemaphorePermit, ErrorBody> {
+    async fn take(&self, wait: Duration) -> Result<OwnedSemaphorePermit, ProviderError> {
         let wait = wait.min(SESSION_WAIT);
         match tokio::time::timeout(wait, self.total.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(ErrorBody::new(
-                ErrorCode::ShuttingDown,
-                format!("the ssh sessions to {} are closed", self.what),
-            )),
+            Ok(Err(_)) => Err(ProviderError::SshSessionsClosed {
+                target: self.what.clone(),
+            }),
             Err(_) => Err(self.exhausted(wait)),
         }
     }
 
     /// One session for a command: waits in line for at most `wait` (and [`SESSION_WAIT`]).
-    pub async fn session(&self, wait: Duration) -> Result<SessionLease, ErrorBody> {
+    pub async fn session(&self, wait: Duration) -> Result<SessionLease, ProviderError> {
         Ok(SessionLease {
             _session: self.take(wait).await?,
             _observer: None,
@@ -130,7 +124,7 @@ impl SessionBudget {
 
     /// One session for a resident observer, held for its life; `Ok(None)` when the observers
     /// already hold their share (the caller observes one-shot instead).
-    pub async fn observer(&self, wait: Duration) -> Result<Option<SessionLease>, ErrorBody> {
+    pub async fn observer(&self, wait: Duration) -> Result<Option<SessionLease>, ProviderError> {
         let Ok(observer) = self.observers.clone().try_acquire_owned() else {
             return Ok(None);
         };
@@ -144,6 +138,7 @@ impl SessionBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaplan_cloud_api::ErrorCode;
 
     #[test]
     fn the_budget_stays_below_max_sessions_and_leaves_commands_a_share() {
@@ -171,7 +166,7 @@ mod tests {
         let c2 = b.session(SESSION_WAIT).await.unwrap();
         assert_eq!(b.in_use(), 8);
         // Nothing free: a wait of 0 fails at once (a longer one waits in line, up to SESSION_WAIT).
-        let e = b.session(Duration::ZERO).await.unwrap_err();
+        let e = megaplan_cloud_api::ErrorBody::from(b.session(Duration::ZERO).await.unwrap_err());
         assert_eq!(e.error, ErrorCode::ProviderFailed);
         assert!(e.message.contains("all 8 ssh sessions"), "{}", e.message);
         assert!(

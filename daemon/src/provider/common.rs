@@ -1,13 +1,15 @@
 //! What every provider shares: the [`Provider`] trait, its result types, the context a
-//! provider is built from, and the helpers that map process results to errors and stream output.
+//! provider is built from, and the helpers that map process results to [`ProviderError`]s and
+//! stream output.
 //! The provider files (`ssh.rs`, `local.rs`, `railway.rs`, `transport.rs`) import this module;
 //! `mod.rs` only chooses among them ([`super::AnyProvider`], [`super::for_spec`]).
+pub use super::error::ProviderError;
 use crate::cloud_yaml::CloudSpec;
 use crate::process::{Cmd, Output, RunError, StreamKind};
 use crate::redact::Redactor;
 use crate::runner::group::RunnerCall;
 use base64::Engine as _;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use megaplan_cloud_api::ErrorBody;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -169,18 +171,19 @@ pub trait Provider {
     }
 
     /// Build the image from the deploy dir, which the caller has already rendered.
-    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody>;
+    async fn build(&self, out: &OutTx) -> Result<(), ProviderError>;
 
     /// Start (or restart) the runner with the secret values of [`ProviderCtx::secrets`].
-    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody>;
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ProviderError>;
 
     /// Run `bash -lc <script>` in the runner and capture its output. A non-zero exit is a
     /// result, not an error; errors are transport failures.
-    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody>;
+    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>)
+    -> Result<ExecResult, ProviderError>;
 
     /// Like [`Provider::exec`] for a script without side effects: a transport that lost its
     /// connection may reconnect and run it again.
-    async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
+    async fn observe(&self, script: &str) -> Result<ExecResult, ProviderError> {
         self.exec(script, None).await
     }
 
@@ -192,33 +195,38 @@ pub trait Provider {
     async fn resident_command(
         &self,
         _script: &str,
-    ) -> Result<Option<super::resident::Launch>, ErrorBody> {
+    ) -> Result<Option<super::resident::Launch>, ProviderError> {
         Ok(None)
     }
 
     /// Run `bash -lc <script>` in the runner, streaming redacted output; returns the exit code.
-    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody>;
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ProviderError>;
 
     /// Write `content` to `remote_path` in the runner (parents created).
-    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody>;
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ProviderError>;
 
     /// The exact bytes of `remote_path` in the runner. Not redacted: callers redact whatever
     /// part of it they show.
-    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody>;
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ProviderError>;
 
     /// The argv the client runs on the user's terminal for `attach`. `session` (`--session`) is
     /// railway-only; other providers answer `invalid_args`.
-    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody>;
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ProviderError>;
 
     /// Stream the runner's logs: followed until the receiver goes away, or the last lines
     /// (`window.tail`, default 200), optionally only those since `window.since`.
-    async fn logs(&self, follow: bool, window: &LogWindow, out: &OutTx) -> Result<i32, ErrorBody>;
+    async fn logs(
+        &self,
+        follow: bool,
+        window: &LogWindow,
+        out: &OutTx,
+    ) -> Result<i32, ProviderError>;
 
     /// Stop the runner, keeping its state.
-    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody>;
+    async fn down(&self, out: &OutTx) -> Result<(), ProviderError>;
 
     /// Remove the runner and its provider-side state.
-    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody>;
+    async fn destroy(&self, out: &OutTx) -> Result<(), ProviderError>;
 }
 
 /// The flags `docker logs` and `docker compose logs` share: `[-f] [--tail N] [--since S]`.
@@ -263,7 +271,7 @@ impl LogWindow {
 
     /// `--since`, checked: a duration or a time, never anything a shell or a CLI parser could
     /// take for something else.
-    pub fn since(&self) -> Result<Option<&str>, ErrorBody> {
+    pub fn since(&self) -> Result<Option<&str>, ProviderError> {
         let Some(s) = self.since.as_deref() else {
             return Ok(None);
         };
@@ -275,12 +283,18 @@ impl LogWindow {
         if ok {
             Ok(Some(s))
         } else {
-            Err(ErrorBody::new(
-                ErrorCode::InvalidArgs,
-                format!("--since {s:?}: give a duration such as 10m or 2h, or a time such as 2026-12-01T10:00:00Z"),
-            )
-            .with("field", "since"))
+            Err(since_invalid(s))
         }
+    }
+}
+
+/// `invalid_args` for a `--since` that is neither a duration nor a time.
+pub(crate) fn since_invalid(since: &str) -> ProviderError {
+    ProviderError::InvalidArgs {
+        field: Some("since"),
+        message: format!(
+            "--since {since:?}: give a duration such as 10m or 2h, or a time such as 2026-12-01T10:00:00Z"
+        ),
     }
 }
 
@@ -296,24 +310,17 @@ pub fn install_page(program: &str) -> &'static str {
     }
 }
 
-pub(crate) fn unavailable(program: &str) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::ProviderUnavailable,
-        format!(
-            "Missing required CLI '{program}'. Install: {}",
-            install_page(program)
-        ),
-    )
-    .with("binary", program)
+pub(crate) fn unavailable(program: &str) -> ProviderError {
+    ProviderError::cli_missing(program)
 }
 
 /// `provider_unavailable` unless `program` is on PATH.
-pub(crate) fn require_cli(program: &str) -> Result<PathBuf, ErrorBody> {
+pub(crate) fn require_cli(program: &str) -> Result<PathBuf, ProviderError> {
     crate::process::which(program).ok_or_else(|| unavailable(program))
 }
 
 /// Map a failure to start or finish a command.
-pub(crate) fn run_error(cmd: &Cmd, e: RunError) -> ErrorBody {
+pub(crate) fn run_error(cmd: &Cmd, e: RunError) -> ProviderError {
     match e {
         // spawn(2) says ENOENT both for a missing program and for a missing working folder:
         // name the folder when that is what is missing (the local provider runs compose in
@@ -324,34 +331,20 @@ pub(crate) fn run_error(cmd: &Cmd, e: RunError) -> ErrorBody {
                 .as_ref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default();
-            ErrorBody::new(
-                ErrorCode::InvalidSpec,
-                format!(
-                    "the deploy folder {dir} does not exist yet: run `megaplan-cloudctl build` first"
-                ),
-            )
-            .with("deploy_dir", dir)
+            ProviderError::DeployFolderMissing { dir }
         }
         RunError::NotFound { program } => unavailable(&program),
-        RunError::Timeout { after } => ErrorBody::new(
-            ErrorCode::DeadlineExceeded,
-            format!(
-                "`{}` did not finish within {}s and was killed; the runner may be slow or unreachable: check it, then retry",
-                cmd.display(),
-                after.as_secs()
-            ),
-        ),
-        RunError::Cancelled => ErrorBody::new(
-            ErrorCode::Internal,
-            format!(
-                "`{}` was stopped because the client went away",
-                cmd.display()
-            ),
-        ),
-        RunError::Io(msg) => ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            format!("`{}` could not run: {msg}", cmd.display()),
-        ),
+        RunError::Timeout { after } => ProviderError::TimedOut {
+            command: cmd.display(),
+            after,
+        },
+        RunError::Cancelled => ProviderError::ClientGone {
+            command: Some(cmd.display()),
+        },
+        RunError::Io(why) => ProviderError::CouldNotRun {
+            command: cmd.display(),
+            why,
+        },
     }
 }
 
@@ -365,7 +358,7 @@ pub fn redact_error(redactor: &crate::redact::Redactor, mut e: ErrorBody) -> Err
 }
 
 /// A remote command's failure as `provider_failed`, quoting its (redacted) explanation.
-pub fn remote_failure(what: &str, r: &ExecResult) -> ErrorBody {
+pub fn remote_failure(what: &str, r: &ExecResult) -> ProviderError {
     let said = if r.stderr.trim().is_empty() {
         r.stdout.trim()
     } else {
@@ -373,11 +366,12 @@ pub fn remote_failure(what: &str, r: &ExecResult) -> ErrorBody {
     };
     let tail: Vec<&str> = said.lines().rev().take(8).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!("{what} failed (exit {}): {}", r.code, tail.join("\n")),
-    )
-    .with("exit_code", r.code)
+    ProviderError::CommandFailed {
+        what: what.to_string(),
+        code: r.code,
+        explanation: tail.join("\n"),
+        field: None,
+    }
 }
 
 #[cfg(test)]
@@ -393,18 +387,22 @@ mod run_error_tests {
                 program: "docker".into(),
             },
         );
+        let message = e.to_string();
         assert!(
-            e.message.contains("run `megaplan-cloudctl build` first"),
+            message.contains("run `megaplan-cloudctl build` first"),
             "{e}"
         );
-        assert!(!e.message.contains("Missing required CLI"), "{e}");
+        assert!(!message.contains("Missing required CLI"), "{e}");
         let e = run_error(
             &Cmd::new("docker"),
             RunError::NotFound {
                 program: "docker".into(),
             },
         );
-        assert!(e.message.contains("Missing required CLI 'docker'"), "{e}");
+        assert!(
+            e.to_string().contains("Missing required CLI 'docker'"),
+            "{e}"
+        );
     }
 }
 
@@ -417,17 +415,14 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
 
 /// `s` as it is when its command exited 0; otherwise the failure of `what` with its exit code and
 /// the most telling lines of its output.
-pub(crate) fn streamed_ok(what: &str, s: Streamed) -> Result<Streamed, ErrorBody> {
+pub(crate) fn streamed_ok(what: &str, s: Streamed) -> Result<Streamed, ProviderError> {
     if s.code != 0 {
-        return Err(ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            format!(
-                "{what} failed (exit {}): {}",
-                s.code,
-                explanation(&s.stdout_tail, &s.stderr_tail)
-            ),
-        )
-        .with("exit_code", s.code));
+        return Err(ProviderError::CommandFailed {
+            what: what.to_string(),
+            code: s.code,
+            explanation: explanation(&s.stdout_tail, &s.stderr_tail),
+            field: None,
+        });
     }
     Ok(s)
 }
@@ -449,18 +444,15 @@ pub(crate) fn explanation(stdout: &str, stderr: &str) -> String {
 
 /// `provider_failed` for a step that exited non-zero. `what` names the step in plain words; the
 /// message carries the step's own (redacted) explanation rather than the command line.
-pub(crate) fn step_failed(what: &str, out: &Output, redactor: &Redactor) -> ErrorBody {
+pub(crate) fn step_failed(what: &str, out: &Output, redactor: &Redactor) -> ProviderError {
     let stdout = redactor.redact(&String::from_utf8_lossy(&out.stdout));
     let stderr = redactor.redact(&String::from_utf8_lossy(&out.stderr));
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!(
-            "{what} failed (exit {}): {}",
-            out.code,
-            explanation(&stdout, &stderr)
-        ),
-    )
-    .with("exit_code", out.code)
+    ProviderError::CommandFailed {
+        what: what.to_string(),
+        code: out.code,
+        explanation: explanation(&stdout, &stderr),
+        field: None,
+    }
 }
 
 /// An [`ExecResult`] with both streams redacted.
@@ -502,21 +494,26 @@ pub(crate) fn plain_step(name: &str, status: &str, detail: &str) -> DeployStep {
 
 /// Turn a failed deploy into `provider_failed` carrying the steps so far, so the client can
 /// still print which step broke.
-pub(crate) fn deploy_failed(mut err: ErrorBody, provider: &str, steps: &[DeployStep]) -> ErrorBody {
-    if let Ok(v) = serde_json::to_value(steps) {
-        err = err.with("steps", v).with("provider", provider);
+pub(crate) fn deploy_failed(
+    err: ProviderError,
+    provider: &'static str,
+    steps: &[DeployStep],
+) -> ProviderError {
+    ProviderError::DeployFailed {
+        error: Box::new(err),
+        provider,
+        steps: steps.to_vec(),
     }
-    err
 }
 
 /// Record a streamed deploy step; a non-zero exit ends the deploy with `provider_failed`
 /// ("<what> failed (exit N): <explanation>") carrying the steps so far.
 pub(crate) fn push_streamed_step(
     steps: &mut Vec<DeployStep>,
-    provider: &str,
+    provider: &'static str,
     (name, detail, what): (&str, &str, &str),
     s: &Streamed,
-) -> Result<(), ErrorBody> {
+) -> Result<(), ProviderError> {
     steps.push(DeployStep {
         name: name.to_string(),
         status: if s.code == 0 { "ok" } else { "failed" }.to_string(),
@@ -527,15 +524,12 @@ pub(crate) fn push_streamed_step(
     if s.code == 0 {
         return Ok(());
     }
-    let e = ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!(
-            "{what} failed (exit {}): {}",
-            s.code,
-            explanation(&s.stdout_tail, &s.stderr_tail)
-        ),
-    )
-    .with("exit_code", s.code);
+    let e = ProviderError::CommandFailed {
+        what: what.to_string(),
+        code: s.code,
+        explanation: explanation(&s.stdout_tail, &s.stderr_tail),
+        field: None,
+    };
     Err(deploy_failed(e, provider, steps))
 }
 
@@ -543,7 +537,7 @@ pub(crate) fn push_streamed_step(
 pub(crate) fn check_secrets(
     spec: &CloudSpec,
     secrets: &BTreeMap<String, String>,
-) -> Result<(), ErrorBody> {
+) -> Result<(), ProviderError> {
     let missing: Vec<&str> = spec
         .secrets
         .iter()
@@ -553,15 +547,10 @@ pub(crate) fn check_secrets(
     if missing.is_empty() {
         return Ok(());
     }
-    Err(ErrorBody::new(
-        ErrorCode::MissingSecrets,
-        format!(
-            "Missing required secrets: {}; export them in the shell that runs megaplan-cloudctl (they are listed under secrets: in {})",
-            missing.join(", "),
-            spec.path.display()
-        ),
-    )
-    .with("missing", missing))
+    Err(ProviderError::MissingSecrets {
+        missing: missing.into_iter().map(str::to_string).collect(),
+        file: spec.path.clone(),
+    })
 }
 
 /// The runner's env file: `PORT=<port>` then `NAME=value` per secret, in cloud.yaml order.
@@ -569,17 +558,14 @@ pub(crate) fn check_secrets(
 pub(crate) fn env_file_content(
     spec: &CloudSpec,
     secrets: &BTreeMap<String, String>,
-) -> Result<String, ErrorBody> {
+) -> Result<String, ProviderError> {
     let mut out = format!("PORT={}\n", spec.resources.port);
     for name in &spec.secrets {
         let value = secrets.get(name).map(String::as_str).unwrap_or("");
         if value.contains(['\n', '\r']) {
-            return Err(ErrorBody::new(
-                ErrorCode::InvalidArgs,
-                format!(
-                    "secret {name} contains a line break, which a Docker env file cannot carry; store it without line breaks (e.g. base64) and decode it in the runner"
-                ),
-            ));
+            return Err(ProviderError::invalid_args(format!(
+                "secret {name} contains a line break, which a Docker env file cannot carry; store it without line breaks (e.g. base64) and decode it in the runner"
+            )));
         }
         out.push_str(name);
         out.push('=');
@@ -590,15 +576,12 @@ pub(crate) fn env_file_content(
 }
 
 /// The parent folder of a remote path, for `mkdir -p`.
-pub(crate) fn remote_parent(path: &str) -> Result<String, ErrorBody> {
+pub(crate) fn remote_parent(path: &str) -> Result<String, ProviderError> {
     let trimmed = path.trim_end_matches('/');
     if trimmed.is_empty() {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidArgs,
-            format!(
-                "remote path {path:?} names no file; give a file path such as /workspace/app/idea.txt"
-            ),
-        ));
+        return Err(ProviderError::invalid_args(format!(
+            "remote path {path:?} names no file; give a file path such as /workspace/app/idea.txt"
+        )));
     }
     Ok(match trimmed.rfind('/') {
         Some(0) => "/".to_string(),
@@ -608,7 +591,7 @@ pub(crate) fn remote_parent(path: &str) -> Result<String, ErrorBody> {
 }
 
 /// The runner-side script of an upload: base64 on stdin, decoded into `remote_path`.
-pub(crate) fn upload_script(remote_path: &str) -> Result<String, ErrorBody> {
+pub(crate) fn upload_script(remote_path: &str) -> Result<String, ProviderError> {
     let parent = remote_parent(remote_path)?;
     Ok(format!(
         "mkdir -p {} && base64 -d > {}",
@@ -655,7 +638,7 @@ pub(crate) async fn stream_capture(
     deadline: Option<Duration>,
     redactor: &Redactor,
     out: &OutTx,
-) -> Result<Streamed, ErrorBody> {
+) -> Result<Streamed, ProviderError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(StreamKind, String)>(16);
     let forward = async move {
         let mut tails = [
@@ -704,11 +687,8 @@ pub(crate) async fn note(out: &OutTx, line: &str) {
 }
 
 /// `invalid_args` for `attach --session` on a provider without named sessions.
-pub(crate) fn session_not_supported(provider: &str) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::InvalidArgs,
-        format!(
-            "--session is only supported by the railway provider; this cloud.yaml uses provider: {provider} (drop --session)"
-        ),
-    )
+pub(crate) fn session_not_supported(provider: &str) -> ProviderError {
+    ProviderError::invalid_args(format!(
+        "--session is only supported by the railway provider; this cloud.yaml uses provider: {provider} (drop --session)"
+    ))
 }

@@ -22,6 +22,7 @@ use super::common::{
     DeployReport, DeployStep, ExecResult, LogWindow, OutTx, Provider, ProviderCtx, RunnerKill,
     check_secrets, deploy_failed, note, plain_step, runner_command, session_not_supported,
 };
+use super::error::ProviderError;
 use super::kubernetes_manifest::{self as manifest, CONTAINER, Names, Readiness};
 use crate::cloud_yaml::Kubernetes;
 use crate::process::StreamKind;
@@ -30,7 +31,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -50,32 +50,34 @@ const FIELD_MANAGER: &str = "megaplan-cloudd";
 type ClientKey = (Option<PathBuf>, Option<String>);
 static CLIENTS: OnceLock<tokio::sync::Mutex<HashMap<ClientKey, kube::Client>>> = OnceLock::new();
 
-fn failed(message: impl Into<String>) -> ErrorBody {
-    ErrorBody::new(ErrorCode::ProviderFailed, message)
+fn failed(message: impl Into<String>) -> ProviderError {
+    ProviderError::failed(message)
 }
 
 /// A Kubernetes API error as `provider_failed` (`provider_unavailable` when the API server
 /// cannot be reached), saying what was being done.
-fn api_error(what: &str, e: kube::Error) -> ErrorBody {
+fn api_error(what: &str, e: kube::Error) -> ProviderError {
     match &e {
-        kube::Error::Api(s) => failed(format!(
-            "{what}: the API server refused ({} {}): {}",
-            s.code, s.reason, s.message
-        ))
-        .with("reason", s.reason.clone()),
-        kube::Error::HyperError(_) | kube::Error::Service(_) => ErrorBody::new(
-            ErrorCode::ProviderUnavailable,
-            format!(
-                "{what}: cannot reach the Kubernetes API server: {e}; check kubernetes.context and kubernetes.kubeconfig"
+        kube::Error::Api(s) => ProviderError::Failed {
+            message: format!(
+                "{what}: the API server refused ({} {}): {}",
+                s.code, s.reason, s.message
             ),
-        ),
+            reason: Some(s.reason.clone()),
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            ProviderError::KubernetesUnreachable {
+                what: what.to_string(),
+                why: e.to_string(),
+            }
+        }
         _ => failed(format!("{what}: {e}")),
     }
 }
 
 /// The held client for `k`'s kubeconfig and context, made on first use: the kubeconfig given,
 /// else `$KUBECONFIG` or `~/.kube/config`, else the in-cluster service account.
-pub async fn client(k: &Kubernetes) -> Result<kube::Client, ErrorBody> {
+pub async fn client(k: &Kubernetes) -> Result<kube::Client, ProviderError> {
     let key = (k.kubeconfig.clone(), k.context.clone());
     let clients = CLIENTS.get_or_init(|| tokio::sync::Mutex::new(HashMap::new()));
     let mut held = clients.lock().await;
@@ -87,13 +89,7 @@ pub async fn client(k: &Kubernetes) -> Result<kube::Client, ErrorBody> {
         cluster: None,
         user: None,
     };
-    let unavailable = |why: String| {
-        ErrorBody::new(
-            ErrorCode::ProviderUnavailable,
-            format!("cannot configure the Kubernetes client: {why}"),
-        )
-        .with("field", "kubernetes.kubeconfig")
-    };
+    let unavailable = |why: String| ProviderError::KubernetesConfig { why };
     let mut config = match (&k.kubeconfig, &k.context) {
         (Some(path), _) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -134,7 +130,7 @@ impl std::fmt::Debug for KubernetesProvider {
 }
 
 /// The exit code an exec stream's final status says (`Success` → 0).
-fn exit_code(status: Option<&ExecStatus>) -> Result<i32, ErrorBody> {
+fn exit_code(status: Option<&ExecStatus>) -> Result<i32, ProviderError> {
     let Some(s) = status else {
         return Err(failed(
             "the exec stream ended without an exit status (the pod may have stopped)",
@@ -169,19 +165,21 @@ pub fn framed_script(script: &str, stdin_len: usize) -> String {
 }
 
 impl KubernetesProvider {
-    pub fn new(ctx: ProviderCtx) -> Result<Self, ErrorBody> {
-        let k = ctx.spec.kubernetes.clone().ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::InvalidSpec,
-                "provider: kubernetes needs a kubernetes: section with at least image:",
-            )
-            .with("field", "kubernetes")
-        })?;
+    pub fn new(ctx: ProviderCtx) -> Result<Self, ProviderError> {
+        let k = ctx
+            .spec
+            .kubernetes
+            .clone()
+            .ok_or_else(|| ProviderError::InvalidConfig {
+                field: "kubernetes",
+                message: "provider: kubernetes needs a kubernetes: section with at least image:"
+                    .to_string(),
+            })?;
         let names = manifest::names(&ctx.spec, &k);
         Ok(KubernetesProvider { ctx, k, names })
     }
 
-    async fn api<K>(&self) -> Result<Api<K>, ErrorBody>
+    async fn api<K>(&self) -> Result<Api<K>, ProviderError>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         <K as kube::Resource>::DynamicType: Default,
@@ -193,9 +191,9 @@ impl KubernetesProvider {
     }
 
     /// The rendered `entrypoint.sh` and `health_server.py`.
-    fn entrypoint_files(&self) -> Result<BTreeMap<String, String>, ErrorBody> {
+    fn entrypoint_files(&self) -> Result<BTreeMap<String, String>, ProviderError> {
         let mut files = BTreeMap::new();
-        for f in crate::render::render(&self.ctx.spec)? {
+        for f in crate::render::render(&self.ctx.spec).map_err(ProviderError::Render)? {
             if f.name == crate::render::ENTRYPOINT || f.name == crate::render::HEALTH_SERVER {
                 files.insert(f.name, String::from_utf8_lossy(&f.content).into_owned());
             }
@@ -208,7 +206,7 @@ impl KubernetesProvider {
         &self,
         name: &str,
         object: impl serde::Serialize + std::fmt::Debug + Send + Sync,
-    ) -> Result<(), ErrorBody>
+    ) -> Result<(), ProviderError>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -231,7 +229,7 @@ impl KubernetesProvider {
     }
 
     /// Delete `name` and wait until it is gone (absent already: done).
-    async fn delete_and_wait<K>(&self, name: &str, out: &OutTx) -> Result<bool, ErrorBody>
+    async fn delete_and_wait<K>(&self, name: &str, out: &OutTx) -> Result<bool, ProviderError>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -265,18 +263,18 @@ impl KubernetesProvider {
         match gone {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(e)) => Err(failed(format!("waiting for {kind} {name} to go: {e}"))),
-            Err(_) => Err(ErrorBody::new(
-                ErrorCode::DeadlineExceeded,
-                format!(
+            Err(_) => Err(ProviderError::NotInTime {
+                message: format!(
                     "{kind} {name} was still there {}s after its deletion; look at its finalizers and events",
                     DELETE_DEADLINE.as_secs()
                 ),
-            )),
+                reason: None,
+            }),
         }
     }
 
     /// Wait on a watch of the pod until it is ready or will not be; the reason when not.
-    async fn wait_ready(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn wait_ready(&self, out: &OutTx) -> Result<(), ProviderError> {
         let api: Api<Pod> = self.api().await?;
         let deadline = self.ctx.deadline.max(MIN_READY_DEADLINE);
         let last = Arc::new(std::sync::Mutex::new(String::new()));
@@ -295,15 +293,14 @@ impl KubernetesProvider {
             Ok(Err(e)) => return Err(failed(format!("watching pod {}: {e}", self.names.pod))),
             Err(_) => {
                 let why = last.lock().map(|s| s.clone()).unwrap_or_default();
-                return Err(ErrorBody::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!(
+                return Err(ProviderError::NotInTime {
+                    message: format!(
                         "pod {} was not ready within {}s: {why}",
                         self.names.pod,
                         deadline.as_secs()
                     ),
-                )
-                .with("reason", why));
+                    reason: Some(why),
+                });
             }
         };
         match manifest::readiness(pod.as_ref()) {
@@ -311,11 +308,10 @@ impl KubernetesProvider {
                 note(out, &format!("pod {}: ready", self.names.pod)).await;
                 Ok(())
             }
-            Readiness::Failed(why) | Readiness::Waiting(why) => Err(failed(format!(
-                "pod {} will not become ready: {why}",
-                self.names.pod
-            ))
-            .with("reason", why)),
+            Readiness::Failed(why) | Readiness::Waiting(why) => Err(ProviderError::Failed {
+                message: format!("pod {} will not become ready: {why}", self.names.pod),
+                reason: Some(why),
+            }),
         }
     }
 
@@ -355,7 +351,7 @@ impl KubernetesProvider {
         &self,
         script: &str,
         stdin: Option<Vec<u8>>,
-    ) -> Result<(i32, Vec<u8>, Vec<u8>), ErrorBody> {
+    ) -> Result<(i32, Vec<u8>, Vec<u8>), ProviderError> {
         // The exec's command travels in the request's URI (one `command=` parameter per word,
         // percent-encoded), which http caps at 64 KiB: a long script (the launch gate with the
         // mutation inside) is sent on stdin instead and run from there.
@@ -412,7 +408,7 @@ impl KubernetesProvider {
             drop(writer);
             let code = exit_code(status.as_ref())?;
             let _ = p.join().await;
-            Ok::<_, ErrorBody>((code, out, err))
+            Ok::<_, ProviderError>((code, out, err))
         };
         self.bounded(kill, run).await
     }
@@ -422,20 +418,20 @@ impl KubernetesProvider {
     async fn bounded<T>(
         &self,
         kill: RunnerKill,
-        run: impl std::future::Future<Output = Result<T, ErrorBody>>,
-    ) -> Result<T, ErrorBody> {
+        run: impl std::future::Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
         let limit =
             self.ctx.deadline + Duration::from_secs(super::common::REMOTE_KILL_GRACE_SECS + 5);
         let result = match tokio::time::timeout(limit, run).await {
             Ok(r) => r,
-            Err(_) => Err(ErrorBody::new(
-                ErrorCode::DeadlineExceeded,
-                format!(
+            Err(_) => Err(ProviderError::NotInTime {
+                message: format!(
                     "a command in pod {} did not finish within {}s and was killed",
                     self.names.pod,
                     limit.as_secs()
                 ),
-            )),
+                reason: None,
+            }),
         };
         kill.settle(&result).await;
         result
@@ -509,7 +505,7 @@ impl Provider for KubernetesProvider {
         "kubernetes"
     }
 
-    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn build(&self, out: &OutTx) -> Result<(), ProviderError> {
         note(
             out,
             &format!(
@@ -521,12 +517,12 @@ impl Provider for KubernetesProvider {
         Ok(())
     }
 
-    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ProviderError> {
         let spec = &self.ctx.spec;
         check_secrets(spec, &self.ctx.secrets)?;
         let n = &self.names;
         let mut steps: Vec<DeployStep> = Vec::new();
-        let fail = |e: ErrorBody, steps: &[DeployStep]| deploy_failed(e, "kubernetes", steps);
+        let fail = |e: ProviderError, steps: &[DeployStep]| deploy_failed(e, "kubernetes", steps);
 
         let values: BTreeMap<String, String> = spec
             .secrets
@@ -607,7 +603,7 @@ impl Provider for KubernetesProvider {
         )
         .await;
         if let Err(e) = self.wait_ready(out).await {
-            steps.push(plain_step("ready", "failed", &e.message));
+            steps.push(plain_step("ready", "failed", &e.to_string()));
             return Err(fail(e, &steps));
         }
         steps.push(plain_step(
@@ -631,12 +627,16 @@ impl Provider for KubernetesProvider {
         })
     }
 
-    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+    async fn exec(
+        &self,
+        script: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecResult, ProviderError> {
         let r = self.exec_raw(script, stdin).await?;
         Ok(self.exec_result(r))
     }
 
-    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ProviderError> {
         let (argv, call) = runner_command(self.ctx.deadline, script);
         let pods: Api<Pod> = self.api().await?;
         let kill = self.runner_kill(&call);
@@ -670,10 +670,7 @@ impl Provider for KubernetesProvider {
             );
             if !(a && b) {
                 p.abort();
-                return Err(ErrorBody::new(
-                    ErrorCode::Internal,
-                    "the command was stopped because the client went away",
-                ));
+                return Err(ProviderError::ClientGone { command: None });
             }
             let status = match status {
                 Some(s) => s.await,
@@ -686,7 +683,7 @@ impl Provider for KubernetesProvider {
         self.bounded(kill, run).await
     }
 
-    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ProviderError> {
         let script = super::common::upload_script(remote_path)?;
         let stdin = super::common::base64_lines(content).into_bytes();
         let r = self.exec(&script, Some(stdin)).await?;
@@ -699,7 +696,7 @@ impl Provider for KubernetesProvider {
         Ok(())
     }
 
-    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ProviderError> {
         let script = format!("cat -- {}", crate::shell::quote(remote_path));
         let (code, out, err) = self.exec_raw(&script, None).await?;
         if code != 0 {
@@ -711,7 +708,7 @@ impl Provider for KubernetesProvider {
         Ok(out)
     }
 
-    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ProviderError> {
         if session.is_some() {
             return Err(session_not_supported("kubernetes"));
         }
@@ -734,15 +731,17 @@ impl Provider for KubernetesProvider {
         Ok(v)
     }
 
-    async fn logs(&self, follow: bool, window: &LogWindow, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn logs(
+        &self,
+        follow: bool,
+        window: &LogWindow,
+        out: &OutTx,
+    ) -> Result<i32, ProviderError> {
         let since = match window.since()? {
-            Some(s) => Some(manifest::since_seconds(s, chrono::Utc::now()).ok_or_else(|| {
-                ErrorBody::new(
-                    ErrorCode::InvalidArgs,
-                    format!("--since {s:?}: give a duration such as 10m or 2h, or a time such as 2026-12-01T10:00:00Z"),
-                )
-                .with("field", "since")
-            })?),
+            Some(s) => Some(
+                manifest::since_seconds(s, chrono::Utc::now())
+                    .ok_or_else(|| super::common::since_invalid(s))?,
+            ),
             None => None,
         };
         let tail = window.tail_for(follow).and_then(|t| t.parse::<i64>().ok());
@@ -763,7 +762,7 @@ impl Provider for KubernetesProvider {
             use tokio_util::compat::FuturesAsyncReadCompatExt;
             let reader = tokio::io::BufReader::new(Box::pin(stream).compat());
             forward_lines(reader, StreamKind::Stdout, &self.ctx.redactor, out).await;
-            Ok::<i32, ErrorBody>(0)
+            Ok::<i32, ProviderError>(0)
         };
         if follow {
             run.await
@@ -771,19 +770,19 @@ impl Provider for KubernetesProvider {
             tokio::time::timeout(self.ctx.deadline, run)
                 .await
                 .unwrap_or_else(|_| {
-                    Err(ErrorBody::new(
-                        ErrorCode::DeadlineExceeded,
-                        format!(
+                    Err(ProviderError::NotInTime {
+                        message: format!(
                             "the logs of pod {} did not arrive within {}s",
                             self.names.pod,
                             self.ctx.deadline.as_secs()
                         ),
-                    ))
+                        reason: None,
+                    })
                 })
         }
     }
 
-    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn down(&self, out: &OutTx) -> Result<(), ProviderError> {
         let n = &self.names;
         let pod = self.delete_and_wait::<Pod>(&n.pod, out).await?;
         self.delete_and_wait::<Secret>(&n.secret, out).await?;
@@ -803,7 +802,7 @@ impl Provider for KubernetesProvider {
         Ok(())
     }
 
-    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn destroy(&self, out: &OutTx) -> Result<(), ProviderError> {
         let n = &self.names;
         self.delete_and_wait::<Pod>(&n.pod, out).await?;
         self.delete_and_wait::<Secret>(&n.secret, out).await?;
@@ -846,6 +845,7 @@ impl Provider for KubernetesProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaplan_cloud_api::ErrorCode;
 
     #[test]
     fn framed_stdin_reads_exactly_its_length_then_sees_eof() {
@@ -906,6 +906,7 @@ mod tests {
         let Err(e) = client(&k).await else {
             panic!("a missing kubeconfig must not give a client")
         };
+        let e = megaplan_cloud_api::ErrorBody::from(e);
         assert_eq!(e.error, ErrorCode::ProviderUnavailable);
         assert_eq!(e.extra["field"], "kubernetes.kubeconfig");
         assert!(
@@ -957,7 +958,7 @@ mod tests {
             "kubectl --context dev -n ns exec -it r1 -c agent -- tmux attach -t agent"
         );
         assert_eq!(
-            p.attach_argv(Some("x")).unwrap_err().error,
+            p.attach_argv(Some("x")).unwrap_err().code(),
             ErrorCode::InvalidArgs
         );
     }

@@ -12,15 +12,14 @@
 //! file is created 0600 and replaced atomically, and `destroy` of the deploy dir removes it.
 
 use super::common::{
-    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, RunnerKill, check_secrets,
-    deploy_failed, env_file_content, note, plain_step, push_streamed_step, run_error,
-    runner_command, session_not_supported, stream_capture,
+    DeployReport, DeployStep, ExecResult, OutTx, Provider, ProviderCtx, ProviderError, RunnerKill,
+    check_secrets, deploy_failed, env_file_content, note, plain_step, push_streamed_step,
+    run_error, runner_command, session_not_supported, stream_capture,
 };
 use super::transport::{self, Transport};
 use crate::process::{self, Cmd, Output};
 use crate::redact::Redactor;
 use crate::runner::group::RunnerCall;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -192,7 +191,7 @@ impl LocalProvider {
     }
 
     /// The compose flavor, probing `docker compose version` the first time.
-    async fn flavor(&self, out: Option<&OutTx>) -> Result<ComposeFlavor, ErrorBody> {
+    async fn flavor(&self, out: Option<&OutTx>) -> Result<ComposeFlavor, ProviderError> {
         if let Some(f) = compose_flavor() {
             return Ok(f);
         }
@@ -211,16 +210,9 @@ impl LocalProvider {
         Ok(ComposeFlavor::Plugin)
     }
 
-    async fn fall_back(&self, out: Option<&OutTx>) -> Result<ComposeFlavor, ErrorBody> {
+    async fn fall_back(&self, out: Option<&OutTx>) -> Result<ComposeFlavor, ProviderError> {
         if process::which("docker-compose").is_none() {
-            return Err(ErrorBody::new(
-                ErrorCode::ProviderUnavailable,
-                format!(
-                    "Missing required CLI 'docker-compose': this docker client has no compose plugin. Install the plugin or docker-compose: {}",
-                    super::common::install_page("docker-compose")
-                ),
-            )
-            .with("binary", "docker-compose"));
+            return Err(ProviderError::ComposeMissing);
         }
         remember(ComposeFlavor::Standalone);
         if let Some(out) = out {
@@ -240,7 +232,7 @@ impl LocalProvider {
         args: &[String],
         stdin: Option<Vec<u8>>,
         deadline: Duration,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, ProviderError> {
         let flavor = self.flavor(None).await?;
         let with_stdin = |c: Cmd| match &stdin {
             Some(b) => c.stdin(b.clone()),
@@ -267,7 +259,7 @@ impl LocalProvider {
         args: &[String],
         deadline: Option<Duration>,
         out: &OutTx,
-    ) -> Result<super::common::Streamed, ErrorBody> {
+    ) -> Result<super::common::Streamed, ProviderError> {
         let flavor = self.flavor(Some(out)).await?;
         let cmd = self.cmd(flavor, args);
         let s = stream_capture(&cmd, deadline, &self.ctx.redactor, out).await?;
@@ -280,7 +272,7 @@ impl LocalProvider {
         RunnerKill::command(self.cmd(flavor, &kill_args(call)))
     }
 
-    fn write_env_file(&self, content: &str) -> Result<PathBuf, ErrorBody> {
+    fn write_env_file(&self, content: &str) -> Result<PathBuf, ProviderError> {
         write_private_file(&self.ctx.deploy_dir.join(".env"), content.as_bytes())
     }
 }
@@ -294,14 +286,12 @@ fn combined(o: &Output) -> String {
 }
 
 /// Write `bytes` to `path` with mode 0600 from creation, replacing any old file atomically.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<PathBuf, ErrorBody> {
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<PathBuf, ProviderError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| {
-        ErrorBody::new(
-            ErrorCode::Internal,
-            format!("cannot write {}: {e}", path.display()),
-        )
+    let fail = |e: std::io::Error| ProviderError::LocalIo {
+        action: format!("cannot write {}", path.display()),
+        why: e.to_string(),
     };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -354,7 +344,11 @@ impl Transport for LocalProvider {
         &self.ctx.redactor
     }
 
-    async fn send(&self, (args, stdin, call): Self::Request, _: bool) -> Result<Output, ErrorBody> {
+    async fn send(
+        &self,
+        (args, stdin, call): Self::Request,
+        _: bool,
+    ) -> Result<Output, ProviderError> {
         let kill = call.map(|c| self.runner_kill(&c));
         let result = self.run(&args, stdin, self.ctx.deadline).await;
         if let Some(kill) = kill {
@@ -378,13 +372,13 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn build(&self, out: &OutTx) -> Result<(), ProviderError> {
         self.stream_step("docker compose build", &build_args(), None, out)
             .await
             .map(|_| ())
     }
 
-    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ProviderError> {
         let spec = &self.ctx.spec;
         check_secrets(spec, &self.ctx.secrets)?;
         let env = env_file_content(spec, &self.ctx.secrets)?;
@@ -433,7 +427,7 @@ impl Provider for LocalProvider {
     async fn resident_command(
         &self,
         script: &str,
-    ) -> Result<Option<super::resident::Launch>, ErrorBody> {
+    ) -> Result<Option<super::resident::Launch>, ProviderError> {
         let flavor = self.flavor(None).await?;
         Ok(Some(super::resident::Launch {
             cmd: self.cmd(flavor, &exec_args(script)),
@@ -441,11 +435,15 @@ impl Provider for LocalProvider {
         }))
     }
 
-    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+    async fn exec(
+        &self,
+        script: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecResult, ProviderError> {
         transport::exec(self, script, stdin).await
     }
 
-    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ProviderError> {
         let flavor = self.flavor(Some(out)).await?;
         let (args, call) = exec_args_within(script, self.ctx.deadline);
         let cmd = self.cmd(flavor, &args);
@@ -459,15 +457,15 @@ impl Provider for LocalProvider {
         result
     }
 
-    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ProviderError> {
         transport::upload(self, remote_path, content).await
     }
 
-    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ProviderError> {
         transport::read(self, remote_path).await
     }
 
-    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ProviderError> {
         if session.is_some() {
             return Err(session_not_supported("local"));
         }
@@ -484,7 +482,7 @@ impl Provider for LocalProvider {
         follow: bool,
         window: &super::common::LogWindow,
         out: &OutTx,
-    ) -> Result<i32, ErrorBody> {
+    ) -> Result<i32, ProviderError> {
         let flavor = self.flavor(Some(out)).await?;
         let tail = window.tail_for(follow);
         let cmd = self.cmd(flavor, &logs_args(follow, tail.as_deref(), window.since()?));
@@ -494,7 +492,7 @@ impl Provider for LocalProvider {
             .map_err(|e| run_error(&cmd, e))
     }
 
-    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn down(&self, out: &OutTx) -> Result<(), ProviderError> {
         self.stream_step(
             "docker compose stop",
             &down_args(),
@@ -505,7 +503,7 @@ impl Provider for LocalProvider {
         .map(|_| ())
     }
 
-    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn destroy(&self, out: &OutTx) -> Result<(), ProviderError> {
         self.stream_step(
             "docker compose down --volumes --remove-orphans",
             &destroy_args(),

@@ -1,7 +1,8 @@
 //! Providers: one trait, one file per transport. Command construction (argv and remote shell
 //! strings) is pure and unit-tested; execution goes through [`crate::process`].
 //!
-//! Error mapping shared by every provider:
+//! Every provider returns [`ProviderError`] (`error.rs`), whose conversion to the wire
+//! `ErrorBody` is the one place choosing codes and fields:
 //! - a missing CLI is `provider_unavailable` naming the binary and its install page;
 //! - a step that exits non-zero is `provider_failed`, quoting the step's redacted stderr (or its
 //!   stdout when stderr is empty: a refused remote command often explains itself there);
@@ -9,6 +10,7 @@
 
 pub mod budget;
 pub mod common;
+pub mod error;
 pub mod kubernetes;
 pub mod kubernetes_manifest;
 pub mod local;
@@ -21,7 +23,6 @@ pub mod transport;
 pub use common::*;
 
 use crate::cloud_yaml::ProviderKind;
-use megaplan_cloud_api::ErrorBody;
 
 /// The provider chosen by cloud.yaml.
 #[derive(Debug)]
@@ -53,40 +54,52 @@ impl Provider for AnyProvider {
     fn stdin_is_private(&self) -> bool {
         delegate!(self, p => p.stdin_is_private())
     }
-    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn build(&self, out: &OutTx) -> Result<(), ProviderError> {
         delegate!(self, p => p.build(out).await)
     }
-    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ProviderError> {
         delegate!(self, p => p.deploy(out).await)
     }
-    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+    async fn exec(
+        &self,
+        script: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecResult, ProviderError> {
         delegate!(self, p => p.exec(script, stdin).await)
     }
-    async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
+    async fn observe(&self, script: &str) -> Result<ExecResult, ProviderError> {
         delegate!(self, p => p.observe(script).await)
     }
-    async fn resident_command(&self, script: &str) -> Result<Option<resident::Launch>, ErrorBody> {
+    async fn resident_command(
+        &self,
+        script: &str,
+    ) -> Result<Option<resident::Launch>, ProviderError> {
         delegate!(self, p => p.resident_command(script).await)
     }
-    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ProviderError> {
         delegate!(self, p => p.exec_streaming(script, out).await)
     }
-    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ProviderError> {
         delegate!(self, p => p.upload(remote_path, content).await)
     }
-    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ProviderError> {
         delegate!(self, p => p.read(remote_path).await)
     }
-    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ProviderError> {
         delegate!(self, p => p.attach_argv(session))
     }
-    async fn logs(&self, follow: bool, window: &LogWindow, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn logs(
+        &self,
+        follow: bool,
+        window: &LogWindow,
+        out: &OutTx,
+    ) -> Result<i32, ProviderError> {
         delegate!(self, p => p.logs(follow, window, out).await)
     }
-    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn down(&self, out: &OutTx) -> Result<(), ProviderError> {
         delegate!(self, p => p.down(out).await)
     }
-    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn destroy(&self, out: &OutTx) -> Result<(), ProviderError> {
         delegate!(self, p => p.destroy(out).await)
     }
 }
@@ -95,7 +108,7 @@ impl Provider for AnyProvider {
 pub fn for_spec(
     ctx: ProviderCtx,
     sessions: &ssh_master::SshSessions,
-) -> Result<AnyProvider, ErrorBody> {
+) -> Result<AnyProvider, ProviderError> {
     match ctx.spec.provider {
         ProviderKind::Ssh => {
             require_cli("ssh")?;
@@ -136,7 +149,7 @@ mod tests {
     use super::*;
     use crate::process::{Cmd, Output, RunError};
     use crate::redact::Redactor;
-    use megaplan_cloud_api::ErrorCode;
+    use megaplan_cloud_api::{ErrorBody, ErrorCode};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::sync::Arc;
@@ -185,7 +198,7 @@ mod tests {
             stdout: b"session busy; token verysecretvalue\n".to_vec(),
             stderr: Vec::new(),
         };
-        let e = step_failed("chain start", &out, &r);
+        let e = ErrorBody::from(step_failed("chain start", &out, &r));
         assert_eq!(e.error, ErrorCode::ProviderFailed);
         assert_eq!(
             e.message,
@@ -200,7 +213,7 @@ mod tests {
         let mut values = BTreeMap::new();
         values.insert("A_KEY".to_string(), "x".to_string());
         values.insert("C_KEY".to_string(), String::new());
-        let e = check_secrets(&s, &values).unwrap_err();
+        let e = ErrorBody::from(check_secrets(&s, &values).unwrap_err());
         assert_eq!(e.error, ErrorCode::MissingSecrets);
         assert!(
             e.message
@@ -225,7 +238,7 @@ mod tests {
         );
         values.insert("A_KEY".to_string(), "two\nlines".to_string());
         assert_eq!(
-            env_file_content(&s, &values).unwrap_err().error,
+            env_file_content(&s, &values).unwrap_err().code(),
             ErrorCode::InvalidArgs
         );
     }
@@ -249,10 +262,13 @@ mod tests {
             "mkdir -p . && base64 -d > rel"
         );
         assert_eq!(
-            upload_script("/").unwrap_err().error,
+            upload_script("/").unwrap_err().code(),
             ErrorCode::InvalidArgs
         );
-        assert_eq!(upload_script("").unwrap_err().error, ErrorCode::InvalidArgs);
+        assert_eq!(
+            upload_script("").unwrap_err().code(),
+            ErrorCode::InvalidArgs
+        );
     }
 
     #[test]
@@ -292,18 +308,18 @@ mod tests {
     #[test]
     fn install_pages_per_binary() {
         assert_eq!(
-            unavailable("railway").message,
+            unavailable("railway").to_string(),
             "Missing required CLI 'railway'. Install: https://docs.railway.app/develop/cli"
         );
         assert_eq!(
-            unavailable("docker").message,
+            unavailable("docker").to_string(),
             "Missing required CLI 'docker'. Install: https://docs.docker.com/get-docker/"
         );
         assert_eq!(
-            unavailable("ssh").message,
+            unavailable("ssh").to_string(),
             "Missing required CLI 'ssh'. Install: https://www.openssh.com/"
         );
-        assert_eq!(unavailable("ssh").error, ErrorCode::ProviderUnavailable);
+        assert_eq!(unavailable("ssh").code(), ErrorCode::ProviderUnavailable);
     }
 
     #[test]
@@ -316,7 +332,7 @@ mod tests {
                     after: Duration::from_secs(7)
                 }
             )
-            .error,
+            .code(),
             ErrorCode::DeadlineExceeded
         );
         assert_eq!(
@@ -326,7 +342,7 @@ mod tests {
                     program: "ssh".into()
                 }
             )
-            .error,
+            .code(),
             ErrorCode::ProviderUnavailable
         );
     }

@@ -47,12 +47,12 @@ use super::common::{
     check_secrets, decode_base64_text, deploy_failed, plain_step, push_streamed_step,
     remote_parent, run_error, step_failed, step_from, stream_capture,
 };
+use super::error::ProviderError;
 use super::ssh_master::{SshMaster, SshSessions, SshTarget};
 use super::transport::{self, Transport};
 use crate::process::{self, Cmd, Output};
 use crate::redact::Redactor;
 use crate::shell::quote;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -279,7 +279,7 @@ fn bash_command(runner: &str, script: &str, stdin: Option<&[u8]>) -> String {
 
 /// The command strings of an upload: one when the content fits a chunk (the original's form),
 /// else appends to `<dest>.part` and a final rename.
-pub fn upload_commands(remote_path: &str, content: &[u8]) -> Result<Vec<String>, ErrorBody> {
+pub fn upload_commands(remote_path: &str, content: &[u8]) -> Result<Vec<String>, ProviderError> {
     let parent = quote(&remote_parent(remote_path)?);
     let dest = quote(remote_path);
     if content.len() <= UPLOAD_CHUNK {
@@ -411,14 +411,10 @@ pub fn service_listed(json: &Value, service: &str) -> bool {
     }
 }
 
-fn service_missing(service: &str) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::RailwayServiceMissing,
-        format!(
-            "Railway service '{service}' was not found after project link. Run this command from the deploy directory, then rerun deploy: railway add --service {service}"
-        ),
-    )
-    .with("service", service)
+fn service_missing(service: &str) -> ProviderError {
+    ProviderError::RailwayServiceMissing {
+        service: service.to_string(),
+    }
 }
 
 /// A run of the CLI (or of the pty wrapper around it). The CLI reports errors through `anyhow`,
@@ -497,8 +493,7 @@ impl RailwayProvider {
             Err(e) => {
                 tracing::warn!(
                     target = %target.describe(),
-                    "railway relay session did not start, using `railway ssh`: {}",
-                    e.message
+                    "railway relay session did not start, using `railway ssh`: {e}"
                 );
                 self.remember(&key, None);
                 None
@@ -533,7 +528,7 @@ impl RailwayProvider {
                 None
             }
             Err(e) => {
-                tracing::warn!("`{}`: {}, using `railway ssh`", cmd.display(), e.message);
+                tracing::warn!("`{}`: {e}, using `railway ssh`", cmd.display());
                 None
             }
         }
@@ -559,33 +554,29 @@ impl RailwayProvider {
 
     /// A missing railway CLI names the Railway install page even when `program` is a path or
     /// another name.
-    fn cli_error(&self, e: ErrorBody) -> ErrorBody {
-        let is_ours = e.error == ErrorCode::ProviderUnavailable
-            && e.extra.get("binary").and_then(Value::as_str) == Some(self.program.as_str());
-        if !is_ours {
-            return e;
+    fn cli_error(&self, e: ProviderError) -> ProviderError {
+        match e {
+            ProviderError::CliMissing { program, .. } if program == self.program => {
+                ProviderError::CliMissing {
+                    program,
+                    install_page: RAILWAY_CLI_PAGE,
+                }
+            }
+            e => e,
         }
-        ErrorBody::new(
-            ErrorCode::ProviderUnavailable,
-            format!(
-                "Missing required CLI '{}'. Install: {RAILWAY_CLI_PAGE}",
-                self.program
-            ),
-        )
-        .with("binary", self.program.clone())
     }
 
     fn cmd(&self, args: Vec<String>, cwd: PathBuf) -> Cmd {
         cli_cmd(&self.program, args, cwd)
     }
 
-    async fn run(&self, cmd: &Cmd, deadline: Duration) -> Result<Output, ErrorBody> {
+    async fn run(&self, cmd: &Cmd, deadline: Duration) -> Result<Output, ProviderError> {
         process::run(cmd, deadline)
             .await
             .map_err(|e| self.cli_error(run_error(cmd, e)))
     }
 
-    async fn ssh(&self, command: &str) -> Result<Output, ErrorBody> {
+    async fn ssh(&self, command: &str) -> Result<Output, ProviderError> {
         if let (Some(m), Some(sessions)) = (self.relay().await, &self.sessions) {
             return sessions
                 .run(m.target(), command, None, self.ctx.deadline, false)
@@ -607,7 +598,7 @@ impl RailwayProvider {
         name: &str,
         detail: &str,
         steps: &mut Vec<DeployStep>,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, ProviderError> {
         let o = self
             .run(cmd, self.ctx.deadline)
             .await
@@ -630,7 +621,7 @@ impl RailwayProvider {
         cmd: &Cmd,
         deadline: Option<Duration>,
         out: &OutTx,
-    ) -> Result<(), ErrorBody> {
+    ) -> Result<(), ProviderError> {
         let s = stream_capture(cmd, deadline, &self.ctx.redactor, out)
             .await
             .map_err(|e| self.cli_error(e))?;
@@ -647,7 +638,7 @@ impl Transport for RailwayProvider {
         &self.ctx.redactor
     }
 
-    async fn send(&self, command: String, _: bool) -> Result<Output, ErrorBody> {
+    async fn send(&self, command: String, _: bool) -> Result<Output, ProviderError> {
         self.ssh(&command).await
     }
 
@@ -655,7 +646,11 @@ impl Transport for RailwayProvider {
         exec_command_within(script, stdin.as_deref(), self.ctx.deadline)
     }
 
-    fn upload_requests(&self, remote_path: &str, content: &[u8]) -> Result<Vec<String>, ErrorBody> {
+    fn upload_requests(
+        &self,
+        remote_path: &str,
+        content: &[u8],
+    ) -> Result<Vec<String>, ProviderError> {
         upload_commands(remote_path, content)
     }
 
@@ -664,14 +659,11 @@ impl Transport for RailwayProvider {
     }
 
     /// The remote channel is text for the CLI, so the file travels as base64.
-    fn decode_read(&self, remote_path: &str, stdout: Vec<u8>) -> Result<Vec<u8>, ErrorBody> {
+    fn decode_read(&self, remote_path: &str, stdout: Vec<u8>) -> Result<Vec<u8>, ProviderError> {
         decode_base64_text(&stdout).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "reading {remote_path}: railway ssh returned text that is not base64 ({e}); check that the runner has base64 (coreutils)"
-                ),
-            )
+            ProviderError::failed(format!(
+                "reading {remote_path}: railway ssh returned text that is not base64 ({e}); check that the runner has base64 (coreutils)"
+            ))
         })
     }
 }
@@ -687,14 +679,14 @@ impl Provider for RailwayProvider {
         false
     }
 
-    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn build(&self, out: &OutTx) -> Result<(), ProviderError> {
         super::common::require_cli("docker")?;
         let argv = build_argv(self.service(), &self.ctx.deploy_dir);
         let cmd = Cmd::new("docker").args(argv.into_iter().skip(1));
         self.stream_step("docker build", &cmd, None, out).await
     }
 
-    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ProviderError> {
         let spec = &self.ctx.spec;
         check_secrets(spec, &self.ctx.secrets)?;
         let service = self.service().to_string();
@@ -786,8 +778,11 @@ impl Provider for RailwayProvider {
         .map_err(|mut e| {
             // The verdict line ("Deploy failed: ...", "Deploy crashed") is on stdout even when
             // stderr has other output.
-            if let Some(line) = verdict_line(&s.stdout_tail) {
-                e.message = format!("{} ({line})", e.message);
+            if let Some(line) = verdict_line(&s.stdout_tail)
+                && let ProviderError::DeployFailed { error, .. } = &mut e
+                && let ProviderError::CommandFailed { explanation, .. } = error.as_mut()
+            {
+                explanation.push_str(&format!(" ({line})"));
             }
             e
         })?;
@@ -796,12 +791,9 @@ impl Provider for RailwayProvider {
                 last.status = "failed".to_string();
             }
             return Err(deploy_failed(
-                ErrorBody::new(
-                    ErrorCode::ProviderFailed,
-                    format!(
-                        "railway up --ci exited 0 without a deployment status (no 'Deploy complete', no skipped build): check the deployment with `railway deployment list --service {service}`"
-                    ),
-                ),
+                ProviderError::failed(format!(
+                    "railway up --ci exited 0 without a deployment status (no 'Deploy complete', no skipped build): check the deployment with `railway deployment list --service {service}`"
+                )),
                 "railway",
                 &steps,
             ));
@@ -822,11 +814,15 @@ impl Provider for RailwayProvider {
         })
     }
 
-    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+    async fn exec(
+        &self,
+        script: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecResult, ProviderError> {
         transport::exec(self, script, stdin).await
     }
 
-    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ProviderError> {
         let remote = exec_command_within(script, None, self.ctx.deadline);
         let cmd = match self.relay().await {
             Some(m) => m.command(&remote),
@@ -840,15 +836,15 @@ impl Provider for RailwayProvider {
             .map_err(|e| self.cli_error(run_error(&cmd, e)))
     }
 
-    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ProviderError> {
         transport::upload(self, remote_path, content).await
     }
 
-    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ProviderError> {
         transport::read(self, remote_path).await
     }
 
-    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ProviderError> {
         let session = session.unwrap_or(&self.ctx.spec.railway.session);
         let mut v = vec![self.program.clone()];
         v.extend(attach_args(self.service(), self.env(), session));
@@ -860,11 +856,10 @@ impl Provider for RailwayProvider {
         follow: bool,
         window: &super::common::LogWindow,
         out: &OutTx,
-    ) -> Result<i32, ErrorBody> {
+    ) -> Result<i32, ProviderError> {
         let since = window.since()?;
         if follow && (window.tail.is_some() || since.is_some()) {
-            return Err(ErrorBody::new(
-                ErrorCode::InvalidArgs,
+            return Err(ProviderError::invalid_args(
                 "railway logs cannot follow and take --tail/--since together (the Railway CLI streams only without them): drop -f, or drop --tail/--since",
             ));
         }
@@ -888,13 +883,13 @@ impl Provider for RailwayProvider {
             .map_err(|e| run_error(&cmd, e))
     }
 
-    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn down(&self, out: &OutTx) -> Result<(), ProviderError> {
         let cmd = self.cmd(down_args(self.service(), self.env()), self.project_dir());
         self.stream_step("railway down", &cmd, Some(self.ctx.deadline), out)
             .await
     }
 
-    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn destroy(&self, out: &OutTx) -> Result<(), ProviderError> {
         self.down(out).await?;
         if let Some(volume) = &self.ctx.spec.resources.volume {
             let cmd = self.cmd(volume_delete_args(volume, self.env()), self.project_dir());
@@ -909,6 +904,7 @@ impl Provider for RailwayProvider {
 mod tests {
     use super::*;
     use crate::shell::join;
+    use megaplan_cloud_api::ErrorCode;
     use proptest::prelude::*;
 
     #[test]
@@ -1162,7 +1158,7 @@ mod tests {
             serde_json::json!({"services": {"edges": [{"node": {"serviceName": "agent"}}]}});
         assert!(service_listed(&nested, "agent"));
         assert!(!service_listed(&serde_json::json!({"name": 1}), "agent"));
-        let e = service_missing("agent");
+        let e = megaplan_cloud_api::ErrorBody::from(service_missing("agent"));
         assert_eq!(e.error, ErrorCode::RailwayServiceMissing);
         assert_eq!(
             e.message,

@@ -818,7 +818,7 @@ impl Residents {
                         b.sessions() - b.observer_cap()
                     )));
                 }
-                Err(e) => return Err(ResidentError::Unavailable(e.message)),
+                Err(e) => return Err(ResidentError::Unavailable(e.to_string())),
             },
         };
         *starts += 1;

@@ -12,6 +12,7 @@ use super::common::{
     deploy_failed, env_file_content, note, run_error, runner_command, send_kill,
     session_not_supported, step_failed, step_from,
 };
+use super::error::ProviderError;
 use super::resident::Launch;
 use super::ssh_master::{SSH_FAILURE, SessionFailure, SshMaster, SshSessions, SshTarget};
 use super::transport::{self, Transport};
@@ -20,7 +21,6 @@ use crate::process::{self, Cmd, Output, StreamKind};
 use crate::redact::Redactor;
 use crate::runner::group::RunnerCall;
 use crate::shell::{join, quote};
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,17 +227,16 @@ pub fn unsafe_to_remove(dir: &str) -> bool {
 }
 
 /// Remove the container, the volume when one is configured, and `remote_dir`.
-pub fn remote_destroy(spec: &CloudSpec, ssh: &Ssh) -> Result<String, ErrorBody> {
+pub fn remote_destroy(spec: &CloudSpec, ssh: &Ssh) -> Result<String, ProviderError> {
     if unsafe_to_remove(&ssh.remote_dir) {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidSpec,
-            format!(
+        return Err(ProviderError::InvalidConfig {
+            field: "ssh.remote_dir",
+            message: format!(
                 "{}: ssh.remote_dir {:?} is not a folder destroy can safely remove; set it to a dedicated absolute folder such as /tmp/megaplan-cloud",
                 spec.path.display(),
                 ssh.remote_dir
             ),
-        )
-        .with("field", "ssh.remote_dir"));
+        });
     }
     let mut script = remote_remove_container(&ssh.container);
     if let Some(v) = &spec.resources.volume {
@@ -308,17 +307,18 @@ fn cmd_of(argv: &[String]) -> Cmd {
 // Execution.
 
 impl SshProvider {
-    pub fn new(ctx: ProviderCtx, sessions: SshSessions) -> Result<Self, ErrorBody> {
-        let ssh = ctx.spec.ssh.clone().ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::InvalidSpec,
-                format!(
+    pub fn new(ctx: ProviderCtx, sessions: SshSessions) -> Result<Self, ProviderError> {
+        let ssh = ctx
+            .spec
+            .ssh
+            .clone()
+            .ok_or_else(|| ProviderError::InvalidConfig {
+                field: "ssh.host",
+                message: format!(
                     "{}: provider: ssh needs an ssh: section with host (add ssh:\\n  host: <docker host>)",
                     ctx.spec.path.display()
                 ),
-            )
-            .with("field", "ssh.host")
-        })?;
+            })?;
         let target = SshTarget::from_spec(&ssh);
         Ok(SshProvider {
             ctx,
@@ -367,7 +367,7 @@ impl SshProvider {
         &self,
         (remote, stdin, call): (String, Option<Vec<u8>>, RunnerCall),
         idempotent: bool,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, ProviderError> {
         let kill = self.runner_kill(&call);
         let result = self.run(&remote, stdin, idempotent).await;
         kill.settle(&result).await;
@@ -380,14 +380,14 @@ impl SshProvider {
         remote: &str,
         stdin: Option<Vec<u8>>,
         idempotent: bool,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, ProviderError> {
         self.sessions
             .run(&self.target, remote, stdin, self.ctx.deadline, idempotent)
             .await
     }
 
     /// Run a mutating step captured, relay its redacted output, and fail on a non-zero exit.
-    async fn step(&self, what: &str, remote: &str, out: &OutTx) -> Result<Output, ErrorBody> {
+    async fn step(&self, what: &str, remote: &str, out: &OutTx) -> Result<Output, ProviderError> {
         let o = self.run(remote, None, false).await?;
         relay(&o, &self.ctx.redactor, out).await;
         if o.code != 0 {
@@ -406,7 +406,7 @@ impl SshProvider {
         remote: &str,
         deadline: Option<Duration>,
         out: &OutTx,
-    ) -> Result<i32, ErrorBody> {
+    ) -> Result<i32, ProviderError> {
         let master = self.sessions.master(&self.target).await?;
         let cmd = master.command(remote);
         let _lease = master.session(deadline.unwrap_or(SESSION_WAIT)).await?;
@@ -419,38 +419,33 @@ impl SshProvider {
         {
             return Err(match failure {
                 SessionFailure::Refused(e) => e,
-                SessionFailure::NoMaster => ErrorBody::new(
-                    ErrorCode::ProviderFailed,
-                    format!(
-                        "the held ssh connection to {} ended before `{remote}` started; it did not run: retry",
-                        self.host()
-                    ),
-                ),
+                SessionFailure::NoMaster => ProviderError::SshEndedBeforeStart {
+                    host: self.host(),
+                    remote: remote.to_string(),
+                },
             });
         }
         if code == SSH_FAILURE && !master.is_alive().await {
-            return Err(ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "the ssh connection to {} was lost while `{remote}` ran; check the host, then retry",
-                    self.host()
-                ),
-            ));
+            return Err(ProviderError::SshLostWhileRunning {
+                host: self.host(),
+                remote: remote.to_string(),
+            });
         }
         Ok(code)
     }
 
     /// A failed step in `remote_dir`; a foreign or symlinked folder names the field to fix.
-    fn dir_failure(&self, what: &str, o: &Output) -> ErrorBody {
-        let e = step_failed(&format!("{what} on {}", self.host()), o, &self.ctx.redactor);
-        if o.code == FOREIGN_DIR_EXIT {
-            e.with("field", "ssh.remote_dir")
-        } else {
-            e
+    fn dir_failure(&self, what: &str, o: &Output) -> ProviderError {
+        let mut e = step_failed(&format!("{what} on {}", self.host()), o, &self.ctx.redactor);
+        if o.code == FOREIGN_DIR_EXIT
+            && let ProviderError::CommandFailed { field, .. } = &mut e
+        {
+            *field = Some("ssh.remote_dir");
         }
+        e
     }
 
-    async fn sync(&self, master: &Arc<SshMaster>, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn sync(&self, master: &Arc<SshMaster>, out: &OutTx) -> Result<(), ProviderError> {
         let remote_dir = &self.ssh.remote_dir;
         let o = self
             .run(&remote_prepare_dir(remote_dir, &[]), None, false)
@@ -490,13 +485,12 @@ impl SshProvider {
         }
         let entries = deploy_dir_entries(&self.ctx.deploy_dir)?;
         if entries.is_empty() {
-            return Err(ErrorBody::new(
-                ErrorCode::Internal,
-                format!(
+            return Err(ProviderError::DaemonSetup {
+                message: format!(
                     "the deploy dir {} is empty; render it before build",
                     self.ctx.deploy_dir.display()
                 ),
-            ));
+            });
         }
         let cmd = cmd_of(&scp_args(master, &entries, remote_dir));
         let o = process::run(&cmd, deadline)
@@ -558,12 +552,10 @@ async fn streaming_with_stderr_tail(
 }
 
 /// Top-level entries of the deploy dir, for `scp -r`.
-fn deploy_dir_entries(dir: &Path) -> Result<Vec<String>, ErrorBody> {
-    let rd = std::fs::read_dir(dir).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::Internal,
-            format!("cannot list the deploy dir {}: {e}", dir.display()),
-        )
+fn deploy_dir_entries(dir: &Path) -> Result<Vec<String>, ProviderError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ProviderError::LocalIo {
+        action: format!("cannot list the deploy dir {}", dir.display()),
+        why: e.to_string(),
     })?;
     let mut v: Vec<String> = rd
         .filter_map(Result::ok)
@@ -599,7 +591,7 @@ impl Transport for SshProvider {
         &self.ctx.redactor
     }
 
-    async fn send(&self, req: Self::Request, retry_safe: bool) -> Result<Output, ErrorBody> {
+    async fn send(&self, req: Self::Request, retry_safe: bool) -> Result<Output, ProviderError> {
         self.run_in_runner(req, retry_safe).await
     }
 
@@ -620,7 +612,7 @@ impl Provider for SshProvider {
         "ssh"
     }
 
-    async fn build(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn build(&self, out: &OutTx) -> Result<(), ProviderError> {
         let master = self.sessions.master(&self.target).await?;
         self.sync(&master, out).await?;
         let code = self
@@ -631,26 +623,22 @@ impl Provider for SshProvider {
             )
             .await?;
         if code != 0 {
-            return Err(ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "docker build on {} failed (exit {code}); its output is above",
-                    self.host()
-                ),
-            )
-            .with("exit_code", code));
+            return Err(ProviderError::StreamedCommandFailed {
+                what: format!("docker build on {}", self.host()),
+                code,
+            });
         }
         Ok(())
     }
 
-    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ErrorBody> {
+    async fn deploy(&self, out: &OutTx) -> Result<DeployReport, ProviderError> {
         let spec = &self.ctx.spec;
         check_secrets(spec, &self.ctx.secrets)?;
         let env = env_file_content(spec, &self.ctx.secrets)?;
         let r = &self.ctx.redactor;
         let c = &self.ssh.container;
         let mut steps: Vec<DeployStep> = Vec::new();
-        let fail = |e: ErrorBody, steps: &[DeployStep]| deploy_failed(e, "ssh", steps);
+        let fail = |e: ProviderError, steps: &[DeployStep]| deploy_failed(e, "ssh", steps);
 
         let ws_dir = host_workspace_dir(&self.ssh);
         let mut dirs = vec![self.ssh.remote_dir.as_str()];
@@ -731,9 +719,10 @@ impl Provider for SshProvider {
         ));
         if o.code != 0 {
             let mut e = step_failed("docker run", &o, r);
-            if String::from_utf8_lossy(&o.stderr).contains("Unable to find image") {
-                e.message
-                    .push_str("; build the image first: megaplan-cloudctl build");
+            if String::from_utf8_lossy(&o.stderr).contains("Unable to find image")
+                && let ProviderError::CommandFailed { explanation, .. } = &mut e
+            {
+                explanation.push_str("; build the image first: megaplan-cloudctl build");
             }
             return Err(fail(e, &steps));
         }
@@ -757,15 +746,19 @@ impl Provider for SshProvider {
         })
     }
 
-    async fn exec(&self, script: &str, stdin: Option<Vec<u8>>) -> Result<ExecResult, ErrorBody> {
+    async fn exec(
+        &self,
+        script: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecResult, ProviderError> {
         transport::exec(self, script, stdin).await
     }
 
-    async fn observe(&self, script: &str) -> Result<ExecResult, ErrorBody> {
+    async fn observe(&self, script: &str) -> Result<ExecResult, ProviderError> {
         transport::observe(self, script).await
     }
 
-    async fn resident_command(&self, script: &str) -> Result<Option<Launch>, ErrorBody> {
+    async fn resident_command(&self, script: &str) -> Result<Option<Launch>, ProviderError> {
         let master = self.sessions.master(&self.target).await?;
         Ok(Some(Launch {
             cmd: master.command(&remote_exec(&self.ssh.container, script)),
@@ -773,7 +766,7 @@ impl Provider for SshProvider {
         }))
     }
 
-    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ErrorBody> {
+    async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ProviderError> {
         let (remote, call) = self.in_runner(script);
         // The client going away (or the deadline) kills our ssh client, which the command in
         // the container never learns of: kill its group there too.
@@ -783,15 +776,15 @@ impl Provider for SshProvider {
         result
     }
 
-    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ErrorBody> {
+    async fn upload(&self, remote_path: &str, content: &[u8]) -> Result<(), ProviderError> {
         transport::upload(self, remote_path, content).await
     }
 
-    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+    async fn read(&self, remote_path: &str) -> Result<Vec<u8>, ProviderError> {
         transport::read(self, remote_path).await
     }
 
-    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ErrorBody> {
+    fn attach_argv(&self, session: Option<&str>) -> Result<Vec<String>, ProviderError> {
         if session.is_some() {
             return Err(session_not_supported("ssh"));
         }
@@ -806,7 +799,7 @@ impl Provider for SshProvider {
         follow: bool,
         window: &super::common::LogWindow,
         out: &OutTx,
-    ) -> Result<i32, ErrorBody> {
+    ) -> Result<i32, ProviderError> {
         let deadline = (!follow).then_some(self.ctx.deadline);
         let tail = window.tail_for(follow);
         let script = remote_logs(
@@ -818,7 +811,7 @@ impl Provider for SshProvider {
         self.stream(&script, deadline, out).await
     }
 
-    async fn down(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn down(&self, out: &OutTx) -> Result<(), ProviderError> {
         self.step(
             &format!("docker stop {}", self.ssh.container),
             &remote_stop(&self.ssh.container),
@@ -828,7 +821,7 @@ impl Provider for SshProvider {
         .map(|_| ())
     }
 
-    async fn destroy(&self, out: &OutTx) -> Result<(), ErrorBody> {
+    async fn destroy(&self, out: &OutTx) -> Result<(), ProviderError> {
         let script = remote_destroy(&self.ctx.spec, &self.ssh)?;
         self.step("destroy", &script, out).await.map(|_| ())
     }
@@ -838,6 +831,7 @@ impl Provider for SshProvider {
 mod tests {
     use super::*;
     use crate::provider::test_support::spec;
+    use megaplan_cloud_api::ErrorCode;
     use proptest::prelude::*;
     use std::path::PathBuf;
 
@@ -1139,7 +1133,7 @@ mod tests {
         let (s, mut ssh) = ssh_spec("");
         ssh.remote_dir = "/".into();
         assert_eq!(
-            remote_destroy(&s, &ssh).unwrap_err().error,
+            remote_destroy(&s, &ssh).unwrap_err().code(),
             ErrorCode::InvalidSpec
         );
     }

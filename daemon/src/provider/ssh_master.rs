@@ -18,9 +18,9 @@
 //! into "refuse unknown hosts"); the operator's ssh config (`-F`) and agent are used as is.
 
 use super::budget::{DEFAULT_MAX_SESSIONS, SessionBudget, SessionLease};
+use super::error::ProviderError;
 use crate::cloud_yaml::Ssh;
 use crate::process::{self, Cmd, Output};
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -232,7 +232,7 @@ impl SshMaster {
 
     /// Wait in line for a session of this connection (held until the lease is dropped): at
     /// most `wait` and [`super::budget::SESSION_WAIT`], then a clear error.
-    pub async fn session(&self, wait: Duration) -> Result<SessionLease, ErrorBody> {
+    pub async fn session(&self, wait: Duration) -> Result<SessionLease, ProviderError> {
         self.budget.session(wait).await
     }
 
@@ -280,25 +280,20 @@ fn common_options(t: &SshTarget, ssh_config: Option<&Path>) -> Vec<String> {
 #[derive(Debug)]
 pub enum SessionFailure {
     /// The server refused the session (its `MaxSessions` is lower than the budget assumes).
-    Refused(ErrorBody),
+    Refused(ProviderError),
     /// The master was not there to ask.
     NoMaster,
 }
 
-fn session_refused(t: &SshTarget, budget: &SessionBudget, stderr: &str) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!(
-            "the ssh server {} refused another session on the daemon's held connection ({}); the command did not run and no second connection was opened. The daemon used {} of the {} sessions it allows itself (ssh.max_sessions: {}); set ssh.max_sessions to the server's MaxSessions (sshd -T | grep maxsessions on the host), or end other clients of the connection (attach)",
-            t.describe(),
-            super::common::tail(stderr.trim(), 3),
-            budget.in_use(),
-            budget.sessions(),
-            budget.max_sessions(),
-        ),
-    )
-    .with("host", t.host.clone())
-    .with("field", "ssh.max_sessions")
+fn session_refused(t: &SshTarget, budget: &SessionBudget, stderr: &str) -> ProviderError {
+    ProviderError::SshSessionRefused {
+        target: t.describe(),
+        host: t.host.clone(),
+        said: super::common::tail(stderr.trim(), 3),
+        in_use: budget.in_use(),
+        sessions: budget.sessions(),
+        max_sessions: budget.max_sessions(),
+    }
 }
 
 async fn socket_alive(path: &Path) -> bool {
@@ -357,7 +352,7 @@ impl SshSessions {
     /// A master handle for `t` without checking or starting it: for argv that must be built
     /// synchronously (attach). Its interactive clients fall back to a direct connection if no
     /// master runs; its batch clients fail instead ([`NO_SECOND_CONNECTION`]).
-    pub fn handle(&self, t: &SshTarget) -> Result<SshMaster, ErrorBody> {
+    pub fn handle(&self, t: &SshTarget) -> Result<SshMaster, ProviderError> {
         let control_path = self.control_path(t);
         check_control_path(&control_path)?;
         Ok(SshMaster {
@@ -400,7 +395,7 @@ impl SshSessions {
 
     /// The live master for `t`: reused when its socket answers, else (re)started. Starts are
     /// serialized per target, so concurrent callers share one connection.
-    pub async fn master(&self, t: &SshTarget) -> Result<Arc<SshMaster>, ErrorBody> {
+    pub async fn master(&self, t: &SshTarget) -> Result<Arc<SshMaster>, ProviderError> {
         let slot = self.slot(t);
         let mut held = slot.lock().await;
         if let Some(m) = held.as_ref()
@@ -435,13 +430,11 @@ impl SshSessions {
         }
     }
 
-    async fn start(&self, m: &SshMaster) -> Result<(), ErrorBody> {
+    async fn start(&self, m: &SshMaster) -> Result<(), ProviderError> {
         let log_path = m.control_path.with_extension("log");
-        let log = std::fs::File::create(&log_path).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::Internal,
-                format!("cannot create {}: {e}", log_path.display()),
-            )
+        let log = std::fs::File::create(&log_path).map_err(|e| ProviderError::LocalIo {
+            action: format!("cannot create {}", log_path.display()),
+            why: e.to_string(),
         })?;
         let cmd = master_command(m);
         let code = process::run_detached(&cmd, MASTER_START_DEADLINE, log)
@@ -511,7 +504,7 @@ impl SshSessions {
         stdin: Option<Vec<u8>>,
         deadline: Duration,
         idempotent: bool,
-    ) -> Result<Output, ErrorBody> {
+    ) -> Result<Output, ProviderError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -548,7 +541,7 @@ impl SshSessions {
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), ErrorBody> {
+fn ensure_dir(dir: &Path) -> Result<(), ProviderError> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
@@ -557,39 +550,32 @@ fn ensure_dir(dir: &Path) -> Result<(), ErrorBody> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::Internal,
-                format!(
-                    "cannot create the ssh control folder {}: {e}",
-                    dir.display()
-                ),
-            )
+        .map_err(|e| ProviderError::LocalIo {
+            action: format!("cannot create the ssh control folder {}", dir.display()),
+            why: e.to_string(),
         })
 }
 
 /// Refuse control paths ssh cannot bind or would misread (`%` is a token, spaces split options).
-pub fn check_control_path(p: &Path) -> Result<(), ErrorBody> {
+pub fn check_control_path(p: &Path) -> Result<(), ProviderError> {
     let s = p.to_string_lossy();
     if s.len() > MAX_CONTROL_PATH {
-        return Err(ErrorBody::new(
-            ErrorCode::Internal,
-            format!(
+        return Err(ProviderError::DaemonSetup {
+            message: format!(
                 "the ssh control socket path {s} is {} bytes; Unix sockets allow {} here (ssh adds 17 while creating one). Start the daemon with a shorter socket folder (--socket or $MEGAPLAN_CLOUDD_SOCKET; the ssh control folder sits beside the socket)",
                 s.len(),
                 MAX_CONTROL_PATH
             ),
-        ));
+        });
     }
     if s.chars()
         .any(|c| c.is_whitespace() || matches!(c, '%' | '"' | '\''))
     {
-        return Err(ErrorBody::new(
-            ErrorCode::Internal,
-            format!(
+        return Err(ProviderError::DaemonSetup {
+            message: format!(
                 "the ssh control socket path {s:?} contains a space, quote or %, which ssh options cannot carry; start the daemon with a socket folder without them (--socket or $MEGAPLAN_CLOUDD_SOCKET)"
             ),
-        ));
+        });
     }
     Ok(())
 }
@@ -622,40 +608,35 @@ fn exit_command(m: &SshMaster) -> Cmd {
         .arg(m.target.destination())
 }
 
-fn connect_failed(t: &SshTarget, code: i32, why: &str) -> ErrorBody {
+fn connect_failed(t: &SshTarget, code: i32, why: &str) -> ProviderError {
     let why = if why.trim().is_empty() {
         "(ssh printed nothing)".to_string()
     } else {
         why.to_string()
     };
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!(
-            "cannot open an ssh connection to {} (exit {code}): {why}. Check that `ssh -p {} {} true` works without any prompt: the daemon needs a key file or agent (BatchMode) and the host in known_hosts",
-            t.describe(),
-            t.port,
-            t.destination()
-        ),
-    )
-    .with("host", t.host.clone())
+    ProviderError::SshConnectFailed {
+        target: t.describe(),
+        host: t.host.clone(),
+        port: t.port,
+        destination: t.destination(),
+        code,
+        why,
+    }
 }
 
-fn connection_lost(t: &SshTarget, out: &Output) -> ErrorBody {
+fn connection_lost(t: &SshTarget, out: &Output) -> ProviderError {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!(
-            "the ssh connection to {} was lost while a command ran ({}); it may or may not have completed on the runner, so it was not retried: check the runner, then run it again",
-            t.describe(),
-            super::common::tail(stderr.trim(), 5)
-        ),
-    )
-    .with("host", t.host.clone())
+    ProviderError::SshConnectionLost {
+        target: t.describe(),
+        host: t.host.clone(),
+        said: super::common::tail(stderr.trim(), 5),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaplan_cloud_api::{ErrorBody, ErrorCode};
 
     fn target() -> SshTarget {
         SshTarget {
@@ -850,6 +831,7 @@ mod tests {
         let refused = "mux_client_request_session: session request failed: Session open refused by peer\nmegaplan-cloudd: no second ssh connection\nkex_exchange_identification: Connection closed by remote host\n";
         match m.session_failure(refused) {
             Some(SessionFailure::Refused(e)) => {
+                let e = ErrorBody::from(e);
                 assert_eq!(e.error, ErrorCode::ProviderFailed);
                 assert_eq!(e.extra["field"], "ssh.max_sessions");
                 assert!(
@@ -884,7 +866,7 @@ mod tests {
     #[test]
     fn long_or_odd_control_dirs_are_refused_with_a_fix() {
         let long = SshSessions::new(PathBuf::from(format!("/{}", "d".repeat(80))), None);
-        let e = long.handle(&target()).unwrap_err();
+        let e = ErrorBody::from(long.handle(&target()).unwrap_err());
         assert!(e.message.contains("bytes"), "{}", e.message);
         assert!(e.message.contains("--socket"), "{}", e.message);
         let odd = SshSessions::new(PathBuf::from("/tmp/with space"), None);
@@ -921,7 +903,7 @@ mod tests {
             identity_file: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
         };
-        let e = s.master(&t).await.unwrap_err();
+        let e = ErrorBody::from(s.master(&t).await.unwrap_err());
         assert_eq!(e.error, ErrorCode::ProviderFailed);
         assert!(e.message.contains("127.0.0.1 port 1"), "{}", e.message);
         assert!(

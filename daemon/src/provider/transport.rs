@@ -4,9 +4,9 @@
 //! `railway ssh`); checking the exit, redacting and naming the failure are written here.
 
 use super::common::{ExecResult, base64_lines, exec_result, step_failed, upload_script};
+use super::error::ProviderError;
 use crate::process::Output;
 use crate::redact::Redactor;
-use megaplan_cloud_api::ErrorBody;
 
 /// One way of sending commands into a runner.
 #[allow(async_fn_in_trait)]
@@ -19,7 +19,7 @@ pub trait Transport {
 
     /// Send one command and capture its raw output. `retry_safe`: the command has no side
     /// effects, so a transport that lost its connection may reconnect and send it again.
-    async fn send(&self, req: Self::Request, retry_safe: bool) -> Result<Output, ErrorBody>;
+    async fn send(&self, req: Self::Request, retry_safe: bool) -> Result<Output, ProviderError>;
 
     /// `bash -lc <script>` in the runner, bounded there by the command deadline, with `stdin`.
     fn exec_request(&self, script: &str, stdin: Option<Vec<u8>>) -> Self::Request;
@@ -30,7 +30,7 @@ pub trait Transport {
         &self,
         remote_path: &str,
         content: &[u8],
-    ) -> Result<Vec<Self::Request>, ErrorBody> {
+    ) -> Result<Vec<Self::Request>, ProviderError> {
         let script = upload_script(remote_path)?;
         Ok(vec![self.exec_request(
             &script,
@@ -43,7 +43,7 @@ pub trait Transport {
 
     /// The file's bytes from a successful read's stdout (unchanged unless the transport had
     /// to encode them).
-    fn decode_read(&self, _remote_path: &str, stdout: Vec<u8>) -> Result<Vec<u8>, ErrorBody> {
+    fn decode_read(&self, _remote_path: &str, stdout: Vec<u8>) -> Result<Vec<u8>, ProviderError> {
         Ok(stdout)
     }
 }
@@ -53,13 +53,13 @@ pub async fn exec<T: Transport>(
     t: &T,
     script: &str,
     stdin: Option<Vec<u8>>,
-) -> Result<ExecResult, ErrorBody> {
+) -> Result<ExecResult, ProviderError> {
     let o = t.send(t.exec_request(script, stdin), false).await?;
     Ok(exec_result(&o, t.redactor()))
 }
 
 /// [`crate::provider::Provider::observe`] over `t`: [`exec`] of a script without side effects.
-pub async fn observe<T: Transport>(t: &T, script: &str) -> Result<ExecResult, ErrorBody> {
+pub async fn observe<T: Transport>(t: &T, script: &str) -> Result<ExecResult, ProviderError> {
     let o = t.send(t.exec_request(script, None), true).await?;
     Ok(exec_result(&o, t.redactor()))
 }
@@ -69,7 +69,7 @@ pub async fn upload<T: Transport>(
     t: &T,
     remote_path: &str,
     content: &[u8],
-) -> Result<(), ErrorBody> {
+) -> Result<(), ProviderError> {
     for req in t.upload_requests(remote_path, content)? {
         let o = t.send(req, false).await?;
         if o.code != 0 {
@@ -84,7 +84,7 @@ pub async fn upload<T: Transport>(
 }
 
 /// [`crate::provider::Provider::read`] over `t`: the exact bytes, not redacted.
-pub async fn read<T: Transport>(t: &T, remote_path: &str) -> Result<Vec<u8>, ErrorBody> {
+pub async fn read<T: Transport>(t: &T, remote_path: &str) -> Result<Vec<u8>, ProviderError> {
     let o = t.send(t.read_request(remote_path), true).await?;
     if o.code != 0 {
         return Err(step_failed(

@@ -352,7 +352,7 @@ async fn observe_and_act(
                 }
                 applied
             }
-            Err(e) => decide::mutation_outcome(kind, Err(e.message), ""),
+            Err(e) => decide::mutation_outcome(kind, Err(e.to_string()), ""),
         };
         out = report(
             &applied,
@@ -526,7 +526,7 @@ async fn quarantine_gate(
             );
             let log_tail: Vec<String> = match p.exec(&script, None).await {
                 Ok(r) => r.stdout.lines().map(|l| redactor.redact(l)).collect(),
-                Err(e) => vec![format!("(the driver log could not be read: {})", e.message)],
+                Err(e) => vec![format!("(the driver log could not be read: {e})")],
             };
             let q = Quarantine {
                 key: key.clone(),

@@ -232,8 +232,7 @@ async fn ask_resident(
         Err(e) => {
             tracing::info!(
                 key = r.key,
-                "no resident observer ({}); one-shot observation",
-                e.message
+                "no resident observer ({e}); one-shot observation"
             );
             return Ok(None);
         }
@@ -311,7 +310,7 @@ async fn observe_unredacted(
                 // stopped or gone, no shell), and its own words say why better than a guess
                 // about the launcher.
                 if r.code != 0 && !r.stderr.trim().is_empty() {
-                    remote_failure("the chain observation in the runner", &r)
+                    remote_failure("the chain observation in the runner", &r).into()
                 } else {
                     e
                 }

@@ -140,7 +140,7 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
     // A registered cloud.yaml that others may write would let them choose what the daemon
     // runs unattended: refuse the tick (and say so in its report) until it is private again.
     let report = match cloud_yaml::check_registered_file(Path::new(&reg.cloud_yaml)) {
-        Err(e) => supervise::error_report(&e.message),
+        Err(e) => supervise::error_report(&e.to_string()),
         Ok(()) => {
             guarded_tick(
                 &state,

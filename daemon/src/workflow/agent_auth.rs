@@ -261,7 +261,7 @@ pub async fn seed(ctx: &Ctx, p: &impl Provider) -> AgentAuthReport {
                     r.code,
                     r.stderr.trim().lines().last().unwrap_or("")
                 ))),
-                Err(e) => Some(ctx.redactor.redact(&e.message)),
+                Err(e) => Some(ctx.redactor.redact(&e.to_string())),
             };
             match error {
                 None => {

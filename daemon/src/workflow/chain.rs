@@ -91,7 +91,7 @@ pub async fn bootstrap(
     let p = ctx.runner()?;
     let r = p.exec(&checkout_script(&ctx.spec), None).await?;
     if r.code != 0 {
-        return Err(remote_failure("repo checkout", &r));
+        return Err(remote_failure("repo checkout", &r).into());
     }
     let remote_idea = format!("{}/idea.txt", ws.trim_end_matches('/'));
     p.upload(&remote_idea, &content).await?;
@@ -270,7 +270,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         }))));
     }
     if pre.code != 0 || !pre.stdout.contains("MEGAPLAN_PREFLIGHT_OK") {
-        return Err(remote_failure("chain preflight (repo checkout)", &pre));
+        return Err(remote_failure("chain preflight (repo checkout)", &pre).into());
     }
     for line in pre.stdout.lines().filter(|l| l.starts_with("removed ")) {
         ctx.out.stderr(format!("fresh: {line}\n")).await;
@@ -327,7 +327,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
         .await?;
     let fence_token = gate_verdict(ctx, &holder, &started, session).await?;
     if started.code != 0 {
-        return Err(remote_failure("starting the chain session", &started));
+        return Err(remote_failure("starting the chain session", &started).into());
     }
     let alive = started.stdout.contains("MEGAPLAN_SESSION_ALIVE");
     if alive {

@@ -128,6 +128,7 @@ impl Ctx {
             },
             &self.state.ssh,
         )
+        .map_err(ErrorBody::from)
     }
 
     /// The provider for commands that never touch the deploy dir.
@@ -223,7 +224,7 @@ impl Ctx {
         if again == launcher {
             return Ok(r);
         }
-        run(build(&again)).await
+        Ok(run(build(&again)).await?)
     }
 }
 

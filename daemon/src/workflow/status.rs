@@ -127,7 +127,7 @@ pub async fn chains(ctx: &Ctx) -> Result<Done, ErrorBody> {
     let p = ctx.runner()?;
     let r = p.observe(&chains_script()).await?;
     if r.code != 0 {
-        return Err(remote_failure("listing chain sessions", &r));
+        return Err(remote_failure("listing chain sessions", &r).into());
     }
     let sessions = parse_chains(&r.stdout)?;
     if sessions.is_empty() {
@@ -232,7 +232,7 @@ async fn remote_status(
             let read = CoreStatus::read(&doc);
             Ok((doc, read))
         }
-        None if r.code != 0 => Err(remote_failure("remote status", &r)),
+        None if r.code != 0 => Err(remote_failure("remote status", &r).into()),
         None => Err(ErrorBody::new(
             ErrorCode::ProviderFailed,
             format!(

@@ -239,6 +239,7 @@ async fn railway_provider_drives_the_real_cli() {
     world.control(&json!({"services": ["agent", "db"], "up": "FAILED"}));
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("build fails");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::ProviderFailed);
     // The CLI's verdict line, with the error of the deployment's failed step (DeploymentEvents).
     assert!(
@@ -253,6 +254,7 @@ async fn railway_provider_drives_the_real_cli() {
     world.control(&json!({"services": ["agent", "db"], "up": "CRASHED"}));
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("deployment crashes");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::ProviderFailed);
     assert!(e.message.contains("Deploy crashed"), "{}", e.message);
     world.take_requests();
@@ -263,6 +265,7 @@ async fn railway_provider_drives_the_real_cli() {
     world.control(&json!({"services": ["agent", "db"], "streams_end": true}));
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("no verdict");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::ProviderFailed);
     assert!(
         e.message.contains("without a deployment status"),
@@ -275,6 +278,7 @@ async fn railway_provider_drives_the_real_cli() {
     world.control(&json!({"services": ["db"]}));
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.deploy(&tx).await.expect_err("service missing");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::RailwayServiceMissing);
     assert!(!ops(&world.take_requests()).contains(&"VariableCollectionUpsert".to_string()));
     world.control(&json!({"services": ["agent", "db"]}));
@@ -438,6 +442,7 @@ async fn railway_provider_drives_the_real_cli() {
     // A missing CLI is provider_unavailable naming it and its install page.
     let gone = RailwayProvider::with_program(ctx, "railway-not-installed-xyz");
     let e = gone.exec("true", None).await.expect_err("no cli");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::ProviderUnavailable);
     assert!(
         e.message.contains("https://docs.railway.app/develop/cli"),
@@ -449,6 +454,7 @@ async fn railway_provider_drives_the_real_cli() {
         .logs(true, &Default::default(), &tx)
         .await
         .expect_err("no cli, follow");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::ProviderUnavailable);
 }
 
@@ -478,6 +484,7 @@ async fn follow_until_the_client_leaves(p: &RailwayProvider, world: &RailwayWorl
         "terminal controls stripped: {text:?}"
     );
     let e = result.expect_err("the follow ends only because the client left");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert!(e.message.contains("because the client went away"), "{e}");
     // The CLI went away with the client: its subscription closed.
     assert!(

@@ -291,6 +291,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
         .read("/workspace/app/missing")
         .await
         .expect_err("missing file");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert!(e.message.contains("No such file"), "{}", e.message);
 
     // logs --tail 1 --since 1h: one line, from the last hour; a hostile --since is refused
@@ -311,6 +312,7 @@ async fn ssh_provider_full_lifecycle_over_one_held_connection() {
     };
     let (tx, _task) = megaplan_cloud_e2e::output_collector();
     let e = p.logs(false, &bad, &tx).await.expect_err("hostile --since");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::InvalidArgs, "{e}");
 
     // scp fallback transport through the same master (no new connection).
@@ -477,6 +479,7 @@ async fn ten_execs_cost_one_connection_and_a_dead_master_is_replaced() {
         .await
         .expect("an unreachable host is an error, not a hang")
         .expect_err("host down");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::ProviderFailed);
     assert!(e.message.contains("127.0.0.1"), "{}", e.message);
     fx.sessions.close_all().await;
@@ -537,6 +540,7 @@ async fn a_refused_mux_session_is_an_error_never_a_second_connection() {
         .run(&target, "echo third", None, deadline, false)
         .await
         .expect_err("a third session on a MaxSessions 2 server");
+    let e = megaplan_cloud_api::ErrorBody::from(e);
     assert_eq!(e.error, ErrorCode::ProviderFailed, "{}", e.message);
     assert_eq!(e.extra["field"], "ssh.max_sessions", "{}", e.message);
     assert!(
