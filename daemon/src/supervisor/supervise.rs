@@ -497,7 +497,7 @@ async fn quarantine_gate(
             let wait = (until - now).to_std().unwrap_or_default();
             let why = format!(
                 "backing off: {restarts} restart(s) in the last {}; the next {} is due at {} (in {} s)",
-                humane(cfg.window),
+                megaplan_cloud_api::duration::coarse(cfg.window.as_secs()),
                 kind.as_str(),
                 until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 wait.as_secs().max(1)
@@ -534,7 +534,7 @@ async fn quarantine_gate(
                 restarts,
                 reason: format!(
                     "the driver died again after each of its last {restarts} restarts within {}",
-                    humane(cfg.window)
+                    megaplan_cloud_api::duration::coarse(cfg.window.as_secs())
                 ),
                 log_tail,
             };
@@ -542,18 +542,6 @@ async fn quarantine_gate(
             let why = format!("quarantined: {}; {fix}", q.reason);
             Ok((withheld(report::Rule::Quarantined, why), Some(q), None))
         }
-    }
-}
-
-/// `15m`, `90s`, `2h` for a person.
-fn humane(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 && s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s >= 60 && s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
     }
 }
 
