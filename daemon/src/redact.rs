@@ -591,9 +591,10 @@ macro_rules! redact_fields {
 
 mod typed {
     use super::{Redact, Redactor};
+    use megaplan_cloud_api::notification::{DigestChain, Notification, NotificationTick, PrLink};
     use megaplan_cloud_api::report::{
-        ChainLogCompat, LogsInfo, Pause, PrInfo, ProviderConsistency, RunnerInfo, SyncInfo,
-        SyncRefresh, TickReport,
+        ChainLogCompat, ChainPosition, LogsInfo, Pause, PrInfo, ProviderConsistency, RunnerInfo,
+        SyncInfo, SyncRefresh, TickReport,
     };
     use megaplan_cloud_api::status::{
         ChainPolicy, ChainStatus, ChainSummary, MilestoneEntry, MilestoneRef, PlanStatus,
@@ -700,6 +701,41 @@ mod typed {
     impl Redact for ResolvedContext {
         fn redact_with(&mut self, r: &Redactor) {
             self.extra_repos.redact_with(r);
+        }
+    }
+
+    impl Redact for ChainPosition {
+        fn redact_with(&mut self, r: &Redactor) {
+            self.label.redact_with(r);
+        }
+    }
+
+    impl Redact for PrLink {
+        fn redact_with(&mut self, r: &Redactor) {
+            self.url.redact_with(r);
+        }
+    }
+
+    impl Redact for NotificationTick {
+        fn redact_with(&mut self, r: &Redactor) {
+            // `event` and `next_action` are closed words.
+            redact_fields!(self, r; trigger, finished_at, refused_reason);
+        }
+    }
+
+    impl Redact for DigestChain {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; key, chain, milestone, state, cloud_yaml);
+        }
+    }
+
+    impl Redact for Notification {
+        fn redact_with(&mut self, r: &Redactor) {
+            // `schema` is a constant and `event` a closed word; every other text may quote a
+            // chain's files or the runner (the idempotency key and id too, as every string
+            // of the body always was).
+            redact_fields!(self, r; chain, milestone, effective_status, pr, fix, title, message,
+                idempotency_key, id, key, spec, tick, details, digest, created_at, cloud_yaml);
         }
     }
 
