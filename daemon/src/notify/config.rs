@@ -2,7 +2,7 @@
 //! `<state root>/notify.yaml`; absent means built-in defaults and no global sinks) and the
 //! sinks given per registration. See docs/notifications.md.
 
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -431,81 +431,31 @@ impl SinkFile {
 }
 
 /// One value of notify.yaml as written, before its field reads it: what a wrong one is named
-/// by ("found a list").
-#[derive(Debug, Clone, PartialEq)]
+/// by ("found a list"). Every value is one of these (the last takes what is left: a mapping).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
 enum Written {
     Null,
-    Bool,
+    Bool(bool),
     /// A whole number from 0 up.
     Whole(u64),
-    /// Any other number (negative, fractional), as written.
-    Number(String),
+    /// Any other number (negative, fractional).
+    Number(f64),
     Text(String),
-    List,
-    Mapping,
+    List(Vec<IgnoredAny>),
+    Mapping(IgnoredAny),
 }
 
 impl Written {
     fn kind(&self) -> &'static str {
         match self {
             Written::Null => "null",
-            Written::Bool => "a boolean",
+            Written::Bool(_) => "a boolean",
             Written::Whole(_) | Written::Number(_) => "a number",
             Written::Text(_) => "a string",
-            Written::List => "a list",
-            Written::Mapping => "a mapping",
+            Written::List(_) => "a list",
+            Written::Mapping(_) => "a mapping",
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for Written {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(WrittenVisitor)
-    }
-}
-
-struct WrittenVisitor;
-
-impl<'de> Visitor<'de> for WrittenVisitor {
-    type Value = Written;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a YAML value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Written, E> {
-        Ok(Written::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Written, E> {
-        Ok(Written::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Written, D::Error> {
-        Written::deserialize(d)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Written, E> {
-        Ok(Written::Bool)
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Written, E> {
-        Ok(Written::Whole(n))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Written, E> {
-        Ok(u64::try_from(n).map_or_else(|_| Written::Number(n.to_string()), Written::Whole))
-    }
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Written, E> {
-        Ok(Written::Number(n.to_string()))
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Written, E> {
-        Ok(Written::Text(s.to_string()))
-    }
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Written, E> {
-        Ok(Written::Text(s))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Written, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Written::List)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Written, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Written::Mapping)
     }
 }
 
@@ -552,7 +502,7 @@ impl TryFrom<Written> for DigestPeriod {
                 let shown = match &w {
                     Written::Text(s) => format!("{s:?}"),
                     Written::Whole(n) => n.to_string(),
-                    Written::Number(n) => n.clone(),
+                    Written::Number(n) => n.to_string(),
                     _ => String::new(),
                 };
                 let Period(d) = Period::try_from(w).map_err(|e| format!("{e}; {HOW} (or off)"))?;
