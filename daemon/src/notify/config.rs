@@ -21,6 +21,15 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// The word notify.yaml and the API use (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Json => "json",
+            Preset::Ntfy => "ntfy",
+            Preset::Slack => "slack",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Preset, String> {
         match s {
             "json" => Ok(Preset::Json),
@@ -786,5 +795,13 @@ mod tests {
             (c.digest, c.quarantine_window, c.quarantine_after),
             (None, Some(Duration::from_secs(90)), Some(4))
         );
+    }
+
+    #[test]
+    fn preset_words_are_their_serde_names() {
+        for p in [Preset::Json, Preset::Ntfy, Preset::Slack] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(Preset::parse(p.as_str()), Ok(p));
+        }
     }
 }
