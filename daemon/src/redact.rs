@@ -235,20 +235,13 @@ impl Redactor {
         render(text, 0..text.len(), spans.iter().map(|s| s.replace.clone()))
     }
 
-    /// Redact every string value inside `v`, recursively. Object keys are left alone.
+    /// Redact every string value inside `v`, recursively. Object keys are left alone. For
+    /// passthrough JSON only (an error's `extra`, another version's fields); typed values go
+    /// through [`Redact`].
     pub fn redact_json(&self, v: &Value) -> Value {
-        match v {
-            Value::String(s) => Value::String(self.redact(s)),
-            Value::Array(items) => {
-                Value::Array(items.iter().map(|i| self.redact_json(i)).collect())
-            }
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| (k.clone(), self.redact_json(v)))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
+        let mut out = v.clone();
+        out.redact_with(self);
+        out
     }
 
     /// A streaming redactor using these rules.
@@ -570,7 +563,13 @@ impl<T: Redact> Redact for Vec<T> {
 /// Passthrough objects (the core's chain state, fields of another version).
 impl Redact for Value {
     fn redact_with(&mut self, r: &Redactor) {
-        *self = r.redact_json(self);
+        match self {
+            Value::String(s) => s.redact_with(r),
+            Value::Array(items) => items.redact_with(r),
+            Value::Object(map) => map.redact_with(r),
+            // Null, booleans and numbers hold no text.
+            _ => {}
+        }
     }
 }
 
