@@ -16,6 +16,7 @@ pub mod output;
 pub mod paths;
 pub mod report;
 pub mod schedule;
+pub mod sorted;
 pub mod status;
 pub mod wire;
 

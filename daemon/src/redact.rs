@@ -235,20 +235,13 @@ impl Redactor {
         render(text, 0..text.len(), spans.iter().map(|s| s.replace.clone()))
     }
 
-    /// Redact every string value inside `v`, recursively. Object keys are left alone.
+    /// Redact every string value inside `v`, recursively. Object keys are left alone. For
+    /// passthrough JSON only (an error's `extra`, another version's fields); typed values go
+    /// through [`Redact`].
     pub fn redact_json(&self, v: &Value) -> Value {
-        match v {
-            Value::String(s) => Value::String(self.redact(s)),
-            Value::Array(items) => {
-                Value::Array(items.iter().map(|i| self.redact_json(i)).collect())
-            }
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| (k.clone(), self.redact_json(v)))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
+        let mut out = v.clone();
+        out.redact_with(self);
+        out
     }
 
     /// A streaming redactor using these rules.
@@ -570,7 +563,13 @@ impl<T: Redact> Redact for Vec<T> {
 /// Passthrough objects (the core's chain state, fields of another version).
 impl Redact for Value {
     fn redact_with(&mut self, r: &Redactor) {
-        *self = r.redact_json(self);
+        match self {
+            Value::String(s) => s.redact_with(r),
+            Value::Array(items) => items.redact_with(r),
+            Value::Object(map) => map.redact_with(r),
+            // Null, booleans and numbers hold no text.
+            _ => {}
+        }
     }
 }
 
@@ -591,9 +590,10 @@ macro_rules! redact_fields {
 
 mod typed {
     use super::{Redact, Redactor};
+    use megaplan_cloud_api::notification::{DigestChain, Notification, NotificationTick, PrLink};
     use megaplan_cloud_api::report::{
-        ChainLogCompat, LogsInfo, Pause, PrInfo, ProviderConsistency, RunnerInfo, SyncInfo,
-        SyncRefresh, TickReport,
+        ChainLogCompat, ChainPosition, LogsInfo, Pause, PrInfo, ProviderConsistency, RunnerInfo,
+        SyncInfo, SyncRefresh, TickReport,
     };
     use megaplan_cloud_api::status::{
         ChainPolicy, ChainStatus, ChainSummary, MilestoneEntry, MilestoneRef, PlanStatus,
@@ -700,6 +700,41 @@ mod typed {
     impl Redact for ResolvedContext {
         fn redact_with(&mut self, r: &Redactor) {
             self.extra_repos.redact_with(r);
+        }
+    }
+
+    impl Redact for ChainPosition {
+        fn redact_with(&mut self, r: &Redactor) {
+            self.label.redact_with(r);
+        }
+    }
+
+    impl Redact for PrLink {
+        fn redact_with(&mut self, r: &Redactor) {
+            self.url.redact_with(r);
+        }
+    }
+
+    impl Redact for NotificationTick {
+        fn redact_with(&mut self, r: &Redactor) {
+            // `event` and `next_action` are closed words.
+            redact_fields!(self, r; trigger, finished_at, refused_reason);
+        }
+    }
+
+    impl Redact for DigestChain {
+        fn redact_with(&mut self, r: &Redactor) {
+            redact_fields!(self, r; key, chain, milestone, state, cloud_yaml);
+        }
+    }
+
+    impl Redact for Notification {
+        fn redact_with(&mut self, r: &Redactor) {
+            // `schema` is a constant and `event` a closed word; every other text may quote a
+            // chain's files or the runner (the idempotency key and id too, as every string
+            // of the body always was).
+            redact_fields!(self, r; chain, milestone, effective_status, pr, fix, title, message,
+                idempotency_key, id, key, spec, tick, details, digest, created_at, cloud_yaml);
         }
     }
 

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use megaplan_cloud_api::marker::LastChainMarker;
 use megaplan_cloud_api::report::{NextAction, TickEvent, TickReport, read_stored, to_sorted_value};
+use megaplan_cloud_api::sorted::Sorted;
 use megaplan_cloud_api::wire::{Registration, StorageHealth, TickCounters, TickRecord};
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
-use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -695,10 +696,11 @@ impl Store {
         &self,
         key: &str,
         cloud_yaml: &str,
-        marker: &Value,
+        marker: &LastChainMarker,
     ) -> Result<(), StoreError> {
         let what = "saving the chain marker";
-        let text = serde_json::to_string(marker).map_err(|e| self.failed(what, e))?;
+        // Keys sorted: the one form stored (and written to the legacy file).
+        let text = serde_json::to_string(&Sorted(marker)).map_err(|e| self.failed(what, e))?;
         sqlx::query(
             "INSERT INTO markers (key, cloud_yaml, marker, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (key) DO UPDATE SET
@@ -716,7 +718,8 @@ impl Store {
         Ok(())
     }
 
-    pub async fn get_marker(&self, key: &str) -> Result<Option<Value>, StoreError> {
+    /// The stored chain marker, read in either shape (see [`LastChainMarker::read`]).
+    pub async fn get_marker(&self, key: &str) -> Result<Option<LastChainMarker>, StoreError> {
         let what = "reading the chain marker";
         let text: Option<String> = sqlx::query("SELECT marker FROM markers WHERE key = ?1")
             .bind(key)
@@ -724,7 +727,7 @@ impl Store {
             .await
             .and_then(|row| row.map(|r| r.try_get(0)).transpose())
             .map_err(|e| self.failed(what, e))?;
-        text.map(|t| serde_json::from_str(&t))
+        text.map(|t| serde_json::from_str(&t).map(LastChainMarker::read))
             .transpose()
             .map_err(|e| self.failed(what, format!("stored marker is not JSON: {e}")))
     }
@@ -906,7 +909,7 @@ fn registration_from_row(row: &SqliteRow) -> Result<Registration, sqlx::Error> {
 pub(crate) fn tick_from_row(row: &SqliteRow) -> Result<TickRecord, sqlx::Error> {
     let text: String = row.try_get("report")?;
     // A report no version of the type reads still loads (kept whole), described by its columns.
-    if serde_json::from_str::<Value>(&text).is_err() {
+    if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
         return Err(sqlx::Error::ColumnDecode {
             index: "report".into(),
             source: "the stored tick report is not JSON".into(),
@@ -1541,13 +1544,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir, 3).await;
         assert_eq!(store.get_marker("k").await.unwrap(), None);
-        let m1 =
-            json!({"remote_spec": "/w/chain.yaml", "extra_repos": [], "provider_identity": null});
+        let m1 = LastChainMarker::read(
+            json!({"remote_spec": "/w/chain.yaml", "extra_repos": [], "provider_identity": null}),
+        );
         store.put_marker("k", "/w/cloud.yaml", &m1).await.unwrap();
         assert_eq!(store.get_marker("k").await.unwrap(), Some(m1));
-        let m2 = json!({"remote_spec": "/w/other.yaml"});
+        // Stored with its keys sorted, unknown ones among them (the legacy file's form).
+        let m2 = LastChainMarker::read(json!({"zz": 1, "remote_spec": "/w/other.yaml", "a": 2}));
         store.put_marker("k", "/w/cloud.yaml", &m2).await.unwrap();
         assert_eq!(store.get_marker("k").await.unwrap(), Some(m2));
+        let text: String = sqlx::query_scalar("SELECT marker FROM markers WHERE key = 'k'")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            text,
+            r#"{"a":2,"provider_identity":null,"remote_spec":"/w/other.yaml","zz":1}"#
+        );
     }
 
     #[tokio::test]
@@ -1560,7 +1573,11 @@ mod tests {
             .unwrap();
         let t = store.insert_tick(&tick("k", 1, false)).await.unwrap();
         store
-            .put_marker("k", "/w/cloud.yaml", &json!({"a": 1}))
+            .put_marker(
+                "k",
+                "/w/cloud.yaml",
+                &LastChainMarker::read(json!({"a": 1})),
+            )
             .await
             .unwrap();
         store.close().await;
@@ -1570,7 +1587,10 @@ mod tests {
         assert_eq!(again.created_at, r.created_at);
         assert_eq!(again.ticks_run, 1);
         assert_eq!(store.list_ticks(None, 10).await.unwrap(), vec![t]);
-        assert_eq!(store.get_marker("k").await.unwrap(), Some(json!({"a": 1})));
+        assert_eq!(
+            store.get_marker("k").await.unwrap(),
+            Some(LastChainMarker::read(json!({"a": 1})))
+        );
         assert_eq!(store.tick_counters().await.unwrap().failed, 1);
         assert_eq!(store.integrity_check().await.unwrap(), "ok");
     }

@@ -2,11 +2,11 @@
 //! are whole without JavaScript; `app.js` only swaps in the re-rendered live part that the
 //! event stream sends, and asks before an action.
 
+use crate::notify::explain::Explained;
 use crate::notify::store::OutboxEntry;
 use maud::{DOCTYPE, Markup, html};
 use megaplan_cloud_api::fleet::{Fleet, FleetRow, FleetState};
 use megaplan_cloud_api::wire::TickRecord;
-use serde_json::Value;
 
 /// The runner's liveness (`alive`, `dead`, `unknown`) per registration key, from its last tick.
 pub type Runners = std::collections::HashMap<String, &'static str>;
@@ -162,7 +162,7 @@ pub struct Chain<'a> {
     /// Oldest first.
     pub ticks: &'a [TickRecord],
     pub notifications: &'a [OutboxEntry],
-    pub explain: Option<&'a Value>,
+    pub explain: Option<&'a Explained>,
     /// Carried by the action forms: an action needs it besides the cookie.
     pub token: &'a str,
 }
@@ -299,8 +299,8 @@ pub fn chain(c: Chain<'_>) -> Markup {
         h2 { "Ticks" }
         @if c.ticks.is_empty() { p { "No tick stored yet." } } @else { (timeline(c.ticks)) }
         h2 { "Last tick explained" }
-        @match c.explain.and_then(|e| e.get("lines")).and_then(Value::as_array) {
-            Some(lines) => pre.explain { @for l in lines { (l.as_str().unwrap_or_default()) "\n" } },
+        @match c.explain.map(|e| &e.lines) {
+            Some(lines) => pre.explain { @for l in lines { (l) "\n" } },
             None => p { "No tick to explain yet." },
         }
         h2 { "Chain log" }

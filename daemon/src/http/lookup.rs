@@ -9,8 +9,9 @@ use crate::supervisor::markers;
 use axum::Json;
 use axum::extract::{Query, State};
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::marker::LastChainMarker;
+use megaplan_cloud_api::sorted::Sorted;
 use megaplan_cloud_api::wire::SecretNamesResponse;
-use serde_json::Value;
 use std::sync::Arc;
 
 pub async fn secret_names(
@@ -32,7 +33,7 @@ pub async fn secret_names(
 pub async fn get_marker(
     State(state): State<Arc<AppState>>,
     Query(q): Query<CloudYamlQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Sorted<LastChainMarker>>, ApiError> {
     let key = key_of(&q.cloud_yaml)?;
     let cy = if q.cloud_yaml.starts_with('/') {
         q.cloud_yaml.as_str()
@@ -40,7 +41,8 @@ pub async fn get_marker(
         ""
     };
     match markers::load(&state, &key, cy, true).await?.marker {
-        Some(m) => Ok(Json(m.to_value())),
+        // Keys sorted, as the marker is stored.
+        Some(m) => Ok(Json(Sorted(m))),
         None => Err(ApiError::new(
             ErrorCode::MissingRemoteSpec,
             format!(

@@ -4,14 +4,15 @@
 use super::error::ApiError;
 use super::extract::key_of;
 use super::stream::ndjson_body;
+use crate::notify::explain::Explained;
 use crate::notify::store::{OutboxEntry, TickFilter};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path as AxPath, Query, State};
 use axum::response::Response;
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::sorted::Sorted;
 use megaplan_cloud_api::wire::{Frame, TickRecord, TicksQuery};
-use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
@@ -111,7 +112,7 @@ pub async fn watch_ticks(
 pub async fn explain(
     State(state): State<Arc<AppState>>,
     AxPath(k): AxPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Sorted<Explained>>, ApiError> {
     let key = key_of(&k)?;
     let filter = TickFilter {
         key: Some(key.clone()),
@@ -124,7 +125,8 @@ pub async fn explain(
             if let Some(b) = state.scheduler.backoff.get(&key) {
                 crate::notify::explain::with_backoff(&mut e, &b.to_wire());
             }
-            Ok(Json(e))
+            // Keys sorted, as the reply was when it was built by hand.
+            Ok(Json(Sorted(e)))
         }
         None => Err(ApiError::new(
             ErrorCode::NotRegistered,

@@ -2,8 +2,8 @@
 //! `<state root>/notify.yaml`; absent means built-in defaults and no global sinks) and the
 //! sinks given per registration. See docs/notifications.md.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,6 +21,15 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// The word notify.yaml and the API use (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Json => "json",
+            Preset::Ntfy => "ntfy",
+            Preset::Slack => "slack",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Preset, String> {
         match s {
             "json" => Ok(Preset::Json),
@@ -231,23 +240,6 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, String> {
     megaplan_cloud_api::duration::parse_positive(text, true).map_err(|e| format!("{field}: {e}"))
 }
 
-const KEYS: [&str; 14] = [
-    "digest",
-    "sinks",
-    "registration_secret_env",
-    "stall_after",
-    "still_waiting_after",
-    "failed_ticks",
-    "retry",
-    "keep_outbox",
-    "max_in_flight_per_sink",
-    "breaker_after",
-    "breaker_cooldown",
-    "unknown_after",
-    "quarantine_after",
-    "quarantine_window",
-];
-
 impl NotifyConfig {
     /// Read the config file; a missing file is the defaults. Errors name the file and field.
     pub fn load(path: &Path) -> Result<NotifyConfig, String> {
@@ -264,162 +256,162 @@ impl NotifyConfig {
         };
         let text = String::from_utf8(bytes)
             .map_err(|e| format!("notify config {shown} is not UTF-8 text: {e}"))?;
-        let v = crate::yaml::parse(&text).map_err(|e| format!("notify config {shown}: {e}"))?;
-        NotifyConfig::from_value(&v).map_err(|e| format!("notify config {shown}: {e}"))
+        NotifyConfig::parse(&text).map_err(|e| format!("notify config {shown}: {e}"))
     }
 
-    pub fn from_value(v: &Value) -> Result<NotifyConfig, String> {
+    /// The config of a notify.yaml text (empty: the defaults). An error names the field
+    /// (`retry.max_attempts`, `sinks[2].url`) and what to write instead.
+    pub fn parse(text: &str) -> Result<NotifyConfig, String> {
+        let doc = crate::yaml::parse(text).map_err(|e| e.to_string())?;
+        if doc.is_null() {
+            return Ok(NotifyConfig::default());
+        }
+        let file: Mapping<NotifyFile> = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            match path.as_str() {
+                "." => format!("at the top: {}", e.into_inner()),
+                _ => format!("{path}: {}", e.into_inner()),
+            }
+        })?;
+        file.0.into_config()
+    }
+}
+
+/// notify.yaml as written: every key optional, an unknown one refused. A key given with the
+/// wrong kind of value is refused by its field's type, naming what was found.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyFile {
+    #[serde(default)]
+    digest: Option<DigestPeriod>,
+    #[serde(default, deserialize_with = "present")]
+    sinks: Option<Vec<Mapping<SinkFile>>>,
+    #[serde(default, deserialize_with = "present")]
+    registration_secret_env: Option<Text>,
+    #[serde(default, deserialize_with = "present")]
+    stall_after: Option<Period>,
+    #[serde(default, deserialize_with = "present")]
+    still_waiting_after: Option<Period>,
+    #[serde(default, deserialize_with = "present")]
+    failed_ticks: Option<Whole>,
+    #[serde(default, deserialize_with = "present")]
+    retry: Option<Mapping<RetryFile>>,
+    #[serde(default, deserialize_with = "present")]
+    keep_outbox: Option<Whole>,
+    #[serde(default, deserialize_with = "present")]
+    max_in_flight_per_sink: Option<Whole>,
+    #[serde(default, deserialize_with = "present")]
+    breaker_after: Option<Whole>,
+    #[serde(default, deserialize_with = "present")]
+    breaker_cooldown: Option<Period>,
+    #[serde(default, deserialize_with = "present")]
+    unknown_after: Option<Period>,
+    #[serde(default, deserialize_with = "present")]
+    quarantine_after: Option<Whole>,
+    #[serde(default, deserialize_with = "present")]
+    quarantine_window: Option<Period>,
+}
+
+/// `retry:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    #[serde(default, deserialize_with = "present")]
+    max_attempts: Option<Whole>,
+    #[serde(default, deserialize_with = "present")]
+    initial_delay: Option<Period>,
+    #[serde(default, deserialize_with = "present")]
+    max_delay: Option<Period>,
+    #[serde(default, deserialize_with = "present")]
+    timeout: Option<Period>,
+}
+
+/// One entry of `sinks:` as written (`null` counts as not given).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkFile {
+    #[serde(default)]
+    url: Option<Text>,
+    #[serde(default)]
+    preset: Option<Text>,
+    #[serde(default)]
+    secret_env: Option<Text>,
+    #[serde(default)]
+    command: Option<Text>,
+}
+
+/// A key that is present is read by its type, `null` included (which the type refuses):
+/// only a missing key is "not given".
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+impl NotifyFile {
+    fn into_config(self) -> Result<NotifyConfig, String> {
         let mut c = NotifyConfig::default();
-        let obj = match v {
-            Value::Null => return Ok(c),
-            Value::Object(o) => o,
-            other => {
-                return Err(format!(
-                    "expected a mapping at the top, found {}",
-                    crate::yaml::type_name(other)
-                ));
-            }
-        };
-        for k in obj.keys() {
-            if !KEYS.contains(&k.as_str()) {
-                return Err(format!(
-                    "unknown key {k:?}; known keys: {}",
-                    KEYS.join(", ")
-                ));
-            }
+        let period = |p: Option<Period>, default: Duration| p.map_or(default, |p| p.0);
+        c.stall_after = period(self.stall_after, c.stall_after);
+        c.still_waiting_after = period(self.still_waiting_after, c.still_waiting_after);
+        c.unknown_after = period(self.unknown_after, c.unknown_after);
+        c.breaker_cooldown = period(self.breaker_cooldown, c.breaker_cooldown);
+        c.quarantine_window = self.quarantine_window.map(|p| p.0);
+        if let Some(n) = self.quarantine_after {
+            c.quarantine_after = Some(n.within(
+                1..=100,
+                "quarantine_after: expected a whole number of restarts from 1 to 100",
+            )?);
         }
-        let dur = |field: &str, v: Option<&Value>, default: Duration| -> Result<Duration, String> {
-            match v {
-                None => Ok(default),
-                Some(Value::String(s)) => parse_duration(field, s),
-                Some(Value::Number(n)) => n
-                    .as_u64()
-                    .filter(|n| *n > 0)
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| format!("{field}: must be a positive number of seconds")),
-                Some(other) => Err(format!(
-                    "{field}: expected a duration such as 30m, found {}",
-                    crate::yaml::type_name(other)
-                )),
-            }
-        };
-        c.stall_after = dur("stall_after", obj.get("stall_after"), c.stall_after)?;
-        c.still_waiting_after = dur(
-            "still_waiting_after",
-            obj.get("still_waiting_after"),
-            c.still_waiting_after,
-        )?;
-        c.unknown_after = dur("unknown_after", obj.get("unknown_after"), c.unknown_after)?;
-        if let Some(v) = obj.get("quarantine_window") {
-            c.quarantine_window = Some(dur("quarantine_window", Some(v), Duration::ZERO)?);
-        }
-        if let Some(n) = obj.get("quarantine_after") {
-            c.quarantine_after = Some(
-                n.as_u64()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or("quarantine_after: expected a whole number of restarts from 1 to 100")?
-                    as u32,
-            );
-        }
-        if let Some(n) = obj.get("failed_ticks") {
-            c.failed_ticks = n
-                .as_u64()
-                .filter(|n| (1..=10_000).contains(n))
-                .ok_or("failed_ticks: expected a whole number from 1 to 10000")?
-                as u32;
-        }
-        if let Some(n) = obj.get("keep_outbox") {
-            c.keep_outbox = n
-                .as_u64()
-                .filter(|n| (1..=1_000_000).contains(n))
-                .ok_or("keep_outbox: expected a whole number from 1 to 1000000")?
-                as u32;
-        }
-        if let Some(n) = obj.get("max_in_flight_per_sink") {
-            c.max_in_flight_per_sink = n
-                .as_u64()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or("max_in_flight_per_sink: expected a whole number from 1 to 64")?
-                as u32;
-        }
-        if let Some(n) = obj.get("breaker_after") {
-            c.breaker_after = n
-                .as_u64()
-                .filter(|n| (1..=1000).contains(n))
-                .ok_or("breaker_after: expected a whole number from 1 to 1000")?
-                as u32;
-        }
-        c.breaker_cooldown = dur(
-            "breaker_cooldown",
-            obj.get("breaker_cooldown"),
-            c.breaker_cooldown,
-        )?;
-        c.digest = match obj.get("digest") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.trim() == "off" => None,
-            Some(v @ (Value::String(_) | Value::Number(_))) => {
-                let d = dur("digest", Some(v), Duration::ZERO).map_err(|e| {
-                    format!("{e}; write the period between digests, e.g. digest: 1h (or off)")
-                })?;
-                if d < Duration::from_secs(1) {
-                    return Err(format!(
-                        "digest: {v} is shorter than a second; write the period between digests, e.g. digest: 1h"
-                    ));
-                }
-                Some(d)
-            }
-            Some(other) => {
-                return Err(format!(
-                    "digest: expected a period such as 1h (or off), found {}",
-                    crate::yaml::type_name(other)
-                ));
-            }
-        };
-        if let Some(n) = obj.get("registration_secret_env") {
-            c.registration_secret_env = n
-                .as_str()
-                .ok_or("registration_secret_env: expected an environment variable name")?
-                .to_string();
-        }
-        if let Some(r) = obj.get("retry") {
-            let r = r.as_object().ok_or(
-                "retry: expected a mapping with max_attempts, initial_delay, max_delay, timeout",
+        if let Some(n) = self.failed_ticks {
+            c.failed_ticks = n.within(
+                1..=10_000,
+                "failed_ticks: expected a whole number from 1 to 10000",
             )?;
-            for k in r.keys() {
-                if !["max_attempts", "initial_delay", "max_delay", "timeout"].contains(&k.as_str())
-                {
-                    return Err(format!(
-                        "retry: unknown key {k:?}; known keys: max_attempts, initial_delay, max_delay, timeout"
-                    ));
-                }
-            }
-            if let Some(n) = r.get("max_attempts") {
-                c.retry.max_attempts = n
-                    .as_u64()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or("retry.max_attempts: expected a whole number from 1 to 1000")?
-                    as u32;
-            }
-            c.retry.initial_delay = dur(
-                "retry.initial_delay",
-                r.get("initial_delay"),
-                c.retry.initial_delay,
-            )?;
-            c.retry.max_delay = dur("retry.max_delay", r.get("max_delay"), c.retry.max_delay)?;
-            c.retry.timeout = dur("retry.timeout", r.get("timeout"), c.retry.timeout)?;
         }
-        if let Some(sinks) = obj.get("sinks") {
-            let list = sinks
-                .as_array()
-                .ok_or("sinks: expected a list of {url: ...} or {command: ...}")?;
+        if let Some(n) = self.keep_outbox {
+            c.keep_outbox = n.within(
+                1..=1_000_000,
+                "keep_outbox: expected a whole number from 1 to 1000000",
+            )?;
+        }
+        if let Some(n) = self.max_in_flight_per_sink {
+            c.max_in_flight_per_sink = n.within(
+                1..=64,
+                "max_in_flight_per_sink: expected a whole number from 1 to 64",
+            )?;
+        }
+        if let Some(n) = self.breaker_after {
+            c.breaker_after = n.within(
+                1..=1000,
+                "breaker_after: expected a whole number from 1 to 1000",
+            )?;
+        }
+        c.digest = match self.digest {
+            None | Some(DigestPeriod::Off) => None,
+            Some(DigestPeriod::Every(d)) => Some(d),
+        };
+        if let Some(Text(name)) = self.registration_secret_env {
+            c.registration_secret_env = name;
+        }
+        if let Some(Mapping(r)) = self.retry {
+            if let Some(n) = r.max_attempts {
+                c.retry.max_attempts = n.within(
+                    1..=1000,
+                    "retry.max_attempts: expected a whole number from 1 to 1000",
+                )?;
+            }
+            c.retry.initial_delay = period(r.initial_delay, c.retry.initial_delay);
+            c.retry.max_delay = period(r.max_delay, c.retry.max_delay);
+            c.retry.timeout = period(r.timeout, c.retry.timeout);
+        }
+        if let Some(list) = self.sinks {
             if list.len() > MAX_SINKS {
                 return Err(format!(
                     "sinks: {} sinks, over the limit of {MAX_SINKS}",
                     list.len()
                 ));
             }
-            for (i, s) in list.iter().enumerate() {
-                let sink = sink_from_value(s).map_err(|e| format!("sinks[{i}]: {e}"))?;
+            for (i, Mapping(s)) in list.into_iter().enumerate() {
+                let sink = s.into_sink().map_err(|e| format!("sinks[{i}]: {e}"))?;
                 sink.validate().map_err(|e| format!("sinks[{i}]: {e}"))?;
                 c.sinks.push(sink);
             }
@@ -428,54 +420,193 @@ impl NotifyConfig {
     }
 }
 
-fn sink_from_value(v: &Value) -> Result<Sink, String> {
-    let o = v
-        .as_object()
-        .ok_or("expected a mapping with url (and preset, secret_env) or command")?;
-    for k in o.keys() {
-        if !["url", "preset", "secret_env", "command"].contains(&k.as_str()) {
-            return Err(format!(
-                "unknown key {k:?}; known keys: url, preset, secret_env, command"
-            ));
+impl SinkFile {
+    fn into_sink(self) -> Result<Sink, String> {
+        let text = |t: Option<Text>| t.map(|t| t.0);
+        match (text(self.url), text(self.command)) {
+            (Some(url), None) => Ok(Sink::Webhook {
+                url,
+                preset: text(self.preset)
+                    .map(|p| Preset::parse(&p))
+                    .transpose()?
+                    .unwrap_or_default(),
+                secret_env: text(self.secret_env),
+            }),
+            (None, Some(command)) => Ok(Sink::Command { command }),
+            (Some(_), Some(_)) => Err("give url or command, not both".to_string()),
+            (None, None) => Err("give url or command".to_string()),
         }
     }
-    let text = |k: &str| -> Result<Option<String>, String> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(format!(
-                "{k}: expected a string, found {}",
-                crate::yaml::type_name(other)
+}
+
+/// One value of notify.yaml as written, before its field reads it: what a wrong one is named
+/// by ("found a list"). Every value is one of these (the last takes what is left: a mapping).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+enum Written {
+    Null,
+    Bool(bool),
+    /// A whole number from 0 up.
+    Whole(u64),
+    /// Any other number (negative, fractional).
+    Number(f64),
+    Text(String),
+    List(Vec<IgnoredAny>),
+    Mapping(IgnoredAny),
+}
+
+impl Written {
+    fn kind(&self) -> &'static str {
+        match self {
+            Written::Null => "null",
+            Written::Bool(_) => "a boolean",
+            Written::Whole(_) | Written::Number(_) => "a number",
+            Written::Text(_) => "a string",
+            Written::List(_) => "a list",
+            Written::Mapping(_) => "a mapping",
+        }
+    }
+}
+
+/// A duration field: `30m`, `1h30m`, or a positive number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "Written")]
+struct Period(Duration);
+
+impl TryFrom<Written> for Period {
+    type Error = String;
+    fn try_from(w: Written) -> Result<Period, String> {
+        match w {
+            Written::Text(s) => megaplan_cloud_api::duration::parse_positive(&s, true)
+                .map(Period)
+                .map_err(|e| e.to_string()),
+            Written::Whole(n) if n > 0 => Ok(Period(Duration::from_secs(n))),
+            Written::Whole(_) | Written::Number(_) => {
+                Err("must be a positive number of seconds".to_string())
+            }
+            other => Err(format!(
+                "expected a duration such as 30m, found {}",
+                other.kind()
             )),
         }
-    };
-    match (text("url")?, text("command")?) {
-        (Some(url), None) => Ok(Sink::Webhook {
-            url,
-            preset: text("preset")?
-                .map(|p| Preset::parse(&p))
-                .transpose()?
-                .unwrap_or_default(),
-            secret_env: text("secret_env")?,
-        }),
-        (None, Some(command)) => Ok(Sink::Command { command }),
-        (Some(_), Some(_)) => Err("give url or command, not both".to_string()),
-        (None, None) => Err("give url or command".to_string()),
+    }
+}
+
+/// `digest:` — a period of at least a second, or `off` (also `null`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "Written")]
+enum DigestPeriod {
+    Off,
+    Every(Duration),
+}
+
+impl TryFrom<Written> for DigestPeriod {
+    type Error = String;
+    fn try_from(w: Written) -> Result<DigestPeriod, String> {
+        const HOW: &str = "write the period between digests, e.g. digest: 1h";
+        match w {
+            Written::Null => Ok(DigestPeriod::Off),
+            Written::Text(s) if s.trim() == "off" => Ok(DigestPeriod::Off),
+            w @ (Written::Text(_) | Written::Whole(_) | Written::Number(_)) => {
+                let shown = match &w {
+                    Written::Text(s) => format!("{s:?}"),
+                    Written::Whole(n) => n.to_string(),
+                    Written::Number(n) => n.to_string(),
+                    _ => String::new(),
+                };
+                let Period(d) = Period::try_from(w).map_err(|e| format!("{e}; {HOW} (or off)"))?;
+                if d < Duration::from_secs(1) {
+                    return Err(format!("{shown} is shorter than a second; {HOW}"));
+                }
+                Ok(DigestPeriod::Every(d))
+            }
+            other => Err(format!(
+                "expected a period such as 1h (or off), found {}",
+                other.kind()
+            )),
+        }
+    }
+}
+
+/// A count field: a whole number, checked against its range by the field (whose message says
+/// the range); anything else is kept as "not a whole number" for that message.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(from = "Written")]
+struct Whole(Option<u64>);
+
+impl From<Written> for Whole {
+    fn from(w: Written) -> Whole {
+        match w {
+            Written::Whole(n) => Whole(Some(n)),
+            _ => Whole(None),
+        }
+    }
+}
+
+impl Whole {
+    fn within(self, range: std::ops::RangeInclusive<u32>, error: &str) -> Result<u32, String> {
+        self.0
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| error.to_string())
+    }
+}
+
+/// A text field.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "Written")]
+struct Text(String);
+
+impl TryFrom<Written> for Text {
+    type Error = String;
+    fn try_from(w: Written) -> Result<Text, String> {
+        match w {
+            Written::Text(s) => Ok(Text(s)),
+            other => Err(format!("expected a string, found {}", other.kind())),
+        }
+    }
+}
+
+/// A mapping, and only a mapping: a derived struct alone would also read a list (its fields by
+/// position).
+#[derive(Debug)]
+struct Mapping<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Mapping<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OnlyMap<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OnlyMap<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(OnlyMap(std::marker::PhantomData))
+            .map(Mapping)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// The config of a file holding `v` (JSON is YAML).
+    fn from_value(v: &Value) -> Result<NotifyConfig, String> {
+        NotifyConfig::parse(&v.to_string())
+    }
 
     #[test]
     fn defaults_and_a_full_file() {
+        assert_eq!(from_value(&Value::Null).unwrap(), NotifyConfig::default());
         assert_eq!(
-            NotifyConfig::from_value(&Value::Null).unwrap(),
+            NotifyConfig::parse("# nothing yet\n").unwrap(),
             NotifyConfig::default()
         );
-        let c = NotifyConfig::from_value(&json!({
+        let c = from_value(&json!({
             "stall_after": "2s", "still_waiting_after": "1h", "failed_ticks": 2,
             "retry": {"max_attempts": 4, "initial_delay": "200ms", "max_delay": "1s", "timeout": "3s"},
             "sinks": [
@@ -492,7 +623,7 @@ mod tests {
         assert_eq!(c.retry.delay_after(1), Duration::from_millis(200));
         assert_eq!(c.retry.delay_after(2), Duration::from_millis(400));
         assert_eq!(c.retry.delay_after(30), Duration::from_secs(1));
-        let c = NotifyConfig::from_value(&json!({
+        let c = from_value(&json!({
             "max_in_flight_per_sink": 2, "breaker_after": 3, "breaker_cooldown": "10m"
         }))
         .unwrap();
@@ -505,15 +636,15 @@ mod tests {
             (2, 3, Duration::from_secs(600))
         );
         assert_eq!(c.digest, None);
-        let c = NotifyConfig::from_value(&json!({"digest": "1h"})).unwrap();
+        let c = from_value(&json!({"digest": "1h"})).unwrap();
         assert_eq!(c.digest, Some(Duration::from_secs(3600)));
-        let c = NotifyConfig::from_value(&json!({"digest": "off"})).unwrap();
+        let c = from_value(&json!({"digest": "off"})).unwrap();
         assert_eq!(c.digest, None);
     }
 
     #[test]
     fn bad_input_names_the_field() {
-        let e = |v: Value| NotifyConfig::from_value(&v).unwrap_err();
+        let e = |v: Value| from_value(&v).unwrap_err();
         assert!(e(json!({"stal_after": "1m"})).contains("stal_after"));
         assert!(e(json!({"stall_after": "0s"})).contains("stall_after"));
         assert!(e(json!({"retry": {"max_attempts": 0}})).contains("retry.max_attempts"));
@@ -552,7 +683,125 @@ mod tests {
             "https://[::1]:8443/h",
             "https://[::1]/h",
         ] {
-            NotifyConfig::from_value(&json!({"sinks": [{"url": ok}]})).unwrap();
+            from_value(&json!({"sinks": [{"url": ok}]})).unwrap();
+        }
+    }
+
+    /// Every malformed file gets one message naming the field (with its path) and what to
+    /// write; YAML as an operator writes it.
+    #[test]
+    fn malformed_yaml_names_the_field_and_the_fix() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "stal_after: 1m\n",
+                "unknown field `stal_after`, expected one of",
+            ),
+            (
+                "- 1\n",
+                "at the top: invalid type: sequence, expected a mapping",
+            ),
+            (
+                "stall_after: [1]\n",
+                "stall_after: expected a duration such as 30m, found a list",
+            ),
+            (
+                "stall_after:\n",
+                "stall_after: expected a duration such as 30m, found null",
+            ),
+            (
+                "stall_after: -5\n",
+                "stall_after: must be a positive number of seconds",
+            ),
+            ("stall_after: soon\n", "stall_after: "),
+            (
+                "failed_ticks: x\n",
+                "failed_ticks: expected a whole number from 1 to 10000",
+            ),
+            (
+                "failed_ticks: 2.5\n",
+                "failed_ticks: expected a whole number from 1 to 10000",
+            ),
+            (
+                "failed_ticks: 99999999999\n",
+                "failed_ticks: expected a whole number from 1 to 10000",
+            ),
+            (
+                "quarantine_after: 0\n",
+                "quarantine_after: expected a whole number of restarts from 1 to 100",
+            ),
+            ("retry: 3\n", "retry: invalid type"),
+            ("retry: [1, 2]\n", "expected a mapping"),
+            (
+                "retry:\n  tries: 3\n",
+                "retry.tries: unknown field `tries`, expected one of `max_attempts`",
+            ),
+            (
+                "retry:\n  timeout: {a: 1}\n",
+                "retry.timeout: expected a duration such as 30m, found a mapping",
+            ),
+            (
+                "registration_secret_env: 7\n",
+                "registration_secret_env: expected a string, found a number",
+            ),
+            (
+                "digest: true\n",
+                "digest: expected a period such as 1h (or off), found a boolean",
+            ),
+            (
+                "digest: 500ms\n",
+                "digest: \"500ms\" is shorter than a second; write the period between digests, e.g. digest: 1h",
+            ),
+            (
+                "sinks: {url: x}\n",
+                "sinks: invalid type: map, expected a sequence",
+            ),
+            ("sinks:\n  - 1\n", "sinks[0]: invalid type"),
+            ("sinks:\n  - [http://x/h]\n", "sinks[0]: invalid type"),
+            (
+                "sinks:\n  - url: 5\n",
+                "sinks[0].url: expected a string, found a number",
+            ),
+            (
+                "sinks:\n  - url: http://x/h\n    hook: 1\n",
+                "sinks[0].hook: unknown field `hook`",
+            ),
+            (
+                "sinks:\n  - url: http://x/h\n    command: cat\n",
+                "sinks[0]: give url or command, not both",
+            ),
+            (
+                "sinks:\n  - preset: ntfy\n",
+                "sinks[0]: give url or command",
+            ),
+            ("stall_after: [\n", ""),
+        ];
+        for (text, want) in cases {
+            let e = NotifyConfig::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // `null` sink fields count as not given, as before.
+        let c = NotifyConfig::parse("sinks:\n  - url: http://x/h\n    preset: ~\n").unwrap();
+        assert_eq!(
+            c.sinks,
+            vec![Sink::Webhook {
+                url: "http://x/h".into(),
+                preset: Preset::Json,
+                secret_env: None
+            }]
+        );
+        let c =
+            NotifyConfig::parse("digest: ~\nquarantine_window: 90\nquarantine_after: 4\n").unwrap();
+        assert_eq!(
+            (c.digest, c.quarantine_window, c.quarantine_after),
+            (None, Some(Duration::from_secs(90)), Some(4))
+        );
+    }
+
+    #[test]
+    fn preset_words_are_their_serde_names() {
+        for p in [Preset::Json, Preset::Ntfy, Preset::Slack] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(Preset::parse(p.as_str()), Ok(p));
         }
     }
 }

@@ -8,8 +8,10 @@ use crate::process::{self, Cmd, RunError};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
+use megaplan_cloud_api::notification::NotificationEvent;
 use megaplan_cloud_api::notification::{IDEMPOTENCY_HEADER, Notification};
-use serde_json::{Value, json};
+use megaplan_cloud_api::sorted::Sorted;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::time::Duration;
 
@@ -84,11 +86,51 @@ pub fn ntfy_headers(n: &Notification) -> Vec<(String, String)> {
     h
 }
 
-/// A Slack incoming-webhook message in Block Kit: a header (the title), a section with the
-/// chain, milestone, state and fix (with a link button to the PR when there is one), and a
-/// context line with the cloud.yaml path; `text` is the plain fallback Slack shows in
-/// notifications.
-pub fn slack_message(n: &Notification) -> Value {
+/// A Slack incoming-webhook message (Block Kit): `text` is the plain fallback Slack shows in
+/// notifications. Sent with its keys sorted ([`Sorted`]), as it was before it was typed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlackMessage {
+    pub text: String,
+    pub blocks: Vec<SlackBlock>,
+}
+
+/// The Block Kit blocks a notification uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SlackBlock {
+    Header {
+        text: SlackText,
+    },
+    Section {
+        text: SlackText,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        accessory: Option<SlackButton>,
+    },
+    Context {
+        elements: Vec<SlackText>,
+    },
+}
+
+/// A Block Kit text object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SlackText {
+    PlainText { text: String },
+    Mrkdwn { text: String },
+}
+
+/// A link button (`"type": "button"`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename = "button")]
+pub struct SlackButton {
+    pub text: SlackText,
+    pub url: String,
+}
+
+/// The Slack message of a notification: a header (the title), a section with the chain,
+/// milestone, state and fix (with a link button to the PR when there is one), and a context
+/// line with the cloud.yaml path.
+pub fn slack_message(n: &Notification) -> SlackMessage {
     let mut head = vec![format!("*{}*", n.chain)];
     if let Some(m) = &n.milestone {
         head.push(super::message::milestone_text(m));
@@ -111,31 +153,39 @@ pub fn slack_message(n: &Notification) -> Value {
     if let Some(f) = &n.fix {
         body.push_str(&format!("\n*Fix:* {f}"));
     }
-    let mut section = json!({
-        "type": "section",
-        "text": {"type": "mrkdwn", "text": cut(&body, SLACK_SECTION_LIMIT)},
-    });
-    if let Some((number, url)) =
+    let accessory =
         n.pr.as_ref()
             .and_then(|p| p.url.as_deref().map(|u| (p.number, u)))
-    {
-        section["accessory"] = json!({
-            "type": "button",
-            "text": {"type": "plain_text", "text": format!("Open PR #{number}")},
-            "url": url,
-        });
-    }
+            .map(|(number, url)| SlackButton {
+                text: SlackText::PlainText {
+                    text: format!("Open PR #{number}"),
+                },
+                url: url.to_string(),
+            });
     let mut blocks = vec![
-        json!({"type": "header", "text": {"type": "plain_text", "text": cut(&n.title, SLACK_HEADER_LIMIT)}}),
-        section,
+        SlackBlock::Header {
+            text: SlackText::PlainText {
+                text: cut(&n.title, SLACK_HEADER_LIMIT),
+            },
+        },
+        SlackBlock::Section {
+            text: SlackText::Mrkdwn {
+                text: cut(&body, SLACK_SECTION_LIMIT),
+            },
+            accessory,
+        },
     ];
     if !n.cloud_yaml.is_empty() {
-        blocks.push(json!({
-            "type": "context",
-            "elements": [{"type": "mrkdwn", "text": cut(&n.cloud_yaml, SLACK_SECTION_LIMIT)}],
-        }));
+        blocks.push(SlackBlock::Context {
+            elements: vec![SlackText::Mrkdwn {
+                text: cut(&n.cloud_yaml, SLACK_SECTION_LIMIT),
+            }],
+        });
     }
-    json!({"text": n.message, "blocks": blocks})
+    SlackMessage {
+        text: n.message.clone(),
+        blocks,
+    }
 }
 
 /// Build the request for one notification under a preset. `stored` is the notification's JSON
@@ -174,7 +224,7 @@ pub fn webhook_request(
         }
         Preset::Slack => {
             headers.push(("Content-Type".into(), "application/json".into()));
-            serde_json::to_vec(&slack_message(notification)).unwrap_or_default()
+            serde_json::to_vec(&Sorted(slack_message(notification))).unwrap_or_default()
         }
     };
     if let Some(secret) = secret {
@@ -348,29 +398,60 @@ pub fn parse_stored(body: &str) -> Notification {
     if let Ok(n) = serde_json::from_str::<Notification>(body) {
         return n;
     }
-    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let text = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
+    let found: Salvaged = serde_json::from_str(body).unwrap_or_default();
+    let text = |t: Lenient<String>| match t {
+        Lenient::Read(s) => s,
+        Lenient::Other(_) => String::new(),
     };
-    let event = v
-        .get("event")
-        .and_then(|e| serde_json::from_value(e.clone()).ok())
-        .unwrap_or(megaplan_cloud_api::notification::NotificationEvent::Test);
-    let mut n = super::message::test("", "", &text("idempotency_key"), &text("created_at"));
+    let event = match found.event {
+        Lenient::Read(e) => e,
+        Lenient::Other(_) => NotificationEvent::Test,
+    };
+    let mut n = super::message::test(
+        "",
+        "",
+        &text(found.idempotency_key),
+        &text(found.created_at),
+    );
     n.event = event;
     n.needs_person = event.needs_person();
-    n.title = text("title");
-    n.message = text("message");
-    n.cloud_yaml = text("cloud_yaml");
+    n.title = text(found.title);
+    n.message = text(found.message);
+    n.cloud_yaml = text(found.cloud_yaml);
     n
+}
+
+/// What [`parse_stored`] salvages of a body that does not read as a notification: each field
+/// it can read, every other one left out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Salvaged {
+    event: Lenient<NotificationEvent>,
+    idempotency_key: Lenient<String>,
+    created_at: Lenient<String>,
+    title: Lenient<String>,
+    message: Lenient<String>,
+    cloud_yaml: Lenient<String>,
+}
+
+/// A field read as `T` when it is one, else skipped.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Lenient<T> {
+    Read(T),
+    Other(serde::de::IgnoredAny),
+}
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient::Other(serde::de::IgnoredAny)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn signature_matches_a_known_vector() {
@@ -466,10 +547,11 @@ mod tests {
     fn slack_gets_block_kit_sections_with_a_link_button() {
         let n = awaiting();
         let r = webhook_request("http://127.0.0.1:1/h", Preset::Slack, &n, b"{}", 7, None);
-        let got: Value = serde_json::from_slice(&r.body).unwrap();
+        let got = String::from_utf8(r.body).unwrap();
+        // Byte for byte what the hand-built body was (keys sorted at every level).
         assert_eq!(
             got,
-            json!({
+            serde_json::to_string(&json!({
                 "text": "proj · milestone 1/2 (m1) · awaiting_pr_merge\nthe chain waits",
                 "blocks": [
                     {"type": "header", "text": {"type": "plain_text", "text": "proj: the chain waits for a pull request to be merged"}},
@@ -478,7 +560,8 @@ mod tests {
                      "accessory": {"type": "button", "text": {"type": "plain_text", "text": "Open PR #7"}, "url": "https://github.com/o/r/pull/7"}},
                     {"type": "context", "elements": [{"type": "mrkdwn", "text": "/home/op/proj/cloud.yaml"}]}
                 ]
-            })
+            }))
+            .unwrap()
         );
     }
 
@@ -488,6 +571,14 @@ mod tests {
         assert_eq!(n.title, "done");
         assert_eq!(n.message, "cloud.yaml: done");
         assert_eq!(n.event.as_str(), "complete");
+        // A field of the wrong type is skipped, the rest still read.
+        let n =
+            parse_stored(r#"{"event":"no_such_event","title":7,"message":"m","cloud_yaml":"/c"}"#);
+        assert_eq!(n.event, NotificationEvent::Test);
+        assert_eq!((n.title.as_str(), n.message.as_str()), ("", "m"));
+        assert_eq!(n.cloud_yaml, "/c");
+        let n = parse_stored("not json");
+        assert_eq!((n.title.as_str(), n.message.as_str()), ("", ""));
     }
 
     #[tokio::test]

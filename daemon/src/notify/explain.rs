@@ -2,9 +2,63 @@
 //! observed, the rule of `chain::decide` that matched (recorded in the report), the action,
 //! and the refusal. Pure: a reading of the stored report.
 
-use megaplan_cloud_api::report::{Liveness, ProviderConsistency, TickReport};
+use megaplan_cloud_api::liveness::{Liveness as DriverLiveness, Quarantine};
+use megaplan_cloud_api::report::{
+    Liveness, NextAction, Pause, ProviderConsistency, ReportedStatus, SyncInfo, TickReport,
+};
 use megaplan_cloud_api::wire::{TickBackoff, TickRecord};
-use serde_json::{Value, json};
+use serde::Serialize;
+
+/// `GET /v1/clouds/{key}/explain`: the facts, the rule, the action and the lines a terminal
+/// shows. Replied as [`megaplan_cloud_api::sorted::Sorted`] (keys sorted, as before it was
+/// typed); the client reads it as [`megaplan_cloud_api::wire::Explanation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explained {
+    pub success: bool,
+    pub tick_id: i64,
+    pub facts: Facts,
+    pub rule: String,
+    pub action: NextAction,
+    pub acted: bool,
+    pub refused_reason: Option<String>,
+    pub lines: Vec<String>,
+    /// The registration's back-off, when its scheduled ticks are held back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<TickBackoff>,
+}
+
+/// What the tick observed, as `explain --json` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Facts {
+    pub effective_status: ReportedStatus,
+    /// The runner's liveness word, `-` when not observed.
+    pub runner: String,
+    pub pr: PrFacts,
+    pub sync: SyncInfo,
+    pub log: LogFacts,
+    pub stalled: Option<bool>,
+    pub stalled_for_secs: Option<Option<i64>>,
+    /// The consistency word, `-` when not checked.
+    pub provider_consistency: String,
+    pub paused: Option<Option<Pause>>,
+    /// `true` for a dry run, else `null`.
+    pub dry_run: Option<bool>,
+    pub liveness: Option<DriverLiveness>,
+    pub quarantine: Option<Quarantine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrFacts {
+    pub number: Option<Option<i64>>,
+    pub merge_probe: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogFacts {
+    pub path: Option<String>,
+    pub size: Option<Option<u64>>,
+    pub mtime: Option<Option<String>>,
+}
 
 /// The rule of the supervise decision that produced this report, in words: the report
 /// records which rule matched (`chain::decide`); the words are the rule's own (`Rule::text`).
@@ -19,26 +73,37 @@ pub fn rule(report: &TickReport) -> String {
     }
 }
 
-/// The explanation of one stored tick: JSON plus the lines for a terminal.
-pub fn explain(rec: &TickRecord) -> Value {
+/// The explanation of one stored tick: the facts plus the lines for a terminal.
+pub fn explain(rec: &TickRecord) -> Explained {
     let r = &rec.report;
     let or_dash = |s: Option<&str>| s.unwrap_or("-").to_string();
     let runner = or_dash(r.runner.status.map(Liveness::as_str));
     let pr_number = r.pr.pr_number.flatten();
-    let facts = json!({
-        "effective_status": r.effective_status,
-        "runner": runner,
-        "pr": {"number": r.pr.pr_number, "merge_probe": r.pr.merge_probe},
-        "sync": r.sync,
-        "log": {"path": r.logs.path, "size": r.logs.size, "mtime": r.logs.mtime},
-        "stalled": r.stalled,
-        "stalled_for_secs": r.stalled_for_secs,
-        "provider_consistency": or_dash(r.provider_consistency.as_ref().map(ProviderConsistency::as_str)),
-        "paused": r.paused,
-        "dry_run": r.dry_run.then_some(true),
-        "liveness": r.liveness,
-        "quarantine": r.quarantine,
-    });
+    let facts = Facts {
+        effective_status: r.effective_status.clone(),
+        runner: runner.clone(),
+        pr: PrFacts {
+            number: r.pr.pr_number,
+            merge_probe: r.pr.merge_probe.clone(),
+        },
+        sync: r.sync.clone(),
+        log: LogFacts {
+            path: r.logs.path.clone(),
+            size: r.logs.size,
+            mtime: r.logs.mtime.clone(),
+        },
+        stalled: r.stalled,
+        stalled_for_secs: r.stalled_for_secs,
+        provider_consistency: or_dash(
+            r.provider_consistency
+                .as_ref()
+                .map(ProviderConsistency::as_str),
+        ),
+        paused: r.paused.clone(),
+        dry_run: r.dry_run.then_some(true),
+        liveness: r.liveness.clone(),
+        quarantine: r.quarantine.clone(),
+    };
     let rule = rule(r);
     let action = format!(
         "{} (acted: {})",
@@ -101,28 +166,24 @@ pub fn explain(rec: &TickRecord) -> Value {
     if let Some(reason) = &rec.refused_reason {
         lines.push(format!("refused: {reason}"));
     }
-    json!({
-        "success": true,
-        "tick_id": rec.id,
-        "facts": facts,
-        "rule": rule,
-        "action": rec.next_action,
-        "acted": rec.acted,
-        "refused_reason": rec.refused_reason,
-        "lines": lines,
-    })
+    Explained {
+        success: true,
+        tick_id: rec.id,
+        facts,
+        rule,
+        action: rec.next_action.clone(),
+        acted: rec.acted,
+        refused_reason: rec.refused_reason.clone(),
+        lines,
+        backoff: None,
+    }
 }
 
 /// Add the registration's back-off to an explanation: a `backoff` object and a line saying why
 /// its scheduled ticks are held back and until when.
-pub fn with_backoff(explained: &mut Value, b: &TickBackoff) {
-    let line = backoff_line(b);
-    if let Some(o) = explained.as_object_mut() {
-        o.insert("backoff".into(), json!(b));
-        if let Some(lines) = o.get_mut("lines").and_then(Value::as_array_mut) {
-            lines.push(Value::String(line));
-        }
-    }
+pub fn with_backoff(explained: &mut Explained, b: &TickBackoff) {
+    explained.lines.push(backoff_line(b));
+    explained.backoff = Some(b.clone());
 }
 
 /// `backoff: N tick(s) in a row hit their deadline (since T); scheduled ticks skipped until U
@@ -143,6 +204,8 @@ pub fn backoff_line(b: &TickBackoff) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaplan_cloud_api::sorted::Sorted;
+    use serde_json::{Value, json};
 
     /// A stored report with the fields given and the rest of a plain tick.
     fn report(fields: Value) -> TickReport {
@@ -196,12 +259,7 @@ mod tests {
             due_at: None,
         };
         let e = explain(&rec);
-        let lines: Vec<&str> = e["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l.as_str().unwrap())
-            .collect();
+        let lines: Vec<&str> = e.lines.iter().map(String::as_str).collect();
         assert!(
             lines[1].starts_with("facts:   status stale_bookkeeping, runner dead"),
             "{lines:?}"
@@ -223,10 +281,83 @@ mod tests {
                 skipped: 1,
             },
         );
-        assert_eq!(e["backoff"]["strikes"], 2);
+        assert_eq!(e.backoff.as_ref().map(|b| b.strikes), Some(2));
         assert_eq!(
-            e["lines"].as_array().unwrap().last().unwrap(),
+            e.lines.last().unwrap(),
             "backoff: 2 ticks in a row hit their deadline (since 2026-01-01T00:00:00Z); scheduled ticks are skipped until 2026-01-01T00:00:30Z (1 skipped so far); last: the resident observer did not answer within 3s"
         );
+    }
+
+    /// The reply is the object the hand-built payload was, byte for byte: the same names,
+    /// nulls and keys sorted at every level.
+    #[test]
+    fn the_reply_keeps_its_bytes() {
+        let r = report(
+            json!({"effective_status": "running", "runner": {"status": "alive"},
+            "pr": {"pr_number": 7, "merge_probe": "open", "pr_state": "OPEN"},
+            "sync": {"branch": "main", "zz": 1}, "logs": {"path": "/w/l", "size": 5, "mtime": null},
+            "stalled": false, "stalled_for_secs": null, "paused": null,
+            "provider_consistency": {"status": "consistent"},
+            "quarantine": {"key": "k", "reason": "r", "since": "s", "restarts": 3, "log_tail": []}}),
+        );
+        let rec = TickRecord {
+            id: 9,
+            key: "k".into(),
+            cloud_yaml: "/p/cloud.yaml".into(),
+            trigger: "schedule".into(),
+            started_at: "a".into(),
+            finished_at: "b".into(),
+            duration_ms: 1,
+            success: true,
+            event: megaplan_cloud_api::report::TickEvent::Tick,
+            next_action: NextAction::Noop,
+            acted: false,
+            refused_reason: None,
+            report: r.clone(),
+            due_at: None,
+        };
+        let mut typed = explain(&rec);
+        let backoff = TickBackoff {
+            strikes: 1,
+            since: "s".into(),
+            until: "u".into(),
+            reason: "slow".into(),
+            skipped: 0,
+        };
+        with_backoff(&mut typed, &backoff);
+        // The payload as it was built by hand before it was typed.
+        let facts = json!({
+            "effective_status": r.effective_status,
+            "runner": "alive",
+            "pr": {"number": r.pr.pr_number, "merge_probe": r.pr.merge_probe},
+            "sync": r.sync,
+            "log": {"path": r.logs.path, "size": r.logs.size, "mtime": r.logs.mtime},
+            "stalled": r.stalled,
+            "stalled_for_secs": r.stalled_for_secs,
+            "provider_consistency": "consistent",
+            "paused": r.paused,
+            "dry_run": r.dry_run.then_some(true),
+            "liveness": r.liveness,
+            "quarantine": r.quarantine,
+        });
+        let mut old: Value = json!({
+            "success": true,
+            "tick_id": rec.id,
+            "facts": facts,
+            "rule": rule(&r),
+            "action": rec.next_action,
+            "acted": rec.acted,
+            "refused_reason": rec.refused_reason,
+            "lines": typed.lines,
+        });
+        old["backoff"] = json!(backoff);
+        assert_eq!(
+            serde_json::to_string(&Sorted(&typed)).unwrap(),
+            serde_json::to_string(&old).unwrap()
+        );
+        // What the client reads.
+        let read: megaplan_cloud_api::wire::Explanation =
+            serde_json::from_str(&serde_json::to_string(&Sorted(&typed)).unwrap()).unwrap();
+        assert_eq!(read.lines, typed.lines);
     }
 }

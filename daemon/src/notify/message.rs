@@ -110,8 +110,7 @@ pub fn of_event(
     }
     let reason = ev
         .details
-        .get("reason")
-        .and_then(|v| v.as_str())
+        .reason()
         .map(|s| format!(": {s}"))
         .unwrap_or_default();
     let mut lines = vec![head.join(" · "), format!("{}{reason}", ev.title)];
@@ -150,7 +149,8 @@ pub fn of_event(
             acted: rec.acted,
             refused_reason: rec.refused_reason.clone(),
         }),
-        details: ev.details.clone(),
+        // The typed facts always serialize; `{}` stands in should that ever change.
+        details: serde_json::to_value(&ev.details).unwrap_or_else(|_| serde_json::json!({})),
         digest: None,
         created_at: created_at.to_string(),
         cloud_yaml: rec.cloud_yaml.clone(),
@@ -189,7 +189,7 @@ pub fn test(key: &str, cloud_yaml: &str, idempotency_key: &str, created_at: &str
         key: key.to_string(),
         spec: String::new(),
         tick: None,
-        details: serde_json::Value::Object(Default::default()),
+        details: serde_json::json!({}),
         digest: None,
         created_at: created_at.to_string(),
         cloud_yaml: cloud_yaml.to_string(),
@@ -233,7 +233,7 @@ pub fn digest(chains: Vec<DigestChain>, idempotency_key: &str, created_at: &str)
         key: String::new(),
         spec: String::new(),
         tick: None,
-        details: serde_json::Value::Object(Default::default()),
+        details: serde_json::json!({}),
         digest: Some(chains),
         created_at: created_at.to_string(),
         cloud_yaml: String::new(),

@@ -22,7 +22,7 @@ pub mod sinks;
 pub mod store;
 pub mod transitions;
 
-use crate::redact::Redactor;
+use crate::redact::{Redact, Redactor};
 use crate::state::AppState;
 use chrono::Utc;
 use config::{NotifyConfig, Sink};
@@ -218,17 +218,12 @@ pub fn outbox_rows(
     rows
 }
 
-/// The notification's JSON with every secret the redactor knows masked, in the typed field
-/// order (redaction works on a JSON value, whose keys would come out sorted).
+/// The notification's JSON with every secret the redactor knows masked in its texts (closed
+/// words such as the event hold none).
 pub fn redacted_text(n: &megaplan_cloud_api::notification::Notification, r: &Redactor) -> String {
-    let value = serde_json::to_value(n).unwrap_or_default();
-    let masked = r.redact_json(&value);
-    match serde_json::from_value::<megaplan_cloud_api::notification::Notification>(masked.clone()) {
-        Ok(typed) => serde_json::to_string(&typed),
-        // A mask landed in a closed word (a secret equal to an event name): keep it masked.
-        Err(_) => serde_json::to_string(&masked),
-    }
-    .unwrap_or_default()
+    let mut masked = n.clone();
+    masked.redact_with(r);
+    serde_json::to_string(&masked).unwrap_or_default()
 }
 
 /// The registration's secrets (names from its cloud.yaml, values the daemon knows) and its
@@ -947,5 +942,45 @@ mod tests {
             let e = since_time(huge).unwrap_err();
             assert!(e.contains("since") && e.contains("too far back"), "{e}");
         }
+    }
+
+    /// Redaction through the typed fields masks what the JSON walk it replaced masked, byte
+    /// for byte: every text of the body, a digest's and the details' included.
+    #[test]
+    fn typed_redaction_masks_every_text_as_the_json_walk_did() {
+        let secret = "s3cr3t-value-123";
+        let names = vec!["GH_TOKEN".to_string()];
+        let values = [("GH_TOKEN".to_string(), secret.to_string())].into();
+        let r = Redactor::new(&names, &values);
+        let with = |s: &str| format!("{s} {secret}");
+        let mut n = message::test(&with("k"), &with("/c/cloud.yaml"), &with("i"), &with("t"));
+        n.title = with("title");
+        n.fix = Some(with("fix"));
+        n.effective_status = Some(with("status"));
+        n.spec = with("spec");
+        n.milestone = Some(megaplan_cloud_api::report::ChainPosition {
+            number: 1,
+            count: 2,
+            label: Some(with("m1")),
+        });
+        n.pr = Some(megaplan_cloud_api::notification::PrLink {
+            number: 7,
+            url: Some(with("https://x/pull/7")),
+        });
+        n.details = serde_json::json!({"reason": with("r"), "checks": [{"fix": with("f")}]});
+        n.digest = Some(vec![megaplan_cloud_api::notification::DigestChain {
+            key: with("k"),
+            chain: with("c"),
+            milestone: None,
+            milestones_done: 1,
+            state: with("running"),
+            cloud_yaml: with("/c"),
+        }]);
+        let walked = r.redact_json(&serde_json::to_value(&n).unwrap());
+        let walked: megaplan_cloud_api::notification::Notification =
+            serde_json::from_value(walked).unwrap();
+        let text = redacted_text(&n, &r);
+        assert!(!text.contains(secret), "{text}");
+        assert_eq!(text, serde_json::to_string(&walked).unwrap());
     }
 }

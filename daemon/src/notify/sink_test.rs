@@ -61,10 +61,11 @@ async fn send_one(
                 secret.as_deref().map(str::as_bytes),
             );
             let (status, result) = deliver::send_webhook_status(&req, timeout).await;
-            let word = serde_json::to_value(preset)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string));
-            (word, status.map(i64::from), result)
+            (
+                Some(preset.as_str().to_string()),
+                status.map(i64::from),
+                result,
+            )
         }
         Sink::Command { command } => {
             let (code, result) =

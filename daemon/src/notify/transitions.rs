@@ -2,11 +2,12 @@
 //! of a registration (its [`WatchState`], kept in SQLite) and the new report to the next state
 //! and the events worth telling a person. One event per transition, never one per tick.
 
+use crate::runner::fence::PreflightCheck;
 use chrono::{DateTime, Utc};
+use megaplan_cloud_api::liveness::{Liveness, Quarantine};
 use megaplan_cloud_api::notification::NotificationEvent;
-use megaplan_cloud_api::report::{EffectiveStatus, TickReport};
+use megaplan_cloud_api::report::{EffectiveStatus, LogsInfo, PrInfo, TickReport};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// Statuses that wait for a person; `still_waiting` fires once per stay after the configured age.
@@ -74,9 +75,80 @@ pub struct Rules {
 pub struct Event {
     pub event: NotificationEvent,
     pub title: String,
-    pub details: Value,
+    pub details: Details,
     /// Stable per occurrence (see [`idempotency_key`]).
     pub idempotency_key: String,
+}
+
+/// The facts of one event: the notification's `details` (docs/notifications.md lists them per
+/// event). Serialized as the bare object of the variant's fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Details {
+    TicksFailing {
+        consecutive_failures: u32,
+        reason: Option<String>,
+    },
+    TicksRecovered {
+        failed_ticks: u32,
+    },
+    /// `human_prerequisite`, `quality_gate`, `awaiting_pr_merge`.
+    Waiting {
+        reason: Option<String>,
+        pr: PrInfo,
+    },
+    StillWaiting {
+        status: String,
+        waiting_since: String,
+        waiting_secs: i64,
+        reason: Option<String>,
+    },
+    SupervisorActed {
+        action: String,
+    },
+    PreflightFailed {
+        reason: Option<String>,
+        checks: Vec<PreflightCheck>,
+    },
+    Stalled {
+        stalled_for_secs: i64,
+        log: LogsInfo,
+    },
+    DriverGone {
+        liveness: Liveness,
+    },
+    Quarantined {
+        quarantine: Quarantine,
+        fix: String,
+    },
+    LivenessUnknown {
+        liveness: Liveness,
+        unknown_since: String,
+    },
+    /// `complete`, a test, a digest: `{}`.
+    Empty {},
+}
+
+impl Details {
+    /// The tick's refusal, for the events that carry it.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Details::TicksFailing { reason, .. }
+            | Details::Waiting { reason, .. }
+            | Details::StillWaiting { reason, .. }
+            | Details::PreflightFailed { reason, .. } => reason.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The runner's preflight verdict as the tick report keeps it (`extra.preflight`, written by
+/// the supervisor from the gate's verdict).
+#[derive(Debug, Deserialize)]
+struct PreflightInReport {
+    passed: bool,
+    #[serde(default)]
+    checks: Vec<PreflightCheck>,
 }
 
 /// Which stored tick of which registration the report is: part of every idempotency key, so
@@ -159,7 +231,10 @@ pub fn transitions(
             events.push(Event {
                 event: NotificationEvent::TicksFailing,
                 title: format!("{} ticks in a row failed", next.consecutive_failures),
-                details: json!({"consecutive_failures": next.consecutive_failures, "reason": reason}),
+                details: Details::TicksFailing {
+                    consecutive_failures: next.consecutive_failures,
+                    reason,
+                },
                 idempotency_key: key(NotificationEvent::TicksFailing, ""),
             });
         }
@@ -173,7 +248,9 @@ pub fn transitions(
                 "ticks succeed again after {} failures",
                 prev.consecutive_failures
             ),
-            details: json!({"failed_ticks": prev.consecutive_failures}),
+            details: Details::TicksRecovered {
+                failed_ticks: prev.consecutive_failures,
+            },
             idempotency_key: key(NotificationEvent::TicksRecovered, ""),
         });
     }
@@ -215,7 +292,10 @@ pub fn transitions(
                     }
                     _ => "the chain waits for a pull request to be merged".to_string(),
                 },
-                details: json!({"reason": reason, "pr": report.pr}),
+                details: Details::Waiting {
+                    reason: reason.clone(),
+                    pr: report.pr.clone(),
+                },
                 idempotency_key: k,
             });
         } else if classified == Some(EffectiveStatus::Complete) {
@@ -227,7 +307,7 @@ pub fn transitions(
             events.push(Event {
                 event: NotificationEvent::Complete,
                 title: "the chain is complete".to_string(),
-                details: json!({}),
+                details: Details::Empty {},
                 idempotency_key: k,
             });
         }
@@ -247,7 +327,12 @@ pub fn transitions(
             events.push(Event {
                 event: NotificationEvent::StillWaiting,
                 title: format!("the chain still waits ({status}) after {}", age_text(secs)),
-                details: json!({"status": status, "waiting_since": since.to_rfc3339(), "waiting_secs": secs, "reason": reason}),
+                details: Details::StillWaiting {
+                    status: status.clone(),
+                    waiting_since: since.to_rfc3339(),
+                    waiting_secs: secs,
+                    reason: reason.clone(),
+                },
                 idempotency_key: key(NotificationEvent::StillWaiting, &stay),
             });
         }
@@ -264,7 +349,9 @@ pub fn transitions(
         events.push(Event {
             event: NotificationEvent::SupervisorActed,
             title: format!("the supervisor acted: {action}"),
-            details: json!({"action": action}),
+            details: Details::SupervisorActed {
+                action: action.to_string(),
+            },
             idempotency_key: key(NotificationEvent::SupervisorActed, action),
         });
     }
@@ -274,32 +361,27 @@ pub fn transitions(
     let preflight = report
         .extra
         .get("preflight")
-        .filter(|p| p.get("passed") == Some(&Value::Bool(false)));
+        .and_then(|p| PreflightInReport::deserialize(p).ok())
+        .filter(|p| !p.passed);
     if let Some(p) = preflight {
-        let checks = p.get("checks").cloned().unwrap_or(Value::Null);
-        let blocker: Vec<String> = checks
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                format!(
-                    "{}:{}",
-                    c.get("check").and_then(Value::as_str).unwrap_or("?"),
-                    c.get("field").and_then(Value::as_str).unwrap_or("?")
-                )
-            })
+        let blocker: Vec<String> = p
+            .checks
+            .iter()
+            .map(|c| format!("{}:{}", c.check, c.field))
             .collect();
         let blocker = blocker.join(",");
         if prev.preflight_blocker.as_deref() != Some(blocker.as_str()) {
-            let fix = checks
-                .get(0)
-                .and_then(|c| c.get("fix"))
-                .and_then(Value::as_str)
-                .unwrap_or("see the tick report");
+            let fix = p
+                .checks
+                .first()
+                .map_or("see the tick report", |c| c.fix.as_str());
             events.push(Event {
                 event: NotificationEvent::PreflightFailed,
                 title: format!("a launch was stopped by the preflight; fix: {fix}"),
-                details: json!({"reason": reason, "checks": checks}),
+                details: Details::PreflightFailed {
+                    reason: reason.clone(),
+                    checks: p.checks.clone(),
+                },
                 idempotency_key: key(NotificationEvent::PreflightFailed, &blocker),
             });
         }
@@ -317,7 +399,10 @@ pub fn transitions(
                 "the runner is alive but its log has not grown for {}",
                 age_text(age)
             ),
-            details: json!({"stalled_for_secs": age, "log": report.logs}),
+            details: Details::Stalled {
+                stalled_for_secs: age,
+                log: report.logs.clone(),
+            },
             idempotency_key: key(
                 NotificationEvent::Stalled,
                 report.logs.mtime().unwrap_or_default(),
@@ -347,7 +432,9 @@ pub fn transitions(
                     "the driver process is gone; restart in {} s unless it comes back",
                     secs.ceil().max(1.0)
                 ),
-                details: json!({"liveness": l}),
+                details: Details::DriverGone {
+                    liveness: l.clone(),
+                },
                 idempotency_key: key(NotificationEvent::DriverGone, ""),
             });
         }
@@ -361,10 +448,13 @@ pub fn transitions(
                 event: NotificationEvent::Quarantined,
                 idempotency_key: key(NotificationEvent::Quarantined, &q.since),
                 title: format!("the chain is quarantined: {}", q.reason),
-                details: json!({
-                    "quarantine": q,
-                    "fix": format!("`megaplan-cloudctl unquarantine {}` once the cause is fixed", q.key),
-                }),
+                details: Details::Quarantined {
+                    quarantine: q.clone(),
+                    fix: format!(
+                        "`megaplan-cloudctl unquarantine {}` once the cause is fixed",
+                        q.key
+                    ),
+                },
             });
         }
         Some(_) => {}
@@ -394,7 +484,10 @@ pub fn transitions(
                         age_text((now - since).num_seconds()),
                         l.evidence.detail
                     ),
-                    details: json!({"liveness": l, "unknown_since": since.to_rfc3339()}),
+                    details: Details::LivenessUnknown {
+                        liveness: l.clone(),
+                        unknown_since: since.to_rfc3339(),
+                    },
                 });
             }
         }
@@ -414,6 +507,7 @@ pub fn age_text(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     const RULES: Rules = Rules {
         still_waiting_after: chrono::Duration::seconds(3600),
@@ -631,6 +725,50 @@ mod tests {
         assert_eq!(
             events,
             ["preflight_failed", "supervisor_acted", "preflight_failed"]
+        );
+    }
+
+    /// The `details` of an event are the object the untyped payloads were, key for key (the
+    /// notification stores them as a JSON object, keys sorted).
+    #[test]
+    fn details_keep_their_shape() {
+        let blocked = report(json!({"effective_status": "stale_bookkeeping",
+            "event": "supervisor_blocked", "next_action": "blocked",
+            "refused_reason": "preflight failed",
+            "preflight": {"passed": false, "checks": [{"check": "disk",
+                "field": "preflight.min_free_disk", "detail": "d", "fix": "free disk"}]}}));
+        let (_, events) = transitions(&WatchState::default(), &blocked, Utc::now(), RULES, AT);
+        let pre = events
+            .iter()
+            .find(|e| e.event == NotificationEvent::PreflightFailed)
+            .unwrap();
+        assert_eq!(pre.details.reason(), Some("preflight failed"));
+        assert_eq!(
+            serde_json::to_string(&serde_json::to_value(&pre.details).unwrap()).unwrap(),
+            r#"{"checks":[{"check":"disk","detail":"d","field":"preflight.min_free_disk","fix":"free disk"}],"reason":"preflight failed"}"#
+        );
+        let (_, events) = transitions(&WatchState::default(), &awaiting(7), Utc::now(), RULES, AT);
+        assert_eq!(
+            serde_json::to_value(&events[0].details).unwrap(),
+            json!({"reason": null, "pr": awaiting(7).pr})
+        );
+        let to = |d: Details| serde_json::to_string(&serde_json::to_value(d).unwrap()).unwrap();
+        assert_eq!(to(Details::Empty {}), "{}");
+        assert_eq!(
+            to(Details::TicksFailing {
+                consecutive_failures: 3,
+                reason: None
+            }),
+            r#"{"consecutive_failures":3,"reason":null}"#
+        );
+        assert_eq!(
+            to(Details::StillWaiting {
+                status: "quality_gate".into(),
+                waiting_since: "t".into(),
+                waiting_secs: 5,
+                reason: Some("r".into())
+            }),
+            r#"{"reason":"r","status":"quality_gate","waiting_secs":5,"waiting_since":"t"}"#
         );
     }
 

@@ -11,6 +11,7 @@ use crate::state::AppState;
 use chrono::{DateTime, FixedOffset, Utc};
 use megaplan_cloud_api::marker::{LastChainMarker, Slot};
 use megaplan_cloud_api::report::NextAction;
+use megaplan_cloud_api::sorted::Sorted;
 use megaplan_cloud_api::{ErrorBody, ErrorCode, legacy, paths};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -115,11 +116,7 @@ pub async fn load(
     cloud_yaml: &str,
     read_legacy_file: bool,
 ) -> Result<Loaded, ErrorBody> {
-    let stored = state
-        .store
-        .get_marker(key)
-        .await?
-        .map(LastChainMarker::read);
+    let stored = state.store.get_marker(key).await?;
     let file = paths::legacy_marker_file(&state.settings.cloud_home, key);
     let found = if read_legacy_file {
         read_legacy(&file)
@@ -140,7 +137,7 @@ pub async fn load(
     {
         state
             .store
-            .put_marker(key, cloud_yaml, &m.to_value())
+            .put_marker(key, cloud_yaml, m)
             .await
             .map_err(ErrorBody::from)?;
         tracing::info!(key, file = %file.display(), "imported the legacy marker (absent from the database, or written later)");
@@ -167,7 +164,7 @@ pub async fn adopt(
     }
     for alias in aliases.iter().filter(|a| *a != key) {
         let found = match state.store.get_marker(alias).await? {
-            Some(m) => Some(LastChainMarker::read(m)),
+            Some(m) => Some(m),
             None => match read_legacy(&paths::legacy_marker_file(root, alias)) {
                 LegacyFile::Marker(m) => Some(*m),
                 LegacyFile::Unusable(w) => {
@@ -194,36 +191,33 @@ pub async fn save(
     cloud_yaml: &str,
     marker: &LastChainMarker,
 ) -> Result<(), ErrorBody> {
-    let marker = marker.to_value();
     state
         .store
-        .put_marker(key, cloud_yaml, &marker)
+        .put_marker(key, cloud_yaml, marker)
         .await
         .map_err(ErrorBody::from)?;
     write_legacy(
         &paths::legacy_marker_file(&state.settings.cloud_home, key),
-        &marker,
+        marker,
     )
 }
 
-/// The original's provider identity: the railway service, the compose project or the ssh host.
+/// The original's provider identity: the railway service, the compose project or the ssh host
+/// (JSON `null` when the spec names none), as the consistency check compares it.
 pub fn provider_identity(spec: &CloudSpec) -> Value {
+    json!(provider_identity_name(spec))
+}
+
+/// The provider identity's name, when the spec gives one.
+fn provider_identity_name(spec: &CloudSpec) -> Option<String> {
     match spec.provider {
-        ProviderKind::Railway => json!(spec.railway.service),
-        ProviderKind::Local => json!(spec.local.compose_project),
-        ProviderKind::Ssh => spec
-            .ssh
-            .as_ref()
-            .map(|s| json!(s.host))
-            .unwrap_or(Value::Null),
-        ProviderKind::Kubernetes => spec
-            .kubernetes
-            .as_ref()
-            .map(|k| {
-                let n = crate::provider::kubernetes_manifest::names(spec, k);
-                json!(format!("{}/{}", n.namespace, n.pod))
-            })
-            .unwrap_or(Value::Null),
+        ProviderKind::Railway => Some(spec.railway.service.clone()),
+        ProviderKind::Local => Some(spec.local.compose_project.clone()),
+        ProviderKind::Ssh => spec.ssh.as_ref().map(|s| s.host.clone()),
+        ProviderKind::Kubernetes => spec.kubernetes.as_ref().map(|k| {
+            let n = crate::provider::kubernetes_manifest::names(spec, k);
+            format!("{}/{}", n.namespace, n.pod)
+        }),
     }
 }
 
@@ -288,9 +282,9 @@ pub fn launched(
         }
     }
     m.provider = set(spec.provider.as_str());
-    m.provider_identity = match provider_identity(spec) {
-        Value::String(s) => Slot::Set(s),
-        _ => Slot::Null,
+    m.provider_identity = match provider_identity_name(spec) {
+        Some(s) => Slot::Set(s),
+        None => Slot::Null,
     };
     if spec.provider == ProviderKind::Railway {
         m.provider_target = Slot::Set(json!({
@@ -310,7 +304,7 @@ pub fn launched(
     m
 }
 
-fn write_legacy(file: &std::path::Path, marker: &Value) -> Result<(), ErrorBody> {
+fn write_legacy(file: &std::path::Path, marker: &LastChainMarker) -> Result<(), ErrorBody> {
     let fail = |e: std::io::Error| {
         ErrorBody::new(
             ErrorCode::StorageFailed,
@@ -320,7 +314,7 @@ fn write_legacy(file: &std::path::Path, marker: &Value) -> Result<(), ErrorBody>
     let dir = file.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir).map_err(fail)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-    let text = serde_json::to_string_pretty(marker).unwrap_or_else(|_| "{}".to_string());
+    let text = serde_json::to_string_pretty(&Sorted(marker)).unwrap_or_else(|_| "{}".to_string());
     tmp.write_all(text.as_bytes()).map_err(fail)?;
     tmp.write_all(b"\n").map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
