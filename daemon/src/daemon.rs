@@ -5,16 +5,12 @@ use crate::http::{self, server};
 use crate::provider::ssh_master::SshSessions;
 use crate::scheduler::{self, Scheduler};
 use crate::settings::Settings;
-use crate::state::AppState;
+use crate::state::{AppState, Opened};
 use crate::store::Store;
 use crate::supervisor::tick;
-use chrono::Utc;
 use megaplan_cloud_api::schedule::Schedule;
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Start the daemon and serve until SIGTERM/SIGINT. Returns the process exit code.
 pub async fn run(settings: Settings) -> i32 {
@@ -73,92 +69,75 @@ pub async fn run(settings: Settings) -> i32 {
     // once the state exists).
     let (due_tx, due_rx) = scheduler::due_channel();
     let sched = Scheduler::new(due_tx);
-    let (tick_feed, _) = broadcast::channel(1024);
-    let (registration_changed, _) = broadcast::channel(256);
     let (runner_events, runner_events_rx) =
         tokio::sync::mpsc::channel(crate::supervisor::events::QUEUE);
-    let state = Arc::new(AppState {
-        tick_slots: Arc::new(scheduler::TickSlots::new(scheduler::SlotLimits::new(
-            settings.max_concurrent_ticks,
-            settings.max_ticks_per_host,
-        ))),
+    let state = Arc::new(AppState::new(Opened {
         settings,
         store,
-        started_at: Utc::now(),
-        started: Instant::now(),
         ssh,
         scheduler: sched,
-        tick_locks: Default::default(),
-        tick_feed,
-        registration_changed,
-        secrets: Default::default(),
-        launchers: Default::default(),
-        residents: Default::default(),
         runner_events,
-        shutdown: CancellationToken::new(),
-        hard_stop: CancellationToken::new(),
-        tasks: TaskTracker::new(),
         notifier: crate::notify::Notifier::new(notify_config),
-    });
+    }));
     tokio::spawn(tick::run_scheduled(
         Arc::downgrade(&state),
         due_rx,
-        state.shutdown.clone(),
+        state.shutdown().clone(),
     ));
     crate::notify::spawn_worker(state.clone());
     tokio::spawn(reap_idle_observers(state.clone()));
     tokio::spawn(crate::supervisor::events::run(
         Arc::downgrade(&state),
         runner_events_rx,
-        state.shutdown.clone(),
+        state.shutdown().clone(),
     ));
 
     if let Err(e) = schedule_stored(&state).await {
         tracing::error!("{e}");
-        state.scheduler.shutdown().await;
-        state.store.close().await;
-        let _ = std::fs::remove_file(&state.settings.socket);
+        state.scheduler().shutdown().await;
+        state.store().close().await;
+        let _ = std::fs::remove_file(&state.settings().socket);
         return 1;
     }
 
     let app = http::router(state.clone());
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.shutdown().clone();
     tokio::spawn(wait_for_signal(
         signals,
         shutdown.clone(),
-        state.hard_stop.clone(),
-        state.settings.shutdown_grace,
+        state.hard_stop().clone(),
+        state.settings().shutdown_grace,
     ));
     tracing::info!(
-        socket = %state.settings.socket.display(),
-        db = %state.settings.db.display(),
+        socket = %state.settings().socket.display(),
+        db = %state.settings().db.display(),
         version = megaplan_cloud_api::VERSION,
         "megaplan-cloudd ready"
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let limits = server::Limits {
-        max_connections: state.settings.max_connections,
-        header_timeout: state.settings.header_timeout,
-        body_timeout: state.settings.body_timeout,
+        max_connections: state.settings().max_connections,
+        header_timeout: state.settings().header_timeout,
+        body_timeout: state.settings().body_timeout,
         max_body_bytes: http::MAX_BODY_BYTES,
     };
     let served = server::serve(listener, app, limits, shutdown.clone()).await;
 
     // Stop accepting work, let running ticks finish up to the grace period, then cancel.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    state.scheduler.shutdown().await;
-    state.tasks.close();
+    state.scheduler().shutdown().await;
+    state.tasks().close();
     tokio::select! {
-        _ = state.tasks.wait() => {}
-        _ = state.hard_stop.cancelled() => {
+        _ = state.tasks().wait() => {}
+        _ = state.hard_stop().cancelled() => {
             tracing::warn!("work still running after the grace period; cancelling it");
         }
     }
-    state.residents.close_all().await;
-    state.ssh.close_all().await;
-    state.store.close().await;
-    let _ = std::fs::remove_file(&state.settings.socket);
+    state.residents().close_all().await;
+    state.ssh().close_all().await;
+    state.store().close().await;
+    let _ = std::fs::remove_file(&state.settings().socket);
     match served {
         Ok(()) => {
             tracing::info!("megaplan-cloudd stopped");
@@ -176,10 +155,10 @@ async fn reap_idle_observers(state: Arc<AppState>) {
     use crate::provider::resident::{IDLE_AFTER, REAP_EVERY};
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.shutdown().cancelled() => return,
             _ = tokio::time::sleep(REAP_EVERY) => {}
         }
-        state.residents.reap_idle(IDLE_AFTER);
+        state.residents().reap_idle(IDLE_AFTER);
     }
 }
 
@@ -218,7 +197,7 @@ async fn wait_for_signal(
 /// per-key offset included). A row whose schedule cannot be used is logged and counted in
 /// health; it does not stop the others.
 async fn schedule_stored(state: &AppState) -> Result<(), crate::store::StoreError> {
-    let regs = state.store.list_registrations().await?;
+    let regs = state.store().list_registrations().await?;
     let mut queued = 0usize;
     for r in &regs {
         let cron = r
@@ -228,7 +207,7 @@ async fn schedule_stored(state: &AppState) -> Result<(), crate::store::StoreErro
             .map_err(|e| e.message)
             .and_then(|c| {
                 state
-                    .scheduler
+                    .scheduler()
                     .schedule(&r.key, &c)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -236,7 +215,7 @@ async fn schedule_stored(state: &AppState) -> Result<(), crate::store::StoreErro
         match cron {
             Ok(()) => queued += 1,
             Err(e) => {
-                state.scheduler.note_unschedulable();
+                state.scheduler().note_unschedulable();
                 tracing::error!(key = %r.key, cloud_yaml = %r.cloud_yaml, "cannot schedule stored registration: {e}");
             }
         }

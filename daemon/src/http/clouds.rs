@@ -65,7 +65,7 @@ pub async fn register(
         || req.notify_preset.is_some()
         || req.no_notify;
     let sinks = crate::notify::registration_sinks(
-        &state.notifier.config,
+        &state.notifier().config,
         &req.notify_urls,
         req.notify_command.as_deref(),
         req.notify_preset.as_deref(),
@@ -77,13 +77,13 @@ pub async fn register(
         schedule: schedule.to_string(),
         remote_spec: req.remote_spec.clone(),
     };
-    let mut reg = state.store.upsert_registration(&new).await?;
+    let mut reg = state.store().upsert_registration(&new).await?;
     if notify_given {
-        crate::notify::store::set_registration_sinks(&state.store, &key, &sinks).await?;
+        crate::notify::store::set_registration_sinks(state.store(), &key, &sinks).await?;
     }
-    let sinks = crate::notify::store::registration_sinks(&state.store, &key).await?;
+    let sinks = crate::notify::store::registration_sinks(state.store(), &key).await?;
     state
-        .scheduler
+        .scheduler()
         .schedule(&key, &cron)
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     with_schedule(&state, &mut reg);
@@ -111,7 +111,7 @@ pub async fn register(
         .collect();
     let mut answer = RegisterResponse::new(reg, cron, notify, warnings);
     answer.next_runs = next_runs;
-    let _ = state.registration_changed.send(answer.key.clone());
+    state.announce_change(answer.key.clone());
     Ok(Json(answer))
 }
 
@@ -120,18 +120,18 @@ pub async fn unregister(
     AxPath(k): AxPath<String>,
 ) -> Result<Json<UnregisterResponse>, ApiError> {
     let key = key_of(&k)?;
-    state.scheduler.unschedule(&key);
-    if !state.store.delete_registration(&key).await? {
+    state.scheduler().unschedule(&key);
+    if !state.store().delete_registration(&key).await? {
         return Err(ApiError::new(
             ErrorCode::NotRegistered,
             format!("no registration with key {key}; see `megaplan-cloudctl registrations`"),
         ));
     }
-    if let Err(e) = crate::notify::store::forget(&state.store, &key).await {
+    if let Err(e) = crate::notify::store::forget(state.store(), &key).await {
         tracing::warn!(key = %key, "unregistered, but its watch state stays: {e}");
     }
     end_unused_observers(&state, &key).await;
-    let _ = state.registration_changed.send(key.clone());
+    state.announce_change(key.clone());
     tracing::info!(key = %key, "unregistered");
     Ok(Json(UnregisterResponse {
         key,
@@ -148,20 +148,20 @@ async fn end_unused_observers(state: &Arc<AppState>, key: &str) {
     // the unregister), so no event ticks a registration that is gone.
     let (st, k) = (state.clone(), key.to_string());
     state
-        .tasks
-        .spawn(async move { st.residents.unwatch(&k).await });
-    for (runner, others) in state.residents.forget_user(key) {
+        .tasks()
+        .spawn(async move { st.residents().unwatch(&k).await });
+    for (runner, others) in state.residents().forget_user(key) {
         let mut needed = false;
         for other in &others {
-            if !matches!(state.store.get_registration(other).await, Ok(None)) {
+            if !matches!(state.store().get_registration(other).await, Ok(None)) {
                 needed = true;
                 break;
             }
         }
         if !needed {
             let st = state.clone();
-            state.tasks.spawn(async move {
-                st.residents.drop_runner(&runner).await;
+            state.tasks().spawn(async move {
+                st.residents().drop_runner(&runner).await;
             });
         }
     }
@@ -169,8 +169,8 @@ async fn end_unused_observers(state: &Arc<AppState>, key: &str) {
 
 /// Fill a registration's `cron` and `next_due_at` from the scheduler's queue, and its back-off.
 pub(super) fn with_schedule(state: &AppState, reg: &mut Registration) {
-    reg.backoff = state.scheduler.backoff.get(&reg.key).map(|b| b.to_wire());
-    if let Some((cron, due)) = state.scheduler.entry(&reg.key) {
+    reg.backoff = state.scheduler().backoff.get(&reg.key).map(|b| b.to_wire());
+    if let Some((cron, due)) = state.scheduler().entry(&reg.key) {
         reg.cron = Some(cron);
         reg.next_due_at = Some(due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     }
@@ -179,11 +179,11 @@ pub(super) fn with_schedule(state: &AppState, reg: &mut Registration) {
 pub async fn list_clouds(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<megaplan_cloud_api::wire::RegistrationListed>>, ApiError> {
-    let mut regs: Vec<Registration> = state.store.list_registrations().await?;
+    let mut regs: Vec<Registration> = state.store().list_registrations().await?;
     for r in &mut regs {
         with_schedule(&state, r);
     }
-    let (watch, pauses) = crate::notify::store::all_watch(&state.store).await?;
+    let (watch, pauses) = crate::notify::store::all_watch(state.store()).await?;
     Ok(Json(crate::notify::annotate_registrations(
         regs, &watch, &pauses,
     )))
@@ -194,7 +194,7 @@ pub async fn tick_now(
     AxPath(k): AxPath<String>,
 ) -> Result<Json<TickNowResponse>, ApiError> {
     let key = key_of(&k)?;
-    if state.store.get_registration(&key).await?.is_none() {
+    if state.store().get_registration(&key).await?.is_none() {
         return Err(ApiError::new(
             ErrorCode::NotRegistered,
             format!("no registration with key {key}; register it first"),

@@ -134,7 +134,7 @@ pub async fn open(
         last_seen: std::sync::Mutex::new(Instant::now()),
         open_pages: AtomicUsize::new(0),
         changed,
-        stop: state.shutdown.child_token(),
+        stop: state.shutdown().child_token(),
     });
     let url = format!("http://{local}/?token={}", dash.token);
     let web = router(dash.clone());
@@ -196,7 +196,7 @@ pub async fn open(
     let gone = vec![Frame::Stderr {
         data: "dashboard: megaplan-cloudd is shutting down; the dashboard closes\n".to_string(),
     }];
-    Ok(ndjson_body(rx, state.shutdown.clone(), gone))
+    Ok(ndjson_body(rx, state.shutdown().clone(), gone))
 }
 
 fn router(dash: Arc<Dash>) -> Router {
@@ -344,7 +344,7 @@ fn error_page(e: ApiError) -> Response {
 async fn fleet_part(dash: &Dash) -> Result<maud::Markup, ApiError> {
     let fleet = crate::http::fleet::build(&dash.app).await?;
     // The runner's liveness as the last tick of each probed it (not a field of the fleet rows).
-    let last = crate::notify::store::last_tick_per_key(&dash.app.store).await?;
+    let last = crate::notify::store::last_tick_per_key(dash.app.store()).await?;
     let runners: html::Runners = last
         .into_iter()
         .filter_map(|(k, t)| t.report.runner.status.map(|s| (k, s.as_str())))
@@ -361,17 +361,17 @@ async fn chain_part(dash: &Dash, key: &str) -> Result<maud::Markup, ApiError> {
         key: Some(key.to_string()),
         ..Default::default()
     };
-    let mut ticks = crate::notify::store::list_ticks(&app.store, &filter, 60).await?;
+    let mut ticks = crate::notify::store::list_ticks(app.store(), &filter, 60).await?;
     ticks.reverse();
     let explain = ticks.last().map(|rec| {
         let mut e = crate::notify::explain::explain(rec);
-        if let Some(b) = app.scheduler.backoff.get(key) {
+        if let Some(b) = app.scheduler().backoff.get(key) {
             crate::notify::explain::with_backoff(&mut e, &b.to_wire());
         }
         e
     });
-    let breakers = app.notifier.sink_breakers();
-    let notes = crate::notify::store::list_outbox(&app.store, Some(key), 10, &breakers).await?;
+    let breakers = app.notifier().sink_breakers();
+    let notes = crate::notify::store::list_outbox(app.store(), Some(key), 10, &breakers).await?;
     Ok(html::chain(html::Chain {
         key,
         row: row.as_ref(),
@@ -448,9 +448,9 @@ async fn events(State(dash): State<Arc<Dash>>, Query(q): Query<EventsQuery>) -> 
     refresh.reset();
     let feed = Feed {
         key,
-        ticks: dash.app.tick_feed.subscribe(),
+        ticks: dash.app.subscribe_ticks(),
         changed: dash.changed.subscribe(),
-        registrations: dash.app.registration_changed.subscribe(),
+        registrations: dash.app.subscribe_changes(),
         refresh,
         page: OpenPage(dash),
     };

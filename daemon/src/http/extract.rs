@@ -56,7 +56,7 @@ pub fn abs_cloud_yaml(p: &str) -> Result<PathBuf, ErrorBody> {
 /// The key of a registered cloud.yaml, or the not-registered answer.
 pub async fn registered_key(state: &AppState, k: &str) -> Result<String, ApiError> {
     let key = key_of(k)?;
-    match state.store.get_registration(&key).await? {
+    match state.store().get_registration(&key).await? {
         Some(_) => Ok(key),
         None => Err(ApiError::new(
             ErrorCode::NotRegistered,
@@ -69,7 +69,7 @@ pub async fn registered_key(state: &AppState, k: &str) -> Result<String, ApiErro
 
 /// The answer while the daemon stops: no new work is taken.
 pub fn refuse_if_shutting_down(state: &AppState) -> Result<(), ApiError> {
-    if state.shutdown.is_cancelled() {
+    if state.shutdown().is_cancelled() {
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
             "megaplan-cloudd is shutting down; retry once it is back",

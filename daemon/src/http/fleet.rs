@@ -19,11 +19,11 @@ pub async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<Fleet>, Ap
 
 /// The fleet view as it stands now.
 pub async fn build(state: &Arc<AppState>) -> Result<Fleet, ApiError> {
-    let mut regs = state.store.list_registrations().await?;
-    let (watch, pauses) = crate::notify::store::all_watch(&state.store).await?;
-    let last = crate::notify::store::last_tick_per_key(&state.store).await?;
-    let failed_ticks = state.notifier.config.failed_ticks;
-    let quarantines = crate::supervisor::quarantine::all(&state.store).await?;
+    let mut regs = state.store().list_registrations().await?;
+    let (watch, pauses) = crate::notify::store::all_watch(state.store()).await?;
+    let last = crate::notify::store::last_tick_per_key(state.store()).await?;
+    let failed_ticks = state.notifier().config.failed_ticks;
+    let quarantines = crate::supervisor::quarantine::all(state.store()).await?;
     let mut rows = Vec::with_capacity(regs.len());
     for reg in &mut regs {
         with_schedule(state, reg);

@@ -19,7 +19,7 @@ pub async fn test(
         Some(k) => {
             let key = registered_key(&state, k).await?;
             let cloud_yaml = state
-                .store
+                .store()
                 .get_registration(&key)
                 .await?
                 .map(|r| r.cloud_yaml)

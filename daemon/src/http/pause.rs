@@ -48,10 +48,11 @@ pub async fn pause(
         .field("reason"));
     }
     let key = registered_key(&state, &k).await?;
-    let p = crate::supervisor::pause::set_pause(&state.store, &key, &req.by, req.reason.as_deref())
-        .await?;
+    let p =
+        crate::supervisor::pause::set_pause(state.store(), &key, &req.by, req.reason.as_deref())
+            .await?;
     tracing::info!(key = %key, by = %p.paused_by, "paused");
-    let _ = state.registration_changed.send(key.clone());
+    state.announce_change(key.clone());
     Ok(Json(PauseResponse {
         key,
         paused: wire(p),
@@ -64,9 +65,9 @@ pub async fn unpause(
     AxPath(k): AxPath<String>,
 ) -> Result<Json<UnpauseResponse>, ApiError> {
     let key = registered_key(&state, &k).await?;
-    let was = crate::supervisor::pause::clear_pause(&state.store, &key).await?;
+    let was = crate::supervisor::pause::clear_pause(state.store(), &key).await?;
     tracing::info!(key = %key, "unpaused");
-    let _ = state.registration_changed.send(key.clone());
+    state.announce_change(key.clone());
     Ok(Json(UnpauseResponse {
         key,
         paused: None,

@@ -14,12 +14,12 @@ pub async fn unquarantine(
     AxPath(k): AxPath<String>,
 ) -> Result<Json<UnquarantineResult>, ApiError> {
     let key = registered_key(&state, &k).await?;
-    let cleared = crate::supervisor::quarantine::clear(&state.store, &key).await?;
+    let cleared = crate::supervisor::quarantine::clear(state.store(), &key).await?;
     tracing::info!(key = %key, cleared, "unquarantined");
-    let _ = state.registration_changed.send(key.clone());
+    state.announce_change(key.clone());
     if cleared {
         // Look at the chain at once: the restart it was held from may be due now.
-        let events = state.runner_events.clone();
+        let events = state.runner_events().clone();
         let _ = events
             .send(crate::provider::resident::RunnerEvent {
                 key: key.clone(),

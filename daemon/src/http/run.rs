@@ -26,14 +26,14 @@ pub async fn run_command(
     let name = req.command.name();
     let (tx, rx) = mpsc::channel::<Frame>(256);
     let st = state.clone();
-    state.tasks.spawn(async move {
+    state.tasks().spawn(async move {
         workflow::run(st, req, tx).await;
     });
     let cut_off = ErrorBody::new(
         ErrorCode::ShuttingDown,
         format!(
             "megaplan-cloudd shut down while `{name}` was running and stopped it after its {}s grace period; it may or may not have completed on the runner: check the runner, then run `{name}` again once the daemon is back",
-            state.settings.shutdown_grace.as_secs()
+            state.settings().shutdown_grace.as_secs()
         ),
     );
     let on_stop = vec![
@@ -45,5 +45,5 @@ pub async fn run_command(
             exit_code: 1,
         },
     ];
-    ndjson_body(rx, state.hard_stop.clone(), on_stop)
+    ndjson_body(rx, state.hard_stop().clone(), on_stop)
 }

@@ -42,7 +42,7 @@ pub async fn list_ticks(
     let filter = tick_filter(&q)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
     Ok(Json(
-        crate::notify::store::list_ticks(&state.store, &filter, limit).await?,
+        crate::notify::store::list_ticks(state.store(), &filter, limit).await?,
     ))
 }
 
@@ -52,16 +52,16 @@ pub async fn watch_ticks(
 ) -> Result<Response, ApiError> {
     let filter = tick_filter(&q)?;
     // Subscribe before reading the backlog so no report falls between the two.
-    let mut feed = state.tick_feed.subscribe();
+    let mut feed = state.subscribe_ticks();
     let backlog_n = q.backlog.unwrap_or(5).min(1000);
     let mut backlog = if backlog_n > 0 {
-        crate::notify::store::list_ticks(&state.store, &filter, backlog_n).await?
+        crate::notify::store::list_ticks(state.store(), &filter, backlog_n).await?
     } else {
         Vec::new()
     };
     backlog.reverse();
     let (tx, rx) = mpsc::channel::<Frame>(64);
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.shutdown().clone();
     tokio::spawn(async move {
         let backlog_last = backlog.last().map_or(0, |t| t.id);
         let shown = backlog.len();
@@ -106,7 +106,7 @@ pub async fn watch_ticks(
     let gone = vec![Frame::Stderr {
         data: "watch: megaplan-cloudd is shutting down; the watch ends here\n".to_string(),
     }];
-    Ok(ndjson_body(rx, state.shutdown.clone(), gone))
+    Ok(ndjson_body(rx, state.shutdown().clone(), gone))
 }
 
 pub async fn explain(
@@ -118,11 +118,11 @@ pub async fn explain(
         key: Some(key.clone()),
         ..Default::default()
     };
-    let ticks = crate::notify::store::list_ticks(&state.store, &filter, 1).await?;
+    let ticks = crate::notify::store::list_ticks(state.store(), &filter, 1).await?;
     match ticks.first() {
         Some(rec) => {
             let mut e = crate::notify::explain::explain(rec);
-            if let Some(b) = state.scheduler.backoff.get(&key) {
+            if let Some(b) = state.scheduler().backoff.get(&key) {
                 crate::notify::explain::with_backoff(&mut e, &b.to_wire());
             }
             // Keys sorted, as the reply was when it was built by hand.
@@ -143,8 +143,8 @@ pub async fn list_notifications(
 ) -> Result<Json<Vec<OutboxEntry>>, ApiError> {
     let key = query_key(&q)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
-    let breakers = state.notifier.sink_breakers();
+    let breakers = state.notifier().sink_breakers();
     Ok(Json(
-        crate::notify::store::list_outbox(&state.store, key.as_deref(), limit, &breakers).await?,
+        crate::notify::store::list_outbox(state.store(), key.as_deref(), limit, &breakers).await?,
     ))
 }

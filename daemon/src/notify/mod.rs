@@ -47,7 +47,7 @@ const WATCH_BATCH: u32 = 256;
 /// at once; the watcher finds the report in SQLite (nothing is handed over in memory that a
 /// restart could lose).
 pub fn after_tick(state: &Arc<AppState>) {
-    state.notifier.watch.notify_one();
+    state.notifier().watch.notify_one();
 }
 
 /// What one watcher pass did.
@@ -139,17 +139,17 @@ pub async fn watch_pass(
 /// the daemon was not watching). At shutdown it keeps watching until the ticks still running
 /// have stored their reports, then exits; anything later is read by the next start.
 fn spawn_watcher(state: Arc<AppState>) {
-    let tasks = state.tasks.clone();
+    let tasks = state.tasks().clone();
     tasks.spawn(async move {
         let context = |rec: &TickRecord| context_for(&state, rec);
         let mut failures: u32 = 0;
         loop {
-            let pass = watch_pass(&state.store, &state.notifier, &context, WATCH_BATCH).await;
+            let pass = watch_pass(state.store(), state.notifier(), &context, WATCH_BATCH).await;
             match pass {
                 Ok(p) => {
                     failures = 0;
                     if p.queued > 0 {
-                        state.notifier.wake.notify_one();
+                        state.notifier().wake.notify_one();
                     }
                     if p.ticks == WATCH_BATCH as usize {
                         continue;
@@ -164,29 +164,30 @@ fn spawn_watcher(state: Arc<AppState>) {
                 }
             }
             let retry = Duration::from_millis(if failures > 0 { 1000 } else { 200 });
-            if state.shutdown.is_cancelled() {
+            if state.shutdown().is_cancelled() {
                 // Only this task and the ticks still running are left in the tracker.
-                if state.tasks.len() <= 1 || state.hard_stop.is_cancelled() {
-                    let _ = watch_pass(&state.store, &state.notifier, &context, WATCH_BATCH).await;
+                if state.tasks().len() <= 1 || state.hard_stop().is_cancelled() {
+                    let _ =
+                        watch_pass(state.store(), state.notifier(), &context, WATCH_BATCH).await;
                     break;
                 }
                 tokio::select! {
-                    _ = state.notifier.watch.notified() => {}
+                    _ = state.notifier().watch.notified() => {}
                     _ = tokio::time::sleep(retry) => {}
-                    _ = state.hard_stop.cancelled() => {}
+                    _ = state.hard_stop().cancelled() => {}
                 }
                 continue;
             }
             if failures > 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = state.shutdown.cancelled() => {}
+                    _ = state.shutdown().cancelled() => {}
                 }
                 continue;
             }
             tokio::select! {
-                _ = state.notifier.watch.notified() => {}
-                _ = state.shutdown.cancelled() => {}
+                _ = state.notifier().watch.notified() => {}
+                _ = state.shutdown().cancelled() => {}
             }
         }
     });
@@ -248,16 +249,16 @@ pub async fn send_test(
     match registration {
         Some((key, _)) => given.push((
             key.to_string(),
-            store::registration_sinks(&state.store, key).await?,
+            store::registration_sinks(state.store(), key).await?,
         )),
         None => {
-            for r in state.store.list_registrations().await? {
-                let sinks = store::registration_sinks(&state.store, &r.key).await?;
+            for r in state.store().list_registrations().await? {
+                let sinks = store::registration_sinks(state.store(), &r.key).await?;
                 given.push((r.key, sinks));
             }
         }
     }
-    let sinks = sink_test::sinks_to_test(&state.notifier.config, &given);
+    let sinks = sink_test::sinks_to_test(&state.notifier().config, &given);
     let now = Utc::now();
     let idempotency_key = format!("test-{}", now.timestamp_nanos_opt().unwrap_or_default());
     let (key, cloud_yaml) = registration.unwrap_or_default();
@@ -267,7 +268,7 @@ pub async fn send_test(
         &idempotency_key,
         &now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     );
-    Ok(sink_test::send_all(&sinks, &n, state.notifier.config.retry.timeout).await)
+    Ok(sink_test::send_all(&sinks, &n, state.notifier().config.retry.timeout).await)
 }
 
 /// Sinks given to `register --notify-url/--notify-command`, checked.
@@ -322,13 +323,13 @@ pub fn registration_sinks(
 /// delivered by the next start.
 pub fn spawn_worker(state: Arc<AppState>) {
     spawn_watcher(state.clone());
-    if let Some(period) = state.notifier.config.digest {
+    if let Some(period) = state.notifier().config.digest {
         spawn_digest(state.clone(), period);
     }
-    let shutdown = state.shutdown.clone();
-    let tasks = state.tasks.clone();
+    let shutdown = state.shutdown().clone();
+    let tasks = state.tasks().clone();
     tasks.spawn(async move {
-        let limits = state.notifier.limits();
+        let limits = state.notifier().limits();
         let mut running: tokio::task::JoinSet<bool> = tokio::task::JoinSet::new();
         // Per delivery task: its outbox row and sink key.
         let mut flying: HashMap<tokio::task::Id, (i64, String)> = HashMap::new();
@@ -342,7 +343,7 @@ pub fn spawn_worker(state: Arc<AppState>) {
             let sleep = if !ok {
                 Duration::from_secs(5)
             } else {
-                match store::next_due(&state.store, now).await {
+                match store::next_due(state.store(), now).await {
                     Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
                     Ok(None) => Duration::from_secs(3600),
                     Err(_) => Duration::from_secs(5),
@@ -356,14 +357,14 @@ pub fn spawn_worker(state: Arc<AppState>) {
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {}
-                _ = state.notifier.wake.notified() => {}
+                _ = state.notifier().wake.notified() => {}
                 _ = shutdown.cancelled() => break,
             }
         }
         // The deliveries still running end here; their rows stay pending.
         running.abort_all();
         let mut map = state
-            .notifier
+            .notifier()
             .breakers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -376,11 +377,11 @@ pub fn spawn_worker(state: Arc<AppState>) {
 /// The digest task: one digest per `period`, due a period after the last one (kept in SQLite,
 /// so a restart neither repeats nor skips one); a digest with nothing to tell is not sent.
 fn spawn_digest(state: Arc<AppState>, period: Duration) {
-    let tasks = state.tasks.clone();
+    let tasks = state.tasks().clone();
     tasks.spawn(async move {
         let period_c = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::hours(1));
         loop {
-            let last = match store::last_digest(&state.store).await {
+            let last = match store::last_digest(state.store()).await {
                 Ok(Some(t)) => t,
                 Ok(None) => {
                     // The first start with a digest: marks now, the first digest a period on.
@@ -398,17 +399,17 @@ fn spawn_digest(state: Arc<AppState>, period: Duration) {
             let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = state.shutdown.cancelled() => break,
+                _ = state.shutdown().cancelled() => break,
             }
             match digest_pass(&state, Utc::now()).await {
-                Ok(n) if n > 0 => state.notifier.wake.notify_one(),
+                Ok(n) if n > 0 => state.notifier().wake.notify_one(),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!("notification digest: {e}");
                     // Not again at once: a failing database is retried a period later.
                     tokio::select! {
                         _ = tokio::time::sleep(period.min(Duration::from_secs(60))) => {}
-                        _ = state.shutdown.cancelled() => break,
+                        _ = state.shutdown().cancelled() => break,
                     }
                 }
             }
@@ -422,13 +423,13 @@ pub async fn digest_pass(
     state: &Arc<AppState>,
     at: chrono::DateTime<Utc>,
 ) -> Result<usize, crate::store::StoreError> {
-    let regs = state.store.list_registrations().await?;
-    let last = store::last_tick_per_key(&state.store).await?;
-    let marks = store::digest_marks(&state.store).await?;
+    let regs = state.store().list_registrations().await?;
+    let last = store::last_tick_per_key(state.store()).await?;
+    let marks = store::digest_marks(state.store()).await?;
     let mut sinks_of = HashMap::new();
     for r in &regs {
-        let mut all = state.notifier.config.sinks.clone();
-        all.extend(store::registration_sinks(&state.store, &r.key).await?);
+        let mut all = state.notifier().config.sinks.clone();
+        all.extend(store::registration_sinks(state.store(), &r.key).await?);
         sinks_of.insert(r.key.clone(), all);
     }
     let plan = digest::plan(&regs, &last, &marks, &sinks_of);
@@ -456,7 +457,7 @@ pub async fn digest_pass(
             sink,
         });
     }
-    store::commit_digest(&state.store, &rows, &plan.marks, at).await
+    store::commit_digest(state.store(), &rows, &plan.marks, at).await
 }
 
 /// Rows read per pass at most (every sink's oldest first).
@@ -474,7 +475,7 @@ async fn fill(
 ) -> bool {
     let ids: Vec<i64> = flying.values().map(|(id, _)| *id).collect();
     let per_sink = u32::try_from(limits.per_sink).unwrap_or(1);
-    let due = match store::due(&state.store, now, &ids, per_sink, FETCH_LIMIT).await {
+    let due = match store::due(state.store(), now, &ids, per_sink, FETCH_LIMIT).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!("notification outbox: {e}");
@@ -487,7 +488,7 @@ async fn fill(
     let keys: Vec<String> = due.iter().map(|d| sinks::sink_key(&d.sink)).collect();
     let plan = {
         let map = state
-            .notifier
+            .notifier()
             .breakers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -503,13 +504,13 @@ async fn fill(
             .collect();
         texts.sort_unstable();
         texts.dedup();
-        if let Err(e) = store::defer(&state.store, &texts, *until, &ids).await {
+        if let Err(e) = store::defer(state.store(), &texts, *until, &ids).await {
             tracing::error!(sink = %key, "notification outbox: {e}");
             ok = false;
         }
     }
     let mut map = state
-        .notifier
+        .notifier()
         .breakers
         .lock()
         .unwrap_or_else(|p| p.into_inner());
@@ -543,7 +544,7 @@ fn finished(
     };
     let now = Utc::now();
     let mut map = state
-        .notifier
+        .notifier()
         .breakers
         .lock()
         .unwrap_or_else(|p| p.into_inner());
@@ -567,7 +568,7 @@ fn finished(
 }
 
 async fn attempt(state: Arc<AppState>, item: store::Due) -> bool {
-    let cfg = &state.notifier.config;
+    let cfg = &state.notifier().config;
     let attempts = item.attempts + 1;
     let result = deliver::deliver(&item.sink, &item.body, item.id, cfg.retry.timeout).await;
     let (error, retry_at) = match &result {
@@ -592,7 +593,7 @@ async fn attempt(state: Arc<AppState>, item: store::Due) -> bool {
         }
     };
     if let Err(e) = store::record_attempt(
-        &state.store,
+        state.store(),
         item.id,
         attempts,
         error.as_deref(),

@@ -83,8 +83,8 @@ pub async fn run(
             lost_streak.retain(|k, _| next_allowed.contains_key(k));
         }
         let coming = coming.clone();
-        let stop = st.shutdown.clone();
-        let tasks = st.tasks.clone();
+        let stop = st.shutdown().clone();
+        let tasks = st.tasks().clone();
         tasks.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -99,7 +99,7 @@ pub async fn run(
                 run_registered(st.clone(), event.key.clone(), Trigger::Event).await
                 && e.error == ErrorCode::NotRegistered
             {
-                st.residents.unwatch(&event.key).await;
+                st.residents().unwatch(&event.key).await;
             }
         });
     }

@@ -116,8 +116,8 @@ pub async fn load(
     cloud_yaml: &str,
     read_legacy_file: bool,
 ) -> Result<Loaded, ErrorBody> {
-    let stored = state.store.get_marker(key).await?;
-    let file = paths::legacy_marker_file(&state.settings.cloud_home, key);
+    let stored = state.store().get_marker(key).await?;
+    let file = paths::legacy_marker_file(&state.settings().cloud_home, key);
     let found = if read_legacy_file {
         read_legacy(&file)
     } else {
@@ -136,7 +136,7 @@ pub async fn load(
         && let Some(m) = &out.marker
     {
         state
-            .store
+            .store()
             .put_marker(key, cloud_yaml, m)
             .await
             .map_err(ErrorBody::from)?;
@@ -155,15 +155,15 @@ pub async fn adopt(
     aliases: &[String],
 ) -> Result<Vec<String>, ErrorBody> {
     let mut warnings = Vec::new();
-    let root = &state.settings.cloud_home;
+    let root = &state.settings().cloud_home;
     if aliases.iter().all(|a| a == key)
-        || state.store.get_marker(key).await?.is_some()
+        || state.store().get_marker(key).await?.is_some()
         || paths::legacy_marker_file(root, key).exists()
     {
         return Ok(warnings);
     }
     for alias in aliases.iter().filter(|a| *a != key) {
-        let found = match state.store.get_marker(alias).await? {
+        let found = match state.store().get_marker(alias).await? {
             Some(m) => Some(m),
             None => match read_legacy(&paths::legacy_marker_file(root, alias)) {
                 LegacyFile::Marker(m) => Some(*m),
@@ -192,12 +192,12 @@ pub async fn save(
     marker: &LastChainMarker,
 ) -> Result<(), ErrorBody> {
     state
-        .store
+        .store()
         .put_marker(key, cloud_yaml, marker)
         .await
         .map_err(ErrorBody::from)?;
     write_legacy(
-        &paths::legacy_marker_file(&state.settings.cloud_home, key),
+        &paths::legacy_marker_file(&state.settings().cloud_home, key),
         marker,
     )
 }

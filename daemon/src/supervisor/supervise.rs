@@ -70,7 +70,7 @@ pub async fn tick_with(
     let redactor = Redactor::cached(&key, &spec.secrets, &secrets);
     let mut counts = Counts::default();
     // Pause and dry run: a separate input to the decision (decide::hold).
-    let pause = match super::pause::get_pause(&state.store, &key).await {
+    let pause = match super::pause::get_pause(state.store(), &key).await {
         Ok(p) => p,
         Err(e) => {
             return finish(
@@ -101,7 +101,7 @@ pub async fn tick_with(
     .await
     {
         Ok(mut r) => {
-            super::stall::annotate_report(&mut r, Utc::now(), state.notifier.config.stall_after);
+            super::stall::annotate_report(&mut r, Utc::now(), state.notifier().config.stall_after);
             r.paused = Some(pause.map(pause_for_report));
             r.dry_run = dry_run;
             r
@@ -198,17 +198,19 @@ async fn observe_and_act(
     let key = &spec.key();
     let looked = look(state, spec, key, remote_spec).await?;
     let spec_arc = Arc::new(spec.clone());
-    let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings.cloud_home)
+    let deploy_dir = crate::render::persistent_deploy_dir(spec, &state.settings().cloud_home)
         .unwrap_or_else(std::env::temp_dir);
     let pctx = ProviderCtx {
         spec: spec_arc,
         deploy_dir,
         secrets,
         redactor: redactor.clone(),
-        deadline: state.settings.tick_timeout + TICK_COMMAND_SLACK,
+        deadline: state.settings().tick_timeout + TICK_COMMAND_SLACK,
     };
-    let observe_deadline =
-        observe_deadline(state.settings.observe_timeout, state.settings.tick_timeout);
+    let observe_deadline = observe_deadline(
+        state.settings().observe_timeout,
+        state.settings().tick_timeout,
+    );
     // The observation is read unredacted (see observe_chain); the report is redacted
     // as a whole in `finish`. Its provider carries the observation's deadline.
     let raw = provider::for_spec(
@@ -217,9 +219,9 @@ async fn observe_and_act(
             deadline: observe_deadline,
             ..pctx.clone()
         },
-        &state.ssh,
+        state.ssh(),
     )?;
-    let p = provider::for_spec(pctx, &state.ssh)?;
+    let p = provider::for_spec(pctx, state.ssh())?;
     if !p.has_exec() {
         let d = decide::decide_without_exec(&looked.consistency);
         return Ok(report(
@@ -243,7 +245,7 @@ async fn observe_and_act(
             key,
             true,
             observe_deadline,
-            Some(&state.runner_events),
+            Some(state.runner_events()),
         )
         .await?;
     counts.core_starts += obs.core_starts;
@@ -307,8 +309,8 @@ async fn observe_and_act(
         };
         // The launch goes behind the runner's gate: the fencing token this daemon last knew
         // (compare-and-swap), the driver check and the preflight, under one lock with the start.
-        let expected = state.store.fence_token(key).await?;
-        let holder = fence::daemon_holder(state.store.path());
+        let expected = state.store().fence_token(key).await?;
+        let holder = fence::daemon_holder(state.store().path());
         let mut gate = GateRequest::new(
             FenceMode::CompareAndSwap,
             expected,
@@ -368,11 +370,12 @@ async fn observe_and_act(
             let now = Utc::now();
             let policy = quarantine::Policy::of(
                 &spec.supervise,
-                state.notifier.config.quarantine_after,
-                state.notifier.config.quarantine_window,
+                state.notifier().config.quarantine_after,
+                state.notifier().config.quarantine_window,
             );
             let window = chrono::Duration::from_std(policy.window).unwrap_or(chrono::Duration::MAX);
-            if let Err(e) = quarantine::record_restart(&state.store, key, now, now - window).await {
+            if let Err(e) = quarantine::record_restart(state.store(), key, now, now - window).await
+            {
                 tracing::warn!(key, "the restart could not be recorded: {e}");
             }
         }
@@ -398,7 +401,7 @@ async fn observe_and_act(
         }
     }
     let mut marker_warnings = marker_warnings;
-    if !state.residents.watching(key) {
+    if !state.residents().watching(key) {
         // Item 1's fallback, said where a person looks (`explain`): no events from this runner.
         marker_warnings.push(
             "no watch on the runner (the resident observer cannot run there, e.g. no python, or its session was lost): this registration is ticked by its schedule only until the observer is back".to_string(),
@@ -465,7 +468,7 @@ async fn quarantine_gate(
     let key = spec.key();
     let store_err =
         |e: crate::store::StoreError| ErrorBody::new(ErrorCode::StorageFailed, e.message);
-    let current = quarantine::get(&state.store, &key)
+    let current = quarantine::get(state.store(), &key)
         .await
         .map_err(store_err)?;
     let Some(kind) = d.mutation else {
@@ -484,11 +487,11 @@ async fn quarantine_gate(
     let now = Utc::now();
     let cfg = &quarantine::Policy::of(
         &spec.supervise,
-        state.notifier.config.quarantine_after,
-        state.notifier.config.quarantine_window,
+        state.notifier().config.quarantine_after,
+        state.notifier().config.quarantine_window,
     );
     let window = chrono::Duration::from_std(cfg.window).unwrap_or(chrono::Duration::MAX);
-    let recent = quarantine::recent_restarts(&state.store, &key, now - window)
+    let recent = quarantine::recent_restarts(state.store(), &key, now - window)
         .await
         .map_err(store_err)?;
     match quarantine::gate(now, &recent, cfg, quarantine::jitter(now)) {
@@ -538,7 +541,9 @@ async fn quarantine_gate(
                 ),
                 log_tail,
             };
-            quarantine::put(&state.store, &q).await.map_err(store_err)?;
+            quarantine::put(state.store(), &q)
+                .await
+                .map_err(store_err)?;
             let why = format!("quarantined: {}; {fix}", q.reason);
             Ok((withheld(report::Rule::Quarantined, why), Some(q), None))
         }
@@ -548,10 +553,10 @@ async fn quarantine_gate(
 /// Tick `key` again after `after`, through the runner-event path (coalesced with any event
 /// that comes meanwhile; never beside another tick of the key).
 fn tick_later(state: &Arc<AppState>, key: &str, after: Duration) {
-    let events = state.runner_events.clone();
-    let stop = state.shutdown.clone();
+    let events = state.runner_events().clone();
+    let stop = state.shutdown().clone();
     let key = key.to_string();
-    state.tasks.spawn(async move {
+    state.tasks().spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(after) => {}
@@ -601,7 +606,7 @@ async fn gate_recorded(
         GateOutcome::Accepted { token } => (token, Some(holder)),
         _ => (v.known_token(), v.holder.as_deref()),
     };
-    if let Err(e) = state.store.raise_fence_token(key, token, by).await {
+    if let Err(e) = state.store().raise_fence_token(key, token, by).await {
         tracing::warn!(key, "cannot save the fencing token: {e}");
     }
     if matches!(v.outcome(), GateOutcome::Accepted { .. }) {
@@ -620,7 +625,7 @@ async fn gate_recorded(
         holder: v.holder.as_deref(),
         message: applied.refused_reason.as_deref().unwrap_or_default(),
     };
-    if let Err(e) = state.store.record_gate_refusal(key, &refusal).await {
+    if let Err(e) = state.store().record_gate_refusal(key, &refusal).await {
         tracing::warn!(key, "cannot record a refused launch: {e}");
     }
 }

@@ -159,18 +159,18 @@ impl Looked {
             crate::chain::launcher::configured(spec).unwrap_or(""),
             for_tick,
             Some(Resident {
-                residents: &state.residents,
+                residents: state.residents(),
                 key,
                 deadline,
                 events,
                 lease_ttl: spec.supervise.lease_ttl,
                 pr_poll: spec.supervise.pr_poll,
-                stall_after: state.notifier.config.stall_after,
+                stall_after: state.notifier().config.stall_after,
             }),
         )
         .await?;
         if let Some(l) = &obs.core_launcher {
-            state.launchers.remember(key, l);
+            state.launchers().remember(key, l);
         }
         Ok((obs, chain_spec))
     }

@@ -68,11 +68,11 @@ pub async fn run_scheduled(
 
 /// Start a scheduled tick on the daemon's own tasks and return at once.
 pub fn scheduled(state: Arc<AppState>, key: String, due: DateTime<Utc>) {
-    if state.shutdown.is_cancelled() {
+    if state.shutdown().is_cancelled() {
         return;
     }
     let st = state.clone();
-    state.tasks.spawn(async move {
+    state.tasks().spawn(async move {
         run_registered(st, key, Trigger::Schedule(due)).await;
     });
 }
@@ -82,13 +82,13 @@ pub fn scheduled(state: Arc<AppState>, key: String, due: DateTime<Utc>) {
 pub fn spawn_manual(state: &Arc<AppState>, key: String) -> tokio::task::JoinHandle<TickOutcome> {
     let st = state.clone();
     state
-        .tasks
+        .tasks()
         .spawn(async move { run_registered(st, key, Trigger::Manual).await })
 }
 
 /// Tick a registered cloud.yaml now.
 pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger) -> TickOutcome {
-    let reg = match state.store.get_registration(&key).await {
+    let reg = match state.store().get_registration(&key).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             return TickOutcome::Failed(ErrorBody::new(
@@ -101,7 +101,7 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
     // A registration whose ticks keep hitting their deadline is held back: its occurrences
     // until the back-off ends are skipped and counted, never run late in a burst.
     if let Some(due) = trigger.due()
-        && let Some(b) = state.scheduler.backoff.hold(&key, due)
+        && let Some(b) = state.scheduler().backoff.hold(&key, due)
     {
         tracing::info!(
             key = %key,
@@ -109,8 +109,8 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
             until = %b.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "tick skipped: the registration is backing off after ticks that hit their deadline"
         );
-        state.scheduler.record_backed_off();
-        if let Err(e) = state.store.record_skip(&key).await {
+        state.scheduler().record_backed_off();
+        if let Err(e) = state.store().record_skip(&key).await {
             tracing::error!(key = %key, "cannot record skipped tick: {e}");
         }
         return TickOutcome::Skipped;
@@ -130,9 +130,9 @@ pub async fn run_registered(state: Arc<AppState>, key: String, trigger: Trigger)
             "tick skipped: the previous tick of this registration is still running or waiting for a tick slot"
         );
         if trigger.due().is_some() {
-            state.scheduler.record_skipped();
+            state.scheduler().record_skipped();
         }
-        if let Err(e) = state.store.record_skip(&key).await {
+        if let Err(e) = state.store().record_skip(&key).await {
             tracing::error!(key = %key, "cannot record skipped tick: {e}");
         }
         return TickOutcome::Skipped;
@@ -216,19 +216,19 @@ async fn guarded_tick(
     let host = host_of(cloud_yaml).await;
     // A registration backing off may only use a small share of the slots (in all and on its
     // host), so the healthy ones always find one.
-    let suspect = state.scheduler.backoff.is_suspect(key);
+    let suspect = state.scheduler().backoff.is_suspect(key);
     let order = due.unwrap_or_else(Utc::now);
     let _permit = tokio::select! {
-        p = state.tick_slots.acquire(&host, suspect, order) => p,
-        _ = state.hard_stop.cancelled() => return supervise::error_report("the daemon is shutting down"),
+        p = state.tick_slots().acquire(&host, suspect, order) => p,
+        _ = state.hard_stop().cancelled() => return supervise::error_report("the daemon is shutting down"),
     };
     if let Some(due) = due {
-        state.scheduler.record_fired(due, Utc::now());
+        state.scheduler().record_fired(due, Utc::now());
     }
     // Time spent waiting for one of the --max-concurrent-ticks slots, reported so a saturated
     // daemon shows up in the history rather than hiding in tick durations.
     let queued_ms = started.elapsed().as_millis() as u64;
-    let deadline = state.settings.tick_timeout;
+    let deadline = state.settings().tick_timeout;
     let mut deadline_hit = false;
     let mut report = tokio::select! {
         r = tokio::time::timeout(deadline, supervise::tick(state, cloud_yaml, remote_spec)) => match r {
@@ -242,7 +242,7 @@ async fn guarded_tick(
                 ))
             }
         },
-        _ = state.hard_stop.cancelled() => {
+        _ = state.hard_stop().cancelled() => {
             let mut r = supervise::error_report("the daemon shut down during this tick; its remote commands were killed");
             r.queued_ms = Some(queued_ms);
             return r;
@@ -260,7 +260,7 @@ async fn guarded_tick(
 fn note_deadline(state: &AppState, key: &str, hit: bool, report: &TickReport) {
     let now = Utc::now();
     if !hit {
-        if let Some(b) = state.scheduler.backoff.clear(key) {
+        if let Some(b) = state.scheduler().backoff.clear(key) {
             tracing::info!(
                 key,
                 strikes = b.strikes,
@@ -272,7 +272,7 @@ fn note_deadline(state: &AppState, key: &str, hit: bool, report: &TickReport) {
     }
     // Only registrations back off (a `supervise --chain` of an unregistered cloud.yaml leaves
     // nothing behind); the base is the registration's interval.
-    let Some(base) = state.scheduler.interval(key, now) else {
+    let Some(base) = state.scheduler().interval(key, now) else {
         return;
     };
     let reason = report
@@ -280,7 +280,7 @@ fn note_deadline(state: &AppState, key: &str, hit: bool, report: &TickReport) {
         .as_deref()
         .unwrap_or("the tick hit its deadline");
     let b = state
-        .scheduler
+        .scheduler()
         .backoff
         .strike(key, reason, now, base, rand::random::<f64>());
     tracing::warn!(
@@ -338,7 +338,7 @@ async fn store_report_as(
         report,
         due_at,
     };
-    match state.store.insert_tick(&new).await {
+    match state.store().insert_tick(&new).await {
         Ok(rec) => {
             report_stored(state, &rec).await;
             TickOutcome::Ran(Box::new(rec))
@@ -389,7 +389,7 @@ async fn report_stored(state: &Arc<AppState>, rec: &TickRecord) {
             "tick stored"
         );
     }
-    let _ = state.tick_feed.send(rec.clone());
+    state.publish_tick(rec.clone());
     // Watching reads the stored report in the background; the tick never waits for it.
     crate::notify::after_tick(state);
 }

@@ -294,7 +294,7 @@ pub async fn launch(ctx: &Ctx, args: &LaunchArgs) -> Result<Done, ErrorBody> {
     // The start goes behind the runner's gate (runner/fence.rs): a manual `chain` takes the
     // next fencing token when no driver of the chain is alive, and the preflight must pass,
     // both under the lock the start runs in.
-    let expected = ctx.state.store.fence_token(&ctx.key).await?;
+    let expected = ctx.state.store().fence_token(&ctx.key).await?;
     let holder = fence::manual_holder();
     let gate = GateRequest::new(
         FenceMode::Take,
@@ -493,7 +493,7 @@ async fn gate_verdict(
         _ => (v.known_token(), v.holder.as_deref()),
     };
     ctx.state
-        .store
+        .store()
         .raise_fence_token(&ctx.key, token, by)
         .await?;
     let err = match &outcome {
@@ -524,7 +524,7 @@ async fn gate_verdict(
         message: &err.message,
     };
     ctx.state
-        .store
+        .store()
         .record_gate_refusal(&ctx.key, &refusal)
         .await?;
     Err(err)

@@ -124,9 +124,9 @@ impl Ctx {
                 deploy_dir,
                 secrets: self.secrets.clone(),
                 redactor,
-                deadline: self.state.settings.command_timeout,
+                deadline: self.state.settings().command_timeout,
             },
-            &self.state.ssh,
+            self.state.ssh(),
         )
         .map_err(ErrorBody::from)
     }
@@ -148,7 +148,7 @@ impl Ctx {
     }
 
     pub fn persistent_deploy_dir(&self) -> Option<PathBuf> {
-        crate::render::persistent_deploy_dir(&self.spec, &self.state.settings.cloud_home)
+        crate::render::persistent_deploy_dir(&self.spec, &self.state.settings().cloud_home)
     }
 
     /// Secret names listed in cloud.yaml without a value from the client.
@@ -219,7 +219,7 @@ impl Ctx {
         {
             return Ok(r);
         }
-        self.state.launchers.forget(&self.key);
+        self.state.launchers().forget(&self.key);
         let again = resolve_launcher(&self.state, &self.spec, &self.key, &p).await?;
         if again == launcher {
             return Ok(r);
@@ -239,12 +239,12 @@ pub async fn resolve_launcher(
     if let Some(l) = launcher::configured(spec) {
         return Ok(l.to_string());
     }
-    if let Some(l) = state.launchers.get(key) {
+    if let Some(l) = state.launchers().get(key) {
         return Ok(l);
     }
     let r = p.observe(&launcher::probe_script()).await?;
     let l = launcher::parse_probe(&r.stdout)?;
-    state.launchers.remember(key, &l);
+    state.launchers().remember(key, &l);
     Ok(l)
 }
 

@@ -92,7 +92,7 @@ pub async fn logs(
         .relay(async |tx| {
             tokio::select! {
                 r = p.logs(follow, window, tx) => r,
-                _ = ctx.state.hard_stop.cancelled() => Ok(0),
+                _ = ctx.state.hard_stop().cancelled() => Ok(0),
             }
         })
         .await?;

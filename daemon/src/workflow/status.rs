@@ -31,7 +31,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
             &ctx.spec,
             &ctx.key,
             false,
-            ctx.state.settings.command_timeout,
+            ctx.state.settings().command_timeout,
             None,
         )
         .await?;
@@ -47,7 +47,7 @@ pub async fn chain_status(ctx: &Ctx, remote_spec: Option<&str>) -> Result<Done, 
     crate::supervisor::stall::annotate(
         &mut payload,
         chrono::Utc::now(),
-        ctx.state.notifier.config.stall_after,
+        ctx.state.notifier().config.stall_after,
     );
     payload.redact_with(&ctx.redactor);
     for w in &payload.warnings {
@@ -301,7 +301,7 @@ pub async fn resume(ctx: &Ctx, plan: Option<&str>) -> Result<Done, ErrorBody> {
     // A person resumed the chain by hand: a crash-loop quarantine is theirs to lift, and this
     // is lifting it (issue 24 item 4), like `unquarantine`.
     let unquarantined = if code == 0 {
-        match crate::supervisor::quarantine::clear(&ctx.state.store, &ctx.key).await {
+        match crate::supervisor::quarantine::clear(ctx.state.store(), &ctx.key).await {
             Ok(cleared) => cleared,
             Err(e) => {
                 ctx.out

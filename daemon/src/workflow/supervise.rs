@@ -13,7 +13,7 @@ pub async fn cli(ctx: &Ctx, remote_spec: Option<&str>, dry_run: bool) -> Result<
     let cloud_yaml = ctx.spec.path.display().to_string();
     if dry_run {
         // A dry run is not stored (it is not what the supervisor did) and tells nobody.
-        let deadline = ctx.state.settings.tick_timeout;
+        let deadline = ctx.state.settings().tick_timeout;
         let report = match tokio::time::timeout(
             deadline,
             tick_with(&ctx.state, &cloud_yaml, remote_spec, true),
