@@ -13,7 +13,7 @@ use megaplan_cloud_api::marker::{LastChainMarker, Slot};
 use megaplan_cloud_api::report::NextAction;
 use megaplan_cloud_api::sorted::Sorted;
 use megaplan_cloud_api::{ErrorBody, ErrorCode, legacy, paths};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 
@@ -203,13 +203,8 @@ pub async fn save(
 }
 
 /// The original's provider identity: the railway service, the compose project or the ssh host
-/// (JSON `null` when the spec names none), as the consistency check compares it.
-pub fn provider_identity(spec: &CloudSpec) -> Value {
-    json!(provider_identity_name(spec))
-}
-
-/// The provider identity's name, when the spec gives one.
-fn provider_identity_name(spec: &CloudSpec) -> Option<String> {
+/// (none when the spec names none), as the consistency check compares it.
+pub fn provider_identity(spec: &CloudSpec) -> Option<String> {
     match spec.provider {
         ProviderKind::Railway => Some(spec.railway.service.clone()),
         ProviderKind::Local => Some(spec.local.compose_project.clone()),
@@ -282,7 +277,7 @@ pub fn launched(
         }
     }
     m.provider = set(spec.provider.as_str());
-    m.provider_identity = match provider_identity_name(spec) {
+    m.provider_identity = match provider_identity(spec) {
         Some(s) => Slot::Set(s),
         None => Slot::Null,
     };
@@ -326,6 +321,7 @@ fn write_legacy(file: &std::path::Path, marker: &LastChainMarker) -> Result<(), 
 mod tests {
     use super::*;
     use crate::chain::summary::provider_consistency;
+    use serde_json::Value;
 
     /// The marker a `chain` launch of `s` writes, as stored.
     fn launch_fields(s: &CloudSpec) -> Value {
@@ -368,7 +364,7 @@ mod tests {
             "provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: agent, project: p1}\n",
         );
         let python = LastChainMarker::read(python);
-        let c = provider_consistency("railway", provider_identity(&s).as_str(), Some(&python));
+        let c = provider_consistency("railway", provider_identity(&s).as_deref(), Some(&python));
         assert_eq!(c.as_str(), "consistent", "{c:?}");
         // Our older object form reads the same way.
         let ours = legacy::normalize_marker(json!({
@@ -379,14 +375,18 @@ mod tests {
         .marker;
         let c = provider_consistency(
             "railway",
-            provider_identity(&s).as_str(),
+            provider_identity(&s).as_deref(),
             Some(&LastChainMarker::read(ours)),
         );
         assert_eq!(c.as_str(), "consistent", "{c:?}");
         // Another service is still a mismatch.
         let other =
             spec("provider: railway\nrepo: {url: https://x/a.git}\nrailway: {service: other}\n");
-        let c = provider_consistency("railway", provider_identity(&other).as_str(), Some(&python));
+        let c = provider_consistency(
+            "railway",
+            provider_identity(&other).as_deref(),
+            Some(&python),
+        );
         assert_eq!(c.as_str(), "mismatch", "{c:?}");
     }
 

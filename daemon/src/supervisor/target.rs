@@ -124,7 +124,7 @@ pub async fn look(
     let target = chain_target(remote_spec, loaded.marker.as_ref(), spec)?;
     let consistency = summary::provider_consistency(
         spec.provider.as_str(),
-        markers::provider_identity(spec).as_str(),
+        markers::provider_identity(spec).as_deref(),
         loaded.marker.as_ref(),
     );
     Ok(Looked {
