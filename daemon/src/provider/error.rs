@@ -5,6 +5,7 @@
 //! convert with `?`; callers that decide by kind look at [`ProviderError::code`] or the variant.
 //!
 //! Every text a variant carries that came from a command's output is already redacted.
+use crate::render::RenderError;
 use megaplan_cloud_api::output::DeployStep;
 use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::path::PathBuf;
@@ -202,11 +203,10 @@ pub enum ProviderError {
     #[error("{message}")]
     DaemonSetup { message: String },
 
-    /// The deploy files could not be rendered from cloud.yaml (`crate::render`, whose errors
-    /// are wire errors already). Shown as its message, like every other variant, so
-    /// `to_string()` is always the wire message.
-    #[error("{}", .0.message)]
-    Render(ErrorBody),
+    /// The deploy files could not be rendered from cloud.yaml (`crate::render`). Shown as its
+    /// message, like every other variant, so `to_string()` is always the wire message.
+    #[error("{0}")]
+    Render(RenderError),
 }
 
 impl ProviderError {
@@ -236,7 +236,7 @@ impl ProviderError {
             E::MissingSecrets { .. } => ErrorCode::MissingSecrets,
             E::RailwayServiceMissing { .. } => ErrorCode::RailwayServiceMissing,
             E::DeployFailed { error, .. } => error.code(),
-            E::Render(b) => b.error,
+            E::Render(e) => e.code(),
         }
     }
 
@@ -317,7 +317,7 @@ impl ProviderError {
 impl From<ProviderError> for ErrorBody {
     fn from(e: ProviderError) -> Self {
         match e {
-            ProviderError::Render(body) => body,
+            ProviderError::Render(e) => ErrorBody::from(e),
             ProviderError::DeployFailed {
                 error,
                 provider,
@@ -364,9 +364,12 @@ mod tests {
 
     #[test]
     fn a_render_error_passes_through_unchanged() {
-        let inner = ErrorBody::new(ErrorCode::InvalidSpec, "bad file").with("field", "x");
+        let inner = RenderError::BadBaseImage {
+            spec_file: PathBuf::from("/p/cloud.yaml"),
+            base: "a b".into(),
+        };
         let body = ErrorBody::from(ProviderError::Render(inner.clone()));
-        assert_eq!(body, inner);
+        assert_eq!(body, ErrorBody::from(inner));
     }
 
     /// Each variant's wire error, byte for byte, as the provider files built it before this
