@@ -7,8 +7,8 @@
 //! [`LauncherCache`], and forgotten when a core command fails with "No module named" so the
 //! next command probes again.
 
+use crate::chain::error::ChainError;
 use crate::cloud_yaml::{CORE_MODULES, CloudSpec};
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -19,39 +19,18 @@ pub fn launcher_for(python: &str, module: &str) -> String {
     format!("{python} -m {module}")
 }
 
-/// The error when the runner has neither module.
-pub fn no_core_error() -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!(
-            "the megaplan core is not installed on the runner: neither `{}` nor `{}` is importable by its python; \
-             install the core (megaplan.ref, then redeploy) or set megaplan.launcher in cloud.yaml",
-            CORE_MODULES[0], CORE_MODULES[1]
-        ),
-    )
-    .with("field", "megaplan.launcher")
-}
-
 /// Parse [`probe_script`]'s output into a launcher.
-pub fn parse_probe(stdout: &str) -> Result<String, ErrorBody> {
+pub fn parse_probe(stdout: &str) -> Result<String, ChainError> {
     let line = stdout
         .lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix(PROBE_PREFIX.trim_end()))
         .map(str::trim)
-        .ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "the runner did not answer the core probe (no {} line); check that python 3 is installed in the runner",
-                    PROBE_PREFIX.trim_end()
-                ),
-            )
-        })?;
+        .ok_or(ChainError::NoProbeAnswer)?;
     let mut words = line.split_whitespace();
     match (words.next(), words.next()) {
         (Some(py), Some(module)) if CORE_MODULES.contains(&module) => Ok(launcher_for(py, module)),
-        _ => Err(no_core_error()),
+        _ => Err(ChainError::NoCore),
     }
 }
 
@@ -124,10 +103,12 @@ mod tests {
     fn probe_finds_the_installed_module_and_prefers_arnold_pipelines() {
         let none = tempfile::tempdir().unwrap();
         let e = parse_probe(&run_probe(none.path())).unwrap_err();
+        assert_eq!(e, ChainError::NoCore);
+        let e = e.to_string();
         assert!(
-            e.message.contains("arnold_pipelines.megaplan")
-                && e.message.contains("arnold.pipelines.megaplan")
-                && e.message.contains("megaplan.launcher"),
+            e.contains("arnold_pipelines.megaplan")
+                && e.contains("arnold.pipelines.megaplan")
+                && e.contains("megaplan.launcher"),
             "{e}"
         );
 

@@ -6,6 +6,7 @@
 //! never on the operator's machine.
 
 use crate::chain::classify::Liveness;
+use crate::chain::error::ChainError;
 use crate::chain::spec::{ChainSpec, parse_chain_spec};
 use crate::chain::state::{
     ChainState, EffectivePolicy, PolicyOverrides, effective_policy, lenient, parse_chain_state,
@@ -14,7 +15,6 @@ use crate::chain::state::{
 pub use crate::runner::layout::OBSERVATION_PREFIX;
 use megaplan_cloud_api::report::{LogsInfo, RunnerInfo, SyncRefresh};
 use megaplan_cloud_api::status::PlanStatus;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -125,10 +125,10 @@ pub struct Observation {
     pub spec_text: Option<String>,
     /// The remote spec, parsed; `None` with `spec_error` set when missing or invalid.
     pub spec: Option<ChainSpec>,
-    pub spec_error: Option<ErrorBody>,
+    pub spec_error: Option<ChainError>,
     /// `None` when the state file does not exist yet (chain not started) or is unreadable.
     pub state: Option<ChainState>,
-    pub state_error: Option<ErrorBody>,
+    pub state_error: Option<ChainError>,
     pub policy_overrides: PolicyOverrides,
     pub policy: EffectivePolicy,
     pub plan_status: PlanStatus,
@@ -163,13 +163,10 @@ impl Observation {
     }
 }
 
-fn malformed(what: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::ProviderFailed,
-        format!(
-            "the runner's chain observation is malformed: {what}; check the launcher setting and that python 3 is installed in the runner"
-        ),
-    )
+fn malformed(what: impl std::fmt::Display) -> ChainError {
+    ChainError::MalformedObservation {
+        what: what.to_string(),
+    }
 }
 
 /// The last few non-empty lines of output, for errors (the caller passes redacted output).
@@ -189,7 +186,7 @@ fn output_tail(stdout: &str) -> String {
 }
 
 /// The observation line read into its documented shape; a wrong-typed field is named.
-fn read_printed(line: &str) -> Result<Printed, ErrorBody> {
+fn read_printed(line: &str) -> Result<Printed, ChainError> {
     let not_json = |e: &dyn std::fmt::Display| {
         malformed(format!(
             "the {} line is not valid JSON ({e})",
@@ -219,7 +216,7 @@ fn read_printed(line: &str) -> Result<Printed, ErrorBody> {
 /// Parse the observation command's stdout (already redacted by the caller). Login-shell noise
 /// before the marker line is skipped. A malformed observation is `provider_failed`; an invalid
 /// state or spec file is reported in `state_error`/`spec_error` naming the remote file.
-pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
+pub fn parse_observation(stdout: &str) -> Result<Observation, ChainError> {
     let Some(line) = stdout
         .lines()
         .rev()
@@ -232,20 +229,11 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         } else {
             format!("output ended with: {tail}")
         };
-        return Err(ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            format!(
-                "the runner printed no {} line ({said}); check the launcher setting and that python 3 is installed in the runner",
-                OBSERVATION_PREFIX.trim_end()
-            ),
-        ));
+        return Err(ChainError::NoObservation { said });
     };
     let p = read_printed(line.trim_end())?;
     if let Some(fatal) = p.fatal {
-        return Err(ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            format!("the chain observation failed on the runner: {fatal}"),
-        ));
+        return Err(ChainError::ObservationFailed { why: fatal });
     }
     if p.version != Some(1) {
         return Err(malformed(format!(
@@ -270,25 +258,16 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         },
         (None, Some(read_error)) => (
             None,
-            Some(
-                ErrorBody::new(
-                    ErrorCode::ProviderFailed,
-                    format!("cannot read the remote chain spec: {read_error}"),
-                )
-                .with("file", resolved_spec.as_str()),
-            ),
+            Some(ChainError::RemoteSpecUnreadable {
+                file: resolved_spec.clone(),
+                why: read_error,
+            }),
         ),
         (None, None) => (
             None,
-            Some(
-                ErrorBody::new(
-                    ErrorCode::MissingRemoteSpec,
-                    format!(
-                        "remote chain spec {resolved_spec} does not exist on the runner; run `megaplan-cloudctl chain <spec>` first, or pass --remote-spec with the spec's path on the runner"
-                    ),
-                )
-                .with("file", resolved_spec.as_str()),
-            ),
+            Some(ChainError::RemoteSpecMissing {
+                file: resolved_spec.clone(),
+            }),
         ),
     };
 
@@ -299,13 +278,10 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
         },
         (None, Some(read_error)) => (
             None,
-            Some(
-                ErrorBody::new(
-                    ErrorCode::ProviderFailed,
-                    format!("cannot read the chain state on the runner: {read_error}"),
-                )
-                .with("file", state_path.as_str()),
-            ),
+            Some(ChainError::StateUnreadable {
+                file: state_path.clone(),
+                why: read_error,
+            }),
         ),
         (None, None) => (None, None),
     };
@@ -366,6 +342,7 @@ pub fn parse_observation(stdout: &str) -> Result<Observation, ErrorBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaplan_cloud_api::ErrorCode;
     use serde_json::Value;
     use serde_json::json;
 
@@ -462,12 +439,12 @@ mod tests {
         v["spec_text"] = json!("milestones:\n  - {label: m1}\n");
         let obs = parse_observation(&sample(v)).unwrap();
         let se = obs.state_error.unwrap();
-        assert_eq!(se.error, ErrorCode::ProviderFailed);
-        assert!(se.message.contains("chain-880bd6e04632.json"), "{se}");
+        assert_eq!(se.code(), ErrorCode::ProviderFailed);
+        assert!(se.to_string().contains("chain-880bd6e04632.json"), "{se}");
         let pe = obs.spec_error.unwrap();
-        assert_eq!(pe.error, ErrorCode::InvalidSpec);
+        assert_eq!(pe.code(), ErrorCode::InvalidSpec);
         assert!(
-            pe.message
+            pe.to_string()
                 .contains("/workspace/app/chain.yaml: milestones[0].idea is required"),
             "{pe}"
         );
@@ -479,51 +456,57 @@ mod tests {
         let mut v = good();
         v["spec_text"] = Value::Null;
         let e = parse_observation(&sample(v)).unwrap().spec_error.unwrap();
-        assert_eq!(e.error, ErrorCode::MissingRemoteSpec);
-        assert!(e.message.contains("/workspace/app/chain.yaml"), "{e}");
+        assert_eq!(e.code(), ErrorCode::MissingRemoteSpec);
+        assert!(e.to_string().contains("/workspace/app/chain.yaml"), "{e}");
 
         let mut v = good();
         v["spec_text"] = Value::Null;
         v["spec_error"] = json!("cannot read /workspace/app/chain.yaml: Permission denied");
         let e = parse_observation(&sample(v)).unwrap().spec_error.unwrap();
-        assert_eq!(e.error, ErrorCode::ProviderFailed);
-        assert!(e.message.contains("Permission denied"), "{e}");
+        assert_eq!(e.code(), ErrorCode::ProviderFailed);
+        assert!(e.to_string().contains("Permission denied"), "{e}");
     }
 
     #[test]
     fn malformed_observations_are_provider_failed() {
         let e = parse_observation("bash: python: command not found\n").unwrap_err();
-        assert_eq!(e.error, ErrorCode::ProviderFailed);
-        assert!(e.message.contains("no MEGAPLAN_OBSERVATION line"), "{e}");
-        assert!(e.message.contains("command not found"), "{e}");
+        assert_eq!(e.code(), ErrorCode::ProviderFailed);
+        assert!(
+            e.to_string().contains("no MEGAPLAN_OBSERVATION line"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("command not found"), "{e}");
         let e = parse_observation("").unwrap_err();
-        assert!(e.message.contains("(no output)"), "{e}");
+        assert!(e.to_string().contains("(no output)"), "{e}");
 
         let e = parse_observation(&format!("{OBSERVATION_PREFIX}{{not json\n")).unwrap_err();
-        assert!(e.message.contains("not valid JSON"), "{e}");
+        assert!(e.to_string().contains("not valid JSON"), "{e}");
         let e = parse_observation(&format!("{OBSERVATION_PREFIX}[1]\n")).unwrap_err();
-        assert!(e.message.contains("not a JSON object"), "{e}");
+        assert!(e.to_string().contains("not a JSON object"), "{e}");
         let e = parse_observation(&format!(
             "{OBSERVATION_PREFIX}{}\n",
             json!({"version": 1, "fatal": "bad input"})
         ))
         .unwrap_err();
-        assert!(e.message.contains("failed on the runner: bad input"), "{e}");
+        assert!(
+            e.to_string().contains("failed on the runner: bad input"),
+            "{e}"
+        );
         let e = parse_observation(&format!("{OBSERVATION_PREFIX}{}\n", json!({"version": 9})))
             .unwrap_err();
         assert!(
-            e.message.contains("unsupported observation version 9"),
+            e.to_string().contains("unsupported observation version 9"),
             "{e}"
         );
 
         let mut v = good();
         v["state_text"] = json!(5);
         let e = parse_observation(&sample(v)).unwrap_err();
-        assert!(e.message.contains("`state_text`"), "{e}");
+        assert!(e.to_string().contains("`state_text`"), "{e}");
         let mut v = good();
         v["runner"] = json!("alive");
         let e = parse_observation(&sample(v)).unwrap_err();
-        assert!(e.message.contains("`runner`"), "{e}");
+        assert!(e.to_string().contains("`runner`"), "{e}");
     }
 
     #[test]
@@ -552,12 +535,12 @@ mod tests {
             let mut v = good();
             v["session_marker"] = bad.clone();
             let e = parse_observation(&sample(v)).unwrap_err();
-            assert_eq!(e.error, ErrorCode::ProviderFailed);
-            assert!(e.message.contains("`session_marker`"), "{bad}: {e}");
+            assert_eq!(e.code(), ErrorCode::ProviderFailed);
+            assert!(e.to_string().contains("`session_marker`"), "{bad}: {e}");
             let mut v = good();
             v["sessions"] = json!([{"session": "megaplan-chain", "marker": bad}]);
             let e = parse_observation(&sample(v)).unwrap_err();
-            assert!(e.message.contains("`sessions[0].marker`"), "{e}");
+            assert!(e.to_string().contains("`sessions[0].marker`"), "{e}");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! `override recover-blocked --reason ...`, and multi-word steps (`override add-note`) are split
 //! into words. Only the steps listed here are run; anything else is refused.
 
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
+use crate::chain::error::ChainError;
 
 /// Every `next_step` the core's workflow names, as it names it.
 pub const RESUMABLE_STEPS: [&str; 19] = [
@@ -38,17 +38,12 @@ pub const RECOVER_REASON: &str =
     "megaplan-cloudd resume: recover blocked plan after blocker resolution";
 
 /// The command words for a `next_step`, without `--plan`.
-pub fn step_command(next_step: &str) -> Result<Vec<String>, ErrorBody> {
+pub fn step_command(next_step: &str) -> Result<Vec<String>, ChainError> {
     let step = next_step.trim();
     if !RESUMABLE_STEPS.contains(&step) {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidStatus,
-            format!(
-                "remote status names next_step {next_step:?}, which is not a step resume runs ({}); run it by hand with `megaplan-cloudctl exec`",
-                RESUMABLE_STEPS.join(", ")
-            ),
-        )
-        .with("next_step", next_step));
+        return Err(ChainError::NotResumable {
+            next_step: next_step.to_string(),
+        });
     }
     let words: Vec<String> = match step {
         "execute" => vec![
@@ -112,8 +107,12 @@ mod tests {
             "EXECUTE",
         ] {
             let e = step_command(bad).unwrap_err();
-            assert_eq!(e.error, ErrorCode::InvalidStatus, "{bad}");
-            assert!(e.message.contains(&format!("{bad:?}")), "{e}");
+            assert_eq!(
+                e.code(),
+                megaplan_cloud_api::ErrorCode::InvalidStatus,
+                "{bad}"
+            );
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
     }
 }

@@ -6,9 +6,9 @@
 //! core versions — is type-checked where the core's rules are known and otherwise carried
 //! untouched in `raw`, so the remote core sees exactly what the operator wrote.
 
+use crate::chain::error::ChainError;
 use crate::yaml;
 use crate::yaml::type_name;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -58,10 +58,8 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn err(&self, field: &str, message: impl std::fmt::Display) -> ErrorBody {
-        ErrorBody::new(ErrorCode::InvalidSpec, format!("{}: {message}", self.file))
-            .with("file", self.file)
-            .with("field", field)
+    fn err(&self, field: &str, message: impl std::fmt::Display) -> ChainError {
+        ChainError::spec_field(self.file, field, message)
     }
 
     fn milestone_err(
@@ -69,8 +67,8 @@ impl Checker<'_> {
         index: usize,
         field: &str,
         message: impl std::fmt::Display,
-    ) -> ErrorBody {
-        self.err(field, message).with("milestone_index", index)
+    ) -> ChainError {
+        ChainError::milestone_field(self.file, index, field, message)
     }
 
     /// A top-level policy string restricted to `allowed`; absent or null means `default`.
@@ -81,7 +79,7 @@ impl Checker<'_> {
         field: &str,
         default: &str,
         allowed: &[&str],
-    ) -> Result<String, ErrorBody> {
+    ) -> Result<String, ChainError> {
         match map.get(key) {
             None | Some(Value::Null) => Ok(default.to_string()),
             Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(s.clone()),
@@ -105,7 +103,7 @@ impl Checker<'_> {
         map: &'m Map<String, Value>,
         key: &str,
         hint: &str,
-    ) -> Result<Option<&'m Map<String, Value>>, ErrorBody> {
+    ) -> Result<Option<&'m Map<String, Value>>, ChainError> {
         match map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(m)) => Ok(Some(m)),
@@ -119,7 +117,11 @@ impl Checker<'_> {
         }
     }
 
-    fn milestone(&self, index: usize, item: &Value) -> Result<(Milestone, Vec<String>), ErrorBody> {
+    fn milestone(
+        &self,
+        index: usize,
+        item: &Value,
+    ) -> Result<(Milestone, Vec<String>), ChainError> {
         let at = format!("milestones[{index}]");
         let Value::Object(m) = item else {
             return Err(self.milestone_err(
@@ -131,7 +133,7 @@ impl Checker<'_> {
                 ),
             ));
         };
-        let required = |key: &str, hint: &str| -> Result<String, ErrorBody> {
+        let required = |key: &str, hint: &str| -> Result<String, ChainError> {
             let field = format!("{at}.{key}");
             match m.get(key) {
                 Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
@@ -229,27 +231,20 @@ impl Checker<'_> {
 }
 
 /// Parse and validate a chain spec. `file` names the spec in every error message.
-pub fn parse_chain_spec(text: &str, file: &str) -> Result<ChainSpec, ErrorBody> {
+pub fn parse_chain_spec(text: &str, file: &str) -> Result<ChainSpec, ChainError> {
     let ck = Checker { file };
-    let doc = yaml::parse(text).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::InvalidSpec,
-            format!("{file}: YAML parse error: {e}; fix the YAML syntax at that location"),
-        )
-        .with("file", file)
+    let doc = yaml::parse(text).map_err(|e| ChainError::SpecNotYaml {
+        file: file.to_string(),
+        why: e.to_string(),
     })?;
     let raw = match doc {
         Value::Null => Map::new(),
         Value::Object(m) => m,
         other => {
-            return Err(ErrorBody::new(
-                ErrorCode::InvalidSpec,
-                format!(
-                    "{file}: chain spec must be a YAML mapping (milestones:, base_branch:, ...), found {}",
-                    type_name(&other)
-                ),
-            )
-            .with("file", file));
+            return Err(ChainError::SpecNotAMapping {
+                file: file.to_string(),
+                found: type_name(&other),
+            });
         }
     };
 
@@ -417,7 +412,7 @@ pub fn parse_chain_spec(text: &str, file: &str) -> Result<ChainSpec, ErrorBody> 
 
 /// The YAML uploaded to `<workspace>/chain.yaml`: `raw` with `base_branch: <default>` added
 /// when the spec names none, so the runner's core uses the branch cloud.yaml checked out.
-pub fn normalised_yaml(spec: &ChainSpec, default_base_branch: &str) -> Result<String, ErrorBody> {
+pub fn normalised_yaml(spec: &ChainSpec, default_base_branch: &str) -> Result<String, ChainError> {
     let mut doc = spec.raw.clone();
     if spec.base_branch.is_none() {
         doc.insert(
@@ -425,12 +420,8 @@ pub fn normalised_yaml(spec: &ChainSpec, default_base_branch: &str) -> Result<St
             Value::String(default_base_branch.to_string()),
         );
     }
-    yaml::to_string(&Value::Object(doc)).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::Internal,
-            format!("cannot write the normalised chain spec as YAML: {e}"),
-        )
-    })
+    yaml::to_string(&Value::Object(doc))
+        .map_err(|e| ChainError::SpecNotWritable { why: e.to_string() })
 }
 
 /// The text uploaded to `<workspace>/chain.yaml`: the operator's file byte for byte when it
@@ -444,7 +435,7 @@ pub fn upload_text(
     text: &str,
     spec: &ChainSpec,
     default_base_branch: &str,
-) -> Result<String, ErrorBody> {
+) -> Result<String, ChainError> {
     if spec.base_branch.is_some() {
         return Ok(text.to_string());
     }
@@ -486,17 +477,18 @@ pub fn identity_digest(normalised_yaml: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use megaplan_cloud_api::{ErrorBody, ErrorCode};
 
     const FILE: &str = "/home/op/briefs/chain.yaml";
 
-    fn parse(text: &str) -> Result<ChainSpec, ErrorBody> {
+    fn parse(text: &str) -> Result<ChainSpec, ChainError> {
         parse_chain_spec(text, FILE)
     }
 
     fn err(text: &str) -> ErrorBody {
         match parse(text) {
             Ok(spec) => panic!("expected an error, parsed {spec:?}"),
-            Err(e) => e,
+            Err(e) => ErrorBody::from(e),
         }
     }
 

@@ -5,9 +5,9 @@
 //! known field of the wrong type counts as absent, and the whole object is kept in `raw` so
 //! nothing is lost when it is shown back to the operator.
 
+use crate::chain::error::ChainError;
 use crate::chain::spec::ChainSpec;
 use megaplan_cloud_api::status::ChainPolicy;
-use megaplan_cloud_api::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -257,26 +257,18 @@ impl ChainState {
 
 /// Parse the chain state file read from the runner. Only "not JSON" and "not an object" fail
 /// (`provider_failed`, naming the remote file); wrong-typed fields are treated as absent.
-pub fn parse_chain_state(text_in: &str, remote_file: &str) -> Result<ChainState, ErrorBody> {
-    let inspect = format!("inspect it with `megaplan-cloudctl exec 'cat {remote_file}'`");
-    let invalid = |e: &dyn std::fmt::Display| {
-        ErrorBody::new(
-            ErrorCode::ProviderFailed,
-            format!(
-                "chain state {remote_file} on the runner is invalid JSON: {e}; {inspect} (the core rewrites it on its next step)"
-            ),
-        )
-        .with("file", remote_file)
+pub fn parse_chain_state(text_in: &str, remote_file: &str) -> Result<ChainState, ChainError> {
+    let invalid = |e: &dyn std::fmt::Display| ChainError::StateNotJson {
+        file: remote_file.to_string(),
+        why: e.to_string(),
     };
     // Read as an object first (a repeated key keeps its last value, as in the core), then
     // typed from it: the typed read refuses nothing.
     let object = serde_json::from_str::<Map<String, Value>>(text_in).map_err(|e| {
         if e.is_data() {
-            ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!("chain state {remote_file} on the runner must be a JSON object; {inspect}"),
-            )
-            .with("file", remote_file)
+            ChainError::StateNotAnObject {
+                file: remote_file.to_string(),
+            }
         } else {
             invalid(&e)
         }
@@ -435,6 +427,7 @@ pub fn effective_policy(spec: Option<&ChainSpec>, overrides: &PolicyOverrides) -
 mod tests {
     use super::*;
     use crate::chain::spec::parse_chain_spec;
+    use megaplan_cloud_api::{ErrorBody, ErrorCode};
 
     const REMOTE: &str = "/workspace/app/.megaplan/plans/.chains/chain-880bd6e04632.json";
 
@@ -500,12 +493,12 @@ mod tests {
 
     #[test]
     fn invalid_state_names_the_remote_file() {
-        let e = parse_chain_state("{not json", REMOTE).unwrap_err();
+        let e = ErrorBody::from(parse_chain_state("{not json", REMOTE).unwrap_err());
         assert_eq!(e.error, ErrorCode::ProviderFailed);
         assert!(e.message.contains(REMOTE), "{e}");
         assert!(e.message.contains("invalid JSON"), "{e}");
         assert_eq!(e.extra["file"], REMOTE);
-        let e = parse_chain_state("[1, 2]", REMOTE).unwrap_err();
+        let e = ErrorBody::from(parse_chain_state("[1, 2]", REMOTE).unwrap_err());
         assert!(e.message.contains("must be a JSON object"), "{e}");
         assert!(e.message.contains(REMOTE), "{e}");
     }
@@ -551,14 +544,14 @@ mod tests {
             ("{} trailing", "invalid JSON"),
             ("{\"pr_number\": 1e999}", "invalid JSON"),
         ] {
-            let e = parse_chain_state(text_in, REMOTE).unwrap_err();
+            let e = ErrorBody::from(parse_chain_state(text_in, REMOTE).unwrap_err());
             assert_eq!(e.error, ErrorCode::ProviderFailed, "{text_in}");
             assert!(e.message.contains(says), "{text_in}: {e}");
             assert!(e.message.contains(REMOTE), "{e}");
             assert_eq!(e.extra["file"], REMOTE);
         }
         let deep = format!("{{\"x\": {}1{}}}", "[".repeat(500), "]".repeat(500));
-        let e = parse_chain_state(&deep, REMOTE).unwrap_err();
+        let e = ErrorBody::from(parse_chain_state(&deep, REMOTE).unwrap_err());
         assert!(e.message.contains("invalid JSON"), "{e}");
     }
 

@@ -18,11 +18,11 @@
 //! once).
 
 use super::budget::{SessionBudget, SessionLease};
+use crate::chain::error::ChainError;
 use crate::chain::observe::{OBSERVATION_PREFIX, Observation, parse_observation};
 use crate::process::Cmd;
 use crate::runner::lenient::{or_default, present};
 use crate::runner::observe::ObserveInput;
-use megaplan_cloud_api::ErrorBody;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -109,7 +109,7 @@ struct Watches {
 /// be started for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
-    pub observation: Result<Observation, ErrorBody>,
+    pub observation: Result<Observation, ChainError>,
     pub observer_starts: u32,
 }
 
@@ -1258,7 +1258,7 @@ for line in sys.stdin:
             .await
             .unwrap();
         let e = a.observation.unwrap_err();
-        assert!(e.message.contains("field `core_starts`"), "{e:?}");
+        assert!(e.to_string().contains("field `core_starts`"), "{e:?}");
         let e = r
             .observe("k", &launch, &ask("not-an-object"), deadline)
             .await

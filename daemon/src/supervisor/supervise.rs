@@ -291,7 +291,7 @@ async fn observe_and_act(
     if let Some(kind) = d.mutation {
         // The launcher of the mutation: as configured, else what this observation found.
         let Some(launcher) = configured.map(str::to_string).or(found_launcher) else {
-            return Err(crate::chain::launcher::no_core_error());
+            return Err(crate::chain::error::ChainError::NoCore.into());
         };
         // Round trip 2: the one mutation, from the closed set in `decide`.
         let digest = marker

@@ -269,7 +269,7 @@ async fn ask_resident(
                     );
                 }
             }
-            a.observation.map(Some)
+            a.observation.map(Some).map_err(ErrorBody::from)
         }
         Err(e @ ResidentError::Deadline(_)) => {
             Err(ErrorBody::new(ErrorCode::DeadlineExceeded, e.to_string()))
@@ -312,21 +312,25 @@ async fn observe_unredacted(
                 if r.code != 0 && !r.stderr.trim().is_empty() {
                     remote_failure("the chain observation in the runner", &r).into()
                 } else {
-                    e
+                    ErrorBody::from(e)
                 }
             })?
         }
     };
     if let Some(e) = &obs.state_error {
-        return Err(e.clone());
+        return Err(e.clone().into());
     }
     let Some(chain_spec) = obs.spec.clone() else {
-        return Err(obs.spec_error.clone().unwrap_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::ProviderFailed,
-                format!("remote chain spec {} could not be read", target.spec),
-            )
-        }));
+        return Err(obs
+            .spec_error
+            .clone()
+            .map(ErrorBody::from)
+            .unwrap_or_else(|| {
+                ErrorBody::new(
+                    ErrorCode::ProviderFailed,
+                    format!("remote chain spec {} could not be read", target.spec),
+                )
+            }));
     };
     Ok((obs, chain_spec))
 }
