@@ -690,7 +690,14 @@ fn fuzz_target(
     tally
 }
 
-fn check_error(e: &ErrorBody, allowed: &[ErrorCode], names: Option<&str>) -> Result<(), String> {
+/// Checks the wire error a domain error (`ChainError`, `RenderError`, ...) or an `ErrorBody`
+/// is answered with.
+fn check_error(
+    e: &(impl Clone + Into<ErrorBody>),
+    allowed: &[ErrorCode],
+    names: Option<&str>,
+) -> Result<(), String> {
+    let e: ErrorBody = e.clone().into();
     if e.success {
         return Err(format!("error body has success: true: {e:?}"));
     }
