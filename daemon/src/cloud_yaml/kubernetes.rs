@@ -3,6 +3,7 @@
 //! here with an error naming it; the provider (`provider/kubernetes.rs`) only builds from it.
 
 use super::error::ConfigError;
+use crate::yaml::type_name;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -54,17 +55,6 @@ pub struct Kubernetes {
 
 fn err(file: &Path, field: &str, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::field(file, field, message)
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
 }
 
 /// A DNS-1123 label: what Kubernetes accepts as a namespace and as most object names.
