@@ -204,18 +204,9 @@ pub fn backoff_line(b: &TickBackoff) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::transitions::tests::report;
     use megaplan_cloud_api::sorted::Sorted;
     use serde_json::{Value, json};
-
-    /// A stored report with the fields given and the rest of a plain tick.
-    fn report(fields: Value) -> TickReport {
-        let mut v = json!({"success": true, "effective_status": "unknown", "acted": false,
-                           "event": "supervisor_tick", "next_action": "noop"});
-        for (k, x) in fields.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        serde_json::from_value(v).unwrap()
-    }
 
     #[test]
     fn the_rule_is_the_one_the_report_records() {
