@@ -5,7 +5,7 @@
 use crate::{Container, Daemon, Sshd, bench, repo_in_container, wait_until};
 use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::output::PlanStatus;
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickReport};
+use megaplan_cloud_api::report::{EffectiveStatus, Liveness, ReportedStatus, TickReport};
 use megaplan_cloud_api::status::ChainStatus;
 use megaplan_cloud_api::wire::{Health, RegistrationListed, SinkBreaker, TickRecord};
 use serde::de::DeserializeOwned;
@@ -390,6 +390,37 @@ impl SshRig {
         ));
         self.container.set_pr(pr, "OPEN");
         self.launch(labels);
+    }
+
+    /// Waits for `status --chain` to name `label` as the current milestone; on the safety net's
+    /// expiry fails with the last status.
+    pub fn wait_milestone(&self, label: &str) {
+        let mut last = String::new();
+        let reached = wait_until(Duration::from_secs(60), || {
+            let s = self.ctl(&["status", "--chain"]);
+            last = format!("{}\n{}", s.stdout, s.stderr);
+            s.current_milestone().as_deref() == Some(label)
+        });
+        assert!(
+            reached,
+            "status --chain never named milestone {label}; last: {last}"
+        );
+    }
+
+    /// Waits for `status --chain` to see the runner alive; on the safety net's expiry fails with
+    /// the last status.
+    pub fn wait_runner_alive(&self) {
+        let mut last = String::new();
+        let alive = wait_until(Duration::from_secs(60), || {
+            let s = self.ctl(&["status", "--chain"]);
+            last = format!("{}\n{}", s.stdout, s.stderr);
+            s.chain_status()
+                .is_some_and(|c| c.runner.status == Some(Liveness::Alive))
+        });
+        assert!(
+            alive,
+            "status --chain never saw the runner alive; last: {last}"
+        );
     }
 
     /// Waits for `status --chain` to say `complete`; on the safety net's expiry fails with the

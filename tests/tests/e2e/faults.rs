@@ -136,12 +136,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
     rig.ctl(&["register", "--every", "1h"]).ok();
     let first = rig.ctl(&["tick"]);
     assert!(first.tick().success, "{}", first.stdout);
@@ -343,12 +338,7 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
 
@@ -1328,12 +1318,7 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
     let client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["tick"]);
@@ -1377,12 +1362,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
 
     let mut hung = Vec::new();
     for i in 0..10 {

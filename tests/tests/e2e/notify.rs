@@ -6,9 +6,7 @@
 
 use megaplan_cloud_api::ErrorCode;
 use megaplan_cloud_api::notification::NotificationEvent;
-use megaplan_cloud_api::report::{
-    EffectiveStatus, Liveness, NextAction, ReportedStatus, TickEvent,
-};
+use megaplan_cloud_api::report::{EffectiveStatus, NextAction, ReportedStatus, TickEvent};
 use megaplan_cloud_api::wire::{
     BreakerState, Explanation, PauseResponse, RegisterResponse, TickRecord,
 };
@@ -379,11 +377,7 @@ fn pause_withholds_mutations_across_a_restart_dry_run_and_explain_say_what_would
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
-    }));
+    rig.wait_runner_alive();
     rig.container
         .exec_ok("tmux kill-session -t =megaplan-chain");
     rig.control(r#"{"step_seconds": 0.1}"#);
@@ -907,11 +901,7 @@ fn a_log_that_stops_growing_is_told_by_the_watch_without_waiting_for_the_schedul
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
-    }));
+    rig.wait_runner_alive();
     rig.ctl(&["register", "--cron", "0 0 1 1 *"]).ok();
     let t = rig.ctl(&["tick"]).ok();
     assert_ne!(
@@ -955,11 +945,7 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
-    }));
+    rig.wait_runner_alive();
     let url = receiver.url("/hook");
     rig.ctl(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url])
         .ok();
@@ -998,9 +984,5 @@ fn a_killed_driver_is_told_at_once_without_waiting_for_the_schedule() {
     );
     assert!(all.len() > before);
     // The restarted runner is live again, and one driver runs.
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .chain_status()
-            .is_some_and(|s| s.runner.status == Some(Liveness::Alive))
-    }));
+    rig.wait_runner_alive();
 }
