@@ -84,6 +84,16 @@ fn pgrep(pattern: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until no process's command line matches `pattern`; on the safety net's expiry fails
+/// naming `what` outlived its owner and the processes still there.
+fn assert_gone(pattern: &str, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || pgrep(pattern).is_empty()),
+        "{what}: {:#?}",
+        pgrep(pattern)
+    );
+}
+
 /// Processes of the runner blocked in the stand-in core's hanging `status` (`hang_status`): it
 /// records its pid in `.megaplan/standin-hangs.jsonl` (the observer calls the core in its own
 /// interpreter, so the command line does not name the status call); those still alive.
@@ -481,10 +491,9 @@ fn hundred_megabytes_of_logs_stream_with_flat_daemon_memory() {
     );
     // The client is gone: the daemon ends its side of the stream although the runner is quiet.
     let ssh_client = format!("ssh -S .* docker logs -f {}", logs_c.name);
-    assert!(
-        wait_until(Duration::from_secs(10), || pgrep(&ssh_client).is_empty()),
-        "the daemon still streams logs to a client that left: {:#?}",
-        pgrep(&ssh_client)
+    assert_gone(
+        &ssh_client,
+        "the daemon still streams logs to a client that left",
     );
     assert_serving(&rig.daemon);
 }
@@ -1304,11 +1313,7 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
             .contains("did not finish"),
         "{row:#?}"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || pgrep(&sleeper).is_empty()),
-        "the notify command's child outlived its timeout: {:#?}",
-        pgrep(&sleeper)
-    );
+    assert_gone(&sleeper, "the notify command's child outlived its timeout");
     assert_serving(&rig.daemon);
 }
 
