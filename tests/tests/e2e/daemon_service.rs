@@ -367,15 +367,7 @@ fn thousand_registrations_all_tick_without_overlap() {
     // Register through the API directly (1,000 client processes would measure fork, not us).
     for i in 0..1000 {
         let cy = local_cloud_yaml(&work.join(format!("c{i:04}")));
-        let body = format!(
-            r#"{{"cloud_yaml": "{}", "every_secs": {interval}}}"#,
-            cy.display()
-        );
-        let resp = raw_http(
-            &d.socket,
-            format!("POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-        );
-        assert!(resp.starts_with("HTTP/1.1 200"), "registration {i}: {resp}");
+        register_api(&d, &cy, interval);
     }
     let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
     assert_eq!(regs.len(), 1000);
