@@ -91,26 +91,9 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     assert!(status.contains("m1"), "{status}");
 
     let err = part("error");
-    assert_eq!(
-        err.matches("error:").count(),
-        1,
-        "an error is printed once on a terminal:\n{err}"
-    );
-    assert!(
-        !err.contains("\"error\""),
-        "JSON error on a terminal:\n{err}"
-    );
+    assert_error_shown_once(&err, "error:");
     assert!(err.contains("/nonexistent/cloud.yaml"), "{err}");
-    let err = part("daemon-error");
-    assert_eq!(
-        err.matches("build` first").count(),
-        1,
-        "a daemon's error is printed once on a terminal:\n{err}"
-    );
-    assert!(
-        !err.contains("\"error\""),
-        "JSON error on a terminal:\n{err}"
-    );
+    assert_error_shown_once(&part("daemon-error"), "build` first");
 
     // Through a pipe: JSON, as scripts expect.
     let regs: Vec<RegistrationListed> = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
@@ -143,6 +126,19 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
         &env,
     );
     assert!(forced.contains("\"cloud_yaml\""), "{forced}");
+}
+
+/// An error on a terminal is printed once (`once` appears exactly once) and never as JSON.
+fn assert_error_shown_once(err: &str, once: &str) {
+    assert_eq!(
+        err.matches(once).count(),
+        1,
+        "an error is printed once on a terminal:\n{err}"
+    );
+    assert!(
+        !err.contains("\"error\""),
+        "JSON error on a terminal:\n{err}"
+    );
 }
 
 #[test]
