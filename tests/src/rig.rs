@@ -392,55 +392,52 @@ impl SshRig {
         self.launch(labels);
     }
 
-    /// Waits for `status --chain` to name `label` as the current milestone; on the safety net's
-    /// expiry fails with the last status.
+    /// Waits for `status --chain` to name `label` as the current milestone.
     pub fn wait_milestone(&self, label: &str) {
-        let mut last = String::new();
-        let reached = wait_until(Duration::from_secs(60), || {
-            let s = self.ctl(&["status", "--chain"]);
-            last = format!("{}\n{}", s.stdout, s.stderr);
-            s.current_milestone().as_deref() == Some(label)
-        });
-        assert!(
-            reached,
-            "status --chain never named milestone {label}; last: {last}"
+        self.wait_status(
+            Duration::from_secs(60),
+            &format!("named milestone {label}"),
+            |s| s.current_milestone().as_deref() == Some(label),
         );
     }
 
-    /// Waits for `status --chain` to see the runner alive; on the safety net's expiry fails with
-    /// the last status.
+    /// Waits for `status --chain` to see the runner alive.
     pub fn wait_runner_alive(&self) {
-        let mut last = String::new();
-        let alive = wait_until(Duration::from_secs(60), || {
-            let s = self.ctl(&["status", "--chain"]);
-            last = format!("{}\n{}", s.stdout, s.stderr);
+        self.wait_status(Duration::from_secs(60), "saw the runner alive", |s| {
             s.chain_status()
                 .is_some_and(|c| c.runner.status == Some(Liveness::Alive))
         });
-        assert!(
-            alive,
-            "status --chain never saw the runner alive; last: {last}"
+    }
+
+    /// Waits for `status --chain` to say `complete`.
+    pub fn wait_complete(&self) {
+        self.wait_status(
+            Duration::from_secs(90),
+            "said complete",
+            Run::chain_complete,
         );
     }
 
-    /// Waits for `status --chain` to say `complete`; on the safety net's expiry fails with the
-    /// last status and the runner's chain log.
-    pub fn wait_complete(&self) {
+    /// Waits (up to the safety net `net`) for a `status --chain` that `done` accepts; on the
+    /// net's expiry fails saying it never `what`, with the last status and the runner's chain
+    /// log.
+    fn wait_status(&self, net: Duration, what: &str, done: impl Fn(&Run) -> bool) {
         let mut last = String::new();
-        let complete = wait_until(Duration::from_secs(90), || {
+        let reached = wait_until(net, || {
             let s = self.ctl(&["status", "--chain"]);
             last = format!("{}\n{}", s.stdout, s.stderr);
-            s.chain_complete()
+            done(&s)
         });
-        let log = self
-            .container
-            .read_file("/workspace/app/.megaplan/cloud-chain.log")
-            .unwrap_or_default();
-        assert!(
-            complete,
-            "chain never completed; last status --chain: {last}\nchain log: {}",
-            String::from_utf8_lossy(&log)
-        );
+        if !reached {
+            let log = self
+                .container
+                .read_file("/workspace/app/.megaplan/cloud-chain.log")
+                .unwrap_or_default();
+            panic!(
+                "status --chain never {what}; last: {last}\nchain log: {}",
+                String::from_utf8_lossy(&log)
+            );
+        }
     }
 }
 
