@@ -380,6 +380,14 @@ impl SshRig {
         self.launch(labels);
     }
 
+    /// Launches a chain of `labels` on a fast stand-in core and waits for it to complete.
+    pub fn launch_completed(&self, labels: &[&str]) {
+        self.precreate_workspace();
+        self.control(r#"{"step_seconds": 0.1}"#);
+        self.launch(labels);
+        self.wait_complete();
+    }
+
     /// Launches a chain of `labels` whose first milestone stops at pull request `pr` (open on
     /// the stand-in `gh`): the workspace made, the stand-in core told, the PR opened.
     pub fn launch_awaiting_pr(&self, labels: &[&str], pr: u32) {

@@ -203,10 +203,7 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     let Some(rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    rig.wait_complete();
+    rig.launch_completed(&["m1"]);
     rig.ctl(&["register", "--every", "1h"]).ok();
     assert!(rig.ctl(&["tick"]).tick().success);
 
@@ -265,10 +262,7 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     let Some(rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    rig.wait_complete();
+    rig.launch_completed(&["m1"]);
     rig.ctl(&["register", "--every", "1h"]).ok();
     assert!(rig.ctl(&["tick"]).tick().success);
     let state_file = rig
@@ -1282,10 +1276,7 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
     // A unique duration is the marker: `sleep 300.<n>` is this test's sleep, nobody else's.
     let n = std::process::id();
     let sleeper = format!("sleep 300.{n}");
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    rig.wait_complete();
+    rig.launch_completed(&["m1"]);
     rig.ctl(&[
         "register",
         "--every",

@@ -155,12 +155,7 @@ fn a_receiver_failing_three_times_gets_the_notification_once_and_pending_ones_su
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).chain_complete()
-    }));
+    rig.launch_completed(&["m1"]);
     receiver.fail_next(&[500, 503, 500]);
     rig.ctl(&[
         "register",
@@ -512,12 +507,7 @@ fn failing_ticks_notify_once_then_recover_and_ticks_watch_filter() {
     ) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"]).chain_complete()
-    }));
+    rig.launch_completed(&["m1"]);
     rig.ctl(&[
         "register",
         "--every",
