@@ -9,10 +9,11 @@ use megaplan_cloud_e2e::pane::{
     Pane, assert_fits_80, in_80_columns, in_terminal, signal_then_hold,
 };
 use megaplan_cloud_e2e::rig::{SshRig, local_cloud_yaml, write_chain};
-use megaplan_cloud_e2e::{bin, wait_until};
+use megaplan_cloud_e2e::{Daemon, bin, wait_until};
 use megaplan_cloudd::shell::quote;
 use serde_json::Value;
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 #[test]
@@ -141,18 +142,31 @@ fn assert_error_shown_once(err: &str, once: &str) {
     );
 }
 
-#[test]
-fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
-    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
+/// A daemon and a project (`proj`) whose local-provider cloud.yaml (never built) is registered
+/// every hour: the daemon, the project folder, the cloud.yaml and `register`'s output.
+fn registered_local_project() -> (Daemon, PathBuf, PathBuf, Output) {
+    let d = Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
     let cy = local_cloud_yaml(&work);
-    let cys = cy.to_str().unwrap();
     let out = d.ctl(
         &work,
         &[],
-        &["--cloud-yaml", cys, "register", "--every", "1h"],
+        &[
+            "--cloud-yaml",
+            cy.to_str().unwrap(),
+            "register",
+            "--every",
+            "1h",
+        ],
     );
     assert!(out.status.success(), "{out:?}");
+    (d, work, cy, out)
+}
+
+#[test]
+fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
+    let (d, work, cy, _) = registered_local_project();
+    let cys = cy.to_str().unwrap();
     let key = registration_key(&d, &work, cys);
     let ctl = bin("megaplan-cloudctl");
     let path = format!(
@@ -325,16 +339,8 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
 
 #[test]
 fn register_warns_when_no_remote_spec_can_be_resolved() {
-    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
-    let work = d.dir.join("proj");
-    let cy = local_cloud_yaml(&work);
+    let (d, work, cy, out) = registered_local_project();
     let cys = cy.to_str().unwrap();
-    let out = d.ctl(
-        &work,
-        &[],
-        &["--cloud-yaml", cys, "register", "--every", "1h"],
-    );
-    assert!(out.status.success(), "{out:?}");
     let v: RegisterResponse = serde_json::from_slice(&out.stdout).unwrap();
     let warned = |v: &RegisterResponse| {
         v.warnings
