@@ -388,7 +388,9 @@ impl Store {
         &self.path
     }
 
-    fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+    /// The error of a statement `what` that failed with `e`, naming the database file (every
+    /// module with tables of its own says it this way).
+    pub(crate) fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError {
             message: format!(
                 "database {}: {what} failed: {e}; check free disk space and that the file is writable",
