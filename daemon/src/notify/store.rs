@@ -216,11 +216,7 @@ async fn commit(
 ) -> Result<usize, StoreError> {
     let what = "saving the watch state";
     let now = ts(Utc::now());
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| store.failed(what, e))?;
+    let mut tx = store.begin_write(what).await?;
     for (key, state) in states {
         let text = serde_json::to_string(state).map_err(|e| store.failed(what, e))?;
         sqlx::query(
@@ -441,11 +437,7 @@ pub async fn record_attempt(
         (Some(_), Some(at)) => ("pending", ts(at), None),
         (Some(_), None) => ("failed", now.clone(), Some(now.clone())),
     };
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| store.failed(what, e))?;
+    let mut tx = store.begin_write(what).await?;
     let key: Option<String> = sqlx::query(
         "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, finished_at = ?6
          WHERE id = ?1 RETURNING key",
@@ -546,11 +538,7 @@ pub async fn set_registration_sinks(
     sinks: &[Sink],
 ) -> Result<(), StoreError> {
     let what = "saving notification sinks";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| store.failed(what, e))?;
+    let mut tx = store.begin_write(what).await?;
     sqlx::query("DELETE FROM notify_sinks WHERE key = ?1")
         .bind(key)
         .execute(&mut *tx)
@@ -573,11 +561,7 @@ pub async fn set_registration_sinks(
 /// kept: a notification already decided is still delivered.
 pub async fn forget(store: &Store, key: &str) -> Result<(), StoreError> {
     let what = "removing the watch state";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| store.failed(what, e))?;
+    let mut tx = store.begin_write(what).await?;
     for q in [
         "DELETE FROM notify_sinks WHERE key = ?1",
         "DELETE FROM watch_state WHERE key = ?1",

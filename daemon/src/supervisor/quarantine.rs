@@ -127,11 +127,7 @@ pub async fn record_restart(
     keep_since: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let what = "recording a restart";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| store.failed(what, e))?;
+    let mut tx = store.begin_write(what).await?;
     sqlx::query("DELETE FROM restarts WHERE key = ?1 AND at < ?2")
         .bind(key)
         .bind(ts(keep_since))
@@ -210,11 +206,7 @@ pub async fn put(store: &Store, q: &Quarantine) -> Result<(), StoreError> {
 /// over). True when a quarantine was in force.
 pub async fn clear(store: &Store, key: &str) -> Result<bool, StoreError> {
     let what = "clearing the quarantine";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| store.failed(what, e))?;
+    let mut tx = store.begin_write(what).await?;
     let gone = sqlx::query("DELETE FROM quarantines WHERE key = ?1")
         .bind(key)
         .execute(&mut *tx)
