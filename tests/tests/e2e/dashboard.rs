@@ -63,6 +63,11 @@ fn start_dashboard(cmd: &mut Command) -> (Owned, String) {
     (child, first.trim().to_string())
 }
 
+/// Whether something accepts connections on `127.0.0.1:port`.
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
 /// One plain HTTP/1.1 exchange with `127.0.0.1:port`: (status, head, body).
 fn http(
     port: u16,
@@ -138,11 +143,7 @@ impl Browser {
             .expect("chromedriver starts");
         let driver = Owned(driver);
         assert!(
-            wait_until(Duration::from_secs(20), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            wait_until(Duration::from_secs(20), || listening(port)),
             "chromedriver never listened"
         );
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -515,11 +516,7 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     drop(browser);
     drop(dashboard);
     assert!(
-        wait_until(Duration::from_secs(30), || TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_err()),
+        wait_until(Duration::from_secs(30), || !listening(port)),
         "the listener outlived megaplan-cloudctl dashboard"
     );
 }
@@ -593,11 +590,7 @@ fn on_a_desktop_the_browser_is_opened_without_the_token_in_any_argv_and_ctrl_c_c
         page_path.display()
     );
     assert!(
-        wait_until(Duration::from_secs(30), || TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_err()),
+        wait_until(Duration::from_secs(30), || !listening(port)),
         "the listener outlived megaplan-cloudctl dashboard"
     );
 }
