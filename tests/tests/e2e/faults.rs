@@ -641,6 +641,26 @@ fn assert_storage_failed(r: &Run, db: &Path, cause: &[&str]) {
     assert!(r.stderr.contains("storage_failed"), "{}", r.stderr);
 }
 
+/// Registers the local project `work/a` and runs one tick of it (an error, the project was
+/// never built, but stored). Returns a's cloud.yaml.
+fn registered_with_one_tick(d: &Daemon, work: &Path) -> PathBuf {
+    let a = local_cloud_yaml(&work.join("a"));
+    ctl_for(d, &a, &["register", "--every", "1h"]).ok();
+    let t = ctl_for(d, &a, &["tick"]);
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    a
+}
+
+/// With the storage failing for `cause`: a tick of `a` and registering `work/b` are storage
+/// errors naming `db`, and the daemon still serves its one registration. Returns b's cloud.yaml.
+fn assert_writes_fail(d: &Daemon, work: &Path, a: &Path, db: &Path, cause: &[&str]) -> PathBuf {
+    assert_storage_failed(&ctl_for(d, a, &["tick"]), db, cause);
+    let b = local_cloud_yaml(&work.join("b"));
+    assert_storage_failed(&ctl_for(d, &b, &["register"]), db, cause);
+    assert_eq!(assert_serving(d).registrations, 1);
+    b
+}
+
 #[test]
 fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
@@ -654,10 +674,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = local_cloud_yaml(&work.join("a"));
-    ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
-    let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let a = registered_with_one_tick(&d, &work);
 
     // Fill the file system to the last block.
     let mut fill = std::fs::File::create(d.home.join("fill")).unwrap();
@@ -667,11 +684,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     drop(fill);
 
     let full = ["database or disk is full", "No space left"];
-    assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &full);
-    let b = local_cloud_yaml(&work.join("b"));
-    assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &full);
-    let st = assert_serving(&d);
-    assert_eq!(st.registrations, 1);
+    let b = assert_writes_fail(&d, &work, &a, &db, &full);
     let regs = registrations(&d, &work);
     assert_eq!(regs[0].registration.ticks_run, 1, "{regs:#?}");
 
@@ -740,10 +753,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = local_cloud_yaml(&work.join("a"));
-    ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
-    let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let a = registered_with_one_tick(&d, &work);
 
     // What the kernel does on a disk error with errors=remount-ro: the file system turns
     // read-only under the running daemon (`remount,ro` itself is refused while files are open
@@ -757,11 +767,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     assert!(abort.status.success(), "{abort:?}");
 
     let ro = ["disk I/O error", "readonly", "read-only", "Read-only"];
-    assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &ro);
-    let b = local_cloud_yaml(&work.join("b"));
-    assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &ro);
-    let st = assert_serving(&d);
-    assert_eq!(st.registrations, 1);
+    assert_writes_fail(&d, &work, &a, &db, &ro);
     let stored = Run::from_output(&d.ctl(
         &work,
         &[],
