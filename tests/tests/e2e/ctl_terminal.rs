@@ -163,6 +163,22 @@ fn registered_local_project() -> (Daemon, PathBuf, PathBuf, Output) {
     (d, work, cy, out)
 }
 
+/// A tmux pane running `megaplan-cloudctl --cloud-yaml <rig's> <args>` in the rig's project,
+/// then printing `<first word of args> exited <code>` and signalling `signal` (the pane holds).
+fn ctl_in_pane(rig: &SshRig, args: &str, signal: &str) -> Pane {
+    let ctl = bin("megaplan-cloudctl").display().to_string();
+    let socket = rig.daemon.socket.display().to_string();
+    let what = args.split_whitespace().next().unwrap_or(args);
+    let script = format!(
+        "cd {dir} && {ctl} --cloud-yaml {cy} {args}; echo \"{what} exited $?\"; {hold}",
+        dir = quote(&rig.project.display().to_string()),
+        ctl = quote(&ctl),
+        cy = quote(&rig.cloud_yaml.display().to_string()),
+        hold = signal_then_hold(signal),
+    );
+    Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())])
+}
+
 #[test]
 fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
     let (d, work, cy, _) = registered_local_project();
@@ -289,16 +305,7 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
     // The daemon holds the ssh session the attach reuses.
     rig.ctl(&["exec", "true"]).ok();
 
-    let ctl = bin("megaplan-cloudctl").display().to_string();
-    let socket = rig.daemon.socket.display().to_string();
-    let script = format!(
-        "cd {dir} && {ctl} --cloud-yaml {cy} attach; echo \"attach exited $?\"; {hold}",
-        dir = quote(&rig.project.display().to_string()),
-        ctl = quote(&ctl),
-        cy = quote(&rig.cloud_yaml.display().to_string()),
-        hold = signal_then_hold("attached"),
-    );
-    let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
+    let pane = ctl_in_pane(&rig, "attach", "attached");
     // Typed into the runner's shell; the arithmetic proves the shell ran it (an echo of the
     // keystrokes alone would show `$((40+2))`).
     let typed = || pane.send_keys(&["echo attached-$((40+2))", "Enter"]);
@@ -571,16 +578,7 @@ fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     // The core's status now never answers: `status --chain` sits silent until released.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
-    let ctl = bin("megaplan-cloudctl").display().to_string();
-    let socket = rig.daemon.socket.display().to_string();
-    let script = format!(
-        "cd {dir} && {ctl} --cloud-yaml {cy} status --chain; echo \"status exited $?\"; {hold}",
-        dir = quote(&rig.project.display().to_string()),
-        ctl = quote(&ctl),
-        cy = quote(&rig.cloud_yaml.display().to_string()),
-        hold = signal_then_hold("status-done"),
-    );
-    let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
+    let pane = ctl_in_pane(&rig, "status --chain", "status-done");
     pane.wait_for("the spinner", |l| {
         l.contains("status: waiting for megaplan-cloudd and the runner")
     });
