@@ -11,6 +11,7 @@
 //! read and turned into the original's shape, and only the original's shape is written.
 //! Used by the daemon (markers) and by `megaplan-cloudctl doctor`, so both agree.
 
+use crate::type_name;
 use serde_json::{Value, json};
 
 /// Fields the original writes, plus the ones this project adds beside them.
@@ -38,17 +39,6 @@ pub struct Normalized {
     /// What could not be mapped: unknown fields (kept as they are) and values of the wrong
     /// type (dropped), each named.
     pub unmapped: Vec<String>,
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
 }
 
 /// Parse a `last_chain.json`. An error says what is wrong with it (the caller names the file).

@@ -54,6 +54,20 @@ pub fn cloud_yaml_scaffold(provider: &str) -> Option<String> {
     Some(text)
 }
 
+/// How a JSON (or parsed YAML) value is named in error messages ("found a list"); the daemon's
+/// config readers and the legacy marker reader say it the same way.
+pub fn type_name(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
 /// Route paths, versioned under `/v1`.
 pub mod routes {
     pub const HEALTH: &str = "/v1/health";

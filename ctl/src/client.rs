@@ -265,8 +265,7 @@ impl BlockingClient {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<T, ClientError> {
-        self.rt
-            .block_on(self.client.typed(method, path_and_query, body))
+        parse_answer(path_and_query, self.json(method, path_and_query, body)?)
     }
 }
 

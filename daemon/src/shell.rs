@@ -34,24 +34,35 @@ pub fn join<S: AsRef<str>>(words: &[S]) -> String {
         .join(" ")
 }
 
+/// Tests: run `sh -c SCRIPT` (it must succeed) and return the NUL-terminated words it printed,
+/// so a test sees each word exactly as a shell delivered it.
+#[cfg(test)]
+pub(crate) fn nul_words_printed_by_sh(script: &str) -> Vec<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sh failed: {out:?}");
+    let mut v: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .map(str::to_string)
+        .collect();
+    v.pop();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::process::Command;
 
     /// Run `sh -c '<script>'` where the script prints each of its words NUL-separated.
     fn words_seen_by_sh(script_args: &str) -> Vec<String> {
-        let script = format!("for a in {script_args}; do printf '%s\\0' \"$a\"; done");
-        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        assert!(out.status.success(), "sh failed: {out:?}");
-        let mut v: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .split('\0')
-            .map(str::to_string)
-            .collect();
-        v.pop();
-        v
+        nul_words_printed_by_sh(&format!(
+            "for a in {script_args}; do printf '%s\\0' \"$a\"; done"
+        ))
     }
 
     #[test]

@@ -303,11 +303,7 @@ impl Store {
     /// [`PRUNE_BATCH`] finished ones), so both go oldest first. Counted in `counters`.
     async fn prune_batch(&self) -> Result<u64, StoreError> {
         let what = "pruning the database to its size cap";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(what, e))?;
+        let mut tx = self.begin_write(what).await?;
         let finished: Vec<String> = sqlx::query(
             "DELETE FROM ticks WHERE id IN (
                  SELECT id FROM ticks
@@ -388,7 +384,21 @@ impl Store {
         &self.path
     }
 
-    fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+    /// A write transaction (`BEGIN IMMEDIATE`: it takes the write lock at its start, so its
+    /// reads and writes see one state); `what` names the work in the error.
+    pub(crate) async fn begin_write(
+        &self,
+        what: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.failed(what, e))
+    }
+
+    /// The error of a statement `what` that failed with `e`, naming the database file (every
+    /// module with tables of its own says it this way).
+    pub(crate) fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError {
             message: format!(
                 "database {}: {what} failed: {e}; check free disk space and that the file is writable",
@@ -423,11 +433,7 @@ impl Store {
         // happens when the statement is reset after its row was read, and a failed commit
         // (disk full, read-only file system) would be lost there, reporting a registration
         // that was never stored.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(what, e))?;
+        let mut tx = self.begin_write(what).await?;
         let row = sqlx::query(
             "INSERT INTO registrations (key, cloud_yaml, schedule, remote_spec, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -457,11 +463,7 @@ impl Store {
     /// Lifetime counters are not lowered. Returns whether the registration existed.
     pub async fn delete_registration(&self, key: &str) -> Result<bool, StoreError> {
         let what = "removing the registration";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(what, e))?;
+        let mut tx = self.begin_write(what).await?;
         let deleted = sqlx::query("DELETE FROM registrations WHERE key = ?1")
             .bind(key)
             .execute(&mut *tx)
@@ -524,11 +526,7 @@ impl Store {
         let report = to_sorted_value(&t.report)
             .and_then(|v| serde_json::to_string(&v))
             .map_err(|e| self.failed("encoding the tick report", e))?;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(what, e))?;
+        let mut tx = self.begin_write(what).await?;
         let id: i64 = sqlx::query(
             "INSERT INTO ticks (key, cloud_yaml, tick_trigger, started_at, finished_at, duration_ms,
                                 success, event, next_action, acted, refused_reason, report, due_at)
@@ -607,11 +605,7 @@ impl Store {
     /// Count a tick that was skipped because the previous one for `key` was still running.
     pub async fn record_skip(&self, key: &str) -> Result<(), StoreError> {
         let what = "counting a skipped tick";
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| self.failed(what, e))?;
+        let mut tx = self.begin_write(what).await?;
         sqlx::query("UPDATE registrations SET ticks_skipped = ticks_skipped + 1 WHERE key = ?1")
             .bind(key)
             .execute(&mut *tx)

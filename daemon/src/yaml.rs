@@ -62,17 +62,9 @@ pub fn parse(text: &str) -> Result<Value, YamlError> {
     }
 }
 
-/// How a parsed YAML value is named in error messages ("found a list").
-pub fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
-}
+/// How a parsed YAML value is named in error messages ("found a list"): the same words as
+/// the `api` crate uses for a JSON value.
+pub use megaplan_cloud_api::type_name;
 
 /// Serialize a JSON value as YAML text (used to write the normalised chain spec).
 pub fn to_string(value: &Value) -> Result<String, YamlError> {

@@ -268,6 +268,15 @@ fn hold<S: Read>(reader: &mut BufReader<S>, shared: &Mutex<Shared>, tcp: Option<
     shared.lock().unwrap_or_else(|p| p.into_inner()).held -= 1;
 }
 
+/// Keeps `request` for the test to read.
+fn record(shared: &Mutex<Shared>, request: Received) {
+    shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .received
+        .push(request);
+}
+
 fn serve<S: Read + Write>(conn: S, shared: &Mutex<Shared>, tcp: Option<&TcpStream>) {
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
@@ -306,17 +315,16 @@ fn serve<S: Read + Write>(conn: S, shared: &Mutex<Shared>, tcp: Option<&TcpStrea
         (s.blackhole, s.hung_up)
     };
     if blackhole {
-        shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .received
-            .push(Received {
+        record(
+            shared,
+            Received {
                 method,
                 path,
                 headers,
                 body,
                 status: 0,
-            });
+            },
+        );
         if !hung_up {
             hold(&mut reader, shared, tcp);
         }
@@ -336,17 +344,16 @@ fn serve<S: Read + Write>(conn: S, shared: &Mutex<Shared>, tcp: Option<&TcpStrea
     } else {
         r#"{"code":1,"error":"scripted failure"}"#
     };
-    shared
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .received
-        .push(Received {
+    record(
+        shared,
+        Received {
             method,
             path,
             headers,
             body,
             status,
-        });
+        },
+    );
     let mut conn = reader.into_inner();
     let _ = write!(
         conn,

@@ -5,7 +5,7 @@
 use crate::{Container, Daemon, Sshd, bench, repo_in_container, wait_until};
 use megaplan_cloud_api::ErrorBody;
 use megaplan_cloud_api::output::PlanStatus;
-use megaplan_cloud_api::report::{EffectiveStatus, ReportedStatus, TickReport};
+use megaplan_cloud_api::report::{EffectiveStatus, Liveness, ReportedStatus, TickReport};
 use megaplan_cloud_api::status::ChainStatus;
 use megaplan_cloud_api::wire::{Health, RegistrationListed, SinkBreaker, TickRecord};
 use serde::de::DeserializeOwned;
@@ -380,6 +380,14 @@ impl SshRig {
         self.launch(labels);
     }
 
+    /// Launches a chain of `labels` on a fast stand-in core and waits for it to complete.
+    pub fn launch_completed(&self, labels: &[&str]) {
+        self.precreate_workspace();
+        self.control(r#"{"step_seconds": 0.1}"#);
+        self.launch(labels);
+        self.wait_complete();
+    }
+
     /// Launches a chain of `labels` whose first milestone stops at pull request `pr` (open on
     /// the stand-in `gh`): the workspace made, the stand-in core told, the PR opened.
     pub fn launch_awaiting_pr(&self, labels: &[&str], pr: u32) {
@@ -392,24 +400,52 @@ impl SshRig {
         self.launch(labels);
     }
 
-    /// Waits for `status --chain` to say `complete`; on the safety net's expiry fails with the
-    /// last status and the runner's chain log.
+    /// Waits for `status --chain` to name `label` as the current milestone.
+    pub fn wait_milestone(&self, label: &str) {
+        self.wait_status(
+            Duration::from_secs(60),
+            &format!("named milestone {label}"),
+            |s| s.current_milestone().as_deref() == Some(label),
+        );
+    }
+
+    /// Waits for `status --chain` to see the runner alive.
+    pub fn wait_runner_alive(&self) {
+        self.wait_status(Duration::from_secs(60), "saw the runner alive", |s| {
+            s.chain_status()
+                .is_some_and(|c| c.runner.status == Some(Liveness::Alive))
+        });
+    }
+
+    /// Waits for `status --chain` to say `complete`.
     pub fn wait_complete(&self) {
+        self.wait_status(
+            Duration::from_secs(90),
+            "said complete",
+            Run::chain_complete,
+        );
+    }
+
+    /// Waits (up to the safety net `net`) for a `status --chain` that `done` accepts; on the
+    /// net's expiry fails saying it never `what`, with the last status and the runner's chain
+    /// log.
+    fn wait_status(&self, net: Duration, what: &str, done: impl Fn(&Run) -> bool) {
         let mut last = String::new();
-        let complete = wait_until(Duration::from_secs(90), || {
+        let reached = wait_until(net, || {
             let s = self.ctl(&["status", "--chain"]);
             last = format!("{}\n{}", s.stdout, s.stderr);
-            s.chain_complete()
+            done(&s)
         });
-        let log = self
-            .container
-            .read_file("/workspace/app/.megaplan/cloud-chain.log")
-            .unwrap_or_default();
-        assert!(
-            complete,
-            "chain never completed; last status --chain: {last}\nchain log: {}",
-            String::from_utf8_lossy(&log)
-        );
+        if !reached {
+            let log = self
+                .container
+                .read_file("/workspace/app/.megaplan/cloud-chain.log")
+                .unwrap_or_default();
+            panic!(
+                "status --chain never {what}; last: {last}\nchain log: {}",
+                String::from_utf8_lossy(&log)
+            );
+        }
     }
 }
 

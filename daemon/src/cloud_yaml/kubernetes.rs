@@ -3,6 +3,7 @@
 //! here with an error naming it; the provider (`provider/kubernetes.rs`) only builds from it.
 
 use super::error::ConfigError;
+use crate::yaml::type_name;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -56,14 +57,22 @@ fn err(file: &Path, field: &str, message: impl std::fmt::Display) -> ConfigError
     ConfigError::field(file, field, message)
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// The optional mapping at `field`: `None` when absent or null; anything but a mapping is an
+/// error saying the field must be `shape` and what was found.
+fn optional_mapping<'a>(
+    file: &Path,
+    field: &str,
+    v: Option<&'a Value>,
+    shape: &str,
+) -> Result<Option<&'a Map<String, Value>>, ConfigError> {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(other) => Err(err(
+            file,
+            field,
+            format!("{field} must be {shape}, found {}", type_name(other)),
+        )),
     }
 }
 
@@ -175,17 +184,7 @@ pub fn parse(
     required: bool,
     workspace: &str,
 ) -> Result<Option<Kubernetes>, ConfigError> {
-    let sec = match section {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
-        Some(other) => {
-            return Err(err(
-                file,
-                "kubernetes",
-                format!("kubernetes must be a mapping, found {}", type_name(other)),
-            ));
-        }
-    };
+    let sec = optional_mapping(file, "kubernetes", section, "a mapping")?;
     if sec.is_none() && !required {
         return Ok(None);
     }
@@ -300,19 +299,9 @@ fn resources(
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>, ConfigError> {
     const FIELD: &str = "kubernetes.resources";
     let mut out = BTreeMap::new();
-    let m = match v {
-        None | Some(Value::Null) => return Ok(out),
-        Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(err(
-                file,
-                FIELD,
-                format!(
-                    "{FIELD} must be a mapping such as {{requests: {{cpu: \"1\", memory: 2Gi}}, limits: {{memory: 4Gi}}}}, found {}",
-                    type_name(other)
-                ),
-            ));
-        }
+    let shape = r#"a mapping such as {requests: {cpu: "1", memory: 2Gi}, limits: {memory: 4Gi}}"#;
+    let Some(m) = optional_mapping(file, FIELD, v, shape)? else {
+        return Ok(out);
     };
     for (kind, amounts) in m {
         let field = format!("{FIELD}.{kind}");
@@ -368,19 +357,8 @@ fn resources(
 
 fn node_selector(file: &Path, v: Option<&Value>) -> Result<BTreeMap<String, String>, ConfigError> {
     const FIELD: &str = "kubernetes.node_selector";
-    let m = match v {
-        None | Some(Value::Null) => return Ok(BTreeMap::new()),
-        Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(err(
-                file,
-                FIELD,
-                format!(
-                    "{FIELD} must be a mapping of node labels to values, found {}",
-                    type_name(other)
-                ),
-            ));
-        }
+    let Some(m) = optional_mapping(file, FIELD, v, "a mapping of node labels to values")? else {
+        return Ok(BTreeMap::new());
     };
     let mut out = BTreeMap::new();
     for (k, v) in m {
@@ -413,19 +391,9 @@ fn node_selector(file: &Path, v: Option<&Value>) -> Result<BTreeMap<String, Stri
 /// Kubernetes API accepts (checked by reading it as one).
 fn pod_template(file: &Path, v: Option<&Value>) -> Result<Option<Value>, ConfigError> {
     const FIELD: &str = "kubernetes.pod_template";
-    let m = match v {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(err(
-                file,
-                FIELD,
-                format!(
-                    "{FIELD} must be a partial Pod mapping (metadata:, spec:), found {}",
-                    type_name(other)
-                ),
-            ));
-        }
+    let Some(m) = optional_mapping(file, FIELD, v, "a partial Pod mapping (metadata:, spec:)")?
+    else {
+        return Ok(None);
     };
     for k in m.keys() {
         if !["apiVersion", "kind", "metadata", "spec"].contains(&k.as_str()) {
@@ -546,6 +514,33 @@ mod tests {
             );
             assert_eq!(e.extra["field"], *field, "{section}: {e}");
             assert!(e.message.starts_with("/p/cloud.yaml: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_field_that_is_not_a_mapping_says_the_shape_it_takes() {
+        let table: &[(Value, &str)] = &[
+            (
+                json!("text"),
+                "kubernetes must be a mapping, found a string",
+            ),
+            (
+                json!({"image": "i", "resources": []}),
+                r#"kubernetes.resources must be a mapping such as {requests: {cpu: "1", memory: 2Gi}, limits: {memory: 4Gi}}, found a list"#,
+            ),
+            (
+                json!({"image": "i", "node_selector": 3}),
+                "kubernetes.node_selector must be a mapping of node labels to values, found a number",
+            ),
+            (
+                json!({"image": "i", "pod_template": true}),
+                "kubernetes.pod_template must be a partial Pod mapping (metadata:, spec:), found a boolean",
+            ),
+        ];
+        for (section, said) in table {
+            let e = parse_json(section.clone()).expect_err(&section.to_string());
+            let e = megaplan_cloud_api::ErrorBody::from(e);
+            assert_eq!(e.message, format!("/p/cloud.yaml: {said}"), "{section}");
         }
     }
 

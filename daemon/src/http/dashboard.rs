@@ -536,13 +536,9 @@ async fn pause(
         by: ACTOR.to_string(),
         reason,
     };
-    match crate::http::pause::pause(State(dash.app.clone()), AxPath(k), JsonBody(req)).await {
-        Ok(done) => {
-            let _ = dash.changed.send(());
-            back_to(&done.0.key)
-        }
-        Err(e) => error_page(e),
-    }
+    // `pause` writes its own journal line, naming who paused.
+    let done = crate::http::pause::pause(State(dash.app.clone()), AxPath(k), JsonBody(req)).await;
+    changed(&dash, done.map(|d| d.0.key))
 }
 
 async fn unpause(
@@ -569,12 +565,20 @@ async fn unquarantine(
     acted(&dash, "unquarantined", done.map(|d| d.0.key))
 }
 
-/// After an action on registration `key`: the journal line (actor `dashboard`), the pages told
-/// of the change, and back to the chain's page; or the error page.
+/// After an action on registration `key`: the journal line (actor `dashboard`), then
+/// [`changed`].
 fn acted(dash: &Dash, what: &str, key: Result<String, ApiError>) -> Response {
+    if let Ok(key) = &key {
+        tracing::info!(key = %key, by = ACTOR, "{what}");
+    }
+    changed(dash, key)
+}
+
+/// After a change to registration `key`: the pages told of it, and back to the chain's page;
+/// or the error page.
+fn changed(dash: &Dash, key: Result<String, ApiError>) -> Response {
     match key {
         Ok(key) => {
-            tracing::info!(key = %key, by = ACTOR, "{what}");
             let _ = dash.changed.send(());
             back_to(&key)
         }

@@ -202,20 +202,11 @@ pub fn backoff_line(b: &TickBackoff) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::notify::transitions::tests::report;
     use megaplan_cloud_api::sorted::Sorted;
     use serde_json::{Value, json};
-
-    /// A stored report with the fields given and the rest of a plain tick.
-    fn report(fields: Value) -> TickReport {
-        let mut v = json!({"success": true, "effective_status": "unknown", "acted": false,
-                           "event": "supervisor_tick", "next_action": "noop"});
-        for (k, x) in fields.as_object().unwrap() {
-            v[k] = x.clone();
-        }
-        serde_json::from_value(v).unwrap()
-    }
 
     #[test]
     fn the_rule_is_the_one_the_report_records() {
@@ -236,10 +227,11 @@ mod tests {
         assert!(r(json!({"effective_status": "running"})).contains("earlier version"));
     }
 
-    #[test]
-    fn explain_renders_facts_rule_action_refusal() {
-        let rec = TickRecord {
-            id: 3,
+    /// A stored one-second tick of registration `k` that was blocked (not acted) for
+    /// `refused`, with `report` (notify/mod.rs's tests use it too).
+    pub(crate) fn blocked_record(id: i64, refused: &str, report: TickReport) -> TickRecord {
+        TickRecord {
+            id,
             key: "k".into(),
             cloud_yaml: "/p/cloud.yaml".into(),
             trigger: "schedule".into(),
@@ -250,14 +242,23 @@ mod tests {
             event: megaplan_cloud_api::report::TickEvent::Blocked,
             next_action: megaplan_cloud_api::report::NextAction::Blocked,
             acted: false,
-            refused_reason: Some("paused by ops since 2026-01-01T00:00:00Z".into()),
-            report: report(
+            refused_reason: Some(refused.to_string()),
+            report,
+            due_at: None,
+        }
+    }
+
+    #[test]
+    fn explain_renders_facts_rule_action_refusal() {
+        let rec = blocked_record(
+            3,
+            "paused by ops since 2026-01-01T00:00:00Z",
+            report(
                 json!({"effective_status": "stale_bookkeeping", "runner": {"status": "dead"},
                            "rule": "stale_dead_runner",
                            "paused": {"paused_by": "ops", "since": "2026-01-01T00:00:00Z"}}),
             ),
-            due_at: None,
-        };
+        );
         let e = explain(&rec);
         let lines: Vec<&str> = e.lines.iter().map(String::as_str).collect();
         assert!(

@@ -661,33 +661,23 @@ pub fn since_time(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::explain::tests::blocked_record;
     use serde_json::json;
 
     #[test]
     fn every_notification_is_redacted_even_from_an_unredacted_report() {
         let secret = "tok-4f9c2a7e1b5d";
-        let rec = TickRecord {
-            id: 9,
-            key: "k".into(),
-            cloud_yaml: "/p/cloud.yaml".into(),
-            trigger: "schedule".into(),
-            started_at: "2026-01-01T00:00:00Z".into(),
-            finished_at: "2026-01-01T00:00:01Z".into(),
-            duration_ms: 1000,
-            success: true,
-            event: megaplan_cloud_api::report::TickEvent::Blocked,
-            next_action: megaplan_cloud_api::report::NextAction::Blocked,
-            acted: false,
-            refused_reason: Some(format!("awaiting PR merge (PR #7 state={secret})")),
-            report: serde_json::from_value(
+        let rec = blocked_record(
+            9,
+            &format!("awaiting PR merge (PR #7 state={secret})"),
+            serde_json::from_value(
                 json!({"success": true, "effective_status": "awaiting_pr_merge",
                            "refused_reason": format!("awaiting PR merge (PR #7 state={secret})"),
                            "pr": {"merge_probe": secret, "pr_number": 7}, "acted": false,
                            "event": "supervisor_blocked", "next_action": "blocked"}),
             )
             .unwrap(),
-            due_at: None,
-        };
+        );
         let (_, events) = transitions::transitions(
             &transitions::WatchState::default(),
             &rec.report,

@@ -15,15 +15,6 @@ pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-pub(crate) fn failed(store: &Store, what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError {
-        message: format!(
-            "database {}: {what} failed: {e}; check free disk space and that the file is writable",
-            store.path().display()
-        ),
-    }
-}
-
 /// One notification addressed to one sink, to be written to the outbox.
 #[derive(Debug, Clone)]
 pub struct NewOutbox {
@@ -107,7 +98,7 @@ pub async fn watch_state(store: &Store, key: &str) -> Result<WatchState, StoreEr
         .fetch_optional(store.pool())
         .await
         .and_then(|r| r.map(|r| r.try_get(0)).transpose())
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     // An unreadable state (written by a future version) starts over rather than wedging.
     Ok(text
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -122,7 +113,7 @@ pub async fn watch_cursor(store: &Store) -> Result<i64, StoreError> {
         .await
         .and_then(|r| r.map(|r| r.try_get(0)).transpose())
         .map(Option::unwrap_or_default)
-        .map_err(|e| failed(store, what, e))
+        .map_err(|e| store.failed(what, e))
 }
 
 /// At most `limit` stored ticks after the watch cursor, oldest first.
@@ -146,11 +137,11 @@ async fn fetch_ticks<'q>(
     let rows = query
         .fetch_all(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     rows.iter()
         .map(tick_from_row)
         .collect::<Result<_, _>>()
-        .map_err(|e| failed(store, what, e))
+        .map_err(|e| store.failed(what, e))
 }
 
 /// Save what one watcher pass concluded in ONE transaction: the changed watch states, their
@@ -191,7 +182,7 @@ pub async fn last_digest(store: &Store) -> Result<Option<DateTime<Utc>>, StoreEr
         .fetch_optional(store.pool())
         .await
         .and_then(|r| r.map(|r| r.try_get(0)).transpose())
-        .map_err(|e| failed(store, "reading the digest clock", e))?;
+        .map_err(|e| store.failed("reading the digest clock", e))?;
     Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc)))
 }
@@ -202,14 +193,14 @@ pub async fn digest_marks(store: &Store) -> Result<HashMap<String, DigestMark>, 
     let rows = sqlx::query("SELECT key, milestone, status FROM digest_marks")
         .fetch_all(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     let mut out = HashMap::new();
     for r in rows {
         let m = DigestMark {
-            key: r.try_get(0).map_err(|e| failed(store, what, e))?,
-            milestone: u32::try_from(r.try_get::<i64, _>(1).map_err(|e| failed(store, what, e))?)
+            key: r.try_get(0).map_err(|e| store.failed(what, e))?,
+            milestone: u32::try_from(r.try_get::<i64, _>(1).map_err(|e| store.failed(what, e))?)
                 .unwrap_or(0),
-            status: r.try_get(2).map_err(|e| failed(store, what, e))?,
+            status: r.try_get(2).map_err(|e| store.failed(what, e))?,
         };
         out.insert(m.key.clone(), m);
     }
@@ -225,13 +216,9 @@ async fn commit(
 ) -> Result<usize, StoreError> {
     let what = "saving the watch state";
     let now = ts(Utc::now());
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| failed(store, what, e))?;
+    let mut tx = store.begin_write(what).await?;
     for (key, state) in states {
-        let text = serde_json::to_string(state).map_err(|e| failed(store, what, e))?;
+        let text = serde_json::to_string(state).map_err(|e| store.failed(what, e))?;
         sqlx::query(
             "INSERT INTO watch_state (key, state, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
@@ -241,7 +228,7 @@ async fn commit(
         .bind(&now)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     }
     // Each idempotency key is queued once, ever: a key already recorded is not queued again.
     let mut fresh: HashMap<&str, bool> = HashMap::new();
@@ -259,7 +246,7 @@ async fn commit(
         .bind(&now)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, "recording a notification key", e))?
+        .map_err(|e| store.failed("recording a notification key", e))?
         .rows_affected();
         fresh.insert(r.idempotency_key.as_str(), inserted > 0);
         sqlx::query(
@@ -271,7 +258,7 @@ async fn commit(
         .bind(KEYS_KEPT)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, "applying notification key retention", e))?;
+        .map_err(|e| store.failed("applying notification key retention", e))?;
     }
     let mut queued = 0;
     for r in rows {
@@ -280,7 +267,7 @@ async fn commit(
             continue;
         }
         queued += 1;
-        let sink = serde_json::to_string(&r.sink).map_err(|e| failed(store, what, e))?;
+        let sink = serde_json::to_string(&r.sink).map_err(|e| store.failed(what, e))?;
         sqlx::query(
             "INSERT INTO outbox (key, event, sink, body, created_at, status, attempts, next_attempt_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?5)",
@@ -292,7 +279,7 @@ async fn commit(
         .bind(&now)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, "queueing a notification", e))?;
+        .map_err(|e| store.failed("queueing a notification", e))?;
     }
     if let Some((marks, at)) = digest {
         let what = "saving the digest";
@@ -308,7 +295,7 @@ async fn commit(
             .bind(ts(at))
             .execute(&mut *tx)
             .await
-            .map_err(|e| failed(store, what, e))?;
+            .map_err(|e| store.failed(what, e))?;
         }
         sqlx::query(
             "INSERT INTO digest_clock (id, last_at) VALUES (1, ?1)
@@ -317,7 +304,7 @@ async fn commit(
         .bind(ts(at))
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     } else {
         sqlx::query(
             "INSERT INTO watch_cursor (id, last_tick_id) VALUES (1, ?1)
@@ -326,9 +313,9 @@ async fn commit(
         .bind(last_tick_id)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     }
-    tx.commit().await.map_err(|e| failed(store, what, e))?;
+    tx.commit().await.map_err(|e| store.failed(what, e))?;
     Ok(queued)
 }
 
@@ -344,7 +331,7 @@ pub async fn due(
     limit: u32,
 ) -> Result<Vec<Due>, StoreError> {
     let what = "reading the notification outbox";
-    let running = serde_json::to_string(running).map_err(|e| failed(store, what, e))?;
+    let running = serde_json::to_string(running).map_err(|e| store.failed(what, e))?;
     let rows = sqlx::query(
         "WITH ranked AS (
              SELECT id, ROW_NUMBER() OVER (PARTITION BY sink ORDER BY id) AS rank FROM outbox
@@ -359,16 +346,16 @@ pub async fn due(
     .bind(i64::from(limit))
     .fetch_all(store.pool())
     .await
-    .map_err(|e| failed(store, what, e))?;
+    .map_err(|e| store.failed(what, e))?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let id: i64 = r.try_get("id").map_err(|e| failed(store, what, e))?;
+        let id: i64 = r.try_get("id").map_err(|e| store.failed(what, e))?;
         let attempts = u32::try_from(
             r.try_get::<i64, _>("attempts")
-                .map_err(|e| failed(store, what, e))?,
+                .map_err(|e| store.failed(what, e))?,
         )
         .unwrap_or(0);
-        let sink_text: String = r.try_get("sink").map_err(|e| failed(store, what, e))?;
+        let sink_text: String = r.try_get("sink").map_err(|e| store.failed(what, e))?;
         let sink = match serde_json::from_str::<Sink>(&sink_text) {
             Ok(s) => s,
             Err(e) => {
@@ -379,11 +366,11 @@ pub async fn due(
         };
         out.push(Due {
             id,
-            key: r.try_get("key").map_err(|e| failed(store, what, e))?,
-            event: r.try_get("event").map_err(|e| failed(store, what, e))?,
+            key: r.try_get("key").map_err(|e| store.failed(what, e))?,
+            event: r.try_get("event").map_err(|e| store.failed(what, e))?,
             sink,
             sink_text,
-            body: r.try_get("body").map_err(|e| failed(store, what, e))?,
+            body: r.try_get("body").map_err(|e| store.failed(what, e))?,
             attempts,
         });
     }
@@ -403,7 +390,7 @@ pub async fn next_due(
     .fetch_one(store.pool())
     .await
     .and_then(|r| r.try_get(0))
-    .map_err(|e| failed(store, what, e))?;
+    .map_err(|e| store.failed(what, e))?;
     Ok(t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc)))
 }
@@ -417,8 +404,8 @@ pub async fn defer(
     running: &[i64],
 ) -> Result<u64, StoreError> {
     let what = "deferring notifications of an open sink";
-    let sinks = serde_json::to_string(sinks).map_err(|e| failed(store, what, e))?;
-    let running = serde_json::to_string(running).map_err(|e| failed(store, what, e))?;
+    let sinks = serde_json::to_string(sinks).map_err(|e| store.failed(what, e))?;
+    let running = serde_json::to_string(running).map_err(|e| store.failed(what, e))?;
     sqlx::query(
         "UPDATE outbox SET next_attempt_at = ?1
          WHERE status = 'pending' AND next_attempt_at < ?1
@@ -431,7 +418,7 @@ pub async fn defer(
     .execute(store.pool())
     .await
     .map(|r| r.rows_affected())
-    .map_err(|e| failed(store, what, e))
+    .map_err(|e| store.failed(what, e))
 }
 
 /// Record the outcome of one attempt. `retry_at` None with an error means: gave up.
@@ -450,11 +437,7 @@ pub async fn record_attempt(
         (Some(_), Some(at)) => ("pending", ts(at), None),
         (Some(_), None) => ("failed", now.clone(), Some(now.clone())),
     };
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| failed(store, what, e))?;
+    let mut tx = store.begin_write(what).await?;
     let key: Option<String> = sqlx::query(
         "UPDATE outbox SET status = ?2, attempts = ?3, next_attempt_at = ?4, last_error = ?5, finished_at = ?6
          WHERE id = ?1 RETURNING key",
@@ -468,7 +451,7 @@ pub async fn record_attempt(
     .fetch_optional(&mut *tx)
     .await
     .and_then(|r| r.map(|r| r.try_get(0)).transpose())
-    .map_err(|e| failed(store, what, e))?;
+    .map_err(|e| store.failed(what, e))?;
     if let Some(key) = key
         && finished.is_some()
     {
@@ -480,9 +463,9 @@ pub async fn record_attempt(
         .bind(i64::from(keep_per_key))
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, "applying outbox retention", e))?;
+        .map_err(|e| store.failed("applying outbox retention", e))?;
     }
-    tx.commit().await.map_err(|e| failed(store, what, e))
+    tx.commit().await.map_err(|e| store.failed(what, e))
 }
 
 /// The newest outbox rows (of `key`, or all), newest first, each with its sink's breaker from
@@ -501,7 +484,7 @@ pub async fn list_outbox(
     .bind(i64::from(limit))
     .fetch_all(store.pool())
     .await
-    .map_err(|e| failed(store, what, e))?;
+    .map_err(|e| store.failed(what, e))?;
     rows.iter()
         .map(|r| -> Result<OutboxEntry, sqlx::Error> {
             let text: String = r.try_get("sink")?;
@@ -531,7 +514,7 @@ pub async fn list_outbox(
             })
         })
         .collect::<Result<_, _>>()
-        .map_err(|e| failed(store, what, e))
+        .map_err(|e| store.failed(what, e))
 }
 
 pub async fn registration_sinks(store: &Store, key: &str) -> Result<Vec<Sink>, StoreError> {
@@ -540,7 +523,7 @@ pub async fn registration_sinks(store: &Store, key: &str) -> Result<Vec<Sink>, S
         .bind(key)
         .fetch_all(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     Ok(rows
         .iter()
         .filter_map(|r| r.try_get::<String, _>(0).ok())
@@ -555,38 +538,30 @@ pub async fn set_registration_sinks(
     sinks: &[Sink],
 ) -> Result<(), StoreError> {
     let what = "saving notification sinks";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| failed(store, what, e))?;
+    let mut tx = store.begin_write(what).await?;
     sqlx::query("DELETE FROM notify_sinks WHERE key = ?1")
         .bind(key)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     for (i, s) in sinks.iter().enumerate() {
-        let text = serde_json::to_string(s).map_err(|e| failed(store, what, e))?;
+        let text = serde_json::to_string(s).map_err(|e| store.failed(what, e))?;
         sqlx::query("INSERT INTO notify_sinks (key, position, sink) VALUES (?1, ?2, ?3)")
             .bind(key)
             .bind(i as i64)
             .bind(text)
             .execute(&mut *tx)
             .await
-            .map_err(|e| failed(store, what, e))?;
+            .map_err(|e| store.failed(what, e))?;
     }
-    tx.commit().await.map_err(|e| failed(store, what, e))
+    tx.commit().await.map_err(|e| store.failed(what, e))
 }
 
 /// Drop what watching kept for a registration (on unregister). Outbox rows still pending are
 /// kept: a notification already decided is still delivered.
 pub async fn forget(store: &Store, key: &str) -> Result<(), StoreError> {
     let what = "removing the watch state";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| failed(store, what, e))?;
+    let mut tx = store.begin_write(what).await?;
     for q in [
         "DELETE FROM notify_sinks WHERE key = ?1",
         "DELETE FROM watch_state WHERE key = ?1",
@@ -599,9 +574,9 @@ pub async fn forget(store: &Store, key: &str) -> Result<(), StoreError> {
             .bind(key)
             .execute(&mut *tx)
             .await
-            .map_err(|e| failed(store, what, e))?;
+            .map_err(|e| store.failed(what, e))?;
     }
-    tx.commit().await.map_err(|e| failed(store, what, e))
+    tx.commit().await.map_err(|e| store.failed(what, e))
 }
 
 /// The watch state and pause of every registration (for the registrations list).
@@ -619,7 +594,7 @@ pub async fn all_watch(
     for r in sqlx::query("SELECT key, state FROM watch_state")
         .fetch_all(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?
+        .map_err(|e| store.failed(what, e))?
     {
         let (Ok(k), Ok(s)) = (r.try_get::<String, _>(0), r.try_get::<String, _>(1)) else {
             continue;
@@ -630,7 +605,7 @@ pub async fn all_watch(
     for r in sqlx::query("SELECT key, paused_by, since, reason FROM pauses")
         .fetch_all(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?
+        .map_err(|e| store.failed(what, e))?
     {
         let p = Pause {
             key: r.try_get(0).unwrap_or_default(),

@@ -505,7 +505,7 @@ pub fn age_text(secs: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::{Value, json};
 
@@ -572,8 +572,9 @@ mod tests {
         );
     }
 
-    /// A report with the fields given and the rest of a plain tick.
-    fn report(fields: Value) -> TickReport {
+    /// A report with the fields given and the rest of a plain tick (explain.rs's tests use it
+    /// too).
+    pub(crate) fn report(fields: Value) -> TickReport {
         let mut v = json!({"success": true, "effective_status": "unknown", "acted": false,
                            "event": "supervisor_tick", "next_action": "noop"});
         for (k, x) in fields.as_object().unwrap() {

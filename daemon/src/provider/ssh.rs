@@ -1224,19 +1224,7 @@ mod tests {
   bash -c 'cat() { for a in "$@"; do printf "cat=%s\0" "$a"; done; }; word() { for a in "$@"; do printf "word=%s\0" "$a"; done; }; eval "$1"' _ "$6"
 }
 "#;
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{prelude}{remote}"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let mut v: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .split('\0')
-            .map(str::to_string)
-            .collect();
-        v.pop();
-        v
+        crate::shell::nul_words_printed_by_sh(&format!("{prelude}{remote}"))
     }
 
     #[test]

@@ -648,6 +648,20 @@ mod tests {
         }
     }
 
+    /// The options every ssh argv of [`target`] (under [`sessions`]) carries, in order.
+    const TARGET_OPTIONS: [&str; 10] = [
+        "-F",
+        "/home/op/.ssh/config",
+        "-p",
+        "2222",
+        "-i",
+        "/home/op/.ssh/id_ed25519",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
+    ];
+
     fn sessions() -> SshSessions {
         SshSessions::new(
             PathBuf::from("/run/user/1000/megaplan-cloudd/ssh"),
@@ -679,30 +693,24 @@ mod tests {
         assert_eq!(
             master_command(&m).argv(),
             [
-                "ssh",
-                "-M",
-                "-N",
-                "-f",
-                "-o",
-                "ControlPersist=yes",
-                "-o",
-                &format!("ControlPath={ctl}"),
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ServerAliveInterval=60",
-                "-F",
-                "/home/op/.ssh/config",
-                "-p",
-                "2222",
-                "-i",
-                "/home/op/.ssh/id_ed25519",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "deploy@box.example",
+                &[
+                    "ssh",
+                    "-M",
+                    "-N",
+                    "-f",
+                    "-o",
+                    "ControlPersist=yes",
+                    "-o",
+                    &format!("ControlPath={ctl}"),
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "ServerAliveInterval=60",
+                ][..],
+                &TARGET_OPTIONS,
+                &["deploy@box.example"],
             ]
+            .concat()
         );
     }
 
@@ -714,53 +722,35 @@ mod tests {
         assert_eq!(
             m.command(remote).argv(),
             [
-                "ssh",
-                "-S",
-                &ctl,
-                "-o",
-                "ControlMaster=no",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                NO_SECOND_CONNECTION,
-                "-F",
-                "/home/op/.ssh/config",
-                "-p",
-                "2222",
-                "-i",
-                "/home/op/.ssh/id_ed25519",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "deploy@box.example",
-                "--",
-                remote,
+                &[
+                    "ssh",
+                    "-S",
+                    &ctl,
+                    "-o",
+                    "ControlMaster=no",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    NO_SECOND_CONNECTION,
+                ][..],
+                &TARGET_OPTIONS,
+                &["deploy@box.example", "--", remote],
             ]
+            .concat()
         );
         assert_eq!(
             m.interactive_argv("docker exec -it c tmux attach -t agent"),
             [
-                "ssh",
-                "-S",
-                &ctl,
-                "-o",
-                "ControlMaster=no",
-                "-F",
-                "/home/op/.ssh/config",
-                "-p",
-                "2222",
-                "-i",
-                "/home/op/.ssh/id_ed25519",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-t",
-                "deploy@box.example",
-                "--",
-                "docker exec -it c tmux attach -t agent",
+                &["ssh", "-S", &ctl, "-o", "ControlMaster=no"][..],
+                &TARGET_OPTIONS,
+                &[
+                    "-t",
+                    "deploy@box.example",
+                    "--",
+                    "docker exec -it c tmux attach -t agent",
+                ],
             ]
+            .concat()
         );
     }
 

@@ -510,6 +510,13 @@ mod tests {
             .expect("tmux must be installed to run the mutation script end to end")
     }
 
+    /// Whether the private tmux server has a session named exactly `session`.
+    fn has_session(tmux_dir: &Path, session: &str) -> bool {
+        tmux(tmux_dir, &["has-session", "-t", &format!("={session}")])
+            .status
+            .success()
+    }
+
     /// Kills the private tmux server this test started, even when an assertion fails.
     struct PrivateTmux<'a>(&'a Path);
     impl Drop for PrivateTmux<'_> {
@@ -566,14 +573,7 @@ mod tests {
             identity_digest: None,
         };
         let other = Kill(driver("other.yaml"));
-        let started = || {
-            tmux(
-                &tmux_dir,
-                &["has-session", "-t", &format!("={}", t.session)],
-            )
-            .status
-            .success()
-        };
+        let started = || has_session(&tmux_dir, &t.session);
         let mine = Kill(driver("chain.yaml"));
         let out = run_sh(&mutation_script("restart", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(EXIT_LIVE_RUNNER), "{out:?}");
@@ -628,27 +628,13 @@ mod tests {
         std::fs::write(&marker_file, r#"{"remote_spec": "/other/chain.yaml"}"#).unwrap();
         let out = run_sh(&mutation_script("restart", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(EXIT_OTHER_CHAIN), "{out:?}");
-        assert!(
-            !tmux(
-                &tmux_dir,
-                &["has-session", "-t", &format!("={}", t.session)]
-            )
-            .status
-            .success()
-        );
+        assert!(!has_session(&tmux_dir, &t.session));
         std::fs::remove_file(&marker_file).unwrap();
 
         // No marker, no session: starts the runner, writes the marker.
         let out = run_sh(&mutation_script("restart", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
-        assert!(
-            tmux(
-                &tmux_dir,
-                &["has-session", "-t", &format!("={}", t.session)]
-            )
-            .status
-            .success()
-        );
+        assert!(has_session(&tmux_dir, &t.session));
         let marker: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&marker_file).unwrap()).unwrap();
         assert_eq!(marker["session"], t.session.as_str());
@@ -669,13 +655,6 @@ mod tests {
         // The session is alive now (marker names this spec): never killed, refused with 18.
         let out = run_sh(&mutation_script("advance", &t), &tmux_dir);
         assert_eq!(out.status.code(), Some(EXIT_LIVE_RUNNER), "{out:?}");
-        assert!(
-            tmux(
-                &tmux_dir,
-                &["has-session", "-t", &format!("={}", t.session)]
-            )
-            .status
-            .success()
-        );
+        assert!(has_session(&tmux_dir, &t.session));
     }
 }

@@ -1,7 +1,7 @@
 //! Pauses (`megaplan-cloudctl pause`/`unpause`), stored in SQLite: one separate input to the
 //! supervise decision (`decide::hold`), read by every tick.
 
-use crate::notify::store::{failed, ts};
+use crate::notify::store::ts;
 use crate::store::{Store, StoreError};
 use chrono::Utc;
 use megaplan_cloud_api::report::Pause;
@@ -26,10 +26,10 @@ pub async fn set_pause(
     .bind(reason)
     .execute(store.pool())
     .await
-    .map_err(|e| failed(store, what, e))?;
+    .map_err(|e| store.failed(what, e))?;
     get_pause(store, key)
         .await?
-        .ok_or_else(|| failed(store, what, "the pause was not stored"))
+        .ok_or_else(|| store.failed(what, "the pause was not stored"))
 }
 
 /// Returns the pause that was lifted, if any.
@@ -39,7 +39,7 @@ pub async fn clear_pause(store: &Store, key: &str) -> Result<Option<Pause>, Stor
         .bind(key)
         .execute(store.pool())
         .await
-        .map_err(|e| failed(store, "lifting the pause", e))?;
+        .map_err(|e| store.failed("lifting the pause", e))?;
     Ok(p)
 }
 
@@ -49,7 +49,7 @@ pub async fn get_pause(store: &Store, key: &str) -> Result<Option<Pause>, StoreE
         .bind(key)
         .fetch_optional(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     row.map(|r| -> Result<Pause, sqlx::Error> {
         Ok(Pause {
             key: r.try_get(0)?,
@@ -59,5 +59,5 @@ pub async fn get_pause(store: &Store, key: &str) -> Result<Option<Pause>, StoreE
         })
     })
     .transpose()
-    .map_err(|e| failed(store, what, e))
+    .map_err(|e| store.failed(what, e))
 }

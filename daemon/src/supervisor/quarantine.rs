@@ -96,15 +96,6 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn failed(store: &Store, what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError {
-        message: format!(
-            "database {}: {what} failed: {e}; check free disk space and that the file is writable",
-            store.path().display()
-        ),
-    }
-}
-
 /// The restarts of `key` since `since`, oldest first.
 pub async fn recent_restarts(
     store: &Store,
@@ -117,10 +108,10 @@ pub async fn recent_restarts(
         .bind(ts(since))
         .fetch_all(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let at: String = r.try_get(0).map_err(|e| failed(store, what, e))?;
+        let at: String = r.try_get(0).map_err(|e| store.failed(what, e))?;
         if let Ok(t) = DateTime::parse_from_rfc3339(&at) {
             out.push(t.with_timezone(&Utc));
         }
@@ -136,24 +127,20 @@ pub async fn record_restart(
     keep_since: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let what = "recording a restart";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| failed(store, what, e))?;
+    let mut tx = store.begin_write(what).await?;
     sqlx::query("DELETE FROM restarts WHERE key = ?1 AND at < ?2")
         .bind(key)
         .bind(ts(keep_since))
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     sqlx::query("INSERT OR IGNORE INTO restarts (key, at) VALUES (?1, ?2)")
         .bind(key)
         .bind(ts(at))
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?;
-    tx.commit().await.map_err(|e| failed(store, what, e))
+        .map_err(|e| store.failed(what, e))?;
+    tx.commit().await.map_err(|e| store.failed(what, e))
 }
 
 /// The quarantine of `key`, when there is one.
@@ -165,17 +152,17 @@ pub async fn get(store: &Store, key: &str) -> Result<Option<Quarantine>, StoreEr
     .bind(key)
     .fetch_optional(store.pool())
     .await
-    .map_err(|e| failed(store, what, e))?;
+    .map_err(|e| store.failed(what, e))?;
     let Some(r) = row else {
         return Ok(None);
     };
-    let tail: String = r.try_get(4).map_err(|e| failed(store, what, e))?;
-    let restarts: i64 = r.try_get(2).map_err(|e| failed(store, what, e))?;
+    let tail: String = r.try_get(4).map_err(|e| store.failed(what, e))?;
+    let restarts: i64 = r.try_get(2).map_err(|e| store.failed(what, e))?;
     Ok(Some(Quarantine {
-        key: r.try_get(0).map_err(|e| failed(store, what, e))?,
-        since: r.try_get(1).map_err(|e| failed(store, what, e))?,
+        key: r.try_get(0).map_err(|e| store.failed(what, e))?,
+        since: r.try_get(1).map_err(|e| store.failed(what, e))?,
         restarts: u32::try_from(restarts).unwrap_or(u32::MAX),
-        reason: r.try_get(3).map_err(|e| failed(store, what, e))?,
+        reason: r.try_get(3).map_err(|e| store.failed(what, e))?,
         log_tail: serde_json::from_str(&tail).unwrap_or_default(),
     }))
 }
@@ -186,10 +173,10 @@ pub async fn all(store: &Store) -> Result<Vec<Quarantine>, StoreError> {
     let rows = sqlx::query("SELECT key FROM quarantines ORDER BY key")
         .fetch_all(store.pool())
         .await
-        .map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
     let mut out = Vec::new();
     for r in rows {
-        let key: String = r.try_get(0).map_err(|e| failed(store, what, e))?;
+        let key: String = r.try_get(0).map_err(|e| store.failed(what, e))?;
         if let Some(q) = get(store, &key).await? {
             out.push(q);
         }
@@ -211,7 +198,7 @@ pub async fn put(store: &Store, q: &Quarantine) -> Result<(), StoreError> {
     .bind(tail)
     .execute(store.pool())
     .await
-    .map_err(|e| failed(store, what, e))?;
+    .map_err(|e| store.failed(what, e))?;
     Ok(())
 }
 
@@ -219,23 +206,19 @@ pub async fn put(store: &Store, q: &Quarantine) -> Result<(), StoreError> {
 /// over). True when a quarantine was in force.
 pub async fn clear(store: &Store, key: &str) -> Result<bool, StoreError> {
     let what = "clearing the quarantine";
-    let mut tx = store
-        .pool()
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| failed(store, what, e))?;
+    let mut tx = store.begin_write(what).await?;
     let gone = sqlx::query("DELETE FROM quarantines WHERE key = ?1")
         .bind(key)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?
+        .map_err(|e| store.failed(what, e))?
         .rows_affected();
     sqlx::query("DELETE FROM restarts WHERE key = ?1")
         .bind(key)
         .execute(&mut *tx)
         .await
-        .map_err(|e| failed(store, what, e))?;
-    tx.commit().await.map_err(|e| failed(store, what, e))?;
+        .map_err(|e| store.failed(what, e))?;
+    tx.commit().await.map_err(|e| store.failed(what, e))?;
     Ok(gone > 0)
 }
 

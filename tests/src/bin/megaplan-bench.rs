@@ -467,11 +467,11 @@ fn preflight_ssh(rig: &SshRig) -> Result<f64, String> {
     Ok(took)
 }
 
-/// Launches a 3-milestone chain that stalls in m2 (a long-running chain; every tick is a noop).
-fn start_chain(rig: &SshRig) -> Result<ChainPaths, String> {
+/// Launches a chain of `labels` on the stand-in core told `control` (the workspace made first).
+fn launch_chain(rig: &SshRig, control: &str, labels: &[&str]) -> Result<(), String> {
     rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.2, "stall": ["m2"]}"#);
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2", "m3"]);
+    rig.control(control);
+    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", labels);
     let launched = rig.ctl(&["chain", &spec.display().to_string()]);
     if launched.code != Some(0) {
         return Err(format!(
@@ -479,6 +479,16 @@ fn start_chain(rig: &SshRig) -> Result<ChainPaths, String> {
             launched.stdout, launched.stderr
         ));
     }
+    Ok(())
+}
+
+/// Launches a 3-milestone chain that stalls in m2 (a long-running chain; every tick is a noop).
+fn start_chain(rig: &SshRig) -> Result<ChainPaths, String> {
+    launch_chain(
+        rig,
+        r#"{"step_seconds": 0.2, "stall": ["m2"]}"#,
+        &["m1", "m2", "m3"],
+    )?;
     let running = wait_until(Duration::from_secs(60), || {
         let s = rig.ctl(&["status", "--chain"]).json;
         s["summary"]["current_milestone"]["label"] == "m2" && s["effective_status"] == "running"
@@ -1668,19 +1678,14 @@ fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         r.note("the e2e bench (Docker) is unavailable: section 9 was skipped");
         return Ok(());
     };
-    rig.precreate_workspace();
     // The runner stalls in m1 for ever: every observing tick is a noop on a live runner; killing
     // it leaves the state naming a running plan with no runner (stale bookkeeping), which the
     // next tick restarts — an acting tick — into the same stall.
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
-    let launched = rig.ctl(&["chain", &spec.display().to_string()]);
-    if launched.code != Some(0) {
-        return Err(format!(
-            "chain launch failed: {}\n{}",
-            launched.stdout, launched.stderr
-        ));
-    }
+    launch_chain(
+        &rig,
+        r#"{"step_seconds": 0.1, "stall": ["m1"]}"#,
+        &["m1", "m2"],
+    )?;
     running_and_warm("9", |a| rig.ctl(a))?;
     let mut obs_ms = Vec::new();
     let mut act_ms = Vec::new();
@@ -2422,18 +2427,14 @@ fn section_events(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         r.note("the e2e bench (Docker) is unavailable: section 11 was skipped");
         return Ok(());
     };
-    rig.precreate_workspace();
     // The runner stalls in m1 for ever: nothing changes on the runner unless the bench kills
     // the driver, and each kill is answered by one restart into the same stall.
-    rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"]}"#);
-    let spec = write_chain(&rig.project.join("epic"), "chain.yaml", &["m1", "m2"]);
-    let launched = rig.ctl(&["chain", &spec.display().to_string()]);
-    if launched.code != Some(0) {
-        return Err(format!(
-            "section 11: chain failed: {}\n{}",
-            launched.stdout, launched.stderr
-        ));
-    }
+    launch_chain(
+        &rig,
+        r#"{"step_seconds": 0.1, "stall": ["m1"]}"#,
+        &["m1", "m2"],
+    )
+    .map_err(|e| format!("section 11: {e}"))?;
     if !wait_until(Duration::from_secs(60), || {
         rig.ctl(&["status", "--chain"]).json["runner"]["status"] == "alive"
     }) {

@@ -9,10 +9,11 @@ use megaplan_cloud_e2e::pane::{
     Pane, assert_fits_80, in_80_columns, in_terminal, signal_then_hold,
 };
 use megaplan_cloud_e2e::rig::{SshRig, local_cloud_yaml, write_chain};
-use megaplan_cloud_e2e::{bin, wait_until};
+use megaplan_cloud_e2e::{Daemon, bin, wait_until};
 use megaplan_cloudd::shell::quote;
 use serde_json::Value;
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 #[test]
@@ -91,26 +92,9 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     assert!(status.contains("m1"), "{status}");
 
     let err = part("error");
-    assert_eq!(
-        err.matches("error:").count(),
-        1,
-        "an error is printed once on a terminal:\n{err}"
-    );
-    assert!(
-        !err.contains("\"error\""),
-        "JSON error on a terminal:\n{err}"
-    );
+    assert_error_shown_once(&err, "error:");
     assert!(err.contains("/nonexistent/cloud.yaml"), "{err}");
-    let err = part("daemon-error");
-    assert_eq!(
-        err.matches("build` first").count(),
-        1,
-        "a daemon's error is printed once on a terminal:\n{err}"
-    );
-    assert!(
-        !err.contains("\"error\""),
-        "JSON error on a terminal:\n{err}"
-    );
+    assert_error_shown_once(&part("daemon-error"), "build` first");
 
     // Through a pipe: JSON, as scripts expect.
     let regs: Vec<RegistrationListed> = serde_json::from_str(&rig.ctl(&["registrations"]).stdout)
@@ -145,18 +129,60 @@ fn terminal_gets_tables_and_one_error_line_pipes_get_json() {
     assert!(forced.contains("\"cloud_yaml\""), "{forced}");
 }
 
-#[test]
-fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
-    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
+/// An error on a terminal is printed once (`once` appears exactly once) and never as JSON.
+fn assert_error_shown_once(err: &str, once: &str) {
+    assert_eq!(
+        err.matches(once).count(),
+        1,
+        "an error is printed once on a terminal:\n{err}"
+    );
+    assert!(
+        !err.contains("\"error\""),
+        "JSON error on a terminal:\n{err}"
+    );
+}
+
+/// A daemon and a project (`proj`) whose local-provider cloud.yaml (never built) is registered
+/// every hour: the daemon, the project folder, the cloud.yaml and `register`'s output.
+fn registered_local_project() -> (Daemon, PathBuf, PathBuf, Output) {
+    let d = Daemon::start(&[], &[]);
     let work = d.dir.join("proj");
     let cy = local_cloud_yaml(&work);
-    let cys = cy.to_str().unwrap();
     let out = d.ctl(
         &work,
         &[],
-        &["--cloud-yaml", cys, "register", "--every", "1h"],
+        &[
+            "--cloud-yaml",
+            cy.to_str().unwrap(),
+            "register",
+            "--every",
+            "1h",
+        ],
     );
     assert!(out.status.success(), "{out:?}");
+    (d, work, cy, out)
+}
+
+/// A tmux pane running `megaplan-cloudctl --cloud-yaml <rig's> <args>` in the rig's project,
+/// then printing `<first word of args> exited <code>` and signalling `signal` (the pane holds).
+fn ctl_in_pane(rig: &SshRig, args: &str, signal: &str) -> Pane {
+    let ctl = bin("megaplan-cloudctl").display().to_string();
+    let socket = rig.daemon.socket.display().to_string();
+    let what = args.split_whitespace().next().unwrap_or(args);
+    let script = format!(
+        "cd {dir} && {ctl} --cloud-yaml {cy} {args}; echo \"{what} exited $?\"; {hold}",
+        dir = quote(&rig.project.display().to_string()),
+        ctl = quote(&ctl),
+        cy = quote(&rig.cloud_yaml.display().to_string()),
+        hold = signal_then_hold(signal),
+    );
+    Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())])
+}
+
+#[test]
+fn tab_in_a_real_bash_completes_flags_past_the_first_word_and_registration_keys() {
+    let (d, work, cy, _) = registered_local_project();
+    let cys = cy.to_str().unwrap();
     let key = registration_key(&d, &work, cys);
     let ctl = bin("megaplan-cloudctl");
     let path = format!(
@@ -279,16 +305,7 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
     // The daemon holds the ssh session the attach reuses.
     rig.ctl(&["exec", "true"]).ok();
 
-    let ctl = bin("megaplan-cloudctl").display().to_string();
-    let socket = rig.daemon.socket.display().to_string();
-    let script = format!(
-        "cd {dir} && {ctl} --cloud-yaml {cy} attach; echo \"attach exited $?\"; {hold}",
-        dir = quote(&rig.project.display().to_string()),
-        ctl = quote(&ctl),
-        cy = quote(&rig.cloud_yaml.display().to_string()),
-        hold = signal_then_hold("attached"),
-    );
-    let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
+    let pane = ctl_in_pane(&rig, "attach", "attached");
     // Typed into the runner's shell; the arithmetic proves the shell ran it (an echo of the
     // keystrokes alone would show `$((40+2))`).
     let typed = || pane.send_keys(&["echo attached-$((40+2))", "Enter"]);
@@ -329,16 +346,8 @@ fn attach_in_a_real_terminal_types_into_the_runner_session_and_detaches_with_the
 
 #[test]
 fn register_warns_when_no_remote_spec_can_be_resolved() {
-    let d = megaplan_cloud_e2e::Daemon::start(&[], &[]);
-    let work = d.dir.join("proj");
-    let cy = local_cloud_yaml(&work);
+    let (d, work, cy, out) = registered_local_project();
     let cys = cy.to_str().unwrap();
-    let out = d.ctl(
-        &work,
-        &[],
-        &["--cloud-yaml", cys, "register", "--every", "1h"],
-    );
-    assert!(out.status.success(), "{out:?}");
     let v: RegisterResponse = serde_json::from_slice(&out.stdout).unwrap();
     let warned = |v: &RegisterResponse| {
         v.warnings
@@ -569,16 +578,7 @@ fn a_silent_operation_shows_a_spinner_on_a_terminal_and_none_through_a_pipe() {
     rig.ctl(&["chain", spec.to_str().unwrap()]).ok();
     // The core's status now never answers: `status --chain` sits silent until released.
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
-    let ctl = bin("megaplan-cloudctl").display().to_string();
-    let socket = rig.daemon.socket.display().to_string();
-    let script = format!(
-        "cd {dir} && {ctl} --cloud-yaml {cy} status --chain; echo \"status exited $?\"; {hold}",
-        dir = quote(&rig.project.display().to_string()),
-        ctl = quote(&ctl),
-        cy = quote(&rig.cloud_yaml.display().to_string()),
-        hold = signal_then_hold("status-done"),
-    );
-    let pane = Pane::start(&script, &[("MEGAPLAN_CLOUDD_SOCKET", socket.as_str())]);
+    let pane = ctl_in_pane(&rig, "status --chain", "status-done");
     pane.wait_for("the spinner", |l| {
         l.contains("status: waiting for megaplan-cloudd and the runner")
     });

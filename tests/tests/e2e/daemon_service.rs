@@ -367,15 +367,7 @@ fn thousand_registrations_all_tick_without_overlap() {
     // Register through the API directly (1,000 client processes would measure fork, not us).
     for i in 0..1000 {
         let cy = local_cloud_yaml(&work.join(format!("c{i:04}")));
-        let body = format!(
-            r#"{{"cloud_yaml": "{}", "every_secs": {interval}}}"#,
-            cy.display()
-        );
-        let resp = raw_http(
-            &d.socket,
-            format!("POST /v1/clouds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-        );
-        assert!(resp.starts_with("HTTP/1.1 200"), "registration {i}: {resp}");
+        register_api(&d, &cy, interval);
     }
     let regs = ok(d.ctl(&work, &[], &["registrations", "--json"])).registrations();
     assert_eq!(regs.len(), 1000);
@@ -407,21 +399,30 @@ fn thousand_registrations_all_tick_without_overlap() {
     assert_eq!(overlaps, "0");
 }
 
+/// Runs `cmd` and returns its output; fails with `missing` when it cannot start, and with
+/// `failed` and its stderr when it exits non-zero.
+fn succeeds(cmd: &mut Command, missing: &str, failed: &str) -> Output {
+    let out = cmd.output().expect(missing);
+    assert!(
+        out.status.success(),
+        "{failed}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[test]
 fn service_files_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let unit = std::fs::read_to_string(root.join("systemd/megaplan-cloudd.service")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let test_unit = megaplan_cloud_e2e::unit_with_built_daemon(tmp.path());
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&test_unit)
-        .output()
-        .expect("systemd-analyze (package systemd) must be installed");
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&test_unit),
+        "systemd-analyze (package systemd) must be installed",
+        "systemd-analyze verify failed",
     );
     for needed in [
         "Type=notify",
@@ -434,26 +435,17 @@ fn service_files_validate() {
         assert!(unit.contains(needed), "unit lacks {needed}");
     }
     let plist = root.join("launchd/com.megaplan.cloudd.plist");
-    let wellformed = Command::new("xmllint")
-        .arg("--noout")
-        .arg(&plist)
-        .output()
-        .expect("xmllint (libxml2-utils) must be installed");
-    assert!(
-        wellformed.status.success(),
-        "plist is not well-formed XML: {}",
-        String::from_utf8_lossy(&wellformed.stderr)
+    succeeds(
+        Command::new("xmllint").arg("--noout").arg(&plist),
+        "xmllint (libxml2-utils) must be installed",
+        "plist is not well-formed XML",
     );
     // plutil -lint equivalent: Python's plistlib parses the property list itself (types and all).
-    let lint = Command::new("python3")
-        .args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '-c' and '--socket' in d['ProgramArguments'][2]; assert d['Umask'] == 0o077; print(d['Label'])"])
-        .arg(&plist)
-        .output()
-        .unwrap();
-    assert!(
-        lint.status.success(),
-        "plist lint failed: {}",
-        String::from_utf8_lossy(&lint.stderr)
+    let lint = succeeds(
+        Command::new("python3").args(["-c", "import plistlib,sys; d=plistlib.load(open(sys.argv[1],'rb')); assert d['RunAtLoad'] is True; assert d['KeepAlive']['SuccessfulExit'] is False; assert d['ProgramArguments'][1] == '-c' and '--socket' in d['ProgramArguments'][2]; assert d['Umask'] == 0o077; print(d['Label'])"])
+        .arg(&plist),
+        "python3 must be installed",
+        "plist lint failed",
     );
     assert_eq!(
         String::from_utf8_lossy(&lint.stdout).trim(),

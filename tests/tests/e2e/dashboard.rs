@@ -47,6 +47,27 @@ impl Drop for Owned {
     }
 }
 
+/// Starts `megaplan-cloudctl dashboard` from `cmd` and reads the first line it prints (the
+/// URL, trimmed); the process is owned (killed on drop).
+fn start_dashboard(cmd: &mut Command) -> (Owned, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("megaplan-cloudctl dashboard starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Owned(child);
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("the first line");
+    (child, first.trim().to_string())
+}
+
+/// Whether something accepts connections on `127.0.0.1:port`.
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
 /// One plain HTTP/1.1 exchange with `127.0.0.1:port`: (status, head, body).
 fn http(
     port: u16,
@@ -122,11 +143,7 @@ impl Browser {
             .expect("chromedriver starts");
         let driver = Owned(driver);
         assert!(
-            wait_until(Duration::from_secs(20), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
+            wait_until(Duration::from_secs(20), || listening(port)),
             "chromedriver never listened"
         );
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -252,22 +269,14 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     // One stored tick, so the page has a state, a milestone and a timeline to show.
     rig.ctl(&["tick"]).ok();
 
-    let mut dashboard = rig
-        .daemon
-        .ctl_command(&rig.project, &["dashboard", "--no-open"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("megaplan-cloudctl dashboard starts");
-    let mut first = String::new();
-    BufReader::new(dashboard.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("the first line");
-    let dashboard = Owned(dashboard);
-    let url = first.trim().to_string();
+    let (dashboard, url) = start_dashboard(
+        rig.daemon
+            .ctl_command(&rig.project, &["dashboard", "--no-open"])
+            .stderr(Stdio::piped()),
+    );
     let rest = url
         .strip_prefix("http://127.0.0.1:")
-        .unwrap_or_else(|| panic!("the first line is the URL on 127.0.0.1: {first:?}"));
+        .unwrap_or_else(|| panic!("the first line is the URL on 127.0.0.1: {url:?}"));
     let (port, query) = rest.split_once("/?token=").expect("URL carries the token");
     let port: u16 = port.parse().expect("a port");
     let token = query.to_string();
@@ -507,11 +516,7 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser_and_refuses_strangers() 
     drop(browser);
     drop(dashboard);
     assert!(
-        wait_until(Duration::from_secs(30), || TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_err()),
+        wait_until(Duration::from_secs(30), || !listening(port)),
         "the listener outlived megaplan-cloudctl dashboard"
     );
 }
@@ -539,21 +544,14 @@ fn on_a_desktop_the_browser_is_opened_without_the_token_in_any_argv_and_ctrl_c_c
         stubs.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = daemon
-        .ctl_command(&daemon.dir, &["dashboard"])
-        .env("PATH", path)
-        .env("DISPLAY", ":0")
-        .env("OPENER_RECORD", &record)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("megaplan-cloudctl dashboard starts");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("the first line");
-    let mut child = Owned(child);
-    let url = first.trim().to_string();
+    let (mut child, url) = start_dashboard(
+        daemon
+            .ctl_command(&daemon.dir, &["dashboard"])
+            .env("PATH", path)
+            .env("DISPLAY", ":0")
+            .env("OPENER_RECORD", &record)
+            .stderr(Stdio::null()),
+    );
     let token = url
         .split_once("?token=")
         .expect("the URL carries the token")
@@ -592,11 +590,7 @@ fn on_a_desktop_the_browser_is_opened_without_the_token_in_any_argv_and_ctrl_c_c
         page_path.display()
     );
     assert!(
-        wait_until(Duration::from_secs(30), || TcpStream::connect((
-            "127.0.0.1",
-            port
-        ))
-        .is_err()),
+        wait_until(Duration::from_secs(30), || !listening(port)),
         "the listener outlived megaplan-cloudctl dashboard"
     );
 }

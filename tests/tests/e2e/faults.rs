@@ -84,6 +84,16 @@ fn pgrep(pattern: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until no process's command line matches `pattern`; on the safety net's expiry fails
+/// naming `what` outlived its owner and the processes still there.
+fn assert_gone(pattern: &str, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || pgrep(pattern).is_empty()),
+        "{what}: {:#?}",
+        pgrep(pattern)
+    );
+}
+
 /// Processes of the runner blocked in the stand-in core's hanging `status` (`hang_status`): it
 /// records its pid in `.megaplan/standin-hangs.jsonl` (the observer calls the core in its own
 /// interpreter, so the command line does not name the status call); those still alive.
@@ -136,12 +146,7 @@ fn sshd_killed_mid_tick_stores_an_error_and_the_next_tick_works() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
     rig.ctl(&["register", "--every", "1h"]).ok();
     let first = rig.ctl(&["tick"]);
     assert!(first.tick().success, "{}", first.stdout);
@@ -198,10 +203,7 @@ fn stopped_runner_container_is_named_in_status_ticks_and_exec() {
     let Some(rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    rig.wait_complete();
+    rig.launch_completed(&["m1"]);
     rig.ctl(&["register", "--every", "1h"]).ok();
     assert!(rig.ctl(&["tick"]).tick().success);
 
@@ -260,10 +262,7 @@ fn corrupt_remote_chain_state_is_named_and_stored_as_a_tick_error() {
     let Some(rig) = SshRig::start("", &[]) else {
         return;
     };
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    rig.wait_complete();
+    rig.launch_completed(&["m1"]);
     rig.ctl(&["register", "--every", "1h"]).ok();
     assert!(rig.ctl(&["tick"]).tick().success);
     let state_file = rig
@@ -343,12 +342,7 @@ fn hanging_remote_command_is_killed_at_the_tick_deadline() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
 
@@ -491,10 +485,9 @@ fn hundred_megabytes_of_logs_stream_with_flat_daemon_memory() {
     );
     // The client is gone: the daemon ends its side of the stream although the runner is quiet.
     let ssh_client = format!("ssh -S .* docker logs -f {}", logs_c.name);
-    assert!(
-        wait_until(Duration::from_secs(10), || pgrep(&ssh_client).is_empty()),
-        "the daemon still streams logs to a client that left: {:#?}",
-        pgrep(&ssh_client)
+    assert_gone(
+        &ssh_client,
+        "the daemon still streams logs to a client that left",
     );
     assert_serving(&rig.daemon);
 }
@@ -648,6 +641,26 @@ fn assert_storage_failed(r: &Run, db: &Path, cause: &[&str]) {
     assert!(r.stderr.contains("storage_failed"), "{}", r.stderr);
 }
 
+/// Registers the local project `work/a` and runs one tick of it (an error, the project was
+/// never built, but stored). Returns a's cloud.yaml.
+fn registered_with_one_tick(d: &Daemon, work: &Path) -> PathBuf {
+    let a = local_cloud_yaml(&work.join("a"));
+    ctl_for(d, &a, &["register", "--every", "1h"]).ok();
+    let t = ctl_for(d, &a, &["tick"]);
+    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    a
+}
+
+/// With the storage failing for `cause`: a tick of `a` and registering `work/b` are storage
+/// errors naming `db`, and the daemon still serves its one registration. Returns b's cloud.yaml.
+fn assert_writes_fail(d: &Daemon, work: &Path, a: &Path, db: &Path, cause: &[&str]) -> PathBuf {
+    assert_storage_failed(&ctl_for(d, a, &["tick"]), db, cause);
+    let b = local_cloud_yaml(&work.join("b"));
+    assert_storage_failed(&ctl_for(d, &b, &["register"]), db, cause);
+    assert_eq!(assert_serving(d).registrations, 1);
+    b
+}
+
 #[test]
 fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
@@ -661,10 +674,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = local_cloud_yaml(&work.join("a"));
-    ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
-    let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let a = registered_with_one_tick(&d, &work);
 
     // Fill the file system to the last block.
     let mut fill = std::fs::File::create(d.home.join("fill")).unwrap();
@@ -674,11 +684,7 @@ fn full_disk_is_a_storage_error_and_the_daemon_keeps_serving() {
     drop(fill);
 
     let full = ["database or disk is full", "No space left"];
-    assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &full);
-    let b = local_cloud_yaml(&work.join("b"));
-    assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &full);
-    let st = assert_serving(&d);
-    assert_eq!(st.registrations, 1);
+    let b = assert_writes_fail(&d, &work, &a, &db, &full);
     let regs = registrations(&d, &work);
     assert_eq!(regs[0].registration.ticks_run, 1, "{regs:#?}");
 
@@ -747,10 +753,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     let mut d = Daemon::start_in(dir.clone(), &[], &[]);
     let db = d.home.join("cloudd.db");
     let work = tmp.path().join("work");
-    let a = local_cloud_yaml(&work.join("a"));
-    ctl_for(&d, &a, &["register", "--every", "1h"]).ok();
-    let t = ctl_for(&d, &a, &["tick"]);
-    assert_eq!(t.tick().event, TickEvent::Error, "{}", t.stdout);
+    let a = registered_with_one_tick(&d, &work);
 
     // What the kernel does on a disk error with errors=remount-ro: the file system turns
     // read-only under the running daemon (`remount,ro` itself is refused while files are open
@@ -764,11 +767,7 @@ fn file_system_turning_read_only_is_a_storage_error_and_the_daemon_keeps_serving
     assert!(abort.status.success(), "{abort:?}");
 
     let ro = ["disk I/O error", "readonly", "read-only", "Read-only"];
-    assert_storage_failed(&ctl_for(&d, &a, &["tick"]), &db, &ro);
-    let b = local_cloud_yaml(&work.join("b"));
-    assert_storage_failed(&ctl_for(&d, &b, &["register"]), &db, &ro);
-    let st = assert_serving(&d);
-    assert_eq!(st.registrations, 1);
+    assert_writes_fail(&d, &work, &a, &db, &ro);
     let stored = Run::from_output(&d.ctl(
         &work,
         &[],
@@ -1283,10 +1282,7 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
     // A unique duration is the marker: `sleep 300.<n>` is this test's sleep, nobody else's.
     let n = std::process::id();
     let sleeper = format!("sleep 300.{n}");
-    rig.precreate_workspace();
-    rig.control(r#"{"step_seconds": 0.1}"#);
-    rig.launch(&["m1"]);
-    rig.wait_complete();
+    rig.launch_completed(&["m1"]);
     rig.ctl(&[
         "register",
         "--every",
@@ -1314,11 +1310,7 @@ fn notify_command_past_its_timeout_leaves_no_child_behind() {
             .contains("did not finish"),
         "{row:#?}"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || pgrep(&sleeper).is_empty()),
-        "the notify command's child outlived its timeout: {:#?}",
-        pgrep(&sleeper)
-    );
+    assert_gone(&sleeper, "the notify command's child outlived its timeout");
     assert_serving(&rig.daemon);
 }
 
@@ -1328,12 +1320,7 @@ fn sigterm_during_a_hung_tick_ends_the_runner_side_observer() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
     rig.ctl(&["register", "--every", "1h"]).ok();
     rig.control(r#"{"step_seconds": 0.1, "stall": ["m1"], "hang_status": true}"#);
     let client = spawn_ctl(&rig.daemon, &rig.project, &rig.cloud_yaml, &["tick"]);
@@ -1377,12 +1364,7 @@ fn hung_runners_never_starve_a_healthy_registration() {
         return;
     };
     rig.launch_stalled(&["m1", "m2"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        rig.ctl(&["status", "--chain"])
-            .current_milestone()
-            .as_deref()
-            == Some("m1")
-    }));
+    rig.wait_milestone("m1");
 
     let mut hung = Vec::new();
     for i in 0..10 {

@@ -270,22 +270,10 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
     // `doctor`'s document is the client's own (no api type carries it): read as JSON.
     assert_eq!(d.json["daemon_reachable"], true, "{}", d.stdout);
     let real_yaml = real.join("cloud.yaml").display().to_string();
-    let m = d.json["markers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["key"] == key.as_str())
-        .cloned()
-        .unwrap_or(Value::Null);
+    let m = entry_where(&d.json["markers"], "key", &key);
     assert_eq!(m["importable"], true, "{}", d.stdout);
     assert_eq!(m["cloud_yaml"], real_yaml.as_str(), "{}", d.stdout);
-    let y = d.json["cloud_yamls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|y| y["path"] == real_yaml.as_str())
-        .cloned()
-        .unwrap_or(Value::Null);
+    let y = entry_where(&d.json["cloud_yamls"], "path", &real_yaml);
     assert_eq!(y["has_marker"], true, "{}", d.stdout);
     assert!(
         y["warnings"][0]
@@ -295,6 +283,16 @@ fn an_operator_of_the_python_tool_keeps_their_chain() {
         "{}",
         d.stdout
     );
+}
+
+/// The entry of the JSON list `list` whose `field` is `value` (null when none is).
+fn entry_where(list: &Value, field: &str, value: &str) -> Value {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .find(|e| e[field] == value)
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 #[test]
