@@ -852,6 +852,16 @@ impl KubeRunner {
             .and_then(|n| n.parse().ok())
     }
 
+    /// The pod's processes (pid, parent, group, command line cut at 160 bytes), for a
+    /// failure's message.
+    pub fn pod_processes(&self) -> String {
+        self.ctl(&[
+            "exec",
+            "for d in /proc/[0-9]*; do p=${d#/proc/}; s=$(cut -d' ' -f4,5 $d/stat 2>/dev/null); c=$(tr '\\000' ' ' < $d/cmdline 2>/dev/null | cut -c1-160); echo \"$p $s $c\"; done; ls -l /tmp/megaplan-cloudd-calls 2>&1",
+        ])
+        .stdout
+    }
+
     /// Deploy, give the runner a repository (it has no network) and its clone in the workspace
     /// with the stand-in core's `control` file, then launch a chain of `labels` written under
     /// the project folder. `Err` says which step failed.

@@ -462,17 +462,25 @@ fn pod_kill(k: Kubernetes, names: Names, call: &RunnerCall) -> RunnerKill {
     RunnerKill::new(async move {
         let Ok(c) = client(&k).await else { return };
         let pods: Api<Pod> = Api::namespaced(c, &names.namespace);
+        // The API refuses an exec with no stream at all (kube validates it before sending):
+        // stdout is attached, the kill prints nothing.
         let ap = AttachParams::default()
             .container(CONTAINER)
             .stdin(false)
-            .stdout(false)
+            .stdout(true)
             .stderr(false);
         let run = async {
-            if let Ok(mut p) = pods.exec(&names.pod, words, &ap).await {
-                if let Some(s) = p.take_status() {
-                    s.await;
+            match pods.exec(&names.pod, words, &ap).await {
+                Ok(mut p) => {
+                    if let Some(s) = p.take_status() {
+                        s.await;
+                    }
+                    let _ = p.join().await;
                 }
-                let _ = p.join().await;
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not end an abandoned runner command in the pod"
+                ),
             }
         };
         if tokio::time::timeout(super::common::RUNNER_KILL_DEADLINE, run)

@@ -416,8 +416,9 @@ fn a_killed_driver_in_the_pod_is_told_at_once_and_the_observer_ends_with_unregis
     run(&["unregister"]).ok();
     assert!(
         wait_until(Duration::from_secs(90), || k.observers_in_pod() == Some(0)),
-        "the resident observer outlived its registration in the pod: {:?}\n{}",
+        "the resident observer outlived its registration in the pod: {:?}\n{}\n{}",
         k.observers_in_pod(),
+        k.pod_processes(),
         k.daemon.log_text()
     );
     run(&["destroy", "--yes"]).ok();
