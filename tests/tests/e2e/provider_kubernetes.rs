@@ -206,9 +206,18 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         "printf '%s' '{\"step_seconds\": 0.2}' > /workspace/app/.megaplan/standin-control.json",
     ])
     .ok();
-    let t = run(&["supervise", "--chain"]);
-    assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-    assert!(t.report().acted, "{}", t.stdout);
+    // The pod's resident observer keeps the driver's lease: the driver gone, the runner is
+    // restarted once the lease has expired (before that the tick says unknown and waits).
+    let mut last = String::new();
+    let restarted = wait_until(Duration::from_secs(120), || {
+        let t = run(&["supervise", "--chain"]);
+        last = format!("{}\n{}", t.stdout, t.stderr);
+        t.code == Some(0) && t.report().acted
+    });
+    assert!(
+        restarted,
+        "supervise never restarted the killed runner: {last}"
+    );
     let drivers = run(&[
         "exec",
         "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'",
