@@ -12,6 +12,10 @@
 //!   exec protocol of older clusters cannot half-close stdin (a remote `cat` never sees EOF),
 //!   so a command given stdin reads exactly its length: the script starts with
 //!   `exec 0< <(head -c N)`.
+//! - The resident observer (`provider/resident.rs`) runs in the pod over an exec stream of the
+//!   held client, its script on stdin, in a process group of its own; ending it closes the
+//!   stream and kills that group with another exec (closing an exec stream is not guaranteed to
+//!   end the process in the pod).
 //! - `down` deletes the pod and the Secret, keeping the claim (the workspace); `destroy`
 //!   deletes every object labelled for this cloud.yaml.
 //!
