@@ -774,7 +774,17 @@ pub struct KubeRunner {
 impl KubeRunner {
     /// `secrets`: the names listed under `secrets:` with the values the client sends.
     pub fn start(cluster: &KubeCluster, secrets: &[(&str, &str)]) -> KubeRunner {
-        let daemon = crate::Daemon::start(&[], &[]);
+        KubeRunner::start_with_args(cluster, secrets, &[])
+    }
+
+    /// [`KubeRunner::start`] with the daemon started with `daemon_args` (e.g.
+    /// `--notify-config <file>`).
+    pub fn start_with_args(
+        cluster: &KubeCluster,
+        secrets: &[(&str, &str)],
+        daemon_args: &[&str],
+    ) -> KubeRunner {
+        let daemon = crate::Daemon::start(&[], daemon_args);
         let project = daemon.dir.join("project");
         fs::create_dir_all(&project).expect("project dir");
         let name = format!(
@@ -819,6 +829,37 @@ impl KubeRunner {
     /// [`KubeRunner::ctl_with`] on this runner's cloud.yaml.
     pub fn ctl(&self, args: &[&str]) -> crate::rig::Run {
         self.ctl_with(&self.cloud_yaml, args)
+    }
+
+    /// `ticks --json --limit <limit>`, newest first (empty when it cannot be read).
+    pub fn ticks(&self, limit: u32) -> Vec<megaplan_cloud_api::wire::TickRecord> {
+        self.ctl(&["ticks", "--json", "--limit", &limit.to_string()])
+            .try_decode()
+            .unwrap_or_default()
+    }
+
+    /// How many resident observers (`resident.py`, recognised by its source on its command
+    /// line) run in the pod, `None` when the pod cannot be asked. The pattern is bracketed so
+    /// that the asking command's own argv never matches it.
+    pub fn observers_in_pod(&self) -> Option<usize> {
+        let r = self.ctl(&[
+            "exec",
+            "n=0; for f in /proc/[0-9]*/cmdline; do grep -q 'def [s]erve(python)' \"$f\" 2>/dev/null && n=$((n+1)); done; echo \"observers=$n\"",
+        ]);
+        r.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("observers="))
+            .and_then(|n| n.parse().ok())
+    }
+
+    /// The pod's processes (pid, parent, group, command line cut at 160 bytes), for a
+    /// failure's message.
+    pub fn pod_processes(&self) -> String {
+        self.ctl(&[
+            "exec",
+            "for d in /proc/[0-9]*; do p=${d#/proc/}; s=$(cut -d' ' -f4,5 $d/stat 2>/dev/null); c=$(tr '\\000' ' ' < $d/cmdline 2>/dev/null | cut -c1-160); echo \"$p $s $c\"; done; ls -l /tmp/megaplan-cloudd-calls 2>&1",
+        ])
+        .stdout
     }
 
     /// Deploy, give the runner a repository (it has no network) and its clone in the workspace

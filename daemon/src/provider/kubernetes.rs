@@ -12,6 +12,10 @@
 //!   exec protocol of older clusters cannot half-close stdin (a remote `cat` never sees EOF),
 //!   so a command given stdin reads exactly its length: the script starts with
 //!   `exec 0< <(head -c N)`.
+//! - The resident observer (`provider/resident.rs`) runs in the pod over an exec stream of the
+//!   held client, its script on stdin, in a process group of its own; ending it closes the
+//!   stream and kills that group with another exec (closing an exec stream is not guaranteed to
+//!   end the process in the pod).
 //! - `down` deletes the pod and the Secret, keeping the claim (the workspace); `destroy`
 //!   deletes every object labelled for this cloud.yaml.
 //!
@@ -24,6 +28,7 @@ use super::common::{
 };
 use super::error::ProviderError;
 use super::kubernetes_manifest::{self as manifest, CONTAINER, Names, Readiness};
+use super::resident::{Channel, Launch};
 use crate::cloud_yaml::Kubernetes;
 use crate::process::StreamKind;
 use crate::runner::group::RunnerCall;
@@ -157,6 +162,26 @@ fn exit_code(status: Option<&ExecStatus>) -> Result<i32, ProviderError> {
 
 /// Longest script sent inside the exec request itself; a longer one goes on stdin.
 const INLINE_SCRIPT_MAX: usize = 8 * 1024;
+
+/// How the resident observer's script runs in the pod: the words after the process-group
+/// wrapper, and the bytes sent on its stdin first. A script longer than [`INLINE_SCRIPT_MAX`]
+/// (the observer script with `resident.py` inside is several times that) travels on stdin:
+/// `head -c N` reads exactly it (nothing else is sent before the observer says `ready`), and
+/// the observer then reads its requests from the same stdin.
+pub fn resident_words(script: &str) -> (String, Option<Vec<u8>>) {
+    if script.len() <= INLINE_SCRIPT_MAX {
+        return (script.to_string(), None);
+    }
+    (
+        format!("s=$(head -c {}) && eval \"$s\"", script.len()),
+        Some(script.as_bytes().to_vec()),
+    )
+}
+
+/// No runner-side deadline for the resident observer (`timeout 0`): it lives as long as the
+/// daemon wants it, bounds its own requests, and is ended by its kill. `timeout` is still
+/// there for the process group it makes (see `runner::group`), which the kill ends whole.
+const RESIDENT_BOUND: [&str; 2] = ["timeout", "0"];
 
 /// `exec 0< <(head -c N)` before `script`: the command's stdin ends after the `N` bytes sent
 /// (see the module docs).
@@ -317,32 +342,7 @@ impl KubernetesProvider {
 
     /// The guard that ends `call`'s process group in the pod (another exec over the client).
     fn runner_kill(&self, call: &RunnerCall) -> RunnerKill {
-        let words = call.kill_words();
-        let k = self.k.clone();
-        let names = self.names.clone();
-        RunnerKill::new(async move {
-            let Ok(c) = client(&k).await else { return };
-            let pods: Api<Pod> = Api::namespaced(c, &names.namespace);
-            let ap = AttachParams::default()
-                .container(CONTAINER)
-                .stdin(false)
-                .stdout(false)
-                .stderr(false);
-            let run = async {
-                if let Ok(mut p) = pods.exec(&names.pod, words, &ap).await {
-                    if let Some(s) = p.take_status() {
-                        s.await;
-                    }
-                    let _ = p.join().await;
-                }
-            };
-            if tokio::time::timeout(super::common::RUNNER_KILL_DEADLINE, run)
-                .await
-                .is_err()
-            {
-                tracing::warn!("could not end an abandoned runner command in the pod");
-            }
-        })
+        pod_kill(self.k.clone(), self.names.clone(), call)
     }
 
     /// Run `script` (`bash -lc`, bounded on the runner) in the pod; `Ok((code, stdout, stderr))`
@@ -459,6 +459,43 @@ impl KubernetesProvider {
     }
 }
 
+/// The guard that ends `call`'s process group in the pod `names` names (another exec over the
+/// held client of `k`).
+fn pod_kill(k: Kubernetes, names: Names, call: &RunnerCall) -> RunnerKill {
+    let words = call.kill_words();
+    RunnerKill::new(async move {
+        let Ok(c) = client(&k).await else { return };
+        let pods: Api<Pod> = Api::namespaced(c, &names.namespace);
+        // The API refuses an exec with no stream at all (kube validates it before sending):
+        // stdout is attached, the kill prints nothing.
+        let ap = AttachParams::default()
+            .container(CONTAINER)
+            .stdin(false)
+            .stdout(true)
+            .stderr(false);
+        let run = async {
+            match pods.exec(&names.pod, words, &ap).await {
+                Ok(mut p) => {
+                    if let Some(s) = p.take_status() {
+                        s.await;
+                    }
+                    let _ = p.join().await;
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not end an abandoned runner command in the pod"
+                ),
+            }
+        };
+        if tokio::time::timeout(super::common::RUNNER_KILL_DEADLINE, run)
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not end an abandoned runner command in the pod");
+        }
+    })
+}
+
 /// Longest piece of a line held before it is forwarded: a runner printing without line breaks
 /// cannot make the daemon hold more.
 const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -500,9 +537,65 @@ async fn forward_lines<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
+/// Open the resident observer's exec stream into the pod: `script` (`bash -lc`) in a process
+/// group of its own, stdin and stdout attached. The channel's kill ends that group: closing
+/// an exec stream does not reliably end the process in the pod.
+async fn open_resident(k: Kubernetes, names: Names, script: Arc<str>) -> Result<Channel, String> {
+    let c = client(&k).await.map_err(|e| e.to_string())?;
+    let pods: Api<Pod> = Api::namespaced(c, &names.namespace);
+    let call = RunnerCall::new();
+    let (words, stdin) = resident_words(&script);
+    let argv = call.wrap(&RESIDENT_BOUND.map(String::from), &words);
+    let ap = AttachParams::default()
+        .container(CONTAINER)
+        .stdin(true)
+        .stdout(true)
+        .stderr(false);
+    let mut p = pods
+        .exec(&names.pod, argv, &ap)
+        .await
+        .map_err(|e| api_error(&format!("exec in pod {}", names.pod), e).to_string())?;
+    // From here on the process may run in the pod: dropping the kill ends it.
+    let kill = pod_kill(k, names, &call);
+    let (Some(mut writer), Some(reader)) = (p.stdin(), p.stdout()) else {
+        return Err("the exec stream has no stdin or stdout".to_string());
+    };
+    if let Some(bytes) = stdin {
+        writer
+            .write_all(&bytes)
+            .await
+            .map_err(|e| format!("sending the observer script to the pod: {e}"))?;
+        writer
+            .flush()
+            .await
+            .map_err(|e| format!("sending the observer script to the pod: {e}"))?;
+    }
+    Ok(Channel {
+        writer: Box::new(writer),
+        reader: Box::new(reader),
+        kill,
+        hold: Box::new(p),
+    })
+}
+
 impl Provider for KubernetesProvider {
     fn name(&self) -> &'static str {
         "kubernetes"
+    }
+
+    /// The resident observer over an exec stream of the held client. Its runner is the pod's
+    /// container on this cluster with this script (which names the launcher), so every
+    /// cloud.yaml on the pod shares one observer.
+    async fn resident_command(&self, script: &str) -> Result<Option<Launch>, ProviderError> {
+        let identity = format!(
+            "kubernetes\0{:?}\0{:?}\0{}/{}/{CONTAINER}\0{script}",
+            self.k.kubeconfig, self.k.context, self.names.namespace, self.names.pod
+        );
+        let (k, names, script) = (self.k.clone(), self.names.clone(), Arc::<str>::from(script));
+        Ok(Some(Launch::stream(
+            &identity,
+            Box::new(move || Box::pin(open_resident(k.clone(), names.clone(), script.clone()))),
+        )))
     }
 
     async fn build(&self, out: &OutTx) -> Result<(), ProviderError> {
@@ -866,6 +959,46 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         drop(stdin);
         assert_eq!(String::from_utf8_lossy(&out.stdout), "5\ndone\n");
+    }
+
+    /// The observer script is far beyond the exec URI's share, so it travels on stdin; `head
+    /// -c` takes exactly it and the observer reads its requests from the rest of the same
+    /// stdin (run here by the same wrapper and `bash` the pod runs it with).
+    #[test]
+    fn the_resident_script_goes_on_stdin_and_leaves_the_rest_of_it_to_the_observer() {
+        let observer = crate::runner::observe::resident_script("python3 -m x");
+        assert!(observer.len() > INLINE_SCRIPT_MAX, "{}", observer.len());
+        let (small, none) = resident_words("echo hi");
+        assert_eq!((small.as_str(), none), ("echo hi", None));
+
+        let script = format!(
+            "# {}\necho ready; IFS= read -r l; echo \"got:$l\"",
+            "x".repeat(INLINE_SCRIPT_MAX)
+        );
+        let (words, stdin) = resident_words(&script);
+        assert!(words.len() < 100, "{words}");
+        let call = RunnerCall::new();
+        let argv = call.wrap(&RESIDENT_BOUND.map(String::from), &words);
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        use std::io::{BufRead, Write};
+        input.write_all(&stdin.unwrap()).unwrap();
+        input.flush().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        // Only after `ready`, as the daemon sends requests.
+        input.write_all(b"request\n").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "got:request\n");
+        assert!(child.wait().unwrap().success());
     }
 
     #[tokio::test]

@@ -429,10 +429,10 @@ impl Provider for LocalProvider {
         script: &str,
     ) -> Result<Option<super::resident::Launch>, ProviderError> {
         let flavor = self.flavor(None).await?;
-        Ok(Some(super::resident::Launch {
-            cmd: self.cmd(flavor, &exec_args(script)),
-            budget: None,
-        }))
+        Ok(Some(super::resident::Launch::process(
+            self.cmd(flavor, &exec_args(script)),
+            None,
+        )))
     }
 
     async fn exec(

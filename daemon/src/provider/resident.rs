@@ -1,8 +1,9 @@
 //! The resident observer: one long-lived `resident.py` per runner, started over the session the
 //! daemon already holds (the provider's [`crate::provider::Provider::resident_command`]: `docker
-//! exec -i` through the ssh ControlMaster, `docker compose exec -T` locally). It imports the
-//! megaplan core once and answers observation requests as JSON lines, so a steady-state tick
-//! starts no core at all.
+//! exec -i` through the ssh ControlMaster, `docker compose exec -T` locally, both local
+//! processes with piped stdin and stdout; on Kubernetes an exec stream of the held API client,
+//! opened as a [`Channel`]). It imports the megaplan core once and answers observation requests
+//! as JSON lines, so a steady-state tick starts no core at all.
 //!
 //! One observer per runner (host and container), shared by every cloud.yaml observing it; over
 //! ssh it holds one session of the connection's budget (`provider/budget.rs`). Ended when no
@@ -18,11 +19,13 @@
 //! once).
 
 use super::budget::{SessionBudget, SessionLease};
+use super::common::RunnerKill;
 use crate::chain::error::ChainError;
 use crate::chain::observe::{OBSERVATION_PREFIX, Observation, parse_observation};
 use crate::process::Cmd;
 use crate::runner::lenient::{or_default, present};
 use crate::runner::observe::ObserveInput;
+use futures_util::future::BoxFuture;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -31,8 +34,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -239,13 +242,12 @@ impl ReplyLine {
 /// hands every answer to the request waiting for that id, and the runner side answers them
 /// concurrently, so one hung request never holds back another registration's.
 struct Resident {
-    /// Killing it ends the local end (ssh / docker client); the runner side then sees the end
-    /// of its input and ends with every request it runs.
-    child: std::sync::Mutex<Child>,
+    /// What ends its far side: taken (and used) when it is ended.
+    ender: std::sync::Mutex<Option<Ender>>,
     /// The ssh session it holds (given back when it ends).
     _lease: Option<SessionLease>,
     /// `None` once closed (the runner side then ends itself and every request it runs).
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    stdin: tokio::sync::Mutex<Option<Writer>>,
     pending: Arc<Pending>,
     watches: Arc<std::sync::Mutex<Watches>>,
     next_id: AtomicU64,
@@ -281,7 +283,7 @@ enum AskError {
 /// Read lines until one is a JSON object that reads as a `T` satisfying `want` (login-shell
 /// noise, other JSON and lines of another shape are skipped).
 async fn read_until<T: DeserializeOwned>(
-    lines: &mut Lines<BufReader<ChildStdout>>,
+    lines: &mut Lines<BufReader<Reader>>,
     want: impl Fn(&T) -> bool,
 ) -> Result<T, AskError> {
     loop {
@@ -314,7 +316,7 @@ fn read_object<T: DeserializeOwned>(line: &str) -> Option<T> {
 /// The reader task: every answer to its request, until the observer's output ends; then every
 /// request still waiting learns why.
 async fn dispatch(
-    mut lines: Lines<BufReader<ChildStdout>>,
+    mut lines: Lines<BufReader<Reader>>,
     pending: Arc<Pending>,
     watches: Arc<std::sync::Mutex<Watches>>,
 ) {
@@ -366,18 +368,103 @@ async fn dispatch(
     }
 }
 
+/// The observer's input, whichever way it was started.
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+/// The observer's output, whichever way it was started.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// An observer's far side, ended with it.
+enum Ender {
+    /// A local process (ssh / docker client): killing it ends the local end; the runner side
+    /// then sees the end of its input and ends with every request it runs.
+    Child(Child),
+    /// An open stream (a Kubernetes exec): closing it may not end the process on the runner,
+    /// so its kill is sent too.
+    Stream {
+        kill: RunnerKill,
+        hold: Box<dyn Send>,
+    },
+}
+
+impl Ender {
+    /// End it; a stream's kill is sent from a task of its own (see [`RunnerKill`]'s drop).
+    fn end(self) {
+        match self {
+            Ender::Child(mut child) => {
+                let _ = child.start_kill();
+            }
+            Ender::Stream { kill, hold } => {
+                drop(hold);
+                drop(kill);
+            }
+        }
+    }
+
+    /// End it and wait for a stream's kill to be sent (the daemon is stopping: no task of
+    /// its own would outlive the runtime).
+    async fn end_now(self) {
+        match self {
+            Ender::Stream { kill, hold } => {
+                drop(hold);
+                kill.kill().await;
+            }
+            child => child.end(),
+        }
+    }
+}
+
+/// An already-open duplex byte stream to a runner process running the observer script (on
+/// Kubernetes, an exec stream into the pod): its input, its output, the kill that ends the
+/// process on the runner, and whatever holds the stream open (dropped when the observer ends).
+pub struct Channel {
+    pub writer: Writer,
+    pub reader: Reader,
+    pub kill: RunnerKill,
+    pub hold: Box<dyn Send>,
+}
+
+/// Opens a [`Channel`] for one observer; an error says why it cannot be opened.
+pub type OpenChannel = Box<dyn Fn() -> BoxFuture<'static, Result<Channel, String>> + Send + Sync>;
+
+/// How an observer's process is started.
+pub enum LaunchHow {
+    /// A local command (ssh, `docker compose exec`) with its stdin and stdout piped.
+    Process(Cmd),
+    /// An open stream (a Kubernetes exec) the launch opens itself.
+    Stream(OpenChannel),
+}
+
 impl Resident {
     async fn start(
-        cmd: &Cmd,
+        how: &LaunchHow,
         lease: Option<SessionLease>,
         deadline: Duration,
     ) -> Result<Resident, AskError> {
-        let mut child = cmd
-            .spawn_piped()
-            .map_err(|e| AskError::Gone(format!("cannot start {}: {e:?}", cmd.program)))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(AskError::Gone("its pipes are unavailable".into()));
+        let (stdin, stdout, ender): (Writer, Reader, Ender) = match how {
+            LaunchHow::Process(cmd) => {
+                let mut child = cmd
+                    .spawn_piped()
+                    .map_err(|e| AskError::Gone(format!("cannot start {}: {e:?}", cmd.program)))?;
+                let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                    return Err(AskError::Gone("its pipes are unavailable".into()));
+                };
+                (Box::new(stdin), Box::new(stdout), Ender::Child(child))
+            }
+            LaunchHow::Stream(open) => match tokio::time::timeout(deadline, open()).await {
+                Err(_) => return Err(AskError::Timeout),
+                Ok(Err(why)) => return Err(AskError::Gone(why)),
+                Ok(Ok(c)) => (
+                    c.writer,
+                    c.reader,
+                    Ender::Stream {
+                        kill: c.kill,
+                        hold: c.hold,
+                    },
+                ),
+            },
         };
+        // Until it is kept below, dropping it (an error, or this start given up) ends it: the
+        // child is killed on drop, and a stream's kill is sent on drop.
         let mut lines = BufReader::new(stdout).lines();
         let ready = read_until(&mut lines, |r: &ReadyLine| r.ready);
         match tokio::time::timeout(deadline, ready).await {
@@ -389,7 +476,7 @@ impl Resident {
         let watches = Arc::new(std::sync::Mutex::new(Watches::default()));
         let reader = tokio::spawn(dispatch(lines, pending.clone(), watches.clone()));
         Ok(Resident {
-            child: std::sync::Mutex::new(child),
+            ender: std::sync::Mutex::new(Some(ender)),
             _lease: lease,
             stdin: tokio::sync::Mutex::new(Some(stdin)),
             pending,
@@ -442,16 +529,25 @@ impl Resident {
         if let Ok(mut stdin) = self.stdin.try_lock() {
             stdin.take();
         }
-        let _ = self
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .start_kill();
+        let ender = self.ender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(e) = ender {
+            e.end();
+        }
         self.reader.abort();
         // The requests still waiting learn it at once (their senders are dropped here).
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.is_ok() {
             *pending = Err("it was ended".to_string());
+        }
+    }
+
+    /// [`Resident::end`], waiting for the kill of a stream's process to be sent (the daemon
+    /// is stopping).
+    async fn end_now(&self) {
+        let ender = self.ender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.end();
+        if let Some(e) = ender {
+            e.end_now().await;
         }
     }
 
@@ -628,20 +724,46 @@ fn runner_deadline(deadline: Duration) -> Duration {
         .max(Duration::from_millis(100))
 }
 
-/// How to start the observer of one runner: the local command, and over ssh the session budget
-/// of the held connection (the observer holds one of its sessions for its whole life).
+/// How to start the observer of one runner: the local command or the stream to open, the
+/// runner key, and over ssh the session budget of the held connection (the observer holds one
+/// of its sessions for its whole life).
 pub struct Launch {
-    pub cmd: Cmd,
+    pub how: LaunchHow,
+    runner_key: String,
     pub budget: Option<Arc<SessionBudget>>,
 }
 
 impl Launch {
-    /// The runner key: the observer's whole command (transport, host, container, the
-    /// launcher's interpreter), hashed. Every cloud.yaml observing the same runner shares it.
-    pub fn runner(&self) -> String {
-        let digest = Sha256::digest(self.cmd.argv().join("\0").as_bytes());
-        hex::encode(&digest[..8])
+    /// A local command's launch; its runner key is the whole command (transport, host,
+    /// container, the launcher's interpreter), hashed.
+    pub fn process(cmd: Cmd, budget: Option<Arc<SessionBudget>>) -> Self {
+        let runner_key = runner_key(&cmd.argv().join("\0"));
+        Launch {
+            how: LaunchHow::Process(cmd),
+            runner_key,
+            budget,
+        }
     }
+
+    /// A stream's launch; `identity` names the runner (for a pod: cluster, namespace, pod,
+    /// container and the observer script with its launcher), hashed into the runner key.
+    pub fn stream(identity: &str, open: OpenChannel) -> Self {
+        Launch {
+            how: LaunchHow::Stream(open),
+            runner_key: runner_key(identity),
+            budget: None,
+        }
+    }
+
+    /// The runner key. Every cloud.yaml observing the same runner shares it.
+    pub fn runner(&self) -> String {
+        self.runner_key.clone()
+    }
+}
+
+fn runner_key(identity: &str) -> String {
+    let digest = Sha256::digest(identity.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 /// An observer unused this long is ended (its session goes back to the budget).
@@ -721,7 +843,7 @@ impl Residents {
         for s in slots {
             s.closed.store(true, Ordering::Relaxed);
             if let Some(r) = s.observer.lock().await.take() {
-                r.end();
+                r.end_now().await;
             }
         }
     }
@@ -822,7 +944,7 @@ impl Residents {
             },
         };
         *starts += 1;
-        match Resident::start(&launch.cmd, lease, left).await {
+        match Resident::start(&launch.how, lease, left).await {
             Ok(r) => {
                 let r = Arc::new(r);
                 *guard = Some(r.clone());
@@ -1010,14 +1132,23 @@ mod tests {
 
     /// The observer as a local `sh -c` child, the stand-in core on its PYTHONPATH.
     fn local(launcher: &str, pythonpath: &Path, tmux: &Path) -> Launch {
-        Launch {
-            cmd: Cmd::new("sh")
-                .arg("-c")
-                .arg(resident_script(launcher))
-                .env("PYTHONPATH", pythonpath.display().to_string())
-                .env("MEGAPLAN_STANDIN_IMPORT_SECONDS", "0")
-                .env("TMUX_TMPDIR", tmux.display().to_string()),
-            budget: None,
+        Launch::process(local_cmd(launcher, pythonpath, tmux), None)
+    }
+
+    fn local_cmd(launcher: &str, pythonpath: &Path, tmux: &Path) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(resident_script(launcher))
+            .env("PYTHONPATH", pythonpath.display().to_string())
+            .env("MEGAPLAN_STANDIN_IMPORT_SECONDS", "0")
+            .env("TMUX_TMPDIR", tmux.display().to_string())
+    }
+
+    /// The command of a process launch.
+    fn cmd_of(launch: &Launch) -> Cmd {
+        match &launch.how {
+            LaunchHow::Process(cmd) => cmd.clone(),
+            LaunchHow::Stream(_) => panic!("a stream launch has no command"),
         }
     }
 
@@ -1225,13 +1356,13 @@ for line in sys.stdin:
     /// words), and each kind of answer ends its request as before.
     #[tokio::test]
     async fn a_hostile_observer_is_read_line_by_line_as_before() {
-        let launch = Launch {
-            cmd: Cmd::new("python3")
+        let launch = Launch::process(
+            Cmd::new("python3")
                 .arg("-u")
                 .arg("-c")
                 .arg(HOSTILE_OBSERVER),
-            budget: None,
-        };
+            None,
+        );
         let r = Residents::default();
         let deadline = Duration::from_secs(60);
         let ask = |mode: &str| {
@@ -1421,14 +1552,97 @@ for line in sys.stdin:
         assert_eq!(obs(&back).core_starts, 0);
 
         // No python at all: unavailable, for the caller's one-shot fallback.
-        let none = Launch {
-            cmd: Cmd::new("sh")
+        let none = Launch::process(
+            Cmd::new("sh")
                 .arg("-c")
                 .arg("echo no python here; exit 127"),
-            budget: None,
-        };
+            None,
+        );
         let e = r.observe("k2", &none, &req, deadline).await.unwrap_err();
         assert!(matches!(e, ResidentError::Unavailable(_)), "{e:?}");
+    }
+
+    /// A launch that is an open stream (as on Kubernetes) is read and dispatched as a local
+    /// process is: its runner key is the identity it was given, one observer answers every
+    /// registration on it, and ending it (unregistering) runs its kill, which ends the far side.
+    #[tokio::test]
+    async fn a_stream_launch_answers_as_a_process_does_and_its_kill_runs_when_it_ends() {
+        let (root, core, tmux) = bench_dirs();
+        let (_ws, req) = workspace(root.path());
+        let cmd = local_cmd("python3 -m arnold_pipelines.megaplan", &core, &tmux);
+        let opened = Arc::new(AtomicU64::new(0));
+        let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<u32>();
+        let killed_tx = Arc::new(std::sync::Mutex::new(Some(killed_tx)));
+        let open: OpenChannel = {
+            let opened = opened.clone();
+            Box::new(move || {
+                let (cmd, opened, killed_tx) = (cmd.clone(), opened.clone(), killed_tx.clone());
+                Box::pin(async move {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    let mut child = cmd.spawn_piped().map_err(|e| format!("{e:?}"))?;
+                    let pid = child.id().unwrap_or_default();
+                    let writer = child.stdin.take().ok_or("no stdin")?;
+                    let reader = child.stdout.take().ok_or("no stdout")?;
+                    // The far side's kill: here the local child, as the pod's group there.
+                    let kill = RunnerKill::new(async move {
+                        let _ = child.kill().await;
+                        if let Some(tx) = killed_tx.lock().unwrap().take() {
+                            let _ = tx.send(pid);
+                        }
+                    });
+                    Ok(Channel {
+                        writer: Box::new(writer),
+                        reader: Box::new(reader),
+                        kill,
+                        hold: Box::new(()),
+                    })
+                })
+            })
+        };
+        let launch = Launch::stream("kubernetes\0ns/pod/agent\0script", open);
+        assert_eq!(
+            launch.runner(),
+            runner_key("kubernetes\0ns/pod/agent\0script")
+        );
+        assert_ne!(
+            launch.runner(),
+            Launch::process(cmd_of(&local("x", &core, &tmux)), None).runner()
+        );
+        let r = Residents::default();
+        let deadline = Duration::from_secs(60);
+        let mut starts = 0;
+        for user in ["a", "b"] {
+            let a = r.observe(user, &launch, &req, deadline).await.unwrap();
+            assert_eq!(plan(&a).0, Some("finalized"));
+            starts += a.observer_starts;
+        }
+        assert_eq!(
+            (starts, opened.load(Ordering::Relaxed), r.running()),
+            (1, 1, 1)
+        );
+
+        for user in ["a", "b"] {
+            for (runner, _) in r.forget_user(user) {
+                r.drop_runner(&runner).await;
+            }
+        }
+        assert_eq!(r.running(), 0);
+        let pid = tokio::time::timeout(Duration::from_secs(120), killed_rx)
+            .await
+            .expect("the stream's kill never ran")
+            .unwrap();
+        assert!(
+            wait_for(|| !Path::new(&format!("/proc/{pid}")).exists()).await,
+            "the observer outlived its stream"
+        );
+
+        // A stream that cannot open: unavailable, for the one-shot fallback.
+        let broken = Launch::stream(
+            "nowhere",
+            Box::new(|| Box::pin(async { Err("the pod is gone".to_string()) })),
+        );
+        let e = r.observe("c", &broken, &req, deadline).await.unwrap_err();
+        assert_eq!(e, ResidentError::Unavailable("the pod is gone".into()));
     }
 
     /// Issue 21 item 3: one observer per runner whichever cloud.yaml asks; it ends when the
@@ -1477,19 +1691,16 @@ for line in sys.stdin:
 
         // Over ssh: the observer holds one session of the budget for its life.
         let budget = Arc::new(SessionBudget::new("root@h port 22", 10));
-        let counted = Launch {
-            cmd: launch.cmd.clone(),
-            budget: Some(budget.clone()),
-        };
+        let counted = Launch::process(cmd_of(&launch), Some(budget.clone()));
         r.observe("a", &counted, &req, deadline).await.unwrap();
         assert_eq!((budget.in_use(), budget.observers_in_use()), (1, 1));
         r.reap_idle(Duration::ZERO);
         assert_eq!(budget.in_use(), 0);
         // A connection whose budget leaves observers no session: none starts.
-        let tight = Launch {
-            cmd: launch.cmd.clone(),
-            budget: Some(Arc::new(SessionBudget::new("root@h port 22", 3))),
-        };
+        let tight = Launch::process(
+            cmd_of(&launch),
+            Some(Arc::new(SessionBudget::new("root@h port 22", 3))),
+        );
         let e = r.observe("a", &tight, &req, deadline).await.unwrap_err();
         assert!(
             matches!(&e, ResidentError::Unavailable(why) if why.contains("ssh.max_sessions 3")),
@@ -1548,9 +1759,9 @@ for line in sys.stdin:
         // Ten hung requests in flight on the runner (each logged its pid as it began to hang).
         let mut hung = Vec::new();
         for i in 0..10 {
-            let (r, cmd, hung_req) = (r.clone(), launch.cmd.clone(), hung_req.clone());
+            let (r, cmd, hung_req) = (r.clone(), cmd_of(&launch), hung_req.clone());
             hung.push(tokio::spawn(async move {
-                let launch = Launch { cmd, budget: None };
+                let launch = Launch::process(cmd, None);
                 r.observe(
                     &format!("hung-{i}"),
                     &launch,

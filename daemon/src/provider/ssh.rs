@@ -760,10 +760,10 @@ impl Provider for SshProvider {
 
     async fn resident_command(&self, script: &str) -> Result<Option<Launch>, ProviderError> {
         let master = self.sessions.master(&self.target).await?;
-        Ok(Some(Launch {
-            cmd: master.command(&remote_exec(&self.ssh.container, script)),
-            budget: Some(master.budget().clone()),
-        }))
+        Ok(Some(Launch::process(
+            master.command(&remote_exec(&self.ssh.container, script)),
+            Some(master.budget().clone()),
+        )))
     }
 
     async fn exec_streaming(&self, script: &str, out: &OutTx) -> Result<i32, ProviderError> {

@@ -8,8 +8,11 @@
 //! SQLite) or any process's argv.
 
 use megaplan_cloud_api::ErrorCode;
+use megaplan_cloud_api::wire::TickRecord;
 use megaplan_cloud_e2e::conformance::{self, ProviderFixture};
 use megaplan_cloud_e2e::kube::{KubeCluster, KubeRunner};
+use megaplan_cloud_e2e::receiver::Receiver;
+use megaplan_cloud_e2e::rig::notify_config;
 use megaplan_cloud_e2e::util::files_containing;
 use megaplan_cloud_e2e::{unique_suffix, wait_until};
 use megaplan_cloudd::cloud_yaml;
@@ -203,9 +206,18 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         "printf '%s' '{\"step_seconds\": 0.2}' > /workspace/app/.megaplan/standin-control.json",
     ])
     .ok();
-    let t = run(&["supervise", "--chain"]);
-    assert_eq!(t.code, Some(0), "{}\n{}", t.stdout, t.stderr);
-    assert!(t.report().acted, "{}", t.stdout);
+    // The pod's resident observer keeps the driver's lease: the driver gone, the runner is
+    // restarted once the lease has expired (before that the tick says unknown and waits).
+    let mut last = String::new();
+    let restarted = wait_until(Duration::from_secs(120), || {
+        let t = run(&["supervise", "--chain"]);
+        last = format!("{}\n{}", t.stdout, t.stderr);
+        t.code == Some(0) && t.report().acted
+    });
+    assert!(
+        restarted,
+        "supervise never restarted the killed runner: {last}"
+    );
     let drivers = run(&[
         "exec",
         "tmux list-sessions -F '#{session_name}' | grep -c '^megaplan-chain$'",
@@ -344,4 +356,79 @@ fn kubernetes_runner_lifecycle_against_a_real_cluster() {
         files_containing(&d.dir, secret.as_bytes(), &[], &mut 0),
         Vec::<std::path::PathBuf>::new()
     );
+}
+
+/// The resident observer over the pod's exec stream: a chain registered with a schedule that
+/// never fires, its driver's tmux session killed in the pod, and an event tick follows at once
+/// (the observer's watch saw the driver go), the stand-in receiver told. After `unregister`
+/// no observer process is left in the pod.
+#[test]
+fn a_killed_driver_in_the_pod_is_told_at_once_and_the_observer_ends_with_unregister() {
+    let Some(cluster) = KubeCluster::start() else {
+        return;
+    };
+    let receiver = Receiver::start();
+    let (_cfg, notify) = notify_config("retry: {initial_delay: 200ms, max_delay: 1s}\n");
+    let notify = notify.display().to_string();
+    let k = KubeRunner::start_with_args(&cluster, &[], &["--notify-config", &notify]);
+    let run = |args: &[&str]| k.ctl(args);
+    k.deploy_and_launch(&["m1", "m2"], r#"{"step_seconds": 0.1, "stall": ["m1"]}"#)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs_tail()));
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            run(&["status", "--chain"]).current_milestone().as_deref() == Some("m1")
+        }),
+        "{}",
+        run(&["status", "--chain"]).stdout
+    );
+    let url = receiver.url("/hook");
+    run(&["register", "--cron", "0 0 1 1 *", "--notify-url", &url]).ok();
+    // A tick starts the pod's observer and its watch of the chain.
+    let t = run(&["tick"]).ok();
+    assert!(!t.tick().acted, "{}", t.stdout);
+    assert!(
+        wait_until(Duration::from_secs(60), || k
+            .observers_in_pod()
+            .is_some_and(|n| n == 1)),
+        "no resident observer in the pod: {:?}\n{}",
+        k.observers_in_pod(),
+        k.daemon.log_text()
+    );
+
+    run(&["exec", "tmux kill-session -t =megaplan-chain"]).ok();
+    let event_ticks = || -> Vec<TickRecord> {
+        k.ticks(500)
+            .into_iter()
+            .filter(|t| t.trigger == "event")
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || !event_ticks().is_empty()),
+        "no event tick after the driver died; ticks: {:#?}\n{}",
+        k.ticks(500),
+        k.daemon.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(90), || receiver.count("driver_gone")
+            + receiver.count("supervisor_acted")
+            >= 1),
+        "the receiver was not told; got {:?}",
+        receiver.events()
+    );
+    let all = k.ticks(500);
+    assert!(
+        all.iter().all(|t| t.trigger != "schedule"),
+        "a scheduled tick ran: {all:#?}"
+    );
+
+    // Unregistered: the observer ends, in the pod too.
+    run(&["unregister"]).ok();
+    assert!(
+        wait_until(Duration::from_secs(90), || k.observers_in_pod() == Some(0)),
+        "the resident observer outlived its registration in the pod: {:?}\n{}\n{}",
+        k.observers_in_pod(),
+        k.pod_processes(),
+        k.daemon.log_text()
+    );
+    run(&["destroy", "--yes"]).ok();
 }
