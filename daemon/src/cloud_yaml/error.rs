@@ -124,6 +124,27 @@ impl From<ConfigError> for ErrorBody {
     }
 }
 
+/// The check behind every domain error's `every_variant_keeps_its_wire_bytes` test (this file,
+/// `render.rs`, `chain/error.rs`, `provider/error.rs`): each variant's code, message and whole
+/// wire JSON are those of the `ErrorBody` built by hand before the domain type existed.
+#[cfg(test)]
+pub(crate) fn assert_keeps_wire_bytes<E>(
+    cases: Vec<(E, ErrorBody)>,
+    code: impl Fn(&E) -> megaplan_cloud_api::ErrorCode,
+) where
+    E: std::fmt::Display + Into<ErrorBody>,
+{
+    for (domain, wire) in cases {
+        assert_eq!(code(&domain), wire.error);
+        assert_eq!(domain.to_string(), wire.message);
+        let got: ErrorBody = domain.into();
+        assert_eq!(
+            serde_json::to_string(&got).unwrap_or_default(),
+            serde_json::to_string(&wire).unwrap_or_default()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,14 +241,6 @@ mod tests {
                 ErrorBody::new(C::Internal, "loading /p/cloud.yaml failed: cancelled"),
             ),
         ];
-        for (domain, wire) in cases {
-            assert_eq!(domain.code(), wire.error);
-            assert_eq!(domain.to_string(), wire.message);
-            let got = ErrorBody::from(domain);
-            assert_eq!(
-                serde_json::to_string(&got).unwrap_or_default(),
-                serde_json::to_string(&wire).unwrap_or_default()
-            );
-        }
+        assert_keeps_wire_bytes(cases, ConfigError::code);
     }
 }

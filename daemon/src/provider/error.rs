@@ -625,17 +625,7 @@ mod tests {
                 ),
             ),
         ];
-        for (domain, wire) in cases {
-            let code = domain.code();
-            let shown = domain.to_string();
-            let got = ErrorBody::from(domain);
-            assert_eq!(code, wire.error);
-            assert_eq!(shown, wire.message);
-            assert_eq!(
-                serde_json::to_string(&got).unwrap_or_default(),
-                serde_json::to_string(&wire).unwrap_or_default()
-            );
-        }
+        crate::cloud_yaml::error::assert_keeps_wire_bytes(cases, ProviderError::code);
     }
 
     #[test]
