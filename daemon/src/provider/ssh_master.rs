@@ -878,7 +878,18 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         assert!(socket_alive(&path).await);
         drop(listener);
-        assert!(!socket_alive(&path).await, "stale socket file");
+        // Another test of this process forking a child (ssh, docker) in the moment between
+        // fork and exec holds a copy of the listener a little longer; the socket goes dead
+        // when the last copy closes. Wait for that, with a generous safety net.
+        let mut dead = false;
+        for _ in 0..600 {
+            if !socket_alive(&path).await {
+                dead = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(dead, "stale socket file");
     }
 
     #[tokio::test]
