@@ -1667,8 +1667,12 @@ fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
     progress(&format!(
         "9 observing vs acting ticks, stand-in core import {REAL_CORE_IMPORT_SECONDS} s, N={n} each, interleaved"
     ));
+    // Every tick keeps a watch on the runner, whose lease outlives a killed driver by its TTL
+    // (the driver is `unknown` until then and no tick restarts it), and N restarts in a row
+    // are a crash loop to the quarantine gate. The section measures one restart's tick, so
+    // the lease is short and the window forgets each restart before the next round.
     let Some(rig) = SshRig::start_with_container_args(
-        "",
+        "supervise:\n  lease_ttl: 1s\n  quarantine_window: 1s\n  quarantine_after: 100\n",
         &[
             "-e",
             &format!("MEGAPLAN_STANDIN_IMPORT_SECONDS={REAL_CORE_IMPORT_SECONDS}"),
@@ -1712,6 +1716,15 @@ fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         if !wait_until(Duration::from_secs(30), || chain_drivers(&rig).is_empty()) {
             return Err("section 9: the killed runner did not go away".to_owned());
         }
+        // Until the lease expires the driver is `unknown`: wait (untimed) for a dry run to
+        // call it dead, so the measured tick is the restart.
+        let dead = wait_until(Duration::from_secs(60), || {
+            let d = rig.ctl(&["supervise", "--chain", "--dry-run"]);
+            d.json["liveness"]["state"] == "dead"
+        });
+        if !dead {
+            return Err("section 9: the killed driver was never called dead".to_owned());
+        }
         let e0 = rig.sshd.exec_requests();
         let started = Instant::now();
         let t = rig.ctl(&["supervise", "--chain"]);
@@ -1720,7 +1733,10 @@ fn section_acting(sz: &Sizes, r: &mut Report) -> Result<(), String> {
         act_core.push(t.json["core_starts"].as_f64().unwrap_or(f64::NAN));
         if t.json["event"] != "supervisor_restarted" {
             *wrong
-                .entry(format!("acting: {}", t.json["event"]))
+                .entry(format!(
+                    "acting: {} ({})",
+                    t.json["event"], t.json["refused_reason"]
+                ))
                 .or_default() += 1;
         }
         // The restarted runner must be driving again before the next observing tick.
